@@ -1,0 +1,218 @@
+//! Dumping a process: freeze, collect every resource, write the images, then kill the process
+//! or let it run on.
+//!
+//! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
+//! mappings) is checked before any file is created; the inventory is written last and
+//! atomically, so a directory without it is never taken for a complete dump; on any failure
+//! the files written so far are removed and the process is thawed with its registers and
+//! signal mask as they were.
+
+use crate::freeze::Frozen;
+use crate::inject::{self, Injector};
+use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
+use stasis_image::{
+    names, write_record_atomic, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
+};
+use stasis_sys::{process, ptrace, Pid};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to dump and how.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    pub pid: Pid,
+    pub images_dir: PathBuf,
+    /// Let the process run on after the dump instead of killing it.
+    pub leave_running: bool,
+}
+
+/// Figures about a finished dump.
+#[derive(Debug, Clone)]
+pub struct DumpReport {
+    pub pid: Pid,
+    pub mappings: usize,
+    pub page_bytes: u64,
+    /// How long the process was frozen.
+    pub frozen: std::time::Duration,
+}
+
+/// Dumps `opts.pid` into `opts.images_dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
+    let pid = opts.pid;
+    if pid <= 0 {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    if pid == process::getpid() {
+        return Err(Error::Invalid("stasis cannot dump itself this way".into()));
+    }
+    let pidfd = process::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+        _ => Error::sys("pidfd_open", pid, e),
+    })?;
+    let status = procfs::read_status(pid).map_err(|_| Error::NoSuchProcess { pid })?;
+    if status.tgid != pid {
+        return Err(Error::Invalid(format!(
+            "{pid} is a thread of process {}, not a process",
+            status.tgid
+        )));
+    }
+    let threads = procfs::list_threads(pid)?;
+    if threads.len() > 1 {
+        return Err(Error::Unsupported {
+            what: format!(
+                "pid {pid} has {} threads; multi-threaded processes are not supported yet",
+                threads.len()
+            ),
+        });
+    }
+    prepare_dir(&opts.images_dir)?;
+    let vdso_offset = inject::vdso_syscall_offset()?;
+
+    let frozen_at = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    let mut written = Vec::new();
+    let result = collect_and_write(
+        pid,
+        &pidfd,
+        &frozen,
+        vdso_offset,
+        &opts.images_dir,
+        &mut written,
+    );
+    match result {
+        Ok((mappings, page_bytes)) => {
+            if opts.leave_running {
+                frozen.thaw()?;
+            } else {
+                frozen.kill()?;
+            }
+            Ok(DumpReport {
+                pid,
+                mappings,
+                page_bytes,
+                frozen: frozen_at.elapsed(),
+            })
+        }
+        Err(e) => {
+            for p in written {
+                let _ = std::fs::remove_file(p);
+            }
+            drop(frozen); // detaches: the process runs on
+            Err(e)
+        }
+    }
+}
+
+/// Creates the directory if needed and refuses one that already holds a complete dump.
+fn prepare_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    if dir.join(names::INVENTORY).exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a complete dump; use an empty directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn collect_and_write(
+    pid: Pid,
+    pidfd: &std::os::fd::OwnedFd,
+    frozen: &Frozen,
+    vdso_offset: u64,
+    dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<(usize, u64), Error> {
+    let stat = procfs::read_stat(pid)?;
+    let status = procfs::read_status(pid)?;
+    if status.seccomp == 2 {
+        return Err(Error::Unsupported {
+            what: format!("pid {pid} uses seccomp filters"),
+        });
+    }
+    // Everything that can refuse the dump comes before any file is created.
+    let vmas = memory::collect_vmas(pid)?;
+    let dumped_files = files::dump(pid, pidfd)?;
+    let vdso = vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("pid {pid} has no [vdso] mapping"),
+        })?;
+
+    // State that the process itself must be asked for, with all signals blocked meanwhile.
+    let tid = frozen.threads[0];
+    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
+    let mut inj = Injector::new(tid, vdso.start + vdso_offset)?;
+    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    let asked = (|| {
+        inj.map_scratch(None)?;
+        let mm = mm::dump(pid, &stat, &mut inj)?;
+        let mut t = thread::dump(pid, tid, &mut inj)?;
+        t.sigmask = mask;
+        let sigs = signals::dump(pid, &mut inj)?;
+        let itimers = timers::dump(&mut inj)?;
+        let creds = creds::dump(&status, &mut inj)?;
+        let task = task::dump(pid, &status, &mut inj)?;
+        Ok::<_, Error>((mm, t, sigs, itimers, creds, task))
+    })();
+    // Put the thread back as it was whatever happened.
+    let finished = inj.finish();
+    let restored_mask =
+        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
+    let (mm, thread, signals, itimers, creds, task) = asked?;
+    finished?;
+    restored_mask?;
+
+    let pages_path = dir.join(names::pages(pid));
+    let mut pages = RawWriter::create(&pages_path, RecordKind::Pages)?;
+    written.push(pages_path);
+    let page_runs = memory::dump_pages(pid, &vmas, &mut pages)?;
+    let page_bytes = pages.finish()?;
+    written.extend(files::write_blobs(
+        dir,
+        &dumped_files.blobs,
+        &dumped_files.files,
+    )?);
+
+    let image = ProcessImage {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        task,
+        creds,
+        mm,
+        vmas,
+        page_runs,
+        files: dumped_files.files,
+        fds: dumped_files.fds,
+        signals,
+        itimers,
+        threads: vec![thread],
+    };
+    let mappings = image.vmas.len();
+    written.push(write_record_atomic(
+        dir,
+        &names::process(pid),
+        RecordKind::Process,
+        &image,
+    )?);
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: procfs::kernel_release(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        root_pid: pid,
+        processes: vec![pid],
+    };
+    written.push(write_record_atomic(
+        dir,
+        names::INVENTORY,
+        RecordKind::Inventory,
+        &inventory,
+    )?);
+    Ok((mappings, page_bytes))
+}

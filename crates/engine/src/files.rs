@@ -1,0 +1,348 @@
+//! The fd table and the open file descriptions behind it: regular files (path, flags, offset),
+//! files deleted while open (their contents go into a blob image), directories and character
+//! devices. Pipes are in [`crate::pipes`].
+//!
+//! Dump: each fd is duplicated into the dumper with pidfd_getfd (the same file description, so
+//! offsets and pipe contents can be read without disturbing the target); fds that share one
+//! description are found with kcmp. Anything stasis cannot restore yet (sockets, eventfd,
+//! epoll, ...) fails the dump with an error naming the fd, before anything is written.
+//!
+//! Restore: the restorer opens every description itself ([`open_all`]); the new process
+//! inherits them across the fork and moves them to their numbers.
+
+use crate::{pipes, procfs, Error};
+use stasis_image::{names, FdEntry, FileDesc, FileKind, RawReader, RawWriter, RecordKind};
+use stasis_sys::{process, Pid};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Status flags a restored description gets through open(2) or F_SETFL.
+const RESTORED_FLAGS: i32 = libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_ASYNC;
+
+/// What [`dump`] found: descriptions, the fd table, and file contents to store as blobs.
+pub struct DumpedFiles {
+    pub files: Vec<FileDesc>,
+    pub fds: Vec<FdEntry>,
+    /// Deleted files: description id and a handle to read their contents from.
+    pub blobs: Vec<(u32, File)>,
+}
+
+/// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
+pub fn dump(pid: Pid, pidfd: &OwnedFd) -> Result<DumpedFiles, Error> {
+    let mut files: Vec<FileDesc> = Vec::new();
+    let mut fds = Vec::new();
+    let mut blobs = Vec::new();
+    // (fd number in the target, description id) for kcmp comparisons.
+    let mut seen: Vec<(RawFd, u32, u64)> = Vec::new();
+    let mut pipe_ends = pipes::PipeCollector::default();
+    for fd in procfs::list_fds(pid)? {
+        let link = procfs::link(pid, &format!("fd/{fd}"))?;
+        let info = procfs::read_fdinfo(pid, fd)?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let unsupported = |what: &str| Error::Unsupported {
+            what: format!("fd {fd} of pid {pid} is {what} ({link})"),
+        };
+        if link.starts_with("socket:") {
+            return Err(unsupported("a socket"));
+        }
+        if link.starts_with("anon_inode:") {
+            return Err(unsupported(
+                "an anonymous-inode file (eventfd, epoll, timerfd, signalfd, ...)",
+            ));
+        }
+        let dup = process::pidfd_getfd(pidfd.as_fd(), fd)
+            .map_err(|e| Error::sys("pidfd_getfd", pid, e))?;
+        let file = File::from(dup);
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("fstat fd {fd} of pid {pid}"), e))?;
+        // Same description as an fd seen before?
+        let mut shared = None;
+        for &(other, id, ino) in &seen {
+            if ino == md.ino()
+                && process::same_file_description(pid, fd, pid, other)
+                    .map_err(|e| Error::sys("kcmp", pid, e))?
+            {
+                shared = Some(id);
+                break;
+            }
+        }
+        if let Some(id) = shared {
+            fds.push(FdEntry {
+                fd,
+                file_id: id,
+                cloexec,
+            });
+            continue;
+        }
+        let id = files.len() as u32;
+        let ft = md.file_type();
+        let kind = if ft.is_fifo() && link.starts_with("pipe:") {
+            pipe_ends.add(fd, id, &file, flags, md.ino())?
+        } else if ft.is_fifo() {
+            return Err(unsupported("a named FIFO"));
+        } else if ft.is_socket() {
+            return Err(unsupported("a socket"));
+        } else if ft.is_file() && link.starts_with("/memfd:") {
+            return Err(unsupported("a memfd"));
+        } else if ft.is_file() && md.nlink() == 0 {
+            let path = link.strip_suffix(" (deleted)").unwrap_or(&link).to_string();
+            let crc = crc_of(&file, md.size(), fd)?;
+            blobs.push((id, file.try_clone().map_err(|e| Error::io("dup", e))?));
+            FileKind::Deleted {
+                path,
+                mode: md.mode() & 0o7777,
+                len: md.size(),
+                crc,
+            }
+        } else if ft.is_file() {
+            check_same_file(&link, &md, fd)?;
+            FileKind::Regular {
+                path: link.clone(),
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.size(),
+            }
+        } else if ft.is_dir() {
+            FileKind::Directory { path: link.clone() }
+        } else if ft.is_char_device() {
+            FileKind::CharDevice {
+                path: link.clone(),
+                rdev: md.rdev(),
+            }
+        } else {
+            return Err(unsupported("a file of an unsupported type"));
+        };
+        seen.push((fd, id, md.ino()));
+        files.push(FileDesc {
+            id,
+            flags,
+            pos: info.pos,
+            kind,
+        });
+        fds.push(FdEntry {
+            fd,
+            file_id: id,
+            cloexec,
+        });
+    }
+    pipe_ends.finish(pid, &mut files)?;
+    Ok(DumpedFiles { files, fds, blobs })
+}
+
+fn check_same_file(path: &str, md: &std::fs::Metadata, fd: RawFd) -> Result<(), Error> {
+    let by_path = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("stat {path} (open as fd {fd})"), e))?;
+    if (by_path.dev(), by_path.ino()) != (md.dev(), md.ino()) {
+        return Err(Error::Unsupported {
+            what: format!("fd {fd}: the path {path} now names another file"),
+        });
+    }
+    Ok(())
+}
+
+fn crc_of(file: &File, len: u64, fd: RawFd) -> Result<u32, Error> {
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)
+            .map_err(|e| Error::io(format!("read deleted file of fd {fd}"), e))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        off += n as u64;
+    }
+    Ok(crc)
+}
+
+/// Writes the contents of deleted files into `blob-ID.img` files.
+pub fn write_blobs(
+    dir: &Path,
+    blobs: &[(u32, File)],
+    files: &[FileDesc],
+) -> Result<Vec<std::path::PathBuf>, Error> {
+    let mut written = Vec::new();
+    for (id, file) in blobs {
+        let Some(FileKind::Deleted { len, crc, .. }) =
+            files.iter().find(|f| f.id == *id).map(|f| &f.kind)
+        else {
+            continue;
+        };
+        let path = dir.join(names::blob(*id));
+        let mut w = RawWriter::create(&path, RecordKind::Blob)?;
+        written.push(path.clone());
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut off, mut c) = (0u64, 0u32);
+        while off < *len {
+            let n = (*len - off).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], off)
+                .map_err(|e| Error::io(format!("read deleted file {id}"), e))?;
+            c = crc32c::crc32c_append(c, &buf[..n]);
+            w.write(&buf[..n])?;
+            off += n as u64;
+        }
+        if c != *crc {
+            return Err(Error::Invalid(format!(
+                "deleted file {id} changed while it was dumped"
+            )));
+        }
+        w.finish()?;
+    }
+    Ok(written)
+}
+
+/// Opens every description of the image in the restorer. Returns descriptions by id.
+pub fn open_all(dir: &Path, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>, Error> {
+    let mut out = HashMap::new();
+    let mut pipes = pipes::PipeBuilder::default();
+    for f in files {
+        let access = f.flags as i32 & libc::O_ACCMODE;
+        let extra = f.flags as i32 & RESTORED_FLAGS;
+        let open = |path: &str, more: i32| -> Result<File, Error> {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(access != libc::O_WRONLY)
+                .write(access != libc::O_RDONLY)
+                .custom_flags(extra | more);
+            o.open(path)
+                .map_err(|e| Error::io(format!("open {path}"), e))
+        };
+        let fd: OwnedFd = match &f.kind {
+            FileKind::Regular { path, dev, ino, .. } => {
+                let file = open(path, 0)?;
+                let md = file
+                    .metadata()
+                    .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+                if (md.dev(), md.ino()) != (*dev, *ino) {
+                    return Err(Error::Invalid(format!(
+                        "{path} is not the file that was open at dump time (its inode changed)"
+                    )));
+                }
+                file.into()
+            }
+            FileKind::Deleted {
+                path,
+                mode,
+                len,
+                crc,
+            } => recreate_deleted(dir, f.id, path, *mode, *len, *crc, &open)?.into(),
+            FileKind::Directory { path } => {
+                let mut o = std::fs::OpenOptions::new();
+                o.read(true).custom_flags(libc::O_DIRECTORY | extra);
+                o.open(path)
+                    .map_err(|e| Error::io(format!("open directory {path}"), e))?
+                    .into()
+            }
+            FileKind::CharDevice { path, rdev } => {
+                let file = open(path, 0)?;
+                let md = file
+                    .metadata()
+                    .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+                if md.rdev() != *rdev {
+                    return Err(Error::Invalid(format!(
+                        "{path} is device {:#x}, the image expects {rdev:#x}",
+                        md.rdev()
+                    )));
+                }
+                file.into()
+            }
+            FileKind::Pipe { .. } => pipes.open(f)?,
+        };
+        if matches!(
+            f.kind,
+            FileKind::Regular { .. } | FileKind::Deleted { .. } | FileKind::Directory { .. }
+        ) && f.pos != 0
+        {
+            seek(&fd, f.pos)?;
+        }
+        out.insert(f.id, fd);
+    }
+    Ok(out)
+}
+
+fn seek(fd: &OwnedFd, pos: u64) -> Result<(), Error> {
+    use std::io::Seek;
+    let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?);
+    f.seek(std::io::SeekFrom::Start(pos))
+        .map_err(|e| Error::io(format!("lseek fd {} to {pos}", fd.as_raw_fd()), e))?;
+    Ok(())
+}
+
+/// A deleted file comes back as a new file next to the original path, filled from its blob,
+/// opened, and unlinked again.
+fn recreate_deleted(
+    dir: &Path,
+    id: u32,
+    path: &str,
+    mode: u32,
+    len: u64,
+    crc: u32,
+    open: &dyn Fn(&str, i32) -> Result<File, Error>,
+) -> Result<File, Error> {
+    let blob = RawReader::open(&dir.join(names::blob(id)), RecordKind::Blob)?;
+    if blob.len() != len {
+        return Err(Error::Invalid(format!(
+            "blob of deleted file {path} has {} bytes, expected {len}",
+            blob.len()
+        )));
+    }
+    let tmp = format!("{path}.stasis-{}-{id}", std::process::id());
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("create {tmp}"), e))?;
+    let result = (|| {
+        let mut data = vec![0u8; len as usize];
+        blob.read_extent(0, &mut data, crc)?;
+        writer
+            .write_all_at(&data, 0)
+            .map_err(|e| Error::io(format!("write {tmp}"), e))?;
+        open(&tmp, 0)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Lays out the fd table of the freshly forked process: every inherited description moves
+/// to its number and gets its close-on-exec flag; everything else below `base` is closed.
+/// `by_id` gives the inherited descriptor of each description; every descriptor we hold is
+/// below `base` and so is every wanted number; `base..park_from` is kept (the restorer's own
+/// descriptors for the child), and descriptions are parked at `park_from` and above meanwhile.
+pub fn layout_in_child(
+    table: &[FdEntry],
+    by_id: &HashMap<u32, RawFd>,
+    base: RawFd,
+    park_from: RawFd,
+) -> Result<(), String> {
+    // Park every source above `base` first so no dup3 can clobber a source not yet moved.
+    let mut parked: HashMap<u32, RawFd> = HashMap::new();
+    for (&id, &fd) in by_id {
+        let p =
+            process::dup_at_least_raw(fd, park_from).map_err(|e| format!("F_DUPFD {fd}: {e}"))?;
+        parked.insert(id, p);
+    }
+    process::close_range(0, (base - 1) as u32).map_err(|e| format!("close_range: {e}"))?;
+    for e in table {
+        let src = *parked
+            .get(&e.file_id)
+            .ok_or_else(|| format!("fd {} has no opened description {}", e.fd, e.file_id))?;
+        process::dup3_raw(src, e.fd).map_err(|err| format!("dup3 to fd {}: {err}", e.fd))?;
+        process::set_cloexec_raw(e.fd, e.cloexec)
+            .map_err(|err| format!("F_SETFD fd {}: {err}", e.fd))?;
+    }
+    for p in parked.values() {
+        let _ = process::close_raw(*p);
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Per-process attributes that are neither memory, files nor credentials: comm, exe path,
+//! cwd, root, umask, personality, resource limits, and the prctl bits pdeathsig, dumpable and
+//! child-subreaper.
+//!
+//! Restore happens in two places: [`apply_in_child`] runs as ordinary code in the freshly
+//! forked process before it hands itself over (chdir, chroot, umask, rlimits, personality,
+//! comm); [`restore_prctl`] runs inside it through the injector at the end, after the
+//! credentials, because a uid change resets `dumpable`.
+
+use crate::inject::Injector;
+use crate::procfs;
+use crate::Error;
+use stasis_image::{Rlimit, TaskState};
+use stasis_sys::{process, Pid};
+use std::path::Path;
+
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+/// RLIMIT_NLIMITS on Linux.
+const NLIMITS: u32 = 16;
+
+pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<TaskState, Error> {
+    let scratch = inj.scratch()?;
+    let mut rlimits = Vec::new();
+    for resource in 0..NLIMITS {
+        // prlimit64 on another uid needs CAP_SYS_RESOURCE: ask the process itself.
+        inj.call(
+            "prlimit64",
+            libc::SYS_prlimit64,
+            [0, resource as u64, 0, scratch, 0, 0],
+        )?;
+        let b = inj.get(0, 16)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        rlimits.push(Rlimit {
+            resource,
+            soft: w(0),
+            hard: w(1),
+        });
+    }
+    inj.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [PR_GET_PDEATHSIG, scratch, 0, 0, 0, 0],
+    )?;
+    let pdeathsig = i32::from_le_bytes(inj.get(0, 4)?.try_into().unwrap_or([0; 4]));
+    let dumpable = inj.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+    )? as i32;
+    inj.call(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0, 0],
+    )?;
+    let child_subreaper = inj.get(0, 4)? != [0, 0, 0, 0];
+    Ok(TaskState {
+        comm: procfs::comm(pid, pid)?,
+        exe_path: procfs::link(pid, "exe")?,
+        cwd: procfs::link(pid, "cwd")?,
+        root: procfs::link(pid, "root")?,
+        umask: status.umask,
+        personality: procfs::read_personality(pid)?,
+        rlimits,
+        pdeathsig,
+        dumpable,
+        child_subreaper,
+    })
+}
+
+/// Runs in the new process before it stops for the restorer. Returns a message on failure
+/// (the caller reports it to the restorer).
+pub fn apply_in_child(t: &TaskState) -> Result<(), String> {
+    std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
+    if t.root != "/" {
+        process::chroot(Path::new(&t.root)).map_err(|e| format!("chroot {}: {e}", t.root))?;
+    }
+    process::umask(t.umask);
+    for l in &t.rlimits {
+        let (_, cur_hard) =
+            process::getrlimit(l.resource).map_err(|e| format!("getrlimit {}: {e}", l.resource))?;
+        if l.hard > cur_hard {
+            return Err(format!(
+                "resource limit {} has hard limit {} in the image, above this restorer's {} (raising it needs CAP_SYS_RESOURCE)",
+                l.resource, l.hard, cur_hard
+            ));
+        }
+        process::setrlimit(l.resource, l.soft, l.hard)
+            .map_err(|e| format!("setrlimit {}: {e}", l.resource))?;
+    }
+    process::set_personality(t.personality)
+        .map_err(|e| format!("personality {:#x}: {e}", t.personality))?;
+    process::set_thread_name(t.comm.as_bytes()).map_err(|e| format!("PR_SET_NAME: {e}"))?;
+    Ok(())
+}
+
+/// Sets pdeathsig, dumpable and child-subreaper inside the new process.
+pub fn restore_prctl(inj: &mut Injector, t: &TaskState) -> Result<(), Error> {
+    inj.call(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [PR_SET_PDEATHSIG, t.pdeathsig as u64, 0, 0, 0, 0],
+    )?;
+    inj.call(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        [PR_SET_DUMPABLE, t.dumpable as u64, 0, 0, 0, 0],
+    )?;
+    if t.child_subreaper {
+        inj.call(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Per-thread state: general registers, the XSAVE area (x87/SSE/AVX), fs/gs base, the signal
+//! mask and thread-private pending signals, the alternate signal stack, the rseq registration,
+//! the robust futex list and the clear-child-tid address.
+//!
+//! A thread stopped inside a system call is recorded as the kernel left it (`orig_rax` = the
+//! call, `rax` = -ERESTART*). At restore the call is set up to run again from its start, since
+//! the kernel-side restart state (the restart block) does not survive; see [`restart_regs`].
+
+use crate::inject::Injector;
+use crate::signals::{queue_thread_signal, raw_pending};
+use crate::{procfs, Error};
+use stasis_image::{AltStack, Regs, Rseq, ThreadImage};
+use stasis_sys::{ptrace, Pid, UserRegs};
+
+const PR_GET_TID_ADDRESS: u64 = 40;
+/// SS_AUTODISARM from <signal.h> (not in the libc crate).
+const SS_AUTODISARM: i32 = 1 << 31;
+
+pub fn regs_from_user(r: &UserRegs) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+pub fn user_from_regs(r: &Regs) -> UserRegs {
+    UserRegs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// The registers to resume a restored thread with. A thread that was interrupted inside a
+/// system call (the kernel would have restarted it) is set to execute that call again: the
+/// arguments are still in their registers and the `syscall` instruction is 2 bytes long.
+/// `orig_rax` = -1 keeps the kernel from applying its own restart logic on top.
+pub fn restart_regs(r: &Regs) -> UserRegs {
+    let mut u = user_from_regs(r);
+    if (r.orig_rax as i64) >= 0 {
+        let ret = -(r.rax as i64);
+        if matches!(
+            ret,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        ) {
+            u.rax = r.orig_rax;
+            u.rip = r.rip.wrapping_sub(2);
+        }
+    }
+    u.orig_rax = u64::MAX;
+    u
+}
+
+/// Collects the state of one stopped thread; `inj` runs in that thread and has a scratch area.
+pub fn dump(pid: Pid, tid: Pid, inj: &mut Injector) -> Result<ThreadImage, Error> {
+    let regs = regs_from_user(inj.saved_regs());
+    let xstate = ptrace::get_xstate(tid)
+        .map_err(|e| Error::sys("PTRACE_GETREGSET(NT_X86_XSTATE)", tid, e))?;
+    let sigmask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
+    let pending = raw_pending(tid, false)?;
+    let scratch = inj.scratch()?;
+    // sigaltstack(NULL, &old): stack_t is { void *ss_sp; int ss_flags; size_t ss_size; }.
+    inj.call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, scratch, 0, 0, 0, 0],
+    )?;
+    let ss = inj.get(0, 24)?;
+    let word = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let altstack = AltStack {
+        sp: word(&ss, 0),
+        flags: word(&ss, 8) as i32,
+        size: word(&ss, 16),
+    };
+    inj.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
+    )?;
+    let clear_child_tid = word(&inj.get(0, 8)?, 0);
+    let rseq_cfg = ptrace::get_rseq_config(tid)
+        .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid, e))?;
+    let rseq = (rseq_cfg.rseq_abi_pointer != 0).then_some(Rseq {
+        addr: rseq_cfg.rseq_abi_pointer,
+        len: rseq_cfg.rseq_abi_size,
+        signature: rseq_cfg.signature,
+    });
+    let (robust_list, robust_list_len) =
+        ptrace::get_robust_list(tid).map_err(|e| Error::sys("get_robust_list", tid, e))?;
+    Ok(ThreadImage {
+        tid,
+        comm: procfs::comm(pid, tid)?,
+        regs,
+        xstate,
+        sigmask,
+        pending,
+        altstack,
+        rseq,
+        robust_list,
+        robust_list_len,
+        clear_child_tid,
+    })
+}
+
+/// Drops the rseq registration the new process inherited from the restorer (its area is
+/// about to be unmapped, and the kernel would write into it).
+pub fn unregister_inherited_rseq(inj: &mut Injector) -> Result<(), Error> {
+    let tid = inj.tid();
+    let cfg = ptrace::get_rseq_config(tid)
+        .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid, e))?;
+    if cfg.rseq_abi_pointer != 0 {
+        const RSEQ_FLAG_UNREGISTER: u64 = 1;
+        inj.call(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            [
+                cfg.rseq_abi_pointer,
+                cfg.rseq_abi_size as u64,
+                RSEQ_FLAG_UNREGISTER,
+                cfg.signature as u64,
+                0,
+                0,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Restores the thread state that needs system calls inside the thread (altstack, rseq,
+/// robust list, clear-child-tid, pending signals). Registers, xstate and the signal mask are
+/// set by [`restore_final`] once nothing else runs in the thread.
+pub fn restore_in_thread(inj: &mut Injector, pid: Pid, t: &ThreadImage) -> Result<(), Error> {
+    // Always set: the new process must not keep the restorer's alternate stack. Only the
+    // settable flags are passed (SS_ONSTACK is a state, not a flag).
+    let flags = t.altstack.flags & (libc::SS_DISABLE | SS_AUTODISARM);
+    let (sp, size) = if flags & libc::SS_DISABLE != 0 {
+        (0, 0)
+    } else {
+        (t.altstack.sp, t.altstack.size)
+    };
+    let mut ss = Vec::with_capacity(24);
+    ss.extend_from_slice(&sp.to_le_bytes());
+    ss.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
+    ss.extend_from_slice(&size.to_le_bytes());
+    let at = inj.put(0, &ss)?;
+    inj.call("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0])?;
+    if let Some(r) = t.rseq {
+        inj.call(
+            "rseq(register)",
+            libc::SYS_rseq,
+            [r.addr, r.len as u64, 0, r.signature as u64, 0, 0],
+        )?;
+    }
+    inj.call(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
+    )?;
+    inj.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [t.clear_child_tid, 0, 0, 0, 0, 0],
+    )?;
+    for info in &t.pending {
+        queue_thread_signal(inj, pid, t.tid, info)?;
+    }
+    Ok(())
+}
+
+/// Sets the XSAVE area and the signal mask, and arranges for the registers (with syscall
+/// restart applied) to be the ones the thread resumes with.
+pub fn restore_final(inj: &mut Injector, t: &ThreadImage) -> Result<(), Error> {
+    let tid = inj.tid();
+    ptrace::set_xstate(tid, &t.xstate)
+        .map_err(|e| Error::sys("PTRACE_SETREGSET(NT_X86_XSTATE)", tid, e))?;
+    ptrace::set_sigmask(tid, t.sigmask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    inj.set_saved_regs(restart_regs(&t.regs));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_syscalls_are_rewound() {
+        let r = Regs {
+            orig_rax: 230,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let u = restart_regs(&r);
+        assert_eq!((u.rax, u.rip, u.orig_rax), (230, 0x1000, u64::MAX));
+        // A completed syscall (a real error code) is left alone.
+        let r = Regs {
+            orig_rax: 0,
+            rax: (-4i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let u = restart_regs(&r);
+        assert_eq!((u.rax as i64, u.rip), (-4, 0x1002));
+        // Not in a syscall at all.
+        let r = Regs {
+            orig_rax: u64::MAX,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        assert_eq!(restart_regs(&r).rip, 0x1002);
+    }
+
+    #[test]
+    fn regs_round_trip() {
+        let r = Regs {
+            r15: 1,
+            rip: 2,
+            fs_base: 3,
+            gs: 4,
+            ..Default::default()
+        };
+        assert_eq!(regs_from_user(&user_from_regs(&r)), r);
+    }
+}

@@ -1,0 +1,535 @@
+//! The records stored in an image directory. Each struct is one save/restore unit; the engine
+//! module that fills it is named in its doc comment.
+
+use serde::{Deserialize, Serialize};
+
+/// `inventory.img`: what was dumped. Written last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Version of the stasis tool that wrote the images (informative).
+    pub tool_version: String,
+    /// `uname -r` of the machine that wrote the images.
+    pub kernel_release: String,
+    /// Milliseconds since the epoch when the dump completed.
+    pub created_unix_ms: u64,
+    /// The pid the dump was asked for.
+    pub root_pid: i32,
+    /// Every dumped process (root first); each has a process and a pages file.
+    pub processes: Vec<i32>,
+}
+
+/// `process-PID.img`: one process and its threads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Dumped and restored in `engine::task`.
+    pub task: TaskState,
+    /// Dumped and restored in `engine::creds`.
+    pub creds: Creds,
+    /// Dumped and restored in `engine::mm`.
+    pub mm: MmFields,
+    /// Dumped and restored in `engine::memory`.
+    pub vmas: Vec<Vma>,
+    /// Page contents in `pages-PID.img`, sorted by address (engine::memory).
+    pub page_runs: Vec<PageRun>,
+    /// Open file descriptions (engine::files), referenced from `fds`.
+    pub files: Vec<FileDesc>,
+    /// The fd table (engine::files).
+    pub fds: Vec<FdEntry>,
+    /// Signal dispositions and process-wide pending signals (engine::signals).
+    pub signals: ProcessSignals,
+    /// Interval timers (engine::timers).
+    pub itimers: Vec<ITimer>,
+    /// Threads, the thread-group leader first (engine::thread).
+    pub threads: Vec<ThreadImage>,
+}
+
+/// Miscellaneous per-process state (engine::task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub comm: String,
+    pub exe_path: String,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<Rlimit>,
+    /// PR_GET_PDEATHSIG.
+    pub pdeathsig: i32,
+    /// PR_GET_DUMPABLE.
+    pub dumpable: i32,
+    /// PR_GET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Credentials (engine::creds), from /proc/PID/status and prctl.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+    pub securebits: u32,
+    pub keepcaps: bool,
+}
+
+/// The mm fields that PR_SET_MM_MAP restores (engine::mm).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The auxiliary vector as pairs of words, ending with AT_NULL.
+    pub auxv: Vec<u64>,
+}
+
+/// One memory mapping (engine::memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC.
+    pub prot: u32,
+    pub shared: bool,
+    /// VM_GROWSDOWN (stacks).
+    pub growsdown: bool,
+    /// Offset in the mapped file, in bytes.
+    pub file_offset: u64,
+    pub kind: VmaKind,
+    /// The name /proc/PID/maps shows (path, "[heap]", "[stack]", ...), for humans.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmaKind {
+    /// Private or shared anonymous memory (shared anonymous is /dev/zero (deleted)).
+    Anonymous,
+    /// A mapping of a file that still exists at `path`. `dev`/`ino`/`size` identify it so that
+    /// restore can refuse a file that was replaced.
+    File {
+        path: String,
+        dev: u64,
+        ino: u64,
+        size: u64,
+    },
+    /// The kernel's special mappings: never stored, moved into place at restore.
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+/// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
+/// `offset`, with CRC-32C `crc` of their contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub npages: u64,
+    pub offset: u64,
+    pub crc: u32,
+}
+
+/// An open file description (engine::files). Several fds may refer to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDesc {
+    pub id: u32,
+    /// Open flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...) as fdinfo shows them.
+    pub flags: u32,
+    /// File position.
+    pub pos: u64,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file reopened by path; `size` is recorded to detect replaced files.
+    Regular {
+        path: String,
+        dev: u64,
+        ino: u64,
+        size: u64,
+    },
+    /// A regular file deleted while open; its contents are in `blob-ID.img` (`len` bytes, `crc`).
+    Deleted {
+        path: String,
+        mode: u32,
+        len: u64,
+        crc: u32,
+    },
+    Directory {
+        path: String,
+    },
+    /// A character device reopened by path; `rdev` must match at restore.
+    CharDevice {
+        path: String,
+        rdev: u64,
+    },
+    /// One end of a pipe. `pipe_id` (the pipe's inode) links the ends; the bytes in flight are
+    /// stored once, with the first end dumped.
+    Pipe {
+        pipe_id: u64,
+        write_end: bool,
+        capacity: u32,
+        data: Vec<u8>,
+    },
+}
+
+/// One slot of the fd table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub file_id: u32,
+    pub cloexec: bool,
+}
+
+/// A signal disposition other than the default (engine::signals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub sig: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSignals {
+    pub actions: Vec<SigAction>,
+    /// Process-wide pending signals, each a raw 128-byte siginfo.
+    pub shared_pending: Vec<Siginfo>,
+}
+
+/// A raw siginfo as the kernel queues it (128 bytes), with the signal number for readability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Siginfo {
+    pub signo: u32,
+    pub raw: Vec<u8>,
+}
+
+/// One interval timer (engine::timers): which = ITIMER_REAL, ITIMER_VIRTUAL or ITIMER_PROF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    pub which: u32,
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// One thread (engine::thread).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub comm: String,
+    pub regs: Regs,
+    /// The XSAVE area (x87, SSE, AVX, ...), as PTRACE_GETREGSET NT_X86_XSTATE returns it.
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub pending: Vec<Siginfo>,
+    pub altstack: AltStack,
+    pub rseq: Option<Rseq>,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    pub clear_child_tid: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+/// x86-64 general registers, in the order of the kernel's `user_regs_struct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{decode_record, encode_record, RecordKind};
+    use std::path::Path;
+
+    /// A process record with one of everything; shared by the round-trip and validation tests.
+    pub(crate) fn sample_process() -> ProcessImage {
+        ProcessImage {
+            pid: 42,
+            ppid: 1,
+            pgid: 42,
+            sid: 42,
+            task: TaskState {
+                comm: "demo".into(),
+                exe_path: "/bin/demo".into(),
+                cwd: "/tmp".into(),
+                root: "/".into(),
+                umask: 0o22,
+                personality: 0,
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: 4096,
+                }],
+                pdeathsig: 0,
+                dumpable: 1,
+                child_subreaper: false,
+            },
+            creds: Creds {
+                uids: [0; 4],
+                gids: [0; 4],
+                groups: vec![0],
+                cap_inheritable: 0,
+                cap_permitted: u64::MAX >> 23,
+                cap_effective: u64::MAX >> 23,
+                cap_bounding: u64::MAX >> 23,
+                cap_ambient: 0,
+                no_new_privs: false,
+                securebits: 0,
+                keepcaps: false,
+            },
+            mm: MmFields {
+                start_code: 0x400000,
+                end_code: 0x401000,
+                start_data: 0x402000,
+                end_data: 0x403000,
+                start_brk: 0x500000,
+                brk: 0x521000,
+                start_stack: 0x7ffc0000f000,
+                arg_start: 0x7ffc0000f100,
+                arg_end: 0x7ffc0000f200,
+                env_start: 0x7ffc0000f200,
+                env_end: 0x7ffc0000f300,
+                auxv: vec![6, 4096, 0, 0],
+            },
+            vmas: vec![
+                Vma {
+                    start: 0x400000,
+                    end: 0x401000,
+                    prot: 5,
+                    shared: false,
+                    growsdown: false,
+                    file_offset: 0,
+                    kind: VmaKind::File {
+                        path: "/bin/demo".into(),
+                        dev: 1,
+                        ino: 2,
+                        size: 4096,
+                    },
+                    name: "/bin/demo".into(),
+                },
+                Vma {
+                    start: 0x500000,
+                    end: 0x521000,
+                    prot: 3,
+                    shared: false,
+                    growsdown: false,
+                    file_offset: 0,
+                    kind: VmaKind::Anonymous,
+                    name: "[heap]".into(),
+                },
+                Vma {
+                    start: 0x7ffc00000000,
+                    end: 0x7ffc00010000,
+                    prot: 3,
+                    shared: false,
+                    growsdown: true,
+                    file_offset: 0,
+                    kind: VmaKind::Anonymous,
+                    name: "[stack]".into(),
+                },
+                Vma {
+                    start: 0x7ffd00000000,
+                    end: 0x7ffd00004000,
+                    prot: 1,
+                    shared: false,
+                    growsdown: false,
+                    file_offset: 0,
+                    kind: VmaKind::Vvar,
+                    name: "[vvar]".into(),
+                },
+                Vma {
+                    start: 0x7ffd00004000,
+                    end: 0x7ffd00006000,
+                    prot: 5,
+                    shared: false,
+                    growsdown: false,
+                    file_offset: 0,
+                    kind: VmaKind::Vdso,
+                    name: "[vdso]".into(),
+                },
+            ],
+            page_runs: vec![PageRun {
+                addr: 0x500000,
+                npages: 2,
+                offset: 0,
+                crc: 1,
+            }],
+            files: vec![
+                FileDesc {
+                    id: 0,
+                    flags: 2,
+                    pos: 0,
+                    kind: FileKind::CharDevice {
+                        path: "/dev/null".into(),
+                        rdev: 0x103,
+                    },
+                },
+                FileDesc {
+                    id: 1,
+                    flags: 0,
+                    pos: 0,
+                    kind: FileKind::Pipe {
+                        pipe_id: 9,
+                        write_end: false,
+                        capacity: 65536,
+                        data: b"hi".to_vec(),
+                    },
+                },
+            ],
+            fds: vec![
+                FdEntry {
+                    fd: 0,
+                    file_id: 0,
+                    cloexec: false,
+                },
+                FdEntry {
+                    fd: 3,
+                    file_id: 1,
+                    cloexec: true,
+                },
+            ],
+            signals: ProcessSignals {
+                actions: vec![SigAction {
+                    sig: 10,
+                    handler: 0x401000,
+                    flags: 0x4000000,
+                    restorer: 0x401100,
+                    mask: 0,
+                }],
+                shared_pending: vec![Siginfo {
+                    signo: 10,
+                    raw: vec![0; 128],
+                }],
+            },
+            itimers: vec![ITimer {
+                which: 0,
+                interval_us: 0,
+                value_us: 5,
+            }],
+            threads: vec![ThreadImage {
+                tid: 42,
+                comm: "demo".into(),
+                regs: Regs {
+                    rip: 0x400100,
+                    rsp: 0x7ffc0000e000,
+                    ..Default::default()
+                },
+                xstate: vec![0; 832],
+                sigmask: 0,
+                pending: vec![],
+                altstack: AltStack {
+                    sp: 0,
+                    flags: 2,
+                    size: 0,
+                },
+                rseq: Some(Rseq {
+                    addr: 0x7ffc0000d000,
+                    len: 32,
+                    signature: 0x53053053,
+                }),
+                robust_list: 0,
+                robust_list_len: 24,
+                clear_child_tid: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn process_round_trip() {
+        let p = sample_process();
+        let b = encode_record(RecordKind::Process, &p, Path::new("x")).unwrap();
+        let back: ProcessImage = decode_record(RecordKind::Process, &b, Path::new("x")).unwrap();
+        assert_eq!(p, back);
+    }
+
+    #[test]
+    fn inventory_round_trip() {
+        let i = Inventory {
+            tool_version: "0.1.0".into(),
+            kernel_release: "6.18".into(),
+            created_unix_ms: 5,
+            root_pid: 42,
+            processes: vec![42],
+        };
+        let b = encode_record(RecordKind::Inventory, &i, Path::new("x")).unwrap();
+        let back: Inventory = decode_record(RecordKind::Inventory, &b, Path::new("x")).unwrap();
+        assert_eq!(i, back);
+    }
+
+    #[test]
+    fn every_truncation_of_a_process_record_fails_cleanly() {
+        let b = encode_record(RecordKind::Process, &sample_process(), Path::new("x")).unwrap();
+        for cut in 0..b.len() {
+            assert!(
+                decode_record::<ProcessImage>(RecordKind::Process, &b[..cut], Path::new("x"))
+                    .is_err()
+            );
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The common 32-byte header and postcard-encoded metadata records.
+
+use crate::ImageError;
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// First 8 bytes of every image file.
+pub const MAGIC: [u8; 8] = *b"STASISIM";
+/// The version of the image format (not of the tool). Bump on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the header that starts every image file.
+pub const HEADER_LEN: usize = 32;
+/// Largest metadata record we agree to decode (raw data files are not bounded by this).
+pub const MAX_RECORD_LEN: u64 = 64 << 20;
+
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RecordKind {
+    Inventory = 1,
+    Process = 2,
+    Pages = 3,
+    Blob = 4,
+}
+
+impl RecordKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Inventory => "inventory",
+            RecordKind::Process => "process",
+            RecordKind::Pages => "pages",
+            RecordKind::Blob => "blob",
+        }
+    }
+}
+
+/// The header of every image file. Little-endian on disk:
+/// magic[8] version:u32 kind:u32 payload_len:u64 payload_crc:u32 header_crc:u32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub kind: u32,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.kind.to_le_bytes());
+        b[16..24].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.payload_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header: magic, header CRC, version and kind.
+    pub fn decode(bytes: &[u8], expected: RecordKind, path: &Path) -> Result<Header, ImageError> {
+        let p = || path.to_path_buf();
+        if bytes.len() < HEADER_LEN {
+            return Err(ImageError::Truncated {
+                path: p(),
+                expected: HEADER_LEN as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(ImageError::BadMagic { path: p() });
+        }
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        if crc32c::crc32c(&bytes[0..28]) != u32_at(28) {
+            return Err(ImageError::BadHeaderCrc { path: p() });
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(ImageError::BadVersion {
+                path: p(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let kind = u32_at(12);
+        if kind != expected as u32 {
+            return Err(ImageError::WrongKind {
+                path: p(),
+                expected: expected.name(),
+                found: kind,
+            });
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[16..24]);
+        Ok(Header {
+            version,
+            kind,
+            payload_len: u64::from_le_bytes(len),
+            payload_crc: u32_at(24),
+        })
+    }
+}
+
+/// Encodes a metadata record (header + postcard payload) into bytes.
+pub fn encode_record<T: Serialize>(
+    kind: RecordKind,
+    value: &T,
+    path: &Path,
+) -> Result<Vec<u8>, ImageError> {
+    let payload = postcard::to_stdvec(value).map_err(|e| ImageError::Encode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if payload.len() as u64 > MAX_RECORD_LEN {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            len: payload.len() as u64,
+            limit: MAX_RECORD_LEN,
+        });
+    }
+    let header = Header {
+        version: FORMAT_VERSION,
+        kind: kind as u32,
+        payload_len: payload.len() as u64,
+        payload_crc: crc32c::crc32c(&payload),
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes a metadata record from the whole contents of a file, checking everything.
+pub fn decode_record<T: DeserializeOwned>(
+    kind: RecordKind,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<T, ImageError> {
+    let header = Header::decode(bytes, kind, path)?;
+    if header.payload_len > MAX_RECORD_LEN {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            len: header.payload_len,
+            limit: MAX_RECORD_LEN,
+        });
+    }
+    let expected = HEADER_LEN as u64 + header.payload_len;
+    if (bytes.len() as u64) < expected {
+        return Err(ImageError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            found: bytes.len() as u64,
+        });
+    }
+    if (bytes.len() as u64) > expected {
+        return Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} trailing bytes after the record",
+                bytes.len() as u64 - expected
+            ),
+        });
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if crc32c::crc32c(payload) != header.payload_crc {
+        return Err(ImageError::BadPayloadCrc {
+            path: path.to_path_buf(),
+        });
+    }
+    let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| ImageError::Decode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(ImageError::Decode {
+            path: path.to_path_buf(),
+            reason: format!("{} unused bytes in payload", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads and decodes a metadata record from `dir/name`, refusing files over the size limit
+/// before reading them.
+pub fn read_record<T: DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    kind: RecordKind,
+) -> Result<T, ImageError> {
+    let path = dir.join(name);
+    let io = |source| ImageError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::open(&path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > MAX_RECORD_LEN + HEADER_LEN as u64 {
+        return Err(ImageError::TooLarge {
+            path,
+            len,
+            limit: MAX_RECORD_LEN,
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut bytes).map_err(io)?;
+    decode_record(kind, &bytes, &path)
+}
+
+/// Writes a metadata record to `dir/name` atomically: a temporary file, fsync, rename. A crash
+/// leaves either the old state or the complete new file, never a half-written one.
+pub fn write_record_atomic<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    kind: RecordKind,
+    value: &T,
+) -> Result<PathBuf, ImageError> {
+    let path = dir.join(name);
+    let bytes = encode_record(kind, value, &path)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |source| ImageError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> PathBuf {
+        PathBuf::from("test.img")
+    }
+
+    #[test]
+    fn round_trip() {
+        let v = (1u32, String::from("hello"), vec![1u64, 2, 3]);
+        let b = encode_record(RecordKind::Process, &v, &p()).unwrap();
+        let back: (u32, String, Vec<u64>) = decode_record(RecordKind::Process, &b, &p()).unwrap();
+        assert_eq!(v, back);
+    }
+
+    #[test]
+    fn rejects_bad_magic_crc_version_kind_truncation() {
+        let v = vec![7u8; 100];
+        let good = encode_record(RecordKind::Process, &v, &p()).unwrap();
+
+        let mut b = good.clone();
+        b[0] ^= 1;
+        assert!(matches!(
+            decode_record::<Vec<u8>>(RecordKind::Process, &b, &p()),
+            Err(ImageError::BadMagic { .. })
+        ));
+
+        let mut b = good.clone();
+        b[9] ^= 1;
+        assert!(matches!(
+            decode_record::<Vec<u8>>(RecordKind::Process, &b, &p()),
+            Err(ImageError::BadHeaderCrc { .. })
+        ));
+
+        let mut b = good.clone();
+        b[HEADER_LEN + 10] ^= 1;
+        assert!(matches!(
+            decode_record::<Vec<u8>>(RecordKind::Process, &b, &p()),
+            Err(ImageError::BadPayloadCrc { .. })
+        ));
+
+        // A version bump with a consistent header CRC must still be refused.
+        let h = Header {
+            version: FORMAT_VERSION + 1,
+            kind: RecordKind::Process as u32,
+            payload_len: 1,
+            payload_crc: 0,
+        };
+        let mut b = h.encode().to_vec();
+        b.push(0);
+        assert!(
+            matches!(decode_record::<Vec<u8>>(RecordKind::Process, &b, &p()), Err(ImageError::BadVersion { found, .. }) if found == FORMAT_VERSION + 1)
+        );
+
+        assert!(matches!(
+            decode_record::<Vec<u8>>(RecordKind::Inventory, &good, &p()),
+            Err(ImageError::WrongKind { .. })
+        ));
+
+        for cut in [0, 5, HEADER_LEN - 1, HEADER_LEN, good.len() - 1] {
+            assert!(
+                matches!(
+                    decode_record::<Vec<u8>>(RecordKind::Process, &good[..cut], &p()),
+                    Err(ImageError::Truncated { .. })
+                ),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_length_is_refused_without_allocating() {
+        let h = Header {
+            version: FORMAT_VERSION,
+            kind: RecordKind::Process as u32,
+            payload_len: u64::MAX,
+            payload_crc: 0,
+        };
+        let b = h.encode();
+        assert!(matches!(
+            decode_record::<Vec<u8>>(RecordKind::Process, &b, &p()),
+            Err(ImageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_vector_length_in_payload_is_an_error() {
+        // postcard varint for a huge Vec length followed by nothing.
+        let payload = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        let h = Header {
+            version: FORMAT_VERSION,
+            kind: RecordKind::Process as u32,
+            payload_len: payload.len() as u64,
+            payload_crc: crc32c::crc32c(&payload),
+        };
+        let mut b = h.encode().to_vec();
+        b.extend_from_slice(&payload);
+        assert!(matches!(
+            decode_record::<Vec<u64>>(RecordKind::Process, &b, &p()),
+            Err(ImageError::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! The stasis image format.
+//!
+//! An image directory holds one *inventory* (written last, so a directory without it is never
+//! mistaken for a complete dump), one *process* record per dumped process, one *pages* file per
+//! process with the raw page contents, and *blob* files for file contents (deleted files).
+//!
+//! Every file starts with the same 32-byte header (magic, format version, record kind, payload
+//! length, payload CRC, header CRC); see `docs/image-format.md`. Metadata records are
+//! postcard-encoded structs with a size limit; raw data files (pages, blobs) start their payload
+//! at a 4 KiB boundary so that pages can be copied or mapped in bulk, and are covered by CRCs
+//! kept in the metadata, per extent.
+
+mod entries;
+mod frame;
+mod raw;
+mod validate;
+
+pub use entries::*;
+pub use frame::{
+    decode_record, encode_record, read_record, write_record_atomic, Header, RecordKind,
+    FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+};
+pub use raw::{RawReader, RawWriter, RAW_DATA_OFFSET};
+pub use validate::validate_process;
+
+use std::path::PathBuf;
+
+/// Errors from reading or writing images. Each says which file and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a stasis image (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: image format version {found} is not supported (this stasis reads version {supported})")]
+    BadVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: header checksum mismatch (corrupted image)")]
+    BadHeaderCrc { path: PathBuf },
+    #[error("{path}: payload checksum mismatch (corrupted image)")]
+    BadPayloadCrc { path: PathBuf },
+    #[error("{path}: expected a {expected} record, found kind {found}")]
+    WrongKind {
+        path: PathBuf,
+        expected: &'static str,
+        found: u32,
+    },
+    #[error("{path}: record of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { path: PathBuf, len: u64, limit: u64 },
+    #[error("{path}: truncated (expected {expected} bytes, found {found})")]
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{path}: cannot decode record: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path}: cannot encode record: {reason}")]
+    Encode { path: PathBuf, reason: String },
+    #[error("{path}: invalid content: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// File names inside an image directory.
+pub mod names {
+    /// The inventory: written last; its presence marks a complete dump.
+    pub const INVENTORY: &str = "inventory.img";
+
+    /// Metadata of one process.
+    pub fn process(pid: i32) -> String {
+        format!("process-{pid}.img")
+    }
+
+    /// Page contents of one process.
+    pub fn pages(pid: i32) -> String {
+        format!("pages-{pid}.img")
+    }
+
+    /// Contents of a file that was deleted while open, or of another object without a path.
+    pub fn blob(id: u32) -> String {
+        format!("blob-{id}.img")
+    }
+}

@@ -1,0 +1,246 @@
+//! Semantic checks of a decoded process record. Images are untrusted input: a record that
+//! decodes is still checked for sizes, alignment, ranges and references before any of it is
+//! used to build a process.
+
+use crate::{FileKind, ImageError, ProcessImage, VmaKind};
+use std::path::Path;
+
+const PAGE: u64 = 4096;
+/// Highest user address on x86-64 with 4-level page tables.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const MAX_VMAS: usize = 1 << 20;
+const MAX_FDS: usize = 1 << 20;
+const MAX_PATH: usize = 4096;
+const MAX_XSTATE: usize = 16 * 1024;
+const MAX_PIPE_DATA: usize = 16 << 20;
+
+/// Checks everything the restore relies on. `pages_len` is the payload length of the pages
+/// file, so that every page run is known to lie inside it.
+pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result<(), ImageError> {
+    let bad = |reason: String| {
+        Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    if p.pid <= 0 || p.threads.is_empty() || p.threads.len() > 1 << 16 {
+        return bad(format!("pid {} with {} threads", p.pid, p.threads.len()));
+    }
+    if p.vmas.len() > MAX_VMAS || p.fds.len() > MAX_FDS {
+        return bad("too many mappings or fds".into());
+    }
+    let check_path = |s: &str| s.len() <= MAX_PATH && !s.contains('\0');
+    for s in [&p.task.exe_path, &p.task.cwd, &p.task.root] {
+        if !check_path(s) || !s.starts_with('/') {
+            return bad(format!("bad path {s:?}"));
+        }
+    }
+    if p.task.comm.len() > 64 {
+        return bad("comm too long".into());
+    }
+    if p.creds.groups.len() > 65536 {
+        return bad("too many supplementary groups".into());
+    }
+    if p.mm.auxv.len() > 1024 || !p.mm.auxv.len().is_multiple_of(2) {
+        return bad("bad auxv length".into());
+    }
+    let mut prev_end = 0u64;
+    for v in &p.vmas {
+        let special = matches!(v.kind, VmaKind::Vsyscall);
+        if v.start % PAGE != 0
+            || v.end % PAGE != 0
+            || v.start >= v.end
+            || (!special && v.end > TASK_SIZE)
+        {
+            return bad(format!(
+                "mapping {:#x}-{:#x} is not a valid range",
+                v.start, v.end
+            ));
+        }
+        if v.start < prev_end {
+            return bad(format!(
+                "mapping {:#x}-{:#x} overlaps the previous one",
+                v.start, v.end
+            ));
+        }
+        prev_end = v.end;
+        if v.prot & !7 != 0 || v.file_offset % PAGE != 0 || v.name.len() > MAX_PATH {
+            return bad(format!(
+                "mapping {:#x}-{:#x} has bad protection, offset or name",
+                v.start, v.end
+            ));
+        }
+        if let VmaKind::File { path: fp, .. } = &v.kind {
+            if !check_path(fp) || !fp.starts_with('/') {
+                return bad(format!("bad mapped file path {fp:?}"));
+            }
+        }
+    }
+    // Page runs: sorted, inside one non-special mapping each, inside the pages file.
+    let mut prev = 0u64;
+    let mut vi = 0usize;
+    for r in &p.page_runs {
+        let len = r.npages.checked_mul(PAGE);
+        let end = len.and_then(|l| r.addr.checked_add(l));
+        let (Some(len), Some(end)) = (len, end) else {
+            return bad(format!("page run at {:#x} overflows", r.addr));
+        };
+        if r.addr % PAGE != 0 || r.npages == 0 || r.addr < prev || r.offset % PAGE != 0 {
+            return bad(format!(
+                "page run at {:#x} is unaligned, empty or out of order",
+                r.addr
+            ));
+        }
+        prev = end;
+        while vi < p.vmas.len() && p.vmas[vi].end <= r.addr {
+            vi += 1;
+        }
+        let inside = p.vmas.get(vi).is_some_and(|v| {
+            v.start <= r.addr
+                && end <= v.end
+                && !matches!(
+                    v.kind,
+                    VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+                )
+        });
+        if !inside {
+            return bad(format!(
+                "page run {:#x}-{end:#x} is not inside one restorable mapping",
+                r.addr
+            ));
+        }
+        if r.offset.checked_add(len).is_none_or(|e| e > pages_len) {
+            return bad(format!(
+                "page run at {:#x} points past the end of the pages file",
+                r.addr
+            ));
+        }
+    }
+    // Files and fds.
+    for f in &p.files {
+        let ok = match &f.kind {
+            FileKind::Regular { path, .. }
+            | FileKind::Directory { path }
+            | FileKind::CharDevice { path, .. }
+            | FileKind::Deleted { path, .. } => check_path(path) && path.starts_with('/'),
+            FileKind::Pipe { data, capacity, .. } => {
+                data.len() <= MAX_PIPE_DATA && data.len() <= *capacity as usize
+            }
+        };
+        if !ok {
+            return bad(format!("file description {} is invalid", f.id));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for fd in &p.fds {
+        if fd.fd < 0 || !seen.insert(fd.fd) {
+            return bad(format!("fd {} is negative or listed twice", fd.fd));
+        }
+        if !p.files.iter().any(|f| f.id == fd.file_id) {
+            return bad(format!(
+                "fd {} refers to unknown file {}",
+                fd.fd, fd.file_id
+            ));
+        }
+    }
+    // Signals and threads.
+    let sig_ok = |s: u32| (1..=64).contains(&s);
+    for a in &p.signals.actions {
+        if !sig_ok(a.sig) || a.sig == 9 || a.sig == 19 {
+            return bad(format!("bad signal action for signal {}", a.sig));
+        }
+    }
+    let info_ok = |i: &crate::Siginfo| sig_ok(i.signo) && i.raw.len() == 128;
+    if !p.signals.shared_pending.iter().all(info_ok) || p.signals.shared_pending.len() > 1 << 16 {
+        return bad("bad pending signal".into());
+    }
+    if p.itimers.iter().any(|t| t.which > 2) || p.itimers.len() > 3 {
+        return bad("bad interval timer".into());
+    }
+    for t in &p.threads {
+        if t.tid <= 0 || t.xstate.len() > MAX_XSTATE || t.xstate.len() < 576 {
+            return bad(format!(
+                "thread {} has bad xstate of {} bytes",
+                t.tid,
+                t.xstate.len()
+            ));
+        }
+        if !t.pending.iter().all(info_ok) || t.pending.len() > 1 << 16 || t.comm.len() > 64 {
+            return bad(format!("thread {} has bad pending signals or name", t.tid));
+        }
+    }
+    if p.threads[0].tid != p.pid {
+        return bad("the first thread is not the thread-group leader".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::tests::sample_process;
+    use crate::{FdEntry, PageRun};
+
+    #[test]
+    fn sample_is_valid() {
+        validate_process(&sample_process(), 8192, Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let path = Path::new("x");
+        let mut p = sample_process();
+        p.page_runs[0] = PageRun {
+            addr: 0x500000,
+            npages: 3,
+            offset: 0,
+            crc: 0,
+        };
+        assert!(
+            validate_process(&p, 8192, path).is_err(),
+            "run past the pages file"
+        );
+
+        let mut p = sample_process();
+        p.page_runs[0].addr = 0x7ffd00000000;
+        assert!(validate_process(&p, 8192, path).is_err(), "run inside vvar");
+
+        let mut p = sample_process();
+        p.page_runs[0].npages = u64::MAX;
+        assert!(validate_process(&p, u64::MAX, path).is_err(), "overflow");
+
+        let mut p = sample_process();
+        p.vmas.swap(0, 1);
+        assert!(
+            validate_process(&p, 8192, path).is_err(),
+            "unsorted mappings"
+        );
+
+        let mut p = sample_process();
+        p.fds.push(FdEntry {
+            fd: 3,
+            file_id: 0,
+            cloexec: false,
+        });
+        assert!(validate_process(&p, 8192, path).is_err(), "duplicate fd");
+
+        let mut p = sample_process();
+        p.fds[0].file_id = 99;
+        assert!(
+            validate_process(&p, 8192, path).is_err(),
+            "dangling file id"
+        );
+
+        let mut p = sample_process();
+        p.signals.actions[0].sig = 9;
+        assert!(validate_process(&p, 8192, path).is_err(), "SIGKILL action");
+
+        let mut p = sample_process();
+        p.task.cwd = "relative".into();
+        assert!(validate_process(&p, 8192, path).is_err(), "relative cwd");
+
+        let mut p = sample_process();
+        p.threads[0].xstate = vec![0; 1 << 20];
+        assert!(validate_process(&p, 8192, path).is_err(), "huge xstate");
+    }
+}
