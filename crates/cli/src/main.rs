@@ -2,6 +2,7 @@
 //! calls `stasis_engine`, and turns errors into one line on stderr and a non-zero exit code.
 #![deny(unsafe_code)]
 
+mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,14 @@ enum Command {
     },
     /// Run the demo: start a counter, dump it, kill it, restore it, watch it go on.
     Demo,
+    /// Measure dump and restore of a process with --mib MiB of memory against baselines.
+    Bench {
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
+    /// The program the benchmark dumps (internal).
+    #[command(hide = true)]
+    BenchWorkload { mib: u64, ready: PathBuf },
     /// The counter program the demo dumps (internal).
     #[command(hide = true)]
     DemoCounter,
@@ -70,6 +79,8 @@ fn main() -> ExitCode {
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter => ("demo-counter", demo::counter()),
+        Command::Bench { mib } => ("bench", bench::run(mib)),
+        Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -69,7 +69,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let frozen_at = Instant::now();
-    let frozen = Frozen::freeze(pid)?;
+    let mut frozen = Frozen::freeze(pid)?;
     let mut written = Vec::new();
     let result = collect_and_write(
         pid,

@@ -66,7 +66,7 @@ impl Frozen {
     }
 
     /// Detaches from every thread so the process runs on.
-    pub fn thaw(mut self) -> Result<(), Error> {
+    pub fn thaw(&mut self) -> Result<(), Error> {
         self.detach_all()
     }
 

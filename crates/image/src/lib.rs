@@ -20,7 +20,7 @@ pub use frame::{
     decode_record, encode_record, read_record, write_record_atomic, Header, RecordKind,
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
-pub use raw::{RawReader, RawWriter, RAW_DATA_OFFSET};
+pub use raw::{sync_file, RawReader, RawWriter, RAW_DATA_OFFSET};
 pub use validate::validate_process;
 
 use std::path::PathBuf;

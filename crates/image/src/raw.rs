@@ -57,8 +57,9 @@ impl RawWriter {
         Ok(())
     }
 
-    /// Writes the header (payload CRC 0: raw payloads are covered per extent by the metadata)
-    /// and syncs the file.
+    /// Writes the header (payload CRC 0: raw payloads are covered per extent by the metadata).
+    /// The file is not synced here: the caller syncs it (with [`sync_file`]) before it writes
+    /// the inventory, possibly after letting the dumped process run on.
     pub fn finish(self) -> Result<u64, ImageError> {
         let path = self.path.clone();
         let io = |source| ImageError::Io {
@@ -73,9 +74,14 @@ impl RawWriter {
             payload_crc: 0,
         };
         file.write_all_at(&header.encode(), 0).map_err(io)?;
-        file.sync_all().map_err(io)?;
         Ok(self.len)
     }
+}
+
+/// Flushes a finished file to stable storage.
+pub fn sync_file(path: &Path) -> Result<(), ImageError> {
+    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
+    File::open(path).map_err(io)?.sync_all().map_err(io)
 }
 
 /// Reads extents of a raw data file after checking its header and length.

@@ -1,0 +1,127 @@
+//! `stasis bench`: dump and restore figures for a process with N MiB of memory, each next to a
+//! baseline measured in the same run on the same machine (memcpy; process_vm_readv + write to
+//! the images' filesystem), so that numbers from different machines can be compared as ratios.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+type BenchResult = Result<u8, Box<dyn std::error::Error>>;
+
+/// The program the benchmark dumps: N MiB of non-zero memory, then idle.
+pub fn workload(mib: u64, ready: &Path) -> BenchResult {
+    stasis_sys::process::close_range(3, u32::MAX)?;
+    let len = (mib << 20) as usize;
+    let mut mem = vec![0u8; len];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in mem.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(ready, format!("{:p} {}\n", mem.as_ptr(), mem.len()))?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        std::hint::black_box(&mem);
+    }
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+pub fn run(mib: u64) -> BenchResult {
+    let dir = std::env::temp_dir().join(format!("stasis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bytes = mib << 20;
+    println!("stasis bench: a process with {mib} MiB of non-zero memory; images in {}", dir.display());
+
+    // Baseline 1: memcpy.
+    let src = vec![1u8; bytes as usize];
+    // Touch the destination first: the baseline measures copying, not page faults.
+    let mut dst = vec![2u8; bytes as usize];
+    let t = Instant::now();
+    dst.copy_from_slice(&src);
+    let memcpy = t.elapsed();
+    std::hint::black_box(&dst);
+    drop((src, dst));
+    println!("{:<38} {:>8.3} s {:>7.2} GB/s", "baseline memcpy", memcpy.as_secs_f64(), gbps(bytes, memcpy));
+
+    let ready = dir.join("ready");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("bench-workload")
+        .arg(mib.to_string())
+        .arg(&ready)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let result = (|| -> BenchResult {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                return Err("the workload did not get ready".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let info = std::fs::read_to_string(&ready)?;
+        let addr = u64::from_str_radix(info.split_whitespace().next().unwrap_or("0").trim_start_matches("0x"), 16)?;
+
+        // Baseline 2: copy the same memory out with process_vm_readv and write it to a file
+        // on the images' filesystem: the floor a dump could reach without compression.
+        let raw = dir.join("raw.bin");
+        let out = std::fs::File::create(&raw)?;
+        let mut buf = vec![0u8; 2 << 20];
+        let t = Instant::now();
+        let mut off = 0u64;
+        while off < bytes {
+            let n = (bytes - off).min(buf.len() as u64) as usize;
+            stasis_sys::proc_mem::read_exact(pid, addr + off, &mut buf[..n])?;
+            out.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        // The dump makes its images durable before it reports success: so does the baseline.
+        out.sync_all()?;
+        let baseline = t.elapsed();
+        drop(out);
+        std::fs::remove_file(&raw)?;
+        println!("{:<38} {:>8.3} s {:>7.2} GB/s", "baseline process_vm_readv+write+fsync", baseline.as_secs_f64(), gbps(bytes, baseline));
+
+        let images = dir.join("images");
+        let t = Instant::now();
+        let report = stasis_engine::dump(&stasis_engine::DumpOptions { pid, images_dir: images.clone(), leave_running: false })?;
+        let dump = t.elapsed();
+        let _ = child.wait();
+        println!(
+            "{:<38} {:>8.3} s {:>7.2} GB/s  {:.2}x baseline; frozen {:.1} ms",
+            "dump (killed after)",
+            dump.as_secs_f64(),
+            gbps(bytes, dump),
+            baseline.as_secs_f64() / dump.as_secs_f64(),
+            report.frozen.as_secs_f64() * 1e3
+        );
+
+        let t = Instant::now();
+        let restored = stasis_engine::restore(&stasis_engine::RestoreOptions { images_dir: images.clone() })?;
+        let restore = t.elapsed();
+        println!(
+            "{:<38} {:>8.3} s {:>7.2} GB/s  {:.2}x baseline",
+            "restore (until it runs)",
+            restore.as_secs_f64(),
+            gbps(bytes, restore),
+            baseline.as_secs_f64() / restore.as_secs_f64()
+        );
+        stasis_sys::process::kill(restored.pid, libc::SIGKILL)?;
+        let _ = stasis_engine::restore::wait_exit_code(restored.pid);
+        std::io::stdout().flush()?;
+        Ok(0)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
