@@ -3,8 +3,8 @@
 //! the images' filesystem), so that numbers from different machines can be compared as ratios.
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,10 @@ pub fn run(mib: u64) -> BenchResult {
     let dir = std::env::temp_dir().join(format!("stasis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bytes = mib << 20;
-    println!("stasis bench: a process with {mib} MiB of non-zero memory; images in {}", dir.display());
+    println!(
+        "stasis bench: a process with {mib} MiB of non-zero memory; images in {}",
+        dir.display()
+    );
 
     // Baseline 1: memcpy.
     let src = vec![1u8; bytes as usize];
@@ -48,7 +51,12 @@ pub fn run(mib: u64) -> BenchResult {
     let memcpy = t.elapsed();
     std::hint::black_box(&dst);
     drop((src, dst));
-    println!("{:<38} {:>8.3} s {:>7.2} GB/s", "baseline memcpy", memcpy.as_secs_f64(), gbps(bytes, memcpy));
+    println!(
+        "{:<38} {:>8.3} s {:>7.2} GB/s",
+        "baseline memcpy",
+        memcpy.as_secs_f64(),
+        gbps(bytes, memcpy)
+    );
 
     let ready = dir.join("ready");
     let mut child = std::process::Command::new(std::env::current_exe()?)
@@ -69,7 +77,13 @@ pub fn run(mib: u64) -> BenchResult {
         }
         std::thread::sleep(Duration::from_millis(50));
         let info = std::fs::read_to_string(&ready)?;
-        let addr = u64::from_str_radix(info.split_whitespace().next().unwrap_or("0").trim_start_matches("0x"), 16)?;
+        let addr = u64::from_str_radix(
+            info.split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .trim_start_matches("0x"),
+            16,
+        )?;
 
         // Baseline 2: copy the same memory out with process_vm_readv and write it to a file
         // on the images' filesystem: the floor a dump could reach without compression.
@@ -89,11 +103,20 @@ pub fn run(mib: u64) -> BenchResult {
         let baseline = t.elapsed();
         drop(out);
         std::fs::remove_file(&raw)?;
-        println!("{:<38} {:>8.3} s {:>7.2} GB/s", "baseline process_vm_readv+write+fsync", baseline.as_secs_f64(), gbps(bytes, baseline));
+        println!(
+            "{:<38} {:>8.3} s {:>7.2} GB/s",
+            "baseline process_vm_readv+write+fsync",
+            baseline.as_secs_f64(),
+            gbps(bytes, baseline)
+        );
 
         let images = dir.join("images");
         let t = Instant::now();
-        let report = stasis_engine::dump(&stasis_engine::DumpOptions { pid, images_dir: images.clone(), leave_running: false })?;
+        let report = stasis_engine::dump(&stasis_engine::DumpOptions {
+            pid,
+            images_dir: images.clone(),
+            leave_running: false,
+        })?;
         let dump = t.elapsed();
         let _ = child.wait();
         println!(
@@ -106,7 +129,9 @@ pub fn run(mib: u64) -> BenchResult {
         );
 
         let t = Instant::now();
-        let restored = stasis_engine::restore(&stasis_engine::RestoreOptions { images_dir: images.clone() })?;
+        let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
+            images_dir: images.clone(),
+        })?;
         let restore = t.elapsed();
         println!(
             "{:<38} {:>8.3} s {:>7.2} GB/s  {:.2}x baseline",

@@ -45,7 +45,9 @@ pub fn collect_vmas(pid: Pid) -> Result<Vec<Vma>, Error> {
 }
 
 fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
-    let prot = ((m.read as u32) * libc::PROT_READ as u32) | ((m.write as u32) * libc::PROT_WRITE as u32) | ((m.exec as u32) * libc::PROT_EXEC as u32);
+    let prot = ((m.read as u32) * libc::PROT_READ as u32)
+        | ((m.write as u32) * libc::PROT_WRITE as u32)
+        | ((m.exec as u32) * libc::PROT_EXEC as u32);
     let unsupported = |why: &str| Error::Unsupported {
         what: format!("mapping {:#x}-{:#x} {:?}: {why}", m.start, m.end, m.name),
     };

@@ -1,8 +1,9 @@
 //! `stasis show`: every record of an image directory decoded into JSON (like CRIU's crit).
-//! Page and blob contents are not printed, only where they are and their checksums.
+//! Page and blob contents are not printed, only where they are and their checksums; they are
+//! read and checked, so `show` also verifies a whole image directory.
 
 use crate::Error;
-use stasis_image::{names, read_record, Inventory, ProcessImage, RawReader, RecordKind};
+use stasis_image::{names, read_record, FileKind, Inventory, ProcessImage, RawReader, RecordKind};
 use std::path::Path;
 
 /// Decodes the inventory and every process record; checks the raw files' headers.
@@ -13,6 +14,7 @@ pub fn show(dir: &Path) -> Result<serde_json::Value, Error> {
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
         let pages = RawReader::open(&dir.join(names::pages(pid)), RecordKind::Pages)?;
         stasis_image::validate_process(&image, pages.len(), &dir.join(names::process(pid)))?;
+        verify_data(dir, &image, &pages)?;
         let mut v = serde_json::to_value(&image)
             .map_err(|e| Error::Invalid(format!("encoding JSON: {e}")))?;
         if let Some(obj) = v.as_object_mut() {
@@ -28,4 +30,28 @@ pub fn show(dir: &Path) -> Result<serde_json::Value, Error> {
         "inventory": inventory,
         "processes": processes,
     }))
+}
+
+/// Reads every page run and blob and checks its CRC.
+fn verify_data(dir: &Path, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
+    let mut buf = Vec::new();
+    for r in &image.page_runs {
+        buf.resize((r.npages * crate::PAGE_SIZE) as usize, 0);
+        pages.read_extent(r.offset, &mut buf, r.crc)?;
+    }
+    for f in &image.files {
+        if let FileKind::Deleted { len, crc, .. } = &f.kind {
+            let blob = RawReader::open(&dir.join(names::blob(f.id)), RecordKind::Blob)?;
+            if blob.len() != *len {
+                return Err(Error::Invalid(format!(
+                    "{} holds {} bytes, the image expects {len}",
+                    names::blob(f.id),
+                    blob.len()
+                )));
+            }
+            buf.resize(*len as usize, 0);
+            blob.read_extent(0, &mut buf, *crc)?;
+        }
+    }
+    Ok(())
 }

@@ -80,7 +80,10 @@ impl RawWriter {
 
 /// Flushes a finished file to stable storage.
 pub fn sync_file(path: &Path) -> Result<(), ImageError> {
-    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     File::open(path).map_err(io)?.sync_all().map_err(io)
 }
 

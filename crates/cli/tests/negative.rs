@@ -1,0 +1,996 @@
+//! Negative end-to-end tests of the `stasis` binary: what it must refuse, and
+//! how (non-zero exit, one clear line on stderr, no panic, nothing left
+//! behind).
+//!
+//! The tests need root: when not run as root each test prints a notice and
+//! passes without doing anything. They run one at a time (a lock), because
+//! some of them check that no stray child process of ours is left.
+//!
+//! Work directories of failed tests are kept in
+//! `target/tmp/negative/<test name>/` for inspection.
+
+// The tests talk to processes directly (setsid, kill, waitpid, prctl).
+#![allow(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Deadline for one stasis command.
+const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(10);
+
+// ---------------------------------------------------------------------------
+// Process helpers.
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Takes the lock that serializes these tests and makes this process a
+/// child subreaper (so that whatever stasis leaves behind ends up as our
+/// child, where the tests look for it). `None` (after a notice) when not root.
+fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !is_root() {
+        eprintln!("skipping {test}: the negative tests need root");
+        return None;
+    }
+    static LOCK: Mutex<()> = Mutex::new(());
+    static ONCE: Once = Once::new();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument and
+        // only changes a flag of the calling process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(
+            rc,
+            0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            io::Error::last_os_error()
+        );
+    });
+    // A test that failed before may have left processes behind (they are
+    // our children, thanks to the subreaper): don't let them confuse the
+    // next test.
+    for (pid, comm) in live_children() {
+        eprintln!("{test}: killing pid {pid} ({comm}) left over by an earlier test");
+        kill(pid, libc::SIGKILL);
+        let _ = wait_pid(pid, Duration::from_secs(5));
+    }
+    Some(guard)
+}
+
+fn kill(pid: i32, sig: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill only sends a signal; pid is a positive, single process id.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+fn our_pid() -> i32 {
+    std::process::id() as i32
+}
+
+fn describe_wait_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("raw wait status {status:#x}")
+    }
+}
+
+fn describe_exit_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => format!("{status}"),
+    }
+}
+
+/// Outcome of a non-blocking look at a pid.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// Reaped by us, with this raw wait status.
+    Status(i32),
+    /// Gone, not our child.
+    Gone,
+    /// Still there.
+    Alive,
+}
+
+/// Non-blocking waitpid on `pid` that also copes with non-children.
+fn try_wait_pid(pid: i32) -> Result<Waited, String> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
+        // WNOHANG keeps it from blocking.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if rc == pid {
+            return Ok(Waited::Status(status));
+        }
+        if rc == 0 {
+            return Ok(Waited::Alive);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => {
+                return Ok(if Path::new(&format!("/proc/{pid}")).exists() {
+                    Waited::Alive
+                } else {
+                    Waited::Gone
+                })
+            }
+            _ => return Err(format!("waitpid({pid}): {err}")),
+        }
+    }
+}
+
+/// Waits up to `timeout` for `pid` to exit.
+fn wait_pid(pid: i32, timeout: Duration) -> Result<Waited, String> {
+    let start = Instant::now();
+    loop {
+        match try_wait_pid(pid)? {
+            Waited::Alive if start.elapsed() < timeout => sleep(POLL),
+            Waited::Alive => return Err(format!("pid {pid} did not exit within {timeout:?}")),
+            done => return Ok(done),
+        }
+    }
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// (State letter, TracerPid) of `pid`, or None when it does not exist.
+fn proc_state(pid: i32) -> Option<(char, String)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let state = status_field(&s, "State")?.chars().next()?;
+    let tracer = status_field(&s, "TracerPid")?.to_string();
+    Some((state, tracer))
+}
+
+/// Err unless `pid` exists, is neither stopped nor traced, nor a zombie.
+fn check_running(pid: i32) -> Result<(), String> {
+    match proc_state(pid) {
+        None => Err(format!("pid {pid} does not exist")),
+        Some((state, tracer)) => {
+            if matches!(state, 't' | 'T' | 'Z' | 'X') || tracer != "0" {
+                Err(format!("pid {pid} has State {state}, TracerPid {tracer}"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose parent is this test process; zombies
+/// found on the way are reaped.
+fn live_children() -> Vec<(i32, String)> {
+    let me = our_pid();
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may hold spaces and parens.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = stat
+            .get(stat.find('(').map_or(0, |i| i + 1)..close)
+            .unwrap_or("?")
+            .to_string();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().unwrap_or("?");
+        let ppid = rest.next().and_then(|p| p.parse::<i32>().ok());
+        if ppid != Some(me) {
+            continue;
+        }
+        if state == "Z" || state == "X" {
+            let _ = try_wait_pid(pid);
+            continue;
+        }
+        out.push((pid, comm));
+    }
+    out
+}
+
+/// A process of ours, killed and reaped on drop unless already gone.
+struct Proc {
+    pid: i32,
+    alive: bool,
+}
+
+impl Proc {
+    fn kill_and_reap(&mut self) {
+        if self.alive {
+            kill(self.pid, libc::SIGKILL);
+            let _ = wait_pid(self.pid, Duration::from_secs(5));
+            self.alive = false;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Work directories, programs, stasis.
+
+struct WorkDir {
+    dir: PathBuf,
+}
+
+impl WorkDir {
+    fn new(test: &str) -> WorkDir {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("negative")
+            .join(test);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove old work dir");
+        }
+        fs::create_dir_all(&dir).expect("create work dir");
+        WorkDir { dir }
+    }
+
+    fn mkdir(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        fs::create_dir_all(&d).expect("create dir");
+        d
+    }
+
+    /// Keeps the directory when the test failed.
+    fn done(self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts `prog args` the way the zdtm harness starts its programs: new
+/// session, cwd = the work dir, stdin /dev/null, output appended to
+/// `name.log`. The process is reaped by pid (`wait_pid`), not through `Child`.
+#[allow(clippy::zombie_processes)]
+fn spawn_program(w: &WorkDir, name: &str, prog: &str, args: &[&str]) -> Proc {
+    let log_path = w.dir.join(format!("{name}.log"));
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(&log_path)
+        .expect("open program log");
+    let log2 = log.try_clone().expect("dup program log");
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .current_dir(&w.dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes system calls (setsid, close_range), which are
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Only stdin/stdout/stderr go to the program: descriptors this
+            // test process inherited without close-on-exec (e.g. cargo's
+            // jobserver pipe) would otherwise leak into it, and stasis
+            // rightly refuses pipes that lead outside the dumped process.
+            let first: libc::c_uint = 3;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {prog}: {e}"));
+    Proc {
+        pid: child.id() as i32,
+        alive: true,
+    }
+}
+
+/// Polls until `pid` sleeps (State S), with `comm` when given, i.e. it got
+/// past exec and its startup and is in its wait.
+fn wait_sleeping(pid: i32, comm: Option<&str>) {
+    let start = Instant::now();
+    loop {
+        let c = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm_ok = match comm {
+            Some(comm) => c.trim_end() == comm,
+            None => true,
+        };
+        if comm_ok && matches!(proc_state(pid), Some(('S', _))) {
+            // Let it settle in its wait.
+            sleep(Duration::from_millis(200));
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pid {pid} ({comm:?}) never went to sleep: {:?}",
+            proc_state(pid)
+        );
+        sleep(POLL);
+    }
+}
+
+fn spawn_sleep(w: &WorkDir) -> Proc {
+    let p = spawn_program(w, "sleep", "sleep", &["100"]);
+    wait_sleeping(p.pid, Some("sleep"));
+    p
+}
+
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// Killed after STASIS_TIMEOUT.
+    timed_out: bool,
+    /// The watched pid came to life (see `stasis_watch`).
+    restored: bool,
+}
+
+impl Out {
+    fn describe(&self) -> String {
+        format!(
+            "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            describe_exit_status(self.status),
+            clip(&self.stdout),
+            clip(&self.stderr)
+        )
+    }
+}
+
+/// `s`, shortened to its first 40 lines for error messages.
+fn clip(s: &str) -> String {
+    const MAX_LINES: usize = 40;
+    let n = s.lines().count();
+    if n <= MAX_LINES {
+        return s.to_string();
+    }
+    let head: Vec<&str> = s.lines().take(MAX_LINES).collect();
+    format!("{}\n[... {} more lines]", head.join("\n"), n - MAX_LINES)
+}
+
+/// Runs `stasis ARGS` (cwd = the work dir) with a deadline; panics when it
+/// does not finish in time.
+fn stasis<S: AsRef<OsStr>>(w: &WorkDir, args: &[S]) -> Out {
+    let out = stasis_watch(w, args, None);
+    if out.timed_out {
+        panic!(
+            "stasis {:?} did not finish within {STASIS_TIMEOUT:?}: {}",
+            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+            out.describe()
+        );
+    }
+    out
+}
+
+/// Runs `stasis ARGS` (cwd = the work dir) with a deadline (after which it
+/// is killed and `timed_out` set). With `watch`, a pid that should NOT come
+/// to life: if a process with it shows up running (a restore that should
+/// have been refused went through), it is killed, so that an attached
+/// restore returns, and `restored` is set.
+fn stasis_watch<S: AsRef<OsStr>>(w: &WorkDir, args: &[S], watch: Option<i32>) -> Out {
+    let out_path = w.dir.join(".stasis.out");
+    let err_path = w.dir.join(".stasis.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(args)
+        .current_dir(&w.dir)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("create stdout file"))
+        .stderr(File::create(&err_path).expect("create stderr file"))
+        .spawn()
+        .expect("start stasis");
+    let start = Instant::now();
+    let mut timed_out = false;
+    let mut restored = false;
+    let mut seen_running = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for stasis") {
+            break status;
+        }
+        if start.elapsed() > STASIS_TIMEOUT {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed stasis");
+        }
+        if let Some(pid) = watch {
+            if check_running(pid).is_ok() {
+                seen_running += 1;
+                if seen_running >= 3 {
+                    restored = true;
+                    kill(pid, libc::SIGKILL);
+                }
+            } else {
+                seen_running = 0;
+            }
+        }
+        sleep(POLL);
+    };
+    let read = |p: &Path| {
+        let s = String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
+        let _ = fs::remove_file(p);
+        s
+    };
+    Out {
+        status,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+        timed_out,
+        restored,
+    }
+}
+
+/// The contract for every refusal: non-zero exit, exactly one non-empty
+/// line on stderr, no panic.
+fn check_clean_failure(what: &str, out: &Out) -> Result<(), String> {
+    if out.timed_out {
+        return Err(format!(
+            "{what}: did not finish within {STASIS_TIMEOUT:?}: {}",
+            out.describe()
+        ));
+    }
+    if out.restored {
+        return Err(format!(
+            "{what}: the process was restored and ran (killed by the test): {}",
+            out.describe()
+        ));
+    }
+    if out.status.success() {
+        return Err(format!(
+            "{what}: succeeded but should have failed: {}",
+            out.describe()
+        ));
+    }
+    if out.stderr.contains("panicked") || out.status.code() == Some(101) {
+        return Err(format!("{what}: panicked: {}", out.describe()));
+    }
+    if out.status.signal().is_some() {
+        return Err(format!("{what}: died of a signal: {}", out.describe()));
+    }
+    let err = out.stderr.trim_end();
+    if err.trim().is_empty() {
+        return Err(format!(
+            "{what}: failed without an error message: {}",
+            out.describe()
+        ));
+    }
+    if err.lines().count() != 1 {
+        return Err(format!(
+            "{what}: the error should be one line on stderr: {}",
+            out.describe()
+        ));
+    }
+    Ok(())
+}
+
+fn assert_ok(r: Result<(), String>) {
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// Dumps a fresh `sleep 100` (killed by the dump) into `w/img`.
+fn dumped_sleep(w: &WorkDir) -> (i32, PathBuf) {
+    let img = w.mkdir("img");
+    let mut p = spawn_sleep(w);
+    let pid = p.pid;
+    let out = stasis(
+        w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "stasis dump of sleep (pid {pid}) failed: {}",
+        out.describe()
+    );
+    match wait_pid(pid, Duration::from_secs(5)) {
+        Ok(Waited::Status(st)) => assert!(
+            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+            "after the dump, sleep should have died of SIGKILL but it {}",
+            describe_wait_status(st)
+        ),
+        other => panic!("after the dump, sleep (pid {pid}) was not reaped: {other:?}"),
+    }
+    p.alive = false;
+    assert!(
+        img.join("inventory.img").exists(),
+        "the dump wrote no inventory.img"
+    );
+    (pid, img)
+}
+
+/// Err (after killing it) if a process with `pid` exists after a refused
+/// restore; zombies of ours are reaped.
+fn check_no_process(what: &str, pid: i32) -> Result<(), String> {
+    match try_wait_pid(pid)? {
+        Waited::Gone | Waited::Status(_) => Ok(()),
+        Waited::Alive => {
+            let state = proc_state(pid);
+            kill(pid, libc::SIGKILL);
+            let _ = wait_pid(pid, Duration::from_secs(5));
+            Err(format!(
+                "{what}: a process with pid {pid} was left behind ({state:?})"
+            ))
+        }
+    }
+}
+
+/// A pid that no process has right now.
+fn unused_pid() -> i32 {
+    let mut child = Command::new("true").spawn().expect("start true");
+    let pid = child.id() as i32;
+    child.wait().expect("wait for true");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    pid
+}
+
+// ---------------------------------------------------------------------------
+// (a) dump of a pid that does not exist.
+
+#[test]
+fn dump_missing_pid_fails() {
+    let Some(_lock) = start("dump_missing_pid_fails") else {
+        return;
+    };
+    let w = WorkDir::new("dump_missing_pid_fails");
+    let img = w.mkdir("img");
+    let pid = unused_pid();
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ],
+    );
+    assert_ok(check_clean_failure(
+        &format!("dump of missing pid {pid}"),
+        &out,
+    ));
+    assert!(
+        out.stderr.contains(&pid.to_string()),
+        "the error should name pid {pid}: {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote {}",
+        img.join("inventory.img").display()
+    );
+    w.done();
+}
+
+// ---------------------------------------------------------------------------
+// (b) restore while the pid is in use.
+
+#[test]
+fn restore_pid_in_use_fails() {
+    let Some(_lock) = start("restore_pid_in_use_fails") else {
+        return;
+    };
+    let w = WorkDir::new("restore_pid_in_use_fails");
+    let img = w.mkdir("img");
+    let mut p = spawn_sleep(&w);
+    let pid = p.pid;
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+            "--leave-running".as_ref(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "stasis dump --leave-running of sleep (pid {pid}) failed: {}",
+        out.describe()
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after dump --leave-running: {e}")));
+
+    let out = stasis(&w, &[OsStr::new("restore"), "-D".as_ref(), img.as_os_str()]);
+    assert_ok(check_clean_failure(
+        &format!("restore while pid {pid} is in use"),
+        &out,
+    ));
+    assert!(
+        out.stderr.contains("in use") && out.stderr.contains(&pid.to_string()),
+        "the error should say that pid {pid} is in use: {}",
+        out.describe()
+    );
+
+    // The original still runs, undisturbed, as our child.
+    assert_eq!(
+        try_wait_pid(pid),
+        Ok(Waited::Alive),
+        "the original sleep (pid {pid}) is gone after the refused restore"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused restore: {e}")));
+    // Nothing else of ours is left: stasis exited, and anything it started
+    // would have been reparented to us (subreaper).
+    let strays: Vec<_> = live_children()
+        .into_iter()
+        .filter(|(c, _)| *c != pid)
+        .collect();
+    for (c, _) in &strays {
+        kill(*c, libc::SIGKILL);
+        let _ = wait_pid(*c, Duration::from_secs(5));
+    }
+    assert!(
+        strays.is_empty(),
+        "the refused restore left processes behind: {strays:?}"
+    );
+    p.kill_and_reap();
+    w.done();
+}
+
+// ---------------------------------------------------------------------------
+// (c) corrupted images.
+
+#[derive(Clone, Copy, Debug)]
+enum Corruption {
+    /// One byte in the middle of the file inverted.
+    FlipMiddle,
+    /// The file cut to half its size.
+    TruncateHalf,
+    /// The format version field changed (header checksum fixed up, so that
+    /// it is the version check that must catch it).
+    Version,
+}
+
+const MAGIC: &[u8; 8] = b"STASISIM";
+const HEADER_LEN: usize = 32;
+
+/// Applies `c` to `path`; false when it does not apply to this file.
+fn corrupt(path: &Path, c: Corruption) -> bool {
+    let mut b = fs::read(path).expect("read image file");
+    match c {
+        Corruption::FlipMiddle => {
+            if b.is_empty() {
+                return false;
+            }
+            let mid = b.len() / 2;
+            b[mid] ^= 0xff;
+        }
+        Corruption::TruncateHalf => {
+            if b.is_empty() {
+                return false;
+            }
+            b.truncate(b.len() / 2);
+        }
+        Corruption::Version => {
+            // The common header (crates/image/src/frame.rs): magic[8] version:u32 kind:u32
+            // payload_len:u64 payload_crc:u32 header_crc:u32 (crc32c of the
+            // first 28 bytes), little-endian.
+            if b.len() < 12 {
+                return false;
+            }
+            let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+            b[8..12].copy_from_slice(&v.wrapping_add(1).to_le_bytes());
+            if b.len() >= HEADER_LEN && &b[0..8] == MAGIC {
+                let crc = crc32c::crc32c(&b[0..28]);
+                b[28..32].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+    }
+    fs::write(path, b).expect("write corrupted image file");
+    true
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir copy");
+    for e in fs::read_dir(from).expect("read images dir").flatten() {
+        if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            fs::copy(e.path(), to.join(e.file_name())).expect("copy image file");
+        }
+    }
+}
+
+#[test]
+fn corrupted_images_are_refused() {
+    let Some(_lock) = start("corrupted_images_are_refused") else {
+        return;
+    };
+    let w = WorkDir::new("corrupted_images_are_refused");
+    let (pid, img) = dumped_sleep(&w);
+
+    // Control: the unmodified images restore (else the refusals below would
+    // prove nothing).
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("restore"),
+            "-D".as_ref(),
+            img.as_os_str(),
+            "--detach".as_ref(),
+        ],
+    );
+    let control = check_running(pid);
+    let mut restored = Proc { pid, alive: true };
+    assert!(
+        out.status.success() && control.is_ok(),
+        "control: restore --detach of the unmodified images failed ({control:?}): {}",
+        out.describe()
+    );
+    restored.kill_and_reap();
+
+    let mut files: Vec<String> = fs::read_dir(&img)
+        .expect("read images dir")
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the dump wrote no files");
+
+    let mut failures = Vec::new();
+    for file in &files {
+        for c in [
+            Corruption::FlipMiddle,
+            Corruption::TruncateHalf,
+            Corruption::Version,
+        ] {
+            let what = format!("{file} {c:?}");
+            let dir = w.dir.join(format!("bad-{file}-{c:?}"));
+            copy_dir(&img, &dir);
+            if !corrupt(&dir.join(file), c) {
+                continue;
+            }
+            let out = stasis_watch(
+                &w,
+                &[OsStr::new("restore"), "-D".as_ref(), dir.as_os_str()],
+                Some(pid),
+            );
+            let mut r = check_clean_failure(&format!("restore with {what}"), &out);
+            if r.is_ok() && !out.stderr.contains(file.as_str()) {
+                r = Err(format!(
+                    "restore with {what}: the error should name {file}: {}",
+                    out.describe()
+                ));
+            }
+            if r.is_ok()
+                && matches!(c, Corruption::Version)
+                && !out.stderr.to_lowercase().contains("version")
+            {
+                r = Err(format!(
+                    "restore with {what}: the error should say it is about the version: {}",
+                    out.describe()
+                ));
+            }
+            if let Err(e) = r {
+                failures.push(e);
+            }
+            if let Err(e) = check_no_process(&format!("restore with {what}"), pid) {
+                failures.push(e);
+            }
+            let strays = live_children();
+            if !strays.is_empty() {
+                for (c, _) in &strays {
+                    kill(*c, libc::SIGKILL);
+                    let _ = wait_pid(*c, Duration::from_secs(5));
+                }
+                failures.push(format!(
+                    "restore with {what} left processes behind: {strays:?}"
+                ));
+            }
+
+            let out = stasis_watch(&w, &[OsStr::new("show"), dir.as_os_str()], None);
+            if let Err(e) = check_clean_failure(&format!("show with {what}"), &out) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problem(s) with corrupted images:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    w.done();
+}
+
+// ---------------------------------------------------------------------------
+// (d) a resource stasis does not support: a unix socket.
+
+/// Whether `text` names one of `fds` as "fd N" (also "fd=N", "fd: N",
+/// "fd #N", ".../fd/N").
+fn names_fd(text: &str, fds: &[i32]) -> bool {
+    let lower = text.to_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("fd") {
+        rest = &rest[i + 2..];
+        let digits: String = rest
+            .trim_start_matches([' ', ':', '=', '#', '/'])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if digits.parse::<i32>().is_ok_and(|n| fds.contains(&n)) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn dump_unix_socket_is_refused() {
+    let Some(_lock) = start("dump_unix_socket_is_refused") else {
+        return;
+    };
+    let w = WorkDir::new("dump_unix_socket_is_refused");
+    let img = w.mkdir("img");
+    let script = "import os, socket, time\n\
+                  a, b = socket.socketpair()\n\
+                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d %d\\n' % (os.getpid(), a.fileno(), b.fileno()))\n\
+                  os.rename('fds.tmp', 'fds')\n\
+                  time.sleep(100)\n";
+    let mut p = spawn_program(&w, "python", "python3", &["-c", script]);
+    let pid = p.pid;
+    let fds_path = w.dir.join("fds");
+    let start = Instant::now();
+    while !fds_path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10) && try_wait_pid(pid) == Ok(Waited::Alive),
+            "python3 did not set up its socketpair; log:\n{}",
+            fs::read_to_string(w.dir.join("python.log")).unwrap_or_default()
+        );
+        sleep(POLL);
+    }
+    let nums: Vec<i32> = fs::read_to_string(&fds_path)
+        .expect("read fds")
+        .split_whitespace()
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    assert_eq!(
+        nums.first(),
+        Some(&pid),
+        "python3 runs with another pid than the one spawned (a wrapper that does not exec?)"
+    );
+    let fds = &nums[1..];
+    wait_sleeping(pid, None);
+
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ],
+    );
+    assert_ok(check_clean_failure(
+        &format!("dump of pid {pid} holding a unix socket"),
+        &out,
+    ));
+    assert!(
+        out.stderr.to_lowercase().contains("socket"),
+        "the error should say that a socket is the problem: {}",
+        out.describe()
+    );
+    assert!(
+        names_fd(&out.stderr, fds),
+        "the error should name the socket's fd (one of {fds:?}): {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote {}",
+        img.join("inventory.img").display()
+    );
+    // The process goes on as if nothing happened.
+    assert_eq!(
+        try_wait_pid(pid),
+        Ok(Waited::Alive),
+        "the process (pid {pid}) is gone after the refused dump"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
+    sleep(Duration::from_millis(300));
+    assert_ok(check_running(pid).map_err(|e| format!("300 ms after the refused dump: {e}")));
+    p.kill_and_reap();
+    w.done();
+}
+
+// ---------------------------------------------------------------------------
+// (e) show on a good dump.
+
+/// Whether `v` holds the number `n` anywhere.
+fn json_has_number(v: &serde_json::Value, n: i64) -> bool {
+    match v {
+        serde_json::Value::Number(x) => x.as_i64() == Some(n),
+        serde_json::Value::Array(a) => a.iter().any(|x| json_has_number(x, n)),
+        serde_json::Value::Object(o) => o.values().any(|x| json_has_number(x, n)),
+        _ => false,
+    }
+}
+
+#[test]
+fn show_prints_json_with_the_pid() {
+    let Some(_lock) = start("show_prints_json_with_the_pid") else {
+        return;
+    };
+    let w = WorkDir::new("show_prints_json_with_the_pid");
+    let (pid, img) = dumped_sleep(&w);
+    let out = stasis(&w, &[OsStr::new("show"), img.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "stasis show failed: {}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    let v: serde_json::Value = match serde_json::from_str(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "stasis show did not print valid JSON ({e}): {}",
+            out.describe()
+        ),
+    };
+    assert!(
+        json_has_number(&v, i64::from(pid)),
+        "the JSON does not contain pid {pid}: {}",
+        out.stdout
+    );
+    w.done();
+}
+
+#[test]
+fn names_fd_recognizes_the_usual_forms() {
+    for text in [
+        "dump: pid 7: fd 3 is a unix socket",
+        "fd=4: socket",
+        "unsupported socket on FD #3",
+        "/proc/7/fd/4 -> socket:[123]",
+        "fd: 3 (socket)",
+    ] {
+        assert!(names_fd(text, &[3, 4]), "{text}");
+    }
+    for text in ["fd 33 socket", "/proc/7/fdinfo/3", "fd 5", "no fds here"] {
+        assert!(!names_fd(text, &[3, 4]), "{text}");
+    }
+}

@@ -1,0 +1,973 @@
+//! End-to-end checkpoint/restore tests ("zdtm": zero downtime migration).
+//!
+//! Each test compiles one C program from `tests/zdtm/` (workspace root), runs
+//! it in a fresh session with its output going to `test.log` in a per-test
+//! work directory, waits for it to print `READY`, and then drives it through
+//! one [`Mode`]: plain run (no checkpoint), dump + restore, dump with
+//! `--leave-running`, several dump/restore cycles, or two restores from the
+//! same images. At the end the program gets SIGTERM, checks that everything it
+//! set up survived, prints `PASS` (or `FAIL: what differed`) and exits with
+//! status 0 on success.
+//!
+//! The tests need root (ptrace, restoring a given pid): when not run as root
+//! each test prints a notice and passes without doing anything.
+//!
+//! The harness process makes itself a child subreaper, so that processes
+//! restored with `stasis restore --detach` (and anything else stasis leaves
+//! behind) are reparented to it and can be waited for.
+//!
+//! Work directories of failed tests are kept in
+//! `target/tmp/zdtm/run/<test name>/` for inspection.
+
+// The harness talks to processes directly (setsid, kill, waitpid, prctl).
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long to let a test program settle into its wait after `READY`.
+const SETTLE_AFTER_READY: Duration = Duration::from_millis(300);
+/// How long to let a restored program run before touching it again.
+const SETTLE_AFTER_RESTORE: Duration = Duration::from_millis(200);
+/// Deadline for the program to print `READY`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for one `stasis dump` or `stasis restore --detach`.
+const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline for a restored process to show up running.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for the program to finish after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often to poll /proc, logs and children.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What the harness does with a test program between `READY` and SIGTERM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// No checkpoint at all: validates the test program itself.
+    Sanity,
+    /// Dump (which kills the program), restore attached, SIGTERM.
+    DumpRestore,
+    /// Dump with `--leave-running`; SIGTERM the original and check it; then
+    /// restore from the images and check the restored copy too.
+    LeaveRunning,
+    /// `n` times: dump (kills) into a fresh images dir, restore detached.
+    /// Then SIGTERM the last restored process.
+    Cycles(u32),
+    /// Dump (kills), restore attached, SIGTERM, check; restore from the same
+    /// images once more, SIGTERM, check.
+    RestoreTwice,
+}
+
+// ---------------------------------------------------------------------------
+// Small process helpers.
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes this (multi-threaded) test process a child subreaper, once.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument and
+        // only changes a flag of the calling process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(
+            rc,
+            0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            io::Error::last_os_error()
+        );
+    });
+}
+
+/// Sends `sig` to `pid`; true when it was delivered.
+fn kill(pid: i32, sig: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill only sends a signal; pid is a positive, single process id.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Human-readable form of a raw wait status.
+fn describe_wait_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("raw wait status {status:#x}")
+    }
+}
+
+/// Human-readable form of an `ExitStatus`.
+fn describe_exit_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => format!("{status}"),
+    }
+}
+
+/// The outcome of waiting for a process that may or may not be our child.
+#[derive(Debug)]
+enum Reaped {
+    /// We reaped it ourselves; the raw wait status.
+    Status(i32),
+    /// It is gone but was not our child, so its status is unknown.
+    Gone,
+}
+
+/// Waits until `pid` has exited, reaping it when it is (or becomes, via the
+/// subreaper) our child.
+fn wait_pid(pid: i32, timeout: Duration) -> Result<Reaped, String> {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
+        // WNOHANG keeps it from blocking.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if rc == pid {
+            return Ok(Reaped::Status(status));
+        }
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Not our child (yet?): it is done once /proc forgets it.
+                Some(libc::ECHILD) => {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        return Ok(Reaped::Gone);
+                    }
+                }
+                _ => return Err(format!("waitpid({pid}): {err}")),
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "pid {pid} did not exit within {timeout:?} (state: {})",
+                describe_proc(pid)
+            ));
+        }
+        sleep(POLL);
+    }
+}
+
+/// A field of /proc/PID/status, e.g. `status_field(s, "State")`.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// One line describing what /proc says about `pid`, for error messages.
+fn describe_proc(pid: i32) -> String {
+    match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Err(_) => "no such process".to_string(),
+        Ok(s) => {
+            let exe = fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| format!("? ({e})"));
+            format!(
+                "State {}, TracerPid {}, PPid {}, exe {}",
+                status_field(&s, "State").unwrap_or("?"),
+                status_field(&s, "TracerPid").unwrap_or("?"),
+                status_field(&s, "PPid").unwrap_or("?"),
+                exe
+            )
+        }
+    }
+}
+
+/// What a poll of /proc/PID/status found.
+enum ProcState {
+    Absent,
+    /// Exists, not traced, not stopped.
+    Running,
+    /// Exited, not reaped yet.
+    Zombie,
+    /// Exists but stopped or traced (still being dumped or restored).
+    Busy,
+}
+
+fn proc_state(pid: i32) -> ProcState {
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return ProcState::Absent;
+    };
+    let state = status_field(&s, "State").and_then(|v| v.chars().next());
+    let tracer = status_field(&s, "TracerPid");
+    match state {
+        Some('Z') | Some('X') => ProcState::Zombie,
+        Some('t') | Some('T') => ProcState::Busy,
+        Some(_) if tracer == Some("0") => ProcState::Running,
+        _ => ProcState::Busy,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building the C programs.
+
+fn zdtm_src_dir() -> PathBuf {
+    // crates/cli -> the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("crates/cli has a workspace root two levels up");
+    root.join("tests").join("zdtm")
+}
+
+fn zdtm_tmp_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("zdtm")
+}
+
+/// Compiles `tests/zdtm/NAME.c` once per test run; later calls (from any
+/// thread) get the same result.
+fn build(name: &str) -> Result<PathBuf, String> {
+    type Slot = Arc<OnceLock<Result<PathBuf, String>>>;
+    static BUILT: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
+    let slot = {
+        let mut map = BUILT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(name.to_string()).or_default())
+    };
+    slot.get_or_init(|| compile(name)).clone()
+}
+
+fn compile(name: &str) -> Result<PathBuf, String> {
+    let src_dir = zdtm_src_dir();
+    let src = src_dir.join(format!("{name}.c"));
+    if !src.exists() {
+        return Err(format!("missing test program {}", src.display()));
+    }
+    let lib = src_dir.join("lib");
+    if !lib.join("zdtm.c").exists() || !lib.join("zdtm.h").exists() {
+        return Err(format!(
+            "missing test library {}/zdtm.c or zdtm.h",
+            lib.display()
+        ));
+    }
+    let bin_dir = zdtm_tmp_dir().join("bin");
+    fs::create_dir_all(&bin_dir).map_err(|e| format!("mkdir {}: {e}", bin_dir.display()))?;
+    let bin = bin_dir.join(name);
+    // Build under a private name and rename: another test binary or a
+    // process of an earlier run may be executing the old file.
+    let tmp = bin_dir.join(format!(".{name}.{}", std::process::id()));
+    let out = Command::new("gcc")
+        .args(["-O1", "-g", "-Wall", "-Werror", "-D_GNU_SOURCE", "-I"])
+        .arg(&lib)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .arg(lib.join("zdtm.c"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run gcc: {e}"))?;
+    if !out.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!(
+            "compiling {} failed ({}):\n{}{}",
+            src.display(),
+            describe_exit_status(out.status),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    fs::rename(&tmp, &bin).map_err(|e| format!("rename to {}: {e}", bin.display()))?;
+    Ok(bin)
+}
+
+// ---------------------------------------------------------------------------
+// One test run.
+
+struct Run {
+    test: &'static str,
+    bin: PathBuf,
+    args: &'static [&'static str],
+    dir: PathBuf,
+    log: PathBuf,
+    /// The test program's pid (the original and every restored copy).
+    pid: i32,
+    /// Whether a process with `pid` may exist and must be killed on cleanup.
+    live: bool,
+    /// The attached `stasis restore`, while it runs.
+    restore: Option<Child>,
+    /// Counter for naming stasis output files.
+    nstasis: u32,
+    /// Offset into test.log where the current phase's output starts.
+    mark: usize,
+}
+
+impl Run {
+    fn new(
+        test: &'static str,
+        bin: PathBuf,
+        args: &'static [&'static str],
+    ) -> Result<Self, String> {
+        let dir = zdtm_tmp_dir().join("run").join(test);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let log = dir.join("test.log");
+        Ok(Run {
+            test,
+            bin,
+            args,
+            dir,
+            log,
+            pid: 0,
+            live: false,
+            restore: None,
+            nstasis: 0,
+            mark: 0,
+        })
+    }
+
+    fn read_log(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("dup {}: {e}", self.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes system calls (setsid, close_range), which are
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Only stdin/stdout/stderr go to the program: descriptors this
+                // test process inherited without close-on-exec (e.g. cargo's
+                // jobserver pipe) would otherwise leak into it, and stasis
+                // rightly refuses pipes that lead outside the dumped process.
+                let first: libc::c_uint = 3;
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    first,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        self.pid = child.id() as i32;
+        self.live = true;
+        // From here on the process is handled through its pid (waitpid),
+        // like restored copies that are not `Child`ren of ours.
+        drop(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if self.read_log().contains("READY") {
+                return Ok(());
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a valid int pointer;
+            // WNOHANG keeps it from blocking.
+            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if rc == self.pid {
+                self.live = false;
+                return Err(format!(
+                    "test program {} before printing READY",
+                    describe_wait_status(status)
+                ));
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(format!("no READY within {READY_TIMEOUT:?}"));
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Runs `stasis ARGS` to completion, output into a file in the work dir.
+    fn stasis(&mut self, what: &str, args: &[OsString]) -> Result<(), String> {
+        let (mut child, out) = self.spawn_stasis(what, args)?;
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for stasis {what}: {e}")),
+            }
+            if start.elapsed() > STASIS_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "stasis {what} did not finish within {STASIS_TIMEOUT:?}; output:\n{}",
+                    read_lossy(&out)
+                ));
+            }
+            sleep(POLL);
+        };
+        if !status.success() {
+            return Err(format!(
+                "stasis {what} failed ({}); output:\n{}",
+                describe_exit_status(status),
+                read_lossy(&out)
+            ));
+        }
+        Ok(())
+    }
+
+    fn spawn_stasis(&mut self, what: &str, args: &[OsString]) -> Result<(Child, PathBuf), String> {
+        self.nstasis += 1;
+        let out = self.dir.join(format!("stasis-{}-{what}.log", self.nstasis));
+        let f = File::create(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+        let f2 = f
+            .try_clone()
+            .map_err(|e| format!("dup {}: {e}", out.display()))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_stasis"))
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .map_err(|e| format!("cannot start stasis {what}: {e}"))?;
+        Ok((child, out))
+    }
+
+    fn images(&self, name: &str) -> Result<PathBuf, String> {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// `stasis dump -t PID -D DIR [--leave-running]`.
+    fn dump(&mut self, images: &Path, leave_running: bool) -> Result<(), String> {
+        let mut args: Vec<OsString> = vec![
+            "dump".into(),
+            "-t".into(),
+            self.pid.to_string().into(),
+            "-D".into(),
+            images.into(),
+        ];
+        if leave_running {
+            args.push("--leave-running".into());
+        }
+        self.stasis("dump", &args)?;
+        if leave_running {
+            return self
+                .wait_running(None)
+                .map_err(|e| format!("after dump --leave-running: {e}"));
+        }
+        // The dump kills the process: reap it (it is our child, directly or
+        // through the subreaper) and check how it died.
+        match wait_pid(self.pid, Duration::from_secs(5)) {
+            Ok(Reaped::Status(st)) => {
+                self.live = false;
+                if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "after a successful dump the process should have died of SIGKILL, but it {}",
+                        describe_wait_status(st)
+                    ))
+                }
+            }
+            Ok(Reaped::Gone) => {
+                self.live = false;
+                Ok(())
+            }
+            Err(e) => Err(format!("after a successful dump: {e}")),
+        }
+    }
+
+    /// Waits until the process with our pid exists, is not traced and not
+    /// stopped (for a few consecutive polls). `restore` is an attached
+    /// `stasis restore` that must not exit meanwhile.
+    fn wait_running(&mut self, mut restore: Option<&mut Child>) -> Result<(), String> {
+        let start = Instant::now();
+        let mut good = 0;
+        loop {
+            if let Some(child) = restore.as_deref_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "stasis restore {} before pid {} was seen running",
+                        describe_exit_status(status),
+                        self.pid
+                    ));
+                }
+            }
+            match proc_state(self.pid) {
+                ProcState::Running => {
+                    good += 1;
+                    if good >= 3 {
+                        return Ok(());
+                    }
+                }
+                ProcState::Zombie => {
+                    return Err(format!("pid {} exited prematurely (zombie)", self.pid));
+                }
+                ProcState::Absent | ProcState::Busy => good = 0,
+            }
+            if start.elapsed() > RUNNING_TIMEOUT {
+                return Err(format!(
+                    "pid {} not running within {RUNNING_TIMEOUT:?} ({})",
+                    self.pid,
+                    describe_proc(self.pid)
+                ));
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// `stasis restore -D DIR`, staying attached; returns once the restored
+    /// process runs.
+    fn restore_attached(&mut self, images: &Path) -> Result<(), String> {
+        self.ensure_pid_free()?;
+        let args: Vec<OsString> = vec!["restore".into(), "-D".into(), images.into()];
+        let (child, out) = self.spawn_stasis("restore", &args)?;
+        self.live = true;
+        let mut child = child;
+        let res = self.wait_running(Some(&mut child));
+        self.restore = Some(child);
+        res.map_err(|e| format!("{e}; stasis restore output:\n{}", read_lossy(&out)))
+    }
+
+    /// `stasis restore -D DIR --detach`; returns once the restored process
+    /// runs.
+    fn restore_detached(&mut self, images: &Path) -> Result<(), String> {
+        self.ensure_pid_free()?;
+        let args: Vec<OsString> = vec![
+            "restore".into(),
+            "-D".into(),
+            images.into(),
+            "--detach".into(),
+        ];
+        self.live = true;
+        self.stasis("restore", &args)?;
+        self.wait_running(None)
+            .map_err(|e| format!("after stasis restore --detach: {e}"))
+    }
+
+    fn ensure_pid_free(&self) -> Result<(), String> {
+        if Path::new(&format!("/proc/{}", self.pid)).exists() {
+            return Err(format!(
+                "harness bug: pid {} still exists before restore ({})",
+                self.pid,
+                describe_proc(self.pid)
+            ));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the process, which is not under an attached restore; wait
+    /// for it (our child, directly or through the subreaper) and check.
+    fn finish_direct(&mut self) -> Result<(), String> {
+        if !kill(self.pid, libc::SIGTERM) {
+            return Err(format!(
+                "cannot send SIGTERM to pid {}: {}",
+                self.pid,
+                io::Error::last_os_error()
+            ));
+        }
+        let reaped = wait_pid(self.pid, EXIT_TIMEOUT).map_err(|e| format!("after SIGTERM: {e}"))?;
+        self.live = false;
+        if let Reaped::Status(st) = reaped {
+            if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+                return Err(format!(
+                    "test program {} after SIGTERM{}",
+                    describe_wait_status(st),
+                    self.first_fail()
+                ));
+            }
+        }
+        self.check_verdict()
+    }
+
+    /// SIGTERM to the process restored by the attached `stasis restore`;
+    /// `stasis restore` must then exit with the program's status, 0.
+    fn finish_attached(&mut self) -> Result<(), String> {
+        let mut child = self
+            .restore
+            .take()
+            .ok_or("harness bug: no attached restore")?;
+        if !kill(self.pid, libc::SIGTERM) {
+            let err = io::Error::last_os_error();
+            self.restore = Some(child);
+            return Err(format!("cannot send SIGTERM to pid {}: {err}", self.pid));
+        }
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for stasis restore: {e}")),
+            }
+            if start.elapsed() > EXIT_TIMEOUT {
+                self.restore = Some(child);
+                return Err(format!(
+                    "stasis restore did not exit within {EXIT_TIMEOUT:?} after SIGTERM to pid {} ({})",
+                    self.pid,
+                    describe_proc(self.pid)
+                ));
+            }
+            sleep(POLL);
+        };
+        // The restored process must be gone with it.
+        match wait_pid(self.pid, Duration::from_secs(2)) {
+            Ok(_) => self.live = false,
+            Err(e) => {
+                return Err(format!(
+                    "stasis restore {} but the restored process is still there: {e}",
+                    describe_exit_status(status)
+                ))
+            }
+        }
+        if !status.success() {
+            let hint = match status.code() {
+                Some(c) if c > 128 => {
+                    format!(" (the restored program was killed by signal {})", c - 128)
+                }
+                _ => String::new(),
+            };
+            return Err(format!(
+                "stasis restore (attached) {}{hint} after SIGTERM to the restored program{}",
+                describe_exit_status(status),
+                self.first_fail()
+            ));
+        }
+        self.check_verdict()
+    }
+
+    /// The log written since the current phase started must say PASS and
+    /// must not say FAIL.
+    fn check_verdict(&mut self) -> Result<(), String> {
+        let log = self.read_log();
+        let new = log.get(self.mark..).unwrap_or("");
+        self.mark = log.len();
+        if let Some(line) = new.lines().find(|l| l.trim_start().starts_with("FAIL")) {
+            return Err(format!("test program reported: {line}"));
+        }
+        if !new.contains("PASS") {
+            return Err("no PASS in the test log".to_string());
+        }
+        Ok(())
+    }
+
+    /// ": FAIL..." with the first FAIL line of the current phase, if any.
+    fn first_fail(&self) -> String {
+        let log = self.read_log();
+        log.get(self.mark..)
+            .unwrap_or("")
+            .lines()
+            .find(|l| l.trim_start().starts_with("FAIL"))
+            .map(|l| format!(": {l}"))
+            .unwrap_or_default()
+    }
+
+    fn settle(&self, d: Duration) {
+        sleep(d);
+    }
+
+    fn run(&mut self, mode: Mode) -> Result<(), String> {
+        self.spawn()?;
+        self.wait_ready()?;
+        self.settle(SETTLE_AFTER_READY);
+        match mode {
+            Mode::Sanity => self.finish_direct(),
+            Mode::DumpRestore => {
+                let img = self.images("img")?;
+                self.dump(&img, false)?;
+                self.restore_attached(&img)?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_attached()
+            }
+            Mode::LeaveRunning => {
+                let img = self.images("img")?;
+                self.dump(&img, true)?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_direct()
+                    .map_err(|e| format!("original after dump --leave-running: {e}"))?;
+                self.restore_attached(&img)?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_attached()
+                    .map_err(|e| format!("restored copy: {e}"))
+            }
+            Mode::Cycles(n) => {
+                for i in 1..=n {
+                    let img = self.images(&format!("img-{i}"))?;
+                    self.dump(&img, false)
+                        .map_err(|e| format!("cycle {i}/{n}: {e}"))?;
+                    self.restore_detached(&img)
+                        .map_err(|e| format!("cycle {i}/{n}: {e}"))?;
+                    self.settle(SETTLE_AFTER_RESTORE);
+                }
+                self.finish_direct()
+            }
+            Mode::RestoreTwice => {
+                let img = self.images("img")?;
+                self.dump(&img, false)?;
+                self.restore_attached(&img)?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_attached()
+                    .map_err(|e| format!("first restore: {e}"))?;
+                self.restore_attached(&img)
+                    .map_err(|e| format!("second restore: {e}"))?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_attached()
+                    .map_err(|e| format!("second restore: {e}"))
+            }
+        }
+    }
+
+    /// Everything in the work dir that helps to understand a failure.
+    fn report(&self) -> String {
+        let mut s = format!(
+            "--- {}: {} ({}) ---\n",
+            self.test,
+            self.log.display(),
+            self.bin.display()
+        );
+        s.push_str(&self.read_log());
+        let mut outs: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("stasis-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        outs.sort_by_key(|p| {
+            // stasis-N-what.log: sort by N.
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('-').nth(1))
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        for p in outs {
+            s.push_str(&format!("\n--- {} ---\n", p.display()));
+            s.push_str(&read_lossy(&p));
+        }
+        s
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.restore.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.live && kill(self.pid, libc::SIGKILL) {
+            let _ = wait_pid(self.pid, Duration::from_secs(5));
+        }
+    }
+}
+
+fn read_lossy(p: &Path) -> String {
+    fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", p.display()))
+}
+
+/// Runs program `name` with `args` in `mode`; panics with the program's log
+/// and stasis' output on failure.
+fn run(test: &'static str, name: &str, args: &'static [&'static str], mode: Mode) {
+    if !is_root() {
+        eprintln!("skipping {test}: the zdtm tests need root");
+        return;
+    }
+    become_subreaper();
+    let bin = match build(name) {
+        Ok(bin) => bin,
+        Err(e) => panic!("{test}: {e}"),
+    };
+    let mut r = match Run::new(test, bin, args) {
+        Ok(r) => r,
+        Err(e) => panic!("{test}: {e}"),
+    };
+    match r.run(mode) {
+        Ok(()) => {
+            let dir = r.dir.clone();
+            drop(r);
+            let _ = fs::remove_dir_all(dir);
+        }
+        Err(e) => {
+            let report = r.report();
+            let dir = r.dir.clone();
+            drop(r); // kill whatever is left before panicking
+            panic!(
+                "{test} ({name}, {mode:?}): {e}\n(work dir kept: {})\n{report}",
+                dir.display()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests: one per (program, mode).
+
+macro_rules! zdtm_tests {
+    ($($prog:ident $args:tt { $($test:ident => $mode:expr),* $(,)? })*) => {
+        $($(
+            #[test]
+            fn $test() {
+                run(stringify!($test), stringify!($prog), &$args, $mode);
+            }
+        )*)*
+    };
+}
+
+use Mode::*;
+
+zdtm_tests! {
+    busy_loop [] {
+        zdtm_busy_loop_sanity => Sanity,
+        zdtm_busy_loop_dump_restore => DumpRestore,
+        zdtm_busy_loop_leave_running => LeaveRunning,
+        zdtm_busy_loop_cycles3 => Cycles(3),
+        zdtm_busy_loop_restore_twice => RestoreTwice,
+    }
+    mem_anon ["64"] {
+        zdtm_mem_anon_sanity => Sanity,
+        zdtm_mem_anon_dump_restore => DumpRestore,
+        zdtm_mem_anon_leave_running => LeaveRunning,
+        zdtm_mem_anon_cycles3 => Cycles(3),
+        zdtm_mem_anon_restore_twice => RestoreTwice,
+    }
+    mem_heap [] {
+        zdtm_mem_heap_sanity => Sanity,
+        zdtm_mem_heap_dump_restore => DumpRestore,
+    }
+    mem_stack [] {
+        zdtm_mem_stack_sanity => Sanity,
+        zdtm_mem_stack_dump_restore => DumpRestore,
+    }
+    mem_file_private [] {
+        zdtm_mem_file_private_sanity => Sanity,
+        zdtm_mem_file_private_dump_restore => DumpRestore,
+    }
+    mem_file_shared [] {
+        zdtm_mem_file_shared_sanity => Sanity,
+        zdtm_mem_file_shared_dump_restore => DumpRestore,
+    }
+    mem_shared_anon [] {
+        zdtm_mem_shared_anon_sanity => Sanity,
+        zdtm_mem_shared_anon_dump_restore => DumpRestore,
+    }
+    vdso [] {
+        zdtm_vdso_sanity => Sanity,
+        zdtm_vdso_dump_restore => DumpRestore,
+    }
+    regs_gpr [] {
+        zdtm_regs_gpr_sanity => Sanity,
+        zdtm_regs_gpr_dump_restore => DumpRestore,
+    }
+    regs_fpu [] {
+        zdtm_regs_fpu_sanity => Sanity,
+        zdtm_regs_fpu_dump_restore => DumpRestore,
+    }
+    tls [] {
+        zdtm_tls_sanity => Sanity,
+        zdtm_tls_dump_restore => DumpRestore,
+    }
+    sleep_nanosleep [] {
+        zdtm_sleep_nanosleep_sanity => Sanity,
+        zdtm_sleep_nanosleep_dump_restore => DumpRestore,
+        zdtm_sleep_nanosleep_cycles2 => Cycles(2),
+    }
+    sleep_pause [] {
+        zdtm_sleep_pause_sanity => Sanity,
+        zdtm_sleep_pause_dump_restore => DumpRestore,
+    }
+    syscall_read_pipe [] {
+        zdtm_syscall_read_pipe_sanity => Sanity,
+        zdtm_syscall_read_pipe_dump_restore => DumpRestore,
+        zdtm_syscall_read_pipe_cycles2 => Cycles(2),
+    }
+    syscall_poll [] {
+        zdtm_syscall_poll_sanity => Sanity,
+        zdtm_syscall_poll_dump_restore => DumpRestore,
+    }
+    rseq [] {
+        zdtm_rseq_sanity => Sanity,
+        zdtm_rseq_dump_restore => DumpRestore,
+    }
+    robust_tid [] {
+        zdtm_robust_tid_sanity => Sanity,
+        zdtm_robust_tid_dump_restore => DumpRestore,
+    }
+    mm_fields [] {
+        zdtm_mm_fields_sanity => Sanity,
+        zdtm_mm_fields_dump_restore => DumpRestore,
+    }
+    files_regular [] {
+        zdtm_files_regular_sanity => Sanity,
+        zdtm_files_regular_dump_restore => DumpRestore,
+    }
+    files_deleted [] {
+        zdtm_files_deleted_sanity => Sanity,
+        zdtm_files_deleted_dump_restore => DumpRestore,
+    }
+    files_devnull_dir [] {
+        zdtm_files_devnull_dir_sanity => Sanity,
+        zdtm_files_devnull_dir_dump_restore => DumpRestore,
+    }
+    pipe_inflight [] {
+        zdtm_pipe_inflight_sanity => Sanity,
+        zdtm_pipe_inflight_dump_restore => DumpRestore,
+    }
+    signals [] {
+        zdtm_signals_sanity => Sanity,
+        zdtm_signals_dump_restore => DumpRestore,
+    }
+    itimers [] {
+        zdtm_itimers_sanity => Sanity,
+        zdtm_itimers_dump_restore => DumpRestore,
+    }
+    process_state [] {
+        zdtm_process_state_sanity => Sanity,
+        zdtm_process_state_dump_restore => DumpRestore,
+    }
+    creds [] {
+        zdtm_creds_sanity => Sanity,
+        zdtm_creds_dump_restore => DumpRestore,
+    }
+}
