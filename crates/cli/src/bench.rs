@@ -112,10 +112,12 @@ pub fn run(mib: u64) -> BenchResult {
 
         let images = dir.join("images");
         let t = Instant::now();
-        let report = stasis_engine::dump(&stasis_engine::DumpOptions {
+        let report = stasis_engine::dump(stasis_engine::DumpOptions {
             pid,
-            images_dir: images.clone(),
+            pidfd: None,
+            images: stasis_engine::ImageDir::create(&images)?,
             leave_running: false,
+            service: None,
         })?;
         let dump = t.elapsed();
         let _ = child.wait();
@@ -130,7 +132,8 @@ pub fn run(mib: u64) -> BenchResult {
 
         let t = Instant::now();
         let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
-            images_dir: images.clone(),
+            images: stasis_engine::ImageDir::open(&images)?,
+            requester: None,
         })?;
         let restore = t.elapsed();
         println!(

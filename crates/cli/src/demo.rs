@@ -56,10 +56,12 @@ pub fn run() -> DemoResult {
     std::thread::sleep(Duration::from_millis(1100));
     show_new_lines(&log, &mut seen)?;
 
-    let report = stasis_engine::dump(&stasis_engine::DumpOptions {
+    let report = stasis_engine::dump(stasis_engine::DumpOptions {
         pid,
-        images_dir: images.clone(),
+        pidfd: None,
+        images: stasis_engine::ImageDir::create(&images)?,
         leave_running: false,
+        service: None,
     })?;
     let _ = child.wait();
     println!(
@@ -74,7 +76,8 @@ pub fn run() -> DemoResult {
     show_new_lines(&log, &mut seen)?;
 
     let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
-        images_dir: images.clone(),
+        images: stasis_engine::ImageDir::open(&images)?,
+        requester: None,
     })?;
     println!(
         "restored it with pid {}; it goes on counting:",

@@ -108,10 +108,12 @@ fn run_check() -> CmdResult {
 }
 
 fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
-    let report = dump(&DumpOptions {
+    let report = dump(DumpOptions {
         pid,
-        images_dir: images.clone(),
+        pidfd: None,
+        images: stasis_engine::ImageDir::create(&images)?,
         leave_running,
+        service: None,
     })?;
     eprintln!(
         "dumped pid {} into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
@@ -125,7 +127,10 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
 }
 
 fn run_restore(images: PathBuf, detach: bool) -> CmdResult {
-    let restored = restore(&RestoreOptions { images_dir: images })?;
+    let restored = restore(&RestoreOptions {
+        images: stasis_engine::ImageDir::open(&images)?,
+        requester: None,
+    })?;
     if detach {
         println!("{}", restored.pid);
         return Ok(0);
@@ -135,7 +140,7 @@ fn run_restore(images: PathBuf, detach: bool) -> CmdResult {
 }
 
 fn run_show(dir: PathBuf) -> CmdResult {
-    let v = stasis_engine::show::show(&dir)?;
+    let v = stasis_engine::show::show(&stasis_engine::ImageDir::open(&dir)?)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }

@@ -11,19 +11,33 @@ use crate::freeze::Frozen;
 use crate::inject::{self, Injector};
 use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
 use stasis_image::{
-    names, write_record_atomic, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
+    names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
 };
 use stasis_sys::{process, ptrace, Pid};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 /// What to dump and how.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DumpOptions {
     pub pid: Pid,
-    pub images_dir: PathBuf,
+    /// A pidfd of the process obtained by the caller (for example from SO_PEERPIDFD): when
+    /// given, the dump refuses to go on unless this very process is the one frozen.
+    pub pidfd: Option<OwnedFd>,
+    /// Where the images go.
+    pub images: ImageDir,
     /// Let the process run on after the dump instead of killing it.
     pub leave_running: bool,
+    /// The self-dump connection of the process, if any.
+    pub service: Option<ServiceConnection>,
+}
+
+/// A self-dumping process's connection to stasisd: the socket at `fd` in the target is
+/// recorded, and restored as a socket on which `restored_reply` waits to be read.
+#[derive(Debug, Clone)]
+pub struct ServiceConnection {
+    pub fd: i32,
+    pub restored_reply: Vec<u8>,
 }
 
 /// Figures about a finished dump.
@@ -36,8 +50,8 @@ pub struct DumpReport {
     pub frozen: std::time::Duration,
 }
 
-/// Dumps `opts.pid` into `opts.images_dir`.
-pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
+/// Dumps `opts.pid` into `opts.images`.
+pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let pid = opts.pid;
     if pid <= 0 {
         return Err(Error::NoSuchProcess { pid });
@@ -45,10 +59,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if pid == process::getpid() {
         return Err(Error::Invalid("stasis cannot dump itself this way".into()));
     }
-    let pidfd = process::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
-        Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-        _ => Error::sys("pidfd_open", pid, e),
-    })?;
+    let pidfd = match opts.pidfd {
+        Some(fd) => fd,
+        None => process::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+            _ => Error::sys("pidfd_open", pid, e),
+        })?,
+    };
     let status = procfs::read_status(pid).map_err(|_| Error::NoSuchProcess { pid })?;
     if status.tgid != pid {
         return Err(Error::Invalid(format!(
@@ -65,63 +82,96 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
             ),
         });
     }
-    prepare_dir(&opts.images_dir)?;
+    let dir = &opts.images;
+    if dir.exists(names::INVENTORY) {
+        return Err(Error::Invalid(format!(
+            "{} already holds a complete dump; use an empty directory",
+            dir.label().display()
+        )));
+    }
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let frozen_at = Instant::now();
     let mut frozen = Frozen::freeze(pid)?;
-    let mut written = Vec::new();
-    let result = collect_and_write(
-        pid,
-        &pidfd,
-        &frozen,
-        vdso_offset,
-        &opts.images_dir,
-        &mut written,
-    );
+    // The pid was pinned by a pidfd: if that process is gone, the pid may have been reused
+    // and what we froze is another process.
+    if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    let mut written: Vec<String> = Vec::new();
+    let mut frozen_for = None;
+    let result = (|| {
+        let (mappings, page_bytes) = collect_and_write(
+            pid,
+            &pidfd,
+            &frozen,
+            vdso_offset,
+            dir,
+            opts.service.as_ref(),
+            &mut written,
+        )?;
+        // A process that runs on need not wait for the disk; one that is killed stays frozen
+        // until its images are durable, so a failure here still leaves it alive.
+        if opts.leave_running {
+            frozen.thaw()?;
+            frozen_for = Some(frozen_at.elapsed());
+        }
+        for name in &written {
+            dir.sync_file(name)?;
+        }
+        write_inventory(dir, pid)?;
+        Ok::<_, Error>((mappings, page_bytes))
+    })();
     match result {
         Ok((mappings, page_bytes)) => {
-            if opts.leave_running {
-                frozen.thaw()?;
-            } else {
+            if !opts.leave_running {
                 frozen.kill()?;
             }
             Ok(DumpReport {
                 pid,
                 mappings,
                 page_bytes,
-                frozen: frozen_at.elapsed(),
+                frozen: frozen_for.unwrap_or_else(|| frozen_at.elapsed()),
             })
         }
         Err(e) => {
-            for p in written {
-                let _ = std::fs::remove_file(p);
+            for name in written {
+                let _ = dir.remove(&name);
             }
-            drop(frozen); // detaches: the process runs on
+            drop(frozen); // detaches (unless already done): the process runs on
             Err(e)
         }
     }
 }
 
-/// Creates the directory if needed and refuses one that already holds a complete dump.
-fn prepare_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    if dir.join(names::INVENTORY).exists() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a complete dump; use an empty directory",
-            dir.display()
-        )));
-    }
-    Ok(())
+/// Writes the inventory: the last file, whose presence marks the dump complete.
+fn write_inventory(dir: &ImageDir, pid: Pid) -> Result<(), Error> {
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: procfs::kernel_release(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        root_pid: pid,
+        processes: vec![pid],
+    };
+    Ok(write_record_atomic(
+        dir,
+        names::INVENTORY,
+        RecordKind::Inventory,
+        &inventory,
+    )?)
 }
 
 fn collect_and_write(
     pid: Pid,
-    pidfd: &std::os::fd::OwnedFd,
+    pidfd: &OwnedFd,
     frozen: &Frozen,
     vdso_offset: u64,
-    dir: &Path,
-    written: &mut Vec<PathBuf>,
+    dir: &ImageDir,
+    service: Option<&ServiceConnection>,
+    written: &mut Vec<String>,
 ) -> Result<(usize, u64), Error> {
     let stat = procfs::read_stat(pid)?;
     let status = procfs::read_status(pid)?;
@@ -132,7 +182,7 @@ fn collect_and_write(
     }
     // Everything that can refuse the dump comes before any file is created.
     let vmas = memory::collect_vmas(pid)?;
-    let dumped_files = files::dump(pid, pidfd)?;
+    let dumped_files = files::dump(pid, pidfd, service)?;
     let vdso = vmas
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
@@ -164,9 +214,9 @@ fn collect_and_write(
     finished?;
     restored_mask?;
 
-    let pages_path = dir.join(names::pages(pid));
-    let mut pages = RawWriter::create(&pages_path, RecordKind::Pages)?;
-    written.push(pages_path);
+    let pages_name = names::pages(pid);
+    let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
+    written.push(pages_name);
     let page_runs = memory::dump_pages(pid, &vmas, &mut pages)?;
     let page_bytes = pages.finish()?;
     written.extend(files::write_blobs(
@@ -192,27 +242,8 @@ fn collect_and_write(
         threads: vec![thread],
     };
     let mappings = image.vmas.len();
-    written.push(write_record_atomic(
-        dir,
-        &names::process(pid),
-        RecordKind::Process,
-        &image,
-    )?);
-    let inventory = Inventory {
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: procfs::kernel_release(),
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        root_pid: pid,
-        processes: vec![pid],
-    };
-    written.push(write_record_atomic(
-        dir,
-        names::INVENTORY,
-        RecordKind::Inventory,
-        &inventory,
-    )?);
+    let process_name = names::process(pid);
+    write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
+    written.push(process_name);
     Ok((mappings, page_bytes))
 }

@@ -10,14 +10,16 @@
 //! Restore: the restorer opens every description itself ([`open_all`]); the new process
 //! inherits them across the fork and moves them to their numbers.
 
+use crate::dump::ServiceConnection;
 use crate::{pipes, procfs, Error};
-use stasis_image::{names, FdEntry, FileDesc, FileKind, RawReader, RawWriter, RecordKind};
+use stasis_image::{
+    names, FdEntry, FileDesc, FileKind, ImageDir, RawReader, RawWriter, RecordKind,
+};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
 
 /// Status flags a restored description gets through open(2) or F_SETFL.
 const RESTORED_FLAGS: i32 = libc::O_APPEND
@@ -37,7 +39,13 @@ pub struct DumpedFiles {
 }
 
 /// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
-pub fn dump(pid: Pid, pidfd: &OwnedFd) -> Result<DumpedFiles, Error> {
+/// `service` is the self-dump connection (fd number in the target and the reply its restored
+/// copy will read); it is the one socket that is dumped.
+pub fn dump(
+    pid: Pid,
+    pidfd: &OwnedFd,
+    service: Option<&ServiceConnection>,
+) -> Result<DumpedFiles, Error> {
     let mut files: Vec<FileDesc> = Vec::new();
     let mut fds = Vec::new();
     let mut blobs = Vec::new();
@@ -52,6 +60,28 @@ pub fn dump(pid: Pid, pidfd: &OwnedFd) -> Result<DumpedFiles, Error> {
         let unsupported = |what: &str| Error::Unsupported {
             what: format!("fd {fd} of pid {pid} is {what} ({link})"),
         };
+        if let Some(svc) = service.filter(|s| s.fd == fd) {
+            if !link.starts_with("socket:") {
+                return Err(unsupported(
+                    "named as the service connection but not a socket",
+                ));
+            }
+            let id = files.len() as u32;
+            files.push(FileDesc {
+                id,
+                flags,
+                pos: 0,
+                kind: FileKind::ServiceSocket {
+                    reply: svc.restored_reply.clone(),
+                },
+            });
+            fds.push(FdEntry {
+                fd,
+                file_id: id,
+                cloexec,
+            });
+            continue;
+        }
         if link.starts_with("socket:") {
             return Err(unsupported("a socket"));
         }
@@ -167,10 +197,10 @@ fn crc_of(file: &File, len: u64, fd: RawFd) -> Result<u32, Error> {
 
 /// Writes the contents of deleted files into `blob-ID.img` files.
 pub fn write_blobs(
-    dir: &Path,
+    dir: &ImageDir,
     blobs: &[(u32, File)],
     files: &[FileDesc],
-) -> Result<Vec<std::path::PathBuf>, Error> {
+) -> Result<Vec<String>, Error> {
     let mut written = Vec::new();
     for (id, file) in blobs {
         let Some(FileKind::Deleted { len, crc, .. }) =
@@ -178,9 +208,9 @@ pub fn write_blobs(
         else {
             continue;
         };
-        let path = dir.join(names::blob(*id));
-        let mut w = RawWriter::create(&path, RecordKind::Blob)?;
-        written.push(path.clone());
+        let name = names::blob(*id);
+        let mut w = RawWriter::create(dir, &name, RecordKind::Blob)?;
+        written.push(name);
         let mut buf = vec![0u8; 1 << 20];
         let (mut off, mut c) = (0u64, 0u32);
         while off < *len {
@@ -202,7 +232,7 @@ pub fn write_blobs(
 }
 
 /// Opens every description of the image in the restorer. Returns descriptions by id.
-pub fn open_all(dir: &Path, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>, Error> {
+pub fn open_all(dir: &ImageDir, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>, Error> {
     let mut out = HashMap::new();
     let mut pipes = pipes::PipeBuilder::default();
     for f in files {
@@ -256,6 +286,7 @@ pub fn open_all(dir: &Path, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>,
                 file.into()
             }
             FileKind::Pipe { .. } => pipes.open(f)?,
+            FileKind::ServiceSocket { reply } => service_socket(reply)?,
         };
         if matches!(
             f.kind,
@@ -280,7 +311,7 @@ fn seek(fd: &OwnedFd, pos: u64) -> Result<(), Error> {
 /// A deleted file comes back as a new file next to the original path, filled from its blob,
 /// opened, and unlinked again.
 fn recreate_deleted(
-    dir: &Path,
+    dir: &ImageDir,
     id: u32,
     path: &str,
     mode: u32,
@@ -288,7 +319,7 @@ fn recreate_deleted(
     crc: u32,
     open: &dyn Fn(&str, i32) -> Result<File, Error>,
 ) -> Result<File, Error> {
-    let blob = RawReader::open(&dir.join(names::blob(id)), RecordKind::Blob)?;
+    let blob = RawReader::open(dir, &names::blob(id), RecordKind::Blob)?;
     if blob.len() != len {
         return Err(Error::Invalid(format!(
             "blob of deleted file {path} has {} bytes, expected {len}",
@@ -303,15 +334,36 @@ fn recreate_deleted(
         .open(&tmp)
         .map_err(|e| Error::io(format!("create {tmp}"), e))?;
     let result = (|| {
-        let mut data = vec![0u8; len as usize];
-        blob.read_extent(0, &mut data, crc)?;
-        writer
-            .write_all_at(&data, 0)
-            .map_err(|e| Error::io(format!("write {tmp}"), e))?;
+        // Streamed in 1 MiB pieces; the CRC covers the whole blob.
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut off, mut c) = (0u64, 0u32);
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            blob.read_unchecked(off, &mut buf[..n])?;
+            c = crc32c::crc32c_append(c, &buf[..n]);
+            writer
+                .write_all_at(&buf[..n], off)
+                .map_err(|e| Error::io(format!("write {tmp}"), e))?;
+            off += n as u64;
+        }
+        if c != crc {
+            return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
+                path: blob.path().to_path_buf(),
+            }));
+        }
         open(&tmp, 0)
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// The restored end of a self-dump connection: the reply is queued by the peer, which closes.
+fn service_socket(reply: &[u8]) -> Result<OwnedFd, Error> {
+    let (ours, peer) = process::socketpair_seqpacket().map_err(|e| Error::io("socketpair", e))?;
+    let mut peer = File::from(peer);
+    std::io::Write::write_all(&mut peer, reply)
+        .map_err(|e| Error::io("queue the restored reply", e))?;
+    Ok(ours)
 }
 
 /// Lays out the fd table of the freshly forked process: every inherited description moves

@@ -37,8 +37,9 @@ pub mod task;
 pub mod thread;
 pub mod timers;
 
-pub use dump::{dump, DumpOptions, DumpReport};
-pub use restore::{restore, RestoreOptions, Restored};
+pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
+pub use restore::{restore, Requester, RestoreOptions, Restored};
+pub use stasis_image::ImageDir;
 
 use stasis_sys::Pid;
 
@@ -78,6 +79,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl Error {

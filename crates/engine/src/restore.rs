@@ -15,7 +15,8 @@
 use crate::inject::{self, Injector};
 use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
 use stasis_image::{
-    names, read_record, validate_process, Inventory, ProcessImage, RawReader, RecordKind, VmaKind,
+    names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
+    VmaKind,
 };
 use stasis_sys::process::{self, Forked};
 use stasis_sys::{ptrace, Pid};
@@ -24,12 +25,67 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What to restore and how.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RestoreOptions {
-    pub images_dir: PathBuf,
+    pub images: ImageDir,
+    /// Set when the restore runs on behalf of someone else than root (through stasisd): the
+    /// images must describe a process with exactly that user's credentials, and every file is
+    /// opened with that user's permissions.
+    pub requester: Option<Requester>,
+}
+
+/// The user a restore runs for, as the kernel reported it.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The requester's permitted capabilities: the restored process gets none beyond them.
+    pub cap_permitted: u64,
+    /// The requester's hard resource limits, by resource number.
+    pub hard_limits: Vec<(u32, u64)>,
+}
+
+/// Refuses images whose process would have more privilege than the requester.
+fn check_requester(image: &ProcessImage, r: &Requester) -> Result<(), Error> {
+    let refuse = |why: String| Err(Error::Refused(format!("the images describe {why}")));
+    let c = &image.creds;
+    if c.uids.iter().any(|&u| u != r.uid) || c.gids.iter().any(|&g| g != r.gid) {
+        return refuse(format!(
+            "a process with uids {:?} and gids {:?}, not those of uid {} gid {}",
+            c.uids, c.gids, r.uid, r.gid
+        ));
+    }
+    if let Some(g) = c.groups.iter().find(|g| !r.groups.contains(g)) {
+        return refuse(format!(
+            "a process in group {g}, which uid {} is not in",
+            r.uid
+        ));
+    }
+    let caps = c.cap_permitted | c.cap_effective | c.cap_inheritable | c.cap_ambient;
+    if caps & !r.cap_permitted != 0 {
+        return refuse(format!(
+            "a process with capabilities {caps:#x} beyond the requester's {:#x}",
+            r.cap_permitted
+        ));
+    }
+    if image.task.root != "/" {
+        return refuse(format!("a process with root directory {}", image.task.root));
+    }
+    for l in &image.task.rlimits {
+        if let Some((_, hard)) = r.hard_limits.iter().find(|(res, _)| *res == l.resource) {
+            if l.hard > *hard {
+                return refuse(format!(
+                    "resource limit {} of {}, above the requester's {hard}",
+                    l.resource, l.hard
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -39,7 +95,7 @@ pub struct Restored {
 }
 
 /// Loads and checks every record of an image directory.
-pub fn load(dir: &Path) -> Result<(Inventory, ProcessImage, RawReader), Error> {
+pub fn load(dir: &ImageDir) -> Result<(Inventory, ProcessImage, RawReader), Error> {
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
     if inventory.processes.len() != 1 || inventory.processes[0] != inventory.root_pid {
         return Err(Error::Unsupported {
@@ -51,8 +107,8 @@ pub fn load(dir: &Path) -> Result<(Inventory, ProcessImage, RawReader), Error> {
     }
     let pid = inventory.root_pid;
     let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
-    let pages = RawReader::open(&dir.join(names::pages(pid)), RecordKind::Pages)?;
-    validate_process(&image, pages.len(), &dir.join(names::process(pid)))?;
+    let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
+    validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
     if image.pid != pid {
         return Err(Error::Invalid(format!(
             "{} describes pid {}, the inventory says {pid}",
@@ -70,15 +126,21 @@ pub fn load(dir: &Path) -> Result<(Inventory, ProcessImage, RawReader), Error> {
 
 /// Recreates the dumped process. Returns once it runs.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
-    let (_inventory, image, pages) = load(&opts.images_dir)?;
+    let (_inventory, image, pages) = load(&opts.images)?;
     let pid = image.pid;
+    if let Some(r) = &opts.requester {
+        check_requester(&image, r)?;
+        // From here on every file is opened with the requester's permissions.
+        process::set_fs_identity(r.uid, r.gid, &r.groups)
+            .map_err(|e| Error::sys("setfsuid", process::getpid(), e))?;
+    }
     if Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::PidInUse { pid });
     }
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     // Everything the child needs, opened here.
-    let descriptions = files::open_all(&opts.images_dir, &image.files)?;
+    let descriptions = files::open_all(&opts.images, &image.files)?;
     let mut aux: Vec<OwnedFd> = Vec::new();
     let mut map_index: HashMap<usize, usize> = HashMap::new();
     for (i, v) in image.vmas.iter().enumerate() {

@@ -3,17 +3,18 @@
 //! read and checked, so `show` also verifies a whole image directory.
 
 use crate::Error;
-use stasis_image::{names, read_record, FileKind, Inventory, ProcessImage, RawReader, RecordKind};
-use std::path::Path;
+use stasis_image::{
+    names, read_record, FileKind, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
+};
 
 /// Decodes the inventory and every process record; checks the raw files' headers.
-pub fn show(dir: &Path) -> Result<serde_json::Value, Error> {
+pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
     let mut processes = Vec::new();
     for &pid in &inventory.processes {
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
-        let pages = RawReader::open(&dir.join(names::pages(pid)), RecordKind::Pages)?;
-        stasis_image::validate_process(&image, pages.len(), &dir.join(names::process(pid)))?;
+        let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
+        stasis_image::validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
         verify_data(dir, &image, &pages)?;
         let mut v = serde_json::to_value(&image)
             .map_err(|e| Error::Invalid(format!("encoding JSON: {e}")))?;
@@ -33,7 +34,7 @@ pub fn show(dir: &Path) -> Result<serde_json::Value, Error> {
 }
 
 /// Reads every page run and blob and checks its CRC.
-fn verify_data(dir: &Path, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
+fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
     let mut buf = Vec::new();
     for r in &image.page_runs {
         buf.resize((r.npages * crate::PAGE_SIZE) as usize, 0);
@@ -41,7 +42,7 @@ fn verify_data(dir: &Path, image: &ProcessImage, pages: &RawReader) -> Result<()
     }
     for f in &image.files {
         if let FileKind::Deleted { len, crc, .. } = &f.kind {
-            let blob = RawReader::open(&dir.join(names::blob(f.id)), RecordKind::Blob)?;
+            let blob = RawReader::open(dir, &names::blob(f.id), RecordKind::Blob)?;
             if blob.len() != *len {
                 return Err(Error::Invalid(format!(
                     "{} holds {} bytes, the image expects {len}",

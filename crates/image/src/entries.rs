@@ -196,6 +196,12 @@ pub enum FileKind {
         capacity: u32,
         data: Vec<u8>,
     },
+    /// The caller's connection to stasisd during a self-dump. It comes back as a
+    /// SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so the
+    /// restored process reads "you were restored" from it.
+    ServiceSocket {
+        reply: Vec<u8>,
+    },
 }
 
 /// One slot of the fd table.

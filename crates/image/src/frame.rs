@@ -1,9 +1,9 @@
 //! The common 32-byte header and postcard-encoded metadata records.
 
-use crate::ImageError;
+use crate::{ImageDir, ImageError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// First 8 bytes of every image file.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
@@ -182,19 +182,19 @@ pub fn decode_record<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// Reads and decodes a metadata record from `dir/name`, refusing files over the size limit
-/// before reading them.
+/// Reads and decodes a metadata record from `name` in `dir`, refusing files over the size
+/// limit before reading them.
 pub fn read_record<T: DeserializeOwned>(
-    dir: &Path,
+    dir: &ImageDir,
     name: &str,
     kind: RecordKind,
 ) -> Result<T, ImageError> {
-    let path = dir.join(name);
+    let path = dir.path_of(name);
     let io = |source| ImageError::Io {
         path: path.clone(),
         source,
     };
-    let file = std::fs::File::open(&path).map_err(io)?;
+    let file = dir.open_file(name)?;
     let len = file.metadata().map_err(io)?.len();
     if len > MAX_RECORD_LEN + HEADER_LEN as u64 {
         return Err(ImageError::TooLarge {
@@ -208,35 +208,34 @@ pub fn read_record<T: DeserializeOwned>(
     decode_record(kind, &bytes, &path)
 }
 
-/// Writes a metadata record to `dir/name` atomically: a temporary file, fsync, rename. A crash
-/// leaves either the old state or the complete new file, never a half-written one.
+/// Writes a metadata record as `name` in `dir` atomically: a temporary file, fsync, rename. A
+/// crash leaves either no file or the complete new one, never a half-written one.
 pub fn write_record_atomic<T: Serialize>(
-    dir: &Path,
+    dir: &ImageDir,
     name: &str,
     kind: RecordKind,
     value: &T,
-) -> Result<PathBuf, ImageError> {
-    let path = dir.join(name);
+) -> Result<(), ImageError> {
+    let path = dir.path_of(name);
     let bytes = encode_record(kind, value, &path)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = format!(".{name}.tmp");
     let io = |source| ImageError::Io {
         path: path.clone(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(path)
+    let mut f = dir.create_file(&tmp)?;
+    let written = f.write_all(&bytes).and_then(|_| f.sync_all());
+    if let Err(e) = written {
+        let _ = dir.remove(&tmp);
+        return Err(io(e));
+    }
+    dir.rename(&tmp, name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn p() -> PathBuf {
         PathBuf::from("test.img")

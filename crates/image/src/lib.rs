@@ -10,17 +10,19 @@
 //! at a 4 KiB boundary so that pages can be copied or mapped in bulk, and are covered by CRCs
 //! kept in the metadata, per extent.
 
+mod dir;
 mod entries;
 mod frame;
 mod raw;
 mod validate;
 
+pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{
     decode_record, encode_record, read_record, write_record_atomic, Header, RecordKind,
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
-pub use raw::{sync_file, RawReader, RawWriter, RAW_DATA_OFFSET};
+pub use raw::{RawReader, RawWriter, RAW_DATA_OFFSET};
 pub use validate::validate_process;
 
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! is written last, so an interrupted writer leaves a file whose header does not verify.
 
 use crate::frame::{Header, RecordKind, FORMAT_VERSION, HEADER_LEN};
-use crate::ImageError;
+use crate::{ImageDir, ImageError};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -22,21 +22,18 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Creates `path` (which must not exist).
-    pub fn create(path: &Path, kind: RecordKind) -> Result<RawWriter, ImageError> {
-        let io = |source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io)?;
-        file.seek(SeekFrom::Start(RAW_DATA_OFFSET)).map_err(io)?;
+    /// Creates `name` in `dir` (it must not exist).
+    pub fn create(dir: &ImageDir, name: &str, kind: RecordKind) -> Result<RawWriter, ImageError> {
+        let path = dir.path_of(name);
+        let mut file = dir.create_file(name)?;
+        file.seek(SeekFrom::Start(RAW_DATA_OFFSET))
+            .map_err(|source| ImageError::Io {
+                path: path.clone(),
+                source,
+            })?;
         Ok(RawWriter {
             file: std::io::BufWriter::with_capacity(1 << 20, file),
-            path: path.to_path_buf(),
+            path,
             kind,
             len: 0,
         })
@@ -58,8 +55,8 @@ impl RawWriter {
     }
 
     /// Writes the header (payload CRC 0: raw payloads are covered per extent by the metadata).
-    /// The file is not synced here: the caller syncs it (with [`sync_file`]) before it writes
-    /// the inventory, possibly after letting the dumped process run on.
+    /// The file is not synced here: the caller syncs it (`ImageDir::sync_file`) before it
+    /// writes the inventory, possibly after letting the dumped process run on.
     pub fn finish(self) -> Result<u64, ImageError> {
         let path = self.path.clone();
         let io = |source| ImageError::Io {
@@ -78,15 +75,6 @@ impl RawWriter {
     }
 }
 
-/// Flushes a finished file to stable storage.
-pub fn sync_file(path: &Path) -> Result<(), ImageError> {
-    let io = |source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    File::open(path).map_err(io)?.sync_all().map_err(io)
-}
-
 /// Reads extents of a raw data file after checking its header and length.
 pub struct RawReader {
     file: File,
@@ -95,12 +83,13 @@ pub struct RawReader {
 }
 
 impl RawReader {
-    pub fn open(path: &Path, kind: RecordKind) -> Result<RawReader, ImageError> {
+    pub fn open(dir: &ImageDir, name: &str, kind: RecordKind) -> Result<RawReader, ImageError> {
+        let path = &dir.path_of(name);
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(io)?;
+        let mut file = dir.open_file(name)?;
         let mut hdr = [0u8; HEADER_LEN];
         let n = read_full(&mut file, &mut hdr).map_err(io)?;
         let header = Header::decode(&hdr[..n], kind, path)?;
@@ -133,14 +122,15 @@ impl RawReader {
         &self.path
     }
 
-    /// Reads `buf.len()` bytes at payload offset `offset` and checks them against `crc`.
-    pub fn read_extent(&self, offset: u64, buf: &mut [u8], crc: u32) -> Result<(), ImageError> {
+    /// Reads `buf.len()` bytes at payload offset `offset` without a CRC check: for callers that
+    /// stream a large extent and check its CRC as a whole.
+    pub fn read_unchecked(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.len) {
             return Err(ImageError::Invalid {
                 path: self.path.clone(),
                 reason: format!(
-                    "extent at {offset} of {} bytes lies outside the payload of {} bytes",
+                    "read at {offset} of {} bytes lies outside the payload of {} bytes",
                     buf.len(),
                     self.len
                 ),
@@ -151,7 +141,12 @@ impl RawReader {
             .map_err(|source| ImageError::Io {
                 path: self.path.clone(),
                 source,
-            })?;
+            })
+    }
+
+    /// Reads `buf.len()` bytes at payload offset `offset` and checks them against `crc`.
+    pub fn read_extent(&self, offset: u64, buf: &mut [u8], crc: u32) -> Result<(), ImageError> {
+        self.read_unchecked(offset, buf)?;
         if crc32c::crc32c(buf) != crc {
             return Err(ImageError::BadPayloadCrc {
                 path: self.path.clone(),
@@ -190,12 +185,13 @@ mod tests {
     #[test]
     fn round_trip_and_corruption() {
         let d = tmpdir();
+        let dir = ImageDir::open(&d).unwrap();
         let p = d.join("pages.img");
-        let mut w = RawWriter::create(&p, RecordKind::Pages).unwrap();
+        let mut w = RawWriter::create(&dir, "pages.img", RecordKind::Pages).unwrap();
         let data = vec![0xabu8; 8192];
         w.write(&data).unwrap();
         assert_eq!(w.finish().unwrap(), 8192);
-        let r = RawReader::open(&p, RecordKind::Pages).unwrap();
+        let r = RawReader::open(&dir, "pages.img", RecordKind::Pages).unwrap();
         let mut buf = vec![0u8; 4096];
         r.read_extent(4096, &mut buf, crc32c::crc32c(&data[..4096]))
             .unwrap();
@@ -208,23 +204,22 @@ mod tests {
             Err(ImageError::Invalid { .. })
         ));
         assert!(matches!(
-            RawReader::open(&p, RecordKind::Blob),
+            RawReader::open(&dir, "pages.img", RecordKind::Blob),
             Err(ImageError::WrongKind { .. })
         ));
         // Truncation is detected from the header's length.
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(4096 + 100).unwrap();
         assert!(matches!(
-            RawReader::open(&p, RecordKind::Pages),
+            RawReader::open(&dir, "pages.img", RecordKind::Pages),
             Err(ImageError::Truncated { .. })
         ));
         // An unfinished writer leaves no valid header.
-        let p2 = d.join("unfinished.img");
-        let mut w = RawWriter::create(&p2, RecordKind::Pages).unwrap();
+        let mut w = RawWriter::create(&dir, "unfinished.img", RecordKind::Pages).unwrap();
         w.write(&data).unwrap();
         drop(w);
         assert!(matches!(
-            RawReader::open(&p2, RecordKind::Pages),
+            RawReader::open(&dir, "unfinished.img", RecordKind::Pages),
             Err(ImageError::BadMagic { .. })
         ));
         std::fs::remove_dir_all(&d).unwrap();

@@ -126,6 +126,7 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
             FileKind::Pipe { data, capacity, .. } => {
                 data.len() <= MAX_PIPE_DATA && data.len() <= *capacity as usize
             }
+            FileKind::ServiceSocket { reply } => reply.len() <= 4096,
         };
         if !ok {
             return bad(format!("file description {} is invalid", f.id));

@@ -5,9 +5,11 @@
 //! engine above it can stay `deny(unsafe_code)`.
 #![allow(unsafe_code)]
 
+pub mod fs;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
+pub mod socket;
 
 pub use libc::user_regs_struct as UserRegs;
 

@@ -381,3 +381,37 @@ pub fn reset_signal_dispositions() -> io::Result<()> {
     // SAFETY: disabling the alternate stack reads one stack_t we own.
     cvt_int(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }).map(drop)
 }
+
+/// A connected pair of SOCK_SEQPACKET unix sockets, close-on-exec.
+pub fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two fds into the array we own.
+    cvt_int(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes every later file access of the calling process be checked as `uid`/`gid` with
+/// supplementary `groups` (setgroups, setfsgid, setfsuid), while it keeps its other
+/// privileges: the file-related capabilities stop applying once the fsuid is not 0.
+pub fn set_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: setgroups reads groups.len() gid_t values from the slice.
+    cvt_int(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    // SAFETY: setfsgid/setfsuid take no pointers. They return the previous id and cannot
+    // report failure directly, so the new value is checked by calling them again.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        if libc::setfsgid(u32::MAX) as u32 != gid || libc::setfsuid(u32::MAX) as u32 != uid {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+    }
+    Ok(())
+}
