@@ -134,6 +134,7 @@ pub fn run(mib: u64) -> BenchResult {
         let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
             images: stasis_engine::ImageDir::open(&images)?,
             requester: None,
+            new_session: false,
         })?;
         let restore = t.elapsed();
         println!(

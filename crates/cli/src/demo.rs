@@ -1,28 +1,47 @@
-//! `stasis demo`: starts a counter, dumps it, kills it, restores it, and shows it going on from
-//! where it was, with the same pid.
+//! `stasis demo`: the self-dump demo. It starts an embedded stasisd on a temporary socket and a
+//! small counting program that checkpoints itself through the client library; then it kills
+//! the counter, restores it from its images, and shows the restored copy going on from where
+//! it was — and knowing that it was restored.
 
 use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type DemoResult = Result<u8, Box<dyn std::error::Error>>;
 
-/// The program being dumped: prints a tick every 200 ms.
-pub fn counter() -> DemoResult {
+/// The program being dumped: counts, checkpoints itself at tick 5, and counts on.
+pub fn counter(images: &Path) -> DemoResult {
     // Descriptors inherited from whoever started the demo (a build tool's jobserver pipe, say)
     // would tie the counter to processes outside the dump.
     stasis_sys::process::close_range(3, u32::MAX)?;
+    let dir = std::fs::File::open(images)?;
     let mut out = std::io::stdout().lock();
     let mut n: u64 = 0;
     loop {
         n += 1;
-        writeln!(out, "tick {n} from pid {}", std::process::id())?;
+        writeln!(out, "tick {n} (pid {})", std::process::id())?;
+        if n == 5 {
+            writeln!(out, "checkpointing myself through stasisd...")?;
+            match stasis_client::dump_self(dir.as_fd(), &stasis_client::DumpOptions::default()) {
+                Ok(stasis_client::Outcome::Dumped) => writeln!(
+                    out,
+                    "dump_self returned 0: my images are written; carrying on"
+                )?,
+                Ok(stasis_client::Outcome::Restored) => writeln!(
+                    out,
+                    "dump_self returned 1: I am a restored copy! carrying on from tick {n}"
+                )?,
+                Err(e) => writeln!(out, "dump_self failed ({}): {e}", e.code())?,
+            }
+        }
         out.flush()?;
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
+/// Prints the log lines not shown yet.
 fn show_new_lines(log: &Path, seen: &mut usize) -> std::io::Result<()> {
     let f = std::fs::File::open(log)?;
     for line in std::io::BufReader::new(f).lines().skip(*seen) {
@@ -32,61 +51,124 @@ fn show_new_lines(log: &Path, seen: &mut usize) -> std::io::Result<()> {
     Ok(())
 }
 
+fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "timed out waiting for {needle:?} in {}",
+        log.display()
+    ))
+}
+
 pub fn run() -> DemoResult {
     let dir = std::env::temp_dir().join(format!("stasis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("stasis.sock");
     let log = dir.join("counter.log");
     let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+
+    // The embedded daemon: the same code as stasisd, in a child process.
+    let daemon_args = stasisd::Args {
+        socket: socket.clone(),
+        mode: 0o600,
+        group: None,
+        max_workers: 4,
+    };
+    let daemon = match stasis_sys::process::fork()? {
+        stasis_sys::process::Forked::Child => {
+            // The daemon's log goes to a file, not between the demo's lines.
+            if let Ok(f) = std::fs::File::create(dir.join("stasisd.log")) {
+                use std::os::fd::AsRawFd;
+                let _ = stasis_sys::process::dup3_raw(f.as_raw_fd(), 2);
+            }
+            let code = match stasisd::run(&daemon_args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("stasisd: {e}");
+                    1
+                }
+            };
+            stasis_sys::process::exit_now(code);
+        }
+        stasis_sys::process::Forked::Parent(pid) => pid,
+    };
+    let result = demo_with_daemon(&socket, &log, &images);
+    let _ = stasis_sys::process::kill(daemon, libc::SIGTERM);
+    let _ = stasis_engine::restore::wait_exit_code(daemon);
+    match result {
+        Ok(()) => {
+            println!("done; images and logs are in {}", dir.display());
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn demo_with_daemon(
+    socket: &Path,
+    log: &Path,
+    images: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err("the embedded stasisd did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("started an embedded stasisd on {}", socket.display());
+
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log)?;
+        .open(log)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("demo-counter")
+        .arg(images)
+        .env(stasis_client::SOCKET_ENV, socket)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
-        .current_dir(&dir);
-    // The counter leads its own process group in our session; restore runs in this session.
-    cmd.process_group(0);
+        .process_group(0);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
-    println!("started the counter, pid {pid}; its output:");
+    println!("started a counter (pid {pid}) that checkpoints itself at tick 5:");
     let mut seen = 0;
-    std::thread::sleep(Duration::from_millis(1100));
-    show_new_lines(&log, &mut seen)?;
+    let waited = wait_for_line(log, "dump_self returned", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(450));
+    show_new_lines(log, &mut seen)?;
+    if let Err(e) = waited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.into());
+    }
 
-    let report = stasis_engine::dump(stasis_engine::DumpOptions {
-        pid,
-        pidfd: None,
-        images: stasis_engine::ImageDir::create(&images)?,
-        leave_running: false,
-        service: None,
-    })?;
+    stasis_sys::process::kill(pid, libc::SIGKILL)?;
     let _ = child.wait();
     println!(
-        "dumped it into {} ({} mappings, {} KiB of pages, frozen {:.1} ms) and killed it",
-        images.display(),
-        report.mappings,
-        report.page_bytes / 1024,
-        report.frozen.as_secs_f64() * 1e3
+        "killed the counter; nothing runs now. Restoring it from {}:",
+        images.display()
     );
-    std::thread::sleep(Duration::from_millis(600));
-    println!("nothing runs now; the log is still:");
-    show_new_lines(&log, &mut seen)?;
-
     let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
-        images: stasis_engine::ImageDir::open(&images)?,
+        images: stasis_engine::ImageDir::open(images)?,
         requester: None,
+        new_session: false,
     })?;
-    println!(
-        "restored it with pid {}; it goes on counting:",
-        restored.pid
-    );
-    std::thread::sleep(Duration::from_millis(1100));
-    show_new_lines(&log, &mut seen)?;
+    println!("restored it with pid {}; it goes on:", restored.pid);
+    let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(650));
+    show_new_lines(log, &mut seen)?;
     stasis_sys::process::kill(restored.pid, libc::SIGTERM)?;
     let _ = stasis_engine::restore::wait_exit_code(restored.pid);
-    println!("done; images and log are in {}", dir.display());
-    Ok(0)
+    waited?;
+    Ok(())
 }

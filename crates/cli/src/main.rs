@@ -7,6 +7,7 @@ mod demo;
 
 use clap::{Parser, Subcommand};
 use stasis_engine::{dump, restore, DumpOptions, RestoreOptions};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,13 +46,18 @@ enum Command {
         /// Return as soon as the process runs instead of waiting for it to exit.
         #[arg(short = 'd', long)]
         detach: bool,
+        /// If the process's session is not available here, give it a new session instead of
+        /// failing.
+        #[arg(long)]
+        new_session: bool,
     },
     /// Decode an images directory into JSON.
     Show {
         /// The images directory.
         dir: PathBuf,
     },
-    /// Run the demo: start a counter, dump it, kill it, restore it, watch it go on.
+    /// Run the demo: a counter checkpoints itself through an embedded stasisd, gets killed,
+    /// is restored, and goes on knowing it was restored.
     Demo,
     /// Measure dump and restore of a process with --mib MiB of memory against baselines.
     Bench {
@@ -63,7 +69,7 @@ enum Command {
     BenchWorkload { mib: u64, ready: PathBuf },
     /// The counter program the demo dumps (internal).
     #[command(hide = true)]
-    DemoCounter,
+    DemoCounter { images: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -75,10 +81,14 @@ fn main() -> ExitCode {
             images,
             leave_running,
         } => ("dump", run_dump(pid, images, leave_running)),
-        Command::Restore { images, detach } => ("restore", run_restore(images, detach)),
+        Command::Restore {
+            images,
+            detach,
+            new_session,
+        } => ("restore", run_restore(images, detach, new_session)),
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
-        Command::DemoCounter => ("demo-counter", demo::counter()),
+        Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
         Command::Bench { mib } => ("bench", bench::run(mib)),
         Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
     };
@@ -107,7 +117,25 @@ fn run_check() -> CmdResult {
     Ok(if all { 0 } else { 1 })
 }
 
+/// Opens (creating it if needed) an images directory as the calling user, for the daemon.
+fn open_dir_for_daemon(
+    images: &PathBuf,
+    create: bool,
+) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    if create {
+        std::fs::create_dir_all(images).map_err(|e| format!("create {}: {e}", images.display()))?;
+    }
+    Ok(std::fs::File::open(images).map_err(|e| format!("open {}: {e}", images.display()))?)
+}
+
 fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
+    if stasis_sys::process::geteuid() != 0 {
+        // Not root: stasisd dumps it, if it is ours to dump.
+        let dir = open_dir_for_daemon(&images, true)?;
+        stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
+        eprintln!("dumped pid {pid} into {} through stasisd", images.display());
+        return Ok(0);
+    }
     let report = dump(DumpOptions {
         pid,
         pidfd: None,
@@ -126,10 +154,25 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
     Ok(0)
 }
 
-fn run_restore(images: PathBuf, detach: bool) -> CmdResult {
+fn run_restore(images: PathBuf, detach: bool, new_session: bool) -> CmdResult {
+    if stasis_sys::process::geteuid() != 0 {
+        // Not root: stasisd restores it with our own credentials, or refuses.
+        let dir = open_dir_for_daemon(&images, false)?;
+        let opts = stasis_client::RestoreOptions {
+            detach,
+            socket: None,
+        };
+        let restored = stasis_client::restore(dir.as_fd(), &opts)?;
+        if detach {
+            println!("{}", restored.pid);
+            return Ok(0);
+        }
+        return Ok(restored.wait()?.clamp(0, 255) as u8);
+    }
     let restored = restore(&RestoreOptions {
         images: stasis_engine::ImageDir::open(&images)?,
         requester: None,
+        new_session,
     })?;
     if detach {
         println!("{}", restored.pid);

@@ -35,6 +35,9 @@ pub struct RestoreOptions {
     /// images must describe a process with exactly that user's credentials, and every file is
     /// opened with that user's permissions.
     pub requester: Option<Requester>,
+    /// When the dumped process was in a session whose leader was not dumped and the restorer
+    /// is not in it, give it a session of its own instead of failing.
+    pub new_session: bool,
 }
 
 /// The user a restore runs for, as the kernel reported it.
@@ -188,7 +191,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::PidInUse { pid }),
         Err(e) => return Err(Error::sys("clone3(set_tid)", pid, e)),
         Ok(Forked::Child) => {
-            let msg = match child_setup(&image, &aux, base, park_from, &by_id, &sync_r) {
+            let msg = match child_setup(
+                &image,
+                &aux,
+                base,
+                park_from,
+                &by_id,
+                &sync_r,
+                opts.new_session,
+            ) {
                 Ok(()) => "child setup returned".to_string(),
                 Err(m) => m,
             };
@@ -244,6 +255,7 @@ fn child_setup(
     park_from: RawFd,
     by_id: &HashMap<u32, RawFd>,
     sync_r: &OwnedFd,
+    new_session: bool,
 ) -> Result<(), String> {
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
     let mut b = [0u8; 1];
@@ -258,13 +270,13 @@ fn child_setup(
             .map_err(|e| format!("dup3 aux fd: {e}"))?;
     }
     files::layout_in_child(&image.fds, by_id, base, park_from)?;
-    if image.sid == image.pid {
+    let ours = process::getsid(0).map_err(|e| format!("getsid: {e}"))?;
+    if image.sid == image.pid || (ours != image.sid && new_session) {
         process::setsid().map_err(|e| format!("setsid: {e}"))?;
     } else {
-        let ours = process::getsid(0).map_err(|e| format!("getsid: {e}"))?;
         if ours != image.sid {
             return Err(format!(
-                "the process was in session {} (not its own); restore it from a process in that session, or dump a session leader",
+                "the process was in session {} (not its own); restore it from a process in that session, or allow a new session (--new-session)",
                 image.sid
             ));
         }

@@ -9,6 +9,7 @@ pub mod fs;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
+pub mod sock_diag;
 pub mod socket;
 
 pub use libc::user_regs_struct as UserRegs;

@@ -415,3 +415,143 @@ pub fn set_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// fork(2). The caller must be single-threaded.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the callers (stasisd) are single-threaded, so the child has a consistent copy
+    // of the whole process.
+    let r = cvt_int(unsafe { libc::fork() })?;
+    Ok(if r == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(r)
+    })
+}
+
+/// Blocks `signals` in the calling thread and returns a signalfd that reports them.
+pub fn signalfd_for(signals: &[i32]) -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data initialized by sigemptyset/sigaddset; the calls only read
+    // the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => {}
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+        let fd = cvt_int(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Unblocks every signal in the calling thread (a forked worker undoing [`signalfd_for`]).
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: an empty set initialized by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Reads one signal number from a signalfd, or `None` when none is pending.
+pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let mut info = [0u8; 128];
+    // SAFETY: the kernel writes at most 128 bytes (one signalfd_siginfo) into `info`.
+    let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(Some(
+        u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32,
+    ))
+}
+
+/// poll(2) for readability on `fds`; returns which are readable (or hung up). EINTR counts as
+/// "nothing ready".
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: the kernel reads and writes exactly p.len() pollfd entries we own.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(vec![false; fds.len()])
+        } else {
+            Err(e)
+        };
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO on a socket.
+pub fn set_socket_timeouts(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: the kernel reads one timeval from `tv`.
+        cvt_int(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `fd` is a listening SOCK_SEQPACKET socket (for socket activation).
+pub fn is_listening_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    let get = |opt: i32| -> Option<i32> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `v`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    get(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET) && get(libc::SO_ACCEPTCONN) == Some(1)
+}
+
+/// Takes ownership of an inherited descriptor number (socket activation's fd 3), after
+/// checking that it is open.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD takes no argument; it only checks that the number is open.
+    cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the number is open and, by the socket-activation protocol, handed to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,289 @@
+//! One worker process per connection: handshake, one request, the dump or restore, the
+//! answer. It runs in a forked child of the daemon, so a crash here never takes the daemon
+//! down, and a worker stuck on one client never delays another.
+
+use crate::policy::{self, Caller};
+use stasis_client::code;
+use stasis_client::protocol::{self, Message, TransportError};
+use stasis_engine::{
+    DumpOptions, Error as EngineError, ImageDir, RestoreOptions, ServiceConnection,
+};
+use stasis_sys::{process, socket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::Duration;
+
+/// How long a client may take to send each message of the handshake and its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request refused or failed, with the code the client library maps to its error.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Failure {
+        let code = match &e {
+            EngineError::Unsupported { .. } => code::UNSUPPORTED,
+            EngineError::Refused(_) => code::REFUSED,
+            EngineError::NoSuchProcess { .. } => code::INVALID,
+            _ => code::DUMP,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<TransportError> for Failure {
+    fn from(e: TransportError) -> Failure {
+        Failure::new(code::PROTOCOL, e.to_string())
+    }
+}
+
+/// Serves one connection; returns the process exit code for the worker.
+pub fn serve(conn: OwnedFd) -> i32 {
+    match handle(conn.as_fd()) {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("stasisd[{}]: {}", process::getpid(), f.message);
+            let text: String = f
+                .message
+                .chars()
+                .take(protocol::MAX_FAILURE_TEXT / 4)
+                .collect();
+            let _ = protocol::send(
+                conn.as_fd(),
+                &Message::Failure {
+                    code: f.code,
+                    message: text,
+                },
+                None,
+            );
+            1
+        }
+    }
+}
+
+fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
+    process::set_socket_timeouts(conn, REQUEST_TIMEOUT)
+        .map_err(|e| Failure::new(code::DAEMON, format!("socket timeouts: {e}")))?;
+    // Identity from the kernel: the pidfd pins the very process that connected.
+    let cred = socket::peer_cred(conn)
+        .map_err(|e| Failure::new(code::DAEMON, format!("SO_PEERCRED: {e}")))?;
+    let pidfd = socket::peer_pidfd(conn)
+        .map_err(|e| Failure::new(code::DAEMON, format!("SO_PEERPIDFD: {e}")))?;
+    let pid =
+        pid_of_pidfd(&pidfd).ok_or_else(|| Failure::new(code::DAEMON, "the caller has exited"))?;
+    if pid != cred.pid {
+        return Err(Failure::new(
+            code::DAEMON,
+            "the caller's pidfd and SO_PEERCRED disagree",
+        ));
+    }
+    let caller = policy::caller_from_pid(pid, cred.uid, cred.gid)
+        .map_err(|m| Failure::new(code::REFUSED, m))?;
+
+    match protocol::recv(conn)? {
+        (Message::Hello { version }, _) if version == protocol::VERSION => {}
+        (Message::Hello { version }, _) => {
+            return Err(Failure::new(
+                code::VERSION,
+                protocol::version_mismatch_text(&version, protocol::VERSION),
+            ));
+        }
+        (other, _) => {
+            return Err(Failure::new(
+                code::PROTOCOL,
+                format!("expected Hello, got {}", other.name()),
+            ))
+        }
+    }
+    protocol::send(
+        conn,
+        &Message::Welcome {
+            version: protocol::VERSION.to_string(),
+        },
+        None,
+    )?;
+
+    let (request, dir) = protocol::recv(conn)?;
+    let dir = dir.ok_or_else(|| Failure::new(code::PROTOCOL, "no images directory was passed"))?;
+    let images = ImageDir::from_fd(dir, "the images directory passed by the client")
+        .map_err(|e| Failure::new(code::INVALID, e.to_string()))?;
+    eprintln!(
+        "stasisd[{}]: {} from pid {} uid {}",
+        process::getpid(),
+        request.name(),
+        caller.pid,
+        caller.uid
+    );
+    match request {
+        Message::DumpSelf { flags, conn_fd } => {
+            dump_self(conn, &caller, pidfd, images, flags, conn_fd)
+        }
+        Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags),
+        Message::Restore { flags } => restore(conn, &caller, images, flags),
+        other => Err(Failure::new(
+            code::PROTOCOL,
+            format!("{} is not a request", other.name()),
+        )),
+    }
+}
+
+/// The pid a pidfd refers to, from /proc/self/fdinfo (None once the process has exited).
+fn pid_of_pidfd(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
+}
+
+/// From here on, files are created and opened with the caller's permissions (and so are
+/// owned by the caller).
+fn act_as(caller: &Caller) -> Result<(), Failure> {
+    process::set_fs_identity(caller.uid, caller.gid, &caller.groups).map_err(|e| {
+        Failure::new(
+            code::DAEMON,
+            format!("taking the caller's file identity: {e}"),
+        )
+    })
+}
+
+/// Checks that fd `conn_fd` of the caller is its end of this very connection.
+fn check_connection_fd(conn: BorrowedFd<'_>, pidfd: &OwnedFd, conn_fd: i32) -> Result<(), Failure> {
+    let refuse = |m: String| Failure::new(code::REFUSED, m);
+    let theirs = process::pidfd_getfd(pidfd.as_fd(), conn_fd)
+        .map_err(|e| refuse(format!("fd {conn_fd} of the caller: {e}")))?;
+    let theirs_md = std::fs::File::from(theirs)
+        .metadata()
+        .map_err(|e| refuse(e.to_string()))?;
+    let ours = std::fs::File::from(
+        conn.try_clone_to_owned()
+            .map_err(|e| refuse(e.to_string()))?,
+    );
+    let our_ino = ours.metadata().map_err(|e| refuse(e.to_string()))?.ino();
+    let peer = stasis_sys::sock_diag::unix_peer_inode(our_ino)
+        .map_err(|e| refuse(format!("sock_diag: {e}")))?;
+    if !theirs_md.file_type().is_socket() || peer != Some(theirs_md.ino()) {
+        return Err(refuse(format!(
+            "fd {conn_fd} of the caller is not its connection to stasisd"
+        )));
+    }
+    Ok(())
+}
+
+fn dump_self(
+    conn: BorrowedFd<'_>,
+    caller: &Caller,
+    pidfd: OwnedFd,
+    images: ImageDir,
+    flags: u32,
+    conn_fd: i32,
+) -> Result<(), Failure> {
+    if flags & protocol::DUMP_WITH_CHILDREN != 0 {
+        return Err(Failure::new(
+            code::UNSUPPORTED,
+            "dumping with children needs process-tree support, which stasis does not have yet",
+        ));
+    }
+    policy::check_may_dump(caller, caller.pid, "the caller")
+        .map_err(|m| Failure::new(code::REFUSED, m))?;
+    check_connection_fd(conn, &pidfd, conn_fd)?;
+    act_as(caller)?;
+    let restored_reply = protocol::encode(&Message::Done {
+        outcome: protocol::OUTCOME_RESTORED,
+    })
+    .map_err(|e| Failure::new(code::DAEMON, e.to_string()))?;
+    let kill = flags & protocol::DUMP_KILL != 0;
+    stasis_engine::dump(DumpOptions {
+        pid: caller.pid,
+        pidfd: Some(pidfd),
+        images,
+        leave_running: !kill,
+        service: Some(ServiceConnection {
+            fd: conn_fd,
+            restored_reply,
+        }),
+    })?;
+    if !kill {
+        protocol::send(
+            conn,
+            &Message::Done {
+                outcome: protocol::OUTCOME_DUMPED,
+            },
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn dump_pid(
+    conn: BorrowedFd<'_>,
+    caller: &Caller,
+    pid: i32,
+    images: ImageDir,
+    flags: u32,
+) -> Result<(), Failure> {
+    if pid <= 0 {
+        return Err(Failure::new(code::INVALID, format!("{pid} is not a pid")));
+    }
+    // Pin the target before checking it, so the checks and the dump see one process.
+    let pidfd = process::pidfd_open(pid)
+        .map_err(|_| Failure::new(code::INVALID, format!("pid {pid} does not exist")))?;
+    policy::check_may_dump(caller, pid, "the process")
+        .map_err(|m| Failure::new(code::REFUSED, m))?;
+    act_as(caller)?;
+    stasis_engine::dump(DumpOptions {
+        pid,
+        pidfd: Some(pidfd),
+        images,
+        leave_running: flags & protocol::DUMP_KILL == 0,
+        service: None,
+    })?;
+    protocol::send(
+        conn,
+        &Message::Done {
+            outcome: protocol::OUTCOME_DUMPED,
+        },
+        None,
+    )?;
+    Ok(())
+}
+
+fn restore(
+    conn: BorrowedFd<'_>,
+    caller: &Caller,
+    images: ImageDir,
+    flags: u32,
+) -> Result<(), Failure> {
+    let requester = policy::requester(caller).map_err(|m| Failure::new(code::DAEMON, m))?;
+    if !caller.is_root() {
+        act_as(caller)?;
+    }
+    let restored = stasis_engine::restore(&RestoreOptions {
+        images,
+        requester,
+        new_session: true,
+    })?;
+    protocol::send(conn, &Message::Started { pid: restored.pid }, None)?;
+    if flags & protocol::RESTORE_DETACH != 0 {
+        return Ok(());
+    }
+    let status = stasis_engine::restore::wait_exit_code(restored.pid)?;
+    // The client may be gone by now; that is not an error of the restore.
+    let _ = protocol::send(conn, &Message::Exited { status }, None);
+    Ok(())
+}
