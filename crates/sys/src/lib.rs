@@ -5,6 +5,7 @@
 //! engine above it can stay `deny(unsafe_code)`.
 #![allow(unsafe_code)]
 
+pub mod anon_files;
 pub mod fs;
 pub mod proc_mem;
 pub mod process;

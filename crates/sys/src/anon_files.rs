@@ -1,0 +1,243 @@
+//! Files that live on no filesystem path: eventfd, timerfd, signalfd, epoll and memfd, plus
+//! the few calls around them (seals, timer ticks, epoll registrations, clocks, kcmp of epoll
+//! targets) that the engine needs to dump and recreate them.
+
+use crate::{cvt, cvt_int, Pid};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `TFD_IOC_SET_TICKS` (`_IOW('T', 0, u64)`): sets the expiration counter of a timerfd. Only
+/// present with CONFIG_CHECKPOINT_RESTORE.
+const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+/// `KCMP_EPOLL_TFD` from linux/kcmp.h.
+const KCMP_EPOLL_TFD: libc::c_long = 7;
+/// memfd_create: the file may be executed (linux/memfd.h, 6.3+).
+pub const MFD_EXEC: u32 = 0x0010;
+/// memfd_create: the file is not executable and sealed so (implies MFD_ALLOW_SEALING).
+pub const MFD_NOEXEC_SEAL: u32 = 0x0008;
+
+/// Takes ownership of a descriptor a system call just returned.
+fn owned(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: callers pass a descriptor that was just created and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    }
+}
+
+/// eventfd2(0, flags) (`EFD_SEMAPHORE`, `EFD_NONBLOCK`, `EFD_CLOEXEC`).
+pub fn eventfd(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; a new descriptor is returned on success.
+    let fd = cvt_int(unsafe { libc::eventfd(0, flags) })?;
+    Ok(owned(fd))
+}
+
+/// Adds `value` to an eventfd's counter (write(2) of one u64).
+pub fn eventfd_add(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
+    let b = value.to_ne_bytes();
+    // SAFETY: the kernel reads exactly 8 bytes from `b`, which lives across the call.
+    let n = cvt(unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), 8) } as libc::c_long)?;
+    if n != 8 {
+        return Err(io::Error::from(io::ErrorKind::WriteZero));
+    }
+    Ok(())
+}
+
+/// timerfd_create(clockid, flags) (`TFD_NONBLOCK`, `TFD_CLOEXEC`).
+pub fn timerfd_create(clockid: i32, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; a new descriptor is returned on success.
+    let fd = cvt_int(unsafe { libc::timerfd_create(clockid, flags) })?;
+    Ok(owned(fd))
+}
+
+/// timerfd_settime(fd, flags, {interval, value}) with both times in nanoseconds.
+pub fn timerfd_settime(
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    interval_ns: u64,
+    value_ns: u64,
+) -> io::Result<()> {
+    let its = libc::itimerspec {
+        it_interval: timespec(interval_ns),
+        it_value: timespec(value_ns),
+    };
+    // SAFETY: `its` is a valid itimerspec that outlives the call; no old value is asked for.
+    cvt_int(unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &its, std::ptr::null_mut()) })
+        .map(drop)
+}
+
+/// Sets the number of expirations a timerfd reports on its next read (TFD_IOC_SET_TICKS).
+/// `ticks` must not be 0 (the kernel refuses it).
+pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u64 from `ticks`, which lives across the call.
+    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) })
+        .map(drop)
+}
+
+/// signalfd4(-1, mask, flags): `mask` has bit `n - 1` set for signal `n`, as the kernel's
+/// sigset and /proc show it.
+pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the kernel reads 8 bytes (its sigset size) from `mask`, which outlives the call.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            std::mem::size_of::<u64>(),
+            flags,
+        )
+    })?;
+    Ok(owned(fd as RawFd))
+}
+
+/// epoll_create1(flags).
+pub fn epoll_create(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; a new descriptor is returned on success.
+    let fd = cvt_int(unsafe { libc::epoll_create1(flags) })?;
+    Ok(owned(fd))
+}
+
+/// EPOLL_CTL_ADD of descriptor number `fd` to the epoll at descriptor number `epfd`, with
+/// `events` and `data` exactly as given. Raw numbers: used by a restore child whose fd table
+/// was just laid out.
+pub fn epoll_add_raw(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: the kernel reads one epoll_event from `ev`, which lives across the call; bad
+    // descriptor numbers are reported as errors.
+    cvt_int(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+}
+
+/// kcmp(KCMP_EPOLL_TFD): whether the file behind fd `fd` of `pid` is the one registered as
+/// target `tfd` (the `toff`-th registration with that number) of epoll fd `epfd` of `pid`.
+pub fn epoll_target_is(
+    pid: Pid,
+    fd: RawFd,
+    epfd: RawFd,
+    tfd: RawFd,
+    toff: u32,
+) -> io::Result<bool> {
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: epfd as u32,
+        tfd: tfd as u32,
+        toff,
+    };
+    // SAFETY: KCMP_EPOLL_TFD reads one kcmp_epoll_slot from `slot`, which outlives the call.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_EPOLL_TFD,
+            fd,
+            &slot as *const Slot,
+        )
+    })?;
+    Ok(r == 0)
+}
+
+/// memfd_create(name, flags) (`MFD_CLOEXEC`, `MFD_ALLOW_SEALING`, [`MFD_EXEC`], ...).
+pub fn memfd_create_with(name: &str, flags: u32) -> io::Result<OwnedFd> {
+    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
+    let fd = cvt_int(unsafe { libc::memfd_create(cname.as_ptr(), flags) })?;
+    Ok(owned(fd))
+}
+
+/// F_GET_SEALS. `EINVAL` means the file cannot be sealed at all (not shmem/hugetlbfs).
+pub fn get_seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: F_GET_SEALS takes no pointer.
+    let r = cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })?;
+    Ok(r as u32)
+}
+
+/// F_ADD_SEALS.
+pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
+    // SAFETY: F_ADD_SEALS takes an int argument, no pointer.
+    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) })
+        .map(drop)
+}
+
+/// The filesystem magic number of the file behind `fd` (fstatfs `f_type`).
+pub fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statfs is plain data; fstatfs fills the one we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable statfs that outlives the call.
+    cvt_int(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type as u64)
+}
+
+/// clock_gettime(clockid) in nanoseconds.
+pub fn clock_ns(clockid: i32) -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the kernel writes one timespec into `ts`, which we own.
+    cvt_int(unsafe { libc::clock_gettime(clockid, &mut ts) })?;
+    Ok((ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn eventfd_counter_and_timerfd_ticks() {
+        let e = eventfd(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).unwrap();
+        eventfd_add(e.as_fd(), 41).unwrap();
+        eventfd_add(e.as_fd(), 1).unwrap();
+        let mut b = [0u8; 8];
+        // SAFETY: test: reads 8 bytes into `b`.
+        let n = unsafe { libc::read(e.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+        assert_eq!(u64::from_ne_bytes(b), 42);
+
+        let t = timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+        )
+        .unwrap();
+        timerfd_settime(t.as_fd(), 0, 0, 3_600_000_000_000).unwrap();
+        timerfd_set_ticks(t.as_fd(), 7).unwrap();
+        // SAFETY: test: reads 8 bytes into `b`.
+        let n = unsafe { libc::read(t.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+        assert_eq!(u64::from_ne_bytes(b), 7);
+    }
+
+    #[test]
+    fn memfd_seals() {
+        let m =
+            memfd_create_with("stasis-test", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).unwrap();
+        assert_eq!(get_seals(m.as_fd()).unwrap(), 0);
+        add_seals(m.as_fd(), libc::F_SEAL_GROW as u32).unwrap();
+        assert_eq!(get_seals(m.as_fd()).unwrap(), libc::F_SEAL_GROW as u32);
+        assert_eq!(fs_magic(m.as_fd()).unwrap(), libc::TMPFS_MAGIC as u64);
+        let plain = memfd_create_with("stasis-test", libc::MFD_CLOEXEC).unwrap();
+        assert_eq!(get_seals(plain.as_fd()).unwrap(), libc::F_SEAL_SEAL as u32);
+    }
+
+    #[test]
+    fn signalfd_and_epoll() {
+        let s = signalfd(1 << (libc::SIGUSR1 - 1), libc::SFD_CLOEXEC).unwrap();
+        let ep = epoll_create(libc::EPOLL_CLOEXEC).unwrap();
+        epoll_add_raw(ep.as_raw_fd(), s.as_raw_fd(), libc::EPOLLIN as u32, 5).unwrap();
+        let me = crate::process::getpid();
+        assert!(epoll_target_is(me, s.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
+        assert!(!epoll_target_is(me, ep.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
+        assert!(clock_ns(libc::CLOCK_MONOTONIC).unwrap() > 0);
+    }
+}
