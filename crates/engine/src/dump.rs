@@ -73,15 +73,6 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             status.tgid
         )));
     }
-    let threads = procfs::list_threads(pid)?;
-    if threads.len() > 1 {
-        return Err(Error::Unsupported {
-            what: format!(
-                "pid {pid} has {} threads; multi-threaded processes are not supported yet",
-                threads.len()
-            ),
-        });
-    }
     let dir = &opts.images;
     if dir.exists(names::INVENTORY) {
         return Err(Error::Invalid(format!(
@@ -144,6 +135,30 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     }
 }
 
+/// Collects a non-leader thread, running its per-thread queries inside it with the scratch area
+/// the leader mapped, and puts it back as it was.
+fn dump_other_thread(
+    pid: Pid,
+    tid: Pid,
+    syscall_ip: u64,
+    scratch: u64,
+) -> Result<stasis_image::ThreadImage, Error> {
+    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
+    let mut inj = Injector::new(tid, syscall_ip)?;
+    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    inj.share_scratch(scratch);
+    let dumped = thread::dump(pid, tid, &mut inj);
+    inj.forget_scratch();
+    let finished = inj.finish();
+    let restored_mask =
+        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
+    let mut t = dumped?;
+    finished?;
+    restored_mask?;
+    t.sigmask = mask;
+    Ok(t)
+}
+
 /// Writes the inventory: the last file, whose presence marks the dump complete.
 fn write_inventory(dir: &ImageDir, pid: Pid) -> Result<(), Error> {
     let inventory = Inventory {
@@ -191,26 +206,33 @@ fn collect_and_write(
         })?;
 
     // State that the process itself must be asked for, with all signals blocked meanwhile.
-    let tid = frozen.threads[0];
-    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
-    let mut inj = Injector::new(tid, vdso.start + vdso_offset)?;
-    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    let syscall_ip = vdso.start + vdso_offset;
+    let leader = frozen.threads[0];
+    let mask =
+        ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
+    let mut inj = Injector::new(leader, syscall_ip)?;
+    ptrace::set_sigmask(leader, u64::MAX)
+        .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
     let asked = (|| {
-        inj.map_scratch(None)?;
+        let scratch = inj.map_scratch(None)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
-        let mut t = thread::dump(pid, tid, &mut inj)?;
+        let mut t = thread::dump(pid, leader, &mut inj)?;
         t.sigmask = mask;
+        let mut threads = vec![t];
+        for &tid in &frozen.threads[1..] {
+            threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
+        }
         let sigs = signals::dump(pid, &mut inj)?;
         let itimers = timers::dump(&mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
         let task = task::dump(pid, &status, &mut inj)?;
-        Ok::<_, Error>((mm, t, sigs, itimers, creds, task))
+        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
     })();
     // Put the thread back as it was whatever happened.
     let finished = inj.finish();
     let restored_mask =
-        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
-    let (mm, thread, signals, itimers, creds, task) = asked?;
+        ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
+    let (mm, threads, signals, itimers, creds, task) = asked?;
     finished?;
     restored_mask?;
 
@@ -239,7 +261,7 @@ fn collect_and_write(
         fds: dumped_files.fds,
         signals,
         itimers,
-        threads: vec![thread],
+        threads,
     };
     let mappings = image.vmas.len();
     let process_name = names::process(pid);

@@ -46,9 +46,13 @@ impl Frozen {
                     }
                     Err(e) => return Err(Error::sys("PTRACE_SEIZE", tid, e)),
                 }
-                frozen.threads.push(tid);
                 ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
-                wait_for_stop(tid)?;
+                match wait_for_stop(tid) {
+                    Ok(()) => frozen.threads.push(tid),
+                    // A thread that exits while being frozen is simply not part of the dump.
+                    Err(Error::TargetDied { .. }) if tid != pid => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         // The leader first.

@@ -48,6 +48,11 @@ impl Injector {
         self.saved = regs;
     }
 
+    /// The address of the `syscall` instruction used for injection.
+    pub fn syscall_ip(&self) -> u64 {
+        self.syscall_ip
+    }
+
     /// Moves the `syscall` instruction used for injection (after the vdso was moved).
     pub fn set_syscall_ip(&mut self, ip: u64) {
         self.syscall_ip = ip;
@@ -70,6 +75,9 @@ impl Injector {
         loop {
             ptrace::singlestep(tid, 0).map_err(|e| Error::sys("PTRACE_SINGLESTEP", tid, e))?;
             match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                // A ptrace event (a clone reported in the middle of the call, say) is not the
+                // end of the call: go on stepping.
+                ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
                 ptrace::WaitStatus::Stopped { .. } => {}
                 other => {
                     return Err(Error::TargetDied {
@@ -179,9 +187,16 @@ impl Injector {
         Ok(())
     }
 
-    /// Forgets the scratch area without unmapping it (it was unmapped by other means).
+    /// Forgets the scratch area without unmapping it (it was unmapped by other means, or it
+    /// belongs to another injector of the same process).
     pub fn forget_scratch(&mut self) {
         self.scratch = None;
+    }
+
+    /// Uses a scratch area mapped by another injector of the same process (threads share
+    /// memory). Call [`Injector::forget_scratch`] before [`Injector::finish`].
+    pub fn share_scratch(&mut self, addr: u64) {
+        self.scratch = Some((addr, SCRATCH_LEN));
     }
 
     /// Unmaps the scratch area and restores the saved registers. The thread stays stopped.

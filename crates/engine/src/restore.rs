@@ -119,11 +119,6 @@ pub fn load(dir: &ImageDir) -> Result<(Inventory, ProcessImage, RawReader), Erro
             image.pid
         )));
     }
-    if image.threads.len() != 1 {
-        return Err(Error::Unsupported {
-            what: "multi-threaded images are not supported yet".into(),
-        });
-    }
     Ok((inventory, image, pages))
 }
 
@@ -311,7 +306,8 @@ fn rebuild(
         .ok_or_else(|| Error::Unsupported {
             what: "the restore child has no [vdso]".into(),
         })?;
-    let mut inj = Injector::new(child, child_vdso.start + vdso_offset)?;
+    let syscall_ip = child_vdso.start + vdso_offset;
+    let mut inj = Injector::new(child, syscall_ip)?;
     ptrace::set_sigmask(child, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", child, e))?;
     thread::unregister_inherited_rseq(&mut inj)?;
     memory::move_specials(&mut inj, &image.vmas, vdso_offset)?;
@@ -337,8 +333,8 @@ fn rebuild(
     mm::restore(&mut inj, &image.mm, exe_fd)?;
     signals::restore(&mut inj, child, &image.signals)?;
     timers::restore(&mut inj, &image.itimers)?;
-    let t = &image.threads[0];
-    thread::restore_in_thread(&mut inj, child, t)?;
+    let leader = &image.threads[0];
+    thread::restore_in_thread(&mut inj, child, leader)?;
     inj.call(
         "close_range(restore fds)",
         libc::SYS_close_range,
@@ -351,12 +347,38 @@ fn rebuild(
             0,
         ],
     )?;
+    // The other threads, created by the leader while it still has every privilege
+    // (clone3 with set_tid needs it); each then gets its own per-thread state.
+    let mut others = Vec::with_capacity(image.threads.len() - 1);
+    for t in &image.threads[1..] {
+        thread::create_thread(&mut inj, t.tid)?;
+        // The vdso has moved since the leader's injector was made: ask it where it is now.
+        let mut tinj = Injector::new(t.tid, inj.syscall_ip())?;
+        tinj.share_scratch(scratch);
+        ptrace::set_sigmask(t.tid, u64::MAX)
+            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", t.tid, e))?;
+        thread::restore_in_thread(&mut tinj, child, t)?;
+        others.push((tinj, t));
+    }
+    // Credentials are per thread: every thread gets them, the leader last.
+    for (tinj, t) in &mut others {
+        creds::restore(tinj, &image.creds)?;
+        thread::restore_name(tinj, &t.comm)?;
+    }
     creds::restore(&mut inj, &image.creds)?;
     task::restore_prctl(&mut inj, &image.task)?;
+    // No system call runs in a thread after its restore_final: pending signals stay queued.
+    for (mut tinj, t) in others {
+        tinj.forget_scratch();
+        thread::restore_final(&mut tinj, t)?;
+        tinj.finish()?;
+    }
     inj.unmap_scratch()?;
-    // No system call runs in the thread after this point: pending signals stay queued.
-    thread::restore_final(&mut inj, t)?;
+    thread::restore_final(&mut inj, leader)?;
     inj.finish()?;
+    for t in &image.threads[1..] {
+        ptrace::detach(t.tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", t.tid, e))?;
+    }
     ptrace::detach(child, 0).map_err(|e| Error::sys("PTRACE_DETACH", child, e))?;
     Ok(())
 }

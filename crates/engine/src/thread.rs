@@ -277,3 +277,58 @@ mod tests {
         assert_eq!(regs_from_user(&user_from_regs(&r)), r);
     }
 }
+
+/// Flags of a thread created by pthread_create, less the ones that only concern the C library
+/// (settls, tid pointers): the TLS base and tid addresses are restored separately.
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Creates a thread with id `tid` in the process `leader` runs in (clone3 with `set_tid`,
+/// run by the leader itself) and waits until it stands stopped, traced by us. Its registers
+/// are the leader's until [`restore_final`] sets its own.
+pub fn create_thread(leader: &mut Injector, tid: Pid) -> Result<(), Error> {
+    let leader_tid = leader.tid();
+    ptrace::set_options(leader_tid, ptrace::OPT_TRACECLONE)
+        .map_err(|e| Error::sys("PTRACE_SETOPTIONS", leader_tid, e))?;
+    let set_tid = leader.put(1024, &(tid as u64).to_le_bytes())?;
+    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+    // tls, set_tid, set_tid_size, cgroup.
+    let mut args = Vec::with_capacity(88);
+    for w in [THREAD_CLONE_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    let at = leader.put(1100, &args)?;
+    let got = leader.call(
+        "clone3(thread)",
+        libc::SYS_clone3,
+        [at, args.len() as u64, 0, 0, 0, 0],
+    )?;
+    if got != tid as u64 {
+        return Err(Error::Invalid(format!("thread {tid} was created as {got}")));
+    }
+    match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+        ptrace::WaitStatus::Stopped { .. } => Ok(()),
+        other => Err(Error::TargetDied {
+            pid: tid,
+            how: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Sets the thread's name inside it (PR_SET_NAME).
+pub fn restore_name(inj: &mut Injector, comm: &str) -> Result<(), Error> {
+    let mut name = [0u8; 16];
+    let n = comm.len().min(15);
+    name[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    let at = inj.put(0, &name)?;
+    inj.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}

@@ -268,3 +268,20 @@ pub fn get_robust_list(tid: Pid) -> io::Result<(u64, u64)> {
     })?;
     Ok((head, len as u64))
 }
+
+/// PTRACE_O_TRACECLONE: threads and children a tracee creates start traced and stopped.
+pub const OPT_TRACECLONE: u32 = libc::PTRACE_O_TRACECLONE as u32;
+
+/// Sets ptrace options on a stopped tracee.
+pub fn set_options(tid: Pid, options: u32) -> io::Result<()> {
+    // SAFETY: no pointers; data holds the options.
+    cvt(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETOPTIONS,
+            tid,
+            0usize,
+            options as libc::c_long,
+        )
+    })
+    .map(drop)
+}
