@@ -118,6 +118,8 @@ pub fn run(mib: u64) -> BenchResult {
             images: stasis_engine::ImageDir::create(&images)?,
             leave_running: false,
             service: None,
+            tree: true,
+            admit: None,
         })?;
         let dump = t.elapsed();
         let _ = child.wait();

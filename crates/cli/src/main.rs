@@ -142,10 +142,13 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
         images: stasis_engine::ImageDir::create(&images)?,
         leave_running,
         service: None,
+        tree: true,
+        admit: None,
     })?;
     eprintln!(
-        "dumped pid {} into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
+        "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
         report.pid,
+        report.processes,
         images.display(),
         report.mappings,
         report.page_bytes / 1024,

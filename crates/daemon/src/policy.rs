@@ -3,7 +3,6 @@
 
 use stasis_engine::procfs;
 use stasis_sys::Pid;
-use std::os::unix::fs::MetadataExt;
 
 /// The connected client, as the kernel reports it.
 #[derive(Debug, Clone)]
@@ -61,14 +60,33 @@ pub fn check_may_dump(caller: &Caller, pid: Pid, what: &str) -> Result<(), Strin
             "{what} (pid {pid}) holds capabilities {caps:#x} that the caller does not"
         ));
     }
-    // A process that is not dumpable has its /proc directory owned by root.
-    let owner = std::fs::metadata(format!("/proc/{pid}"))
-        .map(|m| m.uid())
-        .map_err(|e| e.to_string())?;
-    if owner != caller.uid {
-        return Err(format!("{what} (pid {pid}) is not dumpable"));
+    // The kernel's own ptrace check, as the caller: catches a process that is not dumpable.
+    match stasis_sys::process::user_may_ptrace(pid, caller.uid, caller.gid) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "{what} (pid {pid}) is not dumpable: uid {} could not ptrace it",
+                caller.uid
+            ))
+        }
+        Err(e) => return Err(format!("checking access to {what} (pid {pid}): {e}")),
     }
     Ok(())
+}
+
+/// Every descendant of `pid` (children, grandchildren, ...), as /proc shows them now.
+pub fn descendants(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in procfs::children(p).unwrap_or_default() {
+            if !out.contains(&c) && out.len() < 1 << 16 {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// The requester for a restore on behalf of `caller` (None for root: restore as dumped).

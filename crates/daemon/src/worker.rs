@@ -193,11 +193,13 @@ fn dump_self(
     flags: u32,
     conn_fd: i32,
 ) -> Result<(), Failure> {
-    if flags & protocol::DUMP_WITH_CHILDREN != 0 {
-        return Err(Failure::new(
-            code::UNSUPPORTED,
-            "dumping with children needs process-tree support, which stasis does not have yet",
-        ));
+    let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
+    if with_children {
+        // Every descendant must be one the caller could ptrace, before anything is frozen.
+        for p in policy::descendants(caller.pid) {
+            policy::check_may_dump(caller, p, "a descendant of the caller")
+                .map_err(|m| Failure::new(code::REFUSED, m))?;
+        }
     }
     policy::check_may_dump(caller, caller.pid, "the caller")
         .map_err(|m| Failure::new(code::REFUSED, m))?;
@@ -213,6 +215,8 @@ fn dump_self(
         pidfd: Some(pidfd),
         images,
         leave_running: !kill,
+        tree: with_children,
+        admit: Some(admit_for(caller)),
         service: Some(ServiceConnection {
             fd: conn_fd,
             restored_reply,
@@ -230,6 +234,13 @@ fn dump_self(
     Ok(())
 }
 
+/// The check the engine repeats for every process once the tree is frozen (a descendant
+/// could have changed between the first check and the freeze).
+fn admit_for(caller: &Caller) -> Box<dyn Fn(i32) -> Result<(), String>> {
+    let caller = caller.clone();
+    Box::new(move |pid| policy::check_may_dump(&caller, pid, "a process of the dumped tree"))
+}
+
 fn dump_pid(
     conn: BorrowedFd<'_>,
     caller: &Caller,
@@ -245,6 +256,10 @@ fn dump_pid(
         .map_err(|_| Failure::new(code::INVALID, format!("pid {pid} does not exist")))?;
     policy::check_may_dump(caller, pid, "the process")
         .map_err(|m| Failure::new(code::REFUSED, m))?;
+    for p in policy::descendants(pid) {
+        policy::check_may_dump(caller, p, "a descendant of the process")
+            .map_err(|m| Failure::new(code::REFUSED, m))?;
+    }
     act_as(caller)?;
     stasis_engine::dump(DumpOptions {
         pid,
@@ -252,6 +267,8 @@ fn dump_pid(
         images,
         leave_running: flags & protocol::DUMP_KILL == 0,
         service: None,
+        tree: true,
+        admit: Some(admit_for(caller)),
     })?;
     protocol::send(
         conn,

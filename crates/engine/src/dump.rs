@@ -1,13 +1,13 @@
-//! Dumping a process: freeze, collect every resource, write the images, then kill the process
-//! or let it run on.
+//! Dumping a process and its descendants: freeze the tree top-down, collect every resource of
+//! every process, write the images, then kill the tree or let it run on.
 //!
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
-//! mappings) is checked before any file is created; the inventory is written last and
-//! atomically, so a directory without it is never taken for a complete dump; on any failure
-//! the files written so far are removed and the process is thawed with its registers and
-//! signal mask as they were.
+//! mappings, pipes leading out of the tree) is checked for every process before any file is
+//! created; the inventory is written last and atomically, so a directory without it is never
+//! taken for a complete dump; on any failure the files written so far are removed and every
+//! process is thawed with its registers and signal masks as they were.
 
-use crate::freeze::Frozen;
+use crate::freeze::{Frozen, FrozenTree};
 use crate::inject::{self, Injector};
 use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
 use stasis_image::{
@@ -17,8 +17,10 @@ use stasis_sys::{process, ptrace, Pid};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
+/// A check run on every frozen process before the dump goes on (see [`DumpOptions::admit`]).
+pub type Admit = Box<dyn Fn(Pid) -> Result<(), String>>;
+
 /// What to dump and how.
-#[derive(Debug)]
 pub struct DumpOptions {
     pub pid: Pid,
     /// A pidfd of the process obtained by the caller (for example from SO_PEERPIDFD): when
@@ -28,6 +30,12 @@ pub struct DumpOptions {
     pub images: ImageDir,
     /// Let the process run on after the dump instead of killing it.
     pub leave_running: bool,
+    /// Dump the process's descendants too (the whole tree below it).
+    pub tree: bool,
+    /// Called for every process once the tree is frozen, before anything is read or written:
+    /// an error refuses the whole dump (the tree is thawed untouched). stasisd uses it to check
+    /// that the caller may dump each process.
+    pub admit: Option<Admit>,
     /// The self-dump connection of the process, if any.
     pub service: Option<ServiceConnection>,
 }
@@ -44,6 +52,8 @@ pub struct ServiceConnection {
 #[derive(Debug, Clone)]
 pub struct DumpReport {
     pub pid: Pid,
+    /// How many processes were dumped.
+    pub processes: usize,
     pub mappings: usize,
     pub page_bytes: u64,
     /// How long the process was frozen.
@@ -73,6 +83,11 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             status.tgid
         )));
     }
+    if is_our_ancestor(pid) {
+        return Err(Error::Invalid(format!(
+            "pid {pid} is an ancestor of this stasis process, which cannot dump itself"
+        )));
+    }
     let dir = &opts.images;
     if dir.exists(names::INVENTORY) {
         return Err(Error::Invalid(format!(
@@ -83,19 +98,30 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let frozen_at = Instant::now();
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut tree = if opts.tree {
+        FrozenTree::freeze(pid)?
+    } else {
+        FrozenTree {
+            processes: vec![Frozen::freeze(pid)?],
+            zombies: Vec::new(),
+        }
+    };
     // The pid was pinned by a pidfd: if that process is gone, the pid may have been reused
     // and what we froze is another process.
     if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() {
         return Err(Error::NoSuchProcess { pid });
     }
+    if let Some(admit) = &opts.admit {
+        for p in tree.pids() {
+            admit(p).map_err(Error::Refused)?;
+        }
+    }
     let mut written: Vec<String> = Vec::new();
     let mut frozen_for = None;
     let result = (|| {
         let (mappings, page_bytes) = collect_and_write(
-            pid,
+            &tree,
             &pidfd,
-            &frozen,
             vdso_offset,
             dir,
             opts.service.as_ref(),
@@ -104,22 +130,24 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         // A process that runs on need not wait for the disk; one that is killed stays frozen
         // until its images are durable, so a failure here still leaves it alive.
         if opts.leave_running {
-            frozen.thaw()?;
+            tree.thaw()?;
             frozen_for = Some(frozen_at.elapsed());
         }
         for name in &written {
             dir.sync_file(name)?;
         }
-        write_inventory(dir, pid)?;
+        write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
         Ok::<_, Error>((mappings, page_bytes))
     })();
     match result {
         Ok((mappings, page_bytes)) => {
+            let processes = tree.processes.len();
             if !opts.leave_running {
-                frozen.kill()?;
+                tree.kill(vdso_offset)?;
             }
             Ok(DumpReport {
                 pid,
+                processes,
                 mappings,
                 page_bytes,
                 frozen: frozen_for.unwrap_or_else(|| frozen_at.elapsed()),
@@ -129,38 +157,34 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             for name in written {
                 let _ = dir.remove(&name);
             }
-            drop(frozen); // detaches (unless already done): the process runs on
+            drop(tree); // detaches (unless already done): the processes run on
             Err(e)
         }
     }
 }
 
-/// Collects a non-leader thread, running its per-thread queries inside it with the scratch area
-/// the leader mapped, and puts it back as it was.
-fn dump_other_thread(
-    pid: Pid,
-    tid: Pid,
-    syscall_ip: u64,
-    scratch: u64,
-) -> Result<stasis_image::ThreadImage, Error> {
-    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
-    let mut inj = Injector::new(tid, syscall_ip)?;
-    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
-    inj.share_scratch(scratch);
-    let dumped = thread::dump(pid, tid, &mut inj);
-    inj.forget_scratch();
-    let finished = inj.finish();
-    let restored_mask =
-        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
-    let mut t = dumped?;
-    finished?;
-    restored_mask?;
-    t.sigmask = mask;
-    Ok(t)
+/// Whether `pid` is this process or one of its ancestors (freezing it would freeze us).
+fn is_our_ancestor(pid: Pid) -> bool {
+    let mut p = process::getpid();
+    for _ in 0..4096 {
+        if p == pid {
+            return true;
+        }
+        match procfs::read_stat(p) {
+            Ok(s) if s.ppid > 0 => p = s.ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Writes the inventory: the last file, whose presence marks the dump complete.
-fn write_inventory(dir: &ImageDir, pid: Pid) -> Result<(), Error> {
+fn write_inventory(
+    dir: &ImageDir,
+    root: Pid,
+    processes: Vec<Pid>,
+    zombies: Vec<stasis_image::Zombie>,
+) -> Result<(), Error> {
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: procfs::kernel_release(),
@@ -168,8 +192,9 @@ fn write_inventory(dir: &ImageDir, pid: Pid) -> Result<(), Error> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
-        root_pid: pid,
-        processes: vec![pid],
+        root_pid: root,
+        processes,
+        zombies,
     };
     Ok(write_record_atomic(
         dir,
@@ -179,15 +204,85 @@ fn write_inventory(dir: &ImageDir, pid: Pid) -> Result<(), Error> {
     )?)
 }
 
+/// One process's metadata, collected while the tree is frozen, before anything is written.
+struct Collected {
+    image: ProcessImage,
+    blobs: Vec<(u32, std::fs::File)>,
+}
+
+/// Collects every process (all checks first), then writes pages, blobs and records.
 fn collect_and_write(
-    pid: Pid,
-    pidfd: &OwnedFd,
-    frozen: &Frozen,
+    tree: &FrozenTree,
+    root_pidfd: &OwnedFd,
     vdso_offset: u64,
     dir: &ImageDir,
     service: Option<&ServiceConnection>,
     written: &mut Vec<String>,
 ) -> Result<(usize, u64), Error> {
+    let mut registry = files::FileRegistry::default();
+    let mut collected = Vec::with_capacity(tree.processes.len());
+    for (i, frozen) in tree.processes.iter().enumerate() {
+        // The service connection belongs to the root (the self-dumping process).
+        let svc = if i == 0 { service } else { None };
+        let own_pidfd;
+        let pidfd = if i == 0 {
+            root_pidfd
+        } else {
+            own_pidfd = process::pidfd_open(frozen.pid)
+                .map_err(|e| Error::sys("pidfd_open", frozen.pid, e))?;
+            &own_pidfd
+        };
+        collected.push(collect(frozen, pidfd, vdso_offset, svc, &mut registry)?);
+    }
+    // Pipes are complete only once every process is seen.
+    let pipe_data = registry.finish()?;
+    for c in &mut collected {
+        for f in &mut c.image.files {
+            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
+                if let Some(d) = pipe_data.get(&f.id) {
+                    *data = d.clone();
+                }
+            }
+        }
+    }
+    // Bytes in flight are stored once, with the first process that has the description.
+    let mut stored = std::collections::HashSet::new();
+    let mut blobs_done = std::collections::HashSet::new();
+    let mut shmem_done = std::collections::HashSet::new();
+    let (mut mappings, mut page_bytes) = (0, 0);
+    for mut c in collected {
+        for f in &mut c.image.files {
+            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
+                if !stored.insert(f.id) {
+                    data.clear();
+                }
+            }
+        }
+        let pid = c.image.pid;
+        let pages_name = names::pages(pid);
+        let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
+        written.push(pages_name);
+        c.image.page_runs = memory::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
+        page_bytes += pages.finish()?;
+        c.blobs.retain(|(id, _)| blobs_done.insert(*id));
+        written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
+        mappings += c.image.vmas.len();
+        let process_name = names::process(pid);
+        write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
+        written.push(process_name);
+    }
+    Ok((mappings, page_bytes))
+}
+
+/// Collects one frozen process: everything but its page contents.
+fn collect(
+    frozen: &Frozen,
+    pidfd: &OwnedFd,
+    vdso_offset: u64,
+    service: Option<&ServiceConnection>,
+    registry: &mut files::FileRegistry,
+) -> Result<Collected, Error> {
+    let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
     let status = procfs::read_status(pid)?;
     if status.seccomp == 2 {
@@ -197,7 +292,7 @@ fn collect_and_write(
     }
     // Everything that can refuse the dump comes before any file is created.
     let vmas = memory::collect_vmas(pid)?;
-    let dumped_files = files::dump(pid, pidfd, service)?;
+    let dumped_files = files::dump(pid, pidfd, service, registry)?;
     let vdso = vmas
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
@@ -235,18 +330,6 @@ fn collect_and_write(
     let (mm, threads, signals, itimers, creds, task) = asked?;
     finished?;
     restored_mask?;
-
-    let pages_name = names::pages(pid);
-    let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
-    written.push(pages_name);
-    let page_runs = memory::dump_pages(pid, &vmas, &mut pages)?;
-    let page_bytes = pages.finish()?;
-    written.extend(files::write_blobs(
-        dir,
-        &dumped_files.blobs,
-        &dumped_files.files,
-    )?);
-
     let image = ProcessImage {
         pid,
         ppid: stat.ppid,
@@ -256,16 +339,39 @@ fn collect_and_write(
         creds,
         mm,
         vmas,
-        page_runs,
+        page_runs: Vec::new(),
         files: dumped_files.files,
         fds: dumped_files.fds,
         signals,
         itimers,
         threads,
     };
-    let mappings = image.vmas.len();
-    let process_name = names::process(pid);
-    write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
-    written.push(process_name);
-    Ok((mappings, page_bytes))
+    Ok(Collected {
+        image,
+        blobs: dumped_files.blobs,
+    })
+}
+
+/// Collects a non-leader thread, running its per-thread queries inside it with the scratch area
+/// the leader mapped, and puts it back as it was.
+fn dump_other_thread(
+    pid: Pid,
+    tid: Pid,
+    syscall_ip: u64,
+    scratch: u64,
+) -> Result<stasis_image::ThreadImage, Error> {
+    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
+    let mut inj = Injector::new(tid, syscall_ip)?;
+    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    inj.share_scratch(scratch);
+    let dumped = thread::dump(pid, tid, &mut inj);
+    inj.forget_scratch();
+    let finished = inj.finish();
+    let restored_mask =
+        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
+    let mut t = dumped?;
+    finished?;
+    restored_mask?;
+    t.sigmask = mask;
+    Ok(t)
 }

@@ -38,20 +38,38 @@ pub struct DumpedFiles {
     pub blobs: Vec<(u32, File)>,
 }
 
+/// Open file descriptions seen so far in a dumped tree: one id per description, however many
+/// fds of however many processes refer to it (found with kcmp).
+#[derive(Default)]
+pub struct FileRegistry {
+    /// (pid, fd, inode, description id) of every description's first fd.
+    seen: Vec<(Pid, RawFd, u64, u32)>,
+    descs: HashMap<u32, FileDesc>,
+    next_id: u32,
+    pipes: pipes::PipeCollector,
+}
+
+impl FileRegistry {
+    /// Checks that every pipe has both ends in the tree and returns the bytes in flight, by
+    /// the id of the description that stores them.
+    pub fn finish(self) -> Result<HashMap<u32, Vec<u8>>, Error> {
+        self.pipes.finish()
+    }
+}
+
 /// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
 /// `service` is the self-dump connection (fd number in the target and the reply its restored
-/// copy will read); it is the one socket that is dumped.
+/// copy will read); it is the one socket that is dumped. Descriptions shared with processes
+/// dumped before get the same id (and a copy of the description).
 pub fn dump(
     pid: Pid,
     pidfd: &OwnedFd,
     service: Option<&ServiceConnection>,
+    registry: &mut FileRegistry,
 ) -> Result<DumpedFiles, Error> {
     let mut files: Vec<FileDesc> = Vec::new();
     let mut fds = Vec::new();
     let mut blobs = Vec::new();
-    // (fd number in the target, description id) for kcmp comparisons.
-    let mut seen: Vec<(RawFd, u32, u64)> = Vec::new();
-    let mut pipe_ends = pipes::PipeCollector::default();
     for fd in procfs::list_fds(pid)? {
         let link = procfs::link(pid, &format!("fd/{fd}"))?;
         let info = procfs::read_fdinfo(pid, fd)?;
@@ -66,7 +84,8 @@ pub fn dump(
                     "named as the service connection but not a socket",
                 ));
             }
-            let id = files.len() as u32;
+            let id = registry.next_id;
+            registry.next_id += 1;
             files.push(FileDesc {
                 id,
                 flags,
@@ -96,11 +115,11 @@ pub fn dump(
         let md = file
             .metadata()
             .map_err(|e| Error::io(format!("fstat fd {fd} of pid {pid}"), e))?;
-        // Same description as an fd seen before?
+        // Same description as an fd seen before, in this process or another?
         let mut shared = None;
-        for &(other, id, ino) in &seen {
+        for &(other_pid, other, ino, id) in &registry.seen {
             if ino == md.ino()
-                && process::same_file_description(pid, fd, pid, other)
+                && process::same_file_description(pid, fd, other_pid, other)
                     .map_err(|e| Error::sys("kcmp", pid, e))?
             {
                 shared = Some(id);
@@ -108,6 +127,11 @@ pub fn dump(
             }
         }
         if let Some(id) = shared {
+            if !files.iter().any(|f| f.id == id) {
+                if let Some(d) = registry.descs.get(&id) {
+                    files.push(d.clone());
+                }
+            }
             fds.push(FdEntry {
                 fd,
                 file_id: id,
@@ -115,10 +139,11 @@ pub fn dump(
             });
             continue;
         }
-        let id = files.len() as u32;
+        let id = registry.next_id;
+        registry.next_id += 1;
         let ft = md.file_type();
         let kind = if ft.is_fifo() && link.starts_with("pipe:") {
-            pipe_ends.add(fd, id, &file, flags, md.ino())?
+            registry.pipes.add(pid, fd, id, &file, flags, md.ino())?
         } else if ft.is_fifo() {
             return Err(unsupported("a named FIFO"));
         } else if ft.is_socket() {
@@ -153,20 +178,21 @@ pub fn dump(
         } else {
             return Err(unsupported("a file of an unsupported type"));
         };
-        seen.push((fd, id, md.ino()));
-        files.push(FileDesc {
+        registry.seen.push((pid, fd, md.ino(), id));
+        let desc = FileDesc {
             id,
             flags,
             pos: info.pos,
             kind,
-        });
+        };
+        registry.descs.insert(id, desc.clone());
+        files.push(desc);
         fds.push(FdEntry {
             fd,
             file_id: id,
             cloexec,
         });
     }
-    pipe_ends.finish(pid, &mut files)?;
     Ok(DumpedFiles { files, fds, blobs })
 }
 

@@ -119,3 +119,126 @@ fn wait_for_stop(tid: Pid) -> Result<(), Error> {
         }
     }
 }
+
+/// A whole process tree, frozen top-down: once a process is frozen its set of children can no
+/// longer change, so descending from the root catches every descendant, even one forked while
+/// the freeze was going on.
+pub struct FrozenTree {
+    /// Live processes, breadth-first from the root (parents before their children).
+    pub processes: Vec<Frozen>,
+    /// Exited children not yet reaped.
+    pub zombies: Vec<stasis_image::Zombie>,
+}
+
+impl FrozenTree {
+    pub fn freeze(root: Pid) -> Result<FrozenTree, Error> {
+        let mut tree = FrozenTree {
+            processes: vec![Frozen::freeze(root)?],
+            zombies: Vec::new(),
+        };
+        let mut i = 0;
+        while i < tree.processes.len() {
+            let parent = tree.processes[i].pid;
+            for child in procfs::children(parent)? {
+                let stat = match procfs::read_stat(child) {
+                    Ok(s) => s,
+                    Err(_) => continue, // reaped meanwhile by a thread we had not frozen yet
+                };
+                if stat.state == 'Z' {
+                    tree.zombies.push(stasis_image::Zombie {
+                        pid: child,
+                        ppid: parent,
+                        pgid: stat.pgid,
+                        sid: stat.sid,
+                        exit_status: stat.exit_code,
+                    });
+                } else {
+                    tree.processes.push(Frozen::freeze(child)?);
+                }
+            }
+            i += 1;
+        }
+        Ok(tree)
+    }
+
+    pub fn pids(&self) -> Vec<Pid> {
+        self.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// Lets every process run on.
+    pub fn thaw(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        for p in &mut self.processes {
+            if let Err(e) = p.thaw() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Kills every process of the tree (after a successful dump), leaves first. Each killed
+    /// descendant is reaped right away by its own (still frozen) parent through an injected
+    /// wait4, and so are the tree's zombies: their pids are free for a restore at once, even
+    /// where orphans would go to an init that does not reap them. The root is reaped by its
+    /// own parent.
+    pub fn kill(self, vdso_offset: u64) -> Result<(), Error> {
+        let FrozenTree {
+            mut processes,
+            zombies,
+        } = self;
+        let ppid_of = |pid: Pid| procfs::read_stat(pid).map(|s| s.ppid).unwrap_or(0);
+        let mut reap: Vec<(Pid, Pid)> = zombies.iter().map(|z| (z.pid, z.ppid)).collect();
+        // Leaves first: reverse breadth-first order.
+        while processes.len() > 1 {
+            let Some(p) = processes.pop() else { break };
+            let (pid, threads) = (p.pid, p.threads.clone());
+            let parent = ppid_of(pid);
+            p.kill()?;
+            for tid in threads {
+                // As tracer we see each thread die first; then the parent can reap.
+                let _ = ptrace::waitpid(tid, 0);
+            }
+            reap.push((pid, parent));
+            if let Some(pp) = processes.iter().find(|q| q.pid == parent) {
+                reap_in(pp.threads[0], vdso_offset, &mut reap)?;
+            }
+        }
+        if let Some(root) = processes.pop() {
+            reap_in(root.threads[0], vdso_offset, &mut reap)?;
+            root.kill()?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs wait4 inside the frozen process `tid` for every pending (child, parent) pair whose
+/// parent it is.
+fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(), Error> {
+    let mine: Vec<Pid> = reap
+        .iter()
+        .filter(|(_, parent)| *parent == tid)
+        .map(|(c, _)| *c)
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let vdso = procfs::read_smaps(tid)?
+        .into_iter()
+        .find(|m| m.name == "[vdso]")
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("pid {tid} has no [vdso]"),
+        })?;
+    let mut inj = crate::inject::Injector::new(tid, vdso.start + vdso_offset)?;
+    for child in &mine {
+        inj.call(
+            "wait4",
+            libc::SYS_wait4,
+            [*child as u64, 0, libc::__WALL as u64, 0, 0, 0],
+        )?;
+    }
+    inj.finish()?;
+    reap.retain(|(c, _)| !mine.contains(c));
+    Ok(())
+}

@@ -96,13 +96,25 @@ fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         shared: m.shared,
         growsdown: m.has_flag("gd"),
         file_offset: m.offset,
+        shmem_id: if m.shared && kind == VmaKind::Anonymous {
+            m.inode
+        } else {
+            0
+        },
         kind,
         name: m.name.clone(),
     })
 }
 
-/// Streams the page contents of every mapping into `out` and returns the runs written.
-pub fn dump_pages(pid: Pid, vmas: &[Vma], out: &mut RawWriter) -> Result<Vec<PageRun>, Error> {
+/// Streams the page contents of every mapping into `out` and returns the runs written. Shared
+/// anonymous memory is stored once, with the first mapping of it in the tree: `shmem_done`
+/// holds the objects already stored.
+pub fn dump_pages(
+    pid: Pid,
+    vmas: &[Vma],
+    out: &mut RawWriter,
+    shmem_done: &mut std::collections::HashSet<u64>,
+) -> Result<Vec<PageRun>, Error> {
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = std::fs::File::open(&pagemap_path)
         .map_err(|e| Error::io(format!("open {pagemap_path}"), e))?;
@@ -115,7 +127,10 @@ pub fn dump_pages(pid: Pid, vmas: &[Vma], out: &mut RawWriter) -> Result<Vec<Pag
         match (&v.kind, v.shared) {
             (k, _) if is_special(k) => {}
             (VmaKind::File { .. }, true) => {} // the file holds the data
-            (VmaKind::Anonymous, true) => dump_shmem(pid, v, &mut buf, out, &mut runs)?,
+            (VmaKind::Anonymous, true) if shmem_done.insert(v.shmem_id) => {
+                dump_shmem(pid, v, &mut buf, out, &mut runs)?
+            }
+            (VmaKind::Anonymous, true) => {}
             (kind, false) => {
                 let skip_file_pages = matches!(kind, VmaKind::File { .. });
                 dump_private(
@@ -408,11 +423,16 @@ fn with_pages(vmas: &[Vma], runs: &[PageRun]) -> Vec<bool> {
 
 /// Recreates every non-special mapping. `file_fds` maps a mapping index to the descriptor
 /// number, in the child, of the file to map.
+/// Shared anonymous memory objects of a restored tree: for each, the process and mapping that
+/// creates it; every later mapping of it opens that mapping's /proc/PID/map_files entry.
+pub type ShmemOwners = HashMap<u64, (Pid, u64, u64)>;
+
 pub fn map_vmas(
     inj: &mut Injector,
     vmas: &[Vma],
     runs: &[PageRun],
     file_fds: &HashMap<usize, i32>,
+    shmem: &ShmemOwners,
 ) -> Result<(), Error> {
     let filled = with_pages(vmas, runs);
     for (i, v) in vmas.iter().enumerate() {
@@ -432,10 +452,29 @@ pub fn map_vmas(
         if v.growsdown {
             flags |= libc::MAP_GROWSDOWN;
         }
-        let fd = match v.kind {
-            VmaKind::File { .. } => *file_fds.get(&i).ok_or_else(|| {
+        let owner = shmem.get(&v.shmem_id).copied().filter(|_| v.shmem_id != 0);
+        let mut opened_here = None;
+        let fd = match (&v.kind, owner) {
+            (VmaKind::File { .. }, _) => *file_fds.get(&i).ok_or_else(|| {
                 Error::Invalid(format!("no file opened for mapping {:#x}", v.start))
             })? as u64,
+            (_, Some((pid, start, end))) if (pid, start) != (inj.tid(), v.start) => {
+                // A later mapping of shared memory that already exists in the tree.
+                let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}\0");
+                let at = inj.put(2048, path.as_bytes())?;
+                let access = if v.prot & libc::PROT_WRITE as u32 != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let fd = inj.call(
+                    "open(shared memory)",
+                    libc::SYS_open,
+                    [at, access as u64, 0, 0, 0, 0],
+                )?;
+                opened_here = Some(fd);
+                fd
+            }
             _ => {
                 flags |= libc::MAP_ANONYMOUS;
                 u64::MAX
@@ -458,6 +497,9 @@ pub fn map_vmas(
                 "mapping {:#x} landed at {got:#x}",
                 v.start
             )));
+        }
+        if let Some(fd) = opened_here {
+            inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
     }
     Ok(())
@@ -507,6 +549,7 @@ mod tests {
     #[test]
     fn scratch_avoids_mappings() {
         let v = |s, e| Vma {
+            shmem_id: 0,
             start: s,
             end: e,
             prot: 3,

@@ -26,6 +26,7 @@ pub struct PipeCollector {
 struct PipeSeen {
     read_end: Option<File>,
     has_write: bool,
+    first_pid: Pid,
     first_fd: RawFd,
     ids: Vec<u32>,
 }
@@ -34,6 +35,7 @@ impl PipeCollector {
     /// Records one pipe end; returns its description kind (data filled in by `finish`).
     pub fn add(
         &mut self,
+        pid: Pid,
         fd: RawFd,
         id: u32,
         file: &File,
@@ -44,6 +46,7 @@ impl PipeCollector {
         let capacity = process::pipe_capacity(file.as_fd())
             .map_err(|e| Error::io(format!("F_GETPIPE_SZ on fd {fd}"), e))?;
         let seen = self.pipes.entry(ino).or_insert_with(|| PipeSeen {
+            first_pid: pid,
             first_fd: fd,
             ..Default::default()
         });
@@ -63,23 +66,23 @@ impl PipeCollector {
 
     /// Checks that both ends of every pipe are in the process and stores the bytes in flight
     /// with the first description of each pipe.
-    pub fn finish(self, pid: Pid, files: &mut [FileDesc]) -> Result<(), Error> {
+    pub fn finish(self) -> Result<HashMap<u32, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
         for (ino, seen) in self.pipes {
             let (Some(read_end), true) = (&seen.read_end, seen.has_write) else {
                 return Err(Error::Unsupported {
-                    what: format!("fd {} of pid {pid} is one end of pipe:[{ino}] whose other end is outside the dumped process", seen.first_fd),
+                    what: format!(
+                        "fd {} of pid {} is one end of pipe:[{ino}] whose other end is outside the dumped processes",
+                        seen.first_fd, seen.first_pid
+                    ),
                 });
             };
             let data = peek(read_end, seen.first_fd)?;
-            if let Some(FileDesc {
-                kind: FileKind::Pipe { data: d, .. },
-                ..
-            }) = files.iter_mut().find(|f| f.id == seen.ids[0])
-            {
-                *d = data;
+            if !data.is_empty() {
+                out.insert(seen.ids[0], data);
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -148,6 +148,7 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    pub exit_code: i32,
 }
 
 /// Parses /proc/PID/stat; the command name may contain spaces and parentheses, so fields are
@@ -187,6 +188,8 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        // Field 52 (exit code, as waitpid reports it) exists since Linux 3.5.
+        exit_code: int(52).unwrap_or(0) as i32,
     })
 }
 
@@ -348,6 +351,29 @@ pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
 
 pub fn read_auxv(pid: i32) -> Result<Vec<u64>, ProcError> {
     Ok(parse_auxv(&read_bytes(&proc_path(pid, "auxv"))?))
+}
+
+/// The children of every thread of `pid` (from /proc/PID/task/TID/children).
+pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let mut out = Vec::new();
+    for tid in list_threads(pid)? {
+        let path = proc_path(pid, &format!("task/{tid}/children"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // The thread exited meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ProcError::Io { path, source }),
+        };
+        for c in text.split_whitespace() {
+            out.push(c.parse().map_err(|_| ProcError::Parse {
+                path: path.clone(),
+                reason: format!("bad pid {c:?}"),
+            })?);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// Reads /proc/PID/personality (hex).

@@ -97,178 +97,358 @@ pub struct Restored {
     pub pid: Pid,
 }
 
-/// Loads and checks every record of an image directory.
-pub fn load(dir: &ImageDir) -> Result<(Inventory, ProcessImage, RawReader), Error> {
-    let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
-    if inventory.processes.len() != 1 || inventory.processes[0] != inventory.root_pid {
-        return Err(Error::Unsupported {
-            what: format!(
-                "the images hold {} processes; restoring process trees is not supported yet",
-                inventory.processes.len()
-            ),
-        });
-    }
-    let pid = inventory.root_pid;
-    let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
-    let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-    validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
-    if image.pid != pid {
-        return Err(Error::Invalid(format!(
-            "{} describes pid {}, the inventory says {pid}",
-            names::process(pid),
-            image.pid
-        )));
-    }
-    Ok((inventory, image, pages))
+/// A loaded, checked image directory: every process (parents before children) with its pages.
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub processes: Vec<(ProcessImage, RawReader)>,
 }
 
-/// Recreates the dumped process. Returns once it runs.
+/// Loads and checks every record of an image directory, and the shape of the tree.
+pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
+    let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
+    let bad = |why: String| {
+        Err(Error::Invalid(format!(
+            "{}: {why}",
+            dir.path_of(names::INVENTORY).display()
+        )))
+    };
+    if inventory.processes.first() != Some(&inventory.root_pid)
+        || inventory.processes.len() > 1 << 16
+        || inventory.zombies.len() > 1 << 16
+    {
+        return bad("the process list does not start with the root".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut processes = Vec::with_capacity(inventory.processes.len());
+    for &pid in &inventory.processes {
+        if pid <= 0 || !seen.insert(pid) {
+            return bad(format!("pid {pid} is invalid or listed twice"));
+        }
+        let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
+        let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
+        validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
+        if image.pid != pid {
+            return bad(format!(
+                "{} describes pid {}",
+                names::process(pid),
+                image.pid
+            ));
+        }
+        for t in &image.threads {
+            if t.tid != pid && !seen.insert(t.tid) {
+                return bad(format!("thread id {} is used twice", t.tid));
+            }
+        }
+        processes.push((image, pages));
+    }
+    // Parents come before their children, children share their parent's session unless they
+    // lead their own.
+    for (i, (p, _)) in processes.iter().enumerate().skip(1) {
+        let Some(parent) = processes[..i]
+            .iter()
+            .map(|(q, _)| q)
+            .find(|q| q.pid == p.ppid)
+        else {
+            return bad(format!(
+                "the parent {} of pid {} is not restored before it",
+                p.ppid, p.pid
+            ));
+        };
+        if p.sid != p.pid && p.sid != parent.sid {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "pid {} is in session {}, which is neither its own nor its parent's",
+                    p.pid, p.sid
+                ),
+            });
+        }
+    }
+    for z in &inventory.zombies {
+        if z.pid <= 0 || !seen.insert(z.pid) || !processes.iter().any(|(p, _)| p.pid == z.ppid) {
+            return bad(format!(
+                "zombie {} is invalid or its parent is not in the tree",
+                z.pid
+            ));
+        }
+    }
+    Ok(Loaded {
+        inventory,
+        processes,
+    })
+}
+
+/// What every restore child needs, inherited across the forks that build the tree.
+struct TreePlan<'a> {
+    loaded: &'a Loaded,
+    /// Descriptors the children keep at `base + i`: mapped files, executables, the error pipe.
+    aux: Vec<OwnedFd>,
+    /// Per process: mapping index -> aux index, and the executable's aux index.
+    map_index: Vec<HashMap<usize, usize>>,
+    exe_index: Vec<usize>,
+    err_index: usize,
+    /// One pipe per process: it waits on it until the restorer has seized it.
+    sync: Vec<(OwnedFd, OwnedFd)>,
+    by_id: HashMap<u32, RawFd>,
+    base: RawFd,
+    park_from: RawFd,
+    new_session: bool,
+}
+
+/// Recreates the dumped process tree. Returns once every process runs.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
-    let (_inventory, image, pages) = load(&opts.images)?;
-    let pid = image.pid;
+    let loaded = load(&opts.images)?;
     if let Some(r) = &opts.requester {
-        check_requester(&image, r)?;
+        for (image, _) in &loaded.processes {
+            check_requester(image, r)?;
+        }
         // From here on every file is opened with the requester's permissions.
         process::set_fs_identity(r.uid, r.gid, &r.groups)
             .map_err(|e| Error::sys("setfsuid", process::getpid(), e))?;
     }
-    if Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(Error::PidInUse { pid });
+    let all_pids = loaded
+        .processes
+        .iter()
+        .flat_map(|(p, _)| p.threads.iter().map(|t| t.tid))
+        .chain(loaded.inventory.zombies.iter().map(|z| z.pid));
+    for pid in all_pids {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::PidInUse { pid });
+        }
     }
     let vdso_offset = inject::vdso_syscall_offset()?;
 
-    // Everything the child needs, opened here.
-    let descriptions = files::open_all(&opts.images, &image.files)?;
-    let mut aux: Vec<OwnedFd> = Vec::new();
-    let mut map_index: HashMap<usize, usize> = HashMap::new();
-    for (i, v) in image.vmas.iter().enumerate() {
-        if let VmaKind::File { path, dev, ino, .. } = &v.kind {
-            let writable = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .open(path)
-                .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
-            let md = f
-                .metadata()
-                .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-            if (md.dev(), md.ino()) != (*dev, *ino) {
-                return Err(Error::Invalid(format!("mapped file {path} is not the one that was mapped at dump time (its inode changed)")));
+    // Everything the children need, opened here: one description per id for the whole tree,
+    // so descriptions shared between processes stay shared.
+    let mut union: Vec<stasis_image::FileDesc> = Vec::new();
+    for (image, _) in &loaded.processes {
+        for f in &image.files {
+            match union.iter_mut().find(|u| u.id == f.id) {
+                Some(u) => {
+                    if let (
+                        stasis_image::FileKind::Pipe { data: ud, .. },
+                        stasis_image::FileKind::Pipe { data, .. },
+                    ) = (&mut u.kind, &f.kind)
+                    {
+                        if ud.is_empty() {
+                            ud.clone_from(data);
+                        }
+                    }
+                }
+                None => union.push(f.clone()),
             }
-            map_index.insert(i, aux.len());
-            aux.push(f.into());
         }
     }
-    let exe = File::open(&image.task.exe_path)
-        .map_err(|e| Error::io(format!("open executable {}", image.task.exe_path), e))?;
-    let exe_index = aux.len();
-    aux.push(exe.into());
+    let descriptions = files::open_all(&opts.images, &union)?;
+    let mut aux: Vec<OwnedFd> = Vec::new();
+    let mut map_index = Vec::new();
+    let mut exe_index = Vec::new();
+    for (image, _) in &loaded.processes {
+        let mut mi = HashMap::new();
+        for (i, v) in image.vmas.iter().enumerate() {
+            if let VmaKind::File { path, dev, ino, .. } = &v.kind {
+                let writable = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(writable)
+                    .open(path)
+                    .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
+                let md = f
+                    .metadata()
+                    .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+                if (md.dev(), md.ino()) != (*dev, *ino) {
+                    return Err(Error::Invalid(format!("mapped file {path} is not the one that was mapped at dump time (its inode changed)")));
+                }
+                mi.insert(i, aux.len());
+                aux.push(f.into());
+            }
+        }
+        map_index.push(mi);
+        let exe = File::open(&image.task.exe_path)
+            .map_err(|e| Error::io(format!("open executable {}", image.task.exe_path), e))?;
+        exe_index.push(aux.len());
+        aux.push(exe.into());
+    }
     let (err_r, err_w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
     let err_index = aux.len();
     aux.push(err_w);
-    let (sync_r, sync_w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
-
-    // Descriptor numbers: `base` is above every fd we hold and every fd of the image.
+    let mut sync = Vec::new();
+    for _ in &loaded.processes {
+        sync.push(process::pipe().map_err(|e| Error::io("pipe", e))?);
+    }
+    // Descriptor numbers: `base` is above every fd we hold and every fd of the images.
     let own_max = procfs::list_fds(process::getpid())?
         .into_iter()
         .max()
         .unwrap_or(0);
-    let image_max = image.fds.iter().map(|f| f.fd).max().unwrap_or(0);
+    let image_max = loaded
+        .processes
+        .iter()
+        .flat_map(|(p, _)| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(0);
     let base = own_max.max(image_max) + 1;
-    let aux_count = aux.len();
-    let park_from = base + aux_count as RawFd;
+    let park_from = base + aux.len() as RawFd;
     let by_id: HashMap<u32, RawFd> = descriptions
         .iter()
         .map(|(id, fd)| (*id, fd.as_raw_fd()))
         .collect();
-
-    let child = match process::fork_with_pid(pid) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::PidInUse { pid }),
-        Err(e) => return Err(Error::sys("clone3(set_tid)", pid, e)),
-        Ok(Forked::Child) => {
-            let msg = match child_setup(
-                &image,
-                &aux,
-                base,
-                park_from,
-                &by_id,
-                &sync_r,
-                opts.new_session,
-            ) {
-                Ok(()) => "child setup returned".to_string(),
-                Err(m) => m,
-            };
-            let _ = process::write_raw(base + err_index as RawFd, msg.as_bytes());
-            process::exit_now(1);
-        }
-        Ok(Forked::Parent(child)) => child,
+    let plan = TreePlan {
+        loaded: &loaded,
+        aux,
+        map_index,
+        exe_index,
+        err_index,
+        sync,
+        by_id,
+        base,
+        park_from,
+        new_session: opts.new_session,
     };
+
+    let root = loaded.inventory.root_pid;
+    match process::fork_with_pid(root) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            return Err(Error::PidInUse { pid: root })
+        }
+        Err(e) => return Err(Error::sys("clone3(set_tid)", root, e)),
+        Ok(Forked::Child) => child_main(&plan, 0),
+        Ok(Forked::Parent(_)) => {}
+    }
+    let TreePlan {
+        aux,
+        sync,
+        map_index,
+        exe_index,
+        ..
+    } = plan;
+    let aux_count = aux.len();
     drop(aux);
-    drop(sync_r);
+    let mut err_r = Some(err_r);
+    let mut early_error = |pid: Pid, how: String| -> Error {
+        let mut msg = String::new();
+        if let Some(r) = err_r.take() {
+            let _ = File::from(r).read_to_string(&mut msg);
+        }
+        Error::Invalid(if msg.is_empty() {
+            format!("restore process {pid} ended early: {how}")
+        } else {
+            format!("setting up pid {pid}: {msg}")
+        })
+    };
+    let mut seized: Vec<Pid> = Vec::new();
     let result = (|| {
-        ptrace::seize(child, true).map_err(|e| Error::sys("PTRACE_SEIZE", child, e))?;
-        std::io::Write::write_all(&mut File::from(sync_w), b"g")
-            .map_err(|e| Error::io("wake the restore child", e))?;
-        match ptrace::waitpid(child, 0).map_err(|e| Error::sys("waitpid", child, e))? {
-            ptrace::WaitStatus::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
-            other => {
-                let mut msg = String::new();
-                let _ = File::from(err_r).read_to_string(&mut msg);
-                return Err(Error::Invalid(if msg.is_empty() {
-                    format!("restore child {child} ended early: {other:?}")
-                } else {
-                    format!("setting up pid {child}: {msg}")
-                }));
+        // Parents fork their children only once they are seized and woken: go down the tree.
+        for (i, (image, _)) in loaded.processes.iter().enumerate() {
+            let pid = image.pid;
+            wait_until_exists(pid).map_err(|_| early_error(pid, "it was never created".into()))?;
+            ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
+            seized.push(pid);
+            std::io::Write::write_all(
+                &mut File::from(sync[i].1.try_clone().map_err(|e| Error::io("dup", e))?),
+                b"g",
+            )
+            .map_err(|e| Error::io("wake a restore child", e))?;
+        }
+        for (image, _) in &loaded.processes {
+            let pid = image.pid;
+            match ptrace::waitpid(pid, 0).map_err(|e| Error::sys("waitpid", pid, e))? {
+                ptrace::WaitStatus::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
+                other => return Err(early_error(pid, format!("{other:?}"))),
             }
         }
-        rebuild(
-            child,
-            &image,
-            &pages,
-            vdso_offset,
-            base,
-            &map_index,
-            exe_index,
-            aux_count,
-        )
+        let mut shmem = memory::ShmemOwners::new();
+        for (image, _) in &loaded.processes {
+            for v in image.vmas.iter().filter(|v| v.shmem_id != 0) {
+                shmem
+                    .entry(v.shmem_id)
+                    .or_insert((image.pid, v.start, v.end));
+            }
+        }
+        let mut to_detach = Vec::new();
+        for (i, (image, pages)) in loaded.processes.iter().enumerate() {
+            let parent_pgid = loaded
+                .processes
+                .iter()
+                .find(|(p, _)| p.pid == image.ppid)
+                .map(|(p, _)| p.pgid);
+            let set_pgid = i != 0 && image.pgid != image.pid && Some(image.pgid) != parent_pgid;
+            let parts = RebuildParts {
+                base,
+                map_index: &map_index[i],
+                exe_index: exe_index[i],
+                aux_count,
+                shmem: &shmem,
+                set_pgid,
+            };
+            to_detach.extend(rebuild(image.pid, image, pages, vdso_offset, &parts)?);
+        }
+        // Everything is in place: let the whole tree go at once.
+        for tid in to_detach {
+            ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
+        }
+        Ok(())
     })();
     if let Err(e) = result {
-        let _ = process::kill(child, libc::SIGKILL);
-        let _ = ptrace::waitpid(child, 0);
+        // Nothing half-built may run: kill every process (traced ones die with us anyway).
+        for (image, _) in loaded.processes.iter().rev() {
+            let _ = process::kill(image.pid, libc::SIGKILL);
+        }
+        let _ = ptrace::waitpid(root, 0);
         return Err(e);
     }
+    drop(sync);
     drop(descriptions);
-    Ok(Restored { pid: child })
+    Ok(Restored { pid: root })
 }
 
-/// Runs in the forked child: lays out the fd table and per-process attributes, then stops.
+fn wait_until_exists(pid: Pid) -> Result<(), ()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Runs in a forked restore child as process `idx` of the tree; never returns.
+fn child_main(plan: &TreePlan<'_>, idx: usize) -> ! {
+    let msg = match child_setup(plan, idx) {
+        Ok(()) => "child setup returned".to_string(),
+        Err(m) => m,
+    };
+    let pid = plan.loaded.processes[idx].0.pid;
+    let text = format!("pid {pid}: {msg}");
+    // Before the layout the error pipe is at its own number, after it at base + err_index.
+    if process::write_raw(plan.base + plan.err_index as RawFd, text.as_bytes()).is_err() {
+        let _ = process::write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
+    }
+    process::exit_now(1);
+}
+
+/// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
+/// forks its own children (and zombies), lays out its fd table and attributes, then stops.
 /// Returns only on failure, with a message for the restorer.
-fn child_setup(
-    image: &ProcessImage,
-    aux: &[OwnedFd],
-    base: RawFd,
-    park_from: RawFd,
-    by_id: &HashMap<u32, RawFd>,
-    sync_r: &OwnedFd,
-    new_session: bool,
-) -> Result<(), String> {
+fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
+    let image = &plan.loaded.processes[idx].0;
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
     let mut b = [0u8; 1];
-    File::from(sync_r.try_clone().map_err(|e| e.to_string())?)
+    File::from(plan.sync[idx].0.try_clone().map_err(|e| e.to_string())?)
         .read_exact(&mut b)
         .map_err(|e| format!("waiting for the restorer: {e}"))?;
     process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     process::reset_signal_dispositions().map_err(|e| format!("resetting signal handlers: {e}"))?;
-    for (i, fd) in aux.iter().enumerate() {
-        process::dup3_raw(fd.as_raw_fd(), base + i as RawFd)
-            .map_err(|e| format!("dup3 aux fd: {e}"))?;
-    }
-    files::layout_in_child(&image.fds, by_id, base, park_from)?;
+    // A traced process stops for every signal delivered to it, even an ignored one (the
+    // SIGCHLD of a child that exits): blocked, they wait without stopping us. The dumped mask is
+    // set at the end.
+    process::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    // The session first: children inherit it.
     let ours = process::getsid(0).map_err(|e| format!("getsid: {e}"))?;
-    if image.sid == image.pid || (ours != image.sid && new_session) {
+    if image.sid == image.pid || (idx == 0 && ours != image.sid && plan.new_session) {
         process::setsid().map_err(|e| format!("setsid: {e}"))?;
-    } else {
+    } else if idx == 0 {
         if ours != image.sid {
             return Err(format!(
                 "the process was in session {} (not its own); restore it from a process in that session, or allow a new session (--new-session)",
@@ -281,10 +461,78 @@ fn child_setup(
             image.pgid
         };
         process::setpgid(0, pgid).map_err(|e| format!("setpgid to {}: {e}", image.pgid))?;
+    } else if image.pgid == image.pid {
+        process::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
     }
+    // Children (and exited children) in pid order, each with its pid.
+    let loaded = plan.loaded;
+    let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded
+        .processes
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, _))| p.ppid == image.pid && p.pid != image.pid)
+        .map(|(j, (p, _))| (p.pid, Some(j), 0))
+        .chain(
+            loaded
+                .inventory
+                .zombies
+                .iter()
+                .filter(|z| z.ppid == image.pid)
+                .map(|z| (z.pid, None, z.exit_status)),
+        )
+        .collect();
+    kids.sort();
+    let mut made_zombies = false;
+    for (pid, live, status) in kids {
+        match process::fork_with_pid(pid).map_err(|e| format!("clone3 for pid {pid}: {e}"))? {
+            Forked::Child => match live {
+                Some(j) => child_main(plan, j),
+                None => exit_like(status),
+            },
+            Forked::Parent(_) if live.is_none() => {
+                // Wait until it is a zombie, leaving it unreaped for the restored parent.
+                process::wait_exited_nowait(pid)
+                    .map_err(|e| format!("waiting for zombie {pid}: {e}"))?;
+                made_zombies = true;
+            }
+            Forked::Parent(_) => {}
+        }
+    }
+    if made_zombies {
+        // Their SIGCHLD was not part of the dumped state.
+        process::discard_pending_sigchld().map_err(|e| format!("discarding SIGCHLD: {e}"))?;
+    }
+    for (i, fd) in plan.aux.iter().enumerate() {
+        process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
+            .map_err(|e| format!("dup3 aux fd: {e}"))?;
+    }
+    files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
     task::apply_in_child(&image.task)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
     Ok(())
+}
+
+/// Ends a restored zombie the way the original ended: with its exit code, or killed by its
+/// signal (dispositions are at their defaults here).
+fn exit_like(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 && sig != 0x7f {
+        // The parent blocked every signal before forking us.
+        let _ = process::unblock_all_signals();
+        let _ = process::kill(process::getpid(), sig);
+    }
+    process::exit_now((status >> 8) & 0xff)
+}
+
+/// The per-process descriptors and choices [`rebuild`] needs.
+struct RebuildParts<'a> {
+    base: RawFd,
+    map_index: &'a HashMap<usize, usize>,
+    exe_index: usize,
+    aux_count: usize,
+    shmem: &'a memory::ShmemOwners,
+    /// Join a process group that did not exist when the process was forked.
+    set_pgid: bool,
 }
 
 /// Rebuilds the stopped child from inside. `base + i` is the child's descriptor of aux entry
@@ -295,11 +543,16 @@ fn rebuild(
     image: &ProcessImage,
     pages: &RawReader,
     vdso_offset: u64,
-    base: RawFd,
-    map_index: &HashMap<usize, usize>,
-    exe_index: usize,
-    aux_count: usize,
-) -> Result<(), Error> {
+    parts: &RebuildParts<'_>,
+) -> Result<Vec<Pid>, Error> {
+    let RebuildParts {
+        base,
+        map_index,
+        exe_index,
+        aux_count,
+        shmem,
+        set_pgid,
+    } = *parts;
     let child_vdso = procfs::read_smaps(child)?
         .into_iter()
         .find(|m| m.name == "[vdso]")
@@ -319,7 +572,7 @@ fn rebuild(
         .iter()
         .map(|(&vma, &aux)| (vma, base + aux as i32))
         .collect();
-    memory::map_vmas(&mut inj, &image.vmas, &image.page_runs, &file_fds)?;
+    memory::map_vmas(&mut inj, &image.vmas, &image.page_runs, &file_fds, shmem)?;
     memory::fill_pages(child, &image.page_runs, pages)?;
     memory::finish_protections(&mut inj, &image.vmas, &image.page_runs)?;
     // The child's exe link is the restorer's executable. When that is also the dumped
@@ -365,6 +618,13 @@ fn rebuild(
         creds::restore(tinj, &image.creds)?;
         thread::restore_name(tinj, &t.comm)?;
     }
+    if set_pgid {
+        inj.call(
+            "setpgid",
+            libc::SYS_setpgid,
+            [0, image.pgid as u64, 0, 0, 0, 0],
+        )?;
+    }
     creds::restore(&mut inj, &image.creds)?;
     task::restore_prctl(&mut inj, &image.task)?;
     // No system call runs in a thread after its restore_final: pending signals stay queued.
@@ -376,11 +636,10 @@ fn rebuild(
     inj.unmap_scratch()?;
     thread::restore_final(&mut inj, leader)?;
     inj.finish()?;
-    for t in &image.threads[1..] {
-        ptrace::detach(t.tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", t.tid, e))?;
-    }
-    ptrace::detach(child, 0).map_err(|e| Error::sys("PTRACE_DETACH", child, e))?;
-    Ok(())
+    // The caller detaches every thread once the whole tree is rebuilt.
+    let mut tids: Vec<Pid> = image.threads[1..].iter().map(|t| t.tid).collect();
+    tids.push(child);
+    Ok(tids)
 }
 
 fn same_file(a: &str, b: &str) -> bool {

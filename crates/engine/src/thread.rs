@@ -232,52 +232,6 @@ pub fn restore_final(inj: &mut Injector, t: &ThreadImage) -> Result<(), Error> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interrupted_syscalls_are_rewound() {
-        let r = Regs {
-            orig_rax: 230,
-            rax: (-516i64) as u64,
-            rip: 0x1002,
-            ..Default::default()
-        };
-        let u = restart_regs(&r);
-        assert_eq!((u.rax, u.rip, u.orig_rax), (230, 0x1000, u64::MAX));
-        // A completed syscall (a real error code) is left alone.
-        let r = Regs {
-            orig_rax: 0,
-            rax: (-4i64) as u64,
-            rip: 0x1002,
-            ..Default::default()
-        };
-        let u = restart_regs(&r);
-        assert_eq!((u.rax as i64, u.rip), (-4, 0x1002));
-        // Not in a syscall at all.
-        let r = Regs {
-            orig_rax: u64::MAX,
-            rax: (-516i64) as u64,
-            rip: 0x1002,
-            ..Default::default()
-        };
-        assert_eq!(restart_regs(&r).rip, 0x1002);
-    }
-
-    #[test]
-    fn regs_round_trip() {
-        let r = Regs {
-            r15: 1,
-            rip: 2,
-            fs_base: 3,
-            gs: 4,
-            ..Default::default()
-        };
-        assert_eq!(regs_from_user(&user_from_regs(&r)), r);
-    }
-}
-
 /// Flags of a thread created by pthread_create, less the ones that only concern the C library
 /// (settls, tid pointers): the TLS base and tid addresses are restored separately.
 const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
@@ -331,4 +285,50 @@ pub fn restore_name(inj: &mut Injector, comm: &str) -> Result<(), Error> {
         [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_syscalls_are_rewound() {
+        let r = Regs {
+            orig_rax: 230,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let u = restart_regs(&r);
+        assert_eq!((u.rax, u.rip, u.orig_rax), (230, 0x1000, u64::MAX));
+        // A completed syscall (a real error code) is left alone.
+        let r = Regs {
+            orig_rax: 0,
+            rax: (-4i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let u = restart_regs(&r);
+        assert_eq!((u.rax as i64, u.rip), (-4, 0x1002));
+        // Not in a syscall at all.
+        let r = Regs {
+            orig_rax: u64::MAX,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        assert_eq!(restart_regs(&r).rip, 0x1002);
+    }
+
+    #[test]
+    fn regs_round_trip() {
+        let r = Regs {
+            r15: 1,
+            rip: 2,
+            fs_base: 3,
+            gs: 4,
+            ..Default::default()
+        };
+        assert_eq!(regs_from_user(&user_from_regs(&r)), r);
+    }
 }

@@ -14,8 +14,23 @@ pub struct Inventory {
     pub created_unix_ms: u64,
     /// The pid the dump was asked for.
     pub root_pid: i32,
-    /// Every dumped process (root first); each has a process and a pages file.
+    /// Every dumped process (root first, then breadth-first, so parents come before their
+    /// children); each has a process and a pages file.
     pub processes: Vec<i32>,
+    /// Children that had exited but were not yet reaped when the tree was dumped.
+    pub zombies: Vec<Zombie>,
+}
+
+/// An exited, unreaped child: restored as a process that exits at once the same way, so its
+/// parent can still wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The wait status the parent will see (as /proc/PID/stat field 52 reports it).
+    pub exit_status: i32,
 }
 
 /// `process-PID.img`: one process and its threads.
@@ -122,6 +137,10 @@ pub struct Vma {
     pub kind: VmaKind,
     /// The name /proc/PID/maps shows (path, "[heap]", "[stack]", ...), for humans.
     pub name: String,
+    /// For shared anonymous memory: the identity (inode) of the memory object, the same in
+    /// every process that shares it; its pages are stored with the first process that maps it.
+    /// 0 otherwise.
+    pub shmem_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,6 +397,7 @@ pub(crate) mod tests {
                         size: 4096,
                     },
                     name: "/bin/demo".into(),
+                    shmem_id: 0,
                 },
                 Vma {
                     start: 0x500000,
@@ -388,6 +408,7 @@ pub(crate) mod tests {
                     file_offset: 0,
                     kind: VmaKind::Anonymous,
                     name: "[heap]".into(),
+                    shmem_id: 0,
                 },
                 Vma {
                     start: 0x7ffc00000000,
@@ -398,6 +419,7 @@ pub(crate) mod tests {
                     file_offset: 0,
                     kind: VmaKind::Anonymous,
                     name: "[stack]".into(),
+                    shmem_id: 0,
                 },
                 Vma {
                     start: 0x7ffd00000000,
@@ -408,6 +430,7 @@ pub(crate) mod tests {
                     file_offset: 0,
                     kind: VmaKind::Vvar,
                     name: "[vvar]".into(),
+                    shmem_id: 0,
                 },
                 Vma {
                     start: 0x7ffd00004000,
@@ -418,6 +441,7 @@ pub(crate) mod tests {
                     file_offset: 0,
                     kind: VmaKind::Vdso,
                     name: "[vdso]".into(),
+                    shmem_id: 0,
                 },
             ],
             page_runs: vec![PageRun {
@@ -522,6 +546,13 @@ pub(crate) mod tests {
             created_unix_ms: 5,
             root_pid: 42,
             processes: vec![42],
+            zombies: vec![Zombie {
+                pid: 43,
+                ppid: 42,
+                pgid: 42,
+                sid: 42,
+                exit_status: 0x2a00,
+            }],
         };
         let b = encode_record(RecordKind::Inventory, &i, Path::new("x")).unwrap();
         let back: Inventory = decode_record(RecordKind::Inventory, &b, Path::new("x")).unwrap();

@@ -555,3 +555,92 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the number is open and, by the socket-activation protocol, handed to us alone.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Waits until child `pid` has exited, without reaping it (waitid WEXITED | WNOWAIT).
+pub fn wait_exited_nowait(pid: Pid) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid writes one into `info`.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        match cvt_int(r) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Discards a pending SIGCHLD (setting a pending signal to SIG_IGN discards it), leaving the
+/// disposition at its default.
+pub fn discard_pending_sigchld() -> io::Result<()> {
+    // SAFETY: SIG_IGN and SIG_DFL are valid dispositions; no handler is installed.
+    unsafe {
+        if libc::signal(libc::SIGCHLD, libc::SIG_IGN) == libc::SIG_ERR
+            || libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_ERR
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Asks the kernel whether user `uid`:`gid` could ptrace-attach to process `pid` (same ids,
+/// dumpable, ...): with CAP_SYS_PTRACE dropped from the effective set and the fs identity set
+/// to that user, opening /proc/PID/mem goes through exactly that check. Everything is put
+/// back before returning.
+pub fn user_may_ptrace(pid: Pid, uid: u32, gid: u32) -> io::Result<bool> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut saved = [Data::default(); 2];
+    // SAFETY: capget writes two Data records for a version 3 header we own.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut Header,
+            saved.as_mut_ptr(),
+        )
+    })?;
+    let mut reduced = saved;
+    // CAP_SYS_PTRACE is capability 19.
+    reduced[0].effective &= !(1 << 19);
+    // SAFETY: capset reads two Data records; lowering the effective set is always allowed.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, reduced.as_ptr()) })?;
+    // SAFETY: setfsuid/setfsgid take no pointers; they return the previous ids.
+    let (old_fsgid, old_fsuid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    let path = format!("/proc/{pid}/mem");
+    let allowed = match std::fs::File::open(&path) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // SAFETY: as above; restoring the previous fs ids, then the saved capability sets.
+    unsafe {
+        libc::setfsuid(old_fsuid as u32);
+        libc::setfsgid(old_fsgid as u32);
+    }
+    // SAFETY: capset reads the two Data records saved above; raising back to the permitted
+    // set we had is allowed.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, saved.as_ptr()) })?;
+    allowed
+}
