@@ -95,6 +95,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             dir.label().display()
         )));
     }
+    dir.check_writable()?;
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let frozen_at = Instant::now();
@@ -324,7 +325,7 @@ fn collect(
         Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
     })();
     // Put the thread back as it was whatever happened.
-    let finished = inj.finish();
+    let finished = inj.finish_parked();
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
     let (mm, threads, signals, itimers, creds, task) = asked?;
@@ -366,7 +367,7 @@ fn dump_other_thread(
     inj.share_scratch(scratch);
     let dumped = thread::dump(pid, tid, &mut inj);
     inj.forget_scratch();
-    let finished = inj.finish();
+    let finished = inj.finish_parked();
     let restored_mask =
         ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
     let mut t = dumped?;

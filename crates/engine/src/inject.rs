@@ -205,7 +205,42 @@ impl Injector {
         ptrace::set_regs(self.tid, &self.saved)
             .map_err(|e| Error::sys("PTRACE_SETREGS", self.tid, e))
     }
+
+    /// Like [`Injector::finish`], then leaves the thread stopped with single-stepping turned
+    /// off. The kernel keeps a thread's single-step flag after its last PTRACE_SINGLESTEP; if
+    /// the tracer then died, the thread would resume stepping and die of SIGTRAP. Used at dump,
+    /// where the process must survive a dumper that is killed. The thread must have every
+    /// blockable signal blocked.
+    pub fn finish_parked(self) -> Result<(), Error> {
+        let tid = self.tid;
+        self.finish()?;
+        // PTRACE_CONT clears the single-step flag; the pending interrupt stops the thread again
+        // before it runs a single user instruction.
+        ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
+        ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
+        loop {
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                ptrace::WaitStatus::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } => return Ok(()),
+                // Only an unblockable stop signal can come here; the dump goes on.
+                ptrace::WaitStatus::Stopped { .. } => {
+                    ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
+                }
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    }
 }
+
+/// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
+const PTRACE_EVENT_STOP: i32 = 128;
 
 /// Finds the offset of a `syscall` instruction (0f 05) inside the vdso. The vdso image is the
 /// same in every process on this kernel, so our own copy is searched once.

@@ -112,6 +112,14 @@ impl ImageDir {
         Ok(File::from(fd))
     }
 
+    /// Checks, by creating and removing a probe file, that files can be created here (with the
+    /// identity and permissions in force), so a dump can fail before it freezes anything.
+    pub fn check_writable(&self) -> Result<(), ImageError> {
+        let probe = format!(".stasis-probe-{}", std::process::id());
+        drop(self.create_file(&probe)?);
+        self.remove(&probe)
+    }
+
     /// Opens `name` for reading.
     pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
         let fd = stasis_sys::fs::open_beneath(self.fd(), name, libc::O_RDONLY, 0)
