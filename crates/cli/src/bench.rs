@@ -156,3 +156,100 @@ pub fn run(mib: u64) -> BenchResult {
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// The tree the benchmark freezes: `procs` processes (the root and its children) with
+/// `threads` threads each, all idle, little memory.
+pub fn tree_workload(procs: u32, threads: u32, ready: &Path) -> BenchResult {
+    stasis_sys::process::close_range(3, u32::MAX)?;
+    // Fork every child first, while this process is single-threaded.
+    for _ in 1..procs {
+        if let stasis_sys::process::Forked::Child = stasis_sys::process::fork()? {
+            break;
+        }
+    }
+    for _ in 1..threads {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+        });
+    }
+    // Each process reports itself once its threads run.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ready)
+        .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Freezing and collecting a tree of `procs` processes with `threads` threads each, against a
+/// plain freeze and thaw of the same tree.
+pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
+    let dir = std::env::temp_dir().join(format!("stasis-bench-tree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ready = dir.join("ready");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("bench-tree-workload")
+        .arg(procs.to_string())
+        .arg(threads.to_string())
+        .arg(&ready)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let result = (|| -> BenchResult {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(&ready)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+            < procs as usize
+        {
+            if Instant::now() > deadline {
+                return Err("the tree workload did not get ready".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let t = Instant::now();
+        let mut tree = stasis_engine::freeze::FrozenTree::freeze(pid)?;
+        let frozen = t.elapsed();
+        let n_threads: usize = tree.processes.iter().map(|p| p.threads.len()).sum();
+        tree.thaw()?;
+        drop(tree);
+        let baseline = t.elapsed();
+        println!(
+            "{:<38} {:>8.1} ms  ({} processes, {n_threads} threads; freeze alone {:.1} ms)",
+            "baseline freeze + thaw of the tree",
+            baseline.as_secs_f64() * 1e3,
+            procs,
+            frozen.as_secs_f64() * 1e3
+        );
+        let t = Instant::now();
+        let report = stasis_engine::dump(stasis_engine::DumpOptions {
+            pid,
+            pidfd: None,
+            images: stasis_engine::ImageDir::create(&dir.join("images"))?,
+            leave_running: true,
+            service: None,
+            tree: true,
+            admit: None,
+        })?;
+        let dump = t.elapsed();
+        println!(
+            "{:<38} {:>8.1} ms  {:.2}x baseline; frozen {:.1} ms, {} processes, {} KiB of pages",
+            "dump of the tree (left running)",
+            dump.as_secs_f64() * 1e3,
+            dump.as_secs_f64() / baseline.as_secs_f64(),
+            report.frozen.as_secs_f64() * 1e3,
+            report.processes,
+            report.page_bytes / 1024
+        );
+        Ok(0)
+    })();
+    // The whole tree is in the workload's process group.
+    let _ = stasis_sys::process::kill(-pid, libc::SIGKILL);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

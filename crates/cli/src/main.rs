@@ -63,6 +63,19 @@ enum Command {
     Bench {
         #[arg(long, default_value_t = 256)]
         mib: u64,
+        /// Processes in the tree-freeze benchmark.
+        #[arg(long, default_value_t = 50)]
+        tree_processes: u32,
+        /// Threads per process in the tree-freeze benchmark.
+        #[arg(long, default_value_t = 10)]
+        tree_threads: u32,
+    },
+    /// The tree the benchmark freezes (internal).
+    #[command(hide = true)]
+    BenchTreeWorkload {
+        procs: u32,
+        threads: u32,
+        ready: PathBuf,
     },
     /// The program the benchmark dumps (internal).
     #[command(hide = true)]
@@ -89,7 +102,22 @@ fn main() -> ExitCode {
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
-        Command::Bench { mib } => ("bench", bench::run(mib)),
+        Command::Bench {
+            mib,
+            tree_processes,
+            tree_threads,
+        } => (
+            "bench",
+            bench::run(mib).and_then(|_| bench::run_tree(tree_processes, tree_threads)),
+        ),
+        Command::BenchTreeWorkload {
+            procs,
+            threads,
+            ready,
+        } => (
+            "bench-tree-workload",
+            bench::tree_workload(procs, threads, &ready),
+        ),
         Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
     };
     match result {
