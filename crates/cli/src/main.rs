@@ -50,6 +50,10 @@ enum Command {
         /// failing.
         #[arg(long)]
         new_session: bool,
+        /// Restore into a new pid namespace under a minimal init, so the same images can be
+        /// restored many times side by side (the processes keep their pids inside it).
+        #[arg(long)]
+        pid_ns: bool,
     },
     /// Decode an images directory into JSON.
     Show {
@@ -98,7 +102,8 @@ fn main() -> ExitCode {
             images,
             detach,
             new_session,
-        } => ("restore", run_restore(images, detach, new_session)),
+            pid_ns,
+        } => ("restore", run_restore(images, detach, new_session, pid_ns)),
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
@@ -185,7 +190,28 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
     Ok(0)
 }
 
-fn run_restore(images: PathBuf, detach: bool, new_session: bool) -> CmdResult {
+fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -> CmdResult {
+    if pid_ns {
+        if stasis_sys::process::geteuid() != 0 {
+            return Err("--pid-ns needs root".into());
+        }
+        let opts = RestoreOptions {
+            images: stasis_engine::ImageDir::open(&images)?,
+            requester: None,
+            // The namespace's init is the root's parent, in a session of its own.
+            new_session: true,
+        };
+        let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+        if detach {
+            println!(
+                "{} (in a new pid namespace; its init is pid {})",
+                r.root, r.init
+            );
+            return Ok(0);
+        }
+        let code = stasis_engine::restore::wait_exit_code(r.init)?;
+        return Ok(code.clamp(0, 255) as u8);
+    }
     if stasis_sys::process::geteuid() != 0 {
         // Not root: stasisd restores it with our own credentials, or refuses.
         let dir = open_dir_for_daemon(&images, false)?;

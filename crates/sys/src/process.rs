@@ -644,3 +644,65 @@ pub fn user_may_ptrace(pid: Pid, uid: u32, gid: u32) -> io::Result<bool> {
     cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, saved.as_ptr()) })?;
     allowed
 }
+
+/// Forks into a new pid namespace and a new mount namespace: the child is pid 1 (the init) of
+/// the new pid namespace. The caller must be single-threaded, as with fork(2).
+pub fn fork_into_new_pid_ns() -> io::Result<Forked> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+    }
+    let args = CloneArgs {
+        flags: (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork(); `args` outlives the call.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    })?;
+    Ok(if r == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(r as Pid)
+    })
+}
+
+/// In a new mount namespace: makes every mount private (nothing propagates back out) and
+/// mounts a fresh /proc that shows the caller's pid namespace.
+pub fn mount_private_proc() -> io::Result<()> {
+    let root = std::ffi::CString::new("/").map_err(|_| io::ErrorKind::InvalidInput)?;
+    let proc_ = std::ffi::CString::new("/proc").map_err(|_| io::ErrorKind::InvalidInput)?;
+    let fstype = std::ffi::CString::new("proc").map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: all strings are valid NUL-terminated strings that outlive the calls; a null
+    // source/type/data is allowed for a propagation change.
+    unsafe {
+        cvt_int(libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        cvt_int(libc::mount(
+            fstype.as_ptr(),
+            proc_.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))?;
+    }
+    Ok(())
+}
