@@ -1,6 +1,7 @@
 //! `stasis restore --pid-ns`: the same images restored twice side by side, each copy in its own
 //! pid namespace with its dumped pid, both verifying their state. Needs root (skips otherwise).
 #![allow(unsafe_code)]
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
