@@ -51,6 +51,7 @@ extern "C" {
 #define STASIS_E_DUMP        (-1006) /* the dump failed */
 #define STASIS_E_DAEMON      (-1007) /* the daemon or its worker failed, or the connection was lost */
 #define STASIS_E_INVALID     (-1008) /* bad argument, or the before_checkpoint hook refused */
+#define STASIS_E_RESTORE     (-1009) /* the restore failed */
 
 /* Options of stasis_dump_self(). A zeroed struct (or a NULL pointer) means the defaults. */
 struct stasis_dump_opts {

@@ -53,6 +53,8 @@ pub mod code {
     pub const DAEMON: i32 = -1007;
     /// A bad argument (also: the `before_checkpoint` hook refused).
     pub const INVALID: i32 = -1008;
+    /// The restore failed.
+    pub const RESTORE: i32 = -1009;
 }
 
 /// Where the daemon listens unless `$STASIS_SOCKET` or an option says otherwise.
@@ -125,6 +127,8 @@ pub enum Error {
     Unsupported(String),
     #[error("dump failed: {0}")]
     DumpFailed(String),
+    #[error("restore failed: {0}")]
+    RestoreFailed(String),
     #[error("stasis daemon: {0}")]
     Daemon(String),
     #[error("invalid argument: {0}")]
@@ -150,6 +154,7 @@ impl Error {
             Error::Refused(_) => code::REFUSED,
             Error::Unsupported(_) => code::UNSUPPORTED,
             Error::DumpFailed(_) => code::DUMP,
+            Error::RestoreFailed(_) => code::RESTORE,
             Error::Daemon(_) => code::DAEMON,
             Error::Invalid(_) | Error::Aborted(_) => code::INVALID,
             Error::Io { source, .. } => match source.raw_os_error() {
@@ -176,6 +181,7 @@ impl Error {
             code::REFUSED => Error::Refused(message),
             code::UNSUPPORTED => Error::Unsupported(message),
             code::DUMP => Error::DumpFailed(message),
+            code::RESTORE => Error::RestoreFailed(message),
             code::DAEMON | code::CONNECT => Error::Daemon(message),
             code::INVALID => Error::Invalid(message),
             -4095..=-1 => Error::Io {
@@ -409,6 +415,7 @@ mod tests {
             code::REFUSED,
             code::UNSUPPORTED,
             code::DUMP,
+            code::RESTORE,
             code::DAEMON,
             code::INVALID,
             code::VERSION,

@@ -294,6 +294,10 @@ fn restore(
         images,
         requester,
         new_session: true,
+    })
+    .map_err(|e| match e {
+        EngineError::Refused(_) | EngineError::Unsupported { .. } => Failure::from(e),
+        e => Failure::new(code::RESTORE, e.to_string()),
     })?;
     protocol::send(conn, &Message::Started { pid: restored.pid }, None)?;
     if flags & protocol::RESTORE_DETACH != 0 {

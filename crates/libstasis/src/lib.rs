@@ -245,6 +245,7 @@ fn strerror(c: c_int) -> &'static CStr {
         code::REFUSED => c"refused by the stasis daemon",
         code::UNSUPPORTED => c"the process uses something stasis cannot dump yet",
         code::DUMP => c"the dump failed",
+        code::RESTORE => c"the restore failed",
         code::DAEMON => c"the stasis daemon failed or the connection was lost",
         code::INVALID => c"invalid argument",
         -4095..=-1 => errno_text(-c).unwrap_or(c"unknown system error"),
