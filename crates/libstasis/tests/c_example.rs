@@ -1,5 +1,5 @@
 //! The C side: the header compiles, `examples/c/selfdump.c` links against libstasis.so and
-//! libstasis.a (as built for this test run, in the same target directory), fails cleanly without
+//! libstasis.a (built for this test run with `cargo build --release`), fails cleanly without
 //! a daemon, and takes both branches against a fake daemon. Skipped (with a notice) without gcc.
 // Helpers outside #[test] functions panic on setup failures on purpose.
 #![allow(clippy::unwrap_used)]
@@ -14,10 +14,23 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// target/<profile>: this test binary lives in target/<profile>/deps.
+/// Where libstasis.so and libstasis.a are: built once per run with `cargo build --release` in a
+/// target directory of their own (the outer cargo holds the lock of the main one, and the test
+/// must not depend on the order in which cargo builds artifacts). The self-dump tests of stasisd
+/// use the same directory, so the library is built once.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selfdump-libstasis");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run(Command::new(cargo)
+            .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
+            .arg(repo().join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .stdin(std::process::Stdio::null()));
+        target.join("release")
+    })
+    .clone()
 }
 
 fn scratch(name: &str) -> PathBuf {
