@@ -994,3 +994,102 @@ fn names_fd_recognizes_the_usual_forms() {
         assert!(!names_fd(text, &[3, 4]), "{text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// (f) anonymous-inode files stasis refuses: an epoll watch whose fd was closed
+// (the file stays registered through a dup), and inotify.
+
+/// Runs python3 `script` (which must write "PID FD..." into the file `fds`
+/// and then sleep), dumps it, and checks a clean refusal whose message
+/// contains every one of `words` and names one of the fds; the process must
+/// run on untouched.
+fn check_refused_python(test: &str, script: &str, words: &[&str]) {
+    let Some(_lock) = start(test) else {
+        return;
+    };
+    let w = WorkDir::new(test);
+    let img = w.mkdir("img");
+    let mut p = spawn_program(&w, "python", "python3", &["-c", script]);
+    let pid = p.pid;
+    let fds_path = w.dir.join("fds");
+    let started = Instant::now();
+    while !fds_path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10) && try_wait_pid(pid) == Ok(Waited::Alive),
+            "python3 did not set up its files; log:\n{}",
+            fs::read_to_string(w.dir.join("python.log")).unwrap_or_default()
+        );
+        sleep(POLL);
+    }
+    let nums: Vec<i32> = fs::read_to_string(&fds_path)
+        .expect("read fds")
+        .split_whitespace()
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    assert_eq!(nums.first(), Some(&pid), "python3 runs with another pid");
+    let fds = &nums[1..];
+    wait_sleeping(pid, None);
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ],
+    );
+    assert_ok(check_clean_failure(
+        &format!("{test}: dump of pid {pid}"),
+        &out,
+    ));
+    for word in words {
+        assert!(
+            out.stderr.to_lowercase().contains(word),
+            "the error should say {word:?}: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        names_fd(&out.stderr, fds),
+        "the error should name one of the fds {fds:?}: {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote an inventory"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
+    p.kill_and_reap();
+    w.done();
+}
+
+#[test]
+fn dump_epoll_watch_of_a_closed_fd_is_refused() {
+    let script = "import os, select, time\n\
+                  r, w = os.pipe()\n\
+                  keep = os.dup(r)\n\
+                  ep = select.epoll()\n\
+                  ep.register(r, select.EPOLLIN)\n\
+                  os.close(r)\n\
+                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), ep.fileno()))\n\
+                  os.rename('fds.tmp', 'fds')\n\
+                  time.sleep(100)\n";
+    check_refused_python(
+        "dump_epoll_watch_of_a_closed_fd_is_refused",
+        script,
+        &["epoll", "closed"],
+    );
+}
+
+#[test]
+fn dump_inotify_is_refused() {
+    let script = "import ctypes, os, time\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  fd = libc.inotify_init1(0)\n\
+                  assert fd >= 0 and libc.inotify_add_watch(fd, b'.', 0x100) >= 0\n\
+                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
+                  os.rename('fds.tmp', 'fds')\n\
+                  time.sleep(100)\n";
+    check_refused_python("dump_inotify_is_refused", script, &["inotify"]);
+}

@@ -9,7 +9,7 @@
 
 use crate::freeze::{Frozen, FrozenTree};
 use crate::inject::{self, Injector};
-use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
+use crate::{creds, files, memory, mm, posix_timers, procfs, signals, task, thread, timers, Error};
 use stasis_image::{
     names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
 };
@@ -309,6 +309,7 @@ fn collect(
     let mut inj = Injector::new(leader, syscall_ip)?;
     ptrace::set_sigmask(leader, u64::MAX)
         .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
+    let mut timers_posix = Vec::new();
     let asked = (|| {
         let scratch = inj.map_scratch(None)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
@@ -320,6 +321,7 @@ fn collect(
         }
         let sigs = signals::dump(pid, &mut inj)?;
         let itimers = timers::dump(&mut inj)?;
+        timers_posix = posix_timers::dump(pid, &mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
         let task = task::dump(pid, &status, &mut inj)?;
         Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
@@ -346,6 +348,7 @@ fn collect(
         signals,
         itimers,
         threads,
+        posix_timers: timers_posix,
     };
     Ok(Collected {
         image,

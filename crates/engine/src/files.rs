@@ -1,17 +1,20 @@
 //! The fd table and the open file descriptions behind it: regular files (path, flags, offset),
 //! files deleted while open (their contents go into a blob image), directories and character
-//! devices. Pipes are in [`crate::pipes`].
+//! devices. Pipes are in [`crate::pipes`]; eventfd, timerfd, signalfd, epoll and memfd each
+//! have their own module, which this one dispatches to.
 //!
 //! Dump: each fd is duplicated into the dumper with pidfd_getfd (the same file description, so
 //! offsets and pipe contents can be read without disturbing the target); fds that share one
-//! description are found with kcmp. Anything stasis cannot restore yet (sockets, eventfd,
-//! epoll, ...) fails the dump with an error naming the fd, before anything is written.
+//! description are found with kcmp. Anything stasis cannot restore yet (sockets, inotify,
+//! other anonymous-inode files, ...) fails the dump with an error naming the fd, before
+//! anything is written.
 //!
 //! Restore: the restorer opens every description itself ([`open_all`]); the new process
-//! inherits them across the fork and moves them to their numbers.
+//! inherits them across the fork and moves them to their numbers ([`layout_in_child`]), then
+//! sets up what refers to fds by number ([`after_layout_in_child`]: epoll watches).
 
 use crate::dump::ServiceConnection;
-use crate::{pipes, procfs, Error};
+use crate::{epoll, eventfd, memfd, pipes, procfs, signalfd, timerfd, Error};
 use stasis_image::{
     names, FdEntry, FileDesc, FileKind, ImageDir, RawReader, RawWriter, RecordKind,
 };
@@ -70,7 +73,8 @@ pub fn dump(
     let mut files: Vec<FileDesc> = Vec::new();
     let mut fds = Vec::new();
     let mut blobs = Vec::new();
-    for fd in procfs::list_fds(pid)? {
+    let all_fds = procfs::list_fds(pid)?;
+    for &fd in &all_fds {
         let link = procfs::link(pid, &format!("fd/{fd}"))?;
         let info = procfs::read_fdinfo(pid, fd)?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
@@ -104,10 +108,9 @@ pub fn dump(
         if link.starts_with("socket:") {
             return Err(unsupported("a socket"));
         }
-        if link.starts_with("anon_inode:") {
-            return Err(unsupported(
-                "an anonymous-inode file (eventfd, epoll, timerfd, signalfd, ...)",
-            ));
+        let anon = link.strip_prefix("anon_inode:");
+        if let Some(what) = anon.and_then(unsupported_anon_kind) {
+            return Err(unsupported(what));
         }
         let dup = process::pidfd_getfd(pidfd.as_fd(), fd)
             .map_err(|e| Error::sys("pidfd_getfd", pid, e))?;
@@ -142,14 +145,31 @@ pub fn dump(
         let id = registry.next_id;
         registry.next_id += 1;
         let ft = md.file_type();
-        let kind = if ft.is_fifo() && link.starts_with("pipe:") {
+        let kind = if let Some(anon) = anon {
+            let text = fdinfo_text(pid, fd)?;
+            match anon {
+                "[eventfd]" => eventfd::dump(pid, fd, &text)?,
+                "[timerfd]" => timerfd::dump(pid, fd, &text)?,
+                "[signalfd]" => signalfd::dump(pid, fd, &text)?,
+                "[eventpoll]" => epoll::dump(pid, fd, &text, &all_fds)?,
+                _ => return Err(unsupported("an anonymous-inode file of an unknown kind")),
+            }
+        } else if ft.is_fifo() && link.starts_with("pipe:") {
             registry.pipes.add(pid, fd, id, &file, flags, md.ino())?
         } else if ft.is_fifo() {
             return Err(unsupported("a named FIFO"));
         } else if ft.is_socket() {
             return Err(unsupported("a socket"));
-        } else if ft.is_file() && link.starts_with("/memfd:") {
-            return Err(unsupported("a memfd"));
+        } else if ft.is_file() && memfd::is_memfd_name(&link) && md.nlink() == 0 {
+            memfd::dump(
+                pid,
+                fd,
+                id,
+                &file,
+                &link,
+                registry.descs.values(),
+                &mut blobs,
+            )?
         } else if ft.is_file() && md.nlink() == 0 {
             let path = link.strip_suffix(" (deleted)").unwrap_or(&link).to_string();
             let crc = crc_of(&file, md.size(), fd)?;
@@ -193,7 +213,65 @@ pub fn dump(
             cloexec,
         });
     }
+    // A memfd that is only mapped (its fds closed) still needs a description to be mapped from.
+    for m in memfd::mapped(pid)? {
+        let is_it = |d: &FileDesc| memfd::memfd_id_of(&d.kind) == Some(m.memfd_id);
+        if files.iter().any(is_it) {
+            continue;
+        }
+        if let Some(d) = registry.descs.values().find(|d| is_it(d)) {
+            files.push(d.clone());
+            continue;
+        }
+        let (kind, handle) = m.describe(pid)?;
+        let id = registry.next_id;
+        registry.next_id += 1;
+        let desc = FileDesc {
+            id,
+            flags: (libc::O_RDWR | libc::O_LARGEFILE) as u32,
+            pos: 0,
+            kind,
+        };
+        registry.descs.insert(id, desc.clone());
+        files.push(desc);
+        blobs.push((id, handle));
+    }
     Ok(DumpedFiles { files, fds, blobs })
+}
+
+/// For an `anon_inode:` link (without the prefix) of a kind stasis cannot dump, what to call
+/// it in the refusal; `None` for the kinds it dumps.
+fn unsupported_anon_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "[eventfd]" | "[timerfd]" | "[signalfd]" | "[eventpoll]" => None,
+        // Watches are reported as file handles; restoring them would need open_by_handle_at
+        // and reproducing watch descriptors, and queued events cannot be read without
+        // consuming them.
+        "inotify" => Some("an inotify instance, which stasis cannot dump yet"),
+        "[fanotify]" => Some("a fanotify instance, which stasis cannot dump yet"),
+        "[userfaultfd]" => Some("a userfaultfd, which stasis cannot dump yet"),
+        "[io_uring]" => Some("an io_uring instance, which stasis cannot dump yet"),
+        "[pidfd]" => Some("a pidfd, which stasis cannot dump yet"),
+        "[perf_event]" => Some("a perf event, which stasis cannot dump yet"),
+        _ => Some("an anonymous-inode file of a kind stasis cannot dump"),
+    }
+}
+
+/// The text of /proc/PID/fdinfo/FD (the fields each kind of file adds are parsed by its
+/// module).
+pub(crate) fn fdinfo_text(pid: Pid, fd: RawFd) -> Result<String, Error> {
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}"));
+    Ok(procfs::read_string(&path)?)
+}
+
+/// Gives a recreated anonymous-inode file the status flags it had (O_NONBLOCK, O_ASYNC).
+pub(crate) fn set_anon_status_flags(fd: &OwnedFd, f: &FileDesc) -> Result<(), Error> {
+    let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC);
+    if status != 0 {
+        process::set_status_flags(fd.as_fd(), status)
+            .map_err(|e| Error::io(format!("F_SETFL on description {}", f.id), e))?;
+    }
+    Ok(())
 }
 
 fn check_same_file(path: &str, md: &std::fs::Metadata, fd: RawFd) -> Result<(), Error> {
@@ -229,10 +307,11 @@ pub fn write_blobs(
 ) -> Result<Vec<String>, Error> {
     let mut written = Vec::new();
     for (id, file) in blobs {
-        let Some(FileKind::Deleted { len, crc, .. }) =
-            files.iter().find(|f| f.id == *id).map(|f| &f.kind)
-        else {
-            continue;
+        let (len, crc) = match files.iter().find(|f| f.id == *id).map(|f| &f.kind) {
+            Some(FileKind::Deleted { len, crc, .. }) | Some(FileKind::Memfd { len, crc, .. }) => {
+                (len, crc)
+            }
+            _ => continue,
         };
         let name = names::blob(*id);
         let mut w = RawWriter::create(dir, &name, RecordKind::Blob)?;
@@ -261,6 +340,7 @@ pub fn write_blobs(
 pub fn open_all(dir: &ImageDir, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>, Error> {
     let mut out = HashMap::new();
     let mut pipes = pipes::PipeBuilder::default();
+    let mut memfds = memfd::MemfdBuilder::default();
     for f in files {
         let access = f.flags as i32 & libc::O_ACCMODE;
         let extra = f.flags as i32 & RESTORED_FLAGS;
@@ -313,10 +393,18 @@ pub fn open_all(dir: &ImageDir, files: &[FileDesc]) -> Result<HashMap<u32, Owned
             }
             FileKind::Pipe { .. } => pipes.open(f)?,
             FileKind::ServiceSocket { reply } => service_socket(reply)?,
+            FileKind::EventFd { .. } => eventfd::open(f)?,
+            FileKind::TimerFd { .. } => timerfd::open(f)?,
+            FileKind::SignalFd { .. } => signalfd::open(f)?,
+            FileKind::Epoll { .. } => epoll::open(f)?,
+            FileKind::Memfd { .. } => memfds.open(dir, f)?,
         };
         if matches!(
             f.kind,
-            FileKind::Regular { .. } | FileKind::Deleted { .. } | FileKind::Directory { .. }
+            FileKind::Regular { .. }
+                | FileKind::Deleted { .. }
+                | FileKind::Directory { .. }
+                | FileKind::Memfd { .. }
         ) && f.pos != 0
         {
             seek(&fd, f.pos)?;
@@ -423,4 +511,14 @@ pub fn layout_in_child(
         let _ = process::close_raw(*p);
     }
     Ok(())
+}
+
+/// Runs in the restore child of process `pid` right after [`layout_in_child`], once every fd
+/// has its final number: sets up what refers to other fds by number (epoll watches).
+pub fn after_layout_in_child(
+    pid: Pid,
+    files: &[FileDesc],
+    table: &[FdEntry],
+) -> Result<(), String> {
+    epoll::register_in_child(pid, files, table)
 }

@@ -11,8 +11,14 @@
 //! | [`thread`]  | registers, FPU/xsave, signal mask, rseq, robust list, altstack    |
 //! | [`files`]   | the fd table: regular files, deleted files, devices, directories  |
 //! | [`pipes`]   | pipes, with the bytes in flight                                   |
+//! | [`eventfd`] | eventfd counters                                                  |
+//! | [`timerfd`] | timerfds: clock, time left, interval, unread expirations          |
+//! | [`signalfd`] | signalfd masks                                                   |
+//! | [`epoll`]   | epoll instances and their watches                                 |
+//! | [`memfd`]   | memfds: contents, seals, mappings                                 |
 //! | [`signals`] | signal dispositions and pending signals                           |
 //! | [`timers`]  | interval timers                                                   |
+//! | [`posix_timers`] | POSIX timers (timer_create), with their ids                  |
 //! | [`creds`]   | uids, gids, groups, capabilities, securebits, no_new_privs        |
 //! | [`task`]    | cwd, root, umask, rlimits, personality, comm, session, prctl bits |
 //!
@@ -23,18 +29,24 @@
 pub mod check;
 pub mod creds;
 pub mod dump;
+pub mod epoll;
+pub mod eventfd;
 pub mod files;
 pub mod freeze;
 pub mod inject;
+pub mod memfd;
 pub mod memory;
 pub mod mm;
 pub mod pipes;
+pub mod posix_timers;
 pub mod procfs;
 pub mod restore;
 pub mod show;
+pub mod signalfd;
 pub mod signals;
 pub mod task;
 pub mod thread;
+pub mod timerfd;
 pub mod timers;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};

@@ -65,9 +65,7 @@ fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         {
             VmaKind::Anonymous
         }
-        n if n.starts_with("/memfd:") => {
-            return Err(unsupported("memfd mappings are not supported yet"))
-        }
+        n if crate::memfd::is_memfd_name(n) => crate::memfd::mapping_kind(pid, m)?,
         n if n.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
         n if n.starts_with('/') => {
             let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -126,13 +124,13 @@ pub fn dump_pages(
     for v in vmas {
         match (&v.kind, v.shared) {
             (k, _) if is_special(k) => {}
-            (VmaKind::File { .. }, true) => {} // the file holds the data
+            (VmaKind::File { .. } | VmaKind::Memfd { .. }, true) => {} // the file holds the data
             (VmaKind::Anonymous, true) if shmem_done.insert(v.shmem_id) => {
                 dump_shmem(pid, v, &mut buf, out, &mut runs)?
             }
             (VmaKind::Anonymous, true) => {}
             (kind, false) => {
-                let skip_file_pages = matches!(kind, VmaKind::File { .. });
+                let skip_file_pages = matches!(kind, VmaKind::File { .. } | VmaKind::Memfd { .. });
                 dump_private(
                     pid,
                     v,
@@ -455,9 +453,11 @@ pub fn map_vmas(
         let owner = shmem.get(&v.shmem_id).copied().filter(|_| v.shmem_id != 0);
         let mut opened_here = None;
         let fd = match (&v.kind, owner) {
-            (VmaKind::File { .. }, _) => *file_fds.get(&i).ok_or_else(|| {
-                Error::Invalid(format!("no file opened for mapping {:#x}", v.start))
-            })? as u64,
+            (VmaKind::File { .. } | VmaKind::Memfd { .. }, _) => {
+                *file_fds.get(&i).ok_or_else(|| {
+                    Error::Invalid(format!("no file opened for mapping {:#x}", v.start))
+                })? as u64
+            }
             (_, Some((pid, start, end))) if (pid, start) != (inj.tid(), v.start) => {
                 // A later mapping of shared memory that already exists in the tree.
                 let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}\0");

@@ -13,7 +13,9 @@
 //! restorer cannot leave a half-built process running).
 
 use crate::inject::{self, Injector};
-use crate::{creds, files, memory, mm, procfs, signals, task, thread, timers, Error};
+use crate::{
+    creds, files, memfd, memory, mm, posix_timers, procfs, signals, task, thread, timers, Error,
+};
 use stasis_image::{
     names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
     VmaKind,
@@ -261,6 +263,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                 mi.insert(i, aux.len());
                 aux.push(f.into());
             }
+            if let VmaKind::Memfd { memfd_id } = &v.kind {
+                mi.insert(i, aux.len());
+                aux.push(memfd::open_for_mapping(&descriptions, &union, *memfd_id)?);
+            }
         }
         map_index.push(mi);
         let exe = File::open(&image.task.exe_path)
@@ -507,6 +513,7 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
             .map_err(|e| format!("dup3 aux fd: {e}"))?;
     }
     files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
+    files::after_layout_in_child(image.pid, &image.files, &image.fds)?;
     task::apply_in_child(&image.task)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
     Ok(())
@@ -613,6 +620,8 @@ fn rebuild(
         thread::restore_in_thread(&mut tinj, child, t)?;
         others.push((tinj, t));
     }
+    // After the threads exist (a timer may signal one of them), before the credentials.
+    posix_timers::restore(&mut inj, &image.posix_timers)?;
     // Credentials are per thread: every thread gets them, the leader last.
     for (tinj, t) in &mut others {
         creds::restore(tinj, &image.creds)?;

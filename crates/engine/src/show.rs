@@ -53,6 +53,12 @@ fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Resul
             buf.resize(*len as usize, 0);
             blob.read_extent(0, &mut buf, *crc)?;
         }
+        // A memfd's contents are stored with one of its descriptions only.
+        if let FileKind::Memfd { len, crc, .. } = &f.kind {
+            if dir.exists(&names::blob(f.id)) {
+                crate::memfd::verify_blob(dir, f.id, *len, *crc)?;
+            }
+        }
     }
     Ok(())
 }

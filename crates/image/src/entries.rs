@@ -60,6 +60,8 @@ pub struct ProcessImage {
     pub itimers: Vec<ITimer>,
     /// Threads, the thread-group leader first (engine::thread).
     pub threads: Vec<ThreadImage>,
+    /// POSIX timers (timer_create), by id (engine::posix_timers).
+    pub posix_timers: Vec<PosixTimer>,
 }
 
 /// Miscellaneous per-process state (engine::task).
@@ -160,6 +162,11 @@ pub enum VmaKind {
     Vvar,
     VvarVclock,
     Vsyscall,
+    /// A mapping of a memfd: the `FileKind::Memfd` descriptions with this `memfd_id` hold
+    /// its contents (engine::memfd); restore maps the recreated memfd.
+    Memfd {
+        memfd_id: u64,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
@@ -221,6 +228,58 @@ pub enum FileKind {
     ServiceSocket {
         reply: Vec<u8>,
     },
+    /// An eventfd (engine::eventfd): the counter's value and EFD_SEMAPHORE.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// A timerfd (engine::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
+    /// TFD_TIMER_CANCEL_ON_SET given to timerfd_settime. `remaining_ns` is the time to the next
+    /// expiry when the process was frozen (0: disarmed, or expired and waiting to be read);
+    /// `deadline_ns` is, for an absolute timer on CLOCK_REALTIME or CLOCK_REALTIME_ALARM, the
+    /// expiry as that clock's time (0 otherwise). `ticks`: expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        settime_flags: u32,
+        ticks: u64,
+        interval_ns: u64,
+        remaining_ns: u64,
+        deadline_ns: u64,
+    },
+    /// A signalfd (engine::signalfd): bit n-1 of `mask` stands for signal n.
+    SignalFd {
+        mask: u64,
+    },
+    /// An epoll instance (engine::epoll) with the files it watches, by their fd numbers in
+    /// process `owner` (the process dumped with it; in a tree, others may share it).
+    Epoll {
+        owner: i32,
+        watches: Vec<EpollWatch>,
+    },
+    /// A memfd (engine::memfd). Every description of one memfd carries the same fields and
+    /// `memfd_id` (its inode number at dump time); its contents (`len` bytes, CRC-32C `crc`)
+    /// are in `blob-ID.img` of the first of those descriptions in `files`. `seals` as
+    /// F_GET_SEALS reports them (F_SEAL_SEAL alone: created without MFD_ALLOW_SEALING);
+    /// `mode`, `uid`, `gid`: the file's permissions and owner.
+    Memfd {
+        memfd_id: u64,
+        name: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        seals: u32,
+        len: u64,
+        crc: u32,
+    },
+}
+
+/// One file an epoll instance watches: the fd number it was added with (which names the same
+/// file in the restored fd table), the event mask and the user data, as fdinfo shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWatch {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// One slot of the fd table.
@@ -261,6 +320,24 @@ pub struct ITimer {
     pub which: u32,
     pub interval_us: u64,
     pub value_us: u64,
+}
+
+/// One POSIX timer (engine::posix_timers), as /proc/PID/timers, timer_gettime and
+/// timer_getoverrun report it. `notify` is the sigev_notify value (SIGEV_SIGNAL, SIGEV_NONE,
+/// SIGEV_THREAD, or SIGEV_THREAD_ID with the thread in `tid`); `signo` and `sival` are the
+/// signal and value it sends. `value_ns` is the time to the next expiry when the process was
+/// frozen (0: disarmed); `overrun` is informative (the kernel has no way to set it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    pub notify: i32,
+    pub signo: u32,
+    pub sival: u64,
+    pub tid: i32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+    pub overrun: i32,
 }
 
 /// One thread (engine::thread).
@@ -411,6 +488,17 @@ pub(crate) mod tests {
                     shmem_id: 0,
                 },
                 Vma {
+                    start: 0x600000,
+                    end: 0x602000,
+                    prot: 3,
+                    shared: true,
+                    growsdown: false,
+                    file_offset: 0,
+                    kind: VmaKind::Memfd { memfd_id: 66 },
+                    name: "/memfd:shm (deleted)".into(),
+                    shmem_id: 0,
+                },
+                Vma {
                     start: 0x7ffc00000000,
                     end: 0x7ffc00010000,
                     prot: 3,
@@ -471,6 +559,62 @@ pub(crate) mod tests {
                         data: b"hi".to_vec(),
                     },
                 },
+                FileDesc {
+                    id: 2,
+                    flags: 0o4002,
+                    pos: 0,
+                    kind: FileKind::EventFd {
+                        count: 0x1_0000_0005,
+                        semaphore: true,
+                    },
+                },
+                FileDesc {
+                    id: 3,
+                    flags: 2,
+                    pos: 0,
+                    kind: FileKind::TimerFd {
+                        clockid: 0,
+                        settime_flags: 3,
+                        ticks: 2,
+                        interval_ns: 1_000_000,
+                        remaining_ns: 5_000,
+                        deadline_ns: 1_700_000_000_000_000_000,
+                    },
+                },
+                FileDesc {
+                    id: 4,
+                    flags: 2,
+                    pos: 0,
+                    kind: FileKind::SignalFd { mask: 1 << 9 },
+                },
+                FileDesc {
+                    id: 5,
+                    flags: 2,
+                    pos: 0,
+                    kind: FileKind::Epoll {
+                        owner: 42,
+                        watches: vec![EpollWatch {
+                            fd: 3,
+                            events: 0x8000_0019,
+                            data: 0x1122_3344_5566_7788,
+                        }],
+                    },
+                },
+                FileDesc {
+                    id: 6,
+                    flags: 0o100002,
+                    pos: 17,
+                    kind: FileKind::Memfd {
+                        memfd_id: 66,
+                        name: "shm".into(),
+                        mode: 0o777,
+                        uid: 0,
+                        gid: 0,
+                        seals: 6,
+                        len: 8192,
+                        crc: 7,
+                    },
+                },
             ],
             fds: vec![
                 FdEntry {
@@ -482,6 +626,31 @@ pub(crate) mod tests {
                     fd: 3,
                     file_id: 1,
                     cloexec: true,
+                },
+                FdEntry {
+                    fd: 4,
+                    file_id: 2,
+                    cloexec: false,
+                },
+                FdEntry {
+                    fd: 5,
+                    file_id: 3,
+                    cloexec: false,
+                },
+                FdEntry {
+                    fd: 6,
+                    file_id: 4,
+                    cloexec: false,
+                },
+                FdEntry {
+                    fd: 7,
+                    file_id: 5,
+                    cloexec: true,
+                },
+                FdEntry {
+                    fd: 8,
+                    file_id: 6,
+                    cloexec: false,
                 },
             ],
             signals: ProcessSignals {
@@ -526,6 +695,17 @@ pub(crate) mod tests {
                 robust_list: 0,
                 robust_list_len: 24,
                 clear_child_tid: 0,
+            }],
+            posix_timers: vec![PosixTimer {
+                id: 2,
+                clock: 1,
+                notify: 0,
+                signo: 12,
+                sival: 0xabc,
+                tid: 42,
+                value_ns: 2_500_000_000,
+                interval_ns: 1_000_000_000,
+                overrun: 0,
             }],
         }
     }

@@ -64,6 +64,8 @@ impl RawWriter {
             source,
         };
         let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        // An empty payload writes nothing after the padding: make the file its full size.
+        file.set_len(RAW_DATA_OFFSET + self.len).map_err(io)?;
         let header = Header {
             version: FORMAT_VERSION,
             kind: self.kind as u32,
@@ -214,6 +216,11 @@ mod tests {
             RawReader::open(&dir, "pages.img", RecordKind::Pages),
             Err(ImageError::Truncated { .. })
         ));
+        // An empty payload still has the padded header block.
+        let w = RawWriter::create(&dir, "empty.img", RecordKind::Blob).unwrap();
+        assert_eq!(w.finish().unwrap(), 0);
+        let r = RawReader::open(&dir, "empty.img", RecordKind::Blob).unwrap();
+        assert!(r.is_empty());
         // An unfinished writer leaves no valid header.
         let mut w = RawWriter::create(&dir, "unfinished.img", RecordKind::Pages).unwrap();
         w.write(&data).unwrap();

@@ -13,6 +13,11 @@ const MAX_FDS: usize = 1 << 20;
 const MAX_PATH: usize = 4096;
 const MAX_XSTATE: usize = 16 * 1024;
 const MAX_PIPE_DATA: usize = 16 << 20;
+/// Longest memfd name the kernel accepts (MFD_NAME_MAX_LEN).
+const MAX_MEMFD_NAME: usize = 249;
+/// Highest value an eventfd counter can hold.
+const MAX_EVENTFD_COUNT: u64 = u64::MAX - 1;
+const MAX_POSIX_TIMERS: usize = 1 << 16;
 
 /// Checks everything the restore relies on. `pages_len` is the payload length of the pages
 /// file, so that every page run is known to lie inside it.
@@ -75,6 +80,18 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
                 return bad(format!("bad mapped file path {fp:?}"));
             }
         }
+        if let VmaKind::Memfd { memfd_id } = &v.kind {
+            let known = p
+                .files
+                .iter()
+                .any(|f| matches!(&f.kind, FileKind::Memfd { memfd_id: m, .. } if m == memfd_id));
+            if !known {
+                return bad(format!(
+                    "mapping {:#x}-{:#x} refers to unknown memfd {memfd_id}",
+                    v.start, v.end
+                ));
+            }
+        }
     }
     // Page runs: sorted, inside one non-special mapping each, inside the pages file.
     let mut prev = 0u64;
@@ -127,6 +144,41 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
                 data.len() <= MAX_PIPE_DATA && data.len() <= *capacity as usize
             }
             FileKind::ServiceSocket { reply } => reply.len() <= 4096,
+            FileKind::EventFd { count, .. } => *count <= MAX_EVENTFD_COUNT,
+            FileKind::TimerFd {
+                clockid,
+                settime_flags,
+                ..
+            } => [0, 1, 7, 8, 9].contains(clockid) && settime_flags & !3 == 0,
+            FileKind::SignalFd { .. } => true,
+            FileKind::Epoll { watches, .. } => watches.len() <= MAX_FDS,
+            FileKind::Memfd {
+                memfd_id,
+                name,
+                mode,
+                seals,
+                len,
+                crc,
+                ..
+            } => {
+                // Every description of one memfd must describe the same file.
+                let first = p.files.iter().find_map(|g| match &g.kind {
+                    FileKind::Memfd {
+                        memfd_id: m,
+                        name: n,
+                        seals: s,
+                        len: l,
+                        crc: c,
+                        ..
+                    } if m == memfd_id => Some((n, s, l, c)),
+                    _ => None,
+                });
+                name.len() <= MAX_MEMFD_NAME
+                    && !name.contains('\0')
+                    && mode & !0o7777 == 0
+                    && seals & !0x3f == 0
+                    && first == Some((name, seals, len, crc))
+            }
         };
         if !ok {
             return bad(format!("file description {} is invalid", f.id));
@@ -142,6 +194,17 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
                 "fd {} refers to unknown file {}",
                 fd.fd, fd.file_id
             ));
+        }
+    }
+    for f in &p.files {
+        if let FileKind::Epoll { owner, watches } = &f.kind {
+            let missing = watches.iter().find(|w| !seen.contains(&w.fd));
+            if let Some(w) = missing.filter(|_| *owner == p.pid) {
+                return bad(format!(
+                    "epoll description {} watches fd {}, which is not in the fd table",
+                    f.id, w.fd
+                ));
+            }
         }
     }
     // Signals and threads.
@@ -172,6 +235,18 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
     }
     if p.threads[0].tid != p.pid {
         return bad("the first thread is not the thread-group leader".into());
+    }
+    if p.posix_timers.len() > MAX_POSIX_TIMERS {
+        return bad("too many POSIX timers".into());
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in &p.posix_timers {
+        // sigev_notify: SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2, SIGEV_THREAD_ID 4.
+        let notify_ok = [0, 1, 2].contains(&t.notify) || (t.notify == 4 && t.tid > 0);
+        let signo_ok = t.signo <= 64 && (t.signo != 0 || t.notify == 1);
+        if t.id < 0 || !ids.insert(t.id) || !notify_ok || !signo_ok {
+            return bad(format!("bad POSIX timer {}", t.id));
+        }
     }
     Ok(())
 }
@@ -243,5 +318,51 @@ mod tests {
         let mut p = sample_process();
         p.threads[0].xstate = vec![0; 1 << 20];
         assert!(validate_process(&p, 8192, path).is_err(), "huge xstate");
+
+        let mut p = sample_process();
+        p.fds.retain(|f| f.fd != 3);
+        assert!(
+            validate_process(&p, 8192, path).is_err(),
+            "epoll watch of an fd not in the table"
+        );
+
+        for (kind_index, what) in [
+            (2, "eventfd count"),
+            (3, "timerfd clock"),
+            (6, "memfd name"),
+        ] {
+            let mut p = sample_process();
+            match &mut p.files[kind_index].kind {
+                FileKind::EventFd { count, .. } => *count = u64::MAX,
+                FileKind::TimerFd { clockid, .. } => *clockid = 3,
+                FileKind::Memfd { name, .. } => *name = "x".repeat(300),
+                _ => unreachable!(),
+            }
+            assert!(validate_process(&p, 8192, path).is_err(), "{what}");
+        }
+
+        let mut p = sample_process();
+        let mut other = p.files[6].clone();
+        other.id = 7;
+        if let FileKind::Memfd { len, .. } = &mut other.kind {
+            *len = 1;
+        }
+        p.files.push(other);
+        assert!(
+            validate_process(&p, 8192, path).is_err(),
+            "two descriptions of one memfd disagree"
+        );
+
+        let mut p = sample_process();
+        p.vmas[2].kind = VmaKind::Memfd { memfd_id: 1 };
+        assert!(validate_process(&p, 8192, path).is_err(), "unknown memfd");
+
+        let mut p = sample_process();
+        p.posix_timers.push(p.posix_timers[0]);
+        assert!(validate_process(&p, 8192, path).is_err(), "duplicate timer");
+
+        let mut p = sample_process();
+        p.posix_timers[0].signo = 65;
+        assert!(validate_process(&p, 8192, path).is_err(), "timer signal");
     }
 }

@@ -1,0 +1,161 @@
+//! epoll: the set of watched files, each with its event mask and user data.
+//!
+//! Dump: /proc/PID/fdinfo/N of an `anon_inode:[eventpoll]` lists one line per registration,
+//! `tfd: T events: E data: D pos: ... ino: ... sdev: ...` (E and D in hex), where T is the fd
+//! number the file was added with. The number alone proves nothing: the fd may have been
+//! closed since (the registration lives as long as the file, so it stays listed when another
+//! descriptor keeps the file open), or the number may have been reused for another file. So
+//! every registration is checked with kcmp(KCMP_EPOLL_TFD), which compares the registered file
+//! with the file at fd T; a registration whose fd number no longer names that file fails the
+//! dump with a message naming it. The watched files themselves are dumped as fds of the
+//! process like any other.
+//!
+//! Restore: the restorer creates an empty epoll instance; the registrations are made in the
+//! restore child itself (of the process the epoll was dumped with, when a tree shares it), right after it laid out its fd table ([`register_in_child`], called
+//! from [`crate::files::after_layout_in_child`]), because they name fds by their final numbers.
+//! EPOLL_CTL_ADD gets the dumped events and data as they are. Readiness is computed afresh by
+//! the kernel: a level-triggered event that is still true is reported again, and so is an
+//! edge-triggered one whose condition holds (the kernel checks readiness when a file is added).
+//! A one-shot registration that already fired (only the EPOLLONESHOT/EPOLLET bits left) comes
+//! back watching EPOLLERR and EPOLLHUP, which the kernel adds to every registration.
+
+use crate::Error;
+use stasis_image::{EpollWatch, FdEntry, FileDesc, FileKind};
+use stasis_sys::{anon_files, Pid};
+use std::collections::HashMap;
+use std::os::fd::{OwnedFd, RawFd};
+
+/// Parses the `tfd:` lines of /proc/PID/fdinfo/N of an epoll instance.
+pub fn parse_fdinfo(text: &str) -> Result<Vec<EpollWatch>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let mut field = |name: &str| -> Result<&str, String> {
+            if name != "tfd" && words.next() != Some(name) {
+                return Err(format!("no {name} in {line:?}"));
+            }
+            words
+                .next()
+                .ok_or_else(|| format!("no {name} value in {line:?}"))
+        };
+        let fd = field("tfd")?;
+        let fd: i32 = fd.parse().map_err(|_| format!("bad tfd {fd:?}"))?;
+        let events = field("events:")?;
+        let events =
+            u32::from_str_radix(events, 16).map_err(|_| format!("bad events {events:?}"))?;
+        let data = field("data:")?;
+        let data = u64::from_str_radix(data, 16).map_err(|_| format!("bad data {data:?}"))?;
+        if fd < 0 {
+            return Err(format!("bad tfd {fd}"));
+        }
+        out.push(EpollWatch { fd, events, data });
+    }
+    Ok(out)
+}
+
+/// Describes epoll fd `epfd` of `pid` from its fdinfo text; `open_fds` are the fd numbers of
+/// the process. Fails when a registration's fd number does not name the registered file.
+/// `pid` becomes the owner: in a tree, the process whose fd numbers the watches use.
+pub fn dump(pid: Pid, epfd: RawFd, fdinfo: &str, open_fds: &[RawFd]) -> Result<FileKind, Error> {
+    let watches = parse_fdinfo(fdinfo)
+        .map_err(|e| Error::Invalid(format!("fdinfo of epoll fd {epfd} of pid {pid}: {e}")))?;
+    // The n-th registration with a given number is slot `toff` = n for kcmp.
+    let mut seen: HashMap<RawFd, u32> = HashMap::new();
+    for w in &watches {
+        let toff = seen.entry(w.fd).or_insert(0);
+        let stale = |why: &str| Error::Unsupported {
+            what: format!(
+                "epoll fd {epfd} of pid {pid} watches a file registered as fd {}, {why}; stasis \
+                 can only restore watches of files that are still open at the number they were \
+                 added with",
+                w.fd
+            ),
+        };
+        if !open_fds.contains(&w.fd) {
+            return Err(stale("which is closed (the file stays registered while another descriptor keeps it open)"));
+        }
+        let same = anon_files::epoll_target_is(pid, w.fd, epfd, w.fd, *toff)
+            .map_err(|e| Error::sys("kcmp(KCMP_EPOLL_TFD)", pid, e))?;
+        if !same {
+            return Err(stale("but that number now names another file"));
+        }
+        *toff += 1;
+    }
+    Ok(FileKind::Epoll {
+        owner: pid,
+        watches,
+    })
+}
+
+/// Creates the (empty) epoll instance of description `f` in the restorer.
+pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+    if !matches!(f.kind, FileKind::Epoll { .. }) {
+        return Err(Error::Invalid(format!(
+            "description {} is not an epoll",
+            f.id
+        )));
+    }
+    anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))
+}
+
+/// Runs in the restore child of process `pid` once every fd has its final number: adds the
+/// watches of each epoll description it owns (an epoll shared by several processes of a tree
+/// gets its watches once, from the process that was dumped with it), through the first fd
+/// that refers to the description.
+pub fn register_in_child(pid: Pid, files: &[FileDesc], table: &[FdEntry]) -> Result<(), String> {
+    for f in files {
+        let FileKind::Epoll { owner, watches } = &f.kind else {
+            continue;
+        };
+        if *owner != pid || watches.is_empty() {
+            continue;
+        }
+        // A description without fds (impossible for epoll today) has nothing to register.
+        let Some(epfd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
+            continue;
+        };
+        for w in watches {
+            anon_files::epoll_add_raw(epfd, w.fd, w.events, w.data).map_err(|e| {
+                format!(
+                    "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
+                    w.fd, w.events
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo() {
+        let text = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\n\
+            tfd:        3 events: 80000019 data: 1122334455667788  pos:0 ino:40e sdev:10\n\
+            tfd:       11 events:       19 data:                9  pos:0 ino:40e sdev:10\n";
+        assert_eq!(
+            parse_fdinfo(text).unwrap(),
+            vec![
+                EpollWatch {
+                    fd: 3,
+                    events: 0x8000_0019,
+                    data: 0x1122_3344_5566_7788
+                },
+                EpollWatch {
+                    fd: 11,
+                    events: 0x19,
+                    data: 9
+                },
+            ]
+        );
+        assert_eq!(parse_fdinfo("pos:\t0\nflags:\t02\n").unwrap(), vec![]);
+        assert!(parse_fdinfo("tfd: 3 events: zz data: 1\n").is_err());
+        assert!(parse_fdinfo("tfd: 3 events: 1\n").is_err());
+        assert!(parse_fdinfo("tfd: -1 events: 1 data: 1\n").is_err());
+    }
+}

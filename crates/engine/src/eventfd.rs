@@ -1,0 +1,113 @@
+//! eventfd: the counter, EFD_SEMAPHORE and the status flags (O_NONBLOCK).
+//!
+//! Dump: /proc/PID/fdinfo/N of an `anon_inode:[eventfd]` shows the counter in hex
+//! (`eventfd-count:`) and, on kernels that have the line, `eventfd-semaphore: 0|1`. Reading
+//! fdinfo does not touch the counter. A kernel without the semaphore line cannot tell; the
+//! eventfd is then dumped as a plain counter.
+//!
+//! Restore: eventfd2(0, EFD_SEMAPHORE?) in the restorer, then one write(2) of the counter (the
+//! initial value of eventfd2 is only 32 bits wide, a write takes the whole u64), then the status
+//! flags. The description is inherited by the new process like any other.
+
+use crate::Error;
+use stasis_image::{FileDesc, FileKind};
+use stasis_sys::{anon_files, Pid};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+/// The eventfd fields of one fdinfo text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFdInfo {
+    pub count: u64,
+    pub semaphore: bool,
+}
+
+/// Parses the eventfd lines of /proc/PID/fdinfo/N.
+pub fn parse_fdinfo(text: &str) -> Result<EventFdInfo, String> {
+    let mut count = None;
+    let mut semaphore = false;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "eventfd-count" => {
+                count = Some(
+                    u64::from_str_radix(v, 16).map_err(|_| format!("bad eventfd-count {v:?}"))?,
+                )
+            }
+            "eventfd-semaphore" => {
+                semaphore = match v {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(format!("bad eventfd-semaphore {v:?}")),
+                }
+            }
+            _ => {}
+        }
+    }
+    let count = count.ok_or("no eventfd-count line")?;
+    Ok(EventFdInfo { count, semaphore })
+}
+
+/// Describes eventfd `fd` of `pid` from its fdinfo text.
+pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
+    let info = parse_fdinfo(fdinfo)
+        .map_err(|e| Error::Invalid(format!("fdinfo of eventfd {fd} of pid {pid}: {e}")))?;
+    Ok(FileKind::EventFd {
+        count: info.count,
+        semaphore: info.semaphore,
+    })
+}
+
+/// Creates the eventfd of description `f` in the restorer.
+pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+    let FileKind::EventFd { count, semaphore } = &f.kind else {
+        return Err(Error::Invalid(format!(
+            "description {} is not an eventfd",
+            f.id
+        )));
+    };
+    let mut flags = libc::EFD_CLOEXEC;
+    if *semaphore {
+        flags |= libc::EFD_SEMAPHORE;
+    }
+    let fd = anon_files::eventfd(flags).map_err(|e| Error::io("eventfd", e))?;
+    if *count != 0 {
+        anon_files::eventfd_add(fd.as_fd(), *count)
+            .map_err(|e| Error::io(format!("set the counter of eventfd {} to {count}", f.id), e))?;
+    }
+    crate::files::set_anon_status_flags(&fd, f)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo() {
+        let text = "pos:\t0\nflags:\t02004002\nmnt_id:\t17\nino:\t1038\n\
+                    eventfd-count:         23456799\neventfd-id: 2\neventfd-semaphore: 1\n";
+        assert_eq!(
+            parse_fdinfo(text).unwrap(),
+            EventFdInfo {
+                count: 0x2345_6799,
+                semaphore: true
+            }
+        );
+        let old_kernel = "pos:\t0\nflags:\t02\neventfd-count:                5\n";
+        assert_eq!(
+            parse_fdinfo(old_kernel).unwrap(),
+            EventFdInfo {
+                count: 5,
+                semaphore: false
+            }
+        );
+        let max = "eventfd-count: fffffffffffffffe\neventfd-semaphore: 0\n";
+        assert_eq!(parse_fdinfo(max).unwrap().count, u64::MAX - 1);
+        assert!(parse_fdinfo("pos:\t0\n").is_err());
+        assert!(parse_fdinfo("eventfd-count: xyz\n").is_err());
+        assert!(parse_fdinfo("eventfd-count: 1\neventfd-semaphore: 2\n").is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! memfd: anonymous memory files (memfd_create), open as fds and/or mapped.
+//!
+//! Dump: a memfd shows as `/memfd:NAME (deleted)` (fd link or mapping name), on the kernel's
+//! internal tmpfs mount. Each open description is recorded with its flags and offset; all
+//! descriptions of one memfd share its inode number (`memfd_id`), its name, mode, owner, seals
+//! (F_GET_SEALS) and size. The contents are streamed once per memfd, in 1 MiB pieces, into the
+//! blob image of the memfd's first description, like a deleted file's (see
+//! [`crate::files::write_blobs`]). A memfd that is only mapped (its fds closed) is read through
+//! /proc/PID/map_files and gets a description without fds. Mappings of a memfd
+//! ([`mapping_kind`]) refer to it by `memfd_id`; the pages of a shared mapping are the memfd's
+//! contents, and a private mapping stores only the pages the process changed, as for files.
+//! Refused: hugetlbfs memfds (MFD_HUGETLB), and a writable shared mapping of a memfd sealed with
+//! F_SEAL_FUTURE_WRITE (the kernel would refuse to map it again).
+//!
+//! Restore: the restorer creates the memfd once per `memfd_id` with MFD_ALLOW_SEALING (and
+//! MFD_NOEXEC_SEAL when it was sealed against exec, MFD_EXEC otherwise), sets its size, writes
+//! the non-zero pieces of the blob (holes stay holes, so a sparse memfd does not grow), checks
+//! the CRC, sets mode and owner, and adds the seals last (F_ADD_SEALS). A memfd created without
+//! MFD_ALLOW_SEALING reports just F_SEAL_SEAL, which is added back: the result cannot be told
+//! apart. Every description is then a reopen of the memfd through /proc/self/fd with its own
+//! flags (the offset is set by [`crate::files::open_all`]); mappings get a read-write reopen
+//! ([`open_for_mapping`]) that the restore passes to the child like a mapped file.
+
+use crate::procfs::{self, MapEntry};
+use crate::Error;
+use stasis_image::{names, FileDesc, FileKind, ImageDir, RawReader, RecordKind, VmaKind};
+use stasis_sys::{anon_files, Pid};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+const LINK_PREFIX: &str = "/memfd:";
+const DELETED: &str = " (deleted)";
+const CHUNK: usize = 1 << 20;
+
+/// Whether an fd link or mapping name looks like a memfd.
+pub fn is_memfd_name(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) && name.ends_with(DELETED)
+}
+
+/// The name given to memfd_create, from the link `/memfd:NAME (deleted)`.
+pub fn name_of(link: &str) -> &str {
+    let n = link.strip_prefix(LINK_PREFIX).unwrap_or(link);
+    n.strip_suffix(DELETED).unwrap_or(n)
+}
+
+/// Checks that `file` is a memfd stasis can dump; `what` names it in errors.
+fn check_fs(file: &File, what: &dyn Fn() -> String) -> Result<(), Error> {
+    let magic = anon_files::fs_magic(file.as_fd())
+        .map_err(|e| Error::io(format!("fstatfs {}", what()), e))?;
+    if magic == libc::HUGETLBFS_MAGIC as u64 {
+        return Err(Error::Unsupported {
+            what: format!("{} is a hugetlbfs memfd (MFD_HUGETLB)", what()),
+        });
+    }
+    if magic != libc::TMPFS_MAGIC as u64 {
+        return Err(Error::Unsupported {
+            what: format!("{} is named like a memfd but is not on tmpfs", what()),
+        });
+    }
+    Ok(())
+}
+
+/// Reads everything about the memfd behind `file` except what belongs to one description.
+fn describe(file: &File, link: &str, what: &dyn Fn() -> String) -> Result<FileKind, Error> {
+    check_fs(file, what)?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {}", what()), e))?;
+    let seals = anon_files::get_seals(file.as_fd())
+        .map_err(|e| Error::io(format!("F_GET_SEALS on {}", what()), e))?;
+    let len = md.size();
+    let crc = crc_of(file, len, what)?;
+    Ok(FileKind::Memfd {
+        memfd_id: md.ino(),
+        name: name_of(link).to_string(),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        seals,
+        len,
+        crc,
+    })
+}
+
+fn crc_of(file: &File, len: u64, what: &dyn Fn() -> String) -> Result<u32, Error> {
+    let mut buf = vec![0u8; CHUNK];
+    let (mut off, mut crc) = (0u64, 0u32);
+    while off < len {
+        let n = (len - off).min(CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)
+            .map_err(|e| Error::io(format!("read {}", what()), e))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        off += n as u64;
+    }
+    Ok(crc)
+}
+
+/// The `memfd_id` of a memfd description.
+pub fn memfd_id_of(kind: &FileKind) -> Option<u64> {
+    match kind {
+        FileKind::Memfd { memfd_id, .. } => Some(*memfd_id),
+        _ => None,
+    }
+}
+
+/// Describes memfd fd `fd` of `pid` (`file` is our duplicate of it) as description `id`.
+/// `known` are the descriptions dumped so far (in the whole tree): the first description of
+/// each memfd queues the contents in `blobs`.
+pub fn dump<'a>(
+    pid: Pid,
+    fd: RawFd,
+    id: u32,
+    file: &File,
+    link: &str,
+    mut known: impl Iterator<Item = &'a FileDesc>,
+    blobs: &mut Vec<(u32, File)>,
+) -> Result<FileKind, Error> {
+    let what = || format!("memfd fd {fd} of pid {pid} ({link})");
+    let kind = describe(file, link, &what)?;
+    let first = !known.any(|f| memfd_id_of(&f.kind) == memfd_id_of(&kind));
+    if first {
+        blobs.push((id, file.try_clone().map_err(|e| Error::io("dup", e))?));
+    }
+    Ok(kind)
+}
+
+/// The kind of a mapping of a memfd (called by [`crate::memory`] while classifying mappings).
+pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let what = || {
+        format!(
+            "mapping {:#x}-{:#x} of pid {pid} ({})",
+            m.start, m.end, m.name
+        )
+    };
+    let file = File::open(&link).map_err(|e| Error::io(format!("open {link}"), e))?;
+    check_fs(&file, &what)?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+    let seals = anon_files::get_seals(file.as_fd())
+        .map_err(|e| Error::io(format!("F_GET_SEALS on {}", what()), e))?;
+    if m.shared && m.write && seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0 {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} is a writable shared mapping of a memfd sealed with F_SEAL_FUTURE_WRITE, \
+                 which cannot be mapped again",
+                what()
+            ),
+        });
+    }
+    Ok(VmaKind::Memfd { memfd_id: md.ino() })
+}
+
+/// A memfd mapped by a process (one per memfd, whatever the number of mappings).
+pub struct MappedMemfd {
+    pub memfd_id: u64,
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+/// The memfds `pid` maps. Those whose fds are closed need a description of their own (made
+/// with [`MappedMemfd::describe`]) so that the restore has something to map.
+pub fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for m in procfs::read_smaps(pid)? {
+        if is_memfd_name(&m.name) && seen.insert(m.inode) {
+            out.push(MappedMemfd {
+                memfd_id: m.inode,
+                start: m.start,
+                end: m.end,
+                name: m.name,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl MappedMemfd {
+    /// Reads the memfd through /proc/PID/map_files: its description kind and a handle to
+    /// read its contents from.
+    pub fn describe(&self, pid: Pid) -> Result<(FileKind, File), Error> {
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end);
+        let what = || {
+            format!(
+                "mapping {:#x}-{:#x} of pid {pid} ({})",
+                self.start, self.end, self.name
+            )
+        };
+        let file = File::open(&link).map_err(|e| Error::io(format!("open {link}"), e))?;
+        let kind = describe(&file, &self.name, &what)?;
+        // smaps shows the inode too; a mismatch means the mapping changed under us.
+        if memfd_id_of(&kind) != Some(self.memfd_id) {
+            return Err(Error::Invalid(format!(
+                "{}: the memfd is not inode {} that smaps showed",
+                what(),
+                self.memfd_id
+            )));
+        }
+        Ok((kind, file))
+    }
+}
+
+/// Creates restored memfds; each memfd is created when its first description is asked for.
+#[derive(Default)]
+pub struct MemfdBuilder {
+    /// memfd_id -> a read-write descriptor of the recreated memfd.
+    made: HashMap<u64, OwnedFd>,
+}
+
+impl MemfdBuilder {
+    /// Returns a new description of the memfd of `f`, with `f`'s access mode and flags.
+    pub fn open(&mut self, dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
+        let Some(memfd_id) = memfd_id_of(&f.kind) else {
+            return Err(Error::Invalid(format!(
+                "description {} is not a memfd",
+                f.id
+            )));
+        };
+        let base = match self.made.entry(memfd_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(create(dir, f)?),
+        };
+        let access = f.flags as i32 & libc::O_ACCMODE;
+        let extra = f.flags as i32
+            & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_NOATIME | libc::O_LARGEFILE);
+        reopen(base, access | extra)
+            .map_err(|e| Error::io(format!("reopen memfd of description {}", f.id), e))
+    }
+}
+
+/// Opens the memfd behind `fd` again (a new description) through /proc/self/fd.
+fn reopen(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
+    let access = flags & libc::O_ACCMODE;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC);
+    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
+}
+
+/// Creates and fills one memfd from the blob of description `f` (its first description).
+fn create(dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
+    let FileKind::Memfd {
+        name,
+        mode,
+        uid,
+        gid,
+        seals,
+        len,
+        crc,
+        ..
+    } = &f.kind
+    else {
+        return Err(Error::Invalid(format!(
+            "description {} is not a memfd",
+            f.id
+        )));
+    };
+    let what = format!("memfd {name:?} (description {})", f.id);
+    let noexec = seals & libc::F_SEAL_EXEC as u32 != 0;
+    let base_flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    let flags = base_flags
+        | if noexec {
+            anon_files::MFD_NOEXEC_SEAL
+        } else {
+            anon_files::MFD_EXEC
+        };
+    let fd = match anon_files::memfd_create_with(name, flags) {
+        // Kernels before 6.3 know neither MFD_EXEC nor MFD_NOEXEC_SEAL.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            anon_files::memfd_create_with(name, base_flags)
+        }
+        r => r,
+    }
+    .map_err(|e| Error::io(format!("memfd_create for {what}"), e))?;
+    let file = File::from(fd);
+    fill(dir, f.id, &file, *len, *crc, &what)?;
+    file.set_permissions(std::fs::Permissions::from_mode(*mode))
+        .map_err(|e| Error::io(format!("fchmod {what}"), e))?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {what}"), e))?;
+    if (md.uid(), md.gid()) != (*uid, *gid) {
+        std::os::unix::fs::fchown(&file, Some(*uid), Some(*gid))
+            .map_err(|e| Error::io(format!("fchown {what} to {uid}:{gid}"), e))?;
+    }
+    let have = anon_files::get_seals(file.as_fd())
+        .map_err(|e| Error::io(format!("F_GET_SEALS on {what}"), e))?;
+    if seals & !have != 0 {
+        anon_files::add_seals(file.as_fd(), seals & !have)
+            .map_err(|e| Error::io(format!("F_ADD_SEALS {seals:#x} on {what}"), e))?;
+    }
+    let got = anon_files::get_seals(file.as_fd())
+        .map_err(|e| Error::io(format!("F_GET_SEALS on {what}"), e))?;
+    if got != *seals {
+        return Err(Error::Invalid(format!(
+            "{what} has seals {got:#x} after restore, the image says {seals:#x} (vm.memfd_noexec?)"
+        )));
+    }
+    Ok(file.into())
+}
+
+/// Sets the size and writes the non-zero pieces of blob `id` into `file`, checking its CRC.
+fn fill(dir: &ImageDir, id: u32, file: &File, len: u64, crc: u32, what: &str) -> Result<(), Error> {
+    let blob = RawReader::open(dir, &names::blob(id), RecordKind::Blob)?;
+    if blob.len() != len {
+        return Err(Error::Invalid(format!(
+            "blob of {what} has {} bytes, expected {len}",
+            blob.len()
+        )));
+    }
+    file.set_len(len)
+        .map_err(|e| Error::io(format!("ftruncate {what} to {len}"), e))?;
+    let mut buf = vec![0u8; CHUNK];
+    let (mut off, mut c) = (0u64, 0u32);
+    while off < len {
+        let n = (len - off).min(CHUNK as u64) as usize;
+        blob.read_unchecked(off, &mut buf[..n])?;
+        c = crc32c::crc32c_append(c, &buf[..n]);
+        // Holes read as zeros; writing zeros would allocate memory for nothing.
+        if buf[..n].iter().any(|&b| b != 0) {
+            file.write_all_at(&buf[..n], off)
+                .map_err(|e| Error::io(format!("write {what}"), e))?;
+        }
+        off += n as u64;
+    }
+    if c != crc {
+        return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
+            path: blob.path().to_path_buf(),
+        }));
+    }
+    Ok(())
+}
+
+/// Checks the blob of memfd description `id` (length and CRC), streaming it.
+pub fn verify_blob(dir: &ImageDir, id: u32, len: u64, crc: u32) -> Result<(), Error> {
+    let blob = RawReader::open(dir, &names::blob(id), RecordKind::Blob)?;
+    if blob.len() != len {
+        return Err(Error::Invalid(format!(
+            "{} holds {} bytes, the image expects {len}",
+            names::blob(id),
+            blob.len()
+        )));
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let (mut off, mut c) = (0u64, 0u32);
+    while off < len {
+        let n = (len - off).min(CHUNK as u64) as usize;
+        blob.read_unchecked(off, &mut buf[..n])?;
+        c = crc32c::crc32c_append(c, &buf[..n]);
+        off += n as u64;
+    }
+    if c != crc {
+        return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
+            path: blob.path().to_path_buf(),
+        }));
+    }
+    Ok(())
+}
+
+/// A read-write description of the restored memfd `memfd_id`, for mapping it into the new
+/// process. `descriptions` are the descriptions [`crate::files::open_all`] opened.
+pub fn open_for_mapping(
+    descriptions: &HashMap<u32, OwnedFd>,
+    files: &[FileDesc],
+    memfd_id: u64,
+) -> Result<OwnedFd, Error> {
+    let fd = files
+        .iter()
+        .filter(|f| memfd_id_of(&f.kind) == Some(memfd_id))
+        .find_map(|f| descriptions.get(&f.id))
+        .ok_or_else(|| Error::Invalid(format!("no restored memfd {memfd_id} to map")))?;
+    reopen(fd, libc::O_RDWR).map_err(|e| Error::io(format!("reopen memfd {memfd_id}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_sys::process;
+
+    #[test]
+    fn names() {
+        assert!(is_memfd_name("/memfd:hello world (deleted)"));
+        assert!(!is_memfd_name("/memfd:x"));
+        assert!(!is_memfd_name("/tmp/memfd:x (deleted)"));
+        assert_eq!(name_of("/memfd:hello world (deleted)"), "hello world");
+        assert_eq!(name_of("/memfd: (deleted) (deleted)"), " (deleted)");
+    }
+
+    #[test]
+    fn reopen_shares_the_file() {
+        let m = anon_files::memfd_create_with("stasis-test", libc::MFD_CLOEXEC).unwrap();
+        let r = reopen(&m, libc::O_RDONLY).unwrap();
+        let ino = |fd: &OwnedFd| {
+            File::from(fd.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(&m), ino(&r));
+        let flags = process::get_status_flags(r.as_fd()).unwrap();
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
+    }
+}
