@@ -970,4 +970,28 @@ zdtm_tests! {
         zdtm_creds_sanity => Sanity,
         zdtm_creds_dump_restore => DumpRestore,
     }
+    file_eventfd [] {
+        zdtm_file_eventfd_sanity => Sanity,
+        zdtm_file_eventfd_dump_restore => DumpRestore,
+    }
+    file_timerfd [] {
+        zdtm_file_timerfd_sanity => Sanity,
+        zdtm_file_timerfd_dump_restore => DumpRestore,
+    }
+    file_signalfd [] {
+        zdtm_file_signalfd_sanity => Sanity,
+        zdtm_file_signalfd_dump_restore => DumpRestore,
+    }
+    file_epoll [] {
+        zdtm_file_epoll_sanity => Sanity,
+        zdtm_file_epoll_dump_restore => DumpRestore,
+    }
+    file_memfd [] {
+        zdtm_file_memfd_sanity => Sanity,
+        zdtm_file_memfd_dump_restore => DumpRestore,
+    }
+    posix_timers [] {
+        zdtm_posix_timers_sanity => Sanity,
+        zdtm_posix_timers_dump_restore => DumpRestore,
+    }
 }
