@@ -4,7 +4,8 @@
 //! Dump: /proc/PID/timers lists every timer (`ID:`, `signal: SIGNO/SIVAL`,
 //! `notify: signal|none|thread/pid|tid.N`, `ClockID:`). The times are asked from the process
 //! itself: timer_gettime and timer_getoverrun run inside it (see [`crate::inject`]). Timers on
-//! the CPU clock of another process are refused.
+//! the CPU clock of another process are refused, and so are timers on the CPU clock of "the
+//! calling thread" in a process with several threads (/proc does not say which thread).
 //!
 //! Restore: inside the new process, with PR_TIMER_CREATE_RESTORE_IDS (prctl 77, Linux 6.15+)
 //! switched on, timer_create takes the wanted id from its `timer_id` argument (EBUSY if taken),
@@ -31,6 +32,8 @@ const SIGEV_NONE: i32 = 1;
 const SIGEV_THREAD: i32 = 2;
 const SIGEV_THREAD_ID: i32 = 4;
 const NS: u64 = 1_000_000_000;
+/// Bit of a CPU-time clock id that makes it a thread's clock rather than a process's.
+const CPUCLOCK_PERTHREAD: i32 = 4;
 /// Size of struct sigevent on x86-64.
 const SIGEVENT_LEN: usize = 64;
 /// Scratch offsets: the sigevent or itimerspec argument, and the timer id.
@@ -142,7 +145,21 @@ pub fn dump(pid: Pid, inj: &mut Injector) -> Result<Vec<PosixTimer>, Error> {
         reason,
     })?;
     let mut out = Vec::with_capacity(listed.len());
+    let threads = procfs::list_threads(pid)?.len();
     for t in listed {
+        // A thread CPU clock "of the caller" names the thread that created the timer, which
+        // /proc does not tell; the restore creates every timer in the leader.
+        let own_thread_clock = t.clock == libc::CLOCK_THREAD_CPUTIME_ID
+            || (cpu_clock_pid(t.clock) == Some(0) && t.clock & CPUCLOCK_PERTHREAD != 0);
+        if own_thread_clock && threads > 1 {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "POSIX timer {} of pid {pid} runs on the CPU clock of the thread that \
+                     created it, which stasis cannot tell in a process with {threads} threads",
+                    t.id
+                ),
+            });
+        }
         if let Some(p) = cpu_clock_pid(t.clock).filter(|&p| p != 0 && p != pid) {
             return Err(Error::Unsupported {
                 what: format!(
