@@ -252,6 +252,13 @@ fn compile(name: &str) -> Result<PathBuf, String> {
     let src_dir = zdtm_src_dir();
     let src = src_dir.join(format!("{name}.c"));
     if !src.exists() {
+        // Scripts run from the source tree (see `program_command`).
+        for ext in ["sh", "py"] {
+            let script = src_dir.join(format!("{name}.{ext}"));
+            if script.exists() {
+                return Ok(script);
+            }
+        }
         return Err(format!("missing test program {}", src.display()));
     }
     let lib = src_dir.join("lib");
@@ -310,6 +317,9 @@ struct Run {
     nstasis: u32,
     /// Offset into test.log where the current phase's output starts.
     mark: usize,
+    /// The test's processes (pid, start time) when last looked at: the root
+    /// and its descendants (see `tree_of`).
+    tree: Vec<(i32, u64)>,
 }
 
 impl Run {
@@ -335,6 +345,7 @@ impl Run {
             restore: None,
             nstasis: 0,
             mark: 0,
+            tree: Vec::new(),
         })
     }
 
@@ -354,8 +365,9 @@ impl Run {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("dup {}: {e}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = program_command(&self.bin);
         cmd.args(self.args)
+            .env(RUN_TOKEN_VAR, self.run_token())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -476,6 +488,7 @@ impl Run {
 
     /// `stasis dump -t PID -D DIR [--leave-running]`.
     fn dump(&mut self, images: &Path, leave_running: bool) -> Result<(), String> {
+        self.note_tree();
         let mut args: Vec<OsString> = vec![
             "dump".into(),
             "-t".into(),
@@ -494,7 +507,7 @@ impl Run {
         }
         // The dump kills the process: reap it (it is our child, directly or
         // through the subreaper) and check how it died.
-        match wait_pid(self.pid, Duration::from_secs(5)) {
+        let root = match wait_pid(self.pid, Duration::from_secs(5)) {
             Ok(Reaped::Status(st)) => {
                 self.live = false;
                 if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
@@ -511,7 +524,11 @@ impl Run {
                 Ok(())
             }
             Err(e) => Err(format!("after a successful dump: {e}")),
-        }
+        };
+        root?;
+        // The rest of a process tree is gone too; reap what became ours (a
+        // zombie keeps its pid, which the restore needs).
+        self.reap_tree("after a successful dump")
     }
 
     /// Waits until the process with our pid exists, is not traced and not
@@ -596,6 +613,7 @@ impl Run {
     /// SIGTERM to the process, which is not under an attached restore; wait
     /// for it (our child, directly or through the subreaper) and check.
     fn finish_direct(&mut self) -> Result<(), String> {
+        self.note_tree();
         if !kill(self.pid, libc::SIGTERM) {
             return Err(format!(
                 "cannot send SIGTERM to pid {}: {}",
@@ -614,12 +632,14 @@ impl Run {
                 ));
             }
         }
+        self.reap_tree("after the test program exited")?;
         self.check_verdict()
     }
 
     /// SIGTERM to the process restored by the attached `stasis restore`;
     /// `stasis restore` must then exit with the program's status, 0.
     fn finish_attached(&mut self) -> Result<(), String> {
+        self.note_tree();
         let mut child = self
             .restore
             .take()
@@ -669,6 +689,7 @@ impl Run {
                 self.first_fail()
             ));
         }
+        self.reap_tree("after the restored program exited")?;
         self.check_verdict()
     }
 
@@ -791,6 +812,8 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        // Everything of a process tree, found while the root still exists.
+        let others = self.tree_members();
         if let Some(mut child) = self.restore.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -798,6 +821,192 @@ impl Drop for Run {
         if self.live && kill(self.pid, libc::SIGKILL) {
             let _ = wait_pid(self.pid, Duration::from_secs(5));
         }
+        for &(pid, start) in &others {
+            if proc_start_time(pid) == Some(start) {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+        for &(pid, start) in &others {
+            let _ = wait_member(pid, start, Duration::from_secs(5));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process trees: a test's root may have threads, children, grandchildren,
+// orphans it adopted as a subreaper, members of its session or process
+// group that went elsewhere... They are not the harness' children (until
+// they are orphaned to it, the subreaper), so the harness finds them in
+// /proc, waits for them and, at cleanup, kills them all.
+
+impl Run {
+    /// Remembers the test's processes as they are now (the root is alive).
+    fn note_tree(&mut self) {
+        self.tree = tree_of(self.pid, true, &self.run_token());
+    }
+
+    /// The value of `RUN_TOKEN_VAR` in this test's environment.
+    fn run_token(&self) -> String {
+        format!("{}-{}", self.test, std::process::id())
+    }
+
+    /// The test's processes other than the root: those remembered by
+    /// `note_tree` that still exist, plus those /proc shows now.
+    fn tree_members(&self) -> Vec<(i32, u64)> {
+        let mut all: Vec<(i32, u64)> = self
+            .tree
+            .iter()
+            .copied()
+            .filter(|&(pid, start)| proc_start_time(pid) == Some(start))
+            .collect();
+        all.extend(tree_of(self.pid, self.live, &self.run_token()));
+        all.retain(|&(pid, _)| pid != self.pid);
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// After the root has exited (and been reaped): every other process of
+    /// the test must exit within 2 s; those that become our zombies are
+    /// reaped. Processes still running are an error (`Drop` kills them).
+    fn reap_tree(&mut self, what: &str) -> Result<(), String> {
+        let mut left = Vec::new();
+        for (pid, start) in self.tree_members() {
+            if let Err(e) = wait_member(pid, start, Duration::from_secs(2)) {
+                left.push(e);
+            }
+        }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}, processes of the test are still there: {}",
+                left.join("; ")
+            ))
+        }
+    }
+}
+
+/// The command that runs test program `bin`: compiled programs directly,
+/// `.sh` scripts with bash, `.py` scripts with Debian's python3 (`-u`:
+/// unbuffered output, `-I`: no environment or user site).
+fn program_command(bin: &Path) -> Command {
+    match bin.extension().and_then(|e| e.to_str()) {
+        Some("sh") => {
+            let mut cmd = Command::new("/bin/bash");
+            cmd.arg(bin);
+            cmd
+        }
+        Some("py") => {
+            let mut cmd = Command::new("/usr/bin/python3");
+            cmd.arg("-u").arg("-I").arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// (ppid, pgrp, session, start time) from /proc/PID/stat.
+fn proc_stat_ids(pid: i32) -> Option<(i32, i32, i32, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after "(comm)"; comm may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state), so field n is f[n - 3].
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(2)?.parse().ok()?,
+        f.get(3)?.parse().ok()?,
+        f.get(19)?.parse().ok()?,
+    ))
+}
+
+fn proc_start_time(pid: i32) -> Option<u64> {
+    proc_stat_ids(pid).map(|ids| ids.3)
+}
+
+/// Environment variable that marks a test's processes: a process that left
+/// the tree and its session (double fork and setsid) and was orphaned to
+/// the harness (the subreaper) is still recognised by it.
+const RUN_TOKEN_VAR: &str = "STASIS_ZDTM_RUN";
+
+/// Whether `RUN_TOKEN_VAR=token` is in the environment of `pid`.
+fn has_run_token(pid: i32, token: &str) -> bool {
+    let want = format!("{RUN_TOKEN_VAR}={token}");
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// The processes of the tree rooted at `root`, as (pid, start time): the
+/// root itself (with `include_root`), the members of its session and of
+/// its process group, orphans of the harness with the test's `token`, and
+/// all descendants of any of these.
+fn tree_of(root: i32, include_root: bool, token: &str) -> Vec<(i32, u64)> {
+    let me = std::process::id() as i32;
+    let mut procs: Vec<(i32, (i32, i32, i32, u64))> = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(ids) = proc_stat_ids(pid) {
+                procs.push((pid, ids));
+            }
+        }
+    }
+    let mut inside: Vec<i32> = procs
+        .iter()
+        .filter(|(pid, (ppid, pgrp, sid, _))| {
+            (include_root && *pid == root)
+                || *pgrp == root
+                || *sid == root
+                || (*ppid == me && *pid != root && has_run_token(*pid, token))
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    loop {
+        let before = inside.len();
+        for (pid, (ppid, ..)) in &procs {
+            if inside.contains(ppid) && !inside.contains(pid) && *pid != root {
+                inside.push(*pid);
+            }
+        }
+        if inside.len() == before {
+            break;
+        }
+    }
+    procs
+        .iter()
+        .filter(|(pid, _)| inside.contains(pid))
+        .map(|(pid, ids)| (*pid, ids.3))
+        .collect()
+}
+
+/// Waits until the process (pid, start time) is gone, reaping it if it is
+/// (or becomes) our child; a pid now used by another process counts as
+/// gone. Err describes the process if it is still there after `timeout`.
+fn wait_member(pid: i32, start: u64, timeout: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
+        // WNOHANG keeps it from blocking.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if rc == pid || proc_start_time(pid) != Some(start) {
+            return Ok(());
+        }
+        if t0.elapsed() > timeout {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            return Err(format!(
+                "pid {pid} `{}` ({})",
+                cmd.trim(),
+                describe_proc(pid)
+            ));
+        }
+        sleep(POLL);
     }
 }
 
@@ -993,5 +1202,63 @@ zdtm_tests! {
     posix_timers [] {
         zdtm_posix_timers_sanity => Sanity,
         zdtm_posix_timers_dump_restore => DumpRestore,
+    }
+}
+
+// Threads and process trees (issue 4).
+zdtm_tests! {
+    thread_compute [] {
+        zdtm_thread_compute_sanity => Sanity,
+        zdtm_thread_compute_dump_restore => DumpRestore,
+        zdtm_thread_compute_leave_running => LeaveRunning,
+        zdtm_thread_compute_cycles2 => Cycles(2),
+    }
+    thread_blocked [] {
+        zdtm_thread_blocked_sanity => Sanity,
+        zdtm_thread_blocked_dump_restore => DumpRestore,
+    }
+    thread_signals [] {
+        zdtm_thread_signals_sanity => Sanity,
+        zdtm_thread_signals_dump_restore => DumpRestore,
+    }
+    tree_pipes [] {
+        zdtm_tree_pipes_sanity => Sanity,
+        zdtm_tree_pipes_dump_restore => DumpRestore,
+        zdtm_tree_pipes_cycles2 => Cycles(2),
+    }
+    tree_shared_file [] {
+        zdtm_tree_shared_file_sanity => Sanity,
+        zdtm_tree_shared_file_dump_restore => DumpRestore,
+    }
+    tree_shared_anon [] {
+        zdtm_tree_shared_anon_sanity => Sanity,
+        zdtm_tree_shared_anon_dump_restore => DumpRestore,
+    }
+    tree_session [] {
+        zdtm_tree_session_sanity => Sanity,
+        zdtm_tree_session_dump_restore => DumpRestore,
+    }
+    tree_wait [] {
+        zdtm_tree_wait_sanity => Sanity,
+        zdtm_tree_wait_dump_restore => DumpRestore,
+    }
+    tree_orphan [] {
+        zdtm_tree_orphan_sanity => Sanity,
+        zdtm_tree_orphan_dump_restore => DumpRestore,
+    }
+    // Not restorable yet (a process group whose leader is dead: the restore must recreate
+    // the group without its leader); + DumpRestore once it is.
+    tree_orphan ["pgid"] {
+        zdtm_tree_orphan_pgid_sanity => Sanity,
+    }
+    // tests/zdtm/python_threads.py, run with /usr/bin/python3 -u
+    python_threads [] {
+        zdtm_python_threads_sanity => Sanity,
+        zdtm_python_threads_dump_restore => DumpRestore,
+    }
+    // tests/zdtm/shell_pipeline.sh, run with /bin/bash
+    shell_pipeline [] {
+        zdtm_shell_pipeline_sanity => Sanity,
+        zdtm_shell_pipeline_dump_restore => DumpRestore,
     }
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -14,6 +15,8 @@ volatile sig_atomic_t zdtm_stop;
 volatile sig_atomic_t zdtm_sigterm_count;
 
 static int zdtm_nr_fail;
+/* "FAIL: " or "FAIL: [role] " (zdtm_set_role) */
+static char zdtm_fail_prefix[96] = "FAIL: ";
 #define ZDTM_MAX_FAIL_LINES 50
 
 static void zdtm_sigterm(int sig)
@@ -102,7 +105,7 @@ void zdtm_fail(const char *fmt, ...)
 		return;
 	}
 	va_start(ap, fmt);
-	zdtm_vline("FAIL: ", fmt, ap);
+	zdtm_vline(zdtm_fail_prefix, fmt, ap);
 	va_end(ap);
 	if (zdtm_nr_fail == ZDTM_MAX_FAIL_LINES)
 		zdtm_print("FAIL: too many failures, suppressing the rest");
@@ -118,7 +121,7 @@ void zdtm_die(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	zdtm_vline("FAIL: ", fmt, ap);
+	zdtm_vline(zdtm_fail_prefix, fmt, ap);
 	va_end(ap);
 	_exit(1);
 }
@@ -322,4 +325,118 @@ int64_t zdtm_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* --- process trees ----------------------------------------------------- */
+
+void zdtm_set_role(const char *role)
+{
+	if (role && *role)
+		snprintf(zdtm_fail_prefix, sizeof(zdtm_fail_prefix), "FAIL: [%s] ", role);
+	else
+		snprintf(zdtm_fail_prefix, sizeof(zdtm_fail_prefix), "FAIL: ");
+}
+
+static int zdtm_sync_fd[2] = { -1, -1 };
+
+void zdtm_tree_sync_init(void)
+{
+	if (pipe2(zdtm_sync_fd, O_CLOEXEC))
+		zdtm_die("tree sync pipe: %m");
+}
+
+void zdtm_tree_ready(const void *msg, size_t len)
+{
+	static const char one = 1;
+	ssize_t w;
+
+	if (zdtm_sync_fd[1] < 0)
+		zdtm_die("zdtm_tree_ready() without zdtm_tree_sync_init()");
+	if (!msg || !len) {
+		msg = &one;
+		len = 1;
+	}
+	close(zdtm_sync_fd[0]);
+	do
+		w = write(zdtm_sync_fd[1], msg, len);
+	while (w < 0 && errno == EINTR);
+	if (w != (ssize_t)len)
+		zdtm_die("tree sync write: %zd of %zu bytes (%m)", w, len);
+	close(zdtm_sync_fd[1]);
+	zdtm_sync_fd[0] = zdtm_sync_fd[1] = -1;
+}
+
+size_t zdtm_tree_wait(void *buf, size_t size)
+{
+	char tmp[512];
+	size_t total = 0;
+
+	if (zdtm_sync_fd[0] < 0)
+		zdtm_die("zdtm_tree_wait() without zdtm_tree_sync_init()");
+	close(zdtm_sync_fd[1]);
+	for (;;) {
+		ssize_t r = read(zdtm_sync_fd[0], tmp, sizeof(tmp));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			zdtm_die("tree sync read: %m");
+		if (r == 0)
+			break;
+		for (ssize_t i = 0; i < r; i++, total++)
+			if (buf && total < size)
+				((char *)buf)[total] = tmp[i];
+	}
+	close(zdtm_sync_fd[0]);
+	zdtm_sync_fd[0] = zdtm_sync_fd[1] = -1;
+	return total;
+}
+
+pid_t zdtm_waitpid(pid_t pid, int *status)
+{
+	pid_t r;
+
+	do
+		r = waitpid(pid, status, 0);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+const char *zdtm_wait_str(int status)
+{
+	static char buf[64];
+
+	if (WIFEXITED(status))
+		snprintf(buf, sizeof(buf), "exited with %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, sizeof(buf), "killed by signal %d%s", WTERMSIG(status),
+			 WCOREDUMP(status) ? " (core dumped)" : "");
+	else
+		snprintf(buf, sizeof(buf), "wait status %#x", status);
+	return buf;
+}
+
+void zdtm_expect_exit(pid_t pid, int code, const char *who)
+{
+	int status;
+
+	if (zdtm_waitpid(pid, &status) != pid) {
+		zdtm_fail("waitpid(%s, pid %d): %m", who, (int)pid);
+		return;
+	}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != code)
+		zdtm_fail("%s (pid %d) %s, expected exit status %d", who, (int)pid,
+			  zdtm_wait_str(status), code);
+}
+
+void zdtm_stop_child(pid_t pid, const char *who)
+{
+	if (kill(pid, SIGTERM))
+		zdtm_fail("kill(%s, pid %d, SIGTERM): %m", who, (int)pid);
+	zdtm_expect_exit(pid, 0, who);
+}
+
+void zdtm_child_exit(void)
+{
+	_exit(zdtm_nr_fail ? 1 : 0);
 }

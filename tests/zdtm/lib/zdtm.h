@@ -89,4 +89,34 @@ int zdtm_vma_flags(const void *addr, char *buf, size_t size);
 /* monotonic time in nanoseconds */
 int64_t zdtm_now_ns(void);
 
+/* --- process trees (see ../README.md, "Trees and threads") -------------- */
+
+/* Tag this process' FAIL lines: "FAIL: [role] ..." (role "" = no tag). */
+void zdtm_set_role(const char *role);
+
+/* Set-up barrier for a tree: a pipe that every non-root process writes to
+ * once it is set up, and that the root reads until EOF.  Call
+ * zdtm_tree_sync_init() in the root before forking anything. */
+void zdtm_tree_sync_init(void);
+/* In a non-root process, once it is set up and has forked its own children:
+ * write msg (len <= PIPE_BUF; NULL/0 writes one byte) and close both ends. */
+void zdtm_tree_ready(const void *msg, size_t len);
+/* In the root, after forking its children: close its ends' copies it does
+ * not need, read until every process closed the write end (EOF), store up to
+ * size bytes in buf (may be NULL) and return the total number of bytes read.
+ * Nothing of the barrier is left open afterwards. */
+size_t zdtm_tree_wait(void *buf, size_t size);
+
+/* waitpid(pid, status, 0) retried on EINTR; returns pid, or -1 with errno. */
+pid_t zdtm_waitpid(pid_t pid, int *status);
+/* Reap pid and zdtm_fail() unless it exited with status code. */
+void zdtm_expect_exit(pid_t pid, int code, const char *who);
+/* kill(pid, SIGTERM), then zdtm_expect_exit(pid, 0, who). */
+void zdtm_stop_child(pid_t pid, const char *who);
+/* End a non-root process: exit(1) after any zdtm_fail(), else exit(0).
+ * Prints nothing (PASS is the root's to print). */
+void zdtm_child_exit(void) __attribute__((noreturn));
+/* Describe a raw wait status ("exited with 3", "killed by signal 9"). */
+const char *zdtm_wait_str(int status);
+
 #endif
