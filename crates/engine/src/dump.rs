@@ -220,6 +220,7 @@ fn collect_and_write(
     service: Option<&ServiceConnection>,
     written: &mut Vec<String>,
 ) -> Result<(usize, u64), Error> {
+    refuse_shared_tables(tree)?;
     let mut registry = files::FileRegistry::default();
     let mut collected = Vec::with_capacity(tree.processes.len());
     for (i, frozen) in tree.processes.iter().enumerate() {
@@ -273,6 +274,46 @@ fn collect_and_write(
         written.push(process_name);
     }
     Ok((mappings, page_bytes))
+}
+
+/// Processes of the tree that share an address space, fd table, fs state or signal handlers
+/// (clone without CLONE_THREAD) would come back as separate copies: refuse them by name.
+fn refuse_shared_tables(tree: &FrozenTree) -> Result<(), Error> {
+    use stasis_sys::process::Shared;
+    // Sharing comes from clone: compare each process with its parent and its previous
+    // sibling (linear in the size of the tree).
+    let mut pairs = Vec::new();
+    let mut last_child: std::collections::HashMap<Pid, Pid> = std::collections::HashMap::new();
+    for p in tree.processes.iter().skip(1) {
+        let ppid = procfs::read_stat(p.pid)?.ppid;
+        pairs.push((ppid, p.pid));
+        if let Some(prev) = last_child.insert(ppid, p.pid) {
+            pairs.push((prev, p.pid));
+        }
+    }
+    for (a, b) in pairs {
+        {
+            for (what, name) in [
+                (
+                    Shared::Memory,
+                    "its address space (CLONE_VM, a vfork child?)",
+                ),
+                (Shared::Files, "its fd table (CLONE_FILES)"),
+                (Shared::Fs, "its cwd/root/umask (CLONE_FS)"),
+                (
+                    Shared::SignalHandlers,
+                    "its signal handlers (CLONE_SIGHAND)",
+                ),
+            ] {
+                if process::shares(a, b, what).map_err(|e| Error::sys("kcmp", b, e))? {
+                    return Err(Error::Unsupported {
+                        what: format!("pid {b} shares {name} with pid {a}"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Collects one frozen process: everything but its page contents.

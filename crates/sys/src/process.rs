@@ -706,3 +706,23 @@ pub fn mount_private_proc() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A per-process resource two processes may share (clone flags without CLONE_THREAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// Address space (CLONE_VM, e.g. a vfork child that has not exec'd yet).
+    Memory = 1,
+    /// fd table (CLONE_FILES).
+    Files = 2,
+    /// cwd/root/umask (CLONE_FS).
+    Fs = 3,
+    /// Signal handlers (CLONE_SIGHAND).
+    SignalHandlers = 4,
+}
+
+/// kcmp: whether processes `a` and `b` share `what`.
+pub fn shares(a: Pid, b: Pid, what: Shared) -> io::Result<bool> {
+    // SAFETY: kcmp with these types takes no pointers.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, a, b, what as libc::c_long, 0, 0) })?;
+    Ok(r == 0)
+}
