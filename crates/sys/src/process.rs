@@ -53,6 +53,12 @@ pub enum Forked {
 ///
 /// The caller must be single-threaded, as with fork(2): the child only has the calling thread.
 pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
+    clone_like_fork(0, Some(pid))
+}
+
+/// clone3 without CLONE_VM (so: a fork), with extra `flags` and, optionally, the pid the child
+/// gets in the innermost pid namespace. The caller must be single-threaded.
+fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -68,11 +74,16 @@ pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
         set_tid_size: u64,
         cgroup: u64,
     }
-    let tids: [Pid; 1] = [pid];
+    let tids: [Pid; 1] = [pid.unwrap_or(0)];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if pid.is_some() {
+            tids.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork(): the child gets a copy of our memory
@@ -648,36 +659,7 @@ pub fn user_may_ptrace(pid: Pid, uid: u32, gid: u32) -> io::Result<bool> {
 /// Forks into a new pid namespace and a new mount namespace: the child is pid 1 (the init) of
 /// the new pid namespace. The caller must be single-threaded, as with fork(2).
 pub fn fork_into_new_pid_ns() -> io::Result<Forked> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-    }
-    let args = CloneArgs {
-        flags: (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM behaves like fork(); `args` outlives the call.
-    let r = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    })?;
-    Ok(if r == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(r as Pid)
-    })
+    clone_like_fork((libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64, None)
 }
 
 /// In a new mount namespace: makes every mount private (nothing propagates back out) and
