@@ -1246,10 +1246,10 @@ zdtm_tests! {
         zdtm_tree_orphan_sanity => Sanity,
         zdtm_tree_orphan_dump_restore => DumpRestore,
     }
-    // Not restorable yet (a process group whose leader is dead: the restore must recreate
-    // the group without its leader); + DumpRestore once it is.
+    // A process group whose leader is dead: the restore recreates it with a stand-in leader.
     tree_orphan ["pgid"] {
         zdtm_tree_orphan_pgid_sanity => Sanity,
+        zdtm_tree_orphan_pgid_dump_restore => DumpRestore,
     }
     // tests/zdtm/python_threads.py, run with /usr/bin/python3 -u
     python_threads [] {

@@ -469,6 +469,11 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         process::setpgid(0, pgid).map_err(|e| format!("setpgid to {}: {e}", image.pgid))?;
     } else if image.pgid == image.pid {
         process::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
+    } else if process::getpgid(0).ok() != Some(image.pgid) {
+        // Join a group that exists by now (led by an ancestor, or by a stand-in for a leader
+        // that had died, see below); one that does not exist yet is joined later, by the
+        // restorer, once the whole tree exists.
+        let _ = process::setpgid(0, image.pgid);
     }
     // Children (and exited children) in pid order, each with its pid.
     let loaded = plan.loaded;
@@ -489,6 +494,33 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         .collect();
     kids.sort();
     let mut made_zombies = false;
+    // Process groups whose leader was gone at dump time (and is not in the images): a
+    // stand-in process takes the leader's pid just long enough for the members to join.
+    let in_tree = |pid: Pid| {
+        loaded.processes.iter().any(|(p, _)| p.pid == pid)
+            || loaded.inventory.zombies.iter().any(|z| z.pid == pid)
+    };
+    let mut stand_ins: Vec<(Pid, Vec<Pid>)> = Vec::new();
+    for (p, _) in loaded
+        .processes
+        .iter()
+        .filter(|(p, _)| p.ppid == image.pid && p.pid != image.pid)
+    {
+        if p.pgid != p.pid && p.pgid != image.pgid && !in_tree(p.pgid) {
+            match stand_ins.iter_mut().find(|(g, _)| *g == p.pgid) {
+                Some((_, members)) => members.push(p.pid),
+                None => stand_ins.push((p.pgid, vec![p.pid])),
+            }
+        }
+    }
+    for (group, members) in &stand_ins {
+        match process::fork_with_pid(*group)
+            .map_err(|e| format!("clone3 for the leader of group {group}: {e}"))?
+        {
+            Forked::Child => stand_in_group_leader(members),
+            Forked::Parent(_) => {}
+        }
+    }
     for (pid, live, status) in kids {
         match process::fork_with_pid(pid).map_err(|e| format!("clone3 for pid {pid}: {e}"))? {
             Forked::Child => match live {
@@ -504,7 +536,12 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
             Forked::Parent(_) => {}
         }
     }
-    if made_zombies {
+    for (group, _) in &stand_ins {
+        // It leaves once every member has joined (each does in its own setup).
+        process::wait_exited(*group)
+            .map_err(|e| format!("waiting for the leader of group {group}: {e}"))?;
+    }
+    if made_zombies || !stand_ins.is_empty() {
         // Their SIGCHLD was not part of the dumped state.
         process::discard_pending_sigchld().map_err(|e| format!("discarding SIGCHLD: {e}"))?;
     }
@@ -517,6 +554,24 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
     task::apply_in_child(&image.task)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
     Ok(())
+}
+
+/// A stand-in leader of a process group whose real leader had died: it creates the group and
+/// exits once every member has joined it (or after 30 s, when something went wrong).
+fn stand_in_group_leader(members: &[Pid]) -> ! {
+    let _ = process::setpgid(0, 0);
+    let me = process::getpid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if members
+            .iter()
+            .all(|&m| process::getpgid(m).ok() == Some(me))
+        {
+            process::exit_now(0);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    process::exit_now(1)
 }
 
 /// Ends a restored zombie the way the original ended: with its exit code, or killed by its

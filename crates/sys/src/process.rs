@@ -708,3 +708,16 @@ pub fn shares(a: Pid, b: Pid, what: Shared) -> io::Result<bool> {
     let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, a, b, what as libc::c_long, 0, 0) })?;
     Ok(r == 0)
 }
+
+/// Waits for child `pid` to exit and reaps it.
+pub fn wait_exited(pid: Pid) -> io::Result<()> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int into `status`.
+        match cvt_int(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
