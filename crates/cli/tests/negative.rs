@@ -1095,23 +1095,29 @@ fn dump_inotify_is_refused() {
 }
 
 #[test]
-fn dump_of_processes_sharing_an_fd_table_is_refused() {
+fn dump_of_an_fd_table_sharer_with_children_is_refused() {
     // clone(CLONE_FILES | SIGCHLD) without a new stack behaves like fork, but parent and child
-    // keep one fd table: restoring them as two tables would look finished and be wrong.
+    // keep one fd table. That is restored, but not yet when the sharing child has children of
+    // its own: refused, rather than restored as separate tables that look finished.
     let script = "import ctypes, os, time\n\
                   libc = ctypes.CDLL(None, use_errno=True)\n\
                   parent = os.getpid()\n\
                   pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)\n\
                   assert pid >= 0\n\
                   if pid == 0:\n    \
+                      me = os.getpid()\n    \
+                      if os.fork() == 0:\n        \
+                          while os.getppid() == me:\n            time.sleep(0.05)\n        \
+                          os._exit(0)\n    \
                       while os.getppid() == parent:\n        time.sleep(0.05)\n    \
                       os._exit(0)\n\
+                  time.sleep(0.3)\n\
                   with open('fds.tmp', 'w') as f:\n    f.write('%d\\n' % parent)\n\
                   os.rename('fds.tmp', 'fds')\n\
                   time.sleep(100)\n";
     check_refused_python(
-        "dump_of_processes_sharing_an_fd_table_is_refused",
+        "dump_of_an_fd_table_sharer_with_children_is_refused",
         script,
-        &["fd table", "clone_files"],
+        &["fd table", "clone_files", "has a child"],
     );
 }

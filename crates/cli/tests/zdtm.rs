@@ -1246,6 +1246,10 @@ zdtm_tests! {
         zdtm_tree_orphan_sanity => Sanity,
         zdtm_tree_orphan_dump_restore => DumpRestore,
     }
+    tree_clone_files [] {
+        zdtm_tree_clone_files_sanity => Sanity,
+        zdtm_tree_clone_files_dump_restore => DumpRestore,
+    }
     // A process group whose leader is dead: the restore recreates it with a stand-in leader.
     tree_orphan ["pgid"] {
         zdtm_tree_orphan_pgid_sanity => Sanity,

@@ -220,7 +220,7 @@ fn collect_and_write(
     service: Option<&ServiceConnection>,
     written: &mut Vec<String>,
 ) -> Result<(usize, u64), Error> {
-    refuse_shared_tables(tree)?;
+    let shared = shared_tables(tree)?;
     let mut registry = files::FileRegistry::default();
     let mut collected = Vec::with_capacity(tree.processes.len());
     for (i, frozen) in tree.processes.iter().enumerate() {
@@ -234,7 +234,10 @@ fn collect_and_write(
                 .map_err(|e| Error::sys("pidfd_open", frozen.pid, e))?;
             &own_pidfd
         };
-        collected.push(collect(frozen, pidfd, vdso_offset, svc, &mut registry)?);
+        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry)?;
+        (c.image.shares_fd_table_with, c.image.shares_fs_with) =
+            shared.get(&frozen.pid).copied().unwrap_or((0, 0));
+        collected.push(c);
     }
     // Pipes are complete only once every process is seen.
     let pipe_data = registry.finish()?;
@@ -276,44 +279,59 @@ fn collect_and_write(
     Ok((mappings, page_bytes))
 }
 
-/// Processes of the tree that share an address space, fd table, fs state or signal handlers
-/// (clone without CLONE_THREAD) would come back as separate copies: refuse them by name.
-fn refuse_shared_tables(tree: &FrozenTree) -> Result<(), Error> {
+/// What a process shares with its parent: (fd table, fs state), as the parent's pid or 0.
+type SharedWithParent = std::collections::HashMap<Pid, (Pid, Pid)>;
+
+/// Sharing between the processes of the tree (clone without CLONE_THREAD). An fd table or fs
+/// state shared with the parent is recorded and restored; anything else (a shared address
+/// space or signal handlers, sharing between siblings only, a sharer with children of its own)
+/// would come back as separate copies, and is refused by name.
+fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
     use stasis_sys::process::Shared;
+    let shares =
+        |a: Pid, b: Pid, what| process::shares(a, b, what).map_err(|e| Error::sys("kcmp", b, e));
+    let refuse = |what: String| Err(Error::Unsupported { what });
+    let mut out = SharedWithParent::new();
     // Sharing comes from clone: compare each process with its parent and its previous
     // sibling (linear in the size of the tree).
-    let mut pairs = Vec::new();
     let mut last_child: std::collections::HashMap<Pid, Pid> = std::collections::HashMap::new();
+    let mut ppids = std::collections::HashMap::new();
     for p in tree.processes.iter().skip(1) {
-        let ppid = procfs::read_stat(p.pid)?.ppid;
-        pairs.push((ppid, p.pid));
-        if let Some(prev) = last_child.insert(ppid, p.pid) {
-            pairs.push((prev, p.pid));
+        let (b, a) = (p.pid, procfs::read_stat(p.pid)?.ppid);
+        ppids.insert(b, a);
+        if shares(a, b, Shared::Memory)? {
+            return refuse(format!(
+                "pid {b} shares its address space with pid {a} (CLONE_VM, a vfork child?)"
+            ));
         }
-    }
-    for (a, b) in pairs {
-        {
-            for (what, name) in [
-                (
-                    Shared::Memory,
-                    "its address space (CLONE_VM, a vfork child?)",
-                ),
-                (Shared::Files, "its fd table (CLONE_FILES)"),
-                (Shared::Fs, "its cwd/root/umask (CLONE_FS)"),
-                (
-                    Shared::SignalHandlers,
-                    "its signal handlers (CLONE_SIGHAND)",
-                ),
-            ] {
-                if process::shares(a, b, what).map_err(|e| Error::sys("kcmp", b, e))? {
-                    return Err(Error::Unsupported {
-                        what: format!("pid {b} shares {name} with pid {a}"),
-                    });
-                }
+        if shares(a, b, Shared::SignalHandlers)? {
+            return refuse(format!(
+                "pid {b} shares its signal handlers with pid {a} (CLONE_SIGHAND)"
+            ));
+        }
+        let files = if shares(a, b, Shared::Files)? { a } else { 0 };
+        let fs = if shares(a, b, Shared::Fs)? { a } else { 0 };
+        out.insert(b, (files, fs));
+        if let Some(prev) = last_child.insert(a, b) {
+            let (pf, pfs) = out.get(&prev).copied().unwrap_or((0, 0));
+            if (files == 0 || pf == 0) && shares(prev, b, Shared::Files)? {
+                return refuse(format!("pid {b} shares its fd table (CLONE_FILES) with pid {prev}, not with their parent"));
+            }
+            if (fs == 0 || pfs == 0) && shares(prev, b, Shared::Fs)? {
+                return refuse(format!("pid {b} shares its cwd/root/umask (CLONE_FS) with pid {prev}, not with their parent"));
             }
         }
     }
-    Ok(())
+    for (&child, &parent) in &ppids {
+        if let Some((files, _)) = out.get(&parent) {
+            if *files != 0 {
+                return refuse(format!(
+                    "pid {parent} shares its parent's fd table (CLONE_FILES) and has a child ({child}) of its own"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Collects one frozen process: everything but its page contents.
@@ -390,6 +408,8 @@ fn collect(
         itimers,
         threads,
         posix_timers: timers_posix,
+        shares_fd_table_with: 0,
+        shares_fs_with: 0,
     };
     Ok(Collected {
         image,

@@ -165,6 +165,32 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
             });
         }
     }
+    // A process sharing its parent's fd table has the same fds, and no children of its own.
+    for (p, _) in &processes {
+        if p.shares_fd_table_with != 0 {
+            let parent = processes
+                .iter()
+                .map(|(q, _)| q)
+                .find(|q| q.pid == p.shares_fd_table_with);
+            let same = parent.is_some_and(|q| q.pid == p.ppid && q.fds == p.fds);
+            if !same
+                || processes
+                    .iter()
+                    .any(|(q, _)| q.ppid == p.pid && q.pid != p.pid)
+            {
+                return bad(format!(
+                    "pid {} shares an fd table it cannot be restored with",
+                    p.pid
+                ));
+            }
+        }
+        if p.shares_fs_with != 0 && p.shares_fs_with != p.ppid {
+            return bad(format!(
+                "pid {} shares fs state with a process that is not its parent",
+                p.pid
+            ));
+        }
+    }
     for z in &inventory.zombies {
         if z.pid <= 0 || !seen.insert(z.pid) || !processes.iter().any(|(p, _)| p.pid == z.ppid) {
             return bad(format!(
@@ -378,6 +404,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                 .find(|(p, _)| p.pid == image.ppid)
                 .map(|(p, _)| p.pgid);
             let set_pgid = i != 0 && image.pgid != image.pid && Some(image.pgid) != parent_pgid;
+            // Processes sharing an fd table share the restore descriptors in it: the last of
+            // them to be rebuilt closes them.
+            let table = |p: &ProcessImage| {
+                if p.shares_fd_table_with != 0 {
+                    p.shares_fd_table_with
+                } else {
+                    p.pid
+                }
+            };
+            let close_aux = !loaded.processes[i + 1..]
+                .iter()
+                .any(|(p, _)| table(p) == table(image));
             let parts = RebuildParts {
                 base,
                 map_index: &map_index[i],
@@ -385,6 +423,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                 aux_count,
                 shmem: &shmem,
                 set_pgid,
+                close_aux,
             };
             to_detach.extend(rebuild(image.pid, image, pages, vdso_offset, &parts)?);
         }
@@ -521,8 +560,22 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
             Forked::Parent(_) => {}
         }
     }
+    let mut table_sharers = Vec::new();
     for (pid, live, status) in kids {
-        match process::fork_with_pid(pid).map_err(|e| format!("clone3 for pid {pid}: {e}"))? {
+        // A child that shares our fd table or fs state is created sharing it.
+        let (files, fs) = live.map_or((false, false), |j| {
+            let k = &loaded.processes[j].0;
+            (
+                k.shares_fd_table_with == image.pid,
+                k.shares_fs_with == image.pid,
+            )
+        });
+        if files {
+            table_sharers.push(pid);
+        }
+        match process::fork_with_pid_sharing(pid, files, fs)
+            .map_err(|e| format!("clone3 for pid {pid}: {e}"))?
+        {
             Forked::Child => match live {
                 Some(j) => child_main(plan, j),
                 None => exit_like(status),
@@ -545,15 +598,38 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         // Their SIGCHLD was not part of the dumped state.
         process::discard_pending_sigchld().map_err(|e| format!("discarding SIGCHLD: {e}"))?;
     }
-    for (i, fd) in plan.aux.iter().enumerate() {
-        process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
-            .map_err(|e| format!("dup3 aux fd: {e}"))?;
+    // Children sharing our fd table must be past their own setup (which reads their sync
+    // pipe from this very table) before we lay it out.
+    for &pid in &table_sharers {
+        wait_until_stopped(pid)?;
     }
-    files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
-    files::after_layout_in_child(image.pid, &image.files, &image.fds)?;
-    task::apply_in_child(&image.task)?;
+    if image.shares_fd_table_with == 0 {
+        for (i, fd) in plan.aux.iter().enumerate() {
+            process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
+                .map_err(|e| format!("dup3 aux fd: {e}"))?;
+        }
+        files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
+        files::after_layout_in_child(image.pid, &image.files, &image.fds)?;
+    }
+    task::apply_in_child(&image.task, image.shares_fs_with != 0)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
     Ok(())
+}
+
+/// Waits (from inside the tree) until process `pid` stands stopped for the restorer.
+fn wait_until_stopped(pid: Pid) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match procfs::read_stat(pid) {
+            Ok(s) if s.state == 't' || s.state == 'T' => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for pid {pid} to finish its setup: {e}")),
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("pid {pid} did not finish its setup"));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
 }
 
 /// A stand-in leader of a process group whose real leader had died: it creates the group and
@@ -595,6 +671,9 @@ struct RebuildParts<'a> {
     shmem: &'a memory::ShmemOwners,
     /// Join a process group that did not exist when the process was forked.
     set_pgid: bool,
+    /// Close the restore descriptors at the end (not while another process sharing this fd
+    /// table still needs them).
+    close_aux: bool,
 }
 
 /// Rebuilds the stopped child from inside. `base + i` is the child's descriptor of aux entry
@@ -614,6 +693,7 @@ fn rebuild(
         aux_count,
         shmem,
         set_pgid,
+        close_aux,
     } = *parts;
     let child_vdso = procfs::read_smaps(child)?
         .into_iter()
@@ -650,18 +730,20 @@ fn rebuild(
     timers::restore(&mut inj, &image.itimers)?;
     let leader = &image.threads[0];
     thread::restore_in_thread(&mut inj, child, leader)?;
-    inj.call(
-        "close_range(restore fds)",
-        libc::SYS_close_range,
-        [
-            base as u64,
-            (base as u64) + aux_count as u64 - 1,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
+    if close_aux {
+        inj.call(
+            "close_range(restore fds)",
+            libc::SYS_close_range,
+            [
+                base as u64,
+                (base as u64) + aux_count as u64 - 1,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+    }
     // The other threads, created by the leader while it still has every privilege
     // (clone3 with set_tid needs it); each then gets its own per-thread state.
     let mut others = Vec::with_capacity(image.threads.len() - 1);

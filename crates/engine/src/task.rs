@@ -74,12 +74,16 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
 
 /// Runs in the new process before it stops for the restorer. Returns a message on failure
 /// (the caller reports it to the restorer).
-pub fn apply_in_child(t: &TaskState) -> Result<(), String> {
-    std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
-    if t.root != "/" {
-        process::chroot(Path::new(&t.root)).map_err(|e| format!("chroot {}: {e}", t.root))?;
+/// With `fs_shared`, the process shares its parent's cwd, root and umask (CLONE_FS), which the
+/// parent sets for both.
+pub fn apply_in_child(t: &TaskState, fs_shared: bool) -> Result<(), String> {
+    if !fs_shared {
+        std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
+        if t.root != "/" {
+            process::chroot(Path::new(&t.root)).map_err(|e| format!("chroot {}: {e}", t.root))?;
+        }
+        process::umask(t.umask);
     }
-    process::umask(t.umask);
     for l in &t.rlimits {
         let (_, cur_hard) =
             process::getrlimit(l.resource).map_err(|e| format!("getrlimit {}: {e}", l.resource))?;

@@ -62,6 +62,12 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadImage>,
     /// POSIX timers (timer_create), by id (engine::posix_timers).
     pub posix_timers: Vec<PosixTimer>,
+    /// The parent's pid when this process shares the parent's fd table (clone with
+    /// CLONE_FILES), else 0. Its `fds` are then the same as the parent's.
+    pub shares_fd_table_with: i32,
+    /// The parent's pid when this process shares the parent's cwd, root and umask (clone
+    /// with CLONE_FS), else 0.
+    pub shares_fs_with: i32,
 }
 
 /// Miscellaneous per-process state (engine::task).
@@ -707,6 +713,8 @@ pub(crate) mod tests {
                 interval_ns: 1_000_000_000,
                 overrun: 0,
             }],
+            shares_fd_table_with: 0,
+            shares_fs_with: 0,
         }
     }
 

@@ -56,6 +56,19 @@ pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
     clone_like_fork(0, Some(pid))
 }
 
+/// Like [`fork_with_pid`], the child sharing the caller's fd table (CLONE_FILES) and/or its
+/// cwd, root and umask (CLONE_FS).
+pub fn fork_with_pid_sharing(pid: Pid, files: bool, fs: bool) -> io::Result<Forked> {
+    let mut flags = 0;
+    if files {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    if fs {
+        flags |= libc::CLONE_FS as u64;
+    }
+    clone_like_fork(flags, Some(pid))
+}
+
 /// clone3 without CLONE_VM (so: a fork), with extra `flags` and, optionally, the pid the child
 /// gets in the innermost pid namespace. The caller must be single-threaded.
 fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
