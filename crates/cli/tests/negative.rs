@@ -997,7 +997,8 @@ fn names_fd_recognizes_the_usual_forms() {
 
 // ---------------------------------------------------------------------------
 // (f) anonymous-inode files stasis refuses: an epoll watch whose fd was closed
-// (the file stays registered through a dup), and inotify.
+// (the file stays registered through a dup), and an inotify watch on a deleted
+// directory (kept alive by an open fd).
 
 /// Runs python3 `script` (which must write "PID FD..." into the file `fds`
 /// and then sleep), dumps it, and checks a clean refusal whose message
@@ -1083,15 +1084,23 @@ fn dump_epoll_watch_of_a_closed_fd_is_refused() {
 }
 
 #[test]
-fn dump_inotify_is_refused() {
+fn dump_inotify_watch_of_a_deleted_directory_is_refused() {
+    // The watch lives on while the directory is held open; it has no path to be added again.
     let script = "import ctypes, os, time\n\
                   libc = ctypes.CDLL(None, use_errno=True)\n\
                   fd = libc.inotify_init1(0)\n\
-                  assert fd >= 0 and libc.inotify_add_watch(fd, b'.', 0x100) >= 0\n\
+                  os.mkdir('gone')\n\
+                  keep = os.open('gone', os.O_RDONLY)\n\
+                  assert fd >= 0 and libc.inotify_add_watch(fd, b'gone', 0x100) == 1\n\
+                  os.rmdir('gone')\n\
                   with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
                   os.rename('fds.tmp', 'fds')\n\
                   time.sleep(100)\n";
-    check_refused_python("dump_inotify_is_refused", script, &["inotify"]);
+    check_refused_python(
+        "dump_inotify_watch_of_a_deleted_directory_is_refused",
+        script,
+        &["inotify", "watch 1", "deleted"],
+    );
 }
 
 #[test]

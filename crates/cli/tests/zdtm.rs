@@ -1195,6 +1195,10 @@ zdtm_tests! {
         zdtm_file_epoll_sanity => Sanity,
         zdtm_file_epoll_dump_restore => DumpRestore,
     }
+    file_inotify [] {
+        zdtm_file_inotify_sanity => Sanity,
+        zdtm_file_inotify_dump_restore => DumpRestore,
+    }
     file_memfd [] {
         zdtm_file_memfd_sanity => Sanity,
         zdtm_file_memfd_dump_restore => DumpRestore,

@@ -1,20 +1,21 @@
 //! The fd table and the open file descriptions behind it: regular files (path, flags, offset),
 //! files deleted while open (their contents go into a blob image), directories and character
-//! devices. Pipes are in [`crate::pipes`]; eventfd, timerfd, signalfd, epoll and memfd each
-//! have their own module, which this one dispatches to.
+//! devices. Pipes are in [`crate::pipes`]; eventfd, timerfd, signalfd, epoll, memfd and inotify
+//! each have their own module, which this one dispatches to.
 //!
 //! Dump: each fd is duplicated into the dumper with pidfd_getfd (the same file description, so
 //! offsets and pipe contents can be read without disturbing the target); fds that share one
-//! description are found with kcmp. Anything stasis cannot restore yet (sockets, inotify,
+//! description are found with kcmp. Anything stasis cannot restore yet (sockets, fanotify,
 //! other anonymous-inode files, ...) fails the dump with an error naming the fd, before
 //! anything is written.
 //!
 //! Restore: the restorer opens every description itself ([`open_all`]); the new process
 //! inherits them across the fork and moves them to their numbers ([`layout_in_child`]), then
-//! sets up what refers to fds by number ([`after_layout_in_child`]: epoll watches).
+//! sets up what refers to fds by number ([`after_layout_in_child`]: epoll watches; it also
+//! drops the inotify events the restore itself caused).
 
 use crate::dump::ServiceConnection;
-use crate::{epoll, eventfd, memfd, pipes, procfs, signalfd, timerfd, Error};
+use crate::{epoll, eventfd, inotify, memfd, pipes, procfs, signalfd, timerfd, Error};
 use stasis_image::{
     names, FdEntry, FileDesc, FileKind, ImageDir, RawReader, RawWriter, RecordKind,
 };
@@ -152,6 +153,7 @@ pub fn dump(
                 "[timerfd]" => timerfd::dump(pid, fd, &text)?,
                 "[signalfd]" => signalfd::dump(pid, fd, &text)?,
                 "[eventpoll]" => epoll::dump(pid, fd, &text, &all_fds)?,
+                "inotify" => inotify::dump(pid, fd, &text)?,
                 _ => return Err(unsupported("an anonymous-inode file of an unknown kind")),
             }
         } else if ft.is_fifo() && link.starts_with("pipe:") {
@@ -243,11 +245,7 @@ pub fn dump(
 /// it in the refusal; `None` for the kinds it dumps.
 fn unsupported_anon_kind(kind: &str) -> Option<&'static str> {
     match kind {
-        "[eventfd]" | "[timerfd]" | "[signalfd]" | "[eventpoll]" => None,
-        // Watches are reported as file handles; restoring them would need open_by_handle_at
-        // and reproducing watch descriptors, and queued events cannot be read without
-        // consuming them.
-        "inotify" => Some("an inotify instance, which stasis cannot dump yet"),
+        "[eventfd]" | "[timerfd]" | "[signalfd]" | "[eventpoll]" | "inotify" => None,
         "[fanotify]" => Some("a fanotify instance, which stasis cannot dump yet"),
         "[userfaultfd]" => Some("a userfaultfd, which stasis cannot dump yet"),
         "[io_uring]" => Some("an io_uring instance, which stasis cannot dump yet"),
@@ -398,6 +396,7 @@ pub fn open_all(dir: &ImageDir, files: &[FileDesc]) -> Result<HashMap<u32, Owned
             FileKind::SignalFd { .. } => signalfd::open(f)?,
             FileKind::Epoll { .. } => epoll::open(f)?,
             FileKind::Memfd { .. } => memfds.open(dir, f)?,
+            FileKind::Inotify { .. } => inotify::open(f)?,
         };
         if matches!(
             f.kind,
@@ -514,11 +513,13 @@ pub fn layout_in_child(
 }
 
 /// Runs in the restore child of process `pid` right after [`layout_in_child`], once every fd
-/// has its final number: sets up what refers to other fds by number (epoll watches).
+/// has its final number: sets up what refers to other fds by number (epoll watches), and drops
+/// the events that opening and mapping its files queued in its inotify instances.
 pub fn after_layout_in_child(
     pid: Pid,
     files: &[FileDesc],
     table: &[FdEntry],
 ) -> Result<(), String> {
-    epoll::register_in_child(pid, files, table)
+    epoll::register_in_child(pid, files, table)?;
+    inotify::discard_events_in_child(files, table)
 }

@@ -16,6 +16,7 @@
 //! | [`signalfd`] | signalfd masks                                                   |
 //! | [`epoll`]   | epoll instances and their watches                                 |
 //! | [`memfd`]   | memfds: contents, seals, mappings                                 |
+//! | [`inotify`] | inotify watches: paths, masks, watch descriptors                  |
 //! | [`signals`] | signal dispositions and pending signals                           |
 //! | [`timers`]  | interval timers                                                   |
 //! | [`posix_timers`] | POSIX timers (timer_create), with their ids                  |
@@ -34,6 +35,7 @@ pub mod eventfd;
 pub mod files;
 pub mod freeze;
 pub mod inject;
+pub mod inotify;
 pub mod memfd;
 pub mod memory;
 pub mod mm;

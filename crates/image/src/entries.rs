@@ -277,6 +277,25 @@ pub enum FileKind {
         len: u64,
         crc: u32,
     },
+    /// An inotify instance (engine::inotify) with its watches, sorted by watch descriptor.
+    /// Events queued but not read at dump time are not kept.
+    Inotify {
+        watches: Vec<InotifyWatch>,
+    },
+}
+
+/// One watch of an inotify instance: its watch descriptor (which the restored instance hands
+/// out again), the path of the watched object, and the mask as inotify_add_watch takes it
+/// (IN_ALL_EVENTS bits, IN_ONESHOT, IN_EXCL_UNLINK). `sdev` (the superblock's device number in
+/// the kernel's encoding, major << 20 | minor, as fdinfo shows it) and `ino` identify the
+/// watched object: restore refuses a path that names another one by then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub path: String,
+    pub mask: u32,
+    pub sdev: u32,
+    pub ino: u64,
 }
 
 /// One file an epoll instance watches: the fd number it was added with (which names the same
@@ -621,6 +640,29 @@ pub(crate) mod tests {
                         crc: 7,
                     },
                 },
+                FileDesc {
+                    id: 7,
+                    flags: 0o4000,
+                    pos: 0,
+                    kind: FileKind::Inotify {
+                        watches: vec![
+                            InotifyWatch {
+                                wd: 1,
+                                path: "/tmp/watched".into(),
+                                mask: 0x8000_0fff,
+                                sdev: 0xfe0_0000,
+                                ino: 0x99_0598,
+                            },
+                            InotifyWatch {
+                                wd: 3,
+                                path: "/tmp/watched/file".into(),
+                                mask: 0x0400_0002,
+                                sdev: 0xfe0_0000,
+                                ino: 0x99_0599,
+                            },
+                        ],
+                    },
+                },
             ],
             fds: vec![
                 FdEntry {
@@ -657,6 +699,11 @@ pub(crate) mod tests {
                     fd: 8,
                     file_id: 6,
                     cloexec: false,
+                },
+                FdEntry {
+                    fd: 9,
+                    file_id: 7,
+                    cloexec: true,
                 },
             ],
             signals: ProcessSignals {

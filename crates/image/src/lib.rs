@@ -24,6 +24,7 @@ pub use frame::{
 };
 pub use raw::{RawReader, RawWriter, RAW_DATA_OFFSET};
 pub use validate::validate_process;
+pub use validate::{INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES, MAX_INOTIFY_WD};
 
 use std::path::PathBuf;
 

@@ -18,6 +18,14 @@ const MAX_MEMFD_NAME: usize = 249;
 /// Highest value an eventfd counter can hold.
 const MAX_EVENTFD_COUNT: u64 = u64::MAX - 1;
 const MAX_POSIX_TIMERS: usize = 1 << 16;
+/// Most watches one inotify instance may have in an image.
+pub const MAX_INOTIFY_WATCHES: usize = 1 << 20;
+/// Highest inotify watch descriptor an image may hold: restoring watch descriptor n creates and
+/// removes a throwaway watch for every unused number below n (about 5 µs each).
+pub const MAX_INOTIFY_WD: i32 = 1 << 22;
+/// The mask bits inotify_add_watch takes that a watch keeps: IN_ALL_EVENTS, IN_EXCL_UNLINK,
+/// IN_ONESHOT.
+pub const INOTIFY_WATCH_MASK: u32 = 0xfff | 0x0400_0000 | 0x8000_0000;
 
 /// Checks everything the restore relies on. `pages_len` is the payload length of the pages
 /// file, so that every page run is known to lie inside it.
@@ -178,6 +186,20 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
                     && mode & !0o7777 == 0
                     && seals & !0x3f == 0
                     && first == Some((name, seals, len, crc))
+            }
+            FileKind::Inotify { watches } => {
+                let mut prev_wd = 0;
+                watches.len() <= MAX_INOTIFY_WATCHES
+                    && watches.iter().all(|w| {
+                        // Sorted, unique, in the kernel's range and below the restore bound.
+                        let wd_ok = w.wd > prev_wd && w.wd <= MAX_INOTIFY_WD;
+                        prev_wd = w.wd;
+                        wd_ok
+                            && check_path(&w.path)
+                            && w.path.starts_with('/')
+                            && w.mask & !INOTIFY_WATCH_MASK == 0
+                            && w.mask & 0xfff != 0
+                    })
             }
         };
         if !ok {
@@ -364,5 +386,30 @@ mod tests {
         let mut p = sample_process();
         p.posix_timers[0].signo = 65;
         assert!(validate_process(&p, 8192, path).is_err(), "timer signal");
+
+        type WatchEdit = fn(&mut [crate::InotifyWatch]);
+        let edits: [(&str, WatchEdit); 8] = [
+            ("inotify wd 0", |w| w[0].wd = 0),
+            ("inotify wds out of order", |w| w.swap(0, 1)),
+            ("inotify wd twice", |w| w[1].wd = w[0].wd),
+            ("inotify wd too high", |w| w[1].wd = MAX_INOTIFY_WD + 1),
+            ("inotify relative path", |w| w[0].path = "tmp/x".into()),
+            ("inotify path with NUL", |w| w[0].path = "/tmp/\0x".into()),
+            ("inotify mask without events", |w| w[0].mask = 0x8000_0000),
+            ("inotify internal mask bit", |w| w[0].mask |= 0x0800_0000),
+        ];
+        for (what, edit) in edits {
+            let mut p = sample_process();
+            match &mut p.files[7].kind {
+                FileKind::Inotify { watches } => edit(watches),
+                _ => unreachable!(),
+            }
+            assert!(validate_process(&p, 8192, path).is_err(), "{what}");
+        }
+        let mut p = sample_process();
+        if let FileKind::Inotify { watches } = &mut p.files[7].kind {
+            watches[1].wd = MAX_INOTIFY_WD;
+        }
+        validate_process(&p, 8192, path).unwrap();
     }
 }

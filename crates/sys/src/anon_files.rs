@@ -1,6 +1,7 @@
-//! Files that live on no filesystem path: eventfd, timerfd, signalfd, epoll and memfd, plus
-//! the few calls around them (seals, timer ticks, epoll registrations, clocks, kcmp of epoll
-//! targets) that the engine needs to dump and recreate them.
+//! Files that live on no filesystem path: eventfd, timerfd, signalfd, epoll, memfd and inotify,
+//! plus the few calls around them (seals, timer ticks, epoll registrations, clocks, kcmp of
+//! epoll targets, inotify watches, file handles and mount ids) that the engine needs to dump
+//! and recreate them.
 
 use crate::{cvt, cvt_int, Pid};
 use std::io;
@@ -189,6 +190,114 @@ pub fn clock_ns(clockid: i32) -> io::Result<u64> {
         .saturating_add(ts.tv_nsec as u64))
 }
 
+/// inotify_init1(flags) (`IN_NONBLOCK`, `IN_CLOEXEC`).
+pub fn inotify_init(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; a new descriptor is returned on success.
+    let fd = cvt_int(unsafe { libc::inotify_init1(flags) })?;
+    Ok(owned(fd))
+}
+
+/// inotify_add_watch(fd, path, mask): the watch descriptor of the (new or updated) watch.
+pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) -> io::Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    cvt_int(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) })
+}
+
+/// inotify_rm_watch(fd, wd). The kernel queues an IN_IGNORED event for `wd`.
+pub fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    // SAFETY: no pointers.
+    cvt_int(unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) }).map(drop)
+}
+
+/// Reads and drops every event queued on the inotify instance at descriptor number `fd`,
+/// blocking or not (FIONREAD tells how much there is). Raw number: used by a restore child
+/// whose fd table was just laid out.
+pub fn inotify_discard_events_raw(fd: RawFd) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into `queued`, which outlives the call.
+        cvt_int(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued as *mut libc::c_int) })?;
+        if queued <= 0 {
+            return Ok(());
+        }
+        // Events are at most 16 + NAME_MAX + 1 bytes: with something queued, this read
+        // returns at once with whole events.
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we own.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Longest file handle the kernel hands out or accepts (MAX_HANDLE_SZ).
+pub const MAX_HANDLE_SZ: usize = 128;
+
+/// open_by_handle_at(mount, {handle_type, handle}, flags): opens the object a file handle
+/// names, on the filesystem of `mount` (which must not be an O_PATH descriptor: the kernel
+/// answers EBADF). Needs CAP_DAC_READ_SEARCH (or, since Linux 6.10, privilege over the mount).
+pub fn open_by_handle(
+    mount: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    if handle.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }, in u32 words
+    // so that the header is aligned.
+    let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    buf[0] = handle.len() as u32;
+    buf[1] = handle_type as u32;
+    for (i, b) in handle.iter().enumerate() {
+        let word = &mut buf[2 + i / 4];
+        *word |= u32::from(*b) << (8 * (i % 4));
+    }
+    // The bytes of the words above are in memory order only on little-endian machines.
+    #[cfg(not(target_endian = "little"))]
+    compile_error!("open_by_handle assumes a little-endian machine");
+    // SAFETY: `buf` holds a complete file_handle of `handle.len()` bytes and outlives the call;
+    // the kernel only reads it.
+    let fd = cvt_int(unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::file_handle>(),
+            flags,
+        )
+    })?;
+    Ok(owned(fd))
+}
+
+/// The id of the mount `fd` is on (statx STATX_MNT_ID), as the first field of
+/// /proc/PID/mountinfo shows it.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statx is plain data; the kernel fills the one we own.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty NUL-terminated string and `st` a writable statx, both
+    // outliving the call.
+    cvt_int(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    })?;
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(st.stx_mnt_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +348,73 @@ mod tests {
         assert!(epoll_target_is(me, s.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(!epoll_target_is(me, ep.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(clock_ns(libc::CLOCK_MONOTONIC).unwrap() > 0);
+    }
+
+    #[test]
+    fn inotify_watches_and_file_handles() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("stasis-sys-inotify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ino = inotify_init(libc::IN_CLOEXEC | libc::IN_NONBLOCK).unwrap();
+        let a = inotify_add_watch(ino.as_fd(), &dir, libc::IN_CREATE).unwrap();
+        let root =
+            inotify_add_watch(ino.as_fd(), std::path::Path::new("/"), libc::IN_OPEN).unwrap();
+        assert_eq!((a, root), (1, 2));
+        inotify_rm_watch(ino.as_fd(), root).unwrap();
+        // Watch descriptors are allocated cyclically: a removed one is not handed out again.
+        let again =
+            inotify_add_watch(ino.as_fd(), std::path::Path::new("/"), libc::IN_OPEN).unwrap();
+        assert_eq!(again, 3);
+        assert_eq!(
+            inotify_add_watch(ino.as_fd(), &dir, libc::IN_CREATE | libc::IN_MASK_CREATE)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EEXIST)
+        );
+
+        // The handle fdinfo shows for the first watch opens the directory again.
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ino.as_raw_fd())).unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("inotify wd:1 "))
+            .unwrap();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap()
+                .to_string()
+        };
+        let htype = i32::from_str_radix(&field("fhandle-type:"), 16).unwrap();
+        let hex = field("f_handle:");
+        let handle: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        // Any descriptor on the mount will do as the mount descriptor, but not an O_PATH one.
+        let mount = std::fs::File::open(&dir).unwrap();
+        assert!(mount_id(mount.as_fd()).unwrap() > 0);
+        if crate::process::geteuid() == 0 {
+            use std::os::unix::fs::MetadataExt;
+            let f = open_by_handle(
+                mount.as_fd(),
+                htype,
+                &handle,
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+            .unwrap();
+            let got = std::fs::File::from(f).metadata().unwrap();
+            let want = std::fs::metadata(&dir).unwrap();
+            assert_eq!((got.dev(), got.ino()), (want.dev(), want.ino()));
+            let o_path = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(&dir)
+                .unwrap();
+            let err = open_by_handle(o_path.as_fd(), htype, &handle, libc::O_PATH).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        }
+        assert!(open_by_handle(mount.as_fd(), htype, &[0; 129], libc::O_PATH).is_err());
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
