@@ -190,6 +190,8 @@ pub fn dump(
                 ino: md.ino(),
                 size: md.size(),
             }
+        } else if ft.is_dir() && md.nlink() == 0 {
+            return Err(unsupported("a directory that was deleted"));
         } else if ft.is_dir() {
             FileKind::Directory { path: link.clone() }
         } else if ft.is_char_device() {
