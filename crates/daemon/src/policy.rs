@@ -74,6 +74,23 @@ pub fn check_may_dump(caller: &Caller, pid: Pid, what: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// [`check_may_dump`] for `pid` and, with `descendants`, for every process below it: all of
+/// them must pass before anything is frozen.
+pub fn check_may_dump_tree(
+    caller: &Caller,
+    pid: Pid,
+    what: &str,
+    descendants_too: bool,
+) -> Result<(), String> {
+    if descendants_too {
+        let of = format!("a descendant of {what}");
+        for p in descendants(pid) {
+            check_may_dump(caller, p, &of)?;
+        }
+    }
+    check_may_dump(caller, pid, what)
+}
+
 /// Every descendant of `pid` (children, grandchildren, ...), as /proc shows them now.
 pub fn descendants(pid: Pid) -> Vec<Pid> {
     let mut out = Vec::new();

@@ -194,14 +194,7 @@ fn dump_self(
     conn_fd: i32,
 ) -> Result<(), Failure> {
     let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
-    if with_children {
-        // Every descendant must be one the caller could ptrace, before anything is frozen.
-        for p in policy::descendants(caller.pid) {
-            policy::check_may_dump(caller, p, "a descendant of the caller")
-                .map_err(|m| Failure::new(code::REFUSED, m))?;
-        }
-    }
-    policy::check_may_dump(caller, caller.pid, "the caller")
+    policy::check_may_dump_tree(caller, caller.pid, "the caller", with_children)
         .map_err(|m| Failure::new(code::REFUSED, m))?;
     check_connection_fd(conn, &pidfd, conn_fd)?;
     act_as(caller)?;
@@ -254,12 +247,8 @@ fn dump_pid(
     // Pin the target before checking it, so the checks and the dump see one process.
     let pidfd = process::pidfd_open(pid)
         .map_err(|_| Failure::new(code::INVALID, format!("pid {pid} does not exist")))?;
-    policy::check_may_dump(caller, pid, "the process")
+    policy::check_may_dump_tree(caller, pid, "the process", true)
         .map_err(|m| Failure::new(code::REFUSED, m))?;
-    for p in policy::descendants(pid) {
-        policy::check_may_dump(caller, p, "a descendant of the process")
-            .map_err(|m| Failure::new(code::REFUSED, m))?;
-    }
     act_as(caller)?;
     stasis_engine::dump(DumpOptions {
         pid,
