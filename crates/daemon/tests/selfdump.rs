@@ -2552,3 +2552,62 @@ fn with_children_refuses_a_descendant_the_caller_cannot_ptrace() {
     kill(child, libc::SIGKILL);
     d.stop();
 }
+
+#[test]
+fn dump_pid_with_inotify_through_the_daemon() {
+    // Opening an inotify watch's object by its file handle needs root's file identity, which
+    // the worker otherwise gives up for the caller's: the dump must still work, and the
+    // restored copy (restored by the user, through the daemon) must get events on its watch.
+    require_root!("dump_pid_with_inotify_through_the_daemon");
+    let ctx = Ctx::new("dump_pid_with_inotify_through_the_daemon");
+    let d = Daemon::start(&ctx);
+    let watched = ctx.user_dir("watched");
+    let script = format!(
+        "import ctypes, os, sys, time, signal\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         fd = libc.inotify_init1(0)\n\
+         wd = libc.inotify_add_watch(fd, b'{dir}', 0x100)\n\
+         assert wd >= 0\n\
+         def check(sig, frame):\n    \
+             open('{dir}/new-' + str(os.getpid()), 'w').close()\n    \
+             ev = os.read(fd, 4096)\n    \
+             got = int.from_bytes(ev[0:4], 'little')\n    \
+             print('PASS' if got == wd else 'FAIL wd %d != %d' % (got, wd), flush=True)\n    \
+             sys.exit(0)\n\
+         signal.signal(signal.SIGTERM, check)\n\
+         print('READY', flush=True)\n\
+         while True:\n    time.sleep(0.05)\n",
+        dir = path_str(&watched)
+    );
+    let mut cmd = command(Who::User, Path::new("/usr/bin/python3"), None);
+    cmd.args(["-c", &script]);
+    let p = ctx.spawn(cmd, "python.log");
+    ctx.wait_line(&p.log, 0, "READY");
+    let images = ctx.user_dir("images");
+    let out = ctx.run(user_cli(
+        &d,
+        &["dump", "-t", &p.pid.to_string(), "-D", path_str(&images)],
+    ));
+    assert!(
+        out.status.success(),
+        "dump through the daemon failed: {out:?}"
+    );
+    assert!(has_inventory(&images), "{:?}", entries(&images));
+    let _ = ctx.wait_child(p.pid);
+    let from = log_len(&p.log);
+    let restorer = ctx.spawn_cmd(
+        user_cli(&d, &["restore", "-D", path_str(&images)]),
+        "restore",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status_field(p.pid, "TracerPid")
+            .as_deref()
+            == Some("0")),
+        "the restored process did not appear"
+    );
+    kill(p.pid, libc::SIGTERM);
+    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
+    assert_eq!(line.trim(), "PASS");
+    let _ = ctx.wait_child(restorer.pid);
+    d.stop();
+}

@@ -228,12 +228,19 @@ impl Resolver {
             let Some(mount) = mount else {
                 continue;
             };
-            match anon_files::open_by_handle(
-                mount.as_fd(),
-                htype,
-                handle,
-                libc::O_PATH | libc::O_CLOEXEC,
-            ) {
+            // Opening by handle needs CAP_DAC_READ_SEARCH, which a dump through stasisd gives
+            // up with the caller's file identity. The handle comes from the kernel (the
+            // caller's own watch) and the object is only opened as a path (O_PATH), to learn
+            // its name: root's file identity for this one call only.
+            let opened = stasis_sys::process::with_root_fs_identity(|| {
+                anon_files::open_by_handle(
+                    mount.as_fd(),
+                    htype,
+                    handle,
+                    libc::O_PATH | libc::O_CLOEXEC,
+                )
+            });
+            match opened {
                 Ok(fd) => {
                     let f = File::from(fd);
                     match f.metadata() {

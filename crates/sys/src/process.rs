@@ -734,3 +734,21 @@ pub fn wait_exited(pid: Pid) -> io::Result<()> {
         }
     }
 }
+
+/// Runs `f` with the file identity of root (fsuid/fsgid 0, which also brings back the
+/// file-related capabilities such as CAP_DAC_READ_SEARCH), then puts the previous file identity
+/// back. For the few operations a dumper needs root's file identity for while it otherwise
+/// acts as the user it works for (opening an inotify watch's object by the file handle the
+/// kernel reported).
+pub fn with_root_fs_identity<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: setfsuid/setfsgid take no pointers; each returns the previous id, which is put
+    // back below.
+    let (old_uid, old_gid) = unsafe { (libc::setfsuid(0), libc::setfsgid(0)) };
+    let r = f();
+    // SAFETY: as above.
+    unsafe {
+        libc::setfsgid(old_gid as u32);
+        libc::setfsuid(old_uid as u32);
+    }
+    r
+}
