@@ -1130,3 +1130,21 @@ fn dump_of_an_fd_table_sharer_with_children_is_refused() {
         &["fd table", "clone_files", "has a child"],
     );
 }
+
+#[test]
+fn dump_posix_message_queue_is_refused() {
+    let script = "import ctypes, os, time\n\
+                  rt = ctypes.CDLL('librt.so.1', use_errno=True)\n\
+                  name = b'/stasis-neg-%d' % os.getpid()\n\
+                  fd = rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)\n\
+                  assert fd >= 0\n\
+                  rt.mq_unlink(name)\n\
+                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
+                  os.rename('fds.tmp', 'fds')\n\
+                  time.sleep(100)\n";
+    check_refused_python(
+        "dump_posix_message_queue_is_refused",
+        script,
+        &["posix message queue"],
+    );
+}

@@ -34,6 +34,9 @@ const RESTORED_FLAGS: i32 = libc::O_APPEND
     | libc::O_DSYNC
     | libc::O_ASYNC;
 
+/// statfs f_type of the mqueue filesystem (POSIX message queues).
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
 /// What [`dump`] found: descriptions, the fd table, and file contents to store as blobs.
 pub struct DumpedFiles {
     pub files: Vec<FileDesc>,
@@ -172,6 +175,12 @@ pub fn dump(
                 registry.descs.values(),
                 &mut blobs,
             )?
+        } else if ft.is_file()
+            && process::fs_type(file.as_fd())
+                .map_err(|e| Error::io(format!("fstatfs fd {fd}"), e))?
+                == MQUEUE_MAGIC
+        {
+            return Err(unsupported("a POSIX message queue"));
         } else if ft.is_file() && md.nlink() == 0 {
             let path = link.strip_suffix(" (deleted)").unwrap_or(&link).to_string();
             let crc = crc_of(&file, md.size(), fd)?;

@@ -752,3 +752,12 @@ pub fn with_root_fs_identity<T>(f: impl FnOnce() -> T) -> T {
     }
     r
 }
+
+/// The filesystem type (statfs f_type) of an open file.
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; fstatfs writes one into `st`.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one statfs into the struct we own.
+    cvt_int(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type as i64)
+}
