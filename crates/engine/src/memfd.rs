@@ -128,7 +128,7 @@ pub fn dump<'a>(
 
 /// The kind of a mapping of a memfd (called by [`crate::memory`] while classifying mappings).
 pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
-    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let link = crate::procfs::map_file(pid, m.start, m.end);
     let what = || {
         format!(
             "mapping {:#x}-{:#x} of pid {pid} ({})",
@@ -184,7 +184,7 @@ impl MappedMemfd {
     /// Reads the memfd through /proc/PID/map_files: its description kind and a handle to
     /// read its contents from.
     pub fn describe(&self, pid: Pid) -> Result<(FileKind, File), Error> {
-        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end);
+        let link = crate::procfs::map_file(pid, self.start, self.end);
         let what = || {
             format!(
                 "mapping {:#x}-{:#x} of pid {pid} ({})",

@@ -68,7 +68,7 @@ fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         n if crate::memfd::is_memfd_name(n) => crate::memfd::mapping_kind(pid, m)?,
         n if n.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
         n if n.starts_with('/') => {
-            let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let link = procfs::map_file(pid, m.start, m.end);
             let md = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
             if !md.is_file() {
                 return Err(unsupported("only regular files can be mapped"));
@@ -209,7 +209,7 @@ fn dump_shmem(
     out: &mut RawWriter,
     runs: &mut Vec<PageRun>,
 ) -> Result<(), Error> {
-    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let link = procfs::map_file(pid, v.start, v.end);
     let file = std::fs::File::open(&link).map_err(|e| Error::io(format!("open {link}"), e))?;
     let (lo, hi) = (v.file_offset, v.file_offset + (v.end - v.start));
     let mut off = lo;
@@ -460,7 +460,7 @@ pub fn map_vmas(
             }
             (_, Some((pid, start, end))) if (pid, start) != (inj.tid(), v.start) => {
                 // A later mapping of shared memory that already exists in the tree.
-                let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}\0");
+                let path = format!("{}\0", procfs::map_file(pid, start, end));
                 let at = inj.put(2048, path.as_bytes())?;
                 let access = if v.prot & libc::PROT_WRITE as u32 != 0 {
                     libc::O_RDWR

@@ -386,6 +386,12 @@ pub fn read_personality(pid: i32) -> Result<u32, ProcError> {
     })
 }
 
+/// /proc/PID/map_files/START-END: the file behind one mapping (opening it needs
+/// CAP_SYS_ADMIN; for shared anonymous memory it is the memory object itself).
+pub fn map_file(pid: i32, start: u64, end: u64) -> String {
+    format!("/proc/{pid}/map_files/{start:x}-{end:x}")
+}
+
 pub fn link(pid: i32, what: &str) -> Result<String, ProcError> {
     read_link(&proc_path(pid, what))
 }
