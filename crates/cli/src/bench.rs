@@ -29,6 +29,17 @@ pub fn workload(mib: u64, ready: &Path) -> BenchResult {
     }
 }
 
+/// Starts this binary with a hidden workload subcommand (`args`, then the `ready` file it
+/// reports to), in a process group of its own so the whole workload can be killed at once.
+fn spawn_workload(args: &[&str], ready: &Path) -> std::io::Result<std::process::Child> {
+    std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .arg(ready)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+}
+
 fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -59,13 +70,7 @@ pub fn run(mib: u64) -> BenchResult {
     );
 
     let ready = dir.join("ready");
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("bench-workload")
-        .arg(mib.to_string())
-        .arg(&ready)
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
+    let mut child = spawn_workload(&["bench-workload", &mib.to_string()], &ready)?;
     let pid = child.id() as i32;
     let result = (|| -> BenchResult {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -190,14 +195,14 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
     let dir = std::env::temp_dir().join(format!("stasis-bench-tree-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let ready = dir.join("ready");
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("bench-tree-workload")
-        .arg(procs.to_string())
-        .arg(threads.to_string())
-        .arg(&ready)
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
+    let mut child = spawn_workload(
+        &[
+            "bench-tree-workload",
+            &procs.to_string(),
+            &threads.to_string(),
+        ],
+        &ready,
+    )?;
     let pid = child.id() as i32;
     let result = (|| -> BenchResult {
         let deadline = Instant::now() + Duration::from_secs(60);

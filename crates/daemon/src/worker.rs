@@ -216,15 +216,17 @@ fn dump_self(
         }),
     })?;
     if !kill {
-        protocol::send(
-            conn,
-            &Message::Done {
-                outcome: protocol::OUTCOME_DUMPED,
-            },
-            None,
-        )?;
+        send_dumped(conn)?;
     }
     Ok(())
+}
+
+/// Tells the client its dump is complete (the original process's `dump_self` returns 0).
+fn send_dumped(conn: BorrowedFd<'_>) -> Result<(), Failure> {
+    let done = Message::Done {
+        outcome: protocol::OUTCOME_DUMPED,
+    };
+    Ok(protocol::send(conn, &done, None)?)
 }
 
 /// The check the engine repeats for every process once the tree is frozen (a descendant
@@ -259,14 +261,7 @@ fn dump_pid(
         tree: true,
         admit: Some(admit_for(caller)),
     })?;
-    protocol::send(
-        conn,
-        &Message::Done {
-            outcome: protocol::OUTCOME_DUMPED,
-        },
-        None,
-    )?;
-    Ok(())
+    send_dumped(conn)
 }
 
 fn restore(
