@@ -36,6 +36,10 @@ fn spawn_workload(args: &[&str], ready: &Path) -> std::io::Result<std::process::
         .args(args)
         .arg(ready)
         .stdin(std::process::Stdio::null())
+        // Inherited stdout/stderr (a pipe to `less`, say) would tie the workload to a process
+        // outside the dump, which refuses it.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .process_group(0)
         .spawn()
 }
