@@ -239,27 +239,17 @@ fn collect_and_write(
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
     }
-    // Pipes are complete only once every process is seen.
-    let pipe_data = registry.finish()?;
-    for c in &mut collected {
-        for f in &mut c.image.files {
-            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
-                if let Some(d) = pipe_data.get(&f.id) {
-                    *data = d.clone();
-                }
-            }
-        }
-    }
-    // Bytes in flight are stored once, with the first process that has the description.
-    let mut stored = std::collections::HashSet::new();
+    // Pipes are complete only once every process is seen. The bytes in flight are stored
+    // once, with the first process that has the description.
+    let mut pipe_data = registry.finish()?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
     for mut c in collected {
         for f in &mut c.image.files {
             if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
-                if !stored.insert(f.id) {
-                    data.clear();
+                if let Some(d) = pipe_data.remove(&f.id) {
+                    *data = d;
                 }
             }
         }
