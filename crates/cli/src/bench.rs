@@ -221,7 +221,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             std::thread::sleep(Duration::from_millis(20));
         }
         let t = Instant::now();
-        let mut tree = stasis_engine::freeze::FrozenTree::freeze(pid)?;
+        let mut tree = stasis_engine::dump::freeze::FrozenTree::freeze(pid)?;
         let frozen = t.elapsed();
         let n_threads: usize = tree.processes.iter().map(|p| p.threads.len()).sum();
         tree.thaw()?;

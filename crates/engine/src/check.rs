@@ -86,7 +86,7 @@ fn probe_injection() -> Result<String, Error> {
         .map_err(|e| Error::io("spawn sleep", e))?;
     let pid = child.id() as i32;
     let r = (|| {
-        let mut frozen = crate::freeze::Frozen::freeze(pid)?;
+        let mut frozen = crate::dump::freeze::Frozen::freeze(pid)?;
         let vdso = procfs::read_smaps(pid)?
             .into_iter()
             .find(|m| m.name == "[vdso]")

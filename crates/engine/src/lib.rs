@@ -1,55 +1,31 @@
 //! The stasis checkpoint/restore engine.
 //!
-//! [`dump()`] freezes a process with ptrace, collects its state and writes it into an image
-//! directory; [`restore()`] recreates the process from those images with the same pid. Each
-//! kind of resource has one module holding both its dump and its restore side:
+//! [`dump()`] freezes a process tree with ptrace, collects its state and writes it into an
+//! image directory; [`restore()`] recreates the tree from those images with the same pids.
+//! The engine is organised by phase and by resource (see docs/architecture.md for the table
+//! "where is X dumped and restored"):
 //!
-//! | module      | what it saves and restores                                        |
-//! |-------------|-------------------------------------------------------------------|
-//! | [`memory`]  | mappings and page contents, vdso/vvar placement                   |
-//! | [`mm`]      | mm fields (code/data/brk/stack/arg/env bounds, auxv, exe link)    |
-//! | [`thread`]  | registers, FPU/xsave, signal mask, rseq, robust list, altstack    |
-//! | [`files`]   | the fd table: regular files, deleted files, devices, directories  |
-//! | [`pipes`]   | pipes, with the bytes in flight                                   |
-//! | [`eventfd`] | eventfd counters                                                  |
-//! | [`timerfd`] | timerfds: clock, time left, interval, unread expirations          |
-//! | [`signalfd`] | signalfd masks                                                   |
-//! | [`epoll`]   | epoll instances and their watches                                 |
-//! | [`memfd`]   | memfds: contents, seals, mappings                                 |
-//! | [`inotify`] | inotify watches: paths, masks, watch descriptors                  |
-//! | [`signals`] | signal dispositions and pending signals                           |
-//! | [`timers`]  | interval timers                                                   |
-//! | [`posix_timers`] | POSIX timers (timer_create), with their ids                  |
-//! | [`creds`]   | uids, gids, groups, capabilities, securebits, no_new_privs        |
-//! | [`task`]    | cwd, root, umask, rlimits, personality, comm, session, prctl bits |
-//!
-//! The orchestration lives in [`dump`](mod@dump) and [`restore`](mod@restore); [`freeze`]
-//! stops and resumes the threads, [`inject`] runs system calls inside a stopped thread, and
-//! [`procfs`] parses /proc.
+//! | module      | what it holds                                                        |
+//! |-------------|----------------------------------------------------------------------|
+//! | [`dump`](mod@dump) | the dump phases: freeze the tree, collect, write, thaw or kill |
+//! | [`restore`](mod@restore) | the restore phases: load, plan, fork the tree, rebuild, finish |
+//! | [`files`]   | the fd table and one module per file kind (pipes, eventfd, epoll, ...) |
+//! | [`pages`]   | memory mappings and page contents, vdso/vvar placement               |
+//! | [`task`]    | per-process parts: credentials, mm fields, threads, signals, timers  |
+//! | [`inject`]  | system calls run inside a stopped thread of the target               |
+//! | [`procfs`]  | parsers for /proc                                                    |
+//! | [`show`]    | the images as JSON                                                   |
+//! | [`check`]   | probes of the kernel features stasis needs                           |
 
 pub mod check;
-pub mod creds;
 pub mod dump;
-pub mod epoll;
-pub mod eventfd;
 pub mod files;
-pub mod freeze;
 pub mod inject;
-pub mod inotify;
-pub mod memfd;
-pub mod memory;
-pub mod mm;
-pub mod pipes;
-pub mod posix_timers;
+pub mod pages;
 pub mod procfs;
 pub mod restore;
 pub mod show;
-pub mod signalfd;
-pub mod signals;
 pub mod task;
-pub mod thread;
-pub mod timerfd;
-pub mod timers;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
 pub use restore::{restore, Requester, RestoreOptions, Restored};

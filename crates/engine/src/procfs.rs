@@ -60,7 +60,7 @@ pub struct MapEntry {
     pub dev_major: u32,
     pub dev_minor: u32,
     pub inode: u64,
-    /// The path or pseudo-name ("[heap]"), empty for anonymous memory.
+    /// The path or pseudo-name (`[heap]`), empty for anonymous memory.
     pub name: String,
     /// Two-letter VmFlags ("gd" for grows-down, ...), when read from smaps.
     pub vm_flags: Vec<String>,

@@ -56,7 +56,7 @@ fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Resul
         // A memfd's contents are stored with one of its descriptions only.
         if let FileKind::Memfd { len, crc, .. } = &f.kind {
             if dir.exists(&names::blob(f.id)) {
-                crate::memfd::verify_blob(dir, f.id, *len, *crc)?;
+                crate::files::memfd::verify_blob(dir, f.id, *len, *crc)?;
             }
         }
     }

@@ -65,7 +65,7 @@ fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         {
             VmaKind::Anonymous
         }
-        n if crate::memfd::is_memfd_name(n) => crate::memfd::mapping_kind(pid, m)?,
+        n if crate::files::memfd::is_memfd_name(n) => crate::files::memfd::mapping_kind(pid, m)?,
         n if n.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
         n if n.starts_with('/') => {
             let link = procfs::map_file(pid, m.start, m.end);

@@ -15,7 +15,7 @@
 //! timer_settime to the time they had left (relative: the time between dump and restore does
 //! not count, as for interval timers) and their interval. All signals are blocked while the
 //! restore runs, so an expiry meanwhile stays pending. The overrun count cannot be set: after
-//! restore it starts again from 0 (a pending timer signal is restored by [`crate::signals`]
+//! restore it starts again from 0 (a pending timer signal is restored by [`crate::task::signals`]
 //! with the siginfo it had, overrun included).
 
 use crate::inject::Injector;

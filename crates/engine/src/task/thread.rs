@@ -7,7 +7,7 @@
 //! the kernel-side restart state (the restart block) does not survive; see [`restart_regs`].
 
 use crate::inject::Injector;
-use crate::signals::{queue_thread_signal, raw_pending};
+use crate::task::signals::{queue_thread_signal, raw_pending};
 use crate::{procfs, Error};
 use stasis_image::{AltStack, Regs, Rseq, ThreadImage};
 use stasis_sys::{ptrace, Pid, UserRegs};

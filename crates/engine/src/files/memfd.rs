@@ -126,7 +126,7 @@ pub fn dump<'a>(
     Ok(kind)
 }
 
-/// The kind of a mapping of a memfd (called by [`crate::memory`] while classifying mappings).
+/// The kind of a mapping of a memfd (called by [`crate::pages`] while classifying mappings).
 pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
     let link = crate::procfs::map_file(pid, m.start, m.end);
     let what = || {

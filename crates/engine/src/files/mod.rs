@@ -1,6 +1,6 @@
 //! The fd table and the open file descriptions behind it: regular files (path, flags, offset),
 //! files deleted while open (their contents go into a blob image), directories and character
-//! devices. Pipes are in [`crate::pipes`]; eventfd, timerfd, signalfd, epoll, memfd and inotify
+//! devices. Pipes are in [`pipe`]; eventfd, timerfd, signalfd, epoll, memfd and inotify
 //! each have their own module, which this one dispatches to.
 //!
 //! Dump: each fd is duplicated into the dumper with pidfd_getfd (the same file description, so
@@ -15,7 +15,7 @@
 //! drops the inotify events the restore itself caused).
 
 use crate::dump::ServiceConnection;
-use crate::{epoll, eventfd, inotify, memfd, pipes, procfs, signalfd, timerfd, Error};
+use crate::{procfs, Error};
 use stasis_image::{
     names, FdEntry, FileDesc, FileKind, ImageDir, RawReader, RawWriter, RecordKind,
 };
@@ -24,6 +24,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+
+pub mod epoll;
+pub mod eventfd;
+pub mod inotify;
+pub mod memfd;
+pub mod pipe;
+pub mod signalfd;
+pub mod timerfd;
 
 /// Status flags a restored description gets through open(2) or F_SETFL.
 const RESTORED_FLAGS: i32 = libc::O_APPEND
@@ -53,7 +61,7 @@ pub struct FileRegistry {
     seen: Vec<(Pid, RawFd, u64, u32)>,
     descs: HashMap<u32, FileDesc>,
     next_id: u32,
-    pipes: pipes::PipeCollector,
+    pipes: pipe::PipeCollector,
 }
 
 impl FileRegistry {
@@ -348,7 +356,7 @@ pub fn write_blobs(
 /// Opens every description of the image in the restorer. Returns descriptions by id.
 pub fn open_all(dir: &ImageDir, files: &[FileDesc]) -> Result<HashMap<u32, OwnedFd>, Error> {
     let mut out = HashMap::new();
-    let mut pipes = pipes::PipeBuilder::default();
+    let mut pipes = pipe::PipeBuilder::default();
     let mut memfds = memfd::MemfdBuilder::default();
     for f in files {
         let access = f.flags as i32 & libc::O_ACCMODE;

@@ -2,7 +2,7 @@
 //!
 //! Dump: /proc/PID/fdinfo/N of an `anon_inode:[signalfd]` shows `sigmask:` as 16 hex digits,
 //! bit n-1 standing for signal n (the format of SigBlk in /proc/PID/status). The signals
-//! themselves stay queued on the process and are dumped with it (see [`crate::signals`]).
+//! themselves stay queued on the process and are dumped with it (see [`crate::task::signals`]).
 //!
 //! Restore: signalfd4(-1, mask) in the restorer, then the status flags.
 

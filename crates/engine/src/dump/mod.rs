@@ -7,9 +7,12 @@
 //! taken for a complete dump; on any failure the files written so far are removed and every
 //! process is thawed with its registers and signal masks as they were.
 
-use crate::freeze::{Frozen, FrozenTree};
 use crate::inject::{self, Injector};
-use crate::{creds, files, memory, mm, posix_timers, procfs, signals, task, thread, timers, Error};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::{files, pages, procfs, Error};
+use freeze::{Frozen, FrozenTree};
+
+pub mod freeze;
 use stasis_image::{
     names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
 };
@@ -257,7 +260,7 @@ fn collect_and_write(
         let pages_name = names::pages(pid);
         let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
         written.push(pages_name);
-        c.image.page_runs = memory::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
+        c.image.page_runs = pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
         page_bytes += pages.finish()?;
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
@@ -341,7 +344,7 @@ fn collect(
         });
     }
     // Everything that can refuse the dump comes before any file is created.
-    let vmas = memory::collect_vmas(pid)?;
+    let vmas = pages::collect_vmas(pid)?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
     let vdso = vmas
         .iter()
@@ -369,10 +372,10 @@ fn collect(
             threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
         }
         let sigs = signals::dump(pid, &mut inj)?;
-        let itimers = timers::dump(&mut inj)?;
+        let itimers = itimers::dump(&mut inj)?;
         timers_posix = posix_timers::dump(pid, &mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
-        let task = task::dump(pid, &status, &mut inj)?;
+        let task = attrs::dump(pid, &status, &mut inj)?;
         Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
     })();
     // Put the thread back as it was whatever happened.

@@ -11,7 +11,7 @@
 //!
 //! Time handling, decided here:
 //! * A relative timer keeps the time it had left when the process was frozen: the time between
-//!   dump and restore does not count (as for interval timers, see [`crate::timers`]).
+//!   dump and restore does not count (as for interval timers, see [`crate::task::itimers`]).
 //! * An absolute timer (TFD_TIMER_ABSTIME) on a wall clock (CLOCK_REALTIME,
 //!   CLOCK_REALTIME_ALARM) keeps its deadline: the dump records it as that clock's time and
 //!   the restore arms the timer for that time, with the same flags (so

@@ -12,10 +12,10 @@
 //! Any failure kills the child (it is traced with PTRACE_O_EXITKILL, so even a crash of the
 //! restorer cannot leave a half-built process running).
 
+use crate::files::{self, memfd};
 use crate::inject::{self, Injector};
-use crate::{
-    creds, files, memfd, memory, mm, posix_timers, procfs, signals, task, thread, timers, Error,
-};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::{pages, procfs, Error};
 use stasis_image::{
     names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
     VmaKind,
@@ -388,7 +388,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                 other => return Err(early_error(pid, format!("{other:?}"))),
             }
         }
-        let mut shmem = memory::ShmemOwners::new();
+        let mut shmem = pages::ShmemOwners::new();
         for (image, _) in &loaded.processes {
             for v in image.vmas.iter().filter(|v| v.shmem_id != 0) {
                 shmem
@@ -611,7 +611,7 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
         files::after_layout_in_child(image.pid, &image.files, &image.fds)?;
     }
-    task::apply_in_child(&image.task, image.shares_fs_with != 0)?;
+    attrs::apply_in_child(&image.task, image.shares_fs_with != 0)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
     Ok(())
 }
@@ -668,7 +668,7 @@ struct RebuildParts<'a> {
     map_index: &'a HashMap<usize, usize>,
     exe_index: usize,
     aux_count: usize,
-    shmem: &'a memory::ShmemOwners,
+    shmem: &'a pages::ShmemOwners,
     /// Join a process group that did not exist when the process was forked.
     set_pgid: bool,
     /// Close the restore descriptors at the end (not while another process sharing this fd
@@ -705,18 +705,18 @@ fn rebuild(
     let mut inj = Injector::new(child, syscall_ip)?;
     ptrace::set_sigmask(child, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", child, e))?;
     thread::unregister_inherited_rseq(&mut inj)?;
-    memory::move_specials(&mut inj, &image.vmas, vdso_offset)?;
-    memory::unmap_all_but_specials(&mut inj, &image.vmas)?;
+    pages::move_specials(&mut inj, &image.vmas, vdso_offset)?;
+    pages::unmap_all_but_specials(&mut inj, &image.vmas)?;
     inj.forget_scratch();
-    let scratch = memory::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
+    let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
     inj.map_scratch(Some(scratch))?;
     let file_fds: HashMap<usize, i32> = map_index
         .iter()
         .map(|(&vma, &aux)| (vma, base + aux as i32))
         .collect();
-    memory::map_vmas(&mut inj, &image.vmas, &image.page_runs, &file_fds, shmem)?;
-    memory::fill_pages(child, &image.page_runs, pages)?;
-    memory::finish_protections(&mut inj, &image.vmas, &image.page_runs)?;
+    pages::map_vmas(&mut inj, &image.vmas, &image.page_runs, &file_fds, shmem)?;
+    pages::fill_pages(child, &image.page_runs, pages)?;
+    pages::finish_protections(&mut inj, &image.vmas, &image.page_runs)?;
     // The child's exe link is the restorer's executable. When that is also the dumped
     // process's executable it is already right (and the kernel refuses to replace an exe
     // that is still mapped).
@@ -727,7 +727,7 @@ fn rebuild(
     };
     mm::restore(&mut inj, &image.mm, exe_fd)?;
     signals::restore(&mut inj, child, &image.signals)?;
-    timers::restore(&mut inj, &image.itimers)?;
+    itimers::restore(&mut inj, &image.itimers)?;
     let leader = &image.threads[0];
     thread::restore_in_thread(&mut inj, child, leader)?;
     if close_aux {
@@ -772,7 +772,7 @@ fn rebuild(
         )?;
     }
     creds::restore(&mut inj, &image.creds)?;
-    task::restore_prctl(&mut inj, &image.task)?;
+    attrs::restore_prctl(&mut inj, &image.task)?;
     // No system call runs in a thread after its restore_final: pending signals stay queued.
     for (mut tinj, t) in others {
         tinj.forget_scratch();
