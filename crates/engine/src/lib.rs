@@ -29,6 +29,7 @@ pub mod task;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
 pub use restore::{restore, Requester, RestoreOptions, Restored};
+
 pub use stasis_image::ImageDir;
 
 use stasis_sys::Pid;
@@ -71,6 +72,70 @@ pub enum Error {
     Invalid(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// The world changed since the dump: a file was replaced or removed, a device differs.
+    #[error("{what}")]
+    Changed { what: String },
+    /// A restore child failed while setting itself up (reported over the error pipe).
+    #[error("setting up pid {pid}: {what}")]
+    Child { pid: Pid, what: String },
+    /// A step of the rebuild of a restored process failed.
+    #[error("restoring pid {pid} ({step}): {source}")]
+    Rebuild {
+        pid: Pid,
+        step: &'static str,
+        source: Box<Error>,
+    },
+    /// A bug in stasis: a state the code should never reach.
+    #[error("internal error: {what}")]
+    Internal { what: String },
+}
+
+/// What kind of failure an [`Error`] is, for callers that map errors to codes (stasisd and
+/// its client libraries) or decide whether retrying may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The images are corrupt, truncated, of another version, or describe something invalid.
+    Image,
+    /// The machine is not as the images need it: a pid is taken, a file is gone or was
+    /// replaced, a process does not exist.
+    Environment,
+    /// Something stasis does not support (yet), named.
+    Unsupported,
+    /// Not allowed: a security rule or an option the caller did not give.
+    Refused,
+    /// A system call failed for another reason, or a bug.
+    Internal,
+}
+
+impl Error {
+    /// The class of this error (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Image(_) | Error::Invalid(_) => ErrorClass::Image,
+            Error::NoSuchProcess { .. } | Error::PidInUse { .. } | Error::Changed { .. } => {
+                ErrorClass::Environment
+            }
+            Error::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::EACCES)
+                ) =>
+            {
+                ErrorClass::Environment
+            }
+            Error::Unsupported { .. } => ErrorClass::Unsupported,
+            Error::Refused(_) => ErrorClass::Refused,
+            Error::Rebuild { source, .. } => source.class(),
+            Error::Sys { .. }
+            | Error::Remote { .. }
+            | Error::Inject { .. }
+            | Error::TargetDied { .. }
+            | Error::Proc(_)
+            | Error::Io { .. }
+            | Error::Child { .. }
+            | Error::Internal { .. } => ErrorClass::Internal,
+        }
+    }
 }
 
 impl Error {

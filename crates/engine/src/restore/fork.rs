@@ -1,0 +1,386 @@
+//! Restore phase 3: fork the tree. The restorer forks the root with its dumped pid (clone3
+//! `set_tid`); every process then forks its own children (and zombies, and stand-in leaders
+//! of groups whose leader had died) once the restorer has seized it, so parents, sessions and
+//! groups come out as they were. Each child lays out its fd table from the inherited
+//! descriptions, sets its own attributes and stops itself for the rebuild.
+//!
+//! A child that fails reports a [`ChildFailure`] (JSON, one message) on the error pipe and
+//! exits; the restorer turns it into an [`Error`] naming the process and what failed.
+
+use super::plan::Plan;
+use crate::files;
+use crate::task::attrs;
+use crate::{procfs, Error};
+use serde::{Deserialize, Serialize};
+use stasis_sys::process::{self, Forked};
+use stasis_sys::{ptrace, Pid};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// What went wrong in a restore child, as it reports it to the restorer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildFailure {
+    /// A pid the tree needs was taken meanwhile (clone3 set_tid: EEXIST).
+    PidInUse { pid: Pid },
+    /// The restore is not possible here as asked (for example the session is not available).
+    Refused { why: String },
+    /// A system call failed.
+    Sys { op: String, errno: i32 },
+    /// Anything else, described.
+    Other { what: String },
+}
+
+/// A failure of process `pid` of the tree while setting itself up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildReport {
+    pub pid: Pid,
+    pub failure: ChildFailure,
+}
+
+impl ChildReport {
+    /// The engine error this report stands for.
+    pub fn into_error(self) -> Error {
+        let pid = self.pid;
+        match self.failure {
+            ChildFailure::PidInUse { pid } => Error::PidInUse { pid },
+            ChildFailure::Refused { why } => Error::Refused(why),
+            ChildFailure::Sys { op, errno } => Error::Child {
+                pid,
+                what: format!("{op}: {}", std::io::Error::from_raw_os_error(errno)),
+            },
+            ChildFailure::Other { what } => Error::Child { pid, what },
+        }
+    }
+}
+
+fn sys(op: &'static str) -> impl Fn(std::io::Error) -> ChildFailure {
+    move |e| ChildFailure::Sys {
+        op: op.to_string(),
+        errno: e.raw_os_error().unwrap_or(0),
+    }
+}
+
+fn sys_owned(op: String) -> impl FnOnce(std::io::Error) -> ChildFailure {
+    move |e| ChildFailure::Sys {
+        op,
+        errno: e.raw_os_error().unwrap_or(0),
+    }
+}
+
+fn other(what: &'static str) -> impl Fn(String) -> ChildFailure {
+    move |m| ChildFailure::Other {
+        what: format!("{what}: {m}"),
+    }
+}
+
+fn clone_failed(pid: Pid, e: std::io::Error) -> ChildFailure {
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        ChildFailure::PidInUse { pid }
+    } else {
+        sys_owned(format!("clone3 for pid {pid}"))(e)
+    }
+}
+
+/// Forks the root of the tree (which forks the rest). Returns in the restorer only.
+pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
+    let root = plan.loaded.inventory.root_pid;
+    match process::fork_with_pid(root) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
+        Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
+        Ok(Forked::Child) => child_main(plan, 0),
+        Ok(Forked::Parent(_)) => Ok(()),
+    }
+}
+
+/// The restorer's end of the error pipe: the first report a child wrote, once.
+pub(crate) struct ChildReports {
+    read: Option<OwnedFd>,
+}
+
+impl ChildReports {
+    pub fn new(read: OwnedFd) -> ChildReports {
+        ChildReports { read: Some(read) }
+    }
+
+    /// The error for process `pid` that ended or misbehaved (`how`): the report a child
+    /// wrote, if any (it names the process that failed, which may be another one).
+    pub fn error(&mut self, pid: Pid, how: String) -> Error {
+        let mut msg = String::new();
+        if let Some(r) = self.read.take() {
+            let _ = File::from(r).read_to_string(&mut msg);
+        }
+        match serde_json::from_str::<ChildReport>(msg.trim()) {
+            Ok(report) => report.into_error(),
+            Err(_) if msg.is_empty() => Error::Child {
+                pid,
+                what: format!("the restore process ended early: {how}"),
+            },
+            Err(_) => Error::Child { pid, what: msg },
+        }
+    }
+}
+
+/// Seizes every process as it appears, top down (a parent forks its children only once it is
+/// seized and woken), then waits until each has stopped itself after its setup.
+pub(crate) fn seize_tree(
+    plan: &Plan<'_>,
+    reports: &mut ChildReports,
+    seized: &mut Vec<Pid>,
+) -> Result<(), Error> {
+    for p in &plan.processes {
+        let pid = p.image.pid;
+        wait_until_exists(pid).map_err(|_| reports.error(pid, "it was never created".into()))?;
+        ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
+        seized.push(pid);
+        std::io::Write::write_all(
+            &mut File::from(p.sync.1.try_clone().map_err(|e| Error::io("dup", e))?),
+            b"g",
+        )
+        .map_err(|e| Error::io("wake a restore child", e))?;
+    }
+    for p in &plan.processes {
+        let pid = p.image.pid;
+        match ptrace::waitpid(pid, 0).map_err(|e| Error::sys("waitpid", pid, e))? {
+            ptrace::WaitStatus::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
+            other => return Err(reports.error(pid, format!("{other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+fn wait_until_exists(pid: Pid) -> Result<(), ()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Runs in a forked restore child as process `idx` of the tree; never returns.
+fn child_main(plan: &Plan<'_>, idx: usize) -> ! {
+    let failure = match child_setup(plan, idx) {
+        Ok(()) => ChildFailure::Other {
+            what: "child setup returned".into(),
+        },
+        Err(f) => f,
+    };
+    let report = ChildReport {
+        pid: plan.processes[idx].image.pid,
+        failure,
+    };
+    let text = serde_json::to_string(&report).unwrap_or_default();
+    // Before the layout the error pipe is at its own number, after it at base + err_index.
+    if process::write_raw(plan.base + plan.err_index as RawFd, text.as_bytes()).is_err() {
+        let _ = process::write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
+    }
+    process::exit_now(1);
+}
+
+/// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
+/// forks its own children (and zombies), lays out its fd table and attributes, then stops.
+/// Returns only on failure, with a message for the restorer.
+fn child_setup(plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
+    let image = plan.processes[idx].image;
+    // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
+    let mut b = [0u8; 1];
+    File::from(
+        plan.processes[idx]
+            .sync
+            .0
+            .try_clone()
+            .map_err(sys("dup of the sync pipe"))?,
+    )
+    .read_exact(&mut b)
+    .map_err(sys("waiting for the restorer"))?;
+    process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
+        .map_err(sys("PR_SET_PDEATHSIG"))?;
+    process::reset_signal_dispositions().map_err(sys("resetting signal handlers"))?;
+    // A traced process stops for every signal delivered to it, even an ignored one (the
+    // SIGCHLD of a child that exits): blocked, they wait without stopping us. The dumped mask is
+    // set at the end.
+    process::block_all_signals().map_err(sys("blocking signals"))?;
+    // The session first: children inherit it.
+    let ours = process::getsid(0).map_err(sys("getsid"))?;
+    if image.sid == image.pid || (idx == 0 && ours != image.sid && plan.new_session) {
+        process::setsid().map_err(sys("setsid"))?;
+    } else if idx == 0 {
+        if ours != image.sid {
+            return Err(ChildFailure::Refused {
+                why: format!(
+                    "the process was in session {} (not its own); restore it from a process in that session, or allow a new session (--new-session)",
+                    image.sid
+                ),
+            });
+        }
+        let pgid = if image.pgid == image.pid {
+            0
+        } else {
+            image.pgid
+        };
+        process::setpgid(0, pgid).map_err(sys_owned(format!("setpgid to {}", image.pgid)))?;
+    } else if image.pgid == image.pid {
+        process::setpgid(0, 0).map_err(sys("setpgid"))?;
+    } else if process::getpgid(0).ok() != Some(image.pgid) {
+        // Join a group that exists by now (led by an ancestor, or by a stand-in for a leader
+        // that had died, see below); one that does not exist yet is joined later, by the
+        // restorer, once the whole tree exists.
+        let _ = process::setpgid(0, image.pgid);
+    }
+    // Children (and exited children) in pid order, each with its pid.
+    let loaded = plan.loaded;
+    let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded
+        .processes
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, _))| p.ppid == image.pid && p.pid != image.pid)
+        .map(|(j, (p, _))| (p.pid, Some(j), 0))
+        .chain(
+            loaded
+                .inventory
+                .zombies
+                .iter()
+                .filter(|z| z.ppid == image.pid)
+                .map(|z| (z.pid, None, z.exit_status)),
+        )
+        .collect();
+    kids.sort();
+    let mut made_zombies = false;
+    // Process groups whose leader was gone at dump time (and is not in the images): a
+    // stand-in process takes the leader's pid just long enough for the members to join.
+    let in_tree = |pid: Pid| {
+        loaded.processes.iter().any(|(p, _)| p.pid == pid)
+            || loaded.inventory.zombies.iter().any(|z| z.pid == pid)
+    };
+    let mut stand_ins: Vec<(Pid, Vec<Pid>)> = Vec::new();
+    for (p, _) in loaded
+        .processes
+        .iter()
+        .filter(|(p, _)| p.ppid == image.pid && p.pid != image.pid)
+    {
+        if p.pgid != p.pid && p.pgid != image.pgid && !in_tree(p.pgid) {
+            match stand_ins.iter_mut().find(|(g, _)| *g == p.pgid) {
+                Some((_, members)) => members.push(p.pid),
+                None => stand_ins.push((p.pgid, vec![p.pid])),
+            }
+        }
+    }
+    for (group, members) in &stand_ins {
+        match process::fork_with_pid(*group).map_err(|e| clone_failed(*group, e))? {
+            Forked::Child => stand_in_group_leader(members),
+            Forked::Parent(_) => {}
+        }
+    }
+    let mut table_sharers = Vec::new();
+    for (pid, live, status) in kids {
+        // A child that shares our fd table or fs state is created sharing it.
+        let (files, fs) = live.map_or((false, false), |j| {
+            let k = &loaded.processes[j].0;
+            (
+                k.shares_fd_table_with == image.pid,
+                k.shares_fs_with == image.pid,
+            )
+        });
+        if files {
+            table_sharers.push(pid);
+        }
+        match process::fork_with_pid_sharing(pid, files, fs).map_err(|e| clone_failed(pid, e))? {
+            Forked::Child => match live {
+                Some(j) => child_main(plan, j),
+                None => exit_like(status),
+            },
+            Forked::Parent(_) if live.is_none() => {
+                // Wait until it is a zombie, leaving it unreaped for the restored parent.
+                process::wait_exited_nowait(pid)
+                    .map_err(sys_owned(format!("waiting for zombie {pid}")))?;
+                made_zombies = true;
+            }
+            Forked::Parent(_) => {}
+        }
+    }
+    for (group, _) in &stand_ins {
+        // It leaves once every member has joined (each does in its own setup).
+        process::wait_exited(*group).map_err(sys_owned(format!(
+            "waiting for the leader of group {group}"
+        )))?;
+    }
+    if made_zombies || !stand_ins.is_empty() {
+        // Their SIGCHLD was not part of the dumped state.
+        process::discard_pending_sigchld().map_err(sys("discarding SIGCHLD"))?;
+    }
+    // Children sharing our fd table must be past their own setup (which reads their sync
+    // pipe from this very table) before we lay it out.
+    for &pid in &table_sharers {
+        wait_until_stopped(pid)?;
+    }
+    if image.shares_fd_table_with == 0 {
+        for (i, fd) in plan.aux.iter().enumerate() {
+            process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
+                .map_err(sys("dup3 aux fd"))?;
+        }
+        files::layout_in_child(&image.fds, &plan.by_id(), plan.base, plan.park_from)
+            .map_err(other("laying out the fd table"))?;
+        files::after_layout_in_child(image.pid, &image.files, &image.fds)
+            .map_err(other("setting up epoll and inotify"))?;
+    }
+    attrs::apply_in_child(&image.task, image.shares_fs_with != 0)
+        .map_err(other("setting cwd, root, umask, rlimits and name"))?;
+    process::stop_self().map_err(sys("raise(SIGSTOP)"))?;
+    Ok(())
+}
+
+/// Waits (from inside the tree) until process `pid` stands stopped for the restorer.
+fn wait_until_stopped(pid: Pid) -> Result<(), ChildFailure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match procfs::read_stat(pid) {
+            Ok(s) if s.state == 't' || s.state == 'T' => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ChildFailure::Other {
+                    what: format!("waiting for pid {pid} to finish its setup: {e}"),
+                })
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(ChildFailure::Other {
+                what: format!("pid {pid} did not finish its setup"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// A stand-in leader of a process group whose real leader had died: it creates the group and
+/// exits once every member has joined it (or after 30 s, when something went wrong).
+fn stand_in_group_leader(members: &[Pid]) -> ! {
+    let _ = process::setpgid(0, 0);
+    let me = process::getpid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if members
+            .iter()
+            .all(|&m| process::getpgid(m).ok() == Some(me))
+        {
+            process::exit_now(0);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    process::exit_now(1)
+}
+
+/// Ends a restored zombie the way the original ended: with its exit code, or killed by its
+/// signal (dispositions are at their defaults here).
+fn exit_like(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 && sig != 0x7f {
+        // The parent blocked every signal before forking us.
+        let _ = process::unblock_all_signals();
+        let _ = process::kill(process::getpid(), sig);
+    }
+    process::exit_now((status >> 8) & 0xff)
+}

@@ -1,0 +1,130 @@
+//! Restore phase 1: load and validate. Every record of the image directory is decoded and
+//! checked (bounds, CRCs, semantics), and so is the shape of the tree (parents before
+//! children, sessions, shared tables, zombies), before anything is created.
+
+use crate::Error;
+use stasis_image::{
+    names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
+};
+use std::path::Path;
+
+/// A loaded, checked image directory: every process (parents before children) with its pages.
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub processes: Vec<(ProcessImage, RawReader)>,
+}
+
+/// Loads and checks every record of an image directory, and the shape of the tree.
+pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
+    let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
+    let bad = |why: String| {
+        Err(Error::Invalid(format!(
+            "{}: {why}",
+            dir.path_of(names::INVENTORY).display()
+        )))
+    };
+    if inventory.processes.first() != Some(&inventory.root_pid)
+        || inventory.processes.len() > 1 << 16
+        || inventory.zombies.len() > 1 << 16
+    {
+        return bad("the process list does not start with the root".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut processes = Vec::with_capacity(inventory.processes.len());
+    for &pid in &inventory.processes {
+        if pid <= 0 || !seen.insert(pid) {
+            return bad(format!("pid {pid} is invalid or listed twice"));
+        }
+        let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
+        let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
+        validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
+        if image.pid != pid {
+            return bad(format!(
+                "{} describes pid {}",
+                names::process(pid),
+                image.pid
+            ));
+        }
+        for t in &image.threads {
+            if t.tid != pid && !seen.insert(t.tid) {
+                return bad(format!("thread id {} is used twice", t.tid));
+            }
+        }
+        processes.push((image, pages));
+    }
+    // Parents come before their children, children share their parent's session unless they
+    // lead their own.
+    for (i, (p, _)) in processes.iter().enumerate().skip(1) {
+        let Some(parent) = processes[..i]
+            .iter()
+            .map(|(q, _)| q)
+            .find(|q| q.pid == p.ppid)
+        else {
+            return bad(format!(
+                "the parent {} of pid {} is not restored before it",
+                p.ppid, p.pid
+            ));
+        };
+        if p.sid != p.pid && p.sid != parent.sid {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "pid {} is in session {}, which is neither its own nor its parent's",
+                    p.pid, p.sid
+                ),
+            });
+        }
+    }
+    // A process sharing its parent's fd table has the same fds, and no children of its own.
+    for (p, _) in &processes {
+        if p.shares_fd_table_with != 0 {
+            let parent = processes
+                .iter()
+                .map(|(q, _)| q)
+                .find(|q| q.pid == p.shares_fd_table_with);
+            let same = parent.is_some_and(|q| q.pid == p.ppid && q.fds == p.fds);
+            if !same
+                || processes
+                    .iter()
+                    .any(|(q, _)| q.ppid == p.pid && q.pid != p.pid)
+            {
+                return bad(format!(
+                    "pid {} shares an fd table it cannot be restored with",
+                    p.pid
+                ));
+            }
+        }
+        if p.shares_fs_with != 0 && p.shares_fs_with != p.ppid {
+            return bad(format!(
+                "pid {} shares fs state with a process that is not its parent",
+                p.pid
+            ));
+        }
+    }
+    for z in &inventory.zombies {
+        if z.pid <= 0 || !seen.insert(z.pid) || !processes.iter().any(|(p, _)| p.pid == z.ppid) {
+            return bad(format!(
+                "zombie {} is invalid or its parent is not in the tree",
+                z.pid
+            ));
+        }
+    }
+    Ok(Loaded {
+        inventory,
+        processes,
+    })
+}
+
+/// Refuses the restore when a pid the tree needs (a process, thread or zombie) is taken.
+pub(crate) fn check_pids_free(loaded: &Loaded) -> Result<(), Error> {
+    let all_pids = loaded
+        .processes
+        .iter()
+        .flat_map(|(p, _)| p.threads.iter().map(|t| t.tid))
+        .chain(loaded.inventory.zombies.iter().map(|z| z.pid));
+    for pid in all_pids {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::PidInUse { pid });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Restore phase 2: plan. Everything the tree needs is opened here, in the restorer, before
+//! the first fork: one description per id for the whole tree (so descriptions shared between
+//! processes stay shared), every mapped file and executable, the error pipe and one sync pipe
+//! per process; and every per-process choice the later phases act on (which process joins
+//! its group late, which closes the restore descriptors) is made once, in one
+//! [`PlannedProcess`] per process.
+//!
+//! Descriptor numbers: the restore children find the auxiliary descriptors (mapped files,
+//! executables, the error pipe) at `base + i`; `base` is above every descriptor the restorer
+//! holds and every fd number of the images, and the descriptions are parked at `park_from`
+//! and above while a child lays out its fd table.
+
+use super::load::Loaded;
+use super::RestoreOptions;
+use crate::files::{self, memfd};
+use crate::{pages, procfs, Error};
+use stasis_image::{FileDesc, ProcessImage, RawReader, VmaKind};
+use stasis_sys::process;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+
+/// One process of the tree as the restore will create it.
+pub(crate) struct PlannedProcess<'a> {
+    pub image: &'a ProcessImage,
+    pub pages: &'a RawReader,
+    /// Mapping index -> index in [`Plan::aux`] of the file it maps (files and memfds).
+    pub map_aux: HashMap<usize, usize>,
+    /// Index in [`Plan::aux`] of its executable.
+    pub exe_aux: usize,
+    /// The process waits on this pipe until the restorer has seized it: (read, write).
+    pub sync: (OwnedFd, OwnedFd),
+    /// It joins a process group that does not exist yet when it is forked (the restorer
+    /// makes it join during the rebuild, once the whole tree exists).
+    pub set_pgid: bool,
+    /// It is the last process rebuilt of those sharing its fd table, and closes the restore
+    /// descriptors in it.
+    pub close_aux: bool,
+}
+
+/// What every restore child needs, inherited across the forks that build the tree.
+pub(crate) struct Plan<'a> {
+    pub loaded: &'a Loaded,
+    /// One per process, in the order of the images (parents before children).
+    pub processes: Vec<PlannedProcess<'a>>,
+    /// Descriptors the children keep at `base + i`: mapped files, executables, the error pipe.
+    pub aux: Vec<OwnedFd>,
+    /// How many entries `aux` has (it is emptied in the restorer once the root is forked).
+    pub aux_count: usize,
+    /// Index in `aux` of the write end of the error pipe.
+    pub err_index: usize,
+    /// The descriptions of the whole tree by id, opened here.
+    pub descriptions: HashMap<u32, OwnedFd>,
+    pub base: RawFd,
+    pub park_from: RawFd,
+    pub new_session: bool,
+    /// Where each shared anonymous memory object is first mapped.
+    pub shmem: pages::ShmemOwners,
+}
+
+impl<'a> Plan<'a> {
+    /// Opens everything the tree needs and plans each process. Returns the plan and the read
+    /// end of the error pipe (which the restorer keeps; the children write failures into it).
+    pub fn make(opts: &RestoreOptions, loaded: &'a Loaded) -> Result<(Plan<'a>, OwnedFd), Error> {
+        let union = merge_descriptions(loaded);
+        let descriptions = files::open_all(&opts.images, &union)?;
+        let mut aux: Vec<OwnedFd> = Vec::new();
+        let mut processes = Vec::with_capacity(loaded.processes.len());
+        for (i, (image, pages)) in loaded.processes.iter().enumerate() {
+            let mut map_aux = HashMap::new();
+            for (v, vma) in image.vmas.iter().enumerate() {
+                if let VmaKind::File { path, dev, ino, .. } = &vma.kind {
+                    let writable = vma.shared && vma.prot & libc::PROT_WRITE as u32 != 0;
+                    map_aux.insert(v, aux.len());
+                    aux.push(open_mapped_file(path, writable, *dev, *ino)?);
+                }
+                if let VmaKind::Memfd { memfd_id } = &vma.kind {
+                    map_aux.insert(v, aux.len());
+                    aux.push(memfd::open_for_mapping(&descriptions, &union, *memfd_id)?);
+                }
+            }
+            let exe = File::open(&image.task.exe_path)
+                .map_err(|e| Error::io(format!("open executable {}", image.task.exe_path), e))?;
+            let exe_aux = aux.len();
+            aux.push(exe.into());
+            processes.push(PlannedProcess {
+                image,
+                pages,
+                map_aux,
+                exe_aux,
+                sync: process::pipe().map_err(|e| Error::io("pipe", e))?,
+                set_pgid: joins_group_late(loaded, i),
+                close_aux: closes_restore_fds(loaded, i),
+            });
+        }
+        let (err_read, err_write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+        let err_index = aux.len();
+        aux.push(err_write);
+        let own_max = procfs::list_fds(process::getpid())?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let image_max = loaded
+            .processes
+            .iter()
+            .flat_map(|(p, _)| p.fds.iter().map(|f| f.fd))
+            .max()
+            .unwrap_or(0);
+        let base = own_max.max(image_max) + 1;
+        let park_from = base + aux.len() as RawFd;
+        let mut shmem = pages::ShmemOwners::new();
+        for (image, _) in &loaded.processes {
+            for v in image.vmas.iter().filter(|v| v.shmem_id != 0) {
+                shmem
+                    .entry(v.shmem_id)
+                    .or_insert((image.pid, v.start, v.end));
+            }
+        }
+        let plan = Plan {
+            loaded,
+            processes,
+            aux_count: aux.len(),
+            aux,
+            err_index,
+            descriptions,
+            base,
+            park_from,
+            new_session: opts.new_session,
+            shmem,
+        };
+        Ok((plan, err_read))
+    }
+
+    /// The descriptions by id as raw numbers (a forked child inherits them at these numbers).
+    pub fn by_id(&self) -> HashMap<u32, RawFd> {
+        self.descriptions
+            .iter()
+            .map(|(id, fd)| (*id, fd.as_raw_fd()))
+            .collect()
+    }
+}
+
+/// Every description of the tree once: a description shared by several processes appears in
+/// each of their images; the bytes in flight of a pipe are stored with one of them only.
+fn merge_descriptions(loaded: &Loaded) -> Vec<FileDesc> {
+    let mut union: Vec<FileDesc> = Vec::new();
+    for (image, _) in &loaded.processes {
+        for f in &image.files {
+            match union.iter_mut().find(|u| u.id == f.id) {
+                Some(u) => {
+                    if let (
+                        stasis_image::FileKind::Pipe { data: ud, .. },
+                        stasis_image::FileKind::Pipe { data, .. },
+                    ) = (&mut u.kind, &f.kind)
+                    {
+                        if ud.is_empty() {
+                            ud.clone_from(data);
+                        }
+                    }
+                }
+                None => union.push(f.clone()),
+            }
+        }
+    }
+    union
+}
+
+/// Opens a mapped file for its mapping, refusing a file that was replaced since the dump.
+fn open_mapped_file(path: &str, writable: bool, dev: u64, ino: u64) -> Result<OwnedFd, Error> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
+    let md = f
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+    if (md.dev(), md.ino()) != (dev, ino) {
+        return Err(Error::Changed {
+            what: format!(
+                "mapped file {path} is not the one that was mapped at dump time (its inode changed)"
+            ),
+        });
+    }
+    Ok(f.into())
+}
+
+/// Whether process `i` joins a process group that does not exist yet when it is forked: a
+/// group that is neither its own nor its parent's (the root always takes its group itself).
+fn joins_group_late(loaded: &Loaded, i: usize) -> bool {
+    let image = &loaded.processes[i].0;
+    let parent_pgid = loaded
+        .processes
+        .iter()
+        .find(|(p, _)| p.pid == image.ppid)
+        .map(|(p, _)| p.pgid);
+    i != 0 && image.pgid != image.pid && Some(image.pgid) != parent_pgid
+}
+
+/// Whether process `i` is the last one rebuilt of those sharing its fd table (which hold the
+/// restore descriptors in that one table): it closes them.
+fn closes_restore_fds(loaded: &Loaded, i: usize) -> bool {
+    let table = |p: &ProcessImage| {
+        if p.shares_fd_table_with != 0 {
+            p.shares_fd_table_with
+        } else {
+            p.pid
+        }
+    };
+    let image = &loaded.processes[i].0;
+    !loaded.processes[i + 1..]
+        .iter()
+        .any(|(p, _)| table(p) == table(image))
+}

@@ -1,0 +1,342 @@
+//! Restore phase 4: rebuild. Each stopped restore child is rebuilt from inside with injected
+//! system calls, one [`RebuildStep`] after the other in the order of [`REBUILD_ORDER`]. The
+//! order is the contract of this phase; what must come before what is said on each step and
+//! checked by the tests at the bottom:
+//!
+//! - the restorer's own mappings go before the dumped ones are mapped, pages are written
+//!   before the final protections make them read-only;
+//! - threads are created (clone3 with `set_tid`, which needs privilege) before the
+//!   credentials drop it, and POSIX timers after the threads they may signal;
+//! - credentials come last of everything that needs privilege;
+//! - no system call runs in a thread after its final registers are set (a pending signal
+//!   would be delivered at the wrong place).
+
+use super::plan::{Plan, PlannedProcess};
+use crate::inject::{self, Injector};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::{pages, procfs, Error};
+use stasis_image::ThreadImage;
+use stasis_sys::{ptrace, Pid};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+/// One step of the rebuild of a process, in [`REBUILD_ORDER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildStep {
+    /// Take the stopped child over: every signal blocked, the rseq area it inherited from the
+    /// restorer unregistered.
+    Prepare,
+    /// Move the vdso and vvar to their dumped addresses.
+    MoveSpecials,
+    /// Unmap everything inherited from the restorer but the special mappings, and map the
+    /// scratch area for system call arguments where the dumped layout leaves room.
+    UnmapInherited,
+    /// Map every dumped mapping (anonymous, files, memfds, shared memory).
+    MapVmas,
+    /// Write the dumped pages.
+    FillPages,
+    /// Give every mapping its final protection (after the pages are written).
+    Protections,
+    /// The mm fields (code, data, brk, stack, arg and env bounds, auxv, exe link).
+    MmFields,
+    /// Signal dispositions and process-wide pending signals.
+    Signals,
+    /// Interval timers.
+    IntervalTimers,
+    /// The leader's per-thread state but its registers.
+    LeaderThread,
+    /// Close the restore descriptors (mapped files, executables, error pipe) once the last
+    /// process sharing this fd table no longer needs them.
+    CloseRestoreFds,
+    /// Create the other threads with their ids (clone3 `set_tid`: needs privilege, so before
+    /// the credentials) and give each its per-thread state.
+    CreateThreads,
+    /// POSIX timers with their ids: after the threads exist (a timer may signal one of them).
+    PosixTimers,
+    /// Join a process group that did not exist yet when the process was forked.
+    JoinProcessGroup,
+    /// Credentials of every thread, the leader last: the last step that needs privilege.
+    Credentials,
+    /// prctl bits set after the credentials (dumpable, pdeathsig, ...).
+    Prctl,
+    /// Registers, FPU state and signal masks of every thread: no system call runs in a thread
+    /// after this (pending signals stay queued for the process to take).
+    FinalRegisters,
+}
+
+/// The order of the rebuild (see the module documentation).
+pub const REBUILD_ORDER: &[RebuildStep] = &[
+    RebuildStep::Prepare,
+    RebuildStep::MoveSpecials,
+    RebuildStep::UnmapInherited,
+    RebuildStep::MapVmas,
+    RebuildStep::FillPages,
+    RebuildStep::Protections,
+    RebuildStep::MmFields,
+    RebuildStep::Signals,
+    RebuildStep::IntervalTimers,
+    RebuildStep::LeaderThread,
+    RebuildStep::CloseRestoreFds,
+    RebuildStep::CreateThreads,
+    RebuildStep::PosixTimers,
+    RebuildStep::JoinProcessGroup,
+    RebuildStep::Credentials,
+    RebuildStep::Prctl,
+    RebuildStep::FinalRegisters,
+];
+
+impl RebuildStep {
+    /// The step's name in logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            RebuildStep::Prepare => "prepare",
+            RebuildStep::MoveSpecials => "move vdso/vvar",
+            RebuildStep::UnmapInherited => "unmap inherited memory",
+            RebuildStep::MapVmas => "map memory",
+            RebuildStep::FillPages => "fill pages",
+            RebuildStep::Protections => "set protections",
+            RebuildStep::MmFields => "mm fields",
+            RebuildStep::Signals => "signals",
+            RebuildStep::IntervalTimers => "interval timers",
+            RebuildStep::LeaderThread => "leader thread state",
+            RebuildStep::CloseRestoreFds => "close restore fds",
+            RebuildStep::CreateThreads => "create threads",
+            RebuildStep::PosixTimers => "POSIX timers",
+            RebuildStep::JoinProcessGroup => "join process group",
+            RebuildStep::Credentials => "credentials",
+            RebuildStep::Prctl => "prctl",
+            RebuildStep::FinalRegisters => "final registers",
+        }
+    }
+}
+
+/// The state of one process's rebuild, handed from step to step.
+struct Rebuild<'p, 'a> {
+    child: Pid,
+    planned: &'p PlannedProcess<'a>,
+    plan: &'p Plan<'a>,
+    vdso_offset: u64,
+    /// The leader's injector (taken by the last step, which lets it go).
+    inj: Option<Injector>,
+    scratch: u64,
+    /// The other threads, once created, with their injectors.
+    others: Vec<(Injector, &'a ThreadImage)>,
+}
+
+/// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
+/// whole tree is rebuilt.
+pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<Vec<Pid>, Error> {
+    let planned = &plan.processes[idx];
+    let child = planned.image.pid;
+    let _process = tracing::debug_span!("process", pid = child).entered();
+    let child_vdso = procfs::read_smaps(child)?
+        .into_iter()
+        .find(|m| m.name == "[vdso]")
+        .ok_or_else(|| Error::Unsupported {
+            what: "the restore child has no [vdso]".into(),
+        })?;
+    let mut r = Rebuild {
+        child,
+        planned,
+        plan,
+        vdso_offset,
+        inj: Some(Injector::new(child, child_vdso.start + vdso_offset)?),
+        scratch: 0,
+        others: Vec::new(),
+    };
+    for &step in REBUILD_ORDER {
+        let _step = tracing::debug_span!("step", name = step.name()).entered();
+        tracing::debug!("rebuild step");
+        r.run(step).map_err(|e| Error::Rebuild {
+            pid: child,
+            step: step.name(),
+            source: Box::new(e),
+        })?;
+    }
+    // The caller detaches every thread once the whole tree is rebuilt.
+    let mut tids: Vec<Pid> = planned.image.threads[1..].iter().map(|t| t.tid).collect();
+    tids.push(child);
+    Ok(tids)
+}
+
+impl<'p, 'a> Rebuild<'p, 'a> {
+    fn inj(&mut self) -> Result<&mut Injector, Error> {
+        self.inj.as_mut().ok_or_else(|| Error::Internal {
+            what: "a rebuild step after the final registers".into(),
+        })
+    }
+
+    fn run(&mut self, step: RebuildStep) -> Result<(), Error> {
+        let (plan, planned, vdso_offset) = (self.plan, self.planned, self.vdso_offset);
+        let image = planned.image;
+        let child = self.child;
+        let base = plan.base;
+        match step {
+            RebuildStep::Prepare => {
+                ptrace::set_sigmask(child, u64::MAX)
+                    .map_err(|e| Error::sys("PTRACE_SETSIGMASK", child, e))?;
+                thread::unregister_inherited_rseq(self.inj()?)?;
+            }
+            RebuildStep::MoveSpecials => {
+                pages::move_specials(self.inj()?, &image.vmas, vdso_offset)?;
+            }
+            RebuildStep::UnmapInherited => {
+                pages::unmap_all_but_specials(self.inj()?, &image.vmas)?;
+                self.inj()?.forget_scratch();
+                let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
+                self.scratch = self.inj()?.map_scratch(Some(scratch))?;
+            }
+            RebuildStep::MapVmas => {
+                let file_fds: HashMap<usize, i32> = self
+                    .planned
+                    .map_aux
+                    .iter()
+                    .map(|(&vma, &aux)| (vma, base + aux as i32))
+                    .collect();
+                pages::map_vmas(
+                    self.inj()?,
+                    &image.vmas,
+                    &image.page_runs,
+                    &file_fds,
+                    &plan.shmem,
+                )?;
+            }
+            RebuildStep::FillPages => {
+                pages::fill_pages(child, &image.page_runs, planned.pages)?;
+            }
+            RebuildStep::Protections => {
+                pages::finish_protections(self.inj()?, &image.vmas, &image.page_runs)?;
+            }
+            RebuildStep::MmFields => {
+                // The child's exe link is the restorer's executable. When that is also the
+                // dumped process's executable it is already right (and the kernel refuses to
+                // replace an exe that is still mapped).
+                let exe_fd = if same_file(&image.task.exe_path, "/proc/self/exe") {
+                    -1
+                } else {
+                    base + planned.exe_aux as i32
+                };
+                mm::restore(self.inj()?, &image.mm, exe_fd)?;
+            }
+            RebuildStep::Signals => signals::restore(self.inj()?, child, &image.signals)?,
+            RebuildStep::IntervalTimers => itimers::restore(self.inj()?, &image.itimers)?,
+            RebuildStep::LeaderThread => {
+                thread::restore_in_thread(self.inj()?, child, &image.threads[0])?;
+            }
+            RebuildStep::CloseRestoreFds => {
+                if planned.close_aux {
+                    let last = base as u64 + plan.aux_count as u64 - 1;
+                    self.inj()?.call(
+                        "close_range(restore fds)",
+                        libc::SYS_close_range,
+                        [base as u64, last, 0, 0, 0, 0],
+                    )?;
+                }
+            }
+            RebuildStep::CreateThreads => {
+                for t in &image.threads[1..] {
+                    thread::create_thread(self.inj()?, t.tid)?;
+                    // The vdso has moved since the leader's injector was made: ask it where it
+                    // is now.
+                    let mut tinj = Injector::new(t.tid, self.inj()?.syscall_ip())?;
+                    tinj.share_scratch(self.scratch);
+                    ptrace::set_sigmask(t.tid, u64::MAX)
+                        .map_err(|e| Error::sys("PTRACE_SETSIGMASK", t.tid, e))?;
+                    thread::restore_in_thread(&mut tinj, child, t)?;
+                    self.others.push((tinj, t));
+                }
+            }
+            RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
+            RebuildStep::JoinProcessGroup => {
+                if planned.set_pgid {
+                    self.inj()?.call(
+                        "setpgid",
+                        libc::SYS_setpgid,
+                        [0, image.pgid as u64, 0, 0, 0, 0],
+                    )?;
+                }
+            }
+            RebuildStep::Credentials => {
+                // Credentials are per thread: every thread gets them, the leader last.
+                for (tinj, t) in &mut self.others {
+                    creds::restore(tinj, &image.creds)?;
+                    thread::restore_name(tinj, &t.comm)?;
+                }
+                creds::restore(self.inj()?, &image.creds)?;
+            }
+            RebuildStep::Prctl => attrs::restore_prctl(self.inj()?, &image.task)?,
+            RebuildStep::FinalRegisters => {
+                for (mut tinj, t) in std::mem::take(&mut self.others) {
+                    tinj.forget_scratch();
+                    thread::restore_final(&mut tinj, t)?;
+                    tinj.finish()?;
+                }
+                let mut inj = self.inj.take().ok_or_else(|| Error::Internal {
+                    what: "the leader's injector is gone".into(),
+                })?;
+                inj.unmap_scratch()?;
+                thread::restore_final(&mut inj, &image.threads[0])?;
+                inj.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RebuildStep as S, REBUILD_ORDER};
+
+    fn pos(s: S) -> usize {
+        REBUILD_ORDER
+            .iter()
+            .position(|&x| x == s)
+            .unwrap_or_else(|| panic!("{s:?} is not in REBUILD_ORDER"))
+    }
+
+    #[test]
+    fn every_step_once() {
+        let mut seen = Vec::new();
+        for s in REBUILD_ORDER {
+            assert!(!seen.contains(s), "{s:?} twice");
+            seen.push(*s);
+        }
+        assert_eq!(seen.len(), 17);
+    }
+
+    #[test]
+    fn memory_before_what_lives_in_it() {
+        assert!(pos(S::MoveSpecials) < pos(S::UnmapInherited));
+        assert!(pos(S::UnmapInherited) < pos(S::MapVmas));
+        assert!(pos(S::MapVmas) < pos(S::FillPages));
+        assert!(pos(S::FillPages) < pos(S::Protections));
+        assert!(pos(S::MapVmas) < pos(S::MmFields));
+    }
+
+    #[test]
+    fn privilege_needed_before_credentials() {
+        for s in [
+            S::CreateThreads,
+            S::PosixTimers,
+            S::MmFields,
+            S::JoinProcessGroup,
+            S::CloseRestoreFds,
+        ] {
+            assert!(pos(s) < pos(S::Credentials), "{s:?} after credentials");
+        }
+        assert!(pos(S::CreateThreads) < pos(S::PosixTimers));
+    }
+
+    #[test]
+    fn final_registers_last() {
+        assert_eq!(REBUILD_ORDER.last(), Some(&S::FinalRegisters));
+        assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
+    }
+}
