@@ -1,5 +1,12 @@
-//! Dumping a process and its descendants: freeze the tree top-down, collect every resource of
-//! every process, write the images, then kill the tree or let it run on.
+//! Dumping a process and its descendants, in the phases of [`DUMP_PHASES`]:
+//!
+//! 1. freeze ([`freeze`]): every thread of every process of the tree seized and stopped,
+//!    top-down; the caller's admission check runs on each process;
+//! 2. collect ([`collect`](mod@collect)): every process read into its image, all checks first;
+//! 3. write ([`write`](mod@write)): pages, blobs and records written;
+//! 4. sync: a process that runs on is thawed first; the files are made durable and the
+//!    inventory is written last;
+//! 5. release: the tree is killed (default) or left running.
 //!
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
 //! mappings, pipes leading out of the tree) is checked for every process before any file is
@@ -7,16 +14,14 @@
 //! taken for a complete dump; on any failure the files written so far are removed and every
 //! process is thawed with its registers and signal masks as they were.
 
-use crate::inject::{self, Injector};
-use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
-use crate::{files, pages, procfs, Error};
-use freeze::{Frozen, FrozenTree};
-
+pub mod collect;
 pub mod freeze;
-use stasis_image::{
-    names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind, VmaKind,
-};
-use stasis_sys::{process, ptrace, Pid};
+pub mod write;
+
+use crate::{inject, procfs, Error};
+use freeze::{Frozen, FrozenTree};
+use stasis_image::{names, ImageDir};
+use stasis_sys::{process, Pid};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
@@ -63,6 +68,42 @@ pub struct DumpReport {
     pub frozen: std::time::Duration,
 }
 
+/// The phases of a dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Freeze,
+    Collect,
+    Write,
+    Sync,
+    Release,
+}
+
+/// The order of the phases of [`dump()`].
+pub const DUMP_PHASES: &[Phase] = &[
+    Phase::Freeze,
+    Phase::Collect,
+    Phase::Write,
+    Phase::Sync,
+    Phase::Release,
+];
+
+impl Phase {
+    /// The phase's name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Freeze => "freeze",
+            Phase::Collect => "collect",
+            Phase::Write => "write",
+            Phase::Sync => "sync",
+            Phase::Release => "release",
+        }
+    }
+
+    fn span(self) -> tracing::span::EnteredSpan {
+        tracing::debug_span!("phase", name = self.name()).entered()
+    }
+}
+
 /// Dumps `opts.pid` into `opts.images`.
 pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let pid = opts.pid;
@@ -101,6 +142,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     dir.check_writable()?;
     let vdso_offset = inject::vdso_syscall_offset()?;
 
+    let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
+    let phase = Phase::Freeze.span();
     let frozen_at = Instant::now();
     let mut tree = if opts.tree {
         FrozenTree::freeze(pid)?
@@ -120,17 +163,17 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             admit(p).map_err(Error::Refused)?;
         }
     }
+    drop(phase);
     let mut written: Vec<String> = Vec::new();
     let mut frozen_for = None;
     let result = (|| {
-        let (mappings, page_bytes) = collect_and_write(
-            &tree,
-            &pidfd,
-            vdso_offset,
-            dir,
-            opts.service.as_ref(),
-            &mut written,
-        )?;
+        let phase = Phase::Collect.span();
+        let collected = collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref())?;
+        drop(phase);
+        let phase = Phase::Write.span();
+        let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;
+        drop(phase);
+        let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk; one that is killed stays frozen
         // until its images are durable, so a failure here still leaves it alive.
         if opts.leave_running {
@@ -140,12 +183,13 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         for name in &written {
             dir.sync_file(name)?;
         }
-        write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
+        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
         Ok::<_, Error>((mappings, page_bytes))
     })();
     match result {
         Ok((mappings, page_bytes)) => {
             let processes = tree.processes.len();
+            let _phase = Phase::Release.span();
             if !opts.leave_running {
                 tree.kill(vdso_offset)?;
             }
@@ -158,6 +202,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             })
         }
         Err(e) => {
+            tracing::debug!(error = %e, "dump failed: removing its files and thawing the tree");
             for name in written {
                 let _ = dir.remove(&name);
             }
@@ -180,256 +225,4 @@ fn is_our_ancestor(pid: Pid) -> bool {
         }
     }
     false
-}
-
-/// Writes the inventory: the last file, whose presence marks the dump complete.
-fn write_inventory(
-    dir: &ImageDir,
-    root: Pid,
-    processes: Vec<Pid>,
-    zombies: Vec<stasis_image::Zombie>,
-) -> Result<(), Error> {
-    let inventory = Inventory {
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: procfs::kernel_release(),
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        root_pid: root,
-        processes,
-        zombies,
-    };
-    Ok(write_record_atomic(
-        dir,
-        names::INVENTORY,
-        RecordKind::Inventory,
-        &inventory,
-    )?)
-}
-
-/// One process's metadata, collected while the tree is frozen, before anything is written.
-struct Collected {
-    image: ProcessImage,
-    blobs: Vec<(u32, std::fs::File)>,
-}
-
-/// Collects every process (all checks first), then writes pages, blobs and records.
-fn collect_and_write(
-    tree: &FrozenTree,
-    root_pidfd: &OwnedFd,
-    vdso_offset: u64,
-    dir: &ImageDir,
-    service: Option<&ServiceConnection>,
-    written: &mut Vec<String>,
-) -> Result<(usize, u64), Error> {
-    let shared = shared_tables(tree)?;
-    let mut registry = files::FileRegistry::default();
-    let mut collected = Vec::with_capacity(tree.processes.len());
-    for (i, frozen) in tree.processes.iter().enumerate() {
-        // The service connection belongs to the root (the self-dumping process).
-        let svc = if i == 0 { service } else { None };
-        let own_pidfd;
-        let pidfd = if i == 0 {
-            root_pidfd
-        } else {
-            own_pidfd = process::pidfd_open(frozen.pid)
-                .map_err(|e| Error::sys("pidfd_open", frozen.pid, e))?;
-            &own_pidfd
-        };
-        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry)?;
-        (c.image.shares_fd_table_with, c.image.shares_fs_with) =
-            shared.get(&frozen.pid).copied().unwrap_or((0, 0));
-        collected.push(c);
-    }
-    // Pipes are complete only once every process is seen. The bytes in flight are stored
-    // once, with the first process that has the description.
-    let mut pipe_data = registry.finish()?;
-    let mut blobs_done = std::collections::HashSet::new();
-    let mut shmem_done = std::collections::HashSet::new();
-    let (mut mappings, mut page_bytes) = (0, 0);
-    for mut c in collected {
-        for f in &mut c.image.files {
-            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
-                if let Some(d) = pipe_data.remove(&f.id) {
-                    *data = d;
-                }
-            }
-        }
-        let pid = c.image.pid;
-        let pages_name = names::pages(pid);
-        let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
-        written.push(pages_name);
-        c.image.page_runs = pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
-        page_bytes += pages.finish()?;
-        c.blobs.retain(|(id, _)| blobs_done.insert(*id));
-        written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
-        mappings += c.image.vmas.len();
-        let process_name = names::process(pid);
-        write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
-        written.push(process_name);
-    }
-    Ok((mappings, page_bytes))
-}
-
-/// What a process shares with its parent: (fd table, fs state), as the parent's pid or 0.
-type SharedWithParent = std::collections::HashMap<Pid, (Pid, Pid)>;
-
-/// Sharing between the processes of the tree (clone without CLONE_THREAD). An fd table or fs
-/// state shared with the parent is recorded and restored; anything else (a shared address
-/// space or signal handlers, sharing between siblings only, a sharer with children of its own)
-/// would come back as separate copies, and is refused by name.
-fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
-    use stasis_sys::process::Shared;
-    let shares =
-        |a: Pid, b: Pid, what| process::shares(a, b, what).map_err(|e| Error::sys("kcmp", b, e));
-    let refuse = |what: String| Err(Error::Unsupported { what });
-    let mut out = SharedWithParent::new();
-    // Sharing comes from clone: compare each process with its parent and its previous
-    // sibling (linear in the size of the tree).
-    let mut last_child: std::collections::HashMap<Pid, Pid> = std::collections::HashMap::new();
-    let mut ppids = std::collections::HashMap::new();
-    for p in tree.processes.iter().skip(1) {
-        let (b, a) = (p.pid, procfs::read_stat(p.pid)?.ppid);
-        ppids.insert(b, a);
-        if shares(a, b, Shared::Memory)? {
-            return refuse(format!(
-                "pid {b} shares its address space with pid {a} (CLONE_VM, a vfork child?)"
-            ));
-        }
-        if shares(a, b, Shared::SignalHandlers)? {
-            return refuse(format!(
-                "pid {b} shares its signal handlers with pid {a} (CLONE_SIGHAND)"
-            ));
-        }
-        let files = if shares(a, b, Shared::Files)? { a } else { 0 };
-        let fs = if shares(a, b, Shared::Fs)? { a } else { 0 };
-        out.insert(b, (files, fs));
-        if let Some(prev) = last_child.insert(a, b) {
-            let (pf, pfs) = out.get(&prev).copied().unwrap_or((0, 0));
-            if (files == 0 || pf == 0) && shares(prev, b, Shared::Files)? {
-                return refuse(format!("pid {b} shares its fd table (CLONE_FILES) with pid {prev}, not with their parent"));
-            }
-            if (fs == 0 || pfs == 0) && shares(prev, b, Shared::Fs)? {
-                return refuse(format!("pid {b} shares its cwd/root/umask (CLONE_FS) with pid {prev}, not with their parent"));
-            }
-        }
-    }
-    for (&child, &parent) in &ppids {
-        if let Some((files, _)) = out.get(&parent) {
-            if *files != 0 {
-                return refuse(format!(
-                    "pid {parent} shares its parent's fd table (CLONE_FILES) and has a child ({child}) of its own"
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Collects one frozen process: everything but its page contents.
-fn collect(
-    frozen: &Frozen,
-    pidfd: &OwnedFd,
-    vdso_offset: u64,
-    service: Option<&ServiceConnection>,
-    registry: &mut files::FileRegistry,
-) -> Result<Collected, Error> {
-    let pid = frozen.pid;
-    let stat = procfs::read_stat(pid)?;
-    let status = procfs::read_status(pid)?;
-    if status.seccomp == 2 {
-        return Err(Error::Unsupported {
-            what: format!("pid {pid} uses seccomp filters"),
-        });
-    }
-    // Everything that can refuse the dump comes before any file is created.
-    let vmas = pages::collect_vmas(pid)?;
-    let dumped_files = files::dump(pid, pidfd, service, registry)?;
-    let vdso = vmas
-        .iter()
-        .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| Error::Unsupported {
-            what: format!("pid {pid} has no [vdso] mapping"),
-        })?;
-
-    // State that the process itself must be asked for, with all signals blocked meanwhile.
-    let syscall_ip = vdso.start + vdso_offset;
-    let leader = frozen.threads[0];
-    let mask =
-        ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
-    let mut inj = Injector::new(leader, syscall_ip)?;
-    ptrace::set_sigmask(leader, u64::MAX)
-        .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
-    let mut timers_posix = Vec::new();
-    let asked = (|| {
-        let scratch = inj.map_scratch(None)?;
-        let mm = mm::dump(pid, &stat, &mut inj)?;
-        let mut t = thread::dump(pid, leader, &mut inj)?;
-        t.sigmask = mask;
-        let mut threads = vec![t];
-        for &tid in &frozen.threads[1..] {
-            threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
-        }
-        let sigs = signals::dump(pid, &mut inj)?;
-        let itimers = itimers::dump(&mut inj)?;
-        timers_posix = posix_timers::dump(pid, &mut inj)?;
-        let creds = creds::dump(&status, &mut inj)?;
-        let task = attrs::dump(pid, &status, &mut inj)?;
-        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
-    })();
-    // Put the thread back as it was whatever happened.
-    let finished = inj.finish_parked();
-    let restored_mask =
-        ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
-    let (mm, threads, signals, itimers, creds, task) = asked?;
-    finished?;
-    restored_mask?;
-    let image = ProcessImage {
-        pid,
-        ppid: stat.ppid,
-        pgid: stat.pgid,
-        sid: stat.sid,
-        task,
-        creds,
-        mm,
-        vmas,
-        page_runs: Vec::new(),
-        files: dumped_files.files,
-        fds: dumped_files.fds,
-        signals,
-        itimers,
-        threads,
-        posix_timers: timers_posix,
-        shares_fd_table_with: 0,
-        shares_fs_with: 0,
-    };
-    Ok(Collected {
-        image,
-        blobs: dumped_files.blobs,
-    })
-}
-
-/// Collects a non-leader thread, running its per-thread queries inside it with the scratch area
-/// the leader mapped, and puts it back as it was.
-fn dump_other_thread(
-    pid: Pid,
-    tid: Pid,
-    syscall_ip: u64,
-    scratch: u64,
-) -> Result<stasis_image::ThreadImage, Error> {
-    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
-    let mut inj = Injector::new(tid, syscall_ip)?;
-    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
-    inj.share_scratch(scratch);
-    let dumped = thread::dump(pid, tid, &mut inj);
-    inj.forget_scratch();
-    let finished = inj.finish_parked();
-    let restored_mask =
-        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
-    let mut t = dumped?;
-    finished?;
-    restored_mask?;
-    t.sigmask = mask;
-    Ok(t)
 }

@@ -2,9 +2,9 @@
 //! docs/architecture.md). The restore runs in the phases of [`RESTORE_PHASES`], one module
 //! each:
 //!
-//! 1. [`load`]: read and validate every record and the shape of the tree;
+//! 1. [`load`](mod@load): read and validate every record and the shape of the tree;
 //! 2. [`plan`]: open every description, mapped file and executable the tree needs, and plan
-//!    each process ([`plan::PlannedProcess`]);
+//!    each process (one `PlannedProcess` each);
 //! 3. [`fork`]: fork the tree with the dumped pids; each child lays out its fd table and
 //!    attributes, then stops itself;
 //! 4. [`rebuild`]: rebuild each stopped child from inside with injected system calls, in the
@@ -16,12 +16,12 @@
 //! created so far (they are traced with PTRACE_O_EXITKILL, so even a crash of the restorer
 //! cannot leave a half-built process running).
 
-mod fork;
+pub mod fork;
 pub mod load;
 pub mod pidns;
-mod plan;
+pub mod plan;
 pub mod rebuild;
-mod requester;
+pub mod requester;
 
 pub use fork::{ChildFailure, ChildReport};
 pub use load::{load, Loaded};

@@ -3,7 +3,7 @@
 //! processes stay shared), every mapped file and executable, the error pipe and one sync pipe
 //! per process; and every per-process choice the later phases act on (which process joins
 //! its group late, which closes the restore descriptors) is made once, in one
-//! [`PlannedProcess`] per process.
+//! `PlannedProcess` per process.
 //!
 //! Descriptor numbers: the restore children find the auxiliary descriptors (mapped files,
 //! executables, the error pipe) at `base + i`; `base` is above every descriptor the restorer

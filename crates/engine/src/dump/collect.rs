@@ -1,0 +1,225 @@
+//! Dump phase 2: collect. Every frozen process is read (from /proc, with ptrace, and by
+//! system calls injected into it) into its [`ProcessImage`], everything but its page contents;
+//! everything that can refuse the dump (unsupported fds or mappings, pipes leading out of the
+//! tree, sharing that cannot be restored) is found here, before any file is created. The
+//! tree-wide registries (shared descriptions, pipes) are finished once every process is seen.
+
+use super::freeze::{Frozen, FrozenTree};
+use super::ServiceConnection;
+use crate::files;
+use crate::inject::Injector;
+use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::{pages, procfs, Error};
+use stasis_image::{ProcessImage, VmaKind};
+use stasis_sys::{process, ptrace, Pid};
+use std::os::fd::OwnedFd;
+
+/// One process's metadata, collected while the tree is frozen, before anything is written.
+pub(crate) struct Collected {
+    pub image: ProcessImage,
+    pub blobs: Vec<(u32, std::fs::File)>,
+}
+
+/// Collects every process of the frozen tree (all checks first; nothing is written).
+pub(crate) fn collect_tree(
+    tree: &FrozenTree,
+    root_pidfd: &OwnedFd,
+    vdso_offset: u64,
+    service: Option<&ServiceConnection>,
+) -> Result<Vec<Collected>, Error> {
+    let shared = shared_tables(tree)?;
+    let mut registry = files::FileRegistry::default();
+    let mut collected = Vec::with_capacity(tree.processes.len());
+    for (i, frozen) in tree.processes.iter().enumerate() {
+        // The service connection belongs to the root (the self-dumping process).
+        let svc = if i == 0 { service } else { None };
+        let own_pidfd;
+        let pidfd = if i == 0 {
+            root_pidfd
+        } else {
+            own_pidfd = process::pidfd_open(frozen.pid)
+                .map_err(|e| Error::sys("pidfd_open", frozen.pid, e))?;
+            &own_pidfd
+        };
+        let _process = tracing::debug_span!("process", pid = frozen.pid).entered();
+        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry)?;
+        (c.image.shares_fd_table_with, c.image.shares_fs_with) =
+            shared.get(&frozen.pid).copied().unwrap_or((0, 0));
+        collected.push(c);
+    }
+    // Pipes are complete only once every process is seen. The bytes in flight are stored
+    // once, with the first process that has the description.
+    let mut pipe_data = registry.finish()?;
+    for c in &mut collected {
+        for f in &mut c.image.files {
+            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
+                if let Some(d) = pipe_data.remove(&f.id) {
+                    *data = d;
+                }
+            }
+        }
+    }
+    Ok(collected)
+}
+
+/// What a process shares with its parent: (fd table, fs state), as the parent's pid or 0.
+type SharedWithParent = std::collections::HashMap<Pid, (Pid, Pid)>;
+
+/// Sharing between the processes of the tree (clone without CLONE_THREAD). An fd table or fs
+/// state shared with the parent is recorded and restored; anything else (a shared address
+/// space or signal handlers, sharing between siblings only, a sharer with children of its own)
+/// would come back as separate copies, and is refused by name.
+fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
+    use stasis_sys::process::Shared;
+    let shares =
+        |a: Pid, b: Pid, what| process::shares(a, b, what).map_err(|e| Error::sys("kcmp", b, e));
+    let refuse = |what: String| Err(Error::Unsupported { what });
+    let mut out = SharedWithParent::new();
+    // Sharing comes from clone: compare each process with its parent and its previous
+    // sibling (linear in the size of the tree).
+    let mut last_child: std::collections::HashMap<Pid, Pid> = std::collections::HashMap::new();
+    let mut ppids = std::collections::HashMap::new();
+    for p in tree.processes.iter().skip(1) {
+        let (b, a) = (p.pid, procfs::read_stat(p.pid)?.ppid);
+        ppids.insert(b, a);
+        if shares(a, b, Shared::Memory)? {
+            return refuse(format!(
+                "pid {b} shares its address space with pid {a} (CLONE_VM, a vfork child?)"
+            ));
+        }
+        if shares(a, b, Shared::SignalHandlers)? {
+            return refuse(format!(
+                "pid {b} shares its signal handlers with pid {a} (CLONE_SIGHAND)"
+            ));
+        }
+        let files = if shares(a, b, Shared::Files)? { a } else { 0 };
+        let fs = if shares(a, b, Shared::Fs)? { a } else { 0 };
+        out.insert(b, (files, fs));
+        if let Some(prev) = last_child.insert(a, b) {
+            let (pf, pfs) = out.get(&prev).copied().unwrap_or((0, 0));
+            if (files == 0 || pf == 0) && shares(prev, b, Shared::Files)? {
+                return refuse(format!("pid {b} shares its fd table (CLONE_FILES) with pid {prev}, not with their parent"));
+            }
+            if (fs == 0 || pfs == 0) && shares(prev, b, Shared::Fs)? {
+                return refuse(format!("pid {b} shares its cwd/root/umask (CLONE_FS) with pid {prev}, not with their parent"));
+            }
+        }
+    }
+    for (&child, &parent) in &ppids {
+        if let Some((files, _)) = out.get(&parent) {
+            if *files != 0 {
+                return refuse(format!(
+                    "pid {parent} shares its parent's fd table (CLONE_FILES) and has a child ({child}) of its own"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Collects one frozen process: everything but its page contents.
+fn collect(
+    frozen: &Frozen,
+    pidfd: &OwnedFd,
+    vdso_offset: u64,
+    service: Option<&ServiceConnection>,
+    registry: &mut files::FileRegistry,
+) -> Result<Collected, Error> {
+    let pid = frozen.pid;
+    let stat = procfs::read_stat(pid)?;
+    let status = procfs::read_status(pid)?;
+    if status.seccomp == 2 {
+        return Err(Error::Unsupported {
+            what: format!("pid {pid} uses seccomp filters"),
+        });
+    }
+    // Everything that can refuse the dump comes before any file is created.
+    let vmas = pages::collect_vmas(pid)?;
+    let dumped_files = files::dump(pid, pidfd, service, registry)?;
+    let vdso = vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("pid {pid} has no [vdso] mapping"),
+        })?;
+
+    // State that the process itself must be asked for, with all signals blocked meanwhile.
+    let syscall_ip = vdso.start + vdso_offset;
+    let leader = frozen.threads[0];
+    let mask =
+        ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
+    let mut inj = Injector::new(leader, syscall_ip)?;
+    ptrace::set_sigmask(leader, u64::MAX)
+        .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
+    let mut timers_posix = Vec::new();
+    let asked = (|| {
+        let scratch = inj.map_scratch(None)?;
+        let mm = mm::dump(pid, &stat, &mut inj)?;
+        let mut t = thread::dump(pid, leader, &mut inj)?;
+        t.sigmask = mask;
+        let mut threads = vec![t];
+        for &tid in &frozen.threads[1..] {
+            threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
+        }
+        let sigs = signals::dump(pid, &mut inj)?;
+        let itimers = itimers::dump(&mut inj)?;
+        timers_posix = posix_timers::dump(pid, &mut inj)?;
+        let creds = creds::dump(&status, &mut inj)?;
+        let task = attrs::dump(pid, &status, &mut inj)?;
+        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
+    })();
+    // Put the thread back as it was whatever happened.
+    let finished = inj.finish_parked();
+    let restored_mask =
+        ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
+    let (mm, threads, signals, itimers, creds, task) = asked?;
+    finished?;
+    restored_mask?;
+    let image = ProcessImage {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        task,
+        creds,
+        mm,
+        vmas,
+        page_runs: Vec::new(),
+        files: dumped_files.files,
+        fds: dumped_files.fds,
+        signals,
+        itimers,
+        threads,
+        posix_timers: timers_posix,
+        shares_fd_table_with: 0,
+        shares_fs_with: 0,
+    };
+    Ok(Collected {
+        image,
+        blobs: dumped_files.blobs,
+    })
+}
+
+/// Collects a non-leader thread, running its per-thread queries inside it with the scratch area
+/// the leader mapped, and puts it back as it was.
+fn dump_other_thread(
+    pid: Pid,
+    tid: Pid,
+    syscall_ip: u64,
+    scratch: u64,
+) -> Result<stasis_image::ThreadImage, Error> {
+    let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
+    let mut inj = Injector::new(tid, syscall_ip)?;
+    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+    inj.share_scratch(scratch);
+    let dumped = thread::dump(pid, tid, &mut inj);
+    inj.forget_scratch();
+    let finished = inj.finish_parked();
+    let restored_mask =
+        ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e));
+    let mut t = dumped?;
+    finished?;
+    restored_mask?;
+    t.sigmask = mask;
+    Ok(t)
+}

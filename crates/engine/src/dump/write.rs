@@ -1,0 +1,63 @@
+//! Dump phase 3: write. Pages, blobs and the process records go into the image directory,
+//! each file created with its header and checksums; the inventory, written last and
+//! atomically once every other file is durable, marks the dump complete.
+
+use super::collect::Collected;
+use crate::{files, pages, procfs, Error};
+use stasis_image::{names, write_record_atomic, ImageDir, Inventory, RawWriter, RecordKind};
+use stasis_sys::Pid;
+
+/// Writes the pages, blobs and record of every collected process. Every file created is
+/// added to `written` as soon as it exists (so a failure can remove it). Returns the number
+/// of mappings and of page bytes written.
+pub(crate) fn write_tree(
+    dir: &ImageDir,
+    collected: Vec<Collected>,
+    written: &mut Vec<String>,
+) -> Result<(usize, u64), Error> {
+    let mut blobs_done = std::collections::HashSet::new();
+    let mut shmem_done = std::collections::HashSet::new();
+    let (mut mappings, mut page_bytes) = (0, 0);
+    for mut c in collected {
+        let _process = tracing::debug_span!("process", pid = c.image.pid).entered();
+        let pid = c.image.pid;
+        let pages_name = names::pages(pid);
+        let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
+        written.push(pages_name);
+        c.image.page_runs = pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
+        page_bytes += pages.finish()?;
+        c.blobs.retain(|(id, _)| blobs_done.insert(*id));
+        written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
+        mappings += c.image.vmas.len();
+        let process_name = names::process(pid);
+        write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
+        written.push(process_name);
+    }
+    Ok((mappings, page_bytes))
+}
+
+/// Writes the inventory: the last file, whose presence marks the dump complete.
+pub(crate) fn write_inventory(
+    dir: &ImageDir,
+    root: Pid,
+    processes: Vec<Pid>,
+    zombies: Vec<stasis_image::Zombie>,
+) -> Result<(), Error> {
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: procfs::kernel_release(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        root_pid: root,
+        processes,
+        zombies,
+    };
+    Ok(write_record_atomic(
+        dir,
+        names::INVENTORY,
+        RecordKind::Inventory,
+        &inventory,
+    )?)
+}
