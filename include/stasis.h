@@ -52,6 +52,8 @@ extern "C" {
 #define STASIS_E_DAEMON      (-1007) /* the daemon or its worker failed, or the connection was lost */
 #define STASIS_E_INVALID     (-1008) /* bad argument, or the before_checkpoint hook refused */
 #define STASIS_E_RESTORE     (-1009) /* the restore failed */
+#define STASIS_E_IMAGE       (-1010) /* the images are corrupt, truncated or invalid */
+#define STASIS_E_ENVIRONMENT (-1011) /* the environment changed since the dump (pid taken, file gone or replaced) */
 
 /* Options of stasis_dump_self(). A zeroed struct (or a NULL pointer) means the defaults. */
 struct stasis_dump_opts {

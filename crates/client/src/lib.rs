@@ -55,6 +55,12 @@ pub mod code {
     pub const INVALID: i32 = -1008;
     /// The restore failed.
     pub const RESTORE: i32 = -1009;
+    /// The images are corrupt, truncated, of another format version, or describe something
+    /// invalid.
+    pub const IMAGE: i32 = -1010;
+    /// The machine is not as the images need it: a pid is taken, a file is gone or was
+    /// replaced since the dump, a process does not exist.
+    pub const ENVIRONMENT: i32 = -1011;
 }
 
 /// Where the daemon listens unless `$STASIS_SOCKET` or an option says otherwise.
@@ -129,6 +135,10 @@ pub enum Error {
     DumpFailed(String),
     #[error("restore failed: {0}")]
     RestoreFailed(String),
+    #[error("bad images: {0}")]
+    BadImages(String),
+    #[error("the environment changed since the dump: {0}")]
+    Environment(String),
     #[error("stasis daemon: {0}")]
     Daemon(String),
     #[error("invalid argument: {0}")]
@@ -155,6 +165,8 @@ impl Error {
             Error::Unsupported(_) => code::UNSUPPORTED,
             Error::DumpFailed(_) => code::DUMP,
             Error::RestoreFailed(_) => code::RESTORE,
+            Error::BadImages(_) => code::IMAGE,
+            Error::Environment(_) => code::ENVIRONMENT,
             Error::Daemon(_) => code::DAEMON,
             Error::Invalid(_) | Error::Aborted(_) => code::INVALID,
             Error::Io { source, .. } => match source.raw_os_error() {
@@ -182,6 +194,8 @@ impl Error {
             code::UNSUPPORTED => Error::Unsupported(message),
             code::DUMP => Error::DumpFailed(message),
             code::RESTORE => Error::RestoreFailed(message),
+            code::IMAGE => Error::BadImages(message),
+            code::ENVIRONMENT => Error::Environment(message),
             code::DAEMON | code::CONNECT => Error::Daemon(message),
             code::INVALID => Error::Invalid(message),
             -4095..=-1 => Error::Io {
@@ -416,6 +430,8 @@ mod tests {
             code::UNSUPPORTED,
             code::DUMP,
             code::RESTORE,
+            code::IMAGE,
+            code::ENVIRONMENT,
             code::DAEMON,
             code::INVALID,
             code::VERSION,

@@ -220,8 +220,11 @@ fn version_mismatch_names_both_versions() {
 
 #[test]
 fn failures_map_to_errors_and_codes() {
-    let cases: [(i32, Check<Error>); 7] = [
+    let cases: [(i32, Check<Error>); 10] = [
         (code::REFUSED, |e| matches!(e, Error::Refused(_))),
+        (code::RESTORE, |e| matches!(e, Error::RestoreFailed(_))),
+        (code::IMAGE, |e| matches!(e, Error::BadImages(_))),
+        (code::ENVIRONMENT, |e| matches!(e, Error::Environment(_))),
         (code::UNSUPPORTED, |e| matches!(e, Error::Unsupported(_))),
         (code::DUMP, |e| matches!(e, Error::DumpFailed(_))),
         (code::DAEMON, |e| matches!(e, Error::Daemon(_))),

@@ -6,7 +6,7 @@ use crate::policy::{self, Caller};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_engine::{
-    DumpOptions, Error as EngineError, ImageDir, RestoreOptions, ServiceConnection,
+    DumpOptions, Error as EngineError, ErrorClass, ImageDir, RestoreOptions, ServiceConnection,
 };
 use stasis_sys::{process, socket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -33,10 +33,11 @@ impl Failure {
 
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Failure {
-        let code = match &e {
-            EngineError::Unsupported { .. } => code::UNSUPPORTED,
-            EngineError::Refused(_) => code::REFUSED,
-            EngineError::NoSuchProcess { .. } => code::INVALID,
+        let code = match (&e, e.class()) {
+            (EngineError::NoSuchProcess { .. }, _) => code::INVALID,
+            (_, ErrorClass::Unsupported) => code::UNSUPPORTED,
+            (_, ErrorClass::Refused) => code::REFUSED,
+            (_, ErrorClass::Environment) => code::ENVIRONMENT,
             _ => code::DUMP,
         };
         Failure::new(code, e.to_string())
@@ -279,9 +280,15 @@ fn restore(
         requester,
         new_session: true,
     })
-    .map_err(|e| match e {
-        EngineError::Refused(_) | EngineError::Unsupported { .. } => Failure::from(e),
-        e => Failure::new(code::RESTORE, e.to_string()),
+    .map_err(|e| {
+        let code = match e.class() {
+            ErrorClass::Refused => code::REFUSED,
+            ErrorClass::Unsupported => code::UNSUPPORTED,
+            ErrorClass::Image => code::IMAGE,
+            ErrorClass::Environment => code::ENVIRONMENT,
+            ErrorClass::Internal => code::RESTORE,
+        };
+        Failure::new(code, e.to_string())
     })?;
     protocol::send(conn, &Message::Started { pid: restored.pid }, None)?;
     if flags & protocol::RESTORE_DETACH != 0 {

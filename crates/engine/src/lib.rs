@@ -153,3 +153,53 @@ impl Error {
 
 /// The page size the engine assumes (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, ErrorClass};
+
+    #[test]
+    fn error_classes_keep_images_environment_and_internal_apart() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let cases = [
+            (Error::Invalid("bad record".into()), ErrorClass::Image),
+            (Error::PidInUse { pid: 7 }, ErrorClass::Environment),
+            (
+                Error::Changed {
+                    what: "replaced".into(),
+                },
+                ErrorClass::Environment,
+            ),
+            (Error::io("open /gone", enoent()), ErrorClass::Environment),
+            (
+                Error::io("write", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+                ErrorClass::Internal,
+            ),
+            (Error::Refused("no".into()), ErrorClass::Refused),
+            (
+                Error::Unsupported {
+                    what: "a socket".into(),
+                },
+                ErrorClass::Unsupported,
+            ),
+            (
+                Error::Rebuild {
+                    pid: 9,
+                    step: "map memory",
+                    source: Box::new(Error::PidInUse { pid: 10 }),
+                },
+                ErrorClass::Environment,
+            ),
+            (
+                Error::Child {
+                    pid: 9,
+                    what: "setsid: EPERM".into(),
+                },
+                ErrorClass::Internal,
+            ),
+        ];
+        for (e, class) in cases {
+            assert_eq!(e.class(), class, "{e}");
+        }
+    }
+}

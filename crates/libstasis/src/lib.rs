@@ -246,6 +246,10 @@ fn strerror(c: c_int) -> &'static CStr {
         code::UNSUPPORTED => c"the process uses something stasis cannot dump yet",
         code::DUMP => c"the dump failed",
         code::RESTORE => c"the restore failed",
+        code::IMAGE => c"the images are corrupt or invalid",
+        code::ENVIRONMENT => {
+            c"the environment changed since the dump (pid taken, file gone or replaced)"
+        }
         code::DAEMON => c"the stasis daemon failed or the connection was lost",
         code::INVALID => c"invalid argument",
         -4095..=-1 => errno_text(-c).unwrap_or(c"unknown system error"),
