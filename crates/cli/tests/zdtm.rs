@@ -1270,3 +1270,15 @@ zdtm_tests! {
         zdtm_shell_pipeline_dump_restore => DumpRestore,
     }
 }
+
+// Bugs (issue 10).
+zdtm_tests! {
+    // A dump that kills a tree whose non-root process has several threads.
+    tree_threads [] {
+        zdtm_tree_threads_sanity => Sanity,
+        zdtm_tree_threads_dump_restore => DumpRestore,
+        zdtm_tree_threads_leave_running => LeaveRunning,
+        zdtm_tree_threads_cycles3 => Cycles(3),
+        zdtm_tree_threads_restore_twice => RestoreTwice,
+    }
+}

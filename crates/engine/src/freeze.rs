@@ -183,6 +183,11 @@ impl FrozenTree {
     /// wait4, and so are the tree's zombies: their pids are free for a restore at once, even
     /// where orphans would go to an init that does not reap them. The root is reaped by its
     /// own parent.
+    ///
+    /// The dead threads stay traced by us until we wait for them: a thread other than the
+    /// leader is then gone, and a leader is handed back to its parent. The leader only once
+    /// every other thread of its process is gone (until then the kernel does not report it),
+    /// so they are waited for first.
     pub fn kill(self, vdso_offset: u64) -> Result<(), Error> {
         let FrozenTree {
             mut processes,
@@ -196,9 +201,10 @@ impl FrozenTree {
             let (pid, threads) = (p.pid, p.threads.clone());
             let parent = ppid_of(pid);
             p.kill()?;
-            for tid in threads {
-                // As tracer we see each thread die first; then the parent can reap.
-                let _ = ptrace::waitpid(tid, 0);
+            // As tracer we see each thread die first (the leader last); then the parent can
+            // reap.
+            for &tid in threads.iter().skip(1).chain(threads.first()) {
+                wait_dead(tid);
             }
             reap.push((pid, parent));
             if let Some(pp) = processes.iter().find(|q| q.pid == parent) {
@@ -207,10 +213,27 @@ impl FrozenTree {
         }
         if let Some(root) = processes.pop() {
             reap_in(root.threads[0], vdso_offset, &mut reap)?;
+            let (pid, threads) = (root.pid, root.threads.clone());
+            let parent = ppid_of(pid);
             root.kill()?;
+            for &tid in threads.iter().skip(1) {
+                wait_dead(tid);
+            }
+            // Hand the root back to its parent, which reaps it; unless that parent is us, the
+            // caller, who wants its status (our wait would consume it).
+            if parent != stasis_sys::process::getpid() {
+                wait_dead(pid);
+            }
         }
         Ok(())
     }
+}
+
+/// Waits, as its tracer, until the killed thread `tid` has died (stops reported meanwhile are
+/// passed over). A thread that is already gone is not an error: there is nothing left to wait
+/// for.
+fn wait_dead(tid: Pid) {
+    while let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::waitpid(tid, 0) {}
 }
 
 /// Runs wait4 inside the frozen process `tid` for every pending (child, parent) pair whose
@@ -232,11 +255,16 @@ fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(),
         })?;
     let mut inj = crate::inject::Injector::new(tid, vdso.start + vdso_offset)?;
     for child in &mine {
-        inj.call(
+        match inj.call(
             "wait4",
             libc::SYS_wait4,
             [*child as u64, 0, libc::__WALL as u64, 0, 0, 0],
-        )?;
+        ) {
+            Ok(_) => {}
+            // A parent that ignores SIGCHLD has its children reaped by the kernel.
+            Err(Error::Remote { errno, .. }) if errno.raw_os_error() == Some(libc::ECHILD) => {}
+            Err(e) => return Err(e),
+        }
     }
     inj.finish()?;
     reap.retain(|(c, _)| !mine.contains(c));
