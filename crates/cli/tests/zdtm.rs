@@ -1281,4 +1281,12 @@ zdtm_tests! {
         zdtm_tree_threads_cycles3 => Cycles(3),
         zdtm_tree_threads_restore_twice => RestoreTwice,
     }
+    // An ITIMER_REAL that expires while the process is frozen.
+    itimer_frozen [] {
+        zdtm_itimer_frozen_sanity => Sanity,
+        zdtm_itimer_frozen_dump_restore => DumpRestore,
+        zdtm_itimer_frozen_leave_running => LeaveRunning,
+        zdtm_itimer_frozen_cycles3 => Cycles(3),
+        zdtm_itimer_frozen_restore_twice => RestoreTwice,
+    }
 }
