@@ -1289,4 +1289,13 @@ zdtm_tests! {
         zdtm_itimer_frozen_cycles3 => Cycles(3),
         zdtm_itimer_frozen_restore_twice => RestoreTwice,
     }
+    // tests/zdtm/shell_spawn.sh, run with /bin/bash: children exit while the tree is frozen.
+    shell_spawn [] {
+        zdtm_shell_spawn_sanity => Sanity,
+        zdtm_shell_spawn_dump_restore => DumpRestore,
+        zdtm_shell_spawn_leave_running => LeaveRunning,
+        zdtm_shell_spawn_cycles3 => Cycles(3),
+        zdtm_shell_spawn_cycles8 => Cycles(8),
+        zdtm_shell_spawn_restore_twice => RestoreTwice,
+    }
 }

@@ -144,16 +144,20 @@ impl FrozenTree {
                     Ok(s) => s,
                     Err(_) => continue, // reaped meanwhile by a thread we had not frozen yet
                 };
-                if stat.state == 'Z' {
-                    tree.zombies.push(stasis_image::Zombie {
-                        pid: child,
-                        ppid: parent,
-                        pgid: stat.pgid,
-                        sid: stat.sid,
-                        exit_status: stat.exit_code,
-                    });
-                } else {
-                    tree.processes.push(Frozen::freeze(child)?);
+                // A zombie leader whose other threads still run is a live process.
+                if stat.state == 'Z' && stat.num_threads <= 1 {
+                    tree.zombies.push(zombie(child, parent, &stat));
+                    continue;
+                }
+                // A child may exit while it is being frozen (its parent is frozen, so it
+                // stays a zombie of the tree, unless the kernel reaps it at once).
+                match Frozen::freeze(child) {
+                    Ok(f) => tree.processes.push(f),
+                    Err(e) => match exited_while_freezing(parent, child) {
+                        Some(Some(z)) => tree.zombies.push(z),
+                        Some(None) => {}
+                        None => return Err(e),
+                    },
                 }
             }
             i += 1;
@@ -234,6 +238,53 @@ impl FrozenTree {
 /// for.
 fn wait_dead(tid: Pid) {
     while let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::waitpid(tid, 0) {}
+}
+
+fn zombie(pid: Pid, ppid: Pid, stat: &procfs::Stat) -> stasis_image::Zombie {
+    stasis_image::Zombie {
+        pid,
+        ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        exit_status: stat.exit_code,
+    }
+}
+
+/// How long a child whose freeze failed may take to finish exiting.
+const EXIT_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// After freezing `child` of the frozen `parent` failed: whether that is because it exited.
+/// `Some(Some(zombie))`: it is a zombie of `parent` now; `Some(None)`: it is gone (reaped by
+/// the kernel); `None`: it is alive, and the failure stands.
+///
+/// Threads of it that were seized before it died stay traced zombies until their tracer waits
+/// for them, and the process is not a plain zombie of its parent until then: they are waited
+/// for here.
+fn exited_while_freezing(parent: Pid, child: Pid) -> Option<Option<stasis_image::Zombie>> {
+    let me = stasis_sys::process::getpid();
+    let deadline = std::time::Instant::now() + EXIT_SETTLE;
+    loop {
+        for tid in procfs::list_threads(child).unwrap_or_default() {
+            let _ = ptrace::waitpid_nohang(tid);
+        }
+        let Ok(stat) = procfs::read_stat(child) else {
+            return Some(None);
+        };
+        if stat.ppid != parent {
+            return None;
+        }
+        let tracer = procfs::read_status(child).map_or(0, |s| s.tracer_pid);
+        if tracer != 0 && tracer != me {
+            return None; // traced by someone else: it cannot be frozen
+        }
+        if stat.state == 'Z' && stat.num_threads <= 1 && tracer == 0 {
+            return Some(Some(zombie(child, parent, &stat)));
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Runs wait4 inside the frozen process `tid` for every pending (child, parent) pair whose
