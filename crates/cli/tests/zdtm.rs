@@ -1298,4 +1298,21 @@ zdtm_tests! {
         zdtm_shell_spawn_cycles8 => Cycles(8),
         zdtm_shell_spawn_restore_twice => RestoreTwice,
     }
+    // Pipes whose other end is closed everywhere.
+    pipe_lone_end [] {
+        zdtm_pipe_lone_end_sanity => Sanity,
+        zdtm_pipe_lone_end_dump_restore => DumpRestore,
+        zdtm_pipe_lone_end_leave_running => LeaveRunning,
+        zdtm_pipe_lone_end_cycles3 => Cycles(3),
+        zdtm_pipe_lone_end_restore_twice => RestoreTwice,
+    }
+    // tests/zdtm/make_jobs.sh, run with /bin/bash: `make -j2` whose jobs run (make gives
+    // them a pipe whose write end it closed).
+    make_jobs [] {
+        zdtm_make_jobs_sanity => Sanity,
+        zdtm_make_jobs_dump_restore => DumpRestore,
+        zdtm_make_jobs_leave_running => LeaveRunning,
+        zdtm_make_jobs_cycles3 => Cycles(3),
+        zdtm_make_jobs_restore_twice => RestoreTwice,
+    }
 }

@@ -241,7 +241,7 @@ fn collect_and_write(
     }
     // Pipes are complete only once every process is seen. The bytes in flight are stored
     // once, with the first process that has the description.
-    let mut pipe_data = registry.finish()?;
+    let mut pipe_data = registry.finish(&tree.pids())?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
