@@ -1315,4 +1315,12 @@ zdtm_tests! {
         zdtm_make_jobs_cycles3 => Cycles(3),
         zdtm_make_jobs_restore_twice => RestoreTwice,
     }
+    // Status flags per open file description, for every kind of file.
+    file_status_flags [] {
+        zdtm_file_status_flags_sanity => Sanity,
+        zdtm_file_status_flags_dump_restore => DumpRestore,
+        zdtm_file_status_flags_leave_running => LeaveRunning,
+        zdtm_file_status_flags_cycles3 => Cycles(3),
+        zdtm_file_status_flags_restore_twice => RestoreTwice,
+    }
 }

@@ -9,7 +9,9 @@
 //! (in flight in a unix socket, say) counts as closed.
 //!
 //! Restore: the restorer creates a pipe of the same capacity, writes the bytes back, and
-//! hands each end to the new process. An end no process held is closed once every
+//! hands each end to the new process; every further description of an end (one opened
+//! through /proc/PID/fd) is opened the same way, so that status flags stay per description.
+//! An end no process held is closed once every
 //! description is open: the reader of a pipe without writers reads the bytes, then EOF; a
 //! writer without readers gets EPIPE.
 
@@ -19,7 +21,11 @@ use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// O_LARGEFILE as the kernel shows it in fdinfo on x86-64 (where libc's is 0): set on every
+/// description open(2) makes, never on those pipe(2) makes.
+const O_LARGEFILE: i32 = 0o100000;
 
 /// Gathers pipe ends while the fd table is walked.
 #[derive(Default)]
@@ -219,12 +225,20 @@ fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
 /// Creates restored pipes; each pipe is created when its first end is asked for.
 #[derive(Default)]
 pub struct PipeBuilder {
-    /// pipe id -> (read end, write end)
-    made: HashMap<u64, (OwnedFd, OwnedFd)>,
+    made: HashMap<u64, MadePipe>,
+}
+
+/// A recreated pipe: the two descriptions pipe(2) made, and whether each was handed out yet.
+struct MadePipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    read_given: bool,
+    write_given: bool,
 }
 
 impl PipeBuilder {
-    /// Returns a new description for this pipe end (its own open file, with its flags).
+    /// Returns a new description for this pipe end: its own open file description, with its
+    /// access mode and status flags (F_SETFL on one description must not change another).
     pub fn open(&mut self, f: &FileDesc) -> Result<OwnedFd, Error> {
         let FileKind::Pipe {
             pipe_id,
@@ -235,24 +249,62 @@ impl PipeBuilder {
         else {
             return Err(Error::Invalid("not a pipe".into()));
         };
-        if !self.made.contains_key(pipe_id) {
-            let (r, w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
-            process::set_pipe_capacity(w.as_fd(), *capacity as usize)
-                .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
-            self.made.insert(*pipe_id, (r, w));
-        }
-        let (r, w) = &self.made[pipe_id];
+        let made = match self.made.entry(*pipe_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+                process::set_pipe_capacity(write.as_fd(), *capacity as usize)
+                    .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
+                e.insert(MadePipe {
+                    read,
+                    write,
+                    read_given: false,
+                    write_given: false,
+                })
+            }
+        };
         if !data.is_empty() {
-            let mut wf = File::from(w.try_clone().map_err(|e| Error::io("dup", e))?);
+            // Through a description of its own, whatever flags the others get.
+            let mut wf = File::from(
+                reopen(&made.write, libc::O_WRONLY)
+                    .map_err(|e| Error::io(format!("reopen pipe:[{pipe_id}] to refill it"), e))?,
+            );
             std::io::Write::write_all(&mut wf, data)
                 .map_err(|e| Error::io(format!("refill pipe:[{pipe_id}]"), e))?;
         }
-        let end = if *write_end { w } else { r };
-        // Both ends were made by pipe(2) with O_CLOEXEC; status flags (O_NONBLOCK) are per end.
-        let fd = end.try_clone().map_err(|e| Error::io("dup", e))?;
+        let access = f.flags as i32 & libc::O_ACCMODE;
+        let (end, given, pipe_access) = if *write_end {
+            (&made.write, &mut made.write_given, libc::O_WRONLY)
+        } else {
+            (&made.read, &mut made.read_given, libc::O_RDONLY)
+        };
+        // pipe(2) makes one description of each end, without O_LARGEFILE; every other one was
+        // opened through /proc/PID/fd (and has O_LARGEFILE) and is opened the same way here,
+        // a new description of the same pipe.
+        let fd = if !*given && access == pipe_access && f.flags as i32 & O_LARGEFILE == 0 {
+            *given = true;
+            end.try_clone().map_err(|e| Error::io("dup", e))?
+        } else {
+            reopen(end, access).map_err(|e| {
+                Error::io(
+                    format!("reopen pipe:[{pipe_id}] for description {}", f.id),
+                    e,
+                )
+            })?
+        };
         let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_ASYNC);
         process::set_status_flags(fd.as_fd(), status)
-            .map_err(|e| Error::io("F_SETFL on pipe", e))?;
+            .map_err(|e| Error::io(format!("F_SETFL on pipe description {}", f.id), e))?;
         Ok(fd)
     }
+}
+
+/// Opens the pipe behind `fd` again through /proc/self/fd with `access` (O_RDONLY, O_WRONLY
+/// or O_RDWR): a new open file description of the same pipe. (For a pipe, unlike a FIFO,
+/// this never waits for the other end.)
+fn reopen(fd: &OwnedFd, access: i32) -> std::io::Result<OwnedFd> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY);
+    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
 }
