@@ -11,9 +11,8 @@
 //! Restore: the restorer creates a pipe of the same capacity, writes the bytes back, and
 //! hands each end to the new process; every further description of an end (one opened
 //! through /proc/PID/fd) is opened the same way, so that status flags stay per description.
-//! An end no process held is closed once every
-//! description is open: the reader of a pipe without writers reads the bytes, then EOF; a
-//! writer without readers gets EPIPE.
+//! An end no process held is closed once every description is open: the reader of a pipe
+//! without writers reads the bytes, then EOF; a writer without readers gets EPIPE.
 
 use crate::Error;
 use stasis_image::{FileDesc, FileKind};
@@ -91,8 +90,8 @@ impl PipeCollector {
             .filter(|(_, s)| s.read_end.is_none() || !s.has_write)
             .map(|(&ino, s)| (ino, s.read_end.is_some()))
             .collect();
-        if let Some(h) = outside_holder(&lone, tree) {
-            let seen = &self.pipes[&h.ino];
+        let held = outside_holder(&lone, tree).and_then(|h| Some((self.pipes.get(&h.ino)?, h)));
+        if let Some((seen, h)) = held {
             let (ours, theirs) = if h.needs_write {
                 ("read", "write")
             } else {
