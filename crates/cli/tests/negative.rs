@@ -1148,3 +1148,93 @@ fn dump_posix_message_queue_is_refused() {
         &["posix message queue"],
     );
 }
+
+#[test]
+fn dump_pipe_end_held_outside_is_refused() {
+    // `sleep` gets the read end of a pipe as its stdin; this test process, outside the dumped
+    // tree, keeps the write end. (A pipe end closed everywhere is restored; one held outside
+    // is not, and the error says who holds it.)
+    let test = "dump_pipe_end_held_outside_is_refused";
+    let Some(_lock) = start(test) else {
+        return;
+    };
+    let w = WorkDir::new(test);
+    let img = w.mkdir("img");
+    let (reader, writer) = io::pipe().expect("pipe");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .current_dir(&w.dir)
+        .stdin(Stdio::from(reader))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setsid, close_range), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let first: libc::c_uint = 3;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start sleep");
+    let mut p = Proc {
+        pid: child.id() as i32,
+        alive: true,
+    };
+    drop(child); // reaped by pid (Proc)
+    let pid = p.pid;
+    wait_sleeping(pid, Some("sleep"));
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid.to_string().as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ],
+    );
+    assert_ok(check_clean_failure(
+        &format!(
+            "dump of pid {pid} reading a pipe written by pid {}",
+            our_pid()
+        ),
+        &out,
+    ));
+    let err = out.stderr.to_lowercase();
+    assert!(
+        err.contains("pipe") && err.contains("outside"),
+        "the error should say that the pipe's other end is outside: {}",
+        out.describe()
+    );
+    assert!(
+        names_fd(&out.stderr, &[0]),
+        "the error should name the pipe's fd 0: {}",
+        out.describe()
+    );
+    assert!(
+        err.contains(&format!("pid {}", our_pid())),
+        "the error should name the holder of the write end, pid {}: {}",
+        our_pid(),
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote an inventory"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
+    drop(writer);
+    p.kill_and_reap();
+    w.done();
+}

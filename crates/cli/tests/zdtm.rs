@@ -1270,3 +1270,57 @@ zdtm_tests! {
         zdtm_shell_pipeline_dump_restore => DumpRestore,
     }
 }
+
+// Bugs (issue 10).
+zdtm_tests! {
+    // A dump that kills a tree whose non-root process has several threads.
+    tree_threads [] {
+        zdtm_tree_threads_sanity => Sanity,
+        zdtm_tree_threads_dump_restore => DumpRestore,
+        zdtm_tree_threads_leave_running => LeaveRunning,
+        zdtm_tree_threads_cycles3 => Cycles(3),
+        zdtm_tree_threads_restore_twice => RestoreTwice,
+    }
+    // An ITIMER_REAL that expires while the process is frozen.
+    itimer_frozen [] {
+        zdtm_itimer_frozen_sanity => Sanity,
+        zdtm_itimer_frozen_dump_restore => DumpRestore,
+        zdtm_itimer_frozen_leave_running => LeaveRunning,
+        zdtm_itimer_frozen_cycles3 => Cycles(3),
+        zdtm_itimer_frozen_restore_twice => RestoreTwice,
+    }
+    // tests/zdtm/shell_spawn.sh, run with /bin/bash: children exit while the tree is frozen.
+    shell_spawn [] {
+        zdtm_shell_spawn_sanity => Sanity,
+        zdtm_shell_spawn_dump_restore => DumpRestore,
+        zdtm_shell_spawn_leave_running => LeaveRunning,
+        zdtm_shell_spawn_cycles3 => Cycles(3),
+        zdtm_shell_spawn_cycles8 => Cycles(8),
+        zdtm_shell_spawn_restore_twice => RestoreTwice,
+    }
+    // Pipes whose other end is closed everywhere.
+    pipe_lone_end [] {
+        zdtm_pipe_lone_end_sanity => Sanity,
+        zdtm_pipe_lone_end_dump_restore => DumpRestore,
+        zdtm_pipe_lone_end_leave_running => LeaveRunning,
+        zdtm_pipe_lone_end_cycles3 => Cycles(3),
+        zdtm_pipe_lone_end_restore_twice => RestoreTwice,
+    }
+    // tests/zdtm/make_jobs.sh, run with /bin/bash: `make -j2` whose jobs run (make gives
+    // them a pipe whose write end it closed).
+    make_jobs [] {
+        zdtm_make_jobs_sanity => Sanity,
+        zdtm_make_jobs_dump_restore => DumpRestore,
+        zdtm_make_jobs_leave_running => LeaveRunning,
+        zdtm_make_jobs_cycles3 => Cycles(3),
+        zdtm_make_jobs_restore_twice => RestoreTwice,
+    }
+    // Status flags per open file description, for every kind of file.
+    file_status_flags [] {
+        zdtm_file_status_flags_sanity => Sanity,
+        zdtm_file_status_flags_dump_restore => DumpRestore,
+        zdtm_file_status_flags_leave_running => LeaveRunning,
+        zdtm_file_status_flags_cycles3 => Cycles(3),
+        zdtm_file_status_flags_restore_twice => RestoreTwice,
+    }
+}

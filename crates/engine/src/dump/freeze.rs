@@ -144,16 +144,20 @@ impl FrozenTree {
                     Ok(s) => s,
                     Err(_) => continue, // reaped meanwhile by a thread we had not frozen yet
                 };
-                if stat.state == 'Z' {
-                    tree.zombies.push(stasis_image::Zombie {
-                        pid: child,
-                        ppid: parent,
-                        pgid: stat.pgid,
-                        sid: stat.sid,
-                        exit_status: stat.exit_code,
-                    });
-                } else {
-                    tree.processes.push(Frozen::freeze(child)?);
+                // A zombie leader whose other threads still run is a live process.
+                if stat.state == 'Z' && stat.num_threads <= 1 {
+                    tree.zombies.push(zombie(child, parent, &stat));
+                    continue;
+                }
+                // A child may exit while it is being frozen (its parent is frozen, so it
+                // stays a zombie of the tree, unless the kernel reaps it at once).
+                match Frozen::freeze(child) {
+                    Ok(f) => tree.processes.push(f),
+                    Err(e) => match exited_while_freezing(parent, child) {
+                        Some(Some(z)) => tree.zombies.push(z),
+                        Some(None) => {}
+                        None => return Err(e),
+                    },
                 }
             }
             i += 1;
@@ -183,6 +187,11 @@ impl FrozenTree {
     /// wait4, and so are the tree's zombies: their pids are free for a restore at once, even
     /// where orphans would go to an init that does not reap them. The root is reaped by its
     /// own parent.
+    ///
+    /// The dead threads stay traced by us until we wait for them: a thread other than the
+    /// leader is then gone, and a leader is handed back to its parent. The leader only once
+    /// every other thread of its process is gone (until then the kernel does not report it),
+    /// so they are waited for first.
     pub fn kill(self, vdso_offset: u64) -> Result<(), Error> {
         let FrozenTree {
             mut processes,
@@ -196,9 +205,10 @@ impl FrozenTree {
             let (pid, threads) = (p.pid, p.threads.clone());
             let parent = ppid_of(pid);
             p.kill()?;
-            for tid in threads {
-                // As tracer we see each thread die first; then the parent can reap.
-                let _ = ptrace::waitpid(tid, 0);
+            // As tracer we see each thread die first (the leader last); then the parent can
+            // reap.
+            for &tid in threads.iter().skip(1).chain(threads.first()) {
+                wait_dead(tid);
             }
             reap.push((pid, parent));
             if let Some(pp) = processes.iter().find(|q| q.pid == parent) {
@@ -207,9 +217,73 @@ impl FrozenTree {
         }
         if let Some(root) = processes.pop() {
             reap_in(root.threads[0], vdso_offset, &mut reap)?;
+            let (pid, threads) = (root.pid, root.threads.clone());
+            let parent = ppid_of(pid);
             root.kill()?;
+            for &tid in threads.iter().skip(1) {
+                wait_dead(tid);
+            }
+            // Hand the root back to its parent, which reaps it; unless that parent is us, the
+            // caller, who wants its status (our wait would consume it).
+            if parent != stasis_sys::process::getpid() {
+                wait_dead(pid);
+            }
         }
         Ok(())
+    }
+}
+
+/// Waits, as its tracer, until the killed thread `tid` has died (stops reported meanwhile are
+/// passed over). A thread that is already gone is not an error: there is nothing left to wait
+/// for.
+fn wait_dead(tid: Pid) {
+    while let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::waitpid(tid, 0) {}
+}
+
+fn zombie(pid: Pid, ppid: Pid, stat: &procfs::Stat) -> stasis_image::Zombie {
+    stasis_image::Zombie {
+        pid,
+        ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        exit_status: stat.exit_code,
+    }
+}
+
+/// How long a child whose freeze failed may take to finish exiting.
+const EXIT_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// After freezing `child` of the frozen `parent` failed: whether that is because it exited.
+/// `Some(Some(zombie))`: it is a zombie of `parent` now; `Some(None)`: it is gone (reaped by
+/// the kernel); `None`: it is alive, and the failure stands.
+///
+/// Threads of it that were seized before it died stay traced zombies until their tracer waits
+/// for them, and the process is not a plain zombie of its parent until then: they are waited
+/// for here.
+fn exited_while_freezing(parent: Pid, child: Pid) -> Option<Option<stasis_image::Zombie>> {
+    let me = stasis_sys::process::getpid();
+    let deadline = std::time::Instant::now() + EXIT_SETTLE;
+    loop {
+        for tid in procfs::list_threads(child).unwrap_or_default() {
+            let _ = ptrace::waitpid_nohang(tid);
+        }
+        let Ok(stat) = procfs::read_stat(child) else {
+            return Some(None);
+        };
+        if stat.ppid != parent {
+            return None;
+        }
+        let tracer = procfs::read_status(child).map_or(0, |s| s.tracer_pid);
+        if tracer != 0 && tracer != me {
+            return None; // traced by someone else: it cannot be frozen
+        }
+        if stat.state == 'Z' && stat.num_threads <= 1 && tracer == 0 {
+            return Some(Some(zombie(child, parent, &stat)));
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -232,11 +306,16 @@ fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(),
         })?;
     let mut inj = crate::inject::Injector::new(tid, vdso.start + vdso_offset)?;
     for child in &mine {
-        inj.call(
+        match inj.call(
             "wait4",
             libc::SYS_wait4,
             [*child as u64, 0, libc::__WALL as u64, 0, 0, 0],
-        )?;
+        ) {
+            Ok(_) => {}
+            // A parent that ignores SIGCHLD has its children reaped by the kernel.
+            Err(Error::Remote { errno, .. }) if errno.raw_os_error() == Some(libc::ECHILD) => {}
+            Err(e) => return Err(e),
+        }
     }
     inj.finish()?;
     reap.retain(|(c, _)| !mine.contains(c));

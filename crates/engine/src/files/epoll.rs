@@ -98,7 +98,10 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
             f.id
         )));
     }
-    anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))
+    let fd =
+        anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))?;
+    crate::files::set_anon_status_flags(&fd, f)?;
+    Ok(fd)
 }
 
 /// Runs in the restore child of process `pid` once every fd has its final number: adds the

@@ -226,8 +226,16 @@ impl MemfdBuilder {
             std::collections::hash_map::Entry::Vacant(e) => e.insert(create(dir, f)?),
         };
         let access = f.flags as i32 & libc::O_ACCMODE;
+        // open(2) stores O_ASYNC as it is (a memfd cannot signal I/O, F_SETFL would drop it).
         let extra = f.flags as i32
-            & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_NOATIME | libc::O_LARGEFILE);
+            & (libc::O_APPEND
+                | libc::O_NONBLOCK
+                | libc::O_NOATIME
+                | libc::O_LARGEFILE
+                | libc::O_DIRECT
+                | libc::O_SYNC
+                | libc::O_DSYNC
+                | libc::O_ASYNC);
         reopen(base, access | extra)
             .map_err(|e| Error::io(format!("reopen memfd of description {}", f.id), e))
     }

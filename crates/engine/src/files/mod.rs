@@ -65,10 +65,10 @@ pub struct FileRegistry {
 }
 
 impl FileRegistry {
-    /// Checks that every pipe has both ends in the tree and returns the bytes in flight, by
-    /// the id of the description that stores them.
-    pub fn finish(self) -> Result<HashMap<u32, Vec<u8>>, Error> {
-        self.pipes.finish()
+    /// Refuses a pipe whose end that `tree` (the dumped processes) lacks is held outside it,
+    /// and returns the bytes in flight, by the id of the description that stores them.
+    pub fn finish(self, tree: &[Pid]) -> Result<HashMap<u32, Vec<u8>>, Error> {
+        self.pipes.finish(tree)
     }
 }
 

@@ -1,6 +1,10 @@
 //! Interval timers (ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF): read with getitimer and set
 //! again with setitimer, both inside the process. The remaining time is kept as it was when
 //! the process was frozen; the time spent between dump and restore does not count.
+//!
+//! An ITIMER_REAL that expired while the process was frozen reads as a zero value with its
+//! interval still set: the kernel re-arms it only when the process takes the pending SIGALRM.
+//! Such a timer is armed: it is kept, and restored to expire at once and then at its interval.
 
 use crate::inject::Injector;
 use crate::Error;
@@ -26,7 +30,8 @@ pub fn dump(inj: &mut Injector) -> Result<Vec<ITimer>, Error> {
             interval_us: to_us(w(0), w(1)),
             value_us: to_us(w(2), w(3)),
         };
-        if t.value_us != 0 {
+        // A zero value with a non-zero interval is an expired timer waiting to be re-armed.
+        if t.value_us != 0 || t.interval_us != 0 {
             out.push(t);
         }
     }
