@@ -49,7 +49,7 @@ pub(crate) fn collect_tree(
     }
     // Pipes are complete only once every process is seen. The bytes in flight are stored
     // once, with the first process that has the description.
-    let mut pipe_data = registry.finish()?;
+    let mut pipe_data = registry.finish(&tree.pids())?;
     for c in &mut collected {
         for f in &mut c.image.files {
             if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {

@@ -16,7 +16,7 @@ use stasis_sys::process::{self, Forked};
 use stasis_sys::{ptrace, Pid};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// What went wrong in a restore child, as it reports it to the restorer.
@@ -94,36 +94,75 @@ pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
     }
 }
 
-/// The restorer's end of the error pipe: the first report a child wrote, once.
+/// How long a restore child may take to appear, or to set itself up and stop. Its setup opens
+/// nothing (the restorer opened every file) and forks only its own children, so this is
+/// generous; it bounds the wait when a child hangs or a parent failed before forking it.
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The restorer's end of the error pipe, on which failing children write their reports.
 pub(crate) struct ChildReports {
-    read: Option<OwnedFd>,
+    read: OwnedFd,
 }
 
 impl ChildReports {
     pub fn new(read: OwnedFd) -> ChildReports {
-        ChildReports { read: Some(read) }
+        ChildReports { read }
+    }
+
+    /// Whether some child has written a report.
+    fn has_report(&self) -> bool {
+        process::poll_readable(&[self.read.as_fd()], 0)
+            .map(|r| r.first().copied().unwrap_or(false))
+            .unwrap_or(false)
     }
 
     /// The error for process `pid` that ended or misbehaved (`how`): the report a child
-    /// wrote, if any (it names the process that failed, which may be another one).
+    /// wrote, if any (it names the process that failed, which may be another one). Never
+    /// blocks for long: other children may still hold the pipe open.
     pub fn error(&mut self, pid: Pid, how: String) -> Error {
-        let mut msg = String::new();
-        if let Some(r) = self.read.take() {
-            let _ = File::from(r).read_to_string(&mut msg);
+        let mut msg = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+        while msg.len() < 1 << 16 {
+            let wait = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis() as i32;
+            let readable = process::poll_readable(&[self.read.as_fd()], wait)
+                .map(|r| r.first().copied().unwrap_or(false))
+                .unwrap_or(false);
+            if !readable {
+                break;
+            }
+            let Ok(dup) = self.read.try_clone() else {
+                break;
+            };
+            match File::from(dup).read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => msg.extend_from_slice(&buf[..n]),
+            }
+            // One report is one write: take the first whole one.
+            if serde_json::from_slice::<ChildReport>(&msg).is_ok() {
+                break;
+            }
         }
+        let msg = String::from_utf8_lossy(&msg);
         match serde_json::from_str::<ChildReport>(msg.trim()) {
             Ok(report) => report.into_error(),
             Err(_) if msg.is_empty() => Error::Child {
                 pid,
                 what: format!("the restore process ended early: {how}"),
             },
-            Err(_) => Error::Child { pid, what: msg },
+            Err(_) => Error::Child {
+                pid,
+                what: msg.into_owned(),
+            },
         }
     }
 }
 
 /// Seizes every process as it appears, top down (a parent forks its children only once it is
-/// seized and woken), then waits until each has stopped itself after its setup.
+/// seized and woken), then waits until each has stopped itself after its setup. Every wait is
+/// bounded, and cut short when a child reports a failure.
 pub(crate) fn seize_tree(
     plan: &Plan<'_>,
     reports: &mut ChildReports,
@@ -131,7 +170,9 @@ pub(crate) fn seize_tree(
 ) -> Result<(), Error> {
     for p in &plan.processes {
         let pid = p.image.pid;
-        wait_until_exists(pid).map_err(|_| reports.error(pid, "it was never created".into()))?;
+        if !wait_until_exists(pid, reports) {
+            return Err(reports.error(pid, "it was never created".into()));
+        }
         ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
         seized.push(pid);
         std::io::Write::write_all(
@@ -142,23 +183,41 @@ pub(crate) fn seize_tree(
     }
     for p in &plan.processes {
         let pid = p.image.pid;
-        match ptrace::waitpid(pid, 0).map_err(|e| Error::sys("waitpid", pid, e))? {
-            ptrace::WaitStatus::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
-            other => return Err(reports.error(pid, format!("{other:?}"))),
+        let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
+        loop {
+            match ptrace::waitpid_nohang(pid).map_err(|e| Error::sys("waitpid", pid, e))? {
+                Some(ptrace::WaitStatus::Stopped { sig, .. }) if sig == libc::SIGSTOP => break,
+                Some(other) => return Err(reports.error(pid, format!("{other:?}"))),
+                None if reports.has_report() => {
+                    return Err(reports.error(pid, "another process failed".into()))
+                }
+                None if std::time::Instant::now() > deadline => {
+                    return Err(reports.error(
+                        pid,
+                        format!(
+                            "it did not finish its setup within {} s",
+                            SETUP_TIMEOUT.as_secs()
+                        ),
+                    ))
+                }
+                None => std::thread::sleep(std::time::Duration::from_micros(200)),
+            }
         }
     }
     Ok(())
 }
 
-fn wait_until_exists(pid: Pid) -> Result<(), ()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+/// Waits until process `pid` exists; false when it does not appear in time or a child
+/// reported a failure meanwhile (its parent may have failed before forking it).
+fn wait_until_exists(pid: Pid, reports: &ChildReports) -> bool {
+    let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
     while !Path::new(&format!("/proc/{pid}")).exists() {
-        if std::time::Instant::now() > deadline {
-            return Err(());
+        if std::time::Instant::now() > deadline || reports.has_report() {
+            return false;
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-    Ok(())
+    true
 }
 
 /// Runs in a forked restore child as process `idx` of the tree; never returns.
