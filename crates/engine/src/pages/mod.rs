@@ -27,17 +27,22 @@
 //!   output as a sink.
 //! * [`layout`]: the restore layout inside the target, as pure plans carried out by injected
 //!   system calls.
+//! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
+//!   [`fill::EagerFill`]: every run read from the image, CRC-checked and written with
+//!   process_vm_writev); lazy userfaultfd or mapping runs from the image plug in there.
 //!
 //! Page data stays apart from the metadata: the pages file holds the bytes, the process record
 //! holds the mappings and the run index (docs/image-format.md).
 
 pub mod dump;
+pub mod fill;
 pub mod layout;
 pub mod sink;
 pub mod source;
 pub mod vma;
 
 pub use self::dump::dump_pages;
+pub use self::fill::{fill_pages, PageFill};
 pub use self::layout::{
     finish_protections, free_scratch_address, map_vmas, move_specials, unmap_all_but_specials,
     ShmemOwners,
@@ -45,20 +50,3 @@ pub use self::layout::{
 pub use self::sink::PageSink;
 pub use self::source::PageSource;
 pub use self::vma::collect_vmas;
-
-use crate::{Error, PAGE_SIZE};
-use stasis_image::{PageRun, RawReader};
-use stasis_sys::{proc_mem, Pid};
-
-/// Writes every page run into the child, checking each run's CRC.
-pub fn fill_pages(pid: Pid, runs: &[PageRun], pages: &RawReader) -> Result<(), Error> {
-    let mut buf = Vec::new();
-    for r in runs {
-        let len = (r.npages * PAGE_SIZE) as usize;
-        buf.resize(len, 0);
-        pages.read_extent(r.offset, &mut buf, r.crc)?;
-        proc_mem::write_all(pid, r.addr, &buf)
-            .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
-    }
-    Ok(())
-}
