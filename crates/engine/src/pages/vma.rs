@@ -1,0 +1,262 @@
+//! Classification of a process's mappings (/proc/PID/smaps) into image [`Vma`] records.
+//!
+//! Each smaps entry is first classified from its line alone ([`backing`]: anonymous, a kernel
+//! special mapping, shared anonymous memory, a memfd, a file, or refused); only memfds and files
+//! then need a look at the mapped object through /proc/PID/map_files (the memfd's identity and
+//! seals, the file's device, inode and size, and that its path still names it). Mappings stasis
+//! cannot restore make the dump fail with an error naming them.
+
+use crate::procfs::{self, MapEntry};
+use crate::Error;
+use stasis_image::{Vma, VmaKind};
+use stasis_sys::Pid;
+use std::os::unix::fs::MetadataExt;
+
+/// Whether a mapping is one of the kernel's special mappings (`[vdso]`, `[vvar]`,
+/// `[vvar_vclock]`, `[vsyscall]`): never dumped, moved into place at restore.
+pub fn is_special(kind: &VmaKind) -> bool {
+    matches!(
+        kind,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    )
+}
+
+/// Reads the mappings of `pid` and classifies them. Mappings stasis cannot restore yet make
+/// this fail with an error naming them.
+pub fn collect_vmas(pid: Pid) -> Result<Vec<Vma>, Error> {
+    let maps = procfs::read_smaps(pid)?;
+    maps.iter().map(|m| classify(pid, m)).collect()
+}
+
+/// What backs a mapping, as far as its smaps entry tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    /// Fully known from the line: anonymous memory (private or shared) or a special mapping.
+    Known(VmaKind),
+    /// A memfd: its identity and seals come from the mapped object.
+    Memfd,
+    /// A regular file at this path: its identity comes from the mapped object.
+    File,
+}
+
+/// Classifies a mapping from its smaps entry alone; refuses what cannot be restored.
+pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
+    let unsupported = |why: &str| Error::Unsupported {
+        what: format!("mapping {:#x}-{:#x} {:?}: {why}", m.start, m.end, m.name),
+    };
+    Ok(match m.name.as_str() {
+        "[vdso]" => Backing::Known(VmaKind::Vdso),
+        "[vvar]" => Backing::Known(VmaKind::Vvar),
+        "[vvar_vclock]" => Backing::Known(VmaKind::VvarVclock),
+        "[vsyscall]" => Backing::Known(VmaKind::Vsyscall),
+        "" | "[heap]" | "[stack]" => Backing::Known(VmaKind::Anonymous),
+        n if n.starts_with("[anon:") => Backing::Known(VmaKind::Anonymous),
+        // Shared anonymous memory is a deleted /dev/zero on the kernel's internal shmem mount.
+        n if m.shared
+            && n.starts_with("/dev/zero")
+            && m.inode != 0
+            && n.ends_with(" (deleted)") =>
+        {
+            Backing::Known(VmaKind::Anonymous)
+        }
+        n if crate::files::memfd::is_memfd_name(n) => Backing::Memfd,
+        n if n.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
+        n if n.starts_with('/') => Backing::File,
+        _ => return Err(unsupported("unknown special mapping")),
+    })
+}
+
+/// The image record of a mapping whose kind is known.
+pub fn record(m: &MapEntry, kind: VmaKind) -> Vma {
+    let prot = ((m.read as u32) * libc::PROT_READ as u32)
+        | ((m.write as u32) * libc::PROT_WRITE as u32)
+        | ((m.exec as u32) * libc::PROT_EXEC as u32);
+    Vma {
+        start: m.start,
+        end: m.end,
+        prot,
+        shared: m.shared,
+        growsdown: m.has_flag("gd"),
+        file_offset: m.offset,
+        shmem_id: if m.shared && kind == VmaKind::Anonymous {
+            m.inode
+        } else {
+            0
+        },
+        kind,
+        name: m.name.clone(),
+    }
+}
+
+/// Classifies one mapping of `pid`, looking at the mapped object when the line is not enough.
+pub fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
+    let kind = match backing(m)? {
+        Backing::Known(kind) => kind,
+        Backing::Memfd => crate::files::memfd::mapping_kind(pid, m)?,
+        Backing::File => file_kind(pid, m)?,
+    };
+    Ok(record(m, kind))
+}
+
+/// The identity of a mapped regular file, checked against its path.
+fn file_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
+    let unsupported = |why: &str| Error::Unsupported {
+        what: format!("mapping {:#x}-{:#x} {:?}: {why}", m.start, m.end, m.name),
+    };
+    let link = procfs::map_file(pid, m.start, m.end);
+    let md = std::fs::metadata(&link).map_err(|e| Error::io(format!("stat {link}"), e))?;
+    if !md.is_file() {
+        return Err(unsupported("only regular files can be mapped"));
+    }
+    // The path must still name the same file, or restore would map another one.
+    let path = &m.name;
+    let by_path = std::fs::metadata(path).map_err(|e| Error::io(format!("stat {path}"), e))?;
+    if (by_path.dev(), by_path.ino()) != (md.dev(), md.ino()) {
+        return Err(unsupported("the path now names another file"));
+    }
+    Ok(VmaKind::File {
+        path: path.clone(),
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A sample /proc/PID/smaps (detail lines shortened), one entry per case.
+    const SMAPS: &str = "\
+55d0c0a00000-55d0c0a21000 r--p 00000000 fe:01 1311 /usr/bin/cat
+Size:                132 kB
+VmFlags: rd mr mw me sd
+55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0 [heap]
+VmFlags: rd wr mr mw me ac sd
+7f0000000000-7f0000400000 rw-s 00000000 00:01 4242 /dev/zero (deleted)
+VmFlags: rd wr sh mr mw me ms sd
+7f0000400000-7f0000401000 r--s 00001000 00:01 4243 /dev/zero (deleted)
+VmFlags: rd sh mr mw me ms sd
+7f0000500000-7f0000600000 rw-s 00000000 00:01 77 /memfd:shm (deleted)
+VmFlags: rd wr sh mr mw me ms sd
+7f0000600000-7f0000601000 ---p 00000000 00:00 0
+VmFlags: mr mw me sd
+7f0000700000-7f0000701000 rw-p 00000000 00:00 0 [anon:named]
+VmFlags: rd wr mr mw me ac sd
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0 [stack]
+VmFlags: rd wr mr mw me gd ac
+7ffc00100000-7ffc00104000 r--p 00000000 00:00 0 [vvar]
+7ffc00104000-7ffc00106000 r--p 00000000 00:00 0 [vvar_vclock]
+7ffc00106000-7ffc00108000 r-xp 00000000 00:00 0 [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+";
+
+    fn entries(text: &str) -> Vec<MapEntry> {
+        procfs::parse_smaps(text, Path::new("smaps")).unwrap()
+    }
+
+    #[test]
+    fn classifies_sample_smaps() {
+        let maps = entries(SMAPS);
+        let got: Vec<Backing> = maps.iter().map(|m| backing(m).unwrap()).collect();
+        use Backing::*;
+        assert_eq!(
+            got,
+            vec![
+                File,
+                Known(VmaKind::Anonymous),
+                Known(VmaKind::Anonymous),
+                Known(VmaKind::Anonymous),
+                Memfd,
+                Known(VmaKind::Anonymous),
+                Known(VmaKind::Anonymous),
+                Known(VmaKind::Anonymous),
+                Known(VmaKind::Vvar),
+                Known(VmaKind::VvarVclock),
+                Known(VmaKind::Vdso),
+                Known(VmaKind::Vsyscall),
+            ]
+        );
+        let specials: Vec<bool> = got
+            .iter()
+            .map(|b| matches!(b, Known(k) if is_special(k)))
+            .collect();
+        assert_eq!(specials.iter().filter(|s| **s).count(), 4);
+    }
+
+    #[test]
+    fn records_carry_protection_sharing_and_identity() {
+        let maps = entries(SMAPS);
+        let rec = |i: usize| record(&maps[i], VmaKind::Anonymous);
+        let heap = rec(1);
+        assert_eq!((heap.start, heap.end), (0x55d0c1000000, 0x55d0c1021000));
+        assert_eq!(heap.prot, (libc::PROT_READ | libc::PROT_WRITE) as u32);
+        assert!(!heap.shared && !heap.growsdown);
+        assert_eq!((heap.shmem_id, heap.name.as_str()), (0, "[heap]"));
+        // Shared anonymous memory is identified by its inode, in every process that maps it.
+        let shm = rec(2);
+        assert!(shm.shared);
+        assert_eq!(shm.shmem_id, 4242);
+        let ro = rec(3);
+        assert_eq!((ro.prot, ro.shmem_id, ro.file_offset), (1, 4243, 0x1000));
+        // Only shared anonymous memory has a shmem_id: a shared memfd mapping has none.
+        let memfd = record(&maps[4], VmaKind::Memfd { memfd_id: 77 });
+        assert_eq!(memfd.shmem_id, 0);
+        assert_eq!(rec(5).prot, libc::PROT_NONE as u32);
+        let stack = rec(7);
+        assert!(stack.growsdown, "VmFlags gd is a grows-down stack");
+        let vdso = record(&maps[10], VmaKind::Vdso);
+        assert_eq!(vdso.prot, (libc::PROT_READ | libc::PROT_EXEC) as u32);
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_restored() {
+        let refused = [
+            "7f0000000000-7f0000001000 r--p 00000000 fe:01 99 /tmp/gone (deleted)",
+            // A deleted /dev/zero that is not shared memory is an ordinary deleted file.
+            "7f0000000000-7f0000001000 rw-p 00000000 00:01 42 /dev/zero (deleted)",
+            "7f0000000000-7f0000001000 rw-s 00000000 00:01 0 /dev/zero (deleted)",
+            "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 [uprobes]",
+            "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 anon_inode:[perf_event]",
+        ];
+        for line in refused {
+            let m = &entries(line)[0];
+            let err = backing(m).expect_err(line);
+            assert!(
+                matches!(&err, Error::Unsupported { what } if what.contains("7f0000000000")),
+                "{line}: {err}"
+            );
+        }
+    }
+
+    /// A real file mapping: this test binary's own, through /proc/self/map_files (root).
+    #[test]
+    fn classifies_a_mapped_file_of_this_process() {
+        if stasis_sys::process::geteuid() != 0 {
+            eprintln!("skipped: /proc/PID/map_files needs root");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_string_lossy().into_owned();
+        let me = stasis_sys::process::getpid();
+        let m = procfs::read_smaps(me)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == exe)
+            .unwrap();
+        assert_eq!(backing(&m).unwrap(), Backing::File);
+        let v = classify(me, &m).unwrap();
+        let md = std::fs::metadata(&exe).unwrap();
+        assert_eq!(
+            v.kind,
+            VmaKind::File {
+                path: exe,
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.size()
+            }
+        );
+        assert_eq!((v.start, v.end, v.file_offset), (m.start, m.end, m.offset));
+    }
+}
