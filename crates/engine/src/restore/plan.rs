@@ -109,14 +109,12 @@ impl<'a> Plan<'a> {
             .unwrap_or(0);
         let base = own_max.max(image_max) + 1;
         let park_from = base + aux.len() as RawFd;
-        let mut shmem = pages::ShmemOwners::new();
-        for (image, _) in &loaded.processes {
-            for v in image.vmas.iter().filter(|v| v.shmem_id != 0) {
-                shmem
-                    .entry(v.shmem_id)
-                    .or_insert((image.pid, v.start, v.end));
-            }
-        }
+        let shmem = pages::layout::shmem_owners(
+            loaded
+                .processes
+                .iter()
+                .map(|(image, _)| (image.pid, &image.vmas[..])),
+        );
         let plan = Plan {
             loaded,
             processes,
