@@ -17,18 +17,30 @@ pub trait PageFill {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error>;
 }
 
-/// Reads the stored bytes of a page run.
+/// Reads the stored bytes of page runs, a piece at a time (the caller checks the CRCs).
 pub trait RunReader {
-    /// Reads the `run.npages` pages of `run` into `buf` (exactly that long) and checks them
-    /// against the run's CRC.
-    fn read_run(&self, run: &PageRun, buf: &mut [u8]) -> Result<(), Error>;
+    /// Reads `buf.len()` bytes at payload offset `offset` (within the payload's bounds).
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
+    /// The error for a run whose bytes do not match its CRC.
+    fn bad_crc(&self, run: &PageRun) -> Error;
 }
 
 impl RunReader for RawReader {
-    fn read_run(&self, run: &PageRun, buf: &mut [u8]) -> Result<(), Error> {
-        Ok(self.read_extent(run.offset, buf, run.crc)?)
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        Ok(self.read_unchecked(offset, buf)?)
+    }
+
+    fn bad_crc(&self, _run: &PageRun) -> Error {
+        Error::Image(stasis_image::ImageError::BadPayloadCrc {
+            path: self.path().to_path_buf(),
+        })
     }
 }
+
+/// The most memory a fill holds at once, whatever length a run claims: runs are read, checked
+/// and written in pieces of this size (the dumper writes runs of at most 2 MiB, which are
+/// checked whole before any byte of them is written).
+const FILL_CHUNK: u64 = 2 << 20;
 
 /// Writes every run into the target before it runs.
 pub struct EagerFill<'a, R: RunReader + ?Sized> {
@@ -53,10 +65,20 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 .checked_mul(PAGE_SIZE)
                 .and_then(|l| usize::try_from(l).ok())
                 .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
-            self.buf.resize(len, 0);
-            self.pages.read_run(r, &mut self.buf)?;
-            proc_mem::write_all(target, r.addr, &self.buf)
-                .map_err(|e| Error::sys("process_vm_writev", target, e))?;
+            let len = len as u64;
+            let (mut done, mut crc) = (0u64, 0u32);
+            while done < len {
+                let n = (len - done).min(FILL_CHUNK) as usize;
+                self.buf.resize(n, 0);
+                self.pages.read_bytes(r.offset + done, &mut self.buf)?;
+                crc = crc32c::crc32c_append(crc, &self.buf);
+                if done + n as u64 == len && crc != r.crc {
+                    return Err(self.pages.bad_crc(r));
+                }
+                proc_mem::write_all(target, r.addr + done, &self.buf)
+                    .map_err(|e| Error::sys("process_vm_writev", target, e))?;
+                done += n as u64;
+            }
         }
         Ok(())
     }
@@ -76,13 +98,14 @@ mod tests {
     struct InMemory(Vec<u8>);
 
     impl RunReader for InMemory {
-        fn read_run(&self, run: &PageRun, buf: &mut [u8]) -> Result<(), Error> {
-            let at = run.offset as usize;
+        fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+            let at = offset as usize;
             buf.copy_from_slice(&self.0[at..at + buf.len()]);
-            if crc32c::crc32c(buf) != run.crc {
-                return Err(Error::Invalid("bad crc".into()));
-            }
             Ok(())
+        }
+
+        fn bad_crc(&self, _run: &PageRun) -> Error {
+            Error::Invalid("bad crc".into())
         }
     }
 
@@ -119,5 +142,33 @@ mod tests {
         assert!(EagerFill::new(&payload).fill(me, &[bad]).is_err());
         let now = std::hint::black_box(&target[skip..]);
         assert!(now[pg..2 * pg].iter().all(|&x| x == 0));
+    }
+
+    /// A run longer than the fill's piece size is read, checked and written piece by piece,
+    /// with one CRC over the whole run.
+    #[test]
+    fn long_runs_are_filled_in_pieces() {
+        let pg = PAGE_SIZE as usize;
+        let len = 2 * FILL_CHUNK as usize + pg;
+        let mut target = vec![0u8; len + pg];
+        let base = (target.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let skip = (base - target.as_ptr() as u64) as usize;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+        let run = PageRun {
+            addr: base,
+            npages: (len / pg) as u64,
+            offset: 0,
+            crc: crc32c::crc32c(&data),
+        };
+        let payload = InMemory(data.clone());
+        let me = stasis_sys::process::getpid();
+        EagerFill::new(&payload).fill(me, &[run]).unwrap();
+        let now = std::hint::black_box(&target[skip..skip + len]);
+        assert!(now == &data[..], "the long run was not written whole");
+        let bad = PageRun {
+            crc: run.crc ^ 1,
+            ..run
+        };
+        assert!(EagerFill::new(&payload).fill(me, &[bad]).is_err());
     }
 }
