@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-type BenchResult = Result<u8, Box<dyn std::error::Error>>;
+use crate::ToolResult as BenchResult;
 
 /// The program the benchmark dumps: N MiB of non-zero memory, then idle.
 pub fn workload(mib: u64, ready: &Path) -> BenchResult {
@@ -48,7 +48,15 @@ fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
-pub fn run(mib: u64) -> BenchResult {
+/// `stasis bench`: the memory benchmark with `mib` MiB ([`run_memory`]), then the tree-freeze
+/// benchmark with `tree_processes` processes of `tree_threads` threads each ([`run_tree`]).
+pub fn run(mib: u64, tree_processes: u32, tree_threads: u32) -> BenchResult {
+    run_memory(mib).and_then(|_| run_tree(tree_processes, tree_threads))
+}
+
+/// Dump and restore of a process with `mib` MiB of non-zero memory, against memcpy and
+/// process_vm_readv + write + fsync of the same memory.
+pub fn run_memory(mib: u64) -> BenchResult {
     let dir = std::env::temp_dir().join(format!("stasis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bytes = mib << 20;

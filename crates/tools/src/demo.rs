@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-type DemoResult = Result<u8, Box<dyn std::error::Error>>;
+use crate::ToolResult as DemoResult;
 
 /// The program being dumped: counts, checkpoints itself at tick 5, and counts on.
 pub fn counter(images: &Path) -> DemoResult {
@@ -68,6 +68,7 @@ fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> Result<(), Stri
     ))
 }
 
+/// `stasis demo`: see the top of this module.
 pub fn run() -> DemoResult {
     let dir = std::env::temp_dir().join(format!("stasis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
