@@ -1,28 +1,53 @@
 //! Processes, pidfds, file descriptors and per-process attributes.
 
 use crate::{cvt, cvt_int, Pid};
+use rustix::process::Pid as RPid;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+/// A positive pid as rustix wants it; anything else is the kernel's answer to it (`err`).
+pub(crate) fn rpid(pid: Pid, err: i32) -> io::Result<RPid> {
+    if pid > 0 {
+        RPid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(err))
+    } else {
+        Err(io::Error::from_raw_os_error(err))
+    }
+}
+
+/// `pid` for the calls where 0 means the caller (`None`); negative pids get `err`.
+fn rpid_or_self(pid: Pid, err: i32) -> io::Result<Option<RPid>> {
+    if pid == 0 {
+        Ok(None)
+    } else {
+        rpid(pid, err).map(Some)
+    }
+}
+
 /// Opens a pidfd for `pid`: a handle that can never refer to a recycled pid.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes no pointers; on success it returns a new fd that we own.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = rpid(pid, libc::EINVAL)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Duplicates file descriptor `target_fd` of the process behind `pidfd` into this process. The
 /// copy shares the file description (offset, flags) with the original.
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target_fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; on success a new fd that we own is returned.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(rustix::process::pidfd_getfd(
+        pidfd,
+        target_fd,
+        rustix::process::PidfdGetfdFlags::empty(),
+    )?)
 }
 
-/// Sends `sig` to the process behind `pidfd`.
+/// Sends `sig` to the process behind `pidfd`; 0 only checks that the process still exists.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    if let Some(sig) = rustix::process::Signal::from_named_raw(sig) {
+        return Ok(rustix::process::pidfd_send_signal(pidfd, sig)?);
+    }
+    // rustix has no `Signal` for 0 (the existence check) nor for real-time signals.
     // SAFETY: a null siginfo pointer means "as if by kill()".
     cvt(unsafe {
         libc::syscall(
@@ -123,68 +148,55 @@ pub fn exit_now(code: i32) -> ! {
 
 /// Creates an anonymous memory file.
 pub fn memfd_create(name: &str) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let fd = cvt_int(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC,
+    )?)
 }
 
 /// Creates a pipe; returns (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    cvt_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// Duplicates up to `len` bytes from pipe `from` into pipe `to` without consuming them.
 pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: tee takes no pointers.
-    let n = cvt(unsafe {
-        libc::tee(
-            from.as_raw_fd(),
-            to.as_raw_fd(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    } as libc::c_long)?;
-    Ok(n as usize)
+    Ok(rustix::pipe::tee(
+        from,
+        to,
+        len,
+        rustix::pipe::SpliceFlags::NONBLOCK,
+    )?)
 }
 
 /// Bytes waiting to be read in a pipe (FIONREAD).
 pub fn pipe_bytes_queued(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int into `n`.
-    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) })?;
-    Ok(n as usize)
+    Ok(rustix::io::ioctl_fionread(fd)? as usize)
 }
 
 /// Capacity of a pipe in bytes.
 pub fn pipe_capacity(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    // SAFETY: F_GETPIPE_SZ takes no pointer.
-    Ok(cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) })? as usize)
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
 }
 
 /// Sets the capacity of a pipe.
 pub fn set_pipe_capacity(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
-    // SAFETY: F_SETPIPE_SZ takes an int argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })
-        .map(drop)
+    rustix::pipe::fcntl_setpipe_size(fd, size)?;
+    Ok(())
 }
 
 /// File status flags (F_GETFL).
 pub fn get_status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    // SAFETY: F_GETFL takes no argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+    Ok(rustix::fs::fcntl_getfl(fd)?.bits() as i32)
 }
 
 /// Sets file status flags (F_SETFL; only O_APPEND, O_NONBLOCK, O_ASYNC, O_DIRECT, O_NOATIME
 /// can change).
 pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
-    // SAFETY: F_SETFL takes an int argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+    Ok(rustix::fs::fcntl_setfl(
+        fd,
+        rustix::fs::OFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// Sets or clears FD_CLOEXEC on a raw descriptor number of this process.
@@ -221,23 +233,29 @@ pub fn close_raw(fd: RawFd) -> io::Result<()> {
 
 /// setsid(2).
 pub fn setsid() -> io::Result<Pid> {
-    // SAFETY: no arguments.
-    cvt_int(unsafe { libc::setsid() })
+    Ok(rustix::process::setsid()?.as_raw_pid())
 }
 
-/// setpgid(2).
+/// setpgid(2): 0 for `pid` is the caller, 0 for `pgid` is `pid`.
 pub fn setpgid(pid: Pid, pgid: Pid) -> io::Result<()> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::setpgid(pid, pgid) }).map(drop)
+    let pgid = rpid_or_self(pgid, libc::EINVAL)?;
+    let pid = rpid_or_self(pid, libc::ESRCH)?;
+    Ok(rustix::process::setpgid(pid, pgid)?)
 }
 
-/// getsid(2) of this process (0) or another.
+// getsid and getpgid are not rustix's: those return a non-zero `Pid`, but the kernel answers 0
+// for a session or group whose leader is outside our pid namespace (as for the init of a
+// `--pid-ns` restore).
+
+/// getsid(2) of this process (0) or another; 0 when the session's leader is outside our pid
+/// namespace.
 pub fn getsid(pid: Pid) -> io::Result<Pid> {
     // SAFETY: no pointers.
     cvt_int(unsafe { libc::getsid(pid) })
 }
 
-/// getpgid(2).
+/// getpgid(2) of this process (0) or another; 0 when the group's leader is outside our pid
+/// namespace.
 pub fn getpgid(pid: Pid) -> io::Result<Pid> {
     // SAFETY: no pointers.
     cvt_int(unsafe { libc::getpgid(pid) })
@@ -245,17 +263,12 @@ pub fn getpgid(pid: Pid) -> io::Result<Pid> {
 
 /// Sets the umask, returning the old one.
 pub fn umask(mask: u32) -> u32 {
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+    rustix::process::umask(rustix::fs::Mode::from_bits_retain(mask)).bits()
 }
 
 /// chroot(2).
 pub fn chroot(path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    cvt_int(unsafe { libc::chroot(c.as_ptr()) }).map(drop)
+    Ok(rustix::process::chroot(path)?)
 }
 
 /// Sets a resource limit of this process (prlimit64 on ourselves).
@@ -285,14 +298,14 @@ pub fn prctl_int(option: i32, arg2: u64, arg3: u64) -> io::Result<i32> {
     cvt_int(unsafe { libc::prctl(option, arg2, arg3, 0u64, 0u64) })
 }
 
-/// Sets the calling thread's name (comm), at most 15 bytes.
+/// Sets the calling thread's name (comm), at most 15 bytes (up to the first NUL, if any).
 pub fn set_thread_name(name: &[u8]) -> io::Result<()> {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
     buf[..n].copy_from_slice(&name[..n]);
-    // SAFETY: PR_SET_NAME reads up to 16 bytes from a NUL-terminated buffer we own.
-    cvt_int(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as u64, 0u64, 0u64, 0u64) })
-        .map(drop)
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::thread::set_name(name)?)
 }
 
 /// personality(2): sets the execution domain, returning the previous one.
@@ -309,14 +322,12 @@ pub fn stop_self() -> io::Result<()> {
 
 /// Effective uid of the caller.
 pub fn geteuid() -> u32 {
-    // SAFETY: cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Process id of the caller.
 pub fn getpid() -> Pid {
-    // SAFETY: cannot fail.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_pid()
 }
 
 /// Blocks or unblocks all signals in the calling thread; returns the previous mask.
@@ -345,27 +356,16 @@ pub fn set_signal_mask(mask: &libc::sigset_t) -> io::Result<()> {
 
 /// lseek(SEEK_DATA): the first offset >= `from` holding data, or `None` past the last data.
 pub fn seek_data(fd: BorrowedFd<'_>, from: u64) -> io::Result<Option<u64>> {
-    // SAFETY: lseek takes no pointers.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(from)) {
+        Ok(off) => Ok(Some(off)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(r as u64))
 }
 
 /// lseek(SEEK_HOLE): the first offset >= `from` in a hole (the file size at most).
 pub fn seek_hole(fd: BorrowedFd<'_>, from: u64) -> io::Result<u64> {
-    // SAFETY: lseek takes no pointers.
-    let r = cvt(
-        unsafe { libc::lseek(fd.as_raw_fd(), from as libc::off_t, libc::SEEK_HOLE) }
-            as libc::c_long,
-    )?;
-    Ok(r as u64)
+    Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(from))?)
 }
 
 /// kcmp(KCMP_FILE): whether fd `a` of `pid_a` and fd `b` of `pid_b` are the same open file
@@ -408,18 +408,13 @@ pub fn reset_signal_dispositions() -> io::Result<()> {
 
 /// A connected pair of SOCK_SEQPACKET unix sockets, close-on-exec.
 pub fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two fds into the array we own.
-    cvt_int(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Makes every later file access of the calling process be checked as `uid`/`gid` with
@@ -491,62 +486,40 @@ pub fn unblock_all_signals() -> io::Result<()> {
 /// Reads one signal number from a signalfd, or `None` when none is pending.
 pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     let mut info = [0u8; 128];
-    // SAFETY: the kernel writes at most 128 bytes (one signalfd_siginfo) into `info`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    match rustix::io::read(fd, &mut info) {
+        Ok(_) => Ok(Some(
+            u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32,
+        )),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(
-        u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32,
-    ))
 }
 
 /// poll(2) for readability on `fds`; returns which are readable (or hung up). EINTR counts as
-/// "nothing ready".
+/// "nothing ready". A negative `timeout_ms` waits for ever.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut p: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN))
         .collect();
-    // SAFETY: the kernel reads and writes exactly p.len() pollfd entries we own.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(vec![false; fds.len()])
-        } else {
-            Err(e)
-        };
+    let timeout = (timeout_ms >= 0).then(|| Timespec {
+        tv_sec: (timeout_ms / 1000).into(),
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000).into(),
+    });
+    match rustix::event::poll(&mut p, timeout.as_ref()) {
+        Ok(_) => Ok(p.iter().map(|x| !x.revents().is_empty()).collect()),
+        Err(rustix::io::Errno::INTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e.into()),
     }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
-/// Sets SO_RCVTIMEO and SO_SNDTIMEO on a socket.
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO on a socket (a zero `timeout`: none).
 pub fn set_socket_timeouts(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: the kernel reads one timeval from `tv`.
-        cvt_int(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        })?;
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    let timeout = (!timeout.is_zero()).then_some(timeout);
+    for which in [Timeout::Recv, Timeout::Send] {
+        set_socket_timeout(fd, which, timeout)?;
     }
     Ok(())
 }
@@ -582,21 +555,16 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Waits until child `pid` has exited, without reaping it (waitid WEXITED | WNOWAIT).
 pub fn wait_exited_nowait(pid: Pid) -> io::Result<()> {
+    use rustix::process::{WaitId, WaitIdOptions};
+    let pid = rpid(pid, libc::EINVAL)?;
     loop {
-        // SAFETY: siginfo_t is plain data; waitid writes one into `info`.
-        let r = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        match cvt_int(r) {
+        match rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -678,27 +646,18 @@ pub fn fork_into_new_pid_ns() -> io::Result<Forked> {
 /// In a new mount namespace: makes every mount private (nothing propagates back out) and
 /// mounts a fresh /proc that shows the caller's pid namespace.
 pub fn mount_private_proc() -> io::Result<()> {
-    let root = std::ffi::CString::new("/").map_err(|_| io::ErrorKind::InvalidInput)?;
-    let proc_ = std::ffi::CString::new("/proc").map_err(|_| io::ErrorKind::InvalidInput)?;
-    let fstype = std::ffi::CString::new("proc").map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: all strings are valid NUL-terminated strings that outlive the calls; a null
-    // source/type/data is allowed for a propagation change.
-    unsafe {
-        cvt_int(libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        cvt_int(libc::mount(
-            fstype.as_ptr(),
-            proc_.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ))?;
-    }
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
+    rustix::mount::mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )?;
     Ok(())
 }
 
@@ -724,13 +683,12 @@ pub fn shares(a: Pid, b: Pid, what: Shared) -> io::Result<bool> {
 
 /// Waits for child `pid` to exit and reaps it.
 pub fn wait_exited(pid: Pid) -> io::Result<()> {
+    let pid = rpid(pid, libc::ECHILD)?;
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes one int into `status`.
-        match cvt_int(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -755,9 +713,5 @@ pub fn with_root_fs_identity<T>(f: impl FnOnce() -> T) -> T {
 
 /// The filesystem type (statfs f_type) of an open file.
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
-    // SAFETY: statfs is plain data; fstatfs writes one into `st`.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into the struct we own.
-    cvt_int(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.f_type as i64)
+    Ok(rustix::fs::fstatfs(fd)?.f_type as i64)
 }
