@@ -187,7 +187,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             continue;
         }
         match process::fork() {
-            Ok(Forked::Child) => {
+            Ok(Forked::Child(_)) => {
                 let _ = process::unblock_all_signals();
                 let code = worker::serve(conn);
                 process::exit_now(code);

@@ -112,14 +112,32 @@ pub fn epoll_create(flags: i32) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// EPOLL_CTL_ADD of descriptor number `fd` to the epoll at descriptor number `epfd`, with
-/// `events` and `data` exactly as given. Raw numbers: used by a restore child whose fd table
-/// was just laid out.
-pub fn epoll_add_raw(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: data };
-    // SAFETY: the kernel reads one epoll_event from `ev`, which lives across the call; bad
-    // descriptor numbers are reported as errors.
-    cvt_int(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+/// EPOLL_CTL_ADD of `fd` to the epoll `epfd`, with `events` and `data` exactly as given.
+pub fn epoll_add(
+    epfd: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    Ok(epoll::add(
+        epfd,
+        fd,
+        EventData::new_u64(data),
+        EventFlags::from_bits_retain(events),
+    )?)
+}
+
+/// [`epoll_add`] on descriptor numbers: for a restore child whose fd table was just laid out.
+///
+/// # Safety
+///
+/// Both numbers must stay open during the call. [`crate::process::ForkedChild::epoll_add_raw`]
+/// is the safe form for a forked child.
+pub unsafe fn epoll_add_raw(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    // SAFETY: the caller guarantees that both numbers stay open during the call.
+    let (epfd, fd) = unsafe { (crate::borrow_number(epfd)?, crate::borrow_number(fd)?) };
+    epoll_add(epfd, fd, events, data)
 }
 
 /// kcmp(KCMP_EPOLL_TFD): whether the file behind fd `fd` of `pid` is the one registered as
@@ -219,33 +237,37 @@ pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) 
 
 /// inotify_rm_watch(fd, wd). The kernel queues an IN_IGNORED event for `wd`.
 pub fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) }).map(drop)
+    Ok(rustix::fs::inotify::remove_watch(fd, wd)?)
 }
 
-/// Reads and drops every event queued on the inotify instance at descriptor number `fd`,
-/// blocking or not (FIONREAD tells how much there is). Raw number: used by a restore child
-/// whose fd table was just laid out.
-pub fn inotify_discard_events_raw(fd: RawFd) -> io::Result<()> {
+/// Reads and drops every event queued on the inotify instance `fd`, blocking or not (FIONREAD
+/// tells how much there is).
+pub fn inotify_discard_events(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int into `queued`, which outlives the call.
-        cvt_int(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued as *mut libc::c_int) })?;
-        if queued <= 0 {
+        if rustix::io::ioctl_fionread(fd)? == 0 {
             return Ok(());
         }
         // Events are at most 16 + NAME_MAX + 1 bytes: with something queued, this read
         // returns at once with whole events.
-        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        match rustix::io::read(fd, &mut buf) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// [`inotify_discard_events`] on a descriptor number: for a restore child whose fd table was
+/// just laid out.
+///
+/// # Safety
+///
+/// `fd` must stay open during the call, and nothing else in the process may rely on the events
+/// queued on it. [`crate::process::ForkedChild::inotify_discard_events_raw`] is the safe form
+/// for a forked child.
+pub unsafe fn inotify_discard_events_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller guarantees that `fd` stays open during the call.
+    inotify_discard_events(unsafe { crate::borrow_number(fd)? })
 }
 
 /// Longest file handle the kernel hands out or accepts (MAX_HANDLE_SZ).
@@ -344,7 +366,7 @@ mod tests {
     fn signalfd_and_epoll() {
         let s = signalfd(1 << (libc::SIGUSR1 - 1), libc::SFD_CLOEXEC).unwrap();
         let ep = epoll_create(libc::EPOLL_CLOEXEC).unwrap();
-        epoll_add_raw(ep.as_raw_fd(), s.as_raw_fd(), libc::EPOLLIN as u32, 5).unwrap();
+        epoll_add(ep.as_fd(), s.as_fd(), libc::EPOLLIN as u32, 5).unwrap();
         let me = crate::process::getpid();
         assert!(epoll_target_is(me, s.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(!epoll_target_is(me, ep.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());

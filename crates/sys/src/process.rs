@@ -3,6 +3,7 @@
 use crate::{cvt, cvt_int, Pid};
 use rustix::process::Pid as RPid;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A positive pid as rustix wants it; anything else is the kernel's answer to it (`err`).
@@ -67,16 +68,124 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     cvt_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Result of [`fork_with_pid`].
+/// What a fork wrapper ([`fork`], [`fork_with_pid`], [`fork_with_pid_sharing`],
+/// [`fork_into_new_pid_ns`]) returns in each of the two processes.
+#[derive(Debug)]
 pub enum Forked {
-    Child,
+    /// In the new process.
+    Child(ForkedChild),
+    /// In the caller, with the pid of the new process.
     Parent(Pid),
 }
 
-/// Forks this process so that the child gets exactly `pid` (clone3 with `set_tid`). Fails with
-/// `EEXIST` when the pid is in use.
+/// Held by the child of a fork wrapper: the proof that this process is a fresh copy of a
+/// process that had a single thread, and that it runs the code of a child, which ends with
+/// [`exit_now`] or by being taken over (a restore child stops itself and the restorer
+/// replaces its whole memory), never by going back into the code of the parent it was copied
+/// from.
 ///
-/// The caller must be single-threaded, as with fork(2): the child only has the calling thread.
+/// That is what makes the operations on descriptor *numbers* below safe here and nowhere else:
+/// the `OwnedFd`s and `File`s in the copied memory belong to the parent's code, which never
+/// runs again in this process, so the child may renumber its fd table under them (move
+/// inherited descriptions to the numbers a restored process had, close the rest). Code given
+/// the token must keep to that: it stops using the parent's descriptor objects once it has
+/// changed the table, and it never returns.
+///
+/// Only the fork wrappers create one; it cannot be cloned or sent to another thread.
+#[derive(Debug)]
+pub struct ForkedChild {
+    _single_threaded: PhantomData<*const ()>,
+}
+
+impl ForkedChild {
+    /// dup3(2) of `old` onto `new` (closing what `new` was), without close-on-exec.
+    pub fn dup3_raw(&self, old: RawFd, new: RawFd) -> io::Result<()> {
+        // SAFETY: in a forked child the numbers belong to the child's code (see the type).
+        unsafe { dup3_raw(old, new) }
+    }
+
+    /// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`.
+    pub fn dup_at_least_raw(&self, old: RawFd, min: RawFd) -> io::Result<RawFd> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { dup_at_least_raw(old, min) }
+    }
+
+    /// Sets or clears FD_CLOEXEC on `fd`.
+    pub fn set_cloexec_raw(&self, fd: RawFd, cloexec: bool) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { set_cloexec_raw(fd, cloexec) }
+    }
+
+    /// Closes `fd`.
+    pub fn close_raw(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { close_raw(fd) }
+    }
+
+    /// Closes every descriptor in `first..=last`.
+    pub fn close_range(&self, first: u32, last: u32) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { close_range(first, last) }
+    }
+
+    /// write(2) to `fd`.
+    pub fn write_raw(&self, fd: RawFd, data: &[u8]) -> io::Result<usize> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { write_raw(fd, data) }
+    }
+
+    /// EPOLL_CTL_ADD of `fd` to the epoll at `epfd`: see [`crate::anon_files::epoll_add_raw`].
+    pub fn epoll_add_raw(&self, epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { crate::anon_files::epoll_add_raw(epfd, fd, events, data) }
+    }
+
+    /// Drops the queued events of the inotify instance at `fd`: see
+    /// [`crate::anon_files::inotify_discard_events_raw`].
+    pub fn inotify_discard_events_raw(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { crate::anon_files::inotify_discard_events_raw(fd) }
+    }
+}
+
+/// Fails unless the calling process has a single thread. Forking is only sound then: the
+/// child has nothing but a copy of the calling thread, and a lock or data structure another
+/// thread was in the middle of changing (the allocator's, say) would stay half-changed in it.
+/// The check cannot race: with one thread, nothing but the caller could start another.
+fn ensure_single_threaded() -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Field 20 (num_threads), the 18th after the parenthesized command name.
+    let threads = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no thread count in /proc/self/stat",
+            )
+        })?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a process with {threads} threads: only a single-threaded one can be"
+        )));
+    }
+    Ok(())
+}
+
+fn forked(ret: Pid) -> Forked {
+    if ret == 0 {
+        Forked::Child(ForkedChild {
+            _single_threaded: PhantomData,
+        })
+    } else {
+        Forked::Parent(ret)
+    }
+}
+
+/// Forks this process so that the child gets exactly `pid` (clone3 with `set_tid`). Fails with
+/// `EEXIST` when the pid is in use, and when the caller has more than one thread (as with
+/// fork(2), the child would only have the calling thread).
 pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
     clone_like_fork(0, Some(pid))
 }
@@ -95,8 +204,9 @@ pub fn fork_with_pid_sharing(pid: Pid, files: bool, fs: bool) -> io::Result<Fork
 }
 
 /// clone3 without CLONE_VM (so: a fork), with extra `flags` and, optionally, the pid the child
-/// gets in the innermost pid namespace. The caller must be single-threaded.
+/// gets in the innermost pid namespace. Fails when the caller has more than one thread.
 fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
+    ensure_single_threaded()?;
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -125,7 +235,8 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork(): the child gets a copy of our memory
-    // and continues from here with a return value of 0. `args` and `tids` outlive the call.
+    // and continues from here with a return value of 0. The process has a single thread (checked
+    // above), so the copy is consistent. `args` and `tids` outlive the call.
     let r = cvt(unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -133,11 +244,7 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
             std::mem::size_of::<CloneArgs>(),
         )
     })?;
-    Ok(if r == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(r as Pid)
-    })
+    Ok(forked(r as Pid))
 }
 
 /// Terminates the calling process immediately, without running destructors or atexit handlers.
@@ -200,35 +307,106 @@ pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
 }
 
 /// Sets or clears FD_CLOEXEC on a raw descriptor number of this process.
-pub fn set_cloexec_raw(fd: RawFd, cloexec: bool) -> io::Result<()> {
-    let flag = if cloexec { libc::FD_CLOEXEC } else { 0 };
-    // SAFETY: F_SETFD takes an int argument; an invalid fd gives EBADF.
-    cvt_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+///
+/// # Safety
+///
+/// `fd` must not be owned by anything else in the process (an `OwnedFd`, a `File`, ...) that
+/// relies on its flags. [`ForkedChild::set_cloexec_raw`] is the safe form for a forked child.
+pub unsafe fn set_cloexec_raw(fd: RawFd, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    // SAFETY: the caller guarantees that nothing else relies on `fd` (see above); the borrow
+    // ends with the call, and the kernel answers EBADF for a number that is not open.
+    let fd = unsafe { crate::borrow_number(fd)? };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
-/// dup3(2) on raw descriptor numbers: used in a freshly forked restore child to lay out its fd
-/// table, where descriptors are numbers in a table being rebuilt, not owned objects.
-pub fn dup3_raw(old: RawFd, new: RawFd) -> io::Result<()> {
-    // SAFETY: no pointers; the kernel validates both numbers.
+/// dup3(2) on raw descriptor numbers: `new` becomes a copy of `old` (without close-on-exec),
+/// closing what `new` was. For a freshly forked restore child laying out its fd table, where
+/// descriptors are numbers in a table being rebuilt, not owned objects.
+///
+/// # Safety
+///
+/// Nothing else in the process may own or borrow `new` (it is closed behind its back) and use
+/// it afterwards. [`ForkedChild::dup3_raw`] is the safe form for a forked child.
+pub unsafe fn dup3_raw(old: RawFd, new: RawFd) -> io::Result<()> {
+    // rustix's dup3 only replaces an `OwnedFd`: a bare number needs the raw call.
+    // SAFETY: no pointers; the kernel validates both numbers; the caller guarantees that `new`
+    // may be replaced.
     cvt_int(unsafe { libc::dup3(old, new, 0) }).map(drop)
 }
 
-/// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`.
-pub fn dup_at_least_raw(old: RawFd, min: RawFd) -> io::Result<RawFd> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::fcntl(old, libc::F_DUPFD_CLOEXEC, min) })
+/// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`. The copy is
+/// returned as a number, owned by nobody.
+///
+/// # Safety
+///
+/// `old` must be open for the duration of the call and not be closed by anything else
+/// meanwhile; the caller takes charge of closing the copy. [`ForkedChild::dup_at_least_raw`]
+/// is the safe form for a forked child.
+pub unsafe fn dup_at_least_raw(old: RawFd, min: RawFd) -> io::Result<RawFd> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the caller guarantees that `old` stays open during the call.
+    let old = unsafe { crate::borrow_number(old)? };
+    Ok(rustix::io::fcntl_dupfd_cloexec(old, min)?.into_raw_fd())
 }
 
 /// Closes every descriptor in `first..=last`.
-pub fn close_range(first: u32, last: u32) -> io::Result<()> {
-    // SAFETY: no pointers.
+///
+/// # Safety
+///
+/// None of those descriptors may be owned or borrowed by anything in the process that uses or
+/// closes it afterwards (this is for a freshly forked child laying out its fd table, or a hook
+/// run between fork and exec). [`ForkedChild::close_range`] is the safe form for a forked
+/// child.
+pub unsafe fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // rustix has no close_range.
+    // SAFETY: no pointers; the caller guarantees that the descriptors may be closed.
     cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
 }
 
 /// Closes one raw descriptor number.
-pub fn close_raw(fd: RawFd) -> io::Result<()> {
-    // SAFETY: closing a number we do not hold elsewhere as an OwnedFd (restore child only).
+///
+/// # Safety
+///
+/// `fd` must not be owned or borrowed by anything else in the process that uses or closes it
+/// afterwards. [`ForkedChild::close_raw`] is the safe form for a forked child.
+pub unsafe fn close_raw(fd: RawFd) -> io::Result<()> {
+    // Not rustix::io::close, which cannot report errors.
+    // SAFETY: the caller guarantees that nothing else holds `fd`.
     cvt_int(unsafe { libc::close(fd) }).map(drop)
+}
+
+/// Replaces the standard error of this process (descriptor 2) with a copy of `to`.
+pub fn redirect_stderr(to: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::stdio::dup2_stderr(to)?)
+}
+
+/// Makes the process that `cmd` starts close every inherited descriptor above standard error
+/// when it executes its program (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` between fork and
+/// exec): descriptors of whoever started this process (a build tool's jobserver pipe, say) would
+/// tie the new process to processes it has nothing to do with.
+pub fn close_inherited_fds_on_exec(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: the hook runs in the forked child between fork and exec, where only
+    // async-signal-safe calls may be made: it makes one system call, which allocates nothing and
+    // touches no memory. It only marks descriptors close-on-exec (the child's own table), so the
+    // descriptor through which the standard library reports a failed exec keeps working.
+    unsafe {
+        cmd.pre_exec(|| {
+            cvt(libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ))
+            .map(drop)
+        })
+    }
 }
 
 /// setsid(2).
@@ -378,10 +556,15 @@ pub fn same_file_description(pid_a: Pid, a: RawFd, pid_b: Pid, b: RawFd) -> io::
 }
 
 /// write(2) on a raw descriptor number (used by a restore child whose fd table was rebuilt).
-pub fn write_raw(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads at most data.len() bytes from the slice.
-    let n = cvt(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) } as libc::c_long)?;
-    Ok(n as usize)
+///
+/// # Safety
+///
+/// `fd` must stay open during the call, and writing to it must not disturb anything else in the
+/// process that owns it. [`ForkedChild::write_raw`] is the safe form for a forked child.
+pub unsafe fn write_raw(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: the caller guarantees that `fd` may be written to during the call.
+    let fd = unsafe { crate::borrow_number(fd)? };
+    Ok(rustix::io::write(fd, data)?)
 }
 
 /// Sets every catchable signal of the calling process back to its default action and clears
@@ -435,16 +618,14 @@ pub fn set_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// fork(2). The caller must be single-threaded.
+/// fork(2). Fails when the caller has more than one thread (the child would only have the
+/// calling thread).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the callers (stasisd) are single-threaded, so the child has a consistent copy
-    // of the whole process.
+    ensure_single_threaded()?;
+    // SAFETY: the process has a single thread (checked above), so the child has a consistent
+    // copy of the whole process.
     let r = cvt_int(unsafe { libc::fork() })?;
-    Ok(if r == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(r)
-    })
+    Ok(forked(r))
 }
 
 /// Blocks `signals` in the calling thread and returns a signalfd that reports them.
@@ -526,22 +707,9 @@ pub fn set_socket_timeouts(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> 
 
 /// Whether `fd` is a listening SOCK_SEQPACKET socket (for socket activation).
 pub fn is_listening_seqpacket(fd: BorrowedFd<'_>) -> bool {
-    let get = |opt: i32| -> Option<i32> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `v`.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &mut v as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        (r == 0).then_some(v)
-    };
-    get(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET) && get(libc::SO_ACCEPTCONN) == Some(1)
+    use rustix::net::sockopt::{socket_acceptconn, socket_type};
+    socket_type(fd).ok() == Some(rustix::net::SocketType::SEQPACKET)
+        && socket_acceptconn(fd).ok() == Some(true)
 }
 
 /// Takes ownership of an inherited descriptor number (socket activation's fd 3), after

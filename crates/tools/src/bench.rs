@@ -12,7 +12,6 @@ use crate::ToolResult as BenchResult;
 
 /// The program the benchmark dumps: N MiB of non-zero memory, then idle.
 pub fn workload(mib: u64, ready: &Path) -> BenchResult {
-    stasis_sys::process::close_range(3, u32::MAX)?;
     let len = (mib << 20) as usize;
     let mut mem = vec![0u8; len];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -31,8 +30,10 @@ pub fn workload(mib: u64, ready: &Path) -> BenchResult {
 
 /// Starts this binary with a hidden workload subcommand (`args`, then the `ready` file it
 /// reports to), in a process group of its own so the whole workload can be killed at once.
+/// Every descriptor the workload would inherit above stderr is closed when it starts.
 fn spawn_workload(args: &[&str], ready: &Path) -> std::io::Result<std::process::Child> {
-    std::process::Command::new(std::env::current_exe()?)
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    stasis_sys::process::close_inherited_fds_on_exec(&mut cmd)
         .args(args)
         .arg(ready)
         .stdin(std::process::Stdio::null())
@@ -177,10 +178,9 @@ pub fn run_memory(mib: u64) -> BenchResult {
 /// The tree the benchmark freezes: `procs` processes (the root and its children) with
 /// `threads` threads each, all idle, little memory.
 pub fn tree_workload(procs: u32, threads: u32, ready: &Path) -> BenchResult {
-    stasis_sys::process::close_range(3, u32::MAX)?;
     // Fork every child first, while this process is single-threaded.
     for _ in 1..procs {
-        if let stasis_sys::process::Forked::Child = stasis_sys::process::fork()? {
+        if let stasis_sys::process::Forked::Child(_) = stasis_sys::process::fork()? {
             break;
         }
     }

@@ -20,7 +20,7 @@ use stasis_image::{
     names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
     VmaKind,
 };
-use stasis_sys::process::{self, Forked};
+use stasis_sys::process::{self, Forked, ForkedChild};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::fs::File;
@@ -343,7 +343,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             return Err(Error::PidInUse { pid: root })
         }
         Err(e) => return Err(Error::sys("clone3(set_tid)", root, e)),
-        Ok(Forked::Child) => child_main(&plan, 0),
+        Ok(Forked::Child(child)) => child_main(&child, &plan, 0),
         Ok(Forked::Parent(_)) => {}
     }
     let TreePlan {
@@ -458,16 +458,19 @@ fn wait_until_exists(pid: Pid) -> Result<(), ()> {
 }
 
 /// Runs in a forked restore child as process `idx` of the tree; never returns.
-fn child_main(plan: &TreePlan<'_>, idx: usize) -> ! {
-    let msg = match child_setup(plan, idx) {
+fn child_main(child: &ForkedChild, plan: &TreePlan<'_>, idx: usize) -> ! {
+    let msg = match child_setup(child, plan, idx) {
         Ok(()) => "child setup returned".to_string(),
         Err(m) => m,
     };
     let pid = plan.loaded.processes[idx].0.pid;
     let text = format!("pid {pid}: {msg}");
     // Before the layout the error pipe is at its own number, after it at base + err_index.
-    if process::write_raw(plan.base + plan.err_index as RawFd, text.as_bytes()).is_err() {
-        let _ = process::write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
+    if child
+        .write_raw(plan.base + plan.err_index as RawFd, text.as_bytes())
+        .is_err()
+    {
+        let _ = child.write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
     }
     process::exit_now(1);
 }
@@ -475,7 +478,7 @@ fn child_main(plan: &TreePlan<'_>, idx: usize) -> ! {
 /// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
 /// forks its own children (and zombies), lays out its fd table and attributes, then stops.
 /// Returns only on failure, with a message for the restorer.
-fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
+fn child_setup(child: &ForkedChild, plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
     let image = &plan.loaded.processes[idx].0;
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
     let mut b = [0u8; 1];
@@ -556,7 +559,7 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         match process::fork_with_pid(*group)
             .map_err(|e| format!("clone3 for the leader of group {group}: {e}"))?
         {
-            Forked::Child => stand_in_group_leader(members),
+            Forked::Child(_) => stand_in_group_leader(members),
             Forked::Parent(_) => {}
         }
     }
@@ -576,8 +579,8 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
         match process::fork_with_pid_sharing(pid, files, fs)
             .map_err(|e| format!("clone3 for pid {pid}: {e}"))?
         {
-            Forked::Child => match live {
-                Some(j) => child_main(plan, j),
+            Forked::Child(kid) => match live {
+                Some(j) => child_main(&kid, plan, j),
                 None => exit_like(status),
             },
             Forked::Parent(_) if live.is_none() => {
@@ -605,11 +608,12 @@ fn child_setup(plan: &TreePlan<'_>, idx: usize) -> Result<(), String> {
     }
     if image.shares_fd_table_with == 0 {
         for (i, fd) in plan.aux.iter().enumerate() {
-            process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
+            child
+                .dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
                 .map_err(|e| format!("dup3 aux fd: {e}"))?;
         }
-        files::layout_in_child(&image.fds, &plan.by_id, plan.base, plan.park_from)?;
-        files::after_layout_in_child(image.pid, &image.files, &image.fds)?;
+        files::layout_in_child(child, &image.fds, &plan.by_id, plan.base, plan.park_from)?;
+        files::after_layout_in_child(child, image.pid, &image.files, &image.fds)?;
     }
     attrs::apply_in_child(&image.task, image.shares_fs_with != 0)?;
     process::stop_self().map_err(|e| format!("raise(SIGSTOP): {e}"))?;
@@ -825,7 +829,7 @@ pub fn restore_in_new_pid_namespace(opts: &RestoreOptions) -> Result<RestoredInN
     match process::fork_into_new_pid_ns()
         .map_err(|e| Error::sys("clone3(CLONE_NEWPID)", process::getpid(), e))?
     {
-        Forked::Child => {
+        Forked::Child(_) => {
             drop(r);
             let mut w = File::from(w);
             let restored = process::mount_private_proc()
