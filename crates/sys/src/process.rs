@@ -712,13 +712,37 @@ pub fn is_listening_seqpacket(fd: BorrowedFd<'_>) -> bool {
         && socket_acceptconn(fd).ok() == Some(true)
 }
 
-/// Takes ownership of an inherited descriptor number (socket activation's fd 3), after
-/// checking that it is open.
-pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_GETFD takes no argument; it only checks that the number is open.
-    cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: the number is open and, by the socket-activation protocol, handed to us alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Takes the descriptors that socket activation passed to this process (as sd_listen_fds(3)):
+/// when `LISTEN_PID` is this process, the `LISTEN_FDS` descriptors from 3 on, each checked to
+/// be open; none otherwise.
+///
+/// `LISTEN_PID` says that they were handed to this very process when it started, so no code of
+/// it opened them; and only the first call in a process takes them (later calls get none), so
+/// none of them gets two owners.
+pub fn take_socket_activation_fds() -> io::Result<Vec<OwnedFd>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<Pid>().ok())
+        == Some(getpid());
+    let count: RawFd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !ours || count <= 0 || TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    (3..3_i32.saturating_add(count))
+        .map(|fd| {
+            // SAFETY: F_GETFD takes no argument; it only checks that the number is open.
+            cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+                .map_err(|e| io::Error::new(e.kind(), format!("fd {fd}: {e}")))?;
+            // SAFETY: the number is open and was handed to this process at its start, to be
+            // taken here once (see above).
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
 }
 
 /// Waits until child `pid` has exited, without reaping it (waitid WEXITED | WNOWAIT).
