@@ -371,6 +371,15 @@ mod tests {
         assert!(epoll_target_is(me, s.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(!epoll_target_is(me, ep.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(clock_ns(libc::CLOCK_MONOTONIC).unwrap() > 0);
+        assert!(clock_ns(libc::CLOCK_BOOTTIME).unwrap() > 0);
+        assert!(clock_ns(libc::CLOCK_REALTIME_COARSE).unwrap() > 0);
+        assert_eq!(clock_ns(-7).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(
+            timerfd_create(libc::CLOCK_PROCESS_CPUTIME_ID, libc::TFD_CLOEXEC)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
     }
 
     #[test]

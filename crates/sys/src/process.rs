@@ -907,3 +907,61 @@ pub fn with_root_fs_identity<T>(f: impl FnOnce() -> T) -> T {
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     Ok(rustix::fs::fstatfs(fd)?.f_type as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn fork_refuses_a_process_with_threads() {
+        // The test harness runs this on a thread of its own: there are at least two.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        for r in [fork(), fork_with_pid(1), fork_into_new_pid_ns()] {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("threads"), "{e}");
+        }
+        drop(tx);
+        let _ = other.join();
+    }
+
+    #[test]
+    fn inherited_descriptors_are_closed_at_exec() {
+        let file = std::fs::File::open("/").unwrap();
+        // SAFETY: test: dup of an open descriptor, which takes no pointers.
+        let raw = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(raw >= 0);
+        // SAFETY: the copy (without close-on-exec) was just made and is owned by nobody else.
+        let inherited = unsafe { OwnedFd::from_raw_fd(raw) };
+        let probe = |close: bool| {
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(format!(
+                "test -e /proc/self/fd/{} && echo open || echo closed",
+                inherited.as_raw_fd()
+            ));
+            if close {
+                close_inherited_fds_on_exec(&mut cmd);
+            }
+            String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        };
+        assert_eq!(probe(false), "open\n");
+        assert_eq!(probe(true), "closed\n");
+        // The descriptor of this process is untouched.
+        assert!(fs_type(inherited.as_fd()).is_ok());
+    }
+
+    #[test]
+    fn pids_and_sessions() {
+        assert_eq!(getpid() as u32, std::process::id());
+        assert_eq!(getsid(0).unwrap(), getsid(getpid()).unwrap());
+        assert_eq!(getpgid(0).unwrap(), getpgid(getpid()).unwrap());
+        assert!(pidfd_open(0).is_err() && pidfd_open(-3).is_err());
+        let pidfd = pidfd_open(getpid()).unwrap();
+        pidfd_send_signal(pidfd.as_fd(), 0).unwrap();
+        assert_eq!(
+            wait_exited(-2).unwrap_err().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+    }
+}
