@@ -1,12 +1,11 @@
 //! `stasis`: the command-line front end of the engine. Thin by design: it parses arguments,
-//! calls `stasis_engine`, and turns errors into one line on stderr and a non-zero exit code.
+//! calls `stasis_engine` (or `stasis_tools` for `demo` and `bench`), and turns errors into one
+//! line on stderr and a non-zero exit code.
 #![deny(unsafe_code)]
-
-mod bench;
-mod demo;
 
 use clap::{Parser, Subcommand};
 use stasis_engine::{dump, restore, DumpOptions, RestoreOptions};
+use stasis_tools::{bench, demo};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,10 +110,7 @@ fn main() -> ExitCode {
             mib,
             tree_processes,
             tree_threads,
-        } => (
-            "bench",
-            bench::run(mib).and_then(|_| bench::run_tree(tree_processes, tree_threads)),
-        ),
+        } => ("bench", bench::run(mib, tree_processes, tree_threads)),
         Command::BenchTreeWorkload {
             procs,
             threads,
@@ -134,7 +130,7 @@ fn main() -> ExitCode {
     }
 }
 
-type CmdResult = Result<u8, Box<dyn std::error::Error>>;
+type CmdResult = stasis_tools::ToolResult;
 
 fn run_check() -> CmdResult {
     let mut all = true;

@@ -137,7 +137,7 @@ fn kind_carries_fd(k: u16) -> bool {
     matches!(k, kind::DUMP_SELF | kind::DUMP_PID | kind::RESTORE)
 }
 
-/// The text a daemon sends in a `Failure` with [`code::VERSION`]; the client reads the daemon's
+/// The text a daemon sends in a `Failure` with [`crate::code::VERSION`]; the client reads the daemon's
 /// version back out of it with [`parse_version_mismatch`].
 pub fn version_mismatch_text(client: &str, daemon: &str) -> String {
     format!("version mismatch: client {client}, daemon {daemon}")

@@ -55,23 +55,17 @@ impl Drop for Listener {
 
 /// The socket systemd passed (LISTEN_PID is us and LISTEN_FDS >= 1: fd 3), if any.
 fn activated_socket() -> Result<Option<OwnedFd>, String> {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<i32>().ok())
-        == Some(process::getpid());
-    let fds: usize = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if !pid_ok || fds == 0 {
-        return Ok(None);
-    }
-    if fds > 1 {
+    let mut fds =
+        process::take_socket_activation_fds().map_err(|e| format!("socket activation {e}"))?;
+    if fds.len() > 1 {
         return Err(format!(
-            "socket activation passed {fds} sockets; stasisd takes one"
+            "socket activation passed {} sockets; stasisd takes one",
+            fds.len()
         ));
     }
-    let fd = process::adopt_inherited_fd(3).map_err(|e| format!("socket activation fd 3: {e}"))?;
+    let Some(fd) = fds.pop() else {
+        return Ok(None);
+    };
     if !process::is_listening_seqpacket(fd.as_fd()) {
         return Err("socket activation fd 3 is not a listening SOCK_SEQPACKET socket".into());
     }
@@ -187,7 +181,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             continue;
         }
         match process::fork() {
-            Ok(Forked::Child) => {
+            Ok(Forked::Child(_)) => {
                 let _ = process::unblock_all_signals();
                 let code = worker::serve(conn);
                 process::exit_now(code);

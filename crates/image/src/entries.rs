@@ -143,7 +143,7 @@ pub struct Vma {
     /// Offset in the mapped file, in bytes.
     pub file_offset: u64,
     pub kind: VmaKind,
-    /// The name /proc/PID/maps shows (path, "[heap]", "[stack]", ...), for humans.
+    /// The name /proc/PID/maps shows (path, `"[heap]"`, `"[stack]"`, ...), for humans.
     pub name: String,
     /// For shared anonymous memory: the identity (inode) of the memory object, the same in
     /// every process that shares it; its pages are stored with the first process that maps it.

@@ -17,42 +17,46 @@ pub const MFD_EXEC: u32 = 0x0010;
 /// memfd_create: the file is not executable and sealed so (implies MFD_ALLOW_SEALING).
 pub const MFD_NOEXEC_SEAL: u32 = 0x0008;
 
-/// Takes ownership of a descriptor a system call just returned.
-fn owned(fd: libc::c_int) -> OwnedFd {
-    // SAFETY: callers pass a descriptor that was just created and is owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn timespec(ns: u64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+fn timespec(ns: u64) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: (ns / 1_000_000_000) as i64,
+        tv_nsec: (ns % 1_000_000_000) as i64,
     }
 }
 
 /// eventfd2(0, flags) (`EFD_SEMAPHORE`, `EFD_NONBLOCK`, `EFD_CLOEXEC`).
 pub fn eventfd(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor is returned on success.
-    let fd = cvt_int(unsafe { libc::eventfd(0, flags) })?;
-    Ok(owned(fd))
+    Ok(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// Adds `value` to an eventfd's counter (write(2) of one u64).
 pub fn eventfd_add(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
-    let b = value.to_ne_bytes();
-    // SAFETY: the kernel reads exactly 8 bytes from `b`, which lives across the call.
-    let n = cvt(unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), 8) } as libc::c_long)?;
+    let n = rustix::io::write(fd, &value.to_ne_bytes())?;
     if n != 8 {
         return Err(io::Error::from(io::ErrorKind::WriteZero));
     }
     Ok(())
 }
 
-/// timerfd_create(clockid, flags) (`TFD_NONBLOCK`, `TFD_CLOEXEC`).
+/// timerfd_create(clockid, flags) (`TFD_NONBLOCK`, `TFD_CLOEXEC`). A clock timerfds do not
+/// support gives `EINVAL`, as from the kernel.
 pub fn timerfd_create(clockid: i32, flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor is returned on success.
-    let fd = cvt_int(unsafe { libc::timerfd_create(clockid, flags) })?;
-    Ok(owned(fd))
+    use rustix::time::TimerfdClockId as C;
+    let clock = match clockid {
+        libc::CLOCK_REALTIME => C::Realtime,
+        libc::CLOCK_MONOTONIC => C::Monotonic,
+        libc::CLOCK_BOOTTIME => C::Boottime,
+        libc::CLOCK_REALTIME_ALARM => C::RealtimeAlarm,
+        libc::CLOCK_BOOTTIME_ALARM => C::BoottimeAlarm,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    Ok(rustix::time::timerfd_create(
+        clock,
+        rustix::time::TimerfdFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// timerfd_settime(fd, flags, {interval, value}) with both times in nanoseconds.
@@ -62,18 +66,22 @@ pub fn timerfd_settime(
     interval_ns: u64,
     value_ns: u64,
 ) -> io::Result<()> {
-    let its = libc::itimerspec {
+    let its = rustix::time::Itimerspec {
         it_interval: timespec(interval_ns),
         it_value: timespec(value_ns),
     };
-    // SAFETY: `its` is a valid itimerspec that outlives the call; no old value is asked for.
-    cvt_int(unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &its, std::ptr::null_mut()) })
-        .map(drop)
+    rustix::time::timerfd_settime(
+        fd,
+        rustix::time::TimerfdTimerFlags::from_bits_retain(flags as u32),
+        &its,
+    )?;
+    Ok(())
 }
 
 /// Sets the number of expirations a timerfd reports on its next read (TFD_IOC_SET_TICKS).
 /// `ticks` must not be 0 (the kernel refuses it).
 pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
+    // rustix has no wrapper for this ioctl.
     // SAFETY: the ioctl reads one u64 from `ticks`, which lives across the call.
     cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) })
         .map(drop)
@@ -82,6 +90,7 @@ pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
 /// signalfd4(-1, mask, flags): `mask` has bit `n - 1` set for signal `n`, as the kernel's
 /// sigset and /proc show it.
 pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
+    // rustix has no signalfd.
     // SAFETY: the kernel reads 8 bytes (its sigset size) from `mask`, which outlives the call.
     let fd = cvt(unsafe {
         libc::syscall(
@@ -92,24 +101,43 @@ pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
             flags,
         )
     })?;
-    Ok(owned(fd as RawFd))
+    // SAFETY: `fd` was just created by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// epoll_create1(flags).
 pub fn epoll_create(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor is returned on success.
-    let fd = cvt_int(unsafe { libc::epoll_create1(flags) })?;
-    Ok(owned(fd))
+    Ok(rustix::event::epoll::create(
+        rustix::event::epoll::CreateFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
-/// EPOLL_CTL_ADD of descriptor number `fd` to the epoll at descriptor number `epfd`, with
-/// `events` and `data` exactly as given. Raw numbers: used by a restore child whose fd table
-/// was just laid out.
-pub fn epoll_add_raw(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: data };
-    // SAFETY: the kernel reads one epoll_event from `ev`, which lives across the call; bad
-    // descriptor numbers are reported as errors.
-    cvt_int(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+/// EPOLL_CTL_ADD of `fd` to the epoll `epfd`, with `events` and `data` exactly as given.
+pub fn epoll_add(
+    epfd: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    Ok(epoll::add(
+        epfd,
+        fd,
+        EventData::new_u64(data),
+        EventFlags::from_bits_retain(events),
+    )?)
+}
+
+/// [`epoll_add`] on descriptor numbers: for a restore child whose fd table was just laid out.
+///
+/// # Safety
+///
+/// Both numbers must stay open during the call. [`crate::process::ForkedChild::epoll_add_raw`]
+/// is the safe form for a forked child.
+pub unsafe fn epoll_add_raw(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    // SAFETY: the caller guarantees that both numbers stay open during the call.
+    let (epfd, fd) = unsafe { (crate::borrow_number(epfd)?, crate::borrow_number(fd)?) };
+    epoll_add(epfd, fd, events, data)
 }
 
 /// kcmp(KCMP_EPOLL_TFD): whether the file behind fd `fd` of `pid` is the one registered as
@@ -148,43 +176,44 @@ pub fn epoll_target_is(
 
 /// memfd_create(name, flags) (`MFD_CLOEXEC`, `MFD_ALLOW_SEALING`, [`MFD_EXEC`], ...).
 pub fn memfd_create_with(name: &str, flags: u32) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let fd = cvt_int(unsafe { libc::memfd_create(cname.as_ptr(), flags) })?;
-    Ok(owned(fd))
+    Ok(rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// F_GET_SEALS. `EINVAL` means the file cannot be sealed at all (not shmem/hugetlbfs).
 pub fn get_seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: F_GET_SEALS takes no pointer.
-    let r = cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })?;
-    Ok(r as u32)
+    Ok(rustix::fs::fcntl_get_seals(fd)?.bits())
 }
 
 /// F_ADD_SEALS.
 pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
-    // SAFETY: F_ADD_SEALS takes an int argument, no pointer.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) })
-        .map(drop)
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        rustix::fs::SealFlags::from_bits_retain(seals),
+    )?)
 }
 
 /// The filesystem magic number of the file behind `fd` (fstatfs `f_type`).
 pub fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: statfs is plain data; fstatfs fills the one we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable statfs that outlives the call.
-    cvt_int(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.f_type as u64)
+    Ok(rustix::fs::fstatfs(fd)?.f_type as u64)
 }
 
-/// clock_gettime(clockid) in nanoseconds.
+/// clock_gettime(clockid) in nanoseconds. A clock id rustix does not know (CPU-time clocks of
+/// other processes, say) gives `EINVAL`.
 pub fn clock_ns(clockid: i32) -> io::Result<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    use rustix::time::{ClockId, DynamicClockId as D};
+    let id = match clockid {
+        libc::CLOCK_BOOTTIME => D::Boottime,
+        libc::CLOCK_REALTIME_ALARM => D::RealtimeAlarm,
+        libc::CLOCK_BOOTTIME_ALARM => D::BoottimeAlarm,
+        libc::CLOCK_TAI => D::Tai,
+        other => D::Known(
+            ClockId::try_from(other).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        ),
     };
-    // SAFETY: the kernel writes one timespec into `ts`, which we own.
-    cvt_int(unsafe { libc::clock_gettime(clockid, &mut ts) })?;
+    let ts = rustix::time::clock_gettime_dynamic(id)?;
     Ok((ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64))
@@ -192,49 +221,53 @@ pub fn clock_ns(clockid: i32) -> io::Result<u64> {
 
 /// inotify_init1(flags) (`IN_NONBLOCK`, `IN_CLOEXEC`).
 pub fn inotify_init(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor is returned on success.
-    let fd = cvt_int(unsafe { libc::inotify_init1(flags) })?;
-    Ok(owned(fd))
+    Ok(rustix::fs::inotify::init(
+        rustix::fs::inotify::CreateFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// inotify_add_watch(fd, path, mask): the watch descriptor of the (new or updated) watch.
 pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) -> io::Result<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    cvt_int(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) })
+    Ok(rustix::fs::inotify::add_watch(
+        fd,
+        path,
+        rustix::fs::inotify::WatchFlags::from_bits_retain(mask),
+    )?)
 }
 
 /// inotify_rm_watch(fd, wd). The kernel queues an IN_IGNORED event for `wd`.
 pub fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) }).map(drop)
+    Ok(rustix::fs::inotify::remove_watch(fd, wd)?)
 }
 
-/// Reads and drops every event queued on the inotify instance at descriptor number `fd`,
-/// blocking or not (FIONREAD tells how much there is). Raw number: used by a restore child
-/// whose fd table was just laid out.
-pub fn inotify_discard_events_raw(fd: RawFd) -> io::Result<()> {
+/// Reads and drops every event queued on the inotify instance `fd`, blocking or not (FIONREAD
+/// tells how much there is).
+pub fn inotify_discard_events(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int into `queued`, which outlives the call.
-        cvt_int(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued as *mut libc::c_int) })?;
-        if queued <= 0 {
+        if rustix::io::ioctl_fionread(fd)? == 0 {
             return Ok(());
         }
         // Events are at most 16 + NAME_MAX + 1 bytes: with something queued, this read
         // returns at once with whole events.
-        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        match rustix::io::read(fd, &mut buf) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// [`inotify_discard_events`] on a descriptor number: for a restore child whose fd table was
+/// just laid out.
+///
+/// # Safety
+///
+/// `fd` must stay open during the call, and nothing else in the process may rely on the events
+/// queued on it. [`crate::process::ForkedChild::inotify_discard_events_raw`] is the safe form
+/// for a forked child.
+pub unsafe fn inotify_discard_events_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller guarantees that `fd` stays open during the call.
+    inotify_discard_events(unsafe { crate::borrow_number(fd)? })
 }
 
 /// Longest file handle the kernel hands out or accepts (MAX_HANDLE_SZ).
@@ -273,26 +306,16 @@ pub fn open_by_handle(
             flags,
         )
     })?;
-    Ok(owned(fd))
+    // SAFETY: `fd` was just created by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The id of the mount `fd` is on (statx STATX_MNT_ID), as the first field of
 /// /proc/PID/mountinfo shows it.
 pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: statx is plain data; the kernel fills the one we own.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is an empty NUL-terminated string and `st` a writable statx, both
-    // outliving the call.
-    cvt_int(unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID,
-            &mut st,
-        )
-    })?;
-    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
     Ok(st.stx_mnt_id)
@@ -343,11 +366,20 @@ mod tests {
     fn signalfd_and_epoll() {
         let s = signalfd(1 << (libc::SIGUSR1 - 1), libc::SFD_CLOEXEC).unwrap();
         let ep = epoll_create(libc::EPOLL_CLOEXEC).unwrap();
-        epoll_add_raw(ep.as_raw_fd(), s.as_raw_fd(), libc::EPOLLIN as u32, 5).unwrap();
+        epoll_add(ep.as_fd(), s.as_fd(), libc::EPOLLIN as u32, 5).unwrap();
         let me = crate::process::getpid();
         assert!(epoll_target_is(me, s.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(!epoll_target_is(me, ep.as_raw_fd(), ep.as_raw_fd(), s.as_raw_fd(), 0).unwrap());
         assert!(clock_ns(libc::CLOCK_MONOTONIC).unwrap() > 0);
+        assert!(clock_ns(libc::CLOCK_BOOTTIME).unwrap() > 0);
+        assert!(clock_ns(libc::CLOCK_REALTIME_COARSE).unwrap() > 0);
+        assert_eq!(clock_ns(-7).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(
+            timerfd_create(libc::CLOCK_PROCESS_CPUTIME_ID, libc::TFD_CLOEXEC)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
     }
 
     #[test]

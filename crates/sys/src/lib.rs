@@ -3,6 +3,19 @@
 //! This is the only crate of the workspace that contains `unsafe` code: every raw system call is
 //! wrapped here exactly once, with owned file descriptors and `io::Result` errors, so that the
 //! engine above it can stay `deny(unsafe_code)`.
+//!
+//! The generic calls (pipes, pidfds, eventfd, timerfd, epoll, inotify, memfd, fcntl, seeks,
+//! sockets and descriptor passing, statfs/statx, openat2, mount, ...) go through rustix; what
+//! rustix does not have, or has in a form that cannot hold what the kernel answers (a pid 0), is
+//! written here by hand: ptrace, kcmp, clone3 with `set_tid`, file handles, process_vm_*,
+//! sock_diag messages, signal masks and dispositions, capabilities and fs ids, prlimit, prctl,
+//! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD.
+//!
+//! A function whose safety depends on its caller is an `unsafe fn` with a `# Safety` section.
+//! The ones that work on descriptor *numbers* (closing, duplicating onto, writing to a number)
+//! also exist as safe methods of [`process::ForkedChild`], the token the fork wrappers hand to
+//! a freshly forked child, which is the one place where a table of numbers is laid out; the
+//! fork wrappers themselves refuse to fork a process that has more than one thread.
 #![allow(unsafe_code)]
 
 pub mod anon_files;
@@ -27,6 +40,22 @@ pub(crate) fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// A descriptor number as a `BorrowedFd` for one call; a negative number (which a
+/// `BorrowedFd` cannot hold) gives `EBADF`, as the kernel would.
+///
+/// # Safety
+///
+/// A non-negative `fd` must stay open for as long as the returned borrow is used.
+pub(crate) unsafe fn borrow_number<'a>(
+    fd: std::os::fd::RawFd,
+) -> io::Result<std::os::fd::BorrowedFd<'a>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is not -1, and the caller keeps it open while the borrow is used.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }
 
 /// Same as [`cvt`] for functions returning `c_int`.

@@ -1,28 +1,54 @@
 //! Processes, pidfds, file descriptors and per-process attributes.
 
 use crate::{cvt, cvt_int, Pid};
+use rustix::process::Pid as RPid;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A positive pid as rustix wants it; anything else is the kernel's answer to it (`err`).
+pub(crate) fn rpid(pid: Pid, err: i32) -> io::Result<RPid> {
+    if pid > 0 {
+        RPid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(err))
+    } else {
+        Err(io::Error::from_raw_os_error(err))
+    }
+}
+
+/// `pid` for the calls where 0 means the caller (`None`); negative pids get `err`.
+fn rpid_or_self(pid: Pid, err: i32) -> io::Result<Option<RPid>> {
+    if pid == 0 {
+        Ok(None)
+    } else {
+        rpid(pid, err).map(Some)
+    }
+}
 
 /// Opens a pidfd for `pid`: a handle that can never refer to a recycled pid.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes no pointers; on success it returns a new fd that we own.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = rpid(pid, libc::EINVAL)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Duplicates file descriptor `target_fd` of the process behind `pidfd` into this process. The
 /// copy shares the file description (offset, flags) with the original.
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target_fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; on success a new fd that we own is returned.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(rustix::process::pidfd_getfd(
+        pidfd,
+        target_fd,
+        rustix::process::PidfdGetfdFlags::empty(),
+    )?)
 }
 
-/// Sends `sig` to the process behind `pidfd`.
+/// Sends `sig` to the process behind `pidfd`; 0 only checks that the process still exists.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    if let Some(sig) = rustix::process::Signal::from_named_raw(sig) {
+        return Ok(rustix::process::pidfd_send_signal(pidfd, sig)?);
+    }
+    // rustix has no `Signal` for 0 (the existence check) nor for real-time signals.
     // SAFETY: a null siginfo pointer means "as if by kill()".
     cvt(unsafe {
         libc::syscall(
@@ -42,16 +68,124 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     cvt_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Result of [`fork_with_pid`].
+/// What a fork wrapper ([`fork`], [`fork_with_pid`], [`fork_with_pid_sharing`],
+/// [`fork_into_new_pid_ns`]) returns in each of the two processes.
+#[derive(Debug)]
 pub enum Forked {
-    Child,
+    /// In the new process.
+    Child(ForkedChild),
+    /// In the caller, with the pid of the new process.
     Parent(Pid),
 }
 
-/// Forks this process so that the child gets exactly `pid` (clone3 with `set_tid`). Fails with
-/// `EEXIST` when the pid is in use.
+/// Held by the child of a fork wrapper: the proof that this process is a fresh copy of a
+/// process that had a single thread, and that it runs the code of a child, which ends with
+/// [`exit_now`] or by being taken over (a restore child stops itself and the restorer
+/// replaces its whole memory), never by going back into the code of the parent it was copied
+/// from.
 ///
-/// The caller must be single-threaded, as with fork(2): the child only has the calling thread.
+/// That is what makes the operations on descriptor *numbers* below safe here and nowhere else:
+/// the `OwnedFd`s and `File`s in the copied memory belong to the parent's code, which never
+/// runs again in this process, so the child may renumber its fd table under them (move
+/// inherited descriptions to the numbers a restored process had, close the rest). Code given
+/// the token must keep to that: it stops using the parent's descriptor objects once it has
+/// changed the table, and it never returns.
+///
+/// Only the fork wrappers create one; it cannot be cloned or sent to another thread.
+#[derive(Debug)]
+pub struct ForkedChild {
+    _single_threaded: PhantomData<*const ()>,
+}
+
+impl ForkedChild {
+    /// dup3(2) of `old` onto `new` (closing what `new` was), without close-on-exec.
+    pub fn dup3_raw(&self, old: RawFd, new: RawFd) -> io::Result<()> {
+        // SAFETY: in a forked child the numbers belong to the child's code (see the type).
+        unsafe { dup3_raw(old, new) }
+    }
+
+    /// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`.
+    pub fn dup_at_least_raw(&self, old: RawFd, min: RawFd) -> io::Result<RawFd> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { dup_at_least_raw(old, min) }
+    }
+
+    /// Sets or clears FD_CLOEXEC on `fd`.
+    pub fn set_cloexec_raw(&self, fd: RawFd, cloexec: bool) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { set_cloexec_raw(fd, cloexec) }
+    }
+
+    /// Closes `fd`.
+    pub fn close_raw(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { close_raw(fd) }
+    }
+
+    /// Closes every descriptor in `first..=last`.
+    pub fn close_range(&self, first: u32, last: u32) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { close_range(first, last) }
+    }
+
+    /// write(2) to `fd`.
+    pub fn write_raw(&self, fd: RawFd, data: &[u8]) -> io::Result<usize> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { write_raw(fd, data) }
+    }
+
+    /// EPOLL_CTL_ADD of `fd` to the epoll at `epfd`: see [`crate::anon_files::epoll_add_raw`].
+    pub fn epoll_add_raw(&self, epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { crate::anon_files::epoll_add_raw(epfd, fd, events, data) }
+    }
+
+    /// Drops the queued events of the inotify instance at `fd`: see
+    /// [`crate::anon_files::inotify_discard_events_raw`].
+    pub fn inotify_discard_events_raw(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`.
+        unsafe { crate::anon_files::inotify_discard_events_raw(fd) }
+    }
+}
+
+/// Fails unless the calling process has a single thread. Forking is only sound then: the
+/// child has nothing but a copy of the calling thread, and a lock or data structure another
+/// thread was in the middle of changing (the allocator's, say) would stay half-changed in it.
+/// The check cannot race: with one thread, nothing but the caller could start another.
+fn ensure_single_threaded() -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Field 20 (num_threads), the 18th after the parenthesized command name.
+    let threads = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no thread count in /proc/self/stat",
+            )
+        })?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a process with {threads} threads: only a single-threaded one can be"
+        )));
+    }
+    Ok(())
+}
+
+fn forked(ret: Pid) -> Forked {
+    if ret == 0 {
+        Forked::Child(ForkedChild {
+            _single_threaded: PhantomData,
+        })
+    } else {
+        Forked::Parent(ret)
+    }
+}
+
+/// Forks this process so that the child gets exactly `pid` (clone3 with `set_tid`). Fails with
+/// `EEXIST` when the pid is in use, and when the caller has more than one thread (as with
+/// fork(2), the child would only have the calling thread).
 pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
     clone_like_fork(0, Some(pid))
 }
@@ -70,8 +204,9 @@ pub fn fork_with_pid_sharing(pid: Pid, files: bool, fs: bool) -> io::Result<Fork
 }
 
 /// clone3 without CLONE_VM (so: a fork), with extra `flags` and, optionally, the pid the child
-/// gets in the innermost pid namespace. The caller must be single-threaded.
+/// gets in the innermost pid namespace. Fails when the caller has more than one thread.
 fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
+    ensure_single_threaded()?;
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -100,7 +235,8 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork(): the child gets a copy of our memory
-    // and continues from here with a return value of 0. `args` and `tids` outlive the call.
+    // and continues from here with a return value of 0. The process has a single thread (checked
+    // above), so the copy is consistent. `args` and `tids` outlive the call.
     let r = cvt(unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -108,11 +244,7 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
             std::mem::size_of::<CloneArgs>(),
         )
     })?;
-    Ok(if r == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(r as Pid)
-    })
+    Ok(forked(r as Pid))
 }
 
 /// Terminates the calling process immediately, without running destructors or atexit handlers.
@@ -123,121 +255,185 @@ pub fn exit_now(code: i32) -> ! {
 
 /// Creates an anonymous memory file.
 pub fn memfd_create(name: &str) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let fd = cvt_int(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC,
+    )?)
 }
 
 /// Creates a pipe; returns (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    cvt_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// Duplicates up to `len` bytes from pipe `from` into pipe `to` without consuming them.
 pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: tee takes no pointers.
-    let n = cvt(unsafe {
-        libc::tee(
-            from.as_raw_fd(),
-            to.as_raw_fd(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    } as libc::c_long)?;
-    Ok(n as usize)
+    Ok(rustix::pipe::tee(
+        from,
+        to,
+        len,
+        rustix::pipe::SpliceFlags::NONBLOCK,
+    )?)
 }
 
 /// Bytes waiting to be read in a pipe (FIONREAD).
 pub fn pipe_bytes_queued(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int into `n`.
-    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) })?;
-    Ok(n as usize)
+    Ok(rustix::io::ioctl_fionread(fd)? as usize)
 }
 
 /// Capacity of a pipe in bytes.
 pub fn pipe_capacity(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    // SAFETY: F_GETPIPE_SZ takes no pointer.
-    Ok(cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) })? as usize)
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
 }
 
 /// Sets the capacity of a pipe.
 pub fn set_pipe_capacity(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
-    // SAFETY: F_SETPIPE_SZ takes an int argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })
-        .map(drop)
+    rustix::pipe::fcntl_setpipe_size(fd, size)?;
+    Ok(())
 }
 
 /// File status flags (F_GETFL).
 pub fn get_status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    // SAFETY: F_GETFL takes no argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+    Ok(rustix::fs::fcntl_getfl(fd)?.bits() as i32)
 }
 
 /// Sets file status flags (F_SETFL; only O_APPEND, O_NONBLOCK, O_ASYNC, O_DIRECT, O_NOATIME
 /// can change).
 pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
-    // SAFETY: F_SETFL takes an int argument.
-    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+    Ok(rustix::fs::fcntl_setfl(
+        fd,
+        rustix::fs::OFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// Sets or clears FD_CLOEXEC on a raw descriptor number of this process.
-pub fn set_cloexec_raw(fd: RawFd, cloexec: bool) -> io::Result<()> {
-    let flag = if cloexec { libc::FD_CLOEXEC } else { 0 };
-    // SAFETY: F_SETFD takes an int argument; an invalid fd gives EBADF.
-    cvt_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+///
+/// # Safety
+///
+/// `fd` must not be owned by anything else in the process (an `OwnedFd`, a `File`, ...) that
+/// relies on its flags. [`ForkedChild::set_cloexec_raw`] is the safe form for a forked child.
+pub unsafe fn set_cloexec_raw(fd: RawFd, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    // SAFETY: the caller guarantees that nothing else relies on `fd` (see above); the borrow
+    // ends with the call, and the kernel answers EBADF for a number that is not open.
+    let fd = unsafe { crate::borrow_number(fd)? };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
-/// dup3(2) on raw descriptor numbers: used in a freshly forked restore child to lay out its fd
-/// table, where descriptors are numbers in a table being rebuilt, not owned objects.
-pub fn dup3_raw(old: RawFd, new: RawFd) -> io::Result<()> {
-    // SAFETY: no pointers; the kernel validates both numbers.
+/// dup3(2) on raw descriptor numbers: `new` becomes a copy of `old` (without close-on-exec),
+/// closing what `new` was. For a freshly forked restore child laying out its fd table, where
+/// descriptors are numbers in a table being rebuilt, not owned objects.
+///
+/// # Safety
+///
+/// Nothing else in the process may own or borrow `new` (it is closed behind its back) and use
+/// it afterwards. [`ForkedChild::dup3_raw`] is the safe form for a forked child.
+pub unsafe fn dup3_raw(old: RawFd, new: RawFd) -> io::Result<()> {
+    // rustix's dup3 only replaces an `OwnedFd`: a bare number needs the raw call.
+    // SAFETY: no pointers; the kernel validates both numbers; the caller guarantees that `new`
+    // may be replaced.
     cvt_int(unsafe { libc::dup3(old, new, 0) }).map(drop)
 }
 
-/// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`.
-pub fn dup_at_least_raw(old: RawFd, min: RawFd) -> io::Result<RawFd> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::fcntl(old, libc::F_DUPFD_CLOEXEC, min) })
+/// fcntl(F_DUPFD_CLOEXEC): duplicates `old` to the lowest free number >= `min`. The copy is
+/// returned as a number, owned by nobody.
+///
+/// # Safety
+///
+/// `old` must be open for the duration of the call and not be closed by anything else
+/// meanwhile; the caller takes charge of closing the copy. [`ForkedChild::dup_at_least_raw`]
+/// is the safe form for a forked child.
+pub unsafe fn dup_at_least_raw(old: RawFd, min: RawFd) -> io::Result<RawFd> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the caller guarantees that `old` stays open during the call.
+    let old = unsafe { crate::borrow_number(old)? };
+    Ok(rustix::io::fcntl_dupfd_cloexec(old, min)?.into_raw_fd())
 }
 
 /// Closes every descriptor in `first..=last`.
-pub fn close_range(first: u32, last: u32) -> io::Result<()> {
-    // SAFETY: no pointers.
+///
+/// # Safety
+///
+/// None of those descriptors may be owned or borrowed by anything in the process that uses or
+/// closes it afterwards (this is for a freshly forked child laying out its fd table, or a hook
+/// run between fork and exec). [`ForkedChild::close_range`] is the safe form for a forked
+/// child.
+pub unsafe fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // rustix has no close_range.
+    // SAFETY: no pointers; the caller guarantees that the descriptors may be closed.
     cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
 }
 
 /// Closes one raw descriptor number.
-pub fn close_raw(fd: RawFd) -> io::Result<()> {
-    // SAFETY: closing a number we do not hold elsewhere as an OwnedFd (restore child only).
+///
+/// # Safety
+///
+/// `fd` must not be owned or borrowed by anything else in the process that uses or closes it
+/// afterwards. [`ForkedChild::close_raw`] is the safe form for a forked child.
+pub unsafe fn close_raw(fd: RawFd) -> io::Result<()> {
+    // Not rustix::io::close, which cannot report errors.
+    // SAFETY: the caller guarantees that nothing else holds `fd`.
     cvt_int(unsafe { libc::close(fd) }).map(drop)
+}
+
+/// Replaces the standard error of this process (descriptor 2) with a copy of `to`.
+pub fn redirect_stderr(to: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::stdio::dup2_stderr(to)?)
+}
+
+/// Makes the process that `cmd` starts close every inherited descriptor above standard error
+/// when it executes its program (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` between fork and
+/// exec): descriptors of whoever started this process (a build tool's jobserver pipe, say) would
+/// tie the new process to processes it has nothing to do with.
+pub fn close_inherited_fds_on_exec(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: the hook runs in the forked child between fork and exec, where only
+    // async-signal-safe calls may be made: it makes one system call, which allocates nothing and
+    // touches no memory. It only marks descriptors close-on-exec (the child's own table), so the
+    // descriptor through which the standard library reports a failed exec keeps working.
+    unsafe {
+        cmd.pre_exec(|| {
+            cvt(libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ))
+            .map(drop)
+        })
+    }
 }
 
 /// setsid(2).
 pub fn setsid() -> io::Result<Pid> {
-    // SAFETY: no arguments.
-    cvt_int(unsafe { libc::setsid() })
+    Ok(rustix::process::setsid()?.as_raw_pid())
 }
 
-/// setpgid(2).
+/// setpgid(2): 0 for `pid` is the caller, 0 for `pgid` is `pid`.
 pub fn setpgid(pid: Pid, pgid: Pid) -> io::Result<()> {
-    // SAFETY: no pointers.
-    cvt_int(unsafe { libc::setpgid(pid, pgid) }).map(drop)
+    let pgid = rpid_or_self(pgid, libc::EINVAL)?;
+    let pid = rpid_or_self(pid, libc::ESRCH)?;
+    Ok(rustix::process::setpgid(pid, pgid)?)
 }
 
-/// getsid(2) of this process (0) or another.
+// getsid and getpgid are not rustix's: those return a non-zero `Pid`, but the kernel answers 0
+// for a session or group whose leader is outside our pid namespace (as for the init of a
+// `--pid-ns` restore).
+
+/// getsid(2) of this process (0) or another; 0 when the session's leader is outside our pid
+/// namespace.
 pub fn getsid(pid: Pid) -> io::Result<Pid> {
     // SAFETY: no pointers.
     cvt_int(unsafe { libc::getsid(pid) })
 }
 
-/// getpgid(2).
+/// getpgid(2) of this process (0) or another; 0 when the group's leader is outside our pid
+/// namespace.
 pub fn getpgid(pid: Pid) -> io::Result<Pid> {
     // SAFETY: no pointers.
     cvt_int(unsafe { libc::getpgid(pid) })
@@ -245,17 +441,12 @@ pub fn getpgid(pid: Pid) -> io::Result<Pid> {
 
 /// Sets the umask, returning the old one.
 pub fn umask(mask: u32) -> u32 {
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+    rustix::process::umask(rustix::fs::Mode::from_bits_retain(mask)).bits()
 }
 
 /// chroot(2).
 pub fn chroot(path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    cvt_int(unsafe { libc::chroot(c.as_ptr()) }).map(drop)
+    Ok(rustix::process::chroot(path)?)
 }
 
 /// Sets a resource limit of this process (prlimit64 on ourselves).
@@ -285,14 +476,14 @@ pub fn prctl_int(option: i32, arg2: u64, arg3: u64) -> io::Result<i32> {
     cvt_int(unsafe { libc::prctl(option, arg2, arg3, 0u64, 0u64) })
 }
 
-/// Sets the calling thread's name (comm), at most 15 bytes.
+/// Sets the calling thread's name (comm), at most 15 bytes (up to the first NUL, if any).
 pub fn set_thread_name(name: &[u8]) -> io::Result<()> {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
     buf[..n].copy_from_slice(&name[..n]);
-    // SAFETY: PR_SET_NAME reads up to 16 bytes from a NUL-terminated buffer we own.
-    cvt_int(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as u64, 0u64, 0u64, 0u64) })
-        .map(drop)
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::thread::set_name(name)?)
 }
 
 /// personality(2): sets the execution domain, returning the previous one.
@@ -309,14 +500,12 @@ pub fn stop_self() -> io::Result<()> {
 
 /// Effective uid of the caller.
 pub fn geteuid() -> u32 {
-    // SAFETY: cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Process id of the caller.
 pub fn getpid() -> Pid {
-    // SAFETY: cannot fail.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_pid()
 }
 
 /// Blocks or unblocks all signals in the calling thread; returns the previous mask.
@@ -345,27 +534,16 @@ pub fn set_signal_mask(mask: &libc::sigset_t) -> io::Result<()> {
 
 /// lseek(SEEK_DATA): the first offset >= `from` holding data, or `None` past the last data.
 pub fn seek_data(fd: BorrowedFd<'_>, from: u64) -> io::Result<Option<u64>> {
-    // SAFETY: lseek takes no pointers.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(from)) {
+        Ok(off) => Ok(Some(off)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(r as u64))
 }
 
 /// lseek(SEEK_HOLE): the first offset >= `from` in a hole (the file size at most).
 pub fn seek_hole(fd: BorrowedFd<'_>, from: u64) -> io::Result<u64> {
-    // SAFETY: lseek takes no pointers.
-    let r = cvt(
-        unsafe { libc::lseek(fd.as_raw_fd(), from as libc::off_t, libc::SEEK_HOLE) }
-            as libc::c_long,
-    )?;
-    Ok(r as u64)
+    Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(from))?)
 }
 
 /// kcmp(KCMP_FILE): whether fd `a` of `pid_a` and fd `b` of `pid_b` are the same open file
@@ -378,10 +556,15 @@ pub fn same_file_description(pid_a: Pid, a: RawFd, pid_b: Pid, b: RawFd) -> io::
 }
 
 /// write(2) on a raw descriptor number (used by a restore child whose fd table was rebuilt).
-pub fn write_raw(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads at most data.len() bytes from the slice.
-    let n = cvt(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) } as libc::c_long)?;
-    Ok(n as usize)
+///
+/// # Safety
+///
+/// `fd` must stay open during the call, and writing to it must not disturb anything else in the
+/// process that owns it. [`ForkedChild::write_raw`] is the safe form for a forked child.
+pub unsafe fn write_raw(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: the caller guarantees that `fd` may be written to during the call.
+    let fd = unsafe { crate::borrow_number(fd)? };
+    Ok(rustix::io::write(fd, data)?)
 }
 
 /// Sets every catchable signal of the calling process back to its default action and clears
@@ -408,18 +591,13 @@ pub fn reset_signal_dispositions() -> io::Result<()> {
 
 /// A connected pair of SOCK_SEQPACKET unix sockets, close-on-exec.
 pub fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two fds into the array we own.
-    cvt_int(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Makes every later file access of the calling process be checked as `uid`/`gid` with
@@ -440,16 +618,14 @@ pub fn set_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// fork(2). The caller must be single-threaded.
+/// fork(2). Fails when the caller has more than one thread (the child would only have the
+/// calling thread).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the callers (stasisd) are single-threaded, so the child has a consistent copy
-    // of the whole process.
+    ensure_single_threaded()?;
+    // SAFETY: the process has a single thread (checked above), so the child has a consistent
+    // copy of the whole process.
     let r = cvt_int(unsafe { libc::fork() })?;
-    Ok(if r == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(r)
-    })
+    Ok(forked(r))
 }
 
 /// Blocks `signals` in the calling thread and returns a signalfd that reports them.
@@ -491,112 +667,96 @@ pub fn unblock_all_signals() -> io::Result<()> {
 /// Reads one signal number from a signalfd, or `None` when none is pending.
 pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     let mut info = [0u8; 128];
-    // SAFETY: the kernel writes at most 128 bytes (one signalfd_siginfo) into `info`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+    match rustix::io::read(fd, &mut info) {
+        Ok(_) => Ok(Some(
+            u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32,
+        )),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(
-        u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32,
-    ))
 }
 
 /// poll(2) for readability on `fds`; returns which are readable (or hung up). EINTR counts as
-/// "nothing ready".
+/// "nothing ready". A negative `timeout_ms` waits for ever.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut p: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN))
         .collect();
-    // SAFETY: the kernel reads and writes exactly p.len() pollfd entries we own.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(vec![false; fds.len()])
-        } else {
-            Err(e)
-        };
+    let timeout = (timeout_ms >= 0).then(|| Timespec {
+        tv_sec: (timeout_ms / 1000).into(),
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000).into(),
+    });
+    match rustix::event::poll(&mut p, timeout.as_ref()) {
+        Ok(_) => Ok(p.iter().map(|x| !x.revents().is_empty()).collect()),
+        Err(rustix::io::Errno::INTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e.into()),
     }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
-/// Sets SO_RCVTIMEO and SO_SNDTIMEO on a socket.
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO on a socket (a zero `timeout`: none).
 pub fn set_socket_timeouts(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: the kernel reads one timeval from `tv`.
-        cvt_int(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        })?;
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    let timeout = (!timeout.is_zero()).then_some(timeout);
+    for which in [Timeout::Recv, Timeout::Send] {
+        set_socket_timeout(fd, which, timeout)?;
     }
     Ok(())
 }
 
 /// Whether `fd` is a listening SOCK_SEQPACKET socket (for socket activation).
 pub fn is_listening_seqpacket(fd: BorrowedFd<'_>) -> bool {
-    let get = |opt: i32| -> Option<i32> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `v`.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &mut v as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        (r == 0).then_some(v)
-    };
-    get(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET) && get(libc::SO_ACCEPTCONN) == Some(1)
+    use rustix::net::sockopt::{socket_acceptconn, socket_type};
+    socket_type(fd).ok() == Some(rustix::net::SocketType::SEQPACKET)
+        && socket_acceptconn(fd).ok() == Some(true)
 }
 
-/// Takes ownership of an inherited descriptor number (socket activation's fd 3), after
-/// checking that it is open.
-pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_GETFD takes no argument; it only checks that the number is open.
-    cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: the number is open and, by the socket-activation protocol, handed to us alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Takes the descriptors that socket activation passed to this process (as sd_listen_fds(3)):
+/// when `LISTEN_PID` is this process, the `LISTEN_FDS` descriptors from 3 on, each checked to
+/// be open; none otherwise.
+///
+/// `LISTEN_PID` says that they were handed to this very process when it started, so no code of
+/// it opened them; and only the first call in a process takes them (later calls get none), so
+/// none of them gets two owners.
+pub fn take_socket_activation_fds() -> io::Result<Vec<OwnedFd>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<Pid>().ok())
+        == Some(getpid());
+    let count: RawFd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !ours || count <= 0 || TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    (3..3_i32.saturating_add(count))
+        .map(|fd| {
+            // SAFETY: F_GETFD takes no argument; it only checks that the number is open.
+            cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+                .map_err(|e| io::Error::new(e.kind(), format!("fd {fd}: {e}")))?;
+            // SAFETY: the number is open and was handed to this process at its start, to be
+            // taken here once (see above).
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
 }
 
 /// Waits until child `pid` has exited, without reaping it (waitid WEXITED | WNOWAIT).
 pub fn wait_exited_nowait(pid: Pid) -> io::Result<()> {
+    use rustix::process::{WaitId, WaitIdOptions};
+    let pid = rpid(pid, libc::EINVAL)?;
     loop {
-        // SAFETY: siginfo_t is plain data; waitid writes one into `info`.
-        let r = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        match cvt_int(r) {
+        match rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -678,27 +838,18 @@ pub fn fork_into_new_pid_ns() -> io::Result<Forked> {
 /// In a new mount namespace: makes every mount private (nothing propagates back out) and
 /// mounts a fresh /proc that shows the caller's pid namespace.
 pub fn mount_private_proc() -> io::Result<()> {
-    let root = std::ffi::CString::new("/").map_err(|_| io::ErrorKind::InvalidInput)?;
-    let proc_ = std::ffi::CString::new("/proc").map_err(|_| io::ErrorKind::InvalidInput)?;
-    let fstype = std::ffi::CString::new("proc").map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: all strings are valid NUL-terminated strings that outlive the calls; a null
-    // source/type/data is allowed for a propagation change.
-    unsafe {
-        cvt_int(libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        cvt_int(libc::mount(
-            fstype.as_ptr(),
-            proc_.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ))?;
-    }
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
+    rustix::mount::mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )?;
     Ok(())
 }
 
@@ -724,13 +875,12 @@ pub fn shares(a: Pid, b: Pid, what: Shared) -> io::Result<bool> {
 
 /// Waits for child `pid` to exit and reaps it.
 pub fn wait_exited(pid: Pid) -> io::Result<()> {
+    let pid = rpid(pid, libc::ECHILD)?;
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes one int into `status`.
-        match cvt_int(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -755,9 +905,63 @@ pub fn with_root_fs_identity<T>(f: impl FnOnce() -> T) -> T {
 
 /// The filesystem type (statfs f_type) of an open file.
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
-    // SAFETY: statfs is plain data; fstatfs writes one into `st`.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into the struct we own.
-    cvt_int(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.f_type as i64)
+    Ok(rustix::fs::fstatfs(fd)?.f_type as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn fork_refuses_a_process_with_threads() {
+        // The test harness runs this on a thread of its own: there are at least two.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        for r in [fork(), fork_with_pid(1), fork_into_new_pid_ns()] {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("threads"), "{e}");
+        }
+        drop(tx);
+        let _ = other.join();
+    }
+
+    #[test]
+    fn inherited_descriptors_are_closed_at_exec() {
+        let file = std::fs::File::open("/").unwrap();
+        // SAFETY: test: dup of an open descriptor, which takes no pointers.
+        let raw = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(raw >= 0);
+        // SAFETY: the copy (without close-on-exec) was just made and is owned by nobody else.
+        let inherited = unsafe { OwnedFd::from_raw_fd(raw) };
+        let probe = |close: bool| {
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(format!(
+                "test -e /proc/self/fd/{} && echo open || echo closed",
+                inherited.as_raw_fd()
+            ));
+            if close {
+                close_inherited_fds_on_exec(&mut cmd);
+            }
+            String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        };
+        assert_eq!(probe(false), "open\n");
+        assert_eq!(probe(true), "closed\n");
+        // The descriptor of this process is untouched.
+        assert!(fs_type(inherited.as_fd()).is_ok());
+    }
+
+    #[test]
+    fn pids_and_sessions() {
+        assert_eq!(getpid() as u32, std::process::id());
+        assert_eq!(getsid(0).unwrap(), getsid(getpid()).unwrap());
+        assert_eq!(getpgid(0).unwrap(), getpgid(getpid()).unwrap());
+        assert!(pidfd_open(0).is_err() && pidfd_open(-3).is_err());
+        let pidfd = pidfd_open(getpid()).unwrap();
+        pidfd_send_signal(pidfd.as_fd(), 0).unwrap();
+        assert_eq!(
+            wait_exited(-2).unwrap_err().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+    }
 }

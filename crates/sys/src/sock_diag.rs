@@ -1,10 +1,9 @@
-//! sock_diag(7) queries for unix sockets over NETLINK_SOCK_DIAG.
+//! sock_diag(7) queries for unix sockets over NETLINK_SOCK_DIAG (the socket calls are
+//! rustix's; rustix has nothing for the sock_diag messages, which are built and parsed here).
 
-use crate::cvt_int;
+use rustix::net::{netlink, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
@@ -15,14 +14,12 @@ const UNIX_DIAG_PEER: u16 = 2;
 /// has no peer.
 pub fn unix_peer_inode(ino: u64) -> io::Result<Option<u64>> {
     let ino32 = u32::try_from(ino).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: socket takes no pointers; on success the new fd is ours.
-    let sock = unsafe {
-        OwnedFd::from_raw_fd(cvt_int(libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        ))?)
-    };
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::SOCK_DIAG),
+    )?;
     // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
@@ -38,18 +35,10 @@ pub fn unix_peer_inode(ino: u64) -> io::Result<Option<u64>> {
     req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: the kernel reads req.len() bytes from the buffer we own.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::net::send(&sock, &req, SendFlags::empty())?;
     let mut buf = [0u8; 8192];
-    // SAFETY: the kernel writes at most buf.len() bytes into the buffer we own.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_peer(&buf[..n as usize])
+    let (n, _) = rustix::net::recv(&sock, &mut buf, RecvFlags::empty())?;
+    parse_peer(&buf[..n])
 }
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
@@ -91,6 +80,7 @@ fn parse_peer(b: &[u8]) -> io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -6,9 +6,13 @@
 //! close-on-exec (`MSG_CMSG_CLOEXEC`).
 
 use crate::{cvt_int, Pid};
-use std::io;
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -22,52 +26,38 @@ pub const MAX_RECV_FDS: usize = 8;
 
 /// Creates an unbound `AF_UNIX` `SOCK_SEQPACKET` socket, close-on-exec.
 pub fn seqpacket_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket takes no pointers; on success it returns a new fd that we own.
-    let fd = cvt_int(unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
-    })?;
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
-/// Builds a `sockaddr_un` for a filesystem path; fails with `InvalidInput` when the path is empty,
+/// The address of a filesystem path; fails with `InvalidInput` when the path is empty,
 /// contains a NUL byte or does not fit `sun_path` (107 bytes plus the terminating NUL).
-fn unix_addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data for which all-zero bytes are a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+fn unix_addr(path: &Path) -> io::Result<SocketAddrUnix> {
+    const SUN_PATH: usize = 108;
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= addr.sun_path.len() {
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= SUN_PATH {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "unix socket path must be 1 to {} bytes without NUL",
-                addr.sun_path.len() - 1
+                SUN_PATH - 1
             ),
         ));
     }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    Ok(SocketAddrUnix::new(path)?)
 }
 
 /// Connects `fd` to the unix socket bound at `path`, retrying on `EINTR`.
 pub fn connect_unix(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let (addr, len) = unix_addr(path)?;
+    let addr = unix_addr(path)?;
     loop {
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
-        let r = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-                len,
-            )
-        };
-        match cvt_int(r) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other.map(drop),
+        match rustix::net::connect(fd, &addr) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
         }
     }
 }
@@ -82,38 +72,19 @@ pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
 /// Creates a `SOCK_SEQPACKET` socket bound at `path` and listening with `backlog`. The path must
 /// not exist yet (`EADDRINUSE` otherwise).
 pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
-    let (addr, len) = unix_addr(path)?;
+    let addr = unix_addr(path)?;
     let fd = seqpacket_socket()?;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
-    cvt_int(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            len,
-        )
-    })?;
-    // SAFETY: listen takes no pointers.
-    cvt_int(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, backlog)?;
     Ok(fd)
 }
 
 /// Accepts one connection on a listening socket (close-on-exec), retrying on `EINTR`.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     loop {
-        // SAFETY: null address pointers mean "do not report the peer address".
-        let r = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        match cvt_int(r) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // SAFETY: `fd` is a freshly accepted descriptor owned by nobody else.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            Err(e) => return Err(e),
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
         }
     }
 }
@@ -128,55 +99,20 @@ pub fn send_with_fds(fd: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) ->
             "too many descriptors for one message",
         ));
     }
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; cmsg_words(MAX_RECV_FDS)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain old data for which all-zero bytes are a valid value.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
-        let fd_bytes = raw.len() * size_of::<RawFd>();
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-        debug_assert!(space <= size_of::<[u64; cmsg_words(MAX_RECV_FDS)]>());
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space;
-        // SAFETY: msg_control points to `space` writable, aligned bytes, so the first header
-        // fits; CMSG_DATA then has room for `fd_bytes` bytes (CMSG_SPACE accounted for them).
-        // `copy_nonoverlapping` copies between distinct buffers.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as usize;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr() as *const u8,
-                libc::CMSG_DATA(cmsg),
-                fd_bytes,
-            );
-        }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_RECV_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no room for the descriptors of a message",
+        ));
     }
-    // SAFETY: `msg` points to `iov` (describing `data`, only read) and to `control`, all of
-    // which outlive the call; the descriptors in the control message are borrowed and valid.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// Number of u64 words a control buffer for `n` descriptors needs (CMSG_SPACE rounded up).
-const fn cmsg_words(n: usize) -> usize {
-    let hdr = size_of::<libc::cmsghdr>();
-    let data = n * size_of::<RawFd>();
-    let align = size_of::<usize>();
-    let space = hdr.div_ceil(align) * align + data.div_ceil(align) * align;
-    space.div_ceil(8)
+    Ok(rustix::net::sendmsg(
+        fd,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
 }
 
 /// One received packet: see [`recv_with_fds`].
@@ -196,48 +132,26 @@ pub struct Received {
 /// Receives one packet into `buf`, collecting up to [`MAX_RECV_FDS`] `SCM_RIGHTS` descriptors
 /// (installed close-on-exec). Does not retry on `EINTR`: the caller decides.
 pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut control = [0u64; cmsg_words(MAX_RECV_FDS)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain old data for which all-zero bytes are a valid value.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = size_of::<[u64; cmsg_words(MAX_RECV_FDS)]>();
-    // SAFETY: `msg` points to `iov` (describing `buf`, writable) and `control`, both of which
-    // outlive the call and are only written within their lengths.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_RECV_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let len = buf.len();
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: after a successful recvmsg, msg_control/msg_controllen describe the control
-    // messages the kernel wrote into `control`; the CMSG_* macros only walk within them. Each
-    // SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that the kernel just
-    // installed in our table and that nobody else owns, so wrapping each in OwnedFd is sound.
-    // Payloads may be unaligned for i32, hence read_unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let payload = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                for i in 0..payload / size_of::<RawFd>() {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
         }
     }
     Ok(Received {
-        len: (n as usize).min(buf.len()),
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        len: msg.bytes.min(len),
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
         fds,
-        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
     })
 }
 
@@ -251,8 +165,10 @@ pub struct PeerCred {
 
 /// `SO_PEERCRED`: who connected (or created the socketpair), as the kernel recorded it.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    // Not rustix's socket_peercred: its `UCred` holds a non-zero `Pid`, but the kernel reports
+    // pid 0 for a peer outside our pid namespace.
     // SAFETY: ucred is plain old data for which all-zero bytes are a valid value.
-    let mut cred: libc::ucred = unsafe { zeroed() };
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
     cvt_int(unsafe {
@@ -274,6 +190,7 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 /// `SO_PEERPIDFD` (Linux 6.5+): a pidfd of the process that connected, which, unlike the pid
 /// of [`peer_cred`], can never refer to a recycled pid.
 pub fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // rustix has no SO_PEERPIDFD.
     let mut pidfd: libc::c_int = -1;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes (one int) into `pidfd`, which we own.

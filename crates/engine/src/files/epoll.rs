@@ -21,6 +21,7 @@
 
 use crate::Error;
 use stasis_image::{EpollWatch, FdEntry, FileDesc, FileKind};
+use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
@@ -108,7 +109,12 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 /// watches of each epoll description it owns (an epoll shared by several processes of a tree
 /// gets its watches once, from the process that was dumped with it), through the first fd
 /// that refers to the description.
-pub fn register_in_child(pid: Pid, files: &[FileDesc], table: &[FdEntry]) -> Result<(), String> {
+pub fn register_in_child(
+    child: &ForkedChild,
+    pid: Pid,
+    files: &[FileDesc],
+    table: &[FdEntry],
+) -> Result<(), String> {
     for f in files {
         let FileKind::Epoll { owner, watches } = &f.kind else {
             continue;
@@ -121,12 +127,14 @@ pub fn register_in_child(pid: Pid, files: &[FileDesc], table: &[FdEntry]) -> Res
             continue;
         };
         for w in watches {
-            anon_files::epoll_add_raw(epfd, w.fd, w.events, w.data).map_err(|e| {
-                format!(
-                    "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
-                    w.fd, w.events
-                )
-            })?;
+            child
+                .epoll_add_raw(epfd, w.fd, w.events, w.data)
+                .map_err(|e| {
+                    format!(
+                        "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
+                        w.fd, w.events
+                    )
+                })?;
         }
     }
     Ok(())

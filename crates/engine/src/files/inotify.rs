@@ -43,6 +43,7 @@ use stasis_image::{
     FdEntry, FileDesc, FileKind, InotifyWatch, INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES,
     MAX_INOTIFY_WD,
 };
+use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::fs::File;
@@ -583,7 +584,11 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 
 /// Runs in a restore child once its fd table is laid out: drops the events the rest of the
 /// restore caused in its inotify instances (opening and mapping files the process watches).
-pub fn discard_events_in_child(files: &[FileDesc], table: &[FdEntry]) -> Result<(), String> {
+pub fn discard_events_in_child(
+    child: &ForkedChild,
+    files: &[FileDesc],
+    table: &[FdEntry],
+) -> Result<(), String> {
     for f in files {
         if !matches!(f.kind, FileKind::Inotify { .. }) {
             continue;
@@ -591,7 +596,8 @@ pub fn discard_events_in_child(files: &[FileDesc], table: &[FdEntry]) -> Result<
         let Some(fd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
             continue;
         };
-        anon_files::inotify_discard_events_raw(fd)
+        child
+            .inotify_discard_events_raw(fd)
             .map_err(|e| format!("dropping the queued events of inotify fd {fd}: {e}"))?;
     }
     Ok(())

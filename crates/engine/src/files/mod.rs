@@ -19,7 +19,8 @@ use crate::{procfs, Error};
 use stasis_image::{
     names, FdEntry, FileDesc, FileKind, ImageDir, RawReader, RawWriter, RecordKind,
 };
-use stasis_sys::{process, Pid};
+use stasis_sys::process::{self, ForkedChild};
+use stasis_sys::Pid;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -504,6 +505,7 @@ fn service_socket(reply: &[u8]) -> Result<OwnedFd, Error> {
 /// below `base` and so is every wanted number; `base..park_from` is kept (the restorer's own
 /// descriptors for the child), and descriptions are parked at `park_from` and above meanwhile.
 pub fn layout_in_child(
+    child: &ForkedChild,
     table: &[FdEntry],
     by_id: &HashMap<u32, RawFd>,
     base: RawFd,
@@ -512,21 +514,27 @@ pub fn layout_in_child(
     // Park every source above `base` first so no dup3 can clobber a source not yet moved.
     let mut parked: HashMap<u32, RawFd> = HashMap::new();
     for (&id, &fd) in by_id {
-        let p =
-            process::dup_at_least_raw(fd, park_from).map_err(|e| format!("F_DUPFD {fd}: {e}"))?;
+        let p = child
+            .dup_at_least_raw(fd, park_from)
+            .map_err(|e| format!("F_DUPFD {fd}: {e}"))?;
         parked.insert(id, p);
     }
-    process::close_range(0, (base - 1) as u32).map_err(|e| format!("close_range: {e}"))?;
+    child
+        .close_range(0, (base - 1) as u32)
+        .map_err(|e| format!("close_range: {e}"))?;
     for e in table {
         let src = *parked
             .get(&e.file_id)
             .ok_or_else(|| format!("fd {} has no opened description {}", e.fd, e.file_id))?;
-        process::dup3_raw(src, e.fd).map_err(|err| format!("dup3 to fd {}: {err}", e.fd))?;
-        process::set_cloexec_raw(e.fd, e.cloexec)
+        child
+            .dup3_raw(src, e.fd)
+            .map_err(|err| format!("dup3 to fd {}: {err}", e.fd))?;
+        child
+            .set_cloexec_raw(e.fd, e.cloexec)
             .map_err(|err| format!("F_SETFD fd {}: {err}", e.fd))?;
     }
     for p in parked.values() {
-        let _ = process::close_raw(*p);
+        let _ = child.close_raw(*p);
     }
     Ok(())
 }
@@ -535,10 +543,11 @@ pub fn layout_in_child(
 /// has its final number: sets up what refers to other fds by number (epoll watches), and drops
 /// the events that opening and mapping its files queued in its inotify instances.
 pub fn after_layout_in_child(
+    child: &ForkedChild,
     pid: Pid,
     files: &[FileDesc],
     table: &[FdEntry],
 ) -> Result<(), String> {
-    epoll::register_in_child(pid, files, table)?;
-    inotify::discard_events_in_child(files, table)
+    epoll::register_in_child(child, pid, files, table)?;
+    inotify::discard_events_in_child(child, files, table)
 }

@@ -12,7 +12,7 @@ use crate::files;
 use crate::task::attrs;
 use crate::{procfs, Error};
 use serde::{Deserialize, Serialize};
-use stasis_sys::process::{self, Forked};
+use stasis_sys::process::{self, Forked, ForkedChild};
 use stasis_sys::{ptrace, Pid};
 use std::fs::File;
 use std::io::Read;
@@ -89,7 +89,7 @@ pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
     match process::fork_with_pid(root) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
-        Ok(Forked::Child) => child_main(plan, 0),
+        Ok(Forked::Child(child)) => child_main(&child, plan, 0),
         Ok(Forked::Parent(_)) => Ok(()),
     }
 }
@@ -221,8 +221,8 @@ fn wait_until_exists(pid: Pid, reports: &ChildReports) -> bool {
 }
 
 /// Runs in a forked restore child as process `idx` of the tree; never returns.
-fn child_main(plan: &Plan<'_>, idx: usize) -> ! {
-    let failure = match child_setup(plan, idx) {
+fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
+    let failure = match child_setup(child, plan, idx) {
         Ok(()) => ChildFailure::Other {
             what: "child setup returned".into(),
         },
@@ -234,8 +234,11 @@ fn child_main(plan: &Plan<'_>, idx: usize) -> ! {
     };
     let text = serde_json::to_string(&report).unwrap_or_default();
     // Before the layout the error pipe is at its own number, after it at base + err_index.
-    if process::write_raw(plan.base + plan.err_index as RawFd, text.as_bytes()).is_err() {
-        let _ = process::write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
+    if child
+        .write_raw(plan.base + plan.err_index as RawFd, text.as_bytes())
+        .is_err()
+    {
+        let _ = child.write_raw(plan.aux[plan.err_index].as_raw_fd(), text.as_bytes());
     }
     process::exit_now(1);
 }
@@ -243,7 +246,7 @@ fn child_main(plan: &Plan<'_>, idx: usize) -> ! {
 /// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
 /// forks its own children (and zombies), lays out its fd table and attributes, then stops.
 /// Returns only on failure, with a message for the restorer.
-fn child_setup(plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
+fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
     let image = plan.processes[idx].image;
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
     let mut b = [0u8; 1];
@@ -330,7 +333,7 @@ fn child_setup(plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
     }
     for (group, members) in &stand_ins {
         match process::fork_with_pid(*group).map_err(|e| clone_failed(*group, e))? {
-            Forked::Child => stand_in_group_leader(members),
+            Forked::Child(_) => stand_in_group_leader(members),
             Forked::Parent(_) => {}
         }
     }
@@ -348,8 +351,8 @@ fn child_setup(plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
             table_sharers.push(pid);
         }
         match process::fork_with_pid_sharing(pid, files, fs).map_err(|e| clone_failed(pid, e))? {
-            Forked::Child => match live {
-                Some(j) => child_main(plan, j),
+            Forked::Child(kid) => match live {
+                Some(j) => child_main(&kid, plan, j),
                 None => exit_like(status),
             },
             Forked::Parent(_) if live.is_none() => {
@@ -378,12 +381,13 @@ fn child_setup(plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
     }
     if image.shares_fd_table_with == 0 {
         for (i, fd) in plan.aux.iter().enumerate() {
-            process::dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
+            child
+                .dup3_raw(fd.as_raw_fd(), plan.base + i as RawFd)
                 .map_err(sys("dup3 aux fd"))?;
         }
-        files::layout_in_child(&image.fds, &plan.by_id(), plan.base, plan.park_from)
+        files::layout_in_child(child, &image.fds, &plan.by_id(), plan.base, plan.park_from)
             .map_err(other("laying out the fd table"))?;
-        files::after_layout_in_child(image.pid, &image.files, &image.fds)
+        files::after_layout_in_child(child, image.pid, &image.files, &image.fds)
             .map_err(other("setting up epoll and inotify"))?;
     }
     attrs::apply_in_child(&image.task, image.shares_fs_with != 0)

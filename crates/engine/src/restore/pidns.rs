@@ -27,7 +27,7 @@ pub fn restore_in_new_pid_namespace(opts: &RestoreOptions) -> Result<RestoredInN
     match process::fork_into_new_pid_ns()
         .map_err(|e| Error::sys("clone3(CLONE_NEWPID)", process::getpid(), e))?
     {
-        Forked::Child => {
+        Forked::Child(_) => {
             drop(r);
             let mut w = File::from(w);
             let restored = process::mount_private_proc()

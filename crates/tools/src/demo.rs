@@ -9,13 +9,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-type DemoResult = Result<u8, Box<dyn std::error::Error>>;
+use crate::ToolResult as DemoResult;
 
 /// The program being dumped: counts, checkpoints itself at tick 5, and counts on.
 pub fn counter(images: &Path) -> DemoResult {
-    // Descriptors inherited from whoever started the demo (a build tool's jobserver pipe, say)
-    // would tie the counter to processes outside the dump.
-    stasis_sys::process::close_range(3, u32::MAX)?;
     let dir = std::fs::File::open(images)?;
     let mut out = std::io::stdout().lock();
     let mut n: u64 = 0;
@@ -68,6 +65,7 @@ fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> Result<(), Stri
     ))
 }
 
+/// `stasis demo`: see the top of this module.
 pub fn run() -> DemoResult {
     let dir = std::env::temp_dir().join(format!("stasis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -84,11 +82,10 @@ pub fn run() -> DemoResult {
         max_workers: 4,
     };
     let daemon = match stasis_sys::process::fork()? {
-        stasis_sys::process::Forked::Child => {
+        stasis_sys::process::Forked::Child(_) => {
             // The daemon's log goes to a file, not between the demo's lines.
             if let Ok(f) = std::fs::File::create(dir.join("stasisd.log")) {
-                use std::os::fd::AsRawFd;
-                let _ = stasis_sys::process::dup3_raw(f.as_raw_fd(), 2);
+                let _ = stasis_sys::process::redirect_stderr(f.as_fd());
             }
             let code = match stasisd::run(&daemon_args) {
                 Ok(()) => 0,
@@ -132,6 +129,9 @@ fn demo_with_daemon(
         .append(true)
         .open(log)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    // Descriptors inherited from whoever started the demo (a build tool's jobserver pipe, say)
+    // would tie the counter to processes outside the dump.
+    stasis_sys::process::close_inherited_fds_on_exec(&mut cmd);
     cmd.arg("demo-counter")
         .arg(images)
         .env(stasis_client::SOCKET_ENV, socket)

@@ -8,11 +8,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-type BenchResult = Result<u8, Box<dyn std::error::Error>>;
+use crate::ToolResult as BenchResult;
 
 /// The program the benchmark dumps: N MiB of non-zero memory, then idle.
 pub fn workload(mib: u64, ready: &Path) -> BenchResult {
-    stasis_sys::process::close_range(3, u32::MAX)?;
     let len = (mib << 20) as usize;
     let mut mem = vec![0u8; len];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -31,8 +30,10 @@ pub fn workload(mib: u64, ready: &Path) -> BenchResult {
 
 /// Starts this binary with a hidden workload subcommand (`args`, then the `ready` file it
 /// reports to), in a process group of its own so the whole workload can be killed at once.
+/// Every descriptor the workload would inherit above stderr is closed when it starts.
 fn spawn_workload(args: &[&str], ready: &Path) -> std::io::Result<std::process::Child> {
-    std::process::Command::new(std::env::current_exe()?)
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    stasis_sys::process::close_inherited_fds_on_exec(&mut cmd)
         .args(args)
         .arg(ready)
         .stdin(std::process::Stdio::null())
@@ -48,7 +49,15 @@ fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
-pub fn run(mib: u64) -> BenchResult {
+/// `stasis bench`: the memory benchmark with `mib` MiB ([`run_memory`]), then the tree-freeze
+/// benchmark with `tree_processes` processes of `tree_threads` threads each ([`run_tree`]).
+pub fn run(mib: u64, tree_processes: u32, tree_threads: u32) -> BenchResult {
+    run_memory(mib).and_then(|_| run_tree(tree_processes, tree_threads))
+}
+
+/// Dump and restore of a process with `mib` MiB of non-zero memory, against memcpy and
+/// process_vm_readv + write + fsync of the same memory.
+pub fn run_memory(mib: u64) -> BenchResult {
     let dir = std::env::temp_dir().join(format!("stasis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bytes = mib << 20;
@@ -169,10 +178,9 @@ pub fn run(mib: u64) -> BenchResult {
 /// The tree the benchmark freezes: `procs` processes (the root and its children) with
 /// `threads` threads each, all idle, little memory.
 pub fn tree_workload(procs: u32, threads: u32, ready: &Path) -> BenchResult {
-    stasis_sys::process::close_range(3, u32::MAX)?;
     // Fork every child first, while this process is single-threaded.
     for _ in 1..procs {
-        if let stasis_sys::process::Forked::Child = stasis_sys::process::fork()? {
+        if let stasis_sys::process::Forked::Child(_) = stasis_sys::process::fork()? {
             break;
         }
     }
