@@ -68,6 +68,11 @@ pub enum ImageError {
     Encode { path: PathBuf, reason: String },
     #[error("{path}: invalid content: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// An image file that is not a regular file (a FIFO, device, socket, directory or symbolic
+    /// link planted in the image directory). Found with fstat right after a non-blocking open,
+    /// before anything is read from it.
+    #[error("{path}: is {what}, not a regular file")]
+    NotRegular { path: PathBuf, what: &'static str },
 }
 
 /// File names inside an image directory.
