@@ -36,7 +36,7 @@ impl RecordKind {
 }
 
 /// The header of every image file. Little-endian on disk:
-/// magic[8] version:u32 kind:u32 payload_len:u64 payload_crc:u32 header_crc:u32.
+/// `magic[8] version:u32 kind:u32 payload_len:u64 payload_crc:u32 header_crc:u32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
