@@ -1,13 +1,22 @@
 //! An image directory, held as an open directory descriptor.
 //!
 //! Every file is created and opened relative to that descriptor with
-//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, created exclusively (O_EXCL) with mode 0600 and,
-//! when an owner is set, handed to that owner — so a directory passed in by an unprivileged
-//! client can never make a privileged writer follow a planted link or leave the directory.
-
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, created exclusively (O_EXCL)
+//! with mode 0600 and, when an owner is set, handed to that owner — so a directory passed in by
+//! an unprivileged client can never make a privileged writer follow a planted link or leave the
+//! directory.
+//!
+//! Image files are untrusted. Every file is opened for reading with
+//! O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, so that opening a FIFO (or a device) planted
+//! in place of an image returns at once instead of blocking the reader, and is then checked with
+//! fstat to be a regular file before a single byte is read from it; anything else is refused
+//! with [`ImageError::NotRegular`], which names the file and what it is. Only then is
+//! O_NONBLOCK cleared. The size fstat reported is what the readers (`read_record`,
+//! `RawReader`) check the lengths declared in headers against before they allocate or read.
 use crate::ImageError;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// An open image directory.
@@ -120,19 +129,50 @@ impl ImageDir {
         self.remove(&probe)
     }
 
-    /// Opens `name` for reading.
+    /// Opens `name` for reading. It must be a regular file (see the module documentation).
     pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
-        let fd = stasis_sys::fs::open_beneath(self.fd(), name, libc::O_RDONLY, 0)
-            .map_err(self.io(name))?;
+        self.open_regular(name).map(|(f, _)| f)
+    }
+
+    /// Opens `name` for reading without blocking, checks with fstat that it is a regular file,
+    /// clears O_NONBLOCK, and returns the file with its size (from that fstat).
+    pub(crate) fn open_regular(&self, name: &str) -> Result<(File, u64), ImageError> {
+        let fd = stasis_sys::fs::open_beneath(self.fd(), name, READ_FLAGS, 0)
+            .map_err(|e| self.failed_open(name, e))?;
         let f = File::from(fd);
         let md = f.metadata().map_err(self.io(name))?;
-        if !md.is_file() {
-            return Err(ImageError::Invalid {
+        if let Some(what) = non_regular(&md) {
+            return Err(ImageError::NotRegular {
                 path: self.path_of(name),
-                reason: "not a regular file".into(),
+                what,
             });
         }
-        Ok(f)
+        // A regular file: reads never wait for a writer. Back to ordinary blocking reads.
+        let flags = stasis_sys::process::get_status_flags(f.as_fd()).map_err(self.io(name))?;
+        stasis_sys::process::set_status_flags(f.as_fd(), flags & !libc::O_NONBLOCK)
+            .map_err(self.io(name))?;
+        Ok((f, md.len()))
+    }
+
+    /// The error for a failed open of `name`: when the object is there but is not a regular
+    /// file (a symbolic link gives ELOOP, a device on a `nodev` mount EACCES), says what it is;
+    /// otherwise the open's own error. The object is looked at through an O_PATH descriptor,
+    /// which opens nothing (a symbolic link as the last component gives a descriptor of the
+    /// link itself).
+    fn failed_open(&self, name: &str, err: std::io::Error) -> ImageError {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            let what = stasis_sys::fs::open_beneath(self.fd(), name, libc::O_PATH, 0)
+                .ok()
+                .and_then(|fd| File::from(fd).metadata().ok())
+                .and_then(|md| non_regular(&md));
+            if let Some(what) = what {
+                return ImageError::NotRegular {
+                    path: self.path_of(name),
+                    what,
+                };
+            }
+        }
+        self.io(name)(err)
     }
 
     /// Whether `name` exists (as anything).
@@ -150,15 +190,43 @@ impl ImageDir {
         stasis_sys::fs::unlink_in(self.fd(), name).map_err(self.io(name))
     }
 
-    /// Flushes `name` to stable storage.
+    /// Flushes `name` to stable storage. It must be a regular file: the directory belongs to
+    /// the caller, who may have replaced what was written by a FIFO.
     pub fn sync_file(&self, name: &str) -> Result<(), ImageError> {
-        let f = stasis_sys::fs::open_beneath(self.fd(), name, libc::O_RDONLY, 0)
-            .map_err(self.io(name))?;
-        File::from(f).sync_all().map_err(self.io(name))
+        let (f, _) = self.open_regular(name)?;
+        f.sync_all().map_err(self.io(name))
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
+/// Flags of every open for reading: never block (a FIFO or device), never follow a link, never
+/// acquire a controlling terminal, never leak into a child. (`open_beneath` adds O_NOFOLLOW and
+/// O_CLOEXEC anyway, and resolves with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS.)
+const READ_FLAGS: i32 =
+    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// What a non-regular file is, for messages; `None` for a regular file.
+fn non_regular(md: &std::fs::Metadata) -> Option<&'static str> {
+    let t = md.file_type();
+    if t.is_file() {
+        return None;
+    }
+    Some(if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "an object of unknown type"
+    })
+}
 
 #[cfg(test)]
 mod tests {

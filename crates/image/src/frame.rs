@@ -2,7 +2,7 @@
 
 use crate::{ImageDir, ImageError};
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// First 8 bytes of every image file.
@@ -182,8 +182,15 @@ pub fn decode_record<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// Reads and decodes a metadata record from `name` in `dir`, refusing files over the size
-/// limit before reading them.
+/// Reads and decodes a metadata record from `name` in `dir`.
+///
+/// The file is opened without blocking and must be a regular file (see [`ImageDir`]). Before
+/// anything is allocated, its size (fstat) is checked against the limit and against the length
+/// its header declares: a record over [`MAX_RECORD_LEN`], a header claiming more bytes than the
+/// file holds ([`ImageError::Truncated`]) or fewer (trailing bytes, [`ImageError::Invalid`]) is
+/// refused. The one buffer allocated is the record itself, at most `HEADER_LEN +
+/// MAX_RECORD_LEN` bytes and never more than the file holds; it is filled in chunks of
+/// [`READ_CHUNK`](crate::READ_CHUNK) bytes.
 pub fn read_record<T: DeserializeOwned>(
     dir: &ImageDir,
     name: &str,
@@ -194,18 +201,73 @@ pub fn read_record<T: DeserializeOwned>(
         path: path.clone(),
         source,
     };
-    let file = dir.open_file(name)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > MAX_RECORD_LEN + HEADER_LEN as u64 {
+    let (mut file, size) = dir.open_regular(name)?;
+    if size > MAX_RECORD_LEN + HEADER_LEN as u64 {
         return Err(ImageError::TooLarge {
             path,
-            len,
+            len: size,
             limit: MAX_RECORD_LEN,
         });
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut bytes).map_err(io)?;
+    let mut hdr = [0u8; HEADER_LEN];
+    let n = read_up_to(&mut file, &mut hdr).map_err(io)?;
+    let header = Header::decode(&hdr[..n], kind, &path)?;
+    if header.payload_len > MAX_RECORD_LEN {
+        return Err(ImageError::TooLarge {
+            path,
+            len: header.payload_len,
+            limit: MAX_RECORD_LEN,
+        });
+    }
+    let expected = HEADER_LEN as u64 + header.payload_len;
+    if size < expected {
+        return Err(ImageError::Truncated {
+            path,
+            expected,
+            found: size,
+        });
+    }
+    if size > expected {
+        return Err(ImageError::Invalid {
+            path,
+            reason: format!("{} trailing bytes after the record", size - expected),
+        });
+    }
+    // Both bounded above: expected <= HEADER_LEN + MAX_RECORD_LEN, and == the file's size.
+    let mut bytes = vec![0u8; expected as usize];
+    bytes[..HEADER_LEN].copy_from_slice(&hdr);
+    let mut done = HEADER_LEN;
+    while done < bytes.len() {
+        let end = bytes.len().min(done + crate::READ_CHUNK);
+        match file.read(&mut bytes[done..end]) {
+            Ok(0) => {
+                // The file shrank after the fstat.
+                return Err(ImageError::Truncated {
+                    path,
+                    expected,
+                    found: done as u64,
+                });
+            }
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
     decode_record(kind, &bytes, &path)
+}
+
+/// Reads until `buf` is full or the end of the file; returns how many bytes were read.
+pub(crate) fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Writes a metadata record as `name` in `dir` atomically: a temporary file, fsync, rename. A

@@ -9,6 +9,28 @@
 //! postcard-encoded structs with a size limit; raw data files (pages, blobs) start their payload
 //! at a 4 KiB boundary so that pages can be copied or mapped in bulk, and are covered by CRCs
 //! kept in the metadata, per extent.
+//!
+//! # Reading untrusted images
+//!
+//! Images are untrusted input (a privileged daemon restores images an unprivileged user handed
+//! over). Reading them never blocks on, and never allocates by, what the image says:
+//!
+//! * Every file is opened beneath the directory descriptor ([`ImageDir`]: openat2 with
+//!   RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS) with
+//!   O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, and checked with fstat to be a regular file
+//!   before anything is read: a FIFO, device, socket, directory or symbolic link in place of an
+//!   image is [`ImageError::NotRegular`], at once.
+//! * Lengths in headers are checked against the size fstat reported before anything is
+//!   allocated or read ([`ImageError::Truncated`] when a header claims more than the file
+//!   holds).
+//! * Metadata records ([`read_record`]) are at most [`MAX_RECORD_LEN`] (64 MiB): the only
+//!   buffer sized by an image, and never larger than the file.
+//! * Raw data (pages, blobs) is never read whole: page runs and blob lengths can be as large as
+//!   a sparse file. Stream an extent through a fixed buffer of the caller's with
+//!   [`RawReader::read_chunks`] (returns the CRC) or [`RawReader::read_extent_chunks`] (checks
+//!   it), or read it through [`RawReader::extent`] (an [`std::io::Read`] limited to the
+//!   extent). [`RawReader::read_extent`] and [`RawReader::read_unchecked`] fill a buffer the
+//!   caller sized, and are only for extents the caller bounded itself.
 
 mod dir;
 mod entries;
@@ -22,7 +44,7 @@ pub use frame::{
     decode_record, encode_record, read_record, write_record_atomic, Header, RecordKind,
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
-pub use raw::{RawReader, RawWriter, RAW_DATA_OFFSET};
+pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
 pub use validate::validate_process;
 pub use validate::{INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES, MAX_INOTIFY_WD};
 
@@ -68,6 +90,11 @@ pub enum ImageError {
     Encode { path: PathBuf, reason: String },
     #[error("{path}: invalid content: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// An image file that is not a regular file (a FIFO, device, socket, directory or symbolic
+    /// link planted in the image directory). Found with fstat right after a non-blocking open,
+    /// before anything is read from it.
+    #[error("{path}: is {what}, not a regular file")]
+    NotRegular { path: PathBuf, what: &'static str },
 }
 
 /// File names inside an image directory.

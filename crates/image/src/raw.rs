@@ -2,8 +2,10 @@
 //!
 //! Payload bytes are written as they come (streaming, never held whole in memory); the header
 //! is written last, so an interrupted writer leaves a file whose header does not verify.
+//! They are read the same way: [`RawReader`] streams an extent through a fixed buffer, so no
+//! length found in an image ever sizes an allocation.
 
-use crate::frame::{Header, RecordKind, FORMAT_VERSION, HEADER_LEN};
+use crate::frame::{read_up_to, Header, RecordKind, FORMAT_VERSION, HEADER_LEN};
 use crate::{ImageDir, ImageError};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -77,7 +79,34 @@ impl RawWriter {
     }
 }
 
+/// Size of the pieces the image crate reads at a time, and a good size for the buffer given to
+/// [`RawReader::read_chunks`]: 1 MiB.
+pub const READ_CHUNK: usize = 1 << 20;
+
 /// Reads extents of a raw data file after checking its header and length.
+///
+/// The file is opened without blocking and must be a regular file (see [`ImageDir`]); its size
+/// (fstat) must be exactly [`RAW_DATA_OFFSET`] plus the payload length in its header. The reader
+/// allocates nothing: lengths in the image (page runs, blob lengths) may be as large as the
+/// file, which may be sparse, so they must not size a buffer either. Read them with
+/// [`read_chunks`](RawReader::read_chunks) or [`read_extent_chunks`](RawReader::read_extent_chunks)
+/// into a fixed buffer, or through [`extent`](RawReader::extent) (a [`Read`] limited to the
+/// extent):
+///
+/// ```no_run
+/// # use stasis_image::{ImageDir, ImageError, RawReader, RecordKind, READ_CHUNK};
+/// # fn f(dir: &ImageDir, offset: u64, len: u64, crc: u32) -> Result<(), ImageError> {
+/// let pages = RawReader::open(dir, "pages-1.img", RecordKind::Pages)?;
+/// let mut chunk = vec![0u8; READ_CHUNK]; // once, reused for every extent
+/// pages.read_extent_chunks(offset, len, crc, &mut chunk, |at, bytes| {
+///     // `bytes` belong at `at` bytes into the extent; the CRC is checked after the last chunk.
+///     Ok::<(), ImageError>(())
+/// })?;
+/// # Ok(()) }
+/// ```
+///
+/// [`read_extent`](RawReader::read_extent) and [`read_unchecked`](RawReader::read_unchecked)
+/// read into a buffer the caller sized: they are for extents the caller knows to be small.
 pub struct RawReader {
     file: File,
     path: PathBuf,
@@ -91,11 +120,10 @@ impl RawReader {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = dir.open_file(name)?;
+        let (mut file, size) = dir.open_regular(name)?;
         let mut hdr = [0u8; HEADER_LEN];
-        let n = read_full(&mut file, &mut hdr).map_err(io)?;
+        let n = read_up_to(&mut file, &mut hdr).map_err(io)?;
         let header = Header::decode(&hdr[..n], kind, path)?;
-        let size = file.metadata().map_err(io)?.len();
         let expected = RAW_DATA_OFFSET.saturating_add(header.payload_len);
         if size != expected {
             return Err(ImageError::Truncated {
@@ -124,26 +152,35 @@ impl RawReader {
         &self.path
     }
 
-    /// Reads `buf.len()` bytes at payload offset `offset` without a CRC check: for callers that
-    /// stream a large extent and check its CRC as a whole.
-    pub fn read_unchecked(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.len) {
+    /// Err unless `len` bytes at payload offset `offset` lie inside the payload.
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), ImageError> {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(ImageError::Invalid {
                 path: self.path.clone(),
                 reason: format!(
-                    "read at {offset} of {} bytes lies outside the payload of {} bytes",
-                    buf.len(),
+                    "read at {offset} of {len} bytes lies outside the payload of {} bytes",
                     self.len
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes at payload offset `offset` (known to be in range).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.file
             .read_exact_at(buf, RAW_DATA_OFFSET + offset)
             .map_err(|source| ImageError::Io {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Reads `buf.len()` bytes at payload offset `offset` without a CRC check: for callers that
+    /// stream a large extent and check its CRC as a whole.
+    pub fn read_unchecked(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.read_at(offset, buf)
     }
 
     /// Reads `buf.len()` bytes at payload offset `offset` and checks them against `crc`.
@@ -156,17 +193,152 @@ impl RawReader {
         }
         Ok(())
     }
+
+    /// Streams the `len` bytes at payload offset `offset` through `chunk`, a buffer the caller
+    /// allocated once (its length is the chunk size; [`READ_CHUNK`] is a good one): `f(at,
+    /// bytes)` is called for each piece in order, `at` being the piece's offset from the start
+    /// of the extent, `bytes` at most `chunk.len()` long. Nothing is allocated, whatever `len`
+    /// says. Returns the CRC-32C of the whole extent, for the caller to check.
+    ///
+    /// The range is checked against the payload first. An error of `f` stops the reading and is
+    /// returned as is; errors of the reader itself come as `E::from(ImageError)`.
+    pub fn read_chunks<E, F>(
+        &self,
+        offset: u64,
+        len: u64,
+        chunk: &mut [u8],
+        mut f: F,
+    ) -> Result<u32, E>
+    where
+        E: From<ImageError>,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+    {
+        self.check_range(offset, len)?;
+        if chunk.is_empty() && len > 0 {
+            return Err(ImageError::Invalid {
+                path: self.path.clone(),
+                reason: format!("read of {len} bytes at {offset} with an empty buffer"),
+            }
+            .into());
+        }
+        let (mut at, mut crc) = (0u64, 0u32);
+        while at < len {
+            // At most chunk.len(), so it fits in usize.
+            let n = (len - at).min(chunk.len() as u64) as usize;
+            let piece = &mut chunk[..n];
+            self.read_at(offset + at, piece)?;
+            crc = crc32c::crc32c_append(crc, piece);
+            f(at, piece)?;
+            at += n as u64;
+        }
+        Ok(crc)
+    }
+
+    /// [`read_chunks`](RawReader::read_chunks), then checks the CRC of the whole extent against
+    /// `crc` ([`ImageError::BadPayloadCrc`] when it differs).
+    ///
+    /// The CRC can only be known after the last chunk: `f` sees the bytes *before* they are
+    /// verified. Whatever it does with them must stay without effect until this returns `Ok`
+    /// (a restore writes pages into a process that does not run yet, and kills it when this
+    /// fails).
+    pub fn read_extent_chunks<E, F>(
+        &self,
+        offset: u64,
+        len: u64,
+        crc: u32,
+        chunk: &mut [u8],
+        f: F,
+    ) -> Result<(), E>
+    where
+        E: From<ImageError>,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+    {
+        if self.read_chunks(offset, len, chunk, f)? != crc {
+            return Err(ImageError::BadPayloadCrc {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// A [`Read`] of the `len` bytes at payload offset `offset` (checked against the payload),
+    /// reading no further than the caller's buffer at a time; it keeps the CRC of what it read
+    /// ([`ExtentReader::check_crc`]).
+    pub fn extent(&self, offset: u64, len: u64) -> Result<ExtentReader<'_>, ImageError> {
+        self.check_range(offset, len)?;
+        Ok(ExtentReader {
+            reader: self,
+            start: offset,
+            pos: offset,
+            end: offset + len,
+            crc: 0,
+        })
+    }
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..])? {
-            0 => break,
-            n => done += n,
-        }
+/// An extent of a raw data file as a [`Read`] ([`RawReader::extent`]): reads return at most
+/// the caller's buffer and end at the end of the extent. The I/O errors it returns do not name
+/// the file: wrap them with [`ExtentReader::path`].
+pub struct ExtentReader<'a> {
+    reader: &'a RawReader,
+    start: u64,
+    pos: u64,
+    end: u64,
+    crc: u32,
+}
+
+impl ExtentReader<'_> {
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.pos
     }
-    Ok(done)
+
+    /// The file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.reader.path
+    }
+
+    /// Checks, once the whole extent is read, its CRC-32C against `crc`.
+    pub fn check_crc(&self, crc: u32) -> Result<(), ImageError> {
+        if self.pos != self.end {
+            return Err(ImageError::Invalid {
+                path: self.reader.path.clone(),
+                reason: format!(
+                    "CRC check of the extent at {} after {} of its {} bytes",
+                    self.start,
+                    self.pos - self.start,
+                    self.end - self.start
+                ),
+            });
+        }
+        if self.crc != crc {
+            return Err(ImageError::BadPayloadCrc {
+                path: self.reader.path.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Read for ExtentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.remaining().min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self
+            .reader
+            .file
+            .read_at(&mut buf[..n], RAW_DATA_OFFSET + self.pos)?;
+        if got == 0 {
+            // The file shrank under us: its header promised these bytes.
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..got]);
+        self.pos += got as u64;
+        Ok(got)
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +400,110 @@ mod tests {
         assert!(matches!(
             RawReader::open(&dir, "unfinished.img", RecordKind::Pages),
             Err(ImageError::BadMagic { .. })
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn chunked_reads() {
+        let d = tmpdir();
+        let dir = ImageDir::open(&d).unwrap();
+        let data: Vec<u8> = (0..3 * 4096 + 100u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut w = RawWriter::create(&dir, "blob.img", RecordKind::Blob).unwrap();
+        w.write(&data).unwrap();
+        w.finish().unwrap();
+        let r = RawReader::open(&dir, "blob.img", RecordKind::Blob).unwrap();
+        let (off, len) = (100u64, 10_000u64);
+        let want = &data[off as usize..(off + len) as usize];
+
+        // Pieces in order, none longer than the buffer, together the extent.
+        let mut chunk = vec![0u8; 4096];
+        let mut got = Vec::new();
+        let crc = r
+            .read_chunks(off, len, &mut chunk, |at, bytes| {
+                assert_eq!(at, got.len() as u64);
+                assert!(!bytes.is_empty() && bytes.len() <= 4096);
+                got.extend_from_slice(bytes);
+                Ok::<(), ImageError>(())
+            })
+            .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(crc, crc32c::crc32c(want));
+        let ok = |_: u64, _: &[u8]| Ok::<(), ImageError>(());
+        r.read_extent_chunks(off, len, crc, &mut chunk, ok).unwrap();
+        assert!(matches!(
+            r.read_extent_chunks(off, len, crc ^ 1, &mut chunk, ok),
+            Err(ImageError::BadPayloadCrc { .. })
+        ));
+        // Out of range (also overflowing) and an empty buffer are errors before any read.
+        for (o, l) in [
+            (0, data.len() as u64 + 1),
+            (u64::MAX, 2),
+            (data.len() as u64, 1),
+        ] {
+            assert!(matches!(
+                r.read_chunks(o, l, &mut chunk, |_, _| -> Result<(), ImageError> {
+                    panic!("read out of range")
+                }),
+                Err(ImageError::Invalid { .. })
+            ));
+        }
+        assert!(matches!(
+            r.read_chunks(0, 1, &mut [], ok),
+            Err(ImageError::Invalid { .. })
+        ));
+        assert_eq!(r.read_chunks(5, 0, &mut [], ok).unwrap(), 0);
+        // The caller's error stops the reading and comes back as is.
+        #[derive(Debug)]
+        enum E {
+            Mine(u64),
+            Image,
+        }
+        impl From<ImageError> for E {
+            fn from(_: ImageError) -> E {
+                E::Image
+            }
+        }
+        let mut calls = 0;
+        let e = r.read_chunks(0, len, &mut chunk, |at, _| {
+            calls += 1;
+            if at > 0 {
+                Err(E::Mine(at))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(e, Err(E::Mine(4096))), "{e:?}");
+        assert_eq!(calls, 2);
+        assert!(matches!(
+            r.read_chunks(0, u64::MAX, &mut chunk, |_, _| Ok(())),
+            Err(E::Image)
+        ));
+
+        // The same extent through Read.
+        let mut ext = r.extent(off, len).unwrap();
+        let mut small = [0u8; 1000];
+        let n = ext.read(&mut small).unwrap();
+        assert!(n > 0 && n <= 1000);
+        assert!(matches!(
+            ext.check_crc(crc),
+            Err(ImageError::Invalid { .. })
+        ));
+        let mut rest = small[..n].to_vec();
+        std::io::copy(&mut ext, &mut rest).unwrap();
+        assert_eq!(rest, want);
+        assert_eq!(ext.remaining(), 0);
+        assert_eq!(ext.read(&mut small).unwrap(), 0);
+        ext.check_crc(crc).unwrap();
+        assert!(matches!(
+            ext.check_crc(crc ^ 1),
+            Err(ImageError::BadPayloadCrc { .. })
+        ));
+        assert!(matches!(
+            r.extent(1, data.len() as u64),
+            Err(ImageError::Invalid { .. })
         ));
         std::fs::remove_dir_all(&d).unwrap();
     }
