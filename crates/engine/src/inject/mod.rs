@@ -5,9 +5,33 @@
 //! argument registers are set, and the thread is single-stepped over that one instruction.
 //! `orig_rax` is set to -1 so that the kernel never applies its syscall-restart logic to the
 //! injected call. [`Injector::finish`] puts the saved registers back.
+//!
+//! Layers, from the bottom:
+//!
+//! * [`Injector::raw`], [`Injector::try_call`] and [`Injector::call`] run one call by number
+//!   with six raw arguments. Every call is logged (`tracing`, target `stasis_engine::inject`,
+//!   level trace; a call that fails as an error at debug) with its name, number, arguments and
+//!   result, and the last one is kept ([`Injector::last_call`]) so that a failure can name it.
+//! * The scratch area ([`scratch`]): memory mapped in the target for arguments passed by
+//!   pointer. A [`Frame`] hands out typed remote pointers ([`RemotePtr`], [`RemoteSlice`]) to
+//!   values copied there ([`Frame::push`]), read back with [`Injector::read`].
+//! * Typed wrappers ([`calls`]): one method per system call the engine injects, taking typed
+//!   arguments and the kernel structures of [`kabi`] and returning typed results.
+
+pub mod calls;
+mod errno;
+pub mod scratch;
+
+pub use calls::Errno;
+pub use errno::errno_name;
+pub use scratch::{Frame, RemotePtr, RemoteSlice, ScratchAlloc};
+/// The kernel structures the typed wrappers take and return.
+pub use stasis_sys::kabi;
 
 use crate::Error;
+use stasis_sys::kabi::Pod;
 use stasis_sys::{proc_mem, ptrace, Pid, UserRegs};
+use std::fmt;
 
 /// A stopped thread in which system calls can be run.
 pub struct Injector {
@@ -16,21 +40,76 @@ pub struct Injector {
     saved: UserRegs,
     /// A private read-write scratch area mapped in the target, for syscall arguments.
     scratch: Option<(u64, u64)>,
+    /// Hands out the scratch area (see [`Frame`]).
+    alloc: ScratchAlloc,
+    /// The last call run, for error reports.
+    last: Option<CallRecord>,
+    /// [`Injector::finish`] completed: the thread has its registers back.
+    finished: bool,
 }
 
 /// Size of the scratch area used for syscall arguments.
 pub const SCRATCH_LEN: u64 = 64 * 1024;
+
+/// One injected system call: what ran and what it returned. Displayed like a line of strace:
+/// `prctl(PR_SET_PDEATHSIG) [157] (1, 200) = -1 EINVAL (Invalid argument)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub name: &'static str,
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// The raw result (a negative errno on failure); `None` when the call did not complete.
+    pub result: Option<i64>,
+}
+
+/// An argument or result: small numbers in decimal, addresses and flags in hex.
+struct Num(u64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let signed = self.0 as i64;
+        if self.0 < 0x10000 || (-0x10000..0).contains(&signed) {
+            write!(f, "{signed}")
+        } else {
+            write!(f, "{:#x}", self.0)
+        }
+    }
+}
+
+impl fmt::Display for CallRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] (", self.name, self.nr)?;
+        // Trailing zero arguments are left out: most calls take fewer than six.
+        let n = self.args.iter().rposition(|&a| a != 0).map_or(0, |i| i + 1);
+        for (i, a) in self.args[..n].iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", Num(*a))?;
+        }
+        f.write_str(") = ")?;
+        match self.result {
+            None => f.write_str("? (did not complete)"),
+            Some(r) if (-4095..0).contains(&r) => write!(f, "-1 {}", Errno(-r as i32)),
+            Some(r) => write!(f, "{}", Num(r as u64)),
+        }
+    }
+}
 
 impl Injector {
     /// Takes over `tid`, which must be in a ptrace-stop. `syscall_ip` is the address of a
     /// `syscall` instruction in the target.
     pub fn new(tid: Pid, syscall_ip: u64) -> Result<Injector, Error> {
         let saved = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+        tracing::trace!("tid {tid}: injecting at {syscall_ip:#x}");
         Ok(Injector {
             tid,
             syscall_ip,
             saved,
             scratch: None,
+            alloc: ScratchAlloc::new(SCRATCH_LEN),
+            last: None,
+            finished: false,
         })
     }
 
@@ -58,8 +137,99 @@ impl Injector {
         self.syscall_ip = ip;
     }
 
+    /// The last system call run in this thread (completed or not), for error reports.
+    pub fn last_call(&self) -> Option<&CallRecord> {
+        self.last.as_ref()
+    }
+
     /// Runs one system call and returns the raw result (a negative errno on failure).
     pub fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        let r = self.run("syscall", nr, args)?;
+        self.log_done(false);
+        Ok(r)
+    }
+
+    /// Runs a system call; `Ok(Err(errno))` when the call itself failed. Errors are those of
+    /// the injection (the thread died, ptrace failed).
+    pub fn try_call(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<Result<u64, Errno>, Error> {
+        let r = self.run(name, nr, args)?;
+        self.log_done(false);
+        Ok(if (-4095..0).contains(&r) {
+            Err(Errno(-r as i32))
+        } else {
+            Ok(r as u64)
+        })
+    }
+
+    /// Runs a system call and turns a negative result into an error naming it.
+    pub fn call(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64, Error> {
+        let r = self.run(name, nr, args)?;
+        if (-4095..0).contains(&r) {
+            self.log_done(true);
+            return Err(self.remote_error(name, Errno(-r as i32)));
+        }
+        self.log_done(false);
+        Ok(r as u64)
+    }
+
+    /// The error for call `name` having failed with `errno` in this thread.
+    pub fn remote_error(&self, name: &'static str, errno: Errno) -> Error {
+        Error::Remote {
+            call: name,
+            tid: self.tid,
+            errno: errno.io_error(),
+        }
+    }
+
+    /// Logs the last call: at trace level, or at debug level when it failed as an error.
+    fn log_done(&self, failed: bool) {
+        if let Some(rec) = &self.last {
+            if failed {
+                tracing::debug!("tid {}: injected call failed: {rec}", self.tid);
+            } else {
+                tracing::trace!("tid {}: {rec}", self.tid);
+            }
+        }
+    }
+
+    /// Runs one system call; records it as the last call.
+    fn run(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        self.last = Some(CallRecord {
+            name,
+            nr,
+            args,
+            result: None,
+        });
+        let r = self.step_over_syscall(nr, args);
+        match &r {
+            Ok(v) => {
+                if let Some(rec) = self.last.as_mut() {
+                    rec.result = Some(*v);
+                }
+            }
+            Err(e) => {
+                if let Some(rec) = &self.last {
+                    tracing::debug!("tid {}: {rec}: {e}", self.tid);
+                }
+            }
+        }
+        r
+    }
+
+    /// What the last call was, for the errors of the injection itself.
+    fn during(&self) -> String {
+        self.last
+            .as_ref()
+            .map(|r| format!(" during {r}"))
+            .unwrap_or_default()
+    }
+
+    fn step_over_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
         let tid = self.tid;
         let mut regs = self.saved;
         regs.rip = self.syscall_ip;
@@ -82,7 +252,7 @@ impl Injector {
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,
-                        how: format!("{other:?}"),
+                        how: format!("{other:?}{}", self.during()),
                     })
                 }
             }
@@ -97,25 +267,13 @@ impl Injector {
                     tid,
                     nr,
                     reason: format!(
-                        "thread went to {:#x} instead of running the syscall",
-                        after.rip
+                        "thread went to {:#x} instead of running the syscall{}",
+                        after.rip,
+                        self.during()
                     ),
                 });
             }
         }
-    }
-
-    /// Runs a system call and turns a negative result into an error naming it.
-    pub fn call(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64, Error> {
-        let r = self.raw(nr, args)?;
-        if (-4095..0).contains(&r) {
-            return Err(Error::Remote {
-                call: name,
-                tid: self.tid,
-                errno: std::io::Error::from_raw_os_error(-r as i32),
-            });
-        }
-        Ok(r as u64)
     }
 
     /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
@@ -142,8 +300,13 @@ impl Injector {
                 0,
             ],
         )?;
-        self.scratch = Some((got, SCRATCH_LEN));
+        self.set_scratch(Some((got, SCRATCH_LEN)));
         Ok(got)
+    }
+
+    fn set_scratch(&mut self, scratch: Option<(u64, u64)>) {
+        self.scratch = scratch;
+        self.alloc = ScratchAlloc::new(scratch.map_or(0, |(_, len)| len));
     }
 
     /// Address of the scratch area; it must have been mapped.
@@ -155,7 +318,9 @@ impl Injector {
         })
     }
 
-    /// Copies `data` into the scratch area at `offset` and returns its remote address.
+    /// Copies `data` into the scratch area at `offset` and returns its remote address. This
+    /// bypasses the allocator: for code that places its arguments at fixed offsets, never
+    /// while a [`Frame`] holds part of the area.
     pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<u64, Error> {
         let base = self.scratch()?;
         if offset + data.len() as u64 > SCRATCH_LEN {
@@ -170,7 +335,7 @@ impl Injector {
         Ok(base + offset)
     }
 
-    /// Reads `len` bytes from the scratch area at `offset`.
+    /// Reads `len` bytes from the scratch area at `offset` (see [`Injector::put`]).
     pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         let base = self.scratch()?;
         let mut buf = vec![0u8; len];
@@ -179,9 +344,62 @@ impl Injector {
         Ok(buf)
     }
 
+    /// Checks that `[addr, addr + len)` lies inside the scratch area.
+    fn check_scratch(&self, addr: u64, len: u64) -> Result<(), Error> {
+        let base = self.scratch()?;
+        let inside = addr
+            .checked_sub(base)
+            .is_some_and(|off| self.alloc.contains(off, len));
+        if inside {
+            return Ok(());
+        }
+        Err(Error::Inject {
+            tid: self.tid,
+            nr: 0,
+            reason: format!(
+                "{len} bytes at {addr:#x} are outside the scratch area at {base:#x}{}",
+                self.during()
+            ),
+        })
+    }
+
+    fn write_bytes(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.check_scratch(addr, data.len() as u64)?;
+        proc_mem::write_all(self.tid, addr, data)
+            .map_err(|e| Error::sys("process_vm_writev(scratch)", self.tid, e))
+    }
+
+    fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        self.check_scratch(addr, len as u64)?;
+        let mut buf = vec![0u8; len];
+        proc_mem::read_exact(self.tid, addr, &mut buf)
+            .map_err(|e| Error::sys("process_vm_readv(scratch)", self.tid, e))?;
+        Ok(buf)
+    }
+
+    /// Writes `value` at `p`, which must lie in the scratch area.
+    pub fn write<T: Pod>(&mut self, p: RemotePtr<T>, value: &T) -> Result<(), Error> {
+        self.write_bytes(p.addr(), value.as_bytes())?;
+        tracing::trace!("tid {}: scratch {p:?} <- {value:?}", self.tid);
+        Ok(())
+    }
+
+    /// Reads the `T` at `p`, which must lie in the scratch area.
+    pub fn read<T: Pod>(&self, p: RemotePtr<T>) -> Result<T, Error> {
+        let bytes = self.read_bytes(p.addr(), std::mem::size_of::<T>())?;
+        let value = T::from_bytes(&bytes).ok_or_else(|| Error::Inject {
+            tid: self.tid,
+            nr: 0,
+            reason: format!("short read of {} at {p:?}", std::any::type_name::<T>()),
+        })?;
+        tracing::trace!("tid {}: scratch {p:?} -> {value:?}", self.tid);
+        Ok(value)
+    }
+
     /// Unmaps the scratch area.
     pub fn unmap_scratch(&mut self) -> Result<(), Error> {
-        if let Some((addr, len)) = self.scratch.take() {
+        if let Some((addr, len)) = self.scratch {
+            self.set_scratch(None);
             self.call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
         }
         Ok(())
@@ -190,20 +408,22 @@ impl Injector {
     /// Forgets the scratch area without unmapping it (it was unmapped by other means, or it
     /// belongs to another injector of the same process).
     pub fn forget_scratch(&mut self) {
-        self.scratch = None;
+        self.set_scratch(None);
     }
 
     /// Uses a scratch area mapped by another injector of the same process (threads share
     /// memory). Call [`Injector::forget_scratch`] before [`Injector::finish`].
     pub fn share_scratch(&mut self, addr: u64) {
-        self.scratch = Some((addr, SCRATCH_LEN));
+        self.set_scratch(Some((addr, SCRATCH_LEN)));
     }
 
     /// Unmaps the scratch area and restores the saved registers. The thread stays stopped.
     pub fn finish(mut self) -> Result<(), Error> {
         self.unmap_scratch()?;
         ptrace::set_regs(self.tid, &self.saved)
-            .map_err(|e| Error::sys("PTRACE_SETREGS", self.tid, e))
+            .map_err(|e| Error::sys("PTRACE_SETREGS", self.tid, e))?;
+        self.finished = true;
+        Ok(())
     }
 
     /// Like [`Injector::finish`], then leaves the thread stopped with single-stepping turned
@@ -234,6 +454,21 @@ impl Injector {
                         how: format!("{other:?}"),
                     })
                 }
+            }
+        }
+    }
+}
+
+impl Drop for Injector {
+    /// An injector left without [`Injector::finish`] belongs to an operation that failed:
+    /// the log says what ran last in the thread.
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(rec) = &self.last {
+                tracing::debug!(
+                    "tid {}: left unfinished; last injected call: {rec}",
+                    self.tid
+                );
             }
         }
     }
