@@ -684,19 +684,19 @@ mod tests {
         };
         assert_eq!(
             r.to_string(),
-            "prctl(PR_SET_PDEATHSIG) [157] (1, 200) = -1 EINVAL (Invalid argument)"
+            "prctl(PR_SET_PDEATHSIG) [157] (1, 200, 0, 0, 0, 0) = -1 EINVAL (Invalid argument)"
         );
         r.args = [0x7f00_0000_0000, 0x10000, 3, 0x22, u64::MAX, 0];
         r.result = Some(0x7f00_0000_0000);
         assert_eq!(
             r.to_string(),
-            "prctl(PR_SET_PDEATHSIG) [157] (0x7f0000000000, 0x10000, 3, 34, -1) = 0x7f0000000000"
+            "prctl(PR_SET_PDEATHSIG) [157] (0x7f0000000000, 0x10000, 3, 34, -1, 0) = 0x7f0000000000"
         );
         r.args = [0; 6];
         r.result = None;
         assert_eq!(
             r.to_string(),
-            "prctl(PR_SET_PDEATHSIG) [157] () = ? (did not complete)"
+            "prctl(PR_SET_PDEATHSIG) [157] (0, 0, 0, 0, 0, 0) = ? (did not complete)"
         );
     }
 }

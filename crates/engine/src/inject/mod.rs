@@ -52,7 +52,7 @@ pub struct Injector {
 pub const SCRATCH_LEN: u64 = 64 * 1024;
 
 /// One injected system call: what ran and what it returned. Displayed like a line of strace:
-/// `prctl(PR_SET_PDEATHSIG) [157] (1, 200) = -1 EINVAL (Invalid argument)`.
+/// `prctl(PR_SET_PDEATHSIG) [157] (1, 200, 0, 0, 0, 0) = -1 EINVAL (Invalid argument)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     pub name: &'static str,
@@ -79,9 +79,8 @@ impl fmt::Display for Num {
 impl fmt::Display for CallRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} [{}] (", self.name, self.nr)?;
-        // Trailing zero arguments are left out: most calls take fewer than six.
-        let n = self.args.iter().rposition(|&a| a != 0).map_or(0, |i| i + 1);
-        for (i, a) in self.args[..n].iter().enumerate() {
+        // All six registers: which of them a call reads is up to the call.
+        for (i, a) in self.args.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }

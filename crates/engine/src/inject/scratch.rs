@@ -188,12 +188,16 @@ impl Frame<'_> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.as_bytes()).copied().collect();
         let addr = self.alloc_bytes(bytes.len() as u64)?;
         self.inj.write_bytes(addr, &bytes)?;
-        tracing::trace!(
-            "tid {}: scratch {addr:#x} <- {} x {}",
-            self.inj.tid(),
-            values.len(),
-            std::any::type_name::<T>()
-        );
+        if values.len() <= 64 {
+            tracing::trace!("tid {}: scratch {addr:#x} <- {values:?}", self.inj.tid());
+        } else {
+            tracing::trace!(
+                "tid {}: scratch {addr:#x} <- {} x {}",
+                self.inj.tid(),
+                values.len(),
+                std::any::type_name::<T>()
+            );
+        }
         Ok(RemoteSlice {
             addr,
             len: values.len(),
