@@ -1,6 +1,7 @@
 //! Typed wrappers of the system calls the engine runs inside a target: typed arguments in,
-//! typed results out. Structures passed by pointer ([`kabi`]) go through a [`Frame`] of the
-//! scratch area, which must be mapped; calls that take only values need none.
+//! typed results out. Structures passed by pointer ([`kabi`]) go through a
+//! [`Frame`](super::Frame) of the scratch area, which must be mapped; calls that take only
+//! values need none.
 //!
 //! Each wrapper names its call the way errors and logs show it (`prctl(PR_SET_PDEATHSIG)`).
 

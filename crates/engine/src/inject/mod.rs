@@ -498,3 +498,102 @@ pub fn vdso_syscall_offset() -> Result<u64, Error> {
             what: "no syscall instruction in the [vdso]".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::kabi::{StackT, Timespec};
+    use super::*;
+    use crate::dump::freeze::Frozen;
+
+    /// A `sleep` of ours, killed and reaped on drop.
+    struct Sleeper(std::process::Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn frames_and_typed_calls_in_a_real_process() {
+        if stasis_sys::process::geteuid() != 0 {
+            eprintln!("notice: frames_and_typed_calls_in_a_real_process needs root; skipped");
+            return;
+        }
+        let sleeper = Sleeper(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .expect("start sleep"),
+        );
+        let pid = sleeper.0.id() as Pid;
+        let mut frozen = Frozen::freeze(pid).expect("freeze");
+        let vdso = crate::procfs::read_smaps(pid)
+            .expect("smaps")
+            .into_iter()
+            .find(|m| m.name == "[vdso]")
+            .expect("a vdso");
+        let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
+            .expect("injector");
+        assert_eq!(inj.getpid().expect("getpid"), pid);
+        assert_eq!(inj.last_call().and_then(|c| c.result), Some(pid as i64));
+
+        // Nothing can be allocated before the area is mapped.
+        assert!(inj.frame().alloc::<u64>().is_err());
+        let base = inj.map_scratch(None).expect("map scratch");
+        {
+            let mut f = inj.frame();
+            let t = Timespec { sec: 5, nsec: 7 };
+            let a = f.push(&t).expect("push");
+            let s = f.push_slice(&[1u32, 2, 3]).expect("push slice");
+            assert_eq!(a.addr(), base);
+            assert_eq!(s.addr(), base + 16, "allocations are 16-byte aligned");
+            assert_eq!(s.byte_len(), 12);
+            assert_eq!(f.read(a).expect("read back"), t);
+            let inner_at = {
+                let mut g = f.frame();
+                g.alloc::<[u8; 100]>().expect("nested").addr()
+            };
+            // The nested frame gave its room back.
+            assert_eq!(f.alloc::<u8>().expect("after nested").addr(), inner_at);
+            assert_eq!(
+                f.read(RemotePtr::<[u32; 3]>::at(s.addr())).expect("read"),
+                [1, 2, 3]
+            );
+        }
+        // The frame gave everything back.
+        assert_eq!(inj.frame().alloc::<u8>().expect("alloc").addr(), base);
+        // Out of bounds: too big, or a pointer outside the area.
+        assert!(inj.frame().alloc_bytes(SCRATCH_LEN + 1).is_err());
+        assert!(inj
+            .read(RemotePtr::<u64>::at(base + SCRATCH_LEN - 4))
+            .is_err());
+        assert!(inj.read(RemotePtr::<u64>::at(0x1000)).is_err());
+
+        // Typed calls with results through the scratch area.
+        let ss: StackT = inj.sigaltstack_get().expect("sigaltstack");
+        assert_eq!(ss.flags, libc::SS_DISABLE);
+        let nofile = inj.prlimit64_get(libc::RLIMIT_NOFILE).expect("prlimit64");
+        let ours = stasis_sys::process::getrlimit(libc::RLIMIT_NOFILE).expect("getrlimit");
+        assert_eq!((nofile.cur, nofile.max), ours, "sleep inherited our limits");
+
+        // A failing call: the error and the last call name it.
+        match inj.set_pdeathsig(200) {
+            Err(Error::Remote { call, tid, errno }) => {
+                assert_eq!(call, "prctl(PR_SET_PDEATHSIG)");
+                assert_eq!(tid, pid);
+                assert_eq!(errno.raw_os_error(), Some(libc::EINVAL));
+            }
+            other => panic!("PR_SET_PDEATHSIG 200 should fail with EINVAL: {other:?}"),
+        }
+        let last = inj.last_call().expect("a last call").clone();
+        assert_eq!(last.name, "prctl(PR_SET_PDEATHSIG)");
+        assert_eq!(last.args[..2], [1, 200]);
+        assert_eq!(last.result, Some(-(libc::EINVAL as i64)));
+
+        inj.finish().expect("finish");
+        frozen.thaw().expect("thaw");
+        drop(sleeper);
+    }
+}
