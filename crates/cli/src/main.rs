@@ -1,6 +1,7 @@
 //! `stasis`: the command-line front end of the engine. Thin by design: it parses arguments,
 //! calls `stasis_engine` (or `stasis_tools` for `demo` and `bench`), and turns errors into one
-//! line on stderr and a non-zero exit code.
+//! line on stderr and a non-zero exit code. Quiet by default; `-v`/`-vv` log to stderr,
+//! `--log-file` (dump, restore) into a file.
 #![deny(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,10 @@ use std::process::ExitCode;
     about = "Checkpoint and restore Linux processes"
 )]
 struct Cli {
+    /// Log what stasis does: -v the phases and processes (debug), -vv also every system call
+    /// run inside a target (trace). The log goes to stderr, or to --log-file.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +42,10 @@ enum Command {
         /// Let the process run on after the dump.
         #[arg(long)]
         leave_running: bool,
+        /// Write the log into FILE (debug level, or trace with -vv); errors still go to
+        /// stderr.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
     },
     /// Restore a process from an images directory, with its original pid.
     Restore {
@@ -53,6 +62,10 @@ enum Command {
         /// restored many times side by side (the processes keep their pids inside it).
         #[arg(long)]
         pid_ns: bool,
+        /// Write the log into FILE (debug level, or trace with -vv); errors still go to
+        /// stderr.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
     },
     /// Decode an images directory into JSON.
     Show {
@@ -90,18 +103,35 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_file = match &cli.command {
+        Command::Dump { log_file, .. } | Command::Restore { log_file, .. } => log_file.clone(),
+        _ => None,
+    };
+    let logging = match init_logging(cli.verbose, log_file.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stasis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if logging != Logging::Off {
+        let args: Vec<String> = std::env::args().collect();
+        tracing::info!("stasis {}: {}", env!("CARGO_PKG_VERSION"), args.join(" "));
+    }
     let (what, result) = match cli.command {
         Command::Check => ("check", run_check()),
         Command::Dump {
             pid,
             images,
             leave_running,
+            log_file: _,
         } => ("dump", run_dump(pid, images, leave_running)),
         Command::Restore {
             images,
             detach,
             new_session,
             pid_ns,
+            log_file: _,
         } => ("restore", run_restore(images, detach, new_session, pid_ns)),
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
@@ -122,12 +152,66 @@ fn main() -> ExitCode {
         Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => {
+            if logging != Logging::Off {
+                tracing::info!("{what}: done (exit code {code})");
+            }
+            ExitCode::from(code)
+        }
         Err(e) => {
+            // On stderr the error line says it all; a log file gets it too, at the end of
+            // what led to it.
+            if logging == Logging::File {
+                tracing::error!("{what}: {e}");
+            }
             eprintln!("{what}: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where the log goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logging {
+    /// Nowhere (the default).
+    Off,
+    Stderr,
+    File,
+}
+
+/// Sets up the log: into `file` when given (at debug level, trace with -vv), else on stderr
+/// with -v (debug) or -vv (trace), else nowhere.
+fn init_logging(verbose: u8, file: Option<&std::path::Path>) -> Result<Logging, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = if verbose >= 2 {
+        LevelFilter::TRACE
+    } else {
+        LevelFilter::DEBUG
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .fmt_fields(stasisd::log::EscapedFields);
+    let installed = match file {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .try_init()
+                .map(|_| Logging::File)
+        }
+        None if verbose > 0 => {
+            use std::io::IsTerminal;
+            builder
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init()
+                .map(|_| Logging::Stderr)
+        }
+        None => return Ok(Logging::Off),
+    };
+    installed.map_err(|e| format!("setting up the log: {e}"))
 }
 
 type CmdResult = stasis_tools::ToolResult;

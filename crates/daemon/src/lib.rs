@@ -4,9 +4,12 @@
 //! activation), forks one worker per connection (see [`worker`]), reaps finished workers, and
 //! stops cleanly on SIGTERM or SIGINT. It never reads client data itself, so no client can
 //! stall it. The rules it enforces are in docs/security.md. The `stasisd` binary is a thin
-//! wrapper; `stasis demo` embeds the same loop.
+//! wrapper; `stasis demo` embeds the same loop. It logs one line per event on stderr (see
+//! [`log`]); every request is numbered, and what its worker logs carries the number and the
+//! caller's pid and uid.
 #![deny(unsafe_code)]
 
+pub mod log;
 pub mod policy;
 pub mod worker;
 
@@ -33,6 +36,10 @@ pub struct Args {
     /// How many requests may be served at once; more are refused until one ends.
     #[arg(long, default_value_t = 64)]
     pub max_workers: usize,
+    /// Log more: -v the phases of each dump and restore, -vv also every system call run
+    /// inside a target.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -124,6 +131,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     if process::geteuid() != 0 {
         return Err("stasisd must run as root".into());
     }
+    let _log = log::install(args.verbose);
     // Signals arrive through a signalfd polled with the listener: no handler, no races.
     let signals = process::signalfd_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])
         .map_err(|e| format!("signalfd: {e}"))?;
@@ -139,11 +147,13 @@ pub fn run(args: &Args) -> Result<(), String> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "socket activation".into());
-    eprintln!(
+    tracing::info!(
         "stasisd {}: listening ({source})",
         env!("CARGO_PKG_VERSION")
     );
     let mut workers: Vec<i32> = Vec::new();
+    // Requests are numbered from 1 in the order they are accepted.
+    let mut request: u64 = 0;
     loop {
         let ready = process::poll_readable(&[listener.fd.as_fd(), signals.as_fd()], 1000)
             .map_err(|e| format!("poll: {e}"))?;
@@ -157,8 +167,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         workers.retain(|&w| matches!(stasis_sys::ptrace::waitpid_nohang(w), Ok(None)));
         if stop {
-            eprintln!(
-                "stasisd: stopping ({} requests still being served finish on their own)",
+            tracing::info!(
+                "stopping ({} requests still being served finish on their own)",
                 workers.len()
             );
             return Ok(());
@@ -169,13 +179,15 @@ pub fn run(args: &Args) -> Result<(), String> {
         let conn = match socket::accept(listener.fd.as_fd()) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("stasisd: accept: {e}");
+                tracing::warn!("accept: {e}");
                 continue;
             }
         };
+        request += 1;
         if workers.len() >= args.max_workers {
-            eprintln!(
-                "stasisd: refusing a connection: {} requests already being served",
+            tracing::warn!(
+                request,
+                "refusing a connection: {} requests already being served",
                 workers.len()
             );
             continue;
@@ -183,11 +195,14 @@ pub fn run(args: &Args) -> Result<(), String> {
         match process::fork() {
             Ok(Forked::Child(_)) => {
                 let _ = process::unblock_all_signals();
-                let code = worker::serve(conn);
+                let code = worker::serve(conn, request);
                 process::exit_now(code);
             }
-            Ok(Forked::Parent(pid)) => workers.push(pid),
-            Err(e) => eprintln!("stasisd: fork: {e}"),
+            Ok(Forked::Parent(pid)) => {
+                tracing::debug!(request, "worker {pid} serves the connection");
+                workers.push(pid)
+            }
+            Err(e) => tracing::error!(request, "fork: {e}"),
         }
         // The worker has its own copy of the connection: when it ends, the client sees it.
         drop(conn);

@@ -50,12 +50,21 @@ impl From<TransportError> for Failure {
     }
 }
 
-/// Serves one connection; returns the process exit code for the worker.
-pub fn serve(conn: OwnedFd) -> i32 {
+/// Serves one connection, request number `request` of the daemon; returns the process exit
+/// code for the worker. Everything it logs is inside a span `request{id, caller_pid,
+/// caller_uid}` (the caller's fields once the kernel told who it is).
+pub fn serve(conn: OwnedFd, request: u64) -> i32 {
+    let span = tracing::info_span!(
+        "request",
+        id = request,
+        caller_pid = tracing::field::Empty,
+        caller_uid = tracing::field::Empty
+    );
+    let _entered = span.enter();
     match handle(conn.as_fd()) {
         Ok(()) => 0,
         Err(f) => {
-            eprintln!("stasisd[{}]: {}", process::getpid(), f.message);
+            tracing::error!("{}", f.message);
             let text: String = f
                 .message
                 .chars()
@@ -90,6 +99,9 @@ fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
             "the caller's pidfd and SO_PEERCRED disagree",
         ));
     }
+    tracing::Span::current()
+        .record("caller_pid", pid)
+        .record("caller_uid", cred.uid);
     let caller = policy::caller_from_pid(pid, cred.uid, cred.gid)
         .map_err(|m| Failure::new(code::REFUSED, m))?;
 
@@ -120,13 +132,8 @@ fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
     let dir = dir.ok_or_else(|| Failure::new(code::PROTOCOL, "no images directory was passed"))?;
     let images = ImageDir::from_fd(dir, "the images directory passed by the client")
         .map_err(|e| Failure::new(code::INVALID, e.to_string()))?;
-    eprintln!(
-        "stasisd[{}]: {} from pid {} uid {}",
-        process::getpid(),
-        request.name(),
-        caller.pid,
-        caller.uid
-    );
+    let name = request.name();
+    tracing::info!("{} from pid {} uid {}", name, caller.pid, caller.uid);
     match request {
         Message::DumpSelf { flags, conn_fd } => {
             dump_self(conn, &caller, pidfd, images, flags, conn_fd)
@@ -137,7 +144,9 @@ fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
         )),
-    }
+    }?;
+    tracing::info!("{name} done");
+    Ok(())
 }
 
 /// The pid a pidfd refers to, from /proc/self/fdinfo (None once the process has exited).

@@ -92,11 +92,11 @@ fn probe_injection() -> Result<String, Error> {
             .find(|m| m.name == "[vdso]")
             .ok_or_else(|| Error::Invalid("no vdso".into()))?;
         let mut inj = Injector::new(pid, vdso.start + inject::vdso_syscall_offset()?)?;
-        let got = inj.call("getpid", libc::SYS_getpid, [0; 6])?;
+        let got = inj.getpid()?;
         let xstate = ptrace::get_xstate(pid).map_err(|e| Error::sys("PTRACE_GETREGSET", pid, e))?;
         inj.finish()?;
         frozen.thaw()?;
-        if got != pid as u64 {
+        if got != pid {
             return Err(Error::Invalid(format!(
                 "getpid inside the target returned {got}"
             )));

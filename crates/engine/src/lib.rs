@@ -16,6 +16,11 @@
 //! | [`procfs`]  | parsers for /proc                                                    |
 //! | [`show`]    | the images as JSON                                                   |
 //! | [`check`]   | probes of the kernel features stasis needs                           |
+//!
+//! The engine logs with `tracing` and never installs a logger: spans `dump`/`restore`, one per
+//! phase, `process{pid}` and one per resource part (`signals{pid}`, `thread{tid}`, ...), and
+//! every system call injected into a target at trace level. The names, fields and levels are
+//! listed in docs/architecture.md ("Logging").
 
 pub mod check;
 pub mod dump;

@@ -80,6 +80,7 @@ pub fn run() -> DemoResult {
         mode: 0o600,
         group: None,
         max_workers: 4,
+        verbose: 0,
     };
     let daemon = match stasis_sys::process::fork()? {
         stasis_sys::process::Forked::Child(_) => {

@@ -41,7 +41,7 @@ pub(crate) fn collect_tree(
                 .map_err(|e| Error::sys("pidfd_open", frozen.pid, e))?;
             &own_pidfd
         };
-        let _process = tracing::debug_span!("process", pid = frozen.pid).entered();
+        let _process = tracing::info_span!("process", pid = frozen.pid).entered();
         let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry)?;
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));

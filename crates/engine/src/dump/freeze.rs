@@ -20,6 +20,7 @@ const PTRACE_EVENT_STOP: i32 = 128;
 
 impl Frozen {
     /// Seizes and stops every thread of `pid`.
+    #[tracing::instrument(name = "process", level = "info", skip_all, fields(pid = pid))]
     pub fn freeze(pid: Pid) -> Result<Frozen, Error> {
         let mut frozen = Frozen {
             pid,
@@ -57,6 +58,7 @@ impl Frozen {
         }
         // The leader first.
         frozen.threads.sort_by_key(|&t| (t != pid, t));
+        tracing::debug!("pid {pid} frozen ({} threads)", frozen.threads.len());
         Ok(frozen)
     }
 
@@ -65,6 +67,7 @@ impl Frozen {
     pub fn kill(mut self) -> Result<(), Error> {
         stasis_sys::process::kill(self.pid, libc::SIGKILL)
             .map_err(|e| Error::sys("kill", self.pid, e))?;
+        tracing::debug!("pid {} killed", self.pid);
         self.detached = true;
         Ok(())
     }
@@ -79,6 +82,7 @@ impl Frozen {
             return Ok(());
         }
         self.detached = true;
+        tracing::debug!("pid {} detached", self.pid);
         let mut first = Ok(());
         for &tid in &self.threads {
             if let Err(e) = ptrace::detach(tid, 0) {
@@ -146,6 +150,7 @@ impl FrozenTree {
                 };
                 // A zombie leader whose other threads still run is a live process.
                 if stat.state == 'Z' && stat.num_threads <= 1 {
+                    tracing::debug!("pid {child} is a zombie (parent {parent})");
                     tree.zombies.push(zombie(child, parent, &stat));
                     continue;
                 }
@@ -289,6 +294,7 @@ fn exited_while_freezing(parent: Pid, child: Pid) -> Option<Option<stasis_image:
 
 /// Runs wait4 inside the frozen process `tid` for every pending (child, parent) pair whose
 /// parent it is.
+#[tracing::instrument(name = "process", level = "info", skip_all, fields(pid = tid))]
 fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(), Error> {
     let mine: Vec<Pid> = reap
         .iter()
@@ -305,13 +311,9 @@ fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(),
             what: format!("pid {tid} has no [vdso]"),
         })?;
     let mut inj = crate::inject::Injector::new(tid, vdso.start + vdso_offset)?;
-    for child in &mine {
-        match inj.call(
-            "wait4",
-            libc::SYS_wait4,
-            [*child as u64, 0, libc::__WALL as u64, 0, 0, 0],
-        ) {
-            Ok(_) => {}
+    for &child in &mine {
+        match inj.wait4(child, libc::__WALL) {
+            Ok(_) => tracing::debug!("pid {child} reaped by its parent {tid}"),
             // A parent that ignores SIGCHLD has its children reaped by the kernel.
             Err(Error::Remote { errno, .. }) if errno.raw_os_error() == Some(libc::ECHILD) => {}
             Err(e) => return Err(e),

@@ -99,8 +99,16 @@ impl Phase {
         }
     }
 
+    /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
-        tracing::debug_span!("phase", name = self.name()).entered()
+        match self {
+            Phase::Freeze => tracing::info_span!("freeze"),
+            Phase::Collect => tracing::info_span!("collect"),
+            Phase::Write => tracing::info_span!("write"),
+            Phase::Sync => tracing::info_span!("sync"),
+            Phase::Release => tracing::info_span!("release"),
+        }
+        .entered()
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) fn write_tree(
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
     for mut c in collected {
-        let _process = tracing::debug_span!("process", pid = c.image.pid).entered();
+        let _process = tracing::info_span!("process", pid = c.image.pid).entered();
         let pid = c.image.pid;
         let pages_name = names::pages(pid);
         let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;

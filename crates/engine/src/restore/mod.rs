@@ -58,14 +58,22 @@ impl Phase {
         match self {
             Phase::Load => "load",
             Phase::Plan => "plan",
-            Phase::ForkTree => "fork-tree",
+            Phase::ForkTree => "fork",
             Phase::Rebuild => "rebuild",
             Phase::Finish => "finish",
         }
     }
 
+    /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
-        tracing::debug_span!("phase", name = self.name()).entered()
+        match self {
+            Phase::Load => tracing::info_span!("load"),
+            Phase::Plan => tracing::info_span!("plan"),
+            Phase::ForkTree => tracing::info_span!("fork"),
+            Phase::Rebuild => tracing::info_span!("rebuild"),
+            Phase::Finish => tracing::info_span!("finish"),
+        }
+        .entered()
     }
 }
 

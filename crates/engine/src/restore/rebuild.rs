@@ -128,7 +128,7 @@ struct Rebuild<'p, 'a> {
 pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<Vec<Pid>, Error> {
     let planned = &plan.processes[idx];
     let child = planned.image.pid;
-    let _process = tracing::debug_span!("process", pid = child).entered();
+    let _process = tracing::info_span!("process", pid = child).entered();
     let child_vdso = procfs::read_smaps(child)?
         .into_iter()
         .find(|m| m.name == "[vdso]")

@@ -14,50 +14,24 @@ use stasis_image::{Rlimit, TaskState};
 use stasis_sys::{process, Pid};
 use std::path::Path;
 
-const PR_SET_PDEATHSIG: u64 = 1;
-const PR_GET_PDEATHSIG: u64 = 2;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_SET_DUMPABLE: u64 = 4;
-const PR_SET_CHILD_SUBREAPER: u64 = 36;
-const PR_GET_CHILD_SUBREAPER: u64 = 37;
 /// RLIMIT_NLIMITS on Linux.
 const NLIMITS: u32 = 16;
 
+#[tracing::instrument(name = "attrs", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<TaskState, Error> {
-    let scratch = inj.scratch()?;
     let mut rlimits = Vec::new();
     for resource in 0..NLIMITS {
         // prlimit64 on another uid needs CAP_SYS_RESOURCE: ask the process itself.
-        inj.call(
-            "prlimit64",
-            libc::SYS_prlimit64,
-            [0, resource as u64, 0, scratch, 0, 0],
-        )?;
-        let b = inj.get(0, 16)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let l = inj.prlimit64_get(resource)?;
         rlimits.push(Rlimit {
             resource,
-            soft: w(0),
-            hard: w(1),
+            soft: l.cur,
+            hard: l.max,
         });
     }
-    inj.call(
-        "prctl(PR_GET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [PR_GET_PDEATHSIG, scratch, 0, 0, 0, 0],
-    )?;
-    let pdeathsig = i32::from_le_bytes(inj.get(0, 4)?.try_into().unwrap_or([0; 4]));
-    let dumpable = inj.call(
-        "prctl(PR_GET_DUMPABLE)",
-        libc::SYS_prctl,
-        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
-    )? as i32;
-    inj.call(
-        "prctl(PR_GET_CHILD_SUBREAPER)",
-        libc::SYS_prctl,
-        [PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0, 0],
-    )?;
-    let child_subreaper = inj.get(0, 4)? != [0, 0, 0, 0];
+    let pdeathsig = inj.get_pdeathsig()?;
+    let dumpable = inj.get_dumpable()?;
+    let child_subreaper = inj.get_child_subreaper()?;
     Ok(TaskState {
         comm: procfs::comm(pid, pid)?,
         exe_path: procfs::link(pid, "exe")?,
@@ -103,23 +77,12 @@ pub fn apply_in_child(t: &TaskState, fs_shared: bool) -> Result<(), String> {
 }
 
 /// Sets pdeathsig, dumpable and child-subreaper inside the new process.
+#[tracing::instrument(name = "attrs", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn restore_prctl(inj: &mut Injector, t: &TaskState) -> Result<(), Error> {
-    inj.call(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [PR_SET_PDEATHSIG, t.pdeathsig as u64, 0, 0, 0, 0],
-    )?;
-    inj.call(
-        "prctl(PR_SET_DUMPABLE)",
-        libc::SYS_prctl,
-        [PR_SET_DUMPABLE, t.dumpable as u64, 0, 0, 0, 0],
-    )?;
+    inj.set_pdeathsig(t.pdeathsig)?;
+    inj.set_dumpable(t.dumpable)?;
     if t.child_subreaper {
-        inj.call(
-            "prctl(PR_SET_CHILD_SUBREAPER)",
-            libc::SYS_prctl,
-            [PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0],
-        )?;
+        inj.set_child_subreaper(true)?;
     }
     Ok(())
 }

@@ -7,27 +7,18 @@
 //! reduced, groups and ids are set with capabilities kept across the uid change, then the
 //! capability sets, ambient capabilities, securebits and no_new_privs.
 
+use crate::inject::calls::LINUX_CAPABILITY_VERSION_3;
+use crate::inject::kabi::{CapUserData, CapUserHeader};
 use crate::inject::Injector;
 use crate::procfs::Status;
 use crate::Error;
 use stasis_image::Creds;
 
-const PR_GET_SECUREBITS: u64 = 27;
-const PR_SET_SECUREBITS: u64 = 28;
-const PR_SET_KEEPCAPS: u64 = 8;
-const PR_CAPBSET_DROP: u64 = 24;
-const PR_SET_NO_NEW_PRIVS: u64 = 38;
-const PR_CAP_AMBIENT: u64 = 47;
-const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+#[tracing::instrument(name = "creds", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn dump(status: &Status, inj: &mut Injector) -> Result<Creds, Error> {
-    let securebits = inj.call(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
-    )? as u32;
+    let securebits = inj.get_securebits()?;
     Ok(Creds {
         uids: status.uids,
         gids: status.gids,
@@ -51,77 +42,45 @@ fn last_cap() -> u64 {
         .unwrap_or(40)
 }
 
-/// Gives the process `inj` runs in the dumped credentials. The process must still be root
+/// Gives the thread `inj` runs in the dumped credentials. The thread must still be root
 /// with all capabilities (the restorer's own).
+#[tracing::instrument(name = "creds", level = "debug", skip_all, fields(tid = inj.tid()))]
 pub fn restore(inj: &mut Injector, c: &Creds) -> Result<(), Error> {
     for cap in 0..=last_cap().min(63) {
         if c.cap_bounding & (1 << cap) == 0 {
-            inj.call(
-                "prctl(PR_CAPBSET_DROP)",
-                libc::SYS_prctl,
-                [PR_CAPBSET_DROP, cap, 0, 0, 0, 0],
-            )?;
+            inj.capbset_drop(cap as u32)?;
         }
     }
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-    let at = inj.put(0, &groups)?;
-    inj.call(
-        "setgroups",
-        libc::SYS_setgroups,
-        [c.groups.len() as u64, at, 0, 0, 0, 0],
-    )?;
+    inj.setgroups(&c.groups)?;
     // Keep the permitted set across the uid change; the dumped securebits are set at the end.
-    inj.call(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::SYS_prctl,
-        [
-            PR_SET_SECUREBITS,
-            (c.securebits | SECBIT_KEEP_CAPS) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    let [rg, eg, sg, fg] = c.gids.map(u64::from);
-    inj.call("setresgid", libc::SYS_setresgid, [rg, eg, sg, 0, 0, 0])?;
-    inj.call("setfsgid", libc::SYS_setfsgid, [fg, 0, 0, 0, 0, 0])?;
-    let [ru, eu, su, fu] = c.uids.map(u64::from);
-    inj.call("setresuid", libc::SYS_setresuid, [ru, eu, su, 0, 0, 0])?;
-    inj.call("setfsuid", libc::SYS_setfsuid, [fu, 0, 0, 0, 0, 0])?;
-    // capset v3: header { version, pid } then two { effective, permitted, inheritable } halves.
-    let mut b = Vec::with_capacity(32);
-    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    for half in 0..2 {
-        for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
-            b.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
-        }
-    }
-    let hdr = inj.put(0, &b)?;
-    inj.call("capset", libc::SYS_capset, [hdr, hdr + 8, 0, 0, 0, 0])?;
-    for cap in 0..=63u64 {
+    inj.set_securebits(c.securebits | SECBIT_KEEP_CAPS)?;
+    let [rg, eg, sg, fg] = c.gids;
+    inj.setresgid([rg, eg, sg])?;
+    inj.setfsgid(fg)?;
+    let [ru, eu, su, fu] = c.uids;
+    inj.setresuid([ru, eu, su])?;
+    inj.setfsuid(fu)?;
+    // capset v3: capabilities 0-31, then 32-63.
+    let half = |i: u32| CapUserData {
+        effective: (c.cap_effective >> (32 * i)) as u32,
+        permitted: (c.cap_permitted >> (32 * i)) as u32,
+        inheritable: (c.cap_inheritable >> (32 * i)) as u32,
+    };
+    let header = CapUserHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    inj.capset(&header, &[half(0), half(1)])?;
+    for cap in 0..=63u32 {
         if c.cap_ambient & (1 << cap) != 0 {
-            inj.call(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
-                libc::SYS_prctl,
-                [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
-            )?;
+            inj.cap_ambient_raise(cap)?;
         }
     }
     if c.securebits & SECBIT_KEEP_CAPS == 0 {
-        inj.call(
-            "prctl(PR_SET_KEEPCAPS)",
-            libc::SYS_prctl,
-            [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
-        )?;
+        inj.set_keepcaps(false)?;
     }
     if c.no_new_privs {
-        inj.call(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
-        )?;
+        inj.set_no_new_privs()?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! interval still set: the kernel re-arms it only when the process takes the pending SIGALRM.
 //! Such a timer is armed: it is kept, and restored to expire at once and then at its interval.
 
+use crate::inject::kabi::{Itimerval, Timeval};
 use crate::inject::Injector;
 use crate::Error;
 use stasis_image::ITimer;
@@ -14,21 +15,15 @@ fn to_us(sec: u64, usec: u64) -> u64 {
     sec.saturating_mul(1_000_000).saturating_add(usec)
 }
 
+#[tracing::instrument(name = "itimers", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn dump(inj: &mut Injector) -> Result<Vec<ITimer>, Error> {
     let mut out = Vec::new();
     for which in 0..3u32 {
-        let at = inj.scratch()?;
-        inj.call(
-            "getitimer",
-            libc::SYS_getitimer,
-            [which as u64, at, 0, 0, 0, 0],
-        )?;
-        let b = inj.get(0, 32)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let v = inj.getitimer(which)?;
         let t = ITimer {
             which,
-            interval_us: to_us(w(0), w(1)),
-            value_us: to_us(w(2), w(3)),
+            interval_us: to_us(v.interval.sec as u64, v.interval.usec as u64),
+            value_us: to_us(v.value.sec as u64, v.value.usec as u64),
         };
         // A zero value with a non-zero interval is an expired timer waiting to be re-armed.
         if t.value_us != 0 || t.interval_us != 0 {
@@ -38,23 +33,26 @@ pub fn dump(inj: &mut Injector) -> Result<Vec<ITimer>, Error> {
     Ok(out)
 }
 
+/// A time in µs as a struct timeval.
+fn timeval(us: u64) -> Timeval {
+    Timeval {
+        sec: (us / 1_000_000) as i64,
+        usec: (us % 1_000_000) as i64,
+    }
+}
+
+#[tracing::instrument(name = "itimers", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn restore(inj: &mut Injector, timers: &[ITimer]) -> Result<(), Error> {
     for t in timers {
-        let mut b = Vec::with_capacity(32);
-        for us in [t.interval_us, t.value_us] {
-            b.extend_from_slice(&(us / 1_000_000).to_le_bytes());
-            b.extend_from_slice(&(us % 1_000_000).to_le_bytes());
-        }
+        let mut v = Itimerval {
+            interval: timeval(t.interval_us),
+            value: timeval(t.value_us),
+        };
         // A zero value would disarm the timer: an expiry that was due keeps 1 µs.
         if t.value_us == 0 {
-            b[24..32].copy_from_slice(&1u64.to_le_bytes());
+            v.value.usec = 1;
         }
-        let at = inj.put(0, &b)?;
-        inj.call(
-            "setitimer",
-            libc::SYS_setitimer,
-            [t.which as u64, at, 0, 0, 0, 0],
-        )?;
+        inj.setitimer(t.which, &v)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! Dump: /proc/PID/stat fields 26–28 and 45–51, /proc/PID/auxv. Restore: one PR_SET_MM_MAP
 //! call inside the new process (the legacy PR_SET_MM_* calls need CAP_SYS_RESOURCE).
 
+use crate::inject::kabi::PrctlMmMap;
 use crate::inject::Injector;
 use crate::procfs::{self, Stat};
 use crate::Error;
@@ -13,8 +14,9 @@ use stasis_sys::Pid;
 
 /// Collects the mm fields of `pid`. `brk` is not in /proc/PID/stat: it is asked from the
 /// process itself with brk(0) through the injector.
+#[tracing::instrument(name = "mm", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, stat: &Stat, inj: &mut Injector) -> Result<MmFields, Error> {
-    let brk = inj.call("brk(0)", libc::SYS_brk, [0; 6])?;
+    let brk = inj.brk_query()?;
     Ok(MmFields {
         start_code: stat.start_code,
         end_code: stat.end_code,
@@ -32,37 +34,24 @@ pub fn dump(pid: Pid, stat: &Stat, inj: &mut Injector) -> Result<MmFields, Error
 }
 
 /// Sets the mm fields of the process `inj` runs in. `exe_fd` is a descriptor, in that
-/// process, of the executable to show as /proc/PID/exe. Uses the start of the scratch area.
+/// process, of the executable to show as /proc/PID/exe (-1: leave it).
+#[tracing::instrument(name = "mm", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn restore(inj: &mut Injector, mm: &MmFields, exe_fd: i32) -> Result<(), Error> {
-    const PR_SET_MM: u64 = 35;
-    const PR_SET_MM_MAP: u64 = 14;
-    let auxv_bytes: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let auxv_addr = inj.put(512, &auxv_bytes)?;
-    // struct prctl_mm_map: eleven u64 fields, the auxv pointer, auxv_size (u32), exe_fd (u32).
-    let mut map = Vec::with_capacity(104);
-    for w in [
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        auxv_addr,
-    ] {
-        map.extend_from_slice(&w.to_le_bytes());
-    }
-    map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
-    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
-    let map_addr = inj.put(0, &map)?;
-    inj.call(
-        "prctl(PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        [PR_SET_MM, PR_SET_MM_MAP, map_addr, map.len() as u64, 0, 0],
-    )?;
-    Ok(())
+    let map = PrctlMmMap {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk: mm.brk,
+        start_stack: mm.start_stack,
+        arg_start: mm.arg_start,
+        arg_end: mm.arg_end,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: exe_fd as u32,
+    };
+    inj.set_mm_map(&map, &mm.auxv)
 }

@@ -18,15 +18,13 @@
 //! restore it starts again from 0 (a pending timer signal is restored by [`crate::task::signals`]
 //! with the siginfo it had, overrun included).
 
-use crate::inject::Injector;
+use crate::inject::kabi::{Itimerspec, Sigevent, Timespec};
+use crate::inject::{Errno, Injector};
 use crate::{procfs, Error};
 use stasis_image::PosixTimer;
 use stasis_sys::Pid;
 use std::path::PathBuf;
 
-const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
-const PR_TIMER_CREATE_RESTORE_IDS_OFF: u64 = 0;
-const PR_TIMER_CREATE_RESTORE_IDS_ON: u64 = 1;
 const SIGEV_SIGNAL: i32 = 0;
 const SIGEV_NONE: i32 = 1;
 const SIGEV_THREAD: i32 = 2;
@@ -34,11 +32,6 @@ const SIGEV_THREAD_ID: i32 = 4;
 const NS: u64 = 1_000_000_000;
 /// Bit of a CPU-time clock id that makes it a thread's clock rather than a process's.
 const CPUCLOCK_PERTHREAD: i32 = 4;
-/// Size of struct sigevent on x86-64.
-const SIGEVENT_LEN: usize = 64;
-/// Scratch offsets: the sigevent or itimerspec argument, and the timer id.
-const ARG_AT: u64 = 0;
-const ID_AT: u64 = 128;
 
 /// One entry of /proc/PID/timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,17 +119,23 @@ fn cpu_clock_pid(clock: i32) -> Option<i32> {
     (clock < 0).then_some(!(clock >> 3))
 }
 
-fn words(b: &[u8]) -> Vec<u64> {
-    b.chunks_exact(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            u64::from_le_bytes(w)
-        })
-        .collect()
+/// Nanoseconds of a struct timespec.
+fn ns(t: Timespec) -> u64 {
+    (t.sec as u64)
+        .saturating_mul(NS)
+        .saturating_add(t.nsec as u64)
+}
+
+/// A time in nanoseconds as a struct timespec.
+fn timespec(ns: u64) -> Timespec {
+    Timespec {
+        sec: (ns / NS) as i64,
+        nsec: (ns % NS) as i64,
+    }
 }
 
 /// Lists the timers of `pid` and asks the process for their times.
+#[tracing::instrument(name = "posix_timers", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, inj: &mut Injector) -> Result<Vec<PosixTimer>, Error> {
     let path = PathBuf::from(format!("/proc/{pid}/timers"));
     let text = procfs::read_string(&path)?;
@@ -168,18 +167,8 @@ pub fn dump(pid: Pid, inj: &mut Injector) -> Result<Vec<PosixTimer>, Error> {
                 ),
             });
         }
-        let at = inj.scratch()? + ARG_AT;
-        inj.call(
-            "timer_gettime",
-            libc::SYS_timer_gettime,
-            [t.id as u64, at, 0, 0, 0, 0],
-        )?;
-        let w = words(&inj.get(ARG_AT, 32)?);
-        let overrun = inj.call(
-            "timer_getoverrun",
-            libc::SYS_timer_getoverrun,
-            [t.id as u64, 0, 0, 0, 0, 0],
-        )?;
+        let times = inj.timer_gettime(t.id)?;
+        let overrun = inj.timer_getoverrun(t.id)?;
         out.push(PosixTimer {
             id: t.id,
             clock: t.clock,
@@ -191,109 +180,77 @@ pub fn dump(pid: Pid, inj: &mut Injector) -> Result<Vec<PosixTimer>, Error> {
             } else {
                 pid
             },
-            interval_ns: w[0].saturating_mul(NS).saturating_add(w[1]),
-            value_ns: w[2].saturating_mul(NS).saturating_add(w[3]),
-            overrun: overrun as i32,
+            interval_ns: ns(times.interval),
+            value_ns: ns(times.value),
+            overrun,
         });
     }
     Ok(out)
 }
 
 /// The struct sigevent timer_create gets for `t`.
-fn sigevent(t: &PosixTimer) -> [u8; SIGEVENT_LEN] {
-    let mut b = [0u8; SIGEVENT_LEN];
-    b[0..8].copy_from_slice(&t.sival.to_le_bytes());
-    b[8..12].copy_from_slice(&(t.signo as i32).to_le_bytes());
-    b[12..16].copy_from_slice(&t.notify.to_le_bytes());
-    if t.notify & SIGEV_THREAD_ID != 0 {
-        b[16..20].copy_from_slice(&t.tid.to_le_bytes());
+fn sigevent(t: &PosixTimer) -> Sigevent {
+    Sigevent {
+        value: t.sival,
+        signo: t.signo as i32,
+        notify: t.notify,
+        tid: if t.notify & SIGEV_THREAD_ID != 0 {
+            t.tid
+        } else {
+            0
+        },
+        pad: [0; 11],
     }
-    b
 }
 
 /// Recreates the timers inside the new process, with their ids, then arms them.
+#[tracing::instrument(name = "posix_timers", level = "debug", skip_all, fields(pid = inj.tid()))]
 pub fn restore(inj: &mut Injector, timers: &[PosixTimer]) -> Result<(), Error> {
     if timers.is_empty() {
         return Ok(());
     }
     let mut sorted: Vec<&PosixTimer> = timers.iter().collect();
     sorted.sort_by_key(|t| t.id);
-    let with_ids = inj.raw(
-        libc::SYS_prctl,
-        [
-            PR_TIMER_CREATE_RESTORE_IDS,
-            PR_TIMER_CREATE_RESTORE_IDS_ON,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )? == 0;
+    let with_ids = inj.timer_create_restore_ids(true)?.is_ok();
     let created = (|| {
         for t in &sorted {
-            let sev = inj.put(ARG_AT, &sigevent(t))?;
-            let id_at = inj.put(ID_AT, &t.id.to_le_bytes())?;
-            let r = inj.raw(
-                libc::SYS_timer_create,
-                [t.clock as i64 as u64, sev, id_at, 0, 0, 0],
-            )?;
-            if r == -(libc::EBUSY as i64) {
-                return Err(Error::Invalid(format!(
-                    "POSIX timer id {} is already taken in the restored process",
-                    t.id
-                )));
-            }
-            if r < 0 {
-                return Err(Error::Remote {
-                    call: "timer_create",
-                    tid: inj.tid(),
-                    errno: std::io::Error::from_raw_os_error(-r as i32),
-                });
-            }
-            let b = inj.get(ID_AT, 4)?;
-            let got = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if got != t.id {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "POSIX timer {} came back with id {got}: this kernel lacks \
-                         PR_TIMER_CREATE_RESTORE_IDS (Linux 6.15+) and hands out ids itself",
+            match inj.timer_create(t.clock, &sigevent(t), t.id)? {
+                Err(Errno(libc::EBUSY)) => {
+                    return Err(Error::Invalid(format!(
+                        "POSIX timer id {} is already taken in the restored process",
                         t.id
-                    ),
-                });
+                    )))
+                }
+                Err(e) => return Err(inj.remote_error("timer_create", e)),
+                Ok(got) if got != t.id => {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "POSIX timer {} came back with id {got}: this kernel lacks \
+                             PR_TIMER_CREATE_RESTORE_IDS (Linux 6.15+) and hands out ids itself",
+                            t.id
+                        ),
+                    })
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
     })();
     if with_ids {
-        let off = inj.call(
-            "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)",
-            libc::SYS_prctl,
-            [
-                PR_TIMER_CREATE_RESTORE_IDS,
-                PR_TIMER_CREATE_RESTORE_IDS_OFF,
-                0,
-                0,
-                0,
-                0,
-            ],
-        );
+        let off = inj.timer_create_restore_ids(false).and_then(|r| {
+            r.map_err(|e| inj.remote_error("prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)", e))
+        });
         created?;
         off?;
     } else {
         created?;
     }
     for t in sorted.iter().filter(|t| t.value_ns != 0) {
-        let mut its = Vec::with_capacity(32);
-        for ns in [t.interval_ns, t.value_ns] {
-            its.extend_from_slice(&(ns / NS).to_le_bytes());
-            its.extend_from_slice(&(ns % NS).to_le_bytes());
-        }
-        let at = inj.put(ARG_AT, &its)?;
-        inj.call(
-            "timer_settime",
-            libc::SYS_timer_settime,
-            [t.id as u64, 0, at, 0, 0, 0],
-        )?;
+        let its = Itimerspec {
+            interval: timespec(t.interval_ns),
+            value: timespec(t.value_ns),
+        };
+        inj.timer_settime(t.id, 0, &its)?;
     }
     Ok(())
 }
@@ -354,6 +311,8 @@ mod tests {
         assert_eq!(cpu_clock_pid(1), None);
     }
 
+    use crate::inject::kabi::Pod;
+
     #[test]
     fn sigevent_layout() {
         let t = PosixTimer {
@@ -367,7 +326,9 @@ mod tests {
             interval_ns: 0,
             overrun: 0,
         };
-        let b = sigevent(&t);
+        let e = sigevent(&t);
+        let b = e.as_bytes();
+        assert_eq!(b.len(), 64);
         assert_eq!(&b[0..8], &0x1122u64.to_le_bytes());
         assert_eq!(&b[8..12], &34i32.to_le_bytes());
         assert_eq!(&b[12..16], &4i32.to_le_bytes());

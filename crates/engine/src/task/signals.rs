@@ -7,22 +7,21 @@
 //! (rt_sigqueueinfo / rt_tgsigqueueinfo to itself accepts the original siginfo as is).
 //! All signals stay blocked while the restore runs, and the dumped mask is set last.
 
+use crate::inject::kabi::{KernelSigaction, Pod, Siginfo};
 use crate::inject::Injector;
 use crate::Error;
-use stasis_image::{ProcessSignals, SigAction, Siginfo};
+use stasis_image::{ProcessSignals, SigAction};
 use stasis_sys::{ptrace, Pid};
 
 const SIG_DFL: u64 = 0;
-/// Size of struct kernel_sigaction on x86-64: handler, flags, restorer, mask.
-const KSIGACTION_LEN: usize = 32;
 
 /// Reads the pending queue of a thread (or the shared one) as image entries.
-pub fn raw_pending(tid: Pid, shared: bool) -> Result<Vec<Siginfo>, Error> {
+pub fn raw_pending(tid: Pid, shared: bool) -> Result<Vec<stasis_image::Siginfo>, Error> {
     let infos =
         ptrace::peek_siginfo(tid, shared).map_err(|e| Error::sys("PTRACE_PEEKSIGINFO", tid, e))?;
     Ok(infos
         .iter()
-        .map(|raw| Siginfo {
+        .map(|raw| stasis_image::Siginfo {
             signo: u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
             raw: raw.to_vec(),
         })
@@ -30,70 +29,69 @@ pub fn raw_pending(tid: Pid, shared: bool) -> Result<Vec<Siginfo>, Error> {
 }
 
 /// Collects every non-default disposition and the process-wide pending signals.
+#[tracing::instrument(name = "signals", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, inj: &mut Injector) -> Result<ProcessSignals, Error> {
     let mut actions = Vec::new();
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
-        let old = inj.scratch()?;
-        inj.call(
-            "rt_sigaction(query)",
-            libc::SYS_rt_sigaction,
-            [sig as u64, 0, old, 8, 0, 0],
-        )?;
-        let b = inj.get(0, KSIGACTION_LEN)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let k = inj.rt_sigaction_get(sig)?;
         let a = SigAction {
             sig,
-            handler: w(0),
-            flags: w(1),
-            restorer: w(2),
-            mask: w(3),
+            handler: k.handler,
+            flags: k.flags,
+            restorer: k.restorer,
+            mask: k.mask,
         };
         if a.handler != SIG_DFL || a.flags != 0 || a.mask != 0 {
             actions.push(a);
         }
     }
+    let shared_pending = raw_pending(pid, true)?;
+    tracing::debug!(
+        "{} signal actions set, {} process-wide signals pending",
+        actions.len(),
+        shared_pending.len()
+    );
     Ok(ProcessSignals {
         actions,
-        shared_pending: raw_pending(pid, true)?,
+        shared_pending,
+    })
+}
+
+/// The kernel's siginfo_t of a pending signal of the image (validated to be 128 bytes).
+fn siginfo(info: &stasis_image::Siginfo) -> Result<Siginfo, Error> {
+    Siginfo::from_bytes(&info.raw).ok_or_else(|| {
+        Error::Invalid(format!(
+            "pending signal {} has a siginfo of {} bytes, not 128",
+            info.signo,
+            info.raw.len()
+        ))
     })
 }
 
 /// Installs the dumped dispositions (the new process starts with all of them at default) and
 /// queues the process-wide pending signals.
+#[tracing::instrument(name = "signals", level = "debug", skip_all, fields(pid = pid))]
 pub fn restore(inj: &mut Injector, pid: Pid, s: &ProcessSignals) -> Result<(), Error> {
     // The C library's internal signals could not be reset by the restorer itself.
     for sig in [32u32, 33] {
         if !s.actions.iter().any(|a| a.sig == sig) {
-            let at = inj.put(0, &[0u8; KSIGACTION_LEN])?;
-            inj.call(
-                "rt_sigaction(default)",
-                libc::SYS_rt_sigaction,
-                [sig as u64, at, 0, 8, 0, 0],
-            )?;
+            inj.rt_sigaction_reset(sig)?;
         }
     }
     for a in &s.actions {
-        let mut b = Vec::with_capacity(KSIGACTION_LEN);
-        for w in [a.handler, a.flags, a.restorer, a.mask] {
-            b.extend_from_slice(&w.to_le_bytes());
-        }
-        let at = inj.put(0, &b)?;
-        inj.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [a.sig as u64, at, 0, 8, 0, 0],
-        )?;
+        let k = KernelSigaction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        };
+        inj.rt_sigaction_set(a.sig, &k)?;
     }
     for info in &s.shared_pending {
-        let at = inj.put(0, &info.raw)?;
-        inj.call(
-            "rt_sigqueueinfo",
-            libc::SYS_rt_sigqueueinfo,
-            [pid as u64, info.signo as u64, at, 0, 0, 0],
-        )?;
+        inj.rt_sigqueueinfo(pid, info.signo, &siginfo(info)?)?;
     }
     Ok(())
 }
@@ -103,13 +101,7 @@ pub fn queue_thread_signal(
     inj: &mut Injector,
     pid: Pid,
     tid: Pid,
-    info: &Siginfo,
+    info: &stasis_image::Siginfo,
 ) -> Result<(), Error> {
-    let at = inj.put(0, &info.raw)?;
-    inj.call(
-        "rt_tgsigqueueinfo",
-        libc::SYS_rt_tgsigqueueinfo,
-        [pid as u64, tid as u64, info.signo as u64, at, 0, 0],
-    )?;
-    Ok(())
+    inj.rt_tgsigqueueinfo(pid, tid, info.signo, &siginfo(info)?)
 }

@@ -6,13 +6,13 @@
 //! call, `rax` = -ERESTART*). At restore the call is set up to run again from its start, since
 //! the kernel-side restart state (the restart block) does not survive; see [`restart_regs`].
 
-use crate::inject::Injector;
+use crate::inject::kabi::StackT;
+use crate::inject::{Injector, RemotePtr};
 use crate::task::signals::{queue_thread_signal, raw_pending};
 use crate::{procfs, Error};
 use stasis_image::{AltStack, Regs, Rseq, ThreadImage};
 use stasis_sys::{ptrace, Pid, UserRegs};
 
-const PR_GET_TID_ADDRESS: u64 = 40;
 /// SS_AUTODISARM from <signal.h> (not in the libc crate).
 const SS_AUTODISARM: i32 = 1 << 31;
 
@@ -106,32 +106,20 @@ pub fn restart_regs(r: &Regs) -> UserRegs {
 }
 
 /// Collects the state of one stopped thread; `inj` runs in that thread and has a scratch area.
+#[tracing::instrument(name = "thread", level = "debug", skip_all, fields(tid = tid))]
 pub fn dump(pid: Pid, tid: Pid, inj: &mut Injector) -> Result<ThreadImage, Error> {
     let regs = regs_from_user(inj.saved_regs());
     let xstate = ptrace::get_xstate(tid)
         .map_err(|e| Error::sys("PTRACE_GETREGSET(NT_X86_XSTATE)", tid, e))?;
     let sigmask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
     let pending = raw_pending(tid, false)?;
-    let scratch = inj.scratch()?;
-    // sigaltstack(NULL, &old): stack_t is { void *ss_sp; int ss_flags; size_t ss_size; }.
-    inj.call(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch, 0, 0, 0, 0],
-    )?;
-    let ss = inj.get(0, 24)?;
-    let word = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let ss = inj.sigaltstack_get()?;
     let altstack = AltStack {
-        sp: word(&ss, 0),
-        flags: word(&ss, 8) as i32,
-        size: word(&ss, 16),
+        sp: ss.sp,
+        flags: ss.flags,
+        size: ss.size,
     };
-    inj.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
-    )?;
-    let clear_child_tid = word(&inj.get(0, 8)?, 0);
+    let clear_child_tid = inj.get_tid_address()?;
     let rseq_cfg = ptrace::get_rseq_config(tid)
         .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid, e))?;
     let rseq = (rseq_cfg.rseq_abi_pointer != 0).then_some(Rseq {
@@ -163,18 +151,10 @@ pub fn unregister_inherited_rseq(inj: &mut Injector) -> Result<(), Error> {
     let cfg = ptrace::get_rseq_config(tid)
         .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid, e))?;
     if cfg.rseq_abi_pointer != 0 {
-        const RSEQ_FLAG_UNREGISTER: u64 = 1;
-        inj.call(
-            "rseq(unregister)",
-            libc::SYS_rseq,
-            [
-                cfg.rseq_abi_pointer,
-                cfg.rseq_abi_size as u64,
-                RSEQ_FLAG_UNREGISTER,
-                cfg.signature as u64,
-                0,
-                0,
-            ],
+        inj.rseq_unregister(
+            RemotePtr::at(cfg.rseq_abi_pointer),
+            cfg.rseq_abi_size,
+            cfg.signature,
         )?;
     }
     Ok(())
@@ -183,6 +163,7 @@ pub fn unregister_inherited_rseq(inj: &mut Injector) -> Result<(), Error> {
 /// Restores the thread state that needs system calls inside the thread (altstack, rseq,
 /// robust list, clear-child-tid, pending signals). Registers, xstate and the signal mask are
 /// set by [`restore_final`] once nothing else runs in the thread.
+#[tracing::instrument(name = "thread", level = "debug", skip_all, fields(tid = t.tid))]
 pub fn restore_in_thread(inj: &mut Injector, pid: Pid, t: &ThreadImage) -> Result<(), Error> {
     // Always set: the new process must not keep the restorer's alternate stack. Only the
     // settable flags are passed (SS_ONSTACK is a state, not a flag).
@@ -192,29 +173,17 @@ pub fn restore_in_thread(inj: &mut Injector, pid: Pid, t: &ThreadImage) -> Resul
     } else {
         (t.altstack.sp, t.altstack.size)
     };
-    let mut ss = Vec::with_capacity(24);
-    ss.extend_from_slice(&sp.to_le_bytes());
-    ss.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
-    ss.extend_from_slice(&size.to_le_bytes());
-    let at = inj.put(0, &ss)?;
-    inj.call("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0])?;
+    inj.sigaltstack_set(&StackT {
+        sp,
+        flags,
+        pad: 0,
+        size,
+    })?;
     if let Some(r) = t.rseq {
-        inj.call(
-            "rseq(register)",
-            libc::SYS_rseq,
-            [r.addr, r.len as u64, 0, r.signature as u64, 0, 0],
-        )?;
+        inj.rseq_register(RemotePtr::at(r.addr), r.len, r.signature)?;
     }
-    inj.call(
-        "set_robust_list",
-        libc::SYS_set_robust_list,
-        [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
-    )?;
-    inj.call(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [t.clear_child_tid, 0, 0, 0, 0, 0],
-    )?;
+    inj.set_robust_list(t.robust_list, t.robust_list_len)?;
+    inj.set_tid_address(t.clear_child_tid)?;
     for info in &t.pending {
         queue_thread_signal(inj, pid, t.tid, info)?;
     }
@@ -248,20 +217,8 @@ pub fn create_thread(leader: &mut Injector, tid: Pid) -> Result<(), Error> {
     let leader_tid = leader.tid();
     ptrace::set_options(leader_tid, ptrace::OPT_TRACECLONE)
         .map_err(|e| Error::sys("PTRACE_SETOPTIONS", leader_tid, e))?;
-    let set_tid = leader.put(1024, &(tid as u64).to_le_bytes())?;
-    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
-    // tls, set_tid, set_tid_size, cgroup.
-    let mut args = Vec::with_capacity(88);
-    for w in [THREAD_CLONE_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0] {
-        args.extend_from_slice(&w.to_le_bytes());
-    }
-    let at = leader.put(1100, &args)?;
-    let got = leader.call(
-        "clone3(thread)",
-        libc::SYS_clone3,
-        [at, args.len() as u64, 0, 0, 0, 0],
-    )?;
-    if got != tid as u64 {
+    let got = leader.clone3_thread(THREAD_CLONE_FLAGS, tid)?;
+    if got != tid {
         return Err(Error::Invalid(format!("thread {tid} was created as {got}")));
     }
     match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
@@ -278,13 +235,7 @@ pub fn restore_name(inj: &mut Injector, comm: &str) -> Result<(), Error> {
     let mut name = [0u8; 16];
     let n = comm.len().min(15);
     name[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    let at = inj.put(0, &name)?;
-    inj.call(
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0],
-    )?;
-    Ok(())
+    inj.set_name(&name)
 }
 
 #[cfg(test)]

@@ -1,0 +1,703 @@
+//! Typed wrappers of the system calls the engine runs inside a target: typed arguments in,
+//! typed results out. Structures passed by pointer ([`kabi`]) go through a
+//! [`Frame`](super::Frame) of the scratch area, which must be mapped; calls that take only
+//! values need none.
+//!
+//! Each wrapper names its call the way errors and logs show it (`prctl(PR_SET_PDEATHSIG)`).
+
+use super::{kabi, Injector, RemotePtr};
+use crate::Error;
+use kabi::{
+    CapUserData, CapUserHeader, CloneArgs, Itimerspec, Itimerval, KernelSigaction, PrctlMmMap,
+    Rlimit64, Rseq, Sigevent, Siginfo, StackT,
+};
+use stasis_sys::Pid;
+use std::fmt;
+
+/// An errno a system call returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub fn io_error(self) -> std::io::Error {
+        std::io::Error::from_raw_os_error(self.0)
+    }
+
+    /// `EINVAL`, or the number when it has no name.
+    pub fn name(self) -> String {
+        super::errno_name(self.0).map_or_else(|| format!("errno {}", self.0), str::to_string)
+    }
+}
+
+impl fmt::Display for Errno {
+    /// `EINVAL (Invalid argument)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.io_error().to_string();
+        // The io::Error text ends in " (os error N)": the name says that already.
+        let text = text.split(" (os error").next().unwrap_or(&text);
+        write!(f, "{} ({text})", self.name())
+    }
+}
+
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_SET_NAME: u64 = 15;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_GET_SECUREBITS: u64 = 27;
+const PR_SET_SECUREBITS: u64 = 28;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// `_LINUX_CAPABILITY_VERSION_3`.
+pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// A signed value as the register holds it.
+fn reg(v: i64) -> u64 {
+    v as u64
+}
+
+impl Injector {
+    // --- Process ---------------------------------------------------------------------------
+
+    /// getpid().
+    pub fn getpid(&mut self) -> Result<Pid, Error> {
+        Ok(self.call("getpid", libc::SYS_getpid, [0; 6])? as Pid)
+    }
+
+    /// brk(0): the current program break.
+    pub fn brk_query(&mut self) -> Result<u64, Error> {
+        self.call("brk(0)", libc::SYS_brk, [0; 6])
+    }
+
+    /// wait4(pid, NULL, options, NULL): reaps a child; returns its pid.
+    pub fn wait4(&mut self, pid: Pid, options: i32) -> Result<Pid, Error> {
+        let got = self.call(
+            "wait4",
+            libc::SYS_wait4,
+            [reg(pid.into()), 0, reg(options.into()), 0, 0, 0],
+        )?;
+        Ok(got as Pid)
+    }
+
+    /// prlimit64(0, resource, NULL, &old): a resource limit of the calling process.
+    pub fn prlimit64_get(&mut self, resource: u32) -> Result<Rlimit64, Error> {
+        let mut f = self.frame();
+        let old = f.alloc::<Rlimit64>()?;
+        f.call(
+            "prlimit64",
+            libc::SYS_prlimit64,
+            [0, resource.into(), 0, old.addr(), 0, 0],
+        )?;
+        f.read(old)
+    }
+
+    /// setpgid(pid, pgid).
+    pub fn setpgid(&mut self, pid: Pid, pgid: Pid) -> Result<(), Error> {
+        self.call(
+            "setpgid",
+            libc::SYS_setpgid,
+            [reg(pid.into()), reg(pgid.into()), 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    // --- prctl -----------------------------------------------------------------------------
+
+    /// A prctl that takes only values and returns 0 or a value.
+    fn prctl(&mut self, name: &'static str, args: [u64; 5]) -> Result<u64, Error> {
+        let [a, b, c, d, e] = args;
+        self.call(name, libc::SYS_prctl, [a, b, c, d, e, 0])
+    }
+
+    /// A prctl that stores an int through its second argument.
+    fn prctl_get_int(&mut self, name: &'static str, option: u64) -> Result<i32, Error> {
+        let mut f = self.frame();
+        let out = f.alloc::<i32>()?;
+        f.prctl(name, [option, out.addr(), 0, 0, 0])?;
+        f.read(out)
+    }
+
+    /// PR_GET_PDEATHSIG.
+    pub fn get_pdeathsig(&mut self) -> Result<i32, Error> {
+        self.prctl_get_int("prctl(PR_GET_PDEATHSIG)", PR_GET_PDEATHSIG)
+    }
+
+    /// PR_SET_PDEATHSIG.
+    pub fn set_pdeathsig(&mut self, sig: i32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_PDEATHSIG)",
+            [PR_SET_PDEATHSIG, reg(sig.into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_GET_DUMPABLE.
+    pub fn get_dumpable(&mut self) -> Result<i32, Error> {
+        Ok(self.prctl("prctl(PR_GET_DUMPABLE)", [PR_GET_DUMPABLE, 0, 0, 0, 0])? as i32)
+    }
+
+    /// PR_SET_DUMPABLE.
+    pub fn set_dumpable(&mut self, dumpable: i32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_DUMPABLE)",
+            [PR_SET_DUMPABLE, reg(dumpable.into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_GET_CHILD_SUBREAPER.
+    pub fn get_child_subreaper(&mut self) -> Result<bool, Error> {
+        Ok(self.prctl_get_int("prctl(PR_GET_CHILD_SUBREAPER)", PR_GET_CHILD_SUBREAPER)? != 0)
+    }
+
+    /// PR_SET_CHILD_SUBREAPER.
+    pub fn set_child_subreaper(&mut self, on: bool) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            [PR_SET_CHILD_SUBREAPER, on.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_GET_TID_ADDRESS: the thread's clear-child-tid address.
+    pub fn get_tid_address(&mut self) -> Result<u64, Error> {
+        let mut f = self.frame();
+        let out = f.alloc::<u64>()?;
+        f.prctl(
+            "prctl(PR_GET_TID_ADDRESS)",
+            [PR_GET_TID_ADDRESS, out.addr(), 0, 0, 0],
+        )?;
+        f.read(out)
+    }
+
+    /// PR_SET_NAME: the thread's name (15 bytes and a NUL).
+    pub fn set_name(&mut self, name: &[u8; 16]) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(name)?;
+        f.prctl("prctl(PR_SET_NAME)", [PR_SET_NAME, at.addr(), 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// PR_SET_MM_MAP with `map`, whose `auxv` and `auxv_size` are set to a copy of `auxv`.
+    pub fn set_mm_map(&mut self, map: &PrctlMmMap, auxv: &[u64]) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push_slice(auxv)?;
+        let map = PrctlMmMap {
+            auxv: at.addr(),
+            auxv_size: at.byte_len() as u32,
+            ..*map
+        };
+        let p = f.push(&map)?;
+        f.prctl(
+            "prctl(PR_SET_MM_MAP)",
+            [
+                PR_SET_MM,
+                PR_SET_MM_MAP,
+                p.addr(),
+                std::mem::size_of::<PrctlMmMap>() as u64,
+                0,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// PR_GET_SECUREBITS.
+    pub fn get_securebits(&mut self) -> Result<u32, Error> {
+        Ok(self.prctl("prctl(PR_GET_SECUREBITS)", [PR_GET_SECUREBITS, 0, 0, 0, 0])? as u32)
+    }
+
+    /// PR_SET_SECUREBITS.
+    pub fn set_securebits(&mut self, bits: u32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_SECUREBITS)",
+            [PR_SET_SECUREBITS, bits.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_CAPBSET_DROP: drops `cap` from the bounding set.
+    pub fn capbset_drop(&mut self, cap: u32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_CAPBSET_DROP)",
+            [PR_CAPBSET_DROP, cap.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_CAP_AMBIENT_RAISE: adds `cap` to the ambient set.
+    pub fn cap_ambient_raise(&mut self, cap: u32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_CAP_AMBIENT_RAISE)",
+            [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap.into(), 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_SET_KEEPCAPS.
+    pub fn set_keepcaps(&mut self, on: bool) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_KEEPCAPS)",
+            [PR_SET_KEEPCAPS, on.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_SET_NO_NEW_PRIVS (it cannot be unset).
+    pub fn set_no_new_privs(&mut self) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_TIMER_CREATE_RESTORE_IDS on or off (Linux 6.15+); `Ok(Err(_))` when the kernel
+    /// refuses (EINVAL: it does not have it).
+    pub fn timer_create_restore_ids(&mut self, on: bool) -> Result<Result<(), Errno>, Error> {
+        let name = if on {
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)"
+        } else {
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)"
+        };
+        let r = self.try_call(
+            name,
+            libc::SYS_prctl,
+            [PR_TIMER_CREATE_RESTORE_IDS, on.into(), 0, 0, 0, 0],
+        )?;
+        Ok(r.map(|_| ()))
+    }
+
+    // --- Signals ---------------------------------------------------------------------------
+
+    /// rt_sigaction(sig, NULL, &old): the disposition of `sig`.
+    pub fn rt_sigaction_get(&mut self, sig: u32) -> Result<KernelSigaction, Error> {
+        let mut f = self.frame();
+        let old = f.alloc::<KernelSigaction>()?;
+        f.call(
+            "rt_sigaction(query)",
+            libc::SYS_rt_sigaction,
+            [sig.into(), 0, old.addr(), 8, 0, 0],
+        )?;
+        f.read(old)
+    }
+
+    /// rt_sigaction(sig, &act, NULL).
+    pub fn rt_sigaction_set(&mut self, sig: u32, act: &KernelSigaction) -> Result<(), Error> {
+        self.sigaction_set("rt_sigaction", sig, act)
+    }
+
+    /// rt_sigaction(sig, {SIG_DFL}, NULL).
+    pub fn rt_sigaction_reset(&mut self, sig: u32) -> Result<(), Error> {
+        self.sigaction_set("rt_sigaction(default)", sig, &KernelSigaction::default())
+    }
+
+    fn sigaction_set(
+        &mut self,
+        name: &'static str,
+        sig: u32,
+        act: &KernelSigaction,
+    ) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(act)?;
+        f.call(
+            name,
+            libc::SYS_rt_sigaction,
+            [sig.into(), at.addr(), 0, 8, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// rt_sigqueueinfo(pid, sig, &info): queues a process-wide signal.
+    pub fn rt_sigqueueinfo(&mut self, pid: Pid, sig: u32, info: &Siginfo) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(info)?;
+        f.call(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            [reg(pid.into()), sig.into(), at.addr(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// rt_tgsigqueueinfo(pid, tid, sig, &info): queues a signal for one thread.
+    pub fn rt_tgsigqueueinfo(
+        &mut self,
+        pid: Pid,
+        tid: Pid,
+        sig: u32,
+        info: &Siginfo,
+    ) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(info)?;
+        f.call(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            [
+                reg(pid.into()),
+                reg(tid.into()),
+                sig.into(),
+                at.addr(),
+                0,
+                0,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// sigaltstack(NULL, &old): the thread's alternate signal stack.
+    pub fn sigaltstack_get(&mut self) -> Result<StackT, Error> {
+        let mut f = self.frame();
+        let old = f.alloc::<StackT>()?;
+        f.call(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [0, old.addr(), 0, 0, 0, 0],
+        )?;
+        f.read(old)
+    }
+
+    /// sigaltstack(&ss, NULL).
+    pub fn sigaltstack_set(&mut self, ss: &StackT) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(ss)?;
+        f.call(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [at.addr(), 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    // --- Timers ----------------------------------------------------------------------------
+
+    /// getitimer(which, &value).
+    pub fn getitimer(&mut self, which: u32) -> Result<Itimerval, Error> {
+        let mut f = self.frame();
+        let out = f.alloc::<Itimerval>()?;
+        f.call(
+            "getitimer",
+            libc::SYS_getitimer,
+            [which.into(), out.addr(), 0, 0, 0, 0],
+        )?;
+        f.read(out)
+    }
+
+    /// setitimer(which, &value, NULL).
+    pub fn setitimer(&mut self, which: u32, value: &Itimerval) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(value)?;
+        f.call(
+            "setitimer",
+            libc::SYS_setitimer,
+            [which.into(), at.addr(), 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// timer_create(clock, &sev, &id) with `id` as the wanted id (used by the kernel under
+    /// PR_TIMER_CREATE_RESTORE_IDS); returns the id the timer got, or the call's errno.
+    pub fn timer_create(
+        &mut self,
+        clock: i32,
+        sev: &Sigevent,
+        id: i32,
+    ) -> Result<Result<i32, Errno>, Error> {
+        let mut f = self.frame();
+        let sev_at = f.push(sev)?;
+        let id_at = f.push(&id)?;
+        let r = f.try_call(
+            "timer_create",
+            libc::SYS_timer_create,
+            [reg(clock.into()), sev_at.addr(), id_at.addr(), 0, 0, 0],
+        )?;
+        match r {
+            Ok(_) => Ok(Ok(f.read(id_at)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// timer_gettime(id, &value).
+    pub fn timer_gettime(&mut self, id: i32) -> Result<Itimerspec, Error> {
+        let mut f = self.frame();
+        let out = f.alloc::<Itimerspec>()?;
+        f.call(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            [reg(id.into()), out.addr(), 0, 0, 0, 0],
+        )?;
+        f.read(out)
+    }
+
+    /// timer_getoverrun(id).
+    pub fn timer_getoverrun(&mut self, id: i32) -> Result<i32, Error> {
+        Ok(self.call(
+            "timer_getoverrun",
+            libc::SYS_timer_getoverrun,
+            [reg(id.into()), 0, 0, 0, 0, 0],
+        )? as i32)
+    }
+
+    /// timer_settime(id, flags, &value, NULL).
+    pub fn timer_settime(&mut self, id: i32, flags: i32, value: &Itimerspec) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(value)?;
+        f.call(
+            "timer_settime",
+            libc::SYS_timer_settime,
+            [reg(id.into()), reg(flags.into()), at.addr(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    // --- Threads ---------------------------------------------------------------------------
+
+    /// rseq(area, len, 0, sig): registers the rseq area the thread has at `area`.
+    pub fn rseq_register(
+        &mut self,
+        area: RemotePtr<Rseq>,
+        len: u32,
+        sig: u32,
+    ) -> Result<(), Error> {
+        self.call(
+            "rseq(register)",
+            libc::SYS_rseq,
+            [area.addr(), len.into(), 0, sig.into(), 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// rseq(area, len, RSEQ_FLAG_UNREGISTER, sig).
+    pub fn rseq_unregister(
+        &mut self,
+        area: RemotePtr<Rseq>,
+        len: u32,
+        sig: u32,
+    ) -> Result<(), Error> {
+        self.call(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            [
+                area.addr(),
+                len.into(),
+                RSEQ_FLAG_UNREGISTER,
+                sig.into(),
+                0,
+                0,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// set_robust_list(head, len): `head` is an address in the thread's own memory.
+    pub fn set_robust_list(&mut self, head: u64, len: u64) -> Result<(), Error> {
+        self.call(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [head, len, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// set_tid_address(addr): the thread's clear-child-tid address.
+    pub fn set_tid_address(&mut self, addr: u64) -> Result<(), Error> {
+        self.call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [addr, 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// clone3 with `flags` creating a thread with id `tid` (set_tid) that starts where the
+    /// calling thread stands; returns the id the kernel gave it.
+    pub fn clone3_thread(&mut self, flags: u64, tid: Pid) -> Result<Pid, Error> {
+        let mut f = self.frame();
+        let set_tid = f.push_slice(&[tid])?;
+        let args = CloneArgs {
+            flags,
+            set_tid: set_tid.addr(),
+            set_tid_size: set_tid.len() as u64,
+            ..Default::default()
+        };
+        let at = f.push(&args)?;
+        let got = f.call(
+            "clone3(thread)",
+            libc::SYS_clone3,
+            [
+                at.addr(),
+                std::mem::size_of::<CloneArgs>() as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        Ok(got as Pid)
+    }
+
+    // --- Credentials -----------------------------------------------------------------------
+
+    /// setgroups(groups).
+    pub fn setgroups(&mut self, groups: &[u32]) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push_slice(groups)?;
+        f.call(
+            "setgroups",
+            libc::SYS_setgroups,
+            [at.len() as u64, at.addr(), 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// setresgid(real, effective, saved).
+    pub fn setresgid(&mut self, [r, e, s]: [u32; 3]) -> Result<(), Error> {
+        self.call(
+            "setresgid",
+            libc::SYS_setresgid,
+            [r.into(), e.into(), s.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// setresuid(real, effective, saved).
+    pub fn setresuid(&mut self, [r, e, s]: [u32; 3]) -> Result<(), Error> {
+        self.call(
+            "setresuid",
+            libc::SYS_setresuid,
+            [r.into(), e.into(), s.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// setfsgid(gid) (it returns the previous one and never fails).
+    pub fn setfsgid(&mut self, gid: u32) -> Result<(), Error> {
+        self.call("setfsgid", libc::SYS_setfsgid, [gid.into(), 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// setfsuid(uid) (it returns the previous one and never fails).
+    pub fn setfsuid(&mut self, uid: u32) -> Result<(), Error> {
+        self.call("setfsuid", libc::SYS_setfsuid, [uid.into(), 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// capset(&header, data): version 3 takes two data structures (capabilities 0–31 and
+    /// 32–63).
+    pub fn capset(&mut self, header: &CapUserHeader, data: &[CapUserData; 2]) -> Result<(), Error> {
+        let mut f = self.frame();
+        let hdr = f.push(header)?;
+        let at = f.push(data)?;
+        f.call(
+            "capset",
+            libc::SYS_capset,
+            [hdr.addr(), at.addr(), 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    // --- Memory and descriptors --------------------------------------------------------------
+
+    /// mmap(addr, len, prot, flags, fd, offset); returns the address.
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        offset: u64,
+    ) -> Result<u64, Error> {
+        self.call(
+            "mmap",
+            libc::SYS_mmap,
+            [
+                addr,
+                len,
+                reg(prot.into()),
+                reg(flags.into()),
+                reg(fd.into()),
+                offset,
+            ],
+        )
+    }
+
+    /// munmap(addr, len).
+    pub fn munmap(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.call("munmap", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// mprotect(addr, len, prot).
+    pub fn mprotect(&mut self, addr: u64, len: u64, prot: i32) -> Result<(), Error> {
+        self.call(
+            "mprotect",
+            libc::SYS_mprotect,
+            [addr, len, reg(prot.into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// close(fd).
+    pub fn close(&mut self, fd: i32) -> Result<(), Error> {
+        self.call("close", libc::SYS_close, [reg(fd.into()), 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// close_range(first, last, flags).
+    pub fn close_range(&mut self, first: u32, last: u32, flags: u32) -> Result<(), Error> {
+        self.call(
+            "close_range",
+            libc::SYS_close_range,
+            [first.into(), last.into(), flags.into(), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::CallRecord;
+
+    #[test]
+    fn errno_display() {
+        assert_eq!(Errno(libc::EINVAL).to_string(), "EINVAL (Invalid argument)");
+        assert_eq!(Errno(4000).name(), "errno 4000");
+    }
+
+    #[test]
+    fn call_records_read_like_strace() {
+        let mut r = CallRecord {
+            name: "prctl(PR_SET_PDEATHSIG)",
+            nr: libc::SYS_prctl,
+            args: [PR_SET_PDEATHSIG, 200, 0, 0, 0, 0],
+            result: Some(-(libc::EINVAL as i64)),
+        };
+        assert_eq!(
+            r.to_string(),
+            "prctl(PR_SET_PDEATHSIG) [157] (1, 200, 0, 0, 0, 0) = -1 EINVAL (Invalid argument)"
+        );
+        r.args = [0x7f00_0000_0000, 0x10000, 3, 0x22, u64::MAX, 0];
+        r.result = Some(0x7f00_0000_0000);
+        assert_eq!(
+            r.to_string(),
+            "prctl(PR_SET_PDEATHSIG) [157] (0x7f0000000000, 0x10000, 3, 34, -1, 0) = 0x7f0000000000"
+        );
+        r.args = [0; 6];
+        r.result = None;
+        assert_eq!(
+            r.to_string(),
+            "prctl(PR_SET_PDEATHSIG) [157] (0, 0, 0, 0, 0, 0) = ? (did not complete)"
+        );
+    }
+}

@@ -1,0 +1,599 @@
+//! Running system calls inside a stopped thread.
+//!
+//! The thread's registers are saved, its instruction pointer is pointed at a `syscall`
+//! instruction (one found in the `[vdso]`, so nothing is written into the target's code), the
+//! argument registers are set, and the thread is single-stepped over that one instruction.
+//! `orig_rax` is set to -1 so that the kernel never applies its syscall-restart logic to the
+//! injected call. [`Injector::finish`] puts the saved registers back.
+//!
+//! Layers, from the bottom:
+//!
+//! * [`Injector::raw`], [`Injector::try_call`] and [`Injector::call`] run one call by number
+//!   with six raw arguments. Every call is logged (`tracing`, target `stasis_engine::inject`,
+//!   level trace; a call that fails as an error at debug) with its name, number, arguments and
+//!   result, and the last one is kept ([`Injector::last_call`]) so that a failure can name it.
+//! * The scratch area ([`scratch`]): memory mapped in the target for arguments passed by
+//!   pointer. A [`Frame`] hands out typed remote pointers ([`RemotePtr`], [`RemoteSlice`]) to
+//!   values copied there ([`Frame::push`]), read back with [`Injector::read`].
+//! * Typed wrappers ([`calls`]): one method per system call the engine injects, taking typed
+//!   arguments and the kernel structures of [`kabi`] and returning typed results.
+
+pub mod calls;
+mod errno;
+pub mod scratch;
+
+pub use calls::Errno;
+pub use errno::errno_name;
+pub use scratch::{Frame, RemotePtr, RemoteSlice, ScratchAlloc};
+/// The kernel structures the typed wrappers take and return.
+pub use stasis_sys::kabi;
+
+use crate::Error;
+use stasis_sys::kabi::Pod;
+use stasis_sys::{proc_mem, ptrace, Pid, UserRegs};
+use std::fmt;
+
+/// A stopped thread in which system calls can be run.
+pub struct Injector {
+    tid: Pid,
+    syscall_ip: u64,
+    saved: UserRegs,
+    /// A private read-write scratch area mapped in the target, for syscall arguments.
+    scratch: Option<(u64, u64)>,
+    /// Hands out the scratch area (see [`Frame`]).
+    alloc: ScratchAlloc,
+    /// The last call run, for error reports.
+    last: Option<CallRecord>,
+    /// [`Injector::finish`] completed: the thread has its registers back.
+    finished: bool,
+}
+
+/// Size of the scratch area used for syscall arguments.
+pub const SCRATCH_LEN: u64 = 64 * 1024;
+
+/// One injected system call: what ran and what it returned. Displayed like a line of strace:
+/// `prctl(PR_SET_PDEATHSIG) [157] (1, 200, 0, 0, 0, 0) = -1 EINVAL (Invalid argument)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub name: &'static str,
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// The raw result (a negative errno on failure); `None` when the call did not complete.
+    pub result: Option<i64>,
+}
+
+/// An argument or result: small numbers in decimal, addresses and flags in hex.
+struct Num(u64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let signed = self.0 as i64;
+        if self.0 < 0x10000 || (-0x10000..0).contains(&signed) {
+            write!(f, "{signed}")
+        } else {
+            write!(f, "{:#x}", self.0)
+        }
+    }
+}
+
+impl fmt::Display for CallRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] (", self.name, self.nr)?;
+        // All six registers: which of them a call reads is up to the call.
+        for (i, a) in self.args.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", Num(*a))?;
+        }
+        f.write_str(") = ")?;
+        match self.result {
+            None => f.write_str("? (did not complete)"),
+            Some(r) if (-4095..0).contains(&r) => write!(f, "-1 {}", Errno(-r as i32)),
+            Some(r) => write!(f, "{}", Num(r as u64)),
+        }
+    }
+}
+
+impl Injector {
+    /// Takes over `tid`, which must be in a ptrace-stop. `syscall_ip` is the address of a
+    /// `syscall` instruction in the target.
+    pub fn new(tid: Pid, syscall_ip: u64) -> Result<Injector, Error> {
+        let saved = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+        tracing::trace!("tid {tid}: injecting at {syscall_ip:#x}");
+        Ok(Injector {
+            tid,
+            syscall_ip,
+            saved,
+            scratch: None,
+            alloc: ScratchAlloc::new(SCRATCH_LEN),
+            last: None,
+            finished: false,
+        })
+    }
+
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// The registers the thread had when we took it over.
+    pub fn saved_regs(&self) -> &UserRegs {
+        &self.saved
+    }
+
+    /// Replaces the registers that [`Injector::finish`] will restore.
+    pub fn set_saved_regs(&mut self, regs: UserRegs) {
+        self.saved = regs;
+    }
+
+    /// The address of the `syscall` instruction used for injection.
+    pub fn syscall_ip(&self) -> u64 {
+        self.syscall_ip
+    }
+
+    /// Moves the `syscall` instruction used for injection (after the vdso was moved).
+    pub fn set_syscall_ip(&mut self, ip: u64) {
+        self.syscall_ip = ip;
+    }
+
+    /// The last system call run in this thread (completed or not), for error reports.
+    pub fn last_call(&self) -> Option<&CallRecord> {
+        self.last.as_ref()
+    }
+
+    /// Runs one system call and returns the raw result (a negative errno on failure).
+    pub fn raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        let r = self.run("syscall", nr, args)?;
+        self.log_done(false);
+        Ok(r)
+    }
+
+    /// Runs a system call; `Ok(Err(errno))` when the call itself failed. Errors are those of
+    /// the injection (the thread died, ptrace failed).
+    pub fn try_call(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<Result<u64, Errno>, Error> {
+        let r = self.run(name, nr, args)?;
+        self.log_done(false);
+        Ok(if (-4095..0).contains(&r) {
+            Err(Errno(-r as i32))
+        } else {
+            Ok(r as u64)
+        })
+    }
+
+    /// Runs a system call and turns a negative result into an error naming it.
+    pub fn call(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64, Error> {
+        let r = self.run(name, nr, args)?;
+        if (-4095..0).contains(&r) {
+            self.log_done(true);
+            return Err(self.remote_error(name, Errno(-r as i32)));
+        }
+        self.log_done(false);
+        Ok(r as u64)
+    }
+
+    /// The error for call `name` having failed with `errno` in this thread.
+    pub fn remote_error(&self, name: &'static str, errno: Errno) -> Error {
+        Error::Remote {
+            call: name,
+            tid: self.tid,
+            errno: errno.io_error(),
+        }
+    }
+
+    /// Logs the last call: at trace level, or at debug level when it failed as an error.
+    fn log_done(&self, failed: bool) {
+        if let Some(rec) = &self.last {
+            if failed {
+                tracing::debug!("tid {}: injected call failed: {rec}", self.tid);
+            } else {
+                tracing::trace!("tid {}: {rec}", self.tid);
+            }
+        }
+    }
+
+    /// Runs one system call; records it as the last call.
+    fn run(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        self.last = Some(CallRecord {
+            name,
+            nr,
+            args,
+            result: None,
+        });
+        let r = self.step_over_syscall(nr, args);
+        match &r {
+            Ok(v) => {
+                if let Some(rec) = self.last.as_mut() {
+                    rec.result = Some(*v);
+                }
+            }
+            Err(e) => {
+                if let Some(rec) = &self.last {
+                    tracing::debug!("tid {}: {rec}: {e}", self.tid);
+                }
+            }
+        }
+        r
+    }
+
+    /// What the last call was, for the errors of the injection itself.
+    fn during(&self) -> String {
+        self.last
+            .as_ref()
+            .map(|r| format!(" during {r}"))
+            .unwrap_or_default()
+    }
+
+    fn step_over_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        let tid = self.tid;
+        let mut regs = self.saved;
+        regs.rip = self.syscall_ip;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        loop {
+            ptrace::singlestep(tid, 0).map_err(|e| Error::sys("PTRACE_SINGLESTEP", tid, e))?;
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                // A ptrace event (a clone reported in the middle of the call, say) is not the
+                // end of the call: go on stepping.
+                ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
+                ptrace::WaitStatus::Stopped { .. } => {}
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}{}", self.during()),
+                    })
+                }
+            }
+            let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+            // The instruction ran when the thread stands right after it. Any other stop (a
+            // signal arriving, a pending ptrace event) happened before: step again.
+            if after.rip == self.syscall_ip + 2 {
+                return Ok(after.rax as i64);
+            }
+            if after.rip != self.syscall_ip {
+                return Err(Error::Inject {
+                    tid,
+                    nr,
+                    reason: format!(
+                        "thread went to {:#x} instead of running the syscall{}",
+                        after.rip,
+                        self.during()
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
+    pub fn map_scratch(&mut self, at: Option<u64>) -> Result<u64, Error> {
+        if let Some((addr, _)) = self.scratch {
+            return Ok(addr);
+        }
+        let (addr, flags) = match at {
+            Some(a) => (
+                a,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            ),
+            None => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+        };
+        let got = self.call(
+            "mmap(scratch)",
+            libc::SYS_mmap,
+            [
+                addr,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                flags as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        self.set_scratch(Some((got, SCRATCH_LEN)));
+        Ok(got)
+    }
+
+    fn set_scratch(&mut self, scratch: Option<(u64, u64)>) {
+        self.scratch = scratch;
+        self.alloc = ScratchAlloc::new(scratch.map_or(0, |(_, len)| len));
+    }
+
+    /// Address of the scratch area; it must have been mapped.
+    pub fn scratch(&self) -> Result<u64, Error> {
+        self.scratch.map(|(a, _)| a).ok_or(Error::Inject {
+            tid: self.tid,
+            nr: 0,
+            reason: "no scratch area mapped".into(),
+        })
+    }
+
+    /// Copies `data` into the scratch area at `offset` and returns its remote address. This
+    /// bypasses the allocator: for code that places its arguments at fixed offsets, never
+    /// while a [`Frame`] holds part of the area.
+    pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<u64, Error> {
+        let base = self.scratch()?;
+        if offset + data.len() as u64 > SCRATCH_LEN {
+            return Err(Error::Inject {
+                tid: self.tid,
+                nr: 0,
+                reason: "argument does not fit the scratch area".into(),
+            });
+        }
+        proc_mem::write_all(self.tid, base + offset, data)
+            .map_err(|e| Error::sys("process_vm_writev(scratch)", self.tid, e))?;
+        Ok(base + offset)
+    }
+
+    /// Reads `len` bytes from the scratch area at `offset` (see [`Injector::put`]).
+    pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let base = self.scratch()?;
+        let mut buf = vec![0u8; len];
+        proc_mem::read_exact(self.tid, base + offset, &mut buf)
+            .map_err(|e| Error::sys("process_vm_readv(scratch)", self.tid, e))?;
+        Ok(buf)
+    }
+
+    /// Checks that `[addr, addr + len)` lies inside the scratch area.
+    fn check_scratch(&self, addr: u64, len: u64) -> Result<(), Error> {
+        let base = self.scratch()?;
+        let inside = addr
+            .checked_sub(base)
+            .is_some_and(|off| self.alloc.contains(off, len));
+        if inside {
+            return Ok(());
+        }
+        Err(Error::Inject {
+            tid: self.tid,
+            nr: 0,
+            reason: format!(
+                "{len} bytes at {addr:#x} are outside the scratch area at {base:#x}{}",
+                self.during()
+            ),
+        })
+    }
+
+    fn write_bytes(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.check_scratch(addr, data.len() as u64)?;
+        proc_mem::write_all(self.tid, addr, data)
+            .map_err(|e| Error::sys("process_vm_writev(scratch)", self.tid, e))
+    }
+
+    fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        self.check_scratch(addr, len as u64)?;
+        let mut buf = vec![0u8; len];
+        proc_mem::read_exact(self.tid, addr, &mut buf)
+            .map_err(|e| Error::sys("process_vm_readv(scratch)", self.tid, e))?;
+        Ok(buf)
+    }
+
+    /// Writes `value` at `p`, which must lie in the scratch area.
+    pub fn write<T: Pod>(&mut self, p: RemotePtr<T>, value: &T) -> Result<(), Error> {
+        self.write_bytes(p.addr(), value.as_bytes())?;
+        tracing::trace!("tid {}: scratch {p:?} <- {value:?}", self.tid);
+        Ok(())
+    }
+
+    /// Reads the `T` at `p`, which must lie in the scratch area.
+    pub fn read<T: Pod>(&self, p: RemotePtr<T>) -> Result<T, Error> {
+        let bytes = self.read_bytes(p.addr(), std::mem::size_of::<T>())?;
+        let value = T::from_bytes(&bytes).ok_or_else(|| Error::Inject {
+            tid: self.tid,
+            nr: 0,
+            reason: format!("short read of {} at {p:?}", std::any::type_name::<T>()),
+        })?;
+        tracing::trace!("tid {}: scratch {p:?} -> {value:?}", self.tid);
+        Ok(value)
+    }
+
+    /// Unmaps the scratch area.
+    pub fn unmap_scratch(&mut self) -> Result<(), Error> {
+        if let Some((addr, len)) = self.scratch {
+            self.set_scratch(None);
+            self.call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the scratch area without unmapping it (it was unmapped by other means, or it
+    /// belongs to another injector of the same process).
+    pub fn forget_scratch(&mut self) {
+        self.set_scratch(None);
+    }
+
+    /// Uses a scratch area mapped by another injector of the same process (threads share
+    /// memory). Call [`Injector::forget_scratch`] before [`Injector::finish`].
+    pub fn share_scratch(&mut self, addr: u64) {
+        self.set_scratch(Some((addr, SCRATCH_LEN)));
+    }
+
+    /// Unmaps the scratch area and restores the saved registers. The thread stays stopped.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.unmap_scratch()?;
+        ptrace::set_regs(self.tid, &self.saved)
+            .map_err(|e| Error::sys("PTRACE_SETREGS", self.tid, e))?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Like [`Injector::finish`], then leaves the thread stopped with single-stepping turned
+    /// off. The kernel keeps a thread's single-step flag after its last PTRACE_SINGLESTEP; if
+    /// the tracer then died, the thread would resume stepping and die of SIGTRAP. Used at dump,
+    /// where the process must survive a dumper that is killed. The thread must have every
+    /// blockable signal blocked.
+    pub fn finish_parked(self) -> Result<(), Error> {
+        let tid = self.tid;
+        self.finish()?;
+        // PTRACE_CONT clears the single-step flag; the pending interrupt stops the thread again
+        // before it runs a single user instruction.
+        ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
+        ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
+        loop {
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                ptrace::WaitStatus::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } => return Ok(()),
+                // Only an unblockable stop signal can come here; the dump goes on.
+                ptrace::WaitStatus::Stopped { .. } => {
+                    ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
+                }
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Injector {
+    /// An injector left without [`Injector::finish`] belongs to an operation that failed:
+    /// the log says what ran last in the thread.
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(rec) = &self.last {
+                tracing::debug!(
+                    "tid {}: left unfinished; last injected call: {rec}",
+                    self.tid
+                );
+            }
+        }
+    }
+}
+
+/// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
+const PTRACE_EVENT_STOP: i32 = 128;
+
+/// Finds the offset of a `syscall` instruction (0f 05) inside the vdso. The vdso image is the
+/// same in every process on this kernel, so our own copy is searched once.
+pub fn vdso_syscall_offset() -> Result<u64, Error> {
+    let me = stasis_sys::process::getpid();
+    let maps = crate::procfs::read_smaps(me)?;
+    let vdso = maps
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .ok_or(Error::Unsupported {
+            what: "this kernel maps no [vdso]; stasis needs it to run system calls in a target"
+                .into(),
+        })?;
+    let mut buf = vec![0u8; (vdso.end - vdso.start) as usize];
+    proc_mem::read_exact(me, vdso.start, &mut buf)
+        .map_err(|e| Error::sys("process_vm_readv(vdso)", me, e))?;
+    buf.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|p| p as u64)
+        .ok_or(Error::Unsupported {
+            what: "no syscall instruction in the [vdso]".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kabi::{StackT, Timespec};
+    use super::*;
+    use crate::dump::freeze::Frozen;
+
+    /// A `sleep` of ours, killed and reaped on drop.
+    struct Sleeper(std::process::Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn frames_and_typed_calls_in_a_real_process() {
+        if stasis_sys::process::geteuid() != 0 {
+            eprintln!("notice: frames_and_typed_calls_in_a_real_process needs root; skipped");
+            return;
+        }
+        let sleeper = Sleeper(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .expect("start sleep"),
+        );
+        let pid = sleeper.0.id() as Pid;
+        let mut frozen = Frozen::freeze(pid).expect("freeze");
+        let vdso = crate::procfs::read_smaps(pid)
+            .expect("smaps")
+            .into_iter()
+            .find(|m| m.name == "[vdso]")
+            .expect("a vdso");
+        let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
+            .expect("injector");
+        assert_eq!(inj.getpid().expect("getpid"), pid);
+        assert_eq!(inj.last_call().and_then(|c| c.result), Some(pid as i64));
+
+        // Nothing can be allocated before the area is mapped.
+        assert!(inj.frame().alloc::<u64>().is_err());
+        let base = inj.map_scratch(None).expect("map scratch");
+        {
+            let mut f = inj.frame();
+            let t = Timespec { sec: 5, nsec: 7 };
+            let a = f.push(&t).expect("push");
+            let s = f.push_slice(&[1u32, 2, 3]).expect("push slice");
+            assert_eq!(a.addr(), base);
+            assert_eq!(s.addr(), base + 16, "allocations are 16-byte aligned");
+            assert_eq!(s.byte_len(), 12);
+            assert_eq!(f.read(a).expect("read back"), t);
+            let inner_at = {
+                let mut g = f.frame();
+                g.alloc::<[u8; 100]>().expect("nested").addr()
+            };
+            // The nested frame gave its room back.
+            assert_eq!(f.alloc::<u8>().expect("after nested").addr(), inner_at);
+            assert_eq!(
+                f.read(RemotePtr::<[u32; 3]>::at(s.addr())).expect("read"),
+                [1, 2, 3]
+            );
+        }
+        // The frame gave everything back.
+        assert_eq!(inj.frame().alloc::<u8>().expect("alloc").addr(), base);
+        // Out of bounds: too big, or a pointer outside the area.
+        assert!(inj.frame().alloc_bytes(SCRATCH_LEN + 1).is_err());
+        assert!(inj
+            .read(RemotePtr::<u64>::at(base + SCRATCH_LEN - 4))
+            .is_err());
+        assert!(inj.read(RemotePtr::<u64>::at(0x1000)).is_err());
+
+        // Typed calls with results through the scratch area.
+        let ss: StackT = inj.sigaltstack_get().expect("sigaltstack");
+        assert_eq!(ss.flags, libc::SS_DISABLE);
+        let nofile = inj.prlimit64_get(libc::RLIMIT_NOFILE).expect("prlimit64");
+        let ours = stasis_sys::process::getrlimit(libc::RLIMIT_NOFILE).expect("getrlimit");
+        assert_eq!((nofile.cur, nofile.max), ours, "sleep inherited our limits");
+
+        // A failing call: the error and the last call name it.
+        match inj.set_pdeathsig(200) {
+            Err(Error::Remote { call, tid, errno }) => {
+                assert_eq!(call, "prctl(PR_SET_PDEATHSIG)");
+                assert_eq!(tid, pid);
+                assert_eq!(errno.raw_os_error(), Some(libc::EINVAL));
+            }
+            other => panic!("PR_SET_PDEATHSIG 200 should fail with EINVAL: {other:?}"),
+        }
+        let last = inj.last_call().expect("a last call").clone();
+        assert_eq!(last.name, "prctl(PR_SET_PDEATHSIG)");
+        assert_eq!(last.args[..2], [1, 200]);
+        assert_eq!(last.result, Some(-(libc::EINVAL as i64)));
+
+        inj.finish().expect("finish");
+        frozen.thaw().expect("thaw");
+        drop(sleeper);
+    }
+}
