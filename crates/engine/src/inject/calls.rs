@@ -647,6 +647,37 @@ impl Injector {
         Ok(())
     }
 
+    /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping.
+    pub fn mremap_fixed(&mut self, from: u64, len: u64, to: u64) -> Result<(), Error> {
+        self.call(
+            "mremap",
+            libc::SYS_mremap,
+            [
+                from,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                to,
+                0,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// open(path, flags): a descriptor of the target; the path is copied into the scratch area.
+    pub fn open(&mut self, path: &str, flags: i32) -> Result<i32, Error> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        let mut f = self.frame();
+        let at = f.push_slice(&bytes)?;
+        let fd = f.call(
+            "open",
+            libc::SYS_open,
+            [at.addr(), reg(flags.into()), 0, 0, 0, 0],
+        )?;
+        Ok(fd as i32)
+    }
+
     /// close(fd).
     pub fn close(&mut self, fd: i32) -> Result<(), Error> {
         self.call("close", libc::SYS_close, [reg(fd.into()), 0, 0, 0, 0, 0])?;

@@ -317,32 +317,6 @@ impl Injector {
         })
     }
 
-    /// Copies `data` into the scratch area at `offset` and returns its remote address. This
-    /// bypasses the allocator: for code that places its arguments at fixed offsets, never
-    /// while a [`Frame`] holds part of the area.
-    pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<u64, Error> {
-        let base = self.scratch()?;
-        if offset + data.len() as u64 > SCRATCH_LEN {
-            return Err(Error::Inject {
-                tid: self.tid,
-                nr: 0,
-                reason: "argument does not fit the scratch area".into(),
-            });
-        }
-        proc_mem::write_all(self.tid, base + offset, data)
-            .map_err(|e| Error::sys("process_vm_writev(scratch)", self.tid, e))?;
-        Ok(base + offset)
-    }
-
-    /// Reads `len` bytes from the scratch area at `offset` (see [`Injector::put`]).
-    pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
-        let base = self.scratch()?;
-        let mut buf = vec![0u8; len];
-        proc_mem::read_exact(self.tid, base + offset, &mut buf)
-            .map_err(|e| Error::sys("process_vm_readv(scratch)", self.tid, e))?;
-        Ok(buf)
-    }
-
     /// Checks that `[addr, addr + len)` lies inside the scratch area.
     fn check_scratch(&self, addr: u64, len: u64) -> Result<(), Error> {
         let base = self.scratch()?;

@@ -143,18 +143,7 @@ pub fn move_specials(inj: &mut Injector, image: &[Vma], vdso_offset: u64) -> Res
         .map(|m| (m.start, m.end, m.name))
         .collect();
     for m in plan_special_moves(&child, &image_specials(image))? {
-        inj.call(
-            "mremap(special mapping)",
-            libc::SYS_mremap,
-            [
-                m.from,
-                m.len,
-                m.len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                m.to,
-                0,
-            ],
-        )?;
+        inj.mremap_fixed(m.from, m.len, m.to)?;
         if m.vdso {
             inj.set_syscall_ip(m.to + vdso_offset);
         }
@@ -184,7 +173,7 @@ pub fn unmap_ranges(image: &[Vma]) -> Vec<(u64, u64)> {
 /// Unmaps everything in the child except the special mappings of the image's layout.
 pub fn unmap_all_but_specials(inj: &mut Injector, image: &[Vma]) -> Result<(), Error> {
     for (start, len) in unmap_ranges(image) {
-        inj.call("munmap", libc::SYS_munmap, [start, len, 0, 0, 0, 0])?;
+        inj.munmap(start, len)?;
     }
     Ok(())
 }
@@ -319,32 +308,22 @@ pub fn map_vmas(
     for call in plan_mappings(inj.tid(), vmas, runs, file_fds, shmem)? {
         let mut opened_here = None;
         let fd = match &call.from {
-            MapFrom::Anonymous => u64::MAX,
-            MapFrom::Fd(fd) => *fd as u64,
+            MapFrom::Anonymous => -1,
+            MapFrom::Fd(fd) => *fd,
             MapFrom::Shared { path, write } => {
-                let path = format!("{path}\0");
-                let at = inj.put(2048, path.as_bytes())?;
                 let access = if *write { libc::O_RDWR } else { libc::O_RDONLY };
-                let fd = inj.call(
-                    "open(shared memory)",
-                    libc::SYS_open,
-                    [at, access as u64, 0, 0, 0, 0],
-                )?;
+                let fd = inj.open(path, access)?;
                 opened_here = Some(fd);
                 fd
             }
         };
-        let got = inj.call(
-            "mmap",
-            libc::SYS_mmap,
-            [
-                call.start,
-                call.len,
-                call.prot as u64,
-                call.flags as u64,
-                fd,
-                call.offset,
-            ],
+        let got = inj.mmap(
+            call.start,
+            call.len,
+            call.prot as i32,
+            call.flags,
+            fd,
+            call.offset,
         )?;
         if got != call.start {
             return Err(Error::Invalid(format!(
@@ -353,7 +332,7 @@ pub fn map_vmas(
             )));
         }
         if let Some(fd) = opened_here {
-            inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+            inj.close(fd)?;
         }
     }
     Ok(())
@@ -375,11 +354,7 @@ pub fn final_protections(vmas: &[Vma], runs: &[PageRun]) -> Vec<(u64, u64, u32)>
 /// Applies the final protections to the mappings that were made writable to be filled.
 pub fn finish_protections(inj: &mut Injector, vmas: &[Vma], runs: &[PageRun]) -> Result<(), Error> {
     for (start, len, prot) in final_protections(vmas, runs) {
-        inj.call(
-            "mprotect",
-            libc::SYS_mprotect,
-            [start, len, prot as u64, 0, 0, 0],
-        )?;
+        inj.mprotect(start, len, prot as i32)?;
     }
     Ok(())
 }

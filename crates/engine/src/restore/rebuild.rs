@@ -225,12 +225,8 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             }
             RebuildStep::CloseRestoreFds => {
                 if planned.close_aux {
-                    let last = base as u64 + plan.aux_count as u64 - 1;
-                    self.inj()?.call(
-                        "close_range(restore fds)",
-                        libc::SYS_close_range,
-                        [base as u64, last, 0, 0, 0, 0],
-                    )?;
+                    let last = base as u32 + plan.aux_count as u32 - 1;
+                    self.inj()?.close_range(base as u32, last, 0)?;
                 }
             }
             RebuildStep::CreateThreads => {
@@ -249,11 +245,7 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
             RebuildStep::JoinProcessGroup => {
                 if planned.set_pgid {
-                    self.inj()?.call(
-                        "setpgid",
-                        libc::SYS_setpgid,
-                        [0, image.pgid as u64, 0, 0, 0, 0],
-                    )?;
+                    self.inj()?.setpgid(0, image.pgid)?;
                 }
             }
             RebuildStep::Credentials => {
