@@ -14,6 +14,8 @@ mod dir;
 mod entries;
 mod frame;
 mod raw;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod validate;
 
 pub use dir::ImageDir;

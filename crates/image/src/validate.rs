@@ -276,7 +276,7 @@ pub fn validate_process(p: &ProcessImage, pages_len: u64, path: &Path) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::tests::sample_process;
+    use crate::testing::sample_process;
     use crate::{FdEntry, PageRun};
 
     #[test]
