@@ -2,10 +2,8 @@
 //! Page and blob contents are not printed, only where they are and their checksums; they are
 //! read and checked, so `show` also verifies a whole image directory.
 
-use crate::Error;
-use stasis_image::{
-    names, read_record, FileKind, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
-};
+use crate::{files, Error};
+use stasis_image::{names, read_record, ImageDir, Inventory, ProcessImage, RawReader, RecordKind};
 
 /// Decodes the inventory and every process record; checks the raw files' headers.
 pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
@@ -33,32 +31,12 @@ pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     }))
 }
 
-/// Reads every page run and blob and checks its CRC.
+/// Reads every page run and blob and checks its CRC (blobs through their kind's module).
 fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
     let mut buf = Vec::new();
     for r in &image.page_runs {
         buf.resize((r.npages * crate::PAGE_SIZE) as usize, 0);
         pages.read_extent(r.offset, &mut buf, r.crc)?;
     }
-    for f in &image.files {
-        if let FileKind::Deleted { len, crc, .. } = &f.kind {
-            let blob = RawReader::open(dir, &names::blob(f.id), RecordKind::Blob)?;
-            if blob.len() != *len {
-                return Err(Error::Invalid(format!(
-                    "{} holds {} bytes, the image expects {len}",
-                    names::blob(f.id),
-                    blob.len()
-                )));
-            }
-            buf.resize(*len as usize, 0);
-            blob.read_extent(0, &mut buf, *crc)?;
-        }
-        // A memfd's contents are stored with one of its descriptions only.
-        if let FileKind::Memfd { len, crc, .. } = &f.kind {
-            if dir.exists(&names::blob(f.id)) {
-                crate::files::memfd::verify_blob(dir, f.id, *len, *crc)?;
-            }
-        }
-    }
-    Ok(())
+    files::verify(dir, image)
 }

@@ -242,20 +242,12 @@ fn collect_and_write(
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
     }
-    // Pipes are complete only once every process is seen. The bytes in flight are stored
-    // once, with the first process that has the description.
-    let mut pipe_data = registry.finish()?;
+    // Objects that span processes (pipes) are complete only once every process is seen.
+    registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
     for mut c in collected {
-        for f in &mut c.image.files {
-            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
-                if let Some(d) = pipe_data.remove(&f.id) {
-                    *data = d;
-                }
-            }
-        }
         let pid = c.image.pid;
         let pages_name = names::pages(pid);
         let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;

@@ -11,19 +11,73 @@
 //! process like any other.
 //!
 //! Restore: the restorer creates an empty epoll instance; the registrations are made in the
-//! restore child itself (of the process the epoll was dumped with, when a tree shares it), right after it laid out its fd table ([`register_in_child`], called
-//! from [`crate::files::after_layout_in_child`]), because they name fds by their final numbers.
+//! restore child itself (of the process the epoll was dumped with, when a tree shares it),
+//! right after it laid out its fd table ([`FileOps::after_layout_in_child`]), because they
+//! name fds by their final numbers.
 //! EPOLL_CTL_ADD gets the dumped events and data as they are. Readiness is computed afresh by
 //! the kernel: a level-triggered event that is still true is reported again, and so is an
 //! edge-triggered one whose condition holds (the kernel checks readiness when a file is added).
 //! A one-shot registration that already fired (only the EPOLLONESHOT/EPOLLET bits left) comes
 //! back watching EPOLLERR and EPOLLHUP, which the kernel adds to every registration.
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{EpollWatch, FdEntry, FileDesc, FileKind};
+use stasis_image::{EpollWatch, FileDesc, FileKind, ImageDir};
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
+
+/// The epoll kind.
+#[derive(Default)]
+pub struct Epolls;
+
+impl FileOps for Epolls {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Epoll { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("[eventpoll]")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?, fd.all_fds)
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+
+    /// Adds the watches of an epoll description the process owns (an epoll shared by several
+    /// processes of a tree gets its watches once, from the process that was dumped with it),
+    /// through the first fd that refers to it.
+    fn after_layout_in_child(&self, pid: Pid, desc: &FileDesc, epfd: RawFd) -> Result<(), String> {
+        let FileKind::Epoll { owner, watches } = &desc.kind else {
+            return Ok(());
+        };
+        if *owner != pid {
+            return Ok(());
+        }
+        for w in watches {
+            anon_files::epoll_add_raw(epfd, w.fd, w.events, w.data).map_err(|e| {
+                format!(
+                    "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
+                    w.fd, w.events
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
 
 /// Parses the `tfd:` lines of /proc/PID/fdinfo/N of an epoll instance.
 pub fn parse_fdinfo(text: &str) -> Result<Vec<EpollWatch>, String> {
@@ -91,7 +145,7 @@ pub fn dump(pid: Pid, epfd: RawFd, fdinfo: &str, open_fds: &[RawFd]) -> Result<F
 }
 
 /// Creates the (empty) epoll instance of description `f` in the restorer.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     if !matches!(f.kind, FileKind::Epoll { .. }) {
         return Err(Error::Invalid(format!(
             "description {} is not an epoll",
@@ -99,34 +153,6 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
         )));
     }
     anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))
-}
-
-/// Runs in the restore child of process `pid` once every fd has its final number: adds the
-/// watches of each epoll description it owns (an epoll shared by several processes of a tree
-/// gets its watches once, from the process that was dumped with it), through the first fd
-/// that refers to the description.
-pub fn register_in_child(pid: Pid, files: &[FileDesc], table: &[FdEntry]) -> Result<(), String> {
-    for f in files {
-        let FileKind::Epoll { owner, watches } = &f.kind else {
-            continue;
-        };
-        if *owner != pid || watches.is_empty() {
-            continue;
-        }
-        // A description without fds (impossible for epoll today) has nothing to register.
-        let Some(epfd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
-            continue;
-        };
-        for w in watches {
-            anon_files::epoll_add_raw(epfd, w.fd, w.events, w.data).map_err(|e| {
-                format!(
-                    "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
-                    w.fd, w.events
-                )
-            })?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

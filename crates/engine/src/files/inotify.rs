@@ -30,17 +30,18 @@
 //! (on "/", or on a memfd when "/" is itself watched); every descriptor returned is checked
 //! against the expected one. The restored instance's own fdinfo then proves that each watch is
 //! on the dumped object (device and inode), the IN_IGNORED events the removals queued are read
-//! and dropped, and the status flags (O_NONBLOCK) are set. The restore child drops again
-//! whatever the rest of the restore queued ([`discard_events_in_child`]).
+//! and dropped; the status flags (O_NONBLOCK) are set by [`super::open_all`]. The restore child
+//! drops again whatever the rest of the restore queued ([`FileOps::after_layout_in_child`]).
 //!
 //! Not preserved: events queued but not read at dump time (reading them would take them away
 //! from the live process; a `--leave-running` process keeps them), events that happen between
 //! the dump and the end of the restore, and where the kernel's watch-descriptor counter stood
 //! beyond the highest live watch (a restored instance hands out the next number after it).
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::{files, procfs, Error};
 use stasis_image::{
-    FdEntry, FileDesc, FileKind, InotifyWatch, INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES,
+    FileDesc, FileKind, ImageDir, InotifyWatch, INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES,
     MAX_INOTIFY_WD,
 };
 use stasis_sys::{anon_files, Pid};
@@ -48,6 +49,44 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// The inotify kind.
+#[derive(Default)]
+pub struct Inotifies;
+
+impl FileOps for Inotifies {
+    fn name(&self) -> &'static str {
+        "inotify"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Inotify { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("inotify")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+
+    /// Drops the events the rest of the restore caused in the instance (opening and mapping
+    /// files the process watches).
+    fn after_layout_in_child(&self, _pid: Pid, _desc: &FileDesc, fd: RawFd) -> Result<(), String> {
+        anon_files::inotify_discard_events_raw(fd)
+            .map_err(|e| format!("dropping the queued events of inotify fd {fd}: {e}"))
+    }
+}
 use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -498,8 +537,9 @@ fn discard_events(ino: &OwnedFd) -> Result<(), std::io::Error> {
 }
 
 /// Creates the inotify instance of description `f` in the restorer, with every watch at its
-/// dumped watch descriptor.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+/// dumped watch descriptor. It is non-blocking (its own events are drained that way) until
+/// [`super::open_all`] gives it the dumped status flags.
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::Inotify { watches } = &f.kind else {
         return Err(Error::Invalid(format!(
             "description {} is not an inotify instance",
@@ -575,26 +615,7 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
             e,
         )
     })?;
-    let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC);
-    stasis_sys::process::set_status_flags(ino.as_fd(), status)
-        .map_err(|e| Error::io(format!("F_SETFL on inotify {}", f.id), e))?;
     Ok(ino)
-}
-
-/// Runs in a restore child once its fd table is laid out: drops the events the rest of the
-/// restore caused in its inotify instances (opening and mapping files the process watches).
-pub fn discard_events_in_child(files: &[FileDesc], table: &[FdEntry]) -> Result<(), String> {
-    for f in files {
-        if !matches!(f.kind, FileKind::Inotify { .. }) {
-            continue;
-        }
-        let Some(fd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
-            continue;
-        };
-        anon_files::inotify_discard_events_raw(fd)
-            .map_err(|e| format!("dropping the queued events of inotify fd {fd}: {e}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -726,6 +747,8 @@ mod tests {
             kind: kind.clone(),
         };
         // "/" is watched, so the gaps are burnt on a memfd.
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let open = |desc: &FileDesc| files::open_description(&mut Inotifies, desc, &images);
         let restored = open(&desc).unwrap();
         let live = |fd: &OwnedFd| {
             let t = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));

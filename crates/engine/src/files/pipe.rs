@@ -1,54 +1,78 @@
 //! Pipes: both ends with their flags, the pipe's capacity, and the bytes in flight.
 //!
-//! Dump: the bytes waiting in a pipe are copied without being consumed, with tee(2) from the
-//! target's own read end (duplicated by pidfd_getfd) into a private pipe. A pipe with an end
-//! outside the dumped process cannot be restored yet and fails the dump.
+//! Dump: each end is a description of its own (`pipe_id`, the pipe's inode, links the ends);
+//! ends are gathered across the whole tree, and once every process is dumped
+//! ([`FileOps::finish`]) every pipe must have both a read and a write end in the tree (else
+//! the dump fails, naming an fd of it). The bytes waiting in a pipe are then copied without
+//! being consumed, with tee(2) from a read end (our duplicate, by pidfd_getfd) into a private
+//! pipe, and stored once, with the first description of the pipe in the first process record
+//! that has it.
 //!
-//! Restore: the restorer creates a pipe of the same capacity, writes the bytes back, and
-//! hands each end to the new process.
+//! Restore: the restorer creates each pipe once (pipe2, F_SETPIPE_SZ to the dumped capacity)
+//! when its first end is opened, and writes the bytes in flight back; the copies of a
+//! description in several process records are merged first, so the bytes come from whichever
+//! record holds them. Each end is handed to the processes like any description.
 
+use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind};
+use stasis_image::{FileDesc, FileKind, ImageDir};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
-/// Gathers pipe ends while the fd table is walked.
+/// The pipe kind: ends seen at dump, pipes made at restore.
 #[derive(Default)]
-pub struct PipeCollector {
-    /// pipe inode -> (read end seen, write end seen, a read end handle, description ids).
-    pipes: HashMap<u64, PipeSeen>,
+pub struct Pipes {
+    /// Dump: pipe inode -> what was seen of it.
+    seen: HashMap<u64, PipeSeen>,
+    /// Restore: pipe id -> (read end, write end).
+    made: HashMap<u64, (OwnedFd, OwnedFd)>,
 }
 
-#[derive(Default)]
 struct PipeSeen {
     read_end: Option<File>,
     has_write: bool,
     first_pid: Pid,
     first_fd: RawFd,
+    /// Description ids of its ends, in the order they were seen.
     ids: Vec<u32>,
 }
 
-impl PipeCollector {
-    /// Records one pipe end; returns its description kind (data filled in by `finish`).
-    pub fn add(
+impl FileOps for Pipes {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Pipe { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.class == Class::Pipe
+    }
+
+    /// Records one end; its bytes in flight are filled in by [`FileOps::finish`].
+    fn dump(
         &mut self,
-        pid: Pid,
-        fd: RawFd,
+        fd: &Probe<'_>,
         id: u32,
-        file: &File,
-        flags: u32,
-        ino: u64,
+        _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
-        let write_end = flags as i32 & libc::O_ACCMODE == libc::O_WRONLY;
+        let (file, ino) = (
+            fd.file()?,
+            fd.metadata().map(std::os::unix::fs::MetadataExt::ino)?,
+        );
+        let write_end = fd.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY;
         let capacity = process::pipe_capacity(file.as_fd())
-            .map_err(|e| Error::io(format!("F_GETPIPE_SZ on fd {fd}"), e))?;
-        let seen = self.pipes.entry(ino).or_insert_with(|| PipeSeen {
-            first_pid: pid,
-            first_fd: fd,
-            ..Default::default()
+            .map_err(|e| Error::io(format!("F_GETPIPE_SZ on fd {}", fd.fd), e))?;
+        let seen = self.seen.entry(ino).or_insert_with(|| PipeSeen {
+            read_end: None,
+            has_write: false,
+            first_pid: fd.pid,
+            first_fd: fd.fd,
+            ids: Vec::new(),
         });
         seen.ids.push(id);
         if write_end {
@@ -64,11 +88,10 @@ impl PipeCollector {
         })
     }
 
-    /// Checks that both ends of every pipe are in the process and stores the bytes in flight
+    /// Checks that both ends of every pipe are in the tree and stores the bytes in flight
     /// with the first description of each pipe.
-    pub fn finish(self) -> Result<HashMap<u32, Vec<u8>>, Error> {
-        let mut out = HashMap::new();
-        for (ino, seen) in self.pipes {
+    fn finish(&mut self, descs: &mut [&mut FileDesc]) -> Result<(), Error> {
+        for (ino, seen) in self.seen.drain() {
             let (Some(read_end), true) = (&seen.read_end, seen.has_write) else {
                 return Err(Error::Unsupported {
                     what: format!(
@@ -77,12 +100,58 @@ impl PipeCollector {
                     ),
                 });
             };
-            let data = peek(read_end, seen.first_fd)?;
-            if !data.is_empty() {
-                out.insert(seen.ids[0], data);
+            let bytes = peek(read_end, seen.first_fd)?;
+            if bytes.is_empty() {
+                continue;
+            }
+            let first = descs.iter_mut().find(|d| d.id == seen.ids[0]);
+            if let Some(FileKind::Pipe { data, .. }) = first.map(|d| &mut d.kind) {
+                *data = bytes;
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The bytes in flight are stored with one copy of the description only.
+    fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
+        if let (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. }) =
+            (&mut tree.kind, &copy.kind)
+        {
+            if tree.is_empty() {
+                tree.clone_from(data);
+            }
+        }
+    }
+
+    /// A new description for this pipe end (the pipe is made with its first end).
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        let FileKind::Pipe {
+            pipe_id,
+            write_end,
+            capacity,
+            data,
+        } = &desc.kind
+        else {
+            return Err(Error::Invalid(format!(
+                "description {} is not a pipe",
+                desc.id
+            )));
+        };
+        if !self.made.contains_key(pipe_id) {
+            let (r, w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+            process::set_pipe_capacity(w.as_fd(), *capacity as usize)
+                .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
+            self.made.insert(*pipe_id, (r, w));
+        }
+        let (r, w) = &self.made[pipe_id];
+        if !data.is_empty() {
+            let mut wf = File::from(w.try_clone().map_err(|e| Error::io("dup", e))?);
+            std::io::Write::write_all(&mut wf, data)
+                .map_err(|e| Error::io(format!("refill pipe:[{pipe_id}]"), e))?;
+        }
+        let end = if *write_end { w } else { r };
+        // Both ends were made by pipe(2) with O_CLOEXEC; status flags are set by the caller.
+        end.try_clone().map_err(|e| Error::io("dup", e))
     }
 }
 
@@ -115,43 +184,42 @@ fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
     Ok(data)
 }
 
-/// Creates restored pipes; each pipe is created when its first end is asked for.
-#[derive(Default)]
-pub struct PipeBuilder {
-    /// pipe id -> (read end, write end)
-    made: HashMap<u64, (OwnedFd, OwnedFd)>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl PipeBuilder {
-    /// Returns a new description for this pipe end (its own open file, with its flags).
-    pub fn open(&mut self, f: &FileDesc) -> Result<OwnedFd, Error> {
-        let FileKind::Pipe {
-            pipe_id,
-            write_end,
-            capacity,
-            data,
-        } = &f.kind
-        else {
-            return Err(Error::Invalid("not a pipe".into()));
-        };
-        if !self.made.contains_key(pipe_id) {
-            let (r, w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
-            process::set_pipe_capacity(w.as_fd(), *capacity as usize)
-                .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
-            self.made.insert(*pipe_id, (r, w));
+    fn end(id: u32, write_end: bool, data: &[u8]) -> FileDesc {
+        FileDesc {
+            id,
+            flags: if write_end { 1 } else { 0 },
+            pos: 0,
+            kind: FileKind::Pipe {
+                pipe_id: 9,
+                write_end,
+                capacity: 4096,
+                data: data.to_vec(),
+            },
         }
-        let (r, w) = &self.made[pipe_id];
-        if !data.is_empty() {
-            let mut wf = File::from(w.try_clone().map_err(|e| Error::io("dup", e))?);
-            std::io::Write::write_all(&mut wf, data)
-                .map_err(|e| Error::io(format!("refill pipe:[{pipe_id}]"), e))?;
-        }
-        let end = if *write_end { w } else { r };
-        // Both ends were made by pipe(2) with O_CLOEXEC; status flags (O_NONBLOCK) are per end.
-        let fd = end.try_clone().map_err(|e| Error::io("dup", e))?;
-        let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_ASYNC);
-        process::set_status_flags(fd.as_fd(), status)
-            .map_err(|e| Error::io("F_SETFL on pipe", e))?;
-        Ok(fd)
+    }
+
+    #[test]
+    fn merge_takes_the_data_from_the_copy_that_has_it() {
+        let mut tree = end(1, false, b"");
+        Pipes::default().merge(&mut tree, &end(1, false, b"abc"));
+        Pipes::default().merge(&mut tree, &end(1, false, b""));
+        assert_eq!(tree, end(1, false, b"abc"));
+    }
+
+    #[test]
+    fn restored_pipe_holds_the_bytes_once() {
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut pipes = Pipes::default();
+        let r = pipes.open(&end(1, false, b"abc"), &images).unwrap();
+        let w = pipes.open(&end(2, true, b""), &images).unwrap();
+        // Every write end closed: the reader sees the bytes, then end-of-file.
+        drop((w, pipes));
+        let mut got = Vec::new();
+        File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abc");
     }
 }

@@ -4,12 +4,45 @@
 //! bit n-1 standing for signal n (the format of SigBlk in /proc/PID/status). The signals
 //! themselves stay queued on the process and are dumped with it (see [`crate::task::signals`]).
 //!
-//! Restore: signalfd4(-1, mask) in the restorer, then the status flags.
+//! Restore: signalfd4(-1, mask) in the restorer; the status flags are set by
+//! [`super::open_all`].
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind};
+use stasis_image::{FileDesc, FileKind, ImageDir};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{OwnedFd, RawFd};
+
+/// The signalfd kind.
+#[derive(Default)]
+pub struct SignalFds;
+
+impl FileOps for SignalFds {
+    fn name(&self) -> &'static str {
+        "signalfd"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::SignalFd { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("[signalfd]")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+}
 
 /// Parses the `sigmask:` line of /proc/PID/fdinfo/N of a signalfd.
 pub fn parse_fdinfo(text: &str) -> Result<u64, String> {
@@ -29,7 +62,7 @@ pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
 }
 
 /// Creates the signalfd of description `f` in the restorer.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::SignalFd { mask } = &f.kind else {
         return Err(Error::Invalid(format!(
             "description {} is not a signalfd",
@@ -38,7 +71,6 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     };
     let fd = anon_files::signalfd(*mask, libc::SFD_CLOEXEC)
         .map_err(|e| Error::io(format!("signalfd with mask {mask:#x}"), e))?;
-    crate::files::set_anon_status_flags(&fd, f)?;
     Ok(fd)
 }
 

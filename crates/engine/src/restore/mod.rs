@@ -247,26 +247,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
 
     // Everything the children need, opened here: one description per id for the whole tree,
     // so descriptions shared between processes stay shared.
-    let mut union: Vec<stasis_image::FileDesc> = Vec::new();
-    for (image, _) in &loaded.processes {
-        for f in &image.files {
-            match union.iter_mut().find(|u| u.id == f.id) {
-                Some(u) => {
-                    if let (
-                        stasis_image::FileKind::Pipe { data: ud, .. },
-                        stasis_image::FileKind::Pipe { data, .. },
-                    ) = (&mut u.kind, &f.kind)
-                    {
-                        if ud.is_empty() {
-                            ud.clone_from(data);
-                        }
-                    }
-                }
-                None => union.push(f.clone()),
-            }
-        }
-    }
-    let descriptions = files::open_all(&opts.images, &union)?;
+    let descriptions = files::open_all(&opts.images, loaded.processes.iter().map(|(p, _)| p))?;
     let mut aux: Vec<OwnedFd> = Vec::new();
     let mut map_index = Vec::new();
     let mut exe_index = Vec::new();
@@ -291,7 +272,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             }
             if let VmaKind::Memfd { memfd_id } = &v.kind {
                 mi.insert(i, aux.len());
-                aux.push(memfd::open_for_mapping(&descriptions, &union, *memfd_id)?);
+                aux.push(memfd::open_for_mapping(&descriptions, *memfd_id)?);
             }
         }
         map_index.push(mi);
@@ -320,10 +301,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         .unwrap_or(0);
     let base = own_max.max(image_max) + 1;
     let park_from = base + aux.len() as RawFd;
-    let by_id: HashMap<u32, RawFd> = descriptions
-        .iter()
-        .map(|(id, fd)| (*id, fd.as_raw_fd()))
-        .collect();
+    let by_id = descriptions.raw_fds();
     let plan = TreePlan {
         loaded: &loaded,
         aux,
