@@ -12,7 +12,12 @@ pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     for &pid in &inventory.processes {
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
         let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-        stasis_image::validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
+        stasis_image::validate_process(
+            &image,
+            pages.len(),
+            &dir.path_of(&names::process(pid)),
+            &files::KindChecks,
+        )?;
         verify_data(dir, &image, &pages)?;
         let mut v = serde_json::to_value(&image)
             .map_err(|e| Error::Invalid(format!("encoding JSON: {e}")))?;

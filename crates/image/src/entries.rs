@@ -500,7 +500,12 @@ mod tests {
             if let Ok(img) = decode_record::<ProcessImage>(RecordKind::Process, &b, Path::new("x"))
             {
                 decoded += 1;
-                let _ = crate::validate_process(&img, 1 << 20, Path::new("x"));
+                let _ = crate::validate_process(
+                    &img,
+                    1 << 20,
+                    Path::new("x"),
+                    &crate::testing::NoFileChecks,
+                );
             }
         }
         assert!(

@@ -1,7 +1,17 @@
 //! Test support (feature `testing`, and this crate's own tests): a sample process record with
-//! one of everything.
+//! one of everything, and a [`FileChecks`] that accepts every file description.
 
 use crate::*;
+
+/// Per-kind file checks that accept everything (the image crate's own tests check the generic
+/// part of validation; the engine checks each kind).
+pub struct NoFileChecks;
+
+impl FileChecks for NoFileChecks {
+    fn check(&self, _p: &ProcessImage) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// A process record with one of everything: every kind of file description, mapping and
 /// timer. Shared by the round-trip, validation and mutation tests of this crate and the engine.

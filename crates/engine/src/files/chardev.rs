@@ -7,7 +7,7 @@
 
 use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -40,6 +40,13 @@ impl FileOps for CharDevices {
         })
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::CharDevice { path, .. } = &desc.kind else {
+            return Err("not a character device".into());
+        };
+        super::check_path(path)
+    }
+
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
         let FileKind::CharDevice { path, rdev } = &desc.kind else {
             return Err(Error::Invalid(format!(
@@ -64,6 +71,7 @@ impl FileOps for CharDevices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
 
     fn device(path: &str, rdev: u64) -> FileDesc {
         FileDesc {
@@ -74,6 +82,20 @@ mod tests {
                 path: path.into(),
                 rdev,
             },
+        }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        CharDevices
+            .validate(&device("/dev/null", 0x103), &p)
+            .unwrap();
+        for bad in ["dev/null", "/dev/\0null"] {
+            assert!(
+                CharDevices.validate(&device(bad, 0x103), &p).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -13,7 +13,7 @@
 
 use super::{blob, Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -61,6 +61,17 @@ impl FileOps for DeletedFiles {
         }
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Deleted { path, mode, .. } = &desc.kind else {
+            return Err("not a deleted file".into());
+        };
+        super::check_path(path)?;
+        if mode & !0o7777 != 0 {
+            return Err(format!("mode {mode:#o} has more than permission bits"));
+        }
+        Ok(())
+    }
+
     fn open(&mut self, desc: &FileDesc, images: &ImageDir) -> Result<OwnedFd, Error> {
         let FileKind::Deleted {
             path,
@@ -106,6 +117,37 @@ impl FileOps for DeletedFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    fn deleted(path: &str, mode: u32) -> FileDesc {
+        FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::Deleted {
+                path: path.into(),
+                mode,
+                len: 0,
+                crc: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        DeletedFiles
+            .validate(&deleted("/tmp/x", 0o4755), &p)
+            .unwrap();
+        assert!(DeletedFiles.validate(&deleted("x", 0o644), &p).is_err());
+        assert!(DeletedFiles.validate(&deleted("/x\0", 0o644), &p).is_err());
+        assert!(
+            DeletedFiles
+                .validate(&deleted("/tmp/x", 0o100644), &p)
+                .is_err(),
+            "file type bits"
+        );
+    }
 
     #[test]
     fn recreated_from_the_blob_and_deleted_again() {

@@ -8,7 +8,7 @@
 
 use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
@@ -43,6 +43,13 @@ impl FileOps for Directories {
         })
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Directory { path } = &desc.kind else {
+            return Err("not a directory".into());
+        };
+        super::check_path(path)
+    }
+
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
         let FileKind::Directory { path } = &desc.kind else {
             return Err(Error::Invalid(format!(
@@ -66,6 +73,7 @@ impl FileOps for Directories {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
 
     fn directory(path: &str) -> FileDesc {
         FileDesc {
@@ -73,6 +81,18 @@ mod tests {
             flags: 0,
             pos: 0,
             kind: FileKind::Directory { path: path.into() },
+        }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        Directories.validate(&directory("/tmp"), &p).unwrap();
+        for bad in ["tmp", "/t\0mp", ""] {
+            assert!(
+                Directories.validate(&directory(bad), &p).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -22,7 +22,7 @@
 
 use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{EpollWatch, FileDesc, FileKind, ImageDir};
+use stasis_image::{EpollWatch, FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
@@ -51,6 +51,29 @@ impl FileOps for Epolls {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         dump(fd.pid, fd.fd, &fd.fdinfo()?, fd.all_fds)
+    }
+
+    /// The watches of the process that owns the epoll must name fds of its table (a process
+    /// sharing the epoll has other fds).
+    fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Epoll { owner, watches } = &desc.kind else {
+            return Err("not an epoll".into());
+        };
+        if watches.len() > stasis_image::MAX_FDS {
+            return Err(format!("{} watches", watches.len()));
+        }
+        if *owner == image.pid {
+            if let Some(w) = watches
+                .iter()
+                .find(|w| !image.fds.iter().any(|e| e.fd == w.fd))
+            {
+                return Err(format!(
+                    "it watches fd {}, which is not in the fd table",
+                    w.fd
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
@@ -158,6 +181,50 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    /// The sample's epoll (owned by the sample process, watching its fd 3).
+    fn sample_epoll() -> (ProcessImage, FileDesc) {
+        let p = sample_process();
+        let desc = p
+            .files
+            .iter()
+            .find(|f| Epolls.owns(&f.kind))
+            .cloned()
+            .unwrap();
+        (p, desc)
+    }
+
+    #[test]
+    fn validate() {
+        let (mut p, desc) = sample_epoll();
+        Epolls.validate(&desc, &p).unwrap();
+        let mut other = desc.clone();
+        if let FileKind::Epoll { watches, .. } = &mut other.kind {
+            watches[0].fd = 99;
+        }
+        assert!(
+            Epolls.validate(&other, &p).is_err(),
+            "watch of an fd not in the table"
+        );
+        if let FileKind::Epoll { owner, .. } = &mut other.kind {
+            *owner += 1;
+        }
+        Epolls.validate(&other, &p).unwrap();
+        p.fds.retain(|f| f.fd != 3);
+        assert!(
+            Epolls.validate(&desc, &p).is_err(),
+            "epoll watch of an fd not in the table"
+        );
+        let mut many = desc.clone();
+        if let FileKind::Epoll { watches, .. } = &mut many.kind {
+            *watches = vec![watches[0]; stasis_image::MAX_FDS + 1];
+        }
+        assert!(
+            Epolls.validate(&many, &sample_process()).is_err(),
+            "too many"
+        );
+    }
 
     #[test]
     fn fdinfo() {

@@ -12,9 +12,12 @@
 
 use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+/// Highest value an eventfd counter can hold.
+const MAX_COUNT: u64 = u64::MAX - 1;
 
 /// The eventfd kind.
 #[derive(Default)]
@@ -40,6 +43,16 @@ impl FileOps for EventFds {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        match &desc.kind {
+            FileKind::EventFd { count, .. } if *count > MAX_COUNT => Err(format!(
+                "counter {count:#x} above the highest, {MAX_COUNT:#x}"
+            )),
+            FileKind::EventFd { .. } => Ok(()),
+            _ => Err("not an eventfd".into()),
+        }
     }
 
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
@@ -116,6 +129,23 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let desc = |count| FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::EventFd {
+                count,
+                semaphore: false,
+            },
+        };
+        EventFds.validate(&desc(MAX_COUNT), &p).unwrap();
+        assert!(EventFds.validate(&desc(u64::MAX), &p).is_err());
+    }
 
     #[test]
     fn restored_with_counter_and_flags() {

@@ -18,7 +18,7 @@
 //! watch lives as long as something else holds the object), one that cannot be opened by file
 //! handle (proc, sysfs and the like only give identifiers that cannot be opened), on no visible
 //! mount, or whose path cannot be found; and watch descriptors above
-//! [`stasis_image::MAX_INOTIFY_WD`]. A dumper that changed its fsuid (stasisd's worker acting
+//! [`MAX_INOTIFY_WD`]. A dumper that changed its fsuid (stasisd's worker acting
 //! for a user) has no CAP_DAC_READ_SEARCH in effect, so every watch is refused (EPERM).
 //!
 //! Restore: inotify_init1 in the restorer, then the watches in watch-descriptor order with
@@ -40,15 +40,21 @@
 
 use super::{FileOps, Probe, ProcessFiles};
 use crate::{files, procfs, Error};
-use stasis_image::{
-    FileDesc, FileKind, ImageDir, InotifyWatch, INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES,
-    MAX_INOTIFY_WD,
-};
+use stasis_image::{FileDesc, FileKind, ImageDir, InotifyWatch, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// Most watches one inotify instance may have in an image.
+pub const MAX_INOTIFY_WATCHES: usize = 1 << 20;
+/// Highest inotify watch descriptor an image may hold: restoring watch descriptor n creates and
+/// removes a throwaway watch for every unused number below n (about 5 µs each).
+pub const MAX_INOTIFY_WD: i32 = 1 << 22;
+/// The mask bits inotify_add_watch takes that a watch keeps: IN_ALL_EVENTS, IN_EXCL_UNLINK,
+/// IN_ONESHOT.
+pub const INOTIFY_WATCH_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
 
 /// The inotify kind.
 #[derive(Default)]
@@ -74,6 +80,32 @@ impl FileOps for Inotifies {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    /// Watches sorted by watch descriptor, unique, in the kernel's range and below the restore
+    /// bound; absolute paths; masks that inotify_add_watch takes and that watch something.
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Inotify { watches } = &desc.kind else {
+            return Err("not an inotify instance".into());
+        };
+        if watches.len() > MAX_INOTIFY_WATCHES {
+            return Err(format!("{} watches", watches.len()));
+        }
+        let mut prev_wd = 0;
+        for w in watches {
+            if w.wd <= prev_wd || w.wd > MAX_INOTIFY_WD {
+                return Err(format!(
+                    "watch descriptor {} after {prev_wd} (they must rise, up to {MAX_INOTIFY_WD})",
+                    w.wd
+                ));
+            }
+            prev_wd = w.wd;
+            files::check_path(&w.path).map_err(|e| format!("watch {}: {e}", w.wd))?;
+            if w.mask & !INOTIFY_WATCH_MASK != 0 || w.mask & libc::IN_ALL_EVENTS == 0 {
+                return Err(format!("watch {} has mask {:#x}", w.wd, w.mask));
+            }
+        }
+        Ok(())
     }
 
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
@@ -621,6 +653,50 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let sample = p
+            .files
+            .iter()
+            .find(|f| Inotifies.owns(&f.kind))
+            .cloned()
+            .unwrap();
+        Inotifies.validate(&sample, &p).unwrap();
+        type WatchEdit = fn(&mut Vec<InotifyWatch>);
+        let edits: [(&str, WatchEdit); 9] = [
+            ("inotify wd 0", |w| w[0].wd = 0),
+            ("inotify wds out of order", |w| w.swap(0, 1)),
+            ("inotify wd twice", |w| w[1].wd = w[0].wd),
+            ("inotify wd too high", |w| w[1].wd = MAX_INOTIFY_WD + 1),
+            ("inotify relative path", |w| w[0].path = "tmp/x".into()),
+            ("inotify path with NUL", |w| w[0].path = "/tmp/\0x".into()),
+            ("inotify mask without events", |w| w[0].mask = 0x8000_0000),
+            ("inotify internal mask bit", |w| w[0].mask |= 0x0800_0000),
+            ("too many watches", |w| {
+                let last = w[1].clone();
+                w.extend((0..MAX_INOTIFY_WATCHES as i32).map(|i| InotifyWatch {
+                    wd: last.wd + 1 + i,
+                    ..last.clone()
+                }))
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut f = sample.clone();
+            match &mut f.kind {
+                FileKind::Inotify { watches } => edit(watches),
+                _ => unreachable!(),
+            }
+            assert!(Inotifies.validate(&f, &p).is_err(), "{what}");
+        }
+        let mut f = sample.clone();
+        if let FileKind::Inotify { watches } = &mut f.kind {
+            watches[1].wd = MAX_INOTIFY_WD;
+        }
+        Inotifies.validate(&f, &p).unwrap();
+    }
 
     #[test]
     fn fdinfo() {

@@ -25,7 +25,7 @@
 use super::{blob, Class, FileOps, OpenedFiles, Probe, ProcessFiles};
 use crate::procfs::{self, MapEntry};
 use crate::Error;
-use stasis_image::{names, FileDesc, FileKind, ImageDir, VmaKind};
+use stasis_image::{names, FileDesc, FileKind, ImageDir, ProcessImage, VmaKind};
 use stasis_sys::{anon_files, Pid};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -34,6 +34,10 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 const LINK_PREFIX: &str = "/memfd:";
 const DELETED: &str = " (deleted)";
+/// Longest memfd name the kernel accepts (MFD_NAME_MAX_LEN).
+const MAX_NAME: usize = 249;
+/// The seals F_ADD_SEALS knows: SEAL, SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC.
+const KNOWN_SEALS: u32 = 0x3f;
 
 /// The memfd kind: at dump, the first description of each memfd in the tree (the one whose
 /// blob holds the contents); at restore, the memfds created so far.
@@ -115,6 +119,69 @@ impl FileOps for Memfds {
             FileKind::Memfd { len, crc, .. } => Some((*len, *crc)),
             _ => None,
         }
+    }
+
+    /// Every description of one memfd must describe the same file as the first one in the
+    /// record (name, seals, length, CRC).
+    fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Memfd {
+            memfd_id,
+            name,
+            mode,
+            seals,
+            len,
+            crc,
+            ..
+        } = &desc.kind
+        else {
+            return Err("not a memfd".into());
+        };
+        if name.len() > MAX_NAME || name.contains('\0') {
+            return Err(format!("bad name {name:?}"));
+        }
+        if mode & !0o7777 != 0 {
+            return Err(format!("mode {mode:#o} has more than permission bits"));
+        }
+        if seals & !KNOWN_SEALS != 0 {
+            return Err(format!("unknown seals {seals:#x}"));
+        }
+        let first = image.files.iter().find_map(|g| match &g.kind {
+            FileKind::Memfd {
+                memfd_id: m,
+                name: n,
+                seals: s,
+                len: l,
+                crc: c,
+                ..
+            } if m == memfd_id => Some((g.id, n, s, l, c)),
+            _ => None,
+        });
+        match first {
+            Some((_, n, s, l, c)) if (n, s, l, c) == (name, seals, len, crc) => Ok(()),
+            Some((id, ..)) => Err(format!(
+                "it disagrees with description {id} of the same memfd {memfd_id}"
+            )),
+            None => Err(format!("memfd {memfd_id} has no first description")),
+        }
+    }
+
+    /// Every mapping of a memfd refers to a memfd description of the record.
+    fn validate_image(&self, image: &ProcessImage) -> Result<(), String> {
+        for v in &image.vmas {
+            if let VmaKind::Memfd { memfd_id } = &v.kind {
+                if !image
+                    .files
+                    .iter()
+                    .any(|f| memfd_id_of(&f.kind) == Some(*memfd_id))
+                {
+                    return Err(format!(
+                        "mapping {:#x}-{:#x} refers to unknown memfd {memfd_id}",
+                        v.start, v.end
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The contents are stored with one description of each memfd only.
@@ -388,7 +455,76 @@ pub fn open_for_mapping(opened: &OpenedFiles, memfd_id: u64) -> Result<OwnedFd, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
     use stasis_sys::process;
+
+    /// The sample's memfd description (mapped by the sample process).
+    fn sample_memfd() -> (ProcessImage, FileDesc) {
+        let p = sample_process();
+        let desc = p
+            .files
+            .iter()
+            .find(|f| Memfds::default().owns(&f.kind))
+            .cloned()
+            .unwrap();
+        (p, desc)
+    }
+
+    #[test]
+    fn validate() {
+        let (p, desc) = sample_memfd();
+        let m = Memfds::default();
+        m.validate(&desc, &p).unwrap();
+        m.validate_image(&p).unwrap();
+        type Edit = fn(&mut FileKind);
+        let edits: [(&str, Edit); 4] = [
+            ("memfd name", |k| {
+                if let FileKind::Memfd { name, .. } = k {
+                    *name = "x".repeat(300)
+                }
+            }),
+            ("memfd name with NUL", |k| {
+                if let FileKind::Memfd { name, .. } = k {
+                    *name = "a\0b".into()
+                }
+            }),
+            ("memfd mode", |k| {
+                if let FileKind::Memfd { mode, .. } = k {
+                    *mode = 0o100644
+                }
+            }),
+            ("memfd seals", |k| {
+                if let FileKind::Memfd { seals, .. } = k {
+                    *seals = 0x40
+                }
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut p = p.clone();
+            let f = p.files.iter_mut().find(|f| f.id == desc.id).unwrap();
+            edit(&mut f.kind);
+            let f = f.clone();
+            assert!(m.validate(&f, &p).is_err(), "{what}");
+        }
+
+        // Two descriptions of one memfd that disagree.
+        let mut p2 = p.clone();
+        let mut other = desc.clone();
+        other.id = 70;
+        if let FileKind::Memfd { len, .. } = &mut other.kind {
+            *len = 1;
+        }
+        p2.files.push(other.clone());
+        assert!(
+            m.validate(&other, &p2).is_err(),
+            "two descriptions of one memfd disagree"
+        );
+
+        // A mapping of a memfd the record does not describe.
+        let mut p3 = p.clone();
+        p3.vmas[2].kind = VmaKind::Memfd { memfd_id: 1 };
+        assert!(m.validate_image(&p3).is_err(), "unknown memfd");
+    }
 
     #[test]
     fn names() {

@@ -15,12 +15,15 @@
 
 use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+/// Most bytes in flight a record may hold for one pipe.
+const MAX_PIPE_DATA: usize = 16 << 20;
 
 /// The pipe kind: ends seen at dump, pipes made at restore.
 #[derive(Default)]
@@ -112,6 +115,19 @@ impl FileOps for Pipes {
         Ok(())
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Pipe { data, capacity, .. } = &desc.kind else {
+            return Err("not a pipe".into());
+        };
+        if data.len() > MAX_PIPE_DATA || data.len() > *capacity as usize {
+            return Err(format!(
+                "{} bytes in flight in a pipe of capacity {capacity} (at most {MAX_PIPE_DATA})",
+                data.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The bytes in flight are stored with one copy of the description only.
     fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
         if let (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. }) =
@@ -187,6 +203,7 @@ fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
 
     fn end(id: u32, write_end: bool, data: &[u8]) -> FileDesc {
         FileDesc {
@@ -200,6 +217,28 @@ mod tests {
                 data: data.to_vec(),
             },
         }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        Pipes::default()
+            .validate(&end(1, false, &[7; 4096]), &p)
+            .unwrap();
+        assert!(
+            Pipes::default()
+                .validate(&end(1, false, &[7; 4097]), &p)
+                .is_err(),
+            "more data than the capacity"
+        );
+        let mut huge = end(1, false, &vec![7; MAX_PIPE_DATA + 1]);
+        if let FileKind::Pipe { capacity, .. } = &mut huge.kind {
+            *capacity = u32::MAX;
+        }
+        assert!(
+            Pipes::default().validate(&huge, &p).is_err(),
+            "too much data"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -54,6 +54,13 @@ impl FileOps for RegularFiles {
         })
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Regular { path, .. } = &desc.kind else {
+            return Err("not a regular file".into());
+        };
+        super::check_path(path)
+    }
+
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
         let FileKind::Regular { path, dev, ino, .. } = &desc.kind else {
             return Err(Error::Invalid(format!(
@@ -81,6 +88,7 @@ impl FileOps for RegularFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
 
     fn regular(path: &str) -> FileDesc {
         FileDesc {
@@ -94,6 +102,17 @@ mod tests {
                 size: 3,
             },
         }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        RegularFiles.validate(&regular("/tmp/f"), &p).unwrap();
+        for bad in ["tmp/f", "", "/tmp/\0f"] {
+            assert!(RegularFiles.validate(&regular(bad), &p).is_err(), "{bad:?}");
+        }
+        let long = format!("/{}", "x".repeat(stasis_image::MAX_PATH));
+        assert!(RegularFiles.validate(&regular(&long), &p).is_err());
     }
 
     #[test]

@@ -10,10 +10,13 @@
 
 use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::process;
 use std::fs::File;
 use std::os::fd::OwnedFd;
+
+/// Longest reply a record may queue (one SOCK_SEQPACKET message).
+const MAX_REPLY: usize = 4096;
 
 /// The self-dump connection kind.
 #[derive(Default)]
@@ -50,6 +53,19 @@ impl FileOps for ServiceConnections {
         false
     }
 
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::ServiceSocket { reply } = &desc.kind else {
+            return Err("not a service connection".into());
+        };
+        if reply.len() > MAX_REPLY {
+            return Err(format!(
+                "a reply of {} bytes, more than {MAX_REPLY}",
+                reply.len()
+            ));
+        }
+        Ok(())
+    }
+
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
         let FileKind::ServiceSocket { reply } = &desc.kind else {
             return Err(Error::Invalid(format!(
@@ -69,6 +85,28 @@ impl FileOps for ServiceConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let ok = FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::ServiceSocket {
+                reply: vec![1; MAX_REPLY],
+            },
+        };
+        ServiceConnections.validate(&ok, &p).unwrap();
+        let long = FileDesc {
+            kind: FileKind::ServiceSocket {
+                reply: vec![1; MAX_REPLY + 1],
+            },
+            ..ok
+        };
+        assert!(ServiceConnections.validate(&long, &p).is_err());
+    }
 
     #[test]
     fn the_restored_end_reads_the_reply_then_eof() {

@@ -9,9 +9,12 @@
 
 use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{OwnedFd, RawFd};
+
+/// Bits of SIGKILL and SIGSTOP, which the kernel never leaves in a signalfd's mask.
+const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
 
 /// The signalfd kind.
 #[derive(Default)]
@@ -37,6 +40,16 @@ impl FileOps for SignalFds {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        match &desc.kind {
+            FileKind::SignalFd { mask } if mask & UNBLOCKABLE != 0 => Err(format!(
+                "mask {mask:#x} holds SIGKILL or SIGSTOP, which no signalfd reports"
+            )),
+            FileKind::SignalFd { .. } => Ok(()),
+            _ => Err("not a signalfd".into()),
+        }
     }
 
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
@@ -77,6 +90,22 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let desc = |mask| FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::SignalFd { mask },
+        };
+        SignalFds.validate(&desc(1 << 9), &p).unwrap();
+        SignalFds.validate(&desc(0), &p).unwrap();
+        assert!(SignalFds.validate(&desc(1 << 8), &p).is_err(), "SIGKILL");
+        assert!(SignalFds.validate(&desc(1 << 18), &p).is_err(), "SIGSTOP");
+    }
 
     #[test]
     fn fdinfo() {

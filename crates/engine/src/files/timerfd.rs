@@ -26,13 +26,23 @@
 
 use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 const TFD_TIMER_ABSTIME: u32 = 1;
 const TFD_TIMER_CANCEL_ON_SET: u32 = 2;
 const NS: u64 = 1_000_000_000;
+/// The clocks timerfd_create takes: REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM,
+/// BOOTTIME_ALARM.
+const CLOCKS: [i32; 5] = [
+    libc::CLOCK_REALTIME,
+    libc::CLOCK_MONOTONIC,
+    libc::CLOCK_BOOTTIME,
+    libc::CLOCK_REALTIME_ALARM,
+    libc::CLOCK_BOOTTIME_ALARM,
+];
+
 /// The timerfd kind.
 #[derive(Default)]
 pub struct TimerFds;
@@ -57,6 +67,26 @@ impl FileOps for TimerFds {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::TimerFd {
+            clockid,
+            settime_flags,
+            ..
+        } = &desc.kind
+        else {
+            return Err("not a timerfd".into());
+        };
+        if !CLOCKS.contains(clockid) {
+            return Err(format!(
+                "clock {clockid}, which timerfd_create does not take"
+            ));
+        }
+        if settime_flags & !(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET) != 0 {
+            return Err(format!("unknown settime flags {settime_flags:#o}"));
+        }
+        Ok(())
     }
 
     fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
@@ -226,6 +256,35 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let desc = |clockid, settime_flags| FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::TimerFd {
+                clockid,
+                settime_flags,
+                ticks: 0,
+                interval_ns: 0,
+                remaining_ns: 0,
+                deadline_ns: 0,
+            },
+        };
+        for clock in CLOCKS {
+            TimerFds.validate(&desc(clock, 3), &p).unwrap();
+        }
+        for clock in [-1, 2, 3, 4, 5, 6, 10, 11] {
+            assert!(
+                TimerFds.validate(&desc(clock, 0), &p).is_err(),
+                "clock {clock}"
+            );
+        }
+        assert!(TimerFds.validate(&desc(1, 4), &p).is_err(), "flags");
+    }
 
     #[test]
     fn fdinfo() {
