@@ -143,7 +143,7 @@ pub struct Vma {
     /// Offset in the mapped file, in bytes.
     pub file_offset: u64,
     pub kind: VmaKind,
-    /// The name /proc/PID/maps shows (path, "[heap]", "[stack]", ...), for humans.
+    /// The name /proc/PID/maps shows (path, "\[heap\]", "\[stack\]", ...), for humans.
     pub name: String,
     /// For shared anonymous memory: the identity (inode) of the memory object, the same in
     /// every process that shares it; its pages are stored with the first process that maps it.
@@ -169,7 +169,7 @@ pub enum VmaKind {
     VvarVclock,
     Vsyscall,
     /// A mapping of a memfd: the `FileKind::Memfd` descriptions with this `memfd_id` hold
-    /// its contents (engine::memfd); restore maps the recreated memfd.
+    /// its contents (engine::files::memfd); restore maps the recreated memfd.
     Memfd {
         memfd_id: u64,
     },
@@ -186,6 +186,8 @@ pub struct PageRun {
 }
 
 /// An open file description (engine::files). Several fds may refer to one.
+/// Each kind of file is dumped, checked (beyond what [`crate::validate_process`] checks for
+/// every kind) and restored by its own module, `engine::files::KIND`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDesc {
     pub id: u32,
@@ -198,48 +200,42 @@ pub struct FileDesc {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
-    /// A regular file reopened by path; `size` is recorded to detect replaced files.
+    /// A regular file reopened by path (engine::files::regular); `size` is recorded to detect
+    /// replaced files.
     Regular {
         path: String,
         dev: u64,
         ino: u64,
         size: u64,
     },
-    /// A regular file deleted while open; its contents are in `blob-ID.img` (`len` bytes, `crc`).
+    /// A regular file deleted while open (engine::files::deleted); its contents are in
+    /// `blob-ID.img` (`len` bytes, `crc`).
     Deleted {
         path: String,
         mode: u32,
         len: u64,
         crc: u32,
     },
-    Directory {
-        path: String,
-    },
-    /// A character device reopened by path; `rdev` must match at restore.
-    CharDevice {
-        path: String,
-        rdev: u64,
-    },
-    /// One end of a pipe. `pipe_id` (the pipe's inode) links the ends; the bytes in flight are
-    /// stored once, with the first end dumped.
+    /// A directory reopened by path (engine::files::directory).
+    Directory { path: String },
+    /// A character device reopened by path (engine::files::chardev); `rdev` must match at
+    /// restore.
+    CharDevice { path: String, rdev: u64 },
+    /// One end of a pipe (engine::files::pipe). `pipe_id` (the pipe's inode) links the ends;
+    /// the bytes in flight are stored once, with the first end dumped.
     Pipe {
         pipe_id: u64,
         write_end: bool,
         capacity: u32,
         data: Vec<u8>,
     },
-    /// The caller's connection to stasisd during a self-dump. It comes back as a
-    /// SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so the
-    /// restored process reads "you were restored" from it.
-    ServiceSocket {
-        reply: Vec<u8>,
-    },
-    /// An eventfd (engine::eventfd): the counter's value and EFD_SEMAPHORE.
-    EventFd {
-        count: u64,
-        semaphore: bool,
-    },
-    /// A timerfd (engine::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
+    /// The caller's connection to stasisd during a self-dump (engine::files::service). It comes
+    /// back as a SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so
+    /// the restored process reads "you were restored" from it.
+    ServiceSocket { reply: Vec<u8> },
+    /// An eventfd (engine::files::eventfd): the counter's value and EFD_SEMAPHORE.
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd (engine::files::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
     /// TFD_TIMER_CANCEL_ON_SET given to timerfd_settime. `remaining_ns` is the time to the next
     /// expiry when the process was frozen (0: disarmed, or expired and waiting to be read);
     /// `deadline_ns` is, for an absolute timer on CLOCK_REALTIME or CLOCK_REALTIME_ALARM, the
@@ -252,17 +248,15 @@ pub enum FileKind {
         remaining_ns: u64,
         deadline_ns: u64,
     },
-    /// A signalfd (engine::signalfd): bit n-1 of `mask` stands for signal n.
-    SignalFd {
-        mask: u64,
-    },
-    /// An epoll instance (engine::epoll) with the files it watches, by their fd numbers in
+    /// A signalfd (engine::files::signalfd): bit n-1 of `mask` stands for signal n.
+    SignalFd { mask: u64 },
+    /// An epoll instance (engine::files::epoll) with the files it watches, by their fd numbers in
     /// process `owner` (the process dumped with it; in a tree, others may share it).
     Epoll {
         owner: i32,
         watches: Vec<EpollWatch>,
     },
-    /// A memfd (engine::memfd). Every description of one memfd carries the same fields and
+    /// A memfd (engine::files::memfd). Every description of one memfd carries the same fields and
     /// `memfd_id` (its inode number at dump time); its contents (`len` bytes, CRC-32C `crc`)
     /// are in `blob-ID.img` of the first of those descriptions in `files`. `seals` as
     /// F_GET_SEALS reports them (F_SEAL_SEAL alone: created without MFD_ALLOW_SEALING);
@@ -277,11 +271,9 @@ pub enum FileKind {
         len: u64,
         crc: u32,
     },
-    /// An inotify instance (engine::inotify) with its watches, sorted by watch descriptor.
+    /// An inotify instance (engine::files::inotify) with its watches, sorted by watch descriptor.
     /// Events queued but not read at dump time are not kept.
-    Inotify {
-        watches: Vec<InotifyWatch>,
-    },
+    Inotify { watches: Vec<InotifyWatch> },
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands
