@@ -359,7 +359,6 @@ fn refusal(fd: &Probe<'_>) -> Error {
 /// The files of one process being dumped: its descriptions and fd table so far, and the
 /// contents to store as blobs.
 pub struct ProcessFiles<'a> {
-    pid: Pid,
     files: Vec<FileDesc>,
     fds: Vec<FdEntry>,
     blobs: Vec<(u32, File)>,
@@ -367,10 +366,6 @@ pub struct ProcessFiles<'a> {
 }
 
 impl ProcessFiles<'_> {
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-
     /// The descriptions of the process so far.
     pub fn descriptions(&self) -> &[FileDesc] {
         &self.files
@@ -492,7 +487,6 @@ pub fn dump(
         next_id,
     } = registry;
     let mut out = ProcessFiles {
-        pid,
         files: Vec::new(),
         fds: Vec::new(),
         blobs: Vec::new(),
