@@ -2,10 +2,8 @@
 //! Page and blob contents are not printed, only where they are and their checksums; they are
 //! read and checked, so `show` also verifies a whole image directory.
 
-use crate::Error;
-use stasis_image::{
-    names, read_record, FileKind, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
-};
+use crate::{files, Error};
+use stasis_image::{names, read_record, ImageDir, Inventory, ProcessImage, RawReader, RecordKind};
 
 /// Decodes the inventory and every process record; checks the raw files' headers.
 pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
@@ -14,7 +12,12 @@ pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     for &pid in &inventory.processes {
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
         let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-        stasis_image::validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
+        stasis_image::validate_process(
+            &image,
+            pages.len(),
+            &dir.path_of(&names::process(pid)),
+            &files::KindChecks,
+        )?;
         verify_data(dir, &image, &pages)?;
         let mut v = serde_json::to_value(&image)
             .map_err(|e| Error::Invalid(format!("encoding JSON: {e}")))?;
@@ -33,7 +36,7 @@ pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     }))
 }
 
-/// Reads every page run and blob and checks its CRC.
+/// Reads every page run and blob and checks its CRC (blobs through their kind's module).
 fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
     let mut buf = vec![0u8; 1 << 20];
     for r in &image.page_runs {
@@ -52,26 +55,5 @@ fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Resul
             }));
         }
     }
-    let mut buf = Vec::new();
-    for f in &image.files {
-        if let FileKind::Deleted { len, crc, .. } = &f.kind {
-            let blob = RawReader::open(dir, &names::blob(f.id), RecordKind::Blob)?;
-            if blob.len() != *len {
-                return Err(Error::Invalid(format!(
-                    "{} holds {} bytes, the image expects {len}",
-                    names::blob(f.id),
-                    blob.len()
-                )));
-            }
-            buf.resize(*len as usize, 0);
-            blob.read_extent(0, &mut buf, *crc)?;
-        }
-        // A memfd's contents are stored with one of its descriptions only.
-        if let FileKind::Memfd { len, crc, .. } = &f.kind {
-            if dir.exists(&names::blob(f.id)) {
-                crate::files::memfd::verify_blob(dir, f.id, *len, *crc)?;
-            }
-        }
-    }
-    Ok(())
+    files::verify(dir, image)
 }

@@ -169,7 +169,7 @@ pub enum VmaKind {
     VvarVclock,
     Vsyscall,
     /// A mapping of a memfd: the `FileKind::Memfd` descriptions with this `memfd_id` hold
-    /// its contents (engine::memfd); restore maps the recreated memfd.
+    /// its contents (engine::files::memfd); restore maps the recreated memfd.
     Memfd {
         memfd_id: u64,
     },
@@ -186,6 +186,8 @@ pub struct PageRun {
 }
 
 /// An open file description (engine::files). Several fds may refer to one.
+/// Each kind of file is dumped, checked (beyond what [`crate::validate_process`] checks for
+/// every kind) and restored by its own module, `engine::files::KIND`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDesc {
     pub id: u32,
@@ -198,48 +200,42 @@ pub struct FileDesc {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
-    /// A regular file reopened by path; `size` is recorded to detect replaced files.
+    /// A regular file reopened by path (engine::files::regular); `size` is recorded to detect
+    /// replaced files.
     Regular {
         path: String,
         dev: u64,
         ino: u64,
         size: u64,
     },
-    /// A regular file deleted while open; its contents are in `blob-ID.img` (`len` bytes, `crc`).
+    /// A regular file deleted while open (engine::files::deleted); its contents are in
+    /// `blob-ID.img` (`len` bytes, `crc`).
     Deleted {
         path: String,
         mode: u32,
         len: u64,
         crc: u32,
     },
-    Directory {
-        path: String,
-    },
-    /// A character device reopened by path; `rdev` must match at restore.
-    CharDevice {
-        path: String,
-        rdev: u64,
-    },
-    /// One end of a pipe. `pipe_id` (the pipe's inode) links the ends; the bytes in flight are
-    /// stored once, with the first end dumped.
+    /// A directory reopened by path (engine::files::directory).
+    Directory { path: String },
+    /// A character device reopened by path (engine::files::chardev); `rdev` must match at
+    /// restore.
+    CharDevice { path: String, rdev: u64 },
+    /// One end of a pipe (engine::files::pipe). `pipe_id` (the pipe's inode) links the ends;
+    /// the bytes in flight are stored once, with the first end dumped.
     Pipe {
         pipe_id: u64,
         write_end: bool,
         capacity: u32,
         data: Vec<u8>,
     },
-    /// The caller's connection to stasisd during a self-dump. It comes back as a
-    /// SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so the
-    /// restored process reads "you were restored" from it.
-    ServiceSocket {
-        reply: Vec<u8>,
-    },
-    /// An eventfd (engine::eventfd): the counter's value and EFD_SEMAPHORE.
-    EventFd {
-        count: u64,
-        semaphore: bool,
-    },
-    /// A timerfd (engine::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
+    /// The caller's connection to stasisd during a self-dump (engine::files::service). It comes
+    /// back as a SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so
+    /// the restored process reads "you were restored" from it.
+    ServiceSocket { reply: Vec<u8> },
+    /// An eventfd (engine::files::eventfd): the counter's value and EFD_SEMAPHORE.
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd (engine::files::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
     /// TFD_TIMER_CANCEL_ON_SET given to timerfd_settime. `remaining_ns` is the time to the next
     /// expiry when the process was frozen (0: disarmed, or expired and waiting to be read);
     /// `deadline_ns` is, for an absolute timer on CLOCK_REALTIME or CLOCK_REALTIME_ALARM, the
@@ -252,17 +248,15 @@ pub enum FileKind {
         remaining_ns: u64,
         deadline_ns: u64,
     },
-    /// A signalfd (engine::signalfd): bit n-1 of `mask` stands for signal n.
-    SignalFd {
-        mask: u64,
-    },
-    /// An epoll instance (engine::epoll) with the files it watches, by their fd numbers in
+    /// A signalfd (engine::files::signalfd): bit n-1 of `mask` stands for signal n.
+    SignalFd { mask: u64 },
+    /// An epoll instance (engine::files::epoll) with the files it watches, by their fd numbers in
     /// process `owner` (the process dumped with it; in a tree, others may share it).
     Epoll {
         owner: i32,
         watches: Vec<EpollWatch>,
     },
-    /// A memfd (engine::memfd). Every description of one memfd carries the same fields and
+    /// A memfd (engine::files::memfd). Every description of one memfd carries the same fields and
     /// `memfd_id` (its inode number at dump time); its contents (`len` bytes, CRC-32C `crc`)
     /// are in `blob-ID.img` of the first of those descriptions in `files`. `seals` as
     /// F_GET_SEALS reports them (F_SEAL_SEAL alone: created without MFD_ALLOW_SEALING);
@@ -277,11 +271,9 @@ pub enum FileKind {
         len: u64,
         crc: u32,
     },
-    /// An inotify instance (engine::inotify) with its watches, sorted by watch descriptor.
+    /// An inotify instance (engine::files::inotify) with its watches, sorted by watch descriptor.
     /// Events queued but not read at dump time are not kept.
-    Inotify {
-        watches: Vec<InotifyWatch>,
-    },
+    Inotify { watches: Vec<InotifyWatch> },
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands
@@ -429,341 +421,11 @@ pub struct Regs {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::sample_process;
     use crate::{decode_record, encode_record, RecordKind};
     use std::path::Path;
-
-    /// A process record with one of everything; shared by the round-trip and validation tests.
-    pub(crate) fn sample_process() -> ProcessImage {
-        ProcessImage {
-            pid: 42,
-            ppid: 1,
-            pgid: 42,
-            sid: 42,
-            task: TaskState {
-                comm: "demo".into(),
-                exe_path: "/bin/demo".into(),
-                cwd: "/tmp".into(),
-                root: "/".into(),
-                umask: 0o22,
-                personality: 0,
-                rlimits: vec![Rlimit {
-                    resource: 7,
-                    soft: 1024,
-                    hard: 4096,
-                }],
-                pdeathsig: 0,
-                dumpable: 1,
-                child_subreaper: false,
-            },
-            creds: Creds {
-                uids: [0; 4],
-                gids: [0; 4],
-                groups: vec![0],
-                cap_inheritable: 0,
-                cap_permitted: u64::MAX >> 23,
-                cap_effective: u64::MAX >> 23,
-                cap_bounding: u64::MAX >> 23,
-                cap_ambient: 0,
-                no_new_privs: false,
-                securebits: 0,
-                keepcaps: false,
-            },
-            mm: MmFields {
-                start_code: 0x400000,
-                end_code: 0x401000,
-                start_data: 0x402000,
-                end_data: 0x403000,
-                start_brk: 0x500000,
-                brk: 0x521000,
-                start_stack: 0x7ffc0000f000,
-                arg_start: 0x7ffc0000f100,
-                arg_end: 0x7ffc0000f200,
-                env_start: 0x7ffc0000f200,
-                env_end: 0x7ffc0000f300,
-                auxv: vec![6, 4096, 0, 0],
-            },
-            vmas: vec![
-                Vma {
-                    start: 0x400000,
-                    end: 0x401000,
-                    prot: 5,
-                    shared: false,
-                    growsdown: false,
-                    file_offset: 0,
-                    kind: VmaKind::File {
-                        path: "/bin/demo".into(),
-                        dev: 1,
-                        ino: 2,
-                        size: 4096,
-                    },
-                    name: "/bin/demo".into(),
-                    shmem_id: 0,
-                },
-                Vma {
-                    start: 0x500000,
-                    end: 0x521000,
-                    prot: 3,
-                    shared: false,
-                    growsdown: false,
-                    file_offset: 0,
-                    kind: VmaKind::Anonymous,
-                    name: "[heap]".into(),
-                    shmem_id: 0,
-                },
-                Vma {
-                    start: 0x600000,
-                    end: 0x602000,
-                    prot: 3,
-                    shared: true,
-                    growsdown: false,
-                    file_offset: 0,
-                    kind: VmaKind::Memfd { memfd_id: 66 },
-                    name: "/memfd:shm (deleted)".into(),
-                    shmem_id: 0,
-                },
-                Vma {
-                    start: 0x7ffc00000000,
-                    end: 0x7ffc00010000,
-                    prot: 3,
-                    shared: false,
-                    growsdown: true,
-                    file_offset: 0,
-                    kind: VmaKind::Anonymous,
-                    name: "[stack]".into(),
-                    shmem_id: 0,
-                },
-                Vma {
-                    start: 0x7ffd00000000,
-                    end: 0x7ffd00004000,
-                    prot: 1,
-                    shared: false,
-                    growsdown: false,
-                    file_offset: 0,
-                    kind: VmaKind::Vvar,
-                    name: "[vvar]".into(),
-                    shmem_id: 0,
-                },
-                Vma {
-                    start: 0x7ffd00004000,
-                    end: 0x7ffd00006000,
-                    prot: 5,
-                    shared: false,
-                    growsdown: false,
-                    file_offset: 0,
-                    kind: VmaKind::Vdso,
-                    name: "[vdso]".into(),
-                    shmem_id: 0,
-                },
-            ],
-            page_runs: vec![PageRun {
-                addr: 0x500000,
-                npages: 2,
-                offset: 0,
-                crc: 1,
-            }],
-            files: vec![
-                FileDesc {
-                    id: 0,
-                    flags: 2,
-                    pos: 0,
-                    kind: FileKind::CharDevice {
-                        path: "/dev/null".into(),
-                        rdev: 0x103,
-                    },
-                },
-                FileDesc {
-                    id: 1,
-                    flags: 0,
-                    pos: 0,
-                    kind: FileKind::Pipe {
-                        pipe_id: 9,
-                        write_end: false,
-                        capacity: 65536,
-                        data: b"hi".to_vec(),
-                    },
-                },
-                FileDesc {
-                    id: 2,
-                    flags: 0o4002,
-                    pos: 0,
-                    kind: FileKind::EventFd {
-                        count: 0x1_0000_0005,
-                        semaphore: true,
-                    },
-                },
-                FileDesc {
-                    id: 3,
-                    flags: 2,
-                    pos: 0,
-                    kind: FileKind::TimerFd {
-                        clockid: 0,
-                        settime_flags: 3,
-                        ticks: 2,
-                        interval_ns: 1_000_000,
-                        remaining_ns: 5_000,
-                        deadline_ns: 1_700_000_000_000_000_000,
-                    },
-                },
-                FileDesc {
-                    id: 4,
-                    flags: 2,
-                    pos: 0,
-                    kind: FileKind::SignalFd { mask: 1 << 9 },
-                },
-                FileDesc {
-                    id: 5,
-                    flags: 2,
-                    pos: 0,
-                    kind: FileKind::Epoll {
-                        owner: 42,
-                        watches: vec![EpollWatch {
-                            fd: 3,
-                            events: 0x8000_0019,
-                            data: 0x1122_3344_5566_7788,
-                        }],
-                    },
-                },
-                FileDesc {
-                    id: 6,
-                    flags: 0o100002,
-                    pos: 17,
-                    kind: FileKind::Memfd {
-                        memfd_id: 66,
-                        name: "shm".into(),
-                        mode: 0o777,
-                        uid: 0,
-                        gid: 0,
-                        seals: 6,
-                        len: 8192,
-                        crc: 7,
-                    },
-                },
-                FileDesc {
-                    id: 7,
-                    flags: 0o4000,
-                    pos: 0,
-                    kind: FileKind::Inotify {
-                        watches: vec![
-                            InotifyWatch {
-                                wd: 1,
-                                path: "/tmp/watched".into(),
-                                mask: 0x8000_0fff,
-                                sdev: 0xfe0_0000,
-                                ino: 0x99_0598,
-                            },
-                            InotifyWatch {
-                                wd: 3,
-                                path: "/tmp/watched/file".into(),
-                                mask: 0x0400_0002,
-                                sdev: 0xfe0_0000,
-                                ino: 0x99_0599,
-                            },
-                        ],
-                    },
-                },
-            ],
-            fds: vec![
-                FdEntry {
-                    fd: 0,
-                    file_id: 0,
-                    cloexec: false,
-                },
-                FdEntry {
-                    fd: 3,
-                    file_id: 1,
-                    cloexec: true,
-                },
-                FdEntry {
-                    fd: 4,
-                    file_id: 2,
-                    cloexec: false,
-                },
-                FdEntry {
-                    fd: 5,
-                    file_id: 3,
-                    cloexec: false,
-                },
-                FdEntry {
-                    fd: 6,
-                    file_id: 4,
-                    cloexec: false,
-                },
-                FdEntry {
-                    fd: 7,
-                    file_id: 5,
-                    cloexec: true,
-                },
-                FdEntry {
-                    fd: 8,
-                    file_id: 6,
-                    cloexec: false,
-                },
-                FdEntry {
-                    fd: 9,
-                    file_id: 7,
-                    cloexec: true,
-                },
-            ],
-            signals: ProcessSignals {
-                actions: vec![SigAction {
-                    sig: 10,
-                    handler: 0x401000,
-                    flags: 0x4000000,
-                    restorer: 0x401100,
-                    mask: 0,
-                }],
-                shared_pending: vec![Siginfo {
-                    signo: 10,
-                    raw: vec![0; 128],
-                }],
-            },
-            itimers: vec![ITimer {
-                which: 0,
-                interval_us: 0,
-                value_us: 5,
-            }],
-            threads: vec![ThreadImage {
-                tid: 42,
-                comm: "demo".into(),
-                regs: Regs {
-                    rip: 0x400100,
-                    rsp: 0x7ffc0000e000,
-                    ..Default::default()
-                },
-                xstate: vec![0; 832],
-                sigmask: 0,
-                pending: vec![],
-                altstack: AltStack {
-                    sp: 0,
-                    flags: 2,
-                    size: 0,
-                },
-                rseq: Some(Rseq {
-                    addr: 0x7ffc0000d000,
-                    len: 32,
-                    signature: 0x53053053,
-                }),
-                robust_list: 0,
-                robust_list_len: 24,
-                clear_child_tid: 0,
-            }],
-            posix_timers: vec![PosixTimer {
-                id: 2,
-                clock: 1,
-                notify: 0,
-                signo: 12,
-                sival: 0xabc,
-                tid: 42,
-                value_ns: 2_500_000_000,
-                interval_ns: 1_000_000_000,
-                overrun: 0,
-            }],
-            shares_fd_table_with: 0,
-            shares_fs_with: 0,
-        }
-    }
 
     #[test]
     fn process_round_trip() {
@@ -830,7 +492,12 @@ pub(crate) mod tests {
             if let Ok(img) = decode_record::<ProcessImage>(RecordKind::Process, &b, Path::new("x"))
             {
                 decoded += 1;
-                let _ = crate::validate_process(&img, 1 << 20, Path::new("x"));
+                let _ = crate::validate_process(
+                    &img,
+                    1 << 20,
+                    Path::new("x"),
+                    &crate::testing::NoFileChecks,
+                );
             }
         }
         assert!(

@@ -36,6 +36,8 @@ mod dir;
 mod entries;
 mod frame;
 mod raw;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod validate;
 
 pub use dir::ImageDir;
@@ -45,8 +47,7 @@ pub use frame::{
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
 pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
-pub use validate::validate_process;
-pub use validate::{INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES, MAX_INOTIFY_WD};
+pub use validate::{valid_absolute_path, validate_process, FileChecks, MAX_FDS, MAX_PATH};
 
 use std::path::PathBuf;
 

@@ -47,18 +47,8 @@ pub(crate) fn collect_tree(
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
     }
-    // Pipes are complete only once every process is seen. The bytes in flight are stored
-    // once, with the first process that has the description.
-    let mut pipe_data = registry.finish(&tree.pids())?;
-    for c in &mut collected {
-        for f in &mut c.image.files {
-            if let stasis_image::FileKind::Pipe { data, .. } = &mut f.kind {
-                if let Some(d) = pipe_data.remove(&f.id) {
-                    *data = d;
-                }
-            }
-        }
-    }
+    // Objects that span processes (pipes) are complete only once every process is seen.
+    registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
     Ok(collected)
 }
 

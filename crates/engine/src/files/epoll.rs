@@ -11,20 +11,105 @@
 //! process like any other.
 //!
 //! Restore: the restorer creates an empty epoll instance; the registrations are made in the
-//! restore child itself (of the process the epoll was dumped with, when a tree shares it), right after it laid out its fd table ([`register_in_child`], called
-//! from [`crate::files::after_layout_in_child`]), because they name fds by their final numbers.
+//! restore child itself (of the process the epoll was dumped with, when a tree shares it),
+//! right after it laid out its fd table ([`FileOps::after_layout_in_child`]), because they
+//! name fds by their final numbers.
 //! EPOLL_CTL_ADD gets the dumped events and data as they are. Readiness is computed afresh by
 //! the kernel: a level-triggered event that is still true is reported again, and so is an
 //! edge-triggered one whose condition holds (the kernel checks readiness when a file is added).
 //! A one-shot registration that already fired (only the EPOLLONESHOT/EPOLLET bits left) comes
 //! back watching EPOLLERR and EPOLLHUP, which the kernel adds to every registration.
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{EpollWatch, FdEntry, FileDesc, FileKind};
+use stasis_image::{EpollWatch, FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
+
+/// The epoll kind.
+#[derive(Default)]
+pub struct Epolls;
+
+impl FileOps for Epolls {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Epoll { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("[eventpoll]")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?, fd.all_fds)
+    }
+
+    /// The watches of the process that owns the epoll must name fds of its table (a process
+    /// sharing the epoll has other fds).
+    fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Epoll { owner, watches } = &desc.kind else {
+            return Err("not an epoll".into());
+        };
+        if watches.len() > stasis_image::MAX_FDS {
+            return Err(format!("{} watches", watches.len()));
+        }
+        if *owner == image.pid {
+            if let Some(w) = watches
+                .iter()
+                .find(|w| !image.fds.iter().any(|e| e.fd == w.fd))
+            {
+                return Err(format!(
+                    "it watches fd {}, which is not in the fd table",
+                    w.fd
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+
+    /// Adds the watches of an epoll description the process owns (an epoll shared by several
+    /// processes of a tree gets its watches once, from the process that was dumped with it),
+    /// through the first fd that refers to it.
+    fn after_layout_in_child(
+        &self,
+        child: &ForkedChild,
+        pid: Pid,
+        desc: &FileDesc,
+        epfd: RawFd,
+    ) -> Result<(), String> {
+        let FileKind::Epoll { owner, watches } = &desc.kind else {
+            return Ok(());
+        };
+        if *owner != pid {
+            return Ok(());
+        }
+        for w in watches {
+            child
+                .epoll_add_raw(epfd, w.fd, w.events, w.data)
+                .map_err(|e| {
+                    format!(
+                        "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
+                        w.fd, w.events
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
 
 /// Parses the `tfd:` lines of /proc/PID/fdinfo/N of an epoll instance.
 pub fn parse_fdinfo(text: &str) -> Result<Vec<EpollWatch>, String> {
@@ -92,57 +177,63 @@ pub fn dump(pid: Pid, epfd: RawFd, fdinfo: &str, open_fds: &[RawFd]) -> Result<F
 }
 
 /// Creates the (empty) epoll instance of description `f` in the restorer.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     if !matches!(f.kind, FileKind::Epoll { .. }) {
         return Err(Error::Invalid(format!(
             "description {} is not an epoll",
             f.id
         )));
     }
-    let fd =
-        anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))?;
-    crate::files::set_anon_status_flags(&fd, f)?;
-    Ok(fd)
-}
-
-/// Runs in the restore child of process `pid` once every fd has its final number: adds the
-/// watches of each epoll description it owns (an epoll shared by several processes of a tree
-/// gets its watches once, from the process that was dumped with it), through the first fd
-/// that refers to the description.
-pub fn register_in_child(
-    child: &ForkedChild,
-    pid: Pid,
-    files: &[FileDesc],
-    table: &[FdEntry],
-) -> Result<(), String> {
-    for f in files {
-        let FileKind::Epoll { owner, watches } = &f.kind else {
-            continue;
-        };
-        if *owner != pid || watches.is_empty() {
-            continue;
-        }
-        // A description without fds (impossible for epoll today) has nothing to register.
-        let Some(epfd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
-            continue;
-        };
-        for w in watches {
-            child
-                .epoll_add_raw(epfd, w.fd, w.events, w.data)
-                .map_err(|e| {
-                    format!(
-                        "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
-                        w.fd, w.events
-                    )
-                })?;
-        }
-    }
-    Ok(())
+    anon_files::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| Error::io("epoll_create1", e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    /// The sample's epoll (owned by the sample process, watching its fd 3).
+    fn sample_epoll() -> (ProcessImage, FileDesc) {
+        let p = sample_process();
+        let desc = p
+            .files
+            .iter()
+            .find(|f| Epolls.owns(&f.kind))
+            .cloned()
+            .unwrap();
+        (p, desc)
+    }
+
+    #[test]
+    fn validate() {
+        let (mut p, desc) = sample_epoll();
+        Epolls.validate(&desc, &p).unwrap();
+        let mut other = desc.clone();
+        if let FileKind::Epoll { watches, .. } = &mut other.kind {
+            watches[0].fd = 99;
+        }
+        assert!(
+            Epolls.validate(&other, &p).is_err(),
+            "watch of an fd not in the table"
+        );
+        if let FileKind::Epoll { owner, .. } = &mut other.kind {
+            *owner += 1;
+        }
+        Epolls.validate(&other, &p).unwrap();
+        p.fds.retain(|f| f.fd != 3);
+        assert!(
+            Epolls.validate(&desc, &p).is_err(),
+            "epoll watch of an fd not in the table"
+        );
+        let mut many = desc.clone();
+        if let FileKind::Epoll { watches, .. } = &mut many.kind {
+            *watches = vec![watches[0]; stasis_image::MAX_FDS + 1];
+        }
+        assert!(
+            Epolls.validate(&many, &sample_process()).is_err(),
+            "too many"
+        );
+    }
 
     #[test]
     fn fdinfo() {

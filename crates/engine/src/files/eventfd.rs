@@ -6,13 +6,59 @@
 //! eventfd is then dumped as a plain counter.
 //!
 //! Restore: eventfd2(0, EFD_SEMAPHORE?) in the restorer, then one write(2) of the counter (the
-//! initial value of eventfd2 is only 32 bits wide, a write takes the whole u64), then the status
-//! flags. The description is inherited by the new process like any other.
+//! initial value of eventfd2 is only 32 bits wide, a write takes the whole u64); the status
+//! flags are set by [`super::open_all`]. The description is inherited by the new process like
+//! any other.
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+/// Highest value an eventfd counter can hold.
+const MAX_COUNT: u64 = u64::MAX - 1;
+
+/// The eventfd kind.
+#[derive(Default)]
+pub struct EventFds;
+
+impl FileOps for EventFds {
+    fn name(&self) -> &'static str {
+        "eventfd"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::EventFd { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("[eventfd]")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        match &desc.kind {
+            FileKind::EventFd { count, .. } if *count > MAX_COUNT => Err(format!(
+                "counter {count:#x} above the highest, {MAX_COUNT:#x}"
+            )),
+            FileKind::EventFd { .. } => Ok(()),
+            _ => Err("not an eventfd".into()),
+        }
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+}
 
 /// The eventfd fields of one fdinfo text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +107,7 @@ pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
 }
 
 /// Creates the eventfd of description `f` in the restorer.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::EventFd { count, semaphore } = &f.kind else {
         return Err(Error::Invalid(format!(
             "description {} is not an eventfd",
@@ -77,13 +123,49 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
         anon_files::eventfd_add(fd.as_fd(), *count)
             .map_err(|e| Error::io(format!("set the counter of eventfd {} to {count}", f.id), e))?;
     }
-    crate::files::set_anon_status_flags(&fd, f)?;
     Ok(fd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let desc = |count| FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::EventFd {
+                count,
+                semaphore: false,
+            },
+        };
+        EventFds.validate(&desc(MAX_COUNT), &p).unwrap();
+        assert!(EventFds.validate(&desc(u64::MAX), &p).is_err());
+    }
+
+    #[test]
+    fn restored_with_counter_and_flags() {
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let desc = FileDesc {
+            id: 1,
+            flags: (libc::O_RDWR | libc::O_NONBLOCK) as u32,
+            pos: 0,
+            kind: FileKind::EventFd {
+                count: 0x1_0000_0005,
+                semaphore: false,
+            },
+        };
+        let fd = super::super::open_description(&mut EventFds, &desc, &images).unwrap();
+        let flags = stasis_sys::process::get_status_flags(fd.as_fd()).unwrap();
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        let mut buf = [0u8; 8];
+        std::io::Read::read_exact(&mut std::fs::File::from(fd), &mut buf).unwrap();
+        assert_eq!(u64::from_ne_bytes(buf), 0x1_0000_0005);
+    }
 
     #[test]
     fn fdinfo() {

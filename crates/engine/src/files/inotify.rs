@@ -18,7 +18,7 @@
 //! watch lives as long as something else holds the object), one that cannot be opened by file
 //! handle (proc, sysfs and the like only give identifiers that cannot be opened), on no visible
 //! mount, or whose path cannot be found; and watch descriptors above
-//! [`stasis_image::MAX_INOTIFY_WD`]. A dumper that changed its fsuid (stasisd's worker acting
+//! [`MAX_INOTIFY_WD`]. A dumper that changed its fsuid (stasisd's worker acting
 //! for a user) has no CAP_DAC_READ_SEARCH in effect, so every watch is refused (EPERM).
 //!
 //! Restore: inotify_init1 in the restorer, then the watches in watch-descriptor order with
@@ -30,25 +30,103 @@
 //! (on "/", or on a memfd when "/" is itself watched); every descriptor returned is checked
 //! against the expected one. The restored instance's own fdinfo then proves that each watch is
 //! on the dumped object (device and inode), the IN_IGNORED events the removals queued are read
-//! and dropped, and the status flags (O_NONBLOCK) are set. The restore child drops again
-//! whatever the rest of the restore queued ([`discard_events_in_child`]).
+//! and dropped; the status flags (O_NONBLOCK) are set by [`super::open_all`]. The restore child
+//! drops again whatever the rest of the restore queued ([`FileOps::after_layout_in_child`]).
 //!
 //! Not preserved: events queued but not read at dump time (reading them would take them away
 //! from the live process; a `--leave-running` process keeps them), events that happen between
 //! the dump and the end of the restore, and where the kernel's watch-descriptor counter stood
 //! beyond the highest live watch (a restored instance hands out the next number after it).
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::{files, procfs, Error};
-use stasis_image::{
-    FdEntry, FileDesc, FileKind, InotifyWatch, INOTIFY_WATCH_MASK, MAX_INOTIFY_WATCHES,
-    MAX_INOTIFY_WD,
-};
+use stasis_image::{FileDesc, FileKind, ImageDir, InotifyWatch, ProcessImage};
 use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// Most watches one inotify instance may have in an image.
+pub const MAX_INOTIFY_WATCHES: usize = 1 << 20;
+/// Highest inotify watch descriptor an image may hold: restoring watch descriptor n creates and
+/// removes a throwaway watch for every unused number below n (about 5 µs each).
+pub const MAX_INOTIFY_WD: i32 = 1 << 22;
+/// The mask bits inotify_add_watch takes that a watch keeps: IN_ALL_EVENTS, IN_EXCL_UNLINK,
+/// IN_ONESHOT.
+pub const INOTIFY_WATCH_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
+
+/// The inotify kind.
+#[derive(Default)]
+pub struct Inotifies;
+
+impl FileOps for Inotifies {
+    fn name(&self) -> &'static str {
+        "inotify"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Inotify { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("inotify")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    /// Watches sorted by watch descriptor, unique, in the kernel's range and below the restore
+    /// bound; absolute paths; masks that inotify_add_watch takes and that watch something.
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Inotify { watches } = &desc.kind else {
+            return Err("not an inotify instance".into());
+        };
+        if watches.len() > MAX_INOTIFY_WATCHES {
+            return Err(format!("{} watches", watches.len()));
+        }
+        let mut prev_wd = 0;
+        for w in watches {
+            if w.wd <= prev_wd || w.wd > MAX_INOTIFY_WD {
+                return Err(format!(
+                    "watch descriptor {} after {prev_wd} (they must rise, up to {MAX_INOTIFY_WD})",
+                    w.wd
+                ));
+            }
+            prev_wd = w.wd;
+            files::check_path(&w.path).map_err(|e| format!("watch {}: {e}", w.wd))?;
+            if w.mask & !INOTIFY_WATCH_MASK != 0 || w.mask & libc::IN_ALL_EVENTS == 0 {
+                return Err(format!("watch {} has mask {:#x}", w.wd, w.mask));
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+
+    /// Drops the events the rest of the restore caused in the instance (opening and mapping
+    /// files the process watches).
+    fn after_layout_in_child(
+        &self,
+        child: &ForkedChild,
+        _pid: Pid,
+        _desc: &FileDesc,
+        fd: RawFd,
+    ) -> Result<(), String> {
+        child
+            .inotify_discard_events_raw(fd)
+            .map_err(|e| format!("dropping the queued events of inotify fd {fd}: {e}"))
+    }
+}
 use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -499,8 +577,9 @@ fn discard_events(ino: &OwnedFd) -> Result<(), std::io::Error> {
 }
 
 /// Creates the inotify instance of description `f` in the restorer, with every watch at its
-/// dumped watch descriptor.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+/// dumped watch descriptor. It is non-blocking (its own events are drained that way) until
+/// [`super::open_all`] gives it the dumped status flags.
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::Inotify { watches } = &f.kind else {
         return Err(Error::Invalid(format!(
             "description {} is not an inotify instance",
@@ -576,36 +655,56 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
             e,
         )
     })?;
-    let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC);
-    stasis_sys::process::set_status_flags(ino.as_fd(), status)
-        .map_err(|e| Error::io(format!("F_SETFL on inotify {}", f.id), e))?;
     Ok(ino)
-}
-
-/// Runs in a restore child once its fd table is laid out: drops the events the rest of the
-/// restore caused in its inotify instances (opening and mapping files the process watches).
-pub fn discard_events_in_child(
-    child: &ForkedChild,
-    files: &[FileDesc],
-    table: &[FdEntry],
-) -> Result<(), String> {
-    for f in files {
-        if !matches!(f.kind, FileKind::Inotify { .. }) {
-            continue;
-        }
-        let Some(fd) = table.iter().find(|e| e.file_id == f.id).map(|e| e.fd) else {
-            continue;
-        };
-        child
-            .inotify_discard_events_raw(fd)
-            .map_err(|e| format!("dropping the queued events of inotify fd {fd}: {e}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let sample = p
+            .files
+            .iter()
+            .find(|f| Inotifies.owns(&f.kind))
+            .cloned()
+            .unwrap();
+        Inotifies.validate(&sample, &p).unwrap();
+        type WatchEdit = fn(&mut Vec<InotifyWatch>);
+        let edits: [(&str, WatchEdit); 9] = [
+            ("inotify wd 0", |w| w[0].wd = 0),
+            ("inotify wds out of order", |w| w.swap(0, 1)),
+            ("inotify wd twice", |w| w[1].wd = w[0].wd),
+            ("inotify wd too high", |w| w[1].wd = MAX_INOTIFY_WD + 1),
+            ("inotify relative path", |w| w[0].path = "tmp/x".into()),
+            ("inotify path with NUL", |w| w[0].path = "/tmp/\0x".into()),
+            ("inotify mask without events", |w| w[0].mask = 0x8000_0000),
+            ("inotify internal mask bit", |w| w[0].mask |= 0x0800_0000),
+            ("too many watches", |w| {
+                let last = w[1].clone();
+                w.extend((0..MAX_INOTIFY_WATCHES as i32).map(|i| InotifyWatch {
+                    wd: last.wd + 1 + i,
+                    ..last.clone()
+                }))
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut f = sample.clone();
+            match &mut f.kind {
+                FileKind::Inotify { watches } => edit(watches),
+                _ => unreachable!(),
+            }
+            assert!(Inotifies.validate(&f, &p).is_err(), "{what}");
+        }
+        let mut f = sample.clone();
+        if let FileKind::Inotify { watches } = &mut f.kind {
+            watches[1].wd = MAX_INOTIFY_WD;
+        }
+        Inotifies.validate(&f, &p).unwrap();
+    }
 
     #[test]
     fn fdinfo() {
@@ -732,6 +831,8 @@ mod tests {
             kind: kind.clone(),
         };
         // "/" is watched, so the gaps are burnt on a memfd.
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let open = |desc: &FileDesc| files::open_description(&mut Inotifies, desc, &images);
         let restored = open(&desc).unwrap();
         let live = |fd: &OwnedFd| {
             let t = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));

@@ -4,8 +4,8 @@
 //! internal tmpfs mount. Each open description is recorded with its flags and offset; all
 //! descriptions of one memfd share its inode number (`memfd_id`), its name, mode, owner, seals
 //! (F_GET_SEALS) and size. The contents are streamed once per memfd, in 1 MiB pieces, into the
-//! blob image of the memfd's first description, like a deleted file's (see
-//! [`crate::files::write_blobs`]). A memfd that is only mapped (its fds closed) is read through
+//! blob image of the memfd's first description in the tree, like a deleted file's (see
+//! [`super::write_blobs`]). A memfd that is only mapped (its fds closed) is read through
 //! /proc/PID/map_files and gets a description without fds. Mappings of a memfd
 //! ([`mapping_kind`]) refer to it by `memfd_id`; the pages of a shared mapping are the memfd's
 //! contents, and a private mapping stores only the pages the process changed, as for files.
@@ -18,21 +18,207 @@
 //! the CRC, sets mode and owner, and adds the seals last (F_ADD_SEALS). A memfd created without
 //! MFD_ALLOW_SEALING reports just F_SEAL_SEAL, which is added back: the result cannot be told
 //! apart. Every description is then a reopen of the memfd through /proc/self/fd with its own
-//! flags (the offset is set by [`crate::files::open_all`]); mappings get a read-write reopen
-//! ([`open_for_mapping`]) that the restore passes to the child like a mapped file.
+//! flags (status flags and offset are then set by [`super::open_all`]); mappings get a
+//! read-write reopen ([`open_for_mapping`]) that the restore passes to the child like a mapped
+//! file.
 
+use super::{blob, Class, FileOps, OpenedFiles, Probe, ProcessFiles};
 use crate::procfs::{self, MapEntry};
 use crate::Error;
-use stasis_image::{names, FileDesc, FileKind, ImageDir, RawReader, RecordKind, VmaKind};
+use stasis_image::{names, FileDesc, FileKind, ImageDir, ProcessImage, VmaKind};
 use stasis_sys::{anon_files, Pid};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 const LINK_PREFIX: &str = "/memfd:";
 const DELETED: &str = " (deleted)";
-const CHUNK: usize = 1 << 20;
+/// Longest memfd name the kernel accepts (MFD_NAME_MAX_LEN).
+const MAX_NAME: usize = 249;
+/// The seals F_ADD_SEALS knows: SEAL, SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC.
+const KNOWN_SEALS: u32 = 0x3f;
+
+/// The memfd kind: at dump, the first description of each memfd in the tree (the one whose
+/// blob holds the contents); at restore, the memfds created so far.
+#[derive(Default)]
+pub struct Memfds {
+    /// Dump: memfd_id -> its first description.
+    first: HashMap<u64, FileDesc>,
+    /// Restore: memfd_id -> a read-write descriptor of the recreated memfd.
+    made: HashMap<u64, OwnedFd>,
+}
+
+impl FileOps for Memfds {
+    fn name(&self) -> &'static str {
+        "memfd"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Memfd { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.class == Class::File
+            && is_memfd_name(&fd.link)
+            && fd.metadata().is_ok_and(|md| md.nlink() == 0)
+    }
+
+    /// The first description of each memfd (in the tree) queues the contents.
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        id: u32,
+        out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        let what = || format!("memfd fd {} of pid {} ({})", fd.fd, fd.pid, fd.link);
+        let kind = describe(fd.file()?, &fd.link, &what)?;
+        if let Some(memfd_id) = memfd_id_of(&kind) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.first.entry(memfd_id) {
+                out.add_blob(id, fd.file()?)?;
+                e.insert(FileDesc {
+                    id,
+                    flags: fd.flags,
+                    pos: fd.pos,
+                    kind: kind.clone(),
+                });
+            }
+        }
+        Ok(kind)
+    }
+
+    /// A memfd that is only mapped (its fds closed) still needs a description to be mapped
+    /// from: one of another process of the tree, or a new one read through map_files.
+    fn dump_without_fds(&mut self, pid: Pid, out: &mut ProcessFiles<'_>) -> Result<(), Error> {
+        for m in mapped(pid)? {
+            let is_it = |d: &FileDesc| memfd_id_of(&d.kind) == Some(m.memfd_id);
+            if out.descriptions().iter().any(is_it) {
+                continue;
+            }
+            if let Some(d) = self.first.get(&m.memfd_id) {
+                out.add_copy(d);
+                continue;
+            }
+            let (kind, handle) = m.describe(pid)?;
+            let flags = (libc::O_RDWR | libc::O_LARGEFILE) as u32;
+            let id = out.add_without_fd(flags, 0, kind.clone());
+            out.add_blob(id, &handle)?;
+            let desc = FileDesc {
+                id,
+                flags,
+                pos: 0,
+                kind,
+            };
+            self.first.insert(m.memfd_id, desc);
+        }
+        Ok(())
+    }
+
+    fn blob(&self, desc: &FileDesc) -> Option<(u64, u32)> {
+        match &desc.kind {
+            FileKind::Memfd { len, crc, .. } => Some((*len, *crc)),
+            _ => None,
+        }
+    }
+
+    /// Every description of one memfd must describe the same file as the first one in the
+    /// record (name, seals, length, CRC).
+    fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Memfd {
+            memfd_id,
+            name,
+            mode,
+            seals,
+            len,
+            crc,
+            ..
+        } = &desc.kind
+        else {
+            return Err("not a memfd".into());
+        };
+        if name.len() > MAX_NAME || name.contains('\0') {
+            return Err(format!("bad name {name:?}"));
+        }
+        if mode & !0o7777 != 0 {
+            return Err(format!("mode {mode:#o} has more than permission bits"));
+        }
+        if seals & !KNOWN_SEALS != 0 {
+            return Err(format!("unknown seals {seals:#x}"));
+        }
+        let first = image.files.iter().find_map(|g| match &g.kind {
+            FileKind::Memfd {
+                memfd_id: m,
+                name: n,
+                seals: s,
+                len: l,
+                crc: c,
+                ..
+            } if m == memfd_id => Some((g.id, n, s, l, c)),
+            _ => None,
+        });
+        match first {
+            Some((_, n, s, l, c)) if (n, s, l, c) == (name, seals, len, crc) => Ok(()),
+            Some((id, ..)) => Err(format!(
+                "it disagrees with description {id} of the same memfd {memfd_id}"
+            )),
+            None => Err(format!("memfd {memfd_id} has no first description")),
+        }
+    }
+
+    /// Every mapping of a memfd refers to a memfd description of the record.
+    fn validate_image(&self, image: &ProcessImage) -> Result<(), String> {
+        for v in &image.vmas {
+            if let VmaKind::Memfd { memfd_id } = &v.kind {
+                if !image
+                    .files
+                    .iter()
+                    .any(|f| memfd_id_of(&f.kind) == Some(*memfd_id))
+                {
+                    return Err(format!(
+                        "mapping {:#x}-{:#x} refers to unknown memfd {memfd_id}",
+                        v.start, v.end
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The contents are stored with one description of each memfd only.
+    fn verify(&self, images: &ImageDir, desc: &FileDesc) -> Result<(), Error> {
+        match self.blob(desc) {
+            Some((len, crc)) if images.exists(&names::blob(desc.id)) => {
+                blob::verify(images, desc.id, len, crc, self.name())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A new description of the memfd of `desc`, with its access mode and open flags (the
+    /// memfd is created with its first description).
+    fn open(&mut self, desc: &FileDesc, images: &ImageDir) -> Result<OwnedFd, Error> {
+        let Some(memfd_id) = memfd_id_of(&desc.kind) else {
+            return Err(Error::Invalid(format!(
+                "description {} is not a memfd",
+                desc.id
+            )));
+        };
+        let base = match self.made.entry(memfd_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(create(images, desc)?),
+        };
+        let access = desc.flags as i32 & libc::O_ACCMODE;
+        // open(2) keeps O_DIRECT, O_SYNC, O_DSYNC and O_ASYNC as given (F_SETFL would drop
+        // some of them on a memfd).
+        let extra = super::reopen_flags(desc) | desc.flags as i32 & libc::O_LARGEFILE;
+        reopen(base, access | extra)
+            .map_err(|e| Error::io(format!("reopen memfd of description {}", desc.id), e))
+    }
+
+    fn has_position(&self) -> bool {
+        true
+    }
+}
 
 /// Whether an fd link or mapping name looks like a memfd.
 pub fn is_memfd_name(name: &str) -> bool {
@@ -71,7 +257,7 @@ fn describe(file: &File, link: &str, what: &dyn Fn() -> String) -> Result<FileKi
     let seals = anon_files::get_seals(file.as_fd())
         .map_err(|e| Error::io(format!("F_GET_SEALS on {}", what()), e))?;
     let len = md.size();
-    let crc = crc_of(file, len, what)?;
+    let crc = blob::crc_of(file, len, &what())?;
     Ok(FileKind::Memfd {
         memfd_id: md.ino(),
         name: name_of(link).to_string(),
@@ -84,46 +270,12 @@ fn describe(file: &File, link: &str, what: &dyn Fn() -> String) -> Result<FileKi
     })
 }
 
-fn crc_of(file: &File, len: u64, what: &dyn Fn() -> String) -> Result<u32, Error> {
-    let mut buf = vec![0u8; CHUNK];
-    let (mut off, mut crc) = (0u64, 0u32);
-    while off < len {
-        let n = (len - off).min(CHUNK as u64) as usize;
-        file.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| Error::io(format!("read {}", what()), e))?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        off += n as u64;
-    }
-    Ok(crc)
-}
-
 /// The `memfd_id` of a memfd description.
 pub fn memfd_id_of(kind: &FileKind) -> Option<u64> {
     match kind {
         FileKind::Memfd { memfd_id, .. } => Some(*memfd_id),
         _ => None,
     }
-}
-
-/// Describes memfd fd `fd` of `pid` (`file` is our duplicate of it) as description `id`.
-/// `known` are the descriptions dumped so far (in the whole tree): the first description of
-/// each memfd queues the contents in `blobs`.
-pub fn dump<'a>(
-    pid: Pid,
-    fd: RawFd,
-    id: u32,
-    file: &File,
-    link: &str,
-    mut known: impl Iterator<Item = &'a FileDesc>,
-    blobs: &mut Vec<(u32, File)>,
-) -> Result<FileKind, Error> {
-    let what = || format!("memfd fd {fd} of pid {pid} ({link})");
-    let kind = describe(file, link, &what)?;
-    let first = !known.any(|f| memfd_id_of(&f.kind) == memfd_id_of(&kind));
-    if first {
-        blobs.push((id, file.try_clone().map_err(|e| Error::io("dup", e))?));
-    }
-    Ok(kind)
 }
 
 /// The kind of a mapping of a memfd (called by [`crate::pages`] while classifying mappings).
@@ -155,8 +307,8 @@ pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
 }
 
 /// A memfd mapped by a process (one per memfd, whatever the number of mappings).
-pub struct MappedMemfd {
-    pub memfd_id: u64,
+struct MappedMemfd {
+    memfd_id: u64,
     start: u64,
     end: u64,
     name: String,
@@ -164,7 +316,7 @@ pub struct MappedMemfd {
 
 /// The memfds `pid` maps. Those whose fds are closed need a description of their own (made
 /// with [`MappedMemfd::describe`]) so that the restore has something to map.
-pub fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
+fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for m in procfs::read_smaps(pid)? {
@@ -183,7 +335,7 @@ pub fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
 impl MappedMemfd {
     /// Reads the memfd through /proc/PID/map_files: its description kind and a handle to
     /// read its contents from.
-    pub fn describe(&self, pid: Pid) -> Result<(FileKind, File), Error> {
+    fn describe(&self, pid: Pid) -> Result<(FileKind, File), Error> {
         let link = crate::procfs::map_file(pid, self.start, self.end);
         let what = || {
             format!(
@@ -205,42 +357,6 @@ impl MappedMemfd {
     }
 }
 
-/// Creates restored memfds; each memfd is created when its first description is asked for.
-#[derive(Default)]
-pub struct MemfdBuilder {
-    /// memfd_id -> a read-write descriptor of the recreated memfd.
-    made: HashMap<u64, OwnedFd>,
-}
-
-impl MemfdBuilder {
-    /// Returns a new description of the memfd of `f`, with `f`'s access mode and flags.
-    pub fn open(&mut self, dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
-        let Some(memfd_id) = memfd_id_of(&f.kind) else {
-            return Err(Error::Invalid(format!(
-                "description {} is not a memfd",
-                f.id
-            )));
-        };
-        let base = match self.made.entry(memfd_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(create(dir, f)?),
-        };
-        let access = f.flags as i32 & libc::O_ACCMODE;
-        // open(2) stores O_ASYNC as it is (a memfd cannot signal I/O, F_SETFL would drop it).
-        let extra = f.flags as i32
-            & (libc::O_APPEND
-                | libc::O_NONBLOCK
-                | libc::O_NOATIME
-                | libc::O_LARGEFILE
-                | libc::O_DIRECT
-                | libc::O_SYNC
-                | libc::O_DSYNC
-                | libc::O_ASYNC);
-        reopen(base, access | extra)
-            .map_err(|e| Error::io(format!("reopen memfd of description {}", f.id), e))
-    }
-}
-
 /// Opens the memfd behind `fd` again (a new description) through /proc/self/fd.
 fn reopen(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
     let access = flags & libc::O_ACCMODE;
@@ -252,7 +368,7 @@ fn reopen(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
 }
 
 /// Creates and fills one memfd from the blob of description `f` (its first description).
-fn create(dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
+fn create(images: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::Memfd {
         name,
         mode,
@@ -287,7 +403,19 @@ fn create(dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
     }
     .map_err(|e| Error::io(format!("memfd_create for {what}"), e))?;
     let file = File::from(fd);
-    fill(dir, f.id, &file, *len, *crc, &what)?;
+    blob::read(images, f.id, *len, *crc, &what, |off, piece| {
+        // Sized once the blob is known to hold as many bytes.
+        if off == 0 {
+            file.set_len(*len)
+                .map_err(|e| Error::io(format!("ftruncate {what} to {len}"), e))?;
+        }
+        // Holes read as zeros; writing zeros would allocate memory for nothing.
+        if piece.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        file.write_all_at(piece, off)
+            .map_err(|e| Error::io(format!("write {what}"), e))
+    })?;
     file.set_permissions(std::fs::Permissions::from_mode(*mode))
         .map_err(|e| Error::io(format!("fchmod {what}"), e))?;
     let md = file
@@ -313,75 +441,14 @@ fn create(dir: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
     Ok(file.into())
 }
 
-/// Sets the size and writes the non-zero pieces of blob `id` into `file`, checking its CRC.
-fn fill(dir: &ImageDir, id: u32, file: &File, len: u64, crc: u32, what: &str) -> Result<(), Error> {
-    let blob = RawReader::open(dir, &names::blob(id), RecordKind::Blob)?;
-    if blob.len() != len {
-        return Err(Error::Invalid(format!(
-            "blob of {what} has {} bytes, expected {len}",
-            blob.len()
-        )));
-    }
-    file.set_len(len)
-        .map_err(|e| Error::io(format!("ftruncate {what} to {len}"), e))?;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut off, mut c) = (0u64, 0u32);
-    while off < len {
-        let n = (len - off).min(CHUNK as u64) as usize;
-        blob.read_unchecked(off, &mut buf[..n])?;
-        c = crc32c::crc32c_append(c, &buf[..n]);
-        // Holes read as zeros; writing zeros would allocate memory for nothing.
-        if buf[..n].iter().any(|&b| b != 0) {
-            file.write_all_at(&buf[..n], off)
-                .map_err(|e| Error::io(format!("write {what}"), e))?;
-        }
-        off += n as u64;
-    }
-    if c != crc {
-        return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
-            path: blob.path().to_path_buf(),
-        }));
-    }
-    Ok(())
-}
-
-/// Checks the blob of memfd description `id` (length and CRC), streaming it.
-pub fn verify_blob(dir: &ImageDir, id: u32, len: u64, crc: u32) -> Result<(), Error> {
-    let blob = RawReader::open(dir, &names::blob(id), RecordKind::Blob)?;
-    if blob.len() != len {
-        return Err(Error::Invalid(format!(
-            "{} holds {} bytes, the image expects {len}",
-            names::blob(id),
-            blob.len()
-        )));
-    }
-    let mut buf = vec![0u8; CHUNK];
-    let (mut off, mut c) = (0u64, 0u32);
-    while off < len {
-        let n = (len - off).min(CHUNK as u64) as usize;
-        blob.read_unchecked(off, &mut buf[..n])?;
-        c = crc32c::crc32c_append(c, &buf[..n]);
-        off += n as u64;
-    }
-    if c != crc {
-        return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
-            path: blob.path().to_path_buf(),
-        }));
-    }
-    Ok(())
-}
-
 /// A read-write description of the restored memfd `memfd_id`, for mapping it into the new
-/// process. `descriptions` are the descriptions [`crate::files::open_all`] opened.
-pub fn open_for_mapping(
-    descriptions: &HashMap<u32, OwnedFd>,
-    files: &[FileDesc],
-    memfd_id: u64,
-) -> Result<OwnedFd, Error> {
-    let fd = files
+/// process; `opened` are the descriptions [`super::open_all`] opened.
+pub fn open_for_mapping(opened: &OpenedFiles, memfd_id: u64) -> Result<OwnedFd, Error> {
+    let fd = opened
+        .descriptions()
         .iter()
         .filter(|f| memfd_id_of(&f.kind) == Some(memfd_id))
-        .find_map(|f| descriptions.get(&f.id))
+        .find_map(|f| opened.get(f.id))
         .ok_or_else(|| Error::Invalid(format!("no restored memfd {memfd_id} to map")))?;
     reopen(fd, libc::O_RDWR).map_err(|e| Error::io(format!("reopen memfd {memfd_id}"), e))
 }
@@ -389,7 +456,76 @@ pub fn open_for_mapping(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
     use stasis_sys::process;
+
+    /// The sample's memfd description (mapped by the sample process).
+    fn sample_memfd() -> (ProcessImage, FileDesc) {
+        let p = sample_process();
+        let desc = p
+            .files
+            .iter()
+            .find(|f| Memfds::default().owns(&f.kind))
+            .cloned()
+            .unwrap();
+        (p, desc)
+    }
+
+    #[test]
+    fn validate() {
+        let (p, desc) = sample_memfd();
+        let m = Memfds::default();
+        m.validate(&desc, &p).unwrap();
+        m.validate_image(&p).unwrap();
+        type Edit = fn(&mut FileKind);
+        let edits: [(&str, Edit); 4] = [
+            ("memfd name", |k| {
+                if let FileKind::Memfd { name, .. } = k {
+                    *name = "x".repeat(300)
+                }
+            }),
+            ("memfd name with NUL", |k| {
+                if let FileKind::Memfd { name, .. } = k {
+                    *name = "a\0b".into()
+                }
+            }),
+            ("memfd mode", |k| {
+                if let FileKind::Memfd { mode, .. } = k {
+                    *mode = 0o100644
+                }
+            }),
+            ("memfd seals", |k| {
+                if let FileKind::Memfd { seals, .. } = k {
+                    *seals = 0x40
+                }
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut p = p.clone();
+            let f = p.files.iter_mut().find(|f| f.id == desc.id).unwrap();
+            edit(&mut f.kind);
+            let f = f.clone();
+            assert!(m.validate(&f, &p).is_err(), "{what}");
+        }
+
+        // Two descriptions of one memfd that disagree.
+        let mut p2 = p.clone();
+        let mut other = desc.clone();
+        other.id = 70;
+        if let FileKind::Memfd { len, .. } = &mut other.kind {
+            *len = 1;
+        }
+        p2.files.push(other.clone());
+        assert!(
+            m.validate(&other, &p2).is_err(),
+            "two descriptions of one memfd disagree"
+        );
+
+        // A mapping of a memfd the record does not describe.
+        let mut p3 = p.clone();
+        p3.vmas[2].kind = VmaKind::Memfd { memfd_id: 1 };
+        assert!(m.validate_image(&p3).is_err(), "unknown memfd");
+    }
 
     #[test]
     fn names() {

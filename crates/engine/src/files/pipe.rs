@@ -1,39 +1,51 @@
 //! Pipes: both ends with their flags, the pipe's capacity, and the bytes in flight.
 //!
-//! Dump: the bytes waiting in a pipe are copied without being consumed, with tee(2) from the
-//! target's own read end (duplicated by pidfd_getfd) into a private pipe. A pipe of which the
-//! dumped processes hold one end only is fine when the other end is closed everywhere (the
-//! reader of a finished writer, GNU make's jobs); when a process outside the tree holds that
-//! other end (found by its `pipe:[INO]` link in /proc/*/fd), the pipe cannot be restored yet
-//! and fails the dump, naming that process and fd. An end held where /proc does not show it
-//! (in flight in a unix socket, say) counts as closed.
+//! Dump: each end is a description of its own (`pipe_id`, the pipe's inode, links the ends);
+//! ends are gathered across the whole tree, and once every process is dumped
+//! ([`FileOps::finish`]) the bytes waiting in each pipe are copied without being consumed,
+//! with tee(2) from a read end (our duplicate, by pidfd_getfd) into a private pipe, and stored
+//! once, with the first description of the pipe in the first process record that has it. A
+//! pipe of which the dumped processes hold one end only is fine when the other end is closed
+//! everywhere (the reader of a finished writer, GNU make's jobs); when a process outside the
+//! tree holds that other end (found by its `pipe:[INO]` link in /proc/*/fd), the pipe cannot be
+//! restored yet and fails the dump, naming that process and fd. An end held where /proc does
+//! not show it (in flight in a unix socket, say) counts as closed.
 //!
-//! Restore: the restorer creates a pipe of the same capacity, writes the bytes back, and
-//! hands each end to the new process; every further description of an end (one opened
-//! through /proc/PID/fd) is opened the same way, so that status flags stay per description.
-//! An end no process held is closed once every description is open: the reader of a pipe
-//! without writers reads the bytes, then EOF; a writer without readers gets EPIPE.
+//! Restore: the restorer creates each pipe once (pipe2, F_SETPIPE_SZ to the dumped capacity)
+//! when its first end is opened, and writes the bytes in flight back; the copies of a
+//! description in several process records are merged first, so the bytes come from whichever
+//! record holds them. Every further description of an end (one the process had opened through
+//! /proc/PID/fd) is opened the same way, so status flags stay per description. An end no
+//! process held is closed once every description is open: the reader of a pipe without
+//! writers reads the bytes, then EOF; a writer without readers gets EPIPE.
 
+use super::{Class, FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
+/// Most bytes in flight a record may hold for one pipe.
+const MAX_PIPE_DATA: usize = 16 << 20;
+
 /// O_LARGEFILE as the kernel shows it in fdinfo on x86-64 (where libc's is 0): set on every
 /// description open(2) makes, never on those pipe(2) makes.
 const O_LARGEFILE: i32 = 0o100000;
 
-/// Gathers pipe ends while the fd table is walked.
+/// The pipe kind: ends seen at dump, pipes made at restore.
 #[derive(Default)]
-pub struct PipeCollector {
-    /// pipe inode -> (read end seen, write end seen, a read end handle, description ids).
-    pipes: HashMap<u64, PipeSeen>,
+pub struct Pipes {
+    /// Dump: pipe inode -> what was seen of it.
+    seen: HashMap<u64, PipeSeen>,
+    /// Dump: the processes whose pipe ends were seen (they are not "outside").
+    pids: Vec<Pid>,
+    /// Restore: pipe id -> the pipe made for it.
+    made: HashMap<u64, MadePipe>,
 }
 
-#[derive(Default)]
 struct PipeSeen {
     /// A description open for reading, if the tree has one.
     read_end: Option<File>,
@@ -41,28 +53,47 @@ struct PipeSeen {
     has_write: bool,
     first_pid: Pid,
     first_fd: RawFd,
+    /// Description ids of its ends, in the order they were seen.
     ids: Vec<u32>,
 }
 
-impl PipeCollector {
-    /// Records one pipe end; returns its description kind (data filled in by `finish`).
-    pub fn add(
+impl FileOps for Pipes {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Pipe { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.class == Class::Pipe
+    }
+
+    /// Records one end; its bytes in flight are filled in by [`FileOps::finish`].
+    fn dump(
         &mut self,
-        pid: Pid,
-        fd: RawFd,
+        fd: &Probe<'_>,
         id: u32,
-        file: &File,
-        flags: u32,
-        ino: u64,
+        _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
-        let access = flags as i32 & libc::O_ACCMODE;
+        let (file, ino) = (
+            fd.file()?,
+            fd.metadata().map(std::os::unix::fs::MetadataExt::ino)?,
+        );
+        let access = fd.flags as i32 & libc::O_ACCMODE;
         let write_end = access == libc::O_WRONLY;
+        if !self.pids.contains(&fd.pid) {
+            self.pids.push(fd.pid);
+        }
         let capacity = process::pipe_capacity(file.as_fd())
-            .map_err(|e| Error::io(format!("F_GETPIPE_SZ on fd {fd}"), e))?;
-        let seen = self.pipes.entry(ino).or_insert_with(|| PipeSeen {
-            first_pid: pid,
-            first_fd: fd,
-            ..Default::default()
+            .map_err(|e| Error::io(format!("F_GETPIPE_SZ on fd {}", fd.fd), e))?;
+        let seen = self.seen.entry(ino).or_insert_with(|| PipeSeen {
+            read_end: None,
+            has_write: false,
+            first_pid: fd.pid,
+            first_fd: fd.fd,
+            ids: Vec::new(),
         });
         seen.ids.push(id);
         // A pipe reopened through /proc/PID/fd with O_RDWR is both ends at once.
@@ -80,17 +111,17 @@ impl PipeCollector {
         })
     }
 
-    /// Checks that no process outside `tree` (the dumped processes) holds an end of a pipe
-    /// that the tree does not hold, and returns the bytes in flight by the id of the first
-    /// description of each pipe, which stores them.
-    pub fn finish(self, tree: &[Pid]) -> Result<HashMap<u32, Vec<u8>>, Error> {
+    /// Refuses a pipe whose end the tree lacks when a process outside the tree holds it, and
+    /// stores the bytes in flight with the first description of each pipe.
+    fn finish(&mut self, descs: &mut [&mut FileDesc]) -> Result<(), Error> {
         let lone: HashMap<u64, bool> = self
-            .pipes
+            .seen
             .iter()
             .filter(|(_, s)| s.read_end.is_none() || !s.has_write)
             .map(|(&ino, s)| (ino, s.read_end.is_some()))
             .collect();
-        let held = outside_holder(&lone, tree).and_then(|h| Some((self.pipes.get(&h.ino)?, h)));
+        let held =
+            outside_holder(&lone, &self.pids).and_then(|h| Some((self.seen.get(&h.ino)?, h)));
         if let Some((seen, h)) = held {
             let (ours, theirs) = if h.needs_write {
                 ("read", "write")
@@ -104,19 +135,124 @@ impl PipeCollector {
                 ),
             });
         }
-        let mut out = HashMap::new();
-        for (_, seen) in self.pipes {
+        for (_, seen) in self.seen.drain() {
             // Without a read end, nothing can read what is in the pipe.
             let Some(read_end) = &seen.read_end else {
                 continue;
             };
-            let data = peek(read_end, seen.first_fd)?;
-            if !data.is_empty() {
-                out.insert(seen.ids[0], data);
+            let bytes = peek(read_end, seen.first_fd)?;
+            if bytes.is_empty() {
+                continue;
+            }
+            let first = descs.iter_mut().find(|d| d.id == seen.ids[0]);
+            if let Some(FileKind::Pipe { data, .. }) = first.map(|d| &mut d.kind) {
+                *data = bytes;
             }
         }
-        Ok(out)
+        Ok(())
     }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Pipe { data, capacity, .. } = &desc.kind else {
+            return Err("not a pipe".into());
+        };
+        if data.len() > MAX_PIPE_DATA || data.len() > *capacity as usize {
+            return Err(format!(
+                "{} bytes in flight in a pipe of capacity {capacity} (at most {MAX_PIPE_DATA})",
+                data.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bytes in flight are stored with one copy of the description only.
+    fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
+        if let (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. }) =
+            (&mut tree.kind, &copy.kind)
+        {
+            if tree.is_empty() {
+                tree.clone_from(data);
+            }
+        }
+    }
+
+    /// A new description for this pipe end (the pipe is made with its first end).
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        let FileKind::Pipe {
+            pipe_id,
+            write_end,
+            capacity,
+            data,
+        } = &desc.kind
+        else {
+            return Err(Error::Invalid(format!(
+                "description {} is not a pipe",
+                desc.id
+            )));
+        };
+        let made = match self.made.entry(*pipe_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+                process::set_pipe_capacity(write.as_fd(), *capacity as usize)
+                    .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
+                e.insert(MadePipe {
+                    read,
+                    write,
+                    read_given: false,
+                    write_given: false,
+                })
+            }
+        };
+        if !data.is_empty() {
+            // Through a description of its own, whatever flags the others get.
+            let mut wf = File::from(
+                reopen(&made.write, libc::O_WRONLY)
+                    .map_err(|e| Error::io(format!("reopen pipe:[{pipe_id}] to refill it"), e))?,
+            );
+            std::io::Write::write_all(&mut wf, data)
+                .map_err(|e| Error::io(format!("refill pipe:[{pipe_id}]"), e))?;
+        }
+        let access = desc.flags as i32 & libc::O_ACCMODE;
+        let (end, given, pipe_access) = if *write_end {
+            (&made.write, &mut made.write_given, libc::O_WRONLY)
+        } else {
+            (&made.read, &mut made.read_given, libc::O_RDONLY)
+        };
+        // pipe(2) makes one description of each end, without O_LARGEFILE; every other one was
+        // opened through /proc/PID/fd (and has O_LARGEFILE) and is opened the same way here, a
+        // new description of the same pipe. Status flags are set by the caller, per
+        // description.
+        if !*given && access == pipe_access && desc.flags as i32 & O_LARGEFILE == 0 {
+            *given = true;
+            end.try_clone().map_err(|e| Error::io("dup", e))
+        } else {
+            reopen(end, access).map_err(|e| {
+                Error::io(
+                    format!("reopen pipe:[{pipe_id}] for description {}", desc.id),
+                    e,
+                )
+            })
+        }
+    }
+}
+
+/// A recreated pipe: the two descriptions pipe(2) made, and whether each was handed out yet.
+struct MadePipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    read_given: bool,
+    write_given: bool,
+}
+
+/// Opens the pipe behind `fd` again through /proc/self/fd with `access` (O_RDONLY, O_WRONLY
+/// or O_RDWR): a new open file description of the same pipe. (For a pipe, unlike a FIFO,
+/// this never waits for the other end.)
+fn reopen(fd: &OwnedFd, access: i32) -> std::io::Result<OwnedFd> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY);
+    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
 }
 
 /// A process outside the dumped tree that holds the end of a pipe the tree lacks.
@@ -129,7 +265,8 @@ struct OutsideHolder {
     comm: String,
 }
 
-/// Looks through the fds of every process but `tree` and this one for an end of one of the
+/// Looks through the fds of every process but `tree` (those whose pipe ends were dumped) and
+/// this one for an end of one of the
 /// `lone` pipes (inode -> whether the tree lacks the write end rather than the read end) that
 /// the tree lacks. Processes and fds that vanish or cannot be read meanwhile are passed over.
 fn outside_holder(lone: &HashMap<u64, bool>, tree: &[Pid]) -> Option<OutsideHolder> {
@@ -221,89 +358,65 @@ fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
     Ok(data)
 }
 
-/// Creates restored pipes; each pipe is created when its first end is asked for.
-#[derive(Default)]
-pub struct PipeBuilder {
-    made: HashMap<u64, MadePipe>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_image::testing::sample_process;
 
-/// A recreated pipe: the two descriptions pipe(2) made, and whether each was handed out yet.
-struct MadePipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    read_given: bool,
-    write_given: bool,
-}
-
-impl PipeBuilder {
-    /// Returns a new description for this pipe end: its own open file description, with its
-    /// access mode and status flags (F_SETFL on one description must not change another).
-    pub fn open(&mut self, f: &FileDesc) -> Result<OwnedFd, Error> {
-        let FileKind::Pipe {
-            pipe_id,
-            write_end,
-            capacity,
-            data,
-        } = &f.kind
-        else {
-            return Err(Error::Invalid("not a pipe".into()));
-        };
-        let made = match self.made.entry(*pipe_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
-                process::set_pipe_capacity(write.as_fd(), *capacity as usize)
-                    .map_err(|e| Error::io(format!("F_SETPIPE_SZ {capacity}"), e))?;
-                e.insert(MadePipe {
-                    read,
-                    write,
-                    read_given: false,
-                    write_given: false,
-                })
-            }
-        };
-        if !data.is_empty() {
-            // Through a description of its own, whatever flags the others get.
-            let mut wf = File::from(
-                reopen(&made.write, libc::O_WRONLY)
-                    .map_err(|e| Error::io(format!("reopen pipe:[{pipe_id}] to refill it"), e))?,
-            );
-            std::io::Write::write_all(&mut wf, data)
-                .map_err(|e| Error::io(format!("refill pipe:[{pipe_id}]"), e))?;
+    fn end(id: u32, write_end: bool, data: &[u8]) -> FileDesc {
+        FileDesc {
+            id,
+            flags: if write_end { 1 } else { 0 },
+            pos: 0,
+            kind: FileKind::Pipe {
+                pipe_id: 9,
+                write_end,
+                capacity: 4096,
+                data: data.to_vec(),
+            },
         }
-        let access = f.flags as i32 & libc::O_ACCMODE;
-        let (end, given, pipe_access) = if *write_end {
-            (&made.write, &mut made.write_given, libc::O_WRONLY)
-        } else {
-            (&made.read, &mut made.read_given, libc::O_RDONLY)
-        };
-        // pipe(2) makes one description of each end, without O_LARGEFILE; every other one was
-        // opened through /proc/PID/fd (and has O_LARGEFILE) and is opened the same way here,
-        // a new description of the same pipe.
-        let fd = if !*given && access == pipe_access && f.flags as i32 & O_LARGEFILE == 0 {
-            *given = true;
-            end.try_clone().map_err(|e| Error::io("dup", e))?
-        } else {
-            reopen(end, access).map_err(|e| {
-                Error::io(
-                    format!("reopen pipe:[{pipe_id}] for description {}", f.id),
-                    e,
-                )
-            })?
-        };
-        let status = f.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_ASYNC);
-        process::set_status_flags(fd.as_fd(), status)
-            .map_err(|e| Error::io(format!("F_SETFL on pipe description {}", f.id), e))?;
-        Ok(fd)
     }
-}
 
-/// Opens the pipe behind `fd` again through /proc/self/fd with `access` (O_RDONLY, O_WRONLY
-/// or O_RDWR): a new open file description of the same pipe. (For a pipe, unlike a FIFO,
-/// this never waits for the other end.)
-fn reopen(fd: &OwnedFd, access: i32) -> std::io::Result<OwnedFd> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(access != libc::O_WRONLY)
-        .write(access != libc::O_RDONLY);
-    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        Pipes::default()
+            .validate(&end(1, false, &[7; 4096]), &p)
+            .unwrap();
+        assert!(
+            Pipes::default()
+                .validate(&end(1, false, &[7; 4097]), &p)
+                .is_err(),
+            "more data than the capacity"
+        );
+        let mut huge = end(1, false, &vec![7; MAX_PIPE_DATA + 1]);
+        if let FileKind::Pipe { capacity, .. } = &mut huge.kind {
+            *capacity = u32::MAX;
+        }
+        assert!(
+            Pipes::default().validate(&huge, &p).is_err(),
+            "too much data"
+        );
+    }
+
+    #[test]
+    fn merge_takes_the_data_from_the_copy_that_has_it() {
+        let mut tree = end(1, false, b"");
+        Pipes::default().merge(&mut tree, &end(1, false, b"abc"));
+        Pipes::default().merge(&mut tree, &end(1, false, b""));
+        assert_eq!(tree, end(1, false, b"abc"));
+    }
+
+    #[test]
+    fn restored_pipe_holds_the_bytes_once() {
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut pipes = Pipes::default();
+        let r = pipes.open(&end(1, false, b"abc"), &images).unwrap();
+        let w = pipes.open(&end(2, true, b""), &images).unwrap();
+        // Every write end closed: the reader sees the bytes, then end-of-file.
+        drop((w, pipes));
+        let mut got = Vec::new();
+        File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abc");
+    }
 }

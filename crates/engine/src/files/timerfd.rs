@@ -7,7 +7,8 @@
 //! `it_interval`, as `(seconds, nanoseconds)`.
 //!
 //! Restore: timerfd_create(clockid) and timerfd_settime in the restorer, then the ticks with
-//! the TFD_IOC_SET_TICKS ioctl (CONFIG_CHECKPOINT_RESTORE), then the status flags.
+//! the TFD_IOC_SET_TICKS ioctl (CONFIG_CHECKPOINT_RESTORE); the status flags are set by
+//! [`super::open_all`].
 //!
 //! Time handling, decided here:
 //! * A relative timer keeps the time it had left when the process was frozen: the time between
@@ -23,14 +24,75 @@
 //!   is re-armed one interval from the restore. Periods that passed between that expiry and
 //!   the dump without being counted by the kernel are not counted either.
 
+use super::{FileOps, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind};
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 const TFD_TIMER_ABSTIME: u32 = 1;
 const TFD_TIMER_CANCEL_ON_SET: u32 = 2;
 const NS: u64 = 1_000_000_000;
+/// The clocks timerfd_create takes: REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM,
+/// BOOTTIME_ALARM.
+const CLOCKS: [i32; 5] = [
+    libc::CLOCK_REALTIME,
+    libc::CLOCK_MONOTONIC,
+    libc::CLOCK_BOOTTIME,
+    libc::CLOCK_REALTIME_ALARM,
+    libc::CLOCK_BOOTTIME_ALARM,
+];
+
+/// The timerfd kind.
+#[derive(Default)]
+pub struct TimerFds;
+
+impl FileOps for TimerFds {
+    fn name(&self) -> &'static str {
+        "timerfd"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::TimerFd { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.anon_name() == Some("[timerfd]")
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        dump(fd.pid, fd.fd, &fd.fdinfo()?)
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::TimerFd {
+            clockid,
+            settime_flags,
+            ..
+        } = &desc.kind
+        else {
+            return Err("not a timerfd".into());
+        };
+        if !CLOCKS.contains(clockid) {
+            return Err(format!(
+                "clock {clockid}, which timerfd_create does not take"
+            ));
+        }
+        if settime_flags & !(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET) != 0 {
+            return Err(format!("unknown settime flags {settime_flags:#o}"));
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        open(desc)
+    }
+}
 
 /// The timerfd fields of one fdinfo text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +208,7 @@ fn arm_value(
 }
 
 /// Creates the timerfd of description `f` in the restorer.
-pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
+fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
     let FileKind::TimerFd {
         clockid,
         settime_flags,
@@ -188,13 +250,41 @@ pub fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
             )
         })?;
     }
-    crate::files::set_anon_status_flags(&fd, f)?;
     Ok(fd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::testing::sample_process;
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        let desc = |clockid, settime_flags| FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::TimerFd {
+                clockid,
+                settime_flags,
+                ticks: 0,
+                interval_ns: 0,
+                remaining_ns: 0,
+                deadline_ns: 0,
+            },
+        };
+        for clock in CLOCKS {
+            TimerFds.validate(&desc(clock, 3), &p).unwrap();
+        }
+        for clock in [-1, 2, 3, 4, 5, 6, 10, 11] {
+            assert!(
+                TimerFds.validate(&desc(clock, 0), &p).is_err(),
+                "clock {clock}"
+            );
+        }
+        assert!(TimerFds.validate(&desc(1, 4), &p).is_err(), "flags");
+    }
 
     #[test]
     fn fdinfo() {

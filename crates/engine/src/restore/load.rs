@@ -37,7 +37,12 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
         }
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
         let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-        validate_process(&image, pages.len(), &dir.path_of(&names::process(pid)))?;
+        validate_process(
+            &image,
+            pages.len(),
+            &dir.path_of(&names::process(pid)),
+            &crate::files::KindChecks,
+        )?;
         if image.pid != pid {
             return bad(format!(
                 "{} describes pid {}",

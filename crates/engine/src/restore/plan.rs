@@ -14,11 +14,11 @@ use super::load::Loaded;
 use super::RestoreOptions;
 use crate::files::{self, memfd};
 use crate::{pages, procfs, Error};
-use stasis_image::{FileDesc, ProcessImage, RawReader, VmaKind};
+use stasis_image::{ProcessImage, RawReader, VmaKind};
 use stasis_sys::process;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 /// One process of the tree as the restore will create it.
@@ -51,7 +51,7 @@ pub(crate) struct Plan<'a> {
     /// Index in `aux` of the write end of the error pipe.
     pub err_index: usize,
     /// The descriptions of the whole tree by id, opened here.
-    pub descriptions: HashMap<u32, OwnedFd>,
+    pub descriptions: files::OpenedFiles,
     pub base: RawFd,
     pub park_from: RawFd,
     pub new_session: bool,
@@ -63,8 +63,7 @@ impl<'a> Plan<'a> {
     /// Opens everything the tree needs and plans each process. Returns the plan and the read
     /// end of the error pipe (which the restorer keeps; the children write failures into it).
     pub fn make(opts: &RestoreOptions, loaded: &'a Loaded) -> Result<(Plan<'a>, OwnedFd), Error> {
-        let union = merge_descriptions(loaded);
-        let descriptions = files::open_all(&opts.images, &union)?;
+        let descriptions = files::open_all(&opts.images, loaded.processes.iter().map(|(p, _)| p))?;
         let mut aux: Vec<OwnedFd> = Vec::new();
         let mut processes = Vec::with_capacity(loaded.processes.len());
         for (i, (image, pages)) in loaded.processes.iter().enumerate() {
@@ -77,7 +76,7 @@ impl<'a> Plan<'a> {
                 }
                 if let VmaKind::Memfd { memfd_id } = &vma.kind {
                     map_aux.insert(v, aux.len());
-                    aux.push(memfd::open_for_mapping(&descriptions, &union, *memfd_id)?);
+                    aux.push(memfd::open_for_mapping(&descriptions, *memfd_id)?);
                 }
             }
             let exe = File::open(&image.task.exe_path)
@@ -132,36 +131,8 @@ impl<'a> Plan<'a> {
 
     /// The descriptions by id as raw numbers (a forked child inherits them at these numbers).
     pub fn by_id(&self) -> HashMap<u32, RawFd> {
-        self.descriptions
-            .iter()
-            .map(|(id, fd)| (*id, fd.as_raw_fd()))
-            .collect()
+        self.descriptions.raw_fds()
     }
-}
-
-/// Every description of the tree once: a description shared by several processes appears in
-/// each of their images; the bytes in flight of a pipe are stored with one of them only.
-fn merge_descriptions(loaded: &Loaded) -> Vec<FileDesc> {
-    let mut union: Vec<FileDesc> = Vec::new();
-    for (image, _) in &loaded.processes {
-        for f in &image.files {
-            match union.iter_mut().find(|u| u.id == f.id) {
-                Some(u) => {
-                    if let (
-                        stasis_image::FileKind::Pipe { data: ud, .. },
-                        stasis_image::FileKind::Pipe { data, .. },
-                    ) = (&mut u.kind, &f.kind)
-                    {
-                        if ud.is_empty() {
-                            ud.clone_from(data);
-                        }
-                    }
-                }
-                None => union.push(f.clone()),
-            }
-        }
-    }
-    union
 }
 
 /// Opens a mapped file for its mapping, refusing a file that was replaced since the dump.

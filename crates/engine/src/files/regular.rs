@@ -1,0 +1,144 @@
+//! Regular files, reopened by path: each description's path, flags and offset, and the file's
+//! device, inode and size.
+//!
+//! Dump: a regular file that still has a name (link count above 0). Its path is where
+//! /proc/PID/fd/N points, and it must still name that very file (device and inode): a file
+//! renamed over or replaced since it was opened fails the dump.
+//!
+//! Restore: open(2) of the path with the dumped access mode and open flags; the file opened
+//! must be the dumped one (device and inode), else the restore fails rather than hand the
+//! process another file. The offset is set afterwards (lseek).
+
+use super::{Class, FileOps, Probe, ProcessFiles};
+use crate::Error;
+use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+/// The regular-file kind.
+#[derive(Default)]
+pub struct RegularFiles;
+
+impl FileOps for RegularFiles {
+    fn name(&self) -> &'static str {
+        "regular file"
+    }
+
+    fn owns(&self, kind: &FileKind) -> bool {
+        matches!(kind, FileKind::Regular { .. })
+    }
+
+    fn claims(&self, fd: &Probe<'_>) -> bool {
+        fd.class == Class::File && fd.metadata().is_ok_and(|md| md.nlink() > 0)
+    }
+
+    fn dump(
+        &mut self,
+        fd: &Probe<'_>,
+        _id: u32,
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<FileKind, Error> {
+        let md = fd.metadata()?;
+        let by_path = std::fs::metadata(&fd.link)
+            .map_err(|e| Error::io(format!("stat {} (open as fd {})", fd.link, fd.fd), e))?;
+        if (by_path.dev(), by_path.ino()) != (md.dev(), md.ino()) {
+            return Err(Error::Unsupported {
+                what: format!("fd {}: the path {} now names another file", fd.fd, fd.link),
+            });
+        }
+        Ok(FileKind::Regular {
+            path: fd.link.clone(),
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+        })
+    }
+
+    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+        let FileKind::Regular { path, .. } = &desc.kind else {
+            return Err("not a regular file".into());
+        };
+        super::check_path(path)
+    }
+
+    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+        let FileKind::Regular { path, dev, ino, .. } = &desc.kind else {
+            return Err(Error::Invalid(format!(
+                "description {} is not a regular file",
+                desc.id
+            )));
+        };
+        let file = super::open_path(path, desc, 0)?;
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+        if (md.dev(), md.ino()) != (*dev, *ino) {
+            return Err(Error::Invalid(format!(
+                "{path} is not the file that was open at dump time (its inode changed)"
+            )));
+        }
+        Ok(file.into())
+    }
+
+    fn has_position(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_image::testing::sample_process;
+
+    fn regular(path: &str) -> FileDesc {
+        FileDesc {
+            id: 1,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::Regular {
+                path: path.into(),
+                dev: 1,
+                ino: 2,
+                size: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn validate() {
+        let p = sample_process();
+        RegularFiles.validate(&regular("/tmp/f"), &p).unwrap();
+        for bad in ["tmp/f", "", "/tmp/\0f"] {
+            assert!(RegularFiles.validate(&regular(bad), &p).is_err(), "{bad:?}");
+        }
+        let long = format!("/{}", "x".repeat(stasis_image::MAX_PATH));
+        assert!(RegularFiles.validate(&regular(&long), &p).is_err());
+    }
+
+    #[test]
+    fn open_refuses_another_inode() {
+        let path = std::env::temp_dir().join(format!("stasis-regular-{}", std::process::id()));
+        std::fs::write(&path, b"hello").unwrap();
+        let md = std::fs::metadata(&path).unwrap();
+        let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut desc = regular(path.to_str().unwrap());
+        desc.pos = 3;
+        desc.flags = (libc::O_RDONLY | libc::O_NONBLOCK) as u32;
+        if let FileKind::Regular { dev, ino, .. } = &mut desc.kind {
+            (*dev, *ino) = (md.dev(), md.ino());
+        }
+        let fd = super::super::open_description(&mut RegularFiles, &desc, &images).unwrap();
+        let flags = stasis_sys::process::get_status_flags(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut rest).unwrap();
+        assert_eq!(rest, "lo", "the offset is restored");
+        if let FileKind::Regular { ino, .. } = &mut desc.kind {
+            *ino += 1;
+        }
+        let err = RegularFiles.open(&desc, &images).unwrap_err().to_string();
+        assert!(err.contains("inode changed"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
