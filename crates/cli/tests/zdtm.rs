@@ -9,8 +9,9 @@
 //! set up survived, prints `PASS` (or `FAIL: what differed`) and exits with
 //! status 0 on success.
 //!
-//! The tests need root (ptrace, restoring a given pid): when not run as root
-//! each test prints a notice and passes without doing anything.
+//! The tests need root (ptrace, restoring a given pid): without it each test
+//! fails under CI (`CI=true`) and elsewhere prints a notice and returns
+//! (`stasis_test_infra::require_root`).
 //!
 //! The harness process makes itself a child subreaper, so that processes
 //! restored with `stasis restore --detach` (and anything else stasis leaves
@@ -19,18 +20,22 @@
 //! Work directories of failed tests are kept in
 //! `target/tmp/zdtm/run/<test name>/` for inspection.
 
-// The harness talks to processes directly (setsid, kill, waitpid, prctl).
-#![allow(unsafe_code)]
-
+use stasis_test_infra::build::{zdtm_dir, zdtm_program};
+use stasis_test_infra::log::{read_for_report, read_log};
+use stasis_test_infra::process::{
+    append_log, become_subreaper, describe_exit_status, describe_wait_status, kill, kill_child,
+    spawn_isolated, try_wait_pid, wait_child_for, wait_gone, wait_pid, WaitStatus, Waited,
+};
+use stasis_test_infra::procfs::{self, describe_proc, proc_state, ProcState};
+use stasis_test_infra::wait::POLL;
+use stasis_test_infra::{require_root, WorkDir};
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -46,8 +51,6 @@ const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for the program to finish after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often to poll /proc, logs and children.
-const POLL: Duration = Duration::from_millis(10);
 
 /// What the harness does with a test program between `READY` and SIGTERM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,166 +71,7 @@ enum Mode {
 }
 
 // ---------------------------------------------------------------------------
-// Small process helpers.
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Makes this (multi-threaded) test process a child subreaper, once.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument and
-        // only changes a flag of the calling process.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            rc,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
-    });
-}
-
-/// Sends `sig` to `pid`; true when it was delivered.
-fn kill(pid: i32, sig: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill only sends a signal; pid is a positive, single process id.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
-/// Human-readable form of a raw wait status.
-fn describe_wait_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("raw wait status {status:#x}")
-    }
-}
-
-/// Human-readable form of an `ExitStatus`.
-fn describe_exit_status(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => format!("{status}"),
-    }
-}
-
-/// The outcome of waiting for a process that may or may not be our child.
-#[derive(Debug)]
-enum Reaped {
-    /// We reaped it ourselves; the raw wait status.
-    Status(i32),
-    /// It is gone but was not our child, so its status is unknown.
-    Gone,
-}
-
-/// Waits until `pid` has exited, reaping it when it is (or becomes, via the
-/// subreaper) our child.
-fn wait_pid(pid: i32, timeout: Duration) -> Result<Reaped, String> {
-    let start = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
-        // WNOHANG keeps it from blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
-        if rc == pid {
-            return Ok(Reaped::Status(status));
-        }
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // Not our child (yet?): it is done once /proc forgets it.
-                Some(libc::ECHILD) => {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        return Ok(Reaped::Gone);
-                    }
-                }
-                _ => return Err(format!("waitpid({pid}): {err}")),
-            }
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "pid {pid} did not exit within {timeout:?} (state: {})",
-                describe_proc(pid)
-            ));
-        }
-        sleep(POLL);
-    }
-}
-
-/// A field of /proc/PID/status, e.g. `status_field(s, "State")`.
-fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        line.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
-/// One line describing what /proc says about `pid`, for error messages.
-fn describe_proc(pid: i32) -> String {
-    match fs::read_to_string(format!("/proc/{pid}/status")) {
-        Err(_) => "no such process".to_string(),
-        Ok(s) => {
-            let exe = fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|e| format!("? ({e})"));
-            format!(
-                "State {}, TracerPid {}, PPid {}, exe {}",
-                status_field(&s, "State").unwrap_or("?"),
-                status_field(&s, "TracerPid").unwrap_or("?"),
-                status_field(&s, "PPid").unwrap_or("?"),
-                exe
-            )
-        }
-    }
-}
-
-/// What a poll of /proc/PID/status found.
-enum ProcState {
-    Absent,
-    /// Exists, not traced, not stopped.
-    Running,
-    /// Exited, not reaped yet.
-    Zombie,
-    /// Exists but stopped or traced (still being dumped or restored).
-    Busy,
-}
-
-fn proc_state(pid: i32) -> ProcState {
-    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return ProcState::Absent;
-    };
-    let state = status_field(&s, "State").and_then(|v| v.chars().next());
-    let tracer = status_field(&s, "TracerPid");
-    match state {
-        Some('Z') | Some('X') => ProcState::Zombie,
-        Some('t') | Some('T') => ProcState::Busy,
-        Some(_) if tracer == Some("0") => ProcState::Running,
-        _ => ProcState::Busy,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Building the C programs.
-
-fn zdtm_src_dir() -> PathBuf {
-    // crates/cli -> the workspace root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("crates/cli has a workspace root two levels up");
-    root.join("tests").join("zdtm")
-}
+// Building the programs.
 
 fn zdtm_tmp_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("zdtm")
@@ -249,54 +93,22 @@ fn build(name: &str) -> Result<PathBuf, String> {
 }
 
 fn compile(name: &str) -> Result<PathBuf, String> {
-    let src_dir = zdtm_src_dir();
-    let src = src_dir.join(format!("{name}.c"));
-    if !src.exists() {
+    let src_dir = zdtm_dir();
+    if !src_dir.join(format!("{name}.c")).exists() {
         // Scripts run from the source tree (see `program_command`).
-        for ext in ["sh", "py"] {
+        for ext in SCRIPT_EXTENSIONS {
             let script = src_dir.join(format!("{name}.{ext}"));
             if script.exists() {
                 return Ok(script);
             }
         }
-        return Err(format!("missing test program {}", src.display()));
     }
-    let lib = src_dir.join("lib");
-    if !lib.join("zdtm.c").exists() || !lib.join("zdtm.h").exists() {
-        return Err(format!(
-            "missing test library {}/zdtm.c or zdtm.h",
-            lib.display()
-        ));
-    }
-    let bin_dir = zdtm_tmp_dir().join("bin");
-    fs::create_dir_all(&bin_dir).map_err(|e| format!("mkdir {}: {e}", bin_dir.display()))?;
-    let bin = bin_dir.join(name);
-    // Build under a private name and rename: another test binary or a
-    // process of an earlier run may be executing the old file.
-    let tmp = bin_dir.join(format!(".{name}.{}", std::process::id()));
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-Wall", "-Werror", "-D_GNU_SOURCE", "-I"])
-        .arg(&lib)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&src)
-        .arg(lib.join("zdtm.c"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
-    if !out.status.success() {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!(
-            "compiling {} failed ({}):\n{}{}",
-            src.display(),
-            describe_exit_status(out.status),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    fs::rename(&tmp, &bin).map_err(|e| format!("rename to {}: {e}", bin.display()))?;
-    Ok(bin)
+    zdtm_program(name, &zdtm_tmp_dir().join("bin"))
 }
+
+/// The kinds of test scripts (`tests/zdtm/NAME.sh`, `NAME.py`), run by
+/// `program_command` when there is no `NAME.c`.
+const SCRIPT_EXTENSIONS: [&str; 2] = ["sh", "py"];
 
 // ---------------------------------------------------------------------------
 // One test run.
@@ -305,7 +117,7 @@ struct Run {
     test: &'static str,
     bin: PathBuf,
     args: &'static [&'static str],
-    dir: PathBuf,
+    dir: WorkDir,
     log: PathBuf,
     /// The test program's pid (the original and every restored copy).
     pid: i32,
@@ -323,18 +135,10 @@ struct Run {
 }
 
 impl Run {
-    fn new(
-        test: &'static str,
-        bin: PathBuf,
-        args: &'static [&'static str],
-    ) -> Result<Self, String> {
-        let dir = zdtm_tmp_dir().join("run").join(test);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    fn new(test: &'static str, bin: PathBuf, args: &'static [&'static str]) -> Self {
+        let dir = WorkDir::new(zdtm_tmp_dir().join("run").join(test));
         let log = dir.join("test.log");
-        Ok(Run {
+        Run {
             test,
             bin,
             args,
@@ -346,59 +150,20 @@ impl Run {
             nstasis: 0,
             mark: 0,
             tree: Vec::new(),
-        })
+        }
     }
 
     fn read_log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_log(&self.log)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let log = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&self.log)
-            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("dup {}: {e}", self.log.display()))?;
+        let log = append_log(&self.log).map_err(|e| format!("open {}: {e}", self.log.display()))?;
         let mut cmd = program_command(&self.bin);
         cmd.args(self.args)
             .env(RUN_TOKEN_VAR, self.run_token())
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes system calls (setsid, close_range), which are
-        // async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Only stdin/stdout/stderr go to the program: descriptors this
-                // test process inherited without close-on-exec (e.g. cargo's
-                // jobserver pipe) would otherwise leak into it, and stasis
-                // rightly refuses pipes that lead outside the dumped process.
-                let first: libc::c_uint = 3;
-                if libc::syscall(
-                    libc::SYS_close_range,
-                    first,
-                    libc::c_uint::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                ) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
+            .current_dir(&self.dir);
+        let child = spawn_isolated(&mut cmd, log)
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
         self.pid = child.id() as i32;
         self.live = true;
@@ -414,11 +179,7 @@ impl Run {
             if self.read_log().contains("READY") {
                 return Ok(());
             }
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid int pointer;
-            // WNOHANG keeps it from blocking.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if rc == self.pid {
+            if let Waited::Status(status) = try_wait_pid(self.pid)? {
                 self.live = false;
                 return Err(format!(
                     "test program {} before printing READY",
@@ -435,28 +196,22 @@ impl Run {
     /// Runs `stasis ARGS` to completion, output into a file in the work dir.
     fn stasis(&mut self, what: &str, args: &[OsString]) -> Result<(), String> {
         let (mut child, out) = self.spawn_stasis(what, args)?;
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(format!("waiting for stasis {what}: {e}")),
-            }
-            if start.elapsed() > STASIS_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
+        let status = match wait_child_for(&mut child, STASIS_TIMEOUT) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                kill_child(&mut child);
                 return Err(format!(
                     "stasis {what} did not finish within {STASIS_TIMEOUT:?}; output:\n{}",
-                    read_lossy(&out)
+                    read_for_report(&out)
                 ));
             }
-            sleep(POLL);
+            Err(e) => return Err(format!("waiting for stasis {what}: {e}")),
         };
         if !status.success() {
             return Err(format!(
                 "stasis {what} failed ({}); output:\n{}",
                 describe_exit_status(status),
-                read_lossy(&out)
+                read_for_report(&out)
             ));
         }
         Ok(())
@@ -508,9 +263,9 @@ impl Run {
         // The dump kills the process: reap it (it is our child, directly or
         // through the subreaper) and check how it died.
         let root = match wait_pid(self.pid, Duration::from_secs(5)) {
-            Ok(Reaped::Status(st)) => {
+            Ok(Waited::Status(st)) => {
                 self.live = false;
-                if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
+                if st == WaitStatus::Signaled(libc::SIGKILL) {
                     Ok(())
                 } else {
                     Err(format!(
@@ -519,7 +274,7 @@ impl Run {
                     ))
                 }
             }
-            Ok(Reaped::Gone) => {
+            Ok(_) => {
                 self.live = false;
                 Ok(())
             }
@@ -580,7 +335,7 @@ impl Run {
         let mut child = child;
         let res = self.wait_running(Some(&mut child));
         self.restore = Some(child);
-        res.map_err(|e| format!("{e}; stasis restore output:\n{}", read_lossy(&out)))
+        res.map_err(|e| format!("{e}; stasis restore output:\n{}", read_for_report(&out)))
     }
 
     /// `stasis restore -D DIR --detach`; returns once the restored process
@@ -600,7 +355,7 @@ impl Run {
     }
 
     fn ensure_pid_free(&self) -> Result<(), String> {
-        if Path::new(&format!("/proc/{}", self.pid)).exists() {
+        if procfs::exists(self.pid) {
             return Err(format!(
                 "harness bug: pid {} still exists before restore ({})",
                 self.pid,
@@ -623,8 +378,8 @@ impl Run {
         }
         let reaped = wait_pid(self.pid, EXIT_TIMEOUT).map_err(|e| format!("after SIGTERM: {e}"))?;
         self.live = false;
-        if let Reaped::Status(st) = reaped {
-            if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+        if let Waited::Status(st) = reaped {
+            if st != WaitStatus::Exited(0) {
                 return Err(format!(
                     "test program {} after SIGTERM{}",
                     describe_wait_status(st),
@@ -649,14 +404,9 @@ impl Run {
             self.restore = Some(child);
             return Err(format!("cannot send SIGTERM to pid {}: {err}", self.pid));
         }
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(format!("waiting for stasis restore: {e}")),
-            }
-            if start.elapsed() > EXIT_TIMEOUT {
+        let status = match wait_child_for(&mut child, EXIT_TIMEOUT) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
                 self.restore = Some(child);
                 return Err(format!(
                     "stasis restore did not exit within {EXIT_TIMEOUT:?} after SIGTERM to pid {} ({})",
@@ -664,7 +414,7 @@ impl Run {
                     describe_proc(self.pid)
                 ));
             }
-            sleep(POLL);
+            Err(e) => return Err(format!("waiting for stasis restore: {e}")),
         };
         // The restored process must be gone with it.
         match wait_pid(self.pid, Duration::from_secs(2)) {
@@ -804,7 +554,7 @@ impl Run {
         });
         for p in outs {
             s.push_str(&format!("\n--- {} ---\n", p.display()));
-            s.push_str(&read_lossy(&p));
+            s.push_str(&read_for_report(&p));
         }
         s
     }
@@ -815,19 +565,18 @@ impl Drop for Run {
         // Everything of a process tree, found while the root still exists.
         let others = self.tree_members();
         if let Some(mut child) = self.restore.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_child(&mut child);
         }
         if self.live && kill(self.pid, libc::SIGKILL) {
             let _ = wait_pid(self.pid, Duration::from_secs(5));
         }
         for &(pid, start) in &others {
-            if proc_start_time(pid) == Some(start) {
+            if procfs::start_time(pid) == Some(start) {
                 kill(pid, libc::SIGKILL);
             }
         }
         for &(pid, start) in &others {
-            let _ = wait_member(pid, start, Duration::from_secs(5));
+            let _ = wait_gone(pid, start, Duration::from_secs(5));
         }
     }
 }
@@ -857,7 +606,7 @@ impl Run {
             .tree
             .iter()
             .copied()
-            .filter(|&(pid, start)| proc_start_time(pid) == Some(start))
+            .filter(|&(pid, start)| procfs::start_time(pid) == Some(start))
             .collect();
         all.extend(tree_of(self.pid, self.live, &self.run_token()));
         all.retain(|&(pid, _)| pid != self.pid);
@@ -872,7 +621,7 @@ impl Run {
     fn reap_tree(&mut self, what: &str) -> Result<(), String> {
         let mut left = Vec::new();
         for (pid, start) in self.tree_members() {
-            if let Err(e) = wait_member(pid, start, Duration::from_secs(2)) {
+            if let Err(e) = wait_gone(pid, start, Duration::from_secs(2)) {
                 left.push(e);
             }
         }
@@ -906,25 +655,6 @@ fn program_command(bin: &Path) -> Command {
     }
 }
 
-/// (ppid, pgrp, session, start time) from /proc/PID/stat.
-fn proc_stat_ids(pid: i32) -> Option<(i32, i32, i32, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after "(comm)"; comm may contain spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state), so field n is f[n - 3].
-    Some((
-        f.get(1)?.parse().ok()?,
-        f.get(2)?.parse().ok()?,
-        f.get(3)?.parse().ok()?,
-        f.get(19)?.parse().ok()?,
-    ))
-}
-
-fn proc_start_time(pid: i32) -> Option<u64> {
-    proc_stat_ids(pid).map(|ids| ids.3)
-}
-
 /// Environment variable that marks a test's processes: a process that left
 /// the tree and its session (double fork and setsid) and was orphaned to
 /// the harness (the subreaper) is still recognised by it.
@@ -944,31 +674,24 @@ fn has_run_token(pid: i32, token: &str) -> bool {
 /// all descendants of any of these.
 fn tree_of(root: i32, include_root: bool, token: &str) -> Vec<(i32, u64)> {
     let me = std::process::id() as i32;
-    let mut procs: Vec<(i32, (i32, i32, i32, u64))> = Vec::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Some(ids) = proc_stat_ids(pid) {
-                procs.push((pid, ids));
-            }
-        }
-    }
+    let procs: Vec<(i32, procfs::Stat)> = procfs::pids()
+        .into_iter()
+        .filter_map(|pid| procfs::stat(pid).map(|st| (pid, st)))
+        .collect();
     let mut inside: Vec<i32> = procs
         .iter()
-        .filter(|(pid, (ppid, pgrp, sid, _))| {
+        .filter(|(pid, st)| {
             (include_root && *pid == root)
-                || *pgrp == root
-                || *sid == root
-                || (*ppid == me && *pid != root && has_run_token(*pid, token))
+                || st.pgrp == root
+                || st.session == root
+                || (st.ppid == me && *pid != root && has_run_token(*pid, token))
         })
         .map(|(pid, _)| *pid)
         .collect();
     loop {
         let before = inside.len();
-        for (pid, (ppid, ..)) in &procs {
-            if inside.contains(ppid) && !inside.contains(pid) && *pid != root {
+        for (pid, st) in &procs {
+            if inside.contains(&st.ppid) && !inside.contains(pid) && *pid != root {
                 inside.push(*pid);
             }
         }
@@ -979,48 +702,14 @@ fn tree_of(root: i32, include_root: bool, token: &str) -> Vec<(i32, u64)> {
     procs
         .iter()
         .filter(|(pid, _)| inside.contains(pid))
-        .map(|(pid, ids)| (*pid, ids.3))
+        .map(|(pid, st)| (*pid, st.start_time))
         .collect()
-}
-
-/// Waits until the process (pid, start time) is gone, reaping it if it is
-/// (or becomes) our child; a pid now used by another process counts as
-/// gone. Err describes the process if it is still there after `timeout`.
-fn wait_member(pid: i32, start: u64, timeout: Duration) -> Result<(), String> {
-    let t0 = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
-        // WNOHANG keeps it from blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
-        if rc == pid || proc_start_time(pid) != Some(start) {
-            return Ok(());
-        }
-        if t0.elapsed() > timeout {
-            let cmd = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                .unwrap_or_default();
-            return Err(format!(
-                "pid {pid} `{}` ({})",
-                cmd.trim(),
-                describe_proc(pid)
-            ));
-        }
-        sleep(POLL);
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", p.display()))
 }
 
 /// Runs program `name` with `args` in `mode`; panics with the program's log
 /// and stasis' output on failure.
 fn run(test: &'static str, name: &str, args: &'static [&'static str], mode: Mode) {
-    if !is_root() {
-        eprintln!("skipping {test}: the zdtm tests need root");
+    if !require_root() {
         return;
     }
     become_subreaper();
@@ -1028,28 +717,18 @@ fn run(test: &'static str, name: &str, args: &'static [&'static str], mode: Mode
         Ok(bin) => bin,
         Err(e) => panic!("{test}: {e}"),
     };
-    let mut r = match Run::new(test, bin, args) {
-        Ok(r) => r,
-        Err(e) => panic!("{test}: {e}"),
-    };
-    match r.run(mode) {
-        Ok(()) => {
-            let dir = r.dir.clone();
-            drop(r);
-            let _ = fs::remove_dir_all(dir);
-        }
-        Err(e) => {
-            let report = r.report();
-            let dir = r.dir.clone();
-            drop(r); // kill whatever is left before panicking
-            panic!(
-                "{test} ({name}, {mode:?}): {e}\n(work dir kept: {})\n{report}",
-                dir.display()
-            );
-        }
+    let mut r = Run::new(test, bin, args);
+    if let Err(e) = r.run(mode) {
+        let report = r.report();
+        r.dir.keep();
+        let dir = r.dir.to_path_buf();
+        drop(r); // kill whatever is left before panicking
+        panic!(
+            "{test} ({name}, {mode:?}): {e}\n(work dir kept: {})\n{report}",
+            dir.display()
+        );
     }
 }
-
 // ---------------------------------------------------------------------------
 // The tests: one per (program, mode).
 
