@@ -32,11 +32,12 @@ const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------
 // Process helpers.
 
-/// Takes the lock that serializes these tests and makes this process a
-/// child subreaper (so that whatever stasis leaves behind ends up as our
-/// child, where the tests look for it). `None` when the test cannot run
-/// (see `require_root`).
-fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
+/// Takes the lock that serializes these tests, makes this process a child
+/// subreaper (so that whatever stasis leaves behind ends up as our child,
+/// where the tests look for it) and makes the test's work directory,
+/// `target/tmp/negative/<test>` (kept when the test fails). `None` when the
+/// test cannot run (see `require_root`).
+fn start(test: &str) -> Option<(MutexGuard<'static, ()>, WorkDir)> {
     if !require_root() {
         return None;
     }
@@ -51,7 +52,12 @@ fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
         kill(pid, libc::SIGKILL);
         let _ = wait_pid(pid, Duration::from_secs(5));
     }
-    Some(guard)
+    let dir = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("negative")
+            .join(test),
+    );
+    Some((guard, dir))
 }
 
 /// Err unless `pid` exists, is neither stopped nor traced, nor a zombie.
@@ -111,15 +117,6 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------
 // Work directories, programs, stasis.
 
-/// `target/tmp/negative/<test>`, kept when the test fails.
-fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("negative")
-            .join(test),
-    )
-}
-
 /// Starts `prog args` the way the zdtm harness starts its programs: new
 /// session, cwd = the work dir, stdin /dev/null, output appended to
 /// `name.log`. The process is reaped by pid (`wait_pid`), not through `Child`.
@@ -164,11 +161,20 @@ fn spawn_sleep(w: &WorkDir) -> Proc {
     p
 }
 
-/// Runs python3 `script`, which must write "PID FD..." into the file `fds`
-/// (through a rename, so that it appears complete) and then sleep. Returns
-/// the process, once it sleeps, and the fds it wrote.
+/// Runs python3 `script`, which sets up its files and the list `fds` of the
+/// descriptors the error should name; then it writes its pid and `fds` into
+/// the file `fds` (through a rename, so that it appears complete) and
+/// sleeps. Returns the process, once it sleeps, and the fds.
 fn spawn_python(w: &WorkDir, script: &str) -> (Proc, Vec<i32>) {
-    let p = spawn_program(w, "python", "python3", &["-c", script]);
+    let script = format!(
+        "import os, time\n\
+         {script}\n\
+         with open('fds.tmp', 'w') as f:\n    \
+             f.write(' '.join(str(n) for n in [os.getpid()] + fds) + '\\n')\n\
+         os.rename('fds.tmp', 'fds')\n\
+         time.sleep(100)\n"
+    );
+    let p = spawn_program(w, "python", "python3", &["-c", &script]);
     let pid = p.pid;
     let fds_path = w.join("fds");
     wait_for(
@@ -425,10 +431,9 @@ fn unused_pid() -> i32 {
 
 #[test]
 fn dump_missing_pid_fails() {
-    let Some(_lock) = start("dump_missing_pid_fails") else {
+    let Some((_lock, w)) = start("dump_missing_pid_fails") else {
         return;
     };
-    let w = work_dir("dump_missing_pid_fails");
     let img = w.mkdir("img");
     let pid = unused_pid();
     let out = dump(&w, pid, &img, false);
@@ -453,10 +458,9 @@ fn dump_missing_pid_fails() {
 
 #[test]
 fn restore_pid_in_use_fails() {
-    let Some(_lock) = start("restore_pid_in_use_fails") else {
+    let Some((_lock, w)) = start("restore_pid_in_use_fails") else {
         return;
     };
-    let w = work_dir("restore_pid_in_use_fails");
     let img = w.mkdir("img");
     let mut p = spawn_sleep(&w);
     let pid = p.pid;
@@ -567,10 +571,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn corrupted_images_are_refused() {
-    let Some(_lock) = start("corrupted_images_are_refused") else {
+    let Some((_lock, w)) = start("corrupted_images_are_refused") else {
         return;
     };
-    let w = work_dir("corrupted_images_are_refused");
     let (pid, img) = dumped_sleep(&w);
 
     // Control: the unmodified images restore (else the refusals below would
@@ -691,16 +694,13 @@ fn names_fd(text: &str, fds: &[i32]) -> bool {
 
 #[test]
 fn dump_unix_socket_is_refused() {
-    let Some(_lock) = start("dump_unix_socket_is_refused") else {
+    let Some((_lock, w)) = start("dump_unix_socket_is_refused") else {
         return;
     };
-    let w = work_dir("dump_unix_socket_is_refused");
     let img = w.mkdir("img");
-    let script = "import os, socket, time\n\
+    let script = "import socket\n\
                   a, b = socket.socketpair()\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d %d\\n' % (os.getpid(), a.fileno(), b.fileno()))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [a.fileno(), b.fileno()]\n";
     let (mut p, fds) = spawn_python(&w, script);
     let pid = p.pid;
     let fds = &fds[..];
@@ -752,10 +752,9 @@ fn json_has_number(v: &serde_json::Value, n: i64) -> bool {
 
 #[test]
 fn show_prints_json_with_the_pid() {
-    let Some(_lock) = start("show_prints_json_with_the_pid") else {
+    let Some((_lock, w)) = start("show_prints_json_with_the_pid") else {
         return;
     };
-    let w = work_dir("show_prints_json_with_the_pid");
     let (pid, img) = dumped_sleep(&w);
     let out = stasis(&w, &[OsStr::new("show"), img.as_os_str()]);
     assert!(
@@ -803,10 +802,9 @@ fn names_fd_recognizes_the_usual_forms() {
 /// contains every one of `words` and names one of the fds; the process must
 /// run on untouched.
 fn check_refused_python(test: &str, script: &str, words: &[&str]) {
-    let Some(_lock) = start(test) else {
+    let Some((_lock, w)) = start(test) else {
         return;
     };
-    let w = work_dir(test);
     let img = w.mkdir("img");
     let (mut p, fds) = spawn_python(&w, script);
     let pid = p.pid;
@@ -844,9 +842,7 @@ fn dump_epoll_watch_of_a_closed_fd_is_refused() {
                   ep = select.epoll()\n\
                   ep.register(r, select.EPOLLIN)\n\
                   os.close(r)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), ep.fileno()))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [ep.fileno()]\n";
     check_refused_python(
         "dump_epoll_watch_of_a_closed_fd_is_refused",
         script,
@@ -864,9 +860,7 @@ fn dump_inotify_watch_of_a_deleted_directory_is_refused() {
                   keep = os.open('gone', os.O_RDONLY)\n\
                   assert fd >= 0 and libc.inotify_add_watch(fd, b'gone', 0x100) == 1\n\
                   os.rmdir('gone')\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [fd]\n";
     check_refused_python(
         "dump_inotify_watch_of_a_deleted_directory_is_refused",
         script,
@@ -892,9 +886,7 @@ fn dump_of_an_fd_table_sharer_with_children_is_refused() {
                       while os.getppid() == parent:\n        time.sleep(0.05)\n    \
                       os._exit(0)\n\
                   time.sleep(0.3)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d\\n' % parent)\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = []\n";
     check_refused_python(
         "dump_of_an_fd_table_sharer_with_children_is_refused",
         script,
@@ -910,9 +902,7 @@ fn dump_posix_message_queue_is_refused() {
                   fd = rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)\n\
                   assert fd >= 0\n\
                   rt.mq_unlink(name)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [fd]\n";
     check_refused_python(
         "dump_posix_message_queue_is_refused",
         script,
