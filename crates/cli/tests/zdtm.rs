@@ -370,9 +370,9 @@ impl Run {
         Ok(())
     }
 
-    /// SIGTERM to the process, which is not under an attached restore; wait
-    /// for it (our child, directly or through the subreaper) and check.
-    fn finish_direct(&mut self) -> Result<(), String> {
+    /// Notes the test's processes, then sends SIGTERM to the program: time
+    /// to check.
+    fn sigterm(&mut self) -> Result<(), String> {
         self.note_tree();
         if !kill(self.pid, libc::SIGTERM) {
             return Err(format!(
@@ -381,6 +381,13 @@ impl Run {
                 io::Error::last_os_error()
             ));
         }
+        Ok(())
+    }
+
+    /// SIGTERM to the process, which is not under an attached restore; wait
+    /// for it (our child, directly or through the subreaper) and check.
+    fn finish_direct(&mut self) -> Result<(), String> {
+        self.sigterm()?;
         let reaped = wait_pid(self.pid, EXIT_TIMEOUT).map_err(|e| format!("after SIGTERM: {e}"))?;
         self.live = false;
         if let Waited::Status(st) = reaped {
@@ -399,15 +406,13 @@ impl Run {
     /// SIGTERM to the process restored by the attached `stasis restore`;
     /// `stasis restore` must then exit with the program's status, 0.
     fn finish_attached(&mut self) -> Result<(), String> {
-        self.note_tree();
         let mut child = self
             .restore
             .take()
             .ok_or("harness bug: no attached restore")?;
-        if !kill(self.pid, libc::SIGTERM) {
-            let err = io::Error::last_os_error();
+        if let Err(e) = self.sigterm() {
             self.restore = Some(child);
-            return Err(format!("cannot send SIGTERM to pid {}: {err}", self.pid));
+            return Err(e);
         }
         let status = match wait_child_for(&mut child, EXIT_TIMEOUT) {
             Ok(Some(status)) => status,

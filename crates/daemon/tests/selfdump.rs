@@ -348,6 +348,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The context of test `name`; `None` when the test cannot run (see `require_root`).
+    fn start(name: &str) -> Option<Ctx> {
+        require_root().then(|| Ctx::new(name))
+    }
+
     fn new(name: &str) -> Ctx {
         let dir = WorkDir::new(run_root().join(name));
         let u = test_user();
@@ -490,6 +495,21 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((pid, exe.to_path_buf()));
+    }
+
+    /// Lets a selfdumper started with `--go GO` go on: creates GO, watching `pids` for a
+    /// tracer from just before (see [`TraceWatch`]).
+    fn go(&self, go: impl AsRef<Path>, pids: &[i32]) -> TraceWatch {
+        let watch = TraceWatch::start(pids);
+        File::create(go).unwrap();
+        watch
+    }
+
+    /// Proof that program `p` runs on: it answers SIGUSR1 with `PONG 1` after byte `off` of
+    /// its log. Returns the offset past that line.
+    fn ping(&self, p: &Prog, off: usize) -> usize {
+        assert!(kill(p.pid, libc::SIGUSR1), "pid {} is gone", p.pid);
+        self.wait_line(&p.log, off, "PONG 1").1
     }
 
     /// Sends SIGTERM to a program and waits for its EXIT line after `from`.
@@ -902,10 +922,9 @@ fn dump_then_restore_as_root_and_as_user(
 
 #[test]
 fn c_selfdump_unprivileged_64mib() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("c_selfdump_unprivileged_64mib") else {
         return;
-    }
-    let ctx = Ctx::new("c_selfdump_unprivileged_64mib");
+    };
     let d = Daemon::start(&ctx);
     let images = ctx.user_dir("images");
     let p = ctx.selfdumper(Who::User, &images, &[], &d.socket, "prog.log");
@@ -915,10 +934,9 @@ fn c_selfdump_unprivileged_64mib() {
 
 #[test]
 fn rust_selfdump_unprivileged() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("rust_selfdump_unprivileged") else {
         return;
-    }
-    let ctx = Ctx::new("rust_selfdump_unprivileged");
+    };
     let d = Daemon::start(&ctx);
     let images = ctx.user_dir("images");
     let exe = std::env::current_exe().unwrap();
@@ -937,10 +955,9 @@ fn rust_selfdump_unprivileged() {
 
 #[test]
 fn kill_flag_kills_the_original() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("kill_flag_kills_the_original") else {
         return;
-    }
-    let ctx = Ctx::new("kill_flag_kills_the_original");
+    };
     let d = Daemon::start(&ctx);
     let images = ctx.user_dir("images");
     let p = ctx.selfdumper(
@@ -1084,10 +1101,9 @@ fn version_mismatch_names_both_versions() {
     fs::remove_dir_all(&dir).unwrap();
 
     // The daemon side, by hand (needs root).
-    if !require_root() {
+    let Some(ctx) = Ctx::start("version_mismatch_names_both_versions") else {
         return;
-    }
-    let ctx = Ctx::new("version_mismatch_names_both_versions");
+    };
     let d = Daemon::start(&ctx);
     let conn = connect(&d.socket);
     protocol::send(
@@ -1109,10 +1125,9 @@ fn version_mismatch_names_both_versions() {
 
 #[test]
 fn garbage_on_the_socket() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("garbage_on_the_socket") else {
         return;
-    }
-    let ctx = Ctx::new("garbage_on_the_socket");
+    };
     let d = Daemon::start(&ctx);
     for garbage in [
         &b"GET / HTTP/1.0\r\n\r\n"[..],
@@ -1139,10 +1154,9 @@ fn garbage_on_the_socket() {
 
 #[test]
 fn oversized_message() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("oversized_message") else {
         return;
-    }
-    let ctx = Ctx::new("oversized_message");
+    };
     let d = Daemon::start(&ctx);
     // 8 KiB: a Hello header announcing the whole body, so only the size is wrong.
     let mut big = vec![b'x'; 8192];
@@ -1172,10 +1186,9 @@ fn oversized_message() {
 
 #[test]
 fn slow_client_times_out() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("slow_client_times_out") else {
         return;
-    }
-    let ctx = Ctx::new("slow_client_times_out");
+    };
     let d = Daemon::start(&ctx);
     let t0 = Instant::now();
     let silent = connect(&d.socket);
@@ -1221,10 +1234,9 @@ fn slow_client_times_out() {
 
 #[test]
 fn request_without_dir_fd() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("request_without_dir_fd") else {
         return;
-    }
-    let ctx = Ctx::new("request_without_dir_fd");
+    };
     let d = Daemon::start(&ctx);
     for request in [
         Message::DumpSelf {
@@ -1247,10 +1259,9 @@ fn request_without_dir_fd() {
 
 #[test]
 fn two_fds_passed() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("two_fds_passed") else {
         return;
-    }
-    let ctx = Ctx::new("two_fds_passed");
+    };
     let d = Daemon::start(&ctx);
     let a = ctx.user_dir("a");
     let b = ctx.user_dir("b");
@@ -1290,10 +1301,9 @@ fn two_fds_passed() {
 
 #[test]
 fn self_dump_uses_kernel_identity() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("self_dump_uses_kernel_identity") else {
         return;
-    }
-    let ctx = Ctx::new("self_dump_uses_kernel_identity");
+    };
     let d = Daemon::start(&ctx);
     let images = ctx.user_dir("images");
     let dir = File::open(&images).unwrap();
@@ -1354,10 +1364,9 @@ fn self_dump_uses_kernel_identity() {
 
 #[test]
 fn several_clients_at_once() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("several_clients_at_once") else {
         return;
-    }
-    let ctx = Ctx::new("several_clients_at_once");
+    };
     let d = Daemon::start(&ctx);
     let mut progs = Vec::new();
     for i in 0..4 {
@@ -1478,8 +1487,7 @@ fn kill_worker_during_dump(ctx: &Ctx, d: &mut Daemon, tag: &str, at_bytes: u64) 
     assert!(code < 0, "{err}");
     eprintln!("[worker_killed_mid_dump_leaves_caller_running] {tag}: the caller got: {err}");
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS 512 MiB");
-    assert!(kill(p.pid, libc::SIGUSR1));
-    let (_, off) = ctx.wait_line(&p.log, off, "PONG 1");
+    let off = ctx.ping(&p, off);
     assert!(!fs::read_to_string(&p.log).unwrap().contains("DUMPED"));
     ctx.terminate(p.pid, &p.log, off);
     let st = ctx.wait_child(p.pid);
@@ -1492,10 +1500,9 @@ fn kill_worker_during_dump(ctx: &Ctx, d: &mut Daemon, tag: &str, at_bytes: u64) 
 
 #[test]
 fn worker_killed_mid_dump_leaves_caller_running() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("worker_killed_mid_dump_leaves_caller_running") else {
         return;
-    }
-    let ctx = Ctx::new("worker_killed_mid_dump_leaves_caller_running");
+    };
     let mut d = Daemon::start(&ctx);
     // Killed once the pages file appears (the system calls run inside the caller are over:
     // docs/security.md), and again further into the page copy.
@@ -1506,10 +1513,9 @@ fn worker_killed_mid_dump_leaves_caller_running() {
 
 #[test]
 fn daemon_survives_a_killed_worker() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("daemon_survives_a_killed_worker") else {
         return;
-    }
-    let ctx = Ctx::new("daemon_survives_a_killed_worker");
+    };
     let mut d = Daemon::start(&ctx);
     // A worker waiting for a Hello is killed: the client sees the end of the connection.
     let conn = connect(&d.socket);
@@ -1533,10 +1539,9 @@ fn daemon_survives_a_killed_worker() {
 
 #[test]
 fn max_workers_bounds_concurrent_requests() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("max_workers_bounds_concurrent_requests") else {
         return;
-    }
-    let ctx = Ctx::new("max_workers_bounds_concurrent_requests");
+    };
     let socket = new_socket_path();
     let mut cmd = Command::new(stasisd_exe());
     cmd.arg("--socket")
@@ -1685,10 +1690,9 @@ fn refused_dump_pid(ctx: &Ctx, d: &Daemon, pid: i32, counter: &Path, needle: &st
 
 #[test]
 fn dump_pid_of_other_user_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("dump_pid_of_other_user_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("dump_pid_of_other_user_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let counter = ctx.dir.join("counter");
     let t = ctx.ticker(Who::Root, &counter, &[], "ticker.log");
@@ -1724,10 +1728,9 @@ fn dump_pid_of_other_user_is_refused() {
 
 #[test]
 fn dump_pid_of_setuid_process_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("dump_pid_of_setuid_process_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("dump_pid_of_setuid_process_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let counter = ctx.dir.join("counter");
@@ -1757,10 +1760,9 @@ fn dump_pid_of_setuid_process_is_refused() {
 
 #[test]
 fn dump_pid_of_nondumpable_process_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("dump_pid_of_nondumpable_process_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("dump_pid_of_nondumpable_process_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let counter = ctx.dir.join("counter");
@@ -1844,10 +1846,9 @@ fn edit_process_image(path: &Path, edit: impl FnOnce(&mut ProcessImage)) -> Vec<
 
 #[test]
 fn restore_of_root_images_by_user_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("restore_of_root_images_by_user_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("restore_of_root_images_by_user_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let counter = ctx.dir.join("counter");
@@ -1893,10 +1894,9 @@ fn restore_of_root_images_by_user_is_refused() {
 
 #[test]
 fn restore_of_edited_credentials_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("restore_of_edited_credentials_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("restore_of_edited_credentials_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let (t, counter, images) = user_ticker_dumped(&ctx, &d);
@@ -1956,10 +1956,9 @@ fn restore_of_edited_credentials_is_refused() {
 
 #[test]
 fn restore_cannot_open_files_the_user_cannot() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("restore_cannot_open_files_the_user_cannot") else {
         return;
-    }
-    let ctx = Ctx::new("restore_cannot_open_files_the_user_cannot");
+    };
     let d = Daemon::start(&ctx);
     let (t, counter, images) = user_ticker_dumped(&ctx, &d);
     let record = images.join(stasis_image::names::process(t.pid));
@@ -1996,10 +1995,9 @@ fn restore_cannot_open_files_the_user_cannot() {
 
 #[test]
 fn images_owned_by_caller_mode_0600() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("images_owned_by_caller_mode_0600") else {
         return;
-    }
-    let ctx = Ctx::new("images_owned_by_caller_mode_0600");
+    };
     let d = Daemon::start(&ctx);
     let images = ctx.user_dir("images");
     // A umask that would make group/world-readable files: the images must not follow it.
@@ -2022,10 +2020,9 @@ fn images_owned_by_caller_mode_0600() {
 
 #[test]
 fn directory_not_writable_by_caller_is_refused() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("directory_not_writable_by_caller_is_refused") else {
         return;
-    }
-    let ctx = Ctx::new("directory_not_writable_by_caller_is_refused");
+    };
     let d = Daemon::start(&ctx);
     let root_dir = ctx.dir.join("root-owned");
     fs::create_dir(&root_dir).unwrap();
@@ -2039,16 +2036,14 @@ fn directory_not_writable_by_caller_is_refused() {
         "prog.log",
     );
     ctx.wait_line(&p.log, 0, "READY ");
-    let watch = TraceWatch::start(&[p.pid]);
-    File::create(&go).unwrap();
+    let watch = ctx.go(&go, &[p.pid]);
     let (err, _) = ctx.wait_line(&p.log, 0, "ERROR ");
     let traced = watch.finish();
     let code: i32 = err.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(code < 0, "{err}");
     eprintln!("[directory_not_writable_by_caller_is_refused] {err}; traced: {traced:?}");
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS ");
-    assert!(kill(p.pid, libc::SIGUSR1));
-    let (_, off) = ctx.wait_line(&p.log, off, "PONG 1");
+    let off = ctx.ping(&p, off);
     assert!(
         entries(&root_dir).is_empty(),
         "written: {:?}",
@@ -2067,10 +2062,9 @@ fn directory_not_writable_by_caller_is_refused() {
 
 #[test]
 fn planted_symlink_in_images_dir_is_not_followed() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("planted_symlink_in_images_dir_is_not_followed") else {
         return;
-    }
-    let ctx = Ctx::new("planted_symlink_in_images_dir_is_not_followed");
+    };
     let d = Daemon::start(&ctx);
     let passwd_before = fs::read("/etc/passwd").unwrap();
     let passwd_md = fs::metadata("/etc/passwd").unwrap();
@@ -2092,8 +2086,7 @@ fn planted_symlink_in_images_dir_is_not_followed() {
         "prog-1.log",
     );
     ctx.wait_line(&p.log, 0, "READY ");
-    let watch = TraceWatch::start(&[p.pid]);
-    File::create(&go1).unwrap();
+    let watch = ctx.go(&go1, &[p.pid]);
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS ");
     let traced = watch.finish();
     let log = fs::read_to_string(&p.log).unwrap();
@@ -2139,8 +2132,7 @@ fn planted_symlink_in_images_dir_is_not_followed() {
         &images.join(stasis_image::names::process(p.pid)),
         "/etc/passwd",
     );
-    let watch = TraceWatch::start(&[p.pid]);
-    File::create(&go).unwrap();
+    let watch = ctx.go(&go, &[p.pid]);
     let (err, _) = ctx.wait_line(&p.log, 0, "ERROR ");
     // Found only when the file is created, after the freeze: reported, not asserted.
     eprintln!(
@@ -2148,8 +2140,7 @@ fn planted_symlink_in_images_dir_is_not_followed() {
         watch.finish()
     );
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS ");
-    assert!(kill(p.pid, libc::SIGUSR1));
-    let (_, off) = ctx.wait_line(&p.log, off, "PONG 1");
+    let off = ctx.ping(&p, off);
     assert!(!has_inventory(&images), "{:?}", entries(&images));
     for n in entries(&images) {
         assert!(
@@ -2187,10 +2178,9 @@ fn planted_symlink_in_images_dir_is_not_followed() {
 #[test]
 #[allow(unsafe_code)] // the descriptor handed over between fork and exec
 fn socket_activation() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("socket_activation") else {
         return;
-    }
-    let ctx = Ctx::new("socket_activation");
+    };
     let socket = new_socket_path();
     let listener = sock::seqpacket_listen(&socket, 16).unwrap();
     chmod(&socket, 0o666);
@@ -2256,10 +2246,9 @@ fn line_pid(line: &str) -> i32 {
 
 #[test]
 fn with_children_dumps_the_callers_tree() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("with_children_dumps_the_callers_tree") else {
         return;
-    }
-    let ctx = Ctx::new("with_children_dumps_the_callers_tree");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let images = ctx.user_dir("images");
@@ -2316,10 +2305,10 @@ fn with_children_dumps_the_callers_tree() {
 
 #[test]
 fn with_children_refuses_a_descendant_the_caller_cannot_ptrace() {
-    if !require_root() {
+    let Some(ctx) = Ctx::start("with_children_refuses_a_descendant_the_caller_cannot_ptrace")
+    else {
         return;
-    }
-    let ctx = Ctx::new("with_children_refuses_a_descendant_the_caller_cannot_ptrace");
+    };
     let d = Daemon::start(&ctx);
     let u = test_user();
     let suid = setuid_ticker(&ctx);
@@ -2347,8 +2336,7 @@ fn with_children_refuses_a_descendant_the_caller_cannot_ptrace() {
     ctx.wait_line(&p.log, 0, &format!("READY {child}"));
     // The child runs the setuid program: the user's real uid, root's effective and saved.
     assert_eq!(status_ids(child, "Uid"), vec![u.uid, 0, 0, 0]);
-    let watch = TraceWatch::start(&[p.pid, child]);
-    File::create(ctx.dir.join("go")).unwrap();
+    let watch = ctx.go(ctx.dir.join("go"), &[p.pid, child]);
     let (err, _) = ctx.wait_line(&p.log, 0, "ERROR ");
     let traced = watch.finish();
     assert!(traced.is_empty(), "seized (pid, tracer): {traced:?}; {err}");
@@ -2358,8 +2346,7 @@ fn with_children_refuses_a_descendant_the_caller_cannot_ptrace() {
         "expected a refusal naming the setuid descendant: {err}"
     );
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS ");
-    assert!(kill(p.pid, libc::SIGUSR1));
-    let (_, off) = ctx.wait_line(&p.log, off, "PONG 1");
+    let off = ctx.ping(&p, off);
     assert_untouched(&ctx, child, &counter, &images);
     ctx.terminate(p.pid, &p.log, off);
     assert!(ctx.wait_child(p.pid).success());
@@ -2373,10 +2360,9 @@ fn dump_pid_with_inotify_through_the_daemon() {
     // Opening an inotify watch's object by its file handle needs root's file identity, which
     // the worker otherwise gives up for the caller's: the dump must still work, and the
     // restored copy (restored by the user, through the daemon) must get events on its watch.
-    if !require_root() {
+    let Some(ctx) = Ctx::start("dump_pid_with_inotify_through_the_daemon") else {
         return;
-    }
-    let ctx = Ctx::new("dump_pid_with_inotify_through_the_daemon");
+    };
     let d = Daemon::start(&ctx);
     let watched = ctx.user_dir("watched");
     let script = format!(

@@ -51,9 +51,7 @@ mod tests {
 
     #[test]
     fn find_line_needs_the_prefix_and_a_newline() {
-        let dir =
-            std::env::temp_dir().join(format!("stasis-test-infra-log-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::WorkDir::unique(&std::env::temp_dir(), "stasis-test-infra-log");
         let log = dir.join("log");
         fs::write(&log, "READY 1\nPASS 2\nPASS 3").unwrap();
         assert_eq!(find_line(&log, 0, "PASS"), Some(("PASS 2".to_string(), 15)));
@@ -65,6 +63,5 @@ mod tests {
         assert_eq!(find_line(&log, 100, "READY"), None);
         assert_eq!(log_len(&log), 21);
         assert_eq!(tail("a\nb\nc", 2), "b\nc");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -246,9 +246,7 @@ mod tests {
 
     #[test]
     fn spawn_wait_and_describe() {
-        let dir =
-            std::env::temp_dir().join(format!("stasis-test-infra-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::WorkDir::unique(&std::env::temp_dir(), "stasis-test-infra-proc");
         let log = dir.join("log");
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
@@ -274,6 +272,5 @@ mod tests {
         // Reaped by pid: the Child has nothing left to wait for.
         assert!(child.try_wait().is_err());
         assert!(!kill(0, 0) && !kill(-1, 0));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
