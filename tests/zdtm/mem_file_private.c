@@ -12,7 +12,9 @@
  * are checked; the file on disk must be unmodified.  Finally the private
  * semantics are checked: after pwrite() to the file, the pages of A that
  * were never written (and B) must show the new file data, while the
- * copied-on-write page must not.
+ * copied-on-write page must not.  The file is then put back as it was at
+ * READY, for a copy restored from the same images (after --leave-running,
+ * or a second restore).
  */
 #include "zdtm.h"
 
@@ -125,6 +127,11 @@ int main(int argc, char **argv)
 	check_page("A (read page after pwrite to file)", a + 11 * psz, 311, 11);
 	check_page("A (untouched page after pwrite to file)", a + 13 * psz, 313, 13);
 	check_page("B (after pwrite to file)", b + 1 * psz, 305, 5);
+	for (int i = 0; i < 4; i++) {
+		zdtm_fill(buf, psz, 100 + upd[i]);
+		if (pwrite(fd, buf, psz, upd[i] * psz) != (ssize_t)psz)
+			zdtm_fail("pwrite (putting the file back): %m");
+	}
 	close(fd);
 	zdtm_pass_or_fail();
 }

@@ -11,7 +11,9 @@
  * and B, and the file content (pread) must match.  Then the sharing is
  * checked both ways: new data written through A must show up in B at once
  * and in the file after msync; data pwrite()n to the file must show up
- * in A.
+ * in A.  The file is then put back as it was at READY (pages 2 and 3
+ * rewritten, page 6 a hole again), for a copy restored from the same
+ * images (after --leave-running, or a second restore).
  */
 #include "zdtm.h"
 
@@ -115,6 +117,13 @@ int main(int argc, char **argv)
 	if (pwrite(fd, buf, psz, 3 * psz) != (ssize_t)psz)
 		zdtm_fail("pwrite: %m");
 	check_all("after new writes");
+	for (int pg = 2; pg < 4; pg++) {
+		zdtm_fill(buf, psz, 10 + pg);
+		if (pwrite(fd, buf, psz, pg * psz) != (ssize_t)psz)
+			zdtm_fail("pwrite (putting the file back): %m");
+	}
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 6 * psz, psz))
+		zdtm_fail("fallocate (putting the hole back): %m");
 	close(fd);
 	zdtm_pass_or_fail();
 }

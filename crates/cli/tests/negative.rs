@@ -2,61 +2,48 @@
 //! how (non-zero exit, one clear line on stderr, no panic, nothing left
 //! behind).
 //!
-//! The tests need root: when not run as root each test prints a notice and
-//! passes without doing anything. They run one at a time (a lock), because
-//! some of them check that no stray child process of ours is left.
+//! The tests need root: without it each test fails under CI (`CI=true`) and
+//! elsewhere prints a notice and returns (`stasis_test_infra::require_root`).
+//! They run one at a time (a lock), because some of them check that no stray
+//! child process of ours is left.
 //!
 //! Work directories of failed tests are kept in
 //! `target/tmp/negative/<test name>/` for inspection.
 
-// The tests talk to processes directly (setsid, kill, waitpid, prctl).
-#![allow(unsafe_code)]
-
+use stasis_test_infra::process::{
+    append_log, become_subreaper, describe_exit_status, describe_wait_status, isolate, kill,
+    spawn_isolated, try_wait_pid, wait_pid, WaitStatus, Waited,
+};
+use stasis_test_infra::procfs::{self, describe_proc, proc_state, ProcState};
+use stasis_test_infra::wait::{wait_for, POLL};
+use stasis_test_infra::{require_root, WorkDir};
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::fs::{self, File};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// Deadline for one stasis command.
 const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(10);
 
 // ---------------------------------------------------------------------------
 // Process helpers.
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Takes the lock that serializes these tests and makes this process a
-/// child subreaper (so that whatever stasis leaves behind ends up as our
-/// child, where the tests look for it). `None` (after a notice) when not root.
-fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        eprintln!("skipping {test}: the negative tests need root");
+/// Takes the lock that serializes these tests, makes this process a child
+/// subreaper (so that whatever stasis leaves behind ends up as our child,
+/// where the tests look for it) and makes the test's work directory,
+/// `target/tmp/negative/<test>` (kept when the test fails). `None` when the
+/// test cannot run (see `require_root`).
+fn start(test: &str) -> Option<(MutexGuard<'static, ()>, WorkDir)> {
+    if !require_root() {
         return None;
     }
     static LOCK: Mutex<()> = Mutex::new(());
-    static ONCE: Once = Once::new();
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument and
-        // only changes a flag of the calling process.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            rc,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
-    });
+    become_subreaper();
     // A test that failed before may have left processes behind (they are
     // our children, thanks to the subreaper): don't let them confuse the
     // next test.
@@ -65,116 +52,21 @@ fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
         kill(pid, libc::SIGKILL);
         let _ = wait_pid(pid, Duration::from_secs(5));
     }
-    Some(guard)
-}
-
-fn kill(pid: i32, sig: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill only sends a signal; pid is a positive, single process id.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
-fn our_pid() -> i32 {
-    std::process::id() as i32
-}
-
-fn describe_wait_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("raw wait status {status:#x}")
-    }
-}
-
-fn describe_exit_status(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => format!("{status}"),
-    }
-}
-
-/// Outcome of a non-blocking look at a pid.
-#[derive(Debug, PartialEq, Eq)]
-enum Waited {
-    /// Reaped by us, with this raw wait status.
-    Status(i32),
-    /// Gone, not our child.
-    Gone,
-    /// Still there.
-    Alive,
-}
-
-/// Non-blocking waitpid on `pid` that also copes with non-children.
-fn try_wait_pid(pid: i32) -> Result<Waited, String> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
-        // WNOHANG keeps it from blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
-        if rc == pid {
-            return Ok(Waited::Status(status));
-        }
-        if rc == 0 {
-            return Ok(Waited::Alive);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => {
-                return Ok(if Path::new(&format!("/proc/{pid}")).exists() {
-                    Waited::Alive
-                } else {
-                    Waited::Gone
-                })
-            }
-            _ => return Err(format!("waitpid({pid}): {err}")),
-        }
-    }
-}
-
-/// Waits up to `timeout` for `pid` to exit.
-fn wait_pid(pid: i32, timeout: Duration) -> Result<Waited, String> {
-    let start = Instant::now();
-    loop {
-        match try_wait_pid(pid)? {
-            Waited::Alive if start.elapsed() < timeout => sleep(POLL),
-            Waited::Alive => return Err(format!("pid {pid} did not exit within {timeout:?}")),
-            done => return Ok(done),
-        }
-    }
-}
-
-fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        line.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
-/// (State letter, TracerPid) of `pid`, or None when it does not exist.
-fn proc_state(pid: i32) -> Option<(char, String)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let state = status_field(&s, "State")?.chars().next()?;
-    let tracer = status_field(&s, "TracerPid")?.to_string();
-    Some((state, tracer))
+    let dir = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("negative")
+            .join(test),
+    );
+    Some((guard, dir))
 }
 
 /// Err unless `pid` exists, is neither stopped nor traced, nor a zombie.
 fn check_running(pid: i32) -> Result<(), String> {
     match proc_state(pid) {
-        None => Err(format!("pid {pid} does not exist")),
-        Some((state, tracer)) => {
-            if matches!(state, 't' | 'T' | 'Z' | 'X') || tracer != "0" {
-                Err(format!("pid {pid} has State {state}, TracerPid {tracer}"))
-            } else {
-                Ok(())
-            }
+        ProcState::Running => Ok(()),
+        ProcState::Absent => Err(format!("pid {pid} does not exist")),
+        ProcState::Zombie | ProcState::Busy => {
+            Err(format!("pid {pid} is not running: {}", describe_proc(pid)))
         }
     }
 }
@@ -182,37 +74,20 @@ fn check_running(pid: i32) -> Result<(), String> {
 /// Live (non-zombie) processes whose parent is this test process; zombies
 /// found on the way are reaped.
 fn live_children() -> Vec<(i32, String)> {
-    let me = our_pid();
+    let me = std::process::id() as i32;
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+    for pid in procfs::pids() {
+        let Some(stat) = procfs::stat(pid) else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...; comm may hold spaces and parens.
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = stat
-            .get(stat.find('(').map_or(0, |i| i + 1)..close)
-            .unwrap_or("?")
-            .to_string();
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().unwrap_or("?");
-        let ppid = rest.next().and_then(|p| p.parse::<i32>().ok());
-        if ppid != Some(me) {
+        if stat.ppid != me {
             continue;
         }
-        if state == "Z" || state == "X" {
+        if matches!(stat.state, 'Z' | 'X') {
             let _ = try_wait_pid(pid);
             continue;
         }
-        out.push((pid, comm));
+        out.push((pid, stat.comm));
     }
     out
 }
@@ -242,82 +117,13 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------
 // Work directories, programs, stasis.
 
-struct WorkDir {
-    dir: PathBuf,
-}
-
-impl WorkDir {
-    fn new(test: &str) -> WorkDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("negative")
-            .join(test);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).expect("remove old work dir");
-        }
-        fs::create_dir_all(&dir).expect("create work dir");
-        WorkDir { dir }
-    }
-
-    fn mkdir(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        fs::create_dir_all(&d).expect("create dir");
-        d
-    }
-
-    /// Keeps the directory when the test failed.
-    fn done(self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 /// Starts `prog args` the way the zdtm harness starts its programs: new
 /// session, cwd = the work dir, stdin /dev/null, output appended to
 /// `name.log`. The process is reaped by pid (`wait_pid`), not through `Child`.
 #[allow(clippy::zombie_processes)]
 fn spawn_program(w: &WorkDir, name: &str, prog: &str, args: &[&str]) -> Proc {
-    let log_path = w.dir.join(format!("{name}.log"));
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .open(&log_path)
-        .expect("open program log");
-    let log2 = log.try_clone().expect("dup program log");
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .current_dir(&w.dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes system calls (setsid, close_range), which are
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Only stdin/stdout/stderr go to the program: descriptors this
-            // test process inherited without close-on-exec (e.g. cargo's
-            // jobserver pipe) would otherwise leak into it, and stasis
-            // rightly refuses pipes that lead outside the dumped process.
-            let first: libc::c_uint = 3;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
+    let log = append_log(&w.join(format!("{name}.log"))).expect("open program log");
+    let child = spawn_isolated(Command::new(prog).args(args).current_dir(w), log)
         .unwrap_or_else(|e| panic!("cannot start {prog}: {e}"));
     Proc {
         pid: child.id() as i32,
@@ -335,15 +141,15 @@ fn wait_sleeping(pid: i32, comm: Option<&str>) {
             Some(comm) => c.trim_end() == comm,
             None => true,
         };
-        if comm_ok && matches!(proc_state(pid), Some(('S', _))) {
+        if comm_ok && procfs::state(pid) == Some('S') {
             // Let it settle in its wait.
             sleep(Duration::from_millis(200));
             return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "pid {pid} ({comm:?}) never went to sleep: {:?}",
-            proc_state(pid)
+            "pid {pid} ({comm:?}) never went to sleep: {}",
+            describe_proc(pid)
         );
         sleep(POLL);
     }
@@ -353,6 +159,52 @@ fn spawn_sleep(w: &WorkDir) -> Proc {
     let p = spawn_program(w, "sleep", "sleep", &["100"]);
     wait_sleeping(p.pid, Some("sleep"));
     p
+}
+
+/// Runs python3 `script`, which sets up its files and the list `fds` of the
+/// descriptors the error should name; then it writes its pid and `fds` into
+/// the file `fds` (through a rename, so that it appears complete) and
+/// sleeps. Returns the process, once it sleeps, and the fds.
+fn spawn_python(w: &WorkDir, script: &str) -> (Proc, Vec<i32>) {
+    let script = format!(
+        "import os, time\n\
+         {script}\n\
+         with open('fds.tmp', 'w') as f:\n    \
+             f.write(' '.join(str(n) for n in [os.getpid()] + fds) + '\\n')\n\
+         os.rename('fds.tmp', 'fds')\n\
+         time.sleep(100)\n"
+    );
+    let p = spawn_program(w, "python", "python3", &["-c", &script]);
+    let pid = p.pid;
+    let fds_path = w.join("fds");
+    wait_for(
+        "python3 to set up its files",
+        Duration::from_secs(10),
+        || {
+            if fds_path.exists() {
+                return true;
+            }
+            assert_eq!(
+                try_wait_pid(pid),
+                Ok(Waited::Alive),
+                "python3 ended before setting up its files; log:\n{}",
+                fs::read_to_string(w.join("python.log")).unwrap_or_default()
+            );
+            false
+        },
+    );
+    let nums: Vec<i32> = fs::read_to_string(&fds_path)
+        .expect("read fds")
+        .split_whitespace()
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    assert_eq!(
+        nums.first(),
+        Some(&pid),
+        "python3 runs with another pid than the one spawned (a wrapper that does not exec?)"
+    );
+    wait_sleeping(pid, None);
+    (p, nums[1..].to_vec())
 }
 
 struct Out {
@@ -401,17 +253,33 @@ fn stasis<S: AsRef<OsStr>>(w: &WorkDir, args: &[S]) -> Out {
     out
 }
 
+/// `stasis dump -t PID -D IMG [--leave-running]`.
+fn dump(w: &WorkDir, pid: i32, img: &Path, leave_running: bool) -> Out {
+    let pid = pid.to_string();
+    let mut args = vec![
+        OsStr::new("dump"),
+        "-t".as_ref(),
+        pid.as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ];
+    if leave_running {
+        args.push("--leave-running".as_ref());
+    }
+    stasis(w, &args)
+}
+
 /// Runs `stasis ARGS` (cwd = the work dir) with a deadline (after which it
 /// is killed and `timed_out` set). With `watch`, a pid that should NOT come
 /// to life: if a process with it shows up running (a restore that should
 /// have been refused went through), it is killed, so that an attached
 /// restore returns, and `restored` is set.
 fn stasis_watch<S: AsRef<OsStr>>(w: &WorkDir, args: &[S], watch: Option<i32>) -> Out {
-    let out_path = w.dir.join(".stasis.out");
-    let err_path = w.dir.join(".stasis.err");
+    let out_path = w.join(".stasis.out");
+    let err_path = w.join(".stasis.err");
     let mut child = Command::new(env!("CARGO_BIN_EXE_stasis"))
         .args(args)
-        .current_dir(&w.dir)
+        .current_dir(w)
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).expect("create stdout file"))
         .stderr(File::create(&err_path).expect("create stderr file"))
@@ -511,16 +379,7 @@ fn dumped_sleep(w: &WorkDir) -> (i32, PathBuf) {
     let img = w.mkdir("img");
     let mut p = spawn_sleep(w);
     let pid = p.pid;
-    let out = stasis(
-        w,
-        &[
-            OsStr::new("dump"),
-            "-t".as_ref(),
-            pid.to_string().as_ref(),
-            "-D".as_ref(),
-            img.as_os_str(),
-        ],
-    );
+    let out = dump(w, pid, &img, false);
     assert!(
         out.status.success(),
         "stasis dump of sleep (pid {pid}) failed: {}",
@@ -528,7 +387,7 @@ fn dumped_sleep(w: &WorkDir) -> (i32, PathBuf) {
     );
     match wait_pid(pid, Duration::from_secs(5)) {
         Ok(Waited::Status(st)) => assert!(
-            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+            st == WaitStatus::Signaled(libc::SIGKILL),
             "after the dump, sleep should have died of SIGKILL but it {}",
             describe_wait_status(st)
         ),
@@ -548,11 +407,11 @@ fn check_no_process(what: &str, pid: i32) -> Result<(), String> {
     match try_wait_pid(pid)? {
         Waited::Gone | Waited::Status(_) => Ok(()),
         Waited::Alive => {
-            let state = proc_state(pid);
+            let state = describe_proc(pid);
             kill(pid, libc::SIGKILL);
             let _ = wait_pid(pid, Duration::from_secs(5));
             Err(format!(
-                "{what}: a process with pid {pid} was left behind ({state:?})"
+                "{what}: a process with pid {pid} was left behind ({state})"
             ))
         }
     }
@@ -563,7 +422,7 @@ fn unused_pid() -> i32 {
     let mut child = Command::new("true").spawn().expect("start true");
     let pid = child.id() as i32;
     child.wait().expect("wait for true");
-    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!procfs::exists(pid));
     pid
 }
 
@@ -572,22 +431,12 @@ fn unused_pid() -> i32 {
 
 #[test]
 fn dump_missing_pid_fails() {
-    let Some(_lock) = start("dump_missing_pid_fails") else {
+    let Some((_lock, w)) = start("dump_missing_pid_fails") else {
         return;
     };
-    let w = WorkDir::new("dump_missing_pid_fails");
     let img = w.mkdir("img");
     let pid = unused_pid();
-    let out = stasis(
-        &w,
-        &[
-            OsStr::new("dump"),
-            "-t".as_ref(),
-            pid.to_string().as_ref(),
-            "-D".as_ref(),
-            img.as_os_str(),
-        ],
-    );
+    let out = dump(&w, pid, &img, false);
     assert_ok(check_clean_failure(
         &format!("dump of missing pid {pid}"),
         &out,
@@ -602,7 +451,6 @@ fn dump_missing_pid_fails() {
         "a failed dump wrote {}",
         img.join("inventory.img").display()
     );
-    w.done();
 }
 
 // ---------------------------------------------------------------------------
@@ -610,24 +458,13 @@ fn dump_missing_pid_fails() {
 
 #[test]
 fn restore_pid_in_use_fails() {
-    let Some(_lock) = start("restore_pid_in_use_fails") else {
+    let Some((_lock, w)) = start("restore_pid_in_use_fails") else {
         return;
     };
-    let w = WorkDir::new("restore_pid_in_use_fails");
     let img = w.mkdir("img");
     let mut p = spawn_sleep(&w);
     let pid = p.pid;
-    let out = stasis(
-        &w,
-        &[
-            OsStr::new("dump"),
-            "-t".as_ref(),
-            pid.to_string().as_ref(),
-            "-D".as_ref(),
-            img.as_os_str(),
-            "--leave-running".as_ref(),
-        ],
-    );
+    let out = dump(&w, pid, &img, true);
     assert!(
         out.status.success(),
         "stasis dump --leave-running of sleep (pid {pid}) failed: {}",
@@ -668,7 +505,6 @@ fn restore_pid_in_use_fails() {
         "the refused restore left processes behind: {strays:?}"
     );
     p.kill_and_reap();
-    w.done();
 }
 
 // ---------------------------------------------------------------------------
@@ -735,10 +571,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn corrupted_images_are_refused() {
-    let Some(_lock) = start("corrupted_images_are_refused") else {
+    let Some((_lock, w)) = start("corrupted_images_are_refused") else {
         return;
     };
-    let w = WorkDir::new("corrupted_images_are_refused");
     let (pid, img) = dumped_sleep(&w);
 
     // Control: the unmodified images restore (else the refusals below would
@@ -778,7 +613,7 @@ fn corrupted_images_are_refused() {
             Corruption::Version,
         ] {
             let what = format!("{file} {c:?}");
-            let dir = w.dir.join(format!("bad-{file}-{c:?}"));
+            let dir = w.join(format!("bad-{file}-{c:?}"));
             copy_dir(&img, &dir);
             if !corrupt(&dir.join(file), c) {
                 continue;
@@ -833,7 +668,6 @@ fn corrupted_images_are_refused() {
         failures.len(),
         failures.join("\n\n")
     );
-    w.done();
 }
 
 // ---------------------------------------------------------------------------
@@ -860,51 +694,18 @@ fn names_fd(text: &str, fds: &[i32]) -> bool {
 
 #[test]
 fn dump_unix_socket_is_refused() {
-    let Some(_lock) = start("dump_unix_socket_is_refused") else {
+    let Some((_lock, w)) = start("dump_unix_socket_is_refused") else {
         return;
     };
-    let w = WorkDir::new("dump_unix_socket_is_refused");
     let img = w.mkdir("img");
-    let script = "import os, socket, time\n\
+    let script = "import socket\n\
                   a, b = socket.socketpair()\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d %d\\n' % (os.getpid(), a.fileno(), b.fileno()))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
-    let mut p = spawn_program(&w, "python", "python3", &["-c", script]);
+                  fds = [a.fileno(), b.fileno()]\n";
+    let (mut p, fds) = spawn_python(&w, script);
     let pid = p.pid;
-    let fds_path = w.dir.join("fds");
-    let start = Instant::now();
-    while !fds_path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10) && try_wait_pid(pid) == Ok(Waited::Alive),
-            "python3 did not set up its socketpair; log:\n{}",
-            fs::read_to_string(w.dir.join("python.log")).unwrap_or_default()
-        );
-        sleep(POLL);
-    }
-    let nums: Vec<i32> = fs::read_to_string(&fds_path)
-        .expect("read fds")
-        .split_whitespace()
-        .map(|s| s.parse().expect("a number"))
-        .collect();
-    assert_eq!(
-        nums.first(),
-        Some(&pid),
-        "python3 runs with another pid than the one spawned (a wrapper that does not exec?)"
-    );
-    let fds = &nums[1..];
-    wait_sleeping(pid, None);
+    let fds = &fds[..];
 
-    let out = stasis(
-        &w,
-        &[
-            OsStr::new("dump"),
-            "-t".as_ref(),
-            pid.to_string().as_ref(),
-            "-D".as_ref(),
-            img.as_os_str(),
-        ],
-    );
+    let out = dump(&w, pid, &img, false);
     assert_ok(check_clean_failure(
         &format!("dump of pid {pid} holding a unix socket"),
         &out,
@@ -934,7 +735,6 @@ fn dump_unix_socket_is_refused() {
     sleep(Duration::from_millis(300));
     assert_ok(check_running(pid).map_err(|e| format!("300 ms after the refused dump: {e}")));
     p.kill_and_reap();
-    w.done();
 }
 
 // ---------------------------------------------------------------------------
@@ -952,10 +752,9 @@ fn json_has_number(v: &serde_json::Value, n: i64) -> bool {
 
 #[test]
 fn show_prints_json_with_the_pid() {
-    let Some(_lock) = start("show_prints_json_with_the_pid") else {
+    let Some((_lock, w)) = start("show_prints_json_with_the_pid") else {
         return;
     };
-    let w = WorkDir::new("show_prints_json_with_the_pid");
     let (pid, img) = dumped_sleep(&w);
     let out = stasis(&w, &[OsStr::new("show"), img.as_os_str()]);
     assert!(
@@ -976,7 +775,6 @@ fn show_prints_json_with_the_pid() {
         "the JSON does not contain pid {pid}: {}",
         out.stdout
     );
-    w.done();
 }
 
 #[test]
@@ -1000,46 +798,18 @@ fn names_fd_recognizes_the_usual_forms() {
 // (the file stays registered through a dup), and an inotify watch on a deleted
 // directory (kept alive by an open fd).
 
-/// Runs python3 `script` (which must write "PID FD..." into the file `fds`
-/// and then sleep), dumps it, and checks a clean refusal whose message
+/// Runs python3 `script` (see `spawn_python`), dumps it, and checks a clean refusal whose message
 /// contains every one of `words` and names one of the fds; the process must
 /// run on untouched.
 fn check_refused_python(test: &str, script: &str, words: &[&str]) {
-    let Some(_lock) = start(test) else {
+    let Some((_lock, w)) = start(test) else {
         return;
     };
-    let w = WorkDir::new(test);
     let img = w.mkdir("img");
-    let mut p = spawn_program(&w, "python", "python3", &["-c", script]);
+    let (mut p, fds) = spawn_python(&w, script);
     let pid = p.pid;
-    let fds_path = w.dir.join("fds");
-    let started = Instant::now();
-    while !fds_path.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10) && try_wait_pid(pid) == Ok(Waited::Alive),
-            "python3 did not set up its files; log:\n{}",
-            fs::read_to_string(w.dir.join("python.log")).unwrap_or_default()
-        );
-        sleep(POLL);
-    }
-    let nums: Vec<i32> = fs::read_to_string(&fds_path)
-        .expect("read fds")
-        .split_whitespace()
-        .map(|s| s.parse().expect("a number"))
-        .collect();
-    assert_eq!(nums.first(), Some(&pid), "python3 runs with another pid");
-    let fds = &nums[1..];
-    wait_sleeping(pid, None);
-    let out = stasis(
-        &w,
-        &[
-            OsStr::new("dump"),
-            "-t".as_ref(),
-            pid.to_string().as_ref(),
-            "-D".as_ref(),
-            img.as_os_str(),
-        ],
-    );
+    let fds = &fds[..];
+    let out = dump(&w, pid, &img, false);
     assert_ok(check_clean_failure(
         &format!("{test}: dump of pid {pid}"),
         &out,
@@ -1062,7 +832,6 @@ fn check_refused_python(test: &str, script: &str, words: &[&str]) {
     );
     assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
     p.kill_and_reap();
-    w.done();
 }
 
 #[test]
@@ -1073,9 +842,7 @@ fn dump_epoll_watch_of_a_closed_fd_is_refused() {
                   ep = select.epoll()\n\
                   ep.register(r, select.EPOLLIN)\n\
                   os.close(r)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), ep.fileno()))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [ep.fileno()]\n";
     check_refused_python(
         "dump_epoll_watch_of_a_closed_fd_is_refused",
         script,
@@ -1093,9 +860,7 @@ fn dump_inotify_watch_of_a_deleted_directory_is_refused() {
                   keep = os.open('gone', os.O_RDONLY)\n\
                   assert fd >= 0 and libc.inotify_add_watch(fd, b'gone', 0x100) == 1\n\
                   os.rmdir('gone')\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [fd]\n";
     check_refused_python(
         "dump_inotify_watch_of_a_deleted_directory_is_refused",
         script,
@@ -1121,9 +886,7 @@ fn dump_of_an_fd_table_sharer_with_children_is_refused() {
                       while os.getppid() == parent:\n        time.sleep(0.05)\n    \
                       os._exit(0)\n\
                   time.sleep(0.3)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d\\n' % parent)\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = []\n";
     check_refused_python(
         "dump_of_an_fd_table_sharer_with_children_is_refused",
         script,
@@ -1139,9 +902,7 @@ fn dump_posix_message_queue_is_refused() {
                   fd = rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)\n\
                   assert fd >= 0\n\
                   rt.mq_unlink(name)\n\
-                  with open('fds.tmp', 'w') as f:\n    f.write('%d %d\\n' % (os.getpid(), fd))\n\
-                  os.rename('fds.tmp', 'fds')\n\
-                  time.sleep(100)\n";
+                  fds = [fd]\n";
     check_refused_python(
         "dump_posix_message_queue_is_refused",
         script,
@@ -1155,38 +916,18 @@ fn dump_pipe_end_held_outside_is_refused() {
     // tree, keeps the write end. (A pipe end closed everywhere is restored; one held outside
     // is not, and the error says who holds it.)
     let test = "dump_pipe_end_held_outside_is_refused";
-    let Some(_lock) = start(test) else {
+    let Some((_lock, w)) = start(test) else {
         return;
     };
-    let w = WorkDir::new(test);
     let img = w.mkdir("img");
-    let (reader, writer) = io::pipe().expect("pipe");
+    let (reader, writer) = std::io::pipe().expect("pipe");
     let mut cmd = Command::new("sleep");
     cmd.arg("100")
-        .current_dir(&w.dir)
+        .current_dir(&w)
         .stdin(Stdio::from(reader))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // (setsid, close_range), which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let first: libc::c_uint = 3;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    isolate(&mut cmd);
     let child = cmd.spawn().expect("start sleep");
     let mut p = Proc {
         pid: child.id() as i32,
@@ -1208,7 +949,7 @@ fn dump_pipe_end_held_outside_is_refused() {
     assert_ok(check_clean_failure(
         &format!(
             "dump of pid {pid} reading a pipe written by pid {}",
-            our_pid()
+            std::process::id()
         ),
         &out,
     ));
@@ -1224,9 +965,9 @@ fn dump_pipe_end_held_outside_is_refused() {
         out.describe()
     );
     assert!(
-        err.contains(&format!("pid {}", our_pid())),
+        err.contains(&format!("pid {}", std::process::id())),
         "the error should name the holder of the write end, pid {}: {}",
-        our_pid(),
+        std::process::id(),
         out.describe()
     );
     assert!(
@@ -1236,5 +977,4 @@ fn dump_pipe_end_held_outside_is_refused() {
     assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
     drop(writer);
     p.kill_and_reap();
-    w.done();
 }

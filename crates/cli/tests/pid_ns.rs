@@ -1,91 +1,37 @@
 //! `stasis restore --pid-ns`: the same images restored twice side by side, each copy in its own
-//! pid namespace with its dumped pid, both verifying their state. Needs root (skips otherwise).
-#![allow(unsafe_code)]
+//! pid namespace with its dumped pid, both verifying their state. Needs root (see
+//! `stasis_test_infra::require_root`).
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use stasis_test_infra::build::zdtm_program;
+use stasis_test_infra::process::{append_log, isolate, kill, spawn_isolated};
+use stasis_test_infra::procfs::{children, proc_state, status_field, ProcState};
+use stasis_test_infra::wait::wait_for;
+use stasis_test_infra::{require_root, WorkDir};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 fn stasis() -> &'static str {
     env!("CARGO_BIN_EXE_stasis")
 }
 
-fn workdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("pid_ns")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn compile(src: &str, out: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/zdtm");
-    let st = Command::new("gcc")
-        .args(["-O1", "-Wall", "-Werror", "-D_GNU_SOURCE", "-I"])
-        .arg(root.join("lib"))
-        .arg("-o")
-        .arg(out)
-        .arg(root.join(src))
-        .arg(root.join("lib/zdtm.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "gcc {src}");
-}
-
-/// Starts `cmd` in a new session with nothing but stdio inherited.
-fn isolate(cmd: &mut Command) -> &mut Command {
-    // SAFETY: the closure only makes async-signal-safe system calls (setsid, close_range).
-    unsafe {
-        cmd.pre_exec(|| {
-            stasis_sys::process::setsid()?;
-            stasis_sys::process::close_range(3, u32::MAX)?;
-            Ok(())
-        })
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 #[test]
 fn same_images_restored_twice_side_by_side() {
-    if stasis_sys::process::geteuid() != 0 {
-        eprintln!("skipping: needs root");
+    if !require_root() {
         return;
     }
-    let dir = workdir("side_by_side");
-    let bin = dir.join("busy_loop");
-    compile("busy_loop.c", &bin);
+    let dir = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("pid_ns")
+            .join("side_by_side"),
+    );
+    let bin = zdtm_program("busy_loop", &dir).unwrap();
     let log = dir.join("test.log");
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let mut prog = isolate(
-        Command::new(&bin)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out),
+    let mut prog = spawn_isolated(
+        Command::new(&bin).current_dir(&dir),
+        append_log(&log).unwrap(),
     )
-    .spawn()
     .unwrap();
     let pid = prog.id();
     wait_for("READY", Duration::from_secs(10), || {
@@ -117,25 +63,17 @@ fn same_images_restored_twice_side_by_side() {
     // dumped pid inside its namespace.
     let mut roots = Vec::new();
     for r in &restorers {
-        let rp = r.id();
+        let rp = r.id() as i32;
         let mut root = 0;
         wait_for("the restored root", Duration::from_secs(20), || {
             root = children(rp)
                 .into_iter()
-                .flat_map(|init| children(init as u32))
+                .flat_map(children)
                 .next()
                 .unwrap_or(0);
-            root != 0
-                && std::fs::read_to_string(format!("/proc/{root}/status"))
-                    .map(|s| s.contains("TracerPid:\t0") && !s.contains("State:\tt"))
-                    .unwrap_or(false)
+            root != 0 && proc_state(root) == ProcState::Running
         });
-        let status = std::fs::read_to_string(format!("/proc/{root}/status")).unwrap();
-        let nspid = status
-            .lines()
-            .find(|l| l.starts_with("NSpid:"))
-            .unwrap()
-            .to_string();
+        let nspid = status_field(root, "NSpid").unwrap();
         assert!(
             nspid.ends_with(&format!("\t{pid}")),
             "inner pid is not the dumped pid: {nspid}"
@@ -144,7 +82,7 @@ fn same_images_restored_twice_side_by_side() {
     }
     assert_ne!(roots[0], roots[1]);
     for &root in &roots {
-        stasis_sys::process::kill(root, libc::SIGTERM).unwrap();
+        assert!(kill(root, libc::SIGTERM), "kill({root}, SIGTERM)");
     }
     for r in &mut restorers {
         let st = r.wait().unwrap();
@@ -157,5 +95,4 @@ fn same_images_restored_twice_side_by_side() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("PASS").count(), 2, "log:\n{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,17 +2,13 @@
 //! error within a bounded time (no restorer waiting forever on a child that will never
 //! answer), and nothing it created may be left running.
 
-#![allow(unsafe_code)]
-
-use std::os::unix::process::CommandExt;
+use stasis_test_infra::process::{isolate, kill};
+use stasis_test_infra::procfs::{children as children_of, exists};
+use stasis_test_infra::require_root;
+use stasis_test_infra::wait::wait_for;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn stasis() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stasis"))
@@ -27,37 +23,12 @@ fn work_dir(name: &str) -> PathBuf {
     d
 }
 
-fn exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A parent whose own setup fails after it has forked its child (its cwd was removed after the
 /// dump): the child, already set up and stopped, keeps the restore's error pipe open. The
 /// restore must still end quickly with the parent's error, and leave no process behind.
 #[test]
 fn parent_failing_after_forking_its_children_ends_the_restore() {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root, and CI runs as root"
-        );
-        eprintln!("skipping: needs root");
+    if !require_root() {
         return;
     }
     let dir = work_dir("parent_fails_after_fork");
@@ -70,20 +41,12 @@ fn parent_failing_after_forking_its_children_ends_the_restore() {
         b = b.display(),
         ready = dir.join("ready").display()
     );
-    let mut cmd = Command::new("setsid");
-    cmd.args(["bash", "-c", &script])
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; only descriptors inherited from the test
-    // harness are closed in the forked child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut root = cmd.spawn().expect("spawn bash");
+    let mut root = isolate(&mut cmd).spawn().expect("spawn bash");
     let pid = root.id() as i32;
     wait_for("the tree to be ready", Duration::from_secs(10), || {
         dir.join("ready").exists() && !children_of(pid).is_empty()
@@ -126,8 +89,7 @@ fn parent_failing_after_forking_its_children_ends_the_restore() {
         if Instant::now() > deadline {
             let _ = restore.kill();
             for p in [pid, child] {
-                // SAFETY: kill sends a signal to a positive pid.
-                unsafe { libc::kill(p, libc::SIGKILL) };
+                kill(p, libc::SIGKILL);
             }
             panic!("stasis restore hung after a restore child failed");
         }

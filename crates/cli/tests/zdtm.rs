@@ -9,8 +9,14 @@
 //! set up survived, prints `PASS` (or `FAIL: what differed`) and exits with
 //! status 0 on success.
 //!
-//! The tests need root (ptrace, restoring a given pid): when not run as root
-//! each test prints a notice and passes without doing anything.
+//! Every program runs in every mode: the registry at the end of this file has
+//! one line per program, which makes one test per mode, and a program may
+//! leave a mode out only with a reason (see `zdtm_tests!`). A test checks that
+//! every program of `tests/zdtm/` has its line.
+//!
+//! The tests need root (ptrace, restoring a given pid): without it each test
+//! fails under CI (`CI=true`) and elsewhere prints a notice and returns
+//! (`stasis_test_infra::require_root`).
 //!
 //! The harness process makes itself a child subreaper, so that processes
 //! restored with `stasis restore --detach` (and anything else stasis leaves
@@ -19,18 +25,22 @@
 //! Work directories of failed tests are kept in
 //! `target/tmp/zdtm/run/<test name>/` for inspection.
 
-// The harness talks to processes directly (setsid, kill, waitpid, prctl).
-#![allow(unsafe_code)]
-
+use stasis_test_infra::build::{zdtm_dir, zdtm_program};
+use stasis_test_infra::log::{read_for_report, read_log};
+use stasis_test_infra::process::{
+    append_log, become_subreaper, describe_exit_status, describe_wait_status, kill, kill_child,
+    spawn_isolated, try_wait_pid, wait_child_for, wait_gone, wait_pid, WaitStatus, Waited,
+};
+use stasis_test_infra::procfs::{self, describe_proc, proc_state, ProcState};
+use stasis_test_infra::wait::POLL;
+use stasis_test_infra::{require_root, WorkDir};
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -46,8 +56,6 @@ const STASIS_TIMEOUT: Duration = Duration::from_secs(20);
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for the program to finish after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often to poll /proc, logs and children.
-const POLL: Duration = Duration::from_millis(10);
 
 /// What the harness does with a test program between `READY` and SIGTERM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,166 +76,7 @@ enum Mode {
 }
 
 // ---------------------------------------------------------------------------
-// Small process helpers.
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Makes this (multi-threaded) test process a child subreaper, once.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer argument and
-        // only changes a flag of the calling process.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            rc,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
-    });
-}
-
-/// Sends `sig` to `pid`; true when it was delivered.
-fn kill(pid: i32, sig: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill only sends a signal; pid is a positive, single process id.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
-/// Human-readable form of a raw wait status.
-fn describe_wait_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("raw wait status {status:#x}")
-    }
-}
-
-/// Human-readable form of an `ExitStatus`.
-fn describe_exit_status(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => format!("{status}"),
-    }
-}
-
-/// The outcome of waiting for a process that may or may not be our child.
-#[derive(Debug)]
-enum Reaped {
-    /// We reaped it ourselves; the raw wait status.
-    Status(i32),
-    /// It is gone but was not our child, so its status is unknown.
-    Gone,
-}
-
-/// Waits until `pid` has exited, reaping it when it is (or becomes, via the
-/// subreaper) our child.
-fn wait_pid(pid: i32, timeout: Duration) -> Result<Reaped, String> {
-    let start = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
-        // WNOHANG keeps it from blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
-        if rc == pid {
-            return Ok(Reaped::Status(status));
-        }
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // Not our child (yet?): it is done once /proc forgets it.
-                Some(libc::ECHILD) => {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        return Ok(Reaped::Gone);
-                    }
-                }
-                _ => return Err(format!("waitpid({pid}): {err}")),
-            }
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "pid {pid} did not exit within {timeout:?} (state: {})",
-                describe_proc(pid)
-            ));
-        }
-        sleep(POLL);
-    }
-}
-
-/// A field of /proc/PID/status, e.g. `status_field(s, "State")`.
-fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        line.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
-/// One line describing what /proc says about `pid`, for error messages.
-fn describe_proc(pid: i32) -> String {
-    match fs::read_to_string(format!("/proc/{pid}/status")) {
-        Err(_) => "no such process".to_string(),
-        Ok(s) => {
-            let exe = fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|e| format!("? ({e})"));
-            format!(
-                "State {}, TracerPid {}, PPid {}, exe {}",
-                status_field(&s, "State").unwrap_or("?"),
-                status_field(&s, "TracerPid").unwrap_or("?"),
-                status_field(&s, "PPid").unwrap_or("?"),
-                exe
-            )
-        }
-    }
-}
-
-/// What a poll of /proc/PID/status found.
-enum ProcState {
-    Absent,
-    /// Exists, not traced, not stopped.
-    Running,
-    /// Exited, not reaped yet.
-    Zombie,
-    /// Exists but stopped or traced (still being dumped or restored).
-    Busy,
-}
-
-fn proc_state(pid: i32) -> ProcState {
-    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return ProcState::Absent;
-    };
-    let state = status_field(&s, "State").and_then(|v| v.chars().next());
-    let tracer = status_field(&s, "TracerPid");
-    match state {
-        Some('Z') | Some('X') => ProcState::Zombie,
-        Some('t') | Some('T') => ProcState::Busy,
-        Some(_) if tracer == Some("0") => ProcState::Running,
-        _ => ProcState::Busy,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Building the C programs.
-
-fn zdtm_src_dir() -> PathBuf {
-    // crates/cli -> the workspace root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("crates/cli has a workspace root two levels up");
-    root.join("tests").join("zdtm")
-}
+// Building the programs.
 
 fn zdtm_tmp_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("zdtm")
@@ -249,54 +98,22 @@ fn build(name: &str) -> Result<PathBuf, String> {
 }
 
 fn compile(name: &str) -> Result<PathBuf, String> {
-    let src_dir = zdtm_src_dir();
-    let src = src_dir.join(format!("{name}.c"));
-    if !src.exists() {
+    let src_dir = zdtm_dir();
+    if !src_dir.join(format!("{name}.c")).exists() {
         // Scripts run from the source tree (see `program_command`).
-        for ext in ["sh", "py"] {
+        for ext in SCRIPT_EXTENSIONS {
             let script = src_dir.join(format!("{name}.{ext}"));
             if script.exists() {
                 return Ok(script);
             }
         }
-        return Err(format!("missing test program {}", src.display()));
     }
-    let lib = src_dir.join("lib");
-    if !lib.join("zdtm.c").exists() || !lib.join("zdtm.h").exists() {
-        return Err(format!(
-            "missing test library {}/zdtm.c or zdtm.h",
-            lib.display()
-        ));
-    }
-    let bin_dir = zdtm_tmp_dir().join("bin");
-    fs::create_dir_all(&bin_dir).map_err(|e| format!("mkdir {}: {e}", bin_dir.display()))?;
-    let bin = bin_dir.join(name);
-    // Build under a private name and rename: another test binary or a
-    // process of an earlier run may be executing the old file.
-    let tmp = bin_dir.join(format!(".{name}.{}", std::process::id()));
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-Wall", "-Werror", "-D_GNU_SOURCE", "-I"])
-        .arg(&lib)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&src)
-        .arg(lib.join("zdtm.c"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
-    if !out.status.success() {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!(
-            "compiling {} failed ({}):\n{}{}",
-            src.display(),
-            describe_exit_status(out.status),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    fs::rename(&tmp, &bin).map_err(|e| format!("rename to {}: {e}", bin.display()))?;
-    Ok(bin)
+    zdtm_program(name, &zdtm_tmp_dir().join("bin"))
 }
+
+/// The kinds of test scripts (`tests/zdtm/NAME.sh`, `NAME.py`), run by
+/// `program_command` when there is no `NAME.c`.
+const SCRIPT_EXTENSIONS: [&str; 2] = ["sh", "py"];
 
 // ---------------------------------------------------------------------------
 // One test run.
@@ -305,7 +122,7 @@ struct Run {
     test: &'static str,
     bin: PathBuf,
     args: &'static [&'static str],
-    dir: PathBuf,
+    dir: WorkDir,
     log: PathBuf,
     /// The test program's pid (the original and every restored copy).
     pid: i32,
@@ -323,18 +140,10 @@ struct Run {
 }
 
 impl Run {
-    fn new(
-        test: &'static str,
-        bin: PathBuf,
-        args: &'static [&'static str],
-    ) -> Result<Self, String> {
-        let dir = zdtm_tmp_dir().join("run").join(test);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    fn new(test: &'static str, bin: PathBuf, args: &'static [&'static str]) -> Self {
+        let dir = WorkDir::new(zdtm_tmp_dir().join("run").join(test));
         let log = dir.join("test.log");
-        Ok(Run {
+        Run {
             test,
             bin,
             args,
@@ -346,59 +155,20 @@ impl Run {
             nstasis: 0,
             mark: 0,
             tree: Vec::new(),
-        })
+        }
     }
 
     fn read_log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_log(&self.log)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let log = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&self.log)
-            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("dup {}: {e}", self.log.display()))?;
+        let log = append_log(&self.log).map_err(|e| format!("open {}: {e}", self.log.display()))?;
         let mut cmd = program_command(&self.bin);
         cmd.args(self.args)
             .env(RUN_TOKEN_VAR, self.run_token())
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes system calls (setsid, close_range), which are
-        // async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Only stdin/stdout/stderr go to the program: descriptors this
-                // test process inherited without close-on-exec (e.g. cargo's
-                // jobserver pipe) would otherwise leak into it, and stasis
-                // rightly refuses pipes that lead outside the dumped process.
-                let first: libc::c_uint = 3;
-                if libc::syscall(
-                    libc::SYS_close_range,
-                    first,
-                    libc::c_uint::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                ) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
+            .current_dir(&self.dir);
+        let child = spawn_isolated(&mut cmd, log)
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
         self.pid = child.id() as i32;
         self.live = true;
@@ -414,11 +184,7 @@ impl Run {
             if self.read_log().contains("READY") {
                 return Ok(());
             }
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid int pointer;
-            // WNOHANG keeps it from blocking.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if rc == self.pid {
+            if let Waited::Status(status) = try_wait_pid(self.pid)? {
                 self.live = false;
                 return Err(format!(
                     "test program {} before printing READY",
@@ -435,28 +201,22 @@ impl Run {
     /// Runs `stasis ARGS` to completion, output into a file in the work dir.
     fn stasis(&mut self, what: &str, args: &[OsString]) -> Result<(), String> {
         let (mut child, out) = self.spawn_stasis(what, args)?;
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(format!("waiting for stasis {what}: {e}")),
-            }
-            if start.elapsed() > STASIS_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
+        let status = match wait_child_for(&mut child, STASIS_TIMEOUT) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                kill_child(&mut child);
                 return Err(format!(
                     "stasis {what} did not finish within {STASIS_TIMEOUT:?}; output:\n{}",
-                    read_lossy(&out)
+                    read_for_report(&out)
                 ));
             }
-            sleep(POLL);
+            Err(e) => return Err(format!("waiting for stasis {what}: {e}")),
         };
         if !status.success() {
             return Err(format!(
                 "stasis {what} failed ({}); output:\n{}",
                 describe_exit_status(status),
-                read_lossy(&out)
+                read_for_report(&out)
             ));
         }
         Ok(())
@@ -508,9 +268,9 @@ impl Run {
         // The dump kills the process: reap it (it is our child, directly or
         // through the subreaper) and check how it died.
         let root = match wait_pid(self.pid, Duration::from_secs(5)) {
-            Ok(Reaped::Status(st)) => {
+            Ok(Waited::Status(st)) => {
                 self.live = false;
-                if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
+                if st == WaitStatus::Signaled(libc::SIGKILL) {
                     Ok(())
                 } else {
                     Err(format!(
@@ -519,7 +279,7 @@ impl Run {
                     ))
                 }
             }
-            Ok(Reaped::Gone) => {
+            Ok(_) => {
                 self.live = false;
                 Ok(())
             }
@@ -580,7 +340,7 @@ impl Run {
         let mut child = child;
         let res = self.wait_running(Some(&mut child));
         self.restore = Some(child);
-        res.map_err(|e| format!("{e}; stasis restore output:\n{}", read_lossy(&out)))
+        res.map_err(|e| format!("{e}; stasis restore output:\n{}", read_for_report(&out)))
     }
 
     /// `stasis restore -D DIR --detach`; returns once the restored process
@@ -600,7 +360,7 @@ impl Run {
     }
 
     fn ensure_pid_free(&self) -> Result<(), String> {
-        if Path::new(&format!("/proc/{}", self.pid)).exists() {
+        if procfs::exists(self.pid) {
             return Err(format!(
                 "harness bug: pid {} still exists before restore ({})",
                 self.pid,
@@ -610,9 +370,9 @@ impl Run {
         Ok(())
     }
 
-    /// SIGTERM to the process, which is not under an attached restore; wait
-    /// for it (our child, directly or through the subreaper) and check.
-    fn finish_direct(&mut self) -> Result<(), String> {
+    /// Notes the test's processes, then sends SIGTERM to the program: time
+    /// to check.
+    fn sigterm(&mut self) -> Result<(), String> {
         self.note_tree();
         if !kill(self.pid, libc::SIGTERM) {
             return Err(format!(
@@ -621,10 +381,17 @@ impl Run {
                 io::Error::last_os_error()
             ));
         }
+        Ok(())
+    }
+
+    /// SIGTERM to the process, which is not under an attached restore; wait
+    /// for it (our child, directly or through the subreaper) and check.
+    fn finish_direct(&mut self) -> Result<(), String> {
+        self.sigterm()?;
         let reaped = wait_pid(self.pid, EXIT_TIMEOUT).map_err(|e| format!("after SIGTERM: {e}"))?;
         self.live = false;
-        if let Reaped::Status(st) = reaped {
-            if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+        if let Waited::Status(st) = reaped {
+            if st != WaitStatus::Exited(0) {
                 return Err(format!(
                     "test program {} after SIGTERM{}",
                     describe_wait_status(st),
@@ -639,24 +406,17 @@ impl Run {
     /// SIGTERM to the process restored by the attached `stasis restore`;
     /// `stasis restore` must then exit with the program's status, 0.
     fn finish_attached(&mut self) -> Result<(), String> {
-        self.note_tree();
         let mut child = self
             .restore
             .take()
             .ok_or("harness bug: no attached restore")?;
-        if !kill(self.pid, libc::SIGTERM) {
-            let err = io::Error::last_os_error();
+        if let Err(e) = self.sigterm() {
             self.restore = Some(child);
-            return Err(format!("cannot send SIGTERM to pid {}: {err}", self.pid));
+            return Err(e);
         }
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(format!("waiting for stasis restore: {e}")),
-            }
-            if start.elapsed() > EXIT_TIMEOUT {
+        let status = match wait_child_for(&mut child, EXIT_TIMEOUT) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
                 self.restore = Some(child);
                 return Err(format!(
                     "stasis restore did not exit within {EXIT_TIMEOUT:?} after SIGTERM to pid {} ({})",
@@ -664,7 +424,7 @@ impl Run {
                     describe_proc(self.pid)
                 ));
             }
-            sleep(POLL);
+            Err(e) => return Err(format!("waiting for stasis restore: {e}")),
         };
         // The restored process must be gone with it.
         match wait_pid(self.pid, Duration::from_secs(2)) {
@@ -804,7 +564,7 @@ impl Run {
         });
         for p in outs {
             s.push_str(&format!("\n--- {} ---\n", p.display()));
-            s.push_str(&read_lossy(&p));
+            s.push_str(&read_for_report(&p));
         }
         s
     }
@@ -815,19 +575,18 @@ impl Drop for Run {
         // Everything of a process tree, found while the root still exists.
         let others = self.tree_members();
         if let Some(mut child) = self.restore.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_child(&mut child);
         }
         if self.live && kill(self.pid, libc::SIGKILL) {
             let _ = wait_pid(self.pid, Duration::from_secs(5));
         }
         for &(pid, start) in &others {
-            if proc_start_time(pid) == Some(start) {
+            if procfs::start_time(pid) == Some(start) {
                 kill(pid, libc::SIGKILL);
             }
         }
         for &(pid, start) in &others {
-            let _ = wait_member(pid, start, Duration::from_secs(5));
+            let _ = wait_gone(pid, start, Duration::from_secs(5));
         }
     }
 }
@@ -857,7 +616,7 @@ impl Run {
             .tree
             .iter()
             .copied()
-            .filter(|&(pid, start)| proc_start_time(pid) == Some(start))
+            .filter(|&(pid, start)| procfs::start_time(pid) == Some(start))
             .collect();
         all.extend(tree_of(self.pid, self.live, &self.run_token()));
         all.retain(|&(pid, _)| pid != self.pid);
@@ -872,7 +631,7 @@ impl Run {
     fn reap_tree(&mut self, what: &str) -> Result<(), String> {
         let mut left = Vec::new();
         for (pid, start) in self.tree_members() {
-            if let Err(e) = wait_member(pid, start, Duration::from_secs(2)) {
+            if let Err(e) = wait_gone(pid, start, Duration::from_secs(2)) {
                 left.push(e);
             }
         }
@@ -906,25 +665,6 @@ fn program_command(bin: &Path) -> Command {
     }
 }
 
-/// (ppid, pgrp, session, start time) from /proc/PID/stat.
-fn proc_stat_ids(pid: i32) -> Option<(i32, i32, i32, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after "(comm)"; comm may contain spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state), so field n is f[n - 3].
-    Some((
-        f.get(1)?.parse().ok()?,
-        f.get(2)?.parse().ok()?,
-        f.get(3)?.parse().ok()?,
-        f.get(19)?.parse().ok()?,
-    ))
-}
-
-fn proc_start_time(pid: i32) -> Option<u64> {
-    proc_stat_ids(pid).map(|ids| ids.3)
-}
-
 /// Environment variable that marks a test's processes: a process that left
 /// the tree and its session (double fork and setsid) and was orphaned to
 /// the harness (the subreaper) is still recognised by it.
@@ -944,31 +684,24 @@ fn has_run_token(pid: i32, token: &str) -> bool {
 /// all descendants of any of these.
 fn tree_of(root: i32, include_root: bool, token: &str) -> Vec<(i32, u64)> {
     let me = std::process::id() as i32;
-    let mut procs: Vec<(i32, (i32, i32, i32, u64))> = Vec::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Some(ids) = proc_stat_ids(pid) {
-                procs.push((pid, ids));
-            }
-        }
-    }
+    let procs: Vec<(i32, procfs::Stat)> = procfs::pids()
+        .into_iter()
+        .filter_map(|pid| procfs::stat(pid).map(|st| (pid, st)))
+        .collect();
     let mut inside: Vec<i32> = procs
         .iter()
-        .filter(|(pid, (ppid, pgrp, sid, _))| {
+        .filter(|(pid, st)| {
             (include_root && *pid == root)
-                || *pgrp == root
-                || *sid == root
-                || (*ppid == me && *pid != root && has_run_token(*pid, token))
+                || st.pgrp == root
+                || st.session == root
+                || (st.ppid == me && *pid != root && has_run_token(*pid, token))
         })
         .map(|(pid, _)| *pid)
         .collect();
     loop {
         let before = inside.len();
-        for (pid, (ppid, ..)) in &procs {
-            if inside.contains(ppid) && !inside.contains(pid) && *pid != root {
+        for (pid, st) in &procs {
+            if inside.contains(&st.ppid) && !inside.contains(pid) && *pid != root {
                 inside.push(*pid);
             }
         }
@@ -979,48 +712,14 @@ fn tree_of(root: i32, include_root: bool, token: &str) -> Vec<(i32, u64)> {
     procs
         .iter()
         .filter(|(pid, _)| inside.contains(pid))
-        .map(|(pid, ids)| (*pid, ids.3))
+        .map(|(pid, st)| (*pid, st.start_time))
         .collect()
-}
-
-/// Waits until the process (pid, start time) is gone, reaping it if it is
-/// (or becomes) our child; a pid now used by another process counts as
-/// gone. Err describes the process if it is still there after `timeout`.
-fn wait_member(pid: i32, start: u64, timeout: Duration) -> Result<(), String> {
-    let t0 = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for one specific pid with a valid pointer to an int;
-        // WNOHANG keeps it from blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
-        if rc == pid || proc_start_time(pid) != Some(start) {
-            return Ok(());
-        }
-        if t0.elapsed() > timeout {
-            let cmd = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                .unwrap_or_default();
-            return Err(format!(
-                "pid {pid} `{}` ({})",
-                cmd.trim(),
-                describe_proc(pid)
-            ));
-        }
-        sleep(POLL);
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", p.display()))
 }
 
 /// Runs program `name` with `args` in `mode`; panics with the program's log
 /// and stasis' output on failure.
 fn run(test: &'static str, name: &str, args: &'static [&'static str], mode: Mode) {
-    if !is_root() {
-        eprintln!("skipping {test}: the zdtm tests need root");
+    if !require_root() {
         return;
     }
     become_subreaper();
@@ -1028,299 +727,261 @@ fn run(test: &'static str, name: &str, args: &'static [&'static str], mode: Mode
         Ok(bin) => bin,
         Err(e) => panic!("{test}: {e}"),
     };
-    let mut r = match Run::new(test, bin, args) {
-        Ok(r) => r,
-        Err(e) => panic!("{test}: {e}"),
-    };
-    match r.run(mode) {
-        Ok(()) => {
-            let dir = r.dir.clone();
-            drop(r);
-            let _ = fs::remove_dir_all(dir);
-        }
-        Err(e) => {
-            let report = r.report();
-            let dir = r.dir.clone();
-            drop(r); // kill whatever is left before panicking
-            panic!(
-                "{test} ({name}, {mode:?}): {e}\n(work dir kept: {})\n{report}",
-                dir.display()
-            );
-        }
+    let mut r = Run::new(test, bin, args);
+    if let Err(e) = r.run(mode) {
+        let report = r.report();
+        r.dir.keep();
+        let dir = r.dir.to_path_buf();
+        drop(r); // kill whatever is left before panicking
+        panic!(
+            "{test} ({name}, {mode:?}): {e}\n(work dir kept: {})\n{report}",
+            dir.display()
+        );
     }
 }
-
 // ---------------------------------------------------------------------------
 // The tests: one per (program, mode).
 
+/// Registers the programs of `tests/zdtm/`, one line each:
+///
+/// ```text
+/// NAME [= PROGRAM] [[ARGS...]] [except { VARIANT: "reason", ... }] [also { SUFFIX: MODE, ... }];
+/// ```
+///
+/// Each line makes one `#[test]` per variant, named `zdtm_NAME_VARIANT`:
+/// `sanity` ([`Mode::Sanity`]), `dump_restore`, `leave_running`, `cycles3`
+/// (three dump/restore cycles) and `restore_twice`. `NAME` is the program
+/// (`tests/zdtm/NAME.c`, `.sh` or `.py`) unless `= PROGRAM` names another
+/// (the same program run with other arguments). `except` leaves variants out,
+/// each with the reason why it cannot pass: they are still generated, as
+/// `#[ignore = "reason"]` tests (`cargo test -- --ignored` runs them). `also`
+/// adds tests `zdtm_NAME_SUFFIX` in other modes.
+///
+/// Next to the tests it defines `REGISTERED` (test name, program) and
+/// `EXCLUDED` (test name, variant, reason), which
+/// `every_zdtm_program_is_registered` checks.
 macro_rules! zdtm_tests {
-    ($($prog:ident $args:tt { $($test:ident => $mode:expr),* $(,)? })*) => {
-        $($(
+    // Collects the `#[ignore]` attribute of each variant from the `except`
+    // list: {sanity} {dump_restore} {leave_running} {cycles3} {restore_twice}.
+    (@variants $line:tt {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}
+        sanity: $why:literal, $($rest:tt)*) => {
+        zdtm_tests!(@variants $line {$($s)* #[ignore = $why]} {$($d)*} {$($l)*} {$($c)*} {$($r)*} $($rest)*);
+    };
+    (@variants $line:tt {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}
+        dump_restore: $why:literal, $($rest:tt)*) => {
+        zdtm_tests!(@variants $line {$($s)*} {$($d)* #[ignore = $why]} {$($l)*} {$($c)*} {$($r)*} $($rest)*);
+    };
+    (@variants $line:tt {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}
+        leave_running: $why:literal, $($rest:tt)*) => {
+        zdtm_tests!(@variants $line {$($s)*} {$($d)*} {$($l)* #[ignore = $why]} {$($c)*} {$($r)*} $($rest)*);
+    };
+    (@variants $line:tt {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}
+        cycles3: $why:literal, $($rest:tt)*) => {
+        zdtm_tests!(@variants $line {$($s)*} {$($d)*} {$($l)*} {$($c)* #[ignore = $why]} {$($r)*} $($rest)*);
+    };
+    (@variants $line:tt {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}
+        restore_twice: $why:literal, $($rest:tt)*) => {
+        zdtm_tests!(@variants $line {$($s)*} {$($d)*} {$($l)*} {$($c)*} {$($r)* #[ignore = $why]} $($rest)*);
+    };
+    (@variants $line:tt $s:tt $d:tt $l:tt $c:tt $r:tt $other:ident: $why:literal, $($rest:tt)*) => {
+        compile_error!(concat!(
+            "zdtm_tests!: no variant `", stringify!($other),
+            "` (sanity, dump_restore, leave_running, cycles3, restore_twice)"
+        ));
+    };
+    (@variants [$name:ident $prog:expr, $args:expr]
+        {$($s:tt)*} {$($d:tt)*} {$($l:tt)*} {$($c:tt)*} {$($r:tt)*}) => {
+        zdtm_tests!(@test $name $prog, $args, [$($s)*] sanity => Sanity);
+        zdtm_tests!(@test $name $prog, $args, [$($d)*] dump_restore => DumpRestore);
+        zdtm_tests!(@test $name $prog, $args, [$($l)*] leave_running => LeaveRunning);
+        zdtm_tests!(@test $name $prog, $args, [$($c)*] cycles3 => Cycles(3));
+        zdtm_tests!(@test $name $prog, $args, [$($r)*] restore_twice => RestoreTwice);
+    };
+    (@test $name:ident $prog:expr, $args:expr, [$($attr:tt)*] $variant:ident => $mode:expr) => {
+        stasis_test_infra::paste! {
             #[test]
-            fn $test() {
-                run(stringify!($test), stringify!($prog), &$args, $mode);
+            $($attr)*
+            fn [<zdtm_ $name _ $variant>]() {
+                run(stringify!([<zdtm_ $name _ $variant>]), $prog, $args, $mode);
             }
-        )*)*
+        }
+    };
+    // One line: the five variants and the extra tests.
+    (@line $name:ident $prog:tt $args:tt [$($ex:tt)*] [$($extra:ident: $mode:expr,)*]) => {
+        zdtm_tests!(@variants [$name $prog, &$args] {} {} {} {} {} $($ex)*);
+        $(zdtm_tests!(@test $name $prog, &$args, [] $extra => $mode);)*
+    };
+    // The program: NAME, or PROGRAM after `=`.
+    (@prog $name:ident) => { stringify!($name) };
+    (@prog $name:ident $prog:ident) => { stringify!($prog) };
+    ($(
+        $name:ident $(= $prog:ident)? $([$($arg:literal),* $(,)?])?
+            $(except { $($ex:ident: $why:literal),* $(,)? })?
+            $(also { $($extra:ident: $mode:expr),* $(,)? })?
+    ;)*) => {
+        /// (test name, program) of every line of the registry.
+        const REGISTERED: &[(&str, &str)] = &[
+            $((stringify!($name), zdtm_tests!(@prog $name $($prog)?)),)*
+        ];
+        /// (test name, variant, reason) of every variant left out.
+        const EXCLUDED: &[(&str, &str, &str)] = &[
+            $($($((stringify!($name), stringify!($ex), $why),)*)?)*
+        ];
+        $(
+            zdtm_tests!(
+                @line $name (zdtm_tests!(@prog $name $($prog)?)) [$($($arg),*)?]
+                [$($($ex: $why,)*)?] [$($($extra: $mode,)*)?]
+            );
+        )*
     };
 }
 
 use Mode::*;
 
+// One line per program of tests/zdtm/ (see `zdtm_tests!` above).
 zdtm_tests! {
-    busy_loop [] {
-        zdtm_busy_loop_sanity => Sanity,
-        zdtm_busy_loop_dump_restore => DumpRestore,
-        zdtm_busy_loop_leave_running => LeaveRunning,
-        zdtm_busy_loop_cycles3 => Cycles(3),
-        zdtm_busy_loop_restore_twice => RestoreTwice,
-    }
-    mem_anon ["64"] {
-        zdtm_mem_anon_sanity => Sanity,
-        zdtm_mem_anon_dump_restore => DumpRestore,
-        zdtm_mem_anon_leave_running => LeaveRunning,
-        zdtm_mem_anon_cycles3 => Cycles(3),
-        zdtm_mem_anon_restore_twice => RestoreTwice,
-    }
-    mem_heap [] {
-        zdtm_mem_heap_sanity => Sanity,
-        zdtm_mem_heap_dump_restore => DumpRestore,
-    }
-    mem_stack [] {
-        zdtm_mem_stack_sanity => Sanity,
-        zdtm_mem_stack_dump_restore => DumpRestore,
-    }
-    mem_file_private [] {
-        zdtm_mem_file_private_sanity => Sanity,
-        zdtm_mem_file_private_dump_restore => DumpRestore,
-    }
-    mem_file_shared [] {
-        zdtm_mem_file_shared_sanity => Sanity,
-        zdtm_mem_file_shared_dump_restore => DumpRestore,
-    }
-    mem_shared_anon [] {
-        zdtm_mem_shared_anon_sanity => Sanity,
-        zdtm_mem_shared_anon_dump_restore => DumpRestore,
-    }
-    vdso [] {
-        zdtm_vdso_sanity => Sanity,
-        zdtm_vdso_dump_restore => DumpRestore,
-    }
-    regs_gpr [] {
-        zdtm_regs_gpr_sanity => Sanity,
-        zdtm_regs_gpr_dump_restore => DumpRestore,
-    }
-    regs_fpu [] {
-        zdtm_regs_fpu_sanity => Sanity,
-        zdtm_regs_fpu_dump_restore => DumpRestore,
-    }
-    tls [] {
-        zdtm_tls_sanity => Sanity,
-        zdtm_tls_dump_restore => DumpRestore,
-    }
-    sleep_nanosleep [] {
-        zdtm_sleep_nanosleep_sanity => Sanity,
-        zdtm_sleep_nanosleep_dump_restore => DumpRestore,
-        zdtm_sleep_nanosleep_cycles2 => Cycles(2),
-    }
-    sleep_pause [] {
-        zdtm_sleep_pause_sanity => Sanity,
-        zdtm_sleep_pause_dump_restore => DumpRestore,
-    }
-    syscall_read_pipe [] {
-        zdtm_syscall_read_pipe_sanity => Sanity,
-        zdtm_syscall_read_pipe_dump_restore => DumpRestore,
-        zdtm_syscall_read_pipe_cycles2 => Cycles(2),
-    }
-    syscall_poll [] {
-        zdtm_syscall_poll_sanity => Sanity,
-        zdtm_syscall_poll_dump_restore => DumpRestore,
-    }
-    rseq [] {
-        zdtm_rseq_sanity => Sanity,
-        zdtm_rseq_dump_restore => DumpRestore,
-    }
-    robust_tid [] {
-        zdtm_robust_tid_sanity => Sanity,
-        zdtm_robust_tid_dump_restore => DumpRestore,
-    }
-    mm_fields [] {
-        zdtm_mm_fields_sanity => Sanity,
-        zdtm_mm_fields_dump_restore => DumpRestore,
-    }
-    files_regular [] {
-        zdtm_files_regular_sanity => Sanity,
-        zdtm_files_regular_dump_restore => DumpRestore,
-    }
-    files_deleted [] {
-        zdtm_files_deleted_sanity => Sanity,
-        zdtm_files_deleted_dump_restore => DumpRestore,
-    }
-    files_devnull_dir [] {
-        zdtm_files_devnull_dir_sanity => Sanity,
-        zdtm_files_devnull_dir_dump_restore => DumpRestore,
-    }
-    pipe_inflight [] {
-        zdtm_pipe_inflight_sanity => Sanity,
-        zdtm_pipe_inflight_dump_restore => DumpRestore,
-    }
-    signals [] {
-        zdtm_signals_sanity => Sanity,
-        zdtm_signals_dump_restore => DumpRestore,
-    }
-    itimers [] {
-        zdtm_itimers_sanity => Sanity,
-        zdtm_itimers_dump_restore => DumpRestore,
-    }
-    process_state [] {
-        zdtm_process_state_sanity => Sanity,
-        zdtm_process_state_dump_restore => DumpRestore,
-    }
-    creds [] {
-        zdtm_creds_sanity => Sanity,
-        zdtm_creds_dump_restore => DumpRestore,
-    }
-    file_eventfd [] {
-        zdtm_file_eventfd_sanity => Sanity,
-        zdtm_file_eventfd_dump_restore => DumpRestore,
-    }
-    file_timerfd [] {
-        zdtm_file_timerfd_sanity => Sanity,
-        zdtm_file_timerfd_dump_restore => DumpRestore,
-    }
-    file_signalfd [] {
-        zdtm_file_signalfd_sanity => Sanity,
-        zdtm_file_signalfd_dump_restore => DumpRestore,
-    }
-    file_epoll [] {
-        zdtm_file_epoll_sanity => Sanity,
-        zdtm_file_epoll_dump_restore => DumpRestore,
-    }
-    file_inotify [] {
-        zdtm_file_inotify_sanity => Sanity,
-        zdtm_file_inotify_dump_restore => DumpRestore,
-    }
-    file_memfd [] {
-        zdtm_file_memfd_sanity => Sanity,
-        zdtm_file_memfd_dump_restore => DumpRestore,
-    }
-    posix_timers [] {
-        zdtm_posix_timers_sanity => Sanity,
-        zdtm_posix_timers_dump_restore => DumpRestore,
-    }
-}
-
-// Threads and process trees (issue 4).
-zdtm_tests! {
-    thread_compute [] {
-        zdtm_thread_compute_sanity => Sanity,
-        zdtm_thread_compute_dump_restore => DumpRestore,
-        zdtm_thread_compute_leave_running => LeaveRunning,
-        zdtm_thread_compute_cycles2 => Cycles(2),
-    }
-    thread_blocked [] {
-        zdtm_thread_blocked_sanity => Sanity,
-        zdtm_thread_blocked_dump_restore => DumpRestore,
-    }
-    thread_signals [] {
-        zdtm_thread_signals_sanity => Sanity,
-        zdtm_thread_signals_dump_restore => DumpRestore,
-    }
-    tree_pipes [] {
-        zdtm_tree_pipes_sanity => Sanity,
-        zdtm_tree_pipes_dump_restore => DumpRestore,
-        zdtm_tree_pipes_cycles2 => Cycles(2),
-    }
-    tree_shared_file [] {
-        zdtm_tree_shared_file_sanity => Sanity,
-        zdtm_tree_shared_file_dump_restore => DumpRestore,
-    }
-    tree_shared_anon [] {
-        zdtm_tree_shared_anon_sanity => Sanity,
-        zdtm_tree_shared_anon_dump_restore => DumpRestore,
-    }
-    tree_session [] {
-        zdtm_tree_session_sanity => Sanity,
-        zdtm_tree_session_dump_restore => DumpRestore,
-    }
-    tree_wait [] {
-        zdtm_tree_wait_sanity => Sanity,
-        zdtm_tree_wait_dump_restore => DumpRestore,
-    }
-    tree_orphan [] {
-        zdtm_tree_orphan_sanity => Sanity,
-        zdtm_tree_orphan_dump_restore => DumpRestore,
-    }
-    tree_clone_files [] {
-        zdtm_tree_clone_files_sanity => Sanity,
-        zdtm_tree_clone_files_dump_restore => DumpRestore,
-    }
+    busy_loop;
+    mem_anon ["64"];
+    mem_heap;
+    mem_stack;
+    mem_file_private;
+    mem_file_shared;
+    mem_shared_anon;
+    vdso;
+    regs_gpr;
+    regs_fpu;
+    tls;
+    sleep_nanosleep also { cycles2: Cycles(2) };
+    sleep_pause;
+    syscall_read_pipe also { cycles2: Cycles(2) };
+    syscall_poll;
+    rseq;
+    robust_tid;
+    mm_fields;
+    files_regular;
+    files_deleted;
+    files_devnull_dir;
+    pipe_inflight;
+    signals;
+    itimers;
+    process_state;
+    creds;
+    file_eventfd;
+    file_timerfd;
+    file_signalfd;
+    file_epoll;
+    file_inotify;
+    file_memfd;
+    posix_timers;
+    // Threads and process trees.
+    thread_compute also { cycles2: Cycles(2) };
+    thread_blocked;
+    thread_signals;
+    tree_pipes also { cycles2: Cycles(2) };
+    tree_shared_file;
+    tree_shared_anon;
+    tree_session;
+    tree_wait;
+    tree_orphan;
+    tree_clone_files;
     // A process group whose leader is dead: the restore recreates it with a stand-in leader.
-    tree_orphan ["pgid"] {
-        zdtm_tree_orphan_pgid_sanity => Sanity,
-        zdtm_tree_orphan_pgid_dump_restore => DumpRestore,
-    }
-    // tests/zdtm/python_threads.py, run with /usr/bin/python3 -u
-    python_threads [] {
-        zdtm_python_threads_sanity => Sanity,
-        zdtm_python_threads_dump_restore => DumpRestore,
-    }
-    // tests/zdtm/shell_pipeline.sh, run with /bin/bash
-    shell_pipeline [] {
-        zdtm_shell_pipeline_sanity => Sanity,
-        zdtm_shell_pipeline_dump_restore => DumpRestore,
-    }
+    // A race in that restore (engine, not test) makes every variant that restores flaky on a
+    // busy machine, dump_restore included (kept, as before); the others are left out until it
+    // is fixed.
+    tree_orphan_pgid = tree_orphan ["pgid"] except {
+        leave_running: "restore race in the engine: the stand-in leader of the dead leader's \
+            group may not have made the group yet when g1 tries to join it; g1 stops unjoined, \
+            the stand-in waits 30 s for it and the restore hangs (frequent on a busy machine)",
+        cycles3: "restore race in the engine, hit three times as often here: the stand-in leader \
+            of the dead leader's group may not have made the group yet when g1 tries to join it; \
+            g1 stops unjoined, the stand-in waits 30 s for it and the restore hangs",
+        restore_twice: "restore race in the engine, hit twice as often here: the stand-in leader \
+            of the dead leader's group may not have made the group yet when g1 tries to join it; \
+            g1 stops unjoined, the stand-in waits 30 s for it and the restore hangs",
+    };
+    // Issue 10's bugs: threads in a non-root process, itimers that fire while frozen,
+    // children exiting during the freeze, lone pipe ends, make -j, status flags.
+    tree_threads;
+    itimer_frozen;
+    shell_spawn also { cycles8: Cycles(8) };
+    pipe_lone_end;
+    make_jobs;
+    file_status_flags;
+    // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
+    python_threads;
+    shell_pipeline except {
+        leave_running: "the pipeline writes consumed.txt all the time, and files are not part of \
+            the images: the original, left running, writes lines past the dump that the restored \
+            copy has not written yet (and may not overwrite), so it finds consumed.txt longer than \
+            what it consumed",
+        restore_twice: "the pipeline writes consumed.txt all the time, and files are not part of \
+            the images: the first restored copy may write more lines than the second one (restored \
+            at the same offset) overwrites, which then finds consumed.txt longer than what it \
+            consumed (passes or fails by timing)",
+    };
 }
 
-// Bugs (issue 10).
-zdtm_tests! {
-    // A dump that kills a tree whose non-root process has several threads.
-    tree_threads [] {
-        zdtm_tree_threads_sanity => Sanity,
-        zdtm_tree_threads_dump_restore => DumpRestore,
-        zdtm_tree_threads_leave_running => LeaveRunning,
-        zdtm_tree_threads_cycles3 => Cycles(3),
-        zdtm_tree_threads_restore_twice => RestoreTwice,
-    }
-    // An ITIMER_REAL that expires while the process is frozen.
-    itimer_frozen [] {
-        zdtm_itimer_frozen_sanity => Sanity,
-        zdtm_itimer_frozen_dump_restore => DumpRestore,
-        zdtm_itimer_frozen_leave_running => LeaveRunning,
-        zdtm_itimer_frozen_cycles3 => Cycles(3),
-        zdtm_itimer_frozen_restore_twice => RestoreTwice,
-    }
-    // tests/zdtm/shell_spawn.sh, run with /bin/bash: children exit while the tree is frozen.
-    shell_spawn [] {
-        zdtm_shell_spawn_sanity => Sanity,
-        zdtm_shell_spawn_dump_restore => DumpRestore,
-        zdtm_shell_spawn_leave_running => LeaveRunning,
-        zdtm_shell_spawn_cycles3 => Cycles(3),
-        zdtm_shell_spawn_cycles8 => Cycles(8),
-        zdtm_shell_spawn_restore_twice => RestoreTwice,
-    }
-    // Pipes whose other end is closed everywhere.
-    pipe_lone_end [] {
-        zdtm_pipe_lone_end_sanity => Sanity,
-        zdtm_pipe_lone_end_dump_restore => DumpRestore,
-        zdtm_pipe_lone_end_leave_running => LeaveRunning,
-        zdtm_pipe_lone_end_cycles3 => Cycles(3),
-        zdtm_pipe_lone_end_restore_twice => RestoreTwice,
-    }
-    // tests/zdtm/make_jobs.sh, run with /bin/bash: `make -j2` whose jobs run (make gives
-    // them a pipe whose write end it closed).
-    make_jobs [] {
-        zdtm_make_jobs_sanity => Sanity,
-        zdtm_make_jobs_dump_restore => DumpRestore,
-        zdtm_make_jobs_leave_running => LeaveRunning,
-        zdtm_make_jobs_cycles3 => Cycles(3),
-        zdtm_make_jobs_restore_twice => RestoreTwice,
-    }
-    // Status flags per open file description, for every kind of file.
-    file_status_flags [] {
-        zdtm_file_status_flags_sanity => Sanity,
-        zdtm_file_status_flags_dump_restore => DumpRestore,
-        zdtm_file_status_flags_leave_running => LeaveRunning,
-        zdtm_file_status_flags_cycles3 => Cycles(3),
-        zdtm_file_status_flags_restore_twice => RestoreTwice,
+/// Files of `tests/zdtm/` with a program's extension that are not test
+/// programs.
+const NOT_PROGRAMS: &[&str] = &["run-standalone.sh"];
+
+/// Every program of `tests/zdtm/` (`*.c`, `*.sh`, `*.py`, but not `lib/` and
+/// [`NOT_PROGRAMS`]) has its line in the registry, every line names a
+/// program that exists, and every variant left out says why.
+#[test]
+fn every_zdtm_program_is_registered() {
+    let dir = zdtm_dir();
+    let mut programs: Vec<String> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| !NOT_PROGRAMS.contains(&f.as_str()))
+        .filter_map(|f| {
+            let (stem, ext) = f.rsplit_once('.')?;
+            (ext == "c" || SCRIPT_EXTENSIONS.contains(&ext)).then(|| stem.to_string())
+        })
+        .collect();
+    programs.sort();
+    programs.dedup();
+    let unregistered: Vec<&String> = programs
+        .iter()
+        .filter(|p| !REGISTERED.iter().any(|(_, prog)| prog == p))
+        .collect();
+    assert!(
+        unregistered.is_empty(),
+        "programs of {} without a line in `zdtm_tests!` (crates/cli/tests/zdtm.rs): {unregistered:?}; \
+         add `NAME;` for each (all variants), with `except {{ VARIANT: \"reason\" }}` for a \
+         variant it cannot pass",
+        dir.display()
+    );
+    let missing: Vec<&str> = REGISTERED
+        .iter()
+        .filter(|(_, prog)| !programs.iter().any(|p| p == prog))
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lines of `zdtm_tests!` whose program is not in {}: {missing:?}",
+        dir.display()
+    );
+    let mut names: Vec<&str> = REGISTERED.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        REGISTERED.len(),
+        "a test name is registered twice"
+    );
+    for (name, variant, why) in EXCLUDED {
+        assert!(
+            why.trim().len() >= 20,
+            "zdtm_{name}_{variant} is left out with too short a reason: {why:?}"
+        );
+        let dups = EXCLUDED
+            .iter()
+            .filter(|(n, v, _)| n == name && v == variant)
+            .count();
+        assert_eq!(dups, 1, "zdtm_{name}_{variant} is left out twice");
     }
 }

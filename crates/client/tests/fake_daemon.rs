@@ -7,11 +7,11 @@
 use stasis_client::protocol::{self, Message, TransportError, VERSION};
 use stasis_client::{code, DumpOptions, Error, Hooks, Outcome, ProtocolError, RestoreOptions};
 use stasis_sys::socket as sock;
+use stasis_test_infra::WorkDir;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,21 +19,16 @@ use std::time::Duration;
 /// A predicate on an error, for table-driven tests.
 type Check<T> = fn(&T) -> bool;
 
-/// A temporary directory holding the fake daemon's socket and an images directory.
+/// A temporary directory holding the fake daemon's socket and an images directory (in the
+/// system's temporary directory: socket paths must stay short).
 struct Scratch {
-    root: PathBuf,
+    root: WorkDir,
 }
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "stasis-client-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("images")).unwrap();
+        let root = WorkDir::unique(&std::env::temp_dir(), &format!("stasis-client-{name}"));
+        root.mkdir("images");
         Scratch { root }
     }
     fn socket(&self) -> PathBuf {
@@ -47,12 +42,6 @@ impl Scratch {
             socket: Some(self.socket()),
             ..Default::default()
         }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

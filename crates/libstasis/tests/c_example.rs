@@ -1,58 +1,35 @@
 //! The C side: the header compiles, `examples/c/selfdump.c` links against libstasis.so and
 //! libstasis.a (built for this test run with `cargo build --release`), fails cleanly without
-//! a daemon, and takes both branches against a fake daemon. Skipped (with a notice) without gcc.
+//! a daemon, and takes both branches against a fake daemon. Needs gcc (see
+//! `stasis_test_infra::require_tool`).
 // Helpers outside #[test] functions panic on setup failures on purpose.
 #![allow(clippy::unwrap_used)]
 
 use stasis_client::protocol::{self, Message};
 use stasis_sys::socket as sock;
+use stasis_test_infra::build::{libstasis_release_dir, run_build};
+use stasis_test_infra::{repo_root, require_tool, WorkDir};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Where libstasis.so and libstasis.a are: built once per run with `cargo build --release` in a
-/// target directory of their own (the outer cargo holds the lock of the main one, and the test
-/// must not depend on the order in which cargo builds artifacts). The self-dump tests of stasisd
-/// use the same directory, so the library is built once.
+/// Where libstasis.so and libstasis.a are (built once per run).
 fn lib_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selfdump-libstasis");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        run(Command::new(cargo)
-            .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
-            .arg(repo().join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .stdin(std::process::Stdio::null()));
-        target.join("release")
-    })
-    .clone()
+    libstasis_release_dir(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("libstasis-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("images")).unwrap();
+/// A work directory with an `images` subdirectory.
+fn scratch(name: &str) -> WorkDir {
+    let d = WorkDir::unique(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("libstasis-{name}"),
+    );
+    d.mkdir("images");
     d
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
-
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_build(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Builds the example, dynamically or statically linked.
@@ -70,8 +47,8 @@ fn build_example(dir: &Path, statically: bool) -> PathBuf {
     };
     let mut cmd = Command::new("gcc");
     cmd.args(["-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("examples/c/selfdump.c"))
+        .arg(repo_root().join("include"))
+        .arg(repo_root().join("examples/c/selfdump.c"))
         .arg("-L")
         .arg(&libdir)
         .arg(lib);
@@ -93,8 +70,7 @@ fn run_example(exe: &Path, images: &Path, socket: &Path) -> Output {
 
 #[test]
 fn header_is_valid_c_and_cxx() {
-    if !have("gcc") {
-        eprintln!("notice: gcc not found; C tests skipped");
+    if !require_tool("gcc") {
         return;
     }
     let d = scratch("header");
@@ -110,20 +86,19 @@ fn header_is_valid_c_and_cxx() {
             "-fsyntax-only",
             "-I",
         ])
-        .arg(repo().join("include"))
+        .arg(repo_root().join("include"))
         .arg(&src));
-    if have("g++") {
+    if require_tool("g++") {
         run(Command::new("g++")
             .args(["-x", "c++", "-Wall", "-Werror", "-fsyntax-only", "-I"])
-            .arg(repo().join("include"))
+            .arg(repo_root().join("include"))
             .arg(&src));
     }
-    std::fs::remove_dir_all(d).unwrap();
 }
 
 #[test]
 fn pkg_config_version_matches() {
-    let pc = std::fs::read_to_string(repo().join("include/stasis.pc")).unwrap();
+    let pc = std::fs::read_to_string(repo_root().join("include/stasis.pc")).unwrap();
     let want = format!("Version: {}", env!("CARGO_PKG_VERSION"));
     assert!(
         pc.lines().any(|l| l == want),
@@ -133,8 +108,7 @@ fn pkg_config_version_matches() {
 
 #[test]
 fn example_fails_cleanly_without_daemon() {
-    if !have("gcc") {
-        eprintln!("notice: gcc not found; C tests skipped");
+    if !require_tool("gcc") {
         return;
     }
     let d = scratch("nodaemon");
@@ -153,7 +127,6 @@ fn example_fails_cleanly_without_daemon() {
             "{stderr}"
         );
     }
-    std::fs::remove_dir_all(d).unwrap();
 }
 
 /// Serves one self-dump request with `Done { outcome }`; returns the flags and whether the
@@ -180,8 +153,7 @@ fn serve_once(socket: &Path, outcome: u32) -> std::thread::JoinHandle<(u32, bool
 
 #[test]
 fn example_against_a_fake_daemon() {
-    if !have("gcc") {
-        eprintln!("notice: gcc not found; C tests skipped");
+    if !require_tool("gcc") {
         return;
     }
     let d = scratch("fake");
@@ -201,5 +173,4 @@ fn example_against_a_fake_daemon() {
         assert!(stdout.contains("count 5"), "{stdout}");
         assert_eq!(daemon.join().unwrap(), (0, true));
     }
-    std::fs::remove_dir_all(d).unwrap();
 }

@@ -774,8 +774,8 @@ mod tests {
     /// Watches set up in this process, dumped and restored as a second instance.
     #[test]
     fn dump_and_restore_in_this_process() {
-        if stasis_sys::process::geteuid() != 0 {
-            eprintln!("skipped: open_by_handle_at needs root");
+        // open_by_handle_at needs root.
+        if !stasis_test_infra::require_root() {
             return;
         }
         let dir = std::env::temp_dir().join(format!("stasis-inotify-{}", std::process::id()));
