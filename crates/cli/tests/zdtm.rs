@@ -885,20 +885,7 @@ zdtm_tests! {
     tree_orphan;
     tree_clone_files;
     // A process group whose leader is dead: the restore recreates it with a stand-in leader.
-    // A race in that restore (engine, not test) makes every variant that restores flaky on a
-    // busy machine, dump_restore included (kept, as before); the others are left out until it
-    // is fixed.
-    tree_orphan_pgid = tree_orphan ["pgid"] except {
-        leave_running: "restore race in the engine: the stand-in leader of the dead leader's \
-            group may not have made the group yet when g1 tries to join it; g1 stops unjoined, \
-            the stand-in waits 30 s for it and the restore hangs (frequent on a busy machine)",
-        cycles3: "restore race in the engine, hit three times as often here: the stand-in leader \
-            of the dead leader's group may not have made the group yet when g1 tries to join it; \
-            g1 stops unjoined, the stand-in waits 30 s for it and the restore hangs",
-        restore_twice: "restore race in the engine, hit twice as often here: the stand-in leader \
-            of the dead leader's group may not have made the group yet when g1 tries to join it; \
-            g1 stops unjoined, the stand-in waits 30 s for it and the restore hangs",
-    };
+    tree_orphan_pgid = tree_orphan ["pgid"];
     // Issue 10's bugs: threads in a non-root process, itimers that fire while frozen,
     // children exiting during the freeze, lone pipe ends, make -j, status flags.
     tree_threads;

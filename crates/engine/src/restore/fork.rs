@@ -336,6 +336,8 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
             Forked::Child(_) => stand_in_group_leader(members),
             Forked::Parent(_) => {}
         }
+        // The members join the group in their own setup: it must exist by then.
+        wait_group_exists(*group)?;
     }
     let mut table_sharers = Vec::new();
     for (pid, live, status) in kids {
@@ -416,6 +418,20 @@ fn wait_until_stopped(pid: Pid) -> Result<(), ChildFailure> {
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
+}
+
+/// Waits until the stand-in leader `group` has made its process group.
+fn wait_group_exists(group: Pid) -> Result<(), ChildFailure> {
+    let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
+    while process::getpgid(group).ok() != Some(group) {
+        if std::time::Instant::now() > deadline {
+            return Err(ChildFailure::Other {
+                what: format!("the stand-in leader of process group {group} did not make it"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    Ok(())
 }
 
 /// A stand-in leader of a process group whose real leader had died: it creates the group and
