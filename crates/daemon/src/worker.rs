@@ -194,7 +194,12 @@ fn act_as(caller: &Caller) -> Result<(), Failure> {
 }
 
 /// Checks that fd `conn_fd` of the caller is its end of this very connection.
-fn check_connection_fd(conn: BorrowedFd<'_>, pidfd: &OwnedFd, conn_fd: i32) -> Result<(), Failure> {
+fn check_connection_fd(
+    conn: BorrowedFd<'_>,
+    caller_pid: stasis_sys::Pid,
+    pidfd: &OwnedFd,
+    conn_fd: i32,
+) -> Result<(), Failure> {
     let refuse = |m: String| Failure::new(code::REFUSED, m);
     let theirs = process::pidfd_getfd(pidfd.as_fd(), conn_fd)
         .map_err(|e| refuse(format!("fd {conn_fd} of the caller: {e}")))?;
@@ -206,8 +211,23 @@ fn check_connection_fd(conn: BorrowedFd<'_>, pidfd: &OwnedFd, conn_fd: i32) -> R
             .map_err(|e| refuse(e.to_string()))?,
     );
     let our_ino = ours.metadata().map_err(|e| refuse(e.to_string()))?.ino();
-    let peer = stasis_sys::sock_diag::unix_peer_inode(our_ino)
-        .map_err(|e| refuse(format!("sock_diag: {e}")))?;
+    // Our end of the connection belongs to the network namespace of the caller, which may not
+    // be ours: sock_diag looks there.
+    let netns = socket::network_namespace_of(conn).map_err(|e| {
+        Failure::new(
+            code::DAEMON,
+            format!("the network namespace of the connection (SIOCGSKNS): {e}"),
+        )
+    })?;
+    let peer = stasis_sys::sock_diag::unix_peer_inode_in(netns.as_fd(), our_ino).map_err(|e| {
+        Failure::new(
+            code::DAEMON,
+            format!(
+                "sock_diag in the caller's network namespace ({}): {e}",
+                policy::namespace_of(caller_pid, "net").unwrap_or_else(|e| e)
+            ),
+        )
+    })?;
     if !theirs_md.file_type().is_socket() || peer != Some(theirs_md.ino()) {
         return Err(refuse(format!(
             "fd {conn_fd} of the caller is not its connection to stasisd"
@@ -227,7 +247,7 @@ fn dump_self(
     let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
     policy::check_may_dump_tree(caller, caller.pid, "the caller", with_children)
         .map_err(|m| Failure::new(code::REFUSED, m))?;
-    check_connection_fd(conn, &pidfd, conn_fd)?;
+    check_connection_fd(conn, caller.pid, &pidfd, conn_fd)?;
     act_as(caller)?;
     let restored_reply = protocol::encode(&Message::Done {
         outcome: protocol::OUTCOME_RESTORED,
