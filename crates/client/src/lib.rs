@@ -238,27 +238,26 @@ impl Connection {
         let fd =
             sock::seqpacket_connect(&path).map_err(|source| Error::Connect { path, source })?;
         let conn = Connection { fd };
-        let hello = conn.send(
+        let hello = protocol::send(
+            conn.fd.as_fd(),
             &Message::Hello {
                 version: protocol::VERSION.into(),
             },
             None,
         );
-        if let Err(e) = hello {
+        match hello {
+            Ok(()) => {}
             // A daemon that turns the connection away (busy) answers with a Failure and closes
             // the connection, possibly before the Hello went out (EPIPE): its answer, already
             // queued, is the better error.
-            let closed = matches!(&e, Error::Io { source, .. } if matches!(
-                source.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            ));
-            if closed {
+            Err(TransportError::Closed) => {
                 if let Ok((Message::Failure { code, message }, _)) = protocol::recv(conn.fd.as_fd())
                 {
                     return Err(Error::from_failure(code, message));
                 }
+                return Err(TransportError::Closed.into());
             }
-            return Err(e);
+            Err(e) => return Err(e.into()),
         }
         match conn.recv()? {
             Message::Welcome { version } if version == protocol::VERSION => Ok(conn),
