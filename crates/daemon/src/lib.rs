@@ -3,7 +3,12 @@
 //! It listens on a unix SOCK_SEQPACKET socket (its own, or one handed over by systemd socket
 //! activation), forks one worker per connection (see [`worker`]), reaps finished workers, and
 //! stops cleanly on SIGTERM or SIGINT. It never reads client data itself, so no client can
-//! stall it. The rules it enforces are in docs/security.md. The `stasisd` binary is a thin
+//! stall it: it learns the caller's uid from `SO_PEERCRED`, and a connection over
+//! `--max-workers` or `--max-workers-per-uid` gets a `Failure` with code `BUSY` at once (a
+//! worker holds its slot until it gives it back, [`worker::Slot`], or ends; one holding it
+//! longer than `--request-deadline` is killed). Workers log through a pipe to the daemon,
+//! which rate-limits their lines per uid ([`log::UidRateLimit`]). The rules it enforces are in
+//! docs/security.md. The `stasisd` binary is a thin
 //! wrapper; `stasis demo` embeds the same loop. It logs one line per event on stderr (see
 //! [`log`]); every request is numbered, and what its worker logs carries the number and the
 //! caller's pid and uid.
