@@ -680,6 +680,7 @@ fn one_user_at_its_limit_does_not_block_another() {
     let images_a = ctx.user_dir(&a, "images-a");
     let held = hold(&ctx, &d, &a, 2);
     let line = c_self_dump(&ctx, &d, &a, &images_a, &[]);
+    eprintln!("[one_user_at_its_limit_does_not_block_another] C client over the limit: {line}");
     assert!(
         line.starts_with(&format!("ERROR {} ", code::BUSY))
             && line.contains("busy")
@@ -930,6 +931,7 @@ fn self_dumps_from_other_namespaces() {
     cmd.args(["-U", "-r", "--"]).arg(c_client()).arg(&images);
     let mut p = ctx.spawn(cmd, "client-userns", Some(&d.socket));
     let line = p.wait_line("");
+    eprintln!("[self_dumps_from_other_namespaces] user namespace: {line}");
     assert!(
         line.starts_with(&format!("ERROR {} ", code::REFUSED))
             && line.contains("user namespace user:[")
@@ -947,6 +949,7 @@ fn self_dumps_from_other_namespaces() {
     // A pid namespace: refused, naming it.
     let images = ctx.user_dir(&a, "images-pidns");
     let line = c_self_dump(&ctx, &d, &a, &images, &["unshare", "-p", "-f", "--"]);
+    eprintln!("[self_dumps_from_other_namespaces] pid namespace: {line}");
     assert!(
         line.starts_with(&format!("ERROR {} ", code::REFUSED))
             && line.contains("pid namespace pid:["),
