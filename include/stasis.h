@@ -54,6 +54,8 @@ extern "C" {
 #define STASIS_E_RESTORE     (-1009) /* the restore failed */
 #define STASIS_E_IMAGE       (-1010) /* the images are corrupt, truncated or invalid */
 #define STASIS_E_ENVIRONMENT (-1011) /* the environment changed since the dump (pid taken, file gone or replaced) */
+#define STASIS_E_BUSY        (-1012) /* the daemon serves as many requests as it may, in all or for
+                                        this user: try again later */
 
 /* Options of stasis_dump_self(). A zeroed struct (or a NULL pointer) means the defaults. */
 struct stasis_dump_opts {

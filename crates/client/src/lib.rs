@@ -61,6 +61,9 @@ pub mod code {
     /// The machine is not as the images need it: a pid is taken, a file is gone or was
     /// replaced since the dump, a process does not exist.
     pub const ENVIRONMENT: i32 = -1011;
+    /// The daemon is serving as many requests as it may (at once, or for this user): try
+    /// again later.
+    pub const BUSY: i32 = -1012;
 }
 
 /// Where the daemon listens unless `$STASIS_SOCKET` or an option says otherwise.
@@ -141,6 +144,8 @@ pub enum Error {
     Environment(String),
     #[error("stasis daemon: {0}")]
     Daemon(String),
+    #[error("stasis daemon busy: {0}")]
+    Busy(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("checkpoint aborted by the before_checkpoint hook: {0}")]
@@ -168,6 +173,7 @@ impl Error {
             Error::BadImages(_) => code::IMAGE,
             Error::Environment(_) => code::ENVIRONMENT,
             Error::Daemon(_) => code::DAEMON,
+            Error::Busy(_) => code::BUSY,
             Error::Invalid(_) | Error::Aborted(_) => code::INVALID,
             Error::Io { source, .. } => match source.raw_os_error() {
                 Some(errno) if errno > 0 => -errno,
@@ -197,6 +203,7 @@ impl Error {
             code::IMAGE => Error::BadImages(message),
             code::ENVIRONMENT => Error::Environment(message),
             code::DAEMON | code::CONNECT => Error::Daemon(message),
+            code::BUSY => Error::Busy(message),
             code::INVALID => Error::Invalid(message),
             -4095..=-1 => Error::Io {
                 context: message,
@@ -231,12 +238,27 @@ impl Connection {
         let fd =
             sock::seqpacket_connect(&path).map_err(|source| Error::Connect { path, source })?;
         let conn = Connection { fd };
-        conn.send(
+        let hello = protocol::send(
+            conn.fd.as_fd(),
             &Message::Hello {
                 version: protocol::VERSION.into(),
             },
             None,
-        )?;
+        );
+        match hello {
+            Ok(()) => {}
+            // A daemon that turns the connection away (busy) answers with a Failure and closes
+            // the connection, possibly before the Hello went out (EPIPE): its answer, already
+            // queued, is the better error.
+            Err(TransportError::Closed) => {
+                if let Ok((Message::Failure { code, message }, _)) = protocol::recv(conn.fd.as_fd())
+                {
+                    return Err(Error::from_failure(code, message));
+                }
+                return Err(TransportError::Closed.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
         match conn.recv()? {
             Message::Welcome { version } if version == protocol::VERSION => Ok(conn),
             Message::Welcome { version } => Err(Error::VersionMismatch {
@@ -433,6 +455,7 @@ mod tests {
             code::IMAGE,
             code::ENVIRONMENT,
             code::DAEMON,
+            code::BUSY,
             code::INVALID,
             code::VERSION,
             -2,

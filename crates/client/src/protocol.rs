@@ -428,10 +428,17 @@ pub fn send(
 /// connection is [`TransportError::Closed`].
 pub fn recv(fd: BorrowedFd<'_>) -> Result<(Message, Option<OwnedFd>), TransportError> {
     let mut buf = [0u8; MAX_MESSAGE + 1];
+    let mut reset_seen = false;
     let got = loop {
         match sock::recv_with_fds(fd, &mut buf) {
             Ok(r) => break r,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A peer that closed without reading what we sent leaves ECONNRESET, which the
+            // kernel reports (once) before the packets it had sent us: read those.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !reset_seen => {
+                reset_seen = true;
+                continue;
+            }
             Err(e) if is_closed(&e) => return Err(TransportError::Closed),
             Err(source) => return Err(TransportError::Io { op: "recv", source }),
         }

@@ -209,7 +209,7 @@ fn version_mismatch_names_both_versions() {
 
 #[test]
 fn failures_map_to_errors_and_codes() {
-    let cases: [(i32, Check<Error>); 10] = [
+    let cases: [(i32, Check<Error>); 11] = [
         (code::REFUSED, |e| matches!(e, Error::Refused(_))),
         (code::RESTORE, |e| matches!(e, Error::RestoreFailed(_))),
         (code::IMAGE, |e| matches!(e, Error::BadImages(_))),
@@ -217,6 +217,7 @@ fn failures_map_to_errors_and_codes() {
         (code::UNSUPPORTED, |e| matches!(e, Error::Unsupported(_))),
         (code::DUMP, |e| matches!(e, Error::DumpFailed(_))),
         (code::DAEMON, |e| matches!(e, Error::Daemon(_))),
+        (code::BUSY, |e| matches!(e, Error::Busy(_))),
         (code::INVALID, |e| matches!(e, Error::Invalid(_))),
         (code::PROTOCOL, |e| {
             matches!(e, Error::Protocol(ProtocolError::Remote(_)))
@@ -234,6 +235,47 @@ fn failures_map_to_errors_and_codes() {
         assert_eq!(e.code(), c);
         assert!(e.to_string().contains(&format!("reason {c}")), "{e}");
     }
+}
+
+/// A busy daemon answers a Failure with [`code::BUSY`] as soon as it accepts, and closes the
+/// connection without reading anything: before or after the client's Hello went out, the
+/// client reports "busy", for a self-dump and a restore alike.
+#[test]
+fn busy_daemon_turns_the_connection_away() {
+    // Without waiting, the answer and the close race the client's Hello: several rounds.
+    for hello_first in [false; 20].into_iter().chain([true]) {
+        let s = Scratch::new("busy");
+        let d = fake_daemon(&s, move |conn| {
+            if hello_first {
+                // Wait until the Hello is queued (but leave it unread).
+                let ready = stasis_sys::process::poll_readable(&[conn.as_fd()], 10_000).unwrap();
+                assert!(ready[0]);
+            }
+            reply(
+                &conn,
+                Message::failure(code::BUSY, "busy: 2 requests of uid 1000 already"),
+            );
+        });
+        let e = stasis_client::dump_self(s.images().as_fd(), &s.opts()).unwrap_err();
+        d.join().unwrap();
+        assert!(
+            matches!(&e, Error::Busy(m) if m.contains("uid 1000")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), code::BUSY);
+        assert!(e.to_string().contains("busy"), "{e}");
+    }
+    let s = Scratch::new("busy-restore");
+    let d = fake_daemon(&s, |conn| {
+        reply(&conn, Message::failure(code::BUSY, "busy"))
+    });
+    let opts = RestoreOptions {
+        socket: Some(s.socket()),
+        ..Default::default()
+    };
+    let e = stasis_client::restore(s.images().as_fd(), &opts).unwrap_err();
+    d.join().unwrap();
+    assert_eq!(e.code(), code::BUSY, "{e:?}");
 }
 
 #[test]

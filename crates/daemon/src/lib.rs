@@ -3,7 +3,12 @@
 //! It listens on a unix SOCK_SEQPACKET socket (its own, or one handed over by systemd socket
 //! activation), forks one worker per connection (see [`worker`]), reaps finished workers, and
 //! stops cleanly on SIGTERM or SIGINT. It never reads client data itself, so no client can
-//! stall it. The rules it enforces are in docs/security.md. The `stasisd` binary is a thin
+//! stall it: it learns the caller's uid from `SO_PEERCRED`, and a connection over
+//! `--max-workers` or `--max-workers-per-uid` gets a `Failure` with code `BUSY` at once (a
+//! worker holds its slot until it gives it back, [`worker::Slot`], or ends; one holding it
+//! longer than `--request-deadline` is killed). Workers log through a pipe to the daemon,
+//! which rate-limits their lines per uid ([`log::UidRateLimit`]). The rules it enforces are in
+//! docs/security.md. The `stasisd` binary is a thin
 //! wrapper; `stasis demo` embeds the same loop. It logs one line per event on stderr (see
 //! [`log`]); every request is numbered, and what its worker logs carries the number and the
 //! caller's pid and uid.
@@ -14,11 +19,13 @@ pub mod policy;
 pub mod worker;
 
 use clap::Parser;
+use stasis_client::protocol;
 use stasis_sys::process::{self, Forked};
 use stasis_sys::socket;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How the daemon listens and how much it serves.
 #[derive(Debug, Clone, Parser)]
@@ -33,13 +40,43 @@ pub struct Args {
     /// Group that owns the socket file (default: "stasis" if that group exists, else root's).
     #[arg(long)]
     pub group: Option<String>,
-    /// How many requests may be served at once; more are refused until one ends.
-    #[arg(long, default_value_t = 64)]
-    pub max_workers: usize,
+    /// How many requests may be served at once; more are refused ("busy") until one ends.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_workers: u32,
+    /// How many requests of one uid may be served at once (default: a quarter of
+    /// --max-workers, at least 1). Root's requests count against --max-workers only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_workers_per_uid: Option<u32>,
+    /// Longest time, in seconds, a request may hold its worker slot; a worker still holding
+    /// it then is killed. A non-detached restore gives its slot back once the process runs.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_deadline: u32,
+    /// Log lines one uid's requests may produce at once (root is not limited).
+    #[arg(long, default_value_t = 20)]
+    pub log_burst_per_uid: u32,
+    /// Log lines per second one uid's requests may produce after the burst (0: no limit).
+    #[arg(long, default_value_t = 2)]
+    pub log_rate_per_uid: u32,
     /// Log more: -v the phases of each dump and restore, -vv also every system call run
     /// inside a target.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl Args {
+    /// --max-workers-per-uid, or its default: a quarter of --max-workers, at least 1.
+    pub fn per_uid_limit(&self) -> u32 {
+        self.max_workers_per_uid
+            .unwrap_or((self.max_workers / 4).max(1))
+    }
+
+    /// The log rate limit per uid.
+    pub fn log_limit(&self) -> log::RateLimit {
+        log::RateLimit {
+            burst: self.log_burst_per_uid,
+            per_second: self.log_rate_per_uid,
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -151,12 +188,32 @@ pub fn run(args: &Args) -> Result<(), String> {
         "stasisd {}: listening ({source})",
         env!("CARGO_PKG_VERSION")
     );
-    let mut workers: Vec<i32> = Vec::new();
+    let limits = Limits {
+        total: args.max_workers as usize,
+        per_uid: args.per_uid_limit() as usize,
+        deadline: Duration::from_secs(args.request_deadline.into()),
+    };
+    let mut rate = log::UidRateLimit::new(args.log_limit());
+    let mut workers: Vec<Worker> = Vec::new();
     // Requests are numbered from 1 in the order they are accepted.
     let mut request: u64 = 0;
     loop {
-        let ready = process::poll_readable(&[listener.fd.as_fd(), signals.as_fd()], 1000)
-            .map_err(|e| format!("poll: {e}"))?;
+        // Listener, signals, then each worker's slot (while held) and log pipe.
+        let mut fds = vec![listener.fd.as_fd(), signals.as_fd()];
+        let mut owners = Vec::new();
+        for (i, w) in workers.iter().enumerate() {
+            if let Some(slot) = &w.slot {
+                fds.push(slot.as_fd());
+                owners.push((i, Ready::Slot));
+            }
+            if let Some(log) = &w.log {
+                fds.push(log.fd());
+                owners.push((i, Ready::Log));
+            }
+        }
+        let ready = process::poll_readable(&fds, 1000).map_err(|e| format!("poll: {e}"))?;
+        drop(fds);
+        let now = Instant::now();
         let mut stop = false;
         if ready[1] {
             while let Some(sig) =
@@ -165,7 +222,21 @@ pub fn run(args: &Args) -> Result<(), String> {
                 stop |= sig == libc::SIGTERM || sig == libc::SIGINT;
             }
         }
-        workers.retain(|&w| matches!(stasis_sys::ptrace::waitpid_nohang(w), Ok(None)));
+        for (&(i, what), _) in owners.iter().zip(&ready[2..]).filter(|(_, &r)| r) {
+            let w = &mut workers[i];
+            match what {
+                // Nothing is ever written there: readable means every copy was closed.
+                Ready::Slot => w.slot = None,
+                Ready::Log => w.forward_log(&mut rate, now),
+            }
+        }
+        workers.retain_mut(|w| !w.reaped(&mut rate, now));
+        for w in workers.iter_mut() {
+            w.enforce_deadline(limits.deadline, now);
+        }
+        for (uid, dropped) in rate.summaries(now) {
+            tracing::warn!("{}", rate.summary_text(uid, dropped));
+        }
         if stop {
             tracing::info!(
                 "stopping ({} requests still being served finish on their own)",
@@ -184,27 +255,177 @@ pub fn run(args: &Args) -> Result<(), String> {
             }
         };
         request += 1;
-        if workers.len() >= args.max_workers {
-            tracing::warn!(
-                request,
-                "refusing a connection: {} requests already being served",
-                workers.len()
-            );
+        // Who connected, from the kernel; nothing the client sent is read here.
+        let uid = match socket::peer_cred(conn.as_fd()) {
+            Ok(cred) => cred.uid,
+            Err(e) => {
+                tracing::warn!(request, "refusing a connection: SO_PEERCRED: {e}");
+                continue;
+            }
+        };
+        if let Some(why) = limits.refusal(&workers, uid) {
+            if rate.admit(uid, now) {
+                tracing::warn!(request, "refusing a connection of uid {uid}: {why}");
+            }
+            turn_away(conn, &why);
             continue;
         }
-        match process::fork() {
-            Ok(Forked::Child(_)) => {
-                let _ = process::unblock_all_signals();
-                let code = worker::serve(conn, request);
-                process::exit_now(code);
+        match start_worker(conn, request, uid, now) {
+            Ok(w) => {
+                tracing::debug!(request, "worker {} serves the connection", w.pid);
+                workers.push(w);
             }
-            Ok(Forked::Parent(pid)) => {
-                tracing::debug!(request, "worker {pid} serves the connection");
-                workers.push(pid)
-            }
-            Err(e) => tracing::error!(request, "fork: {e}"),
+            Err(e) => tracing::error!(request, "{e}"),
         }
-        // The worker has its own copy of the connection: when it ends, the client sees it.
-        drop(conn);
+    }
+}
+
+/// How much the daemon serves at once, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Slots in all (--max-workers).
+    total: usize,
+    /// Slots of one uid other than root (--max-workers-per-uid).
+    per_uid: usize,
+    /// Longest time a worker may hold its slot (--request-deadline).
+    deadline: Duration,
+}
+
+impl Limits {
+    /// Why a new connection of `uid` is turned away, if it is.
+    fn refusal(&self, workers: &[Worker], uid: u32) -> Option<String> {
+        let busy = workers.iter().filter(|w| w.slot.is_some());
+        let total = busy.clone().count();
+        if total >= self.total {
+            return Some(format!(
+                "stasisd is busy: {total} requests are being served, the most it serves at once \
+                 (--max-workers {}); try again later",
+                self.total
+            ));
+        }
+        let of_uid = busy.filter(|w| w.uid == uid).count();
+        if uid != 0 && of_uid >= self.per_uid {
+            return Some(format!(
+                "stasisd is busy: uid {uid} already has {of_uid} requests being served, the most \
+                 one user may have at once (--max-workers-per-uid {}); try again later",
+                self.per_uid
+            ));
+        }
+        None
+    }
+}
+
+/// What became readable among a worker's descriptors.
+#[derive(Debug, Clone, Copy)]
+enum Ready {
+    Slot,
+    Log,
+}
+
+/// A forked worker, as the daemon tracks it.
+struct Worker {
+    pid: i32,
+    /// The caller's uid (SO_PEERCRED).
+    uid: u32,
+    /// The read end of the worker's slot pipe while the worker holds its slot: the worker never
+    /// writes to it and closes it (or exits) to give the slot back.
+    slot: Option<OwnedFd>,
+    /// When it started (for --request-deadline).
+    started: Instant,
+    killed: bool,
+    /// Its stderr, passed on to ours under the per-uid rate limit; None once it ended.
+    log: Option<log::LineReader>,
+}
+
+impl Worker {
+    fn forward_log(&mut self, rate: &mut log::UidRateLimit, now: Instant) {
+        use std::io::Write;
+        let Some(reader) = &mut self.log else {
+            return;
+        };
+        let lines = reader.read_lines();
+        let mut err = std::io::stderr().lock();
+        for line in lines {
+            if rate.admit(self.uid, now) {
+                let _ = err.write_all(&line);
+            }
+        }
+        if reader.ended() {
+            self.log = None;
+        }
+    }
+
+    /// Reaps the worker if it ended (after passing on the rest of its log).
+    fn reaped(&mut self, rate: &mut log::UidRateLimit, now: Instant) -> bool {
+        if !matches!(
+            stasis_sys::ptrace::waitpid_nohang(self.pid),
+            Ok(Some(_)) | Err(_)
+        ) {
+            return false;
+        }
+        self.forward_log(rate, now);
+        true
+    }
+
+    /// Kills the worker if it has held its slot longer than `deadline`.
+    fn enforce_deadline(&mut self, deadline: Duration, now: Instant) {
+        if self.slot.is_none() || self.killed || now.duration_since(self.started) < deadline {
+            return;
+        }
+        tracing::warn!(
+            "worker {} (uid {}) held its slot for more than {} s: killed",
+            self.pid,
+            self.uid,
+            deadline.as_secs()
+        );
+        let _ = process::kill(self.pid, libc::SIGKILL);
+        self.killed = true;
+    }
+}
+
+/// Answers a connection that is turned away with a `Failure` (BUSY) and closes it. The
+/// connection is made non-blocking first: the daemon never waits on a client.
+fn turn_away(conn: OwnedFd, why: &str) {
+    let nonblocking = process::get_status_flags(conn.as_fd())
+        .and_then(|f| process::set_status_flags(conn.as_fd(), f | libc::O_NONBLOCK));
+    if nonblocking.is_ok() {
+        let _ = protocol::send(
+            conn.as_fd(),
+            &protocol::Message::failure(stasis_client::code::BUSY, why),
+            None,
+        );
+    }
+}
+
+/// Forks the worker for `conn`: its stderr becomes a pipe to the daemon (the log, rate-limited
+/// per uid) and it holds a slot ([`worker::Slot`]) until it gives it back or ends.
+fn start_worker(conn: OwnedFd, request: u64, uid: u32, now: Instant) -> Result<Worker, String> {
+    let (slot_read, slot_write) = process::pipe().map_err(|e| format!("slot pipe: {e}"))?;
+    let (log_read, log_write) = process::pipe().map_err(|e| format!("log pipe: {e}"))?;
+    match process::fork().map_err(|e| format!("fork: {e}"))? {
+        Forked::Child(_) => {
+            drop((slot_read, log_read));
+            let _ = process::unblock_all_signals();
+            // Lines the worker could not pass on are lost: there is nowhere else to put them.
+            let _ = process::redirect_stderr(log_write.as_fd());
+            drop(log_write);
+            let code = worker::serve(conn, request, worker::Slot::new(slot_write));
+            process::exit_now(code);
+        }
+        Forked::Parent(pid) => {
+            // The worker has its own copies: when it ends, the client sees it.
+            drop((conn, slot_write, log_write));
+            let log = log::LineReader::new(log_read)
+                .map_err(|e| tracing::warn!("log pipe of worker {pid}: {e}"))
+                .ok();
+            Ok(Worker {
+                pid,
+                uid,
+                slot: Some(slot_read),
+                started: now,
+                killed: false,
+                log,
+            })
+        }
     }
 }

@@ -12,9 +12,20 @@
 //! Clients control some of what gets logged (paths, names, messages of failures that quote
 //! them): every value goes through [`escape`], so no value can break a line or forge another.
 //! [`EscapedFields`] is also what the `stasis` command uses for its log.
+//!
+//! Clients also control how much gets logged: each request logs a few lines, and a client can
+//! make thousands of requests. A worker's lines therefore do not go to the log directly: its
+//! stderr is a pipe to the daemon ([`LineReader`]), which passes them on through a token bucket
+//! per uid ([`UidRateLimit`]; root is not limited). Lines over the limit are dropped and
+//! counted; once the uid's bucket has a token again, one summary line says how many were
+//! dropped.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::io::{self, Read as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::RecordFields;
@@ -196,6 +207,188 @@ pub fn install(verbose: u8) -> Option<tracing::subscriber::DefaultGuard> {
     None
 }
 
+/// How many log lines one uid's requests may produce: `burst` at once, then `per_second`
+/// (`per_second` 0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per_second: u32,
+}
+
+/// Token buckets of log lines, one per uid (root is not limited).
+#[derive(Debug)]
+pub struct UidRateLimit {
+    limit: RateLimit,
+    buckets: HashMap<u32, Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    dropped: u64,
+}
+
+impl Bucket {
+    fn refill(&mut self, limit: RateLimit, now: Instant) {
+        let dt = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + dt * f64::from(limit.per_second)).min(f64::from(limit.burst));
+        self.updated = now;
+    }
+}
+
+impl UidRateLimit {
+    pub fn new(limit: RateLimit) -> UidRateLimit {
+        UidRateLimit {
+            limit,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn unlimited(&self, uid: u32) -> bool {
+        uid == 0 || self.limit.per_second == 0
+    }
+
+    /// Whether one more line of `uid` may be logged at `now` (it takes a token); if not, the
+    /// line is counted as dropped.
+    pub fn admit(&mut self, uid: u32, now: Instant) -> bool {
+        if self.unlimited(uid) {
+            return true;
+        }
+        let limit = self.limit;
+        let b = self.buckets.entry(uid).or_insert(Bucket {
+            tokens: f64::from(limit.burst),
+            updated: now,
+            dropped: 0,
+        });
+        b.refill(limit, now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.dropped += 1;
+            false
+        }
+    }
+
+    /// The uids that had lines dropped and whose bucket holds a token again, with how many
+    /// were dropped: each gets one summary line (which takes that token). Buckets that are
+    /// full again and dropped nothing are forgotten.
+    pub fn summaries(&mut self, now: Instant) -> Vec<(u32, u64)> {
+        let limit = self.limit;
+        let mut out = Vec::new();
+        self.buckets.retain(|&uid, b| {
+            b.refill(limit, now);
+            if b.dropped > 0 && b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                out.push((uid, std::mem::take(&mut b.dropped)));
+            }
+            b.dropped > 0 || b.tokens < f64::from(limit.burst)
+        });
+        out.sort_unstable();
+        out
+    }
+
+    /// The summary line for `dropped` lines of `uid`.
+    pub fn summary_text(&self, uid: u32, dropped: u64) -> String {
+        format!(
+            "uid {uid}: {dropped} log lines dropped (at most {} at once, then {} per second, per uid)",
+            self.limit.burst, self.limit.per_second
+        )
+    }
+}
+
+/// Longest line passed on from a worker; the rest of a longer one is cut.
+pub const MAX_LINE: usize = 8192;
+
+/// The daemon's end of a worker's stderr pipe: reads what is there (never blocks) and hands
+/// out complete lines, each ending with `\n`, at most [`MAX_LINE`] bytes.
+#[derive(Debug)]
+pub struct LineReader {
+    pipe: std::fs::File,
+    partial: Vec<u8>,
+    /// Dropping the rest of a line that was too long.
+    skipping: bool,
+    ended: bool,
+}
+
+impl LineReader {
+    /// Takes the read end of the pipe (made non-blocking here).
+    pub fn new(pipe: OwnedFd) -> io::Result<LineReader> {
+        let flags = stasis_sys::process::get_status_flags(pipe.as_fd())?;
+        stasis_sys::process::set_status_flags(pipe.as_fd(), flags | libc::O_NONBLOCK)?;
+        Ok(LineReader {
+            pipe: std::fs::File::from(pipe),
+            partial: Vec::new(),
+            skipping: false,
+            ended: false,
+        })
+    }
+
+    /// The descriptor to poll.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// Whether every writer closed the pipe (and every line was handed out).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Reads at most 64 KiB of what is in the pipe and returns the complete lines in it (at
+    /// the end of the pipe, also an unfinished last line).
+    pub fn read_lines(&mut self) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 16384];
+        for _ in 0..4 {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.ended = true;
+                    break;
+                }
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: nothing more for now. Any other error: the pipe is of no use.
+                Err(e) => {
+                    self.ended = e.kind() != io::ErrorKind::WouldBlock;
+                    break;
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        loop {
+            let end = self.partial.iter().position(|&b| b == b'\n');
+            if self.skipping {
+                // The rest of a line that was cut: dropped, so that it cannot pass for a line
+                // of its own.
+                match end {
+                    Some(i) => {
+                        self.partial.drain(..=i);
+                        self.skipping = false;
+                        continue;
+                    }
+                    None => {
+                        self.partial.clear();
+                        break;
+                    }
+                }
+            }
+            let cut = match end {
+                Some(i) if i < MAX_LINE => i + 1,
+                _ if self.partial.len() >= MAX_LINE => MAX_LINE,
+                None if self.ended && !self.partial.is_empty() => self.partial.len(),
+                _ => break,
+            };
+            let mut line: Vec<u8> = self.partial.drain(..cut).collect();
+            if line.last() != Some(&b'\n') {
+                line.extend_from_slice(b" [cut]\n");
+                self.skipping = !self.ended;
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +463,67 @@ mod tests {
             lines[1].ends_with(r#": field path="/tmp/evil\nstasisd[1]: INFO forged""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn rate_limit_per_uid() {
+        let mut r = UidRateLimit::new(RateLimit {
+            burst: 20,
+            per_second: 2,
+        });
+        let t0 = Instant::now();
+        let admitted = (0..1000).filter(|_| r.admit(1000, t0)).count();
+        assert_eq!(admitted, 20);
+        // Other uids have their own bucket; root has none.
+        assert!(r.admit(1001, t0));
+        assert!((0..1000).all(|_| r.admit(0, t0)));
+        // No token yet: no summary.
+        assert!(r.summaries(t0).is_empty());
+        // Half a second later one token is back: one summary (which takes it), then nothing.
+        let t1 = t0 + std::time::Duration::from_millis(500);
+        assert_eq!(r.summaries(t1), vec![(1000, 980)]);
+        assert!(!r.admit(1000, t1));
+        assert!(r.summaries(t1).is_empty());
+        let t2 = t1 + std::time::Duration::from_secs(1);
+        assert_eq!(r.summaries(t2), vec![(1000, 1)]);
+        assert!(r.admit(1000, t2));
+        assert!(r.summary_text(1000, 980).contains("980 log lines dropped"));
+        // Full buckets without drops are forgotten.
+        let later = t2 + std::time::Duration::from_secs(60);
+        assert!(r.summaries(later).is_empty());
+        assert!(r.buckets.is_empty());
+        // Rate 0: no limit.
+        let mut off = UidRateLimit::new(RateLimit {
+            burst: 0,
+            per_second: 0,
+        });
+        assert!((0..100).all(|_| off.admit(1000, t0)));
+    }
+
+    #[test]
+    fn lines_from_a_pipe() {
+        let (r, w) = stasis_sys::process::pipe().unwrap();
+        let mut reader = LineReader::new(r).unwrap();
+        let mut w = std::fs::File::from(w);
+        assert!(reader.read_lines().is_empty());
+        assert!(!reader.ended());
+        w.write_all(b"one\ntw").unwrap();
+        assert_eq!(reader.read_lines(), vec![b"one\n".to_vec()]);
+        w.write_all(b"o\n").unwrap();
+        assert_eq!(reader.read_lines(), vec![b"two\n".to_vec()]);
+        // A line too long is cut, and its rest is dropped (it cannot pass for a line).
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        long.extend_from_slice(b"stasisd[1]: INFO forged\nnext\n");
+        w.write_all(&long).unwrap();
+        let lines = reader.read_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].ends_with(b"xx [cut]\n"));
+        assert_eq!(lines[0].len(), MAX_LINE + 7);
+        assert_eq!(lines[1], b"next\n");
+        w.write_all(b"last").unwrap();
+        drop(w);
+        assert_eq!(reader.read_lines(), vec![b"last [cut]\n".to_vec()]);
+        assert!(reader.ended());
     }
 
     #[test]

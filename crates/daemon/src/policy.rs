@@ -20,8 +20,63 @@ impl Caller {
     }
 }
 
-/// Reads what the kernel says about `pid` (the process behind the caller's pidfd).
+/// The namespace of kind `kind` (`user`, `pid`, `net`, ...) that process `pid` is in, as the
+/// kernel names it (`user:[4026531837]`).
+pub fn namespace_of(pid: Pid, kind: &str) -> Result<String, String> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    std::fs::read_link(&path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("readlink {path}: {e}"))
+}
+
+/// The namespace of kind `kind` the daemon is in.
+fn own_namespace(kind: &str) -> Result<String, String> {
+    let path = format!("/proc/self/ns/{kind}");
+    std::fs::read_link(&path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("readlink {path}: {e}"))
+}
+
+/// Refuses process `pid` (`what`) when it is in another user namespace than the daemon's: the
+/// ids and capabilities it has there (a full set after `unshare -U -r`) are not those it has
+/// on the host, so none of the rules could be checked against them.
+pub fn check_user_namespace(pid: Pid, what: &str) -> Result<(), String> {
+    let theirs =
+        namespace_of(pid, "user").map_err(|_| format!("{what} (pid {pid}) does not exist"))?;
+    let ours = own_namespace("user")?;
+    if theirs != ours {
+        return Err(format!(
+            "{what} (pid {pid}) is in user namespace {theirs}, not in stasisd's ({ours}): the \
+             capabilities and ids a process has in a user namespace are not those of the host, \
+             so stasisd cannot tell what it may do; requests from or for processes in another \
+             user namespace are refused"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses to dump process `pid` (`what`) when it is in another pid namespace than the
+/// daemon's: its images would record the pids stasisd sees, and a restore could not give it
+/// back the pids it has inside its namespace.
+pub fn check_pid_namespace(pid: Pid, what: &str) -> Result<(), String> {
+    let theirs =
+        namespace_of(pid, "pid").map_err(|_| format!("{what} (pid {pid}) does not exist"))?;
+    let ours = own_namespace("pid")?;
+    if theirs != ours {
+        return Err(format!(
+            "{what} (pid {pid}) is in pid namespace {theirs}, not in stasisd's ({ours}): its \
+             images would record the pids stasisd sees, and a restore cannot put it back into \
+             its namespace with the pids it has there; processes of another pid namespace \
+             cannot be dumped through stasisd"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads what the kernel says about `pid` (the process behind the caller's pidfd). A caller
+/// in another user namespace is refused ([`check_user_namespace`]).
 pub fn caller_from_pid(pid: Pid, peer_uid: u32, peer_gid: u32) -> Result<Caller, String> {
+    check_user_namespace(pid, "the caller")?;
     let st = procfs::read_status(pid).map_err(|e| e.to_string())?;
     if st.uids[1] != peer_uid || st.gids[1] != peer_gid {
         return Err("the caller's credentials changed since it connected".into());
@@ -36,12 +91,15 @@ pub fn caller_from_pid(pid: Pid, peer_uid: u32, peer_gid: u32) -> Result<Caller,
 }
 
 /// Whether `caller` could ptrace process `pid` itself: same real, effective and saved uids and
-/// gids as the caller's uid and gid, dumpable, and no capability the caller lacks. Root may
-/// dump anything.
+/// gids as the caller's uid and gid, dumpable, and no capability the caller lacks, in the
+/// daemon's user namespace. Root may dump anything but a process of another pid namespace
+/// ([`check_pid_namespace`]).
 pub fn check_may_dump(caller: &Caller, pid: Pid, what: &str) -> Result<(), String> {
+    check_pid_namespace(pid, what)?;
     if caller.is_root() {
         return Ok(());
     }
+    check_user_namespace(pid, what)?;
     let st = procfs::read_status(pid).map_err(|_| format!("{what} (pid {pid}) does not exist"))?;
     if st.uids[..3].iter().any(|&u| u != caller.uid)
         || st.gids[..3].iter().any(|&g| g != caller.gid)

@@ -13,8 +13,29 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::time::Duration;
 
-/// How long a client may take to send each message of the handshake and its request.
+/// How long a client may take to send each message of the handshake and its request (and to
+/// take each answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`wait_for_exit`] wakes up while nothing happens.
+const WAIT_TICK_MS: i32 = 1000;
+
+/// The worker's slot: counted against `--max-workers` and `--max-workers-per-uid` until it is
+/// dropped (or the worker ends). It is the write end of a pipe whose read end the daemon polls;
+/// nothing is ever written to it.
+#[derive(Debug)]
+pub struct Slot(OwnedFd);
+
+impl Slot {
+    pub fn new(fd: OwnedFd) -> Slot {
+        Slot(fd)
+    }
+
+    /// Gives the slot back: the daemon may serve another request in its place.
+    pub fn give_back(self) {
+        drop(self.0);
+    }
+}
 
 /// A request refused or failed, with the code the client library maps to its error.
 struct Failure {
@@ -53,7 +74,7 @@ impl From<TransportError> for Failure {
 /// Serves one connection, request number `request` of the daemon; returns the process exit
 /// code for the worker. Everything it logs is inside a span `request{id, caller_pid,
 /// caller_uid}` (the caller's fields once the kernel told who it is).
-pub fn serve(conn: OwnedFd, request: u64) -> i32 {
+pub fn serve(conn: OwnedFd, request: u64, slot: Slot) -> i32 {
     let span = tracing::info_span!(
         "request",
         id = request,
@@ -61,7 +82,7 @@ pub fn serve(conn: OwnedFd, request: u64) -> i32 {
         caller_uid = tracing::field::Empty
     );
     let _entered = span.enter();
-    match handle(conn.as_fd()) {
+    match handle(conn.as_fd(), slot) {
         Ok(()) => 0,
         Err(f) => {
             tracing::error!("{}", f.message);
@@ -83,7 +104,7 @@ pub fn serve(conn: OwnedFd, request: u64) -> i32 {
     }
 }
 
-fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
+fn handle(conn: BorrowedFd<'_>, slot: Slot) -> Result<(), Failure> {
     process::set_socket_timeouts(conn, REQUEST_TIMEOUT)
         .map_err(|e| Failure::new(code::DAEMON, format!("socket timeouts: {e}")))?;
     // Identity from the kernel: the pidfd pins the very process that connected.
@@ -139,7 +160,7 @@ fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
             dump_self(conn, &caller, pidfd, images, flags, conn_fd)
         }
         Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags),
-        Message::Restore { flags } => restore(conn, &caller, images, flags),
+        Message::Restore { flags } => restore(conn, &caller, images, flags, slot),
         other => Err(Failure::new(
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
@@ -173,7 +194,12 @@ fn act_as(caller: &Caller) -> Result<(), Failure> {
 }
 
 /// Checks that fd `conn_fd` of the caller is its end of this very connection.
-fn check_connection_fd(conn: BorrowedFd<'_>, pidfd: &OwnedFd, conn_fd: i32) -> Result<(), Failure> {
+fn check_connection_fd(
+    conn: BorrowedFd<'_>,
+    caller_pid: stasis_sys::Pid,
+    pidfd: &OwnedFd,
+    conn_fd: i32,
+) -> Result<(), Failure> {
     let refuse = |m: String| Failure::new(code::REFUSED, m);
     let theirs = process::pidfd_getfd(pidfd.as_fd(), conn_fd)
         .map_err(|e| refuse(format!("fd {conn_fd} of the caller: {e}")))?;
@@ -185,8 +211,23 @@ fn check_connection_fd(conn: BorrowedFd<'_>, pidfd: &OwnedFd, conn_fd: i32) -> R
             .map_err(|e| refuse(e.to_string()))?,
     );
     let our_ino = ours.metadata().map_err(|e| refuse(e.to_string()))?.ino();
-    let peer = stasis_sys::sock_diag::unix_peer_inode(our_ino)
-        .map_err(|e| refuse(format!("sock_diag: {e}")))?;
+    // Our end of the connection belongs to the network namespace of the caller, which may not
+    // be ours: sock_diag looks there.
+    let netns = socket::network_namespace_of(conn).map_err(|e| {
+        Failure::new(
+            code::DAEMON,
+            format!("the network namespace of the connection (SIOCGSKNS): {e}"),
+        )
+    })?;
+    let peer = stasis_sys::sock_diag::unix_peer_inode_in(netns.as_fd(), our_ino).map_err(|e| {
+        Failure::new(
+            code::DAEMON,
+            format!(
+                "sock_diag in the caller's network namespace ({}): {e}",
+                policy::namespace_of(caller_pid, "net").unwrap_or_else(|e| e)
+            ),
+        )
+    })?;
     if !theirs_md.file_type().is_socket() || peer != Some(theirs_md.ino()) {
         return Err(refuse(format!(
             "fd {conn_fd} of the caller is not its connection to stasisd"
@@ -206,7 +247,7 @@ fn dump_self(
     let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
     policy::check_may_dump_tree(caller, caller.pid, "the caller", with_children)
         .map_err(|m| Failure::new(code::REFUSED, m))?;
-    check_connection_fd(conn, &pidfd, conn_fd)?;
+    check_connection_fd(conn, caller.pid, &pidfd, conn_fd)?;
     act_as(caller)?;
     let restored_reply = protocol::encode(&Message::Done {
         outcome: protocol::OUTCOME_RESTORED,
@@ -279,6 +320,7 @@ fn restore(
     caller: &Caller,
     images: ImageDir,
     flags: u32,
+    slot: Slot,
 ) -> Result<(), Failure> {
     let requester = policy::requester(caller).map_err(|m| Failure::new(code::DAEMON, m))?;
     if !caller.is_root() {
@@ -303,8 +345,44 @@ fn restore(
     if flags & protocol::RESTORE_DETACH != 0 {
         return Ok(());
     }
-    let status = stasis_engine::restore::wait_exit_code(restored.pid)?;
-    // The client may be gone by now; that is not an error of the restore.
-    let _ = protocol::send(conn, &Message::Exited { status }, None);
-    Ok(())
+    wait_for_exit(conn, restored.pid, slot)
+}
+
+/// The end of a non-detached restore: reports the exit status of the restored root `pid` (a
+/// child of this worker) to the client. The slot is given back first: merely waiting holds
+/// none. Waits only while the client is there: when it hangs up (or sends anything), the
+/// worker ends and the restored process runs on, reparented.
+fn wait_for_exit(conn: BorrowedFd<'_>, pid: stasis_sys::Pid, slot: Slot) -> Result<(), Failure> {
+    // Our child, not reaped: the pid cannot be reused before we wait for it.
+    let pidfd = process::pidfd_open(pid)
+        .map_err(|e| Failure::new(code::DAEMON, format!("pidfd_open({pid}): {e}")))?;
+    slot.give_back();
+    tracing::debug!("waiting for pid {pid} to exit");
+    loop {
+        let ready = process::poll_readable(&[conn, pidfd.as_fd()], WAIT_TICK_MS)
+            .map_err(|e| Failure::new(code::DAEMON, format!("poll: {e}")))?;
+        if ready[1] {
+            let status = match stasis_sys::ptrace::waitpid_nohang(pid) {
+                Ok(Some(stasis_sys::ptrace::WaitStatus::Exited(c))) => c,
+                Ok(Some(stasis_sys::ptrace::WaitStatus::Signaled(s))) => 128 + s,
+                Ok(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Failure::new(code::DAEMON, format!("waitpid({pid}): {e}")));
+                }
+            };
+            tracing::info!("pid {pid} exited with status {status}");
+            // The client may be gone by now; that is not an error of the restore.
+            let _ = protocol::send(conn, &Message::Exited { status }, None);
+            return Ok(());
+        }
+        if ready[0] {
+            tracing::info!(
+                "the client hung up (or sent something) while waiting for pid {pid}: it runs on"
+            );
+            return Ok(());
+        }
+    }
 }

@@ -251,6 +251,7 @@ fn strerror(c: c_int) -> &'static CStr {
             c"the environment changed since the dump (pid taken, file gone or replaced)"
         }
         code::DAEMON => c"the stasis daemon failed or the connection was lost",
+        code::BUSY => c"the stasis daemon is busy (too many requests at once): try again later",
         code::INVALID => c"invalid argument",
         -4095..=-1 => errno_text(-c).unwrap_or(c"unknown system error"),
         _ => c"unknown stasis error code",
@@ -291,6 +292,9 @@ mod tests {
         // SAFETY: as above.
         let enoent = unsafe { CStr::from_ptr(stasis_strerror(-2)) };
         assert_eq!(enoent.to_str().unwrap(), "No such file or directory");
+        // SAFETY: as above.
+        let busy = unsafe { CStr::from_ptr(stasis_strerror(code::BUSY)) };
+        assert!(busy.to_str().unwrap().contains("busy"), "{busy:?}");
     }
 
     /// `stasis_dump_self` with Rust references.

@@ -3,6 +3,7 @@
 
 use rustix::net::{netlink, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
@@ -11,15 +12,38 @@ const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_PEER: u16 = 2;
 
 /// The inode of the socket connected to the unix socket with inode `ino`, or `None` when it
-/// has no peer.
+/// has no peer. The socket must belong to the caller's network namespace (see
+/// [`unix_peer_inode_in`]).
 pub fn unix_peer_inode(ino: u64) -> io::Result<Option<u64>> {
-    let ino32 = u32::try_from(ino).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let sock = rustix::net::socket_with(
+    query_peer(diag_socket()?, ino)
+}
+
+/// [`unix_peer_inode`] for a socket of network namespace `netns` (a descriptor of it, such as
+/// [`crate::socket::network_namespace_of`] gives): sock_diag only sees the sockets of the
+/// namespace its netlink socket was made in. The calling thread enters `netns` just long enough
+/// to make that netlink socket, then goes back to its own namespace (CAP_SYS_ADMIN needed).
+pub fn unix_peer_inode_in(netns: BorrowedFd<'_>, ino: u64) -> io::Result<Option<u64>> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    let ours = std::fs::File::open("/proc/thread-self/ns/net")?;
+    move_into_link_name_space(netns, Some(LinkNameSpaceType::Network))?;
+    let sock = diag_socket();
+    move_into_link_name_space(ours.as_fd(), Some(LinkNameSpaceType::Network))
+        .map_err(|e| io::Error::other(format!("returning to the own network namespace: {e}")))?;
+    query_peer(sock?, ino)
+}
+
+/// A NETLINK_SOCK_DIAG socket, in the calling thread's network namespace.
+fn diag_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC,
         Some(netlink::SOCK_DIAG),
-    )?;
+    )?)
+}
+
+fn query_peer(sock: OwnedFd, ino: u64) -> io::Result<Option<u64>> {
+    let ino32 = u32::try_from(ino).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
@@ -80,7 +104,6 @@ fn parse_peer(b: &[u8]) -> io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -91,6 +114,13 @@ mod tests {
             f.metadata().unwrap().ino()
         };
         assert_eq!(unix_peer_inode(ino(&a)).unwrap(), Some(ino(&b)));
+        // Through the namespace of the socket itself (the same one here); needs root.
+        if let Ok(ns) = crate::socket::network_namespace_of(a.as_fd()) {
+            assert_eq!(
+                unix_peer_inode_in(ns.as_fd(), ino(&a)).unwrap(),
+                Some(ino(&b))
+            );
+        }
         assert!(parse_peer(&[1, 2, 3]).is_err());
     }
 }

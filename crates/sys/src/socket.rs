@@ -207,6 +207,17 @@ pub fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
+/// `SIOCGSKNS`: a descriptor of the network namespace socket `fd` belongs to. The server end of
+/// a unix connection belongs to the namespace of the process that connected, not to the
+/// listener's. Needs CAP_NET_ADMIN over that namespace.
+pub fn network_namespace_of(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor (or -1).
+    let ns = cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGSKNS as _) })?;
+    // SAFETY: on success the kernel installed a new descriptor in our table that nobody else
+    // owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ns) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +282,23 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         let e = seqpacket_connect(Path::new("/nonexistent/stasis.sock")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn network_namespace_of_a_socket() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        match network_namespace_of(a.as_fd()) {
+            Ok(ns) => {
+                use std::os::unix::fs::MetadataExt;
+                let ours = std::fs::metadata("/proc/self/ns/net").unwrap();
+                let md = std::fs::File::from(ns).metadata().unwrap();
+                assert_eq!((md.dev(), md.ino()), (ours.dev(), ours.ino()));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("notice: SIOCGSKNS needs CAP_NET_ADMIN; skipped");
+            }
+            Err(e) => panic!("SIOCGSKNS: {e}"),
+        }
     }
 
     #[test]

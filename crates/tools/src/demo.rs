@@ -80,6 +80,10 @@ pub fn run() -> DemoResult {
         mode: 0o600,
         group: None,
         max_workers: 4,
+        max_workers_per_uid: None,
+        request_deadline: 600,
+        log_burst_per_uid: 20,
+        log_rate_per_uid: 2,
         verbose: 0,
     };
     let daemon = match stasis_sys::process::fork()? {
