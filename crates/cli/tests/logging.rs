@@ -6,53 +6,34 @@
 //! must show in which part of the restore, for which process, and the failing call with its
 //! errno; without -v, stderr must hold nothing but the one error line.
 //!
-//! The tests need root: when not run as root each test prints a notice and passes without
-//! doing anything. They run one at a time (a lock), because they look for stray children.
-//! Work directories of failed tests are kept in `target/tmp/logging/<test name>/`.
-
-// The tests talk to processes directly (geteuid, prctl, kill).
-#![allow(unsafe_code)]
+//! The tests need root: without it each test fails under CI (`CI=true`) and elsewhere prints a
+//! notice and returns (`stasis_test_infra::require_root`). They run one at a time (a lock),
+//! because they look for stray children. Work directories of failed tests are kept in
+//! `target/tmp/logging/<test name>/`.
 
 use stasis_image::{names, read_record, write_record_atomic, ImageDir, ProcessImage, RecordKind};
+use stasis_test_infra::process::{become_subreaper, kill, spawn_sleep, wait_pid};
+use stasis_test_infra::{procfs, require_root, WorkDir};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, Once};
-use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Takes the lock that serializes these tests and makes this process a child subreaper, so
-/// that a process a failed restore left behind ends up as our child. `None` when not root.
-fn start(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        eprintln!("skipping {test}: the logging tests need root");
+/// that a process a failed restore left behind ends up as our child; makes the test's work
+/// directory. `None` when the test cannot run (see `require_root`).
+fn start(test: &str) -> Option<(MutexGuard<'static, ()>, WorkDir)> {
+    if !require_root() {
         return None;
     }
     static LOCK: Mutex<()> = Mutex::new(());
-    static ONCE: Once = Once::new();
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer and only sets a flag of ours.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
-    });
-    Some(guard)
-}
-
-fn work_dir(test: &str) -> PathBuf {
+    become_subreaper();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("logging")
         .join(test);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).expect("remove old work dir");
-    }
-    fs::create_dir_all(&dir).expect("create work dir");
-    dir
+    Some((guard, WorkDir::new(dir)))
 }
 
 /// Runs `stasis ARGS` in `dir` and returns its output.
@@ -72,56 +53,6 @@ fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Starts `sleep 100` in a new session with nothing but /dev/null open, and waits until it
-/// sleeps. The caller reaps it (the dump kills it).
-#[allow(clippy::zombie_processes)]
-fn spawn_sleep() -> Child {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("100")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: runs in the forked child before exec and only makes the async-signal-safe
-    // system calls setsid and close_range.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Descriptors this test inherited (cargo's jobserver pipe) must not reach sleep:
-            // stasis refuses pipes that lead outside the dumped process.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start sleep");
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
-        if comm.trim_end() == "sleep" && state == Some('S') {
-            std::thread::sleep(Duration::from_millis(100));
-            return child;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sleep {pid} never went to sleep");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Dumps a fresh `sleep` into `dir/img` and gives its image a parent-death signal of 200.
@@ -145,13 +76,10 @@ fn dumped_sleep_with_bad_pdeathsig(dir: &Path) -> (i32, PathBuf) {
 
 /// Fails when a process with `pid` exists (killing and reaping it first).
 fn assert_no_process(pid: i32) {
-    let alive = Path::new(&format!("/proc/{pid}")).exists();
+    let alive = procfs::exists(pid);
     if alive {
-        // SAFETY: kill and waitpid on one positive pid; the status pointer may be null.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        kill(pid, libc::SIGKILL);
+        let _ = wait_pid(pid, Duration::from_secs(5));
     }
     assert!(!alive, "the failed restore left pid {pid} behind");
 }
@@ -182,10 +110,9 @@ fn assert_one_line_naming_the_call(out: &Output, pid: i32) -> String {
 
 #[test]
 fn log_file_shows_the_phase_process_and_failing_call() {
-    let Some(_lock) = start("log_file_shows_the_phase_process_and_failing_call") else {
+    let Some((_lock, dir)) = start("log_file_shows_the_phase_process_and_failing_call") else {
         return;
     };
-    let dir = work_dir("log_file_shows_the_phase_process_and_failing_call");
     let (pid, _img) = dumped_sleep_with_bad_pdeathsig(&dir);
 
     let out = stasis(
@@ -241,15 +168,13 @@ fn log_file_shows_the_phase_process_and_failing_call() {
             "no trace of {call} in\n{log}"
         );
     }
-    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn quiet_by_default() {
-    let Some(_lock) = start("quiet_by_default") else {
+    let Some((_lock, dir)) = start("quiet_by_default") else {
         return;
     };
-    let dir = work_dir("quiet_by_default");
     let (pid, _img) = dumped_sleep_with_bad_pdeathsig(&dir);
     let out = stasis(&dir, &["restore", "-D", "img"]);
     assert_one_line_naming_the_call(&out, pid);
@@ -261,5 +186,4 @@ fn quiet_by_default() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(entries, ["img"], "files left in the work dir");
-    let _ = fs::remove_dir_all(&dir);
 }

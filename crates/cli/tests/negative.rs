@@ -12,7 +12,7 @@
 
 use stasis_test_infra::process::{
     append_log, become_subreaper, describe_exit_status, describe_wait_status, isolate, kill,
-    spawn_isolated, try_wait_pid, wait_pid, WaitStatus, Waited,
+    live_children, spawn_isolated, try_wait_pid, wait_pid, wait_sleeping, WaitStatus, Waited,
 };
 use stasis_test_infra::procfs::{self, describe_proc, proc_state, ProcState};
 use stasis_test_infra::wait::{wait_for, POLL};
@@ -71,27 +71,6 @@ fn check_running(pid: i32) -> Result<(), String> {
     }
 }
 
-/// Live (non-zombie) processes whose parent is this test process; zombies
-/// found on the way are reaped.
-fn live_children() -> Vec<(i32, String)> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    for pid in procfs::pids() {
-        let Some(stat) = procfs::stat(pid) else {
-            continue;
-        };
-        if stat.ppid != me {
-            continue;
-        }
-        if matches!(stat.state, 'Z' | 'X') {
-            let _ = try_wait_pid(pid);
-            continue;
-        }
-        out.push((pid, stat.comm));
-    }
-    out
-}
-
 /// A process of ours, killed and reaped on drop unless already gone.
 struct Proc {
     pid: i32,
@@ -131,33 +110,17 @@ fn spawn_program(w: &WorkDir, name: &str, prog: &str, args: &[&str]) -> Proc {
     }
 }
 
-/// Polls until `pid` sleeps (State S), with `comm` when given, i.e. it got
-/// past exec and its startup and is in its wait.
-fn wait_sleeping(pid: i32, comm: Option<&str>) {
-    let start = Instant::now();
-    loop {
-        let c = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm_ok = match comm {
-            Some(comm) => c.trim_end() == comm,
-            None => true,
-        };
-        if comm_ok && procfs::state(pid) == Some('S') {
-            // Let it settle in its wait.
-            sleep(Duration::from_millis(200));
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "pid {pid} ({comm:?}) never went to sleep: {}",
-            describe_proc(pid)
-        );
-        sleep(POLL);
+/// Waits until `pid` sleeps (with `comm` when given): it is in its wait.
+/// Panics after 10 s.
+fn wait_asleep(pid: i32, comm: Option<&str>) {
+    if let Err(e) = wait_sleeping(pid, comm, Duration::from_secs(10)) {
+        panic!("{e}");
     }
 }
 
 fn spawn_sleep(w: &WorkDir) -> Proc {
     let p = spawn_program(w, "sleep", "sleep", &["100"]);
-    wait_sleeping(p.pid, Some("sleep"));
+    wait_asleep(p.pid, Some("sleep"));
     p
 }
 
@@ -203,7 +166,7 @@ fn spawn_python(w: &WorkDir, script: &str) -> (Proc, Vec<i32>) {
         Some(&pid),
         "python3 runs with another pid than the one spawned (a wrapper that does not exec?)"
     );
-    wait_sleeping(pid, None);
+    wait_asleep(pid, None);
     (p, nums[1..].to_vec())
 }
 
@@ -935,7 +898,7 @@ fn dump_pipe_end_held_outside_is_refused() {
     };
     drop(child); // reaped by pid (Proc)
     let pid = p.pid;
-    wait_sleeping(pid, Some("sleep"));
+    wait_asleep(pid, Some("sleep"));
     let out = stasis(
         &w,
         &[

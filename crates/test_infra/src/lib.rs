@@ -10,8 +10,9 @@
 //!   fail the test when `CI=true` (CI must run everything) and elsewhere print a notice and
 //!   return `false`, so that the test returns early. Also the repository's root.
 //! - [`process`]: starting programs isolated (own session, only stdio inherited, output to a
-//!   log), making the test process a child subreaper, killing and waiting for pids (children
-//!   or not) with deadlines, describing exit statuses.
+//!   log) and a `sleep` to dump, making the test process a child subreaper and listing the
+//!   children left to it, killing and waiting for pids (children or not) with deadlines, until
+//!   they exit or sleep, describing exit statuses.
 //! - [`procfs`]: fields of `/proc/PID/status` and `/proc/PID/stat`, process states, children.
 //! - [`wait`]: polling a condition with a deadline.
 //! - [`log`]: logs that programs append to: reading them, finding lines in them.

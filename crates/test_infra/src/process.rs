@@ -181,6 +181,77 @@ pub fn wait_child_for(child: &mut Child, timeout: Duration) -> io::Result<Option
     }
 }
 
+/// After a process is seen asleep, how long [`wait_sleeping`] gives it to settle in its wait.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Waits up to `timeout` until `pid` sleeps (State S), with the command name `comm` when
+/// given: it got past exec and its startup and is in its wait. Then lets it settle there a
+/// little. Err says what /proc shows when the time is up.
+pub fn wait_sleeping(pid: i32, comm: Option<&str>, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let asleep = procfs::stat(pid).is_some_and(|s| {
+            s.state == 'S'
+                && match comm {
+                    Some(comm) => s.comm == comm,
+                    None => true,
+                }
+        });
+        if asleep {
+            sleep(SETTLE);
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "pid {pid} ({comm:?}) never went to sleep: {}",
+                procfs::describe_proc(pid)
+            ));
+        }
+        sleep(POLL);
+    }
+}
+
+/// Starts `sleep 100` [isolated](isolate), with stdin, stdout and stderr `/dev/null`, and
+/// waits until it sleeps ([`wait_sleeping`]): the simplest process to dump. The caller reaps
+/// it. Panics (after killing it) when it cannot be started or does not go to sleep in 10 s.
+pub fn spawn_sleep() -> Child {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = isolate(&mut cmd)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start sleep: {e}"));
+    if let Err(e) = wait_sleeping(child.id() as i32, Some("sleep"), Duration::from_secs(10)) {
+        kill_child(&mut child);
+        panic!("{e}");
+    }
+    child
+}
+
+/// The live (not zombie) processes whose parent is this process, with their command names;
+/// zombies found on the way are reaped. With [`become_subreaper`], what the processes a test
+/// started left behind.
+pub fn live_children() -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for pid in procfs::pids() {
+        let Some(stat) = procfs::stat(pid) else {
+            continue;
+        };
+        if stat.ppid != me {
+            continue;
+        }
+        if matches!(stat.state, 'Z' | 'X') {
+            let _ = try_wait_pid(pid);
+            continue;
+        }
+        out.push((pid, stat.comm));
+    }
+    out
+}
+
 /// SIGKILLs `child` and reaps it (nothing happens if it is already reaped).
 pub fn kill_child(child: &mut Child) {
     let _ = child.kill();
@@ -272,5 +343,19 @@ mod tests {
         // Reaped by pid: the Child has nothing left to wait for.
         assert!(child.try_wait().is_err());
         assert!(!kill(0, 0) && !kill(-1, 0));
+    }
+
+    // (Not live_children: it reaps the zombies of the tests running beside it.)
+    #[test]
+    fn sleep_is_seen_asleep() {
+        let mut child = spawn_sleep();
+        let pid = child.id() as i32;
+        let stat = procfs::stat(pid).unwrap();
+        assert_eq!((stat.comm.as_str(), stat.state), ("sleep", 'S'));
+        assert_eq!(stat.session, pid, "not in a session of its own");
+        assert!(wait_sleeping(pid, Some("true"), Duration::from_millis(50))
+            .unwrap_err()
+            .contains("never went to sleep"));
+        kill_child(&mut child);
     }
 }
