@@ -32,12 +32,14 @@
 //!   extent). [`RawReader::read_extent`] and [`RawReader::read_unchecked`] fill a buffer the
 //!   caller sized, and are only for extents the caller bounded itself.
 
+pub mod auth;
 mod dir;
 mod entries;
 mod frame;
 mod raw;
 mod validate;
 
+pub use auth::ImageKey;
 pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{
@@ -95,12 +97,21 @@ pub enum ImageError {
     /// before anything is read from it.
     #[error("{path}: is {what}, not a regular file")]
     NotRegular { path: PathBuf, what: &'static str },
+    /// An image file of an authenticated directory that does not match `auth.img`: not
+    /// listed, of another length, or with another MAC (see [`auth`]); or an `auth.img` that
+    /// does not verify, or is missing where authentication is required.
+    #[error("{path}: not authenticated: {reason}")]
+    NotAuthenticated { path: PathBuf, reason: String },
 }
 
 /// File names inside an image directory.
 pub mod names {
     /// The inventory: written last; its presence marks a complete dump.
     pub const INVENTORY: &str = "inventory.img";
+
+    /// The manifest of an authenticated dump: every other file with its MAC
+    /// ([`crate::auth`]). Written just before the inventory.
+    pub const AUTH: &str = "auth.img";
 
     /// Metadata of one process.
     pub fn process(pid: i32) -> String {

@@ -23,6 +23,7 @@ pub mod fs;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
+pub mod random;
 pub mod sock_diag;
 pub mod socket;
 
