@@ -31,6 +31,15 @@
 //!   it), or read it through [`RawReader::extent`] (an [`std::io::Read`] limited to the
 //!   extent). [`RawReader::read_extent`] and [`RawReader::read_unchecked`] fill a buffer the
 //!   caller sized, and are only for extents the caller bounded itself.
+//!
+//! # Authenticated images
+//!
+//! A directory that seals what it writes ([`ImageDir::seal`]) MACs every file as it is written
+//! (keyed BLAKE3, with a key derived from a secret only root can read) and lists them in
+//! `auth.img`, written just before the inventory. A directory that authenticates what it reads
+//! ([`ImageDir::authenticate`]) checks `auth.img` and then every byte its readers hand out, on
+//! the bytes handed out: a user who owns the files can change them, but not make a reader
+//! accept the change. See [`auth`].
 
 pub mod auth;
 mod dir;
