@@ -452,6 +452,17 @@ impl Verifier {
         Ok(f)
     }
 
+    /// The error for a listed file that could not be opened: one that is gone is not
+    /// authenticated (a dump is complete only with every file it listed).
+    pub(crate) fn open_failed(&self, e: ImageError, path: &Path) -> ImageError {
+        match e {
+            ImageError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                not_authenticated(path, "listed in auth.img, but missing")
+            }
+            e => e,
+        }
+    }
+
     /// Before a file is opened: it must be listed.
     pub(crate) fn check_listed(
         &self,
@@ -727,17 +738,10 @@ pub fn verify_all(dir: &ImageDir) -> Result<(), ImageError> {
             path: path.clone(),
             reason: format!("unknown kind {}", f.kind),
         })?;
-        let missing = |e: ImageError| match e {
-            ImageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                not_authenticated(&path, "listed in auth.img, but missing")
-            }
-            e => e,
-        };
         if is_raw(kind) {
-            let r = crate::RawReader::open(dir, &f.name, kind).map_err(missing)?;
-            r.verify_all()?;
+            crate::RawReader::open(dir, &f.name, kind)?.verify_all()?;
         } else {
-            crate::frame::read_record_bytes(dir, &f.name, kind).map_err(missing)?;
+            crate::frame::read_record_bytes(dir, &f.name, kind)?;
         }
     }
     let listed = |n: &str| {

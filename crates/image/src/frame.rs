@@ -224,7 +224,10 @@ pub(crate) fn read_record_bytes(
     if let Some(v) = verifier {
         v.check_listed(name, kind, &path)?;
     }
-    let (mut file, size) = dir.open_regular(name)?;
+    let (mut file, size) = dir.open_regular(name).map_err(|e| match verifier {
+        Some(v) => v.open_failed(e, &path),
+        None => e,
+    })?;
     if size > MAX_RECORD_LEN + HEADER_LEN as u64 {
         return Err(ImageError::TooLarge {
             path,

@@ -154,7 +154,10 @@ impl RawReader {
         if let Some(v) = verifier {
             v.check_listed(name, kind, path)?;
         }
-        let (mut file, size) = dir.open_regular(name)?;
+        let (mut file, size) = dir.open_regular(name).map_err(|e| match verifier {
+            Some(v) => v.open_failed(e, path),
+            None => e,
+        })?;
         // Authenticated: the whole header block, which its MAC covers.
         let mut block = vec![
             0u8;
