@@ -16,7 +16,9 @@
 //! | [`procfs`]  | parsers for /proc                                                    |
 //! | [`show`]    | the images as JSON                                                   |
 //! | [`check`]   | probes of the kernel features stasis needs                           |
+//! | [`auth`]    | the image key images are authenticated with                          |
 
+pub mod auth;
 pub mod check;
 pub mod dump;
 pub mod files;
@@ -30,7 +32,7 @@ pub mod task;
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 
-pub use stasis_image::ImageDir;
+pub use stasis_image::{ImageDir, ImageKey};
 
 use stasis_sys::Pid;
 
