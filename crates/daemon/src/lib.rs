@@ -33,6 +33,10 @@ pub struct Args {
     /// How many requests may be served at once; more are refused until one ends.
     #[arg(long, default_value_t = 64)]
     pub max_workers: usize,
+    /// The secret images are authenticated with: 32 bytes, root's alone (mode 0600, in a
+    /// directory only root can write to). Created at the first start when missing.
+    #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
+    pub key_file: PathBuf,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -124,6 +128,12 @@ pub fn run(args: &Args) -> Result<(), String> {
     if process::geteuid() != 0 {
         return Err("stasisd must run as root".into());
     }
+    // Every dump is authenticated with it, and every restore for a user checked against it.
+    let (key, created) =
+        stasis_engine::auth::load_or_create_key(&args.key_file).map_err(|e| e.to_string())?;
+    if created {
+        eprintln!("stasisd: created the image key {}", args.key_file.display());
+    }
     // Signals arrive through a signalfd polled with the listener: no handler, no races.
     let signals = process::signalfd_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])
         .map_err(|e| format!("signalfd: {e}"))?;
@@ -183,7 +193,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         match process::fork() {
             Ok(Forked::Child(_)) => {
                 let _ = process::unblock_all_signals();
-                let code = worker::serve(conn);
+                let code = worker::serve(conn, &key);
                 process::exit_now(code);
             }
             Ok(Forked::Parent(pid)) => workers.push(pid),

@@ -6,7 +6,8 @@ use crate::policy::{self, Caller};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_engine::{
-    DumpOptions, Error as EngineError, ErrorClass, ImageDir, RestoreOptions, ServiceConnection,
+    DumpOptions, Error as EngineError, ErrorClass, ImageDir, ImageKey, RestoreOptions,
+    ServiceConnection,
 };
 use stasis_sys::{process, socket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -50,9 +51,10 @@ impl From<TransportError> for Failure {
     }
 }
 
-/// Serves one connection; returns the process exit code for the worker.
-pub fn serve(conn: OwnedFd) -> i32 {
-    match handle(conn.as_fd()) {
+/// Serves one connection; returns the process exit code for the worker. Dumps are
+/// authenticated with `key`; restores for anyone but root must authenticate with it.
+pub fn serve(conn: OwnedFd, key: &ImageKey) -> i32 {
+    match handle(conn.as_fd(), key) {
         Ok(()) => 0,
         Err(f) => {
             eprintln!("stasisd[{}]: {}", process::getpid(), f.message);
@@ -74,7 +76,7 @@ pub fn serve(conn: OwnedFd) -> i32 {
     }
 }
 
-fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
+fn handle(conn: BorrowedFd<'_>, key: &ImageKey) -> Result<(), Failure> {
     process::set_socket_timeouts(conn, REQUEST_TIMEOUT)
         .map_err(|e| Failure::new(code::DAEMON, format!("socket timeouts: {e}")))?;
     // Identity from the kernel: the pidfd pins the very process that connected.
@@ -129,10 +131,10 @@ fn handle(conn: BorrowedFd<'_>) -> Result<(), Failure> {
     );
     match request {
         Message::DumpSelf { flags, conn_fd } => {
-            dump_self(conn, &caller, pidfd, images, flags, conn_fd)
+            dump_self(conn, &caller, pidfd, images, flags, conn_fd, key)
         }
-        Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags),
-        Message::Restore { flags } => restore(conn, &caller, images, flags),
+        Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags, key),
+        Message::Restore { flags } => restore(conn, &caller, images, flags, key),
         other => Err(Failure::new(
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
@@ -193,6 +195,7 @@ fn dump_self(
     images: ImageDir,
     flags: u32,
     conn_fd: i32,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
     policy::check_may_dump_tree(caller, caller.pid, "the caller", with_children)
@@ -215,6 +218,7 @@ fn dump_self(
             fd: conn_fd,
             restored_reply,
         }),
+        auth: Some(key.clone()),
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -243,6 +247,7 @@ fn dump_pid(
     pid: i32,
     images: ImageDir,
     flags: u32,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     if pid <= 0 {
         return Err(Failure::new(code::INVALID, format!("{pid} is not a pid")));
@@ -261,6 +266,7 @@ fn dump_pid(
         service: None,
         tree: true,
         admit: Some(admit_for(caller)),
+        auth: Some(key.clone()),
     })?;
     send_dumped(conn)
 }
@@ -270,6 +276,7 @@ fn restore(
     caller: &Caller,
     images: ImageDir,
     flags: u32,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     let requester = policy::requester(caller).map_err(|m| Failure::new(code::DAEMON, m))?;
     if !caller.is_root() {
@@ -279,6 +286,10 @@ fn restore(
         images,
         requester,
         new_session: true,
+        // The images are the requester's to change: a user gets back only what stasisd (or
+        // root) wrote, unchanged. Root's own images are checked when they carry auth.img.
+        auth: Some(key.clone()),
+        require_authenticated: !caller.is_root(),
     })
     .map_err(|e| {
         let code = match e.class() {
