@@ -65,6 +65,10 @@ enum Command {
         /// readable.
         #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
         key_file: PathBuf,
+        /// Root: do not check the images' authentication (images authenticated with another
+        /// machine's key, say).
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -124,10 +128,14 @@ fn main() -> ExitCode {
             new_session,
             pid_ns,
             key_file,
-        } => (
-            "restore",
-            run_restore(images, detach, new_session, pid_ns, &key_file),
-        ),
+            no_auth,
+        } => {
+            let key = (!no_auth).then_some(key_file);
+            (
+                "restore",
+                run_restore(images, detach, new_session, pid_ns, key.as_deref()),
+            )
+        }
         Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
@@ -226,11 +234,11 @@ fn run_restore(
     detach: bool,
     new_session: bool,
     pid_ns: bool,
-    key_file: &std::path::Path,
+    key_file: Option<&std::path::Path>,
 ) -> CmdResult {
-    // Root: images that carry auth.img are checked when the key is readable; others restore
-    // unchecked, as before. (Not root: stasisd checks them.)
-    let auth = || stasis_engine::auth::key_for_root(key_file, false);
+    // Root: images that carry auth.img are checked when the key is readable (unless
+    // --no-auth); others restore unchecked, as before. (Not root: stasisd checks them.)
+    let auth = || key_file.and_then(|k| stasis_engine::auth::key_for_root(k, false));
     if pid_ns {
         if stasis_sys::process::geteuid() != 0 {
             return Err("--pid-ns needs root".into());
@@ -255,6 +263,9 @@ fn run_restore(
         return Ok(code.clamp(0, 255) as u8);
     }
     if stasis_sys::process::geteuid() != 0 {
+        if key_file.is_none() {
+            return Err("--no-auth: stasisd restores only authenticated images for users".into());
+        }
         // Not root: stasisd restores it with our own credentials, or refuses.
         let dir = open_dir_for_daemon(&images, false)?;
         let opts = stasis_client::RestoreOptions {

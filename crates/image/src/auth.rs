@@ -406,7 +406,8 @@ impl Verifier {
         if !same_mac(&key.manifest_mac(&sealed.manifest), &sealed.mac) {
             return Err(not_authenticated(
                 &path,
-                "its MAC does not match: it was written with another key, or modified",
+                "its MAC does not match: it was written with another image key (another \
+                 machine's, or one since replaced), or modified",
             ));
         }
         let (manifest, rest): (Manifest, _) =
