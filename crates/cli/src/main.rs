@@ -46,6 +46,14 @@ enum Command {
         /// stderr.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// Do not authenticate the images (root: they are authenticated with the image key
+        /// when it exists or can be created; stasisd will not restore unauthenticated images
+        /// for users).
+        #[arg(long)]
+        no_auth: bool,
+        /// The image key (root only).
+        #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
+        key_file: PathBuf,
     },
     /// Restore a process from an images directory, with its original pid.
     Restore {
@@ -66,11 +74,23 @@ enum Command {
         /// stderr.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// The image key (root only): authenticated images are checked with it when it is
+        /// readable.
+        #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
+        key_file: PathBuf,
+        /// Root: do not check the images' authentication (images authenticated with another
+        /// machine's key, say).
+        #[arg(long)]
+        no_auth: bool,
     },
-    /// Decode an images directory into JSON.
+    /// Decode an images directory into JSON; say whether the images are authenticated (and,
+    /// as root, verify them).
     Show {
         /// The images directory.
         dir: PathBuf,
+        /// The image key (root only).
+        #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
+        key_file: PathBuf,
     },
     /// Run the demo: a counter checkpoints itself through an embedded stasisd, gets killed,
     /// is restored, and goes on knowing it was restored.
@@ -124,16 +144,29 @@ fn main() -> ExitCode {
             pid,
             images,
             leave_running,
+            no_auth,
+            key_file,
             log_file: _,
-        } => ("dump", run_dump(pid, images, leave_running)),
+        } => {
+            let key = (!no_auth).then_some(key_file);
+            ("dump", run_dump(pid, images, leave_running, key))
+        }
         Command::Restore {
             images,
             detach,
             new_session,
             pid_ns,
+            key_file,
+            no_auth,
             log_file: _,
-        } => ("restore", run_restore(images, detach, new_session, pid_ns)),
-        Command::Show { dir } => ("show", run_show(dir)),
+        } => {
+            let key = (!no_auth).then_some(key_file);
+            (
+                "restore",
+                run_restore(images, detach, new_session, pid_ns, key.as_deref()),
+            )
+        }
+        Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
         Command::Bench {
@@ -241,8 +274,17 @@ fn open_dir_for_daemon(
     Ok(std::fs::File::open(images).map_err(|e| format!("open {}: {e}", images.display()))?)
 }
 
-fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
+/// `key_file`: the image key to authenticate the images with (None: `--no-auth`).
+fn run_dump(
+    pid: i32,
+    images: PathBuf,
+    leave_running: bool,
+    key_file: Option<PathBuf>,
+) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
+        if key_file.is_none() {
+            return Err("--no-auth: dumps through stasisd are always authenticated".into());
+        }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(&images, true)?;
         stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
@@ -257,6 +299,7 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
         service: None,
         tree: true,
         admit: None,
+        auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
     })?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
@@ -270,7 +313,16 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
     Ok(0)
 }
 
-fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -> CmdResult {
+fn run_restore(
+    images: PathBuf,
+    detach: bool,
+    new_session: bool,
+    pid_ns: bool,
+    key_file: Option<&std::path::Path>,
+) -> CmdResult {
+    // Root: images that carry auth.img are checked when the key is readable (unless
+    // --no-auth); others restore unchecked, as before. (Not root: stasisd checks them.)
+    let auth = || key_file.and_then(|k| stasis_engine::auth::key_for_root(k, false));
     if pid_ns {
         if stasis_sys::process::geteuid() != 0 {
             return Err("--pid-ns needs root".into());
@@ -280,6 +332,8 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
             requester: None,
             // The namespace's init is the root's parent, in a session of its own.
             new_session: true,
+            auth: auth(),
+            require_authenticated: false,
         };
         let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
         if detach {
@@ -293,6 +347,9 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
         return Ok(code.clamp(0, 255) as u8);
     }
     if stasis_sys::process::geteuid() != 0 {
+        if key_file.is_none() {
+            return Err("--no-auth: stasisd restores only authenticated images for users".into());
+        }
         // Not root: stasisd restores it with our own credentials, or refuses.
         let dir = open_dir_for_daemon(&images, false)?;
         let opts = stasis_client::RestoreOptions {
@@ -310,6 +367,8 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
         images: stasis_engine::ImageDir::open(&images)?,
         requester: None,
         new_session,
+        auth: auth(),
+        require_authenticated: false,
     })?;
     if detach {
         println!("{}", restored.pid);
@@ -319,8 +378,9 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
     Ok(code.clamp(0, 255) as u8)
 }
 
-fn run_show(dir: PathBuf) -> CmdResult {
-    let v = stasis_engine::show::show(&stasis_engine::ImageDir::open(&dir)?)?;
+fn run_show(dir: PathBuf, key_file: &std::path::Path) -> CmdResult {
+    let key = stasis_engine::auth::key_for_root(key_file, false);
+    let v = stasis_engine::show::show(&stasis_engine::ImageDir::open(&dir)?, key.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }

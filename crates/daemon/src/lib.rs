@@ -61,6 +61,10 @@ pub struct Args {
     /// inside a target.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The secret images are authenticated with: 32 bytes, root's alone (mode 0600, in a
+    /// directory only root can write to). Created at the first start when missing.
+    #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
+    pub key_file: PathBuf,
 }
 
 impl Args {
@@ -169,6 +173,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Err("stasisd must run as root".into());
     }
     let _log = log::install(args.verbose);
+    // Every dump is authenticated with it, and every restore for a user checked against it.
+    let (key, created) =
+        stasis_engine::auth::load_or_create_key(&args.key_file).map_err(|e| e.to_string())?;
+    if created {
+        tracing::info!("created the image key {}", args.key_file.display());
+    }
     // Signals arrive through a signalfd polled with the listener: no handler, no races.
     let signals = process::signalfd_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])
         .map_err(|e| format!("signalfd: {e}"))?;
@@ -270,7 +280,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             turn_away(conn, &why);
             continue;
         }
-        match start_worker(conn, request, uid, now) {
+        match start_worker(conn, request, uid, now, &key) {
             Ok(w) => {
                 tracing::debug!(request, "worker {} serves the connection", w.pid);
                 workers.push(w);
@@ -399,7 +409,13 @@ fn turn_away(conn: OwnedFd, why: &str) {
 
 /// Forks the worker for `conn`: its stderr becomes a pipe to the daemon (the log, rate-limited
 /// per uid) and it holds a slot ([`worker::Slot`]) until it gives it back or ends.
-fn start_worker(conn: OwnedFd, request: u64, uid: u32, now: Instant) -> Result<Worker, String> {
+fn start_worker(
+    conn: OwnedFd,
+    request: u64,
+    uid: u32,
+    now: Instant,
+    key: &stasis_engine::ImageKey,
+) -> Result<Worker, String> {
     let (slot_read, slot_write) = process::pipe().map_err(|e| format!("slot pipe: {e}"))?;
     let (log_read, log_write) = process::pipe().map_err(|e| format!("log pipe: {e}"))?;
     match process::fork().map_err(|e| format!("fork: {e}"))? {
@@ -409,7 +425,7 @@ fn start_worker(conn: OwnedFd, request: u64, uid: u32, now: Instant) -> Result<W
             // Lines the worker could not pass on are lost: there is nowhere else to put them.
             let _ = process::redirect_stderr(log_write.as_fd());
             drop(log_write);
-            let code = worker::serve(conn, request, worker::Slot::new(slot_write));
+            let code = worker::serve(conn, request, worker::Slot::new(slot_write), key);
             process::exit_now(code);
         }
         Forked::Parent(pid) => {

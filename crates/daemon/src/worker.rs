@@ -6,7 +6,8 @@ use crate::policy::{self, Caller};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_engine::{
-    DumpOptions, Error as EngineError, ErrorClass, ImageDir, RestoreOptions, ServiceConnection,
+    DumpOptions, Error as EngineError, ErrorClass, ImageDir, ImageKey, RestoreOptions,
+    ServiceConnection,
 };
 use stasis_sys::{process, socket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -72,9 +73,10 @@ impl From<TransportError> for Failure {
 }
 
 /// Serves one connection, request number `request` of the daemon; returns the process exit
-/// code for the worker. Everything it logs is inside a span `request{id, caller_pid,
+/// code for the worker. Dumps are authenticated with `key`; restores for anyone but root
+/// must authenticate with it. Everything it logs is inside a span `request{id, caller_pid,
 /// caller_uid}` (the caller's fields once the kernel told who it is).
-pub fn serve(conn: OwnedFd, request: u64, slot: Slot) -> i32 {
+pub fn serve(conn: OwnedFd, request: u64, slot: Slot, key: &ImageKey) -> i32 {
     let span = tracing::info_span!(
         "request",
         id = request,
@@ -82,7 +84,7 @@ pub fn serve(conn: OwnedFd, request: u64, slot: Slot) -> i32 {
         caller_uid = tracing::field::Empty
     );
     let _entered = span.enter();
-    match handle(conn.as_fd(), slot) {
+    match handle(conn.as_fd(), slot, key) {
         Ok(()) => 0,
         Err(f) => {
             tracing::error!("{}", f.message);
@@ -104,7 +106,7 @@ pub fn serve(conn: OwnedFd, request: u64, slot: Slot) -> i32 {
     }
 }
 
-fn handle(conn: BorrowedFd<'_>, slot: Slot) -> Result<(), Failure> {
+fn handle(conn: BorrowedFd<'_>, slot: Slot, key: &ImageKey) -> Result<(), Failure> {
     process::set_socket_timeouts(conn, REQUEST_TIMEOUT)
         .map_err(|e| Failure::new(code::DAEMON, format!("socket timeouts: {e}")))?;
     // Identity from the kernel: the pidfd pins the very process that connected.
@@ -157,10 +159,10 @@ fn handle(conn: BorrowedFd<'_>, slot: Slot) -> Result<(), Failure> {
     tracing::info!("{} from pid {} uid {}", name, caller.pid, caller.uid);
     match request {
         Message::DumpSelf { flags, conn_fd } => {
-            dump_self(conn, &caller, pidfd, images, flags, conn_fd)
+            dump_self(conn, &caller, pidfd, images, flags, conn_fd, key)
         }
-        Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags),
-        Message::Restore { flags } => restore(conn, &caller, images, flags, slot),
+        Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags, key),
+        Message::Restore { flags } => restore(conn, &caller, images, flags, slot, key),
         other => Err(Failure::new(
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
@@ -243,6 +245,7 @@ fn dump_self(
     images: ImageDir,
     flags: u32,
     conn_fd: i32,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     let with_children = flags & protocol::DUMP_WITH_CHILDREN != 0;
     policy::check_may_dump_tree(caller, caller.pid, "the caller", with_children)
@@ -265,6 +268,7 @@ fn dump_self(
             fd: conn_fd,
             restored_reply,
         }),
+        auth: Some(key.clone()),
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -293,6 +297,7 @@ fn dump_pid(
     pid: i32,
     images: ImageDir,
     flags: u32,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     if pid <= 0 {
         return Err(Failure::new(code::INVALID, format!("{pid} is not a pid")));
@@ -311,6 +316,7 @@ fn dump_pid(
         service: None,
         tree: true,
         admit: Some(admit_for(caller)),
+        auth: Some(key.clone()),
     })?;
     send_dumped(conn)
 }
@@ -321,6 +327,7 @@ fn restore(
     images: ImageDir,
     flags: u32,
     slot: Slot,
+    key: &ImageKey,
 ) -> Result<(), Failure> {
     let requester = policy::requester(caller).map_err(|m| Failure::new(code::DAEMON, m))?;
     if !caller.is_root() {
@@ -330,6 +337,10 @@ fn restore(
         images,
         requester,
         new_session: true,
+        // The images are the requester's to change: a user gets back only what stasisd (or
+        // root) wrote, unchanged. Root's own images are checked when they carry auth.img.
+        auth: Some(key.clone()),
+        require_authenticated: !caller.is_root(),
     })
     .map_err(|e| {
         let code = match e.class() {

@@ -1836,6 +1836,9 @@ fn refused_restore(
     out.stderr
 }
 
+/// Edits the process record at `path` and authenticates the images again with the daemon's
+/// key, so that what refuses the edit is the check behind authentication, not authentication
+/// (authentication itself is tested in authenticated_images.rs).
 fn edit_process_image(path: &Path, edit: impl FnOnce(&mut ProcessImage)) -> Vec<u8> {
     let bytes = fs::read(path).unwrap();
     let mut image: ProcessImage =
@@ -1844,7 +1847,20 @@ fn edit_process_image(path: &Path, edit: impl FnOnce(&mut ProcessImage)) -> Vec<
     let out = stasis_image::encode_record(RecordKind::Process, &image, path).unwrap();
     // Rewritten in place: owner and mode stay the user's.
     fs::write(path, &out).unwrap();
+    reseal(path.parent().unwrap());
     bytes
+}
+
+/// Authenticates the user's images in `dir` again, as they are now, with the key of the
+/// daemons of these tests (root holds it).
+fn reseal(dir: &Path) {
+    let key =
+        stasis_engine::auth::load_key(Path::new(stasis_engine::auth::DEFAULT_KEY_FILE)).unwrap();
+    let u = test_user();
+    let images = stasis_image::ImageDir::open(dir)
+        .unwrap()
+        .with_owner(u.uid, u.gid);
+    stasis_image::auth::reseal(&images, &key).unwrap();
 }
 
 #[test]
@@ -1936,6 +1952,7 @@ fn restore_of_edited_credentials_is_refused() {
 
     // The unedited images restore: the refusals were about the edits.
     fs::write(&record, &original).unwrap();
+    reseal(&images);
     let cmd = user_cli(&d, &["restore", "-D", path_str(&images)]);
     let r = ctx.spawn_cmd(cmd, "restore");
     ctx.expect_foreign(t.pid, &programs().ticker);
@@ -2014,8 +2031,8 @@ fn images_owned_by_caller_mode_0600() {
     ctx.wait_line(&p.log, 0, &format!("DUMPED {}", p.pid));
     let (_, off) = ctx.wait_line(&p.log, 0, "PASS 4 MiB");
     check_images_of(&images, p.pid, 4 << 20);
-    // Directory-level: nothing left over (temporary files).
-    assert_eq!(entries(&images).len(), 3, "{:?}", entries(&images));
+    // Directory-level: nothing left over (temporary files); auth.img authenticates the rest.
+    assert_eq!(entries(&images).len(), 4, "{:?}", entries(&images));
     ctx.terminate(p.pid, &p.log, off);
     assert!(ctx.wait_child(p.pid).success());
     d.stop();

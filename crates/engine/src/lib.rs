@@ -16,12 +16,14 @@
 //! | [`procfs`]  | parsers for /proc                                                    |
 //! | [`show`]    | the images as JSON                                                   |
 //! | [`check`]   | probes of the kernel features stasis needs                           |
+//! | [`auth`]    | the image key images are authenticated with                          |
 //!
 //! The engine logs with `tracing` and never installs a logger: spans `dump`/`restore`, one per
 //! phase, `process{pid}` and one per resource part (`signals{pid}`, `thread{tid}`, ...), and
 //! every system call injected into a target at trace level. The names, fields and levels are
 //! listed in docs/architecture.md ("Logging").
 
+pub mod auth;
 pub mod check;
 pub mod dump;
 pub mod files;
@@ -35,7 +37,7 @@ pub mod task;
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 
-pub use stasis_image::ImageDir;
+pub use stasis_image::{ImageDir, ImageKey};
 
 use stasis_sys::Pid;
 

@@ -1,12 +1,36 @@
 //! `stasis show`: every record of an image directory decoded into JSON (like CRIU's crit).
 //! Page and blob contents are not printed, only where they are and their checksums; they are
-//! read and checked, so `show` also verifies a whole image directory.
+//! read and checked, so `show` also verifies a whole image directory. With the image key, it
+//! verifies the authentication of every file too (and fails when one does not verify).
 
 use crate::{files, Error};
-use stasis_image::{names, read_record, ImageDir, Inventory, ProcessImage, RawReader, RecordKind};
+use stasis_image::{
+    names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RawReader, RecordKind,
+};
 
-/// Decodes the inventory and every process record; checks the raw files' headers.
-pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
+/// Decodes the inventory and every process record; checks the raw files' headers. With `key`,
+/// images that carry `auth.img` are authenticated first (every file, whole); the result says
+/// under `"authentication"` whether they were (`"status"`: `"verified"`, `"not verified"`
+/// without the key, `"none"` without `auth.img`).
+pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value, Error> {
+    let authentication = if !dir.exists(names::AUTH) {
+        serde_json::json!({ "status": "none" })
+    } else if let Some(key) = key {
+        crate::restore::authenticate(dir, Some(key), true)?;
+        stasis_image::auth::verify_all(dir)?;
+        let id: String = dir
+            .dump_id()
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        serde_json::json!({ "status": "verified", "dump_id": id })
+    } else {
+        serde_json::json!({
+            "status": "not verified",
+            "reason": "the image key is not readable here (root only)",
+        })
+    };
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
     let mut processes = Vec::new();
     for &pid in &inventory.processes {
@@ -31,6 +55,7 @@ pub fn show(dir: &ImageDir) -> Result<serde_json::Value, Error> {
     }
     Ok(serde_json::json!({
         "format_version": stasis_image::FORMAT_VERSION,
+        "authentication": authentication,
         "inventory": inventory,
         "processes": processes,
     }))

@@ -13,11 +13,17 @@
 //! with [`ImageError::NotRegular`], which names the file and what it is. Only then is
 //! O_NONBLOCK cleared. The size fstat reported is what the readers (`read_record`,
 //! `RawReader`) check the lengths declared in headers against before they allocate or read.
+//!
+//! A directory can also *seal* what is written into it ([`ImageDir::seal`]: every file gets a
+//! MAC, listed in `auth.img`), or *authenticate* what is read from it
+//! ([`ImageDir::authenticate`]: every read is checked against `auth.img`); see [`crate::auth`].
+use crate::auth::{ImageKey, Sealer, Verifier};
 use crate::ImageError;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// An open image directory.
 #[derive(Debug)]
@@ -27,6 +33,10 @@ pub struct ImageDir {
     label: PathBuf,
     /// uid and gid that created files are given to.
     owner: Option<(u32, u32)>,
+    /// Set by [`ImageDir::seal`]: the MACs of the files written.
+    sealer: OnceLock<Arc<Sealer>>,
+    /// Set by [`ImageDir::authenticate`]: the checked manifest every read is checked against.
+    verifier: OnceLock<Verifier>,
 }
 
 impl ImageDir {
@@ -41,11 +51,7 @@ impl ImageDir {
             .custom_flags(libc::O_DIRECTORY)
             .open(path)
             .map_err(io)?;
-        Ok(ImageDir {
-            fd: f.into(),
-            label: path.to_path_buf(),
-            owner: None,
-        })
+        Ok(ImageDir::new(f.into(), path.to_path_buf()))
     }
 
     /// Creates the directory (and its parents) if needed, then opens it.
@@ -72,10 +78,100 @@ impl ImageDir {
                 reason: "not a directory".into(),
             });
         }
-        Ok(ImageDir {
-            fd: f.into(),
+        Ok(ImageDir::new(f.into(), label))
+    }
+
+    fn new(fd: OwnedFd, label: PathBuf) -> ImageDir {
+        ImageDir {
+            fd,
             label,
             owner: None,
+            sealer: OnceLock::new(),
+            verifier: OnceLock::new(),
+        }
+    }
+
+    /// Another handle on the same directory (a duplicated descriptor), with the same label and
+    /// owner, neither sealing nor authenticated.
+    pub fn try_clone(&self) -> Result<ImageDir, ImageError> {
+        let fd = self.fd.try_clone().map_err(|source| ImageError::Io {
+            path: self.label.clone(),
+            source,
+        })?;
+        let mut dir = ImageDir::new(fd, self.label.clone());
+        dir.owner = self.owner;
+        Ok(dir)
+    }
+
+    /// From now on every file written here is authenticated with `key`: its MAC is computed
+    /// as it is written, and writing the inventory writes `auth.img` first (see
+    /// [`crate::auth`]). A new random dump id is drawn. Once per directory handle, and not on
+    /// one that reads authenticated images.
+    pub fn seal(&self, key: &ImageKey) -> Result<(), ImageError> {
+        if self.verifier.get().is_some() {
+            return Err(self.invalid("cannot seal a directory opened for authenticated reading"));
+        }
+        let sealer = Sealer::new(key).map_err(|source| ImageError::Io {
+            path: self.label.clone(),
+            source,
+        })?;
+        self.sealer
+            .set(Arc::new(sealer))
+            .map_err(|_| self.invalid("the directory is already sealing"))
+    }
+
+    /// Reads `auth.img` and checks its MAC with `key`. When it verifies, every later read of
+    /// this handle (`read_record`, `RawReader`) is checked against it, and `Ok(true)` is
+    /// returned; `Ok(false)` when there is no `auth.img` (images written without a key: nothing
+    /// changes). An `auth.img` that does not verify is [`ImageError::NotAuthenticated`].
+    /// Once per directory handle.
+    pub fn authenticate(&self, key: &ImageKey) -> Result<bool, ImageError> {
+        if self.sealer.get().is_some() || self.verifier.get().is_some() {
+            return Err(self.invalid("the directory is already sealing or authenticated"));
+        }
+        let Some(verifier) = Verifier::load(self, key)? else {
+            return Ok(false);
+        };
+        self.verifier
+            .set(verifier)
+            .map_err(|_| self.invalid("the directory is already authenticated"))?;
+        Ok(true)
+    }
+
+    /// Whether reads are checked against an authenticated `auth.img`.
+    pub fn is_authenticated(&self) -> bool {
+        self.verifier.get().is_some()
+    }
+
+    /// The id of the dump: of the one being written (sealing), or of the one authenticated.
+    pub fn dump_id(&self) -> Option<crate::auth::DumpId> {
+        match (self.sealer.get(), self.verifier.get()) {
+            (Some(s), _) => Some(*s.dump_id()),
+            (_, Some(v)) => Some(v.manifest().dump_id),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn sealer(&self) -> Option<Arc<Sealer>> {
+        self.sealer.get().cloned()
+    }
+
+    pub(crate) fn verifier(&self) -> Option<&Verifier> {
+        self.verifier.get()
+    }
+
+    fn invalid(&self, reason: &str) -> ImageError {
+        ImageError::Invalid {
+            path: self.label.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The names of the entries of the directory.
+    pub fn file_names(&self) -> Result<Vec<String>, ImageError> {
+        stasis_sys::fs::list_dir(self.fd()).map_err(|source| ImageError::Io {
+            path: self.label.clone(),
+            source,
         })
     }
 

@@ -22,6 +22,8 @@ pub enum RecordKind {
     Process = 2,
     Pages = 3,
     Blob = 4,
+    /// `auth.img`: the manifest of an authenticated dump (see [`crate::auth`]).
+    Auth = 5,
 }
 
 impl RecordKind {
@@ -31,6 +33,7 @@ impl RecordKind {
             RecordKind::Process => "process",
             RecordKind::Pages => "pages",
             RecordKind::Blob => "blob",
+            RecordKind::Auth => "auth",
         }
     }
 }
@@ -191,17 +194,40 @@ pub fn decode_record<T: DeserializeOwned>(
 /// refused. The one buffer allocated is the record itself, at most `HEADER_LEN +
 /// MAX_RECORD_LEN` bytes and never more than the file holds; it is filled in chunks of
 /// [`READ_CHUNK`](crate::READ_CHUNK) bytes.
+///
+/// In an authenticated directory ([`ImageDir::authenticate`]) the file must be listed in
+/// `auth.img` (checked before it is opened), have the listed size, and the bytes read must
+/// have the listed MAC; they are checked in memory and then decoded from there
+/// ([`ImageError::NotAuthenticated`] otherwise).
 pub fn read_record<T: DeserializeOwned>(
     dir: &ImageDir,
     name: &str,
     kind: RecordKind,
 ) -> Result<T, ImageError> {
+    let bytes = read_record_bytes(dir, name, kind)?;
+    decode_record(kind, &bytes, &dir.path_of(name))
+}
+
+/// The whole file of record `name` (header and payload), read and checked as
+/// [`read_record`] does, not decoded.
+pub(crate) fn read_record_bytes(
+    dir: &ImageDir,
+    name: &str,
+    kind: RecordKind,
+) -> Result<Vec<u8>, ImageError> {
     let path = dir.path_of(name);
     let io = |source| ImageError::Io {
         path: path.clone(),
         source,
     };
-    let (mut file, size) = dir.open_regular(name)?;
+    let verifier = dir.verifier();
+    if let Some(v) = verifier {
+        v.check_listed(name, kind, &path)?;
+    }
+    let (mut file, size) = dir.open_regular(name).map_err(|e| match verifier {
+        Some(v) => v.open_failed(e, &path),
+        None => e,
+    })?;
     if size > MAX_RECORD_LEN + HEADER_LEN as u64 {
         return Err(ImageError::TooLarge {
             path,
@@ -233,6 +259,9 @@ pub fn read_record<T: DeserializeOwned>(
             reason: format!("{} trailing bytes after the record", size - expected),
         });
     }
+    if let Some(v) = verifier {
+        v.check_size(name, kind, size, &path)?;
+    }
     // Both bounded above: expected <= HEADER_LEN + MAX_RECORD_LEN, and == the file's size.
     let mut bytes = vec![0u8; expected as usize];
     bytes[..HEADER_LEN].copy_from_slice(&hdr);
@@ -253,7 +282,11 @@ pub fn read_record<T: DeserializeOwned>(
             Err(e) => return Err(io(e)),
         }
     }
-    decode_record(kind, &bytes, &path)
+    if let Some(v) = verifier {
+        // The very bytes that are decoded next: rewriting the file now changes nothing.
+        v.check_record(name, kind, &bytes, &path)?;
+    }
+    Ok(bytes)
 }
 
 /// Reads until `buf` is full or the end of the file; returns how many bytes were read.
@@ -272,6 +305,10 @@ pub(crate) fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<u
 
 /// Writes a metadata record as `name` in `dir` atomically: a temporary file, fsync, rename. A
 /// crash leaves either no file or the complete new one, never a half-written one.
+///
+/// In a sealing directory ([`ImageDir::seal`]) the record's MAC is noted; writing the
+/// inventory (the last file of a dump) first writes `auth.img`, the manifest of every file
+/// noted, the inventory included, so that the inventory stays the last file written.
 pub fn write_record_atomic<T: Serialize>(
     dir: &ImageDir,
     name: &str,
@@ -280,13 +317,36 @@ pub fn write_record_atomic<T: Serialize>(
 ) -> Result<(), ImageError> {
     let path = dir.path_of(name);
     let bytes = encode_record(kind, value, &path)?;
+    let mut sealed = false;
+    if let Some(sealer) = dir.sealer() {
+        sealer.add_record(name, kind, &bytes);
+        if kind == RecordKind::Inventory {
+            let manifest = sealer.encode_manifest(dir)?;
+            write_bytes_atomic(dir, crate::names::AUTH, &manifest)?;
+            sealed = true;
+        }
+    }
+    let written = write_bytes_atomic(dir, name, &bytes);
+    if written.is_err() && sealed {
+        let _ = dir.remove(crate::names::AUTH);
+    }
+    written
+}
+
+/// Writes `bytes` as `name` in `dir` atomically (see [`write_record_atomic`]).
+pub(crate) fn write_bytes_atomic(
+    dir: &ImageDir,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), ImageError> {
+    let path = dir.path_of(name);
     let tmp = format!(".{name}.tmp");
     let io = |source| ImageError::Io {
         path: path.clone(),
         source,
     };
     let mut f = dir.create_file(&tmp)?;
-    let written = f.write_all(&bytes).and_then(|_| f.sync_all());
+    let written = f.write_all(bytes).and_then(|_| f.sync_all());
     if let Err(e) = written {
         let _ = dir.remove(&tmp);
         return Err(io(e));

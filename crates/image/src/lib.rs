@@ -31,7 +31,17 @@
 //!   it), or read it through [`RawReader::extent`] (an [`std::io::Read`] limited to the
 //!   extent). [`RawReader::read_extent`] and [`RawReader::read_unchecked`] fill a buffer the
 //!   caller sized, and are only for extents the caller bounded itself.
+//!
+//! # Authenticated images
+//!
+//! A directory that seals what it writes ([`ImageDir::seal`]) MACs every file as it is written
+//! (keyed BLAKE3, with a key derived from a secret only root can read) and lists them in
+//! `auth.img`, written just before the inventory. A directory that authenticates what it reads
+//! ([`ImageDir::authenticate`]) checks `auth.img` and then every byte its readers hand out, on
+//! the bytes handed out: a user who owns the files can change them, but not make a reader
+//! accept the change. See [`auth`].
 
+pub mod auth;
 mod dir;
 mod entries;
 mod frame;
@@ -40,6 +50,7 @@ mod raw;
 pub mod testing;
 mod validate;
 
+pub use auth::ImageKey;
 pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{
@@ -96,12 +107,21 @@ pub enum ImageError {
     /// before anything is read from it.
     #[error("{path}: is {what}, not a regular file")]
     NotRegular { path: PathBuf, what: &'static str },
+    /// An image file of an authenticated directory that does not match `auth.img`: not
+    /// listed, of another length, or with another MAC (see [`auth`]); or an `auth.img` that
+    /// does not verify, or is missing where authentication is required.
+    #[error("{path}: not authenticated: {reason}")]
+    NotAuthenticated { path: PathBuf, reason: String },
 }
 
 /// File names inside an image directory.
 pub mod names {
     /// The inventory: written last; its presence marks a complete dump.
     pub const INVENTORY: &str = "inventory.img";
+
+    /// The manifest of an authenticated dump: every other file with its MAC
+    /// ([`crate::auth`]). Written just before the inventory.
+    pub const AUTH: &str = "auth.img";
 
     /// Metadata of one process.
     pub fn process(pid: i32) -> String {

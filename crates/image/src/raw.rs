@@ -4,7 +4,12 @@
 //! is written last, so an interrupted writer leaves a file whose header does not verify.
 //! They are read the same way: [`RawReader`] streams an extent through a fixed buffer, so no
 //! length found in an image ever sizes an allocation.
+//!
+//! In a sealing directory each [`RawWriter::write`] is an authenticated extent whose MAC is
+//! computed as it is written; in an authenticated directory every read of a [`RawReader`] is
+//! checked against those MACs before it returns (see [`crate::auth`]).
 
+use crate::auth::{RawAuth, RawSeal};
 use crate::frame::{read_up_to, Header, RecordKind, FORMAT_VERSION, HEADER_LEN};
 use crate::{ImageDir, ImageError};
 use std::fs::File;
@@ -21,6 +26,8 @@ pub struct RawWriter {
     path: PathBuf,
     kind: RecordKind,
     len: u64,
+    /// In a sealing directory: the MACs of the extents written.
+    seal: Option<RawSeal>,
 }
 
 impl RawWriter {
@@ -38,6 +45,7 @@ impl RawWriter {
             path,
             kind,
             len: 0,
+            seal: dir.sealer().map(|s| RawSeal::new(s, name)),
         })
     }
 
@@ -46,12 +54,20 @@ impl RawWriter {
         self.len
     }
 
-    /// Appends bytes to the payload.
+    /// Appends bytes to the payload. In a sealing directory, `data` is one authenticated
+    /// extent (or several of at most [`MAX_EXTENT_LEN`](crate::auth::MAX_EXTENT_LEN)), MACed
+    /// here: readers get them back fastest by reading the same pieces.
     pub fn write(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        if data.is_empty() {
+            return Ok(());
+        }
         self.file.write_all(data).map_err(|source| ImageError::Io {
             path: self.path.clone(),
             source,
         })?;
+        if let Some(seal) = &mut self.seal {
+            seal.append(self.len, data);
+        }
         self.len += data.len() as u64;
         Ok(())
     }
@@ -75,6 +91,12 @@ impl RawWriter {
             payload_crc: 0,
         };
         file.write_all_at(&header.encode(), 0).map_err(io)?;
+        if let Some(seal) = self.seal {
+            // The header block as written: the header, then the zeros of the padding.
+            let mut block = vec![0u8; RAW_DATA_OFFSET as usize];
+            block[..HEADER_LEN].copy_from_slice(&header.encode());
+            seal.finish(self.kind, self.len, &block);
+        }
         Ok(self.len)
     }
 }
@@ -107,36 +129,77 @@ pub const READ_CHUNK: usize = 1 << 20;
 ///
 /// [`read_extent`](RawReader::read_extent) and [`read_unchecked`](RawReader::read_unchecked)
 /// read into a buffer the caller sized: they are for extents the caller knows to be small.
+#[derive(Debug)]
 pub struct RawReader {
     file: File,
     path: PathBuf,
     len: u64,
+    /// In an authenticated directory: the extents every read is checked against.
+    auth: Option<RawAuth>,
 }
 
 impl RawReader {
+    /// Opens raw data file `name` and checks its header and size. In an authenticated
+    /// directory ([`ImageDir::authenticate`]) the file must be listed in `auth.img` (checked
+    /// before it is opened) with its size, its header block must have the listed MAC (it is
+    /// read into memory once and decoded from there), and every read afterwards checks the
+    /// extents it returns ([`ImageError::NotAuthenticated`] otherwise).
     pub fn open(dir: &ImageDir, name: &str, kind: RecordKind) -> Result<RawReader, ImageError> {
         let path = &dir.path_of(name);
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let (mut file, size) = dir.open_regular(name)?;
-        let mut hdr = [0u8; HEADER_LEN];
-        let n = read_up_to(&mut file, &mut hdr).map_err(io)?;
-        let header = Header::decode(&hdr[..n], kind, path)?;
+        let verifier = dir.verifier();
+        if let Some(v) = verifier {
+            v.check_listed(name, kind, path)?;
+        }
+        let (mut file, size) = dir.open_regular(name).map_err(|e| match verifier {
+            Some(v) => v.open_failed(e, path),
+            None => e,
+        })?;
+        // Authenticated: the whole header block, which its MAC covers.
+        let mut block = vec![
+            0u8;
+            if verifier.is_some() {
+                RAW_DATA_OFFSET as usize
+            } else {
+                HEADER_LEN
+            }
+        ];
+        let n = read_up_to(&mut file, &mut block).map_err(io)?;
+        let header = Header::decode(&block[..n.min(HEADER_LEN)], kind, path)?;
         let expected = RAW_DATA_OFFSET.saturating_add(header.payload_len);
-        if size != expected {
+        if size != expected || n < block.len() {
             return Err(ImageError::Truncated {
                 path: path.to_path_buf(),
                 expected,
                 found: size,
             });
         }
+        let auth = match verifier {
+            Some(v) => Some(v.raw(name, kind, size, &block, path)?),
+            None => None,
+        };
         Ok(RawReader {
             file,
             path: path.to_path_buf(),
             len: header.payload_len,
+            auth,
         })
+    }
+
+    /// Whether reads are checked against the MACs of an authenticated directory.
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    pub(crate) fn auth(&self) -> Option<&RawAuth> {
+        self.auth.as_ref()
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// Payload length.
@@ -166,8 +229,12 @@ impl RawReader {
         Ok(())
     }
 
-    /// Reads exactly `buf.len()` bytes at payload offset `offset` (known to be in range).
+    /// Reads exactly `buf.len()` bytes at payload offset `offset` (known to be in range);
+    /// authenticated, checks them before returning.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        if let Some(auth) = &self.auth {
+            return auth.read(&self.file, offset, buf, &self.path);
+        }
         self.file
             .read_exact_at(buf, RAW_DATA_OFFSET + offset)
             .map_err(|source| ImageError::Io {
@@ -326,6 +393,15 @@ impl Read for ExtentReader<'_> {
         let n = self.remaining().min(buf.len() as u64) as usize;
         if n == 0 {
             return Ok(0);
+        }
+        if self.reader.auth.is_some() {
+            // Checked before it is handed out; a failure names the file in its message.
+            self.reader
+                .read_at(self.pos, &mut buf[..n])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+            self.pos += n as u64;
+            return Ok(n);
         }
         let got = self
             .reader

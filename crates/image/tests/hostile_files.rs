@@ -42,6 +42,12 @@ fn read_as(dir: &ImageDir, name: &str, kind: RecordKind) -> Result<(), ImageErro
         RecordKind::Inventory => read_record::<Inventory>(dir, name, kind).map(drop),
         RecordKind::Process => read_record::<ProcessImage>(dir, name, kind).map(drop),
         RecordKind::Pages | RecordKind::Blob => RawReader::open(dir, name, kind).map(drop),
+        // auth.img is read by authenticating the directory.
+        RecordKind::Auth => {
+            assert_eq!(name, stasis_image::names::AUTH);
+            dir.authenticate(&stasis_image::ImageKey::from_secret(&[7; 32]))
+                .map(drop)
+        }
     }
 }
 
@@ -99,7 +105,7 @@ fn write_header(path: &Path, kind: RecordKind, payload_len: u64) -> File {
 #[test]
 fn fifo_in_place_of_each_image_is_refused_at_once() {
     let d = tmpdir("fifo");
-    for (name, kind) in KINDS {
+    for (name, kind) in KINDS.into_iter().chain([("auth.img", RecordKind::Auth)]) {
         assert!(run("mkfifo", &[&d.join(name)]), "mkfifo {name}");
         expect_not_regular(&d, name, kind, "FIFO");
     }

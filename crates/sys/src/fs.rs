@@ -1,5 +1,6 @@
 //! Directory-relative file operations that never leave their directory: openat2 with
-//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat.
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat, and the
+//! names a directory holds.
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
@@ -31,4 +32,37 @@ pub fn rename_in(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
 /// Removes the file `name` inside `dir`.
 pub fn unlink_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
+}
+
+/// The names of the entries of `dir` (without `.` and `..`), read through a new descriptor of
+/// it. Names that are not UTF-8 are returned with their invalid bytes replaced (U+FFFD).
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy();
+        if name != "." && name != ".." {
+            names.push(name.into_owned());
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn list_dir_names_every_entry() {
+        let d = std::env::temp_dir().join(format!("stasis-sys-list-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.img"), b"x").unwrap();
+        let dir = std::fs::File::open(&d).unwrap();
+        let mut names = list_dir(dir.as_fd()).unwrap();
+        names.sort();
+        assert_eq!(names, vec!["a.img".to_string(), "sub".to_string()]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -24,6 +24,7 @@ pub mod kabi;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
+pub mod random;
 pub mod sock_diag;
 pub mod socket;
 

@@ -74,7 +74,9 @@ pub fn run() -> DemoResult {
     let images = dir.join("images");
     std::fs::create_dir_all(&images)?;
 
-    // The embedded daemon: the same code as stasisd, in a child process.
+    // The embedded daemon: the same code as stasisd, in a child process, with an image key
+    // of its own.
+    let key_file = dir.join("key").join("image.key");
     let daemon_args = stasisd::Args {
         socket: socket.clone(),
         mode: 0o600,
@@ -85,6 +87,7 @@ pub fn run() -> DemoResult {
         log_burst_per_uid: 20,
         log_rate_per_uid: 2,
         verbose: 0,
+        key_file: key_file.clone(),
     };
     let daemon = match stasis_sys::process::fork()? {
         stasis_sys::process::Forked::Child(_) => {
@@ -103,7 +106,7 @@ pub fn run() -> DemoResult {
         }
         stasis_sys::process::Forked::Parent(pid) => pid,
     };
-    let result = demo_with_daemon(&socket, &log, &images);
+    let result = demo_with_daemon(&socket, &log, &images, &key_file);
     let _ = stasis_sys::process::kill(daemon, libc::SIGTERM);
     let _ = stasis_engine::restore::wait_exit_code(daemon);
     match result {
@@ -119,6 +122,7 @@ fn demo_with_daemon(
     socket: &Path,
     log: &Path,
     images: &Path,
+    key_file: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !socket.exists() {
@@ -163,10 +167,13 @@ fn demo_with_daemon(
         "killed the counter; nothing runs now. Restoring it from {}:",
         images.display()
     );
+    // The daemon authenticated the images: restore them only if they are unchanged.
     let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
         images: stasis_engine::ImageDir::open(images)?,
         requester: None,
         new_session: false,
+        auth: Some(stasis_engine::auth::load_key(key_file)?),
+        require_authenticated: true,
     })?;
     println!("restored it with pid {}; it goes on:", restored.pid);
     let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));

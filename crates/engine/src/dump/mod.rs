@@ -46,6 +46,10 @@ pub struct DumpOptions {
     pub admit: Option<Admit>,
     /// The self-dump connection of the process, if any.
     pub service: Option<ServiceConnection>,
+    /// Authenticate the images with this key: every file gets a MAC, listed in `auth.img`
+    /// (see [`stasis_image::auth`]). stasisd always sets it; without it, the images can be
+    /// restored by root only.
+    pub auth: Option<stasis_image::ImageKey>,
 }
 
 /// A self-dumping process's connection to stasisd: the socket at `fd` in the target is
@@ -148,6 +152,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )));
     }
     dir.check_writable()?;
+    if let Some(key) = &opts.auth {
+        dir.seal(key)?;
+    }
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();

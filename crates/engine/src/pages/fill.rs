@@ -6,6 +6,12 @@
 //! process_vm_writev before the process runs. The image side is behind [`RunReader`] (the raw
 //! pages file today; a compressed one later). A lazy fill (userfaultfd, pages served on fault)
 //! or a fill that maps runs straight from the image would implement [`PageFill`] too.
+//!
+//! Authenticated images: a [`RawReader`] of an authenticated directory checks the MAC of
+//! every extent it returns before returning it (an extent is a run as the dumper wrote it, at
+//! most 2 MiB), so every piece written into the target was verified, in the restorer's own
+//! buffer, before it was written. A fill that mapped the pages file instead could not do that
+//! (the user owns the file): it would have to copy, or verify a private copy, first.
 
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
@@ -39,7 +45,8 @@ impl RunReader for RawReader {
 
 /// The most memory a fill holds at once, whatever length a run claims: runs are read, checked
 /// and written in pieces of this size (the dumper writes runs of at most 2 MiB, which are
-/// checked whole before any byte of them is written).
+/// checked whole before any byte of them is written; in authenticated images each piece is
+/// also checked against its MAC when it is read, before it is written).
 const FILL_CHUNK: u64 = 2 << 20;
 
 /// Writes every run into the target before it runs.
@@ -93,6 +100,7 @@ pub fn fill_pages(pid: Pid, runs: &[PageRun], pages: &RawReader) -> Result<(), E
 mod tests {
     use super::super::sink::{PageSink, RawSink};
     use super::*;
+    use stasis_image::RawWriter;
 
     /// A pages payload in memory.
     struct InMemory(Vec<u8>);
@@ -142,6 +150,62 @@ mod tests {
         assert!(EagerFill::new(&payload).fill(me, &[bad]).is_err());
         let now = std::hint::black_box(&target[skip..]);
         assert!(now[pg..2 * pg].iter().all(|&x| x == 0));
+    }
+
+    /// Authenticated pages: a run whose stored bytes were changed after the dump (its CRC
+    /// fixed up or not) is refused as not authenticated, and not one byte of it is written.
+    #[test]
+    fn changed_run_of_authenticated_pages_is_not_written() {
+        use stasis_image::{names, ImageDir, ImageKey, RecordKind};
+        let pg = PAGE_SIZE as usize;
+        let d = std::env::temp_dir().join(format!("stasis-fill-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = ImageKey::from_secret(&[3; 32]);
+        let mut target = vec![0u8; 5 * pg];
+        let base = (target.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let skip = (base - target.as_ptr() as u64) as usize;
+        let a = vec![0x11u8; pg];
+        let b = vec![0x22u8; 2 * pg];
+        let runs = {
+            let dir = ImageDir::open(&d).unwrap();
+            dir.seal(&key).unwrap();
+            let mut w = RawWriter::create(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+            let mut sink = RawSink::new(&mut w);
+            sink.put(base, &a).unwrap();
+            sink.put(base + 2 * PAGE_SIZE, &b).unwrap();
+            let runs = sink.finish().unwrap();
+            w.finish().unwrap();
+            stasis_image::write_record_atomic(&dir, names::INVENTORY, RecordKind::Inventory, &1u8)
+                .unwrap();
+            runs
+        };
+        // The last byte of the second run.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("pages-1.img"))
+            .unwrap();
+        let at = stasis_image::RAW_DATA_OFFSET + runs[1].offset + 2 * PAGE_SIZE - 1;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x23], at).unwrap();
+        let dir = ImageDir::open(&d).unwrap();
+        assert!(dir.authenticate(&key).unwrap());
+        let pages = RawReader::open(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+        let me = stasis_sys::process::getpid();
+        let err = EagerFill::new(&pages)
+            .fill(me, &runs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pages-1.img") && err.contains("not authenticated"),
+            "{err}"
+        );
+        let now = std::hint::black_box(&target[skip..]);
+        assert_eq!(now[..pg], a[..], "the unchanged run is written");
+        assert!(
+            now[2 * pg..4 * pg].iter().all(|&x| x == 0),
+            "bytes of the changed run were written"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// A run longer than the fill's piece size is read, checked and written piece by piece,

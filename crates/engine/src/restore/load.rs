@@ -1,12 +1,67 @@
-//! Restore phase 1: load and validate. Every record of the image directory is decoded and
-//! checked (bounds, CRCs, semantics), and so is the shape of the tree (parents before
-//! children, sessions, shared tables, zombies), before anything is created.
+//! Restore phase 1: authenticate, load and validate. The images are authenticated first when
+//! a key is given ([`authenticate`]: from then on every byte read from them is checked against
+//! `auth.img` as it is read); then every record of the image directory is decoded and checked
+//! (bounds, CRCs, semantics), and so is the shape of the tree (parents before children,
+//! sessions, shared tables, zombies), before anything is created.
 
 use crate::Error;
 use stasis_image::{
-    names, read_record, validate_process, ImageDir, Inventory, ProcessImage, RawReader, RecordKind,
+    names, read_record, validate_process, ImageDir, ImageError, ImageKey, Inventory, ProcessImage,
+    RawReader, RecordKind,
 };
 use std::path::Path;
+
+/// Authenticates `dir` with `key` ([`ImageDir::authenticate`]): when the images carry
+/// `auth.img` and it verifies, every later read of `dir` (records, pages, blobs) is checked
+/// against it as it is read, so that images changed after the dump fail the restore, naming
+/// the file. Returns whether the images are authenticated. With `required`, images without
+/// `auth.img` (or no key to check them with) are refused, as not authenticated.
+pub fn authenticate(dir: &ImageDir, key: Option<&ImageKey>, required: bool) -> Result<bool, Error> {
+    let authenticated = match key {
+        Some(k) => dir.authenticate(k)?,
+        None => false,
+    };
+    tracing::debug!(authenticated, required, "image authentication");
+    if required && !authenticated {
+        let reason = if key.is_none() {
+            "authentication is required, but no image key was given to check it with"
+        } else {
+            "missing: these images were written without the image key (by `stasis dump \
+             --no-auth`, by an older stasis, or copied without auth.img), and only images \
+             stasisd or root's `stasis dump` wrote and nobody changed can be restored this way"
+        };
+        return Err(Error::Image(ImageError::NotAuthenticated {
+            path: dir.path_of(names::AUTH),
+            reason: reason.into(),
+        }));
+    }
+    Ok(authenticated)
+}
+
+/// Checks, with `key`, that the images in `dir` are authenticated and unchanged: `auth.img`
+/// verifies, every file it lists is there with its length and MAC (one read of every byte),
+/// and no other image file is in the directory. `Ok(false)`: no `auth.img` (images written
+/// without the key); an error names the first file that does not verify. `dir` itself is not
+/// changed (a duplicate handle is authenticated).
+///
+/// This proves what the files held while it ran: their owner can change them afterwards. A
+/// restore must not rely on it; pass the key in [`super::RestoreOptions::auth`] (with
+/// `require_authenticated`), and the restore checks every byte it uses as it reads it.
+pub fn verify_images(dir: &ImageDir, key: &ImageKey) -> Result<bool, Error> {
+    let dir = dir.try_clone()?;
+    if !dir.authenticate(key)? {
+        return Ok(false);
+    }
+    stasis_image::auth::verify_all(&dir)?;
+    Ok(true)
+}
+
+/// Whether the images in `dir` are authenticated with `key` and unchanged
+/// ([`verify_images`] is `Ok(true)`): written by stasisd or root's `stasis dump` with this key,
+/// and not changed since, at the time of the call (see [`verify_images`]).
+pub fn images_authenticated(dir: &ImageDir, key: &ImageKey) -> bool {
+    matches!(verify_images(dir, key), Ok(true))
+}
 
 /// A loaded, checked image directory: every process (parents before children) with its pages.
 pub struct Loaded {

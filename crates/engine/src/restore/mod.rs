@@ -24,7 +24,7 @@ pub mod rebuild;
 pub mod requester;
 
 pub use fork::{ChildFailure, ChildReport};
-pub use load::{load, Loaded};
+pub use load::{authenticate, images_authenticated, load, verify_images, Loaded};
 pub use pidns::{restore_in_new_pid_namespace, RestoredInNamespace};
 pub use requester::Requester;
 
@@ -88,6 +88,13 @@ pub struct RestoreOptions {
     /// When the dumped process was in a session whose leader was not dumped and the restorer
     /// is not in it, give it a session of its own instead of failing.
     pub new_session: bool,
+    /// The image key. When the images carry `auth.img`, it is checked with this key and every
+    /// byte the restore reads is checked against it, as it is read (see
+    /// [`stasis_image::auth`]); a mismatch fails the restore.
+    pub auth: Option<stasis_image::ImageKey>,
+    /// Refuse images that cannot be authenticated with `auth` (no `auth.img`, or no key).
+    /// stasisd sets it for every requester but root.
+    pub require_authenticated: bool,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -101,6 +108,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let _restore =
         tracing::info_span!("restore", images = %opts.images.label().display()).entered();
     let phase = Phase::Load.span();
+    authenticate(&opts.images, opts.auth.as_ref(), opts.require_authenticated)?;
     let loaded = load(&opts.images)?;
     if let Some(r) = &opts.requester {
         for (image, _) in &loaded.processes {
