@@ -166,6 +166,12 @@ pub fn die_with_parent() -> io::Result<()> {
     ))?)
 }
 
+/// setpriority(PRIO_PROCESS, 0, nice): the calling process's nice value (lowering it needs
+/// CAP_SYS_NICE, or RLIMIT_NICE).
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    Ok(rustix::process::setpriority_process(None, nice)?)
+}
+
 /// getppid(2).
 pub fn parent_pid() -> crate::Pid {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
