@@ -280,6 +280,8 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
             requester: None,
             // The namespace's init is the root's parent, in a session of its own.
             new_session: true,
+            root_as_sibling: false,
+            root_pdeathsig: true,
         };
         let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
         if detach {
@@ -310,6 +312,8 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
         images: stasis_engine::ImageDir::open(&images)?,
         requester: None,
         new_session,
+        root_as_sibling: false,
+        root_pdeathsig: true,
     })?;
     if detach {
         println!("{}", restored.pid);

@@ -155,6 +155,8 @@ pub fn run_memory(mib: u64) -> BenchResult {
             images: stasis_engine::ImageDir::open(&images)?,
             requester: None,
             new_session: false,
+            root_as_sibling: false,
+            root_pdeathsig: true,
         })?;
         let restore = t.elapsed();
         println!(
