@@ -2,10 +2,11 @@
 //! capability sets (inheritable, permitted, effective, bounding, ambient), securebits and
 //! no_new_privs.
 //!
-//! Dump: /proc/PID/status plus PR_GET_SECUREBITS inside the target. Restore: the very last
-//! step inside the new process, because everything before it needs root: the bounding set is
-//! reduced, groups and ids are set with capabilities kept across the uid change, then the
-//! capability sets, ambient capabilities, securebits and no_new_privs.
+//! Dump: /proc/PID/status plus PR_GET_SECUREBITS inside the target. Restore: the last step
+//! that needs privilege inside the new process (root's, or CAP_CHECKPOINT_RESTORE in a restore
+//! as the requester): the bounding set is reduced, groups and ids are set with capabilities
+//! kept across the uid change, then the capability sets (image ∩ allowed), ambient
+//! capabilities, securebits and no_new_privs; each only when it changes something.
 
 use crate::inject::calls::LINUX_CAPABILITY_VERSION_3;
 use crate::inject::kabi::{CapUserData, CapUserHeader};
