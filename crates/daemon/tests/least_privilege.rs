@@ -801,6 +801,7 @@ fn refused(ctx: &Ctx, out: &CmdOut, pid: i32, needles: &[&str], attack: &str) {
             ctx.diagnostics()
         );
     }
+    eprintln!("[{attack}] refused: {}", out.stdout.trim());
     for n in needles {
         assert!(
             out.stdout.contains(n),

@@ -62,15 +62,15 @@ pub const RESTORER_CAPS: u64 = 1 << CAP_CHECKPOINT_RESTORE;
 const SHARED_NAMESPACES: [(&str, &str); 3] = [
     (
         "user",
-        "the ids and capabilities of the images would be taken as the daemon's namespace's, where a process of a user namespace holds none of the capabilities it has inside (`unshare -U -r` shows a full set)",
+        "ids and capabilities (those of the images, and those it holds there: a full set after `unshare -U -r`) are only meaningful in stasisd's user namespace",
     ),
     (
         "pid",
-        "the pids of the images are those of the daemon's namespace, and a restored process would not be in the requester's",
+        "the pids of the images are only meaningful in stasisd's pid namespace, and the restored process would not be in the requester's",
     ),
     (
         "time",
-        "the clocks of the restored timers would not be the requester's",
+        "the restored timers would run on stasisd's clocks, not the requester's",
     ),
 ];
 
@@ -175,7 +175,7 @@ pub fn check_namespaces(pid: Pid) -> Result<(), Error> {
     for (ns, why) in SHARED_NAMESPACES {
         if ns_id(&format!("/proc/{pid}/ns/{ns}"))? != ns_id(&format!("/proc/self/ns/{ns}"))? {
             return Err(Error::Refused(format!(
-                "the requester (pid {pid}) is in another {ns} namespace than stasisd: {why}; restore it from stasisd's {ns} namespace"
+                "the requester (pid {pid}) is in another {ns} namespace than stasisd: {why}; ask from stasisd's {ns} namespace"
             )));
         }
     }

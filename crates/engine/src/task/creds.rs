@@ -6,7 +6,8 @@
 //! that needs privilege inside the new process (root's, or CAP_CHECKPOINT_RESTORE in a restore
 //! as the requester): the bounding set is reduced, groups and ids are set with capabilities
 //! kept across the uid change, then the capability sets (image ∩ allowed), ambient
-//! capabilities, securebits and no_new_privs; each only when it changes something.
+//! capabilities, securebits and no_new_privs; the privileged calls only when they change
+//! something.
 
 use crate::inject::calls::LINUX_CAPABILITY_VERSION_3;
 use crate::inject::kabi::{CapUserData, CapUserHeader};
@@ -51,7 +52,8 @@ fn last_cap() -> u64 {
 ///
 /// The thread holds the restorer's credentials: root with every capability, or (a restore
 /// as the requester, see `restore::as_user`) the requester's ids and only a few
-/// capabilities. Each call is made only when it changes something, so a restore without
+/// capabilities. The calls that need privilege even when they change nothing (bounding set,
+/// groups, securebits) are made only when they change something, so a restore without
 /// CAP_SETPCAP, CAP_SETUID and CAP_SETGID works as long as the images ask for nothing those
 /// would be needed for (the kernel refuses the rest: EPERM).
 #[tracing::instrument(name = "creds", level = "debug", skip_all, fields(tid = inj.tid()))]
@@ -82,20 +84,13 @@ pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error>
     if leaves_root {
         inj.set_securebits(c.securebits | SECBIT_KEEP_CAPS)?;
     }
+    // Setting ids to values the thread already has needs no privilege: always made.
     let [rg, eg, sg, fg] = c.gids;
-    if now.gids[..3] != [rg, eg, sg] {
-        inj.setresgid([rg, eg, sg])?;
-    }
-    if now.gids[3] != fg {
-        inj.setfsgid(fg)?;
-    }
+    inj.setresgid([rg, eg, sg])?;
+    inj.setfsgid(fg)?;
     let [ru, eu, su, fu] = c.uids;
-    if now.uids[..3] != [ru, eu, su] {
-        inj.setresuid([ru, eu, su])?;
-    }
-    if now.uids[3] != fu {
-        inj.setfsuid(fu)?;
-    }
+    inj.setresuid([ru, eu, su])?;
+    inj.setfsuid(fu)?;
     // capset v3: capabilities 0-31, then 32-63. Lowering needs no privilege.
     let half = |i: u32| CapUserData {
         effective: (effective >> (32 * i)) as u32,
