@@ -469,9 +469,21 @@ pub fn restore_as(
     let me = process::getpid();
     let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
     match process::fork().map_err(|e| Error::sys("fork a restorer", me, e))? {
-        Forked::Child(_) => {
+        Forked::Child(child) => {
             drop(read);
-            let report = match enter(who, pidfd).and_then(|()| restore(&opts)) {
+            // The daemon's stdin (a terminal, when started from one) is nothing the
+            // requester's restore needs.
+            let quiet = std::fs::File::open("/dev/null")
+                .map_err(|e| Error::io("open /dev/null", e))
+                .and_then(|null| {
+                    child
+                        .dup3_raw(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
+                        .map_err(|e| Error::sys("dup3 of /dev/null onto stdin", me, e))
+                });
+            let report = match quiet
+                .and_then(|()| enter(who, pidfd))
+                .and_then(|()| restore(&opts))
+            {
                 Ok(r) => Report::Restored { pid: r.pid },
                 Err(e) => Report::Failed {
                     class: e.class(),
