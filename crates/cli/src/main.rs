@@ -334,6 +334,8 @@ fn run_restore(
             new_session: true,
             auth: auth(),
             require_authenticated: false,
+            root_as_sibling: false,
+            root_pdeathsig: true,
         };
         let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
         if detach {
@@ -369,6 +371,8 @@ fn run_restore(
         new_session,
         auth: auth(),
         require_authenticated: false,
+        root_as_sibling: false,
+        root_pdeathsig: true,
     })?;
     if detach {
         println!("{}", restored.pid);

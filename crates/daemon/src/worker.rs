@@ -5,6 +5,7 @@
 use crate::policy::{self, Caller};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
+use stasis_engine::restore::as_user;
 use stasis_engine::{
     DumpOptions, Error as EngineError, ErrorClass, ImageDir, ImageKey, RestoreOptions,
     ServiceConnection,
@@ -162,7 +163,7 @@ fn handle(conn: BorrowedFd<'_>, slot: Slot, key: &ImageKey) -> Result<(), Failur
             dump_self(conn, &caller, pidfd, images, flags, conn_fd, key)
         }
         Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags, key),
-        Message::Restore { flags } => restore(conn, &caller, images, flags, slot, key),
+        Message::Restore { flags } => restore(conn, &caller, pidfd, images, flags, slot, key),
         other => Err(Failure::new(
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
@@ -321,27 +322,41 @@ fn dump_pid(
     send_dumped(conn)
 }
 
+/// Restores the images for the caller. Root's restore runs here, as before; anyone else's
+/// runs in a restorer process that becomes the caller first (`as_user::restore_as`: its
+/// namespaces, cgroups, limits, ids and capabilities; see docs/security.md). Either way the
+/// restored process is a child of this worker, which waits for it unless detached.
 fn restore(
     conn: BorrowedFd<'_>,
     caller: &Caller,
+    pidfd: OwnedFd,
     images: ImageDir,
     flags: u32,
     slot: Slot,
     key: &ImageKey,
 ) -> Result<(), Failure> {
-    let requester = policy::requester(caller).map_err(|m| Failure::new(code::DAEMON, m))?;
-    if !caller.is_root() {
-        act_as(caller)?;
-    }
-    let restored = stasis_engine::restore(&RestoreOptions {
+    let opts = RestoreOptions {
         images,
-        requester,
+        requester: None,
         new_session: true,
         // The images are the requester's to change: a user gets back only what stasisd (or
-        // root) wrote, unchanged. Root's own images are checked when they carry auth.img.
+        // root) wrote, unchanged. Root's own images are checked when they carry auth.img. The
+        // key goes to the restorer in memory (it cannot read the key file once it is the
+        // requester); the restorer and its children keep CAP_CHECKPOINT_RESTORE until their
+        // memory is replaced, so the requester cannot read it from them.
         auth: Some(key.clone()),
         require_authenticated: !caller.is_root(),
-    })
+        root_as_sibling: false,
+        // The root's parent here is this worker, which exits once a detached restore is
+        // answered: a dumped parent-death signal would kill it at once.
+        root_pdeathsig: false,
+    };
+    let restored = if caller.is_root() {
+        stasis_engine::restore(&opts)
+    } else {
+        as_user::RequesterIdentity::of_process(caller.pid, pidfd.as_fd(), caller.uid, caller.gid)
+            .and_then(|who| as_user::restore_as(&who, pidfd.as_fd(), opts))
+    }
     .map_err(|e| {
         let code = match e.class() {
             ErrorClass::Refused => code::REFUSED,

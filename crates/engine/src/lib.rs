@@ -95,11 +95,15 @@ pub enum Error {
     /// A bug in stasis: a state the code should never reach.
     #[error("internal error: {what}")]
     Internal { what: String },
+    /// An error another process of the restore reported (the restorer that runs as the
+    /// requester, `restore::as_user`), with its message and class.
+    #[error("{message}")]
+    Reported { class: ErrorClass, message: String },
 }
 
 /// What kind of failure an [`Error`] is, for callers that map errors to codes (stasisd and
 /// its client libraries) or decide whether retrying may help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorClass {
     /// The images are corrupt, truncated, of another version, or describe something invalid.
     Image,
@@ -133,6 +137,7 @@ impl Error {
             Error::Unsupported { .. } => ErrorClass::Unsupported,
             Error::Refused(_) => ErrorClass::Refused,
             Error::Rebuild { source, .. } => source.class(),
+            Error::Reported { class, .. } => *class,
             Error::Sys { .. }
             | Error::Remote { .. }
             | Error::Inject { .. }

@@ -21,6 +21,7 @@
 pub mod anon_files;
 pub mod fs;
 pub mod kabi;
+pub mod privilege;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;

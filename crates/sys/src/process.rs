@@ -190,6 +190,14 @@ pub fn fork_with_pid(pid: Pid) -> io::Result<Forked> {
     clone_like_fork(0, Some(pid))
 }
 
+/// Like [`fork_with_pid`], but the child is a child of the caller's parent (CLONE_PARENT), a
+/// sibling of the caller: for a process forked only to create it, which exits afterwards
+/// while the parent waits for the child. Its exit signal is the caller's own (SIGCHLD for a
+/// process made by [`fork`]).
+pub fn fork_with_pid_as_sibling(pid: Pid) -> io::Result<Forked> {
+    clone_like_fork(libc::CLONE_PARENT as u64, Some(pid))
+}
+
 /// Like [`fork_with_pid`], the child sharing the caller's fd table (CLONE_FILES) and/or its
 /// cwd, root and umask (CLONE_FS).
 pub fn fork_with_pid_sharing(pid: Pid, files: bool, fs: bool) -> io::Result<Forked> {
@@ -225,7 +233,12 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
     let tids: [Pid; 1] = [pid.unwrap_or(0)];
     let args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the child gets the caller's own exit signal; clone3 wants 0.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         set_tid: if pid.is_some() {
             tids.as_ptr() as u64
         } else {

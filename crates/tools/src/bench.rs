@@ -180,6 +180,8 @@ pub fn run_memory(mib: u64) -> BenchResult {
                 new_session: false,
                 require_authenticated: auth.is_some(),
                 auth,
+                root_as_sibling: false,
+                root_pdeathsig: true,
             })?;
             let restore = t.elapsed();
             println!(

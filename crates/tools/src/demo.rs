@@ -174,6 +174,8 @@ fn demo_with_daemon(
         new_session: false,
         auth: Some(stasis_engine::auth::load_key(key_file)?),
         require_authenticated: true,
+        root_as_sibling: false,
+        root_pdeathsig: true,
     })?;
     println!("restored it with pid {}; it goes on:", restored.pid);
     let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));

@@ -86,7 +86,12 @@ fn clone_failed(pid: Pid, e: std::io::Error) -> ChildFailure {
 /// Forks the root of the tree (which forks the rest). Returns in the restorer only.
 pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
-    match process::fork_with_pid(root) {
+    let forked = if plan.root_as_sibling {
+        process::fork_with_pid_as_sibling(root)
+    } else {
+        process::fork_with_pid(root)
+    };
+    match forked {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
         Ok(Forked::Child(child)) => child_main(&child, plan, 0),
@@ -392,8 +397,12 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         files::after_layout_in_child(child, image.pid, &image.files, &image.fds)
             .map_err(other("setting up epoll and inotify"))?;
     }
-    attrs::apply_in_child(&image.task, image.shares_fs_with != 0)
-        .map_err(other("setting cwd, root, umask, rlimits and name"))?;
+    attrs::apply_in_child(
+        &image.task,
+        image.shares_fs_with != 0,
+        &plan.default_rlimits,
+    )
+    .map_err(other("setting cwd, root, umask, rlimits and name"))?;
     process::stop_self().map_err(sys("raise(SIGSTOP)"))?;
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! created so far (they are traced with PTRACE_O_EXITKILL, so even a crash of the restorer
 //! cannot leave a half-built process running).
 
+pub mod as_user;
 pub mod fork;
 pub mod load;
 pub mod pidns;
@@ -82,8 +83,10 @@ impl Phase {
 pub struct RestoreOptions {
     pub images: ImageDir,
     /// Set when the restore runs on behalf of someone else than root (through stasisd): the
-    /// images must describe a process with exactly that user's credentials, and every file is
-    /// opened with that user's permissions.
+    /// images must describe a process with exactly that user's credentials, and no restored
+    /// thread gets a capability the requester lacks. The calling process must already *be*
+    /// the requester (`as_user::enter`, or `as_user::restore_as` which does it all), so
+    /// every file is opened, and every process created, with the requester's privileges.
     pub requester: Option<Requester>,
     /// When the dumped process was in a session whose leader was not dumped and the restorer
     /// is not in it, give it a session of its own instead of failing.
@@ -95,6 +98,14 @@ pub struct RestoreOptions {
     /// Refuse images that cannot be authenticated with `auth` (no `auth.img`, or no key).
     /// stasisd sets it for every requester but root.
     pub require_authenticated: bool,
+    /// Fork the root of the tree as a sibling of the calling process (CLONE_PARENT): a child
+    /// of the caller's parent. For a restorer process forked for one restore, which exits
+    /// afterwards while its parent waits for the restored process (`as_user::restore_as`).
+    pub root_as_sibling: bool,
+    /// Restore the root's dumped parent-death signal. Its parent is the process that restores
+    /// it, not the one it had: a restore whose parent exits (stasisd's worker once a detached
+    /// restore is answered) would see it killed at once, so stasisd clears it instead.
+    pub root_pdeathsig: bool,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -114,9 +125,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         for (image, _) in &loaded.processes {
             requester::check_requester(image, r)?;
         }
-        // From here on every file is opened with the requester's permissions.
-        process::set_fs_identity(r.uid, r.gid, &r.groups)
-            .map_err(|e| Error::sys("setfsuid", process::getpid(), e))?;
+        // The files, processes and pids of the restore are the requester's only if this
+        // process is the requester (as_user::enter).
+        let (uids, gids) = stasis_sys::privilege::res_ids();
+        if uids.iter().any(|&u| u != r.uid) || gids.iter().any(|&g| g != r.gid) {
+            return Err(Error::Internal {
+                what: format!(
+                    "a restore for uid {} gid {} runs with uids {uids:?} gids {gids:?}: it must run as the requester (restore::as_user)",
+                    r.uid, r.gid
+                ),
+            });
+        }
     }
     load::check_pids_free(&loaded)?;
     let vdso_offset = inject::vdso_syscall_offset()?;

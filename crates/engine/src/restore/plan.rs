@@ -55,6 +55,16 @@ pub(crate) struct Plan<'a> {
     pub base: RawFd,
     pub park_from: RawFd,
     pub new_session: bool,
+    /// The root is forked as a sibling of the restorer (see [`RestoreOptions::root_as_sibling`]).
+    pub root_as_sibling: bool,
+    /// The root's dumped parent-death signal is restored (see
+    /// [`RestoreOptions::root_pdeathsig`]).
+    pub root_pdeathsig: bool,
+    /// No restored thread ends up with a capability outside this set: the requester's
+    /// permitted set, or every capability for root's own restore.
+    pub allowed_caps: u64,
+    /// Limits of the resources an image does not list: the requester's (none for root).
+    pub default_rlimits: Vec<stasis_image::Rlimit>,
     /// Where each shared anonymous memory object is first mapped.
     pub shmem: pages::ShmemOwners,
 }
@@ -124,6 +134,16 @@ impl<'a> Plan<'a> {
             base,
             park_from,
             new_session: opts.new_session,
+            root_as_sibling: opts.root_as_sibling,
+            root_pdeathsig: opts.root_pdeathsig,
+            allowed_caps: opts
+                .requester
+                .as_ref()
+                .map_or(u64::MAX, |r| r.cap_permitted),
+            default_rlimits: opts
+                .requester
+                .as_ref()
+                .map_or_else(Vec::new, |r| r.rlimits.clone()),
             shmem,
         };
         Ok((plan, err_read))

@@ -251,12 +251,16 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             RebuildStep::Credentials => {
                 // Credentials are per thread: every thread gets them, the leader last.
                 for (tinj, t) in &mut self.others {
-                    creds::restore(tinj, &image.creds)?;
+                    creds::restore(tinj, &image.creds, plan.allowed_caps)?;
                     thread::restore_name(tinj, &t.comm)?;
                 }
-                creds::restore(self.inj()?, &image.creds)?;
+                creds::restore(self.inj()?, &image.creds, plan.allowed_caps)?;
             }
-            RebuildStep::Prctl => attrs::restore_prctl(self.inj()?, &image.task)?,
+            RebuildStep::Prctl => {
+                let with_pdeathsig =
+                    plan.root_pdeathsig || image.pid != plan.loaded.inventory.root_pid;
+                attrs::restore_prctl(self.inj()?, &image.task, with_pdeathsig)?
+            }
             RebuildStep::FinalRegisters => {
                 for (mut tinj, t) in std::mem::take(&mut self.others) {
                     tinj.forget_scratch();

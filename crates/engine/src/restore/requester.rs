@@ -1,8 +1,12 @@
 //! Restore on behalf of a user other than root (through stasisd): who asks, and the checks
 //! that refuse images describing a process with more privilege than the requester.
+//!
+//! These checks are defence in depth: the restore for a requester runs in a process that
+//! has become the requester (`restore::as_user`), so the kernel itself refuses ids, groups,
+//! capabilities and limits beyond the requester's; the checks give a clear message first.
 
 use crate::Error;
-use stasis_image::ProcessImage;
+use stasis_image::{ProcessImage, Rlimit};
 
 /// The user a restore runs for, as the kernel reported it.
 #[derive(Debug, Clone)]
@@ -10,10 +14,12 @@ pub struct Requester {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
-    /// The requester's permitted capabilities: the restored process gets none beyond them.
+    /// The requester's permitted capabilities: the restored process gets none beyond them
+    /// (the credentials step intersects the image's sets with it).
     pub cap_permitted: u64,
-    /// The requester's hard resource limits, by resource number.
-    pub hard_limits: Vec<(u32, u64)>,
+    /// The requester's resource limits: no hard limit of the images may exceed them, and a
+    /// resource the images do not list gets the requester's limits.
+    pub rlimits: Vec<Rlimit>,
 }
 
 /// Refuses images whose process would have more privilege than the requester.
@@ -43,11 +49,11 @@ pub(crate) fn check_requester(image: &ProcessImage, r: &Requester) -> Result<(),
         return refuse(format!("a process with root directory {}", image.task.root));
     }
     for l in &image.task.rlimits {
-        if let Some((_, hard)) = r.hard_limits.iter().find(|(res, _)| *res == l.resource) {
-            if l.hard > *hard {
+        if let Some(mine) = r.rlimits.iter().find(|m| m.resource == l.resource) {
+            if l.hard > mine.hard {
                 return refuse(format!(
-                    "resource limit {} of {}, above the requester's {hard}",
-                    l.resource, l.hard
+                    "resource limit {} of {}, above the requester's {}",
+                    l.resource, l.hard, mine.hard
                 ));
             }
         }

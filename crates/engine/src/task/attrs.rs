@@ -49,8 +49,10 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
 /// Runs in the new process before it stops for the restorer. Returns a message on failure
 /// (the caller reports it to the restorer).
 /// With `fs_shared`, the process shares its parent's cwd, root and umask (CLONE_FS), which the
-/// parent sets for both.
-pub fn apply_in_child(t: &TaskState, fs_shared: bool) -> Result<(), String> {
+/// parent sets for both. `defaults` are the limits of a resource the image does not list
+/// (the requester's, in a restore through stasisd; none for root's own restore, which keeps
+/// its own).
+pub fn apply_in_child(t: &TaskState, fs_shared: bool, defaults: &[Rlimit]) -> Result<(), String> {
     if !fs_shared {
         std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
         if t.root != "/" {
@@ -58,7 +60,10 @@ pub fn apply_in_child(t: &TaskState, fs_shared: bool) -> Result<(), String> {
         }
         process::umask(t.umask);
     }
-    for l in &t.rlimits {
+    let missing = defaults
+        .iter()
+        .filter(|d| !t.rlimits.iter().any(|l| l.resource == d.resource));
+    for l in t.rlimits.iter().chain(missing) {
         let (_, cur_hard) =
             process::getrlimit(l.resource).map_err(|e| format!("getrlimit {}: {e}", l.resource))?;
         if l.hard > cur_hard {
@@ -76,10 +81,13 @@ pub fn apply_in_child(t: &TaskState, fs_shared: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Sets pdeathsig, dumpable and child-subreaper inside the new process.
+/// Sets pdeathsig, dumpable and child-subreaper inside the new process. Without
+/// `with_pdeathsig` the parent-death signal is cleared instead of restored: for the root of a
+/// tree whose parent is not the one it had (a worker of stasisd, which exits), the dumped
+/// signal would be relative to that parent.
 #[tracing::instrument(name = "attrs", level = "debug", skip_all, fields(pid = inj.tid()))]
-pub fn restore_prctl(inj: &mut Injector, t: &TaskState) -> Result<(), Error> {
-    inj.set_pdeathsig(t.pdeathsig)?;
+pub fn restore_prctl(inj: &mut Injector, t: &TaskState, with_pdeathsig: bool) -> Result<(), Error> {
+    inj.set_pdeathsig(if with_pdeathsig { t.pdeathsig } else { 0 })?;
     inj.set_dumpable(t.dumpable)?;
     if t.child_subreaper {
         inj.set_child_subreaper(true)?;

@@ -1,0 +1,596 @@
+//! Restore for a user other than root, *as* that user.
+//!
+//! stasisd restores images on behalf of unprivileged users. Checking image fields against the
+//! requester and then doing the work with root's power leaves a hole for every field or kernel
+//! object forgotten. Instead, the restore runs in a **restorer process** forked for it, which
+//! becomes the requester before it reads a single byte of the images ([`enter`]):
+//!
+//! 1. a requester in another user, pid or time namespace than the daemon's is refused
+//!    ([`check_namespaces`]): ids, capabilities and pids in the images only mean something in
+//!    the daemon's;
+//! 2. `setsid()`: no controlling terminal (`/dev/tty` gives ENXIO) and no session of the daemon;
+//! 3. the requester's cgroups are joined (its pids, memory, ... limits apply to everything the
+//!    restore creates), then its mount, network, IPC, UTS and cgroup namespaces (one `setns` on
+//!    its pidfd) and its root directory: paths resolve as the requester sees them;
+//! 4. its resource limits are applied (the kernel enforces them; the soft limit of open files
+//!    is raised to the hard one, which anyone may do, for the descriptors the restore holds);
+//! 5. the bounding set is reduced to the requester's; its groups, gid and uid are taken (with
+//!    keep-caps); only the requester's own capabilities and [`RESTORER_CAPS`] stay permitted
+//!    and effective, none inheritable or ambient; the process is made dumpable again (the uid
+//!    change made it non-dumpable, and then it could not ptrace its own children); the
+//!    requester's no_new_privs is set; the restorer dies with its parent.
+//!
+//! Then the ordinary restore runs in it. Whatever an image says, the kernel grants nothing the
+//! requester could not get itself: other ids (setresuid: EPERM), capabilities (capset: EPERM;
+//! and the credentials step keeps image ∩ requester's, dropping CAP_CHECKPOINT_RESTORE),
+//! limits above the requester's hard limits (EPERM), files it cannot open (EACCES), the
+//! /proc links of others' processes (ptrace access checks as the requester), terminals; and
+//! inotify instances, queued signals and processes are charged to it. See docs/security.md.
+//!
+//! [`restore_as`] does all of it: forks the restorer, which enters, restores, and reports the
+//! restored pid (or a typed error) over a pipe. The root of the restored tree is a child of
+//! the caller of `restore_as` (CLONE_PARENT), which may wait for it.
+
+use super::{restore, Requester, RestoreOptions, Restored};
+use crate::{procfs, Error, ErrorClass};
+use serde::{Deserialize, Serialize};
+use stasis_image::Rlimit;
+use stasis_sys::privilege::{self, Caps, Namespaces};
+use stasis_sys::process::{self, Forked};
+use stasis_sys::{ptrace, Pid};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+/// CAP_CHECKPOINT_RESTORE.
+pub const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// The capabilities a restorer holds beyond the requester's own, and why:
+/// CAP_CHECKPOINT_RESTORE lets it, and the restore children it forks (until their credentials
+/// step drops it), create processes and threads with the dumped pids (clone3 `set_tid`), open
+/// another process's `/proc/PID/map_files/` entries (shared anonymous memory), and set the exe
+/// link (`PR_SET_MM_MAP` with `exe_fd`). Nothing else the restore does needs privilege over the
+/// requester's own processes and files.
+///
+/// Hook for authenticated images: CAP_CHECKPOINT_RESTORE is what lets images choose their
+/// pids. When pid choice depends on image authentication, the restorer of unauthenticated
+/// images must not keep it (and the restore must then give fresh pids).
+pub const RESTORER_CAPS: u64 = 1 << CAP_CHECKPOINT_RESTORE;
+
+/// Namespaces a requester must share with the daemon, and why.
+const SHARED_NAMESPACES: [(&str, &str); 3] = [
+    (
+        "user",
+        "ids and capabilities (those of the images, and those it holds there: a full set after `unshare -U -r`) are only meaningful in stasisd's user namespace",
+    ),
+    (
+        "pid",
+        "the pids of the images are only meaningful in stasisd's pid namespace, and the restored process would not be in the requester's",
+    ),
+    (
+        "time",
+        "the restored timers would run on stasisd's clocks, not the requester's",
+    ),
+];
+
+/// One line of /proc/PID/cgroup: a hierarchy ("" for cgroup v2, else its controllers or
+/// `name=...`) and the path in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMembership {
+    pub hierarchy: String,
+    pub path: String,
+}
+
+/// Who a restore runs as, read by root from /proc (before anything of the requester's is
+/// trusted) while the requester's pidfd pins the process.
+#[derive(Debug, Clone)]
+pub struct RequesterIdentity {
+    pub pid: Pid,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub cgroups: Vec<CgroupMembership>,
+    /// Its nice value and OOM score adjustment: a restored process inherits the restorer's.
+    pub nice: i32,
+    pub oom_score_adj: i32,
+}
+
+impl RequesterIdentity {
+    /// Reads the identity of process `pid` (the one behind `pidfd`, whose effective uid and
+    /// gid the kernel reported as `uid`, `gid`). Refuses a requester in another user, pid or
+    /// time namespace than ours ([`check_namespaces`]). The pidfd is checked after every read:
+    /// the pid was not reused meanwhile.
+    pub fn of_process(
+        pid: Pid,
+        pidfd: BorrowedFd<'_>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<RequesterIdentity, Error> {
+        check_namespaces(pid)?;
+        let st = procfs::read_status(pid)?;
+        if st.uids[1] != uid || st.gids[1] != gid {
+            return Err(Error::Refused(
+                "the requester's credentials changed since it connected".into(),
+            ));
+        }
+        if st.seccomp != 0 {
+            return Err(Error::Refused(format!(
+                "the requester (pid {pid}) is confined by seccomp: its filters cannot be given to a restored process, which would run without them"
+            )));
+        }
+        let read =
+            |what: &str| procfs::read_string(std::path::Path::new(&format!("/proc/{pid}/{what}")));
+        let limits = read("limits")?;
+        let cgroups = read("cgroup")?;
+        let stat = read("stat")?;
+        let bad = |what: &str| Error::Invalid(format!("/proc/{pid}/{what} cannot be parsed"));
+        // Field 19 of stat, the 17th after the parenthesized command name.
+        let nice = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(16)?.parse().ok())
+            .ok_or_else(|| bad("stat"))?;
+        let oom_score_adj = read("oom_score_adj")?
+            .trim()
+            .parse()
+            .map_err(|_| bad("oom_score_adj"))?;
+        let who = RequesterIdentity {
+            pid,
+            uid,
+            gid,
+            groups: st.groups,
+            cap_permitted: st.cap_prm,
+            cap_effective: st.cap_eff,
+            cap_bounding: st.cap_bnd,
+            no_new_privs: st.no_new_privs,
+            rlimits: parse_limits(&limits),
+            cgroups: parse_cgroups(&cgroups)?,
+            nice,
+            oom_score_adj,
+        };
+        still_alive(pid, pidfd)?;
+        Ok(who)
+    }
+
+    /// What the restore checks the images against (see [`Requester`]).
+    pub fn requester(&self) -> Requester {
+        Requester {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+            cap_permitted: self.cap_permitted,
+            rlimits: self.rlimits.clone(),
+        }
+    }
+}
+
+/// Refuses (naming the namespace) a process `pid` in another user, pid or time namespace than
+/// the calling one.
+pub fn check_namespaces(pid: Pid) -> Result<(), Error> {
+    for (ns, why) in SHARED_NAMESPACES {
+        if ns_id(&format!("/proc/{pid}/ns/{ns}"))? != ns_id(&format!("/proc/self/ns/{ns}"))? {
+            return Err(Error::Refused(format!(
+                "the requester (pid {pid}) is in another {ns} namespace than stasisd: {why}; ask from stasisd's {ns} namespace"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn ns_id(path: &str) -> Result<(u64, u64), Error> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(format!("stat {path}"), e))?;
+    Ok((md.dev(), md.ino()))
+}
+
+fn still_alive(pid: Pid, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+    process::pidfd_send_signal(pidfd, 0).map_err(|_| Error::NoSuchProcess { pid })
+}
+
+/// /proc/PID/limits as limits by resource number (its rows come in RLIMIT_* order:
+/// cpu, fsize, data, stack, core, rss, nproc, nofile, memlock, as, locks, sigpending,
+/// msgqueue, nice, rtprio, rttime).
+pub fn parse_limits(text: &str) -> Vec<Rlimit> {
+    let value = |v: &str| {
+        if v == "unlimited" {
+            Some(u64::MAX)
+        } else {
+            v.parse().ok()
+        }
+    };
+    text.lines()
+        .skip(1)
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let cols: Vec<&str> = line.get(25..)?.split_whitespace().collect();
+            Some(Rlimit {
+                resource: i as u32,
+                soft: value(cols.first()?)?,
+                hard: value(cols.get(1)?)?,
+            })
+        })
+        .collect()
+}
+
+/// /proc/PID/cgroup as memberships; refuses paths that are not plain absolute paths.
+pub fn parse_cgroups(text: &str) -> Result<Vec<CgroupMembership>, Error> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(hierarchy), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(Error::Refused(format!(
+                "the requester's cgroup {path:?} is not a path stasisd can join"
+            )));
+        }
+        out.push(CgroupMembership {
+            hierarchy: hierarchy.to_string(),
+            path: path.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// A cgroup file system mounted in the calling process's mount namespace.
+struct CgroupMount {
+    point: String,
+    /// cgroup v2.
+    v2: bool,
+    /// The super-block options (the controllers of a v1 hierarchy).
+    options: Vec<String>,
+}
+
+fn cgroup_mounts() -> Result<Vec<CgroupMount>, Error> {
+    let text = procfs::read_string(std::path::Path::new("/proc/self/mountinfo"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split_whitespace().collect();
+            let mut post = post.split_whitespace();
+            let (fstype, _source, opts) = (post.next()?, post.next()?, post.next()?);
+            // Only hierarchies mounted at their root map a cgroup path to a directory.
+            if pre.get(3) != Some(&"/") || !matches!(fstype, "cgroup" | "cgroup2") {
+                return None;
+            }
+            Some(CgroupMount {
+                point: pre.get(4)?.to_string(),
+                v2: fstype == "cgroup2",
+                options: opts.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect())
+}
+
+/// Moves the calling process into every cgroup of the requester (as root, in our mount
+/// namespace, before entering the requester's).
+fn join_cgroups(who: &RequesterIdentity) -> Result<(), Error> {
+    let mine = parse_cgroups(&procfs::read_string(std::path::Path::new(
+        "/proc/self/cgroup",
+    ))?)?;
+    let mounts = cgroup_mounts()?;
+    for c in &who.cgroups {
+        if mine.contains(c) {
+            continue;
+        }
+        let mount = mounts.iter().find(|m| {
+            if c.hierarchy.is_empty() {
+                m.v2
+            } else {
+                !m.v2
+                    && c.hierarchy
+                        .split(',')
+                        .all(|h| m.options.iter().any(|o| o == h))
+            }
+        });
+        let Some(mount) = mount else {
+            if c.hierarchy.starts_with("name=") {
+                // A named hierarchy without controllers limits nothing.
+                continue;
+            }
+            return Err(Error::Unsupported {
+                what: format!(
+                    "the requester's cgroup {} of hierarchy {:?} is not mounted where stasisd runs, so its limits could not apply",
+                    c.path, c.hierarchy
+                ),
+            });
+        };
+        let procs = format!(
+            "{}{}/cgroup.procs",
+            mount.point,
+            c.path.trim_end_matches('/')
+        );
+        let what = || format!("joining the requester's cgroup: write {procs}");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&procs)
+            .map_err(|e| Error::io(what(), e))?;
+        f.write_all(b"0").map_err(|e| Error::io(what(), e))?;
+    }
+    Ok(())
+}
+
+/// Makes the calling process the requester (see the module documentation). It must be a
+/// single-threaded process forked for this (the daemon's worker forks one per restore): it
+/// cannot go back. `pidfd` is the requester's.
+pub fn enter(who: &RequesterIdentity, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+    let me = process::getpid();
+    let sys = |op: &'static str| move |e: std::io::Error| Error::sys(op, me, e);
+    let parent = privilege::parent_pid();
+    // No controlling terminal and no session of the daemon, before anything else.
+    process::setsid().map_err(sys("setsid"))?;
+    join_cgroups(who)?;
+    apply_limits(who)?;
+    apply_scheduling(who)?;
+    let root_path = format!("/proc/{}/root", who.pid);
+    let root: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&root_path)
+        .map_err(|e| Error::io(format!("open {root_path}"), e))?
+        .into();
+    still_alive(who.pid, pidfd)?;
+    privilege::setns_pidfd(
+        pidfd,
+        Namespaces {
+            mount: true,
+            network: true,
+            ipc: true,
+            uts: true,
+            cgroup: true,
+        },
+    )
+    .map_err(sys(
+        "setns into the requester's mount, network, ipc, uts and cgroup namespaces",
+    ))?;
+    privilege::chroot_to(root.as_fd()).map_err(sys("chroot to the requester's root"))?;
+    drop(root);
+    for cap in 0..64u32 {
+        if who.cap_bounding & (1 << cap) == 0 && privilege::in_bounding_set(cap).unwrap_or(false) {
+            privilege::drop_from_bounding_set(cap).map_err(sys("PR_CAPBSET_DROP"))?;
+        }
+    }
+    privilege::set_groups(&who.groups).map_err(sys("setgroups"))?;
+    privilege::set_all_gids(who.gid).map_err(sys("setresgid"))?;
+    privilege::set_keep_caps(true).map_err(sys("PR_SET_KEEPCAPS"))?;
+    privilege::set_all_uids(who.uid).map_err(sys("setresuid"))?;
+    privilege::set_keep_caps(false).map_err(sys("PR_SET_KEEPCAPS"))?;
+    let held = privilege::capabilities().map_err(sys("capget"))?;
+    let keep = (who.cap_permitted | RESTORER_CAPS) & held.permitted;
+    privilege::set_capabilities(Caps {
+        effective: keep,
+        permitted: keep,
+        inheritable: 0,
+    })
+    .map_err(sys("capset"))?;
+    privilege::clear_ambient_caps().map_err(sys("PR_CAP_AMBIENT_CLEAR_ALL"))?;
+    privilege::set_dumpable(true).map_err(sys("PR_SET_DUMPABLE"))?;
+    if who.no_new_privs {
+        privilege::set_no_new_privs().map_err(sys("PR_SET_NO_NEW_PRIVS"))?;
+    }
+    // The credential change cleared any parent-death signal: set it now, then make sure the
+    // parent did not end before.
+    privilege::die_with_parent().map_err(sys("PR_SET_PDEATHSIG"))?;
+    if privilege::parent_pid() != parent {
+        return Err(Error::Internal {
+            what: "the restorer's parent ended".into(),
+        });
+    }
+    let (uids, gids) = privilege::res_ids();
+    if uids != [who.uid; 3] || gids != [who.gid; 3] {
+        return Err(Error::Internal {
+            what: format!(
+                "the restorer has uids {uids:?} and gids {gids:?} after becoming the requester"
+            ),
+        });
+    }
+    tracing::debug!(
+        uid = who.uid,
+        caps = format_args!("{keep:#x}"),
+        "the restorer runs as the requester"
+    );
+    Ok(())
+}
+
+/// The requester's limits on the calling process (still root: a hard limit above ours cannot
+/// be raised without CAP_SYS_RESOURCE, so it stays ours, the lower). The soft limit of open
+/// files is its hard limit: the restore holds the descriptors of the whole tree at once.
+fn apply_limits(who: &RequesterIdentity) -> Result<(), Error> {
+    for l in &who.rlimits {
+        let (_, our_hard) = process::getrlimit(l.resource)
+            .map_err(|e| Error::sys("getrlimit", process::getpid(), e))?;
+        let hard = l.hard.min(our_hard);
+        let soft = if l.resource == libc::RLIMIT_NOFILE {
+            hard
+        } else {
+            l.soft.min(hard)
+        };
+        process::setrlimit(l.resource, soft, hard).map_err(|e| Error::Io {
+            what: format!("setrlimit {} to the requester's {soft}:{hard}", l.resource),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+/// The requester's nice value and OOM score adjustment (as root: either may be lower than
+/// ours). An OOM score adjustment lower than ours needs CAP_SYS_RESOURCE, which root lacks on
+/// some machines: ours, the higher, then stays.
+fn apply_scheduling(who: &RequesterIdentity) -> Result<(), Error> {
+    privilege::set_nice(who.nice).map_err(|e| {
+        Error::sys(
+            "setpriority to the requester's nice value",
+            process::getpid(),
+            e,
+        )
+    })?;
+    let adj = who.oom_score_adj.to_string();
+    match std::fs::write("/proc/self/oom_score_adj", &adj) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+            let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+            match ours.trim().parse::<i32>() {
+                Ok(o) if o >= who.oom_score_adj => Ok(()),
+                _ => Err(Error::io("write /proc/self/oom_score_adj", e)),
+            }
+        }
+        Err(e) => Err(Error::io(
+            format!("write the requester's {adj} to /proc/self/oom_score_adj"),
+            e,
+        )),
+    }
+}
+
+/// What a restorer reports to the process that forked it.
+#[derive(Debug, Serialize, Deserialize)]
+enum Report {
+    Restored { pid: Pid },
+    Failed { class: ErrorClass, message: String },
+}
+
+/// Restores `opts` in a restorer process that is the requester `who` ([`enter`]); returns the
+/// restored root, a child of the calling process (wait for it with
+/// [`super::wait_exit_code`]). Errors keep their class. The calling process must be
+/// single-threaded (it forks).
+pub fn restore_as(
+    who: &RequesterIdentity,
+    pidfd: BorrowedFd<'_>,
+    mut opts: RestoreOptions,
+) -> Result<Restored, Error> {
+    opts.requester = Some(who.requester());
+    opts.root_as_sibling = true;
+    let me = process::getpid();
+    let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+    match process::fork().map_err(|e| Error::sys("fork a restorer", me, e))? {
+        Forked::Child(child) => {
+            drop(read);
+            // The daemon's stdin (a terminal, when started from one) is nothing the
+            // requester's restore needs.
+            let quiet = std::fs::File::open("/dev/null")
+                .map_err(|e| Error::io("open /dev/null", e))
+                .and_then(|null| {
+                    child
+                        .dup3_raw(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
+                        .map_err(|e| Error::sys("dup3 of /dev/null onto stdin", me, e))
+                });
+            let report = match quiet
+                .and_then(|()| enter(who, pidfd))
+                .and_then(|()| restore(&opts))
+            {
+                Ok(r) => Report::Restored { pid: r.pid },
+                Err(e) => Report::Failed {
+                    class: e.class(),
+                    message: e.to_string(),
+                },
+            };
+            let ok = matches!(report, Report::Restored { .. });
+            let mut line = serde_json::to_string(&report).unwrap_or_default();
+            line.push('\n');
+            let _ = File::from(write).write_all(line.as_bytes());
+            process::exit_now(if ok { 0 } else { 1 });
+        }
+        Forked::Parent(restorer) => {
+            drop(write);
+            let mut line = String::new();
+            // One line; the restore children close their copy of the pipe at once.
+            let read = BufReader::new(File::from(read).take(1 << 16)).read_line(&mut line);
+            let status = ptrace::waitpid(restorer, 0);
+            let report = serde_json::from_str::<Report>(line.trim());
+            if !matches!(report, Ok(Report::Restored { .. })) {
+                reap_failed_root();
+            }
+            match (read, report) {
+                (_, Ok(Report::Restored { pid })) => Ok(Restored { pid }),
+                (_, Ok(Report::Failed { class, message })) => {
+                    Err(Error::Reported { class, message })
+                }
+                (r, Err(_)) => Err(Error::Internal {
+                    what: format!(
+                        "the restorer (pid {restorer}) ended without a report: {status:?} (read: {r:?})"
+                    ),
+                }),
+            }
+        }
+    }
+}
+
+/// After a failed restore: the root it had forked (our child, killed by the restorer) is
+/// reaped, so its pid is free again at once. Bounded: a second at most.
+fn reap_failed_root() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match ptrace::waitpid_nohang(-1) {
+            Ok(Some(_)) => continue,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse() {
+        let t = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max file size             unlimited            unlimited            bytes     \n\
+Max data size             unlimited            unlimited            bytes     \n\
+Max stack size            8388608              unlimited            bytes     \n\
+Max core file size        0                    unlimited            bytes     \n\
+Max resident set          unlimited            unlimited            bytes     \n\
+Max processes             95617                95617                processes \n\
+Max open files            1024                 524288               files     \n";
+        let l = parse_limits(t);
+        assert_eq!(l.len(), 8);
+        assert_eq!(
+            (l[3].resource, l[3].soft, l[3].hard),
+            (3, 8388608, u64::MAX)
+        );
+        assert_eq!((l[6].soft, l[6].hard), (95617, 95617));
+        assert_eq!((l[7].resource, l[7].soft, l[7].hard), (7, 1024, 524288));
+    }
+
+    #[test]
+    fn cgroups_parse() {
+        let c = parse_cgroups("4:memory:/a/b\n1:name=systemd:/\n0::/user.slice\n").unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].hierarchy, "memory");
+        assert_eq!(c[2].hierarchy, "");
+        assert_eq!(c[2].path, "/user.slice");
+        assert!(parse_cgroups("0::/a/../b\n").is_err());
+        assert!(parse_cgroups("0::relative\n").is_err());
+    }
+
+    #[test]
+    fn our_own_namespaces_are_shared() {
+        check_namespaces(process::getpid()).unwrap();
+    }
+
+    #[test]
+    fn a_report_keeps_its_class() {
+        let r = Report::Failed {
+            class: ErrorClass::Refused,
+            message: "no".into(),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        match serde_json::from_str::<Report>(&text).unwrap() {
+            Report::Failed { class, message } => {
+                let e = Error::Reported { class, message };
+                assert_eq!(e.class(), ErrorClass::Refused);
+                assert_eq!(e.to_string(), "no");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
