@@ -830,6 +830,21 @@ fn edit_process_image(images: &Path, pid: i32, edit: impl FnOnce(&mut ProcessIma
     edit(&mut image);
     let out = stasis_image::encode_record(RecordKind::Process, &image, &path).unwrap();
     fs::write(&path, &out).unwrap();
+    reseal(images);
+}
+
+/// Authenticates the (edited) images in `dir` again with the key of the daemons of these
+/// tests, as only root can: the attacks here test what stands behind authentication, for
+/// images the daemon itself would have written.
+fn reseal(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let key =
+        stasis_engine::auth::load_key(Path::new(stasis_engine::auth::DEFAULT_KEY_FILE)).unwrap();
+    let md = fs::metadata(dir).unwrap();
+    let images = stasis_image::ImageDir::open(dir)
+        .unwrap()
+        .with_owner(md.uid(), md.gid());
+    stasis_image::auth::reseal(&images, &key).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
