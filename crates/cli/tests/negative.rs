@@ -216,7 +216,10 @@ fn stasis<S: AsRef<OsStr>>(w: &WorkDir, args: &[S]) -> Out {
     out
 }
 
-/// `stasis dump -t PID -D IMG [--leave-running]`.
+/// `stasis dump -t PID -D IMG --no-auth [--leave-running]`: the images these tests corrupt
+/// are not authenticated, so that a restore meets the format's own checks (authenticated
+/// images are refused at the first changed byte: `crates/daemon/tests/authenticated_images.rs`
+/// and the image crate's tests).
 fn dump(w: &WorkDir, pid: i32, img: &Path, leave_running: bool) -> Out {
     let pid = pid.to_string();
     let mut args = vec![
@@ -225,6 +228,7 @@ fn dump(w: &WorkDir, pid: i32, img: &Path, leave_running: bool) -> Out {
         pid.as_ref(),
         "-D".as_ref(),
         img.as_os_str(),
+        "--no-auth".as_ref(),
     ];
     if leave_running {
         args.push("--leave-running".as_ref());
