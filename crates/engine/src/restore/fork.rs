@@ -83,8 +83,39 @@ fn clone_failed(pid: Pid, e: std::io::Error) -> ChildFailure {
     }
 }
 
-/// Forks the root of the tree (which forks the rest). Returns in the restorer only.
-pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
+/// The processes a restore created, each pinned by a pidfd taken once it was known to be one
+/// of the tree's (its parent is the one the plan says): the clean-up of a failed restore
+/// signals these and nothing else, never a pid that another process may hold by then.
+#[derive(Default)]
+pub(crate) struct Created {
+    pidfds: Vec<(Pid, OwnedFd)>,
+}
+
+impl Created {
+    /// Pins `pid` if its parent is `parent`; an error (the pid is in use by another process)
+    /// otherwise.
+    pub fn adopt(&mut self, pid: Pid, parent: Pid) -> Result<(), Error> {
+        let pidfd = process::pidfd_open(pid).map_err(|_| Error::PidInUse { pid })?;
+        // Read after the pidfd pins the process: the parent seen is the pinned one's.
+        let ppid = procfs::read_stat(pid).map(|s| s.ppid).unwrap_or(0);
+        if ppid != parent {
+            return Err(Error::PidInUse { pid });
+        }
+        self.pidfds.push((pid, pidfd));
+        Ok(())
+    }
+
+    /// SIGKILL to every process created, children before their parents.
+    pub fn kill_all(&self) {
+        for (_, pidfd) in self.pidfds.iter().rev() {
+            let _ = process::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Forks the root of the tree (which forks the rest). Returns in the restorer only, with the
+/// root pinned in `created`.
+pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
     let forked = if plan.root_as_sibling {
         process::fork_with_pid_as_sibling(root)
@@ -95,7 +126,15 @@ pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
         Ok(Forked::Child(child)) => child_main(&child, plan, 0),
-        Ok(Forked::Parent(_)) => Ok(()),
+        Ok(Forked::Parent(_)) => {
+            // It waits on its sync pipe, alive, until seized: the pid is still ours.
+            let parent = if plan.root_as_sibling {
+                procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
+            } else {
+                process::getpid()
+            };
+            created.adopt(root, parent)
+        }
     }
 }
 
@@ -171,15 +210,20 @@ impl ChildReports {
 pub(crate) fn seize_tree(
     plan: &Plan<'_>,
     reports: &mut ChildReports,
-    seized: &mut Vec<Pid>,
+    created: &mut Created,
 ) -> Result<(), Error> {
-    for p in &plan.processes {
+    for (i, p) in plan.processes.iter().enumerate() {
         let pid = p.image.pid;
         if !wait_until_exists(pid, reports) {
             return Err(reports.error(pid, "it was never created".into()));
         }
+        // The pid is ours only if its parent is the process of the tree that forks it (or,
+        // for the root, the restorer or its parent): a process that took the pid meanwhile is
+        // never seized, nor killed by the clean-up.
+        if i > 0 {
+            created.adopt(pid, p.image.ppid)?;
+        }
         ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
-        seized.push(pid);
         std::io::Write::write_all(
             &mut File::from(p.sync.1.try_clone().map_err(|e| Error::io("dup", e))?),
             b"g",
@@ -471,4 +515,35 @@ fn exit_like(status: i32) -> ! {
         let _ = process::kill(process::getpid(), sig);
     }
     process::exit_now((status >> 8) & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process is adopted (and so ever signalled by a failed restore's clean-up) only when
+    /// its parent is the one the plan names: a process that took the pid meanwhile is not.
+    #[test]
+    fn only_processes_with_the_planned_parent_are_adopted() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as Pid;
+        let mut created = Created::default();
+        match created.adopt(pid, pid + 1) {
+            Err(Error::PidInUse { pid: p }) => assert_eq!(p, pid),
+            other => panic!("adopted a process of another parent: {:?}", other.err()),
+        }
+        assert!(created.pidfds.is_empty());
+        created
+            .adopt(pid, process::getpid())
+            .expect("adopt our own child");
+        created.kill_all();
+        let status = child.wait().expect("wait for sleep");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
 }

@@ -31,7 +31,6 @@ pub use requester::Requester;
 
 use crate::{inject, Error};
 use stasis_image::ImageDir;
-use stasis_sys::process;
 use stasis_sys::{ptrace, Pid};
 
 /// The phases of a restore, in order.
@@ -146,12 +145,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(phase);
 
     let phase = Phase::ForkTree.span();
-    fork::fork_root(&plan)?;
+    let mut created = fork::Created::default();
+    let forked = fork::fork_root(&plan, &mut created);
     // The children hold the restore descriptors now; ours would keep the error pipe open.
     plan.aux.clear();
     let mut reports = fork::ChildReports::new(err_read);
-    let mut seized: Vec<Pid> = Vec::new();
-    let forked = fork::seize_tree(&plan, &mut reports, &mut seized);
+    let forked = forked.and_then(|()| fork::seize_tree(&plan, &mut reports, &mut created));
     drop(phase);
 
     let result = forked.and_then(|()| {
@@ -171,11 +170,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let root = loaded.inventory.root_pid;
     if let Err(e) = result {
         tracing::debug!(error = %e, "restore failed: killing every process it created");
-        // Nothing half-built may run: kill every process (traced ones die with us anyway).
-        for (image, _) in loaded.processes.iter().rev() {
-            let _ = process::kill(image.pid, libc::SIGKILL);
+        // Nothing half-built may run: kill every process it created (by pidfd: never a pid
+        // another process may hold by now). Those not pinned yet die with their parents.
+        created.kill_all();
+        if !plan.root_as_sibling {
+            let _ = ptrace::waitpid(root, 0);
         }
-        let _ = ptrace::waitpid(root, 0);
         return Err(e);
     }
     drop(plan);
