@@ -644,6 +644,9 @@ pub struct ImageEntry {
     pub gid: u32,
     /// st_mode: type and permission bits.
     pub mode: u32,
+    /// On a FUSE file system: its server reports whatever owner and mode it likes (a user's
+    /// server, mounted with `allow_other`, can say root's 0600).
+    pub on_fuse: bool,
 }
 
 impl ImageEntry {
@@ -659,6 +662,9 @@ impl ImageEntry {
     }
 }
 
+/// statfs f_type of FUSE file systems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
 /// Who could have written an images directory, from the owner and mode of the directory and
 /// every entry in it ([`images_writers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -671,8 +677,8 @@ pub enum ImagesWriters {
     /// any of the images. `gid` is the group of what the user owns (of the directory when
     /// it is the user's).
     User { uid: u32, gid: u32 },
-    /// No single user: entries of several users, or a directory or file writable by its
-    /// group or others. `why` says which, naming the entry.
+    /// No single user: entries of several users, a directory or file writable by its group
+    /// or others, or on a FUSE file system. `why` says which, naming the entry.
     NoSingleUser { why: String },
 }
 
@@ -690,6 +696,7 @@ pub fn images_writers(dir: &ImageDir) -> Result<ImagesWriters, Error> {
             uid: md.uid(),
             gid: md.gid(),
             mode: md.mode(),
+            on_fuse: process::fs_type(fd)? == FUSE_SUPER_MAGIC,
         })
     };
     let label = dir.label().to_path_buf();
@@ -730,6 +737,14 @@ pub fn classify_writers(label: &Path, entries: &[ImageEntry]) -> ImagesWriters {
             label.join(&e.name)
         }
     };
+    if let Some(e) = entries.iter().find(|e| e.on_fuse) {
+        return ImagesWriters::NoSingleUser {
+            why: format!(
+                "{} is on a FUSE file system, whose server reports any owner and mode it likes",
+                path(e).display()
+            ),
+        };
+    }
     if let Some(e) = entries.iter().find(|e| e.writable_by_others()) {
         let by = match (e.mode & 0o020 != 0, e.mode & 0o002 != 0) {
             (true, true) => format!("its group (gid {}) and by others", e.gid),
@@ -831,6 +846,7 @@ Max open files            1024                 524288               files     \n
             uid,
             gid,
             mode,
+            on_fuse: false,
         }
     }
 
@@ -882,6 +898,11 @@ Max open files            1024                 524288               files     \n
         assert!(w.contains("writable by others"), "{w}");
         let w = why(&[dir(1001, 0o700), file("a", 1002, 0o600)]);
         assert!(w.contains("several users (uids 1001, 1002)"), "{w}");
+        // Root's 0600 as a FUSE server reports it is anyone's.
+        let mut fuse = file("a", 0, 0o600);
+        fuse.on_fuse = true;
+        let w = why(&[dir(0, 0o700), fuse]);
+        assert!(w.contains("/img/a is on a FUSE file system"), "{w}");
         // A symbolic link's mode (0777) is no permission; its owner counts.
         let link = entry("l", 1001, 1001, libc::S_IFLNK | 0o777);
         assert_eq!(
