@@ -158,7 +158,7 @@ impl RequesterIdentity {
 
     /// The identity of user `uid`, who has no process here (the owner of images root
     /// restores): its gid from the passwd database and its groups from the group database
-    /// (getgrouplist), else as [`RequesterIdentity::for_ids`]. An error when `uid` has no
+    /// (getgrouplist), and otherwise as [`RequesterIdentity::for_ids`]. An error when `uid` has no
     /// passwd entry.
     pub fn for_user(uid: u32) -> Result<RequesterIdentity, Error> {
         let user = users::user_by_uid(uid)
