@@ -82,6 +82,13 @@ enum Command {
         /// machine's key, say).
         #[arg(long)]
         no_auth: bool,
+        /// Root: restore the images as they are, with root's power, even when they are not
+        /// authenticated and another user owns them or could have written them. Without it,
+        /// such images are restored as their owner (the restored processes get nothing that
+        /// user could not get: a notice on stderr says so), and images writable by group or
+        /// others, or owned by several users, are refused.
+        #[arg(long)]
+        trust_images: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -158,13 +165,17 @@ fn main() -> ExitCode {
             pid_ns,
             key_file,
             no_auth,
+            trust_images,
             log_file: _,
         } => {
-            let key = (!no_auth).then_some(key_file);
-            (
-                "restore",
-                run_restore(images, detach, new_session, pid_ns, key.as_deref()),
-            )
+            let how = RestoreHow {
+                detach,
+                new_session,
+                pid_ns,
+                key_file: (!no_auth).then_some(key_file),
+                trust_images,
+            };
+            ("restore", run_restore(images, &how))
         }
         Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),
@@ -313,73 +324,214 @@ fn run_dump(
     Ok(0)
 }
 
-fn run_restore(
-    images: PathBuf,
+/// The options of `stasis restore`.
+struct RestoreHow {
     detach: bool,
     new_session: bool,
     pid_ns: bool,
-    key_file: Option<&std::path::Path>,
-) -> CmdResult {
-    // Root: images that carry auth.img are checked when the key is readable (unless
-    // --no-auth); others restore unchecked, as before. (Not root: stasisd checks them.)
-    let auth = || key_file.and_then(|k| stasis_engine::auth::key_for_root(k, false));
-    if pid_ns {
-        if stasis_sys::process::geteuid() != 0 {
+    /// The image key to check authenticated images with (None: `--no-auth`).
+    key_file: Option<PathBuf>,
+    trust_images: bool,
+}
+
+fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
+    if stasis_sys::process::geteuid() != 0 {
+        if how.pid_ns {
             return Err("--pid-ns needs root".into());
         }
-        let opts = RestoreOptions {
-            images: stasis_engine::ImageDir::open(&images)?,
-            requester: None,
-            // The namespace's init is the root's parent, in a session of its own.
-            new_session: true,
-            auth: auth(),
-            require_authenticated: false,
-            root_as_sibling: false,
-            root_pdeathsig: true,
-        };
-        let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
-        if detach {
-            println!(
-                "{} (in a new pid namespace; its init is pid {})",
-                r.root, r.init
+        if how.trust_images {
+            return Err(
+                "--trust-images is for root: stasisd restores only authenticated images for users"
+                    .into(),
             );
-            return Ok(0);
         }
-        let code = stasis_engine::restore::wait_exit_code(r.init)?;
-        return Ok(code.clamp(0, 255) as u8);
-    }
-    if stasis_sys::process::geteuid() != 0 {
-        if key_file.is_none() {
+        if how.key_file.is_none() {
             return Err("--no-auth: stasisd restores only authenticated images for users".into());
         }
         // Not root: stasisd restores it with our own credentials, or refuses.
         let dir = open_dir_for_daemon(&images, false)?;
         let opts = stasis_client::RestoreOptions {
-            detach,
+            detach: how.detach,
             socket: None,
         };
         let restored = stasis_client::restore(dir.as_fd(), &opts)?;
-        if detach {
+        if how.detach {
             println!("{}", restored.pid);
             return Ok(0);
         }
         return Ok(restored.wait()?.clamp(0, 255) as u8);
     }
-    let restored = restore(&RestoreOptions {
-        images: stasis_engine::ImageDir::open(&images)?,
+    // Root: images that carry auth.img are checked when the key is readable (unless
+    // --no-auth). Images another user could have written are restored as they are only when
+    // they are authenticated (or with --trust-images); otherwise as their owner.
+    let dir = stasis_engine::ImageDir::open(&images)?;
+    let key = how
+        .key_file
+        .as_deref()
+        .and_then(|k| stasis_engine::auth::key_for_root(k, false));
+    let trust = if how.trust_images {
+        RootRestore::AsTheyAre {
+            require_authenticated: false,
+        }
+    } else {
+        root_restore_of(&dir, how.key_file.as_deref(), key.as_ref())?
+    };
+    let mut opts = RestoreOptions {
+        images: dir,
         requester: None,
-        new_session,
-        auth: auth(),
+        new_session: how.new_session,
+        auth: key,
         require_authenticated: false,
         root_as_sibling: false,
         root_pdeathsig: true,
-    })?;
-    if detach {
+    };
+    let restored = match trust {
+        RootRestore::AsTheyAre {
+            require_authenticated,
+        } => {
+            opts.require_authenticated = require_authenticated;
+            if how.pid_ns {
+                // The namespace's init is the root's parent, in a session of its own.
+                opts.new_session = true;
+                let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+                if how.detach {
+                    println!(
+                        "{} (in a new pid namespace; its init is pid {})",
+                        r.root, r.init
+                    );
+                    return Ok(0);
+                }
+                let code = stasis_engine::restore::wait_exit_code(r.init)?;
+                return Ok(code.clamp(0, 255) as u8);
+            }
+            restore(&opts)?
+        }
+        RootRestore::AsOwner { who, why, whom } => {
+            if how.pid_ns {
+                return Err(format!(
+                    "{why}: they would be restored as {whom}, which --pid-ns cannot do; \
+                     restore them without --pid-ns, or as they are with --trust-images"
+                )
+                .into());
+            }
+            eprintln!(
+                "restore: {why}: restoring as {whom} (use --trust-images to restore them as they \
+                 are)"
+            );
+            // Nothing of them is trusted: the restorer is their owner, and the key is not
+            // handed to it.
+            opts.auth = None;
+            stasis_engine::restore::as_user::restore_as_owner(&who, opts)?
+        }
+    };
+    if how.detach {
         println!("{}", restored.pid);
         return Ok(0);
     }
     let code = stasis_engine::restore::wait_exit_code(restored.pid)?;
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// How root restores an images directory.
+enum RootRestore {
+    /// As they are, with root's power: root's own images (`require_authenticated` false), or
+    /// authenticated ones that another user could have written (true: the restore checks
+    /// every byte it reads, so a change after this decision fails it).
+    AsTheyAre { require_authenticated: bool },
+    /// As `who`, the user who owns them; `why` says who that is and why, `whom` how they are
+    /// restored.
+    AsOwner {
+        who: stasis_engine::restore::as_user::RequesterIdentity,
+        why: String,
+        whom: String,
+    },
+}
+
+/// Decides how root restores the images in `dir` (docs/security.md, "Root's restore of images
+/// a user could have written"): root's alone (the directory and every file root's and not
+/// writable by group or others) as they are; others that are authenticated with `key` as they
+/// are; others not authenticated as their single owner, or not at all when no single user
+/// could have written them.
+fn root_restore_of(
+    dir: &stasis_engine::ImageDir,
+    key_file: Option<&std::path::Path>,
+    key: Option<&stasis_engine::ImageKey>,
+) -> Result<RootRestore, Box<dyn std::error::Error>> {
+    use stasis_engine::restore::as_user::{ImagesWriters, RequesterIdentity};
+    // Why the images are not authenticated; None when they are.
+    let unauthenticated = || -> Result<Option<String>, Box<dyn std::error::Error>> {
+        Ok(match (key_file, key) {
+            (None, _) => Some("not authenticated (--no-auth: not checked)".to_string()),
+            (Some(path), None) => Some(format!(
+                "not authenticated (no image key readable at {} to check them with)",
+                path.display()
+            )),
+            // Written by stasisd or root with this key: trusted as long as they are unchanged,
+            // which the restore checks as it reads them.
+            (Some(_), Some(key)) => match dir.try_clone()?.authenticate(key) {
+                Ok(true) => None,
+                Ok(false) => Some("not authenticated (no auth.img)".to_string()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the images' auth.img does not verify");
+                    Some(
+                        "not authenticated (their auth.img does not verify with the image key)"
+                            .to_string(),
+                    )
+                }
+            },
+        })
+    };
+    let authenticated = RootRestore::AsTheyAre {
+        require_authenticated: true,
+    };
+    match stasis_engine::restore::as_user::images_writers(dir)? {
+        ImagesWriters::Root => Ok(RootRestore::AsTheyAre {
+            require_authenticated: false,
+        }),
+        ImagesWriters::NoSingleUser { why } => {
+            let Some(unauthenticated) = unauthenticated()? else {
+                return Ok(authenticated);
+            };
+            Err(format!(
+                "{why}, and the images are {unauthenticated}: no single user could have \
+                 written them, so they cannot be restored as their owner; remove the write \
+                 permission of group and others (chmod go-w), or restore them as they are with \
+                 --trust-images if you trust them"
+            )
+            .into())
+        }
+        ImagesWriters::User { uid, gid } => {
+            let Some(unauthenticated) = unauthenticated()? else {
+                return Ok(authenticated);
+            };
+            let user = stasis_sys::users::user_by_uid(uid)
+                .map_err(|e| format!("looking up uid {uid}, the owner of the images: {e}"))?;
+            match user {
+                Some(user) => Ok(RootRestore::AsOwner {
+                    who: RequesterIdentity::for_user(uid)?,
+                    why: format!(
+                        "the images are owned by uid {uid} ({}) and {unauthenticated}",
+                        user.name
+                    ),
+                    whom: "that user".to_string(),
+                }),
+                None if gid == 0 => Err(format!(
+                    "the images are owned by uid {uid}, which has no passwd entry, with group 0 \
+                     (root), and {unauthenticated}: they are not restored as group root; change \
+                     their group, or restore them as they are with --trust-images"
+                )
+                .into()),
+                None => Ok(RootRestore::AsOwner {
+                    who: RequesterIdentity::for_ids(uid, gid, vec![gid])?,
+                    why: format!(
+                        "the images are owned by uid {uid}, which has no passwd entry, and \
+                         {unauthenticated}"
+                    ),
+                    whom: format!("uid {uid} with the images' group, gid {gid}"),
+                }),
+            }
+        }
+    }
 }
 
 fn run_show(dir: PathBuf, key_file: &std::path::Path) -> CmdResult {

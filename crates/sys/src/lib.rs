@@ -9,7 +9,8 @@
 //! rustix does not have, or has in a form that cannot hold what the kernel answers (a pid 0), is
 //! written here by hand: ptrace, kcmp, clone3 with `set_tid`, file handles, process_vm_*,
 //! sock_diag messages, signal masks and dispositions, capabilities and fs ids, prlimit, prctl,
-//! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD.
+//! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD, the passwd and group databases (getpwuid_r,
+//! getgrouplist).
 //!
 //! A function whose safety depends on its caller is an `unsafe fn` with a `# Safety` section.
 //! The ones that work on descriptor *numbers* (closing, duplicating onto, writing to a number)
@@ -28,6 +29,7 @@ pub mod ptrace;
 pub mod random;
 pub mod sock_diag;
 pub mod socket;
+pub mod users;
 
 pub use libc::user_regs_struct as UserRegs;
 

@@ -30,18 +30,26 @@
 //! [`restore_as`] does all of it: forks the restorer, which enters, restores, and reports the
 //! restored pid (or a typed error) over a pipe. The root of the restored tree is a child of
 //! the caller of `restore_as` (CLONE_PARENT), which may wait for it.
+//!
+//! Root's `stasis restore` uses the same path for images a user could have written and that
+//! are not authenticated ([`images_writers`] says who could have written them): the restorer
+//! becomes their owner, an identity without a process ([`RequesterIdentity::for_user`]: ids
+//! and groups from the passwd and group databases, no capabilities, and the caller's own
+//! namespaces, cgroups, limits, nice value and OOM score adjustment), through
+//! [`restore_as_owner`], which joins no namespace (steps 1 and 3 have nothing to do).
 
 use super::{restore, Requester, RestoreOptions, Restored};
 use crate::{procfs, Error, ErrorClass};
 use serde::{Deserialize, Serialize};
-use stasis_image::Rlimit;
+use stasis_image::{ImageDir, Rlimit};
 use stasis_sys::privilege::{self, Caps, Namespaces};
 use stasis_sys::process::{self, Forked};
-use stasis_sys::{ptrace, Pid};
+use stasis_sys::{ptrace, users, Pid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 /// CAP_CHECKPOINT_RESTORE.
 pub const CAP_CHECKPOINT_RESTORE: u32 = 40;
@@ -82,11 +90,16 @@ pub struct CgroupMembership {
     pub path: String,
 }
 
-/// Who a restore runs as, read by root from /proc (before anything of the requester's is
-/// trusted) while the requester's pidfd pins the process.
+/// Who a restore runs as: a requester process, read by root from /proc (before anything of the
+/// requester's is trusted) while the requester's pidfd pins the process
+/// ([`RequesterIdentity::of_process`]); or the owner of images, who has no process
+/// ([`RequesterIdentity::for_user`], [`RequesterIdentity::for_ids`]).
 #[derive(Debug, Clone)]
 pub struct RequesterIdentity {
-    pub pid: Pid,
+    /// The requester's process, whose namespaces and root the restorer joins ([`enter`]).
+    /// `None` for an identity without a process: the restorer stays in the caller's
+    /// namespaces and root ([`restore_as_owner`]).
+    pub pid: Option<Pid>,
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
@@ -124,8 +137,93 @@ impl RequesterIdentity {
                 "the requester (pid {pid}) is confined by seccomp: its filters cannot be given to a restored process, which would run without them"
             )));
         }
-        let read =
-            |what: &str| procfs::read_string(std::path::Path::new(&format!("/proc/{pid}/{what}")));
+        let inherited = Inherited::of(pid)?;
+        let who = RequesterIdentity {
+            pid: Some(pid),
+            uid,
+            gid,
+            groups: st.groups,
+            cap_permitted: st.cap_prm,
+            cap_effective: st.cap_eff,
+            cap_bounding: st.cap_bnd,
+            no_new_privs: st.no_new_privs,
+            rlimits: inherited.rlimits,
+            cgroups: inherited.cgroups,
+            nice: inherited.nice,
+            oom_score_adj: inherited.oom_score_adj,
+        };
+        still_alive(pid, pidfd)?;
+        Ok(who)
+    }
+
+    /// The identity of user `uid`, who has no process here (the owner of images root
+    /// restores): its gid from the passwd database and its groups from the group database
+    /// (getgrouplist), and otherwise as [`RequesterIdentity::for_ids`]. An error when `uid` has no
+    /// passwd entry.
+    pub fn for_user(uid: u32) -> Result<RequesterIdentity, Error> {
+        let user = users::user_by_uid(uid)
+            .map_err(|e| Error::io(format!("looking up uid {uid} in the passwd database"), e))?
+            .ok_or_else(|| {
+                Error::Invalid(format!("uid {uid} has no entry in the passwd database"))
+            })?;
+        let groups = users::group_list(&user.name, user.gid).map_err(|e| {
+            Error::io(
+                format!("listing the groups of user {} (uid {uid})", user.name),
+                e,
+            )
+        })?;
+        RequesterIdentity::for_ids(uid, user.gid, groups)
+    }
+
+    /// An identity without a process: `uid`, `gid` and supplementary `groups`, no
+    /// capabilities (none permitted or effective), and otherwise the calling process's own
+    /// state: its bounding set, no_new_privs, resource limits, cgroups, nice value and OOM
+    /// score adjustment (a restored process inherits them from the restorer). Restore with it
+    /// through [`restore_as_owner`]: the namespaces and root are the caller's.
+    pub fn for_ids(uid: u32, gid: u32, groups: Vec<u32>) -> Result<RequesterIdentity, Error> {
+        let me = process::getpid();
+        let st = procfs::read_status(me)?;
+        let inherited = Inherited::of(me)?;
+        Ok(RequesterIdentity {
+            pid: None,
+            uid,
+            gid,
+            groups,
+            cap_permitted: 0,
+            cap_effective: 0,
+            cap_bounding: st.cap_bnd,
+            no_new_privs: st.no_new_privs,
+            rlimits: inherited.rlimits,
+            cgroups: inherited.cgroups,
+            nice: inherited.nice,
+            oom_score_adj: inherited.oom_score_adj,
+        })
+    }
+
+    /// What the restore checks the images against (see [`Requester`]).
+    pub fn requester(&self) -> Requester {
+        Requester {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+            cap_permitted: self.cap_permitted,
+            rlimits: self.rlimits.clone(),
+        }
+    }
+}
+
+/// What a restored process inherits from its restorer, as process `pid` has it: its resource
+/// limits, cgroups, nice value and OOM score adjustment.
+struct Inherited {
+    rlimits: Vec<Rlimit>,
+    cgroups: Vec<CgroupMembership>,
+    nice: i32,
+    oom_score_adj: i32,
+}
+
+impl Inherited {
+    fn of(pid: Pid) -> Result<Inherited, Error> {
+        let read = |what: &str| procfs::read_string(Path::new(&format!("/proc/{pid}/{what}")));
         let limits = read("limits")?;
         let cgroups = read("cgroup")?;
         let stat = read("stat")?;
@@ -139,33 +237,12 @@ impl RequesterIdentity {
             .trim()
             .parse()
             .map_err(|_| bad("oom_score_adj"))?;
-        let who = RequesterIdentity {
-            pid,
-            uid,
-            gid,
-            groups: st.groups,
-            cap_permitted: st.cap_prm,
-            cap_effective: st.cap_eff,
-            cap_bounding: st.cap_bnd,
-            no_new_privs: st.no_new_privs,
+        Ok(Inherited {
             rlimits: parse_limits(&limits),
             cgroups: parse_cgroups(&cgroups)?,
             nice,
             oom_score_adj,
-        };
-        still_alive(pid, pidfd)?;
-        Ok(who)
-    }
-
-    /// What the restore checks the images against (see [`Requester`]).
-    pub fn requester(&self) -> Requester {
-        Requester {
-            uid: self.uid,
-            gid: self.gid,
-            groups: self.groups.clone(),
-            cap_permitted: self.cap_permitted,
-            rlimits: self.rlimits.clone(),
-        }
+        })
     }
 }
 
@@ -321,37 +398,59 @@ fn join_cgroups(who: &RequesterIdentity) -> Result<(), Error> {
 /// single-threaded process forked for this (the daemon's worker forks one per restore): it
 /// cannot go back. `pidfd` is the requester's.
 pub fn enter(who: &RequesterIdentity, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+    enter_identity(who, Some(pidfd))
+}
+
+/// [`enter`], for a requester process (`pidfd`: its namespaces and root are joined) or for an
+/// identity without one (`None`: the caller's namespaces and root stay).
+fn enter_identity(who: &RequesterIdentity, pidfd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
     let me = process::getpid();
     let sys = |op: &'static str| move |e: std::io::Error| Error::sys(op, me, e);
+    let joined = match (who.pid, pidfd) {
+        (Some(pid), Some(pidfd)) => Some((pid, pidfd)),
+        (None, None) => None,
+        (pid, _) => {
+            return Err(Error::Internal {
+                what: format!(
+                    "a restorer for uid {} (process {pid:?}) was given {} pidfd",
+                    who.uid,
+                    if pid.is_some() { "no" } else { "a" }
+                ),
+            })
+        }
+    };
     let parent = privilege::parent_pid();
-    // No controlling terminal and no session of the daemon, before anything else.
+    // No controlling terminal and no session of the daemon (or of root's shell), before
+    // anything else.
     process::setsid().map_err(sys("setsid"))?;
     join_cgroups(who)?;
     apply_limits(who)?;
     apply_scheduling(who)?;
-    let root_path = format!("/proc/{}/root", who.pid);
-    let root: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(&root_path)
-        .map_err(|e| Error::io(format!("open {root_path}"), e))?
-        .into();
-    still_alive(who.pid, pidfd)?;
-    privilege::setns_pidfd(
-        pidfd,
-        Namespaces {
-            mount: true,
-            network: true,
-            ipc: true,
-            uts: true,
-            cgroup: true,
-        },
-    )
-    .map_err(sys(
-        "setns into the requester's mount, network, ipc, uts and cgroup namespaces",
-    ))?;
-    privilege::chroot_to(root.as_fd()).map_err(sys("chroot to the requester's root"))?;
-    drop(root);
+    if let Some((pid, pidfd)) = joined {
+        let root_path = format!("/proc/{pid}/root");
+        let root: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&root_path)
+            .map_err(|e| Error::io(format!("open {root_path}"), e))?
+            .into();
+        still_alive(pid, pidfd)?;
+        privilege::setns_pidfd(
+            pidfd,
+            Namespaces {
+                mount: true,
+                network: true,
+                ipc: true,
+                uts: true,
+                cgroup: true,
+            },
+        )
+        .map_err(sys(
+            "setns into the requester's mount, network, ipc, uts and cgroup namespaces",
+        ))?;
+        privilege::chroot_to(root.as_fd()).map_err(sys("chroot to the requester's root"))?;
+        drop(root);
+    }
     for cap in 0..64u32 {
         if who.cap_bounding & (1 << cap) == 0 && privilege::in_bounding_set(cap).unwrap_or(false) {
             privilege::drop_from_bounding_set(cap).map_err(sys("PR_CAPBSET_DROP"))?;
@@ -462,6 +561,22 @@ enum Report {
 pub fn restore_as(
     who: &RequesterIdentity,
     pidfd: BorrowedFd<'_>,
+    opts: RestoreOptions,
+) -> Result<Restored, Error> {
+    restore_in_restorer(who, Some(pidfd), opts)
+}
+
+/// [`restore_as`] for an identity without a process ([`RequesterIdentity::for_user`],
+/// [`RequesterIdentity::for_ids`]): the restorer becomes `who` in the caller's own
+/// namespaces, root, cgroups and limits (no `setns`). For root restoring images a user could
+/// have written: whatever they say, the restore gets only what that user could get.
+pub fn restore_as_owner(who: &RequesterIdentity, opts: RestoreOptions) -> Result<Restored, Error> {
+    restore_in_restorer(who, None, opts)
+}
+
+fn restore_in_restorer(
+    who: &RequesterIdentity,
+    pidfd: Option<BorrowedFd<'_>>,
     mut opts: RestoreOptions,
 ) -> Result<Restored, Error> {
     opts.requester = Some(who.requester());
@@ -481,7 +596,7 @@ pub fn restore_as(
                         .map_err(|e| Error::sys("dup3 of /dev/null onto stdin", me, e))
                 });
             let report = match quiet
-                .and_then(|()| enter(who, pidfd))
+                .and_then(|()| enter_identity(who, pidfd))
                 .and_then(|()| restore(&opts))
             {
                 Ok(r) => Report::Restored { pid: r.pid },
@@ -518,6 +633,154 @@ pub fn restore_as(
                 }),
             }
         }
+    }
+}
+
+/// The owner and mode of an images directory (`name` empty) or of one entry in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// st_mode: type and permission bits.
+    pub mode: u32,
+    /// On a FUSE file system: its server reports whatever owner and mode it likes (a user's
+    /// server, mounted with `allow_other`, can say root's 0600).
+    pub on_fuse: bool,
+}
+
+impl ImageEntry {
+    fn is_dir_or_file(&self) -> bool {
+        matches!(self.mode & libc::S_IFMT, libc::S_IFDIR | libc::S_IFREG)
+    }
+
+    /// Writable by its group or by others (for a directory: files can be added, removed or
+    /// renamed in it). The mode of other kinds of objects (a symbolic link's is always 0777)
+    /// means nothing here: they are refused when opened.
+    fn writable_by_others(&self) -> bool {
+        self.is_dir_or_file() && self.mode & 0o022 != 0
+    }
+}
+
+/// statfs f_type of FUSE file systems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Who could have written an images directory, from the owner and mode of the directory and
+/// every entry in it ([`images_writers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagesWriters {
+    /// Root alone: root owns the directory and everything in it, and nothing is writable by
+    /// group or others.
+    Root,
+    /// One user other than root owns the directory or entries in it (root may own the
+    /// others), and nothing is writable by group or others: that user could have written
+    /// any of the images. `gid` is the group of what the user owns (of the directory when
+    /// it is the user's).
+    User { uid: u32, gid: u32 },
+    /// No single user: entries of several users, a directory or file writable by its group
+    /// or others, or on a FUSE file system. `why` says which, naming the entry.
+    NoSingleUser { why: String },
+}
+
+/// Who could have written the images in `dir`: the directory and every entry in it, looked at
+/// with fstat through the directory descriptor (each entry through an `O_PATH` descriptor
+/// opened beneath it, which opens nothing and follows no link). An entry removed meanwhile is
+/// left out. This says what the entries were during the call: anyone who can write them may
+/// change them afterwards, which is why a user's images are restored as that user, not
+/// checked and then restored as root.
+pub fn images_writers(dir: &ImageDir) -> Result<ImagesWriters, Error> {
+    let stat = |fd: BorrowedFd<'_>, name: &str| -> std::io::Result<ImageEntry> {
+        let md = File::from(fd.try_clone_to_owned()?).metadata()?;
+        Ok(ImageEntry {
+            name: name.to_string(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mode: md.mode(),
+            on_fuse: process::fs_type(fd)? == FUSE_SUPER_MAGIC,
+        })
+    };
+    let label = dir.label().to_path_buf();
+    let mut entries = vec![stat(dir.fd(), "").map_err(|e| {
+        Error::io(
+            format!("fstat of the images directory {}", label.display()),
+            e,
+        )
+    })?];
+    let mut names = dir.file_names()?;
+    names.sort();
+    for name in names {
+        let fd = match stasis_sys::fs::open_beneath(dir.fd(), &name, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("open {} (O_PATH)", dir.path_of(&name).display()),
+                    e,
+                ))
+            }
+        };
+        entries.push(
+            stat(fd.as_fd(), &name)
+                .map_err(|e| Error::io(format!("fstat {}", dir.path_of(&name).display()), e))?,
+        );
+    }
+    Ok(classify_writers(&label, &entries))
+}
+
+/// [`images_writers`] of the entries of the directory `label` (the directory itself first,
+/// with an empty name).
+pub fn classify_writers(label: &Path, entries: &[ImageEntry]) -> ImagesWriters {
+    let path = |e: &ImageEntry| -> PathBuf {
+        if e.name.is_empty() {
+            label.to_path_buf()
+        } else {
+            label.join(&e.name)
+        }
+    };
+    if let Some(e) = entries.iter().find(|e| e.on_fuse) {
+        return ImagesWriters::NoSingleUser {
+            why: format!(
+                "{} is on a FUSE file system, whose server reports any owner and mode it likes",
+                path(e).display()
+            ),
+        };
+    }
+    if let Some(e) = entries.iter().find(|e| e.writable_by_others()) {
+        let by = match (e.mode & 0o020 != 0, e.mode & 0o002 != 0) {
+            (true, true) => format!("its group (gid {}) and by others", e.gid),
+            (true, false) => format!("its group (gid {})", e.gid),
+            _ => "others".to_string(),
+        };
+        return ImagesWriters::NoSingleUser {
+            why: format!(
+                "{} is writable by {by} (mode {:04o}, owner uid {})",
+                path(e).display(),
+                e.mode & 0o7777,
+                e.uid
+            ),
+        };
+    }
+    let mut owners: Vec<u32> = entries.iter().map(|e| e.uid).filter(|&u| u != 0).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    match owners.as_slice() {
+        [] => ImagesWriters::Root,
+        [uid] => {
+            // The directory's group when it is the user's, else that of the user's first file.
+            let gid = entries.iter().find(|e| e.uid == *uid).map_or(0, |e| e.gid);
+            ImagesWriters::User { uid: *uid, gid }
+        }
+        several => ImagesWriters::NoSingleUser {
+            why: format!(
+                "{} holds entries of several users (uids {})",
+                label.display(),
+                several
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
     }
 }
 
@@ -575,6 +838,103 @@ Max open files            1024                 524288               files     \n
     #[test]
     fn our_own_namespaces_are_shared() {
         check_namespaces(process::getpid()).unwrap();
+    }
+
+    fn entry(name: &str, uid: u32, gid: u32, mode: u32) -> ImageEntry {
+        ImageEntry {
+            name: name.into(),
+            uid,
+            gid,
+            mode,
+            on_fuse: false,
+        }
+    }
+
+    #[test]
+    fn who_could_have_written_the_images() {
+        let d = Path::new("/img");
+        let dir = |uid, mode| entry("", uid, uid, libc::S_IFDIR | mode);
+        let file = |name: &str, uid, mode| entry(name, uid, uid + 1, libc::S_IFREG | mode);
+        let root_only = [dir(0, 0o700), file("inventory.img", 0, 0o600)];
+        assert_eq!(classify_writers(d, &root_only), ImagesWriters::Root);
+        // A world-readable directory of root's is still root's alone.
+        let readable = [dir(0, 0o755), file("inventory.img", 0, 0o644)];
+        assert_eq!(classify_writers(d, &readable), ImagesWriters::Root);
+        // A user's directory with root's files, or root's directory with a user's file.
+        let users_dir = [dir(1001, 0o700), file("inventory.img", 0, 0o600)];
+        assert_eq!(
+            classify_writers(d, &users_dir),
+            ImagesWriters::User {
+                uid: 1001,
+                gid: 1001
+            }
+        );
+        let users_file = [dir(0, 0o700), file("a", 0, 0o600), file("b", 1001, 0o600)];
+        assert_eq!(
+            classify_writers(d, &users_file),
+            ImagesWriters::User {
+                uid: 1001,
+                gid: 1002
+            }
+        );
+        // Writable by group or others, or owned by two users: nobody in particular.
+        let why = |entries: &[ImageEntry]| match classify_writers(d, entries) {
+            ImagesWriters::NoSingleUser { why } => why,
+            other => panic!("{other:?}"),
+        };
+        let w = why(&[dir(0, 0o700), file("pages-1.img", 0, 0o666)]);
+        assert!(
+            w.contains(
+                "/img/pages-1.img is writable by its group (gid 1) and by others (mode 0666"
+            ),
+            "{w}"
+        );
+        let w = why(&[dir(0, 0o770), file("a", 0, 0o600)]);
+        assert!(
+            w.contains("/img is writable by its group (gid 0) (mode 0770"),
+            "{w}"
+        );
+        let w = why(&[dir(1001, 0o702)]);
+        assert!(w.contains("writable by others"), "{w}");
+        let w = why(&[dir(1001, 0o700), file("a", 1002, 0o600)]);
+        assert!(w.contains("several users (uids 1001, 1002)"), "{w}");
+        // Root's 0600 as a FUSE server reports it is anyone's.
+        let mut fuse = file("a", 0, 0o600);
+        fuse.on_fuse = true;
+        let w = why(&[dir(0, 0o700), fuse]);
+        assert!(w.contains("/img/a is on a FUSE file system"), "{w}");
+        // A symbolic link's mode (0777) is no permission; its owner counts.
+        let link = entry("l", 1001, 1001, libc::S_IFLNK | 0o777);
+        assert_eq!(
+            classify_writers(d, &[dir(0, 0o700), link]),
+            ImagesWriters::User {
+                uid: 1001,
+                gid: 1001
+            }
+        );
+    }
+
+    #[test]
+    fn an_identity_without_a_process() {
+        let who = RequesterIdentity::for_user(0).unwrap();
+        assert_eq!((who.pid, who.uid, who.gid), (None, 0, 0));
+        assert!(who.groups.contains(&0), "{:?}", who.groups);
+        assert_eq!((who.cap_permitted, who.cap_effective), (0, 0));
+        let me = procfs::read_status(process::getpid()).unwrap();
+        assert_eq!(who.cap_bounding, me.cap_bnd);
+        assert!(!who.rlimits.is_empty());
+        let mine =
+            parse_cgroups(&procfs::read_string(Path::new("/proc/self/cgroup")).unwrap()).unwrap();
+        assert_eq!(who.cgroups, mine);
+        let e = RequesterIdentity::for_user(3_999_999_917)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("uid 3999999917 has no entry in the passwd database"),
+            "{e}"
+        );
+        let who = RequesterIdentity::for_ids(4242, 4243, vec![4243]).unwrap();
+        assert_eq!((who.uid, who.gid, who.groups), (4242, 4243, vec![4243]));
     }
 
     #[test]
