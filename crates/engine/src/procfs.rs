@@ -215,6 +215,8 @@ pub struct Status {
     /// 0 disabled, 1 strict, 2 filter.
     pub seccomp: u32,
     pub tracer_pid: i32,
+    /// VmLck: memory locked (mlock), in kB.
+    pub locked_kb: u64,
 }
 
 pub fn parse_status(text: &str, path: &Path) -> Result<Status, ProcError> {
@@ -257,6 +259,12 @@ pub fn parse_status(text: &str, path: &Path) -> Result<Status, ProcError> {
             "CapAmb" => s.cap_amb = hex(v)?,
             "NoNewPrivs" => s.no_new_privs = v == "1",
             "Seccomp" => s.seccomp = v.parse().map_err(|_| bad("bad seccomp".into()))?,
+            "VmLck" => {
+                s.locked_kb = v
+                    .strip_suffix(" kB")
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| bad(format!("bad VmLck {v:?}")))?
+            }
             _ => {}
         }
     }
@@ -455,7 +463,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 
     #[test]
     fn status() {
-        let text = "Name:\tcat\nUmask:\t0022\nTgid:\t7\nTracerPid:\t0\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
+        let text = "Name:\tcat\nUmask:\t0022\nTgid:\t7\nTracerPid:\t0\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\nVmLck:\t      64 kB\n";
         let s = parse_status(text, Path::new(P)).unwrap();
         assert_eq!(s.umask, 0o22);
         assert_eq!(s.uids, [1, 2, 3, 4]);
@@ -463,7 +471,9 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(s.groups, vec![10, 20]);
         assert_eq!(s.cap_prm, 0x1ffffffffff);
         assert!(s.no_new_privs);
+        assert_eq!(s.locked_kb, 64);
         assert!(parse_status("Uid:\t1 2\n", Path::new(P)).is_err());
+        assert!(parse_status("VmLck:\t64 pages\n", Path::new(P)).is_err());
     }
 
     #[test]

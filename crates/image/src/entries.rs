@@ -68,6 +68,9 @@ pub struct ProcessImage {
     /// The parent's pid when this process shares the parent's cwd, root and umask (clone
     /// with CLONE_FS), else 0.
     pub shares_fs_with: i32,
+    /// What mlockall(MCL_FUTURE) left for mappings made later: 0, or `MCL_FUTURE` (2), with
+    /// `MCL_ONFAULT` (4) when they are locked on fault (engine::pages::advice).
+    pub mlock_future: u32,
 }
 
 /// Miscellaneous per-process state (engine::task).
@@ -149,6 +152,36 @@ pub struct Vma {
     /// every process that shares it; its pages are stored with the first process that maps it.
     /// 0 otherwise.
     pub shmem_id: u64,
+    /// What madvise, mlock and mseal left on the mapping (engine::pages::advice).
+    pub advice: VmaAdvice,
+}
+
+/// The behavior madvise, mlock and mseal gave a mapping, as the VmFlags of /proc/PID/smaps
+/// show it (engine::pages::advice). All false: the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaAdvice {
+    /// `dc`: MADV_DONTFORK.
+    pub dontfork: bool,
+    /// `dd`: MADV_DONTDUMP.
+    pub dontdump: bool,
+    /// `hg`: MADV_HUGEPAGE.
+    pub hugepage: bool,
+    /// `nh`: MADV_NOHUGEPAGE.
+    pub nohugepage: bool,
+    /// `wf`: MADV_WIPEONFORK (private anonymous memory only).
+    pub wipeonfork: bool,
+    /// `sr`: MADV_SEQUENTIAL.
+    pub sequential: bool,
+    /// `rr`: MADV_RANDOM.
+    pub random: bool,
+    /// `mg`: MADV_MERGEABLE (KSM).
+    pub mergeable: bool,
+    /// `lo`: locked (mlock, mlockall).
+    pub locked: bool,
+    /// `lf`: locked on fault (mlock2 MLOCK_ONFAULT, mlockall MCL_ONFAULT); only with `locked`.
+    pub lock_on_fault: bool,
+    /// `sl`: sealed (mseal).
+    pub sealed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

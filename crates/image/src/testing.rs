@@ -80,6 +80,7 @@ pub fn sample_process() -> ProcessImage {
                 },
                 name: "/bin/demo".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x500000,
@@ -91,6 +92,12 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Anonymous,
                 name: "[heap]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice {
+                    dontdump: true,
+                    hugepage: true,
+                    locked: true,
+                    ..VmaAdvice::default()
+                },
             },
             Vma {
                 start: 0x600000,
@@ -102,6 +109,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Memfd { memfd_id: 66 },
                 name: "/memfd:shm (deleted)".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffc00000000,
@@ -113,6 +121,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Anonymous,
                 name: "[stack]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffd00000000,
@@ -124,6 +133,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Vvar,
                 name: "[vvar]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffd00004000,
@@ -135,6 +145,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Vdso,
                 name: "[vdso]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
         ],
         page_runs: vec![PageRun {
@@ -400,5 +411,6 @@ pub fn sample_process() -> ProcessImage {
         }],
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        mlock_future: 0,
     }
 }

@@ -101,6 +101,15 @@ pub fn validate_process(
                 return bad(format!("bad mapped file path {fp:?}"));
             }
         }
+        if let Err(why) = check_advice(v) {
+            return bad(format!(
+                "mapping {:#x}-{:#x} has impossible advice: {why}",
+                v.start, v.end
+            ));
+        }
+    }
+    if let Err(why) = check_process_parts(p) {
+        return bad(why);
     }
     // Page runs: sorted, inside one non-special mapping each, inside the pages file.
     let mut prev = 0u64;
@@ -205,6 +214,39 @@ pub fn validate_process(
     files.check(p).or_else(bad)
 }
 
+/// What madvise, mlock and mseal can leave on one mapping.
+fn check_advice(v: &crate::Vma) -> Result<(), &'static str> {
+    let a = &v.advice;
+    let special = matches!(
+        v.kind,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    );
+    if special && *a != crate::VmaAdvice::default() {
+        return Err("a special mapping is never advised");
+    }
+    if a.hugepage && a.nohugepage {
+        return Err("MADV_HUGEPAGE and MADV_NOHUGEPAGE");
+    }
+    if a.sequential && a.random {
+        return Err("MADV_SEQUENTIAL and MADV_RANDOM");
+    }
+    if a.lock_on_fault && !a.locked {
+        return Err("locked on fault without being locked");
+    }
+    if a.wipeonfork && (v.shared || v.kind != VmaKind::Anonymous) {
+        return Err("MADV_WIPEONFORK on memory other than private anonymous");
+    }
+    Ok(())
+}
+
+/// The per-process parts outside memory and files.
+fn check_process_parts(p: &ProcessImage) -> Result<(), String> {
+    if ![0, 2, 6].contains(&p.mlock_future) {
+        return Err(format!("bad mlockall flags {:#x}", p.mlock_future));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +320,27 @@ mod tests {
         let mut p = sample_process();
         p.posix_timers[0].signo = 65;
         assert!(validate(&p, 8192).is_err(), "timer signal");
+
+        let mut p = sample_process();
+        p.vmas[1].advice.nohugepage = true;
+        assert!(validate(&p, 8192).is_err(), "hugepage and nohugepage");
+
+        let mut p = sample_process();
+        p.vmas[2].advice.wipeonfork = true;
+        assert!(validate(&p, 8192).is_err(), "wipeonfork on a shared memfd");
+
+        let mut p = sample_process();
+        p.vmas[5].advice.locked = true;
+        assert!(validate(&p, 8192).is_err(), "locked vdso");
+
+        let mut p = sample_process();
+        p.vmas[1].advice.locked = false;
+        p.vmas[1].advice.lock_on_fault = true;
+        assert!(validate(&p, 8192).is_err(), "lock on fault without lock");
+
+        let mut p = sample_process();
+        p.mlock_future = 4;
+        assert!(validate(&p, 8192).is_err(), "MCL_ONFAULT alone");
     }
 
     /// The kinds' checks run last, and their message names the record.

@@ -144,6 +144,7 @@ fn collect(
     let mut timers_posix = Vec::new();
     let asked = (|| {
         let scratch = inj.map_scratch(None)?;
+        let mlock_future = pages::dump_future_lock(pid, scratch)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
         let mut t = thread::dump(pid, leader, &mut inj)?;
         t.sigmask = mask;
@@ -156,13 +157,13 @@ fn collect(
         timers_posix = posix_timers::dump(pid, &mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
         let task = attrs::dump(pid, &status, &mut inj)?;
-        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
+        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task, mlock_future))
     })();
     // Put the thread back as it was whatever happened.
     let finished = inj.finish_parked();
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
-    let (mm, threads, signals, itimers, creds, task) = asked?;
+    let (mm, threads, signals, itimers, creds, task, mlock_future) = asked?;
     finished?;
     restored_mask?;
     let image = ProcessImage {
@@ -183,6 +184,7 @@ fn collect(
         posix_timers: timers_posix,
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        mlock_future,
     };
     Ok(Collected {
         image,

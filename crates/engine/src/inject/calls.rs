@@ -58,8 +58,53 @@ const PR_CAP_AMBIENT: u64 = 47;
 const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// mlock2's flag (not in the libc crate).
+const MLOCK_ONFAULT: u64 = 1;
 /// `_LINUX_CAPABILITY_VERSION_3`.
 pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// An madvise advice the restore gives a mapping back (what /proc/PID/smaps shows of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    DontFork,
+    DontDump,
+    HugePage,
+    NoHugePage,
+    WipeOnFork,
+    Sequential,
+    Random,
+    Mergeable,
+}
+
+impl Advice {
+    /// The MADV_* value.
+    pub fn value(self) -> i32 {
+        match self {
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::DontDump => libc::MADV_DONTDUMP,
+            Advice::HugePage => libc::MADV_HUGEPAGE,
+            Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+            Advice::WipeOnFork => libc::MADV_WIPEONFORK,
+            Advice::Sequential => libc::MADV_SEQUENTIAL,
+            Advice::Random => libc::MADV_RANDOM,
+            Advice::Mergeable => libc::MADV_MERGEABLE,
+        }
+    }
+
+    /// The call's name in logs and errors.
+    pub fn call_name(self) -> &'static str {
+        match self {
+            Advice::DontFork => "madvise(MADV_DONTFORK)",
+            Advice::DontDump => "madvise(MADV_DONTDUMP)",
+            Advice::HugePage => "madvise(MADV_HUGEPAGE)",
+            Advice::NoHugePage => "madvise(MADV_NOHUGEPAGE)",
+            Advice::WipeOnFork => "madvise(MADV_WIPEONFORK)",
+            Advice::Sequential => "madvise(MADV_SEQUENTIAL)",
+            Advice::Random => "madvise(MADV_RANDOM)",
+            Advice::Mergeable => "madvise(MADV_MERGEABLE)",
+        }
+    }
+}
 
 /// A signed value as the register holds it.
 fn reg(v: i64) -> u64 {
@@ -644,6 +689,44 @@ impl Injector {
             libc::SYS_mprotect,
             [addr, len, reg(prot.into()), 0, 0, 0],
         )?;
+        Ok(())
+    }
+
+    /// madvise(addr, len, advice).
+    pub fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> Result<(), Error> {
+        self.call(
+            advice.call_name(),
+            libc::SYS_madvise,
+            [addr, len, reg(advice.value().into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// mlock2(addr, len, flags): locks a range, with MLOCK_ONFAULT when `on_fault` (its pages
+    /// are locked as they are touched, not populated now).
+    pub fn mlock(&mut self, addr: u64, len: u64, on_fault: bool) -> Result<(), Error> {
+        let (name, flags) = if on_fault {
+            ("mlock2(MLOCK_ONFAULT)", MLOCK_ONFAULT)
+        } else {
+            ("mlock2", 0)
+        };
+        self.call(name, libc::SYS_mlock2, [addr, len, flags, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// mlockall(flags) (MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT).
+    pub fn mlockall(&mut self, flags: u32) -> Result<(), Error> {
+        self.call(
+            "mlockall",
+            libc::SYS_mlockall,
+            [flags.into(), 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// mseal(addr, len, 0): the range can no longer be unmapped, moved or reprotected.
+    pub fn mseal(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.call("mseal", libc::SYS_mseal, [addr, len, 0, 0, 0, 0])?;
         Ok(())
     }
 

@@ -37,6 +37,11 @@ pub enum RebuildStep {
     FillPages,
     /// Give every mapping its final protection (after the pages are written).
     Protections,
+    /// madvise, mlock, mlockall(MCL_FUTURE) and mseal as dumped: after the final protections
+    /// (locking populates a mapping, and a private file mapping still writable would be copied
+    /// page by page), and before the credentials (the target can lock whatever it had locked,
+    /// whatever its RLIMIT_MEMLOCK, only while it has CAP_IPC_LOCK).
+    MemoryAdvice,
     /// The mm fields (code, data, brk, stack, arg and env bounds, auxv, exe link).
     MmFields,
     /// Signal dispositions and process-wide pending signals.
@@ -72,6 +77,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::MapVmas,
     RebuildStep::FillPages,
     RebuildStep::Protections,
+    RebuildStep::MemoryAdvice,
     RebuildStep::MmFields,
     RebuildStep::Signals,
     RebuildStep::IntervalTimers,
@@ -95,6 +101,7 @@ impl RebuildStep {
             RebuildStep::MapVmas => "map memory",
             RebuildStep::FillPages => "fill pages",
             RebuildStep::Protections => "set protections",
+            RebuildStep::MemoryAdvice => "memory advice and locks",
             RebuildStep::MmFields => "mm fields",
             RebuildStep::Signals => "signals",
             RebuildStep::IntervalTimers => "interval timers",
@@ -207,6 +214,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             RebuildStep::Protections => {
                 pages::finish_protections(self.inj()?, &image.vmas, &image.page_runs)?;
             }
+            RebuildStep::MemoryAdvice => {
+                pages::apply_advice(self.inj()?, &image.vmas, image.mlock_future)?;
+            }
             RebuildStep::MmFields => {
                 // The child's exe link is the restorer's executable. When that is also the
                 // dumped process's executable it is already right (and the kernel refuses to
@@ -300,7 +310,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 17);
+        assert_eq!(seen.len(), 18);
     }
 
     #[test]
@@ -309,6 +319,8 @@ mod tests {
         assert!(pos(S::UnmapInherited) < pos(S::MapVmas));
         assert!(pos(S::MapVmas) < pos(S::FillPages));
         assert!(pos(S::FillPages) < pos(S::Protections));
+        assert!(pos(S::Protections) < pos(S::MemoryAdvice));
+        assert!(pos(S::MemoryAdvice) < pos(S::Credentials));
         assert!(pos(S::MapVmas) < pos(S::MmFields));
     }
 
