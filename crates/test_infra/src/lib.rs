@@ -5,7 +5,7 @@
 //! The end-to-end tests (`crates/cli/tests`, `crates/daemon/tests`, `crates/libstasis/tests`,
 //! `crates/client/tests`) run real processes and real kernels; what they need for that is here:
 //!
-//! - [`env`]: the gate of tests that need something the machine may lack.
+//! - [`env`](mod@env): the gate of tests that need something the machine may lack.
 //!   [`require_root`] and [`require_tool`] return `true` when the test can run; otherwise they
 //!   fail the test when `CI=true` (CI must run everything) and elsewhere print a notice and
 //!   return `false`, so that the test returns early. Also the repository's root.
