@@ -9,7 +9,7 @@
 //! rustix does not have, or has in a form that cannot hold what the kernel answers (a pid 0), is
 //! written here by hand: ptrace, kcmp, clone3 with `set_tid`, file handles, process_vm_*,
 //! sock_diag messages, signal masks and dispositions, capabilities and fs ids, prlimit, prctl,
-//! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD.
+//! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD, sched_getattr/sched_setattr.
 //!
 //! A function whose safety depends on its caller is an `unsafe fn` with a `# Safety` section.
 //! The ones that work on descriptor *numbers* (closing, duplicating onto, writing to a number)
@@ -24,6 +24,7 @@ pub mod kabi;
 pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
+pub mod sched;
 pub mod sock_diag;
 pub mod socket;
 
