@@ -894,8 +894,9 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
-    // Processes and memory: memory advice.
+    // Processes and memory: memory advice, scheduling and prctl state.
     mem_madvise;
+    sched_prio;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -137,6 +137,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 9: the kernel's flags of the task (PF_*).
+    pub flags: u64,
     pub num_threads: i64,
     pub start_code: u64,
     pub end_code: u64,
@@ -177,6 +179,7 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         ppid: int(4)? as i32,
         pgid: int(5)? as i32,
         sid: int(6)? as i32,
+        flags: num(9)?,
         num_threads: int(20)?,
         start_code: num(26)?,
         end_code: num(27)?,
@@ -196,6 +199,34 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
 pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
     let path = proc_path(pid, "stat");
     parse_stat(&read_string(&path)?, &path)
+}
+
+/// /proc/PID/task/TID/stat: one thread's stat.
+pub fn read_thread_stat(pid: i32, tid: i32) -> Result<Stat, ProcError> {
+    let path = proc_path(pid, &format!("task/{tid}/stat"));
+    parse_stat(&read_string(&path)?, &path)
+}
+
+/// Parses a file holding one decimal number and a newline (/proc/PID/oom_score_adj,
+/// /proc/PID/loginuid, ...).
+pub fn parse_number<T: std::str::FromStr>(text: &str, path: &Path) -> Result<T, ProcError> {
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("not a number: {text:?}"),
+    })
+}
+
+/// Reads a /proc file holding one decimal number.
+pub fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T, ProcError> {
+    parse_number(&read_string(path)?, path)
+}
+
+/// Whether /proc/PID/ksm_stat says `ksm_merge_any: yes` (PR_SET_MEMORY_MERGE); false when the
+/// kernel has no KSM (no such file).
+pub fn parse_ksm_merge_any(text: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| k.trim() == "ksm_merge_any" && v.trim() == "yes")
 }
 
 /// The fields of /proc/PID/status we use.
@@ -455,7 +486,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let text = format!("123 (a (b) c) {}\n", fields.join(" "));
         let s = parse_stat(&text, Path::new(P)).unwrap();
         assert_eq!(s.state, 'S');
-        assert_eq!((s.ppid, s.pgid, s.sid), (4, 5, 6));
+        assert_eq!((s.ppid, s.pgid, s.sid, s.flags), (4, 5, 6, 9));
         assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
         assert_eq!((s.start_data, s.env_end), (45, 51));
         assert!(parse_stat("1 (x) S 2", Path::new(P)).is_err());
@@ -474,6 +505,25 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(s.locked_kb, 64);
         assert!(parse_status("Uid:\t1 2\n", Path::new(P)).is_err());
         assert!(parse_status("VmLck:\t64 pages\n", Path::new(P)).is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number::<i32>("-17\n", Path::new(P)).unwrap(), -17);
+        assert_eq!(
+            parse_number::<u32>("4294967295\n", Path::new(P)).unwrap(),
+            u32::MAX
+        );
+        assert!(parse_number::<u32>("-1\n", Path::new(P)).is_err());
+        assert!(parse_number::<i32>("", Path::new(P)).is_err());
+    }
+
+    #[test]
+    fn ksm_stat() {
+        let text = "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merge_any: yes\nksm_mergeable: yes\n";
+        assert!(parse_ksm_merge_any(text));
+        assert!(!parse_ksm_merge_any(&text.replace("any: yes", "any: no")));
+        assert!(!parse_ksm_merge_any(""));
     }
 
     #[test]

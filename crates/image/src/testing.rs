@@ -36,6 +36,8 @@ pub fn sample_process() -> ProcessImage {
             pdeathsig: 0,
             dumpable: 1,
             child_subreaper: false,
+            oom_score_adj: 100,
+            loginuid: u32::MAX,
         },
         creds: Creds {
             uids: [0; 4],
@@ -397,6 +399,26 @@ pub fn sample_process() -> ProcessImage {
             robust_list: 0,
             robust_list_len: 24,
             clear_child_tid: 0,
+            loginuid: 1000,
+            sched: ThreadSched {
+                policy: 1,
+                reset_on_fork: true,
+                nice: 5,
+                priority: 10,
+                runtime_ns: 0,
+                deadline_ns: 0,
+                period_ns: 0,
+                affinity: vec![0b11],
+            },
+            prctl: ThreadPrctl {
+                timerslack_ns: 50_000,
+                tsc: 1,
+                mce_kill: 2,
+                io_flusher: false,
+                spec_store_bypass: 2,
+                spec_indirect_branch: 2,
+                spec_l1d_flush: 8,
+            },
         }],
         posix_timers: vec![PosixTimer {
             id: 2,
@@ -411,6 +433,12 @@ pub fn sample_process() -> ProcessImage {
         }],
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        prctl: ProcessPrctl {
+            thp_disable: 1,
+            mdwe: 0,
+            membarrier: 16,
+            memory_merge: false,
+        },
         mlock_future: 0,
     }
 }

@@ -8,7 +8,7 @@ use super::freeze::{Frozen, FrozenTree};
 use super::ServiceConnection;
 use crate::files;
 use crate::inject::Injector;
-use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, signals, thread};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::{process, ptrace, Pid};
@@ -157,13 +157,14 @@ fn collect(
         timers_posix = posix_timers::dump(pid, &mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
         let task = attrs::dump(pid, &status, &mut inj)?;
-        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task, mlock_future))
+        let prctl = prctl::dump_process(pid, &mut inj)?;
+        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task, mlock_future, prctl))
     })();
     // Put the thread back as it was whatever happened.
     let finished = inj.finish_parked();
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
-    let (mm, threads, signals, itimers, creds, task, mlock_future) = asked?;
+    let (mm, threads, signals, itimers, creds, task, mlock_future, prctl) = asked?;
     finished?;
     restored_mask?;
     let image = ProcessImage {
@@ -184,6 +185,7 @@ fn collect(
         posix_timers: timers_posix,
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        prctl,
         mlock_future,
     };
     Ok(Collected {

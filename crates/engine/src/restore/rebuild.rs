@@ -13,7 +13,9 @@
 
 use super::plan::{Plan, PlannedProcess};
 use crate::inject::{self, Injector};
-use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::task::{
+    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, thread,
+};
 use crate::{pages, procfs, Error};
 use stasis_image::ThreadImage;
 use stasis_sys::{ptrace, Pid};
@@ -54,16 +56,27 @@ pub enum RebuildStep {
     /// process sharing this fd table no longer needs them.
     CloseRestoreFds,
     /// Create the other threads with their ids (clone3 `set_tid`: needs privilege, so before
-    /// the credentials) and give each its per-thread state.
+    /// the credentials) and give each its per-thread state (and its own audit login uid when
+    /// it is not the leader's: changing one needs CAP_AUDIT_CONTROL).
     CreateThreads,
     /// POSIX timers with their ids: after the threads exist (a timer may signal one of them).
     PosixTimers,
+    /// Inherited prctl state, process-wide and per thread (THP disable, MDWE, membarrier
+    /// registrations, KSM merging; timer slack, TSC, MCE kill policy, speculation control, IO
+    /// flusher): once the threads exist and the memory layout is final (MDWE refuses to make
+    /// memory executable from then on), before the credentials (IO flusher and KSM merging
+    /// need CAP_SYS_RESOURCE).
+    InheritedPrctl,
     /// Join a process group that did not exist yet when the process was forked.
     JoinProcessGroup,
     /// Credentials of every thread, the leader last: the last step that needs privilege.
     Credentials,
     /// prctl bits set after the credentials (dumpable, pdeathsig, ...).
     Prctl,
+    /// Scheduling policy, priority, nice value and affinity of every thread, set from outside:
+    /// late, so that the restore runs at the restorer's priority (a SCHED_IDLE thread would
+    /// make each injected call wait for an idle CPU).
+    Scheduling,
     /// Registers, FPU state and signal masks of every thread: no system call runs in a thread
     /// after this (pending signals stay queued for the process to take).
     FinalRegisters,
@@ -85,9 +98,11 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::CloseRestoreFds,
     RebuildStep::CreateThreads,
     RebuildStep::PosixTimers,
+    RebuildStep::InheritedPrctl,
     RebuildStep::JoinProcessGroup,
     RebuildStep::Credentials,
     RebuildStep::Prctl,
+    RebuildStep::Scheduling,
     RebuildStep::FinalRegisters,
 ];
 
@@ -109,9 +124,11 @@ impl RebuildStep {
             RebuildStep::CloseRestoreFds => "close restore fds",
             RebuildStep::CreateThreads => "create threads",
             RebuildStep::PosixTimers => "POSIX timers",
+            RebuildStep::InheritedPrctl => "inherited prctl state",
             RebuildStep::JoinProcessGroup => "join process group",
             RebuildStep::Credentials => "credentials",
             RebuildStep::Prctl => "prctl",
+            RebuildStep::Scheduling => "scheduling",
             RebuildStep::FinalRegisters => "final registers",
         }
     }
@@ -249,10 +266,18 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     ptrace::set_sigmask(t.tid, u64::MAX)
                         .map_err(|e| Error::sys("PTRACE_SETSIGMASK", t.tid, e))?;
                     thread::restore_in_thread(&mut tinj, child, t)?;
+                    loginuid::restore_thread(&mut tinj, t.loginuid, image.task.loginuid)?;
                     self.others.push((tinj, t));
                 }
             }
             RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
+            RebuildStep::InheritedPrctl => {
+                prctl::restore_process(self.inj()?, &image.prctl)?;
+                prctl::restore_thread(self.inj()?, &image.threads[0].prctl)?;
+                for (tinj, t) in &mut self.others {
+                    prctl::restore_thread(tinj, &t.prctl)?;
+                }
+            }
             RebuildStep::JoinProcessGroup => {
                 if planned.set_pgid {
                     self.inj()?.setpgid(0, image.pgid)?;
@@ -267,6 +292,11 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 creds::restore(self.inj()?, &image.creds)?;
             }
             RebuildStep::Prctl => attrs::restore_prctl(self.inj()?, &image.task)?,
+            RebuildStep::Scheduling => {
+                for t in &image.threads {
+                    sched::restore(t.tid, &t.sched)?;
+                }
+            }
             RebuildStep::FinalRegisters => {
                 for (mut tinj, t) in std::mem::take(&mut self.others) {
                     tinj.forget_scratch();
@@ -310,7 +340,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 18);
+        assert_eq!(seen.len(), 20);
     }
 
     #[test]
@@ -332,15 +362,20 @@ mod tests {
             S::MmFields,
             S::JoinProcessGroup,
             S::CloseRestoreFds,
+            S::InheritedPrctl,
         ] {
             assert!(pos(s) < pos(S::Credentials), "{s:?} after credentials");
         }
         assert!(pos(S::CreateThreads) < pos(S::PosixTimers));
+        assert!(pos(S::CreateThreads) < pos(S::InheritedPrctl));
+        assert!(pos(S::Protections) < pos(S::InheritedPrctl));
     }
 
     #[test]
     fn final_registers_last() {
         assert_eq!(REBUILD_ORDER.last(), Some(&S::FinalRegisters));
+        // Everything that injects calls runs at the restorer's priority.
+        assert_eq!(pos(S::Scheduling) + 1, pos(S::FinalRegisters));
         assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
     }
 }
