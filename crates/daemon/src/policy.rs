@@ -113,12 +113,18 @@ pub fn requester(caller: &Caller) -> Result<Option<stasis_engine::Requester>, St
     }
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", caller.pid))
         .map_err(|e| e.to_string())?;
+    let loginuid = std::fs::read_to_string(format!("/proc/{}/loginuid", caller.pid))
+        .map_err(|e| e.to_string())?;
     Ok(Some(stasis_engine::Requester {
         uid: caller.uid,
         gid: caller.gid,
         groups: caller.groups.clone(),
         cap_permitted: caller.cap_permitted,
         hard_limits: parse_hard_limits(&limits),
+        loginuid: loginuid
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad loginuid {loginuid:?}"))?,
     }))
 }
 
