@@ -68,11 +68,25 @@ pub struct ProcessImage {
     /// The parent's pid when this process shares the parent's cwd, root and umask (clone
     /// with CLONE_FS), else 0.
     pub shares_fs_with: i32,
+    /// The job-control stop the process was in (SIGSTOP, SIGTSTP, ...), if any
+    /// (engine::task::stop).
+    pub stop: Option<JobStop>,
     /// Process-wide prctl state (engine::task::prctl).
     pub prctl: ProcessPrctl,
     /// What mlockall(MCL_FUTURE) left for mappings made later: 0, or `MCL_FUTURE` (2), with
     /// `MCL_ONFAULT` (4) when they are locked on fault (engine::pages::advice).
     pub mlock_future: u32,
+}
+
+/// A process in a job-control stop (state T in /proc/PID/stat) when it was dumped
+/// (engine::task::stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStop {
+    /// The signal that stopped it: SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU.
+    pub signal: u32,
+    /// Whether its parent (a process of the dump) had not collected the stop yet: a
+    /// waitpid(WUNTRACED) in the parent would still report it.
+    pub report_pending: bool,
 }
 
 /// Process-wide prctl state that a fork inherits (engine::task::prctl).

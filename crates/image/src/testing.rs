@@ -433,6 +433,10 @@ pub fn sample_process() -> ProcessImage {
         }],
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        stop: Some(JobStop {
+            signal: 20,
+            report_pending: true,
+        }),
         prctl: ProcessPrctl {
             thp_disable: 1,
             mdwe: 0,

@@ -214,6 +214,8 @@ pub fn validate_process(
     files.check(p).or_else(bad)
 }
 
+/// SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: the signals that stop a process.
+const STOP_SIGNALS: [u32; 4] = [19, 20, 21, 22];
 /// The registration commands membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) reports.
 const MEMBARRIER_REGISTRATIONS: u32 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
 /// Most words of a CPU affinity mask (8192 CPUs).
@@ -244,9 +246,14 @@ fn check_advice(v: &crate::Vma) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The per-process and per-thread parts outside memory and files: prctl state, scheduling,
-/// oom_score_adj.
+/// The per-process and per-thread parts outside memory and files: job-control stop, prctl
+/// state, scheduling, oom_score_adj.
 fn check_process_parts(p: &ProcessImage) -> Result<(), String> {
+    if let Some(s) = &p.stop {
+        if !STOP_SIGNALS.contains(&s.signal) {
+            return Err(format!("stopped by signal {}, not a stop signal", s.signal));
+        }
+    }
     if ![0, 2, 6].contains(&p.mlock_future) {
         return Err(format!("bad mlockall flags {:#x}", p.mlock_future));
     }
@@ -380,6 +387,13 @@ mod tests {
         p.vmas[1].advice.locked = false;
         p.vmas[1].advice.lock_on_fault = true;
         assert!(validate(&p, 8192).is_err(), "lock on fault without lock");
+
+        let mut p = sample_process();
+        p.stop = Some(crate::JobStop {
+            signal: 9,
+            report_pending: false,
+        });
+        assert!(validate(&p, 8192).is_err(), "stopped by SIGKILL");
 
         let mut p = sample_process();
         p.threads[0].sched.priority = 0;

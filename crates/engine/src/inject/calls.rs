@@ -82,6 +82,15 @@ const MLOCK_ONFAULT: u64 = 1;
 /// `_LINUX_CAPABILITY_VERSION_3`.
 pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// A child's state change as waitid reports it: its pid, si_code (CLD_STOPPED, ...) and
+/// si_status (the signal or exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildState {
+    pub pid: Pid,
+    pub code: i32,
+    pub status: i32,
+}
+
 /// An madvise advice the restore gives a mapping back (what /proc/PID/smaps shows of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advice {
@@ -151,6 +160,34 @@ impl Injector {
             [reg(pid.into()), 0, reg(options.into()), 0, 0, 0],
         )?;
         Ok(got as Pid)
+    }
+
+    /// waitid(P_PID, pid, &info, options, NULL): the child's state change as waitid reports
+    /// it, or None when there is none (WNOHANG and nothing to report).
+    pub fn waitid(&mut self, pid: Pid, options: i32) -> Result<Option<ChildState>, Error> {
+        let mut f = self.frame();
+        let info = f.push(&Siginfo::default())?;
+        f.call(
+            "waitid",
+            libc::SYS_waitid,
+            [
+                libc::P_PID as u64,
+                reg(pid.into()),
+                info.addr(),
+                reg(options.into()),
+                0,
+                0,
+            ],
+        )?;
+        let raw = f.read(info)?.bytes;
+        let int = |at: usize| i32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+        // siginfo_t of SIGCHLD: si_code at 8, si_pid at 16, si_status at 24.
+        let state = ChildState {
+            pid: int(16),
+            code: int(8),
+            status: int(24),
+        };
+        Ok((state.pid != 0).then_some(state))
     }
 
     /// prlimit64(0, resource, NULL, &old): a resource limit of the calling process.

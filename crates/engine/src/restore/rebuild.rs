@@ -14,10 +14,10 @@
 use super::plan::{Plan, PlannedProcess};
 use crate::inject::{self, Injector};
 use crate::task::{
-    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, thread,
+    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
 };
 use crate::{pages, procfs, Error};
-use stasis_image::ThreadImage;
+use stasis_image::{ThreadImage, VmaKind};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -73,6 +73,11 @@ pub enum RebuildStep {
     Credentials,
     /// prctl bits set after the credentials (dumpable, pdeathsig, ...).
     Prctl,
+    /// Enter the job-control stop the process was in: after everything that runs inside it
+    /// but the final registers (a stopped thread still takes injected calls, but every
+    /// blockable signal must still be blocked while the stop starts). Detaching at the end of
+    /// the restore puts every thread back into the stop without a new report to the parent.
+    JobStop,
     /// Scheduling policy, priority, nice value and affinity of every thread, set from outside:
     /// late, so that the restore runs at the restorer's priority (a SCHED_IDLE thread would
     /// make each injected call wait for an idle CPU).
@@ -102,6 +107,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::JoinProcessGroup,
     RebuildStep::Credentials,
     RebuildStep::Prctl,
+    RebuildStep::JobStop,
     RebuildStep::Scheduling,
     RebuildStep::FinalRegisters,
 ];
@@ -128,6 +134,7 @@ impl RebuildStep {
             RebuildStep::JoinProcessGroup => "join process group",
             RebuildStep::Credentials => "credentials",
             RebuildStep::Prctl => "prctl",
+            RebuildStep::JobStop => "job-control stop",
             RebuildStep::Scheduling => "scheduling",
             RebuildStep::FinalRegisters => "final registers",
         }
@@ -292,6 +299,20 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 creds::restore(self.inj()?, &image.creds)?;
             }
             RebuildStep::Prctl => attrs::restore_prctl(self.inj()?, &image.task)?,
+            RebuildStep::JobStop => {
+                if let Some(js) = &image.stop {
+                    let tids: Vec<_> = image.threads.iter().map(|t| t.tid).collect();
+                    // The parent, when it is in the dump: already rebuilt, still traced.
+                    let parent = plan
+                        .processes
+                        .iter()
+                        .map(|p| p.image)
+                        .find(|p| p.pid == image.ppid)
+                        .and_then(|p| p.vmas.iter().find(|v| v.kind == VmaKind::Vdso))
+                        .map(|v| (image.ppid, v.start + vdso_offset));
+                    stop::restore(child, &tids, js, &image.signals.actions, parent)?;
+                }
+            }
             RebuildStep::Scheduling => {
                 for t in &image.threads {
                     sched::restore(t.tid, &t.sched)?;
@@ -340,7 +361,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 20);
+        assert_eq!(seen.len(), 21);
     }
 
     #[test]
@@ -376,6 +397,12 @@ mod tests {
         assert_eq!(REBUILD_ORDER.last(), Some(&S::FinalRegisters));
         // Everything that injects calls runs at the restorer's priority.
         assert_eq!(pos(S::Scheduling) + 1, pos(S::FinalRegisters));
+        // The stop starts once nothing but the final registers is left to do.
+        for s in REBUILD_ORDER {
+            if !matches!(s, S::JobStop | S::Scheduling | S::FinalRegisters) {
+                assert!(pos(*s) < pos(S::JobStop), "{s:?} after the stop");
+            }
+        }
         assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
     }
 }

@@ -17,6 +17,7 @@
 //! | [`prctl`]        | inherited prctl state: THP disable, MDWE, membarrier, KSM merge; per thread timer slack, TSC, MCE kill, speculation control, IO flusher |
 //! | [`oom`]          | oom_score_adj                                                      |
 //! | [`loginuid`]     | the audit login uid                                                |
+//! | [`stop`]         | job-control stop (SIGSTOP, SIGTSTP, ...) and the parent's stop report |
 
 pub mod attrs;
 pub mod creds;
@@ -28,4 +29,5 @@ pub mod posix_timers;
 pub mod prctl;
 pub mod sched;
 pub mod signals;
+pub mod stop;
 pub mod thread;
