@@ -221,14 +221,6 @@ pub fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T, ProcError> {
     parse_number(&read_string(path)?, path)
 }
 
-/// Whether /proc/PID/ksm_stat says `ksm_merge_any: yes` (PR_SET_MEMORY_MERGE); false when the
-/// kernel has no KSM (no such file).
-pub fn parse_ksm_merge_any(text: &str) -> bool {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .any(|(k, v)| k.trim() == "ksm_merge_any" && v.trim() == "yes")
-}
-
 /// The fields of /proc/PID/status we use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -516,14 +508,6 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         );
         assert!(parse_number::<u32>("-1\n", Path::new(P)).is_err());
         assert!(parse_number::<i32>("", Path::new(P)).is_err());
-    }
-
-    #[test]
-    fn ksm_stat() {
-        let text = "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merge_any: yes\nksm_mergeable: yes\n";
-        assert!(parse_ksm_merge_any(text));
-        assert!(!parse_ksm_merge_any(&text.replace("any: yes", "any: no")));
-        assert!(!parse_ksm_merge_any(""));
     }
 
     #[test]
