@@ -945,3 +945,51 @@ fn dump_pipe_end_held_outside_is_refused() {
     drop(writer);
     p.kill_and_reap();
 }
+
+/// A process traced by another one (here its parent, outside the dumped tree, which seized it
+/// as a debugger would) cannot be seized: the dump is refused, naming the process and its
+/// tracer, and both run on.
+#[test]
+fn dump_traced_process_is_refused() {
+    let Some((_lock, w)) = start("dump_traced_process_is_refused") else {
+        return;
+    };
+    let img = w.mkdir("img");
+    // The "fds" of spawn_python carry the traced child's pid.
+    let script = "import ctypes, os, time\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  child = os.fork()\n\
+                  if child == 0:\n    time.sleep(100)\n    os._exit(0)\n\
+                  PTRACE_SEIZE = 0x4206\n\
+                  if libc.ptrace(PTRACE_SEIZE, child, 0, 0) != 0:\n    \
+                      raise OSError(ctypes.get_errno(), 'PTRACE_SEIZE')\n\
+                  fds = [child]\n";
+    let (mut tracer, child) = spawn_python(&w, script);
+    let (tracer_pid, traced) = (tracer.pid, child[0]);
+    let out = dump(&w, traced, &img, false);
+    assert_ok(check_clean_failure(
+        &format!("dump of pid {traced}, traced by {tracer_pid}"),
+        &out,
+    ));
+    assert!(
+        out.stderr.contains(&format!("pid {traced}"))
+            && out.stderr.contains(&format!("traced by pid {tracer_pid}")),
+        "the error should name the process and its tracer: {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote an inventory"
+    );
+    assert_eq!(
+        procfs::state(traced),
+        Some('S'),
+        "the traced process should sleep on: {}",
+        describe_proc(traced)
+    );
+    assert_ok(check_running(tracer_pid).map_err(|e| format!("the tracer: {e}")));
+    tracer.kill_and_reap();
+    // The traced child is ours now (the subreaper).
+    kill(traced, libc::SIGKILL);
+    let _ = wait_pid(traced, Duration::from_secs(5));
+}

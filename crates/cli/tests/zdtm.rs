@@ -894,6 +894,10 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
+    // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
+    mem_madvise;
+    sched_prio;
+    process_stopped;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -137,6 +137,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 9: the kernel's flags of the task (PF_*).
+    pub flags: u64,
     pub num_threads: i64,
     pub start_code: u64,
     pub end_code: u64,
@@ -177,6 +179,7 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         ppid: int(4)? as i32,
         pgid: int(5)? as i32,
         sid: int(6)? as i32,
+        flags: num(9)?,
         num_threads: int(20)?,
         start_code: num(26)?,
         end_code: num(27)?,
@@ -198,6 +201,26 @@ pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
     parse_stat(&read_string(&path)?, &path)
 }
 
+/// /proc/PID/task/TID/stat: one thread's stat.
+pub fn read_thread_stat(pid: i32, tid: i32) -> Result<Stat, ProcError> {
+    let path = proc_path(pid, &format!("task/{tid}/stat"));
+    parse_stat(&read_string(&path)?, &path)
+}
+
+/// Parses a file holding one decimal number and a newline (/proc/PID/oom_score_adj,
+/// /proc/PID/loginuid, ...).
+pub fn parse_number<T: std::str::FromStr>(text: &str, path: &Path) -> Result<T, ProcError> {
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("not a number: {text:?}"),
+    })
+}
+
+/// Reads a /proc file holding one decimal number.
+pub fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T, ProcError> {
+    parse_number(&read_string(path)?, path)
+}
+
 /// The fields of /proc/PID/status we use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -215,6 +238,8 @@ pub struct Status {
     /// 0 disabled, 1 strict, 2 filter.
     pub seccomp: u32,
     pub tracer_pid: i32,
+    /// VmLck: memory locked (mlock), in kB.
+    pub locked_kb: u64,
 }
 
 pub fn parse_status(text: &str, path: &Path) -> Result<Status, ProcError> {
@@ -257,6 +282,12 @@ pub fn parse_status(text: &str, path: &Path) -> Result<Status, ProcError> {
             "CapAmb" => s.cap_amb = hex(v)?,
             "NoNewPrivs" => s.no_new_privs = v == "1",
             "Seccomp" => s.seccomp = v.parse().map_err(|_| bad("bad seccomp".into()))?,
+            "VmLck" => {
+                s.locked_kb = v
+                    .strip_suffix(" kB")
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| bad(format!("bad VmLck {v:?}")))?
+            }
             _ => {}
         }
     }
@@ -447,7 +478,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let text = format!("123 (a (b) c) {}\n", fields.join(" "));
         let s = parse_stat(&text, Path::new(P)).unwrap();
         assert_eq!(s.state, 'S');
-        assert_eq!((s.ppid, s.pgid, s.sid), (4, 5, 6));
+        assert_eq!((s.ppid, s.pgid, s.sid, s.flags), (4, 5, 6, 9));
         assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
         assert_eq!((s.start_data, s.env_end), (45, 51));
         assert!(parse_stat("1 (x) S 2", Path::new(P)).is_err());
@@ -455,7 +486,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 
     #[test]
     fn status() {
-        let text = "Name:\tcat\nUmask:\t0022\nTgid:\t7\nTracerPid:\t0\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
+        let text = "Name:\tcat\nUmask:\t0022\nTgid:\t7\nTracerPid:\t0\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\nVmLck:\t      64 kB\n";
         let s = parse_status(text, Path::new(P)).unwrap();
         assert_eq!(s.umask, 0o22);
         assert_eq!(s.uids, [1, 2, 3, 4]);
@@ -463,7 +494,20 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(s.groups, vec![10, 20]);
         assert_eq!(s.cap_prm, 0x1ffffffffff);
         assert!(s.no_new_privs);
+        assert_eq!(s.locked_kb, 64);
         assert!(parse_status("Uid:\t1 2\n", Path::new(P)).is_err());
+        assert!(parse_status("VmLck:\t64 pages\n", Path::new(P)).is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number::<i32>("-17\n", Path::new(P)).unwrap(), -17);
+        assert_eq!(
+            parse_number::<u32>("4294967295\n", Path::new(P)).unwrap(),
+            u32::MAX
+        );
+        assert!(parse_number::<u32>("-1\n", Path::new(P)).is_err());
+        assert!(parse_number::<i32>("", Path::new(P)).is_err());
     }
 
     #[test]

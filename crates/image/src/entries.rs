@@ -68,6 +68,39 @@ pub struct ProcessImage {
     /// The parent's pid when this process shares the parent's cwd, root and umask (clone
     /// with CLONE_FS), else 0.
     pub shares_fs_with: i32,
+    /// The job-control stop the process was in (SIGSTOP, SIGTSTP, ...), if any
+    /// (engine::task::stop).
+    pub stop: Option<JobStop>,
+    /// Process-wide prctl state (engine::task::prctl).
+    pub prctl: ProcessPrctl,
+    /// What mlockall(MCL_FUTURE) left for mappings made later: 0, or `MCL_FUTURE` (2), with
+    /// `MCL_ONFAULT` (4) when they are locked on fault (engine::pages::advice).
+    pub mlock_future: u32,
+}
+
+/// A process in a job-control stop (state T in /proc/PID/stat) when it was dumped
+/// (engine::task::stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStop {
+    /// The signal that stopped it: SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU.
+    pub signal: u32,
+    /// Whether its parent (a process of the dump) had not collected the stop yet: a
+    /// waitpid(WUNTRACED) in the parent would still report it.
+    pub report_pending: bool,
+}
+
+/// Process-wide prctl state that a fork inherits (engine::task::prctl).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessPrctl {
+    /// PR_GET_THP_DISABLE: 0, 1 (THP disabled), or 3 (disabled except where advised,
+    /// PR_THP_DISABLE_EXCEPT_ADVISED).
+    pub thp_disable: u32,
+    /// PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2).
+    pub mdwe: u32,
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the registration commands issued.
+    pub membarrier: u32,
+    /// PR_SET_MEMORY_MERGE (KSM for every mapping; `ksm_merge_any` in /proc/PID/ksm_stat).
+    pub memory_merge: bool,
 }
 
 /// Miscellaneous per-process state (engine::task).
@@ -86,6 +119,11 @@ pub struct TaskState {
     pub dumpable: i32,
     /// PR_GET_CHILD_SUBREAPER.
     pub child_subreaper: bool,
+    /// /proc/PID/oom_score_adj (engine::task::oom).
+    pub oom_score_adj: i32,
+    /// The audit login uid of the thread-group leader, /proc/PID/loginuid; u32::MAX when
+    /// unset (engine::task::loginuid).
+    pub loginuid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +187,36 @@ pub struct Vma {
     /// every process that shares it; its pages are stored with the first process that maps it.
     /// 0 otherwise.
     pub shmem_id: u64,
+    /// What madvise, mlock and mseal left on the mapping (engine::pages::advice).
+    pub advice: VmaAdvice,
+}
+
+/// The behavior madvise, mlock and mseal gave a mapping, as the VmFlags of /proc/PID/smaps
+/// show it (engine::pages::advice). All false: the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaAdvice {
+    /// `dc`: MADV_DONTFORK.
+    pub dontfork: bool,
+    /// `dd`: MADV_DONTDUMP.
+    pub dontdump: bool,
+    /// `hg`: MADV_HUGEPAGE.
+    pub hugepage: bool,
+    /// `nh`: MADV_NOHUGEPAGE.
+    pub nohugepage: bool,
+    /// `wf`: MADV_WIPEONFORK (private anonymous memory only).
+    pub wipeonfork: bool,
+    /// `sr`: MADV_SEQUENTIAL.
+    pub sequential: bool,
+    /// `rr`: MADV_RANDOM.
+    pub random: bool,
+    /// `mg`: MADV_MERGEABLE (KSM).
+    pub mergeable: bool,
+    /// `lo`: locked (mlock, mlockall).
+    pub locked: bool,
+    /// `lf`: locked on fault (mlock2 MLOCK_ONFAULT, mlockall MCL_ONFAULT); only with `locked`.
+    pub lock_on_fault: bool,
+    /// `sl`: sealed (mseal).
+    pub sealed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +440,55 @@ pub struct ThreadImage {
     pub robust_list: u64,
     pub robust_list_len: u64,
     pub clear_child_tid: u64,
+    /// The audit login uid of the thread (u32::MAX: unset), usually the process's
+    /// (engine::task::loginuid).
+    pub loginuid: u32,
+    /// Scheduling policy, priority, nice value and CPU affinity (engine::task::sched).
+    pub sched: ThreadSched,
+    /// Per-thread prctl state (engine::task::prctl).
+    pub prctl: ThreadPrctl,
+}
+
+/// A thread's scheduling (engine::task::sched), as sched_getattr, getpriority and
+/// sched_getaffinity report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSched {
+    /// SCHED_OTHER 0, SCHED_FIFO 1, SCHED_RR 2, SCHED_BATCH 3, SCHED_IDLE 5, SCHED_DEADLINE 6.
+    pub policy: u32,
+    /// SCHED_FLAG_RESET_ON_FORK (1).
+    pub reset_on_fork: bool,
+    /// The nice value (-20..=19); kept for real-time threads too, whose nice value applies
+    /// again when they return to a fair policy.
+    pub nice: i32,
+    /// The real-time priority (1..=99 for SCHED_FIFO and SCHED_RR, else 0).
+    pub priority: u32,
+    /// For a fair policy, a time slice the thread asked for (sched_runtime), or 0 for the
+    /// default; for SCHED_DEADLINE, its runtime. In ns.
+    pub runtime_ns: u64,
+    /// SCHED_DEADLINE's deadline and period in ns (0 otherwise).
+    pub deadline_ns: u64,
+    pub period_ns: u64,
+    /// CPU affinity: bit n of word n / 64 stands for CPU n.
+    pub affinity: Vec<u64>,
+}
+
+/// Per-thread prctl state that clone inherits (engine::task::prctl).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadPrctl {
+    /// PR_GET_TIMERSLACK, in ns.
+    pub timerslack_ns: u64,
+    /// PR_GET_TSC: PR_TSC_ENABLE (1) or PR_TSC_SIGSEGV (2).
+    pub tsc: u32,
+    /// PR_MCE_KILL_GET: PR_MCE_KILL_LATE (0), PR_MCE_KILL_EARLY (1) or PR_MCE_KILL_DEFAULT (2).
+    pub mce_kill: u32,
+    /// PR_SET_IO_FLUSHER in effect (PF_MEMALLOC_NOIO and PF_LOCAL_THROTTLE in the task flags).
+    pub io_flusher: bool,
+    /// PR_GET_SPECULATION_CTRL for PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH and
+    /// PR_SPEC_L1D_FLUSH (0 where the kernel has no such control); only restored when it has
+    /// PR_SPEC_PRCTL (the mitigation is under prctl control).
+    pub spec_store_bypass: u32,
+    pub spec_indirect_branch: u32,
+    pub spec_l1d_flush: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

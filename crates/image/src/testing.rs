@@ -36,6 +36,8 @@ pub fn sample_process() -> ProcessImage {
             pdeathsig: 0,
             dumpable: 1,
             child_subreaper: false,
+            oom_score_adj: 100,
+            loginuid: u32::MAX,
         },
         creds: Creds {
             uids: [0; 4],
@@ -80,6 +82,7 @@ pub fn sample_process() -> ProcessImage {
                 },
                 name: "/bin/demo".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x500000,
@@ -91,6 +94,12 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Anonymous,
                 name: "[heap]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice {
+                    dontdump: true,
+                    hugepage: true,
+                    locked: true,
+                    ..VmaAdvice::default()
+                },
             },
             Vma {
                 start: 0x600000,
@@ -102,6 +111,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Memfd { memfd_id: 66 },
                 name: "/memfd:shm (deleted)".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffc00000000,
@@ -113,6 +123,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Anonymous,
                 name: "[stack]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffd00000000,
@@ -124,6 +135,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Vvar,
                 name: "[vvar]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
             Vma {
                 start: 0x7ffd00004000,
@@ -135,6 +147,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: VmaKind::Vdso,
                 name: "[vdso]".into(),
                 shmem_id: 0,
+                advice: VmaAdvice::default(),
             },
         ],
         page_runs: vec![PageRun {
@@ -386,6 +399,26 @@ pub fn sample_process() -> ProcessImage {
             robust_list: 0,
             robust_list_len: 24,
             clear_child_tid: 0,
+            loginuid: 1000,
+            sched: ThreadSched {
+                policy: 1,
+                reset_on_fork: true,
+                nice: 5,
+                priority: 10,
+                runtime_ns: 0,
+                deadline_ns: 0,
+                period_ns: 0,
+                affinity: vec![0b11],
+            },
+            prctl: ThreadPrctl {
+                timerslack_ns: 50_000,
+                tsc: 1,
+                mce_kill: 2,
+                io_flusher: false,
+                spec_store_bypass: 2,
+                spec_indirect_branch: 2,
+                spec_l1d_flush: 8,
+            },
         }],
         posix_timers: vec![PosixTimer {
             id: 2,
@@ -400,5 +433,16 @@ pub fn sample_process() -> ProcessImage {
         }],
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        stop: Some(JobStop {
+            signal: 20,
+            report_pending: true,
+        }),
+        prctl: ProcessPrctl {
+            thp_disable: 1,
+            mdwe: 0,
+            membarrier: 16,
+            memory_merge: false,
+        },
+        mlock_future: 0,
     }
 }

@@ -101,6 +101,15 @@ pub fn validate_process(
                 return bad(format!("bad mapped file path {fp:?}"));
             }
         }
+        if let Err(why) = check_advice(v) {
+            return bad(format!(
+                "mapping {:#x}-{:#x} has impossible advice: {why}",
+                v.start, v.end
+            ));
+        }
+    }
+    if let Err(why) = check_process_parts(p) {
+        return bad(why);
     }
     // Page runs: sorted, inside one non-special mapping each, inside the pages file.
     let mut prev = 0u64;
@@ -205,6 +214,89 @@ pub fn validate_process(
     files.check(p).or_else(bad)
 }
 
+/// SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: the signals that stop a process.
+const STOP_SIGNALS: [u32; 4] = [19, 20, 21, 22];
+/// The registration commands membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) reports.
+const MEMBARRIER_REGISTRATIONS: u32 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
+/// Most words of a CPU affinity mask (8192 CPUs).
+const MAX_AFFINITY_WORDS: usize = 128;
+
+/// What madvise, mlock and mseal can leave on one mapping.
+fn check_advice(v: &crate::Vma) -> Result<(), &'static str> {
+    let a = &v.advice;
+    let special = matches!(
+        v.kind,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    );
+    if special && *a != crate::VmaAdvice::default() {
+        return Err("a special mapping is never advised");
+    }
+    if a.hugepage && a.nohugepage {
+        return Err("MADV_HUGEPAGE and MADV_NOHUGEPAGE");
+    }
+    if a.sequential && a.random {
+        return Err("MADV_SEQUENTIAL and MADV_RANDOM");
+    }
+    if a.lock_on_fault && !a.locked {
+        return Err("locked on fault without being locked");
+    }
+    if a.wipeonfork && (v.shared || v.kind != VmaKind::Anonymous) {
+        return Err("MADV_WIPEONFORK on memory other than private anonymous");
+    }
+    Ok(())
+}
+
+/// The per-process and per-thread parts outside memory and files: job-control stop, prctl
+/// state, scheduling, oom_score_adj.
+fn check_process_parts(p: &ProcessImage) -> Result<(), String> {
+    if let Some(s) = &p.stop {
+        if !STOP_SIGNALS.contains(&s.signal) {
+            return Err(format!("stopped by signal {}, not a stop signal", s.signal));
+        }
+    }
+    if ![0, 2, 6].contains(&p.mlock_future) {
+        return Err(format!("bad mlockall flags {:#x}", p.mlock_future));
+    }
+    let c = &p.prctl;
+    if ![0, 1, 3].contains(&c.thp_disable)
+        || c.mdwe & !3 != 0
+        || c.membarrier & !MEMBARRIER_REGISTRATIONS != 0
+    {
+        return Err(format!("bad process prctl state {c:?}"));
+    }
+    if !(-1000..=1000).contains(&p.task.oom_score_adj) {
+        return Err(format!("bad oom_score_adj {}", p.task.oom_score_adj));
+    }
+    for t in &p.threads {
+        let s = &t.sched;
+        let rt = s.policy == 1 || s.policy == 2;
+        let ok = [0, 1, 2, 3, 5, 6].contains(&s.policy)
+            && (-20..=19).contains(&s.nice)
+            && (if rt {
+                (1..=99).contains(&s.priority)
+            } else {
+                s.priority == 0
+            })
+            && (s.policy == 6 || (s.deadline_ns == 0 && s.period_ns == 0))
+            && !s.affinity.is_empty()
+            && s.affinity.len() <= MAX_AFFINITY_WORDS
+            && s.affinity.iter().any(|w| *w != 0);
+        if !ok {
+            return Err(format!("thread {} has bad scheduling {s:?}", t.tid));
+        }
+        let c = &t.prctl;
+        if ![1, 2].contains(&c.tsc)
+            || c.mce_kill > 2
+            || c.spec_store_bypass > 31
+            || c.spec_indirect_branch > 31
+            || c.spec_l1d_flush > 31
+        {
+            return Err(format!("thread {} has bad prctl state {c:?}", t.tid));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +370,61 @@ mod tests {
         let mut p = sample_process();
         p.posix_timers[0].signo = 65;
         assert!(validate(&p, 8192).is_err(), "timer signal");
+
+        let mut p = sample_process();
+        p.vmas[1].advice.nohugepage = true;
+        assert!(validate(&p, 8192).is_err(), "hugepage and nohugepage");
+
+        let mut p = sample_process();
+        p.vmas[2].advice.wipeonfork = true;
+        assert!(validate(&p, 8192).is_err(), "wipeonfork on a shared memfd");
+
+        let mut p = sample_process();
+        p.vmas[5].advice.locked = true;
+        assert!(validate(&p, 8192).is_err(), "locked vdso");
+
+        let mut p = sample_process();
+        p.vmas[1].advice.locked = false;
+        p.vmas[1].advice.lock_on_fault = true;
+        assert!(validate(&p, 8192).is_err(), "lock on fault without lock");
+
+        let mut p = sample_process();
+        p.stop = Some(crate::JobStop {
+            signal: 9,
+            report_pending: false,
+        });
+        assert!(validate(&p, 8192).is_err(), "stopped by SIGKILL");
+
+        let mut p = sample_process();
+        p.threads[0].sched.priority = 0;
+        assert!(validate(&p, 8192).is_err(), "SCHED_FIFO priority 0");
+
+        let mut p = sample_process();
+        p.threads[0].sched.affinity = vec![0];
+        assert!(validate(&p, 8192).is_err(), "no CPU");
+
+        let mut p = sample_process();
+        p.threads[0].sched.nice = 20;
+        assert!(validate(&p, 8192).is_err(), "nice 20");
+
+        let mut p = sample_process();
+        p.task.oom_score_adj = 1001;
+        assert!(validate(&p, 8192).is_err(), "oom_score_adj");
+
+        let mut p = sample_process();
+        p.prctl.membarrier = 1 << 3;
+        assert!(
+            validate(&p, 8192).is_err(),
+            "membarrier command that is no registration"
+        );
+
+        let mut p = sample_process();
+        p.mlock_future = 4;
+        assert!(validate(&p, 8192).is_err(), "MCL_ONFAULT alone");
+
+        let mut p = sample_process();
+        p.threads[0].prctl.tsc = 0;
+        assert!(validate(&p, 8192).is_err(), "PR_GET_TSC 0");
     }
 
     /// The kinds' checks run last, and their message names the record.

@@ -10,7 +10,7 @@
 //! written here by hand: ptrace, kcmp, clone3 with `set_tid`, file handles, process_vm_*,
 //! sock_diag messages, signal masks and dispositions, capabilities and fs ids, prlimit, prctl,
 //! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD, the passwd and group databases (getpwuid_r,
-//! getgrouplist).
+//! getgrouplist), sched_getattr/sched_setattr.
 //!
 //! A function whose safety depends on its caller is an `unsafe fn` with a `# Safety` section.
 //! The ones that work on descriptor *numbers* (closing, duplicating onto, writing to a number)
@@ -27,6 +27,7 @@ pub mod proc_mem;
 pub mod process;
 pub mod ptrace;
 pub mod random;
+pub mod sched;
 pub mod sock_diag;
 pub mod socket;
 pub mod users;

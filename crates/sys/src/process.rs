@@ -521,6 +521,11 @@ pub fn getpid() -> Pid {
     rustix::process::getpid().as_raw_pid()
 }
 
+/// Thread id of the caller.
+pub fn gettid() -> Pid {
+    rustix::thread::gettid().as_raw_pid()
+}
+
 /// Blocks or unblocks all signals in the calling thread; returns the previous mask.
 pub fn block_all_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigfillset initializes it; sigprocmask reads/writes only

@@ -8,7 +8,7 @@ use super::freeze::{Frozen, FrozenTree};
 use super::ServiceConnection;
 use crate::files;
 use crate::inject::Injector;
-use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, signals, stop, thread};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::{process, ptrace, Pid};
@@ -30,6 +30,9 @@ pub(crate) fn collect_tree(
     let shared = shared_tables(tree)?;
     let mut registry = files::FileRegistry::default();
     let mut collected = Vec::with_capacity(tree.processes.len());
+    // Each collected process and the address of a `syscall` instruction in it (to ask a
+    // parent about its children).
+    let mut syscall_ips: Vec<(Pid, u64)> = Vec::new();
     for (i, frozen) in tree.processes.iter().enumerate() {
         // The service connection belongs to the root (the self-dumping process).
         let svc = if i == 0 { service } else { None };
@@ -42,7 +45,10 @@ pub(crate) fn collect_tree(
             &own_pidfd
         };
         let _process = tracing::info_span!("process", pid = frozen.pid).entered();
-        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry)?;
+        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
+        if let Some(v) = c.image.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
+            syscall_ips.push((frozen.pid, v.start + vdso_offset));
+        }
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
@@ -114,6 +120,7 @@ fn collect(
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
     registry: &mut files::FileRegistry,
+    parents: &[(Pid, u64)],
 ) -> Result<Collected, Error> {
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
@@ -144,6 +151,7 @@ fn collect(
     let mut timers_posix = Vec::new();
     let asked = (|| {
         let scratch = inj.map_scratch(None)?;
+        let mlock_future = pages::dump_future_lock(pid, scratch)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
         let mut t = thread::dump(pid, leader, &mut inj)?;
         t.sigmask = mask;
@@ -156,15 +164,22 @@ fn collect(
         timers_posix = posix_timers::dump(pid, &mut inj)?;
         let creds = creds::dump(&status, &mut inj)?;
         let task = attrs::dump(pid, &status, &mut inj)?;
-        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task))
+        let prctl = prctl::dump_process(pid, &mut inj)?;
+        Ok::<_, Error>((mm, threads, sigs, itimers, creds, task, mlock_future, prctl))
     })();
     // Put the thread back as it was whatever happened.
     let finished = inj.finish_parked();
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
-    let (mm, threads, signals, itimers, creds, task) = asked?;
+    let (mm, threads, signals, itimers, creds, task, mlock_future, prctl) = asked?;
     finished?;
     restored_mask?;
+    let parent = parents.iter().find(|(p, _)| *p == stat.ppid).copied();
+    let pending = signals
+        .shared_pending
+        .iter()
+        .chain(threads.iter().flat_map(|t| &t.pending));
+    let stop = stop::dump(pid, frozen.stop_signal, pending, parent)?;
     let image = ProcessImage {
         pid,
         ppid: stat.ppid,
@@ -183,6 +198,9 @@ fn collect(
         posix_timers: timers_posix,
         shares_fd_table_with: 0,
         shares_fs_with: 0,
+        stop,
+        prctl,
+        mlock_future,
     };
     Ok(Collected {
         image,

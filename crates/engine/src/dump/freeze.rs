@@ -12,6 +12,9 @@ pub struct Frozen {
     pub pid: Pid,
     /// Every thread, the leader first.
     pub threads: Vec<Pid>,
+    /// The signal of the job-control stop the process was in (or entered while it was being
+    /// frozen): what its threads reported as their group-stop (see [`crate::task::stop`]).
+    pub stop_signal: Option<i32>,
     detached: bool,
 }
 
@@ -25,6 +28,7 @@ impl Frozen {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
+            stop_signal: None,
             detached: false,
         };
         loop {
@@ -45,11 +49,20 @@ impl Frozen {
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                         return Err(Error::NoSuchProcess { pid })
                     }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        return Err(crate::task::stop::traced_by_another(pid, tid)
+                            .unwrap_or_else(|| Error::sys("PTRACE_SEIZE", tid, e)))
+                    }
                     Err(e) => return Err(Error::sys("PTRACE_SEIZE", tid, e)),
                 }
                 ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
                 match wait_for_stop(tid) {
-                    Ok(()) => frozen.threads.push(tid),
+                    Ok(sig) => {
+                        if crate::task::stop::is_stop_signal(sig) {
+                            frozen.stop_signal = Some(sig);
+                        }
+                        frozen.threads.push(tid)
+                    }
                     // A thread that exits while being frozen is simply not part of the dump.
                     Err(Error::TargetDied { .. }) if tid != pid => {}
                     Err(e) => return Err(e),
@@ -101,15 +114,16 @@ impl Drop for Frozen {
     }
 }
 
-/// Waits until `tid` reports the stop PTRACE_INTERRUPT asked for. A signal-delivery-stop that
-/// comes first is resumed with the same signal, so nothing is lost.
-fn wait_for_stop(tid: Pid) -> Result<(), Error> {
+/// Waits until `tid` reports the stop PTRACE_INTERRUPT asked for, and returns its signal:
+/// SIGTRAP, or the stop signal of a group-stop (a thread in, or entering, a job-control stop).
+/// A signal-delivery-stop that comes first is resumed with the same signal, so nothing is lost.
+fn wait_for_stop(tid: Pid) -> Result<i32, Error> {
     loop {
         match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
             ptrace::WaitStatus::Stopped {
                 event: PTRACE_EVENT_STOP,
-                ..
-            } => return Ok(()),
+                sig,
+            } => return Ok(sig),
             ptrace::WaitStatus::Stopped { sig, .. } => {
                 // A signal was about to be delivered: hand it back and wait for our stop.
                 ptrace::cont(tid, sig).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;

@@ -57,9 +57,82 @@ const PR_GET_TID_ADDRESS: u64 = 40;
 const PR_CAP_AMBIENT: u64 = 47;
 const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+const PR_SET_TIMERSLACK: u64 = 29;
+const PR_GET_TIMERSLACK: u64 = 30;
+const PR_GET_TSC: u64 = 25;
+const PR_SET_TSC: u64 = 26;
+const PR_MCE_KILL: u64 = 33;
+const PR_MCE_KILL_CLEAR: u64 = 0;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_MCE_KILL_DEFAULT: u32 = 2;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_SPECULATION_CTRL: u64 = 52;
+const PR_SET_SPECULATION_CTRL: u64 = 53;
+const PR_SET_IO_FLUSHER: u64 = 57;
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+const PR_GET_MEMORY_MERGE: u64 = 68;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// mlock2's flag (not in the libc crate).
+const MLOCK_ONFAULT: u64 = 1;
 /// `_LINUX_CAPABILITY_VERSION_3`.
 pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// A child's state change as waitid reports it: its pid, si_code (CLD_STOPPED, ...) and
+/// si_status (the signal or exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildState {
+    pub pid: Pid,
+    pub code: i32,
+    pub status: i32,
+}
+
+/// An madvise advice the restore gives a mapping back (what /proc/PID/smaps shows of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    DontFork,
+    DontDump,
+    HugePage,
+    NoHugePage,
+    WipeOnFork,
+    Sequential,
+    Random,
+    Mergeable,
+}
+
+impl Advice {
+    /// The MADV_* value.
+    pub fn value(self) -> i32 {
+        match self {
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::DontDump => libc::MADV_DONTDUMP,
+            Advice::HugePage => libc::MADV_HUGEPAGE,
+            Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+            Advice::WipeOnFork => libc::MADV_WIPEONFORK,
+            Advice::Sequential => libc::MADV_SEQUENTIAL,
+            Advice::Random => libc::MADV_RANDOM,
+            Advice::Mergeable => libc::MADV_MERGEABLE,
+        }
+    }
+
+    /// The call's name in logs and errors.
+    pub fn call_name(self) -> &'static str {
+        match self {
+            Advice::DontFork => "madvise(MADV_DONTFORK)",
+            Advice::DontDump => "madvise(MADV_DONTDUMP)",
+            Advice::HugePage => "madvise(MADV_HUGEPAGE)",
+            Advice::NoHugePage => "madvise(MADV_NOHUGEPAGE)",
+            Advice::WipeOnFork => "madvise(MADV_WIPEONFORK)",
+            Advice::Sequential => "madvise(MADV_SEQUENTIAL)",
+            Advice::Random => "madvise(MADV_RANDOM)",
+            Advice::Mergeable => "madvise(MADV_MERGEABLE)",
+        }
+    }
+}
 
 /// A signed value as the register holds it.
 fn reg(v: i64) -> u64 {
@@ -87,6 +160,34 @@ impl Injector {
             [reg(pid.into()), 0, reg(options.into()), 0, 0, 0],
         )?;
         Ok(got as Pid)
+    }
+
+    /// waitid(P_PID, pid, &info, options, NULL): the child's state change as waitid reports
+    /// it, or None when there is none (WNOHANG and nothing to report).
+    pub fn waitid(&mut self, pid: Pid, options: i32) -> Result<Option<ChildState>, Error> {
+        let mut f = self.frame();
+        let info = f.push(&Siginfo::default())?;
+        f.call(
+            "waitid",
+            libc::SYS_waitid,
+            [
+                libc::P_PID as u64,
+                reg(pid.into()),
+                info.addr(),
+                reg(options.into()),
+                0,
+                0,
+            ],
+        )?;
+        let raw = f.read(info)?.bytes;
+        let int = |at: usize| i32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+        // siginfo_t of SIGCHLD: si_code at 8, si_pid at 16, si_status at 24.
+        let state = ChildState {
+            pid: int(16),
+            code: int(8),
+            status: int(24),
+        };
+        Ok((state.pid != 0).then_some(state))
     }
 
     /// prlimit64(0, resource, NULL, &old): a resource limit of the calling process.
@@ -275,6 +376,153 @@ impl Injector {
             [PR_TIMER_CREATE_RESTORE_IDS, on.into(), 0, 0, 0, 0],
         )?;
         Ok(r.map(|_| ()))
+    }
+
+    /// A prctl that reads a value the kernel may not have (EINVAL: an older kernel, or one
+    /// built without the feature): `Ok(None)` then.
+    fn prctl_optional(&mut self, name: &'static str, args: [u64; 5]) -> Result<Option<u64>, Error> {
+        let [a, b, c, d, e] = args;
+        match self.try_call(name, libc::SYS_prctl, [a, b, c, d, e, 0])? {
+            Ok(v) => Ok(Some(v)),
+            Err(Errno(libc::EINVAL)) | Err(Errno(libc::ENODEV)) => Ok(None),
+            Err(errno) => Err(self.remote_error(name, errno)),
+        }
+    }
+
+    /// PR_GET_TIMERSLACK: the thread's timer slack in ns.
+    pub fn get_timerslack(&mut self) -> Result<u64, Error> {
+        self.prctl("prctl(PR_GET_TIMERSLACK)", [PR_GET_TIMERSLACK, 0, 0, 0, 0])
+    }
+
+    /// PR_SET_TIMERSLACK (0: back to the thread's default).
+    pub fn set_timerslack(&mut self, ns: u64) -> Result<(), Error> {
+        self.prctl("prctl(PR_SET_TIMERSLACK)", [PR_SET_TIMERSLACK, ns, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// PR_GET_TSC: PR_TSC_ENABLE (1) or PR_TSC_SIGSEGV (2).
+    pub fn get_tsc(&mut self) -> Result<u32, Error> {
+        Ok(self.prctl_get_int("prctl(PR_GET_TSC)", PR_GET_TSC)? as u32)
+    }
+
+    /// PR_SET_TSC.
+    pub fn set_tsc(&mut self, mode: u32) -> Result<(), Error> {
+        self.prctl("prctl(PR_SET_TSC)", [PR_SET_TSC, mode.into(), 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// PR_MCE_KILL_GET: PR_MCE_KILL_LATE (0), PR_MCE_KILL_EARLY (1) or PR_MCE_KILL_DEFAULT (2).
+    pub fn get_mce_kill(&mut self) -> Result<u32, Error> {
+        Ok(self.prctl("prctl(PR_MCE_KILL_GET)", [PR_MCE_KILL_GET, 0, 0, 0, 0])? as u32)
+    }
+
+    /// PR_MCE_KILL: the thread's policy (PR_MCE_KILL_DEFAULT clears it).
+    pub fn set_mce_kill(&mut self, policy: u32) -> Result<(), Error> {
+        let args = if policy == PR_MCE_KILL_DEFAULT {
+            [PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0, 0, 0]
+        } else {
+            [PR_MCE_KILL, PR_MCE_KILL_SET, policy.into(), 0, 0]
+        };
+        self.prctl("prctl(PR_MCE_KILL)", args)?;
+        Ok(())
+    }
+
+    /// PR_GET_SPECULATION_CTRL(which); 0 (PR_SPEC_NOT_AFFECTED) where the kernel has no such
+    /// control.
+    pub fn get_speculation_ctrl(&mut self, which: u32) -> Result<u32, Error> {
+        let v = self.prctl_optional(
+            "prctl(PR_GET_SPECULATION_CTRL)",
+            [PR_GET_SPECULATION_CTRL, which.into(), 0, 0, 0],
+        )?;
+        Ok(v.unwrap_or(0) as u32)
+    }
+
+    /// PR_SET_SPECULATION_CTRL(which, ctrl).
+    pub fn set_speculation_ctrl(&mut self, which: u32, ctrl: u32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_SPECULATION_CTRL)",
+            [PR_SET_SPECULATION_CTRL, which.into(), ctrl.into(), 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_SET_IO_FLUSHER(1) (needs CAP_SYS_RESOURCE).
+    pub fn set_io_flusher(&mut self) -> Result<(), Error> {
+        self.prctl("prctl(PR_SET_IO_FLUSHER)", [PR_SET_IO_FLUSHER, 1, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// PR_GET_THP_DISABLE: 0, 1, or 3 (PR_THP_DISABLE_EXCEPT_ADVISED).
+    pub fn get_thp_disable(&mut self) -> Result<u32, Error> {
+        Ok(self.prctl(
+            "prctl(PR_GET_THP_DISABLE)",
+            [PR_GET_THP_DISABLE, 0, 0, 0, 0],
+        )? as u32)
+    }
+
+    /// PR_SET_THP_DISABLE(1, flags).
+    pub fn set_thp_disable(&mut self, flags: u32) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_THP_DISABLE)",
+            [PR_SET_THP_DISABLE, 1, flags.into(), 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// PR_GET_MDWE (0 where the kernel does not have it).
+    pub fn get_mdwe(&mut self) -> Result<u32, Error> {
+        let v = self.prctl_optional("prctl(PR_GET_MDWE)", [PR_GET_MDWE, 0, 0, 0, 0])?;
+        Ok(v.unwrap_or(0) as u32)
+    }
+
+    /// PR_SET_MDWE(bits): it cannot be unset.
+    pub fn set_mdwe(&mut self, bits: u32) -> Result<(), Error> {
+        self.prctl("prctl(PR_SET_MDWE)", [PR_SET_MDWE, bits.into(), 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// PR_GET_MEMORY_MERGE (false where the kernel has no KSM).
+    pub fn get_memory_merge(&mut self) -> Result<bool, Error> {
+        let v = self.prctl_optional(
+            "prctl(PR_GET_MEMORY_MERGE)",
+            [PR_GET_MEMORY_MERGE, 0, 0, 0, 0],
+        )?;
+        Ok(v.unwrap_or(0) != 0)
+    }
+
+    /// PR_SET_MEMORY_MERGE(1) (needs CAP_SYS_RESOURCE).
+    pub fn set_memory_merge(&mut self) -> Result<(), Error> {
+        self.prctl(
+            "prctl(PR_SET_MEMORY_MERGE)",
+            [PR_SET_MEMORY_MERGE, 1, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the registration commands the process
+    /// issued (0 where the kernel cannot tell, before Linux 6.3).
+    pub fn membarrier_registrations(&mut self) -> Result<u32, Error> {
+        let name = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)";
+        let r = self.try_call(
+            name,
+            libc::SYS_membarrier,
+            [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+        )?;
+        match r {
+            Ok(v) => Ok(v as u32),
+            Err(Errno(libc::EINVAL)) => Ok(0),
+            Err(errno) => Err(self.remote_error(name, errno)),
+        }
+    }
+
+    /// membarrier(cmd, 0, 0): one registration command.
+    pub fn membarrier_register(&mut self, cmd: u32) -> Result<(), Error> {
+        self.call(
+            "membarrier(register)",
+            libc::SYS_membarrier,
+            [cmd.into(), 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
     }
 
     // --- Signals ---------------------------------------------------------------------------
@@ -647,6 +895,44 @@ impl Injector {
         Ok(())
     }
 
+    /// madvise(addr, len, advice).
+    pub fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> Result<(), Error> {
+        self.call(
+            advice.call_name(),
+            libc::SYS_madvise,
+            [addr, len, reg(advice.value().into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// mlock2(addr, len, flags): locks a range, with MLOCK_ONFAULT when `on_fault` (its pages
+    /// are locked as they are touched, not populated now).
+    pub fn mlock(&mut self, addr: u64, len: u64, on_fault: bool) -> Result<(), Error> {
+        let (name, flags) = if on_fault {
+            ("mlock2(MLOCK_ONFAULT)", MLOCK_ONFAULT)
+        } else {
+            ("mlock2", 0)
+        };
+        self.call(name, libc::SYS_mlock2, [addr, len, flags, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// mlockall(flags) (MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT).
+    pub fn mlockall(&mut self, flags: u32) -> Result<(), Error> {
+        self.call(
+            "mlockall",
+            libc::SYS_mlockall,
+            [flags.into(), 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
+    /// mseal(addr, len, 0): the range can no longer be unmapped, moved or reprotected.
+    pub fn mseal(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        self.call("mseal", libc::SYS_mseal, [addr, len, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping.
     pub fn mremap_fixed(&mut self, from: u64, len: u64, to: u64) -> Result<(), Error> {
         self.call(
@@ -676,6 +962,18 @@ impl Injector {
             [at.addr(), reg(flags.into()), 0, 0, 0, 0],
         )?;
         Ok(fd as i32)
+    }
+
+    /// write(fd, data): returns how many bytes were written.
+    pub fn write_fd(&mut self, fd: i32, data: &[u8]) -> Result<usize, Error> {
+        let mut f = self.frame();
+        let at = f.push_slice(data)?;
+        let n = f.call(
+            "write",
+            libc::SYS_write,
+            [reg(fd.into()), at.addr(), at.len() as u64, 0, 0, 0],
+        )?;
+        Ok(n as usize)
     }
 
     /// close(fd).

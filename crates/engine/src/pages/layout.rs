@@ -377,6 +377,7 @@ mod tests {
         };
         Vma {
             shmem_id: 0,
+            advice: Default::default(),
             start,
             end,
             prot,

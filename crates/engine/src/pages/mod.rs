@@ -8,6 +8,7 @@
 //! |---------|----------------------------|-----------------------------------------------------------|
 //! | dump    | [`collect_vmas`]           | the process's mappings as image records; refuses what cannot be restored |
 //! | dump    | [`dump_pages`]             | page contents into the pages file; returns the run index   |
+//! | dump    | [`dump_future_lock`]       | mlockall(MCL_FUTURE) in effect, from the scratch area's flags |
 //! | restore | [`ShmemOwners`]            | which process creates each shared anonymous memory object  |
 //! | restore | [`move_specials`]          | vdso/vvar moved to their dumped addresses                  |
 //! | restore | [`unmap_all_but_specials`] | the child's inherited mappings removed                     |
@@ -15,10 +16,13 @@
 //! | restore | [`map_vmas`]               | every mapping recreated (writable while filled)            |
 //! | restore | [`fill_pages`]             | page contents written into the child                       |
 //! | restore | [`finish_protections`]     | final protections of the mappings made writable            |
+//! | restore | [`apply_advice`]           | madvise, mlock, mlockall(MCL_FUTURE) and mseal as dumped   |
 //!
 //! # Parts
 //!
 //! * [`vma`]: classification of /proc/PID/smaps entries into [`stasis_image::Vma`] records.
+//! * [`advice`]: what madvise, mlock and mseal left on each mapping (its VmFlags), and
+//!   mlockall(MCL_FUTURE); dumped with the mappings, re-applied once they are final.
 //! * [`source`] → [`dump`](mod@dump) → [`sink`]: on the dump side a [`PageSource`] hands out
 //!   runs of pages that may hold data (today [`source::PagemapSource`]: a pagemap scan, and
 //!   SEEK_DATA over shared memory), [`dump::copy_pages`] drops the all-zero pages, and a
@@ -34,6 +38,7 @@
 //! Page data stays apart from the metadata: the pages file holds the bytes, the process record
 //! holds the mappings and the run index (docs/image-format.md).
 
+pub mod advice;
 pub mod dump;
 pub mod fill;
 pub mod layout;
@@ -41,6 +46,7 @@ pub mod sink;
 pub mod source;
 pub mod vma;
 
+pub use self::advice::{apply_advice, dump_future_lock};
 pub use self::dump::dump_pages;
 pub use self::fill::{fill_pages, PageFill};
 pub use self::layout::{

@@ -83,6 +83,13 @@ pub fn record(m: &MapEntry, kind: VmaKind) -> Vma {
         } else {
             0
         },
+        // The kernel's special mappings carry flags of the kernel's own (`dd` on vvar), which
+        // the restore does not give them.
+        advice: if is_special(&kind) {
+            Default::default()
+        } else {
+            super::advice::from_vm_flags(&m.vm_flags)
+        },
         kind,
         name: m.name.clone(),
     }
@@ -208,6 +215,24 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
         assert!(stack.growsdown, "VmFlags gd is a grows-down stack");
         let vdso = record(&maps[10], VmaKind::Vdso);
         assert_eq!(vdso.prot, (libc::PROT_READ | libc::PROT_EXEC) as u32);
+    }
+
+    #[test]
+    fn records_carry_advice_but_special_mappings_none() {
+        let text = "\
+7f0000000000-7f0000004000 rw-p 00000000 00:00 0
+VmFlags: rd wr mr mw me dd lo lf ac
+7ffc00100000-7ffc00104000 r--p 00000000 00:00 0 [vvar]
+VmFlags: rd mr pf io de dd
+";
+        let maps = entries(text);
+        let a = record(&maps[0], VmaKind::Anonymous).advice;
+        assert!(a.dontdump && a.locked && a.lock_on_fault && !a.dontfork);
+        // The kernel marks vvar "dd" itself; the restore never advises special mappings.
+        assert_eq!(
+            record(&maps[1], VmaKind::Vvar).advice,
+            stasis_image::VmaAdvice::default()
+        );
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct RequesterIdentity {
     /// Its nice value and OOM score adjustment: a restored process inherits the restorer's.
     pub nice: i32,
     pub oom_score_adj: i32,
+    /// Its audit login uid (u32::MAX: unset): the restorer takes it while it is still root,
+    /// so the restored processes inherit it.
+    pub loginuid: u32,
 }
 
 impl RequesterIdentity {
@@ -151,6 +154,7 @@ impl RequesterIdentity {
             cgroups: inherited.cgroups,
             nice: inherited.nice,
             oom_score_adj: inherited.oom_score_adj,
+            loginuid: inherited.loginuid,
         };
         still_alive(pid, pidfd)?;
         Ok(who)
@@ -197,6 +201,7 @@ impl RequesterIdentity {
             cgroups: inherited.cgroups,
             nice: inherited.nice,
             oom_score_adj: inherited.oom_score_adj,
+            loginuid: inherited.loginuid,
         })
     }
 
@@ -208,6 +213,7 @@ impl RequesterIdentity {
             groups: self.groups.clone(),
             cap_permitted: self.cap_permitted,
             rlimits: self.rlimits.clone(),
+            loginuid: self.loginuid,
         }
     }
 }
@@ -219,6 +225,8 @@ struct Inherited {
     cgroups: Vec<CgroupMembership>,
     nice: i32,
     oom_score_adj: i32,
+    /// The audit login uid (u32::MAX: unset).
+    loginuid: u32,
 }
 
 impl Inherited {
@@ -237,11 +245,16 @@ impl Inherited {
             .trim()
             .parse()
             .map_err(|_| bad("oom_score_adj"))?;
+        let loginuid = read("loginuid")?
+            .trim()
+            .parse()
+            .map_err(|_| bad("loginuid"))?;
         Ok(Inherited {
             rlimits: parse_limits(&limits),
             cgroups: parse_cgroups(&cgroups)?,
             nice,
             oom_score_adj,
+            loginuid,
         })
     }
 }
@@ -519,10 +532,19 @@ fn apply_limits(who: &RequesterIdentity) -> Result<(), Error> {
     Ok(())
 }
 
-/// The requester's nice value and OOM score adjustment (as root: either may be lower than
-/// ours). An OOM score adjustment lower than ours needs CAP_SYS_RESOURCE, which root lacks on
-/// some machines: ours, the higher, then stays.
+/// The requester's nice value, OOM score adjustment and audit login uid (as root: either may
+/// be lower than ours). An OOM score adjustment lower than ours needs CAP_SYS_RESOURCE, which
+/// root lacks on some machines: ours, the higher, then stays.
 fn apply_scheduling(who: &RequesterIdentity) -> Result<(), Error> {
+    let ours: u32 = procfs::read_number(Path::new("/proc/self/loginuid"))?;
+    if ours != who.loginuid {
+        std::fs::write("/proc/self/loginuid", who.loginuid.to_string()).map_err(|e| {
+            Error::io(
+                format!("write the requester's audit login uid {}", who.loginuid),
+                e,
+            )
+        })?;
+    }
     privilege::set_nice(who.nice).map_err(|e| {
         Error::sys(
             "setpriority to the requester's nice value",

@@ -13,9 +13,11 @@
 
 use super::plan::{Plan, PlannedProcess};
 use crate::inject::{self, Injector};
-use crate::task::{attrs, creds, itimers, mm, posix_timers, signals, thread};
+use crate::task::{
+    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
+};
 use crate::{pages, procfs, Error};
-use stasis_image::ThreadImage;
+use stasis_image::{ThreadImage, VmaKind};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -37,6 +39,11 @@ pub enum RebuildStep {
     FillPages,
     /// Give every mapping its final protection (after the pages are written).
     Protections,
+    /// madvise, mlock, mlockall(MCL_FUTURE) and mseal as dumped: after the final protections
+    /// (locking populates a mapping, and a private file mapping still writable would be copied
+    /// page by page), and before the credentials (the target can lock whatever it had locked,
+    /// whatever its RLIMIT_MEMLOCK, only while it has CAP_IPC_LOCK).
+    MemoryAdvice,
     /// The mm fields (code, data, brk, stack, arg and env bounds, auxv, exe link).
     MmFields,
     /// Signal dispositions and process-wide pending signals.
@@ -49,16 +56,32 @@ pub enum RebuildStep {
     /// process sharing this fd table no longer needs them.
     CloseRestoreFds,
     /// Create the other threads with their ids (clone3 `set_tid`: needs privilege, so before
-    /// the credentials) and give each its per-thread state.
+    /// the credentials) and give each its per-thread state (and its own audit login uid when
+    /// it is not the leader's: changing one needs CAP_AUDIT_CONTROL).
     CreateThreads,
     /// POSIX timers with their ids: after the threads exist (a timer may signal one of them).
     PosixTimers,
+    /// Inherited prctl state, process-wide and per thread (THP disable, MDWE, membarrier
+    /// registrations, KSM merging; timer slack, TSC, MCE kill policy, speculation control, IO
+    /// flusher): once the threads exist and the memory layout is final (MDWE refuses to make
+    /// memory executable from then on), before the credentials (IO flusher and KSM merging
+    /// need CAP_SYS_RESOURCE).
+    InheritedPrctl,
     /// Join a process group that did not exist yet when the process was forked.
     JoinProcessGroup,
     /// Credentials of every thread, the leader last: the last step that needs privilege.
     Credentials,
     /// prctl bits set after the credentials (dumpable, pdeathsig, ...).
     Prctl,
+    /// Enter the job-control stop the process was in: after everything that runs inside it
+    /// but the final registers (a stopped thread still takes injected calls, but every
+    /// blockable signal must still be blocked while the stop starts). Detaching at the end of
+    /// the restore puts every thread back into the stop without a new report to the parent.
+    JobStop,
+    /// Scheduling policy, priority, nice value and affinity of every thread, set from outside:
+    /// late, so that the restore runs at the restorer's priority (a SCHED_IDLE thread would
+    /// make each injected call wait for an idle CPU).
+    Scheduling,
     /// Registers, FPU state and signal masks of every thread: no system call runs in a thread
     /// after this (pending signals stay queued for the process to take).
     FinalRegisters,
@@ -72,6 +95,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::MapVmas,
     RebuildStep::FillPages,
     RebuildStep::Protections,
+    RebuildStep::MemoryAdvice,
     RebuildStep::MmFields,
     RebuildStep::Signals,
     RebuildStep::IntervalTimers,
@@ -79,9 +103,12 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::CloseRestoreFds,
     RebuildStep::CreateThreads,
     RebuildStep::PosixTimers,
+    RebuildStep::InheritedPrctl,
     RebuildStep::JoinProcessGroup,
     RebuildStep::Credentials,
     RebuildStep::Prctl,
+    RebuildStep::JobStop,
+    RebuildStep::Scheduling,
     RebuildStep::FinalRegisters,
 ];
 
@@ -95,6 +122,7 @@ impl RebuildStep {
             RebuildStep::MapVmas => "map memory",
             RebuildStep::FillPages => "fill pages",
             RebuildStep::Protections => "set protections",
+            RebuildStep::MemoryAdvice => "memory advice and locks",
             RebuildStep::MmFields => "mm fields",
             RebuildStep::Signals => "signals",
             RebuildStep::IntervalTimers => "interval timers",
@@ -102,9 +130,12 @@ impl RebuildStep {
             RebuildStep::CloseRestoreFds => "close restore fds",
             RebuildStep::CreateThreads => "create threads",
             RebuildStep::PosixTimers => "POSIX timers",
+            RebuildStep::InheritedPrctl => "inherited prctl state",
             RebuildStep::JoinProcessGroup => "join process group",
             RebuildStep::Credentials => "credentials",
             RebuildStep::Prctl => "prctl",
+            RebuildStep::JobStop => "job-control stop",
+            RebuildStep::Scheduling => "scheduling",
             RebuildStep::FinalRegisters => "final registers",
         }
     }
@@ -207,6 +238,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             RebuildStep::Protections => {
                 pages::finish_protections(self.inj()?, &image.vmas, &image.page_runs)?;
             }
+            RebuildStep::MemoryAdvice => {
+                pages::apply_advice(self.inj()?, &image.vmas, image.mlock_future)?;
+            }
             RebuildStep::MmFields => {
                 // The child's exe link is the restorer's executable. When that is also the
                 // dumped process's executable it is already right (and the kernel refuses to
@@ -239,10 +273,18 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     ptrace::set_sigmask(t.tid, u64::MAX)
                         .map_err(|e| Error::sys("PTRACE_SETSIGMASK", t.tid, e))?;
                     thread::restore_in_thread(&mut tinj, child, t)?;
+                    loginuid::restore_thread(&mut tinj, t.loginuid, image.task.loginuid)?;
                     self.others.push((tinj, t));
                 }
             }
             RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
+            RebuildStep::InheritedPrctl => {
+                prctl::restore_process(self.inj()?, &image.prctl)?;
+                prctl::restore_thread(self.inj()?, &image.threads[0].prctl)?;
+                for (tinj, t) in &mut self.others {
+                    prctl::restore_thread(tinj, &t.prctl)?;
+                }
+            }
             RebuildStep::JoinProcessGroup => {
                 if planned.set_pgid {
                     self.inj()?.setpgid(0, image.pgid)?;
@@ -260,6 +302,25 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 let with_pdeathsig =
                     plan.root_pdeathsig || image.pid != plan.loaded.inventory.root_pid;
                 attrs::restore_prctl(self.inj()?, &image.task, with_pdeathsig)?
+            }
+            RebuildStep::JobStop => {
+                if let Some(js) = &image.stop {
+                    let tids: Vec<_> = image.threads.iter().map(|t| t.tid).collect();
+                    // The parent, when it is in the dump: already rebuilt, still traced.
+                    let parent = plan
+                        .processes
+                        .iter()
+                        .map(|p| p.image)
+                        .find(|p| p.pid == image.ppid)
+                        .and_then(|p| p.vmas.iter().find(|v| v.kind == VmaKind::Vdso))
+                        .map(|v| (image.ppid, v.start + vdso_offset));
+                    stop::restore(child, &tids, js, &image.signals.actions, parent)?;
+                }
+            }
+            RebuildStep::Scheduling => {
+                for t in &image.threads {
+                    sched::restore(t.tid, &t.sched)?;
+                }
             }
             RebuildStep::FinalRegisters => {
                 for (mut tinj, t) in std::mem::take(&mut self.others) {
@@ -304,7 +365,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 17);
+        assert_eq!(seen.len(), 21);
     }
 
     #[test]
@@ -313,6 +374,8 @@ mod tests {
         assert!(pos(S::UnmapInherited) < pos(S::MapVmas));
         assert!(pos(S::MapVmas) < pos(S::FillPages));
         assert!(pos(S::FillPages) < pos(S::Protections));
+        assert!(pos(S::Protections) < pos(S::MemoryAdvice));
+        assert!(pos(S::MemoryAdvice) < pos(S::Credentials));
         assert!(pos(S::MapVmas) < pos(S::MmFields));
     }
 
@@ -324,15 +387,26 @@ mod tests {
             S::MmFields,
             S::JoinProcessGroup,
             S::CloseRestoreFds,
+            S::InheritedPrctl,
         ] {
             assert!(pos(s) < pos(S::Credentials), "{s:?} after credentials");
         }
         assert!(pos(S::CreateThreads) < pos(S::PosixTimers));
+        assert!(pos(S::CreateThreads) < pos(S::InheritedPrctl));
+        assert!(pos(S::Protections) < pos(S::InheritedPrctl));
     }
 
     #[test]
     fn final_registers_last() {
         assert_eq!(REBUILD_ORDER.last(), Some(&S::FinalRegisters));
+        // Everything that injects calls runs at the restorer's priority.
+        assert_eq!(pos(S::Scheduling) + 1, pos(S::FinalRegisters));
+        // The stop starts once nothing but the final registers is left to do.
+        for s in REBUILD_ORDER {
+            if !matches!(s, S::JobStop | S::Scheduling | S::FinalRegisters) {
+                assert!(pos(*s) < pos(S::JobStop), "{s:?} after the stop");
+            }
+        }
         assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
     }
 }

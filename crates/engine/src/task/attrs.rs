@@ -1,6 +1,7 @@
 //! Per-process attributes that are neither memory, files nor credentials: comm, exe path,
 //! cwd, root, umask, personality, resource limits, and the prctl bits pdeathsig, dumpable and
-//! child-subreaper.
+//! child-subreaper; and, through their own modules, oom_score_adj ([`super::oom`]) and the
+//! audit login uid ([`super::loginuid`]), which the restore child sets first.
 //!
 //! Restore happens in two places: [`apply_in_child`] runs as ordinary code in the freshly
 //! forked process before it hands itself over (chdir, chroot, umask, rlimits, personality,
@@ -43,6 +44,8 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
         pdeathsig,
         dumpable,
         child_subreaper,
+        oom_score_adj: super::oom::dump(pid)?,
+        loginuid: super::loginuid::dump(pid)?,
     })
 }
 
@@ -53,6 +56,9 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
 /// (the requester's, in a restore through stasisd; none for root's own restore, which keeps
 /// its own).
 pub fn apply_in_child(t: &TaskState, fs_shared: bool, defaults: &[Rlimit]) -> Result<(), String> {
+    // Through /proc/self, so before a chroot.
+    super::loginuid::apply_in_child(t.loginuid)?;
+    super::oom::apply_in_child(t.oom_score_adj)?;
     if !fs_shared {
         std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
         if t.root != "/" {

@@ -13,11 +13,21 @@
 //! | [`signals`]      | signal dispositions and pending signals                           |
 //! | [`itimers`]      | interval timers (setitimer)                                       |
 //! | [`posix_timers`] | POSIX timers (timer_create), with their ids                       |
+//! | [`sched`]        | per thread: scheduling policy, priority, nice value, CPU affinity |
+//! | [`prctl`]        | inherited prctl state: THP disable, MDWE, membarrier, KSM merge; per thread timer slack, TSC, MCE kill, speculation control, IO flusher |
+//! | [`oom`]          | oom_score_adj                                                      |
+//! | [`loginuid`]     | the audit login uid                                                |
+//! | [`stop`]         | job-control stop (SIGSTOP, SIGTSTP, ...) and the parent's stop report |
 
 pub mod attrs;
 pub mod creds;
 pub mod itimers;
+pub mod loginuid;
 pub mod mm;
+pub mod oom;
 pub mod posix_timers;
+pub mod prctl;
+pub mod sched;
 pub mod signals;
+pub mod stop;
 pub mod thread;

@@ -141,6 +141,9 @@ pub fn dump(pid: Pid, tid: Pid, inj: &mut Injector) -> Result<ThreadImage, Error
         robust_list,
         robust_list_len,
         clear_child_tid,
+        loginuid: super::loginuid::dump_thread(pid, tid)?,
+        sched: super::sched::dump(tid)?,
+        prctl: super::prctl::dump_thread(pid, tid, inj)?,
     })
 }
 
