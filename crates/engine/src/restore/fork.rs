@@ -445,6 +445,7 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         &image.task,
         image.shares_fs_with != 0,
         &plan.default_rlimits,
+        plan.confined,
     )
     .map_err(other("setting cwd, root, umask, rlimits and name"))?;
     process::stop_self().map_err(sys("raise(SIGSTOP)"))?;

@@ -65,6 +65,9 @@ pub(crate) struct Plan<'a> {
     pub allowed_caps: u64,
     /// Limits of the resources an image does not list: the requester's (none for root).
     pub default_rlimits: Vec<stasis_image::Rlimit>,
+    /// A restore for a requester: its nice value and OOM score adjustment (which the restorer
+    /// took) are floors the restored processes do not go below (the kernel would refuse it).
+    pub confined: bool,
     /// Where each shared anonymous memory object is first mapped.
     pub shmem: pages::ShmemOwners,
 }
@@ -144,6 +147,7 @@ impl<'a> Plan<'a> {
                 .requester
                 .as_ref()
                 .map_or_else(Vec::new, |r| r.rlimits.clone()),
+            confined: opts.requester.is_some(),
             shmem,
         };
         Ok((plan, err_read))

@@ -319,7 +319,7 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             }
             RebuildStep::Scheduling => {
                 for t in &image.threads {
-                    sched::restore(t.tid, &t.sched)?;
+                    sched::restore(t.tid, &t.sched, plan.confined)?;
                 }
             }
             RebuildStep::FinalRegisters => {

@@ -55,10 +55,15 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
 /// parent sets for both. `defaults` are the limits of a resource the image does not list
 /// (the requester's, in a restore through stasisd; none for root's own restore, which keeps
 /// its own).
-pub fn apply_in_child(t: &TaskState, fs_shared: bool, defaults: &[Rlimit]) -> Result<(), String> {
+pub fn apply_in_child(
+    t: &TaskState,
+    fs_shared: bool,
+    defaults: &[Rlimit],
+    confined: bool,
+) -> Result<(), String> {
     // Through /proc/self, so before a chroot.
     super::loginuid::apply_in_child(t.loginuid)?;
-    super::oom::apply_in_child(t.oom_score_adj)?;
+    super::oom::apply_in_child(t.oom_score_adj, confined)?;
     if !fs_shared {
         std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
         if t.root != "/" {

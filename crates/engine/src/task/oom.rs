@@ -22,9 +22,17 @@ pub fn dump(pid: Pid) -> Result<i32, Error> {
 }
 
 /// Runs in the restore child: gives it the dumped `oom_score_adj` (a message on failure).
-pub fn apply_in_child(oom_score_adj: i32) -> Result<(), String> {
+///
+/// With `confined` (a restore for a requester, whose value the restorer took), the current
+/// value is a floor: the dumped one is kept only when it is higher.
+pub fn apply_in_child(oom_score_adj: i32, confined: bool) -> Result<(), String> {
     let current: i32 =
         procfs::read_number(Path::new(SELF)).map_err(|e| format!("oom_score_adj: {e}"))?;
+    let oom_score_adj = if confined {
+        oom_score_adj.max(current)
+    } else {
+        oom_score_adj
+    };
     if current == oom_score_adj {
         return Ok(());
     }

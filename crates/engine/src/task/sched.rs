@@ -91,7 +91,22 @@ pub fn dump(tid: Pid) -> Result<ThreadSched, Error> {
 /// Gives thread `tid` its dumped scheduling: affinity first (SCHED_DEADLINE takes only a
 /// thread allowed on every CPU of its root domain), then the policy, then the nice value.
 #[tracing::instrument(name = "sched", level = "debug", skip_all, fields(tid = tid))]
-pub fn restore(tid: Pid, s: &ThreadSched) -> Result<(), Error> {
+///
+/// With `confined` (a restore for a requester, whose nice value the restorer took), the
+/// thread's current nice value is a floor: the dumped one is kept only when it is higher
+/// (lowering it needs a privilege the requester may not have).
+pub fn restore(tid: Pid, s: &ThreadSched, confined: bool) -> Result<(), Error> {
+    let floored;
+    let s = if confined {
+        let now = sched::get_nice(tid).map_err(|e| Error::sys("getpriority", tid, e))?;
+        floored = ThreadSched {
+            nice: s.nice.max(now),
+            ..s.clone()
+        };
+        &floored
+    } else {
+        s
+    };
     sched::set_affinity(tid, &s.affinity).map_err(|e| Error::sys("sched_setaffinity", tid, e))?;
     sched::set_attr(tid, &attr(s)).map_err(|e| Error::Io {
         what: format!(
@@ -151,7 +166,27 @@ mod tests {
     fn own_thread_round_trip() {
         let me = stasis_sys::process::gettid();
         let s = dump(me).unwrap();
-        restore(me, &s).unwrap();
+        restore(me, &s, false).unwrap();
         assert_eq!(dump(me).unwrap(), s);
+    }
+
+    /// In a restore for a requester, the thread's current nice value is a floor: a lower
+    /// dumped one is not asked for, a higher one is set. (Run in a thread of its own, whose
+    /// nice value this test may raise.)
+    #[test]
+    fn confined_restore_keeps_the_higher_nice() {
+        std::thread::spawn(|| {
+            let me = stasis_sys::process::gettid();
+            let mut s = dump(me).unwrap();
+            sched::set_nice(me, 5).unwrap();
+            s.nice = 2;
+            restore(me, &s, true).unwrap();
+            assert_eq!(sched::get_nice(me).unwrap(), 5, "went below the floor");
+            s.nice = 9;
+            restore(me, &s, true).unwrap();
+            assert_eq!(sched::get_nice(me).unwrap(), 9);
+        })
+        .join()
+        .unwrap();
     }
 }
