@@ -5,7 +5,7 @@
 #![deny(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use stasis_engine::{dump, restore, DumpOptions, RestoreOptions};
+use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions};
 use stasis_tools::{bench, demo};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -62,6 +62,13 @@ enum Command {
         /// restored many times side by side (the processes keep their pids inside it).
         #[arg(long)]
         pid_ns: bool,
+        /// Restore a file that was replaced at its path since the dump (restored from a
+        /// backup, saved by an editor, copied to another machine) if it is of the same type
+        /// (regular file, directory, FIFO, mapped file, object of an O_PATH descriptor),
+        /// printing a warning naming each; without it such a file fails the restore. (A device
+        /// is the same when its device number is; stasisd always refuses replaced files.)
+        #[arg(long)]
+        accept_replaced_files: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -131,8 +138,19 @@ fn main() -> ExitCode {
             detach,
             new_session,
             pid_ns,
+            accept_replaced_files,
             log_file: _,
-        } => ("restore", run_restore(images, detach, new_session, pid_ns)),
+        } => {
+            let replaced = if accept_replaced_files {
+                ReplacedFiles::Accept {
+                    warn: warn_replaced,
+                }
+            } else {
+                ReplacedFiles::Refuse
+            };
+            let r = run_restore(images, detach, new_session, pid_ns, replaced);
+            ("restore", r)
+        }
         Command::Show { dir } => ("show", run_show(dir)),
         Command::Demo => ("demo", demo::run()),
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
@@ -270,7 +288,18 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
     Ok(0)
 }
 
-fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -> CmdResult {
+/// Prints the warning about a replaced file the restore accepted (one line each).
+fn warn_replaced(msg: &str) {
+    eprintln!("restore: warning: {msg}");
+}
+
+fn run_restore(
+    images: PathBuf,
+    detach: bool,
+    new_session: bool,
+    pid_ns: bool,
+    replaced_files: ReplacedFiles,
+) -> CmdResult {
     if pid_ns {
         if stasis_sys::process::geteuid() != 0 {
             return Err("--pid-ns needs root".into());
@@ -280,6 +309,7 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
             requester: None,
             // The namespace's init is the root's parent, in a session of its own.
             new_session: true,
+            replaced_files,
         };
         let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
         if detach {
@@ -293,6 +323,11 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
         return Ok(code.clamp(0, 255) as u8);
     }
     if stasis_sys::process::geteuid() != 0 {
+        if matches!(replaced_files, ReplacedFiles::Accept { .. }) {
+            return Err(
+                "--accept-replaced-files needs root (stasisd always refuses replaced files)".into(),
+            );
+        }
         // Not root: stasisd restores it with our own credentials, or refuses.
         let dir = open_dir_for_daemon(&images, false)?;
         let opts = stasis_client::RestoreOptions {
@@ -310,6 +345,7 @@ fn run_restore(images: PathBuf, detach: bool, new_session: bool, pid_ns: bool) -
         images: stasis_engine::ImageDir::open(&images)?,
         requester: None,
         new_session,
+        replaced_files,
     })?;
     if detach {
         println!("{}", restored.pid);

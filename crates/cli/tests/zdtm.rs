@@ -894,6 +894,8 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
+    // Files: owners and signals of O_ASYNC.
+    file_fown;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -288,6 +288,8 @@ fn restore(
         images,
         requester,
         new_session: true,
+        // A file replaced since the dump is always refused here.
+        replaced_files: stasis_engine::ReplacedFiles::Refuse,
     })
     .map_err(|e| {
         let code = match e.class() {

@@ -33,6 +33,7 @@ pub mod show;
 pub mod task;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
+pub use files::ReplacedFiles;
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 
 pub use stasis_image::ImageDir;

@@ -152,6 +152,7 @@ pub fn sample_process() -> ProcessImage {
                     path: "/dev/null".into(),
                     rdev: 0x103,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 1,
@@ -163,6 +164,11 @@ pub fn sample_process() -> ProcessImage {
                     capacity: 65536,
                     data: b"hi".to_vec(),
                 },
+                owner: FileOwner {
+                    kind: 1,
+                    pid: 42,
+                    signal: 0,
+                },
             },
             FileDesc {
                 id: 2,
@@ -172,6 +178,7 @@ pub fn sample_process() -> ProcessImage {
                     count: 0x1_0000_0005,
                     semaphore: true,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 3,
@@ -185,12 +192,14 @@ pub fn sample_process() -> ProcessImage {
                     remaining_ns: 5_000,
                     deadline_ns: 1_700_000_000_000_000_000,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 4,
                 flags: 2,
                 pos: 0,
                 kind: FileKind::SignalFd { mask: 1 << 9 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 5,
@@ -204,6 +213,7 @@ pub fn sample_process() -> ProcessImage {
                         data: 0x1122_3344_5566_7788,
                     }],
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 6,
@@ -219,6 +229,7 @@ pub fn sample_process() -> ProcessImage {
                     len: 8192,
                     crc: 7,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 7,
@@ -242,6 +253,7 @@ pub fn sample_process() -> ProcessImage {
                         },
                     ],
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 8,
@@ -253,6 +265,7 @@ pub fn sample_process() -> ProcessImage {
                     ino: 3,
                     size: 10,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 9,
@@ -264,6 +277,7 @@ pub fn sample_process() -> ProcessImage {
                     len: 4,
                     crc: 5,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 10,
@@ -271,7 +285,10 @@ pub fn sample_process() -> ProcessImage {
                 pos: 0,
                 kind: FileKind::Directory {
                     path: "/tmp".into(),
+                    dev: 1,
+                    ino: 2,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 11,
@@ -280,6 +297,7 @@ pub fn sample_process() -> ProcessImage {
                 kind: FileKind::ServiceSocket {
                     reply: b"restored".to_vec(),
                 },
+                owner: Default::default(),
             },
         ],
         fds: vec![

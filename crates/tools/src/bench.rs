@@ -155,6 +155,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             images: stasis_engine::ImageDir::open(&images)?,
             requester: None,
             new_session: false,
+            replaced_files: stasis_engine::ReplacedFiles::Refuse,
         })?;
         let restore = t.elapsed();
         println!(

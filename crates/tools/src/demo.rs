@@ -163,6 +163,7 @@ fn demo_with_daemon(
         images: stasis_engine::ImageDir::open(images)?,
         requester: None,
         new_session: false,
+        replaced_files: stasis_engine::ReplacedFiles::Refuse,
     })?;
     println!("restored it with pid {}; it goes on:", restored.pid);
     let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));

@@ -88,6 +88,8 @@ pub struct RestoreOptions {
     /// When the dumped process was in a session whose leader was not dumped and the restorer
     /// is not in it, give it a session of its own instead of failing.
     pub new_session: bool,
+    /// What to do with a file replaced at its path since the dump (default: refuse).
+    pub replaced_files: crate::files::ReplacedFiles,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -135,6 +137,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         }
         drop(phase);
         let _phase = Phase::Finish.span();
+        // Every process and thread exists: the owners of I/O signals can be set.
+        plan.descriptions.set_owners()?;
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
