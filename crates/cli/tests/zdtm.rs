@@ -894,8 +894,9 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
-    // Files: owners and signals of O_ASYNC.
+    // Files: owners and signals of O_ASYNC, O_PATH descriptors.
     file_fown;
+    file_opath;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

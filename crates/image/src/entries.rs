@@ -289,6 +289,15 @@ pub enum FileKind {
     /// An inotify instance (engine::files::inotify) with its watches, sorted by watch descriptor.
     /// Events queued but not read at dump time are not kept.
     Inotify { watches: Vec<InotifyWatch> },
+    /// An O_PATH descriptor (engine::files::opath) of the object at `path`, identified by
+    /// `dev`, `ino` and its file type (`mode & S_IFMT`); O_NOFOLLOW in the description's
+    /// flags means the object is a symbolic link itself.
+    OPath {
+        path: String,
+        dev: u64,
+        ino: u64,
+        mode: u32,
+    },
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

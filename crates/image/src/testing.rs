@@ -299,6 +299,18 @@ pub fn sample_process() -> ProcessImage {
                 },
                 owner: Default::default(),
             },
+            FileDesc {
+                id: 13,
+                flags: 0o10400000,
+                pos: 0,
+                kind: FileKind::OPath {
+                    path: "/tmp/link".into(),
+                    dev: 1,
+                    ino: 5,
+                    mode: 0o120000,
+                },
+                owner: Default::default(),
+            },
         ],
         fds: vec![
             FdEntry {
@@ -360,6 +372,11 @@ pub fn sample_process() -> ProcessImage {
                 fd: 13,
                 file_id: 11,
                 cloexec: false,
+            },
+            FdEntry {
+                fd: 15,
+                file_id: 13,
+                cloexec: true,
             },
         ],
         signals: ProcessSignals {

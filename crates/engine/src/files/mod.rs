@@ -5,6 +5,7 @@
 //! | kind                                   | module          |
 //! |----------------------------------------|-----------------|
 //! | the self-dump connection to stasisd    | [`service`]     |
+//! | O_PATH descriptors, reopened by path   | [`opath`]       |
 //! | pipes (both ends, bytes in flight)     | [`pipe`]        |
 //! | eventfd                                | [`eventfd`]     |
 //! | timerfd                                | [`timerfd`]     |
@@ -86,6 +87,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod memfd;
+pub mod opath;
 pub mod pipe;
 pub mod regular;
 pub mod service;
@@ -94,10 +96,12 @@ pub mod timerfd;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
-/// of file come from the most particular to the most general (memfd, deleted, regular).
+/// of file come from the most particular to the most general (O_PATH descriptors of any
+/// class first; memfd, deleted, regular).
 pub fn kinds() -> Vec<Box<dyn FileOps>> {
     vec![
         Box::<service::ServiceConnections>::default(),
+        Box::<opath::OPaths>::default(),
         Box::<pipe::Pipes>::default(),
         Box::<eventfd::EventFds>::default(),
         Box::<timerfd::TimerFds>::default(),
@@ -1118,10 +1122,11 @@ mod tests {
                 FileKind::Epoll { .. } => 9,
                 FileKind::Memfd { .. } => 10,
                 FileKind::Inotify { .. } => 11,
+                FileKind::OPath { .. } => 13,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 12, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 13, "the sample record lacks a kind of file");
         kinds
     }
 
