@@ -8,13 +8,14 @@
  *   pipe1: a pipe's read end, O_ASYNC, F_SETOWN to the process (SIGIO)
  *   pipe2: a pipe's read end, O_ASYNC, F_SETOWN to its process group
  *          (-pgrp), F_SETSIG SIGRTMIN+2
- *   pipe3: a pipe's read end, O_ASYNC, F_SETOWN_EX to the thread
- *          (F_OWNER_TID), F_SETSIG SIGRTMIN+3
+ *   fifo:  a FIFO's read end, O_ASYNC, F_SETOWN_EX to the thread
+ *          (F_OWNER_TID), F_SETSIG SIGRTMIN+3; written through a
+ *          read-write end without O_ASYNC
  *   quiet: a pipe's read end, O_ASYNC without an owner: no signal
  *
  * All these signals are blocked. On SIGTERM: F_GETOWN_EX, F_GETOWN,
  * F_GETSIG and O_ASYNC of each; none of the signals is pending; then a
- * byte written into each pipe must raise its signal (taken
+ * byte written into each pipe and the FIFO must raise its signal (taken
  * with sigtimedwait), the F_SETSIG ones with si_fd = the read end's fd and
  * si_code POLL_IN; the quiet pipe raises nothing.
  */
@@ -104,7 +105,7 @@ drain:
 
 int main(int argc, char **argv)
 {
-	int file, p1[2], p2[2], p3[2], p4[2];
+	int file, p1[2], p2[2], p3[2], fifo, fifo_rw;
 	pid_t pid = getpid(), pgrp = getpgrp(), tid = syscall(SYS_gettid);
 	sigset_t pending;
 	struct timespec now = { 0, 0 };
@@ -120,16 +121,20 @@ int main(int argc, char **argv)
 	if (sigprocmask(SIG_BLOCK, &sigs, NULL))
 		zdtm_die("sigprocmask: %m");
 
+	unlink("fifo");
 	if ((file = open("file", O_CREAT | O_RDWR | O_TRUNC | O_ASYNC, 0644)) < 0)
 		zdtm_die("open file: %m");
-	if (pipe(p1) || pipe(p2) || pipe(p3) || pipe(p4))
+	if (pipe(p1) || pipe(p2) || pipe(p3))
 		zdtm_die("pipe: %m");
+	if (mkfifo("fifo", 0600) || (fifo_rw = open("fifo", O_RDWR)) < 0 ||
+	    (fifo = open("fifo", O_RDONLY | O_NONBLOCK)) < 0)
+		zdtm_die("fifo: %m");
 
 	struct owned o[] = {
 		{ "file", file, -1, F_OWNER_PID, pid, SIGUSR1, pid },
 		{ "pipe1", p1[0], p1[1], F_OWNER_PID, pid, 0, pid },
 		{ "pipe2", p2[0], p2[1], F_OWNER_PGRP, pgrp, SIGRTMIN + 2, -pgrp },
-		{ "pipe3", p4[0], p4[1], F_OWNER_TID, tid, SIGRTMIN + 3, tid },
+		{ "fifo", fifo, fifo_rw, F_OWNER_TID, tid, SIGRTMIN + 3, tid },
 		{ "quiet", p3[0], p3[1], F_OWNER_TID, 0, 0, 0 },
 	};
 	const int n = sizeof(o) / sizeof(o[0]);

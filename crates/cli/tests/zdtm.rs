@@ -894,9 +894,10 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
-    // Files: owners and signals of O_ASYNC, O_PATH descriptors.
-    file_fown;
+    // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
+    fifo;
     file_opath;
+    file_fown;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

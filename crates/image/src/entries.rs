@@ -289,6 +289,20 @@ pub enum FileKind {
     /// An inotify instance (engine::files::inotify) with its watches, sorted by watch descriptor.
     /// Events queued but not read at dump time are not kept.
     Inotify { watches: Vec<InotifyWatch> },
+    /// One end of a named FIFO (engine::files::fifo), reopened by `path`; `dev` and `ino`
+    /// identify the FIFO (and link the descriptions of one FIFO). A FIFO that was unlinked
+    /// while open (`deleted`) is made again with permission bits `mode`. `capacity` and the
+    /// bytes in flight (`data`, stored with the first description of the FIFO only) as for
+    /// pipes.
+    Fifo {
+        path: String,
+        dev: u64,
+        ino: u64,
+        deleted: bool,
+        mode: u32,
+        capacity: u32,
+        data: Vec<u8>,
+    },
     /// An O_PATH descriptor (engine::files::opath) of the object at `path`, identified by
     /// `dev`, `ino` and its file type (`mode & S_IFMT`); O_NOFOLLOW in the description's
     /// flags means the object is a symbolic link itself.

@@ -300,6 +300,25 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
             },
             FileDesc {
+                id: 12,
+                flags: 0o100000,
+                pos: 0,
+                kind: FileKind::Fifo {
+                    path: "/tmp/fifo".into(),
+                    dev: 1,
+                    ino: 4,
+                    deleted: false,
+                    mode: 0o600,
+                    capacity: 65536,
+                    data: b"in flight".to_vec(),
+                },
+                owner: FileOwner {
+                    kind: 0,
+                    pid: 42,
+                    signal: 35,
+                },
+            },
+            FileDesc {
                 id: 13,
                 flags: 0o10400000,
                 pos: 0,
@@ -371,6 +390,11 @@ pub fn sample_process() -> ProcessImage {
             FdEntry {
                 fd: 13,
                 file_id: 11,
+                cloexec: false,
+            },
+            FdEntry {
+                fd: 14,
+                file_id: 12,
                 cloexec: false,
             },
             FdEntry {

@@ -7,6 +7,7 @@
 //! | the self-dump connection to stasisd    | [`service`]     |
 //! | O_PATH descriptors, reopened by path   | [`opath`]       |
 //! | pipes (both ends, bytes in flight)     | [`pipe`]        |
+//! | named FIFOs (by path, bytes in flight) | [`fifo`]        |
 //! | eventfd                                | [`eventfd`]     |
 //! | timerfd                                | [`timerfd`]     |
 //! | signalfd                               | [`signalfd`]    |
@@ -28,10 +29,11 @@
 //!   one id however many fds of however many processes refer to it (kcmp), and holds what the
 //!   kinds gather across processes.
 //! * [`dump`]: the fd table of one process ([`DumpedFiles`]); refuses, naming the fd, anything
-//!   no kind claims (sockets, named FIFOs, POSIX message queues, unknown anonymous-inode files).
+//!   no kind claims (sockets, POSIX message queues, unknown anonymous-inode files).
 //! * [`FileRegistry::finish`]: once every process is collected, completes the objects that
-//!   span processes (pipes: both ends must be in the tree; the bytes in flight are stored once,
-//!   with the first process record that has the pipe's first description) and checks that the owner of every description's I/O signals
+//!   span processes (pipes and FIFOs: an end outside the tree is refused where it cannot come
+//!   back; the bytes in flight are stored once, with the first process record that has the
+//!   pipe's first description) and checks that the owner of every description's I/O signals
 //!   is in the tree.
 //! * [`write_blobs`]: the contents of deleted files and memfds, into `blob-ID.img`.
 //!
@@ -85,6 +87,7 @@ pub mod deleted;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod fifo;
 pub mod inotify;
 pub mod memfd;
 pub mod opath;
@@ -103,6 +106,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<service::ServiceConnections>::default(),
         Box::<opath::OPaths>::default(),
         Box::<pipe::Pipes>::default(),
+        Box::<fifo::Fifos>::default(),
         Box::<eventfd::EventFds>::default(),
         Box::<timerfd::TimerFds>::default(),
         Box::<signalfd::SignalFds>::default(),
@@ -367,7 +371,6 @@ pub(crate) fn fdinfo_text(pid: Pid, fd: RawFd) -> Result<String, Error> {
 fn refusal(fd: &Probe<'_>) -> Error {
     let what = match fd.class {
         Class::Socket => "a socket",
-        Class::Fifo => "a named FIFO",
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
             Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
@@ -377,9 +380,12 @@ fn refusal(fd: &Probe<'_>) -> Error {
             Some("[perf_event]") => "a perf event, which stasis cannot dump yet",
             _ => "an anonymous-inode file of a kind stasis cannot dump",
         },
-        Class::Pipe | Class::File | Class::Directory | Class::CharDevice | Class::Other => {
-            "a file of an unsupported type"
-        }
+        Class::Pipe
+        | Class::Fifo
+        | Class::File
+        | Class::Directory
+        | Class::CharDevice
+        | Class::Other => "a file of an unsupported type",
     };
     fd.unsupported(what)
 }
@@ -1122,11 +1128,12 @@ mod tests {
                 FileKind::Epoll { .. } => 9,
                 FileKind::Memfd { .. } => 10,
                 FileKind::Inotify { .. } => 11,
+                FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 13, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 14, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1318,7 +1325,6 @@ mod tests {
     fn refusals_name_the_fd_and_what_it_is() {
         for (class, link, what) in [
             (Class::Socket, "socket:[1]", "a socket"),
-            (Class::Fifo, "/tmp/fifo", "a named FIFO"),
             (Class::MessageQueue, "/q", "a POSIX message queue"),
             (Class::Anon, "anon_inode:[fanotify]", "a fanotify instance"),
             (Class::Anon, "anon_inode:[io_uring]", "an io_uring instance"),

@@ -29,7 +29,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// Most bytes in flight a record may hold for one pipe.
-const MAX_PIPE_DATA: usize = 16 << 20;
+pub(super) const MAX_PIPE_DATA: usize = 16 << 20;
 
 /// O_LARGEFILE as the kernel shows it in fdinfo on x86-64 (where libc's is 0): set on every
 /// description open(2) makes, never on those pipe(2) makes.
@@ -330,7 +330,7 @@ fn outside_holder(lone: &HashMap<u64, bool>, tree: &[Pid]) -> Option<OutsideHold
 }
 
 /// Copies the bytes queued in a pipe without consuming them.
-fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
+pub(super) fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
     let queued = process::pipe_bytes_queued(read_end.as_fd())
         .map_err(|e| Error::io(format!("FIONREAD on fd {fd}"), e))?;
     if queued == 0 {
