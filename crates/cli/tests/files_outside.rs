@@ -1,12 +1,15 @@
-//! Named FIFOs that a process outside the dumped tree holds open too (this test process).
+//! Files that lead outside the dumped tree: named FIFOs that a process outside it holds open
+//! too (this test process), and I/O signals sent to a process outside it.
 //!
 //! An empty FIFO with a name is dumped: the restored end is reopened by path and rejoins the
 //! outside holder's FIFO (what it writes reaches the restored reader). A FIFO with bytes in
 //! flight is refused, naming the FIFO and the outside process: those bytes are in the buffer
-//! both share, so the dump cannot own them.
+//! both share, so the dump cannot own them. A description whose I/O signals go to a process
+//! outside the tree is refused too (after a restore that pid would be another process or
+//! none).
 //!
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
-//! are kept in `target/tmp/fifo_outside/<test name>/`.
+//! are kept in `target/tmp/files_outside/<test name>/`.
 
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, Waited};
 use stasis_test_infra::procfs::{exists, proc_state, ProcState};
@@ -25,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 fn work_dir(test: &str) -> WorkDir {
     WorkDir::new(
         Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("fifo_outside")
+            .join("files_outside")
             .join(test),
     )
 }
@@ -168,4 +171,49 @@ fn empty_fifo_held_outside_is_rejoined_after_restore() {
         }
     }
     assert!(!exists(pid) || proc_state(pid) == ProcState::Absent);
+}
+
+#[test]
+fn io_signals_sent_outside_the_tree_are_refused() {
+    if !require_root() || !stasis_test_infra::require_tool("python3") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("owner_outside");
+    let me = std::process::id();
+    // A pipe whose read end sends SIGIO to this test process, its parent.
+    let script = "import fcntl, os, time\n\
+                  r, w = os.pipe()\n\
+                  fcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())\n\
+                  time.sleep(100)\n";
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-I", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = isolate(&mut cmd).spawn().expect("start python3");
+    let pid = child.id() as i32;
+    drop(child);
+    wait_for("python to set the owner and sleep", TIMEOUT, || {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| d.count() >= 5)
+            && std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .is_ok_and(|c| c.contains("sleep"))
+    });
+    let img = w.mkdir("img");
+    let (ok, err) = stasis(&[
+        OsStr::new("dump"),
+        "-t".as_ref(),
+        pid.to_string().as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    kill(pid, libc::SIGKILL);
+    let _ = wait_pid(pid, TIMEOUT);
+    assert!(!ok, "the dump succeeded");
+    assert!(
+        err.contains(&format!("of pid {pid}"))
+            && err.contains(&format!("process {me}"))
+            && err.contains("not one of the dumped processes"),
+        "the error should name the fd and the owner outside (pid {me}): {err}"
+    );
 }
