@@ -248,21 +248,58 @@ fn run_check() -> CmdResult {
     Ok(if all { 0 } else { 1 })
 }
 
-/// Opens (creating it if needed) an images directory as the calling user, for the daemon.
-fn open_dir_for_daemon(
-    images: &PathBuf,
-    create: bool,
-) -> Result<std::fs::File, Box<dyn std::error::Error>> {
-    if create {
-        std::fs::create_dir_all(images).map_err(|e| format!("create {}: {e}", images.display()))?;
-    }
+/// Opens an existing images directory as the calling user, for the daemon.
+fn open_dir_for_daemon(images: &PathBuf) -> Result<std::fs::File, Box<dyn std::error::Error>> {
     Ok(std::fs::File::open(images).map_err(|e| format!("open {}: {e}", images.display()))?)
 }
 
+/// Creates `dir` and those of its parents that are missing, like `mkdir -p`; returns the
+/// directories it created, outermost first.
+fn create_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    let mut created = Vec::new();
+    for p in missing.into_iter().rev() {
+        match std::fs::create_dir(&p) {
+            Ok(()) => created.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_empty_dirs(&created);
+                return Err(format!("create {}: {e}", p.display()));
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes the directories `create_dirs` made, innermost first, as long as they are empty (a
+/// failed dump removes the files it wrote).
+fn remove_empty_dirs(created: &[PathBuf]) {
+    for p in created.iter().rev() {
+        if std::fs::remove_dir(p).is_err() {
+            break;
+        }
+    }
+}
+
 fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
+    // The directory is created if needed; if the dump fails, what it created goes again.
+    let created = create_dirs(&images)?;
+    let result = dump_into(pid, &images, leave_running);
+    if result.is_err() {
+        remove_empty_dirs(&created);
+    }
+    result
+}
+
+fn dump_into(pid: i32, images: &PathBuf, leave_running: bool) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
         // Not root: stasisd dumps it, if it is ours to dump.
-        let dir = open_dir_for_daemon(&images, true)?;
+        let dir = open_dir_for_daemon(images)?;
         stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
         eprintln!("dumped pid {pid} into {} through stasisd", images.display());
         return Ok(0);
@@ -270,7 +307,7 @@ fn run_dump(pid: i32, images: PathBuf, leave_running: bool) -> CmdResult {
     let report = dump(DumpOptions {
         pid,
         pidfd: None,
-        images: stasis_engine::ImageDir::create(&images)?,
+        images: stasis_engine::ImageDir::open(images)?,
         leave_running,
         service: None,
         tree: true,
@@ -329,7 +366,7 @@ fn run_restore(
             );
         }
         // Not root: stasisd restores it with our own credentials, or refuses.
-        let dir = open_dir_for_daemon(&images, false)?;
+        let dir = open_dir_for_daemon(&images)?;
         let opts = stasis_client::RestoreOptions {
             detach,
             socket: None,

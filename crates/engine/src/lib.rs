@@ -45,8 +45,10 @@ use stasis_sys::Pid;
 pub enum Error {
     #[error("pid {pid} does not exist")]
     NoSuchProcess { pid: Pid },
-    #[error("pid {pid} is in use by another process")]
-    PidInUse { pid: Pid },
+    /// `holder` says by what: "another process (bash)", "a zombie (the dumped process itself,
+    /// not yet reaped by its parent 4100)" (see `restore::load::pid_holder`).
+    #[error("pid {pid} is in use by {holder}")]
+    PidInUse { pid: Pid, holder: String },
     #[error("unsupported: {what}")]
     Unsupported { what: String },
     #[error("{op} on {pid} failed: {source}")]
@@ -169,7 +171,13 @@ mod tests {
         let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
         let cases = [
             (Error::Invalid("bad record".into()), ErrorClass::Image),
-            (Error::PidInUse { pid: 7 }, ErrorClass::Environment),
+            (
+                Error::PidInUse {
+                    pid: 7,
+                    holder: "another process".into(),
+                },
+                ErrorClass::Environment,
+            ),
             (
                 Error::Changed {
                     what: "replaced".into(),
@@ -192,7 +200,10 @@ mod tests {
                 Error::Rebuild {
                     pid: 9,
                     step: "map memory",
-                    source: Box::new(Error::PidInUse { pid: 10 }),
+                    source: Box::new(Error::PidInUse {
+                        pid: 10,
+                        holder: "another process".into(),
+                    }),
                 },
                 ErrorClass::Environment,
             ),

@@ -44,7 +44,10 @@ impl ChildReport {
     pub fn into_error(self) -> Error {
         let pid = self.pid;
         match self.failure {
-            ChildFailure::PidInUse { pid } => Error::PidInUse { pid },
+            ChildFailure::PidInUse { pid } => Error::PidInUse {
+                pid,
+                holder: super::load::pid_holder(pid, None),
+            },
             ChildFailure::Refused { why } => Error::Refused(why),
             ChildFailure::Sys { op, errno } => Error::Child {
                 pid,
@@ -87,7 +90,13 @@ fn clone_failed(pid: Pid, e: std::io::Error) -> ChildFailure {
 pub(crate) fn fork_root(plan: &Plan<'_>) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
     match process::fork_with_pid(root) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let comm = plan.processes.first().map(|p| p.image.task.comm.as_str());
+            Err(Error::PidInUse {
+                pid: root,
+                holder: super::load::pid_holder(root, comm),
+            })
+        }
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
         Ok(Forked::Child(child)) => child_main(&child, plan, 0),
         Ok(Forked::Parent(_)) => Ok(()),
@@ -390,7 +399,7 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         files::layout_in_child(child, &image.fds, &plan.by_id(), plan.base, plan.park_from)
             .map_err(other("laying out the fd table"))?;
         files::after_layout_in_child(child, image.pid, &image.files, &image.fds)
-            .map_err(other("setting up epoll and inotify"))?;
+            .map_err(other("setting up O_ASYNC, epoll and inotify"))?;
     }
     attrs::apply_in_child(&image.task, image.shares_fs_with != 0)
         .map_err(other("setting cwd, root, umask, rlimits and name"))?;
