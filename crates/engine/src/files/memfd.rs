@@ -210,8 +210,8 @@ impl FileOps for Memfds {
             std::collections::hash_map::Entry::Vacant(e) => e.insert(create(ctx.images, desc)?),
         };
         let access = desc.flags as i32 & libc::O_ACCMODE;
-        // open(2) keeps O_DIRECT, O_SYNC, O_DSYNC and O_ASYNC as given (F_SETFL would drop
-        // some of them on a memfd).
+        // open(2) keeps O_DIRECT, O_SYNC and O_DSYNC as given (F_SETFL would drop some of
+        // them on a memfd); O_ASYNC is the caller's (`open_description`).
         let extra = super::reopen_flags(desc) | desc.flags as i32 & libc::O_LARGEFILE;
         reopen(base, access | extra)
             .map_err(|e| Error::io(format!("reopen memfd of description {}", desc.id), e))

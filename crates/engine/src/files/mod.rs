@@ -740,14 +740,33 @@ impl OpenedFiles {
 
     /// Gives every description the owner and signal of its I/O signals (F_SETSIG,
     /// F_SETOWN_EX), through the restorer's descriptor (the same description). Run once every
-    /// process and thread of the tree exists and has joined its process group: the owner must
-    /// exist (it keeps its dumped id). The kernel records the restorer's credentials (root) for
-    /// the permission check of each signal, where the process had recorded its own.
-    pub fn set_owners(&self) -> Result<(), Error> {
+    /// process and thread of the tree (`processes`) exists and has joined its process group:
+    /// the owner must exist (it keeps its dumped id). Images are untrusted, so an owner must be
+    /// a process or thread of the restored tree, or the process group one of them is in now;
+    /// anything else is refused. The kernel records the restorer's credentials for the
+    /// permission check of each signal, where the process had recorded its own.
+    pub fn set_owners<'a>(
+        &self,
+        processes: impl IntoIterator<Item = &'a ProcessImage>,
+    ) -> Result<(), Error> {
+        let mut tree = TreeMembers::default();
+        for p in processes {
+            tree.pids.insert(p.pid);
+            tree.tids.extend(p.threads.iter().map(|t| t.tid));
+            if let Ok(pgid) = process::getpgid(p.pid) {
+                tree.pgids.insert(pgid);
+            }
+        }
         for d in &self.descs {
             let o = d.owner;
             if o == FileOwner::default() {
                 continue;
+            }
+            if let Some(who) = tree.outside(&o) {
+                return Err(Error::Invalid(format!(
+                    "description {} sends its I/O signals to {who}, which is not restored with the tree",
+                    d.id
+                )));
             }
             let Some(fd) = self.fds.get(&d.id) else {
                 continue;
@@ -1304,6 +1323,63 @@ mod tests {
         let again = reopen_with_async(&f, &desc(libc::O_ASYNC)).unwrap();
         let flags = process::get_status_flags(again.as_fd()).unwrap();
         assert_eq!(flags & (libc::O_ASYNC | libc::O_ACCMODE), libc::O_ASYNC);
+    }
+
+    /// Owners are set on the restored descriptions only when they are in the restored tree.
+    #[test]
+    fn owners_are_set_only_inside_the_restored_tree() {
+        let (r, _w) = process::pipe().unwrap();
+        let me = process::getpid();
+        let mut image = sample_process();
+        image.pid = me;
+        image.threads[0].tid = me;
+        let opened = |owner| OpenedFiles {
+            descs: vec![FileDesc {
+                id: 1,
+                flags: 0,
+                pos: 0,
+                kind: FileKind::SignalFd { mask: 0 },
+                owner,
+            }],
+            fds: HashMap::from([(1, r.try_clone().unwrap())]),
+        };
+        let pgrp = process::getpgid(0).unwrap();
+        opened(FileOwner {
+            kind: 2,
+            pid: pgrp,
+            signal: 0,
+        })
+        .set_owners([&image])
+        .unwrap();
+        assert_eq!(process::io_owner(r.as_fd()).unwrap().pid, pgrp);
+        opened(FileOwner {
+            kind: 1,
+            pid: me,
+            signal: 10,
+        })
+        .set_owners([&image])
+        .unwrap();
+        assert_eq!(
+            process::io_owner(r.as_fd()).unwrap(),
+            IoOwner { kind: 1, pid: me }
+        );
+        assert_eq!(process::io_signal(r.as_fd()).unwrap(), 10);
+        for (kind, pid, who) in [
+            (1, 1, "process 1"),
+            (0, 1, "thread 1"),
+            (2, 1, "process group 1"),
+        ] {
+            let err = opened(FileOwner {
+                kind,
+                pid,
+                signal: 9,
+            })
+            .set_owners([&image])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(who) && err.contains("not restored"), "{err}");
+        }
+        assert_eq!(process::io_owner(r.as_fd()).unwrap().pid, me, "left alone");
     }
 
     fn probe(class: Class, link: &str) -> Probe<'static> {
