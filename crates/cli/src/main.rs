@@ -5,7 +5,7 @@
 #![deny(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use stasis_engine::{dump, restore, DumpOptions, RestoreOptions};
+use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions};
 use stasis_tools::{bench, demo};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -89,6 +89,13 @@ enum Command {
         /// others, or owned by several users, are refused.
         #[arg(long)]
         trust_images: bool,
+        /// Restore a file that was replaced at its path since the dump (restored from a
+        /// backup, saved by an editor, copied to another machine) if it is of the same type
+        /// (regular file, directory, FIFO, mapped file, object of an O_PATH descriptor),
+        /// printing a warning naming each; without it such a file fails the restore. (A device
+        /// is the same when its device number is; stasisd always refuses replaced files.)
+        #[arg(long)]
+        accept_replaced_files: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -166,6 +173,7 @@ fn main() -> ExitCode {
             key_file,
             no_auth,
             trust_images,
+            accept_replaced_files,
             log_file: _,
         } => {
             let how = RestoreHow {
@@ -174,6 +182,13 @@ fn main() -> ExitCode {
                 pid_ns,
                 key_file: (!no_auth).then_some(key_file),
                 trust_images,
+                replaced_files: if accept_replaced_files {
+                    ReplacedFiles::Accept {
+                        warn: warn_replaced,
+                    }
+                } else {
+                    ReplacedFiles::Refuse
+                },
             };
             ("restore", run_restore(images, &how))
         }
@@ -274,15 +289,42 @@ fn run_check() -> CmdResult {
     Ok(if all { 0 } else { 1 })
 }
 
-/// Opens (creating it if needed) an images directory as the calling user, for the daemon.
-fn open_dir_for_daemon(
-    images: &PathBuf,
-    create: bool,
-) -> Result<std::fs::File, Box<dyn std::error::Error>> {
-    if create {
-        std::fs::create_dir_all(images).map_err(|e| format!("create {}: {e}", images.display()))?;
-    }
+/// Opens an existing images directory as the calling user, for the daemon.
+fn open_dir_for_daemon(images: &PathBuf) -> Result<std::fs::File, Box<dyn std::error::Error>> {
     Ok(std::fs::File::open(images).map_err(|e| format!("open {}: {e}", images.display()))?)
+}
+
+/// Creates `dir` and those of its parents that are missing, like `mkdir -p`; returns the
+/// directories it created, outermost first.
+fn create_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    let mut created = Vec::new();
+    for p in missing.into_iter().rev() {
+        match std::fs::create_dir(&p) {
+            Ok(()) => created.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_empty_dirs(&created);
+                return Err(format!("create {}: {e}", p.display()));
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes the directories `create_dirs` made, innermost first, as long as they are empty (a
+/// failed dump removes the files it wrote).
+fn remove_empty_dirs(created: &[PathBuf]) {
+    for p in created.iter().rev() {
+        if std::fs::remove_dir(p).is_err() {
+            break;
+        }
+    }
 }
 
 /// `key_file`: the image key to authenticate the images with (None: `--no-auth`).
@@ -292,12 +334,27 @@ fn run_dump(
     leave_running: bool,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
+    // The directory is created if needed; if the dump fails, what it created goes again.
+    let created = create_dirs(&images)?;
+    let result = dump_into(pid, &images, leave_running, key_file);
+    if result.is_err() {
+        remove_empty_dirs(&created);
+    }
+    result
+}
+
+fn dump_into(
+    pid: i32,
+    images: &PathBuf,
+    leave_running: bool,
+    key_file: Option<PathBuf>,
+) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
-        let dir = open_dir_for_daemon(&images, true)?;
+        let dir = open_dir_for_daemon(images)?;
         stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
         eprintln!("dumped pid {pid} into {} through stasisd", images.display());
         return Ok(0);
@@ -305,7 +362,7 @@ fn run_dump(
     let report = dump(DumpOptions {
         pid,
         pidfd: None,
-        images: stasis_engine::ImageDir::create(&images)?,
+        images: stasis_engine::ImageDir::open(images)?,
         leave_running,
         service: None,
         tree: true,
@@ -332,6 +389,13 @@ struct RestoreHow {
     /// The image key to check authenticated images with (None: `--no-auth`).
     key_file: Option<PathBuf>,
     trust_images: bool,
+    /// What to do with a file replaced since the dump (`--accept-replaced-files`).
+    replaced_files: ReplacedFiles,
+}
+
+/// Prints the warning about a replaced file the restore accepted (one line each).
+fn warn_replaced(msg: &str) {
+    eprintln!("restore: warning: {msg}");
 }
 
 fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
@@ -348,8 +412,13 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         if how.key_file.is_none() {
             return Err("--no-auth: stasisd restores only authenticated images for users".into());
         }
+        if matches!(how.replaced_files, ReplacedFiles::Accept { .. }) {
+            return Err(
+                "--accept-replaced-files needs root (stasisd always refuses replaced files)".into(),
+            );
+        }
         // Not root: stasisd restores it with our own credentials, or refuses.
-        let dir = open_dir_for_daemon(&images, false)?;
+        let dir = open_dir_for_daemon(&images)?;
         let opts = stasis_client::RestoreOptions {
             detach: how.detach,
             socket: None,
@@ -384,6 +453,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         require_authenticated: false,
         root_as_sibling: false,
         root_pdeathsig: true,
+        replaced_files: how.replaced_files,
     };
     let restored = match trust {
         RootRestore::AsTheyAre {

@@ -898,6 +898,10 @@ zdtm_tests! {
     mem_madvise;
     sched_prio;
     process_stopped;
+    // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
+    fifo;
+    file_opath;
+    file_fown;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -350,6 +350,8 @@ fn restore(
         // The root's parent here is this worker, which exits once a detached restore is
         // answered: a dumped parent-death signal would kill it at once.
         root_pdeathsig: false,
+        // A file replaced since the dump is always refused here.
+        replaced_files: stasis_engine::ReplacedFiles::Refuse,
     };
     let restored = if caller.is_root() {
         stasis_engine::restore(&opts)

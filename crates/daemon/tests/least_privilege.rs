@@ -975,13 +975,25 @@ fn proc_links_of_root_processes_are_not_followed() {
 
     // 2. A directory descriptor.
     fs::write(images.join(stasis_image::names::process(pid)), &original).unwrap();
+    // The directory's identity as root sees it, so that only the requester's permissions
+    // can stop it.
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(&link).unwrap();
+        (md.dev(), md.ino())
+    };
     edit_process_image(&images, pid, |img| {
         let id = img.files.iter().map(|f| f.id).max().unwrap_or(0) + 1;
         img.files.push(FileDesc {
             id,
             flags: (libc::O_RDONLY | libc::O_DIRECTORY) as u32,
             pos: 0,
-            kind: FileKind::Directory { path: link.clone() },
+            kind: FileKind::Directory {
+                path: link.clone(),
+                dev,
+                ino,
+            },
+            owner: Default::default(),
         });
         img.fds.push(FdEntry {
             fd: 9,

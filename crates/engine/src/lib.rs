@@ -35,6 +35,7 @@ pub mod show;
 pub mod task;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
+pub use files::ReplacedFiles;
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 
 pub use stasis_image::{ImageDir, ImageKey};
@@ -46,8 +47,10 @@ use stasis_sys::Pid;
 pub enum Error {
     #[error("pid {pid} does not exist")]
     NoSuchProcess { pid: Pid },
-    #[error("pid {pid} is in use by another process")]
-    PidInUse { pid: Pid },
+    /// `holder` says by what: "another process (bash)", "a zombie (the dumped process itself,
+    /// not yet reaped by its parent 4100)" (see `restore::load::pid_holder`).
+    #[error("pid {pid} is in use by {holder}")]
+    PidInUse { pid: Pid, holder: String },
     #[error("unsupported: {what}")]
     Unsupported { what: String },
     #[error("{op} on {pid} failed: {source}")]
@@ -175,7 +178,13 @@ mod tests {
         let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
         let cases = [
             (Error::Invalid("bad record".into()), ErrorClass::Image),
-            (Error::PidInUse { pid: 7 }, ErrorClass::Environment),
+            (
+                Error::PidInUse {
+                    pid: 7,
+                    holder: "another process".into(),
+                },
+                ErrorClass::Environment,
+            ),
             (
                 Error::Changed {
                     what: "replaced".into(),
@@ -198,7 +207,10 @@ mod tests {
                 Error::Rebuild {
                     pid: 9,
                     step: "map memory",
-                    source: Box::new(Error::PidInUse { pid: 10 }),
+                    source: Box::new(Error::PidInUse {
+                        pid: 10,
+                        holder: "another process".into(),
+                    }),
                 },
                 ErrorClass::Environment,
             ),

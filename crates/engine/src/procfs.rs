@@ -133,6 +133,8 @@ pub fn read_smaps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
 /// The fields of /proc/PID/stat we use (1-based field numbers as in proc(5)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stat {
+    /// Field 2, the command name (without its parentheses).
+    pub comm: String,
     pub state: char,
     pub ppid: i32,
     pub pgid: i32,
@@ -161,6 +163,7 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         reason: reason.into(),
     };
     let close = text.rfind(')').ok_or_else(|| bad("no ')'"))?;
+    let open = text[..close].find('(').ok_or_else(|| bad("no '('"))?;
     // Field 3 (state) is the first after ") ".
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
     let field = |n: usize| -> Result<&str, ProcError> {
@@ -175,6 +178,7 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         field(n)?.parse::<i64>().map_err(|_| bad("bad number"))
     };
     Ok(Stat {
+        comm: text[open + 1..close].to_string(),
         state: field(3)?.chars().next().unwrap_or('?'),
         ppid: int(4)? as i32,
         pgid: int(5)? as i32,
@@ -477,11 +481,27 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         fields[0] = "S".into();
         let text = format!("123 (a (b) c) {}\n", fields.join(" "));
         let s = parse_stat(&text, Path::new(P)).unwrap();
+        assert_eq!(s.comm, "a (b) c");
         assert_eq!(s.state, 'S');
         assert_eq!((s.ppid, s.pgid, s.sid, s.flags), (4, 5, 6, 9));
         assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
         assert_eq!((s.start_data, s.env_end), (45, 51));
         assert!(parse_stat("1 (x) S 2", Path::new(P)).is_err());
+        assert!(parse_stat("1 x) S 2", Path::new(P)).is_err(), "no '('");
+    }
+
+    /// A zombie's stat, as the kernel writes it (its memory fields are 0).
+    #[test]
+    fn stat_of_a_zombie() {
+        let text = "4242 (sleep) Z 4100 4242 4242 0 -1 4227084 101 0 0 0 0 0 0 0 20 0 1 0 \
+                    1043 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 \
+                    0 0 0 0 9\n";
+        let s = parse_stat(text, Path::new(P)).unwrap();
+        assert_eq!(
+            (s.comm.as_str(), s.state, s.ppid, s.pgid),
+            ("sleep", 'Z', 4100, 4242)
+        );
+        assert_eq!(s.exit_code, 9);
     }
 
     #[test]

@@ -264,6 +264,20 @@ pub struct FileDesc {
     /// File position.
     pub pos: u64,
     pub kind: FileKind,
+    /// Who gets the description's I/O signals, and which signal (engine::files, for every
+    /// kind).
+    pub owner: FileOwner,
+}
+
+/// The owner of a description's signal-driven I/O (O_ASYNC), as F_GETOWN_EX and F_GETSIG
+/// report it: `pid` is a thread (`kind` 0, F_OWNER_TID), a process (1, F_OWNER_PID) or a
+/// process group (2, F_OWNER_PGRP), 0 for nobody; `signal` is the one F_SETSIG chose (0:
+/// SIGIO). The default (all 0) is a description nobody set an owner or signal on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub kind: u32,
+    pub pid: i32,
+    pub signal: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,8 +298,9 @@ pub enum FileKind {
         len: u64,
         crc: u32,
     },
-    /// A directory reopened by path (engine::files::directory).
-    Directory { path: String },
+    /// A directory reopened by path (engine::files::directory); `dev` and `ino` identify it
+    /// (restore refuses another directory at the path unless told to accept it).
+    Directory { path: String, dev: u64, ino: u64 },
     /// A character device reopened by path (engine::files::chardev); `rdev` must match at
     /// restore.
     CharDevice { path: String, rdev: u64 },
@@ -342,6 +357,29 @@ pub enum FileKind {
     /// An inotify instance (engine::files::inotify) with its watches, sorted by watch descriptor.
     /// Events queued but not read at dump time are not kept.
     Inotify { watches: Vec<InotifyWatch> },
+    /// One end of a named FIFO (engine::files::fifo), reopened by `path`; `dev` and `ino`
+    /// identify the FIFO (and link the descriptions of one FIFO). A FIFO that was unlinked
+    /// while open (`deleted`) is made again with permission bits `mode`. `capacity` and the
+    /// bytes in flight (`data`, stored with the first description of the FIFO only) as for
+    /// pipes.
+    Fifo {
+        path: String,
+        dev: u64,
+        ino: u64,
+        deleted: bool,
+        mode: u32,
+        capacity: u32,
+        data: Vec<u8>,
+    },
+    /// An O_PATH descriptor (engine::files::opath) of the object at `path`, identified by
+    /// `dev`, `ino` and its file type (`mode & S_IFMT`); O_NOFOLLOW in the description's
+    /// flags means the object is a symbolic link itself.
+    OPath {
+        path: String,
+        dev: u64,
+        ino: u64,
+        mode: u32,
+    },
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

@@ -165,6 +165,7 @@ pub fn sample_process() -> ProcessImage {
                     path: "/dev/null".into(),
                     rdev: 0x103,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 1,
@@ -176,6 +177,11 @@ pub fn sample_process() -> ProcessImage {
                     capacity: 65536,
                     data: b"hi".to_vec(),
                 },
+                owner: FileOwner {
+                    kind: 1,
+                    pid: 42,
+                    signal: 0,
+                },
             },
             FileDesc {
                 id: 2,
@@ -185,6 +191,7 @@ pub fn sample_process() -> ProcessImage {
                     count: 0x1_0000_0005,
                     semaphore: true,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 3,
@@ -198,12 +205,14 @@ pub fn sample_process() -> ProcessImage {
                     remaining_ns: 5_000,
                     deadline_ns: 1_700_000_000_000_000_000,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 4,
                 flags: 2,
                 pos: 0,
                 kind: FileKind::SignalFd { mask: 1 << 9 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 5,
@@ -217,6 +226,7 @@ pub fn sample_process() -> ProcessImage {
                         data: 0x1122_3344_5566_7788,
                     }],
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 6,
@@ -232,6 +242,7 @@ pub fn sample_process() -> ProcessImage {
                     len: 8192,
                     crc: 7,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 7,
@@ -255,6 +266,7 @@ pub fn sample_process() -> ProcessImage {
                         },
                     ],
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 8,
@@ -266,6 +278,7 @@ pub fn sample_process() -> ProcessImage {
                     ino: 3,
                     size: 10,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 9,
@@ -277,6 +290,7 @@ pub fn sample_process() -> ProcessImage {
                     len: 4,
                     crc: 5,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 10,
@@ -284,7 +298,10 @@ pub fn sample_process() -> ProcessImage {
                 pos: 0,
                 kind: FileKind::Directory {
                     path: "/tmp".into(),
+                    dev: 1,
+                    ino: 2,
                 },
+                owner: Default::default(),
             },
             FileDesc {
                 id: 11,
@@ -293,6 +310,38 @@ pub fn sample_process() -> ProcessImage {
                 kind: FileKind::ServiceSocket {
                     reply: b"restored".to_vec(),
                 },
+                owner: Default::default(),
+            },
+            FileDesc {
+                id: 12,
+                flags: 0o100000,
+                pos: 0,
+                kind: FileKind::Fifo {
+                    path: "/tmp/fifo".into(),
+                    dev: 1,
+                    ino: 4,
+                    deleted: false,
+                    mode: 0o600,
+                    capacity: 65536,
+                    data: b"in flight".to_vec(),
+                },
+                owner: FileOwner {
+                    kind: 0,
+                    pid: 42,
+                    signal: 35,
+                },
+            },
+            FileDesc {
+                id: 13,
+                flags: 0o10400000,
+                pos: 0,
+                kind: FileKind::OPath {
+                    path: "/tmp/link".into(),
+                    dev: 1,
+                    ino: 5,
+                    mode: 0o120000,
+                },
+                owner: Default::default(),
             },
         ],
         fds: vec![
@@ -355,6 +404,16 @@ pub fn sample_process() -> ProcessImage {
                 fd: 13,
                 file_id: 11,
                 cloexec: false,
+            },
+            FdEntry {
+                fd: 14,
+                file_id: 12,
+                cloexec: false,
+            },
+            FdEntry {
+                fd: 15,
+                file_id: 13,
+                cloexec: true,
             },
         ],
         signals: ProcessSignals {

@@ -157,6 +157,15 @@ pub fn validate_process(
         if !ids.insert(f.id) {
             return bad(format!("file description {} is listed twice", f.id));
         }
+        // The owner of its I/O signals: F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP, a pid that
+        // is not negative, a signal number up to 64 (0: SIGIO).
+        let o = &f.owner;
+        if o.kind > 2 || o.pid < 0 || o.signal > 64 {
+            return bad(format!(
+                "file description {} has a bad I/O signal owner ({o:?})",
+                f.id
+            ));
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for fd in &p.fds {
@@ -350,6 +359,12 @@ mod tests {
         let mut p = sample_process();
         p.files[1].id = p.files[0].id;
         assert!(validate(&p, 8192).is_err(), "description id twice");
+
+        for (kind, pid, signal) in [(3, 1, 0), (1, -1, 0), (1, 1, 65)] {
+            let mut p = sample_process();
+            p.files[0].owner = crate::FileOwner { kind, pid, signal };
+            assert!(validate(&p, 8192).is_err(), "owner {kind} {pid} {signal}");
+        }
 
         let mut p = sample_process();
         p.signals.actions[0].sig = 9;

@@ -1,10 +1,11 @@
 //! Directory-relative file operations that never leave their directory: openat2 with
-//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat, and the
-//! names a directory holds.
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat, the
+//! names a directory holds; and mkfifo.
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 
 /// Opens `name` relative to `dir` without following any symlink and without leaving `dir`.
 /// `flags` are open(2) flags (O_CLOEXEC is always added); `mode` applies with O_CREAT.
@@ -48,10 +49,21 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Creates a FIFO (named pipe) at `path` with permission bits `mode` (less the umask), like
+/// mkfifo(3).
+pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        Mode::from_bits_retain(mode & 0o7777),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     #[test]
     fn list_dir_names_every_entry() {
@@ -64,5 +76,20 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["a.img".to_string(), "sub".to_string()]);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn mkfifo_makes_a_fifo() {
+        let path = std::env::temp_dir().join(format!("stasis-sys-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        mkfifo(&path, 0o600).unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        assert!(md.file_type().is_fifo());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            mkfifo(&path, 0o600).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -116,6 +116,20 @@ impl ForkedChild {
         unsafe { set_cloexec_raw(fd, cloexec) }
     }
 
+    /// The status flags of `fd` (F_GETFL).
+    pub fn status_flags_raw(&self, fd: RawFd) -> io::Result<i32> {
+        // SAFETY: as in `dup3_raw`; the borrow ends with the call.
+        get_status_flags(unsafe { crate::borrow_number(fd)? })
+    }
+
+    /// Sets the status flags of `fd` (F_SETFL): see [`set_status_flags`]. Setting O_ASYNC
+    /// here is what makes `fd` the number the kernel reports in the siginfo of its I/O
+    /// signals.
+    pub fn set_status_flags_raw(&self, fd: RawFd, flags: i32) -> io::Result<()> {
+        // SAFETY: as in `dup3_raw`; the borrow ends with the call.
+        set_status_flags(unsafe { crate::borrow_number(fd)? }, flags)
+    }
+
     /// Closes `fd`.
     pub fn close_raw(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: as in `dup3_raw`.
@@ -317,6 +331,76 @@ pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
         fd,
         rustix::fs::OFlags::from_bits_retain(flags as u32),
     )?)
+}
+
+/// Who receives the I/O signals of a file description (`struct f_owner_ex`, F_GETOWN_EX): a
+/// thread ([`F_OWNER_TID`]), a process ([`F_OWNER_PID`]) or a process group
+/// ([`F_OWNER_PGRP`]); `pid` 0 means nobody.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoOwner {
+    pub kind: i32,
+    pub pid: Pid,
+}
+
+/// [`IoOwner::kind`]: a thread (F_SETOWN_EX with F_OWNER_TID).
+pub const F_OWNER_TID: i32 = 0;
+/// [`IoOwner::kind`]: a process (F_SETOWN, F_SETOWN_EX with F_OWNER_PID).
+pub const F_OWNER_PID: i32 = 1;
+/// [`IoOwner::kind`]: a process group (F_SETOWN with a negative id, F_SETOWN_EX with
+/// F_OWNER_PGRP).
+pub const F_OWNER_PGRP: i32 = 2;
+
+/// fcntl commands glibc's libc crate does not name (asm-generic/fcntl.h).
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+
+/// `struct f_owner_ex`.
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+/// The owner of the I/O signals of the description behind `fd` (F_GETOWN_EX). The kernel
+/// reports pid 0 when the owner no longer exists.
+pub fn io_owner(fd: BorrowedFd<'_>) -> io::Result<IoOwner> {
+    let mut ex = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one `struct f_owner_ex` (which `FOwnerEx` lays out) through
+    // the pointer, which points to our local for the duration of the call.
+    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut ex as *mut FOwnerEx) })?;
+    Ok(IoOwner {
+        kind: ex.kind,
+        pid: ex.pid,
+    })
+}
+
+/// Makes `owner` receive the I/O signals of the description behind `fd` (F_SETOWN_EX). The
+/// kernel records the caller's credentials for the permission check of each signal.
+pub fn set_io_owner(fd: BorrowedFd<'_>, owner: IoOwner) -> io::Result<()> {
+    let ex = FOwnerEx {
+        kind: owner.kind,
+        pid: owner.pid,
+    };
+    // SAFETY: F_SETOWN_EX reads one `struct f_owner_ex` through the pointer, which points to
+    // our local for the duration of the call.
+    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &ex as *const FOwnerEx) })?;
+    Ok(())
+}
+
+/// The signal the description behind `fd` sends for I/O (F_GETSIG; 0: SIGIO without
+/// siginfo details).
+pub fn io_signal(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: F_GETSIG takes no argument and touches no memory of ours.
+    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) })
+}
+
+/// Sets the signal the description behind `fd` sends for I/O (F_SETSIG; 0: SIGIO).
+pub fn set_io_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: F_SETSIG takes an integer argument and touches no memory of ours.
+    cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) })?;
+    Ok(())
 }
 
 /// Sets or clears FD_CLOEXEC on a raw descriptor number of this process.
@@ -930,6 +1014,26 @@ pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn io_owner_and_signal_round_trip() {
+        let (r, _w) = pipe().unwrap();
+        assert_eq!(io_owner(r.as_fd()).unwrap().pid, 0, "no owner at first");
+        assert_eq!(io_signal(r.as_fd()).unwrap(), 0);
+        let me = getpid();
+        for kind in [F_OWNER_PID, F_OWNER_TID, F_OWNER_PGRP] {
+            let pid = if kind == F_OWNER_PGRP {
+                getpgid(0).unwrap()
+            } else {
+                me
+            };
+            set_io_owner(r.as_fd(), IoOwner { kind, pid }).unwrap();
+            assert_eq!(io_owner(r.as_fd()).unwrap(), IoOwner { kind, pid });
+        }
+        set_io_signal(r.as_fd(), libc::SIGUSR2).unwrap();
+        assert_eq!(io_signal(r.as_fd()).unwrap(), libc::SIGUSR2);
+        assert!(set_io_signal(r.as_fd(), 200).is_err(), "not a signal");
+    }
 
     #[test]
     fn fork_refuses_a_process_with_threads() {

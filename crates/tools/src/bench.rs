@@ -182,6 +182,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
                 auth,
                 root_as_sibling: false,
                 root_pdeathsig: true,
+                replaced_files: stasis_engine::ReplacedFiles::Refuse,
             })?;
             let restore = t.elapsed();
             println!(

@@ -176,6 +176,7 @@ fn demo_with_daemon(
         require_authenticated: true,
         root_as_sibling: false,
         root_pdeathsig: true,
+        replaced_files: stasis_engine::ReplacedFiles::Refuse,
     })?;
     println!("restored it with pid {}; it goes on:", restored.pid);
     let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));

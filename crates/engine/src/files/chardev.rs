@@ -5,9 +5,9 @@
 //! Restore: open(2) of the path with the dumped access mode and open flags; it must be the same
 //! device (rdev), else the restore fails. The offset is not restored (devices keep their own).
 
-use super::{Class, FileOps, Probe, ProcessFiles};
+use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -47,7 +47,7 @@ impl FileOps for CharDevices {
         super::check_path(path)
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::CharDevice { path, rdev } = &desc.kind else {
             return Err(Error::Invalid(format!(
                 "description {} is not a character device",
@@ -72,6 +72,7 @@ impl FileOps for CharDevices {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     fn device(path: &str, rdev: u64) -> FileDesc {
         FileDesc {
@@ -82,6 +83,7 @@ mod tests {
                 path: path.into(),
                 rdev,
             },
+            owner: Default::default(),
         }
     }
 
@@ -102,12 +104,13 @@ mod tests {
     #[test]
     fn open_checks_the_device() {
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
         let rdev = std::fs::metadata("/dev/null").unwrap().rdev();
         CharDevices
-            .open(&device("/dev/null", rdev), &images)
+            .open(&device("/dev/null", rdev), &mut ctx)
             .unwrap();
         let err = CharDevices
-            .open(&device("/dev/null", rdev + 1), &images)
+            .open(&device("/dev/null", rdev + 1), &mut ctx)
             .unwrap_err()
             .to_string();
         assert!(err.contains("/dev/null is device"), "{err}");

@@ -11,9 +11,9 @@
 //! with the dumped access mode and open flags, and unlinked again; the offset is set
 //! afterwards (lseek). The restored file is thus deleted too, with the same contents.
 
-use super::{blob, Class, FileOps, Probe, ProcessFiles};
+use super::{blob, Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -72,7 +72,7 @@ impl FileOps for DeletedFiles {
         Ok(())
     }
 
-    fn open(&mut self, desc: &FileDesc, images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::Deleted {
             path,
             mode,
@@ -93,7 +93,7 @@ impl FileOps for DeletedFiles {
             .open(&tmp)
             .map_err(|e| Error::io(format!("create {tmp}"), e))?;
         let result = blob::read(
-            images,
+            ctx.images,
             desc.id,
             *len,
             *crc,
@@ -118,6 +118,7 @@ impl FileOps for DeletedFiles {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     fn deleted(path: &str, mode: u32) -> FileDesc {
         FileDesc {
@@ -130,6 +131,7 @@ mod tests {
                 len: 0,
                 crc: 0,
             },
+            owner: Default::default(),
         }
     }
 
@@ -154,6 +156,7 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("stasis-deleted-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let images = ImageDir::create(&tmp).unwrap();
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
         let src = tmp.join("src");
         std::fs::write(&src, b"contents").unwrap();
         let file = File::open(&src).unwrap();
@@ -170,9 +173,10 @@ mod tests {
                 len: 8,
                 crc,
             },
+            owner: Default::default(),
         };
         DeletedFiles.verify(&images, &desc).unwrap();
-        let fd = super::super::open_description(&mut DeletedFiles, &desc, &images).unwrap();
+        let fd = super::super::open_description(&mut DeletedFiles, &desc, &mut ctx).unwrap();
         let f = File::from(fd);
         let md = f.metadata().unwrap();
         assert_eq!((md.nlink(), md.mode() & 0o7777, md.len()), (0, 0o640, 8));
@@ -188,7 +192,7 @@ mod tests {
             *crc ^= 1;
         }
         assert!(DeletedFiles.verify(&images, &bad).is_err());
-        assert!(DeletedFiles.open(&bad, &images).is_err());
+        assert!(DeletedFiles.open(&bad, &mut ctx).is_err());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

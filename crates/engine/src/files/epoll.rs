@@ -20,9 +20,9 @@
 //! A one-shot registration that already fired (only the EPOLLONESHOT/EPOLLET bits left) comes
 //! back watching EPOLLERR and EPOLLHUP, which the kernel adds to every registration.
 
-use super::{FileOps, Probe, ProcessFiles};
+use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{EpollWatch, FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{EpollWatch, FileDesc, FileKind, ProcessImage};
 use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
@@ -77,7 +77,7 @@ impl FileOps for Epolls {
         Ok(())
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         open(desc)
     }
 

@@ -10,9 +10,9 @@
 //! flags are set by [`super::open_all`]. The description is inherited by the new process like
 //! any other.
 
-use super::{FileOps, Probe, ProcessFiles};
+use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
@@ -55,7 +55,7 @@ impl FileOps for EventFds {
         }
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         open(desc)
     }
 }
@@ -130,6 +130,7 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     #[test]
     fn validate() {
@@ -142,6 +143,7 @@ mod tests {
                 count,
                 semaphore: false,
             },
+            owner: Default::default(),
         };
         EventFds.validate(&desc(MAX_COUNT), &p).unwrap();
         assert!(EventFds.validate(&desc(u64::MAX), &p).is_err());
@@ -150,6 +152,7 @@ mod tests {
     #[test]
     fn restored_with_counter_and_flags() {
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
         let desc = FileDesc {
             id: 1,
             flags: (libc::O_RDWR | libc::O_NONBLOCK) as u32,
@@ -158,8 +161,9 @@ mod tests {
                 count: 0x1_0000_0005,
                 semaphore: false,
             },
+            owner: Default::default(),
         };
-        let fd = super::super::open_description(&mut EventFds, &desc, &images).unwrap();
+        let fd = super::super::open_description(&mut EventFds, &desc, &mut ctx).unwrap();
         let flags = stasis_sys::process::get_status_flags(fd.as_fd()).unwrap();
         assert_ne!(flags & libc::O_NONBLOCK, 0);
         let mut buf = [0u8; 8];

@@ -38,9 +38,9 @@
 //! the dump and the end of the restore, and where the kernel's watch-descriptor counter stood
 //! beyond the highest live watch (a restored instance hands out the next number after it).
 
-use super::{FileOps, Probe, ProcessFiles};
+use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::{files, procfs, Error};
-use stasis_image::{FileDesc, FileKind, ImageDir, InotifyWatch, ProcessImage};
+use stasis_image::{FileDesc, FileKind, InotifyWatch, ProcessImage};
 use stasis_sys::process::ForkedChild;
 use stasis_sys::{anon_files, Pid};
 use std::collections::HashMap;
@@ -109,7 +109,7 @@ impl FileOps for Inotifies {
         Ok(())
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         open(desc)
     }
 
@@ -662,6 +662,7 @@ fn open(f: &FileDesc) -> Result<OwnedFd, Error> {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     #[test]
     fn validate() {
@@ -829,10 +830,12 @@ mod tests {
             flags: libc::O_NONBLOCK as u32,
             pos: 0,
             kind: kind.clone(),
+            owner: Default::default(),
         };
         // "/" is watched, so the gaps are burnt on a memfd.
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
-        let open = |desc: &FileDesc| files::open_description(&mut Inotifies, desc, &images);
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
+        let mut open = |desc: &FileDesc| files::open_description(&mut Inotifies, desc, &mut ctx);
         let restored = open(&desc).unwrap();
         let live = |fd: &OwnedFd| {
             let t = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));

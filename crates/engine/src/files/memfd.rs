@@ -22,7 +22,7 @@
 //! read-write reopen ([`open_for_mapping`]) that the restore passes to the child like a mapped
 //! file.
 
-use super::{blob, Class, FileOps, OpenedFiles, Probe, ProcessFiles};
+use super::{blob, Class, FileOps, OpenContext, OpenedFiles, Probe, ProcessFiles};
 use crate::procfs::{self, MapEntry};
 use crate::Error;
 use stasis_image::{names, FileDesc, FileKind, ImageDir, ProcessImage, VmaKind};
@@ -81,6 +81,7 @@ impl FileOps for Memfds {
                     flags: fd.flags,
                     pos: fd.pos,
                     kind: kind.clone(),
+                    owner: Default::default(),
                 });
             }
         }
@@ -108,6 +109,7 @@ impl FileOps for Memfds {
                 flags,
                 pos: 0,
                 kind,
+                owner: Default::default(),
             };
             self.first.insert(m.memfd_id, desc);
         }
@@ -196,7 +198,7 @@ impl FileOps for Memfds {
 
     /// A new description of the memfd of `desc`, with its access mode and open flags (the
     /// memfd is created with its first description).
-    fn open(&mut self, desc: &FileDesc, images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let Some(memfd_id) = memfd_id_of(&desc.kind) else {
             return Err(Error::Invalid(format!(
                 "description {} is not a memfd",
@@ -205,11 +207,11 @@ impl FileOps for Memfds {
         };
         let base = match self.made.entry(memfd_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(create(images, desc)?),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(create(ctx.images, desc)?),
         };
         let access = desc.flags as i32 & libc::O_ACCMODE;
-        // open(2) keeps O_DIRECT, O_SYNC, O_DSYNC and O_ASYNC as given (F_SETFL would drop
-        // some of them on a memfd).
+        // open(2) keeps O_DIRECT, O_SYNC and O_DSYNC as given (F_SETFL would drop some of
+        // them on a memfd); O_ASYNC is the caller's (`open_description`).
         let extra = super::reopen_flags(desc) | desc.flags as i32 & libc::O_LARGEFILE;
         reopen(base, access | extra)
             .map_err(|e| Error::io(format!("reopen memfd of description {}", desc.id), e))

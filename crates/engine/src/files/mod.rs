@@ -5,7 +5,9 @@
 //! | kind                                   | module          |
 //! |----------------------------------------|-----------------|
 //! | the self-dump connection to stasisd    | [`service`]     |
+//! | O_PATH descriptors, reopened by path   | [`opath`]       |
 //! | pipes (both ends, bytes in flight)     | [`pipe`]        |
+//! | named FIFOs (by path, bytes in flight) | [`fifo`]        |
 //! | eventfd                                | [`eventfd`]     |
 //! | timerfd                                | [`timerfd`]     |
 //! | signalfd                               | [`signalfd`]    |
@@ -27,10 +29,12 @@
 //!   one id however many fds of however many processes refer to it (kcmp), and holds what the
 //!   kinds gather across processes.
 //! * [`dump`]: the fd table of one process ([`DumpedFiles`]); refuses, naming the fd, anything
-//!   no kind claims (sockets, named FIFOs, POSIX message queues, unknown anonymous-inode files).
+//!   no kind claims (sockets, POSIX message queues, unknown anonymous-inode files).
 //! * [`FileRegistry::finish`]: once every process is collected, completes the objects that
-//!   span processes (pipes: both ends must be in the tree; the bytes in flight are stored once,
-//!   with the first process record that has the pipe's first description).
+//!   span processes (pipes and FIFOs: an end outside the tree is refused where it cannot come
+//!   back; the bytes in flight are stored once, with the first process record that has the
+//!   pipe's first description) and checks that the owner of every description's I/O signals
+//!   is in the tree.
 //! * [`write_blobs`]: the contents of deleted files and memfds, into `blob-ID.img`.
 //!
 //! Images ([`crate::restore`](mod@crate::restore) and [`crate::show`]):
@@ -40,25 +44,39 @@
 //! Restore ([`crate::restore`](mod@crate::restore)):
 //! * [`open_all`]: merges the copies of each description found in several process records and
 //!   opens every description once, in the restorer, for the whole tree ([`OpenedFiles`]); the
-//!   processes inherit them across their forks.
+//!   processes inherit them across their forks. A file reopened by path must still be the one
+//!   of the dump (device and inode), unless the [`OpenContext`] accepts replaced files
+//!   ([`ReplacedFiles`]; mapped files go through the same check).
 //! * [`memfd::open_for_mapping`]: a descriptor of a restored memfd to map it from.
 //! * [`layout_in_child`]: in each restore child, moves the inherited descriptions to their fd
-//!   numbers; then [`after_layout_in_child`] sets up what names fds by number (epoll watches)
-//!   and drops the inotify events the restore itself caused.
+//!   numbers; then [`after_layout_in_child`] sets up what names fds by number (epoll watches,
+//!   O_ASYNC, whose fd number the kernel reports in the siginfo of I/O signals) and drops the
+//!   inotify events the restore itself caused.
+//! * [`OpenedFiles::set_owners`]: once every process and thread of the tree exists, gives each
+//!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG).
 //!
 //! Dump duplicates each fd into the dumper with pidfd_getfd (the same description, so offsets
 //! and pipe contents can be read without disturbing the target). Sockets are not duplicated:
 //! nothing of theirs is read, and a socket received by another process (pidfd_getfd receives
-//! it) takes that process's cgroup network tags. At restore, every description gets its dumped
-//! status flags through one helper whatever its kind ([`apply_status_flags`]), then its offset
-//! when its kind has one.
+//! it) takes that process's cgroup network tags. The owner of a description's I/O signals
+//! and their signal (F_GETOWN_EX, F_GETSIG) are read from the duplicate too, whatever the kind.
+//! At restore, every description gets its dumped status flags through one helper whatever its
+//! kind ([`apply_status_flags`]), then its offset when its kind has one.
+//!
+//! O_ASYNC is special: a file with signal-driven I/O (pipes, FIFOs, terminals, inotify, ...)
+//! only sends signals when the flag was set with F_SETFL, which records the fd number it was
+//! set through (the siginfo's `si_fd`); given to open(2), the flag shows but does nothing. So
+//! it is set in the restore child, through the description's first fd in that process
+//! ([`after_layout_in_child`]). A file without signal-driven I/O (regular files, directories)
+//! cannot get the flag from F_SETFL at all; only open(2) sets it there (without effect, but
+//! F_GETFL shows it), so such a description is reopened with it (`open_description`).
 
 use crate::dump::ServiceConnection;
 use crate::{procfs, Error};
-use stasis_image::{FdEntry, FileChecks, FileDesc, FileKind, ImageDir, ProcessImage};
-use stasis_sys::process::{self, ForkedChild};
+use stasis_image::{FdEntry, FileChecks, FileDesc, FileKind, FileOwner, ImageDir, ProcessImage};
+use stasis_sys::process::{self, ForkedChild, IoOwner};
 use stasis_sys::Pid;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, Metadata};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -69,8 +87,10 @@ pub mod deleted;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod fifo;
 pub mod inotify;
 pub mod memfd;
+pub mod opath;
 pub mod pipe;
 pub mod regular;
 pub mod service;
@@ -79,11 +99,14 @@ pub mod timerfd;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
-/// of file come from the most particular to the most general (memfd, deleted, regular).
+/// of file come from the most particular to the most general (O_PATH descriptors of any
+/// class first; memfd, deleted, regular).
 pub fn kinds() -> Vec<Box<dyn FileOps>> {
     vec![
         Box::<service::ServiceConnections>::default(),
+        Box::<opath::OPaths>::default(),
         Box::<pipe::Pipes>::default(),
+        Box::<fifo::Fifos>::default(),
         Box::<eventfd::EventFds>::default(),
         Box::<timerfd::TimerFds>::default(),
         Box::<signalfd::SignalFds>::default(),
@@ -167,8 +190,10 @@ pub trait FileOps {
     fn merge(&self, _tree: &mut FileDesc, _copy: &FileDesc) {}
 
     /// Restore: opens the description in the restorer, with its access mode (the status flags
-    /// and, when [`has_position`](Self::has_position), the offset are set by the caller).
-    fn open(&mut self, desc: &FileDesc, images: &ImageDir) -> Result<OwnedFd, Error>;
+    /// and, when [`has_position`](Self::has_position), the offset are set by the caller; never
+    /// O_ASYNC, see the module's documentation). A kind that reopens a file by path checks it
+    /// with [`OpenContext::check_same_file`].
+    fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error>;
 
     /// Whether the dumped file position of this kind is restored (lseek).
     fn has_position(&self) -> bool {
@@ -346,7 +371,6 @@ pub(crate) fn fdinfo_text(pid: Pid, fd: RawFd) -> Result<String, Error> {
 fn refusal(fd: &Probe<'_>) -> Error {
     let what = match fd.class {
         Class::Socket => "a socket",
-        Class::Fifo => "a named FIFO",
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
             Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
@@ -356,9 +380,12 @@ fn refusal(fd: &Probe<'_>) -> Error {
             Some("[perf_event]") => "a perf event, which stasis cannot dump yet",
             _ => "an anonymous-inode file of a kind stasis cannot dump",
         },
-        Class::Pipe | Class::File | Class::Directory | Class::CharDevice | Class::Other => {
-            "a file of an unsupported type"
-        }
+        Class::Pipe
+        | Class::Fifo
+        | Class::File
+        | Class::Directory
+        | Class::CharDevice
+        | Class::Other => "a file of an unsupported type",
     };
     fd.unsupported(what)
 }
@@ -396,6 +423,7 @@ impl ProcessFiles<'_> {
             flags,
             pos,
             kind,
+            owner: FileOwner::default(),
         });
         id
     }
@@ -431,6 +459,11 @@ pub struct FileRegistry {
     seen: Vec<(Pid, RawFd, u64, u32)>,
     descs: HashMap<u32, FileDesc>,
     next_id: u32,
+    /// The processes, threads and process groups of the tree (owners of I/O signals must be
+    /// among them).
+    members: TreeMembers,
+    /// (pid, fd, owner) of every description with an owner of its I/O signals.
+    owners: Vec<(Pid, RawFd, FileOwner)>,
 }
 
 impl Default for FileRegistry {
@@ -440,7 +473,30 @@ impl Default for FileRegistry {
             seen: Vec::new(),
             descs: HashMap::new(),
             next_id: 0,
+            members: TreeMembers::default(),
+            owners: Vec::new(),
         }
+    }
+}
+
+/// The processes, threads and process groups of a dumped tree.
+#[derive(Default)]
+struct TreeMembers {
+    pids: BTreeSet<Pid>,
+    tids: BTreeSet<Pid>,
+    pgids: BTreeSet<Pid>,
+}
+
+impl TreeMembers {
+    /// Why `owner` cannot be restored, naming it: a pid outside the tree would be another
+    /// process (or none) after the restore.
+    fn outside(&self, owner: &FileOwner) -> Option<String> {
+        let (set, what) = match owner.kind as i32 {
+            process::F_OWNER_TID => (&self.tids, "thread"),
+            process::F_OWNER_PGRP => (&self.pgids, "process group"),
+            _ => (&self.pids, "process"),
+        };
+        (owner.pid != 0 && !set.contains(&owner.pid)).then(|| format!("{what} {}", owner.pid))
     }
 }
 
@@ -453,6 +509,15 @@ impl FileRegistry {
         mut self,
         processes: impl IntoIterator<Item = &'a mut Vec<FileDesc>>,
     ) -> Result<(), Error> {
+        for (pid, fd, owner) in &self.owners {
+            if let Some(who) = self.members.outside(owner) {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "fd {fd} of pid {pid} sends its I/O signals (F_SETOWN) to {who}, which is not one of the dumped processes"
+                    ),
+                });
+            }
+        }
         let mut all: Vec<&mut FileDesc> = processes.into_iter().flatten().collect();
         for kind in &mut self.kinds {
             kind.finish(&mut all)?;
@@ -476,6 +541,26 @@ fn shared_id(seen: &[(Pid, RawFd, u64, u32)], fd: &Probe<'_>) -> Result<Option<u
     Ok(None)
 }
 
+/// The owner and signal of the I/O signals of `fd`'s description (F_GETOWN_EX and F_GETSIG on
+/// our duplicate, which shares the description). O_PATH descriptors have none (fcntl refuses
+/// them), and neither has an fd that is not duplicated (the self-dump connection).
+fn io_owner_of(fd: &Probe<'_>) -> Result<FileOwner, Error> {
+    let Some((file, _)) = &fd.dup else {
+        return Ok(FileOwner::default());
+    };
+    if fd.flags as i32 & libc::O_PATH != 0 {
+        return Ok(FileOwner::default());
+    }
+    let what = |op: &str| format!("{op} on fd {} of pid {}", fd.fd, fd.pid);
+    let owner = process::io_owner(file.as_fd()).map_err(|e| Error::io(what("F_GETOWN_EX"), e))?;
+    let signal = process::io_signal(file.as_fd()).map_err(|e| Error::io(what("F_GETSIG"), e))?;
+    Ok(FileOwner {
+        kind: owner.kind as u32,
+        pid: owner.pid,
+        signal: signal as u32,
+    })
+}
+
 /// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
 /// `service` is the self-dump connection (fd number in the target and the reply its restored
 /// copy will read); it is the one socket that is dumped. Descriptions shared with processes
@@ -492,7 +577,12 @@ pub fn dump(
         seen,
         descs,
         next_id,
+        members,
+        owners,
     } = registry;
+    members.pids.insert(pid);
+    members.tids.extend(procfs::list_threads(pid)?);
+    members.pgids.insert(procfs::read_stat(pid)?.pgid);
     let mut out = ProcessFiles {
         files: Vec::new(),
         fds: Vec::new(),
@@ -523,7 +613,11 @@ pub fn dump(
                     flags: probe.flags,
                     pos: probe.pos,
                     kind: kind.dump(&probe, id, &mut out)?,
+                    owner: io_owner_of(&probe)?,
                 };
+                if desc.owner.pid != 0 {
+                    owners.push((pid, fd, desc.owner));
+                }
                 if kind.deduplicated() {
                     seen.push((pid, fd, probe.metadata()?.ino(), id));
                     descs.insert(id, desc.clone());
@@ -643,6 +737,154 @@ impl OpenedFiles {
             .map(|(id, fd)| (*id, fd.as_raw_fd()))
             .collect()
     }
+
+    /// Gives every description the owner and signal of its I/O signals (F_SETSIG,
+    /// F_SETOWN_EX), through the restorer's descriptor (the same description). Run once every
+    /// process and thread of the tree (`processes`) exists and has joined its process group:
+    /// the owner must exist (it keeps its dumped id). Images are untrusted, so an owner must be
+    /// a process or thread of the restored tree, or the process group one of them is in now;
+    /// anything else is refused. The kernel records the restorer's credentials for the
+    /// permission check of each signal, where the process had recorded its own.
+    pub fn set_owners<'a>(
+        &self,
+        processes: impl IntoIterator<Item = &'a ProcessImage>,
+    ) -> Result<(), Error> {
+        let mut tree = TreeMembers::default();
+        for p in processes {
+            tree.pids.insert(p.pid);
+            tree.tids.extend(p.threads.iter().map(|t| t.tid));
+            if let Ok(pgid) = process::getpgid(p.pid) {
+                tree.pgids.insert(pgid);
+            }
+        }
+        for d in &self.descs {
+            let o = d.owner;
+            if o == FileOwner::default() {
+                continue;
+            }
+            if let Some(who) = tree.outside(&o) {
+                return Err(Error::Invalid(format!(
+                    "description {} sends its I/O signals to {who}, which is not restored with the tree",
+                    d.id
+                )));
+            }
+            let Some(fd) = self.fds.get(&d.id) else {
+                continue;
+            };
+            if o.signal != 0 {
+                process::set_io_signal(fd.as_fd(), o.signal as i32).map_err(|e| {
+                    Error::io(format!("F_SETSIG {} on description {}", o.signal, d.id), e)
+                })?;
+            }
+            if o.kind != 0 || o.pid != 0 {
+                let owner = IoOwner {
+                    kind: o.kind as i32,
+                    pid: o.pid,
+                };
+                process::set_io_owner(fd.as_fd(), owner).map_err(|e| {
+                    Error::io(format!("F_SETOWN_EX {owner:?} on description {}", d.id), e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a restore does with a file reopened by path (a regular file, directory, FIFO, the
+/// object of an O_PATH descriptor, a mapped file) that is no longer the one of the dump: the
+/// same path now names another inode (the file was restored from a backup, saved by an editor
+/// through a rename, copied to another machine). A device is the same file when it has the
+/// same device number (its inode changes with every boot of devtmpfs); another device number
+/// is always refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum ReplacedFiles {
+    /// Fail the restore, naming the file (the default).
+    #[default]
+    Refuse,
+    /// Restore the file found at the path when it is of the same type; `warn` is called once
+    /// per such path with a one-line message naming it (and the engine logs it at warn level).
+    Accept { warn: fn(&str) },
+}
+
+/// What opening the descriptions of a restore needs besides the descriptions: the images
+/// (blobs) and what to do with replaced files.
+pub struct OpenContext<'a> {
+    pub images: &'a ImageDir,
+    replaced: ReplacedFiles,
+    /// Paths a replacement was accepted for (each is warned about once).
+    warned: BTreeSet<String>,
+}
+
+impl<'a> OpenContext<'a> {
+    pub fn new(images: &'a ImageDir, replaced: ReplacedFiles) -> OpenContext<'a> {
+        OpenContext {
+            images,
+            replaced,
+            warned: BTreeSet::new(),
+        }
+    }
+
+    /// Checks that `md`, the file opened at `path`, is the file of the dump: device `dev` and
+    /// inode `ino`, and when `file_type` is given (`S_IFMT` bits) that type. `what` says what
+    /// the file was ("the file that was open", "the file that was mapped"). Another inode of
+    /// the same type is accepted (with a warning) only when the context says so; another type
+    /// never is.
+    pub fn check_same_file(
+        &mut self,
+        path: &str,
+        md: &Metadata,
+        dev: u64,
+        ino: u64,
+        file_type: Option<u32>,
+        what: &str,
+    ) -> Result<(), Error> {
+        let now = md.mode() & libc::S_IFMT;
+        if let Some(t) = file_type.filter(|&t| t != now) {
+            return Err(Error::Changed {
+                what: format!(
+                    "{path} is {}, not {what} at dump time ({})",
+                    type_name(now),
+                    type_name(t)
+                ),
+            });
+        }
+        if (md.dev(), md.ino()) == (dev, ino) {
+            return Ok(());
+        }
+        match self.replaced {
+            ReplacedFiles::Refuse => Err(Error::Changed {
+                what: format!(
+                    "{path} is not {what} at dump time (its inode changed; --accept-replaced-files restores the file found there)"
+                ),
+            }),
+            ReplacedFiles::Accept { warn } => {
+                if self.warned.insert(path.to_string()) {
+                    let msg = format!(
+                        "{path} was replaced since the dump (inode {ino} on device {dev:#x} then, {} on {:#x} now): restoring the file found there",
+                        md.ino(),
+                        md.dev()
+                    );
+                    tracing::warn!("{msg}");
+                    warn(&msg);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// "a regular file", "a directory", ... for the `S_IFMT` bits of a mode.
+fn type_name(t: u32) -> &'static str {
+    match t {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        _ => "a file of unknown type",
+    }
 }
 
 /// One description per id for the whole tree: a description shared by several processes has a
@@ -678,39 +920,80 @@ pub fn merge_descriptions<'a>(
 
 /// Opens every description of `processes` (a whole tree) in the restorer, once per id.
 pub fn open_all<'a>(
-    images: &ImageDir,
+    ctx: &mut OpenContext<'_>,
     processes: impl IntoIterator<Item = &'a ProcessImage>,
 ) -> Result<OpenedFiles, Error> {
     let descs = merge_descriptions(processes)?;
     let mut kinds = kinds();
     let mut fds = HashMap::new();
     for f in &descs {
-        let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, images)?;
+        let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
         fds.insert(f.id, fd);
     }
     Ok(OpenedFiles { descs, fds })
 }
 
-/// Opens one description with `kind`, then gives it its status flags and position.
+/// Opens one description with `kind`, then gives it its status flags and position. A
+/// description with O_ASYNC on a file without signal-driven I/O is reopened with the flag
+/// (only open(2) sets it there); on a file with signal-driven I/O it is left for the restore
+/// child ([`after_layout_in_child`]).
 pub(crate) fn open_description(
     kind: &mut dyn FileOps,
     desc: &FileDesc,
-    images: &ImageDir,
+    ctx: &mut OpenContext<'_>,
 ) -> Result<OwnedFd, Error> {
-    let fd = kind.open(desc, images)?;
+    let mut fd = kind.open(desc, ctx)?;
     apply_status_flags(&fd, desc)?;
+    if desc.flags as i32 & libc::O_ASYNC != 0 && !has_signal_driven_io(&fd, desc)? {
+        fd = reopen_with_async(&fd, desc)?;
+        apply_status_flags(&fd, desc)?;
+    }
     if kind.has_position() && desc.pos != 0 {
         seek(&fd, desc.pos)?;
     }
     Ok(fd)
 }
 
-/// The status flags F_SETFL can change.
-const STATUS_FLAGS: i32 =
-    libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+/// Whether the file of `fd` (a description without O_ASYNC) has signal-driven I/O: F_SETFL
+/// sets O_ASYNC only on such a file (its fasync operation does). The flag is cleared again
+/// (which also forgets the fd number it was set through).
+fn has_signal_driven_io(fd: &OwnedFd, desc: &FileDesc) -> Result<bool, Error> {
+    let what = |op: &str| format!("{op} on description {}", desc.id);
+    let flags = process::get_status_flags(fd.as_fd()).map_err(|e| Error::io(what("F_GETFL"), e))?;
+    process::set_status_flags(fd.as_fd(), flags | libc::O_ASYNC)
+        .map_err(|e| Error::io(what("F_SETFL O_ASYNC"), e))?;
+    let with = process::get_status_flags(fd.as_fd()).map_err(|e| Error::io(what("F_GETFL"), e))?;
+    if with & libc::O_ASYNC == 0 {
+        return Ok(false);
+    }
+    process::set_status_flags(fd.as_fd(), with & !libc::O_ASYNC)
+        .map_err(|e| Error::io(what("F_SETFL without O_ASYNC"), e))?;
+    Ok(true)
+}
+
+/// A new description of the file of `fd`, opened through /proc/self/fd with the access mode
+/// and open flags of `desc` and O_ASYNC.
+fn reopen_with_async(fd: &OwnedFd, desc: &FileDesc) -> Result<OwnedFd, Error> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let more = libc::O_ASYNC | desc.flags as i32 & libc::O_LARGEFILE;
+    open_path(&path, desc, more)
+        .map(OwnedFd::from)
+        .map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(
+                format!("reopen description {} with O_ASYNC", desc.id),
+                source,
+            ),
+            e => e,
+        })
+}
+
+/// The status flags F_SETFL can change. O_ASYNC is not among those [`apply_status_flags`]
+/// sets (see the module's documentation).
+const STATUS_FLAGS: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
 
 /// Gives a restored description the status flags it had (O_APPEND, O_NONBLOCK, O_DIRECT,
-/// O_NOATIME, O_ASYNC), whatever its kind; nothing is changed when they are already right.
+/// O_NOATIME), whatever its kind; nothing is changed when they are already right. O_ASYNC is
+/// set elsewhere (see the module's documentation).
 pub fn apply_status_flags(fd: &OwnedFd, desc: &FileDesc) -> Result<(), Error> {
     let want = desc.flags as i32 & STATUS_FLAGS;
     let have = process::get_status_flags(fd.as_fd())
@@ -723,7 +1006,8 @@ pub fn apply_status_flags(fd: &OwnedFd, desc: &FileDesc) -> Result<(), Error> {
 }
 
 /// Flags a description reopened by path is opened with, besides its access mode (O_SYNC and
-/// O_DSYNC can only be given to open(2)).
+/// O_DSYNC can only be given to open(2)). Never O_ASYNC: given to open(2) on a file with
+/// signal-driven I/O, it would show without effect, and F_SETFL could not set it any more.
 const REOPEN_FLAGS: i32 = STATUS_FLAGS | libc::O_SYNC | libc::O_DSYNC;
 
 /// Opens `path` for description `desc`: its access mode and open flags, plus `more`.
@@ -800,15 +1084,32 @@ pub fn layout_in_child(
 }
 
 /// Runs in the restore child of process `pid` right after [`layout_in_child`], once every fd
-/// has its final number: each kind's [`FileOps::after_layout_in_child`], kind by kind in the
-/// order of [`kinds`] (epoll watches are added, then the events that opening and mapping its
-/// files queued in its inotify instances are dropped).
+/// has its final number: O_ASYNC is set on each description that had it and lacks it (through
+/// its first fd, the number its I/O signals will report), then each kind's
+/// [`FileOps::after_layout_in_child`], kind by kind in the order of [`kinds`] (epoll watches
+/// are added, then the events that opening and mapping its files queued in its inotify
+/// instances are dropped).
 pub fn after_layout_in_child(
     child: &ForkedChild,
     pid: Pid,
     files: &[FileDesc],
     table: &[FdEntry],
 ) -> Result<(), String> {
+    for f in files.iter().filter(|f| f.flags as i32 & libc::O_ASYNC != 0) {
+        let Some(e) = table.iter().find(|e| e.file_id == f.id) else {
+            continue;
+        };
+        let flags = child
+            .status_flags_raw(e.fd)
+            .map_err(|err| format!("F_GETFL fd {}: {err}", e.fd))?;
+        // Shared with a process laid out before, or a file without signal-driven I/O
+        // (opened with the flag): nothing to do.
+        if flags & libc::O_ASYNC == 0 {
+            child
+                .set_status_flags_raw(e.fd, flags | libc::O_ASYNC)
+                .map_err(|err| format!("F_SETFL O_ASYNC fd {}: {err}", e.fd))?;
+        }
+    }
     for kind in kinds() {
         for f in files.iter().filter(|f| kind.owns(&f.kind)) {
             // A description without fds has nothing to set up by number.
@@ -846,10 +1147,12 @@ mod tests {
                 FileKind::Epoll { .. } => 9,
                 FileKind::Memfd { .. } => 10,
                 FileKind::Inotify { .. } => 11,
+                FileKind::Fifo { .. } => 12,
+                FileKind::OPath { .. } => 13,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 12, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 14, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -986,18 +1289,97 @@ mod tests {
             flags: flags as u32,
             pos: 0,
             kind: FileKind::SignalFd { mask: 0 },
+            owner: Default::default(),
         };
         let flags = || process::get_status_flags(r.as_fd()).unwrap();
         apply_status_flags(&r, &desc(libc::O_NONBLOCK | libc::O_ASYNC)).unwrap();
         assert_eq!(
-            flags() & STATUS_FLAGS,
-            libc::O_NONBLOCK | libc::O_ASYNC,
-            "set"
+            flags() & (STATUS_FLAGS | libc::O_ASYNC),
+            libc::O_NONBLOCK,
+            "set, but O_ASYNC (the restore child sets it)"
         );
-        apply_status_flags(&r, &desc(libc::O_NONBLOCK)).unwrap();
-        assert_eq!(flags() & STATUS_FLAGS, libc::O_NONBLOCK, "O_ASYNC cleared");
         apply_status_flags(&r, &desc(libc::O_RDONLY)).unwrap();
         assert_eq!(flags() & STATUS_FLAGS, 0, "all cleared");
+    }
+
+    /// O_ASYNC: a pipe has signal-driven I/O (the flag is left for the restore child, and the
+    /// probe leaves nothing behind); a regular file has none, and gets the flag from open(2).
+    #[test]
+    fn o_async_where_the_file_has_signal_driven_io_or_not() {
+        let (r, _w) = process::pipe().unwrap();
+        let desc = |flags: i32| FileDesc {
+            id: 1,
+            flags: flags as u32,
+            pos: 0,
+            kind: FileKind::SignalFd { mask: 0 },
+            owner: Default::default(),
+        };
+        assert!(has_signal_driven_io(&r, &desc(libc::O_ASYNC)).unwrap());
+        let flags = process::get_status_flags(r.as_fd()).unwrap();
+        assert_eq!(flags & libc::O_ASYNC, 0, "the probe clears the flag");
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let f = OwnedFd::from(f);
+        assert!(!has_signal_driven_io(&f, &desc(libc::O_ASYNC)).unwrap());
+        let again = reopen_with_async(&f, &desc(libc::O_ASYNC)).unwrap();
+        let flags = process::get_status_flags(again.as_fd()).unwrap();
+        assert_eq!(flags & (libc::O_ASYNC | libc::O_ACCMODE), libc::O_ASYNC);
+    }
+
+    /// Owners are set on the restored descriptions only when they are in the restored tree.
+    #[test]
+    fn owners_are_set_only_inside_the_restored_tree() {
+        let (r, _w) = process::pipe().unwrap();
+        let me = process::getpid();
+        let mut image = sample_process();
+        image.pid = me;
+        image.threads[0].tid = me;
+        let opened = |owner| OpenedFiles {
+            descs: vec![FileDesc {
+                id: 1,
+                flags: 0,
+                pos: 0,
+                kind: FileKind::SignalFd { mask: 0 },
+                owner,
+            }],
+            fds: HashMap::from([(1, r.try_clone().unwrap())]),
+        };
+        let pgrp = process::getpgid(0).unwrap();
+        opened(FileOwner {
+            kind: 2,
+            pid: pgrp,
+            signal: 0,
+        })
+        .set_owners([&image])
+        .unwrap();
+        assert_eq!(process::io_owner(r.as_fd()).unwrap().pid, pgrp);
+        opened(FileOwner {
+            kind: 1,
+            pid: me,
+            signal: 10,
+        })
+        .set_owners([&image])
+        .unwrap();
+        assert_eq!(
+            process::io_owner(r.as_fd()).unwrap(),
+            IoOwner { kind: 1, pid: me }
+        );
+        assert_eq!(process::io_signal(r.as_fd()).unwrap(), 10);
+        for (kind, pid, who) in [
+            (1, 1, "process 1"),
+            (0, 1, "thread 1"),
+            (2, 1, "process group 1"),
+        ] {
+            let err = opened(FileOwner {
+                kind,
+                pid,
+                signal: 9,
+            })
+            .set_owners([&image])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(who) && err.contains("not restored"), "{err}");
+        }
+        assert_eq!(process::io_owner(r.as_fd()).unwrap().pid, me, "left alone");
     }
 
     fn probe(class: Class, link: &str) -> Probe<'static> {
@@ -1019,7 +1401,6 @@ mod tests {
     fn refusals_name_the_fd_and_what_it_is() {
         for (class, link, what) in [
             (Class::Socket, "socket:[1]", "a socket"),
-            (Class::Fifo, "/tmp/fifo", "a named FIFO"),
             (Class::MessageQueue, "/q", "a POSIX message queue"),
             (Class::Anon, "anon_inode:[fanotify]", "a fanotify instance"),
             (Class::Anon, "anon_inode:[io_uring]", "an io_uring instance"),

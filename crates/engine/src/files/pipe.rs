@@ -19,9 +19,9 @@
 //! process held is closed once every description is open: the reader of a pipe without
 //! writers reads the bytes, then EOF; a writer without readers gets EPIPE.
 
-use super::{Class, FileOps, Probe, ProcessFiles};
+use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +29,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// Most bytes in flight a record may hold for one pipe.
-const MAX_PIPE_DATA: usize = 16 << 20;
+pub(super) const MAX_PIPE_DATA: usize = 16 << 20;
 
 /// O_LARGEFILE as the kernel shows it in fdinfo on x86-64 (where libc's is 0): set on every
 /// description open(2) makes, never on those pipe(2) makes.
@@ -177,7 +177,7 @@ impl FileOps for Pipes {
     }
 
     /// A new description for this pipe end (the pipe is made with its first end).
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::Pipe {
             pipe_id,
             write_end,
@@ -330,7 +330,7 @@ fn outside_holder(lone: &HashMap<u64, bool>, tree: &[Pid]) -> Option<OutsideHold
 }
 
 /// Copies the bytes queued in a pipe without consuming them.
-fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
+pub(super) fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
     let queued = process::pipe_bytes_queued(read_end.as_fd())
         .map_err(|e| Error::io(format!("FIONREAD on fd {fd}"), e))?;
     if queued == 0 {
@@ -362,6 +362,7 @@ fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     fn end(id: u32, write_end: bool, data: &[u8]) -> FileDesc {
         FileDesc {
@@ -374,6 +375,7 @@ mod tests {
                 capacity: 4096,
                 data: data.to_vec(),
             },
+            owner: Default::default(),
         }
     }
 
@@ -410,9 +412,10 @@ mod tests {
     #[test]
     fn restored_pipe_holds_the_bytes_once() {
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
         let mut pipes = Pipes::default();
-        let r = pipes.open(&end(1, false, b"abc"), &images).unwrap();
-        let w = pipes.open(&end(2, true, b""), &images).unwrap();
+        let r = pipes.open(&end(1, false, b"abc"), &mut ctx).unwrap();
+        let w = pipes.open(&end(2, true, b""), &mut ctx).unwrap();
         // Every write end closed: the reader sees the bytes, then end-of-file.
         drop((w, pipes));
         let mut got = Vec::new();

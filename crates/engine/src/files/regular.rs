@@ -7,11 +7,13 @@
 //!
 //! Restore: open(2) of the path with the dumped access mode and open flags; the file opened
 //! must be the dumped one (device and inode), else the restore fails rather than hand the
-//! process another file. The offset is set afterwards (lseek).
+//! process another file, unless it was told to accept a replaced file
+//! ([`super::ReplacedFiles`]): then any regular file at the path is restored, with a warning.
+//! The offset is set afterwards (lseek).
 
-use super::{Class, FileOps, Probe, ProcessFiles};
+use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -61,7 +63,7 @@ impl FileOps for RegularFiles {
         super::check_path(path)
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::Regular { path, dev, ino, .. } = &desc.kind else {
             return Err(Error::Invalid(format!(
                 "description {} is not a regular file",
@@ -72,11 +74,14 @@ impl FileOps for RegularFiles {
         let md = file
             .metadata()
             .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-        if (md.dev(), md.ino()) != (*dev, *ino) {
-            return Err(Error::Invalid(format!(
-                "{path} is not the file that was open at dump time (its inode changed)"
-            )));
-        }
+        ctx.check_same_file(
+            path,
+            &md,
+            *dev,
+            *ino,
+            Some(libc::S_IFREG),
+            "the file that was open",
+        )?;
         Ok(file.into())
     }
 
@@ -89,6 +94,7 @@ impl FileOps for RegularFiles {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     fn regular(path: &str) -> FileDesc {
         FileDesc {
@@ -101,6 +107,7 @@ mod tests {
                 ino: 2,
                 size: 3,
             },
+            owner: Default::default(),
         }
     }
 
@@ -121,13 +128,14 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let md = std::fs::metadata(&path).unwrap();
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let mut ctx = OpenContext::new(&images, super::super::ReplacedFiles::Refuse);
         let mut desc = regular(path.to_str().unwrap());
         desc.pos = 3;
         desc.flags = (libc::O_RDONLY | libc::O_NONBLOCK) as u32;
         if let FileKind::Regular { dev, ino, .. } = &mut desc.kind {
             (*dev, *ino) = (md.dev(), md.ino());
         }
-        let fd = super::super::open_description(&mut RegularFiles, &desc, &images).unwrap();
+        let fd = super::super::open_description(&mut RegularFiles, &desc, &mut ctx).unwrap();
         let flags = stasis_sys::process::get_status_flags(std::os::fd::AsFd::as_fd(&fd)).unwrap();
         assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
         assert_ne!(flags & libc::O_NONBLOCK, 0);
@@ -137,8 +145,30 @@ mod tests {
         if let FileKind::Regular { ino, .. } = &mut desc.kind {
             *ino += 1;
         }
-        let err = RegularFiles.open(&desc, &images).unwrap_err().to_string();
-        assert!(err.contains("inode changed"), "{err}");
+        let err = RegularFiles.open(&desc, &mut ctx).unwrap_err().to_string();
+        assert!(
+            err.contains("not the file that was open at dump time")
+                && err.contains("inode changed")
+                && err.contains("--accept-replaced-files"),
+            "{err}"
+        );
+        // Told to accept a replaced file, it restores the one found there (and warns once).
+        let mut accept = OpenContext::new(
+            &images,
+            super::super::ReplacedFiles::Accept { warn: |_| {} },
+        );
+        RegularFiles.open(&desc, &mut accept).unwrap();
+        assert_eq!(accept.warned.len(), 1);
+        RegularFiles.open(&desc, &mut accept).unwrap();
+        assert_eq!(accept.warned.len(), 1, "one warning per path");
+        // Another type is refused even so.
+        let mut dir = regular(std::env::temp_dir().to_str().unwrap());
+        dir.flags = libc::O_RDONLY as u32;
+        let err = RegularFiles
+            .open(&dir, &mut accept)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a directory, not the file"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }
 }

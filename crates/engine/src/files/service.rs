@@ -8,9 +8,9 @@
 //! Restore: a SOCK_SEQPACKET socketpair in the restorer; the reply is queued on our end's peer,
 //! which is then closed, so the restored process reads the reply and then end-of-file.
 
-use super::{Class, FileOps, Probe, ProcessFiles};
+use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::process;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -66,7 +66,7 @@ impl FileOps for ServiceConnections {
         Ok(())
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::ServiceSocket { reply } = &desc.kind else {
             return Err(Error::Invalid(format!(
                 "description {} is not a service connection",
@@ -86,6 +86,7 @@ impl FileOps for ServiceConnections {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use stasis_image::ImageDir;
 
     #[test]
     fn validate() {
@@ -97,6 +98,7 @@ mod tests {
             kind: FileKind::ServiceSocket {
                 reply: vec![1; MAX_REPLY],
             },
+            owner: Default::default(),
         };
         ServiceConnections.validate(&ok, &p).unwrap();
         let long = FileDesc {
@@ -117,9 +119,11 @@ mod tests {
             kind: FileKind::ServiceSocket {
                 reply: b"restored".to_vec(),
             },
+            owner: Default::default(),
         };
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
-        let fd = ServiceConnections.open(&desc, &images).unwrap();
+        let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
+        let fd = ServiceConnections.open(&desc, &mut ctx).unwrap();
         let mut f = File::from(fd);
         let mut buf = [0u8; 64];
         let n = std::io::Read::read(&mut f, &mut buf).unwrap();

@@ -7,9 +7,9 @@
 //! Restore: signalfd4(-1, mask) in the restorer; the status flags are set by
 //! [`super::open_all`].
 
-use super::{FileOps, Probe, ProcessFiles};
+use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -52,7 +52,7 @@ impl FileOps for SignalFds {
         }
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         open(desc)
     }
 }
@@ -100,6 +100,7 @@ mod tests {
             flags: 2,
             pos: 0,
             kind: FileKind::SignalFd { mask },
+            owner: Default::default(),
         };
         SignalFds.validate(&desc(1 << 9), &p).unwrap();
         SignalFds.validate(&desc(0), &p).unwrap();

@@ -24,9 +24,9 @@
 //!   is re-armed one interval from the restore. Periods that passed between that expiry and
 //!   the dump without being counted by the kernel are not counted either.
 
-use super::{FileOps, Probe, ProcessFiles};
+use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ImageDir, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::{anon_files, Pid};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
@@ -89,7 +89,7 @@ impl FileOps for TimerFds {
         Ok(())
     }
 
-    fn open(&mut self, desc: &FileDesc, _images: &ImageDir) -> Result<OwnedFd, Error> {
+    fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         open(desc)
     }
 }
@@ -273,6 +273,7 @@ mod tests {
                 remaining_ns: 0,
                 deadline_ns: 0,
             },
+            owner: Default::default(),
         };
         for clock in CLOCKS {
             TimerFds.validate(&desc(clock, 3), &p).unwrap();

@@ -44,7 +44,10 @@ impl ChildReport {
     pub fn into_error(self) -> Error {
         let pid = self.pid;
         match self.failure {
-            ChildFailure::PidInUse { pid } => Error::PidInUse { pid },
+            ChildFailure::PidInUse { pid } => Error::PidInUse {
+                pid,
+                holder: super::load::pid_holder(pid, None),
+            },
             ChildFailure::Refused { why } => Error::Refused(why),
             ChildFailure::Sys { op, errno } => Error::Child {
                 pid,
@@ -95,11 +98,15 @@ impl Created {
     /// Pins `pid` if its parent is `parent`; an error (the pid is in use by another process)
     /// otherwise.
     pub fn adopt(&mut self, pid: Pid, parent: Pid) -> Result<(), Error> {
-        let pidfd = process::pidfd_open(pid).map_err(|_| Error::PidInUse { pid })?;
+        let in_use = || Error::PidInUse {
+            pid,
+            holder: super::load::pid_holder(pid, None),
+        };
+        let pidfd = process::pidfd_open(pid).map_err(|_| in_use())?;
         // Read after the pidfd pins the process: the parent seen is the pinned one's.
         let ppid = procfs::read_stat(pid).map(|s| s.ppid).unwrap_or(0);
         if ppid != parent {
-            return Err(Error::PidInUse { pid });
+            return Err(in_use());
         }
         self.pidfds.push((pid, pidfd));
         Ok(())
@@ -123,7 +130,13 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
         process::fork_with_pid(root)
     };
     match forked {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::PidInUse { pid: root }),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let comm = plan.processes.first().map(|p| p.image.task.comm.as_str());
+            Err(Error::PidInUse {
+                pid: root,
+                holder: super::load::pid_holder(root, comm),
+            })
+        }
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
         Ok(Forked::Child(child)) => child_main(&child, plan, 0),
         Ok(Forked::Parent(_)) => {
@@ -439,7 +452,7 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         files::layout_in_child(child, &image.fds, &plan.by_id(), plan.base, plan.park_from)
             .map_err(other("laying out the fd table"))?;
         files::after_layout_in_child(child, image.pid, &image.files, &image.fds)
-            .map_err(other("setting up epoll and inotify"))?;
+            .map_err(other("setting up O_ASYNC, epoll and inotify"))?;
     }
     attrs::apply_in_child(
         &image.task,
@@ -533,7 +546,7 @@ mod tests {
         let pid = child.id() as Pid;
         let mut created = Created::default();
         match created.adopt(pid, pid + 1) {
-            Err(Error::PidInUse { pid: p }) => assert_eq!(p, pid),
+            Err(Error::PidInUse { pid: p, .. }) => assert_eq!(p, pid),
             other => panic!("adopted a process of another parent: {:?}", other.err()),
         }
         assert!(created.pidfds.is_empty());

@@ -9,6 +9,7 @@ use stasis_image::{
     names, read_record, validate_process, ImageDir, ImageError, ImageKey, Inventory, ProcessImage,
     RawReader, RecordKind,
 };
+use stasis_sys::Pid;
 use std::path::Path;
 
 /// Authenticates `dir` with `key` ([`ImageDir::authenticate`]): when the images carry
@@ -174,17 +175,77 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
     })
 }
 
-/// Refuses the restore when a pid the tree needs (a process, thread or zombie) is taken.
+/// Refuses the restore when a pid the tree needs (a process, thread or zombie) is taken,
+/// saying by what (see [`pid_holder`]).
 pub(crate) fn check_pids_free(loaded: &Loaded) -> Result<(), Error> {
     let all_pids = loaded
         .processes
         .iter()
-        .flat_map(|(p, _)| p.threads.iter().map(|t| t.tid))
-        .chain(loaded.inventory.zombies.iter().map(|z| z.pid));
-    for pid in all_pids {
+        .flat_map(|(p, _)| p.threads.iter().map(|t| (t.tid, Some(t.comm.as_str()))))
+        .chain(loaded.inventory.zombies.iter().map(|z| (z.pid, None)));
+    for (pid, comm) in all_pids {
         if Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(Error::PidInUse { pid });
+            return Err(Error::PidInUse {
+                pid,
+                holder: pid_holder(pid, comm),
+            });
         }
     }
     Ok(())
+}
+
+/// What holds `pid`, for "pid N is in use by ...", from /proc/N/stat: a zombie (the dumped
+/// process itself, killed by the dump and not yet reaped, when it has the name `dumped_comm`
+/// the process with that pid had) and the parent that has not reaped it, or another process.
+pub(crate) fn pid_holder(pid: Pid, dumped_comm: Option<&str>) -> String {
+    match crate::procfs::read_stat(pid) {
+        Ok(st) => describe_holder(&st, dumped_comm),
+        Err(_) => "another process".to_string(),
+    }
+}
+
+/// [`pid_holder`] for the /proc/N/stat of the holder.
+fn describe_holder(st: &crate::procfs::Stat, dumped_comm: Option<&str>) -> String {
+    if st.state == 'Z' {
+        let who = if dumped_comm == Some(st.comm.as_str()) {
+            "the dumped process itself".to_string()
+        } else {
+            format!("{:?}", st.comm)
+        };
+        format!("a zombie ({who}, not yet reaped by its parent {})", st.ppid)
+    } else {
+        format!("another process ({:?})", st.comm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::Stat;
+
+    #[test]
+    fn the_holder_of_a_pid_is_described() {
+        let zombie = Stat {
+            comm: "sleep".into(),
+            state: 'Z',
+            ppid: 4100,
+            ..Stat::default()
+        };
+        assert_eq!(
+            describe_holder(&zombie, Some("sleep")),
+            "a zombie (the dumped process itself, not yet reaped by its parent 4100)"
+        );
+        assert_eq!(
+            describe_holder(&zombie, Some("bash")),
+            "a zombie (\"sleep\", not yet reaped by its parent 4100)"
+        );
+        let live = Stat {
+            state: 'S',
+            ..zombie
+        };
+        assert_eq!(describe_holder(&live, None), "another process (\"sleep\")");
+        // This process is alive.
+        let me = stasis_sys::process::getpid();
+        assert!(pid_holder(me, None).starts_with("another process"));
+    }
 }

@@ -105,6 +105,8 @@ pub struct RestoreOptions {
     /// it, not the one it had: a restore whose parent exits (stasisd's worker once a detached
     /// restore is answered) would see it killed at once, so stasisd clears it instead.
     pub root_pdeathsig: bool,
+    /// What to do with a file replaced at its path since the dump (default: refuse).
+    pub replaced_files: crate::files::ReplacedFiles,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -161,6 +163,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         }
         drop(phase);
         let _phase = Phase::Finish.span();
+        // Every process and thread exists: the owners of I/O signals can be set.
+        plan.descriptions
+            .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;

@@ -19,7 +19,6 @@ use stasis_sys::process;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 
 /// One process of the tree as the restore will create it.
 pub(crate) struct PlannedProcess<'a> {
@@ -76,7 +75,8 @@ impl<'a> Plan<'a> {
     /// Opens everything the tree needs and plans each process. Returns the plan and the read
     /// end of the error pipe (which the restorer keeps; the children write failures into it).
     pub fn make(opts: &RestoreOptions, loaded: &'a Loaded) -> Result<(Plan<'a>, OwnedFd), Error> {
-        let descriptions = files::open_all(&opts.images, loaded.processes.iter().map(|(p, _)| p))?;
+        let mut ctx = files::OpenContext::new(&opts.images, opts.replaced_files);
+        let descriptions = files::open_all(&mut ctx, loaded.processes.iter().map(|(p, _)| p))?;
         let mut aux: Vec<OwnedFd> = Vec::new();
         let mut processes = Vec::with_capacity(loaded.processes.len());
         for (i, (image, pages)) in loaded.processes.iter().enumerate() {
@@ -85,7 +85,7 @@ impl<'a> Plan<'a> {
                 if let VmaKind::File { path, dev, ino, .. } = &vma.kind {
                     let writable = vma.shared && vma.prot & libc::PROT_WRITE as u32 != 0;
                     map_aux.insert(v, aux.len());
-                    aux.push(open_mapped_file(path, writable, *dev, *ino)?);
+                    aux.push(open_mapped_file(path, writable, *dev, *ino, &mut ctx)?);
                 }
                 if let VmaKind::Memfd { memfd_id } = &vma.kind {
                     map_aux.insert(v, aux.len());
@@ -159,8 +159,15 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Opens a mapped file for its mapping, refusing a file that was replaced since the dump.
-fn open_mapped_file(path: &str, writable: bool, dev: u64, ino: u64) -> Result<OwnedFd, Error> {
+/// Opens a mapped file for its mapping, refusing a file that was replaced since the dump
+/// unless `ctx` accepts replaced files.
+fn open_mapped_file(
+    path: &str,
+    writable: bool,
+    dev: u64,
+    ino: u64,
+    ctx: &mut files::OpenContext<'_>,
+) -> Result<OwnedFd, Error> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
@@ -169,13 +176,7 @@ fn open_mapped_file(path: &str, writable: bool, dev: u64, ino: u64) -> Result<Ow
     let md = f
         .metadata()
         .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-    if (md.dev(), md.ino()) != (dev, ino) {
-        return Err(Error::Changed {
-            what: format!(
-                "mapped file {path} is not the one that was mapped at dump time (its inode changed)"
-            ),
-        });
-    }
+    ctx.check_same_file(path, &md, dev, ino, None, "the file that was mapped")?;
     Ok(f.into())
 }
 
