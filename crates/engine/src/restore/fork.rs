@@ -310,6 +310,14 @@ fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
 /// Returns only on failure, with a message for the restorer.
 fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
     let image = plan.processes[idx].image;
+    // Die with the process that forked us, from the start: a parent that fails before the
+    // restorer seizes us (and so before the restorer knows us) must not leave us waiting.
+    process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
+        .map_err(sys("PR_SET_PDEATHSIG"))?;
+    if idx > 0 && procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid) != image.ppid {
+        // It died before the line above: nobody will wake us.
+        process::exit_now(1);
+    }
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
     let mut b = [0u8; 1];
     File::from(
@@ -321,8 +329,6 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
     )
     .read_exact(&mut b)
     .map_err(sys("waiting for the restorer"))?;
-    process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
-        .map_err(sys("PR_SET_PDEATHSIG"))?;
     process::reset_signal_dispositions().map_err(sys("resetting signal handlers"))?;
     // A traced process stops for every signal delivered to it, even an ignored one (the
     // SIGCHLD of a child that exits): blocked, they wait without stopping us. The dumped mask is
