@@ -78,8 +78,11 @@ pub fn validate_process(
         }
     }
     for f in &p.files {
-        if f.locks.iter().any(|l| bad_range(&l.range)) {
-            return bad(format!("a lock of description {} has a bad range", f.id));
+        if f.locks.iter().any(|l| bad_range(&l.range) || l.pid < -1) {
+            return bad(format!(
+                "a lock of description {} has a bad range or pid",
+                f.id
+            ));
         }
     }
     if p.creds.groups.len() > 65536 {
@@ -393,6 +396,11 @@ mod tests {
         let locked = p.files.iter_mut().find(|f| !f.locks.is_empty()).unwrap();
         locked.locks[0].range.start = u64::MAX;
         assert!(validate(&p, 8192).is_err(), "description lock past off_t");
+
+        let mut p = sample_process();
+        let locked = p.files.iter_mut().find(|f| !f.locks.is_empty()).unwrap();
+        locked.locks[0].pid = -5;
+        assert!(validate(&p, 8192).is_err(), "description lock with pid -5");
 
         let mut p = sample_process();
         p.files[1].id = p.files[0].id;

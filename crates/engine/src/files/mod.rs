@@ -601,9 +601,11 @@ pub fn dump(
         let Some(kind) = kinds.iter_mut().find(|k| k.claims(&probe)) else {
             return Err(refusal(&probe));
         };
+        let what = format!("fd {fd} ({}) of pid {pid}", probe.link);
+        // A lock stasis cannot read is one it could not take again: refused by name.
         let held = locks::parse_fdinfo(&probe.fdinfo()?)
-            .map_err(|e| Error::Invalid(format!("fd {fd} of pid {pid}: {e}")))?;
-        let held = locks::classify(&held, &format!("fd {fd} ({}) of pid {pid}", probe.link))?;
+            .map_err(|e| Error::Refused(format!("{what}: {e}")))?;
+        let held = locks::classify(&held, &what)?;
         let shared = if kind.deduplicated() {
             shared_id(seen, &probe)?
         } else {
