@@ -368,23 +368,25 @@ pub fn take_in_process(
         let (fd, write) = (*fd, lock.range.write);
         if let Err(errno) = inj.fcntl_setlease(fd, write)? {
             let name = remote_name(pid, fd);
-            let range = LockRange {
-                write,
-                start: 0,
-                end: None,
-            };
-            return Err(Error::Changed {
-                what: format!(
-                    "file {name}: the {} lease cannot be taken again ({}): the file is open \
-                     {} elsewhere now",
-                    type_name(&range),
-                    errno.name(),
-                    if write {
-                        "by someone else"
-                    } else {
-                        "for writing"
-                    }
-                ),
+            let kind = if write { "write" } else { "read" };
+            if errno.0 == libc::EAGAIN {
+                // The kernel refuses a lease while the file is open in a way that conflicts:
+                // for writing (a read lease), or at all by anyone else (a write lease).
+                return Err(Error::Changed {
+                    what: format!(
+                        "file {name}: the {kind} lease cannot be taken again: the file is open \
+                         {} elsewhere now",
+                        if write {
+                            "by someone else"
+                        } else {
+                            "for writing"
+                        }
+                    ),
+                });
+            }
+            return Err(Error::Io {
+                what: format!("fcntl(F_SETLEASE) of the {kind} lease on {name} in pid {pid}"),
+                source: errno.io_error(),
             });
         }
     }
