@@ -81,6 +81,9 @@ pub fn parse_line(line: &str) -> Result<LockLine, String> {
     let write = match it.next().ok_or_else(|| bad("no type"))? {
         "WRITE" => true,
         "READ" => false,
+        // A lease being broken to nothing shows the type it is broken to; [`classify`]
+        // refuses it by its mode.
+        "UNLCK" if class == LockClass::Lease => false,
         other => return Err(bad(&format!("lock type {other} is not supported"))),
     };
     let pid: i32 = it
@@ -466,9 +469,14 @@ mod tests {
         assert_eq!(c.posix.len(), 1);
         assert_eq!(c.desc.len(), 1);
         assert_eq!(c.desc[0].kind, DescLockKind::Flock);
-        let breaking = parse_fdinfo("lock:\t1: LEASE  BREAKING  READ 5 fe:00:1 0 EOF\n").unwrap();
-        let e = classify(&breaking, "fd 3").unwrap_err().to_string();
-        assert!(e.contains("fd 3") && e.contains("BREAKING"), "{e}");
+        for line in [
+            "lock:\t1: LEASE  BREAKING  READ 5 fe:00:1 0 EOF\n",
+            "lock:\t1: LEASE  BREAKING  UNLCK 5 fe:00:1 0 EOF\n",
+        ] {
+            let breaking = parse_fdinfo(line).unwrap();
+            let e = classify(&breaking, "fd 3").unwrap_err().to_string();
+            assert!(e.contains("fd 3") && e.contains("BREAKING"), "{e}");
+        }
     }
 
     #[test]
