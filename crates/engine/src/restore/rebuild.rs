@@ -7,6 +7,8 @@
 //!   before the final protections make them read-only;
 //! - threads are created (clone3 with `set_tid`, which needs privilege) before the
 //!   credentials drop it, and POSIX timers after the threads they may signal;
+//! - POSIX locks are taken after the restore fds are closed (closing any fd of a file drops
+//!   the process's POSIX locks on it);
 //! - credentials come last of everything that needs privilege;
 //! - no system call runs in a thread after its final registers are set (a pending signal
 //!   would be delivered at the wrong place).
