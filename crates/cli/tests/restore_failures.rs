@@ -141,7 +141,7 @@ fn a_lock_taken_meanwhile_fails_the_restore_naming_its_holder() {
             "flock",
             flock,
             flock,
-            "the write lock on bytes 0 to the end of the file is held by pid",
+            "the exclusive flock lock is held by pid HOLDER now",
         ),
     ] {
         let dir = work_dir(&format!("lock_taken_{name}"));

@@ -239,6 +239,14 @@ fn held_now(name: &str, range: &LockRange, by: String) -> Error {
     }
 }
 
+/// The error for a flock lock that another description holds now.
+fn flock_held_now(name: &str, range: &LockRange, by: String) -> Error {
+    let kind = if range.write { "exclusive" } else { "shared" };
+    Error::Changed {
+        what: format!("file {name}: the {kind} flock lock is held by {by} now"),
+    }
+}
+
 /// The `struct flock` for `range`.
 fn flock_of(range: &LockRange) -> Flock {
     let mut l = Flock::zeroed();
@@ -355,7 +363,7 @@ pub fn take_in_process(
                     }),
                     Err(_) => "someone else".into(),
                 };
-                return Err(held_now(&name, &lock.range, by));
+                return Err(flock_held_now(&name, &lock.range, by));
             }
             return Err(Error::Remote {
                 call: "flock",
