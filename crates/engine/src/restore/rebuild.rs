@@ -19,7 +19,7 @@ use crate::task::{
     attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
 };
 use crate::{files, pages, procfs, Error};
-use stasis_image::{DescLock, DescLockKind, ProcessImage, ThreadImage, VmaKind};
+use stasis_image::{DescLock, DescLockKind, PosixLock, ProcessImage, ThreadImage, VmaKind};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -274,13 +274,16 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             }
             RebuildStep::Locks => {
                 let desc_locks = desc_locks_of(plan, image);
-                if !image.posix_locks.is_empty() || !desc_locks.is_empty() {
-                    files::locks::take_in_process(
-                        self.inj()?,
-                        child,
-                        &image.posix_locks,
-                        &desc_locks,
-                    )?;
+                // POSIX locks belong to the fd table: processes sharing one (CLONE_FILES) have
+                // the same locks in their records, and the last of them to be rebuilt, the
+                // one that closes the restore fds (which would drop them), takes them.
+                let posix: &[PosixLock] = if planned.close_aux {
+                    &image.posix_locks
+                } else {
+                    &[]
+                };
+                if !posix.is_empty() || !desc_locks.is_empty() {
+                    files::locks::take_in_process(self.inj()?, child, posix, &desc_locks)?;
                 }
             }
             RebuildStep::CreateThreads => {
