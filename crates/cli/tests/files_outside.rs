@@ -6,7 +6,7 @@
 //! flight is refused, naming the FIFO and the outside process: those bytes are in the buffer
 //! both share, so the dump cannot own them. A description whose I/O signals go to a process
 //! outside the tree is refused too (after a restore that pid would be another process or
-//! none).
+//! none). A lease being broken by an opener outside is refused too.
 //!
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/files_outside/<test name>/`.
@@ -216,4 +216,75 @@ fn io_signals_sent_outside_the_tree_are_refused() {
             && err.contains("not one of the dumped processes"),
         "the error should name the fd and the owner outside (pid {me}): {err}"
     );
+}
+
+/// A lease being broken (a process outside the tree opened the file for writing and waits
+/// for the holder to give the lease up) is refused at dump, naming the fd; the holder keeps
+/// running.
+#[test]
+fn a_lease_being_broken_is_refused() {
+    if !require_root() || !stasis_test_infra::require_tool("python3") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("lease_breaking");
+    let file = w.path().join("leased.dat");
+    std::fs::write(&file, b"x").expect("write leased.dat");
+    // SIGIO (the break notice) is ignored: the holder keeps its lease until the break times
+    // out (lease-break-time, 45 s by default).
+    let script = format!(
+        "import fcntl, os, signal, time\n\
+         signal.signal(signal.SIGIO, signal.SIG_IGN)\n\
+         f = os.open({path:?}, os.O_RDONLY)\n\
+         fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_RDLCK)\n\
+         open({ready:?}, 'w').write('1')\n\
+         time.sleep(100)\n",
+        path = file.display().to_string(),
+        ready = w.path().join("ready").display().to_string(),
+    );
+    let spawn = |code: &str| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-I", "-c", code])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = isolate(&mut cmd).spawn().expect("start python3");
+        let pid = child.id() as i32;
+        // Reaped below with wait_pid (this test is their subreaper).
+        drop(child);
+        pid
+    };
+    let pid = spawn(&script);
+    wait_for("the lease", TIMEOUT, || w.path().join("ready").exists());
+    let opener = spawn(&format!(
+        "import os\nos.open({:?}, os.O_WRONLY)\n",
+        file.display().to_string()
+    ));
+    wait_for("the lease to be breaking", TIMEOUT, || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("BREAKING") && l.contains(&pid.to_string()))
+        })
+    });
+    let img = w.mkdir("img");
+    let (ok, err) = stasis(&[
+        OsStr::new("dump"),
+        "-t".as_ref(),
+        pid.to_string().as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    let running = exists(pid);
+    for p in [pid, opener] {
+        kill(p, libc::SIGKILL);
+        let _ = wait_pid(p, TIMEOUT);
+    }
+    assert!(!ok, "the dump succeeded");
+    assert!(
+        err.contains(&format!("of pid {pid}"))
+            && err.contains("leased.dat")
+            && err.contains("lease is being broken"),
+        "the error should name the fd and the lease being broken: {err}"
+    );
+    assert!(running, "the refused dump did not leave the holder running");
 }

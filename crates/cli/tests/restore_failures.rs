@@ -108,3 +108,108 @@ fn parent_failing_after_forking_its_children_ends_the_restore() {
         !exists(pid) && !exists(child)
     });
 }
+
+/// A lock the dumped process held that another process took between the dump and the
+/// restore: the restore fails naming the file, the lock and its holder, and leaves nothing
+/// running. Once with each kind of lock the restore takes in a different place: a POSIX lock
+/// (injected into the restored process), an OFD lock (taken by the restorer) and a flock lock
+/// (injected).
+#[test]
+fn a_lock_taken_meanwhile_fails_the_restore_naming_its_holder() {
+    if !require_root() || !stasis_test_infra::require_tool("python3") {
+        return;
+    }
+    // What the dumped process takes on bytes 0-99 (or the whole file), and what the outsider
+    // takes then.
+    let posix = "fcntl.lockf(f, fcntl.LOCK_EX, 100, 0)";
+    let ofd = "fcntl.fcntl(f, 37, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 100, 0))";
+    let flock = "fcntl.flock(f, fcntl.LOCK_EX)";
+    for (name, dumped, outsider, want) in [
+        (
+            "posix",
+            posix,
+            posix,
+            "the write lock on bytes 0-99 is held by pid",
+        ),
+        (
+            "ofd",
+            ofd,
+            posix,
+            "the write lock on bytes 0-99 is held by pid",
+        ),
+        (
+            "flock",
+            flock,
+            flock,
+            "the exclusive flock lock is held by pid HOLDER now",
+        ),
+    ] {
+        let dir = work_dir(&format!("lock_taken_{name}"));
+        let file = dir.join("locked.dat");
+        std::fs::write(&file, [b'x'; 200]).expect("write locked.dat");
+        let script = |lock: &str, ready: &str| {
+            format!(
+                "import fcntl, os, struct, time\npath = {file:?}\nf = os.open(path, os.O_RDONLY \
+                 if 'LEASE' in {lock:?} else os.O_RDWR)\n{lock}\n\
+                 open({ready:?}, 'w').write('1')\ntime.sleep(1000)\n",
+                file = file.display().to_string(),
+                ready = dir.join(ready).display().to_string(),
+            )
+        };
+        let spawn = |code: String| {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", &code])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            isolate(&mut cmd).spawn().expect("spawn python3")
+        };
+        let mut dumped_proc = spawn(script(dumped, "ready"));
+        let pid = dumped_proc.id() as i32;
+        wait_for("the locker to be ready", Duration::from_secs(10), || {
+            dir.join("ready").exists()
+        });
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).expect("mkdir images");
+        let dump = Command::new(stasis())
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(&images)
+            .output()
+            .expect("run stasis dump");
+        assert!(
+            dump.status.success(),
+            "{name}: dump failed: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        let _ = dumped_proc.wait();
+        let mut holder = spawn(script(outsider, "ready2"));
+        let holder_pid = holder.id() as i32;
+        wait_for(
+            "the outsider to hold the lock",
+            Duration::from_secs(10),
+            || dir.join("ready2").exists(),
+        );
+        let restore = Command::new(stasis())
+            .args(["restore", "-D"])
+            .arg(&images)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run stasis restore");
+        kill(holder_pid, libc::SIGKILL);
+        let _ = holder.wait();
+        let err = String::from_utf8_lossy(&restore.stderr);
+        assert!(!restore.status.success(), "{name}: the restore succeeded");
+        let want = format!(
+            "file {}: {}",
+            file.display(),
+            want.replace("HOLDER", &holder_pid.to_string())
+        );
+        assert!(
+            err.contains(&want),
+            "{name}: the error does not say {want:?}: {err}"
+        );
+        wait_for("nothing left running", Duration::from_secs(5), || {
+            !exists(pid)
+        });
+    }
+}

@@ -902,6 +902,8 @@ zdtm_tests! {
     fifo;
     file_opath;
     file_fown;
+    // Locks: POSIX (two ranges), OFD, flock and a lease; a child blocked in F_SETLKW.
+    file_locks;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

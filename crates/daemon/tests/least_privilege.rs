@@ -994,6 +994,7 @@ fn proc_links_of_root_processes_are_not_followed() {
                 ino,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         });
         img.fds.push(FdEntry {
             fd: 9,

@@ -76,6 +76,50 @@ pub struct ProcessImage {
     /// What mlockall(MCL_FUTURE) left for mappings made later: 0, or `MCL_FUTURE` (2), with
     /// `MCL_ONFAULT` (4) when they are locked on fault (engine::pages::advice).
     pub mlock_future: u32,
+    /// POSIX record locks (fcntl F_SETLK) the process holds: they belong to the process, not
+    /// to a description, and are taken again by the restored process itself, through `fd`
+    /// (engine::files::locks).
+    pub posix_locks: Vec<PosixLock>,
+}
+
+/// A POSIX record lock held by a process, taken through fd `fd` (engine::files::locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixLock {
+    /// An fd of the process on the locked file, through which it is taken again.
+    pub fd: i32,
+    pub range: LockRange,
+}
+
+/// The type and byte range of a lock, as /proc/PID/fdinfo shows it (engine::files::locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRange {
+    /// A write (exclusive) lock; else a read (shared) lock.
+    pub write: bool,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, included; `None`: up to the end of the file, whatever its length.
+    pub end: Option<u64>,
+}
+
+/// What kind of lock a description holds (engine::files::locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DescLockKind {
+    /// An open file description lock (fcntl F_OFD_SETLK).
+    Ofd,
+    /// A flock(2) lock (always the whole file).
+    Flock,
+    /// A lease (fcntl F_SETLEASE; always the whole file).
+    Lease,
+}
+
+/// A lock that belongs to an open file description (engine::files::locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescLock {
+    pub kind: DescLockKind,
+    pub range: LockRange,
+    /// The process that took it, as /proc/locks shows it (-1 for OFD locks): flock locks and
+    /// leases are taken again by that process when it has an fd of the description.
+    pub pid: i32,
 }
 
 /// A process in a job-control stop (state T in /proc/PID/stat) when it was dumped
@@ -267,6 +311,8 @@ pub struct FileDesc {
     /// Who gets the description's I/O signals, and which signal (engine::files, for every
     /// kind).
     pub owner: FileOwner,
+    /// OFD locks, flock locks and leases held by the description (engine::files::locks).
+    pub locks: Vec<DescLock>,
 }
 
 /// The owner of a description's signal-driven I/O (O_ASYNC), as F_GETOWN_EX and F_GETSIG

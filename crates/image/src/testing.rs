@@ -166,6 +166,7 @@ pub fn sample_process() -> ProcessImage {
                     rdev: 0x103,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 1,
@@ -182,6 +183,15 @@ pub fn sample_process() -> ProcessImage {
                     pid: 42,
                     signal: 0,
                 },
+                locks: vec![DescLock {
+                    kind: DescLockKind::Ofd,
+                    range: LockRange {
+                        write: false,
+                        start: 10,
+                        end: None,
+                    },
+                    pid: -1,
+                }],
             },
             FileDesc {
                 id: 2,
@@ -192,6 +202,7 @@ pub fn sample_process() -> ProcessImage {
                     semaphore: true,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 3,
@@ -206,6 +217,7 @@ pub fn sample_process() -> ProcessImage {
                     deadline_ns: 1_700_000_000_000_000_000,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 4,
@@ -213,6 +225,7 @@ pub fn sample_process() -> ProcessImage {
                 pos: 0,
                 kind: FileKind::SignalFd { mask: 1 << 9 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 5,
@@ -227,6 +240,7 @@ pub fn sample_process() -> ProcessImage {
                     }],
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 6,
@@ -243,6 +257,7 @@ pub fn sample_process() -> ProcessImage {
                     crc: 7,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 7,
@@ -267,6 +282,7 @@ pub fn sample_process() -> ProcessImage {
                     ],
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 8,
@@ -279,6 +295,7 @@ pub fn sample_process() -> ProcessImage {
                     size: 10,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 9,
@@ -291,6 +308,7 @@ pub fn sample_process() -> ProcessImage {
                     crc: 5,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 10,
@@ -302,6 +320,7 @@ pub fn sample_process() -> ProcessImage {
                     ino: 2,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 11,
@@ -311,6 +330,7 @@ pub fn sample_process() -> ProcessImage {
                     reply: b"restored".to_vec(),
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 12,
@@ -330,6 +350,7 @@ pub fn sample_process() -> ProcessImage {
                     pid: 42,
                     signal: 35,
                 },
+                locks: Vec::new(),
             },
             FileDesc {
                 id: 13,
@@ -342,6 +363,7 @@ pub fn sample_process() -> ProcessImage {
                     mode: 0o120000,
                 },
                 owner: Default::default(),
+                locks: Vec::new(),
             },
         ],
         fds: vec![
@@ -503,5 +525,13 @@ pub fn sample_process() -> ProcessImage {
             memory_merge: false,
         },
         mlock_future: 0,
+        posix_locks: vec![PosixLock {
+            fd: 3,
+            range: LockRange {
+                write: true,
+                start: 0,
+                end: Some(99),
+            },
+        }],
     }
 }

@@ -8,7 +8,7 @@
 //! as a [`FileChecks`]. So the rules for a kind live next to the code that relies on them, and
 //! a new kind needs no change here.
 
-use crate::{ImageError, ProcessImage, VmaKind};
+use crate::{ImageError, LockRange, ProcessImage, VmaKind};
 use std::path::Path;
 
 const PAGE: u64 = 4096;
@@ -63,6 +63,27 @@ pub fn validate_process(
     }
     if p.task.comm.len() > 64 {
         return bad("comm too long".into());
+    }
+    // Locks: a lock range ends after it starts (and fits an off_t); a POSIX lock is taken
+    // through an fd of the process.
+    let bad_range = |r: &LockRange| {
+        r.start > i64::MAX as u64 || r.end.is_some_and(|e| e < r.start || e > i64::MAX as u64)
+    };
+    if p.posix_locks.len() > MAX_FDS || p.files.iter().any(|f| f.locks.len() > 16) {
+        return bad("too many locks".into());
+    }
+    for l in &p.posix_locks {
+        if bad_range(&l.range) || !p.fds.iter().any(|f| f.fd == l.fd) {
+            return bad(format!("POSIX lock through fd {} is not valid", l.fd));
+        }
+    }
+    for f in &p.files {
+        if f.locks.iter().any(|l| bad_range(&l.range) || l.pid < -1) {
+            return bad(format!(
+                "a lock of description {} has a bad range or pid",
+                f.id
+            ));
+        }
     }
     if p.creds.groups.len() > 65536 {
         return bad("too many supplementary groups".into());
@@ -355,6 +376,31 @@ mod tests {
         let mut p = sample_process();
         p.fds[0].file_id = 99;
         assert!(validate(&p, 8192).is_err(), "dangling file id");
+
+        let mut p = sample_process();
+        p.posix_locks[0].fd = 77;
+        assert!(
+            validate(&p, 8192).is_err(),
+            "POSIX lock through an unknown fd"
+        );
+
+        let mut p = sample_process();
+        p.posix_locks[0].range.end = Some(0);
+        p.posix_locks[0].range.start = 5;
+        assert!(
+            validate(&p, 8192).is_err(),
+            "POSIX lock ending before it starts"
+        );
+
+        let mut p = sample_process();
+        let locked = p.files.iter_mut().find(|f| !f.locks.is_empty()).unwrap();
+        locked.locks[0].range.start = u64::MAX;
+        assert!(validate(&p, 8192).is_err(), "description lock past off_t");
+
+        let mut p = sample_process();
+        let locked = p.files.iter_mut().find(|f| !f.locks.is_empty()).unwrap();
+        locked.locks[0].pid = -5;
+        assert!(validate(&p, 8192).is_err(), "description lock with pid -5");
 
         let mut p = sample_process();
         p.files[1].id = p.files[0].id;

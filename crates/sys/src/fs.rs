@@ -4,7 +4,7 @@
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 /// Opens `name` relative to `dir` without following any symlink and without leaving `dir`.
@@ -92,4 +92,62 @@ mod tests {
         );
         std::fs::remove_file(&path).unwrap();
     }
+}
+
+/// Which owner a byte-range lock of [`set_range_lock`] and [`get_range_lock`] has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeLockOwner {
+    /// The calling process (F_SETLK, F_GETLK).
+    Process,
+    /// The open file description (F_OFD_SETLK, F_OFD_GETLK).
+    Description,
+}
+
+fn range_lock_cmd(owner: RangeLockOwner, set: bool) -> libc::c_int {
+    match (owner, set) {
+        (RangeLockOwner::Process, true) => libc::F_SETLK,
+        (RangeLockOwner::Process, false) => libc::F_GETLK,
+        (RangeLockOwner::Description, true) => libc::F_OFD_SETLK,
+        (RangeLockOwner::Description, false) => libc::F_OFD_GETLK,
+    }
+}
+
+/// Takes a byte-range lock without waiting (`lock.l_type` F_RDLCK or F_WRLCK, `whence`
+/// SEEK_SET); EAGAIN or EACCES when another owner holds a conflicting one.
+pub fn set_range_lock(
+    fd: BorrowedFd<'_>,
+    owner: RangeLockOwner,
+    lock: &crate::kabi::Flock,
+) -> io::Result<()> {
+    let mut l = *lock;
+    // SAFETY: F_SETLK and F_OFD_SETLK read one `struct flock` through the pointer, which
+    // points to a valid one of ours for the whole call.
+    crate::cvt_int(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            range_lock_cmd(owner, true),
+            &mut l as *mut crate::kabi::Flock,
+        )
+    })?;
+    Ok(())
+}
+
+/// The first lock of another owner that conflicts with `lock` (F_GETLK, F_OFD_GETLK), or
+/// `None` when `lock` could be taken.
+pub fn get_range_lock(
+    fd: BorrowedFd<'_>,
+    owner: RangeLockOwner,
+    lock: &crate::kabi::Flock,
+) -> io::Result<Option<crate::kabi::Flock>> {
+    let mut l = *lock;
+    // SAFETY: F_GETLK and F_OFD_GETLK read and write one `struct flock` through the pointer,
+    // which points to a valid one of ours for the whole call.
+    crate::cvt_int(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            range_lock_cmd(owner, false),
+            &mut l as *mut crate::kabi::Flock,
+        )
+    })?;
+    Ok((l.l_type != libc::F_UNLCK as i16).then_some(l))
 }

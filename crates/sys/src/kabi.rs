@@ -314,3 +314,17 @@ mod tests {
         assert_eq!(Siginfo::zeroed().bytes, [0u8; 128]);
     }
 }
+
+kernel_struct! {
+    /// `struct flock` (fcntl F_SETLK, F_GETLK and the F_OFD_* commands): `l_type` is F_RDLCK,
+    /// F_WRLCK or F_UNLCK, `len` 0 means up to the end of the file.
+    pub struct Flock(32) {
+        pub l_type: i16,
+        pub whence: i16,
+        pub pad: u32,
+        pub start: i64,
+        pub len: i64,
+        pub pid: i32,
+        pub pad2: u32,
+    }
+}

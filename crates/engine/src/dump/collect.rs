@@ -201,6 +201,7 @@ fn collect(
         stop,
         prctl,
         mlock_future,
+        posix_locks: dumped_files.posix_locks,
     };
     Ok(Collected {
         image,

@@ -84,6 +84,7 @@ mod tests {
                 rdev,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 

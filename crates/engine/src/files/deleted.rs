@@ -132,6 +132,7 @@ mod tests {
                 crc: 0,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 
@@ -174,6 +175,7 @@ mod tests {
                 crc,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         DeletedFiles.verify(&images, &desc).unwrap();
         let fd = super::super::open_description(&mut DeletedFiles, &desc, &mut ctx).unwrap();

@@ -103,6 +103,7 @@ mod tests {
                 ino: 0,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 

@@ -144,6 +144,7 @@ mod tests {
                 semaphore: false,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         EventFds.validate(&desc(MAX_COUNT), &p).unwrap();
         assert!(EventFds.validate(&desc(u64::MAX), &p).is_err());
@@ -162,6 +163,7 @@ mod tests {
                 semaphore: false,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         let fd = super::super::open_description(&mut EventFds, &desc, &mut ctx).unwrap();
         let flags = stasis_sys::process::get_status_flags(fd.as_fd()).unwrap();

@@ -831,6 +831,7 @@ mod tests {
             pos: 0,
             kind: kind.clone(),
             owner: Default::default(),
+            locks: Vec::new(),
         };
         // "/" is watched, so the gaps are burnt on a memfd.
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();

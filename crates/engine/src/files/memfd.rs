@@ -82,6 +82,7 @@ impl FileOps for Memfds {
                     pos: fd.pos,
                     kind: kind.clone(),
                     owner: Default::default(),
+                    locks: Vec::new(),
                 });
             }
         }
@@ -110,6 +111,7 @@ impl FileOps for Memfds {
                 pos: 0,
                 kind,
                 owner: Default::default(),
+                locks: Vec::new(),
             };
             self.first.insert(m.memfd_id, desc);
         }

@@ -73,7 +73,9 @@
 
 use crate::dump::ServiceConnection;
 use crate::{procfs, Error};
-use stasis_image::{FdEntry, FileChecks, FileDesc, FileKind, FileOwner, ImageDir, ProcessImage};
+use stasis_image::{
+    FdEntry, FileChecks, FileDesc, FileKind, FileOwner, ImageDir, PosixLock, ProcessImage,
+};
 use stasis_sys::process::{self, ForkedChild, IoOwner};
 use stasis_sys::Pid;
 use std::collections::{BTreeSet, HashMap};
@@ -89,6 +91,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod inotify;
+pub mod locks;
 pub mod memfd;
 pub mod opath;
 pub mod pipe;
@@ -424,6 +427,7 @@ impl ProcessFiles<'_> {
             pos,
             kind,
             owner: FileOwner::default(),
+            locks: Vec::new(),
         });
         id
     }
@@ -447,6 +451,8 @@ impl ProcessFiles<'_> {
 pub struct DumpedFiles {
     pub files: Vec<FileDesc>,
     pub fds: Vec<FdEntry>,
+    /// The POSIX locks of the process ([`locks`]).
+    pub posix_locks: Vec<PosixLock>,
     /// Description id and a handle to read the contents from (deleted files, memfds).
     pub blobs: Vec<(u32, File)>,
 }
@@ -589,11 +595,17 @@ pub fn dump(
         blobs: Vec::new(),
         next_id,
     };
+    let mut posix_locks: Vec<(u32, PosixLock)> = Vec::new();
     for &fd in &all_fds {
         let probe = Probe::new(pid, fd, pidfd, &all_fds, service)?;
         let Some(kind) = kinds.iter_mut().find(|k| k.claims(&probe)) else {
             return Err(refusal(&probe));
         };
+        let what = format!("fd {fd} ({}) of pid {pid}", probe.link);
+        // A lock stasis cannot read is one it could not take again: refused by name.
+        let held = locks::parse_fdinfo(&probe.fdinfo()?)
+            .map_err(|e| Error::Refused(format!("{what}: {e}")))?;
+        let held = locks::classify(&held, &what)?;
         let shared = if kind.deduplicated() {
             shared_id(seen, &probe)?
         } else {
@@ -614,6 +626,7 @@ pub fn dump(
                     pos: probe.pos,
                     kind: kind.dump(&probe, id, &mut out)?,
                     owner: io_owner_of(&probe)?,
+                    locks: held.desc,
                 };
                 if desc.owner.pid != 0 {
                     owners.push((pid, fd, desc.owner));
@@ -626,6 +639,15 @@ pub fn dump(
                 id
             }
         };
+        // A POSIX lock shows on every fd of the description it was taken through: keep it once.
+        for range in held.posix {
+            if !posix_locks
+                .iter()
+                .any(|(i, l)| *i == id && l.range == range)
+            {
+                posix_locks.push((id, PosixLock { fd, range }));
+            }
+        }
         out.fds.push(FdEntry {
             fd,
             file_id: id,
@@ -638,6 +660,7 @@ pub fn dump(
     Ok(DumpedFiles {
         files: out.files,
         fds: out.fds,
+        posix_locks: posix_locks.into_iter().map(|(_, l)| l).collect(),
         blobs: out.blobs,
     })
 }
@@ -928,6 +951,7 @@ pub fn open_all<'a>(
     let mut fds = HashMap::new();
     for f in &descs {
         let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
+        locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
     }
     Ok(OpenedFiles { descs, fds })
@@ -1290,6 +1314,7 @@ mod tests {
             pos: 0,
             kind: FileKind::SignalFd { mask: 0 },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         let flags = || process::get_status_flags(r.as_fd()).unwrap();
         apply_status_flags(&r, &desc(libc::O_NONBLOCK | libc::O_ASYNC)).unwrap();
@@ -1313,6 +1338,7 @@ mod tests {
             pos: 0,
             kind: FileKind::SignalFd { mask: 0 },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         assert!(has_signal_driven_io(&r, &desc(libc::O_ASYNC)).unwrap());
         let flags = process::get_status_flags(r.as_fd()).unwrap();
@@ -1340,6 +1366,7 @@ mod tests {
                 pos: 0,
                 kind: FileKind::SignalFd { mask: 0 },
                 owner,
+                locks: Vec::new(),
             }],
             fds: HashMap::from([(1, r.try_clone().unwrap())]),
         };

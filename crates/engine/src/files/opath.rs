@@ -147,6 +147,7 @@ mod tests {
                 mode: md.mode() & libc::S_IFMT,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 

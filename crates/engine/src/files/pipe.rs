@@ -376,6 +376,7 @@ mod tests {
                 data: data.to_vec(),
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 

@@ -108,6 +108,7 @@ mod tests {
                 size: 3,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         }
     }
 

@@ -99,6 +99,7 @@ mod tests {
                 reply: vec![1; MAX_REPLY],
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         ServiceConnections.validate(&ok, &p).unwrap();
         let long = FileDesc {
@@ -120,6 +121,7 @@ mod tests {
                 reply: b"restored".to_vec(),
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         let images = ImageDir::open(&std::env::temp_dir()).unwrap();
         let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);

@@ -101,6 +101,7 @@ mod tests {
             pos: 0,
             kind: FileKind::SignalFd { mask },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         SignalFds.validate(&desc(1 << 9), &p).unwrap();
         SignalFds.validate(&desc(0), &p).unwrap();

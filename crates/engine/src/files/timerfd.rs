@@ -274,6 +274,7 @@ mod tests {
                 deadline_ns: 0,
             },
             owner: Default::default(),
+            locks: Vec::new(),
         };
         for clock in CLOCKS {
             TimerFds.validate(&desc(clock, 3), &p).unwrap();

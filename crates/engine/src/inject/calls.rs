@@ -8,8 +8,8 @@
 use super::{kabi, Injector, RemotePtr};
 use crate::Error;
 use kabi::{
-    CapUserData, CapUserHeader, CloneArgs, Itimerspec, Itimerval, KernelSigaction, PrctlMmMap,
-    Rlimit64, Rseq, Sigevent, Siginfo, StackT,
+    CapUserData, CapUserHeader, CloneArgs, Flock, Itimerspec, Itimerval, KernelSigaction,
+    PrctlMmMap, Rlimit64, Rseq, Sigevent, Siginfo, StackT,
 };
 use stasis_sys::Pid;
 use std::fmt;
@@ -210,6 +210,53 @@ impl Injector {
             [reg(pid.into()), reg(pgid.into()), 0, 0, 0, 0],
         )?;
         Ok(())
+    }
+
+    /// fcntl(fd, F_SETLK, &lock): takes a POSIX record lock for the process without waiting;
+    /// `Ok(Err(_))` when the kernel refuses it (EAGAIN or EACCES: another owner holds a
+    /// conflicting lock), so that the caller can say who.
+    pub fn fcntl_setlk(&mut self, fd: i32, lock: &Flock) -> Result<Result<(), Errno>, Error> {
+        let mut f = self.frame();
+        let at = f.push(lock)?;
+        let r = f.try_call(
+            "fcntl(F_SETLK)",
+            libc::SYS_fcntl,
+            [reg(fd.into()), libc::F_SETLK as u64, at.addr(), 0, 0, 0],
+        )?;
+        Ok(r.map(|_| ()))
+    }
+
+    /// fcntl(fd, F_SETLEASE, F_RDLCK or F_WRLCK): takes a lease on the description behind
+    /// `fd` and makes this process its I/O owner; `Ok(Err(_))` when the kernel refuses it
+    /// (EAGAIN: the file is open in a way that conflicts).
+    pub fn fcntl_setlease(&mut self, fd: i32, write: bool) -> Result<Result<(), Errno>, Error> {
+        let ty = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+        let r = self.try_call(
+            "fcntl(F_SETLEASE)",
+            libc::SYS_fcntl,
+            [reg(fd.into()), libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
+        )?;
+        Ok(r.map(|_| ()))
+    }
+
+    /// flock(fd, LOCK_SH or LOCK_EX | LOCK_NB); `Ok(Err(_))` when the kernel refuses it
+    /// (EWOULDBLOCK: another description holds a conflicting lock).
+    pub fn flock_nonblocking(
+        &mut self,
+        fd: i32,
+        exclusive: bool,
+    ) -> Result<Result<(), Errno>, Error> {
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        let r = self.try_call(
+            "flock",
+            libc::SYS_flock,
+            [reg(fd.into()), op as u64, 0, 0, 0, 0],
+        )?;
+        Ok(r.map(|_| ()))
     }
 
     // --- prctl -----------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 //!   before the final protections make them read-only;
 //! - threads are created (clone3 with `set_tid`, which needs privilege) before the
 //!   credentials drop it, and POSIX timers after the threads they may signal;
+//! - POSIX locks are taken after the restore fds are closed (closing any fd of a file drops
+//!   the process's POSIX locks on it);
 //! - credentials come last of everything that needs privilege;
 //! - no system call runs in a thread after its final registers are set (a pending signal
 //!   would be delivered at the wrong place).
@@ -16,8 +18,8 @@ use crate::inject::{self, Injector};
 use crate::task::{
     attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
 };
-use crate::{pages, procfs, Error};
-use stasis_image::{ThreadImage, VmaKind};
+use crate::{files, pages, procfs, Error};
+use stasis_image::{DescLock, DescLockKind, PosixLock, ProcessImage, ThreadImage, VmaKind};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -55,6 +57,11 @@ pub enum RebuildStep {
     /// Close the restore descriptors (mapped files, executables, error pipe) once the last
     /// process sharing this fd table no longer needs them.
     CloseRestoreFds,
+    /// POSIX record locks, flock locks and leases, taken by the process itself through its fds
+    /// (OFD locks came with the descriptions): after the restore fds are closed (a process
+    /// that closes any fd of a file loses its POSIX locks on it), and before the credentials
+    /// (a lease on a file of another owner needs CAP_LEASE).
+    Locks,
     /// Create the other threads with their ids (clone3 `set_tid`: needs privilege, so before
     /// the credentials) and give each its per-thread state (and its own audit login uid when
     /// it is not the leader's: changing one needs CAP_AUDIT_CONTROL).
@@ -101,6 +108,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::IntervalTimers,
     RebuildStep::LeaderThread,
     RebuildStep::CloseRestoreFds,
+    RebuildStep::Locks,
     RebuildStep::CreateThreads,
     RebuildStep::PosixTimers,
     RebuildStep::InheritedPrctl,
@@ -128,6 +136,7 @@ impl RebuildStep {
             RebuildStep::IntervalTimers => "interval timers",
             RebuildStep::LeaderThread => "leader thread state",
             RebuildStep::CloseRestoreFds => "close restore fds",
+            RebuildStep::Locks => "locks",
             RebuildStep::CreateThreads => "create threads",
             RebuildStep::PosixTimers => "POSIX timers",
             RebuildStep::InheritedPrctl => "inherited prctl state",
@@ -263,6 +272,20 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     self.inj()?.close_range(base as u32, last, 0)?;
                 }
             }
+            RebuildStep::Locks => {
+                let desc_locks = desc_locks_of(plan, image);
+                // POSIX locks belong to the fd table: processes sharing one (CLONE_FILES) have
+                // the same locks in their records, and the last of them to be rebuilt, the
+                // one that closes the restore fds (which would drop them), takes them.
+                let posix: &[PosixLock] = if planned.close_aux {
+                    &image.posix_locks
+                } else {
+                    &[]
+                };
+                if !posix.is_empty() || !desc_locks.is_empty() {
+                    files::locks::take_in_process(self.inj()?, child, posix, &desc_locks)?;
+                }
+            }
             RebuildStep::CreateThreads => {
                 for t in &image.threads[1..] {
                     thread::create_thread(self.inj()?, t.tid)?;
@@ -340,6 +363,37 @@ impl<'p, 'a> Rebuild<'p, 'a> {
     }
 }
 
+/// The flock locks and leases process `image` takes again, with the fd it takes each through:
+/// those of its descriptions that it took (the pid /proc/locks showed), or, when the process
+/// that took one has no fd of the description in the tree, those of descriptions it is the
+/// first process of the plan to have an fd of.
+fn desc_locks_of(plan: &Plan<'_>, image: &ProcessImage) -> Vec<(i32, DescLock)> {
+    let fd_of = |p: &ProcessImage, id: u32| p.fds.iter().find(|f| f.file_id == id).map(|f| f.fd);
+    let mut out = Vec::new();
+    for desc in &image.files {
+        let Some(fd) = fd_of(image, desc.id) else {
+            continue;
+        };
+        for lock in desc.locks.iter().filter(|l| l.kind != DescLockKind::Ofd) {
+            let holders: Vec<&ProcessImage> = plan
+                .processes
+                .iter()
+                .map(|p| p.image)
+                .filter(|p| fd_of(p, desc.id).is_some())
+                .collect();
+            let mine = if holders.iter().any(|p| p.pid == lock.pid) {
+                lock.pid == image.pid
+            } else {
+                holders.first().is_some_and(|p| p.pid == image.pid)
+            };
+            if mine {
+                out.push((fd, *lock));
+            }
+        }
+    }
+    out
+}
+
 fn same_file(a: &str, b: &str) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
@@ -365,7 +419,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 21);
+        assert_eq!(seen.len(), 22);
     }
 
     #[test]
@@ -388,12 +442,15 @@ mod tests {
             S::JoinProcessGroup,
             S::CloseRestoreFds,
             S::InheritedPrctl,
+            S::Locks,
         ] {
             assert!(pos(s) < pos(S::Credentials), "{s:?} after credentials");
         }
         assert!(pos(S::CreateThreads) < pos(S::PosixTimers));
         assert!(pos(S::CreateThreads) < pos(S::InheritedPrctl));
         assert!(pos(S::Protections) < pos(S::InheritedPrctl));
+        // Closing any fd of a file drops the process's POSIX locks on it.
+        assert!(pos(S::CloseRestoreFds) < pos(S::Locks));
     }
 
     #[test]
