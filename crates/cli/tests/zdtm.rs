@@ -860,6 +860,7 @@ zdtm_tests! {
     mm_fields;
     files_regular;
     files_deleted;
+    files_deleted_sparse;
     files_devnull_dir;
     pipe_inflight;
     signals;

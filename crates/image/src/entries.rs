@@ -290,11 +290,20 @@ pub enum FileKind {
         ino: u64,
         size: u64,
     },
-    /// A regular file deleted while open (engine::files::deleted); its contents are in
-    /// `blob-ID.img` (`len` bytes, `crc`).
+    /// A regular file deleted while open (engine::files::deleted): `size` bytes long, of
+    /// which only the data `extents` (offset, length; in order, not overlapping, within
+    /// `size`) are stored, one after the other, in `blob-ID.img` (`len` bytes, their sum, and
+    /// `crc`); the rest is holes. Also its owner, permission bits and access and modification
+    /// times (seconds, nanoseconds).
     Deleted {
         path: String,
         mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        extents: Vec<(u64, u64)>,
+        atime: (i64, u32),
+        mtime: (i64, u32),
         len: u64,
         crc: u32,
     },

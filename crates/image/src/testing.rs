@@ -287,6 +287,12 @@ pub fn sample_process() -> ProcessImage {
                 kind: FileKind::Deleted {
                     path: "/tmp/gone".into(),
                     mode: 0o600,
+                    uid: 1000,
+                    gid: 100,
+                    size: 1 << 30,
+                    extents: vec![(0, 2), (1 << 29, 2)],
+                    atime: (1_500_000_000, 1),
+                    mtime: (1_600_000_000, 2),
                     len: 4,
                     crc: 5,
                 },

@@ -2,25 +2,97 @@
 //! are stored.
 //!
 //! Dump: a regular file with no links left (and not a memfd, which [`super::memfd`] claims
-//! first). The path it had (/proc/PID/fd/N without " (deleted)"), its permission bits, and its
-//! length and CRC-32C are recorded; the contents go into the description's blob image
-//! (`blob-ID.img`, written by [`super::write_blobs`], which checks that the CRC still holds).
+//! first). The file is read through a description of its own (`/proc/PID/fd/N` reopened
+//! read-only with `O_NOATIME` where permitted), so neither the process's offset nor the
+//! file's access time moves. The path it had (/proc/PID/fd/N without " (deleted)"), its
+//! permission bits, owner, access and modification times and size are recorded, with its data
+//! extents (SEEK_DATA/SEEK_HOLE): only their bytes go into the description's blob image
+//! (`blob-ID.img`, written by [`super::write_blobs`], which checks that the CRC still holds),
+//! so a 1 GiB sparse file with a few blocks of data makes a blob of a few blocks.
 //!
-//! Restore: a new file is created next to the original path (`PATH.stasis-PID-ID`, with the
-//! dumped permission bits), filled from the blob (whose length and CRC are checked), opened
-//! with the dumped access mode and open flags, and unlinked again; the offset is set
-//! afterwards (lseek). The restored file is thus deleted too, with the same contents.
+//! Restore: a new file is created next to the original path (`PATH.stasis-PID-ID`), given the
+//! dumped owner when the restorer is root (a restore as a user leaves it the user's), its size
+//! (ftruncate: holes) and the extents from the blob (whose length and CRC are checked) written
+//! at their offsets, then the permission bits (after fchown, which clears set-id bits) and
+//! last the access and modification times; it is opened with the dumped access mode and open
+//! flags and unlinked again; the offset is set afterwards (lseek). The restored file is thus
+//! deleted too, with the same contents, holes, size, mode, owner and times.
 
 use super::{blob, Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
 use stasis_image::{FileDesc, FileKind, ProcessImage};
-use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::{File, FileTimes, Permissions};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Most data extents a deleted file may have (a record of 16 MiB at most).
+pub(crate) const MAX_EXTENTS: usize = 1 << 20;
 
 /// The deleted-file kind.
 #[derive(Default)]
 pub struct DeletedFiles;
+
+/// Opens the file behind fd `fd` of `pid` again, read-only, as a description of its own;
+/// with `O_NOATIME` when the dumper may (it owns the file or has CAP_FOWNER).
+fn reopen(pid: stasis_sys::Pid, fd: i32) -> Result<File, Error> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let open = |more: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(more)
+            .open(&path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("reopen {path} (a deleted file) to read it"), e))
+}
+
+/// The data extents (offset, length) of the first `size` bytes of `file`.
+pub(crate) fn data_extents(file: &File, size: u64, what: &str) -> Result<Vec<(u64, u64)>, Error> {
+    let mut extents = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let Some(data) = stasis_sys::process::seek_data(file.as_fd(), at)
+            .map_err(|e| Error::io(format!("SEEK_DATA in {what} from {at}"), e))?
+        else {
+            break;
+        };
+        if data >= size {
+            break;
+        }
+        let hole = stasis_sys::process::seek_hole(file.as_fd(), data)
+            .map_err(|e| Error::io(format!("SEEK_HOLE in {what} from {data}"), e))?
+            .min(size);
+        if hole <= data {
+            return Err(Error::Invalid(format!(
+                "SEEK_HOLE in {what} from {data} went back to {hole}"
+            )));
+        }
+        if extents.len() == MAX_EXTENTS {
+            return Err(Error::Unsupported {
+                what: format!("{what} has more than {MAX_EXTENTS} data extents"),
+            });
+        }
+        extents.push((data, hole - data));
+        at = hole;
+    }
+    Ok(extents)
+}
+
+/// A time as (seconds, nanoseconds) since the epoch turned into a [`SystemTime`].
+fn system_time((sec, nsec): (i64, u32)) -> Option<SystemTime> {
+    let nanos = Duration::from_nanos(u64::from(nsec));
+    if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64) + nanos)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(sec.unsigned_abs()))
+            .and_then(|t| t.checked_add(nanos))
+    }
+}
 
 impl FileOps for DeletedFiles {
     fn name(&self) -> &'static str {
@@ -41,15 +113,24 @@ impl FileOps for DeletedFiles {
         id: u32,
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
-        let (file, md) = (fd.file()?, fd.metadata()?);
+        let md = fd.metadata()?;
         let path = fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link);
-        let what = format!("deleted file of fd {} of pid {}", fd.fd, fd.pid);
-        let crc = blob::crc_of(file, md.size(), &what)?;
-        out.add_blob(id, file)?;
+        let what = format!("deleted file {path} (fd {} of pid {})", fd.fd, fd.pid);
+        let file = reopen(fd.pid, fd.fd)?;
+        let size = md.size();
+        let extents = data_extents(&file, size, &what)?;
+        let crc = blob::crc_of_extents(&file, &extents, &what)?;
+        out.add_blob(id, &file)?;
         Ok(FileKind::Deleted {
             path: path.to_string(),
             mode: md.mode() & 0o7777,
-            len: md.size(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size,
+            len: extents.iter().map(|e| e.1).sum(),
+            extents,
+            atime: (md.atime(), md.atime_nsec() as u32),
+            mtime: (md.mtime(), md.mtime_nsec() as u32),
             crc,
         })
     }
@@ -61,13 +142,58 @@ impl FileOps for DeletedFiles {
         }
     }
 
+    fn blob_extents(&self, desc: &FileDesc) -> Option<Vec<(u64, u64)>> {
+        match &desc.kind {
+            FileKind::Deleted { extents, .. } => Some(extents.clone()),
+            _ => None,
+        }
+    }
+
     fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
-        let FileKind::Deleted { path, mode, .. } = &desc.kind else {
+        let FileKind::Deleted {
+            path,
+            mode,
+            size,
+            extents,
+            atime,
+            mtime,
+            len,
+            ..
+        } = &desc.kind
+        else {
             return Err("not a deleted file".into());
         };
         super::check_path(path)?;
         if mode & !0o7777 != 0 {
             return Err(format!("mode {mode:#o} has more than permission bits"));
+        }
+        if extents.len() > MAX_EXTENTS {
+            return Err(format!(
+                "{} data extents (at most {MAX_EXTENTS})",
+                extents.len()
+            ));
+        }
+        let mut end = 0u64;
+        let mut sum = 0u64;
+        for &(off, n) in extents {
+            let stop = off
+                .checked_add(n)
+                .filter(|&s| n > 0 && off >= end && s <= *size);
+            let Some(stop) = stop else {
+                return Err(format!(
+                    "data extent ({off}, {n}) is empty, out of order or beyond the size {size}"
+                ));
+            };
+            end = stop;
+            sum += n;
+        }
+        if sum != *len {
+            return Err(format!("the extents hold {sum} bytes, the blob {len}"));
+        }
+        for (name, t) in [("access", atime), ("modification", mtime)] {
+            if t.1 >= 1_000_000_000 || system_time(*t).is_none() {
+                return Err(format!("bad {name} time {}.{:09}", t.0, t.1));
+            }
         }
         Ok(())
     }
@@ -76,6 +202,12 @@ impl FileOps for DeletedFiles {
         let FileKind::Deleted {
             path,
             mode,
+            uid,
+            gid,
+            size,
+            extents,
+            atime,
+            mtime,
             len,
             crc,
         } = &desc.kind
@@ -87,24 +219,58 @@ impl FileOps for DeletedFiles {
         };
         let tmp = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
         let writer = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
-            .mode(*mode)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(format!("create {tmp}"), e))?;
-        let result = blob::read(
-            ctx.images,
-            desc.id,
-            *len,
-            *crc,
-            &format!("deleted file {path}"),
-            |off, piece| {
-                writer
-                    .write_all_at(piece, off)
-                    .map_err(|e| Error::io(format!("write {tmp}"), e))
-            },
-        )
-        .and_then(|()| super::open_path(&tmp, desc, 0));
+        let result = (|| {
+            if stasis_sys::process::geteuid() == 0 {
+                std::os::unix::fs::fchown(&writer, Some(*uid), Some(*gid))
+                    .map_err(|e| Error::io(format!("fchown {tmp} to {uid}:{gid}"), e))?;
+            }
+            writer
+                .set_len(*size)
+                .map_err(|e| Error::io(format!("ftruncate {tmp} to {size}"), e))?;
+            // Blob offsets to file offsets: the extents are stored one after the other.
+            let mut next = extents.iter();
+            let (mut ext_file, mut ext_left) = (0u64, 0u64);
+            blob::read(
+                ctx.images,
+                desc.id,
+                *len,
+                *crc,
+                &format!("deleted file {path}"),
+                |_, mut piece| {
+                    while !piece.is_empty() {
+                        if ext_left == 0 {
+                            let &(off, n) = next.next().ok_or_else(|| {
+                                Error::Invalid(format!("the blob of {path} outgrows its extents"))
+                            })?;
+                            (ext_file, ext_left) = (off, n);
+                        }
+                        let n = (ext_left.min(piece.len() as u64)) as usize;
+                        writer
+                            .write_all_at(&piece[..n], ext_file)
+                            .map_err(|e| Error::io(format!("write {tmp} at {ext_file}"), e))?;
+                        (ext_file, ext_left) = (ext_file + n as u64, ext_left - n as u64);
+                        piece = &piece[n..];
+                    }
+                    Ok(())
+                },
+            )?;
+            writer
+                .set_permissions(Permissions::from_mode(*mode))
+                .map_err(|e| Error::io(format!("fchmod {tmp} to {mode:#o}"), e))?;
+            let times = FileTimes::new()
+                .set_accessed(system_time(*atime).unwrap_or(UNIX_EPOCH))
+                .set_modified(system_time(*mtime).unwrap_or(UNIX_EPOCH));
+            writer
+                .set_times(times)
+                .map_err(|e| Error::io(format!("futimens {tmp}"), e))?;
+            super::open_path(&tmp, desc, 0)
+        })();
         let _ = std::fs::remove_file(&tmp);
         result.map(File::into)
     }
@@ -128,7 +294,13 @@ mod tests {
             kind: FileKind::Deleted {
                 path: path.into(),
                 mode,
-                len: 0,
+                uid: 0,
+                gid: 0,
+                size: 100,
+                extents: vec![(0, 10), (50, 50)],
+                atime: (-5, 0),
+                mtime: (1_600_000_000, 999_999_999),
+                len: 60,
                 crc: 0,
             },
             owner: Default::default(),
@@ -149,19 +321,67 @@ mod tests {
                 .is_err(),
             "file type bits"
         );
+        let with = |f: &dyn Fn(&mut FileKind)| {
+            let mut d = deleted("/tmp/x", 0o600);
+            f(&mut d.kind);
+            DeletedFiles.validate(&d, &p)
+        };
+        type Edit = fn(&mut FileKind);
+        let bad: [(&str, Edit); 6] = [
+            ("overlap", |k| set(k, |e, _, _| e[1].0 = 5)),
+            ("beyond the size", |k| set(k, |_, s, _| *s = 99)),
+            ("empty extent", |k| set(k, |e, _, l| (e[0].1, *l) = (0, 50))),
+            ("sum", |k| set(k, |_, _, l| *l = 61)),
+            ("nanoseconds", |k| {
+                if let FileKind::Deleted { atime, .. } = k {
+                    atime.1 = 1_000_000_000;
+                }
+            }),
+            ("overflow", |k| set(k, |e, _, _| e[1] = (u64::MAX, 50))),
+        ];
+        for (what, edit) in bad {
+            assert!(with(&|k| edit(k)).is_err(), "{what}");
+        }
+    }
+
+    fn set(k: &mut FileKind, f: impl FnOnce(&mut Vec<(u64, u64)>, &mut u64, &mut u64)) {
+        if let FileKind::Deleted {
+            extents, size, len, ..
+        } = k
+        {
+            f(extents, size, len);
+        }
     }
 
     #[test]
-    fn recreated_from_the_blob_and_deleted_again() {
+    fn recreated_sparse_from_the_blob_and_deleted_again() {
         let tmp = std::env::temp_dir().join(format!("stasis-deleted-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let images = ImageDir::create(&tmp).unwrap();
         let mut ctx = crate::files::OpenContext::new(&images, crate::files::ReplacedFiles::Refuse);
+        // 64 MiB with two data blocks and a hole at the end.
         let src = tmp.join("src");
-        std::fs::write(&src, b"contents").unwrap();
-        let file = File::open(&src).unwrap();
-        let crc = blob::crc_of(&file, 8, "src").unwrap();
-        blob::write(&images, 5, &file, 8, crc, "deleted file").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&src)
+            .unwrap();
+        file.write_all_at(b"contents", 0).unwrap();
+        file.write_all_at(&[7u8; 4096], 32 << 20).unwrap();
+        file.set_len(64 << 20).unwrap();
+        let extents = data_extents(&file, 64 << 20, "src").unwrap();
+        assert_eq!(extents, vec![(0, 4096), (32 << 20, 4096)]);
+        let crc = blob::crc_of_extents(&file, &extents, "src").unwrap();
+        blob::write(&images, 5, &file, &extents, crc, "deleted file").unwrap();
+        assert_eq!(
+            std::fs::metadata(tmp.join(stasis_image::names::blob(5)))
+                .unwrap()
+                .len(),
+            4096 + 8192,
+            "the blob holds the extents only (after its header block)"
+        );
         let path = tmp.join("gone");
         let desc = FileDesc {
             id: 5,
@@ -170,19 +390,39 @@ mod tests {
             kind: FileKind::Deleted {
                 path: path.to_str().unwrap().into(),
                 mode: 0o640,
-                len: 8,
+                uid: 4321,
+                gid: 4322,
+                size: 64 << 20,
+                extents: extents.clone(),
+                atime: (1_500_000_000, 5),
+                mtime: (1_600_000_000, 6),
+                len: 8192,
                 crc,
             },
             owner: Default::default(),
         };
+        DeletedFiles.validate(&desc, &sample_process()).unwrap();
         DeletedFiles.verify(&images, &desc).unwrap();
         let fd = super::super::open_description(&mut DeletedFiles, &desc, &mut ctx).unwrap();
         let f = File::from(fd);
         let md = f.metadata().unwrap();
-        assert_eq!((md.nlink(), md.mode() & 0o7777, md.len()), (0, 0o640, 8));
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut &f, &mut rest).unwrap();
-        assert_eq!(rest, "tents");
+        assert_eq!(
+            (md.nlink(), md.mode() & 0o7777, md.len()),
+            (0, 0o640, 64 << 20)
+        );
+        assert_eq!((md.atime(), md.atime_nsec()), (1_500_000_000, 5));
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 6));
+        if stasis_sys::process::geteuid() == 0 {
+            assert_eq!((md.uid(), md.gid()), (4321, 4322));
+        }
+        let mut head = [0u8; 5];
+        std::io::Read::read_exact(&mut &f, &mut head).unwrap();
+        assert_eq!(&head, b"tents");
+        let mut block = vec![0u8; 4096];
+        f.read_exact_at(&mut block, 32 << 20).unwrap();
+        assert!(block.iter().all(|&b| b == 7));
+        // (SEEK_DATA moves the offset: after the read.)
+        assert_eq!(data_extents(&f, 64 << 20, "restored").unwrap(), extents);
         assert!(!path.exists());
         let names: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
         assert_eq!(names.len(), 2, "only src and the blob are left: {names:?}");
