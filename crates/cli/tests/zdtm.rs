@@ -861,6 +861,7 @@ zdtm_tests! {
     files_regular;
     files_deleted;
     files_deleted_sparse;
+    files_deleted_mapped;
     files_devnull_dir;
     pipe_inflight;
     signals;

@@ -241,6 +241,13 @@ pub enum VmaKind {
     Memfd {
         memfd_id: u64,
     },
+    /// A mapping of a regular file deleted while mapped: the `FileKind::Deleted` descriptions
+    /// with this `dev` and `ino` hold its contents (engine::files::deleted); restore maps the
+    /// recreated file.
+    Deleted {
+        dev: u64,
+        ino: u64,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
@@ -294,9 +301,12 @@ pub enum FileKind {
     /// which only the data `extents` (offset, length; in order, not overlapping, within
     /// `size`) are stored, one after the other, in `blob-ID.img` (`len` bytes, their sum, and
     /// `crc`); the rest is holes. Also its owner, permission bits and access and modification
-    /// times (seconds, nanoseconds).
+    /// times (seconds, nanoseconds). `dev` and `ino` identify the file: descriptions and
+    /// mappings (`VmaKind::Deleted`) of one file get one recreated file.
     Deleted {
         path: String,
+        dev: u64,
+        ino: u64,
         mode: u32,
         uid: u32,
         gid: u32,

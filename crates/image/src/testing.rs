@@ -286,6 +286,8 @@ pub fn sample_process() -> ProcessImage {
                 pos: 1,
                 kind: FileKind::Deleted {
                     path: "/tmp/gone".into(),
+                    dev: 2049,
+                    ino: 77,
                     mode: 0o600,
                     uid: 1000,
                     gid: 100,

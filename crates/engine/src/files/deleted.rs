@@ -18,10 +18,14 @@
 //! flags and unlinked again; the offset is set afterwards (lseek). The restored file is thus
 //! deleted too, with the same contents, holes, size, mode, owner and times.
 
-use super::{blob, Class, FileOps, OpenContext, Probe, ProcessFiles};
+use super::{blob, Class, FileOps, OpenContext, OpenedFiles, Probe, ProcessFiles};
+use crate::procfs::MapEntry;
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ProcessImage};
+use stasis_image::{FileDesc, FileKind, ProcessImage, VmaKind};
+use stasis_sys::Pid;
+use std::collections::HashMap;
 use std::fs::{File, FileTimes, Permissions};
+use std::os::fd::AsRawFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,13 +33,125 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Most data extents a deleted file may have (a record of 16 MiB at most).
 pub(crate) const MAX_EXTENTS: usize = 1 << 20;
 
-/// The deleted-file kind.
+/// The deleted-file kind: at restore, the files recreated so far (one per dumped device and
+/// inode, whatever the number of descriptions and mappings).
 #[derive(Default)]
-pub struct DeletedFiles;
+pub struct DeletedFiles {
+    /// Restore: (dev, ino) -> a read-write descriptor of the recreated (unlinked) file.
+    made: HashMap<(u64, u64), OwnedFd>,
+}
+
+/// Opens `fd` again through /proc/self/fd with `flags` (a new description of the same file).
+fn reopen_own(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
+    let access = flags & libc::O_ACCMODE;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC);
+    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
+}
+
+/// Describes the deleted file read through `file` (a description of the dumper's own); its
+/// data extents are stored. `path` is the name it had.
+fn describe(file: &File, path: &str, what: &str) -> Result<FileKind, Error> {
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {what}"), e))?;
+    let size = md.size();
+    let extents = data_extents(file, size, what)?;
+    let crc = blob::crc_of_extents(file, &extents, what)?;
+    Ok(FileKind::Deleted {
+        path: path.to_string(),
+        dev: md.dev(),
+        ino: md.ino(),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        size,
+        len: extents.iter().map(|e| e.1).sum(),
+        extents,
+        atime: (md.atime(), md.atime_nsec() as u32),
+        mtime: (md.mtime(), md.mtime_nsec() as u32),
+        crc,
+    })
+}
+
+/// The device and inode of a deleted-file description.
+fn file_id(kind: &FileKind) -> Option<(u64, u64)> {
+    match kind {
+        FileKind::Deleted { dev, ino, .. } => Some((*dev, *ino)),
+        _ => None,
+    }
+}
+
+/// Opens a mapped file through /proc/PID/map_files, read-only, with O_NOATIME when permitted.
+fn open_mapped(link: &str) -> Result<File, Error> {
+    let open = |more: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(more)
+            .open(link)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("open {link}"), e))
+}
+
+/// Dump: the record of a mapping of a file deleted while mapped (smaps names it
+/// "PATH (deleted)"). A file that still has links elsewhere (a hard link left under another
+/// name) is refused: its other name is not known.
+pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
+    let link = crate::procfs::map_file(pid, m.start, m.end);
+    let file = open_mapped(&link)?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+    let what = || {
+        format!(
+            "mapping {:#x}-{:#x} of pid {pid} ({})",
+            m.start, m.end, m.name
+        )
+    };
+    if !md.file_type().is_file() {
+        return Err(Error::Unsupported {
+            what: format!("{}: the deleted object is not a regular file", what()),
+        });
+    }
+    if md.nlink() != 0 {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{}: the mapped name was deleted but the file keeps {} link(s) under another \
+                 name, which cannot be found from the mapping",
+                what(),
+                md.nlink()
+            ),
+        });
+    }
+    Ok(VmaKind::Deleted {
+        dev: md.dev(),
+        ino: md.ino(),
+    })
+}
+
+/// Restore: a descriptor of the recreated file with `dev` and `ino` to map, read-write when
+/// the file allows it.
+pub fn open_for_mapping(opened: &OpenedFiles, dev: u64, ino: u64) -> Result<OwnedFd, Error> {
+    let fd = opened
+        .descriptions()
+        .iter()
+        .filter(|f| file_id(&f.kind) == Some((dev, ino)))
+        .find_map(|f| opened.get(f.id))
+        .ok_or_else(|| Error::Invalid(format!("no restored deleted file {dev}:{ino} to map")))?;
+    reopen_own(fd, libc::O_RDWR)
+        .or_else(|_| reopen_own(fd, libc::O_RDONLY))
+        .map_err(|e| Error::io(format!("reopen deleted file {dev}:{ino} to map it"), e))
+}
 
 /// Opens the file behind fd `fd` of `pid` again, read-only, as a description of its own;
 /// with `O_NOATIME` when the dumper may (it owns the file or has CAP_FOWNER).
-fn reopen(pid: stasis_sys::Pid, fd: i32) -> Result<File, Error> {
+fn reopen(pid: Pid, fd: i32) -> Result<File, Error> {
     let path = format!("/proc/{pid}/fd/{fd}");
     let open = |more: i32| {
         std::fs::OpenOptions::new()
@@ -113,26 +229,42 @@ impl FileOps for DeletedFiles {
         id: u32,
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
-        let md = fd.metadata()?;
         let path = fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link);
         let what = format!("deleted file {path} (fd {} of pid {})", fd.fd, fd.pid);
         let file = reopen(fd.pid, fd.fd)?;
-        let size = md.size();
-        let extents = data_extents(&file, size, &what)?;
-        let crc = blob::crc_of_extents(&file, &extents, &what)?;
+        let kind = describe(&file, path, &what)?;
         out.add_blob(id, &file)?;
-        Ok(FileKind::Deleted {
-            path: path.to_string(),
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            size,
-            len: extents.iter().map(|e| e.1).sum(),
-            extents,
-            atime: (md.atime(), md.atime_nsec() as u32),
-            mtime: (md.mtime(), md.mtime_nsec() as u32),
-            crc,
-        })
+        Ok(kind)
+    }
+
+    /// A deleted file that is only mapped (its fds closed) still needs a description to be
+    /// mapped from: a new one, read through map_files.
+    fn dump_without_fds(&mut self, pid: Pid, out: &mut ProcessFiles<'_>) -> Result<(), Error> {
+        let maps = crate::procfs::read_smaps(pid)?;
+        for m in &maps {
+            if crate::pages::vma::backing(m).ok() != Some(crate::pages::vma::Backing::Deleted) {
+                continue;
+            }
+            let link = crate::procfs::map_file(pid, m.start, m.end);
+            let file = open_mapped(&link)?;
+            let md = file
+                .metadata()
+                .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+            let key = (md.dev(), md.ino());
+            if out
+                .descriptions()
+                .iter()
+                .any(|d| file_id(&d.kind) == Some(key))
+            {
+                continue;
+            }
+            let path = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
+            let what = format!("deleted file {path} mapped by pid {pid}");
+            let kind = describe(&file, path, &what)?;
+            let id = out.add_without_fd((libc::O_RDWR | libc::O_LARGEFILE) as u32, 0, kind);
+            out.add_blob(id, &file)?;
+        }
+        Ok(())
     }
 
     fn blob(&self, desc: &FileDesc) -> Option<(u64, u32)> {
@@ -198,9 +330,30 @@ impl FileOps for DeletedFiles {
         Ok(())
     }
 
+    /// Every mapping of a deleted file refers to a description of it.
+    fn validate_image(&self, image: &ProcessImage) -> Result<(), String> {
+        for v in &image.vmas {
+            if let VmaKind::Deleted { dev, ino } = &v.kind {
+                if !image
+                    .files
+                    .iter()
+                    .any(|f| file_id(&f.kind) == Some((*dev, *ino)))
+                {
+                    return Err(format!(
+                        "mapping {:#x}-{:#x} refers to unknown deleted file {dev}:{ino}",
+                        v.start, v.end
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         let FileKind::Deleted {
             path,
+            dev,
+            ino,
             mode,
             uid,
             gid,
@@ -217,6 +370,12 @@ impl FileOps for DeletedFiles {
                 desc.id
             )));
         };
+        let key = (*dev, *ino);
+        if let Some(base) = self.made.get(&key) {
+            let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
+            return reopen_own(base, flags)
+                .map_err(|e| Error::io(format!("reopen deleted file {path}"), e));
+        }
         let tmp = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
         let writer = std::fs::OpenOptions::new()
             .read(true)
@@ -272,7 +431,9 @@ impl FileOps for DeletedFiles {
             super::open_path(&tmp, desc, 0)
         })();
         let _ = std::fs::remove_file(&tmp);
-        result.map(File::into)
+        let opened = result?;
+        self.made.insert(key, writer.into());
+        Ok(opened.into())
     }
 
     fn has_position(&self) -> bool {
@@ -293,6 +454,8 @@ mod tests {
             pos: 0,
             kind: FileKind::Deleted {
                 path: path.into(),
+                dev: 1,
+                ino: 2,
                 mode,
                 uid: 0,
                 gid: 0,
@@ -310,13 +473,17 @@ mod tests {
     #[test]
     fn validate() {
         let p = sample_process();
-        DeletedFiles
+        DeletedFiles::default()
             .validate(&deleted("/tmp/x", 0o4755), &p)
             .unwrap();
-        assert!(DeletedFiles.validate(&deleted("x", 0o644), &p).is_err());
-        assert!(DeletedFiles.validate(&deleted("/x\0", 0o644), &p).is_err());
+        assert!(DeletedFiles::default()
+            .validate(&deleted("x", 0o644), &p)
+            .is_err());
+        assert!(DeletedFiles::default()
+            .validate(&deleted("/x\0", 0o644), &p)
+            .is_err());
         assert!(
-            DeletedFiles
+            DeletedFiles::default()
                 .validate(&deleted("/tmp/x", 0o100644), &p)
                 .is_err(),
             "file type bits"
@@ -324,7 +491,7 @@ mod tests {
         let with = |f: &dyn Fn(&mut FileKind)| {
             let mut d = deleted("/tmp/x", 0o600);
             f(&mut d.kind);
-            DeletedFiles.validate(&d, &p)
+            DeletedFiles::default().validate(&d, &p)
         };
         type Edit = fn(&mut FileKind);
         let bad: [(&str, Edit); 6] = [
@@ -342,6 +509,17 @@ mod tests {
         for (what, edit) in bad {
             assert!(with(&|k| edit(k)).is_err(), "{what}");
         }
+    }
+
+    #[test]
+    fn mappings_refer_to_a_description() {
+        let mut p = sample_process();
+        DeletedFiles::default().validate_image(&p).unwrap();
+        p.vmas[0].kind = VmaKind::Deleted { dev: 2049, ino: 77 };
+        DeletedFiles::default().validate_image(&p).unwrap();
+        p.vmas[0].kind = VmaKind::Deleted { dev: 2049, ino: 78 };
+        let err = DeletedFiles::default().validate_image(&p).unwrap_err();
+        assert!(err.contains("unknown deleted file 2049:78"), "{err}");
     }
 
     fn set(k: &mut FileKind, f: impl FnOnce(&mut Vec<(u64, u64)>, &mut u64, &mut u64)) {
@@ -389,6 +567,8 @@ mod tests {
             pos: 3,
             kind: FileKind::Deleted {
                 path: path.to_str().unwrap().into(),
+                dev: 1,
+                ino: 2,
                 mode: 0o640,
                 uid: 4321,
                 gid: 4322,
@@ -401,9 +581,12 @@ mod tests {
             },
             owner: Default::default(),
         };
-        DeletedFiles.validate(&desc, &sample_process()).unwrap();
-        DeletedFiles.verify(&images, &desc).unwrap();
-        let fd = super::super::open_description(&mut DeletedFiles, &desc, &mut ctx).unwrap();
+        DeletedFiles::default()
+            .validate(&desc, &sample_process())
+            .unwrap();
+        DeletedFiles::default().verify(&images, &desc).unwrap();
+        let fd =
+            super::super::open_description(&mut DeletedFiles::default(), &desc, &mut ctx).unwrap();
         let f = File::from(fd);
         let md = f.metadata().unwrap();
         assert_eq!(
@@ -431,8 +614,8 @@ mod tests {
         if let FileKind::Deleted { crc, .. } = &mut bad.kind {
             *crc ^= 1;
         }
-        assert!(DeletedFiles.verify(&images, &bad).is_err());
-        assert!(DeletedFiles.open(&bad, &mut ctx).is_err());
+        assert!(DeletedFiles::default().verify(&images, &bad).is_err());
+        assert!(DeletedFiles::default().open(&bad, &mut ctx).is_err());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

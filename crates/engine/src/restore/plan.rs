@@ -91,6 +91,10 @@ impl<'a> Plan<'a> {
                     map_aux.insert(v, aux.len());
                     aux.push(memfd::open_for_mapping(&descriptions, *memfd_id)?);
                 }
+                if let VmaKind::Deleted { dev, ino } = &vma.kind {
+                    map_aux.insert(v, aux.len());
+                    aux.push(files::deleted::open_for_mapping(&descriptions, *dev, *ino)?);
+                }
             }
             let exe = File::open(&image.task.exe_path)
                 .map_err(|e| Error::io(format!("open executable {}", image.task.exe_path), e))?;
