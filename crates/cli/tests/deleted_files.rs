@@ -120,3 +120,47 @@ fn sparse_deleted_file_makes_small_images() {
         md.blocks()
     );
 }
+
+#[test]
+fn deleted_name_with_a_link_elsewhere_is_refused_by_name() {
+    if !require_root() {
+        return;
+    }
+    become_subreaper();
+    let w = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("deleted_files")
+            .join("hard_link"),
+    );
+    let (a, b) = (w.join("a"), w.join("b"));
+    std::fs::write(&a, b"data").expect("create a");
+    std::fs::hard_link(&a, &b).expect("link b to a");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::from(std::fs::File::open(&a).expect("open a")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = isolate(&mut cmd).spawn().expect("start sleep");
+    let pid = child.id() as i32;
+    drop(child); // reaped by pid
+    std::fs::remove_file(&a).expect("unlink a");
+    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let img = w.join("img");
+    let (ok, err) = stasis(&[
+        OsStr::new("dump"),
+        "--no-auth".as_ref(),
+        "-t".as_ref(),
+        pid.to_string().as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    kill(pid, libc::SIGKILL);
+    let _ = wait_pid(pid, TIMEOUT);
+    assert!(!ok, "the dump succeeded");
+    assert!(
+        err.contains(&format!("fd 0 of pid {pid}"))
+            && err.contains(&format!("the name {} was deleted", a.display()))
+            && err.contains("1 link(s) under another name"),
+        "the error should name the fd, the deleted name and the links left: {err}"
+    );
+}
