@@ -144,7 +144,9 @@ pub fn open_for_mapping(opened: &OpenedFiles, dev: u64, ino: u64) -> Result<Owne
         .filter(|f| file_id(&f.kind) == Some((dev, ino)))
         .find_map(|f| opened.get(f.id))
         .ok_or_else(|| Error::Invalid(format!("no restored deleted file {dev}:{ino} to map")))?;
-    reopen_own(fd, libc::O_RDWR)
+    // O_NOATIME: mmap(2) counts as an access (the restorer made the file, so it may).
+    reopen_own(fd, libc::O_RDWR | libc::O_NOATIME)
+        .or_else(|_| reopen_own(fd, libc::O_RDONLY | libc::O_NOATIME))
         .or_else(|_| reopen_own(fd, libc::O_RDONLY))
         .map_err(|e| Error::io(format!("reopen deleted file {dev}:{ino} to map it"), e))
 }
