@@ -103,12 +103,25 @@ pub struct ProcessPrctl {
     pub memory_merge: bool,
 }
 
+/// A directory removed while a process held it (as an fd or its cwd): what its empty
+/// stand-in gets at restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedDir {
+    /// Permission bits (nothing beyond 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Miscellaneous per-process state (engine::task).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub comm: String,
     pub exe_path: String,
     pub cwd: String,
+    /// The cwd was removed: `cwd` is its path without " (deleted)", recreated empty at
+    /// restore, entered and removed again.
+    pub cwd_deleted: Option<DeletedDir>,
     pub root: String,
     pub umask: u32,
     pub personality: u32,
@@ -319,7 +332,15 @@ pub enum FileKind {
     },
     /// A directory reopened by path (engine::files::directory); `dev` and `ino` identify it
     /// (restore refuses another directory at the path unless told to accept it).
-    Directory { path: String, dev: u64, ino: u64 },
+    ///
+    /// `deleted`: the directory was removed while open; it is recreated empty next to `path`
+    /// with these permission bits, uid and gid, opened and removed again.
+    Directory {
+        path: String,
+        dev: u64,
+        ino: u64,
+        deleted: Option<DeletedDir>,
+    },
     /// A character device reopened by path (engine::files::chardev); `rdev` must match at
     /// restore.
     CharDevice { path: String, rdev: u64 },

@@ -10,7 +10,8 @@
 //! (`blob-ID.img`, written by [`super::write_blobs`], which checks that the CRC still holds),
 //! so a 1 GiB sparse file with a few blocks of data makes a blob of a few blocks.
 //!
-//! Restore: a new file is created next to the original path (`PATH.stasis-PID-ID`), given the
+//! Restore: a new file is created at the original path when that name is free (else next to
+//! it, `PATH.stasis-PID-ID`), given the
 //! dumped owner when the restorer is root (a restore as a user leaves it the user's), its size
 //! (ftruncate: holes) and the extents from the blob (whose length and CRC are checked) written
 //! at their offsets, then the permission bits (after fchown, which clears set-id bits) and
@@ -378,14 +379,24 @@ impl FileOps for DeletedFiles {
             return reopen_own(base, flags)
                 .map_err(|e| Error::io(format!("reopen deleted file {path}"), e));
         }
-        let tmp = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
-        let writer = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {tmp}"), e))?;
+        // At the old path when that name is free (the process then sees the same
+        // "PATH (deleted)"), else next to it.
+        let create = |p: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+        };
+        let fallback = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
+        let (tmp, writer) = match create(path) {
+            Ok(w) => (path.clone(), w),
+            Err(_) => (
+                fallback.clone(),
+                create(&fallback).map_err(|e| Error::io(format!("create {fallback}"), e))?,
+            ),
+        };
         let result = (|| {
             if stasis_sys::process::geteuid() == 0 {
                 std::os::unix::fs::fchown(&writer, Some(*uid), Some(*gid))
