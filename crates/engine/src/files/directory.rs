@@ -4,10 +4,11 @@
 //! that was deleted while open (link count 0) has no path to be reopened by: its old path
 //! (without " (deleted)"), permission bits and owner are recorded instead.
 //!
-//! Restore of a deleted directory: an empty directory is made next to the old path
-//! ([`recreate_deleted`]: at its old path when that is free, else `PATH.stasis-PID-ID`; owner when the restorer is root, permission
-//! bits), opened and removed again, so the process holds a deleted, empty directory again (a
-//! deleted directory is always empty: rmdir only removes empty ones). The cwd uses the same.
+//! Restore of a deleted directory: an empty directory is made (`recreate_deleted`: at the old
+//! path when that name is free, else next to it, `PATH.stasis-PID-ID`; the owner when the
+//! restorer is root; the permission bits), opened and removed again, so the process holds a
+//! deleted, empty directory again (a deleted directory is always empty: rmdir only removes
+//! empty ones). The cwd uses the same.
 //!
 //! Restore: open(2) of the path, read-only with O_DIRECTORY and the dumped open flags; it must
 //! be the dumped directory (device and inode), unless the restore accepts replaced files
