@@ -10,14 +10,20 @@
 //! (`blob-ID.img`, written by [`super::write_blobs`], which checks that the CRC still holds),
 //! so a 1 GiB sparse file with a few blocks of data makes a blob of a few blocks.
 //!
-//! Restore: a new file is created at the original path when that name is free (else next to
-//! it, `PATH.stasis-PID-ID`), given the
-//! dumped owner when the restorer is root (a restore as a user leaves it the user's), its size
-//! (ftruncate: holes) and the extents from the blob (whose length and CRC are checked) written
-//! at their offsets, then the permission bits (after fchown, which clears set-id bits) and
-//! last the access and modification times; it is opened with the dumped access mode and open
-//! flags and unlinked again; the offset is set afterwards (lseek). The restored file is thus
-//! deleted too, with the same contents, holes, size, mode, owner and times.
+//! A deleted file that is only mapped (fds closed) gets a description without fd, read through
+//! /proc/PID/map_files ([`FileOps::dump_without_fds`]); its mappings are `VmaKind::Deleted`
+//! by device and inode ([`mapping_kind`]). A mapped name that was deleted while the file keeps
+//! links elsewhere is refused: those names cannot be found from the mapping.
+//!
+//! Restore: one file per dumped device and inode, created at the original path when that name
+//! is free (else next to it, `PATH.stasis-PID-ID`), given the dumped owner when the restorer
+//! is root (a restore as a user leaves it the user's), its size (ftruncate: holes) and the
+//! extents from the blob (whose length and CRC are checked) written at their offsets, then the
+//! permission bits (after fchown, which clears set-id bits) and last the access and
+//! modification times; it is unlinked again. Every description of it (and every mapping,
+//! [`open_for_mapping`]) reopens it through /proc/self/fd with the dumped access mode and open
+//! flags; the offset is set afterwards (lseek). The restored file is thus deleted too, with
+//! the same contents, holes, size, mode, owner and times.
 
 use super::{blob, Class, FileOps, OpenContext, OpenedFiles, Probe, ProcessFiles};
 use crate::procfs::MapEntry;
@@ -26,8 +32,7 @@ use stasis_image::{FileDesc, FileKind, ProcessImage, VmaKind};
 use stasis_sys::Pid;
 use std::collections::HashMap;
 use std::fs::{File, FileTimes, Permissions};
-use std::os::fd::AsRawFd;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
