@@ -860,6 +860,10 @@ zdtm_tests! {
     mm_fields;
     files_regular;
     files_deleted;
+    files_deleted_sparse;
+    files_deleted_mapped;
+    files_deleted_dir;
+    files_times;
     files_devnull_dir;
     pipe_inflight;
     signals;

@@ -992,6 +992,7 @@ fn proc_links_of_root_processes_are_not_followed() {
                 path: link.clone(),
                 dev,
                 ino,
+                deleted: None,
             },
             owner: Default::default(),
             locks: Vec::new(),

@@ -147,12 +147,25 @@ pub struct ProcessPrctl {
     pub memory_merge: bool,
 }
 
+/// A directory removed while a process held it (as an fd or its cwd): what its empty
+/// stand-in gets at restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedDir {
+    /// Permission bits (nothing beyond 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Miscellaneous per-process state (engine::task).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub comm: String,
     pub exe_path: String,
     pub cwd: String,
+    /// The cwd was removed: `cwd` is its path without " (deleted)", recreated empty at
+    /// restore, entered and removed again.
+    pub cwd_deleted: Option<DeletedDir>,
     pub root: String,
     pub umask: u32,
     pub personality: u32,
@@ -285,6 +298,13 @@ pub enum VmaKind {
     Memfd {
         memfd_id: u64,
     },
+    /// A mapping of a regular file deleted while mapped: the `FileKind::Deleted` descriptions
+    /// with this `dev` and `ino` hold its contents (engine::files::deleted); restore maps the
+    /// recreated file.
+    Deleted {
+        dev: u64,
+        ino: u64,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
@@ -336,17 +356,37 @@ pub enum FileKind {
         ino: u64,
         size: u64,
     },
-    /// A regular file deleted while open (engine::files::deleted); its contents are in
-    /// `blob-ID.img` (`len` bytes, `crc`).
+    /// A regular file deleted while open (engine::files::deleted): `size` bytes long, of
+    /// which only the data `extents` (offset, length; in order, not overlapping, within
+    /// `size`) are stored, one after the other, in `blob-ID.img` (`len` bytes, their sum, and
+    /// `crc`); the rest is holes. Also its owner, permission bits and access and modification
+    /// times (seconds, nanoseconds). `dev` and `ino` identify the file: descriptions and
+    /// mappings (`VmaKind::Deleted`) of one file get one recreated file.
     Deleted {
         path: String,
+        dev: u64,
+        ino: u64,
         mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        extents: Vec<(u64, u64)>,
+        atime: (i64, u32),
+        mtime: (i64, u32),
         len: u64,
         crc: u32,
     },
     /// A directory reopened by path (engine::files::directory); `dev` and `ino` identify it
     /// (restore refuses another directory at the path unless told to accept it).
-    Directory { path: String, dev: u64, ino: u64 },
+    ///
+    /// `deleted`: the directory was removed while open; it is recreated empty next to `path`
+    /// with these permission bits, uid and gid, opened and removed again.
+    Directory {
+        path: String,
+        dev: u64,
+        ino: u64,
+        deleted: Option<DeletedDir>,
+    },
     /// A character device reopened by path (engine::files::chardev); `rdev` must match at
     /// restore.
     CharDevice { path: String, rdev: u64 },

@@ -61,6 +61,14 @@ pub fn validate_process(
             return bad(format!("bad path {s:?}"));
         }
     }
+    if let Some(d) = &p.task.cwd_deleted {
+        if d.mode & !0o7777 != 0 {
+            return bad(format!(
+                "deleted cwd mode {:#o} has more than permission bits",
+                d.mode
+            ));
+        }
+    }
     if p.task.comm.len() > 64 {
         return bad("comm too long".into());
     }
@@ -419,6 +427,16 @@ mod tests {
         let mut p = sample_process();
         p.task.cwd = "relative".into();
         assert!(validate(&p, 8192).is_err(), "relative cwd");
+        let mut p = sample_process();
+        p.task.cwd_deleted = Some(crate::DeletedDir {
+            mode: 0o40755,
+            uid: 0,
+            gid: 0,
+        });
+        assert!(
+            validate(&p, 8192).is_err(),
+            "file type bits in a deleted cwd's mode"
+        );
 
         let mut p = sample_process();
         p.threads[0].xstate = vec![0; 1 << 20];

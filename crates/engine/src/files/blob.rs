@@ -11,44 +11,57 @@ use std::os::unix::fs::FileExt;
 /// Size of the pieces contents are streamed in.
 pub(crate) const CHUNK: usize = 1 << 20;
 
-/// Calls `piece(offset, bytes)` for the first `len` bytes of `file`, in [`CHUNK`] pieces;
-/// `what` names the file in errors.
+/// Calls `piece(offset, bytes)` for the bytes of `file` in `extents` (offset, length), in
+/// order, in pieces of at most [`CHUNK`]; `what` names the file in errors.
 fn each_piece(
     file: &File,
-    len: u64,
+    extents: &[(u64, u64)],
     what: &str,
     mut piece: impl FnMut(u64, &[u8]) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut buf = vec![0u8; CHUNK.min(len as usize)];
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(CHUNK as u64) as usize;
-        file.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| Error::io(format!("read {what} at offset {off}"), e))?;
-        piece(off, &buf[..n])?;
-        off += n as u64;
+    let longest = extents.iter().map(|e| e.1).max().unwrap_or(0);
+    let mut buf = vec![0u8; CHUNK.min(longest as usize)];
+    for &(start, len) in extents {
+        let mut done = 0u64;
+        while done < len {
+            let off = start + done;
+            let n = (len - done).min(CHUNK as u64) as usize;
+            file.read_exact_at(&mut buf[..n], off)
+                .map_err(|e| Error::io(format!("read {what} at offset {off}"), e))?;
+            piece(off, &buf[..n])?;
+            done += n as u64;
+        }
     }
     Ok(())
 }
 
 /// The CRC-32C of the first `len` bytes of `file`.
 pub(crate) fn crc_of(file: &File, len: u64, what: &str) -> Result<u32, Error> {
+    crc_of_extents(file, &[(0, len)], what)
+}
+
+/// The CRC-32C of the bytes of `file` in `extents` (offset, length), one after the other.
+pub(crate) fn crc_of_extents(
+    file: &File,
+    extents: &[(u64, u64)],
+    what: &str,
+) -> Result<u32, Error> {
     let mut crc = 0u32;
-    each_piece(file, len, what, |_, b| {
+    each_piece(file, extents, what, |_, b| {
         crc = crc32c::crc32c_append(crc, b);
         Ok(())
     })?;
     Ok(crc)
 }
 
-/// Copies `len` bytes of `file` into the blob of description `id`; fails when they no longer
-/// have CRC `crc` (the file changed since it was described). Returns the blob's file name; a
-/// blob that failed is removed.
+/// Copies the bytes of `file` in `extents` (offset, length), one after the other, into the
+/// blob of description `id`; fails when they no longer have CRC `crc` (the file changed since
+/// it was described). Returns the blob's file name; a blob that failed is removed.
 pub(crate) fn write(
     dir: &ImageDir,
     id: u32,
     file: &File,
-    len: u64,
+    extents: &[(u64, u64)],
     crc: u32,
     kind: &str,
 ) -> Result<String, Error> {
@@ -57,7 +70,7 @@ pub(crate) fn write(
     let what = format!("{kind} of description {id}");
     let result = (|| {
         let mut c = 0u32;
-        each_piece(file, len, &what, |_, b| {
+        each_piece(file, extents, &what, |_, b| {
             c = crc32c::crc32c_append(c, b);
             Ok(w.write(b)?)
         })?;
@@ -135,7 +148,7 @@ mod tests {
         let crc = crc_of(&src, len, "src").unwrap();
         assert_eq!(crc, crc32c::crc32c(&data));
 
-        let name = write(&dir, 7, &src, len, crc, "test").unwrap();
+        let name = write(&dir, 7, &src, &[(0, len)], crc, "test").unwrap();
         assert_eq!(name, names::blob(7));
         verify(&dir, 7, len, crc, "test").unwrap();
         let mut back = vec![0u8; data.len()];
@@ -158,13 +171,21 @@ mod tests {
             err.contains("blob-7.img") && err.contains("checksum"),
             "{err}"
         );
-        let err = write(&dir, 8, &src, len, crc ^ 1, "test")
+        let err = write(&dir, 8, &src, &[(0, len)], crc ^ 1, "test")
             .unwrap_err()
             .to_string();
         assert!(err.contains("changed"), "{err}");
         assert!(!dir.exists(&names::blob(8)), "a failed blob is removed");
         // An empty blob is a valid blob.
-        write(&dir, 9, &src, 0, 0, "test").unwrap();
+        write(&dir, 9, &src, &[], 0, "test").unwrap();
+        // Extents: only their bytes, one after the other.
+        let ext = [(10, 5), (CHUNK as u64 + 7, 3)];
+        let mut want = data[10..15].to_vec();
+        want.extend_from_slice(&data[CHUNK + 7..CHUNK + 10]);
+        let crc = crc_of_extents(&src, &ext, "src").unwrap();
+        assert_eq!(crc, crc32c::crc32c(&want));
+        write(&dir, 10, &src, &ext, crc, "test").unwrap();
+        verify(&dir, 10, 8, crc, "test").unwrap();
         verify(&dir, 9, 0, 0, "test").unwrap();
         std::fs::remove_dir_all(&tmp).unwrap();
     }

@@ -170,6 +170,13 @@ pub trait FileOps {
         None
     }
 
+    /// The parts of the file (offset, length) the blob holds, one after the other, for a kind
+    /// that stores only some (the data extents of a sparse file); `None`: the first `len`
+    /// bytes of [`blob`](Self::blob).
+    fn blob_extents(&self, _desc: &FileDesc) -> Option<Vec<(u64, u64)>> {
+        None
+    }
+
     /// Images: checks a description of this kind from an untrusted record (`image`: the whole
     /// record, for references to fds or other descriptions). The error says what is wrong.
     fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String>;
@@ -693,7 +700,8 @@ pub fn write_blobs(
         let Some((len, crc)) = kind.blob(desc) else {
             continue;
         };
-        match blob::write(dir, *id, file, len, crc, kind.name()) {
+        let extents = kind.blob_extents(desc).unwrap_or_else(|| vec![(0, len)]);
+        match blob::write(dir, *id, file, &extents, crc, kind.name()) {
             Ok(name) => written.push(name),
             Err(e) => {
                 for name in written {

@@ -3,7 +3,9 @@
 //!
 //! Dump: a regular file that still has a name (link count above 0). Its path is where
 //! /proc/PID/fd/N points, and it must still name that very file (device and inode): a file
-//! renamed over or replaced since it was opened fails the dump.
+//! renamed over or replaced since it was opened fails the dump. A name that was deleted while
+//! the file keeps links under other names (a hard link left elsewhere) is refused with that
+//! reason: the other names cannot be found from the fd.
 //!
 //! Restore: open(2) of the path with the dumped access mode and open flags; the file opened
 //! must be the dumped one (device and inode), else the restore fails rather than hand the
@@ -41,8 +43,27 @@ impl FileOps for RegularFiles {
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
         let md = fd.metadata()?;
-        let by_path = std::fs::metadata(&fd.link)
-            .map_err(|e| Error::io(format!("stat {} (open as fd {})", fd.link, fd.fd), e))?;
+        let by_path = match std::fs::metadata(&fd.link) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(name) = fd.link.strip_suffix(" (deleted)") {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "fd {} of pid {}: the name {name} was deleted but the file keeps {} \
+                             link(s) under another name, which cannot be found from the fd",
+                            fd.fd,
+                            fd.pid,
+                            md.nlink()
+                        ),
+                    });
+                }
+                return Err(Error::io(
+                    format!("stat {} (open as fd {})", fd.link, fd.fd),
+                    e,
+                ));
+            }
+            other => other
+                .map_err(|e| Error::io(format!("stat {} (open as fd {})", fd.link, fd.fd), e))?,
+        };
         if (by_path.dev(), by_path.ino()) != (md.dev(), md.ino()) {
             return Err(Error::Unsupported {
                 what: format!("fd {}: the path {} now names another file", fd.fd, fd.link),

@@ -270,7 +270,7 @@ pub fn plan_mappings(
         }
         let owner = shmem.get(&v.shmem_id).copied().filter(|_| v.shmem_id != 0);
         let from = match (&v.kind, owner) {
-            (VmaKind::File { .. } | VmaKind::Memfd { .. }, _) => {
+            (VmaKind::File { .. } | VmaKind::Memfd { .. } | VmaKind::Deleted { .. }, _) => {
                 MapFrom::Fd(*file_fds.get(&i).ok_or_else(|| {
                     Error::Invalid(format!("no file opened for mapping {:#x}", v.start))
                 })?)

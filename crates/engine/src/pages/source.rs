@@ -156,7 +156,9 @@ impl<'a> PagemapSource<'a> {
         self.walk = match (&v.kind, v.shared) {
             (k, _) if is_special(k) => Walk::Between,
             // The file holds the data.
-            (VmaKind::File { .. } | VmaKind::Memfd { .. }, true) => Walk::Between,
+            (VmaKind::File { .. } | VmaKind::Memfd { .. } | VmaKind::Deleted { .. }, true) => {
+                Walk::Between
+            }
             (VmaKind::Anonymous, true) if self.shmem_done.insert(v.shmem_id) => {
                 let link = procfs::map_file(self.pid, v.start, v.end);
                 let file = File::open(&link).map_err(|e| Error::io(format!("open {link}"), e))?;
@@ -174,7 +176,10 @@ impl<'a> PagemapSource<'a> {
                 self.load_batch(v.start, v.end)?;
                 Walk::Private {
                     vma,
-                    file_backed: matches!(kind, VmaKind::File { .. } | VmaKind::Memfd { .. }),
+                    file_backed: matches!(
+                        kind,
+                        VmaKind::File { .. } | VmaKind::Memfd { .. } | VmaKind::Deleted { .. }
+                    ),
                     batch: v.start,
                     i: 0,
                 }

@@ -37,6 +37,8 @@ pub enum Backing {
     Memfd,
     /// A regular file at this path: its identity comes from the mapped object.
     File,
+    /// A file deleted while mapped: its identity comes from the mapped object.
+    Deleted,
 }
 
 /// Classifies a mapping from its smaps entry alone; refuses what cannot be restored.
@@ -60,7 +62,7 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
             Backing::Known(VmaKind::Anonymous)
         }
         n if crate::files::memfd::is_memfd_name(n) => Backing::Memfd,
-        n if n.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
+        n if n.starts_with('/') && n.ends_with(" (deleted)") => Backing::Deleted,
         n if n.starts_with('/') => Backing::File,
         _ => return Err(unsupported("unknown special mapping")),
     })
@@ -101,6 +103,7 @@ pub fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         Backing::Known(kind) => kind,
         Backing::Memfd => crate::files::memfd::mapping_kind(pid, m)?,
         Backing::File => file_kind(pid, m)?,
+        Backing::Deleted => crate::files::deleted::mapping_kind(pid, m)?,
     };
     Ok(record(m, kind))
 }
@@ -237,11 +240,21 @@ VmFlags: rd mr pf io de dd
 
     #[test]
     fn refuses_what_cannot_be_restored() {
-        let refused = [
+        // Deleted files are looked at through map_files (engine::files::deleted), which
+        // refuses what is not a regular file without links.
+        for line in [
             "7f0000000000-7f0000001000 r--p 00000000 fe:01 99 /tmp/gone (deleted)",
             // A deleted /dev/zero that is not shared memory is an ordinary deleted file.
             "7f0000000000-7f0000001000 rw-p 00000000 00:01 42 /dev/zero (deleted)",
             "7f0000000000-7f0000001000 rw-s 00000000 00:01 0 /dev/zero (deleted)",
+        ] {
+            assert_eq!(
+                backing(&entries(line)[0]).unwrap(),
+                Backing::Deleted,
+                "{line}"
+            );
+        }
+        let refused = [
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 [uprobes]",
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 anon_inode:[perf_event]",
         ];

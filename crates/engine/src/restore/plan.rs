@@ -19,6 +19,7 @@ use stasis_sys::process;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// One process of the tree as the restore will create it.
 pub(crate) struct PlannedProcess<'a> {
@@ -90,6 +91,10 @@ impl<'a> Plan<'a> {
                 if let VmaKind::Memfd { memfd_id } = &vma.kind {
                     map_aux.insert(v, aux.len());
                     aux.push(memfd::open_for_mapping(&descriptions, *memfd_id)?);
+                }
+                if let VmaKind::Deleted { dev, ino } = &vma.kind {
+                    map_aux.insert(v, aux.len());
+                    aux.push(files::deleted::open_for_mapping(&descriptions, *dev, *ino)?);
                 }
             }
             let exe = File::open(&image.task.exe_path)
@@ -168,11 +173,20 @@ fn open_mapped_file(
     ino: u64,
     ctx: &mut files::OpenContext<'_>,
 ) -> Result<OwnedFd, Error> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
+    // O_NOATIME where the restorer may (it owns the file, or root): mmap(2) counts as an
+    // access, and the restore must not change the times of files the process did not touch.
+    let open = |more: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(more)
+            .open(path)
+    };
+    let f = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
     let md = f
         .metadata()
         .map_err(|e| Error::io(format!("fstat {path}"), e))?;

@@ -13,6 +13,7 @@ use crate::procfs;
 use crate::Error;
 use stasis_image::{Rlimit, TaskState};
 use stasis_sys::{process, Pid};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// RLIMIT_NLIMITS on Linux.
@@ -33,10 +34,22 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
     let pdeathsig = inj.get_pdeathsig()?;
     let dumpable = inj.get_dumpable()?;
     let child_subreaper = inj.get_child_subreaper()?;
+    // A cwd that was removed: its path without " (deleted)" and what its stand-in gets.
+    let mut cwd = procfs::link(pid, "cwd")?;
+    let mut cwd_deleted = None;
+    if let Some(path) = cwd.strip_suffix(" (deleted)") {
+        let at = format!("/proc/{pid}/cwd");
+        let md = std::fs::metadata(&at).map_err(|e| Error::io(format!("stat {at}"), e))?;
+        if md.nlink() == 0 {
+            cwd_deleted = Some(crate::files::directory::deleted_dir(&md));
+            cwd = path.to_string();
+        }
+    }
     Ok(TaskState {
         comm: procfs::comm(pid, pid)?,
         exe_path: procfs::link(pid, "exe")?,
-        cwd: procfs::link(pid, "cwd")?,
+        cwd,
+        cwd_deleted,
         root: procfs::link(pid, "root")?,
         umask: status.umask,
         personality: procfs::read_personality(pid)?,
@@ -65,7 +78,22 @@ pub fn apply_in_child(
     super::loginuid::apply_in_child(t.loginuid)?;
     super::oom::apply_in_child(t.oom_score_adj, confined)?;
     if !fs_shared {
-        std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?;
+        match &t.cwd_deleted {
+            None => {
+                std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?
+            }
+            Some(d) => {
+                // An empty stand-in next to the old path, entered and removed again.
+                let fallback = format!("{}.stasis-{}-cwd", t.cwd, std::process::id());
+                let tmp = crate::files::directory::recreate_deleted(&t.cwd, &fallback, d)
+                    .map_err(|e| e.to_string())?;
+                let entered =
+                    std::env::set_current_dir(&tmp).map_err(|e| format!("chdir {tmp}: {e}"));
+                let removed = std::fs::remove_dir(&tmp).map_err(|e| format!("rmdir {tmp}: {e}"));
+                entered?;
+                removed?;
+            }
+        }
         if t.root != "/" {
             process::chroot(Path::new(&t.root)).map_err(|e| format!("chroot {}: {e}", t.root))?;
         }
