@@ -898,6 +898,8 @@ zdtm_tests! {
     mem_madvise;
     sched_prio;
     process_stopped;
+    // Seccomp: filters shared by threads (TSYNC), per thread (LOG) and inherited by a child.
+    seccomp_filter;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;

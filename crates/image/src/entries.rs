@@ -76,6 +76,39 @@ pub struct ProcessImage {
     /// What mlockall(MCL_FUTURE) left for mappings made later: 0, or `MCL_FUTURE` (2), with
     /// `MCL_ONFAULT` (4) when they are locked on fault (engine::pages::advice).
     pub mlock_future: u32,
+    /// Seccomp filters and modes of the threads (engine::task::seccomp).
+    pub seccomp: ProcessSeccomp,
+}
+
+/// The seccomp state of a process (engine::task::seccomp): every distinct filter once, and
+/// for each thread its mode and its chain of filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSeccomp {
+    /// The distinct filters of the process's threads. A filter is the same for two threads
+    /// when its program, its flags and the filters before it are the same.
+    pub filters: Vec<SeccompFilter>,
+    /// One entry per thread, in the order of `ProcessImage.threads`; empty when no thread is
+    /// under seccomp.
+    pub threads: Vec<ThreadSeccomp>,
+}
+
+/// One seccomp filter: a classic BPF program (engine::task::seccomp).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The instructions, each a `struct sock_filter` (code u16, jt u8, jf u8, k u32) packed
+    /// little-endian into a u64; 1 to 4096 of them.
+    pub insns: Vec<u64>,
+    /// SECCOMP_FILTER_FLAG_LOG: the filter's non-allow actions are logged.
+    pub log: bool,
+}
+
+/// A thread's seccomp mode and filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSeccomp {
+    /// 0 disabled, 1 strict, 2 filter.
+    pub mode: u32,
+    /// Indices into `ProcessSeccomp.filters`, oldest first (empty unless mode 2).
+    pub chain: Vec<u32>,
 }
 
 /// A process in a job-control stop (state T in /proc/PID/stat) when it was dumped

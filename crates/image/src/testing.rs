@@ -503,5 +503,16 @@ pub fn sample_process() -> ProcessImage {
             memory_merge: false,
         },
         mlock_future: 0,
+        seccomp: ProcessSeccomp {
+            filters: vec![SeccompFilter {
+                // ld [0]; ret ALLOW
+                insns: vec![0x0000_0000_0000_0020, 0x7fff_0000_0000_0006],
+                log: true,
+            }],
+            threads: vec![ThreadSeccomp {
+                mode: 2,
+                chain: vec![0],
+            }],
+        },
     }
 }

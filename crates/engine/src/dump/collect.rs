@@ -8,7 +8,7 @@ use super::freeze::{Frozen, FrozenTree};
 use super::ServiceConnection;
 use crate::files;
 use crate::inject::Injector;
-use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, signals, stop, thread};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, seccomp, signals, stop, thread};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::{process, ptrace, Pid};
@@ -125,11 +125,8 @@ fn collect(
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
     let status = procfs::read_status(pid)?;
-    if status.seccomp == 2 {
-        return Err(Error::Unsupported {
-            what: format!("pid {pid} uses seccomp filters"),
-        });
-    }
+    // Before anything is injected: suspends the filters of threads under seccomp.
+    let seccomp = seccomp::dump(pid, &frozen.threads)?;
     // Everything that can refuse the dump comes before any file is created.
     let vmas = pages::collect_vmas(pid)?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
@@ -201,6 +198,7 @@ fn collect(
         stop,
         prctl,
         mlock_future,
+        seccomp,
     };
     Ok(Collected {
         image,

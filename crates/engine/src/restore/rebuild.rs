@@ -8,13 +8,16 @@
 //! - threads are created (clone3 with `set_tid`, which needs privilege) before the
 //!   credentials drop it, and POSIX timers after the threads they may signal;
 //! - credentials come last of everything that needs privilege;
+//! - seccomp filters are installed after every other step that injects calls (they may
+//!   forbid them); only the munmap of the scratch area follows, exempted from them by
+//!   `PTRACE_O_SUSPEND_SECCOMP` when the restorer may (see [`crate::task::seccomp`]);
 //! - no system call runs in a thread after its final registers are set (a pending signal
 //!   would be delivered at the wrong place).
 
 use super::plan::{Plan, PlannedProcess};
 use crate::inject::{self, Injector};
 use crate::task::{
-    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
+    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, seccomp, signals, stop, thread,
 };
 use crate::{pages, procfs, Error};
 use stasis_image::{ThreadImage, VmaKind};
@@ -78,6 +81,11 @@ pub enum RebuildStep {
     /// blockable signal must still be blocked while the stop starts). Detaching at the end of
     /// the restore puts every thread back into the stop without a new report to the parent.
     JobStop,
+    /// Seccomp strict mode and filters of every thread: the last step that injects calls
+    /// (a filter may forbid any of them), after the job-control stop, whose start may inject
+    /// a signal; the scratch area's munmap in the final step is exempted from the filters
+    /// with `PTRACE_O_SUSPEND_SECCOMP` when the restorer holds CAP_SYS_ADMIN.
+    Seccomp,
     /// Scheduling policy, priority, nice value and affinity of every thread, set from outside:
     /// late, so that the restore runs at the restorer's priority (a SCHED_IDLE thread would
     /// make each injected call wait for an idle CPU).
@@ -108,6 +116,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::Credentials,
     RebuildStep::Prctl,
     RebuildStep::JobStop,
+    RebuildStep::Seccomp,
     RebuildStep::Scheduling,
     RebuildStep::FinalRegisters,
 ];
@@ -135,6 +144,7 @@ impl RebuildStep {
             RebuildStep::Credentials => "credentials",
             RebuildStep::Prctl => "prctl",
             RebuildStep::JobStop => "job-control stop",
+            RebuildStep::Seccomp => "seccomp",
             RebuildStep::Scheduling => "scheduling",
             RebuildStep::FinalRegisters => "final registers",
         }
@@ -317,6 +327,12 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     stop::restore(child, &tids, js, &image.signals.actions, parent)?;
                 }
             }
+            RebuildStep::Seccomp => {
+                let leader = self.inj.as_mut().ok_or_else(|| Error::Internal {
+                    what: "a rebuild step after the final registers".into(),
+                })?;
+                seccomp::restore(&image.seccomp, leader, &mut self.others)?;
+            }
             RebuildStep::Scheduling => {
                 for t in &image.threads {
                     sched::restore(t.tid, &t.sched, plan.confined)?;
@@ -365,7 +381,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 21);
+        assert_eq!(seen.len(), 22);
     }
 
     #[test]
@@ -403,10 +419,21 @@ mod tests {
         assert_eq!(pos(S::Scheduling) + 1, pos(S::FinalRegisters));
         // The stop starts once nothing but the final registers is left to do.
         for s in REBUILD_ORDER {
-            if !matches!(s, S::JobStop | S::Scheduling | S::FinalRegisters) {
+            if !matches!(
+                s,
+                S::JobStop | S::Seccomp | S::Scheduling | S::FinalRegisters
+            ) {
                 assert!(pos(*s) < pos(S::JobStop), "{s:?} after the stop");
             }
         }
         assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
+    }
+
+    #[test]
+    fn seccomp_after_every_injected_call() {
+        // Scheduling is set from outside; only the final registers follow.
+        assert_eq!(pos(S::Seccomp) + 2, pos(S::FinalRegisters));
+        assert_eq!(pos(S::Seccomp) + 1, pos(S::Scheduling));
+        assert!(pos(S::JobStop) < pos(S::Seccomp));
     }
 }
