@@ -898,8 +898,10 @@ zdtm_tests! {
     mem_madvise;
     sched_prio;
     process_stopped;
-    // Seccomp: filters shared by threads (TSYNC), per thread (LOG) and inherited by a child.
+    // Seccomp: filters shared by threads (TSYNC), per thread (LOG) and inherited by a child;
+    // strict mode in a thread and in a child.
     seccomp_filter;
+    seccomp_strict;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;
