@@ -950,6 +950,48 @@ fn dump_pipe_end_held_outside_is_refused() {
 /// as a debugger would) cannot be seized: the dump is refused, naming the process and its
 /// tracer, and both run on.
 #[test]
+fn dump_of_a_process_without_vdso_is_refused() {
+    let Some((_lock, w)) = start("dump_of_a_process_without_vdso_is_refused") else {
+        return;
+    };
+    let img = w.mkdir("img");
+    // A child unmaps its vdso and blocks in read() (no clock call, no buffered file: glibc
+    // would jump into the
+    // unmapped vdso); the "fds" of spawn_python carry its pid.
+    let script = "import ctypes, os, time\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]\n\
+                  r, wr = os.pipe()\n\
+                  child = os.fork()\n\
+                  if child == 0:\n    \
+                      v = [l.split()[0] for l in open('/proc/self/maps') if l.strip().endswith('[vdso]')][0]\n    \
+                      a, b = (int(x, 16) for x in v.split('-'))\n    \
+                      assert libc.munmap(a, b - a) == 0\n    \
+                      os.close(os.open('unmapped', os.O_CREAT | os.O_WRONLY))\n    \
+                      os.read(r, 1)\n    \
+                      os._exit(0)\n\
+                  while not os.path.exists('unmapped'):\n    time.sleep(0.01)\n\
+                  fds = [child]\n";
+    let (mut parent, child) = spawn_python(&w, script);
+    let pid = child[0];
+    wait_asleep(pid, None);
+    let out = dump(&w, pid, &img, false);
+    assert_ok(check_clean_failure(&format!("dump of pid {pid}"), &out));
+    assert!(
+        out.stderr
+            .contains(&format!("pid {pid} has unmapped its [vdso]")),
+        "the error should say the vdso is gone: {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote an inventory"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
+    parent.kill_and_reap();
+}
+
+#[test]
 fn dump_traced_process_is_refused() {
     let Some((_lock, w)) = start("dump_traced_process_is_refused") else {
         return;

@@ -134,7 +134,11 @@ fn collect(
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .ok_or_else(|| Error::Unsupported {
-            what: format!("pid {pid} has no [vdso] mapping"),
+            what: format!(
+                "pid {pid} has unmapped its [vdso]: the dump runs system calls inside a \
+                 process through the vdso's syscall instruction, and a restore without a \
+                 vdso is not supported yet"
+            ),
         })?;
 
     // State that the process itself must be asked for, with all signals blocked meanwhile.
