@@ -956,8 +956,7 @@ fn dump_of_a_process_without_vdso_is_refused() {
     };
     let img = w.mkdir("img");
     // A child unmaps its vdso and blocks in read() (no clock call, no buffered file: glibc
-    // would jump into the
-    // unmapped vdso); the "fds" of spawn_python carry its pid.
+    // would jump into the unmapped vdso); the "fds" of spawn_python carry its pid.
     let script = "import ctypes, os, time\n\
                   libc = ctypes.CDLL(None, use_errno=True)\n\
                   libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]\n\

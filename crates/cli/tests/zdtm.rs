@@ -902,6 +902,8 @@ zdtm_tests! {
     // strict mode in a thread and in a child.
     seccomp_filter;
     seccomp_strict;
+    // A program run from a memfd (fexecve): its exe link is the recreated memfd.
+    exe_memfd;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;

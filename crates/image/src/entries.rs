@@ -141,6 +141,10 @@ pub struct ProcessPrctl {
 pub struct TaskState {
     pub comm: String,
     pub exe_path: String,
+    /// When the executable is a memfd (a program started with execveat or fexecve from
+    /// one): the memfd's id (its inode number, `VmaKind::Memfd.memfd_id` of the mappings of
+    /// it, one of which must be in the record); else 0 (engine::task::attrs).
+    pub exe_memfd: u64,
     pub cwd: String,
     pub root: String,
     pub umask: u32,

@@ -24,6 +24,7 @@ pub fn sample_process() -> ProcessImage {
         task: TaskState {
             comm: "demo".into(),
             exe_path: "/bin/demo".into(),
+            exe_memfd: 0,
             cwd: "/tmp".into(),
             root: "/".into(),
             umask: 0o22,

@@ -71,6 +71,19 @@ pub fn validate_process(
         return bad("bad auxv length".into());
     }
     validate_seccomp(&p.seccomp, p.threads.len()).or_else(bad)?;
+    if p.task.exe_memfd != 0
+        && !p.vmas.iter().any(|v| {
+            v.kind
+                == (VmaKind::Memfd {
+                    memfd_id: p.task.exe_memfd,
+                })
+        })
+    {
+        return bad(format!(
+            "the executable is memfd {}, which no mapping maps",
+            p.task.exe_memfd
+        ));
+    }
     let mut prev_end = 0u64;
     for v in &p.vmas {
         let special = matches!(v.kind, VmaKind::Vsyscall);
@@ -506,6 +519,21 @@ mod tests {
         let mut p = sample_process();
         p.seccomp.threads.clear();
         validate(&p, 8192).unwrap();
+    }
+
+    #[test]
+    fn exe_memfd_must_be_mapped() {
+        let mut p = sample_process();
+        p.task.exe_memfd = 987654;
+        assert!(validate(&p, 8192).is_err(), "an exe memfd no mapping maps");
+        let mapped = p.vmas.iter().find_map(|v| match v.kind {
+            VmaKind::Memfd { memfd_id } => Some(memfd_id),
+            _ => None,
+        });
+        if let Some(id) = mapped {
+            p.task.exe_memfd = id;
+            validate(&p, 8192).unwrap();
+        }
     }
 
     #[test]

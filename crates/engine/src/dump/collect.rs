@@ -173,6 +173,22 @@ fn collect(
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
     let (mm, threads, signals, itimers, creds, task, mlock_future, prctl) = asked?;
+    if task.exe_memfd != 0
+        && !vmas.iter().any(|v| {
+            v.kind
+                == (VmaKind::Memfd {
+                    memfd_id: task.exe_memfd,
+                })
+        })
+    {
+        return Err(Error::Unsupported {
+            what: format!(
+                "pid {pid} runs a memfd executable ({}) of which it maps nothing: its contents \
+                 cannot be read",
+                task.exe_path
+            ),
+        });
+    }
     finished?;
     restored_mask?;
     let parent = parents.iter().find(|(p, _)| *p == stat.ppid).copied();
