@@ -950,6 +950,33 @@ fn dump_pipe_end_held_outside_is_refused() {
 /// as a debugger would) cannot be seized: the dump is refused, naming the process and its
 /// tracer, and both run on.
 #[test]
+fn dump_pidfd_of_a_reaped_process_is_refused() {
+    let script = "import os\n\
+                  child = os.fork()\n\
+                  if child == 0:\n    os._exit(0)\n\
+                  pfd = os.pidfd_open(child)\n\
+                  os.waitpid(child, 0)\n\
+                  fds = [pfd]\n";
+    check_refused_python(
+        "dump_pidfd_of_a_reaped_process_is_refused",
+        script,
+        &["pidfd", "reaped"],
+    );
+}
+
+#[test]
+fn dump_pidfd_of_a_process_outside_is_refused() {
+    let script = "import os\n\
+                  pfd = os.pidfd_open(1)\n\
+                  fds = [pfd]\n";
+    check_refused_python(
+        "dump_pidfd_of_a_process_outside_is_refused",
+        script,
+        &["pidfd", "pid 1 is outside the dumped tree"],
+    );
+}
+
+#[test]
 fn dump_of_a_process_without_vdso_is_refused() {
     let Some((_lock, w)) = start("dump_of_a_process_without_vdso_is_refused") else {
         return;

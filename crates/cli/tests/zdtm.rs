@@ -904,6 +904,8 @@ zdtm_tests! {
     seccomp_strict;
     // A program run from a memfd (fexecve): its exe link is the recreated memfd.
     exe_memfd;
+    // pidfds of the process itself, of a child, of a zombie child, and of the parent.
+    pidfd;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;

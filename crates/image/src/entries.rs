@@ -355,6 +355,8 @@ pub enum FileKind {
     ServiceSocket { reply: Vec<u8> },
     /// An eventfd (engine::files::eventfd): the counter's value and EFD_SEMAPHORE.
     EventFd { count: u64, semaphore: bool },
+    /// A pidfd of a process of the dumped tree (engine::files::pidfd): its pid.
+    Pidfd { pid: i32 },
     /// A timerfd (engine::files::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
     /// TFD_TIMER_CANCEL_ON_SET given to timerfd_settime. `remaining_ns` is the time to the next
     /// expiry when the process was frozen (0: disarmed, or expired and waiting to be read);

@@ -344,6 +344,13 @@ pub fn sample_process() -> ProcessImage {
                 },
                 owner: Default::default(),
             },
+            FileDesc {
+                id: 14,
+                flags: 0o4002,
+                pos: 0,
+                kind: FileKind::Pidfd { pid: 42 },
+                owner: Default::default(),
+            },
         ],
         fds: vec![
             FdEntry {
@@ -414,6 +421,11 @@ pub fn sample_process() -> ProcessImage {
             FdEntry {
                 fd: 15,
                 file_id: 13,
+                cloexec: true,
+            },
+            FdEntry {
+                fd: 24,
+                file_id: 14,
                 cloexec: true,
             },
         ],

@@ -53,6 +53,10 @@ pub(crate) fn collect_tree(
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
     }
+    // pidfds name processes: only those of the tree, in reach of the restore.
+    let images: Vec<&ProcessImage> = collected.iter().map(|c| &c.image).collect();
+    let zombies: Vec<(Pid, Pid)> = tree.zombies.iter().map(|z| (z.pid, z.ppid)).collect();
+    files::pidfd::check_tree(&images, &zombies)?;
     // Objects that span processes (pipes) are complete only once every process is seen.
     registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
     Ok(collected)
