@@ -906,6 +906,8 @@ zdtm_tests! {
     exe_memfd;
     // pidfds of the process itself, of a child, of a zombie child, and of the parent.
     pidfd;
+    // A process that unmapped its vdso and vvar.
+    vdso_unmapped;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;

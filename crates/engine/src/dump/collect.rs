@@ -7,7 +7,7 @@
 use super::freeze::{Frozen, FrozenTree};
 use super::ServiceConnection;
 use crate::files;
-use crate::inject::Injector;
+use crate::inject::{self, Injector};
 use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, seccomp, signals, stop, thread};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, VmaKind};
@@ -46,9 +46,7 @@ pub(crate) fn collect_tree(
         };
         let _process = tracing::info_span!("process", pid = frozen.pid).entered();
         let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
-        if let Some(v) = c.image.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
-            syscall_ips.push((frozen.pid, v.start + vdso_offset));
-        }
+        syscall_ips.push((frozen.pid, inject::syscall_ip(frozen.pid, vdso_offset)?));
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
@@ -134,19 +132,17 @@ fn collect(
     // Everything that can refuse the dump comes before any file is created.
     let vmas = pages::collect_vmas(pid)?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
-    let vdso = vmas
-        .iter()
-        .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| Error::Unsupported {
+    let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
+    if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {
+        return Err(Error::Unsupported {
             what: format!(
-                "pid {pid} has unmapped its [vdso]: the dump runs system calls inside a \
-                 process through the vdso's syscall instruction, and a restore without a \
-                 vdso is not supported yet"
+                "pid {pid} has unmapped its [vdso] but kept [vvar]: a restore can keep the \
+                 kernel's vvar only together with its vdso"
             ),
-        })?;
-
-    // State that the process itself must be asked for, with all signals blocked meanwhile.
-    let syscall_ip = vdso.start + vdso_offset;
+        });
+    }
+    // The vdso's syscall instruction, or another when the process unmapped its vdso.
+    let syscall_ip = inject::syscall_ip(pid, vdso_offset)?;
     let leader = frozen.threads[0];
     let mask =
         ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;

@@ -20,7 +20,7 @@ use crate::task::{
     attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, seccomp, signals, stop, thread,
 };
 use crate::{pages, procfs, Error};
-use stasis_image::{ThreadImage, VmaKind};
+use stasis_image::ThreadImage;
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -160,6 +160,8 @@ struct Rebuild<'p, 'a> {
     /// The leader's injector (taken by the last step, which lets it go).
     inj: Option<Injector>,
     scratch: u64,
+    /// Where the child's vdso and vvar are kept when the image has none (unmapped last).
+    temporary_specials: Option<(u64, u64)>,
     /// The other threads, once created, with their injectors.
     others: Vec<(Injector, &'a ThreadImage)>,
 }
@@ -183,6 +185,7 @@ pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<V
         vdso_offset,
         inj: Some(Injector::new(child, child_vdso.start + vdso_offset)?),
         scratch: 0,
+        temporary_specials: None,
         others: Vec::new(),
     };
     for &step in REBUILD_ORDER {
@@ -219,10 +222,16 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 thread::unregister_inherited_rseq(self.inj()?)?;
             }
             RebuildStep::MoveSpecials => {
-                pages::move_specials(self.inj()?, &image.vmas, vdso_offset)?;
+                self.temporary_specials = pages::move_specials(
+                    self.inj()?,
+                    &image.vmas,
+                    vdso_offset,
+                    inject::SCRATCH_LEN,
+                )?;
             }
             RebuildStep::UnmapInherited => {
-                pages::unmap_all_but_specials(self.inj()?, &image.vmas)?;
+                let keep = self.temporary_specials;
+                pages::unmap_all_but_specials(self.inj()?, &image.vmas, keep)?;
                 self.inj()?.forget_scratch();
                 let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
                 self.scratch = self.inj()?.map_scratch(Some(scratch))?;
@@ -322,8 +331,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                         .iter()
                         .map(|p| p.image)
                         .find(|p| p.pid == image.ppid)
-                        .and_then(|p| p.vmas.iter().find(|v| v.kind == VmaKind::Vdso))
-                        .map(|v| (image.ppid, v.start + vdso_offset));
+                        .map(|_| inject::syscall_ip(image.ppid, vdso_offset))
+                        .transpose()?
+                        .map(|ip| (image.ppid, ip));
                     stop::restore(child, &tids, js, &image.signals.actions, parent)?;
                 }
             }
@@ -348,6 +358,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     what: "the leader's injector is gone".into(),
                 })?;
                 inj.unmap_scratch()?;
+                if let Some(range) = self.temporary_specials {
+                    pages::unmap_temporary_specials(&mut inj, range)?;
+                }
                 thread::restore_final(&mut inj, &image.threads[0])?;
                 inj.finish()?;
             }
