@@ -950,6 +950,75 @@ fn dump_pipe_end_held_outside_is_refused() {
 /// as a debugger would) cannot be seized: the dump is refused, naming the process and its
 /// tracer, and both run on.
 #[test]
+fn dump_pidfd_of_a_reaped_process_is_refused() {
+    let script = "import os\n\
+                  child = os.fork()\n\
+                  if child == 0:\n    os._exit(0)\n\
+                  pfd = os.pidfd_open(child)\n\
+                  os.waitpid(child, 0)\n\
+                  fds = [pfd]\n";
+    check_refused_python(
+        "dump_pidfd_of_a_reaped_process_is_refused",
+        script,
+        &["pidfd", "reaped"],
+    );
+}
+
+#[test]
+fn dump_pidfd_of_a_process_outside_is_refused() {
+    let script = "import os\n\
+                  pfd = os.pidfd_open(1)\n\
+                  fds = [pfd]\n";
+    check_refused_python(
+        "dump_pidfd_of_a_process_outside_is_refused",
+        script,
+        &["pidfd", "pid 1 is outside the dumped tree"],
+    );
+}
+
+#[test]
+fn dump_of_a_process_without_vdso_but_with_vvar_is_refused() {
+    let Some((_lock, w)) = start("dump_of_a_process_without_vdso_but_with_vvar_is_refused") else {
+        return;
+    };
+    let img = w.mkdir("img");
+    // A child unmaps its vdso (not its vvar) and blocks in read() (no clock call, no buffered
+    // file: glibc would jump into the unmapped vdso); the "fds" of spawn_python carry its pid.
+    let script = "import ctypes, os, time\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]\n\
+                  r, wr = os.pipe()\n\
+                  child = os.fork()\n\
+                  if child == 0:\n    \
+                      v = [l.split()[0] for l in open('/proc/self/maps') if l.strip().endswith('[vdso]')][0]\n    \
+                      a, b = (int(x, 16) for x in v.split('-'))\n    \
+                      assert libc.munmap(a, b - a) == 0\n    \
+                      os.close(os.open('unmapped', os.O_CREAT | os.O_WRONLY))\n    \
+                      os.read(r, 1)\n    \
+                      os._exit(0)\n\
+                  while not os.path.exists('unmapped'):\n    time.sleep(0.01)\n\
+                  fds = [child]\n";
+    let (mut parent, child) = spawn_python(&w, script);
+    let pid = child[0];
+    wait_asleep(pid, None);
+    let out = dump(&w, pid, &img, false);
+    assert_ok(check_clean_failure(&format!("dump of pid {pid}"), &out));
+    assert!(
+        out.stderr.contains(&format!(
+            "pid {pid} has unmapped its [vdso] but kept [vvar]"
+        )),
+        "the error should say the vdso is gone and the vvar kept: {}",
+        out.describe()
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a failed dump wrote an inventory"
+    );
+    assert_ok(check_running(pid).map_err(|e| format!("after the refused dump: {e}")));
+    parent.kill_and_reap();
+}
+
+#[test]
 fn dump_traced_process_is_refused() {
     let Some((_lock, w)) = start("dump_traced_process_is_refused") else {
         return;

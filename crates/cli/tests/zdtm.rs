@@ -902,6 +902,16 @@ zdtm_tests! {
     mem_madvise;
     sched_prio;
     process_stopped;
+    // Seccomp: filters shared by threads (TSYNC), per thread (LOG) and inherited by a child;
+    // strict mode in a thread and in a child.
+    seccomp_filter;
+    seccomp_strict;
+    // A program run from a memfd (fexecve): its exe link is the recreated memfd.
+    exe_memfd;
+    // pidfds of the process itself, of a child, of a zombie child, and of the parent.
+    pidfd;
+    // A process that unmapped its vdso and vvar.
+    vdso_unmapped;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
     fifo;
     file_opath;

@@ -80,6 +80,8 @@ pub struct ProcessImage {
     /// to a description, and are taken again by the restored process itself, through `fd`
     /// (engine::files::locks).
     pub posix_locks: Vec<PosixLock>,
+    /// Seccomp filters and modes of the threads (engine::task::seccomp).
+    pub seccomp: ProcessSeccomp,
 }
 
 /// A POSIX record lock held by a process, taken through fd `fd` (engine::files::locks).
@@ -122,6 +124,37 @@ pub struct DescLock {
     pub pid: i32,
 }
 
+/// The seccomp state of a process (engine::task::seccomp): every distinct filter once, and
+/// for each thread its mode and its chain of filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSeccomp {
+    /// The distinct filters of the process's threads. A filter is the same for two threads
+    /// when its program, its flags and the filters before it are the same.
+    pub filters: Vec<SeccompFilter>,
+    /// One entry per thread, in the order of `ProcessImage.threads`; empty when no thread is
+    /// under seccomp.
+    pub threads: Vec<ThreadSeccomp>,
+}
+
+/// One seccomp filter: a classic BPF program (engine::task::seccomp).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The instructions, each a `struct sock_filter` (code u16, jt u8, jf u8, k u32) packed
+    /// little-endian into a u64; 1 to 4096 of them.
+    pub insns: Vec<u64>,
+    /// SECCOMP_FILTER_FLAG_LOG: the filter's non-allow actions are logged.
+    pub log: bool,
+}
+
+/// A thread's seccomp mode and filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSeccomp {
+    /// 0 disabled, 1 strict, 2 filter.
+    pub mode: u32,
+    /// Indices into `ProcessSeccomp.filters`, oldest first (empty unless mode 2).
+    pub chain: Vec<u32>,
+}
+
 /// A process in a job-control stop (state T in /proc/PID/stat) when it was dumped
 /// (engine::task::stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +195,10 @@ pub struct DeletedDir {
 pub struct TaskState {
     pub comm: String,
     pub exe_path: String,
+    /// When the executable is a memfd (a program started with execveat or fexecve from
+    /// one): the memfd's id (its inode number, `VmaKind::Memfd.memfd_id` of the mappings of
+    /// it, one of which must be in the record); else 0 (engine::task::attrs).
+    pub exe_memfd: u64,
     pub cwd: String,
     /// The cwd was removed: `cwd` is its path without " (deleted)", recreated empty at
     /// restore, entered and removed again.
@@ -404,6 +441,8 @@ pub enum FileKind {
     ServiceSocket { reply: Vec<u8> },
     /// An eventfd (engine::files::eventfd): the counter's value and EFD_SEMAPHORE.
     EventFd { count: u64, semaphore: bool },
+    /// A pidfd of a process of the dumped tree (engine::files::pidfd): its pid.
+    Pidfd { pid: i32 },
     /// A timerfd (engine::files::timerfd). `settime_flags` are the TFD_TIMER_ABSTIME and
     /// TFD_TIMER_CANCEL_ON_SET given to timerfd_settime. `remaining_ns` is the time to the next
     /// expiry when the process was frozen (0: disarmed, or expired and waiting to be read);

@@ -58,7 +58,9 @@ pub use frame::{
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
 pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
-pub use validate::{valid_absolute_path, validate_process, FileChecks, MAX_FDS, MAX_PATH};
+pub use validate::{
+    valid_absolute_path, validate_process, FileChecks, MAX_FDS, MAX_PATH, MAX_SECCOMP_FILTERS,
+};
 
 use std::path::PathBuf;
 

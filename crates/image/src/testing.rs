@@ -24,6 +24,7 @@ pub fn sample_process() -> ProcessImage {
         task: TaskState {
             comm: "demo".into(),
             exe_path: "/bin/demo".into(),
+            exe_memfd: 0,
             cwd: "/tmp".into(),
             cwd_deleted: None,
             root: "/".into(),
@@ -375,6 +376,14 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
                 locks: Vec::new(),
             },
+            FileDesc {
+                id: 14,
+                flags: 0o4002,
+                pos: 0,
+                kind: FileKind::Pidfd { pid: 42 },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
         ],
         fds: vec![
             FdEntry {
@@ -445,6 +454,11 @@ pub fn sample_process() -> ProcessImage {
             FdEntry {
                 fd: 15,
                 file_id: 13,
+                cloexec: true,
+            },
+            FdEntry {
+                fd: 24,
+                file_id: 14,
                 cloexec: true,
             },
         ],
@@ -543,5 +557,16 @@ pub fn sample_process() -> ProcessImage {
                 end: Some(99),
             },
         }],
+        seccomp: ProcessSeccomp {
+            filters: vec![SeccompFilter {
+                // ld [0]; ret ALLOW
+                insns: vec![0x0000_0000_0000_0020, 0x7fff_0000_0000_0006],
+                log: true,
+            }],
+            threads: vec![ThreadSeccomp {
+                mode: 2,
+                chain: vec![0],
+            }],
+        },
     }
 }

@@ -99,6 +99,20 @@ pub fn validate_process(
     if p.mm.auxv.len() > 1024 || !p.mm.auxv.len().is_multiple_of(2) {
         return bad("bad auxv length".into());
     }
+    validate_seccomp(&p.seccomp, p.threads.len()).or_else(bad)?;
+    if p.task.exe_memfd != 0
+        && !p.vmas.iter().any(|v| {
+            v.kind
+                == (VmaKind::Memfd {
+                    memfd_id: p.task.exe_memfd,
+                })
+        })
+    {
+        return bad(format!(
+            "the executable is memfd {}, which no mapping maps",
+            p.task.exe_memfd
+        ));
+    }
     let mut prev_end = 0u64;
     for v in &p.vmas {
         let special = matches!(v.kind, VmaKind::Vsyscall);
@@ -335,6 +349,42 @@ fn check_process_parts(p: &ProcessImage) -> Result<(), String> {
     Ok(())
 }
 
+/// The most seccomp filters a process record may hold (the kernel limits a chain to 32768
+/// instructions in all, each filter counting 4 more: at most 4096 one-instruction filters).
+pub const MAX_SECCOMP_FILTERS: usize = 4096;
+
+fn validate_seccomp(s: &crate::ProcessSeccomp, threads: usize) -> Result<(), String> {
+    if s.filters.len() > MAX_SECCOMP_FILTERS {
+        return Err(format!("{} seccomp filters", s.filters.len()));
+    }
+    if s.filters
+        .iter()
+        .any(|f| f.insns.is_empty() || f.insns.len() > 4096)
+    {
+        return Err("a seccomp filter with no or more than 4096 instructions".into());
+    }
+    if !s.threads.is_empty() && s.threads.len() != threads {
+        return Err(format!(
+            "seccomp state for {} threads, the process has {threads}",
+            s.threads.len()
+        ));
+    }
+    for t in &s.threads {
+        let bad_chain = match t.mode {
+            0 | 1 => !t.chain.is_empty(),
+            2 => t.chain.is_empty() || t.chain.len() > MAX_SECCOMP_FILTERS,
+            _ => true,
+        };
+        if bad_chain || t.chain.iter().any(|&i| i as usize >= s.filters.len()) {
+            return Err(format!(
+                "bad seccomp mode {} or filter chain {:?}",
+                t.mode, t.chain
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +557,49 @@ mod tests {
     }
 
     /// The kinds' checks run last, and their message names the record.
+    #[test]
+    fn rejects_bad_seccomp_state() {
+        let mut p = sample_process();
+        p.seccomp.threads[0].chain = vec![1];
+        assert!(validate(&p, 8192).is_err(), "chain past the filters");
+        let mut p = sample_process();
+        p.seccomp.threads[0].mode = 3;
+        assert!(validate(&p, 8192).is_err(), "unknown mode");
+        let mut p = sample_process();
+        p.seccomp.threads[0].mode = 1;
+        assert!(validate(&p, 8192).is_err(), "strict mode with filters");
+        let mut p = sample_process();
+        p.seccomp.threads[0].chain.clear();
+        assert!(validate(&p, 8192).is_err(), "filter mode without filters");
+        let mut p = sample_process();
+        p.seccomp.filters[0].insns.clear();
+        assert!(validate(&p, 8192).is_err(), "empty program");
+        let mut p = sample_process();
+        p.seccomp.filters[0].insns = vec![6; 4097];
+        assert!(validate(&p, 8192).is_err(), "program too long");
+        let mut p = sample_process();
+        p.seccomp.threads.push(crate::ThreadSeccomp::default());
+        assert!(validate(&p, 8192).is_err(), "more entries than threads");
+        let mut p = sample_process();
+        p.seccomp.threads.clear();
+        validate(&p, 8192).unwrap();
+    }
+
+    #[test]
+    fn exe_memfd_must_be_mapped() {
+        let mut p = sample_process();
+        p.task.exe_memfd = 987654;
+        assert!(validate(&p, 8192).is_err(), "an exe memfd no mapping maps");
+        let mapped = p.vmas.iter().find_map(|v| match v.kind {
+            VmaKind::Memfd { memfd_id } => Some(memfd_id),
+            _ => None,
+        });
+        if let Some(id) = mapped {
+            p.task.exe_memfd = id;
+            validate(&p, 8192).unwrap();
+        }
+    }
+
     #[test]
     fn runs_the_file_checks() {
         struct Refuse;

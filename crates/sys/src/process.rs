@@ -130,6 +130,16 @@ impl ForkedChild {
         set_status_flags(unsafe { crate::borrow_number(fd)? }, flags)
     }
 
+    /// pidfd_open(pid, PIDFD_NONBLOCK if `nonblock`): a new pidfd, close-on-exec, as a number
+    /// of the child's.
+    pub fn pidfd_open_raw(&self, pid: Pid, nonblock: bool) -> io::Result<RawFd> {
+        let flags = if nonblock { libc::O_NONBLOCK } else { 0 };
+        // SAFETY: no pointers; the new descriptor is a number the child's code owns (see the
+        // type).
+        let fd = crate::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
+        Ok(fd as RawFd)
+    }
+
     /// Closes `fd`.
     pub fn close_raw(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: as in `dup3_raw`.

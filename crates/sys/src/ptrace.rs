@@ -285,3 +285,75 @@ pub fn set_options(tid: Pid, options: u32) -> io::Result<()> {
     })
     .map(drop)
 }
+
+/// PTRACE_O_EXITKILL: the tracee is killed if the tracer exits.
+pub const OPT_EXITKILL: u32 = libc::PTRACE_O_EXITKILL as u32;
+
+/// PTRACE_O_SUSPEND_SECCOMP: the tracee's seccomp filters (and strict mode) do not apply while
+/// it is traced with this option (needs CAP_SYS_ADMIN and a tracer not under seccomp itself).
+/// Detaching clears it.
+pub const OPT_SUSPEND_SECCOMP: u32 = 1 << 21;
+
+/// `PTRACE_SECCOMP_GET_FILTER` (linux/ptrace.h).
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+/// `PTRACE_SECCOMP_GET_METADATA` (linux/ptrace.h).
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+/// The most instructions a classic BPF program may have (BPF_MAXINSNS).
+pub const SECCOMP_MAX_INSNS: usize = 4096;
+
+/// Reads the classic BPF program of a stopped tracee's seccomp filter number `index`, counted
+/// from the first installed (0) to the most recent (the kernel walks back from the newest). Each instruction is one
+/// `struct sock_filter` (code u16, jt u8, jf u8, k u32) packed little-endian into a u64.
+/// `ENOENT` past the oldest filter. Needs CAP_SYS_ADMIN.
+pub fn seccomp_get_filter(tid: Pid, index: u64) -> io::Result<Vec<u64>> {
+    // SAFETY: with a null data pointer the kernel only returns the instruction count.
+    let n = cvt(unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as usize,
+            std::ptr::null_mut::<u64>(),
+        )
+    })? as usize;
+    if n > SECCOMP_MAX_INSNS {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    let mut buf = vec![0u64; n];
+    // SAFETY: the buffer holds n instructions of 8 bytes, the count the kernel just gave for
+    // this filter (filters are immutable once installed, and the tracee is stopped).
+    let got = cvt(unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as usize,
+            buf.as_mut_ptr(),
+        )
+    })? as usize;
+    buf.truncate(got.min(n));
+    Ok(buf)
+}
+
+/// The flags of a stopped tracee's seccomp filter number `index` (as for
+/// [`seccomp_get_filter`]): the kernel reports `SECCOMP_FILTER_FLAG_LOG` only.
+pub fn seccomp_get_metadata(tid: Pid, index: u64) -> io::Result<u64> {
+    #[repr(C)]
+    struct Metadata {
+        filter_off: u64,
+        flags: u64,
+    }
+    let mut md = Metadata {
+        filter_off: index,
+        flags: 0,
+    };
+    // SAFETY: addr is the size of the structure and data points to it; the kernel reads
+    // filter_off and writes the structure.
+    cvt(unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_METADATA,
+            tid,
+            std::mem::size_of::<Metadata>(),
+            &mut md as *mut Metadata,
+        )
+    })?;
+    Ok(md.flags)
+}

@@ -7,8 +7,8 @@
 use super::freeze::{Frozen, FrozenTree};
 use super::ServiceConnection;
 use crate::files;
-use crate::inject::Injector;
-use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, signals, stop, thread};
+use crate::inject::{self, Injector};
+use crate::task::{attrs, creds, itimers, mm, posix_timers, prctl, seccomp, signals, stop, thread};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::{process, ptrace, Pid};
@@ -46,13 +46,15 @@ pub(crate) fn collect_tree(
         };
         let _process = tracing::info_span!("process", pid = frozen.pid).entered();
         let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
-        if let Some(v) = c.image.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
-            syscall_ips.push((frozen.pid, v.start + vdso_offset));
-        }
+        syscall_ips.push((frozen.pid, inject::syscall_ip(frozen.pid, vdso_offset)?));
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
     }
+    // pidfds name processes: only those of the tree, in reach of the restore.
+    let images: Vec<&ProcessImage> = collected.iter().map(|c| &c.image).collect();
+    let zombies: Vec<(Pid, Pid)> = tree.zombies.iter().map(|z| (z.pid, z.ppid)).collect();
+    files::pidfd::check_tree(&images, &zombies)?;
     // Objects that span processes (pipes) are complete only once every process is seen.
     registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
     Ok(collected)
@@ -125,23 +127,22 @@ fn collect(
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
     let status = procfs::read_status(pid)?;
-    if status.seccomp == 2 {
-        return Err(Error::Unsupported {
-            what: format!("pid {pid} uses seccomp filters"),
-        });
-    }
+    // Before anything is injected: suspends the filters of threads under seccomp.
+    let seccomp = seccomp::dump(pid, &frozen.threads)?;
     // Everything that can refuse the dump comes before any file is created.
     let vmas = pages::collect_vmas(pid)?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
-    let vdso = vmas
-        .iter()
-        .find(|v| v.kind == VmaKind::Vdso)
-        .ok_or_else(|| Error::Unsupported {
-            what: format!("pid {pid} has no [vdso] mapping"),
-        })?;
-
-    // State that the process itself must be asked for, with all signals blocked meanwhile.
-    let syscall_ip = vdso.start + vdso_offset;
+    let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
+    if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "pid {pid} has unmapped its [vdso] but kept [vvar]: a restore can keep the \
+                 kernel's vvar only together with its vdso"
+            ),
+        });
+    }
+    // The vdso's syscall instruction, or another when the process unmapped its vdso.
+    let syscall_ip = inject::syscall_ip(pid, vdso_offset)?;
     let leader = frozen.threads[0];
     let mask =
         ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
@@ -172,6 +173,22 @@ fn collect(
     let restored_mask =
         ptrace::set_sigmask(leader, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
     let (mm, threads, signals, itimers, creds, task, mlock_future, prctl) = asked?;
+    if task.exe_memfd != 0
+        && !vmas.iter().any(|v| {
+            v.kind
+                == (VmaKind::Memfd {
+                    memfd_id: task.exe_memfd,
+                })
+        })
+    {
+        return Err(Error::Unsupported {
+            what: format!(
+                "pid {pid} runs a memfd executable ({}) of which it maps nothing: its contents \
+                 cannot be read",
+                task.exe_path
+            ),
+        });
+    }
     finished?;
     restored_mask?;
     let parent = parents.iter().find(|(p, _)| *p == stat.ppid).copied();
@@ -202,6 +219,7 @@ fn collect(
         prctl,
         mlock_future,
         posix_locks: dumped_files.posix_locks,
+        seccomp,
     };
     Ok(Collected {
         image,

@@ -318,13 +318,8 @@ fn reap_in(tid: Pid, vdso_offset: u64, reap: &mut Vec<(Pid, Pid)>) -> Result<(),
     if mine.is_empty() {
         return Ok(());
     }
-    let vdso = procfs::read_smaps(tid)?
-        .into_iter()
-        .find(|m| m.name == "[vdso]")
-        .ok_or_else(|| Error::Unsupported {
-            what: format!("pid {tid} has no [vdso]"),
-        })?;
-    let mut inj = crate::inject::Injector::new(tid, vdso.start + vdso_offset)?;
+    let ip = crate::inject::syscall_ip(tid, vdso_offset)?;
+    let mut inj = crate::inject::Injector::new(tid, ip)?;
     for &child in &mine {
         match inj.wait4(child, libc::__WALL) {
             Ok(_) => tracing::debug!("pid {child} reaped by its parent {tid}"),

@@ -19,8 +19,12 @@
 //! MFD_ALLOW_SEALING reports just F_SEAL_SEAL, which is added back: the result cannot be told
 //! apart. Every description is then a reopen of the memfd through /proc/self/fd with its own
 //! flags (status flags and offset are then set by [`super::open_all`]); mappings get a
-//! read-write reopen ([`open_for_mapping`]) that the restore passes to the child like a mapped
-//! file.
+//! reopen ([`open_for_mapping`]: read-write for shared mappings, else read-only) that the
+//! restore passes to the child like a mapped file. A program run from a memfd (execveat,
+//! fexecve) has it as its exe link (`TaskState.exe_memfd`, one of its mapped memfds): the
+//! restore makes a read-only reopen of it the exe link, which the kernel accepts only while
+//! no description of the memfd is open for writing (the restorer's copy of a memfd that is
+//! only mapped is read-only for that reason).
 
 use super::{blob, Class, FileOps, OpenContext, OpenedFiles, Probe, ProcessFiles};
 use crate::procfs::{self, MapEntry};
@@ -102,7 +106,11 @@ impl FileOps for Memfds {
                 continue;
             }
             let (kind, handle) = m.describe(pid)?;
-            let flags = (libc::O_RDWR | libc::O_LARGEFILE) as u32;
+            // Read-only: the restorer's copy of a memfd mapped without an fd must not count
+            // as a writer (the kernel refuses a file open for writing as an exe link, which a
+            // program run from a memfd needs); a shared mapping gets its own read-write
+            // descriptor (`open_for_mapping`).
+            let flags = (libc::O_RDONLY | libc::O_LARGEFILE) as u32;
             let id = out.add_without_fd(flags, 0, kind.clone());
             out.add_blob(id, &handle)?;
             let desc = FileDesc {
@@ -445,16 +453,23 @@ fn create(images: &ImageDir, f: &FileDesc) -> Result<OwnedFd, Error> {
     Ok(file.into())
 }
 
-/// A read-write description of the restored memfd `memfd_id`, for mapping it into the new
-/// process; `opened` are the descriptions [`super::open_all`] opened.
-pub fn open_for_mapping(opened: &OpenedFiles, memfd_id: u64) -> Result<OwnedFd, Error> {
+/// A description of the restored memfd `memfd_id`, for mapping it into the new process or
+/// making it the exe link: read-write when `write` (a shared mapping, which the process may
+/// make writable), else read-only (a file open for writing cannot be an exe link); `opened`
+/// are the descriptions [`super::open_all`] opened.
+pub fn open_for_mapping(
+    opened: &OpenedFiles,
+    memfd_id: u64,
+    write: bool,
+) -> Result<OwnedFd, Error> {
     let fd = opened
         .descriptions()
         .iter()
         .filter(|f| memfd_id_of(&f.kind) == Some(memfd_id))
         .find_map(|f| opened.get(f.id))
         .ok_or_else(|| Error::Invalid(format!("no restored memfd {memfd_id} to map")))?;
-    reopen(fd, libc::O_RDWR).map_err(|e| Error::io(format!("reopen memfd {memfd_id}"), e))
+    let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+    reopen(fd, mode).map_err(|e| Error::io(format!("reopen memfd {memfd_id}"), e))
 }
 
 #[cfg(test)]

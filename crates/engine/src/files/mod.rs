@@ -94,6 +94,7 @@ pub mod inotify;
 pub mod locks;
 pub mod memfd;
 pub mod opath;
+pub mod pidfd;
 pub mod pipe;
 pub mod regular;
 pub mod service;
@@ -111,6 +112,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<pipe::Pipes>::default(),
         Box::<fifo::Fifos>::default(),
         Box::<eventfd::EventFds>::default(),
+        Box::<pidfd::Pidfds>::default(),
         Box::<timerfd::TimerFds>::default(),
         Box::<signalfd::SignalFds>::default(),
         Box::<epoll::Epolls>::default(),
@@ -208,6 +210,19 @@ pub trait FileOps {
     /// Whether the dumped file position of this kind is restored (lseek).
     fn has_position(&self) -> bool {
         false
+    }
+
+    /// Restore, in the child once its fd table is laid out, before any
+    /// [`FileOps::after_layout_in_child`]: replace the description the restorer opened, at
+    /// every one of its fds (`fds`), with one only the child can open (a pidfd of a process
+    /// that did not exist when the restorer opened the files).
+    fn replace_in_child(
+        &self,
+        _child: &ForkedChild,
+        _desc: &FileDesc,
+        _fds: &[&FdEntry],
+    ) -> Result<(), String> {
+        Ok(())
     }
 
     /// Restore, in the child of process `pid` once its fd table is laid out: the work that
@@ -1144,6 +1159,14 @@ pub fn after_layout_in_child(
     }
     for kind in kinds() {
         for f in files.iter().filter(|f| kind.owns(&f.kind)) {
+            let fds: Vec<&FdEntry> = table.iter().filter(|e| e.file_id == f.id).collect();
+            if !fds.is_empty() {
+                kind.replace_in_child(child, f, &fds)?;
+            }
+        }
+    }
+    for kind in kinds() {
+        for f in files.iter().filter(|f| kind.owns(&f.kind)) {
             // A description without fds has nothing to set up by number.
             if let Some(e) = table.iter().find(|e| e.file_id == f.id) {
                 kind.after_layout_in_child(child, pid, f, e.fd)?;
@@ -1181,10 +1204,11 @@ mod tests {
                 FileKind::Inotify { .. } => 11,
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
+                FileKind::Pidfd { .. } => 14,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 14, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 15, "the sample record lacks a kind of file");
         kinds
     }
 

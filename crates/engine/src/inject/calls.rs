@@ -900,6 +900,39 @@ impl Injector {
         Ok(())
     }
 
+    // --- Seccomp ------------------------------------------------------------------------------
+
+    /// seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog) with the classic BPF program `insns`
+    /// (each a packed `struct sock_filter`). Returns the kernel's answer: with
+    /// SECCOMP_FILTER_FLAG_TSYNC a positive value is the id of a thread that could not be
+    /// synchronized; `Ok(Err(_))` when the kernel refuses.
+    pub fn seccomp_set_filter(
+        &mut self,
+        flags: u32,
+        insns: &[u64],
+    ) -> Result<Result<u64, Errno>, Error> {
+        let mut f = self.frame();
+        let prog = f.push_slice(insns)?;
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+        let fprog = f.push(&[prog.len() as u64, prog.addr()])?;
+        f.try_call(
+            "seccomp(SECCOMP_SET_MODE_FILTER)",
+            libc::SYS_seccomp,
+            [1, flags.into(), fprog.addr(), 0, 0, 0],
+        )
+    }
+
+    /// seccomp(SECCOMP_SET_MODE_STRICT, 0, NULL): from then on only read, write, _exit and
+    /// sigreturn.
+    pub fn seccomp_set_strict(&mut self) -> Result<(), Error> {
+        self.call(
+            "seccomp(SECCOMP_SET_MODE_STRICT)",
+            libc::SYS_seccomp,
+            [0, 0, 0, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
     // --- Memory and descriptors --------------------------------------------------------------
 
     /// mmap(addr, len, prot, flags, fd, offset); returns the address.

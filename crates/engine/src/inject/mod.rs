@@ -450,6 +450,41 @@ impl Drop for Injector {
 /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
 const PTRACE_EVENT_STOP: i32 = 128;
 
+/// The address of a `syscall` instruction in process `pid`: the one in its `[vdso]`, or, when
+/// the process unmapped its vdso, the first bytes 0f 05 of one of its readable executable
+/// mappings (libc has many; executing them from there runs a `syscall` whatever instruction
+/// they are part of).
+pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
+    let maps = crate::procfs::read_smaps(pid)?;
+    if let Some(v) = maps.iter().find(|m| m.name == "[vdso]") {
+        return Ok(v.start + vdso_offset);
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for m in maps
+        .iter()
+        .filter(|m| m.exec && m.read && m.name != "[vsyscall]")
+    {
+        let mut at = m.start;
+        while at < m.end {
+            let len = (m.end - at).min(buf.len() as u64) as usize;
+            if proc_mem::read_exact(pid, at, &mut buf[..len]).is_err() {
+                break;
+            }
+            if let Some(p) = buf[..len].windows(2).position(|w| w == [0x0f, 0x05]) {
+                return Ok(at + p as u64);
+            }
+            // One byte back, so that an instruction across two chunks is found.
+            at += (len as u64).saturating_sub(1).max(1);
+        }
+    }
+    Err(Error::Unsupported {
+        what: format!(
+            "pid {pid} has unmapped its [vdso] and has no syscall instruction in a readable \
+             executable mapping: stasis cannot run system calls in it"
+        ),
+    })
+}
+
 /// Finds the offset of a `syscall` instruction (0f 05) inside the vdso. The vdso image is the
 /// same in every process on this kernel, so our own copy is searched once.
 pub fn vdso_syscall_offset() -> Result<u64, Error> {

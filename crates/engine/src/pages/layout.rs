@@ -137,18 +137,54 @@ pub fn plan_special_moves(child: &[Special], image: &[Special]) -> Result<Vec<Sp
 /// dumped process (via a temporary place when the two layouts overlap), updating the
 /// injector's syscall address as the vdso moves. `vdso_offset` is the syscall instruction's
 /// offset in the vdso.
-pub fn move_specials(inj: &mut Injector, image: &[Vma], vdso_offset: u64) -> Result<(), Error> {
-    let child: Vec<Special> = procfs::read_smaps(inj.tid())?
-        .into_iter()
-        .map(|m| (m.start, m.end, m.name))
-        .collect();
-    for m in plan_special_moves(&child, &image_specials(image))? {
+///
+/// A process that had unmapped its vdso (and its vvar) has none in the image: the child's
+/// are then kept for the restore's own calls in a free place of the dumped layout, just above
+/// room for the scratch area (`scratch_len`), and that place is returned, to be unmapped last
+/// ([`unmap_temporary_specials`]).
+pub fn move_specials(
+    inj: &mut Injector,
+    image: &[Vma],
+    vdso_offset: u64,
+    scratch_len: u64,
+) -> Result<Option<(u64, u64)>, Error> {
+    let child: Vec<Special> = specials(
+        procfs::read_smaps(inj.tid())?
+            .into_iter()
+            .map(|m| (m.start, m.end, m.name)),
+    );
+    let mut target = image_specials(image);
+    let mut temporary = None;
+    if !target.iter().any(|(_, _, n)| n == "[vdso]") {
+        if !target.is_empty() || child.is_empty() {
+            return Err(Error::Unsupported {
+                what: "the image keeps [vvar] without [vdso] (a process that unmapped its vdso \
+                       only): not supported"
+                    .into(),
+            });
+        }
+        let (lo, hi) = (child[0].0, child[child.len() - 1].1);
+        let at = free_scratch_address(image, scratch_len + (hi - lo))? + scratch_len;
+        target = child
+            .iter()
+            .map(|(a, b, n)| (a - lo + at, b - lo + at, n.clone()))
+            .collect();
+        temporary = Some((at, at + (hi - lo)));
+    }
+    for m in plan_special_moves(&child, &target)? {
         inj.mremap_fixed(m.from, m.len, m.to)?;
         if m.vdso {
             inj.set_syscall_ip(m.to + vdso_offset);
         }
     }
-    Ok(())
+    Ok(temporary)
+}
+
+/// Unmaps the vdso and vvar kept for a process that had none ([`move_specials`]): the last
+/// call of the restore in it, run by the vdso's own syscall instruction (the thread stops
+/// right after it, before fetching from the unmapped page).
+pub fn unmap_temporary_specials(inj: &mut Injector, range: (u64, u64)) -> Result<(), Error> {
+    inj.munmap(range.0, range.1 - range.0)
 }
 
 /// The ranges (start, length) to unmap so that only the image's special mappings remain of
@@ -170,10 +206,26 @@ pub fn unmap_ranges(image: &[Vma]) -> Vec<(u64, u64)> {
     ranges
 }
 
-/// Unmaps everything in the child except the special mappings of the image's layout.
-pub fn unmap_all_but_specials(inj: &mut Injector, image: &[Vma]) -> Result<(), Error> {
+/// Unmaps everything in the child except the special mappings of the image's layout (and the
+/// temporary place of the child's own, `keep`, for an image without them).
+pub fn unmap_all_but_specials(
+    inj: &mut Injector,
+    image: &[Vma],
+    keep: Option<(u64, u64)>,
+) -> Result<(), Error> {
     for (start, len) in unmap_ranges(image) {
-        inj.munmap(start, len)?;
+        let end = start + len;
+        match keep {
+            Some((a, b)) if a < end && start < b => {
+                if a > start {
+                    inj.munmap(start, a - start)?;
+                }
+                if end > b {
+                    inj.munmap(b, end - b)?;
+                }
+            }
+            _ => inj.munmap(start, len)?,
+        }
     }
     Ok(())
 }

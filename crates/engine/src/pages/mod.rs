@@ -51,7 +51,7 @@ pub use self::dump::dump_pages;
 pub use self::fill::{fill_pages, PageFill};
 pub use self::layout::{
     finish_protections, free_scratch_address, map_vmas, move_specials, unmap_all_but_specials,
-    ShmemOwners,
+    unmap_temporary_specials, ShmemOwners,
 };
 pub use self::sink::PageSink;
 pub use self::source::PageSource;

@@ -90,17 +90,31 @@ impl<'a> Plan<'a> {
                 }
                 if let VmaKind::Memfd { memfd_id } = &vma.kind {
                     map_aux.insert(v, aux.len());
-                    aux.push(memfd::open_for_mapping(&descriptions, *memfd_id)?);
+                    aux.push(memfd::open_for_mapping(
+                        &descriptions,
+                        *memfd_id,
+                        vma.shared,
+                    )?);
                 }
                 if let VmaKind::Deleted { dev, ino } = &vma.kind {
                     map_aux.insert(v, aux.len());
                     aux.push(files::deleted::open_for_mapping(&descriptions, *dev, *ino)?);
                 }
             }
-            let exe = File::open(&image.task.exe_path)
-                .map_err(|e| Error::io(format!("open executable {}", image.task.exe_path), e))?;
             let exe_aux = aux.len();
-            aux.push(exe.into());
+            if image.task.exe_memfd != 0 {
+                // A program run from a memfd: its exe link is the recreated memfd.
+                aux.push(memfd::open_for_mapping(
+                    &descriptions,
+                    image.task.exe_memfd,
+                    false,
+                )?);
+            } else {
+                let exe = File::open(&image.task.exe_path).map_err(|e| {
+                    Error::io(format!("open executable {}", image.task.exe_path), e)
+                })?;
+                aux.push(exe.into());
+            }
             processes.push(PlannedProcess {
                 image,
                 pages,

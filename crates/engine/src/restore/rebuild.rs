@@ -10,16 +10,19 @@
 //! - POSIX locks are taken after the restore fds are closed (closing any fd of a file drops
 //!   the process's POSIX locks on it);
 //! - credentials come last of everything that needs privilege;
+//! - seccomp filters are installed after every other step that injects calls (they may
+//!   forbid them); only the munmap of the scratch area follows, exempted from them by
+//!   `PTRACE_O_SUSPEND_SECCOMP` when the restorer may (see [`crate::task::seccomp`]);
 //! - no system call runs in a thread after its final registers are set (a pending signal
 //!   would be delivered at the wrong place).
 
 use super::plan::{Plan, PlannedProcess};
 use crate::inject::{self, Injector};
 use crate::task::{
-    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, signals, stop, thread,
+    attrs, creds, itimers, loginuid, mm, posix_timers, prctl, sched, seccomp, signals, stop, thread,
 };
 use crate::{files, pages, procfs, Error};
-use stasis_image::{DescLock, DescLockKind, PosixLock, ProcessImage, ThreadImage, VmaKind};
+use stasis_image::{DescLock, DescLockKind, PosixLock, ProcessImage, ThreadImage};
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -85,6 +88,11 @@ pub enum RebuildStep {
     /// blockable signal must still be blocked while the stop starts). Detaching at the end of
     /// the restore puts every thread back into the stop without a new report to the parent.
     JobStop,
+    /// Seccomp strict mode and filters of every thread: the last step that injects calls
+    /// (a filter may forbid any of them), after the job-control stop, whose start may inject
+    /// a signal; the scratch area's munmap in the final step is exempted from the filters
+    /// with `PTRACE_O_SUSPEND_SECCOMP` when the restorer holds CAP_SYS_ADMIN.
+    Seccomp,
     /// Scheduling policy, priority, nice value and affinity of every thread, set from outside:
     /// late, so that the restore runs at the restorer's priority (a SCHED_IDLE thread would
     /// make each injected call wait for an idle CPU).
@@ -116,6 +124,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::Credentials,
     RebuildStep::Prctl,
     RebuildStep::JobStop,
+    RebuildStep::Seccomp,
     RebuildStep::Scheduling,
     RebuildStep::FinalRegisters,
 ];
@@ -144,6 +153,7 @@ impl RebuildStep {
             RebuildStep::Credentials => "credentials",
             RebuildStep::Prctl => "prctl",
             RebuildStep::JobStop => "job-control stop",
+            RebuildStep::Seccomp => "seccomp",
             RebuildStep::Scheduling => "scheduling",
             RebuildStep::FinalRegisters => "final registers",
         }
@@ -159,6 +169,8 @@ struct Rebuild<'p, 'a> {
     /// The leader's injector (taken by the last step, which lets it go).
     inj: Option<Injector>,
     scratch: u64,
+    /// Where the child's vdso and vvar are kept when the image has none (unmapped last).
+    temporary_specials: Option<(u64, u64)>,
     /// The other threads, once created, with their injectors.
     others: Vec<(Injector, &'a ThreadImage)>,
 }
@@ -182,6 +194,7 @@ pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<V
         vdso_offset,
         inj: Some(Injector::new(child, child_vdso.start + vdso_offset)?),
         scratch: 0,
+        temporary_specials: None,
         others: Vec::new(),
     };
     for &step in REBUILD_ORDER {
@@ -218,10 +231,16 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 thread::unregister_inherited_rseq(self.inj()?)?;
             }
             RebuildStep::MoveSpecials => {
-                pages::move_specials(self.inj()?, &image.vmas, vdso_offset)?;
+                self.temporary_specials = pages::move_specials(
+                    self.inj()?,
+                    &image.vmas,
+                    vdso_offset,
+                    inject::SCRATCH_LEN,
+                )?;
             }
             RebuildStep::UnmapInherited => {
-                pages::unmap_all_but_specials(self.inj()?, &image.vmas)?;
+                let keep = self.temporary_specials;
+                pages::unmap_all_but_specials(self.inj()?, &image.vmas, keep)?;
                 self.inj()?.forget_scratch();
                 let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
                 self.scratch = self.inj()?.map_scratch(Some(scratch))?;
@@ -335,10 +354,17 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                         .iter()
                         .map(|p| p.image)
                         .find(|p| p.pid == image.ppid)
-                        .and_then(|p| p.vmas.iter().find(|v| v.kind == VmaKind::Vdso))
-                        .map(|v| (image.ppid, v.start + vdso_offset));
+                        .map(|_| inject::syscall_ip(image.ppid, vdso_offset))
+                        .transpose()?
+                        .map(|ip| (image.ppid, ip));
                     stop::restore(child, &tids, js, &image.signals.actions, parent)?;
                 }
+            }
+            RebuildStep::Seccomp => {
+                let leader = self.inj.as_mut().ok_or_else(|| Error::Internal {
+                    what: "a rebuild step after the final registers".into(),
+                })?;
+                seccomp::restore(&image.seccomp, leader, &mut self.others)?;
             }
             RebuildStep::Scheduling => {
                 for t in &image.threads {
@@ -355,6 +381,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     what: "the leader's injector is gone".into(),
                 })?;
                 inj.unmap_scratch()?;
+                if let Some(range) = self.temporary_specials {
+                    pages::unmap_temporary_specials(&mut inj, range)?;
+                }
                 thread::restore_final(&mut inj, &image.threads[0])?;
                 inj.finish()?;
             }
@@ -460,10 +489,21 @@ mod tests {
         assert_eq!(pos(S::Scheduling) + 1, pos(S::FinalRegisters));
         // The stop starts once nothing but the final registers is left to do.
         for s in REBUILD_ORDER {
-            if !matches!(s, S::JobStop | S::Scheduling | S::FinalRegisters) {
+            if !matches!(
+                s,
+                S::JobStop | S::Seccomp | S::Scheduling | S::FinalRegisters
+            ) {
                 assert!(pos(*s) < pos(S::JobStop), "{s:?} after the stop");
             }
         }
         assert_eq!(REBUILD_ORDER.first(), Some(&S::Prepare));
+    }
+
+    #[test]
+    fn seccomp_after_every_injected_call() {
+        // Scheduling is set from outside; only the final registers follow.
+        assert_eq!(pos(S::Seccomp) + 2, pos(S::FinalRegisters));
+        assert_eq!(pos(S::Seccomp) + 1, pos(S::Scheduling));
+        assert!(pos(S::JobStop) < pos(S::Seccomp));
     }
 }

@@ -45,9 +45,11 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
             cwd = path.to_string();
         }
     }
+    let exe_path = procfs::link(pid, "exe")?;
     Ok(TaskState {
         comm: procfs::comm(pid, pid)?,
-        exe_path: procfs::link(pid, "exe")?,
+        exe_memfd: exe_memfd(pid, &exe_path)?,
+        exe_path,
         cwd,
         cwd_deleted,
         root: procfs::link(pid, "root")?,
@@ -60,6 +62,18 @@ pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<Tas
         oom_score_adj: super::oom::dump(pid)?,
         loginuid: super::loginuid::dump(pid)?,
     })
+}
+
+/// The memfd id (inode number) of the executable when it is a memfd (execveat or fexecve
+/// of one), else 0. Its contents are stored with the memfd's mappings (`files::memfd`), and
+/// the restore makes the recreated memfd the exe link.
+fn exe_memfd(pid: Pid, exe_path: &str) -> Result<u64, Error> {
+    if !crate::files::memfd::is_memfd_name(exe_path) {
+        return Ok(0);
+    }
+    let path = format!("/proc/{pid}/exe");
+    let meta = std::fs::metadata(&path).map_err(|e| Error::io(format!("stat {path}"), e))?;
+    Ok(meta.ino())
 }
 
 /// Runs in the new process before it stops for the restorer. Returns a message on failure

@@ -18,6 +18,7 @@
 //! | [`oom`]          | oom_score_adj                                                      |
 //! | [`loginuid`]     | the audit login uid                                                |
 //! | [`stop`]         | job-control stop (SIGSTOP, SIGTSTP, ...) and the parent's stop report |
+//! | [`seccomp`]      | seccomp strict mode and filters, per thread (shared chains once)  |
 
 pub mod attrs;
 pub mod creds;
@@ -28,6 +29,7 @@ pub mod oom;
 pub mod posix_timers;
 pub mod prctl;
 pub mod sched;
+pub mod seccomp;
 pub mod signals;
 pub mod stop;
 pub mod thread;
