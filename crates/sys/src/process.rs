@@ -583,6 +583,27 @@ pub fn prctl_int(option: i32, arg2: u64, arg3: u64) -> io::Result<i32> {
     cvt_int(unsafe { libc::prctl(option, arg2, arg3, 0u64, 0u64) })
 }
 
+/// Whether the calling process is a child subreaper (PR_GET_CHILD_SUBREAPER).
+pub fn is_child_subreaper() -> io::Result<bool> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which points to `v`.
+    cvt_int(unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut v as *mut libc::c_int,
+            0u64,
+            0u64,
+            0u64,
+        )
+    })?;
+    Ok(v != 0)
+}
+
+/// Makes the calling process a child subreaper, or not (PR_SET_CHILD_SUBREAPER).
+pub fn set_child_subreaper(on: bool) -> io::Result<()> {
+    prctl_int(libc::PR_SET_CHILD_SUBREAPER, u64::from(on), 0).map(drop)
+}
+
 /// Sets the calling thread's name (comm), at most 15 bytes (up to the first NUL, if any).
 pub fn set_thread_name(name: &[u8]) -> io::Result<()> {
     let mut buf = [0u8; 16];

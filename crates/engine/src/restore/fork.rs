@@ -120,6 +120,26 @@ impl Created {
     }
 }
 
+/// After a failed restore: reaps the processes of the tree that were orphaned and came back to
+/// the restorer (a subreaper meanwhile), waiting a little for those still dying.
+pub(crate) fn reap_orphans(plan: &Plan<'_>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for p in &plan.processes {
+        let pid = p.image.pid;
+        loop {
+            match ptrace::waitpid_nohang(pid) {
+                Ok(Some(ptrace::WaitStatus::Exited(_)))
+                | Ok(Some(ptrace::WaitStatus::Signaled(_))) => break,
+                Ok(Some(_)) => continue,
+                // Not our child (another process's, or gone): nothing to reap here.
+                Err(_) => break,
+                Ok(None) if std::time::Instant::now() > deadline => break,
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+    }
+}
+
 /// Forks the root of the tree (which forks the rest). Returns in the restorer only, with the
 /// root pinned in `created`.
 pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Error> {
@@ -234,7 +254,14 @@ pub(crate) fn seize_tree(
         // for the root, the restorer or its parent): a process that took the pid meanwhile is
         // never seized, nor killed by the clean-up.
         if i > 0 {
-            created.adopt(pid, p.image.ppid)?;
+            if let Err(e) = created.adopt(pid, p.image.ppid) {
+                // Its parent failed (and died) meanwhile: that failure is the one to report.
+                return Err(if reports.has_report() {
+                    reports.error(pid, "its parent failed".into())
+                } else {
+                    e
+                });
+            }
         }
         ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
         std::io::Write::write_all(

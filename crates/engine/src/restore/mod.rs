@@ -31,6 +31,7 @@ pub use requester::Requester;
 
 use crate::{inject, Error};
 use stasis_image::ImageDir;
+use stasis_sys::process;
 use stasis_sys::{ptrace, Pid};
 
 /// The phases of a restore, in order.
@@ -147,6 +148,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(phase);
 
     let phase = Phase::ForkTree.span();
+    // Restore children orphaned by a failure (their parent in the tree died before they were
+    // known to the restorer, and they die with it) come back to the restorer, which reaps
+    // them, instead of staying zombies of an init that may not reap. As it was afterwards.
+    let was_subreaper = process::is_child_subreaper().unwrap_or(true);
+    if !was_subreaper {
+        let _ = process::set_child_subreaper(true);
+    }
     let mut created = fork::Created::default();
     let forked = fork::fork_root(&plan, &mut created);
     // The children hold the restore descriptors now; ours would keep the error pipe open.
@@ -181,9 +189,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         if !plan.root_as_sibling {
             let _ = ptrace::waitpid(root, 0);
         }
+        if !was_subreaper {
+            fork::reap_orphans(&plan);
+            let _ = process::set_child_subreaper(false);
+        }
         return Err(e);
     }
     drop(plan);
+    if !was_subreaper {
+        let _ = process::set_child_subreaper(false);
+    }
     Ok(Restored { pid: root })
 }
 
