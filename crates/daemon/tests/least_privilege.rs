@@ -20,6 +20,13 @@
 #![allow(clippy::unwrap_used)]
 
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
+use stasis_test_infra::build::c_program;
+use stasis_test_infra::log::tail;
+use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
+use stasis_test_infra::procfs::status_field;
+use stasis_test_infra::user::{at_exit, test_user};
+use stasis_test_infra::wait::wait_until;
+use stasis_test_infra::{in_ci, repo_root, require_root};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -30,9 +37,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const POLL: Duration = Duration::from_millis(5);
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,23 +46,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Environment.
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Returns from the test (after a notice) unless running as root; under CI=true, fails.
 macro_rules! require_root {
     ($name:expr) => {
-        if !is_root() {
-            if under_ci() {
-                panic!("{} needs root, and CI=true: CI runs as root", $name);
-            }
-            eprintln!("notice: {} needs root; skipped", $name);
+        let _ = $name;
+        if !require_root() {
             return;
         }
     };
@@ -64,14 +58,10 @@ macro_rules! require_root {
 
 /// Fails under CI=true, else prints a notice; for tests whose setup the machine lacks.
 fn cannot_run(name: &str, why: &str) {
-    if under_ci() {
+    if in_ci() {
         panic!("{name} cannot run here ({why}), and CI=true");
     }
     eprintln!("notice: {name} skipped: {why}");
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn stasisd_exe() -> PathBuf {
@@ -87,6 +77,7 @@ fn run_root() -> &'static Path {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         chmod(&d, 0o755);
+        at_exit(cleanup_at_exit);
         d
     })
 }
@@ -111,78 +102,8 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[derive(Debug)]
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-const USER_PREFIX: &str = "stasis-lp-";
-static USER: OnceLock<Result<TestUser, String>> = OnceLock::new();
-
-fn user() -> &'static TestUser {
-    match USER.get_or_init(create_user) {
-        Ok(u) => u,
-        Err(e) => panic!("cannot create the test user: {e}"),
-    }
-}
-
-fn create_user() -> Result<TestUser, String> {
-    // Users of earlier runs whose test binary is gone.
-    for line in fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-    {
-        let name = line.split(':').next().unwrap_or("");
-        if let Some(pid) = name
-            .strip_prefix(USER_PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
-        {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("userdel").arg(name).output();
-            }
-        }
-    }
-    let name = format!("{USER_PREFIX}{}", std::process::id());
-    let out = Command::new("useradd")
-        .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
-        .output()
-        .map_err(|e| format!("useradd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    // SAFETY: registers a plain extern "C" function without arguments.
-    unsafe { libc::atexit(cleanup_at_exit) };
-    let id = |flag: &str| -> Result<u32, String> {
-        let out = Command::new("id")
-            .arg(flag)
-            .arg(&name)
-            .output()
-            .map_err(|e| e.to_string())?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|e| format!("id {flag} {name}: {e}"))
-    };
-    let u = TestUser {
-        uid: id("-u")?,
-        gid: id("-g")?,
-        name,
-    };
-    if u.uid == 0 || u.gid == 0 {
-        return Err(format!("{u:?} has root ids"));
-    }
-    Ok(u)
-}
-
-extern "C" fn cleanup_at_exit() {
-    if let Some(Ok(u)) = USER.get() {
-        let _ = Command::new("userdel").arg(&u.name).output();
-    }
+/// At exit: the sockets' directory, and the run's directory if every test passed.
+fn cleanup_at_exit() {
     let _ = fs::remove_dir_all(format!("/tmp/stasis-lp.{}", std::process::id()));
     let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("least-privilege-{}", std::process::id()));
@@ -204,77 +125,19 @@ fn lpclient() -> &'static Path {
 }
 
 fn build_lpclient() -> Result<PathBuf, String> {
-    // libstasis in its own target directory: the outer cargo holds the lock of the main one.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("least-privilege-libstasis");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
-        .arg(repo().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo build --release -p libstasis failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
     let bin = run_root().join("bin");
     fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     chmod(&bin, 0o755);
-    let exe = bin.join("lpclient");
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("tests/least_privilege/lpclient.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(target.join("release/libstasis.a"))
-        .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '))
-        .output()
-        .map_err(|e| format!("gcc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "gcc lpclient.c failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    chmod(&exe, 0o755);
-    Ok(exe)
+    c_program(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &repo_root().join("tests/least_privilege/lpclient.c"),
+        &bin.join("lpclient"),
+        true,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // Processes.
-
-/// Marks every inherited fd above stderr close-on-exec and starts a new session.
-fn isolate(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (close_range, setsid).
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-fn kill(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill only sends a signal; pid is checked positive (a single process).
-    pid > 0 && unsafe { libc::kill(pid, sig) } == 0
-}
 
 fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -299,15 +162,6 @@ fn end(pid: i32) {
     );
 }
 
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
-}
-
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
 fn stat_field(pid: i32, n: usize) -> i64 {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -329,44 +183,9 @@ fn ns_inode(pid: i32, ns: &str) -> String {
         .unwrap_or_default()
 }
 
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => format!("{status}"),
-    }
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn wait_child_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let mut status = None;
-    wait_until(timeout, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    status
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
 /// `setpriv` arguments that make the rest of the command line run as the test user.
 fn as_user(extra: &[&str]) -> Vec<String> {
-    let u = user();
+    let u = test_user();
     let mut v = vec![
         "setpriv".to_string(),
         format!("--reuid={}", u.uid),
@@ -405,7 +224,7 @@ impl std::fmt::Debug for CmdOut {
         write!(
             f,
             "{}; stdout: {}; stderr: {}",
-            describe(self.status),
+            describe_exit_status(self.status),
             self.stdout.trim(),
             self.stderr.trim()
         )
@@ -428,7 +247,7 @@ impl Ctx {
         let dir = run_root().join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let u = user();
+        let u = test_user();
         std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
         chmod(&dir, 0o755);
         Ctx {
@@ -445,7 +264,7 @@ impl Ctx {
     fn user_dir(&self, name: &str, mode: u32) -> PathBuf {
         let d = self.dir.join(name);
         fs::create_dir(&d).unwrap();
-        let u = user();
+        let u = test_user();
         std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
         chmod(&d, mode);
         d
@@ -460,7 +279,7 @@ impl Ctx {
             .mode(0o644)
             .open(&path)
             .unwrap();
-        let u = user();
+        let u = test_user();
         std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid)).unwrap();
         self.diag.lock().unwrap().push(path.clone());
         (path, f)
@@ -498,7 +317,7 @@ impl Ctx {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-        let Some(status) = wait_child_for(&mut child, CMD_TIMEOUT) else {
+        let Some(status) = wait_child_for(&mut child, CMD_TIMEOUT).unwrap() else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("{what} did not finish\n{}", self.diagnostics());
@@ -512,7 +331,7 @@ impl Ctx {
 
     fn wait_child(&self, pid: i32) -> ExitStatus {
         let mut child = self.children.lock().unwrap().remove(&pid).unwrap();
-        match wait_child_for(&mut child, EXIT_TIMEOUT) {
+        match wait_child_for(&mut child, EXIT_TIMEOUT).unwrap() {
             Some(s) => s,
             None => {
                 let _ = child.kill();
@@ -691,7 +510,7 @@ impl Daemon {
         wait_until(EXIT_TIMEOUT, || self.workers().is_empty());
         let mut child = self.child.take().unwrap();
         assert!(kill(self.pid, libc::SIGTERM));
-        let status = wait_child_for(&mut child, EXIT_TIMEOUT);
+        let status = wait_child_for(&mut child, EXIT_TIMEOUT).unwrap();
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
@@ -734,7 +553,7 @@ fn dumped(ctx: &Ctx, d: &Daemon, args: &[&str]) -> (i32, PathBuf, PathBuf) {
     assert!(
         st.signal() == Some(libc::SIGKILL) && log.contains(&format!("READY {}", p.pid)),
         "the self-dump: {}\n{}",
-        describe(st),
+        describe_exit_status(st),
         ctx.diagnostics()
     );
     (p.pid, images, p.log)
@@ -1265,7 +1084,7 @@ fn legitimate_restore_with_threads_gets_no_privilege() {
     let from = log_len(&log);
     let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
     restored(&ctx, &out, pid, &log, from);
-    let u = user();
+    let u = test_user();
     let ids = format!("{0}\t{0}\t{0}\t{0}", u.uid);
     assert_eq!(status_field(pid, "Uid"), Some(ids));
     assert_eq!(status_field(pid, "Threads").as_deref(), Some("4"));

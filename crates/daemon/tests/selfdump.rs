@@ -29,7 +29,7 @@
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
 use stasis_sys::socket as sock;
-use stasis_test_infra::build::{libstasis_release_dir, run_build};
+use stasis_test_infra::build::c_program;
 use stasis_test_infra::log::{find_line, log_len, tail};
 use stasis_test_infra::process::{
     append_log, describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
@@ -255,27 +255,17 @@ fn programs() -> &'static Programs {
 }
 
 fn build_programs() -> Result<Programs, String> {
-    let lib = libstasis_release_dir(Path::new(env!("CARGO_TARGET_TMPDIR")))?.join("libstasis.a");
     let bin = run_root().join("bin");
     fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     chmod(&bin, 0o755);
     let src = repo_root().join("tests/selfdump");
     let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        let exe = bin.join(name);
-        let mut cmd = Command::new("gcc");
-        cmd.args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
-            .arg(repo_root().join("include"))
-            .arg(src.join(format!("{name}.c")))
-            .arg("-o")
-            .arg(&exe);
-        if with_lib {
-            // The static library and what the Rust standard library inside it needs.
-            cmd.arg(&lib)
-                .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '));
-        }
-        run_build(&mut cmd)?;
-        chmod(&exe, 0o755);
-        Ok(exe)
+        c_program(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &src.join(format!("{name}.c")),
+            &bin.join(name),
+            with_lib,
+        )
     };
     Ok(Programs {
         selfdumper: gcc("selfdumper", true)?,
