@@ -18,14 +18,16 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot set up fails
 
+mod common;
+
+use common::{c_program_in_run, chmod, run_root, stasis_cli, stasisd_exe};
 use stasis_image::{names, ProcessImage, RecordKind, RAW_DATA_OFFSET};
-use stasis_test_infra::build::c_program;
 use stasis_test_infra::user::OwnUser;
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{repo_root, require_root, require_tool};
+use stasis_test_infra::{require_root, require_tool};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +35,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// This run's work directories: `target/tmp/authimg-<pid>`.
+const RUN: &str = "authimg";
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Set (to an images directory) when this binary runs as the restore helper.
 const HELPER_IMAGES_ENV: &str = "STASIS_AUTH_TEST_IMAGES";
@@ -44,24 +48,6 @@ const HELPER_SOCKET_ENV: &str = "STASIS_AUTH_TEST_SOCKET";
 /// True when the test can run; otherwise fails under CI, else prints a notice.
 fn can_run(_test: &str) -> bool {
     require_root() && require_tool("gcc") && require_tool("setpriv") && require_tool("useradd")
-}
-
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build the whole workspace first (`cargo build --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Whether `pid` runs (a zombie does not).
@@ -90,17 +76,8 @@ fn programs() -> &'static Programs {
 }
 
 fn build_programs() -> Result<Programs, String> {
-    let bin =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("authimg-bin-{}", std::process::id()));
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
     let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        c_program(
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            &repo_root().join(format!("tests/selfdump/{name}.c")),
-            &bin.join(name),
-            with_lib,
-        )
+        c_program_in_run(RUN, &format!("tests/selfdump/{name}.c"), name, with_lib)
     };
     Ok(Programs {
         selfdumper: gcc("selfdumper", true)?,
@@ -132,9 +109,7 @@ impl World {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let user = OwnUser::new();
         let (uid, gid) = (user.uid, user.gid);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("authimg-{}", std::process::id()))
-            .join(name);
+        let dir = run_root(RUN).join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         chmod(dir.parent().unwrap(), 0o755);

@@ -18,23 +18,29 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{c_program_in_run, chmod, new_socket_path, run_root, stasis_cli, stasisd_exe};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_sys::process;
 use stasis_sys::socket as sock;
-use stasis_test_infra::build::c_program;
 use stasis_test_infra::procfs::{ppid, status_field};
 use stasis_test_infra::user::{OwnUser, TestUser};
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{repo_root, require_root, require_tool};
+use stasis_test_infra::{require_root, require_tool};
 use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// This run's work directories: `target/tmp/dos-<pid>`.
+const RUN: &str = "dos";
+/// The daemons' sockets: `/tmp/stasis-dos.<pid>`.
+const SOCKETS: &str = "stasis-dos";
 
 /// Deadline for a line, a worker count or a process state to appear.
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,45 +53,6 @@ const PYTHON: &str = "/usr/bin/python3";
 /// (and the test passes), or a failure under `CI=true`.
 fn can_run(_test: &str, gcc: bool) -> bool {
     require_root() && require_tool(PYTHON) && (!gcc || require_tool("gcc"))
-}
-
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build the whole workspace first (`cargo build --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// `target/tmp/dos-<pid>`: this run's work directories (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dos-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-/// A short socket path (`sun_path` is 108 bytes) in `/tmp/stasis-dos.<pid>/`.
-fn new_socket_path() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(format!("/tmp/stasis-dos.{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    chmod(&dir, 0o755);
-    dir.join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -104,15 +71,7 @@ fn c_client() -> &'static Path {
 }
 
 fn build_c_client() -> Result<PathBuf, String> {
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    c_program(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        &repo_root().join("tests/dos/client.c"),
-        &bin.join("client"),
-        true,
-    )
+    c_program_in_run(RUN, "tests/dos/client.c", "client", true)
 }
 
 /// The protocol by hand. `stall PATH N VERSION`: N connections, each through the handshake,
@@ -255,7 +214,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root().join(name);
+        let dir = run_root(RUN).join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         chmod(&dir, 0o755);
@@ -333,7 +292,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `stasisd --socket <new path> --mode 0666 <args>` and waits until it listens.
     fn start(ctx: &Ctx, args: &[&str]) -> Daemon {
-        let socket = new_socket_path();
+        let socket = new_socket_path(SOCKETS);
         let log = ctx.dir.join("stasisd.log");
         let f = File::create(&log).unwrap();
         let mut cmd = Command::new(stasisd_exe());

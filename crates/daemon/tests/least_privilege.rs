@@ -19,19 +19,21 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{c_program_in_run, chmod, path_str, run_root, socket_dir, stasisd_exe};
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
-use stasis_test_infra::build::c_program;
 use stasis_test_infra::log::tail;
 use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
 use stasis_test_infra::procfs::status_field;
-use stasis_test_infra::user::{at_exit, test_user};
+use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{in_ci, repo_root, require_root};
+use stasis_test_infra::{in_ci, require_root};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,6 +41,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// This run's work directories: `target/tmp/least-privilege-<pid>`.
+const RUN: &str = "least-privilege";
+/// The daemons' sockets: `/tmp/stasis-lp.<pid>`.
+const SOCKETS: &str = "stasis-lp";
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,57 +70,6 @@ fn cannot_run(name: &str, why: &str) {
     eprintln!("notice: {name} skipped: {why}");
 }
 
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-/// `target/tmp/least-privilege-<pid>`: work directories of this run (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("least-privilege-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        at_exit(cleanup_at_exit);
-        d
-    })
-}
-
-/// `/tmp/stasis-lp.<pid>`: the daemons' sockets (unix socket paths must stay short).
-fn socket_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/stasis-lp.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// At exit: the sockets' directory, and the run's directory if every test passed.
-fn cleanup_at_exit() {
-    let _ = fs::remove_dir_all(format!("/tmp/stasis-lp.{}", std::process::id()));
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("least-privilege-{}", std::process::id()));
-    let only_bin = fs::read_dir(&root)
-        .map(|d| d.flatten().all(|e| e.file_name() == "bin"))
-        .unwrap_or(false);
-    if only_bin {
-        let _ = fs::remove_dir_all(&root);
-    }
-}
-
 /// `lpclient`, built once per run.
 fn lpclient() -> &'static Path {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -125,15 +80,7 @@ fn lpclient() -> &'static Path {
 }
 
 fn build_lpclient() -> Result<PathBuf, String> {
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    c_program(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        &repo_root().join("tests/least_privilege/lpclient.c"),
-        &bin.join("lpclient"),
-        true,
-    )
+    c_program_in_run(RUN, "tests/least_privilege/lpclient.c", "lpclient", true)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -244,7 +191,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root().join(name);
+        let dir = run_root(RUN).join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let u = test_user();
@@ -448,7 +395,8 @@ impl Daemon {
     /// shell would be).
     fn start(ctx: &Ctx, tty: bool) -> Daemon {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let socket = socket_dir().join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+        let socket =
+            socket_dir(SOCKETS).join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)));
         let log = ctx.dir.join("stasisd.log");
         let f = File::create(&log).unwrap();
         ctx.diag.lock().unwrap().push(log.clone());

@@ -26,29 +26,40 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{
+    c_program_in_run, chmod, new_socket_path, path_str, run_root, socket_dir, stasis_cli,
+    stasisd_exe,
+};
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
 use stasis_sys::socket as sock;
-use stasis_test_infra::build::c_program;
 use stasis_test_infra::log::{find_line, log_len, tail};
 use stasis_test_infra::process::{
     append_log, describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
 };
 use stasis_test_infra::procfs::{self, ppid, status_field, status_ids};
-use stasis_test_infra::user::{at_exit, test_user};
+use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{repo_root, require_root, WorkDir};
+use stasis_test_infra::{require_root, WorkDir};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// This run's work directories: `target/tmp/selfdump-<pid>`.
+const RUN: &str = "selfdump";
+/// The daemons' sockets: `/tmp/stasis-sd.<pid>`.
+const SOCKETS: &str = "stasis-sd";
+
 /// Deadline for a program line (READY, DUMPED, PASS, ...) to appear.
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for a command (stasis dump/restore that does not wait for its process).
@@ -174,72 +185,6 @@ mod rust_program {
 // ---------------------------------------------------------------------------------------
 // Environment: paths, the programs.
 
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-/// The `stasis` CLI, built next to stasisd when the whole workspace is built.
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: these tests need the `stasis` CLI next to stasisd; build the whole \
-         workspace first (`cargo build --workspace`, or run `cargo test --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-/// `target/tmp/selfdump-<pid>`: work directories of this run (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selfdump-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        at_exit(cleanup_at_exit);
-        d
-    })
-}
-
-/// `/tmp/stasis-sd.<pid>`: the daemons' sockets (unix socket paths must stay short).
-fn socket_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/stasis-sd.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-fn new_socket_path() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    socket_dir().join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)))
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// At exit: the sockets' directory, and the run's directory if every test passed.
-fn cleanup_at_exit() {
-    let _ = fs::remove_dir_all(format!("/tmp/stasis-sd.{}", std::process::id()));
-    // The run's directory goes once every test passed (failed tests keep theirs, and then
-    // the programs stay too, for reruns by hand).
-    let root =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selfdump-{}", std::process::id()));
-    let only_bin = fs::read_dir(&root)
-        .map(|d| d.flatten().all(|e| e.file_name() == "bin"))
-        .unwrap_or(false);
-    if only_bin {
-        let _ = fs::remove_dir_all(&root);
-    }
-}
-
 /// The C programs of `tests/selfdump/`, built once per run.
 struct Programs {
     selfdumper: PathBuf,
@@ -255,17 +200,8 @@ fn programs() -> &'static Programs {
 }
 
 fn build_programs() -> Result<Programs, String> {
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    let src = repo_root().join("tests/selfdump");
     let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        c_program(
-            Path::new(env!("CARGO_TARGET_TMPDIR")),
-            &src.join(format!("{name}.c")),
-            &bin.join(name),
-            with_lib,
-        )
+        c_program_in_run(RUN, &format!("tests/selfdump/{name}.c"), name, with_lib)
     };
     Ok(Programs {
         selfdumper: gcc("selfdumper", true)?,
@@ -344,7 +280,7 @@ impl Ctx {
     }
 
     fn new(name: &str) -> Ctx {
-        let dir = WorkDir::new(run_root().join(name));
+        let dir = WorkDir::new(run_root(RUN).join(name));
         let u = test_user();
         std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
         chmod(&dir, 0o755);
@@ -636,7 +572,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `stasisd --socket <new path> --mode 0666` and waits until it listens.
     fn start(ctx: &Ctx) -> Daemon {
-        let socket = new_socket_path();
+        let socket = new_socket_path(SOCKETS);
         let mut cmd = Command::new(stasisd_exe());
         cmd.arg("--socket").arg(&socket).arg("--mode").arg("0666");
         let d = Daemon::spawn(ctx, cmd, socket, true, |_| {});
@@ -1532,7 +1468,7 @@ fn max_workers_bounds_concurrent_requests() {
     let Some(ctx) = Ctx::start("max_workers_bounds_concurrent_requests") else {
         return;
     };
-    let socket = new_socket_path();
+    let socket = new_socket_path(SOCKETS);
     let mut cmd = Command::new(stasisd_exe());
     cmd.arg("--socket")
         .arg(&socket)
@@ -1650,10 +1586,6 @@ fn user_cli(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = command(Who::User, &stasis_cli(), Some(&d.socket));
     cmd.args(args);
     cmd
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The user asks the daemon to dump (and kill) `pid`: refused with `needle` in the message.
@@ -2191,10 +2123,10 @@ fn socket_activation() {
     let Some(ctx) = Ctx::start("socket_activation") else {
         return;
     };
-    let socket = new_socket_path();
+    let socket = new_socket_path(SOCKETS);
     let listener = sock::seqpacket_listen(&socket, 16).unwrap();
     chmod(&socket, 0o666);
-    let ignored = socket_dir().join("not-created-under-activation.sock");
+    let ignored = socket_dir(SOCKETS).join("not-created-under-activation.sock");
     // `sh` sets LISTEN_PID to its own pid, which stasisd keeps across the exec.
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
