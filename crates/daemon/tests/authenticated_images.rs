@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{c_program_in_run, chmod, run_root, stasis_cli, stasisd_exe};
+use common::{chmod, run_root, selfdump_programs, stasis_cli, stasisd_exe, Programs};
 use stasis_image::{names, ProcessImage, RecordKind, RAW_DATA_OFFSET};
 use stasis_test_infra::user::OwnUser;
 use stasis_test_infra::wait::wait_until;
@@ -32,7 +32,6 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// This run's work directories: `target/tmp/authimg-<pid>`.
@@ -62,27 +61,9 @@ fn runs(pid: i32) -> bool {
 // The programs: libstasis (release, in the target directory the self-dump tests use too) and
 // the C programs of tests/selfdump/.
 
-struct Programs {
-    selfdumper: PathBuf,
-    ticker: PathBuf,
-}
-
+/// The C programs of `tests/selfdump/`, built once per run.
 fn programs() -> &'static Programs {
-    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
-    match P.get_or_init(build_programs) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_programs() -> Result<Programs, String> {
-    let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        c_program_in_run(RUN, &format!("tests/selfdump/{name}.c"), name, with_lib)
-    };
-    Ok(Programs {
-        selfdumper: gcc("selfdumper", true)?,
-        ticker: gcc("ticker", false)?,
-    })
+    selfdump_programs(RUN)
 }
 
 // ---------------------------------------------------------------------------------------

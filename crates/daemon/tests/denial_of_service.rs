@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{c_program_in_run, chmod, new_socket_path, run_root, stasis_cli, stasisd_exe};
+use common::{built, c_program_in_run, chmod, new_socket_path, run_root, stasis_cli, stasisd_exe};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_sys::process;
@@ -28,7 +28,7 @@ use stasis_sys::socket as sock;
 use stasis_test_infra::procfs::{ppid, status_field};
 use stasis_test_infra::user::{OwnUser, TestUser};
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{require_root, require_tool};
+use stasis_test_infra::{require_root, require_tool, WorkDir};
 use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -64,14 +64,10 @@ fn can_run(_test: &str, gcc: bool) -> bool {
 /// `tests/dos/client.c` linked with libstasis, built once per run.
 fn c_client() -> &'static Path {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match P.get_or_init(build_c_client) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_c_client() -> Result<PathBuf, String> {
-    c_program_in_run(RUN, "tests/dos/client.c", "client", true)
+    built(&P, || {
+        c_program_in_run(RUN, "tests/dos/client.c", "client", true)
+    })
+    .as_path()
 }
 
 /// The protocol by hand. `stall PATH N VERSION`: N connections, each through the handshake,
@@ -207,19 +203,15 @@ impl Drop for Prog {
 }
 
 struct Ctx {
-    name: String,
-    dir: PathBuf,
+    dir: WorkDir,
     seq: AtomicUsize,
 }
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root(RUN).join(name);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = WorkDir::new(run_root(RUN).join(name));
         chmod(&dir, 0o755);
         Ctx {
-            name: name.to_string(),
             dir,
             seq: AtomicUsize::new(0),
         }
@@ -270,15 +262,7 @@ impl Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
     }
 }
 

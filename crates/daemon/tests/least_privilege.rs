@@ -21,14 +21,14 @@
 
 mod common;
 
-use common::{c_program_in_run, chmod, path_str, run_root, socket_dir, stasisd_exe};
+use common::{built, c_program_in_run, chmod, path_str, run_root, socket_dir, stasisd_exe};
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
 use stasis_test_infra::log::tail;
 use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
 use stasis_test_infra::procfs::status_field;
 use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{in_ci, require_root};
+use stasis_test_infra::{in_ci, require_root, WorkDir};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -73,14 +73,10 @@ fn cannot_run(name: &str, why: &str) {
 /// `lpclient`, built once per run.
 fn lpclient() -> &'static Path {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match P.get_or_init(build_lpclient) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_lpclient() -> Result<PathBuf, String> {
-    c_program_in_run(RUN, "tests/least_privilege/lpclient.c", "lpclient", true)
+    built(&P, || {
+        c_program_in_run(RUN, "tests/least_privilege/lpclient.c", "lpclient", true)
+    })
+    .as_path()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -181,7 +177,7 @@ impl std::fmt::Debug for CmdOut {
 /// One test's directory, processes and diagnostics; dropping it kills what it started.
 struct Ctx {
     name: String,
-    dir: PathBuf,
+    dir: WorkDir,
     children: Mutex<HashMap<i32, Child>>,
     /// Restored copies (not our children), killed at the end.
     foreign: Mutex<Vec<i32>>,
@@ -191,9 +187,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root(RUN).join(name);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = WorkDir::new(run_root(RUN).join(name));
         let u = test_user();
         std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
         chmod(&dir, 0o755);
@@ -347,15 +341,7 @@ impl Drop for Ctx {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
     }
 }
 

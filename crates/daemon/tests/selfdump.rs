@@ -29,8 +29,8 @@
 mod common;
 
 use common::{
-    c_program_in_run, chmod, new_socket_path, path_str, run_root, socket_dir, stasis_cli,
-    stasisd_exe,
+    chmod, new_socket_path, path_str, run_root, selfdump_programs, socket_dir, stasis_cli,
+    stasisd_exe, Programs,
 };
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
@@ -52,7 +52,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// This run's work directories: `target/tmp/selfdump-<pid>`.
@@ -186,27 +186,8 @@ mod rust_program {
 // Environment: paths, the programs.
 
 /// The C programs of `tests/selfdump/`, built once per run.
-struct Programs {
-    selfdumper: PathBuf,
-    ticker: PathBuf,
-}
-
 fn programs() -> &'static Programs {
-    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
-    match P.get_or_init(build_programs) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_programs() -> Result<Programs, String> {
-    let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        c_program_in_run(RUN, &format!("tests/selfdump/{name}.c"), name, with_lib)
-    };
-    Ok(Programs {
-        selfdumper: gcc("selfdumper", true)?,
-        ticker: gcc("ticker", false)?,
-    })
+    selfdump_programs(RUN)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -223,16 +204,7 @@ enum Who {
 fn command(who: Who, exe: &Path, socket: Option<&Path>) -> Command {
     let mut cmd = match who {
         Who::Root => Command::new(exe),
-        Who::User => {
-            let u = test_user();
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={}", u.uid))
-                .arg(format!("--regid={}", u.gid))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg(exe);
-            c
-        }
+        Who::User => test_user().command(exe),
     };
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -527,14 +499,8 @@ impl Drop for Ctx {
                 kill(pid, libc::SIGKILL);
             }
         }
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            // (The directory goes with `self.dir`.)
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
+        if !std::thread::panicking() {
             eprintln!("[{}] passed in {}", self.name, self.elapsed());
         }
     }

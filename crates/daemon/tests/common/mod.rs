@@ -113,3 +113,37 @@ pub fn c_program_in_run(
         with_libstasis,
     )
 }
+
+/// The value in `cell`, made by `build` on first use; panics (in every test that asks) when
+/// making it failed.
+pub fn built<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    build: impl FnOnce() -> Result<T, String>,
+) -> &'static T {
+    match cell.get_or_init(build) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The C programs of `tests/selfdump/`.
+pub struct Programs {
+    /// `selfdumper.c`, linked with libstasis.
+    pub selfdumper: PathBuf,
+    pub ticker: PathBuf,
+}
+
+/// The C programs of `tests/selfdump/`, built once per run into `bin/` of the [`run_root`]
+/// named `run`.
+pub fn selfdump_programs(run: &str) -> &'static Programs {
+    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
+    built(&P, || {
+        let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
+            c_program_in_run(run, &format!("tests/selfdump/{name}.c"), name, with_lib)
+        };
+        Ok(Programs {
+            selfdumper: gcc("selfdumper", true)?,
+            ticker: gcc("ticker", false)?,
+        })
+    })
+}
