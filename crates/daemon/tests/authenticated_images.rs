@@ -88,7 +88,7 @@ impl World {
     fn new(name: &str) -> World {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let user = OwnUser::new();
+        let user = OwnUser::create();
         let (uid, gid) = (user.uid, user.gid);
         let dir = run_root(RUN).join(name);
         let _ = fs::remove_dir_all(&dir);

@@ -418,7 +418,7 @@ fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &TestUser, images: &Path, wrap: &[&s
 
 /// The `stasis` CLI as `user`, through `d`.
 fn cli(ctx: &Ctx, d: &Daemon, user: &TestUser, args: &[&str]) -> Prog {
-    let mut cmd = user.command(&stasis_cli());
+    let mut cmd = user.command(stasis_cli());
     cmd.args(args);
     ctx.spawn(cmd, &format!("stasis-{}", args[0]), Some(&d.socket))
 }
@@ -432,7 +432,7 @@ fn one_user_at_its_limit_does_not_block_another() {
         return;
     }
     let ctx = Ctx::new("one_user_at_its_limit_does_not_block_another");
-    let (a, b) = (OwnUser::new(), OwnUser::new());
+    let (a, b) = (OwnUser::create(), OwnUser::create());
     let d = Daemon::start(&ctx, &["--max-workers", "4", "--max-workers-per-uid", "2"]);
 
     // A holds both of its slots: its next connection is answered "busy" at once, naming the
@@ -498,7 +498,7 @@ fn non_detached_restore_gives_its_slot_back_and_ends_with_its_client() {
         return;
     }
     let ctx = Ctx::new(name);
-    let a = OwnUser::new();
+    let a = OwnUser::create();
     let d = Daemon::start(&ctx, &["--max-workers-per-uid", "1"]);
 
     // A process of A's, dumped (and killed) by A through the daemon.
@@ -583,7 +583,7 @@ fn log_of_a_flood_is_rate_limited_per_uid() {
         return;
     }
     let ctx = Ctx::new("log_of_a_flood_is_rate_limited_per_uid");
-    let a = OwnUser::new();
+    let a = OwnUser::create();
     // The defaults: 20 lines at once, then 2 per second.
     let d = Daemon::start(&ctx, &[]);
     let t0 = Instant::now();
@@ -696,7 +696,7 @@ fn self_dumps_from_other_namespaces() {
         return;
     }
     let ctx = Ctx::new("self_dumps_from_other_namespaces");
-    let a = OwnUser::new();
+    let a = OwnUser::create();
     let d = Daemon::start(&ctx, &[]);
 
     // A user namespace of A's own making: refused, naming it and why.

@@ -101,13 +101,13 @@ impl TestUser {
 }
 
 /// A user of one test's own, for tests that need more than [`test_user`] (two users, say):
-/// `stasis-t-<pid>-<n>`, created by [`OwnUser::new`] (needs root), removed when dropped.
+/// `stasis-t-<pid>-<n>`, created by [`OwnUser::create`] (needs root), removed when dropped.
 #[derive(Debug)]
 pub struct OwnUser(TestUser);
 
 impl OwnUser {
     /// Creates the user; panics when it cannot.
-    pub fn new() -> OwnUser {
+    pub fn create() -> OwnUser {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "{USER_PREFIX}{}-{}",
