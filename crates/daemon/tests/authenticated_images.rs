@@ -20,14 +20,14 @@
 
 mod common;
 
-use common::{chmod, run_root, selfdump_programs, stasis_cli, stasisd_exe, Programs};
+use common::{chmod, run_root, selfdump_programs, stasis_cli, stasisd_exe, user_log, Programs};
 use stasis_image::{names, ProcessImage, RecordKind, RAW_DATA_OFFSET};
 use stasis_test_infra::user::OwnUser;
 use stasis_test_infra::wait::wait_until;
 use stasis_test_infra::{require_root, require_tool};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -166,13 +166,7 @@ impl World {
     /// restored copy can reopen it); returns its pid.
     fn spawn(&mut self, mut cmd: Command, log: &str) -> (i32, PathBuf) {
         let path = self.dir.join(log);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(&path)
-            .unwrap();
-        std::os::unix::fs::fchown(&f, Some(self.uid), Some(self.gid)).unwrap();
+        let f = user_log(&path, self.uid, self.gid);
         cmd.stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f);

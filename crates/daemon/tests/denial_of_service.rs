@@ -316,11 +316,7 @@ impl Daemon {
 
     /// Worker processes (children of the daemon).
     fn workers(&self) -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
+        stasis_test_infra::procfs::children(self.pid)
     }
 
     fn wait_workers(&self, n: usize) {

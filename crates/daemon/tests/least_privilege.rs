@@ -21,7 +21,9 @@
 
 mod common;
 
-use common::{built, c_program_in_run, chmod, path_str, run_root, socket_dir, stasisd_exe};
+use common::{
+    built, c_program_in_run, chmod, path_str, socket_dir, stasisd_exe, user_log, user_work_dir,
+};
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
 use stasis_test_infra::log::tail;
 use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
@@ -30,10 +32,10 @@ use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
 use stasis_test_infra::{in_ci, require_root, WorkDir};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -187,10 +189,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = WorkDir::new(run_root(RUN).join(name));
-        let u = test_user();
-        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
-        chmod(&dir, 0o755);
+        let dir = user_work_dir(RUN, name);
         Ctx {
             name: name.to_string(),
             dir,
@@ -214,14 +213,8 @@ impl Ctx {
     /// A log file owned by the test user (restored copies reopen it as the user).
     fn log_file(&self, name: &str) -> (PathBuf, File) {
         let path = self.dir.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(&path)
-            .unwrap();
         let u = test_user();
-        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid)).unwrap();
+        let f = user_log(&path, u.uid, u.gid);
         self.diag.lock().unwrap().push(path.clone());
         (path, f)
     }
@@ -428,11 +421,7 @@ impl Daemon {
     }
 
     fn workers(&self) -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
+        stasis_test_infra::procfs::children(self.pid)
     }
 
     fn log_text(&self) -> String {

@@ -29,15 +29,15 @@
 mod common;
 
 use common::{
-    chmod, new_socket_path, path_str, run_root, selfdump_programs, socket_dir, stasis_cli,
-    stasisd_exe, Programs,
+    chmod, new_socket_path, path_str, selfdump_programs, socket_dir, stasis_cli, stasisd_exe,
+    user_log, user_work_dir, Programs,
 };
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
 use stasis_sys::socket as sock;
 use stasis_test_infra::log::{find_line, log_len, tail};
 use stasis_test_infra::process::{
-    append_log, describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
+    describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
 };
 use stasis_test_infra::procfs::{self, ppid, status_field, status_ids};
 use stasis_test_infra::user::test_user;
@@ -252,10 +252,7 @@ impl Ctx {
     }
 
     fn new(name: &str) -> Ctx {
-        let dir = WorkDir::new(run_root(RUN).join(name));
-        let u = test_user();
-        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
-        chmod(&dir, 0o755);
+        let dir = user_work_dir(RUN, name);
         Ctx {
             name: name.to_string(),
             dir,
@@ -285,9 +282,8 @@ impl Ctx {
     /// running as the user can reopen it).
     fn log_file(&self, name: &str) -> (PathBuf, File) {
         let path = self.dir.join(name);
-        let f = append_log(&path).unwrap();
         let u = test_user();
-        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid)).unwrap();
+        let f = user_log(&path, u.uid, u.gid);
         self.diag
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -6,9 +6,11 @@
 #![allow(dead_code)]
 
 use stasis_test_infra::build::c_program;
+use stasis_test_infra::process::append_log;
 use stasis_test_infra::repo_root;
-use stasis_test_infra::user::at_exit;
-use std::fs;
+use stasis_test_infra::user::{at_exit, test_user};
+use stasis_test_infra::WorkDir;
+use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -146,4 +148,22 @@ pub fn selfdump_programs(run: &str) -> &'static Programs {
             ticker: gcc("ticker", false)?,
         })
     })
+}
+
+/// `name` in the [`run_root`] named `run`: a new work directory owned by the test user, mode
+/// 0755.
+pub fn user_work_dir(run: &str, name: &str) -> WorkDir {
+    let dir = WorkDir::new(run_root(run).join(name));
+    let u = test_user();
+    std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
+    chmod(&dir, 0o755);
+    dir
+}
+
+/// Opens `path` (created mode 0644) for appending, owned by `uid`:`gid`: a log that restored
+/// copies reopen as the user.
+pub fn user_log(path: &Path, uid: u32, gid: u32) -> File {
+    let f = append_log(path).unwrap();
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).unwrap();
+    f
 }
