@@ -20,7 +20,9 @@
 
 mod common;
 
-use common::{built, c_program_in_run, chmod, new_socket_path, run_root, stasis_cli, stasisd_exe};
+use common::{
+    built, c_program_in_run, chmod, new_socket_path, run_root, send_hello, stasis_cli, stasisd_exe,
+};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_sys::process;
@@ -654,14 +656,7 @@ fn request_deadline_kills_a_worker_that_holds_its_slot() {
     let d = Daemon::start(&ctx, &["--request-deadline", "2"]);
     // The worker waits for a request (up to 5 s per message); the deadline ends it before.
     let conn: OwnedFd = sock::seqpacket_connect(&d.socket).unwrap();
-    protocol::send(
-        conn.as_fd(),
-        &Message::Hello {
-            version: protocol::VERSION.into(),
-        },
-        None,
-    )
-    .unwrap();
+    send_hello(&conn);
     process::set_socket_timeouts(conn.as_fd(), Duration::from_secs(10)).unwrap();
     let t0 = Instant::now();
     assert!(matches!(

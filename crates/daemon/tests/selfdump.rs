@@ -29,8 +29,8 @@
 mod common;
 
 use common::{
-    chmod, new_socket_path, path_str, selfdump_programs, socket_dir, stasis_cli, stasisd_exe,
-    user_log, user_work_dir, Programs,
+    chmod, new_socket_path, path_str, selfdump_programs, send_hello, socket_dir, stasis_cli,
+    stasisd_exe, user_log, user_work_dir, Programs,
 };
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
@@ -919,14 +919,7 @@ fn expect_failure_then_close(conn: &OwnedFd, code: i32, what: &str) -> String {
 }
 
 fn handshake(conn: &OwnedFd) {
-    protocol::send(
-        conn.as_fd(),
-        &Message::Hello {
-            version: protocol::VERSION.into(),
-        },
-        None,
-    )
-    .unwrap();
+    send_hello(conn);
     match recv_within(conn, Duration::from_secs(10)) {
         Ok(Message::Welcome { version }) => assert_eq!(version, protocol::VERSION),
         other => panic!("expected Welcome, got {other:?}"),

@@ -5,12 +5,14 @@
 //! Each binary uses a part of it only.
 #![allow(dead_code)]
 
+use stasis_client::protocol::{self, Message};
 use stasis_test_infra::build::c_program;
 use stasis_test_infra::process::append_log;
 use stasis_test_infra::repo_root;
 use stasis_test_infra::user::{at_exit, test_user};
 use stasis_test_infra::WorkDir;
 use std::fs::{self, File};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -166,4 +168,16 @@ pub fn user_log(path: &Path, uid: u32, gid: u32) -> File {
     let f = append_log(path).unwrap();
     std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).unwrap();
     f
+}
+
+/// Sends the Hello of this protocol version on `conn`.
+pub fn send_hello(conn: &OwnedFd) {
+    protocol::send(
+        conn.as_fd(),
+        &Message::Hello {
+            version: protocol::VERSION.into(),
+        },
+        None,
+    )
+    .unwrap();
 }
