@@ -18,17 +18,24 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot set up fails
 
+mod common;
+
+use common::{chmod, run_root, selfdump_programs, stasis_cli, stasisd_exe, user_log, Programs};
 use stasis_image::{names, ProcessImage, RecordKind, RAW_DATA_OFFSET};
+use stasis_test_infra::user::OwnUser;
+use stasis_test_infra::wait::wait_until;
+use stasis_test_infra::{require_root, require_tool};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+/// This run's work directories: `target/tmp/authimg-<pid>`.
+const RUN: &str = "authimg";
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Set (to an images directory) when this binary runs as the restore helper.
 const HELPER_IMAGES_ENV: &str = "STASIS_AUTH_TEST_IMAGES";
@@ -37,72 +44,9 @@ const HELPER_SOCKET_ENV: &str = "STASIS_AUTH_TEST_SOCKET";
 // ---------------------------------------------------------------------------------------
 // What the machine offers.
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| v == "true")
-}
-
 /// True when the test can run; otherwise fails under CI, else prints a notice.
-fn can_run(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if stasis_sys::process::geteuid() != 0 {
-        missing.push("root".to_string());
-    }
-    for tool in ["gcc", "setpriv", "useradd"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !ok {
-            missing.push(format!("`{tool}`"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("{test} needs {}", missing.join(", "));
-    assert!(
-        !in_ci(),
-        "{why}: under CI (CI=true) every test must run, none may be skipped"
-    );
-    eprintln!("notice: {why}; skipped (under CI=true this fails)");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build the whole workspace first (`cargo build --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn can_run(_test: &str) -> bool {
+    require_root() && require_tool("gcc") && require_tool("setpriv") && require_tool("useradd")
 }
 
 /// Whether `pid` runs (a zombie does not).
@@ -117,90 +61,18 @@ fn runs(pid: i32) -> bool {
 // The programs: libstasis (release, in the target directory the self-dump tests use too) and
 // the C programs of tests/selfdump/.
 
-struct Programs {
-    selfdumper: PathBuf,
-    ticker: PathBuf,
-}
-
+/// The C programs of `tests/selfdump/`, built once per run.
 fn programs() -> &'static Programs {
-    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
-    match P.get_or_init(build_programs) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_programs() -> Result<Programs, String> {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selfdump-libstasis");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
-        .arg(repo().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo build --release -p libstasis failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let bin =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("authimg-bin-{}", std::process::id()));
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        let exe = bin.join(name);
-        let mut cmd = Command::new("gcc");
-        cmd.args(["-O1", "-Wall", "-Werror", "-I"])
-            .arg(repo().join("include"))
-            .arg(repo().join(format!("tests/selfdump/{name}.c")))
-            .arg("-o")
-            .arg(&exe);
-        if with_lib {
-            cmd.arg(target.join("release/libstasis.a"))
-                .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '));
-        }
-        let out = cmd.output().map_err(|e| format!("gcc: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "gcc {name}.c failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        chmod(&exe, 0o755);
-        Ok(exe)
-    };
-    Ok(Programs {
-        selfdumper: gcc("selfdumper", true)?,
-        ticker: gcc("ticker", false)?,
-    })
+    selfdump_programs(RUN)
 }
 
 // ---------------------------------------------------------------------------------------
 // One test's world: a user, a work directory, a daemon with a key of its own.
 
-const USER_PREFIX: &str = "stasis-a";
-
-/// Users of earlier runs whose test binary is gone.
-fn remove_stale_users() {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for name in passwd.lines().filter_map(|l| l.split(':').next()) {
-        let pid = name
-            .strip_prefix(USER_PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-            let _ = Command::new("userdel").arg(name).output();
-        }
-    }
-}
-
 struct World {
     name: String,
     dir: PathBuf,
-    user: String,
+    user: OwnUser,
     uid: u32,
     gid: u32,
     key_file: PathBuf,
@@ -216,21 +88,9 @@ impl World {
     fn new(name: &str) -> World {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        remove_stale_users();
-        let user = format!("{USER_PREFIX}{}-{n}", std::process::id());
-        let out = Command::new("useradd")
-            .args(["-M", "-N", "-s", "/usr/sbin/nologin", &user])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "useradd {user}: {out:?}");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").arg(flag).arg(&user).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("authimg-{}", std::process::id()))
-            .join(name);
+        let user = OwnUser::create();
+        let (uid, gid) = (user.uid, user.gid);
+        let dir = run_root(RUN).join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         chmod(dir.parent().unwrap(), 0o755);
@@ -295,12 +155,7 @@ impl World {
 
     /// `exe` as the user (real and effective ids, no supplementary group).
     fn as_user(&self, exe: &Path) -> Command {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(exe);
+        let mut c = self.user.command(exe);
         c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env(stasis_client::SOCKET_ENV, &self.socket);
@@ -311,13 +166,7 @@ impl World {
     /// restored copy can reopen it); returns its pid.
     fn spawn(&mut self, mut cmd: Command, log: &str) -> (i32, PathBuf) {
         let path = self.dir.join(log);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(&path)
-            .unwrap();
-        std::os::unix::fs::fchown(&f, Some(self.uid), Some(self.gid)).unwrap();
+        let f = user_log(&path, self.uid, self.gid);
         cmd.stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f);
@@ -461,7 +310,6 @@ impl Drop for World {
                 let _ = d.wait();
             }
         }
-        let _ = Command::new("userdel").arg(&self.user).output();
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -18,22 +18,34 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{
+    built, c_program_in_run, chmod, new_socket_path, run_root, send_hello, stasis_cli, stasisd_exe,
+};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_sys::process;
 use stasis_sys::socket as sock;
+use stasis_test_infra::procfs::{ppid, status_field};
+use stasis_test_infra::user::{OwnUser, TestUser};
+use stasis_test_infra::wait::wait_until;
+use stasis_test_infra::{require_root, require_tool, WorkDir};
 use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// This run's work directories: `target/tmp/dos-<pid>`.
+const RUN: &str = "dos";
+/// The daemons' sockets: `/tmp/stasis-dos.<pid>`.
+const SOCKETS: &str = "stasis-dos";
 
 /// Deadline for a line, a worker count or a process state to appear.
 const WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(10);
 const PYTHON: &str = "/usr/bin/python3";
 
 // ---------------------------------------------------------------------------------------
@@ -41,195 +53,12 @@ const PYTHON: &str = "/usr/bin/python3";
 
 /// Whether the test can run here: root, python3, and gcc when `gcc` is set. If not, a notice
 /// (and the test passes), or a failure under `CI=true`.
-fn can_run(test: &str, gcc: bool) -> bool {
-    let mut missing = Vec::new();
-    if process::geteuid() != 0 {
-        missing.push("root");
-    }
-    if !Path::new(PYTHON).exists() {
-        missing.push(PYTHON);
-    }
-    if gcc && Command::new("gcc").arg("--version").output().is_err() {
-        missing.push("gcc");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let what = format!("{test} needs {}", missing.join(", "));
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what}: under CI=true it may not be skipped"
-    );
-    eprintln!("notice: {what}; skipped");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build the whole workspace first (`cargo build --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// `target/tmp/dos-<pid>`: this run's work directories (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dos-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-/// A short socket path (`sun_path` is 108 bytes) in `/tmp/stasis-dos.<pid>/`.
-fn new_socket_path() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(format!("/tmp/stasis-dos.{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    chmod(&dir, 0o755);
-    dir.join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)))
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
-}
-
-fn ppid(pid: i32) -> Option<i32> {
-    status_field(pid, "PPid")?.parse().ok()
+fn can_run(_test: &str, gcc: bool) -> bool {
+    require_root() && require_tool(PYTHON) && (!gcc || require_tool("gcc"))
 }
 
 // ---------------------------------------------------------------------------------------
 // Users.
-
-const USER_PREFIX: &str = "stasis-dos-";
-
-/// An unprivileged user, removed when dropped.
-#[derive(Debug)]
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-/// useradd and userdel lock /etc/passwd: one at a time in this process.
-static USERS_LOCK: Mutex<()> = Mutex::new(());
-
-impl User {
-    fn new() -> User {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let _lock = USERS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        static STALE: OnceLock<()> = OnceLock::new();
-        STALE.get_or_init(remove_stale_users);
-        let name = format!(
-            "{USER_PREFIX}{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        // Another test binary may hold the lock of /etc/passwd for a moment: retry.
-        let mut last = String::new();
-        let created = wait_until(Duration::from_secs(20), || {
-            let out = Command::new("useradd")
-                .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
-                .output()
-                .unwrap();
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            std::thread::sleep(Duration::from_millis(if out.status.success() {
-                0
-            } else {
-                100
-            }));
-            out.status.success()
-        });
-        assert!(created, "useradd {name}: {last}");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").arg(flag).arg(&name).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let u = User {
-            uid: id("-u"),
-            gid: id("-g"),
-            name,
-        };
-        assert!(u.uid != 0 && u.gid != 0, "{u:?}");
-        u
-    }
-
-    /// `exe` run as this user (real, effective and saved ids; no groups).
-    fn command(&self, exe: &Path) -> Command {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(exe);
-        c
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _lock = USERS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        wait_until(Duration::from_secs(10), || {
-            Command::new("userdel")
-                .arg(&self.name)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    }
-}
-
-/// Users of earlier runs whose test binary is gone.
-fn remove_stale_users() {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for line in passwd.lines() {
-        let name = line.split(':').next().unwrap_or("");
-        let Some(pid) = name
-            .strip_prefix(USER_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("userdel").arg(name).output();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Programs.
@@ -237,51 +66,10 @@ fn remove_stale_users() {
 /// `tests/dos/client.c` linked with libstasis, built once per run.
 fn c_client() -> &'static Path {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match P.get_or_init(build_c_client) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_c_client() -> Result<PathBuf, String> {
-    // In a target directory of its own: the outer cargo holds the lock of the main one.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selfdump-libstasis");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
-        .arg(repo().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo build --release -p libstasis failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    let exe = bin.join("client");
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("tests/dos/client.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(target.join("release/libstasis.a"))
-        .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '))
-        .output()
-        .map_err(|e| format!("gcc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "gcc client.c failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    chmod(&exe, 0o755);
-    Ok(exe)
+    built(&P, || {
+        c_program_in_run(RUN, "tests/dos/client.c", "client", true)
+    })
+    .as_path()
 }
 
 /// The protocol by hand. `stall PATH N VERSION`: N connections, each through the handshake,
@@ -417,26 +205,22 @@ impl Drop for Prog {
 }
 
 struct Ctx {
-    name: String,
-    dir: PathBuf,
+    dir: WorkDir,
     seq: AtomicUsize,
 }
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root().join(name);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = WorkDir::new(run_root(RUN).join(name));
         chmod(&dir, 0o755);
         Ctx {
-            name: name.to_string(),
             dir,
             seq: AtomicUsize::new(0),
         }
     }
 
     /// A directory owned by `user`, mode 0700.
-    fn user_dir(&self, user: &User, name: &str) -> PathBuf {
+    fn user_dir(&self, user: &TestUser, name: &str) -> PathBuf {
         let d = self.dir.join(name);
         fs::create_dir(&d).unwrap();
         std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
@@ -468,7 +252,7 @@ impl Ctx {
     }
 
     /// The Python client as `user` (root if None).
-    fn python(&self, user: Option<&User>, args: &[&str]) -> Prog {
+    fn python(&self, user: Option<&TestUser>, args: &[&str]) -> Prog {
         let mut cmd = match user {
             Some(u) => u.command(Path::new(PYTHON)),
             None => Command::new(PYTHON),
@@ -480,15 +264,7 @@ impl Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
     }
 }
 
@@ -502,7 +278,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `stasisd --socket <new path> --mode 0666 <args>` and waits until it listens.
     fn start(ctx: &Ctx, args: &[&str]) -> Daemon {
-        let socket = new_socket_path();
+        let socket = new_socket_path(SOCKETS);
         let log = ctx.dir.join("stasisd.log");
         let f = File::create(&log).unwrap();
         let mut cmd = Command::new(stasisd_exe());
@@ -542,11 +318,7 @@ impl Daemon {
 
     /// Worker processes (children of the daemon).
     fn workers(&self) -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
+        stasis_test_infra::procfs::children(self.pid)
     }
 
     fn wait_workers(&self, n: usize) {
@@ -590,7 +362,7 @@ impl Drop for Daemon {
 
 /// `user`'s Python client holding `n` connections through the handshake (so `n` workers of
 /// the daemon wait for their requests, for 5 s).
-fn hold(ctx: &Ctx, d: &Daemon, user: &User, n: usize) -> Prog {
+fn hold(ctx: &Ctx, d: &Daemon, user: &TestUser, n: usize) -> Prog {
     let before = d.workers().len();
     let mut p = ctx.python(
         Some(user),
@@ -609,7 +381,7 @@ fn release(d: &Daemon, p: Prog, remaining: usize) {
 
 /// The answer to a Hello from `user`'s Python client: `("Welcome", 0, "")` or `("Failure",
 /// code, message)`.
-fn hello_answer(ctx: &Ctx, d: &Daemon, user: &User) -> (String, i32, String) {
+fn hello_answer(ctx: &Ctx, d: &Daemon, user: &TestUser) -> (String, i32, String) {
     let mut p = ctx.python(Some(user), &["hello", d.socket_str(), protocol::VERSION]);
     let line = p.wait_line("ANSWER ");
     let mut f = line.splitn(4, ' ').skip(1);
@@ -620,7 +392,7 @@ fn hello_answer(ctx: &Ctx, d: &Daemon, user: &User) -> (String, i32, String) {
 
 /// `client.c` as `user`, dumping itself into `images`; returns its line (DUMPED or ERROR).
 /// With `wrap`, that command (run as root, e.g. `unshare -n --`) starts the client's setpriv.
-fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &User, images: &Path, wrap: &[&str]) -> String {
+fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &TestUser, images: &Path, wrap: &[&str]) -> String {
     let mut cmd = match wrap.split_first() {
         None => user.command(c_client()),
         Some((first, rest)) => {
@@ -643,8 +415,8 @@ fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &User, images: &Path, wrap: &[&str])
 }
 
 /// The `stasis` CLI as `user`, through `d`.
-fn cli(ctx: &Ctx, d: &Daemon, user: &User, args: &[&str]) -> Prog {
-    let mut cmd = user.command(&stasis_cli());
+fn cli(ctx: &Ctx, d: &Daemon, user: &TestUser, args: &[&str]) -> Prog {
+    let mut cmd = user.command(stasis_cli());
     cmd.args(args);
     ctx.spawn(cmd, &format!("stasis-{}", args[0]), Some(&d.socket))
 }
@@ -658,7 +430,7 @@ fn one_user_at_its_limit_does_not_block_another() {
         return;
     }
     let ctx = Ctx::new("one_user_at_its_limit_does_not_block_another");
-    let (a, b) = (User::new(), User::new());
+    let (a, b) = (OwnUser::create(), OwnUser::create());
     let d = Daemon::start(&ctx, &["--max-workers", "4", "--max-workers-per-uid", "2"]);
 
     // A holds both of its slots: its next connection is answered "busy" at once, naming the
@@ -724,7 +496,7 @@ fn non_detached_restore_gives_its_slot_back_and_ends_with_its_client() {
         return;
     }
     let ctx = Ctx::new(name);
-    let a = User::new();
+    let a = OwnUser::create();
     let d = Daemon::start(&ctx, &["--max-workers-per-uid", "1"]);
 
     // A process of A's, dumped (and killed) by A through the daemon.
@@ -809,7 +581,7 @@ fn log_of_a_flood_is_rate_limited_per_uid() {
         return;
     }
     let ctx = Ctx::new("log_of_a_flood_is_rate_limited_per_uid");
-    let a = User::new();
+    let a = OwnUser::create();
     // The defaults: 20 lines at once, then 2 per second.
     let d = Daemon::start(&ctx, &[]);
     let t0 = Instant::now();
@@ -884,14 +656,7 @@ fn request_deadline_kills_a_worker_that_holds_its_slot() {
     let d = Daemon::start(&ctx, &["--request-deadline", "2"]);
     // The worker waits for a request (up to 5 s per message); the deadline ends it before.
     let conn: OwnedFd = sock::seqpacket_connect(&d.socket).unwrap();
-    protocol::send(
-        conn.as_fd(),
-        &Message::Hello {
-            version: protocol::VERSION.into(),
-        },
-        None,
-    )
-    .unwrap();
+    send_hello(&conn);
     process::set_socket_timeouts(conn.as_fd(), Duration::from_secs(10)).unwrap();
     let t0 = Instant::now();
     assert!(matches!(
@@ -922,7 +687,7 @@ fn self_dumps_from_other_namespaces() {
         return;
     }
     let ctx = Ctx::new("self_dumps_from_other_namespaces");
-    let a = User::new();
+    let a = OwnUser::create();
     let d = Daemon::start(&ctx, &[]);
 
     // A user namespace of A's own making: refused, naming it and why.

@@ -19,20 +19,34 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{
+    built, c_program_in_run, chmod, path_str, socket_dir, stasisd_exe, user_log, user_work_dir,
+};
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
+use stasis_test_infra::log::tail;
+use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
+use stasis_test_infra::procfs::status_field;
+use stasis_test_infra::user::test_user;
+use stasis_test_infra::wait::wait_until;
+use stasis_test_infra::{in_ci, require_root, WorkDir};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const POLL: Duration = Duration::from_millis(5);
+/// This run's work directories: `target/tmp/least-privilege-<pid>`.
+const RUN: &str = "least-privilege";
+/// The daemons' sockets: `/tmp/stasis-lp.<pid>`.
+const SOCKETS: &str = "stasis-lp";
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,23 +54,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Environment.
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Returns from the test (after a notice) unless running as root; under CI=true, fails.
 macro_rules! require_root {
     ($name:expr) => {
-        if !is_root() {
-            if under_ci() {
-                panic!("{} needs root, and CI=true: CI runs as root", $name);
-            }
-            eprintln!("notice: {} needs root; skipped", $name);
+        let _ = $name;
+        if !require_root() {
             return;
         }
     };
@@ -64,217 +66,23 @@ macro_rules! require_root {
 
 /// Fails under CI=true, else prints a notice; for tests whose setup the machine lacks.
 fn cannot_run(name: &str, why: &str) {
-    if under_ci() {
+    if in_ci() {
         panic!("{name} cannot run here ({why}), and CI=true");
     }
     eprintln!("notice: {name} skipped: {why}");
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-/// `target/tmp/least-privilege-<pid>`: work directories of this run (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("least-privilege-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-/// `/tmp/stasis-lp.<pid>`: the daemons' sockets (unix socket paths must stay short).
-fn socket_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/stasis-lp.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-#[derive(Debug)]
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-const USER_PREFIX: &str = "stasis-lp-";
-static USER: OnceLock<Result<TestUser, String>> = OnceLock::new();
-
-fn user() -> &'static TestUser {
-    match USER.get_or_init(create_user) {
-        Ok(u) => u,
-        Err(e) => panic!("cannot create the test user: {e}"),
-    }
-}
-
-fn create_user() -> Result<TestUser, String> {
-    // Users of earlier runs whose test binary is gone.
-    for line in fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-    {
-        let name = line.split(':').next().unwrap_or("");
-        if let Some(pid) = name
-            .strip_prefix(USER_PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
-        {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("userdel").arg(name).output();
-            }
-        }
-    }
-    let name = format!("{USER_PREFIX}{}", std::process::id());
-    let out = Command::new("useradd")
-        .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
-        .output()
-        .map_err(|e| format!("useradd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    // SAFETY: registers a plain extern "C" function without arguments.
-    unsafe { libc::atexit(cleanup_at_exit) };
-    let id = |flag: &str| -> Result<u32, String> {
-        let out = Command::new("id")
-            .arg(flag)
-            .arg(&name)
-            .output()
-            .map_err(|e| e.to_string())?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|e| format!("id {flag} {name}: {e}"))
-    };
-    let u = TestUser {
-        uid: id("-u")?,
-        gid: id("-g")?,
-        name,
-    };
-    if u.uid == 0 || u.gid == 0 {
-        return Err(format!("{u:?} has root ids"));
-    }
-    Ok(u)
-}
-
-extern "C" fn cleanup_at_exit() {
-    if let Some(Ok(u)) = USER.get() {
-        let _ = Command::new("userdel").arg(&u.name).output();
-    }
-    let _ = fs::remove_dir_all(format!("/tmp/stasis-lp.{}", std::process::id()));
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("least-privilege-{}", std::process::id()));
-    let only_bin = fs::read_dir(&root)
-        .map(|d| d.flatten().all(|e| e.file_name() == "bin"))
-        .unwrap_or(false);
-    if only_bin {
-        let _ = fs::remove_dir_all(&root);
-    }
-}
-
 /// `lpclient`, built once per run.
 fn lpclient() -> &'static Path {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match P.get_or_init(build_lpclient) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_lpclient() -> Result<PathBuf, String> {
-    // libstasis in its own target directory: the outer cargo holds the lock of the main one.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("least-privilege-libstasis");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "libstasis", "--manifest-path"])
-        .arg(repo().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo build --release -p libstasis failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    let exe = bin.join("lpclient");
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("tests/least_privilege/lpclient.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(target.join("release/libstasis.a"))
-        .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '))
-        .output()
-        .map_err(|e| format!("gcc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "gcc lpclient.c failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    chmod(&exe, 0o755);
-    Ok(exe)
+    built(&P, || {
+        c_program_in_run(RUN, "tests/least_privilege/lpclient.c", "lpclient", true)
+    })
+    .as_path()
 }
 
 // ---------------------------------------------------------------------------------------
 // Processes.
-
-/// Marks every inherited fd above stderr close-on-exec and starts a new session.
-fn isolate(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (close_range, setsid).
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-fn kill(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill only sends a signal; pid is checked positive (a single process).
-    pid > 0 && unsafe { libc::kill(pid, sig) } == 0
-}
 
 fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -299,15 +107,6 @@ fn end(pid: i32) {
     );
 }
 
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
-}
-
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
 fn stat_field(pid: i32, n: usize) -> i64 {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -329,44 +128,9 @@ fn ns_inode(pid: i32, ns: &str) -> String {
         .unwrap_or_default()
 }
 
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => format!("{status}"),
-    }
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn wait_child_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let mut status = None;
-    wait_until(timeout, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    status
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
 /// `setpriv` arguments that make the rest of the command line run as the test user.
 fn as_user(extra: &[&str]) -> Vec<String> {
-    let u = user();
+    let u = test_user();
     let mut v = vec![
         "setpriv".to_string(),
         format!("--reuid={}", u.uid),
@@ -405,7 +169,7 @@ impl std::fmt::Debug for CmdOut {
         write!(
             f,
             "{}; stdout: {}; stderr: {}",
-            describe(self.status),
+            describe_exit_status(self.status),
             self.stdout.trim(),
             self.stderr.trim()
         )
@@ -415,7 +179,7 @@ impl std::fmt::Debug for CmdOut {
 /// One test's directory, processes and diagnostics; dropping it kills what it started.
 struct Ctx {
     name: String,
-    dir: PathBuf,
+    dir: WorkDir,
     children: Mutex<HashMap<i32, Child>>,
     /// Restored copies (not our children), killed at the end.
     foreign: Mutex<Vec<i32>>,
@@ -425,12 +189,7 @@ struct Ctx {
 
 impl Ctx {
     fn new(name: &str) -> Ctx {
-        let dir = run_root().join(name);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let u = user();
-        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
-        chmod(&dir, 0o755);
+        let dir = user_work_dir(RUN, name);
         Ctx {
             name: name.to_string(),
             dir,
@@ -445,7 +204,7 @@ impl Ctx {
     fn user_dir(&self, name: &str, mode: u32) -> PathBuf {
         let d = self.dir.join(name);
         fs::create_dir(&d).unwrap();
-        let u = user();
+        let u = test_user();
         std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
         chmod(&d, mode);
         d
@@ -454,14 +213,8 @@ impl Ctx {
     /// A log file owned by the test user (restored copies reopen it as the user).
     fn log_file(&self, name: &str) -> (PathBuf, File) {
         let path = self.dir.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(&path)
-            .unwrap();
-        let u = user();
-        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid)).unwrap();
+        let u = test_user();
+        let f = user_log(&path, u.uid, u.gid);
         self.diag.lock().unwrap().push(path.clone());
         (path, f)
     }
@@ -498,7 +251,7 @@ impl Ctx {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-        let Some(status) = wait_child_for(&mut child, CMD_TIMEOUT) else {
+        let Some(status) = wait_child_for(&mut child, CMD_TIMEOUT).unwrap() else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("{what} did not finish\n{}", self.diagnostics());
@@ -512,7 +265,7 @@ impl Ctx {
 
     fn wait_child(&self, pid: i32) -> ExitStatus {
         let mut child = self.children.lock().unwrap().remove(&pid).unwrap();
-        match wait_child_for(&mut child, EXIT_TIMEOUT) {
+        match wait_child_for(&mut child, EXIT_TIMEOUT).unwrap() {
             Some(s) => s,
             None => {
                 let _ = child.kill();
@@ -581,15 +334,7 @@ impl Drop for Ctx {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
     }
 }
 
@@ -629,7 +374,8 @@ impl Daemon {
     /// shell would be).
     fn start(ctx: &Ctx, tty: bool) -> Daemon {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let socket = socket_dir().join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+        let socket =
+            socket_dir(SOCKETS).join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)));
         let log = ctx.dir.join("stasisd.log");
         let f = File::create(&log).unwrap();
         ctx.diag.lock().unwrap().push(log.clone());
@@ -675,11 +421,7 @@ impl Daemon {
     }
 
     fn workers(&self) -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
+        stasis_test_infra::procfs::children(self.pid)
     }
 
     fn log_text(&self) -> String {
@@ -691,7 +433,7 @@ impl Daemon {
         wait_until(EXIT_TIMEOUT, || self.workers().is_empty());
         let mut child = self.child.take().unwrap();
         assert!(kill(self.pid, libc::SIGTERM));
-        let status = wait_child_for(&mut child, EXIT_TIMEOUT);
+        let status = wait_child_for(&mut child, EXIT_TIMEOUT).unwrap();
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
@@ -734,7 +476,7 @@ fn dumped(ctx: &Ctx, d: &Daemon, args: &[&str]) -> (i32, PathBuf, PathBuf) {
     assert!(
         st.signal() == Some(libc::SIGKILL) && log.contains(&format!("READY {}", p.pid)),
         "the self-dump: {}\n{}",
-        describe(st),
+        describe_exit_status(st),
         ctx.diagnostics()
     );
     (p.pid, images, p.log)
@@ -1265,7 +1007,7 @@ fn legitimate_restore_with_threads_gets_no_privilege() {
     let from = log_len(&log);
     let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
     restored(&ctx, &out, pid, &log, from);
-    let u = user();
+    let u = test_user();
     let ids = format!("{0}\t{0}\t{0}\t{0}", u.uid);
     assert_eq!(status_field(pid, "Uid"), Some(ids));
     assert_eq!(status_field(pid, "Threads").as_deref(), Some("4"));

@@ -26,29 +26,40 @@
 // Helpers panic on setup failures on purpose: a test that cannot set up fails.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{
+    chmod, new_socket_path, path_str, selfdump_programs, send_hello, socket_dir, stasis_cli,
+    stasisd_exe, user_log, user_work_dir, Programs,
+};
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_image::{FileKind, ProcessImage, RecordKind};
 use stasis_sys::socket as sock;
-use stasis_test_infra::build::{libstasis_release_dir, run_build};
 use stasis_test_infra::log::{find_line, log_len, tail};
 use stasis_test_infra::process::{
-    append_log, describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
+    describe_exit_status, isolate, kill, kill_child, spawn_isolated, wait_child_for,
 };
 use stasis_test_infra::procfs::{self, ppid, status_field, status_ids};
-use stasis_test_infra::user::{at_exit, test_user};
+use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
-use stasis_test_infra::{repo_root, require_root, WorkDir};
+use stasis_test_infra::{require_root, WorkDir};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// This run's work directories: `target/tmp/selfdump-<pid>`.
+const RUN: &str = "selfdump";
+/// The daemons' sockets: `/tmp/stasis-sd.<pid>`.
+const SOCKETS: &str = "stasis-sd";
+
 /// Deadline for a program line (READY, DUMPED, PASS, ...) to appear.
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for a command (stasis dump/restore that does not wait for its process).
@@ -174,113 +185,9 @@ mod rust_program {
 // ---------------------------------------------------------------------------------------
 // Environment: paths, the programs.
 
-fn stasisd_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stasisd"))
-}
-
-/// The `stasis` CLI, built next to stasisd when the whole workspace is built.
-fn stasis_cli() -> PathBuf {
-    let cli = stasisd_exe().with_file_name("stasis");
-    assert!(
-        cli.is_file(),
-        "{} is missing: these tests need the `stasis` CLI next to stasisd; build the whole \
-         workspace first (`cargo build --workspace`, or run `cargo test --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-/// `target/tmp/selfdump-<pid>`: work directories of this run (world-traversable).
-fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selfdump-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        at_exit(cleanup_at_exit);
-        d
-    })
-}
-
-/// `/tmp/stasis-sd.<pid>`: the daemons' sockets (unix socket paths must stay short).
-fn socket_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/stasis-sd.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        chmod(&d, 0o755);
-        d
-    })
-}
-
-fn new_socket_path() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    socket_dir().join(format!("{}.sock", N.fetch_add(1, Ordering::Relaxed)))
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// At exit: the sockets' directory, and the run's directory if every test passed.
-fn cleanup_at_exit() {
-    let _ = fs::remove_dir_all(format!("/tmp/stasis-sd.{}", std::process::id()));
-    // The run's directory goes once every test passed (failed tests keep theirs, and then
-    // the programs stay too, for reruns by hand).
-    let root =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selfdump-{}", std::process::id()));
-    let only_bin = fs::read_dir(&root)
-        .map(|d| d.flatten().all(|e| e.file_name() == "bin"))
-        .unwrap_or(false);
-    if only_bin {
-        let _ = fs::remove_dir_all(&root);
-    }
-}
-
 /// The C programs of `tests/selfdump/`, built once per run.
-struct Programs {
-    selfdumper: PathBuf,
-    ticker: PathBuf,
-}
-
 fn programs() -> &'static Programs {
-    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
-    match P.get_or_init(build_programs) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_programs() -> Result<Programs, String> {
-    let lib = libstasis_release_dir(Path::new(env!("CARGO_TARGET_TMPDIR")))?.join("libstasis.a");
-    let bin = run_root().join("bin");
-    fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    chmod(&bin, 0o755);
-    let src = repo_root().join("tests/selfdump");
-    let gcc = |name: &str, with_lib: bool| -> Result<PathBuf, String> {
-        let exe = bin.join(name);
-        let mut cmd = Command::new("gcc");
-        cmd.args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
-            .arg(repo_root().join("include"))
-            .arg(src.join(format!("{name}.c")))
-            .arg("-o")
-            .arg(&exe);
-        if with_lib {
-            // The static library and what the Rust standard library inside it needs.
-            cmd.arg(&lib)
-                .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '));
-        }
-        run_build(&mut cmd)?;
-        chmod(&exe, 0o755);
-        Ok(exe)
-    };
-    Ok(Programs {
-        selfdumper: gcc("selfdumper", true)?,
-        ticker: gcc("ticker", false)?,
-    })
+    selfdump_programs(RUN)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -297,16 +204,7 @@ enum Who {
 fn command(who: Who, exe: &Path, socket: Option<&Path>) -> Command {
     let mut cmd = match who {
         Who::Root => Command::new(exe),
-        Who::User => {
-            let u = test_user();
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={}", u.uid))
-                .arg(format!("--regid={}", u.gid))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg(exe);
-            c
-        }
+        Who::User => test_user().command(exe),
     };
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -354,10 +252,7 @@ impl Ctx {
     }
 
     fn new(name: &str) -> Ctx {
-        let dir = WorkDir::new(run_root().join(name));
-        let u = test_user();
-        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
-        chmod(&dir, 0o755);
+        let dir = user_work_dir(RUN, name);
         Ctx {
             name: name.to_string(),
             dir,
@@ -387,9 +282,8 @@ impl Ctx {
     /// running as the user can reopen it).
     fn log_file(&self, name: &str) -> (PathBuf, File) {
         let path = self.dir.join(name);
-        let f = append_log(&path).unwrap();
         let u = test_user();
-        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid)).unwrap();
+        let f = user_log(&path, u.uid, u.gid);
         self.diag
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -601,14 +495,8 @@ impl Drop for Ctx {
                 kill(pid, libc::SIGKILL);
             }
         }
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] work directory kept: {}",
-                self.name,
-                self.dir.display()
-            );
-        } else {
-            // (The directory goes with `self.dir`.)
+        // (The directory goes with `self.dir`, or is kept when the test failed.)
+        if !std::thread::panicking() {
             eprintln!("[{}] passed in {}", self.name, self.elapsed());
         }
     }
@@ -646,7 +534,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `stasisd --socket <new path> --mode 0666` and waits until it listens.
     fn start(ctx: &Ctx) -> Daemon {
-        let socket = new_socket_path();
+        let socket = new_socket_path(SOCKETS);
         let mut cmd = Command::new(stasisd_exe());
         cmd.arg("--socket").arg(&socket).arg("--mode").arg("0666");
         let d = Daemon::spawn(ctx, cmd, socket, true, |_| {});
@@ -1031,14 +919,7 @@ fn expect_failure_then_close(conn: &OwnedFd, code: i32, what: &str) -> String {
 }
 
 fn handshake(conn: &OwnedFd) {
-    protocol::send(
-        conn.as_fd(),
-        &Message::Hello {
-            version: protocol::VERSION.into(),
-        },
-        None,
-    )
-    .unwrap();
+    send_hello(conn);
     match recv_within(conn, Duration::from_secs(10)) {
         Ok(Message::Welcome { version }) => assert_eq!(version, protocol::VERSION),
         other => panic!("expected Welcome, got {other:?}"),
@@ -1542,7 +1423,7 @@ fn max_workers_bounds_concurrent_requests() {
     let Some(ctx) = Ctx::start("max_workers_bounds_concurrent_requests") else {
         return;
     };
-    let socket = new_socket_path();
+    let socket = new_socket_path(SOCKETS);
     let mut cmd = Command::new(stasisd_exe());
     cmd.arg("--socket")
         .arg(&socket)
@@ -1660,10 +1541,6 @@ fn user_cli(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = command(Who::User, &stasis_cli(), Some(&d.socket));
     cmd.args(args);
     cmd
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The user asks the daemon to dump (and kill) `pid`: refused with `needle` in the message.
@@ -2201,10 +2078,10 @@ fn socket_activation() {
     let Some(ctx) = Ctx::start("socket_activation") else {
         return;
     };
-    let socket = new_socket_path();
+    let socket = new_socket_path(SOCKETS);
     let listener = sock::seqpacket_listen(&socket, 16).unwrap();
     chmod(&socket, 0o666);
-    let ignored = socket_dir().join("not-created-under-activation.sock");
+    let ignored = socket_dir(SOCKETS).join("not-created-under-activation.sock");
     // `sh` sets LISTEN_PID to its own pid, which stasisd keeps across the exec.
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")

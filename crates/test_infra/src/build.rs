@@ -3,6 +3,7 @@
 use crate::env::repo_root;
 use crate::process::describe_exit_status;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -96,4 +97,30 @@ pub fn libstasis_release_dir(target_tmpdir: &Path) -> Result<PathBuf, String> {
         Ok(target.join("release"))
     })
     .clone()
+}
+
+/// Compiles the C program `src` into `exe` (mode 0755) with
+/// `gcc -O1 -g -Wall -Wextra -Werror -I include`, linked with the release `libstasis.a` of
+/// [`libstasis_release_dir`] (and what the Rust standard library inside it needs) when
+/// `with_libstasis`. `target_tmpdir` as for [`libstasis_release_dir`].
+pub fn c_program(
+    target_tmpdir: &Path,
+    src: &Path,
+    exe: &Path,
+    with_libstasis: bool,
+) -> Result<PathBuf, String> {
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(repo_root().join("include"))
+        .arg(src)
+        .arg("-o")
+        .arg(exe);
+    if with_libstasis {
+        cmd.arg(libstasis_release_dir(target_tmpdir)?.join("libstasis.a"))
+            .args("-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc".split(' '));
+    }
+    run_build(&mut cmd)?;
+    fs::set_permissions(exe, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", exe.display()))?;
+    Ok(exe.to_path_buf())
 }

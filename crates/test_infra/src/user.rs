@@ -1,9 +1,12 @@
 //! An unprivileged user for the tests of one run, and cleanups at exit.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A user created for this run of a test binary: `stasis-t-<pid>`, no home, no login shell,
 /// its own group. Removed when the test binary exits (and, should it be killed first, by the
@@ -29,24 +32,42 @@ pub fn test_user() -> &'static TestUser {
 }
 
 fn create_user() -> Result<TestUser, String> {
-    remove_stale_users();
-    let name = format!("{USER_PREFIX}{}", std::process::id());
-    let out = Command::new("useradd")
-        .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
-        .output()
-        .map_err(|e| format!("useradd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let u = add_user(&format!("{USER_PREFIX}{}", std::process::id()))?;
     // Removed at exit, once every test has finished (and killed what it started).
     at_exit(remove_user);
+    Ok(u)
+}
+
+/// useradd and userdel lock /etc/passwd: one at a time in this process.
+static USERS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Creates user `name` (after removing the users of earlier runs that are gone), retrying for
+/// a while when another process holds the lock of /etc/passwd.
+fn add_user(name: &str) -> Result<TestUser, String> {
+    let _lock = USERS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    static STALE: Once = Once::new();
+    STALE.call_once(remove_stale_users);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("useradd")
+            .args(["-M", "-N", "-s", "/usr/sbin/nologin", name])
+            .output()
+            .map_err(|e| format!("useradd: {e}"))?;
+        if out.status.success() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "useradd {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let id = |flag: &str| -> Result<u32, String> {
         let out = Command::new("id")
             .arg(flag)
-            .arg(&name)
+            .arg(name)
             .output()
             .map_err(|e| e.to_string())?;
         String::from_utf8_lossy(&out.stdout)
@@ -57,12 +78,69 @@ fn create_user() -> Result<TestUser, String> {
     let u = TestUser {
         uid: id("-u")?,
         gid: id("-g")?,
-        name,
+        name: name.to_string(),
     };
     if u.uid == 0 || u.gid == 0 {
         return Err(format!("{u:?} has root ids"));
     }
     Ok(u)
+}
+
+impl TestUser {
+    /// A command that runs `exe` as this user (`setpriv`: real, effective and saved ids, its
+    /// group, no supplementary groups).
+    pub fn command(&self, exe: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(exe);
+        c
+    }
+}
+
+/// A user of one test's own, for tests that need more than [`test_user`] (two users, say):
+/// `stasis-t-<pid>-<n>`, created by [`OwnUser::create`] (needs root), removed when dropped.
+#[derive(Debug)]
+pub struct OwnUser(TestUser);
+
+impl OwnUser {
+    /// Creates the user; panics when it cannot.
+    pub fn create() -> OwnUser {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{USER_PREFIX}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        match add_user(&name) {
+            Ok(u) => OwnUser(u),
+            Err(e) => panic!("cannot create a test user: {e}"),
+        }
+    }
+}
+
+impl std::ops::Deref for OwnUser {
+    type Target = TestUser;
+    fn deref(&self) -> &TestUser {
+        &self.0
+    }
+}
+
+impl Drop for OwnUser {
+    fn drop(&mut self) {
+        let _lock = USERS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("userdel")
+            .arg(&self.0.name)
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Users of earlier runs whose test binary is gone (killed before its exit handler ran).
@@ -74,11 +152,12 @@ fn remove_stale_users() {
         let name = line.split(':').next().unwrap_or("");
         let Some(pid) = name
             .strip_prefix(USER_PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("userdel").arg(name).output();
         }
     }

@@ -68,7 +68,9 @@ impl AsRef<Path> for WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if !self.keep && !std::thread::panicking() {
+        if std::thread::panicking() {
+            eprintln!("work directory kept: {}", self.path.display());
+        } else if !self.keep {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
