@@ -95,6 +95,7 @@ pub mod locks;
 pub mod memfd;
 pub mod opath;
 pub mod pipe;
+mod pipebuf;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
