@@ -288,12 +288,9 @@ fn open_named(path: &str, dev: u64, ino: u64, ctx: &mut OpenContext<'_>) -> Resu
         .custom_flags(libc::O_PATH)
         .open(path)
         .map_err(|e| Error::io(format!("open FIFO {path}"), e))?;
-    let md = at
-        .metadata()
-        .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-    ctx.check_same_file(
+    let at = ctx.check_opened(
         path,
-        &md,
+        at,
         dev,
         ino,
         Some(libc::S_IFIFO),

@@ -856,6 +856,24 @@ impl<'a> OpenContext<'a> {
         }
     }
 
+    /// Checks with [`OpenContext::check_same_file`] that `file`, just opened at `path`, is the
+    /// file of the dump, and hands it over as the description.
+    pub fn check_opened(
+        &mut self,
+        path: &str,
+        file: File,
+        dev: u64,
+        ino: u64,
+        file_type: Option<u32>,
+        what: &str,
+    ) -> Result<OwnedFd, Error> {
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+        self.check_same_file(path, &md, dev, ino, file_type, what)?;
+        Ok(file.into())
+    }
+
     /// Checks that `md`, the file opened at `path`, is the file of the dump: device `dev` and
     /// inode `ino`, and when `file_type` is given (`S_IFMT` bits) that type. `what` says what
     /// the file was ("the file that was open", "the file that was mapped"). Another inode of
