@@ -199,10 +199,7 @@ impl FileOps for Fifos {
                 continue;
             }
             let bytes = peek(&s)?;
-            let first = descs.iter_mut().find(|d| d.id == s.ids[0]);
-            if let Some(FileKind::Fifo { data, .. }) = first.map(|d| &mut d.kind) {
-                *data = bytes;
-            }
+            pipebuf::store(descs, s.ids[0], bytes);
         }
         Ok(())
     }
@@ -227,11 +224,7 @@ impl FileOps for Fifos {
 
     /// The bytes in flight are stored with one copy of the description only.
     fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
-        if let (FileKind::Fifo { data: tree, .. }, FileKind::Fifo { data, .. }) =
-            (&mut tree.kind, &copy.kind)
-        {
-            pipebuf::merge_data(tree, data);
-        }
+        pipebuf::merge(tree, copy);
     }
 
     /// A new description of this FIFO (the FIFO is opened, or made, with its first one).

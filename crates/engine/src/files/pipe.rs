@@ -142,10 +142,7 @@ impl FileOps for Pipes {
             if bytes.is_empty() {
                 continue;
             }
-            let first = descs.iter_mut().find(|d| d.id == seen.ids[0]);
-            if let Some(FileKind::Pipe { data, .. }) = first.map(|d| &mut d.kind) {
-                *data = bytes;
-            }
+            pipebuf::store(descs, seen.ids[0], bytes);
         }
         Ok(())
     }
@@ -159,11 +156,7 @@ impl FileOps for Pipes {
 
     /// The bytes in flight are stored with one copy of the description only.
     fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
-        if let (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. }) =
-            (&mut tree.kind, &copy.kind)
-        {
-            pipebuf::merge_data(tree, data);
-        }
+        pipebuf::merge(tree, copy);
     }
 
     /// A new description for this pipe end (the pipe is made with its first end).

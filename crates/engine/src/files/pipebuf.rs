@@ -3,6 +3,7 @@
 //! through /proc/self/fd; and the search for a process outside the dumped tree that holds it.
 
 use crate::Error;
+use stasis_image::{FileDesc, FileKind};
 use stasis_sys::{process, Pid};
 use std::fs::File;
 use std::io::Read;
@@ -25,11 +26,26 @@ pub(super) fn check_data(what: &str, data: &[u8], capacity: u32) -> Result<(), S
     Ok(())
 }
 
-/// The bytes in flight are stored with one copy of a description only: the merged description
-/// takes them from whichever copy has them.
-pub(super) fn merge_data(tree: &mut Vec<u8>, copy: &[u8]) {
+/// The bytes in flight of a pipe or FIFO are stored with one copy of its description only:
+/// `tree` takes them from `copy`, a copy of the same description, when it has none.
+pub(super) fn merge(tree: &mut FileDesc, copy: &FileDesc) {
+    let (tree, data) = match (&mut tree.kind, &copy.kind) {
+        (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. })
+        | (FileKind::Fifo { data: tree, .. }, FileKind::Fifo { data, .. }) => (tree, data),
+        _ => return,
+    };
     if tree.is_empty() {
-        tree.extend_from_slice(copy);
+        tree.clone_from(data);
+    }
+}
+
+/// Stores `bytes`, the bytes in flight of a pipe or FIFO, with its description `id`.
+pub(super) fn store(descs: &mut [&mut FileDesc], id: u32, bytes: Vec<u8>) {
+    let first = descs.iter_mut().find(|d| d.id == id);
+    if let Some(FileKind::Pipe { data, .. } | FileKind::Fifo { data, .. }) =
+        first.map(|d| &mut d.kind)
+    {
+        *data = bytes;
     }
 }
 
@@ -137,14 +153,5 @@ mod tests {
         check_data("pipe", &[7; 4096], 4096).unwrap();
         assert!(check_data("pipe", &[7; 4097], 4096).is_err());
         assert!(check_data("pipe", &vec![7; MAX_PIPE_DATA + 1], u32::MAX).is_err());
-    }
-
-    #[test]
-    fn merge_keeps_the_bytes_it_has() {
-        let mut tree = Vec::new();
-        merge_data(&mut tree, b"abc");
-        merge_data(&mut tree, b"");
-        merge_data(&mut tree, b"xyz");
-        assert_eq!(tree, b"abc");
     }
 }
