@@ -132,39 +132,31 @@ impl FileOps for Directories {
                 desc.id
             )));
         };
+        let open_dir = |at: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | super::reopen_flags(desc))
+                .open(at)
+                .map_err(|e| Error::io(format!("open directory {at}"), e))
+        };
         if let Some(d) = deleted {
             let fallback = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
             let tmp = recreate_deleted(path, &fallback, d)?;
-            let mut o = std::fs::OpenOptions::new();
-            o.read(true)
-                .custom_flags(libc::O_DIRECTORY | super::reopen_flags(desc));
-            let opened = o
-                .open(&tmp)
-                .map_err(|e| Error::io(format!("open directory {tmp}"), e));
+            let opened = open_dir(&tmp);
             let removed = std::fs::remove_dir(&tmp)
                 .map_err(|e| Error::io(format!("rmdir {tmp} (made for a deleted directory)"), e));
             let dir = opened?;
             removed?;
             return Ok(dir.into());
         }
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true)
-            .custom_flags(libc::O_DIRECTORY | super::reopen_flags(desc));
-        let dir = o
-            .open(path)
-            .map_err(|e| Error::io(format!("open directory {path}"), e))?;
-        let md = dir
-            .metadata()
-            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-        ctx.check_same_file(
+        ctx.check_opened(
             path,
-            &md,
+            open_dir(path)?,
             *dev,
             *ino,
             Some(libc::S_IFDIR),
             "the directory that was open",
-        )?;
-        Ok(dir.into())
+        )
     }
 
     fn has_position(&self) -> bool {

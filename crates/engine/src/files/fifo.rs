@@ -34,6 +34,7 @@
 //! (which then never waits either). Once it is closed, a reader whose writers are all gone
 //! reads the bytes, then end-of-file.
 
+use super::pipebuf::{self, reopen};
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
 use stasis_image::{FileDesc, FileKind, ProcessImage};
@@ -41,7 +42,7 @@ use stasis_sys::{process, Pid};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 
 /// How /proc/PID/fd/N ends for a file that was unlinked.
@@ -170,7 +171,7 @@ impl FileOps for Fifos {
             .map(|(&key, s)| (key, s.link.as_str()))
             .collect();
         let held =
-            outside_holder(&watched, &self.pids).and_then(|h| Some((self.seen.get(&h.key)?, h)));
+            outside_holder(&watched, &self.pids).and_then(|h| Some((self.seen.get(&h.found)?, h)));
         if let Some((s, h)) = held {
             let (what, why) = if s.deleted {
                 (
@@ -182,7 +183,7 @@ impl FileOps for Fifos {
                     format!("the FIFO {}", s.path),
                     format!(
                         "its {} bytes in flight are in the buffer they share, where that process may read or add to them",
-                        bytes_of(&h.key)
+                        bytes_of(&h.found)
                     ),
                 )
             };
@@ -198,10 +199,7 @@ impl FileOps for Fifos {
                 continue;
             }
             let bytes = peek(&s)?;
-            let first = descs.iter_mut().find(|d| d.id == s.ids[0]);
-            if let Some(FileKind::Fifo { data, .. }) = first.map(|d| &mut d.kind) {
-                *data = bytes;
-            }
+            pipebuf::store(descs, s.ids[0], bytes);
         }
         Ok(())
     }
@@ -221,25 +219,12 @@ impl FileOps for Fifos {
         if mode & !0o7777 != 0 {
             return Err(format!("mode {mode:#o} has more than permission bits"));
         }
-        if data.len() > super::pipe::MAX_PIPE_DATA || data.len() > *capacity as usize {
-            return Err(format!(
-                "{} bytes in flight in a FIFO of capacity {capacity} (at most {})",
-                data.len(),
-                super::pipe::MAX_PIPE_DATA
-            ));
-        }
-        Ok(())
+        pipebuf::check_data("FIFO", data, *capacity)
     }
 
     /// The bytes in flight are stored with one copy of the description only.
     fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
-        if let (FileKind::Fifo { data: tree, .. }, FileKind::Fifo { data, .. }) =
-            (&mut tree.kind, &copy.kind)
-        {
-            if tree.is_empty() {
-                tree.clone_from(data);
-            }
-        }
+        pipebuf::merge(tree, copy);
     }
 
     /// A new description of this FIFO (the FIFO is opened, or made, with its first one).
@@ -281,7 +266,9 @@ impl FileOps for Fifos {
             refill(keeper, path, data)?;
         }
         let access = desc.flags as i32 & libc::O_ACCMODE;
-        reopen(keeper, access)
+        // Non-blocking: with a read-write description of the FIFO open (the keeper), this never
+        // fails for want of a peer.
+        reopen(keeper, access, libc::O_NONBLOCK)
             .map_err(|e| Error::io(format!("reopen FIFO {path} for description {}", desc.id), e))
     }
 }
@@ -294,18 +281,16 @@ fn open_named(path: &str, dev: u64, ino: u64, ctx: &mut OpenContext<'_>) -> Resu
         .custom_flags(libc::O_PATH)
         .open(path)
         .map_err(|e| Error::io(format!("open FIFO {path}"), e))?;
-    let md = at
-        .metadata()
-        .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-    ctx.check_same_file(
+    let at = ctx.check_opened(
         path,
-        &md,
+        at,
         dev,
         ino,
         Some(libc::S_IFIFO),
         "the FIFO that was open",
     )?;
-    reopen(&at.into(), libc::O_RDWR).map_err(|e| Error::io(format!("open FIFO {path}"), e))
+    reopen(&at, libc::O_RDWR, libc::O_NONBLOCK)
+        .map_err(|e| Error::io(format!("open FIFO {path}"), e))
 }
 
 /// Makes a deleted FIFO again: a new FIFO next to `path` with permission bits `mode`, opened
@@ -352,89 +337,39 @@ fn refill(keeper: &OwnedFd, path: &str, data: &[u8]) -> Result<(), Error> {
     std::io::Write::write_all(&mut w, data).map_err(|e| Error::io(format!("refill FIFO {path}"), e))
 }
 
-/// Opens the FIFO behind `fd` again through /proc/self/fd with `access` (O_RDONLY, O_WRONLY
-/// or O_RDWR), non-blocking: a new open file description. With a read-write description of the
-/// FIFO open, this never fails for want of a peer.
-fn reopen(fd: &OwnedFd, access: i32) -> std::io::Result<OwnedFd> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(access != libc::O_WRONLY)
-        .write(access != libc::O_RDONLY)
-        .custom_flags(libc::O_NONBLOCK);
-    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
-}
-
 /// Copies the bytes queued in a FIFO without consuming them, through a read description of its
 /// own (non-blocking, so that opening it never waits; a FIFO whose readers are all gone still
 /// holds its bytes for the next one).
 fn peek(s: &FifoSeen) -> Result<Vec<u8>, Error> {
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(format!("/proc/self/fd/{}", s.dup.as_raw_fd()))
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "open a reader of the FIFO of fd {} of pid {}",
-                    s.first_fd, s.first_pid
-                ),
-                e,
-            )
-        })?;
-    super::pipe::peek(&reader, s.first_fd)
-}
-
-/// A process outside the dumped tree that holds one of the watched FIFOs.
-struct OutsideHolder {
-    key: FifoKey,
-    pid: Pid,
-    fd: RawFd,
-    comm: String,
+    let reader = reopen(&s.dup, libc::O_RDONLY, libc::O_NONBLOCK).map_err(|e| {
+        Error::io(
+            format!(
+                "open a reader of the FIFO of fd {} of pid {}",
+                s.first_fd, s.first_pid
+            ),
+            e,
+        )
+    })?;
+    pipebuf::peek(&File::from(reader), s.first_fd)
 }
 
 /// Looks through the fds of every process but `tree` and this one for one of the `watched`
-/// FIFOs (identity -> the link /proc shows for it). Processes and fds that vanish or cannot be
-/// read meanwhile are passed over.
-fn outside_holder(watched: &HashMap<FifoKey, &str>, tree: &[Pid]) -> Option<OutsideHolder> {
+/// FIFOs (identity -> the link /proc shows for it); finds its identity.
+fn outside_holder(
+    watched: &HashMap<FifoKey, &str>,
+    tree: &[Pid],
+) -> Option<pipebuf::OutsideHolder<FifoKey>> {
     if watched.is_empty() {
         return None;
     }
-    let me = process::getpid();
-    for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<Pid>().ok()) else {
-            continue;
-        };
-        if pid == me || tree.contains(&pid) {
-            continue;
+    pipebuf::outside_holder(tree, |_, _, path, link| {
+        if !watched.values().any(|w| *w == link) {
+            return None;
         }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for f in fds.flatten() {
-            let Ok(link) = std::fs::read_link(f.path()) else {
-                continue;
-            };
-            let Some(link) = link.to_str() else {
-                continue;
-            };
-            if !watched.values().any(|w| *w == link) {
-                continue;
-            }
-            let Ok(md) = std::fs::metadata(f.path()) else {
-                continue;
-            };
-            let key = (md.dev(), md.ino());
-            let Some(fd) = f.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
-                continue;
-            };
-            if watched.contains_key(&key) {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                return Some(OutsideHolder { key, pid, fd, comm });
-            }
-        }
-    }
-    None
+        let md = std::fs::metadata(path).ok()?;
+        let key = (md.dev(), md.ino());
+        watched.contains_key(&key).then_some(key)
+    })
 }
 
 #[cfg(test)]

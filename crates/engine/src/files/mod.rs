@@ -96,6 +96,7 @@ pub mod memfd;
 pub mod opath;
 pub mod pidfd;
 pub mod pipe;
+mod pipebuf;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
@@ -868,6 +869,24 @@ impl<'a> OpenContext<'a> {
             replaced,
             warned: BTreeSet::new(),
         }
+    }
+
+    /// Checks with [`OpenContext::check_same_file`] that `file`, just opened at `path`, is the
+    /// file of the dump, and hands it over as the description.
+    pub fn check_opened(
+        &mut self,
+        path: &str,
+        file: File,
+        dev: u64,
+        ino: u64,
+        file_type: Option<u32>,
+        what: &str,
+    ) -> Result<OwnedFd, Error> {
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
+        self.check_same_file(path, &md, dev, ino, file_type, what)?;
+        Ok(file.into())
     }
 
     /// Checks that `md`, the file opened at `path`, is the file of the dump: device `dev` and

@@ -112,18 +112,7 @@ impl FileOps for OPaths {
             .custom_flags(flags)
             .open(path)
             .map_err(|e| Error::io(format!("open {path} with O_PATH"), e))?;
-        let md = f
-            .metadata()
-            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-        ctx.check_same_file(
-            path,
-            &md,
-            *dev,
-            *ino,
-            Some(*mode),
-            "the object that was open",
-        )?;
-        Ok(f.into())
+        ctx.check_opened(path, f, *dev, *ino, Some(*mode), "the object that was open")
     }
 }
 

@@ -19,17 +19,14 @@
 //! process held is closed once every description is open: the reader of a pipe without
 //! writers reads the bytes, then EOF; a writer without readers gets EPIPE.
 
+use super::pipebuf::{self, reopen};
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
 use stasis_image::{FileDesc, FileKind, ProcessImage};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-
-/// Most bytes in flight a record may hold for one pipe.
-pub(super) const MAX_PIPE_DATA: usize = 16 << 20;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 /// O_LARGEFILE as the kernel shows it in fdinfo on x86-64 (where libc's is 0): set on every
 /// description open(2) makes, never on those pipe(2) makes.
@@ -121,9 +118,10 @@ impl FileOps for Pipes {
             .map(|(&ino, s)| (ino, s.read_end.is_some()))
             .collect();
         let held =
-            outside_holder(&lone, &self.pids).and_then(|h| Some((self.seen.get(&h.ino)?, h)));
+            outside_holder(&lone, &self.pids).and_then(|h| Some((self.seen.get(&h.found.0)?, h)));
         if let Some((seen, h)) = held {
-            let (ours, theirs) = if h.needs_write {
+            let (ino, needs_write) = h.found;
+            let (ours, theirs) = if needs_write {
                 ("read", "write")
             } else {
                 ("write", "read")
@@ -131,7 +129,7 @@ impl FileOps for Pipes {
             return Err(Error::Unsupported {
                 what: format!(
                     "fd {} of pid {} is the {ours} end of pipe:[{}], whose {theirs} end is held outside the dumped processes, by fd {} of pid {} ({})",
-                    seen.first_fd, seen.first_pid, h.ino, h.fd, h.pid, h.comm
+                    seen.first_fd, seen.first_pid, ino, h.fd, h.pid, h.comm
                 ),
             });
         }
@@ -140,14 +138,11 @@ impl FileOps for Pipes {
             let Some(read_end) = &seen.read_end else {
                 continue;
             };
-            let bytes = peek(read_end, seen.first_fd)?;
+            let bytes = pipebuf::peek(read_end, seen.first_fd)?;
             if bytes.is_empty() {
                 continue;
             }
-            let first = descs.iter_mut().find(|d| d.id == seen.ids[0]);
-            if let Some(FileKind::Pipe { data, .. }) = first.map(|d| &mut d.kind) {
-                *data = bytes;
-            }
+            pipebuf::store(descs, seen.ids[0], bytes);
         }
         Ok(())
     }
@@ -156,24 +151,12 @@ impl FileOps for Pipes {
         let FileKind::Pipe { data, capacity, .. } = &desc.kind else {
             return Err("not a pipe".into());
         };
-        if data.len() > MAX_PIPE_DATA || data.len() > *capacity as usize {
-            return Err(format!(
-                "{} bytes in flight in a pipe of capacity {capacity} (at most {MAX_PIPE_DATA})",
-                data.len()
-            ));
-        }
-        Ok(())
+        pipebuf::check_data("pipe", data, *capacity)
     }
 
     /// The bytes in flight are stored with one copy of the description only.
     fn merge(&self, tree: &mut FileDesc, copy: &FileDesc) {
-        if let (FileKind::Pipe { data: tree, .. }, FileKind::Pipe { data, .. }) =
-            (&mut tree.kind, &copy.kind)
-        {
-            if tree.is_empty() {
-                tree.clone_from(data);
-            }
-        }
+        pipebuf::merge(tree, copy);
     }
 
     /// A new description for this pipe end (the pipe is made with its first end).
@@ -207,7 +190,7 @@ impl FileOps for Pipes {
         if !data.is_empty() {
             // Through a description of its own, whatever flags the others get.
             let mut wf = File::from(
-                reopen(&made.write, libc::O_WRONLY)
+                reopen(&made.write, libc::O_WRONLY, 0)
                     .map_err(|e| Error::io(format!("reopen pipe:[{pipe_id}] to refill it"), e))?,
             );
             std::io::Write::write_all(&mut wf, data)
@@ -227,7 +210,8 @@ impl FileOps for Pipes {
             *given = true;
             end.try_clone().map_err(|e| Error::io("dup", e))
         } else {
-            reopen(end, access).map_err(|e| {
+            // (For a pipe, unlike a FIFO, opening never waits for the other end.)
+            reopen(end, access, 0).map_err(|e| {
                 Error::io(
                     format!("reopen pipe:[{pipe_id}] for description {}", desc.id),
                     e,
@@ -245,124 +229,40 @@ struct MadePipe {
     write_given: bool,
 }
 
-/// Opens the pipe behind `fd` again through /proc/self/fd with `access` (O_RDONLY, O_WRONLY
-/// or O_RDWR): a new open file description of the same pipe. (For a pipe, unlike a FIFO,
-/// this never waits for the other end.)
-fn reopen(fd: &OwnedFd, access: i32) -> std::io::Result<OwnedFd> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(access != libc::O_WRONLY)
-        .write(access != libc::O_RDONLY);
-    Ok(o.open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.into())
-}
-
-/// A process outside the dumped tree that holds the end of a pipe the tree lacks.
-struct OutsideHolder {
-    ino: u64,
-    /// The tree lacks the write end (else the read end).
-    needs_write: bool,
-    pid: Pid,
-    fd: RawFd,
-    comm: String,
-}
-
 /// Looks through the fds of every process but `tree` (those whose pipe ends were dumped) and
-/// this one for an end of one of the
-/// `lone` pipes (inode -> whether the tree lacks the write end rather than the read end) that
-/// the tree lacks. Processes and fds that vanish or cannot be read meanwhile are passed over.
-fn outside_holder(lone: &HashMap<u64, bool>, tree: &[Pid]) -> Option<OutsideHolder> {
+/// this one for an end of one of the `lone` pipes (inode -> whether the tree lacks the write end
+/// rather than the read end) that the tree lacks; finds that pipe's inode and what it lacks.
+fn outside_holder(
+    lone: &HashMap<u64, bool>,
+    tree: &[Pid],
+) -> Option<pipebuf::OutsideHolder<(u64, bool)>> {
     if lone.is_empty() {
         return None;
     }
-    let me = process::getpid();
-    let procs = std::fs::read_dir("/proc").ok()?;
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<Pid>().ok()) else {
-            continue;
+    pipebuf::outside_holder(tree, |pid, fd, _, link| {
+        let ino = link
+            .strip_prefix("pipe:[")
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|l| l.parse::<u64>().ok())?;
+        let &needs_write = lone.get(&ino)?;
+        let info = crate::procfs::read_fdinfo(pid, fd).ok()?;
+        let access = info.flags as i32 & libc::O_ACCMODE;
+        let has_it = if needs_write {
+            access != libc::O_RDONLY
+        } else {
+            access != libc::O_WRONLY
         };
-        if pid == me || tree.contains(&pid) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for f in fds.flatten() {
-            let Ok(link) = std::fs::read_link(f.path()) else {
-                continue;
-            };
-            let Some(ino) = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("pipe:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|l| l.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let Some(&needs_write) = lone.get(&ino) else {
-                continue;
-            };
-            let Some(fd) = f.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
-                continue;
-            };
-            let Ok(info) = crate::procfs::read_fdinfo(pid, fd) else {
-                continue;
-            };
-            let access = info.flags as i32 & libc::O_ACCMODE;
-            let has_it = if needs_write {
-                access != libc::O_RDONLY
-            } else {
-                access != libc::O_WRONLY
-            };
-            if has_it {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                return Some(OutsideHolder {
-                    ino,
-                    needs_write,
-                    pid,
-                    fd,
-                    comm,
-                });
-            }
-        }
-    }
-    None
-}
-
-/// Copies the bytes queued in a pipe without consuming them.
-pub(super) fn peek(read_end: &File, fd: RawFd) -> Result<Vec<u8>, Error> {
-    let queued = process::pipe_bytes_queued(read_end.as_fd())
-        .map_err(|e| Error::io(format!("FIONREAD on fd {fd}"), e))?;
-    if queued == 0 {
-        return Ok(Vec::new());
-    }
-    let (r, w) = process::pipe().map_err(|e| Error::io("pipe", e))?;
-    let cap = process::pipe_capacity(read_end.as_fd()).map_err(|e| Error::io("F_GETPIPE_SZ", e))?;
-    process::set_pipe_capacity(w.as_fd(), cap.max(queued))
-        .map_err(|e| Error::io("F_SETPIPE_SZ", e))?;
-    // tee copies from the start of the pipe's queue; the target is frozen, so one call that
-    // is given room for everything takes all of it.
-    let copied = process::tee(read_end.as_fd(), w.as_fd(), queued)
-        .map_err(|e| Error::io(format!("tee from fd {fd}"), e))?;
-    drop(w);
-    let mut data = Vec::with_capacity(copied);
-    File::from(r)
-        .read_to_end(&mut data)
-        .map_err(|e| Error::io("read peeked pipe data", e))?;
-    if data.len() != queued {
-        return Err(Error::Invalid(format!(
-            "fd {fd}: {queued} bytes queued in the pipe but {} copied",
-            data.len()
-        )));
-    }
-    Ok(data)
+        has_it.then_some((ino, needs_write))
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::pipebuf::MAX_PIPE_DATA;
     use super::*;
     use stasis_image::testing::sample_process;
     use stasis_image::ImageDir;
+    use std::io::Read;
 
     fn end(id: u32, write_end: bool, data: &[u8]) -> FileDesc {
         FileDesc {

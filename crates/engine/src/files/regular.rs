@@ -92,18 +92,14 @@ impl FileOps for RegularFiles {
             )));
         };
         let file = super::open_path(path, desc, 0)?;
-        let md = file
-            .metadata()
-            .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-        ctx.check_same_file(
+        ctx.check_opened(
             path,
-            &md,
+            file,
             *dev,
             *ino,
             Some(libc::S_IFREG),
             "the file that was open",
-        )?;
-        Ok(file.into())
+        )
     }
 
     fn has_position(&self) -> bool {

@@ -11,6 +11,7 @@ use kabi::{
     CapUserData, CapUserHeader, CloneArgs, Flock, Itimerspec, Itimerval, KernelSigaction,
     PrctlMmMap, Rlimit64, Rseq, Sigevent, Siginfo, StackT,
 };
+use stasis_sys::kabi::Pod;
 use stasis_sys::Pid;
 use std::fmt;
 
@@ -192,14 +193,9 @@ impl Injector {
 
     /// prlimit64(0, resource, NULL, &old): a resource limit of the calling process.
     pub fn prlimit64_get(&mut self, resource: u32) -> Result<Rlimit64, Error> {
-        let mut f = self.frame();
-        let old = f.alloc::<Rlimit64>()?;
-        f.call(
-            "prlimit64",
-            libc::SYS_prlimit64,
-            [0, resource.into(), 0, old.addr(), 0, 0],
-        )?;
-        f.read(old)
+        self.call_reading("prlimit64", libc::SYS_prlimit64, |old| {
+            [0, resource.into(), 0, old, 0, 0]
+        })
     }
 
     /// setpgid(pid, pgid).
@@ -576,14 +572,9 @@ impl Injector {
 
     /// rt_sigaction(sig, NULL, &old): the disposition of `sig`.
     pub fn rt_sigaction_get(&mut self, sig: u32) -> Result<KernelSigaction, Error> {
-        let mut f = self.frame();
-        let old = f.alloc::<KernelSigaction>()?;
-        f.call(
-            "rt_sigaction(query)",
-            libc::SYS_rt_sigaction,
-            [sig.into(), 0, old.addr(), 8, 0, 0],
-        )?;
-        f.read(old)
+        self.call_reading("rt_sigaction(query)", libc::SYS_rt_sigaction, |old| {
+            [sig.into(), 0, old, 8, 0, 0]
+        })
     }
 
     /// rt_sigaction(sig, &act, NULL).
@@ -602,26 +593,16 @@ impl Injector {
         sig: u32,
         act: &KernelSigaction,
     ) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(act)?;
-        f.call(
-            name,
-            libc::SYS_rt_sigaction,
-            [sig.into(), at.addr(), 0, 8, 0, 0],
-        )?;
-        Ok(())
+        self.call_passing(name, libc::SYS_rt_sigaction, act, |at| {
+            [sig.into(), at, 0, 8, 0, 0]
+        })
     }
 
     /// rt_sigqueueinfo(pid, sig, &info): queues a process-wide signal.
     pub fn rt_sigqueueinfo(&mut self, pid: Pid, sig: u32, info: &Siginfo) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(info)?;
-        f.call(
-            "rt_sigqueueinfo",
-            libc::SYS_rt_sigqueueinfo,
-            [reg(pid.into()), sig.into(), at.addr(), 0, 0, 0],
-        )?;
-        Ok(())
+        self.call_passing("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, info, |at| {
+            [reg(pid.into()), sig.into(), at, 0, 0, 0]
+        })
     }
 
     /// rt_tgsigqueueinfo(pid, tid, sig, &info): queues a signal for one thread.
@@ -632,71 +613,42 @@ impl Injector {
         sig: u32,
         info: &Siginfo,
     ) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(info)?;
-        f.call(
+        self.call_passing(
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
-            [
-                reg(pid.into()),
-                reg(tid.into()),
-                sig.into(),
-                at.addr(),
-                0,
-                0,
-            ],
-        )?;
-        Ok(())
+            info,
+            |at| [reg(pid.into()), reg(tid.into()), sig.into(), at, 0, 0],
+        )
     }
 
     /// sigaltstack(NULL, &old): the thread's alternate signal stack.
     pub fn sigaltstack_get(&mut self) -> Result<StackT, Error> {
-        let mut f = self.frame();
-        let old = f.alloc::<StackT>()?;
-        f.call(
-            "sigaltstack",
-            libc::SYS_sigaltstack,
-            [0, old.addr(), 0, 0, 0, 0],
-        )?;
-        f.read(old)
+        self.call_reading("sigaltstack", libc::SYS_sigaltstack, |old| {
+            [0, old, 0, 0, 0, 0]
+        })
     }
 
     /// sigaltstack(&ss, NULL).
     pub fn sigaltstack_set(&mut self, ss: &StackT) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(ss)?;
-        f.call(
-            "sigaltstack",
-            libc::SYS_sigaltstack,
-            [at.addr(), 0, 0, 0, 0, 0],
-        )?;
-        Ok(())
+        self.call_passing("sigaltstack", libc::SYS_sigaltstack, ss, |at| {
+            [at, 0, 0, 0, 0, 0]
+        })
     }
 
     // --- Timers ----------------------------------------------------------------------------
 
     /// getitimer(which, &value).
     pub fn getitimer(&mut self, which: u32) -> Result<Itimerval, Error> {
-        let mut f = self.frame();
-        let out = f.alloc::<Itimerval>()?;
-        f.call(
-            "getitimer",
-            libc::SYS_getitimer,
-            [which.into(), out.addr(), 0, 0, 0, 0],
-        )?;
-        f.read(out)
+        self.call_reading("getitimer", libc::SYS_getitimer, |out| {
+            [which.into(), out, 0, 0, 0, 0]
+        })
     }
 
     /// setitimer(which, &value, NULL).
     pub fn setitimer(&mut self, which: u32, value: &Itimerval) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(value)?;
-        f.call(
-            "setitimer",
-            libc::SYS_setitimer,
-            [which.into(), at.addr(), 0, 0, 0, 0],
-        )?;
-        Ok(())
+        self.call_passing("setitimer", libc::SYS_setitimer, value, |at| {
+            [which.into(), at, 0, 0, 0, 0]
+        })
     }
 
     /// timer_create(clock, &sev, &id) with `id` as the wanted id (used by the kernel under
@@ -723,14 +675,9 @@ impl Injector {
 
     /// timer_gettime(id, &value).
     pub fn timer_gettime(&mut self, id: i32) -> Result<Itimerspec, Error> {
-        let mut f = self.frame();
-        let out = f.alloc::<Itimerspec>()?;
-        f.call(
-            "timer_gettime",
-            libc::SYS_timer_gettime,
-            [reg(id.into()), out.addr(), 0, 0, 0, 0],
-        )?;
-        f.read(out)
+        self.call_reading("timer_gettime", libc::SYS_timer_gettime, |out| {
+            [reg(id.into()), out, 0, 0, 0, 0]
+        })
     }
 
     /// timer_getoverrun(id).
@@ -744,14 +691,9 @@ impl Injector {
 
     /// timer_settime(id, flags, &value, NULL).
     pub fn timer_settime(&mut self, id: i32, flags: i32, value: &Itimerspec) -> Result<(), Error> {
-        let mut f = self.frame();
-        let at = f.push(value)?;
-        f.call(
-            "timer_settime",
-            libc::SYS_timer_settime,
-            [reg(id.into()), reg(flags.into()), at.addr(), 0, 0, 0],
-        )?;
-        Ok(())
+        self.call_passing("timer_settime", libc::SYS_timer_settime, value, |at| {
+            [reg(id.into()), reg(flags.into()), at, 0, 0, 0]
+        })
     }
 
     // --- Threads ---------------------------------------------------------------------------
@@ -1069,6 +1011,37 @@ impl Injector {
             libc::SYS_close_range,
             [first.into(), last.into(), flags.into(), 0, 0, 0],
         )?;
+        Ok(())
+    }
+
+    // --- Helpers ---------------------------------------------------------------------------
+
+    /// Runs `nr` with the arguments `args(out)` makes, `out` the address of room for a `T`
+    /// in a frame, and reads the `T` the call left there.
+    fn call_reading<T: Pod>(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        args: impl FnOnce(u64) -> [u64; 6],
+    ) -> Result<T, Error> {
+        let mut f = self.frame();
+        let out = f.alloc::<T>()?;
+        f.call(name, nr, args(out.addr()))?;
+        f.read(out)
+    }
+
+    /// Runs `nr` with the arguments `args(at)` makes, `at` the address of a copy of `value`
+    /// in a frame.
+    fn call_passing<T: Pod>(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        value: &T,
+        args: impl FnOnce(u64) -> [u64; 6],
+    ) -> Result<(), Error> {
+        let mut f = self.frame();
+        let at = f.push(value)?;
+        f.call(name, nr, args(at.addr()))?;
         Ok(())
     }
 }

@@ -201,11 +201,7 @@ fn open_mapped_file(
         other => other,
     }
     .map_err(|e| Error::io(format!("open mapped file {path}"), e))?;
-    let md = f
-        .metadata()
-        .map_err(|e| Error::io(format!("fstat {path}"), e))?;
-    ctx.check_same_file(path, &md, dev, ino, None, "the file that was mapped")?;
-    Ok(f.into())
+    ctx.check_opened(path, f, dev, ino, None, "the file that was mapped")
 }
 
 /// Whether process `i` joins a process group that does not exist yet when it is forked: a
