@@ -448,7 +448,7 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 22);
+        assert_eq!(seen.len(), 23);
     }
 
     #[test]
