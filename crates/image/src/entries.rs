@@ -741,45 +741,15 @@ mod tests {
     /// panic or hang; whatever decodes must pass or fail validation cleanly.
     #[test]
     fn mutated_process_records_never_panic() {
-        let good = encode_record(RecordKind::Process, &sample_process(), Path::new("x")).unwrap();
-        let payload = &good[crate::HEADER_LEN..];
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut decoded = 0;
-        for _ in 0..20_000 {
-            let mut p = payload.to_vec();
-            for _ in 0..1 + next() % 4 {
-                let i = (next() % p.len() as u64) as usize;
-                match next() % 3 {
-                    0 => p[i] = next() as u8,
-                    1 => p[i] ^= 1 << (next() % 8),
-                    _ => p[i] = 0xff,
-                }
-            }
-            let header = crate::Header {
-                version: crate::FORMAT_VERSION,
-                kind: RecordKind::Process as u32,
-                payload_len: p.len() as u64,
-                payload_crc: crc32c::crc32c(&p),
-            };
-            let mut b = header.encode().to_vec();
-            b.extend_from_slice(&p);
-            if let Ok(img) = decode_record::<ProcessImage>(RecordKind::Process, &b, Path::new("x"))
-            {
-                decoded += 1;
+        let decoded =
+            crate::testing::mutated_process_records(0x2545_f491_4f6c_dd1d, 20_000, |img| {
                 let _ = crate::validate_process(
                     &img,
                     1 << 20,
                     Path::new("x"),
                     &crate::testing::NoFileChecks,
                 );
-            }
-        }
+            });
         assert!(
             decoded > 0,
             "no mutation decoded: the test would not exercise validation"

@@ -570,3 +570,50 @@ pub fn sample_process() -> ProcessImage {
         },
     }
 }
+
+/// Hostile process records for tests: `count` copies of the payload of the encoded
+/// [`sample_process`], each with 1 to 4 bytes changed at random (xorshift from `seed`), framed
+/// again with a correct CRC so that decoding really runs. `check` gets every one that decodes;
+/// returns how many did.
+pub fn mutated_process_records(
+    seed: u64,
+    count: usize,
+    mut check: impl FnMut(ProcessImage),
+) -> usize {
+    let path = std::path::Path::new("x");
+    let good = encode_record(RecordKind::Process, &sample_process(), path)
+        .expect("the sample process encodes");
+    let payload = &good[HEADER_LEN..];
+    let mut x = seed;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut decoded = 0;
+    for _ in 0..count {
+        let mut p = payload.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() % p.len() as u64) as usize;
+            match next() % 3 {
+                0 => p[i] = next() as u8,
+                1 => p[i] ^= 1 << (next() % 8),
+                _ => p[i] = 0xff,
+            }
+        }
+        let header = Header {
+            version: FORMAT_VERSION,
+            kind: RecordKind::Process as u32,
+            payload_len: p.len() as u64,
+            payload_crc: crc32c::crc32c(&p),
+        };
+        let mut b = header.encode().to_vec();
+        b.extend_from_slice(&p);
+        if let Ok(img) = decode_record::<ProcessImage>(RecordKind::Process, &b, path) {
+            decoded += 1;
+            check(img);
+        }
+    }
+    decoded
+}

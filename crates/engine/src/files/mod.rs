@@ -1199,7 +1199,7 @@ pub fn after_layout_in_child(
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
-    use stasis_image::{decode_record, encode_record, validate_process, RecordKind};
+    use stasis_image::validate_process;
     use std::path::Path;
 
     /// One record of every kind. The match makes adding a variant of [`FileKind`] without a
@@ -1299,40 +1299,10 @@ mod tests {
     /// validated. Nothing may panic or hang.
     #[test]
     fn mutated_process_records_never_panic_in_the_kinds_checks() {
-        let good = encode_record(RecordKind::Process, &sample_process(), Path::new("x")).unwrap();
-        let payload = &good[stasis_image::HEADER_LEN..];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut decoded = 0;
-        for _ in 0..20_000 {
-            let mut p = payload.to_vec();
-            for _ in 0..1 + next() % 4 {
-                let i = (next() % p.len() as u64) as usize;
-                match next() % 3 {
-                    0 => p[i] = next() as u8,
-                    1 => p[i] ^= 1 << (next() % 8),
-                    _ => p[i] = 0xff,
-                }
-            }
-            let header = stasis_image::Header {
-                version: stasis_image::FORMAT_VERSION,
-                kind: RecordKind::Process as u32,
-                payload_len: p.len() as u64,
-                payload_crc: crc32c::crc32c(&p),
-            };
-            let mut b = header.encode().to_vec();
-            b.extend_from_slice(&p);
-            if let Ok(img) = decode_record::<ProcessImage>(RecordKind::Process, &b, Path::new("x"))
-            {
-                decoded += 1;
+        let decoded =
+            stasis_image::testing::mutated_process_records(0x9e37_79b9_7f4a_7c15, 20_000, |img| {
                 let _ = validate_process(&img, 1 << 20, Path::new("x"), &KindChecks);
-            }
-        }
+            });
         assert!(decoded > 0, "no mutation decoded");
     }
 
