@@ -218,6 +218,94 @@ pub fn network_namespace_of(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ns) })
 }
 
+/// getsockopt of an option whose value is a `T` (an int, a struct of `kabi`).
+pub fn get_option<T: crate::kabi::Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let bytes = get_option_bytes(fd, level, name, size_of::<T>())?;
+    if bytes.len() == size_of::<T>() {
+        return Ok(T::from_bytes(&bytes).expect("length checked"));
+    }
+    // Shorter values (an int option read as a u64, a char option) are zero-extended.
+    let mut full = vec![0u8; size_of::<T>()];
+    full[..bytes.len()].copy_from_slice(&bytes);
+    Ok(T::from_bytes(&full).expect("length checked"))
+}
+
+/// getsockopt of an option of at most `max` bytes; the bytes the kernel returned.
+pub fn get_option_bytes(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; max];
+    let mut len = max as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which has that many.
+    cvt_int(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    })?;
+    buf.truncate((len as usize).min(max));
+    Ok(buf)
+}
+
+/// setsockopt of an option whose value is a `T`.
+pub fn set_option<T: crate::kabi::Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    set_option_bytes(fd, level, name, value.as_bytes())
+}
+
+/// setsockopt of an option given as bytes.
+pub fn set_option_bytes(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `value.len()` bytes from `value`.
+    cvt_int(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast::<libc::c_void>(),
+            value.len() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// A socket's domain, type and protocol (SO_DOMAIN, SO_TYPE, SO_PROTOCOL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKind {
+    /// `AF_UNIX`, `AF_INET`, ...
+    pub domain: i32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ...
+    pub ty: i32,
+    pub protocol: i32,
+}
+
+/// The domain, type and protocol of socket `fd`.
+pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
+    Ok(SocketKind {
+        domain: get_option::<i32>(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        ty: get_option::<i32>(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        protocol: get_option::<i32>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +316,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("s.sock")
+    }
+
+    #[test]
+    fn options_round_trip() {
+        let (a, _b) = crate::process::socketpair_seqpacket().unwrap();
+        let kind = socket_kind(a.as_fd()).unwrap();
+        assert_eq!(kind.domain, libc::AF_UNIX);
+        assert_eq!(kind.ty, libc::SOCK_SEQPACKET);
+        set_option(a.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, &1i32).unwrap();
+        let v: i32 = get_option(a.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap();
+        assert_eq!(v, 1);
+        let e = set_option(a.as_fd(), libc::SOL_SOCKET, 9999, &1i32).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT));
     }
 
     #[test]

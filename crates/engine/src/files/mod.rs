@@ -55,10 +55,11 @@
 //! * [`OpenedFiles::set_owners`]: once every process and thread of the tree exists, gives each
 //!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG).
 //!
-//! Dump duplicates each fd into the dumper with pidfd_getfd (the same description, so offsets
-//! and pipe contents can be read without disturbing the target). Sockets are not duplicated:
-//! nothing of theirs is read, and a socket received by another process (pidfd_getfd receives
-//! it) takes that process's cgroup network tags. The owner of a description's I/O signals
+//! Dump duplicates each fd into the dumper with pidfd_getfd (the same description, so offsets,
+//! pipe contents and socket state can be read without disturbing the target). A socket
+//! received by another process (pidfd_getfd receives it) takes that process's cgroup-v1
+//! net_prio and net_cls tags; on a cgroup-v2 system (Debian 12's default) there are none to
+//! take. The owner of a description's I/O signals
 //! and their signal (F_GETOWN_EX, F_GETSIG) are read from the duplicate too, whatever the kind.
 //! At restore, every description gets its dumped status flags through one helper whatever its
 //! kind ([`apply_status_flags`]), then its offset when its kind has one.
@@ -278,8 +279,10 @@ pub struct Probe<'a> {
     pub all_fds: &'a [RawFd],
     /// The self-dump connection of the process, if it has one.
     pub service: Option<&'a ServiceConnection>,
+    /// For a socket, its domain, type and protocol.
+    pub socket: Option<stasis_sys::socket::SocketKind>,
     cloexec: bool,
-    /// Our duplicate of the fd and its metadata (none for sockets).
+    /// Our duplicate of the fd and its metadata.
     dup: Option<(File, Metadata)>,
 }
 
@@ -301,13 +304,11 @@ impl<'a> Probe<'a> {
             class: Class::Socket,
             all_fds,
             service,
+            socket: None,
             cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
             dup: None,
             link,
         };
-        if probe.link.starts_with("socket:") {
-            return Ok(probe);
-        }
         let dup = process::pidfd_getfd(pidfd.as_fd(), fd)
             .map_err(|e| Error::sys("pidfd_getfd", pid, e))?;
         let file = File::from(dup);
@@ -322,6 +323,10 @@ impl<'a> Probe<'a> {
         } else if ft.is_fifo() {
             Class::Fifo
         } else if ft.is_socket() {
+            probe.socket =
+                Some(stasis_sys::socket::socket_kind(file.as_fd()).map_err(|e| {
+                    Error::io(format!("SO_DOMAIN/SO_TYPE of fd {fd} of pid {pid}"), e)
+                })?);
             Class::Socket
         } else if ft.is_file() {
             let fs = process::fs_type(file.as_fd())
@@ -395,8 +400,18 @@ pub(crate) fn fdinfo_text(pid: Pid, fd: RawFd) -> Result<String, Error> {
 
 /// Why an fd that no kind claims is refused.
 fn refusal(fd: &Probe<'_>) -> Error {
+    let socket;
     let what = match fd.class {
-        Class::Socket => "a socket",
+        Class::Socket => {
+            socket = match fd.socket {
+                Some(k) => format!(
+                    "a socket ({}), which stasis cannot dump yet",
+                    socket_name(k)
+                ),
+                None => "a socket".to_string(),
+            };
+            socket.as_str()
+        }
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
             Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
@@ -414,6 +429,26 @@ fn refusal(fd: &Probe<'_>) -> Error {
         | Class::Other => "a file of an unsupported type",
     };
     fd.unsupported(what)
+}
+
+/// How messages name a socket kind: "unix stream", "inet6 datagram (protocol 17)".
+pub fn socket_name(k: stasis_sys::socket::SocketKind) -> String {
+    let domain = match k.domain {
+        libc::AF_UNIX => "unix".to_string(),
+        libc::AF_INET => "inet".to_string(),
+        libc::AF_INET6 => "inet6".to_string(),
+        libc::AF_NETLINK => "netlink".to_string(),
+        libc::AF_PACKET => "packet".to_string(),
+        d => format!("family {d}"),
+    };
+    let ty = match k.ty {
+        libc::SOCK_STREAM => "stream".to_string(),
+        libc::SOCK_DGRAM => "datagram".to_string(),
+        libc::SOCK_SEQPACKET => "seqpacket".to_string(),
+        libc::SOCK_RAW => "raw".to_string(),
+        t => format!("type {t}"),
+    };
+    format!("{domain} {ty}, protocol {}", k.protocol)
 }
 
 /// The files of one process being dumped: its descriptions and fd table so far, and the

@@ -1,9 +1,10 @@
 //! The self-dump connection: a process that checkpoints itself through stasisd holds a unix
-//! socket to the daemon while it is dumped. It is the one socket stasis dumps.
+//! socket to the daemon while it is dumped; its state is not dumped, only the reply its
+//! restored copy reads.
 //!
 //! Dump: the fd the daemon names ([`crate::dump::ServiceConnection`]) must be a socket; it is
 //! recorded with the reply its restored copy is to read ("you were restored"), not with any
-//! socket state. It is not duplicated into the dumper, and never shared with another fd.
+//! socket state. It is never shared with another fd.
 //!
 //! Restore: a SOCK_SEQPACKET socketpair in the restorer; the reply is queued on our end's peer,
 //! which is then closed, so the restored process reads the reply and then end-of-file.
