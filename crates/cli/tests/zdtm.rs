@@ -903,6 +903,7 @@ zdtm_tests! {
     sock_tcp6 = sock_tcp_loop ["6"];
     sock_tcp_mapped = sock_tcp_loop ["mapped"];
     sock_tcp_listen;
+    sock_udp;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;
