@@ -904,6 +904,7 @@ zdtm_tests! {
     sock_tcp_mapped = sock_tcp_loop ["mapped"];
     sock_tcp_listen;
     sock_udp;
+    sock_opts;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -9,8 +9,10 @@
 //! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
 //! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS). Buffer sizes are restored only when they
 //! differ from what a fresh socket of the same kind has (set by the program, so locked by the
-//! kernel against autotuning); a connected TCP socket's buffers grow by themselves and are only
-//! forced as large as its queues need. A socket with a classic BPF filter (SO_ATTACH_FILTER)
+//! kernel against autotuning); a connected TCP socket's buffers grow by themselves, so their
+//! sizes say nothing about the program having set them: they are not restored (only forced as
+//! large as the queues need, which also stops their autotuning). Multicast memberships are
+//! not read (they are lost). A socket with a classic BPF filter (SO_ATTACH_FILTER)
 //! or multicast memberships is refused by name.
 //!
 //! # The hold ([`ConnectionHold`])

@@ -325,6 +325,9 @@ impl FileOps for TcpSockets {
             }
             TCP_CLOSE => s.peer = None,
             TCP_ESTABLISHED => {
+                // A connection's buffers grow by themselves (autotuning): a size that differs
+                // from a fresh socket's does not tell that the program set it.
+                s.options.buf_locks = 0;
                 let Some(peer) = peer else {
                     return Err(Error::Invalid(format!("{what} is connected without a peer")));
                 };
