@@ -335,3 +335,46 @@ fn failed_dump_releases_the_connection() {
         assert!(before.contains(t), "the failed dump left {t}");
     }
 }
+
+/// `--tcp-closed`: the connection ends at the dump (the peer sees it close), no hold is
+/// installed, and the restored server finds its socket not connected (its read fails).
+#[test]
+fn tcp_closed_ends_the_connection() {
+    let Some((w, _serial)) = setup("tcp_closed") else {
+        return;
+    };
+    let (pid, port) = start_server(&w, false);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(b"hello").expect("write");
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).expect("echo");
+    let img = w.mkdir("img");
+    let (ok, err) = dump(pid, &img, &["--tcp-closed"]);
+    if !ok {
+        kill_and_reap(pid);
+        panic!("dump --tcp-closed: {err}");
+    }
+    let left = hold_tables();
+    wait_pid(pid, TIMEOUT).expect("the dumped server to be gone");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    match stream.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes from a connection that should be closed"),
+    }
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-D".as_ref(),
+        img.as_os_str(),
+        "--detach".as_ref(),
+    ]);
+    assert!(ok, "restore: {err}");
+    let status = wait_pid(pid, TIMEOUT).expect("the restored server to exit");
+    assert!(left.is_empty(), "--tcp-closed installed a hold: {left:?}");
+    use stasis_test_infra::process::{WaitStatus, Waited};
+    assert!(
+        matches!(status, Waited::Status(WaitStatus::Exited(5))),
+        "the restored server's read should fail (exit 5): {status:?}"
+    );
+}

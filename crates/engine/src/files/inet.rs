@@ -466,6 +466,8 @@ fn packet_match(local: &SocketAddr, peer: &SocketAddr) -> String {
 pub struct ConnectionHold {
     table: String,
     repaired: Vec<(OwnedFd, bool)>,
+    /// Connections dumped as closed (`--tcp-closed`): reset when the processes are killed.
+    closing: Vec<OwnedFd>,
 }
 
 impl ConnectionHold {
@@ -501,11 +503,29 @@ impl ConnectionHold {
         self.repaired.push((fd, reuseaddr));
     }
 
+    /// Remembers a connection dumped as closed (our duplicate of it).
+    pub fn closing(&mut self, fd: OwnedFd) {
+        self.closing.push(fd);
+    }
+
     /// The dumped processes are gone: the sockets close in repair mode (silently), the table
-    /// stays until the restore.
+    /// stays until the restore. Connections dumped as closed are reset (SO_LINGER 0), so that
+    /// neither they nor a TIME_WAIT keep their addresses from the restored listeners.
     pub fn keep(mut self) {
         self.repaired.clear();
         self.table.clear();
+        let mut linger0 = 1i32.to_ne_bytes().to_vec();
+        linger0.extend_from_slice(&0i32.to_ne_bytes());
+        for fd in self.closing.drain(..) {
+            if let Err(e) = stasis_sys::socket::set_option_bytes(
+                fd.as_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger0,
+            ) {
+                tracing::warn!(error = %e, "SO_LINGER 0 on a connection dumped as closed");
+            }
+        }
     }
 }
 

@@ -157,6 +157,10 @@ pub trait FileOps {
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error>;
 
+    /// Dump: takes the dump's options before any fd is dumped (what to do with TCP
+    /// connections).
+    fn configure(&mut self, _tcp: &crate::dump::TcpConnections) {}
+
     /// Dump: what the kind holds in place until the dump is over (TCP connections in repair
     /// mode behind an nftables rule), handed to the dump's release phase by
     /// [`FileRegistry::finish`].
@@ -586,6 +590,13 @@ impl TreeMembers {
 }
 
 impl FileRegistry {
+    /// Gives every kind the dump's options ([`FileOps::configure`]).
+    pub fn configure(&mut self, tcp: &crate::dump::TcpConnections) {
+        for k in &mut self.kinds {
+            k.configure(tcp);
+        }
+    }
+
     /// Completes the objects that span processes, once every process is collected: `processes`
     /// are the descriptions of every process record, in tree order. Fails when one cannot be
     /// restored (a pipe with an end outside the tree); the bytes in flight of each pipe go into
