@@ -86,12 +86,12 @@ fn bad_ip(a: &InetAddr) -> Error {
     Error::Invalid(format!("an inet address of {} bytes", a.ip.len()))
 }
 
-/// Whether an address is "nothing" (0.0.0.0:0 or [::]:0): the socket is not bound.
+/// Whether an address is "nothing" (`0.0.0.0:0` or `[::]:0`): the socket is not bound.
 pub fn is_unbound(a: &SocketAddr) -> bool {
     a.port() == 0 && a.ip().is_unspecified()
 }
 
-/// "tcp 127.0.0.1:80 <-> 10.0.0.2:4711", "udp [::]:53", for messages.
+/// `tcp 127.0.0.1:80 <-> 10.0.0.2:4711`, `udp [::]:53`, for messages.
 pub fn describe(s: &InetSocket) -> String {
     let proto = match s.protocol as i32 {
         libc::IPPROTO_TCP => "tcp",
