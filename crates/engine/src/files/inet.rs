@@ -268,20 +268,10 @@ pub fn restore_options(
     }
     // The kernel doubles what it is given.
     if o.buf_locks & 1 != 0 {
-        set(
-            sol,
-            libc::SO_SNDBUFFORCE,
-            (o.sndbuf / 2) as i32,
-            "SO_SNDBUFFORCE",
-        )?;
+        force_buffer(fd, libc::SO_SNDBUF, o.sndbuf / 2, what)?;
     }
     if o.buf_locks & 2 != 0 {
-        set(
-            sol,
-            libc::SO_RCVBUFFORCE,
-            (o.rcvbuf / 2) as i32,
-            "SO_RCVBUFFORCE",
-        )?;
+        force_buffer(fd, libc::SO_RCVBUF, o.rcvbuf / 2, what)?;
     }
     if ty == libc::SOCK_STREAM {
         let t = libc::IPPROTO_TCP;
@@ -311,6 +301,25 @@ pub fn restore_options(
         }
     }
     Ok(())
+}
+
+/// Sets buffer `which` (SO_SNDBUF or SO_RCVBUF) to `size` (the kernel doubles it): with
+/// SO_SNDBUFFORCE/SO_RCVBUFFORCE, which go beyond the system's maximum, or, without
+/// CAP_NET_ADMIN (a restore as a user), as far as the plain option goes.
+pub fn force_buffer(fd: BorrowedFd<'_>, which: i32, size: u32, what: &str) -> Result<(), Error> {
+    let (force, name) = if which == libc::SO_SNDBUF {
+        (libc::SO_SNDBUFFORCE, "SO_SNDBUF")
+    } else {
+        (libc::SO_RCVBUFFORCE, "SO_RCVBUF")
+    };
+    let v = size.min(i32::MAX as u32) as i32;
+    match sys::set_int_option(fd, libc::SOL_SOCKET, force, v) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            sys::set_int_option(fd, libc::SOL_SOCKET, which, v)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("setsockopt {name} {v} on {what}"), e))
 }
 
 /// The checks every inet record passes: family, addresses of the family's size, bounded

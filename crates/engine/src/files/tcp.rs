@@ -223,16 +223,13 @@ fn restore_connection(
     }
     // Room for the queues (the kernel doubles the value given).
     let o = &s.options;
-    let sol = libc::SOL_SOCKET;
     if !t.send_queue.is_empty() {
         let want = (o.sndbuf / 2).max(t.send_queue.len() as u32);
-        sys::set_int_option(fd, sol, libc::SO_SNDBUFFORCE, want as i32)
-            .map_err(io("SO_SNDBUFFORCE"))?;
+        inet::force_buffer(fd, libc::SO_SNDBUF, want, what)?;
     }
     if !t.recv_queue.is_empty() {
         let want = (o.rcvbuf / 2).max(t.recv_queue.len() as u32);
-        sys::set_int_option(fd, sol, libc::SO_RCVBUFFORCE, want as i32)
-            .map_err(io("SO_RCVBUFFORCE"))?;
+        inet::force_buffer(fd, libc::SO_RCVBUF, want, what)?;
     }
     set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_RECV_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
     for c in t.recv_queue.chunks(CHUNK) {

@@ -57,8 +57,7 @@ fn requeue(fd: BorrowedFd<'_>, s: &InetSocket, to: SocketAddr, what: &str) -> Re
     let have = sys::int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
         .map_err(|e| Error::io(format!("SO_RCVBUF of {what}"), e))?;
     if (have as usize) < need {
-        sys::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, need as i32)
-            .map_err(|e| Error::io(format!("SO_RCVBUFFORCE {need} on {what}"), e))?;
+        inet::force_buffer(fd, libc::SO_RCVBUF, need as u32, what)?;
     }
     let tmp = sys::socket(family, libc::SOCK_DGRAM, s.protocol as i32)
         .map_err(|e| Error::io(format!("a socket to requeue the datagrams of {what}"), e))?;
