@@ -447,6 +447,7 @@ fn restore_as_a_user_names_the_connection() {
         kill_and_reap(pid);
     }
     assert!(!ok, "the restore as a user succeeded");
+    eprintln!("{err}");
     let conn = format!("tcp 127.0.0.1:{port} <-> 127.0.0.1:{client_port}");
     assert!(
         err.contains(&conn)
