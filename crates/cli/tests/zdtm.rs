@@ -905,6 +905,7 @@ zdtm_tests! {
     sock_tcp_listen;
     sock_udp;
     sock_opts;
+    sock_raw;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -208,6 +208,19 @@ pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads and drops everything queued on `fd` (never blocking).
+pub fn drain(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..100_000 {
+        match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `fd` has something to read now (poll, no wait).
 pub fn readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};

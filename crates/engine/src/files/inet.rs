@@ -214,13 +214,17 @@ pub fn restore_options_before_bind(
     let sol = libc::SOL_SOCKET;
     set(sol, libc::SO_REUSEADDR, o.reuseaddr as i32, "SO_REUSEADDR")?;
     set(sol, libc::SO_REUSEPORT, o.reuseport as i32, "SO_REUSEPORT")?;
-    if family == libc::AF_INET6 {
+    // Only when it differs: a raw socket refuses the option (it has a "port", its protocol).
+    let v6only = || opt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0);
+    if family == libc::AF_INET6 && v6only().ok() != Some(o.v6only) {
         set(
             libc::IPPROTO_IPV6,
             libc::IPV6_V6ONLY,
             o.v6only as i32,
             "IPV6_V6ONLY",
         )?;
+    }
+    if family == libc::AF_INET6 {
         if o.freebind {
             set(libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1, "IPV6_FREEBIND")?;
         }
@@ -350,6 +354,9 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
     }
     if o.sndbuf > i32::MAX as u32 || o.rcvbuf > i32::MAX as u32 {
         return Err("buffer size out of range".into());
+    }
+    if o.icmp_filter.len() > 32 {
+        return Err(format!("an ICMP filter of {} bytes", o.icmp_filter.len()));
     }
     if o.tos > 255 || o.ttl > 255 {
         return Err(format!("TOS {} or TTL {} out of range", o.tos, o.ttl));

@@ -20,6 +20,7 @@
 //! | character devices                      | [`chardev`]     |
 //! | TCP sockets (listeners, connections)   | [`tcp`]         |
 //! | UDP and UDP-Lite sockets               | [`udp`]         |
+//! | raw and ICMP ping sockets              | [`raw`]         |
 //! | (what TCP and UDP share)               | [`inet`]        |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
@@ -102,6 +103,7 @@ pub mod opath;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
+pub mod raw;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
@@ -132,6 +134,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<chardev::CharDevices>::default(),
         Box::<tcp::TcpSockets>::default(),
         Box::<udp::UdpSockets>::default(),
+        Box::<raw::RawSockets>::default(),
     ]
 }
 
