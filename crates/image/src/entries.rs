@@ -576,9 +576,10 @@ pub struct InetOptions {
 
 /// The state of an established (or closing) TCP connection, for TCP_REPAIR. Sequence numbers
 /// are those after the queues: `snd_seq` the next byte to queue for sending (write_seq),
-/// `rcv_seq` the next byte expected (rcv_nxt). `send_queue` holds every byte not acknowledged
-/// by the peer, of which the last `unsent` were not sent yet; `recv_queue` what arrived and
-/// was not read. `mss` (the clamp), window scales, SACK and timestamps as negotiated; `tsval`
+/// `rcv_seq` the next byte expected (rcv_nxt); both count a FIN (`fin_sent`: this end shut
+/// down writing, `fin_received`: the peer did). `send_queue` holds every byte of data not
+/// acknowledged by the peer, of which the last `unsent` were not sent yet; `recv_queue` what
+/// arrived and was not read. `mss` (the clamp), window scales, SACK and timestamps as negotiated; `tsval`
 /// the TCP_TIMESTAMP clock; the window as TCP_REPAIR_WINDOW reads it. `hold_table`: the
 /// nftables table (family inet) that holds off the peer's packets until the restore removes
 /// it (empty when none was installed).
@@ -600,6 +601,8 @@ pub struct TcpConnection {
     pub max_window: u32,
     pub rcv_wnd: u32,
     pub rcv_wup: u32,
+    pub fin_sent: bool,
+    pub fin_received: bool,
     pub hold_table: String,
 }
 

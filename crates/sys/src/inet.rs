@@ -221,6 +221,19 @@ pub fn drain(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the peer of `fd` shut down (poll reports POLLRDHUP: RCV_SHUTDOWN, which every
+/// TCP connection that ended has), without waiting.
+pub fn read_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut pfd, Some(&zero))?;
+    Ok(pfd[0].revents().contains(PollFlags::RDHUP))
+}
+
 /// Whether `fd` has something to read now (poll, no wait).
 pub fn readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
