@@ -546,7 +546,8 @@ pub struct InetSocket {
 /// `l_linger`; `buf_locks`: bit 0 SO_SNDBUF was set, bit 1 SO_RCVBUF was set (then `sndbuf`
 /// and `rcvbuf` are set again, as the kernel reported them, halved for setsockopt). For raw
 /// sockets, `hdrincl` (IP_HDRINCL, IPV6_HDRINCL) and `icmp_filter` (ICMP_FILTER: 4 bytes,
-/// ICMP6_FILTER: 32 bytes; empty: none read).
+/// ICMP6_FILTER: 32 bytes; empty: none read). `filter`: the classic BPF socket filter
+/// (SO_ATTACH_FILTER; empty: none), `filter_locked`: SO_LOCK_FILTER.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InetOptions {
     pub reuseaddr: bool,
@@ -572,6 +573,17 @@ pub struct InetOptions {
     pub ttl: u32,
     pub hdrincl: bool,
     pub icmp_filter: Vec<u8>,
+    pub filter: Vec<BpfInsn>,
+    pub filter_locked: bool,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
 }
 
 /// The state of an established (or closing) TCP connection, for TCP_REPAIR. Sequence numbers
