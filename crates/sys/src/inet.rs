@@ -329,10 +329,13 @@ pub fn set_repair_options(fd: BorrowedFd<'_>, opts: &[(u32, u32)]) -> io::Result
     set_option_bytes(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_OPTIONS, &b)
 }
 
+/// One classic BPF instruction: `code`, `jt`, `jf`, `k` (`struct sock_filter`).
+pub type BpfInstruction = (u16, u8, u8, u32);
+
 /// The classic BPF filter attached to socket `fd` (SO_GET_FILTER), one instruction per entry
 /// (`code`, `jt`, `jf`, `k`); `None` without a filter. A filter attached as eBPF
 /// (SO_ATTACH_BPF) cannot be read: EACCES.
-pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(u16, u8, u8, u32)>>> {
+pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<BpfInstruction>>> {
     let mut len: libc::socklen_t = 0;
     // SAFETY: with an optlen of 0, getsockopt writes nothing through the value pointer; it
     // sets optlen to the number of instructions.
@@ -378,7 +381,7 @@ pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(u16, u8, u8, 
 }
 
 /// Attaches classic BPF filter `insns` to socket `fd` (SO_ATTACH_FILTER).
-pub fn attach_filter(fd: BorrowedFd<'_>, insns: &[(u16, u8, u8, u32)]) -> io::Result<()> {
+pub fn attach_filter(fd: BorrowedFd<'_>, insns: &[BpfInstruction]) -> io::Result<()> {
     let mut filter: Vec<libc::sock_filter> = insns
         .iter()
         .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
