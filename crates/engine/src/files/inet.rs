@@ -426,18 +426,27 @@ fn check_table_name(name: &str) -> Result<(), String> {
 }
 
 /// The `nft` binary, if installed.
-fn nft_binary() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+fn nft_binary<I: IntoIterator<Item = std::path::PathBuf>>(dirs: I) -> Option<std::path::PathBuf> {
+    dirs.into_iter()
         .map(|d| d.join("nft"))
         .find(|p| p.is_file())
 }
 
+/// Where the `nft` binary is looked for: $PATH, then root's sbin directories (not in every
+/// PATH).
+fn nft_dirs() -> Vec<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .collect()
+}
+
+/// Why a dump cannot hold connections without nft.
+const NO_NFT: &str = "the nft binary (Debian package nftables) is not installed";
+
 /// Runs `nft -f -` with `script`.
 fn nft(script: &str) -> Result<(), String> {
-    let bin = nft_binary()
-        .ok_or_else(|| "the nft binary (Debian package nftables) is not installed".to_string())?;
+    let bin = nft_binary(nft_dirs()).ok_or_else(|| NO_NFT.to_string())?;
     let mut child = Command::new(&bin)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -633,6 +642,17 @@ mod tests {
             packet_match(&l, &p),
             "ip6 saddr ::1 ip6 daddr ::1 tcp sport 5000 tcp dport 80"
         );
+    }
+
+    #[test]
+    fn nft_is_found_or_missing_by_name() {
+        let empty = std::env::temp_dir().join(format!("stasis-no-nft-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        assert_eq!(nft_binary([empty.clone()]), None);
+        assert!(NO_NFT.contains("nftables"));
+        std::fs::write(empty.join("nft"), b"").unwrap();
+        assert_eq!(nft_binary([empty.clone()]), Some(empty.join("nft")));
+        std::fs::remove_dir_all(&empty).unwrap();
     }
 
     #[test]

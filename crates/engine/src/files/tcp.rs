@@ -155,7 +155,7 @@ impl TcpSockets {
             .hold(local, peer)
             .map_err(|e| Error::Unsupported {
                 what: format!(
-                "{what}: the peer's packets cannot be held off while the connection is dumped: {e}"
+                "{what}: the peer's packets cannot be held off while the connection is dumped: {e} (--tcp-closed dumps it as closed instead)"
             ),
             })?;
         let reuseaddr = sys::int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)
