@@ -93,7 +93,7 @@ const CONNECTED: [u32; 6] = [
 fn refuse_state(what: &str, state: u32) -> Error {
     Error::Unsupported {
         what: format!(
-            "{what} is a TCP socket in state {}, which stasis cannot dump (being connected)",
+            "{what} is a TCP socket in state {}, which stasis cannot dump (a connection being set up)",
             state_name(state)
         ),
     }
@@ -423,7 +423,7 @@ impl FileOps for TcpSockets {
             st if CONNECTED.contains(&st) => {
                 if let TcpConnections::Refuse(why) = &self.policy {
                     return Err(Error::Refused(format!(
-                        "{what} is an established TCP connection: {why}"
+                        "{what} is a TCP connection: {why}"
                     )));
                 }
                 // A connection's buffers grow by themselves (autotuning): a size that differs
