@@ -110,7 +110,7 @@ const CHUNK: usize = 64 << 10;
 pub struct TcpSockets {
     policy: TcpConnections,
     hold: ConnectionHold,
-    restored: Vec<(String, OwnedFd, bool)>,
+    restored: Vec<(String, OwnedFd, stasis_image::InetOptions)>,
     tables: BTreeSet<String>,
 }
 
@@ -537,7 +537,7 @@ impl FileOps for TcpSockets {
                 let dup = fd
                     .try_clone()
                     .map_err(|e| Error::io(format!("dup {what}"), e))?;
-                self.restored.push((what.clone(), dup, s.options.reuseaddr));
+                self.restored.push((what.clone(), dup, s.options.clone()));
                 if !t.hold_table.is_empty() {
                     self.tables.insert(t.hold_table.clone());
                 }
@@ -580,13 +580,26 @@ impl FileOps for TcpSockets {
                 ))
             })?;
         }
-        for (what, fd, reuseaddr) in self.restored.drain(..) {
-            repair(fd.as_fd(), sys::TCP_REPAIR_OFF)
+        for (what, fd, o) in self.restored.drain(..) {
+            let b = fd.as_fd();
+            repair(b, sys::TCP_REPAIR_OFF)
                 .map_err(|e| Error::io(format!("leaving TCP repair mode on {what}"), e))?;
             // Leaving repair mode resets the address reuse.
-            if reuseaddr {
-                sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+            if o.reuseaddr {
+                sys::set_int_option(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
                     .map_err(|e| Error::io(format!("SO_REUSEADDR on {what}"), e))?;
+            }
+            // The data not sent yet could not go while the hold was there: push it now
+            // (TCP_NODELAY on pushes what is queued), unless the program corked the socket.
+            if !o.cork {
+                let push = |v: i32| {
+                    set_tcp_int(b, libc::TCP_NODELAY, v)
+                        .map_err(|e| Error::io(format!("TCP_NODELAY on {what}"), e))
+                };
+                push(1)?;
+                if !o.nodelay {
+                    push(0)?;
+                }
             }
         }
         Ok(())
