@@ -46,19 +46,24 @@ static void pair(int lfd, const struct sockaddr_in *a, int *c, int *s)
 		zdtm_die("accept: %m");
 }
 
-/* Reads until end-of-file within 5 s: the byte count, or -1. */
+/* Reads until end-of-file within 15 s (a restored connection whose retransmissions were held
+ * off during the restore waits for its backed-off timer): the byte count, or -1. */
 static ssize_t read_to_eof(int fd, uint64_t seed, const char *name)
 {
 	size_t got = 0;
-	int64_t deadline = zdtm_now_ns() + 5000000000LL;
+	int64_t t0 = zdtm_now_ns(), deadline = t0 + 15000000000LL;
 
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	while (zdtm_now_ns() < deadline) {
 		struct pollfd p = { fd, POLLIN, 0 };
 		poll(&p, 1, 100);
 		ssize_t r = read(fd, buf, sizeof(buf));
-		if (r == 0)
+		if (r == 0) {
+			if (zdtm_now_ns() - t0 > 2000000000LL)
+				zdtm_print("%s: end-of-file after %.1f s\n", name,
+					   (zdtm_now_ns() - t0) / 1e9);
 			return got;
+		}
 		if (r < 0) {
 			if (errno == EAGAIN)
 				continue;
@@ -72,7 +77,7 @@ static ssize_t read_to_eof(int fd, uint64_t seed, const char *name)
 			}
 		got += r;
 	}
-	zdtm_fail("%s: no end-of-file after %zu bytes", name, got);
+	zdtm_fail("%s: no end-of-file after %zu bytes in 15 s", name, got);
 	return -1;
 }
 
