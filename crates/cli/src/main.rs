@@ -42,6 +42,11 @@ enum Command {
         /// Let the process run on after the dump.
         #[arg(long)]
         leave_running: bool,
+        /// Dump a unix socket connected to a socket outside the dumped processes as a
+        /// connection whose peer closed (it reads what was queued, then end-of-file), instead
+        /// of refusing the dump.
+        #[arg(long)]
+        unix_peers_closed: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -158,12 +163,16 @@ fn main() -> ExitCode {
             pid,
             images,
             leave_running,
+            unix_peers_closed,
             no_auth,
             key_file,
             log_file: _,
         } => {
             let key = (!no_auth).then_some(key_file);
-            ("dump", run_dump(pid, images, leave_running, key))
+            (
+                "dump",
+                run_dump(pid, images, leave_running, unix_peers_closed, key),
+            )
         }
         Command::Restore {
             images,
@@ -332,11 +341,12 @@ fn run_dump(
     pid: i32,
     images: PathBuf,
     leave_running: bool,
+    unix_peers_closed: bool,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
-    let result = dump_into(pid, &images, leave_running, key_file);
+    let result = dump_into(pid, &images, leave_running, unix_peers_closed, key_file);
     if result.is_err() {
         remove_empty_dirs(&created);
     }
@@ -347,11 +357,15 @@ fn dump_into(
     pid: i32,
     images: &PathBuf,
     leave_running: bool,
+    unix_peers_closed: bool,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
+        }
+        if unix_peers_closed {
+            return Err("--unix-peers-closed: not available for dumps through stasisd".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(images)?;
@@ -364,6 +378,7 @@ fn dump_into(
         pidfd: None,
         images: stasis_engine::ImageDir::open(images)?,
         leave_running,
+        unix_peers_closed,
         service: None,
         tree: true,
         admit: None,

@@ -270,6 +270,7 @@ fn dump_self(
             restored_reply,
         }),
         auth: Some(key.clone()),
+        unix_peers_closed: false,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -318,6 +319,7 @@ fn dump_pid(
         tree: true,
         admit: Some(admit_for(caller)),
         auth: Some(key.clone()),
+        unix_peers_closed: false,
     })?;
     send_dumped(conn)
 }

@@ -505,6 +505,57 @@ pub enum FileKind {
         ino: u64,
         mode: u32,
     },
+    /// A unix socket (engine::files::unix_socket). `ino` (its inode at dump time) links it to
+    /// its `peer` (0: none in the tree) and to the listener whose `pending` connections it is
+    /// a client of; `ty` is SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    UnixSocket {
+        ino: u64,
+        ty: u32,
+        /// The name it is bound to, if any.
+        name: Option<UnixSocketName>,
+        /// A listening socket: its backlog.
+        listen: Option<u32>,
+        /// A listener: the client ends (inodes) of the connections not yet accepted, oldest
+        /// first; 0 is a client that is gone (the connection is restored with a closed client).
+        pending: Vec<u64>,
+        peer: u64,
+        /// Connected, but the peer was closed (or, with `--unix-peers-closed`, was outside
+        /// the dumped tree): restored connected to a peer that is then closed.
+        peer_closed: bool,
+        /// The kernel's RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
+        shutdown: u8,
+        /// SO_PASSCRED.
+        passcred: bool,
+        /// SO_RCVBUF and SO_SNDBUF as getsockopt reports them (twice what was set).
+        rcvbuf: u32,
+        sndbuf: u32,
+        /// SO_PEEK_OFF (-1: off).
+        peek_off: i32,
+        /// The messages (datagrams, seqpacket records; chunks of a stream) waiting to be read,
+        /// oldest first; stored with the first description of the socket only.
+        queue: Vec<Vec<u8>>,
+    },
+}
+
+/// The name a unix socket is bound to (engine::files::unix_socket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnixSocketName {
+    /// A filesystem path (absolute), with the socket file's permission bits and owner; `file`
+    /// is `None` when the socket file was deleted since the bind.
+    Path {
+        path: String,
+        file: Option<SocketFile>,
+    },
+    /// An abstract name, without its leading NUL byte.
+    Abstract(Vec<u8>),
+}
+
+/// The file a path-bound unix socket made: permission bits (nothing beyond 0o7777) and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketFile {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

@@ -384,6 +384,28 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
                 locks: Vec::new(),
             },
+            FileDesc {
+                id: 15,
+                flags: 0o2,
+                pos: 0,
+                kind: FileKind::UnixSocket {
+                    ino: 77,
+                    ty: 1,
+                    name: Some(UnixSocketName::Abstract(b"sample".to_vec())),
+                    listen: None,
+                    pending: Vec::new(),
+                    peer: 0,
+                    peer_closed: true,
+                    shutdown: 3,
+                    passcred: false,
+                    rcvbuf: 212992,
+                    sndbuf: 212992,
+                    peek_off: -1,
+                    queue: vec![b"queued".to_vec()],
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
         ],
         fds: vec![
             FdEntry {
@@ -460,6 +482,11 @@ pub fn sample_process() -> ProcessImage {
                 fd: 24,
                 file_id: 14,
                 cloexec: true,
+            },
+            FdEntry {
+                fd: 25,
+                file_id: 15,
+                cloexec: false,
             },
         ],
         signals: ProcessSignals {

@@ -157,6 +157,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             tree: true,
             admit: None,
             auth: Some(key.clone()),
+            unix_peers_closed: false,
         })?;
         let dump = t.elapsed();
         let _ = child.wait();
@@ -281,6 +282,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             tree: true,
             admit: None,
             auth: None,
+            unix_peers_closed: false,
         })?;
         let dump = t.elapsed();
         println!(

@@ -26,9 +26,10 @@ pub(crate) fn collect_tree(
     root_pidfd: &OwnedFd,
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
+    file_opts: &files::DumpFileOptions,
 ) -> Result<Vec<Collected>, Error> {
     let shared = shared_tables(tree)?;
-    let mut registry = files::FileRegistry::default();
+    let mut registry = files::FileRegistry::new(file_opts);
     let mut collected = Vec::with_capacity(tree.processes.len());
     // Each collected process and the address of a `syscall` instruction in it (to ask a
     // parent about its children).

@@ -50,6 +50,9 @@ pub struct DumpOptions {
     /// (see [`stasis_image::auth`]). stasisd always sets it; without it, the images can be
     /// restored by root only.
     pub auth: Option<stasis_image::ImageKey>,
+    /// Restore a unix socket connected to a socket outside the dumped tree as a connection
+    /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
+    pub unix_peers_closed: bool,
 }
 
 /// A self-dumping process's connection to stasisd: the socket at `fd` in the target is
@@ -183,7 +186,16 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let mut frozen_for = None;
     let result = (|| {
         let phase = Phase::Collect.span();
-        let collected = collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref())?;
+        let file_opts = crate::files::DumpFileOptions {
+            unix_peers_closed: opts.unix_peers_closed,
+        };
+        let collected = collect::collect_tree(
+            &tree,
+            &pidfd,
+            vdso_offset,
+            opts.service.as_ref(),
+            &file_opts,
+        )?;
         drop(phase);
         let phase = Phase::Write.span();
         let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;

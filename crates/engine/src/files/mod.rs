@@ -18,6 +18,7 @@
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | character devices                      | [`chardev`]     |
+//! | unix sockets (stream, datagram, seqpacket; connections, names, backlogs, queued data) | [`unix_socket`] |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -102,6 +103,7 @@ pub mod regular;
 pub mod service;
 pub mod signalfd;
 pub mod timerfd;
+pub mod unix_socket;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
@@ -111,6 +113,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
     vec![
         Box::<service::ServiceConnections>::default(),
         Box::<opath::OPaths>::default(),
+        Box::<unix_socket::UnixSockets>::default(),
         Box::<pipe::Pipes>::default(),
         Box::<fifo::Fifos>::default(),
         Box::<eventfd::EventFds>::default(),
@@ -139,6 +142,9 @@ pub trait FileOps {
 
     /// Dump: whether `fd` is of this kind (cheap, no side effects: the kinds are asked in turn).
     fn claims(&self, fd: &Probe<'_>) -> bool;
+
+    /// Dump: takes the options of this dump, before any fd is dumped (most kinds have none).
+    fn configure(&mut self, _opts: &DumpFileOptions) {}
 
     /// Dump: describes `fd`, a new description with id `id` (contents to store go through
     /// `out`). An error refuses the dump; it names the fd.
@@ -203,6 +209,14 @@ pub trait FileOps {
     /// description the tree will use (data stored with one copy only).
     fn merge(&self, _tree: &mut FileDesc, _copy: &FileDesc) {}
 
+    /// Restore: before any description is opened, with every description of the tree (merged):
+    /// a kind whose objects must be made together (the unix sockets of a tree: connections,
+    /// listeners and their pending clients) makes them here, and [`open`](Self::open) hands
+    /// them out.
+    fn prepare(&mut self, _descs: &[FileDesc]) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Restore: opens the description in the restorer, with its access mode (the status flags
     /// and, when [`has_position`](Self::has_position), the offset are set by the caller; never
     /// O_ASYNC, see the module's documentation). A kind that reopens a file by path checks it
@@ -238,6 +252,14 @@ pub trait FileOps {
     ) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What a dump may do with files besides refusing them, from [`crate::DumpOptions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpFileOptions {
+    /// Restore a unix socket connected to a socket outside the dumped tree as a connection
+    /// whose peer closed (`stasis dump --unix-peers-closed`; see [`unix_socket`]).
+    pub unix_peers_closed: bool,
 }
 
 /// The kind of file an fd is, by the kernel's account, before any [`FileOps`] looks at it.
@@ -532,8 +554,19 @@ pub struct FileRegistry {
 
 impl Default for FileRegistry {
     fn default() -> Self {
+        FileRegistry::new(&DumpFileOptions::default())
+    }
+}
+
+impl FileRegistry {
+    /// A registry for one dump with options `opts`.
+    pub fn new(opts: &DumpFileOptions) -> Self {
+        let mut kinds = kinds();
+        for k in &mut kinds {
+            k.configure(opts);
+        }
         FileRegistry {
-            kinds: kinds(),
+            kinds,
             seen: Vec::new(),
             descs: HashMap::new(),
             next_id: 0,
@@ -1025,6 +1058,9 @@ pub fn open_all<'a>(
 ) -> Result<OpenedFiles, Error> {
     let descs = merge_descriptions(processes)?;
     let mut kinds = kinds();
+    for k in &mut kinds {
+        k.prepare(&descs)?;
+    }
     let mut fds = HashMap::new();
     for f in &descs {
         let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
@@ -1259,10 +1295,11 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
+                FileKind::UnixSocket { .. } => 15,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 15, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 16, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1475,6 +1512,7 @@ mod tests {
             class,
             all_fds: &[],
             service: None,
+            socket: None,
             cloexec: false,
             dup: None,
         }

@@ -1,0 +1,316 @@
+//! Unix sockets of every type for the unix socket file kind: made, named, connected, shut down,
+//! and their receive queues read without being consumed (all through rustix).
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    Shutdown, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The name a unix socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixName<'a> {
+    /// A filesystem path.
+    Path(&'a Path),
+    /// An abstract name (without the leading NUL byte).
+    Abstract(&'a [u8]),
+}
+
+fn addr(name: &UnixName<'_>) -> io::Result<SocketAddrUnix> {
+    const SUN_PATH: usize = 108;
+    match name {
+        UnixName::Path(p) => {
+            let b = p.as_os_str().as_bytes();
+            if b.is_empty() || b.contains(&0) || b.len() >= SUN_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unix socket path {p:?} must be 1 to 107 bytes without NUL"),
+                ));
+            }
+            Ok(SocketAddrUnix::new(*p)?)
+        }
+        UnixName::Abstract(n) => {
+            if n.len() >= SUN_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "abstract unix socket name longer than 107 bytes",
+                ));
+            }
+            Ok(SocketAddrUnix::new_abstract_name(n)?)
+        }
+    }
+}
+
+fn socket_type(ty: i32) -> io::Result<SocketType> {
+    match ty {
+        libc::SOCK_STREAM => Ok(SocketType::STREAM),
+        libc::SOCK_DGRAM => Ok(SocketType::DGRAM),
+        libc::SOCK_SEQPACKET => Ok(SocketType::SEQPACKET),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unix socket type {ty}"),
+        )),
+    }
+}
+
+/// A new unbound unix socket of type `ty` (`SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`),
+/// close-on-exec.
+pub fn socket(ty: i32) -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        socket_type(ty)?,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Two connected unix sockets of type `ty`, close-on-exec.
+pub fn pair(ty: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        socket_type(ty)?,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Binds `fd` to `name`.
+pub fn bind(fd: BorrowedFd<'_>, name: &UnixName<'_>) -> io::Result<()> {
+    Ok(rustix::net::bind(fd, &addr(name)?)?)
+}
+
+/// listen(2) with `backlog`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    Ok(rustix::net::listen(fd, backlog)?)
+}
+
+/// Connects `fd` to the socket bound to `name`, retrying on EINTR.
+pub fn connect(fd: BorrowedFd<'_>, name: &UnixName<'_>) -> io::Result<()> {
+    let a = addr(name)?;
+    loop {
+        match rustix::net::connect(fd, &a) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// shutdown(2) of the directions in `bits`, the kernel's `RCV_SHUTDOWN` (1) and
+/// `SEND_SHUTDOWN` (2); nothing when 0.
+pub fn shutdown(fd: BorrowedFd<'_>, bits: u8) -> io::Result<()> {
+    let how = match bits & 3 {
+        0 => return Ok(()),
+        1 => Shutdown::Read,
+        2 => Shutdown::Write,
+        _ => Shutdown::Both,
+    };
+    Ok(rustix::net::shutdown(fd, how)?)
+}
+
+/// Sends one message (all of `data` for a datagram or seqpacket socket; as much as fits for a
+/// stream) without blocking or raising SIGPIPE; to `to` when given, else to the peer.
+pub fn send(fd: BorrowedFd<'_>, data: &[u8], to: Option<&UnixName<'_>>) -> io::Result<usize> {
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    Ok(match to {
+        Some(name) => rustix::net::sendto(fd, data, flags, &addr(name)?)?,
+        None => rustix::net::send(fd, data, flags)?,
+    })
+}
+
+/// Sends all of `data` on a stream socket without blocking (`WouldBlock` when it does not fit).
+pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match send(fd, data, None) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What [`peek_queue`] found.
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// The messages (datagrams, seqpacket records) or, for a stream, the bytes in chunks, in
+    /// order.
+    pub messages: Vec<Vec<u8>>,
+    /// A message carries file descriptors (SCM_RIGHTS); the messages stop before it.
+    pub has_fds: bool,
+    /// A zero-length datagram sits at the head of what was not read yet; the messages stop
+    /// before it (peeking cannot step over it).
+    pub empty_message: bool,
+}
+
+/// Reads the receive queue of unix socket `fd` of type `ty` without consuming it: MSG_PEEK
+/// from successive SO_PEEK_OFF offsets (each datagram whole, with MSG_TRUNC telling its
+/// length); the socket's own SO_PEEK_OFF is put back. At most `max_bytes` (`InvalidData`
+/// beyond). The socket's owner must not be receiving meanwhile (it is frozen).
+pub fn peek_queue(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Result<Queue> {
+    let saved: i32 = crate::socket::get_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    let result = peek_from_offsets(fd, ty, max_bytes);
+    crate::socket::set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &saved)?;
+    result
+}
+
+fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Result<Queue> {
+    let stream = ty == libc::SOCK_STREAM;
+    let mut q = Queue::default();
+    let mut consumed: usize = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
+    loop {
+        let off = i32::try_from(consumed)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "queue too long"))?;
+        crate::socket::set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &off)?;
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC;
+        if !stream {
+            flags |= RecvFlags::TRUNC;
+        }
+        let msg =
+            match rustix::net::recvmsg(fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags) {
+                Ok(m) => m,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+        let mut fds = msg.flags.contains(ReturnFlags::CTRUNC);
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(mut received) = m {
+                // The duplicates the peek installed are closed here.
+                fds |= received.next().is_some();
+                received.for_each(drop);
+            }
+        }
+        if fds {
+            q.has_fds = true;
+            break;
+        }
+        if !stream && msg.bytes > buf.len() {
+            // A longer datagram than the buffer: again, with room for it.
+            if msg.bytes > max_bytes {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a queued message of {} bytes", msg.bytes),
+                ));
+            }
+            buf.resize(msg.bytes, 0);
+            continue;
+        }
+        if msg.bytes == 0 {
+            // End of a stream (its peer shut down), or an empty datagram: peeking again at
+            // this offset would find it again.
+            if !stream {
+                q.empty_message = true;
+            }
+            break;
+        }
+        consumed += msg.bytes;
+        if consumed > max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {max_bytes} bytes queued"),
+            ));
+        }
+        q.messages.push(buf[..msg.bytes].to_vec());
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_ok(fd: &OwnedFd, data: &[u8]) {
+        assert_eq!(send(fd.as_fd(), data, None).unwrap(), data.len());
+    }
+
+    #[test]
+    fn peek_keeps_the_queue_and_the_boundaries() {
+        for ty in [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET, libc::SOCK_STREAM] {
+            let (a, b) = pair(ty).unwrap();
+            send_ok(&a, b"one");
+            send_ok(
+                &a,
+                &[7u8; 100_000][..if ty == libc::SOCK_STREAM {
+                    100_000
+                } else {
+                    70_000
+                }],
+            );
+            send_ok(&a, b"three");
+            crate::socket::set_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &2i32)
+                .unwrap();
+            let q = peek_queue(b.as_fd(), ty, 1 << 20).unwrap();
+            let total: usize = q.messages.iter().map(Vec::len).sum();
+            if ty == libc::SOCK_STREAM {
+                assert_eq!(total, 100_008);
+                assert_eq!(&q.messages.concat()[..3], b"one");
+            } else {
+                assert_eq!(q.messages.len(), 3, "{ty}");
+                assert_eq!(q.messages[2], b"three");
+                assert_eq!(q.messages[1].len(), 70_000);
+            }
+            let off: i32 =
+                crate::socket::get_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap();
+            assert_eq!(off, 2, "SO_PEEK_OFF put back");
+            // Nothing was consumed.
+            crate::socket::set_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &-1i32)
+                .unwrap();
+            let mut buf = [0u8; 3];
+            assert_eq!(
+                rustix::net::recv(&b, &mut buf, RecvFlags::empty())
+                    .unwrap()
+                    .0,
+                3
+            );
+            assert_eq!(&buf, b"one");
+        }
+    }
+
+    #[test]
+    fn in_flight_descriptors_are_reported() {
+        let (a, b) = pair(libc::SOCK_DGRAM).unwrap();
+        send_ok(&a, b"x");
+        let f = std::fs::File::open("/").unwrap();
+        crate::socket::send_with_fds(a.as_fd(), b"y", &[f.as_fd()]).unwrap();
+        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 1 << 20).unwrap();
+        assert!(q.has_fds);
+        assert_eq!(q.messages, vec![b"x".to_vec()]);
+    }
+
+    #[test]
+    fn names_bind_and_connect() {
+        let name = format!("stasis-test-{}", std::process::id());
+        let l = socket(libc::SOCK_STREAM).unwrap();
+        bind(l.as_fd(), &UnixName::Abstract(name.as_bytes())).unwrap();
+        listen(l.as_fd(), 4).unwrap();
+        let c = socket(libc::SOCK_STREAM).unwrap();
+        connect(c.as_fd(), &UnixName::Abstract(name.as_bytes())).unwrap();
+        let d = crate::sock_diag::unix_diag(ino(&l)).unwrap();
+        assert_eq!(d.state, crate::sock_diag::UNIX_LISTEN);
+        assert_eq!(d.icons, vec![ino(&c)]);
+        let mut want = vec![0u8];
+        want.extend_from_slice(name.as_bytes());
+        assert_eq!(d.name, Some(want));
+        let dc = crate::sock_diag::unix_diag(ino(&c)).unwrap();
+        assert_eq!(dc.peer, Some(0), "not accepted yet");
+        shutdown(c.as_fd(), 2).unwrap();
+        assert_eq!(crate::sock_diag::unix_diag(ino(&c)).unwrap().shutdown, 2);
+    }
+
+    fn ino(fd: &OwnedFd) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::from(fd.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+}
