@@ -898,6 +898,8 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
+    // Unix sockets (issue 9).
+    sock_unix_pair;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;
