@@ -900,6 +900,7 @@ zdtm_tests! {
     file_status_flags;
     // Unix sockets (issue 9).
     sock_unix_pair;
+    sock_unix_shutdown;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -142,9 +142,10 @@ pub struct Queue {
     pub messages: Vec<Vec<u8>>,
     /// A message carries file descriptors (SCM_RIGHTS); the messages stop before it.
     pub has_fds: bool,
-    /// A zero-length datagram sits at the head of what was not read yet; the messages stop
-    /// before it (peeking cannot step over it).
-    pub empty_message: bool,
+    /// A datagram or seqpacket socket's last peek read 0 bytes: end-of-file (its receive
+    /// direction is shut down) or a zero-length message, which peeking cannot step over (the
+    /// messages stop there).
+    pub zero_read: bool,
 }
 
 /// Reads the receive queue of unix socket `fd` of type `ty` without consuming it: MSG_PEEK
@@ -205,10 +206,10 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
             continue;
         }
         if msg.bytes == 0 {
-            // End of a stream (its peer shut down), or an empty datagram: peeking again at
-            // this offset would find it again.
+            // End of a stream (its peer shut down), end-of-file or an empty datagram: peeking
+            // again at this offset would find it again.
             if !stream {
-                q.empty_message = true;
+                q.zero_read = true;
             }
             break;
         }

@@ -13,8 +13,9 @@
 //! peer that closed), a connection waiting to be accepted whose client sent data (that data
 //! cannot be read without accepting it) or was closed, a datagram socket connected to an
 //! unnamed socket that is not connected back, file descriptors in flight (SCM_RIGHTS), a
-//! zero-length datagram in a queue (peeking cannot step over it), and a path-bound socket whose
-//! file was replaced by another file.
+//! zero-length datagram in a queue (peeking cannot step over it; on a socket whose receive
+//! direction is shut down it cannot be told from end-of-file, and ends the dumped queue), and
+//! a path-bound socket whose file was replaced by another file.
 //!
 //! Names: a path is made absolute with the process's cwd at dump time (a relative name was
 //! bound relative to the cwd of that time, which stasis cannot know). The socket file must still
@@ -287,7 +288,8 @@ impl FileOps for UnixSockets {
                 if q.has_fds {
                     return Err(s.refuse("has file descriptors in flight (SCM_RIGHTS in a queued message), which stasis cannot dump yet"));
                 }
-                if q.empty_message {
+                // Without RCV_SHUTDOWN, a read of 0 bytes is a zero-length message.
+                if q.zero_read && s.diag.shutdown & 1 == 0 {
                     return Err(s.refuse(
                         "has a zero-length datagram queued, which stasis cannot read without consuming it",
                     ));
