@@ -901,6 +901,7 @@ zdtm_tests! {
     // Unix sockets (issue 9).
     sock_unix_pair;
     sock_unix_shutdown;
+    sock_unix_listen;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -273,7 +273,9 @@ impl FileOps for UnixSockets {
                     )));
                 }
             }
-            let queue = if s.diag.state == UNIX_LISTEN {
+            // Only a datagram socket or a connection has a queue (recv on an unconnected
+            // stream socket fails).
+            let queue = if s.ty != libc::SOCK_DGRAM && s.diag.state != UNIX_ESTABLISHED {
                 Vec::new()
             } else {
                 let q = usock::peek_queue(s.file.as_fd(), s.ty, MAX_QUEUE_BYTES).map_err(|e| {
