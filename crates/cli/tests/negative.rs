@@ -659,16 +659,41 @@ fn names_fd(text: &str, fds: &[i32]) -> bool {
     false
 }
 
+/// A python3 that connected to the unix listener at `outside.sock` (held by this test process,
+/// outside the dumped tree), whose peer (accepted here) queued `hello` for it. On SIGUSR1 it
+/// reads its socket to the end and writes what it got, then `EOF`, into `result`, and exits.
+fn spawn_outside_client(w: &WorkDir) -> (Proc, Vec<i32>, std::os::unix::net::UnixStream) {
+    let path = w.join("outside.sock");
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind outside.sock");
+    let script = "import socket, signal\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+                  s.connect('outside.sock')\n\
+                  def done(*_):\n    \
+                      got = b''\n    \
+                      while True:\n        \
+                          b = s.recv(100)\n        \
+                          if not b: break\n        \
+                          got += b\n    \
+                      open('result', 'wb').write(got + b'EOF')\n    \
+                      os._exit(0)\n\
+                  signal.signal(signal.SIGUSR1, done)\n\
+                  fds = [s.fileno()]\n";
+    let (p, fds) = spawn_python(w, script);
+    let (mut peer, _) = listener.accept().expect("accept python's connection");
+    std::io::Write::write_all(&mut peer, b"hello").expect("queue hello");
+    (p, fds, peer)
+}
+
 #[test]
 fn dump_unix_socket_is_refused() {
+    // A unix socket connected to a socket held outside the dumped tree (by this test process)
+    // is refused, naming the fd and the peer; a socketpair inside the process is dumped.
     let Some((_lock, w)) = start("dump_unix_socket_is_refused") else {
         return;
     };
     let img = w.mkdir("img");
-    let script = "import socket\n\
-                  a, b = socket.socketpair()\n\
-                  fds = [a.fileno(), b.fileno()]\n";
-    let (mut p, fds) = spawn_python(&w, script);
+    let (mut p, fds, _peer) = spawn_outside_client(&w);
     let pid = p.pid;
     let fds = &fds[..];
 
@@ -677,9 +702,16 @@ fn dump_unix_socket_is_refused() {
         &format!("dump of pid {pid} holding a unix socket"),
         &out,
     ));
+    let err = out.stderr.to_lowercase();
     assert!(
-        out.stderr.to_lowercase().contains("socket"),
-        "the error should say that a socket is the problem: {}",
+        err.contains("socket") && err.contains("outside") && err.contains("--unix-peers-closed"),
+        "the error should say that the socket's peer is outside, and what to do: {}",
+        out.describe()
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "the error should name the holder of the peer, pid {}: {}",
+        std::process::id(),
         out.describe()
     );
     assert!(
@@ -702,6 +734,61 @@ fn dump_unix_socket_is_refused() {
     sleep(Duration::from_millis(300));
     assert_ok(check_running(pid).map_err(|e| format!("300 ms after the refused dump: {e}")));
     p.kill_and_reap();
+}
+
+#[test]
+fn dump_unix_peers_closed_restores_a_closed_peer() {
+    // With --unix-peers-closed, the same socket is dumped; restored, it reads what its peer
+    // had queued, then end-of-file.
+    let Some((_lock, w)) = start("dump_unix_peers_closed_restores_a_closed_peer") else {
+        return;
+    };
+    let img = w.mkdir("img");
+    let (mut p, _fds, peer) = spawn_outside_client(&w);
+    let pid = p.pid;
+    let pid_s = pid.to_string();
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("dump"),
+            "-t".as_ref(),
+            pid_s.as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+            "--no-auth".as_ref(),
+            "--unix-peers-closed".as_ref(),
+        ],
+    );
+    assert!(out.status.success(), "dump failed: {}", out.describe());
+    p.alive = false;
+    let _ = wait_pid(pid, Duration::from_secs(5));
+    drop(peer);
+    let out = stasis(
+        &w,
+        &[
+            OsStr::new("restore"),
+            "-D".as_ref(),
+            img.as_os_str(),
+            "--detach".as_ref(),
+        ],
+    );
+    let mut restored = Proc { pid, alive: true };
+    assert!(
+        out.status.success() && check_running(pid).is_ok(),
+        "restore failed: {}",
+        out.describe()
+    );
+    kill(pid, libc::SIGUSR1);
+    let result = w.join("result");
+    wait_for(
+        "the restored python3 to read its socket",
+        Duration::from_secs(10),
+        || fs::read(&result).is_ok_and(|r| r.ends_with(b"EOF")),
+    );
+    assert_eq!(fs::read(&result).unwrap_or_default(), b"helloEOF");
+    let _ = wait_pid(pid, Duration::from_secs(5));
+    restored.alive = false;
+    restored.kill_and_reap();
 }
 
 // ---------------------------------------------------------------------------
