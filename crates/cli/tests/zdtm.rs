@@ -902,6 +902,7 @@ zdtm_tests! {
     sock_unix_pair;
     sock_unix_shutdown;
     sock_unix_listen;
+    sock_unix_tree;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;
