@@ -228,6 +228,7 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     fn send_ok(fd: &OwnedFd, data: &[u8]) {
         assert_eq!(send(fd.as_fd(), data, None).unwrap(), data.len());

@@ -739,13 +739,14 @@ fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
     // The queues.
     for s in socks.iter().filter(|s| !s.queue.is_empty()) {
         let fresh;
-        let (sender, to) = if let Some(t) = temps.get(&s.ino) {
-            (t.as_fd(), None)
+        // The sender, where to send, and the peer whose buffer size is set again after.
+        let (sender, to, peer) = if let Some(t) = temps.get(&s.ino) {
+            (t.as_fd(), None, None)
         } else if s.peer != 0 && by_ino[&s.peer].peer == s.ino {
-            (fd(s.peer), None)
+            (fd(s.peer), None, Some(by_ino[&s.peer]))
         } else if let (libc::SOCK_DGRAM, Some(name)) = (s.ty, s.name) {
             fresh = usock::socket(libc::SOCK_DGRAM).map_err(|e| io(s, "socket", e))?;
-            (fresh.as_fd(), Some(sys_name(name)))
+            (fresh.as_fd(), Some(sys_name(name)), None)
         } else {
             return Err(invalid(s, "messages queued but nothing can send them"));
         };
@@ -775,8 +776,7 @@ fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
             };
             r.map_err(|e| io(s, &format!("queueing {} bytes again (net.unix.max_dgram_qlen limits datagrams from unconnected senders)", m.len()), e))?;
         }
-        if s.peer != 0 && temps.get(&s.ino).is_none() {
-            let p = by_ino[&s.peer];
+        if let Some(p) = peer {
             set_buffer(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, p.sndbuf)
                 .map_err(|e| io(p, "SO_SNDBUF", e))?;
         }
@@ -884,7 +884,8 @@ mod tests {
         let k = UnixSockets::default();
         k.validate(&sock(1, 5, libc::SOCK_STREAM, 6, &[b"x"]), &p)
             .unwrap();
-        let bad: Vec<(&str, Box<dyn Fn(&mut FileKind)>)> = vec![
+        type Edit = Box<dyn Fn(&mut FileKind)>;
+        let bad: Vec<(&str, Edit)> = vec![
             (
                 "type",
                 Box::new(|k| {
