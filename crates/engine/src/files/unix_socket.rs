@@ -751,6 +751,11 @@ fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
             return Err(invalid(s, "messages queued but nothing can send them"));
         };
         let total: usize = s.queue.iter().map(Vec::len).sum();
+        tracing::debug!(
+            "{}: queueing {} messages ({total} bytes) again",
+            s.what(),
+            s.queue.len()
+        );
         // Room for everything in the sender's buffer (root only; its own size is set again
         // below), then the messages.
         let _ = set_option(
