@@ -9,6 +9,8 @@
  *   D1: datagram socket bound to the absolute path of "d1.sock"; an unbound
  *       socket sent it two datagrams with sendto, and d2 (connected to D1)
  *       one more.
+ *   D3: datagram socket bound to the absolute path of "d3.sock", whose file
+ *       was then deleted: it keeps its name, and no file comes back.
  *   U:  an unbound, unconnected stream socket; B: a stream socket bound to an
  *       abstract name, neither listening nor connected.
  * On SIGTERM: the names (getsockname; a relative name comes back absolute),
@@ -29,7 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static char l2name[64], bname[64], d1path[PATH_MAX];
+static char l2name[64], bname[64], d1path[PATH_MAX], d3path[PATH_MAX];
 
 static socklen_t mkaddr(struct sockaddr_un *a, const char *name, int abstract)
 {
@@ -133,7 +135,7 @@ static void accept_from(const char *what, int l, int c)
 
 int main(int argc, char **argv)
 {
-	int l1, l2, c0, s0, c1, c2, c3, d1, d2, u, b, snd;
+	int l1, l2, c0, s0, c1, c2, c3, d1, d2, d3, u, b, snd;
 	struct sockaddr_un a;
 	struct stat st;
 
@@ -142,7 +144,9 @@ int main(int argc, char **argv)
 	snprintf(bname, sizeof(bname), "stasis-zdtm-b-%d", getpid());
 	if (!getcwd(d1path, sizeof(d1path) - 10))
 		zdtm_die("getcwd: %m");
+	strcpy(d3path, d1path);
 	strcat(d1path, "/d1.sock");
+	strcat(d3path, "/d3.sock");
 	unlink("l1.sock");
 	unlink(d1path);
 
@@ -181,6 +185,12 @@ int main(int argc, char **argv)
 	do_connect(d2, d1path, 0);
 	put(d2, "dg-three");
 
+	unlink(d3path);
+	d3 = sock(SOCK_DGRAM);
+	do_bind(d3, d3path, 0);
+	if (unlink(d3path))
+		zdtm_die("unlink: %m");
+
 	u = sock(SOCK_STREAM);
 	b = sock(SOCK_STREAM);
 	do_bind(b, bname, 1);
@@ -213,6 +223,11 @@ int main(int argc, char **argv)
 		zdtm_fail("d2 is connected to \"%s\"", name_of(d2, 1));
 	put(d2, "dg-four");
 	expect("D1 after", d1, "dg-four");
+
+	if (strcmp(name_of(d3, 0), d3path))
+		zdtm_fail("D3 is bound to \"%s\"", name_of(d3, 0));
+	if (stat(d3path, &st) == 0 || errno != ENOENT)
+		zdtm_fail("D3's deleted socket file is back");
 
 	if (strcmp(name_of(u, 0), "") || getpeername(u, (struct sockaddr *)&a,
 						      &(socklen_t){ sizeof(a) }) != -1 ||

@@ -949,6 +949,25 @@ fn dump_of_an_fd_table_sharer_with_children_is_refused() {
 }
 
 #[test]
+fn dump_unix_socket_with_fds_in_flight_is_refused() {
+    // A descriptor sent with SCM_RIGHTS and not received yet: refused by name, never dropped.
+    let script = "import socket\n\
+                  a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  a.send(b'plain')\n\
+                  socket.send_fds(a, [b'with fd'], [0])\n\
+                  fds = [b.fileno()]\n";
+    check_refused_python(
+        "dump_unix_socket_with_fds_in_flight_is_refused",
+        script,
+        &[
+            "unix datagram socket",
+            "file descriptors in flight",
+            "scm_rights",
+        ],
+    );
+}
+
+#[test]
 fn dump_posix_message_queue_is_refused() {
     let script = "import ctypes, os, time\n\
                   rt = ctypes.CDLL('librt.so.1', use_errno=True)\n\

@@ -1049,6 +1049,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_stale_socket_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("stasis-unix-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let p = path.to_str().unwrap();
+        clear_stale(p).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "the closed listener leaves its file");
+        clear_stale(p).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, b"data").unwrap();
+        assert!(clear_stale(p).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"data", "left alone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn untrusted_links_are_refused() {
         let mut k = UnixSockets::default();
         let err = k
