@@ -903,6 +903,7 @@ zdtm_tests! {
     sock_unix_shutdown;
     sock_unix_listen;
     sock_unix_tree;
+    sock_unix_cred;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -533,8 +533,24 @@ pub enum FileKind {
         peek_off: i32,
         /// The messages (datagrams, seqpacket records; chunks of a stream) waiting to be read,
         /// oldest first; stored with the first description of the socket only.
-        queue: Vec<Vec<u8>>,
+        queue: Vec<UnixMessage>,
     },
+}
+
+/// A message queued on a unix socket (engine::files::unix_socket): its bytes, and the
+/// credentials it carries (SCM_CREDENTIALS) when the socket has SO_PASSCRED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixMessage {
+    pub data: Vec<u8>,
+    pub cred: Option<UnixCred>,
+}
+
+/// The sender's pid, uid and gid a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The name a unix socket is bound to (engine::files::unix_socket).

@@ -401,7 +401,14 @@ pub fn sample_process() -> ProcessImage {
                     rcvbuf: 212992,
                     sndbuf: 212992,
                     peek_off: -1,
-                    queue: vec![b"queued".to_vec()],
+                    queue: vec![UnixMessage {
+                        data: b"queued".to_vec(),
+                        cred: Some(UnixCred {
+                            pid: 42,
+                            uid: 0,
+                            gid: 0,
+                        }),
+                    }],
                 },
                 owner: Default::default(),
                 locks: Vec::new(),

@@ -2,10 +2,11 @@
 //! and their receive queues read without being consumed (all through rustix).
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
-    Shutdown, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags,
+    SocketType, UCred,
 };
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -111,20 +112,51 @@ pub fn shutdown(fd: BorrowedFd<'_>, bits: u8) -> io::Result<()> {
     Ok(rustix::net::shutdown(fd, how)?)
 }
 
+/// The credentials a message carries (SCM_CREDENTIALS): the sender's pid, uid and gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Sends one message (all of `data` for a datagram or seqpacket socket; as much as fits for a
-/// stream) without blocking or raising SIGPIPE; to `to` when given, else to the peer.
-pub fn send(fd: BorrowedFd<'_>, data: &[u8], to: Option<&UnixName<'_>>) -> io::Result<usize> {
+/// stream) without blocking or raising SIGPIPE; to `to` when given, else to the peer; with
+/// `cred` as its SCM_CREDENTIALS when given (another pid than the caller's, or another uid or
+/// gid, needs privilege; the pid must exist: ESRCH otherwise).
+pub fn send(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: Option<&UnixName<'_>>,
+    cred: Option<Cred>,
+) -> io::Result<usize> {
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if let Some(c) = cred {
+        let pid = rustix::process::Pid::from_raw(c.pid)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let ucred = UCred {
+            pid,
+            uid: rustix::process::Uid::from_raw(c.uid),
+            gid: rustix::process::Gid::from_raw(c.gid),
+        };
+        if !control.push(SendAncillaryMessage::ScmCredentials(ucred)) {
+            return Err(io::Error::other("no room for the credentials of a message"));
+        }
+    }
+    let iov = [IoSlice::new(data)];
     Ok(match to {
-        Some(name) => rustix::net::sendto(fd, data, flags, &addr(name)?)?,
-        None => rustix::net::send(fd, data, flags)?,
+        Some(name) => rustix::net::sendmsg_addr(fd, &addr(name)?, &iov, &mut control, flags)?,
+        None => rustix::net::sendmsg(fd, &iov, &mut control, flags)?,
     })
 }
 
-/// Sends all of `data` on a stream socket without blocking (`WouldBlock` when it does not fit).
-pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+/// Sends all of `data` on a stream socket without blocking (`WouldBlock` when it does not
+/// fit), every part with `cred` (see [`send`]).
+pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8], cred: Option<Cred>) -> io::Result<()> {
     while !data.is_empty() {
-        match send(fd, data, None) {
+        match send(fd, data, None, cred) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -134,12 +166,20 @@ pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One message of a queue: its bytes, and the credentials it carries when the receiving
+/// socket has SO_PASSCRED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub data: Vec<u8>,
+    pub cred: Option<Cred>,
+}
+
 /// What [`peek_queue`] found.
 #[derive(Debug, Default)]
 pub struct Queue {
-    /// The messages (datagrams, seqpacket records) or, for a stream, the bytes in chunks, in
-    /// order.
-    pub messages: Vec<Vec<u8>>,
+    /// The messages (datagrams, seqpacket records) or, for a stream, the bytes in chunks (a
+    /// chunk ends where the credentials change), in order.
+    pub messages: Vec<Message>,
     /// A message carries file descriptors (SCM_RIGHTS); the messages stop before it.
     pub has_fds: bool,
     /// A datagram or seqpacket socket's last peek read 0 bytes: end-of-file (its receive
@@ -183,11 +223,22 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
                 Err(e) => return Err(e.into()),
             };
         let mut fds = msg.flags.contains(ReturnFlags::CTRUNC);
+        let mut cred = None;
         for m in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(mut received) = m {
-                // The duplicates the peek installed are closed here.
-                fds |= received.next().is_some();
-                received.for_each(drop);
+            match m {
+                RecvAncillaryMessage::ScmRights(mut received) => {
+                    // The duplicates the peek installed are closed here.
+                    fds |= received.next().is_some();
+                    received.for_each(drop);
+                }
+                RecvAncillaryMessage::ScmCredentials(c) => {
+                    cred = Some(Cred {
+                        pid: c.pid.as_raw_nonzero().get(),
+                        uid: c.uid.as_raw(),
+                        gid: c.gid.as_raw(),
+                    });
+                }
+                _ => {}
             }
         }
         if fds {
@@ -220,7 +271,10 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
                 format!("more than {max_bytes} bytes queued"),
             ));
         }
-        q.messages.push(buf[..msg.bytes].to_vec());
+        q.messages.push(Message {
+            data: buf[..msg.bytes].to_vec(),
+            cred,
+        });
     }
     Ok(q)
 }
@@ -231,7 +285,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn send_ok(fd: &OwnedFd, data: &[u8]) {
-        assert_eq!(send(fd.as_fd(), data, None).unwrap(), data.len());
+        assert_eq!(send(fd.as_fd(), data, None, None).unwrap(), data.len());
     }
 
     #[test]
@@ -251,14 +305,15 @@ mod tests {
             crate::socket::set_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &2i32)
                 .unwrap();
             let q = peek_queue(b.as_fd(), ty, 1 << 20).unwrap();
-            let total: usize = q.messages.iter().map(Vec::len).sum();
+            let data: Vec<Vec<u8>> = q.messages.iter().map(|m| m.data.clone()).collect();
+            let total: usize = data.iter().map(Vec::len).sum();
             if ty == libc::SOCK_STREAM {
                 assert_eq!(total, 100_008);
-                assert_eq!(&q.messages.concat()[..3], b"one");
+                assert_eq!(&data.concat()[..3], b"one");
             } else {
-                assert_eq!(q.messages.len(), 3, "{ty}");
-                assert_eq!(q.messages[2], b"three");
-                assert_eq!(q.messages[1].len(), 70_000);
+                assert_eq!(data.len(), 3, "{ty}");
+                assert_eq!(data[2], b"three");
+                assert_eq!(data[1].len(), 70_000);
             }
             let off: i32 =
                 crate::socket::get_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap();
@@ -285,7 +340,42 @@ mod tests {
         crate::socket::send_with_fds(a.as_fd(), b"y", &[f.as_fd()]).unwrap();
         let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 1 << 20).unwrap();
         assert!(q.has_fds);
-        assert_eq!(q.messages, vec![b"x".to_vec()]);
+        assert_eq!(q.messages.len(), 1);
+        assert_eq!(q.messages[0].data, b"x");
+    }
+
+    #[test]
+    fn credentials_are_peeked_and_sent() {
+        let (a, b) = pair(libc::SOCK_DGRAM).unwrap();
+        crate::socket::set_option(b.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, &1i32).unwrap();
+        send_ok(&a, b"auto");
+        let me = Cred {
+            pid: std::process::id() as i32,
+            uid: crate::process::geteuid(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        send(a.as_fd(), b"explicit", None, Some(me)).unwrap();
+        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 1 << 20).unwrap();
+        assert_eq!(q.messages.len(), 2);
+        assert!(q
+            .messages
+            .iter()
+            .all(|m| m.cred.map(|c| c.pid) == Some(me.pid)));
+        // A pid that does not exist cannot be claimed.
+        let e = send(
+            a.as_fd(),
+            b"x",
+            None,
+            Some(Cred {
+                pid: i32::MAX,
+                ..me
+            }),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM)),
+            "{e}"
+        );
     }
 
     #[test]

@@ -223,6 +223,12 @@ pub trait FileOps {
     /// with [`OpenContext::check_same_file`].
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error>;
 
+    /// Restore: once every description is open, the work the kind leaves for when every
+    /// process of the tree exists (run by [`OpenedFiles::tree_exists`]).
+    fn when_tree_exists(&mut self) -> Option<Box<dyn WhenTreeExists>> {
+        None
+    }
+
     /// Whether the dumped file position of this kind is restored (lseek).
     fn has_position(&self) -> bool {
         false
@@ -260,6 +266,12 @@ pub struct DumpFileOptions {
     /// Restore a unix socket connected to a socket outside the dumped tree as a connection
     /// whose peer closed (`stasis dump --unix-peers-closed`; see [`unix_socket`]).
     pub unix_peers_closed: bool,
+}
+
+/// Work a kind leaves for when every process of the restored tree exists, before any runs (the
+/// credentials of messages queued on unix sockets name processes of the tree).
+pub trait WhenTreeExists {
+    fn run(self: Box<Self>) -> Result<(), Error>;
 }
 
 /// The kind of file an fd is, by the kernel's account, before any [`FileOps`] looks at it.
@@ -832,12 +844,24 @@ pub struct OpenedFiles {
     /// One per id, merged from every process record that has it.
     descs: Vec<FileDesc>,
     fds: HashMap<u32, OwnedFd>,
+    /// What the kinds left for when every process exists.
+    later: std::cell::RefCell<Vec<Box<dyn WhenTreeExists>>>,
 }
 
 impl OpenedFiles {
     /// The descriptions of the tree, one per id.
     pub fn descriptions(&self) -> &[FileDesc] {
         &self.descs
+    }
+
+    /// Runs what the kinds left for when every process of the tree exists (and none runs yet):
+    /// once, after [`OpenedFiles::set_owners`].
+    pub fn tree_exists(&self) -> Result<(), Error> {
+        let later = std::mem::take(&mut *self.later.borrow_mut());
+        for work in later {
+            work.run()?;
+        }
+        Ok(())
     }
 
     /// The restorer's descriptor of description `id`.
@@ -1067,7 +1091,15 @@ pub fn open_all<'a>(
         locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
     }
-    Ok(OpenedFiles { descs, fds })
+    let later = kinds
+        .iter_mut()
+        .filter_map(|k| k.when_tree_exists())
+        .collect();
+    Ok(OpenedFiles {
+        descs,
+        fds,
+        later: std::cell::RefCell::new(later),
+    })
 }
 
 /// Opens one description with `kind`, then gives it its status flags and position. A
@@ -1462,6 +1494,7 @@ mod tests {
                 locks: Vec::new(),
             }],
             fds: HashMap::from([(1, r.try_clone().unwrap())]),
+            later: Default::default(),
         };
         let pgrp = process::getpgid(0).unwrap();
         opened(FileOwner {

@@ -37,14 +37,19 @@
 //! from an unnamed socket (each datagram's sender address is lost, and the kernel's limit of
 //! datagrams queued from unconnected senders, net.unix.max_dgram_qlen, applies). Then datagram
 //! sockets connect to their peers, SO_PEEK_OFF and the shutdown bits are set, the temporary ends
-//! closed, and names whose file was deleted unlinked again. What the restored sockets do not
-//! keep: SO_PEERCRED (the restorer made them), credentials attached to queued messages
-//! (SCM_CREDENTIALS: the restorer sent them), and a pending ECONNRESET error (reading it with
-//! SO_ERROR at dump would clear it).
+//! closed, and names whose file was deleted unlinked again. A message that carried credentials
+//! (SCM_CREDENTIALS, seen at dump when the socket has SO_PASSCRED) is sent again with them; as
+//! their pid must exist, the queues of a tree with such messages are refilled (and everything
+//! after) only once every process of the tree exists, before any runs
+//! ([`FileOps::when_tree_exists`]); the pid of a sender that is gone by then is the restorer's.
+//! What the restored sockets do not keep: SO_PEERCRED (the restorer made them) and a pending
+//! ECONNRESET error (reading it with SO_ERROR at dump would clear it).
 
 use super::{Class, DumpFileOptions, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
-use stasis_image::{FileDesc, FileKind, ProcessImage, SocketFile, UnixSocketName};
+use stasis_image::{
+    FileDesc, FileKind, ProcessImage, SocketFile, UnixCred, UnixMessage, UnixSocketName,
+};
 use stasis_sys::sock_diag::{self, UnixDiag, UNIX_ESTABLISHED, UNIX_LISTEN};
 use stasis_sys::socket::{get_option, set_option};
 use stasis_sys::unix_socket::{self as usock, UnixName};
@@ -72,6 +77,9 @@ pub struct UnixSockets {
     seen: Vec<Seen>,
     /// Restore: inode -> the socket made for it, until its description is opened.
     made: HashMap<u64, OwnedFd>,
+    /// Restore: the queues to refill once the tree's processes exist (their messages carry
+    /// credentials).
+    later: Option<Finish>,
 }
 
 struct Seen {
@@ -302,6 +310,16 @@ impl FileOps for UnixSockets {
                     )));
                 }
                 q.messages
+                    .into_iter()
+                    .map(|m| UnixMessage {
+                        data: m.data,
+                        cred: m.cred.map(|c| UnixCred {
+                            pid: c.pid,
+                            uid: c.uid,
+                            gid: c.gid,
+                        }),
+                    })
+                    .collect()
             };
             if s.ty == libc::SOCK_DGRAM && !queue.is_empty() && peer != 0 {
                 let p = &self.seen[inos[&peer]];
@@ -398,15 +416,18 @@ impl FileOps for UnixSockets {
         if *rcvbuf > i32::MAX as u32 || *sndbuf > i32::MAX as u32 || *peek_off < -1 {
             return Err("socket option out of range".into());
         }
-        let total: usize = queue.iter().map(Vec::len).sum();
+        let total: usize = queue.iter().map(|m| m.data.len()).sum();
         if queue.len() > MAX_QUEUE_MESSAGES || total > MAX_QUEUE_BYTES {
             return Err(format!(
                 "{} messages, {total} bytes queued (at most {MAX_QUEUE_MESSAGES}, {MAX_QUEUE_BYTES})",
                 queue.len()
             ));
         }
-        if ty != libc::SOCK_STREAM && queue.iter().any(Vec::is_empty) {
+        if queue.iter().any(|m| m.data.is_empty()) {
             return Err("an empty message queued".into());
+        }
+        if queue.iter().any(|m| m.cred.is_some_and(|c| c.pid <= 0)) {
+            return Err("a message with the credentials of pid 0 or below".into());
         }
         Ok(())
     }
@@ -427,8 +448,25 @@ impl FileOps for UnixSockets {
         if socks.is_empty() {
             return Ok(());
         }
-        self.made = make_all(&socks)?;
+        let mine = descs
+            .iter()
+            .filter(|d| self.owns(&d.kind))
+            .cloned()
+            .collect();
+        let (made, finish) = make_all(&socks, mine)?;
+        self.made = made;
+        if finish.has_credentials() {
+            self.later = Some(finish);
+        } else {
+            finish.finish()?;
+        }
         Ok(())
+    }
+
+    fn when_tree_exists(&mut self) -> Option<Box<dyn super::WhenTreeExists>> {
+        self.later
+            .take()
+            .map(|f| Box::new(f) as Box<dyn super::WhenTreeExists>)
     }
 
     fn open(&mut self, desc: &FileDesc, _ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
@@ -534,7 +572,7 @@ struct Sock<'a> {
     rcvbuf: u32,
     sndbuf: u32,
     peek_off: i32,
-    queue: &'a [Vec<u8>],
+    queue: &'a [UnixMessage],
 }
 
 impl<'a> Sock<'a> {
@@ -599,9 +637,12 @@ fn show_name(n: &UnixSocketName) -> String {
     }
 }
 
-/// Makes every socket of the tree (see the module's documentation for the order of the steps);
-/// returns them by inode.
-fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
+/// Makes every socket of the tree (see the module's documentation for the order of the steps)
+/// up to their queues; returns them by inode, and the rest of the work ([`Finish`]).
+fn make_all(
+    socks: &[Sock<'_>],
+    descs: Vec<FileDesc>,
+) -> Result<(HashMap<u64, OwnedFd>, Finish), Error> {
     let invalid = |s: &Sock<'_>, what: &str| Error::Invalid(format!("{}: {what}", s.what()));
     let by_ino: HashMap<u64, &Sock<'_>> = socks.iter().map(|s| (s.ino, s)).collect();
     if by_ino.len() != socks.len() {
@@ -705,7 +746,7 @@ fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
                 Some(f) => {
                     set_file(path, f).map_err(|e| io(s, &format!("chmod/chown {path}"), e))?
                 }
-                None => unlink_after.push(path.as_str()),
+                None => unlink_after.push(path.clone()),
             }
         } else {
             usock::bind(fd(s.ino), &sys_name(name))
@@ -736,84 +777,174 @@ fn make_all(socks: &[Sock<'_>]) -> Result<HashMap<u64, OwnedFd>, Error> {
             }
         }
     }
-    // The queues.
-    for s in socks.iter().filter(|s| !s.queue.is_empty()) {
-        let fresh;
-        // The sender, where to send, and the peer whose buffer size is set again after.
-        let (sender, to, peer) = if let Some(t) = temps.get(&s.ino) {
-            (t.as_fd(), None, None)
-        } else if s.peer != 0 && by_ino[&s.peer].peer == s.ino {
-            (fd(s.peer), None, Some(by_ino[&s.peer]))
-        } else if let (libc::SOCK_DGRAM, Some(name)) = (s.ty, s.name) {
-            fresh = usock::socket(libc::SOCK_DGRAM).map_err(|e| io(s, "socket", e))?;
-            (fresh.as_fd(), Some(sys_name(name)), None)
-        } else {
-            return Err(invalid(s, "messages queued but nothing can send them"));
+    let mut dups = HashMap::new();
+    for (&ino, f) in &made {
+        dups.insert(ino, f.try_clone().map_err(|e| Error::io("dup", e))?);
+    }
+    Ok((
+        made,
+        Finish {
+            descs,
+            made: dups,
+            temps,
+            closed_clients,
+            unlink_after,
+        },
+    ))
+}
+
+/// The second half of the restore of a tree's unix sockets, from the queues on (it runs once
+/// the tree's processes exist when a queued message carries credentials, whose pid must
+/// exist): the descriptions, our duplicates of their sockets, the temporary peers, the closed
+/// clients of pending connections, and the names whose file is unlinked at the end.
+struct Finish {
+    descs: Vec<FileDesc>,
+    made: HashMap<u64, OwnedFd>,
+    temps: HashMap<u64, OwnedFd>,
+    closed_clients: Vec<OwnedFd>,
+    unlink_after: Vec<String>,
+}
+
+impl Finish {
+    /// Whether a queued message carries credentials.
+    fn has_credentials(&self) -> bool {
+        self.descs.iter().any(|d| {
+            matches!(&d.kind, FileKind::UnixSocket { queue, .. } if queue.iter().any(|m| m.cred.is_some()))
+        })
+    }
+}
+
+impl super::WhenTreeExists for Finish {
+    fn run(self: Box<Self>) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl Finish {
+    /// Refills the queues, connects the datagram sockets, sets SO_PEEK_OFF and the shutdown
+    /// bits, closes the temporary peers and unlinks the names whose file was deleted.
+    fn finish(self) -> Result<(), Error> {
+        let socks: Vec<Sock<'_>> = self.descs.iter().filter_map(Sock::of).collect();
+        let by_ino: HashMap<u64, &Sock<'_>> = socks.iter().map(|s| (s.ino, s)).collect();
+        let invalid = |s: &Sock<'_>, what: &str| Error::Invalid(format!("{}: {what}", s.what()));
+        let io = |s: &Sock<'_>, what: &str, e: std::io::Error| {
+            Error::io(format!("{what} for the {}", s.what()), e)
         };
-        let total: usize = s.queue.iter().map(Vec::len).sum();
-        tracing::debug!(
-            "{}: queueing {} messages ({total} bytes) again",
-            s.what(),
-            s.queue.len()
-        );
-        // Room for everything in the sender's buffer (root only; its own size is set again
-        // below), then the messages.
-        let _ = set_option(
-            sender,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            &(total
-                .saturating_mul(2)
-                .saturating_add(1 << 20)
-                .min(i32::MAX as usize / 2) as i32),
-        );
-        for m in s.queue {
-            let r = if s.ty == libc::SOCK_STREAM {
-                usock::send_all(sender, m)
+        let made = &self.made;
+        let temps = &self.temps;
+        let fd = |ino: u64| made[&ino].as_fd();
+        // The queues.
+        for s in socks.iter().filter(|s| !s.queue.is_empty()) {
+            let fresh;
+            // The sender, where to send, and the peer whose buffer size is set again after.
+            let (sender, to, peer) = if let Some(t) = temps.get(&s.ino) {
+                (t.as_fd(), None, None)
+            } else if s.peer != 0 && by_ino[&s.peer].peer == s.ino {
+                (fd(s.peer), None, Some(by_ino[&s.peer]))
+            } else if let (libc::SOCK_DGRAM, Some(name)) = (s.ty, s.name) {
+                fresh = usock::socket(libc::SOCK_DGRAM).map_err(|e| io(s, "socket", e))?;
+                (fresh.as_fd(), Some(sys_name(name)), None)
             } else {
-                usock::send(sender, m, to.as_ref()).and_then(|n| {
-                    if n == m.len() {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::from(std::io::ErrorKind::WriteZero))
-                    }
-                })
+                return Err(invalid(s, "messages queued but nothing can send them"));
             };
-            r.map_err(|e| io(s, &format!("queueing {} bytes again (net.unix.max_dgram_qlen limits datagrams from unconnected senders)", m.len()), e))?;
+            let total: usize = s.queue.iter().map(|m| m.data.len()).sum();
+            tracing::debug!(
+                "{}: queueing {} messages ({total} bytes) again",
+                s.what(),
+                s.queue.len()
+            );
+            // Room for everything in the sender's buffer (root only; its own size is set again
+            // below), then the messages.
+            let _ = set_option(
+                sender,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                &(total
+                    .saturating_mul(2)
+                    .saturating_add(1 << 20)
+                    .min(i32::MAX as usize / 2) as i32),
+            );
+            for m in s.queue {
+                let r = send_message(s.ty, sender, m, to.as_ref());
+                r.map_err(|e| io(s, &format!("queueing {} bytes again (net.unix.max_dgram_qlen limits datagrams from unconnected senders)", m.data.len()), e))?;
+            }
+            if let Some(p) = peer {
+                set_buffer(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, p.sndbuf)
+                    .map_err(|e| io(p, "SO_SNDBUF", e))?;
+            }
         }
-        if let Some(p) = peer {
-            set_buffer(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, p.sndbuf)
-                .map_err(|e| io(p, "SO_SNDBUF", e))?;
+        // Datagram sockets connect to their peers (a connected socket only takes datagrams from
+        // its peer, so after the queues).
+        for s in socks
+            .iter()
+            .filter(|s| s.peer != 0 && by_ino[&s.peer].peer != s.ino)
+        {
+            let Some(name) = by_ino[&s.peer].name else {
+                return Err(invalid(s, "its peer has no name to connect to"));
+            };
+            usock::connect(fd(s.ino), &sys_name(name))
+                .map_err(|e| io(s, &format!("connect to {}", show_name(name)), e))?;
         }
-    }
-    // Datagram sockets connect to their peers (a connected socket only takes datagrams from
-    // its peer, so after the queues).
-    for s in socks
-        .iter()
-        .filter(|s| s.peer != 0 && by_ino[&s.peer].peer != s.ino)
-    {
-        let Some(name) = by_ino[&s.peer].name else {
-            return Err(invalid(s, "its peer has no name to connect to"));
-        };
-        usock::connect(fd(s.ino), &sys_name(name))
-            .map_err(|e| io(s, &format!("connect to {}", show_name(name)), e))?;
-    }
-    for s in socks {
-        let f = fd(s.ino);
-        if s.peek_off != -1 {
-            set_option(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &s.peek_off)
-                .map_err(|e| io(s, "SO_PEEK_OFF", e))?;
+        for s in &socks {
+            let f = fd(s.ino);
+            if s.peek_off != -1 {
+                set_option(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &s.peek_off)
+                    .map_err(|e| io(s, "SO_PEEK_OFF", e))?;
+            }
+            if !s.peer_closed {
+                usock::shutdown(f, s.shutdown).map_err(|e| io(s, "shutdown", e))?;
+            }
         }
-        if !s.peer_closed {
-            usock::shutdown(f, s.shutdown).map_err(|e| io(s, "shutdown", e))?;
+        drop(self.temps);
+        drop(self.closed_clients);
+        for path in &self.unlink_after {
+            std::fs::remove_file(path).map_err(|e| Error::io(format!("unlink {path}"), e))?;
         }
+        Ok(())
     }
-    drop(temps);
-    drop(closed_clients);
-    for path in unlink_after {
-        std::fs::remove_file(path).map_err(|e| Error::io(format!("unlink {path}"), e))?;
+}
+
+/// Sends one queued message again (all of it), with its credentials: those of the dump when
+/// its sender's pid exists (the processes of the tree, once they exist), else the restorer's
+/// pid with the dumped uid and gid.
+fn send_message(
+    ty: i32,
+    sender: BorrowedFd<'_>,
+    m: &UnixMessage,
+    to: Option<&UnixName<'_>>,
+) -> std::io::Result<()> {
+    let cred = m.cred.map(|c| usock::Cred {
+        pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+    });
+    let once = |cred| {
+        if ty == libc::SOCK_STREAM {
+            usock::send_all(sender, &m.data, cred)
+        } else {
+            usock::send(sender, &m.data, to, cred).and_then(|n| {
+                if n == m.data.len() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from(std::io::ErrorKind::WriteZero))
+                }
+            })
+        }
+    };
+    match once(cred) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            let own = cred.map(|c| usock::Cred {
+                pid: stasis_sys::process::getpid(),
+                ..c
+            });
+            tracing::debug!(
+                ?cred,
+                "the sender of a queued message is gone: sent with our pid"
+            );
+            once(own)
+        }
+        r => r,
     }
-    Ok(made)
 }
 
 /// Sets a buffer size to `dumped` (what getsockopt showed, twice what was set): beyond the
@@ -872,7 +1003,13 @@ mod tests {
                 rcvbuf: 212992,
                 sndbuf: 212992,
                 peek_off: -1,
-                queue: queue.iter().map(|q| q.to_vec()).collect(),
+                queue: queue
+                    .iter()
+                    .map(|q| UnixMessage {
+                        data: q.to_vec(),
+                        cred: None,
+                    })
+                    .collect(),
             },
             owner: Default::default(),
             locks: Vec::new(),
@@ -919,7 +1056,10 @@ mod tests {
                 "too much",
                 Box::new(|k| {
                     if let FileKind::UnixSocket { queue, .. } = k {
-                        *queue = vec![vec![0; MAX_QUEUE_BYTES + 1]]
+                        *queue = vec![UnixMessage {
+                            data: vec![0; MAX_QUEUE_BYTES + 1],
+                            cred: None,
+                        }]
                     }
                 }),
             ),
@@ -998,14 +1138,16 @@ mod tests {
             k.prepare(&descs).unwrap();
             let a = open(&mut k, &descs[0]);
             let b = open(&mut k, &descs[1]);
-            let q = usock::peek_queue(a.as_fd(), ty, 1 << 20).unwrap();
+            let data = |f: &File| -> Vec<Vec<u8>> {
+                let q = usock::peek_queue(f.as_fd(), ty, 1 << 20).unwrap();
+                q.messages.into_iter().map(|m| m.data).collect()
+            };
             if ty == libc::SOCK_STREAM {
-                assert_eq!(q.messages.concat(), b"to a 1to a 2");
+                assert_eq!(data(&a).concat(), b"to a 1to a 2");
             } else {
-                assert_eq!(q.messages, vec![b"to a 1".to_vec(), b"to a 2".to_vec()]);
+                assert_eq!(data(&a), vec![b"to a 1".to_vec(), b"to a 2".to_vec()]);
             }
-            let q = usock::peek_queue(b.as_fd(), ty, 1 << 20).unwrap();
-            assert_eq!(q.messages.concat(), b"to b");
+            assert_eq!(data(&b).concat(), b"to b");
             assert!(
                 k.open(
                     &descs[0],

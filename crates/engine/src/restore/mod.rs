@@ -174,6 +174,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         // Every process and thread exists: the owners of I/O signals can be set.
         plan.descriptions
             .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
+        // ... and the queued messages that carry their credentials be sent again.
+        plan.descriptions.tree_exists()?;
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
