@@ -949,21 +949,19 @@ fn dump_of_an_fd_table_sharer_with_children_is_refused() {
 }
 
 #[test]
-fn dump_unix_socket_with_fds_in_flight_is_refused() {
-    // A descriptor sent with SCM_RIGHTS and not received yet: refused by name, never dropped.
-    let script = "import socket\n\
+fn dump_unix_socket_with_an_epoll_in_flight_is_refused() {
+    // Files in flight (SCM_RIGHTS) are dumped with their socket, but an epoll instance names
+    // fds of its holder: refused by name, never dropped.
+    let script = "import socket, select\n\
                   a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-                  a.send(b'plain')\n\
-                  socket.send_fds(a, [b'with fd'], [0])\n\
+                  ep = select.epoll()\n\
+                  socket.send_fds(a, [b'with epoll'], [ep.fileno()])\n\
+                  ep.close()\n\
                   fds = [b.fileno()]\n";
     check_refused_python(
-        "dump_unix_socket_with_fds_in_flight_is_refused",
+        "dump_unix_socket_with_an_epoll_in_flight_is_refused",
         script,
-        &[
-            "unix datagram socket",
-            "file descriptors in flight",
-            "scm_rights",
-        ],
+        &["in flight", "unix socket", "epoll", "eventpoll"],
     );
 }
 

@@ -904,6 +904,7 @@ zdtm_tests! {
     sock_unix_listen;
     sock_unix_tree;
     sock_unix_cred;
+    sock_unix_rights;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -408,6 +408,7 @@ pub fn sample_process() -> ProcessImage {
                             uid: 0,
                             gid: 0,
                         }),
+                        files: vec![1],
                     }],
                 },
                 owner: Default::default(),

@@ -123,16 +123,27 @@ pub struct Cred {
 /// Sends one message (all of `data` for a datagram or seqpacket socket; as much as fits for a
 /// stream) without blocking or raising SIGPIPE; to `to` when given, else to the peer; with
 /// `cred` as its SCM_CREDENTIALS when given (another pid than the caller's, or another uid or
-/// gid, needs privilege; the pid must exist: ESRCH otherwise).
+/// gid, needs privilege; the pid must exist: ESRCH otherwise) and `fds` as its SCM_RIGHTS.
 pub fn send(
     fd: BorrowedFd<'_>,
     data: &[u8],
     to: Option<&UnixName<'_>>,
     cred: Option<Cred>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
+    }
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("no room for the descriptors of a message"));
+    }
     if let Some(c) = cred {
         let pid = rustix::process::Pid::from_raw(c.pid)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
@@ -153,12 +164,20 @@ pub fn send(
 }
 
 /// Sends all of `data` on a stream socket without blocking (`WouldBlock` when it does not
-/// fit), every part with `cred` (see [`send`]).
-pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8], cred: Option<Cred>) -> io::Result<()> {
+/// fit), every part with `cred`, the first with `fds` (see [`send`]).
+pub fn send_all(
+    fd: BorrowedFd<'_>,
+    mut data: &[u8],
+    cred: Option<Cred>,
+    mut fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     while !data.is_empty() {
-        match send(fd, data, None, cred) {
+        match send(fd, data, None, cred, fds) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                fds = &[];
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -166,12 +185,17 @@ pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8], cred: Option<Cred>) -> io::
     Ok(())
 }
 
-/// One message of a queue: its bytes, and the credentials it carries when the receiving
-/// socket has SO_PASSCRED.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Most descriptors one message may carry (the kernel's SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
+
+/// One message of a queue: its bytes, the credentials it carries when the receiving socket
+/// has SO_PASSCRED, and duplicates of the descriptors in flight with it (SCM_RIGHTS), now the
+/// caller's.
+#[derive(Debug)]
 pub struct Message {
     pub data: Vec<u8>,
     pub cred: Option<Cred>,
+    pub fds: Vec<OwnedFd>,
 }
 
 /// What [`peek_queue`] found.
@@ -180,8 +204,9 @@ pub struct Queue {
     /// The messages (datagrams, seqpacket records) or, for a stream, the bytes in chunks (a
     /// chunk ends where the credentials change), in order.
     pub messages: Vec<Message>,
-    /// A message carries file descriptors (SCM_RIGHTS); the messages stop before it.
-    pub has_fds: bool,
+    /// A message carries more file descriptors than arrived (MSG_CTRUNC); the messages stop
+    /// before it.
+    pub fds_truncated: bool,
     /// A datagram or seqpacket socket's last peek read 0 bytes: end-of-file (its receive
     /// direction is shut down) or a zero-length message, which peeking cannot step over (the
     /// messages stop there).
@@ -222,15 +247,11 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-        let mut fds = msg.flags.contains(ReturnFlags::CTRUNC);
+        let mut fds = Vec::new();
         let mut cred = None;
         for m in control.drain() {
             match m {
-                RecvAncillaryMessage::ScmRights(mut received) => {
-                    // The duplicates the peek installed are closed here.
-                    fds |= received.next().is_some();
-                    received.for_each(drop);
-                }
+                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
                 RecvAncillaryMessage::ScmCredentials(c) => {
                     cred = Some(Cred {
                         pid: c.pid.as_raw_nonzero().get(),
@@ -241,8 +262,8 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
                 _ => {}
             }
         }
-        if fds {
-            q.has_fds = true;
+        if msg.flags.contains(ReturnFlags::CTRUNC) {
+            q.fds_truncated = true;
             break;
         }
         if !stream && msg.bytes > buf.len() {
@@ -274,6 +295,7 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
         q.messages.push(Message {
             data: buf[..msg.bytes].to_vec(),
             cred,
+            fds,
         });
     }
     Ok(q)
@@ -285,7 +307,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn send_ok(fd: &OwnedFd, data: &[u8]) {
-        assert_eq!(send(fd.as_fd(), data, None, None).unwrap(), data.len());
+        assert_eq!(send(fd.as_fd(), data, None, None, &[]).unwrap(), data.len());
     }
 
     #[test]
@@ -339,9 +361,17 @@ mod tests {
         let f = std::fs::File::open("/").unwrap();
         crate::socket::send_with_fds(a.as_fd(), b"y", &[f.as_fd()]).unwrap();
         let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 1 << 20).unwrap();
-        assert!(q.has_fds);
-        assert_eq!(q.messages.len(), 1);
+        assert_eq!(q.messages.len(), 2);
         assert_eq!(q.messages[0].data, b"x");
+        assert!(q.messages[0].fds.is_empty());
+        assert_eq!(q.messages[1].fds.len(), 1);
+        // Sent again from the duplicate: it arrives.
+        let (c, d) = pair(libc::SOCK_STREAM).unwrap();
+        let dup = q.messages[1].fds[0].as_fd();
+        send_all(c.as_fd(), b"again", None, &[dup]).unwrap();
+        let q = peek_queue(d.as_fd(), libc::SOCK_STREAM, 1 << 20).unwrap();
+        assert_eq!(q.messages[0].data, b"again");
+        assert_eq!(q.messages[0].fds.len(), 1);
     }
 
     #[test]
@@ -354,7 +384,7 @@ mod tests {
             uid: crate::process::geteuid(),
             gid: rustix::process::getegid().as_raw(),
         };
-        send(a.as_fd(), b"explicit", None, Some(me)).unwrap();
+        send(a.as_fd(), b"explicit", None, Some(me), &[]).unwrap();
         let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 1 << 20).unwrap();
         assert_eq!(q.messages.len(), 2);
         assert!(q
@@ -370,6 +400,7 @@ mod tests {
                 pid: i32::MAX,
                 ..me
             }),
+            &[],
         )
         .unwrap_err();
         assert!(

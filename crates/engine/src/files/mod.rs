@@ -167,6 +167,18 @@ pub trait FileOps {
         Ok(())
     }
 
+    /// Dump: the files in flight this kind found (descriptors a unix socket's queued messages
+    /// carry, received into the dumper by peeking) that have no description yet: (slot, our
+    /// descriptor, where it is in flight: "fd N of pid P"). [`dump`] describes each like an fd
+    /// of the process, as a description without fd, and gives its id back with
+    /// [`in_flight_dumped`](Self::in_flight_dumped).
+    fn files_in_flight(&self) -> Vec<(usize, RawFd, String)> {
+        Vec::new()
+    }
+
+    /// Dump: the description id of the file in flight in `slot`.
+    fn in_flight_dumped(&mut self, _slot: usize, _id: u32) {}
+
     /// Dump: once every process of the tree was dumped, checks the objects that span processes
     /// and completes their descriptions. `descs` are the descriptions of every process record,
     /// in tree order (a shared description once per process that has it).
@@ -269,9 +281,11 @@ pub struct DumpFileOptions {
 }
 
 /// Work a kind leaves for when every process of the restored tree exists, before any runs (the
-/// credentials of messages queued on unix sockets name processes of the tree).
+/// credentials of messages queued on unix sockets name processes of the tree; the files in
+/// flight with them are descriptions of the tree).
 pub trait WhenTreeExists {
-    fn run(self: Box<Self>) -> Result<(), Error>;
+    /// `files`: every description of the tree, opened (files in flight are sent again).
+    fn run(self: Box<Self>, files: &OpenedFiles) -> Result<(), Error>;
 }
 
 /// The kind of file an fd is, by the kernel's account, before any [`FileOps`] looks at it.
@@ -760,12 +774,105 @@ pub fn dump(
     for kind in kinds.iter_mut() {
         kind.dump_without_fds(pid, &mut out)?;
     }
+    // Files in flight in the process's unix sockets (and in those in flight, and so on).
+    let mut own_pidfd = None;
+    loop {
+        let mut pending = Vec::new();
+        for (k, kind) in kinds.iter().enumerate() {
+            pending.extend(
+                kind.files_in_flight()
+                    .into_iter()
+                    .map(|(slot, fd, at)| (k, slot, fd, at)),
+            );
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let me = process::getpid();
+        let pidfd = match &own_pidfd {
+            Some(p) => p,
+            None => own_pidfd
+                .insert(process::pidfd_open(me).map_err(|e| Error::sys("pidfd_open", me, e))?),
+        };
+        for (k, slot, fd, at) in pending {
+            let mut ctx = InFlight {
+                kinds: &mut *kinds,
+                seen: &mut *seen,
+                descs: &mut *descs,
+                out: &mut out,
+            };
+            let id = ctx.dump(&at, fd, pidfd)?;
+            kinds[k].in_flight_dumped(slot, id);
+        }
+    }
     Ok(DumpedFiles {
         files: out.files,
         fds: out.fds,
         posix_locks: posix_locks.into_iter().map(|(_, l)| l).collect(),
         blobs: out.blobs,
     })
+}
+
+/// What describing a file in flight needs of [`dump`]'s state.
+struct InFlight<'r, 'o> {
+    kinds: &'r mut Vec<Box<dyn FileOps>>,
+    seen: &'r mut Vec<(Pid, RawFd, u64, u32)>,
+    descs: &'r mut HashMap<u32, FileDesc>,
+    out: &'r mut ProcessFiles<'o>,
+}
+
+impl InFlight<'_, '_> {
+    /// Describes `fd`, the dumper's duplicate of a file in flight in unix socket `at` ("fd N
+    /// of pid P"), like an fd of that process (the same description as one seen before gets
+    /// its id), as a description without fd of its record; returns its id.
+    fn dump(&mut self, at: &str, fd: RawFd, pidfd: &OwnedFd) -> Result<u32, Error> {
+        let me = process::getpid();
+        let probe = Probe::new(me, fd, pidfd, &[], None)?;
+        let what = format!(
+            "a file in flight in a message queued on the unix socket at {at} ({})",
+            probe.link
+        );
+        let Some(kind) = self.kinds.iter_mut().find(|k| k.claims(&probe)) else {
+            return Err(Error::Unsupported {
+                what: format!("{what} is of a kind stasis cannot dump"),
+            });
+        };
+        if let Some(id) = shared_id(self.seen, &probe)? {
+            if let Some(d) = self.descs.get(&id) {
+                self.out.add_copy(d);
+            }
+            return Ok(id);
+        }
+        let held = locks::parse_fdinfo(&probe.fdinfo()?)
+            .map_err(|e| Error::Refused(format!("{what}: {e}")))?;
+        let held = locks::classify(&held, &what)?;
+        let id = self.out.new_id();
+        let record = kind.dump(&probe, id, self.out)?;
+        // Kinds that name fds or processes of the holder cannot be described from here.
+        if matches!(
+            record,
+            FileKind::Epoll { .. } | FileKind::Pidfd { .. } | FileKind::ServiceSocket { .. }
+        ) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{what} is of kind {}, which stasis cannot restore in flight",
+                    kind.name()
+                ),
+            });
+        }
+        let desc = FileDesc {
+            id,
+            flags: probe.flags,
+            pos: probe.pos,
+            kind: record,
+            owner: io_owner_of(&probe)?,
+            locks: held.desc,
+        };
+        self.seen.push((me, fd, probe.metadata()?.ino(), id));
+        self.descs.insert(id, desc.clone());
+        self.out.files.push(desc);
+        Ok(id)
+    }
 }
 
 /// The kind of a description.
@@ -859,7 +966,7 @@ impl OpenedFiles {
     pub fn tree_exists(&self) -> Result<(), Error> {
         let later = std::mem::take(&mut *self.later.borrow_mut());
         for work in later {
-            work.run()?;
+            work.run(self)?;
         }
         Ok(())
     }

@@ -8,11 +8,16 @@
 //! ([`FileOps::finish`]) every socket's peer must be in the tree, and the messages waiting to be
 //! read are copied without being consumed (MSG_PEEK from successive SO_PEEK_OFF offsets, the
 //! socket's own offset put back: a process left running finds its data unchanged), with the
-//! first description of the socket only. Refused, by fd: a connection to a socket outside the
+//! first description of the socket only. The files in flight with them (SCM_RIGHTS) arrive in
+//! the dumper with the peek: they are described like fds of the process
+//! ([`FileOps::files_in_flight`]), as descriptions without fd of its record (the same
+//! description as an fd of the tree, a socket in flight in its own queue for one, is that fd's);
+//! only the kinds that name fds or processes of their holder (epoll, pidfd) are refused in
+//! flight. Refused, by fd: a connection to a socket outside the
 //! dumped tree (unless [`DumpFileOptions::unix_peers_closed`]: then it comes back connected to a
 //! peer that closed), a connection waiting to be accepted whose client sent data (that data
 //! cannot be read without accepting it) or was closed, a datagram socket connected to an
-//! unnamed socket that is not connected back, file descriptors in flight (SCM_RIGHTS), a
+//! unnamed socket that is not connected back, a message carrying more descriptors than one may, a
 //! zero-length datagram in a queue (peeking cannot step over it; on a socket whose receive
 //! direction is shut down it cannot be told from end-of-file, and ends the dumped queue), and
 //! a path-bound socket whose file was replaced by another file.
@@ -55,7 +60,6 @@ use stasis_sys::socket::{get_option, set_option};
 use stasis_sys::unix_socket::{self as usock, UnixName};
 use stasis_sys::Pid;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -78,8 +82,10 @@ pub struct UnixSockets {
     /// Restore: inode -> the socket made for it, until its description is opened.
     made: HashMap<u64, OwnedFd>,
     /// Restore: the queues to refill once the tree's processes exist (their messages carry
-    /// credentials).
+    /// credentials or files).
     later: Option<Finish>,
+    /// Dump: the files in flight found so far.
+    flight: Vec<Flight>,
 }
 
 struct Seen {
@@ -88,8 +94,18 @@ struct Seen {
     id: u32,
     ty: i32,
     diag: UnixDiag,
-    /// Our duplicate, to read the queue from.
-    file: File,
+    /// The messages waiting to be read, each with the slots of its files in flight in
+    /// [`UnixSockets::flight`] (their ids are filled in by [`FileOps::finish`]).
+    queue: Vec<(UnixMessage, Vec<usize>)>,
+}
+
+/// A file in flight: the dumper's duplicate (kept open for the whole dump: kcmp finds the
+/// descriptions seen later that are the same), and its description id once dumped.
+struct Flight {
+    fd: OwnedFd,
+    id: Option<u32>,
+    /// The socket it is in flight in: "fd N of pid P".
+    at: String,
 }
 
 fn type_name(ty: i32) -> &'static str {
@@ -113,6 +129,71 @@ impl Seen {
                 self.diag.ino
             ),
         }
+    }
+}
+
+impl UnixSockets {
+    /// Reads the messages waiting on socket `fd` without consuming them; the files in flight
+    /// with them are kept in [`UnixSockets::flight`].
+    fn peek(
+        &mut self,
+        fd: &Probe<'_>,
+        ty: i32,
+        diag: &UnixDiag,
+    ) -> Result<Vec<(UnixMessage, Vec<usize>)>, Error> {
+        // Only a datagram socket or a connection has a queue (recv on an unconnected stream
+        // socket fails).
+        if ty != libc::SOCK_DGRAM && diag.state != UNIX_ESTABLISHED {
+            return Ok(Vec::new());
+        }
+        let q = usock::peek_queue(fd.file()?.as_fd(), ty, MAX_QUEUE_BYTES).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading the queue of fd {} of pid {} (MSG_PEEK)",
+                    fd.fd, fd.pid
+                ),
+                e,
+            )
+        })?;
+        if q.fds_truncated {
+            return Err(fd.unsupported(
+                "a unix socket with a queued message carrying more file descriptors than one message can",
+            ));
+        }
+        // Without RCV_SHUTDOWN, a read of 0 bytes is a zero-length message.
+        if q.zero_read && diag.shutdown & 1 == 0 {
+            return Err(fd.unsupported(
+                "a unix socket with a zero-length datagram queued, which stasis cannot read without consuming it",
+            ));
+        }
+        if q.messages.len() > MAX_QUEUE_MESSAGES {
+            return Err(fd.unsupported(&format!(
+                "a unix socket with more than {MAX_QUEUE_MESSAGES} messages queued"
+            )));
+        }
+        let mut out = Vec::with_capacity(q.messages.len());
+        for m in q.messages {
+            let mut slots = Vec::with_capacity(m.fds.len());
+            for f in m.fds {
+                slots.push(self.flight.len());
+                self.flight.push(Flight {
+                    fd: f,
+                    id: None,
+                    at: format!("fd {} of pid {}", fd.fd, fd.pid),
+                });
+            }
+            let msg = UnixMessage {
+                data: m.data,
+                cred: m.cred.map(|c| UnixCred {
+                    pid: c.pid,
+                    uid: c.uid,
+                    gid: c.gid,
+                }),
+                files: Vec::new(),
+            };
+            out.push((msg, slots));
+        }
+        Ok(out)
     }
 }
 
@@ -183,15 +264,32 @@ impl FileOps for UnixSockets {
             peek_off: opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?,
             queue: Vec::new(),
         };
+        let queue = self.peek(fd, ty, &diag)?;
         self.seen.push(Seen {
             pid: fd.pid,
             fd: fd.fd,
             id,
             ty,
             diag,
-            file: file.try_clone().map_err(|e| Error::io("dup", e))?,
+            queue,
         });
         Ok(kind)
+    }
+
+    fn files_in_flight(&self) -> Vec<(usize, RawFd, String)> {
+        use std::os::fd::AsRawFd;
+        self.flight
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.id.is_none())
+            .map(|(i, f)| (i, f.fd.as_raw_fd(), f.at.clone()))
+            .collect()
+    }
+
+    fn in_flight_dumped(&mut self, slot: usize, id: u32) {
+        if let Some(f) = self.flight.get_mut(slot) {
+            f.id = Some(id);
+        }
     }
 
     /// Settles each socket's peer and pending connections against the whole tree (refusing
@@ -283,44 +381,20 @@ impl FileOps for UnixSockets {
             }
             // Only a datagram socket or a connection has a queue (recv on an unconnected
             // stream socket fails).
-            let queue = if s.ty != libc::SOCK_DGRAM && s.diag.state != UNIX_ESTABLISHED {
-                Vec::new()
-            } else {
-                let q = usock::peek_queue(s.file.as_fd(), s.ty, MAX_QUEUE_BYTES).map_err(|e| {
-                    Error::io(
-                        format!(
-                            "reading the queue of fd {} of pid {} (MSG_PEEK)",
+            let mut queue = Vec::with_capacity(s.queue.len());
+            for (m, slots) in &s.queue {
+                let mut m = m.clone();
+                for &slot in slots {
+                    let id = self.flight.get(slot).and_then(|f| f.id).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "a file in flight in fd {} of pid {} was not described",
                             s.fd, s.pid
-                        ),
-                        e,
-                    )
-                })?;
-                if q.has_fds {
-                    return Err(s.refuse("has file descriptors in flight (SCM_RIGHTS in a queued message), which stasis cannot dump yet"));
+                        ))
+                    })?;
+                    m.files.push(id);
                 }
-                // Without RCV_SHUTDOWN, a read of 0 bytes is a zero-length message.
-                if q.zero_read && s.diag.shutdown & 1 == 0 {
-                    return Err(s.refuse(
-                        "has a zero-length datagram queued, which stasis cannot read without consuming it",
-                    ));
-                }
-                if q.messages.len() > MAX_QUEUE_MESSAGES {
-                    return Err(s.refuse(&format!(
-                        "has more than {MAX_QUEUE_MESSAGES} messages queued"
-                    )));
-                }
-                q.messages
-                    .into_iter()
-                    .map(|m| UnixMessage {
-                        data: m.data,
-                        cred: m.cred.map(|c| UnixCred {
-                            pid: c.pid,
-                            uid: c.uid,
-                            gid: c.gid,
-                        }),
-                    })
-                    .collect()
-            };
+                queue.push(m);
+            }
             if s.ty == libc::SOCK_DGRAM && !queue.is_empty() && peer != 0 {
                 let p = &self.seen[inos[&peer]];
                 let named = descs.iter().any(|d| {
@@ -353,7 +427,7 @@ impl FileOps for UnixSockets {
         Ok(())
     }
 
-    fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
+    fn validate(&self, desc: &FileDesc, image: &ProcessImage) -> Result<(), String> {
         let FileKind::UnixSocket {
             ty,
             name,
@@ -429,6 +503,18 @@ impl FileOps for UnixSockets {
         if queue.iter().any(|m| m.cred.is_some_and(|c| c.pid <= 0)) {
             return Err("a message with the credentials of pid 0 or below".into());
         }
+        for m in queue {
+            if m.files.len() > usock::MAX_FDS {
+                return Err(format!("{} files in flight in one message", m.files.len()));
+            }
+            if let Some(id) = m
+                .files
+                .iter()
+                .find(|&&id| !image.files.iter().any(|f| f.id == id))
+            {
+                return Err(format!("a file in flight that is no description ({id})"));
+            }
+        }
         Ok(())
     }
 
@@ -455,10 +541,10 @@ impl FileOps for UnixSockets {
             .collect();
         let (made, finish) = make_all(&socks, mine)?;
         self.made = made;
-        if finish.has_credentials() {
+        if finish.needs_tree() {
             self.later = Some(finish);
         } else {
-            finish.finish()?;
+            finish.finish(None)?;
         }
         Ok(())
     }
@@ -806,24 +892,26 @@ struct Finish {
 }
 
 impl Finish {
-    /// Whether a queued message carries credentials.
-    fn has_credentials(&self) -> bool {
+    /// Whether a queued message carries credentials or files.
+    fn needs_tree(&self) -> bool {
         self.descs.iter().any(|d| {
-            matches!(&d.kind, FileKind::UnixSocket { queue, .. } if queue.iter().any(|m| m.cred.is_some()))
+            matches!(&d.kind, FileKind::UnixSocket { queue, .. }
+                if queue.iter().any(|m| m.cred.is_some() || !m.files.is_empty()))
         })
     }
 }
 
 impl super::WhenTreeExists for Finish {
-    fn run(self: Box<Self>) -> Result<(), Error> {
-        self.finish()
+    fn run(self: Box<Self>, files: &super::OpenedFiles) -> Result<(), Error> {
+        self.finish(Some(files))
     }
 }
 
 impl Finish {
     /// Refills the queues, connects the datagram sockets, sets SO_PEEK_OFF and the shutdown
-    /// bits, closes the temporary peers and unlinks the names whose file was deleted.
-    fn finish(self) -> Result<(), Error> {
+    /// bits, closes the temporary peers and unlinks the names whose file was deleted. `files`:
+    /// the tree's descriptions, for the files in flight.
+    fn finish(self, files: Option<&super::OpenedFiles>) -> Result<(), Error> {
         let socks: Vec<Sock<'_>> = self.descs.iter().filter_map(Sock::of).collect();
         let by_ino: HashMap<u64, &Sock<'_>> = socks.iter().map(|s| (s.ino, s)).collect();
         let invalid = |s: &Sock<'_>, what: &str| Error::Invalid(format!("{}: {what}", s.what()));
@@ -865,7 +953,14 @@ impl Finish {
                     .min(i32::MAX as usize / 2) as i32),
             );
             for m in s.queue {
-                let r = send_message(s.ty, sender, m, to.as_ref());
+                let mut fds = Vec::with_capacity(m.files.len());
+                for id in &m.files {
+                    let f = files
+                        .and_then(|f| f.get(*id))
+                        .ok_or_else(|| invalid(s, &format!("file in flight {id} is not opened")))?;
+                    fds.push(f.as_fd());
+                }
+                let r = send_message(s.ty, sender, m, to.as_ref(), &fds);
                 r.map_err(|e| io(s, &format!("queueing {} bytes again (net.unix.max_dgram_qlen limits datagrams from unconnected senders)", m.data.len()), e))?;
             }
             if let Some(p) = peer {
@@ -912,6 +1007,7 @@ fn send_message(
     sender: BorrowedFd<'_>,
     m: &UnixMessage,
     to: Option<&UnixName<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> std::io::Result<()> {
     let cred = m.cred.map(|c| usock::Cred {
         pid: c.pid,
@@ -920,9 +1016,9 @@ fn send_message(
     });
     let once = |cred| {
         if ty == libc::SOCK_STREAM {
-            usock::send_all(sender, &m.data, cred)
+            usock::send_all(sender, &m.data, cred, fds)
         } else {
-            usock::send(sender, &m.data, to, cred).and_then(|n| {
+            usock::send(sender, &m.data, to, cred, fds).and_then(|n| {
                 if n == m.data.len() {
                     Ok(())
                 } else {
@@ -984,6 +1080,7 @@ fn set_file(path: &str, f: &SocketFile) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use stasis_image::testing::sample_process;
+    use std::fs::File;
 
     fn sock(id: u32, ino: u64, ty: i32, peer: u64, queue: &[&[u8]]) -> FileDesc {
         FileDesc {
@@ -1008,6 +1105,7 @@ mod tests {
                     .map(|q| UnixMessage {
                         data: q.to_vec(),
                         cred: None,
+                        files: Vec::new(),
                     })
                     .collect(),
             },
@@ -1059,6 +1157,7 @@ mod tests {
                         *queue = vec![UnixMessage {
                             data: vec![0; MAX_QUEUE_BYTES + 1],
                             cred: None,
+                            files: Vec::new(),
                         }]
                     }
                 }),
