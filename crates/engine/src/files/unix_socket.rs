@@ -32,8 +32,9 @@
 //! Restore ([`FileOps::prepare`], once for the whole tree, before any description is opened):
 //! one socketpair per connection in the tree (and per mutually connected pair of datagram
 //! sockets), one socket for everything else; options (buffer sizes first, so the queues fit);
-//! names bound (a socket file left at the path, from the original process, is replaced; any
-//! other file there fails the restore) with the dumped mode and, when root restores, owner;
+//! names bound (a socket file left at the path, from the original process, is replaced, unless
+//! a live socket is bound to it (the original, still running, keeps it); any other file there
+//! fails the restore) with the dumped mode and, when root restores, owner;
 //! listen; the pending clients connect to their listener, oldest first; the queues are refilled
 //! by sending from the peer end, or from a temporary socket: a socket whose peer was closed is
 //! made as one end of a socketpair whose other end sends its data and is closed (a stream
@@ -1053,11 +1054,20 @@ fn set_buffer(fd: BorrowedFd<'_>, name: i32, force: i32, dumped: u32) -> std::io
     set_option(fd, libc::SOL_SOCKET, name, &half)
 }
 
-/// Removes a socket file left at `path` (by the original process); anything else there is left
-/// for bind to refuse.
+/// Removes a socket file left at `path` (by the original process), unless a live socket is
+/// bound to that name (the original, still running: it keeps its socket); anything else there
+/// is left for bind to refuse.
 fn clear_stale(path: &str) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(md) if md.file_type().is_socket() => {
+            if let Some(ino) = live_socket_bound_to(path) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("a live socket (socket:[{ino}]) is bound to it"),
+                ));
+            }
+            std::fs::remove_file(path)
+        }
         Ok(_) => Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             "a file that is not a socket is there",
@@ -1065,6 +1075,26 @@ fn clear_stale(path: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The inode of a live unix socket (of this network namespace) bound to `path`, as
+/// /proc/net/unix lists them.
+fn live_socket_bound_to(path: &str) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path (the path may hold spaces).
+        let mut rest = line;
+        let mut ino = 0;
+        for i in 0..7 {
+            rest = rest.trim_start();
+            let end = rest.find(' ').unwrap_or(rest.len());
+            if i == 6 {
+                ino = rest[..end].parse::<u64>().ok()?;
+            }
+            rest = &rest[end..];
+        }
+        (rest.strip_prefix(' ')? == path).then_some(ino)
+    })
 }
 
 /// Gives the new socket file its dumped permission bits and, when root restores, its owner.
@@ -1297,7 +1327,11 @@ mod tests {
         let path = dir.join("s.sock");
         let p = path.to_str().unwrap();
         clear_stale(p).unwrap();
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = clear_stale(p).unwrap_err().to_string();
+        assert!(err.contains("live socket"), "{err}");
+        assert!(path.exists(), "a live socket keeps its file");
+        drop(live);
         assert!(path.exists(), "the closed listener leaves its file");
         clear_stale(p).unwrap();
         assert!(!path.exists());
