@@ -7,8 +7,8 @@
  *       ways; c1 and c2 connected after it and wait in the backlog.
  *   L2: seqpacket listener on an abstract name; c3 waits in its backlog.
  *   D1: datagram socket bound to the absolute path of "d1.sock"; an unbound
- *       socket sent it two datagrams with sendto, and d2 (connected to D1)
- *       one more.
+ *       socket sent it two datagrams with sendto, d2 (connected to D1) one
+ *       more, and N (bound to an abstract name) a fourth: recvfrom names N.
  *   D3: datagram socket bound to the absolute path of "d3.sock", whose file
  *       was then deleted: it keeps its name, and no file comes back.
  *   U:  an unbound, unconnected stream socket; B: a stream socket bound to an
@@ -31,7 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static char l2name[64], bname[64], d1path[PATH_MAX], d3path[PATH_MAX];
+static char l2name[64], bname[64], nname[64], d1path[PATH_MAX], d3path[PATH_MAX];
 
 static socklen_t mkaddr(struct sockaddr_un *a, const char *name, int abstract)
 {
@@ -135,13 +135,14 @@ static void accept_from(const char *what, int l, int c)
 
 int main(int argc, char **argv)
 {
-	int l1, l2, c0, s0, c1, c2, c3, d1, d2, d3, u, b, snd;
+	int l1, l2, c0, s0, c1, c2, c3, d1, d2, d3, u, b, snd, n;
 	struct sockaddr_un a;
 	struct stat st;
 
 	zdtm_init(argc, argv);
 	snprintf(l2name, sizeof(l2name), "stasis-zdtm-l2-%d", getpid());
 	snprintf(bname, sizeof(bname), "stasis-zdtm-b-%d", getpid());
+	snprintf(nname, sizeof(nname), "stasis-zdtm-n-%d", getpid());
 	if (!getcwd(d1path, sizeof(d1path) - 10))
 		zdtm_die("getcwd: %m");
 	strcpy(d3path, d1path);
@@ -184,6 +185,11 @@ int main(int argc, char **argv)
 	d2 = sock(SOCK_DGRAM);
 	do_connect(d2, d1path, 0);
 	put(d2, "dg-three");
+	n = sock(SOCK_DGRAM);
+	do_bind(n, nname, 1);
+	mkaddr(&a, d1path, 0);
+	if (sendto(n, "dg-named", 8, 0, (struct sockaddr *)&a, sizeof(a)) != 8)
+		zdtm_die("sendto: %m");
 
 	unlink(d3path);
 	d3 = sock(SOCK_DGRAM);
@@ -219,6 +225,19 @@ int main(int argc, char **argv)
 	expect("D1 first", d1, "dg-one");
 	expect("D1 second", d1, "dg-two");
 	expect("D1 third", d1, "dg-three");
+	{
+		char buf[64];
+		struct sockaddr_un from;
+		socklen_t fl = sizeof(from);
+		ssize_t r = recvfrom(d1, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from,
+				     &fl);
+
+		if (r != 8 || memcmp(buf, "dg-named", 8))
+			zdtm_fail("D1 fourth: read %zd bytes (errno %d)", r, errno);
+		else if (fl != offsetof(struct sockaddr_un, sun_path) + 1 + strlen(nname) ||
+			 from.sun_path[0] || memcmp(from.sun_path + 1, nname, strlen(nname)))
+			zdtm_fail("D1 fourth: the sender is not N");
+	}
 	if (strcmp(name_of(d2, 1), d1path))
 		zdtm_fail("d2 is connected to \"%s\"", name_of(d2, 1));
 	put(d2, "dg-four");

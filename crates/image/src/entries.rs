@@ -538,13 +538,15 @@ pub enum FileKind {
 }
 
 /// A message queued on a unix socket (engine::files::unix_socket): its bytes, the
-/// credentials it carries (SCM_CREDENTIALS) when the socket has SO_PASSCRED, and the files in
-/// flight with it (SCM_RIGHTS): ids of descriptions of the same record (usually without fd).
+/// credentials it carries (SCM_CREDENTIALS) when the socket has SO_PASSCRED, the files in
+/// flight with it (SCM_RIGHTS): ids of descriptions of the same record (usually without fd),
+/// and for a datagram that a named socket of the tree sent, that socket's inode (else 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixMessage {
     pub data: Vec<u8>,
     pub cred: Option<UnixCred>,
     pub files: Vec<u32>,
+    pub from: u64,
 }
 
 /// The sender's pid, uid and gid a message carries.

@@ -409,6 +409,7 @@ pub fn sample_process() -> ProcessImage {
                             gid: 0,
                         }),
                         files: vec![1],
+                        from: 0,
                     }],
                 },
                 owner: Default::default(),

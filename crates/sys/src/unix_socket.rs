@@ -196,6 +196,9 @@ pub struct Message {
     pub data: Vec<u8>,
     pub cred: Option<Cred>,
     pub fds: Vec<OwnedFd>,
+    /// A datagram's sender, when it is named: `sun_path` bytes as sock_diag shows names (an
+    /// abstract name starts with a NUL byte; a path ends with one).
+    pub from: Option<Vec<u8>>,
 }
 
 /// What [`peek_queue`] found.
@@ -292,10 +295,21 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, ty: i32, max_bytes: usize) -> io::Resul
                 format!("more than {max_bytes} bytes queued"),
             ));
         }
+        let from = msg
+            .address
+            .and_then(|a| SocketAddrUnix::try_from(a).ok())
+            .and_then(|a| {
+                if let Some(n) = a.abstract_name() {
+                    Some([&[0u8][..], n].concat())
+                } else {
+                    a.path_bytes().map(|p| [p, &[0u8][..]].concat())
+                }
+            });
         q.messages.push(Message {
             data: buf[..msg.bytes].to_vec(),
             cred,
             fds,
+            from,
         });
     }
     Ok(q)

@@ -40,8 +40,9 @@
 //! made as one end of a socketpair whose other end sends its data and is closed (a stream
 //! then reads its data, then end-of-file; a datagram socket stays connected to a closed peer, as
 //! it was: its next send fails with ECONNREFUSED); a named datagram socket gets its datagrams
-//! from an unnamed socket (each datagram's sender address is lost, and the kernel's limit of
-//! datagrams queued from unconnected senders, net.unix.max_dgram_qlen, applies). Then datagram
+//! from the named socket of the tree that sent each (recvfrom tells the same sender), or else
+//! from an unnamed socket (the sender's address is lost); the kernel's limit of datagrams
+//! queued from unconnected senders, net.unix.max_dgram_qlen, applies. Then datagram
 //! sockets connect to their peers, SO_PEEK_OFF and the shutdown bits are set, the temporary ends
 //! closed, and names whose file was deleted unlinked again. A message that carried credentials
 //! (SCM_CREDENTIALS, seen at dump when the socket has SO_PASSCRED) is sent again with them; as
@@ -96,8 +97,9 @@ struct Seen {
     ty: i32,
     diag: UnixDiag,
     /// The messages waiting to be read, each with the slots of its files in flight in
-    /// [`UnixSockets::flight`] (their ids are filled in by [`FileOps::finish`]).
-    queue: Vec<(UnixMessage, Vec<usize>)>,
+    /// [`UnixSockets::flight`] (their ids are filled in by [`FileOps::finish`]) and the name of
+    /// its sender (a datagram from a named socket).
+    queue: Vec<(UnixMessage, Vec<usize>, Option<Vec<u8>>)>,
 }
 
 /// A file in flight: the dumper's duplicate (kept open for the whole dump: kcmp finds the
@@ -141,7 +143,7 @@ impl UnixSockets {
         fd: &Probe<'_>,
         ty: i32,
         diag: &UnixDiag,
-    ) -> Result<Vec<(UnixMessage, Vec<usize>)>, Error> {
+    ) -> Result<Vec<(UnixMessage, Vec<usize>, Option<Vec<u8>>)>, Error> {
         // Only a datagram socket or a connection has a queue (recv on an unconnected stream
         // socket fails).
         if ty != libc::SOCK_DGRAM && diag.state != UNIX_ESTABLISHED {
@@ -191,8 +193,9 @@ impl UnixSockets {
                     gid: c.gid,
                 }),
                 files: Vec::new(),
+                from: 0,
             };
-            out.push((msg, slots));
+            out.push((msg, slots, m.from));
         }
         Ok(out)
     }
@@ -383,8 +386,20 @@ impl FileOps for UnixSockets {
             // Only a datagram socket or a connection has a queue (recv on an unconnected
             // stream socket fails).
             let mut queue = Vec::with_capacity(s.queue.len());
-            for (m, slots) in &s.queue {
+            for (m, slots, from) in &s.queue {
                 let mut m = m.clone();
+                // A datagram from a named socket of the tree comes from it again.
+                if let Some(from) = from {
+                    m.from = self
+                        .seen
+                        .iter()
+                        .find(|o| {
+                            o.ty == libc::SOCK_DGRAM
+                                && o.diag.name.as_deref().map(trim_name) == Some(trim_name(from))
+                        })
+                        .map(|o| o.diag.ino)
+                        .unwrap_or(0);
+                }
                 for &slot in slots {
                     let id = self.flight.get(slot).and_then(|f| f.id).ok_or_else(|| {
                         Error::Invalid(format!(
@@ -621,6 +636,15 @@ fn dumped_name(
         path: path_str,
         file,
     })
+}
+
+/// A name as sock_diag or recvmsg give it, without the NUL bytes that may end a path.
+fn trim_name(raw: &[u8]) -> &[u8] {
+    if raw.first() == Some(&0) {
+        return raw;
+    }
+    let end = raw.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &raw[..end]
 }
 
 /// Why a connection to socket `peer`, outside the tree (`tree`: its processes), is refused,
@@ -953,7 +977,28 @@ impl Finish {
                     .saturating_add(1 << 20)
                     .min(i32::MAX as usize / 2) as i32),
             );
+            // Datagrams a named socket of the tree sent to this named one come from it again
+            // (its address is what recvfrom tells); their senders get room too.
+            let mut senders = Vec::new();
+            for m in s.queue.iter().filter(|m| m.from != 0 && to.is_some()) {
+                if let Some(f) = by_ino
+                    .get(&m.from)
+                    .filter(|f| f.ty == libc::SOCK_DGRAM && !senders.contains(&f.ino))
+                {
+                    senders.push(f.ino);
+                    let _ = set_option(
+                        fd(f.ino),
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDBUFFORCE,
+                        &(total.saturating_add(1 << 20).min(i32::MAX as usize / 2) as i32),
+                    );
+                }
+            }
             for m in s.queue {
+                let sender = match by_ino.get(&m.from) {
+                    Some(f) if to.is_some() && f.ty == libc::SOCK_DGRAM => fd(f.ino),
+                    _ => sender,
+                };
                 let mut fds = Vec::with_capacity(m.files.len());
                 for id in &m.files {
                     let f = files
@@ -967,6 +1012,11 @@ impl Finish {
             if let Some(p) = peer {
                 set_buffer(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, p.sndbuf)
                     .map_err(|e| io(p, "SO_SNDBUF", e))?;
+            }
+            for ino in senders {
+                let f = by_ino[&ino];
+                set_buffer(fd(ino), libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, f.sndbuf)
+                    .map_err(|e| io(f, "SO_SNDBUF", e))?;
             }
         }
         // Datagram sockets connect to their peers (a connected socket only takes datagrams from
@@ -1136,6 +1186,7 @@ mod tests {
                         data: q.to_vec(),
                         cred: None,
                         files: Vec::new(),
+                        from: 0,
                     })
                     .collect(),
             },
@@ -1188,6 +1239,7 @@ mod tests {
                             data: vec![0; MAX_QUEUE_BYTES + 1],
                             cred: None,
                             files: Vec::new(),
+                            from: 0,
                         }]
                     }
                 }),
