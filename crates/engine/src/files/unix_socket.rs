@@ -99,8 +99,12 @@ struct Seen {
     /// The messages waiting to be read, each with the slots of its files in flight in
     /// [`UnixSockets::flight`] (their ids are filled in by [`FileOps::finish`]) and the name of
     /// its sender (a datagram from a named socket).
-    queue: Vec<(UnixMessage, Vec<usize>, Option<Vec<u8>>)>,
+    queue: Vec<Peeked>,
 }
+
+/// A message read at dump: the record (its files and sender filled in by [`FileOps::finish`]),
+/// the slots of its files in flight, and its sender's name as recvmsg gives it.
+type Peeked = (UnixMessage, Vec<usize>, Option<Vec<u8>>);
 
 /// A file in flight: the dumper's duplicate (kept open for the whole dump: kcmp finds the
 /// descriptions seen later that are the same), and its description id once dumped.
@@ -138,12 +142,7 @@ impl Seen {
 impl UnixSockets {
     /// Reads the messages waiting on socket `fd` without consuming them; the files in flight
     /// with them are kept in [`UnixSockets::flight`].
-    fn peek(
-        &mut self,
-        fd: &Probe<'_>,
-        ty: i32,
-        diag: &UnixDiag,
-    ) -> Result<Vec<(UnixMessage, Vec<usize>, Option<Vec<u8>>)>, Error> {
+    fn peek(&mut self, fd: &Probe<'_>, ty: i32, diag: &UnixDiag) -> Result<Vec<Peeked>, Error> {
         // Only a datagram socket or a connection has a queue (recv on an unconnected stream
         // socket fails).
         if ty != libc::SOCK_DGRAM && diag.state != UNIX_ESTABLISHED {
