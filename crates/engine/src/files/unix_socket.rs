@@ -62,6 +62,7 @@ use stasis_sys::socket::{get_option, set_option};
 use stasis_sys::unix_socket::{self as usock, UnixName};
 use stasis_sys::Pid;
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -231,10 +232,23 @@ impl FileOps for UnixSockets {
         if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
             return Err(fd.unsupported("a unix socket of a type stasis cannot dump"));
         }
+        // Its names and peers belong to its network namespace: only ours is restored into.
+        if let Ok(ns) = stasis_sys::socket::network_namespace_of(file.as_fd()) {
+            let ours = std::fs::metadata("/proc/self/ns/net")
+                .map_err(|e| Error::io("stat /proc/self/ns/net", e))?;
+            let theirs = File::from(ns)
+                .metadata()
+                .map_err(|e| Error::io("fstat a network namespace", e))?;
+            if (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()) {
+                return Err(fd.unsupported(
+                    "a unix socket of another network namespace than stasis's, which stasis cannot dump yet",
+                ));
+            }
+        }
         let diag = sock_diag::unix_diag(ino).map_err(|e| {
             Error::io(
                 format!(
-                    "sock_diag of fd {} of pid {} (socket:[{ino}]; a socket of another network namespace is not seen)",
+                    "sock_diag of fd {} of pid {} (socket:[{ino}])",
                     fd.fd, fd.pid
                 ),
                 e,
