@@ -522,6 +522,9 @@ pub enum FileKind {
         /// Connected, but the peer was closed (or, with `--unix-peers-closed`, was outside
         /// the dumped tree): restored connected to a peer that is then closed.
         peer_closed: bool,
+        /// A connection accepted from this listener of the tree (its inode; else 0): its peer
+        /// connects to the listener again and it is accepted, so both show the listener's name.
+        accepted_from: u64,
         /// The kernel's RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
         shutdown: u8,
         /// SO_PASSCRED.

@@ -396,6 +396,7 @@ pub fn sample_process() -> ProcessImage {
                     pending: Vec::new(),
                     peer: 0,
                     peer_closed: true,
+                    accepted_from: 0,
                     shutdown: 3,
                     passcred: false,
                     rcvbuf: 212992,

@@ -25,9 +25,11 @@
 //! Names: a path is made absolute with the process's cwd at dump time (a relative name was
 //! bound relative to the cwd of that time, which stasis cannot know). The socket file must still
 //! be the socket's (same inode), or be gone (deleted since the bind: restored bound and then
-//! unlinked again, so nobody can connect, as before). Connected stream and seqpacket sockets do
-//! not get their name back (an accepted socket shows its listener's name, which only the
-//! listener can bind): getsockname on them shows an unnamed socket after restore.
+//! unlinked again, so nobody can connect, as before). A connection accepted from a listener of
+//! the tree is made again by connecting to the listener and accepting (the accepted socket
+//! shows the listener's name, and its peer's getpeername too); other connected stream and
+//! seqpacket sockets (a listener closed since, a client that bound a name of its own) do not
+//! get their name back: getsockname on them shows an unnamed socket after restore.
 //!
 //! Restore ([`FileOps::prepare`], once for the whole tree, before any description is opened):
 //! one socketpair per connection in the tree (and per mutually connected pair of datagram
@@ -274,6 +276,7 @@ impl FileOps for UnixSockets {
             pending: Vec::new(),
             peer: 0,
             peer_closed: false,
+            accepted_from: 0,
             shutdown: diag.shutdown & 3,
             passcred: opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0,
             rcvbuf: opt(libc::SO_RCVBUF, "SO_RCVBUF")? as u32,
@@ -433,11 +436,26 @@ impl FileOps for UnixSockets {
                     return Err(s.refuse("has datagrams queued, no name, and a peer that is not connected back: stasis cannot queue them again"));
                 }
             }
+            // A connection accepted from a listener of the tree shows its name.
+            let accepted_from = match &s.diag.name {
+                Some(raw) if peer != 0 && s.ty != libc::SOCK_DGRAM => self
+                    .seen
+                    .iter()
+                    .find(|l| {
+                        l.diag.state == UNIX_LISTEN
+                            && l.ty == s.ty
+                            && l.diag.name.as_deref().map(trim_name) == Some(trim_name(raw))
+                    })
+                    .map(|l| l.diag.ino)
+                    .unwrap_or(0),
+                _ => 0,
+            };
             let mut first = true;
             for d in descs.iter_mut().filter(|d| d.id == s.id) {
                 if let FileKind::UnixSocket {
                     peer: dp,
                     peer_closed: dc,
+                    accepted_from: da,
                     pending: dpend,
                     queue: dq,
                     ..
@@ -445,6 +463,7 @@ impl FileOps for UnixSockets {
                 {
                     *dp = peer;
                     *dc = peer_closed;
+                    *da = accepted_from;
                     dpend.clone_from(&pending);
                     if first {
                         dq.clone_from(&queue);
@@ -464,6 +483,7 @@ impl FileOps for UnixSockets {
             pending,
             peer,
             peer_closed,
+            accepted_from,
             shutdown,
             rcvbuf,
             sndbuf,
@@ -512,6 +532,9 @@ impl FileOps for UnixSockets {
         }
         if *peer != 0 && *peer_closed {
             return Err("a peer that is both present and closed".into());
+        }
+        if *accepted_from != 0 && (*peer == 0 || ty == libc::SOCK_DGRAM || listen.is_some()) {
+            return Err("accepted from a listener without being connected".into());
         }
         if *shutdown > 3 {
             return Err(format!("shutdown bits {shutdown:#x}"));
@@ -691,6 +714,7 @@ struct Sock<'a> {
     pending: &'a [u64],
     peer: u64,
     peer_closed: bool,
+    accepted_from: u64,
     shutdown: u8,
     passcred: bool,
     rcvbuf: u32,
@@ -709,6 +733,7 @@ impl<'a> Sock<'a> {
             pending,
             peer,
             peer_closed,
+            accepted_from,
             shutdown,
             passcred,
             rcvbuf,
@@ -728,6 +753,7 @@ impl<'a> Sock<'a> {
             pending,
             peer: *peer,
             peer_closed: *peer_closed,
+            accepted_from: *accepted_from,
             shutdown: *shutdown,
             passcred: *passcred,
             rcvbuf: *rcvbuf,
@@ -798,6 +824,18 @@ fn make_all(
                 return Err(invalid(s, "its peer has no name to connect to"));
             }
         }
+        if s.accepted_from != 0 {
+            let l = by_ino.get(&s.accepted_from);
+            if !mutual
+                || by_ino[&s.peer].accepted_from != 0
+                || !l.is_some_and(|l| l.listen.is_some() && l.name.is_some() && l.ty == s.ty)
+            {
+                return Err(invalid(
+                    s,
+                    "it was accepted from a socket that is no named listener, or its peer too",
+                ));
+            }
+        }
         for &c in s.pending.iter().filter(|&&c| c != 0) {
             let Some(cs) = by_ino.get(&c) else {
                 return Err(invalid(
@@ -827,7 +865,10 @@ fn make_all(
             continue;
         }
         let mutual = s.peer != 0 && by_ino[&s.peer].peer == s.ino;
-        if mutual {
+        if mutual && (s.accepted_from != 0 || by_ino[&s.peer].accepted_from != 0) {
+            // Made by connecting to its listener, once it listens.
+            continue;
+        } else if mutual {
             let (a, b) = usock::pair(s.ty).map_err(|e| io(s, "socketpair", e))?;
             made.insert(s.ino, a);
             made.insert(s.peer, b);
@@ -841,26 +882,12 @@ fn make_all(
             made.insert(s.ino, usock::socket(s.ty).map_err(|e| io(s, "socket", e))?);
         }
     }
-    let fd = |ino: u64| made[&ino].as_fd();
-    // Options, the buffer sizes before the queues are refilled.
-    for s in socks {
-        let f = fd(s.ino);
-        set_option(
-            f,
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            &i32::from(s.passcred),
-        )
-        .map_err(|e| io(s, "SO_PASSCRED", e))?;
-        set_buffer(f, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, s.rcvbuf)
-            .map_err(|e| io(s, "SO_RCVBUF", e))?;
-        set_buffer(f, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, s.sndbuf)
-            .map_err(|e| io(s, "SO_SNDBUF", e))?;
-    }
-    // Names, then listeners and their pending connections.
+    // Names, then listeners with the connections they accepted and those waiting in their
+    // backlog.
     let mut unlink_after = Vec::new();
     for s in socks {
         let Some(name) = s.name else { continue };
+        let fd = |ino: u64| made[&ino].as_fd();
         if let UnixSocketName::Path { path, file } = name {
             clear_stale(path)
                 .map_err(|e| io(s, &format!("replacing the socket file at {path}"), e))?;
@@ -880,8 +907,20 @@ fn make_all(
     let mut closed_clients = Vec::new();
     for s in socks {
         let Some(backlog) = s.listen else { continue };
-        usock::listen(fd(s.ino), backlog as i32).map_err(|e| io(s, "listen", e))?;
+        usock::listen(made[&s.ino].as_fd(), backlog as i32).map_err(|e| io(s, "listen", e))?;
         let Some(name) = s.name else { continue };
+        // Its accepted connections: the client connects again, and is accepted (both ends
+        // show the listener's name, as before).
+        for a in socks.iter().filter(|a| a.accepted_from == s.ino) {
+            let client = usock::socket(s.ty).map_err(|e| io(a, "socket", e))?;
+            usock::connect(client.as_fd(), &sys_name(name))
+                .map_err(|e| io(a, &format!("connect again to {}", show_name(name)), e))?;
+            let server = stasis_sys::socket::accept(made[&s.ino].as_fd())
+                .map_err(|e| io(a, &format!("accept on {}", show_name(name)), e))?;
+            made.insert(a.ino, server);
+            made.insert(a.peer, client);
+        }
+        let fd = |ino: u64| made[&ino].as_fd();
         for &c in s.pending {
             let connect = |cfd: BorrowedFd<'_>| {
                 usock::connect(cfd, &sys_name(name)).map_err(|e| {
@@ -900,6 +939,21 @@ fn make_all(
                 connect(fd(c))?;
             }
         }
+    }
+    // Options, the buffer sizes before the queues are refilled.
+    for s in socks {
+        let f = made[&s.ino].as_fd();
+        set_option(
+            f,
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            &i32::from(s.passcred),
+        )
+        .map_err(|e| io(s, "SO_PASSCRED", e))?;
+        set_buffer(f, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, s.rcvbuf)
+            .map_err(|e| io(s, "SO_RCVBUF", e))?;
+        set_buffer(f, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, s.sndbuf)
+            .map_err(|e| io(s, "SO_SNDBUF", e))?;
     }
     let mut dups = HashMap::new();
     for (&ino, f) in &made {
@@ -1188,6 +1242,7 @@ mod tests {
                 pending: Vec::new(),
                 peer,
                 peer_closed: false,
+                accepted_from: 0,
                 shutdown: 0,
                 passcred: false,
                 rcvbuf: 212992,
