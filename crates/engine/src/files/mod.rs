@@ -26,16 +26,18 @@
 //! # Entry points
 //!
 //! Dump ([`crate::dump`](mod@crate::dump)):
-//! * [`FileRegistry`] (`default()`): one per dumped tree. It gives every open file description
+//! * [`FileRegistry`] (`new(options)`): one per dumped tree. It gives every open file description
 //!   one id however many fds of however many processes refer to it (kcmp), and holds what the
 //!   kinds gather across processes.
 //! * [`dump`]: the fd table of one process ([`DumpedFiles`]); refuses, naming the fd, anything
-//!   no kind claims (sockets, POSIX message queues, unknown anonymous-inode files).
+//!   no kind claims (sockets other than unix sockets, POSIX message queues, unknown
+//!   anonymous-inode files); then the files in flight in its unix sockets (SCM_RIGHTS), as
+//!   descriptions without fd.
 //! * [`FileRegistry::finish`]: once every process is collected, completes the objects that
-//!   span processes (pipes and FIFOs: an end outside the tree is refused where it cannot come
-//!   back; the bytes in flight are stored once, with the first process record that has the
-//!   pipe's first description) and checks that the owner of every description's I/O signals
-//!   is in the tree.
+//!   span processes (pipes, FIFOs and unix sockets: an end or peer outside the tree is refused
+//!   where it cannot come back; the bytes in flight are stored once, with the first process
+//!   record that has the first description) and checks that the owner of every description's
+//!   I/O signals is in the tree.
 //! * [`write_blobs`]: the contents of deleted files and memfds, into `blob-ID.img`.
 //!
 //! Images ([`crate::restore`](mod@crate::restore) and [`crate::show`]):
@@ -44,8 +46,9 @@
 //!
 //! Restore ([`crate::restore`](mod@crate::restore)):
 //! * [`open_all`]: merges the copies of each description found in several process records and
-//!   opens every description once, in the restorer, for the whole tree ([`OpenedFiles`]); the
-//!   processes inherit them across their forks. A file reopened by path must still be the one
+//!   opens every description once, in the restorer, for the whole tree ([`OpenedFiles`]; the
+//!   kinds whose objects are made together, unix sockets, make them first in
+//!   [`FileOps::prepare`]); the processes inherit them across their forks. A file reopened by path must still be the one
 //!   of the dump (device and inode), unless the [`OpenContext`] accepts replaced files
 //!   ([`ReplacedFiles`]; mapped files go through the same check).
 //! * [`memfd::open_for_mapping`]: a descriptor of a restored memfd to map it from.
@@ -54,7 +57,9 @@
 //!   O_ASYNC, whose fd number the kernel reports in the siginfo of I/O signals) and drops the
 //!   inotify events the restore itself caused.
 //! * [`OpenedFiles::set_owners`]: once every process and thread of the tree exists, gives each
-//!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG).
+//!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG); then
+//!   [`OpenedFiles::tree_exists`] runs what the kinds left for that moment (unix socket queues
+//!   whose messages carry credentials or files).
 //!
 //! Dump duplicates each fd into the dumper with pidfd_getfd (the same description, so offsets,
 //! pipe contents and socket state can be read without disturbing the target). A socket
@@ -686,8 +691,9 @@ fn io_owner_of(fd: &Probe<'_>) -> Result<FileOwner, Error> {
 
 /// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
 /// `service` is the self-dump connection (fd number in the target and the reply its restored
-/// copy will read); it is the one socket that is dumped. Descriptions shared with processes
-/// dumped before get the same id (and a copy of the description).
+/// copy will read), dumped as such. Descriptions shared with processes dumped before get the
+/// same id (and a copy of the description). The files in flight in the process's unix sockets
+/// are described last, as descriptions without fd.
 pub fn dump(
     pid: Pid,
     pidfd: &OwnedFd,
