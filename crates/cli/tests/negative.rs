@@ -688,7 +688,7 @@ fn spawn_outside_client(w: &WorkDir) -> (Proc, Vec<i32>, std::os::unix::net::Uni
 #[test]
 fn dump_unix_socket_is_refused() {
     // A unix socket connected to a socket held outside the dumped tree (by this test process)
-    // is refused, naming the fd and the peer; a socketpair inside the process is dumped.
+    // is refused, naming the fd, the peer and the process holding it.
     let Some((_lock, w)) = start("dump_unix_socket_is_refused") else {
         return;
     };
