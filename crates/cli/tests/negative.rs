@@ -783,7 +783,7 @@ fn dump_unix_peers_closed_restores_a_closed_peer() {
     let done = stasis_test_infra::wait::wait_until(Duration::from_secs(10), || {
         // Sent again now and then: this test is about the socket, not about when python3
         // notices a signal.
-        if tries % 100 == 0 {
+        if tries.is_multiple_of(100) {
             kill(pid, libc::SIGUSR1);
         }
         tries += 1;
