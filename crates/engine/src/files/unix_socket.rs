@@ -1462,6 +1462,18 @@ mod tests {
     }
 
     #[test]
+    fn names_compare_without_their_trailing_nul() {
+        assert_eq!(trim_name(b"/a/b\0"), b"/a/b");
+        assert_eq!(trim_name(b"/a/b"), b"/a/b");
+        assert_eq!(
+            trim_name(b"\0abs\0"),
+            b"\0abs\0",
+            "abstract names are kept whole"
+        );
+        assert_eq!(trim_name(b""), b"");
+    }
+
+    #[test]
     fn untrusted_links_are_refused() {
         let mut k = UnixSockets::default();
         let err = k
