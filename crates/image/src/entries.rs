@@ -564,10 +564,13 @@ pub struct UnixCred {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnixSocketName {
     /// A filesystem path (absolute), with the socket file's permission bits and owner; `file`
-    /// is `None` when the socket file was deleted since the bind.
+    /// is `None` when the socket file was deleted since the bind. `relative`: the name as the
+    /// process bound it, when relative (the end of `path`, which the process's cwd at dump time
+    /// completes); it is bound that way again.
     Path {
         path: String,
         file: Option<SocketFile>,
+        relative: Option<String>,
     },
     /// An abstract name, without its leading NUL byte.
     Abstract(Vec<u8>),

@@ -84,6 +84,25 @@ pub fn bind(fd: BorrowedFd<'_>, name: &UnixName<'_>) -> io::Result<()> {
     Ok(rustix::net::bind(fd, &addr(name)?)?)
 }
 
+/// Binds `fd` to `name`, a path relative to directory `dir`, as a process whose cwd is `dir`
+/// would (getsockname then shows the relative name): from a thread of its own that leaves the
+/// process's shared cwd (unshare CLONE_FS) for `dir`; the process's cwd is untouched.
+pub fn bind_relative(fd: BorrowedFd<'_>, dir: &Path, name: &Path) -> io::Result<()> {
+    let a = addr(&UnixName::Path(name))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<()> {
+                // SAFETY: only CLONE_FS (this thread's cwd, root and umask) is unshared, never
+                // the fd table, so every thread keeps seeing the same descriptors.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS)? };
+                rustix::process::chdir(dir)?;
+                Ok(rustix::net::bind(fd, &a)?)
+            })
+            .join()
+            .map_err(|_| io::Error::other("the thread binding a relative name panicked"))?
+    })
+}
+
 /// listen(2) with `backlog`.
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     Ok(rustix::net::listen(fd, backlog)?)
@@ -421,6 +440,26 @@ mod tests {
             matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_relative_name_is_bound_in_its_directory() {
+        let dir = std::env::temp_dir().join(format!("stasis-rel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let s = socket(libc::SOCK_DGRAM).unwrap();
+        bind_relative(s.as_fd(), &dir, Path::new("r.sock")).unwrap();
+        assert!(dir.join("r.sock").exists());
+        assert_eq!(
+            std::env::current_dir().unwrap(),
+            cwd,
+            "our cwd is untouched"
+        );
+        let name = rustix::net::getsockname(&s).unwrap();
+        let name = SocketAddrUnix::try_from(name).unwrap();
+        assert_eq!(name.path_bytes(), Some(&b"r.sock"[..]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

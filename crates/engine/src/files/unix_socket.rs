@@ -22,8 +22,10 @@
 //! direction is shut down it cannot be told from end-of-file, and ends the dumped queue), and
 //! a path-bound socket whose file was replaced by another file.
 //!
-//! Names: a path is made absolute with the process's cwd at dump time (a relative name was
-//! bound relative to the cwd of that time, which stasis cannot know). The socket file must still
+//! Names: a relative path is made absolute with the process's cwd at dump time (it was bound
+//! relative to the cwd of that time, which stasis cannot know), and bound at restore from that
+//! directory with its relative name (from a thread with a cwd of its own), so getsockname shows
+//! the same name. The socket file must still
 //! be the socket's (same inode), or be gone (deleted since the bind: restored bound and then
 //! unlinked again, so nobody can connect, as before). A connection accepted from a listener of
 //! the tree is made again by connecting to the listener and accepting (the accepted socket
@@ -499,8 +501,21 @@ impl FileOps for UnixSockets {
             return Err(format!("socket type {ty}"));
         }
         match name {
-            Some(UnixSocketName::Path { path, file }) => {
+            Some(UnixSocketName::Path {
+                path,
+                file,
+                relative,
+            }) => {
                 super::check_path(path)?;
+                if let Some(r) = relative {
+                    if r.is_empty()
+                        || r.starts_with('/')
+                        || r.contains('\0')
+                        || !path.ends_with(&format!("/{r}"))
+                    {
+                        return Err(format!("relative name {r:?} of path {path:?}"));
+                    }
+                }
                 if path.len() > MAX_NAME {
                     return Err(format!("a path name of {} bytes", path.len()));
                 }
@@ -637,11 +652,12 @@ fn dumped_name(
     let Ok(name) = std::str::from_utf8(&raw[..end]) else {
         return Err(fd.unsupported("a unix socket bound to a path that is not UTF-8"));
     };
-    let path = if name.starts_with('/') {
-        PathBuf::from(name)
-    } else {
+    let relative = !name.starts_with('/');
+    let path = if relative {
         let cwd = crate::procfs::link(fd.pid, "cwd")?;
         Path::new(&cwd).join(name)
+    } else {
+        PathBuf::from(name)
     };
     let path_str = path.to_string_lossy().into_owned();
     if path_str.len() > MAX_NAME {
@@ -668,9 +684,12 @@ fn dumped_name(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(format!("lstat {path_str}"), e)),
     };
+    // The relative name must be the end of the absolute path ("./x" or "a/../x" are not).
+    let relative = (relative && path_str.ends_with(&format!("/{name}"))).then(|| name.to_string());
     Ok(UnixSocketName::Path {
         path: path_str,
         file,
+        relative,
     })
 }
 
@@ -888,11 +907,24 @@ fn make_all(
     for s in socks {
         let Some(name) = s.name else { continue };
         let fd = |ino: u64| made[&ino].as_fd();
-        if let UnixSocketName::Path { path, file } = name {
+        if let UnixSocketName::Path {
+            path,
+            file,
+            relative,
+        } = name
+        {
             clear_stale(path)
                 .map_err(|e| io(s, &format!("replacing the socket file at {path}"), e))?;
-            usock::bind(fd(s.ino), &sys_name(name))
-                .map_err(|e| io(s, &format!("bind to {path}"), e))?;
+            match relative
+                .as_deref()
+                .and_then(|r| Some((path.strip_suffix(r)?, r)))
+            {
+                // As the process did, from its directory (getsockname shows the same name).
+                Some((dir, r)) => usock::bind_relative(fd(s.ino), Path::new(dir), Path::new(r))
+                    .map_err(|e| io(s, &format!("bind to {r} in {dir}"), e))?,
+                None => usock::bind(fd(s.ino), &sys_name(name))
+                    .map_err(|e| io(s, &format!("bind to {path}"), e))?,
+            }
             match file {
                 Some(f) => {
                     set_file(path, f).map_err(|e| io(s, &format!("chmod/chown {path}"), e))?
@@ -1319,6 +1351,19 @@ mod tests {
                         *name = Some(UnixSocketName::Path {
                             path: "x".into(),
                             file: None,
+                            relative: None,
+                        })
+                    }
+                }),
+            ),
+            (
+                "relative name not the end of the path",
+                Box::new(|k| {
+                    if let FileKind::UnixSocket { name, .. } = k {
+                        *name = Some(UnixSocketName::Path {
+                            path: "/a/b.sock".into(),
+                            file: None,
+                            relative: Some("c.sock".into()),
                         })
                     }
                 }),
@@ -1345,6 +1390,7 @@ mod tests {
                     if let FileKind::UnixSocket { name, .. } = k {
                         *name = Some(UnixSocketName::Path {
                             path: "/x".into(),
+                            relative: None,
                             file: Some(SocketFile {
                                 mode: 0o140777,
                                 uid: 0,
