@@ -52,7 +52,9 @@
 //! (SCM_CREDENTIALS, seen at dump when the socket has SO_PASSCRED) is sent again with them; as
 //! their pid must exist, the queues of a tree with such messages are refilled (and everything
 //! after) only once every process of the tree exists, before any runs
-//! ([`FileOps::when_tree_exists`]); the pid of a sender that is gone by then is the restorer's.
+//! ([`FileOps::when_tree_exists`]); the pid of a sender that is gone by then, or that the
+//! restorer may not claim (without CAP_SYS_ADMIN), is the restorer's (and so are the uid and
+//! gid it may not claim).
 //! What the restored sockets do not keep: SO_PEERCRED (the restorer made them) and a pending
 //! ECONNRESET error (reading it with SO_ERROR at dump would clear it).
 
@@ -1178,16 +1180,18 @@ fn send_message(
         }
     };
     match once(cred) {
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+        // The sender is gone (ESRCH), or the restorer may not claim its pid (EPERM: a restore
+        // without CAP_SYS_ADMIN): our pid, with the uid and gid if we may.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM)) => {
             let own = cred.map(|c| usock::Cred {
                 pid: stasis_sys::process::getpid(),
                 ..c
             });
-            tracing::debug!(
-                ?cred,
-                "the sender of a queued message is gone: sent with our pid"
-            );
-            once(own)
+            tracing::debug!(?cred, error = %e, "a queued message is sent with our pid");
+            match once(own) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => once(None),
+                r => r,
+            }
         }
         r => r,
     }
