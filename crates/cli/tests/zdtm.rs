@@ -865,6 +865,10 @@ zdtm_tests! {
     files_deleted_dir;
     files_times;
     files_devnull_dir;
+    files_proc_self;
+    file_epoll_closed;
+    mem_shm_unlinked;
+    process_chroot;
     pipe_inflight;
     signals;
     itimers;

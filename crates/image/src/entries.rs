@@ -505,6 +505,12 @@ pub enum FileKind {
         ino: u64,
         mode: u32,
     },
+    /// A file of one of the process's own namespaces (engine::files::nsfile): `ns` is the
+    /// name under /proc/PID/ns (`net`, `pid_for_children`, ...), `ino` the namespace's inode.
+    Namespace { ns: String, ino: u64 },
+    /// A file or directory below /proc/PID of the process itself (engine::files::procfile),
+    /// reopened as /proc/self/`path` (empty: the directory /proc/self).
+    ProcFile { path: String, directory: bool },
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands
@@ -521,13 +527,16 @@ pub struct InotifyWatch {
     pub ino: u64,
 }
 
-/// One file an epoll instance watches: the fd number it was added with (which names the same
-/// file in the restored fd table), the event mask and the user data, as fdinfo shows them.
+/// One file an epoll instance watches: the fd number it was added with, the event mask and the
+/// user data, as fdinfo shows them. When that number no longer names the watched file (closed
+/// since, or reused for another file), `through` is an fd of the process that does: the watch
+/// is added again under number `fd` through that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpollWatch {
     pub fd: i32,
     pub events: u32,
     pub data: u64,
+    pub through: Option<i32>,
 }
 
 /// One slot of the fd table.

@@ -14,6 +14,8 @@
 //! | epoll instances and their watches      | [`epoll`]       |
 //! | inotify instances and their watches    | [`inotify`]     |
 //! | memfds (fds and mappings)              | [`memfd`]       |
+//! | namespace files (/proc/PID/ns/TYPE)    | [`nsfile`]      |
+//! | the process's own /proc/PID entries    | [`procfile`]    |
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
@@ -94,10 +96,12 @@ pub mod fifo;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod nsfile;
 pub mod opath;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
+pub mod procfile;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
@@ -119,6 +123,8 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<signalfd::SignalFds>::default(),
         Box::<epoll::Epolls>::default(),
         Box::<inotify::Inotifies>::default(),
+        Box::<nsfile::NamespaceFiles>::default(),
+        Box::<procfile::ProcFiles>::default(),
         Box::<memfd::Memfds>::default(),
         Box::<deleted::DeletedFiles>::default(),
         Box::<regular::RegularFiles>::default(),
@@ -1259,10 +1265,12 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
+                FileKind::Namespace { .. } => 15,
+                FileKind::ProcFile { .. } => 16,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 15, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 17, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1475,6 +1483,7 @@ mod tests {
             class,
             all_fds: &[],
             service: None,
+            socket: None,
             cloexec: false,
             dup: None,
         }
