@@ -1475,6 +1475,7 @@ mod tests {
             class,
             all_fds: &[],
             service: None,
+            socket: None,
             cloexec: false,
             dup: None,
         }
