@@ -866,6 +866,7 @@ zdtm_tests! {
     files_times;
     files_devnull_dir;
     files_proc_self;
+    file_fanotify;
     file_epoll_closed;
     mem_shm_unlinked;
     process_chroot;

@@ -511,6 +511,29 @@ pub enum FileKind {
     /// A file or directory below /proc/PID of the process itself (engine::files::procfile),
     /// reopened as /proc/self/`path` (empty: the directory /proc/self).
     ProcFile { path: String, directory: bool },
+    /// A fanotify group (engine::files::fanotify): the flags and event flags fanotify_init
+    /// took (without FAN_CLOEXEC and FAN_NONBLOCK) and its marks.
+    Fanotify {
+        flags: u32,
+        event_flags: u32,
+        marks: Vec<FanotifyMark>,
+    },
+}
+
+/// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached
+/// at `path` (the object itself; a mount point of the mount or filesystem); for an inode mark,
+/// `sdev` and `ino` identify the object. `flags` are the mark's fanotify_mark flags
+/// (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE); `mask` and
+/// `ignored_mask` as fanotify_mark takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanotifyMark {
+    pub on: u8,
+    pub path: String,
+    pub sdev: u32,
+    pub ino: u64,
+    pub flags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

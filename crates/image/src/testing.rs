@@ -407,6 +407,26 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
                 locks: Vec::new(),
             },
+            FileDesc {
+                id: 17,
+                flags: 0o2000000,
+                pos: 0,
+                kind: FileKind::Fanotify {
+                    flags: 0x10,
+                    event_flags: 0,
+                    marks: vec![crate::FanotifyMark {
+                        on: 0,
+                        path: "/tmp".into(),
+                        sdev: 0x80_0013,
+                        ino: 2,
+                        flags: 0,
+                        mask: 8,
+                        ignored_mask: 0,
+                    }],
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
         ],
         fds: vec![
             FdEntry {

@@ -150,7 +150,7 @@ pub fn dev_name(sdev: u32) -> String {
     format!("{}:{}", sdev >> 20, sdev & 0xf_ffff)
 }
 
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
@@ -275,15 +275,34 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
 }
 
 /// Opens watched objects by file handle through the mounts of their filesystem.
-struct Resolver {
+pub(crate) struct Resolver {
     mounts: Vec<Mount>,
     /// Opened mount points by mount id (None: cannot be used).
     opened: HashMap<u64, Option<File>>,
 }
 
 impl Resolver {
+    /// A resolver over the mounts stasis sees.
+    pub(crate) fn new() -> Result<Resolver, Error> {
+        let mountinfo = procfs::read_string(Path::new("/proc/self/mountinfo"))?;
+        Ok(Resolver {
+            mounts: parse_mountinfo(&mountinfo),
+            opened: HashMap::new(),
+        })
+    }
+
+    /// The mounts stasis sees.
+    pub(crate) fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
     /// Opens the object of watch `w` with O_PATH, checking its inode number.
-    fn open(&mut self, w: &WatchInfo, htype: i32, handle: &[u8]) -> Result<File, String> {
+    pub(crate) fn open(
+        &mut self,
+        w: &WatchInfo,
+        htype: i32,
+        handle: &[u8],
+    ) -> Result<File, String> {
         let mut candidates: Vec<&Mount> = self.mounts.iter().filter(|m| m.sdev == w.sdev).collect();
         if candidates.is_empty() {
             return Err(format!(
@@ -357,7 +376,7 @@ impl Resolver {
 }
 
 /// Whether `path` names the object whose metadata is `md` (without following a final symlink).
-fn names_object(path: &Path, md: &std::fs::Metadata) -> bool {
+pub(crate) fn names_object(path: &Path, md: &std::fs::Metadata) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|p| (p.dev(), p.ino()) == (md.dev(), md.ino()))
 }
 
@@ -421,11 +440,7 @@ pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
             ),
         });
     }
-    let mountinfo = procfs::read_string(Path::new("/proc/self/mountinfo"))?;
-    let mut resolver = Resolver {
-        mounts: parse_mountinfo(&mountinfo),
-        opened: HashMap::new(),
-    };
+    let mut resolver = Resolver::new()?;
     let mut found: Vec<Found<'_>> = Vec::with_capacity(infos.len());
     for w in &infos {
         if w.mask & !INOTIFY_WATCH_MASK != 0 || w.mask & libc::IN_ALL_EVENTS == 0 {

@@ -13,6 +13,7 @@
 //! | signalfd                               | [`signalfd`]    |
 //! | epoll instances and their watches      | [`epoll`]       |
 //! | inotify instances and their watches    | [`inotify`]     |
+//! | fanotify groups and their marks        | [`fanotify`]    |
 //! | memfds (fds and mappings)              | [`memfd`]       |
 //! | namespace files (/proc/PID/ns/TYPE)    | [`nsfile`]      |
 //! | the process's own /proc/PID entries    | [`procfile`]    |
@@ -92,6 +93,7 @@ pub mod deleted;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inotify;
 pub mod locks;
@@ -123,6 +125,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<signalfd::SignalFds>::default(),
         Box::<epoll::Epolls>::default(),
         Box::<inotify::Inotifies>::default(),
+        Box::<fanotify::Fanotifies>::default(),
         Box::<nsfile::NamespaceFiles>::default(),
         Box::<procfile::ProcFiles>::default(),
         Box::<memfd::Memfds>::default(),
@@ -420,7 +423,6 @@ fn refusal(fd: &Probe<'_>) -> Error {
         }
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
-            Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
             Some("[userfaultfd]") => "a userfaultfd, which stasis cannot dump yet",
             Some("[io_uring]") => "an io_uring instance, which stasis cannot dump yet",
             Some("[pidfd]") => "a pidfd, which stasis cannot dump yet",
@@ -1267,10 +1269,11 @@ mod tests {
                 FileKind::Pidfd { .. } => 14,
                 FileKind::Namespace { .. } => 15,
                 FileKind::ProcFile { .. } => 16,
+                FileKind::Fanotify { .. } => 17,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 17, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 18, "the sample record lacks a kind of file");
         kinds
     }
 
