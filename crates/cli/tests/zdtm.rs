@@ -869,6 +869,7 @@ zdtm_tests! {
     file_fanotify;
     file_epoll_closed;
     mem_shm_unlinked;
+    mem_aio_ring;
     process_chroot;
     pipe_inflight;
     signals;

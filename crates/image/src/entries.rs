@@ -342,6 +342,12 @@ pub enum VmaKind {
         dev: u64,
         ino: u64,
     },
+    /// The ring of an AIO context (io_setup), whose address is the context's id: `nr` events
+    /// fit in it. Never stored; restore makes a context with a ring of the same size and moves
+    /// it here (engine::pages::layout).
+    Aio {
+        nr: u32,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset

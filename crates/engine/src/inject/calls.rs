@@ -972,6 +972,18 @@ impl Injector {
         Ok(())
     }
 
+    /// io_setup(nr_events, &ctx): a new AIO context; its ring's address (the context id).
+    pub fn io_setup(&mut self, nr_events: u32) -> Result<u64, Error> {
+        let mut f = self.frame();
+        let out = f.push(&0u64)?;
+        f.call(
+            "io_setup",
+            libc::SYS_io_setup,
+            [nr_events.into(), out.addr(), 0, 0, 0, 0],
+        )?;
+        f.read(out)
+    }
+
     /// open(path, flags): a descriptor of the target; the path is copied into the scratch area.
     pub fn open(&mut self, path: &str, flags: i32) -> Result<i32, Error> {
         let mut bytes = path.as_bytes().to_vec();
