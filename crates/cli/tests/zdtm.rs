@@ -870,6 +870,7 @@ zdtm_tests! {
     file_epoll_closed;
     mem_shm_unlinked;
     mem_aio_ring;
+    tree_clone_files_kids;
     process_chroot;
     pipe_inflight;
     signals;
