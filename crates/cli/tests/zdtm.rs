@@ -917,6 +917,7 @@ zdtm_tests! {
     exe_memfd;
     // pidfds of the process itself, of a child, of a zombie child, and of the parent.
     pidfd;
+    pidfd_tree;
     // A process that unmapped its vdso and vvar.
     vdso_unmapped;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.

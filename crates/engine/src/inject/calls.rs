@@ -1016,6 +1016,26 @@ impl Injector {
         Ok(())
     }
 
+    /// pidfd_open(pid, flags): a new pidfd (close-on-exec) in the target.
+    pub fn pidfd_open(&mut self, pid: i32, flags: u32) -> Result<i32, Error> {
+        let fd = self.call(
+            "pidfd_open",
+            libc::SYS_pidfd_open,
+            [reg(pid.into()), flags.into(), 0, 0, 0, 0],
+        )?;
+        Ok(fd as i32)
+    }
+
+    /// dup3(old, new, flags).
+    pub fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<(), Error> {
+        self.call(
+            "dup3",
+            libc::SYS_dup3,
+            [reg(old.into()), reg(new.into()), reg(flags.into()), 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
     /// close_range(first, last, flags).
     pub fn close_range(&mut self, first: u32, last: u32, flags: u32) -> Result<(), Error> {
         self.call(
