@@ -1497,7 +1497,7 @@ mod tests {
         for (class, link, what) in [
             (Class::Socket, "socket:[1]", "a socket"),
             (Class::MessageQueue, "/q", "a POSIX message queue"),
-            (Class::Anon, "anon_inode:[fanotify]", "a fanotify instance"),
+            (Class::Anon, "anon_inode:[userfaultfd]", "a userfaultfd"),
             (Class::Anon, "anon_inode:[io_uring]", "an io_uring instance"),
             (Class::Anon, "anon_inode:[x]", "an anonymous-inode file"),
             (Class::Other, "/dev/sda", "a file of an unsupported type"),

@@ -464,7 +464,13 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 23);
+        assert_eq!(seen.len(), 24);
+    }
+
+    #[test]
+    fn pidfds_once_the_fd_table_is_final() {
+        assert!(pos(S::CloseRestoreFds) < pos(S::Pidfds));
+        assert!(pos(S::Pidfds) < pos(S::Seccomp));
     }
 
     #[test]
