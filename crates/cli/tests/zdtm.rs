@@ -872,6 +872,7 @@ zdtm_tests! {
     mem_aio_ring;
     tree_clone_files_kids;
     process_chroot;
+    process_cwd_dead_proc;
     pipe_inflight;
     signals;
     itimers;
