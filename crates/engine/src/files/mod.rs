@@ -18,6 +18,9 @@
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | character devices                      | [`chardev`]     |
+//! | netlink sockets                        | [`netlink_socket`] |
+//! | packet sockets (AF_PACKET)             | [`packet_socket`] |
+//! | (SOL_SOCKET options and filters of the two above) | [`sol_socket`] |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -94,13 +97,16 @@ pub mod fifo;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod netlink_socket;
 pub mod opath;
+pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
+mod sol_socket;
 pub mod timerfd;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
@@ -124,6 +130,8 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
         Box::<chardev::CharDevices>::default(),
+        Box::<netlink_socket::NetlinkSockets>::default(),
+        Box::<packet_socket::PacketSockets>::default(),
     ]
 }
 
@@ -1259,10 +1267,12 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
+                FileKind::NetlinkSocket { .. } => 15,
+                FileKind::PacketSocket { .. } => 16,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 15, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 17, "the sample record lacks a kind of file");
         kinds
     }
 
