@@ -63,9 +63,15 @@ pub(crate) fn check_namespace(fd: &Probe<'_>, what: &str) -> Result<(), Error> {
 /// Reads the SOL_SOCKET options and filter of socket `fd` (`what` names it in errors:
 /// "fd 4 of pid 12").
 pub(crate) fn dump(fd: BorrowedFd<'_>, what: &str) -> Result<SocketCommon, Error> {
+    // An option the socket's family does not have (SO_PASSCRED on a packet socket) is off.
     let int = |name: i32, label: &str| -> Result<i32, Error> {
-        get_option::<i32>(fd, libc::SOL_SOCKET, name)
-            .map_err(|e| Error::io(format!("getsockopt {label} on {what}"), e))
+        match get_option::<i32>(fd, libc::SOL_SOCKET, name) {
+            Ok(v) => Ok(v),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT)) => {
+                Ok(0)
+            }
+            Err(e) => Err(Error::io(format!("getsockopt {label} on {what}"), e)),
+        }
     };
     let filter = match packet::socket_filter(fd) {
         Ok(f) => f.unwrap_or_default(),
