@@ -349,6 +349,72 @@ mod tests {
         assert!(NetlinkSockets.validate(&d, &p).is_err());
     }
 
+    /// A probe of `s`, one of our own sockets.
+    fn probe_of(s: &OwnedFd) -> Probe<'static> {
+        let file = std::fs::File::from(s.try_clone().unwrap());
+        let md = file.metadata().unwrap();
+        Probe {
+            pid: 1,
+            fd: 9,
+            link: format!("socket:[{}]", md.ino()),
+            flags: 2,
+            pos: 0,
+            class: Class::Socket,
+            all_fds: &[],
+            service: None,
+            socket: Some(stasis_sys::socket::socket_kind(s.as_fd()).unwrap()),
+            cloexec: false,
+            dup: Some((file, md)),
+        }
+    }
+
+    fn bound(protocol: i32, port_id: u32, groups: u32) -> OwnedFd {
+        let s = netlink::socket(libc::SOCK_RAW, protocol).unwrap();
+        netlink::bind(s.as_fd(), NetlinkAddr { port_id, groups }).unwrap();
+        s
+    }
+
+    /// An unread answer and a dump in progress are refused by name; queued notifications
+    /// are dropped (the socket is dumped, its queue left as it is).
+    #[test]
+    fn queued_messages() {
+        let base = 0x5c00_0000 | (std::process::id() << 4);
+        let rx = bound(libc::NETLINK_USERSOCK, base, 1 << 6);
+        let tx = bound(libc::NETLINK_USERSOCK, base + 1, 0);
+        let send_to = |port_id, groups, what: &[u8]| {
+            let to = NetlinkAddr { port_id, groups };
+            netlink::connect(tx.as_fd(), to).unwrap();
+            let _ = std::io::Write::write(&mut std::fs::File::from(tx.try_clone().unwrap()), what);
+        };
+        let kind = dump(&probe_of(&rx)).unwrap();
+        assert!(matches!(kind, FileKind::NetlinkSocket { port_id, .. } if port_id == base));
+        // A multicast notification first: dumped, and left queued for the process.
+        send_to(0, 1 << 6, b"notification");
+        dump(&probe_of(&rx)).unwrap();
+        assert!(netlink::peek_sender(rx.as_fd()).unwrap().is_some());
+        // A unicast message first: refused.
+        let rx2 = bound(libc::NETLINK_USERSOCK, base + 2, 0);
+        send_to(base + 2, 0, b"answer");
+        let err = dump(&probe_of(&rx2)).unwrap_err().to_string();
+        assert!(
+            err.contains("fd 9 of pid 1") && err.contains("unread message from port"),
+            "{err}"
+        );
+        // A dump (NLM_F_DUMP) whose answer was not read: refused.
+        let route = bound(libc::NETLINK_ROUTE, base + 3, 0);
+        let mut req = Vec::new();
+        req.extend_from_slice(&32u32.to_ne_bytes());
+        req.extend_from_slice(&18u16.to_ne_bytes()); // RTM_GETLINK
+        req.extend_from_slice(&0x301u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+        req.extend_from_slice(&[0; 8]);
+        req.extend_from_slice(&[0; 16]); // ifinfomsg
+        netlink::connect(route.as_fd(), NetlinkAddr::default()).unwrap();
+        std::io::Write::write_all(&mut std::fs::File::from(route.try_clone().unwrap()), &req)
+            .unwrap();
+        let err = dump(&probe_of(&route)).unwrap_err().to_string();
+        assert!(err.contains("multi-part answer (NLM_F_DUMP)"), "{err}");
+    }
+
     #[test]
     fn restored_with_port_groups_destination_and_flags() {
         let port = 0x5b00_0000 | std::process::id();

@@ -11,7 +11,12 @@
 //! their counts), PACKET_COPY_THRESH and whether rings are set up.
 //!
 //! Refused by name: PACKET_MMAP rings (PACKET_RX_RING, PACKET_TX_RING; their mappings are
-//! refused by the mappings' classification too), fanout groups steered by a BPF program
+//! refused by the mappings' classification too, which comes first). A ring could be set up
+//! again with the parameters sock_diag gives and mapped at the same address, but the kernel's
+//! position in it (the frame it fills or sends next) starts again at 0 and cannot be set from
+//! userspace, while the program's own index into the ring, in its memory, is wherever it
+//! was: a receiver would wait on a frame the kernel fills last, a sender would queue frames
+//! the kernel does not look at. Other refusals: fanout groups steered by a BPF program
 //! (PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF), an eBPF socket filter, the obsolete SOCK_PACKET
 //! type, and sockets of another network namespace.
 //!
@@ -215,7 +220,7 @@ fn dump(fd: &Probe<'_>) -> Result<FileKind, Error> {
     ] {
         if let Some(r) = ring {
             return Err(fd.unsupported(&format!(
-                "a packet socket with a PACKET_MMAP ring ({name}: {} frames of {} bytes), which stasis cannot restore yet",
+                "a packet socket with a PACKET_MMAP ring ({name}: {} frames of {} bytes), which stasis cannot restore: a new ring starts at frame 0 and the kernel's position in the old one cannot be set, so the program would wait on the wrong frame",
                 r.frame_nr, r.frame_size
             )));
         }

@@ -67,7 +67,7 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
         // The only socket that can be mapped is a packet socket's PACKET_MMAP ring.
         n if n.starts_with("socket:[") => {
             return Err(unsupported(
-                "a PACKET_MMAP ring of a packet socket, which stasis cannot restore yet",
+                "a PACKET_MMAP ring of a packet socket, which stasis cannot restore (the kernel's position in a new ring cannot be set to the old one's; see engine::files::packet_socket)",
             ))
         }
         _ => return Err(unsupported("unknown special mapping")),
