@@ -106,7 +106,7 @@ mod pipebuf;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
-mod sol_socket;
+pub mod sol_socket;
 pub mod timerfd;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
