@@ -30,7 +30,8 @@
 //! name; an interface of that name must exist, or the restore fails naming it) and protocol,
 //! which starts the reception; then the memberships (as many times as they were added) and
 //! the fanout group (joined by its id, without PACKET_FANOUT_FLAG_UNIQUEID, which would
-//! choose a new one).
+//! choose a new one; the group's largest number of members, set with `struct fanout_args`,
+//! cannot be read back and is the default, 256, when the restore makes the group anew).
 
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::Error;
@@ -225,9 +226,13 @@ fn dump(fd: &Probe<'_>) -> Result<FileKind, Error> {
             )));
         }
     }
+    // An option this kernel does not know is off.
     let int = |name: i32, label: &str| -> Result<i32, Error> {
-        get_option::<i32>(sock, SOL_PACKET, name)
-            .map_err(|e| Error::io(format!("getsockopt {label} on {what}"), e))
+        match get_option::<i32>(sock, SOL_PACKET, name) {
+            Ok(v) => Ok(v),
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(0),
+            Err(e) => Err(Error::io(format!("getsockopt {label} on {what}"), e)),
+        }
     };
     let fanout = match get_option::<u32>(sock, SOL_PACKET, PACKET_FANOUT) {
         Ok(0) => None,
