@@ -22,7 +22,9 @@
 //!   group) are dropped, as when the receive buffer overflows. The restored socket does not
 //!   report ENOBUFS for them (userspace cannot raise it), so a program that keeps a cache
 //!   from notifications misses those that were queued: dump such a program when it is idle,
-//!   or have it resynchronise after a restore.
+//!   or have it resynchronise after a restore. Only the first queued message can be looked
+//!   at: an answer queued behind a notification on a socket used for both (sd-netlink does
+//!   that) is dropped with it, and the program sees its request time out.
 //!
 //! Restore, in the restorer: socket(AF_NETLINK, type, protocol), the SOL_SOCKET options and
 //! filter, the SOL_NETLINK flags, bind to the same port id (a port taken by another socket by
