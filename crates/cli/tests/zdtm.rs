@@ -927,6 +927,10 @@ zdtm_tests! {
     file_fown;
     // Locks: POSIX (two ranges), OFD, flock and a lease; a child blocked in F_SETLKW.
     file_locks;
+    // Netlink sockets (route, generic, usersock, uevent: ports, groups, options, a filter)
+    // and packet sockets (bound to lo, options, filter, memberships, fanout).
+    sock_netlink;
+    sock_packet;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -524,6 +524,37 @@ pub enum FileKind {
         event_flags: u32,
         marks: Vec<FanotifyMark>,
     },
+    /// A netlink socket (engine::files::netlink_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM)
+    /// and `protocol` (NETLINK_ROUTE, ...). `port_id`: the port it is bound to (0: not bound),
+    /// bound again to the same value; `groups`: its multicast groups as a bitmap of 32-bit
+    /// words (bit n-1 of the whole for group n); `dst_port_id` and `dst_group`: the default
+    /// destination set by connect (0 and 0: none). Messages queued unread at dump time are
+    /// not kept.
+    NetlinkSocket {
+        ty: i32,
+        protocol: i32,
+        port_id: u32,
+        groups: Vec<u32>,
+        dst_port_id: u32,
+        dst_group: u32,
+        options: NetlinkOptions,
+        common: SocketCommon,
+    },
+    /// A packet socket (engine::files::packet_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM),
+    /// receiving `protocol` (an ethertype, host byte order; 0: nothing) on interface `ifindex`
+    /// named `ifname` (0 and "": every interface), with its packet options, memberships and
+    /// fanout group. Packets queued unread at dump time are not kept.
+    PacketSocket {
+        ty: i32,
+        protocol: u16,
+        ifindex: i32,
+        ifname: String,
+        options: PacketOptions,
+        memberships: Vec<PacketMembership>,
+        /// PACKET_FANOUT as getsockopt reports it (id | (type | flags) << 16), if in a group.
+        fanout: Option<u32>,
+        common: SocketCommon,
+    },
 }
 
 /// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached
@@ -540,6 +571,75 @@ pub struct FanotifyMark {
     pub flags: u32,
     pub mask: u64,
     pub ignored_mask: u64,
+}
+
+/// The SOL_SOCKET options netlink and packet sockets keep (engine::files::sol_socket), as
+/// getsockopt reports them (the buffer sizes doubled by the kernel), and the classic BPF
+/// filter attached with SO_ATTACH_FILTER (`filter_locked`: SO_LOCK_FILTER).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCommon {
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
+    pub passcred: bool,
+    pub priority: u32,
+    pub mark: u32,
+    /// SO_TIMESTAMP.
+    pub timestamp: bool,
+    /// SO_TIMESTAMPNS.
+    pub timestamp_ns: bool,
+    pub filter: Vec<SockFilterInsn>,
+    pub filter_locked: bool,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilterInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// The SOL_NETLINK options of a netlink socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkOptions {
+    pub pktinfo: bool,
+    pub broadcast_error: bool,
+    pub no_enobufs: bool,
+    pub listen_all_nsid: bool,
+    pub cap_ack: bool,
+    pub ext_ack: bool,
+    pub get_strict_chk: bool,
+}
+
+/// The SOL_PACKET options of a packet socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketOptions {
+    /// PACKET_VERSION: TPACKET_V1 0, V2 1, V3 2.
+    pub version: u32,
+    pub reserve: u32,
+    pub auxdata: bool,
+    pub origdev: bool,
+    /// PACKET_VNET_HDR_SZ (0: no virtio-net header).
+    pub vnet_hdr_sz: u32,
+    /// PACKET_TIMESTAMP (SOF_TIMESTAMPING_* bits).
+    pub timestamp: u32,
+    pub loss: bool,
+    pub qdisc_bypass: bool,
+    pub ignore_outgoing: bool,
+    pub tx_has_off: bool,
+    pub copy_thresh: u32,
+}
+
+/// One PACKET_ADD_MEMBERSHIP of a packet socket: on interface `ifindex` named `ifname`, of
+/// type `ty` (PACKET_MR_*), with address `addr` (at most 32 bytes), added `count` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketMembership {
+    pub ifindex: i32,
+    pub ifname: String,
+    pub ty: u16,
+    pub count: u32,
+    pub addr: Vec<u8>,
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

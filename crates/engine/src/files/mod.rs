@@ -21,6 +21,9 @@
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | character devices                      | [`chardev`]     |
+//! | netlink sockets                        | [`netlink_socket`] |
+//! | packet sockets (AF_PACKET)             | [`packet_socket`] |
+//! | (SOL_SOCKET options and filters of the two above) | [`sol_socket`] |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -98,8 +101,10 @@ pub mod fifo;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod netlink_socket;
 pub mod nsfile;
 pub mod opath;
+pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
@@ -107,6 +112,7 @@ pub mod procfile;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
+pub mod sol_socket;
 pub mod timerfd;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
@@ -133,6 +139,8 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
         Box::<chardev::CharDevices>::default(),
+        Box::<netlink_socket::NetlinkSockets>::default(),
+        Box::<packet_socket::PacketSockets>::default(),
     ]
 }
 
@@ -1270,10 +1278,12 @@ mod tests {
                 FileKind::Namespace { .. } => 15,
                 FileKind::ProcFile { .. } => 16,
                 FileKind::Fanotify { .. } => 17,
+                FileKind::NetlinkSocket { .. } => 18,
+                FileKind::PacketSocket { .. } => 19,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 18, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 20, "the sample record lacks a kind of file");
         kinds
     }
 

@@ -107,6 +107,12 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
         n if crate::files::memfd::is_memfd_name(n) => Backing::Memfd,
         n if n.starts_with('/') && n.ends_with(" (deleted)") => Backing::Deleted,
         n if n.starts_with('/') => Backing::File,
+        // The only socket that can be mapped is a packet socket's PACKET_MMAP ring.
+        n if n.starts_with("socket:[") => {
+            return Err(unsupported(
+                "a PACKET_MMAP ring of a packet socket, which stasis cannot restore (the kernel's position in a new ring cannot be set to the old one's; see engine::files::packet_socket)",
+            ))
+        }
         _ => return Err(unsupported("unknown special mapping")),
     })
 }
@@ -301,6 +307,7 @@ VmFlags: rd mr pf io de dd
         let refused = [
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 [uprobes]",
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 anon_inode:[perf_event]",
+            "7f0000000000-7f0000001000 rw-s 00000000 00:08 4711 socket:[4711]",
         ];
         for line in refused {
             let m = &entries(line)[0];
@@ -310,6 +317,8 @@ VmFlags: rd mr pf io de dd
                 "{line}: {err}"
             );
         }
+        let ring = backing(&entries(refused[2])[0]).unwrap_err().to_string();
+        assert!(ring.contains("PACKET_MMAP ring"), "{ring}");
     }
 
     /// A real file mapping: this test binary's own, through /proc/self/map_files (root).
