@@ -922,6 +922,34 @@ fn no_new_privs_nice_and_oom_score_of_the_requester_are_kept() {
 }
 
 #[test]
+fn queued_signals_are_charged_to_the_requester() {
+    require_root!("queued_signals_are_charged_to_the_requester");
+    let ctx = Ctx::new("queued_signals_are_charged_to_the_requester");
+    let d = Daemon::start(&ctx, false);
+    let (pid, images, log) = dumped(&ctx, &d, &["--queued-signals", "6"]);
+    let from = log_len(&log);
+    let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
+    restored(&ctx, &out, pid, &log, from);
+    // SigQ: the signals queued to processes of the process's real user, and its limit. The
+    // restore queues the six pending signals from inside the process, which runs as the
+    // requester from its fork on: charged to root, they would not count here.
+    let sigq = status_field(pid, "SigQ").unwrap_or_default();
+    let queued: u64 = sigq
+        .split('/')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let pending = status_field(pid, "ShdPnd").unwrap_or_default();
+    assert!(
+        queued >= 6,
+        "ATTACK WORKED: the restored process's six queued signals are not charged to the requester (SigQ {sigq}, ShdPnd {pending})\n{}",
+        ctx.diagnostics()
+    );
+    end(pid);
+    d.stop();
+}
+
+#[test]
 fn images_without_rlimits_get_the_requesters() {
     require_root!("images_without_rlimits_get_the_requesters");
     let ctx = Ctx::new("images_without_rlimits_get_the_requesters");

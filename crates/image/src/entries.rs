@@ -342,6 +342,12 @@ pub enum VmaKind {
         dev: u64,
         ino: u64,
     },
+    /// The ring of an AIO context (io_setup), whose address is the context's id: `nr` events
+    /// fit in it. Never stored; restore makes a context with a ring of the same size and moves
+    /// it here (engine::pages::layout).
+    Aio {
+        nr: u32,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
@@ -505,6 +511,50 @@ pub enum FileKind {
         ino: u64,
         mode: u32,
     },
+    /// A file of one of the process's own namespaces (engine::files::nsfile): `ns` is the
+    /// name under /proc/PID/ns (`net`, `pid_for_children`, ...), `ino` the namespace's inode.
+    Namespace { ns: String, ino: u64 },
+    /// A file or directory below /proc/PID of the process itself (engine::files::procfile),
+    /// reopened as /proc/self/`path` (empty: the directory /proc/self).
+    ProcFile { path: String, directory: bool },
+    /// A fanotify group (engine::files::fanotify): the flags and event flags fanotify_init
+    /// took (without FAN_CLOEXEC and FAN_NONBLOCK) and its marks.
+    Fanotify {
+        flags: u32,
+        event_flags: u32,
+        marks: Vec<FanotifyMark>,
+    },
+    /// A netlink socket (engine::files::netlink_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM)
+    /// and `protocol` (NETLINK_ROUTE, ...). `port_id`: the port it is bound to (0: not bound),
+    /// bound again to the same value; `groups`: its multicast groups as a bitmap of 32-bit
+    /// words (bit n-1 of the whole for group n); `dst_port_id` and `dst_group`: the default
+    /// destination set by connect (0 and 0: none). Messages queued unread at dump time are
+    /// not kept.
+    NetlinkSocket {
+        ty: i32,
+        protocol: i32,
+        port_id: u32,
+        groups: Vec<u32>,
+        dst_port_id: u32,
+        dst_group: u32,
+        options: NetlinkOptions,
+        common: SocketCommon,
+    },
+    /// A packet socket (engine::files::packet_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM),
+    /// receiving `protocol` (an ethertype, host byte order; 0: nothing) on interface `ifindex`
+    /// named `ifname` (0 and "": every interface), with its packet options, memberships and
+    /// fanout group. Packets queued unread at dump time are not kept.
+    PacketSocket {
+        ty: i32,
+        protocol: u16,
+        ifindex: i32,
+        ifname: String,
+        options: PacketOptions,
+        memberships: Vec<PacketMembership>,
+        /// PACKET_FANOUT as getsockopt reports it (id | (type | flags) << 16), if in a group.
+        fanout: Option<u32>,
+        common: SocketCommon,
+    },
     /// A unix socket (engine::files::unix_socket). `ino` (its inode at dump time) links it to
     /// its `peer` (0: none in the tree) and to the listener whose `pending` connections it is
     /// a client of; `ty` is SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
@@ -584,6 +634,91 @@ pub struct SocketFile {
     pub gid: u32,
 }
 
+/// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached
+/// at `path` (the object itself; a mount point of the mount or filesystem); for an inode mark,
+/// `sdev` and `ino` identify the object. `flags` are the mark's fanotify_mark flags
+/// (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE); `mask` and
+/// `ignored_mask` as fanotify_mark takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanotifyMark {
+    pub on: u8,
+    pub path: String,
+    pub sdev: u32,
+    pub ino: u64,
+    pub flags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
+/// The SOL_SOCKET options netlink and packet sockets keep (engine::files::sol_socket), as
+/// getsockopt reports them (the buffer sizes doubled by the kernel), and the classic BPF
+/// filter attached with SO_ATTACH_FILTER (`filter_locked`: SO_LOCK_FILTER).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCommon {
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
+    pub passcred: bool,
+    pub priority: u32,
+    pub mark: u32,
+    /// SO_TIMESTAMP.
+    pub timestamp: bool,
+    /// SO_TIMESTAMPNS.
+    pub timestamp_ns: bool,
+    pub filter: Vec<SockFilterInsn>,
+    pub filter_locked: bool,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilterInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// The SOL_NETLINK options of a netlink socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkOptions {
+    pub pktinfo: bool,
+    pub broadcast_error: bool,
+    pub no_enobufs: bool,
+    pub listen_all_nsid: bool,
+    pub cap_ack: bool,
+    pub ext_ack: bool,
+    pub get_strict_chk: bool,
+}
+
+/// The SOL_PACKET options of a packet socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketOptions {
+    /// PACKET_VERSION: TPACKET_V1 0, V2 1, V3 2.
+    pub version: u32,
+    pub reserve: u32,
+    pub auxdata: bool,
+    pub origdev: bool,
+    /// PACKET_VNET_HDR_SZ (0: no virtio-net header).
+    pub vnet_hdr_sz: u32,
+    /// PACKET_TIMESTAMP (SOF_TIMESTAMPING_* bits).
+    pub timestamp: u32,
+    pub loss: bool,
+    pub qdisc_bypass: bool,
+    pub ignore_outgoing: bool,
+    pub tx_has_off: bool,
+    pub copy_thresh: u32,
+}
+
+/// One PACKET_ADD_MEMBERSHIP of a packet socket: on interface `ifindex` named `ifname`, of
+/// type `ty` (PACKET_MR_*), with address `addr` (at most 32 bytes), added `count` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketMembership {
+    pub ifindex: i32,
+    pub ifname: String,
+    pub ty: u16,
+    pub count: u32,
+    pub addr: Vec<u8>,
+}
+
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands
 /// out again), the path of the watched object, and the mask as inotify_add_watch takes it
 /// (IN_ALL_EVENTS bits, IN_ONESHOT, IN_EXCL_UNLINK). `sdev` (the superblock's device number in
@@ -598,13 +733,16 @@ pub struct InotifyWatch {
     pub ino: u64,
 }
 
-/// One file an epoll instance watches: the fd number it was added with (which names the same
-/// file in the restored fd table), the event mask and the user data, as fdinfo shows them.
+/// One file an epoll instance watches: the fd number it was added with, the event mask and the
+/// user data, as fdinfo shows them. When that number no longer names the watched file (closed
+/// since, or reused for another file), `through` is an fd of the process that does: the watch
+/// is added again under number `fd` through that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpollWatch {
     pub fd: i32,
     pub events: u32,
     pub data: u64,
+    pub through: Option<i32>,
 }
 
 /// One slot of the fd table.

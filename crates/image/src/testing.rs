@@ -239,6 +239,7 @@ pub fn sample_process() -> ProcessImage {
                         fd: 3,
                         events: 0x8000_0019,
                         data: 0x1122_3344_5566_7788,
+                        through: None,
                     }],
                 },
                 owner: Default::default(),
@@ -386,6 +387,104 @@ pub fn sample_process() -> ProcessImage {
             },
             FileDesc {
                 id: 15,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::NetlinkSocket {
+                    ty: 3,
+                    protocol: 0,
+                    port_id: 42,
+                    groups: vec![1, 2],
+                    dst_port_id: 0,
+                    dst_group: 0,
+                    options: NetlinkOptions {
+                        ext_ack: true,
+                        ..Default::default()
+                    },
+                    common: SocketCommon {
+                        rcvbuf: 212992,
+                        sndbuf: 212992,
+                        filter: vec![SockFilterInsn {
+                            code: 6,
+                            jt: 0,
+                            jf: 0,
+                            k: 0xffff,
+                        }],
+                        ..Default::default()
+                    },
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 16,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PacketSocket {
+                    ty: 2,
+                    protocol: 0x88b5,
+                    ifindex: 1,
+                    ifname: "lo".into(),
+                    options: PacketOptions {
+                        auxdata: true,
+                        ..Default::default()
+                    },
+                    memberships: vec![PacketMembership {
+                        ifindex: 1,
+                        ifname: "lo".into(),
+                        ty: 0,
+                        count: 1,
+                        addr: vec![0x33, 0x33, 0, 0, 0, 1],
+                    }],
+                    fanout: None,
+                    common: SocketCommon::default(),
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 17,
+                flags: 0o2000000,
+                pos: 0,
+                kind: FileKind::Namespace {
+                    ns: "net".into(),
+                    ino: 4026531833,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 18,
+                flags: 0o2200000,
+                pos: 0,
+                kind: FileKind::ProcFile {
+                    path: "fd".into(),
+                    directory: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 19,
+                flags: 0o2000000,
+                pos: 0,
+                kind: FileKind::Fanotify {
+                    flags: 0x10,
+                    event_flags: 0,
+                    marks: vec![crate::FanotifyMark {
+                        on: 0,
+                        path: "/tmp".into(),
+                        sdev: 0x80_0013,
+                        ino: 2,
+                        flags: 0,
+                        mask: 8,
+                        ignored_mask: 0,
+                    }],
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 20,
                 flags: 0o2,
                 pos: 0,
                 kind: FileKind::UnixSocket {
@@ -496,6 +595,16 @@ pub fn sample_process() -> ProcessImage {
             FdEntry {
                 fd: 25,
                 file_id: 15,
+                cloexec: true,
+            },
+            FdEntry {
+                fd: 26,
+                file_id: 16,
+                cloexec: false,
+            },
+            FdEntry {
+                fd: 27,
+                file_id: 20,
                 cloexec: false,
             },
         ],

@@ -22,6 +22,8 @@
 pub mod anon_files;
 pub mod fs;
 pub mod kabi;
+pub mod netlink;
+pub mod packet;
 pub mod privilege;
 pub mod proc_mem;
 pub mod process;

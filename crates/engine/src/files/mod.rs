@@ -13,12 +13,18 @@
 //! | signalfd                               | [`signalfd`]    |
 //! | epoll instances and their watches      | [`epoll`]       |
 //! | inotify instances and their watches    | [`inotify`]     |
+//! | fanotify groups and their marks        | [`fanotify`]    |
 //! | memfds (fds and mappings)              | [`memfd`]       |
+//! | namespace files (/proc/PID/ns/TYPE)    | [`nsfile`]      |
+//! | the process's own /proc/PID entries    | [`procfile`]    |
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | character devices                      | [`chardev`]     |
 //! | unix sockets (stream, datagram, seqpacket; connections, names, backlogs, queued data) | [`unix_socket`] |
+//! | netlink sockets                        | [`netlink_socket`] |
+//! | packet sockets (AF_PACKET)             | [`packet_socket`] |
+//! | (SOL_SOCKET options and filters of the two above) | [`sol_socket`] |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -96,17 +102,23 @@ pub mod deleted;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod netlink_socket;
+pub mod nsfile;
 pub mod opath;
+pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
+pub mod procfile;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
+pub mod sol_socket;
 pub mod timerfd;
 pub mod unix_socket;
 
@@ -127,11 +139,16 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<signalfd::SignalFds>::default(),
         Box::<epoll::Epolls>::default(),
         Box::<inotify::Inotifies>::default(),
+        Box::<fanotify::Fanotifies>::default(),
+        Box::<nsfile::NamespaceFiles>::default(),
+        Box::<procfile::ProcFiles>::default(),
         Box::<memfd::Memfds>::default(),
         Box::<deleted::DeletedFiles>::default(),
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
         Box::<chardev::CharDevices>::default(),
+        Box::<netlink_socket::NetlinkSockets>::default(),
+        Box::<packet_socket::PacketSockets>::default(),
     ]
 }
 
@@ -467,7 +484,6 @@ fn refusal(fd: &Probe<'_>) -> Error {
         }
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
-            Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
             Some("[userfaultfd]") => "a userfaultfd, which stasis cannot dump yet",
             Some("[io_uring]") => "an io_uring instance, which stasis cannot dump yet",
             Some("[pidfd]") => "a pidfd, which stasis cannot dump yet",
@@ -1440,11 +1456,16 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
-                FileKind::UnixSocket { .. } => 15,
+                FileKind::Namespace { .. } => 15,
+                FileKind::ProcFile { .. } => 16,
+                FileKind::Fanotify { .. } => 17,
+                FileKind::NetlinkSocket { .. } => 18,
+                FileKind::PacketSocket { .. } => 19,
+                FileKind::UnixSocket { .. } => 20,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 16, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 21, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1669,7 +1690,7 @@ mod tests {
         for (class, link, what) in [
             (Class::Socket, "socket:[1]", "a socket"),
             (Class::MessageQueue, "/q", "a POSIX message queue"),
-            (Class::Anon, "anon_inode:[fanotify]", "a fanotify instance"),
+            (Class::Anon, "anon_inode:[userfaultfd]", "a userfaultfd"),
             (Class::Anon, "anon_inode:[io_uring]", "an io_uring instance"),
             (Class::Anon, "anon_inode:[x]", "an anonymous-inode file"),
             (Class::Other, "/dev/sda", "a file of an unsupported type"),

@@ -219,12 +219,18 @@ fn joins_group_late(loaded: &Loaded, i: usize) -> bool {
 /// Whether process `i` is the last one rebuilt of those sharing its fd table (which hold the
 /// restore descriptors in that one table): it closes them.
 fn closes_restore_fds(loaded: &Loaded, i: usize) -> bool {
+    // The table's owner: the first of a chain of sharers (a sharer's child may share it too).
     let table = |p: &ProcessImage| {
-        if p.shares_fd_table_with != 0 {
-            p.shares_fd_table_with
-        } else {
-            p.pid
+        let mut owner = p;
+        for _ in 0..loaded.processes.len() {
+            match loaded.processes.iter().find(|(q, _)| {
+                owner.shares_fd_table_with != 0 && q.pid == owner.shares_fd_table_with
+            }) {
+                Some((q, _)) => owner = q,
+                None => break,
+            }
         }
+        owner.pid
     };
     let image = &loaded.processes[i].0;
     !loaded.processes[i + 1..]
