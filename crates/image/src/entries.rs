@@ -555,6 +555,46 @@ pub enum FileKind {
         fanout: Option<u32>,
         common: SocketCommon,
     },
+    /// A terminal outside the dumped tree (engine::files::tty): the slave `path`
+    /// (`/dev/pts/N`, device `rdev`) of a pseudo-terminal whose master no process of the tree
+    /// holds, such as the terminal of the shell a job was started from. It is not reopened by
+    /// path: the restore attaches the tree to a terminal it is given, and sets `termios` there.
+    /// `winsize` is the size it had (kept for `stasis show`; the new terminal keeps its own).
+    /// `foreground`: the group of the process holding it was the terminal's foreground group.
+    ExternalTerminal {
+        path: String,
+        rdev: u64,
+        termios: TermiosImage,
+        winsize: WinSizeImage,
+        foreground: bool,
+    },
+    /// `/dev/tty` opened by path (engine::files::tty): the controlling terminal of the
+    /// process that opened it, which after a restore is the terminal the tree is attached to.
+    ControllingTerminal { path: String },
+}
+
+/// A terminal's settings (the kernel's `struct termios`; the line speeds are in `cflag`).
+/// `cc`: the control characters, at most [`MAX_TERMIOS_CC`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermiosImage {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: Vec<u8>,
+}
+
+/// The most control characters a [`TermiosImage`] holds (the kernel's NCCS is 19 on x86-64).
+pub const MAX_TERMIOS_CC: usize = 32;
+
+/// A terminal's window size (TIOCGWINSZ).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinSizeImage {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
 }
 
 /// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached

@@ -442,6 +442,38 @@ pub fn sample_process() -> ProcessImage {
                 locks: Vec::new(),
             },
             FileDesc {
+                id: 40,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ExternalTerminal {
+                    path: "/dev/pts/3".into(),
+                    rdev: 0x8803,
+                    termios: TermiosImage {
+                        cflag: 0xbf,
+                        cc: vec![3; 19],
+                        ..Default::default()
+                    },
+                    winsize: WinSizeImage {
+                        rows: 24,
+                        cols: 80,
+                        ..Default::default()
+                    },
+                    foreground: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 41,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ControllingTerminal {
+                    path: "/dev/tty".into(),
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
                 id: 17,
                 flags: 0o2000000,
                 pos: 0,

@@ -32,6 +32,7 @@ pub mod random;
 pub mod sched;
 pub mod sock_diag;
 pub mod socket;
+pub mod tty;
 pub mod users;
 
 pub use libc::user_regs_struct as UserRegs;

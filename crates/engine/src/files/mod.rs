@@ -20,6 +20,7 @@
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
+//! | terminals (pty slaves of a terminal outside the tree, /dev/tty) | [`tty`] |
 //! | character devices                      | [`chardev`]     |
 //! | netlink sockets                        | [`netlink_socket`] |
 //! | packet sockets (AF_PACKET)             | [`packet_socket`] |
@@ -114,6 +115,7 @@ pub mod service;
 pub mod signalfd;
 pub mod sol_socket;
 pub mod timerfd;
+pub mod tty;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
@@ -138,6 +140,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<deleted::DeletedFiles>::default(),
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
+        Box::<tty::Terminals>::default(),
         Box::<chardev::CharDevices>::default(),
         Box::<netlink_socket::NetlinkSockets>::default(),
         Box::<packet_socket::PacketSockets>::default(),
@@ -908,6 +911,8 @@ pub enum ReplacedFiles {
 /// (blobs) and what to do with replaced files.
 pub struct OpenContext<'a> {
     pub images: &'a ImageDir,
+    /// The terminal the tree is attached to, if the restore has one (see [`tty`]).
+    pub terminal: Option<RawFd>,
     replaced: ReplacedFiles,
     /// Paths a replacement was accepted for (each is warned about once).
     warned: BTreeSet<String>,
@@ -917,6 +922,7 @@ impl<'a> OpenContext<'a> {
     pub fn new(images: &'a ImageDir, replaced: ReplacedFiles) -> OpenContext<'a> {
         OpenContext {
             images,
+            terminal: None,
             replaced,
             warned: BTreeSet::new(),
         }
@@ -1280,10 +1286,12 @@ mod tests {
                 FileKind::Fanotify { .. } => 17,
                 FileKind::NetlinkSocket { .. } => 18,
                 FileKind::PacketSocket { .. } => 19,
+                FileKind::ExternalTerminal { .. } => 20,
+                FileKind::ControllingTerminal { .. } => 21,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 20, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 22, "the sample record lacks a kind of file");
         kinds
     }
 
