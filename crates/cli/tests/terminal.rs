@@ -152,11 +152,16 @@ fn pgid_tpgid(pid: i32) -> (i32, i32) {
 /// its foreground group); returns bash and the job's pid once the job has the terminal.
 fn start_job(term: &Terminal, job: &str, comm_name: &str) -> (Child, i32) {
     let mut cmd = Command::new("bash");
-    cmd.args(["--norc", "--noprofile", "-c", &format!("set -m; {job}; exit $?")])
-        .env("TERM", "vt100")
-        .stdin(term.stdio())
-        .stdout(term.stdio())
-        .stderr(term.stdio());
+    cmd.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!("set -m; {job}; exit $?"),
+    ])
+    .env("TERM", "vt100")
+    .stdin(term.stdio())
+    .stdout(term.stdio())
+    .stderr(term.stdio());
     let bash = isolate_on_terminal(&mut cmd).spawn().expect("start bash");
     let bash_pid = bash.id() as i32;
     let mut job_pid = 0;

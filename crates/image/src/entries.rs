@@ -571,7 +571,41 @@ pub enum FileKind {
     /// `/dev/tty` opened by path (engine::files::tty): the controlling terminal of the
     /// process that opened it, which after a restore is the terminal the tree is attached to.
     ControllingTerminal { path: String },
+    /// The master of a pseudo-terminal pair whose slave side is in the tree too, or nowhere
+    /// (engine::files::tty): everything about the pair is kept here, once.
+    PtyMaster { pty: PtyPair },
+    /// A slave of a pair whose master is in the tree (engine::files::tty): the dumped index of
+    /// its master's [`PtyPair`] (the restored pair may have another, see there).
+    PtySlave { index: u32 },
 }
+
+/// A pseudo-terminal pair inside the tree (engine::files::tty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyPair {
+    /// N of /dev/pts/N at dump time; the restore takes the same one when it is free.
+    pub index: u32,
+    /// TIOCGPTLCK: the slave cannot be opened.
+    pub locked: bool,
+    /// TIOCGPKT: the master reads in packet mode.
+    pub packet: bool,
+    /// TIOCGEXCL of the slave: no new opens but by root.
+    pub exclusive: bool,
+    pub master_termios: TermiosImage,
+    pub slave_termios: TermiosImage,
+    pub winsize: WinSizeImage,
+    /// The session whose controlling terminal the slave is (0: none), and its foreground
+    /// process group (0: none).
+    pub session: i32,
+    pub foreground: i32,
+    /// Bytes written on the master side that the slave side has not read (in the slave's
+    /// input queue), and bytes written on the slave side that the master side has not read;
+    /// each at most [`MAX_PTY_QUEUE`].
+    pub to_slave: Vec<u8>,
+    pub to_master: Vec<u8>,
+}
+
+/// The most bytes a [`PtyPair`] keeps in one direction (the kernel's buffers hold less).
+pub const MAX_PTY_QUEUE: usize = 1 << 20;
 
 /// A terminal's settings (the kernel's `struct termios`; the line speeds are in `cflag`).
 /// `cc`: the control characters, at most [`MAX_TERMIOS_CC`].

@@ -171,6 +171,95 @@ pub fn pty_index(master: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(n)
 }
 
+/// Opens /dev/ptmx: a new pseudo-terminal master (locked, as the kernel makes it), with
+/// O_RDWR|O_NOCTTY|O_CLOEXEC and `more` flags.
+pub fn open_master(more: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a constant path; the flags are plain.
+    let m = cvt_int(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | more,
+        )
+    })?;
+    // SAFETY: open just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(m) })
+}
+
+/// TIOCGPTPEER: a new description of the slave of `master`, opened with `flags` (the access
+/// mode and open flags; O_NOCTTY is added).
+pub fn open_peer(master: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags as its argument and returns a new descriptor.
+    let s = cvt_int(unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            flags | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the ioctl just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+}
+
+/// An ioctl that reads one int.
+fn get_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the requests this is used with write one int we own.
+    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v) })?;
+    Ok(v)
+}
+
+/// An ioctl that takes a pointer to one int.
+fn set_int(fd: BorrowedFd<'_>, req: libc::c_ulong, v: i32) -> io::Result<()> {
+    // SAFETY: the requests this is used with read one int we own.
+    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), req, &v) })?;
+    Ok(())
+}
+
+/// TIOCGPTLCK: whether the slave of `master` is locked (cannot be opened).
+pub fn locked(master: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(get_int(master, libc::TIOCGPTLCK)? != 0)
+}
+
+/// TIOCSPTLCK: locks or unlocks the slave of `master`.
+pub fn set_locked(master: BorrowedFd<'_>, lock: bool) -> io::Result<()> {
+    set_int(master, libc::TIOCSPTLCK, lock as i32)
+}
+
+/// TIOCGPKT: whether `master` is in packet mode.
+pub fn packet_mode(master: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(get_int(master, libc::TIOCGPKT)? != 0)
+}
+
+/// TIOCPKT: sets or clears packet mode on `master`.
+pub fn set_packet_mode(master: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    set_int(master, libc::TIOCPKT, on as i32)
+}
+
+/// TIOCGEXCL: whether terminal `fd` is in exclusive mode (no new opens but by root).
+pub fn exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(get_int(fd, libc::TIOCGEXCL)? != 0)
+}
+
+/// TIOCEXCL or TIOCNXCL: sets or clears exclusive mode on terminal `fd`.
+pub fn set_exclusive(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let req = if on { libc::TIOCEXCL } else { libc::TIOCNXCL };
+    // SAFETY: TIOCEXCL and TIOCNXCL take no argument.
+    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), req) })?;
+    Ok(())
+}
+
+/// FIONREAD: how many bytes a read of terminal `fd` would find (in canonical mode: the
+/// complete lines only).
+pub fn bytes_readable(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    Ok(get_int(fd, libc::FIONREAD)? as usize)
+}
+
+/// TIOCOUTQ: how many bytes wait in the output of terminal `fd` (written, not yet taken by
+/// the other side's line discipline).
+pub fn bytes_unsent(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    Ok(get_int(fd, libc::TIOCOUTQ)? as usize)
+}
+
 /// Opens a new pseudo-terminal pair: the master (/dev/ptmx, O_RDWR|O_NOCTTY|O_CLOEXEC,
 /// unlocked) and its slave (O_RDWR|O_NOCTTY|O_CLOEXEC), with the slave's index.
 pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd, u32)> {

@@ -20,7 +20,7 @@
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
-//! | terminals (pty slaves of a terminal outside the tree, /dev/tty) | [`tty`] |
+//! | terminals: pty pairs, a terminal outside the tree, /dev/tty | [`tty`] |
 //! | character devices                      | [`chardev`]     |
 //! | netlink sockets                        | [`netlink_socket`] |
 //! | packet sockets (AF_PACKET)             | [`packet_socket`] |
@@ -228,6 +228,12 @@ pub trait FileOps {
     /// O_ASYNC, see the module's documentation). A kind that reopens a file by path checks it
     /// with [`OpenContext::check_same_file`].
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error>;
+
+    /// Restore: whether `desc` is opened before the descriptions of which this is not true
+    /// (a pty master, which its slaves are opened from).
+    fn opens_first(&self, _desc: &FileDesc) -> bool {
+        false
+    }
 
     /// Whether the dumped file position of this kind is restored (lseek).
     fn has_position(&self) -> bool {
@@ -1048,7 +1054,13 @@ pub fn open_all<'a>(
     let descs = merge_descriptions(processes)?;
     let mut kinds = kinds();
     let mut fds = HashMap::new();
+    let mut order: Vec<(bool, &FileDesc)> = Vec::with_capacity(descs.len());
     for f in &descs {
+        order.push((!kind_of(&mut kinds, f)?.opens_first(f), f));
+    }
+    // Stable: in id order within each class.
+    order.sort_by_key(|(later, _)| *later);
+    for (_, f) in order {
         let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
         locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
@@ -1288,10 +1300,12 @@ mod tests {
                 FileKind::PacketSocket { .. } => 19,
                 FileKind::ExternalTerminal { .. } => 20,
                 FileKind::ControllingTerminal { .. } => 21,
+                FileKind::PtyMaster { .. } => 22,
+                FileKind::PtySlave { .. } => 23,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 22, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 24, "the sample record lacks a kind of file");
         kinds
     }
 

@@ -3,38 +3,89 @@
 //! otherwise reopen `/dev/pts/N` by path (gone after a reboot, or someone else's terminal).
 //! Virtual consoles (`/dev/tty1`) and `/dev/console` stay character devices reopened by path.
 //!
-//! Dump:
-//! * a slave `/dev/pts/N` is an **external terminal**: the master is not held by the tree
-//!   (masters are refused, below), as for a job started from a shell. The record keeps the
-//!   path and device only for messages and `stasis show`, the termios settings, the window
-//!   size and whether the holder's process group was the terminal's foreground group
-//!   (/proc/PID/stat `tty_nr` and `tpgid`).
-//! * `/dev/tty` opened by path: recorded as such ([`FileKind::ControllingTerminal`]).
-//! * refused by name: a pseudo-terminal master (`/dev/ptmx`: a pty pair inside the tree, a
-//!   terminal emulator or multiplexer, is not supported yet) and serial devices (`ttyS*`,
-//!   `ttyUSB*`, `ttyACM*`: their line settings and modem state are the hardware's).
+//! # Dump
 //!
-//! Restore: a tree with an external terminal is attached to the terminal the restore is
-//! given ([`crate::restore::RestoreOptions::terminal`]; `stasis restore` passes its stdin when
-//! it is a terminal, or `--tty PATH`), and fails without one, saying what to do. Each
-//! description of the external terminal, and `/dev/tty`, is a new description of that
-//! terminal (reopened through /proc/self/fd, with the dumped access mode and flags, never
-//! making it a controlling terminal by opening). The restore then sets the dumped termios on
-//! it and makes the root's process group its foreground group (see
-//! [`crate::restore`](mod@crate::restore), "Terminals"). The window size stays the new
-//! terminal's own (the restored programs get SIGWINCH to redraw).
+//! * A **pair inside the tree** (a terminal multiplexer, an `expect`-like driver, a remote
+//!   shell server and its shell): the master (`/dev/ptmx`) is recorded with everything about
+//!   the pair ([`stasis_image::PtyPair`]): its index, lock (TIOCGPTLCK), packet mode, the
+//!   slave's exclusive mode, both sides' termios, the window size, the session whose
+//!   controlling terminal the slave is and its foreground group (TIOCGSID, TIOCGPGRP through
+//!   the master), and the bytes queued in each direction. The slave's settings and queue
+//!   are read through a slave description of the dumper's own (TIOCGPTPEER). The queues
+//!   cannot be peeked: they are read, and written back at once the way they were (with the
+//!   echo and the processing of each side off meanwhile), so a process left running finds
+//!   them again. Refused by name: input queued for a slave in canonical mode (complete lines:
+//!   read back, their line boundaries and end-of-file marks could not be kept), and output
+//!   queued for a master in packet mode or in canonical mode. A line being typed in
+//!   canonical mode (not yet ended) is not seen by anyone, not even as a count: it is lost.
+//!   Each slave description of the pair is a [`FileKind::PtySlave`].
+//! * A slave whose master the tree does not hold is an **external terminal**
+//!   ([`FileKind::ExternalTerminal`]), as for a job started from a shell: its path and
+//!   device only for messages and `stasis show`, the termios settings, the window size and
+//!   whether the holder's process group was the terminal's foreground group (/proc/PID/stat
+//!   `tty_nr` and `tpgid`).
+//! * `/dev/tty` opened by path ([`FileKind::ControllingTerminal`]), when the controlling
+//!   terminal is an external one (a process whose controlling terminal is a pty of the tree
+//!   holding `/dev/tty` is refused).
+//! * Serial devices (`ttyS*`, `ttyUSB*`, `ttyACM*`) are refused: their line settings and
+//!   modem state belong to the hardware.
+//!
+//! # Restore
+//!
+//! * A pair: masters are opened before every other description. `/dev/ptmx` is opened until
+//!   the dumped index comes (the kernel gives the lowest free one; the lower ones are closed
+//!   again); when that index is taken by then, the pair gets the first free index above it,
+//!   and its slave another path. The queued bytes are written back as at dump, then both
+//!   sides get their termios, the window size, packet mode, exclusive mode and lock. Slave
+//!   descriptions are new descriptions of the new slave (TIOCGPTPEER). The session leader
+//!   whose controlling terminal the slave was takes it (TIOCSCTTY through the master, after
+//!   its setsid, before it forks), and the leader of the foreground group makes its group
+//!   the foreground one (TIOCSPGRP), each in its restore child ([`take_terminal_in_child`]).
+//! * A tree with an external terminal is attached to the terminal the restore is given
+//!   ([`crate::restore::RestoreOptions::terminal`]; `stasis restore` passes its stdin when it
+//!   is a terminal, or `--tty PATH`), and fails without one, saying what to do. Each of its
+//!   descriptions, and `/dev/tty`, is a new description of that terminal (reopened through
+//!   /proc/self/fd, with the dumped access mode and flags, never making it a controlling
+//!   terminal by opening). The restore then sets the dumped termios on it and makes the
+//!   root's process group its foreground group (see
+//!   [`crate::restore`](mod@crate::restore), "Terminals"). The window size stays the new
+//!   terminal's own (the restored programs get SIGWINCH to redraw).
 
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::{procfs, Error};
-use stasis_image::{FileDesc, FileKind, ProcessImage, TermiosImage, WinSizeImage, MAX_TERMIOS_CC};
+use stasis_image::{
+    FileDesc, FileKind, ProcessImage, PtyPair, TermiosImage, WinSizeImage, MAX_PTY_QUEUE,
+    MAX_TERMIOS_CC,
+};
 use stasis_sys::tty;
 use stasis_sys::Pid;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
-/// The terminal kind.
+/// The terminal kind. At dump, what it saw of pairs; at restore, the pairs it made.
 #[derive(Default)]
-pub struct Terminals;
+pub struct Terminals {
+    /// Dump: the (device, rdev) of the slave of every master dumped, with the master's index.
+    masters: HashMap<(u64, u64), u32>,
+    /// Dump: every slave description dumped (id, device, rdev).
+    slaves: Vec<(u32, u64, u64)>,
+    /// Dump: the fds of `/dev/tty` (pid, fd, the process's controlling terminal), for the
+    /// refusal of /dev/tty with a pty of the tree as the controlling terminal.
+    dev_tty: Vec<(Pid, RawFd, u64)>,
+    /// Restore: the master made for each pair (by dumped index), and its record.
+    pairs: HashMap<u32, (OwnedFd, PtyPair)>,
+}
+
+/// The most `/dev/ptmx` opens spent looking for a dumped index.
+const MAX_INDEX_SEARCH: u32 = 4096;
+/// The highest pty index a record may hold.
+const MAX_INDEX: u32 = 1 << 20;
+/// How long written-back bytes may take to reach the other side's line discipline.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `/dev/tty` (5:0) and `/dev/ptmx` (5:2).
 const TTYAUX_MAJOR: u64 = 5;
@@ -111,7 +162,10 @@ impl FileOps for Terminals {
     fn owns(&self, kind: &FileKind) -> bool {
         matches!(
             kind,
-            FileKind::ExternalTerminal { .. } | FileKind::ControllingTerminal { .. }
+            FileKind::ExternalTerminal { .. }
+                | FileKind::ControllingTerminal { .. }
+                | FileKind::PtyMaster { .. }
+                | FileKind::PtySlave { .. }
         )
     }
 
@@ -122,23 +176,29 @@ impl FileOps for Terminals {
     fn dump(
         &mut self,
         fd: &Probe<'_>,
-        _id: u32,
+        id: u32,
         _out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error> {
-        let rdev = fd.metadata()?.rdev();
+        let md = fd.metadata()?;
+        let rdev = md.rdev();
         match classify(rdev) {
-            Some(TtyClass::Controlling) => Ok(FileKind::ControllingTerminal {
-                path: "/dev/tty".into(),
-            }),
-            Some(TtyClass::Master) => Err(fd.unsupported(
-                "a pseudo-terminal master: a terminal whose both ends are in the dumped tree \
-                 (a terminal emulator, multiplexer or remote shell server), which stasis cannot \
-                 dump yet",
-            )),
+            Some(TtyClass::Controlling) => {
+                let stat = procfs::read_stat(fd.pid)?;
+                self.dev_tty.push((fd.pid, fd.fd, stat.tty_nr));
+                Ok(FileKind::ControllingTerminal {
+                    path: "/dev/tty".into(),
+                })
+            }
+            Some(TtyClass::Master) => {
+                let (pty, slave_id) = dump_pair(fd)?;
+                self.masters.insert(slave_id, pty.index);
+                Ok(FileKind::PtyMaster { pty })
+            }
             Some(TtyClass::Serial) => Err(fd.unsupported(
                 "a serial device, whose line settings and modem state stasis cannot keep",
             )),
             Some(TtyClass::Slave) => {
+                self.slaves.push((id, md.dev(), rdev));
                 let file = fd.file()?;
                 let termios = tty::tcgetattr(file.as_fd()).map_err(|e| {
                     Error::io(format!("TCGETS on fd {} of pid {}", fd.fd, fd.pid), e)
@@ -152,17 +212,44 @@ impl FileOps for Terminals {
                     path: fd.link.clone(),
                     rdev,
                     termios: termios_image(&termios),
-                    winsize: WinSizeImage {
-                        rows: w.rows,
-                        cols: w.cols,
-                        xpixel: w.xpixel,
-                        ypixel: w.ypixel,
-                    },
+                    winsize: winsize_image(&w),
                     foreground,
                 })
             }
             None => Err(fd.unsupported("a terminal of an unknown kind")),
         }
+    }
+
+    fn finish(&mut self, descs: &mut [&mut FileDesc]) -> Result<(), Error> {
+        let pair_slaves: HashMap<u32, u32> = self
+            .slaves
+            .iter()
+            .filter_map(|(id, dev, rdev)| self.masters.get(&(*dev, *rdev)).map(|i| (*id, *i)))
+            .collect();
+        for d in descs.iter_mut() {
+            if let Some(&index) = pair_slaves.get(&d.id) {
+                d.kind = FileKind::PtySlave { index };
+            }
+        }
+        let pair_rdevs: HashSet<u64> = self.masters.keys().map(|(_, rdev)| *rdev).collect();
+        if let Some((pid, fd, _)) = self
+            .dev_tty
+            .iter()
+            .find(|(_, _, ctty)| pair_rdevs.contains(ctty))
+        {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "fd {fd} of pid {pid} is /dev/tty, and its controlling terminal is a \
+                     pseudo-terminal of the dumped tree: stasis restores /dev/tty only for a \
+                     terminal outside the tree"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn opens_first(&self, desc: &FileDesc) -> bool {
+        matches!(desc.kind, FileKind::PtyMaster { .. })
     }
 
     fn validate(&self, desc: &FileDesc, _image: &ProcessImage) -> Result<(), String> {
@@ -187,6 +274,9 @@ impl FileOps for Terminals {
                 }
                 Ok(())
             }
+            FileKind::PtyMaster { pty } => validate_pair(pty),
+            FileKind::PtySlave { index } if *index <= MAX_INDEX => Ok(()),
+            FileKind::PtySlave { index } => Err(format!("pty index {index} is out of range")),
             FileKind::ControllingTerminal { path } if path == "/dev/tty" => Ok(()),
             FileKind::ControllingTerminal { path } => Err(format!(
                 "the controlling terminal is opened as {path:?}, not /dev/tty"
@@ -196,16 +286,364 @@ impl FileOps for Terminals {
     }
 
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
-        let Some(terminal) = ctx.terminal else {
-            return Err(Error::Invalid(format!(
-                "description {} is a terminal, and the restore has none to attach it to",
-                desc.id
-            )));
-        };
-        let path = format!("/proc/self/fd/{terminal}");
-        let file = super::open_path(&path, desc, libc::O_NOCTTY)?;
-        Ok(file.into())
+        match &desc.kind {
+            FileKind::PtyMaster { pty } => {
+                let master = make_pair(pty)?;
+                let ours = master
+                    .try_clone()
+                    .map_err(|e| Error::io("dup of a pty master", e))?;
+                self.pairs.insert(pty.index, (ours, pty.clone()));
+                Ok(master)
+            }
+            FileKind::PtySlave { index } => {
+                let Some((master, pty)) = self.pairs.get(index) else {
+                    return Err(Error::Invalid(format!(
+                        "description {} is the slave of pty {index}, whose master no process \
+                         of the images holds",
+                        desc.id
+                    )));
+                };
+                open_slave(master.as_fd(), pty, desc)
+            }
+            _ => {
+                let Some(terminal) = ctx.terminal else {
+                    return Err(Error::Invalid(format!(
+                        "description {} is a terminal, and the restore has none to attach it to",
+                        desc.id
+                    )));
+                };
+                let path = format!("/proc/self/fd/{terminal}");
+                let file = super::open_path(&path, desc, libc::O_NOCTTY)?;
+                Ok(file.into())
+            }
+        }
     }
+}
+
+fn winsize_image(w: &tty::WinSize) -> WinSizeImage {
+    WinSizeImage {
+        rows: w.rows,
+        cols: w.cols,
+        xpixel: w.xpixel,
+        ypixel: w.ypixel,
+    }
+}
+
+fn winsize_of(w: &WinSizeImage) -> tty::WinSize {
+    tty::WinSize {
+        rows: w.rows,
+        cols: w.cols,
+        xpixel: w.xpixel,
+        ypixel: w.ypixel,
+    }
+}
+
+fn validate_termios(t: &TermiosImage, what: &str) -> Result<(), String> {
+    if t.cc.len() > MAX_TERMIOS_CC {
+        return Err(format!(
+            "{what} has {} control characters (at most {MAX_TERMIOS_CC})",
+            t.cc.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_pair(pty: &PtyPair) -> Result<(), String> {
+    let what = format!("pty {}", pty.index);
+    if pty.index > MAX_INDEX {
+        return Err(format!("{what}: index out of range"));
+    }
+    validate_termios(&pty.master_termios, &what)?;
+    validate_termios(&pty.slave_termios, &what)?;
+    for (q, name) in [
+        (&pty.to_slave, "to its slave"),
+        (&pty.to_master, "to its master"),
+    ] {
+        if q.len() > MAX_PTY_QUEUE {
+            return Err(format!(
+                "{what} has {} bytes queued {name} (at most {MAX_PTY_QUEUE})",
+                q.len()
+            ));
+        }
+    }
+    if pty.session < 0 || pty.foreground < 0 {
+        return Err(format!("{what}: negative session or group"));
+    }
+    if pty.session == 0 && pty.foreground != 0 {
+        return Err(format!("{what}: a foreground group without a session"));
+    }
+    Ok(())
+}
+
+/// Reads exactly `n` bytes from a terminal that has them queued.
+fn drain(file: &File, n: usize, what: &str) -> Result<Vec<u8>, Error> {
+    let mut data = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match (&*file).read(&mut data[got..]) {
+            Ok(0) => {
+                return Err(Error::Invalid(format!(
+                    "{what}: end of file after {got} of {n} queued bytes"
+                )))
+            }
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("reading the queue of {what}"), e)),
+        }
+    }
+    Ok(data)
+}
+
+/// Waits until `fd` (a terminal) has `n` bytes to read: bytes written on the other side go
+/// through the kernel's flip buffers first.
+fn wait_readable(fd: BorrowedFd<'_>, n: usize, what: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + QUEUE_TIMEOUT;
+    loop {
+        let now =
+            tty::bytes_readable(fd).map_err(|e| Error::io(format!("FIONREAD on {what}"), e))?;
+        if now >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "{what}: {now} of {n} bytes written back arrived within {} s",
+                QUEUE_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Writes `data` on the master side so that it lands in the slave's input queue as it is: the
+/// slave (`slave`, whose settings are `t`) echoes nothing and processes nothing meanwhile.
+fn write_to_slave(
+    master: &File,
+    slave: &File,
+    t: &tty::Termios,
+    data: &[u8],
+    what: &str,
+) -> Result<(), Error> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut quiet = *t;
+    quiet.iflag = 0;
+    quiet.lflag &= !((libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN) as u32);
+    tty::tcsetattr(slave.as_fd(), &quiet).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
+    (&*master)
+        .write_all(data)
+        .map_err(|e| Error::io(format!("writing the input queue of {what} back"), e))?;
+    let arrived = wait_readable(slave.as_fd(), data.len(), what);
+    tty::tcsetattr(slave.as_fd(), t).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
+    arrived
+}
+
+/// Writes `data` on the slave side so that it lands in the master's input queue as it is (the
+/// slave's output processing off meanwhile).
+fn write_to_master(
+    master: &File,
+    slave: &File,
+    t: &tty::Termios,
+    data: &[u8],
+    what: &str,
+) -> Result<(), Error> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut raw = *t;
+    raw.oflag &= !(libc::OPOST as u32);
+    tty::tcsetattr(slave.as_fd(), &raw).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
+    (&*slave)
+        .write_all(data)
+        .map_err(|e| Error::io(format!("writing the output queue of {what} back"), e))?;
+    let arrived = wait_readable(master.as_fd(), data.len(), what);
+    tty::tcsetattr(slave.as_fd(), t).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
+    arrived
+}
+
+/// Dumps the pair of the master `fd`; also returns the (device, rdev) of its slave.
+fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
+    let master = fd.file()?;
+    let m = master.as_fd();
+    let what = format!("pty master fd {} of pid {}", fd.fd, fd.pid);
+    let io = |op: &str| {
+        let w = what.clone();
+        let op = op.to_string();
+        move |e| Error::io(format!("{op} on {w}"), e)
+    };
+    let index = tty::pty_index(m).map_err(io("TIOCGPTN"))?;
+    let what = format!("{what} (/dev/pts/{index})");
+    let locked = tty::locked(m).map_err(io("TIOCGPTLCK"))?;
+    let packet = tty::packet_mode(m).map_err(io("TIOCGPKT"))?;
+    let master_termios = tty::tcgetattr(m).map_err(io("TCGETS"))?;
+    let winsize = tty::window_size(m).map_err(io("TIOCGWINSZ"))?;
+    let session = tty::session_of(m).unwrap_or(0);
+    let foreground = if session != 0 {
+        tty::tcgetpgrp(m).unwrap_or(0)
+    } else {
+        0
+    };
+    // Our own slave description, to read the slave's side (unlocked for the open).
+    if locked {
+        tty::set_locked(m, false).map_err(io("TIOCSPTLCK"))?;
+    }
+    let peer = tty::open_peer(m, libc::O_RDWR);
+    if locked {
+        tty::set_locked(m, true).map_err(io("TIOCSPTLCK"))?;
+    }
+    let slave = File::from(peer.map_err(io("TIOCGPTPEER"))?);
+    let smd = slave
+        .metadata()
+        .map_err(|e| Error::io(format!("fstat of the slave of {what}"), e))?;
+    let s = slave.as_fd();
+    let slave_termios = tty::tcgetattr(s).map_err(io("TCGETS on the slave"))?;
+    let exclusive = tty::exclusive(s).map_err(io("TIOCGEXCL on the slave"))?;
+    let icanon = libc::ICANON as u32;
+    let n_slave = tty::bytes_readable(s).map_err(io("FIONREAD on the slave"))?;
+    let n_master = tty::bytes_readable(m).map_err(io("FIONREAD"))?;
+    if n_slave > 0 && slave_termios.lflag & icanon != 0 {
+        return Err(fd.unsupported(&format!(
+            "a pseudo-terminal master whose slave /dev/pts/{index} has {n_slave} bytes of \
+             input (complete lines) its reader has not read, in canonical mode: they cannot be \
+             read without taking them from it, and their line ends could not be written back \
+             as they are (dump again once it has read them)"
+        )));
+    }
+    if n_master > 0 && (packet || master_termios.lflag & icanon != 0) {
+        return Err(fd.unsupported(&format!(
+            "a pseudo-terminal master with {n_master} bytes of output of /dev/pts/{index} not \
+             read yet, in packet or canonical mode: they cannot be read without taking them and \
+             the packet state from it (dump again once it has read them)"
+        )));
+    }
+    if n_slave > MAX_PTY_QUEUE || n_master > MAX_PTY_QUEUE {
+        return Err(fd.unsupported("a pseudo-terminal master with more queued than stasis keeps"));
+    }
+    let to_slave = drain(&slave, n_slave, &what)?;
+    let to_master = drain(master, n_master, &what)?;
+    // Back where they were, for a process that goes on running.
+    write_to_slave(master, &slave, &slave_termios, &to_slave, &what)?;
+    write_to_master(master, &slave, &slave_termios, &to_master, &what)?;
+    Ok((
+        PtyPair {
+            index,
+            locked,
+            packet,
+            exclusive,
+            master_termios: termios_image(&master_termios),
+            slave_termios: termios_image(&slave_termios),
+            winsize: winsize_image(&winsize),
+            session,
+            foreground,
+            to_slave,
+            to_master,
+        },
+        (smd.dev(), smd.rdev()),
+    ))
+}
+
+/// Makes the pair of `pty`: a master with the dumped index where it is free, everything of
+/// the record set on it. Returns the master (O_RDWR; the caller sets the status flags).
+fn make_pair(pty: &PtyPair) -> Result<OwnedFd, Error> {
+    let what = format!("pty {}", pty.index);
+    let io = |op: &str| {
+        let w = what.clone();
+        let op = op.to_string();
+        move |e| Error::io(format!("{op} for {w}"), e)
+    };
+    // The kernel hands out the lowest free index: hold the lower ones until ours comes.
+    let mut held = Vec::new();
+    let master = loop {
+        let m = tty::open_master(0).map_err(io("open /dev/ptmx"))?;
+        let got = tty::pty_index(m.as_fd()).map_err(io("TIOCGPTN"))?;
+        if got >= pty.index || held.len() as u32 >= MAX_INDEX_SEARCH {
+            if got != pty.index {
+                tracing::debug!(dumped = pty.index, got, "pty index taken: another one");
+            }
+            break m;
+        }
+        held.push(m);
+    };
+    drop(held);
+    let m = master.as_fd();
+    tty::set_locked(m, false).map_err(io("TIOCSPTLCK"))?;
+    let slave = File::from(tty::open_peer(m, libc::O_RDWR).map_err(io("TIOCGPTPEER"))?);
+    let master = File::from(master);
+    let slave_termios = termios_of(&pty.slave_termios);
+    write_to_slave(&master, &slave, &slave_termios, &pty.to_slave, &what)?;
+    write_to_master(&master, &slave, &slave_termios, &pty.to_master, &what)?;
+    let m = master.as_fd();
+    tty::tcsetattr(slave.as_fd(), &slave_termios).map_err(io("TCSETS on the slave"))?;
+    tty::tcsetattr(m, &termios_of(&pty.master_termios)).map_err(io("TCSETS"))?;
+    tty::set_window_size(m, &winsize_of(&pty.winsize)).map_err(io("TIOCSWINSZ"))?;
+    if pty.packet {
+        tty::set_packet_mode(m, true).map_err(io("TIOCPKT"))?;
+    }
+    if pty.exclusive {
+        tty::set_exclusive(slave.as_fd(), true).map_err(io("TIOCEXCL"))?;
+    }
+    if pty.locked {
+        tty::set_locked(m, true).map_err(io("TIOCSPTLCK"))?;
+    }
+    Ok(master.into())
+}
+
+/// A new description of the slave of `master` for `desc` (the lock lifted for the open, then
+/// set again).
+fn open_slave(master: BorrowedFd<'_>, pty: &PtyPair, desc: &FileDesc) -> Result<OwnedFd, Error> {
+    let what = format!("the slave of pty {}", pty.index);
+    let io = |op: &str| {
+        let w = what.clone();
+        let op = op.to_string();
+        move |e| Error::io(format!("{op} for {w}"), e)
+    };
+    if pty.locked {
+        tty::set_locked(master, false).map_err(io("TIOCSPTLCK"))?;
+    }
+    let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
+    let opened = tty::open_peer(master, flags);
+    if pty.locked {
+        tty::set_locked(master, true).map_err(io("TIOCSPTLCK"))?;
+    }
+    opened.map_err(io("TIOCGPTPEER"))
+}
+
+/// In the restore child of `image`, once it has its session and group: a session leader
+/// takes the slave of a pair of the tree that was its controlling terminal (TIOCSCTTY
+/// through the master), and the leader of a terminal's foreground group makes its group
+/// the foreground one (TIOCSPGRP). `descriptions`: the tree's, inherited from the restorer.
+pub fn take_terminal_in_child(
+    image: &ProcessImage,
+    descriptions: &super::OpenedFiles,
+) -> Result<(), String> {
+    for d in descriptions.descriptions() {
+        let FileKind::PtyMaster { pty } = &d.kind else {
+            continue;
+        };
+        if pty.session == 0 || image.sid != pty.session {
+            continue;
+        }
+        let Some(master) = descriptions.get(d.id) else {
+            continue;
+        };
+        if image.pid == pty.session {
+            tty::set_controlling_terminal(master.as_fd()).map_err(|e| {
+                format!(
+                    "taking pty {} as controlling terminal (TIOCSCTTY): {e}",
+                    pty.index
+                )
+            })?;
+        }
+        if image.pid == pty.foreground && image.pgid == image.pid {
+            tty::tcsetpgrp(master.as_fd(), image.pid).map_err(|e| {
+                format!(
+                    "making group {} the foreground of pty {} (TIOCSPGRP): {e}",
+                    image.pid, pty.index
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The first description of a terminal in the tree that needs one to attach to: its holder,
@@ -287,7 +725,7 @@ mod tests {
     #[test]
     fn validate() {
         let p = sample_process();
-        Terminals
+        Terminals::default()
             .validate(&terminal("/dev/pts/3", 0x8803, 19), &p)
             .unwrap();
         for (bad, why) in [
@@ -298,13 +736,13 @@ mod tests {
                 "too many control characters",
             ),
         ] {
-            assert!(Terminals.validate(&bad, &p).is_err(), "{why}");
+            assert!(Terminals::default().validate(&bad, &p).is_err(), "{why}");
         }
         let mut tty = terminal("/dev/pts/3", 0x8803, 19);
         tty.kind = FileKind::ControllingTerminal {
             path: "/etc/passwd".into(),
         };
-        assert!(Terminals.validate(&tty, &p).is_err());
+        assert!(Terminals::default().validate(&tty, &p).is_err());
     }
 
     #[test]

@@ -399,6 +399,10 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         // restorer, once the whole tree exists.
         let _ = process::setpgid(0, image.pgid);
     }
+    // Its controlling terminal and foreground group, when a pty of the tree (before its
+    // children are forked: they inherit the terminal).
+    files::tty::take_terminal_in_child(image, &plan.descriptions)
+        .map_err(other("taking its controlling terminal"))?;
     // Children (and exited children) in pid order, each with its pid.
     let loaded = plan.loaded;
     let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded
