@@ -71,7 +71,9 @@ impl Terminal {
                 if n == 0 {
                     break;
                 }
-                out.lock().unwrap().extend_from_slice(&buf[..n]);
+                out.lock()
+                    .expect("the output lock")
+                    .extend_from_slice(&buf[..n]);
             }
         });
         Terminal {
@@ -91,11 +93,11 @@ impl Terminal {
 
     /// The output so far, as text.
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.output.lock().expect("the output lock")).into_owned()
     }
 
     fn clear(&self) {
-        self.output.lock().unwrap().clear();
+        self.output.lock().expect("the output lock").clear();
     }
 
     fn wait_output(&self, what: &str, f: impl Fn(&str) -> bool) {
@@ -195,7 +197,7 @@ fn dump(pid: i32, images: &Path) {
         "-t",
         &pid.to_string(),
         "-D",
-        images.to_str().unwrap(),
+        images.to_str().expect("a UTF-8 path"),
     ]);
     assert!(ok, "dump failed: {err}");
 }
@@ -213,16 +215,16 @@ fn shell_job_comes_back_on_another_terminal() {
     a.type_in(b"hello\n");
     a.wait_output("cat's answer", |t| t.matches("hello").count() >= 2);
     // Echo off: the job's termios must come back on the new terminal.
-    let mut t = stasis_sys::tty::tcgetattr(a.slave.as_fd()).unwrap();
-    t.lflag &= !(libc::ECHO as u32);
-    stasis_sys::tty::tcsetattr(a.slave.as_fd(), &t).unwrap();
+    let mut t = stasis_sys::tty::tcgetattr(a.slave.as_fd()).expect("terminal call");
+    t.lflag &= !libc::ECHO;
+    stasis_sys::tty::tcsetattr(a.slave.as_fd(), &t).expect("terminal call");
     dump(cat, &images);
     // bash reaps it and exits.
     let _ = wait_child_for(&mut bash, TIMEOUT);
     assert!(!exists(cat), "the dump did not kill cat");
 
     // No terminal: refused, saying what to do.
-    let (ok, err) = stasis(&["restore", "-D", images.to_str().unwrap()]);
+    let (ok, err) = stasis(&["restore", "-D", images.to_str().expect("a UTF-8 path")]);
     assert!(!ok, "a restore without a terminal succeeded");
     assert!(
         err.contains("a terminal outside the dumped tree") && err.contains("--tty PATH"),
@@ -234,12 +236,8 @@ fn shell_job_comes_back_on_another_terminal() {
     wait_for("cat restored", TIMEOUT, || {
         exists(cat) && comm(cat) == "cat" && pgid_tpgid(cat) == (cat, cat)
     });
-    let t = stasis_sys::tty::tcgetattr(b.slave.as_fd()).unwrap();
-    assert_eq!(
-        t.lflag & libc::ECHO as u32,
-        0,
-        "the job's termios (echo off)"
-    );
+    let t = stasis_sys::tty::tcgetattr(b.slave.as_fd()).expect("terminal call");
+    assert_eq!(t.lflag & libc::ECHO, 0, "the job's termios (echo off)");
     b.clear();
     b.type_in(b"world\n");
     b.wait_output("cat's answer on the new terminal", |t| t.contains("world"));
@@ -320,7 +318,7 @@ fn less_redraws_and_answers_keys() {
     let w = work_dir("less");
     let images = w.join("images");
     let text: String = (1..=200).map(|i| format!("line number {i}\n")).collect();
-    std::fs::write(w.join("text"), text).unwrap();
+    std::fs::write(w.join("text"), text).expect("terminal call");
     let a = Terminal::open(24, 80);
     let (mut bash, less) = start_job(&a, &format!("less {}", w.join("text").display()), "less");
     a.wait_output("less's first screen", |t| t.contains("line number 20"));

@@ -300,7 +300,7 @@ mod tests {
         assert!(isatty(slave.as_fd()));
         assert!(std::path::Path::new(&format!("/dev/pts/{index}")).exists());
         let mut t = tcgetattr(slave.as_fd()).unwrap();
-        t.lflag &= !(libc::ECHO as u32);
+        t.lflag &= !libc::ECHO;
         t.cc[libc::VINTR] = 7;
         tcsetattr(slave.as_fd(), &t).unwrap();
         assert_eq!(tcgetattr(slave.as_fd()).unwrap(), t);

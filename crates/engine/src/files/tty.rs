@@ -428,7 +428,7 @@ fn write_to_slave(
     }
     let mut quiet = *t;
     quiet.iflag = 0;
-    quiet.lflag &= !((libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN) as u32);
+    quiet.lflag &= !(libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN);
     tty::tcsetattr(slave.as_fd(), &quiet).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
     (&*master)
         .write_all(data)
@@ -451,7 +451,7 @@ fn write_to_master(
         return Ok(());
     }
     let mut raw = *t;
-    raw.oflag &= !(libc::OPOST as u32);
+    raw.oflag &= !libc::OPOST;
     tty::tcsetattr(slave.as_fd(), &raw).map_err(|e| Error::io(format!("TCSETS on {what}"), e))?;
     (&*slave)
         .write_all(data)
@@ -498,7 +498,7 @@ fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
     let s = slave.as_fd();
     let slave_termios = tty::tcgetattr(s).map_err(io("TCGETS on the slave"))?;
     let exclusive = tty::exclusive(s).map_err(io("TIOCGEXCL on the slave"))?;
-    let icanon = libc::ICANON as u32;
+    let icanon = libc::ICANON;
     let n_slave = tty::bytes_readable(s).map_err(io("FIONREAD on the slave"))?;
     let n_master = tty::bytes_readable(m).map_err(io("FIONREAD"))?;
     if n_slave > 0 && slave_termios.lflag & icanon != 0 {
