@@ -8,8 +8,11 @@
 //!   `stasis restore` exits with 130 as a shell would report it. A restore without a terminal
 //!   fails, saying what to do.
 //! - `ctrl_z_stops_the_job_and_fg_continues_it`: Ctrl-Z stops the restored job and
-//!   `stasis restore` with it (its shell sees a stopped job); SIGCONT to `stasis restore` (the
-//!   shell's `fg`) gives the job the terminal again.
+//!   `stasis restore` with it (SIGSTOP: its shell sees a stopped job, status 147); the shell's
+//!   `fg` gives the job the terminal again, and it answers; Ctrl-D ends it.
+//! - `restore_onto_a_terminal_given_by_path`: `stasis restore --tty PATH`, run without a
+//!   terminal, gives the job a session of its own with that terminal; it answers and Ctrl-C
+//!   interrupts it.
 //! - `less_redraws_and_answers_keys`: `less`, restored under another terminal, redraws its
 //!   screen there and quits on `q`.
 //!
@@ -44,13 +47,15 @@ fn work_dir(test: &str) -> WorkDir {
 /// collected by a thread.
 struct Terminal {
     master: File,
+    /// N of /dev/pts/N.
+    index: u32,
     slave: OwnedFd,
     output: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Terminal {
     fn open(rows: u16, cols: u16) -> Terminal {
-        let (master, slave, _) = stasis_sys::tty::open_pty().expect("open a pty");
+        let (master, slave, index) = stasis_sys::tty::open_pty().expect("open a pty");
         stasis_sys::tty::set_window_size(
             master.as_fd(),
             &stasis_sys::tty::WinSize {
@@ -78,6 +83,7 @@ impl Terminal {
         });
         Terminal {
             master,
+            index,
             slave,
             output,
         }
@@ -295,7 +301,7 @@ fn ctrl_z_stops_the_job_and_fg_continues_it() {
     b.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
     b.type_in(b"\x1a");
     b.wait_output("the shell's report of a stopped job", |t| {
-        t.contains("stopped:148")
+        t.contains("stopped:147")
     });
     // fg: the job has the terminal again and answers.
     wait_for("cat in the foreground again", TIMEOUT, || {
@@ -340,6 +346,45 @@ fn less_redraws_and_answers_keys() {
         status.success(),
         "{status:?} (signal {:?}); terminal: {:?}",
         status.signal(),
+        b.text()
+    );
+}
+
+#[test]
+fn restore_onto_a_terminal_given_by_path() {
+    if !require_root() || !require_tool("bash") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("tty_path");
+    let images = w.join("images");
+    let a = Terminal::open(24, 80);
+    let (mut bash, cat) = start_job(&a, "cat", "cat");
+    dump(cat, &images);
+    let _ = wait_child_for(&mut bash, TIMEOUT);
+    assert!(!exists(cat), "the dump did not kill cat");
+
+    let b = Terminal::open(24, 80);
+    let path = format!("/dev/pts/{}", b.index);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stasis"));
+    cmd.args(["restore", "--tty", &path, "-D"])
+        .arg(&images)
+        .stdin(Stdio::null());
+    let mut restore = isolate(&mut cmd).spawn().expect("start stasis restore");
+    wait_for("cat restored in its own session", TIMEOUT, || {
+        exists(cat) && comm(cat) == "cat" && pgid_tpgid(cat) == (cat, cat)
+    });
+    b.type_in(b"abc\n");
+    // The echo, and cat's answer.
+    b.wait_output("cat's answer", |t| t.matches("abc").count() >= 2);
+    b.type_in(b"\x03");
+    let status = wait_child_for(&mut restore, TIMEOUT)
+        .expect("wait for stasis restore")
+        .expect("stasis restore did not exit after Ctrl-C");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{status:?}; terminal: {:?}",
         b.text()
     );
 }

@@ -31,8 +31,9 @@
 //! foreground group gets SIGWINCH (a new terminal, as if its window changed, so full-screen
 //! programs redraw). [`wait_job`] then waits for it as a shell would: when the job stops
 //! (Ctrl-Z), the terminal goes back to the restorer's group, which stops too (so the shell
-//! that runs it sees a stopped job); when it is continued, the job is given the terminal
-//! again and continued; when it ends, the terminal goes back to the restorer's group.
+//! that runs it sees a stopped job); when it is continued (`fg`), the job is given the
+//! terminal again and continued; when it ends, the terminal goes back to the restorer's
+//! group.
 
 pub mod as_user;
 pub mod fork;
@@ -264,9 +265,8 @@ fn attach_terminal(job: &plan::ShellJob, loaded: &Loaded) -> Result<(), Error> {
 /// Waits for a restored shell job (the root `pid`, a child of the caller, in the caller's
 /// session) on `terminal`, the caller's controlling terminal, as a shell would: its group has
 /// the terminal; when it stops, the terminal goes back to the caller's group and the caller
-/// stops itself with SIGTSTP (its shell sees a stopped job; where its group is orphaned the
-/// kernel discards that signal and the job is continued at once); on SIGCONT the job gets the
-/// terminal again and SIGCONT. Returns its exit code (or 128 + the signal that killed it) once
+/// stops itself with SIGSTOP (its shell, or `sudo`, sees a stopped job); on SIGCONT the job
+/// gets the terminal again and SIGCONT. Returns its exit code (or 128 + the signal that killed it) once
 /// it ends, with the terminal back in the caller's group.
 pub fn wait_job(pid: Pid, terminal: BorrowedFd<'_>) -> Result<i32, Error> {
     let mine = process::getpgid(0).map_err(|e| Error::sys("getpgid", 0, e))?;
@@ -293,7 +293,10 @@ pub fn wait_job(pid: Pid, terminal: BorrowedFd<'_>) -> Result<i32, Error> {
             ptrace::WaitStatus::Stopped { .. } => {
                 let group = process::getpgid(pid).unwrap_or(pid);
                 give_back();
-                let _ = process::kill(process::getpid(), libc::SIGTSTP);
+                // SIGSTOP, not SIGTSTP: the kernel discards SIGTSTP for an orphaned group (as
+                // under `sudo`, whose monitor runs us as a session leader, and which suspends
+                // itself when we stop).
+                let _ = process::kill(process::getpid(), libc::SIGSTOP);
                 // Continued (or never stopped): the job goes on in the foreground.
                 let _ = tty::tcsetpgrp(terminal, group);
                 let _ = process::kill(-group, libc::SIGCONT);
