@@ -590,7 +590,7 @@ pub struct PtyPair {
     pub packet: bool,
     /// TIOCGEXCL of the slave: no new opens but by root.
     pub exclusive: bool,
-    pub master_termios: TermiosImage,
+    /// The slave's settings (termios calls on the master act on the slave too).
     pub slave_termios: TermiosImage,
     pub winsize: WinSizeImage,
     /// The session whose controlling terminal the slave is (0: none), and its foreground

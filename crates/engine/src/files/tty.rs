@@ -8,7 +8,8 @@
 //! * A **pair inside the tree** (a terminal multiplexer, an `expect`-like driver, a remote
 //!   shell server and its shell): the master (`/dev/ptmx`) is recorded with everything about
 //!   the pair ([`stasis_image::PtyPair`]): its index, lock (TIOCGPTLCK), packet mode, the
-//!   slave's exclusive mode, both sides' termios, the window size, the session whose
+//!   slave's exclusive mode, the termios (the kernel's termios calls on a master act on its
+//!   slave: the master's own settings are the kernel's, raw), the window size, the session whose
 //!   controlling terminal the slave is and its foreground group (TIOCGSID, TIOCGPGRP through
 //!   the master), and the bytes queued in each direction. The slave's settings and queue
 //!   are read through a slave description of the dumper's own (TIOCGPTPEER). The queues
@@ -16,7 +17,7 @@
 //!   echo and the processing of each side off meanwhile), so a process left running finds
 //!   them again. Refused by name: input queued for a slave in canonical mode (complete lines:
 //!   read back, their line boundaries and end-of-file marks could not be kept), and output
-//!   queued for a master in packet mode or in canonical mode. A line being typed in
+//!   queued for a master in packet mode. A line being typed in
 //!   canonical mode (not yet ended) is not seen by anyone, not even as a count: it is lost.
 //!   Each slave description of the pair is a [`FileKind::PtySlave`].
 //! * A slave whose master the tree does not hold is an **external terminal**
@@ -35,8 +36,8 @@
 //! * A pair: masters are opened before every other description. `/dev/ptmx` is opened until
 //!   the dumped index comes (the kernel gives the lowest free one; the lower ones are closed
 //!   again); when that index is taken by then, the pair gets the first free index above it,
-//!   and its slave another path. The queued bytes are written back as at dump, then both
-//!   sides get their termios, the window size, packet mode, exclusive mode and lock. Slave
+//!   and its slave another path. The queued bytes are written back as at dump, then the
+//!   pair gets its termios, the window size, packet mode, exclusive mode and lock. Slave
 //!   descriptions are new descriptions of the new slave (TIOCGPTPEER). The session leader
 //!   whose controlling terminal the slave was takes it (TIOCSCTTY through the master, after
 //!   its setsid, before it forks), and the leader of the foreground group makes its group
@@ -353,7 +354,6 @@ fn validate_pair(pty: &PtyPair) -> Result<(), String> {
     if pty.index > MAX_INDEX {
         return Err(format!("{what}: index out of range"));
     }
-    validate_termios(&pty.master_termios, &what)?;
     validate_termios(&pty.slave_termios, &what)?;
     for (q, name) in [
         (&pty.to_slave, "to its slave"),
@@ -475,7 +475,6 @@ fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
     let what = format!("{what} (/dev/pts/{index})");
     let locked = tty::locked(m).map_err(io("TIOCGPTLCK"))?;
     let packet = tty::packet_mode(m).map_err(io("TIOCGPKT"))?;
-    let master_termios = tty::tcgetattr(m).map_err(io("TCGETS"))?;
     let winsize = tty::window_size(m).map_err(io("TIOCGWINSZ"))?;
     let session = tty::session_of(m).unwrap_or(0);
     let foreground = if session != 0 {
@@ -509,11 +508,11 @@ fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
              as they are (dump again once it has read them)"
         )));
     }
-    if n_master > 0 && (packet || master_termios.lflag & icanon != 0) {
+    if n_master > 0 && packet {
         return Err(fd.unsupported(&format!(
-            "a pseudo-terminal master with {n_master} bytes of output of /dev/pts/{index} not \
-             read yet, in packet or canonical mode: they cannot be read without taking them and \
-             the packet state from it (dump again once it has read them)"
+            "a pseudo-terminal master in packet mode with {n_master} bytes of output of \
+             /dev/pts/{index} not read yet: they cannot be read without taking them and the \
+             packet state from it (dump again once it has read them)"
         )));
     }
     if n_slave > MAX_PTY_QUEUE || n_master > MAX_PTY_QUEUE {
@@ -530,7 +529,6 @@ fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
             locked,
             packet,
             exclusive,
-            master_termios: termios_image(&master_termios),
             slave_termios: termios_image(&slave_termios),
             winsize: winsize_image(&winsize),
             session,
@@ -574,7 +572,6 @@ fn make_pair(pty: &PtyPair) -> Result<OwnedFd, Error> {
     write_to_master(&master, &slave, &slave_termios, &pty.to_master, &what)?;
     let m = master.as_fd();
     tty::tcsetattr(slave.as_fd(), &slave_termios).map_err(io("TCSETS on the slave"))?;
-    tty::tcsetattr(m, &termios_of(&pty.master_termios)).map_err(io("TCSETS"))?;
     tty::set_window_size(m, &winsize_of(&pty.winsize)).map_err(io("TIOCSWINSZ"))?;
     if pty.packet {
         tty::set_packet_mode(m, true).map_err(io("TIOCPKT"))?;
@@ -743,6 +740,128 @@ mod tests {
             path: "/etc/passwd".into(),
         };
         assert!(Terminals::default().validate(&tty, &p).is_err());
+    }
+
+    fn pair(pty: PtyPair) -> FileDesc {
+        FileDesc {
+            id: 2,
+            flags: 2,
+            pos: 0,
+            kind: FileKind::PtyMaster { pty },
+            owner: Default::default(),
+            locks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn validate_pairs() {
+        let p = sample_process();
+        let good = PtyPair {
+            index: 3,
+            session: 40,
+            foreground: 41,
+            to_slave: b"abc".to_vec(),
+            ..Default::default()
+        };
+        Terminals::default()
+            .validate(&pair(good.clone()), &p)
+            .expect("a good pair");
+        let bad = [
+            (
+                PtyPair {
+                    index: MAX_INDEX + 1,
+                    ..good.clone()
+                },
+                "index",
+            ),
+            (
+                PtyPair {
+                    to_slave: vec![0; MAX_PTY_QUEUE + 1],
+                    ..good.clone()
+                },
+                "queue to the slave",
+            ),
+            (
+                PtyPair {
+                    to_master: vec![0; MAX_PTY_QUEUE + 1],
+                    ..good.clone()
+                },
+                "queue to the master",
+            ),
+            (
+                PtyPair {
+                    slave_termios: TermiosImage {
+                        cc: vec![0; MAX_TERMIOS_CC + 1],
+                        ..Default::default()
+                    },
+                    ..good.clone()
+                },
+                "control characters",
+            ),
+            (
+                PtyPair {
+                    session: 0,
+                    ..good.clone()
+                },
+                "foreground without session",
+            ),
+            (
+                PtyPair {
+                    session: -1,
+                    ..good.clone()
+                },
+                "negative session",
+            ),
+        ];
+        for (pty, why) in bad {
+            assert!(
+                Terminals::default().validate(&pair(pty), &p).is_err(),
+                "{why}"
+            );
+        }
+        let mut slave = pair(good);
+        slave.kind = FileKind::PtySlave {
+            index: MAX_INDEX + 1,
+        };
+        assert!(Terminals::default().validate(&slave, &p).is_err());
+    }
+
+    #[test]
+    fn a_pair_comes_back_with_its_queues_and_settings() {
+        let pty = PtyPair {
+            index: 0,
+            slave_termios: {
+                let (_m, s, _) = tty::open_pty().expect("a pty");
+                let mut t = tty::tcgetattr(s.as_fd()).expect("TCGETS");
+                t.lflag &= !(libc::ICANON | libc::ECHO);
+                termios_image(&t)
+            },
+            winsize: WinSizeImage {
+                rows: 7,
+                cols: 9,
+                ..Default::default()
+            },
+            locked: true,
+            to_slave: b"in".to_vec(),
+            to_master: b"out".to_vec(),
+            ..Default::default()
+        };
+        let master = make_pair(&pty).expect("make the pair");
+        let m = master.as_fd();
+        assert!(tty::locked(m).expect("TIOCGPTLCK"));
+        let desc = pair(pty.clone());
+        let slave = File::from(open_slave(m, &pty, &desc).expect("open the slave"));
+        assert!(tty::locked(m).expect("TIOCGPTLCK"), "locked again");
+        assert_eq!(tty::window_size(slave.as_fd()).expect("TIOCGWINSZ").rows, 7);
+        assert_eq!(
+            tty::tcgetattr(slave.as_fd()).expect("TCGETS").lflag & libc::ICANON,
+            0
+        );
+        let master = File::from(master);
+        assert_eq!(drain(&slave, 2, "slave").expect("read"), b"in");
+        assert_eq!(drain(&master, 3, "master").expect("read"), b"out");
+        assert_eq!(tty::bytes_readable(slave.as_fd()).expect("FIONREAD"), 0);
+        assert_eq!(tty::bytes_readable(master.as_fd()).expect("FIONREAD"), 0);
     }
 
     #[test]
