@@ -94,8 +94,11 @@ fn shell_job(opts: &RestoreOptions, loaded: &Loaded) -> Result<Option<ShellJob>,
     };
     let Some(terminal) = &opts.terminal else {
         let what = if opts.requester.is_some() {
-            "stasisd does not attach restored processes to terminals: restore it as root, \
-             from a terminal (`stasis restore -D DIR` in a shell)"
+            "a restore as a user (through stasisd, or root's restore of a user's \
+             unauthenticated images) runs in a session of its own, away from the user's \
+             terminal, so stasisd does not attach restored processes to terminals; as root, \
+             restore the images from a terminal (`sudo stasis restore -D DIR`; images a user \
+             wrote without stasisd need --trust-images)"
         } else {
             "restore it from a terminal (run `stasis restore` in a shell: the job comes back \
              in it, in the foreground), or give one with --tty PATH"
