@@ -11,7 +11,7 @@
  * terminal (tcgetsid, /proc/self/stat tty_nr = the slave's device); the terminal's
  * foreground group is fg's (tcgetpgrp, and tpgid in /proc/PID/stat of each); fg and bg
  * are in s's session with that controlling terminal too; fg reads a line the root types
- * on the master; bg, which ignores SIGTTIN, gets EIO when it reads the terminal (it is in
+ * on the master through /dev/tty, which it opened before READY; bg, which ignores SIGTTIN, gets EIO when it reads the terminal (it is in
  * the background). SIGTERM travels root -> s -> fg, bg.
  */
 #include "zdtm.h"
@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -72,8 +73,9 @@ static void check_terminal(int tty, pid_t sid, pid_t fg)
 static void member(const char *role, pid_t sid)
 {
 	pid_t fg;
-	int tty;
+	int tty, dev_tty;
 	char buf[64];
+	struct stat st;
 
 	zdtm_set_role(role);
 	if (setpgid(0, 0))
@@ -83,6 +85,9 @@ static void member(const char *role, pid_t sid)
 		zdtm_die("open %s: %m", slave_path);
 	if (!strcmp(role, "bg"))
 		signal(SIGTTIN, SIG_IGN);
+	dev_tty = open("/dev/tty", O_RDWR);
+	if (dev_tty < 0)
+		zdtm_die("open /dev/tty: %m");
 	/* wait until s made the foreground group (fg's) */
 	for (int i = 0; i < 5000 && tcgetpgrp(tty) == sid; i++)
 		usleep(1000);
@@ -91,14 +96,18 @@ static void member(const char *role, pid_t sid)
 	zdtm_wait_check();
 	check_terminal(tty, sid, fg);
 	if (!strcmp(role, "fg")) {
-		struct pollfd p = { .fd = tty, .events = POLLIN };
+		struct pollfd p = { .fd = dev_tty, .events = POLLIN };
 		ssize_t r;
 
 		if (fg != getpgrp())
 			zdtm_fail("fg is not in the foreground group");
+		if (fstat(dev_tty, &st) || st.st_rdev != makedev(5, 0))
+			zdtm_fail("its /dev/tty fd is not /dev/tty");
+		if (tcgetpgrp(dev_tty) != fg)
+			zdtm_fail("/dev/tty: foreground group %d, expected %d", tcgetpgrp(dev_tty), fg);
 		if (poll(&p, 1, 5000) != 1)
-			zdtm_fail("nothing to read on the terminal");
-		r = read(tty, buf, sizeof(buf));
+			zdtm_fail("nothing to read on /dev/tty");
+		r = read(dev_tty, buf, sizeof(buf));
 		if (r != 6 || memcmp(buf, "hello\n", 6))
 			zdtm_fail("read %zd bytes \"%.*s\", expected \"hello\\n\"", r,
 				  r > 0 ? (int)r : 0, buf);

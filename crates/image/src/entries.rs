@@ -569,8 +569,10 @@ pub enum FileKind {
         foreground: bool,
     },
     /// `/dev/tty` opened by path (engine::files::tty): the controlling terminal of the
-    /// process that opened it, which after a restore is the terminal the tree is attached to.
-    ControllingTerminal { path: String },
+    /// process that opened it. `of_pair`: that terminal is the slave of a pair of the tree
+    /// (the restored process opens `/dev/tty` itself); else it is external, and after a
+    /// restore it is the terminal the tree is attached to.
+    ControllingTerminal { path: String, of_pair: bool },
     /// The master of a pseudo-terminal pair whose slave side is in the tree too, or nowhere
     /// (engine::files::tty): everything about the pair is kept here, once.
     PtyMaster { pty: PtyPair },

@@ -469,6 +469,7 @@ pub fn sample_process() -> ProcessImage {
                 pos: 0,
                 kind: FileKind::ControllingTerminal {
                     path: "/dev/tty".into(),
+                    of_pair: true,
                 },
                 owner: Default::default(),
                 locks: Vec::new(),

@@ -25,9 +25,8 @@
 //!   device only for messages and `stasis show`, the termios settings, the window size and
 //!   whether the holder's process group was the terminal's foreground group (/proc/PID/stat
 //!   `tty_nr` and `tpgid`).
-//! * `/dev/tty` opened by path ([`FileKind::ControllingTerminal`]), when the controlling
-//!   terminal is an external one (a process whose controlling terminal is a pty of the tree
-//!   holding `/dev/tty` is refused).
+//! * `/dev/tty` opened by path ([`FileKind::ControllingTerminal`]), marked when the
+//!   controlling terminal of the process is the slave of a pair of the tree.
 //! * Serial devices (`ttyS*`, `ttyUSB*`, `ttyACM*`) are refused: their line settings and
 //!   modem state belong to the hardware.
 //!
@@ -42,6 +41,11 @@
 //!   whose controlling terminal the slave was takes it (TIOCSCTTY through the master, after
 //!   its setsid, before it forks), and the leader of the foreground group makes its group
 //!   the foreground one (TIOCSPGRP), each in its restore child ([`take_terminal_in_child`]).
+//! * `/dev/tty` of a process whose controlling terminal is a pair of the tree is opened by
+//!   the process itself, in its restore child, once it has that terminal
+//!   ([`FileOps::replace_in_child`]): one description per process (a description two
+//!   processes shared becomes one each). Otherwise it is the terminal the tree is attached
+//!   to (below).
 //! * A tree with an external terminal is attached to the terminal the restore is given
 //!   ([`crate::restore::RestoreOptions::terminal`]; `stasis restore` passes its stdin when it
 //!   is a terminal, or `--tty PATH`), and fails without one, saying what to do. Each of its
@@ -55,9 +59,10 @@
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
 use crate::{procfs, Error};
 use stasis_image::{
-    FileDesc, FileKind, ProcessImage, PtyPair, TermiosImage, WinSizeImage, MAX_PTY_QUEUE,
+    FdEntry, FileDesc, FileKind, ProcessImage, PtyPair, TermiosImage, WinSizeImage, MAX_PTY_QUEUE,
     MAX_TERMIOS_CC,
 };
+use stasis_sys::process::ForkedChild;
 use stasis_sys::tty;
 use stasis_sys::Pid;
 use std::collections::{HashMap, HashSet};
@@ -74,9 +79,9 @@ pub struct Terminals {
     masters: HashMap<(u64, u64), u32>,
     /// Dump: every slave description dumped (id, device, rdev).
     slaves: Vec<(u32, u64, u64)>,
-    /// Dump: the fds of `/dev/tty` (pid, fd, the process's controlling terminal), for the
-    /// refusal of /dev/tty with a pty of the tree as the controlling terminal.
-    dev_tty: Vec<(Pid, RawFd, u64)>,
+    /// Dump: the descriptions of `/dev/tty` (id, the controlling terminal of the process
+    /// that has it), to tell those of a pair of the tree.
+    dev_tty: Vec<(u32, u64)>,
     /// Restore: the master made for each pair (by dumped index), and its record.
     pairs: HashMap<u32, (OwnedFd, PtyPair)>,
 }
@@ -185,9 +190,10 @@ impl FileOps for Terminals {
         match classify(rdev) {
             Some(TtyClass::Controlling) => {
                 let stat = procfs::read_stat(fd.pid)?;
-                self.dev_tty.push((fd.pid, fd.fd, stat.tty_nr));
+                self.dev_tty.push((id, stat.tty_nr));
                 Ok(FileKind::ControllingTerminal {
                     path: "/dev/tty".into(),
+                    of_pair: false,
                 })
             }
             Some(TtyClass::Master) => {
@@ -233,20 +239,44 @@ impl FileOps for Terminals {
             }
         }
         let pair_rdevs: HashSet<u64> = self.masters.keys().map(|(_, rdev)| *rdev).collect();
-        if let Some((pid, fd, _)) = self
+        let of_pairs: HashSet<u32> = self
             .dev_tty
             .iter()
-            .find(|(_, _, ctty)| pair_rdevs.contains(ctty))
-        {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "fd {fd} of pid {pid} is /dev/tty, and its controlling terminal is a \
-                     pseudo-terminal of the dumped tree: stasis restores /dev/tty only for a \
-                     terminal outside the tree"
-                ),
-            });
+            .filter(|(_, ctty)| pair_rdevs.contains(ctty))
+            .map(|(id, _)| *id)
+            .collect();
+        for d in descs.iter_mut() {
+            if of_pairs.contains(&d.id) {
+                if let FileKind::ControllingTerminal { of_pair, .. } = &mut d.kind {
+                    *of_pair = true;
+                }
+            }
         }
         Ok(())
+    }
+
+    fn replace_in_child(
+        &self,
+        child: &ForkedChild,
+        desc: &FileDesc,
+        fds: &[&FdEntry],
+    ) -> Result<(), String> {
+        let FileKind::ControllingTerminal { of_pair: true, .. } = &desc.kind else {
+            return Ok(());
+        };
+        let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
+        let new = child
+            .open_raw(std::path::Path::new("/dev/tty"), flags)
+            .map_err(|e| format!("open /dev/tty: {e}"))?;
+        for e in fds {
+            child
+                .dup3_raw(new, e.fd)
+                .and_then(|()| child.set_cloexec_raw(e.fd, e.cloexec))
+                .map_err(|err| format!("/dev/tty at fd {}: {err}", e.fd))?;
+        }
+        child
+            .close_raw(new)
+            .map_err(|e| format!("close /dev/tty {new}: {e}"))
     }
 
     fn opens_first(&self, desc: &FileDesc) -> bool {
@@ -278,8 +308,8 @@ impl FileOps for Terminals {
             FileKind::PtyMaster { pty } => validate_pair(pty),
             FileKind::PtySlave { index } if *index <= MAX_INDEX => Ok(()),
             FileKind::PtySlave { index } => Err(format!("pty index {index} is out of range")),
-            FileKind::ControllingTerminal { path } if path == "/dev/tty" => Ok(()),
-            FileKind::ControllingTerminal { path } => Err(format!(
+            FileKind::ControllingTerminal { path, .. } if path == "/dev/tty" => Ok(()),
+            FileKind::ControllingTerminal { path, .. } => Err(format!(
                 "the controlling terminal is opened as {path:?}, not /dev/tty"
             )),
             _ => Err("not a terminal".into()),
@@ -305,6 +335,12 @@ impl FileOps for Terminals {
                     )));
                 };
                 open_slave(master.as_fd(), pty, desc)
+            }
+            FileKind::ControllingTerminal { of_pair: true, .. } => {
+                // A stand-in: the child opens /dev/tty once it has its controlling terminal
+                // (`replace_in_child`).
+                let file = super::open_path("/dev/null", desc, 0)?;
+                Ok(file.into())
             }
             _ => {
                 let Some(terminal) = ctx.terminal else {
@@ -652,7 +688,10 @@ pub fn needs_terminal<'a>(
         for f in &p.files {
             let path = match &f.kind {
                 FileKind::ExternalTerminal { path, .. } => path,
-                FileKind::ControllingTerminal { path } => path,
+                FileKind::ControllingTerminal {
+                    path,
+                    of_pair: false,
+                } => path,
                 _ => continue,
             };
             let fd = p
@@ -738,6 +777,7 @@ mod tests {
         let mut tty = terminal("/dev/pts/3", 0x8803, 19);
         tty.kind = FileKind::ControllingTerminal {
             path: "/etc/passwd".into(),
+            of_pair: false,
         };
         assert!(Terminals::default().validate(&tty, &p).is_err());
     }
