@@ -388,3 +388,46 @@ fn restore_onto_a_terminal_given_by_path() {
         b.text()
     );
 }
+
+/// A pty pair whose slave (canonical mode) has typed lines its program has not read.
+const UNREAD_LINES: &str = "import os, sys, time\n\
+    m, s = os.openpty()\n\
+    os.write(m, b'typed ahead\\n')\n\
+    time.sleep(0.2)\n\
+    open('ready', 'w').close()\n\
+    time.sleep(1000)\n\
+    \n";
+
+#[test]
+fn unread_lines_of_a_pty_in_canonical_mode_are_refused_by_name() {
+    if !require_root() || !require_tool("python3") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("unread_lines");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-I", "-c", UNREAD_LINES])
+        .current_dir(&*w)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = isolate(&mut cmd).spawn().expect("start python3");
+    let pid = child.id() as i32;
+    wait_for("the program's pty", TIMEOUT, || w.join("ready").exists());
+    let images = w.join("images");
+    let (ok, err) = stasis(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        images.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(!ok, "the dump succeeded");
+    assert!(
+        err.contains("in canonical mode") && err.contains("12 bytes of input"),
+        "{err}"
+    );
+    assert!(exists(pid), "the refused dump killed the program");
+    let _ = child.kill();
+    let _ = child.wait();
+}
