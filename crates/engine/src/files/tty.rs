@@ -82,8 +82,9 @@ pub struct Terminals {
     /// Dump: the descriptions of `/dev/tty` (id, the controlling terminal of the process
     /// that has it), to tell those of a pair of the tree.
     dev_tty: Vec<(u32, u64)>,
-    /// Restore: the master made for each pair (by dumped index), and its record.
-    pairs: HashMap<u32, (OwnedFd, PtyPair)>,
+    /// Restore: the master made for each pair (by dumped index), a slave description of our
+    /// own (exclusive mode is set and cleared through a slave), and its record.
+    pairs: HashMap<u32, (OwnedFd, File, PtyPair)>,
 }
 
 /// The most `/dev/ptmx` opens spent looking for a dumped index.
@@ -319,22 +320,22 @@ impl FileOps for Terminals {
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error> {
         match &desc.kind {
             FileKind::PtyMaster { pty } => {
-                let master = make_pair(pty)?;
+                let (master, slave) = make_pair(pty)?;
                 let ours = master
                     .try_clone()
                     .map_err(|e| Error::io("dup of a pty master", e))?;
-                self.pairs.insert(pty.index, (ours, pty.clone()));
+                self.pairs.insert(pty.index, (ours, slave, pty.clone()));
                 Ok(master)
             }
             FileKind::PtySlave { index } => {
-                let Some((master, pty)) = self.pairs.get(index) else {
+                let Some((master, slave, pty)) = self.pairs.get(index) else {
                     return Err(Error::Invalid(format!(
                         "description {} is the slave of pty {index}, whose master no process \
                          of the images holds",
                         desc.id
                     )));
                 };
-                open_slave(master.as_fd(), pty, desc)
+                open_slave(master.as_fd(), slave, pty, desc)
             }
             FileKind::ControllingTerminal { of_pair: true, .. } => {
                 // A stand-in: the child opens /dev/tty once it has its controlling terminal
@@ -577,8 +578,9 @@ fn dump_pair(fd: &Probe<'_>) -> Result<(PtyPair, (u64, u64)), Error> {
 }
 
 /// Makes the pair of `pty`: a master with the dumped index where it is free, everything of
-/// the record set on it. Returns the master (O_RDWR; the caller sets the status flags).
-fn make_pair(pty: &PtyPair) -> Result<OwnedFd, Error> {
+/// the record set on it. Returns the master (O_RDWR; the caller sets the status flags) and a
+/// slave description.
+fn make_pair(pty: &PtyPair) -> Result<(OwnedFd, File), Error> {
     let what = format!("pty {}", pty.index);
     let io = |op: &str| {
         let w = what.clone();
@@ -618,12 +620,17 @@ fn make_pair(pty: &PtyPair) -> Result<OwnedFd, Error> {
     if pty.locked {
         tty::set_locked(m, true).map_err(io("TIOCSPTLCK"))?;
     }
-    Ok(master.into())
+    Ok((master.into(), slave))
 }
 
-/// A new description of the slave of `master` for `desc` (the lock lifted for the open, then
-/// set again).
-fn open_slave(master: BorrowedFd<'_>, pty: &PtyPair, desc: &FileDesc) -> Result<OwnedFd, Error> {
+/// A new description of the slave of `master` for `desc` (the lock and exclusive mode lifted
+/// for the open, then set again).
+fn open_slave(
+    master: BorrowedFd<'_>,
+    slave: &File,
+    pty: &PtyPair,
+    desc: &FileDesc,
+) -> Result<OwnedFd, Error> {
     let what = format!("the slave of pty {}", pty.index);
     let io = |op: &str| {
         let w = what.clone();
@@ -633,8 +640,16 @@ fn open_slave(master: BorrowedFd<'_>, pty: &PtyPair, desc: &FileDesc) -> Result<
     if pty.locked {
         tty::set_locked(master, false).map_err(io("TIOCSPTLCK"))?;
     }
+    // Exclusive mode refuses new opens but root's (a restore for a user is not root); it is
+    // the slave's, set and cleared through a slave description.
+    if pty.exclusive {
+        tty::set_exclusive(slave.as_fd(), false).map_err(io("TIOCNXCL"))?;
+    }
     let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
     let opened = tty::open_peer(master, flags);
+    if pty.exclusive {
+        tty::set_exclusive(slave.as_fd(), true).map_err(io("TIOCEXCL"))?;
+    }
     if pty.locked {
         tty::set_locked(master, true).map_err(io("TIOCSPTLCK"))?;
     }
@@ -882,16 +897,19 @@ mod tests {
                 ..Default::default()
             },
             locked: true,
+            exclusive: true,
             to_slave: b"in".to_vec(),
             to_master: b"out".to_vec(),
             ..Default::default()
         };
-        let master = make_pair(&pty).expect("make the pair");
+        let (master, ours) = make_pair(&pty).expect("make the pair");
         let m = master.as_fd();
         assert!(tty::locked(m).expect("TIOCGPTLCK"));
         let desc = pair(pty.clone());
-        let slave = File::from(open_slave(m, &pty, &desc).expect("open the slave"));
+        let slave = File::from(open_slave(m, &ours, &pty, &desc).expect("open the slave"));
+        drop(ours);
         assert!(tty::locked(m).expect("TIOCGPTLCK"), "locked again");
+        assert!(tty::exclusive(slave.as_fd()).expect("TIOCGEXCL"), "exclusive again");
         assert_eq!(tty::window_size(slave.as_fd()).expect("TIOCGWINSZ").rows, 7);
         assert_eq!(
             tty::tcgetattr(slave.as_fd()).expect("TCGETS").lflag & libc::ICANON,
