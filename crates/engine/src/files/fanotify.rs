@@ -26,12 +26,11 @@
 //! events waiting for an answer (the process that waited was frozen in the kernel and gets
 //! its answer as if the group had been closed).
 
-use super::inotify::{dev_name, hex_bytes, names_object, Resolver, WatchInfo};
+use super::inotify::{dev_name, names_object, NotifyFields, Resolver, WatchInfo};
 use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::{procfs, Error};
 use stasis_image::{FanotifyMark, FileDesc, FileKind, ProcessImage};
 use stasis_sys::anon_files;
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -84,54 +83,27 @@ pub fn parse_fdinfo(text: &str) -> Result<(u32, u32, Vec<MarkInfo>), String> {
         let Some(rest) = line.strip_prefix("fanotify ") else {
             continue;
         };
-        let mut fields = HashMap::new();
-        for word in rest.split_whitespace() {
-            let (k, v) = word
-                .split_once(':')
-                .ok_or_else(|| format!("bad field {word:?} in {line:?}"))?;
-            fields.insert(k, v);
-        }
-        let hex = |name: &str| -> Result<u64, String> {
-            let v = fields
-                .get(name)
-                .ok_or_else(|| format!("no {name} in {line:?}"))?;
-            u64::from_str_radix(v, 16).map_err(|_| format!("bad {name} {v:?} in {line:?}"))
-        };
-        let small = |name: &str| -> Result<u32, String> {
-            u32::try_from(hex(name)?).map_err(|_| format!("bad {name} in {line:?}"))
-        };
-        if fields.contains_key("flags") {
-            init = Some((small("flags")?, small("event-flags")?));
+        let f = NotifyFields::parse(line, rest)?;
+        if f.has("flags") {
+            init = Some((f.hex32("flags")?, f.hex32("event-flags")?));
             continue;
         }
-        let (on, ino, sdev, mnt_id) = if fields.contains_key("ino") {
-            (ON_INODE, hex("ino")?, small("sdev")?, 0)
-        } else if fields.contains_key("mnt_id") {
-            (ON_MOUNT, 0, 0, hex("mnt_id")?)
+        let (on, ino, sdev, mnt_id) = if f.has("ino") {
+            (ON_INODE, f.hex("ino")?, f.hex32("sdev")?, 0)
+        } else if f.has("mnt_id") {
+            (ON_MOUNT, 0, 0, f.hex("mnt_id")?)
         } else {
-            (ON_FILESYSTEM, 0, small("sdev")?, 0)
+            (ON_FILESYSTEM, 0, f.hex32("sdev")?, 0)
         };
-        let handle = if fields.contains_key("fhandle-bytes") {
-            let len = hex("fhandle-bytes")? as usize;
-            let htype = i32::try_from(hex("fhandle-type")?)
-                .map_err(|_| format!("bad fhandle-type in {line:?}"))?;
-            let bytes = fields
-                .get("f_handle")
-                .and_then(|h| hex_bytes(h))
-                .filter(|b| b.len() == len && len <= anon_files::MAX_HANDLE_SZ)
-                .ok_or_else(|| format!("bad f_handle in {line:?}"))?;
-            Some((htype, bytes))
-        } else {
-            None
-        };
+        let handle = f.handle()?;
         marks.push(MarkInfo {
             on,
             ino,
             sdev,
             mnt_id,
-            mflags: small("mflags")?,
-            mask: hex("mask")?,
-            ignored: hex("ignored_mask")?,
+            mflags: f.hex32("mflags")?,
+            mask: f.hex("mask")?,
+            ignored: f.hex("ignored_mask")?,
             handle,
         });
     }
