@@ -909,7 +909,10 @@ mod tests {
         let slave = File::from(open_slave(m, &ours, &pty, &desc).expect("open the slave"));
         drop(ours);
         assert!(tty::locked(m).expect("TIOCGPTLCK"), "locked again");
-        assert!(tty::exclusive(slave.as_fd()).expect("TIOCGEXCL"), "exclusive again");
+        assert!(
+            tty::exclusive(slave.as_fd()).expect("TIOCGEXCL"),
+            "exclusive again"
+        );
         assert_eq!(tty::window_size(slave.as_fd()).expect("TIOCGWINSZ").rows, 7);
         assert_eq!(
             tty::tcgetattr(slave.as_fd()).expect("TCGETS").lflag & libc::ICANON,

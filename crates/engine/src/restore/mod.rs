@@ -266,8 +266,8 @@ fn attach_terminal(job: &plan::ShellJob, loaded: &Loaded) -> Result<(), Error> {
 /// session) on `terminal`, the caller's controlling terminal, as a shell would: its group has
 /// the terminal; when it stops, the terminal goes back to the caller's group and the caller
 /// stops itself with SIGSTOP (its shell, or `sudo`, sees a stopped job); on SIGCONT the job
-/// gets the terminal again and SIGCONT. Returns its exit code (or 128 + the signal that killed it) once
-/// it ends, with the terminal back in the caller's group.
+/// gets the terminal again and SIGCONT. Returns its exit code (or 128 + the signal that
+/// killed it) once it ends, with the terminal back in the caller's group.
 pub fn wait_job(pid: Pid, terminal: BorrowedFd<'_>) -> Result<i32, Error> {
     let mine = process::getpgid(0).map_err(|e| Error::sys("getpgid", 0, e))?;
     let give_back = || {
