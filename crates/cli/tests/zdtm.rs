@@ -938,6 +938,11 @@ zdtm_tests! {
     // and packet sockets (bound to lo, options, filter, memberships, fanout).
     sock_netlink;
     sock_packet;
+    // Terminals: a pty pair with bytes queued both ways, termios, window size, lock and
+    // exclusive mode; a session leader whose controlling terminal is a pty of the tree, with
+    // a foreground and a background group.
+    tty_pty_pair;
+    tty_session;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

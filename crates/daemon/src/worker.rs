@@ -354,6 +354,8 @@ fn restore(
         root_pdeathsig: false,
         // A file replaced since the dump is always refused here.
         replaced_files: stasis_engine::ReplacedFiles::Refuse,
+        // A job on a terminal is refused: stasisd never opens or hands out a terminal.
+        terminal: None,
     };
     let restored = if caller.is_root() {
         stasis_engine::restore(&opts)

@@ -682,6 +682,33 @@ fn restored_process_never_gets_the_daemons_terminal() {
         );
     }
     refused(&ctx, &out, pid, &["/dev/tty", "No such device"], "/dev/tty");
+
+    // 3. Its stdin is a terminal outside the tree (a job started from a shell): the daemon
+    // has no terminal to attach it to, and opens none.
+    fs::write(images.join(stasis_image::names::process(pid)), &original).unwrap();
+    edit_process_image(&images, pid, |img| {
+        let id = img.fds.iter().find(|f| f.fd == 0).unwrap().file_id;
+        let desc = img.files.iter_mut().find(|f| f.id == id).unwrap();
+        desc.kind = FileKind::ExternalTerminal {
+            path: "/dev/pts/0".into(),
+            rdev: 0x8800,
+            termios: Default::default(),
+            winsize: Default::default(),
+            foreground: true,
+        };
+        desc.flags = libc::O_RDWR as u32;
+    });
+    let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
+    refused(
+        &ctx,
+        &out,
+        pid,
+        &[
+            "/dev/pts/0, a terminal outside the dumped tree",
+            "stasisd does not attach restored processes to terminals",
+        ],
+        "a terminal outside the tree",
+    );
     d.stop();
 }
 

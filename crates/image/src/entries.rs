@@ -588,6 +588,30 @@ pub enum FileKind {
         /// oldest first; stored with the first description of the socket only.
         queue: Vec<UnixMessage>,
     },
+    /// A terminal outside the dumped tree (engine::files::tty): the slave `path`
+    /// (`/dev/pts/N`, device `rdev`) of a pseudo-terminal whose master no process of the tree
+    /// holds, such as the terminal of the shell a job was started from. It is not reopened by
+    /// path: the restore attaches the tree to a terminal it is given, and sets `termios` there.
+    /// `winsize` is the size it had (kept for `stasis show`; the new terminal keeps its own).
+    /// `foreground`: the group of the process holding it was the terminal's foreground group.
+    ExternalTerminal {
+        path: String,
+        rdev: u64,
+        termios: TermiosImage,
+        winsize: WinSizeImage,
+        foreground: bool,
+    },
+    /// `/dev/tty` opened by path (engine::files::tty): the controlling terminal of the
+    /// process that opened it. `of_pair`: that terminal is the slave of a pair of the tree
+    /// (the restored process opens `/dev/tty` itself); else it is external, and after a
+    /// restore it is the terminal the tree is attached to.
+    ControllingTerminal { path: String, of_pair: bool },
+    /// The master of a pseudo-terminal pair whose slave side is in the tree too, or nowhere
+    /// (engine::files::tty): everything about the pair is kept here, once.
+    PtyMaster { pty: PtyPair },
+    /// A slave of a pair whose master is in the tree (engine::files::tty): the dumped index of
+    /// its master's [`PtyPair`] (the restored pair may have another, see there).
+    PtySlave { index: u32 },
 }
 
 /// A message queued on a unix socket (engine::files::unix_socket): its bytes, the
@@ -632,6 +656,58 @@ pub struct SocketFile {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// A pseudo-terminal pair inside the tree (engine::files::tty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyPair {
+    /// N of /dev/pts/N at dump time; the restore takes the same one when it is free.
+    pub index: u32,
+    /// TIOCGPTLCK: the slave cannot be opened.
+    pub locked: bool,
+    /// TIOCGPKT: the master reads in packet mode.
+    pub packet: bool,
+    /// TIOCGEXCL of the slave: no new opens but by root.
+    pub exclusive: bool,
+    /// The slave's settings (termios calls on the master act on the slave too).
+    pub slave_termios: TermiosImage,
+    pub winsize: WinSizeImage,
+    /// The session whose controlling terminal the slave is (0: none), and its foreground
+    /// process group (0: none).
+    pub session: i32,
+    pub foreground: i32,
+    /// Bytes written on the master side that the slave side has not read (in the slave's
+    /// input queue), and bytes written on the slave side that the master side has not read;
+    /// each at most [`MAX_PTY_QUEUE`].
+    pub to_slave: Vec<u8>,
+    pub to_master: Vec<u8>,
+}
+
+/// The most bytes a [`PtyPair`] keeps in one direction (the kernel's buffers hold less).
+pub const MAX_PTY_QUEUE: usize = 1 << 20;
+
+/// A terminal's settings (the kernel's `struct termios`; the line speeds are in `cflag`).
+/// `cc`: the control characters, at most [`MAX_TERMIOS_CC`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermiosImage {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: Vec<u8>,
+}
+
+/// The most control characters a [`TermiosImage`] holds (the kernel's NCCS is 19 on x86-64).
+pub const MAX_TERMIOS_CC: usize = 32;
+
+/// A terminal's window size (TIOCGWINSZ).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinSizeImage {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
 }
 
 /// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached

@@ -442,6 +442,65 @@ pub fn sample_process() -> ProcessImage {
                 locks: Vec::new(),
             },
             FileDesc {
+                id: 40,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ExternalTerminal {
+                    path: "/dev/pts/3".into(),
+                    rdev: 0x8803,
+                    termios: TermiosImage {
+                        cflag: 0xbf,
+                        cc: vec![3; 19],
+                        ..Default::default()
+                    },
+                    winsize: WinSizeImage {
+                        rows: 24,
+                        cols: 80,
+                        ..Default::default()
+                    },
+                    foreground: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 41,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ControllingTerminal {
+                    path: "/dev/tty".into(),
+                    of_pair: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 42,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PtyMaster {
+                    pty: PtyPair {
+                        index: 5,
+                        slave_termios: TermiosImage {
+                            cc: vec![3; 19],
+                            ..Default::default()
+                        },
+                        to_slave: b"typed".to_vec(),
+                        ..Default::default()
+                    },
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 43,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PtySlave { index: 5 },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
                 id: 17,
                 flags: 0o2000000,
                 pos: 0,

@@ -32,6 +32,7 @@ pub mod random;
 pub mod sched;
 pub mod sock_diag;
 pub mod socket;
+pub mod tty;
 pub mod unix_socket;
 pub mod users;
 

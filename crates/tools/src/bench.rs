@@ -184,6 +184,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
                 root_as_sibling: false,
                 root_pdeathsig: true,
                 replaced_files: stasis_engine::ReplacedFiles::Refuse,
+                terminal: None,
             })?;
             let restore = t.elapsed();
             println!(

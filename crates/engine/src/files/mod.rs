@@ -20,6 +20,7 @@
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
+//! | terminals: pty pairs, a terminal outside the tree, /dev/tty | [`tty`] |
 //! | character devices                      | [`chardev`]     |
 //! | unix sockets (stream, datagram, seqpacket; connections, names, backlogs, queued data) | [`unix_socket`] |
 //! | netlink sockets                        | [`netlink_socket`] |
@@ -120,6 +121,7 @@ pub mod service;
 pub mod signalfd;
 pub mod sol_socket;
 pub mod timerfd;
+pub mod tty;
 pub mod unix_socket;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
@@ -146,6 +148,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<deleted::DeletedFiles>::default(),
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
+        Box::<tty::Terminals>::default(),
         Box::<chardev::CharDevices>::default(),
         Box::<netlink_socket::NetlinkSockets>::default(),
         Box::<packet_socket::PacketSockets>::default(),
@@ -261,6 +264,12 @@ pub trait FileOps {
     /// process of the tree exists (run by [`OpenedFiles::tree_exists`]).
     fn when_tree_exists(&mut self) -> Option<Box<dyn WhenTreeExists>> {
         None
+    }
+
+    /// Restore: whether `desc` is opened before the descriptions of which this is not true
+    /// (a pty master, which its slaves are opened from).
+    fn opens_first(&self, _desc: &FileDesc) -> bool {
+        false
     }
 
     /// Whether the dumped file position of this kind is restored (lseek).
@@ -1078,6 +1087,8 @@ pub enum ReplacedFiles {
 /// (blobs) and what to do with replaced files.
 pub struct OpenContext<'a> {
     pub images: &'a ImageDir,
+    /// The terminal the tree is attached to, if the restore has one (see [`tty`]).
+    pub terminal: Option<RawFd>,
     replaced: ReplacedFiles,
     /// Paths a replacement was accepted for (each is warned about once).
     warned: BTreeSet<String>,
@@ -1087,6 +1098,7 @@ impl<'a> OpenContext<'a> {
     pub fn new(images: &'a ImageDir, replaced: ReplacedFiles) -> OpenContext<'a> {
         OpenContext {
             images,
+            terminal: None,
             replaced,
             warned: BTreeSet::new(),
         }
@@ -1215,7 +1227,13 @@ pub fn open_all<'a>(
         k.prepare(&descs)?;
     }
     let mut fds = HashMap::new();
+    let mut order: Vec<(bool, &FileDesc)> = Vec::with_capacity(descs.len());
     for f in &descs {
+        order.push((!kind_of(&mut kinds, f)?.opens_first(f), f));
+    }
+    // Stable: in id order within each class.
+    order.sort_by_key(|(later, _)| *later);
+    for (_, f) in order {
         let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
         locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
@@ -1462,10 +1480,14 @@ mod tests {
                 FileKind::NetlinkSocket { .. } => 18,
                 FileKind::PacketSocket { .. } => 19,
                 FileKind::UnixSocket { .. } => 20,
+                FileKind::ExternalTerminal { .. } => 21,
+                FileKind::ControllingTerminal { .. } => 22,
+                FileKind::PtyMaster { .. } => 23,
+                FileKind::PtySlave { .. } => 24,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 21, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 25, "the sample record lacks a kind of file");
         kinds
     }
 
