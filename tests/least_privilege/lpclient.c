@@ -3,10 +3,11 @@
  * the daemon's restore path, and what must keep working).
  *
  *   lpclient dump IMAGES_DIR [--kill] [--threads N] [--pdeathsig SIG] [--fork-bomb N]
- *                            [--write-probe DIR]
+ *                            [--write-probe DIR] [--queued-signals N]
  *   lpclient restore IMAGES_DIR [--detach] [--seccomp]
  *
- * dump: starts N extra threads (they sleep), sets its parent-death signal to SIG, prints
+ * dump: starts N extra threads (they sleep), sets its parent-death signal to SIG, queues N
+ * blocked real-time signals to itself (--queued-signals: they stay pending), prints
  * "READY <pid>", checkpoints itself through stasisd (stasis_dump_self, with
  * STASIS_DUMP_KILL when --kill is given) and prints "DUMPED <pid>", "RESTORED <pid>" or
  * "ERROR <code> <message>". A restored copy then
@@ -121,7 +122,7 @@ static void fork_bomb(int n)
 static int do_dump(int argc, char **argv)
 {
 	const char *images = argv[2], *probe = NULL;
-	int threads = 0, pdeathsig = 0, bomb = 0;
+	int threads = 0, pdeathsig = 0, bomb = 0, queued = 0;
 	struct stasis_dump_opts opts = { 0 };
 	for (int i = 3; i < argc; i++) {
 		if (strcmp(argv[i], "--kill") == 0)
@@ -134,9 +135,11 @@ static int do_dump(int argc, char **argv)
 			bomb = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--write-probe") == 0 && i + 1 < argc)
 			probe = argv[++i];
+		else if (strcmp(argv[i], "--queued-signals") == 0 && i + 1 < argc)
+			queued = atoi(argv[++i]);
 		else {
 			say("USAGE lpclient dump IMAGES_DIR [--kill] [--threads N] [--pdeathsig SIG] "
-			    "[--fork-bomb N] [--write-probe DIR]");
+			    "[--fork-bomb N] [--write-probe DIR] [--queued-signals N]");
 			return 2;
 		}
 	}
@@ -161,6 +164,19 @@ static int do_dump(int argc, char **argv)
 	if (pdeathsig && prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) != 0) {
 		say("SETUP-ERROR PR_SET_PDEATHSIG: %s", strerror(errno));
 		return 2;
+	}
+	if (queued) {
+		sigset_t rt;
+		sigemptyset(&rt);
+		sigaddset(&rt, SIGRTMIN + 1);
+		sigprocmask(SIG_BLOCK, &rt, NULL);
+		for (int i = 0; i < queued; i++) {
+			union sigval v = { .sival_int = i };
+			if (sigqueue(getpid(), SIGRTMIN + 1, v) != 0) {
+				say("SETUP-ERROR sigqueue: %s", strerror(errno));
+				return 2;
+			}
+		}
 	}
 	say("READY %d", (int)getpid());
 	int r = stasis_dump_self(dir, &opts);

@@ -7,7 +7,7 @@
 use clap::{Parser, Subcommand};
 use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions, TcpConnections};
 use stasis_tools::{bench, demo};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +48,11 @@ enum Command {
         /// held off by an nftables rule until the restore (needs `nft`).
         #[arg(long)]
         tcp_closed: bool,
+        /// Dump a unix socket connected to a socket outside the dumped processes as a
+        /// connection whose peer closed (it reads what was queued, then end-of-file), instead
+        /// of refusing the dump.
+        #[arg(long)]
+        unix_peers_closed: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -102,6 +107,16 @@ enum Command {
         /// is the same when its device number is; stasisd always refuses replaced files.)
         #[arg(long)]
         accept_replaced_files: bool,
+        /// Attach a job that ran on a terminal outside the dumped tree (started from a shell)
+        /// to the terminal at PATH instead of this command's own (its stdin): the root gets a
+        /// session of its own there, with PATH as its controlling terminal.
+        #[arg(long, value_name = "PATH")]
+        tty: Option<PathBuf>,
+        /// Attach a job that ran on a terminal outside the dumped tree to this command's
+        /// terminal (its stdin), in the foreground: the default when stdin is a terminal; with
+        /// this flag, a stdin that is not a terminal is an error. (CRIU's name.)
+        #[arg(short = 'j', long)]
+        shell_job: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -165,6 +180,7 @@ fn main() -> ExitCode {
             images,
             leave_running,
             tcp_closed,
+            unix_peers_closed,
             no_auth,
             key_file,
             log_file: _,
@@ -175,7 +191,10 @@ fn main() -> ExitCode {
             } else {
                 TcpConnections::Repair
             };
-            ("dump", run_dump(pid, images, leave_running, tcp, key))
+            (
+                "dump",
+                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key),
+            )
         }
         Command::Restore {
             images,
@@ -186,9 +205,13 @@ fn main() -> ExitCode {
             no_auth,
             trust_images,
             accept_replaced_files,
+            tty,
+            shell_job,
             log_file: _,
         } => {
             let how = RestoreHow {
+                tty,
+                shell_job,
                 detach,
                 new_session,
                 pid_ns,
@@ -344,12 +367,20 @@ fn run_dump(
     pid: i32,
     images: PathBuf,
     leave_running: bool,
+    unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
-    let result = dump_into(pid, &images, leave_running, tcp, key_file);
+    let result = dump_into(
+        pid,
+        &images,
+        leave_running,
+        unix_peers_closed,
+        tcp,
+        key_file,
+    );
     if result.is_err() {
         remove_empty_dirs(&created);
     }
@@ -360,6 +391,7 @@ fn dump_into(
     pid: i32,
     images: &PathBuf,
     leave_running: bool,
+    unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
@@ -369,6 +401,9 @@ fn dump_into(
         }
         if tcp == TcpConnections::Closed {
             return Err("--tcp-closed: not for dumps through stasisd (root only)".into());
+        }
+        if unix_peers_closed {
+            return Err("--unix-peers-closed: not available for dumps through stasisd".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(images)?;
@@ -381,6 +416,7 @@ fn dump_into(
         pidfd: None,
         images: stasis_engine::ImageDir::open(images)?,
         leave_running,
+        unix_peers_closed,
         service: None,
         tree: true,
         admit: None,
@@ -409,6 +445,58 @@ struct RestoreHow {
     trust_images: bool,
     /// What to do with a file replaced since the dump (`--accept-replaced-files`).
     replaced_files: ReplacedFiles,
+    /// `--tty PATH`: the terminal to attach a shell job to.
+    tty: Option<PathBuf>,
+    /// `--shell-job`: attach it to our terminal, which must exist.
+    shell_job: bool,
+}
+
+/// The terminal a shell job is attached to: `--tty PATH`, or our stdin when it is a terminal
+/// (`--shell-job` requires it to be one).
+fn restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(path) = &how.tty {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| format!("--tty {}: {e}", path.display()))?;
+        if !stasis_sys::tty::isatty(file.as_fd()) {
+            return Err(format!("--tty {}: not a terminal", path.display()).into());
+        }
+        return Ok(Some(file.into()));
+    }
+    let stdin = std::io::stdin();
+    if stasis_sys::tty::isatty(stdin.as_fd()) {
+        return Ok(Some(
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("dup of stdin: {e}"))?,
+        ));
+    }
+    if how.shell_job {
+        return Err(
+            "--shell-job: stdin is not a terminal (run stasis restore in a terminal, \
+                    or give one with --tty PATH)"
+                .into(),
+        );
+    }
+    Ok(None)
+}
+
+/// Waits for the restored root: as a shell job when it has the terminal (its group is the
+/// terminal's foreground group), else until it ends.
+fn wait_restored(pid: i32, terminal: Option<&OwnedFd>) -> Result<i32, stasis_engine::Error> {
+    if let Some(t) = terminal {
+        let fg = stasis_sys::tty::tcgetpgrp(t.as_fd()).ok();
+        let group = stasis_sys::process::getpgid(pid).ok();
+        if fg.is_some() && fg == group && group != stasis_sys::process::getpgid(0).ok() {
+            return stasis_engine::restore::wait_job(pid, t.as_fd());
+        }
+    }
+    stasis_engine::restore::wait_exit_code(pid)
 }
 
 /// Prints the warning about a replaced file the restore accepted (one line each).
@@ -472,6 +560,15 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         root_as_sibling: false,
         root_pdeathsig: true,
         replaced_files: how.replaced_files,
+        terminal: restore_terminal(how)?,
+    };
+    // Ours, to wait for a shell job as a shell would.
+    let terminal = match &opts.terminal {
+        Some(t) => Some(
+            t.try_clone()
+                .map_err(|e| format!("dup of the terminal: {e}"))?,
+        ),
+        None => None,
     };
     let restored = match trust {
         RootRestore::AsTheyAre {
@@ -509,6 +606,8 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             // Nothing of them is trusted: the restorer is their owner, and the key is not
             // handed to it.
             opts.auth = None;
+            // A restore as a user gets no terminal of ours (see docs/security.md).
+            opts.terminal = None;
             stasis_engine::restore::as_user::restore_as_owner(&who, opts)?
         }
     };
@@ -516,7 +615,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         println!("{}", restored.pid);
         return Ok(0);
     }
-    let code = stasis_engine::restore::wait_exit_code(restored.pid)?;
+    let code = wait_restored(restored.pid, terminal.as_ref())?;
     Ok(code.clamp(0, 255) as u8)
 }
 

@@ -231,7 +231,8 @@ fn failed_dump_leaves_no_directory_it_created() {
     );
     assert_eq!(std::fs::read_dir(&before).map(|d| d.count()).ok(), Some(0));
 
-    // A refused process (a socket at fd 0): refused before anything is written; the
+    // A refused process (a socket at fd 0 whose peer this test holds, outside the dumped
+    // tree): refused before anything is written; the
     // directory goes, the process runs on.
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     let mut cmd = Command::new("sleep");

@@ -865,6 +865,14 @@ zdtm_tests! {
     files_deleted_dir;
     files_times;
     files_devnull_dir;
+    files_proc_self;
+    file_fanotify;
+    file_epoll_closed;
+    mem_shm_unlinked;
+    mem_aio_ring;
+    tree_clone_files_kids;
+    process_chroot;
+    process_cwd_dead_proc;
     pipe_inflight;
     signals;
     itimers;
@@ -907,6 +915,13 @@ zdtm_tests! {
     sock_udp;
     sock_opts;
     sock_raw;
+    // Unix sockets (issue 9).
+    sock_unix_pair;
+    sock_unix_shutdown;
+    sock_unix_listen;
+    sock_unix_tree;
+    sock_unix_cred;
+    sock_unix_rights;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;
@@ -919,6 +934,7 @@ zdtm_tests! {
     exe_memfd;
     // pidfds of the process itself, of a child, of a zombie child, and of the parent.
     pidfd;
+    pidfd_tree;
     // A process that unmapped its vdso and vvar.
     vdso_unmapped;
     // Files: named FIFOs (also deleted), O_PATH descriptors, owners and signals of O_ASYNC.
@@ -927,6 +943,15 @@ zdtm_tests! {
     file_fown;
     // Locks: POSIX (two ranges), OFD, flock and a lease; a child blocked in F_SETLKW.
     file_locks;
+    // Netlink sockets (route, generic, usersock, uevent: ports, groups, options, a filter)
+    // and packet sockets (bound to lo, options, filter, memberships, fanout).
+    sock_netlink;
+    sock_packet;
+    // Terminals: a pty pair with bytes queued both ways, termios, window size, lock and
+    // exclusive mode; a session leader whose controlling terminal is a pty of the tree, with
+    // a foreground and a background group.
+    tty_pty_pair;
+    tty_session;
     // Scripts: tests/zdtm/python_threads.py (python3 -u -I), shell_pipeline.sh (bash).
     python_threads;
     shell_pipeline except {

@@ -271,6 +271,7 @@ fn dump_self(
         }),
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
+        unix_peers_closed: false,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -292,10 +293,7 @@ fn tcp_for(caller: &Caller) -> stasis_engine::TcpConnections {
     if caller.is_root() {
         stasis_engine::TcpConnections::Repair
     } else {
-        stasis_engine::TcpConnections::Refuse(format!(
-            "a restore for uid {} cannot put it back (TCP_REPAIR needs CAP_NET_ADMIN); close it before the dump",
-            caller.uid
-        ))
+        stasis_engine::TcpConnections::RefuseForUser(caller.uid)
     }
 }
 
@@ -333,6 +331,7 @@ fn dump_pid(
         admit: Some(admit_for(caller)),
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
+        unix_peers_closed: false,
     })?;
     send_dumped(conn)
 }
@@ -367,6 +366,8 @@ fn restore(
         root_pdeathsig: false,
         // A file replaced since the dump is always refused here.
         replaced_files: stasis_engine::ReplacedFiles::Refuse,
+        // A job on a terminal is refused: stasisd never opens or hands out a terminal.
+        terminal: None,
     };
     let restored = if caller.is_root() {
         stasis_engine::restore(&opts)

@@ -682,6 +682,33 @@ fn restored_process_never_gets_the_daemons_terminal() {
         );
     }
     refused(&ctx, &out, pid, &["/dev/tty", "No such device"], "/dev/tty");
+
+    // 3. Its stdin is a terminal outside the tree (a job started from a shell): the daemon
+    // has no terminal to attach it to, and opens none.
+    fs::write(images.join(stasis_image::names::process(pid)), &original).unwrap();
+    edit_process_image(&images, pid, |img| {
+        let id = img.fds.iter().find(|f| f.fd == 0).unwrap().file_id;
+        let desc = img.files.iter_mut().find(|f| f.id == id).unwrap();
+        desc.kind = FileKind::ExternalTerminal {
+            path: "/dev/pts/0".into(),
+            rdev: 0x8800,
+            termios: Default::default(),
+            winsize: Default::default(),
+            foreground: true,
+        };
+        desc.flags = libc::O_RDWR as u32;
+    });
+    let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
+    refused(
+        &ctx,
+        &out,
+        pid,
+        &[
+            "/dev/pts/0, a terminal outside the dumped tree",
+            "stasisd does not attach restored processes to terminals",
+        ],
+        "a terminal outside the tree",
+    );
     d.stop();
 }
 
@@ -916,6 +943,34 @@ fn no_new_privs_nice_and_oom_score_of_the_requester_are_kept() {
         "ATTACK WORKED: the requester's nice 7 and oom_score_adj 345 became {} and {} (the daemon's)",
         stat_field(pid, 19),
         oom.trim()
+    );
+    end(pid);
+    d.stop();
+}
+
+#[test]
+fn queued_signals_are_charged_to_the_requester() {
+    require_root!("queued_signals_are_charged_to_the_requester");
+    let ctx = Ctx::new("queued_signals_are_charged_to_the_requester");
+    let d = Daemon::start(&ctx, false);
+    let (pid, images, log) = dumped(&ctx, &d, &["--queued-signals", "6"]);
+    let from = log_len(&log);
+    let out = user_restore(&ctx, &d, &images, &[], &[], &[]);
+    restored(&ctx, &out, pid, &log, from);
+    // SigQ: the signals queued to processes of the process's real user, and its limit. The
+    // restore queues the six pending signals from inside the process, which runs as the
+    // requester from its fork on: charged to root, they would not count here.
+    let sigq = status_field(pid, "SigQ").unwrap_or_default();
+    let queued: u64 = sigq
+        .split('/')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let pending = status_field(pid, "ShdPnd").unwrap_or_default();
+    assert!(
+        queued >= 6,
+        "ATTACK WORKED: the restored process's six queued signals are not charged to the requester (SigQ {sigq}, ShdPnd {pending})\n{}",
+        ctx.diagnostics()
     );
     end(pid);
     d.stop();

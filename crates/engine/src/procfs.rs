@@ -139,6 +139,10 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 7: the device number of the controlling terminal (0: none).
+    pub tty_nr: u64,
+    /// Field 8: the foreground process group of the controlling terminal (-1: none).
+    pub tpgid: i32,
     /// Field 9: the kernel's flags of the task (PF_*).
     pub flags: u64,
     pub num_threads: i64,
@@ -183,6 +187,8 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         ppid: int(4)? as i32,
         pgid: int(5)? as i32,
         sid: int(6)? as i32,
+        tty_nr: int(7)? as u32 as u64,
+        tpgid: int(8)? as i32,
         flags: num(9)?,
         num_threads: int(20)?,
         start_code: num(26)?,

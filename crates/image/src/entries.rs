@@ -342,6 +342,12 @@ pub enum VmaKind {
         dev: u64,
         ino: u64,
     },
+    /// The ring of an AIO context (io_setup), whose address is the context's id: `nr` events
+    /// fit in it. Never stored; restore makes a context with a ring of the same size and moves
+    /// it here (engine::pages::layout).
+    Aio {
+        nr: u32,
+    },
 }
 
 /// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
@@ -505,6 +511,107 @@ pub enum FileKind {
         ino: u64,
         mode: u32,
     },
+    /// A file of one of the process's own namespaces (engine::files::nsfile): `ns` is the
+    /// name under /proc/PID/ns (`net`, `pid_for_children`, ...), `ino` the namespace's inode.
+    Namespace { ns: String, ino: u64 },
+    /// A file or directory below /proc/PID of the process itself (engine::files::procfile),
+    /// reopened as /proc/self/`path` (empty: the directory /proc/self).
+    ProcFile { path: String, directory: bool },
+    /// A fanotify group (engine::files::fanotify): the flags and event flags fanotify_init
+    /// took (without FAN_CLOEXEC and FAN_NONBLOCK) and its marks.
+    Fanotify {
+        flags: u32,
+        event_flags: u32,
+        marks: Vec<FanotifyMark>,
+    },
+    /// A netlink socket (engine::files::netlink_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM)
+    /// and `protocol` (NETLINK_ROUTE, ...). `port_id`: the port it is bound to (0: not bound),
+    /// bound again to the same value; `groups`: its multicast groups as a bitmap of 32-bit
+    /// words (bit n-1 of the whole for group n); `dst_port_id` and `dst_group`: the default
+    /// destination set by connect (0 and 0: none). Messages queued unread at dump time are
+    /// not kept.
+    NetlinkSocket {
+        ty: i32,
+        protocol: i32,
+        port_id: u32,
+        groups: Vec<u32>,
+        dst_port_id: u32,
+        dst_group: u32,
+        options: NetlinkOptions,
+        common: SocketCommon,
+    },
+    /// A packet socket (engine::files::packet_socket) of type `ty` (SOCK_RAW or SOCK_DGRAM),
+    /// receiving `protocol` (an ethertype, host byte order; 0: nothing) on interface `ifindex`
+    /// named `ifname` (0 and "": every interface), with its packet options, memberships and
+    /// fanout group. Packets queued unread at dump time are not kept.
+    PacketSocket {
+        ty: i32,
+        protocol: u16,
+        ifindex: i32,
+        ifname: String,
+        options: PacketOptions,
+        memberships: Vec<PacketMembership>,
+        /// PACKET_FANOUT as getsockopt reports it (id | (type | flags) << 16), if in a group.
+        fanout: Option<u32>,
+        common: SocketCommon,
+    },
+    /// A unix socket (engine::files::unix_socket). `ino` (its inode at dump time) links it to
+    /// its `peer` (0: none in the tree) and to the listener whose `pending` connections it is
+    /// a client of; `ty` is SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    UnixSocket {
+        ino: u64,
+        ty: u32,
+        /// The name it is bound to, if any.
+        name: Option<UnixSocketName>,
+        /// A listening socket: its backlog.
+        listen: Option<u32>,
+        /// A listener: the client ends (inodes) of the connections not yet accepted, oldest
+        /// first; 0 is a client that is gone (the connection is restored with a closed client).
+        pending: Vec<u64>,
+        peer: u64,
+        /// Connected, but the peer was closed (or, with `--unix-peers-closed`, was outside
+        /// the dumped tree): restored connected to a peer that is then closed.
+        peer_closed: bool,
+        /// A connection accepted from this listener of the tree (its inode; else 0): its peer
+        /// connects to the listener again and it is accepted, so both show the listener's name.
+        accepted_from: u64,
+        /// The kernel's RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) bits.
+        shutdown: u8,
+        /// SO_PASSCRED.
+        passcred: bool,
+        /// SO_RCVBUF and SO_SNDBUF as getsockopt reports them (twice what was set).
+        rcvbuf: u32,
+        sndbuf: u32,
+        /// SO_PEEK_OFF (-1: off).
+        peek_off: i32,
+        /// The messages (datagrams, seqpacket records; chunks of a stream) waiting to be read,
+        /// oldest first; stored with the first description of the socket only.
+        queue: Vec<UnixMessage>,
+    },
+    /// A terminal outside the dumped tree (engine::files::tty): the slave `path`
+    /// (`/dev/pts/N`, device `rdev`) of a pseudo-terminal whose master no process of the tree
+    /// holds, such as the terminal of the shell a job was started from. It is not reopened by
+    /// path: the restore attaches the tree to a terminal it is given, and sets `termios` there.
+    /// `winsize` is the size it had (kept for `stasis show`; the new terminal keeps its own).
+    /// `foreground`: the group of the process holding it was the terminal's foreground group.
+    ExternalTerminal {
+        path: String,
+        rdev: u64,
+        termios: TermiosImage,
+        winsize: WinSizeImage,
+        foreground: bool,
+    },
+    /// `/dev/tty` opened by path (engine::files::tty): the controlling terminal of the
+    /// process that opened it. `of_pair`: that terminal is the slave of a pair of the tree
+    /// (the restored process opens `/dev/tty` itself); else it is external, and after a
+    /// restore it is the terminal the tree is attached to.
+    ControllingTerminal { path: String, of_pair: bool },
+    /// The master of a pseudo-terminal pair whose slave side is in the tree too, or nowhere
+    /// (engine::files::tty): everything about the pair is kept here, once.
+    PtyMaster { pty: PtyPair },
+    /// A slave of a pair whose master is in the tree (engine::files::tty): the dumped index of
+    /// its master's [`PtyPair`] (the restored pair may have another, see there).
+    PtySlave { index: u32 },
     /// An AF_INET or AF_INET6 socket (engine::files::tcp for SOCK_STREAM, engine::files::udp
     /// for SOCK_DGRAM; shared parts in engine::files::inet).
     Inet(Box<InetSocket>),
@@ -631,6 +738,187 @@ pub struct TcpConnection {
     pub hold_table: String,
 }
 
+/// A message queued on a unix socket (engine::files::unix_socket): its bytes, the
+/// credentials it carries (SCM_CREDENTIALS) when the socket has SO_PASSCRED, the files in
+/// flight with it (SCM_RIGHTS): ids of descriptions of the same record (usually without fd),
+/// and for a datagram that a named socket of the tree sent, that socket's inode (else 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixMessage {
+    pub data: Vec<u8>,
+    pub cred: Option<UnixCred>,
+    pub files: Vec<u32>,
+    pub from: u64,
+}
+
+/// The sender's pid, uid and gid a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The name a unix socket is bound to (engine::files::unix_socket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnixSocketName {
+    /// A filesystem path (absolute), with the socket file's permission bits and owner; `file`
+    /// is `None` when the socket file was deleted since the bind. `relative`: the name as the
+    /// process bound it, when relative (the end of `path`, which the process's cwd at dump time
+    /// completes); it is bound that way again.
+    Path {
+        path: String,
+        file: Option<SocketFile>,
+        relative: Option<String>,
+    },
+    /// An abstract name, without its leading NUL byte.
+    Abstract(Vec<u8>),
+}
+
+/// The file a path-bound unix socket made: permission bits (nothing beyond 0o7777) and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketFile {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A pseudo-terminal pair inside the tree (engine::files::tty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyPair {
+    /// N of /dev/pts/N at dump time; the restore takes the same one when it is free.
+    pub index: u32,
+    /// TIOCGPTLCK: the slave cannot be opened.
+    pub locked: bool,
+    /// TIOCGPKT: the master reads in packet mode.
+    pub packet: bool,
+    /// TIOCGEXCL of the slave: no new opens but by root.
+    pub exclusive: bool,
+    /// The slave's settings (termios calls on the master act on the slave too).
+    pub slave_termios: TermiosImage,
+    pub winsize: WinSizeImage,
+    /// The session whose controlling terminal the slave is (0: none), and its foreground
+    /// process group (0: none).
+    pub session: i32,
+    pub foreground: i32,
+    /// Bytes written on the master side that the slave side has not read (in the slave's
+    /// input queue), and bytes written on the slave side that the master side has not read;
+    /// each at most [`MAX_PTY_QUEUE`].
+    pub to_slave: Vec<u8>,
+    pub to_master: Vec<u8>,
+}
+
+/// The most bytes a [`PtyPair`] keeps in one direction (the kernel's buffers hold less).
+pub const MAX_PTY_QUEUE: usize = 1 << 20;
+
+/// A terminal's settings (the kernel's `struct termios`; the line speeds are in `cflag`).
+/// `cc`: the control characters, at most [`MAX_TERMIOS_CC`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermiosImage {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    pub cc: Vec<u8>,
+}
+
+/// The most control characters a [`TermiosImage`] holds (the kernel's NCCS is 19 on x86-64).
+pub const MAX_TERMIOS_CC: usize = 32;
+
+/// A terminal's window size (TIOCGWINSZ).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinSizeImage {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+}
+
+/// One mark of a fanotify group: `on` an inode (0), a mount (1) or a filesystem (2), reached
+/// at `path` (the object itself; a mount point of the mount or filesystem); for an inode mark,
+/// `sdev` and `ino` identify the object. `flags` are the mark's fanotify_mark flags
+/// (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE); `mask` and
+/// `ignored_mask` as fanotify_mark takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanotifyMark {
+    pub on: u8,
+    pub path: String,
+    pub sdev: u32,
+    pub ino: u64,
+    pub flags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
+/// The SOL_SOCKET options netlink and packet sockets keep (engine::files::sol_socket), as
+/// getsockopt reports them (the buffer sizes doubled by the kernel), and the classic BPF
+/// filter attached with SO_ATTACH_FILTER (`filter_locked`: SO_LOCK_FILTER).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCommon {
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
+    pub passcred: bool,
+    pub priority: u32,
+    pub mark: u32,
+    /// SO_TIMESTAMP.
+    pub timestamp: bool,
+    /// SO_TIMESTAMPNS.
+    pub timestamp_ns: bool,
+    pub filter: Vec<SockFilterInsn>,
+    pub filter_locked: bool,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilterInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// The SOL_NETLINK options of a netlink socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkOptions {
+    pub pktinfo: bool,
+    pub broadcast_error: bool,
+    pub no_enobufs: bool,
+    pub listen_all_nsid: bool,
+    pub cap_ack: bool,
+    pub ext_ack: bool,
+    pub get_strict_chk: bool,
+}
+
+/// The SOL_PACKET options of a packet socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketOptions {
+    /// PACKET_VERSION: TPACKET_V1 0, V2 1, V3 2.
+    pub version: u32,
+    pub reserve: u32,
+    pub auxdata: bool,
+    pub origdev: bool,
+    /// PACKET_VNET_HDR_SZ (0: no virtio-net header).
+    pub vnet_hdr_sz: u32,
+    /// PACKET_TIMESTAMP (SOF_TIMESTAMPING_* bits).
+    pub timestamp: u32,
+    pub loss: bool,
+    pub qdisc_bypass: bool,
+    pub ignore_outgoing: bool,
+    pub tx_has_off: bool,
+    pub copy_thresh: u32,
+}
+
+/// One PACKET_ADD_MEMBERSHIP of a packet socket: on interface `ifindex` named `ifname`, of
+/// type `ty` (PACKET_MR_*), with address `addr` (at most 32 bytes), added `count` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketMembership {
+    pub ifindex: i32,
+    pub ifname: String,
+    pub ty: u16,
+    pub count: u32,
+    pub addr: Vec<u8>,
+}
+
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands
 /// out again), the path of the watched object, and the mask as inotify_add_watch takes it
 /// (IN_ALL_EVENTS bits, IN_ONESHOT, IN_EXCL_UNLINK). `sdev` (the superblock's device number in
@@ -645,13 +933,16 @@ pub struct InotifyWatch {
     pub ino: u64,
 }
 
-/// One file an epoll instance watches: the fd number it was added with (which names the same
-/// file in the restored fd table), the event mask and the user data, as fdinfo shows them.
+/// One file an epoll instance watches: the fd number it was added with, the event mask and the
+/// user data, as fdinfo shows them. When that number no longer names the watched file (closed
+/// since, or reused for another file), `through` is an fd of the process that does: the watch
+/// is added again under number `fd` through that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpollWatch {
     pub fd: i32,
     pub events: u32,
     pub data: u64,
+    pub through: Option<i32>,
 }
 
 /// One slot of the fd table.

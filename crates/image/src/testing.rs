@@ -239,6 +239,7 @@ pub fn sample_process() -> ProcessImage {
                         fd: 3,
                         events: 0x8000_0019,
                         data: 0x1122_3344_5566_7788,
+                        through: None,
                     }],
                 },
                 owner: Default::default(),
@@ -386,6 +387,195 @@ pub fn sample_process() -> ProcessImage {
             },
             FileDesc {
                 id: 15,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::NetlinkSocket {
+                    ty: 3,
+                    protocol: 0,
+                    port_id: 42,
+                    groups: vec![1, 2],
+                    dst_port_id: 0,
+                    dst_group: 0,
+                    options: NetlinkOptions {
+                        ext_ack: true,
+                        ..Default::default()
+                    },
+                    common: SocketCommon {
+                        rcvbuf: 212992,
+                        sndbuf: 212992,
+                        filter: vec![SockFilterInsn {
+                            code: 6,
+                            jt: 0,
+                            jf: 0,
+                            k: 0xffff,
+                        }],
+                        ..Default::default()
+                    },
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 16,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PacketSocket {
+                    ty: 2,
+                    protocol: 0x88b5,
+                    ifindex: 1,
+                    ifname: "lo".into(),
+                    options: PacketOptions {
+                        auxdata: true,
+                        ..Default::default()
+                    },
+                    memberships: vec![PacketMembership {
+                        ifindex: 1,
+                        ifname: "lo".into(),
+                        ty: 0,
+                        count: 1,
+                        addr: vec![0x33, 0x33, 0, 0, 0, 1],
+                    }],
+                    fanout: None,
+                    common: SocketCommon::default(),
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 40,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ExternalTerminal {
+                    path: "/dev/pts/3".into(),
+                    rdev: 0x8803,
+                    termios: TermiosImage {
+                        cflag: 0xbf,
+                        cc: vec![3; 19],
+                        ..Default::default()
+                    },
+                    winsize: WinSizeImage {
+                        rows: 24,
+                        cols: 80,
+                        ..Default::default()
+                    },
+                    foreground: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 41,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::ControllingTerminal {
+                    path: "/dev/tty".into(),
+                    of_pair: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 42,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PtyMaster {
+                    pty: PtyPair {
+                        index: 5,
+                        slave_termios: TermiosImage {
+                            cc: vec![3; 19],
+                            ..Default::default()
+                        },
+                        to_slave: b"typed".to_vec(),
+                        ..Default::default()
+                    },
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 43,
+                flags: 2,
+                pos: 0,
+                kind: FileKind::PtySlave { index: 5 },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 17,
+                flags: 0o2000000,
+                pos: 0,
+                kind: FileKind::Namespace {
+                    ns: "net".into(),
+                    ino: 4026531833,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 18,
+                flags: 0o2200000,
+                pos: 0,
+                kind: FileKind::ProcFile {
+                    path: "fd".into(),
+                    directory: true,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 19,
+                flags: 0o2000000,
+                pos: 0,
+                kind: FileKind::Fanotify {
+                    flags: 0x10,
+                    event_flags: 0,
+                    marks: vec![crate::FanotifyMark {
+                        on: 0,
+                        path: "/tmp".into(),
+                        sdev: 0x80_0013,
+                        ino: 2,
+                        flags: 0,
+                        mask: 8,
+                        ignored_mask: 0,
+                    }],
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 20,
+                flags: 0o2,
+                pos: 0,
+                kind: FileKind::UnixSocket {
+                    ino: 77,
+                    ty: 1,
+                    name: Some(UnixSocketName::Abstract(b"sample".to_vec())),
+                    listen: None,
+                    pending: Vec::new(),
+                    peer: 0,
+                    peer_closed: true,
+                    accepted_from: 0,
+                    shutdown: 3,
+                    passcred: false,
+                    rcvbuf: 212992,
+                    sndbuf: 212992,
+                    peek_off: -1,
+                    queue: vec![UnixMessage {
+                        data: b"queued".to_vec(),
+                        cred: Some(UnixCred {
+                            pid: 42,
+                            uid: 0,
+                            gid: 0,
+                        }),
+                        files: vec![1],
+                        from: 0,
+                    }],
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
+            FileDesc {
+                id: 60,
                 flags: 0o2,
                 pos: 0,
                 kind: FileKind::Inet(Box::new(InetSocket {
@@ -498,6 +688,21 @@ pub fn sample_process() -> ProcessImage {
                 fd: 24,
                 file_id: 14,
                 cloexec: true,
+            },
+            FdEntry {
+                fd: 25,
+                file_id: 15,
+                cloexec: true,
+            },
+            FdEntry {
+                fd: 26,
+                file_id: 16,
+                cloexec: false,
+            },
+            FdEntry {
+                fd: 27,
+                file_id: 20,
+                cloexec: false,
             },
         ],
         signals: ProcessSignals {

@@ -115,6 +115,15 @@ pub fn validate_process(
     }
     let mut prev_end = 0u64;
     for v in &p.vmas {
+        if let VmaKind::Aio { nr } = v.kind {
+            // struct aio_ring (32 bytes) and nr io_events (32 bytes each), shared.
+            if !v.shared || v.end.saturating_sub(v.start).saturating_sub(32) / 32 != u64::from(nr) {
+                return bad(format!(
+                    "AIO ring {:#x}-{:#x} does not hold {nr} events",
+                    v.start, v.end
+                ));
+            }
+        }
         let special = matches!(v.kind, VmaKind::Vsyscall);
         if v.start % PAGE != 0
             || v.end % PAGE != 0
@@ -178,7 +187,11 @@ pub fn validate_process(
                 && end <= v.end
                 && !matches!(
                     v.kind,
-                    VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+                    VmaKind::Vdso
+                        | VmaKind::Vvar
+                        | VmaKind::VvarVclock
+                        | VmaKind::Vsyscall
+                        | VmaKind::Aio { .. }
                 )
         });
         if !inside {
@@ -278,7 +291,11 @@ fn check_advice(v: &crate::Vma) -> Result<(), &'static str> {
     let a = &v.advice;
     let special = matches!(
         v.kind,
-        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        VmaKind::Vdso
+            | VmaKind::Vvar
+            | VmaKind::VvarVclock
+            | VmaKind::Vsyscall
+            | VmaKind::Aio { .. }
     );
     if special && *a != crate::VmaAdvice::default() {
         return Err("a special mapping is never advised");

@@ -1,6 +1,7 @@
-//! Files that live on no filesystem path: eventfd, timerfd, signalfd, epoll, memfd and inotify,
+//! Files that live on no filesystem path: eventfd, timerfd, signalfd, epoll, memfd, inotify and
+//! fanotify,
 //! plus the few calls around them (seals, timer ticks, epoll registrations, clocks, kcmp of
-//! epoll targets, inotify watches, file handles and mount ids) that the engine needs to dump
+//! epoll targets, inotify watches, fanotify marks, file handles and mount ids) that the engine needs to dump
 //! and recreate them.
 
 use crate::{cvt, cvt_int, Pid};
@@ -319,6 +320,45 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
     Ok(st.stx_mnt_id)
+}
+
+/// fanotify_init(flags, event_f_flags): a new fanotify group (close-on-exec is the caller's
+/// FAN_CLOEXEC).
+pub fn fanotify_init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; on success the kernel installed a new descriptor nobody else owns.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fanotify_init,
+            flags as libc::c_long,
+            event_f_flags as libc::c_long,
+        )
+    })?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fanotify_mark(fd, flags, mask, AT_FDCWD, path).
+pub fn fanotify_mark(
+    fd: BorrowedFd<'_>,
+    flags: u32,
+    mask: u64,
+    path: &std::path::Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fanotify_mark,
+            fd.as_raw_fd(),
+            flags as libc::c_long,
+            mask,
+            libc::AT_FDCWD as libc::c_long,
+            c.as_ptr(),
+        )
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub mod anon_files;
 pub mod fs;
 pub mod inet;
 pub mod kabi;
+pub mod netlink;
+pub mod packet;
 pub mod privilege;
 pub mod proc_mem;
 pub mod process;
@@ -31,6 +33,8 @@ pub mod random;
 pub mod sched;
 pub mod sock_diag;
 pub mod socket;
+pub mod tty;
+pub mod unix_socket;
 pub mod users;
 
 pub use libc::user_regs_struct as UserRegs;

@@ -116,6 +116,13 @@ impl ForkedChild {
         unsafe { set_cloexec_raw(fd, cloexec) }
     }
 
+    /// Whether `fd` has FD_CLOEXEC (F_GETFD; EBADF when nothing is open at `fd`).
+    pub fn cloexec_raw(&self, fd: RawFd) -> io::Result<bool> {
+        // SAFETY: no pointers; `fd` is a number of the child's (see the type).
+        let flags = crate::cvt_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+        Ok(flags & libc::FD_CLOEXEC != 0)
+    }
+
     /// The status flags of `fd` (F_GETFL).
     pub fn status_flags_raw(&self, fd: RawFd) -> io::Result<i32> {
         // SAFETY: as in `dup3_raw`; the borrow ends with the call.
@@ -138,6 +145,27 @@ impl ForkedChild {
         // type).
         let fd = crate::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
         Ok(fd as RawFd)
+    }
+
+    /// open(2) of `path` with `flags` (O_CLOEXEC added): a new descriptor, as a number of the
+    /// child's.
+    pub fn open_raw(&self, path: &std::path::Path, flags: i32) -> io::Result<RawFd> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `c` is a NUL-terminated string that outlives the call; the new descriptor is
+        // a number the child's code owns (see the type).
+        let fd = crate::cvt_int(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+        Ok(fd)
+    }
+
+    /// lseek(fd, offset, SEEK_SET).
+    pub fn seek_raw(&self, fd: RawFd, offset: u64) -> io::Result<()> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // SAFETY: no pointers; `fd` is a number of the child's (see the type).
+        crate::cvt(unsafe { libc::lseek(fd, off, libc::SEEK_SET) } as i64)?;
+        Ok(())
     }
 
     /// Closes `fd`.

@@ -51,6 +51,33 @@ pub fn isolate(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Like [`isolate`], and the program's stdin (a terminal) becomes the controlling terminal of
+/// its new session, with its group in the foreground: the program runs as a shell would run
+/// it in that terminal.
+#[allow(unsafe_code)]
+pub fn isolate_on_terminal(cmd: &mut Command) -> &mut Command {
+    // SAFETY: as in `isolate`; ioctl(TIOCSCTTY) is a system call as well.
+    unsafe {
+        cmd.pre_exec(|| {
+            stasis_sys::process::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let first: libc::c_uint = 3;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Opens (creating it, mode 0644) a log file for appending.
 pub fn append_log(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -158,6 +158,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             admit: None,
             tcp: Default::default(),
             auth: Some(key.clone()),
+            unix_peers_closed: false,
         })?;
         let dump = t.elapsed();
         let _ = child.wait();
@@ -184,6 +185,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
                 root_as_sibling: false,
                 root_pdeathsig: true,
                 replaced_files: stasis_engine::ReplacedFiles::Refuse,
+                terminal: None,
             })?;
             let restore = t.elapsed();
             println!(
@@ -283,6 +285,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             admit: None,
             tcp: Default::default(),
             auth: None,
+            unix_peers_closed: false,
         })?;
         let dump = t.elapsed();
         println!(

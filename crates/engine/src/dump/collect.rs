@@ -28,11 +28,10 @@ pub(crate) fn collect_tree(
     root_pidfd: &OwnedFd,
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
-    tcp: &super::TcpConnections,
+    file_opts: &files::DumpFileOptions,
 ) -> Result<(Vec<Collected>, files::DumpHolds), Error> {
     let shared = shared_tables(tree)?;
-    let mut registry = files::FileRegistry::default();
-    registry.configure(tcp);
+    let mut registry = files::FileRegistry::new(file_opts);
     let mut collected = Vec::with_capacity(tree.processes.len());
     // Each collected process and the address of a `syscall` instruction in it (to ask a
     // parent about its children).
@@ -68,9 +67,10 @@ pub(crate) fn collect_tree(
 type SharedWithParent = std::collections::HashMap<Pid, (Pid, Pid)>;
 
 /// Sharing between the processes of the tree (clone without CLONE_THREAD). An fd table or fs
-/// state shared with the parent is recorded and restored; anything else (a shared address
-/// space or signal handlers, sharing between siblings only, a sharer with children of its own)
-/// would come back as separate copies, and is refused by name.
+/// state shared with the parent is recorded and restored (also by a process that has children
+/// of its own, which may share it in turn); anything else (a shared address space or signal
+/// handlers, sharing between siblings only) would come back as separate copies, and is refused
+/// by name.
 fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
     use stasis_sys::process::Shared;
     let shares =
@@ -80,10 +80,8 @@ fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
     // Sharing comes from clone: compare each process with its parent and its previous
     // sibling (linear in the size of the tree).
     let mut last_child: std::collections::HashMap<Pid, Pid> = std::collections::HashMap::new();
-    let mut ppids = std::collections::HashMap::new();
     for p in tree.processes.iter().skip(1) {
         let (b, a) = (p.pid, procfs::read_stat(p.pid)?.ppid);
-        ppids.insert(b, a);
         if shares(a, b, Shared::Memory)? {
             return refuse(format!(
                 "pid {b} shares its address space with pid {a} (CLONE_VM, a vfork child?)"
@@ -104,15 +102,6 @@ fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
             }
             if (fs == 0 || pfs == 0) && shares(prev, b, Shared::Fs)? {
                 return refuse(format!("pid {b} shares its cwd/root/umask (CLONE_FS) with pid {prev}, not with their parent"));
-            }
-        }
-    }
-    for (&child, &parent) in &ppids {
-        if let Some((files, _)) = out.get(&parent) {
-            if *files != 0 {
-                return refuse(format!(
-                    "pid {parent} shares its parent's fd table (CLONE_FILES) and has a child ({child}) of its own"
-                ));
             }
         }
     }

@@ -57,10 +57,13 @@ pub struct DumpOptions {
     /// (see [`stasis_image::auth`]). stasisd always sets it; without it, the images can be
     /// restored by root only.
     pub auth: Option<stasis_image::ImageKey>,
+    /// Restore a unix socket connected to a socket outside the dumped tree as a connection
+    /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
+    pub unix_peers_closed: bool,
 }
 
 /// What a dump does with established TCP connections.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TcpConnections {
     /// Dump them in repair mode, holding their peers off until the restore (the default).
     #[default]
@@ -71,9 +74,9 @@ pub enum TcpConnections {
     /// program a TCP socket closed both ways (reads return end-of-file, writes fail with
     /// EPIPE, poll reports POLLHUP). A dump that lets the processes run on leaves them alone.
     Closed,
-    /// Refuse them, naming each, for this reason (stasisd, for a caller whose restore could
-    /// not put them back).
-    Refuse(String),
+    /// Refuse them, naming each (stasisd, for a caller of this uid, whose restore could not
+    /// put them back: TCP_REPAIR needs CAP_NET_ADMIN).
+    RefuseForUser(u32),
 }
 
 /// A self-dumping process's connection to stasisd: the socket at `fd` in the target is
@@ -207,10 +210,19 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let mut frozen_for = None;
     let result = (|| {
         let phase = Phase::Collect.span();
+        let file_opts = crate::files::DumpFileOptions {
+            unix_peers_closed: opts.unix_peers_closed,
+            tcp: opts.tcp,
+        };
         // `holds`: TCP connections in repair mode and the nftables rule holding off their
-        // peers; dropped (released) on any failure below, before the tree is thawed.
-        let (collected, holds) =
-            collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref(), &opts.tcp)?;
+        // packets; dropped (released) on any failure below, before the tree is thawed.
+        let (collected, holds) = collect::collect_tree(
+            &tree,
+            &pidfd,
+            vdso_offset,
+            opts.service.as_ref(),
+            &file_opts,
+        )?;
         drop(phase);
         let phase = Phase::Write.span();
         let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;

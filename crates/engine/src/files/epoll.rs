@@ -6,14 +6,18 @@
 //! closed since (the registration lives as long as the file, so it stays listed when another
 //! descriptor keeps the file open), or the number may have been reused for another file. So
 //! every registration is checked with kcmp(KCMP_EPOLL_TFD), which compares the registered file
-//! with the file at fd T; a registration whose fd number no longer names that file fails the
-//! dump with a message naming it. The watched files themselves are dumped as fds of the
-//! process like any other.
+//! with the file at fd T; when fd T no longer names that file, the other fds of the process are
+//! compared too, and the watch is recorded with one that holds the file (`through`). A file no
+//! fd of the process holds (kept open by another process or a mapping) fails the dump with a
+//! message naming it. The watched files themselves are dumped as fds of the process like any
+//! other.
 //!
 //! Restore: the restorer creates an empty epoll instance; the registrations are made in the
 //! restore child itself (of the process the epoll was dumped with, when a tree shares it),
 //! right after it laid out its fd table ([`FileOps::after_layout_in_child`]), because they
-//! name fds by their final numbers.
+//! name fds by their final numbers. A watch recorded `through` another fd is added under its
+//! own number with the file put there for the moment (and what the number holds put back),
+//! so that the kernel knows it by the same (file, number) pair as before.
 //! EPOLL_CTL_ADD gets the dumped events and data as they are. Readiness is computed afresh by
 //! the kernel: a level-triggered event that is still true is reported again, and so is an
 //! edge-triggered one whose condition holds (the kernel checks readiness when a file is added).
@@ -64,15 +68,19 @@ impl FileOps for Epolls {
             return Err(format!("{} watches", watches.len()));
         }
         if *owner == image.pid {
-            if let Some(w) = watches
-                .iter()
-                .find(|w| !image.fds.iter().any(|e| e.fd == w.fd))
-            {
+            let open = |fd: i32| image.fds.iter().any(|e| e.fd == fd);
+            if let Some(w) = watches.iter().find(|w| !open(w.through.unwrap_or(w.fd))) {
                 return Err(format!(
                     "it watches fd {}, which is not in the fd table",
-                    w.fd
+                    w.through.unwrap_or(w.fd)
                 ));
             }
+        }
+        if let Some(w) = watches
+            .iter()
+            .find(|w| w.fd < 0 || w.through.is_some_and(|t| t < 0 || t == w.fd))
+        {
+            return Err(format!("a watch of fd {} through {:?}", w.fd, w.through));
         }
         Ok(())
     }
@@ -98,17 +106,60 @@ impl FileOps for Epolls {
             return Ok(());
         }
         for w in watches {
-            child
-                .epoll_add_raw(epfd, w.fd, w.events, w.data)
-                .map_err(|e| {
-                    format!(
-                        "EPOLL_CTL_ADD of fd {} (events {:#x}) to epoll fd {epfd}: {e}",
-                        w.fd, w.events
-                    )
-                })?;
+            let added = match w.through {
+                None => child.epoll_add_raw(epfd, w.fd, w.events, w.data),
+                Some(through) => add_through(child, epfd, w, through),
+            };
+            added.map_err(|e| {
+                format!(
+                    "EPOLL_CTL_ADD of fd {} (events {:#x}{}) to epoll fd {epfd}: {e}",
+                    w.fd,
+                    w.events,
+                    w.through
+                        .map(|t| format!(", through fd {t}"))
+                        .unwrap_or_default()
+                )
+            })?;
         }
         Ok(())
     }
+}
+
+/// Adds watch `w`, whose file is at fd `through`, under its own number `w.fd`: the file is put
+/// at `w.fd` for the moment of EPOLL_CTL_ADD (what `w.fd` holds meanwhile, if anything, is
+/// put back after, with its close-on-exec flag).
+fn add_through(
+    child: &ForkedChild,
+    epfd: RawFd,
+    w: &EpollWatch,
+    through: RawFd,
+) -> std::io::Result<()> {
+    // Any free number will do for the moment (not `w.fd`, which is taken when this is used).
+    const ASIDE: RawFd = 0;
+    let ep = if epfd == w.fd {
+        child.dup_at_least_raw(epfd, ASIDE)?
+    } else {
+        epfd
+    };
+    let saved = match child.cloexec_raw(w.fd) {
+        Ok(cloexec) => Some((child.dup_at_least_raw(w.fd, ASIDE)?, cloexec)),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => None,
+        Err(e) => return Err(e),
+    };
+    child.dup3_raw(through, w.fd)?;
+    let added = child.epoll_add_raw(ep, w.fd, w.events, w.data);
+    match saved {
+        Some((aside, cloexec)) => {
+            child.dup3_raw(aside, w.fd)?;
+            child.set_cloexec_raw(w.fd, cloexec)?;
+            child.close_raw(aside)?;
+        }
+        None => child.close_raw(w.fd)?,
+    }
+    if ep != epfd {
+        child.close_raw(ep)?;
+    }
+    added
 }
 
 /// Parses the `tfd:` lines of /proc/PID/fdinfo/N of an epoll instance.
@@ -137,7 +188,12 @@ pub fn parse_fdinfo(text: &str) -> Result<Vec<EpollWatch>, String> {
         if fd < 0 {
             return Err(format!("bad tfd {fd}"));
         }
-        out.push(EpollWatch { fd, events, data });
+        out.push(EpollWatch {
+            fd,
+            events,
+            data,
+            through: None,
+        });
     }
     Ok(out)
 }
@@ -150,23 +206,31 @@ pub fn dump(pid: Pid, epfd: RawFd, fdinfo: &str, open_fds: &[RawFd]) -> Result<F
         .map_err(|e| Error::Invalid(format!("fdinfo of epoll fd {epfd} of pid {pid}: {e}")))?;
     // The n-th registration with a given number is slot `toff` = n for kcmp.
     let mut seen: HashMap<RawFd, u32> = HashMap::new();
-    for w in &watches {
+    let mut watches = watches;
+    for w in &mut watches {
         let toff = seen.entry(w.fd).or_insert(0);
-        let stale = |why: &str| Error::Unsupported {
-            what: format!(
-                "epoll fd {epfd} of pid {pid} watches a file registered as fd {}, {why}; stasis \
-                 can only restore watches of files that are still open at the number they were \
-                 added with",
-                w.fd
-            ),
+        let registered_at = |fd: RawFd| {
+            anon_files::epoll_target_is(pid, fd, epfd, w.fd, *toff)
+                .map_err(|e| Error::sys("kcmp(KCMP_EPOLL_TFD)", pid, e))
         };
-        if !open_fds.contains(&w.fd) {
-            return Err(stale("which is closed (the file stays registered while another descriptor keeps it open)"));
-        }
-        let same = anon_files::epoll_target_is(pid, w.fd, epfd, w.fd, *toff)
-            .map_err(|e| Error::sys("kcmp(KCMP_EPOLL_TFD)", pid, e))?;
-        if !same {
-            return Err(stale("but that number now names another file"));
+        if !(open_fds.contains(&w.fd) && registered_at(w.fd)?) {
+            // Closed or reused: another fd of the process may still hold the file.
+            let mut through = None;
+            for &other in open_fds {
+                if other != w.fd && registered_at(other)? {
+                    through = Some(other);
+                    break;
+                }
+            }
+            let Some(other) = through else {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "epoll fd {epfd} of pid {pid} watches a file registered as fd {}, which                          no fd of the process holds any more (another process or a mapping                          keeps it open); stasis restores a watch only through an fd of the                          process",
+                        w.fd
+                    ),
+                });
+            };
+            w.through = Some(other);
         }
         *toff += 1;
     }
@@ -246,12 +310,14 @@ mod tests {
                 EpollWatch {
                     fd: 3,
                     events: 0x8000_0019,
-                    data: 0x1122_3344_5566_7788
+                    data: 0x1122_3344_5566_7788,
+                    through: None,
                 },
                 EpollWatch {
                     fd: 11,
                     events: 0x19,
-                    data: 9
+                    data: 9,
+                    through: None,
                 },
             ]
         );

@@ -160,13 +160,16 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Parses the `inotify` lines of /proc/PID/fdinfo/N.
-pub fn parse_fdinfo(text: &str) -> Result<Vec<WatchInfo>, String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("inotify ") else {
-            continue;
-        };
+/// The `key:value` fields of one fsnotify line of fdinfo (`inotify ...`, `fanotify ...`,
+/// after that word), with readers for hex numbers and the file handle.
+pub(crate) struct NotifyFields<'a> {
+    line: &'a str,
+    fields: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> NotifyFields<'a> {
+    /// Splits `rest` (the line after its first word) into its fields.
+    pub(crate) fn parse(line: &'a str, rest: &'a str) -> Result<Self, String> {
         let mut fields = HashMap::new();
         for word in rest.split_whitespace() {
             let (k, v) = word
@@ -174,29 +177,59 @@ pub fn parse_fdinfo(text: &str) -> Result<Vec<WatchInfo>, String> {
                 .ok_or_else(|| format!("bad field {word:?} in {line:?}"))?;
             fields.insert(k, v);
         }
-        let hex = |name: &str| -> Result<u64, String> {
-            let v = fields
-                .get(name)
-                .ok_or_else(|| format!("no {name} in {line:?}"))?;
-            u64::from_str_radix(v, 16).map_err(|_| format!("bad {name} {v:?} in {line:?}"))
+        Ok(NotifyFields { line, fields })
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
+    /// Field `name` as a hex number.
+    pub(crate) fn hex(&self, name: &str) -> Result<u64, String> {
+        let line = self.line;
+        let v = self
+            .fields
+            .get(name)
+            .ok_or_else(|| format!("no {name} in {line:?}"))?;
+        u64::from_str_radix(v, 16).map_err(|_| format!("bad {name} {v:?} in {line:?}"))
+    }
+
+    /// Field `name` as a hex number of 32 bits.
+    pub(crate) fn hex32(&self, name: &str) -> Result<u32, String> {
+        u32::try_from(self.hex(name)?).map_err(|_| format!("bad {name} in {:?}", self.line))
+    }
+
+    /// The file handle (`fhandle-bytes`, `fhandle-type`, `f_handle`), when the kernel could
+    /// encode one.
+    pub(crate) fn handle(&self) -> Result<Option<(i32, Vec<u8>)>, String> {
+        if !self.has("fhandle-bytes") {
+            return Ok(None);
+        }
+        let line = self.line;
+        let len = self.hex("fhandle-bytes")? as usize;
+        let htype = i32::try_from(self.hex("fhandle-type")?)
+            .map_err(|_| format!("bad fhandle-type in {line:?}"))?;
+        let bytes = self
+            .fields
+            .get("f_handle")
+            .and_then(|h| hex_bytes(h))
+            .filter(|b| b.len() == len && len <= anon_files::MAX_HANDLE_SZ)
+            .ok_or_else(|| format!("bad f_handle in {line:?}"))?;
+        Ok(Some((htype, bytes)))
+    }
+}
+
+/// Parses the `inotify` lines of /proc/PID/fdinfo/N.
+pub fn parse_fdinfo(text: &str) -> Result<Vec<WatchInfo>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("inotify ") else {
+            continue;
         };
-        let wd = i32::try_from(hex("wd")?).map_err(|_| format!("bad wd in {line:?}"))?;
-        let sdev = u32::try_from(hex("sdev")?).map_err(|_| format!("bad sdev in {line:?}"))?;
-        let mask = u32::try_from(hex("mask")?).map_err(|_| format!("bad mask in {line:?}"))?;
-        let ino = hex("ino")?;
-        let handle = if fields.contains_key("fhandle-bytes") {
-            let len = hex("fhandle-bytes")? as usize;
-            let htype = i32::try_from(hex("fhandle-type")?)
-                .map_err(|_| format!("bad fhandle-type in {line:?}"))?;
-            let bytes = fields
-                .get("f_handle")
-                .and_then(|h| hex_bytes(h))
-                .filter(|b| b.len() == len && len <= anon_files::MAX_HANDLE_SZ)
-                .ok_or_else(|| format!("bad f_handle in {line:?}"))?;
-            Some((htype, bytes))
-        } else {
-            None
-        };
+        let f = NotifyFields::parse(line, rest)?;
+        let wd = i32::try_from(f.hex("wd")?).map_err(|_| format!("bad wd in {line:?}"))?;
+        let (sdev, mask, ino) = (f.hex32("sdev")?, f.hex32("mask")?, f.hex("ino")?);
+        let handle = f.handle()?;
         if wd <= 0 {
             return Err(format!("bad wd {wd} in {line:?}"));
         }
@@ -275,15 +308,34 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
 }
 
 /// Opens watched objects by file handle through the mounts of their filesystem.
-struct Resolver {
+pub(crate) struct Resolver {
     mounts: Vec<Mount>,
     /// Opened mount points by mount id (None: cannot be used).
     opened: HashMap<u64, Option<File>>,
 }
 
 impl Resolver {
+    /// A resolver over the mounts stasis sees.
+    pub(crate) fn new() -> Result<Resolver, Error> {
+        let mountinfo = procfs::read_string(Path::new("/proc/self/mountinfo"))?;
+        Ok(Resolver {
+            mounts: parse_mountinfo(&mountinfo),
+            opened: HashMap::new(),
+        })
+    }
+
+    /// The mounts stasis sees.
+    pub(crate) fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
     /// Opens the object of watch `w` with O_PATH, checking its inode number.
-    fn open(&mut self, w: &WatchInfo, htype: i32, handle: &[u8]) -> Result<File, String> {
+    pub(crate) fn open(
+        &mut self,
+        w: &WatchInfo,
+        htype: i32,
+        handle: &[u8],
+    ) -> Result<File, String> {
         let mut candidates: Vec<&Mount> = self.mounts.iter().filter(|m| m.sdev == w.sdev).collect();
         if candidates.is_empty() {
             return Err(format!(
@@ -357,7 +409,7 @@ impl Resolver {
 }
 
 /// Whether `path` names the object whose metadata is `md` (without following a final symlink).
-fn names_object(path: &Path, md: &std::fs::Metadata) -> bool {
+pub(crate) fn names_object(path: &Path, md: &std::fs::Metadata) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|p| (p.dev(), p.ino()) == (md.dev(), md.ino()))
 }
 
@@ -421,11 +473,7 @@ pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
             ),
         });
     }
-    let mountinfo = procfs::read_string(Path::new("/proc/self/mountinfo"))?;
-    let mut resolver = Resolver {
-        mounts: parse_mountinfo(&mountinfo),
-        opened: HashMap::new(),
-    };
+    let mut resolver = Resolver::new()?;
     let mut found: Vec<Found<'_>> = Vec::with_capacity(infos.len());
     for w in &infos {
         if w.mask & !INOTIFY_WATCH_MASK != 0 || w.mask & libc::IN_ALL_EVENTS == 0 {

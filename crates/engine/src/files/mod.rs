@@ -13,15 +13,23 @@
 //! | signalfd                               | [`signalfd`]    |
 //! | epoll instances and their watches      | [`epoll`]       |
 //! | inotify instances and their watches    | [`inotify`]     |
+//! | fanotify groups and their marks        | [`fanotify`]    |
 //! | memfds (fds and mappings)              | [`memfd`]       |
+//! | namespace files (/proc/PID/ns/TYPE)    | [`nsfile`]      |
+//! | the process's own /proc/PID entries    | [`procfile`]    |
 //! | files deleted while open (blob)        | [`deleted`]     |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
+//! | terminals: pty pairs, a terminal outside the tree, /dev/tty | [`tty`] |
 //! | character devices                      | [`chardev`]     |
 //! | TCP sockets (listeners, connections)   | [`tcp`]         |
 //! | UDP and UDP-Lite sockets               | [`udp`]         |
 //! | raw and ICMP ping sockets              | [`raw`]         |
 //! | (what TCP and UDP share)               | [`inet`]        |
+//! | unix sockets (stream, datagram, seqpacket; connections, names, backlogs, queued data) | [`unix_socket`] |
+//! | netlink sockets                        | [`netlink_socket`] |
+//! | packet sockets (AF_PACKET)             | [`packet_socket`] |
+//! | (SOL_SOCKET options and filters of the two above) | [`sol_socket`] |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -29,16 +37,18 @@
 //! # Entry points
 //!
 //! Dump ([`crate::dump`](mod@crate::dump)):
-//! * [`FileRegistry`] (`default()`): one per dumped tree. It gives every open file description
+//! * [`FileRegistry`] (`new(options)`): one per dumped tree. It gives every open file description
 //!   one id however many fds of however many processes refer to it (kcmp), and holds what the
 //!   kinds gather across processes.
 //! * [`dump`]: the fd table of one process ([`DumpedFiles`]); refuses, naming the fd, anything
-//!   no kind claims (sockets, POSIX message queues, unknown anonymous-inode files).
+//!   no kind claims (sockets other than unix sockets, POSIX message queues, unknown
+//!   anonymous-inode files); then the files in flight in its unix sockets (SCM_RIGHTS), as
+//!   descriptions without fd.
 //! * [`FileRegistry::finish`]: once every process is collected, completes the objects that
-//!   span processes (pipes and FIFOs: an end outside the tree is refused where it cannot come
-//!   back; the bytes in flight are stored once, with the first process record that has the
-//!   pipe's first description) and checks that the owner of every description's I/O signals
-//!   is in the tree.
+//!   span processes (pipes, FIFOs and unix sockets: an end or peer outside the tree is refused
+//!   where it cannot come back; the bytes in flight are stored once, with the first process
+//!   record that has the first description) and checks that the owner of every description's
+//!   I/O signals is in the tree.
 //! * [`write_blobs`]: the contents of deleted files and memfds, into `blob-ID.img`.
 //!
 //! Images ([`crate::restore`](mod@crate::restore) and [`crate::show`]):
@@ -47,8 +57,9 @@
 //!
 //! Restore ([`crate::restore`](mod@crate::restore)):
 //! * [`open_all`]: merges the copies of each description found in several process records and
-//!   opens every description once, in the restorer, for the whole tree ([`OpenedFiles`]); the
-//!   processes inherit them across their forks. A file reopened by path must still be the one
+//!   opens every description once, in the restorer, for the whole tree ([`OpenedFiles`]; the
+//!   kinds whose objects are made together, unix sockets, make them first in
+//!   [`FileOps::prepare`]); the processes inherit them across their forks. A file reopened by path must still be the one
 //!   of the dump (device and inode), unless the [`OpenContext`] accepts replaced files
 //!   ([`ReplacedFiles`]; mapped files go through the same check).
 //! * [`memfd::open_for_mapping`]: a descriptor of a restored memfd to map it from.
@@ -57,7 +68,9 @@
 //!   O_ASYNC, whose fd number the kernel reports in the siginfo of I/O signals) and drops the
 //!   inotify events the restore itself caused.
 //! * [`OpenedFiles::set_owners`]: once every process and thread of the tree exists, gives each
-//!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG).
+//!   description the owner and signal of its I/O signals (F_SETOWN_EX, F_SETSIG); then
+//!   [`OpenedFiles::tree_exists`] runs what the kinds left for that moment (unix socket queues
+//!   whose messages carry credentials or files).
 //!
 //! Dump duplicates each fd into the dumper with pidfd_getfd (the same description, so offsets,
 //! pipe contents and socket state can be read without disturbing the target). A socket
@@ -94,22 +107,30 @@ pub mod deleted;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod netlink_socket;
+pub mod nsfile;
 pub mod opath;
+pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
+pub mod procfile;
 pub mod raw;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
+pub mod sol_socket;
 pub mod tcp;
 pub mod timerfd;
+pub mod tty;
 pub mod udp;
+pub mod unix_socket;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
@@ -119,6 +140,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
     vec![
         Box::<service::ServiceConnections>::default(),
         Box::<opath::OPaths>::default(),
+        Box::<unix_socket::UnixSockets>::default(),
         Box::<pipe::Pipes>::default(),
         Box::<fifo::Fifos>::default(),
         Box::<eventfd::EventFds>::default(),
@@ -127,14 +149,20 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<signalfd::SignalFds>::default(),
         Box::<epoll::Epolls>::default(),
         Box::<inotify::Inotifies>::default(),
+        Box::<fanotify::Fanotifies>::default(),
+        Box::<nsfile::NamespaceFiles>::default(),
+        Box::<procfile::ProcFiles>::default(),
         Box::<memfd::Memfds>::default(),
         Box::<deleted::DeletedFiles>::default(),
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
+        Box::<tty::Terminals>::default(),
         Box::<chardev::CharDevices>::default(),
         Box::<tcp::TcpSockets>::default(),
         Box::<udp::UdpSockets>::default(),
         Box::<raw::RawSockets>::default(),
+        Box::<netlink_socket::NetlinkSockets>::default(),
+        Box::<packet_socket::PacketSockets>::default(),
     ]
 }
 
@@ -151,6 +179,9 @@ pub trait FileOps {
     /// Dump: whether `fd` is of this kind (cheap, no side effects: the kinds are asked in turn).
     fn claims(&self, fd: &Probe<'_>) -> bool;
 
+    /// Dump: takes the options of this dump, before any fd is dumped (most kinds have none).
+    fn configure(&mut self, _opts: &DumpFileOptions) {}
+
     /// Dump: describes `fd`, a new description with id `id` (contents to store go through
     /// `out`). An error refuses the dump; it names the fd.
     fn dump(
@@ -159,10 +190,6 @@ pub trait FileOps {
         id: u32,
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error>;
-
-    /// Dump: takes the dump's options before any fd is dumped (what to do with TCP
-    /// connections).
-    fn configure(&mut self, _tcp: &crate::dump::TcpConnections) {}
 
     /// Dump: what the kind holds in place until the dump is over (TCP connections in repair
     /// mode behind an nftables rule), handed to the dump's release phase by
@@ -188,6 +215,18 @@ pub trait FileOps {
     fn dump_without_fds(&mut self, _pid: Pid, _out: &mut ProcessFiles<'_>) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Dump: the files in flight this kind found (descriptors a unix socket's queued messages
+    /// carry, received into the dumper by peeking) that have no description yet: (slot, our
+    /// descriptor, where it is in flight: "fd N of pid P"). [`dump`] describes each like an fd
+    /// of the process, as a description without fd, and gives its id back with
+    /// [`in_flight_dumped`](Self::in_flight_dumped).
+    fn files_in_flight(&self) -> Vec<(usize, RawFd, String)> {
+        Vec::new()
+    }
+
+    /// Dump: the description id of the file in flight in `slot`.
+    fn in_flight_dumped(&mut self, _slot: usize, _id: u32) {}
 
     /// Dump: once every process of the tree was dumped, checks the objects that span processes
     /// and completes their descriptions. `descs` are the descriptions of every process record,
@@ -231,11 +270,31 @@ pub trait FileOps {
     /// description the tree will use (data stored with one copy only).
     fn merge(&self, _tree: &mut FileDesc, _copy: &FileDesc) {}
 
+    /// Restore: before any description is opened, with every description of the tree (merged):
+    /// a kind whose objects must be made together (the unix sockets of a tree: connections,
+    /// listeners and their pending clients) makes them here, and [`open`](Self::open) hands
+    /// them out.
+    fn prepare(&mut self, _descs: &[FileDesc]) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Restore: opens the description in the restorer, with its access mode (the status flags
     /// and, when [`has_position`](Self::has_position), the offset are set by the caller; never
     /// O_ASYNC, see the module's documentation). A kind that reopens a file by path checks it
     /// with [`OpenContext::check_same_file`].
     fn open(&mut self, desc: &FileDesc, ctx: &mut OpenContext<'_>) -> Result<OwnedFd, Error>;
+
+    /// Restore: once every description is open, the work the kind leaves for when every
+    /// process of the tree exists (run by [`OpenedFiles::tree_exists`]).
+    fn when_tree_exists(&mut self) -> Option<Box<dyn WhenTreeExists>> {
+        None
+    }
+
+    /// Restore: whether `desc` is opened before the descriptions of which this is not true
+    /// (a pty master, which its slaves are opened from).
+    fn opens_first(&self, _desc: &FileDesc) -> bool {
+        false
+    }
 
     /// Whether the dumped file position of this kind is restored (lseek).
     fn has_position(&self) -> bool {
@@ -266,6 +325,24 @@ pub trait FileOps {
     ) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What a dump may do with files besides refusing them, from [`crate::DumpOptions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpFileOptions {
+    /// Restore a unix socket connected to a socket outside the dumped tree as a connection
+    /// whose peer closed (`stasis dump --unix-peers-closed`; see [`unix_socket`]).
+    pub unix_peers_closed: bool,
+    /// What to do with TCP connections (`stasis dump --tcp-closed`; see [`tcp`]).
+    pub tcp: crate::dump::TcpConnections,
+}
+
+/// Work a kind leaves for when every process of the restored tree exists, before any runs (the
+/// credentials of messages queued on unix sockets name processes of the tree; the files in
+/// flight with them are descriptions of the tree).
+pub trait WhenTreeExists {
+    /// `files`: every description of the tree, opened (files in flight are sent again).
+    fn run(self: Box<Self>, files: &OpenedFiles) -> Result<(), Error>;
 }
 
 /// The kind of file an fd is, by the kernel's account, before any [`FileOps`] looks at it.
@@ -442,7 +519,6 @@ fn refusal(fd: &Probe<'_>) -> Error {
         }
         Class::MessageQueue => "a POSIX message queue",
         Class::Anon => match fd.anon_name() {
-            Some("[fanotify]") => "a fanotify instance, which stasis cannot dump yet",
             Some("[userfaultfd]") => "a userfaultfd, which stasis cannot dump yet",
             Some("[io_uring]") => "an io_uring instance, which stasis cannot dump yet",
             Some("[pidfd]") => "a pidfd, which stasis cannot dump yet",
@@ -560,8 +636,19 @@ pub struct FileRegistry {
 
 impl Default for FileRegistry {
     fn default() -> Self {
+        FileRegistry::new(&DumpFileOptions::default())
+    }
+}
+
+impl FileRegistry {
+    /// A registry for one dump with options `opts`.
+    pub fn new(opts: &DumpFileOptions) -> Self {
+        let mut kinds = kinds();
+        for k in &mut kinds {
+            k.configure(opts);
+        }
         FileRegistry {
-            kinds: kinds(),
+            kinds,
             seen: Vec::new(),
             descs: HashMap::new(),
             next_id: 0,
@@ -593,13 +680,6 @@ impl TreeMembers {
 }
 
 impl FileRegistry {
-    /// Gives every kind the dump's options ([`FileOps::configure`]).
-    pub fn configure(&mut self, tcp: &crate::dump::TcpConnections) {
-        for k in &mut self.kinds {
-            k.configure(tcp);
-        }
-    }
-
     /// Completes the objects that span processes, once every process is collected: `processes`
     /// are the descriptions of every process record, in tree order. Fails when one cannot be
     /// restored (a pipe with an end outside the tree); the bytes in flight of each pipe go into
@@ -685,8 +765,9 @@ fn io_owner_of(fd: &Probe<'_>) -> Result<FileOwner, Error> {
 
 /// Collects every fd of `pid`. Fails on the first fd stasis cannot restore.
 /// `service` is the self-dump connection (fd number in the target and the reply its restored
-/// copy will read); it is the one socket that is dumped. Descriptions shared with processes
-/// dumped before get the same id (and a copy of the description).
+/// copy will read), dumped as such. Descriptions shared with processes dumped before get the
+/// same id (and a copy of the description). The files in flight in the process's unix sockets
+/// are described last, as descriptions without fd.
 pub fn dump(
     pid: Pid,
     pidfd: &OwnedFd,
@@ -773,12 +854,105 @@ pub fn dump(
     for kind in kinds.iter_mut() {
         kind.dump_without_fds(pid, &mut out)?;
     }
+    // Files in flight in the process's unix sockets (and in those in flight, and so on).
+    let mut own_pidfd = None;
+    loop {
+        let mut pending = Vec::new();
+        for (k, kind) in kinds.iter().enumerate() {
+            pending.extend(
+                kind.files_in_flight()
+                    .into_iter()
+                    .map(|(slot, fd, at)| (k, slot, fd, at)),
+            );
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let me = process::getpid();
+        let pidfd = match &own_pidfd {
+            Some(p) => p,
+            None => own_pidfd
+                .insert(process::pidfd_open(me).map_err(|e| Error::sys("pidfd_open", me, e))?),
+        };
+        for (k, slot, fd, at) in pending {
+            let mut ctx = InFlight {
+                kinds: &mut *kinds,
+                seen: &mut *seen,
+                descs: &mut *descs,
+                out: &mut out,
+            };
+            let id = ctx.dump(&at, fd, pidfd)?;
+            kinds[k].in_flight_dumped(slot, id);
+        }
+    }
     Ok(DumpedFiles {
         files: out.files,
         fds: out.fds,
         posix_locks: posix_locks.into_iter().map(|(_, l)| l).collect(),
         blobs: out.blobs,
     })
+}
+
+/// What describing a file in flight needs of [`dump`]'s state.
+struct InFlight<'r, 'o> {
+    kinds: &'r mut Vec<Box<dyn FileOps>>,
+    seen: &'r mut Vec<(Pid, RawFd, u64, u32)>,
+    descs: &'r mut HashMap<u32, FileDesc>,
+    out: &'r mut ProcessFiles<'o>,
+}
+
+impl InFlight<'_, '_> {
+    /// Describes `fd`, the dumper's duplicate of a file in flight in unix socket `at` ("fd N
+    /// of pid P"), like an fd of that process (the same description as one seen before gets
+    /// its id), as a description without fd of its record; returns its id.
+    fn dump(&mut self, at: &str, fd: RawFd, pidfd: &OwnedFd) -> Result<u32, Error> {
+        let me = process::getpid();
+        let probe = Probe::new(me, fd, pidfd, &[], None)?;
+        let what = format!(
+            "a file in flight in a message queued on the unix socket at {at} ({})",
+            probe.link
+        );
+        let Some(kind) = self.kinds.iter_mut().find(|k| k.claims(&probe)) else {
+            return Err(Error::Unsupported {
+                what: format!("{what} is of a kind stasis cannot dump"),
+            });
+        };
+        if let Some(id) = shared_id(self.seen, &probe)? {
+            if let Some(d) = self.descs.get(&id) {
+                self.out.add_copy(d);
+            }
+            return Ok(id);
+        }
+        let held = locks::parse_fdinfo(&probe.fdinfo()?)
+            .map_err(|e| Error::Refused(format!("{what}: {e}")))?;
+        let held = locks::classify(&held, &what)?;
+        let id = self.out.new_id();
+        let record = kind.dump(&probe, id, self.out)?;
+        // Kinds that name fds or processes of the holder cannot be described from here.
+        if matches!(
+            record,
+            FileKind::Epoll { .. } | FileKind::Pidfd { .. } | FileKind::ServiceSocket { .. }
+        ) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{what} is of kind {}, which stasis cannot restore in flight",
+                    kind.name()
+                ),
+            });
+        }
+        let desc = FileDesc {
+            id,
+            flags: probe.flags,
+            pos: probe.pos,
+            kind: record,
+            owner: io_owner_of(&probe)?,
+            locks: held.desc,
+        };
+        self.seen.push((me, fd, probe.metadata()?.ino(), id));
+        self.descs.insert(id, desc.clone());
+        self.out.files.push(desc);
+        Ok(id)
+    }
 }
 
 /// The kind of a description.
@@ -857,12 +1031,24 @@ pub struct OpenedFiles {
     /// One per id, merged from every process record that has it.
     descs: Vec<FileDesc>,
     fds: HashMap<u32, OwnedFd>,
+    /// What the kinds left for when every process exists.
+    later: std::cell::RefCell<Vec<Box<dyn WhenTreeExists>>>,
 }
 
 impl OpenedFiles {
     /// The descriptions of the tree, one per id.
     pub fn descriptions(&self) -> &[FileDesc] {
         &self.descs
+    }
+
+    /// Runs what the kinds left for when every process of the tree exists (and none runs yet):
+    /// once, after [`OpenedFiles::set_owners`].
+    pub fn tree_exists(&self) -> Result<(), Error> {
+        let later = std::mem::take(&mut *self.later.borrow_mut());
+        for work in later {
+            work.run(self)?;
+        }
+        Ok(())
     }
 
     /// The restorer's descriptor of description `id`.
@@ -950,6 +1136,8 @@ pub enum ReplacedFiles {
 /// (blobs) and what to do with replaced files.
 pub struct OpenContext<'a> {
     pub images: &'a ImageDir,
+    /// The terminal the tree is attached to, if the restore has one (see [`tty`]).
+    pub terminal: Option<RawFd>,
     replaced: ReplacedFiles,
     /// Paths a replacement was accepted for (each is warned about once).
     warned: BTreeSet<String>,
@@ -959,6 +1147,7 @@ impl<'a> OpenContext<'a> {
     pub fn new(images: &'a ImageDir, replaced: ReplacedFiles) -> OpenContext<'a> {
         OpenContext {
             images,
+            terminal: None,
             replaced,
             warned: BTreeSet::new(),
         }
@@ -1083,8 +1272,17 @@ pub fn open_all<'a>(
 ) -> Result<OpenedFiles, Error> {
     let descs = merge_descriptions(processes)?;
     let mut kinds = kinds();
+    for k in &mut kinds {
+        k.prepare(&descs)?;
+    }
     let mut fds = HashMap::new();
+    let mut order: Vec<(bool, &FileDesc)> = Vec::with_capacity(descs.len());
     for f in &descs {
+        order.push((!kind_of(&mut kinds, f)?.opens_first(f), f));
+    }
+    // Stable: in id order within each class.
+    order.sort_by_key(|(later, _)| *later);
+    for (_, f) in order {
         let fd = open_description(kind_of(&mut kinds, f)?.as_mut(), f, ctx)?;
         locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
@@ -1092,7 +1290,15 @@ pub fn open_all<'a>(
     for kind in &mut kinds {
         kind.all_opened()?;
     }
-    Ok(OpenedFiles { descs, fds })
+    let later = kinds
+        .iter_mut()
+        .filter_map(|k| k.when_tree_exists())
+        .collect();
+    Ok(OpenedFiles {
+        descs,
+        fds,
+        later: std::cell::RefCell::new(later),
+    })
 }
 
 /// Opens one description with `kind`, then gives it its status flags and position. A
@@ -1320,11 +1526,21 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
-                FileKind::Inet(s) => 15 + s.ty as usize,
+                FileKind::Namespace { .. } => 15,
+                FileKind::ProcFile { .. } => 16,
+                FileKind::Fanotify { .. } => 17,
+                FileKind::NetlinkSocket { .. } => 18,
+                FileKind::PacketSocket { .. } => 19,
+                FileKind::UnixSocket { .. } => 20,
+                FileKind::ExternalTerminal { .. } => 21,
+                FileKind::ControllingTerminal { .. } => 22,
+                FileKind::PtyMaster { .. } => 23,
+                FileKind::PtySlave { .. } => 24,
+                FileKind::Inet(s) => 25 + s.ty as usize,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 16, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 26, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1487,6 +1703,7 @@ mod tests {
                 locks: Vec::new(),
             }],
             fds: HashMap::from([(1, r.try_clone().unwrap())]),
+            later: Default::default(),
         };
         let pgrp = process::getpgid(0).unwrap();
         opened(FileOwner {
@@ -1548,7 +1765,7 @@ mod tests {
         for (class, link, what) in [
             (Class::Socket, "socket:[1]", "a socket"),
             (Class::MessageQueue, "/q", "a POSIX message queue"),
-            (Class::Anon, "anon_inode:[fanotify]", "a fanotify instance"),
+            (Class::Anon, "anon_inode:[userfaultfd]", "a userfaultfd"),
             (Class::Anon, "anon_inode:[io_uring]", "an io_uring instance"),
             (Class::Anon, "anon_inode:[x]", "an anonymous-inode file"),
             (Class::Other, "/dev/sda", "a file of an unsupported type"),

@@ -4,16 +4,17 @@
 //! dumper's pid namespace, which is the tree's). Refused by name: a pidfd whose process has
 //! exited and been reaped (`Pid: -1`: nothing has that pid any more, and a pidfd cannot be
 //! made for a pid nobody holds), and a thread pidfd (PIDFD_THREAD, shown as O_EXCL in the
-//! flags). Whether the process is in the tree, and in reach of the restore, is checked once
-//! the whole tree is collected ([`check_tree`]): only pidfds of the process itself, of its
-//! ancestors and of its children (zombies included) can be made again, because the restore
-//! child opens them while it lays out its fd table, when those surely exist (it forks its
-//! children just before; its grandchildren are forked by them meanwhile).
+//! flags). Whether the process is in the tree (zombies included) is checked once the whole
+//! tree is collected ([`check_tree`]): a pidfd of a process outside it is refused by name.
 //!
 //! Restore: the restorer opens a placeholder (a pidfd of itself, so that the status flags of
 //! the description can be set), and the restore child, once its fd table is laid out, opens
 //! the real pidfd with pidfd_open (PIDFD_NONBLOCK when the description had O_NONBLOCK) and
 //! puts it at every fd of the description with its FD_CLOEXEC ([`FileOps::replace_in_child`]).
+//! That works for the process itself, its ancestors and its children (it forks them just
+//! before); a pidfd of another process of the tree (a sibling, a grandchild), which may not
+//! exist yet then, is opened inside the process during the rebuild, once every process exists
+//! ([`restore_late`]).
 //! A pidfd description shared by several processes (inherited over fork) becomes one per
 //! process: the same process behind each, but O_NONBLOCK set later by one is no longer seen
 //! by the others.
@@ -93,9 +94,14 @@ impl FileOps for Pidfds {
             return Ok(());
         };
         let nonblock = desc.flags as i32 & libc::O_NONBLOCK != 0;
-        let new = child
-            .pidfd_open_raw(*pid, nonblock)
-            .map_err(|e| format!("pidfd_open of pid {pid}: {e}"))?;
+        let new = match child.pidfd_open_raw(*pid, nonblock) {
+            Ok(fd) => fd,
+            // Not forked yet (a sibling, a grandchild): opened in the rebuild
+            // ([`restore_late`]), which also redoes any pidfd of a pid that is not an ancestor
+            // or child (whatever held that pid now may not be the tree's process).
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(format!("pidfd_open of pid {pid}: {e}")),
+        };
         for e in fds {
             child
                 .dup3_raw(new, e.fd)
@@ -119,25 +125,71 @@ pub fn parse_fdinfo(text: &str) -> Result<i32, String> {
         .map_err(|_| "a bad Pid line in its fdinfo".to_string())
 }
 
-/// Refuses, by name, pidfds the restore cannot make again: of a process outside the tree, or
-/// of one that is neither the holder, nor one of its ancestors or children (see the module
-/// documentation). `zombies` are (pid, parent) of the tree's zombies.
-pub fn check_tree(images: &[&ProcessImage], zombies: &[(Pid, Pid)]) -> Result<(), Error> {
-    let parent: HashMap<Pid, Pid> = images
+/// The parents of a tree's processes and zombies (`zombies`: (pid, parent)).
+fn parents(images: &[&ProcessImage], zombies: &[(Pid, Pid)]) -> HashMap<Pid, Pid> {
+    images
         .iter()
         .map(|p| (p.pid, p.ppid))
         .chain(zombies.iter().copied())
-        .collect();
-    let ancestors = |mut p: Pid| {
-        let mut out = HashSet::new();
-        while let Some(&pp) = parent.get(&p) {
-            if !out.insert(pp) {
-                break;
-            }
-            p = pp;
+        .collect()
+}
+
+/// Whether `target` exists when `holder` lays out its fd table in the restore: itself, its
+/// ancestors and its children (it forks them just before).
+fn exists_at_layout(parent: &HashMap<Pid, Pid>, holder: Pid, target: Pid) -> bool {
+    if target == holder || parent.get(&target) == Some(&holder) {
+        return true;
+    }
+    let mut seen = HashSet::new();
+    let mut p = holder;
+    while let Some(&pp) = parent.get(&p) {
+        if pp == target {
+            return true;
         }
-        out
-    };
+        if !seen.insert(pp) {
+            break;
+        }
+        p = pp;
+    }
+    false
+}
+
+/// Restore, once every process of the tree exists: the pidfds of `image` whose process did
+/// not exist yet while it laid out its fd table (a sibling, a grandchild, ...; they hold the
+/// placeholder until now) are opened inside it and put at their fds.
+pub fn restore_late(
+    inj: &mut crate::inject::Injector,
+    image: &ProcessImage,
+    images: &[&ProcessImage],
+    zombies: &[(Pid, Pid)],
+) -> Result<(), Error> {
+    let parent = parents(images, zombies);
+    for f in &image.files {
+        let FileKind::Pidfd { pid: target } = f.kind else {
+            continue;
+        };
+        if exists_at_layout(&parent, image.pid, target) {
+            continue;
+        }
+        let nonblock = if f.flags as i32 & libc::O_NONBLOCK != 0 {
+            libc::O_NONBLOCK as u32
+        } else {
+            0
+        };
+        let new = inj.pidfd_open(target, nonblock)?;
+        for e in image.fds.iter().filter(|e| e.file_id == f.id) {
+            let cloexec = if e.cloexec { libc::O_CLOEXEC } else { 0 };
+            inj.dup3(new, e.fd, cloexec)?;
+        }
+        inj.close(new)?;
+    }
+    Ok(())
+}
+
+/// Refuses, by name, pidfds the restore cannot make again: of a process outside the tree.
+/// `zombies` are (pid, parent) of the tree's zombies.
+pub fn check_tree(images: &[&ProcessImage], zombies: &[(Pid, Pid)]) -> Result<(), Error> {
+    let parent = parents(images, zombies);
     for p in images {
         for f in &p.files {
             let FileKind::Pidfd { pid: target } = f.kind else {
@@ -155,16 +207,6 @@ pub fn check_tree(images: &[&ProcessImage], zombies: &[(Pid, Pid)]) -> Result<()
                 return Err(what(format!(
                     "pid {target} is outside the dumped tree (a restore would give it another \
                      process, or none)"
-                )));
-            }
-            let related = target == p.pid
-                || ancestors(p.pid).contains(&target)
-                || parent.get(&target) == Some(&p.pid);
-            if !related {
-                return Err(what(format!(
-                    "pid {target} is neither it, nor its ancestor or child: not supported \
-                     (the restore makes a pidfd while its holder lays out its fds, when only \
-                     those exist)"
                 )));
             }
         }
@@ -229,21 +271,19 @@ mod tests {
         let mut c2 = child.clone();
         give(&mut c2, 13);
         check_tree(&[&root, &c2, &other], &[(13, 11)]).unwrap();
+        // A grandchild and a sibling: made later, in the rebuild.
         let mut r2 = root.clone();
         give(&mut r2, 13);
-        let e = check_tree(&[&r2, &child, &other], &[(13, 11)])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("neither"), "a grandchild: {e}");
+        check_tree(&[&r2, &child, &other], &[(13, 11)]).unwrap();
         let mut c3 = child.clone();
         give(&mut c3, 12);
-        let e = check_tree(&[&root, &c3, &other], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("pidfd 77 of pid 11") && e.contains("neither"),
-            "{e}"
-        );
+        check_tree(&[&root, &c3, &other], &[]).unwrap();
+        let parent = parents(&[&root, &child, &other], &[(13, 11)]);
+        assert!(exists_at_layout(&parent, 10, 10));
+        assert!(exists_at_layout(&parent, 10, 11), "child");
+        assert!(exists_at_layout(&parent, 11, 10), "parent");
+        assert!(!exists_at_layout(&parent, 10, 13), "grandchild");
+        assert!(!exists_at_layout(&parent, 11, 12), "sibling");
         let mut c4 = child;
         give(&mut c4, 999);
         let e = check_tree(&[&root, &c4, &other], &[])

@@ -428,8 +428,10 @@ impl FileOps for TcpSockets {
                 s.shutdown = 3;
             }
             st if CONNECTED.contains(&st) => {
-                if let TcpConnections::Refuse(why) = &self.policy {
-                    return Err(Error::Refused(format!("{what} is a TCP connection: {why}")));
+                if let TcpConnections::RefuseForUser(uid) = self.policy {
+                    return Err(Error::Refused(format!(
+                        "{what} is a TCP connection: a restore for uid {uid} cannot put it back (TCP_REPAIR needs CAP_NET_ADMIN); close it before the dump"
+                    )));
                 }
                 // A connection's buffers grow by themselves (autotuning): a size that differs
                 // from a fresh socket's does not tell that the program set it.
@@ -448,8 +450,8 @@ impl FileOps for TcpSockets {
         Ok(FileKind::Inet(Box::new(s)))
     }
 
-    fn configure(&mut self, tcp: &TcpConnections) {
-        self.policy = tcp.clone();
+    fn configure(&mut self, opts: &super::DumpFileOptions) {
+        self.policy = opts.tcp;
     }
 
     fn take_hold(&mut self) -> Option<ConnectionHold> {

@@ -972,6 +972,18 @@ impl Injector {
         Ok(())
     }
 
+    /// io_setup(nr_events, &ctx): a new AIO context; its ring's address (the context id).
+    pub fn io_setup(&mut self, nr_events: u32) -> Result<u64, Error> {
+        let mut f = self.frame();
+        let out = f.push(&0u64)?;
+        f.call(
+            "io_setup",
+            libc::SYS_io_setup,
+            [nr_events.into(), out.addr(), 0, 0, 0, 0],
+        )?;
+        f.read(out)
+    }
+
     /// open(path, flags): a descriptor of the target; the path is copied into the scratch area.
     pub fn open(&mut self, path: &str, flags: i32) -> Result<i32, Error> {
         let mut bytes = path.as_bytes().to_vec();
@@ -1001,6 +1013,26 @@ impl Injector {
     /// close(fd).
     pub fn close(&mut self, fd: i32) -> Result<(), Error> {
         self.call("close", libc::SYS_close, [reg(fd.into()), 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// pidfd_open(pid, flags): a new pidfd (close-on-exec) in the target.
+    pub fn pidfd_open(&mut self, pid: i32, flags: u32) -> Result<i32, Error> {
+        let fd = self.call(
+            "pidfd_open",
+            libc::SYS_pidfd_open,
+            [reg(pid.into()), flags.into(), 0, 0, 0, 0],
+        )?;
+        Ok(fd as i32)
+    }
+
+    /// dup3(old, new, flags).
+    pub fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<(), Error> {
+        self.call(
+            "dup3",
+            libc::SYS_dup3,
+            [reg(old.into()), reg(new.into()), reg(flags.into()), 0, 0, 0],
+        )?;
         Ok(())
     }
 

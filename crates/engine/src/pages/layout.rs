@@ -9,7 +9,8 @@
 //! 4. [`map_vmas`]: every mapping is recreated at its address, writable while it receives
 //!    pages; shared anonymous memory is created by its owner (the first mapping of it in the
 //!    tree, see [`ShmemOwners`]) and every later mapping opens the owner's
-//!    /proc/PID/map_files entry;
+//!    /proc/PID/map_files entry; then the AIO contexts ([`restore_aio_rings`]): io_setup makes
+//!    a ring of the dumped size, which mremap moves to the dumped address (the context's id);
 //! 5. (the pages are filled, see [`super::fill`]);
 //! 6. [`finish_protections`]: the final protections of the mappings made writable.
 //!
@@ -387,6 +388,45 @@ pub fn map_vmas(
             inj.close(fd)?;
         }
     }
+    restore_aio_rings(inj, vmas)
+}
+
+/// The number of events to ask io_setup for, for a ring of `nr` events: the most that still
+/// make a ring of that size (the kernel makes room for twice the events asked for, plus two,
+/// rounded up to whole pages; a small request gets the smallest ring, as the original did).
+pub fn aio_request(nr: u32) -> u32 {
+    (nr.saturating_sub(2) / 2).max(1)
+}
+
+/// Recreates the AIO contexts of `vmas`: a context with a ring of the same size, moved to the
+/// dumped ring's address (which is the context's id, so the process finds its context under
+/// the same id). Needs the rest of the layout in place, so that the new ring lands elsewhere.
+pub fn restore_aio_rings(inj: &mut Injector, vmas: &[Vma]) -> Result<(), Error> {
+    for v in vmas {
+        let VmaKind::Aio { nr } = v.kind else {
+            continue;
+        };
+        let len = v.end - v.start;
+        let ring = inj.io_setup(aio_request(nr))?;
+        let maps = procfs::read_smaps(inj.tid())?;
+        let made = maps
+            .iter()
+            .find(|m| m.start == ring)
+            .map(|m| m.end - m.start)
+            .unwrap_or(0);
+        if made != len {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "AIO context {:#x}: io_setup({}) made a ring of {made} bytes here, the dumped                      one had {len} (another kernel or number of CPUs?)",
+                    v.start,
+                    aio_request(nr)
+                ),
+            });
+        }
+        if ring != v.start {
+            inj.mremap_fixed(ring, len, v.start)?;
+        }
+    }
     Ok(())
 }
 
@@ -457,6 +497,18 @@ mod tests {
             (base + 0x4000, base + 0x6000, "[vvar_vclock]".into()),
             (base + 0x6000, base + 0x8000, "[vdso]".into()),
         ]
+    }
+
+    /// Measured on this kernel (2 CPUs): io_setup(1..=62) makes a ring of 127 events (one
+    /// page), 63..=126 one of 255 (two pages), 127..=190 one of 383 (three).
+    #[test]
+    fn aio_requests_make_the_same_ring() {
+        let pages = |req: u32| (32 + (2 * u64::from(req.max(8)) + 2) * 32).div_ceil(4096);
+        for (nr, want_pages) in [(127u32, 1u64), (255, 2), (383, 3), (2047, 16), (8319, 65)] {
+            let req = aio_request(nr);
+            assert_eq!(pages(req), want_pages, "ring of {nr} events: request {req}");
+            assert!(pages(req + 1) > want_pages, "request {req} is the largest");
+        }
     }
 
     #[test]

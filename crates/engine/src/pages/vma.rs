@@ -13,12 +13,52 @@ use stasis_sys::Pid;
 use std::os::unix::fs::MetadataExt;
 
 /// Whether a mapping is one of the kernel's special mappings (`[vdso]`, `[vvar]`,
-/// `[vvar_vclock]`, `[vsyscall]`): never dumped, moved into place at restore.
+/// `[vvar_vclock]`, `[vsyscall]`, AIO rings): never dumped, made by the kernel and moved into
+/// place at restore.
 pub fn is_special(kind: &VmaKind) -> bool {
     matches!(
         kind,
-        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        VmaKind::Vdso
+            | VmaKind::Vvar
+            | VmaKind::VvarVclock
+            | VmaKind::Vsyscall
+            | VmaKind::Aio { .. }
     )
+}
+
+/// The name /proc/PID/maps gives the ring of an AIO context.
+pub const AIO_RING_NAME: &str = "/[aio] (deleted)";
+/// The size of an AIO ring's header and of one event in it (struct aio_ring, io_event).
+pub const AIO_RING_HEADER: u64 = 32;
+pub const AIO_EVENT_SIZE: u64 = 32;
+
+/// The ring of the AIO context at `m`: how many events it holds. Refused: a ring with
+/// completed events that were not reaped yet (they would have to be made again), and a ring
+/// whose header does not match its size.
+fn aio_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
+    let unsupported = |why: String| Error::Unsupported {
+        what: format!("AIO context {:#x} of pid {pid}: {why}", m.start),
+    };
+    let mut header = [0u8; AIO_RING_HEADER as usize];
+    stasis_sys::proc_mem::read_exact(pid, m.start, &mut header)
+        .map_err(|e| Error::sys("reading an AIO ring header", pid, e))?;
+    let word =
+        |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (nr, head, tail) = (word(4), word(8), word(12));
+    let fits = (m.end - m.start).saturating_sub(AIO_RING_HEADER) / AIO_EVENT_SIZE;
+    if u64::from(nr) != fits {
+        return Err(unsupported(format!(
+            "its ring says it holds {nr} events, but its {} bytes hold {fits}",
+            m.end - m.start
+        )));
+    }
+    if head != tail {
+        return Err(unsupported(format!(
+            "{} completed events wait in its ring (head {head}, tail {tail}); stasis restores              AIO contexts whose completions were all reaped",
+            (u64::from(tail) + u64::from(nr) - u64::from(head)) % u64::from(nr.max(1))
+        )));
+    }
+    Ok(VmaKind::Aio { nr })
 }
 
 /// Reads the mappings of `pid` and classifies them. Mappings stasis cannot restore yet make
@@ -39,6 +79,8 @@ pub enum Backing {
     File,
     /// A file deleted while mapped: its identity comes from the mapped object.
     Deleted,
+    /// The ring of an AIO context: its header says how big it is.
+    Aio,
 }
 
 /// Classifies a mapping from its smaps entry alone; refuses what cannot be restored.
@@ -47,6 +89,7 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
         what: format!("mapping {:#x}-{:#x} {:?}: {why}", m.start, m.end, m.name),
     };
     Ok(match m.name.as_str() {
+        AIO_RING_NAME => Backing::Aio,
         "[vdso]" => Backing::Known(VmaKind::Vdso),
         "[vvar]" => Backing::Known(VmaKind::Vvar),
         "[vvar_vclock]" => Backing::Known(VmaKind::VvarVclock),
@@ -64,6 +107,12 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
         n if crate::files::memfd::is_memfd_name(n) => Backing::Memfd,
         n if n.starts_with('/') && n.ends_with(" (deleted)") => Backing::Deleted,
         n if n.starts_with('/') => Backing::File,
+        // The only socket that can be mapped is a packet socket's PACKET_MMAP ring.
+        n if n.starts_with("socket:[") => {
+            return Err(unsupported(
+                "a PACKET_MMAP ring of a packet socket, which stasis cannot restore (the kernel's position in a new ring cannot be set to the old one's; see engine::files::packet_socket)",
+            ))
+        }
         _ => return Err(unsupported("unknown special mapping")),
     })
 }
@@ -104,6 +153,7 @@ pub fn classify(pid: Pid, m: &MapEntry) -> Result<Vma, Error> {
         Backing::Memfd => crate::files::memfd::mapping_kind(pid, m)?,
         Backing::File => file_kind(pid, m)?,
         Backing::Deleted => crate::files::deleted::mapping_kind(pid, m)?,
+        Backing::Aio => aio_kind(pid, m)?,
     };
     Ok(record(m, kind))
 }
@@ -257,6 +307,7 @@ VmFlags: rd mr pf io de dd
         let refused = [
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 [uprobes]",
             "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 anon_inode:[perf_event]",
+            "7f0000000000-7f0000001000 rw-s 00000000 00:08 4711 socket:[4711]",
         ];
         for line in refused {
             let m = &entries(line)[0];
@@ -266,6 +317,8 @@ VmFlags: rd mr pf io de dd
                 "{line}: {err}"
             );
         }
+        let ring = backing(&entries(refused[2])[0]).unwrap_err().to_string();
+        assert!(ring.contains("PACKET_MMAP ring"), "{ring}");
     }
 
     /// A real file mapping: this test binary's own, through /proc/self/map_files (root).

@@ -363,10 +363,21 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
     process::block_all_signals().map_err(sys("blocking signals"))?;
     // The session first: children inherit it.
     let ours = process::getsid(0).map_err(sys("getsid"))?;
-    if image.sid == image.pid || (idx == 0 && ours != image.sid && plan.new_session) {
+    // A shell job: the root joins our session when the terminal is ours, else it takes the
+    // terminal in a session of its own (see "Terminals" in the restore module).
+    let job = plan.shell_job.as_ref().filter(|_| idx == 0);
+    let joins_ours = job.is_some_and(|j| j.our_ctty);
+    if let Some(j) = job.filter(|j| !j.our_ctty) {
+        process::setsid().map_err(sys("setsid"))?;
+        stasis_sys::tty::set_controlling_terminal(j.fd.as_fd()).map_err(sys(
+            "taking the terminal as controlling terminal (TIOCSCTTY)",
+        ))?;
+    } else if !joins_ours
+        && (image.sid == image.pid || (idx == 0 && ours != image.sid && plan.new_session))
+    {
         process::setsid().map_err(sys("setsid"))?;
     } else if idx == 0 {
-        if ours != image.sid {
+        if ours != image.sid && !joins_ours {
             return Err(ChildFailure::Refused {
                 why: format!(
                     "the process was in session {} (not its own); restore it from a process in that session, or allow a new session (--new-session)",
@@ -388,6 +399,10 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         // restorer, once the whole tree exists.
         let _ = process::setpgid(0, image.pgid);
     }
+    // Its controlling terminal and foreground group, when a pty of the tree (before its
+    // children are forked: they inherit the terminal).
+    files::tty::take_terminal_in_child(image, &plan.descriptions)
+        .map_err(other("taking its controlling terminal"))?;
     // Children (and exited children) in pid order, each with its pid.
     let loaded = plan.loaded;
     let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded

@@ -135,7 +135,7 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
             });
         }
     }
-    // A process sharing its parent's fd table has the same fds, and no children of its own.
+    // A process sharing its parent's fd table has the same fds.
     for (p, _) in &processes {
         if p.shares_fd_table_with != 0 {
             let parent = processes
@@ -143,11 +143,7 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
                 .map(|(q, _)| q)
                 .find(|q| q.pid == p.shares_fd_table_with);
             let same = parent.is_some_and(|q| q.pid == p.ppid && q.fds == p.fds);
-            if !same
-                || processes
-                    .iter()
-                    .any(|(q, _)| q.ppid == p.pid && q.pid != p.pid)
-            {
+            if !same {
                 return bad(format!(
                     "pid {} shares an fd table it cannot be restored with",
                     p.pid

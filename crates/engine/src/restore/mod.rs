@@ -15,6 +15,25 @@
 //! [`pidns`] runs the same phases in a new pid namespace. Any failure kills every process
 //! created so far (they are traced with PTRACE_O_EXITKILL, so even a crash of the restorer
 //! cannot leave a half-built process running).
+//!
+//! # Terminals
+//!
+//! A tree whose processes hold a terminal outside the tree (a job started from a shell, see
+//! [`crate::files::tty`]) is attached to [`RestoreOptions::terminal`] as a *shell job*:
+//! * when that terminal is the restorer's controlling terminal (`stasis restore` run at a
+//!   shell), the root joins the restorer's session (whatever session it had: the dumped one
+//!   was the old shell's) in a process group of its own (its dumped one), and once the tree
+//!   exists that group becomes the terminal's foreground group;
+//! * otherwise (a terminal given by path) the root gets a session of its own with that
+//!   terminal as its controlling terminal, its group in the foreground.
+//!
+//! Before the tree runs, the terminal gets the job's dumped termios; once it runs, its
+//! foreground group gets SIGWINCH (a new terminal, as if its window changed, so full-screen
+//! programs redraw). [`wait_job`] then waits for it as a shell would: when the job stops
+//! (Ctrl-Z), the terminal goes back to the restorer's group, which stops too (so the shell
+//! that runs it sees a stopped job); when it is continued (`fg`), the job is given the
+//! terminal again and continued; when it ends, the terminal goes back to the restorer's
+//! group.
 
 pub mod as_user;
 pub mod fork;
@@ -32,7 +51,8 @@ pub use requester::Requester;
 use crate::{inject, Error};
 use stasis_image::ImageDir;
 use stasis_sys::process;
-use stasis_sys::{ptrace, Pid};
+use stasis_sys::{ptrace, tty, Pid};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// The phases of a restore, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +128,11 @@ pub struct RestoreOptions {
     pub root_pdeathsig: bool,
     /// What to do with a file replaced at its path since the dump (default: refuse).
     pub replaced_files: crate::files::ReplacedFiles,
+    /// The terminal to attach a tree to whose processes had a terminal outside the tree (a
+    /// job started from a shell, see "Terminals" above): `stasis restore`'s own terminal
+    /// or one it was given. Unused for images without such a terminal; without it, they are
+    /// refused.
+    pub terminal: Option<OwnedFd>,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -174,9 +199,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         // Every process and thread exists: the owners of I/O signals can be set.
         plan.descriptions
             .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
+        // ... and the queued messages that carry their credentials be sent again.
+        plan.descriptions.tree_exists()?;
+        if let Some(job) = &plan.shell_job {
+            attach_terminal(job, &loaded)?;
+        }
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
+        }
+        if plan.shell_job.is_some() {
+            let root = loaded.inventory.root_pid;
+            let group = process::getpgid(root).unwrap_or(root);
+            let _ = process::kill(-group, libc::SIGWINCH);
         }
         Ok(())
     });
@@ -200,6 +235,77 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let _ = process::set_child_subreaper(false);
     }
     Ok(Restored { pid: root })
+}
+
+/// Gives the terminal of a shell job the job's termios and, when it is the restorer's
+/// controlling terminal, makes the root's group its foreground group.
+fn attach_terminal(job: &plan::ShellJob, loaded: &Loaded) -> Result<(), Error> {
+    let me = process::getpid();
+    if let Some(t) = crate::files::tty::dumped_termios(loaded.processes.iter().map(|(p, _)| p)) {
+        tty::tcsetattr(job.fd.as_fd(), &t)
+            .map_err(|e| Error::io("setting the job's termios on its terminal (TCSETS)", e))?;
+    }
+    if job.our_ctty {
+        let root = loaded.inventory.root_pid;
+        let group = process::getpgid(root).map_err(|e| Error::sys("getpgid", root, e))?;
+        tty::tcsetpgrp(job.fd.as_fd(), group).map_err(|e| {
+            Error::sys(
+                "making its group the terminal's foreground (TIOCSPGRP)",
+                group,
+                e,
+            )
+        })?;
+        tracing::debug!(
+            pid = me,
+            group,
+            "the job's group is the terminal's foreground group"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for a restored shell job (the root `pid`, a child of the caller, in the caller's
+/// session) on `terminal`, the caller's controlling terminal, as a shell would: its group has
+/// the terminal; when it stops, the terminal goes back to the caller's group and the caller
+/// stops itself with SIGSTOP (its shell, or `sudo`, sees a stopped job); on SIGCONT the job
+/// gets the terminal again and SIGCONT. Returns its exit code (or 128 + the signal that
+/// killed it) once it ends, with the terminal back in the caller's group.
+pub fn wait_job(pid: Pid, terminal: BorrowedFd<'_>) -> Result<i32, Error> {
+    let mine = process::getpgid(0).map_err(|e| Error::sys("getpgid", 0, e))?;
+    let give_back = || {
+        let _ = tty::tcsetpgrp(terminal, mine);
+    };
+    loop {
+        let status = match ptrace::waitpid(pid, libc::WUNTRACED) {
+            Ok(s) => s,
+            Err(e) => {
+                give_back();
+                return Err(Error::sys("waitpid", pid, e));
+            }
+        };
+        match status {
+            ptrace::WaitStatus::Exited(c) => {
+                give_back();
+                return Ok(c);
+            }
+            ptrace::WaitStatus::Signaled(s) => {
+                give_back();
+                return Ok(128 + s);
+            }
+            ptrace::WaitStatus::Stopped { .. } => {
+                let group = process::getpgid(pid).unwrap_or(pid);
+                give_back();
+                // SIGSTOP, not SIGTSTP: the kernel discards SIGTSTP for an orphaned group (as
+                // under `sudo`, whose monitor runs us as a session leader, and which suspends
+                // itself when we stop).
+                let _ = process::kill(process::getpid(), libc::SIGSTOP);
+                // Continued (or never stopped): the job goes on in the foreground.
+                let _ = tty::tcsetpgrp(terminal, group);
+                let _ = process::kill(-group, libc::SIGCONT);
+            }
+            ptrace::WaitStatus::Other(_) => continue,
+        }
+    }
 }
 
 /// Waits for a restored process (a child of the caller) to end and returns its exit code, or

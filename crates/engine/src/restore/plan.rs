@@ -18,7 +18,7 @@ use stasis_image::{ProcessImage, RawReader, VmaKind};
 use stasis_sys::process;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// One process of the tree as the restore will create it.
@@ -70,13 +70,61 @@ pub(crate) struct Plan<'a> {
     pub confined: bool,
     /// Where each shared anonymous memory object is first mapped.
     pub shmem: pages::ShmemOwners,
+    /// The terminal a shell job is attached to (see "Terminals" in
+    /// [`crate::restore`](mod@crate::restore)), when the images have a terminal outside the
+    /// tree.
+    pub shell_job: Option<ShellJob>,
+}
+
+/// The terminal of a shell job.
+pub(crate) struct ShellJob {
+    /// The restorer's descriptor of it (the children inherit it across their forks).
+    pub fd: OwnedFd,
+    /// It is the restorer's controlling terminal: the root joins the restorer's session.
+    /// Otherwise the root makes it its own controlling terminal in a new session.
+    pub our_ctty: bool,
+}
+
+/// The shell job of a restore whose images have a terminal outside the tree; an error that
+/// says what to do when the restore has no terminal to attach them to.
+fn shell_job(opts: &RestoreOptions, loaded: &Loaded) -> Result<Option<ShellJob>, Error> {
+    let Some((pid, fd, path)) = files::tty::needs_terminal(loaded.processes.iter().map(|(p, _)| p))
+    else {
+        return Ok(None);
+    };
+    let Some(terminal) = &opts.terminal else {
+        let what = if opts.requester.is_some() {
+            "a restore as a user (through stasisd, or root's restore of a user's \
+             unauthenticated images) runs in a session of its own, away from the user's \
+             terminal, so stasisd does not attach restored processes to terminals; as root, \
+             restore the images from a terminal (`sudo stasis restore -D DIR`; images a user \
+             wrote without stasisd need --trust-images)"
+        } else {
+            "restore it from a terminal (run `stasis restore` in a shell: the job comes back \
+             in it, in the foreground), or give one with --tty PATH"
+        };
+        return Err(Error::Unsupported {
+            what: format!(
+                "fd {fd} of pid {pid} is {path}, a terminal outside the dumped tree (a job \
+                 started from a shell); {what}"
+            ),
+        });
+    };
+    let fd = terminal
+        .try_clone()
+        .map_err(|e| Error::io("dup of the terminal", e))?;
+    let ours = process::getsid(0).ok();
+    let our_ctty = stasis_sys::tty::session_of(fd.as_fd()).ok() == ours;
+    Ok(Some(ShellJob { fd, our_ctty }))
 }
 
 impl<'a> Plan<'a> {
     /// Opens everything the tree needs and plans each process. Returns the plan and the read
     /// end of the error pipe (which the restorer keeps; the children write failures into it).
     pub fn make(opts: &RestoreOptions, loaded: &'a Loaded) -> Result<(Plan<'a>, OwnedFd), Error> {
+        let shell_job = shell_job(opts, loaded)?;
         let mut ctx = files::OpenContext::new(&opts.images, opts.replaced_files);
+        ctx.terminal = shell_job.as_ref().map(|j| j.fd.as_raw_fd());
         let descriptions = files::open_all(&mut ctx, loaded.processes.iter().map(|(p, _)| p))?;
         let mut aux: Vec<OwnedFd> = Vec::new();
         let mut processes = Vec::with_capacity(loaded.processes.len());
@@ -168,6 +216,7 @@ impl<'a> Plan<'a> {
                 .map_or_else(Vec::new, |r| r.rlimits.clone()),
             confined: opts.requester.is_some(),
             shmem,
+            shell_job,
         };
         Ok((plan, err_read))
     }
@@ -219,12 +268,18 @@ fn joins_group_late(loaded: &Loaded, i: usize) -> bool {
 /// Whether process `i` is the last one rebuilt of those sharing its fd table (which hold the
 /// restore descriptors in that one table): it closes them.
 fn closes_restore_fds(loaded: &Loaded, i: usize) -> bool {
+    // The table's owner: the first of a chain of sharers (a sharer's child may share it too).
     let table = |p: &ProcessImage| {
-        if p.shares_fd_table_with != 0 {
-            p.shares_fd_table_with
-        } else {
-            p.pid
+        let mut owner = p;
+        for _ in 0..loaded.processes.len() {
+            match loaded.processes.iter().find(|(q, _)| {
+                owner.shares_fd_table_with != 0 && q.pid == owner.shares_fd_table_with
+            }) {
+                Some((q, _)) => owner = q,
+                None => break,
+            }
         }
+        owner.pid
     };
     let image = &loaded.processes[i].0;
     !loaded.processes[i + 1..]

@@ -60,6 +60,9 @@ pub enum RebuildStep {
     /// Close the restore descriptors (mapped files, executables, error pipe) once the last
     /// process sharing this fd table no longer needs them.
     CloseRestoreFds,
+    /// pidfds of processes of the tree that did not exist yet while the process laid out its
+    /// fd table (siblings, grandchildren, ...): every process exists now.
+    Pidfds,
     /// POSIX record locks, flock locks and leases, taken by the process itself through its fds
     /// (OFD locks came with the descriptions): after the restore fds are closed (a process
     /// that closes any fd of a file loses its POSIX locks on it), and before the credentials
@@ -116,6 +119,7 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
     RebuildStep::IntervalTimers,
     RebuildStep::LeaderThread,
     RebuildStep::CloseRestoreFds,
+    RebuildStep::Pidfds,
     RebuildStep::Locks,
     RebuildStep::CreateThreads,
     RebuildStep::PosixTimers,
@@ -145,6 +149,7 @@ impl RebuildStep {
             RebuildStep::IntervalTimers => "interval timers",
             RebuildStep::LeaderThread => "leader thread state",
             RebuildStep::CloseRestoreFds => "close restore fds",
+            RebuildStep::Pidfds => "pidfds",
             RebuildStep::Locks => "locks",
             RebuildStep::CreateThreads => "create threads",
             RebuildStep::PosixTimers => "POSIX timers",
@@ -290,6 +295,17 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     let last = base as u32 + plan.aux_count as u32 - 1;
                     self.inj()?.close_range(base as u32, last, 0)?;
                 }
+            }
+            RebuildStep::Pidfds => {
+                let loaded = plan.loaded;
+                let images: Vec<&ProcessImage> = loaded.processes.iter().map(|(p, _)| p).collect();
+                let zombies: Vec<(Pid, Pid)> = loaded
+                    .inventory
+                    .zombies
+                    .iter()
+                    .map(|z| (z.pid, z.ppid))
+                    .collect();
+                files::pidfd::restore_late(self.inj()?, image, &images, &zombies)?;
             }
             RebuildStep::Locks => {
                 let desc_locks = desc_locks_of(plan, image);
@@ -448,7 +464,13 @@ mod tests {
             assert!(!seen.contains(s), "{s:?} twice");
             seen.push(*s);
         }
-        assert_eq!(seen.len(), 23);
+        assert_eq!(seen.len(), 24);
+    }
+
+    #[test]
+    fn pidfds_once_the_fd_table_is_final() {
+        assert!(pos(S::CloseRestoreFds) < pos(S::Pidfds));
+        assert!(pos(S::Pidfds) < pos(S::Seccomp));
     }
 
     #[test]

@@ -76,6 +76,40 @@ fn exe_memfd(pid: Pid, exe_path: &str) -> Result<u64, Error> {
     Ok(meta.ino())
 }
 
+/// For a cwd `/proc/N (deleted)`, the /proc directory of a process that died since: N.
+pub fn dead_proc_dir(path: &str) -> Option<Pid> {
+    let n = path.strip_suffix(" (deleted)")?.strip_prefix("/proc/")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok().filter(|&n: &Pid| n > 0)
+}
+
+/// Makes the cwd the /proc directory of a dead process, as it was: a throwaway child (with
+/// pid `n` when that is free, so the cwd link reads the same) is entered through /proc, then
+/// killed and reaped; its SIGCHLD is dropped.
+fn enter_dead_proc_dir(n: Pid) -> Result<(), String> {
+    use stasis_sys::process::Forked;
+    let forked = match process::fork_with_pid(n) {
+        Ok(f) => f,
+        Err(_) => process::fork().map_err(|e| format!("fork (cwd in a dead /proc dir): {e}"))?,
+    };
+    match forked {
+        Forked::Child(_) => loop {
+            // Killed by the parent once it entered our /proc directory.
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        },
+        Forked::Parent(pid) => {
+            let dir = format!("/proc/{pid}");
+            let entered = std::env::set_current_dir(&dir).map_err(|e| format!("chdir {dir}: {e}"));
+            let _ = process::kill(pid, libc::SIGKILL);
+            process::wait_exited(pid).map_err(|e| format!("reaping {pid}: {e}"))?;
+            process::discard_pending_sigchld().map_err(|e| format!("dropping SIGCHLD: {e}"))?;
+            entered
+        }
+    }
+}
+
 /// Runs in the new process before it stops for the restorer. Returns a message on failure
 /// (the caller reports it to the restorer).
 /// With `fs_shared`, the process shares its parent's cwd, root and umask (CLONE_FS), which the
@@ -92,11 +126,12 @@ pub fn apply_in_child(
     super::loginuid::apply_in_child(t.loginuid)?;
     super::oom::apply_in_child(t.oom_score_adj, confined)?;
     if !fs_shared {
-        match &t.cwd_deleted {
-            None => {
+        match (&t.cwd_deleted, dead_proc_dir(&t.cwd)) {
+            (None, Some(n)) => enter_dead_proc_dir(n)?,
+            (None, None) => {
                 std::env::set_current_dir(&t.cwd).map_err(|e| format!("chdir {}: {e}", t.cwd))?
             }
-            Some(d) => {
+            (Some(d), _) => {
                 // An empty stand-in next to the old path, entered and removed again.
                 let fallback = format!("{}.stasis-{}-cwd", t.cwd, std::process::id());
                 let tmp = crate::files::directory::recreate_deleted(&t.cwd, &fallback, d)
@@ -146,4 +181,19 @@ pub fn restore_prctl(inj: &mut Injector, t: &TaskState, with_pdeathsig: bool) ->
         inj.set_child_subreaper(true)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_proc_dirs() {
+        assert_eq!(dead_proc_dir("/proc/42 (deleted)"), Some(42));
+        assert_eq!(dead_proc_dir("/proc/42"), None);
+        assert_eq!(dead_proc_dir("/proc/self (deleted)"), None);
+        assert_eq!(dead_proc_dir("/proc/4/task (deleted)"), None);
+        assert_eq!(dead_proc_dir("/tmp/proc/42 (deleted)"), None);
+        assert_eq!(dead_proc_dir("/proc/ (deleted)"), None);
+    }
 }
