@@ -898,6 +898,8 @@ zdtm_tests! {
     pipe_lone_end;
     make_jobs;
     file_status_flags;
+    // Inet sockets (files::tcp, files::udp).
+    sock_tcp_loop;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

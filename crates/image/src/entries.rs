@@ -505,6 +505,98 @@ pub enum FileKind {
         ino: u64,
         mode: u32,
     },
+    /// An AF_INET or AF_INET6 socket (engine::files::tcp for SOCK_STREAM, engine::files::udp
+    /// for SOCK_DGRAM; shared parts in engine::files::inet).
+    Inet(Box<InetSocket>),
+}
+
+/// An address of an inet socket: `ip` is 4 bytes (AF_INET) or 16 (AF_INET6, a v4-mapped
+/// address included), `port` in host order; `scope_id` and `flowinfo` only for AF_INET6.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetAddr {
+    pub ip: Vec<u8>,
+    pub port: u16,
+    pub flowinfo: u32,
+    pub scope_id: u32,
+}
+
+/// An AF_INET/AF_INET6 socket: its creation triple, addresses, options, and what it holds.
+/// `local` is `None` for an unbound socket, `peer` for an unconnected one. `state` is the
+/// TCP state (TCP_ESTABLISHED = 1, TCP_LISTEN = 10, TCP_CLOSE = 7, ...) of a stream socket,
+/// and for a datagram socket 1 (connected) or 7 (not). `backlog` is a listener's (0
+/// otherwise). `shutdown`: SHUT_RD (1) and SHUT_WR (2) bits of a datagram socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetSocket {
+    pub family: u32,
+    pub ty: u32,
+    pub protocol: u32,
+    pub state: u32,
+    pub local: Option<InetAddr>,
+    pub peer: Option<InetAddr>,
+    pub backlog: u32,
+    pub shutdown: u32,
+    pub options: InetOptions,
+    /// A connection restored with TCP_REPAIR.
+    pub tcp: Option<TcpConnection>,
+    /// Datagrams queued on a datagram socket, oldest first (their senders are not kept).
+    pub datagrams: Vec<Vec<u8>>,
+}
+
+/// Socket options of an inet socket, as getsockopt reads them. `linger` is `l_onoff` /
+/// `l_linger`; `buf_locks`: bit 0 SO_SNDBUF was set, bit 1 SO_RCVBUF was set (then `sndbuf`
+/// and `rcvbuf` are set again, as the kernel reported them, halved for setsockopt).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetOptions {
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: bool,
+    pub keepalive: bool,
+    pub keepidle: u32,
+    pub keepintvl: u32,
+    pub keepcnt: u32,
+    pub nodelay: bool,
+    pub cork: bool,
+    pub linger: Option<u32>,
+    pub sndbuf: u32,
+    pub rcvbuf: u32,
+    pub buf_locks: u32,
+    pub rcvlowat: u32,
+    pub priority: u32,
+    pub mark: u32,
+    pub broadcast: bool,
+    pub bindtodevice: String,
+    pub freebind: bool,
+    pub tos: u32,
+    pub ttl: u32,
+}
+
+/// The state of an established (or closing) TCP connection, for TCP_REPAIR. Sequence numbers
+/// are those after the queues: `snd_seq` the next byte to queue for sending (write_seq),
+/// `rcv_seq` the next byte expected (rcv_nxt). `send_queue` holds every byte not acknowledged
+/// by the peer, of which the last `unsent` were not sent yet; `recv_queue` what arrived and
+/// was not read. `mss` (the clamp), window scales, SACK and timestamps as negotiated; `tsval`
+/// the TCP_TIMESTAMP clock; the window as TCP_REPAIR_WINDOW reads it. `hold_table`: the
+/// nftables table (family inet) that holds off the peer's packets until the restore removes
+/// it (empty when none was installed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    pub snd_seq: u32,
+    pub rcv_seq: u32,
+    pub send_queue: Vec<u8>,
+    pub unsent: u32,
+    pub recv_queue: Vec<u8>,
+    pub mss: u32,
+    pub snd_wscale: u32,
+    pub rcv_wscale: u32,
+    pub sack: bool,
+    pub timestamps: bool,
+    pub tsval: u32,
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+    pub hold_table: String,
 }
 
 /// One watch of an inotify instance: its watch descriptor (which the restored instance hands

@@ -384,6 +384,44 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
                 locks: Vec::new(),
             },
+            FileDesc {
+                id: 15,
+                flags: 0o2,
+                pos: 0,
+                kind: FileKind::Inet(Box::new(InetSocket {
+                    family: 2,
+                    ty: 1,
+                    protocol: 6,
+                    state: 1,
+                    local: Some(InetAddr {
+                        ip: vec![127, 0, 0, 1],
+                        port: 4000,
+                        ..Default::default()
+                    }),
+                    peer: Some(InetAddr {
+                        ip: vec![127, 0, 0, 1],
+                        port: 4001,
+                        ..Default::default()
+                    }),
+                    tcp: Some(TcpConnection {
+                        snd_seq: 1000,
+                        rcv_seq: 2000,
+                        send_queue: b"unacked".to_vec(),
+                        unsent: 2,
+                        recv_queue: b"unread".to_vec(),
+                        mss: 65483,
+                        snd_wscale: 7,
+                        rcv_wscale: 7,
+                        sack: true,
+                        timestamps: true,
+                        hold_table: "stasis_hold_42_1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
         ],
         fds: vec![
             FdEntry {

@@ -21,6 +21,7 @@
 
 pub mod anon_files;
 pub mod fs;
+pub mod inet;
 pub mod kabi;
 pub mod privilege;
 pub mod proc_mem;

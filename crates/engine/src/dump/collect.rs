@@ -20,13 +20,15 @@ pub(crate) struct Collected {
     pub blobs: Vec<(u32, std::fs::File)>,
 }
 
-/// Collects every process of the frozen tree (all checks first; nothing is written).
+/// Collects every process of the frozen tree (all checks first; nothing is written). Also
+/// returns what the file kinds hold in place until the dump is over (TCP connections in repair
+/// mode behind an nftables rule: [`files::DumpHolds`]); on failure it is released here.
 pub(crate) fn collect_tree(
     tree: &FrozenTree,
     root_pidfd: &OwnedFd,
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
-) -> Result<Vec<Collected>, Error> {
+) -> Result<(Vec<Collected>, files::DumpHolds), Error> {
     let shared = shared_tables(tree)?;
     let mut registry = files::FileRegistry::default();
     let mut collected = Vec::with_capacity(tree.processes.len());
@@ -56,8 +58,8 @@ pub(crate) fn collect_tree(
     let zombies: Vec<(Pid, Pid)> = tree.zombies.iter().map(|z| (z.pid, z.ppid)).collect();
     files::pidfd::check_tree(&images, &zombies)?;
     // Objects that span processes (pipes) are complete only once every process is seen.
-    registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
-    Ok(collected)
+    let holds = registry.finish(collected.iter_mut().map(|c| &mut c.image.files))?;
+    Ok((collected, holds))
 }
 
 /// What a process shares with its parent: (fd table, fs state), as the parent's pid or 0.

@@ -8,6 +8,11 @@
 //!    inventory is written last;
 //! 5. release: the tree is killed (default) or left running.
 //!
+//! TCP connections (files::tcp) are put in repair mode during collect, behind an nftables rule
+//! that holds off their peers' packets ([`crate::files::DumpHolds`]); a dump that fails or
+//! lets the tree run on releases them before thawing it, a dump that kills the tree leaves the
+//! rule for the restore to remove.
+//!
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
 //! mappings, pipes leading out of the tree) is checked for every process before any file is
 //! created; the inventory is written last and atomically, so a directory without it is never
@@ -183,7 +188,10 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let mut frozen_for = None;
     let result = (|| {
         let phase = Phase::Collect.span();
-        let collected = collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref())?;
+        // `holds`: TCP connections in repair mode and the nftables rule holding off their
+        // peers; dropped (released) on any failure below, before the tree is thawed.
+        let (collected, holds) =
+            collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref())?;
         drop(phase);
         let phase = Phase::Write.span();
         let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;
@@ -191,22 +199,31 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk; one that is killed stays frozen
         // until its images are durable, so a failure here still leaves it alive.
-        if opts.leave_running {
+        let holds = if opts.leave_running {
+            drop(holds);
             tree.thaw()?;
             frozen_for = Some(frozen_at.elapsed());
-        }
+            None
+        } else {
+            Some(holds)
+        };
         for name in &written {
             dir.sync_file(name)?;
         }
         write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
-        Ok::<_, Error>((mappings, page_bytes))
+        Ok::<_, Error>((mappings, page_bytes, holds))
     })();
     match result {
-        Ok((mappings, page_bytes)) => {
+        Ok((mappings, page_bytes, holds)) => {
             let processes = tree.processes.len();
             let _phase = Phase::Release.span();
             if !opts.leave_running {
                 tree.kill(vdso_offset)?;
+            }
+            // Killed: the connections vanish silently and their peers stay held off until
+            // the restore.
+            if let Some(h) = holds {
+                h.keep();
             }
             Ok(DumpReport {
                 pid,

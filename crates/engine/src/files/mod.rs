@@ -18,6 +18,9 @@
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | character devices                      | [`chardev`]     |
+//! | TCP sockets (listeners, connections)   | [`tcp`]         |
+//! | UDP and UDP-Lite sockets               | [`udp`]         |
+//! | (what TCP and UDP share)               | [`inet`]        |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
 //! [`FileOps`], and one line in [`kinds`].
@@ -91,6 +94,7 @@ pub mod directory;
 pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -101,7 +105,9 @@ mod pipebuf;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
+pub mod tcp;
 pub mod timerfd;
+pub mod udp;
 
 /// Every kind of file stasis dumps and restores, in the order they are tried at dump: the
 /// first kind that [claims](FileOps::claims) an fd dumps it. Kinds that claim the same class
@@ -124,6 +130,8 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
         Box::<chardev::CharDevices>::default(),
+        Box::<tcp::TcpSockets>::default(),
+        Box::<udp::UdpSockets>::default(),
     ]
 }
 
@@ -148,6 +156,19 @@ pub trait FileOps {
         id: u32,
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error>;
+
+    /// Dump: what the kind holds in place until the dump is over (TCP connections in repair
+    /// mode behind an nftables rule), handed to the dump's release phase by
+    /// [`FileRegistry::finish`].
+    fn take_hold(&mut self) -> Option<inet::ConnectionHold> {
+        None
+    }
+
+    /// Restore: runs once every description of the tree is open ([`open_all`]): TCP
+    /// connections leave repair mode and their nftables hold is removed.
+    fn all_opened(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Dump: whether fds of this kind that share a description with an fd seen before (in the
     /// tree) are found with kcmp and given its id. Only the self-dump connection is not.
@@ -568,11 +589,12 @@ impl FileRegistry {
     /// Completes the objects that span processes, once every process is collected: `processes`
     /// are the descriptions of every process record, in tree order. Fails when one cannot be
     /// restored (a pipe with an end outside the tree); the bytes in flight of each pipe go into
-    /// the first record that has the pipe's first description.
+    /// the first record that has the pipe's first description. Returns what the kinds hold in
+    /// place until the dump is over ([`DumpHolds`]); on failure, it is released here.
     pub fn finish<'a>(
         mut self,
         processes: impl IntoIterator<Item = &'a mut Vec<FileDesc>>,
-    ) -> Result<(), Error> {
+    ) -> Result<DumpHolds, Error> {
         for (pid, fd, owner) in &self.owners {
             if let Some(who) = self.members.outside(owner) {
                 return Err(Error::Unsupported {
@@ -586,7 +608,29 @@ impl FileRegistry {
         for kind in &mut self.kinds {
             kind.finish(&mut all)?;
         }
-        Ok(())
+        Ok(DumpHolds(
+            self.kinds
+                .iter_mut()
+                .filter_map(|k| k.take_hold())
+                .collect(),
+        ))
+    }
+}
+
+/// What the kinds hold in place while a dump is under way (TCP connections in repair mode, the
+/// nftables rule that keeps their peers' packets away). Dropping it releases everything (the
+/// dump failed, or the processes run on: call it before they are thawed);
+/// [`DumpHolds::keep`] is for a dump whose processes were killed.
+#[derive(Default)]
+pub struct DumpHolds(Vec<inet::ConnectionHold>);
+
+impl DumpHolds {
+    /// The dumped processes were killed: the connections vanish without a word to their peers,
+    /// whose packets stay held off until the restore.
+    pub fn keep(self) {
+        for h in self.0 {
+            h.keep();
+        }
     }
 }
 
@@ -1031,6 +1075,9 @@ pub fn open_all<'a>(
         locks::take_on_description(&fd, f)?;
         fds.insert(f.id, fd);
     }
+    for kind in &mut kinds {
+        kind.all_opened()?;
+    }
     Ok(OpenedFiles { descs, fds })
 }
 
@@ -1259,10 +1306,11 @@ mod tests {
                 FileKind::Fifo { .. } => 12,
                 FileKind::OPath { .. } => 13,
                 FileKind::Pidfd { .. } => 14,
+                FileKind::Inet(s) => 15 + s.ty as usize,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 15, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 16, "the sample record lacks a kind of file");
         kinds
     }
 
@@ -1475,6 +1523,7 @@ mod tests {
             class,
             all_fds: &[],
             service: None,
+            socket: None,
             cloexec: false,
             dup: None,
         }

@@ -1,0 +1,582 @@
+//! What TCP ([`super::tcp`]) and UDP ([`super::udp`]) sockets share: addresses, the common
+//! socket options, the checks of a record, and the nftables hold that keeps a peer's packets
+//! away from connections being checkpointed.
+//!
+//! # Options
+//!
+//! Dump reads with getsockopt: SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, SO_KEEPALIVE (and
+//! TCP_KEEPIDLE/KEEPINTVL/KEEPCNT), TCP_NODELAY, TCP_CORK, SO_LINGER, SO_SNDBUF/SO_RCVBUF,
+//! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
+//! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS). Buffer sizes are restored only when they
+//! differ from what a fresh socket of the same kind has (set by the program, so locked by the
+//! kernel against autotuning); a connected TCP socket's buffers grow by themselves and are only
+//! forced as large as its queues need. A socket with a classic BPF filter (SO_ATTACH_FILTER)
+//! or multicast memberships is refused by name.
+//!
+//! # The hold ([`ConnectionHold`])
+//!
+//! A TCP connection being dumped must not be answered by the kernel while its socket does not
+//! exist (between the kill and the restore, the peer's packets would get a reset). Before a
+//! connection is put in repair mode, an nftables table of family inet, named
+//! `stasis_hold_<dumper pid>_<nonce>` (one per dump, so concurrent dumps do not clash), gets a
+//! rule in its input chain that drops the packets of that connection from its peer. The dump
+//! records the table's name with each connection; the restore deletes the table once every
+//! description is open. A dump that fails, or that lets the processes run on, deletes the table
+//! and takes the sockets out of repair mode before the processes are thawed. The `nft` binary
+//! (Debian package nftables) must be installed; a dump of an established connection without it
+//! is refused.
+
+use crate::Error;
+use stasis_image::{InetAddr, InetOptions, InetSocket};
+use stasis_sys::inet as sys;
+use stasis_sys::socket::{get_option_bytes, SocketKind};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+/// Largest queue of data a record may hold for one socket (send or receive queue, or all the
+/// datagrams of a socket): 64 MiB, more than any buffer the kernel allows by default.
+pub const MAX_QUEUE: usize = 64 << 20;
+/// Longest interface name (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+/// Longest name of a hold table.
+const MAX_TABLE_NAME: usize = 64;
+
+/// The record's form of an address.
+pub fn addr_to_image(a: &SocketAddr) -> InetAddr {
+    match a {
+        SocketAddr::V4(v) => InetAddr {
+            ip: v.ip().octets().to_vec(),
+            port: v.port(),
+            flowinfo: 0,
+            scope_id: 0,
+        },
+        SocketAddr::V6(v) => InetAddr {
+            ip: v.ip().octets().to_vec(),
+            port: v.port(),
+            flowinfo: v.flowinfo(),
+            scope_id: v.scope_id(),
+        },
+    }
+}
+
+/// The address a record holds (checked by [`validate`]).
+pub fn image_to_addr(a: &InetAddr) -> Result<SocketAddr, Error> {
+    match a.ip.len() {
+        4 => {
+            let o: [u8; 4] = a.ip[..].try_into().map_err(|_| bad_ip(a))?;
+            Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(o), a.port)))
+        }
+        16 => {
+            let o: [u8; 16] = a.ip[..].try_into().map_err(|_| bad_ip(a))?;
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(o),
+                a.port,
+                a.flowinfo,
+                a.scope_id,
+            )))
+        }
+        _ => Err(bad_ip(a)),
+    }
+}
+
+fn bad_ip(a: &InetAddr) -> Error {
+    Error::Invalid(format!("an inet address of {} bytes", a.ip.len()))
+}
+
+/// Whether an address is "nothing" (0.0.0.0:0 or [::]:0): the socket is not bound.
+pub fn is_unbound(a: &SocketAddr) -> bool {
+    a.port() == 0 && a.ip().is_unspecified()
+}
+
+/// "tcp 127.0.0.1:80 <-> 10.0.0.2:4711", "udp [::]:53", for messages.
+pub fn describe(s: &InetSocket) -> String {
+    let proto = match s.protocol as i32 {
+        libc::IPPROTO_TCP => "tcp",
+        libc::IPPROTO_UDP => "udp",
+        libc::IPPROTO_UDPLITE => "udplite",
+        _ => "inet",
+    };
+    let six = if s.family as i32 == libc::AF_INET6 {
+        "6"
+    } else {
+        ""
+    };
+    let a = |x: &Option<InetAddr>| match x.as_ref().map(image_to_addr) {
+        Some(Ok(a)) => a.to_string(),
+        _ => "*".to_string(),
+    };
+    match &s.peer {
+        Some(_) => format!("{proto}{six} {} <-> {}", a(&s.local), a(&s.peer)),
+        None => format!("{proto}{six} {}", a(&s.local)),
+    }
+}
+
+/// The same, from live addresses.
+pub fn describe_live(proto: &str, local: &SocketAddr, peer: Option<&SocketAddr>) -> String {
+    match peer {
+        Some(p) => format!("{proto} {local} <-> {p}"),
+        None => format!("{proto} {local}"),
+    }
+}
+
+fn opt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> std::io::Result<i32> {
+    sys::int_option(fd, level, name)
+}
+
+/// Reads the options of an inet socket of kind `k`; `what` names the fd in errors.
+pub fn dump_options(fd: BorrowedFd<'_>, k: SocketKind, what: &str) -> Result<InetOptions, Error> {
+    let err = |o: &str, e| Error::io(format!("getsockopt {o} of {what}"), e);
+    let get = |level, name, o: &str| opt_int(fd, level, name).map_err(|e| err(o, e));
+    let sol = libc::SOL_SOCKET;
+    let tcp = k.ty == libc::SOCK_STREAM;
+    let v6 = k.domain == libc::AF_INET6;
+    let mut o = InetOptions {
+        reuseaddr: get(sol, libc::SO_REUSEADDR, "SO_REUSEADDR")? != 0,
+        reuseport: get(sol, libc::SO_REUSEPORT, "SO_REUSEPORT")? != 0,
+        keepalive: get(sol, libc::SO_KEEPALIVE, "SO_KEEPALIVE")? != 0,
+        rcvlowat: get(sol, libc::SO_RCVLOWAT, "SO_RCVLOWAT")? as u32,
+        priority: get(sol, libc::SO_PRIORITY, "SO_PRIORITY")? as u32,
+        mark: get(sol, libc::SO_MARK, "SO_MARK")? as u32,
+        broadcast: get(sol, libc::SO_BROADCAST, "SO_BROADCAST")? != 0,
+        sndbuf: get(sol, libc::SO_SNDBUF, "SO_SNDBUF")? as u32,
+        rcvbuf: get(sol, libc::SO_RCVBUF, "SO_RCVBUF")? as u32,
+        ..Default::default()
+    };
+    let linger = get_option_bytes(fd, sol, libc::SO_LINGER, 8).map_err(|e| err("SO_LINGER", e))?;
+    if linger.len() == 8 && linger[..4] != [0; 4] {
+        o.linger = Some(u32::from_ne_bytes([
+            linger[4], linger[5], linger[6], linger[7],
+        ]));
+    }
+    let dev = get_option_bytes(fd, sol, libc::SO_BINDTODEVICE, 16)
+        .map_err(|e| err("SO_BINDTODEVICE", e))?;
+    let end = dev.iter().position(|&b| b == 0).unwrap_or(dev.len());
+    o.bindtodevice = String::from_utf8_lossy(&dev[..end]).into_owned();
+    if tcp {
+        let t = libc::IPPROTO_TCP;
+        o.nodelay = get(t, libc::TCP_NODELAY, "TCP_NODELAY")? != 0;
+        o.cork = get(t, libc::TCP_CORK, "TCP_CORK")? != 0;
+        o.keepidle = get(t, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE")? as u32;
+        o.keepintvl = get(t, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL")? as u32;
+        o.keepcnt = get(t, libc::TCP_KEEPCNT, "TCP_KEEPCNT")? as u32;
+    }
+    if v6 {
+        let l = libc::IPPROTO_IPV6;
+        o.v6only = get(l, libc::IPV6_V6ONLY, "IPV6_V6ONLY")? != 0;
+        o.freebind = get(l, libc::IPV6_FREEBIND, "IPV6_FREEBIND")? != 0;
+        o.tos = get(l, libc::IPV6_TCLASS, "IPV6_TCLASS")? as u32;
+        o.ttl = get(l, libc::IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS")? as u32;
+    } else {
+        let l = libc::IPPROTO_IP;
+        o.freebind = get(l, libc::IP_FREEBIND, "IP_FREEBIND")? != 0;
+        o.tos = get(l, libc::IP_TOS, "IP_TOS")? as u32;
+        o.ttl = get(l, libc::IP_TTL, "IP_TTL")? as u32;
+    }
+    // Buffer sizes a fresh socket would not have were set by the program.
+    let fresh = sys::socket(k.domain, k.ty, k.protocol)
+        .map_err(|e| Error::io(format!("a socket like {what}, for its defaults"), e))?;
+    let f = fresh.as_fd();
+    let d = |name, o: &str| opt_int(f, sol, name).map_err(|e| err(o, e));
+    if d(libc::SO_SNDBUF, "SO_SNDBUF")? as u32 != o.sndbuf {
+        o.buf_locks |= 1;
+    }
+    if d(libc::SO_RCVBUF, "SO_RCVBUF")? as u32 != o.rcvbuf {
+        o.buf_locks |= 2;
+    }
+    // A filter cannot be read back into the kernel's form here yet: refused by name.
+    // SO_GET_FILTER into 4 bytes: nothing without a filter, EINVAL (too small) with one.
+    if let Err(e) = get_option_bytes(fd, sol, libc::SO_ATTACH_FILTER, 4) {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{what} has a socket filter (SO_ATTACH_FILTER), which stasis cannot dump yet"
+                ),
+            });
+        }
+    }
+    Ok(o)
+}
+
+/// Options set before bind (they decide whether and how the bind succeeds).
+pub fn restore_options_before_bind(
+    fd: BorrowedFd<'_>,
+    family: i32,
+    o: &InetOptions,
+    what: &str,
+) -> Result<(), Error> {
+    let set = |level, name, v: i32, n: &str| {
+        sys::set_int_option(fd, level, name, v)
+            .map_err(|e| Error::io(format!("setsockopt {n} {v} on {what}"), e))
+    };
+    let sol = libc::SOL_SOCKET;
+    set(sol, libc::SO_REUSEADDR, o.reuseaddr as i32, "SO_REUSEADDR")?;
+    set(sol, libc::SO_REUSEPORT, o.reuseport as i32, "SO_REUSEPORT")?;
+    if family == libc::AF_INET6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            o.v6only as i32,
+            "IPV6_V6ONLY",
+        )?;
+        if o.freebind {
+            set(libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1, "IPV6_FREEBIND")?;
+        }
+    } else if o.freebind {
+        set(libc::IPPROTO_IP, libc::IP_FREEBIND, 1, "IP_FREEBIND")?;
+    }
+    if !o.bindtodevice.is_empty() {
+        stasis_sys::socket::set_option_bytes(
+            fd,
+            sol,
+            libc::SO_BINDTODEVICE,
+            o.bindtodevice.as_bytes(),
+        )
+        .map_err(|e| Error::io(format!("SO_BINDTODEVICE {} on {what}", o.bindtodevice), e))?;
+    }
+    Ok(())
+}
+
+/// The other options (after bind and connect). Buffer sizes only when the program set them
+/// ([`InetOptions::buf_locks`]).
+pub fn restore_options(
+    fd: BorrowedFd<'_>,
+    family: i32,
+    ty: i32,
+    o: &InetOptions,
+    what: &str,
+) -> Result<(), Error> {
+    let set = |level, name, v: i32, n: &str| {
+        sys::set_int_option(fd, level, name, v)
+            .map_err(|e| Error::io(format!("setsockopt {n} {v} on {what}"), e))
+    };
+    let sol = libc::SOL_SOCKET;
+    set(sol, libc::SO_KEEPALIVE, o.keepalive as i32, "SO_KEEPALIVE")?;
+    set(sol, libc::SO_RCVLOWAT, o.rcvlowat as i32, "SO_RCVLOWAT")?;
+    set(sol, libc::SO_PRIORITY, o.priority as i32, "SO_PRIORITY")?;
+    if o.mark != 0 {
+        set(sol, libc::SO_MARK, o.mark as i32, "SO_MARK")?;
+    }
+    set(sol, libc::SO_BROADCAST, o.broadcast as i32, "SO_BROADCAST")?;
+    if let Some(l) = o.linger {
+        let mut b = 1i32.to_ne_bytes().to_vec();
+        b.extend_from_slice(&(l as i32).to_ne_bytes());
+        stasis_sys::socket::set_option_bytes(fd, sol, libc::SO_LINGER, &b)
+            .map_err(|e| Error::io(format!("SO_LINGER on {what}"), e))?;
+    }
+    // The kernel doubles what it is given.
+    if o.buf_locks & 1 != 0 {
+        set(
+            sol,
+            libc::SO_SNDBUFFORCE,
+            (o.sndbuf / 2) as i32,
+            "SO_SNDBUFFORCE",
+        )?;
+    }
+    if o.buf_locks & 2 != 0 {
+        set(
+            sol,
+            libc::SO_RCVBUFFORCE,
+            (o.rcvbuf / 2) as i32,
+            "SO_RCVBUFFORCE",
+        )?;
+    }
+    if ty == libc::SOCK_STREAM {
+        let t = libc::IPPROTO_TCP;
+        set(t, libc::TCP_NODELAY, o.nodelay as i32, "TCP_NODELAY")?;
+        set(t, libc::TCP_CORK, o.cork as i32, "TCP_CORK")?;
+        set(t, libc::TCP_KEEPIDLE, o.keepidle as i32, "TCP_KEEPIDLE")?;
+        set(t, libc::TCP_KEEPINTVL, o.keepintvl as i32, "TCP_KEEPINTVL")?;
+        set(t, libc::TCP_KEEPCNT, o.keepcnt as i32, "TCP_KEEPCNT")?;
+    }
+    // getsockopt reports the TTL in effect (the system's default unless set): 0 is none.
+    if family == libc::AF_INET6 {
+        let l = libc::IPPROTO_IPV6;
+        set(l, libc::IPV6_TCLASS, o.tos as i32, "IPV6_TCLASS")?;
+        if o.ttl != 0 {
+            set(
+                l,
+                libc::IPV6_UNICAST_HOPS,
+                o.ttl as i32,
+                "IPV6_UNICAST_HOPS",
+            )?;
+        }
+    } else {
+        let l = libc::IPPROTO_IP;
+        set(l, libc::IP_TOS, o.tos as i32, "IP_TOS")?;
+        if o.ttl != 0 {
+            set(l, libc::IP_TTL, o.ttl as i32, "IP_TTL")?;
+        }
+    }
+    Ok(())
+}
+
+/// The checks every inet record passes: family, addresses of the family's size, bounded
+/// options and queues.
+pub fn validate(s: &InetSocket) -> Result<(), String> {
+    let iplen = match s.family as i32 {
+        libc::AF_INET => 4,
+        libc::AF_INET6 => 16,
+        f => return Err(format!("family {f}, not AF_INET or AF_INET6")),
+    };
+    for (name, a) in [("local", &s.local), ("peer", &s.peer)] {
+        if let Some(a) = a {
+            if a.ip.len() != iplen {
+                return Err(format!(
+                    "{name} address of {} bytes for family {}",
+                    a.ip.len(),
+                    s.family
+                ));
+            }
+        }
+    }
+    let o = &s.options;
+    if o.bindtodevice.len() > MAX_IFNAME || o.bindtodevice.contains('\0') {
+        return Err(format!("bad device name {:?}", o.bindtodevice));
+    }
+    if o.buf_locks > 3 {
+        return Err(format!("buffer locks {:#x}", o.buf_locks));
+    }
+    if o.sndbuf > i32::MAX as u32 || o.rcvbuf > i32::MAX as u32 {
+        return Err("buffer size out of range".into());
+    }
+    if o.tos > 255 || o.ttl > 255 {
+        return Err(format!("TOS {} or TTL {} out of range", o.tos, o.ttl));
+    }
+    if s.shutdown > 3 {
+        return Err(format!("shutdown bits {:#x}", s.shutdown));
+    }
+    let total: usize = s.datagrams.iter().map(|d| d.len()).sum();
+    if total > MAX_QUEUE || s.datagrams.len() > 65536 {
+        return Err(format!(
+            "{} datagrams of {total} bytes queued (at most {MAX_QUEUE} bytes)",
+            s.datagrams.len()
+        ));
+    }
+    if let Some(t) = &s.tcp {
+        if t.send_queue.len() > MAX_QUEUE || t.recv_queue.len() > MAX_QUEUE {
+            return Err(format!("a TCP queue larger than {MAX_QUEUE} bytes"));
+        }
+        if t.unsent as usize > t.send_queue.len() {
+            return Err(format!(
+                "{} bytes not sent of a send queue of {}",
+                t.unsent,
+                t.send_queue.len()
+            ));
+        }
+        check_table_name(&t.hold_table)?;
+    }
+    Ok(())
+}
+
+/// A hold table's name from a record: empty, or `stasis_hold_` and letters, digits and `_`.
+fn check_table_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || (name.len() <= MAX_TABLE_NAME
+            && name.starts_with("stasis_hold_")
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        Ok(())
+    } else {
+        Err(format!("bad nftables table name {name:?}"))
+    }
+}
+
+/// The `nft` binary, if installed.
+fn nft_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join("nft"))
+        .find(|p| p.is_file())
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str) -> Result<(), String> {
+    let bin = nft_binary()
+        .ok_or_else(|| "the nft binary (Debian package nftables) is not installed".to_string())?;
+    let mut child = Command::new(&bin)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Deletes hold table `name` (nothing when it does not exist).
+pub fn delete_hold_table(name: &str) -> Result<(), String> {
+    check_table_name(name)?;
+    if name.is_empty() {
+        return Ok(());
+    }
+    match nft(&format!("delete table inet {name}\n")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.contains("No such file or directory") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The match of packets from `peer` to `local` (IPv4 for v4-mapped addresses).
+fn packet_match(local: &SocketAddr, peer: &SocketAddr) -> String {
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    match (v4(local.ip()), v4(peer.ip())) {
+        (Some(l), Some(p)) => format!(
+            "ip saddr {p} ip daddr {l} tcp sport {} tcp dport {}",
+            peer.port(),
+            local.port()
+        ),
+        _ => format!(
+            "ip6 saddr {} ip6 daddr {} tcp sport {} tcp dport {}",
+            peer.ip(),
+            local.ip(),
+            peer.port(),
+            local.port()
+        ),
+    }
+}
+
+/// The connections of one dump held in repair mode behind an nftables rule. Dropping it (the
+/// dump failed, or the processes run on) takes the sockets out of repair mode and deletes the
+/// table; [`ConnectionHold::keep`] (the processes were killed) closes our duplicates while
+/// still in repair mode, so the connections vanish without a packet to the peer, and leaves the
+/// table for the restore to delete.
+#[derive(Default)]
+pub struct ConnectionHold {
+    table: String,
+    repaired: Vec<(OwnedFd, bool)>,
+}
+
+impl ConnectionHold {
+    /// The table's name, created with its chain on the first call.
+    pub fn table(&mut self) -> Result<&str, String> {
+        if self.table.is_empty() {
+            use std::time::{SystemTime, UNIX_EPOCH};
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+                .unwrap_or(0);
+            let name = format!("stasis_hold_{}_{nanos:x}", std::process::id());
+            nft(&format!(
+                "add table inet {name}\nadd chain inet {name} hold {{ type filter hook input priority -300 ; policy accept ; }}\n"
+            ))?;
+            self.table = name;
+        }
+        Ok(&self.table)
+    }
+
+    /// Drops every packet from `peer` to `local` until the table is deleted.
+    pub fn hold(&mut self, local: &SocketAddr, peer: &SocketAddr) -> Result<(), String> {
+        let table = self.table()?.to_string();
+        nft(&format!(
+            "add rule inet {table} hold {} drop\n",
+            packet_match(local, peer)
+        ))
+    }
+
+    /// Remembers a socket put in repair mode (our duplicate of it), and its SO_REUSEADDR from
+    /// before (leaving repair mode resets it).
+    pub fn repaired(&mut self, fd: OwnedFd, reuseaddr: bool) {
+        self.repaired.push((fd, reuseaddr));
+    }
+
+    /// The dumped processes are gone: the sockets close in repair mode (silently), the table
+    /// stays until the restore.
+    pub fn keep(mut self) {
+        self.repaired.clear();
+        self.table.clear();
+    }
+}
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        for (fd, reuseaddr) in self.repaired.drain(..) {
+            if let Err(e) = sys::set_int_option(
+                fd.as_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_REPAIR,
+                sys::TCP_REPAIR_OFF_NO_WP,
+            ) {
+                tracing::warn!(error = %e, "taking a socket out of TCP repair mode");
+            }
+            if reuseaddr {
+                if let Err(e) =
+                    sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+                {
+                    tracing::warn!(error = %e, "setting SO_REUSEADDR again after repair mode");
+                }
+            }
+        }
+        if !self.table.is_empty() {
+            if let Err(e) = delete_hold_table(&self.table) {
+                tracing::warn!(table = %self.table, error = %e, "deleting the nftables hold table (delete it with: nft delete table inet {})", self.table);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for a in [
+            "127.0.0.1:80",
+            "[::1]:443",
+            "[::ffff:10.0.0.1]:9",
+            "0.0.0.0:0",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(image_to_addr(&addr_to_image(&a)).unwrap(), a);
+        }
+        assert!(image_to_addr(&InetAddr {
+            ip: vec![1, 2, 3],
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn packet_matches() {
+        let l: SocketAddr = "[::ffff:127.0.0.1]:80".parse().unwrap();
+        let p: SocketAddr = "[::ffff:127.0.0.2]:5000".parse().unwrap();
+        assert_eq!(
+            packet_match(&l, &p),
+            "ip saddr 127.0.0.2 ip daddr 127.0.0.1 tcp sport 5000 tcp dport 80"
+        );
+        let l: SocketAddr = "[::1]:80".parse().unwrap();
+        let p: SocketAddr = "[::1]:5000".parse().unwrap();
+        assert_eq!(
+            packet_match(&l, &p),
+            "ip6 saddr ::1 ip6 daddr ::1 tcp sport 5000 tcp dport 80"
+        );
+    }
+
+    #[test]
+    fn table_names() {
+        assert!(check_table_name("").is_ok());
+        assert!(check_table_name("stasis_hold_12_ab").is_ok());
+        assert!(check_table_name("stasis_hold_1; flush ruleset").is_err());
+        assert!(check_table_name("filter").is_err());
+    }
+}

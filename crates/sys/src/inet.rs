@@ -1,0 +1,369 @@
+//! AF_INET and AF_INET6 sockets: addresses, queue lengths, peeking at queued data without
+//! consuming it, and TCP_REPAIR (taking a live TCP connection apart and putting it together
+//! again on a new socket, without a packet exchanged with the peer).
+//!
+//! Plain integer options (TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_TIMESTAMP, ...) go
+//! through [`crate::socket::get_option`] and [`crate::socket::set_option`]; what needs more
+//! (ioctls, structured options, flags on recv) is here.
+
+use crate::cvt_int;
+use crate::socket::{get_option, get_option_bytes, set_option, set_option_bytes};
+use rustix::net::{AddressFamily, Protocol, RecvFlags, SendFlags, SocketFlags, SocketType};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+/// `SIOCINQ`: bytes in the receive queue (unread).
+const SIOCINQ: libc::c_ulong = 0x541B;
+/// `SIOCOUTQ`: bytes in the send queue (not acknowledged by the peer, sent or not).
+const SIOCOUTQ: libc::c_ulong = 0x5411;
+/// `SIOCOUTQNSD`: bytes in the send queue not sent yet.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+/// `TCP_REPAIR_WINDOW` (Linux 4.8).
+pub const TCP_REPAIR_WINDOW: libc::c_int = 29;
+/// `TCP_REPAIR_QUEUE` values: which queue reads, writes and TCP_QUEUE_SEQ act on.
+pub const TCP_RECV_QUEUE: i32 = 1;
+pub const TCP_SEND_QUEUE: i32 = 2;
+/// `TCP_REPAIR` values.
+pub const TCP_REPAIR_ON: i32 = 1;
+pub const TCP_REPAIR_OFF: i32 = 0;
+/// Leaving repair mode without the window probe (Linux 4.18): what a dump that lets the
+/// connection run on uses, as nothing changed.
+pub const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+/// TCP option codes for TCP_REPAIR_OPTIONS.
+pub const TCPOPT_MSS: u32 = 2;
+pub const TCPOPT_WINDOW: u32 = 3;
+pub const TCPOPT_SACK_PERM: u32 = 4;
+pub const TCPOPT_TIMESTAMP: u32 = 8;
+/// `tcpi_options` bits of TCP_INFO.
+pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
+pub const TCPI_OPT_SACK: u8 = 2;
+pub const TCPI_OPT_WSCALE: u8 = 4;
+
+/// A new socket of `domain`, `ty` (SOCK_STREAM, SOCK_DGRAM, ...) and `protocol`, close-on-exec.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::from_raw(domain as u16),
+        SocketType::from_raw(ty as u32),
+        SocketFlags::CLOEXEC,
+        Protocol::from_raw(
+            std::num::NonZeroU32::new(protocol as u32)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EPROTONOSUPPORT))?,
+        )
+        .into(),
+    )?)
+}
+
+/// getsockname of an inet socket.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let a = rustix::net::getsockname(fd)?;
+    SocketAddr::try_from(a).map_err(|_| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// getpeername of an inet socket; `None` when it is not connected.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
+    match rustix::net::getpeername(fd) {
+        Ok(Some(a)) => SocketAddr::try_from(a)
+            .map(Some)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        Ok(None) => Ok(None),
+        Err(rustix::io::Errno::NOTCONN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    Ok(rustix::net::bind(fd, addr)?)
+}
+
+/// connect, retrying on EINTR.
+pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    loop {
+        match rustix::net::connect(fd, addr) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// connect(AF_UNSPEC): dissolves a datagram socket's association.
+pub fn disconnect(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::connect_unspec(fd)?)
+}
+
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    Ok(rustix::net::listen(fd, backlog)?)
+}
+
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    let how = match how {
+        libc::SHUT_RD => rustix::net::Shutdown::Read,
+        libc::SHUT_WR => rustix::net::Shutdown::Write,
+        _ => rustix::net::Shutdown::Both,
+    };
+    Ok(rustix::net::shutdown(fd, how)?)
+}
+
+fn ioctl_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int through the pointer, which points at `v`.
+    cvt_int(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut v as *mut libc::c_int) })?;
+    Ok(v as u32)
+}
+
+/// The queue lengths of a socket: (unread bytes, bytes not acknowledged, bytes not sent).
+/// For a TCP listener the kernel refuses them (EINVAL).
+pub fn queue_lengths(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
+    Ok((
+        ioctl_int(fd, SIOCINQ)?,
+        ioctl_int(fd, SIOCOUTQ)?,
+        ioctl_int(fd, SIOCOUTQNSD)?,
+    ))
+}
+
+/// Bytes not acknowledged (SIOCOUTQ) of a datagram socket: for UDP, what is still queued to
+/// be sent.
+pub fn unsent(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    ioctl_int(fd, SIOCOUTQ)
+}
+
+/// Reads `len` bytes of the selected queue without consuming them (MSG_PEEK, never blocking).
+/// On a TCP socket in repair mode, the queue is the one TCP_REPAIR_QUEUE selected. Fails
+/// with `UnexpectedEof` when fewer bytes are there.
+pub fn peek_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    let n = loop {
+        match rustix::net::recv(fd, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?.0,
+        }
+    };
+    if n != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{n} bytes queued, {len} expected"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// The datagrams queued on a datagram socket, oldest first, without consuming them: with
+/// SO_PEEK_OFF, each MSG_PEEK returns the next datagram; the offset is switched off again
+/// afterwards. At most `max_total` bytes in all (more is an error: `FileTooLarge`).
+/// `MSG_TRUNC` gives each datagram's real length.
+pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Vec<u8>>> {
+    set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &0i32)?;
+    let result = (|| {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let r = rustix::net::recv(
+                fd,
+                &mut buf[..],
+                RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+            );
+            let n = match r {
+                Ok((_, n)) => n,
+                Err(rustix::io::Errno::AGAIN) => return Ok(out),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            };
+            total += n;
+            if n > buf.len() || total > max_total {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("more than {max_total} bytes of datagrams queued"),
+                ));
+            }
+            out.push(buf[..n].to_vec());
+            if out.len() > 65536 {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "more than 65536 datagrams queued",
+                ));
+            }
+        }
+    })();
+    let off = set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &-1i32);
+    let out = result?;
+    off?;
+    Ok(out)
+}
+
+/// Sends all of `data` (MSG_NOSIGNAL), retrying on EINTR and short writes; never blocks (a
+/// full buffer is `WouldBlock`).
+pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(fd, data, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => data = &data[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Sends one datagram to `to` (MSG_NOSIGNAL).
+pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], to: &SocketAddr) -> io::Result<()> {
+    let n = rustix::net::sendto(fd, data, SendFlags::NOSIGNAL, to)?;
+    if n != data.len() {
+        return Err(io::Error::from(io::ErrorKind::WriteZero));
+    }
+    Ok(())
+}
+
+/// What TCP_INFO says that a restore needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpInfo {
+    /// TCP_ESTABLISHED, TCP_LISTEN, ...
+    pub state: u8,
+    /// TCPI_OPT_* bits.
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// For a listener: connections waiting to be accepted.
+    pub unacked: u32,
+    /// For a listener: its backlog.
+    pub sacked: u32,
+}
+
+/// TCP_INFO of a TCP socket (the fields of [`TcpInfo`]).
+pub fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
+    let b = get_option_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)?;
+    if b.len() < 32 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    Ok(TcpInfo {
+        state: b[0],
+        options: b[5],
+        snd_wscale: b[6] & 0xf,
+        rcv_wscale: b[6] >> 4,
+        unacked: u32_at(24),
+        sacked: u32_at(28),
+    })
+}
+
+/// The window of a TCP connection (TCP_REPAIR_WINDOW, in repair mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RepairWindow {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+}
+
+pub fn repair_window(fd: BorrowedFd<'_>) -> io::Result<RepairWindow> {
+    let b = get_option_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)?;
+    if b.len() != 20 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let u = |i: usize| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+    Ok(RepairWindow {
+        snd_wl1: u(0),
+        snd_wnd: u(1),
+        max_window: u(2),
+        rcv_wnd: u(3),
+        rcv_wup: u(4),
+    })
+}
+
+pub fn set_repair_window(fd: BorrowedFd<'_>, w: &RepairWindow) -> io::Result<()> {
+    let mut b = Vec::with_capacity(20);
+    for v in [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup] {
+        b.extend_from_slice(&v.to_ne_bytes());
+    }
+    set_option_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &b)
+}
+
+/// TCP_REPAIR_OPTIONS: the options the connection negotiated, as (TCPOPT_* code, value).
+pub fn set_repair_options(fd: BorrowedFd<'_>, opts: &[(u32, u32)]) -> io::Result<()> {
+    let mut b = Vec::with_capacity(8 * opts.len());
+    for (code, val) in opts {
+        b.extend_from_slice(&code.to_ne_bytes());
+        b.extend_from_slice(&val.to_ne_bytes());
+    }
+    set_option_bytes(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_OPTIONS, &b)
+}
+
+/// An int option at `level`.
+pub fn int_option(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    get_option::<i32>(fd, level, name)
+}
+
+pub fn set_int_option(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> io::Result<()> {
+    set_option(fd, level, name, &v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn queues_and_repair_window_of_a_loopback_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+        // Wait for the 4 remaining bytes.
+        for _ in 0..100 {
+            if queue_lengths(s.as_fd()).unwrap().0 == 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(queue_lengths(s.as_fd()).unwrap().0, 4);
+        assert_eq!(peek_exact(s.as_fd(), 4).unwrap(), b"ello");
+        assert_eq!(local_addr(s.as_fd()).unwrap(), l.local_addr().unwrap());
+        assert_eq!(peer_addr(s.as_fd()).unwrap(), Some(c.local_addr().unwrap()));
+        let info = tcp_info(s.as_fd()).unwrap();
+        assert_eq!(info.state, 1);
+        let li = tcp_info(l.as_fd()).unwrap();
+        assert_eq!(li.state, 10);
+        assert_eq!(li.sacked, 128, "the backlog std listens with");
+        match set_int_option(
+            s.as_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR,
+            TCP_REPAIR_ON,
+        ) {
+            Ok(()) => {
+                let w = repair_window(s.as_fd()).unwrap();
+                assert!(w.rcv_wnd > 0);
+                set_int_option(
+                    s.as_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_REPAIR,
+                    TCP_REPAIR_OFF_NO_WP,
+                )
+                .unwrap();
+            }
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+        }
+    }
+
+    #[test]
+    fn datagrams_are_peeked_in_order_and_left_queued() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for m in [&b"one"[..], b"", b"three"] {
+            b.send_to(m, a.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let got = peek_datagrams(a.as_fd(), 1 << 20).unwrap();
+        assert_eq!(got, vec![b"one".to_vec(), b"".to_vec(), b"three".to_vec()]);
+        let mut buf = [0u8; 16];
+        assert_eq!(a.recv(&mut buf).unwrap(), 3, "still queued, from the first");
+        assert!(peek_datagrams(a.as_fd(), 2).is_err(), "over the limit");
+    }
+}
