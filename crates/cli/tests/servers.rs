@@ -67,11 +67,13 @@ struct Ctx {
 
 /// `None` when the test cannot run here (see `require_root`, `require_tool`).
 fn start(name: &'static str, tools: &[&str]) -> Option<Ctx> {
+    // The lock first: a test reaps the zombies of this process's children (`live_children`,
+    // `wait_pid`), which would take the `--version` run of `require_tool` from another.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !require_root() || !require_tool("nft") || !tools.iter().all(|t| require_tool(t)) {
         return None;
     }
-    static LOCK: Mutex<()> = Mutex::new(());
-    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     become_subreaper();
     for (pid, comm) in live_children() {
         eprintln!("{name}: killing pid {pid} ({comm}) left over by an earlier test");
