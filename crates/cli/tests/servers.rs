@@ -285,9 +285,9 @@ impl Ctx {
     }
 
     /// `stasis restore -D IMG --detach`: checks that it prints the server's pid and that the
-    /// processes of `pids` (the tree at dump time) are back, with the same parents.
-    fn restore(&self, server: &Server, img: &Path, pids: &[i32]) {
-        let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
+    /// processes of `pids` (the tree at dump time, with the `parents` they had) are back, with
+    /// the same parents (the root's is `stasis restore`'s, then this process's).
+    fn restore(&self, server: &Server, img: &Path, pids: &[i32], parents: &[Option<i32>]) {
         let n = self.step.get();
         let log = self.dir.join(format!("restore-{n}.log"));
         let out = self.stasis(
@@ -329,6 +329,7 @@ impl Ctx {
     /// restores it. `while_away` runs between the two (a client sending while it is away).
     fn dump_kill_restore(&self, server: &Server, while_away: impl FnOnce()) {
         let pids = tree(server.pid);
+        let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
         let img = self.dump(server, false);
         assert!(
             !listening(server.port),
@@ -337,7 +338,7 @@ impl Ctx {
             server.port
         );
         while_away();
-        self.restore(server, &img, &pids);
+        self.restore(server, &img, &pids, &parents);
     }
 }
 
