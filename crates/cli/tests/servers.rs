@@ -60,6 +60,9 @@ struct Ctx {
     dir: WorkDir,
     /// The roots of the process trees started; killed with their descendants at the end.
     trees: RefCell<Vec<i32>>,
+    /// The pids of the `stasis dump` runs: their nftables hold tables are deleted at the end
+    /// if a failed test left them.
+    dumpers: RefCell<Vec<u32>>,
     /// Numbers the dumps and restores of the test (`img1`, `dump-1.log`, `restore-1.log`).
     step: Cell<u32>,
     _lock: MutexGuard<'static, ()>,
@@ -89,6 +92,7 @@ fn start(name: &'static str, tools: &[&str]) -> Option<Ctx> {
         name,
         dir,
         trees: RefCell::new(Vec::new()),
+        dumpers: RefCell::new(Vec::new()),
         step: Cell::new(0),
         _lock: lock,
     })
@@ -98,6 +102,14 @@ impl Drop for Ctx {
     fn drop(&mut self) {
         for &root in self.trees.borrow().iter() {
             kill_tree(root);
+        }
+        for &dumper in self.dumpers.borrow().iter() {
+            for table in hold_tables(dumper) {
+                eprintln!("cleanup: deleting the nftables table {table} a dump left");
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "inet", &table])
+                    .status();
+            }
         }
     }
 }
@@ -212,9 +224,9 @@ impl Ctx {
     }
 
     /// Runs `stasis ARGS` (output into files of the work directory, not pipes a restored
-    /// process could keep); panics when it does not end within [`TIMEOUT`]. Returns stdout,
-    /// or panics with the command's stderr and its log.
-    fn stasis(&self, args: &[OsString], log: &Path) -> String {
+    /// process could keep); panics when it does not end within [`TIMEOUT`]. Returns its pid
+    /// and stdout, or panics with the command's stderr and its log.
+    fn stasis(&self, args: &[OsString], log: &Path) -> (u32, String) {
         let (out, err) = (self.dir.join(".stasis.out"), self.dir.join(".stasis.err"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_stasis"))
             .args(args)
@@ -223,6 +235,10 @@ impl Ctx {
             .stderr(File::create(&err).unwrap())
             .spawn()
             .unwrap();
+        let pid = child.id();
+        if args.first().is_some_and(|a| a == "dump") {
+            self.dumpers.borrow_mut().push(pid);
+        }
         let Some(status) = wait_child_for(&mut child, TIMEOUT).unwrap() else {
             kill_child(&mut child);
             panic!("stasis {args:?} did not end within {TIMEOUT:?}");
@@ -236,12 +252,16 @@ impl Ctx {
             log.display(),
             tail(&read_for_report(log), 30)
         );
-        fs::read_to_string(&out).unwrap_or_default()
+        (pid, fs::read_to_string(&out).unwrap_or_default())
     }
 
     /// `stasis dump -t PID` of `server` and its descendants; with `leave_running` they run on
-    /// (checked), else they are gone (reaped) when this returns. The images directory.
-    fn dump(&self, server: &Server, leave_running: bool) -> PathBuf {
+    /// (checked), else they are gone (reaped) when this returns. The images directory, and the
+    /// dumper's pid.
+    ///
+    /// The client's connection is established during the dump: a dump that kills leaves the
+    /// nftables table holding it off until the restore; one with `leave_running` deletes it.
+    fn dump(&self, server: &Server, leave_running: bool) -> (PathBuf, u32) {
         let n = self.step.get() + 1;
         self.step.set(n);
         let pids = tree(server.pid);
@@ -259,10 +279,17 @@ impl Ctx {
         if leave_running {
             args.push("--leave-running".into());
         }
-        self.stasis(&args, &log);
+        let (dumper, _) = self.stasis(&args, &log);
         assert!(
             img.join("inventory.img").exists(),
             "the dump of {} wrote no inventory",
+            server.what
+        );
+        let tables = hold_tables(dumper);
+        assert_eq!(
+            tables.is_empty(),
+            leave_running,
+            "{}: the nftables hold tables of the dump (pid {dumper}) after it: {tables:?}",
             server.what
         );
         if leave_running {
@@ -281,16 +308,23 @@ impl Ctx {
                 }
             }
         }
-        img
+        (img, dumper)
     }
 
     /// `stasis restore -D IMG --detach`: checks that it prints the server's pid and that the
     /// processes of `pids` (the tree at dump time, with the `parents` they had) are back, with
     /// the same parents (the root's is `stasis restore`'s, then this process's).
-    fn restore(&self, server: &Server, img: &Path, pids: &[i32], parents: &[Option<i32>]) {
+    /// The restore deletes the hold table of the dump (pid `dumper`).
+    fn restore(
+        &self,
+        server: &Server,
+        (img, dumper): (&Path, u32),
+        pids: &[i32],
+        parents: &[Option<i32>],
+    ) {
         let n = self.step.get();
         let log = self.dir.join(format!("restore-{n}.log"));
-        let out = self.stasis(
+        let (_, out) = self.stasis(
             &[
                 "restore".into(),
                 "-D".into(),
@@ -305,6 +339,12 @@ impl Ctx {
             out.trim(),
             server.pid.to_string(),
             "restore --detach of {} printed another pid",
+            server.what
+        );
+        let tables = hold_tables(dumper);
+        assert!(
+            tables.is_empty(),
+            "{}: the restore left the nftables table(s) {tables:?} of the dump",
             server.what
         );
         let back = tree(server.pid);
@@ -330,7 +370,7 @@ impl Ctx {
     fn dump_kill_restore(&self, server: &Server, while_away: impl FnOnce()) {
         let pids = tree(server.pid);
         let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
-        let img = self.dump(server, false);
+        let (img, dumper) = self.dump(server, false);
         assert!(
             !listening(server.port),
             "{}: port {} still listens after the dump killed the server",
@@ -338,7 +378,7 @@ impl Ctx {
             server.port
         );
         while_away();
-        self.restore(server, &img, &pids, &parents);
+        self.restore(server, (&img, dumper), &pids, &parents);
     }
 }
 
@@ -1003,6 +1043,24 @@ fn stream_through_python_echo_across_dumps() {
     cmd.args(["-I", "-c", PY_ECHO, &port.to_string()]);
     let server = ctx.spawn_server("python3-echo", &mut cmd, port);
     stream_test(&ctx, &server);
+}
+
+/// The nftables tables (family inet) holding off connections for the dump run by `dumper`:
+/// `stasis_hold_<dumper's pid>_<nonce>`.
+fn hold_tables(dumper: u32) -> Vec<String> {
+    let prefix = format!("stasis_hold_{dumper}_");
+    let out = Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run nft list tables");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether a socket listens on 127.0.0.1:`port` (from /proc/net/tcp: state 0A).
