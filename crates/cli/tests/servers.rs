@@ -435,9 +435,13 @@ impl Conn {
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("send {} bytes: {e}", bytes.len()));
+        if let Err(e) = self.stream.write_all(bytes) {
+            panic!(
+                "send {} bytes: {e}\n{}",
+                bytes.len(),
+                tcp_report(&self.stream)
+            );
+        }
     }
 
     /// One line, without its `\r\n`.
@@ -446,7 +450,7 @@ impl Conn {
         match self.reader.read_line(&mut l) {
             Ok(0) => panic!("the server closed the connection"),
             Ok(_) => {}
-            Err(e) => panic!("read a line: {e}"),
+            Err(e) => panic!("read a line: {e}\n{}", tcp_report(&self.stream)),
         }
         assert!(l.ends_with("\r\n"), "a line without CRLF: {l:?}");
         l.truncate(l.len() - 2);
@@ -455,11 +459,34 @@ impl Conn {
 
     fn exact(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
-        self.reader
-            .read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("read {n} bytes: {e}"));
+        let mut got = 0;
+        while got < n {
+            match self.reader.read(&mut buf[got..]) {
+                Ok(0) => panic!("the server closed the connection after {got} of {n} bytes"),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!(
+                    "read {n} bytes: {e} after {got}\n{}",
+                    tcp_report(&self.stream)
+                ),
+            }
+        }
         buf
     }
+}
+
+/// The TCP state of both ends of the connection of `stream` (`ss -tnio`), for an error.
+fn tcp_report(stream: &TcpStream) -> String {
+    let Ok(local) = stream.local_addr() else {
+        return String::new();
+    };
+    let filter = format!("( sport = :{p} or dport = :{p} )", p = local.port());
+    Command::new("ss")
+        .args(["-tnio", "state", "all", &filter])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| format!("ss -tnio:\n{}", String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
 }
 
 /// What a key-value test needs of a protocol.
@@ -684,16 +711,27 @@ fn memcached_client_goes_on_with_leave_running() {
 // HTTP: a keep-alive HTTP/1.1 connection to nginx and to python3's http.server.
 
 /// The file the HTTP servers serve (200 KiB of pattern bytes).
-fn web_root(ctx: &Ctx) -> (PathBuf, Vec<u8>) {
-    let www = ctx.dir.mkdir("www");
-    let body = pattern(7, 200 * 1024);
-    fs::write(www.join("file.bin"), &body).unwrap();
-    (www, body)
+/// The files the HTTP servers serve: `file.bin` (200 KiB) and `big.bin` (8 MiB, more than the
+/// socket buffers of both ends hold), of pattern bytes.
+struct WebFiles {
+    file: Vec<u8>,
+    big: Vec<u8>,
 }
 
-/// Reads one HTTP/1.1 response: checks that it is a 200 with `body` and that the server keeps
-/// the connection open.
-fn read_response(conn: &mut Conn, body: &[u8], when: &str) {
+fn web_root(ctx: &Ctx) -> (PathBuf, WebFiles) {
+    let www = ctx.dir.mkdir("www");
+    let files = WebFiles {
+        file: pattern(7, 200 * 1024),
+        big: pattern(1 << 40, 8 << 20),
+    };
+    fs::write(www.join("file.bin"), &files.file).unwrap();
+    fs::write(www.join("big.bin"), &files.big).unwrap();
+    (www, files)
+}
+
+/// Reads the head of an HTTP/1.1 response: checks that it is a 200 and that the server keeps
+/// the connection open. Its Content-Length.
+fn read_head(conn: &mut Conn, when: &str) -> usize {
     let status = conn.line();
     assert!(
         status.starts_with("HTTP/1.1 200"),
@@ -715,7 +753,12 @@ fn read_response(conn: &mut Conn, body: &[u8], when: &str) {
             "{when}: the server closes the connection"
         );
     }
-    let len = len.unwrap_or_else(|| panic!("{when}: no Content-Length"));
+    len.unwrap_or_else(|| panic!("{when}: no Content-Length"))
+}
+
+/// Reads one HTTP/1.1 response (see [`read_head`]) and checks that it brings `body`.
+fn read_response(conn: &mut Conn, body: &[u8], when: &str) {
+    let len = read_head(conn, when);
     assert_eq!(len, body.len(), "{when}: Content-Length");
     let got = conn.exact(len);
     assert!(got == body, "{when}: the file came back different");
@@ -730,20 +773,37 @@ fn get_file(conn: &mut Conn, body: &[u8], when: &str) {
 }
 
 /// The HTTP test: the file served on a keep-alive connection; the server dumped (restored, or
-/// left running) while that connection holds the first half of the next request; the second
-/// half sent after, and the file served on the same connection; a new connection too.
-fn http_test(ctx: &Ctx, server: &Server, body: &[u8], leave_running: bool) {
+/// left running) while 8 MiB of a response are under way on that connection (the client read
+/// only their beginning: the rest is in the sockets' queues and in the server, blocked in its
+/// write) and the first half of the next (pipelined) request is there too; after the dump, the
+/// rest of the response read and checked, the second half of the request sent and the file
+/// served on the same connection; a new connection too.
+fn http_test(ctx: &Ctx, server: &Server, files: &WebFiles, leave_running: bool) {
+    let body = &files.file[..];
     let mut conn = Conn::new(server.port);
     get_file(&mut conn, body, "before the dump");
     get_file(&mut conn, body, "before the dump (second request)");
-    // A request under way: the server holds its first lines.
+    // A large response under way: its head and first 256 KiB read.
+    conn.send(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let len = read_head(&mut conn, "big.bin");
+    assert_eq!(len, files.big.len(), "big.bin: Content-Length");
+    let first = 256 << 10;
+    assert!(
+        conn.exact(first) == files.big[..first],
+        "big.bin: its beginning came back different"
+    );
+    // A request under way: the server has its first lines.
     conn.send(REQUEST_HEAD);
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(200));
     if leave_running {
         ctx.dump(server, true);
     } else {
         ctx.dump_kill_restore(server, || {});
     }
+    assert!(
+        conn.exact(len - first) == files.big[first..],
+        "big.bin: what was in flight at the dump came back different"
+    );
     conn.send(b"\r\n");
     read_response(&mut conn, body, "the request begun before the dump");
     get_file(&mut conn, body, "after the dump, same connection");
@@ -752,8 +812,8 @@ fn http_test(ctx: &Ctx, server: &Server, body: &[u8], leave_running: bool) {
     get_file(&mut conn, body, "after the dump, same connection again");
 }
 
-fn start_nginx(ctx: &Ctx) -> (Server, Vec<u8>) {
-    let (www, body) = web_root(ctx);
+fn start_nginx(ctx: &Ctx) -> (Server, WebFiles) {
+    let (www, files) = web_root(ctx);
     let port = free_port();
     let d = ctx.dir.display();
     let tmp = ctx.mkdir_tmp();
@@ -794,7 +854,7 @@ fn start_nginx(ctx: &Ctx) -> (Server, Vec<u8>) {
     wait_for("nginx's two workers", TIMEOUT, || {
         tree(server.pid).len() == 3
     });
-    (server, body)
+    (server, files)
 }
 
 impl Ctx {
@@ -807,8 +867,8 @@ impl Ctx {
     }
 }
 
-fn start_python_http(ctx: &Ctx) -> (Server, Vec<u8>) {
-    let (www, body) = web_root(ctx);
+fn start_python_http(ctx: &Ctx) -> (Server, WebFiles) {
+    let (www, files) = web_root(ctx);
     let port = free_port();
     let mut cmd = Command::new(PYTHON);
     cmd.args(["-I", "-m", "http.server", "--protocol", "HTTP/1.1"])
@@ -817,7 +877,7 @@ fn start_python_http(ctx: &Ctx) -> (Server, Vec<u8>) {
         .arg(port.to_string());
     (
         ctx.spawn_server("python3-http.server", &mut cmd, port),
-        body,
+        files,
     )
 }
 
@@ -826,8 +886,8 @@ fn nginx_keepalive_connection_across_dump_and_restore() {
     let Some(ctx) = start("nginx_dump_restore", &["nginx"]) else {
         return;
     };
-    let (server, body) = start_nginx(&ctx);
-    http_test(&ctx, &server, &body, false);
+    let (server, files) = start_nginx(&ctx);
+    http_test(&ctx, &server, &files, false);
 }
 
 #[test]
@@ -835,8 +895,8 @@ fn nginx_keepalive_connection_with_leave_running() {
     let Some(ctx) = start("nginx_leave_running", &["nginx"]) else {
         return;
     };
-    let (server, body) = start_nginx(&ctx);
-    http_test(&ctx, &server, &body, true);
+    let (server, files) = start_nginx(&ctx);
+    http_test(&ctx, &server, &files, true);
 }
 
 #[test]
@@ -844,8 +904,8 @@ fn python_http_server_keepalive_connection_across_dump_and_restore() {
     let Some(ctx) = start("python_http_dump_restore", &[PYTHON]) else {
         return;
     };
-    let (server, body) = start_python_http(&ctx);
-    http_test(&ctx, &server, &body, false);
+    let (server, files) = start_python_http(&ctx);
+    http_test(&ctx, &server, &files, false);
 }
 
 #[test]
@@ -853,8 +913,8 @@ fn python_http_server_keepalive_connection_with_leave_running() {
     let Some(ctx) = start("python_http_leave_running", &[PYTHON]) else {
         return;
     };
-    let (server, body) = start_python_http(&ctx);
-    http_test(&ctx, &server, &body, true);
+    let (server, files) = start_python_http(&ctx);
+    http_test(&ctx, &server, &files, true);
 }
 
 // ---------------------------------------------------------------------------------------------
