@@ -8,6 +8,9 @@
  *     data not sent yet.  Nothing of it is read before READY.
  *   server -> client: 3000 bytes, of which the client reads the first 1000 before READY.
  *   Options: TCP_NODELAY on the client, SO_KEEPALIVE and TCP_KEEPIDLE 77 on the server.
+ * With argument "6": the same over IPv6 (::1); with "mapped": an IPv6 listener on [::]
+ * (IPV6_V6ONLY 0) and an IPv4 client, so the server end is AF_INET6 with v4-mapped
+ * addresses.
  * On SIGTERM: addresses and options unchanged; both sides shut down their write side and
  * read until EOF: every byte of both streams must come out exactly once, in order
  * (a pattern of its offset), and nothing more; then the listener accepts a new connection.
@@ -76,19 +79,52 @@ static void drain(struct stream *s)
 
 int main(int argc, char **argv)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET }, ca, sa, ca2, sa2;
-	socklen_t l = sizeof(a);
-	int lfd, c, s, one = 1, idle = 77;
+	struct sockaddr_storage a, ca, sa, sl, ca2, sa2;
+	struct sockaddr_in *a4 = (void *)&a;
+	struct sockaddr_in6 *a6 = (void *)&a;
+	socklen_t l = sizeof(a), alen;
+	int lfd, c, s, one = 1, zero = 0, idle = 77;
+	int lfam = AF_INET, cfam = AF_INET;
 	size_t c2s = 0, s2c = 0;
 
 	zdtm_init(argc, argv);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&a, 0, sizeof(a));
+	memset(&ca, 0, sizeof(ca));
+	memset(&sa, 0, sizeof(sa));
+	memset(&sl, 0, sizeof(sl));
+	memset(&ca2, 0, sizeof(ca2));
+	memset(&sa2, 0, sizeof(sa2));
+	if (argc > 1 && !strcmp(argv[1], "6")) {
+		lfam = cfam = AF_INET6;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = in6addr_loopback;
+		alen = sizeof(*a6);
+	} else if (argc > 1 && !strcmp(argv[1], "mapped")) {
+		lfam = AF_INET6;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = in6addr_any;
+		alen = sizeof(*a6);
+	} else {
+		a4->sin_family = AF_INET;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		alen = sizeof(*a4);
+	}
+	lfd = socket(lfam, SOCK_STREAM, 0);
 	if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    bind(lfd, (void *)&a, sizeof(a)) || listen(lfd, 7) || getsockname(lfd, (void *)&a, &l))
+	    (lfam == AF_INET6 && setsockopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero))) ||
+	    bind(lfd, (void *)&a, alen) || listen(lfd, 7) || getsockname(lfd, (void *)&a, &l))
 		zdtm_die("listener: %m");
-	c = socket(AF_INET, SOCK_STREAM, 0);
-	if (c < 0 || connect(c, (void *)&a, sizeof(a)))
+	if (lfam != cfam) {
+		/* connect to 127.0.0.1 on the listener's port */
+		int port = a6->sin6_port;
+		memset(&a, 0, sizeof(a));
+		a4->sin_family = AF_INET;
+		a4->sin_port = port;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		alen = sizeof(*a4);
+	}
+	c = socket(cfam, SOCK_STREAM, 0);
+	if (c < 0 || connect(c, (void *)&a, alen))
 		zdtm_die("connect: %m");
 	s = accept(lfd, NULL, NULL);
 	if (s < 0)
@@ -146,7 +182,9 @@ int main(int argc, char **argv)
 	l = sizeof(ca);
 	getsockname(c, (void *)&ca, &l);
 	l = sizeof(sa);
-	getsockname(s, (void *)&sa, &l);
+	getpeername(c, (void *)&sa, &l);
+	l = sizeof(sl);
+	getsockname(s, (void *)&sl, &l);
 
 	zdtm_ready();
 	zdtm_wait_check();
@@ -158,9 +196,10 @@ int main(int argc, char **argv)
 	getpeername(c, (void *)&sa2, &l);
 	if (memcmp(&ca, &ca2, sizeof(ca)) || memcmp(&sa, &sa2, sizeof(sa)))
 		zdtm_fail("the client's addresses changed");
+	memset(&sa2, 0, sizeof(sa2));
 	l = sizeof(sa2);
 	getsockname(s, (void *)&sa2, &l);
-	if (memcmp(&sa, &sa2, sizeof(sa)))
+	if (memcmp(&sl, &sa2, sizeof(sl)))
 		zdtm_fail("the server's address changed");
 	if (getint(c, IPPROTO_TCP, TCP_NODELAY) != 1)
 		zdtm_fail("TCP_NODELAY lost");
@@ -194,8 +233,8 @@ int main(int argc, char **argv)
 	close(s);
 
 	/* the listener still works */
-	c = socket(AF_INET, SOCK_STREAM, 0);
-	if (connect(c, (void *)&a, sizeof(a)))
+	c = socket(cfam, SOCK_STREAM, 0);
+	if (connect(c, (void *)&a, alen))
 		zdtm_fail("connect to the restored listener: %m");
 	else if ((s = accept(lfd, NULL, NULL)) < 0)
 		zdtm_fail("accept: %m");

@@ -5,7 +5,7 @@
 #![deny(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions};
+use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions, TcpConnections};
 use stasis_tools::{bench, demo};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -42,6 +42,12 @@ enum Command {
         /// Let the process run on after the dump.
         #[arg(long)]
         leave_running: bool,
+        /// Record established TCP connections as closed instead of keeping them: they end
+        /// when the process is killed (their peers see them close), and the restored process
+        /// finds them closed. Without it they are kept with TCP_REPAIR, their peers' packets
+        /// held off by an nftables rule until the restore (needs `nft`).
+        #[arg(long)]
+        tcp_closed: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -158,12 +164,18 @@ fn main() -> ExitCode {
             pid,
             images,
             leave_running,
+            tcp_closed,
             no_auth,
             key_file,
             log_file: _,
         } => {
             let key = (!no_auth).then_some(key_file);
-            ("dump", run_dump(pid, images, leave_running, key))
+            let tcp = if tcp_closed {
+                TcpConnections::Closed
+            } else {
+                TcpConnections::Repair
+            };
+            ("dump", run_dump(pid, images, leave_running, tcp, key))
         }
         Command::Restore {
             images,
@@ -332,11 +344,12 @@ fn run_dump(
     pid: i32,
     images: PathBuf,
     leave_running: bool,
+    tcp: TcpConnections,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
-    let result = dump_into(pid, &images, leave_running, key_file);
+    let result = dump_into(pid, &images, leave_running, tcp, key_file);
     if result.is_err() {
         remove_empty_dirs(&created);
     }
@@ -347,11 +360,15 @@ fn dump_into(
     pid: i32,
     images: &PathBuf,
     leave_running: bool,
+    tcp: TcpConnections,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
+        }
+        if tcp == TcpConnections::Closed {
+            return Err("--tcp-closed: not for dumps through stasisd (root only)".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(images)?;
@@ -367,6 +384,7 @@ fn dump_into(
         service: None,
         tree: true,
         admit: None,
+        tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
     })?;
     eprintln!(

@@ -51,6 +51,11 @@ int main(int argc, char **argv)
 		return 2;
 	printf("%d\n", ntohs(a.sin_port));
 	fflush(stdout);
+	/* stdout to /dev/null: anyone can have it back at a restore */
+	int null = open("/dev/null", O_WRONLY);
+	if (null < 0 || dup2(null, 1) != 1)
+		return 7;
+	close(null);
 	c = accept(lfd, NULL, NULL);
 	if (c < 0)
 		return 3;
@@ -119,7 +124,8 @@ fn start_server(w: &WorkDir, with_mq: bool) -> (i32, u16) {
     if with_mq {
         cmd.arg("mq");
     }
-    cmd.stdin(Stdio::null())
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(&out).expect("port file")))
         .stderr(Stdio::null());
     let child = isolate(&mut cmd).spawn().expect("start the server");
@@ -334,4 +340,125 @@ fn failed_dump_releases_the_connection() {
     for t in &after {
         assert!(before.contains(t), "the failed dump left {t}");
     }
+}
+
+/// `--tcp-closed`: the connection ends at the dump (the peer sees it close), no hold is
+/// installed, and the restored server finds its socket not connected (its read fails).
+#[test]
+fn tcp_closed_ends_the_connection() {
+    let Some((w, _serial)) = setup("tcp_closed") else {
+        return;
+    };
+    let (pid, port) = start_server(&w, false);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(b"hello").expect("write");
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).expect("echo");
+    let img = w.mkdir("img");
+    let (ok, err) = dump(pid, &img, &["--tcp-closed"]);
+    if !ok {
+        kill_and_reap(pid);
+        panic!("dump --tcp-closed: {err}");
+    }
+    let left = hold_tables();
+    wait_pid(pid, TIMEOUT).expect("the dumped server to be gone");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    match stream.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes from a connection that should be closed"),
+    }
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-D".as_ref(),
+        img.as_os_str(),
+        "--detach".as_ref(),
+    ]);
+    assert!(ok, "restore: {err}");
+    let status = wait_pid(pid, TIMEOUT).expect("the restored server to exit");
+    assert!(left.is_empty(), "--tcp-closed installed a hold: {left:?}");
+    use stasis_test_infra::process::{WaitStatus, Waited};
+    assert!(
+        matches!(status, Waited::Status(WaitStatus::Exited(5))),
+        "the restored server's read should fail (exit 5): {status:?}"
+    );
+}
+
+/// A restore that runs as an unprivileged user (root's restore of images a user owns) cannot
+/// put a connection back (TCP_REPAIR needs CAP_NET_ADMIN): it fails naming the connection and
+/// the hold, which it keeps.
+#[test]
+fn restore_as_a_user_names_the_connection() {
+    let Some((w, _serial)) = setup("as_user") else {
+        return;
+    };
+    if !require_tool("useradd") {
+        return;
+    }
+    let user = stasis_test_infra::user::test_user();
+    let (pid, port) = start_server(&w, false);
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let client_port = stream.local_addr().expect("local address").port();
+    let img = w.mkdir("img");
+    let (ok, err) = dump(pid, &img, &["--no-auth"]);
+    if !ok {
+        kill_and_reap(pid);
+        panic!("dump: {err}");
+    }
+    wait_pid(pid, TIMEOUT).expect("the dumped server to be gone");
+    // The process record says the user's credentials; the images are the user's.
+    let path = img.join(stasis_image::names::process(pid));
+    let bytes = std::fs::read(&path).expect("read the process record");
+    let mut rec: stasis_image::ProcessImage =
+        stasis_image::decode_record(stasis_image::RecordKind::Process, &bytes, &path)
+            .expect("decode the process record");
+    let c = &mut rec.creds;
+    c.uids = [user.uid; 4];
+    c.gids = [user.gid; 4];
+    c.groups = Vec::new();
+    (
+        c.cap_inheritable,
+        c.cap_permitted,
+        c.cap_effective,
+        c.cap_ambient,
+    ) = (0, 0, 0, 0);
+    std::fs::write(
+        &path,
+        stasis_image::encode_record(stasis_image::RecordKind::Process, &rec, &path)
+            .expect("encode the process record"),
+    )
+    .expect("write the process record");
+    std::os::unix::fs::chown(&img, Some(user.uid), Some(user.gid)).expect("chown");
+    for e in std::fs::read_dir(&img).expect("list the images") {
+        std::os::unix::fs::chown(e.expect("entry").path(), Some(user.uid), Some(user.gid))
+            .expect("chown");
+    }
+    let (ok, err) = stasis(&[OsStr::new("restore"), "-D".as_ref(), img.as_os_str()]);
+    let tables = hold_tables();
+    for t in &tables {
+        if let Some(name) = t.split_whitespace().nth(2) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", name])
+                .status();
+        }
+    }
+    if ok {
+        kill_and_reap(pid);
+    }
+    assert!(!ok, "the restore as a user succeeded");
+    eprintln!("{err}");
+    let conn = format!("tcp 127.0.0.1:{port} <-> 127.0.0.1:{client_port}");
+    assert!(
+        err.contains(&conn)
+            && err.contains("CAP_NET_ADMIN")
+            && err.contains("nft delete table inet stasis_hold_"),
+        "the error should name the connection ({conn}), the capability and the hold: {err}"
+    );
+    assert_eq!(
+        tables.len(),
+        1,
+        "the failed restore keeps its hold: {tables:?}"
+    );
+    assert!(!exists(pid), "a failed restore left pid {pid}");
 }

@@ -900,6 +900,12 @@ zdtm_tests! {
     file_status_flags;
     // Inet sockets (files::tcp, files::udp).
     sock_tcp_loop;
+    sock_tcp6 = sock_tcp_loop ["6"];
+    sock_tcp_mapped = sock_tcp_loop ["mapped"];
+    sock_tcp_listen;
+    sock_udp;
+    sock_opts;
+    sock_raw;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
     sched_prio;

@@ -269,6 +269,7 @@ fn dump_self(
             fd: conn_fd,
             restored_reply,
         }),
+        tcp: tcp_for(caller),
         auth: Some(key.clone()),
     })?;
     if !kill {
@@ -283,6 +284,19 @@ fn send_dumped(conn: BorrowedFd<'_>) -> Result<(), Failure> {
         outcome: protocol::OUTCOME_DUMPED,
     };
     Ok(protocol::send(conn, &done, None)?)
+}
+
+/// Established TCP connections: kept for root; refused for anyone else, whose restore runs
+/// without CAP_NET_ADMIN and could not put them back (TCP_REPAIR needs it).
+fn tcp_for(caller: &Caller) -> stasis_engine::TcpConnections {
+    if caller.is_root() {
+        stasis_engine::TcpConnections::Repair
+    } else {
+        stasis_engine::TcpConnections::Refuse(format!(
+            "a restore for uid {} cannot put it back (TCP_REPAIR needs CAP_NET_ADMIN); close it before the dump",
+            caller.uid
+        ))
+    }
 }
 
 /// The check the engine repeats for every process once the tree is frozen (a descendant
@@ -317,6 +331,7 @@ fn dump_pid(
         service: None,
         tree: true,
         admit: Some(admit_for(caller)),
+        tcp: tcp_for(caller),
         auth: Some(key.clone()),
     })?;
     send_dumped(conn)

@@ -34,7 +34,7 @@ pub mod restore;
 pub mod show;
 pub mod task;
 
-pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection};
+pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection, TcpConnections};
 pub use files::ReplacedFiles;
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 

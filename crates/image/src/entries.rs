@@ -544,7 +544,9 @@ pub struct InetSocket {
 
 /// Socket options of an inet socket, as getsockopt reads them. `linger` is `l_onoff` /
 /// `l_linger`; `buf_locks`: bit 0 SO_SNDBUF was set, bit 1 SO_RCVBUF was set (then `sndbuf`
-/// and `rcvbuf` are set again, as the kernel reported them, halved for setsockopt).
+/// and `rcvbuf` are set again, as the kernel reported them, halved for setsockopt). For raw
+/// sockets, `hdrincl` (IP_HDRINCL, IPV6_HDRINCL) and `icmp_filter` (ICMP_FILTER: 4 bytes,
+/// ICMP6_FILTER: 32 bytes; empty: none read).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InetOptions {
     pub reuseaddr: bool,
@@ -568,6 +570,8 @@ pub struct InetOptions {
     pub freebind: bool,
     pub tos: u32,
     pub ttl: u32,
+    pub hdrincl: bool,
+    pub icmp_filter: Vec<u8>,
 }
 
 /// The state of an established (or closing) TCP connection, for TCP_REPAIR. Sequence numbers

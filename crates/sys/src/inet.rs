@@ -208,6 +208,30 @@ pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads and drops everything queued on `fd` (never blocking).
+pub fn drain(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..100_000 {
+        match rustix::net::recv(fd, &mut buf[..], RecvFlags::DONTWAIT) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` has something to read now (poll, no wait).
+pub fn readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    Ok(poll(&mut pfd, Some(&zero))? > 0)
+}
+
 /// Sends one datagram to `to` (MSG_NOSIGNAL).
 pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], to: &SocketAddr) -> io::Result<()> {
     let n = rustix::net::sendto(fd, data, SendFlags::NOSIGNAL, to)?;
@@ -301,6 +325,89 @@ pub fn set_int_option(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> io::
     set_option(fd, level, name, &v)
 }
 
+/// `sk_shutdown` of the inet socket with inode `ino` (SHUT_RD: bit 0, SHUT_WR: bit 1), from
+/// sock_diag (NETLINK_SOCK_DIAG, every socket of `family` and `protocol` listed, this one
+/// found by its inode); `None` when sock_diag does not list it.
+pub fn diag_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
+    use rustix::net::netlink;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::SOCK_DIAG),
+    )?;
+    // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.push(family as u8);
+    req.push(protocol as u8);
+    req.push(0); // no extensions: INET_DIAG_SHUTDOWN always comes
+    req.push(0);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&[0u8; 40]); // ports, addresses, interface
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    rustix::net::send(&sock, &req, SendFlags::empty())?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer");
+    let u16_at = |b: &[u8], o: usize| -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(o..o + 2)?.try_into().ok()?))
+    };
+    let u32_at = |b: &[u8], o: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut found = None;
+    loop {
+        let (n, _) = rustix::net::recv(&sock, &mut buf[..], RecvFlags::empty())?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let b = &buf[off..n];
+            let len = u32_at(b, 0).ok_or_else(bad)? as usize;
+            let kind = u16_at(b, 4).ok_or_else(bad)?;
+            if len < 16 || len > b.len() {
+                return Err(bad());
+            }
+            match kind {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => {
+                    let errno = u32_at(b, 16).ok_or_else(bad)? as i32;
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {}
+            }
+            // inet_diag_msg: 72 bytes after the header, the inode at its offset 68.
+            if found.is_none() && u32_at(b, 16 + 68).ok_or_else(bad)? as u64 == ino {
+                let mut a = 16 + 72;
+                while a + 4 <= len {
+                    let alen = u16_at(b, a).ok_or_else(bad)? as usize;
+                    let atype = u16_at(b, a + 2).ok_or_else(bad)?;
+                    if alen < 4 || a + alen > len {
+                        return Err(bad());
+                    }
+                    if atype == INET_DIAG_SHUTDOWN && alen >= 5 {
+                        found = Some(b[a + 4]);
+                    }
+                    a += (alen + 3) & !3;
+                }
+            }
+            off += (len + 3) & !3;
+        }
+        if n == 0 {
+            return Ok(found);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +472,25 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(a.recv(&mut buf).unwrap(), 3, "still queued, from the first");
         assert!(peek_datagrams(a.as_fd(), 2).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn shutdown_of_a_udp_socket() {
+        use std::os::unix::fs::MetadataExt;
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect("127.0.0.1:9").unwrap();
+        let ino = std::fs::File::from(OwnedFd::from(a.try_clone().unwrap()))
+            .metadata()
+            .unwrap()
+            .ino();
+        assert_eq!(
+            diag_shutdown(libc::AF_INET, libc::IPPROTO_UDP, ino).unwrap(),
+            Some(0)
+        );
+        shutdown(a.as_fd(), libc::SHUT_WR).unwrap();
+        assert_eq!(
+            diag_shutdown(libc::AF_INET, libc::IPPROTO_UDP, ino).unwrap(),
+            Some(2)
+        );
     }
 }

@@ -156,6 +156,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             service: None,
             tree: true,
             admit: None,
+            tcp: Default::default(),
             auth: Some(key.clone()),
         })?;
         let dump = t.elapsed();
@@ -280,6 +281,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             service: None,
             tree: true,
             admit: None,
+            tcp: Default::default(),
             auth: None,
         })?;
         let dump = t.elapsed();

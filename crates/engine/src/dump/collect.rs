@@ -28,9 +28,11 @@ pub(crate) fn collect_tree(
     root_pidfd: &OwnedFd,
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
+    tcp: &super::TcpConnections,
 ) -> Result<(Vec<Collected>, files::DumpHolds), Error> {
     let shared = shared_tables(tree)?;
     let mut registry = files::FileRegistry::default();
+    registry.configure(tcp);
     let mut collected = Vec::with_capacity(tree.processes.len());
     // Each collected process and the address of a `syscall` instruction in it (to ask a
     // parent about its children).

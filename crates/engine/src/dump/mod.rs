@@ -51,10 +51,29 @@ pub struct DumpOptions {
     pub admit: Option<Admit>,
     /// The self-dump connection of the process, if any.
     pub service: Option<ServiceConnection>,
+    /// What to do with established TCP connections (files::tcp).
+    pub tcp: TcpConnections,
     /// Authenticate the images with this key: every file gets a MAC, listed in `auth.img`
     /// (see [`stasis_image::auth`]). stasisd always sets it; without it, the images can be
     /// restored by root only.
     pub auth: Option<stasis_image::ImageKey>,
+}
+
+/// What a dump does with established TCP connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TcpConnections {
+    /// Dump them in repair mode, holding their peers off until the restore (the default).
+    #[default]
+    Repair,
+    /// Record them as closed (`stasis dump --tcp-closed`): no repair mode, no nftables rule;
+    /// they are reset when the processes are killed (SO_LINGER 0: the peers see a reset, and
+    /// no TIME_WAIT keeps a restored listener from its port), and the restore gives the
+    /// program a TCP socket that is not connected (reads fail with ENOTCONN, poll reports
+    /// POLLHUP). A dump that lets the processes run on leaves them alone.
+    Closed,
+    /// Refuse them, naming each, for this reason (stasisd, for a caller whose restore could
+    /// not put them back).
+    Refuse(String),
 }
 
 /// A self-dumping process's connection to stasisd: the socket at `fd` in the target is
@@ -191,7 +210,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         // `holds`: TCP connections in repair mode and the nftables rule holding off their
         // peers; dropped (released) on any failure below, before the tree is thawed.
         let (collected, holds) =
-            collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref())?;
+            collect::collect_tree(&tree, &pidfd, vdso_offset, opts.service.as_ref(), &opts.tcp)?;
         drop(phase);
         let phase = Phase::Write.span();
         let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;

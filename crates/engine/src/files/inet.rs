@@ -9,8 +9,10 @@
 //! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
 //! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS). Buffer sizes are restored only when they
 //! differ from what a fresh socket of the same kind has (set by the program, so locked by the
-//! kernel against autotuning); a connected TCP socket's buffers grow by themselves and are only
-//! forced as large as its queues need. A socket with a classic BPF filter (SO_ATTACH_FILTER)
+//! kernel against autotuning); a connected TCP socket's buffers grow by themselves, so their
+//! sizes say nothing about the program having set them: they are not restored (only forced as
+//! large as the queues need, which also stops their autotuning). Multicast memberships are
+//! not read (they are lost). A socket with a classic BPF filter (SO_ATTACH_FILTER)
 //! or multicast memberships is refused by name.
 //!
 //! # The hold ([`ConnectionHold`])
@@ -84,12 +86,12 @@ fn bad_ip(a: &InetAddr) -> Error {
     Error::Invalid(format!("an inet address of {} bytes", a.ip.len()))
 }
 
-/// Whether an address is "nothing" (0.0.0.0:0 or [::]:0): the socket is not bound.
+/// Whether an address is "nothing" (`0.0.0.0:0` or `[::]:0`): the socket is not bound.
 pub fn is_unbound(a: &SocketAddr) -> bool {
     a.port() == 0 && a.ip().is_unspecified()
 }
 
-/// "tcp 127.0.0.1:80 <-> 10.0.0.2:4711", "udp [::]:53", for messages.
+/// `tcp 127.0.0.1:80 <-> 10.0.0.2:4711`, `udp [::]:53`, for messages.
 pub fn describe(s: &InetSocket) -> String {
     let proto = match s.protocol as i32 {
         libc::IPPROTO_TCP => "tcp",
@@ -212,13 +214,17 @@ pub fn restore_options_before_bind(
     let sol = libc::SOL_SOCKET;
     set(sol, libc::SO_REUSEADDR, o.reuseaddr as i32, "SO_REUSEADDR")?;
     set(sol, libc::SO_REUSEPORT, o.reuseport as i32, "SO_REUSEPORT")?;
-    if family == libc::AF_INET6 {
+    // Only when it differs: a raw socket refuses the option (it has a "port", its protocol).
+    let v6only = || opt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0);
+    if family == libc::AF_INET6 && v6only().ok() != Some(o.v6only) {
         set(
             libc::IPPROTO_IPV6,
             libc::IPV6_V6ONLY,
             o.v6only as i32,
             "IPV6_V6ONLY",
         )?;
+    }
+    if family == libc::AF_INET6 {
         if o.freebind {
             set(libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1, "IPV6_FREEBIND")?;
         }
@@ -266,20 +272,10 @@ pub fn restore_options(
     }
     // The kernel doubles what it is given.
     if o.buf_locks & 1 != 0 {
-        set(
-            sol,
-            libc::SO_SNDBUFFORCE,
-            (o.sndbuf / 2) as i32,
-            "SO_SNDBUFFORCE",
-        )?;
+        force_buffer(fd, libc::SO_SNDBUF, o.sndbuf / 2, what)?;
     }
     if o.buf_locks & 2 != 0 {
-        set(
-            sol,
-            libc::SO_RCVBUFFORCE,
-            (o.rcvbuf / 2) as i32,
-            "SO_RCVBUFFORCE",
-        )?;
+        force_buffer(fd, libc::SO_RCVBUF, o.rcvbuf / 2, what)?;
     }
     if ty == libc::SOCK_STREAM {
         let t = libc::IPPROTO_TCP;
@@ -311,6 +307,25 @@ pub fn restore_options(
     Ok(())
 }
 
+/// Sets buffer `which` (SO_SNDBUF or SO_RCVBUF) to `size` (the kernel doubles it): with
+/// SO_SNDBUFFORCE/SO_RCVBUFFORCE, which go beyond the system's maximum, or, without
+/// CAP_NET_ADMIN (a restore as a user), as far as the plain option goes.
+pub fn force_buffer(fd: BorrowedFd<'_>, which: i32, size: u32, what: &str) -> Result<(), Error> {
+    let (force, name) = if which == libc::SO_SNDBUF {
+        (libc::SO_SNDBUFFORCE, "SO_SNDBUF")
+    } else {
+        (libc::SO_RCVBUFFORCE, "SO_RCVBUF")
+    };
+    let v = size.min(i32::MAX as u32) as i32;
+    match sys::set_int_option(fd, libc::SOL_SOCKET, force, v) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            sys::set_int_option(fd, libc::SOL_SOCKET, which, v)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("setsockopt {name} {v} on {what}"), e))
+}
+
 /// The checks every inet record passes: family, addresses of the family's size, bounded
 /// options and queues.
 pub fn validate(s: &InetSocket) -> Result<(), String> {
@@ -339,6 +354,9 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
     }
     if o.sndbuf > i32::MAX as u32 || o.rcvbuf > i32::MAX as u32 {
         return Err("buffer size out of range".into());
+    }
+    if o.icmp_filter.len() > 32 {
+        return Err(format!("an ICMP filter of {} bytes", o.icmp_filter.len()));
     }
     if o.tos > 255 || o.ttl > 255 {
         return Err(format!("TOS {} or TTL {} out of range", o.tos, o.ttl));
@@ -464,6 +482,8 @@ fn packet_match(local: &SocketAddr, peer: &SocketAddr) -> String {
 pub struct ConnectionHold {
     table: String,
     repaired: Vec<(OwnedFd, bool)>,
+    /// Connections dumped as closed (`--tcp-closed`): reset when the processes are killed.
+    closing: Vec<OwnedFd>,
 }
 
 impl ConnectionHold {
@@ -499,11 +519,29 @@ impl ConnectionHold {
         self.repaired.push((fd, reuseaddr));
     }
 
+    /// Remembers a connection dumped as closed (our duplicate of it).
+    pub fn closing(&mut self, fd: OwnedFd) {
+        self.closing.push(fd);
+    }
+
     /// The dumped processes are gone: the sockets close in repair mode (silently), the table
-    /// stays until the restore.
+    /// stays until the restore. Connections dumped as closed are reset (SO_LINGER 0), so that
+    /// neither they nor a TIME_WAIT keep their addresses from the restored listeners.
     pub fn keep(mut self) {
         self.repaired.clear();
         self.table.clear();
+        let mut linger0 = 1i32.to_ne_bytes().to_vec();
+        linger0.extend_from_slice(&0i32.to_ne_bytes());
+        for fd in self.closing.drain(..) {
+            if let Err(e) = stasis_sys::socket::set_option_bytes(
+                fd.as_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger0,
+            ) {
+                tracing::warn!(error = %e, "SO_LINGER 0 on a connection dumped as closed");
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! | character devices                      | [`chardev`]     |
 //! | TCP sockets (listeners, connections)   | [`tcp`]         |
 //! | UDP and UDP-Lite sockets               | [`udp`]         |
+//! | raw and ICMP ping sockets              | [`raw`]         |
 //! | (what TCP and UDP share)               | [`inet`]        |
 //!
 //! Adding a kind: its record (a variant of [`stasis_image::FileKind`]), a module implementing
@@ -102,6 +103,7 @@ pub mod opath;
 pub mod pidfd;
 pub mod pipe;
 mod pipebuf;
+pub mod raw;
 pub mod regular;
 pub mod service;
 pub mod signalfd;
@@ -132,6 +134,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<chardev::CharDevices>::default(),
         Box::<tcp::TcpSockets>::default(),
         Box::<udp::UdpSockets>::default(),
+        Box::<raw::RawSockets>::default(),
     ]
 }
 
@@ -156,6 +159,10 @@ pub trait FileOps {
         id: u32,
         out: &mut ProcessFiles<'_>,
     ) -> Result<FileKind, Error>;
+
+    /// Dump: takes the dump's options before any fd is dumped (what to do with TCP
+    /// connections).
+    fn configure(&mut self, _tcp: &crate::dump::TcpConnections) {}
 
     /// Dump: what the kind holds in place until the dump is over (TCP connections in repair
     /// mode behind an nftables rule), handed to the dump's release phase by
@@ -586,6 +593,13 @@ impl TreeMembers {
 }
 
 impl FileRegistry {
+    /// Gives every kind the dump's options ([`FileOps::configure`]).
+    pub fn configure(&mut self, tcp: &crate::dump::TcpConnections) {
+        for k in &mut self.kinds {
+            k.configure(tcp);
+        }
+    }
+
     /// Completes the objects that span processes, once every process is collected: `processes`
     /// are the descriptions of every process record, in tree order. Fails when one cannot be
     /// restored (a pipe with an end outside the tree); the bytes in flight of each pipe go into

@@ -31,6 +31,7 @@
 
 use super::inet::{self, ConnectionHold};
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
+use crate::dump::TcpConnections;
 use crate::Error;
 use stasis_image::{FileDesc, FileKind, InetSocket, ProcessImage, TcpConnection};
 use stasis_sys::inet as sys;
@@ -78,6 +79,7 @@ const CHUNK: usize = 64 << 10;
 /// waiting to leave repair mode and the hold tables to delete.
 #[derive(Default)]
 pub struct TcpSockets {
+    policy: TcpConnections,
     hold: ConnectionHold,
     restored: Vec<(String, OwnedFd, bool)>,
     tables: BTreeSet<String>,
@@ -221,16 +223,13 @@ fn restore_connection(
     }
     // Room for the queues (the kernel doubles the value given).
     let o = &s.options;
-    let sol = libc::SOL_SOCKET;
     if !t.send_queue.is_empty() {
         let want = (o.sndbuf / 2).max(t.send_queue.len() as u32);
-        sys::set_int_option(fd, sol, libc::SO_SNDBUFFORCE, want as i32)
-            .map_err(io("SO_SNDBUFFORCE"))?;
+        inet::force_buffer(fd, libc::SO_SNDBUF, want, what)?;
     }
     if !t.recv_queue.is_empty() {
         let want = (o.rcvbuf / 2).max(t.recv_queue.len() as u32);
-        sys::set_int_option(fd, sol, libc::SO_RCVBUFFORCE, want as i32)
-            .map_err(io("SO_RCVBUFFORCE"))?;
+        inet::force_buffer(fd, libc::SO_RCVBUF, want, what)?;
     }
     set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_RECV_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
     for c in t.recv_queue.chunks(CHUNK) {
@@ -324,7 +323,26 @@ impl FileOps for TcpSockets {
                 s.backlog = info.sacked;
             }
             TCP_CLOSE => s.peer = None,
+            TCP_ESTABLISHED if self.policy == TcpConnections::Closed => {
+                // Restored as a socket that is not connected; reset once the process is
+                // killed.
+                let dup = file
+                    .try_clone()
+                    .map_err(|e| Error::io(format!("dup {what}"), e))?;
+                self.hold.closing(dup.into());
+                s.state = TCP_CLOSE;
+                s.local = None;
+                s.peer = None;
+            }
             TCP_ESTABLISHED => {
+                if let TcpConnections::Refuse(why) = &self.policy {
+                    return Err(Error::Refused(format!(
+                        "{what} is an established TCP connection: {why}"
+                    )));
+                }
+                // A connection's buffers grow by themselves (autotuning): a size that differs
+                // from a fresh socket's does not tell that the program set it.
+                s.options.buf_locks = 0;
                 let Some(peer) = peer else {
                     return Err(Error::Invalid(format!("{what} is connected without a peer")));
                 };
@@ -340,6 +358,10 @@ impl FileOps for TcpSockets {
             }
         }
         Ok(FileKind::Inet(Box::new(s)))
+    }
+
+    fn configure(&mut self, tcp: &TcpConnections) {
+        self.policy = tcp.clone();
     }
 
     fn take_hold(&mut self) -> Option<ConnectionHold> {

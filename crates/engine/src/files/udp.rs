@@ -3,14 +3,18 @@
 //!
 //! Dump: the local and peer addresses (getsockname, getpeername), the options
 //! ([`super::inet`]), and every datagram in the receive queue, read without consuming it (with
-//! SO_PEEK_OFF each MSG_PEEK returns the next datagram). A datagram's sender is not kept. A
+//! SO_PEEK_OFF each MSG_PEEK returns the next datagram), and whether it was shut down (for
+//! reading or writing: sock_diag's INET_DIAG_SHUTDOWN). A datagram's sender is not kept. The
+//! kernel hides from such peeks a zero-length datagram that was peeked at before (by the
+//! program itself, or by an earlier dump of a process left running): it is then not kept. A
 //! socket with datagrams it was still sending (corked with UDP_CORK) is refused.
 //!
 //! Restore: the socket is created with its protocol, gets its options and is bound; the queued
 //! datagrams are sent to it, in order, from a temporary socket of the same kind bound to the
 //! loopback address, before it connects (a connected socket takes datagrams from its peer
 //! only); then it connects to its peer. The restored datagrams come from the temporary
-//! socket's address, not from their first senders. Shutdown (shutdown(2)) is not kept.
+//! socket's address, not from their first senders. A socket that was shut down (sock_diag
+//! reports it) is shut down again, last.
 
 use super::inet;
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
@@ -43,10 +47,18 @@ fn sock(kind: &FileKind) -> Option<&InetSocket> {
     }
 }
 
-/// Sends `datagrams` to `fd` (bound at `to`) from a temporary socket, and waits until they are
-/// all queued.
+/// Sends the record's datagrams to `fd` (bound at `to`) from a temporary socket. The receive
+/// buffer is forced as large as they need. Loopback delivers them in order, as they are sent;
+/// the first one is waited for. They are not peeked at to check them: the kernel hides a
+/// zero-length datagram that was peeked at from later peeks with SO_PEEK_OFF (a later dump).
 fn requeue(fd: BorrowedFd<'_>, s: &InetSocket, to: SocketAddr, what: &str) -> Result<(), Error> {
     let family = s.family as i32;
+    let need: usize = s.datagrams.iter().map(|d| d.len() + 2048).sum();
+    let have = sys::int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
+        .map_err(|e| Error::io(format!("SO_RCVBUF of {what}"), e))?;
+    if (have as usize) < need {
+        inet::force_buffer(fd, libc::SO_RCVBUF, need as u32, what)?;
+    }
     let tmp = sys::socket(family, libc::SOCK_DGRAM, s.protocol as i32)
         .map_err(|e| Error::io(format!("a socket to requeue the datagrams of {what}"), e))?;
     let lo: IpAddr = if family == libc::AF_INET6 {
@@ -63,18 +75,14 @@ fn requeue(fd: BorrowedFd<'_>, s: &InetSocket, to: SocketAddr, what: &str) -> Re
         sys::send_to(tmp.as_fd(), d, &dest)
             .map_err(|e| Error::io(format!("requeueing a datagram on {what} ({dest})"), e))?;
     }
-    // Delivery over loopback is quick but not synchronous: wait for the last one.
-    let want = s.datagrams.len();
     for _ in 0..200 {
-        let have = sys::peek_datagrams(fd, inet::MAX_QUEUE)
-            .map_err(|e| Error::io(format!("the requeued datagrams of {what}"), e))?;
-        if have.len() >= want {
+        if sys::readable(fd).map_err(|e| Error::io(format!("poll {what}"), e))? {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     Err(Error::Invalid(format!(
-        "{what}: the {want} requeued datagrams did not all arrive"
+        "{what}: the requeued datagrams did not arrive"
     )))
 }
 
@@ -127,6 +135,11 @@ impl FileOps for UdpSockets {
                 ),
             });
         }
+        let ino = std::os::unix::fs::MetadataExt::ino(fd.metadata()?);
+        let shutdown = sys::diag_shutdown(k.domain, k.protocol, ino)
+            .map_err(|e| Error::io(format!("sock_diag of {what}"), e))?
+            .unwrap_or(0) as u32
+            & 3;
         let datagrams = sys::peek_datagrams(b, inet::MAX_QUEUE)
             .map_err(|e| Error::io(format!("reading the datagrams queued on {what}"), e))?;
         Ok(FileKind::Inet(Box::new(InetSocket {
@@ -142,6 +155,7 @@ impl FileOps for UdpSockets {
             peer: peer.as_ref().map(inet::addr_to_image),
             options,
             datagrams,
+            shutdown,
             ..Default::default()
         })))
     }
@@ -188,6 +202,20 @@ impl FileOps for UdpSockets {
             sys::connect(b, &a).map_err(|e| Error::io(format!("connect {a} for {what}"), e))?;
         }
         inet::restore_options(b, s.family as i32, libc::SOCK_DGRAM, &s.options, &what)?;
+        if s.shutdown != 0 {
+            let how = match s.shutdown {
+                1 => libc::SHUT_RD,
+                2 => libc::SHUT_WR,
+                _ => libc::SHUT_RDWR,
+            };
+            // An unconnected socket is shut down all the same, with ENOTCONN.
+            match sys::shutdown(b, how) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => {
+                    return Err(Error::io(format!("shutdown of {what}"), e))
+                }
+                _ => {}
+            }
+        }
         Ok(fd)
     }
 }

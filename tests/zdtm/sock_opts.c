@@ -1,0 +1,137 @@
+/*
+ * sock_opts: socket options of inet sockets.
+ *
+ *   client (TCP, connected over loopback): SO_KEEPALIVE, TCP_KEEPIDLE 100, TCP_KEEPINTVL 20,
+ *     TCP_KEEPCNT 4, TCP_NODELAY, SO_LINGER {1, 5}, SO_RCVLOWAT 3, SO_PRIORITY 4,
+ *     SO_MARK 77, IP_TOS 0x10, IP_TTL 33
+ *   server (its accepted end): TCP_CORK
+ *   listener: IP_FREEBIND, SO_BINDTODEVICE "lo", SO_SNDBUF 100000, SO_RCVBUF 90000
+ *   udp: SO_BROADCAST, IP_TTL 5, SO_PRIORITY 2, SO_MARK 9, SO_RCVBUF 70000
+ *   udp6: IPV6_V6ONLY, IPV6_TCLASS 0x20, IPV6_UNICAST_HOPS 9
+ * On SIGTERM every option reads back as it was at READY (buffer sizes as the kernel reported
+ * them then), and the connection still carries data both ways.
+ */
+#include "zdtm.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct opt {
+	const char *name;
+	int *fd, level, opt, value;
+};
+
+static int client, server, listener, udp, udp6;
+
+static struct opt opts[] = {
+	{ "client SO_KEEPALIVE", &client, SOL_SOCKET, SO_KEEPALIVE, 1 },
+	{ "client TCP_KEEPIDLE", &client, IPPROTO_TCP, TCP_KEEPIDLE, 100 },
+	{ "client TCP_KEEPINTVL", &client, IPPROTO_TCP, TCP_KEEPINTVL, 20 },
+	{ "client TCP_KEEPCNT", &client, IPPROTO_TCP, TCP_KEEPCNT, 4 },
+	{ "client TCP_NODELAY", &client, IPPROTO_TCP, TCP_NODELAY, 1 },
+	{ "client SO_RCVLOWAT", &client, SOL_SOCKET, SO_RCVLOWAT, 3 },
+	{ "client SO_PRIORITY", &client, SOL_SOCKET, SO_PRIORITY, 4 },
+	{ "client SO_MARK", &client, SOL_SOCKET, SO_MARK, 77 },
+	{ "client IP_TOS", &client, IPPROTO_IP, IP_TOS, 0x10 },
+	{ "client IP_TTL", &client, IPPROTO_IP, IP_TTL, 33 },
+	{ "server TCP_CORK", &server, IPPROTO_TCP, TCP_CORK, 1 },
+	{ "listener IP_FREEBIND", &listener, IPPROTO_IP, IP_FREEBIND, 1 },
+	{ "listener SO_SNDBUF", &listener, SOL_SOCKET, SO_SNDBUF, 100000 },
+	{ "listener SO_RCVBUF", &listener, SOL_SOCKET, SO_RCVBUF, 90000 },
+	{ "udp SO_BROADCAST", &udp, SOL_SOCKET, SO_BROADCAST, 1 },
+	{ "udp IP_TTL", &udp, IPPROTO_IP, IP_TTL, 5 },
+	{ "udp SO_PRIORITY", &udp, SOL_SOCKET, SO_PRIORITY, 2 },
+	{ "udp SO_MARK", &udp, SOL_SOCKET, SO_MARK, 9 },
+	{ "udp SO_RCVBUF", &udp, SOL_SOCKET, SO_RCVBUF, 70000 },
+	{ "udp6 IPV6_V6ONLY", &udp6, IPPROTO_IPV6, IPV6_V6ONLY, 1 },
+	{ "udp6 IPV6_TCLASS", &udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20 },
+	{ "udp6 IPV6_UNICAST_HOPS", &udp6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9 },
+};
+#define NOPTS (int)(sizeof(opts) / sizeof(opts[0]))
+
+static int getint(int fd, int level, int name)
+{
+	int v = -1;
+	socklen_t l = sizeof(v);
+
+	if (getsockopt(fd, level, name, &v, &l))
+		return -1;
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t l = sizeof(a);
+	struct linger lg = { 1, 5 };
+	int seen[NOPTS];
+	char dev[16];
+
+	zdtm_init(argc, argv);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	listener = socket(AF_INET, SOCK_STREAM, 0);
+	for (int i = 0; i < NOPTS; i++)
+		if (*opts[i].fd == listener &&
+		    setsockopt(listener, opts[i].level, opts[i].opt, &opts[i].value, sizeof(int)))
+			zdtm_die("%s: %m", opts[i].name);
+	if (setsockopt(listener, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) ||
+	    bind(listener, (void *)&a, sizeof(a)) || listen(listener, 1) ||
+	    getsockname(listener, (void *)&a, &l))
+		zdtm_die("listener: %m");
+	client = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(client, (void *)&a, sizeof(a)))
+		zdtm_die("connect: %m");
+	server = accept(listener, NULL, NULL);
+	udp = socket(AF_INET, SOCK_DGRAM, 0);
+	udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
+	if (server < 0 || udp < 0 || udp6 < 0)
+		zdtm_die("sockets: %m");
+	for (int i = 0; i < NOPTS; i++)
+		if (*opts[i].fd != listener &&
+		    setsockopt(*opts[i].fd, opts[i].level, opts[i].opt, &opts[i].value, sizeof(int)))
+			zdtm_die("%s: %m", opts[i].name);
+	if (setsockopt(client, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
+		zdtm_die("SO_LINGER: %m");
+	for (int i = 0; i < NOPTS; i++)
+		seen[i] = getint(*opts[i].fd, opts[i].level, opts[i].opt);
+
+	zdtm_ready();
+	zdtm_wait_check();
+
+	for (int i = 0; i < NOPTS; i++) {
+		int v = getint(*opts[i].fd, opts[i].level, opts[i].opt);
+		if (v != seen[i])
+			zdtm_fail("%s: %d, expected %d", opts[i].name, v, seen[i]);
+	}
+	l = sizeof(lg);
+	memset(&lg, 0, sizeof(lg));
+	if (getsockopt(client, SOL_SOCKET, SO_LINGER, &lg, &l) || lg.l_onoff != 1 || lg.l_linger != 5)
+		zdtm_fail("SO_LINGER: {%d, %d}", lg.l_onoff, lg.l_linger);
+	l = sizeof(dev);
+	memset(dev, 0, sizeof(dev));
+	if (getsockopt(listener, SOL_SOCKET, SO_BINDTODEVICE, dev, &l) || strcmp(dev, "lo"))
+		zdtm_fail("SO_BINDTODEVICE: \"%s\"", dev);
+
+	/* The connection still works (the server is corked: uncork to push). */
+	char b[4];
+	int zero = 0;
+	if (write(client, "ping", 4) != 4 || read(server, b, 4) != 4 || memcmp(b, "ping", 4))
+		zdtm_fail("client -> server");
+	if (write(server, "pong", 4) != 4 ||
+	    setsockopt(server, IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero)) ||
+	    read(client, b, 4) != 4 || memcmp(b, "pong", 4))
+		zdtm_fail("server -> client");
+	/* the client closes first (so no TIME_WAIT on the listener's port) */
+	lg.l_onoff = 0;
+	setsockopt(client, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(client);
+	if (read(server, b, 1) != 0)
+		zdtm_fail("no EOF");
+	close(server);
+	zdtm_pass_or_fail();
+}
