@@ -186,6 +186,17 @@ fn connect(port: u16) -> TcpStream {
     s
 }
 
+/// How a test dumps its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dump {
+    /// `--leave-running`.
+    LeaveRunning,
+    /// Killing it, its connections kept (TCP_REPAIR, held off until the restore).
+    Kill,
+    /// Killing it, `--tcp-closed`: its connections end and are restored closed.
+    TcpClosed,
+}
+
 /// A server process (tree) a test started.
 struct Server {
     /// The process started (nginx: the master).
@@ -255,13 +266,14 @@ impl Ctx {
         (pid, fs::read_to_string(&out).unwrap_or_default())
     }
 
-    /// `stasis dump -t PID` of `server` and its descendants; with `leave_running` they run on
-    /// (checked), else they are gone (reaped) when this returns. The images directory, and the
-    /// dumper's pid.
+    /// `stasis dump -t PID` of `server` and its descendants; with [`Dump::LeaveRunning`] they
+    /// run on (checked), else they are gone (reaped) when this returns. The images directory,
+    /// and the dumper's pid.
     ///
-    /// The client's connection is established during the dump: a dump that kills leaves the
-    /// nftables table holding it off until the restore; one with `leave_running` deletes it.
-    fn dump(&self, server: &Server, leave_running: bool) -> (PathBuf, u32) {
+    /// The client's connection is established during the dump: a [`Dump::Kill`] leaves the
+    /// nftables table holding it off until the restore; the others leave none.
+    fn dump(&self, server: &Server, how: Dump) -> (PathBuf, u32) {
+        let leave_running = how == Dump::LeaveRunning;
         let n = self.step.get() + 1;
         self.step.set(n);
         let pids = tree(server.pid);
@@ -276,8 +288,10 @@ impl Ctx {
             "--log-file".into(),
             log.clone().into(),
         ];
-        if leave_running {
-            args.push("--leave-running".into());
+        match how {
+            Dump::LeaveRunning => args.push("--leave-running".into()),
+            Dump::TcpClosed => args.push("--tcp-closed".into()),
+            Dump::Kill => {}
         }
         let (dumper, _) = self.stasis(&args, &log);
         assert!(
@@ -288,7 +302,7 @@ impl Ctx {
         let tables = hold_tables(dumper);
         assert_eq!(
             tables.is_empty(),
-            leave_running,
+            how != Dump::Kill,
             "{}: the nftables hold tables of the dump (pid {dumper}) after it: {tables:?}",
             server.what
         );
@@ -368,9 +382,15 @@ impl Ctx {
     /// Dumps `server` (killing it), checks that it is gone and that its port is closed, then
     /// restores it. `while_away` runs between the two (a client sending while it is away).
     fn dump_kill_restore(&self, server: &Server, while_away: impl FnOnce()) {
+        self.dump_kill_restore_as(server, Dump::Kill, while_away);
+    }
+
+    /// [`Ctx::dump_kill_restore`] with a dump that kills: [`Dump::Kill`] or
+    /// [`Dump::TcpClosed`].
+    fn dump_kill_restore_as(&self, server: &Server, how: Dump, while_away: impl FnOnce()) {
         let pids = tree(server.pid);
         let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
-        let (img, dumper) = self.dump(server, false);
+        let (img, dumper) = self.dump(server, how);
         assert!(
             !listening(server.port),
             "{}: port {} still listens after the dump killed the server",
@@ -612,7 +632,7 @@ fn kv_test(ctx: &Ctx, server: &Server, open: fn(u16) -> Box<dyn Kv>, leave_runni
     set_keys(kv.as_mut(), "before", 20);
     check_keys(kv.as_mut(), "before", 20, "before the dump");
     if leave_running {
-        ctx.dump(server, true);
+        ctx.dump(server, Dump::LeaveRunning);
     } else {
         ctx.dump_kill_restore(server, || {
             // Nobody listens now: what the client sends must wait (held off, not refused)
@@ -687,6 +707,50 @@ fn redis_client_goes_on_with_leave_running() {
     };
     let server = start_redis(&ctx);
     kv_test(&ctx, &server, open_redis, true);
+}
+
+/// `stasis dump --tcp-closed`: the client's connection ends when the dump kills redis (reset,
+/// or end of stream), the restored redis finds it closed (it drops that client: one client
+/// left, the new one) and has its keys.
+#[test]
+fn redis_connections_end_with_tcp_closed() {
+    let Some(ctx) = start("redis_tcp_closed", &["redis-server"]) else {
+        return;
+    };
+    let server = start_redis(&ctx);
+    let mut kv = Redis(Conn::new(server.port));
+    set_keys(&mut kv, "before", 20);
+    ctx.dump_kill_restore_as(&server, Dump::TcpClosed, || {
+        let mut buf = [0u8; 16];
+        match kv.0.reader.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the client's connection did not end with the dump: {other:?}"),
+        }
+    });
+    let mut fresh = Redis(Conn::new(server.port));
+    check_keys(
+        &mut fresh,
+        "before",
+        20,
+        "after the restore, new connection",
+    );
+    // Redis notices the closed connection when it polls it: at most a moment later.
+    let mut clients = || {
+        fresh.0.send(&Redis::command(&[b"CLIENT", b"LIST"]));
+        let l = fresh.0.line();
+        let len: usize = l
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("redis: CLIENT LIST: {l:?}"));
+        let list = String::from_utf8_lossy(&fresh.0.exact(len + 2)).into_owned();
+        list.lines().filter(|l| l.starts_with("id=")).count()
+    };
+    wait_for(
+        "redis to drop the client whose connection was restored closed",
+        TIMEOUT,
+        || clients() == 1,
+    );
 }
 
 #[test]
@@ -796,7 +860,7 @@ fn http_test(ctx: &Ctx, server: &Server, files: &WebFiles, leave_running: bool) 
     conn.send(REQUEST_HEAD);
     std::thread::sleep(Duration::from_millis(200));
     if leave_running {
-        ctx.dump(server, true);
+        ctx.dump(server, Dump::LeaveRunning);
     } else {
         ctx.dump_kill_restore(server, || {});
     }
@@ -1027,7 +1091,7 @@ fn stream_test(ctx: &Ctx, server: &Server) {
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         st.wait_more(1 << 20, "before the dumps");
-        ctx.dump(server, true);
+        ctx.dump(server, Dump::LeaveRunning);
         st.wait_more(1 << 20, "after the --leave-running dump");
         let start = Instant::now();
         ctx.dump_kill_restore(server, || {});
