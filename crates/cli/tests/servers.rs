@@ -11,11 +11,13 @@
 //!   was away is answered too) and a new connection works;
 //! - `--leave-running`: the server runs on after the dump and the client goes on using it.
 //!
-//! The servers: redis-server (RESP), memcached (text protocol), nginx (master and two workers,
-//! a keep-alive HTTP/1.1 connection, a static file), python3 -m http.server (HTTP/1.1, one
-//! thread per connection), and echo servers (socat, a small python3 one) that a byte stream
-//! derived from a counter flows through across a `--leave-running` dump and a dump + restore,
-//! arriving back exactly, once.
+//! The servers: redis-server (RESP; also `--tcp-closed`, after which redis drops the client),
+//! memcached (text protocol), nginx (master and two workers, a keep-alive HTTP/1.1 connection,
+//! a static file, 8 MiB of a response and a pipelined request under way at the dump), python3
+//! -m http.server (the same; one thread per connection), and echo servers (socat, a small
+//! python3 one) that a byte stream derived from a counter flows through across a
+//! `--leave-running` dump and a dump + restore, arriving back exactly, once. And a client in
+//! the tree: curl downloading from this process across both kinds of dump.
 //!
 //! The tests need root and the servers' programs (`require_root`, `require_tool`: under CI
 //! (`CI=true`) a missing one fails the test), and `nft` (the dump holds the connections off
@@ -28,7 +30,7 @@
 use stasis_test_infra::log::{read_for_report, tail};
 use stasis_test_infra::process::{
     append_log, become_subreaper, describe_exit_status, kill, kill_child, live_children,
-    spawn_isolated, wait_child_for, wait_pid,
+    spawn_isolated, wait_child_for, wait_pid, WaitStatus, Waited,
 };
 use stasis_test_infra::procfs;
 use stasis_test_infra::wait::{wait_for, wait_until};
@@ -201,6 +203,7 @@ enum Dump {
 struct Server {
     /// The process started (nginx: the master).
     pid: i32,
+    /// The port it listens on (0: none, a client).
     port: u16,
     /// Its stdout and stderr.
     log: PathBuf,
@@ -392,7 +395,7 @@ impl Ctx {
         let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
         let (img, dumper) = self.dump(server, how);
         assert!(
-            !listening(server.port),
+            server.port == 0 || !listening(server.port),
             "{}: port {} still listens after the dump killed the server",
             server.what,
             server.port
@@ -1167,6 +1170,97 @@ fn stream_through_python_echo_across_dumps() {
     cmd.args(["-I", "-c", PY_ECHO, &port.to_string()]);
     let server = ctx.spawn_server("python3-echo", &mut cmd, port);
     stream_test(&ctx, &server);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A client in the dumped tree: curl downloading from a server outside it (this process).
+
+/// curl downloads 4 MiB from a server of this test that sends them slowly (32 KiB every 20
+/// ms); curl is dumped with --leave-running, then dumped, killed and restored, mid-download
+/// each time; the restored curl finishes the download (exit status 0) and the file is exact.
+#[test]
+fn curl_download_across_dumps() {
+    let Some(ctx) = start("curl_download", &["curl"]) else {
+        return;
+    };
+    let data = Arc::new(pattern(3, 4 << 20));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let server = {
+        let (data, sent) = (Arc::clone(&data), Arc::clone(&sent));
+        std::thread::spawn(move || -> Result<(), String> {
+            let (mut c, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            c.set_write_timeout(Some(TIMEOUT)).unwrap();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) => return Err("the request ended early".into()),
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                    Err(e) => return Err(format!("read the request: {e}")),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            );
+            c.write_all(head.as_bytes())
+                .map_err(|e| format!("write the head: {e}"))?;
+            for (i, chunk) in data.chunks(32 << 10).enumerate() {
+                c.write_all(chunk)
+                    .map_err(|e| format!("write chunk {i}: {e}"))?;
+                sent.store(((i + 1) * (32 << 10)) as u64, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    };
+    let out = ctx.dir.join("download");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-S", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/data"));
+    let log = ctx.dir.join("curl.log");
+    cmd.current_dir(&*ctx.dir);
+    let child = spawn_isolated(&mut cmd, append_log(&log).unwrap()).unwrap();
+    let pid = child.id() as i32;
+    drop(child); // reaped by pid
+    ctx.trees.borrow_mut().push(pid);
+    let curl = Server {
+        pid,
+        port: 0,
+        log,
+        what: "curl",
+    };
+    let mid = |what: &str| {
+        let at = sent.load(Ordering::SeqCst) + (256 << 10);
+        wait_for(what, TIMEOUT, || sent.load(Ordering::SeqCst) >= at);
+        assert!(
+            sent.load(Ordering::SeqCst) < data.len() as u64 - (1 << 20),
+            "the download is nearly over before {what}: too fast to test"
+        );
+    };
+    mid("the download to be under way");
+    ctx.dump(&curl, Dump::LeaveRunning);
+    mid("the download to go on after the --leave-running dump");
+    ctx.dump_kill_restore(&curl, || {});
+    match wait_pid(pid, TIMEOUT) {
+        Ok(Waited::Status(WaitStatus::Exited(0))) => {}
+        other => panic!(
+            "the restored curl did not exit 0: {other:?}: {}",
+            curl.report()
+        ),
+    }
+    match server.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("the server: {e}"),
+        Err(_) => panic!("the server thread panicked"),
+    }
+    let got = fs::read(&out).unwrap();
+    assert_eq!(got.len(), data.len(), "the download's size");
+    assert!(got == *data, "the downloaded bytes differ from those sent");
 }
 
 /// The nftables tables (family inet) holding off connections for the dump run by `dumper`:
