@@ -8,14 +8,18 @@
  *   listener: IP_FREEBIND, SO_BINDTODEVICE "lo", SO_SNDBUF 100000, SO_RCVBUF 90000
  *   udp: SO_BROADCAST, IP_TTL 5, SO_PRIORITY 2, SO_MARK 9, SO_RCVBUF 70000
  *   udp6: IPV6_V6ONLY, IPV6_TCLASS 0x20, IPV6_UNICAST_HOPS 9
+ *   filtered: UDP bound to 127.0.0.1 with a classic BPF filter passing datagrams of 4 bytes
+ *     only, locked (SO_LOCK_FILTER)
  * On SIGTERM every option reads back as it was at READY (buffer sizes as the kernel reported
- * them then), and the connection still carries data both ways.
+ * them then), the connection still carries data both ways, the filter reads back the same
+ * and still filters (of "abc" and "abcd" sent, only "abcd" arrives), and cannot be removed.
  */
 #include "zdtm.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <linux/filter.h>
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -26,7 +30,7 @@ struct opt {
 	int *fd, level, opt, value;
 };
 
-static int client, server, listener, udp, udp6;
+static int client, server, listener, udp, udp6, filtered;
 
 static struct opt opts[] = {
 	{ "client SO_KEEPALIVE", &client, SOL_SOCKET, SO_KEEPALIVE, 1 },
@@ -51,6 +55,15 @@ static struct opt opts[] = {
 	{ "udp6 IPV6_V6ONLY", &udp6, IPPROTO_IPV6, IPV6_V6ONLY, 1 },
 	{ "udp6 IPV6_TCLASS", &udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20 },
 	{ "udp6 IPV6_UNICAST_HOPS", &udp6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9 },
+	{ "filtered SO_LOCK_FILTER", &filtered, SOL_SOCKET, SO_LOCK_FILTER, 1 },
+};
+
+/* accept a datagram of 4 bytes (12 with its UDP header), drop anything else */
+static struct sock_filter prog[] = {
+	BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+	BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 12, 0, 1),
+	BPF_STMT(BPF_RET | BPF_K, 0xffff),
+	BPF_STMT(BPF_RET | BPF_K, 0),
 };
 #define NOPTS (int)(sizeof(opts) / sizeof(opts[0]))
 
@@ -89,6 +102,15 @@ int main(int argc, char **argv)
 	server = accept(listener, NULL, NULL);
 	udp = socket(AF_INET, SOCK_DGRAM, 0);
 	udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
+	struct sockaddr_in fa = { .sin_family = AF_INET };
+	socklen_t fl = sizeof(fa);
+	struct sock_fprog fp = { sizeof(prog) / sizeof(prog[0]), prog };
+	fa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	filtered = socket(AF_INET, SOCK_DGRAM, 0);
+	if (filtered < 0 || bind(filtered, (void *)&fa, sizeof(fa)) ||
+	    getsockname(filtered, (void *)&fa, &fl) ||
+	    setsockopt(filtered, SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof(fp)))
+		zdtm_die("filtered: %m");
 	if (server < 0 || udp < 0 || udp6 < 0)
 		zdtm_die("sockets: %m");
 	for (int i = 0; i < NOPTS; i++)
@@ -116,6 +138,23 @@ int main(int argc, char **argv)
 	memset(dev, 0, sizeof(dev));
 	if (getsockopt(listener, SOL_SOCKET, SO_BINDTODEVICE, dev, &l) || strcmp(dev, "lo"))
 		zdtm_fail("SO_BINDTODEVICE: \"%s\"", dev);
+
+	/* the filter: the same program, still filtering, still locked */
+	struct sock_filter got[8];
+	socklen_t gl = 8;
+	if (getsockopt(filtered, SOL_SOCKET, SO_GET_FILTER, got, &gl) ||
+	    gl != sizeof(prog) / sizeof(prog[0]) || memcmp(got, prog, sizeof(prog)))
+		zdtm_fail("filtered: SO_GET_FILTER differs (%u instructions)", gl);
+	if (sendto(udp, "abc", 3, 0, (void *)&fa, sizeof(fa)) != 3 ||
+	    sendto(udp, "abcd", 4, 0, (void *)&fa, sizeof(fa)) != 4)
+		zdtm_fail("udp: sendto: %m");
+	usleep(50000);
+	char fb[8];
+	if (recv(filtered, fb, sizeof(fb), MSG_DONTWAIT) != 4 ||
+	    recv(filtered, fb, sizeof(fb), MSG_DONTWAIT) != -1)
+		zdtm_fail("filtered: not only the 4-byte datagram");
+	if (setsockopt(filtered, SOL_SOCKET, SO_DETACH_FILTER, NULL, 0) == 0)
+		zdtm_fail("filtered: the filter is no longer locked");
 
 	/* The connection still works (the server is corked: uncork to push). */
 	char b[4];

@@ -903,6 +903,7 @@ zdtm_tests! {
     sock_tcp6 = sock_tcp_loop ["6"];
     sock_tcp_mapped = sock_tcp_loop ["mapped"];
     sock_tcp_listen;
+    sock_tcp_half;
     sock_udp;
     sock_opts;
     sock_raw;

@@ -546,7 +546,8 @@ pub struct InetSocket {
 /// `l_linger`; `buf_locks`: bit 0 SO_SNDBUF was set, bit 1 SO_RCVBUF was set (then `sndbuf`
 /// and `rcvbuf` are set again, as the kernel reported them, halved for setsockopt). For raw
 /// sockets, `hdrincl` (IP_HDRINCL, IPV6_HDRINCL) and `icmp_filter` (ICMP_FILTER: 4 bytes,
-/// ICMP6_FILTER: 32 bytes; empty: none read).
+/// ICMP6_FILTER: 32 bytes; empty: none read). `filter`: the classic BPF socket filter
+/// (SO_ATTACH_FILTER; empty: none), `filter_locked`: SO_LOCK_FILTER.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InetOptions {
     pub reuseaddr: bool,
@@ -572,13 +573,25 @@ pub struct InetOptions {
     pub ttl: u32,
     pub hdrincl: bool,
     pub icmp_filter: Vec<u8>,
+    pub filter: Vec<BpfInsn>,
+    pub filter_locked: bool,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
 }
 
 /// The state of an established (or closing) TCP connection, for TCP_REPAIR. Sequence numbers
 /// are those after the queues: `snd_seq` the next byte to queue for sending (write_seq),
-/// `rcv_seq` the next byte expected (rcv_nxt). `send_queue` holds every byte not acknowledged
-/// by the peer, of which the last `unsent` were not sent yet; `recv_queue` what arrived and
-/// was not read. `mss` (the clamp), window scales, SACK and timestamps as negotiated; `tsval`
+/// `rcv_seq` the next byte expected (rcv_nxt); both count a FIN (`fin_sent`: this end shut
+/// down writing, `fin_received`: the peer did). `send_queue` holds every byte of data not
+/// acknowledged by the peer, of which the last `unsent` were not sent yet; `recv_queue` what
+/// arrived and was not read. `mss` (the clamp), window scales, SACK and timestamps as negotiated; `tsval`
 /// the TCP_TIMESTAMP clock; the window as TCP_REPAIR_WINDOW reads it. `hold_table`: the
 /// nftables table (family inet) that holds off the peer's packets until the restore removes
 /// it (empty when none was installed).
@@ -600,6 +613,8 @@ pub struct TcpConnection {
     pub max_window: u32,
     pub rcv_wnd: u32,
     pub rcv_wup: u32,
+    pub fin_sent: bool,
+    pub fin_received: bool,
     pub hold_table: String,
 }
 

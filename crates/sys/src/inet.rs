@@ -221,6 +221,19 @@ pub fn drain(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the peer of `fd` shut down (poll reports POLLRDHUP: RCV_SHUTDOWN, which every
+/// TCP connection that ended has), without waiting.
+pub fn read_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut pfd, Some(&zero))?;
+    Ok(pfd[0].revents().contains(PollFlags::RDHUP))
+}
+
 /// Whether `fd` has something to read now (poll, no wait).
 pub fn readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -314,6 +327,81 @@ pub fn set_repair_options(fd: BorrowedFd<'_>, opts: &[(u32, u32)]) -> io::Result
         b.extend_from_slice(&val.to_ne_bytes());
     }
     set_option_bytes(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_OPTIONS, &b)
+}
+
+/// One classic BPF instruction: `code`, `jt`, `jf`, `k` (`struct sock_filter`).
+pub type BpfInstruction = (u16, u8, u8, u32);
+
+/// The classic BPF filter attached to socket `fd` (SO_GET_FILTER), one instruction per entry
+/// (`code`, `jt`, `jf`, `k`); `None` without a filter. A filter attached as eBPF
+/// (SO_ATTACH_BPF) cannot be read: EACCES.
+pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<BpfInstruction>>> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: with an optlen of 0, getsockopt writes nothing through the value pointer; it
+    // sets optlen to the number of instructions.
+    cvt_int(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut len,
+        )
+    })?;
+    let n = len;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut insns = vec![
+        libc::sock_filter {
+            code: 0,
+            jt: 0,
+            jf: 0,
+            k: 0
+        };
+        n as usize
+    ];
+    // The kernel takes the length in instructions here, not bytes.
+    let mut len = n as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` instructions into `insns`, which holds that
+    // many.
+    cvt_int(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            insns.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    })?;
+    insns.truncate(len as usize);
+    Ok(Some(
+        insns.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
+    ))
+}
+
+/// Attaches classic BPF filter `insns` to socket `fd` (SO_ATTACH_FILTER).
+pub fn attach_filter(fd: BorrowedFd<'_>, insns: &[BpfInstruction]) -> io::Result<()> {
+    let mut filter: Vec<libc::sock_filter> = insns
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: the kernel copies `prog` and the `len` instructions it points to, which live in
+    // `filter` until the call returns.
+    cvt_int(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
 }
 
 /// An int option at `level`.
@@ -472,6 +560,16 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(a.recv(&mut buf).unwrap(), 3, "still queued, from the first");
         assert!(peek_datagrams(a.as_fd(), 2).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn socket_filters_round_trip() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(socket_filter(a.as_fd()).unwrap(), None);
+        // ld len; ret a / ret #0xffff
+        let prog = vec![(0x80, 0, 0, 0), (0x16, 0, 0, 0), (0x06, 0, 0, 0xffff)];
+        attach_filter(a.as_fd(), &prog).unwrap();
+        assert_eq!(socket_filter(a.as_fd()).unwrap(), Some(prog));
     }
 
     #[test]

@@ -68,8 +68,8 @@ pub enum TcpConnections {
     /// Record them as closed (`stasis dump --tcp-closed`): no repair mode, no nftables rule;
     /// they are reset when the processes are killed (SO_LINGER 0: the peers see a reset, and
     /// no TIME_WAIT keeps a restored listener from its port), and the restore gives the
-    /// program a TCP socket that is not connected (reads fail with ENOTCONN, poll reports
-    /// POLLHUP). A dump that lets the processes run on leaves them alone.
+    /// program a TCP socket closed both ways (reads return end-of-file, writes fail with
+    /// EPIPE, poll reports POLLHUP). A dump that lets the processes run on leaves them alone.
     Closed,
     /// Refuse them, naming each, for this reason (stasisd, for a caller whose restore could
     /// not put them back).

@@ -7,13 +7,14 @@
 //! Dump reads with getsockopt: SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, SO_KEEPALIVE (and
 //! TCP_KEEPIDLE/KEEPINTVL/KEEPCNT), TCP_NODELAY, TCP_CORK, SO_LINGER, SO_SNDBUF/SO_RCVBUF,
 //! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
-//! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS). Buffer sizes are restored only when they
-//! differ from what a fresh socket of the same kind has (set by the program, so locked by the
-//! kernel against autotuning); a connected TCP socket's buffers grow by themselves, so their
-//! sizes say nothing about the program having set them: they are not restored (only forced as
-//! large as the queues need, which also stops their autotuning). Multicast memberships are
-//! not read (they are lost). A socket with a classic BPF filter (SO_ATTACH_FILTER)
-//! or multicast memberships is refused by name.
+//! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS), the classic BPF socket filter (SO_GET_FILTER,
+//! restored with SO_ATTACH_FILTER) and SO_LOCK_FILTER. Buffer sizes are restored only when
+//! they differ from what a fresh socket of the same kind has (set by the program, so locked by
+//! the kernel against autotuning); a connected TCP socket's buffers grow by themselves, so
+//! their sizes say nothing about the program having set them: they are not restored (only
+//! forced as large as the queues need, which also stops their autotuning). Multicast
+//! memberships cannot be read: they are lost. A socket with an eBPF filter (SO_ATTACH_BPF,
+//! which cannot be read back) is refused by name.
 //!
 //! # The hold ([`ConnectionHold`])
 //!
@@ -29,7 +30,7 @@
 //! is refused.
 
 use crate::Error;
-use stasis_image::{InetAddr, InetOptions, InetSocket};
+use stasis_image::{BpfInsn, InetAddr, InetOptions, InetSocket};
 use stasis_sys::inet as sys;
 use stasis_sys::socket::{get_option_bytes, SocketKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -39,6 +40,8 @@ use std::process::{Command, Stdio};
 /// Largest queue of data a record may hold for one socket (send or receive queue, or all the
 /// datagrams of a socket): 64 MiB, more than any buffer the kernel allows by default.
 pub const MAX_QUEUE: usize = 64 << 20;
+/// Longest classic BPF program the kernel takes (BPF_MAXINSNS).
+const MAX_BPF_INSNS: usize = 4096;
 /// Longest interface name (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 /// Longest name of a hold table.
@@ -186,17 +189,24 @@ pub fn dump_options(fd: BorrowedFd<'_>, k: SocketKind, what: &str) -> Result<Ine
     if d(libc::SO_RCVBUF, "SO_RCVBUF")? as u32 != o.rcvbuf {
         o.buf_locks |= 2;
     }
-    // A filter cannot be read back into the kernel's form here yet: refused by name.
-    // SO_GET_FILTER into 4 bytes: nothing without a filter, EINVAL (too small) with one.
-    if let Err(e) = get_option_bytes(fd, sol, libc::SO_ATTACH_FILTER, 4) {
-        if e.raw_os_error() == Some(libc::EINVAL) {
+    match sys::socket_filter(fd) {
+        Ok(f) => {
+            o.filter = f
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(code, jt, jf, k)| BpfInsn { code, jt, jf, k })
+                .collect()
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
             return Err(Error::Unsupported {
                 what: format!(
-                    "{what} has a socket filter (SO_ATTACH_FILTER), which stasis cannot dump yet"
+                    "{what} has an eBPF socket filter (SO_ATTACH_BPF), which stasis cannot dump"
                 ),
-            });
+            })
         }
+        Err(e) => return Err(Error::io(format!("SO_GET_FILTER of {what}"), e)),
     }
+    o.filter_locked = get(sol, libc::SO_LOCK_FILTER, "SO_LOCK_FILTER")? != 0;
     Ok(o)
 }
 
@@ -285,6 +295,15 @@ pub fn restore_options(
         set(t, libc::TCP_KEEPINTVL, o.keepintvl as i32, "TCP_KEEPINTVL")?;
         set(t, libc::TCP_KEEPCNT, o.keepcnt as i32, "TCP_KEEPCNT")?;
     }
+    if !o.filter.is_empty() {
+        let insns: Vec<(u16, u8, u8, u32)> =
+            o.filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
+        sys::attach_filter(fd, &insns)
+            .map_err(|e| Error::io(format!("SO_ATTACH_FILTER on {what}"), e))?;
+    }
+    if o.filter_locked {
+        set(sol, libc::SO_LOCK_FILTER, 1, "SO_LOCK_FILTER")?;
+    }
     // getsockopt reports the TTL in effect (the system's default unless set): 0 is none.
     if family == libc::AF_INET6 {
         let l = libc::IPPROTO_IPV6;
@@ -355,6 +374,12 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
     if o.sndbuf > i32::MAX as u32 || o.rcvbuf > i32::MAX as u32 {
         return Err("buffer size out of range".into());
     }
+    if o.filter.len() > MAX_BPF_INSNS {
+        return Err(format!(
+            "a socket filter of {} instructions (at most {MAX_BPF_INSNS})",
+            o.filter.len()
+        ));
+    }
     if o.icmp_filter.len() > 32 {
         return Err(format!("an ICMP filter of {} bytes", o.icmp_filter.len()));
     }
@@ -401,18 +426,27 @@ fn check_table_name(name: &str) -> Result<(), String> {
 }
 
 /// The `nft` binary, if installed.
-fn nft_binary() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+fn nft_binary<I: IntoIterator<Item = std::path::PathBuf>>(dirs: I) -> Option<std::path::PathBuf> {
+    dirs.into_iter()
         .map(|d| d.join("nft"))
         .find(|p| p.is_file())
 }
 
+/// Where the `nft` binary is looked for: $PATH, then root's sbin directories (not in every
+/// PATH).
+fn nft_dirs() -> Vec<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .collect()
+}
+
+/// Why a dump cannot hold connections without nft.
+const NO_NFT: &str = "the nft binary (Debian package nftables) is not installed";
+
 /// Runs `nft -f -` with `script`.
 fn nft(script: &str) -> Result<(), String> {
-    let bin = nft_binary()
-        .ok_or_else(|| "the nft binary (Debian package nftables) is not installed".to_string())?;
+    let bin = nft_binary(nft_dirs()).ok_or_else(|| NO_NFT.to_string())?;
     let mut child = Command::new(&bin)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -608,6 +642,17 @@ mod tests {
             packet_match(&l, &p),
             "ip6 saddr ::1 ip6 daddr ::1 tcp sport 5000 tcp dport 80"
         );
+    }
+
+    #[test]
+    fn nft_is_found_or_missing_by_name() {
+        let empty = std::env::temp_dir().join(format!("stasis-no-nft-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        assert_eq!(nft_binary([empty.clone()]), None);
+        assert!(NO_NFT.contains("nftables"));
+        std::fs::write(empty.join("nft"), b"").unwrap();
+        assert_eq!(nft_binary([empty.clone()]), Some(empty.join("nft")));
+        std::fs::remove_dir_all(&empty).unwrap();
     }
 
     #[test]

@@ -1,33 +1,43 @@
 //! TCP sockets (AF_INET and AF_INET6, SOCK_STREAM): unbound, bound, listening, and
-//! established connections, restored on the same connection with TCP_REPAIR.
+//! connections (established, or closed on one side), restored on the same connection with
+//! TCP_REPAIR.
 //!
 //! Dump: TCP_INFO gives the state. A listener keeps its address, options and backlog (TCP_INFO
-//! reports it); one with connections waiting to be accepted is refused. For an established
-//! connection, first the peer's packets are held off by a rule in this dump's nftables table
+//! reports it); one with connections waiting to be accepted is refused. For a connection,
+//! first the peer's packets are held off by a rule in this dump's nftables table
 //! ([`super::inet::ConnectionHold`]), then our duplicate of the socket goes into repair mode
-//! (TCP_REPAIR) and the dump reads, without consuming anything: the sequence numbers of both
-//! queues (TCP_QUEUE_SEQ), the receive queue (unread data) and the send queue (every byte the
-//! peer did not acknowledge, `unsent` of them not sent yet; SIOCINQ, SIOCOUTQ, SIOCOUTQNSD and
-//! MSG_PEEK in repair mode), the negotiated options (TCP_INFO: window scales, SACK,
-//! timestamps; TCP_MAXSEG in repair mode: the MSS clamp), the timestamp clock
-//! (TCP_TIMESTAMP) and the window (TCP_REPAIR_WINDOW). The connection stays in repair mode
-//! until the dump is over: when the processes are killed, the sockets close in repair mode and
-//! vanish without a packet to the peer, and the rule stays until the restore; when the dump
-//! fails or the processes run on, repair mode is switched off and the table deleted before the
-//! processes are thawed. Other states (SYN_SENT, CLOSE_WAIT, FIN_WAIT1/2, CLOSING, LAST_ACK,
-//! TIME_WAIT) are refused by name.
+//! (TCP_REPAIR) and the dump reads, without consuming anything: the state again (now that
+//! nothing moves), the sequence numbers of both queues (TCP_QUEUE_SEQ), the receive queue
+//! (unread data) and the send queue (every byte the peer did not acknowledge, `unsent` of them
+//! not sent yet; SIOCINQ, SIOCOUTQ, SIOCOUTQNSD and MSG_PEEK in repair mode), the negotiated
+//! options (TCP_INFO: window scales, SACK, timestamps; TCP_MAXSEG in repair mode: the MSS
+//! clamp), the timestamp clock (TCP_TIMESTAMP) and the window (TCP_REPAIR_WINDOW). Whether
+//! each end sent its FIN follows from the state: FIN_WAIT1, FIN_WAIT2, CLOSING and LAST_ACK
+//! sent one, CLOSE_WAIT, CLOSING and LAST_ACK received one. The connection stays in repair
+//! mode until the dump is over: when the processes are killed, the sockets close in repair
+//! mode and vanish without a packet to the peer, and the rule stays until the restore; when
+//! the dump fails or the processes run on, repair mode is switched off and the table deleted
+//! before the processes are thawed. A connection that ended (state CLOSE with its fd open) is
+//! kept as a socket shut down both ways (unread data in it is refused). SYN_SENT and SYN_RECV
+//! are refused by name.
 //!
 //! Restore: a new socket goes into repair mode (which needs CAP_NET_ADMIN: a restore as an
 //! unprivileged user fails naming the connection), gets its options, is bound to its local
 //! address (repair mode lets it reuse an address in use), gets the sequence numbers less the
-//! queue lengths, and connects without a packet; then the TCP options and timestamp; the buffer
-//! sizes are forced as large as the queues need; the queues are refilled (the bytes of the send
-//! queue that had been sent count as sent, and go again when the retransmission timer fires);
-//! the window is set; the bytes not sent yet are queued as new data, out of repair mode. Once every description of the tree is open
-//! ([`FileOps::all_opened`]), the sockets leave repair mode (with a window probe to the peer)
-//! and the hold tables are deleted. A restore that fails before keeps the tables, so a
-//! later restore still finds the peers waiting; `nft delete table inet NAME` (the name is in
-//! the error and in `stasis show`) gives up on them.
+//! queue lengths (and less the FINs), and connects without a packet; then the TCP options and
+//! timestamp; the buffer sizes are forced as large as the queues need; the queues are refilled
+//! (the bytes of the send queue that had been sent count as sent, and go again when the
+//! retransmission timer fires); the window is set; the bytes not sent yet are queued as new
+//! data, out of repair mode. A FIN this end had sent is sent again (shutdown(SHUT_WR)): the
+//! peer acknowledges it again, and a restored peer of the tree gets it as the FIN it was
+//! waiting for. A FIN the peer had sent is not sent again by the peer: shutdown(SHUT_RD) makes
+//! the program read end-of-file after the data, as it would have (the kernel's state is then
+//! ESTABLISHED or FIN_WAIT1 with reading shut down, where it was CLOSE_WAIT or LAST_ACK).
+//! Once every description of the tree is open ([`FileOps::all_opened`]), the sockets leave
+//! repair mode (with a window probe to the peer) and the hold tables are deleted. A restore
+//! that fails before keeps the tables, so a later restore still finds the peers waiting;
+//! `nft delete table inet NAME` (the name is in the error and in `stasis show`) gives up on
+//! them.
 
 use super::inet::{self, ConnectionHold};
 use super::{Class, FileOps, OpenContext, Probe, ProcessFiles};
@@ -67,6 +77,25 @@ pub fn state_name(state: u32) -> &'static str {
         TCP_LISTEN => "LISTEN",
         TCP_CLOSING => "CLOSING",
         _ => "an unknown state",
+    }
+}
+
+/// The states of a connection stasis dumps: established, or closing on one side or both.
+const CONNECTED: [u32; 6] = [
+    TCP_ESTABLISHED,
+    TCP_FIN_WAIT1,
+    TCP_FIN_WAIT2,
+    TCP_CLOSE_WAIT,
+    TCP_LAST_ACK,
+    TCP_CLOSING,
+];
+
+fn refuse_state(what: &str, state: u32) -> Error {
+    Error::Unsupported {
+        what: format!(
+            "{what} is a TCP socket in state {}, which stasis cannot dump (being connected)",
+            state_name(state)
+        ),
     }
 }
 
@@ -120,13 +149,13 @@ impl TcpSockets {
         local: &SocketAddr,
         peer: &SocketAddr,
         what: &str,
-    ) -> Result<TcpConnection, Error> {
+    ) -> Result<(u32, TcpConnection), Error> {
         let fd = file.as_fd();
         self.hold
             .hold(local, peer)
             .map_err(|e| Error::Unsupported {
                 what: format!(
-                "{what}: the peer's packets cannot be held off while the connection is dumped: {e}"
+                "{what}: the peer's packets cannot be held off while the connection is dumped: {e} (--tcp-closed dumps it as closed instead)"
             ),
             })?;
         let reuseaddr = sys::int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)
@@ -142,7 +171,23 @@ impl TcpSockets {
             let op = op.to_string();
             move |e| Error::io(format!("{op} of {what}"), e)
         };
+        // The state now that nothing moves any more (a FIN may have come meanwhile).
+        let info = sys::tcp_info(fd).map_err(io("TCP_INFO"))?;
+        let state = info.state as u32;
+        if !CONNECTED.contains(&state) {
+            return Err(refuse_state(what, state));
+        }
+        let fin_received = matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+        let fin_sent = matches!(
+            state,
+            TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+        );
+        // SIOCOUTQ and SIOCOUTQNSD count a FIN not acknowledged (not sent); SIOCINQ does not
+        // count a FIN received.
         let (inq, outq, notsent) = sys::queue_lengths(fd).map_err(io("SIOCINQ/SIOCOUTQ"))?;
+        let fin_unacked = fin_sent && state != TCP_FIN_WAIT2;
+        let outq = outq - (fin_unacked && outq > 0) as u32;
+        let notsent = notsent - (fin_sent && notsent > 0) as u32;
         set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_RECV_QUEUE)
             .map_err(io("TCP_REPAIR_QUEUE"))?;
         let rcv_seq = tcp_int(fd, libc::TCP_QUEUE_SEQ).map_err(io("TCP_QUEUE_SEQ"))? as u32;
@@ -151,7 +196,6 @@ impl TcpSockets {
             .map_err(io("TCP_REPAIR_QUEUE"))?;
         let snd_seq = tcp_int(fd, libc::TCP_QUEUE_SEQ).map_err(io("TCP_QUEUE_SEQ"))? as u32;
         let send_queue = sys::peek_exact(fd, outq as usize).map_err(io("the send queue"))?;
-        let info = sys::tcp_info(fd).map_err(io("TCP_INFO"))?;
         let mss = tcp_int(fd, libc::TCP_MAXSEG).map_err(io("TCP_MAXSEG"))? as u32;
         let tsval = tcp_int(fd, libc::TCP_TIMESTAMP).map_err(io("TCP_TIMESTAMP"))? as u32;
         let w = sys::repair_window(fd).map_err(io("TCP_REPAIR_WINDOW"))?;
@@ -165,7 +209,7 @@ impl TcpSockets {
                 what: format!("{what} has more than {} bytes queued", inet::MAX_QUEUE),
             });
         }
-        Ok(TcpConnection {
+        let conn = TcpConnection {
             snd_seq,
             rcv_seq,
             send_queue,
@@ -182,8 +226,11 @@ impl TcpSockets {
             max_window: w.max_window,
             rcv_wnd: w.rcv_wnd,
             rcv_wup: w.rcv_wup,
+            fin_sent,
+            fin_received,
             hold_table: self.hold.table().map_err(Error::Refused)?.to_string(),
-        })
+        };
+        Ok((state, conn))
     }
 }
 
@@ -200,11 +247,15 @@ fn restore_connection(
         let op = op.to_string();
         move |e| Error::io(format!("{op} on {what}"), e)
     };
+    // The data ends before the FINs; a FIN sent is sent again (below), a FIN received is
+    // replaced by shutdown(SHUT_RD) (the peer does not send it again).
+    let snd_end = t.snd_seq.wrapping_sub(t.fin_sent as u32);
+    let rcv_end = t.rcv_seq.wrapping_sub(t.fin_received as u32);
     set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_SEND_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
-    let snd = t.snd_seq.wrapping_sub(t.send_queue.len() as u32);
+    let snd = snd_end.wrapping_sub(t.send_queue.len() as u32);
     set_tcp_int(fd, libc::TCP_QUEUE_SEQ, snd as i32).map_err(io("TCP_QUEUE_SEQ (send)"))?;
     set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_RECV_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
-    let rcv = t.rcv_seq.wrapping_sub(t.recv_queue.len() as u32);
+    let rcv = rcv_end.wrapping_sub(t.recv_queue.len() as u32);
     set_tcp_int(fd, libc::TCP_QUEUE_SEQ, rcv as i32).map_err(io("TCP_QUEUE_SEQ (receive)"))?;
     sys::connect(fd, peer).map_err(io("connect (repair mode)"))?;
     let mut opts = vec![(sys::TCPOPT_MSS, t.mss)];
@@ -247,18 +298,34 @@ fn restore_connection(
             snd_wnd: t.snd_wnd,
             max_window: t.max_window,
             rcv_wnd: t.rcv_wnd,
-            rcv_wup: t.rcv_wup,
+            // Not past the data (a FIN received is not counted again).
+            rcv_wup: if (t.rcv_wup.wrapping_sub(rcv_end) as i32) > 0 {
+                rcv_end
+            } else {
+                t.rcv_wup
+            },
         },
     )
     .map_err(io("TCP_REPAIR_WINDOW"))?;
     // What was not sent yet is queued as new data, out of repair mode (the peer's answers are
-    // still held off; they come again once the hold is removed).
+    // still held off; they come again once the hold is removed), and a FIN after it.
     if sent < t.send_queue.len() {
         repair(fd, sys::TCP_REPAIR_OFF_NO_WP).map_err(io("leaving TCP repair mode"))?;
         for c in t.send_queue[sent..].chunks(CHUNK) {
             sys::send_all(fd, c).map_err(io("queueing the data not sent"))?;
         }
+        if t.fin_sent {
+            sys::shutdown(fd, libc::SHUT_WR).map_err(io("shutdown(SHUT_WR)"))?;
+        }
         repair(fd, sys::TCP_REPAIR_ON).map_err(io("TCP_REPAIR"))?;
+    } else if t.fin_sent {
+        // In repair mode, on the send queue: the FIN counts as sent and goes again when the
+        // retransmission timer fires (the peer acknowledges it, again if it had).
+        sys::shutdown(fd, libc::SHUT_WR).map_err(io("shutdown(SHUT_WR)"))?;
+    }
+    if t.fin_received {
+        // The program reads end-of-file after the data, as it would have.
+        sys::shutdown(fd, libc::SHUT_RD).map_err(io("shutdown(SHUT_RD)"))?;
     }
     Ok(())
 }
@@ -322,8 +389,26 @@ impl FileOps for TcpSockets {
                 }
                 s.backlog = info.sacked;
             }
-            TCP_CLOSE => s.peer = None,
-            TCP_ESTABLISHED if self.policy == TcpConnections::Closed => {
+            TCP_CLOSE => {
+                s.peer = None;
+                // A connection that ended keeps its fd (the kernel shut it down both ways): it
+                // reads end-of-file and refuses to write; its address is no longer bound (a
+                // TIME_WAIT may hold it) and is not kept; data left unread would be lost.
+                if sys::read_hung_up(b).map_err(|e| Error::io(format!("poll {what}"), e))? {
+                    s.shutdown = 3;
+                    s.local = None;
+                }
+                let (inq, _, _) = sys::queue_lengths(b)
+                    .map_err(|e| Error::io(format!("SIOCINQ of {what}"), e))?;
+                if inq > 0 {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "{what} is a closed TCP connection with {inq} bytes not read, which stasis cannot keep"
+                        ),
+                    });
+                }
+            }
+            st if CONNECTED.contains(&st) && self.policy == TcpConnections::Closed => {
                 // Restored as a socket that is not connected; reset once the process is
                 // killed.
                 let dup = file
@@ -333,8 +418,9 @@ impl FileOps for TcpSockets {
                 s.state = TCP_CLOSE;
                 s.local = None;
                 s.peer = None;
+                s.shutdown = 3;
             }
-            TCP_ESTABLISHED => {
+            st if CONNECTED.contains(&st) => {
                 if let TcpConnections::Refuse(why) = &self.policy {
                     return Err(Error::Refused(format!(
                         "{what} is an established TCP connection: {why}"
@@ -344,18 +430,15 @@ impl FileOps for TcpSockets {
                 // from a fresh socket's does not tell that the program set it.
                 s.options.buf_locks = 0;
                 let Some(peer) = peer else {
-                    return Err(Error::Invalid(format!("{what} is connected without a peer")));
+                    return Err(Error::Invalid(format!(
+                        "{what} is connected without a peer"
+                    )));
                 };
-                s.tcp = Some(self.dump_connection(file, &local, &peer, &what)?);
+                let (state, conn) = self.dump_connection(file, &local, &peer, &what)?;
+                s.state = state;
+                s.tcp = Some(conn);
             }
-            other => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "{what} is a TCP connection in state {}, which stasis cannot dump yet (only ESTABLISHED connections)",
-                        state_name(other)
-                    ),
-                })
-            }
+            other => return Err(refuse_state(&what, other)),
         }
         Ok(FileKind::Inet(Box::new(s)))
     }
@@ -383,7 +466,20 @@ impl FileOps for TcpSockets {
         match (s.state, &s.tcp) {
             (TCP_LISTEN, None) if s.local.is_some() => Ok(()),
             (TCP_CLOSE, None) if s.peer.is_none() => Ok(()),
-            (TCP_ESTABLISHED, Some(_)) if s.local.is_some() && s.peer.is_some() => Ok(()),
+            (st, Some(t)) if CONNECTED.contains(&st) && s.local.is_some() && s.peer.is_some() => {
+                let fin_received = matches!(st, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+                let fin_sent = matches!(
+                    st,
+                    TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+                );
+                if (t.fin_sent, t.fin_received) != (fin_sent, fin_received) {
+                    return Err(format!(
+                        "FIN flags that do not match state {}",
+                        state_name(st)
+                    ));
+                }
+                Ok(())
+            }
             (state, _) => Err(format!(
                 "a TCP socket in state {} with {} (local {}, peer {})",
                 state_name(state),
@@ -448,6 +544,21 @@ impl FileOps for TcpSockets {
             _ => {}
         }
         inet::restore_options(b, s.family as i32, libc::SOCK_STREAM, &s.options, &what)?;
+        if s.state == TCP_CLOSE && s.shutdown != 0 {
+            // A connection that was closed both ways: reads end-of-file, writes fail (the
+            // kernel records the shutdown, and says ENOTCONN).
+            let how = match s.shutdown {
+                1 => libc::SHUT_RD,
+                2 => libc::SHUT_WR,
+                _ => libc::SHUT_RDWR,
+            };
+            match sys::shutdown(b, how) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => {
+                    return Err(Error::io(format!("shutdown of {what}"), e))
+                }
+                _ => {}
+            }
+        }
         Ok(fd)
     }
 
