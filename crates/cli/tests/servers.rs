@@ -11,7 +11,8 @@
 //!   was away is answered too) and a new connection works;
 //! - `--leave-running`: the server runs on after the dump and the client goes on using it.
 //!
-//! The servers: redis-server (RESP; also `--tcp-closed`, after which redis drops the client),
+//! The servers: redis-server (RESP; also `--tcp-closed`, after which redis drops the client,
+//! and a client on its unix socket: refused, or with `--unix-peers-closed` dropped likewise),
 //! memcached (text protocol), nginx (master and two workers, a keep-alive HTTP/1.1 connection,
 //! a static file, 8 MiB of a response and a pipelined request under way at the dump), python3
 //! -m http.server (the same; one thread per connection), and echo servers (socat, a small
@@ -197,6 +198,9 @@ enum Dump {
     Kill,
     /// Killing it, `--tcp-closed`: its connections end and are restored closed.
     TcpClosed,
+    /// Killing it, `--unix-peers-closed`: its unix connections to processes outside the tree
+    /// are restored as connections whose peer closed.
+    UnixPeersClosed,
 }
 
 /// A server process (tree) a test started.
@@ -241,6 +245,21 @@ impl Ctx {
     /// process could keep); panics when it does not end within [`TIMEOUT`]. Returns its pid
     /// and stdout, or panics with the command's stderr and its log.
     fn stasis(&self, args: &[OsString], log: &Path) -> (u32, String) {
+        let (pid, status, stdout, stderr) = self.run_stasis(args);
+        assert!(
+            status.success(),
+            "{}: stasis {args:?} {}: {stderr}\n--- last lines of {} ---\n{}",
+            self.name,
+            describe_exit_status(status),
+            log.display(),
+            tail(&read_for_report(log), 30)
+        );
+        (pid, stdout)
+    }
+
+    /// Runs `stasis ARGS` like [`Ctx::stasis`], whatever its outcome: its pid, exit status,
+    /// stdout and stderr.
+    fn run_stasis(&self, args: &[OsString]) -> (u32, std::process::ExitStatus, String, String) {
         let (out, err) = (self.dir.join(".stasis.out"), self.dir.join(".stasis.err"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_stasis"))
             .args(args)
@@ -257,16 +276,12 @@ impl Ctx {
             kill_child(&mut child);
             panic!("stasis {args:?} did not end within {TIMEOUT:?}");
         };
-        let stderr = fs::read_to_string(&err).unwrap_or_default();
-        assert!(
-            status.success(),
-            "{}: stasis {args:?} {}: {stderr}\n--- last lines of {} ---\n{}",
-            self.name,
-            describe_exit_status(status),
-            log.display(),
-            tail(&read_for_report(log), 30)
-        );
-        (pid, fs::read_to_string(&out).unwrap_or_default())
+        (
+            pid,
+            status,
+            fs::read_to_string(&out).unwrap_or_default(),
+            fs::read_to_string(&err).unwrap_or_default(),
+        )
     }
 
     /// `stasis dump -t PID` of `server` and its descendants; with [`Dump::LeaveRunning`] they
@@ -294,6 +309,7 @@ impl Ctx {
         match how {
             Dump::LeaveRunning => args.push("--leave-running".into()),
             Dump::TcpClosed => args.push("--tcp-closed".into()),
+            Dump::UnixPeersClosed => args.push("--unix-peers-closed".into()),
             Dump::Kill => {}
         }
         let (dumper, _) = self.stasis(&args, &log);
@@ -388,8 +404,7 @@ impl Ctx {
         self.dump_kill_restore_as(server, Dump::Kill, while_away);
     }
 
-    /// [`Ctx::dump_kill_restore`] with a dump that kills: [`Dump::Kill`] or
-    /// [`Dump::TcpClosed`].
+    /// [`Ctx::dump_kill_restore`] with a dump that kills: any but [`Dump::LeaveRunning`].
     fn dump_kill_restore_as(&self, server: &Server, how: Dump, while_away: impl FnOnce()) {
         let pids = tree(server.pid);
         let parents: Vec<Option<i32>> = pids.iter().map(|&p| procfs::ppid(p)).collect();
@@ -739,20 +754,97 @@ fn redis_connections_end_with_tcp_closed() {
         "after the restore, new connection",
     );
     // Redis notices the closed connection when it polls it: at most a moment later.
-    let mut clients = || {
-        fresh.0.send(&Redis::command(&[b"CLIENT", b"LIST"]));
-        let l = fresh.0.line();
-        let len: usize = l
-            .strip_prefix('$')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("redis: CLIENT LIST: {l:?}"));
-        let list = String::from_utf8_lossy(&fresh.0.exact(len + 2)).into_owned();
-        list.lines().filter(|l| l.starts_with("id=")).count()
-    };
     wait_for(
         "redis to drop the client whose connection was restored closed",
         TIMEOUT,
-        || clients() == 1,
+        || redis_clients(&mut fresh) == 1,
+    );
+}
+
+/// The number of clients redis lists (`CLIENT LIST`), asked on `conn`.
+fn redis_clients(conn: &mut Redis) -> usize {
+    conn.0.send(&Redis::command(&[b"CLIENT", b"LIST"]));
+    let l = conn.0.line();
+    let len: usize = l
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("redis: CLIENT LIST: {l:?}"));
+    let list = String::from_utf8_lossy(&conn.0.exact(len + 2)).into_owned();
+    list.lines().filter(|l| l.starts_with("id=")).count()
+}
+
+/// A client of redis's unix socket (`--unixsocket`) is a peer outside the tree: the dump is
+/// refused, naming it (this process), and redis runs on; `--unix-peers-closed` dumps it, and
+/// the restored redis finds that connection closed (it drops the client) and has its keys.
+#[test]
+fn redis_unix_socket_client_refused_or_closed() {
+    let Some(ctx) = start("redis_unix_client", &["redis-server"]) else {
+        return;
+    };
+    let sock = ctx.dir.join("redis.sock");
+    let port = free_port();
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+        .arg("--unixsocket")
+        .arg(&sock);
+    let server = ctx.spawn_server("redis-server", &mut cmd, port);
+    let mut unix = std::os::unix::net::UnixStream::connect(&sock)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()));
+    unix.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = |unix: &mut std::os::unix::net::UnixStream, req: &[u8]| {
+        unix.write_all(req).unwrap();
+        let mut b = [0u8; 64];
+        let n = unix.read(&mut b).unwrap();
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    assert_eq!(ask(&mut unix, b"SET k v\r\n"), "+OK\r\n");
+
+    let img = ctx.dir.join("img-refused");
+    let (_, status, _, err) = ctx.run_stasis(&[
+        "dump".into(),
+        "-t".into(),
+        server.pid.to_string().into(),
+        "-D".into(),
+        img.clone().into(),
+    ]);
+    let me = std::process::id();
+    assert!(
+        !status.success(),
+        "the dump with a unix client outside succeeded"
+    );
+    assert!(
+        err.contains(&format!("of pid {}", server.pid))
+            && err.contains("unix stream socket")
+            && err.contains(&format!("pid {me}"))
+            && err.contains("--unix-peers-closed"),
+        "the refusal should name redis's fd, this process (pid {me}) and the option: {err}"
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a refused dump wrote an inventory"
+    );
+    assert_eq!(
+        ask(&mut unix, b"SET k2 v2\r\n"),
+        "+OK\r\n",
+        "redis after the refused dump"
+    );
+
+    ctx.dump_kill_restore_as(&server, Dump::UnixPeersClosed, || {
+        let mut b = [0u8; 16];
+        assert_eq!(
+            unix.read(&mut b).ok(),
+            Some(0),
+            "the unix client's connection did not end with the dump"
+        );
+    });
+    let mut fresh = Redis(Conn::new(server.port));
+    assert_eq!(fresh.get("k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(fresh.get("k2").as_deref(), Some(&b"v2"[..]));
+    wait_for(
+        "redis to drop the unix client whose connection was restored closed",
+        TIMEOUT,
+        || redis_clients(&mut fresh) == 1,
     );
 }
 
