@@ -981,7 +981,7 @@ fn start_nginx(ctx: &Ctx) -> (Server, WebFiles) {
         "daemon off;\n\
          master_process on;\n\
          worker_processes 2;\n\
-         user nobody nogroup;\n\
+         user {user};\n\
          pid {d}/nginx.pid;\n\
          error_log {d}/error.log info;\n\
          events {{ worker_connections 64; }}\n\
@@ -998,7 +998,8 @@ fn start_nginx(ctx: &Ctx) -> (Server, WebFiles) {
              root {www};\n\
            }}\n\
          }}\n",
-        www = www.display()
+        www = www.display(),
+        user = nginx_user(&www),
     );
     let conf_path = ctx.dir.join("nginx.conf");
     fs::write(&conf_path, conf).unwrap();
@@ -1014,6 +1015,25 @@ fn start_nginx(ctx: &Ctx) -> (Server, WebFiles) {
         tree(server.pid).len() == 3
     });
     (server, files)
+}
+
+/// The user nginx's workers run as: nobody, as a real nginx would, when others may reach the
+/// files in `www` (the work directory is under the target directory, which may be in a home
+/// that others cannot enter); else root.
+fn nginx_user(www: &Path) -> &'static str {
+    use std::os::unix::fs::PermissionsExt;
+    let reachable = www
+        .ancestors()
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        "nobody nogroup"
+    } else {
+        eprintln!(
+            "{} is not reachable by others: nginx's workers run as root",
+            www.display()
+        );
+        "root root"
+    }
 }
 
 impl Ctx {
