@@ -8,6 +8,8 @@
  *   listener: IP_FREEBIND, SO_BINDTODEVICE "lo", SO_SNDBUF 100000, SO_RCVBUF 90000
  *   udp: SO_BROADCAST, IP_TTL 5, SO_PRIORITY 2, SO_MARK 9, SO_RCVBUF 70000
  *   udp6: IPV6_V6ONLY, IPV6_TCLASS 0x20, IPV6_UNICAST_HOPS 9
+ *   also: client SO_RCVTIMEO {3, 500000}, TCP_USER_TIMEOUT 5000, TCP_CONGESTION "reno";
+ *     listener TCP_DEFER_ACCEPT 5; udp IP_RECVERR, IP_PKTINFO; udp6 IPV6_RECVPKTINFO
  *   filtered: UDP bound to 127.0.0.1 with a classic BPF filter passing datagrams of 4 bytes
  *     only, locked (SO_LOCK_FILTER)
  * On SIGTERM every option reads back as it was at READY (buffer sizes as the kernel reported
@@ -56,6 +58,11 @@ static struct opt opts[] = {
 	{ "udp6 IPV6_TCLASS", &udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20 },
 	{ "udp6 IPV6_UNICAST_HOPS", &udp6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9 },
 	{ "filtered SO_LOCK_FILTER", &filtered, SOL_SOCKET, SO_LOCK_FILTER, 1 },
+	{ "client TCP_USER_TIMEOUT", &client, IPPROTO_TCP, TCP_USER_TIMEOUT, 5000 },
+	{ "listener TCP_DEFER_ACCEPT", &listener, IPPROTO_TCP, TCP_DEFER_ACCEPT, 5 },
+	{ "udp IP_RECVERR", &udp, IPPROTO_IP, IP_RECVERR, 1 },
+	{ "udp IP_PKTINFO", &udp, IPPROTO_IP, IP_PKTINFO, 1 },
+	{ "udp6 IPV6_RECVPKTINFO", &udp6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1 },
 };
 
 /* accept a datagram of 4 bytes (12 with its UDP header), drop anything else */
@@ -119,6 +126,10 @@ int main(int argc, char **argv)
 			zdtm_die("%s: %m", opts[i].name);
 	if (setsockopt(client, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
 		zdtm_die("SO_LINGER: %m");
+	struct timeval tv = { 3, 500000 };
+	if (setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+	    setsockopt(client, IPPROTO_TCP, TCP_CONGESTION, "reno", 4))
+		zdtm_die("SO_RCVTIMEO/TCP_CONGESTION: %m");
 	for (int i = 0; i < NOPTS; i++)
 		seen[i] = getint(*opts[i].fd, opts[i].level, opts[i].opt);
 
@@ -134,6 +145,15 @@ int main(int argc, char **argv)
 	memset(&lg, 0, sizeof(lg));
 	if (getsockopt(client, SOL_SOCKET, SO_LINGER, &lg, &l) || lg.l_onoff != 1 || lg.l_linger != 5)
 		zdtm_fail("SO_LINGER: {%d, %d}", lg.l_onoff, lg.l_linger);
+	struct timeval tv2 = { 0, 0 };
+	l = sizeof(tv2);
+	if (getsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv2, &l) || tv2.tv_sec != 3 ||
+	    tv2.tv_usec != 500000)
+		zdtm_fail("SO_RCVTIMEO: {%ld, %ld}", (long)tv2.tv_sec, (long)tv2.tv_usec);
+	char cc[16] = "";
+	l = sizeof(cc);
+	if (getsockopt(client, IPPROTO_TCP, TCP_CONGESTION, cc, &l) || strcmp(cc, "reno"))
+		zdtm_fail("TCP_CONGESTION: \"%s\"", cc);
 	l = sizeof(dev);
 	memset(dev, 0, sizeof(dev));
 	if (getsockopt(listener, SOL_SOCKET, SO_BINDTODEVICE, dev, &l) || strcmp(dev, "lo"))

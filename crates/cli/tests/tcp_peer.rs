@@ -463,3 +463,28 @@ fn restore_as_a_user_names_the_connection() {
     );
     assert!(!exists(pid), "a failed restore left pid {pid}");
 }
+
+/// A listener with a connection waiting to be accepted is refused, naming it; the server runs
+/// on and keeps its connections.
+#[test]
+fn listener_with_pending_connections_is_refused() {
+    let Some((w, _serial)) = setup("pending") else {
+        return;
+    };
+    let (pid, port) = start_server(&w, false);
+    let client = Client::connect(port);
+    client.wait_progress(10_000);
+    let _pending = TcpStream::connect(("127.0.0.1", port)).expect("connect a second client");
+    let img = w.mkdir("img");
+    let (ok, err) = dump(pid, &img, &[]);
+    assert!(!ok, "the dump succeeded");
+    assert!(
+        err.contains(&format!("tcp 127.0.0.1:{port}"))
+            && err.contains("1 connection(s) waiting to be accepted"),
+        "the error should name the listener and its pending connection: {err}"
+    );
+    client.wait_progress(10_000);
+    client.finish();
+    kill_and_reap(pid);
+    assert!(hold_tables().is_empty(), "a refused dump left a hold");
+}

@@ -575,6 +575,17 @@ pub struct InetOptions {
     pub icmp_filter: Vec<u8>,
     pub filter: Vec<BpfInsn>,
     pub filter_locked: bool,
+    /// Further options (engine::files::inet's list of them) whose value differs from a fresh
+    /// socket's: set again as they were read.
+    pub extra: Vec<RawSockOpt>,
+}
+
+/// A socket option as getsockopt gave it and setsockopt takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawSockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
 }
 
 /// One classic BPF instruction (`struct sock_filter`).

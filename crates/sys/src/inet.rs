@@ -152,9 +152,11 @@ pub fn peek_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
 
 /// The datagrams queued on a datagram socket, oldest first, without consuming them: with
 /// SO_PEEK_OFF, each MSG_PEEK returns the next datagram; the offset is switched off again
-/// afterwards. At most `max_total` bytes in all (more is an error: `FileTooLarge`).
+/// afterwards (to what the program had). At most `max_total` bytes in all (more is an error: `FileTooLarge`).
 /// `MSG_TRUNC` gives each datagram's real length.
 pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Vec<u8>>> {
+    // The program's own peek offset, put back afterwards.
+    let before: i32 = get_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &0i32)?;
     let result = (|| {
         let mut out = Vec::new();
@@ -188,7 +190,7 @@ pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Ve
             }
         }
     })();
-    let off = set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &-1i32);
+    let off = set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &before);
     let out = result?;
     off?;
     Ok(out)

@@ -8,7 +8,10 @@
 //! TCP_KEEPIDLE/KEEPINTVL/KEEPCNT), TCP_NODELAY, TCP_CORK, SO_LINGER, SO_SNDBUF/SO_RCVBUF,
 //! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
 //! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS), the classic BPF socket filter (SO_GET_FILTER,
-//! restored with SO_ATTACH_FILTER) and SO_LOCK_FILTER. Buffer sizes are restored only when
+//! restored with SO_ATTACH_FILTER) and SO_LOCK_FILTER; and from a list of further options
+//! ([`EXTRA`]: SO_RCVTIMEO/SO_SNDTIMEO, IP_RECVERR, IP_PKTINFO, TCP_USER_TIMEOUT,
+//! TCP_CONGESTION, TCP_DEFER_ACCEPT, TCP_FASTOPEN, ...), those whose value differs from a fresh
+//! socket's, set again as they were read. Buffer sizes are restored only when
 //! they differ from what a fresh socket of the same kind has (set by the program, so locked by
 //! the kernel against autotuning); a connected TCP socket's buffers grow by themselves, so
 //! their sizes say nothing about the program having set them: they are not restored (only
@@ -30,7 +33,7 @@
 //! is refused.
 
 use crate::Error;
-use stasis_image::{BpfInsn, InetAddr, InetOptions, InetSocket};
+use stasis_image::{BpfInsn, InetAddr, InetOptions, InetSocket, RawSockOpt};
 use stasis_sys::inet as sys;
 use stasis_sys::socket::{get_option_bytes, SocketKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -189,6 +192,22 @@ pub fn dump_options(fd: BorrowedFd<'_>, k: SocketKind, what: &str) -> Result<Ine
     if d(libc::SO_RCVBUF, "SO_RCVBUF")? as u32 != o.rcvbuf {
         o.buf_locks |= 2;
     }
+    for &(level, name, len, label) in EXTRA {
+        if !extra_applies(level, name, k) {
+            continue;
+        }
+        let Ok(ours) = get_option_bytes(fd, level, name, len) else {
+            continue; // not an option of this kind of socket
+        };
+        let theirs = get_option_bytes(f, level, name, len).map_err(|e| err(label, e))?;
+        if ours != theirs {
+            o.extra.push(RawSockOpt {
+                level,
+                name,
+                value: ours,
+            });
+        }
+    }
     match sys::socket_filter(fd) {
         Ok(f) => {
             o.filter = f
@@ -208,6 +227,161 @@ pub fn dump_options(fd: BorrowedFd<'_>, k: SocketKind, what: &str) -> Result<Ine
     }
     o.filter_locked = get(sol, libc::SO_LOCK_FILTER, "SO_LOCK_FILTER")? != 0;
     Ok(o)
+}
+
+/// Further options kept when they differ from a fresh socket's: (level, name, largest value,
+/// name in messages). Their values are set again as getsockopt gave them.
+const EXTRA: &[(i32, i32, usize, &str)] = &[
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16, "SO_RCVTIMEO"),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16, "SO_SNDTIMEO"),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4, "SO_OOBINLINE"),
+    (libc::SOL_SOCKET, libc::SO_DONTROUTE, 4, "SO_DONTROUTE"),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, 4, "SO_TIMESTAMP"),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 4, "SO_TIMESTAMPNS"),
+    (libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4, "SO_PEEK_OFF"),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, 4, "SO_ZEROCOPY"),
+    (libc::IPPROTO_IP, libc::IP_RECVERR, 4, "IP_RECVERR"),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO, 4, "IP_PKTINFO"),
+    (libc::IPPROTO_IP, libc::IP_RECVTOS, 4, "IP_RECVTOS"),
+    (libc::IPPROTO_IP, libc::IP_RECVTTL, 4, "IP_RECVTTL"),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        4,
+        "IP_MTU_DISCOVER",
+    ),
+    (libc::IPPROTO_IP, libc::IP_TRANSPARENT, 4, "IP_TRANSPARENT"),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_TTL,
+        4,
+        "IP_MULTICAST_TTL",
+    ),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_LOOP,
+        4,
+        "IP_MULTICAST_LOOP",
+    ),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_ALL,
+        4,
+        "IP_MULTICAST_ALL",
+    ),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        4,
+        "IP_BIND_ADDRESS_NO_PORT",
+    ),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_RECVORIGDSTADDR,
+        4,
+        "IP_RECVORIGDSTADDR",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVPKTINFO,
+        4,
+        "IPV6_RECVPKTINFO",
+    ),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 4, "IPV6_RECVERR"),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        4,
+        "IPV6_MTU_DISCOVER",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_HOPS,
+        4,
+        "IPV6_MULTICAST_HOPS",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_LOOP,
+        4,
+        "IPV6_MULTICAST_LOOP",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVTCLASS,
+        4,
+        "IPV6_RECVTCLASS",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVHOPLIMIT,
+        4,
+        "IPV6_RECVHOPLIMIT",
+    ),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_TRANSPARENT,
+        4,
+        "IPV6_TRANSPARENT",
+    ),
+    (
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        4,
+        "TCP_USER_TIMEOUT",
+    ),
+    (
+        libc::IPPROTO_TCP,
+        libc::TCP_CONGESTION,
+        16,
+        "TCP_CONGESTION",
+    ),
+    (
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        4,
+        "TCP_NOTSENT_LOWAT",
+    ),
+    (
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        4,
+        "TCP_DEFER_ACCEPT",
+    ),
+    (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, 4, "TCP_FASTOPEN"),
+    (libc::IPPROTO_TCP, libc::TCP_SYNCNT, 4, "TCP_SYNCNT"),
+    (libc::IPPROTO_TCP, libc::TCP_LINGER2, 4, "TCP_LINGER2"),
+    (
+        libc::IPPROTO_TCP,
+        libc::TCP_THIN_LINEAR_TIMEOUTS,
+        4,
+        "TCP_THIN_LINEAR_TIMEOUTS",
+    ),
+    (libc::IPPROTO_UDP, libc::UDP_SEGMENT, 2, "UDP_SEGMENT"),
+    (libc::IPPROTO_UDP, libc::UDP_GRO, 4, "UDP_GRO"),
+];
+
+/// Whether option `name` of `level` belongs to sockets of kind `k` (multicast options not to
+/// stream sockets, which refuse them: an accepted socket reads its SYN's TTL there).
+fn extra_applies(level: i32, name: i32, k: SocketKind) -> bool {
+    let multicast = matches!(
+        (level, name),
+        (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL)
+            | (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP)
+            | (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL)
+            | (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS)
+            | (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP)
+    );
+    if multicast && k.ty == libc::SOCK_STREAM {
+        return false;
+    }
+    match level {
+        libc::IPPROTO_IP => k.domain == libc::AF_INET,
+        libc::IPPROTO_IPV6 => k.domain == libc::AF_INET6,
+        libc::IPPROTO_TCP => k.ty == libc::SOCK_STREAM,
+        libc::IPPROTO_UDP => k.ty == libc::SOCK_DGRAM && k.protocol != libc::IPPROTO_ICMP,
+        _ => true,
+    }
 }
 
 /// Options set before bind (they decide whether and how the bind succeeds).
@@ -295,6 +469,14 @@ pub fn restore_options(
         set(t, libc::TCP_KEEPINTVL, o.keepintvl as i32, "TCP_KEEPINTVL")?;
         set(t, libc::TCP_KEEPCNT, o.keepcnt as i32, "TCP_KEEPCNT")?;
     }
+    for x in &o.extra {
+        let label = EXTRA
+            .iter()
+            .find(|e| (e.0, e.1) == (x.level, x.name))
+            .map_or("an option", |e| e.3);
+        stasis_sys::socket::set_option_bytes(fd, x.level, x.name, &x.value)
+            .map_err(|e| Error::io(format!("setsockopt {label} on {what}"), e))?;
+    }
     if !o.filter.is_empty() {
         let insns: Vec<(u16, u8, u8, u32)> =
             o.filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
@@ -379,6 +561,19 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
             "a socket filter of {} instructions (at most {MAX_BPF_INSNS})",
             o.filter.len()
         ));
+    }
+    for x in &o.extra {
+        match EXTRA.iter().find(|e| (e.0, e.1) == (x.level, x.name)) {
+            Some(e) if x.value.len() <= e.2 => {}
+            _ => {
+                return Err(format!(
+                    "option {}/{} ({} bytes) is not one stasis sets",
+                    x.level,
+                    x.name,
+                    x.value.len()
+                ))
+            }
+        }
     }
     if o.icmp_filter.len() > 32 {
         return Err(format!("an ICMP filter of {} bytes", o.icmp_filter.len()));

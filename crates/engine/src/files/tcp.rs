@@ -93,7 +93,7 @@ const CONNECTED: [u32; 6] = [
 fn refuse_state(what: &str, state: u32) -> Error {
     Error::Unsupported {
         what: format!(
-            "{what} is a TCP socket in state {}, which stasis cannot dump (being connected)",
+            "{what} is a TCP socket in state {}, which stasis cannot dump (a connection being set up)",
             state_name(state)
         ),
     }
@@ -423,7 +423,7 @@ impl FileOps for TcpSockets {
             st if CONNECTED.contains(&st) => {
                 if let TcpConnections::Refuse(why) = &self.policy {
                     return Err(Error::Refused(format!(
-                        "{what} is an established TCP connection: {why}"
+                        "{what} is a TCP connection: {why}"
                     )));
                 }
                 // A connection's buffers grow by themselves (autotuning): a size that differs
@@ -620,6 +620,24 @@ mod tests {
             ("device", |s| s.options.bindtodevice = "x".repeat(40)),
             ("backlog", |s| s.backlog = u32::MAX),
             ("datagrams", |s| s.datagrams = vec![vec![1]]),
+            ("fin flags", |s| s.tcp.as_mut().unwrap().fin_sent = true),
+            ("option not in the list", |s| {
+                s.options.extra.push(stasis_image::RawSockOpt {
+                    level: libc::SOL_SOCKET,
+                    name: libc::SO_ATTACH_FILTER,
+                    value: vec![0; 16],
+                })
+            }),
+            ("option too long", |s| {
+                s.options.extra.push(stasis_image::RawSockOpt {
+                    level: libc::IPPROTO_TCP,
+                    name: libc::TCP_USER_TIMEOUT,
+                    value: vec![0; 5],
+                })
+            }),
+            ("filter too long", |s| {
+                s.options.filter = vec![Default::default(); 5000]
+            }),
         ];
         for (what, edit) in edits {
             let mut d = ok.clone();
