@@ -10,7 +10,8 @@
  *   shut: AF_INET UDP connected to u1, shut down for writing
  *   none: AF_INET6 UDP, unbound
  * On SIGTERM: addresses, peers, protocols as before; every queued datagram comes out once, in
- * order, with its contents, then EAGAIN; u2 -> u1 and u6p -> u6 still work; shut refuses to
+ * order, with its contents (those of u1 and u6 from their senders' addresses: u2 and u6p are
+ * restored after them, so the addresses are free then), then EAGAIN; u2 -> u1 and u6p -> u6 still work; shut refuses to
  * send (EPIPE); none is unbound.
  */
 #include "zdtm.h"
@@ -64,14 +65,27 @@ static void same_name(const char *name, int fd, const struct sockaddr_storage *w
 		zdtm_fail("%s: %s address changed", name, peer ? "peer" : "local");
 }
 
-static void expect(const char *name, int fd, const void *data, size_t len)
+/* The next datagram on fd must be `data`, from `from` when given. */
+static void expect_from(const char *name, int fd, const void *data, size_t len,
+			const struct sockaddr_storage *from)
 {
-	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+	struct sockaddr_storage ss;
+	socklen_t l = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (void *)&ss, &l);
 
 	if (n < 0)
 		zdtm_fail("%s: no datagram of %zu bytes: %m", name, len);
 	else if ((size_t)n != len || memcmp(buf, data, len))
 		zdtm_fail("%s: a datagram of %zd bytes, expected %zu", name, n, len);
+	else if (from && memcmp(&ss, from, sizeof(ss)))
+		zdtm_fail("%s: a datagram of %zu bytes from another sender", name, len);
+}
+
+static void expect(const char *name, int fd, const void *data, size_t len)
+{
+	expect_from(name, fd, data, len, NULL);
 }
 
 static void expect_empty(const char *name, int fd)
@@ -134,12 +148,12 @@ int main(int argc, char **argv)
 	if (getsockopt(lite, SOL_SOCKET, SO_PROTOCOL, &v, &l) || v != IPPROTO_UDPLITE)
 		zdtm_fail("lite: protocol %d", v);
 
-	expect("u1", u1, "first", 5);
-	expect("u1", u1, "", 0);
-	expect("u1", u1, big, sizeof(big));
+	expect_from("u1", u1, "first", 5, &a2);
+	expect_from("u1", u1, "", 0, &a2);
+	expect_from("u1", u1, big, sizeof(big), &a2);
 	expect_empty("u1", u1);
-	expect("u6", u6, "six-1", 5);
-	expect("u6", u6, "six-2", 5);
+	expect_from("u6", u6, "six-1", 5, &a6p);
+	expect_from("u6", u6, "six-2", 5, &a6p);
 	expect_empty("u6", u6);
 	expect("lite", lite, "lite", 4);
 	expect_empty("lite", lite);

@@ -538,8 +538,10 @@ pub struct InetSocket {
     pub options: InetOptions,
     /// A connection restored with TCP_REPAIR.
     pub tcp: Option<TcpConnection>,
-    /// Datagrams queued on a datagram socket, oldest first (their senders are not kept).
+    /// Datagrams queued on a datagram socket, oldest first.
     pub datagrams: Vec<Vec<u8>>,
+    /// Who sent each of `datagrams` (the same length, or empty: not known).
+    pub senders: Vec<Option<InetAddr>>,
 }
 
 /// Socket options of an inet socket, as getsockopt reads them. `linger` is `l_onoff` /

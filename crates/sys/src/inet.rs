@@ -155,6 +155,18 @@ pub fn peek_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
 /// afterwards (to what the program had). At most `max_total` bytes in all (more is an error: `FileTooLarge`).
 /// `MSG_TRUNC` gives each datagram's real length.
 pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Vec<u8>>> {
+    Ok(peek_datagrams_from(fd, max_total)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect())
+}
+
+/// [`peek_datagrams`] with the address each datagram came from (`None` when the kernel gives
+/// none, or not an inet one).
+pub fn peek_datagrams_from(
+    fd: BorrowedFd<'_>,
+    max_total: usize,
+) -> io::Result<Vec<(Vec<u8>, Option<SocketAddr>)>> {
     // The program's own peek offset, put back afterwards.
     let before: i32 = get_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     set_option(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &0i32)?;
@@ -163,13 +175,18 @@ pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Ve
         let mut total = 0usize;
         let mut buf = vec![0u8; 65536];
         loop {
-            let r = rustix::net::recv(
+            let mut control = rustix::net::RecvAncillaryBuffer::default();
+            let r = rustix::net::recvmsg(
                 fd,
-                &mut buf[..],
+                &mut [std::io::IoSliceMut::new(&mut buf[..])],
+                &mut control,
                 RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC,
             );
-            let n = match r {
-                Ok((_, n)) => n,
+            let (n, from) = match r {
+                Ok(m) => (
+                    m.bytes,
+                    m.address.and_then(|a| SocketAddr::try_from(a).ok()),
+                ),
                 Err(rustix::io::Errno::AGAIN) => return Ok(out),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(io::Error::from(e)),
@@ -181,7 +198,7 @@ pub fn peek_datagrams(fd: BorrowedFd<'_>, max_total: usize) -> io::Result<Vec<Ve
                     format!("more than {max_total} bytes of datagrams queued"),
                 ));
             }
-            out.push(buf[..n].to_vec());
+            out.push((buf[..n].to_vec(), from));
             if out.len() > 65536 {
                 return Err(io::Error::new(
                     io::ErrorKind::FileTooLarge,

@@ -9,7 +9,7 @@
 //! SO_RCVLOWAT, SO_PRIORITY, SO_MARK, SO_BROADCAST, SO_BINDTODEVICE, IP_FREEBIND, IP_TOS (or
 //! IPV6_TCLASS), IP_TTL (or IPV6_UNICAST_HOPS), the classic BPF socket filter (SO_GET_FILTER,
 //! restored with SO_ATTACH_FILTER) and SO_LOCK_FILTER; and from a list of further options
-//! ([`EXTRA`]: SO_RCVTIMEO/SO_SNDTIMEO, IP_RECVERR, IP_PKTINFO, TCP_USER_TIMEOUT,
+//! (`EXTRA`: SO_RCVTIMEO/SO_SNDTIMEO, IP_RECVERR, IP_PKTINFO, TCP_USER_TIMEOUT,
 //! TCP_CONGESTION, TCP_DEFER_ACCEPT, TCP_FASTOPEN, ...), those whose value differs from a fresh
 //! socket's, set again as they were read. Buffer sizes are restored only when
 //! they differ from what a fresh socket of the same kind has (set by the program, so locked by

@@ -422,9 +422,7 @@ impl FileOps for TcpSockets {
             }
             st if CONNECTED.contains(&st) => {
                 if let TcpConnections::Refuse(why) = &self.policy {
-                    return Err(Error::Refused(format!(
-                        "{what} is a TCP connection: {why}"
-                    )));
+                    return Err(Error::Refused(format!("{what} is a TCP connection: {why}")));
                 }
                 // A connection's buffers grow by themselves (autotuning): a size that differs
                 // from a fresh socket's does not tell that the program set it.

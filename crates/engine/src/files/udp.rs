@@ -4,7 +4,7 @@
 //! Dump: the local and peer addresses (getsockname, getpeername), the options
 //! ([`super::inet`]), and every datagram in the receive queue, read without consuming it (with
 //! SO_PEEK_OFF each MSG_PEEK returns the next datagram), and whether it was shut down (for
-//! reading or writing: sock_diag's INET_DIAG_SHUTDOWN). A datagram's sender is not kept. The
+//! reading or writing: sock_diag's INET_DIAG_SHUTDOWN). The sender of each is kept too. The
 //! kernel hides from such peeks a zero-length datagram that was peeked at before (by the
 //! program itself, or by an earlier dump of a process left running): it is then not kept. A
 //! socket with datagrams it was still sending (corked with UDP_CORK) is refused.
@@ -12,8 +12,10 @@
 //! Restore: the socket is created with its protocol, gets its options and is bound; the queued
 //! datagrams are sent to it, in order, from a temporary socket of the same kind bound to the
 //! loopback address, before it connects (a connected socket takes datagrams from its peer
-//! only); then it connects to its peer. The restored datagrams come from the temporary
-//! socket's address, not from their first senders. A socket that was shut down (sock_diag
+//! only); then it connects to its peer. Each datagram is sent from its sender's address
+//! (recorded at dump with MSG_PEEK) when a socket can be bound there at that moment (the
+//! address is free, or its holder shares it with SO_REUSEADDR; IP_FREEBIND for addresses not
+//! on this machine); otherwise it comes from the loopback address. A socket that was shut down (sock_diag
 //! reports it) is shut down again, last.
 
 use super::inet;
@@ -47,6 +49,25 @@ fn sock(kind: &FileKind) -> Option<&InetSocket> {
     }
 }
 
+/// A socket bound at `addr` (SO_REUSEADDR, IP_FREEBIND), or `None` when that fails.
+fn sender_socket(family: i32, protocol: i32, addr: &SocketAddr) -> Option<OwnedFd> {
+    let fd = sys::socket(family, libc::SOCK_DGRAM, protocol).ok()?;
+    let b = fd.as_fd();
+    let _ = sys::set_int_option(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    let _ = if family == libc::AF_INET6 {
+        sys::set_int_option(b, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)
+    } else {
+        sys::set_int_option(b, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)
+    };
+    match sys::bind(b, addr) {
+        Ok(()) => Some(fd),
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "requeued datagrams come from the loopback address instead");
+            None
+        }
+    }
+}
+
 /// Sends the record's datagrams to `fd` (bound at `to`) from a temporary socket. The receive
 /// buffer is forced as large as they need. Loopback delivers them in order, as they are sent;
 /// the first one is waited for. They are not peeked at to check them: the kernel hides a
@@ -59,7 +80,7 @@ fn requeue(fd: BorrowedFd<'_>, s: &InetSocket, to: SocketAddr, what: &str) -> Re
     if (have as usize) < need {
         inet::force_buffer(fd, libc::SO_RCVBUF, need as u32, what)?;
     }
-    let tmp = sys::socket(family, libc::SOCK_DGRAM, s.protocol as i32)
+    let loopback = sys::socket(family, libc::SOCK_DGRAM, s.protocol as i32)
         .map_err(|e| Error::io(format!("a socket to requeue the datagrams of {what}"), e))?;
     let lo: IpAddr = if family == libc::AF_INET6 {
         Ipv6Addr::LOCALHOST.into()
@@ -71,8 +92,24 @@ fn requeue(fd: BorrowedFd<'_>, s: &InetSocket, to: SocketAddr, what: &str) -> Re
     } else {
         to
     };
-    for d in &s.datagrams {
-        sys::send_to(tmp.as_fd(), d, &dest)
+    // Each datagram from its sender's address when a socket can be bound there now (free, or
+    // shared with SO_REUSEADDR), else from the loopback address.
+    let mut from: Option<(SocketAddr, Option<OwnedFd>)> = None;
+    for (i, d) in s.datagrams.iter().enumerate() {
+        let sender = match s.senders.get(i) {
+            Some(Some(a)) => Some(inet::image_to_addr(a)?),
+            _ => None,
+        };
+        if let Some(addr) = sender {
+            if from.as_ref().map(|(a, _)| *a) != Some(addr) {
+                from = Some((addr, sender_socket(family, s.protocol as i32, &addr)));
+            }
+        }
+        let tmp = match (&from, sender) {
+            (Some((_, Some(fd))), Some(_)) => fd.as_fd(),
+            _ => loopback.as_fd(),
+        };
+        sys::send_to(tmp, d, &dest)
             .map_err(|e| Error::io(format!("requeueing a datagram on {what} ({dest})"), e))?;
     }
     for _ in 0..200 {
@@ -140,8 +177,11 @@ impl FileOps for UdpSockets {
             .map_err(|e| Error::io(format!("sock_diag of {what}"), e))?
             .unwrap_or(0) as u32
             & 3;
-        let datagrams = sys::peek_datagrams(b, inet::MAX_QUEUE)
-            .map_err(|e| Error::io(format!("reading the datagrams queued on {what}"), e))?;
+        let (datagrams, senders): (Vec<_>, Vec<_>) = sys::peek_datagrams_from(b, inet::MAX_QUEUE)
+            .map_err(|e| Error::io(format!("reading the datagrams queued on {what}"), e))?
+            .into_iter()
+            .map(|(d, from)| (d, from.as_ref().map(inet::addr_to_image)))
+            .unzip();
         Ok(FileKind::Inet(Box::new(InetSocket {
             family: k.domain as u32,
             ty: k.ty as u32,
@@ -155,6 +195,7 @@ impl FileOps for UdpSockets {
             peer: peer.as_ref().map(inet::addr_to_image),
             options,
             datagrams,
+            senders,
             shutdown,
             ..Default::default()
         })))
@@ -173,6 +214,25 @@ impl FileOps for UdpSockets {
         match (s.state, &s.peer) {
             (CONNECTED, Some(_)) | (UNCONNECTED, None) => {}
             (st, _) => return Err(format!("state {st} does not match the peer address")),
+        }
+        if !s.senders.is_empty() && s.senders.len() != s.datagrams.len() {
+            return Err(format!(
+                "{} senders for {} datagrams",
+                s.senders.len(),
+                s.datagrams.len()
+            ));
+        }
+        for a in s.senders.iter().flatten() {
+            inet::image_to_addr(a).map_err(|e| format!("sender: {e}"))?;
+            if a.ip.len()
+                != if s.family as i32 == libc::AF_INET6 {
+                    16
+                } else {
+                    4
+                }
+            {
+                return Err("a sender of another family".into());
+            }
         }
         if !s.datagrams.is_empty() && s.local.is_none() {
             return Err("datagrams queued on an unbound socket".into());
