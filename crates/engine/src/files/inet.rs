@@ -25,7 +25,8 @@
 //! exist (between the kill and the restore, the peer's packets would get a reset). Before a
 //! connection is put in repair mode, an nftables table of family inet, named
 //! `stasis_hold_<dumper pid>_<nonce>` (one per dump, so concurrent dumps do not clash), gets a
-//! rule in its input chain that drops the packets of that connection from its peer. The dump
+//! rule in its input chain that drops the packets of that connection from its peer, and one in
+//! its output chain that drops those to its peer (see [`ConnectionHold::hold`]). The dump
 //! records the table's name with each connection; the restore deletes the table once every
 //! description is open. A dump that fails, or that lets the processes run on, deletes the table
 //! and takes the sockets out of repair mode before the processes are thawed. The `nft` binary
@@ -726,19 +727,26 @@ impl ConnectionHold {
                 .unwrap_or(0);
             let name = format!("stasis_hold_{}_{nanos:x}", std::process::id());
             nft(&format!(
-                "add table inet {name}\nadd chain inet {name} hold {{ type filter hook input priority -300 ; policy accept ; }}\n"
+                "add table inet {name}\nadd chain inet {name} hold {{ type filter hook input priority -300 ; policy accept ; }}\nadd chain inet {name} hold_out {{ type filter hook output priority -300 ; policy accept ; }}\n"
             ))?;
             self.table = name;
         }
         Ok(&self.table)
     }
 
-    /// Drops every packet from `peer` to `local` until the table is deleted.
+    /// Drops every packet from `peer` to `local` (input) and from `local` to `peer` (output)
+    /// until the table is deleted. The output side matters as much: a segment of new data the
+    /// kernel sends after the dump read the connection (a zero-window probe, which repair mode
+    /// does not stop) would reach the peer, which would then acknowledge bytes the restored
+    /// socket counts as not sent, and the restored socket would drop every segment of the peer's
+    /// as acknowledging unsent data. Dropped on output, the segment fails to go and the kernel
+    /// counts it as not sent.
     pub fn hold(&mut self, local: &SocketAddr, peer: &SocketAddr) -> Result<(), String> {
         let table = self.table()?.to_string();
         nft(&format!(
-            "add rule inet {table} hold {} drop\n",
-            packet_match(local, peer)
+            "add rule inet {table} hold {} drop\nadd rule inet {table} hold_out {} drop\n",
+            packet_match(local, peer),
+            packet_match(peer, local)
         ))
     }
 

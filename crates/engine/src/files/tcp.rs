@@ -33,8 +33,8 @@
 //! waiting for. A FIN the peer had sent is not sent again by the peer: shutdown(SHUT_RD) makes
 //! the program read end-of-file after the data, as it would have (the kernel's state is then
 //! ESTABLISHED or FIN_WAIT1 with reading shut down, where it was CLOSE_WAIT or LAST_ACK).
-//! Once every description of the tree is open ([`FileOps::all_opened`]), the sockets leave
-//! repair mode (with a window probe to the peer) and the hold tables are deleted. A restore
+//! Once every description of the tree is open ([`FileOps::all_opened`]), the hold tables are
+//! deleted and the sockets leave repair mode (with a window probe to the peer). A restore
 //! that fails before keeps the tables, so a later restore still finds the peers waiting;
 //! `nft delete table inet NAME` (the name is in the error and in `stasis show`) gives up on
 //! them.
@@ -171,6 +171,13 @@ impl TcpSockets {
             let op = op.to_string();
             move |e| Error::io(format!("{op} of {what}"), e)
         };
+        // With the send queue selected, the kernel sends nothing new any more (what it would
+        // send counts as sent without going out): the bytes recorded as not sent were not, so
+        // the peer (perhaps not held off yet, if it is dumped after this end) can never
+        // acknowledge bytes the restored socket thinks unsent, which it would drop as
+        // acknowledging unsent data, every segment of the peer's, for good.
+        set_tcp_int(fd, libc::TCP_REPAIR_QUEUE, sys::TCP_SEND_QUEUE)
+            .map_err(io("TCP_REPAIR_QUEUE"))?;
         // The state now that nothing moves any more (a FIN may have come meanwhile).
         let info = sys::tcp_info(fd).map_err(io("TCP_INFO"))?;
         let state = info.state as u32;
@@ -560,7 +567,19 @@ impl FileOps for TcpSockets {
         Ok(fd)
     }
 
+    /// The holds go first, so that the window probes of leaving repair mode reach the peers
+    /// (their answers update the windows at once; a connection waiting for a window would
+    /// otherwise wait for its next zero-window probe, backed off while the hold dropped them).
+    /// Until then the sockets stay in repair mode: a restore that fails on a hold closes them
+    /// without a word to the peers, which the next restore can still reach.
     fn all_opened(&mut self) -> Result<(), Error> {
+        for t in std::mem::take(&mut self.tables) {
+            inet::delete_hold_table(&t).map_err(|e| {
+                Error::Refused(format!(
+                    "deleting nftables table inet {t} (the hold of the restored connections): {e}"
+                ))
+            })?;
+        }
         for (what, fd, reuseaddr) in self.restored.drain(..) {
             repair(fd.as_fd(), sys::TCP_REPAIR_OFF)
                 .map_err(|e| Error::io(format!("leaving TCP repair mode on {what}"), e))?;
@@ -569,13 +588,6 @@ impl FileOps for TcpSockets {
                 sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
                     .map_err(|e| Error::io(format!("SO_REUSEADDR on {what}"), e))?;
             }
-        }
-        for t in std::mem::take(&mut self.tables) {
-            inet::delete_hold_table(&t).map_err(|e| {
-                Error::Refused(format!(
-                    "deleting nftables table inet {t} (the hold of the restored connections): {e}"
-                ))
-            })?;
         }
         Ok(())
     }
