@@ -913,6 +913,7 @@ zdtm_tests! {
     sock_tcp_listen;
     sock_tcp_half;
     sock_udp;
+    sock_udp_mcast;
     sock_opts;
     sock_raw;
     // Unix sockets (issue 9).

@@ -687,6 +687,19 @@ pub struct InetOptions {
     /// Further options (engine::files::inet's list of them) whose value differs from a fresh
     /// socket's: set again as they were read.
     pub extra: Vec<RawSockOpt>,
+    /// Multicast groups joined (datagram and raw sockets).
+    pub memberships: Vec<McMembership>,
+}
+
+/// A multicast group a socket joined on interface `ifindex`: `group` is 4 (IPv4) or 16
+/// (IPv6) bytes; its source filter includes (`include`) or excludes `sources` (none and
+/// excluding: every source, as IP_ADD_MEMBERSHIP leaves it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McMembership {
+    pub ifindex: u32,
+    pub group: Vec<u8>,
+    pub include: bool,
+    pub sources: Vec<Vec<u8>>,
 }
 
 /// A socket option as getsockopt gave it and setsockopt takes it.

@@ -515,6 +515,118 @@ pub fn diag_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
     }
 }
 
+/// `MCAST_JOIN_GROUP` and `MCAST_MSFILTER` (linux/in.h; the same for IPv6 at IPPROTO_IPV6).
+const MCAST_JOIN_GROUP: i32 = 42;
+const MCAST_MSFILTER: i32 = 48;
+/// `struct group_req` and the fixed part of `struct group_filter` (x86-64: an u32 interface,
+/// padding, a sockaddr_storage group; then fmode and numsrc), and one source.
+const GROUP_REQ_LEN: usize = 136;
+const GROUP_FILTER_LEN: usize = 144;
+const SOCKADDR_STORAGE_LEN: usize = 128;
+/// Most sources of one multicast membership's filter stasis reads.
+pub const MAX_MCAST_SOURCES: usize = 64;
+
+/// A sockaddr_storage holding `addr` (4 bytes: IPv4, 16: IPv6), port 0.
+fn storage_of(addr: &[u8]) -> io::Result<[u8; SOCKADDR_STORAGE_LEN]> {
+    let mut ss = [0u8; SOCKADDR_STORAGE_LEN];
+    match addr.len() {
+        4 => {
+            ss[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            ss[4..8].copy_from_slice(addr);
+        }
+        16 => {
+            ss[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            ss[8..24].copy_from_slice(addr);
+        }
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+    Ok(ss)
+}
+
+/// The address of a sockaddr_storage written by the kernel (family `v6` or IPv4).
+fn addr_of_storage(ss: &[u8], v6: bool) -> Vec<u8> {
+    if v6 {
+        ss[8..24].to_vec()
+    } else {
+        ss[4..8].to_vec()
+    }
+}
+
+/// The source filter of the socket's membership of `group` (4 or 16 bytes) on interface
+/// `ifindex` (MCAST_MSFILTER at `level`, IPPROTO_IP or IPPROTO_IPV6): `None` when the socket
+/// is not a member; else whether the filter includes (else excludes) the sources, the sources
+/// (at most [`MAX_MCAST_SOURCES`]) and how many there are in all.
+#[allow(clippy::type_complexity)]
+pub fn mcast_filter(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    ifindex: u32,
+    group: &[u8],
+) -> io::Result<Option<(bool, Vec<Vec<u8>>, u32)>> {
+    let mut buf = vec![0u8; GROUP_FILTER_LEN + MAX_MCAST_SOURCES * SOCKADDR_STORAGE_LEN];
+    buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+    buf[8..8 + SOCKADDR_STORAGE_LEN].copy_from_slice(&storage_of(group)?);
+    buf[140..144].copy_from_slice(&(MAX_MCAST_SOURCES as u32).to_ne_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt reads and writes at most `len` bytes of `buf`, which has that many.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            MCAST_MSFILTER,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL) | Some(libc::ENODEV) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let (fmode, numsrc) = (word(136), word(140));
+    let v6 = group.len() == 16;
+    let sources = (0..(numsrc as usize).min(MAX_MCAST_SOURCES))
+        .map(|i| {
+            let at = GROUP_FILTER_LEN + i * SOCKADDR_STORAGE_LEN;
+            addr_of_storage(&buf[at..at + SOCKADDR_STORAGE_LEN], v6)
+        })
+        .collect();
+    // MCAST_INCLUDE is 1, MCAST_EXCLUDE 0.
+    Ok(Some((fmode == 1, sources, numsrc)))
+}
+
+/// Joins `group` on interface `ifindex` (MCAST_JOIN_GROUP), then sets its source filter when
+/// it is not "exclude nothing" (MCAST_MSFILTER).
+pub fn mcast_join(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    ifindex: u32,
+    group: &[u8],
+    include: bool,
+    sources: &[Vec<u8>],
+) -> io::Result<()> {
+    let mut req = vec![0u8; GROUP_REQ_LEN];
+    req[..4].copy_from_slice(&ifindex.to_ne_bytes());
+    req[8..8 + SOCKADDR_STORAGE_LEN].copy_from_slice(&storage_of(group)?);
+    set_option_bytes(fd, level, MCAST_JOIN_GROUP, &req)?;
+    if !include && sources.is_empty() {
+        return Ok(());
+    }
+    let mut f = vec![0u8; GROUP_FILTER_LEN + sources.len() * SOCKADDR_STORAGE_LEN];
+    f[..4].copy_from_slice(&ifindex.to_ne_bytes());
+    f[8..8 + SOCKADDR_STORAGE_LEN].copy_from_slice(&storage_of(group)?);
+    f[136..140].copy_from_slice(&u32::from(include).to_ne_bytes());
+    f[140..144].copy_from_slice(&(sources.len() as u32).to_ne_bytes());
+    for (i, src) in sources.iter().enumerate() {
+        let at = GROUP_FILTER_LEN + i * SOCKADDR_STORAGE_LEN;
+        f[at..at + SOCKADDR_STORAGE_LEN].copy_from_slice(&storage_of(src)?);
+    }
+    set_option_bytes(fd, level, MCAST_MSFILTER, &f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

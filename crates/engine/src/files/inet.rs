@@ -16,7 +16,10 @@
 //! the kernel against autotuning); a connected TCP socket's buffers grow by themselves, so
 //! their sizes say nothing about the program having set them: they are not restored (only
 //! forced as large as the queues need, which also stops their autotuning). Multicast
-//! memberships cannot be read: they are lost. A socket with an eBPF filter (SO_ATTACH_BPF,
+//! memberships of datagram and raw sockets have no option that lists them: the groups joined
+//! on this host (/proc/net/igmp, /proc/net/igmp6) are each asked for the socket's source
+//! filter (getsockopt MCAST_MSFILTER answers only for a member), and joined again at restore
+//! with the same filter. A socket with an eBPF filter (SO_ATTACH_BPF,
 //! which cannot be read back) is refused by name.
 //!
 //! # The hold ([`ConnectionHold`])
@@ -34,7 +37,7 @@
 //! is refused.
 
 use crate::Error;
-use stasis_image::{BpfInsn, InetAddr, InetOptions, InetSocket, RawSockOpt};
+use stasis_image::{BpfInsn, InetAddr, InetOptions, InetSocket, McMembership, RawSockOpt};
 use stasis_sys::inet as sys;
 use stasis_sys::socket::{get_option_bytes, SocketKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -227,6 +230,7 @@ pub fn dump_options(fd: BorrowedFd<'_>, k: SocketKind, what: &str) -> Result<Ine
         Err(e) => return Err(Error::io(format!("SO_GET_FILTER of {what}"), e)),
     }
     o.filter_locked = get(sol, libc::SO_LOCK_FILTER, "SO_LOCK_FILTER")? != 0;
+    o.memberships = dump_memberships(fd, k, what)?;
     Ok(o)
 }
 
@@ -430,6 +434,120 @@ pub fn restore_options_before_bind(
 
 /// The other options (after bind and connect). Buffer sizes only when the program set them
 /// ([`InetOptions::buf_locks`]).
+/// Most multicast memberships one socket may have in an image.
+pub const MAX_MEMBERSHIPS: usize = 1024;
+
+/// The (interface, group) pairs joined on this host, from /proc/net/igmp (IPv4: the group in
+/// host byte order, hex) or /proc/net/igmp6 (the group in network order, hex).
+pub fn host_groups(v6: bool) -> Vec<(u32, Vec<u8>)> {
+    let path = if v6 {
+        "/proc/net/igmp6"
+    } else {
+        "/proc/net/igmp"
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_host_groups(&text, v6)
+}
+
+/// See [`host_groups`].
+pub fn parse_host_groups(text: &str, v6: bool) -> Vec<(u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut ifindex = 0u32;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if v6 {
+            // "1 lo ff020000000000000000000000000001 1 0000000C 0"
+            let (Some(idx), Some(g)) = (words.first(), words.get(2)) else {
+                continue;
+            };
+            let (Ok(idx), true) = (idx.parse::<u32>(), g.len() == 32) else {
+                continue;
+            };
+            let bytes: Option<Vec<u8>> = (0..16)
+                .map(|i| u8::from_str_radix(&g[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            if let Some(b) = bytes {
+                out.push((idx, b));
+            }
+        } else if line.starts_with(|c: char| c.is_ascii_digit()) {
+            // "1	lo        :     2      V3": an interface.
+            ifindex = words.first().and_then(|w| w.parse().ok()).unwrap_or(0);
+        } else if let Some(g) = words.first().filter(|w| w.len() == 8) {
+            // "				030201EF     1 0:00000000		0": a group of it.
+            if let Ok(v) = u32::from_str_radix(g, 16) {
+                out.push((ifindex, v.to_le_bytes().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// The multicast memberships of datagram or raw socket `fd` (see the module documentation).
+pub fn dump_memberships(
+    fd: BorrowedFd<'_>,
+    k: SocketKind,
+    what: &str,
+) -> Result<Vec<McMembership>, Error> {
+    if k.ty == libc::SOCK_STREAM {
+        return Ok(Vec::new());
+    }
+    let v6 = k.domain == libc::AF_INET6;
+    let level = if v6 {
+        libc::IPPROTO_IPV6
+    } else {
+        libc::IPPROTO_IP
+    };
+    let mut out = Vec::new();
+    for (ifindex, group) in host_groups(v6) {
+        let Some((include, sources, total)) = sys::mcast_filter(fd, level, ifindex, &group)
+            .map_err(|e| Error::io(format!("getsockopt MCAST_MSFILTER of {what}"), e))?
+        else {
+            continue;
+        };
+        if total as usize > sources.len() {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{what}: a multicast membership with {total} sources, more than the {}                      stasis keeps",
+                    sys::MAX_MCAST_SOURCES
+                ),
+            });
+        }
+        out.push(McMembership {
+            ifindex,
+            group,
+            include,
+            sources,
+        });
+    }
+    Ok(out)
+}
+
+/// Joins the multicast groups of `o` again (before anything is queued to the socket).
+fn restore_memberships(
+    fd: BorrowedFd<'_>,
+    family: i32,
+    o: &InetOptions,
+    what: &str,
+) -> Result<(), Error> {
+    let level = if family == libc::AF_INET6 {
+        libc::IPPROTO_IPV6
+    } else {
+        libc::IPPROTO_IP
+    };
+    for m in &o.memberships {
+        sys::mcast_join(fd, level, m.ifindex, &m.group, m.include, &m.sources).map_err(|e| {
+            Error::io(
+                format!(
+                    "joining multicast group {:?} on interface {} for {what}",
+                    m.group, m.ifindex
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 pub fn restore_options(
     fd: BorrowedFd<'_>,
     family: i32,
@@ -437,6 +555,7 @@ pub fn restore_options(
     o: &InetOptions,
     what: &str,
 ) -> Result<(), Error> {
+    restore_memberships(fd, family, o, what)?;
     let set = |level, name, v: i32, n: &str| {
         sys::set_int_option(fd, level, name, v)
             .map_err(|e| Error::io(format!("setsockopt {n} {v} on {what}"), e))
@@ -548,6 +667,25 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
         }
     }
     let o = &s.options;
+    if o.memberships.len() > MAX_MEMBERSHIPS {
+        return Err(format!(
+            "{} multicast memberships (at most {MAX_MEMBERSHIPS})",
+            o.memberships.len()
+        ));
+    }
+    for m in &o.memberships {
+        if m.group.len() != iplen
+            || m.sources.len() > sys::MAX_MCAST_SOURCES
+            || m.sources.iter().any(|a| a.len() != iplen)
+        {
+            return Err(format!(
+                "a multicast membership of {} bytes with {} sources for family {}",
+                m.group.len(),
+                m.sources.len(),
+                s.family
+            ));
+        }
+    }
     if o.bindtodevice.len() > MAX_IFNAME || o.bindtodevice.contains('\0') {
         return Err(format!("bad device name {:?}", o.bindtodevice));
     }
@@ -812,6 +950,31 @@ impl Drop for ConnectionHold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_groups() {
+        let v4 = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter\n\
+            1\tlo        :     2      V3\n\
+            \t\t\t\t030201EF     1 0:00000000\t\t0\n\
+            \t\t\t\t010000E0     1 0:00000000\t\t0\n\
+            4\teth0      :     1      V3\n\
+            \t\t\t\t010000E0     1 0:00000000\t\t0\n";
+        assert_eq!(
+            parse_host_groups(v4, false),
+            vec![
+                (1, vec![239, 1, 2, 3]),
+                (1, vec![224, 0, 0, 1]),
+                (4, vec![224, 0, 0, 1])
+            ]
+        );
+        let v6 = "1    lo              ff020000000000000000000000000001     1 0000000C 0\n";
+        let mut ff02_1 = vec![0u8; 16];
+        ff02_1[0] = 0xff;
+        ff02_1[1] = 0x02;
+        ff02_1[15] = 1;
+        assert_eq!(parse_host_groups(v6, true), vec![(1, ff02_1)]);
+        assert_eq!(parse_host_groups("garbage\n1 lo zz\n", true), vec![]);
+    }
 
     #[test]
     fn addresses_round_trip() {
