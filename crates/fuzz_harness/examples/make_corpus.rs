@@ -162,6 +162,31 @@ fn images(src: &Path, out: &Out) -> Res<()> {
             }
         }
         out.put("image_dir", dump, &packed)?;
+        if i < 3 {
+            // Sealed, then one file changed (every kind of change, on a few files).
+            for op in 0..6u8 {
+                let file = op.wrapping_mul(3).wrapping_add(i as u8);
+                let mut t = vec![7u8, op, file];
+                t.extend_from_slice(&(1000 + u32::from(op) * 37).to_le_bytes());
+                t.push(0x40);
+                t.extend_from_slice(&packed[1..]);
+                if op % 3 == i as u8 % 3 {
+                    out.put("image_dir", &format!("{dump}-tampered-{op}"), &t)?;
+                }
+            }
+            // Page contents and a process record: bytes only the full check reads.
+            for (n, (op, file, offset)) in [(0u8, 2u8, 5000u32), (0, 3, 100), (1, 2, 4100)]
+                .into_iter()
+                .enumerate()
+                .filter(|(n, _)| *n == i)
+            {
+                let mut t = vec![7u8, op, file];
+                t.extend_from_slice(&offset.to_le_bytes());
+                t.push(1);
+                t.extend_from_slice(&packed[1..]);
+                out.put("image_dir", &format!("{dump}-tampered-data-{n}"), &t)?;
+            }
+        }
     }
     Ok(())
 }

@@ -377,27 +377,63 @@ const MAX_EXTEND: u64 = 16 << 20;
 
 /// `image_dir`: a directory of files, loaded as a restore and `stasis show` load it.
 ///
-/// `[flags]` then entries `[type][name_len u8][name][len u32 le][bytes]`, and for type 1
-/// `[extend u32 le]`. Types: 0 (or any other) a regular file of `bytes`; 1 a regular file of
-/// `bytes` extended with `extend` zeros (at most 16 MiB: pages files without their
-/// contents); 2 a FIFO, 3 a directory, 4 a symbolic link to `bytes` (as a path). Names are made
-/// plain (characters other than `[A-Za-z0-9._-]` become `_`; `.` and `..` are dropped).
+/// `[flags]`, with bit 2 of `flags` a tampering `[op][file][offset u32 le][byte]`, then
+/// entries `[type][name_len u8][name][len u32 le][bytes]`, and for type 1 `[extend u32 le]`.
+/// Types: 0 (or any other) a regular file of `bytes`; 1 a regular file of `bytes` extended
+/// with `extend` zeros (at most 16 MiB: pages files without their contents); 2 a FIFO, 3 a
+/// directory, 4 a symbolic link to `bytes` (as a path). Names are made plain (characters other
+/// than `[A-Za-z0-9._-]` become `_`; `.` and `..` are dropped).
 ///
-/// Flags: bit 0 authenticated (the files `auth.img` lists are resealed with [`key`] first, then
-/// the directory is authenticated as a restore does with a key); bit 1 `stasis show` too.
-/// Nothing is restored: `load` decodes and checks every record and the shape of the tree.
+/// Flags: bit 0 authenticated (the files `auth.img` lists are resealed with [`key`] first,
+/// then the directory is authenticated as a restore does with a key); bit 1 `stasis show`
+/// too. Nothing is restored: `load` decodes and checks every record and the shape of the tree.
+///
+/// Bit 2 (with bit 0): once resealed, one file is changed ([`tamper`]): then `stasis show`
+/// with the key must not say the images are verified, and `verify_images` must not say they
+/// are authenticated.
 pub fn image_dir(data: &[u8]) {
     let mut r = Cursor(data);
     let Some(flags) = r.u8() else { return };
+    let tampering = if flags & 4 != 0 {
+        let (Some(op), Some(file), Some(offset), Some(byte)) = (r.u8(), r.u8(), r.u32(), r.u8())
+        else {
+            return;
+        };
+        Some((op, file, offset, byte))
+    } else {
+        None
+    };
     let scratch = Scratch::new();
     unpack(&mut r, scratch.path());
     let authenticated = flags & 1 != 0;
     let open = || ImageDir::open(scratch.path()).expect("opening the scratch directory");
+    let key = key();
     if authenticated {
-        let _ = auth::reseal(&open(), &key());
+        // Resealed, and whole (every file listed, no other image file): then any change must
+        // be seen.
+        let sealed = auth::reseal(&open(), &key).is_ok()
+            && matches!(stasis_engine::restore::verify_images(&open(), &key), Ok(true));
+        if let (true, Some((op, file, offset, byte))) = (sealed, tampering) {
+            if tamper(scratch.path(), op, file, offset, byte) {
+                let shown = stasis_engine::show::show(&open(), Some(&key));
+                crate::verbose(|| format!("show of tampered images: {:?}", shown.as_ref().err()));
+                if let Ok(v) = shown {
+                    assert_ne!(
+                        v["authentication"]["status"], "verified",
+                        "show verified images changed after they were sealed"
+                    );
+                }
+                assert!(
+                    !matches!(
+                        stasis_engine::restore::verify_images(&open(), &key),
+                        Ok(true)
+                    ),
+                    "verify_images accepted images changed after they were sealed"
+                );
+            }
+        }
     }
     let dir = open();
-    let key = key();
     match stasis_engine::restore::authenticate(&dir, authenticated.then_some(&key), false) {
         Ok(_) => {
             let loaded = stasis_engine::restore::load(&dir);
@@ -409,6 +445,49 @@ pub fn image_dir(data: &[u8]) {
         let shown = stasis_engine::show::show(&open(), authenticated.then_some(&key));
         crate::verbose(|| format!("show: {:?}", shown.map(drop)));
     }
+}
+
+/// Changes image file number `file` (of the `*.img` files, sorted by name) in `dir`: `op % 6`
+/// flips bits of the byte at `offset` (modulo its length) with `byte` (at least one bit),
+/// truncates it to `offset` (modulo its length), appends `byte`, replaces it with a FIFO,
+/// removes it, or adds an image file `auth.img` does not list. Returns whether something
+/// changed.
+pub fn tamper(dir: &Path, op: u8, file: u8, offset: u32, byte: u8) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".img") && !n.starts_with('.'))
+        .filter(|n| dir.join(n).symlink_metadata().is_ok_and(|m| m.is_file()))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return false;
+    }
+    let path = dir.join(&files[usize::from(file) % files.len()]);
+    let Ok(mut bytes) = std::fs::read(&path) else {
+        return false;
+    };
+    match op % 6 {
+        0 | 1 if bytes.is_empty() => return false,
+        0 => {
+            let at = offset as usize % bytes.len();
+            bytes[at] ^= byte.max(1);
+        }
+        1 => bytes.truncate(offset as usize % bytes.len()),
+        2 => bytes.push(byte),
+        3 => {
+            return std::fs::remove_file(&path).is_ok()
+                && stasis_sys::fs::mkfifo(&path, 0o600).is_ok();
+        }
+        4 => return std::fs::remove_file(&path).is_ok(),
+        _ => {
+            let extra = dir.join(format!("extra-{byte}.img"));
+            return !extra.exists() && std::fs::write(extra, [byte]).is_ok();
+        }
+    }
+    std::fs::write(&path, bytes).is_ok()
 }
 
 /// Writes the entries of [`image_dir`] into `dir`.
