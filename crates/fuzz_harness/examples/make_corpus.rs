@@ -12,8 +12,7 @@
 
 use stasis_client::protocol::{self, Message};
 use stasis_image::{
-    decode_record, encode_record, Header, ProcessImage, RecordKind, HEADER_LEN,
-    RAW_DATA_OFFSET,
+    decode_record, encode_record, Header, ProcessImage, RecordKind, HEADER_LEN, RAW_DATA_OFFSET,
 };
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -140,13 +139,18 @@ fn images(src: &Path, out: &Out) -> Res<()> {
                     // Blob contents are checked by show: kept whole, header block cut to its
                     // header and zeros.
                     let mut b = bytes[..HEADER_LEN].to_vec();
-                    b.extend(std::iter::repeat_n(0, RAW_DATA_OFFSET as usize - HEADER_LEN));
+                    b.extend(std::iter::repeat_n(
+                        0,
+                        RAW_DATA_OFFSET as usize - HEADER_LEN,
+                    ));
                     b.extend_from_slice(&bytes[RAW_DATA_OFFSET as usize..]);
                     entry(&mut packed, 0, n, &b, None);
                     let mut raw = vec![5u8, 3];
-                    for (kind, off, len, param) in
-                        [(0u8, 0u32, 100u32, 0u16), (2, 10, 20000, 4000), (3, 4096, 8192, 100)]
-                    {
+                    for (kind, off, len, param) in [
+                        (0u8, 0u32, 100u32, 0u16),
+                        (2, 10, 20000, 4000),
+                        (3, 4096, 8192, 100),
+                    ] {
                         raw.push(kind);
                         raw.extend_from_slice(&off.to_le_bytes());
                         raw.extend_from_slice(&len.to_le_bytes());
@@ -328,7 +332,10 @@ fn proc_seeds(src: &Path, out: &Out) -> Res<()> {
                 .map(|l| l.split(':').next().unwrap_or(""))
                 .collect();
             if fdinfos.insert((which, shape)) {
-                let name = format!("{which}-{test}-{}", f.file_name().unwrap().to_string_lossy());
+                let name = format!(
+                    "{which}-{test}-{}",
+                    f.file_name().unwrap_or_default().to_string_lossy()
+                );
                 out.put("fdinfo", &name, &[&[which][..], text.as_bytes()].concat())?;
             }
         }

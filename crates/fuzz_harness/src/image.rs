@@ -7,9 +7,8 @@ use stasis_image::auth::{
     self, ExtentAuth, FileAuth, Manifest, KEY_CONTEXT, MAX_EXTENT_LEN, SECRET_LEN,
 };
 use stasis_image::{
-    decode_record, encode_record, names, read_record, validate_process, Header, ImageDir,
-    ImageKey, Inventory, ProcessImage, RawReader, RecordKind, FORMAT_VERSION, HEADER_LEN,
-    RAW_DATA_OFFSET,
+    decode_record, encode_record, names, read_record, validate_process, Header, ImageDir, ImageKey,
+    Inventory, ProcessImage, RawReader, RecordKind, FORMAT_VERSION, HEADER_LEN, RAW_DATA_OFFSET,
 };
 use std::io::Read;
 use std::path::Path;
@@ -191,7 +190,8 @@ pub fn raw_reader(data: &[u8]) {
     let n_ops = r.u8().unwrap_or(0);
     let mut ops = Vec::new();
     for _ in 0..n_ops {
-        let (Some(kind), Some(offset), Some(len), Some(param)) = (r.u8(), r.u32(), r.u32(), r.u16())
+        let (Some(kind), Some(offset), Some(len), Some(param)) =
+            (r.u8(), r.u32(), r.u32(), r.u16())
         else {
             break;
         };
@@ -285,7 +285,7 @@ fn extents_of(cuts: &[u64], payload: u64) -> Vec<ExtentAuth> {
     out
 }
 
-fn expected<'a>(payload: &'a [u8], offset: u64, len: u64) -> Option<&'a [u8]> {
+fn expected(payload: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     payload.get(start..end)
@@ -294,10 +294,10 @@ fn expected<'a>(payload: &'a [u8], offset: u64, len: u64) -> Option<&'a [u8]> {
 fn read_op(reader: &RawReader, op: &Op, payload: &[u8]) {
     let want = expected(payload, op.offset, op.len);
     match op.kind % 4 {
-        0 | 1 => {
+        k @ (0 | 1) => {
             let mut buf = vec![0u8; op.len.min(MAX_READ) as usize];
             let crc = u32::from(op.param);
-            let got = if op.kind % 4 == 0 {
+            let got = if k == 0 {
                 reader.read_unchecked(op.offset, &mut buf)
             } else {
                 reader.read_extent(op.offset, &mut buf, crc)
@@ -328,7 +328,10 @@ fn read_op(reader: &RawReader, op: &Op, payload: &[u8]) {
         }
         _ => {
             let Ok(mut ext) = reader.extent(op.offset, op.len) else {
-                assert!(want.is_none(), "extent() refused a range inside the payload");
+                assert!(
+                    want.is_none(),
+                    "extent() refused a range inside the payload"
+                );
                 return;
             };
             let mut buf = vec![0u8; 1 + usize::from(op.param % 4096)];
@@ -412,7 +415,10 @@ pub fn image_dir(data: &[u8]) {
         // Resealed, and whole (every file listed, no other image file): then any change must
         // be seen.
         let sealed = auth::reseal(&open(), &key).is_ok()
-            && matches!(stasis_engine::restore::verify_images(&open(), &key), Ok(true));
+            && matches!(
+                stasis_engine::restore::verify_images(&open(), &key),
+                Ok(true)
+            );
         if let (true, Some((op, file, offset, byte))) = (sealed, tampering) {
             if tamper(scratch.path(), op, file, offset, byte) {
                 let shown = stasis_engine::show::show(&open(), Some(&key));

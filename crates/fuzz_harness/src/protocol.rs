@@ -75,7 +75,10 @@ pub fn recv(data: &[u8]) {
                 assert_eq!(fds.len(), usize::from(msg.carries_fd()), "descriptors sent");
             }
             Err(TransportError::Protocol(ProtocolError::TooLong { .. })) => {
-                assert!(packet.len() > protocol::MAX_MESSAGE, "a short packet is too long");
+                assert!(
+                    packet.len() > protocol::MAX_MESSAGE,
+                    "a short packet is too long"
+                );
             }
             Err(TransportError::Closed) => assert!(packet.is_empty(), "closed"),
             Err(TransportError::Protocol(

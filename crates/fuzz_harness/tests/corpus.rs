@@ -15,10 +15,12 @@ fn run_all(dir: &Path) -> usize {
         let Ok(entries) = std::fs::read_dir(dir.join(name)) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> = entries
+            .map(|e| e.expect("reading a corpus directory").path())
+            .collect();
         files.sort();
         for f in files {
-            let data = std::fs::read(&f).unwrap();
+            let data = std::fs::read(&f).expect("reading an input");
             eprintln!("{name}: {}", f.display());
             body(&data);
             ran += 1;
