@@ -173,6 +173,10 @@ struct Op {
 
 /// Largest buffer a read of [`raw_reader`] is given.
 const MAX_READ: u64 = 1 << 16;
+/// Most pieces a chunked read of [`raw_reader`] is cut into (each is a read of the file, and
+/// authenticated, a read of every extent it touches: tiny chunks of a long read would make a
+/// slow input, not a finding).
+const MAX_PIECES: u64 = 64;
 
 /// `raw_reader`: `[flags][n_ops][n_ops × (kind u8, offset u32, len u32, param u16)]
 /// [n_cuts][n_cuts × u16][payload]`.
@@ -309,6 +313,9 @@ fn read_op(reader: &RawReader, op: &Op, payload: &[u8]) {
         }
         2 => {
             let mut chunk = vec![0u8; usize::from(op.param % 4096)];
+            if op.len / (chunk.len() as u64).max(1) > MAX_PIECES {
+                return;
+            }
             let mut seen = Vec::new();
             let got = reader.read_chunks::<stasis_image::ImageError, _>(
                 op.offset,
@@ -335,6 +342,9 @@ fn read_op(reader: &RawReader, op: &Op, payload: &[u8]) {
                 return;
             };
             let mut buf = vec![0u8; 1 + usize::from(op.param % 4096)];
+            if op.len / buf.len() as u64 > MAX_PIECES {
+                return;
+            }
             let mut seen = Vec::new();
             loop {
                 match ext.read(&mut buf) {
