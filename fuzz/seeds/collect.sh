@@ -13,7 +13,9 @@ stasis="${1:-$repo/target/debug/stasis}"
 out="${2:-/tmp/stasis-fuzz-seeds}"
 tests=(file_epoll file_inotify file_fanotify file_eventfd file_signalfd file_timerfd file_locks
     pidfd pipe_inflight files_deleted file_memfd mem_anon posix_timers tree_threads signals
-    seccomp_filter)
+    seccomp_filter fifo file_opath files_devnull_dir files_proc_self mem_aio_ring
+    mem_file_shared pipe_lone_end process_chroot process_stopped sock_netlink sock_packet
+    syscall_read_pipe exe_memfd mm_fields rseq)
 # The tool harness may leak descriptors into what we start: the dump refuses unknown ones.
 exec 250>&- 251>&- 2>/dev/null || true
 rm -rf "$out"

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Dumps whose images become seeds of the record and directory targets.
+/// Dumps whose images become seeds of the record targets (one process each); those with a
+/// small directory become seeds of `image_dir` too.
 const DUMPS: &[&str] = &[
     "file_epoll",
     "file_inotify",
@@ -34,6 +35,21 @@ const DUMPS: &[&str] = &[
     "tree_threads",
     "seccomp_filter",
     "signals",
+    "fifo",
+    "file_opath",
+    "files_devnull_dir",
+    "files_proc_self",
+    "mem_aio_ring",
+    "mem_file_shared",
+    "pipe_lone_end",
+    "process_chroot",
+    "process_stopped",
+    "sock_netlink",
+    "sock_packet",
+    "syscall_read_pipe",
+    "exe_memfd",
+    "mm_fields",
+    "rseq",
 ];
 
 struct Out {
@@ -78,7 +94,6 @@ fn entry(out: &mut Vec<u8>, kind: u8, name: &str, bytes: &[u8], extend: Option<u
 }
 
 fn images(src: &Path, out: &Out) -> Res<()> {
-    let mut processes_kept = 0;
     for (i, dump) in DUMPS.iter().enumerate() {
         let dir = src.join("images").join(dump);
         if !dir.is_dir() {
@@ -90,6 +105,7 @@ fn images(src: &Path, out: &Out) -> Res<()> {
             .collect::<Res<_>>()?;
         names.sort();
         let mut packed = vec![if i % 3 == 2 { 2 } else { 3 }];
+        let mut kept_dump = false;
         for n in &names {
             let bytes = std::fs::read(dir.join(n))?;
             if n == "inventory.img" {
@@ -122,13 +138,13 @@ fn images(src: &Path, out: &Out) -> Res<()> {
                 with_zero_pages(&mut p);
                 let record = encode_record(RecordKind::Process, &p, &path)?;
                 let pages = std::fs::read(dir.join(format!("pages-{pid}.img")))?;
-                // Every dump once, and every process of a tree.
-                if processes_kept < 24 {
+                // The first process of every dump (the others hold the same kinds).
+                if !kept_dump {
+                    kept_dump = true;
                     let mut seed = vec![0u8];
                     seed.extend_from_slice(&raw_payload_len(&pages).to_le_bytes());
                     seed.extend_from_slice(payload(&record));
                     out.put("process", &format!("{dump}-{pid}"), &seed)?;
-                    processes_kept += 1;
                 }
                 entry(&mut packed, 0, n, &record, None);
             } else if n.starts_with("pages-") {
@@ -165,6 +181,11 @@ fn images(src: &Path, out: &Out) -> Res<()> {
                 }
             }
         }
+        // Directories of several processes or with data in their records are large seeds: the
+        // blob of files_deleted is kept, the others are left out.
+        if packed.len() > 16 << 10 && *dump != "files_deleted" {
+            continue;
+        }
         out.put("image_dir", dump, &packed)?;
         if i < 3 {
             // Sealed, then one file changed (every kind of change, on a few files).
@@ -174,7 +195,7 @@ fn images(src: &Path, out: &Out) -> Res<()> {
                 t.extend_from_slice(&(1000 + u32::from(op) * 37).to_le_bytes());
                 t.push(0x40);
                 t.extend_from_slice(&packed[1..]);
-                if op % 3 == i as u8 % 3 {
+                if op % 3 == i as u8 % 3 && (i < 2 || op < 3) {
                     out.put("image_dir", &format!("{dump}-tampered-{op}"), &t)?;
                 }
             }
