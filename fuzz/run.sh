@@ -2,7 +2,11 @@
 # Runs every fuzz target (or the ones named) for a while, one after the other, and prints how
 # many inputs each ran. Used by CI (.ci/run: a short run of each) and for long runs:
 #
-#     fuzz/run.sh [-t SECONDS_PER_TARGET] [TARGET...]
+#     fuzz/run.sh [-t SECONDS_PER_TARGET] [-n RUNS_PER_TARGET] [TARGET...]
+#
+# (each target stops at whichever comes first: -t seconds, default 20, or -n executions,
+# default unlimited). Every run appends a line to artifacts/runs.tsv (date, target, executions,
+# seconds, executions per second, result), the tally of what ran on this machine.
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>/, read only) and from what
 # earlier runs on this machine found (fuzz/grown/<target>/, not committed). A crash, a hang
@@ -15,10 +19,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 seconds=20
-while getopts "t:" opt; do
+runs_limit=-1
+while getopts "t:n:" opt; do
     case "$opt" in
         t) seconds="$OPTARG" ;;
-        *) echo "usage: $0 [-t SECONDS] [TARGET...]" >&2; exit 2 ;;
+        n) runs_limit="$OPTARG" ;;
+        *) echo "usage: $0 [-t SECONDS] [-n RUNS] [TARGET...]" >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -57,12 +63,15 @@ for t in "${targets[@]}"; do
     echo "==== fuzz $t: ${seconds}s ===="
     set +e
     nice -n 19 cargo +nightly fuzz run "$t" "grown/$t" "corpus/$t" -- \
-        "${limits[@]}" -max_total_time="$seconds" \
+        "${limits[@]}" -max_total_time="$seconds" -runs="$runs_limit" \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?
     set -e
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{s+=$1} END {print s+0}')
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | awk '{s+=$1} END {print s+0}')
+    took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$runs" "${took:-?}" "$rate" \
+        "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED($rc)")" >>artifacts/runs.tsv
     if [ "$rc" -ne 0 ]; then
         status=1
         echo "fuzz $t FAILED (exit $rc); the end of its log ($log):" >&2
