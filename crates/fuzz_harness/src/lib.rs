@@ -9,7 +9,9 @@
 //!
 //! Every body takes any bytes. It must not panic, hang or allocate beyond the bound of what it
 //! decodes, whatever the input: a panic is a bug of the decoder (or a broken property the body
-//! asserts, such as "what decodes encodes back to the same bytes").
+//! asserts, such as "what decodes encodes back to the same bytes"). The bodies `expect` only
+//! what the harness itself needs from the machine (a scratch directory on tmpfs, a socket
+//! pair): when that fails, the run is broken, not the code under test, and stopping is right.
 //!
 //! | target | what it feeds | input |
 //! |--------|---------------|-------|
