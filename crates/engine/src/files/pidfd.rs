@@ -164,6 +164,11 @@ pub fn restore_late(
     zombies: &[(Pid, Pid)],
 ) -> Result<(), Error> {
     let parent = parents(images, zombies);
+    // The fds of each description, once (not a scan of the table per pidfd).
+    let mut fds_of: HashMap<u32, Vec<&stasis_image::FdEntry>> = HashMap::new();
+    for e in &image.fds {
+        fds_of.entry(e.file_id).or_default().push(e);
+    }
     for f in &image.files {
         let FileKind::Pidfd { pid: target } = f.kind else {
             continue;
@@ -177,7 +182,7 @@ pub fn restore_late(
             0
         };
         let new = inj.pidfd_open(target, nonblock)?;
-        for e in image.fds.iter().filter(|e| e.file_id == f.id) {
+        for e in fds_of.get(&f.id).into_iter().flatten() {
             let cloexec = if e.cloexec { libc::O_CLOEXEC } else { 0 };
             inj.dup3(new, e.fd, cloexec)?;
         }
