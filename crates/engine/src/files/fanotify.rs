@@ -26,7 +26,7 @@
 //! events waiting for an answer (the process that waited was frozen in the kernel and gets
 //! its answer as if the group had been closed).
 
-use super::inotify::{dev_name, names_object, NotifyFields, Resolver, WatchInfo};
+use super::inotify::{dev_name, names_object, NotifyFields, Resolver};
 use super::{FileOps, OpenContext, Probe, ProcessFiles};
 use crate::{procfs, Error};
 use stasis_image::{FanotifyMark, FileDesc, FileKind, ProcessImage};
@@ -158,15 +158,8 @@ impl FileOps for Fanotifies {
                     let Some((htype, handle)) = &m.handle else {
                         return Err(refuse(format!("{what} has no file handle in fdinfo")));
                     };
-                    let w = WatchInfo {
-                        wd: 1,
-                        ino: m.ino,
-                        sdev: m.sdev,
-                        mask: 0,
-                        handle: None,
-                    };
                     let obj = resolver
-                        .open(&w, *htype, handle)
+                        .open(m.sdev, m.ino, *htype, handle)
                         .map_err(|e| refuse(format!("{what} cannot be found: {e}")))?;
                     let md = obj
                         .metadata()

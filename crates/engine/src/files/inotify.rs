@@ -329,18 +329,20 @@ impl Resolver {
         &self.mounts
     }
 
-    /// Opens the object of watch `w` with O_PATH, checking its inode number.
+    /// Opens the object with file handle (`htype`, `handle`), inode `ino` on the filesystem of
+    /// device `sdev`, with O_PATH, checking its inode number.
     pub(crate) fn open(
         &mut self,
-        w: &WatchInfo,
+        sdev: u32,
+        ino: u64,
         htype: i32,
         handle: &[u8],
     ) -> Result<File, String> {
-        let mut candidates: Vec<&Mount> = self.mounts.iter().filter(|m| m.sdev == w.sdev).collect();
+        let mut candidates: Vec<&Mount> = self.mounts.iter().filter(|m| m.sdev == sdev).collect();
         if candidates.is_empty() {
             return Err(format!(
                 "no mount of its filesystem (device {}) is visible to stasis",
-                dev_name(w.sdev)
+                dev_name(sdev)
             ));
         }
         // Whole filesystems first: every object is reachable from their root.
@@ -375,7 +377,7 @@ impl Resolver {
                 Ok(fd) => {
                     let f = File::from(fd);
                     match f.metadata() {
-                        Ok(md) if md.ino() == w.ino => return Ok(f),
+                        Ok(md) if md.ino() == ino => return Ok(f),
                         Ok(md) => {
                             last = format!(
                                 "its file handle opens inode {:#x} through {}",
@@ -502,7 +504,7 @@ pub fn dump(pid: Pid, fd: RawFd, fdinfo: &str) -> Result<FileKind, Error> {
             ));
         };
         let obj = resolver
-            .open(w, *htype, handle)
+            .open(w.sdev, w.ino, *htype, handle)
             .map_err(|e| refuse(w, format!("cannot be found: {e}")))?;
         let md = obj
             .metadata()

@@ -70,7 +70,7 @@ impl FileOps for NamespaceFiles {
         let candidates: &[&str] = match ty {
             "pid" => &["pid", "pid_for_children"],
             "time" => &["time", "time_for_children"],
-            other => std::slice::from_ref(TYPES.iter().find(|t| **t == other).unwrap_or(&"")),
+            _ => std::slice::from_ref(&ty),
         };
         for name in candidates {
             let own = std::fs::metadata(format!("/proc/{}/ns/{name}", fd.pid))

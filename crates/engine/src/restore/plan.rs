@@ -15,7 +15,7 @@ use super::RestoreOptions;
 use crate::files::{self, memfd};
 use crate::{pages, procfs, Error};
 use stasis_image::{ProcessImage, RawReader, VmaKind};
-use stasis_sys::process;
+use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -128,6 +128,7 @@ impl<'a> Plan<'a> {
         let descriptions = files::open_all(&mut ctx, loaded.processes.iter().map(|(p, _)| p))?;
         let mut aux: Vec<OwnedFd> = Vec::new();
         let mut processes = Vec::with_capacity(loaded.processes.len());
+        let closers = restore_fd_closers(loaded);
         for (i, (image, pages)) in loaded.processes.iter().enumerate() {
             let mut map_aux = HashMap::new();
             for (v, vma) in image.vmas.iter().enumerate() {
@@ -170,7 +171,7 @@ impl<'a> Plan<'a> {
                 exe_aux,
                 sync: process::pipe().map_err(|e| Error::io("pipe", e))?,
                 set_pgid: joins_group_late(loaded, i),
-                close_aux: closes_restore_fds(loaded, i),
+                close_aux: closers[i],
             });
         }
         let (err_read, err_write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
@@ -265,24 +266,32 @@ fn joins_group_late(loaded: &Loaded, i: usize) -> bool {
     i != 0 && image.pgid != image.pid && Some(image.pgid) != parent_pgid
 }
 
-/// Whether process `i` is the last one rebuilt of those sharing its fd table (which hold the
-/// restore descriptors in that one table): it closes them.
-fn closes_restore_fds(loaded: &Loaded, i: usize) -> bool {
+/// For each process, whether it is the last one rebuilt of those sharing its fd table (which
+/// hold the restore descriptors in that one table): it closes them.
+fn restore_fd_closers(loaded: &Loaded) -> Vec<bool> {
+    let shares: HashMap<Pid, Pid> = loaded
+        .processes
+        .iter()
+        .map(|(p, _)| (p.pid, p.shares_fd_table_with))
+        .collect();
     // The table's owner: the first of a chain of sharers (a sharer's child may share it too).
-    let table = |p: &ProcessImage| {
-        let mut owner = p;
-        for _ in 0..loaded.processes.len() {
-            match loaded.processes.iter().find(|(q, _)| {
-                owner.shares_fd_table_with != 0 && q.pid == owner.shares_fd_table_with
-            }) {
-                Some((q, _)) => owner = q,
-                None => break,
+    let owner = |mut pid: Pid| {
+        for _ in 0..shares.len() {
+            match shares.get(&pid) {
+                Some(&next) if next != 0 && shares.contains_key(&next) => pid = next,
+                _ => break,
             }
         }
-        owner.pid
+        pid
     };
-    let image = &loaded.processes[i].0;
-    !loaded.processes[i + 1..]
+    let owners: Vec<Pid> = loaded.processes.iter().map(|(p, _)| owner(p.pid)).collect();
+    let mut last: HashMap<Pid, usize> = HashMap::new();
+    for (i, o) in owners.iter().enumerate() {
+        last.insert(*o, i);
+    }
+    owners
         .iter()
-        .any(|(p, _)| table(p) == table(image))
+        .enumerate()
+        .map(|(i, o)| last[o] == i)
+        .collect()
 }
