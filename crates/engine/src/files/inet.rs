@@ -96,6 +96,17 @@ fn bad_ip(a: &InetAddr) -> Error {
     Error::Invalid(format!("an inet address of {} bytes", a.ip.len()))
 }
 
+/// The local address and the peer (getsockname, getpeername) of socket `fd`, `what` in
+/// messages.
+pub fn addresses(
+    fd: BorrowedFd<'_>,
+    what: &str,
+) -> Result<(SocketAddr, Option<SocketAddr>), Error> {
+    let local = sys::local_addr(fd).map_err(|e| Error::io(format!("getsockname of {what}"), e))?;
+    let peer = sys::peer_addr(fd).map_err(|e| Error::io(format!("getpeername of {what}"), e))?;
+    Ok((local, peer))
+}
+
 /// Whether an address is "nothing" (`0.0.0.0:0` or `[::]:0`): the socket is not bound.
 pub fn is_unbound(a: &SocketAddr) -> bool {
     a.port() == 0 && a.ip().is_unspecified()

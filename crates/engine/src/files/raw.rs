@@ -134,10 +134,7 @@ impl FileOps for RawSockets {
             .ok_or_else(|| fd.unsupported("a socket of unknown kind"))?;
         let b = fd.file()?.as_fd();
         let what0 = format!("fd {} of pid {}", fd.fd, fd.pid);
-        let local =
-            sys::local_addr(b).map_err(|e| Error::io(format!("getsockname of {what0}"), e))?;
-        let peer =
-            sys::peer_addr(b).map_err(|e| Error::io(format!("getpeername of {what0}"), e))?;
+        let (local, peer) = super::inet::addresses(b, &what0)?;
         let what = format!(
             "{what0} ({})",
             inet::describe_live(&proto_name(k), &local, peer.as_ref())

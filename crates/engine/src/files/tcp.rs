@@ -363,10 +363,7 @@ impl FileOps for TcpSockets {
         let b = file.as_fd();
         let what0 = format!("fd {} of pid {}", fd.fd, fd.pid);
         let info = sys::tcp_info(b).map_err(|e| Error::io(format!("TCP_INFO of {what0}"), e))?;
-        let local =
-            sys::local_addr(b).map_err(|e| Error::io(format!("getsockname of {what0}"), e))?;
-        let peer =
-            sys::peer_addr(b).map_err(|e| Error::io(format!("getpeername of {what0}"), e))?;
+        let (local, peer) = super::inet::addresses(b, &what0)?;
         let six = if k.domain == libc::AF_INET6 { "6" } else { "" };
         let what = format!(
             "{what0} ({})",
