@@ -66,7 +66,7 @@ fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Resul
     let mut buf = vec![0u8; 1 << 20];
     for r in &image.page_runs {
         // Checked a piece at a time: a run's length is image data.
-        let len = r.npages.saturating_mul(crate::PAGE_SIZE);
+        let len = r.stored_len;
         let (mut done, mut crc) = (0u64, 0u32);
         while done < len {
             let n = (len - done).min(buf.len() as u64) as usize;

@@ -350,14 +350,48 @@ pub enum VmaKind {
     },
 }
 
-/// A run of pages stored in the pages file: `npages` pages at `addr`, found at payload offset
-/// `offset`, with CRC-32C `crc` of their contents.
+/// A run of pages stored in a pages file: `npages` pages at `addr`, whose stored bytes are
+/// `stored_len` bytes at payload offset `offset` of the pages file of image `image` of the
+/// chain, encoded as `codec`, with CRC-32C `crc` of those stored bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
     pub addr: u64,
     pub npages: u64,
+    /// Payload offset of the stored bytes.
     pub offset: u64,
+    /// Length of the stored bytes: `npages * 4096` for [`RunCodec::Raw`], less for a
+    /// compressed run.
+    pub stored_len: u64,
+    pub codec: RunCodec,
+    /// CRC-32C of the stored bytes (compressed ones for a compressed run).
     pub crc: u32,
+    /// Which image of a chain of incremental dumps holds the bytes: 0 this one, 1 its parent,
+    /// 2 the parent's parent, and so on (the same process's pages file in each).
+    pub image: u32,
+}
+
+impl PageRun {
+    /// A run stored raw in this image's pages file.
+    pub fn raw(addr: u64, npages: u64, offset: u64, crc: u32) -> Self {
+        PageRun {
+            addr,
+            npages,
+            offset,
+            stored_len: npages.saturating_mul(4096),
+            codec: RunCodec::Raw,
+            crc,
+            image: 0,
+        }
+    }
+}
+
+/// How a [`PageRun`]'s bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunCodec {
+    /// The page contents as they are.
+    Raw,
+    /// One zstd frame holding exactly the run's page contents.
+    Zstd,
 }
 
 /// An open file description (engine::files). Several fds may refer to one.

@@ -8,7 +8,7 @@ use std::path::Path;
 /// First 8 bytes of every image file.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// The version of the image format (not of the tool). Bump on any incompatible change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Size of the header that starts every image file.
 pub const HEADER_LEN: usize = 32;
 /// Largest metadata record we agree to decode (raw data files are not bounded by this).

@@ -152,12 +152,7 @@ pub fn sample_process() -> ProcessImage {
                 advice: VmaAdvice::default(),
             },
         ],
-        page_runs: vec![PageRun {
-            addr: 0x500000,
-            npages: 2,
-            offset: 0,
-            crc: 1,
-        }],
+        page_runs: vec![PageRun::raw(0x500000, 2, 0, 1)],
         files: vec![
             FileDesc {
                 id: 0,

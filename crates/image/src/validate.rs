@@ -8,7 +8,7 @@
 //! as a [`FileChecks`]. So the rules for a kind live next to the code that relies on them, and
 //! a new kind needs no change here.
 
-use crate::{ImageError, LockRange, ProcessImage, VmaKind};
+use crate::{ImageError, LockRange, ProcessImage, RunCodec, VmaKind};
 use std::path::Path;
 
 const PAGE: u64 = 4096;
@@ -175,10 +175,28 @@ pub fn validate_process(
         let (Some(len), Some(end)) = (len, end) else {
             return bad(format!("page run at {:#x} overflows", r.addr));
         };
-        if r.addr % PAGE != 0 || r.npages == 0 || r.addr < prev || r.offset % PAGE != 0 {
+        if r.addr % PAGE != 0 || r.npages == 0 || r.addr < prev {
             return bad(format!(
                 "page run at {:#x} is unaligned, empty or out of order",
                 r.addr
+            ));
+        }
+        let stored_ok = match r.codec {
+            RunCodec::Raw => r.stored_len == len && r.offset % PAGE == 0,
+            // A compressed run is stored only when it is smaller than the pages.
+            RunCodec::Zstd => r.stored_len > 0 && r.stored_len < len,
+        };
+        if !stored_ok {
+            return bad(format!(
+                "page run at {:#x} has {} stored bytes at offset {}: impossible for {} pages stored as {:?}",
+                r.addr, r.stored_len, r.offset, r.npages, r.codec
+            ));
+        }
+        if r.image != 0 {
+            return bad(format!(
+                "page run at {:#x} is in an earlier image of a chain (image {}), which this \
+                 record cannot refer to",
+                r.addr, r.image
             ));
         }
         prev = end;
@@ -203,7 +221,10 @@ pub fn validate_process(
                 r.addr
             ));
         }
-        if r.offset.checked_add(len).is_none_or(|e| e > pages_len) {
+        if r.offset
+            .checked_add(r.stored_len)
+            .is_none_or(|e| e > pages_len)
+        {
             return bad(format!(
                 "page run at {:#x} points past the end of the pages file",
                 r.addr
@@ -455,12 +476,7 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         let mut p = sample_process();
-        p.page_runs[0] = PageRun {
-            addr: 0x500000,
-            npages: 3,
-            offset: 0,
-            crc: 0,
-        };
+        p.page_runs[0] = PageRun::raw(0x500000, 3, 0, 0);
         assert!(validate(&p, 8192).is_err(), "run past the pages file");
 
         let mut p = sample_process();

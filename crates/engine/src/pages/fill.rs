@@ -67,6 +67,12 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
 impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
         for r in runs {
+            if r.codec != stasis_image::RunCodec::Raw {
+                return Err(Error::Invalid(format!(
+                    "page run at {:#x} is stored as {:?}, which this fill cannot read",
+                    r.addr, r.codec
+                )));
+            }
             let len = r
                 .npages
                 .checked_mul(PAGE_SIZE)
@@ -218,12 +224,7 @@ mod tests {
         let base = (target.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
         let skip = (base - target.as_ptr() as u64) as usize;
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
-        let run = PageRun {
-            addr: base,
-            npages: (len / pg) as u64,
-            offset: 0,
-            crc: crc32c::crc32c(&data),
-        };
+        let run = PageRun::raw(base, (len / pg) as u64, 0, crc32c::crc32c(&data));
         let payload = InMemory(data.clone());
         let me = stasis_sys::process::getpid();
         EagerFill::new(&payload).fill(me, &[run]).unwrap();

@@ -482,12 +482,7 @@ mod tests {
     }
 
     fn run(addr: u64, npages: u64) -> PageRun {
-        PageRun {
-            addr,
-            npages,
-            offset: 0,
-            crc: 0,
-        }
+        PageRun::raw(addr, npages, 0, 0)
     }
 
     /// vvar (4 pages), vvar_vclock (2), vdso (2) at `base`, as on this kernel.

@@ -92,12 +92,12 @@ impl<P: Payload> PageSink for RawSink<P> {
         }
         let offset = self.out.position();
         self.out.append(data)?;
-        self.runs.push(PageRun {
+        self.runs.push(PageRun::raw(
             addr,
-            npages: data.len() as u64 / PAGE_SIZE,
+            data.len() as u64 / PAGE_SIZE,
             offset,
-            crc: crc32c::crc32c(data),
-        });
+            crc32c::crc32c(data),
+        ));
         Ok(())
     }
 
@@ -122,18 +122,8 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                PageRun {
-                    addr: 0x7f00_0000_0000,
-                    npages: 2,
-                    offset: 0,
-                    crc: crc32c::crc32c(&a),
-                },
-                PageRun {
-                    addr: 0x7f00_0001_0000,
-                    npages: 1,
-                    offset: 8192,
-                    crc: crc32c::crc32c(&b),
-                },
+                PageRun::raw(0x7f00_0000_0000, 2, 0, crc32c::crc32c(&a)),
+                PageRun::raw(0x7f00_0001_0000, 1, 8192, crc32c::crc32c(&b)),
             ]
         );
         // Each run's CRC covers exactly its bytes in the payload.
