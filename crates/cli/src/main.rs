@@ -53,6 +53,11 @@ enum Command {
         /// of refusing the dump.
         #[arg(long)]
         unix_peers_closed: bool,
+        /// With --leave-running: keep the processes frozen while all their memory is copied,
+        /// instead of copying it while they run and freezing them again only for what they
+        /// wrote meanwhile (the default, which stops them for milliseconds).
+        #[arg(long)]
+        no_pre_copy: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
             leave_running,
             tcp_closed,
             unix_peers_closed,
+            no_pre_copy,
             no_auth,
             key_file,
             log_file: _,
@@ -193,7 +199,15 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key),
+                run_dump(
+                    pid,
+                    images,
+                    leave_running,
+                    unix_peers_closed,
+                    tcp,
+                    key,
+                    !no_pre_copy,
+                ),
             )
         }
         Command::Restore {
@@ -370,6 +384,7 @@ fn run_dump(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
+    pre_copy: bool,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
@@ -380,6 +395,7 @@ fn run_dump(
         unix_peers_closed,
         tcp,
         key_file,
+        pre_copy,
     );
     if result.is_err() {
         remove_empty_dirs(&created);
@@ -394,6 +410,7 @@ fn dump_into(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
+    pre_copy: bool,
 ) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
@@ -422,6 +439,7 @@ fn dump_into(
         admit: None,
         tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
+        pre_copy,
     })?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",

@@ -272,6 +272,7 @@ fn dump_self(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        pre_copy: true,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -332,6 +333,7 @@ fn dump_pid(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        pre_copy: true,
     })?;
     send_dumped(conn)
 }

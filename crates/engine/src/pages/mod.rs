@@ -42,6 +42,7 @@ pub mod advice;
 pub mod dump;
 pub mod fill;
 pub mod layout;
+pub mod precopy;
 pub mod sink;
 pub mod source;
 pub mod vma;
