@@ -263,7 +263,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         } else {
             Some(holds)
         };
-        write::write_records(dir, records, &mut written)?;
+        let page_bytes = page_bytes + write::write_records(dir, records, &mut written)?;
         for name in &written {
             dir.sync_file(name)?;
         }

@@ -31,9 +31,8 @@ pub(crate) fn write_tree(
         let pid = c.image.pid;
         let mut runs = None;
         if let Some(i) = pre.iter().position(|(t, _)| t.pid() == pid) {
-            let (tracked, mut pages) = pre.swap_remove(i);
-            runs = Some(tracked.finish(&c.image.vmas, &mut pages, &mut shmem_done)?);
-            page_bytes += pages.finish()?;
+            let (tracked, pages) = pre.swap_remove(i);
+            runs = Some(tracked.finish(&c.image.vmas, pages, &mut shmem_done)?);
         } else {
             let pages_name = names::pages(pid);
             let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
@@ -66,21 +65,25 @@ pub(crate) struct Record {
     runs: Option<pages::precopy::Finished>,
 }
 
-/// Writes the process records (each atomically and durably).
+/// Writes the process records (each atomically and durably), after completing the pages
+/// files of pre-copied processes; returns the page bytes those hold.
 pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
     written: &mut Vec<String>,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
+    let mut page_bytes = 0;
     for Record { mut image, runs } in records {
         if let Some(runs) = runs {
-            image.page_runs = runs.runs();
+            let (runs, bytes) = runs.complete()?;
+            image.page_runs = runs;
+            page_bytes += bytes;
         }
         let process_name = names::process(image.pid);
         write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
         written.push(process_name);
     }
-    Ok(())
+    Ok(page_bytes)
 }
 
 /// Writes the inventory: the last file, whose presence marks the dump complete.
