@@ -53,6 +53,11 @@ enum Command {
         /// of refusing the dump.
         #[arg(long)]
         unix_peers_closed: bool,
+        /// Make an incremental dump on top of the dump in DIR: only the pages changed since
+        /// it are written, the others are read from DIR (and its own parents) at restore, so
+        /// DIR must stay as it is (root only).
+        #[arg(long, value_name = "DIR")]
+        parent: Option<PathBuf>,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
             leave_running,
             tcp_closed,
             unix_peers_closed,
+            parent,
             no_auth,
             key_file,
             log_file: _,
@@ -193,7 +199,7 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key),
+                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key, parent),
             )
         }
         Command::Restore {
@@ -370,6 +376,7 @@ fn run_dump(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
+    parent: Option<PathBuf>,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
@@ -380,6 +387,7 @@ fn run_dump(
         unix_peers_closed,
         tcp,
         key_file,
+        parent,
     );
     if result.is_err() {
         remove_empty_dirs(&created);
@@ -394,8 +402,12 @@ fn dump_into(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
+    parent: Option<PathBuf>,
 ) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
+        if parent.is_some() {
+            return Err("--parent: incremental dumps are not available through stasisd yet".into());
+        }
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
         }
@@ -422,6 +434,7 @@ fn dump_into(
         admit: None,
         tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
+        parent,
     })?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",

@@ -272,6 +272,8 @@ fn dump_self(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        // Incremental dumps are not offered through stasisd yet.
+        parent: None,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -332,6 +334,7 @@ fn dump_pid(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        parent: None,
     })?;
     send_dumped(conn)
 }

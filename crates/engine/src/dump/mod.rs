@@ -3,7 +3,8 @@
 //! 1. freeze ([`freeze`]): every thread of every process of the tree seized and stopped,
 //!    top-down; the caller's admission check runs on each process;
 //! 2. collect ([`collect`](mod@collect)): every process read into its image, all checks first;
-//! 3. write ([`write`](mod@write)): pages, blobs and records written;
+//! 3. write ([`write`](mod@write)): pages, blobs and records written (an incremental dump,
+//!    [`DumpOptions::parent`], writes only the pages changed since its parent);
 //! 4. sync: a process that runs on is thawed first; the files are made durable and the
 //!    inventory is written last;
 //! 5. release: the tree is killed (default) or left running.
@@ -60,6 +61,9 @@ pub struct DumpOptions {
     /// Restore a unix socket connected to a socket outside the dumped tree as a connection
     /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
     pub unix_peers_closed: bool,
+    /// Make an incremental dump on top of the dump in this directory (`stasis dump --parent`):
+    /// only the pages changed since it are written (see [`crate::chain`]).
+    pub parent: Option<std::path::PathBuf>,
 }
 
 /// What a dump does with established TCP connections.
@@ -182,6 +186,12 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     if let Some(key) = &opts.auth {
         dir.seal(key)?;
     }
+    // The parent is opened and checked before anything is frozen: a broken chain refuses the
+    // dump with the process untouched.
+    let mut parent = match &opts.parent {
+        Some(p) => Some(crate::chain::Parent::open(dir, p, opts.auth.as_ref())?),
+        None => None,
+    };
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
@@ -225,7 +235,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )?;
         drop(phase);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;
+        let (mappings, page_bytes) =
+            write::write_tree(dir, collected, &mut written, parent.as_mut())?;
         drop(phase);
         let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk; one that is killed stays frozen
@@ -241,7 +252,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         for name in &written {
             dir.sync_file(name)?;
         }
-        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
+        let link = parent.take().map(|p| p.link);
+        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
         Ok::<_, Error>((mappings, page_bytes, holds))
     })();
     match result {
