@@ -51,6 +51,9 @@ pub struct IncrementalSink<'a, S: PageSink> {
     inner: S,
     parent: ParentRuns<'a>,
     refs: Vec<PageRun>,
+    /// How many of `refs` were made by earlier puts (never extended: a put lies inside one
+    /// mapping, and so must every run).
+    sealed: usize,
     buf: Vec<u8>,
     diffed: Diffed,
 }
@@ -61,6 +64,7 @@ impl<'a, S: PageSink> IncrementalSink<'a, S> {
             inner,
             parent,
             refs: Vec::new(),
+            sealed: 0,
             buf: Vec::new(),
             diffed: Diffed::default(),
         }
@@ -77,11 +81,11 @@ impl<'a, S: PageSink> IncrementalSink<'a, S> {
     }
 
     /// References page `page` (its bytes) at `addr`, held by `run` of the parent, extending
-    /// the last reference when it continues it in the same file.
+    /// the last reference of this put when it continues it in the same file.
     fn reference(&mut self, run: &PageRun, addr: u64, page: &[u8]) {
         let offset = run.offset + (addr - run.addr);
         let image = run.image + 1;
-        if let Some(last) = self.refs.last_mut() {
+        if let Some(last) = self.refs[self.sealed..].last_mut() {
             let len = last.npages * PAGE_SIZE;
             if last.image == image
                 && last.codec == RunCodec::Raw
@@ -120,6 +124,7 @@ impl<S: PageSink> PageSink for IncrementalSink<'_, S> {
         }
         let n = data.len() / PG;
         let runs = self.parent.runs;
+        self.sealed = self.refs.len();
         // Pages `pending..i` are to be stored here (not yet handed to the inner sink).
         let mut pending = 0usize;
         let mut i = 0usize;
@@ -351,11 +356,11 @@ mod tests {
     fn nothing_changed_stores_nothing_and_merges_references() {
         let (p_runs, p_file) = full(&[(A, "abcd"), (A + 0x4000, "ef")]);
         let parent = Chain(vec![p_file]);
-        // Handed out in other pieces than the parent's runs: still one reference, contiguous
-        // in the parent's file.
+        // One piece over two runs of the parent, contiguous in its file: one reference. Two
+        // pieces (two mappings, maybe): two references, never one across them.
         let (runs, file, d) = incr(&p_runs, &parent, &[(A, "a"), (A + 0x1000, "bcdef")]);
         assert!(file.0.is_empty());
-        assert_eq!(at(&runs), vec![(A, 6, 0, 1)]);
+        assert_eq!(at(&runs), vec![(A, 1, 0, 1), (A + 0x1000, 5, PAGE_SIZE, 1)]);
         assert_eq!(d.unchanged, 6);
         check_crcs(&runs, &Chain(vec![file, parent.0.into_iter().next().unwrap()]));
     }
