@@ -292,6 +292,123 @@ fn relative_path(from: &Path, to: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stasis_image::{write_record_atomic, ParentPages, RawWriter};
+
+    fn inventory(ms: u64, parent: Option<ParentLink>) -> Inventory {
+        Inventory {
+            tool_version: "test".into(),
+            kernel_release: "6.18".into(),
+            created_unix_ms: ms,
+            root_pid: 7,
+            processes: vec![7],
+            zombies: vec![],
+            parent,
+        }
+    }
+
+    /// Makes dump `name` in `base`: a pages file of `pages` bytes for pid 7, and an
+    /// inventory linking `parent` (a directory of `base`) when given.
+    fn make(base: &Path, name: &str, pages: usize, parent: Option<&str>) -> ImageDir {
+        let dir = ImageDir::create(&base.join(name)).unwrap();
+        let mut w = RawWriter::create(&dir, &names::pages(7), RecordKind::Pages).unwrap();
+        w.write(&vec![1u8; pages]).unwrap();
+        w.finish().unwrap();
+        let link = parent.map(|p| {
+            let pd = ImageDir::open(&base.join(p)).unwrap();
+            ParentLink {
+                path: format!("../{p}"),
+                inventory_blake3: pd.digest_file(names::INVENTORY, 1 << 20).unwrap(),
+                pages: vec![ParentPages {
+                    pid: 7,
+                    payload_len: RawReader::open(&pd, &names::pages(7), RecordKind::Pages)
+                        .unwrap()
+                        .len(),
+                }],
+            }
+        });
+        write_record_atomic(&dir, names::INVENTORY, RecordKind::Inventory, &inventory(1, link))
+            .unwrap();
+        dir
+    }
+
+    fn ancestors_of(dir: &ImageDir) -> Result<Vec<ImageDir>, Error> {
+        let inv: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory).unwrap();
+        open_ancestors(dir, &inv, ChainAuth::default())
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("stasis-chain-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_chain_opens_and_a_broken_one_is_refused() {
+        let base = temp("broken");
+        make(&base, "d1", 4096, None);
+        make(&base, "d2", 8192, Some("d1"));
+        let d3 = make(&base, "d3", 4096, Some("d2"));
+        let a = ancestors_of(&d3).unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(a[1].label().ends_with("d3/../d2/../d1"), "{:?}", a[1].label());
+        let expect = |what: &str| {
+            let err = ancestors_of(&d3).unwrap_err();
+            assert!(matches!(err, Error::BrokenChain { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(what), "{msg}");
+        };
+        // The grandparent missing.
+        std::fs::rename(base.join("d1"), base.join("d1-away")).unwrap();
+        expect("../d1 cannot be opened");
+        // Another dump in its place (same files, another inventory).
+        make(&base, "d1", 4096, None);
+        let other = inventory(2, None);
+        write_record_atomic(&ImageDir::open(&base.join("d1")).unwrap(), names::INVENTORY, RecordKind::Inventory, &other).unwrap();
+        expect("../d1 was replaced or changed");
+        std::fs::remove_dir_all(base.join("d1")).unwrap();
+        std::fs::rename(base.join("d1-away"), base.join("d1")).unwrap();
+        ancestors_of(&d3).unwrap();
+        // A pages file of the parent of another length.
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(base.join("d2").join(names::pages(7)))
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() + 4096).unwrap();
+        let err = ancestors_of(&d3).unwrap_err().to_string();
+        assert!(err.contains("../d2") && err.contains("pages-7.img"), "{err}");
+        f.set_len(f.metadata().unwrap().len() - 4096).unwrap();
+        // An unfinished parent (no inventory).
+        std::fs::remove_file(base.join("d1").join(names::INVENTORY)).unwrap();
+        expect("holds no complete dump");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn cycles_and_endless_chains_are_refused() {
+        let base = temp("cycle");
+        // A dump that names itself as its parent.
+        let d = make(&base, "self", 4096, None);
+        let link = ParentLink {
+            path: ".".into(),
+            inventory_blake3: d.digest_file(names::INVENTORY, 1 << 20).unwrap(),
+            pages: vec![],
+        };
+        write_record_atomic(&d, names::INVENTORY, RecordKind::Inventory, &inventory(1, Some(link))).unwrap();
+        let err = ancestors_of(&d).unwrap_err().to_string();
+        assert!(err.contains("cycle"), "{err}");
+        // A chain one dump longer than followed.
+        make(&base, "c0", 4096, None);
+        for k in 1..=MAX_CHAIN_DEPTH + 1 {
+            make(&base, &format!("c{k}"), 4096, Some(&format!("c{}", k - 1)));
+        }
+        let last = ImageDir::open(&base.join(format!("c{}", MAX_CHAIN_DEPTH + 1))).unwrap();
+        let err = ancestors_of(&last).unwrap_err().to_string();
+        assert!(err.contains("longest chain"), "{err}");
+        let ok = ImageDir::open(&base.join(format!("c{MAX_CHAIN_DEPTH}"))).unwrap();
+        assert_eq!(ancestors_of(&ok).unwrap().len(), MAX_CHAIN_DEPTH);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn parent_paths_are_relative_when_the_dumps_share_a_directory() {
