@@ -215,3 +215,56 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     );
     assert_eq!(threads.ok(), Some(3), "the restored process has its threads");
 }
+
+/// Root restores root's own unauthenticated images as they are: their parents must be root's
+/// alone too, or a user who can write a parent would choose the restored memory.
+#[test]
+fn unauthenticated_parent_others_can_write_is_refused() {
+    if !require_root() {
+        return;
+    }
+    become_subreaper();
+    let w = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("incremental")
+            .join("writable_parent"),
+    );
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = isolate(&mut cmd).spawn().expect("start sleep").id() as i32;
+    stasis_test_infra::process::wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let (d1, d2) = (w.join("d1"), w.join("d2"));
+    let pid_s = pid.to_string();
+    let args1 = ["dump", "--no-auth", "--leave-running", "-t", &pid_s, "-D"];
+    let (ok, err) = stasis(&[&args1[..], &[d1.to_str().unwrap()]].concat());
+    if !ok {
+        kill(pid, libc::SIGKILL);
+    }
+    assert!(ok, "dump 1: {err}");
+    let args2 = ["dump", "--no-auth", "-t", &pid_s, "--parent", d1.to_str().unwrap(), "-D"];
+    let (ok, err) = stasis(&[&args2[..], &[d2.to_str().unwrap()]].concat());
+    if !ok {
+        kill(pid, libc::SIGKILL);
+    }
+    let _ = wait_pid(pid, TIMEOUT);
+    assert!(ok, "dump 2: {err}");
+    assert!(pages_bytes(&d2) < pages_bytes(&d1) / 4, "sleep's memory did not change");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o777)).expect("chmod d1");
+    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), d2.as_os_str()]);
+    assert!(
+        !ok && err.contains("broken chain") && err.contains("not authenticated"),
+        "{err}"
+    );
+    assert!(!exists(pid), "a failed restore left the process running");
+    std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o755)).expect("chmod d1");
+    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), d2.as_os_str()]);
+    let running = exists(pid);
+    kill(pid, libc::SIGKILL);
+    let _ = wait_pid(pid, TIMEOUT);
+    assert!(ok && running, "restore: {err}");
+}

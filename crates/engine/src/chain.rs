@@ -32,6 +32,10 @@ pub struct ChainAuth<'a> {
     pub key: Option<&'a ImageKey>,
     /// Refuse an image of the chain that cannot be authenticated with `key`.
     pub required: bool,
+    /// Refuse an ancestor that is not authenticated unless root alone could have written it
+    /// (root's restore of images as they are, [`crate::restore::as_user::images_writers`]):
+    /// a parent a user could write would give that user the restored memory.
+    pub root_only_unless_authenticated: bool,
 }
 
 /// Longest list of parent pages files a link may hold.
@@ -71,7 +75,25 @@ pub fn open_ancestors(
                 "is already a dump of this chain (the chain is a cycle)".into(),
             ));
         }
-        crate::restore::authenticate(&parent, auth.key, auth.required)?;
+        let authenticated = crate::restore::authenticate(&parent, auth.key, auth.required)?;
+        if auth.root_only_unless_authenticated && !authenticated {
+            use crate::restore::as_user::{images_writers, ImagesWriters};
+            match images_writers(&parent)? {
+                ImagesWriters::Root => {}
+                ImagesWriters::User { uid, .. } => {
+                    return Err(broken(format!(
+                        "is not authenticated and uid {uid} could have written it: its pages \
+                         would be restored with root's power (make it root's alone, or dump \
+                         with the image key)"
+                    )))
+                }
+                ImagesWriters::NoSingleUser { why } => {
+                    return Err(broken(format!(
+                        "is not authenticated and not root's alone ({why})"
+                    )))
+                }
+            }
+        }
         if !parent.exists(names::INVENTORY) {
             return Err(broken(
                 "holds no complete dump (no inventory.img): it was removed or never finished"
@@ -219,6 +241,7 @@ impl Parent {
         let auth = ChainAuth {
             key,
             required: false,
+            root_only_unless_authenticated: false,
         };
         let loaded = crate::restore::load::load_chain(&dir, auth)?;
         if loaded.depth + 1 > MAX_CHAIN_DEPTH {

@@ -42,6 +42,7 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
         crate::chain::ChainAuth {
             key: key.filter(|_| dir.is_authenticated()),
             required: dir.is_authenticated(),
+            root_only_unless_authenticated: false,
         },
     )?;
     let chain: Vec<serde_json::Value> = ancestors

@@ -161,9 +161,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         }
     }
     authenticate(&opts.images, opts.auth.as_ref(), opts.require_authenticated)?;
+    // The ancestors of an incremental dump are trusted no more than the dump itself:
+    // authenticated when it is; root's alone (or authenticated) when root restores root's
+    // images as they are.
     let chain_auth = crate::chain::ChainAuth {
         key: opts.auth.as_ref(),
-        required: opts.require_authenticated,
+        required: opts.require_authenticated || opts.images.is_authenticated(),
+        root_only_unless_authenticated: opts.requester.is_none() && process::geteuid() == 0,
     };
     let loaded = load::load_chain(&opts.images, chain_auth)?;
     if let Some(r) = &opts.requester {
