@@ -199,7 +199,15 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key, parent),
+                run_dump(
+                    pid,
+                    images,
+                    leave_running,
+                    unix_peers_closed,
+                    tcp,
+                    key,
+                    parent,
+                ),
             )
         }
         Command::Restore {

@@ -139,7 +139,10 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
         w.join("missing").as_os_str(),
         "--leave-running".as_ref(),
     ]);
-    assert!(!ok && err.contains("broken chain") && err.contains("missing"), "{err}");
+    assert!(
+        !ok && err.contains("broken chain") && err.contains("missing"),
+        "{err}"
+    );
     assert!(!w.join("never").join("inventory.img").exists());
 
     dump(1, true);
@@ -164,8 +167,18 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     // About 1 % of the pages changed (plus a few of stacks, libc data and the threads'
     // counters): each increment stores little more than that.
     for n in [1, 2] {
-        assert!(pct(n) < 3.0, "dump {} stored {:.2} % of dump 1's pages", n + 1, pct(n));
-        assert!(pct(n) > 0.5, "dump {} stored too little: {:.2} %", n + 1, pct(n));
+        assert!(
+            pct(n) < 3.0,
+            "dump {} stored {:.2} % of dump 1's pages",
+            n + 1,
+            pct(n)
+        );
+        assert!(
+            pct(n) > 0.5,
+            "dump {} stored too little: {:.2} %",
+            n + 1,
+            pct(n)
+        );
     }
 
     let (ok, err) = stasis(&[OsStr::new("show"), d(3).as_os_str()]);
@@ -177,8 +190,16 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     let md = |n: u32| moved.join(format!("d{n}"));
     // ... but not without its middle dump,
     std::fs::rename(md(2), w.join("d2-away")).expect("move d2 away");
-    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), md(3).as_os_str()]);
-    assert!(!ok && err.contains("broken chain") && err.contains("../d2"), "{err}");
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        md(3).as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("broken chain") && err.contains("../d2"),
+        "{err}"
+    );
     assert!(!exists(pid), "a failed restore left the process running");
     std::fs::rename(w.join("d2-away"), md(2)).expect("move d2 back");
     // ... nor with its first dump changed (another inventory: a different dump in its place),
@@ -188,7 +209,12 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     let last = other.len() - 1;
     other[last] ^= 1;
     std::fs::write(&inv, &other).expect("change d1's inventory");
-    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), md(3).as_os_str()]);
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        md(3).as_os_str(),
+    ]);
     assert!(
         !ok && err.contains("broken chain") && err.contains("replaced or changed"),
         "{err}"
@@ -196,7 +222,12 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     assert!(!exists(pid), "a failed restore left the process running");
     std::fs::write(&inv, &saved).expect("restore d1's inventory");
 
-    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), md(3).as_os_str()]);
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        md(3).as_os_str(),
+    ]);
     assert!(ok, "restore: {err}");
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count());
     std::fs::write(&control, "2").expect("write the control file");
@@ -213,7 +244,11 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
         text.contains("verify parent ok\n") && text.contains("verify child ok\n"),
         "the restored memory differs:\n{text}"
     );
-    assert_eq!(threads.ok(), Some(3), "the restored process has its threads");
+    assert_eq!(
+        threads.ok(),
+        Some(3),
+        "the restored process has its threads"
+    );
 }
 
 /// Root restores root's own unauthenticated images as they are: their parents must be root's
@@ -244,25 +279,46 @@ fn unauthenticated_parent_others_can_write_is_refused() {
         kill(pid, libc::SIGKILL);
     }
     assert!(ok, "dump 1: {err}");
-    let args2 = ["dump", "--no-auth", "-t", &pid_s, "--parent", d1.to_str().unwrap(), "-D"];
+    let args2 = [
+        "dump",
+        "--no-auth",
+        "-t",
+        &pid_s,
+        "--parent",
+        d1.to_str().unwrap(),
+        "-D",
+    ];
     let (ok, err) = stasis(&[&args2[..], &[d2.to_str().unwrap()]].concat());
     if !ok {
         kill(pid, libc::SIGKILL);
     }
     let _ = wait_pid(pid, TIMEOUT);
     assert!(ok, "dump 2: {err}");
-    assert!(pages_bytes(&d2) < pages_bytes(&d1) / 4, "sleep's memory did not change");
+    assert!(
+        pages_bytes(&d2) < pages_bytes(&d1) / 4,
+        "sleep's memory did not change"
+    );
 
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o777)).expect("chmod d1");
-    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), d2.as_os_str()]);
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        d2.as_os_str(),
+    ]);
     assert!(
         !ok && err.contains("broken chain") && err.contains("not authenticated"),
         "{err}"
     );
     assert!(!exists(pid), "a failed restore left the process running");
     std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o755)).expect("chmod d1");
-    let (ok, err) = stasis(&[OsStr::new("restore"), "-d".as_ref(), "-D".as_ref(), d2.as_os_str()]);
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        d2.as_os_str(),
+    ]);
     let running = exists(pid);
     kill(pid, libc::SIGKILL);
     let _ = wait_pid(pid, TIMEOUT);

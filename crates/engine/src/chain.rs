@@ -349,8 +349,13 @@ mod tests {
                 }],
             }
         });
-        write_record_atomic(&dir, names::INVENTORY, RecordKind::Inventory, &inventory(1, link))
-            .unwrap();
+        write_record_atomic(
+            &dir,
+            names::INVENTORY,
+            RecordKind::Inventory,
+            &inventory(1, link),
+        )
+        .unwrap();
         dir
     }
 
@@ -374,7 +379,11 @@ mod tests {
         let d3 = make(&base, "d3", 4096, Some("d2"));
         let a = ancestors_of(&d3).unwrap();
         assert_eq!(a.len(), 2);
-        assert!(a[1].label().ends_with("d3/../d2/../d1"), "{:?}", a[1].label());
+        assert!(
+            a[1].label().ends_with("d3/../d2/../d1"),
+            "{:?}",
+            a[1].label()
+        );
         let expect = |what: &str| {
             let err = ancestors_of(&d3).unwrap_err();
             assert!(matches!(err, Error::BrokenChain { .. }), "{err}");
@@ -387,7 +396,13 @@ mod tests {
         // Another dump in its place (same files, another inventory).
         make(&base, "d1", 4096, None);
         let other = inventory(2, None);
-        write_record_atomic(&ImageDir::open(&base.join("d1")).unwrap(), names::INVENTORY, RecordKind::Inventory, &other).unwrap();
+        write_record_atomic(
+            &ImageDir::open(&base.join("d1")).unwrap(),
+            names::INVENTORY,
+            RecordKind::Inventory,
+            &other,
+        )
+        .unwrap();
         expect("../d1 was replaced or changed");
         std::fs::remove_dir_all(base.join("d1")).unwrap();
         std::fs::rename(base.join("d1-away"), base.join("d1")).unwrap();
@@ -399,7 +414,10 @@ mod tests {
             .unwrap();
         f.set_len(f.metadata().unwrap().len() + 4096).unwrap();
         let err = ancestors_of(&d3).unwrap_err().to_string();
-        assert!(err.contains("../d2") && err.contains("pages-7.img"), "{err}");
+        assert!(
+            err.contains("../d2") && err.contains("pages-7.img"),
+            "{err}"
+        );
         f.set_len(f.metadata().unwrap().len() - 4096).unwrap();
         // An unfinished parent (no inventory).
         std::fs::remove_file(base.join("d1").join(names::INVENTORY)).unwrap();
@@ -417,7 +435,13 @@ mod tests {
             inventory_blake3: d.digest_file(names::INVENTORY, 1 << 20).unwrap(),
             pages: vec![],
         };
-        write_record_atomic(&d, names::INVENTORY, RecordKind::Inventory, &inventory(1, Some(link))).unwrap();
+        write_record_atomic(
+            &d,
+            names::INVENTORY,
+            RecordKind::Inventory,
+            &inventory(1, Some(link)),
+        )
+        .unwrap();
         let err = ancestors_of(&d).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
         // A chain one dump longer than followed.

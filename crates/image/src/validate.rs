@@ -501,7 +501,9 @@ mod tests {
         };
         assert!(validate(&p, 1 << 20).is_err(), "not a chain");
         assert!(chain(&p, &[Some(0), None, Some(4 * 4096)]).is_ok());
-        let err = chain(&p, &[Some(0), Some(1 << 20)]).unwrap_err().to_string();
+        let err = chain(&p, &[Some(0), Some(1 << 20)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("image 2"), "{err}");
         assert!(chain(&p, &[Some(1 << 20), Some(1 << 20), None]).is_err());
         assert!(

@@ -9,8 +9,7 @@ use crate::chain::Parent;
 use crate::pages::incremental::ParentRuns;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{
-    names, write_record_atomic, ImageDir, Inventory, ParentLink, ParentPages, RawWriter,
-    RecordKind,
+    names, write_record_atomic, ImageDir, Inventory, ParentLink, ParentPages, RawWriter, RecordKind,
 };
 use stasis_sys::Pid;
 
@@ -34,13 +33,8 @@ pub(crate) fn write_tree(
         written.push(pages_name);
         let from_parent = parent.as_deref().and_then(|p| p.process(pid));
         let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
-        c.image.page_runs = pages::dump_pages(
-            pid,
-            &c.image.vmas,
-            &mut pages,
-            &mut shmem_done,
-            parent_runs,
-        )?;
+        c.image.page_runs =
+            pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done, parent_runs)?;
         // The parent's pages files this one refers to, with their lengths now.
         let parent_len = from_parent
             .filter(|_| c.image.page_runs.iter().any(|r| r.image == 1))

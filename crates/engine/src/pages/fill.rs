@@ -4,7 +4,8 @@
 //! [`super::layout`]) and before the final protections are set. [`EagerFill`] is today's: every
 //! run is read from the image, checked against its CRC, and written into the target with
 //! process_vm_writev before the process runs. The image side is behind [`RunReader`] (the raw
-//! pages file today; a compressed one later). A lazy fill (userfaultfd, pages served on fault)
+//! pages file today; a compressed one later); a run of an incremental dump is read from the
+//! pages file of its image of the chain ([`RunReader::in_image`], `crate::chain::ChainPages`). A lazy fill (userfaultfd, pages served on fault)
 //! or a fill that maps runs straight from the image would implement [`PageFill`] too.
 //!
 //! Authenticated images: a [`RawReader`] of an authenticated directory checks the MAC of

@@ -107,7 +107,13 @@ impl<'a, S: PageSink> IncrementalSink<'a, S> {
 }
 
 /// Pages `from..to` of `data` (at `addr`) are stored in this image.
-fn store<S: PageSink>(inner: &mut S, addr: u64, data: &[u8], from: usize, to: usize) -> Result<(), Error> {
+fn store<S: PageSink>(
+    inner: &mut S,
+    addr: u64,
+    data: &[u8],
+    from: usize,
+    to: usize,
+) -> Result<(), Error> {
     if from < to {
         inner.put(addr + (from * PG) as u64, &data[from * PG..to * PG])?;
     }
@@ -146,13 +152,11 @@ impl<S: PageSink> PageSink for IncrementalSink<'_, S> {
             let upto = n.min(i + ((run_end - at) / PAGE_SIZE) as usize);
             if run.codec == RunCodec::Raw {
                 let files = self.parent.files;
-                let file = files.in_image(run.image).ok_or_else(|| {
-                    Error::Internal {
-                        what: format!(
-                            "the parent's run at {:#x} is in image {}, which is not open",
-                            run.addr, run.image
-                        ),
-                    }
+                let file = files.in_image(run.image).ok_or_else(|| Error::Internal {
+                    what: format!(
+                        "the parent's run at {:#x} is in image {}, which is not open",
+                        run.addr, run.image
+                    ),
                 })?;
                 // Compared a piece at a time (a put may be longer than a buffer should be).
                 let mut j = i;
@@ -296,7 +300,11 @@ mod tests {
     }
 
     /// Dumps `puts` as an increment of `runs` held in `files`.
-    fn incr(runs: &[PageRun], files: &dyn RunReader, puts: &[(u64, &str)]) -> (Vec<PageRun>, File, Diffed) {
+    fn incr(
+        runs: &[PageRun],
+        files: &dyn RunReader,
+        puts: &[(u64, &str)],
+    ) -> (Vec<PageRun>, File, Diffed) {
         let parent = ParentRuns { runs, files };
         let mut sink = IncrementalSink::new(RawSink::new(Vec::new()), parent);
         for (a, p) in puts {
@@ -308,7 +316,9 @@ mod tests {
     }
 
     fn at(runs: &[PageRun]) -> Vec<(u64, u64, u64, u32)> {
-        runs.iter().map(|r| (r.addr, r.npages, r.offset, r.image)).collect()
+        runs.iter()
+            .map(|r| (r.addr, r.npages, r.offset, r.image))
+            .collect()
     }
 
     /// Every run's CRC matches the bytes of the file of its image.
@@ -347,7 +357,11 @@ mod tests {
                 new: 1
             }
         );
-        assert_eq!(file.0.len(), 2 * PG, "only the changed and new pages are stored");
+        assert_eq!(
+            file.0.len(),
+            2 * PG,
+            "only the changed and new pages are stored"
+        );
         let chain = Chain(vec![file, parent.0.into_iter().next().unwrap()]);
         check_crcs(&runs, &chain);
     }
@@ -362,7 +376,10 @@ mod tests {
         assert!(file.0.is_empty());
         assert_eq!(at(&runs), vec![(A, 1, 0, 1), (A + 0x1000, 5, PAGE_SIZE, 1)]);
         assert_eq!(d.unchanged, 6);
-        check_crcs(&runs, &Chain(vec![file, parent.0.into_iter().next().unwrap()]));
+        check_crcs(
+            &runs,
+            &Chain(vec![file, parent.0.into_iter().next().unwrap()]),
+        );
     }
 
     #[test]
@@ -439,6 +456,9 @@ mod tests {
             ]
         );
         assert_eq!((d.unchanged, d.changed, d.new), (2, 0, 3));
-        check_crcs(&runs, &Chain(vec![file, parent.0.into_iter().next().unwrap()]));
+        check_crcs(
+            &runs,
+            &Chain(vec![file, parent.0.into_iter().next().unwrap()]),
+        );
     }
 }
