@@ -181,8 +181,37 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
         );
     }
 
-    let (ok, err) = stasis(&[OsStr::new("show"), d(3).as_os_str()]);
-    assert!(ok, "show: {err}");
+    // `show` lists the chain and checks the runs of every image of it.
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .arg("show")
+        .arg(d(3))
+        .output()
+        .expect("run stasis show");
+    assert!(
+        out.status.success(),
+        "show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show's JSON");
+    assert_eq!(
+        shown["chain"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        shown["chain"]
+    );
+    // A run of d3 held by d1 (image 2), to change below.
+    let (held_pid, held_offset) = shown["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find_map(|p| {
+            let run = p["page_runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["image"] == 2)?;
+            Some((p["pid"].as_i64()?, run["offset"].as_u64()?))
+        })
+        .expect("a run of dump 3 held by dump 1");
 
     // The chain moved as a whole still restores (the links are relative) ...
     let moved = w.join("moved");
@@ -196,6 +225,7 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
         "-D".as_ref(),
         md(3).as_os_str(),
     ]);
+    eprintln!("d2 missing: {}", err.trim());
     assert!(
         !ok && err.contains("broken chain") && err.contains("../d2"),
         "{err}"
@@ -221,6 +251,30 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
     );
     assert!(!exists(pid), "a failed restore left the process running");
     std::fs::write(&inv, &saved).expect("restore d1's inventory");
+    // ... nor with a page of its first dump changed (its auth.img no longer matches).
+    let pages = md(1).join(format!("pages-{held_pid}.img"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pages)
+        .expect("open d1's pages");
+    let at = 4096 + held_offset + 100;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).expect("read a byte");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 0x40], at).expect("change it");
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        md(3).as_os_str(),
+    ]);
+    eprintln!("a changed page of d1: {}", err.trim());
+    assert!(
+        !ok && err.contains(&format!("pages-{held_pid}.img")) && err.contains("d1"),
+        "{err}"
+    );
+    assert!(!exists(pid), "a failed restore left the process running");
+    std::os::unix::fs::FileExt::write_all_at(&f, &byte, at).expect("change it back");
 
     let (ok, err) = stasis(&[
         OsStr::new("restore"),
