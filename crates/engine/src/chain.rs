@@ -222,10 +222,13 @@ pub struct Parent {
 
 impl Parent {
     /// Opens the dump at `path` (as the user gave it) as the parent of a dump into `child`:
-    /// loads and checks it and its chain (authenticated with `key` when it carries
-    /// `auth.img`), and makes the link the child records. The child's chain must stay within
-    /// [`MAX_CHAIN_DEPTH`].
-    pub fn open(child: &ImageDir, path: &Path, key: Option<&ImageKey>) -> Result<Parent, Error> {
+    /// loads and checks it and its chain, and makes the link the child records. The child's
+    /// chain must stay within [`MAX_CHAIN_DEPTH`].
+    ///
+    /// The parent's pages are read without authentication: they are only compared with the
+    /// process's, and a page referred to gets the CRC of the process's bytes; the restore
+    /// checks them against the parent's `auth.img` (and that CRC) when it reads them.
+    pub fn open(child: &ImageDir, path: &Path) -> Result<Parent, Error> {
         let broken = |reason: String| Error::BrokenChain {
             image: child.label().to_path_buf(),
             parent: path.display().to_string(),
@@ -238,12 +241,7 @@ impl Parent {
         if !dir.exists(names::INVENTORY) {
             return Err(broken("holds no complete dump (no inventory.img)".into()));
         }
-        let auth = ChainAuth {
-            key,
-            required: false,
-            root_only_unless_authenticated: false,
-        };
-        let loaded = crate::restore::load::load_chain(&dir, auth)?;
+        let loaded = crate::restore::load::load_chain(&dir, ChainAuth::default())?;
         if loaded.depth + 1 > MAX_CHAIN_DEPTH {
             return Err(broken(format!(
                 "ends a chain of {MAX_CHAIN_DEPTH} dumps already: make a full dump"

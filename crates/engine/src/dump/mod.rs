@@ -189,7 +189,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     // The parent is opened and checked before anything is frozen: a broken chain refuses the
     // dump with the process untouched.
     let mut parent = match &opts.parent {
-        Some(p) => Some(crate::chain::Parent::open(dir, p, opts.auth.as_ref())?),
+        Some(p) => Some(crate::chain::Parent::open(dir, p)?),
         None => None,
     };
     let vdso_offset = inject::vdso_syscall_offset()?;
