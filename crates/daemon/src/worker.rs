@@ -273,6 +273,8 @@ fn dump_self(
         auth: Some(key.clone()),
         unix_peers_closed: false,
         pre_copy: true,
+        // Incremental dumps are not offered through stasisd yet.
+        parent: None,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -334,6 +336,7 @@ fn dump_pid(
         auth: Some(key.clone()),
         unix_peers_closed: false,
         pre_copy: true,
+        parent: None,
     })?;
     send_dumped(conn)
 }

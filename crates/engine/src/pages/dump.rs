@@ -4,6 +4,7 @@
 //! pages of each run are cut out here, before any sink sees them, so that no sink stores or
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
+use super::incremental::{IncrementalSink, ParentRuns};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
 use crate::{Error, PAGE_SIZE};
@@ -13,17 +14,37 @@ use std::collections::HashSet;
 
 /// Streams the page contents of every mapping of the frozen process `pid` into `out` and
 /// returns the runs written. Shared anonymous memory is stored once, with the first mapping of
-/// it in the tree: `shmem_done` holds the objects already stored.
+/// it in the tree: `shmem_done` holds the objects already stored. With `parent` (an
+/// incremental dump), only the pages that differ from the parent's are written; the runs
+/// returned refer to the parent's runs for the others.
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
     out: &mut RawWriter,
     shmem_done: &mut HashSet<u64>,
+    parent: Option<ParentRuns<'_>>,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?;
-    let mut sink = RawSink::new(out);
-    copy_pages(&mut source, &mut sink)?;
-    sink.finish()
+    let sink = RawSink::new(out);
+    match parent {
+        None => {
+            let mut sink = sink;
+            copy_pages(&mut source, &mut sink)?;
+            sink.finish()
+        }
+        Some(parent) => {
+            let mut sink = IncrementalSink::new(sink, parent);
+            copy_pages(&mut source, &mut sink)?;
+            let d = sink.diffed();
+            tracing::debug!(
+                unchanged = d.unchanged,
+                changed = d.changed,
+                new = d.new,
+                "pages compared with the parent dump"
+            );
+            sink.finish()
+        }
+    }
 }
 
 /// What [`copy_pages`] moved, in pages.

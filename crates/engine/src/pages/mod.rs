@@ -28,7 +28,9 @@
 //!   SEEK_DATA over shared memory), [`dump::copy_pages`] drops the all-zero pages, and a
 //!   [`PageSink`] stores the rest and produces the run index (today [`sink::RawSink`]: the raw
 //!   pages file). Dirty tracking plugs in as a source; compression, incremental or streamed
-//!   output as a sink.
+//!   output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`) stores only
+//!   the pages that differ from the parent dump's and refers to the parent's runs for the
+//!   others.
 //! * [`layout`]: the restore layout inside the target, as pure plans carried out by injected
 //!   system calls.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
@@ -41,6 +43,7 @@
 pub mod advice;
 pub mod dump;
 pub mod fill;
+pub mod incremental;
 pub mod layout;
 pub mod precopy;
 pub mod sink;
