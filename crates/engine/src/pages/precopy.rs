@@ -112,6 +112,12 @@ impl Tracked {
     /// ptrace-stop) and takes it. `Ok(None)` when the process cannot have one (userfaultfd
     /// refused in it: a seccomp filter, a kernel without it): the dump copies it frozen.
     pub fn arm(pid: Pid, leader: Pid, syscall_ip: u64) -> Result<Option<Tracked>, Error> {
+        // A seccomp filter could kill the process for a call it does not expect (the
+        // collect phase suspends filters; nothing is injected before that).
+        if crate::procfs::read_status(pid).map_or(true, |s| s.seccomp != 0) {
+            tracing::debug!("pid {pid} is under seccomp: no pre-copy");
+            return Ok(None);
+        }
         let pidfd = process::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", pid, e))?;
         let mask =
             ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
