@@ -31,6 +31,9 @@
 //!   output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`) stores only
 //!   the pages that differ from the parent dump's and refers to the parent's runs for the
 //!   others.
+//! * [`precopy`]: a leave-running dump copies the memory while the process runs, tracking its
+//!   writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN), and freezes it again only for the pages
+//!   written since the last pass.
 //! * [`layout`]: the restore layout inside the target, as pure plans carried out by injected
 //!   system calls.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
