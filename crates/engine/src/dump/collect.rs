@@ -153,6 +153,14 @@ fn collect(
         for &tid in &frozen.threads[1..] {
             threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
         }
+        for t in &mut threads {
+            if let Some(nr) =
+                super::freeze::resumed_call(frozen, t.tid, t.regs.orig_rax, t.regs.rip)
+            {
+                tracing::debug!("thread {} resumes call {nr} (restart_syscall)", t.tid);
+                t.regs.orig_rax = nr;
+            }
+        }
         let sigs = signals::dump(pid, &mut inj)?;
         let itimers = itimers::dump(&mut inj)?;
         timers_posix = posix_timers::dump(pid, &mut inj)?;

@@ -18,7 +18,43 @@ pub struct Frozen {
     /// Its smaps as read just before this freeze (a pre-copy's last step), for
     /// [`crate::pages::vma::collect_vmas_hinted`].
     pub smaps_hint: Option<Vec<procfs::MapEntry>>,
+    /// Threads that an earlier freeze of this dump (a pre-copy's) interrupted in a system
+    /// call the kernel resumes through `restart_syscall`: (tid, the call, its return
+    /// address). See [`restart_hints`].
+    pub restart_hints: Vec<(Pid, u64, u64)>,
     detached: bool,
+}
+
+/// `restart_syscall`, which a thread interrupted in a call such as nanosleep or poll runs
+/// to resume it (from a block of state only the kernel holds).
+const SYS_RESTART_SYSCALL: u64 = 219;
+/// -ERESTART_RESTARTBLOCK: the call resumes through `restart_syscall`.
+const ERESTART_RESTARTBLOCK: u64 = (-516i64) as u64;
+
+/// The threads of a frozen process stopped in a call that resumes through `restart_syscall`
+/// once they run again (see [`Frozen::restart_hints`]).
+pub fn restart_hints(f: &Frozen) -> Vec<(Pid, u64, u64)> {
+    f.threads
+        .iter()
+        .filter_map(|&tid| {
+            let r = ptrace::get_regs(tid).ok()?;
+            ((r.orig_rax as i64) >= 0 && r.rax == ERESTART_RESTARTBLOCK)
+                .then_some((tid, r.orig_rax, r.rip))
+        })
+        .collect()
+}
+
+/// The call a thread found in `restart_syscall` is resuming, when an earlier freeze of this
+/// dump saw it interrupted in that call at the same place: a restore must run that call
+/// again (a new process has no kernel restart block).
+pub fn resumed_call(f: &Frozen, tid: Pid, orig_rax: u64, rip: u64) -> Option<u64> {
+    if orig_rax != SYS_RESTART_SYSCALL {
+        return None;
+    }
+    f.restart_hints
+        .iter()
+        .find(|&&(t, _, at)| t == tid && at == rip)
+        .map(|&(_, nr, _)| nr)
 }
 
 /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
@@ -33,6 +69,7 @@ impl Frozen {
             threads: Vec::new(),
             stop_signal: None,
             smaps_hint: None,
+            restart_hints: Vec::new(),
             detached: false,
         };
         loop {

@@ -224,6 +224,13 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         // would need to compare as it copies: not done yet).
         if opts.leave_running && opts.pre_copy && opts.parent.is_none() {
             let _phase = Phase::PreCopy.span();
+            // Threads interrupted in a call that resumes through restart_syscall, before
+            // the thaw (see `freeze::resumed_call`).
+            let restarts: Vec<_> = tree
+                .processes
+                .iter()
+                .map(|f| (f.pid, freeze::restart_hints(f)))
+                .collect();
             pre = pre_copy(
                 &mut tree,
                 vdso_offset,
@@ -242,6 +249,11 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             for (p, smaps) in hints {
                 if let Some(f) = tree.processes.iter_mut().find(|f| f.pid == p) {
                     f.smaps_hint = Some(smaps);
+                }
+            }
+            for (p, hints) in restarts {
+                if let Some(f) = tree.processes.iter_mut().find(|f| f.pid == p) {
+                    f.restart_hints = hints;
                 }
             }
         }

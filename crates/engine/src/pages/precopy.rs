@@ -1,7 +1,7 @@
 //! Pre-copy: the memory of a process that runs on after its dump is copied while it runs, so
 //! that it is stopped only for the pages it wrote during the copy.
 //!
-//! How (a leave-running dump, [`crate::dump`]):
+//! How (a leave-running dump, [`crate::dump()`]):
 //!
 //! 1. **arm** ([`Tracked::arm`], process frozen for one injected call): a userfaultfd is
 //!    created inside the process (`userfaultfd(UFFD_USER_MODE_ONLY)`, so an unprivileged
@@ -20,7 +20,7 @@
 //!    tracked the whole time (created, moved or replaced since the arm: the scan's
 //!    `PM_SCAN_CHECK_WPASYNC` refuses it) and shared memory are copied the frozen way
 //!    ([`super::source::PagemapSource`]). The process runs on.
-//! 4. **after** ([`Finished::runs`]): the ranges are unregistered a piece at a time (each
+//! 4. **after** ([`Finished::complete`]): the ranges are unregistered a piece at a time (each
 //!    piece takes the process's mmap lock briefly, where closing the userfaultfd would take
 //!    it for a walk of all its memory), and the run index is built from the slots, each
 //!    run's CRC combined from its pages' CRCs ([`PageCrcShift`]).
@@ -32,7 +32,7 @@
 
 use super::dump::{copy_pages, NonZeroRuns};
 use super::sink::{PageSink, Payload, RawSink};
-use super::source::{next_stretch, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES};
+use super::source::{next_stretch, wanted, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES};
 use super::vma::is_special;
 use crate::inject::Injector;
 use crate::{Error, PAGE_SIZE};
@@ -350,27 +350,46 @@ impl Tracked {
                 .map_err(|e| Error::io(format!("read /proc/{pid}/mem at {addr:#x}"), e))?;
         }
         stats.read += len as u64;
-        let range = &mut self.ranges[i];
-        let mut next = 0usize;
+        let pg = PAGE_SIZE as usize;
+        // Which pages to keep: not all zero and, in a private file mapping, the process's
+        // own (a clean page of the file comes back from the file; a read fault maps it
+        // unprotected, so it may be reported written).
+        let mut keep = vec![false; npages as usize];
         for (first, end) in NonZeroRuns::new(data) {
-            for p in next..first {
-                *range.slot_mut(addr + p as u64 * PAGE_SIZE) = Slot::NONE;
+            keep[first..end].fill(true);
+        }
+        if self.ranges[i].file_backed {
+            let mut raw = vec![0u8; npages as usize * 8];
+            self.pagemap
+                .read_exact_at(&mut raw, addr / PAGE_SIZE * 8)
+                .map_err(|e| Error::io(format!("read pagemap of {pid} at {addr:#x}"), e))?;
+            for (k, w) in raw.chunks_exact(8).enumerate() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(w);
+                keep[k] &= wanted(u64::from_le_bytes(b), true);
             }
-            next = end;
-            let pg = PAGE_SIZE as usize;
-            let bytes = &data[first * pg..end * pg];
+        }
+        let range = &mut self.ranges[i];
+        let mut p = 0usize;
+        while p < keep.len() {
+            let at = addr + (p * pg) as u64;
+            if !keep[p] {
+                *range.slot_mut(at) = Slot::NONE;
+                p += 1;
+                continue;
+            }
+            let end = p + keep[p..].iter().take_while(|&&k| k).count();
+            let bytes = &data[p * pg..end * pg];
             let offset = out.position();
             out.append(bytes)?;
             stats.stored += bytes.len() as u64;
             for (k, page) in bytes.chunks_exact(pg).enumerate() {
-                *range.slot_mut(addr + (first + k) as u64 * PAGE_SIZE) = Slot {
+                *range.slot_mut(at + (k * pg) as u64) = Slot {
                     offset: offset + (k * pg) as u64,
                     crc: crc32c::crc32c(page),
                 };
             }
-        }
-        for p in next..npages as usize {
-            *range.slot_mut(addr + p as u64 * PAGE_SIZE) = Slot::NONE;
+            p = end;
         }
         Ok(())
     }
@@ -378,7 +397,7 @@ impl Tracked {
     /// The final step, with the process frozen again and `vmas` its mappings now: copies what
     /// was written since the last pass, forgets pages the process dropped, and copies the rest
     /// (untracked mappings, shared memory) the frozen way. The run index is built from what
-    /// this returns ([`Finished::runs`]), which needs the process no more.
+    /// this returns ([`Finished::complete`]), which needs the process no more.
     pub fn finish(
         mut self,
         vmas: &[Vma],
@@ -554,7 +573,7 @@ struct PendingVma {
 }
 
 /// What [`Tracked::finish`] leaves: the runs copied frozen and the final copies of the
-/// tracked mappings, whose run index [`Finished::runs`] builds once the process runs again.
+/// tracked mappings, whose run index [`Finished::complete`] builds once the process runs again.
 pub struct Finished {
     runs: Vec<PageRun>,
     pending: Vec<PendingVma>,
@@ -568,7 +587,7 @@ pub struct Finished {
 const STAGED_MAX: usize = 256 << 20;
 
 /// The pages file behind a buffer: what the frozen copy appends is kept in memory (up to
-/// [`STAGED_MAX`]) and written once the process runs again, each append as one write (an
+/// `STAGED_MAX`) and written once the process runs again, each append as one write (an
 /// authenticated extent), at the offsets it was given.
 pub struct Staged {
     out: RawWriter,
