@@ -53,6 +53,18 @@ enum Command {
         /// of refusing the dump.
         #[arg(long)]
         unix_peers_closed: bool,
+        /// Store the pages compressed (zstd, one frame per run of up to 2 MiB, compressed by
+        /// one thread per CPU); restore and `show` read them as they are.
+        #[arg(long)]
+        compress: bool,
+        /// The zstd level of --compress: 1 (the default) to 19, or -7 to -1 (faster, larger).
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "compress",
+            allow_hyphen_values = true
+        )]
+        compress_level: Option<i32>,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -181,10 +193,16 @@ fn main() -> ExitCode {
             leave_running,
             tcp_closed,
             unix_peers_closed,
+            compress,
+            compress_level,
             no_auth,
             key_file,
             log_file: _,
         } => {
+            let compress = compress.then(|| stasis_engine::Compression {
+                level: compress_level.unwrap_or(stasis_engine::Compression::default().level),
+                ..Default::default()
+            });
             let key = (!no_auth).then_some(key_file);
             let tcp = if tcp_closed {
                 TcpConnections::Closed
@@ -193,7 +211,15 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key),
+                run_dump(
+                    pid,
+                    images,
+                    leave_running,
+                    unix_peers_closed,
+                    tcp,
+                    compress,
+                    key,
+                ),
             )
         }
         Command::Restore {
@@ -369,6 +395,7 @@ fn run_dump(
     leave_running: bool,
     unix_peers_closed: bool,
     tcp: TcpConnections,
+    compress: Option<stasis_engine::Compression>,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
@@ -379,6 +406,7 @@ fn run_dump(
         leave_running,
         unix_peers_closed,
         tcp,
+        compress,
         key_file,
     );
     if result.is_err() {
@@ -393,6 +421,7 @@ fn dump_into(
     leave_running: bool,
     unix_peers_closed: bool,
     tcp: TcpConnections,
+    compress: Option<stasis_engine::Compression>,
     key_file: Option<PathBuf>,
 ) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
@@ -404,6 +433,9 @@ fn dump_into(
         }
         if unix_peers_closed {
             return Err("--unix-peers-closed: not available for dumps through stasisd".into());
+        }
+        if compress.is_some() {
+            return Err("--compress: not available for dumps through stasisd yet".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(images)?;
@@ -422,14 +454,20 @@ fn dump_into(
         admit: None,
         tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
+        compress,
     })?;
     eprintln!(
-        "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
+        "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages{}, frozen for {:.1} ms",
         report.pid,
         report.processes,
         images.display(),
         report.mappings,
         report.page_bytes / 1024,
+        if compress.is_some() {
+            " (compressed)"
+        } else {
+            ""
+        },
         report.frozen.as_secs_f64() * 1e3
     );
     Ok(0)

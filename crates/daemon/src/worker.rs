@@ -272,6 +272,7 @@ fn dump_self(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        compress: None,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -332,6 +333,7 @@ fn dump_pid(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        compress: None,
     })?;
     send_dumped(conn)
 }

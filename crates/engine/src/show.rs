@@ -3,9 +3,11 @@
 //! read and checked, so `show` also verifies a whole image directory. With the image key, it
 //! verifies the authentication of every file too (and fails when one does not verify).
 
+use crate::pages::compress::RunDecoder;
 use crate::{files, Error};
 use stasis_image::{
     names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RawReader, RecordKind,
+    RunCodec,
 };
 
 /// Decodes the inventory and every process record; checks the raw files' headers. With `key`,
@@ -61,10 +63,20 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
     }))
 }
 
-/// Reads every page run and blob and checks its CRC (blobs through their kind's module).
+/// Reads every page run and blob and checks its CRC (blobs through their kind's module);
+/// compressed runs are decoded too (each must give exactly its pages).
 fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
     let mut buf = vec![0u8; 1 << 20];
+    let mut decoder = None;
     for r in &image.page_runs {
+        if r.codec == RunCodec::Zstd {
+            let d = match &mut decoder {
+                Some(d) => d,
+                None => decoder.insert(RunDecoder::new()?),
+            };
+            d.read_zstd(pages, r)?;
+            continue;
+        }
         // Checked a piece at a time: a run's length is image data.
         let len = r.stored_len;
         let (mut done, mut crc) = (0u64, 0u32);

@@ -8,7 +8,7 @@
 //! as a [`FileChecks`]. So the rules for a kind live next to the code that relies on them, and
 //! a new kind needs no change here.
 
-use crate::{ImageError, LockRange, ProcessImage, RunCodec, VmaKind};
+use crate::{ImageError, LockRange, ProcessImage, RunCodec, VmaKind, MAX_ZSTD_RUN_PAGES};
 use std::path::Path;
 
 const PAGE: u64 = 4096;
@@ -183,8 +183,11 @@ pub fn validate_process(
         }
         let stored_ok = match r.codec {
             RunCodec::Raw => r.stored_len == len && r.offset % PAGE == 0,
-            // A compressed run is stored only when it is smaller than the pages.
-            RunCodec::Zstd => r.stored_len > 0 && r.stored_len < len,
+            // A compressed run is stored only when it is smaller than the pages, and is
+            // decoded whole into a buffer: its length is bounded.
+            RunCodec::Zstd => {
+                r.stored_len > 0 && r.stored_len < len && r.npages <= MAX_ZSTD_RUN_PAGES
+            }
         };
         if !stored_ok {
             return bad(format!(

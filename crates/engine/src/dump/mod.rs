@@ -60,6 +60,9 @@ pub struct DumpOptions {
     /// Restore a unix socket connected to a socket outside the dumped tree as a connection
     /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
     pub unix_peers_closed: bool,
+    /// Store page runs as zstd frames (`stasis dump --compress`, see
+    /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either.
+    pub compress: Option<crate::pages::compress::Compression>,
 }
 
 /// What a dump does with established TCP connections.
@@ -179,6 +182,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )));
     }
     dir.check_writable()?;
+    if let Some(c) = &opts.compress {
+        c.check()?;
+    }
     if let Some(key) = &opts.auth {
         dir.seal(key)?;
     }
@@ -225,7 +231,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )?;
         drop(phase);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;
+        let (mappings, page_bytes) =
+            write::write_tree(dir, collected, &mut written, opts.compress)?;
         drop(phase);
         let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk; one that is killed stays frozen

@@ -14,7 +14,10 @@ pub(crate) fn write_tree(
     dir: &ImageDir,
     collected: Vec<Collected>,
     written: &mut Vec<String>,
+    compress: Option<pages::compress::Compression>,
 ) -> Result<(usize, u64), Error> {
+    // One pool of compression threads for the whole tree.
+    let mut pool = compress.map(pages::compress::ZstdPool::new).transpose()?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
@@ -24,7 +27,13 @@ pub(crate) fn write_tree(
         let pages_name = names::pages(pid);
         let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
         written.push(pages_name);
-        c.image.page_runs = pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
+        c.image.page_runs = pages::dump_pages(
+            pid,
+            &c.image.vmas,
+            &mut pages,
+            &mut shmem_done,
+            pool.as_mut(),
+        )?;
         page_bytes += pages.finish()?;
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);

@@ -4,6 +4,7 @@
 //! pages of each run are cut out here, before any sink sees them, so that no sink stores or
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
+use super::compress::{ZstdPool, ZstdSink};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
 use crate::{Error, PAGE_SIZE};
@@ -13,17 +14,28 @@ use std::collections::HashSet;
 
 /// Streams the page contents of every mapping of the frozen process `pid` into `out` and
 /// returns the runs written. Shared anonymous memory is stored once, with the first mapping of
-/// it in the tree: `shmem_done` holds the objects already stored.
+/// it in the tree: `shmem_done` holds the objects already stored. With `compress`, runs are
+/// stored as zstd frames compressed by its workers.
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
     out: &mut RawWriter,
     shmem_done: &mut HashSet<u64>,
+    compress: Option<&mut ZstdPool>,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?;
-    let mut sink = RawSink::new(out);
-    copy_pages(&mut source, &mut sink)?;
-    sink.finish()
+    match compress {
+        Some(pool) => {
+            let mut sink = ZstdSink::new(pool, out);
+            copy_pages(&mut source, &mut sink)?;
+            sink.finish()
+        }
+        None => {
+            let mut sink = RawSink::new(out);
+            copy_pages(&mut source, &mut sink)?;
+            sink.finish()
+        }
+    }
 }
 
 /// What [`copy_pages`] moved, in pages.

@@ -3,8 +3,8 @@
 //! A [`PageFill`] is called once the mappings exist (writable where runs land, see
 //! [`super::layout`]) and before the final protections are set. [`EagerFill`] is today's: every
 //! run is read from the image, checked against its CRC, and written into the target with
-//! process_vm_writev before the process runs. The image side is behind [`RunReader`] (the raw
-//! pages file today; a compressed one later). A lazy fill (userfaultfd, pages served on fault)
+//! process_vm_writev before the process runs; a compressed run is read whole, CRC-checked and
+//! decoded first ([`super::compress::RunDecoder`]). The image side is behind [`RunReader`]. A lazy fill (userfaultfd, pages served on fault)
 //! or a fill that maps runs straight from the image would implement [`PageFill`] too.
 //!
 //! Authenticated images: a [`RawReader`] of an authenticated directory checks the MAC of
@@ -13,6 +13,7 @@
 //! buffer, before it was written. A fill that mapped the pages file instead could not do that
 //! (the user owns the file): it would have to copy, or verify a private copy, first.
 
+use super::compress::RunDecoder;
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
 use stasis_sys::{proc_mem, Pid};
@@ -29,6 +30,10 @@ pub trait RunReader {
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// The error for a run whose bytes do not match its CRC.
     fn bad_crc(&self, run: &PageRun) -> Error;
+    /// The error for a run whose stored bytes do not decode (`reason` says why).
+    fn bad_run(&self, run: &PageRun, reason: String) -> Error {
+        Error::Invalid(format!("page run at {:#x}: {reason}", run.addr))
+    }
 }
 
 impl RunReader for RawReader {
@@ -39,6 +44,13 @@ impl RunReader for RawReader {
     fn bad_crc(&self, _run: &PageRun) -> Error {
         Error::Image(stasis_image::ImageError::BadPayloadCrc {
             path: self.path().to_path_buf(),
+        })
+    }
+
+    fn bad_run(&self, run: &PageRun, reason: String) -> Error {
+        Error::Image(stasis_image::ImageError::Invalid {
+            path: self.path().to_path_buf(),
+            reason: format!("page run at {:#x}: {reason}", run.addr),
         })
     }
 }
@@ -53,6 +65,8 @@ const FILL_CHUNK: u64 = 2 << 20;
 pub struct EagerFill<'a, R: RunReader + ?Sized> {
     pages: &'a R,
     buf: Vec<u8>,
+    /// For compressed runs (made at the first one).
+    decoder: Option<RunDecoder>,
 }
 
 impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
@@ -60,18 +74,28 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
         EagerFill {
             pages,
             buf: Vec::new(),
+            decoder: None,
         }
+    }
+
+    /// A compressed run: read whole (at most 2 MiB), CRC-checked and decoded, then written.
+    fn fill_zstd(&mut self, target: Pid, r: &PageRun) -> Result<(), Error> {
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self.decoder.insert(RunDecoder::new()?),
+        };
+        let pages = decoder.read_zstd(self.pages, r)?;
+        proc_mem::write_all(target, r.addr, pages)
+            .map_err(|e| Error::sys("process_vm_writev", target, e))
     }
 }
 
 impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
         for r in runs {
-            if r.codec != stasis_image::RunCodec::Raw {
-                return Err(Error::Invalid(format!(
-                    "page run at {:#x} is stored as {:?}, which this fill cannot read",
-                    r.addr, r.codec
-                )));
+            if r.codec == stasis_image::RunCodec::Zstd {
+                self.fill_zstd(target, r)?;
+                continue;
             }
             let len = r
                 .npages

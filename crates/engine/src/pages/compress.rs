@@ -1,0 +1,454 @@
+//! Compressed page runs (`stasis dump --compress`): a [`ZstdSink`] that stores each run as one
+//! zstd frame, compressed by a small pool of worker threads, and [`RunDecoder`], which reads a
+//! compressed run back on the restore side (and for `stasis show`'s verification).
+//!
+//! # Dump side
+//!
+//! [`copy_pages`](super::dump::copy_pages) hands the sink runs of non-zero pages (at most 2
+//! MiB each, zero pages already cut out). The sink copies each run into a buffer of its own and
+//! gives it to a worker of a [`ZstdPool`]: workers compress runs in parallel while the dumping
+//! thread reads the next ones; results come back in the order the runs were put (runs go to
+//! the workers in turn, and each worker answers in order), and the sink appends each run with
+//! one write of the payload, so that in an authenticated image every run is one extent with
+//! its own MAC (see [`stasis_image::auth`]). A run that zstd does not make smaller is stored
+//! raw ([`RunCodec::Raw`]): a [`RunCodec::Zstd`] run is always shorter than its pages, as the
+//! validator requires. The memory held is bounded: at most two runs in flight per worker, each
+//! with a 2 MiB input and output buffer, recycled from run to run.
+//!
+//! # Restore side
+//!
+//! A compressed run is at most [`MAX_ZSTD_RUN_PAGES`] pages (the validator refuses longer
+//! ones): [`RunDecoder`] reads its stored bytes whole (one extent, checked against its MAC in an
+//! authenticated image), checks their CRC-32C, and only then decodes them into a buffer of
+//! exactly the run's length; a frame that is not exactly one zstd frame, or that decodes to
+//! anything but the run's `npages * 4096` bytes, is refused with an error that names the run.
+
+use super::fill::RunReader;
+use super::sink::{PageSink, Payload};
+use crate::{Error, PAGE_SIZE};
+use stasis_image::{PageRun, RunCodec, MAX_ZSTD_RUN_PAGES};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// The longest run a [`ZstdSink`] takes, in bytes (longer ones are split).
+const MAX_JOB_BYTES: usize = (MAX_ZSTD_RUN_PAGES * PAGE_SIZE) as usize;
+
+/// Runs in flight per worker: one being compressed, one waiting.
+const IN_FLIGHT_PER_WORKER: usize = 2;
+
+/// How page runs are compressed (`DumpOptions::compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// zstd level: 1 by default (fast; negative levels are faster and compress less, up to 22
+    /// is slower and smaller).
+    pub level: i32,
+    /// Worker threads compressing runs; 0: one per CPU this process may run on (at most 8).
+    pub threads: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            level: DEFAULT_LEVEL,
+            threads: 0,
+        }
+    }
+}
+
+/// The default zstd level of `--compress`.
+pub const DEFAULT_LEVEL: i32 = 1;
+
+/// The levels `--compress-level` accepts (zstd's fast negative levels down to -7, and 1 to 19;
+/// 20 to 22 need large windows and are far too slow for a dump).
+pub const LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
+
+impl Compression {
+    /// Err unless the level is one of [`LEVELS`].
+    pub fn check(&self) -> Result<(), Error> {
+        if !LEVELS.contains(&self.level) || self.level == 0 {
+            return Err(Error::Invalid(format!(
+                "compression level {} is not one of -7..-1 or 1..19",
+                self.level
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A run to compress, with the buffers it is done in.
+struct Job {
+    addr: u64,
+    /// The run's pages (its length is the run's).
+    input: Vec<u8>,
+    /// Room for the frame: [`MAX_JOB_BYTES`] bytes.
+    output: Vec<u8>,
+}
+
+/// A compressed (or not) run, handed back in order.
+struct Done {
+    job: Job,
+    /// Length of the frame at the start of `job.output`, or `None`: store `job.input` raw.
+    frame_len: Option<usize>,
+    /// CRC-32C of the bytes to store.
+    crc: u32,
+}
+
+struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Worker threads that compress page runs, shared by the sinks of one dump (one per process).
+pub struct ZstdPool {
+    workers: Vec<Worker>,
+    /// Jobs handed out, and results taken back: job `n` went to worker `n % workers.len()`.
+    sent: usize,
+    taken: usize,
+    /// Buffers of finished jobs, for the next ones.
+    spare: Vec<Job>,
+}
+
+impl ZstdPool {
+    /// Starts the workers.
+    pub fn new(c: Compression) -> Result<ZstdPool, Error> {
+        c.check()?;
+        let n = match c.threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+            n => n.min(64),
+        };
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            // Created here, so that a level zstd refuses is an error of the dump.
+            let mut cctx = zstd::bulk::Compressor::new(c.level).map_err(|e| Error::Io {
+                what: format!("creating a zstd compressor of level {}", c.level),
+                source: e,
+            })?;
+            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+            let (done_tx, done_rx) = mpsc::channel::<Done>();
+            let thread = std::thread::Builder::new()
+                .name(format!("stasis-zstd-{i}"))
+                .spawn(move || {
+                    for job in jobs_rx {
+                        let done = compress_job(&mut cctx, job);
+                        if done_tx.send(done).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Io {
+                    what: "starting a compression thread".into(),
+                    source: e,
+                })?;
+            workers.push(Worker {
+                jobs: Some(jobs_tx),
+                done: done_rx,
+                thread: Some(thread),
+            });
+        }
+        Ok(ZstdPool {
+            workers,
+            sent: 0,
+            taken: 0,
+            spare: Vec::new(),
+        })
+    }
+
+    /// How many worker threads compress.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.sent - self.taken
+    }
+
+    fn submit(&mut self, job: Job) -> Result<(), Error> {
+        let w = &self.workers[self.sent % self.workers.len()];
+        w.jobs
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| Error::Internal {
+                what: "a compression thread is gone".into(),
+            })?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// The oldest result (waits for it).
+    fn take(&mut self) -> Result<Done, Error> {
+        let w = &self.workers[self.taken % self.workers.len()];
+        let done = w.done.recv().map_err(|_| Error::Internal {
+            what: "a compression thread died".into(),
+        })?;
+        self.taken += 1;
+        Ok(done)
+    }
+
+    /// Waits for and throws away every result not taken (a sink dropped mid-way).
+    fn discard_in_flight(&mut self) {
+        while self.in_flight() > 0 {
+            match self.take() {
+                Ok(done) => self.spare.push(done.job),
+                Err(_) => {
+                    // A worker is gone: forget the rest, the pool cannot be used any more.
+                    self.taken = self.sent;
+                    self.workers.clear();
+                }
+            }
+        }
+    }
+
+    /// Buffers for a job of `data`.
+    fn job(&mut self, addr: u64, data: &[u8]) -> Job {
+        let mut job = self.spare.pop().unwrap_or_else(|| Job {
+            addr: 0,
+            input: Vec::with_capacity(MAX_JOB_BYTES),
+            output: vec![0u8; MAX_JOB_BYTES],
+        });
+        job.addr = addr;
+        job.input.clear();
+        job.input.extend_from_slice(data);
+        job
+    }
+}
+
+impl Drop for ZstdPool {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.jobs = None; // the worker's loop ends
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Compresses `job.input` into `job.output`, a frame strictly shorter than the input or none.
+fn compress_job(cctx: &mut zstd::bulk::Compressor<'_>, job: Job) -> Done {
+    let len = job.input.len();
+    let mut job = job;
+    // Room for one byte less than the pages: a frame that does not fit is not worth storing
+    // (zstd says "destination buffer too small"), and the run is stored raw.
+    let room = len.saturating_sub(1).min(job.output.len());
+    let frame_len = cctx
+        .compress_to_buffer(&job.input[..], &mut job.output[..room])
+        .ok()
+        .filter(|&n| n > 0 && n < len);
+    let crc = match frame_len {
+        Some(n) => crc32c::crc32c(&job.output[..n]),
+        None => crc32c::crc32c(&job.input),
+    };
+    Done {
+        job,
+        frame_len,
+        crc,
+    }
+}
+
+/// A [`PageSink`] that stores each run as one zstd frame (or raw when that is not smaller),
+/// compressed by the workers of a [`ZstdPool`], appended to `out` in the order put.
+pub struct ZstdSink<'a, P: Payload> {
+    pool: &'a mut ZstdPool,
+    out: P,
+    runs: Vec<PageRun>,
+    /// Bytes of pages put, and bytes stored.
+    pages_bytes: u64,
+    stored_bytes: u64,
+}
+
+impl<'a, P: Payload> ZstdSink<'a, P> {
+    pub fn new(pool: &'a mut ZstdPool, out: P) -> Self {
+        ZstdSink {
+            pool,
+            out,
+            runs: Vec::new(),
+            pages_bytes: 0,
+            stored_bytes: 0,
+        }
+    }
+
+    /// The payload written so far (runs still compressing are not in it yet).
+    pub fn payload(&self) -> &P {
+        &self.out
+    }
+
+    /// Bytes of pages put so far, and bytes stored for those written.
+    pub fn sizes(&self) -> (u64, u64) {
+        (self.pages_bytes, self.stored_bytes)
+    }
+
+    /// Takes the oldest result and appends it to the payload (one write: one extent).
+    fn write_oldest(&mut self) -> Result<(), Error> {
+        let done = self.pool.take()?;
+        let offset = self.out.position();
+        let job = &done.job;
+        let npages = job.input.len() as u64 / PAGE_SIZE;
+        let result = match done.frame_len {
+            Some(n) => self.out.append(&job.output[..n]).map(|()| PageRun {
+                addr: job.addr,
+                npages,
+                offset,
+                stored_len: n as u64,
+                codec: RunCodec::Zstd,
+                crc: done.crc,
+                image: 0,
+            }),
+            None => self
+                .out
+                .append(&job.input)
+                .map(|()| PageRun::raw(job.addr, npages, offset, done.crc)),
+        };
+        self.pool.spare.push(done.job);
+        let run = result?;
+        self.stored_bytes += run.stored_len;
+        self.runs.push(run);
+        Ok(())
+    }
+}
+
+impl<P: Payload> PageSink for ZstdSink<'_, P> {
+    fn put(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        if data.is_empty()
+            || !(data.len() as u64).is_multiple_of(PAGE_SIZE)
+            || !addr.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(Error::Invalid(format!(
+                "page run of {} bytes at {addr:#x} is not whole pages",
+                data.len()
+            )));
+        }
+        if self.pool.workers.is_empty() {
+            return Err(Error::Internal {
+                what: "the compression threads are gone".into(),
+            });
+        }
+        for (i, piece) in data.chunks(MAX_JOB_BYTES).enumerate() {
+            let at = addr + (i * MAX_JOB_BYTES) as u64;
+            while self.pool.in_flight() >= IN_FLIGHT_PER_WORKER * self.pool.threads() {
+                self.write_oldest()?;
+            }
+            let job = self.pool.job(at, piece);
+            self.pool.submit(job)?;
+            self.pages_bytes += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<PageRun>, Error> {
+        while self.pool.in_flight() > 0 {
+            self.write_oldest()?;
+        }
+        Ok(std::mem::take(&mut self.runs))
+    }
+}
+
+impl<P: Payload> Drop for ZstdSink<'_, P> {
+    /// A sink given up on (an error) leaves no result in the pool for the next one.
+    fn drop(&mut self) {
+        self.pool.discard_in_flight();
+    }
+}
+
+/// Reads page runs back: the stored bytes read, CRC-checked and decoded.
+pub struct RunDecoder {
+    dctx: zstd::bulk::Decompressor<'static>,
+    /// The stored bytes of a run (at most [`MAX_JOB_BYTES`]).
+    stored: Vec<u8>,
+    /// Its pages, decoded.
+    pages: Vec<u8>,
+}
+
+impl RunDecoder {
+    pub fn new() -> Result<RunDecoder, Error> {
+        let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| Error::Io {
+            what: "creating a zstd decompressor".into(),
+            source: e,
+        })?;
+        // A frame asking for a window larger than a run is refused before any allocation.
+        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(22))
+            .map_err(|e| Error::Io {
+                what: "setting up a zstd decompressor".into(),
+                source: e,
+            })?;
+        Ok(RunDecoder {
+            dctx,
+            stored: Vec::new(),
+            pages: Vec::new(),
+        })
+    }
+
+    /// Reads the compressed run `run` from `reader`, checks the CRC of its stored bytes and
+    /// decodes them: returns the run's pages (exactly `run.npages * 4096` bytes).
+    pub fn read_zstd<R: RunReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        run: &PageRun,
+    ) -> Result<&[u8], Error> {
+        if run.codec != RunCodec::Zstd {
+            return Err(reader.bad_run(run, format!("stored as {:?}, not zstd", run.codec)));
+        }
+        if run.npages == 0 || run.npages > MAX_ZSTD_RUN_PAGES {
+            return Err(reader.bad_run(
+                run,
+                format!(
+                    "{} pages compressed as one frame (at most {MAX_ZSTD_RUN_PAGES})",
+                    run.npages
+                ),
+            ));
+        }
+        // Both buffers are bounded by MAX_ZSTD_RUN_PAGES pages.
+        let pages_len = (run.npages * PAGE_SIZE) as usize;
+        if run.stored_len == 0 || run.stored_len >= pages_len as u64 {
+            return Err(reader.bad_run(
+                run,
+                format!(
+                    "{} stored bytes for {} compressed pages",
+                    run.stored_len, run.npages
+                ),
+            ));
+        }
+        self.stored.resize(run.stored_len as usize, 0);
+        reader.read_bytes(run.offset, &mut self.stored)?;
+        if crc32c::crc32c(&self.stored) != run.crc {
+            return Err(reader.bad_crc(run));
+        }
+        self.decode(pages_len)
+            .map_err(|reason| reader.bad_run(run, reason))?;
+        Ok(&self.pages)
+    }
+
+    /// Decodes `self.stored`, which must be one zstd frame of exactly `len` bytes, into
+    /// `self.pages`; the error says what is wrong with the frame.
+    fn decode(&mut self, len: usize) -> Result<(), String> {
+        let frame = zstd::zstd_safe::find_frame_compressed_size(&self.stored).map_err(|code| {
+            format!(
+                "not a zstd frame ({})",
+                zstd::zstd_safe::get_error_name(code)
+            )
+        })?;
+        if frame != self.stored.len() {
+            return Err(format!(
+                "its {} stored bytes are not one zstd frame (the first one ends at {frame})",
+                self.stored.len()
+            ));
+        }
+        self.pages.resize(len, 0);
+        // The destination is exactly the run: a frame holding more does not fit and fails.
+        let n = self
+            .dctx
+            .decompress_to_buffer(&self.stored[..], &mut self.pages[..])
+            .map_err(|e| format!("its zstd frame does not decode to {len} bytes: {e}"))?;
+        if n != len {
+            return Err(format!(
+                "its zstd frame decodes to {n} bytes instead of {len}"
+            ));
+        }
+        Ok(())
+    }
+}
