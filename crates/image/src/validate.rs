@@ -444,6 +444,36 @@ mod tests {
         validate(&sample_process(), 8192).unwrap();
     }
 
+    /// A compressed run is shorter than its pages and at most MAX_ZSTD_RUN_PAGES long.
+    #[test]
+    fn compressed_runs_are_bounded() {
+        let mut p = sample_process();
+        // Room for 1024 pages of heap.
+        p.vmas[1].end = 0x900000;
+        p.vmas[2].start = 0x900000;
+        p.vmas[2].end = 0x902000;
+        let run = |npages: u64, stored_len: u64| crate::PageRun {
+            addr: 0x500000,
+            npages,
+            offset: 1,
+            stored_len,
+            codec: RunCodec::Zstd,
+            crc: 0,
+            image: 0,
+        };
+        p.page_runs = vec![run(MAX_ZSTD_RUN_PAGES, 1000)];
+        validate(&p, 8192).unwrap();
+        for (r, why) in [
+            (run(MAX_ZSTD_RUN_PAGES + 1, 1000), "too many pages"),
+            (run(1, 4096), "not smaller"),
+            (run(2, 0), "empty"),
+            (run(3, 8192), "past the pages file"),
+        ] {
+            p.page_runs = vec![r];
+            assert!(validate(&p, 8192).is_err(), "{why}");
+        }
+    }
+
     /// Many POSIX locks through many fds are checked in linear time (a scan of the fd table
     /// per lock took 10^10 steps here; found reading the checks the fuzzers run).
     #[test]

@@ -452,3 +452,389 @@ impl RunDecoder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fill::{EagerFill, PageFill};
+    use super::*;
+    use stasis_image::{ImageDir, ImageKey, RawReader, RawWriter, RecordKind};
+
+    const PG: usize = PAGE_SIZE as usize;
+
+    /// A pages payload in memory.
+    struct InMemory(Vec<u8>);
+
+    impl RunReader for InMemory {
+        fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+
+        fn bad_crc(&self, _run: &PageRun) -> Error {
+            Error::Invalid("bad crc".into())
+        }
+    }
+
+    /// A reader that must not be read.
+    struct Unread;
+
+    impl RunReader for Unread {
+        fn read_bytes(&self, _: u64, _: &mut [u8]) -> Result<(), Error> {
+            panic!("read of a run that should have been refused first")
+        }
+
+        fn bad_crc(&self, _run: &PageRun) -> Error {
+            Error::Invalid("bad crc".into())
+        }
+    }
+
+    /// Pseudo-random bytes (incompressible).
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Heap-like data: text records with numbers, compressible.
+    fn heapish(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 64);
+        let mut i = seed;
+        while v.len() < n {
+            v.extend_from_slice(format!("key-{i}:value-{}|", i * 7919 % 10007).as_bytes());
+            i += 1;
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn pool(threads: usize) -> ZstdPool {
+        ZstdPool::new(Compression {
+            level: DEFAULT_LEVEL,
+            threads,
+        })
+        .unwrap()
+    }
+
+    /// Decodes every run of `payload` back, raw or compressed.
+    fn decode_all(runs: &[PageRun], payload: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let reader = InMemory(payload.to_vec());
+        let mut d = RunDecoder::new().unwrap();
+        runs.iter()
+            .map(|r| {
+                let bytes = match r.codec {
+                    RunCodec::Zstd => d.read_zstd(&reader, r).unwrap().to_vec(),
+                    RunCodec::Raw => {
+                        let at = r.offset as usize;
+                        payload[at..at + r.stored_len as usize].to_vec()
+                    }
+                };
+                (r.addr, bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_round_trip_in_order_and_incompressible_ones_stay_raw() {
+        let mut pool = pool(2);
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        // Many runs of different sizes and kinds, more than the pool holds in flight.
+        let mut put = Vec::new();
+        for i in 0..40u64 {
+            let npages = 1 + (i as usize * 37) % 512;
+            let data = match i % 3 {
+                0 => random(npages * PG, i + 1),
+                1 => heapish(npages * PG, i),
+                _ => {
+                    let mut d = heapish(npages * PG, i);
+                    let half = d.len() / 2;
+                    d[..half].copy_from_slice(&random(half, i + 100));
+                    d
+                }
+            };
+            let addr = 0x7f00_0000_0000 + i * (1 << 21);
+            sink.put(addr, &data).unwrap();
+            put.push((addr, data));
+        }
+        let runs = sink.finish().unwrap();
+        let payload = sink.payload().clone();
+        drop(sink);
+        assert_eq!(runs.len(), 40);
+        // Offsets follow each other in the order put; CRCs cover the stored bytes.
+        let mut at = 0;
+        for (r, (addr, data)) in runs.iter().zip(&put) {
+            assert_eq!((r.addr, r.npages), (*addr, (data.len() / PG) as u64));
+            assert_eq!(r.offset, at);
+            at += r.stored_len;
+            let stored = &payload[r.offset as usize..(r.offset + r.stored_len) as usize];
+            assert_eq!(crc32c::crc32c(stored), r.crc);
+            assert_eq!(r.image, 0);
+            match r.codec {
+                RunCodec::Zstd => assert!(r.stored_len < r.npages * PAGE_SIZE),
+                RunCodec::Raw => assert_eq!(stored, &data[..]),
+            }
+        }
+        assert_eq!(at, payload.len() as u64);
+        for (i, r) in runs.iter().enumerate() {
+            let want = if i % 3 == 0 {
+                RunCodec::Raw
+            } else {
+                RunCodec::Zstd
+            };
+            assert_eq!(r.codec, want, "run {i}");
+        }
+        assert_eq!(decode_all(&runs, &payload), put);
+        // The pool serves the next process's sink.
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        sink.put(0x1000, &heapish(3 * PG, 5)).unwrap();
+        let runs = sink.finish().unwrap();
+        assert_eq!(runs[0].offset, 0);
+        assert_eq!(
+            decode_all(&runs, sink.payload()),
+            vec![(0x1000, heapish(3 * PG, 5))]
+        );
+    }
+
+    #[test]
+    fn a_sink_given_up_leaves_nothing_behind() {
+        let mut pool = pool(1);
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        sink.put(0x1000, &heapish(PG, 1)).unwrap();
+        sink.put(0x3000, &heapish(PG, 2)).unwrap();
+        drop(sink); // an error in the dump: no finish
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        sink.put(0x9000, &heapish(2 * PG, 3)).unwrap();
+        let runs = sink.finish().unwrap();
+        assert_eq!(
+            decode_all(&runs, sink.payload()),
+            vec![(0x9000, heapish(2 * PG, 3))]
+        );
+    }
+
+    #[test]
+    fn refuses_partial_pages_and_bad_levels() {
+        let mut pool = pool(1);
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        assert!(sink.put(0x1000, &[1u8; 100]).is_err());
+        assert!(sink.put(0x1001, &[1u8; PG]).is_err());
+        assert!(sink.put(0x1000, &[]).is_err());
+        assert!(sink.finish().unwrap().is_empty());
+        for level in [0, 20, 22, -8, i32::MIN] {
+            let c = Compression { level, threads: 1 };
+            assert!(c.check().is_err(), "{level}");
+            assert!(ZstdPool::new(c).is_err(), "{level}");
+        }
+        for level in [-7, -1, 1, 3, 19] {
+            Compression { level, threads: 1 }.check().unwrap();
+        }
+    }
+
+    /// One compressed run of `npages` pages of heap-like data, with its payload.
+    fn one_run(npages: usize) -> (PageRun, Vec<u8>, Vec<u8>) {
+        let data = heapish(npages * PG, 9);
+        let mut pool = pool(1);
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        sink.put(0x10000, &data).unwrap();
+        let runs = sink.finish().unwrap();
+        assert_eq!(runs[0].codec, RunCodec::Zstd);
+        let payload = sink.payload().clone();
+        (runs[0], payload, data)
+    }
+
+    fn error_of(run: &PageRun, payload: Vec<u8>) -> String {
+        let mut d = RunDecoder::new().unwrap();
+        d.read_zstd(&InMemory(payload), run)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn crc_mismatch_is_refused_before_decoding() {
+        let (run, payload, _) = one_run(4);
+        let bad = PageRun {
+            crc: run.crc ^ 1,
+            ..run
+        };
+        assert_eq!(error_of(&bad, payload.clone()), "bad crc");
+        // A changed byte without its CRC fixed up: the same.
+        let mut changed = payload;
+        changed[run.stored_len as usize / 2] ^= 0x40;
+        assert_eq!(error_of(&run, changed), "bad crc");
+    }
+
+    #[test]
+    fn corrupt_frames_are_refused() {
+        let (run, payload, _) = one_run(4);
+        // Changed bytes whose CRC was fixed up: zstd must notice (or the length check does).
+        for at in [
+            0usize,
+            4,
+            run.stored_len as usize / 2,
+            run.stored_len as usize - 1,
+        ] {
+            let mut p = payload.clone();
+            p[at] ^= 0xff;
+            let fixed = PageRun {
+                crc: crc32c::crc32c(&p[..run.stored_len as usize]),
+                ..run
+            };
+            let mut d = RunDecoder::new().unwrap();
+            match d.read_zstd(&InMemory(p), &fixed) {
+                Err(e) => assert!(e.to_string().contains("0x10000"), "{e}"),
+                // A byte of a literal may change without breaking the frame: then the
+                // pages differ, which only the CRC of the stored bytes can tell.
+                Ok(pages) => assert_ne!(pages, &heapish(4 * PG, 9)[..], "byte {at}"),
+            }
+        }
+        // Not zstd at all.
+        let junk = vec![0x55u8; 100];
+        let run_junk = PageRun {
+            stored_len: 100,
+            crc: crc32c::crc32c(&junk),
+            offset: 0,
+            ..run
+        };
+        let e = error_of(&run_junk, junk);
+        assert!(e.contains("not a zstd frame"), "{e}");
+        // Two frames one after the other.
+        let frame = payload[..run.stored_len as usize].to_vec();
+        let two = [frame.clone(), frame].concat();
+        let run_two = PageRun {
+            stored_len: two.len() as u64,
+            crc: crc32c::crc32c(&two),
+            npages: 8,
+            ..run
+        };
+        let e = error_of(&run_two, two);
+        assert!(e.contains("not one zstd frame"), "{e}");
+        // Truncated.
+        let cut = PageRun {
+            stored_len: run.stored_len - 1,
+            crc: crc32c::crc32c(&payload[..run.stored_len as usize - 1]),
+            ..run
+        };
+        assert!(error_of(&cut, payload).contains("0x10000"));
+    }
+
+    #[test]
+    fn frames_must_decode_to_exactly_the_run() {
+        let (run, payload, _) = one_run(4);
+        let longer = PageRun { npages: 5, ..run };
+        let e = error_of(&longer, payload.clone());
+        assert!(e.contains("decode"), "{e}");
+        let shorter = PageRun { npages: 3, ..run };
+        let e = error_of(&shorter, payload);
+        assert!(e.contains("decode"), "{e}");
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_any_read() {
+        let (run, _, _) = one_run(4);
+        let mut d = RunDecoder::new().unwrap();
+        for bad in [
+            PageRun {
+                npages: MAX_ZSTD_RUN_PAGES + 1,
+                ..run
+            },
+            PageRun {
+                npages: u64::MAX,
+                ..run
+            },
+            PageRun { npages: 0, ..run },
+            PageRun {
+                stored_len: 4 * PAGE_SIZE,
+                ..run
+            },
+            PageRun {
+                stored_len: 0,
+                ..run
+            },
+            PageRun {
+                codec: RunCodec::Raw,
+                ..run
+            },
+        ] {
+            assert!(d.read_zstd(&Unread, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Compressed runs of an authenticated image are filled into this very process; a run
+    /// changed after the dump (CRC fixed up or not) is refused and not written.
+    #[test]
+    fn authenticated_compressed_runs_fill_and_changed_ones_are_refused() {
+        let d = std::env::temp_dir().join(format!("stasis-zstd-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = ImageKey::from_secret(&[7; 32]);
+        let mut target = vec![0u8; 12 * PG];
+        let base = (target.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let skip = (base - target.as_ptr() as u64) as usize;
+        let a = heapish(4 * PG, 1);
+        let b = random(2 * PG, 3);
+        let c = heapish(3 * PG, 2);
+        let runs = {
+            let dir = ImageDir::open(&d).unwrap();
+            dir.seal(&key).unwrap();
+            let mut w = RawWriter::create(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+            let mut pool = pool(2);
+            let mut sink = ZstdSink::new(&mut pool, &mut w);
+            sink.put(base, &a).unwrap();
+            sink.put(base + 5 * PAGE_SIZE, &b).unwrap();
+            sink.put(base + 8 * PAGE_SIZE, &c).unwrap();
+            let runs = sink.finish().unwrap();
+            drop(sink);
+            w.finish().unwrap();
+            stasis_image::write_record_atomic(
+                &dir,
+                stasis_image::names::INVENTORY,
+                RecordKind::Inventory,
+                &1u8,
+            )
+            .unwrap();
+            runs
+        };
+        let codecs: Vec<RunCodec> = runs.iter().map(|r| r.codec).collect();
+        assert_eq!(codecs, [RunCodec::Zstd, RunCodec::Raw, RunCodec::Zstd]);
+        let me = stasis_sys::process::getpid();
+        {
+            let dir = ImageDir::open(&d).unwrap();
+            assert!(dir.authenticate(&key).unwrap());
+            let pages = RawReader::open(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+            EagerFill::new(&pages).fill(me, &runs).unwrap();
+            let now = std::hint::black_box(&target[skip..]);
+            assert!(now[..4 * PG] == a[..]);
+            assert!(now[5 * PG..7 * PG] == b[..]);
+            assert!(now[8 * PG..11 * PG] == c[..]);
+        }
+        target[skip..skip + 11 * PG].fill(0);
+        // A byte of the last run changed.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("pages-1.img"))
+            .unwrap();
+        let at = stasis_image::RAW_DATA_OFFSET + runs[2].offset + runs[2].stored_len / 2;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a], at).unwrap();
+        let dir = ImageDir::open(&d).unwrap();
+        assert!(dir.authenticate(&key).unwrap());
+        let pages = RawReader::open(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+        let err = EagerFill::new(&pages)
+            .fill(me, &runs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not authenticated"), "{err}");
+        let now = std::hint::black_box(&target[skip..]);
+        assert!(now[..4 * PG] == a[..], "the runs before it are written");
+        assert!(
+            now[8 * PG..11 * PG].iter().all(|&x| x == 0),
+            "bytes of the changed run were written"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
