@@ -12,7 +12,8 @@
 //! one write of the payload, so that in an authenticated image every run is one extent with
 //! its own MAC (see [`stasis_image::auth`]). A run that zstd does not make smaller is stored
 //! raw ([`RunCodec::Raw`]): a [`RunCodec::Zstd`] run is always shorter than its pages, as the
-//! validator requires. The memory held is bounded: at most two runs in flight per worker, each
+//! validator requires, and a raw run starts on a page boundary of the payload as for
+//! uncompressed images (zeros pad the payload up to it). The memory held is bounded: at most two runs in flight per worker, each
 //! with a 2 MiB input and output buffer, recycled from run to run.
 //!
 //! # Restore side
@@ -32,6 +33,9 @@ use std::thread::JoinHandle;
 
 /// The longest run a [`ZstdSink`] takes, in bytes (longer ones are split).
 const MAX_JOB_BYTES: usize = (MAX_ZSTD_RUN_PAGES * PAGE_SIZE) as usize;
+
+/// Padding before a raw run.
+static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 /// Runs in flight per worker: one being compressed, one waiting.
 const IN_FLIGHT_PER_WORKER: usize = 2;
@@ -286,6 +290,18 @@ impl<'a, P: Payload> ZstdSink<'a, P> {
     /// Takes the oldest result and appends it to the payload (one write: one extent).
     fn write_oldest(&mut self) -> Result<(), Error> {
         let done = self.pool.take()?;
+        if done.frame_len.is_none() {
+            // Raw runs start on a page of the payload (the validator requires it, so that
+            // they can be mapped from the file): zeros up to there, an extent of their own.
+            let pad = (PAGE_SIZE - self.out.position() % PAGE_SIZE) % PAGE_SIZE;
+            if pad > 0 {
+                if let Err(e) = self.out.append(&ZEROS[..pad as usize]) {
+                    self.pool.spare.push(done.job);
+                    return Err(e);
+                }
+                self.stored_bytes += pad;
+            }
+        }
         let offset = self.out.position();
         let job = &done.job;
         let npages = job.input.len() as u64 / PAGE_SIZE;
@@ -566,10 +582,16 @@ mod tests {
         let payload = sink.payload().clone();
         drop(sink);
         assert_eq!(runs.len(), 40);
-        // Offsets follow each other in the order put; CRCs cover the stored bytes.
-        let mut at = 0;
+        // Offsets follow each other in the order put (raw runs on a page boundary, after
+        // zeros); CRCs cover the stored bytes.
+        let mut at = 0u64;
         for (r, (addr, data)) in runs.iter().zip(&put) {
             assert_eq!((r.addr, r.npages), (*addr, (data.len() / PG) as u64));
+            if r.codec == RunCodec::Raw {
+                let aligned = at.next_multiple_of(PAGE_SIZE);
+                assert!(payload[at as usize..aligned as usize].iter().all(|&b| b == 0));
+                at = aligned;
+            }
             assert_eq!(r.offset, at);
             at += r.stored_len;
             let stored = &payload[r.offset as usize..(r.offset + r.stored_len) as usize];
