@@ -589,7 +589,9 @@ mod tests {
             assert_eq!((r.addr, r.npages), (*addr, (data.len() / PG) as u64));
             if r.codec == RunCodec::Raw {
                 let aligned = at.next_multiple_of(PAGE_SIZE);
-                assert!(payload[at as usize..aligned as usize].iter().all(|&b| b == 0));
+                assert!(payload[at as usize..aligned as usize]
+                    .iter()
+                    .all(|&b| b == 0));
                 at = aligned;
             }
             assert_eq!(r.offset, at);
