@@ -862,3 +862,74 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Figures for the README: `STASIS_MEASURE_PAGES=FILE[,FILE...] cargo test --release -p
+/// stasis-engine measure_compression -- --ignored --nocapture`, each FILE the pages file of an
+/// uncompressed dump (zero pages already cut, as the sink sees them).
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "a measurement, not a test: see the module doc"]
+    fn measure_compression() {
+        let Ok(files) = std::env::var("STASIS_MEASURE_PAGES") else {
+            eprintln!("STASIS_MEASURE_PAGES is not set");
+            return;
+        };
+        for f in files.split(',') {
+            let all = std::fs::read(f).unwrap();
+            let data = &all[stasis_image::RAW_DATA_OFFSET as usize..];
+            let mb = data.len() as f64 / 1e6;
+            println!("{f}: {mb:.0} MB of non-zero pages");
+            for level in [-7, -5, -3, -1, 1, 2, 3] {
+                let mut c = zstd::bulk::Compressor::new(level).unwrap();
+                let mut d = zstd::bulk::Decompressor::new().unwrap();
+                let mut out = vec![0u8; MAX_JOB_BYTES + 1024];
+                let mut back = vec![0u8; MAX_JOB_BYTES];
+                let (mut stored, mut tc, mut td) = (0usize, 0f64, 0f64);
+                for chunk in data.chunks(MAX_JOB_BYTES) {
+                    let t = Instant::now();
+                    let n = c.compress_to_buffer(chunk, &mut out[..]).unwrap();
+                    tc += t.elapsed().as_secs_f64();
+                    if n < chunk.len() {
+                        let t = Instant::now();
+                        let m = d
+                            .decompress_to_buffer(&out[..n], &mut back[..chunk.len()])
+                            .unwrap();
+                        td += t.elapsed().as_secs_f64();
+                        assert_eq!(m, chunk.len());
+                        stored += n;
+                    } else {
+                        stored += chunk.len();
+                    }
+                }
+                println!(
+                    "  level {level:>3}: ratio {:.2}, compress {:.0} MB/s, decompress {:.0} MB/s (one core)",
+                    data.len() as f64 / stored as f64,
+                    mb / tc,
+                    mb / td
+                );
+            }
+            for threads in [1, 2] {
+                let mut pool = ZstdPool::new(Compression {
+                    level: DEFAULT_LEVEL,
+                    threads,
+                })
+                .unwrap();
+                let t = Instant::now();
+                let mut sink = ZstdSink::new(&mut pool, Vec::with_capacity(data.len()));
+                for (i, chunk) in data.chunks(MAX_JOB_BYTES).enumerate() {
+                    sink.put((i * MAX_JOB_BYTES) as u64, chunk).unwrap();
+                }
+                sink.finish().unwrap();
+                let e = t.elapsed().as_secs_f64();
+                println!(
+                    "  ZstdSink, level 1, {threads} thread(s): {:.0} MB/s wall clock",
+                    mb / e
+                );
+            }
+        }
+    }
+}
