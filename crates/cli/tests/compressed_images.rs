@@ -113,7 +113,9 @@ signal.sigwait([signal.SIGUSR1])
 print("OK" if digest() == before else "BAD", flush=True)
 "#;
 
-/// Starts the program in `dir` (log: `dir/py.log`) and waits until it is ready.
+/// Starts the program in `dir` (log: `dir/py.log`) and waits until it is ready. It is reaped
+/// by pid ([`wait_pid`]), as are its restored copies, which have the same pid.
+#[allow(clippy::zombie_processes)]
 fn spawn_python(dir: &Path, entries: u32) -> (i32, PathBuf) {
     let log = dir.join("py.log");
     let mut cmd = Command::new("python3");
