@@ -659,6 +659,25 @@ mod tests {
         }
     }
 
+    /// Frames of every accepted level, the slowest included, decode with the decoder's
+    /// bounded window.
+    #[test]
+    fn every_level_decodes() {
+        let data = heapish(MAX_JOB_BYTES / 2, 4);
+        for level in [*LEVELS.start(), -1, DEFAULT_LEVEL, 3, *LEVELS.end()] {
+            let mut pool = ZstdPool::new(Compression { level, threads: 1 }).unwrap();
+            let mut sink = ZstdSink::new(&mut pool, Vec::new());
+            sink.put(0x200000, &data).unwrap();
+            let runs = sink.finish().unwrap();
+            assert_eq!(runs[0].codec, RunCodec::Zstd, "level {level}");
+            assert_eq!(
+                decode_all(&runs, sink.payload()),
+                vec![(0x200000, data.clone())],
+                "level {level}"
+            );
+        }
+    }
+
     /// One compressed run of `npages` pages of heap-like data, with its payload.
     fn one_run(npages: usize) -> (PageRun, Vec<u8>, Vec<u8>) {
         let data = heapish(npages * PG, 9);
