@@ -97,18 +97,141 @@ struct Done {
     crc: u32,
 }
 
-struct Worker {
-    jobs: Option<mpsc::Sender<Job>>,
-    done: mpsc::Receiver<Done>,
+/// Threads that each run `work` on the jobs given to them; results come back in the order the
+/// jobs were given (job `n` goes to thread `n % threads`, and each answers in order).
+struct Workers<J, D> {
+    threads: Vec<WorkerThread<J, D>>,
+    /// Jobs handed out, and results taken back.
+    sent: usize,
+    taken: usize,
+    /// What the workers do, in messages ("compression", "decompression").
+    what: &'static str,
+}
+
+struct WorkerThread<J, D> {
+    jobs: Option<mpsc::Sender<J>>,
+    done: mpsc::Receiver<D>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl<J: Send + 'static, D: Send + 'static> Workers<J, D> {
+    /// One thread per state of `states`, each running `work(&mut its state, job)`.
+    fn start<S: Send + 'static>(
+        what: &'static str,
+        states: Vec<S>,
+        work: fn(&mut S, J) -> D,
+    ) -> Result<Self, Error> {
+        let mut threads = Vec::with_capacity(states.len());
+        for (i, mut state) in states.into_iter().enumerate() {
+            let (jobs_tx, jobs_rx) = mpsc::channel::<J>();
+            let (done_tx, done_rx) = mpsc::channel::<D>();
+            let thread = std::thread::Builder::new()
+                .name(format!("stasis-zstd-{i}"))
+                .spawn(move || {
+                    for job in jobs_rx {
+                        if done_tx.send(work(&mut state, job)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Io {
+                    what: format!("starting a {what} thread"),
+                    source: e,
+                })?;
+            threads.push(WorkerThread {
+                jobs: Some(jobs_tx),
+                done: done_rx,
+                thread: Some(thread),
+            });
+        }
+        Ok(Workers {
+            threads,
+            sent: 0,
+            taken: 0,
+            what,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.sent - self.taken
+    }
+
+    fn submit(&mut self, job: J) -> Result<(), Error> {
+        let gone = || Error::Internal {
+            what: format!("a {} thread is gone", self.what),
+        };
+        let w = self
+            .threads
+            .get(self.sent % self.threads.len().max(1))
+            .ok_or_else(gone)?;
+        w.jobs
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(gone)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// The oldest result (waits for it).
+    fn take(&mut self) -> Result<D, Error> {
+        let died = || Error::Internal {
+            what: format!("a {} thread died", self.what),
+        };
+        let w = self
+            .threads
+            .get(self.taken % self.threads.len().max(1))
+            .ok_or_else(died)?;
+        let done = w.done.recv().map_err(|_| died())?;
+        self.taken += 1;
+        Ok(done)
+    }
+
+    /// Waits for every result not taken and hands each to `keep` (an error on the way: the
+    /// results are not needed). A worker that died leaves no worker to use.
+    fn drain(&mut self, mut keep: impl FnMut(D)) {
+        while self.in_flight() > 0 {
+            match self.take() {
+                Ok(done) => keep(done),
+                Err(_) => {
+                    self.taken = self.sent;
+                    self.threads.clear();
+                }
+            }
+        }
+    }
+}
+
+impl<J, D> Drop for Workers<J, D> {
+    fn drop(&mut self) {
+        for w in &mut self.threads {
+            w.jobs = None; // the worker's loop ends
+        }
+        for w in &mut self.threads {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// How many threads: `n`, or with 0 one per CPU this process may run on (at most 8).
+fn thread_count(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8),
+        n => n.min(64),
+    }
 }
 
 /// Worker threads that compress page runs, shared by the sinks of one dump (one per process).
 pub struct ZstdPool {
-    workers: Vec<Worker>,
-    /// Jobs handed out, and results taken back: job `n` went to worker `n % workers.len()`.
-    sent: usize,
-    taken: usize,
+    workers: Workers<Job, Done>,
     /// Buffers of finished jobs, for the next ones.
     spare: Vec<Job>,
 }
@@ -117,46 +240,16 @@ impl ZstdPool {
     /// Starts the workers.
     pub fn new(c: Compression) -> Result<ZstdPool, Error> {
         c.check()?;
-        let n = match c.threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(8),
-            n => n.min(64),
-        };
-        let mut workers = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut cctxs = Vec::new();
+        for _ in 0..thread_count(c.threads) {
             // Created here, so that a level zstd refuses is an error of the dump.
-            let mut cctx = zstd::bulk::Compressor::new(c.level).map_err(|e| Error::Io {
+            cctxs.push(zstd::bulk::Compressor::new(c.level).map_err(|e| Error::Io {
                 what: format!("creating a zstd compressor of level {}", c.level),
                 source: e,
-            })?;
-            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-            let (done_tx, done_rx) = mpsc::channel::<Done>();
-            let thread = std::thread::Builder::new()
-                .name(format!("stasis-zstd-{i}"))
-                .spawn(move || {
-                    for job in jobs_rx {
-                        let done = compress_job(&mut cctx, job);
-                        if done_tx.send(done).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| Error::Io {
-                    what: "starting a compression thread".into(),
-                    source: e,
-                })?;
-            workers.push(Worker {
-                jobs: Some(jobs_tx),
-                done: done_rx,
-                thread: Some(thread),
-            });
+            })?);
         }
         Ok(ZstdPool {
-            workers,
-            sent: 0,
-            taken: 0,
+            workers: Workers::start("compression", cctxs, compress_job)?,
             spare: Vec::new(),
         })
     }
@@ -166,44 +259,10 @@ impl ZstdPool {
         self.workers.len()
     }
 
-    fn in_flight(&self) -> usize {
-        self.sent - self.taken
-    }
-
-    fn submit(&mut self, job: Job) -> Result<(), Error> {
-        let w = &self.workers[self.sent % self.workers.len()];
-        w.jobs
-            .as_ref()
-            .and_then(|tx| tx.send(job).ok())
-            .ok_or_else(|| Error::Internal {
-                what: "a compression thread is gone".into(),
-            })?;
-        self.sent += 1;
-        Ok(())
-    }
-
-    /// The oldest result (waits for it).
-    fn take(&mut self) -> Result<Done, Error> {
-        let w = &self.workers[self.taken % self.workers.len()];
-        let done = w.done.recv().map_err(|_| Error::Internal {
-            what: "a compression thread died".into(),
-        })?;
-        self.taken += 1;
-        Ok(done)
-    }
-
     /// Waits for and throws away every result not taken (a sink dropped mid-way).
     fn discard_in_flight(&mut self) {
-        while self.in_flight() > 0 {
-            match self.take() {
-                Ok(done) => self.spare.push(done.job),
-                Err(_) => {
-                    // A worker is gone: forget the rest, the pool cannot be used any more.
-                    self.taken = self.sent;
-                    self.workers.clear();
-                }
-            }
-        }
+        let spare = &mut self.spare;
+        self.workers.drain(|done| spare.push(done.job));
     }
 
     /// Buffers for a job of `data`.
@@ -220,21 +279,8 @@ impl ZstdPool {
     }
 }
 
-impl Drop for ZstdPool {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            w.jobs = None; // the worker's loop ends
-        }
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
 /// Compresses `job.input` into `job.output`, a frame strictly shorter than the input or none.
-fn compress_job(cctx: &mut zstd::bulk::Compressor<'_>, job: Job) -> Done {
+fn compress_job(cctx: &mut zstd::bulk::Compressor<'static>, job: Job) -> Done {
     let len = job.input.len();
     let mut job = job;
     // Room for one byte less than the pages: a frame that does not fit is not worth storing
@@ -289,7 +335,7 @@ impl<'a, P: Payload> ZstdSink<'a, P> {
 
     /// Takes the oldest result and appends it to the payload (one write: one extent).
     fn write_oldest(&mut self) -> Result<(), Error> {
-        let done = self.pool.take()?;
+        let done = self.pool.workers.take()?;
         if done.frame_len.is_none() {
             // Raw runs start on a page of the payload (the validator requires it, so that
             // they can be mapped from the file): zeros up to there, an extent of their own.
@@ -339,25 +385,25 @@ impl<P: Payload> PageSink for ZstdSink<'_, P> {
                 data.len()
             )));
         }
-        if self.pool.workers.is_empty() {
+        if self.pool.workers.len() == 0 {
             return Err(Error::Internal {
                 what: "the compression threads are gone".into(),
             });
         }
         for (i, piece) in data.chunks(MAX_JOB_BYTES).enumerate() {
             let at = addr + (i * MAX_JOB_BYTES) as u64;
-            while self.pool.in_flight() >= IN_FLIGHT_PER_WORKER * self.pool.threads() {
+            while self.pool.workers.in_flight() >= IN_FLIGHT_PER_WORKER * self.pool.threads() {
                 self.write_oldest()?;
             }
             let job = self.pool.job(at, piece);
-            self.pool.submit(job)?;
+            self.pool.workers.submit(job)?;
             self.pages_bytes += piece.len() as u64;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<Vec<PageRun>, Error> {
-        while self.pool.in_flight() > 0 {
+        while self.pool.workers.in_flight() > 0 {
             self.write_oldest()?;
         }
         Ok(std::mem::take(&mut self.runs))
@@ -378,24 +424,121 @@ pub struct RunDecoder {
     stored: Vec<u8>,
     /// Its pages, decoded.
     pages: Vec<u8>,
+    /// For [`RunDecoder::fill_runs`]: threads that decode runs (started at the first batch),
+    /// and the buffers of finished jobs.
+    workers: Option<Workers<DecodeJob, DecodeJob>>,
+    spare: Vec<DecodeJob>,
+}
+
+/// A run to decode on a worker thread, with its buffers; handed back with the result.
+struct DecodeJob {
+    run: PageRun,
+    stored: Vec<u8>,
+    /// [`MAX_JOB_BYTES`] long; the run's pages at its start.
+    pages: Vec<u8>,
+    result: Result<(), String>,
+}
+
+/// A zstd decompressor whose window is bounded: a frame asking for a larger window than a run
+/// needs is refused before any allocation.
+fn decompressor() -> Result<zstd::bulk::Decompressor<'static>, Error> {
+    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| Error::Io {
+        what: "creating a zstd decompressor".into(),
+        source: e,
+    })?;
+    dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(22))
+        .map_err(|e| Error::Io {
+            what: "setting up a zstd decompressor".into(),
+            source: e,
+        })?;
+    Ok(dctx)
+}
+
+/// Decodes `stored`, which must be one zstd frame of exactly `out.len()` bytes, into `out`;
+/// the error says what is wrong with the frame.
+fn decode_frame(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
+    let len = out.len();
+    let frame = zstd::zstd_safe::find_frame_compressed_size(stored).map_err(|code| {
+        format!(
+            "not a zstd frame ({})",
+            zstd::zstd_safe::get_error_name(code)
+        )
+    })?;
+    if frame != stored.len() {
+        return Err(format!(
+            "its {} stored bytes are not one zstd frame (the first one ends at {frame})",
+            stored.len()
+        ));
+    }
+    // The destination is exactly the run: a frame holding more does not fit and fails.
+    let n = dctx
+        .decompress_to_buffer(stored, out)
+        .map_err(|e| format!("its zstd frame does not decode to {len} bytes: {e}"))?;
+    if n != len {
+        return Err(format!(
+            "its zstd frame decodes to {n} bytes instead of {len}"
+        ));
+    }
+    Ok(())
+}
+
+fn decode_job(dctx: &mut zstd::bulk::Decompressor<'static>, mut job: DecodeJob) -> DecodeJob {
+    let len = (job.run.npages * PAGE_SIZE) as usize; // checked by read_checked
+    job.result = decode_frame(dctx, &job.stored, &mut job.pages[..len]);
+    job
+}
+
+/// Checks that `run` is a compressed run of sane lengths, reads its stored bytes from
+/// `reader` into `stored` and checks their CRC. Returns the length of its pages (at most
+/// [`MAX_JOB_BYTES`]).
+fn read_checked<R: RunReader + ?Sized>(
+    reader: &R,
+    run: &PageRun,
+    stored: &mut Vec<u8>,
+) -> Result<usize, Error> {
+    if run.codec != RunCodec::Zstd {
+        return Err(reader.bad_run(run, format!("stored as {:?}, not zstd", run.codec)));
+    }
+    if run.npages == 0 || run.npages > MAX_ZSTD_RUN_PAGES {
+        return Err(reader.bad_run(
+            run,
+            format!(
+                "{} pages compressed as one frame (at most {MAX_ZSTD_RUN_PAGES})",
+                run.npages
+            ),
+        ));
+    }
+    // Both buffers are bounded by MAX_ZSTD_RUN_PAGES pages.
+    let pages_len = (run.npages * PAGE_SIZE) as usize;
+    if run.stored_len == 0 || run.stored_len >= pages_len as u64 {
+        return Err(reader.bad_run(
+            run,
+            format!(
+                "{} stored bytes for {} compressed pages",
+                run.stored_len, run.npages
+            ),
+        ));
+    }
+    stored.resize(run.stored_len as usize, 0);
+    reader.read_bytes(run.offset, stored)?;
+    if crc32c::crc32c(stored) != run.crc {
+        return Err(reader.bad_crc(run));
+    }
+    Ok(pages_len)
 }
 
 impl RunDecoder {
     pub fn new() -> Result<RunDecoder, Error> {
-        let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| Error::Io {
-            what: "creating a zstd decompressor".into(),
-            source: e,
-        })?;
-        // A frame asking for a window larger than a run is refused before any allocation.
-        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(22))
-            .map_err(|e| Error::Io {
-                what: "setting up a zstd decompressor".into(),
-                source: e,
-            })?;
         Ok(RunDecoder {
-            dctx,
+            dctx: decompressor()?,
             stored: Vec::new(),
             pages: Vec::new(),
+            workers: None,
+            spare: Vec::new(),
         })
     }
 
@@ -406,64 +549,92 @@ impl RunDecoder {
         reader: &R,
         run: &PageRun,
     ) -> Result<&[u8], Error> {
-        if run.codec != RunCodec::Zstd {
-            return Err(reader.bad_run(run, format!("stored as {:?}, not zstd", run.codec)));
-        }
-        if run.npages == 0 || run.npages > MAX_ZSTD_RUN_PAGES {
-            return Err(reader.bad_run(
-                run,
-                format!(
-                    "{} pages compressed as one frame (at most {MAX_ZSTD_RUN_PAGES})",
-                    run.npages
-                ),
-            ));
-        }
-        // Both buffers are bounded by MAX_ZSTD_RUN_PAGES pages.
-        let pages_len = (run.npages * PAGE_SIZE) as usize;
-        if run.stored_len == 0 || run.stored_len >= pages_len as u64 {
-            return Err(reader.bad_run(
-                run,
-                format!(
-                    "{} stored bytes for {} compressed pages",
-                    run.stored_len, run.npages
-                ),
-            ));
-        }
-        self.stored.resize(run.stored_len as usize, 0);
-        reader.read_bytes(run.offset, &mut self.stored)?;
-        if crc32c::crc32c(&self.stored) != run.crc {
-            return Err(reader.bad_crc(run));
-        }
-        self.decode(pages_len)
+        let len = read_checked(reader, run, &mut self.stored)?;
+        self.pages.resize(len, 0);
+        decode_frame(&mut self.dctx, &self.stored, &mut self.pages)
             .map_err(|reason| reader.bad_run(run, reason))?;
         Ok(&self.pages)
     }
 
-    /// Decodes `self.stored`, which must be one zstd frame of exactly `len` bytes, into
-    /// `self.pages`; the error says what is wrong with the frame.
-    fn decode(&mut self, len: usize) -> Result<(), String> {
-        let frame = zstd::zstd_safe::find_frame_compressed_size(&self.stored).map_err(|code| {
-            format!(
-                "not a zstd frame ({})",
-                zstd::zstd_safe::get_error_name(code)
-            )
-        })?;
-        if frame != self.stored.len() {
-            return Err(format!(
-                "its {} stored bytes are not one zstd frame (the first one ends at {frame})",
-                self.stored.len()
-            ));
+    /// Reads, checks and decodes the compressed runs `runs` and calls `write(run, pages)` for
+    /// each, in order. The runs are read and CRC-checked on this thread (in an authenticated
+    /// image, checked against their MACs too), decoded by worker threads (one per CPU) while
+    /// the next ones are read and the decoded ones written; at most two runs per worker are in
+    /// flight. The first error stops it (the runs before it were written).
+    pub fn fill_runs<R: RunReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        runs: &[PageRun],
+        mut write: impl FnMut(&PageRun, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if runs.len() < 2 || thread_count(0) < 2 {
+            for r in runs {
+                let pages = self.read_zstd(reader, r)?;
+                write(r, pages)?;
+            }
+            return Ok(());
         }
-        self.pages.resize(len, 0);
-        // The destination is exactly the run: a frame holding more does not fit and fails.
-        let n = self
-            .dctx
-            .decompress_to_buffer(&self.stored[..], &mut self.pages[..])
-            .map_err(|e| format!("its zstd frame does not decode to {len} bytes: {e}"))?;
-        if n != len {
-            return Err(format!(
-                "its zstd frame decodes to {n} bytes instead of {len}"
-            ));
+        if self.workers.is_none() {
+            let dctxs = (0..thread_count(0))
+                .map(|_| decompressor())
+                .collect::<Result<Vec<_>, _>>()?;
+            self.workers = Some(Workers::start("decompression", dctxs, decode_job)?);
+        }
+        let result = self.fill_parallel(reader, runs, &mut write);
+        if let Some(w) = &mut self.workers {
+            let spare = &mut self.spare;
+            w.drain(|job| spare.push(job));
+        }
+        result
+    }
+
+    fn fill_parallel<R: RunReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        runs: &[PageRun],
+        write: &mut impl FnMut(&PageRun, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let Some(workers) = &mut self.workers else {
+            return Err(Error::Internal {
+                what: "decompression threads not started".into(),
+            });
+        };
+        let max_in_flight = IN_FLIGHT_PER_WORKER * workers.len();
+        let mut finish = |workers: &mut Workers<DecodeJob, DecodeJob>,
+                          spare: &mut Vec<DecodeJob>|
+         -> Result<(), Error> {
+            let job = workers.take()?;
+            let len = (job.run.npages * PAGE_SIZE) as usize;
+            let done = match &job.result {
+                Ok(()) => write(&job.run, &job.pages[..len]),
+                Err(reason) => Err(reader.bad_run(&job.run, reason.clone())),
+            };
+            spare.push(job);
+            done
+        };
+        for r in runs {
+            while workers.in_flight() >= max_in_flight {
+                finish(workers, &mut self.spare)?;
+            }
+            let mut job = self.spare.pop().unwrap_or_else(|| DecodeJob {
+                run: *r,
+                stored: Vec::new(),
+                pages: vec![0u8; MAX_JOB_BYTES],
+                result: Ok(()),
+            });
+            job.run = *r;
+            if let Err(e) = read_checked(reader, r, &mut job.stored) {
+                self.spare.push(job);
+                // The runs before it first (an error of theirs comes first).
+                while workers.in_flight() > 0 {
+                    finish(workers, &mut self.spare)?;
+                }
+                return Err(e);
+            }
+            workers.submit(job)?;
+        }
+        while workers.in_flight() > 0 {
+            finish(workers, &mut self.spare)?;
         }
         Ok(())
     }
@@ -657,6 +828,67 @@ mod tests {
         for level in [-7, -1, 1, 3, 19] {
             Compression { level, threads: 1 }.check().unwrap();
         }
+    }
+
+    /// Many compressed runs through the decoding threads: written in order; a bad run stops
+    /// the fill after the runs before it, and the decoder still works afterwards.
+    #[test]
+    fn fill_runs_decode_in_parallel_in_order() {
+        let mut pool = pool(2);
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        let mut put = Vec::new();
+        for i in 0..24u64 {
+            let data = heapish((1 + (i as usize * 13) % 64) * PG, i);
+            sink.put(0x100000 * (i + 1), &data).unwrap();
+            put.push((0x100000 * (i + 1), data));
+        }
+        let runs = sink.finish().unwrap();
+        let payload = InMemory(sink.payload().clone());
+        drop(sink);
+        assert!(runs.iter().all(|r| r.codec == RunCodec::Zstd));
+        let mut d = RunDecoder::new().unwrap();
+        let mut got = Vec::new();
+        d.fill_runs(&payload, &runs, |r, pages| {
+            got.push((r.addr, pages.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(got == put, "wrong pages");
+
+        for (bad_at, break_it) in [
+            (10, &(|r: &mut PageRun| r.crc ^= 1) as &dyn Fn(&mut PageRun)),
+            (15, &|r: &mut PageRun| r.npages -= 1),
+            (0, &|r: &mut PageRun| r.npages = MAX_ZSTD_RUN_PAGES + 1),
+        ] {
+            let mut bad = runs.clone();
+            break_it(&mut bad[bad_at]);
+            let mut got = Vec::new();
+            let e = d.fill_runs(&payload, &bad, |r, pages| {
+                got.push((r.addr, pages.to_vec()));
+                Ok(())
+            });
+            assert!(e.is_err(), "run {bad_at}");
+            assert_eq!(got.len(), bad_at, "run {bad_at}");
+            assert!(got == put[..bad_at], "run {bad_at}: wrong pages written");
+        }
+        // An error of the writer stops it too.
+        let mut n = 0;
+        let e = d.fill_runs(&payload, &runs, |_, _| {
+            n += 1;
+            if n == 5 {
+                Err(Error::Invalid("full".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(e.is_err() && n == 5);
+        let mut got = Vec::new();
+        d.fill_runs(&payload, &runs, |r, pages| {
+            got.push((r.addr, pages.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(got == put, "wrong pages after errors");
     }
 
     /// Frames of every accepted level, the slowest included, decode with the decoder's

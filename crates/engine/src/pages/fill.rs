@@ -78,25 +78,35 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
         }
     }
 
-    /// A compressed run: read whole (at most 2 MiB), CRC-checked and decoded, then written.
-    fn fill_zstd(&mut self, target: Pid, r: &PageRun) -> Result<(), Error> {
+    /// Compressed runs: each read whole (at most 2 MiB) and CRC-checked, decoded by worker
+    /// threads, then written in order.
+    fn fill_zstd(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
         let decoder = match &mut self.decoder {
             Some(d) => d,
             None => self.decoder.insert(RunDecoder::new()?),
         };
-        let pages = decoder.read_zstd(self.pages, r)?;
-        proc_mem::write_all(target, r.addr, pages)
-            .map_err(|e| Error::sys("process_vm_writev", target, e))
+        decoder.fill_runs(self.pages, runs, |r, pages| {
+            proc_mem::write_all(target, r.addr, pages)
+                .map_err(|e| Error::sys("process_vm_writev", target, e))
+        })
     }
 }
 
 impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
-        for r in runs {
+        let mut rest = runs;
+        while let Some(r) = rest.first() {
             if r.codec == stasis_image::RunCodec::Zstd {
-                self.fill_zstd(target, r)?;
+                // The compressed runs that follow, together.
+                let n = rest
+                    .iter()
+                    .take_while(|r| r.codec == stasis_image::RunCodec::Zstd)
+                    .count();
+                self.fill_zstd(target, &rest[..n])?;
+                rest = &rest[n..];
                 continue;
             }
+            rest = &rest[1..];
             let len = r
                 .npages
                 .checked_mul(PAGE_SIZE)
