@@ -23,6 +23,9 @@
 //! authenticated image), checks their CRC-32C, and only then decodes them into a buffer of
 //! exactly the run's length; a frame that is not exactly one zstd frame, or that decodes to
 //! anything but the run's `npages * 4096` bytes, is refused with an error that names the run.
+//! [`RunDecoder::fill_runs`] does that for a series of runs with decoding threads: runs are read
+//! and checked in order on the caller's thread, decoded in parallel, and handed back in order
+//! (at most two per thread in flight, so the memory held stays bounded).
 
 use super::fill::RunReader;
 use super::sink::{PageSink, Payload};
