@@ -149,6 +149,9 @@ impl Phase {
 /// Dumps `opts.pid` into `opts.images`.
 pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let pid = opts.pid;
+    if let Some(c) = &opts.compress {
+        c.check()?;
+    }
     if pid <= 0 {
         return Err(Error::NoSuchProcess { pid });
     }
@@ -182,9 +185,6 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )));
     }
     dir.check_writable()?;
-    if let Some(c) = &opts.compress {
-        c.check()?;
-    }
     if let Some(key) = &opts.auth {
         dir.seal(key)?;
     }
