@@ -315,3 +315,38 @@ fn corrupted_compressed_runs_are_refused_by_show_and_restore() {
     let err = restore_fails(&img);
     assert!(err.contains("not authenticated"), "{err}");
 }
+
+#[test]
+fn bad_compression_levels_are_refused_before_anything() {
+    let Some((_lock, w)) = start("bad_compression_levels_are_refused_before_anything") else {
+        return;
+    };
+    let img = w.join("img");
+    for level in ["0", "20", "-8"] {
+        let err = fails(&[
+            "dump",
+            "-t",
+            "1",
+            "-D",
+            img.to_str().unwrap(),
+            "--compress",
+            "--compress-level",
+            level,
+        ]);
+        assert!(
+            err.contains(&format!("compression level {level} ")),
+            "{err}"
+        );
+        assert!(!img.exists(), "the images directory was left behind");
+    }
+    let err = fails(&[
+        "dump",
+        "-t",
+        "1",
+        "-D",
+        img.to_str().unwrap(),
+        "--compress-level",
+        "3",
+    ]);
+    assert!(err.contains("--compress"), "{err}");
+}
