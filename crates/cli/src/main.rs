@@ -65,6 +65,11 @@ enum Command {
             allow_hyphen_values = true
         )]
         compress_level: Option<i32>,
+        /// With --leave-running: keep the processes frozen while all their memory is copied,
+        /// instead of copying it while they run and freezing them again only for what they
+        /// wrote meanwhile (the default, which stops them for milliseconds).
+        #[arg(long)]
+        no_pre_copy: bool,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
             unix_peers_closed,
             compress,
             compress_level,
+            no_pre_copy,
             no_auth,
             key_file,
             log_file: _,
@@ -214,11 +220,14 @@ fn main() -> ExitCode {
                 run_dump(
                     pid,
                     images,
-                    leave_running,
-                    unix_peers_closed,
-                    tcp,
-                    compress,
-                    key,
+                    DumpHow {
+                        leave_running,
+                        unix_peers_closed,
+                        tcp,
+                        compress,
+                        key_file: key,
+                        pre_copy: !no_pre_copy,
+                    },
                 ),
             )
         }
@@ -388,42 +397,38 @@ fn remove_empty_dirs(created: &[PathBuf]) {
     }
 }
 
-/// `key_file`: the image key to authenticate the images with (None: `--no-auth`).
-fn run_dump(
-    pid: i32,
-    images: PathBuf,
+/// The options of `stasis dump`.
+struct DumpHow {
     leave_running: bool,
     unix_peers_closed: bool,
     tcp: TcpConnections,
+    /// `--compress` (and `--compress-level`).
     compress: Option<stasis_engine::Compression>,
+    /// The image key to authenticate the images with (None: `--no-auth`).
     key_file: Option<PathBuf>,
-) -> CmdResult {
+    /// Not `--no-pre-copy`.
+    pre_copy: bool,
+}
+
+fn run_dump(pid: i32, images: PathBuf, how: DumpHow) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
-    let result = dump_into(
-        pid,
-        &images,
-        leave_running,
-        unix_peers_closed,
-        tcp,
-        compress,
-        key_file,
-    );
+    let result = dump_into(pid, &images, how);
     if result.is_err() {
         remove_empty_dirs(&created);
     }
     result
 }
 
-fn dump_into(
-    pid: i32,
-    images: &PathBuf,
-    leave_running: bool,
-    unix_peers_closed: bool,
-    tcp: TcpConnections,
-    compress: Option<stasis_engine::Compression>,
-    key_file: Option<PathBuf>,
-) -> CmdResult {
+fn dump_into(pid: i32, images: &PathBuf, how: DumpHow) -> CmdResult {
+    let DumpHow {
+        leave_running,
+        unix_peers_closed,
+        tcp,
+        compress,
+        key_file,
+        pre_copy,
+    } = how;
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
@@ -455,6 +460,7 @@ fn dump_into(
         tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
         compress,
+        pre_copy,
     })?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages{}, frozen for {:.1} ms",

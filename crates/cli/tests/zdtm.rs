@@ -962,6 +962,7 @@ zdtm_tests! {
     sock_unix_rights;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise;
+    mem_precopy;
     sched_prio;
     process_stopped;
     // Seccomp: filters shared by threads (TSYNC), per thread (LOG) and inherited by a child;

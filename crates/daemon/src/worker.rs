@@ -272,6 +272,7 @@ fn dump_self(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        pre_copy: true,
         compress: None,
     })?;
     if !kill {
@@ -333,6 +334,7 @@ fn dump_pid(
         tcp: tcp_for(caller),
         auth: Some(key.clone()),
         unix_peers_closed: false,
+        pre_copy: true,
         compress: None,
     })?;
     send_dumped(conn)

@@ -36,6 +36,7 @@ pub mod socket;
 pub mod tty;
 pub mod unix_socket;
 pub mod users;
+pub mod wp;
 
 pub use libc::user_regs_struct as UserRegs;
 

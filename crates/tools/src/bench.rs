@@ -159,6 +159,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             tcp: Default::default(),
             auth: Some(key.clone()),
             unix_peers_closed: false,
+            pre_copy: true,
             compress: None,
         })?;
         let dump = t.elapsed();
@@ -287,6 +288,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             tcp: Default::default(),
             auth: None,
             unix_peers_closed: false,
+            pre_copy: true,
             compress: None,
         })?;
         let dump = t.elapsed();

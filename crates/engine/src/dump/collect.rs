@@ -123,7 +123,7 @@ fn collect(
     // Before anything is injected: suspends the filters of threads under seccomp.
     let seccomp = seccomp::dump(pid, &frozen.threads)?;
     // Everything that can refuse the dump comes before any file is created.
-    let vmas = pages::collect_vmas(pid)?;
+    let vmas = pages::vma::collect_vmas_hinted(pid, frozen.smaps_hint.as_deref())?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
     let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
     if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {

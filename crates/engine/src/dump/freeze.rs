@@ -15,6 +15,9 @@ pub struct Frozen {
     /// The signal of the job-control stop the process was in (or entered while it was being
     /// frozen): what its threads reported as their group-stop (see [`crate::task::stop`]).
     pub stop_signal: Option<i32>,
+    /// Its smaps as read just before this freeze (a pre-copy's last step), for
+    /// [`crate::pages::vma::collect_vmas_hinted`].
+    pub smaps_hint: Option<Vec<procfs::MapEntry>>,
     detached: bool,
 }
 
@@ -29,6 +32,7 @@ impl Frozen {
             pid,
             threads: Vec::new(),
             stop_signal: None,
+            smaps_hint: None,
             detached: false,
         };
         loop {

@@ -2,6 +2,12 @@
 //!
 //! 1. freeze ([`freeze`]): every thread of every process of the tree seized and stopped,
 //!    top-down; the caller's admission check runs on each process;
+//!
+//!    pre-copy (a dump that lets the tree run on, unless `DumpOptions::pre_copy` is off): a
+//!    userfaultfd is made in each process and the tree thawed at once; the memory is copied
+//!    while the tree runs, in passes that each copy what the previous one saw written
+//!    ([`crate::pages::precopy`]); then the tree is frozen again (and admitted again) for
+//!    the rest, and the write phase copies only what was written since the last pass;
 //! 2. collect ([`collect`](mod@collect)): every process read into its image, all checks first;
 //! 3. write ([`write`](mod@write)): pages, blobs and records written;
 //! 4. sync: a process that runs on is thawed first; the files are made durable and the
@@ -23,9 +29,9 @@ pub mod collect;
 pub mod freeze;
 pub mod write;
 
-use crate::{inject, procfs, Error};
+use crate::{inject, pages, procfs, Error};
 use freeze::{Frozen, FrozenTree};
-use stasis_image::{names, ImageDir};
+use stasis_image::{names, ImageDir, RawWriter, RecordKind};
 use stasis_sys::{process, Pid};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
@@ -61,8 +67,14 @@ pub struct DumpOptions {
     /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
     pub unix_peers_closed: bool,
     /// Store page runs as zstd frames (`stasis dump --compress`, see
-    /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either.
+    /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either. A
+    /// compressed dump does not pre-copy (`pre_copy` is ignored): the tree stays frozen while
+    /// its memory is copied and compressed.
     pub compress: Option<crate::pages::compress::Compression>,
+    /// With `leave_running`: copy the memory while the tree runs (write tracking, see
+    /// [`crate::pages::precopy`]) so that it is stopped only briefly. Off: the tree stays
+    /// frozen while all its memory is copied.
+    pub pre_copy: bool,
 }
 
 /// What a dump does with established TCP connections.
@@ -106,6 +118,8 @@ pub struct DumpReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Freeze,
+    /// Memory copied while the tree runs (leave-running dumps), then the tree frozen again.
+    PreCopy,
     Collect,
     Write,
     Sync,
@@ -115,6 +129,7 @@ pub enum Phase {
 /// The order of the phases of [`dump()`].
 pub const DUMP_PHASES: &[Phase] = &[
     Phase::Freeze,
+    Phase::PreCopy,
     Phase::Collect,
     Phase::Write,
     Phase::Sync,
@@ -126,6 +141,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Freeze => "freeze",
+            Phase::PreCopy => "pre-copy",
             Phase::Collect => "collect",
             Phase::Write => "write",
             Phase::Sync => "sync",
@@ -137,6 +153,7 @@ impl Phase {
     fn span(self) -> tracing::span::EnteredSpan {
         match self {
             Phase::Freeze => tracing::info_span!("freeze"),
+            Phase::PreCopy => tracing::info_span!("pre-copy"),
             Phase::Collect => tracing::info_span!("collect"),
             Phase::Write => tracing::info_span!("write"),
             Phase::Sync => tracing::info_span!("sync"),
@@ -192,29 +209,39 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
     let phase = Phase::Freeze.span();
-    let frozen_at = Instant::now();
-    let mut tree = if opts.tree {
-        FrozenTree::freeze(pid)?
-    } else {
-        FrozenTree {
-            processes: vec![Frozen::freeze(pid)?],
-            zombies: Vec::new(),
-        }
-    };
-    // The pid was pinned by a pidfd: if that process is gone, the pid may have been reused
-    // and what we froze is another process.
-    if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() {
-        return Err(Error::NoSuchProcess { pid });
-    }
-    if let Some(admit) = &opts.admit {
-        for p in tree.pids() {
-            admit(p).map_err(Error::Refused)?;
-        }
-    }
+    let mut frozen_at = Instant::now();
+    let mut tree = freeze_tree(pid, opts.tree, &pidfd, opts.admit.as_ref())?;
     drop(phase);
     let mut written: Vec<String> = Vec::new();
     let mut frozen_for = None;
+    // Frozen time before the last freeze (the arm of a pre-copy).
+    let mut frozen_before = std::time::Duration::ZERO;
     let result = (|| {
+        let mut pre = Vec::new();
+        // Pre-copied pages are stored raw: a compressed dump copies everything frozen.
+        if opts.leave_running && opts.pre_copy && opts.compress.is_none() {
+            let _phase = Phase::PreCopy.span();
+            pre = pre_copy(
+                &mut tree,
+                vdso_offset,
+                dir,
+                &mut written,
+                &mut frozen_before,
+                frozen_at,
+            )?;
+            // Read while the tree runs (see `collect_vmas_hinted`).
+            let hints: Vec<_> = pre
+                .iter()
+                .filter_map(|(t, _)| Some((t.pid(), procfs::read_smaps(t.pid()).ok()?)))
+                .collect();
+            frozen_at = Instant::now();
+            tree = freeze_tree(pid, opts.tree, &pidfd, opts.admit.as_ref())?;
+            for (p, smaps) in hints {
+                if let Some(f) = tree.processes.iter_mut().find(|f| f.pid == p) {
+                    f.smaps_hint = Some(smaps);
+                }
+            }
+        }
         let phase = Phase::Collect.span();
         let file_opts = crate::files::DumpFileOptions {
             unix_peers_closed: opts.unix_peers_closed,
@@ -231,20 +258,22 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )?;
         drop(phase);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes) =
-            write::write_tree(dir, collected, &mut written, opts.compress)?;
+        let (mappings, page_bytes, records) =
+            write::write_tree(dir, collected, &mut written, pre, opts.compress)?;
         drop(phase);
         let _phase = Phase::Sync.span();
-        // A process that runs on need not wait for the disk; one that is killed stays frozen
-        // until its images are durable, so a failure here still leaves it alive.
+        // A process that runs on need not wait for the disk (nor for its records, which are
+        // in memory); one that is killed stays frozen until its images are durable, so a
+        // failure here still leaves it alive.
         let holds = if opts.leave_running {
             drop(holds);
             tree.thaw()?;
-            frozen_for = Some(frozen_at.elapsed());
+            frozen_for = Some(frozen_before + frozen_at.elapsed());
             None
         } else {
             Some(holds)
         };
+        write::write_records(dir, records, &mut written)?;
         for name in &written {
             dir.sync_file(name)?;
         }
@@ -280,6 +309,104 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             Err(e)
         }
     }
+}
+
+/// Freezes `pid` (with its descendants when `tree`), checks that it is still the process
+/// `pidfd` pins, and runs the caller's admission check on every process.
+fn freeze_tree(
+    pid: Pid,
+    tree: bool,
+    pidfd: &OwnedFd,
+    admit: Option<&Admit>,
+) -> Result<FrozenTree, Error> {
+    let frozen = if tree {
+        FrozenTree::freeze(pid)?
+    } else {
+        FrozenTree {
+            processes: vec![Frozen::freeze(pid)?],
+            zombies: Vec::new(),
+        }
+    };
+    // The pid was pinned by a pidfd: if that process is gone, the pid may have been reused
+    // and what we froze is another process.
+    if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    if let Some(admit) = admit {
+        for p in frozen.pids() {
+            admit(p).map_err(Error::Refused)?;
+        }
+    }
+    Ok(frozen)
+}
+
+/// Pre-copy passes stop once a pass reads at most this much (or stops shrinking).
+const PRE_COPY_SETTLED: u64 = 4 << 20;
+/// At most this many passes (the first copies everything).
+const PRE_COPY_MAX_PASSES: u32 = 6;
+
+/// The pre-copy: a userfaultfd made in every process of the frozen `tree`, which is then
+/// thawed; its memory copied in passes while it runs, into the pages files (created here and
+/// added to `written`). Adds the time the tree was frozen (since `frozen_at`) to `frozen`.
+/// Returns the processes tracked, each with its pages file, for the final copy.
+fn pre_copy(
+    tree: &mut FrozenTree,
+    vdso_offset: u64,
+    dir: &ImageDir,
+    written: &mut Vec<String>,
+    frozen: &mut std::time::Duration,
+    frozen_at: Instant,
+) -> Result<Vec<(pages::precopy::Tracked, RawWriter)>, Error> {
+    use pages::precopy::Tracked;
+    let mut armed = Vec::new();
+    for p in &tree.processes {
+        let ip = inject::syscall_ip(p.pid, vdso_offset)?;
+        if let Some(t) = Tracked::arm(p.pid, p.threads[0], ip)? {
+            armed.push(t);
+        }
+    }
+    tree.thaw()?;
+    *frozen += frozen_at.elapsed();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for mut t in armed {
+        // Read while it runs: a mapping that changes before it is registered fails to
+        // register, or is found untracked at the end, and is copied frozen.
+        match pages::collect_vmas(t.pid()) {
+            Ok(vmas) => t.track(&vmas),
+            Err(e) => {
+                tracing::debug!("pid {}: no pre-copy ({e})", t.pid());
+                continue;
+            }
+        }
+        let name = names::pages(t.pid());
+        let w = RawWriter::create(dir, &name, RecordKind::Pages)?;
+        written.push(name);
+        out.push((t, w));
+    }
+    let mut buf = vec![0u8; pages::source::MAX_RUN_BYTES];
+    let mut last_read = u64::MAX;
+    for pass in 0..PRE_COPY_MAX_PASSES {
+        let (mut read, mut stored) = (0, 0);
+        for (t, w) in &mut out {
+            let s = t.pass(w, &mut buf)?;
+            read += s.read;
+            stored += s.stored;
+        }
+        tracing::debug!(
+            "pre-copy pass {pass}: read {} KiB, stored {} KiB ({:.1} ms since the thaw)",
+            read >> 10,
+            stored >> 10,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        if pass > 0 && (read <= PRE_COPY_SETTLED || read >= last_read) {
+            break;
+        }
+        if pass > 0 {
+            last_read = read;
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `pid` is this process or one of its ancestors (freezing it would freeze us).

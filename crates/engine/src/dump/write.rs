@@ -4,45 +4,92 @@
 
 use super::collect::Collected;
 use crate::{files, pages, procfs, Error};
-use stasis_image::{names, write_record_atomic, ImageDir, Inventory, RawWriter, RecordKind};
+use stasis_image::{
+    names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind,
+};
 use stasis_sys::Pid;
 
-/// Writes the pages, blobs and record of every collected process. Every file created is
-/// added to `written` as soon as it exists (so a failure can remove it). Returns the number
-/// of mappings and of page bytes written.
+/// Writes the pages and blobs of every collected process (the tree is frozen) and hands back
+/// their records, for [`write_records`]. Every file created is added to `written` as soon as
+/// it exists (so a failure can remove it). A process in `pre` was pre-copied: only what it
+/// wrote since is copied now, into the pages file it already has
+/// ([`pages::precopy::Tracked::finish`]); the pages files of pre-copied processes that are
+/// gone are removed. Returns the number of mappings and of page bytes written, and the
+/// records.
 pub(crate) fn write_tree(
     dir: &ImageDir,
     collected: Vec<Collected>,
     written: &mut Vec<String>,
+    mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
     compress: Option<pages::compress::Compression>,
-) -> Result<(usize, u64), Error> {
+) -> Result<(usize, u64, Vec<Record>), Error> {
     // One pool of compression threads for the whole tree.
     let mut pool = compress.map(pages::compress::ZstdPool::new).transpose()?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
+    let mut records = Vec::with_capacity(collected.len());
     for mut c in collected {
         let _process = tracing::info_span!("process", pid = c.image.pid).entered();
         let pid = c.image.pid;
-        let pages_name = names::pages(pid);
-        let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
-        written.push(pages_name);
-        c.image.page_runs = pages::dump_pages(
-            pid,
-            &c.image.vmas,
-            &mut pages,
-            &mut shmem_done,
-            pool.as_mut(),
-        )?;
-        page_bytes += pages.finish()?;
+        let mut runs = None;
+        if let Some(i) = pre.iter().position(|(t, _)| t.pid() == pid) {
+            let (tracked, mut pages) = pre.swap_remove(i);
+            runs = Some(tracked.finish(&c.image.vmas, &mut pages, &mut shmem_done)?);
+            page_bytes += pages.finish()?;
+        } else {
+            let pages_name = names::pages(pid);
+            let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
+            written.push(pages_name);
+            c.image.page_runs = pages::dump_pages(
+                pid,
+                &c.image.vmas,
+                &mut pages,
+                &mut shmem_done,
+                pool.as_mut(),
+            )?;
+            page_bytes += pages.finish()?;
+        }
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
         mappings += c.image.vmas.len();
-        let process_name = names::process(pid);
-        write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
+        records.push(Record {
+            image: c.image,
+            runs,
+        });
+    }
+    for (tracked, pages) in pre {
+        // Exited since the pre-copy.
+        let name = names::pages(tracked.pid());
+        drop(pages);
+        dir.remove(&name)?;
+        written.retain(|n| *n != name);
+    }
+    Ok((mappings, page_bytes, records))
+}
+
+/// A process record waiting to be written; the run index of a pre-copied process is built
+/// when it is written, after the tree was thawed.
+pub(crate) struct Record {
+    image: ProcessImage,
+    runs: Option<pages::precopy::Finished>,
+}
+
+/// Writes the process records (each atomically and durably).
+pub(crate) fn write_records(
+    dir: &ImageDir,
+    records: Vec<Record>,
+    written: &mut Vec<String>,
+) -> Result<(), Error> {
+    for Record { mut image, runs } in records {
+        if let Some(runs) = runs {
+            image.page_runs = runs.runs();
+        }
+        let process_name = names::process(image.pid);
+        write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
         written.push(process_name);
     }
-    Ok((mappings, page_bytes))
+    Ok(())
 }
 
 /// Writes the inventory: the last file, whose presence marks the dump complete.

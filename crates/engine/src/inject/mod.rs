@@ -455,7 +455,7 @@ const PTRACE_EVENT_STOP: i32 = 128;
 /// mappings (libc has many; executing them from there runs a `syscall` whatever instruction
 /// they are part of).
 pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
-    let maps = crate::procfs::read_smaps(pid)?;
+    let maps = crate::procfs::read_maps(pid)?;
     if let Some(v) = maps.iter().find(|m| m.name == "[vdso]") {
         return Ok(v.start + vdso_offset);
     }

@@ -45,6 +45,7 @@ pub mod compress;
 pub mod dump;
 pub mod fill;
 pub mod layout;
+pub mod precopy;
 pub mod sink;
 pub mod source;
 pub mod vma;

@@ -64,7 +64,18 @@ fn aio_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
 /// Reads the mappings of `pid` and classifies them. Mappings stasis cannot restore yet make
 /// this fail with an error naming them.
 pub fn collect_vmas(pid: Pid) -> Result<Vec<Vma>, Error> {
-    let maps = procfs::read_smaps(pid)?;
+    collect_vmas_hinted(pid, None)
+}
+
+/// [`collect_vmas`], with the smaps of the process read a moment ago (a pre-copy reads them
+/// while the process runs, to spare the frozen process the page-table walk of smaps): used
+/// when /proc/PID/maps still lists exactly the same mappings. Flags changed by madvise
+/// without any change of the mappings in between are those of the earlier reading.
+pub fn collect_vmas_hinted(pid: Pid, hint: Option<&[procfs::MapEntry]>) -> Result<Vec<Vma>, Error> {
+    let maps = match hint {
+        Some(h) if procfs::same_mappings(h, &procfs::read_maps(pid)?) => h.to_vec(),
+        _ => procfs::read_smaps(pid)?,
+    };
     maps.iter().map(|m| classify(pid, m)).collect()
 }
 

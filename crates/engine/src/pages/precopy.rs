@@ -1,0 +1,740 @@
+//! Pre-copy: the memory of a process that runs on after its dump is copied while it runs, so
+//! that it is stopped only for the pages it wrote during the copy.
+//!
+//! How (a leave-running dump, [`crate::dump`]):
+//!
+//! 1. **arm** ([`Tracked::arm`], process frozen for one injected call): a userfaultfd is
+//!    created inside the process (`userfaultfd(UFFD_USER_MODE_ONLY)`, so an unprivileged
+//!    process may too), taken with pidfd_getfd and closed there. Once the process runs again,
+//!    every private mapping is registered for write-protect tracking in asynchronous mode
+//!    and write-protected: a write clears the protection of its page without any fault
+//!    reaching anybody, and `PAGEMAP_SCAN` lists the pages written since.
+//! 2. **passes** ([`Tracked::pass`], process running): the first pass copies every page
+//!    holding data (the pagemap, as the frozen dump does) into the pages file; each later
+//!    pass copies the pages written since the previous one (and protects them again). A page
+//!    copied again is appended again; the index ([`Slot`], one per page of each tracked
+//!    range) keeps the latest copy. All-zero pages are not stored.
+//! 3. **final** ([`Tracked::finish`], process frozen again): the pages written since the last
+//!    pass are copied; pages the process dropped meanwhile (madvise) lose their copy (a
+//!    `PAGEMAP_SCAN` of the pages neither present nor swapped); a mapping that was not
+//!    tracked the whole time (created, moved or replaced since the arm: the scan's
+//!    `PM_SCAN_CHECK_WPASYNC` refuses it) and shared memory are copied the frozen way
+//!    ([`super::source::PagemapSource`]). The process runs on.
+//! 4. **after** ([`Finished::runs`]): the ranges are unregistered a piece at a time (each
+//!    piece takes the process's mmap lock briefly, where closing the userfaultfd would take
+//!    it for a walk of all its memory), and the run index is built from the slots, each
+//!    run's CRC combined from its pages' CRCs ([`PageCrcShift`]).
+//!
+//! Not seen by write tracking: writes that bypass the page tables (a device writing into
+//! memory pinned before the dump, O_DIRECT reads already in flight into pinned pages). A
+//! process that registers its own userfaultfd on a range while the dump runs gets EBUSY.
+//! `stasis dump --no-pre-copy` copies everything while the process is frozen instead.
+
+use super::dump::{copy_pages, NonZeroRuns};
+use super::sink::{PageSink, RawSink};
+use super::source::{next_stretch, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES};
+use super::vma::is_special;
+use crate::inject::Injector;
+use crate::{Error, PAGE_SIZE};
+use stasis_image::{PageRun, RawWriter, Vma, VmaKind};
+use stasis_sys::wp::{self, PageRegion, ScanQuery};
+use stasis_sys::{proc_mem, process, ptrace, Pid};
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// Where the latest copy of one page is in the pages file, and its CRC-32C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub offset: u64,
+    pub crc: u32,
+}
+
+impl Slot {
+    /// No copy (never copied, all zero, or dropped by the process).
+    pub const NONE: Slot = Slot {
+        offset: u64::MAX,
+        crc: 0,
+    };
+
+    pub fn is_some(&self) -> bool {
+        self.offset != u64::MAX
+    }
+}
+
+/// A range registered for write tracking: one private mapping as it was when tracking began.
+struct Range {
+    start: u64,
+    end: u64,
+    /// A private mapping of a file: its clean pages come back from the file.
+    file_backed: bool,
+    /// Readable with process_vm_readv (else /proc/PID/mem).
+    readable: bool,
+    /// Trusted while every write to it is known: cleared when a scan or read fails.
+    trusted: bool,
+    slots: Vec<Slot>,
+}
+
+impl Range {
+    fn slot_mut(&mut self, addr: u64) -> &mut Slot {
+        &mut self.slots[((addr - self.start) / PAGE_SIZE) as usize]
+    }
+}
+
+/// Figures of one pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassStats {
+    /// Bytes read from the process.
+    pub read: u64,
+    /// Bytes appended to the pages file.
+    pub stored: u64,
+}
+
+/// A process whose writes are tracked, and the pages copied from it so far.
+pub struct Tracked {
+    pid: Pid,
+    uffd: OwnedFd,
+    pagemap: File,
+    mem: File,
+    ranges: Vec<Range>,
+    /// Passes done (the first copies everything).
+    passes: u32,
+}
+
+/// The mappings write tracking covers: private, not special.
+fn trackable(v: &Vma) -> bool {
+    !v.shared && !is_special(&v.kind) && v.end > v.start
+}
+
+impl Tracked {
+    /// Creates a userfaultfd inside the frozen process `pid` (whose thread `leader` is in a
+    /// ptrace-stop) and takes it. `Ok(None)` when the process cannot have one (userfaultfd
+    /// refused in it: a seccomp filter, a kernel without it): the dump copies it frozen.
+    pub fn arm(pid: Pid, leader: Pid, syscall_ip: u64) -> Result<Option<Tracked>, Error> {
+        let pidfd = process::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", pid, e))?;
+        let mask =
+            ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
+        let mut inj = Injector::new(leader, syscall_ip)?;
+        ptrace::set_sigmask(leader, u64::MAX)
+            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
+        let created = (|| {
+            let flags = wp::UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32;
+            let fd = match inj.try_call(
+                "userfaultfd",
+                libc::SYS_userfaultfd,
+                [flags.into(), 0, 0, 0, 0, 0],
+            )? {
+                Ok(fd) => fd as i32,
+                Err(errno) => {
+                    tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
+                    return Ok(None);
+                }
+            };
+            let taken = process::pidfd_getfd(pidfd.as_fd(), fd)
+                .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e));
+            inj.close(fd)?;
+            taken.map(Some)
+        })();
+        let finished = inj.finish_parked();
+        let restored_mask = ptrace::set_sigmask(leader, mask)
+            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e));
+        let uffd = created?;
+        finished?;
+        restored_mask?;
+        let Some(uffd) = uffd else { return Ok(None) };
+        if let Err(e) = wp::uffd_api(uffd.as_fd(), wp::UFFD_FEATURE_WP_ASYNC) {
+            tracing::debug!(
+                "pid {pid}: userfaultfd without asynchronous write-protect ({e}): no pre-copy"
+            );
+            return Ok(None);
+        }
+        let open = |what: &str| {
+            let path = format!("/proc/{pid}/{what}");
+            File::open(&path).map_err(|e| Error::io(format!("open {path}"), e))
+        };
+        Ok(Some(Tracked {
+            pid,
+            uffd,
+            pagemap: open("pagemap")?,
+            mem: open("mem")?,
+            ranges: Vec::new(),
+            passes: 0,
+        }))
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Registers and write-protects the private mappings `vmas` (read while the process ran
+    /// on: one that changed since simply fails to register and is copied frozen later).
+    pub fn track(&mut self, vmas: &[Vma]) {
+        let uffd = self.uffd.as_fd();
+        for v in vmas.iter().filter(|v| trackable(v)) {
+            let len = v.end - v.start;
+            let ok = wp::uffd_register_wp(uffd, v.start, len)
+                .and_then(|_| wp::uffd_writeprotect(uffd, v.start, len, true));
+            match ok {
+                Ok(()) => self.ranges.push(Range {
+                    start: v.start,
+                    end: v.end,
+                    file_backed: matches!(
+                        v.kind,
+                        VmaKind::File { .. } | VmaKind::Memfd { .. } | VmaKind::Deleted { .. }
+                    ),
+                    readable: v.prot & libc::PROT_READ as u32 != 0,
+                    trusted: true,
+                    slots: vec![Slot::NONE; (len / PAGE_SIZE) as usize],
+                }),
+                Err(e) => tracing::debug!(
+                    "pid {}: mapping {:#x}-{:#x} not tracked ({e}): copied frozen",
+                    self.pid,
+                    v.start,
+                    v.end
+                ),
+            }
+        }
+    }
+
+    /// Bytes of memory tracked.
+    pub fn tracked_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|r| r.trusted)
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+
+    /// One copy pass while the process runs: the first copies every page holding data, the
+    /// next ones the pages written since the previous pass. A range whose scan or read fails
+    /// (the process changed its mappings) stops being trusted: it is copied frozen.
+    pub fn pass(&mut self, out: &mut RawWriter, buf: &mut [u8]) -> Result<PassStats, Error> {
+        let first = self.passes == 0;
+        self.passes += 1;
+        let mut stats = PassStats::default();
+        let mut regions = Vec::new();
+        let mut entries = Vec::new();
+        for i in 0..self.ranges.len() {
+            if !self.ranges[i].trusted {
+                continue;
+            }
+            let r = if first {
+                self.copy_present(i, out, buf, &mut entries, &mut stats)
+            } else {
+                self.copy_written(i, true, out, buf, &mut regions, &mut stats)
+            };
+            if let Err(e) = r {
+                let range = &mut self.ranges[i];
+                tracing::debug!(
+                    "pid {}: mapping {:#x}-{:#x} no longer tracked ({e}): copied frozen",
+                    self.pid,
+                    range.start,
+                    range.end
+                );
+                range.trusted = false;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// First pass over range `i`: every page the pagemap says holds data.
+    fn copy_present(
+        &mut self,
+        i: usize,
+        out: &mut RawWriter,
+        buf: &mut [u8],
+        entries: &mut Vec<u64>,
+        stats: &mut PassStats,
+    ) -> Result<(), Error> {
+        let (start, end, file_backed) = {
+            let r = &self.ranges[i];
+            (r.start, r.end, r.file_backed)
+        };
+        let mut raw = vec![0u8; (MAX_RUN_PAGES * 8) as usize];
+        let mut batch = start;
+        while batch < end {
+            let npages = ((end - batch) / PAGE_SIZE).min(MAX_RUN_PAGES) as usize;
+            let raw = &mut raw[..npages * 8];
+            self.pagemap
+                .read_exact_at(raw, batch / PAGE_SIZE * 8)
+                .map_err(|e| Error::io(format!("read pagemap of {} at {batch:#x}", self.pid), e))?;
+            entries.clear();
+            entries.extend(raw.chunks_exact(8).map(|w| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(w);
+                u64::from_le_bytes(b)
+            }));
+            let mut at = 0;
+            while let Some((a, b)) = next_stretch(entries, at, file_backed) {
+                at = b;
+                let addr = batch + a as u64 * PAGE_SIZE;
+                self.copy(i, addr, (b - a) as u64, out, buf, stats)?;
+            }
+            batch += npages as u64 * PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// The pages of `start..end` written since the last scan (`reset`: and protects them
+    /// again). Fails when part of the range is not registered with our userfaultfd.
+    fn scan_written(
+        &self,
+        start: u64,
+        end: u64,
+        reset: bool,
+        regions: &mut Vec<PageRegion>,
+    ) -> Result<(), Error> {
+        let q = ScanQuery {
+            flags: wp::PM_SCAN_CHECK_WPASYNC | if reset { wp::PM_SCAN_WP_MATCHING } else { 0 },
+            category_mask: wp::PAGE_IS_WRITTEN,
+            category_inverted: 0,
+            category_anyof_mask: 0,
+            return_mask: wp::PAGE_IS_WRITTEN,
+        };
+        scan_all(&self.pagemap, self.pid, start, end, q, regions)
+    }
+
+    /// Copies the pages of range `i` written since the last scan.
+    fn copy_written(
+        &mut self,
+        i: usize,
+        reset: bool,
+        out: &mut RawWriter,
+        buf: &mut [u8],
+        regions: &mut Vec<PageRegion>,
+        stats: &mut PassStats,
+    ) -> Result<(), Error> {
+        let (start, end) = (self.ranges[i].start, self.ranges[i].end);
+        regions.clear();
+        self.scan_written(start, end, reset, regions)?;
+        for reg in regions.iter() {
+            let mut addr = reg.start.max(start);
+            let stop = reg.end.min(end);
+            while addr < stop {
+                let n = ((stop - addr) / PAGE_SIZE).min(MAX_RUN_PAGES);
+                self.copy(i, addr, n, out, buf, stats)?;
+                addr += n * PAGE_SIZE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `npages` pages at `addr` of range `i` and stores them: the all-zero ones lose
+    /// their copy, the others are appended (one write per stretch, at most 2 MiB) and their
+    /// slots point there.
+    fn copy(
+        &mut self,
+        i: usize,
+        addr: u64,
+        npages: u64,
+        out: &mut RawWriter,
+        buf: &mut [u8],
+        stats: &mut PassStats,
+    ) -> Result<(), Error> {
+        let len = (npages * PAGE_SIZE) as usize;
+        let data = &mut buf[..len];
+        let pid = self.pid;
+        if self.ranges[i].readable {
+            proc_mem::read_exact(pid, addr, data)
+                .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
+        } else {
+            self.mem
+                .read_exact_at(data, addr)
+                .map_err(|e| Error::io(format!("read /proc/{pid}/mem at {addr:#x}"), e))?;
+        }
+        stats.read += len as u64;
+        let range = &mut self.ranges[i];
+        let mut next = 0usize;
+        for (first, end) in NonZeroRuns::new(data) {
+            for p in next..first {
+                *range.slot_mut(addr + p as u64 * PAGE_SIZE) = Slot::NONE;
+            }
+            next = end;
+            let pg = PAGE_SIZE as usize;
+            let bytes = &data[first * pg..end * pg];
+            let offset = out.position();
+            out.write(bytes)?;
+            stats.stored += bytes.len() as u64;
+            for (k, page) in bytes.chunks_exact(pg).enumerate() {
+                *range.slot_mut(addr + (first + k) as u64 * PAGE_SIZE) = Slot {
+                    offset: offset + (k * pg) as u64,
+                    crc: crc32c::crc32c(page),
+                };
+            }
+        }
+        for p in next..npages as usize {
+            *range.slot_mut(addr + p as u64 * PAGE_SIZE) = Slot::NONE;
+        }
+        Ok(())
+    }
+
+    /// The final step, with the process frozen again and `vmas` its mappings now: copies what
+    /// was written since the last pass, forgets pages the process dropped, and copies the rest
+    /// (untracked mappings, shared memory) the frozen way. The run index is built from what
+    /// this returns ([`Finished::runs`]), which needs the process no more.
+    pub fn finish(
+        mut self,
+        vmas: &[Vma],
+        out: &mut RawWriter,
+        shmem_done: &mut HashSet<u64>,
+    ) -> Result<Finished, Error> {
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; MAX_RUN_BYTES];
+        let mut regions = Vec::new();
+        let mut stats = PassStats::default();
+        let mut runs = Vec::new();
+        let mut pending = Vec::new();
+        let mut frozen_vmas: Vec<Vma> = Vec::new();
+        for v in vmas {
+            let i = self
+                .ranges
+                .iter()
+                .position(|r| r.trusted && r.start <= v.start && v.end <= r.end);
+            let tracked = match i {
+                Some(i) if trackable(v) => {
+                    self.finish_vma(i, v, out, &mut buf, &mut regions, &mut stats, &mut pending)
+                }
+                _ => Ok(false),
+            };
+            match tracked {
+                Ok(true) => {}
+                Ok(false) => frozen_vmas.push(v.clone()),
+                Err(e) => {
+                    tracing::debug!(
+                        "pid {}: mapping {:#x}-{:#x} copied frozen ({e})",
+                        self.pid,
+                        v.start,
+                        v.end
+                    );
+                    // Drop what `finish_vma` may have produced for it.
+                    pending.retain(|p: &PendingVma| p.start != v.start);
+                    frozen_vmas.push(v.clone());
+                }
+            }
+        }
+        let tracked_done = started.elapsed();
+        tracing::debug!(
+            "pid {}: final copy of {} KiB written since the last pass ({:.2} ms); {} mappings \
+             copied frozen",
+            self.pid,
+            stats.read >> 10,
+            tracked_done.as_secs_f64() * 1e3,
+            frozen_vmas
+                .iter()
+                .filter(|v| {
+                    !is_special(&v.kind) && (!v.shared || matches!(v.kind, VmaKind::Anonymous))
+                })
+                .count()
+        );
+        let mut source = PagemapSource::open(self.pid, &frozen_vmas, shmem_done)?;
+        let mut sink = RawSink::new(&mut *out);
+        copy_pages(&mut source, &mut sink)?;
+        runs.extend(sink.finish()?);
+        tracing::debug!(
+            "pid {}: frozen copy of the other mappings: {:.2} ms",
+            self.pid,
+            (started.elapsed() - tracked_done).as_secs_f64() * 1e3
+        );
+        let registered = self.ranges.iter().map(|r| (r.start, r.end)).collect();
+        Ok(Finished {
+            runs,
+            pending,
+            uffd: self.uffd,
+            registered,
+        })
+    }
+
+    /// Finishes the tracked mapping `v` (inside range `i`): `Ok(false)` when it was not
+    /// tracked the whole time.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_vma(
+        &mut self,
+        i: usize,
+        v: &Vma,
+        out: &mut RawWriter,
+        buf: &mut [u8],
+        regions: &mut Vec<PageRegion>,
+        stats: &mut PassStats,
+        pending: &mut Vec<PendingVma>,
+    ) -> Result<bool, Error> {
+        regions.clear();
+        let t0 = std::time::Instant::now();
+        if self.scan_written(v.start, v.end, false, regions).is_err() {
+            return Ok(false);
+        }
+        let t1 = t0.elapsed();
+        for reg in std::mem::take(regions) {
+            let mut addr = reg.start.max(v.start);
+            let stop = reg.end.min(v.end);
+            while addr < stop {
+                let n = ((stop - addr) / PAGE_SIZE).min(MAX_RUN_PAGES);
+                self.copy(i, addr, n, out, buf, stats)?;
+                addr += n * PAGE_SIZE;
+            }
+        }
+        // Pages the process dropped (madvise, reclaim of a lazily freed page) are neither
+        // present nor swapped now: their copies go. (Asking for that is cheap; asking which
+        // present pages are the zero page or the file's is not, and needs no asking: a page
+        // faulted in again by a read is mapped without write protection, so it was reported
+        // written and copied again above.)
+        let q = ScanQuery {
+            flags: 0,
+            category_mask: wp::PAGE_IS_PRESENT | wp::PAGE_IS_SWAPPED,
+            category_inverted: wp::PAGE_IS_PRESENT | wp::PAGE_IS_SWAPPED,
+            category_anyof_mask: 0,
+            return_mask: wp::PAGE_IS_PRESENT,
+        };
+        regions.clear();
+        let t2 = t0.elapsed();
+        scan_all(&self.pagemap, self.pid, v.start, v.end, q, regions)?;
+        let t3 = t0.elapsed();
+        if v.end - v.start > 64 << 20 {
+            tracing::debug!(
+                "{:#x}: written scan {:?}, copy {:?}, hole scan {:?} ({} holes)",
+                v.start,
+                t1,
+                t2 - t1,
+                t3 - t2,
+                regions.len()
+            );
+        }
+        let range = &mut self.ranges[i];
+        let mut dropped = 0;
+        for reg in regions.iter() {
+            let mut a = reg.start.max(v.start);
+            while a < reg.end.min(v.end) {
+                let slot = range.slot_mut(a);
+                dropped += u64::from(slot.is_some());
+                *slot = Slot::NONE;
+                a += PAGE_SIZE;
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                "pid {}: {dropped} pages of {:#x}-{:#x} copied before were dropped since",
+                self.pid,
+                v.start,
+                v.end
+            );
+        }
+        let first = ((v.start - range.start) / PAGE_SIZE) as usize;
+        let n = ((v.end - v.start) / PAGE_SIZE) as usize;
+        let slots = if n == range.slots.len() {
+            std::mem::take(&mut range.slots)
+        } else {
+            range.slots[first..first + n].to_vec()
+        };
+        pending.push(PendingVma {
+            start: v.start,
+            slots,
+        });
+        Ok(true)
+    }
+}
+
+/// The copies of one tracked mapping's pages, final.
+struct PendingVma {
+    start: u64,
+    slots: Vec<Slot>,
+}
+
+/// What [`Tracked::finish`] leaves: the runs copied frozen and the final copies of the
+/// tracked mappings, whose run index [`Finished::runs`] builds once the process runs again.
+pub struct Finished {
+    runs: Vec<PageRun>,
+    pending: Vec<PendingVma>,
+    uffd: OwnedFd,
+    registered: Vec<(u64, u64)>,
+}
+
+/// Write tracking is ended this much memory at a time.
+const UNREGISTER_PIECE: u64 = 16 << 20;
+
+impl Finished {
+    /// Ends the write tracking (the process runs on) and returns the run index of the whole
+    /// process, in address order.
+    pub fn runs(self) -> Vec<PageRun> {
+        let Finished {
+            mut runs,
+            pending,
+            uffd,
+            registered,
+        } = self;
+        for (start, end) in registered {
+            let mut at = start;
+            while at < end {
+                let len = (end - at).min(UNREGISTER_PIECE);
+                // A range the process unmapped or replaced since is no longer ours: fine.
+                let _ = wp::uffd_unregister(uffd.as_fd(), at, len);
+                at += len;
+            }
+        }
+        drop(uffd);
+        let shift = PageCrcShift::new();
+        for p in &pending {
+            runs.extend(runs_from_slots(p.start, &p.slots, &shift));
+        }
+        runs.sort_by_key(|r| r.addr);
+        runs
+    }
+}
+
+/// CRC-32C of a concatenation, from the CRCs of its parts when the second is one page:
+/// crc(A ‖ B) = shift(crc(A)) ⊕ crc(B), `shift` linear over GF(2), applied with four byte
+/// tables built once (from `crc32c_combine`, far slower when called per page).
+pub struct PageCrcShift {
+    tables: [[u32; 256]; 4],
+}
+
+impl PageCrcShift {
+    pub fn new() -> Self {
+        let mut basis = [0u32; 32];
+        for (i, b) in basis.iter_mut().enumerate() {
+            *b = crc32c::crc32c_combine(1 << i, 0, PAGE_SIZE as usize);
+        }
+        let mut tables = [[0u32; 256]; 4];
+        for (k, t) in tables.iter_mut().enumerate() {
+            for (byte, e) in t.iter_mut().enumerate() {
+                *e = (0..8)
+                    .filter(|bit| byte & (1 << bit) != 0)
+                    .fold(0, |acc, bit| acc ^ basis[8 * k + bit]);
+            }
+        }
+        PageCrcShift { tables }
+    }
+
+    /// crc(A ‖ B) from `crc_a` and `crc_b`, B being one page long.
+    pub fn combine(&self, crc_a: u32, crc_b: u32) -> u32 {
+        let t = &self.tables;
+        let shifted = t[0][(crc_a & 0xff) as usize]
+            ^ t[1][((crc_a >> 8) & 0xff) as usize]
+            ^ t[2][((crc_a >> 16) & 0xff) as usize]
+            ^ t[3][(crc_a >> 24) as usize];
+        shifted ^ crc_b
+    }
+}
+
+impl Default for PageCrcShift {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `PAGEMAP_SCAN` of `start..end`, every matching region appended to `regions`.
+fn scan_all(
+    pagemap: &File,
+    pid: Pid,
+    start: u64,
+    end: u64,
+    q: ScanQuery,
+    regions: &mut Vec<PageRegion>,
+) -> Result<(), Error> {
+    let mut at = start;
+    while at < end {
+        let walked = wp::pagemap_scan(pagemap.as_fd(), at, end, q, regions, 4096)
+            .map_err(|e| Error::sys("PAGEMAP_SCAN", pid, e))?;
+        if walked <= at {
+            break;
+        }
+        at = walked;
+    }
+    Ok(())
+}
+
+/// The run index of the pages at `start` whose slots hold a copy: stretches of pages whose
+/// copies lie back to back in the pages file, at most [`MAX_RUN_PAGES`] long, each with the
+/// CRC of its bytes combined from its pages' CRCs.
+pub fn runs_from_slots(start: u64, slots: &[Slot], shift: &PageCrcShift) -> Vec<PageRun> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let pg = PAGE_SIZE;
+    for (k, s) in slots.iter().enumerate() {
+        if !s.is_some() {
+            continue;
+        }
+        let addr = start + k as u64 * pg;
+        if let Some(last) = runs.last_mut() {
+            let contiguous = last.addr + last.npages * pg == addr
+                && last.offset + last.npages * pg == s.offset
+                && last.npages < MAX_RUN_PAGES;
+            if contiguous {
+                last.crc = shift.combine(last.crc, s.crc);
+                last.npages += 1;
+                last.stored_len += pg;
+                continue;
+            }
+        }
+        runs.push(PageRun::raw(addr, 1, s.offset, s.crc));
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_follow_contiguous_copies_and_combine_crcs() {
+        let pg = PAGE_SIZE as usize;
+        // Pages 0..4 copied back to back at offset 0; page 2 copied again later at 5 pages;
+        // page 4 never copied.
+        let pages: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8 + 1; pg]).collect();
+        let crc = |i: usize| crc32c::crc32c(&pages[i]);
+        let slot = |off: u64, i: usize| Slot {
+            offset: off * PAGE_SIZE,
+            crc: crc(i),
+        };
+        let slots = vec![slot(0, 0), slot(1, 1), slot(5, 2), slot(3, 3), Slot::NONE];
+        let runs = runs_from_slots(0x10000, &slots, &PageCrcShift::new());
+        let whole = |a: usize, b: usize| crc32c::crc32c(&pages[a..b].concat());
+        assert_eq!(
+            runs,
+            vec![
+                PageRun::raw(0x10000, 2, 0, whole(0, 2)),
+                PageRun::raw(0x12000, 1, 5 * PAGE_SIZE, crc(2)),
+                PageRun::raw(0x13000, 1, 3 * PAGE_SIZE, crc(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn runs_are_capped() {
+        let n = MAX_RUN_PAGES as usize + 3;
+        let slots: Vec<Slot> = (0..n)
+            .map(|i| Slot {
+                offset: i as u64 * PAGE_SIZE,
+                crc: crc32c::crc32c(&[0u8; 4096]),
+            })
+            .collect();
+        let runs = runs_from_slots(0, &slots, &PageCrcShift::new());
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].npages, MAX_RUN_PAGES);
+        assert_eq!(runs[1].npages, 3);
+        assert_eq!(runs[0].crc, crc32c::crc32c(&vec![0u8; MAX_RUN_BYTES]));
+    }
+
+    #[test]
+    fn page_shift_matches_the_crc_of_the_concatenation() {
+        let shift = PageCrcShift::new();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for a_len in [0usize, 1, 4096, 3 * 4096 + 5] {
+            let a = bytes(a_len);
+            let b = bytes(4096);
+            let whole = [a.clone(), b.clone()].concat();
+            assert_eq!(
+                shift.combine(crc32c::crc32c(&a), crc32c::crc32c(&b)),
+                crc32c::crc32c(&whole)
+            );
+        }
+    }
+}
