@@ -70,6 +70,11 @@ enum Command {
         /// wrote meanwhile (the default, which stops them for milliseconds).
         #[arg(long)]
         no_pre_copy: bool,
+        /// Make an incremental dump on top of the dump in DIR: only the pages changed since
+        /// it are written, the others are read from DIR (and its own parents) at restore, so
+        /// DIR must stay as it is (root only).
+        #[arg(long, value_name = "DIR")]
+        parent: Option<PathBuf>,
         /// Write the log into FILE (debug level, or trace with -vv); errors still go to
         /// stderr.
         #[arg(long, value_name = "FILE")]
@@ -201,6 +206,7 @@ fn main() -> ExitCode {
             compress,
             compress_level,
             no_pre_copy,
+            parent,
             no_auth,
             key_file,
             log_file: _,
@@ -217,18 +223,17 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(
+                run_dump(DumpRequest {
                     pid,
                     images,
-                    DumpHow {
-                        leave_running,
-                        unix_peers_closed,
-                        tcp,
-                        compress,
-                        key_file: key,
-                        pre_copy: !no_pre_copy,
-                    },
-                ),
+                    leave_running,
+                    unix_peers_closed,
+                    tcp,
+                    compress,
+                    key_file: key,
+                    pre_copy: !no_pre_copy,
+                    parent,
+                }),
             )
         }
         Command::Restore {
@@ -397,8 +402,10 @@ fn remove_empty_dirs(created: &[PathBuf]) {
     }
 }
 
-/// The options of `stasis dump`.
-struct DumpHow {
+/// The options of `stasis dump`, as given.
+struct DumpRequest {
+    pid: i32,
+    images: PathBuf,
     leave_running: bool,
     unix_peers_closed: bool,
     tcp: TcpConnections,
@@ -406,30 +413,36 @@ struct DumpHow {
     compress: Option<stasis_engine::Compression>,
     /// The image key to authenticate the images with (None: `--no-auth`).
     key_file: Option<PathBuf>,
-    /// Not `--no-pre-copy`.
     pre_copy: bool,
+    parent: Option<PathBuf>,
 }
 
-fn run_dump(pid: i32, images: PathBuf, how: DumpHow) -> CmdResult {
+fn run_dump(req: DumpRequest) -> CmdResult {
     // The directory is created if needed; if the dump fails, what it created goes again.
-    let created = create_dirs(&images)?;
-    let result = dump_into(pid, &images, how);
+    let created = create_dirs(&req.images)?;
+    let result = dump_into(&req);
     if result.is_err() {
         remove_empty_dirs(&created);
     }
     result
 }
 
-fn dump_into(pid: i32, images: &PathBuf, how: DumpHow) -> CmdResult {
-    let DumpHow {
+fn dump_into(req: &DumpRequest) -> CmdResult {
+    let DumpRequest {
+        pid,
+        ref images,
         leave_running,
         unix_peers_closed,
         tcp,
         compress,
-        key_file,
+        ref key_file,
         pre_copy,
-    } = how;
+        ref parent,
+    } = *req;
     if stasis_sys::process::geteuid() != 0 {
+        if parent.is_some() {
+            return Err("--parent: incremental dumps are not available through stasisd yet".into());
+        }
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
         }
@@ -458,9 +471,12 @@ fn dump_into(pid: i32, images: &PathBuf, how: DumpHow) -> CmdResult {
         tree: true,
         admit: None,
         tcp,
-        auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
-        compress,
+        auth: key_file
+            .as_ref()
+            .and_then(|k| stasis_engine::auth::key_for_root(k, true)),
         pre_copy,
+        parent: parent.clone(),
+        compress,
     })?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages{}, frozen for {:.1} ms",

@@ -273,6 +273,8 @@ fn dump_self(
         auth: Some(key.clone()),
         unix_peers_closed: false,
         pre_copy: true,
+        // Incremental dumps are not offered through stasisd yet.
+        parent: None,
         compress: None,
     })?;
     if !kill {
@@ -335,6 +337,7 @@ fn dump_pid(
         auth: Some(key.clone()),
         unix_peers_closed: false,
         pre_copy: true,
+        parent: None,
         compress: None,
     })?;
     send_dumped(conn)

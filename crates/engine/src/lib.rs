@@ -24,6 +24,7 @@
 //! listed in docs/architecture.md ("Logging").
 
 pub mod auth;
+pub mod chain;
 pub mod check;
 pub mod dump;
 pub mod files;
@@ -96,6 +97,15 @@ pub enum Error {
         step: &'static str,
         source: Box<Error>,
     },
+    /// The parent of an incremental dump (`image`, which names it by `parent`) cannot be
+    /// used: missing, not a complete dump, replaced or changed since, or a chain too long or
+    /// circular (see [`chain`]).
+    #[error("{image}: broken chain of incremental dumps: the parent dump {parent} {reason}")]
+    BrokenChain {
+        image: std::path::PathBuf,
+        parent: String,
+        reason: String,
+    },
     /// A bug in stasis: a state the code should never reach.
     #[error("internal error: {what}")]
     Internal { what: String },
@@ -127,9 +137,10 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Image(_) | Error::Invalid(_) => ErrorClass::Image,
-            Error::NoSuchProcess { .. } | Error::PidInUse { .. } | Error::Changed { .. } => {
-                ErrorClass::Environment
-            }
+            Error::NoSuchProcess { .. }
+            | Error::PidInUse { .. }
+            | Error::Changed { .. }
+            | Error::BrokenChain { .. } => ErrorClass::Environment,
             Error::Io { source, .. }
                 if matches!(
                     source.raw_os_error(),

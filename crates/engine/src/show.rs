@@ -1,13 +1,16 @@
 //! `stasis show`: every record of an image directory decoded into JSON (like CRIU's crit).
 //! Page and blob contents are not printed, only where they are and their checksums; they are
 //! read and checked, so `show` also verifies a whole image directory. With the image key, it
-//! verifies the authentication of every file too (and fails when one does not verify).
+//! verifies the authentication of every file too (and fails when one does not verify). An
+//! incremental dump's chain is listed under `"chain"`, each ancestor checked against its
+//! child's link (and authenticated, with the key), and the runs held by ancestors are read
+//! and checked there too.
 
+use crate::chain::ChainPages;
 use crate::pages::compress::RunDecoder;
 use crate::{files, Error};
 use stasis_image::{
-    names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RawReader, RecordKind,
-    RunCodec,
+    names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RecordKind, RunCodec,
 };
 
 /// Decodes the inventory and every process record; checks the raw files' headers. With `key`,
@@ -34,13 +37,29 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
         })
     };
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
+    // An incremental dump: its ancestors, each checked against its child's link and
+    // authenticated as this one was.
+    let ancestors = crate::chain::open_ancestors(
+        dir,
+        &inventory,
+        crate::chain::ChainAuth {
+            key: key.filter(|_| dir.is_authenticated()),
+            required: dir.is_authenticated(),
+            root_only_unless_authenticated: false,
+        },
+    )?;
+    let chain: Vec<serde_json::Value> = ancestors
+        .iter()
+        .enumerate()
+        .map(|(k, a)| serde_json::json!({ "image": k + 1, "path": a.label() }))
+        .collect();
     let mut processes = Vec::new();
     for &pid in &inventory.processes {
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
-        let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-        stasis_image::validate_process(
+        let pages = ChainPages::open(dir, &ancestors, pid, &image.page_runs)?;
+        stasis_image::validate_process_in_chain(
             &image,
-            pages.len(),
+            &pages.lens(),
             &dir.path_of(&names::process(pid)),
             &files::KindChecks,
         )?;
@@ -50,7 +69,7 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
         if let Some(obj) = v.as_object_mut() {
             obj.insert(
                 "pages_file".into(),
-                serde_json::json!({ "name": names::pages(pid), "payload_bytes": pages.len() }),
+                serde_json::json!({ "name": names::pages(pid), "payload_bytes": pages.own().len() }),
             );
         }
         processes.push(v);
@@ -59,13 +78,15 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
         "format_version": stasis_image::FORMAT_VERSION,
         "authentication": authentication,
         "inventory": inventory,
+        "chain": chain,
         "processes": processes,
     }))
 }
 
-/// Reads every page run and blob and checks its CRC (blobs through their kind's module);
-/// compressed runs are decoded too (each must give exactly its pages).
-fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Result<(), Error> {
+/// Reads every page run (from the pages file of its image of the chain) and blob and checks
+/// its CRC (blobs through their kind's module); compressed runs are decoded too (each must
+/// give exactly its pages).
+fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &ChainPages) -> Result<(), Error> {
     let mut buf = vec![0u8; 1 << 20];
     let mut decoder = None;
     for r in &image.page_runs {
@@ -77,18 +98,24 @@ fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &RawReader) -> Resul
             d.read_zstd(pages, r)?;
             continue;
         }
+        let Some(file) = pages.file(r.image) else {
+            return Err(Error::Invalid(format!(
+                "page run at {:#x} is in image {} of the chain, which is not open",
+                r.addr, r.image
+            )));
+        };
         // Checked a piece at a time: a run's length is image data.
         let len = r.stored_len;
         let (mut done, mut crc) = (0u64, 0u32);
         while done < len {
             let n = (len - done).min(buf.len() as u64) as usize;
-            pages.read_unchecked(r.offset.saturating_add(done), &mut buf[..n])?;
+            file.read_unchecked(r.offset.saturating_add(done), &mut buf[..n])?;
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             done += n as u64;
         }
         if crc != r.crc {
             return Err(Error::Image(stasis_image::ImageError::BadPayloadCrc {
-                path: pages.path().to_path_buf(),
+                path: file.path().to_path_buf(),
             }));
         }
     }

@@ -550,6 +550,7 @@ impl Verifier {
             name: name.to_string(),
             starts,
             extents: f.extents.clone(),
+            last_part: std::sync::Mutex::new((usize::MAX, Vec::new())),
         })
     }
 }
@@ -620,6 +621,10 @@ pub(crate) struct RawAuth {
     /// Payload offset of each extent.
     starts: Vec<u64>,
     extents: Vec<ExtentAuth>,
+    /// The last extent read in part, checked, kept in memory (its index, its bytes), so that
+    /// reads of several parts of one extent (the runs of an incremental dump that refer to
+    /// parts of a parent's run) read and check it once.
+    last_part: std::sync::Mutex<(usize, Vec<u8>)>,
 }
 
 impl RawAuth {
@@ -664,7 +669,6 @@ impl RawAuth {
             .partition_point(|&s| s <= offset)
             .wrapping_sub(1);
         let mut pos = offset;
-        let mut scratch = Vec::new();
         while pos < end {
             let (start, len) = match (self.starts.get(i), self.extents.get(i)) {
                 (Some(&s), Some(e)) => (s, e.len),
@@ -683,10 +687,19 @@ impl RawAuth {
                     .map_err(io)?;
                 self.check(i, dst, path)?;
             } else {
-                scratch.resize(len as usize, 0);
-                file.read_exact_at(&mut scratch, RAW_DATA_OFFSET + start)
-                    .map_err(io)?;
-                self.check(i, &scratch, path)?;
+                let mut last = self
+                    .last_part
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (index, scratch) = &mut *last;
+                if *index != i {
+                    *index = usize::MAX;
+                    scratch.resize(len as usize, 0);
+                    file.read_exact_at(scratch, RAW_DATA_OFFSET + start)
+                        .map_err(io)?;
+                    self.check(i, scratch, path)?;
+                    *index = i;
+                }
                 let upto = ext_end.min(end);
                 let from = (pos - start) as usize;
                 let n = (upto - pos) as usize;

@@ -225,6 +225,60 @@ impl ImageDir {
         self.remove(&probe)
     }
 
+    /// Opens the directory at `path` relative to this one (or `path` itself when absolute),
+    /// with ordinary path resolution: the parent of an incremental dump, whose path the user
+    /// gave. Its label is this directory's label joined with `path`.
+    pub fn open_relative(&self, path: &Path) -> Result<ImageDir, ImageError> {
+        let label = self.label.join(path);
+        let fd = stasis_sys::fs::open_dir_at(self.fd(), path).map_err(|source| ImageError::Io {
+            path: label.clone(),
+            source,
+        })?;
+        Ok(ImageDir::new(fd, label))
+    }
+
+    /// The device and inode of the directory (to tell two handles on one directory apart
+    /// from handles on two).
+    pub fn identity(&self) -> Result<(u64, u64), ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        let f = File::from(self.fd.try_clone().map_err(self.io("."))?);
+        let md = f.metadata().map_err(self.io("."))?;
+        Ok((md.dev(), md.ino()))
+    }
+
+    /// BLAKE3 of the whole file `name` (header included), read through a fixed buffer; a
+    /// file longer than `limit` bytes is refused as too large.
+    pub fn digest_file(&self, name: &str, limit: u64) -> Result<[u8; 32], ImageError> {
+        use std::io::Read;
+        let (mut f, size) = self.open_regular(name)?;
+        if size > limit {
+            return Err(ImageError::TooLarge {
+                path: self.path_of(name),
+                len: size,
+                limit,
+            });
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(self.io(name))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > limit {
+                return Err(ImageError::TooLarge {
+                    path: self.path_of(name),
+                    len: total,
+                    limit,
+                });
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+
     /// Opens `name` for reading. It must be a regular file (see the module documentation).
     pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
         self.open_regular(name).map(|(f, _)| f)

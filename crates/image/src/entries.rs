@@ -19,6 +19,35 @@ pub struct Inventory {
     pub processes: Vec<i32>,
     /// Children that had exited but were not yet reaped when the tree was dumped.
     pub zombies: Vec<Zombie>,
+    /// The dump this one is an increment of (`stasis dump --parent`): page runs of image 1
+    /// are in its pages files, of image 2 in its parent's, and so on (see [`ParentLink`]).
+    pub parent: Option<ParentLink>,
+}
+
+/// Longest chain of incremental dumps a restore follows: a dump and at most this many
+/// ancestors.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// The link from an incremental dump to its parent dump, and what the parent held when the
+/// child was made, so that a parent replaced or changed since is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent's directory: relative to this dump's directory when the two share a
+    /// directory other than `/` (so a chain moved together still works), absolute otherwise.
+    pub path: String,
+    /// BLAKE3 of the parent's whole `inventory.img` file (which holds its creation time, its
+    /// process list and its own link, so it also pins the rest of the chain).
+    pub inventory_blake3: [u8; 32],
+    /// The parent's pages files this dump refers to (runs of image 1), with their payload
+    /// lengths then.
+    pub pages: Vec<ParentPages>,
+}
+
+/// A pages file of a parent dump that a child refers to: `pages-PID.img` and its payload length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentPages {
+    pub pid: i32,
+    pub payload_len: u64,
 }
 
 /// An exited, unreaped child: restored as a process that exits at once the same way, so its
@@ -1197,6 +1226,14 @@ mod tests {
                 sid: 42,
                 exit_status: 0x2a00,
             }],
+            parent: Some(ParentLink {
+                path: "../d1".into(),
+                inventory_blake3: [7; 32],
+                pages: vec![ParentPages {
+                    pid: 42,
+                    payload_len: 8192,
+                }],
+            }),
         };
         let b = encode_record(RecordKind::Inventory, &i, Path::new("x")).unwrap();
         let back: Inventory = decode_record(RecordKind::Inventory, &b, Path::new("x")).unwrap();

@@ -59,7 +59,8 @@ pub use frame::{
 };
 pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
 pub use validate::{
-    valid_absolute_path, validate_process, FileChecks, MAX_FDS, MAX_PATH, MAX_SECCOMP_FILTERS,
+    valid_absolute_path, validate_process, validate_process_in_chain, FileChecks, MAX_FDS,
+    MAX_PATH, MAX_SECCOMP_FILTERS,
 };
 
 use std::path::PathBuf;

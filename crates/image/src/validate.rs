@@ -37,10 +37,24 @@ pub trait FileChecks {
 
 /// Checks everything the restore relies on. `pages_len` is the payload length of the pages
 /// file, so that every page run is known to lie inside it; `files` checks the descriptions of
-/// each kind.
+/// each kind. Page runs in an earlier image of a chain are refused: a record of an
+/// incremental dump is checked with [`validate_process_in_chain`].
 pub fn validate_process(
     p: &ProcessImage,
     pages_len: u64,
+    path: &Path,
+    files: &dyn FileChecks,
+) -> Result<(), ImageError> {
+    validate_process_in_chain(p, &[Some(pages_len)], path, files)
+}
+
+/// [`validate_process`] for a record of a chain of incremental dumps: `pages_lens[k]` is the
+/// payload length of the process's pages file in image `k` of the chain (0 this dump, 1 its
+/// parent, ...), `None` where that file is not open; every run must lie inside the pages file
+/// of its image.
+pub fn validate_process_in_chain(
+    p: &ProcessImage,
+    pages_lens: &[Option<u64>],
     path: &Path,
     files: &dyn FileChecks,
 ) -> Result<(), ImageError> {
@@ -195,13 +209,15 @@ pub fn validate_process(
                 r.addr, r.stored_len, r.offset, r.npages, r.codec
             ));
         }
-        if r.image != 0 {
+        let Some(&Some(pages_len)) = pages_lens.get(r.image as usize) else {
             return bad(format!(
-                "page run at {:#x} is in an earlier image of a chain (image {}), which this \
-                 record cannot refer to",
-                r.addr, r.image
+                "page run at {:#x} is in image {} of a chain of incremental dumps, which is not \
+                 there (this dump's chain has {} image(s) open)",
+                r.addr,
+                r.image,
+                pages_lens.len()
             ));
-        }
+        };
         prev = end;
         while vi < p.vmas.len() && p.vmas[vi].end <= r.addr {
             vi += 1;
@@ -503,6 +519,29 @@ mod tests {
         assert!(
             validate(&p, 8192).is_err(),
             "a lock through an fd not in the table"
+        );
+    }
+
+    #[test]
+    fn runs_of_a_chain_lie_in_the_pages_file_of_their_image() {
+        let chain = |p: &ProcessImage, lens: &[Option<u64>]| {
+            validate_process_in_chain(p, lens, Path::new("x"), &NoFileChecks)
+        };
+        let mut p = sample_process();
+        p.page_runs[0] = PageRun {
+            image: 2,
+            ..PageRun::raw(0x500000, 3, 4096, 0)
+        };
+        assert!(validate(&p, 1 << 20).is_err(), "not a chain");
+        assert!(chain(&p, &[Some(0), None, Some(4 * 4096)]).is_ok());
+        let err = chain(&p, &[Some(0), Some(1 << 20)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("image 2"), "{err}");
+        assert!(chain(&p, &[Some(1 << 20), Some(1 << 20), None]).is_err());
+        assert!(
+            chain(&p, &[Some(0), None, Some(3 * 4096)]).is_err(),
+            "past the end of the grandparent's pages file"
         );
     }
 

@@ -89,6 +89,7 @@ fn inventory(seed: u8) -> Inventory {
         root_pid: 1,
         processes: vec![1],
         zombies: vec![],
+        parent: None,
     }
 }
 

@@ -25,6 +25,18 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> i
     )?)
 }
 
+/// Opens the directory `path` relative to `dir` (or `path` itself when absolute) with the
+/// ordinary path resolution (`..` and symbolic links followed, as the caller's credentials
+/// allow): for a path a user named, opened with that user's credentials.
+pub fn open_dir_at(dir: BorrowedFd<'_>, path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Renames `from` to `to` inside `dir` (replacing `to`).
 pub fn rename_in(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
     Ok(rustix::fs::renameat(dir, from, dir, to)?)

@@ -160,6 +160,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             auth: Some(key.clone()),
             unix_peers_closed: false,
             pre_copy: true,
+            parent: None,
             compress: None,
         })?;
         let dump = t.elapsed();
@@ -289,6 +290,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             auth: None,
             unix_peers_closed: false,
             pre_copy: true,
+            parent: None,
             compress: None,
         })?;
         let dump = t.elapsed();

@@ -9,7 +9,8 @@
 //!    ([`crate::pages::precopy`]); then the tree is frozen again (and admitted again) for
 //!    the rest, and the write phase copies only what was written since the last pass;
 //! 2. collect ([`collect`](mod@collect)): every process read into its image, all checks first;
-//! 3. write ([`write`](mod@write)): pages, blobs and records written;
+//! 3. write ([`write`](mod@write)): pages, blobs and records written (an incremental dump,
+//!    [`DumpOptions::parent`], writes only the pages changed since its parent);
 //! 4. sync: a process that runs on is thawed first; the files are made durable and the
 //!    inventory is written last;
 //! 5. release: the tree is killed (default) or left running.
@@ -75,6 +76,9 @@ pub struct DumpOptions {
     /// [`crate::pages::precopy`]) so that it is stopped only briefly. Off: the tree stays
     /// frozen while all its memory is copied.
     pub pre_copy: bool,
+    /// Make an incremental dump on top of the dump in this directory (`stasis dump --parent`):
+    /// only the pages changed since it are written (see [`crate::chain`]).
+    pub parent: Option<std::path::PathBuf>,
 }
 
 /// What a dump does with established TCP connections.
@@ -205,6 +209,12 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     if let Some(key) = &opts.auth {
         dir.seal(key)?;
     }
+    // The parent is opened and checked before anything is frozen: a broken chain refuses the
+    // dump with the process untouched.
+    let mut parent = match &opts.parent {
+        Some(p) => Some(crate::chain::Parent::open(dir, p)?),
+        None => None,
+    };
     let vdso_offset = inject::vdso_syscall_offset()?;
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
@@ -218,8 +228,10 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let mut frozen_before = std::time::Duration::ZERO;
     let result = (|| {
         let mut pre = Vec::new();
-        // Pre-copied pages are stored raw: a compressed dump copies everything frozen.
-        if opts.leave_running && opts.pre_copy && opts.compress.is_none() {
+        // An incremental dump compares every page with its parent's, frozen (a pre-copy
+        // would need to compare as it copies: not done yet); pre-copied pages are stored
+        // raw, so a compressed dump copies everything frozen too.
+        if opts.leave_running && opts.pre_copy && opts.parent.is_none() && opts.compress.is_none() {
             let _phase = Phase::PreCopy.span();
             pre = pre_copy(
                 &mut tree,
@@ -258,8 +270,14 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )?;
         drop(phase);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes, records) =
-            write::write_tree(dir, collected, &mut written, pre, opts.compress)?;
+        let (mappings, page_bytes, records) = write::write_tree(
+            dir,
+            collected,
+            &mut written,
+            pre,
+            parent.as_mut(),
+            opts.compress,
+        )?;
         drop(phase);
         let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk (nor for its records, which are
@@ -273,11 +291,12 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         } else {
             Some(holds)
         };
-        write::write_records(dir, records, &mut written)?;
+        let page_bytes = page_bytes + write::write_records(dir, records, &mut written)?;
         for name in &written {
             dir.sync_file(name)?;
         }
-        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
+        let link = parent.take().map(|p| p.link);
+        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
         Ok::<_, Error>((mappings, page_bytes, holds))
     })();
     match result {

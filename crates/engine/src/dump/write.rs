@@ -1,11 +1,16 @@
 //! Dump phase 3: write. Pages, blobs and the process records go into the image directory,
 //! each file created with its header and checksums; the inventory, written last and
-//! atomically once every other file is durable, marks the dump complete.
+//! atomically once every other file is durable, marks the dump complete. An incremental dump
+//! writes only the pages changed since its parent ([`crate::chain`]) and links the parent in
+//! its inventory.
 
 use super::collect::Collected;
+use crate::chain::Parent;
+use crate::pages::incremental::ParentRuns;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{
-    names, write_record_atomic, ImageDir, Inventory, ProcessImage, RawWriter, RecordKind,
+    names, write_record_atomic, ImageDir, Inventory, ParentLink, ParentPages, ProcessImage,
+    RawWriter, RecordKind,
 };
 use stasis_sys::Pid;
 
@@ -21,6 +26,7 @@ pub(crate) fn write_tree(
     collected: Vec<Collected>,
     written: &mut Vec<String>,
     mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
+    mut parent: Option<&mut Parent>,
     compress: Option<pages::compress::Compression>,
 ) -> Result<(usize, u64, Vec<Record>), Error> {
     // One pool of compression threads for the whole tree.
@@ -34,20 +40,29 @@ pub(crate) fn write_tree(
         let pid = c.image.pid;
         let mut runs = None;
         if let Some(i) = pre.iter().position(|(t, _)| t.pid() == pid) {
-            let (tracked, mut pages) = pre.swap_remove(i);
-            runs = Some(tracked.finish(&c.image.vmas, &mut pages, &mut shmem_done)?);
-            page_bytes += pages.finish()?;
+            let (tracked, pages) = pre.swap_remove(i);
+            runs = Some(tracked.finish(&c.image.vmas, pages, &mut shmem_done)?);
         } else {
             let pages_name = names::pages(pid);
             let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
             written.push(pages_name);
+            let from_parent = parent.as_deref().and_then(|p| p.process(pid));
+            let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
             c.image.page_runs = pages::dump_pages(
                 pid,
                 &c.image.vmas,
                 &mut pages,
                 &mut shmem_done,
+                parent_runs,
                 pool.as_mut(),
             )?;
+            // The parent's pages files this one refers to, with their lengths now.
+            let parent_len = from_parent
+                .filter(|_| c.image.page_runs.iter().any(|r| r.image == 1))
+                .map(|(_, files)| files.own().len());
+            if let (Some(p), Some(payload_len)) = (parent.as_deref_mut(), parent_len) {
+                p.link.pages.push(ParentPages { pid, payload_len });
+            }
             page_bytes += pages.finish()?;
         }
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
@@ -75,21 +90,25 @@ pub(crate) struct Record {
     runs: Option<pages::precopy::Finished>,
 }
 
-/// Writes the process records (each atomically and durably).
+/// Writes the process records (each atomically and durably), after completing the pages
+/// files of pre-copied processes; returns the page bytes those hold.
 pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
     written: &mut Vec<String>,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
+    let mut page_bytes = 0;
     for Record { mut image, runs } in records {
         if let Some(runs) = runs {
-            image.page_runs = runs.runs();
+            let (runs, bytes) = runs.complete()?;
+            image.page_runs = runs;
+            page_bytes += bytes;
         }
         let process_name = names::process(image.pid);
         write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
         written.push(process_name);
     }
-    Ok(())
+    Ok(page_bytes)
 }
 
 /// Writes the inventory: the last file, whose presence marks the dump complete.
@@ -98,6 +117,7 @@ pub(crate) fn write_inventory(
     root: Pid,
     processes: Vec<Pid>,
     zombies: Vec<stasis_image::Zombie>,
+    parent: Option<ParentLink>,
 ) -> Result<(), Error> {
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -109,6 +129,7 @@ pub(crate) fn write_inventory(
         root_pid: root,
         processes,
         zombies,
+        parent,
     };
     Ok(write_record_atomic(
         dir,

@@ -27,7 +27,7 @@
 //! and checked in order on the caller's thread, decoded in parallel, and handed back in order
 //! (at most two per thread in flight, so the memory held stays bounded).
 
-use super::fill::RunReader;
+use super::fill::{reader_of, RunReader};
 use super::sink::{PageSink, Payload};
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RunCodec, MAX_ZSTD_RUN_PAGES};
@@ -495,14 +495,23 @@ fn decode_job(dctx: &mut zstd::bulk::Decompressor<'static>, mut job: DecodeJob) 
     job
 }
 
-/// Checks that `run` is a compressed run of sane lengths, reads its stored bytes from
-/// `reader` into `stored` and checks their CRC. Returns the length of its pages (at most
-/// [`MAX_JOB_BYTES`]).
+/// The error for `run`, whose stored bytes do not decode, from the reader of its image.
+fn bad_run<R: RunReader + ?Sized>(reader: &R, run: &PageRun, reason: String) -> Error {
+    match reader_of(reader, run) {
+        Ok(src) => src.bad_run(run, reason),
+        Err(e) => e,
+    }
+}
+
+/// Checks that `run` is a compressed run of sane lengths, reads its stored bytes from the
+/// pages file of its image (`reader`'s, or an ancestor's in a chain of incremental dumps) into
+/// `stored` and checks their CRC. Returns the length of its pages (at most [`MAX_JOB_BYTES`]).
 fn read_checked<R: RunReader + ?Sized>(
     reader: &R,
     run: &PageRun,
     stored: &mut Vec<u8>,
 ) -> Result<usize, Error> {
+    let reader = reader_of(reader, run)?;
     if run.codec != RunCodec::Zstd {
         return Err(reader.bad_run(run, format!("stored as {:?}, not zstd", run.codec)));
     }
@@ -555,7 +564,7 @@ impl RunDecoder {
         let len = read_checked(reader, run, &mut self.stored)?;
         self.pages.resize(len, 0);
         decode_frame(&mut self.dctx, &self.stored, &mut self.pages)
-            .map_err(|reason| reader.bad_run(run, reason))?;
+            .map_err(|reason| bad_run(reader, run, reason))?;
         Ok(&self.pages)
     }
 
@@ -610,7 +619,7 @@ impl RunDecoder {
             let len = (job.run.npages * PAGE_SIZE) as usize;
             let done = match &job.result {
                 Ok(()) => write(&job.run, &job.pages[..len]),
-                Err(reason) => Err(reader.bad_run(&job.run, reason.clone())),
+                Err(reason) => Err(bad_run(reader, &job.run, reason.clone())),
             };
             spare.push(job);
             done
@@ -664,6 +673,10 @@ mod tests {
         fn bad_crc(&self, _run: &PageRun) -> Error {
             Error::Invalid("bad crc".into())
         }
+
+        fn in_image(&self, image: u32) -> Option<&dyn RunReader> {
+            (image == 0).then_some(self as &dyn RunReader)
+        }
     }
 
     /// A reader that must not be read.
@@ -676,6 +689,10 @@ mod tests {
 
         fn bad_crc(&self, _run: &PageRun) -> Error {
             Error::Invalid("bad crc".into())
+        }
+
+        fn in_image(&self, image: u32) -> Option<&dyn RunReader> {
+            (image == 0).then_some(self as &dyn RunReader)
         }
     }
 

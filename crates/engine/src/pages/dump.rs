@@ -5,6 +5,7 @@
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
 use super::compress::{ZstdPool, ZstdSink};
+use super::incremental::{IncrementalSink, ParentRuns};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
 use crate::{Error, PAGE_SIZE};
@@ -14,25 +15,47 @@ use std::collections::HashSet;
 
 /// Streams the page contents of every mapping of the frozen process `pid` into `out` and
 /// returns the runs written. Shared anonymous memory is stored once, with the first mapping of
-/// it in the tree: `shmem_done` holds the objects already stored. With `compress`, runs are
-/// stored as zstd frames compressed by its workers.
+/// it in the tree: `shmem_done` holds the objects already stored. With `parent` (an
+/// incremental dump), only the pages that differ from the parent's are written; the runs
+/// returned refer to the parent's runs for the others. With `compress`, the runs written are
+/// zstd frames compressed by its workers.
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
     out: &mut RawWriter,
     shmem_done: &mut HashSet<u64>,
+    parent: Option<ParentRuns<'_>>,
     compress: Option<&mut ZstdPool>,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?;
     match compress {
-        Some(pool) => {
-            let mut sink = ZstdSink::new(pool, out);
-            copy_pages(&mut source, &mut sink)?;
+        Some(pool) => store(&mut source, ZstdSink::new(pool, out), parent),
+        None => store(&mut source, RawSink::new(out), parent),
+    }
+}
+
+/// Copies `source` into `sink`, through an [`IncrementalSink`] with `parent`.
+fn store<S: PageSink>(
+    source: &mut dyn PageSource,
+    sink: S,
+    parent: Option<ParentRuns<'_>>,
+) -> Result<Vec<PageRun>, Error> {
+    match parent {
+        None => {
+            let mut sink = sink;
+            copy_pages(source, &mut sink)?;
             sink.finish()
         }
-        None => {
-            let mut sink = RawSink::new(out);
-            copy_pages(&mut source, &mut sink)?;
+        Some(parent) => {
+            let mut sink = IncrementalSink::new(sink, parent);
+            copy_pages(source, &mut sink)?;
+            let d = sink.diffed();
+            tracing::debug!(
+                unchanged = d.unchanged,
+                changed = d.changed,
+                new = d.new,
+                "pages compared with the parent dump"
+            );
             sink.finish()
         }
     }

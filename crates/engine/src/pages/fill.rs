@@ -3,8 +3,10 @@
 //! A [`PageFill`] is called once the mappings exist (writable where runs land, see
 //! [`super::layout`]) and before the final protections are set. [`EagerFill`] is today's: every
 //! run is read from the image, checked against its CRC, and written into the target with
-//! process_vm_writev before the process runs; a compressed run is read whole, CRC-checked and
-//! decoded first ([`super::compress::RunDecoder`]). The image side is behind [`RunReader`]. A lazy fill (userfaultfd, pages served on fault)
+//! process_vm_writev before the process runs; compressed runs are read whole, CRC-checked and
+//! decoded first, by threads ([`super::compress::RunDecoder`]). The image side is behind
+//! [`RunReader`]; a run of an incremental dump is read from the
+//! pages file of its image of the chain ([`RunReader::in_image`], `crate::chain::ChainPages`). A lazy fill (userfaultfd, pages served on fault)
 //! or a fill that maps runs straight from the image would implement [`PageFill`] too.
 //!
 //! Authenticated images: a [`RawReader`] of an authenticated directory checks the MAC of
@@ -14,6 +16,7 @@
 //! (the user owns the file): it would have to copy, or verify a private copy, first.
 
 use super::compress::RunDecoder;
+use crate::chain::ChainPages;
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
 use stasis_sys::{proc_mem, Pid};
@@ -34,6 +37,9 @@ pub trait RunReader {
     fn bad_run(&self, run: &PageRun, reason: String) -> Error {
         Error::Invalid(format!("page run at {:#x}: {reason}", run.addr))
     }
+    /// The reader of the pages file of image `image` of a chain of incremental dumps (0: this
+    /// one's own), when open (`crate::chain::ChainPages`).
+    fn in_image(&self, image: u32) -> Option<&dyn RunReader>;
 }
 
 impl RunReader for RawReader {
@@ -53,6 +59,23 @@ impl RunReader for RawReader {
             reason: format!("page run at {:#x}: {reason}", run.addr),
         })
     }
+
+    fn in_image(&self, image: u32) -> Option<&dyn RunReader> {
+        (image == 0).then_some(self as &dyn RunReader)
+    }
+}
+
+/// The reader of the pages file that holds `run` (its image of the chain).
+pub(crate) fn reader_of<'r, R: RunReader + ?Sized>(
+    pages: &'r R,
+    run: &PageRun,
+) -> Result<&'r dyn RunReader, Error> {
+    pages.in_image(run.image).ok_or_else(|| {
+        Error::Invalid(format!(
+            "page run at {:#x} is in image {} of a chain of incremental dumps, which is not open",
+            run.addr, run.image
+        ))
+    })
 }
 
 /// The most memory a fill holds at once, whatever length a run claims: runs are read, checked
@@ -113,14 +136,15 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 .and_then(|l| usize::try_from(l).ok())
                 .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
             let len = len as u64;
+            let pages = reader_of(self.pages, r)?;
             let (mut done, mut crc) = (0u64, 0u32);
             while done < len {
                 let n = (len - done).min(FILL_CHUNK) as usize;
                 self.buf.resize(n, 0);
-                self.pages.read_bytes(r.offset + done, &mut self.buf)?;
+                pages.read_bytes(r.offset + done, &mut self.buf)?;
                 crc = crc32c::crc32c_append(crc, &self.buf);
                 if done + n as u64 == len && crc != r.crc {
-                    return Err(self.pages.bad_crc(r));
+                    return Err(pages.bad_crc(r));
                 }
                 proc_mem::write_all(target, r.addr + done, &self.buf)
                     .map_err(|e| Error::sys("process_vm_writev", target, e))?;
@@ -131,8 +155,9 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     }
 }
 
-/// Writes every page run into the process `pid`, checking each run's CRC.
-pub fn fill_pages(pid: Pid, runs: &[PageRun], pages: &RawReader) -> Result<(), Error> {
+/// Writes every page run into the process `pid`, checking each run's CRC; each run is read
+/// from the pages file of its image of the chain.
+pub fn fill_pages(pid: Pid, runs: &[PageRun], pages: &ChainPages) -> Result<(), Error> {
     EagerFill::new(pages).fill(pid, runs)
 }
 
@@ -154,6 +179,10 @@ mod tests {
 
         fn bad_crc(&self, _run: &PageRun) -> Error {
             Error::Invalid("bad crc".into())
+        }
+
+        fn in_image(&self, image: u32) -> Option<&dyn RunReader> {
+            (image == 0).then_some(self as &dyn RunReader)
         }
     }
 

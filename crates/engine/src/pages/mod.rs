@@ -29,7 +29,12 @@
 //!   [`PageSink`] stores the rest and produces the run index (today [`sink::RawSink`]: the raw
 //!   pages file; with `--compress`, [`compress::ZstdSink`]: each run one zstd frame,
 //!   compressed by worker threads). Dirty tracking plugs in as a source; incremental or
-//!   streamed output as a sink.
+//!   streamed output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`)
+//!   stores only the pages that differ from the parent dump's and refers to the parent's runs
+//!   for the others.
+//! * [`precopy`]: a leave-running dump copies the memory while the process runs, tracking its
+//!   writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN), and freezes it again only for the pages
+//!   written since the last pass.
 //! * [`layout`]: the restore layout inside the target, as pure plans carried out by injected
 //!   system calls.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
@@ -44,6 +49,7 @@ pub mod advice;
 pub mod compress;
 pub mod dump;
 pub mod fill;
+pub mod incremental;
 pub mod layout;
 pub mod precopy;
 pub mod sink;

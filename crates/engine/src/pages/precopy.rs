@@ -31,7 +31,7 @@
 //! `stasis dump --no-pre-copy` copies everything while the process is frozen instead.
 
 use super::dump::{copy_pages, NonZeroRuns};
-use super::sink::{PageSink, RawSink};
+use super::sink::{PageSink, Payload, RawSink};
 use super::source::{next_stretch, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES};
 use super::vma::is_special;
 use crate::inject::Injector;
@@ -112,6 +112,12 @@ impl Tracked {
     /// ptrace-stop) and takes it. `Ok(None)` when the process cannot have one (userfaultfd
     /// refused in it: a seccomp filter, a kernel without it): the dump copies it frozen.
     pub fn arm(pid: Pid, leader: Pid, syscall_ip: u64) -> Result<Option<Tracked>, Error> {
+        // A seccomp filter could kill the process for a call it does not expect (the
+        // collect phase suspends filters; nothing is injected before that).
+        if crate::procfs::read_status(pid).map_or(true, |s| s.seccomp != 0) {
+            tracing::debug!("pid {pid} is under seccomp: no pre-copy");
+            return Ok(None);
+        }
         let pidfd = process::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", pid, e))?;
         let mask =
             ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
@@ -242,7 +248,7 @@ impl Tracked {
     fn copy_present(
         &mut self,
         i: usize,
-        out: &mut RawWriter,
+        out: &mut dyn Payload,
         buf: &mut [u8],
         entries: &mut Vec<u64>,
         stats: &mut PassStats,
@@ -300,7 +306,7 @@ impl Tracked {
         &mut self,
         i: usize,
         reset: bool,
-        out: &mut RawWriter,
+        out: &mut dyn Payload,
         buf: &mut [u8],
         regions: &mut Vec<PageRegion>,
         stats: &mut PassStats,
@@ -328,7 +334,7 @@ impl Tracked {
         i: usize,
         addr: u64,
         npages: u64,
-        out: &mut RawWriter,
+        out: &mut dyn Payload,
         buf: &mut [u8],
         stats: &mut PassStats,
     ) -> Result<(), Error> {
@@ -354,7 +360,7 @@ impl Tracked {
             let pg = PAGE_SIZE as usize;
             let bytes = &data[first * pg..end * pg];
             let offset = out.position();
-            out.write(bytes)?;
+            out.append(bytes)?;
             stats.stored += bytes.len() as u64;
             for (k, page) in bytes.chunks_exact(pg).enumerate() {
                 *range.slot_mut(addr + (first + k) as u64 * PAGE_SIZE) = Slot {
@@ -376,9 +382,10 @@ impl Tracked {
     pub fn finish(
         mut self,
         vmas: &[Vma],
-        out: &mut RawWriter,
+        out: RawWriter,
         shmem_done: &mut HashSet<u64>,
     ) -> Result<Finished, Error> {
+        let mut out = Staged::new(out);
         let started = std::time::Instant::now();
         let mut buf = vec![0u8; MAX_RUN_BYTES];
         let mut regions = Vec::new();
@@ -392,9 +399,15 @@ impl Tracked {
                 .iter()
                 .position(|r| r.trusted && r.start <= v.start && v.end <= r.end);
             let tracked = match i {
-                Some(i) if trackable(v) => {
-                    self.finish_vma(i, v, out, &mut buf, &mut regions, &mut stats, &mut pending)
-                }
+                Some(i) if trackable(v) => self.finish_vma(
+                    i,
+                    v,
+                    &mut out,
+                    &mut buf,
+                    &mut regions,
+                    &mut stats,
+                    &mut pending,
+                ),
                 _ => Ok(false),
             };
             match tracked {
@@ -428,7 +441,7 @@ impl Tracked {
                 .count()
         );
         let mut source = PagemapSource::open(self.pid, &frozen_vmas, shmem_done)?;
-        let mut sink = RawSink::new(&mut *out);
+        let mut sink = RawSink::new(&mut out);
         copy_pages(&mut source, &mut sink)?;
         runs.extend(sink.finish()?);
         tracing::debug!(
@@ -442,6 +455,7 @@ impl Tracked {
             pending,
             uffd: self.uffd,
             registered,
+            out,
         })
     }
 
@@ -452,7 +466,7 @@ impl Tracked {
         &mut self,
         i: usize,
         v: &Vma,
-        out: &mut RawWriter,
+        out: &mut dyn Payload,
         buf: &mut [u8],
         regions: &mut Vec<PageRegion>,
         stats: &mut PassStats,
@@ -546,21 +560,82 @@ pub struct Finished {
     pending: Vec<PendingVma>,
     uffd: OwnedFd,
     registered: Vec<(u64, u64)>,
+    out: Staged,
+}
+
+/// The most memory the frozen copy holds before it writes to the pages file (past it, the
+/// process waits for the file).
+const STAGED_MAX: usize = 256 << 20;
+
+/// The pages file behind a buffer: what the frozen copy appends is kept in memory (up to
+/// [`STAGED_MAX`]) and written once the process runs again, each append as one write (an
+/// authenticated extent), at the offsets it was given.
+pub struct Staged {
+    out: RawWriter,
+    buf: Vec<u8>,
+    /// Length of each append held in `buf`.
+    pieces: Vec<usize>,
+}
+
+impl Staged {
+    fn new(out: RawWriter) -> Self {
+        Staged {
+            out,
+            buf: Vec::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    /// Writes what is held.
+    fn flush(&mut self) -> Result<(), Error> {
+        let mut at = 0;
+        for len in self.pieces.drain(..) {
+            self.out.write(&self.buf[at..at + len])?;
+            at += len;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is held and ends the pages file; returns its payload length.
+    fn finish(mut self) -> Result<u64, Error> {
+        self.flush()?;
+        Ok(self.out.finish()?)
+    }
+}
+
+impl Payload for Staged {
+    fn position(&self) -> u64 {
+        self.out.position() + self.buf.len() as u64
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.buf.len() + data.len() > STAGED_MAX {
+            self.flush()?;
+            return Ok(self.out.write(data)?);
+        }
+        self.buf.extend_from_slice(data);
+        self.pieces.push(data.len());
+        Ok(())
+    }
 }
 
 /// Write tracking is ended this much memory at a time.
 const UNREGISTER_PIECE: u64 = 16 << 20;
 
 impl Finished {
-    /// Ends the write tracking (the process runs on) and returns the run index of the whole
-    /// process, in address order.
-    pub fn runs(self) -> Vec<PageRun> {
+    /// Once the process runs again: writes the pages copied frozen, ends the pages file and
+    /// the write tracking, and returns the run index of the whole process, in address order,
+    /// with the pages file's payload length.
+    pub fn complete(self) -> Result<(Vec<PageRun>, u64), Error> {
         let Finished {
             mut runs,
             pending,
             uffd,
             registered,
+            out,
         } = self;
+        let page_bytes = out.finish()?;
         for (start, end) in registered {
             let mut at = start;
             while at < end {
@@ -576,7 +651,7 @@ impl Finished {
             runs.extend(runs_from_slots(p.start, &p.slots, &shift));
         }
         runs.sort_by_key(|r| r.addr);
-        runs
+        Ok((runs, page_bytes))
     }
 }
 

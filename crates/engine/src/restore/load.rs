@@ -4,10 +4,11 @@
 //! (bounds, CRCs, semantics), and so is the shape of the tree (parents before children,
 //! sessions, shared tables, zombies), before anything is created.
 
+use crate::chain::{ChainAuth, ChainPages};
 use crate::Error;
 use stasis_image::{
-    names, read_record, validate_process, ImageDir, ImageError, ImageKey, Inventory, ProcessImage,
-    RawReader, RecordKind,
+    names, read_record, validate_process_in_chain, ImageDir, ImageError, ImageKey, Inventory,
+    ProcessImage, RecordKind,
 };
 use stasis_sys::Pid;
 use std::path::Path;
@@ -64,15 +65,26 @@ pub fn images_authenticated(dir: &ImageDir, key: &ImageKey) -> bool {
     matches!(verify_images(dir, key), Ok(true))
 }
 
-/// A loaded, checked image directory: every process (parents before children) with its pages.
+/// A loaded, checked image directory: every process (parents before children) with its pages
+/// (in the chain of incremental dumps the directory ends, see [`crate::chain`]).
 pub struct Loaded {
     pub inventory: Inventory,
-    pub processes: Vec<(ProcessImage, RawReader)>,
+    pub processes: Vec<(ProcessImage, ChainPages)>,
+    /// How many ancestors the dump has (0: not an incremental dump).
+    pub depth: usize,
 }
 
-/// Loads and checks every record of an image directory, and the shape of the tree.
+/// Loads and checks every record of an image directory, and the shape of the tree; the
+/// ancestors of an incremental dump are opened without authentication (see [`load_chain`]).
 pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
+    load_chain(dir, ChainAuth::default())
+}
+
+/// [`load`], each ancestor of an incremental dump authenticated as `auth` says (as the
+/// dump itself was, by [`authenticate`]).
+pub fn load_chain(dir: &ImageDir, auth: ChainAuth<'_>) -> Result<Loaded, Error> {
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
+    let ancestors = crate::chain::open_ancestors(dir, &inventory, auth)?;
     let bad = |why: String| {
         Err(Error::Invalid(format!(
             "{}: {why}",
@@ -92,10 +104,10 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
             return bad(format!("pid {pid} is invalid or listed twice"));
         }
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
-        let pages = RawReader::open(dir, &names::pages(pid), RecordKind::Pages)?;
-        validate_process(
+        let pages = ChainPages::open(dir, &ancestors, pid, &image.page_runs)?;
+        validate_process_in_chain(
             &image,
-            pages.len(),
+            &pages.lens(),
             &dir.path_of(&names::process(pid)),
             &crate::files::KindChecks,
         )?;
@@ -168,6 +180,7 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
     Ok(Loaded {
         inventory,
         processes,
+        depth: ancestors.len(),
     })
 }
 

@@ -44,7 +44,7 @@ pub mod rebuild;
 pub mod requester;
 
 pub use fork::{ChildFailure, ChildReport};
-pub use load::{authenticate, images_authenticated, load, verify_images, Loaded};
+pub use load::{authenticate, images_authenticated, load, load_chain, verify_images, Loaded};
 pub use pidns::{restore_in_new_pid_namespace, RestoredInNamespace};
 pub use requester::Requester;
 
@@ -146,14 +146,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let _restore =
         tracing::info_span!("restore", images = %opts.images.label().display()).entered();
     let phase = Phase::Load.span();
-    authenticate(&opts.images, opts.auth.as_ref(), opts.require_authenticated)?;
-    let loaded = load(&opts.images)?;
     if let Some(r) = &opts.requester {
-        for (image, _) in &loaded.processes {
-            requester::check_requester(image, r)?;
-        }
-        // The files, processes and pids of the restore are the requester's only if this
-        // process is the requester (as_user::enter).
+        // The files, processes and pids of the restore (and the parents of an incremental
+        // dump, opened by the paths in the images) are the requester's only if this process
+        // is the requester (as_user::enter).
         let (uids, gids) = stasis_sys::privilege::res_ids();
         if uids.iter().any(|&u| u != r.uid) || gids.iter().any(|&g| g != r.gid) {
             return Err(Error::Internal {
@@ -162,6 +158,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                     r.uid, r.gid
                 ),
             });
+        }
+    }
+    authenticate(&opts.images, opts.auth.as_ref(), opts.require_authenticated)?;
+    // The ancestors of an incremental dump are trusted no more than the dump itself:
+    // authenticated when it is; root's alone (or authenticated) when root restores root's
+    // images as they are.
+    let chain_auth = crate::chain::ChainAuth {
+        key: opts.auth.as_ref(),
+        required: opts.require_authenticated || opts.images.is_authenticated(),
+        root_only_unless_authenticated: opts.requester.is_none() && process::geteuid() == 0,
+    };
+    let loaded = load::load_chain(&opts.images, chain_auth)?;
+    if let Some(r) = &opts.requester {
+        for (image, _) in &loaded.processes {
+            requester::check_requester(image, r)?;
         }
     }
     load::check_pids_free(&loaded)?;

@@ -14,7 +14,7 @@ use super::load::Loaded;
 use super::RestoreOptions;
 use crate::files::{self, memfd};
 use crate::{pages, procfs, Error};
-use stasis_image::{ProcessImage, RawReader, VmaKind};
+use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::{process, Pid};
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// One process of the tree as the restore will create it.
 pub(crate) struct PlannedProcess<'a> {
     pub image: &'a ProcessImage,
-    pub pages: &'a RawReader,
+    pub pages: &'a crate::chain::ChainPages,
     /// Mapping index -> index in [`Plan::aux`] of the file it maps (files and memfds).
     pub map_aux: HashMap<usize, usize>,
     /// Index in [`Plan::aux`] of its executable.
