@@ -420,6 +420,31 @@ impl<P: Payload> Drop for ZstdSink<'_, P> {
     }
 }
 
+/// Reads the compressed run `run` from `reader` (the pages file of its image), checks its CRC
+/// and decodes it into `out`, which holds exactly its pages afterwards: for the comparison of
+/// an incremental dump with a compressed parent. One decoder per thread, kept.
+pub fn decode_into<R: RunReader + ?Sized>(
+    reader: &R,
+    run: &PageRun,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    thread_local! {
+        static DECODER: std::cell::RefCell<Option<RunDecoder>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        let decoder = match &mut *d {
+            Some(decoder) => decoder,
+            None => d.insert(RunDecoder::new()?),
+        };
+        let pages = decoder.read_zstd(reader, run)?;
+        out.clear();
+        out.extend_from_slice(pages);
+        Ok(())
+    })
+}
+
 /// Reads page runs back: the stored bytes read, CRC-checked and decoded.
 pub struct RunDecoder {
     dctx: zstd::bulk::Decompressor<'static>,
