@@ -53,6 +53,18 @@ enum Command {
         /// of refusing the dump.
         #[arg(long)]
         unix_peers_closed: bool,
+        /// Store the pages compressed (zstd, one frame per run of up to 2 MiB, compressed by
+        /// one thread per CPU); restore and `show` read them as they are.
+        #[arg(long)]
+        compress: bool,
+        /// The zstd level of --compress: 1 (the default) to 19, or -7 to -1 (faster, larger).
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "compress",
+            allow_hyphen_values = true
+        )]
+        compress_level: Option<i32>,
         /// With --leave-running: keep the processes frozen while all their memory is copied,
         /// instead of copying it while they run and freezing them again only for what they
         /// wrote meanwhile (the default, which stops them for milliseconds).
@@ -191,12 +203,18 @@ fn main() -> ExitCode {
             leave_running,
             tcp_closed,
             unix_peers_closed,
+            compress,
+            compress_level,
             no_pre_copy,
             parent,
             no_auth,
             key_file,
             log_file: _,
         } => {
+            let compress = compress.then(|| stasis_engine::Compression {
+                level: compress_level.unwrap_or(stasis_engine::Compression::default().level),
+                ..Default::default()
+            });
             let key = (!no_auth).then_some(key_file);
             let tcp = if tcp_closed {
                 TcpConnections::Closed
@@ -211,6 +229,7 @@ fn main() -> ExitCode {
                     leave_running,
                     unix_peers_closed,
                     tcp,
+                    compress,
                     key_file: key,
                     pre_copy: !no_pre_copy,
                     parent,
@@ -390,6 +409,8 @@ struct DumpRequest {
     leave_running: bool,
     unix_peers_closed: bool,
     tcp: TcpConnections,
+    /// `--compress` (and `--compress-level`).
+    compress: Option<stasis_engine::Compression>,
     /// The image key to authenticate the images with (None: `--no-auth`).
     key_file: Option<PathBuf>,
     pre_copy: bool,
@@ -413,6 +434,7 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         leave_running,
         unix_peers_closed,
         tcp,
+        compress,
         ref key_file,
         pre_copy,
         ref parent,
@@ -429,6 +451,9 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         }
         if unix_peers_closed {
             return Err("--unix-peers-closed: not available for dumps through stasisd".into());
+        }
+        if compress.is_some() {
+            return Err("--compress: not available for dumps through stasisd yet".into());
         }
         // Not root: stasisd dumps it, if it is ours to dump.
         let dir = open_dir_for_daemon(images)?;
@@ -451,14 +476,20 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
             .and_then(|k| stasis_engine::auth::key_for_root(k, true)),
         pre_copy,
         parent: parent.clone(),
+        compress,
     })?;
     eprintln!(
-        "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
+        "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages{}, frozen for {:.1} ms",
         report.pid,
         report.processes,
         images.display(),
         report.mappings,
         report.page_bytes / 1024,
+        if compress.is_some() {
+            " (compressed)"
+        } else {
+            ""
+        },
         report.frozen.as_secs_f64() * 1e3
     );
     Ok(0)

@@ -73,6 +73,9 @@ enum Mode {
     /// Dump (kills), restore attached, SIGTERM, check; restore from the same
     /// images once more, SIGTERM, check.
     RestoreTwice,
+    /// The other mode with `--compress` on every dump; each dump's images must
+    /// hold compressed runs and pass `stasis show` (which decodes them all).
+    Compressed(&'static Mode),
 }
 
 // ---------------------------------------------------------------------------
@@ -137,6 +140,8 @@ struct Run {
     /// The test's processes (pid, start time) when last looked at: the root
     /// and its descendants (see `tree_of`).
     tree: Vec<(i32, u64)>,
+    /// Dumps with `--compress` ([`Mode::Compressed`]).
+    compress: bool,
 }
 
 impl Run {
@@ -155,6 +160,7 @@ impl Run {
             nstasis: 0,
             mark: 0,
             tree: Vec::new(),
+            compress: false,
         }
     }
 
@@ -240,6 +246,21 @@ impl Run {
         Ok((child, out))
     }
 
+    /// `stasis show DIR` verifies every run (compressed ones decoded) and
+    /// shows that some are compressed.
+    fn check_compressed(&mut self, images: &Path) -> Result<(), String> {
+        self.stasis("show", &["show".into(), images.into()])?;
+        let out = self.dir.join(format!("stasis-{}-show.log", self.nstasis));
+        let json = fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        if !json.contains("\"Zstd\"") {
+            return Err(format!(
+                "dump --compress stored no compressed run ({})",
+                out.display()
+            ));
+        }
+        Ok(())
+    }
+
     fn images(&self, name: &str) -> Result<PathBuf, String> {
         let dir = self.dir.join(name);
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
@@ -259,7 +280,13 @@ impl Run {
         if leave_running {
             args.push("--leave-running".into());
         }
+        if self.compress {
+            args.push("--compress".into());
+        }
         self.stasis("dump", &args)?;
+        if self.compress {
+            self.check_compressed(images)?;
+        }
         if leave_running {
             return self
                 .wait_running(None)
@@ -483,7 +510,11 @@ impl Run {
         sleep(d);
     }
 
-    fn run(&mut self, mode: Mode) -> Result<(), String> {
+    fn run(&mut self, mut mode: Mode) -> Result<(), String> {
+        if let Mode::Compressed(inner) = mode {
+            self.compress = true;
+            mode = *inner;
+        }
         self.spawn()?;
         self.wait_ready()?;
         self.settle(SETTLE_AFTER_READY);
@@ -531,6 +562,7 @@ impl Run {
                 self.finish_attached()
                     .map_err(|e| format!("second restore: {e}"))
             }
+            Mode::Compressed(_) => Err("Compressed(Compressed(..))".into()),
         }
     }
 
@@ -901,6 +933,11 @@ zdtm_tests! {
     // Issue 10's bugs: threads in a non-root process, itimers that fire while frozen,
     // children exiting during the freeze, lone pipe ends, make -j, status flags.
     tree_threads;
+    tree_mem_mixed also {
+        compress_dump_restore: Compressed(&DumpRestore),
+        compress_leave_running: Compressed(&LeaveRunning),
+        compress_cycles2: Compressed(&Cycles(2)),
+    };
     itimer_frozen;
     shell_spawn also { cycles8: Cycles(8) };
     pipe_lone_end;

@@ -275,6 +275,7 @@ fn dump_self(
         pre_copy: true,
         // Incremental dumps are not offered through stasisd yet.
         parent: None,
+        compress: None,
     })?;
     if !kill {
         send_dumped(conn)?;
@@ -337,6 +338,7 @@ fn dump_pid(
         unix_peers_closed: false,
         pre_copy: true,
         parent: None,
+        compress: None,
     })?;
     send_dumped(conn)
 }

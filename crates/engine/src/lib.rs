@@ -37,6 +37,7 @@ pub mod task;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection, TcpConnections};
 pub use files::ReplacedFiles;
+pub use pages::compress::Compression;
 pub use restore::{restore, Requester, RestoreOptions, Restored};
 
 pub use stasis_image::{ImageDir, ImageKey};

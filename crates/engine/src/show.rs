@@ -7,8 +7,11 @@
 //! and checked there too.
 
 use crate::chain::ChainPages;
+use crate::pages::compress::RunDecoder;
 use crate::{files, Error};
-use stasis_image::{names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RecordKind};
+use stasis_image::{
+    names, read_record, ImageDir, ImageKey, Inventory, ProcessImage, RecordKind, RunCodec,
+};
 
 /// Decodes the inventory and every process record; checks the raw files' headers. With `key`,
 /// images that carry `auth.img` are authenticated first (every file, whole); the result says
@@ -81,10 +84,20 @@ pub fn show(dir: &ImageDir, key: Option<&ImageKey>) -> Result<serde_json::Value,
 }
 
 /// Reads every page run (from the pages file of its image of the chain) and blob and checks
-/// its CRC (blobs through their kind's module).
+/// its CRC (blobs through their kind's module); compressed runs are decoded too (each must
+/// give exactly its pages).
 fn verify_data(dir: &ImageDir, image: &ProcessImage, pages: &ChainPages) -> Result<(), Error> {
     let mut buf = vec![0u8; 1 << 20];
+    let mut decoder = None;
     for r in &image.page_runs {
+        if r.codec == RunCodec::Zstd {
+            let d = match &mut decoder {
+                Some(d) => d,
+                None => decoder.insert(RunDecoder::new()?),
+            };
+            d.read_zstd(pages, r)?;
+            continue;
+        }
         let Some(file) = pages.file(r.image) else {
             return Err(Error::Invalid(format!(
                 "page run at {:#x} is in image {} of the chain, which is not open",

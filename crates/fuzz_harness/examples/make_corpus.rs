@@ -255,6 +255,26 @@ fn raw_seeds(out: &Out) -> Res<()> {
     seed.extend_from_slice(&block);
     seed.extend_from_slice(&[0xaa; 16]);
     out.put("raw_reader", "whole-file", &seed)?;
+    // A compressed page run of 3 pages (`dump --compress`), decoded whole, as 2 pages (too
+    // long) and cut short by a byte.
+    let text: Vec<u8> = (0..2000u32)
+        .flat_map(|i| {
+            format!("{{\"id\": {i}, \"name\": \"user-{}\"}}\n", i * 7919 % 5003).into_bytes()
+        })
+        .take(3 * 4096)
+        .collect();
+    let frame = zstd::bulk::compress(&text, 1)?;
+    let mut seed = vec![0u8, 3];
+    let n = frame.len() as u32;
+    for (len, npages) in [(n, 3u16), (n, 2), (n - 1, 3)] {
+        seed.push(4);
+        seed.extend_from_slice(&0u32.to_le_bytes());
+        seed.extend_from_slice(&len.to_le_bytes());
+        seed.extend_from_slice(&npages.to_le_bytes());
+    }
+    seed.push(0);
+    seed.extend_from_slice(&frame);
+    out.put("raw_reader", "zstd-run", &seed)?;
     Ok(())
 }
 

@@ -188,6 +188,8 @@ const MAX_PIECES: u64 = 64;
 ///
 /// Every read that succeeds must return the bytes of the payload at its offset, whether
 /// authenticated or not; chunked reads hand out contiguous pieces no longer than the chunk.
+/// Op kind 4 decodes the bytes as a compressed page run (`dump --compress`): it must give
+/// exactly the run's pages or an error.
 pub fn raw_reader(data: &[u8]) {
     let mut r = Cursor(data);
     let Some(flags) = r.u8() else { return };
@@ -297,7 +299,28 @@ fn expected(payload: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 
 fn read_op(reader: &RawReader, op: &Op, payload: &[u8]) {
     let want = expected(payload, op.offset, op.len);
-    match op.kind % 4 {
+    match op.kind % 5 {
+        4 => {
+            // The stored bytes as a compressed run of `param % 600` pages, their CRC right:
+            // the frame must decode to exactly the run or be refused, within bounds.
+            let Some(stored) = want else { return };
+            let run = stasis_image::PageRun {
+                addr: 0x1000,
+                npages: u64::from(op.param % 600),
+                offset: op.offset,
+                stored_len: op.len,
+                codec: stasis_image::RunCodec::Zstd,
+                crc: crc32c::crc32c(stored),
+                image: 0,
+            };
+            let Ok(mut decoder) = stasis_engine::pages::compress::RunDecoder::new() else {
+                return;
+            };
+            if let Ok(pages) = decoder.read_zstd(reader, &run) {
+                assert_eq!(pages.len() as u64, run.npages * 4096, "decoded length");
+                assert!(run.npages <= stasis_image::MAX_ZSTD_RUN_PAGES);
+            }
+        }
         k @ (0 | 1) => {
             let mut buf = vec![0u8; op.len.min(MAX_READ) as usize];
             let crc = u32::from(op.param);

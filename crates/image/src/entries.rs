@@ -419,9 +419,14 @@ impl PageRun {
 pub enum RunCodec {
     /// The page contents as they are.
     Raw,
-    /// One zstd frame holding exactly the run's page contents.
+    /// One zstd frame holding exactly the run's page contents (at most
+    /// [`MAX_ZSTD_RUN_PAGES`] pages).
     Zstd,
 }
+
+/// The most pages a [`RunCodec::Zstd`] run may hold: 2 MiB, the dumper's longest run. It bounds
+/// the buffer a reader decodes a run into, whatever an image claims.
+pub const MAX_ZSTD_RUN_PAGES: u64 = 512;
 
 /// An open file description (engine::files). Several fds may refer to one.
 /// Each kind of file is dumped, checked (beyond what [`crate::validate_process`] checks for

@@ -8,7 +8,7 @@
 //! as a [`FileChecks`]. So the rules for a kind live next to the code that relies on them, and
 //! a new kind needs no change here.
 
-use crate::{ImageError, LockRange, ProcessImage, RunCodec, VmaKind};
+use crate::{ImageError, LockRange, ProcessImage, RunCodec, VmaKind, MAX_ZSTD_RUN_PAGES};
 use std::path::Path;
 
 const PAGE: u64 = 4096;
@@ -197,8 +197,11 @@ pub fn validate_process_in_chain(
         }
         let stored_ok = match r.codec {
             RunCodec::Raw => r.stored_len == len && r.offset % PAGE == 0,
-            // A compressed run is stored only when it is smaller than the pages.
-            RunCodec::Zstd => r.stored_len > 0 && r.stored_len < len,
+            // A compressed run is stored only when it is smaller than the pages, and is
+            // decoded whole into a buffer: its length is bounded.
+            RunCodec::Zstd => {
+                r.stored_len > 0 && r.stored_len < len && r.npages <= MAX_ZSTD_RUN_PAGES
+            }
         };
         if !stored_ok {
             return bad(format!(
@@ -455,6 +458,36 @@ mod tests {
     #[test]
     fn sample_is_valid() {
         validate(&sample_process(), 8192).unwrap();
+    }
+
+    /// A compressed run is shorter than its pages and at most MAX_ZSTD_RUN_PAGES long.
+    #[test]
+    fn compressed_runs_are_bounded() {
+        let mut p = sample_process();
+        // Room for 1024 pages of heap.
+        p.vmas[1].end = 0x900000;
+        p.vmas[2].start = 0x900000;
+        p.vmas[2].end = 0x902000;
+        let run = |npages: u64, stored_len: u64| crate::PageRun {
+            addr: 0x500000,
+            npages,
+            offset: 1,
+            stored_len,
+            codec: RunCodec::Zstd,
+            crc: 0,
+            image: 0,
+        };
+        p.page_runs = vec![run(MAX_ZSTD_RUN_PAGES, 1000)];
+        validate(&p, 8192).unwrap();
+        for (r, why) in [
+            (run(MAX_ZSTD_RUN_PAGES + 1, 1000), "too many pages"),
+            (run(1, 4096), "not smaller"),
+            (run(2, 0), "empty"),
+            (run(3, 8192), "past the pages file"),
+        ] {
+            p.page_runs = vec![r];
+            assert!(validate(&p, 8192).is_err(), "{why}");
+        }
     }
 
     /// Many POSIX locks through many fds are checked in linear time (a scan of the fd table

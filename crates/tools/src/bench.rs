@@ -161,6 +161,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
             unix_peers_closed: false,
             pre_copy: true,
             parent: None,
+            compress: None,
         })?;
         let dump = t.elapsed();
         let _ = child.wait();
@@ -290,6 +291,7 @@ pub fn run_tree(procs: u32, threads: u32) -> BenchResult {
             unix_peers_closed: false,
             pre_copy: true,
             parent: None,
+            compress: None,
         })?;
         let dump = t.elapsed();
         println!(

@@ -67,6 +67,11 @@ pub struct DumpOptions {
     /// Restore a unix socket connected to a socket outside the dumped tree as a connection
     /// whose peer closed, instead of refusing the dump (engine::files::unix_socket).
     pub unix_peers_closed: bool,
+    /// Store page runs as zstd frames (`stasis dump --compress`, see
+    /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either. A
+    /// compressed dump does not pre-copy (`pre_copy` is ignored): the tree stays frozen while
+    /// its memory is copied and compressed.
+    pub compress: Option<crate::pages::compress::Compression>,
     /// With `leave_running`: copy the memory while the tree runs (write tracking, see
     /// [`crate::pages::precopy`]) so that it is stopped only briefly. Off: the tree stays
     /// frozen while all its memory is copied.
@@ -165,6 +170,9 @@ impl Phase {
 /// Dumps `opts.pid` into `opts.images`.
 pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let pid = opts.pid;
+    if let Some(c) = &opts.compress {
+        c.check()?;
+    }
     if pid <= 0 {
         return Err(Error::NoSuchProcess { pid });
     }
@@ -221,8 +229,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let result = (|| {
         let mut pre = Vec::new();
         // An incremental dump compares every page with its parent's, frozen (a pre-copy
-        // would need to compare as it copies: not done yet).
-        if opts.leave_running && opts.pre_copy && opts.parent.is_none() {
+        // would need to compare as it copies: not done yet); pre-copied pages are stored
+        // raw, so a compressed dump copies everything frozen too.
+        if opts.leave_running && opts.pre_copy && opts.parent.is_none() && opts.compress.is_none() {
             let _phase = Phase::PreCopy.span();
             // Threads interrupted in a call that resumes through restart_syscall, before
             // the thaw (see `freeze::resumed_call`).
@@ -273,8 +282,14 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         )?;
         drop(phase);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes, records) =
-            write::write_tree(dir, collected, &mut written, pre, parent.as_mut())?;
+        let (mappings, page_bytes, records) = write::write_tree(
+            dir,
+            collected,
+            &mut written,
+            pre,
+            parent.as_mut(),
+            opts.compress,
+        )?;
         drop(phase);
         let _phase = Phase::Sync.span();
         // A process that runs on need not wait for the disk (nor for its records, which are

@@ -27,7 +27,10 @@ pub(crate) fn write_tree(
     written: &mut Vec<String>,
     mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
     mut parent: Option<&mut Parent>,
+    compress: Option<pages::compress::Compression>,
 ) -> Result<(usize, u64, Vec<Record>), Error> {
+    // One pool of compression threads for the whole tree.
+    let mut pool = compress.map(pages::compress::ZstdPool::new).transpose()?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
@@ -45,8 +48,14 @@ pub(crate) fn write_tree(
             written.push(pages_name);
             let from_parent = parent.as_deref().and_then(|p| p.process(pid));
             let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
-            c.image.page_runs =
-                pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done, parent_runs)?;
+            c.image.page_runs = pages::dump_pages(
+                pid,
+                &c.image.vmas,
+                &mut pages,
+                &mut shmem_done,
+                parent_runs,
+                pool.as_mut(),
+            )?;
             // The parent's pages files this one refers to, with their lengths now.
             let parent_len = from_parent
                 .filter(|_| c.image.page_runs.iter().any(|r| r.image == 1))

@@ -4,6 +4,7 @@
 //! pages of each run are cut out here, before any sink sees them, so that no sink stores or
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
+use super::compress::{ZstdPool, ZstdSink};
 use super::incremental::{IncrementalSink, ParentRuns};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
@@ -16,25 +17,38 @@ use std::collections::HashSet;
 /// returns the runs written. Shared anonymous memory is stored once, with the first mapping of
 /// it in the tree: `shmem_done` holds the objects already stored. With `parent` (an
 /// incremental dump), only the pages that differ from the parent's are written; the runs
-/// returned refer to the parent's runs for the others.
+/// returned refer to the parent's runs for the others. With `compress`, the runs written are
+/// zstd frames compressed by its workers.
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
     out: &mut RawWriter,
     shmem_done: &mut HashSet<u64>,
     parent: Option<ParentRuns<'_>>,
+    compress: Option<&mut ZstdPool>,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?;
-    let sink = RawSink::new(out);
+    match compress {
+        Some(pool) => store(&mut source, ZstdSink::new(pool, out), parent),
+        None => store(&mut source, RawSink::new(out), parent),
+    }
+}
+
+/// Copies `source` into `sink`, through an [`IncrementalSink`] with `parent`.
+fn store<S: PageSink>(
+    source: &mut dyn PageSource,
+    sink: S,
+    parent: Option<ParentRuns<'_>>,
+) -> Result<Vec<PageRun>, Error> {
     match parent {
         None => {
             let mut sink = sink;
-            copy_pages(&mut source, &mut sink)?;
+            copy_pages(source, &mut sink)?;
             sink.finish()
         }
         Some(parent) => {
             let mut sink = IncrementalSink::new(sink, parent);
-            copy_pages(&mut source, &mut sink)?;
+            copy_pages(source, &mut sink)?;
             let d = sink.diffed();
             tracing::debug!(
                 unchanged = d.unchanged,

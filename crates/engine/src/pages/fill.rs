@@ -3,8 +3,9 @@
 //! A [`PageFill`] is called once the mappings exist (writable where runs land, see
 //! [`super::layout`]) and before the final protections are set. [`EagerFill`] is today's: every
 //! run is read from the image, checked against its CRC, and written into the target with
-//! process_vm_writev before the process runs. The image side is behind [`RunReader`] (the raw
-//! pages file today; a compressed one later); a run of an incremental dump is read from the
+//! process_vm_writev before the process runs; compressed runs are read whole, CRC-checked and
+//! decoded first, by threads ([`super::compress::RunDecoder`]). The image side is behind
+//! [`RunReader`]; a run of an incremental dump is read from the
 //! pages file of its image of the chain ([`RunReader::in_image`], `crate::chain::ChainPages`). A lazy fill (userfaultfd, pages served on fault)
 //! or a fill that maps runs straight from the image would implement [`PageFill`] too.
 //!
@@ -14,6 +15,7 @@
 //! buffer, before it was written. A fill that mapped the pages file instead could not do that
 //! (the user owns the file): it would have to copy, or verify a private copy, first.
 
+use super::compress::RunDecoder;
 use crate::chain::ChainPages;
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
@@ -31,6 +33,10 @@ pub trait RunReader {
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// The error for a run whose bytes do not match its CRC.
     fn bad_crc(&self, run: &PageRun) -> Error;
+    /// The error for a run whose stored bytes do not decode (`reason` says why).
+    fn bad_run(&self, run: &PageRun, reason: String) -> Error {
+        Error::Invalid(format!("page run at {:#x}: {reason}", run.addr))
+    }
     /// The reader of the pages file of image `image` of a chain of incremental dumps (0: this
     /// one's own), when open (`crate::chain::ChainPages`).
     fn in_image(&self, image: u32) -> Option<&dyn RunReader>;
@@ -47,13 +53,20 @@ impl RunReader for RawReader {
         })
     }
 
+    fn bad_run(&self, run: &PageRun, reason: String) -> Error {
+        Error::Image(stasis_image::ImageError::Invalid {
+            path: self.path().to_path_buf(),
+            reason: format!("page run at {:#x}: {reason}", run.addr),
+        })
+    }
+
     fn in_image(&self, image: u32) -> Option<&dyn RunReader> {
         (image == 0).then_some(self as &dyn RunReader)
     }
 }
 
 /// The reader of the pages file that holds `run` (its image of the chain).
-fn reader_of<'r, R: RunReader + ?Sized>(
+pub(crate) fn reader_of<'r, R: RunReader + ?Sized>(
     pages: &'r R,
     run: &PageRun,
 ) -> Result<&'r dyn RunReader, Error> {
@@ -75,6 +88,8 @@ const FILL_CHUNK: u64 = 2 << 20;
 pub struct EagerFill<'a, R: RunReader + ?Sized> {
     pages: &'a R,
     buf: Vec<u8>,
+    /// For compressed runs (made at the first one).
+    decoder: Option<RunDecoder>,
 }
 
 impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
@@ -82,19 +97,39 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
         EagerFill {
             pages,
             buf: Vec::new(),
+            decoder: None,
         }
+    }
+
+    /// Compressed runs: each read whole (at most 2 MiB) and CRC-checked, decoded by worker
+    /// threads, then written in order.
+    fn fill_zstd(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self.decoder.insert(RunDecoder::new()?),
+        };
+        decoder.fill_runs(self.pages, runs, |r, pages| {
+            proc_mem::write_all(target, r.addr, pages)
+                .map_err(|e| Error::sys("process_vm_writev", target, e))
+        })
     }
 }
 
 impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
-        for r in runs {
-            if r.codec != stasis_image::RunCodec::Raw {
-                return Err(Error::Invalid(format!(
-                    "page run at {:#x} is stored as {:?}, which this fill cannot read",
-                    r.addr, r.codec
-                )));
+        let mut rest = runs;
+        while let Some(r) = rest.first() {
+            if r.codec == stasis_image::RunCodec::Zstd {
+                // The compressed runs that follow, together.
+                let n = rest
+                    .iter()
+                    .take_while(|r| r.codec == stasis_image::RunCodec::Zstd)
+                    .count();
+                self.fill_zstd(target, &rest[..n])?;
+                rest = &rest[n..];
+                continue;
             }
+            rest = &rest[1..];
             let len = r
                 .npages
                 .checked_mul(PAGE_SIZE)

@@ -210,9 +210,9 @@ impl<S: PageSink> PageSink for IncrementalSink<'_, S> {
     }
 }
 
-/// The page contents of the parent's `run`, decoded, in `buf`; `None` when this build cannot
-/// decode the run's codec (its pages are then stored anew). Bounded: a run longer than the
-/// dumper writes is not decoded.
+/// The page contents of the parent's `run`, decoded, in `buf` (a compressed run's stored bytes
+/// are CRC-checked first); `None` when the run's image is not open. Bounded: a run longer than
+/// the dumper writes is not decoded.
 pub fn decoded_run<'b>(
     files: &dyn RunReader,
     run: &PageRun,
@@ -231,8 +231,11 @@ pub fn decoded_run<'b>(
             file.read_bytes(run.offset, buf)?;
             Ok(Some(&buf[..]))
         }
-        // Decoded by the compressing build (`stasis dump --compress`); stored anew here.
-        RunCodec::Zstd => Ok(None),
+        // A compressed parent (`stasis dump --compress`): read, checked and decoded.
+        RunCodec::Zstd => {
+            super::compress::decode_into(files, run, buf)?;
+            Ok(Some(&buf[..]))
+        }
     }
 }
 
@@ -428,16 +431,40 @@ mod tests {
     }
 
     #[test]
-    fn encoded_parent_runs_are_referenced_whole_or_stored_anew() {
-        let (mut p_runs, p_file) = full(&[(A, "abcd")]);
-        // Pretend the run was compressed: this build cannot decode it, so it is stored anew.
-        p_runs[0].codec = RunCodec::Zstd;
-        p_runs[0].stored_len = 100;
+    fn compressed_parent_runs_are_decoded_and_compared() {
+        use super::super::compress::{Compression, ZstdPool, ZstdSink};
+        // The parent, dumped with --compress.
+        let mut pool = ZstdPool::new(Compression {
+            level: 1,
+            threads: 1,
+        })
+        .unwrap();
+        let mut sink = ZstdSink::new(&mut pool, Vec::new());
+        sink.put(A, &pages("abcd")).unwrap();
+        let p_runs = sink.finish().unwrap();
+        let p_file = File(sink.payload().clone());
+        drop(sink);
+        assert_eq!(p_runs[0].codec, RunCodec::Zstd);
         let parent = Chain(vec![p_file]);
+        // Unchanged: the compressed run is referenced whole.
         let (runs, file, d) = incr(&p_runs, &parent, &[(A, "abcd")]);
-        assert_eq!(at(&runs), vec![(A, 4, 0, 0)]);
+        assert_eq!(at(&runs), vec![(A, 4, 0, 1)]);
+        assert_eq!(runs[0].codec, RunCodec::Zstd);
+        assert!(file.0.is_empty());
+        assert_eq!(d.unchanged, 4);
+        // One page changed: a frame is referenced whole or not at all, so all 4 are stored.
+        let (runs, file, _) = incr(&p_runs, &parent, &[(A, "abxd")]);
         assert_eq!(file.0.len(), 4 * PG);
-        assert_eq!(d.new, 4);
+        assert!(runs.iter().all(|r| r.image == 0));
+        // A compressed parent run whose bytes do not match its CRC fails the dump.
+        let mut bad = p_runs.clone();
+        bad[0].crc ^= 1;
+        let parent_runs = ParentRuns {
+            runs: &bad,
+            files: &parent,
+        };
+        let mut sink = IncrementalSink::new(RawSink::new(Vec::new()), parent_runs);
+        assert!(sink.put(A, &pages("abcd")).is_err());
     }
 
     #[test]

@@ -27,10 +27,11 @@
 //!   runs of pages that may hold data (today [`source::PagemapSource`]: a pagemap scan, and
 //!   SEEK_DATA over shared memory), [`dump::copy_pages`] drops the all-zero pages, and a
 //!   [`PageSink`] stores the rest and produces the run index (today [`sink::RawSink`]: the raw
-//!   pages file). Dirty tracking plugs in as a source; compression, incremental or streamed
-//!   output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`) stores only
-//!   the pages that differ from the parent dump's and refers to the parent's runs for the
-//!   others.
+//!   pages file; with `--compress`, [`compress::ZstdSink`]: each run one zstd frame,
+//!   compressed by worker threads). Dirty tracking plugs in as a source; incremental or
+//!   streamed output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`)
+//!   stores only the pages that differ from the parent dump's and refers to the parent's runs
+//!   for the others.
 //! * [`precopy`]: a leave-running dump copies the memory while the process runs, tracking its
 //!   writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN), and freezes it again only for the pages
 //!   written since the last pass.
@@ -38,12 +39,14 @@
 //!   system calls.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
 //!   [`fill::EagerFill`]: every run read from the image, CRC-checked and written with
-//!   process_vm_writev); lazy userfaultfd or mapping runs from the image plug in there.
+//!   process_vm_writev; compressed runs decoded by [`compress::RunDecoder`]); lazy userfaultfd
+//!   or mapping runs from the image plug in there.
 //!
 //! Page data stays apart from the metadata: the pages file holds the bytes, the process record
 //! holds the mappings and the run index (docs/image-format.md).
 
 pub mod advice;
+pub mod compress;
 pub mod dump;
 pub mod fill;
 pub mod incremental;
