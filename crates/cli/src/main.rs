@@ -130,16 +130,25 @@ enum Command {
     /// Run the demo: a counter checkpoints itself through an embedded stasisd, gets killed,
     /// is restored, and goes on knowing it was restored.
     Demo,
-    /// Measure dump and restore of a process with --mib MiB of memory against baselines.
+    /// Measure dumps and restores of workloads (64 MiB, 256 MiB, 1 GiB, a multi-threaded
+    /// process, a tree of processes) against baselines measured in the same run (and against
+    /// CRIU when $CRIU_BIN names CRIU 4.1 or newer).
     Bench {
-        #[arg(long, default_value_t = 256)]
-        mib: u64,
-        /// Processes in the tree-freeze benchmark.
-        #[arg(long, default_value_t = 50)]
-        tree_processes: u32,
-        /// Threads per process in the tree-freeze benchmark.
-        #[arg(long, default_value_t = 10)]
-        tree_threads: u32,
+        /// Only a workload of this many MiB (instead of 64, 256 and 1024).
+        #[arg(long)]
+        mib: Option<u64>,
+        /// Processes in the tree benchmark [default: 50; 5 with --quick].
+        #[arg(long)]
+        tree_processes: Option<u32>,
+        /// Threads per process in the tree benchmark [default: 10; 2 with --quick].
+        #[arg(long)]
+        tree_threads: Option<u32>,
+        /// Runs of each figure; the median is printed [default: 3; 1 with --quick].
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Small sizes and one run: seconds (to check that the benchmark works, not speed).
+        #[arg(long)]
+        quick: bool,
     },
     /// The tree the benchmark freezes (internal).
     #[command(hide = true)]
@@ -150,7 +159,12 @@ enum Command {
     },
     /// The program the benchmark dumps (internal).
     #[command(hide = true)]
-    BenchWorkload { mib: u64, ready: PathBuf },
+    BenchWorkload {
+        mib: u64,
+        ready: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
     /// The counter program the demo dumps (internal).
     #[command(hide = true)]
     DemoCounter { images: PathBuf },
@@ -234,7 +248,24 @@ fn main() -> ExitCode {
             mib,
             tree_processes,
             tree_threads,
-        } => ("bench", bench::run(mib, tree_processes, tree_threads)),
+            runs,
+            quick,
+        } => {
+            let mut opts = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::full()
+            };
+            if let Some(mib) = mib {
+                opts.sizes_mib = vec![mib];
+            }
+            if let Some(tree) = &mut opts.tree {
+                tree.0 = tree_processes.unwrap_or(tree.0);
+                tree.1 = tree_threads.unwrap_or(tree.1);
+            }
+            opts.runs = runs.unwrap_or(opts.runs);
+            ("bench", bench::run(&opts))
+        }
         Command::BenchTreeWorkload {
             procs,
             threads,
@@ -243,7 +274,11 @@ fn main() -> ExitCode {
             "bench-tree-workload",
             bench::tree_workload(procs, threads, &ready),
         ),
-        Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
+        Command::BenchWorkload {
+            mib,
+            ready,
+            threads,
+        } => ("bench-workload", bench::workload(mib, threads, &ready)),
     };
     match result {
         Ok(code) => {
