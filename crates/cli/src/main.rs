@@ -4,6 +4,8 @@
 //! `--log-file` (dump, restore) into a file.
 #![deny(unsafe_code)]
 
+mod report;
+
 use clap::{Parser, Subcommand};
 use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions, TcpConnections};
 use stasis_tools::{bench, demo};
@@ -65,6 +67,9 @@ enum Command {
         /// The image key (root only).
         #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
         key_file: PathBuf,
+        /// Write the timings of each phase (ms) and the sizes of the images as JSON into FILE.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Restore a process from an images directory, with its original pid.
     Restore {
@@ -117,6 +122,10 @@ enum Command {
         /// this flag, a stdin that is not a terminal is an error. (CRIU's name.)
         #[arg(short = 'j', long)]
         shell_job: bool,
+        /// Write the timings of each phase and rebuild step (ms) and the sizes of the images
+        /// as JSON into FILE, once the process runs.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -165,6 +174,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: u32,
     },
+    /// The progress bar of a restore, run by the restorer on a terminal (internal).
+    #[command(hide = true)]
+    ProgressRestore { images: PathBuf },
     /// The counter program the demo dumps (internal).
     #[command(hide = true)]
     DemoCounter { images: PathBuf },
@@ -197,6 +209,7 @@ fn main() -> ExitCode {
             unix_peers_closed,
             no_auth,
             key_file,
+            stats,
             log_file: _,
         } => {
             let key = (!no_auth).then_some(key_file);
@@ -207,7 +220,15 @@ fn main() -> ExitCode {
             };
             (
                 "dump",
-                run_dump(pid, images, leave_running, unix_peers_closed, tcp, key),
+                run_dump(
+                    pid,
+                    images,
+                    leave_running,
+                    unix_peers_closed,
+                    tcp,
+                    key,
+                    stats,
+                ),
             )
         }
         Command::Restore {
@@ -221,9 +242,11 @@ fn main() -> ExitCode {
             accept_replaced_files,
             tty,
             shell_job,
+            stats,
             log_file: _,
         } => {
             let how = RestoreHow {
+                stats,
                 tty,
                 shell_job,
                 detach,
@@ -243,6 +266,9 @@ fn main() -> ExitCode {
         }
         Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),
+        Command::ProgressRestore { images } => {
+            ("progress-restore", report::follow_restore(&images))
+        }
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
         Command::Bench {
             mib,
@@ -405,7 +431,9 @@ fn run_dump(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
+    stats: Option<PathBuf>,
 ) -> CmdResult {
+    let started = std::time::Instant::now();
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&images)?;
     let result = dump_into(
@@ -416,12 +444,22 @@ fn run_dump(
         tcp,
         key_file,
     );
+    let result = match (result, stats) {
+        (Ok(report), Some(path)) => {
+            let v = report::dump_stats(report.as_ref(), &images, started.elapsed());
+            report::write_stats(&path, &v)
+                .map(|()| 0)
+                .map_err(Into::into)
+        }
+        (r, _) => r.map(|_| 0),
+    };
     if result.is_err() {
         remove_empty_dirs(&created);
     }
     result
 }
 
+/// Dumps `pid` into `images`: the engine's report, or None when stasisd dumped it.
 fn dump_into(
     pid: i32,
     images: &PathBuf,
@@ -429,7 +467,7 @@ fn dump_into(
     unix_peers_closed: bool,
     tcp: TcpConnections,
     key_file: Option<PathBuf>,
-) -> CmdResult {
+) -> Result<Option<stasis_engine::DumpReport>, Box<dyn std::error::Error>> {
     if stasis_sys::process::geteuid() != 0 {
         if key_file.is_none() {
             return Err("--no-auth: dumps through stasisd are always authenticated".into());
@@ -444,8 +482,12 @@ fn dump_into(
         let dir = open_dir_for_daemon(images)?;
         stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
         eprintln!("dumped pid {pid} into {} through stasisd", images.display());
-        return Ok(0);
+        return Ok(None);
     }
+    let progress = report::Progress::start(report::Follow::Dump {
+        pid,
+        images: images.clone(),
+    });
     let report = dump(DumpOptions {
         pid,
         pidfd: None,
@@ -457,7 +499,9 @@ fn dump_into(
         admit: None,
         tcp,
         auth: key_file.and_then(|k| stasis_engine::auth::key_for_root(&k, true)),
-    })?;
+    });
+    drop(progress);
+    let report = report?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages, frozen for {:.1} ms",
         report.pid,
@@ -467,7 +511,7 @@ fn dump_into(
         report.page_bytes / 1024,
         report.frozen.as_secs_f64() * 1e3
     );
-    Ok(0)
+    Ok(Some(report))
 }
 
 /// The options of `stasis restore`.
@@ -484,6 +528,8 @@ struct RestoreHow {
     tty: Option<PathBuf>,
     /// `--shell-job`: attach it to our terminal, which must exist.
     shell_job: bool,
+    /// `--stats FILE`: where the timings and sizes go.
+    stats: Option<PathBuf>,
 }
 
 /// The terminal a shell job is attached to: `--tty PATH`, or our stdin when it is a terminal
@@ -539,7 +585,24 @@ fn warn_replaced(msg: &str) {
     eprintln!("restore: warning: {msg}");
 }
 
+/// Writes the `--stats` file of a restore, if asked for.
+fn restore_stats(
+    how: &RestoreHow,
+    restored: Option<&stasis_engine::Restored>,
+    images: &std::path::Path,
+    started: std::time::Instant,
+) -> Result<(), String> {
+    match &how.stats {
+        Some(path) => report::write_stats(
+            path,
+            &report::restore_stats(restored, images, started.elapsed()),
+        ),
+        None => Ok(()),
+    }
+}
+
 fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
+    let started = std::time::Instant::now();
     if stasis_sys::process::geteuid() != 0 {
         if how.pid_ns {
             return Err("--pid-ns needs root".into());
@@ -565,6 +628,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             socket: None,
         };
         let restored = stasis_client::restore(dir.as_fd(), &opts)?;
+        restore_stats(how, None, &images, started)?;
         if how.detach {
             println!("{}", restored.pid);
             return Ok(0);
@@ -613,7 +677,9 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             if how.pid_ns {
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
+                // No progress bar: its pids are the namespace's, not ours.
                 let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+                restore_stats(how, None, &images, started)?;
                 if how.detach {
                     println!(
                         "{} (in a new pid namespace; its init is pid {})",
@@ -624,7 +690,12 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 let code = stasis_engine::restore::wait_exit_code(r.init)?;
                 return Ok(code.clamp(0, 255) as u8);
             }
-            restore(&opts)?
+            let progress = report::Progress::start(report::Follow::Restore {
+                images: images.clone(),
+            });
+            let r = restore(&opts);
+            drop(progress);
+            r?
         }
         RootRestore::AsOwner { who, why, whom } => {
             if how.pid_ns {
@@ -646,6 +717,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             stasis_engine::restore::as_user::restore_as_owner(&who, opts)?
         }
     };
+    restore_stats(how, Some(&restored), &images, started)?;
     if how.detach {
         println!("{}", restored.pid);
         return Ok(0);

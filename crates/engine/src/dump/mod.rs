@@ -23,6 +23,7 @@ pub mod collect;
 pub mod freeze;
 pub mod write;
 
+use crate::timings::Timings;
 use crate::{inject, procfs, Error};
 use freeze::{Frozen, FrozenTree};
 use stasis_image::{names, ImageDir};
@@ -97,6 +98,9 @@ pub struct DumpReport {
     pub page_bytes: u64,
     /// How long the process was frozen.
     pub frozen: std::time::Duration,
+    /// How long each phase took (`freeze`, `collect`, `write` with `write.pages` and
+    /// `write.records`, `sync` with `sync.fsync`, `release`).
+    pub timings: Timings,
 }
 
 /// The phases of a dump.
@@ -183,6 +187,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         dir.seal(key)?;
     }
     let vdso_offset = inject::vdso_syscall_offset()?;
+    let mut timings = Timings::default();
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
     let phase = Phase::Freeze.span();
@@ -206,10 +211,12 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         }
     }
     drop(phase);
+    timings.since("freeze", frozen_at);
     let mut written: Vec<String> = Vec::new();
     let mut frozen_for = None;
     let result = (|| {
         let phase = Phase::Collect.span();
+        let started = Instant::now();
         let file_opts = crate::files::DumpFileOptions {
             unix_peers_closed: opts.unix_peers_closed,
             tcp: opts.tcp,
@@ -224,10 +231,14 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             &file_opts,
         )?;
         drop(phase);
+        timings.since("collect", started);
         let phase = Phase::Write.span();
-        let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written)?;
+        let started = Instant::now();
+        let (mappings, page_bytes) = write::write_tree(dir, collected, &mut written, &mut timings)?;
         drop(phase);
+        timings.since("write", started);
         let _phase = Phase::Sync.span();
+        let started = Instant::now();
         // A process that runs on need not wait for the disk; one that is killed stays frozen
         // until its images are durable, so a failure here still leaves it alive.
         let holds = if opts.leave_running {
@@ -238,16 +249,20 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         } else {
             Some(holds)
         };
+        let fsync = Instant::now();
         for name in &written {
             dir.sync_file(name)?;
         }
+        timings.since("sync.fsync", fsync);
         write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
+        timings.since("sync", started);
         Ok::<_, Error>((mappings, page_bytes, holds))
     })();
     match result {
         Ok((mappings, page_bytes, holds)) => {
             let processes = tree.processes.len();
             let _phase = Phase::Release.span();
+            let started = Instant::now();
             if !opts.leave_running {
                 tree.kill(vdso_offset)?;
             }
@@ -256,12 +271,14 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             if let Some(h) = holds {
                 h.keep();
             }
+            timings.since("release", started);
             Ok(DumpReport {
                 pid,
                 processes,
                 mappings,
                 page_bytes,
                 frozen: frozen_for.unwrap_or_else(|| frozen_at.elapsed()),
+                timings,
             })
         }
         Err(e) => {

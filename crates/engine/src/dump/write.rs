@@ -3,17 +3,21 @@
 //! atomically once every other file is durable, marks the dump complete.
 
 use super::collect::Collected;
+use crate::timings::Timings;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{names, write_record_atomic, ImageDir, Inventory, RawWriter, RecordKind};
 use stasis_sys::Pid;
+use std::time::Instant;
 
 /// Writes the pages, blobs and record of every collected process. Every file created is
 /// added to `written` as soon as it exists (so a failure can remove it). Returns the number
-/// of mappings and of page bytes written.
+/// of mappings and of page bytes written; the time spent on pages (read from the processes
+/// and written) and on the rest goes to `write.pages` and `write.records` in `timings`.
 pub(crate) fn write_tree(
     dir: &ImageDir,
     collected: Vec<Collected>,
     written: &mut Vec<String>,
+    timings: &mut Timings,
 ) -> Result<(usize, u64), Error> {
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
@@ -21,17 +25,21 @@ pub(crate) fn write_tree(
     for mut c in collected {
         let _process = tracing::info_span!("process", pid = c.image.pid).entered();
         let pid = c.image.pid;
+        let started = Instant::now();
         let pages_name = names::pages(pid);
         let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
         written.push(pages_name);
         c.image.page_runs = pages::dump_pages(pid, &c.image.vmas, &mut pages, &mut shmem_done)?;
         page_bytes += pages.finish()?;
+        timings.since("write.pages", started);
+        let started = Instant::now();
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
         mappings += c.image.vmas.len();
         let process_name = names::process(pid);
         write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
         written.push(process_name);
+        timings.since("write.records", started);
     }
     Ok((mappings, page_bytes))
 }
