@@ -333,11 +333,48 @@ pub fn write_record_atomic<T: Serialize>(
     written
 }
 
+/// Like [`write_record_atomic`] (a temporary file renamed into place, its MAC noted in a
+/// sealing directory), but without the fsync: for the records of a dump, which fsyncs every
+/// file it wrote before it writes the inventory (the only record whose presence means
+/// anything), so that one fsync per file is enough. Not for the inventory.
+pub fn write_record_unsynced<T: Serialize>(
+    dir: &ImageDir,
+    name: &str,
+    kind: RecordKind,
+    value: &T,
+) -> Result<(), ImageError> {
+    let path = dir.path_of(name);
+    if kind == RecordKind::Inventory {
+        return Err(ImageError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the inventory is always written with write_record_atomic",
+            ),
+        });
+    }
+    let bytes = encode_record(kind, value, &path)?;
+    if let Some(sealer) = dir.sealer() {
+        sealer.add_record(name, kind, &bytes);
+    }
+    write_bytes_replacing(dir, name, &bytes, false)
+}
+
 /// Writes `bytes` as `name` in `dir` atomically (see [`write_record_atomic`]).
 pub(crate) fn write_bytes_atomic(
     dir: &ImageDir,
     name: &str,
     bytes: &[u8],
+) -> Result<(), ImageError> {
+    write_bytes_replacing(dir, name, bytes, true)
+}
+
+/// Writes `bytes` into a temporary file, fsynced when `sync`, renamed to `name`.
+fn write_bytes_replacing(
+    dir: &ImageDir,
+    name: &str,
+    bytes: &[u8],
+    sync: bool,
 ) -> Result<(), ImageError> {
     let path = dir.path_of(name);
     let tmp = format!(".{name}.tmp");
@@ -346,7 +383,9 @@ pub(crate) fn write_bytes_atomic(
         source,
     };
     let mut f = dir.create_file(&tmp)?;
-    let written = f.write_all(bytes).and_then(|_| f.sync_all());
+    let written = f
+        .write_all(bytes)
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) });
     if let Err(e) = written {
         let _ = dir.remove(&tmp);
         return Err(io(e));

@@ -250,9 +250,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             Some(holds)
         };
         let fsync = Instant::now();
-        for name in &written {
-            dir.sync_file(name)?;
-        }
+        dir.sync_files(&written)?;
         timings.since("sync.fsync", fsync);
         write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone())?;
         timings.since("sync", started);

@@ -5,7 +5,9 @@
 use super::collect::Collected;
 use crate::timings::Timings;
 use crate::{files, pages, procfs, Error};
-use stasis_image::{names, write_record_atomic, ImageDir, Inventory, RawWriter, RecordKind};
+use stasis_image::{
+    names, write_record_atomic, write_record_unsynced, ImageDir, Inventory, RawWriter, RecordKind,
+};
 use stasis_sys::Pid;
 use std::time::Instant;
 
@@ -37,14 +39,16 @@ pub(crate) fn write_tree(
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
         mappings += c.image.vmas.len();
         let process_name = names::process(pid);
-        write_record_atomic(dir, &process_name, RecordKind::Process, &c.image)?;
+        // Made durable with the other files before the inventory is written.
+        write_record_unsynced(dir, &process_name, RecordKind::Process, &c.image)?;
         written.push(process_name);
         timings.since("write.records", started);
     }
     Ok((mappings, page_bytes))
 }
 
-/// Writes the inventory: the last file, whose presence marks the dump complete.
+/// Writes the inventory: the last file, whose presence marks the dump complete; durable, with
+/// its directory entry, when this returns.
 pub(crate) fn write_inventory(
     dir: &ImageDir,
     root: Pid,
@@ -62,10 +66,7 @@ pub(crate) fn write_inventory(
         processes,
         zombies,
     };
-    Ok(write_record_atomic(
-        dir,
-        names::INVENTORY,
-        RecordKind::Inventory,
-        &inventory,
-    )?)
+    write_record_atomic(dir, names::INVENTORY, RecordKind::Inventory, &inventory)?;
+    // The renames into place (the inventory's last) are durable only once the directory is.
+    Ok(dir.sync_dir()?)
 }

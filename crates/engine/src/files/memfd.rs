@@ -333,7 +333,7 @@ struct MappedMemfd {
 fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for m in procfs::read_smaps(pid)? {
+    for m in procfs::read_maps(pid)? {
         if is_memfd_name(&m.name) && seen.insert(m.inode) {
             out.push(MappedMemfd {
                 memfd_id: m.inode,

@@ -455,7 +455,7 @@ const PTRACE_EVENT_STOP: i32 = 128;
 /// mappings (libc has many; executing them from there runs a `syscall` whatever instruction
 /// they are part of).
 pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
-    let maps = crate::procfs::read_smaps(pid)?;
+    let maps = crate::procfs::read_maps(pid)?;
     if let Some(v) = maps.iter().find(|m| m.name == "[vdso]") {
         return Ok(v.start + vdso_offset);
     }
@@ -489,7 +489,9 @@ pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
 /// same in every process on this kernel, so our own copy is searched once.
 pub fn vdso_syscall_offset() -> Result<u64, Error> {
     let me = stasis_sys::process::getpid();
-    let maps = crate::procfs::read_smaps(me)?;
+    // maps, not smaps: the same lines without the page counts the kernel would walk our
+    // whole memory for.
+    let maps = crate::procfs::read_maps(me)?;
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")

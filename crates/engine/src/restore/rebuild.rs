@@ -221,7 +221,7 @@ pub(crate) fn rebuild(
     let planned = &plan.processes[idx];
     let child = planned.image.pid;
     let _process = tracing::info_span!("process", pid = child).entered();
-    let child_vdso = procfs::read_smaps(child)?
+    let child_vdso = procfs::read_maps(child)?
         .into_iter()
         .find(|m| m.name == "[vdso]")
         .ok_or_else(|| Error::Unsupported {
