@@ -217,12 +217,16 @@ impl ImageDir {
         Ok(File::from(fd))
     }
 
-    /// Checks, by creating and removing a probe file, that files can be created here (with the
-    /// identity and permissions in force), so a dump can fail before it freezes anything.
+    /// Checks that files can be created here (write and search permission with the identity
+    /// in force, a read-write filesystem, a directory not immutable), so a dump can fail
+    /// before it freezes anything.
     pub fn check_writable(&self) -> Result<(), ImageError> {
-        let probe = format!(".stasis-probe-{}", std::process::id());
-        drop(self.create_file(&probe)?);
-        self.remove(&probe)
+        // An access check, not a probe file: creating and removing one costs two journal
+        // operations, which wait for a commit when the filesystem is busy.
+        stasis_sys::fs::check_dir_writable(self.fd()).map_err(|source| ImageError::Io {
+            path: self.label.clone(),
+            source,
+        })
     }
 
     /// Opens `name` for reading. It must be a regular file (see the module documentation).

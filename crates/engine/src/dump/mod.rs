@@ -98,8 +98,9 @@ pub struct DumpReport {
     pub page_bytes: u64,
     /// How long the process was frozen.
     pub frozen: std::time::Duration,
-    /// How long each phase took (`freeze`, `collect`, `write` with `write.pages` and
-    /// `write.records`, `sync` with `sync.fsync`, `release`).
+    /// How long each phase took (`prepare`: the checks before the freeze, `freeze`,
+    /// `collect`, `write` with `write.pages` and `write.records`, `sync` with `sync.fsync`,
+    /// `release`).
     pub timings: Timings,
 }
 
@@ -149,6 +150,7 @@ impl Phase {
 
 /// Dumps `opts.pid` into `opts.images`.
 pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
+    let started = Instant::now();
     let pid = opts.pid;
     if pid <= 0 {
         return Err(Error::NoSuchProcess { pid });
@@ -188,6 +190,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     }
     let vdso_offset = inject::vdso_syscall_offset()?;
     let mut timings = Timings::default();
+    timings.since("prepare", started);
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
     let phase = Phase::Freeze.span();
