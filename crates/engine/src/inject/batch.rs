@@ -203,3 +203,69 @@ impl Injector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::dump::freeze::Frozen;
+    use crate::inject::{vdso_syscall_offset, Injector};
+
+    /// A batch in a real process: every call runs, in order, failures included; the code page
+    /// goes with the scratch area.
+    #[test]
+    fn batch_runs_every_call_in_order() {
+        if stasis_sys::process::geteuid() != 0 {
+            eprintln!("notice: batch_runs_every_call_in_order needs root; skipped");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id() as i32;
+        let result = std::panic::catch_unwind(|| {
+            let mut frozen = Frozen::freeze(pid).expect("freeze");
+            let vdso = crate::procfs::read_maps(pid)
+                .expect("maps")
+                .into_iter()
+                .find(|m| m.name == "[vdso]")
+                .expect("a vdso");
+            let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
+                .expect("injector");
+            inj.map_scratch(None).expect("scratch");
+            let maps_before = crate::procfs::read_maps(pid).expect("maps").len();
+            let calls = [
+                (libc::SYS_getpid, [0; 6]),
+                // An unknown system call: ENOSYS, and the batch goes on.
+                (100_000, [0; 6]),
+                (libc::SYS_getppid, [0; 6]),
+                (libc::SYS_close, [u64::MAX >> 33, 0, 0, 0, 0, 0]),
+            ];
+            let r = inj
+                .batch("test", &calls)
+                .expect("batch")
+                .expect("batches run");
+            assert_eq!(r[0], pid as i64);
+            assert_eq!(r[1], -(libc::ENOSYS as i64));
+            assert_eq!(r[2], stasis_sys::process::getpid() as i64);
+            assert_eq!(r[3], -(libc::EBADF as i64));
+            // The code page is there once, then goes with the scratch area.
+            let again = inj.batch("test", &calls[..1]).expect("batch").expect("run");
+            assert_eq!(again, vec![pid as i64]);
+            let maps = crate::procfs::read_maps(pid).expect("maps").len();
+            assert_eq!(maps, maps_before + 1, "one code page");
+            inj.finish().expect("finish");
+            let maps_after = crate::procfs::read_maps(pid).expect("maps").len();
+            assert_eq!(
+                maps_after,
+                maps_before - 1,
+                "scratch and code page unmapped"
+            );
+            frozen.thaw().expect("thaw");
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
