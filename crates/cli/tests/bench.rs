@@ -59,7 +59,7 @@ fn bench_quick_runs_and_parses() {
         "the too old CRIU is not skipped with a reason:\n{stdout}"
     );
     let tables = parse(&stdout);
-    assert_eq!(tables.len(), 3, "expected 3 workloads:\n{stdout}");
+    assert_eq!(tables.len(), 4, "expected 4 workloads:\n{stdout}");
     let number = |t: &HashMap<String, String>, name: &str| -> f64 {
         let v = t
             .get(name)
@@ -90,6 +90,16 @@ fn bench_quick_runs_and_parses() {
     assert!(header.starts_with("tree: 5 processes"), "{header}");
     for name in ["dump, left running", "restore, until it runs"] {
         assert!(number(tree, name) > 0.0, "tree: {name}");
+    }
+    let (header, fixed) = &tables[3];
+    assert!(header.starts_with("fixed cost"), "{header}");
+    for name in [
+        "dump by `stasis dump`",
+        "restore by `stasis restore -d`",
+        "dump by the engine",
+        "restore by the engine",
+    ] {
+        assert!(number(fixed, name) > 0.0, "fixed cost: {name}");
     }
     // Nothing left behind in the images' directory.
     let left: Vec<_> = std::fs::read_dir(&dir)

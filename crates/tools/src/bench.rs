@@ -124,7 +124,7 @@ impl Watcher {
                 max = max.max(now - last);
                 last = now;
                 n += 1;
-                if n % 50 != 0 {
+                if !n.is_multiple_of(50) {
                     continue;
                 }
                 let Some(seq) = std::fs::read_to_string(&req)
@@ -435,6 +435,7 @@ pub fn run(opts: &BenchOptions) -> BenchResult {
         if let Some((procs, threads)) = opts.tree {
             run_tree_in(&base, procs, threads, opts.runs)?;
         }
+        run_fixed(&base, opts.runs)?;
         Ok(0)
     })();
     let _ = std::fs::remove_dir_all(&base);
@@ -876,6 +877,119 @@ fn run_memory(
 /// like the eager row. Not in this build yet: the row says n/a.
 fn lazy_restore(_images: &Path, _runs: usize) -> Result<Fig, Box<dyn std::error::Error>> {
     Ok(Fig::NotAvailable("--lazy: not in this build"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixed cost.
+
+/// The fixed cost: a workload of 1 MiB (two threads: it watches the clock) dumped (killed
+/// after) and restored by the `stasis` command, as a user runs it (the time includes starting
+/// the command), and by the engine in this process.
+fn run_fixed(base: &Path, runs: usize) -> BenchResult {
+    let runs = runs.max(1);
+    let dir = base.join("fixed");
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    println!("\n== fixed cost: 1 MiB, dumped (killed after) and restored");
+    let (mut cli_dump, mut cli_restore, mut eng_dump, mut eng_restore) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        for via_cli in [true, false] {
+            let ready = dir.join("ready");
+            let _ = std::fs::remove_file(&ready);
+            let mut child = spawn_workload(&["bench-workload", "1"], &ready)?;
+            let pid = child.id() as i32;
+            let result = (|| -> BenchResult {
+                wait_ready(&ready, Duration::from_secs(60))?;
+                let images = dir.join("images");
+                let _ = std::fs::remove_dir_all(&images);
+                let t = Instant::now();
+                if via_cli {
+                    let out = std::process::Command::new(&exe)
+                        .args(["dump", "--no-auth", "-t", &pid.to_string(), "-D"])
+                        .arg(&images)
+                        .stdin(std::process::Stdio::null())
+                        .output()?;
+                    cli_dump.push(t.elapsed());
+                    if !out.status.success() {
+                        return Err(format!(
+                            "stasis dump: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )
+                        .into());
+                    }
+                } else {
+                    stasis_engine::dump(stasis_engine::DumpOptions {
+                        pid,
+                        pidfd: None,
+                        images: stasis_engine::ImageDir::create(&images)?,
+                        leave_running: false,
+                        service: None,
+                        tree: true,
+                        admit: None,
+                        tcp: Default::default(),
+                        auth: None,
+                        unix_peers_closed: false,
+                    })?;
+                    eng_dump.push(t.elapsed());
+                }
+                let _ = child.wait();
+                reap_all();
+                let t = Instant::now();
+                let restored = if via_cli {
+                    let out = std::process::Command::new(&exe)
+                        .args(["restore", "--no-auth", "-d", "-D"])
+                        .arg(&images)
+                        .stdin(std::process::Stdio::null())
+                        .output()?;
+                    cli_restore.push(t.elapsed());
+                    if !out.status.success() {
+                        return Err(format!(
+                            "stasis restore: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )
+                        .into());
+                    }
+                    String::from_utf8_lossy(&out.stdout).trim().parse::<i32>()?
+                } else {
+                    let r = stasis_engine::restore(&stasis_engine::RestoreOptions {
+                        images: stasis_engine::ImageDir::open(&images)?,
+                        requester: None,
+                        new_session: false,
+                        require_authenticated: false,
+                        auth: None,
+                        root_as_sibling: false,
+                        root_pdeathsig: true,
+                        replaced_files: stasis_engine::ReplacedFiles::Refuse,
+                        terminal: None,
+                    })?;
+                    eng_restore.push(t.elapsed());
+                    r.pid
+                };
+                kill_restored(restored);
+                Ok(0)
+            })();
+            kill_and_reap(&mut child);
+            result?;
+        }
+    }
+    let row = |name, v: Vec<Duration>| Row {
+        name,
+        stasis: Fig::Time {
+            t: median(v),
+            bytes: None,
+            vs: None,
+        },
+        criu: None,
+    };
+    print_table(&[
+        row("dump by `stasis dump`", cli_dump),
+        row("restore by `stasis restore -d`", cli_restore),
+        row("dump by the engine", eng_dump),
+        row("restore by the engine", eng_restore),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(0)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! resume, instead of one ptrace round trip (set registers, step, wait, read registers:
 //! ~15–90 µs) each.
 //!
-//! A small piece of code ([`BLOB`], 47 bytes) is put in a page of its own in the target, mapped
+//! A small piece of code (`BLOB`, 47 bytes) is put in a page of its own in the target, mapped
 //! read-write, filled, then made read-only and executable (never writable and executable at
 //! once, so a process under PR_SET_MDWE accepts it; where the page cannot be made executable,
 //! [`Injector::batch`] says so and the caller runs its calls one by one). The code reads a
