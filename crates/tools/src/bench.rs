@@ -2,19 +2,19 @@
 //! measured in the same run on the same machine, so that numbers from different machines (and
 //! from CRIU, when `$CRIU_BIN` names a CRIU ≥ 4.1) can be compared as ratios.
 //!
-//! Workloads ([`Workload`]): processes with 64 MiB, 256 MiB and 1 GiB of touched memory (a third
+//! Workloads ([`workload`], [`tree_workload`]): processes with 64 MiB, 256 MiB and 1 GiB of touched memory (a third
 //! random data, a third one repeated page, a third zero pages, in 256 KiB stretches), a
 //! multi-threaded process, and a tree of small processes ([`run_tree`]). Each workload runs a
-//! thread that watches the clock ([`Watcher`]): it reads CLOCK_MONOTONIC every ~100 µs and
+//! thread that watches the clock (`Watcher`): it reads CLOCK_MONOTONIC every ~100 µs and
 //! remembers the largest gap between two readings; the benchmark asks for that gap through a
-//! file before and after a dump ([`GapProbe`]), which gives the stall the application saw.
+//! file before and after a dump (`GapProbe`), which gives the stall the application saw.
 //!
 //! Figures, each the median of `--runs` runs: the leave-running dump's time and throughput,
 //! the stall, the frozen time the engine reports, the image size, the restore time until the
 //! process runs, and its throughput. Baselines: memcpy, process_vm_readv of the workload's
 //! memory, writing those bytes to the images' filesystem (without and with fsync), reading
 //! them back into new memory. The output is one table per workload, with rows
-//! `  <figure name>  <value> <unit> [<GB/s> GB/s] [<ratio>x <baseline>]` (see [`Row`]), which
+//! `  <figure name>  <value> <unit> [<GB/s> GB/s] [<ratio>x <baseline>]` (see `Row`), which
 //! the CI test parses.
 
 use std::io::Write;
@@ -153,7 +153,7 @@ fn probe_paths(ready: &Path) -> (PathBuf, PathBuf) {
     (ready.with_extension("req"), ready.with_extension("gap"))
 }
 
-/// The program the benchmark dumps: `mib` MiB of mixed memory ([`fill_mixed`]) spread over
+/// The program the benchmark dumps: `mib` MiB of mixed memory (`fill_mixed`) spread over
 /// `threads` threads (each allocates and fills its share), a clock watcher, then idle. Writes
 /// `ready` once everything is touched: one line `ADDR LEN` per memory area.
 pub fn workload(mib: u64, threads: u32, ready: &Path) -> BenchResult {
