@@ -2,9 +2,10 @@
 //! measured in the same run on the same machine, so that numbers from different machines (and
 //! from CRIU, when `$CRIU_BIN` names a CRIU ≥ 4.1) can be compared as ratios.
 //!
-//! Workloads ([`workload`], [`tree_workload`]): processes with 64 MiB, 256 MiB and 1 GiB of touched memory (a third
-//! random data, a third one repeated page, a third zero pages, in 256 KiB stretches), a
-//! multi-threaded process, and a tree of small processes ([`run_tree`]). Each workload runs a
+//! Workloads ([`workload`], [`tree_workload`]): processes with 64 MiB, 256 MiB and 1 GiB of
+//! touched memory (a third random data, a third one repeated page, a third zero pages, in
+//! 256 KiB stretches), a multi-threaded process, a tree of small processes ([`run_tree`]), and
+//! a 1 MiB process for the fixed cost of a dump and a restore. Each workload runs a
 //! thread that watches the clock (`Watcher`): it reads CLOCK_MONOTONIC every ~100 µs and
 //! remembers the largest gap between two readings; the benchmark asks for that gap through a
 //! file before and after a dump (`GapProbe`), which gives the stall the application saw.
