@@ -317,20 +317,56 @@ pub fn write_record_atomic<T: Serialize>(
 ) -> Result<(), ImageError> {
     let path = dir.path_of(name);
     let bytes = encode_record(kind, value, &path)?;
-    let mut sealed = false;
     if let Some(sealer) = dir.sealer() {
         sealer.add_record(name, kind, &bytes);
         if kind == RecordKind::Inventory {
             let manifest = sealer.encode_manifest(dir)?;
-            write_bytes_atomic(dir, crate::names::AUTH, &manifest)?;
-            sealed = true;
+            let written = write_sealed_inventory(dir, name, &bytes, &manifest);
+            if written.is_err() {
+                let _ = dir.remove(crate::names::AUTH);
+            }
+            return written;
         }
     }
-    let written = write_bytes_atomic(dir, name, &bytes);
-    if written.is_err() && sealed {
-        let _ = dir.remove(crate::names::AUTH);
+    write_bytes_atomic(dir, name, &bytes)
+}
+
+/// Writes `auth.img` (`manifest`) and then the inventory (`bytes` as `name`), each durable
+/// before the inventory is renamed into place; the two fsyncs run side by side (one journal
+/// commit instead of two, on most filesystems).
+fn write_sealed_inventory(
+    dir: &ImageDir,
+    name: &str,
+    bytes: &[u8],
+    manifest: &[u8],
+) -> Result<(), ImageError> {
+    let auth_path = dir.path_of(crate::names::AUTH);
+    write_bytes_replacing(dir, crate::names::AUTH, manifest, false)?;
+    let auth = dir.open_file(crate::names::AUTH)?;
+    let path = dir.path_of(name);
+    let tmp = format!(".{name}.tmp");
+    let mut f = dir.create_file(&tmp)?;
+    let (auth_synced, written) = std::thread::scope(|s| {
+        let auth_sync = s.spawn(|| auth.sync_all());
+        let written = f.write_all(bytes).and_then(|_| f.sync_all());
+        let auth_synced = auth_sync
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked")));
+        (auth_synced, written)
+    });
+    let failed = match (auth_synced, written) {
+        (Err(source), _) => Some(ImageError::Io {
+            path: auth_path,
+            source,
+        }),
+        (_, Err(source)) => Some(ImageError::Io { path, source }),
+        _ => None,
+    };
+    if let Some(e) = failed {
+        let _ = dir.remove(&tmp);
+        return Err(e);
     }
-    written
+    dir.rename(&tmp, name)
 }
 
 /// Like [`write_record_atomic`] (a temporary file renamed into place, its MAC noted in a
