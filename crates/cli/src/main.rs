@@ -4,6 +4,8 @@
 //! `--log-file` (dump, restore) into a file.
 #![deny(unsafe_code)]
 
+mod report;
+
 use clap::{Parser, Subcommand};
 use stasis_engine::{dump, restore, DumpOptions, ReplacedFiles, RestoreOptions, TcpConnections};
 use stasis_tools::{bench, demo};
@@ -87,6 +89,9 @@ enum Command {
         /// The image key (root only).
         #[arg(long, default_value = stasis_engine::auth::DEFAULT_KEY_FILE)]
         key_file: PathBuf,
+        /// Write the timings of each phase (ms) and the sizes of the images as JSON into FILE.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Restore a process from an images directory, with its original pid.
     Restore {
@@ -139,6 +144,10 @@ enum Command {
         /// this flag, a stdin that is not a terminal is an error. (CRIU's name.)
         #[arg(short = 'j', long)]
         shell_job: bool,
+        /// Write the timings of each phase and rebuild step (ms) and the sizes of the images
+        /// as JSON into FILE, once the process runs.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -152,16 +161,25 @@ enum Command {
     /// Run the demo: a counter checkpoints itself through an embedded stasisd, gets killed,
     /// is restored, and goes on knowing it was restored.
     Demo,
-    /// Measure dump and restore of a process with --mib MiB of memory against baselines.
+    /// Measure dumps and restores of workloads (64 MiB, 256 MiB, 1 GiB, a multi-threaded
+    /// process, a tree of processes) against baselines measured in the same run (and against
+    /// CRIU when $CRIU_BIN names CRIU 4.1 or newer).
     Bench {
-        #[arg(long, default_value_t = 256)]
-        mib: u64,
-        /// Processes in the tree-freeze benchmark.
-        #[arg(long, default_value_t = 50)]
-        tree_processes: u32,
-        /// Threads per process in the tree-freeze benchmark.
-        #[arg(long, default_value_t = 10)]
-        tree_threads: u32,
+        /// Only a workload of this many MiB (instead of 64, 256 and 1024).
+        #[arg(long)]
+        mib: Option<u64>,
+        /// Processes in the tree benchmark [default: 50; 5 with --quick].
+        #[arg(long)]
+        tree_processes: Option<u32>,
+        /// Threads per process in the tree benchmark [default: 10; 2 with --quick].
+        #[arg(long)]
+        tree_threads: Option<u32>,
+        /// Runs of each figure; the median is printed [default: 3; 1 with --quick].
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Small sizes and one run: seconds (to check that the benchmark works, not speed).
+        #[arg(long)]
+        quick: bool,
     },
     /// The tree the benchmark freezes (internal).
     #[command(hide = true)]
@@ -172,7 +190,15 @@ enum Command {
     },
     /// The program the benchmark dumps (internal).
     #[command(hide = true)]
-    BenchWorkload { mib: u64, ready: PathBuf },
+    BenchWorkload {
+        mib: u64,
+        ready: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
+    /// The progress bar of a restore, run by the restorer on a terminal (internal).
+    #[command(hide = true)]
+    ProgressRestore { images: PathBuf },
     /// The counter program the demo dumps (internal).
     #[command(hide = true)]
     DemoCounter { images: PathBuf },
@@ -209,6 +235,7 @@ fn main() -> ExitCode {
             parent,
             no_auth,
             key_file,
+            stats,
             log_file: _,
         } => {
             let compress = compress.then(|| stasis_engine::Compression {
@@ -233,6 +260,7 @@ fn main() -> ExitCode {
                     key_file: key,
                     pre_copy: !no_pre_copy,
                     parent,
+                    stats,
                 }),
             )
         }
@@ -247,9 +275,11 @@ fn main() -> ExitCode {
             accept_replaced_files,
             tty,
             shell_job,
+            stats,
             log_file: _,
         } => {
             let how = RestoreHow {
+                stats,
                 tty,
                 shell_job,
                 detach,
@@ -269,12 +299,32 @@ fn main() -> ExitCode {
         }
         Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),
+        Command::ProgressRestore { images } => {
+            ("progress-restore", report::follow_restore(&images))
+        }
         Command::DemoCounter { images } => ("demo-counter", demo::counter(&images)),
         Command::Bench {
             mib,
             tree_processes,
             tree_threads,
-        } => ("bench", bench::run(mib, tree_processes, tree_threads)),
+            runs,
+            quick,
+        } => {
+            let mut opts = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::full()
+            };
+            if let Some(mib) = mib {
+                opts.sizes_mib = vec![mib];
+            }
+            if let Some(tree) = &mut opts.tree {
+                tree.0 = tree_processes.unwrap_or(tree.0);
+                tree.1 = tree_threads.unwrap_or(tree.1);
+            }
+            opts.runs = runs.unwrap_or(opts.runs);
+            ("bench", bench::run(&opts))
+        }
         Command::BenchTreeWorkload {
             procs,
             threads,
@@ -283,7 +333,11 @@ fn main() -> ExitCode {
             "bench-tree-workload",
             bench::tree_workload(procs, threads, &ready),
         ),
-        Command::BenchWorkload { mib, ready } => ("bench-workload", bench::workload(mib, &ready)),
+        Command::BenchWorkload {
+            mib,
+            ready,
+            threads,
+        } => ("bench-workload", bench::workload(mib, threads, &ready)),
     };
     match result {
         Ok(code) => {
@@ -415,19 +469,34 @@ struct DumpRequest {
     key_file: Option<PathBuf>,
     pre_copy: bool,
     parent: Option<PathBuf>,
+    /// `--stats FILE`: where the timings and sizes go.
+    stats: Option<PathBuf>,
 }
 
 fn run_dump(req: DumpRequest) -> CmdResult {
+    let started = std::time::Instant::now();
     // The directory is created if needed; if the dump fails, what it created goes again.
     let created = create_dirs(&req.images)?;
     let result = dump_into(&req);
+    let result = match (result, &req.stats) {
+        (Ok(report), Some(path)) => {
+            let v = report::dump_stats(report.as_ref(), &req.images, started.elapsed());
+            report::write_stats(path, &v)
+                .map(|()| 0)
+                .map_err(Into::into)
+        }
+        (r, _) => r.map(|_| 0),
+    };
     if result.is_err() {
         remove_empty_dirs(&created);
     }
     result
 }
 
-fn dump_into(req: &DumpRequest) -> CmdResult {
+/// Dumps as asked: the engine's report, or None when stasisd dumped it.
+fn dump_into(
+    req: &DumpRequest,
+) -> Result<Option<stasis_engine::DumpReport>, Box<dyn std::error::Error>> {
     let DumpRequest {
         pid,
         ref images,
@@ -438,6 +507,7 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         ref key_file,
         pre_copy,
         ref parent,
+        stats: _,
     } = *req;
     if stasis_sys::process::geteuid() != 0 {
         if parent.is_some() {
@@ -459,8 +529,12 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         let dir = open_dir_for_daemon(images)?;
         stasis_client::dump_pid(pid, dir.as_fd(), !leave_running, None)?;
         eprintln!("dumped pid {pid} into {} through stasisd", images.display());
-        return Ok(0);
+        return Ok(None);
     }
+    let progress = report::Progress::start(report::Follow::Dump {
+        pid,
+        images: images.clone(),
+    });
     let report = dump(DumpOptions {
         pid,
         pidfd: None,
@@ -477,7 +551,9 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         pre_copy,
         parent: parent.clone(),
         compress,
-    })?;
+    });
+    drop(progress);
+    let report = report?;
     eprintln!(
         "dumped pid {} ({} processes) into {}: {} mappings, {} KiB of pages{}, frozen for {:.1} ms",
         report.pid,
@@ -492,7 +568,7 @@ fn dump_into(req: &DumpRequest) -> CmdResult {
         },
         report.frozen.as_secs_f64() * 1e3
     );
-    Ok(0)
+    Ok(Some(report))
 }
 
 /// The options of `stasis restore`.
@@ -509,6 +585,8 @@ struct RestoreHow {
     tty: Option<PathBuf>,
     /// `--shell-job`: attach it to our terminal, which must exist.
     shell_job: bool,
+    /// `--stats FILE`: where the timings and sizes go.
+    stats: Option<PathBuf>,
 }
 
 /// The terminal a shell job is attached to: `--tty PATH`, or our stdin when it is a terminal
@@ -564,7 +642,24 @@ fn warn_replaced(msg: &str) {
     eprintln!("restore: warning: {msg}");
 }
 
+/// Writes the `--stats` file of a restore, if asked for.
+fn restore_stats(
+    how: &RestoreHow,
+    restored: Option<&stasis_engine::Restored>,
+    images: &std::path::Path,
+    started: std::time::Instant,
+) -> Result<(), String> {
+    match &how.stats {
+        Some(path) => report::write_stats(
+            path,
+            &report::restore_stats(restored, images, started.elapsed()),
+        ),
+        None => Ok(()),
+    }
+}
+
 fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
+    let started = std::time::Instant::now();
     if stasis_sys::process::geteuid() != 0 {
         if how.pid_ns {
             return Err("--pid-ns needs root".into());
@@ -590,6 +685,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             socket: None,
         };
         let restored = stasis_client::restore(dir.as_fd(), &opts)?;
+        restore_stats(how, None, &images, started)?;
         if how.detach {
             println!("{}", restored.pid);
             return Ok(0);
@@ -638,7 +734,9 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             if how.pid_ns {
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
+                // No progress bar: its pids are the namespace's, not ours.
                 let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+                restore_stats(how, None, &images, started)?;
                 if how.detach {
                     println!(
                         "{} (in a new pid namespace; its init is pid {})",
@@ -649,7 +747,12 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 let code = stasis_engine::restore::wait_exit_code(r.init)?;
                 return Ok(code.clamp(0, 255) as u8);
             }
-            restore(&opts)?
+            let progress = report::Progress::start(report::Follow::Restore {
+                images: images.clone(),
+            });
+            let r = restore(&opts);
+            drop(progress);
+            r?
         }
         RootRestore::AsOwner { who, why, whom } => {
             if how.pid_ns {
@@ -671,6 +774,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             stasis_engine::restore::as_user::restore_as_owner(&who, opts)?
         }
     };
+    restore_stats(how, Some(&restored), &images, started)?;
     if how.detach {
         println!("{}", restored.pid);
         return Ok(0);

@@ -34,6 +34,7 @@ pub mod procfs;
 pub mod restore;
 pub mod show;
 pub mod task;
+pub mod timings;
 
 pub use dump::{dump, DumpOptions, DumpReport, ServiceConnection, TcpConnections};
 pub use files::ReplacedFiles;

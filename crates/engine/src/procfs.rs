@@ -150,6 +150,43 @@ pub fn same_mappings(a: &[MapEntry], b: &[MapEntry]) -> bool {
         })
 }
 
+/// The resource limits of `pid` from /proc/PID/limits, soft and hard, in resource order
+/// (RLIMIT_CPU first), with RLIM_INFINITY for "unlimited": the values prlimit64 gives, read
+/// without running a call inside the process (prlimit64 on a process of another uid needs
+/// CAP_SYS_RESOURCE, which root lacks on some systems). At least `n` rows are required; the
+/// first `n` are returned.
+pub fn read_limits(pid: i32, n: usize) -> Result<Vec<(u64, u64)>, ProcError> {
+    let path = proc_path(pid, "limits");
+    let text = read_string(&path)?;
+    let bad = |reason: String| ProcError::Parse {
+        path: path.clone(),
+        reason,
+    };
+    let value = |v: &str| -> Option<u64> {
+        if v == "unlimited" {
+            Some(u64::MAX)
+        } else {
+            v.parse().ok()
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    // Rows are "%-25s %-20s %-20s %-10s": the name, the soft and hard limits, the unit.
+    for line in text.lines().skip(1).take(n) {
+        let fields = line
+            .get(26..)
+            .ok_or_else(|| bad(format!("short line {line:?}")))?;
+        let mut it = fields.split_whitespace();
+        match (it.next().and_then(value), it.next().and_then(value)) {
+            (Some(soft), Some(hard)) => out.push((soft, hard)),
+            _ => return Err(bad(format!("bad line {line:?}"))),
+        }
+    }
+    if out.len() != n {
+        return Err(bad(format!("{} limits, not {n}", out.len())));
+    }
+    Ok(out)
+}
+
 /// The fields of /proc/PID/stat we use (1-based field numbers as in proc(5)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stat {
@@ -474,6 +511,17 @@ mod tests {
     use super::*;
 
     const P: &str = "/proc/x";
+
+    /// /proc/self/limits gives what getrlimit gives, for every resource.
+    #[test]
+    fn limits_match_getrlimit() {
+        let limits = read_limits(stasis_sys::process::getpid(), 16).expect("read limits");
+        for (resource, &(soft, hard)) in limits.iter().enumerate() {
+            let (s, h) = stasis_sys::process::getrlimit(resource as u32).expect("getrlimit");
+            assert_eq!((soft, hard), (s, h), "resource {resource}");
+        }
+        assert!(read_limits(stasis_sys::process::getpid(), 40).is_err());
+    }
 
     #[test]
     fn smaps() {

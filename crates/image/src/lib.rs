@@ -54,8 +54,8 @@ pub use auth::ImageKey;
 pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{
-    decode_record, encode_record, read_record, write_record_atomic, Header, RecordKind,
-    FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    decode_record, encode_record, read_record, write_record_atomic, write_record_unsynced, Header,
+    RecordKind, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
 };
 pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
 pub use validate::{

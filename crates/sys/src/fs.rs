@@ -47,6 +47,19 @@ pub fn unlink_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
+/// Whether the calling process may create files in the directory `dir` (write and search
+/// permission with its effective ids, a filesystem mounted read-write, a directory not
+/// immutable): faccessat(dir, ".", W_OK | X_OK, AT_EACCESS). Nothing is created.
+pub fn check_dir_writable(dir: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::accessat(
+        dir,
+        ".",
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .map_err(io::Error::from)
+}
+
 /// The names of the entries of `dir` (without `.` and `..`), read through a new descriptor of
 /// it. Names that are not UTF-8 are returned with their invalid bytes replaced (U+FFFD).
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {

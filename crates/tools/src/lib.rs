@@ -7,7 +7,7 @@
 //! | hidden subcommand                           | function               |
 //! |---------------------------------------------|------------------------|
 //! | `demo-counter IMAGES`                       | [`demo::counter`]      |
-//! | `bench-workload MIB READY`                  | [`bench::workload`]    |
+//! | `bench-workload MIB --threads N READY`      | [`bench::workload`]    |
 //! | `bench-tree-workload PROCS THREADS READY`   | [`bench::tree_workload`] |
 #![deny(unsafe_code)]
 

@@ -30,6 +30,7 @@ pub mod collect;
 pub mod freeze;
 pub mod write;
 
+use crate::timings::Timings;
 use crate::{inject, pages, procfs, Error};
 use freeze::{Frozen, FrozenTree};
 use stasis_image::{names, ImageDir, RawWriter, RecordKind};
@@ -116,6 +117,10 @@ pub struct DumpReport {
     pub page_bytes: u64,
     /// How long the process was frozen.
     pub frozen: std::time::Duration,
+    /// How long each phase took (`prepare`: the checks before the freeze, `freeze`,
+    /// `collect`, `write` with `write.pages` and `write.records`, `sync` with `sync.fsync`,
+    /// `release`).
+    pub timings: Timings,
 }
 
 /// The phases of a dump.
@@ -169,6 +174,7 @@ impl Phase {
 
 /// Dumps `opts.pid` into `opts.images`.
 pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
+    let started = Instant::now();
     let pid = opts.pid;
     if let Some(c) = &opts.compress {
         c.check()?;
@@ -216,12 +222,15 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         None => None,
     };
     let vdso_offset = inject::vdso_syscall_offset()?;
+    let mut timings = Timings::default();
+    timings.since("prepare", started);
 
     let _dump = tracing::info_span!("dump", pid, images = %dir.label().display()).entered();
     let phase = Phase::Freeze.span();
     let mut frozen_at = Instant::now();
     let mut tree = freeze_tree(pid, opts.tree, &pidfd, opts.admit.as_ref())?;
     drop(phase);
+    timings.since("freeze", frozen_at);
     let mut written: Vec<String> = Vec::new();
     let mut frozen_for = None;
     // Frozen time before the last freeze (the arm of a pre-copy).
@@ -233,6 +242,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         // raw, so a compressed dump copies everything frozen too.
         if opts.leave_running && opts.pre_copy && opts.parent.is_none() && opts.compress.is_none() {
             let _phase = Phase::PreCopy.span();
+            let started = Instant::now();
             // Threads interrupted in a call that resumes through restart_syscall, before
             // the thaw (see `freeze::resumed_call`).
             let restarts: Vec<_> = tree
@@ -253,8 +263,10 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
                 .iter()
                 .filter_map(|(t, _)| Some((t.pid(), procfs::read_smaps(t.pid()).ok()?)))
                 .collect();
+            timings.since("pre-copy", started);
             frozen_at = Instant::now();
             tree = freeze_tree(pid, opts.tree, &pidfd, opts.admit.as_ref())?;
+            timings.since("freeze.again", frozen_at);
             for (p, smaps) in hints {
                 if let Some(f) = tree.processes.iter_mut().find(|f| f.pid == p) {
                     f.smaps_hint = Some(smaps);
@@ -267,6 +279,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             }
         }
         let phase = Phase::Collect.span();
+        let started = Instant::now();
         let file_opts = crate::files::DumpFileOptions {
             unix_peers_closed: opts.unix_peers_closed,
             tcp: opts.tcp,
@@ -281,7 +294,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             &file_opts,
         )?;
         drop(phase);
+        timings.since("collect", started);
         let phase = Phase::Write.span();
+        let started = Instant::now();
         let (mappings, page_bytes, records) = write::write_tree(
             dir,
             collected,
@@ -289,9 +304,12 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             pre,
             parent.as_mut(),
             opts.compress,
+            &mut timings,
         )?;
         drop(phase);
+        timings.since("write", started);
         let _phase = Phase::Sync.span();
+        let started = Instant::now();
         // A process that runs on need not wait for the disk (nor for its records, which are
         // in memory); one that is killed stays frozen until its images are durable, so a
         // failure here still leaves it alive.
@@ -304,17 +322,19 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             Some(holds)
         };
         let page_bytes = page_bytes + write::write_records(dir, records, &mut written)?;
-        for name in &written {
-            dir.sync_file(name)?;
-        }
+        let fsync = Instant::now();
+        dir.sync_files(&written)?;
+        timings.since("sync.fsync", fsync);
         let link = parent.take().map(|p| p.link);
         write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
+        timings.since("sync", started);
         Ok::<_, Error>((mappings, page_bytes, holds))
     })();
     match result {
         Ok((mappings, page_bytes, holds)) => {
             let processes = tree.processes.len();
             let _phase = Phase::Release.span();
+            let started = Instant::now();
             if !opts.leave_running {
                 tree.kill(vdso_offset)?;
             }
@@ -323,12 +343,14 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             if let Some(h) = holds {
                 h.keep();
             }
+            timings.since("release", started);
             Ok(DumpReport {
                 pid,
                 processes,
                 mappings,
                 page_bytes,
                 frozen: frozen_for.unwrap_or_else(|| frozen_at.elapsed()),
+                timings,
             })
         }
         Err(e) => {

@@ -7,12 +7,14 @@
 use super::collect::Collected;
 use crate::chain::Parent;
 use crate::pages::incremental::ParentRuns;
+use crate::timings::Timings;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{
-    names, write_record_atomic, ImageDir, Inventory, ParentLink, ParentPages, ProcessImage,
-    RawWriter, RecordKind,
+    names, write_record_atomic, write_record_unsynced, ImageDir, Inventory, ParentLink,
+    ParentPages, ProcessImage, RawWriter, RecordKind,
 };
 use stasis_sys::Pid;
+use std::time::Instant;
 
 /// Writes the pages and blobs of every collected process (the tree is frozen) and hands back
 /// their records, for [`write_records`]. Every file created is added to `written` as soon as
@@ -20,7 +22,8 @@ use stasis_sys::Pid;
 /// wrote since is copied now, into the pages file it already has
 /// ([`pages::precopy::Tracked::finish`]); the pages files of pre-copied processes that are
 /// gone are removed. Returns the number of mappings and of page bytes written, and the
-/// records.
+/// records; the time spent on pages (read from the processes and written) and on the rest
+/// goes to `write.pages` and `write.records` in `timings`.
 pub(crate) fn write_tree(
     dir: &ImageDir,
     collected: Vec<Collected>,
@@ -28,6 +31,7 @@ pub(crate) fn write_tree(
     mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
     mut parent: Option<&mut Parent>,
     compress: Option<pages::compress::Compression>,
+    timings: &mut Timings,
 ) -> Result<(usize, u64, Vec<Record>), Error> {
     // One pool of compression threads for the whole tree.
     let mut pool = compress.map(pages::compress::ZstdPool::new).transpose()?;
@@ -38,6 +42,7 @@ pub(crate) fn write_tree(
     for mut c in collected {
         let _process = tracing::info_span!("process", pid = c.image.pid).entered();
         let pid = c.image.pid;
+        let started = Instant::now();
         let mut runs = None;
         if let Some(i) = pre.iter().position(|(t, _)| t.pid() == pid) {
             let (tracked, pages) = pre.swap_remove(i);
@@ -65,6 +70,8 @@ pub(crate) fn write_tree(
             }
             page_bytes += pages.finish()?;
         }
+        timings.since("write.pages", started);
+        let started = Instant::now();
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
         mappings += c.image.vmas.len();
@@ -72,6 +79,7 @@ pub(crate) fn write_tree(
             image: c.image,
             runs,
         });
+        timings.since("write.records", started);
     }
     for (tracked, pages) in pre {
         // Exited since the pre-copy.
@@ -90,8 +98,9 @@ pub(crate) struct Record {
     runs: Option<pages::precopy::Finished>,
 }
 
-/// Writes the process records (each atomically and durably), after completing the pages
-/// files of pre-copied processes; returns the page bytes those hold.
+/// Writes the process records (made durable with the other files before the inventory is
+/// written), after completing the pages files of pre-copied processes; returns the page
+/// bytes those hold.
 pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
@@ -105,13 +114,14 @@ pub(crate) fn write_records(
             page_bytes += bytes;
         }
         let process_name = names::process(image.pid);
-        write_record_atomic(dir, &process_name, RecordKind::Process, &image)?;
+        write_record_unsynced(dir, &process_name, RecordKind::Process, &image)?;
         written.push(process_name);
     }
     Ok(page_bytes)
 }
 
-/// Writes the inventory: the last file, whose presence marks the dump complete.
+/// Writes the inventory: the last file, whose presence marks the dump complete; durable, with
+/// its directory entry, when this returns.
 pub(crate) fn write_inventory(
     dir: &ImageDir,
     root: Pid,
@@ -131,10 +141,7 @@ pub(crate) fn write_inventory(
         zombies,
         parent,
     };
-    Ok(write_record_atomic(
-        dir,
-        names::INVENTORY,
-        RecordKind::Inventory,
-        &inventory,
-    )?)
+    write_record_atomic(dir, names::INVENTORY, RecordKind::Inventory, &inventory)?;
+    // The renames into place (the inventory's last) are durable only once the directory is.
+    Ok(dir.sync_dir()?)
 }

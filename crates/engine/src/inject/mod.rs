@@ -18,6 +18,7 @@
 //! * Typed wrappers ([`calls`]): one method per system call the engine injects, taking typed
 //!   arguments and the kernel structures of [`kabi`] and returning typed results.
 
+pub mod batch;
 pub mod calls;
 mod errno;
 pub mod scratch;
@@ -46,6 +47,8 @@ pub struct Injector {
     last: Option<CallRecord>,
     /// [`Injector::finish`] completed: the thread has its registers back.
     finished: bool,
+    /// The page of code for batched calls ([`batch`]).
+    code: batch::CodePage,
 }
 
 /// Size of the scratch area used for syscall arguments.
@@ -109,6 +112,7 @@ impl Injector {
             alloc: ScratchAlloc::new(SCRATCH_LEN),
             last: None,
             finished: false,
+            code: batch::CodePage::NotYet,
         })
     }
 
@@ -369,8 +373,9 @@ impl Injector {
         Ok(value)
     }
 
-    /// Unmaps the scratch area.
+    /// Unmaps the scratch area (and the code page of batched calls).
     pub fn unmap_scratch(&mut self) -> Result<(), Error> {
+        self.unmap_code()?;
         if let Some((addr, len)) = self.scratch {
             self.set_scratch(None);
             self.call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
@@ -489,7 +494,9 @@ pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
 /// same in every process on this kernel, so our own copy is searched once.
 pub fn vdso_syscall_offset() -> Result<u64, Error> {
     let me = stasis_sys::process::getpid();
-    let maps = crate::procfs::read_smaps(me)?;
+    // maps, not smaps: the same lines without the page counts the kernel would walk our
+    // whole memory for.
+    let maps = crate::procfs::read_maps(me)?;
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")

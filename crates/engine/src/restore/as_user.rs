@@ -644,7 +644,10 @@ fn restore_in_restorer(
                 reap_failed_root();
             }
             match (read, report) {
-                (_, Ok(Report::Restored { pid })) => Ok(Restored { pid }),
+                (_, Ok(Report::Restored { pid })) => Ok(Restored {
+                    pid,
+                    timings: Default::default(),
+                }),
                 (_, Ok(Report::Failed { class, message })) => {
                     Err(Error::Reported { class, message })
                 }

@@ -136,15 +136,21 @@ pub struct RestoreOptions {
 }
 
 /// A restored process, running. It is a child of the calling process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Restored {
     pub pid: Pid,
+    /// How long each phase took (`load`, `plan`, `fork`, `rebuild`, `finish`) and, summed
+    /// over the processes, each rebuild step (`rebuild.<step name>`, e.g. `rebuild.fill
+    /// pages`). Empty when the restore ran in another process (as the images' owner).
+    pub timings: crate::timings::Timings,
 }
 
 /// Recreates the dumped process tree. Returns once every process runs.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let _restore =
         tracing::info_span!("restore", images = %opts.images.label().display()).entered();
+    let mut timings = crate::timings::Timings::default();
+    let started = std::time::Instant::now();
     let phase = Phase::Load.span();
     if let Some(r) = &opts.requester {
         // The files, processes and pids of the restore (and the parents of an incremental
@@ -178,11 +184,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     load::check_pids_free(&loaded)?;
     let vdso_offset = inject::vdso_syscall_offset()?;
     drop(phase);
+    timings.since("load", started);
 
+    let started = std::time::Instant::now();
     let phase = Phase::Plan.span();
     let (mut plan, err_read) = plan::Plan::make(opts, &loaded)?;
     drop(phase);
+    timings.since("plan", started);
 
+    let started = std::time::Instant::now();
     let phase = Phase::ForkTree.span();
     // Restore children orphaned by a failure (their parent in the tree died before they were
     // known to the restorer, and they die with it) come back to the restorer, which reaps
@@ -198,14 +208,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let mut reports = fork::ChildReports::new(err_read);
     let forked = forked.and_then(|()| fork::seize_tree(&plan, &mut reports, &mut created));
     drop(phase);
+    timings.since("fork", started);
 
     let result = forked.and_then(|()| {
+        let started = std::time::Instant::now();
         let phase = Phase::Rebuild.span();
         let mut to_detach = Vec::new();
+        let mut steps = crate::timings::Timings::default();
         for i in 0..plan.processes.len() {
-            to_detach.extend(rebuild::rebuild(&plan, i, vdso_offset)?);
+            to_detach.extend(rebuild::rebuild(&plan, i, vdso_offset, &mut steps)?);
         }
         drop(phase);
+        timings.since("rebuild", started);
+        timings.entries.extend(steps.entries);
+        let started = std::time::Instant::now();
         let _phase = Phase::Finish.span();
         // Every process and thread exists: the owners of I/O signals can be set.
         plan.descriptions
@@ -224,6 +240,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             let group = process::getpgid(root).unwrap_or(root);
             let _ = process::kill(-group, libc::SIGWINCH);
         }
+        timings.since("finish", started);
         Ok(())
     });
     let root = loaded.inventory.root_pid;
@@ -245,7 +262,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     if !was_subreaper {
         let _ = process::set_child_subreaper(false);
     }
-    Ok(Restored { pid: root })
+    Ok(Restored { pid: root, timings })
 }
 
 /// Gives the terminal of a shell job the job's termios and, when it is the restorer's

@@ -134,6 +134,36 @@ pub const REBUILD_ORDER: &[RebuildStep] = &[
 ];
 
 impl RebuildStep {
+    /// The step's name in [`crate::timings::Timings`]: `rebuild.` and its name.
+    pub fn stats_name(self) -> &'static str {
+        match self {
+            RebuildStep::Prepare => "rebuild.prepare",
+            RebuildStep::MoveSpecials => "rebuild.move vdso/vvar",
+            RebuildStep::UnmapInherited => "rebuild.unmap inherited memory",
+            RebuildStep::MapVmas => "rebuild.map memory",
+            RebuildStep::FillPages => "rebuild.fill pages",
+            RebuildStep::Protections => "rebuild.set protections",
+            RebuildStep::MemoryAdvice => "rebuild.memory advice and locks",
+            RebuildStep::MmFields => "rebuild.mm fields",
+            RebuildStep::Signals => "rebuild.signals",
+            RebuildStep::IntervalTimers => "rebuild.interval timers",
+            RebuildStep::LeaderThread => "rebuild.leader thread state",
+            RebuildStep::CloseRestoreFds => "rebuild.close restore fds",
+            RebuildStep::Pidfds => "rebuild.pidfds",
+            RebuildStep::Locks => "rebuild.locks",
+            RebuildStep::CreateThreads => "rebuild.create threads",
+            RebuildStep::PosixTimers => "rebuild.POSIX timers",
+            RebuildStep::InheritedPrctl => "rebuild.inherited prctl state",
+            RebuildStep::JoinProcessGroup => "rebuild.join process group",
+            RebuildStep::Credentials => "rebuild.credentials",
+            RebuildStep::Prctl => "rebuild.prctl",
+            RebuildStep::JobStop => "rebuild.job-control stop",
+            RebuildStep::Seccomp => "rebuild.seccomp",
+            RebuildStep::Scheduling => "rebuild.scheduling",
+            RebuildStep::FinalRegisters => "rebuild.final registers",
+        }
+    }
+
     /// The step's name in logs and errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -181,12 +211,17 @@ struct Rebuild<'p, 'a> {
 }
 
 /// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
-/// whole tree is rebuilt.
-pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<Vec<Pid>, Error> {
+/// whole tree is rebuilt. The time of each step is added to `timings` (as `rebuild.<name>`).
+pub(crate) fn rebuild(
+    plan: &Plan<'_>,
+    idx: usize,
+    vdso_offset: u64,
+    timings: &mut crate::timings::Timings,
+) -> Result<Vec<Pid>, Error> {
     let planned = &plan.processes[idx];
     let child = planned.image.pid;
     let _process = tracing::info_span!("process", pid = child).entered();
-    let child_vdso = procfs::read_smaps(child)?
+    let child_vdso = procfs::read_maps(child)?
         .into_iter()
         .find(|m| m.name == "[vdso]")
         .ok_or_else(|| Error::Unsupported {
@@ -205,11 +240,13 @@ pub(crate) fn rebuild(plan: &Plan<'_>, idx: usize, vdso_offset: u64) -> Result<V
     for &step in REBUILD_ORDER {
         let _step = tracing::debug_span!("step", name = step.name()).entered();
         tracing::debug!("rebuild step");
+        let started = std::time::Instant::now();
         r.run(step).map_err(|e| Error::Rebuild {
             pid: child,
             step: step.name(),
             source: Box::new(e),
         })?;
+        timings.since(step.stats_name(), started);
     }
     // The caller detaches every thread once the whole tree is rebuilt.
     let mut tids: Vec<Pid> = planned.image.threads[1..].iter().map(|t| t.tid).collect();

@@ -21,16 +21,17 @@ const NLIMITS: u32 = 16;
 
 #[tracing::instrument(name = "attrs", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, status: &procfs::Status, inj: &mut Injector) -> Result<TaskState, Error> {
-    let mut rlimits = Vec::new();
-    for resource in 0..NLIMITS {
-        // prlimit64 on another uid needs CAP_SYS_RESOURCE: ask the process itself.
-        let l = inj.prlimit64_get(resource)?;
-        rlimits.push(Rlimit {
+    // Read from /proc (prlimit64 on another uid needs CAP_SYS_RESOURCE), not by 16 calls
+    // inside the process.
+    let rlimits = procfs::read_limits(pid, NLIMITS as usize)?
+        .into_iter()
+        .zip(0..NLIMITS)
+        .map(|((soft, hard), resource)| Rlimit {
             resource,
-            soft: l.cur,
-            hard: l.max,
-        });
-    }
+            soft,
+            hard,
+        })
+        .collect();
     let pdeathsig = inj.get_pdeathsig()?;
     let dumpable = inj.get_dumpable()?;
     let child_subreaper = inj.get_child_subreaper()?;

@@ -32,11 +32,7 @@ pub fn raw_pending(tid: Pid, shared: bool) -> Result<Vec<stasis_image::Siginfo>,
 #[tracing::instrument(name = "signals", level = "debug", skip_all, fields(pid = pid))]
 pub fn dump(pid: Pid, inj: &mut Injector) -> Result<ProcessSignals, Error> {
     let mut actions = Vec::new();
-    for sig in 1..=64u32 {
-        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
-            continue;
-        }
-        let k = inj.rt_sigaction_get(sig)?;
+    for (sig, k) in query_actions(inj)? {
         let a = SigAction {
             sig,
             handler: k.handler,
@@ -58,6 +54,46 @@ pub fn dump(pid: Pid, inj: &mut Injector) -> Result<ProcessSignals, Error> {
         actions,
         shared_pending,
     })
+}
+
+/// The disposition of every signal but SIGKILL and SIGSTOP: 62 rt_sigaction queries, in one
+/// batch when the process takes batches ([`Injector::batch`]), else one by one.
+fn query_actions(inj: &mut Injector) -> Result<Vec<(u32, KernelSigaction)>, Error> {
+    let sigs: Vec<u32> = (1..=64u32)
+        .filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
+        .collect();
+    let size = std::mem::size_of::<KernelSigaction>() as u64;
+    let mut f = inj.frame();
+    let out = f.alloc_bytes(size * sigs.len() as u64)?;
+    let calls: Vec<(i64, [u64; 6])> = sigs
+        .iter()
+        .enumerate()
+        .map(|(i, &sig)| {
+            let at = out + i as u64 * size;
+            (libc::SYS_rt_sigaction, [sig.into(), 0, at, 8, 0, 0])
+        })
+        .collect();
+    let Some(results) = f.batch("rt_sigaction(query)", &calls)? else {
+        drop(f);
+        return sigs
+            .iter()
+            .map(|&sig| Ok((sig, inj.rt_sigaction_get(sig)?)))
+            .collect();
+    };
+    let mut actions = Vec::with_capacity(sigs.len());
+    for (i, (&sig, &r)) in sigs.iter().zip(&results).enumerate() {
+        if r != 0 {
+            let errno = crate::inject::Errno(if (-4095..0).contains(&r) {
+                -r as i32
+            } else {
+                0
+            });
+            return Err(f.remote_error("rt_sigaction(query)", errno));
+        }
+        let at = crate::inject::RemotePtr::<KernelSigaction>::at(out + i as u64 * size);
+        actions.push((sig, f.read(at)?));
+    }
+    Ok(actions)
 }
 
 /// The kernel's siginfo_t of a pending signal of the image (validated to be 128 bytes).
