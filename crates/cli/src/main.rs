@@ -117,6 +117,12 @@ enum Command {
         /// this flag, a stdin that is not a terminal is an error. (CRIU's name.)
         #[arg(short = 'j', long)]
         shell_job: bool,
+        /// Start the process before its memory is in: private memory is brought in on first
+        /// touch (userfaultfd) by a detached page server, which pushes the rest in the
+        /// background and exits once every page has arrived (root, without --pid-ns; see
+        /// README "Lazy restore").
+        #[arg(long)]
+        lazy: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -207,9 +213,11 @@ fn main() -> ExitCode {
             accept_replaced_files,
             tty,
             shell_job,
+            lazy,
             log_file: _,
         } => {
             let how = RestoreHow {
+                lazy,
                 tty,
                 shell_job,
                 detach,
@@ -449,6 +457,8 @@ struct RestoreHow {
     tty: Option<PathBuf>,
     /// `--shell-job`: attach it to our terminal, which must exist.
     shell_job: bool,
+    /// `--lazy`: pages served on first touch by a page server.
+    lazy: bool,
 }
 
 /// The terminal a shell job is attached to: `--tty PATH`, or our stdin when it is a terminal
@@ -506,6 +516,9 @@ fn warn_replaced(msg: &str) {
 
 fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
     if stasis_sys::process::geteuid() != 0 {
+        if how.lazy {
+            return Err("--lazy needs root (stasisd restores eagerly)".into());
+        }
         if how.pid_ns {
             return Err("--pid-ns needs root".into());
         }
@@ -561,6 +574,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         root_pdeathsig: true,
         replaced_files: how.replaced_files,
         terminal: restore_terminal(how)?,
+        lazy: how.lazy,
     };
     // Ours, to wait for a shell job as a shell would.
     let terminal = match &opts.terminal {
@@ -576,6 +590,9 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         } => {
             opts.require_authenticated = require_authenticated;
             if how.pid_ns {
+                if how.lazy {
+                    return Err("--lazy cannot be combined with --pid-ns yet".into());
+                }
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
                 let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
@@ -596,6 +613,13 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 return Err(format!(
                     "{why}: they would be restored as {whom}, which --pid-ns cannot do; \
                      restore them without --pid-ns, or as they are with --trust-images"
+                )
+                .into());
+            }
+            if how.lazy {
+                return Err(format!(
+                    "{why}: they would be restored as {whom}, which --lazy cannot do; restore \
+                     them without --lazy, or as they are with --trust-images"
                 )
                 .into());
             }

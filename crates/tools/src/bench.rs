@@ -186,6 +186,7 @@ pub fn run_memory(mib: u64) -> BenchResult {
                 root_pdeathsig: true,
                 replaced_files: stasis_engine::ReplacedFiles::Refuse,
                 terminal: None,
+                lazy: false,
             })?;
             let restore = t.elapsed();
             println!(
