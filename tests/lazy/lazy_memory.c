@@ -5,8 +5,8 @@
  * Maps MIB MiB of private anonymous memory and fills it with a pattern of non-zero words
  * (every 16th 64 KiB block stays zero: holes of the image), plus 1 MiB made read-only, forks a
  * child (which keeps its copy), starts a thread that keeps reading the memory, and writes
- * DIR/ready. On SIGUSR1 (sent after the restore), each process checks every byte of its memory
- * and writes DIR/result.<pid>: "ok" or what differs. With "dontneed", the parent first drops
+ * DIR/ready. On each SIGUSR1 (sent after the restore), each process checks every byte of its
+ * memory and writes DIR/result.<pid>: "ok" or what differs. With "dontneed", the parent first drops
  * its first 8 MiB with MADV_DONTNEED (right after the restore, as soon as it runs: it polls a
  * flag the signal sets) and checks that they read as zeros, then writes the pattern again. */
 #define _GNU_SOURCE
@@ -74,9 +74,10 @@ static void result(const char *text) {
 	fclose(f);
 }
 
-static void wait_and_check(int dontneed) {
+static void check_once(int dontneed) {
 	while (!go)
 		usleep(200);
+	go = 0;
 	char why[256] = "ok";
 	if (dontneed) {
 		const size_t drop = 8 << 20;
@@ -98,6 +99,13 @@ static void wait_and_check(int dontneed) {
 	result(why);
 }
 
+/* Checks on every SIGUSR1, dropping memory first the first time with "dontneed". */
+static void serve_checks(int dontneed) {
+	check_once(dontneed);
+	for (;;)
+		check_once(0);
+}
+
 int main(int argc, char **argv) {
 	if (argc < 3)
 		return 2;
@@ -117,9 +125,7 @@ int main(int argc, char **argv) {
 	if (child < 0)
 		return 2;
 	if (child == 0) {
-		wait_and_check(0);
-		for (;;)
-			pause();
+		serve_checks(0);
 	}
 	pthread_t t;
 	if (pthread_create(&t, NULL, reader, NULL))
@@ -131,7 +137,5 @@ int main(int argc, char **argv) {
 		return 2;
 	fprintf(f, "%d\n", child);
 	fclose(f);
-	wait_and_check(dontneed);
-	for (;;)
-		pause();
+	serve_checks(dontneed);
 }
