@@ -626,10 +626,12 @@ pub fn spawn_server(server: Server<'_>) -> Result<(), Error> {
     };
     match forked {
         process::Forked::Parent(middle) => {
-            // The middle process exits at once, once its child (the server) is started.
-            let _ = stasis_sys::ptrace::waitpid(middle, 0);
+            // The middle process exits at once, once its child (the server) is started; it is
+            // reaped if it is done by now (not waited for: the restore has returned sooner).
+            let _ = stasis_sys::ptrace::waitpid_nohang(middle);
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
+                fork_tries = tries + 1,
                 "lazy restore: page server started"
             );
             Ok(())
