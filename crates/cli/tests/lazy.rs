@@ -8,7 +8,9 @@
 //! - memory dropped with MADV_DONTNEED right after the restore reads as zeros, not as the
 //!   dumped data the server would have pushed;
 //! - a pages file corrupted after the dump: the restored processes are killed (never run on
-//!   with wrong data), the server logs why and exits with status 1.
+//!   with wrong data), the server logs why and exits with status 1;
+//! - a page server killed before every page arrived: its watchdog kills the restored
+//!   processes (which would otherwise get zero pages) and logs why.
 //!
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/lazy/<test name>/`.
@@ -238,4 +240,39 @@ fn corrupted_pages_kill_the_restored_processes() {
         text.contains("killed the restored process") && text.contains("pages-"),
         "{text}"
     );
+}
+
+#[test]
+fn a_dead_server_kills_the_restored_processes() {
+    if !require_root() {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("server_killed");
+    let (pid, kid, img) = start_and_dump(&w, "", &[]);
+    let log = w.join("restore.log");
+    restore_lazy(&img, &log);
+    let server = server_pid(&log);
+    kill(server, libc::SIGKILL);
+    assert_eq!(
+        server_status(server),
+        WaitStatus::Signaled(libc::SIGKILL)
+    );
+    // Its watchdog kills them rather than let them run on with zero pages.
+    for p in [pid, kid] {
+        kill(p, libc::SIGUSR1);
+    }
+    for p in [pid, kid] {
+        match wait_pid(p, TIMEOUT) {
+            Ok(Waited::Status(WaitStatus::Signaled(libc::SIGKILL))) => {}
+            other => panic!("pid {p}: {other:?}"),
+        }
+        let result = std::fs::read_to_string(w.join(&format!("result.{p}")));
+        assert!(
+            result.as_deref().map_or(true, |r| r.trim() == "ok"),
+            "pid {p} ran on with wrong memory: {result:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert!(text.contains("page server died"), "{text}");
 }

@@ -109,6 +109,12 @@ impl Userfaultfd {
         Userfaultfd(fd)
     }
 
+    /// Another descriptor of the same userfaultfd (a process holding one keeps the ranges
+    /// registered, and threads waiting for pages waiting, when the other is closed).
+    pub fn try_clone(&self) -> io::Result<Userfaultfd> {
+        Ok(Userfaultfd(self.0.try_clone()?))
+    }
+
     /// UFFDIO_API: the handshake, asking for `features`. Returns the features the kernel
     /// offers (all of those asked for, or an error).
     pub fn api(&self, features: u64) -> io::Result<u64> {

@@ -39,9 +39,15 @@
 //! the server finds a run it cannot use (bad CRC or MAC, read error) or a copy fails for
 //! another reason than the process being gone, it kills every process it serves that it
 //! knows by pid (SIGKILL through their pidfds), logs the error, and exits with status 1.
-//! Not covered: a server killed from outside (SIGKILL) closes its userfaultfds, and the
-//! processes then get zero pages for the pages still missing; children forked after the
-//! restore are not known by pid (they die with nothing to tell them their parent was killed).
+//!
+//! A server that dies (killed from outside, say) would close its userfaultfds, and the kernel
+//! would then give zero pages for every page still missing. A *watchdog* forked by the server
+//! holds a copy of each userfaultfd (so the ranges stay registered and the faulting threads
+//! wait) and the pidfds; when the server ends without saying that every page arrived, the
+//! watchdog kills the processes, logs why, and exits. Not covered: children the processes fork
+//! after the restore (the watchdog has neither their userfaultfd nor their pid: they get zero
+//! pages for what is still missing, with their parent killed), and the watchdog and the server
+//! killed together (zero pages).
 
 use super::fill;
 use crate::inject::Injector;
@@ -665,6 +671,7 @@ fn run_server(mut server: Server<'_>) -> Result<(), Error> {
         bytes = total,
         "lazy restore: page server serving"
     );
+    let done = start_watchdog(&server)?;
     let result = (|| -> Result<(), Error> {
         loop {
             let more = server.push()?;
@@ -682,6 +689,8 @@ fn run_server(mut server: Server<'_>) -> Result<(), Error> {
     if let Err(e) = &result {
         tracing::error!(error = %e, "lazy restore: a page cannot be served: killing the restored processes");
         server.kill_all();
+        // The watchdog need not kill them again.
+        let _ = std::io::Write::write_all(&mut &done, b"K");
         return result;
     }
     let s = server.stats;
@@ -694,9 +703,40 @@ fn run_server(mut server: Server<'_>) -> Result<(), Error> {
         zero_pages = s.zero_pages,
         "lazy restore: every page arrived; page server exiting"
     );
-    // Closing the userfaultfds unregisters the ranges.
+    // The watchdog lets go of its copies; closing ours too unregisters the ranges.
+    let _ = std::io::Write::write_all(&mut &done, b"D");
     drop(server);
     Ok(())
+}
+
+/// Forks the server's watchdog (see "Failure" in the module documentation). Returns the pipe
+/// the server writes `D` into once every page has arrived (`K` when it killed the processes
+/// itself); its end without either tells the watchdog that the server died.
+fn start_watchdog(server: &Server<'_>) -> Result<std::fs::File, Error> {
+    let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
+    let uffds = server
+        .served
+        .iter()
+        .map(|s| s.uffd.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io("dup of a userfaultfd", e))?;
+    match process::fork().map_err(|e| Error::io("fork of the page server's watchdog", e))? {
+        process::Forked::Parent(_) => Ok(std::fs::File::from(write)),
+        process::Forked::Child(_) => {
+            drop(write);
+            let mut read = std::fs::File::from(read);
+            let mut said = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut read, &mut said);
+            if !said.contains(&b'D') && !said.contains(&b'K') {
+                tracing::error!(
+                    "lazy restore: the page server died before every page arrived: killing the restored processes"
+                );
+                server.kill_all();
+            }
+            drop(uffds);
+            process::exit_now(0)
+        }
+    }
 }
 
 #[cfg(test)]
