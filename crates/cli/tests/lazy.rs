@@ -33,7 +33,11 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: &str = "64";
 
 fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("lazy").join(test))
+    WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("lazy")
+            .join(test),
+    )
 }
 
 /// Runs `stasis ARGS`: whether it succeeded, and its stderr.
@@ -84,7 +88,13 @@ fn start_and_dump(w: &WorkDir, mode: &str, dump_args: &[&str]) -> (i32, i32, Pat
         .expect("the child's pid");
     let img = w.mkdir("img");
     let pid_s = pid.to_string();
-    let mut args = vec!["dump", "-t", &pid_s, "-D", img.to_str().expect("utf-8 path")];
+    let mut args = vec![
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        img.to_str().expect("utf-8 path"),
+    ];
     args.extend(dump_args);
     let (ok, err) = stasis(&args);
     assert!(ok, "dump failed: {err}");
@@ -137,12 +147,16 @@ fn check_memory(w: &WorkDir, pids: &[i32]) {
         assert!(kill(p, libc::SIGUSR1), "pid {p} is not there");
     }
     for &p in pids {
-        let path = w.join(&format!("result.{p}"));
+        let path = w.join(format!("result.{p}"));
         wait_for(&format!("pid {p} to check its memory"), TIMEOUT, || {
             std::fs::read_to_string(&path).is_ok_and(|s| s.ends_with('\n'))
         });
         let result = std::fs::read_to_string(&path).expect("read the result");
-        assert_eq!(result.trim(), "ok", "pid {p}'s memory after the lazy restore");
+        assert_eq!(
+            result.trim(),
+            "ok",
+            "pid {p}'s memory after the lazy restore"
+        );
     }
 }
 
@@ -171,8 +185,8 @@ fn every_page_arrives_and_the_server_exits() {
     let text = std::fs::read_to_string(&log).expect("read the log");
     assert!(text.contains("every page arrived"), "{text}");
     // After the server is gone (the ranges unregistered), the memory is still right.
-    std::fs::remove_file(w.join(&format!("result.{pid}"))).expect("rm result");
-    std::fs::remove_file(w.join(&format!("result.{kid}"))).expect("rm result");
+    std::fs::remove_file(w.join(format!("result.{pid}"))).expect("rm result");
+    std::fs::remove_file(w.join(format!("result.{kid}"))).expect("rm result");
     check_memory(&w, &[pid, kid]);
     kill_and_reap(&[pid, kid]);
 }
@@ -229,7 +243,7 @@ fn corrupted_pages_kill_the_restored_processes() {
             Ok(Waited::Status(WaitStatus::Signaled(libc::SIGKILL))) => {}
             other => panic!("pid {p}: {other:?}"),
         }
-        let result = std::fs::read_to_string(w.join(&format!("result.{p}")));
+        let result = std::fs::read_to_string(w.join(format!("result.{p}")));
         assert!(
             result.as_deref().map_or(true, |r| r.trim() == "ok"),
             "pid {p} ran on with wrong memory: {result:?}"
@@ -254,10 +268,7 @@ fn a_dead_server_kills_the_restored_processes() {
     restore_lazy(&img, &log);
     let server = server_pid(&log);
     kill(server, libc::SIGKILL);
-    assert_eq!(
-        server_status(server),
-        WaitStatus::Signaled(libc::SIGKILL)
-    );
+    assert_eq!(server_status(server), WaitStatus::Signaled(libc::SIGKILL));
     // Its watchdog kills them rather than let them run on with zero pages.
     for p in [pid, kid] {
         kill(p, libc::SIGUSR1);
@@ -267,7 +278,7 @@ fn a_dead_server_kills_the_restored_processes() {
             Ok(Waited::Status(WaitStatus::Signaled(libc::SIGKILL))) => {}
             other => panic!("pid {p}: {other:?}"),
         }
-        let result = std::fs::read_to_string(w.join(&format!("result.{p}")));
+        let result = std::fs::read_to_string(w.join(format!("result.{p}")));
         assert!(
             result.as_deref().map_or(true, |r| r.trim() == "ok"),
             "pid {p} ran on with wrong memory: {result:?}"

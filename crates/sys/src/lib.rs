@@ -35,8 +35,8 @@ pub mod sock_diag;
 pub mod socket;
 pub mod tty;
 pub mod unix_socket;
-pub mod users;
 pub mod userfaultfd;
+pub mod users;
 
 pub use libc::user_regs_struct as UserRegs;
 

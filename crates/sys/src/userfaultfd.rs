@@ -187,8 +187,7 @@ impl Userfaultfd {
         };
         let mut out = Vec::with_capacity(n / 32);
         for m in buf[..n - n % 32].chunks_exact(32) {
-            let word =
-                |at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().unwrap_or([0u8; 8]));
+            let word = |at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().unwrap_or([0u8; 8]));
             out.push(match m[0] {
                 0x12 => Event::PageFault {
                     addr: word(16) & !4095,
@@ -198,9 +197,8 @@ impl Userfaultfd {
                     let fd = word(8) as u32 as i32;
                     // SAFETY: the kernel installed `fd` in our table for this message; nothing
                     // else owns it.
-                    Event::Fork {
-                        uffd: unsafe { OwnedFd::from_raw_fd(fd) },
-                    }
+                    let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    Event::Fork { uffd }
                 }
                 0x14 => Event::Remap {
                     from: word(8),

@@ -88,12 +88,15 @@ pub fn lazy_mappings(vmas: &[Vma], runs: &[PageRun]) -> Vec<bool> {
             v.kind == VmaKind::Anonymous
                 && !v.shared
                 && v.shmem_id == 0
-                && !(v.advice.locked && !v.advice.lock_on_fault)
+                && (!v.advice.locked || v.advice.lock_on_fault)
         })
         .collect();
     let mut has_runs = vec![false; vmas.len()];
     for r in runs {
-        let Some(i) = vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) else {
+        let Some(i) = vmas
+            .iter()
+            .position(|v| v.start <= r.addr && r.addr < v.end)
+        else {
             continue;
         };
         has_runs[i] = true;
@@ -155,20 +158,26 @@ pub fn register(
     let taken = process::pidfd_getfd(pidfd.as_fd(), fd);
     inj.close(fd)?;
     let uffd = Userfaultfd::from_fd(taken.map_err(|e| Error::sys("pidfd_getfd", child, e))?);
-    uffd.api(FEATURES)
-        .map_err(|e| Error::sys("UFFDIO_API (fork, remap, remove and unmap events)", child, e))?;
+    uffd.api(FEATURES).map_err(|e| {
+        Error::sys(
+            "UFFDIO_API (fork, remap, remove and unmap events)",
+            child,
+            e,
+        )
+    })?;
     let mut bytes = 0;
     for (v, _) in vmas.iter().zip(&lazy).filter(|(_, l)| **l) {
-        uffd.register_missing(v.start, v.end - v.start).map_err(|e| {
-            Error::sys(
-                "UFFDIO_REGISTER (missing pages)",
-                child,
-                std::io::Error::new(
-                    e.kind(),
-                    format!("mapping {:#x}-{:#x}: {e}", v.start, v.end),
-                ),
-            )
-        })?;
+        uffd.register_missing(v.start, v.end - v.start)
+            .map_err(|e| {
+                Error::sys(
+                    "UFFDIO_REGISTER (missing pages)",
+                    child,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("mapping {:#x}-{:#x}: {e}", v.start, v.end),
+                    ),
+                )
+            })?;
     }
     for r in &lazy_runs {
         bytes += r.npages * PAGE_SIZE;
@@ -503,7 +512,11 @@ impl<'a> Server<'a> {
 
     /// Serves the faults on every userfaultfd that has messages within `timeout_ms`, and the
     /// `extra` descriptor's readiness; returns whether `extra` is readable.
-    fn serve_ready(&mut self, extra: Option<BorrowedFd<'_>>, timeout_ms: i32) -> Result<bool, Error> {
+    fn serve_ready(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        timeout_ms: i32,
+    ) -> Result<bool, Error> {
         let live: Vec<usize> = self.live().iter().map(|(i, _)| *i).collect();
         let ready = {
             let mut fds: Vec<BorrowedFd<'_>> = self.live().iter().map(|(_, f)| *f).collect();
@@ -744,12 +757,17 @@ mod tests {
     use super::*;
 
     fn served(pieces: &[(u64, u64)]) -> Served {
-        let uffd = Userfaultfd::from_fd(
-            process::pipe().map(|(r, _)| r).unwrap(),
-        );
+        let uffd = Userfaultfd::from_fd(process::pipe().map(|(r, _)| r).unwrap());
         let mut pending = BTreeMap::new();
         for (i, &(a, l)) in pieces.iter().enumerate() {
-            pending.insert(a, Piece { len: l, run: i, at: 0 });
+            pending.insert(
+                a,
+                Piece {
+                    len: l,
+                    run: i,
+                    at: 0,
+                },
+            );
         }
         Served {
             uffd,
@@ -766,8 +784,7 @@ mod tests {
         let got = s.take(0x2000, 0x9000);
         let got: Vec<(u64, u64, u64)> = got.iter().map(|(a, p)| (*a, p.len, p.at)).collect();
         assert_eq!(got, vec![(0x2000, 0x3000, 0x1000), (0x8000, 0x1000, 0)]);
-        let left: Vec<(u64, u64, u64)> =
-            s.pending.iter().map(|(a, p)| (*a, p.len, p.at)).collect();
+        let left: Vec<(u64, u64, u64)> = s.pending.iter().map(|(a, p)| (*a, p.len, p.at)).collect();
         assert_eq!(left, vec![(0x1000, 0x1000, 0), (0x9000, 0x1000, 0x1000)]);
         assert_eq!(s.piece_at(0x9fff).map(|(a, _)| a), Some(0x9000));
         assert!(s.piece_at(0x2000).is_none());

@@ -43,8 +43,8 @@
 pub mod advice;
 pub mod dump;
 pub mod fill;
-pub mod lazy;
 pub mod layout;
+pub mod lazy;
 pub mod sink;
 pub mod source;
 pub mod vma;

@@ -204,7 +204,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         } else {
             None
         };
-        let result = forked.and_then(|()| rebuild_and_finish(&plan, &loaded, vdso_offset, helper.as_ref()));
+        let result =
+            forked.and_then(|()| rebuild_and_finish(&plan, &loaded, vdso_offset, helper.as_ref()));
         let lazy = helper.map(|h| h.stop());
         match (result, lazy) {
             (Ok(()), Some(Err(e))) => (Err(e), None),

@@ -185,8 +185,7 @@ struct Rebuild<'p, 'a> {
 }
 
 /// Takes a lazy restore's registered process (see [`crate::pages::lazy`]).
-pub(crate) type LazyHandOver<'p> =
-    dyn Fn(pages::lazy::LazyProcess) -> Result<(), Error> + 'p;
+pub(crate) type LazyHandOver<'p> = dyn Fn(pages::lazy::LazyProcess) -> Result<(), Error> + 'p;
 
 /// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
 /// whole tree is rebuilt. A lazy restore hands the process's userfaultfd to `hand_over`.
