@@ -1,6 +1,6 @@
 /* A process with known memory for the lazy restore tests (crates/cli/tests/lazy.rs).
  *
- * lazy_memory DIR MIB [dontneed]
+ * lazy_memory DIR MIB [dontneed|fork]
  *
  * Maps MIB MiB of private anonymous memory and fills it with a pattern of non-zero words
  * (every 16th 64 KiB block stays zero: holes of the image), plus 1 MiB made read-only, forks a
@@ -8,7 +8,9 @@
  * DIR/ready. On each SIGUSR1 (sent after the restore), each process checks every byte of its
  * memory and writes DIR/result.<pid>: "ok" or what differs. With "dontneed", the parent first drops
  * its first 8 MiB with MADV_DONTNEED (right after the restore, as soon as it runs: it polls a
- * flag the signal sets) and checks that they read as zeros, then writes the pattern again. */
+ * flag the signal sets) and checks that they read as zeros, then writes the pattern again.
+ * With "fork", the parent first forks a new child (after the restore, while pages are still
+ * missing), which checks its copy of the memory, writes DIR/result.<its pid> and exits. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -74,11 +76,27 @@ static void result(const char *text) {
 	fclose(f);
 }
 
+static int forking;
+
 static void check_once(int dontneed) {
 	while (!go)
 		usleep(200);
 	go = 0;
 	char why[256] = "ok";
+	if (forking) {
+		forking = 0;
+		pid_t p = fork();
+		if (p < 0) {
+			result("fork failed");
+			exit(1);
+		}
+		if (p == 0) {
+			if (check(mem, 0, len, 1, why, sizeof why) == 0)
+				check(ro, 0, RO_LEN, 2, why, sizeof why);
+			result(why);
+			_exit(0);
+		}
+	}
 	if (dontneed) {
 		const size_t drop = 8 << 20;
 		if (madvise(mem, drop, MADV_DONTNEED)) {
@@ -112,6 +130,7 @@ int main(int argc, char **argv) {
 	dir = argv[1];
 	len = (size_t)atol(argv[2]) << 20;
 	int dontneed = argc > 3 && strcmp(argv[3], "dontneed") == 0;
+	int fork_after = argc > 3 && strcmp(argv[3], "fork") == 0;
 	signal(SIGUSR1, on_usr1);
 	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ro = mmap(NULL, RO_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -131,6 +150,7 @@ int main(int argc, char **argv) {
 	if (pthread_create(&t, NULL, reader, NULL))
 		return 2;
 	char path[4096];
+	forking = fork_after;
 	snprintf(path, sizeof path, "%s/ready", dir);
 	FILE *f = fopen(path, "w");
 	if (!f)

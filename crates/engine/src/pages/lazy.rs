@@ -262,8 +262,8 @@ impl Served {
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
     faults: u64,
-    fault_bytes: u64,
-    pushed_bytes: u64,
+    /// Bytes copied into the processes (forked children included).
+    copied_bytes: u64,
     zero_pages: u64,
 }
 
@@ -386,15 +386,34 @@ impl<'a> Server<'a> {
         };
         let w0 = (addr & !(FAULT_WINDOW - 1)).max(start);
         let w1 = ((addr | (FAULT_WINDOW - 1)) + 1).min(start + piece.len);
-        for (a, p) in self.served[s].take(w0, w1) {
-            self.stats.fault_bytes += p.len;
-            match self.copy_piece(s, a, p)? {
-                Copied::Done => {}
-                Copied::Again => self.served[s].retry.push(addr),
-                Copied::Gone => self.served[s].finished = true,
-            }
+        let taken = self.served[s].take(w0, w1);
+        if self.copy_pieces(s, taken)? {
+            self.served[s].retry.push(addr);
         }
         Ok(())
+    }
+
+    /// Copies the pieces `taken` (out of the pending ones) into served `s`. True when the
+    /// layout is changing: every piece not copied is pending again, and the events must be
+    /// read before a retry.
+    fn copy_pieces(&mut self, s: usize, taken: Vec<(u64, Piece)>) -> Result<bool, Error> {
+        let mut rest = taken.into_iter();
+        while let Some((a, p)) = rest.next() {
+            match self.copy_piece(s, a, p)? {
+                Copied::Done => self.stats.copied_bytes += p.len,
+                Copied::Again => {
+                    for (a, p) in rest {
+                        self.served[s].pending.insert(a, p);
+                    }
+                    return Ok(true);
+                }
+                Copied::Gone => {
+                    self.served[s].finished = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn zero(&mut self, s: usize, addr: u64) -> Result<(), Error> {
@@ -439,20 +458,30 @@ impl<'a> Server<'a> {
             if events.is_empty() {
                 break;
             }
+            // Forks first: a fork is over once its message is read, and the child has what
+            // the parent had then, so it gets the pages pending at the read (no copy into the
+            // parent succeeds between the fork and the read, and a removal the batch reports
+            // is carried out after the read, after the fork: it does not concern the child).
+            let (forks, events): (Vec<Event>, Vec<Event>) = events
+                .into_iter()
+                .partition(|e| matches!(e, Event::Fork { .. }));
+            for ev in forks {
+                if let Event::Fork { uffd } = ev {
+                    let child = Served {
+                        uffd: Userfaultfd::from_fd(uffd),
+                        image: self.served[s].image,
+                        pending: self.served[s].pending.clone(),
+                        finished: false,
+                        retry: Vec::new(),
+                    };
+                    tracing::debug!("lazy restore: a served process forked");
+                    self.served.push(child);
+                }
+            }
             for ev in events {
                 match ev {
                     Event::PageFault { addr, .. } => self.fault(s, addr)?,
-                    Event::Fork { uffd } => {
-                        let child = Served {
-                            uffd: Userfaultfd::from_fd(uffd),
-                            image: self.served[s].image,
-                            pending: self.served[s].pending.clone(),
-                            finished: false,
-                            retry: Vec::new(),
-                        };
-                        tracing::debug!("lazy restore: a served process forked");
-                        self.served.push(child);
-                    }
+                    Event::Fork { .. } => {}
                     Event::Remap { from, to, len } => {
                         let moved = self.served[s].take(from, from.saturating_add(len));
                         for (a, p) in moved {
@@ -486,14 +515,11 @@ impl<'a> Server<'a> {
                 continue;
             };
             let end = start + piece.len.min(PUSH_CHUNK);
-            for (a, p) in self.served[s].take(start, end) {
-                self.stats.pushed_bytes += p.len;
-                match self.copy_piece(s, a, p)? {
-                    Copied::Done => {}
-                    // The events are read before the next push.
-                    Copied::Again => self.events(s)?,
-                    Copied::Gone => self.served[s].finished = true,
-                }
+            let taken = self.served[s].take(start, end);
+            if self.copy_pieces(s, taken)? {
+                // The layout changes: the events first (what was not copied is pending again,
+                // so that a fork's child gets it too).
+                self.events(s)?;
             }
             return Ok(true);
         }
@@ -587,17 +613,29 @@ impl<'scope, 'a: 'scope> Helper<'scope, 'a> {
         let (send, recv) = std::sync::mpsc::channel::<(LazyProcess, &'a RawReader)>();
         let handle = scope.spawn(move || -> Result<Server<'a>, Error> {
             let mut server = Server::new();
-            loop {
-                if server.serve_ready(Some(read.as_fd()), -1)? {
-                    let mut b = [0u8; 64];
-                    let n = std::io::Read::read(&mut read, &mut b).unwrap_or(0);
-                    for (p, pages) in recv.try_iter() {
-                        server.add(p, pages);
+            let result = (|| -> Result<(), Error> {
+                loop {
+                    if server.serve_ready(Some(read.as_fd()), -1)? {
+                        let mut b = [0u8; 64];
+                        let n = std::io::Read::read(&mut read, &mut b).unwrap_or(0);
+                        for (p, pages) in recv.try_iter() {
+                            server.add(p, pages);
+                        }
+                        // A zero byte ends the thread (EOF: the restorer is gone).
+                        if n == 0 || b[..n].contains(&0) {
+                            return Ok(());
+                        }
                     }
-                    // A zero byte ends the thread (EOF: the restorer is gone).
-                    if n == 0 || b[..n].contains(&0) {
-                        return Ok(server);
-                    }
+                }
+            })();
+            match result {
+                Ok(()) => Ok(server),
+                Err(e) => {
+                    // They may run already: killed before their userfaultfds are closed (the
+                    // kernel would give them zero pages).
+                    tracing::error!(error = %e, "lazy restore: a page cannot be served: killing the restored processes");
+                    server.kill_all();
+                    Err(e)
                 }
             }
         });
@@ -711,8 +749,7 @@ fn run_server(mut server: Server<'_>) -> Result<(), Error> {
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         bytes = total,
         faults = s.faults,
-        fault_bytes = s.fault_bytes,
-        pushed_bytes = s.pushed_bytes,
+        copied_bytes = s.copied_bytes,
         zero_pages = s.zero_pages,
         "lazy restore: every page arrived; page server exiting"
     );

@@ -208,7 +208,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             forked.and_then(|()| rebuild_and_finish(&plan, &loaded, vdso_offset, helper.as_ref()));
         let lazy = helper.map(|h| h.stop());
         match (result, lazy) {
-            (Ok(()), Some(Err(e))) => (Err(e), None),
+            // The helper's error (a page it could not serve) says why the rest failed.
+            (_, Some(Err(e))) => (Err(e), None),
             (result, lazy) => (result, lazy.and_then(Result::ok)),
         }
     });
