@@ -148,6 +148,12 @@ enum Command {
         /// as JSON into FILE, once the process runs.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// Start the process before its memory is in: private memory is brought in on first
+        /// touch (userfaultfd) by a detached page server, which pushes the rest in the
+        /// background and exits once every page has arrived (root, without --pid-ns; see
+        /// README "Lazy restore").
+        #[arg(long)]
+        lazy: bool,
     },
     /// Decode an images directory into JSON; say whether the images are authenticated (and,
     /// as root, verify them).
@@ -276,10 +282,12 @@ fn main() -> ExitCode {
             tty,
             shell_job,
             stats,
+            lazy,
             log_file: _,
         } => {
             let how = RestoreHow {
                 stats,
+                lazy,
                 tty,
                 shell_job,
                 detach,
@@ -587,6 +595,8 @@ struct RestoreHow {
     shell_job: bool,
     /// `--stats FILE`: where the timings and sizes go.
     stats: Option<PathBuf>,
+    /// `--lazy`: pages served on first touch by a page server.
+    lazy: bool,
 }
 
 /// The terminal a shell job is attached to: `--tty PATH`, or our stdin when it is a terminal
@@ -661,6 +671,9 @@ fn restore_stats(
 fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
     let started = std::time::Instant::now();
     if stasis_sys::process::geteuid() != 0 {
+        if how.lazy {
+            return Err("--lazy needs root (stasisd restores eagerly)".into());
+        }
         if how.pid_ns {
             return Err("--pid-ns needs root".into());
         }
@@ -717,6 +730,7 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         root_pdeathsig: true,
         replaced_files: how.replaced_files,
         terminal: restore_terminal(how)?,
+        lazy: how.lazy,
     };
     // Ours, to wait for a shell job as a shell would.
     let terminal = match &opts.terminal {
@@ -732,6 +746,9 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         } => {
             opts.require_authenticated = require_authenticated;
             if how.pid_ns {
+                if how.lazy {
+                    return Err("--lazy cannot be combined with --pid-ns yet".into());
+                }
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
                 // No progress bar: its pids are the namespace's, not ours.
@@ -759,6 +776,13 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 return Err(format!(
                     "{why}: they would be restored as {whom}, which --pid-ns cannot do; \
                      restore them without --pid-ns, or as they are with --trust-images"
+                )
+                .into());
+            }
+            if how.lazy {
+                return Err(format!(
+                    "{why}: they would be restored as {whom}, which --lazy cannot do; restore \
+                     them without --lazy, or as they are with --trust-images"
                 )
                 .into());
             }

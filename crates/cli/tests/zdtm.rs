@@ -76,6 +76,9 @@ enum Mode {
     /// The other mode with `--compress` on every dump; each dump's images must
     /// hold compressed runs and pass `stasis show` (which decodes them all).
     Compressed(&'static Mode),
+    /// Dump (kills), `restore --lazy` attached (pages served on first touch by the page
+    /// server), SIGTERM.
+    Lazy,
 }
 
 // ---------------------------------------------------------------------------
@@ -360,8 +363,14 @@ impl Run {
     /// `stasis restore -D DIR`, staying attached; returns once the restored
     /// process runs.
     fn restore_attached(&mut self, images: &Path) -> Result<(), String> {
+        self.restore_attached_with(images, &[])
+    }
+
+    /// [`Self::restore_attached`] with more arguments.
+    fn restore_attached_with(&mut self, images: &Path, more: &[&str]) -> Result<(), String> {
         self.ensure_pid_free()?;
-        let args: Vec<OsString> = vec!["restore".into(), "-D".into(), images.into()];
+        let mut args: Vec<OsString> = vec!["restore".into(), "-D".into(), images.into()];
+        args.extend(more.iter().map(OsString::from));
         let (child, out) = self.spawn_stasis("restore", &args)?;
         self.live = true;
         let mut child = child;
@@ -524,6 +533,13 @@ impl Run {
                 let img = self.images("img")?;
                 self.dump(&img, false)?;
                 self.restore_attached(&img)?;
+                self.settle(SETTLE_AFTER_RESTORE);
+                self.finish_attached()
+            }
+            Mode::Lazy => {
+                let img = self.images("img")?;
+                self.dump(&img, false)?;
+                self.restore_attached_with(&img, &["--lazy"])?;
                 self.settle(SETTLE_AFTER_RESTORE);
                 self.finish_attached()
             }
@@ -873,12 +889,12 @@ use Mode::*;
 // One line per program of tests/zdtm/ (see `zdtm_tests!` above).
 zdtm_tests! {
     busy_loop;
-    mem_anon ["64"];
-    mem_heap;
-    mem_stack;
-    mem_file_private;
+    mem_anon ["64"] also { lazy: Lazy };
+    mem_heap also { lazy: Lazy };
+    mem_stack also { lazy: Lazy };
+    mem_file_private also { lazy: Lazy };
     mem_file_shared;
-    mem_shared_anon;
+    mem_shared_anon also { lazy: Lazy };
     vdso;
     regs_gpr;
     regs_fpu;
@@ -918,12 +934,12 @@ zdtm_tests! {
     file_memfd;
     posix_timers;
     // Threads and process trees.
-    thread_compute also { cycles2: Cycles(2) };
+    thread_compute also { cycles2: Cycles(2), lazy: Lazy };
     thread_blocked;
     thread_signals;
     tree_pipes also { cycles2: Cycles(2) };
     tree_shared_file;
-    tree_shared_anon;
+    tree_shared_anon also { lazy: Lazy };
     tree_session;
     tree_wait;
     tree_orphan;
@@ -932,7 +948,7 @@ zdtm_tests! {
     tree_orphan_pgid = tree_orphan ["pgid"];
     // Issue 10's bugs: threads in a non-root process, itimers that fire while frozen,
     // children exiting during the freeze, lone pipe ends, make -j, status flags.
-    tree_threads;
+    tree_threads also { lazy: Lazy };
     tree_mem_mixed also {
         compress_dump_restore: Compressed(&DumpRestore),
         compress_leave_running: Compressed(&LeaveRunning),
@@ -961,7 +977,7 @@ zdtm_tests! {
     sock_unix_cred;
     sock_unix_rights;
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
-    mem_madvise;
+    mem_madvise also { lazy: Lazy };
     mem_precopy;
     sched_prio;
     process_stopped;

@@ -375,6 +375,7 @@ fn restore(
         replaced_files: stasis_engine::ReplacedFiles::Refuse,
         // A job on a terminal is refused: stasisd never opens or hands out a terminal.
         terminal: None,
+        lazy: false,
     };
     let restored = if caller.is_root() {
         stasis_engine::restore(&opts)

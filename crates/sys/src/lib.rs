@@ -10,7 +10,7 @@
 //! written here by hand: ptrace, kcmp, clone3 with `set_tid`, file handles, process_vm_*,
 //! sock_diag messages, signal masks and dispositions, capabilities and fs ids, prlimit, prctl,
 //! getsid/getpgid, SO_PEERCRED/SO_PEERPIDFD, the passwd and group databases (getpwuid_r,
-//! getgrouplist), sched_getattr/sched_setattr.
+//! getgrouplist), sched_getattr/sched_setattr, the userfaultfd ioctls and messages.
 //!
 //! A function whose safety depends on its caller is an `unsafe fn` with a `# Safety` section.
 //! The ones that work on descriptor *numbers* (closing, duplicating onto, writing to a number)
@@ -35,6 +35,7 @@ pub mod sock_diag;
 pub mod socket;
 pub mod tty;
 pub mod unix_socket;
+pub mod userfaultfd;
 pub mod users;
 pub mod wp;
 

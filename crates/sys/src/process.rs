@@ -186,6 +186,48 @@ impl ForkedChild {
         unsafe { write_raw(fd, data) }
     }
 
+    /// Detaches a forked server from what the parent shares with others: stdin, stdout and
+    /// stderr go to /dev/null, and every other descriptor of a terminal or other character
+    /// device, a pipe or FIFO, or a socket is closed (regular files, directories, and anonymous
+    /// descriptors such as userfaultfds and pidfds stay).
+    pub fn detach_stdio_and_pipes(&self) {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for n in 0..3 {
+                let _ = self.dup3_raw(null.as_raw_fd(), n);
+            }
+        }
+        let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+            Ok(d) => d
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&n: &RawFd| n > 2)
+                .collect(),
+            Err(_) => return,
+        };
+        for fd in fds {
+            // SAFETY: `fd` is only looked at for this call; a number closed meanwhile gives
+            // EBADF.
+            let Ok(b) = (unsafe { crate::borrow_number(fd) }) else {
+                continue;
+            };
+            let Ok(st) = rustix::fs::fstat(b) else {
+                continue;
+            };
+            let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+            if matches!(
+                kind,
+                rustix::fs::FileType::CharacterDevice
+                    | rustix::fs::FileType::Fifo
+                    | rustix::fs::FileType::Socket
+            ) {
+                let _ = self.close_raw(fd);
+            }
+        }
+    }
+
     /// EPOLL_CTL_ADD of `fd` to the epoll at `epfd`: see [`crate::anon_files::epoll_add_raw`].
     pub fn epoll_add_raw(&self, epfd: RawFd, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
         // SAFETY: as in `dup3_raw`.

@@ -755,6 +755,7 @@ fn run_memory(
                 root_pdeathsig: true,
                 replaced_files: stasis_engine::ReplacedFiles::Refuse,
                 terminal: None,
+                lazy: false,
             })?;
             restore_t.push(t.elapsed());
             kill_restored(restored.pid);
@@ -975,6 +976,7 @@ fn run_fixed(base: &Path, runs: usize) -> BenchResult {
                         root_pdeathsig: true,
                         replaced_files: stasis_engine::ReplacedFiles::Refuse,
                         terminal: None,
+                        lazy: false,
                     })?;
                     eng_restore.push(t.elapsed());
                     r.pid
@@ -1137,6 +1139,7 @@ fn run_tree_in(base: &Path, procs: u32, threads: u32, runs: usize) -> BenchResul
                 root_pdeathsig: true,
                 replaced_files: stasis_engine::ReplacedFiles::Refuse,
                 terminal: None,
+                lazy: false,
             })?;
             restore_t.push(t.elapsed());
             // The whole restored tree is in the root's process group.

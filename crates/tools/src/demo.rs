@@ -178,6 +178,7 @@ fn demo_with_daemon(
         root_pdeathsig: true,
         replaced_files: stasis_engine::ReplacedFiles::Refuse,
         terminal: None,
+        lazy: false,
     })?;
     println!("restored it with pid {}; it goes on:", restored.pid);
     let waited = wait_for_line(log, "I am a restored copy", Duration::from_secs(5));

@@ -1026,6 +1026,16 @@ impl Injector {
         Ok(fd as i32)
     }
 
+    /// userfaultfd(flags): a new userfaultfd of the target's memory.
+    pub fn userfaultfd(&mut self, flags: i32) -> Result<i32, Error> {
+        let fd = self.call(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [reg(flags.into()), 0, 0, 0, 0, 0],
+        )?;
+        Ok(fd as i32)
+    }
+
     /// dup3(old, new, flags).
     pub fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<(), Error> {
         self.call(

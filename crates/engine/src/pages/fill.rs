@@ -155,6 +155,32 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     }
 }
 
+/// Reads raw run `run` whole into `buf` (resized to it) and checks its CRC: for a fill that
+/// serves pieces of runs (the lazy restore's page server). The caller bounds the run's length.
+pub fn read_checked_run<R: RunReader + ?Sized>(
+    pages: &R,
+    run: &PageRun,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    if run.codec != stasis_image::RunCodec::Raw {
+        return Err(Error::Invalid(format!(
+            "page run at {:#x} is stored as {:?}, which this fill cannot read",
+            run.addr, run.codec
+        )));
+    }
+    let len = run
+        .npages
+        .checked_mul(PAGE_SIZE)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", run.addr)))?;
+    buf.resize(len, 0);
+    pages.read_bytes(run.offset, buf)?;
+    if crc32c::crc32c(buf) != run.crc {
+        return Err(pages.bad_crc(run));
+    }
+    Ok(())
+}
+
 /// Writes every page run into the process `pid`, checking each run's CRC; each run is read
 /// from the pages file of its image of the chain.
 pub fn fill_pages(pid: Pid, runs: &[PageRun], pages: &ChainPages) -> Result<(), Error> {

@@ -15,6 +15,8 @@
 //! | restore | [`free_scratch_address`]   | a hole of the dumped layout for the injector's scratch     |
 //! | restore | [`map_vmas`]               | every mapping recreated (writable while filled)            |
 //! | restore | [`fill_pages`]             | page contents written into the child                       |
+//! | restore | [`lazy::register`]         | (`--lazy`) private memory registered on a userfaultfd instead |
+//! | restore | [`lazy::spawn_server`]     | (`--lazy`) the page server forked once the tree runs        |
 //! | restore | [`finish_protections`]     | final protections of the mappings made writable            |
 //! | restore | [`apply_advice`]           | madvise, mlock, mlockall(MCL_FUTURE) and mseal as dumped   |
 //!
@@ -39,8 +41,8 @@
 //!   system calls.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
 //!   [`fill::EagerFill`]: every run read from the image, CRC-checked and written with
-//!   process_vm_writev; compressed runs decoded by [`compress::RunDecoder`]); lazy userfaultfd
-//!   or mapping runs from the image plug in there.
+//!   process_vm_writev; compressed runs decoded by [`compress::RunDecoder`]); [`lazy`]:
+//!   served on first touch by a userfaultfd page server.
 //!
 //! Page data stays apart from the metadata: the pages file holds the bytes, the process record
 //! holds the mappings and the run index (docs/image-format.md).
@@ -51,6 +53,7 @@ pub mod dump;
 pub mod fill;
 pub mod incremental;
 pub mod layout;
+pub mod lazy;
 pub mod precopy;
 pub mod sink;
 pub mod source;

@@ -99,6 +99,14 @@ pub fn backing(m: &MapEntry) -> Result<Backing, Error> {
     let unsupported = |why: &str| Error::Unsupported {
         what: format!("mapping {:#x}-{:#x} {:?}: {why}", m.start, m.end, m.name),
     };
+    // `um`: registered on a userfaultfd for missing pages. Its pages not yet brought in look
+    // like holes to the page scan: dumping it would lose them.
+    if m.vm_flags.iter().any(|f| f == "um") {
+        return Err(unsupported(
+            "registered on a userfaultfd for missing pages (a lazy restore still bringing its \
+             pages in: wait for its page server to exit; or the process's own userfaultfd)",
+        ));
+    }
     Ok(match m.name.as_str() {
         AIO_RING_NAME => Backing::Aio,
         "[vdso]" => Backing::Known(VmaKind::Vdso),

@@ -133,6 +133,12 @@ pub struct RestoreOptions {
     /// or one it was given. Unused for images without such a terminal; without it, they are
     /// refused.
     pub terminal: Option<OwnedFd>,
+    /// Lazy restore (`--lazy`, see [`crate::pages::lazy`]): private anonymous memory is not
+    /// filled before the tree runs but served on first touch, and pushed in the background, by
+    /// a page server forked once the tree runs, which exits when every page has arrived.
+    /// For root's own restores (the server is detached, outlives the restorer, and holds the
+    /// images' pages files open).
+    pub lazy: bool,
 }
 
 /// A restored process, running. It is a child of the calling process.
@@ -210,38 +216,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(phase);
     timings.since("fork", started);
 
-    let result = forked.and_then(|()| {
-        let started = std::time::Instant::now();
-        let phase = Phase::Rebuild.span();
-        let mut to_detach = Vec::new();
-        let mut steps = crate::timings::Timings::default();
-        for i in 0..plan.processes.len() {
-            to_detach.extend(rebuild::rebuild(&plan, i, vdso_offset, &mut steps)?);
+    let (result, lazy) = std::thread::scope(|scope| {
+        // A lazy restore: a thread serves the page faults until the page server takes over.
+        let helper = if plan.lazy {
+            match crate::pages::lazy::Helper::start(scope) {
+                Ok(h) => Some(h),
+                Err(e) => return (Err(e), None),
+            }
+        } else {
+            None
+        };
+        let result = forked.and_then(|()| {
+            rebuild_and_finish(&plan, &loaded, vdso_offset, helper.as_ref(), &mut timings)
+        });
+        let lazy = helper.map(|h| h.stop());
+        match (result, lazy) {
+            // The helper's error (a page it could not serve) says why the rest failed.
+            (_, Some(Err(e))) => (Err(e), None),
+            (result, lazy) => (result, lazy.and_then(Result::ok)),
         }
-        drop(phase);
-        timings.since("rebuild", started);
-        timings.entries.extend(steps.entries);
-        let started = std::time::Instant::now();
-        let _phase = Phase::Finish.span();
-        // Every process and thread exists: the owners of I/O signals can be set.
-        plan.descriptions
-            .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
-        // ... and the queued messages that carry their credentials be sent again.
-        plan.descriptions.tree_exists()?;
-        if let Some(job) = &plan.shell_job {
-            attach_terminal(job, &loaded)?;
-        }
-        // Everything is in place: let the whole tree go at once.
-        for tid in to_detach {
-            ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
-        }
-        if plan.shell_job.is_some() {
-            let root = loaded.inventory.root_pid;
-            let group = process::getpgid(root).unwrap_or(root);
-            let _ = process::kill(-group, libc::SIGWINCH);
-        }
-        timings.since("finish", started);
-        Ok(())
     });
     let root = loaded.inventory.root_pid;
     if let Err(e) = result {
@@ -249,6 +242,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         // Nothing half-built may run: kill every process it created (by pidfd: never a pid
         // another process may hold by now). Those not pinned yet die with their parents.
         created.kill_all();
+        // Their userfaultfds are closed only now: a process killed waiting for a page ends.
+        drop(lazy);
         if !plan.root_as_sibling {
             let _ = ptrace::waitpid(root, 0);
         }
@@ -262,7 +257,70 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     if !was_subreaper {
         let _ = process::set_child_subreaper(false);
     }
+    if let Some(server) = lazy {
+        // Not a child of a subreaper restorer: detached, it outlives the restorer.
+        if let Err(e) = crate::pages::lazy::spawn_server(server) {
+            let _ = process::kill(root, libc::SIGKILL);
+            return Err(e);
+        }
+    }
     Ok(Restored { pid: root, timings })
+}
+
+/// Phases 4 and 5 of [`restore`]: rebuilds every process, then lets the tree go. A lazy
+/// restore hands each process's userfaultfd to `helper` as soon as it is registered.
+fn rebuild_and_finish<'a>(
+    plan: &plan::Plan<'a>,
+    loaded: &Loaded,
+    vdso_offset: u64,
+    helper: Option<&crate::pages::lazy::Helper<'_, 'a>>,
+    timings: &mut crate::timings::Timings,
+) -> Result<(), Error> {
+    {
+        let started = std::time::Instant::now();
+        let phase = Phase::Rebuild.span();
+        let mut to_detach = Vec::new();
+        let mut steps = crate::timings::Timings::default();
+        for (i, planned) in plan.processes.iter().enumerate() {
+            let hand_over = |p| match helper {
+                Some(h) => h.add(p, planned.pages.own()),
+                None => Err(Error::Internal {
+                    what: "a lazy restore without its helper thread".into(),
+                }),
+            };
+            to_detach.extend(rebuild::rebuild(
+                plan,
+                i,
+                vdso_offset,
+                &hand_over,
+                &mut steps,
+            )?);
+        }
+        drop(phase);
+        timings.since("rebuild", started);
+        timings.entries.extend(steps.entries);
+        let started = std::time::Instant::now();
+        let _phase = Phase::Finish.span();
+        // Every process and thread exists: the owners of I/O signals can be set.
+        plan.descriptions
+            .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
+        // ... and the queued messages that carry their credentials be sent again.
+        plan.descriptions.tree_exists()?;
+        if let Some(job) = &plan.shell_job {
+            attach_terminal(job, loaded)?;
+        }
+        // Everything is in place: let the whole tree go at once.
+        for tid in to_detach {
+            ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
+        }
+        if plan.shell_job.is_some() {
+            let root = loaded.inventory.root_pid;
+            let group = process::getpgid(root).unwrap_or(root);
+            let _ = process::kill(-group, libc::SIGWINCH);
+        }
+        timings.since("finish", started);
+        Ok(())
+    }
 }
 
 /// Gives the terminal of a shell job the job's termios and, when it is the restorer's

@@ -74,6 +74,8 @@ pub(crate) struct Plan<'a> {
     /// [`crate::restore`](mod@crate::restore)), when the images have a terminal outside the
     /// tree.
     pub shell_job: Option<ShellJob>,
+    /// Private anonymous memory is served lazily (see [`RestoreOptions::lazy`]).
+    pub lazy: bool,
 }
 
 /// The terminal of a shell job.
@@ -218,6 +220,7 @@ impl<'a> Plan<'a> {
             confined: opts.requester.is_some(),
             shmem,
             shell_job,
+            lazy: opts.lazy,
         };
         Ok((plan, err_read))
     }

@@ -40,7 +40,8 @@ pub enum RebuildStep {
     UnmapInherited,
     /// Map every dumped mapping (anonymous, files, memfds, shared memory).
     MapVmas,
-    /// Write the dumped pages.
+    /// Write the dumped pages (a lazy restore registers private anonymous memory on a
+    /// userfaultfd instead, see [`crate::pages::lazy`]).
     FillPages,
     /// Give every mapping its final protection (after the pages are written).
     Protections,
@@ -208,14 +209,22 @@ struct Rebuild<'p, 'a> {
     temporary_specials: Option<(u64, u64)>,
     /// The other threads, once created, with their injectors.
     others: Vec<(Injector, &'a ThreadImage)>,
+    /// A lazy restore: takes the userfaultfd the private memory is registered on as soon as
+    /// it is (the rest of the rebuild touches that memory: its faults must be served).
+    hand_over: &'p LazyHandOver<'p>,
 }
 
+/// Takes a lazy restore's registered process (see [`crate::pages::lazy`]).
+pub(crate) type LazyHandOver<'p> = dyn Fn(pages::lazy::LazyProcess) -> Result<(), Error> + 'p;
+
 /// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
-/// whole tree is rebuilt. The time of each step is added to `timings` (as `rebuild.<name>`).
-pub(crate) fn rebuild(
-    plan: &Plan<'_>,
+/// whole tree is rebuilt. A lazy restore hands the process's userfaultfd to `hand_over`. The
+/// time of each step is added to `timings` (as `rebuild.<name>`).
+pub(crate) fn rebuild<'p>(
+    plan: &'p Plan<'_>,
     idx: usize,
     vdso_offset: u64,
+    hand_over: &'p LazyHandOver<'p>,
     timings: &mut crate::timings::Timings,
 ) -> Result<Vec<Pid>, Error> {
     let planned = &plan.processes[idx];
@@ -236,6 +245,7 @@ pub(crate) fn rebuild(
         scratch: 0,
         temporary_specials: None,
         others: Vec::new(),
+        hand_over,
     };
     for &step in REBUILD_ORDER {
         let _step = tracing::debug_span!("step", name = step.name()).entered();
@@ -303,7 +313,19 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 )?;
             }
             RebuildStep::FillPages => {
-                pages::fill_pages(child, &image.page_runs, planned.pages)?;
+                if plan.lazy {
+                    let registered = pages::lazy::register(
+                        self.inj()?,
+                        &image.vmas,
+                        &image.page_runs,
+                        planned.pages,
+                    )?;
+                    if let Some(p) = registered {
+                        (self.hand_over)(p)?;
+                    }
+                } else {
+                    pages::fill_pages(child, &image.page_runs, planned.pages)?;
+                }
             }
             RebuildStep::Protections => {
                 pages::finish_protections(self.inj()?, &image.vmas, &image.page_runs)?;
