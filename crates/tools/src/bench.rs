@@ -277,7 +277,6 @@ enum Fig {
         bytes: u64,
         of: Option<u64>,
     },
-    NotAvailable(&'static str),
 }
 
 impl Fig {
@@ -308,7 +307,6 @@ impl Fig {
                 }
                 s
             }
-            Fig::NotAvailable(why) => format!("{:>10} -   ({why})", "n/a"),
         }
     }
 }
@@ -452,7 +450,21 @@ fn kill_and_reap(child: &mut std::process::Child) {
     let _ = stasis_sys::process::kill(-pid, libc::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
-    reap_all();
+    reap_until_none();
+}
+
+/// Waits (at most 10 s) until no child is left: killed processes of a tree come back to us (we
+/// are their subreaper) only once SIGKILL has ended them, some time after the signal is sent,
+/// and each zombie holds a pid the next restore needs.
+fn reap_until_none() {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        match stasis_sys::ptrace::waitpid_nohang(-1) {
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return, // ECHILD: nothing left
+        }
+    }
 }
 
 /// Reaps every child that has ended (zombies hold their pids, which a restore needs).
@@ -745,18 +757,7 @@ fn run_memory(
         let mut restore_t = vec![];
         for _ in 0..runs {
             let t = Instant::now();
-            let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
-                images: stasis_engine::ImageDir::open(&images)?,
-                requester: None,
-                new_session: false,
-                require_authenticated: false,
-                auth: None,
-                root_as_sibling: false,
-                root_pdeathsig: true,
-                replaced_files: stasis_engine::ReplacedFiles::Refuse,
-                terminal: None,
-                lazy: false,
-            })?;
+            let restored = engine_restore(&images, false)?;
             restore_t.push(t.elapsed());
             kill_restored(restored.pid);
         }
@@ -872,7 +873,11 @@ fn run_memory(
             },
             Row {
                 name: "lazy restore, to first instruction",
-                stasis: lazy_restore(&images, runs)?,
+                stasis: Fig::Time {
+                    t: lazy_restore(&images, runs)?,
+                    bytes: None,
+                    vs: Some((restore_m, "eager restore")),
+                },
                 criu: None,
             },
         ]);
@@ -883,11 +888,37 @@ fn run_memory(
     result
 }
 
-/// LAZY RESTORE GOES HERE: the time of `stasis restore --lazy` from `images` until the process
-/// runs (median of `runs`), as a [`Fig::Time`] with the bytes and the "read back" baseline
-/// like the eager row. Not in this build yet: the row says n/a.
-fn lazy_restore(_images: &Path, _runs: usize) -> Result<Fig, Box<dyn std::error::Error>> {
-    Ok(Fig::NotAvailable("--lazy: not in this build"))
+/// A restore of `images` by the engine in this process, as `stasis restore [--lazy]` does it.
+fn engine_restore(
+    images: &Path,
+    lazy: bool,
+) -> Result<stasis_engine::Restored, Box<dyn std::error::Error>> {
+    Ok(stasis_engine::restore(&stasis_engine::RestoreOptions {
+        images: stasis_engine::ImageDir::open(images)?,
+        requester: None,
+        new_session: false,
+        require_authenticated: false,
+        auth: None,
+        root_as_sibling: false,
+        root_pdeathsig: true,
+        replaced_files: stasis_engine::ReplacedFiles::Refuse,
+        terminal: None,
+        lazy,
+    })?)
+}
+
+/// The time of a lazy restore (`stasis restore --lazy`) of `images` until the process runs
+/// (median of `runs`): its pages are then still arriving, pushed by the page server.
+fn lazy_restore(images: &Path, runs: usize) -> Result<Duration, Box<dyn std::error::Error>> {
+    let mut t_all = vec![];
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let restored = engine_restore(images, true)?;
+        t_all.push(t.elapsed());
+        // The page server sees its process die and exits.
+        kill_restored(restored.pid);
+    }
+    Ok(median(t_all))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -966,18 +997,7 @@ fn run_fixed(base: &Path, runs: usize) -> BenchResult {
                     }
                     String::from_utf8_lossy(&out.stdout).trim().parse::<i32>()?
                 } else {
-                    let r = stasis_engine::restore(&stasis_engine::RestoreOptions {
-                        images: stasis_engine::ImageDir::open(&images)?,
-                        requester: None,
-                        new_session: false,
-                        require_authenticated: false,
-                        auth: None,
-                        root_as_sibling: false,
-                        root_pdeathsig: true,
-                        replaced_files: stasis_engine::ReplacedFiles::Refuse,
-                        terminal: None,
-                        lazy: false,
-                    })?;
+                    let r = engine_restore(&images, false)?;
                     eng_restore.push(t.elapsed());
                     r.pid
                 };
@@ -1129,30 +1149,13 @@ fn run_tree_in(base: &Path, procs: u32, threads: u32, runs: usize) -> BenchResul
         let mut restore_t = vec![];
         for _ in 0..runs {
             let t = Instant::now();
-            let restored = stasis_engine::restore(&stasis_engine::RestoreOptions {
-                images: stasis_engine::ImageDir::open(&images)?,
-                requester: None,
-                new_session: false,
-                require_authenticated: false,
-                auth: None,
-                root_as_sibling: false,
-                root_pdeathsig: true,
-                replaced_files: stasis_engine::ReplacedFiles::Refuse,
-                terminal: None,
-                lazy: false,
-            })?;
+            let restored = engine_restore(&images, false)?;
             restore_t.push(t.elapsed());
             // The whole restored tree is in the root's process group.
             let _ = stasis_sys::process::kill(-restored.pid, libc::SIGKILL);
             kill_restored(restored.pid);
             // Its other processes come back to us as they die.
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5)
-                && stasis_sys::ptrace::waitpid_nohang(-1).is_ok()
-            {
-                reap_all();
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            reap_until_none();
         }
         let dump_m = median(dump_t);
         println!("  ({processes} processes, {n_threads} threads)");

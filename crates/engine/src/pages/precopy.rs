@@ -7,8 +7,9 @@
 //!    created inside the process (`userfaultfd(UFFD_USER_MODE_ONLY)`, so an unprivileged
 //!    process may too), taken with pidfd_getfd and closed there. Once the process runs again,
 //!    every private mapping is registered for write-protect tracking in asynchronous mode
-//!    and write-protected: a write clears the protection of its page without any fault
-//!    reaching anybody, and `PAGEMAP_SCAN` lists the pages written since.
+//!    (the parts holding data are write-protected by the first pass): a write clears the
+//!    protection of its page without any fault reaching anybody, and `PAGEMAP_SCAN` lists
+//!    the pages written since.
 //! 2. **passes** ([`Tracked::pass`], process running): the first pass copies every page
 //!    holding data (the pagemap, as the frozen dump does) into the pages file; each later
 //!    pass copies the pages written since the previous one (and protects them again). A page
@@ -173,15 +174,14 @@ impl Tracked {
         self.pid
     }
 
-    /// Registers and write-protects the private mappings `vmas` (read while the process ran
-    /// on: one that changed since simply fails to register and is copied frozen later).
+    /// Registers the private mappings `vmas` for write tracking (read while the process ran
+    /// on: one that changed since simply fails to register and is copied frozen later). The
+    /// first pass write-protects the parts that hold data.
     pub fn track(&mut self, vmas: &[Vma]) {
         let uffd = self.uffd.as_fd();
         for v in vmas.iter().filter(|v| trackable(v)) {
             let len = v.end - v.start;
-            let ok = wp::uffd_register_wp(uffd, v.start, len)
-                .and_then(|_| wp::uffd_writeprotect(uffd, v.start, len, true));
-            match ok {
+            match wp::uffd_register_wp(uffd, v.start, len) {
                 Ok(()) => self.ranges.push(Range {
                     start: v.start,
                     end: v.end,
@@ -245,6 +245,16 @@ impl Tracked {
     }
 
     /// First pass over range `i`: every page the pagemap says holds data.
+    ///
+    /// Each piece of the range within one 2 MiB-aligned block (one page table) that holds
+    /// data is write-protected, after its pagemap entries are read and before its pages are
+    /// copied; the other blocks are not. Write-protecting a range in asynchronous mode puts a
+    /// marker into every empty entry of it (allocating page tables where there were none), and
+    /// a marker reads as a swapped page in the pagemap: protecting whole mappings cost a walk
+    /// of every reserved byte (the 64 MiB PROT_NONE reservations of glibc's malloc arenas, a
+    /// thread's untouched stack) and made every empty page look worth reading. A page that
+    /// gets data later in an unprotected block is reported written (present, not protected),
+    /// and the written scan protects it again.
     fn copy_present(
         &mut self,
         i: usize,
@@ -257,10 +267,13 @@ impl Tracked {
             let r = &self.ranges[i];
             (r.start, r.end, r.file_backed)
         };
-        let mut raw = vec![0u8; (MAX_RUN_PAGES * 8) as usize];
+        const BLOCK: u64 = 2 << 20;
+        const _: () = assert!(BLOCK / PAGE_SIZE <= MAX_RUN_PAGES);
+        let mut raw = vec![0u8; (BLOCK / PAGE_SIZE * 8) as usize];
         let mut batch = start;
         while batch < end {
-            let npages = ((end - batch) / PAGE_SIZE).min(MAX_RUN_PAGES) as usize;
+            let block_end = ((batch / BLOCK) + 1) * BLOCK;
+            let npages = ((block_end.min(end) - batch) / PAGE_SIZE) as usize;
             let raw = &mut raw[..npages * 8];
             self.pagemap
                 .read_exact_at(raw, batch / PAGE_SIZE * 8)
@@ -271,6 +284,11 @@ impl Tracked {
                 b.copy_from_slice(w);
                 u64::from_le_bytes(b)
             }));
+            if entries.iter().any(|&e| wanted(e, file_backed)) {
+                let len = npages as u64 * PAGE_SIZE;
+                wp::uffd_writeprotect(self.uffd.as_fd(), batch, len, true)
+                    .map_err(|e| Error::sys("UFFDIO_WRITEPROTECT", self.pid, e))?;
+            }
             let mut at = 0;
             while let Some((a, b)) = next_stretch(entries, at, file_backed) {
                 at = b;
@@ -283,7 +301,9 @@ impl Tracked {
     }
 
     /// The pages of `start..end` written since the last scan (`reset`: and protects them
-    /// again). Fails when part of the range is not registered with our userfaultfd.
+    /// again): present or swapped ones (an empty entry of a block never protected reads as
+    /// written, and holds nothing). Fails when part of the range is not registered with our
+    /// userfaultfd.
     fn scan_written(
         &self,
         start: u64,
@@ -295,7 +315,7 @@ impl Tracked {
             flags: wp::PM_SCAN_CHECK_WPASYNC | if reset { wp::PM_SCAN_WP_MATCHING } else { 0 },
             category_mask: wp::PAGE_IS_WRITTEN,
             category_inverted: 0,
-            category_anyof_mask: 0,
+            category_anyof_mask: wp::PAGE_IS_PRESENT | wp::PAGE_IS_SWAPPED,
             return_mask: wp::PAGE_IS_WRITTEN,
         };
         scan_all(&self.pagemap, self.pid, start, end, q, regions)
@@ -492,11 +512,9 @@ impl Tracked {
         pending: &mut Vec<PendingVma>,
     ) -> Result<bool, Error> {
         regions.clear();
-        let t0 = std::time::Instant::now();
         if self.scan_written(v.start, v.end, false, regions).is_err() {
             return Ok(false);
         }
-        let t1 = t0.elapsed();
         for reg in std::mem::take(regions) {
             let mut addr = reg.start.max(v.start);
             let stop = reg.end.min(v.end);
@@ -519,19 +537,7 @@ impl Tracked {
             return_mask: wp::PAGE_IS_PRESENT,
         };
         regions.clear();
-        let t2 = t0.elapsed();
         scan_all(&self.pagemap, self.pid, v.start, v.end, q, regions)?;
-        let t3 = t0.elapsed();
-        if v.end - v.start > 64 << 20 {
-            tracing::debug!(
-                "{:#x}: written scan {:?}, copy {:?}, hole scan {:?} ({} holes)",
-                v.start,
-                t1,
-                t2 - t1,
-                t3 - t2,
-                regions.len()
-            );
-        }
         let range = &mut self.ranges[i];
         let mut dropped = 0;
         for reg in regions.iter() {
