@@ -27,8 +27,9 @@ pub trait PageFill {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error>;
 }
 
-/// Reads the stored bytes of page runs, a piece at a time (the caller checks the CRCs).
-pub trait RunReader {
+/// Reads the stored bytes of page runs, a piece at a time (the caller checks the CRCs). Shared
+/// by the threads of a parallel fill, hence `Sync` (positioned reads need no lock).
+pub trait RunReader: Sync {
     /// Reads `buf.len()` bytes at payload offset `offset` (within the payload's bounds).
     fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// The error for a run whose bytes do not match its CRC.
@@ -115,8 +116,16 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
     }
 }
 
+/// A fill of at least this many bytes of raw runs is shared between threads: writing pages
+/// into a process that has none yet costs a fault and a zeroed page each, and on a process of
+/// 1 GiB that, not reading the image, is most of the time.
+const PARALLEL_MIN: u64 = 32 << 20;
+/// At most this many threads fill one process.
+const MAX_FILL_THREADS: usize = 4;
+
 impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
     fn fill(&mut self, target: Pid, runs: &[PageRun]) -> Result<(), Error> {
+        let mut raw = Vec::new();
         let mut rest = runs;
         while let Some(r) = rest.first() {
             if r.codec == stasis_image::RunCodec::Zstd {
@@ -129,30 +138,91 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 rest = &rest[n..];
                 continue;
             }
+            raw.push(r);
             rest = &rest[1..];
-            let len = r
-                .npages
-                .checked_mul(PAGE_SIZE)
-                .and_then(|l| usize::try_from(l).ok())
-                .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
-            let len = len as u64;
-            let pages = reader_of(self.pages, r)?;
-            let (mut done, mut crc) = (0u64, 0u32);
-            while done < len {
-                let n = (len - done).min(FILL_CHUNK) as usize;
-                self.buf.resize(n, 0);
-                pages.read_bytes(r.offset + done, &mut self.buf)?;
-                crc = crc32c::crc32c_append(crc, &self.buf);
-                if done + n as u64 == len && crc != r.crc {
-                    return Err(pages.bad_crc(r));
-                }
-                proc_mem::write_all(target, r.addr + done, &self.buf)
-                    .map_err(|e| Error::sys("process_vm_writev", target, e))?;
-                done += n as u64;
+        }
+        let bytes: u64 = raw.iter().map(|r| r.npages.saturating_mul(PAGE_SIZE)).sum();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_FILL_THREADS);
+        if bytes < PARALLEL_MIN || threads < 2 {
+            for r in raw {
+                fill_raw(self.pages, target, r, &mut self.buf)?;
+            }
+            return Ok(());
+        }
+        // Contiguous shares of about the same number of bytes, one per thread.
+        let share = bytes.div_ceil(threads as u64);
+        let mut groups: Vec<Vec<&PageRun>> = vec![Vec::new()];
+        let mut in_group = 0u64;
+        for r in raw {
+            if in_group >= share {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            in_group += r.npages.saturating_mul(PAGE_SIZE);
+            if let Some(g) = groups.last_mut() {
+                g.push(r);
             }
         }
-        Ok(())
+        let pages = self.pages;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = groups
+                .into_iter()
+                .map(|group| {
+                    scope.spawn(move || {
+                        let mut buf = Vec::new();
+                        group
+                            .into_iter()
+                            .try_for_each(|r| fill_raw(pages, target, r, &mut buf))
+                    })
+                })
+                .collect();
+            // Every worker is joined; the first error is the one reported.
+            let mut result = Ok(());
+            for w in workers {
+                let r = w.join().unwrap_or_else(|_| {
+                    Err(Error::Invalid("a page fill thread panicked".into()))
+                });
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        })
     }
+}
+
+/// Writes raw run `r` into `target` in pieces of at most [`FILL_CHUNK`] read into `buf`; its
+/// CRC is checked before the last piece is written (so a bad run leaves the target partly
+/// filled: the restore fails and the process never runs).
+fn fill_raw<R: RunReader + ?Sized>(
+    pages: &R,
+    target: Pid,
+    r: &PageRun,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let len = r
+        .npages
+        .checked_mul(PAGE_SIZE)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
+    let len = len as u64;
+    let pages = reader_of(pages, r)?;
+    let (mut done, mut crc) = (0u64, 0u32);
+    while done < len {
+        let n = (len - done).min(FILL_CHUNK) as usize;
+        buf.resize(n, 0);
+        pages.read_bytes(r.offset + done, buf)?;
+        crc = crc32c::crc32c_append(crc, buf);
+        if done + n as u64 == len && crc != r.crc {
+            return Err(pages.bad_crc(r));
+        }
+        proc_mem::write_all(target, r.addr + done, buf)
+            .map_err(|e| Error::sys("process_vm_writev", target, e))?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Reads raw run `run` whole into `buf` (resized to it) and checks its CRC: for a fill that
@@ -245,6 +315,42 @@ mod tests {
         assert!(EagerFill::new(&payload).fill(me, &[bad]).is_err());
         let now = std::hint::black_box(&target[skip..]);
         assert!(now[pg..2 * pg].iter().all(|&x| x == 0));
+    }
+
+    /// A fill past [`PARALLEL_MIN`] is shared between threads: every run lands where it
+    /// belongs, and a bad run in any share fails the whole fill.
+    #[test]
+    fn large_fills_are_shared_between_threads() {
+        let pg = PAGE_SIZE as usize;
+        let len = (PARALLEL_MIN as usize) * 2;
+        let mut target = vec![0u8; len + pg];
+        let base = (target.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let skip = (base - target.as_ptr() as u64) as usize;
+        // Runs of 1 MiB every 2 MiB, each page marked with its index.
+        let mut sink = RawSink::new(Vec::new());
+        let mut want = vec![0u8; len];
+        for run in 0..len / (2 << 20) {
+            let at = run * (2 << 20);
+            for p in 0..(1 << 20) / pg {
+                let page = &mut want[at + p * pg..at + (p + 1) * pg];
+                page.fill((at / pg + p) as u8 | 1);
+            }
+            sink.put(base + at as u64, &want[at..at + (1 << 20)])
+                .unwrap();
+        }
+        let runs = sink.finish().unwrap();
+        assert!(runs.len() >= 32);
+        let payload = InMemory(sink.payload().clone());
+        let me = stasis_sys::process::getpid();
+        EagerFill::new(&payload).fill(me, &runs).unwrap();
+        let now = std::hint::black_box(&target[skip..skip + len]);
+        assert!(now == &want[..], "the pages differ after a parallel fill");
+
+        let mut broken = runs.clone();
+        let last = broken.len() - 1;
+        broken[last].crc ^= 1;
+        let err = EagerFill::new(&payload).fill(me, &broken).unwrap_err();
+        assert!(err.to_string().contains("bad crc"), "{err}");
     }
 
     /// Authenticated pages: a run whose stored bytes were changed after the dump (its CRC
