@@ -273,10 +273,7 @@ enum Fig {
         what: &'static str,
     },
     /// A size, with the touched memory it holds when known.
-    Size {
-        bytes: u64,
-        of: Option<u64>,
-    },
+    Size { bytes: u64, of: Option<u64> },
 }
 
 impl Fig {

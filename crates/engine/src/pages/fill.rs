@@ -181,9 +181,9 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
             // Every worker is joined; the first error is the one reported.
             let mut result = Ok(());
             for w in workers {
-                let r = w.join().unwrap_or_else(|_| {
-                    Err(Error::Invalid("a page fill thread panicked".into()))
-                });
+                let r = w
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a page fill thread panicked".into())));
                 if result.is_ok() {
                     result = r;
                 }

@@ -33,7 +33,9 @@
 
 use super::dump::{copy_pages, NonZeroRuns};
 use super::sink::{PageSink, Payload, RawSink};
-use super::source::{next_stretch, wanted, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES};
+use super::source::{
+    next_stretch, read_pagemap, wanted, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES,
+};
 use super::vma::is_special;
 use crate::inject::Injector;
 use crate::{Error, PAGE_SIZE};
@@ -269,21 +271,12 @@ impl Tracked {
         };
         const BLOCK: u64 = 2 << 20;
         const _: () = assert!(BLOCK / PAGE_SIZE <= MAX_RUN_PAGES);
-        let mut raw = vec![0u8; (BLOCK / PAGE_SIZE * 8) as usize];
+        let mut raw = Vec::new();
         let mut batch = start;
         while batch < end {
             let block_end = ((batch / BLOCK) + 1) * BLOCK;
             let npages = ((block_end.min(end) - batch) / PAGE_SIZE) as usize;
-            let raw = &mut raw[..npages * 8];
-            self.pagemap
-                .read_exact_at(raw, batch / PAGE_SIZE * 8)
-                .map_err(|e| Error::io(format!("read pagemap of {} at {batch:#x}", self.pid), e))?;
-            entries.clear();
-            entries.extend(raw.chunks_exact(8).map(|w| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(w);
-                u64::from_le_bytes(b)
-            }));
+            read_pagemap(&self.pagemap, self.pid, batch, npages, &mut raw, entries)?;
             if entries.iter().any(|&e| wanted(e, file_backed)) {
                 let len = npages as u64 * PAGE_SIZE;
                 wp::uffd_writeprotect(self.uffd.as_fd(), batch, len, true)
@@ -379,14 +372,17 @@ impl Tracked {
             keep[first..end].fill(true);
         }
         if self.ranges[i].file_backed {
-            let mut raw = vec![0u8; npages as usize * 8];
-            self.pagemap
-                .read_exact_at(&mut raw, addr / PAGE_SIZE * 8)
-                .map_err(|e| Error::io(format!("read pagemap of {pid} at {addr:#x}"), e))?;
-            for (k, w) in raw.chunks_exact(8).enumerate() {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(w);
-                keep[k] &= wanted(u64::from_le_bytes(b), true);
+            let (mut raw, mut entries) = (Vec::new(), Vec::new());
+            read_pagemap(
+                &self.pagemap,
+                pid,
+                addr,
+                npages as usize,
+                &mut raw,
+                &mut entries,
+            )?;
+            for (k, &e) in entries.iter().enumerate() {
+                keep[k] &= wanted(e, true);
             }
         }
         let range = &mut self.ranges[i];

@@ -65,6 +65,29 @@ pub fn wanted(entry: u64, file_backed: bool) -> bool {
     has_data && !(file_backed && entry & PM_FILE_OR_SHARED != 0 && entry & PM_SWAPPED == 0)
 }
 
+/// Reads the pagemap entries of the `npages` pages at `addr` of process `pid` from its open
+/// `/proc/PID/pagemap` into `entries` (replacing what it held), through the byte buffer `raw`.
+pub fn read_pagemap(
+    pagemap: &File,
+    pid: Pid,
+    addr: u64,
+    npages: usize,
+    raw: &mut Vec<u8>,
+    entries: &mut Vec<u64>,
+) -> Result<(), Error> {
+    raw.resize(npages * 8, 0);
+    pagemap
+        .read_exact_at(raw, addr / PAGE_SIZE * 8)
+        .map_err(|e| Error::io(format!("read pagemap of {pid} at {addr:#x}"), e))?;
+    entries.clear();
+    entries.extend(raw.chunks_exact(8).map(|w| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        u64::from_le_bytes(b)
+    }));
+    Ok(())
+}
+
 /// The first maximal stretch `first..end` of wanted entries at or after index `from`.
 pub fn next_stretch(entries: &[u64], from: usize, file_backed: bool) -> Option<(usize, usize)> {
     let first = from
@@ -192,17 +215,14 @@ impl<'a> PagemapSource<'a> {
     /// Reads the pagemap entries of the batch at `addr` (up to `end`) into `entries`.
     fn load_batch(&mut self, addr: u64, end: u64) -> Result<(), Error> {
         let npages = ((end - addr) / PAGE_SIZE).min(MAX_RUN_PAGES) as usize;
-        let raw = &mut self.raw_entries[..npages * 8];
-        self.pagemap
-            .read_exact_at(raw, addr / PAGE_SIZE * 8)
-            .map_err(|e| Error::io(format!("read pagemap of {} at {addr:#x}", self.pid), e))?;
-        self.entries.clear();
-        self.entries.extend(raw.chunks_exact(8).map(|w| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            u64::from_le_bytes(b)
-        }));
-        Ok(())
+        read_pagemap(
+            &self.pagemap,
+            self.pid,
+            addr,
+            npages,
+            &mut self.raw_entries,
+            &mut self.entries,
+        )
     }
 
     /// Reads process memory at `at` into `data`.
