@@ -634,6 +634,29 @@ fn restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::er
     Ok(None)
 }
 
+/// The terminal a user's restore passes to stasisd for a shell job (as a descriptor: the
+/// daemon never opens one): `--tty PATH` (opened here, as the user: the kernel decides), or
+/// stdin when it is a terminal that is not our controlling terminal. Our controlling terminal
+/// is our shell's session's, which the job, restored in a session of its own, cannot take.
+fn user_restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::error::Error>> {
+    let Some(t) = restore_terminal(how)? else {
+        return Ok(None);
+    };
+    if how.tty.is_none() && stasis_sys::tty::session_of(t.as_fd()).is_ok() {
+        if how.shell_job {
+            return Err(
+                "--shell-job: stdin is the controlling terminal of this shell's \
+                        session, which a job restored through stasisd (in a session of its \
+                        own) cannot take; give it a terminal that no session holds with \
+                        --tty PATH, or restore as root (sudo stasis restore)"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(t))
+}
+
 /// Waits for the restored root: as a shell job when it has the terminal (its group is the
 /// terminal's foreground group), else until it ends.
 fn wait_restored(pid: i32, terminal: Option<&OwnedFd>) -> Result<i32, stasis_engine::Error> {
@@ -697,7 +720,10 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             detach: how.detach,
             socket: None,
         };
-        let restored = stasis_client::restore(dir.as_fd(), &opts)?;
+        let restored = match user_restore_terminal(how)? {
+            Some(t) => stasis_client::restore_on_terminal(dir.as_fd(), t.as_fd(), &opts)?,
+            None => stasis_client::restore(dir.as_fd(), &opts)?,
+        };
         restore_stats(how, None, &images, started)?;
         if how.detach {
             println!("{}", restored.pid);

@@ -21,6 +21,7 @@
 
 use stasis_test_infra::process::{become_subreaper, isolate, isolate_on_terminal, wait_child_for};
 use stasis_test_infra::procfs::exists;
+use stasis_test_infra::terminal::Terminal;
 use stasis_test_infra::wait::wait_for;
 use stasis_test_infra::{require_root, require_tool, WorkDir};
 use std::fs::File;
@@ -41,79 +42,6 @@ fn work_dir(test: &str) -> WorkDir {
             .join("terminal")
             .join(test),
     )
-}
-
-/// A pseudo-terminal the test holds the master of: what is written to the slave side is
-/// collected by a thread.
-struct Terminal {
-    master: File,
-    /// N of /dev/pts/N.
-    index: u32,
-    slave: OwnedFd,
-    output: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Terminal {
-    fn open(rows: u16, cols: u16) -> Terminal {
-        let (master, slave, index) = stasis_sys::tty::open_pty().expect("open a pty");
-        stasis_sys::tty::set_window_size(
-            master.as_fd(),
-            &stasis_sys::tty::WinSize {
-                rows,
-                cols,
-                xpixel: 0,
-                ypixel: 0,
-            },
-        )
-        .expect("TIOCSWINSZ");
-        let master = File::from(master);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the master");
-        let out = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.lock()
-                    .expect("the output lock")
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        Terminal {
-            master,
-            index,
-            slave,
-            output,
-        }
-    }
-
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.slave.try_clone().expect("dup the slave"))
-    }
-
-    fn type_in(&self, text: &[u8]) {
-        (&self.master).write_all(text).expect("write to the master");
-    }
-
-    /// The output so far, as text.
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("the output lock")).into_owned()
-    }
-
-    fn clear(&self) {
-        self.output.lock().expect("the output lock").clear();
-    }
-
-    fn wait_output(&self, what: &str, f: impl Fn(&str) -> bool) {
-        let ok = stasis_test_infra::wait::wait_until(TIMEOUT, || f(&self.text()));
-        assert!(
-            ok,
-            "timed out waiting for {what}; the terminal shows {:?}",
-            self.text()
-        );
-    }
 }
 
 /// Runs `stasis ARGS` without a terminal: whether it succeeded, and its stderr.
