@@ -670,6 +670,17 @@ fn wait_restored(pid: i32, terminal: Option<&OwnedFd>) -> Result<i32, stasis_eng
     stasis_engine::restore::wait_exit_code(pid)
 }
 
+/// Whether the terminal's foreground group is that of a child of the pid namespace's `init`
+/// (the restored root), not ours: a shell job restored with `--pid-ns`.
+fn job_has_terminal(init: i32, terminal: &OwnedFd) -> bool {
+    let fg = stasis_sys::tty::tcgetpgrp(terminal.as_fd()).ok();
+    let root: Option<i32> = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()));
+    let group = root.and_then(|r| stasis_sys::process::getpgid(r).ok());
+    fg.is_some() && fg == group && group != stasis_sys::process::getpgid(0).ok()
+}
+
 /// Prints the warning about a replaced file the restore accepted (one line each).
 fn warn_replaced(msg: &str) {
     eprintln!("restore: warning: {msg}");
@@ -778,7 +789,18 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
                 // No progress bar: its pids are the namespace's, not ours.
-                let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+                let (r, events) = match &terminal {
+                    // A shell job, maybe: the init reports the root's stops.
+                    Some(_) => {
+                        let (r, events) =
+                            stasis_engine::restore::restore_job_in_new_pid_namespace(&opts)?;
+                        (r, Some(events))
+                    }
+                    None => (
+                        stasis_engine::restore::restore_in_new_pid_namespace(&opts)?,
+                        None,
+                    ),
+                };
                 restore_stats(how, None, &images, started)?;
                 if how.detach {
                     println!(
@@ -787,7 +809,12 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                     );
                     return Ok(0);
                 }
-                let code = stasis_engine::restore::wait_exit_code(r.init)?;
+                let code = match (&terminal, events) {
+                    (Some(t), Some(events)) if job_has_terminal(r.init, t) => {
+                        stasis_engine::restore::wait_job_in_namespace(&r, events, t.as_fd())?
+                    }
+                    _ => stasis_engine::restore::wait_exit_code(r.init)?,
+                };
                 return Ok(code.clamp(0, 255) as u8);
             }
             let progress = report::Progress::start(report::Follow::Restore {

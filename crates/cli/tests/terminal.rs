@@ -13,6 +13,9 @@
 //! - `restore_onto_a_terminal_given_by_path`: `stasis restore --tty PATH`, run without a
 //!   terminal, gives the job a session of its own with that terminal; it answers and Ctrl-C
 //!   interrupts it.
+//! - `shell_job_in_a_new_pid_namespace`: `stasis restore --pid-ns` of a job dumped with
+//!   `--leave-running` (its pid still taken here): it is typed at and answers, Ctrl-Z stops
+//!   it and `stasis restore` with it, `fg` continues it, Ctrl-C ends it.
 //! - `less_redraws_and_answers_keys`: `less`, restored under another terminal, redraws its
 //!   screen there and quits on `q`.
 //!
@@ -24,13 +27,10 @@ use stasis_test_infra::procfs::exists;
 use stasis_test_infra::terminal::Terminal;
 use stasis_test_infra::wait::wait_for;
 use stasis_test_infra::{require_root, require_tool, WorkDir};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Deadline for a process to get where a test wants it.
@@ -241,6 +241,64 @@ fn ctrl_z_stops_the_job_and_fg_continues_it() {
     b.wait_output("the job's end", |t| t.contains("ended:0"));
     let status = wait_child_for(&mut shell, TIMEOUT).expect("wait for bash");
     assert!(status.is_some(), "bash did not exit");
+}
+
+#[test]
+fn shell_job_in_a_new_pid_namespace() {
+    if !require_root() || !require_tool("bash") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("pid_ns");
+    let images = w.join("images");
+    let a = Terminal::open(24, 80);
+    let (mut bash, cat) = start_job(&a, "cat", "cat");
+    // Left running: its pid stays taken here, so only a new pid namespace can restore it.
+    let (ok, err) = stasis(&[
+        "dump",
+        "--leave-running",
+        "-t",
+        &cat.to_string(),
+        "-D",
+        images.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(ok, "dump failed: {err}");
+
+    let b = Terminal::open(24, 80);
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!(
+            "set -m; {} restore --pid-ns -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+            env!("CARGO_BIN_EXE_stasis"),
+            images.display()
+        ),
+    ])
+    .stdin(b.stdio())
+    .stdout(b.stdio())
+    .stderr(b.stdio());
+    let mut shell = isolate_on_terminal(&mut cmd).spawn().expect("start bash");
+    // Typed at: the echo, and the answer of the restored cat.
+    b.type_in(b"one\n");
+    b.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
+    // Ctrl-Z stops the job, and stasis restore with it; fg continues both.
+    b.type_in(b"\x1a");
+    b.wait_output("the shell's report of a stopped job", |t| {
+        t.contains("stopped:147")
+    });
+    b.type_in(b"two\n");
+    b.wait_output("cat's answer after fg", |t| t.matches("two").count() >= 2);
+    // Ctrl-C interrupts it.
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    let status = wait_child_for(&mut shell, TIMEOUT).expect("wait for bash");
+    assert!(status.is_some(), "bash did not exit");
+    // The original ran on, undisturbed, on its own terminal.
+    assert!(exists(cat) && comm(cat) == "cat");
+    a.type_in(b"\x04");
+    let _ = wait_child_for(&mut bash, TIMEOUT);
 }
 
 #[test]

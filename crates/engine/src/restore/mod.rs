@@ -45,7 +45,10 @@ pub mod requester;
 
 pub use fork::{ChildFailure, ChildReport};
 pub use load::{authenticate, images_authenticated, load, load_chain, verify_images, Loaded};
-pub use pidns::{restore_in_new_pid_namespace, RestoredInNamespace};
+pub use pidns::{
+    restore_in_new_pid_namespace, restore_job_in_new_pid_namespace, wait_job_in_namespace,
+    RestoredInNamespace,
+};
 pub use requester::Requester;
 
 use crate::{inject, Error};
