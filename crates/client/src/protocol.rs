@@ -433,7 +433,7 @@ pub fn send_fds(
     }
     let bytes = encode(msg)?;
     loop {
-        match sock::send_with_fds(fd, &bytes, &fds) {
+        match sock::send_with_fds(fd, &bytes, fds) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(n) => {
                 return Err(TransportError::Io {

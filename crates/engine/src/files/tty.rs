@@ -48,7 +48,8 @@
 //!   to (below).
 //! * A tree with an external terminal is attached to the terminal the restore is given
 //!   ([`crate::restore::RestoreOptions::terminal`]; `stasis restore` passes its stdin when it
-//!   is a terminal, or `--tty PATH`), and fails without one, saying what to do. Each of its
+//!   is a terminal, or `--tty PATH`; stasisd the terminal its requester passed as a
+//!   descriptor), and fails without one, saying what to do. Each of its
 //!   descriptions, and `/dev/tty`, is a new description of that terminal (reopened through
 //!   /proc/self/fd, with the dumped access mode and flags, never making it a controlling
 //!   terminal by opening). The restore then sets the dumped termios on it and makes the
