@@ -21,7 +21,7 @@
 //! | `raw_reader` | `RawReader` of a pages or blob file, plain or authenticated, read at fuzzed ranges | [`image::raw_reader`] |
 //! | `image_dir` | a directory of mutated files: restore's `load`, and `stasis show` | [`image::image_dir`] |
 //! | `protocol` | the stasisd message decoder (client and daemon share it) | [`protocol::decode`] |
-//! | `protocol_recv` | one packet with descriptors through a real `SOCK_SEQPACKET` connection into `protocol::recv_fds` | [`protocol::recv_fds`] |
+//! | `protocol_recv` | one packet with descriptors through a real `SOCK_SEQPACKET` connection into `protocol::recv` | [`protocol::recv`] |
 //! | `proc_status`, `proc_stat`, `proc_maps` | /proc/PID/status, stat, smaps (and maps) | text |
 //! | `fdinfo` | /proc/PID/fdinfo/N of every kind (first byte picks the parser) | [`procfs::fdinfo`] |
 //! | `mountinfo` | /proc/PID/mountinfo (the inotify and fanotify dumps read it) | text |

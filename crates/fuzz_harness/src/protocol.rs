@@ -1,5 +1,5 @@
 //! Targets of the stasisd protocol (`stasis_client::protocol`): the client and the daemon
-//! both decode every packet with `protocol::decode`, through `protocol::recv`.
+//! both decode every packet with `protocol::decode`, through `protocol::recv_fds`.
 
 use stasis_client::protocol::{self, Message, ProtocolError, TransportError};
 use std::os::fd::{AsFd, OwnedFd};
