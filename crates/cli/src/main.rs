@@ -4,6 +4,7 @@
 //! `--log-file` (dump, restore) into a file.
 #![deny(unsafe_code)]
 
+mod relay;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -637,24 +638,28 @@ fn restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::er
 /// The terminal a user's restore passes to stasisd for a shell job (as a descriptor: the
 /// daemon never opens one): `--tty PATH` (opened here, as the user: the kernel decides), or
 /// stdin when it is a terminal that is not our controlling terminal. Our controlling terminal
-/// is our shell's session's, which the job, restored in a session of its own, cannot take.
+/// is our shell's session's, which the job, restored in a session of its own, cannot take: a
+/// shell job is then given a terminal of its own, relayed to ours ([`relay`]).
 fn user_restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::error::Error>> {
     let Some(t) = restore_terminal(how)? else {
         return Ok(None);
     };
     if how.tty.is_none() && stasis_sys::tty::session_of(t.as_fd()).is_ok() {
-        if how.shell_job {
-            return Err(
-                "--shell-job: stdin is the controlling terminal of this shell's \
-                        session, which a job restored through stasisd (in a session of its \
-                        own) cannot take; give it a terminal that no session holds with \
-                        --tty PATH, or restore as root (sudo stasis restore)"
-                    .into(),
-            );
-        }
+        // A shell job gets a terminal of its own, relayed to this one (`relay`).
         return Ok(None);
     }
     Ok(Some(t))
+}
+
+/// Whether stasisd refused a restore for want of a terminal, and we can relay ours: stdin is
+/// our controlling terminal (our shell's) and we wait for the job.
+fn needs_relay(e: &stasis_client::Error, how: &RestoreHow) -> bool {
+    e.code() == stasis_client::code::UNSUPPORTED
+        && e.to_string()
+            .contains(stasis_engine::files::tty::OUTSIDE_TERMINAL)
+        && !how.detach
+        && how.tty.is_none()
+        && stasis_sys::tty::session_of(std::io::stdin().as_fd()).is_ok()
 }
 
 /// Waits for the restored root: as a shell job when it has the terminal (its group is the
@@ -733,7 +738,16 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
         };
         let restored = match user_restore_terminal(how)? {
             Some(t) => stasis_client::restore_on_terminal(dir.as_fd(), t.as_fd(), &opts)?,
-            None => stasis_client::restore(dir.as_fd(), &opts)?,
+            None => match stasis_client::restore(dir.as_fd(), &opts) {
+                // A shell job, and we run in our shell's terminal: the job gets a terminal of
+                // its own, relayed to ours.
+                Err(e) if needs_relay(&e, how) => {
+                    let code = relay::restore_job(dir.as_fd(), std::io::stdin().as_fd(), &opts)?;
+                    restore_stats(how, None, &images, started)?;
+                    return Ok(code.clamp(0, 255) as u8);
+                }
+                r => r?,
+            },
         };
         restore_stats(how, None, &images, started)?;
         if how.detach {

@@ -1386,3 +1386,65 @@ fn a_terminal_of_another_user_is_never_attached() {
     ctx.wait_line(&client.log, 0, "EXITED 0");
     d.stop();
 }
+
+#[test]
+fn user_restore_in_a_shell_relays_the_terminal() {
+    require_root!("user_restore_in_a_shell_relays_the_terminal");
+    if !stasis_test_infra::require_tool("bash") {
+        return;
+    }
+    let ctx = Ctx::new("user_restore_in_a_shell_relays_the_terminal");
+    let d = Daemon::start(&ctx, false);
+    let a = user_terminal();
+    let (pid, images) = dumped_on_terminal(&ctx, &d, &a);
+    // The user's shell, with job control, on its terminal runs `stasis restore`: stasisd
+    // cannot give the job that terminal (the shell's session has it), so the CLI gives the job
+    // one of its own and relays it.
+    let b = user_terminal();
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-c",
+            &format!(
+                "set -m; {} restore -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+                path_str(&common::stasis_cli()),
+                path_str(&images)
+            ),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(b.stdio()).stdout(b.stdio()).stderr(b.stdio());
+    let shell = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let shell_pid = shell.id() as i32;
+    ctx.children.lock().unwrap().insert(shell_pid, shell);
+    ctx.expect_foreign(pid);
+    b.wait_output("the restored copy", |t| {
+        t.contains(&format!("RESTORED {pid}")) && t.contains("TTY ")
+    });
+    assert!(b.text().contains("TTY fg=1 echo=0"), "{:?}", b.text());
+    b.type_in(b"one\n");
+    b.wait_output("its answer", |t| t.contains("GOT one"));
+    assert_eq!(b.text().matches("one").count(), 1, "echo: {:?}", b.text());
+    // Ctrl-Z stops it, and `stasis restore` with it: the shell sees a stopped job.
+    b.type_in(b"\x1a");
+    b.wait_output("the shell's report of a stopped job", |t| {
+        t.contains("stopped:147")
+    });
+    // `fg` continues both.
+    b.type_in(b"two\n");
+    b.wait_output("its answer after fg", |t| t.contains("GOT two"));
+    // Ctrl-C ends it; the shell gets its status.
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    ctx.wait_child(shell_pid);
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(pid)),
+        "pid {pid} after Ctrl-C"
+    );
+    d.stop();
+}

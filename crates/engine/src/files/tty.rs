@@ -101,6 +101,11 @@ pub struct Terminals {
     pairs: HashMap<u32, (OwnedFd, File, PtyPair)>,
 }
 
+/// How the refusal of a restore without a terminal for a job that had one outside the tree
+/// names it (`stasis restore` recognizes the refusal by it, to relay a terminal).
+pub const OUTSIDE_TERMINAL: &str =
+    "a terminal outside the dumped tree (a job started from a shell)";
+
 /// The most `/dev/ptmx` opens spent looking for a dumped index.
 const MAX_INDEX_SEARCH: u32 = 4096;
 /// The highest pty index a record may hold.
