@@ -1401,27 +1401,16 @@ fn user_restore_in_a_shell_relays_the_terminal() {
     // cannot give the job that terminal (the shell's session has it), so the CLI gives the job
     // one of its own and relays it.
     let b = user_terminal();
-    let mut words = as_user(&[]);
-    words.extend(
-        [
-            "bash",
-            "--norc",
-            "--noprofile",
-            "-c",
-            &format!(
-                "set -m; {} restore -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
-                path_str(&common::stasis_cli()),
-                path_str(&images)
-            ),
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+    user_bash(
+        &ctx,
+        &d,
+        &b,
+        &format!(
+            "set -m; {} restore -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+            path_str(&common::stasis_cli()),
+            path_str(&images)
+        ),
     );
-    let mut cmd = command(&words, &d.socket);
-    cmd.stdin(b.stdio()).stdout(b.stdio()).stderr(b.stdio());
-    let shell = isolate_on_terminal(&mut cmd).spawn().unwrap();
-    let shell_pid = shell.id() as i32;
-    ctx.children.lock().unwrap().insert(shell_pid, shell);
     ctx.expect_foreign(pid);
     b.wait_output("the restored copy", |t| {
         t.contains(&format!("RESTORED {pid}")) && t.contains("TTY ")
@@ -1441,10 +1430,94 @@ fn user_restore_in_a_shell_relays_the_terminal() {
     // Ctrl-C ends it; the shell gets its status.
     b.type_in(b"\x03");
     b.wait_output("the job's end", |t| t.contains("ended:130"));
-    ctx.wait_child(shell_pid);
     assert!(
         wait_until(EXIT_TIMEOUT, || gone(pid)),
         "pid {pid} after Ctrl-C"
     );
+    d.stop();
+}
+
+/// bash, as the user and with job control, on `term` (its session's controlling terminal)
+/// running `script`.
+fn user_bash(ctx: &Ctx, d: &Daemon, term: &Terminal, script: &str) -> i32 {
+    let mut words = as_user(&[]);
+    words.extend(
+        ["bash", "--norc", "--noprofile", "-c", script]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(term.stdio())
+        .stdout(term.stdio())
+        .stderr(term.stdio());
+    let shell = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let pid = shell.id() as i32;
+    ctx.children.lock().unwrap().insert(pid, shell);
+    pid
+}
+
+#[test]
+fn users_shell_job_in_three_commands() {
+    require_root!("users_shell_job_in_three_commands");
+    if !stasis_test_infra::require_tool("bash") {
+        return;
+    }
+    let ctx = Ctx::new("users_shell_job_in_three_commands");
+    let d = Daemon::start(&ctx, false);
+    let cli = path_str(&common::stasis_cli()).to_string();
+    // The README's workflow, as a user: a job started from a shell in one terminal...
+    let a = user_terminal();
+    let shell_a = user_bash(&ctx, &d, &a, "set -m; cat; exit $?");
+    let mut cat = 0;
+    assert!(wait_until(LINE_TIMEOUT, || {
+        cat = stasis_test_infra::procfs::children(shell_a)
+            .into_iter()
+            .find(|&c| status_field(c, "Name").as_deref() == Some("cat"))
+            .unwrap_or(0);
+        cat != 0 && stat_field(cat, 8) == i64::from(cat)
+    }));
+    // ... `stasis dump -t PID -D DIR` from anywhere (through stasisd) ...
+    let images = ctx.user_dir("images", 0o700);
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            cli.as_str(),
+            "dump",
+            "-t",
+            &cat.to_string(),
+            "-D",
+            path_str(&images),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = ctx.run(command(&words, &d.socket));
+    assert!(out.status.success(), "stasis dump as the user: {out:?}");
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(cat)),
+        "the dump killed cat"
+    );
+    assert!(matches!(
+        dumped_fd(&images, cat, 0).kind,
+        FileKind::ExternalTerminal { .. }
+    ));
+    // ... and `stasis restore -D DIR` in another terminal's shell: the job is back there.
+    let b = user_terminal();
+    user_bash(
+        &ctx,
+        &d,
+        &b,
+        &format!(
+            "set -m; {cli} restore -D {}; echo \"ended:$?\"",
+            path_str(&images)
+        ),
+    );
+    ctx.expect_foreign(cat);
+    b.type_in(b"hello\n");
+    // Its echo and cat's answer.
+    b.wait_output("cat's answer", |t| t.matches("hello").count() >= 2);
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    assert!(wait_until(EXIT_TIMEOUT, || gone(cat)), "cat after Ctrl-C");
     d.stop();
 }
