@@ -1,6 +1,10 @@
 //! The restore through stasisd runs with the requester's privileges, never the daemon's: one
 //! attack per class of the issue (see docs/security.md, "Restore runs as the requester"), and
-//! the legitimate restore that must keep working.
+//! the legitimate restore that must keep working. Terminals (docs/security.md, "A shell job is
+//! attached only to the terminal its requester passes"): a self-dump of a program on a
+//! terminal restored onto the terminal its requester passes, another user's terminal never
+//! attached, and a user's `stasis dump`/`stasis restore` of a shell job, the restore in a
+//! shell relaying a terminal of the job's own; the test holds the terminals' masters.
 //!
 //! Every test starts its own `stasisd` on a socket of its own (mode 0666). The unprivileged
 //! side runs as a user created for this run of the test binary (`stasis-lp-<pid>`, removed at
