@@ -100,6 +100,18 @@ int stasis_dump_self_hooks(int images_dir_fd, const struct stasis_dump_opts *opt
  */
 int stasis_restore(int images_dir_fd, int detach, int *pid_out);
 
+/*
+ * stasis_restore(), attaching a job that ran on a terminal outside its tree (started from a
+ * shell) to terminal_fd, an open terminal of the caller's (opened for reading), passed to the
+ * daemon as a descriptor (never a path): the restored job gets a session of its own with that
+ * terminal as its controlling terminal, its process group in the foreground, and the dumped
+ * terminal settings. The terminal must not be the controlling terminal of another session
+ * (the caller's own shell's, say): the kernel gives a terminal to one session at a time.
+ * stasis_restore() refuses such images (STASIS_E_UNSUPPORTED); images without a terminal
+ * outside the tree ignore terminal_fd.
+ */
+int stasis_restore_tty(int images_dir_fd, int terminal_fd, int detach, int *pid_out);
+
 /* A static description of any code (STASIS_E_*, -errno, 0, 1); never NULL. */
 const char *stasis_strerror(int code);
 

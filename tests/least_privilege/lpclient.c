@@ -3,8 +3,8 @@
  * the daemon's restore path, and what must keep working).
  *
  *   lpclient dump IMAGES_DIR [--kill] [--threads N] [--pdeathsig SIG] [--fork-bomb N]
- *                            [--write-probe DIR] [--queued-signals N]
- *   lpclient restore IMAGES_DIR [--detach] [--seccomp]
+ *                            [--write-probe DIR] [--queued-signals N] [--terminal]
+ *   lpclient restore IMAGES_DIR [--detach] [--seccomp] [--tty FD]
  *
  * dump: starts N extra threads (they sleep), sets its parent-death signal to SIG, queues N
  * blocked real-time signals to itself (--queued-signals: they stay pending), prints
@@ -17,11 +17,16 @@
  *   --write-probe D:  tries to create D/probe-<pid> and prints "WRITE ok" or
  *                     "WRITE <errno name>";
  * and prints "PASS". Then it waits for SIGTERM ("EXIT", status 0).
+ * --terminal: it runs on a terminal (stdin and stdout): before the dump it turns the
+ * terminal's echo off; a restored copy prints "TTY fg=<1 if its group is the terminal's
+ * foreground group> echo=<1 if echo is on>", then answers every line it reads from stdin with
+ * "GOT <line>" until end of file (status 0) instead of waiting for SIGTERM.
  *
  * restore: asks stasisd to restore IMAGES_DIR (stasis_restore, always through the daemon,
  * whatever its ids, unlike `stasis restore`), prints "STARTED <pid>" and, without --detach,
  * "EXITED <status>"; "ERROR <code> <message>" (status 1) on failure. With --seccomp it
- * first confines itself with a seccomp filter (one that allows everything).
+ * first confines itself with a seccomp filter (one that allows everything). With --tty FD it
+ * passes its descriptor FD as the terminal to attach the job to (stasis_restore_tty).
  *
  * Every line is one write(2) to stdout (a log file opened O_APPEND).
  */
@@ -38,6 +43,7 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,7 +128,7 @@ static void fork_bomb(int n)
 static int do_dump(int argc, char **argv)
 {
 	const char *images = argv[2], *probe = NULL;
-	int threads = 0, pdeathsig = 0, bomb = 0, queued = 0;
+	int threads = 0, pdeathsig = 0, bomb = 0, queued = 0, terminal = 0;
 	struct stasis_dump_opts opts = { 0 };
 	for (int i = 3; i < argc; i++) {
 		if (strcmp(argv[i], "--kill") == 0)
@@ -137,6 +143,8 @@ static int do_dump(int argc, char **argv)
 			probe = argv[++i];
 		else if (strcmp(argv[i], "--queued-signals") == 0 && i + 1 < argc)
 			queued = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--terminal") == 0)
+			terminal = 1;
 		else {
 			say("USAGE lpclient dump IMAGES_DIR [--kill] [--threads N] [--pdeathsig SIG] "
 			    "[--fork-bomb N] [--write-probe DIR] [--queued-signals N]");
@@ -178,6 +186,18 @@ static int do_dump(int argc, char **argv)
 			}
 		}
 	}
+	if (terminal) {
+		struct termios t;
+		if (tcgetattr(0, &t) != 0) {
+			say("SETUP-ERROR tcgetattr: %s", strerror(errno));
+			return 2;
+		}
+		t.c_lflag &= ~(tcflag_t)ECHO;
+		if (tcsetattr(0, TCSANOW, &t) != 0) {
+			say("SETUP-ERROR tcsetattr: %s", strerror(errno));
+			return 2;
+		}
+	}
 	say("READY %d", (int)getpid());
 	int r = stasis_dump_self(dir, &opts);
 	if (r < 0) {
@@ -202,6 +222,30 @@ static int do_dump(int argc, char **argv)
 		}
 	}
 	say("PASS");
+	if (terminal) {
+		struct termios t;
+		int echo = tcgetattr(0, &t) == 0 && (t.c_lflag & ECHO);
+		say("TTY fg=%d echo=%d", tcgetpgrp(0) == getpgrp(), echo);
+		char line[512];
+		size_t have = 0;
+		for (;;) {
+			ssize_t n = read(0, line + have, sizeof(line) - 1 - have);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return 0;
+			have += (size_t)n;
+			char *nl;
+			while ((nl = memchr(line, '\n', have)) != NULL) {
+				*nl = 0;
+				say("GOT %s", line);
+				have -= (size_t)(nl + 1 - line);
+				memmove(line, nl + 1, have);
+			}
+			if (have == sizeof(line) - 1)
+				have = 0;
+		}
+	}
 	while (!stop_requested)
 		sleep_ms(5);
 	say("EXIT");
@@ -210,10 +254,12 @@ static int do_dump(int argc, char **argv)
 
 static int do_restore(int argc, char **argv)
 {
-	int detach = 0;
+	int detach = 0, tty = -1;
 	for (int i = 3; i < argc; i++) {
 		if (strcmp(argv[i], "--detach") == 0) {
 			detach = 1;
+		} else if (strcmp(argv[i], "--tty") == 0 && i + 1 < argc) {
+			tty = atoi(argv[++i]);
 		} else if (strcmp(argv[i], "--seccomp") == 0) {
 			struct sock_filter allow[] = { BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW) };
 			struct sock_fprog prog = { 1, allow };
@@ -223,7 +269,7 @@ static int do_restore(int argc, char **argv)
 				return 1;
 			}
 		} else {
-			say("USAGE lpclient restore IMAGES_DIR [--detach] [--seccomp]");
+			say("USAGE lpclient restore IMAGES_DIR [--detach] [--seccomp] [--tty FD]");
 			return 2;
 		}
 	}
@@ -233,7 +279,8 @@ static int do_restore(int argc, char **argv)
 		return 1;
 	}
 	int pid = 0;
-	int r = stasis_restore(dir, detach, &pid);
+	int r = tty >= 0 ? stasis_restore_tty(dir, tty, detach, &pid)
+			 : stasis_restore(dir, detach, &pid);
 	if (pid > 0)
 		say("STARTED %d", pid);
 	if (r < 0) {

@@ -4,6 +4,7 @@
 //! `--log-file` (dump, restore) into a file.
 #![deny(unsafe_code)]
 
+mod relay;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -634,6 +635,33 @@ fn restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::er
     Ok(None)
 }
 
+/// The terminal a user's restore passes to stasisd for a shell job (as a descriptor: the
+/// daemon never opens one): `--tty PATH` (opened here, as the user: the kernel decides), or
+/// stdin when it is a terminal that is not our controlling terminal. Our controlling terminal
+/// is our shell's session's, which the job, restored in a session of its own, cannot take: a
+/// shell job is then given a terminal of its own, relayed to ours ([`relay`]).
+fn user_restore_terminal(how: &RestoreHow) -> Result<Option<OwnedFd>, Box<dyn std::error::Error>> {
+    let Some(t) = restore_terminal(how)? else {
+        return Ok(None);
+    };
+    if how.tty.is_none() && stasis_sys::tty::session_of(t.as_fd()).is_ok() {
+        // A shell job gets a terminal of its own, relayed to this one (`relay`).
+        return Ok(None);
+    }
+    Ok(Some(t))
+}
+
+/// Whether stasisd refused a restore for want of a terminal, and we can relay ours: stdin is
+/// our controlling terminal (our shell's) and we wait for the job.
+fn needs_relay(e: &stasis_client::Error, how: &RestoreHow) -> bool {
+    e.code() == stasis_client::code::UNSUPPORTED
+        && e.to_string()
+            .contains(stasis_engine::files::tty::OUTSIDE_TERMINAL)
+        && !how.detach
+        && how.tty.is_none()
+        && stasis_sys::tty::session_of(std::io::stdin().as_fd()).is_ok()
+}
+
 /// Waits for the restored root: as a shell job when it has the terminal (its group is the
 /// terminal's foreground group), else until it ends.
 fn wait_restored(pid: i32, terminal: Option<&OwnedFd>) -> Result<i32, stasis_engine::Error> {
@@ -645,6 +673,17 @@ fn wait_restored(pid: i32, terminal: Option<&OwnedFd>) -> Result<i32, stasis_eng
         }
     }
     stasis_engine::restore::wait_exit_code(pid)
+}
+
+/// Whether the terminal's foreground group is that of a child of the pid namespace's `init`
+/// (the restored root), not ours: a shell job restored with `--pid-ns`.
+fn job_has_terminal(init: i32, terminal: &OwnedFd) -> bool {
+    let fg = stasis_sys::tty::tcgetpgrp(terminal.as_fd()).ok();
+    let root: Option<i32> = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()));
+    let group = root.and_then(|r| stasis_sys::process::getpgid(r).ok());
+    fg.is_some() && fg == group && group != stasis_sys::process::getpgid(0).ok()
 }
 
 /// Prints the warning about a replaced file the restore accepted (one line each).
@@ -697,7 +736,19 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
             detach: how.detach,
             socket: None,
         };
-        let restored = stasis_client::restore(dir.as_fd(), &opts)?;
+        let restored = match user_restore_terminal(how)? {
+            Some(t) => stasis_client::restore_on_terminal(dir.as_fd(), t.as_fd(), &opts)?,
+            None => match stasis_client::restore(dir.as_fd(), &opts) {
+                // A shell job, and we run in our shell's terminal: the job gets a terminal of
+                // its own, relayed to ours.
+                Err(e) if needs_relay(&e, how) => {
+                    let code = relay::restore_job(dir.as_fd(), std::io::stdin().as_fd(), &opts)?;
+                    restore_stats(how, None, &images, started)?;
+                    return Ok(code.clamp(0, 255) as u8);
+                }
+                r => r?,
+            },
+        };
         restore_stats(how, None, &images, started)?;
         if how.detach {
             println!("{}", restored.pid);
@@ -752,7 +803,18 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                 // The namespace's init is the root's parent, in a session of its own.
                 opts.new_session = true;
                 // No progress bar: its pids are the namespace's, not ours.
-                let r = stasis_engine::restore::restore_in_new_pid_namespace(&opts)?;
+                let (r, events) = match &terminal {
+                    // A shell job, maybe: the init reports the root's stops.
+                    Some(_) => {
+                        let (r, events) =
+                            stasis_engine::restore::restore_job_in_new_pid_namespace(&opts)?;
+                        (r, Some(events))
+                    }
+                    None => (
+                        stasis_engine::restore::restore_in_new_pid_namespace(&opts)?,
+                        None,
+                    ),
+                };
                 restore_stats(how, None, &images, started)?;
                 if how.detach {
                     println!(
@@ -761,7 +823,12 @@ fn run_restore(images: PathBuf, how: &RestoreHow) -> CmdResult {
                     );
                     return Ok(0);
                 }
-                let code = stasis_engine::restore::wait_exit_code(r.init)?;
+                let code = match (&terminal, events) {
+                    (Some(t), Some(events)) if job_has_terminal(r.init, t) => {
+                        stasis_engine::restore::wait_job_in_namespace(&r, events, t.as_fd())?
+                    }
+                    _ => stasis_engine::restore::wait_exit_code(r.init)?,
+                };
                 return Ok(code.clamp(0, 255) as u8);
             }
             let progress = report::Progress::start(report::Follow::Restore {

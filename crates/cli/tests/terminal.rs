@@ -13,6 +13,9 @@
 //! - `restore_onto_a_terminal_given_by_path`: `stasis restore --tty PATH`, run without a
 //!   terminal, gives the job a session of its own with that terminal; it answers and Ctrl-C
 //!   interrupts it.
+//! - `shell_job_in_a_new_pid_namespace`: `stasis restore --pid-ns` of a job dumped with
+//!   `--leave-running` (its pid still taken here): it is typed at and answers, Ctrl-Z stops
+//!   it and `stasis restore` with it, `fg` continues it, Ctrl-C ends it.
 //! - `less_redraws_and_answers_keys`: `less`, restored under another terminal, redraws its
 //!   screen there and quits on `q`.
 //!
@@ -21,15 +24,13 @@
 
 use stasis_test_infra::process::{become_subreaper, isolate, isolate_on_terminal, wait_child_for};
 use stasis_test_infra::procfs::exists;
+use stasis_test_infra::terminal::Terminal;
 use stasis_test_infra::wait::wait_for;
 use stasis_test_infra::{require_root, require_tool, WorkDir};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Deadline for a process to get where a test wants it.
@@ -41,79 +42,6 @@ fn work_dir(test: &str) -> WorkDir {
             .join("terminal")
             .join(test),
     )
-}
-
-/// A pseudo-terminal the test holds the master of: what is written to the slave side is
-/// collected by a thread.
-struct Terminal {
-    master: File,
-    /// N of /dev/pts/N.
-    index: u32,
-    slave: OwnedFd,
-    output: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Terminal {
-    fn open(rows: u16, cols: u16) -> Terminal {
-        let (master, slave, index) = stasis_sys::tty::open_pty().expect("open a pty");
-        stasis_sys::tty::set_window_size(
-            master.as_fd(),
-            &stasis_sys::tty::WinSize {
-                rows,
-                cols,
-                xpixel: 0,
-                ypixel: 0,
-            },
-        )
-        .expect("TIOCSWINSZ");
-        let master = File::from(master);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the master");
-        let out = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.lock()
-                    .expect("the output lock")
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        Terminal {
-            master,
-            index,
-            slave,
-            output,
-        }
-    }
-
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.slave.try_clone().expect("dup the slave"))
-    }
-
-    fn type_in(&self, text: &[u8]) {
-        (&self.master).write_all(text).expect("write to the master");
-    }
-
-    /// The output so far, as text.
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().expect("the output lock")).into_owned()
-    }
-
-    fn clear(&self) {
-        self.output.lock().expect("the output lock").clear();
-    }
-
-    fn wait_output(&self, what: &str, f: impl Fn(&str) -> bool) {
-        let ok = stasis_test_infra::wait::wait_until(TIMEOUT, || f(&self.text()));
-        assert!(
-            ok,
-            "timed out waiting for {what}; the terminal shows {:?}",
-            self.text()
-        );
-    }
 }
 
 /// Runs `stasis ARGS` without a terminal: whether it succeeded, and its stderr.
@@ -313,6 +241,64 @@ fn ctrl_z_stops_the_job_and_fg_continues_it() {
     b.wait_output("the job's end", |t| t.contains("ended:0"));
     let status = wait_child_for(&mut shell, TIMEOUT).expect("wait for bash");
     assert!(status.is_some(), "bash did not exit");
+}
+
+#[test]
+fn shell_job_in_a_new_pid_namespace() {
+    if !require_root() || !require_tool("bash") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("pid_ns");
+    let images = w.join("images");
+    let a = Terminal::open(24, 80);
+    let (mut bash, cat) = start_job(&a, "cat", "cat");
+    // Left running: its pid stays taken here, so only a new pid namespace can restore it.
+    let (ok, err) = stasis(&[
+        "dump",
+        "--leave-running",
+        "-t",
+        &cat.to_string(),
+        "-D",
+        images.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(ok, "dump failed: {err}");
+
+    let b = Terminal::open(24, 80);
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!(
+            "set -m; {} restore --pid-ns -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+            env!("CARGO_BIN_EXE_stasis"),
+            images.display()
+        ),
+    ])
+    .stdin(b.stdio())
+    .stdout(b.stdio())
+    .stderr(b.stdio());
+    let mut shell = isolate_on_terminal(&mut cmd).spawn().expect("start bash");
+    // Typed at: the echo, and the answer of the restored cat.
+    b.type_in(b"one\n");
+    b.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
+    // Ctrl-Z stops the job, and stasis restore with it; fg continues both.
+    b.type_in(b"\x1a");
+    b.wait_output("the shell's report of a stopped job", |t| {
+        t.contains("stopped:147")
+    });
+    b.type_in(b"two\n");
+    b.wait_output("cat's answer after fg", |t| t.matches("two").count() >= 2);
+    // Ctrl-C interrupts it.
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    let status = wait_child_for(&mut shell, TIMEOUT).expect("wait for bash");
+    assert!(status.is_some(), "bash did not exit");
+    // The original ran on, undisturbed, on its own terminal.
+    assert!(exists(cat) && comm(cat) == "cat");
+    a.type_in(b"\x04");
+    let _ = wait_child_for(&mut bash, TIMEOUT);
 }
 
 #[test]

@@ -421,16 +421,52 @@ impl Restored {
 }
 
 /// Restores the process whose images are in `images_dir`, through the daemon and with the
-/// caller's own credentials. Returns once it runs.
+/// caller's own credentials. Returns once it runs. Images of a job that ran on a terminal
+/// outside its tree (started from a shell) are refused: see [`restore_on_terminal`].
 pub fn restore(images_dir: BorrowedFd<'_>, opts: &RestoreOptions) -> Result<Restored, Error> {
+    restore_with(images_dir, None, opts)
+}
+
+/// [`restore`], attaching a job that ran on a terminal outside its tree (started from a
+/// shell) to `terminal`, an open terminal of the caller's (opened for reading, as a
+/// controlling terminal must be), passed to the daemon as a descriptor: the restored job
+/// gets a session of its own with that terminal as its controlling terminal, its process
+/// group in the foreground, and the dumped terminal settings. The terminal must not be the
+/// controlling terminal of another session (such as the caller's own shell's: the kernel
+/// gives a terminal to one session at a time), or the restore fails saying so. Images
+/// without such a terminal ignore it.
+pub fn restore_on_terminal(
+    images_dir: BorrowedFd<'_>,
+    terminal: BorrowedFd<'_>,
+    opts: &RestoreOptions,
+) -> Result<Restored, Error> {
+    if !stasis_sys::tty::isatty(terminal) {
+        return Err(Error::Invalid(format!(
+            "descriptor {} is not a terminal",
+            terminal.as_raw_fd()
+        )));
+    }
+    restore_with(images_dir, Some(terminal), opts)
+}
+
+fn restore_with(
+    images_dir: BorrowedFd<'_>,
+    terminal: Option<BorrowedFd<'_>>,
+    opts: &RestoreOptions,
+) -> Result<Restored, Error> {
     check_dir(images_dir)?;
     let conn = Connection::open(opts.socket.as_deref())?;
-    let flags = if opts.detach {
+    let mut flags = if opts.detach {
         protocol::RESTORE_DETACH
     } else {
         0
     };
-    conn.send(&Message::Restore { flags }, Some(images_dir))?;
+    let mut fds = vec![images_dir];
+    if let Some(t) = terminal {
+        flags |= protocol::RESTORE_TERMINAL;
+        fds.push(t);
+    }
+    protocol::send_fds(conn.fd.as_fd(), &Message::Restore { flags }, &fds)?;
     match conn.recv()? {
         Message::Started { pid } => Ok(Restored {
             pid,

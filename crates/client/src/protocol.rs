@@ -11,7 +11,10 @@
 //! Integers are little-endian; strings are a `u16` byte length followed by UTF-8. Decoding is
 //! strict and bounded: anything that is not exactly one well-formed message is a
 //! [`ProtocolError`], never a panic. Descriptors travel as `SCM_RIGHTS` next to the messages
-//! that need one ([`Message::carries_fd`]); [`recv`] enforces that too.
+//! that need them ([`Message::fd_count`]: the images directory, and for a `Restore` with
+//! [`RESTORE_TERMINAL`] the requester's terminal after it); [`recv_fds`] enforces that too.
+//!
+//! Versions: the protocol version is the workspace's (0.2.0 added [`RESTORE_TERMINAL`]).
 
 use stasis_sys::socket as sock;
 use std::io;
@@ -45,6 +48,12 @@ pub const DUMP_WITH_CHILDREN: u32 = 1 << 0;
 pub const DUMP_KILL: u32 = 1 << 1;
 /// `Restore` flag: answer `Started` and do not wait for the restored process.
 pub const RESTORE_DETACH: u32 = 1 << 0;
+/// `Restore` flag: a second descriptor follows the images directory, the requester's
+/// terminal, to attach a job that ran on a terminal outside its tree to (a session of its
+/// own with that terminal as its controlling terminal, its group in the foreground). The
+/// daemon never opens a terminal by path: this descriptor is the only terminal a restore
+/// through it can get.
+pub const RESTORE_TERMINAL: u32 = 1 << 1;
 
 /// `Done` outcome in the original process after the dump.
 pub const OUTCOME_DUMPED: u32 = 0;
@@ -66,7 +75,8 @@ pub enum Message {
     DumpSelf { flags: u32, conn_fd: i32 },
     /// client → daemon, with the images directory: dump another process of the caller's.
     DumpPid { pid: i32, flags: u32 },
-    /// client → daemon, with the images directory: restore as the caller.
+    /// client → daemon, with the images directory (and, with [`RESTORE_TERMINAL`], the
+    /// caller's terminal): restore as the caller.
     Restore { flags: u32 },
     /// daemon → client: [`OUTCOME_DUMPED`] or [`OUTCOME_RESTORED`].
     Done { outcome: u32 },
@@ -99,9 +109,18 @@ impl Message {
         kind_name(self.kind()).unwrap_or("unknown")
     }
 
-    /// Whether this message travels with exactly one descriptor (the images directory).
+    /// Whether this message travels with descriptors (the images directory first).
     pub fn carries_fd(&self) -> bool {
-        kind_carries_fd(self.kind())
+        self.fd_count() > 0
+    }
+
+    /// How many descriptors travel with this message: the images directory for the
+    /// requests, and the terminal after it for a `Restore` with [`RESTORE_TERMINAL`].
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Message::Restore { flags } if flags & RESTORE_TERMINAL != 0 => 2,
+            _ => usize::from(kind_carries_fd(self.kind())),
+        }
     }
 
     /// A `Failure` whose text is cut (at a character boundary) to fit in one message.
@@ -385,26 +404,36 @@ fn is_closed(e: &io::Error) -> bool {
 }
 
 /// Sends `msg` as one packet, with `pass` as `SCM_RIGHTS`. A message that
-/// [carries a descriptor](Message::carries_fd) must be given exactly one, others none.
+/// [carries a descriptor](Message::carries_fd) must be given exactly one, others none
+/// ([`send_fds`] for a message with two).
 pub fn send(
     fd: BorrowedFd<'_>,
     msg: &Message,
     pass: Option<BorrowedFd<'_>>,
 ) -> Result<(), TransportError> {
-    let expected = usize::from(msg.carries_fd());
-    let got = usize::from(pass.is_some());
-    if expected != got {
+    let fds: Vec<BorrowedFd<'_>> = pass.into_iter().collect();
+    send_fds(fd, msg, &fds)
+}
+
+/// Sends `msg` as one packet, with `fds` as `SCM_RIGHTS`, in order: exactly
+/// [`Message::fd_count`] of them.
+pub fn send_fds(
+    fd: BorrowedFd<'_>,
+    msg: &Message,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), TransportError> {
+    let expected = msg.fd_count();
+    if expected != fds.len() {
         return Err(ProtocolError::WrongFdCount {
             kind: msg.name(),
             expected,
-            got,
+            got: fds.len(),
         }
         .into());
     }
     let bytes = encode(msg)?;
-    let fds: Vec<BorrowedFd<'_>> = pass.into_iter().collect();
     loop {
-        match sock::send_with_fds(fd, &bytes, &fds) {
+        match sock::send_with_fds(fd, &bytes, fds) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(n) => {
                 return Err(TransportError::Io {
@@ -422,11 +451,27 @@ pub fn send(
     }
 }
 
-/// Receives one message and the descriptor that came with it, retrying on `EINTR`. A packet
-/// longer than [`MAX_MESSAGE`], more than one descriptor, or a descriptor count that does not
-/// match the message kind is an error (and every descriptor received is closed). End of
-/// connection is [`TransportError::Closed`].
+/// Receives one message and the descriptor that came with it, retrying on `EINTR`: as
+/// [`recv_fds`], and a message with two descriptors (a `Restore` with [`RESTORE_TERMINAL`])
+/// is an error here ([`ProtocolError::WrongFdCount`]).
 pub fn recv(fd: BorrowedFd<'_>) -> Result<(Message, Option<OwnedFd>), TransportError> {
+    let (msg, fds) = recv_fds(fd)?;
+    if fds.len() > 1 {
+        return Err(ProtocolError::WrongFdCount {
+            kind: msg.name(),
+            expected: 1,
+            got: fds.len(),
+        }
+        .into());
+    }
+    Ok((msg, fds.into_iter().next()))
+}
+
+/// Receives one message and the descriptors that came with it, in order, retrying on
+/// `EINTR`. A packet longer than [`MAX_MESSAGE`], or a descriptor count other than the
+/// message's [`Message::fd_count`], is an error (and every descriptor received is closed).
+/// End of connection is [`TransportError::Closed`].
+pub fn recv_fds(fd: BorrowedFd<'_>) -> Result<(Message, Vec<OwnedFd>), TransportError> {
     let mut buf = [0u8; MAX_MESSAGE + 1];
     let mut reset_seen = false;
     let got = loop {
@@ -454,7 +499,7 @@ pub fn recv(fd: BorrowedFd<'_>) -> Result<(Message, Option<OwnedFd>), TransportE
         return Err(ProtocolError::FdsTruncated.into());
     }
     let msg = decode(&buf[..got.len])?;
-    let expected = usize::from(msg.carries_fd());
+    let expected = msg.fd_count();
     if got.fds.len() != expected {
         return Err(ProtocolError::WrongFdCount {
             kind: msg.name(),
@@ -463,7 +508,7 @@ pub fn recv(fd: BorrowedFd<'_>) -> Result<(Message, Option<OwnedFd>), TransportE
         }
         .into());
     }
-    Ok((msg, got.fds.into_iter().next()))
+    Ok((msg, got.fds))
 }
 
 #[cfg(test)]
@@ -496,6 +541,9 @@ mod tests {
             },
             Message::Restore {
                 flags: RESTORE_DETACH,
+            },
+            Message::Restore {
+                flags: RESTORE_DETACH | RESTORE_TERMINAL,
             },
             Message::Done {
                 outcome: OUTCOME_DUMPED,
@@ -725,6 +773,44 @@ mod tests {
             recv(b.as_fd()),
             Err(TransportError::Protocol(ProtocolError::WrongFdCount {
                 got: 2,
+                ..
+            }))
+        ));
+        // A Restore with a terminal carries two, in order; recv alone refuses it.
+        let with_tty = Message::Restore {
+            flags: RESTORE_TERMINAL,
+        };
+        assert!(send(a.as_fd(), &with_tty, Some(dir.as_fd())).is_err());
+        let tty = std::fs::File::open("/dev/null").unwrap();
+        send_fds(a.as_fd(), &with_tty, &[dir.as_fd(), tty.as_fd()]).unwrap();
+        let (m, fds) = recv_fds(b.as_fd()).unwrap();
+        assert_eq!(m, with_tty);
+        assert_eq!(fds.len(), 2);
+        let rdev = |f: &OwnedFd| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::File::from(f.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .rdev()
+        };
+        assert_eq!(
+            rdev(&fds[1]),
+            rdev(&OwnedFd::from(tty.try_clone().unwrap()))
+        );
+        send_fds(a.as_fd(), &with_tty, &[dir.as_fd(), tty.as_fd()]).unwrap();
+        assert!(matches!(
+            recv(b.as_fd()),
+            Err(TransportError::Protocol(ProtocolError::WrongFdCount {
+                got: 2,
+                ..
+            }))
+        ));
+        sock::send_with_fds(a.as_fd(), &encode(&with_tty).unwrap(), &[dir.as_fd()]).unwrap();
+        assert!(matches!(
+            recv_fds(b.as_fd()),
+            Err(TransportError::Protocol(ProtocolError::WrongFdCount {
+                expected: 2,
+                got: 1,
                 ..
             }))
         ));

@@ -152,8 +152,14 @@ fn handle(conn: BorrowedFd<'_>, slot: Slot, key: &ImageKey) -> Result<(), Failur
         None,
     )?;
 
-    let (request, dir) = protocol::recv(conn)?;
-    let dir = dir.ok_or_else(|| Failure::new(code::PROTOCOL, "no images directory was passed"))?;
+    let (request, fds) = protocol::recv_fds(conn)?;
+    let mut fds = fds.into_iter();
+    let dir = fds
+        .next()
+        .ok_or_else(|| Failure::new(code::PROTOCOL, "no images directory was passed"))?;
+    // The requester's terminal, after the directory (a Restore with RESTORE_TERMINAL only:
+    // recv_fds checked the count).
+    let terminal = fds.next();
     let images = ImageDir::from_fd(dir, "the images directory passed by the client")
         .map_err(|e| Failure::new(code::INVALID, e.to_string()))?;
     let name = request.name();
@@ -163,7 +169,9 @@ fn handle(conn: BorrowedFd<'_>, slot: Slot, key: &ImageKey) -> Result<(), Failur
             dump_self(conn, &caller, pidfd, images, flags, conn_fd, key)
         }
         Message::DumpPid { pid, flags } => dump_pid(conn, &caller, pid, images, flags, key),
-        Message::Restore { flags } => restore(conn, &caller, pidfd, images, flags, slot, key),
+        Message::Restore { flags } => {
+            restore(conn, &caller, pidfd, images, terminal, flags, slot, key)
+        }
         other => Err(Failure::new(
             code::PROTOCOL,
             format!("{} is not a request", other.name()),
@@ -347,11 +355,19 @@ fn dump_pid(
 /// runs in a restorer process that becomes the caller first (`as_user::restore_as`: its
 /// namespaces, cgroups, limits, ids and capabilities; see docs/security.md). Either way the
 /// restored process is a child of this worker, which waits for it unless detached.
+///
+/// `terminal`: the caller's terminal, passed as a descriptor (`RESTORE_TERMINAL`), for a job
+/// that ran on a terminal outside its tree. The worker does nothing with it but hand it to
+/// the restore (the restorer, which is the caller by then, makes it the controlling terminal
+/// of the job's new session: the kernel checks that as the caller); it never opens a terminal
+/// by path.
+#[allow(clippy::too_many_arguments)]
 fn restore(
     conn: BorrowedFd<'_>,
     caller: &Caller,
     pidfd: OwnedFd,
     images: ImageDir,
+    terminal: Option<OwnedFd>,
     flags: u32,
     slot: Slot,
     key: &ImageKey,
@@ -373,8 +389,9 @@ fn restore(
         root_pdeathsig: false,
         // A file replaced since the dump is always refused here.
         replaced_files: stasis_engine::ReplacedFiles::Refuse,
-        // A job on a terminal is refused: stasisd never opens or hands out a terminal.
-        terminal: None,
+        // A job on a terminal is attached to the terminal the caller passed, if any (never
+        // one opened here); refused without one.
+        terminal,
         lazy: false,
     };
     let restored = if caller.is_root() {

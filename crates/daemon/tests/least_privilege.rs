@@ -1,6 +1,10 @@
 //! The restore through stasisd runs with the requester's privileges, never the daemon's: one
 //! attack per class of the issue (see docs/security.md, "Restore runs as the requester"), and
-//! the legitimate restore that must keep working.
+//! the legitimate restore that must keep working. Terminals (docs/security.md, "A shell job is
+//! attached only to the terminal its requester passes"): a self-dump of a program on a
+//! terminal restored onto the terminal its requester passes, another user's terminal never
+//! attached, and a user's `stasis dump`/`stasis restore` of a shell job, the restore in a
+//! shell relaying a terminal of the job's own; the test holds the terminals' masters.
 //!
 //! Every test starts its own `stasisd` on a socket of its own (mode 0666). The unprivileged
 //! side runs as a user created for this run of the test binary (`stasis-lp-<pid>`, removed at
@@ -26,8 +30,11 @@ use common::{
 };
 use stasis_image::{FdEntry, FileDesc, FileKind, ProcessImage, RecordKind};
 use stasis_test_infra::log::tail;
-use stasis_test_infra::process::{describe_exit_status, isolate, kill, wait_child_for};
+use stasis_test_infra::process::{
+    describe_exit_status, isolate, isolate_on_terminal, kill, wait_child_for,
+};
 use stasis_test_infra::procfs::status_field;
+use stasis_test_infra::terminal::Terminal;
 use stasis_test_infra::user::test_user;
 use stasis_test_infra::wait::wait_until;
 use stasis_test_infra::{in_ci, require_root, WorkDir};
@@ -683,8 +690,9 @@ fn restored_process_never_gets_the_daemons_terminal() {
     }
     refused(&ctx, &out, pid, &["/dev/tty", "No such device"], "/dev/tty");
 
-    // 3. Its stdin is a terminal outside the tree (a job started from a shell): the daemon
-    // has no terminal to attach it to, and opens none.
+    // 3. Its stdin is a terminal outside the tree (a job started from a shell): without a
+    // terminal passed by the requester the daemon has none to attach it to, and opens none;
+    // the refusal says how to pass one.
     fs::write(images.join(stasis_image::names::process(pid)), &original).unwrap();
     edit_process_image(&images, pid, |img| {
         let id = img.fds.iter().find(|f| f.fd == 0).unwrap().file_id;
@@ -705,7 +713,9 @@ fn restored_process_never_gets_the_daemons_terminal() {
         pid,
         &[
             "/dev/pts/0, a terminal outside the dumped tree",
-            "stasisd does not attach restored processes to terminals",
+            "attaches the job only to a terminal the requester passes",
+            "--tty PATH",
+            "stasis_restore_tty()",
         ],
         "a terminal outside the tree",
     );
@@ -1078,5 +1088,440 @@ fn legitimate_restore_with_threads_gets_no_privilege() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs").as_deref(), Some("0"));
     end(pid);
+    d.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Terminals: a self-dump of a program on a terminal, restored onto the terminal its
+// requester passes (and only that one).
+
+/// The user's lpclient runs on terminal `a` as a shell would run it (the controlling terminal
+/// of its session, its group in the foreground), turns echo off and dumps itself through
+/// stasisd (killed by the dump). Returns its pid and the images, once it is gone.
+fn dumped_on_terminal(ctx: &Ctx, d: &Daemon, a: &Terminal) -> (i32, PathBuf) {
+    let images = ctx.user_dir("images", 0o700);
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            path_str(lpclient()),
+            "dump",
+            path_str(&images),
+            "--kill",
+            "--terminal",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(a.stdio()).stdout(a.stdio()).stderr(a.stdio());
+    let child = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let pid = child.id() as i32;
+    ctx.children.lock().unwrap().insert(pid, child);
+    let st = ctx.wait_child(pid);
+    assert!(
+        st.signal() == Some(libc::SIGKILL) && a.text().contains(&format!("READY {pid}")),
+        "the self-dump on a terminal: {}; the terminal shows {:?}\n{}",
+        describe_exit_status(st),
+        a.text(),
+        ctx.diagnostics()
+    );
+    (pid, images)
+}
+
+/// The dumped description of fd `fd` of `pid`.
+fn dumped_fd(images: &Path, pid: i32, fd: i32) -> FileDesc {
+    let path = images.join(stasis_image::names::process(pid));
+    let image: ProcessImage =
+        stasis_image::decode_record(RecordKind::Process, &fs::read(&path).unwrap(), &path).unwrap();
+    let id = image.fds.iter().find(|f| f.fd == fd).unwrap().file_id;
+    image.files.into_iter().find(|f| f.id == id).unwrap()
+}
+
+/// `lpclient restore IMAGES --tty 0` as the user, not detached, with `stdin` as its stdin
+/// (and so the terminal it passes), in a session of its own without a controlling terminal;
+/// its lines go to `log_name`.
+fn restore_passing(ctx: &Ctx, d: &Daemon, images: &Path, stdin: Stdio, log_name: &str) -> Prog {
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            path_str(lpclient()),
+            "restore",
+            path_str(images),
+            "--tty",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let (log, f) = ctx.log_file(log_name);
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(stdin)
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f));
+    let child = isolate(&mut cmd).spawn().unwrap();
+    let pid = child.id() as i32;
+    ctx.children.lock().unwrap().insert(pid, child);
+    Prog { pid, log }
+}
+
+/// A terminal of the test user's (its slave the user's, as login and sshd make it).
+fn user_terminal() -> Terminal {
+    let t = Terminal::open(24, 80);
+    let u = test_user();
+    std::os::unix::fs::fchown(&t.slave, Some(u.uid), Some(u.gid)).unwrap();
+    t
+}
+
+/// The rdev of a terminal's slave.
+fn rdev_of(t: &Terminal) -> i64 {
+    File::from(t.slave.try_clone().unwrap())
+        .metadata()
+        .unwrap()
+        .rdev() as i64
+}
+
+/// Sessions, controlling terminal and foreground group of `pid` (stat fields 6, 7, 8, 5).
+fn terminal_of(pid: i32) -> (i64, i64, i64, i64) {
+    (
+        stat_field(pid, 6),
+        stat_field(pid, 7),
+        stat_field(pid, 8),
+        stat_field(pid, 5),
+    )
+}
+
+#[test]
+fn self_dump_on_a_terminal_restores_onto_the_terminal_passed() {
+    require_root!("self_dump_on_a_terminal_restores_onto_the_terminal_passed");
+    let ctx = Ctx::new("self_dump_on_a_terminal_restores_onto_the_terminal_passed");
+    let d = Daemon::start(&ctx, false);
+    let a = user_terminal();
+    let (pid, images) = dumped_on_terminal(&ctx, &d, &a);
+    // The dump recorded the terminal as one outside the tree, with its settings.
+    for fd in 0..3 {
+        match dumped_fd(&images, pid, fd).kind {
+            FileKind::ExternalTerminal {
+                path,
+                rdev,
+                termios,
+                foreground,
+                ..
+            } => {
+                assert_eq!(path, a.path(), "fd {fd}");
+                assert_eq!(rdev as i64, rdev_of(&a), "fd {fd}");
+                assert!(foreground, "fd {fd}: the job was in the foreground");
+                assert_eq!(termios.lflag & libc::ECHO, 0, "fd {fd}: echo was off");
+            }
+            other => panic!("fd {fd} of the self-dump on a terminal is dumped as {other:?}"),
+        }
+    }
+
+    // Restored by the user, who passes another terminal of its own as a descriptor.
+    let b = user_terminal();
+    let client = restore_passing(&ctx, &d, &images, b.stdio(), "restore.log");
+    ctx.expect_foreign(pid);
+    b.wait_output("the restored copy on the terminal passed", |t| {
+        t.contains(&format!("RESTORED {pid}")) && t.contains("TTY ")
+    });
+    assert!(
+        b.text().contains("TTY fg=1 echo=0"),
+        "the job must be in the foreground of the terminal passed, with its echo off: {:?}",
+        b.text()
+    );
+    let (sid, tty, tpgid, pgid) = terminal_of(pid);
+    assert_eq!(sid, i64::from(pid), "a session of its own");
+    assert_eq!(
+        tty,
+        rdev_of(&b),
+        "the terminal passed is its controlling terminal"
+    );
+    assert_eq!(tpgid, pgid, "its group is the foreground group");
+    assert!(
+        a.text().matches("RESTORED").count() == 0,
+        "nothing on the old terminal"
+    );
+    // Typed at: the input reaches it (no echo), its output appears.
+    b.clear();
+    b.type_in(b"hello there\n");
+    b.wait_output("its answer", |t| t.contains("GOT hello there"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        b.text().matches("hello there").count(),
+        1,
+        "echo: {:?}",
+        b.text()
+    );
+    // Ctrl-C interrupts it; the requester learns its status.
+    b.type_in(b"\x03");
+    ctx.wait_line(&client.log, 0, "EXITED 130");
+    assert!(ctx.wait_child(client.pid).success());
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(pid)),
+        "pid {pid} after Ctrl-C"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_terminal_of_another_user_is_never_attached() {
+    require_root!("a_terminal_of_another_user_is_never_attached");
+    let ctx = Ctx::new("a_terminal_of_another_user_is_never_attached");
+    let d = Daemon::start(&ctx, false);
+    let a = user_terminal();
+    let (pid, images) = dumped_on_terminal(&ctx, &d, &a);
+    // Root's terminal, the controlling terminal of root's session (a `sleep` in the
+    // foreground there, as a shell's job would be).
+    let r = Terminal::open(24, 80);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000")
+        .stdin(r.stdio())
+        .stdout(r.stdio())
+        .stderr(r.stdio());
+    let sleeper = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let root_job = sleeper.id() as i32;
+    ctx.children.lock().unwrap().insert(root_job, sleeper);
+    let root_view = (
+        i64::from(root_job),
+        rdev_of(&r),
+        i64::from(root_job),
+        i64::from(root_job),
+    );
+    assert!(wait_until(EXIT_TIMEOUT, || terminal_of(root_job) == root_view));
+
+    // 1. Named: `stasis restore --tty` opens the path as the user; the kernel refuses.
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            path_str(&common::stasis_cli()),
+            "restore",
+            "-D",
+            path_str(&images),
+            "--tty",
+            &r.path(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = ctx.run(command(&words, &d.socket));
+    assert!(
+        !out.status.success() && out.stderr.contains("Permission denied"),
+        "ATTACK WORKED? `stasis restore --tty {}` as the user: {out:?}",
+        r.path()
+    );
+    assert!(gone(pid), "pid {pid} runs after a refused restore");
+
+    // 2. Passed (as if the user held a descriptor of it): the restorer, which is the user,
+    // opens only what the user may open (a new description through /proc/self/fd: the
+    // terminal's permissions apply) and never steals a terminal from root's session.
+    let client = restore_passing(&ctx, &d, &images, r.stdio(), "passed.log");
+    assert!(!ctx.wait_child(client.pid).success());
+    let line = ctx.wait_line(&client.log, 0, "ERROR");
+    eprintln!("[root's terminal passed] refused: {line}");
+    assert!(line.contains("Permission denied"), "{line}");
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(pid)),
+        "ATTACK WORKED: pid {pid} runs on root's terminal"
+    );
+    assert_eq!(
+        terminal_of(root_job),
+        root_view,
+        "ATTACK WORKED: root's session lost its terminal or its foreground"
+    );
+    // ... and a terminal the user may open but that another session (the user's own shell,
+    // here a `sleep`) has as its controlling terminal is not taken from that session either.
+    let s = user_terminal();
+    let mut words = as_user(&[]);
+    words.extend(["sleep", "1000"].iter().map(|s| s.to_string()));
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(s.stdio()).stdout(s.stdio()).stderr(s.stdio());
+    let shell = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let shell_pid = shell.id() as i32;
+    ctx.children.lock().unwrap().insert(shell_pid, shell);
+    let shell_view = (
+        i64::from(shell_pid),
+        rdev_of(&s),
+        i64::from(shell_pid),
+        i64::from(shell_pid),
+    );
+    assert!(wait_until(EXIT_TIMEOUT, || terminal_of(shell_pid) == shell_view));
+    let client = restore_passing(&ctx, &d, &images, s.stdio(), "busy.log");
+    assert!(!ctx.wait_child(client.pid).success());
+    let line = ctx.wait_line(&client.log, 0, "ERROR");
+    assert!(
+        line.contains("the controlling terminal of another session"),
+        "{line}"
+    );
+    assert!(wait_until(EXIT_TIMEOUT, || gone(pid)), "pid {pid} runs");
+    assert_eq!(
+        terminal_of(shell_pid),
+        shell_view,
+        "the shell keeps its terminal"
+    );
+
+    // 3. An image that names root's terminal: only the terminal passed is attached.
+    let root_rdev = rdev_of(&r) as u64;
+    let root_path = r.path();
+    edit_process_image(&images, pid, |img| {
+        for f in &mut img.files {
+            if let FileKind::ExternalTerminal { path, rdev, .. } = &mut f.kind {
+                *path = root_path.clone();
+                *rdev = root_rdev;
+            }
+        }
+    });
+    let b = user_terminal();
+    let client = restore_passing(&ctx, &d, &images, b.stdio(), "own.log");
+    ctx.expect_foreign(pid);
+    b.wait_output("the restored copy on its own terminal", |t| {
+        t.contains("TTY fg=1")
+    });
+    assert_eq!(terminal_of(pid).1, rdev_of(&b));
+    for fd in 0..3 {
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(link, Path::new(&b.path()), "fd {fd}");
+    }
+    assert_eq!(
+        terminal_of(root_job),
+        root_view,
+        "root's terminal untouched"
+    );
+    assert_eq!(r.text(), "", "nothing written on root's terminal");
+    b.type_in(b"\x04");
+    ctx.wait_line(&client.log, 0, "EXITED 0");
+    d.stop();
+}
+
+#[test]
+fn user_restore_in_a_shell_relays_the_terminal() {
+    require_root!("user_restore_in_a_shell_relays_the_terminal");
+    if !stasis_test_infra::require_tool("bash") {
+        return;
+    }
+    let ctx = Ctx::new("user_restore_in_a_shell_relays_the_terminal");
+    let d = Daemon::start(&ctx, false);
+    let a = user_terminal();
+    let (pid, images) = dumped_on_terminal(&ctx, &d, &a);
+    // The user's shell, with job control, on its terminal runs `stasis restore`: stasisd
+    // cannot give the job that terminal (the shell's session has it), so the CLI gives the job
+    // one of its own and relays it.
+    let b = user_terminal();
+    user_bash(
+        &ctx,
+        &d,
+        &b,
+        &format!(
+            "set -m; {} restore -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+            path_str(&common::stasis_cli()),
+            path_str(&images)
+        ),
+    );
+    ctx.expect_foreign(pid);
+    b.wait_output("the restored copy", |t| {
+        t.contains(&format!("RESTORED {pid}")) && t.contains("TTY ")
+    });
+    assert!(b.text().contains("TTY fg=1 echo=0"), "{:?}", b.text());
+    b.type_in(b"one\n");
+    b.wait_output("its answer", |t| t.contains("GOT one"));
+    assert_eq!(b.text().matches("one").count(), 1, "echo: {:?}", b.text());
+    // Ctrl-Z stops it, and `stasis restore` with it: the shell sees a stopped job.
+    b.type_in(b"\x1a");
+    b.wait_output("the shell's report of a stopped job", |t| {
+        t.contains("stopped:147")
+    });
+    // `fg` continues both.
+    b.type_in(b"two\n");
+    b.wait_output("its answer after fg", |t| t.contains("GOT two"));
+    // Ctrl-C ends it; the shell gets its status.
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(pid)),
+        "pid {pid} after Ctrl-C"
+    );
+    d.stop();
+}
+
+/// bash, as the user and with job control, on `term` (its session's controlling terminal)
+/// running `script`.
+fn user_bash(ctx: &Ctx, d: &Daemon, term: &Terminal, script: &str) -> i32 {
+    let mut words = as_user(&[]);
+    words.extend(
+        ["bash", "--norc", "--noprofile", "-c", script]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut cmd = command(&words, &d.socket);
+    cmd.stdin(term.stdio())
+        .stdout(term.stdio())
+        .stderr(term.stdio());
+    let shell = isolate_on_terminal(&mut cmd).spawn().unwrap();
+    let pid = shell.id() as i32;
+    ctx.children.lock().unwrap().insert(pid, shell);
+    pid
+}
+
+#[test]
+fn users_shell_job_in_three_commands() {
+    require_root!("users_shell_job_in_three_commands");
+    if !stasis_test_infra::require_tool("bash") {
+        return;
+    }
+    let ctx = Ctx::new("users_shell_job_in_three_commands");
+    let d = Daemon::start(&ctx, false);
+    let cli = path_str(&common::stasis_cli()).to_string();
+    // The README's workflow, as a user: a job started from a shell in one terminal...
+    let a = user_terminal();
+    let shell_a = user_bash(&ctx, &d, &a, "set -m; cat; exit $?");
+    let mut cat = 0;
+    assert!(wait_until(LINE_TIMEOUT, || {
+        cat = stasis_test_infra::procfs::children(shell_a)
+            .into_iter()
+            .find(|&c| status_field(c, "Name").as_deref() == Some("cat"))
+            .unwrap_or(0);
+        cat != 0 && stat_field(cat, 8) == i64::from(cat)
+    }));
+    // ... `stasis dump -t PID -D DIR` from anywhere (through stasisd) ...
+    let images = ctx.user_dir("images", 0o700);
+    let mut words = as_user(&[]);
+    words.extend(
+        [
+            cli.as_str(),
+            "dump",
+            "-t",
+            &cat.to_string(),
+            "-D",
+            path_str(&images),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = ctx.run(command(&words, &d.socket));
+    assert!(out.status.success(), "stasis dump as the user: {out:?}");
+    assert!(
+        wait_until(EXIT_TIMEOUT, || gone(cat)),
+        "the dump killed cat"
+    );
+    assert!(matches!(
+        dumped_fd(&images, cat, 0).kind,
+        FileKind::ExternalTerminal { .. }
+    ));
+    // ... and `stasis restore -D DIR` in another terminal's shell: the job is back there.
+    let b = user_terminal();
+    user_bash(
+        &ctx,
+        &d,
+        &b,
+        &format!(
+            "set -m; {cli} restore -D {}; echo \"ended:$?\"",
+            path_str(&images)
+        ),
+    );
+    ctx.expect_foreign(cat);
+    b.type_in(b"hello\n");
+    // Its echo and cat's answer.
+    b.wait_output("cat's answer", |t| t.matches("hello").count() >= 2);
+    b.type_in(b"\x03");
+    b.wait_output("the job's end", |t| t.contains("ended:130"));
+    assert!(wait_until(EXIT_TIMEOUT, || gone(cat)), "cat after Ctrl-C");
     d.stop();
 }

@@ -1,5 +1,5 @@
 //! Targets of the stasisd protocol (`stasis_client::protocol`): the client and the daemon
-//! both decode every packet with `protocol::decode`, through `protocol::recv`.
+//! both decode every packet with `protocol::decode`, through `protocol::recv_fds`.
 
 use stasis_client::protocol::{self, Message, ProtocolError, TransportError};
 use std::os::fd::{AsFd, OwnedFd};
@@ -57,7 +57,7 @@ thread_local! {
 }
 
 /// `protocol_recv`: `[n_fds][packet]`: the packet is sent with `n_fds % 16` descriptors through
-/// a real connection and received by `protocol::recv`, which must agree with
+/// a real connection and received by `protocol::recv_fds`, which must agree with
 /// `protocol::decode` and accept a message only with the descriptors its kind carries.
 pub fn recv(data: &[u8]) {
     let Some((&n, packet)) = data.split_first() else {
@@ -68,11 +68,11 @@ pub fn recv(data: &[u8]) {
         if stasis_sys::socket::send_with_fds(p.client.as_fd(), packet, &fds).is_err() {
             return;
         }
-        match protocol::recv(p.daemon.as_fd()) {
-            Ok((msg, fd)) => {
+        match protocol::recv_fds(p.daemon.as_fd()) {
+            Ok((msg, got)) => {
                 assert_eq!(protocol::decode(packet), Ok(msg.clone()), "recv and decode");
-                assert_eq!(fd.is_some(), msg.carries_fd(), "descriptor of {msg:?}");
-                assert_eq!(fds.len(), usize::from(msg.carries_fd()), "descriptors sent");
+                assert_eq!(got.len(), msg.fd_count(), "descriptors of {msg:?}");
+                assert_eq!(fds.len(), msg.fd_count(), "descriptors sent");
             }
             Err(TransportError::Protocol(ProtocolError::TooLong { .. })) => {
                 assert!(

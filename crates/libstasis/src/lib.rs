@@ -212,6 +212,51 @@ pub unsafe extern "C" fn stasis_restore(
     })
 }
 
+/// See stasis.h.
+///
+/// # Safety
+/// `pid_out` is NULL or points to a writable `int`; `images_dir_fd` and `terminal_fd` stay
+/// open during the call.
+#[no_mangle]
+pub unsafe extern "C" fn stasis_restore_tty(
+    images_dir_fd: c_int,
+    terminal_fd: c_int,
+    detach: c_int,
+    pid_out: *mut c_int,
+) -> c_int {
+    guarded(|| {
+        let dir = match images_fd(images_dir_fd) {
+            Ok(d) => d,
+            Err(c) => return c,
+        };
+        if terminal_fd < 0 {
+            return invalid(&format!("terminal descriptor {terminal_fd}"));
+        }
+        // SAFETY: as in `images_fd`: stasis.h requires the descriptor to stay open for the
+        // duration of the call, and it is only used within the call.
+        let terminal = unsafe { BorrowedFd::borrow_raw(terminal_fd) };
+        let opts = RestoreOptions {
+            detach: detach != 0,
+            socket: None,
+        };
+        let restored = match stasis_client::restore_on_terminal(dir, terminal, &opts) {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        // SAFETY: the caller guarantees `pid_out` is NULL or valid for writes.
+        if let Some(out) = unsafe { pid_out.as_mut() } {
+            *out = restored.pid;
+        }
+        if detach != 0 {
+            return 0;
+        }
+        match restored.wait() {
+            Ok(status) => status,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
 /// Describes a system error number with glibc's static table.
 #[cfg(target_env = "gnu")]
 fn errno_text(errno: c_int) -> Option<&'static CStr> {

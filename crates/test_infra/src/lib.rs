@@ -21,6 +21,8 @@
 //! - [`workdir`]: a test's own directory, removed when the test passes and kept when it fails.
 //! - [`user`]: an unprivileged user created for the run and removed at exit, and
 //!   [`user::at_exit`] for other cleanups at exit.
+//! - [`terminal`]: a pseudo-terminal the test holds as a user's terminal (types at it, reads
+//!   what programs write on it).
 //!
 //! [`paste`] (token pasting, for macros that generate test names) is re-exported.
 //!
@@ -34,6 +36,7 @@ pub mod env;
 pub mod log;
 pub mod process;
 pub mod procfs;
+pub mod terminal;
 pub mod user;
 pub mod wait;
 pub mod workdir;

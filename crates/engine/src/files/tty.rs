@@ -48,7 +48,8 @@
 //!   to (below).
 //! * A tree with an external terminal is attached to the terminal the restore is given
 //!   ([`crate::restore::RestoreOptions::terminal`]; `stasis restore` passes its stdin when it
-//!   is a terminal, or `--tty PATH`), and fails without one, saying what to do. Each of its
+//!   is a terminal, or `--tty PATH`; stasisd the terminal its requester passed as a
+//!   descriptor), and fails without one, saying what to do. Each of its
 //!   descriptions, and `/dev/tty`, is a new description of that terminal (reopened through
 //!   /proc/self/fd, with the dumped access mode and flags, never making it a controlling
 //!   terminal by opening). The restore then sets the dumped termios on it and makes the
@@ -99,6 +100,11 @@ pub struct Terminals {
     /// own (exclusive mode is set and cleared through a slave), and its record.
     pairs: HashMap<u32, (OwnedFd, File, PtyPair)>,
 }
+
+/// How the refusal of a restore without a terminal for a job that had one outside the tree
+/// names it (`stasis restore` recognizes the refusal by it, to relay a terminal).
+pub const OUTSIDE_TERMINAL: &str =
+    "a terminal outside the dumped tree (a job started from a shell)";
 
 /// The most `/dev/ptmx` opens spent looking for a dumped index.
 const MAX_INDEX_SEARCH: u32 = 4096;

@@ -369,9 +369,21 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
     let joins_ours = job.is_some_and(|j| j.our_ctty);
     if let Some(j) = job.filter(|j| !j.our_ctty) {
         process::setsid().map_err(sys("setsid"))?;
-        stasis_sys::tty::set_controlling_terminal(j.fd.as_fd()).map_err(sys(
-            "taking the terminal as controlling terminal (TIOCSCTTY)",
-        ))?;
+        stasis_sys::tty::set_controlling_terminal(j.fd.as_fd()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                // Never stolen (TIOCSCTTY 0): a terminal belongs to one session at a time.
+                ChildFailure::Refused {
+                    why: "the terminal given to attach the job to is the controlling terminal of \
+                          another session (a shell's, say: the kernel gives a terminal to one \
+                          session at a time, and never takes it from one here), or it is not \
+                          open for reading (TIOCSCTTY: EPERM); give it a terminal that no \
+                          session holds, or restore as root in the shell (sudo stasis restore)"
+                        .into(),
+                }
+            } else {
+                sys("taking the terminal as controlling terminal (TIOCSCTTY)")(e)
+            }
+        })?;
     } else if !joins_ours
         && (image.sid == image.pid || (idx == 0 && ours != image.sid && plan.new_session))
     {

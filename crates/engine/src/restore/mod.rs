@@ -24,8 +24,13 @@
 //!   shell), the root joins the restorer's session (whatever session it had: the dumped one
 //!   was the old shell's) in a process group of its own (its dumped one), and once the tree
 //!   exists that group becomes the terminal's foreground group;
-//! * otherwise (a terminal given by path) the root gets a session of its own with that
-//!   terminal as its controlling terminal, its group in the foreground.
+//! * otherwise (a terminal given by path, or the terminal a requester passed to stasisd: its
+//!   restorer leads a session of its own) the root gets a session of its own with that
+//!   terminal as its controlling terminal (TIOCSCTTY, never stolen from another session: a
+//!   terminal that is one's is refused, saying so), its group in the foreground.
+//!
+//! With `--pid-ns` the namespace's init is in the restorer's session, so the first case
+//! applies; [`pidns::wait_job_in_namespace`] does the waiting.
 //!
 //! Before the tree runs, the terminal gets the job's dumped termios; once it runs, its
 //! foreground group gets SIGWINCH (a new terminal, as if its window changed, so full-screen
@@ -45,7 +50,10 @@ pub mod requester;
 
 pub use fork::{ChildFailure, ChildReport};
 pub use load::{authenticate, images_authenticated, load, load_chain, verify_images, Loaded};
-pub use pidns::{restore_in_new_pid_namespace, RestoredInNamespace};
+pub use pidns::{
+    restore_in_new_pid_namespace, restore_job_in_new_pid_namespace, wait_job_in_namespace,
+    RestoredInNamespace,
+};
 pub use requester::Requester;
 
 use crate::{inject, Error};

@@ -98,17 +98,21 @@ fn shell_job(opts: &RestoreOptions, loaded: &Loaded) -> Result<Option<ShellJob>,
         let what = if opts.requester.is_some() {
             "a restore as a user (through stasisd, or root's restore of a user's \
              unauthenticated images) runs in a session of its own, away from the user's \
-             terminal, so stasisd does not attach restored processes to terminals; as root, \
-             restore the images from a terminal (`sudo stasis restore -D DIR`; images a user \
-             wrote without stasisd need --trust-images)"
+             terminal, and attaches the job only to a terminal the requester passes as a \
+             descriptor: run `stasis restore -D DIR` in a shell (without --detach: it gives \
+             the job a terminal of its own and relays it to yours), or give one with --tty \
+             PATH; in a program, `stasis_client::restore_on_terminal` or `stasis_restore_tty()` \
+             in C; the job then gets a session of its own with that terminal. Or, as root, \
+             restore the images in a shell (`sudo stasis restore -D DIR`; images a user wrote \
+             without stasisd need --trust-images)"
         } else {
             "restore it from a terminal (run `stasis restore` in a shell: the job comes back \
              in it, in the foreground), or give one with --tty PATH"
         };
         return Err(Error::Unsupported {
             what: format!(
-                "fd {fd} of pid {pid} is {path}, a terminal outside the dumped tree (a job \
-                 started from a shell); {what}"
+                "fd {fd} of pid {pid} is {path}, {}; {what}",
+                files::tty::OUTSIDE_TERMINAL
             ),
         });
     };
