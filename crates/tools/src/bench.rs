@@ -117,12 +117,17 @@ impl Watcher {
         std::thread::spawn(move || {
             let mut last = Instant::now();
             let mut max = Duration::ZERO;
+            // When the largest gap ended (wall clock, to find it in a `-v` log).
+            let mut max_end = std::time::SystemTime::now();
             let mut answered: Option<u64> = None;
             let mut n: u64 = 0;
             loop {
                 std::thread::sleep(Duration::from_micros(100));
                 let now = Instant::now();
-                max = max.max(now - last);
+                if now - last > max {
+                    max = now - last;
+                    max_end = std::time::SystemTime::now();
+                }
                 last = now;
                 n += 1;
                 if !n.is_multiple_of(50) {
@@ -139,7 +144,11 @@ impl Watcher {
                 }
                 answered = Some(seq);
                 let tmp = gap.with_extension("gap-tmp");
-                if std::fs::write(&tmp, format!("{seq} {}\n", max.as_nanos())).is_ok() {
+                let end = max_end
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_micros();
+                if std::fs::write(&tmp, format!("{seq} {} {end}\n", max.as_nanos())).is_ok() {
                     let _ = std::fs::rename(&tmp, &gap);
                 }
                 max = Duration::ZERO;
@@ -235,6 +244,13 @@ impl GapProbe {
                 let mut it = s.split_whitespace();
                 if it.next().and_then(|n| n.parse::<u64>().ok()) == Some(self.seq) {
                     let ns: u64 = it.next().unwrap_or("0").parse()?;
+                    let end_us: u64 = it.next().unwrap_or("0").parse()?;
+                    tracing::debug!(
+                        "workload's largest clock gap: {:.2} ms, ended at {}.{:06} (Unix time)",
+                        ns as f64 / 1e6,
+                        end_us / 1_000_000,
+                        end_us % 1_000_000
+                    );
                     return Ok(Duration::from_nanos(ns));
                 }
             }
