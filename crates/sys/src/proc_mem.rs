@@ -66,3 +66,4 @@ pub fn write_all(pid: Pid, remote_addr: u64, buf: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+

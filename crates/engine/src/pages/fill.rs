@@ -130,6 +130,12 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 continue;
             }
             rest = &rest[1..];
+            if r.codec == stasis_image::RunCodec::Inherited {
+                // Its pages come with the fork, from the parent (see `super::cow`).
+                return Err(Error::Internal {
+                    what: format!("page run at {:#x} is inherited, not stored", r.addr),
+                });
+            }
             let len = r
                 .npages
                 .checked_mul(PAGE_SIZE)
