@@ -611,6 +611,16 @@ mod tests {
     }
 
     #[test]
+    fn kept_ranges_are_cut_out_of_the_unmap() {
+        let all = [(0x1000, 0x9000), (0x20000, 0x1000)];
+        assert_eq!(subtract(&all, &[]), all.to_vec());
+        assert_eq!(
+            subtract(&all, &[(0x3000, 0x4000), (0x1000, 0x2000), (0x8000, 0x30000)]),
+            vec![(0x2000, 0x1000), (0x4000, 0x4000)]
+        );
+    }
+
+    #[test]
     fn scratch_avoids_mappings() {
         let vmas = vec![
             vma(0x1_0000_0000, 0x1_0001_0000, R | W, VmaKind::Anonymous),

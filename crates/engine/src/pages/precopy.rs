@@ -326,6 +326,21 @@ impl Tracked {
         Ok(())
     }
 
+    /// Whether any of the `npages` pages at `addr` is present and mapped by another process
+    /// too (pagemap: not exclusively mapped).
+    fn any_shared(&self, addr: u64, npages: u64) -> Result<bool, Error> {
+        let mut raw = vec![0u8; npages as usize * 8];
+        self.pagemap
+            .read_exact_at(&mut raw, addr / PAGE_SIZE * 8)
+            .map_err(|e| Error::io(format!("read pagemap of {} at {addr:#x}", self.pid), e))?;
+        Ok(raw.chunks_exact(8).any(|w| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            let e = u64::from_le_bytes(b);
+            e & super::source::PM_PRESENT != 0 && e & super::source::PM_MMAP_EXCLUSIVE == 0
+        }))
+    }
+
     /// Reads `npages` pages at `addr` of range `i` and stores them: the all-zero ones lose
     /// their copy, the others are appended (one write per stretch, at most 2 MiB) and their
     /// slots point there.
@@ -341,7 +356,10 @@ impl Tracked {
         let len = (npages * PAGE_SIZE) as usize;
         let data = &mut buf[..len];
         let pid = self.pid;
-        if self.ranges[i].readable {
+        // Pages shared with another process (copy-on-write after a fork) are read through
+        // /proc/PID/mem: process_vm_readv pins them, which unshares them in the process that
+        // runs on (see `super::source::PagemapSource`).
+        if self.ranges[i].readable && !self.any_shared(addr, npages)? {
             proc_mem::read_exact(pid, addr, data)
                 .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
         } else {
