@@ -67,12 +67,18 @@ fn a_forked_tree_is_stored_once_and_shares_its_memory_again() {
     });
     if !ready {
         kill(root, libc::SIGKILL);
-        panic!("not ready: {}", fs::read_to_string(&log).unwrap_or_default());
+        panic!(
+            "not ready: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     let img = w.join("img");
     fs::create_dir_all(&img).unwrap();
-    stasis(&w, &["dump", "-t", &root.to_string(), "-D", img.to_str().unwrap()]);
+    stasis(
+        &w,
+        &["dump", "-t", &root.to_string(), "-D", img.to_str().unwrap()],
+    );
     let dir = ImageDir::open(&img).unwrap();
     let inventory: Inventory =
         stasis_image::read_record(&dir, names::INVENTORY, RecordKind::Inventory).unwrap();
@@ -120,7 +126,10 @@ fn a_forked_tree_is_stored_once_and_shares_its_memory_again() {
     let end = wait_pid(root, Duration::from_secs(60));
     let out = fs::read_to_string(&log).unwrap();
     assert!(
-        matches!(end, Ok(Waited::Status(WaitStatus::Exited(0)) | Waited::Gone)) && out.ends_with("PASS\n"),
+        matches!(
+            end,
+            Ok(Waited::Status(WaitStatus::Exited(0)) | Waited::Gone)
+        ) && out.ends_with("PASS\n"),
         "{end:?}: {out}"
     );
 }

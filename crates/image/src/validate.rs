@@ -203,9 +203,7 @@ pub fn validate_process_in_chain(
                 r.stored_len > 0 && r.stored_len < len && r.npages <= MAX_ZSTD_RUN_PAGES
             }
             // Nothing stored (the parent's pages, see `RunCodec::Inherited`).
-            RunCodec::Inherited => {
-                r.stored_len == 0 && r.offset == 0 && r.crc == 0 && r.image == 0
-            }
+            RunCodec::Inherited => r.stored_len == 0 && r.offset == 0 && r.crc == 0 && r.image == 0,
         };
         if !stored_ok {
             return bad(format!(

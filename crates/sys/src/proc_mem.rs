@@ -66,4 +66,3 @@ pub fn write_all(pid: Pid, remote_addr: u64, buf: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
-

@@ -155,7 +155,8 @@ impl ForkedChild {
         // SAFETY: no pointer is handed to the kernel for it to write through; the pages
         // discarded are restore staging that no Rust value of the child lives in (see above
         // and the type: the child's memory belongs to the restore, which replaces it).
-        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        let r =
+            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
         crate::cvt_int(r).map(drop)
     }
 

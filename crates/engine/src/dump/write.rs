@@ -59,7 +59,9 @@ pub(crate) fn write_tree(
                 .iter()
                 .find(|r: &&Record| r.image.pid == c.image.ppid && r.runs.is_none())
             {
-                Some(p) => pages::cow::CowParent::open(p.image.pid, &p.image.vmas, &p.image.page_runs)?,
+                Some(p) => {
+                    pages::cow::CowParent::open(p.image.pid, &p.image.vmas, &p.image.page_runs)?
+                }
                 None => None,
             };
             c.image.page_runs = pages::dump_pages(

@@ -195,7 +195,7 @@ impl Parking {
     }
 
     /// Places the merged ranges `ranges` (sorted) in one block at or above [`PARKING_FLOOR`],
-    /// clear of every range of `occupied` by [`PARKING_MARGIN`].
+    /// clear of every range of `occupied` by a margin (1 GiB).
     pub fn place(ranges: &[(u64, u64)], occupied: &[(u64, u64)]) -> Result<Parking, Error> {
         if ranges.is_empty() {
             return Ok(Parking::default());
@@ -208,8 +208,8 @@ impl Parking {
         occupied.sort();
         let mut base = PARKING_FLOOR;
         for &(a, b) in &occupied {
-            let clear = b.saturating_add(PARKING_MARGIN) <= base
-                || base + total + PARKING_MARGIN <= a;
+            let clear =
+                b.saturating_add(PARKING_MARGIN) <= base || base + total + PARKING_MARGIN <= a;
             if !clear {
                 base = b.saturating_add(PARKING_MARGIN).next_multiple_of(HUGE);
             }
@@ -317,7 +317,10 @@ impl CowPlan {
         }
         Ok(CowPlan {
             parking: Parking::place(&merged, &taken)?,
-            prepared: prepared.into_iter().map(|s| s.into_iter().collect()).collect(),
+            prepared: prepared
+                .into_iter()
+                .map(|s| s.into_iter().collect())
+                .collect(),
         })
     }
 
@@ -529,7 +532,10 @@ mod tests {
         assert!(!same_frame(p(77), p(78)));
         assert!(!same_frame(p(0), p(0)), "PFNs hidden without CAP_SYS_ADMIN");
         assert!(!same_frame(77, p(77)), "not present");
-        assert!(!same_frame(PM_SWAPPED | 77, PM_SWAPPED | 77), "swap entries");
+        assert!(
+            !same_frame(PM_SWAPPED | 77, PM_SWAPPED | 77),
+            "swap entries"
+        );
     }
 
     #[test]
@@ -543,10 +549,7 @@ mod tests {
             PageRun::raw(0x4000, 1, 0, 0),
             PageRun::raw(0x9000, 1, 0, 0),
         ];
-        assert_eq!(
-            held_ranges(&vmas, &runs),
-            vec![(0x1000, 0x5000)]
-        );
+        assert_eq!(held_ranges(&vmas, &runs), vec![(0x1000, 0x5000)]);
     }
 
     #[test]
@@ -576,7 +579,11 @@ mod tests {
         let parent = image(
             10,
             1,
-            vec![anon(0x10000, 0x14000), anon(0x14000, 0x20000), anon(0x30000, 0x31000)],
+            vec![
+                anon(0x10000, 0x14000),
+                anon(0x14000, 0x20000),
+                anon(0x30000, 0x31000),
+            ],
             vec![PageRun::raw(0x10000, 8, 0, 0)],
         );
         let child = image(
@@ -606,9 +613,19 @@ mod tests {
         assert_eq!(runs_to_fill(&parent, &[]).unwrap().len(), 1);
         assert!(runs_to_fill(&child, &[]).is_err());
         // A parent without memory under the inherited run, or not in the images: refused.
-        let orphan = image(13, 99, vec![anon(0x10000, 0x20000)], vec![PageRun::inherited(0x10000, 1)]);
+        let orphan = image(
+            13,
+            99,
+            vec![anon(0x10000, 0x20000)],
+            vec![PageRun::inherited(0x10000, 1)],
+        );
         assert!(CowPlan::make(&[&parent, &orphan], &[]).is_err());
-        let far = image(14, 10, vec![anon(0x50000, 0x60000)], vec![PageRun::inherited(0x50000, 1)]);
+        let far = image(
+            14,
+            10,
+            vec![anon(0x50000, 0x60000)],
+            vec![PageRun::inherited(0x50000, 1)],
+        );
         assert!(CowPlan::make(&[&parent, &far], &[]).is_err());
         // Nothing inherited: nothing prepared, nothing staged.
         let plan = CowPlan::make(&[&parent], &[]).unwrap();
@@ -624,7 +641,7 @@ mod tests {
         assert!(first >= PARKING_FLOOR + 0x1000 + PARKING_MARGIN);
         assert_eq!(first % HUGE, 0x1000);
         let second = p.at(0x200000).unwrap();
-        assert!(second >= first + 0x2000 && second % HUGE == 0);
+        assert!(second >= first + 0x2000 && second.is_multiple_of(HUGE));
         let everything = [(0, PARKING_CEILING)];
         assert!(Parking::place(&ranges, &everything).is_err());
     }

@@ -615,7 +615,10 @@ mod tests {
         let all = [(0x1000, 0x9000), (0x20000, 0x1000)];
         assert_eq!(subtract(&all, &[]), all.to_vec());
         assert_eq!(
-            subtract(&all, &[(0x3000, 0x4000), (0x1000, 0x2000), (0x8000, 0x30000)]),
+            subtract(
+                &all,
+                &[(0x3000, 0x4000), (0x1000, 0x2000), (0x8000, 0x30000)]
+            ),
             vec![(0x2000, 0x1000), (0x4000, 0x4000)]
         );
     }

@@ -8,8 +8,8 @@
 //! exits; the restorer turns it into an [`Error`] naming the process and what failed.
 
 use super::plan::Plan;
-use crate::{files, pages};
 use crate::task::attrs;
+use crate::{files, pages};
 use crate::{procfs, Error};
 use serde::{Deserialize, Serialize};
 use stasis_sys::process::{self, Forked, ForkedChild};
@@ -413,7 +413,9 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         plan.processes[idx].pages,
     )
     .map_err(|e| e.to_string())
-    .map_err(other("preparing memory shared copy-on-write with its parent or children"))?;
+    .map_err(other(
+        "preparing memory shared copy-on-write with its parent or children",
+    ))?;
     // Children (and exited children) in pid order, each with its pid.
     let loaded = plan.loaded;
     let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded

@@ -303,7 +303,8 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             }
             RebuildStep::UnmapInherited => {
                 // The memory it prepared before forking stays (staged), see `pages::cow`.
-                let mut keep = pages::cow::parked_ranges(image, self.prepared(), &plan.cow.parking)?;
+                let mut keep =
+                    pages::cow::parked_ranges(image, self.prepared(), &plan.cow.parking)?;
                 keep.extend(self.temporary_specials);
                 pages::unmap_all_but_specials(self.inj()?, &image.vmas, &keep)?;
                 self.inj()?.forget_scratch();
