@@ -400,6 +400,20 @@ pub struct PageRun {
 }
 
 impl PageRun {
+    /// A run of `npages` pages at `addr` shared with the parent process
+    /// ([`RunCodec::Inherited`]).
+    pub fn inherited(addr: u64, npages: u64) -> Self {
+        PageRun {
+            addr,
+            npages,
+            offset: 0,
+            stored_len: 0,
+            codec: RunCodec::Inherited,
+            crc: 0,
+            image: 0,
+        }
+    }
+
     /// A run stored raw in this image's pages file.
     pub fn raw(addr: u64, npages: u64, offset: u64, crc: u32) -> Self {
         PageRun {
@@ -422,6 +436,13 @@ pub enum RunCodec {
     /// One zstd frame holding exactly the run's page contents (at most
     /// [`MAX_ZSTD_RUN_PAGES`] pages).
     Zstd,
+    /// Nothing stored: the pages are the parent process's pages at the same addresses,
+    /// shared copy-on-write at dump time (the parent is the process whose pid is this
+    /// process's `ppid`, in the same dump). `offset`, `stored_len`, `crc` and `image` are 0.
+    /// Only in private anonymous mappings (not growing down); the restore fills the parent's
+    /// memory before forking the child, which inherits these pages (engine::pages::cow).
+    /// Added after format version 6 without a bump: older images decode as before.
+    Inherited,
 }
 
 /// The most pages a [`RunCodec::Zstd`] run may hold: 2 MiB, the dumper's longest run. It bounds

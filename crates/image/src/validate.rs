@@ -202,6 +202,8 @@ pub fn validate_process_in_chain(
             RunCodec::Zstd => {
                 r.stored_len > 0 && r.stored_len < len && r.npages <= MAX_ZSTD_RUN_PAGES
             }
+            // Nothing stored (the parent's pages, see `RunCodec::Inherited`).
+            RunCodec::Inherited => r.stored_len == 0 && r.offset == 0 && r.crc == 0 && r.image == 0,
         };
         if !stored_ok {
             return bad(format!(
@@ -237,6 +239,17 @@ pub fn validate_process_in_chain(
         if !inside {
             return bad(format!(
                 "page run {:#x}-{end:#x} is not inside one restorable mapping",
+                r.addr
+            ));
+        }
+        let inherited_ok = r.codec != RunCodec::Inherited
+            || p.vmas.get(vi).is_some_and(|v| {
+                v.kind == VmaKind::Anonymous && !v.shared && v.shmem_id == 0 && !v.growsdown
+            });
+        if !inherited_ok {
+            return bad(format!(
+                "page run {:#x}-{end:#x} is inherited from the parent process but is not in \
+                 private anonymous memory",
                 r.addr
             ));
         }
@@ -487,6 +500,45 @@ mod tests {
         ] {
             p.page_runs = vec![r];
             assert!(validate(&p, 8192).is_err(), "{why}");
+        }
+    }
+
+    /// A run inherited from the parent stores nothing and lies in private anonymous memory
+    /// that does not grow down.
+    #[test]
+    fn inherited_runs_store_nothing_in_private_anonymous_memory() {
+        let mut p = sample_process();
+        // vmas[1]: the heap (private anonymous); vmas[3]: the stack (grows down).
+        p.page_runs = vec![PageRun::inherited(0x500000, 2)];
+        validate(&p, 0).unwrap();
+        let stack = p.vmas[3].start;
+        for (r, why) in [
+            (
+                PageRun {
+                    offset: 4096,
+                    ..PageRun::inherited(0x500000, 2)
+                },
+                "an offset",
+            ),
+            (
+                PageRun {
+                    stored_len: 4096,
+                    ..PageRun::inherited(0x500000, 2)
+                },
+                "stored bytes",
+            ),
+            (
+                PageRun {
+                    image: 1,
+                    ..PageRun::inherited(0x500000, 2)
+                },
+                "an image of a chain",
+            ),
+            (PageRun::inherited(0x600000, 1), "a memfd mapping"),
+            (PageRun::inherited(stack, 1), "a stack"),
+        ] {
+            p.page_runs = vec![r];
+            assert!(validate(&p, 1 << 20).is_err(), "{why}");
         }
     }
 

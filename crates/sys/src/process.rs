@@ -116,6 +116,50 @@ impl ForkedChild {
         unsafe { set_cloexec_raw(fd, cloexec) }
     }
 
+    /// Maps `len` bytes of new private anonymous memory (readable, writable, all zero) at
+    /// `addr` in this process, only where nothing is mapped (`MAP_FIXED_NOREPLACE`: EEXIST
+    /// when any of the range is taken). For the staging area of a restore child's
+    /// copy-on-write memory (`stasis_engine::pages::cow`).
+    pub fn map_zero_pages(&self, addr: u64, len: u64) -> io::Result<()> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping, so no memory anything of this
+        // process refers to changes; the new mapping is owned by nobody (the restorer
+        // replaces the child's whole memory, see the type).
+        let got = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if got as u64 != addr {
+            return Err(io::Error::other(format!(
+                "mmap(MAP_FIXED_NOREPLACE) at {addr:#x} landed at {:#x}",
+                got as u64
+            )));
+        }
+        Ok(())
+    }
+
+    /// madvise(MADV_DONTNEED) on `len` bytes at `addr`: private anonymous pages there read as
+    /// zero again (a copy-on-write page inherited from the parent is let go). Only for memory
+    /// of a restore child's copy-on-write staging area, which nothing of this process's code
+    /// refers to (the engine checks that every mapping there is anonymous, and placed the area
+    /// clear of every mapping the restorer had).
+    pub fn discard_pages(&self, addr: u64, len: u64) -> io::Result<()> {
+        // SAFETY: no pointer is handed to the kernel for it to write through; the pages
+        // discarded are restore staging that no Rust value of the child lives in (see above
+        // and the type: the child's memory belongs to the restore, which replaces it).
+        let r =
+            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        crate::cvt_int(r).map(drop)
+    }
+
     /// Whether `fd` has FD_CLOEXEC (F_GETFD; EBADF when nothing is open at `fd`).
     pub fn cloexec_raw(&self, fd: RawFd) -> io::Result<bool> {
         // SAFETY: no pointers; `fd` is a number of the child's (see the type).

@@ -53,6 +53,17 @@ pub(crate) fn write_tree(
             written.push(pages_name);
             let from_parent = parent.as_deref().and_then(|p| p.process(pid));
             let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
+            // Pages shared with the parent process (dumped before it, frozen still, and not
+            // pre-copied) are stored once, with the parent (pages::cow).
+            let cow = match records
+                .iter()
+                .find(|r: &&Record| r.image.pid == c.image.ppid && r.runs.is_none())
+            {
+                Some(p) => {
+                    pages::cow::CowParent::open(p.image.pid, &p.image.vmas, &p.image.page_runs)?
+                }
+                None => None,
+            };
             c.image.page_runs = pages::dump_pages(
                 pid,
                 &c.image.vmas,
@@ -60,6 +71,7 @@ pub(crate) fn write_tree(
                 &mut shmem_done,
                 parent_runs,
                 pool.as_mut(),
+                cow,
             )?;
             // The parent's pages files this one refers to, with their lengths now.
             let parent_len = from_parent

@@ -766,6 +766,7 @@ mod tests {
                         let at = r.offset as usize;
                         payload[at..at + r.stored_len as usize].to_vec()
                     }
+                    RunCodec::Inherited => panic!("a sink made an inherited run"),
                 };
                 (r.addr, bytes)
             })
@@ -818,6 +819,7 @@ mod tests {
             match r.codec {
                 RunCodec::Zstd => assert!(r.stored_len < r.npages * PAGE_SIZE),
                 RunCodec::Raw => assert_eq!(stored, &data[..]),
+                RunCodec::Inherited => panic!("a sink made an inherited run"),
             }
         }
         assert_eq!(at, payload.len() as u64);

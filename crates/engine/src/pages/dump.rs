@@ -5,6 +5,7 @@
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
 use super::compress::{ZstdPool, ZstdSink};
+use super::cow::CowParent;
 use super::incremental::{IncrementalSink, ParentRuns};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
@@ -18,7 +19,8 @@ use std::collections::HashSet;
 /// it in the tree: `shmem_done` holds the objects already stored. With `parent` (an
 /// incremental dump), only the pages that differ from the parent's are written; the runs
 /// returned refer to the parent's runs for the others. With `compress`, the runs written are
-/// zstd frames compressed by its workers.
+/// zstd frames compressed by its workers. With `cow` (its frozen parent in the tree), pages
+/// shared with the parent are not stored but listed as inherited ([`super::cow`]).
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
@@ -26,12 +28,23 @@ pub fn dump_pages(
     shmem_done: &mut HashSet<u64>,
     parent: Option<ParentRuns<'_>>,
     compress: Option<&mut ZstdPool>,
+    cow: Option<CowParent>,
 ) -> Result<Vec<PageRun>, Error> {
-    let mut source = PagemapSource::open(pid, vmas, shmem_done)?;
-    match compress {
+    let mut source = PagemapSource::open(pid, vmas, shmem_done)?.share_with(cow);
+    let mut runs = match compress {
         Some(pool) => store(&mut source, ZstdSink::new(pool, out), parent),
         None => store(&mut source, RawSink::new(out), parent),
+    }?;
+    let inherited = source.take_inherited();
+    if !inherited.is_empty() {
+        tracing::debug!(
+            pages = inherited.iter().map(|r| r.npages).sum::<u64>(),
+            "pages shared with the parent (stored once, with the parent)"
+        );
+        runs.extend(inherited);
+        runs.sort_by_key(|r| r.addr);
     }
+    Ok(runs)
 }
 
 /// Copies `source` into `sink`, through an [`IncrementalSink`] with `parent`.

@@ -202,6 +202,12 @@ fn fill_raw<R: RunReader + ?Sized>(
     r: &PageRun,
     buf: &mut Vec<u8>,
 ) -> Result<(), Error> {
+    if r.codec == stasis_image::RunCodec::Inherited {
+        // Its pages come with the fork, from the parent (see `super::cow`).
+        return Err(Error::Internal {
+            what: format!("page run at {:#x} is inherited, not stored", r.addr),
+        });
+    }
     let len = r
         .npages
         .checked_mul(PAGE_SIZE)

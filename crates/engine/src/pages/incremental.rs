@@ -236,6 +236,8 @@ pub fn decoded_run<'b>(
             super::compress::decode_into(files, run, buf)?;
             Ok(Some(&buf[..]))
         }
+        // The parent process's pages: nothing of this process's is stored to refer to.
+        RunCodec::Inherited => Ok(None),
     }
 }
 

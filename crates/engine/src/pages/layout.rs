@@ -207,28 +207,39 @@ pub fn unmap_ranges(image: &[Vma]) -> Vec<(u64, u64)> {
     ranges
 }
 
-/// Unmaps everything in the child except the special mappings of the image's layout (and the
-/// temporary place of the child's own, `keep`, for an image without them).
+/// Unmaps everything in the child except the special mappings of the image's layout and the
+/// ranges of `keep` (the temporary place of the child's own specials, for an image without
+/// them; memory staged before the fork, see [`super::cow`]).
 pub fn unmap_all_but_specials(
     inj: &mut Injector,
     image: &[Vma],
-    keep: Option<(u64, u64)>,
+    keep: &[(u64, u64)],
 ) -> Result<(), Error> {
-    for (start, len) in unmap_ranges(image) {
-        let end = start + len;
-        match keep {
-            Some((a, b)) if a < end && start < b => {
-                if a > start {
-                    inj.munmap(start, a - start)?;
-                }
-                if end > b {
-                    inj.munmap(b, end - b)?;
-                }
-            }
-            _ => inj.munmap(start, len)?,
-        }
+    for (start, len) in subtract(&unmap_ranges(image), keep) {
+        inj.munmap(start, len)?;
     }
     Ok(())
+}
+
+/// The ranges (start, length) of `ranges` without what lies in `keep` (start, end).
+pub fn subtract(ranges: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort();
+    let mut out = Vec::new();
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut at = start;
+        for &(a, b) in keep.iter().filter(|&&(a, b)| a < end && start < b) {
+            if a > at {
+                out.push((at, a - at));
+            }
+            at = at.max(b);
+        }
+        if at < end {
+            out.push((at, end - at));
+        }
+    }
+    out
 }
 
 /// Finds a free place for the injector's scratch area in the image's layout.
@@ -350,15 +361,21 @@ pub fn plan_mappings(
     Ok(calls)
 }
 
-/// Recreates every non-special mapping of `vmas` in the child (see [`plan_mappings`]).
+/// Recreates every non-special mapping of `vmas` in the child (see [`plan_mappings`]), but
+/// those starting at an address of `in_place` (already there).
 pub fn map_vmas(
     inj: &mut Injector,
     vmas: &[Vma],
     runs: &[PageRun],
     file_fds: &HashMap<usize, i32>,
     shmem: &ShmemOwners,
+    in_place: &[u64],
 ) -> Result<(), Error> {
     for call in plan_mappings(inj.tid(), vmas, runs, file_fds, shmem)? {
+        if in_place.contains(&call.start) {
+            // Prepared before the fork and moved here already (see `super::cow`).
+            continue;
+        }
         let mut opened_here = None;
         let fd = match &call.from {
             MapFrom::Anonymous => -1,
@@ -591,6 +608,19 @@ mod tests {
         );
         // Without specials (never in a valid image): the whole address space.
         assert_eq!(unmap_ranges(&image[..1]), vec![(0, TASK_SIZE)]);
+    }
+
+    #[test]
+    fn kept_ranges_are_cut_out_of_the_unmap() {
+        let all = [(0x1000, 0x9000), (0x20000, 0x1000)];
+        assert_eq!(subtract(&all, &[]), all.to_vec());
+        assert_eq!(
+            subtract(
+                &all,
+                &[(0x3000, 0x4000), (0x1000, 0x2000), (0x8000, 0x30000)]
+            ),
+            vec![(0x2000, 0x1000), (0x4000, 0x4000)]
+        );
     }
 
     #[test]

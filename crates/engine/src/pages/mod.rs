@@ -34,6 +34,9 @@
 //!   streamed output as a sink: [`incremental::IncrementalSink`] (`stasis dump --parent`)
 //!   stores only the pages that differ from the parent dump's and refers to the parent's runs
 //!   for the others.
+//! * [`cow`]: copy-on-write sharing between a parent and its children: pages shared at
+//!   dump time are stored once (the child's runs say inherited) and shared again after the
+//!   restore (the parent prepares that memory before it forks the child).
 //! * [`precopy`]: a leave-running dump copies the memory while the process runs, tracking its
 //!   writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN), and freezes it again only for the pages
 //!   written since the last pass.
@@ -49,6 +52,7 @@
 
 pub mod advice;
 pub mod compress;
+pub mod cow;
 pub mod dump;
 pub mod fill;
 pub mod incremental;

@@ -339,6 +339,23 @@ impl Tracked {
         Ok(())
     }
 
+    /// Whether any of the `npages` pages at `addr` is present and mapped by another process
+    /// too (pagemap: not exclusively mapped).
+    fn any_shared(&self, addr: u64, npages: u64) -> Result<bool, Error> {
+        let (mut raw, mut entries) = (Vec::new(), Vec::new());
+        read_pagemap(
+            &self.pagemap,
+            self.pid,
+            addr,
+            npages as usize,
+            &mut raw,
+            &mut entries,
+        )?;
+        Ok(entries.iter().any(|&e| {
+            e & super::source::PM_PRESENT != 0 && e & super::source::PM_MMAP_EXCLUSIVE == 0
+        }))
+    }
+
     /// Reads `npages` pages at `addr` of range `i` and stores them: the all-zero ones lose
     /// their copy, the others are appended (one write per stretch, at most 2 MiB) and their
     /// slots point there.
@@ -354,7 +371,10 @@ impl Tracked {
         let len = (npages * PAGE_SIZE) as usize;
         let data = &mut buf[..len];
         let pid = self.pid;
-        if self.ranges[i].readable {
+        // Pages shared with another process (copy-on-write after a fork) are read through
+        // /proc/PID/mem: process_vm_readv pins them, which unshares them in the process that
+        // runs on (see `super::source::PagemapSource`).
+        if self.ranges[i].readable && !self.any_shared(addr, npages)? {
             proc_mem::read_exact(pid, addr, data)
                 .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
         } else {

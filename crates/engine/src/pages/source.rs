@@ -56,6 +56,8 @@ pub trait PageSource {
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAPPED: u64 = 1 << 62;
 pub const PM_FILE_OR_SHARED: u64 = 1 << 61;
+/// The page is mapped by this process only (its map count is 1).
+pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 
 /// Whether a page with this pagemap entry is dumped. `file_backed`: the mapping is a private
 /// mapping of a file or memfd, whose pages that are still the file's (present, file-backed,
@@ -110,6 +112,8 @@ enum Walk {
     Private {
         vma: usize,
         file_backed: bool,
+        /// Its pages may be shared with the parent's ([`super::cow`]).
+        cow: bool,
         /// Address of the current batch; `entries` holds its pagemap entries.
         batch: u64,
         /// Next entry of the batch to look at.
@@ -140,6 +144,10 @@ pub struct PagemapSource<'a> {
     walk: Walk,
     entries: Vec<u64>,
     raw_entries: Vec<u8>,
+    /// The frozen parent whose pages this process may share ([`super::cow`]).
+    cow: Option<super::cow::CowParent>,
+    /// The pages found shared with the parent, with their mapping's index (not handed out).
+    inherited: Vec<(usize, stasis_image::PageRun)>,
 }
 
 impl<'a> PagemapSource<'a> {
@@ -165,7 +173,24 @@ impl<'a> PagemapSource<'a> {
             walk: Walk::Between,
             entries: Vec::with_capacity(MAX_RUN_PAGES as usize),
             raw_entries: vec![0; (MAX_RUN_PAGES * 8) as usize],
+            cow: None,
+            inherited: Vec::new(),
         })
+    }
+
+    /// Pages of private anonymous memory that are the same page frames as `parent`'s at the
+    /// same addresses are not handed out but listed as inherited ([`Self::take_inherited`]).
+    pub fn share_with(mut self, parent: Option<super::cow::CowParent>) -> Self {
+        self.cow = parent;
+        self
+    }
+
+    /// The runs of pages shared with the parent, in address order (each inside one mapping).
+    pub fn take_inherited(&mut self) -> Vec<stasis_image::PageRun> {
+        std::mem::take(&mut self.inherited)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
     }
 
     /// Chooses how to read the next mapping. Returns false when there is none left.
@@ -196,9 +221,11 @@ impl<'a> PagemapSource<'a> {
             }
             (VmaKind::Anonymous, true) => Walk::Between,
             (kind, false) => {
-                self.load_batch(v.start, v.end)?;
+                let cow = self.cow.is_some() && super::cow::eligible(v);
+                self.load_batch(v.start, v.end, cow.then_some(vma))?;
                 Walk::Private {
                     vma,
+                    cow,
                     file_backed: matches!(
                         kind,
                         VmaKind::File { .. } | VmaKind::Memfd { .. } | VmaKind::Deleted { .. }
@@ -212,8 +239,10 @@ impl<'a> PagemapSource<'a> {
         Ok(true)
     }
 
-    /// Reads the pagemap entries of the batch at `addr` (up to `end`) into `entries`.
-    fn load_batch(&mut self, addr: u64, end: u64) -> Result<(), Error> {
+    /// Reads the pagemap entries of the batch at `addr` (up to `end`) into `entries`; in
+    /// mapping `cow` (one that may share pages with the parent), the pages shared are listed
+    /// as inherited and their entries cleared.
+    fn load_batch(&mut self, addr: u64, end: u64, cow: Option<usize>) -> Result<(), Error> {
         let npages = ((end - addr) / PAGE_SIZE).min(MAX_RUN_PAGES) as usize;
         read_pagemap(
             &self.pagemap,
@@ -222,13 +251,24 @@ impl<'a> PagemapSource<'a> {
             npages,
             &mut self.raw_entries,
             &mut self.entries,
-        )
+        )?;
+        if let (Some(vma), Some(parent)) = (cow, self.cow.as_mut()) {
+            let inherited = &mut self.inherited;
+            parent.take_shared(addr, &mut self.entries, |at| {
+                super::cow::push_inherited(inherited, vma, at)
+            })?;
+        }
+        Ok(())
     }
 
-    /// Reads process memory at `at` into `data`.
-    fn read_memory(&self, v: &Vma, at: u64, data: &mut [u8]) -> Result<(), Error> {
+    /// Reads process memory at `at` into `data`. `shared`: some of the pages are mapped by
+    /// other processes too (copy-on-write after a fork): they are read through
+    /// /proc/PID/mem, because process_vm_readv pins the pages it reads, and the kernel
+    /// unshares (copies, in the process read) an anonymous page that is pinned while shared,
+    /// so the dump would break the sharing of the tree it reads (and of a tree left running).
+    fn read_memory(&self, v: &Vma, at: u64, data: &mut [u8], shared: bool) -> Result<(), Error> {
         let pid = self.pid;
-        if v.prot & libc::PROT_READ as u32 != 0 {
+        if v.prot & libc::PROT_READ as u32 != 0 && !shared {
             proc_mem::read_exact(pid, at, data).map_err(|e| Error::sys("process_vm_readv", pid, e))
         } else {
             self.mem
@@ -257,6 +297,7 @@ impl PageSource for PagemapSource<'_> {
                 Walk::Private {
                     vma,
                     file_backed,
+                    cow,
                     batch,
                     i,
                 } => {
@@ -268,8 +309,8 @@ impl PageSource for PagemapSource<'_> {
                         if *batch >= v.end {
                             self.walk = Walk::Between;
                         } else {
-                            let at = *batch;
-                            self.load_batch(at, v.end)?;
+                            let (at, cow) = (*batch, cow.then_some(*vma));
+                            self.load_batch(at, v.end, cow)?;
                         }
                         continue;
                     };
@@ -278,7 +319,10 @@ impl PageSource for PagemapSource<'_> {
                         addr: *batch + first as u64 * PAGE_SIZE,
                         npages: (end - first) as u64,
                     };
-                    self.read_memory(v, span.addr, &mut buf[..span.len()])?;
+                    let shared = self.entries[first..end]
+                        .iter()
+                        .any(|e| e & PM_PRESENT != 0 && e & PM_MMAP_EXCLUSIVE == 0);
+                    self.read_memory(v, span.addr, &mut buf[..span.len()], shared)?;
                     return Ok(Some(span));
                 }
                 Walk::Shmem {

@@ -8,8 +8,8 @@
 //! exits; the restorer turns it into an [`Error`] naming the process and what failed.
 
 use super::plan::Plan;
-use crate::files;
 use crate::task::attrs;
+use crate::{files, pages};
 use crate::{procfs, Error};
 use serde::{Deserialize, Serialize};
 use stasis_sys::process::{self, Forked, ForkedChild};
@@ -415,6 +415,19 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
     // children are forked: they inherit the terminal).
     files::tty::take_terminal_in_child(image, &plan.descriptions)
         .map_err(other("taking its controlling terminal"))?;
+    // Private memory shared with its parent or its children, built before the children
+    // are forked so that they inherit it copy-on-write (see `pages::cow`).
+    pages::cow::prepare_in_child(
+        child,
+        image,
+        &plan.cow.prepared[idx],
+        &plan.cow.parking,
+        plan.processes[idx].pages,
+    )
+    .map_err(|e| e.to_string())
+    .map_err(other(
+        "preparing memory shared copy-on-write with its parent or children",
+    ))?;
     // Children (and exited children) in pid order, each with its pid.
     let loaded = plan.loaded;
     let mut kids: Vec<(Pid, Option<usize>, i32)> = loaded

@@ -76,6 +76,10 @@ pub(crate) struct Plan<'a> {
     pub shell_job: Option<ShellJob>,
     /// Private anonymous memory is served lazily (see [`RestoreOptions::lazy`]).
     pub lazy: bool,
+    /// Memory shared copy-on-write between parents and children: which mappings each process
+    /// prepares before it forks its children, and where they are staged
+    /// ([`pages::cow`]).
+    pub cow: pages::cow::CowPlan,
 }
 
 /// The terminal of a shell job.
@@ -195,6 +199,13 @@ impl<'a> Plan<'a> {
             .unwrap_or(0);
         let base = own_max.max(image_max) + 1;
         let park_from = base + aux.len() as RawFd;
+        // The restore children start as copies of this process: its mappings are taken.
+        let own_maps: Vec<(u64, u64)> = procfs::read_maps(process::getpid())?
+            .into_iter()
+            .map(|m| (m.start, m.end))
+            .collect();
+        let images: Vec<&ProcessImage> = loaded.processes.iter().map(|(p, _)| p).collect();
+        let cow = pages::cow::CowPlan::make(&images, &own_maps)?;
         let shmem = pages::layout::shmem_owners(
             loaded
                 .processes
@@ -225,6 +236,7 @@ impl<'a> Plan<'a> {
             shmem,
             shell_job,
             lazy: opts.lazy,
+            cow,
         };
         Ok((plan, err_read))
     }

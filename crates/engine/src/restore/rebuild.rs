@@ -271,6 +271,17 @@ impl<'p, 'a> Rebuild<'p, 'a> {
         })
     }
 
+    /// The indices of the mappings the process prepared before it forked (`pages::cow`).
+    fn prepared(&self) -> &'p [usize] {
+        let plan: &'p Plan<'a> = self.plan;
+        plan.cow
+            .prepared
+            .iter()
+            .zip(&plan.processes)
+            .find(|(_, p)| p.image.pid == self.child)
+            .map_or(&[], |(v, _)| &v[..])
+    }
+
     fn run(&mut self, step: RebuildStep) -> Result<(), Error> {
         let (plan, planned, vdso_offset) = (self.plan, self.planned, self.vdso_offset);
         let image = planned.image;
@@ -291,8 +302,11 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 )?;
             }
             RebuildStep::UnmapInherited => {
-                let keep = self.temporary_specials;
-                pages::unmap_all_but_specials(self.inj()?, &image.vmas, keep)?;
+                // The memory it prepared before forking stays (staged), see `pages::cow`.
+                let mut keep =
+                    pages::cow::parked_ranges(image, self.prepared(), &plan.cow.parking)?;
+                keep.extend(self.temporary_specials);
+                pages::unmap_all_but_specials(self.inj()?, &image.vmas, &keep)?;
                 self.inj()?.forget_scratch();
                 let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
                 self.scratch = self.inj()?.map_scratch(Some(scratch))?;
@@ -304,27 +318,29 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     .iter()
                     .map(|(&vma, &aux)| (vma, base + aux as i32))
                     .collect();
+                let prepared = self.prepared();
+                pages::cow::move_parked(self.inj()?, image, prepared, &plan.cow.parking)?;
+                let moved: Vec<u64> = prepared.iter().map(|&v| image.vmas[v].start).collect();
                 pages::map_vmas(
                     self.inj()?,
                     &image.vmas,
                     &image.page_runs,
                     &file_fds,
                     &plan.shmem,
+                    &moved,
                 )?;
             }
             RebuildStep::FillPages => {
+                // Prepared memory was filled before the fork (`pages::cow`).
+                let runs = pages::cow::runs_to_fill(image, self.prepared())?;
                 if plan.lazy {
-                    let registered = pages::lazy::register(
-                        self.inj()?,
-                        &image.vmas,
-                        &image.page_runs,
-                        planned.pages,
-                    )?;
+                    let registered =
+                        pages::lazy::register(self.inj()?, &image.vmas, &runs, planned.pages)?;
                     if let Some(p) = registered {
                         (self.hand_over)(p)?;
                     }
                 } else {
-                    pages::fill_pages(child, &image.page_runs, planned.pages)?;
+                    pages::fill_pages(child, &runs, planned.pages)?;
                 }
             }
             RebuildStep::Protections => {
