@@ -979,6 +979,8 @@ zdtm_tests! {
     // Processes and memory: memory advice, scheduling and prctl state, job-control stops.
     mem_madvise also { lazy: Lazy };
     mem_precopy;
+    // A written page of a private file mapping dropped (MADV_DONTNEED) during the pre-copy.
+    mem_precopy_file_drop;
     // Memory shared copy-on-write by a parent, its children and a grandchild comes back
     // shared (pages::cow).
     mem_cow_tree except {

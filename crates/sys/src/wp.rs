@@ -153,6 +153,63 @@ pub fn uffd_writeprotect(
     ioctl(uffd, UFFDIO_WRITEPROTECT, &mut wp)
 }
 
+/// A pagemap entry's swap type and offset bits (0-54: readable only with CAP_SYS_ADMIN).
+pub const PM_SWAP_BITS: u64 = (1 << 55) - 1;
+
+/// The swap bits ([`PM_SWAP_BITS`]) of the pagemap entry of an empty page that asynchronous
+/// write protection marked: such a marker reads as a swapped page (bit 62) in the pagemap,
+/// and only these bits tell it from a page that was really swapped out (or is migrating).
+/// Learned once from a page of this process (mapped, registered, protected, read back,
+/// unmapped). `None` when the kernel has no such markers or hides the bits (no
+/// CAP_SYS_ADMIN): a marker then cannot be told from a swapped page.
+pub fn wp_marker_swap_bits() -> Option<u64> {
+    static BITS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *BITS.get_or_init(|| probe_wp_marker().ok().flatten())
+}
+
+fn probe_wp_marker() -> io::Result<Option<u64>> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let uffd = userfaultfd(UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32)?;
+    uffd_api(uffd.as_fd(), UFFD_FEATURE_WP_ASYNC)?;
+    let len = page_size();
+    // SAFETY: a fresh private anonymous page, unmapped below and never handed out.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = p as u64;
+    let entry = (|| {
+        uffd_register_wp(uffd.as_fd(), start, len as u64)?;
+        uffd_writeprotect(uffd.as_fd(), start, len as u64, true)?;
+        let mut e = [0u8; 8];
+        std::fs::File::open("/proc/self/pagemap")?.read_exact_at(&mut e, start / len as u64 * 8)?;
+        Ok::<u64, io::Error>(u64::from_le_bytes(e))
+    })();
+    // SAFETY: unmaps the page mapped above, which nothing else refers to.
+    unsafe { libc::munmap(p, len) };
+    let entry = entry?;
+    let swapped = entry & (1 << 62) != 0;
+    Ok((swapped && entry & PM_SWAP_BITS != 0).then_some(entry & PM_SWAP_BITS))
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
 /// What one [`pagemap_scan`] asks for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScanQuery {
@@ -227,6 +284,15 @@ mod tests {
         assert_eq!(std::mem::size_of::<PageRegion>(), 24);
         assert_eq!((UFFDIO_API >> 16) & 0x3fff, 24);
         assert_eq!((PAGEMAP_SCAN >> 16) & 0x3fff, 96);
+    }
+
+    /// As root, the marker of a protected empty page is found, and it is not an entry a
+    /// swapped page could have (a swap type beyond the swap files').
+    #[test]
+    fn the_write_protect_marker_is_learned() {
+        let bits = wp_marker_swap_bits().expect("no marker learned (run as root)");
+        // Type: the low 5 bits; the kernel reserves the highest types for its own entries.
+        assert!(bits & 0x1f >= 24, "{bits:#x}");
     }
 
     /// Tracks writes to a mapping of this very process: exactly the pages written are

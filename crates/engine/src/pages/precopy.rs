@@ -339,6 +339,40 @@ impl Tracked {
         Ok(())
     }
 
+    /// The pages of `start..end` whose pagemap entry is a write-protect marker (an empty
+    /// page that was protected), or `None` when markers cannot be told from swapped pages and
+    /// one of them looks swapped.
+    fn marked_pages(&self, start: u64, end: u64) -> Result<Option<Vec<u64>>, Error> {
+        let marker = wp::wp_marker_swap_bits();
+        let (mut raw, mut entries, mut marked) = (Vec::new(), Vec::new(), Vec::new());
+        let mut at = start;
+        while at < end {
+            let npages = ((end - at) / PAGE_SIZE).min(MAX_RUN_PAGES);
+            read_pagemap(
+                &self.pagemap,
+                self.pid,
+                at,
+                npages as usize,
+                &mut raw,
+                &mut entries,
+            )?;
+            for (k, &e) in entries.iter().enumerate() {
+                if e & super::source::PM_SWAPPED == 0 {
+                    continue;
+                }
+                match marker {
+                    Some(bits) if e & wp::PM_SWAP_BITS == bits => {
+                        marked.push(at + k as u64 * PAGE_SIZE)
+                    }
+                    Some(_) => {}
+                    None => return Ok(None),
+                }
+            }
+            at += npages * PAGE_SIZE;
+        }
+        Ok(Some(marked))
+    }
+
     /// Whether any of the `npages` pages at `addr` is present and mapped by another process
     /// too (pagemap: not exclusively mapped).
     fn any_shared(&self, addr: u64, npages: u64) -> Result<bool, Error> {
@@ -554,6 +588,18 @@ impl Tracked {
         };
         regions.clear();
         scan_all(&self.pagemap, self.pid, v.start, v.end, q, regions)?;
+        // In a file mapping, a protected page the process dropped leaves a write-protect
+        // marker instead of an empty entry (the scan above takes it for a swapped page): the
+        // process reads the file there again, and the copy goes too.
+        let marked = if self.ranges[i].file_backed {
+            match self.marked_pages(v.start, v.end)? {
+                Some(marked) => marked,
+                // A marker cannot be told from a swapped page here: copied frozen.
+                None => return Ok(false),
+            }
+        } else {
+            Vec::new()
+        };
         let range = &mut self.ranges[i];
         let mut dropped = 0;
         for reg in regions.iter() {
@@ -564,6 +610,11 @@ impl Tracked {
                 *slot = Slot::NONE;
                 a += PAGE_SIZE;
             }
+        }
+        for a in marked {
+            let slot = range.slot_mut(a);
+            dropped += u64::from(slot.is_some());
+            *slot = Slot::NONE;
         }
         if dropped > 0 {
             tracing::debug!(
