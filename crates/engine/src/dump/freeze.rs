@@ -73,7 +73,15 @@ impl Frozen {
             detached: false,
         };
         loop {
-            let tids = procfs::list_threads(pid).map_err(|_| Error::NoSuchProcess { pid })?;
+            // A process that is gone is named as such; any other failure as itself (it was
+            // reported as "does not exist", found by fault injection).
+            let tids = procfs::list_threads(pid).map_err(|e| {
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    Error::Proc(e)
+                } else {
+                    Error::NoSuchProcess { pid }
+                }
+            })?;
             let new: Vec<Pid> = tids
                 .iter()
                 .copied()
@@ -83,6 +91,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
+                crate::fault::point("PTRACE_SEIZE")?;
                 match ptrace::seize(tid, false) {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.

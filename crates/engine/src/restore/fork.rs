@@ -144,6 +144,7 @@ pub(crate) fn reap_orphans(plan: &Plan<'_>) {
 /// root pinned in `created`.
 pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
+    crate::fault::point("clone3(set_tid) of the root")?;
     let forked = if plan.root_as_sibling {
         process::fork_with_pid_as_sibling(root)
     } else {
@@ -263,6 +264,7 @@ pub(crate) fn seize_tree(
                 });
             }
         }
+        crate::fault::point("PTRACE_SEIZE")?;
         ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
         std::io::Write::write_all(
             &mut File::from(p.sync.1.try_clone().map_err(|e| Error::io("dup", e))?),

@@ -87,6 +87,7 @@ impl Phase {
 
     /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
+        crate::fault::phase(self.name());
         match self {
             Phase::Load => tracing::info_span!("load"),
             Phase::Plan => tracing::info_span!("plan"),
@@ -302,6 +303,7 @@ fn rebuild_and_finish<'a>(
         let started = std::time::Instant::now();
         let _phase = Phase::Finish.span();
         // Every process and thread exists: the owners of I/O signals can be set.
+        crate::fault::point("setting the owners of I/O signals")?;
         plan.descriptions
             .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
         // ... and the queued messages that carry their credentials be sent again.
@@ -311,6 +313,7 @@ fn rebuild_and_finish<'a>(
         }
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
+            crate::fault::point("PTRACE_DETACH")?;
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
         }
         if plan.shell_job.is_some() {
