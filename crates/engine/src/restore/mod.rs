@@ -245,6 +245,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         created.kill_all();
         // Their userfaultfds are closed only now: a process killed waiting for a page ends.
         drop(lazy);
+        // The threads created so far are traced by us: each must be waited for before its
+        // leader can be (waiting for the root first hung: found by fault injection).
+        for (image, _) in &loaded.processes {
+            for t in image.threads.iter().skip(1) {
+                while let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::waitpid(t.tid, 0) {}
+            }
+        }
         if !plan.root_as_sibling {
             let _ = ptrace::waitpid(root, 0);
         }
