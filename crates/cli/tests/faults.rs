@@ -682,3 +682,252 @@ fn a_restore_failing_or_killed_at_any_point_leaves_nothing_behind() {
         panic!("{} faults went wrong:\n{}", failures.len(), failures.join("\n"));
     }
 }
+
+/// Starts `stasis ARGS` with `STASIS_TEST_FAULT=fault` (a `stop` action), waits until it has
+/// stopped itself there, runs `meanwhile`, continues it and returns how it ended.
+fn run_stopped_at(w: &Path, args: &[&str], fault: &str, meanwhile: impl FnOnce()) -> Run {
+    use std::os::unix::process::ExitStatusExt;
+    let err_path = w.join("stasis.err");
+    let err = std::fs::File::create(&err_path).expect("create stasis.err");
+    let mut cmd = Command::new(stasis());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .env("STASIS_TEST_FAULT", fault);
+    let mut child = isolate(&mut cmd).spawn().expect("run stasis");
+    let pid = child.id() as i32;
+    let stopped = wait_until(Duration::from_secs(30), || {
+        stasis_test_infra::procfs::state(pid) == Some('T')
+    });
+    if !stopped {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("stasis {args:?} did not stop at {fault}");
+    }
+    meanwhile();
+    kill(pid, libc::SIGCONT);
+    let status = match stasis_test_infra::process::wait_child_for(
+        &mut child,
+        Duration::from_secs(60),
+    ) {
+        Ok(Some(s)) => s,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stasis {args:?} hung after {fault}");
+        }
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    Run {
+        code: status.code(),
+        signal: status.signal(),
+        stderr,
+    }
+}
+
+/// A tmpfs of `size` mounted on `dir` for the time of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir the mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills it up with a file `filler` (until the write fails with ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).expect("create the filler");
+        let chunk = vec![0x55u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // And the last bytes, page by page.
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Dumps into filesystems that run out of space: with no room for the pages (an 8 MiB tmpfs
+/// for a 64 MiB process), and with room for the pages but none left for the records (the
+/// tmpfs filled while the dump is stopped before its first record). Each fails cleanly with
+/// "No space left on device", leaves nothing in the filesystem, and the process runs on.
+/// Then a complete dump on a full filesystem restores (the restore writes nothing there).
+#[test]
+fn dumps_into_a_full_filesystem_fail_cleanly_and_restores_from_one_work() {
+    if !require_root() || !require_tool("gcc") {
+        return;
+    }
+    become_subreaper();
+    let mut w = work("full_disk");
+    let exe = workload_exe(&w);
+    let mut failures = Vec::new();
+    let wl = Workload::start(&w, &exe, 64);
+    let pid = wl.pid.to_string();
+    {
+        let small = Tmpfs::mount(&w.join("small"), "8m");
+        let img = small.0.join("img");
+        for extra in [None, Some("--no-pre-copy")] {
+            let mut args = vec!["dump", "-t", &pid, "-D", img.to_str().expect("utf-8")];
+            args.push("--leave-running");
+            args.extend(extra);
+            let run = run_stasis(&w, &args, None);
+            if run.ok() || !run.stderr.contains("No space left on device") {
+                failures.push(format!("{args:?} into 8 MiB: {:?}", run.stderr));
+            }
+            if !listing(&small.0).is_empty() {
+                failures.push(format!("{args:?} left {:?}", listing(&small.0)));
+            }
+            if let Err(e) = wl.check_healthy(true) {
+                failures.push(format!("{args:?}: the process: {e}"));
+            }
+        }
+    }
+    {
+        let big = Tmpfs::mount(&w.join("big"), "256m");
+        let img = big.0.join("img");
+        let args = [
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            img.to_str().expect("utf-8"),
+            "--leave-running",
+        ];
+        let run = run_stopped_at(&w, &args, "sync:1:stop", || big.fill());
+        if run.ok() || !run.stderr.contains("No space left on device") {
+            failures.push(format!("records on a full disk: {:?}", run.stderr));
+        }
+        let _ = std::fs::remove_file(big.0.join("filler"));
+        if !listing(&big.0).is_empty() {
+            failures.push(format!("records on a full disk left {:?}", listing(&big.0)));
+        }
+        if let Err(e) = wl.check_healthy(true) {
+            failures.push(format!("records on a full disk: the process: {e}"));
+        }
+    }
+    wl.stop();
+    {
+        let big = Tmpfs::mount(&w.join("big2"), "256m");
+        let images = big.0.join("img");
+        let (pids, log) = dumped_workload(&w, &exe, 64, &images);
+        big.fill();
+        if let Err(e) = restore_and_check(&w, &images, &pids, &log) {
+            failures.push(format!("restore from a full disk: {e}"));
+        }
+    }
+    if !failures.is_empty() {
+        w.keep();
+        panic!("{}", failures.join("\n"));
+    }
+}
+
+/// The images change under a restore, stopped at a point (`STASIS_TEST_FAULT=...:stop`):
+/// a process record removed after the inventory was read, the root's pages file truncated or
+/// overwritten in place once the rebuild started. Each fails with an error naming the file,
+/// and nothing is left running; the pristine images restore afterwards.
+#[test]
+fn images_that_change_under_a_restore_fail_it_cleanly() {
+    if !require_root() || !require_tool("gcc") {
+        return;
+    }
+    become_subreaper();
+    let mut w = work("images_change");
+    let exe = workload_exe(&w);
+    let images = w.join("img");
+    let pristine = w.join("pristine");
+    let (pids, log) = dumped_workload(&w, &exe, 4, &images);
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&images)
+        .arg(&pristine)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let file = |prefix: &str| {
+        listing(&images)
+            .into_iter()
+            .find(|n| n.starts_with(prefix) && n.contains(&pids[0].to_string()))
+            .map(|n| images.join(n))
+            .unwrap_or_else(|| panic!("no {prefix}*{}* in the images", pids[0]))
+    };
+    let record = file("process");
+    let pages = file("pages");
+    let img = images.to_str().expect("utf-8").to_string();
+    let args = ["restore", "-d", "-D", &img];
+    type Change<'a> = (&'a str, &'a str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "load:2:stop",
+            "process record removed",
+            Box::new(|| std::fs::remove_file(&record).expect("rm the record")),
+        ),
+        (
+            "rebuild:1:stop",
+            "pages file truncated",
+            Box::new(|| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&pages)
+                    .expect("open pages");
+                let len = f.metadata().expect("stat").len();
+                f.set_len(len / 2).expect("truncate pages");
+            }),
+        ),
+        (
+            "rebuild:1:stop",
+            "pages file overwritten",
+            Box::new(|| {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&pages)
+                    .expect("open pages");
+                let len = f.metadata().expect("stat").len();
+                let junk = vec![0xa5u8; (len / 2) as usize];
+                f.write_all_at(&junk, len / 4).expect("overwrite pages");
+            }),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (fault, what, change) in &changes {
+        let run = run_stopped_at(&w, &args, fault, change);
+        if run.ok() {
+            failures.push(format!("{what}: the restore succeeded"));
+            kill(pids[0], libc::SIGKILL);
+        } else if run.stderr.trim().is_empty() || run.signal.is_some() {
+            failures.push(format!("{what}: no clear error: {run:?}", run = run.stderr));
+        } else {
+            eprintln!("{what}: {}", run.stderr.trim());
+        }
+        if let Err(e) = all_gone(&pids) {
+            failures.push(format!("{what}: {e}"));
+        }
+        std::fs::remove_dir_all(&images).expect("rm images");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&pristine)
+            .arg(&images)
+            .status()
+            .expect("cp");
+        assert!(cp.success());
+    }
+    if let Err(e) = restore_and_check(&w, &images, &pids, &log) {
+        failures.push(format!("the pristine images: {e}"));
+    }
+    if !failures.is_empty() {
+        w.keep();
+        panic!("{}", failures.join("\n"));
+    }
+}
