@@ -210,7 +210,13 @@ impl FrozenTree {
             for child in procfs::children(parent)? {
                 let stat = match procfs::read_stat(child) {
                     Ok(s) => s,
-                    Err(_) => continue, // reaped meanwhile by a thread we had not frozen yet
+                    // Reaped meanwhile by a thread we had not frozen yet.
+                    Err(_) if !std::path::Path::new(&format!("/proc/{child}")).exists() => {
+                        continue
+                    }
+                    // A child that is there but could not be read is not left out of the
+                    // dump (it was: found by fault injection).
+                    Err(e) => return Err(e.into()),
                 };
                 // A zombie leader whose other threads still run is a live process.
                 if stat.state == 'Z' && stat.num_threads <= 1 {
