@@ -462,9 +462,7 @@ fn a_dump_that_kills_the_process_failing_at_any_point_leaves_it_running() {
         p
     };
     let mut wl = Workload::start(&w, &exe, 4);
-    let pid = wl.pid.to_string();
-    let args = ["dump", "-t", &pid, "-D", &img];
-    let before = listing(&w);
+    let mut before = listing(&w);
     let started = Instant::now();
     let tried: Vec<_> = points_to_try(&points)
         .into_iter()
@@ -473,13 +471,16 @@ fn a_dump_that_kills_the_process_failing_at_any_point_leaves_it_running() {
     let mut failures = Vec::new();
     for (phase, n) in &tried {
         let fault = format!("{phase}:{n}");
-        let run = run_stasis(&w, &args, Some(&fault));
+        let pid = wl.pid.to_string();
+        let run = run_stasis(&w, &["dump", "-t", &pid, "-D", &img], Some(&fault));
         let mut problems = Vec::new();
         if run.ok() {
-            // Not reached: the program was dumped and killed; a new one goes on.
+            // Not reached (the count varies a little from one run to the next): the
+            // program was dumped and killed; a new one goes on.
             std::fs::remove_dir_all(&images).ok();
             drop(wl);
             wl = Workload::start(&w, &exe, 4);
+            before = listing(&w);
         } else {
             if !run.stderr.contains("fault injected") {
                 problems.push(format!("unclear error: {:?}", run.stderr));

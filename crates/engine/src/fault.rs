@@ -14,7 +14,9 @@
 //! read, written or synced) sit hundreds of calls deep, and passing the plan down to each
 //! would change every signature for a test hook. The current phase is the one whose span
 //! ([`crate::dump::Phase`], [`crate::restore::Phase`]) was entered last; points reached
-//! outside any phase, or in another thread or a forked restore child, are not counted.
+//! outside any phase, or in another thread or another process than the one that armed the
+//! plan (a forked restore child; the restorer stasisd forks to restore as a user), are not
+//! counted.
 //!
 //! Syntax of `STASIS_TEST_FAULT`:
 //!
@@ -116,6 +118,8 @@ mod imp {
 
     struct State {
         plan: FaultPlan,
+        /// The process that armed the plan: a forked child (a restore child) counts nothing.
+        pid: stasis_sys::Pid,
         phase: Option<&'static str>,
         count: u64,
     }
@@ -126,6 +130,9 @@ mod imp {
 
     /// Appends the count of the phase that ends to the count file.
     fn flush(st: &State) {
+        if st.pid != stasis_sys::process::getpid() {
+            return;
+        }
         if let (FaultPlan::Count(file), Some(phase)) = (&st.plan, st.phase) {
             let line = format!("{phase} {}\n", st.count);
             let _ = std::fs::OpenOptions::new()
@@ -141,6 +148,7 @@ mod imp {
         let previous = STATE.with(|s| {
             s.borrow_mut().replace(State {
                 plan: plan.clone(),
+                pid: stasis_sys::process::getpid(),
                 phase: None,
                 count: 0,
             })
@@ -170,6 +178,9 @@ mod imp {
         let hit = STATE.with(|s| {
             let mut s = s.borrow_mut();
             let st = s.as_mut()?;
+            if st.pid != stasis_sys::process::getpid() {
+                return None;
+            }
             let phase = st.phase?;
             st.count += 1;
             match &st.plan {
