@@ -253,17 +253,15 @@ fn run_stasis(w: &Path, args: &[&str], fault: Option<&str>) -> Run {
         cmd.env("STASIS_TEST_FAULT", f);
     }
     let mut child = isolate(&mut cmd).spawn().expect("run stasis");
-    let status = match stasis_test_infra::process::wait_child_for(
-        &mut child,
-        Duration::from_secs(60),
-    ) {
-        Ok(Some(s)) => s,
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stasis {args:?} with fault {fault:?} hung");
-        }
-    };
+    let status =
+        match stasis_test_infra::process::wait_child_for(&mut child, Duration::from_secs(60)) {
+            Ok(Some(s)) => s,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("stasis {args:?} with fault {fault:?} hung");
+            }
+        };
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&err_path);
     Run {
@@ -278,7 +276,11 @@ fn count_points(w: &Path, args: &[&str]) -> BTreeMap<String, u64> {
     let file = w.join("points");
     let _ = std::fs::remove_file(&file);
     let run = run_stasis(w, args, Some(&format!("count:{}", file.display())));
-    assert!(run.ok(), "clean run of stasis {args:?} failed: {}", run.stderr);
+    assert!(
+        run.ok(),
+        "clean run of stasis {args:?} failed: {}",
+        run.stderr
+    );
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
         panic!(
             "no count of fault points in {} ({e}): the stasis binary was built without the \
@@ -340,9 +342,8 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
     let mut wl = Workload::start(&w, &exe, 4);
     let images = w.join("img");
     let img = images.to_str().expect("utf-8 path");
-    let args_of = |pid: i32| {
-        ["dump", "-t", &pid.to_string(), "-D", img, "--leave-running"].map(String::from)
-    };
+    let args_of =
+        |pid: i32| ["dump", "-t", &pid.to_string(), "-D", img, "--leave-running"].map(String::from);
     let args = args_of(wl.pid);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let points = count_points(&w, &args);
@@ -371,18 +372,13 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
                             problems.push(format!("unclear error: {:?}", run.stderr));
                         }
                         if images.exists() {
-                            problems.push(format!(
-                                "the failed dump left {:?}",
-                                listing(&images)
-                            ));
+                            problems.push(format!("the failed dump left {:?}", listing(&images)));
                         }
                     }
                     _ => {
                         if run.signal != Some(libc::SIGKILL) {
-                            problems.push(format!(
-                                "not killed: code {:?}, {}",
-                                run.code, run.stderr
-                            ));
+                            problems
+                                .push(format!("not killed: code {:?}, {}", run.code, run.stderr));
                         }
                         if images.join("inventory.img").exists() {
                             problems.push("a killed dump left an inventory".into());
@@ -435,7 +431,11 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
     );
     if !failures.is_empty() {
         w.keep();
-        panic!("{} faults went wrong:\n{}", failures.len(), failures.join("\n"));
+        panic!(
+            "{} faults went wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
     wl.stop();
 }
@@ -539,7 +539,11 @@ fn a_dump_that_kills_the_process_failing_at_any_point_leaves_it_running() {
     );
     if !failures.is_empty() {
         w.keep();
-        panic!("{} faults went wrong:\n{}", failures.len(), failures.join("\n"));
+        panic!(
+            "{} faults went wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
     wl.stop();
 }
@@ -592,7 +596,12 @@ fn all_gone(pids: &[i32]) -> Result<(), String> {
     Err(pids
         .iter()
         .filter(|&&p| exists(p))
-        .map(|&p| format!("pid {p} left: {}", stasis_test_infra::procfs::describe_proc(p)))
+        .map(|&p| {
+            format!(
+                "pid {p} left: {}",
+                stasis_test_infra::procfs::describe_proc(p)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", "))
 }
@@ -680,7 +689,11 @@ fn a_restore_failing_or_killed_at_any_point_leaves_nothing_behind() {
     }
     if !failures.is_empty() {
         w.keep();
-        panic!("{} faults went wrong:\n{}", failures.len(), failures.join("\n"));
+        panic!(
+            "{} faults went wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -708,17 +721,15 @@ fn run_stopped_at(w: &Path, args: &[&str], fault: &str, meanwhile: impl FnOnce()
     }
     meanwhile();
     kill(pid, libc::SIGCONT);
-    let status = match stasis_test_infra::process::wait_child_for(
-        &mut child,
-        Duration::from_secs(60),
-    ) {
-        Ok(Some(s)) => s,
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stasis {args:?} hung after {fault}");
-        }
-    };
+    let status =
+        match stasis_test_infra::process::wait_child_for(&mut child, Duration::from_secs(60)) {
+            Ok(Some(s)) => s,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("stasis {args:?} hung after {fault}");
+            }
+        };
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&err_path);
     Run {

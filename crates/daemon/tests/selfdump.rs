@@ -1407,7 +1407,14 @@ fn worker_killed_while_running_calls_in_the_caller_leaves_it_running() {
     let points: Vec<(u32, &str)> = if full {
         (1..=200).flat_map(|n| [(n, "kill"), (n, "fail")]).collect()
     } else {
-        vec![(1, "kill"), (5, "kill"), (30, "kill"), (60, "kill"), (90, "fail"), (120, "kill")]
+        vec![
+            (1, "kill"),
+            (5, "kill"),
+            (30, "kill"),
+            (60, "kill"),
+            (90, "fail"),
+            (120, "kill"),
+        ]
     };
     for (n, action) in points {
         let tag = format!("collect-{n}-{action}");
@@ -1459,7 +1466,11 @@ fn worker_killed_while_running_calls_in_the_caller_leaves_it_running() {
         let off = ctx.ping(&p, off);
         ctx.terminate(p.pid, &p.log, off);
         let st = ctx.wait_child(p.pid);
-        assert!(st.success(), "{tag}: the caller: {}", describe_exit_status(st));
+        assert!(
+            st.success(),
+            "{tag}: the caller: {}",
+            describe_exit_status(st)
+        );
         d.assert_running();
         d.stop();
     }

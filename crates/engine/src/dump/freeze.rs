@@ -211,9 +211,7 @@ impl FrozenTree {
                 let stat = match procfs::read_stat(child) {
                     Ok(s) => s,
                     // Reaped meanwhile by a thread we had not frozen yet.
-                    Err(_) if !std::path::Path::new(&format!("/proc/{child}")).exists() => {
-                        continue
-                    }
+                    Err(_) if !std::path::Path::new(&format!("/proc/{child}")).exists() => continue,
                     // A child that is there but could not be read is not left out of the
                     // dump (it was: found by fault injection).
                     Err(e) => return Err(e.into()),

@@ -67,7 +67,7 @@ pub fn frame(
     const HEADER: usize = SIGMASK + 8 + 128;
     let fp_off = HEADER.next_multiple_of(64);
     let len = fp_off + xstate_size + 4;
-    if len as u64 > FRAME_ROOM || at % 64 != 0 {
+    if len as u64 > FRAME_ROOM || at & 63 != 0 {
         return None;
     }
     let mut f = vec![0u8; len];
@@ -100,7 +100,8 @@ pub fn frame(
         put(MCONTEXT + i * 8, *v);
     }
     // cs, gs, fs, ss (16 bits each).
-    let segs = (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
+    let segs =
+        (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
     put(MCONTEXT + 18 * 8, segs);
     // err, trapno, oldmask, cr2: 0; fpstate:
     put(MCONTEXT + 23 * 8, at + fp_off as u64);
@@ -149,7 +150,7 @@ mod tests {
         assert_eq!(at(48 + 15 * 8), 0x7000, "rsp");
         assert_eq!(at(304), 0x8000, "sigmask");
         let fp = at(48 + 23 * 8);
-        assert_eq!(fp % 64, 0);
+        assert_eq!(fp & 63, 0);
         let fp_off = (fp - 0x10000) as usize;
         assert_eq!(
             &f[fp_off + 832..],

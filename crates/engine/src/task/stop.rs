@@ -119,8 +119,7 @@ fn in_process<T>(
     let mask = ptrace::get_sigmask(pid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", pid, e))?;
     if !parked {
         // (Parking blocks them itself, once the frame holds the mask.)
-        ptrace::set_sigmask(pid, u64::MAX)
-            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", pid, e))?;
+        ptrace::set_sigmask(pid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", pid, e))?;
     }
     let result = (|| {
         let mut inj = Injector::new(pid, syscall_ip)?;
