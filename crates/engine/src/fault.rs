@@ -5,7 +5,7 @@
 //! turn on (the `stasis` and `stasisd` crates enable it in their dev-dependencies, so
 //! `cargo test` builds the binaries with it, and `cargo build`/`cargo install` never do). In
 //! other builds [`FaultPlan::from_env`] returns `None` without reading the environment and
-//! [`point`] is an empty inline function.
+//! the choke points are empty inline functions.
 //!
 //! The entry points (`stasis dump`/`restore`, stasisd at start) read [`ENV`] once into a
 //! [`FaultPlan`] and run the operation inside [`armed`]. The plan is then kept in a slot of
