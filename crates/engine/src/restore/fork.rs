@@ -103,11 +103,26 @@ impl Created {
             holder: super::load::pid_holder(pid, None),
         };
         let pidfd = process::pidfd_open(pid).map_err(|_| in_use())?;
-        // Read after the pidfd pins the process: the parent seen is the pinned one's.
-        let ppid = procfs::read_stat(pid).map(|s| s.ppid).unwrap_or(0);
+        // Read after the pidfd pins the process: the parent seen is the pinned one's. A
+        // failed read is that error, not "in use" (found by fault injection).
+        let ppid = match procfs::read_stat(pid) {
+            Ok(s) => s.ppid,
+            Err(_) if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() => 0,
+            Err(e) => return Err(e.into()),
+        };
         if ppid != parent {
             return Err(in_use());
         }
+        self.pidfds.push((pid, pidfd));
+        Ok(())
+    }
+
+    /// Pins `pid`, a child this process forked and has not reaped: its pid cannot have been
+    /// taken by another process, so no check is needed (and the clean-up must reach it
+    /// whatever else fails: a root left unpinned waited on its sync pipe and the restorer for
+    /// it, forever; found by fault injection).
+    pub fn pin_own_child(&mut self, pid: Pid) -> Result<(), Error> {
+        let pidfd = process::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", pid, e))?;
         self.pidfds.push((pid, pidfd));
         Ok(())
     }
@@ -162,11 +177,10 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
         Ok(Forked::Child(child)) => child_main(&child, plan, 0),
         Ok(Forked::Parent(_)) => {
             // It waits on its sync pipe, alive, until seized: the pid is still ours.
-            let parent = if plan.root_as_sibling {
-                procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
-            } else {
-                process::getpid()
-            };
+            if !plan.root_as_sibling {
+                return created.pin_own_child(root);
+            }
+            let parent = procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid);
             created.adopt(root, parent)
         }
     }
