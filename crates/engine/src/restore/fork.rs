@@ -160,6 +160,12 @@ pub(crate) fn reap_orphans(plan: &Plan<'_>) {
 pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
     crate::fault::point("clone3(set_tid) of the root")?;
+    // The root's parent-to-be, known to the child (a copy of this memory) before the fork.
+    let forker = if plan.root_as_sibling {
+        procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
+    } else {
+        process::getpid()
+    };
     let forked = if plan.root_as_sibling {
         process::fork_with_pid_as_sibling(root)
     } else {
@@ -174,7 +180,7 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
             })
         }
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
-        Ok(Forked::Child(child)) => child_main(&child, plan, 0),
+        Ok(Forked::Child(child)) => child_main(&child, plan, 0, forker),
         Ok(Forked::Parent(_)) => {
             // It waits on its sync pipe, alive, until seized: the pid is still ours.
             if !plan.root_as_sibling {
@@ -326,8 +332,8 @@ fn wait_until_exists(pid: Pid, reports: &ChildReports) -> bool {
 }
 
 /// Runs in a forked restore child as process `idx` of the tree; never returns.
-fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
-    let failure = match child_setup(child, plan, idx) {
+fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize, parent: Pid) -> ! {
+    let failure = match child_setup(child, plan, idx, parent) {
         Ok(()) => ChildFailure::Other {
             what: "child setup returned".into(),
         },
@@ -351,14 +357,21 @@ fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
 /// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
 /// forks its own children (and zombies), lays out its fd table and attributes, then stops.
 /// Returns only on failure, with a message for the restorer.
-fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
+fn child_setup(
+    child: &ForkedChild,
+    plan: &Plan<'_>,
+    idx: usize,
+    parent: Pid,
+) -> Result<(), ChildFailure> {
     let image = plan.processes[idx].image;
     // Die with the process that forked us, from the start: a parent that fails before the
     // restorer seizes us (and so before the restorer knows us) must not leave us waiting.
     process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
         .map_err(sys("PR_SET_PDEATHSIG"))?;
-    if idx > 0 && procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid) != image.ppid {
-        // It died before the line above: nobody will wake us.
+    // It died before the line above: nobody will wake us. (The root too: a restorer killed
+    // right after forking it left it waiting on its sync pipe forever, holding its pid;
+    // found by fault injection.)
+    if procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid) != parent {
         process::exit_now(1);
     }
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
@@ -480,7 +493,7 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         }
         match process::fork_with_pid_sharing(pid, files, fs).map_err(|e| clone_failed(pid, e))? {
             Forked::Child(kid) => match live {
-                Some(j) => child_main(&kid, plan, j),
+                Some(j) => child_main(&kid, plan, j, plan.processes[j].image.ppid),
                 None => exit_like(status),
             },
             Forked::Parent(_) if live.is_none() => {
