@@ -213,6 +213,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Test builds only: the fault to inject into a dump or restore (crates/engine/src/fault.rs).
+    let fault = match stasis_engine::fault::FaultPlan::from_env() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("stasis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let log_file = match &cli.command {
         Command::Dump { log_file, .. } | Command::Restore { log_file, .. } => log_file.clone(),
         _ => None,
@@ -255,20 +263,21 @@ fn main() -> ExitCode {
             } else {
                 TcpConnections::Repair
             };
+            let request = DumpRequest {
+                pid,
+                images,
+                leave_running,
+                unix_peers_closed,
+                tcp,
+                compress,
+                key_file: key,
+                pre_copy: !no_pre_copy,
+                parent,
+                stats,
+            };
             (
                 "dump",
-                run_dump(DumpRequest {
-                    pid,
-                    images,
-                    leave_running,
-                    unix_peers_closed,
-                    tcp,
-                    compress,
-                    key_file: key,
-                    pre_copy: !no_pre_copy,
-                    parent,
-                    stats,
-                }),
+                stasis_engine::fault::armed(fault.as_ref(), || run_dump(request)),
             )
         }
         Command::Restore {
@@ -304,7 +313,10 @@ fn main() -> ExitCode {
                     ReplacedFiles::Refuse
                 },
             };
-            ("restore", run_restore(images, &how))
+            (
+                "restore",
+                stasis_engine::fault::armed(fault.as_ref(), || run_restore(images, &how)),
+            )
         }
         Command::Show { dir, key_file } => ("show", run_show(dir, &key_file)),
         Command::Demo => ("demo", demo::run()),

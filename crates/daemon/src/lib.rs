@@ -173,6 +173,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Err("stasisd must run as root".into());
     }
     let _log = log::install(args.verbose);
+    // Test builds only (stasis_engine::fault): a fault injected into every worker's dump or
+    // restore, read once here.
+    let fault = stasis_engine::fault::FaultPlan::from_env()?;
+    if let Some(f) = &fault {
+        tracing::warn!("test build: {} = {f:?}", stasis_engine::fault::ENV);
+    }
     // Every dump is authenticated with it, and every restore for a user checked against it.
     let (key, created) =
         stasis_engine::auth::load_or_create_key(&args.key_file).map_err(|e| e.to_string())?;
@@ -280,7 +286,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             turn_away(conn, &why);
             continue;
         }
-        match start_worker(conn, request, uid, now, &key) {
+        match start_worker(conn, request, uid, now, &key, fault.as_ref()) {
             Ok(w) => {
                 tracing::debug!(request, "worker {} serves the connection", w.pid);
                 workers.push(w);
@@ -415,6 +421,7 @@ fn start_worker(
     uid: u32,
     now: Instant,
     key: &stasis_engine::ImageKey,
+    fault: Option<&stasis_engine::fault::FaultPlan>,
 ) -> Result<Worker, String> {
     let (slot_read, slot_write) = process::pipe().map_err(|e| format!("slot pipe: {e}"))?;
     let (log_read, log_write) = process::pipe().map_err(|e| format!("log pipe: {e}"))?;
@@ -425,7 +432,9 @@ fn start_worker(
             // Lines the worker could not pass on are lost: there is nowhere else to put them.
             let _ = process::redirect_stderr(log_write.as_fd());
             drop(log_write);
-            let code = worker::serve(conn, request, worker::Slot::new(slot_write), key);
+            let code = stasis_engine::fault::armed(fault, || {
+                worker::serve(conn, request, worker::Slot::new(slot_write), key)
+            });
             process::exit_now(code);
         }
         Forked::Parent(pid) => {

@@ -1392,6 +1392,90 @@ fn worker_killed_mid_dump_leaves_caller_running() {
     d.stop();
 }
 
+/// The worker killed (and made to fail) at points of the collect phase, while it runs system
+/// calls inside the frozen caller (`STASIS_TEST_FAULT`, test builds of stasisd: see
+/// stasis_engine::fault). A caller used to be left with the registers of an injected call
+/// (docs/security.md); parked on a signal frame, it now gets an error and runs on, its
+/// self-checks passing. The points: the first, and spread over the phase
+/// (`STASIS_FAULTS_FULL=1`: every one of the first 200).
+#[test]
+fn worker_killed_while_running_calls_in_the_caller_leaves_it_running() {
+    let Some(ctx) = Ctx::start("worker_killed_while_running_calls_in_the_caller") else {
+        return;
+    };
+    let full = std::env::var("STASIS_FAULTS_FULL").is_ok_and(|v| v == "1");
+    let points: Vec<(u32, &str)> = if full {
+        (1..=200).flat_map(|n| [(n, "kill"), (n, "fail")]).collect()
+    } else {
+        vec![
+            (1, "kill"),
+            (5, "kill"),
+            (30, "kill"),
+            (60, "kill"),
+            (90, "fail"),
+            (120, "kill"),
+        ]
+    };
+    for (n, action) in points {
+        let tag = format!("collect-{n}-{action}");
+        let socket = new_socket_path(SOCKETS);
+        let mut cmd = Command::new(stasisd_exe());
+        cmd.arg("--socket").arg(&socket).arg("--mode").arg("0666");
+        let fault = format!("collect:{n}:{action}");
+        let mut d = Daemon::spawn(&ctx, cmd, socket, true, |c| {
+            c.env("STASIS_TEST_FAULT", &fault);
+        });
+        let images = ctx.user_dir(&tag);
+        let p = ctx.selfdumper(
+            Who::User,
+            &images,
+            &["--mib", "1"],
+            &d.socket,
+            &format!("{tag}.log"),
+        );
+        let outcome = || {
+            fs::read_to_string(&p.log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("ERROR ") || l.starts_with("DUMPED "))
+                .map(str::to_string)
+        };
+        wait_until(LINE_TIMEOUT, || {
+            outcome().is_some() || ctx.ended_writer_of(&p.log).is_some()
+        });
+        if let Some((_, st)) = ctx.ended_writer_of(&p.log) {
+            panic!(
+                "{tag}: the caller died ({})\n{}",
+                describe_exit_status(st),
+                ctx.diagnostics()
+            );
+        }
+        let line = outcome().unwrap_or_else(|| panic!("{tag}: no answer\n{}", ctx.diagnostics()));
+        if line.starts_with("DUMPED ") {
+            // Past the last point of the phase: a complete dump.
+            eprintln!("[worker_killed_while_running_calls_in_the_caller] {tag}: not reached");
+        } else {
+            assert!(!has_inventory(&images), "{tag}: {:?}", entries(&images));
+        }
+        // The caller checks itself again after the answer.
+        let off = fs::read_to_string(&p.log)
+            .ok()
+            .and_then(|t| t.find(&line))
+            .unwrap_or(0);
+        let (_, off) = ctx.wait_line(&p.log, off, "PASS ");
+        let off = ctx.ping(&p, off);
+        ctx.terminate(p.pid, &p.log, off);
+        let st = ctx.wait_child(p.pid);
+        assert!(
+            st.success(),
+            "{tag}: the caller: {}",
+            describe_exit_status(st)
+        );
+        d.assert_running();
+        d.stop();
+    }
+}
+
 #[test]
 fn daemon_survives_a_killed_worker() {
     let Some(ctx) = Ctx::start("daemon_survives_a_killed_worker") else {

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod chain;
 pub mod check;
 pub mod dump;
+pub mod fault;
 pub mod files;
 pub mod inject;
 pub mod pages;

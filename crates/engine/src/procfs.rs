@@ -20,6 +20,7 @@ fn proc_path(pid: i32, what: &str) -> PathBuf {
 }
 
 pub fn read_string(path: &Path) -> Result<String, ProcError> {
+    crate::fault::proc_point(path)?;
     std::fs::read_to_string(path).map_err(|source| ProcError::Io {
         path: path.to_path_buf(),
         source,
@@ -27,6 +28,7 @@ pub fn read_string(path: &Path) -> Result<String, ProcError> {
 }
 
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
+    crate::fault::proc_point(path)?;
     std::fs::read(path).map_err(|source| ProcError::Io {
         path: path.to_path_buf(),
         source,
@@ -34,6 +36,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
 }
 
 pub fn read_link(path: &Path) -> Result<String, ProcError> {
+    crate::fault::proc_point(path)?;
     let target = std::fs::read_link(path).map_err(|source| ProcError::Io {
         path: path.to_path_buf(),
         source,
@@ -410,6 +413,7 @@ pub fn list_numeric(path: &Path) -> Result<Vec<i32>, ProcError> {
         path: path.to_path_buf(),
         source,
     };
+    crate::fault::proc_point(path)?;
     let mut out = Vec::new();
     for e in std::fs::read_dir(path).map_err(io)? {
         let e = e.map_err(io)?;

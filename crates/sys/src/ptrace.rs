@@ -39,6 +39,13 @@ pub fn singlestep(tid: Pid, sig: i32) -> io::Result<()> {
         .map(drop)
 }
 
+/// Resumes a stopped thread until its next system call entry or exit (PTRACE_SYSCALL).
+/// Unlike single-stepping, this leaves nothing set in the thread should the tracer die.
+pub fn syscall(tid: Pid) -> io::Result<()> {
+    // SAFETY: no pointers are passed; data is the signal number (none).
+    cvt(unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0usize, 0usize) }).map(drop)
+}
+
 /// Detaches from a thread and lets it run, delivering `sig` (0 for none).
 pub fn detach(tid: Pid, sig: i32) -> io::Result<()> {
     // SAFETY: no pointers are passed; data is the signal number.

@@ -140,10 +140,12 @@ fn collect(
     let mask =
         ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
     let mut inj = Injector::new(leader, syscall_ip)?;
-    ptrace::set_sigmask(leader, u64::MAX)
-        .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
     let mut timers_posix = Vec::new();
     let asked = (|| {
+        // From here a dumper that dies leaves the thread as it was (inject::park); this also
+        // blocks its signals.
+        inj.park(mask)?;
+        inj.guard()?;
         let scratch = inj.map_scratch(None)?;
         let mlock_future = pages::dump_future_lock(pid, scratch)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
@@ -238,9 +240,10 @@ fn dump_other_thread(
 ) -> Result<stasis_image::ThreadImage, Error> {
     let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
     let mut inj = Injector::new(tid, syscall_ip)?;
-    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
-    inj.share_scratch(scratch);
-    let dumped = thread::dump(pid, tid, &mut inj);
+    let dumped = inj.park(mask).and_then(|_| {
+        inj.share_scratch(scratch);
+        thread::dump(pid, tid, &mut inj)
+    });
     inj.forget_scratch();
     let finished = inj.finish_parked();
     let restored_mask =

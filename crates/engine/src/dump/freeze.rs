@@ -73,7 +73,15 @@ impl Frozen {
             detached: false,
         };
         loop {
-            let tids = procfs::list_threads(pid).map_err(|_| Error::NoSuchProcess { pid })?;
+            // A process that is gone is named as such; any other failure as itself (it was
+            // reported as "does not exist", found by fault injection).
+            let tids = procfs::list_threads(pid).map_err(|e| {
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    Error::Proc(e)
+                } else {
+                    Error::NoSuchProcess { pid }
+                }
+            })?;
             let new: Vec<Pid> = tids
                 .iter()
                 .copied()
@@ -83,6 +91,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
+                crate::fault::point("PTRACE_SEIZE")?;
                 match ptrace::seize(tid, false) {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
@@ -201,7 +210,11 @@ impl FrozenTree {
             for child in procfs::children(parent)? {
                 let stat = match procfs::read_stat(child) {
                     Ok(s) => s,
-                    Err(_) => continue, // reaped meanwhile by a thread we had not frozen yet
+                    // Reaped meanwhile by a thread we had not frozen yet.
+                    Err(_) if !std::path::Path::new(&format!("/proc/{child}")).exists() => continue,
+                    // A child that is there but could not be read is not left out of the
+                    // dump (it was: found by fault injection).
+                    Err(e) => return Err(e.into()),
                 };
                 // A zombie leader whose other threads still run is a live process.
                 if stat.state == 'Z' && stat.num_threads <= 1 {

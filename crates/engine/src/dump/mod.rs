@@ -160,6 +160,7 @@ impl Phase {
 
     /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
+        crate::fault::phase(self.name());
         match self {
             Phase::Freeze => tracing::info_span!("freeze"),
             Phase::PreCopy => tracing::info_span!("pre-copy"),
@@ -323,6 +324,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         };
         let page_bytes = page_bytes + write::write_records(dir, records, &mut written)?;
         let fsync = Instant::now();
+        crate::fault::point("syncing the images")?;
         dir.sync_files(&written)?;
         timings.since("sync.fsync", fsync);
         let link = parent.take().map(|p| p.link);

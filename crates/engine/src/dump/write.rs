@@ -49,6 +49,7 @@ pub(crate) fn write_tree(
             runs = Some(tracked.finish(&c.image.vmas, pages, &mut shmem_done)?);
         } else {
             let pages_name = names::pages(pid);
+            crate::fault::point("creating a pages file")?;
             let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
             written.push(pages_name);
             let from_parent = parent.as_deref().and_then(|p| p.process(pid));
@@ -85,6 +86,7 @@ pub(crate) fn write_tree(
         timings.since("write.pages", started);
         let started = Instant::now();
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
+        crate::fault::point("writing blobs")?;
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
         mappings += c.image.vmas.len();
         records.push(Record {
@@ -126,8 +128,10 @@ pub(crate) fn write_records(
             page_bytes += bytes;
         }
         let process_name = names::process(image.pid);
+        crate::fault::point("writing a process record")?;
+        // Named before it exists: a write that fails half-way leaves a file to remove.
+        written.push(process_name.clone());
         write_record_unsynced(dir, &process_name, RecordKind::Process, &image)?;
-        written.push(process_name);
     }
     Ok(page_bytes)
 }
@@ -153,6 +157,7 @@ pub(crate) fn write_inventory(
         zombies,
         parent,
     };
+    crate::fault::point("writing the inventory")?;
     write_record_atomic(dir, names::INVENTORY, RecordKind::Inventory, &inventory)?;
     // The renames into place (the inventory's last) are durable only once the directory is.
     Ok(dir.sync_dir()?)

@@ -34,6 +34,12 @@ const BLOB: [u8; 47] = [
 
 const PAGE: u64 = 4096;
 
+/// Where the guarded stub of a parked thread ([`super::park`]) is in the code page:
+/// `syscall ; mov $15,%eax ; syscall` (the injected call, then rt_sigreturn through the
+/// frame, for a thread that runs on without its tracer).
+pub(crate) const GUARD_STUB: u64 = 64;
+const STUB: [u8; 9] = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
 /// At most this many calls in one batch (the table and results must fit the scratch area).
 pub const MAX_BATCH: usize = 256;
 
@@ -111,7 +117,7 @@ impl Injector {
     }
 
     /// The code page, mapped and filled on first use; `None` when the target refuses it.
-    fn code_page(&mut self) -> Result<Option<u64>, Error> {
+    pub(crate) fn code_page(&mut self) -> Result<Option<u64>, Error> {
         match self.code {
             CodePage::Mapped(a) => return Ok(Some(a)),
             CodePage::Refused => return Ok(None),
@@ -132,6 +138,7 @@ impl Injector {
         // Unmapped with the scratch area from now on, whatever happens next.
         self.code = CodePage::Mapped(page);
         proc_mem::write_all(self.tid, page, &BLOB)
+            .and_then(|()| proc_mem::write_all(self.tid, page + GUARD_STUB, &STUB))
             .map_err(|e| Error::sys("process_vm_writev(code)", self.tid, e))?;
         let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         match self.try_call(
@@ -154,9 +161,10 @@ impl Injector {
 
     /// Unmaps the code page, if mapped.
     pub(crate) fn unmap_code(&mut self) -> Result<(), Error> {
+        self.unguard()?;
         if let CodePage::Mapped(page) = self.code {
             self.code = CodePage::NotYet;
-            self.call("munmap(code)", libc::SYS_munmap, [page, PAGE, 0, 0, 0, 0])?;
+            self.call_cleanup("munmap(code)", libc::SYS_munmap, [page, PAGE, 0, 0, 0, 0])?;
         }
         Ok(())
     }
@@ -181,7 +189,7 @@ impl Injector {
             }
             let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
             if after.rip == end {
-                return Ok(());
+                return self.repark();
             }
             let start = end - BLOB.len() as u64;
             if !(start..end).contains(&after.rip) {

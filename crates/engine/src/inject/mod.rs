@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod calls;
 mod errno;
+pub mod park;
 pub mod scratch;
 
 pub use calls::Errno;
@@ -49,6 +50,13 @@ pub struct Injector {
     finished: bool,
     /// The page of code for batched calls ([`batch`]).
     code: batch::CodePage,
+    /// The registers the thread is left with between calls, when parked ([`park`]).
+    parked: Option<UserRegs>,
+    /// When parked: the signal mask the thread had, put back by [`Injector::finish`].
+    park_mask: Option<u64>,
+    /// When parked with a code page: the `syscall` of the guarded stub, which calls are run
+    /// from (and which returns through the frame if the thread runs on without us).
+    guarded: Option<u64>,
 }
 
 /// Size of the scratch area used for syscall arguments.
@@ -113,7 +121,86 @@ impl Injector {
             last: None,
             finished: false,
             code: batch::CodePage::NotYet,
+            parked: None,
+            park_mask: None,
+            guarded: None,
         })
+    }
+
+    /// Parks the thread between calls on a signal frame written below its stack (under the
+    /// red zone, where a signal frame would go), so that it returns to its saved registers,
+    /// `sigmask` and XSAVE area if it is resumed without us ([`park`]). Run no call before
+    /// (the frame holds the registers the thread had when taken over); signals are blocked
+    /// here. Returns whether it is parked (not when its XSAVE area has no layout a frame
+    /// can hold, or its stack has no room mapped). [`Injector::guard`] covers the calls too.
+    pub fn park(&mut self, sigmask: u64) -> Result<bool, Error> {
+        let tid = self.tid;
+        let xstate =
+            ptrace::get_xstate(tid).map_err(|e| Error::sys("PTRACE_GETREGSET(xstate)", tid, e))?;
+        let at = (self.saved.rsp.wrapping_sub(128 + park::FRAME_ROOM)) & !63;
+        let parked = match park::frame(&self.saved, sigmask, &xstate, at, self.syscall_ip) {
+            None => {
+                tracing::debug!(
+                    "tid {tid}: not parked (XSAVE area of {} bytes, software bytes {:02x?})",
+                    xstate.len(),
+                    xstate.get(464..512)
+                );
+                false
+            }
+            Some((frame, regs)) => match proc_mem::write_all(tid, at, &frame) {
+                Ok(()) => {
+                    self.parked = Some(regs);
+                    self.park_mask = Some(sigmask);
+                    self.repark()?;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("tid {tid}: not parked (no room below its stack: {e})");
+                    false
+                }
+            },
+        };
+        ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+        Ok(parked)
+    }
+
+    /// For a parked thread: runs the calls from now on from a stub in the code page of
+    /// batched calls, whose next instructions return through the frame if the thread runs on
+    /// without us while a call runs. Nothing when not parked or without a code page.
+    pub fn guard(&mut self) -> Result<(), Error> {
+        if self.parked.is_none() || self.guarded.is_some() {
+            return Ok(());
+        }
+        if let Some(code) = self.code_page()? {
+            let stub = code + batch::GUARD_STUB;
+            if let Some(p) = self.parked.as_mut() {
+                p.rip = stub + 2;
+            }
+            self.guarded = Some(stub);
+            self.repark()?;
+        }
+        Ok(())
+    }
+
+    /// Runs calls from the `[vdso]` again, before the code page goes.
+    fn unguard(&mut self) -> Result<(), Error> {
+        if self.guarded.take().is_some() {
+            if let Some(p) = self.parked.as_mut() {
+                p.rip = self.syscall_ip;
+                p.rax = 15; // rt_sigreturn
+            }
+            self.repark()?;
+        }
+        Ok(())
+    }
+
+    /// Puts the thread back in its parked registers after a call, when parked.
+    fn repark(&mut self) -> Result<(), Error> {
+        if let Some(regs) = &self.parked {
+            ptrace::set_regs(self.tid, regs)
+                .map_err(|e| Error::sys("PTRACE_SETREGS(parked)", self.tid, e))?;
+        }
+        Ok(())
     }
 
     pub fn tid(&self) -> Pid {
@@ -235,7 +322,13 @@ impl Injector {
     fn step_over_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
         let tid = self.tid;
         let mut regs = self.saved;
-        regs.rip = self.syscall_ip;
+        // Parked: the call runs on the frame's stack (no call injected at dump reads the
+        // stack pointer), from the guarded stub when there is one.
+        let ip = self.guarded.unwrap_or(self.syscall_ip);
+        if let Some(p) = &self.parked {
+            regs.rsp = p.rsp;
+        }
+        regs.rip = ip;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
         regs.rdi = args[0];
@@ -244,7 +337,18 @@ impl Injector {
         regs.r10 = args[3];
         regs.r8 = args[4];
         regs.r9 = args[5];
+        // Test builds: a failure (or the death of the injector) at this call: with its
+        // registers set when the call is guarded (see `park`), else just before.
+        if self.guarded.is_none() {
+            crate::fault::point("injected system call (before it starts)")?;
+        }
         ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        if self.guarded.is_some() {
+            crate::fault::point("injected system call (while it runs)")?;
+        }
+        if self.parked.is_some() {
+            return self.run_to_syscall_exit(ip);
+        }
         loop {
             ptrace::singlestep(tid, 0).map_err(|e| Error::sys("PTRACE_SINGLESTEP", tid, e))?;
             match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
@@ -262,10 +366,11 @@ impl Injector {
             let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
             // The instruction ran when the thread stands right after it. Any other stop (a
             // signal arriving, a pending ptrace event) happened before: step again.
-            if after.rip == self.syscall_ip + 2 {
+            if after.rip == ip + 2 {
+                self.repark()?;
                 return Ok(after.rax as i64);
             }
-            if after.rip != self.syscall_ip {
+            if after.rip != ip {
                 return Err(Error::Inject {
                     tid,
                     nr,
@@ -277,6 +382,55 @@ impl Injector {
                 });
             }
         }
+    }
+
+    /// Runs the call set up at `ip` to its end with syscall stops instead of a single step
+    /// (a parked thread: single-stepping would leave the trap flag set, and the thread
+    /// would die of SIGTRAP if we died). The first syscall stop is the call's entry, the
+    /// next its exit, where the result is read; then the thread is parked again.
+    fn run_to_syscall_exit(&mut self, ip: u64) -> Result<i64, Error> {
+        let tid = self.tid;
+        let mut entered = false;
+        for _ in 0..1000 {
+            ptrace::syscall(tid).map_err(|e| Error::sys("PTRACE_SYSCALL", tid, e))?;
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                // A syscall stop (every other signal is blocked).
+                ptrace::WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => {}
+                // A ptrace event or an unblockable stop: not the call's.
+                ptrace::WaitStatus::Stopped { .. } => continue,
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}{}", self.during()),
+                    })
+                }
+            }
+            let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+            if after.rip != ip + 2 {
+                return Err(Error::Inject {
+                    tid,
+                    nr: after.orig_rax as i64,
+                    reason: format!(
+                        "thread went to {:#x} instead of running the syscall{}",
+                        after.rip,
+                        self.during()
+                    ),
+                });
+            }
+            if entered {
+                self.repark()?;
+                return Ok(after.rax as i64);
+            }
+            entered = true;
+        }
+        Err(Error::Inject {
+            tid,
+            nr: 0,
+            reason: format!("the call never ended{}", self.during()),
+        })
     }
 
     /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
@@ -378,9 +532,24 @@ impl Injector {
         self.unmap_code()?;
         if let Some((addr, len)) = self.scratch {
             self.set_scratch(None);
-            self.call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
+            self.call_cleanup("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
         }
         Ok(())
+    }
+
+    /// Runs a call that undoes what the injection made in the target (an unmap, a close):
+    /// tried a second time when it fails, so that a passing failure leaves nothing of ours
+    /// behind in the target.
+    pub fn call_cleanup(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<u64, Error> {
+        self.call(name, nr, args).or_else(|e| {
+            tracing::debug!("tid {}: {name} failed ({e}): once more", self.tid);
+            self.call(name, nr, args)
+        })
     }
 
     /// Forgets the scratch area without unmapping it (it was unmapped by other means, or it
@@ -395,13 +564,10 @@ impl Injector {
         self.set_scratch(Some((addr, SCRATCH_LEN)));
     }
 
-    /// Unmaps the scratch area and restores the saved registers. The thread stays stopped.
-    pub fn finish(mut self) -> Result<(), Error> {
-        self.unmap_scratch()?;
-        ptrace::set_regs(self.tid, &self.saved)
-            .map_err(|e| Error::sys("PTRACE_SETREGS", self.tid, e))?;
-        self.finished = true;
-        Ok(())
+    /// Unmaps the scratch area and restores the saved registers (and, when parked, the
+    /// signal mask it was parked with). The thread stays stopped.
+    pub fn finish(self) -> Result<(), Error> {
+        self.finish_with(false)
     }
 
     /// Like [`Injector::finish`], then leaves the thread stopped with single-stepping turned
@@ -410,28 +576,49 @@ impl Injector {
     /// where the process must survive a dumper that is killed. The thread must have every
     /// blockable signal blocked.
     pub fn finish_parked(self) -> Result<(), Error> {
+        self.finish_with(true)
+    }
+
+    fn finish_with(mut self, clear_step: bool) -> Result<(), Error> {
         let tid = self.tid;
-        self.finish()?;
-        // PTRACE_CONT clears the single-step flag; the pending interrupt stops the thread again
-        // before it runs a single user instruction.
-        ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
-        ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
-        loop {
-            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
-                ptrace::WaitStatus::Stopped {
-                    event: PTRACE_EVENT_STOP,
-                    ..
-                } => return Ok(()),
-                // Only an unblockable stop signal can come here; the dump goes on.
-                ptrace::WaitStatus::Stopped { .. } => {
-                    ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
-                }
-                other => {
-                    return Err(Error::TargetDied {
-                        pid: tid,
-                        how: format!("{other:?}"),
-                    })
-                }
+        // The registers go back even when the unmap fails: a thread left with the registers
+        // of an injected call would crash once it runs (found by fault injection).
+        let unmapped = self.unmap_scratch();
+        // Still parked (when it was) meanwhile, so that each step leaves a thread that
+        // survives our death: single-stepping off, then its mask, then its registers.
+        if clear_step {
+            clear_single_step(tid)?;
+        }
+        if let Some(mask) = self.park_mask {
+            ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
+        }
+        ptrace::set_regs(tid, &self.saved).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        self.finished = true;
+        unmapped
+    }
+}
+
+/// Clears the single-step flag of the stopped thread `tid` without running any of its
+/// instructions: PTRACE_CONT clears it, and the interrupt queued before stops the thread
+/// again before it runs a single user instruction.
+fn clear_single_step(tid: Pid) -> Result<(), Error> {
+    ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
+    ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
+    loop {
+        match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+            ptrace::WaitStatus::Stopped {
+                event: PTRACE_EVENT_STOP,
+                ..
+            } => return Ok(()),
+            // Only an unblockable stop signal can come here; the dump goes on.
+            ptrace::WaitStatus::Stopped { .. } => {
+                ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
+            }
+            other => {
+                return Err(Error::TargetDied {
+                    pid: tid,
+                    how: format!("{other:?}"),
+                })
             }
         }
     }

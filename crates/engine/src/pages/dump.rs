@@ -93,6 +93,7 @@ pub fn copy_pages(source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Resul
         copied.read += span.npages;
         for (first, end) in NonZeroRuns::new(data) {
             let bytes = &data[first * PAGE_SIZE as usize..end * PAGE_SIZE as usize];
+            crate::fault::point("writing a page run")?;
             sink.put(span.addr + first as u64 * PAGE_SIZE, bytes)?;
             copied.stored += (end - first) as u64;
         }

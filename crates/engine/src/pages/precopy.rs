@@ -125,9 +125,9 @@ impl Tracked {
         let mask =
             ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
         let mut inj = Injector::new(leader, syscall_ip)?;
-        ptrace::set_sigmask(leader, u64::MAX)
-            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", leader, e))?;
         let created = (|| {
+            // A dumper that dies from here leaves the thread as it was (also blocks signals).
+            inj.park(mask)?;
             let flags = wp::UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32;
             let fd = match inj.try_call(
                 "userfaultfd",
@@ -142,7 +142,8 @@ impl Tracked {
             };
             let taken = process::pidfd_getfd(pidfd.as_fd(), fd)
                 .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e));
-            inj.close(fd)?;
+            // Nothing of ours may stay in the process.
+            inj.call_cleanup("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
             taken.map(Some)
         })();
         let finished = inj.finish_parked();
@@ -218,6 +219,7 @@ impl Tracked {
     /// next ones the pages written since the previous pass. A range whose scan or read fails
     /// (the process changed its mappings) stops being trusted: it is copied frozen.
     pub fn pass(&mut self, out: &mut RawWriter, buf: &mut [u8]) -> Result<PassStats, Error> {
+        crate::fault::point("a pre-copy pass")?;
         let first = self.passes == 0;
         self.passes += 1;
         let mut stats = PassStats::default();

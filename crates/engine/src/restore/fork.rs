@@ -103,11 +103,26 @@ impl Created {
             holder: super::load::pid_holder(pid, None),
         };
         let pidfd = process::pidfd_open(pid).map_err(|_| in_use())?;
-        // Read after the pidfd pins the process: the parent seen is the pinned one's.
-        let ppid = procfs::read_stat(pid).map(|s| s.ppid).unwrap_or(0);
+        // Read after the pidfd pins the process: the parent seen is the pinned one's. A
+        // failed read is that error, not "in use" (found by fault injection).
+        let ppid = match procfs::read_stat(pid) {
+            Ok(s) => s.ppid,
+            Err(_) if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() => 0,
+            Err(e) => return Err(e.into()),
+        };
         if ppid != parent {
             return Err(in_use());
         }
+        self.pidfds.push((pid, pidfd));
+        Ok(())
+    }
+
+    /// Pins `pid`, a child this process forked and has not reaped: its pid cannot have been
+    /// taken by another process, so no check is needed (and the clean-up must reach it
+    /// whatever else fails: a root left unpinned waited on its sync pipe and the restorer for
+    /// it, forever; found by fault injection).
+    pub fn pin_own_child(&mut self, pid: Pid) -> Result<(), Error> {
+        let pidfd = process::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open", pid, e))?;
         self.pidfds.push((pid, pidfd));
         Ok(())
     }
@@ -144,6 +159,13 @@ pub(crate) fn reap_orphans(plan: &Plan<'_>) {
 /// root pinned in `created`.
 pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Error> {
     let root = plan.loaded.inventory.root_pid;
+    crate::fault::point("clone3(set_tid) of the root")?;
+    // The root's parent-to-be, known to the child (a copy of this memory) before the fork.
+    let forker = if plan.root_as_sibling {
+        procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
+    } else {
+        process::getpid()
+    };
     let forked = if plan.root_as_sibling {
         process::fork_with_pid_as_sibling(root)
     } else {
@@ -158,14 +180,13 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
             })
         }
         Err(e) => Err(Error::sys("clone3(set_tid)", root, e)),
-        Ok(Forked::Child(child)) => child_main(&child, plan, 0),
+        Ok(Forked::Child(child)) => child_main(&child, plan, 0, forker),
         Ok(Forked::Parent(_)) => {
             // It waits on its sync pipe, alive, until seized: the pid is still ours.
-            let parent = if plan.root_as_sibling {
-                procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
-            } else {
-                process::getpid()
-            };
+            if !plan.root_as_sibling {
+                return created.pin_own_child(root);
+            }
+            let parent = procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid);
             created.adopt(root, parent)
         }
     }
@@ -263,6 +284,7 @@ pub(crate) fn seize_tree(
                 });
             }
         }
+        crate::fault::point("PTRACE_SEIZE")?;
         ptrace::seize(pid, true).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
         std::io::Write::write_all(
             &mut File::from(p.sync.1.try_clone().map_err(|e| Error::io("dup", e))?),
@@ -310,8 +332,8 @@ fn wait_until_exists(pid: Pid, reports: &ChildReports) -> bool {
 }
 
 /// Runs in a forked restore child as process `idx` of the tree; never returns.
-fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
-    let failure = match child_setup(child, plan, idx) {
+fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize, parent: Pid) -> ! {
+    let failure = match child_setup(child, plan, idx, parent) {
         Ok(()) => ChildFailure::Other {
             what: "child setup returned".into(),
         },
@@ -335,14 +357,21 @@ fn child_main(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> ! {
 /// Sets up process `idx` in the freshly forked child: waits to be seized, takes its session,
 /// forks its own children (and zombies), lays out its fd table and attributes, then stops.
 /// Returns only on failure, with a message for the restorer.
-fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), ChildFailure> {
+fn child_setup(
+    child: &ForkedChild,
+    plan: &Plan<'_>,
+    idx: usize,
+    parent: Pid,
+) -> Result<(), ChildFailure> {
     let image = plan.processes[idx].image;
     // Die with the process that forked us, from the start: a parent that fails before the
     // restorer seizes us (and so before the restorer knows us) must not leave us waiting.
     process::prctl_int(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0)
         .map_err(sys("PR_SET_PDEATHSIG"))?;
-    if idx > 0 && procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid) != image.ppid {
-        // It died before the line above: nobody will wake us.
+    // It died before the line above: nobody will wake us. (The root too: a restorer killed
+    // right after forking it left it waiting on its sync pipe forever, holding its pid;
+    // found by fault injection.)
+    if procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid) != parent {
         process::exit_now(1);
     }
     // Wait until the restorer has seized us: stopping before that would not be a ptrace-stop.
@@ -489,7 +518,7 @@ fn child_setup(child: &ForkedChild, plan: &Plan<'_>, idx: usize) -> Result<(), C
         }
         match process::fork_with_pid_sharing(pid, files, fs).map_err(|e| clone_failed(pid, e))? {
             Forked::Child(kid) => match live {
-                Some(j) => child_main(&kid, plan, j),
+                Some(j) => child_main(&kid, plan, j, plan.processes[j].image.ppid),
                 None => exit_like(status),
             },
             Forked::Parent(_) if live.is_none() => {

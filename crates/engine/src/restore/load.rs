@@ -83,6 +83,7 @@ pub fn load(dir: &ImageDir) -> Result<Loaded, Error> {
 /// [`load`], each ancestor of an incremental dump authenticated as `auth` says (as the
 /// dump itself was, by [`authenticate`]).
 pub fn load_chain(dir: &ImageDir, auth: ChainAuth<'_>) -> Result<Loaded, Error> {
+    crate::fault::point("reading the inventory")?;
     let inventory: Inventory = read_record(dir, names::INVENTORY, RecordKind::Inventory)?;
     let ancestors = crate::chain::open_ancestors(dir, &inventory, auth)?;
     let bad = |why: String| {
@@ -103,7 +104,9 @@ pub fn load_chain(dir: &ImageDir, auth: ChainAuth<'_>) -> Result<Loaded, Error> 
         if pid <= 0 || !seen.insert(pid) {
             return bad(format!("pid {pid} is invalid or listed twice"));
         }
+        crate::fault::point("reading a process record")?;
         let image: ProcessImage = read_record(dir, &names::process(pid), RecordKind::Process)?;
+        crate::fault::point("opening a pages file")?;
         let pages = ChainPages::open(dir, &ancestors, pid, &image.page_runs)?;
         validate_process_in_chain(
             &image,

@@ -95,6 +95,7 @@ impl Phase {
 
     /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
+        crate::fault::phase(self.name());
         match self {
             Phase::Load => tracing::info_span!("load"),
             Phase::Plan => tracing::info_span!("plan"),
@@ -252,6 +253,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         created.kill_all();
         // Their userfaultfds are closed only now: a process killed waiting for a page ends.
         drop(lazy);
+        // The threads created so far are traced by us: each must be waited for before its
+        // leader can be (waiting for the root first hung: found by fault injection).
+        for (image, _) in &loaded.processes {
+            for t in image.threads.iter().skip(1) {
+                while let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::waitpid(t.tid, 0) {}
+            }
+        }
         if !plan.root_as_sibling {
             let _ = ptrace::waitpid(root, 0);
         }
@@ -310,6 +318,7 @@ fn rebuild_and_finish<'a>(
         let started = std::time::Instant::now();
         let _phase = Phase::Finish.span();
         // Every process and thread exists: the owners of I/O signals can be set.
+        crate::fault::point("setting the owners of I/O signals")?;
         plan.descriptions
             .set_owners(loaded.processes.iter().map(|(p, _)| p))?;
         // ... and the queued messages that carry their credentials be sent again.
@@ -319,6 +328,7 @@ fn rebuild_and_finish<'a>(
         }
         // Everything is in place: let the whole tree go at once.
         for tid in to_detach {
+            crate::fault::point("PTRACE_DETACH")?;
             ptrace::detach(tid, 0).map_err(|e| Error::sys("PTRACE_DETACH", tid, e))?;
         }
         if plan.shell_job.is_some() {

@@ -135,6 +135,7 @@ impl<'a> Plan<'a> {
         let shell_job = shell_job(opts, loaded)?;
         let mut ctx = files::OpenContext::new(&opts.images, opts.replaced_files);
         ctx.terminal = shell_job.as_ref().map(|j| j.fd.as_raw_fd());
+        crate::fault::point("opening the files")?;
         let descriptions = files::open_all(&mut ctx, loaded.processes.iter().map(|(p, _)| p))?;
         let mut aux: Vec<OwnedFd> = Vec::new();
         let mut processes = Vec::with_capacity(loaded.processes.len());
@@ -256,6 +257,7 @@ fn open_mapped_file(
     ino: u64,
     ctx: &mut files::OpenContext<'_>,
 ) -> Result<OwnedFd, Error> {
+    crate::fault::point("opening a mapped file")?;
     // O_NOATIME where the restorer may (it owns the file, or root): mmap(2) counts as an
     // access, and the restore must not change the times of files the process did not touch.
     let open = |more: i32| {

@@ -117,10 +117,20 @@ fn in_process<T>(
     f: impl FnOnce(&mut Injector) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mask = ptrace::get_sigmask(pid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", pid, e))?;
-    ptrace::set_sigmask(pid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", pid, e))?;
+    if !parked {
+        // (Parking blocks them itself, once the frame holds the mask.)
+        ptrace::set_sigmask(pid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", pid, e))?;
+    }
     let result = (|| {
         let mut inj = Injector::new(pid, syscall_ip)?;
-        let r = inj.map_scratch(None).and_then(|_| f(&mut inj));
+        let r = (|| {
+            if parked {
+                inj.park(mask)?;
+                inj.guard()?;
+            }
+            inj.map_scratch(None)?;
+            f(&mut inj)
+        })();
         let done = if parked {
             inj.finish_parked()
         } else {

@@ -1,0 +1,170 @@
+//! Parking a thread between injected calls so that it survives the death of the injector.
+//!
+//! When the tracer dies (the dumper, a stasisd worker killed mid-dump), the kernel detaches
+//! its tracees and they run on from the registers they have at that moment. Between two
+//! injected calls those are the registers left by the last call: the thread would resume
+//! inside the `[vdso]` with an injected call's result in `rax` and crash.
+//!
+//! A parked thread instead stands at the `syscall` instruction used for injection with
+//! `rax` = `rt_sigreturn` and its stack pointer on a signal frame written in the scratch
+//! area ([`frame`]): the thread's saved registers (with the kernel's restart of an
+//! interrupted call applied, as a resume from the stop would do), its signal mask from
+//! before the injection, and its XSAVE area (FPU, SSE, AVX). Resumed without its tracer, the
+//! thread returns through that frame to exactly where it was. The tracer itself always sets
+//! registers before running anything, so the parked registers are never run while it lives.
+//!
+//! What stays open: the short time in which one call is being run (its registers set,
+//! single-stepped, read back: microseconds per call), before the scratch area exists and
+//! after it is unmapped (one call each); and a process the dumper leaves this way keeps the
+//! scratch area mapped (64 KiB of anonymous memory that nothing uses).
+
+use stasis_sys::UserRegs;
+
+/// Room for one frame (below the red zone of the thread's stack).
+pub const FRAME_ROOM: u64 = 8 * 1024;
+
+/// `__NR_rt_sigreturn` on x86-64.
+const RT_SIGRETURN: u64 = 15;
+/// The frame's `ucontext` flags: the XSAVE layout is used, and `ss` is restored as saved.
+const UC_FP_XSTATE: u64 = 1;
+const UC_SIGCONTEXT_SS: u64 = 2;
+const UC_STRICT_RESTORE_SS: u64 = 4;
+/// Marks the end of the XSAVE area of a signal frame.
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+/// Marks the software-reserved bytes of an XSAVE area that the kernel filled in.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+
+/// Errors of interrupted calls that the kernel restarts when the thread resumes.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// A frame to write at `at` (the address where the `rt_sigframe` starts, 16-byte aligned)
+/// and the registers of the parked thread. `None` when the XSAVE area has no layout the
+/// kernel accepts in a frame or does not fit [`FRAME_ROOM`].
+pub fn frame(
+    saved: &UserRegs,
+    sigmask: u64,
+    xstate: &[u8],
+    at: u64,
+    syscall_ip: u64,
+) -> Option<(Vec<u8>, UserRegs)> {
+    // PTRACE_GETREGSET puts the enabled features (XCR0) in the first software-reserved
+    // bytes of the legacy area (offset 464); a signal frame has its own description there
+    // (magic1, extended size, features, xstate size), written below.
+    let xstate_size = xstate.len();
+    if xstate_size < 576 {
+        return None;
+    }
+    let xfeatures = u64::from_le_bytes(xstate.get(464..472)?.try_into().ok()?);
+    // pretcode (8), ucontext (flags 8, link 8, stack 24, sigcontext 256, sigmask 8), siginfo
+    // (128); then the XSAVE area, 64-byte aligned, and magic2.
+    const UC: usize = 8;
+    const MCONTEXT: usize = UC + 8 + 8 + 24;
+    const SIGMASK: usize = MCONTEXT + 256;
+    const HEADER: usize = SIGMASK + 8 + 128;
+    let fp_off = HEADER.next_multiple_of(64);
+    let len = fp_off + xstate_size + 4;
+    if len as u64 > FRAME_ROOM || at & 63 != 0 {
+        return None;
+    }
+    let mut f = vec![0u8; len];
+    let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(UC, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    // uc_stack: an invalid mode, which rt_sigreturn's sigaltstack refuses (and ignores),
+    // so the thread's alternate stack stays as it is.
+    put(UC + 16 + 8, 3);
+    // The kernel's restart of an interrupted call on resume (no handler runs).
+    let mut r = *saved;
+    let err = -(r.rax as i64);
+    if (r.orig_rax as i64) >= 0 {
+        match err {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                r.rax = NR_RESTART_SYSCALL;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    let sc = [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+    ];
+    for (i, v) in sc.iter().enumerate() {
+        put(MCONTEXT + i * 8, *v);
+    }
+    // cs, gs, fs, ss (16 bits each).
+    let segs =
+        (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
+    put(MCONTEXT + 18 * 8, segs);
+    // err, trapno, oldmask, cr2: 0; fpstate:
+    put(MCONTEXT + 23 * 8, at + fp_off as u64);
+    put(SIGMASK, sigmask);
+    f[fp_off..fp_off + xstate_size].copy_from_slice(xstate);
+    let sw = fp_off + 464;
+    f[sw..sw + 48].fill(0);
+    f[sw..sw + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    f[sw + 4..sw + 8].copy_from_slice(&(xstate_size as u32 + 4).to_le_bytes());
+    f[sw + 8..sw + 16].copy_from_slice(&xfeatures.to_le_bytes());
+    f[sw + 16..sw + 20].copy_from_slice(&(xstate_size as u32).to_le_bytes());
+    f[fp_off + xstate_size..].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+    let mut parked = *saved;
+    parked.rip = syscall_ip;
+    parked.rax = RT_SIGRETURN;
+    parked.orig_rax = u64::MAX;
+    // rt_sigreturn finds its frame at rsp - 8 (the handler's `ret` popped pretcode).
+    parked.rsp = at + UC as u64;
+    Some((f, parked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xstate(size: u32) -> Vec<u8> {
+        let mut x = vec![0u8; size as usize];
+        x[464] = 0xe7; // XCR0, as ptrace reports it
+        x
+    }
+
+    #[test]
+    fn the_frame_holds_the_registers_mask_and_restart() {
+        let mut r = crate::task::thread::user_from_regs(&Default::default());
+        r.rip = 0x1002;
+        r.orig_rax = 35; // nanosleep, interrupted
+        r.rax = (-ERESTART_RESTARTBLOCK) as u64;
+        r.rsp = 0x7000;
+        let (f, parked) = frame(&r, 0x8000, &xstate(832), 0x10000, 0x5000).expect("a frame");
+        assert_eq!(parked.rip, 0x5000);
+        assert_eq!(parked.rax, RT_SIGRETURN);
+        assert_eq!(parked.rsp, 0x10008);
+        let at = |off: usize| u64::from_le_bytes(f[off..off + 8].try_into().expect("8 bytes"));
+        assert_eq!(at(48 + 13 * 8), NR_RESTART_SYSCALL, "rax");
+        assert_eq!(at(48 + 16 * 8), 0x1000, "rip back on the syscall");
+        assert_eq!(at(48 + 15 * 8), 0x7000, "rsp");
+        assert_eq!(at(304), 0x8000, "sigmask");
+        let fp = at(48 + 23 * 8);
+        assert_eq!(fp & 63, 0);
+        let fp_off = (fp - 0x10000) as usize;
+        assert_eq!(
+            &f[fp_off + 832..],
+            &FP_XSTATE_MAGIC2.to_le_bytes(),
+            "magic2 ends the area"
+        );
+        let sw = fp_off + 464;
+        assert_eq!(f[sw..sw + 4], FP_XSTATE_MAGIC1.to_le_bytes());
+        assert_eq!(f[sw + 4..sw + 8], 836u32.to_le_bytes(), "extended size");
+        assert_eq!(f[sw + 8], 0xe7, "features");
+        assert_eq!(f[sw + 16..sw + 20], 832u32.to_le_bytes(), "xstate size");
+        // Too small.
+        assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000).is_none());
+        // Too big.
+        assert!(frame(&r, 0, &xstate(9000), 0x10000, 0x5000).is_none());
+    }
+}
