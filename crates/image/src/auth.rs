@@ -410,17 +410,12 @@ impl Verifier {
                  machine's, or one since replaced), or modified",
             ));
         }
-        let (manifest, rest): (Manifest, _) =
-            postcard::take_from_bytes(&sealed.manifest).map_err(|e| ImageError::Decode {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if !rest.is_empty() {
-            return Err(ImageError::Decode {
-                path,
-                reason: format!("{} unused bytes after the manifest", rest.len()),
-            });
-        }
+        let manifest: Manifest = crate::budget::decode(
+            &sealed.manifest,
+            crate::budget::DECODE_BUDGET,
+            &path,
+            "manifest",
+        )?;
         check_manifest(&manifest, &path)?;
         Ok(Some(Verifier {
             key: key.clone(),
@@ -796,11 +791,12 @@ pub fn reseal(dir: &ImageDir, key: &ImageKey) -> Result<(), ImageError> {
     let path = dir.path_of(names::AUTH);
     let bytes = crate::frame::read_record_bytes(dir, names::AUTH, RecordKind::Auth)?;
     let sealed: SealedManifest = decode_record(RecordKind::Auth, &bytes, &path)?;
-    let mut manifest: Manifest =
-        postcard::from_bytes(&sealed.manifest).map_err(|e| ImageError::Decode {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let mut manifest: Manifest = crate::budget::decode(
+        &sealed.manifest,
+        crate::budget::DECODE_BUDGET,
+        &path,
+        "manifest",
+    )?;
     check_manifest(&manifest, &path)?;
     let id = manifest.dump_id;
     for f in &mut manifest.files {

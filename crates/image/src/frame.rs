@@ -172,17 +172,7 @@ pub fn decode_record<T: DeserializeOwned>(
             path: path.to_path_buf(),
         });
     }
-    let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| ImageError::Decode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if !rest.is_empty() {
-        return Err(ImageError::Decode {
-            path: path.to_path_buf(),
-            reason: format!("{} unused bytes in payload", rest.len()),
-        });
-    }
-    Ok(value)
+    crate::budget::decode(payload, crate::budget::DECODE_BUDGET, path, "payload")
 }
 
 /// Reads and decodes a metadata record from `name` in `dir`.

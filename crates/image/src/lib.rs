@@ -24,7 +24,9 @@
 //!   allocated or read ([`ImageError::Truncated`] when a header claims more than the file
 //!   holds).
 //! * Metadata records ([`read_record`]) are at most [`MAX_RECORD_LEN`] (64 MiB): the only
-//!   buffer sized by an image, and never larger than the file.
+//!   buffer sized by an image, and never larger than the file. What one decodes into is at
+//!   most [`DECODE_BUDGET`] bytes of lists and strings, charged element by element while
+//!   decoding.
 //! * Raw data (pages, blobs) is never read whole: page runs and blob lengths can be as large as
 //!   a sparse file. Stream an extent through a fixed buffer of the caller's with
 //!   [`RawReader::read_chunks`] (returns the CRC) or [`RawReader::read_extent_chunks`] (checks
@@ -42,6 +44,7 @@
 //! accept the change. See [`auth`].
 
 pub mod auth;
+mod budget;
 mod dir;
 mod entries;
 mod frame;
@@ -51,6 +54,7 @@ pub mod testing;
 mod validate;
 
 pub use auth::ImageKey;
+pub use budget::DECODE_BUDGET;
 pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{

@@ -337,6 +337,11 @@ pub fn fanotify_init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Makes `fd` close-on-exec (FD_CLOEXEC).
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?)
+}
+
 /// fanotify_mark(fd, flags, mask, AT_FDCWD, path).
 pub fn fanotify_mark(
     fd: BorrowedFd<'_>,

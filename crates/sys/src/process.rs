@@ -814,18 +814,42 @@ pub unsafe fn write_raw(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     Ok(rustix::io::write(fd, data)?)
 }
 
+/// rt_sigaction(2) of the calling process: `sig` to SIG_DFL (or SIG_IGN with `ignore`), with
+/// no flag, mask bit or restorer (unlike the C library's `signal` and `sigaction`, which add
+/// `SA_RESTART`, the signal in the mask and their restorer).
+fn set_plain_disposition(sig: i32, ignore: bool) -> io::Result<()> {
+    let act = crate::kabi::KernelSigaction {
+        handler: if ignore { libc::SIG_IGN as u64 } else { 0 },
+        ..Default::default()
+    };
+    // SAFETY: rt_sigaction reads one kernel_sigaction we own (no handler code: SIG_DFL or
+    // SIG_IGN; sigsetsize 8, the kernel's) and writes no old action (null).
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const crate::kabi::KernelSigaction,
+            std::ptr::null_mut::<crate::kabi::KernelSigaction>(),
+            8usize,
+        )
+    })
+    .map(drop)
+}
+
 /// Sets every catchable signal of the calling process back to its default action and clears
 /// the alternate signal stack: a freshly forked restore child must not keep handlers or stacks
 /// that point into the restorer's memory.
+///
+/// The actions are those of a process that never touched them: no flags, an empty mask, no
+/// restorer (rt_sigaction(2) itself: the C library's `signal` sets `SA_RESTART`, the signal
+/// in the mask and its own restorer, an address of the restorer's C library, which a dump of
+/// the restored process then found and kept, cycle after cycle).
 pub fn reset_signal_dispositions() -> io::Result<()> {
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP || (32..34).contains(&sig) {
             continue;
         }
-        // SAFETY: SIG_DFL is a valid disposition; the previous handler is not needed.
-        if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
-            return Err(io::Error::last_os_error());
-        }
+        set_plain_disposition(sig, false)?;
     }
     let ss = libc::stack_t {
         ss_sp: std::ptr::null_mut(),
@@ -1011,14 +1035,9 @@ pub fn wait_exited_nowait(pid: Pid) -> io::Result<()> {
 /// Discards a pending SIGCHLD (setting a pending signal to SIG_IGN discards it), leaving the
 /// disposition at its default.
 pub fn discard_pending_sigchld() -> io::Result<()> {
-    // SAFETY: SIG_IGN and SIG_DFL are valid dispositions; no handler is installed.
-    unsafe {
-        if libc::signal(libc::SIGCHLD, libc::SIG_IGN) == libc::SIG_ERR
-            || libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_ERR
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // The kernel's default action exactly (see `reset_signal_dispositions`: not `signal`).
+    set_plain_disposition(libc::SIGCHLD, true)?;
+    set_plain_disposition(libc::SIGCHLD, false)?;
     Ok(())
 }
 

@@ -185,19 +185,31 @@ pub fn open_master(more: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(m) })
 }
 
+/// The kernel's O_LARGEFILE on x86-64 (the C library defines it as 0 there, and open(2) adds
+/// it on 64-bit).
+const O_LARGEFILE: i32 = 0o100000;
+
 /// TIOCGPTPEER: a new description of the slave of `master`, opened with `flags` (the access
-/// mode and open flags; O_NOCTTY is added).
+/// mode and open flags; O_NOCTTY and O_LARGEFILE are added, as open(2) of the slave's path
+/// would), its descriptor close-on-exec.
+///
+/// O_CLOEXEC is not passed to the ioctl: unlike open(2), it keeps it in the description's
+/// flags, which /proc/PID/fdinfo then reports for every descriptor of it (a dump of a
+/// restored process took its descriptors for close-on-exec, and the next restore made them
+/// so). FD_CLOEXEC is set on the new descriptor right after.
 pub fn open_peer(master: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: TIOCGPTPEER takes the open flags as its argument and returns a new descriptor.
     let s = cvt_int(unsafe {
         libc::ioctl(
             master.as_raw_fd(),
             libc::TIOCGPTPEER,
-            flags | libc::O_NOCTTY | libc::O_CLOEXEC,
+            (flags | libc::O_NOCTTY | O_LARGEFILE) & !libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: the ioctl just returned this descriptor, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+    let fd = unsafe { OwnedFd::from_raw_fd(s) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(fd)
 }
 
 /// An ioctl that reads one int.

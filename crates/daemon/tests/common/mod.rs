@@ -181,3 +181,99 @@ pub fn send_hello(conn: &OwnedFd) {
     )
     .unwrap();
 }
+
+/// A `stasisd` started by a test: `--socket <new path> --mode 0666` and the test's arguments,
+/// its output in a log. Killed (with its workers) when dropped unless [`Stasisd::stop`]ped.
+pub struct Stasisd {
+    pub child: std::process::Child,
+    pub pid: i32,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Stasisd {
+    /// Starts it with its socket in [`socket_dir`] `sockets` and its log `log`, and waits until
+    /// it listens.
+    pub fn start(sockets: &str, log: &Path, args: &[&str]) -> Stasisd {
+        use std::process::{Command, Stdio};
+        let socket = new_socket_path(sockets);
+        let f = File::create(log).unwrap();
+        let mut cmd = Command::new(stasisd_exe());
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["--mode", "0666"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f));
+        stasis_sys::process::close_inherited_fds_on_exec(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let mut d = Stasisd {
+            pid: child.id() as i32,
+            child,
+            socket,
+            log: log.to_path_buf(),
+        };
+        let ok = stasis_test_infra::wait::wait_until(std::time::Duration::from_secs(10), || {
+            d.log_text().contains(": listening (") || !matches!(d.child.try_wait(), Ok(None))
+        });
+        assert!(
+            ok && d.log_text().contains(": listening ("),
+            "{}",
+            d.log_text()
+        );
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its worker processes (its children).
+    pub fn workers(&self) -> Vec<i32> {
+        stasis_test_infra::procfs::children(self.pid)
+    }
+
+    /// Its resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        stasis_test_infra::procfs::status_field(self.pid, "VmRSS")
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for stasisd {}", self.pid))
+    }
+
+    /// How many descriptors it has open.
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .count()
+    }
+
+    /// Stops it with SIGTERM and checks that it exits with status 0.
+    pub fn stop(mut self) {
+        assert!(stasis_sys::process::kill(self.pid, libc::SIGTERM).is_ok());
+        let mut st = None;
+        stasis_test_infra::wait::wait_until(std::time::Duration::from_secs(30), || {
+            st = self.child.try_wait().unwrap();
+            st.is_some()
+        });
+        assert_eq!(
+            st.and_then(|s| s.code()),
+            Some(0),
+            "stasisd: {st:?}\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Stasisd {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let workers = self.workers();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for w in workers {
+                let _ = stasis_sys::process::kill(w, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! whole filesystems), each with its mask and ignore mask.
 //!
 //! Dump: /proc/PID/fdinfo/N of an `anon_inode:[fanotify]` shows `fanotify flags:F
-//! event-flags:E` (the flags given to fanotify_init, without FAN_CLOEXEC and FAN_NONBLOCK,
-//! which are the description's; E: the open flags of the event fds) and one line per mark, all
+//! event-flags:E` (the flags given to fanotify_init, FAN_CLOEXEC and FAN_NONBLOCK included;
+//! E: the open flags of the event fds) and one line per mark, all
 //! hex:
 //! * `fanotify ino:I sdev:D mflags:M mask:K ignored_mask:G fhandle-bytes:.. fhandle-type:..
 //!   f_handle:..`: a mark on an inode, found again by its file handle like an inotify watch
@@ -17,8 +17,9 @@
 //! FAN_MARK_EVICTABLE, FAN_MARK_IGNORE). Refused, naming the mark: an inode that was deleted
 //! or has no path stasis can find, or a mount or filesystem stasis does not see.
 //!
-//! Restore: fanotify_init with the dumped flags (FAN_CLOEXEC added; the status flags are set
-//! by [`super::open_all`]), then each mark with fanotify_mark(FAN_MARK_ADD, its kind and
+//! Restore: fanotify_init with the dumped flags as they are (our descriptor made close-on-exec
+//! right after when FAN_CLOEXEC is not among them; the status flags are set by
+//! [`super::open_all`]), then each mark with fanotify_mark(FAN_MARK_ADD, its kind and
 //! flags, the mask) and, when it has one, the ignore mask in a second call. A path that names
 //! another object than the marked one by then fails the restore.
 //!
@@ -49,9 +50,8 @@ const FAN_MARK_EVICTABLE: u32 = 0x200;
 const FAN_MARK_IGNORE: u32 = 0x400;
 /// The mark flags fdinfo's `mflags` may show.
 const MARK_FLAGS: u32 = FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE | FAN_MARK_IGNORE;
-/// fanotify_init's FAN_CLOEXEC and FAN_NONBLOCK (the description's flags).
+/// fanotify_init's FAN_CLOEXEC.
 const FAN_CLOEXEC: u32 = 0x1;
-const FAN_NONBLOCK: u32 = 0x2;
 
 /// What a mark is on, as [`FanotifyMark::on`] records it.
 pub const ON_INODE: u8 = 0;
@@ -250,9 +250,17 @@ impl FileOps for Fanotifies {
                 desc.id
             )));
         };
-        let init = (flags & !(FAN_CLOEXEC | FAN_NONBLOCK)) | FAN_CLOEXEC;
+        // The flags as the process gave them: the kernel keeps FAN_CLOEXEC and FAN_NONBLOCK
+        // among the group's flags and fdinfo shows them (with FAN_CLOEXEC always added, a dump
+        // of the restored process found other flags than the original's). Our descriptor is
+        // made close-on-exec at once when the process's was not.
+        let init = *flags;
         let group = anon_files::fanotify_init(init, *event_flags)
             .map_err(|e| Error::io(format!("fanotify_init({init:#x}, {event_flags:#x})"), e))?;
+        if init & FAN_CLOEXEC == 0 {
+            anon_files::set_cloexec(group.as_fd())
+                .map_err(|e| Error::io("F_SETFD FD_CLOEXEC on a fanotify group", e))?;
+        }
         for m in marks {
             let path = Path::new(&m.path);
             if m.on == ON_INODE {

@@ -293,12 +293,19 @@ fn open_named(path: &str, dev: u64, ino: u64, ctx: &mut OpenContext<'_>) -> Resu
         .map_err(|e| Error::io(format!("open FIFO {path}"), e))
 }
 
-/// Makes a deleted FIFO again: a new FIFO next to `path` with permission bits `mode`, opened
+/// Makes a deleted FIFO again: a new FIFO at `path` when that name is free (the process then
+/// sees the same "PATH (deleted)"), else next to it, with permission bits `mode`, opened
 /// read-write and non-blocking, and unlinked.
 fn make_deleted(path: &str, mode: u32, id: u32) -> Result<OwnedFd, Error> {
-    let tmp = format!("{path}.stasis-{}-{id}", std::process::id());
-    stasis_sys::fs::mkfifo(std::path::Path::new(&tmp), mode)
-        .map_err(|e| Error::io(format!("mkfifo {tmp}"), e))?;
+    let tmp = match stasis_sys::fs::mkfifo(std::path::Path::new(path), mode) {
+        Ok(()) => path.to_string(),
+        Err(_) => {
+            let tmp = format!("{path}.stasis-{}-{id}", std::process::id());
+            stasis_sys::fs::mkfifo(std::path::Path::new(&tmp), mode)
+                .map_err(|e| Error::io(format!("mkfifo {tmp}"), e))?;
+            tmp
+        }
+    };
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -2,6 +2,10 @@
 //! again with setitimer, both inside the process. The remaining time is kept as it was when
 //! the process was frozen; the time spent between dump and restore does not count.
 //!
+//! The kernel adds a tick to the value given to a CPU-time timer (ITIMER_VIRTUAL, ITIMER_PROF);
+//! the restore takes it off again (read back, set once more), so that the timer does not move
+//! a tick later with every dump and restore.
+//!
 //! An ITIMER_REAL that expired while the process was frozen reads as a zero value with its
 //! interval still set: the kernel re-arms it only when the process takes the pending SIGALRM.
 //! Such a timer is armed: it is kept, and restored to expire at once and then at its interval.
@@ -53,6 +57,19 @@ pub fn restore(inj: &mut Injector, timers: &[ITimer]) -> Result<(), Error> {
             v.value.usec = 1;
         }
         inj.setitimer(t.which, &v)?;
+        // The kernel adds a tick to the value of a CPU-time timer it is given (ITIMER_VIRTUAL,
+        // ITIMER_PROF: set_cpu_itimer): set as dumped, the timer would expire a tick later
+        // after every restore, and drift by one tick per cycle. What it added is read back and
+        // taken off the value, once (the second set adds the tick again).
+        if t.which != 0 && t.value_us != 0 {
+            let got = inj.getitimer(t.which)?;
+            let got_us = to_us(got.value.sec as u64, got.value.usec as u64);
+            let excess = got_us.saturating_sub(t.value_us);
+            if excess > 0 {
+                v.value = timeval(t.value_us.saturating_sub(excess).max(1));
+                inj.setitimer(t.which, &v)?;
+            }
+        }
     }
     Ok(())
 }
