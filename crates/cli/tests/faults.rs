@@ -898,8 +898,10 @@ fn images_that_change_under_a_restore_fail_it_cleanly() {
             "process record removed",
             Box::new(|| std::fs::remove_file(&record).expect("rm the record")),
         ),
+        // Before any page is read: a parent reads the pages its children share with it
+        // before it forks them (pages::cow), in the fork phase.
         (
-            "rebuild:1:stop",
+            "plan:1:stop",
             "pages file truncated",
             Box::new(|| {
                 let f = std::fs::OpenOptions::new()
@@ -911,7 +913,7 @@ fn images_that_change_under_a_restore_fail_it_cleanly() {
             }),
         ),
         (
-            "rebuild:1:stop",
+            "plan:1:stop",
             "pages file overwritten",
             Box::new(|| {
                 use std::os::unix::fs::FileExt;
