@@ -33,17 +33,17 @@
 static size_t psz;
 static volatile int dropped[NPAGES];
 
+/* Our /proc/self/pagemap, open the whole time (so that every dump sees the same fds). */
+static int pagemap_fd;
+
 /* The pagemap entry of our own page at `addr` (0 when it cannot be read). */
 static uint64_t pagemap_entry(const void *addr)
 {
 	uint64_t e = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)addr / psz * sizeof(e))) != sizeof(e))
+	if (pread(pagemap_fd, &e, sizeof(e), (off_t)((uintptr_t)addr / psz * sizeof(e))) !=
+	    sizeof(e))
 		e = 0;
-	close(fd);
 	return e;
 }
 
@@ -77,6 +77,9 @@ int main(int argc, char **argv)
 	close(fd);
 	for (int pg = 0; pg < NPAGES; pg++)
 		zdtm_fill(a + pg * psz, psz, 200 + pg);
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap_fd < 0)
+		zdtm_die("open /proc/self/pagemap: %m");
 
 	zdtm_ready();
 	while (!zdtm_stop) {
