@@ -8,8 +8,9 @@
  * copy-on-write), starts a thread that keeps reading the memory, and writes
  * DIR/ready. On each SIGUSR1 (sent after the restore), each process checks every byte of its
  * memory and writes DIR/result.<pid>: "ok" or what differs. With "dontneed", the parent first drops
- * its first 8 MiB with MADV_DONTNEED (right after the restore, as soon as it runs: it polls a
- * flag the signal sets) and checks that they read as zeros, then writes the pattern again.
+ * 8 MiB in the middle with MADV_DONTNEED (right after the restore, as soon as it runs: it polls
+ * a flag the signal sets) while a second thread keeps reading them, checks that they read as
+ * zeros, then writes the pattern again.
  * With "fork", the parent first forks a new child (after the restore, while pages are still
  * missing), which checks its copy of the memory, writes DIR/result.<its pid> and exits. */
 #define _GNU_SOURCE
@@ -67,6 +68,21 @@ static void *reader(void *arg) {
 	return NULL;
 }
 
+/* With "dontneed": the range dropped (the server pushes from the lowest address: this one is
+ * still missing when the restored process drops it), which a second thread keeps reading, so
+ * that its faults there wait when the drop happens. */
+#define DROP (8 << 20)
+#define DROP_AT (len / 2)
+
+static void *drop_reader(void *arg) {
+	(void)arg;
+	volatile uint64_t sum = 0;
+	for (;;)
+		for (size_t i = 0; i < DROP / 8; i += 512)
+			sum += mem[DROP_AT / 8 + i];
+	return NULL;
+}
+
 static void result(const char *text) {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/result.%d", dir, getpid());
@@ -99,19 +115,20 @@ static void check_once(int dontneed) {
 		}
 	}
 	if (dontneed) {
-		const size_t drop = 8 << 20;
-		if (madvise(mem, drop, MADV_DONTNEED)) {
+		uint64_t *p = mem + DROP_AT / 8;
+		if (madvise(p, DROP, MADV_DONTNEED)) {
 			result("madvise failed");
 			exit(1);
 		}
-		for (size_t i = 0; i < drop / 8; i++)
-			if (mem[i]) {
-				snprintf(why, sizeof why, "dropped word %zu is %#llx, not zero", i,
-					 (unsigned long long)mem[i]);
+		for (size_t i = 0; i < DROP / 8; i++)
+			if (p[i]) {
+				snprintf(why, sizeof why, "dropped word %zu is %#llx, not zero",
+					 DROP_AT / 8 + i, (unsigned long long)p[i]);
 				result(why);
 				exit(1);
 			}
-		fill(mem, drop, 1);
+		for (size_t i = 0; i < DROP / 8; i++)
+			p[i] = want(DROP_AT / 8 + i, 1);
 	}
 	if (check(mem, 0, len, 1, why, sizeof why) == 0)
 		check(ro, 0, RO_LEN, 2, why, sizeof why);
@@ -158,6 +175,8 @@ int main(int argc, char **argv) {
 		return 2;
 	pthread_t t;
 	if (pthread_create(&t, NULL, reader, NULL))
+		return 2;
+	if (dontneed && pthread_create(&t, NULL, drop_reader, NULL))
 		return 2;
 	char path[4096];
 	forking = fork_after;

@@ -364,7 +364,11 @@ impl<'a> Server<'a> {
                     );
                     return Ok(Copied::Again);
                 }
-                Some(libc::ESRCH) | Some(libc::ENOENT) => return Ok(Copied::Gone),
+                Some(libc::ESRCH) => return Ok(Copied::Gone),
+                // Nothing registered there any more (unmapped, the event not read yet): the
+                // page cannot be asked for.
+                Some(libc::ENOENT) if r.bytes == 0 => done += PAGE_SIZE,
+                Some(libc::ENOENT) => {}
                 Some(_) => {
                     let e = r.error.unwrap_or_else(|| std::io::Error::other("?"));
                     return Err(Error::io(
@@ -430,8 +434,14 @@ impl<'a> Server<'a> {
                 self.served[s].retry.push(addr);
                 Ok(())
             }
-            Some(libc::ESRCH) | Some(libc::ENOENT) => {
+            Some(libc::ESRCH) => {
                 self.served[s].finished = true;
+                Ok(())
+            }
+            // A fault at an address no longer registered (moved or unmapped since): the
+            // thread, woken, faults again where the memory is now.
+            Some(libc::ENOENT) => {
+                let _ = self.served[s].uffd.wake(addr, PAGE_SIZE);
                 Ok(())
             }
             _ => Err(Error::io(
@@ -478,7 +488,14 @@ impl<'a> Server<'a> {
                     self.served.push(child);
                 }
             }
-            for ev in events {
+            // Then the layout changes, before any fault of the batch: the kernel hands out
+            // waiting faults ahead of events, so a fault read with a removal may be older than
+            // it, and the thread that dropped the memory zaps it once its message is read: a
+            // page copied for that fault after the zap would bring the dropped data back.
+            let (faults, changes): (Vec<Event>, Vec<Event>) = events
+                .into_iter()
+                .partition(|e| matches!(e, Event::PageFault { .. }));
+            for ev in changes.into_iter().chain(faults) {
                 match ev {
                     Event::PageFault { addr, .. } => self.fault(s, addr)?,
                     Event::Fork { .. } => {}
