@@ -229,6 +229,24 @@ impl Stasisd {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its socket's path, as a string (for the clients' command lines).
+    pub fn socket_str(&self) -> &str {
+        path_str(&self.socket)
+    }
+
+    /// Waits (30 s at most) until it has `n` workers.
+    pub fn wait_workers(&self, n: usize) {
+        assert!(
+            stasis_test_infra::wait::wait_until(std::time::Duration::from_secs(30), || self
+                .workers()
+                .len()
+                == n),
+            "stasisd has workers {:?}, expected {n}\n{}",
+            self.workers(),
+            self.log_text()
+        );
+    }
+
     /// Its worker processes (its children).
     pub fn workers(&self) -> Vec<i32> {
         stasis_test_infra::procfs::children(self.pid)
