@@ -147,18 +147,15 @@ impl LinkRemaps {
         what: String,
     ) -> Result<FileKind, Error> {
         let key = (md.dev(), md.ino());
-        if !self.pending.contains_key(&key) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.pending.entry(key) {
             let file = file
                 .try_clone()
-                .map_err(|e| Error::io(format!("dup {what}"), e))?;
-            self.pending.insert(
-                key,
-                Pending {
-                    file,
-                    path: path.to_string(),
-                    what,
-                },
-            );
+                .map_err(|err| Error::io(format!("dup {what}"), err))?;
+            e.insert(Pending {
+                file,
+                path: path.to_string(),
+                what,
+            });
         }
         Ok(FileKind::LinkRemap {
             path: path.to_string(),
