@@ -7,14 +7,17 @@
  * description), a second description is opened through /proc/self/fd (O_RDONLY, offset
  * 77) and the file is mapped MAP_SHARED read-write.  "mapped.dat" (8 KiB) is linked as
  * "mapped-other.dat", mapped MAP_SHARED read-write, its fd closed and "mapped.dat"
- * unlinked: a file only mapped.
+ * unlinked: a file only mapped.  A child ("c1") inherits all of it: the fds (the
+ * same descriptions) and both mappings.
  *
  * On SIGTERM: every fd and mapping is that very file (st_dev/st_ino of fstat and of
  * /proc/self/map_files equal stat of the other name), the fds read "linked.dat
  * (deleted)", "linked.dat" does not exist, contents, offsets (shared by the dup, not by
  * the second description) and flags are kept; a write through the fd shows through the
  * other name and in the mapping, a store into each mapping shows through the other
- * name (and is put back afterwards: the files are shared with other runs).
+ * name (and is put back afterwards: the files are shared with other runs).  The child
+ * checks the same of its fds and mappings, and moves the offset it shares with the
+ * parent, which the parent then sees.
  */
 #include "zdtm.h"
 
@@ -77,6 +80,7 @@ int main(int argc, char **argv)
 {
 	char cwd[PATH_MAX], expect[PATH_MAX + 32], shown[PATH_MAX + 32], path[64], got[8];
 	int fd, dupfd, ro, mfd, flags, roflags;
+	pid_t c1;
 	struct stat st;
 	char *map, *mmap_only;
 	ssize_t n;
@@ -113,6 +117,33 @@ int main(int argc, char **argv)
 	flags = fcntl(fd, F_GETFL);
 	roflags = fcntl(ro, F_GETFL);
 	snprintf(expect, sizeof(expect), "%s/linked.dat (deleted)", cwd);
+
+	zdtm_tree_sync_init();
+	c1 = fork();
+	if (c1 < 0)
+		zdtm_die("fork: %m");
+	if (c1 == 0) {
+		zdtm_set_role("c1");
+		zdtm_tree_ready("1", 1);
+		zdtm_wait_check();
+		if (fstat(fd, &st) == 0)
+			same_file(&st, "other.dat", "the inherited fd");
+		map_same(map, SIZE, "other.dat", "the inherited mapping");
+		map_same(mmap_only, MSIZE, "mapped-other.dat", "the inherited mapping without fd");
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, shown, sizeof(shown) - 1);
+		shown[n < 0 ? 0 : n] = 0;
+		if (strcmp(shown, expect))
+			zdtm_fail("%s -> \"%s\", expected \"%s\"", path, shown, expect);
+		if (memcmp(map, want, SIZE) || memcmp(mmap_only, mwant, MSIZE))
+			zdtm_fail("the inherited mappings differ");
+		if (lseek(fd, 0, SEEK_CUR) != 5000 || lseek(fd, 7000, SEEK_SET) != 7000)
+			zdtm_fail("the inherited offset is %lld, expected 5000",
+				  (long long)lseek(fd, 0, SEEK_CUR));
+		zdtm_child_exit();
+	}
+	if (zdtm_tree_wait(NULL, 0) != 1)
+		zdtm_die("c1 did not get ready");
 
 	zdtm_ready();
 	zdtm_wait_check();
@@ -182,5 +213,12 @@ int main(int argc, char **argv)
 	memcpy(mmap_only + 300, mwant + 300, 5);
 	if (msync(map, SIZE, MS_SYNC) || msync(mmap_only, MSIZE, MS_SYNC))
 		zdtm_fail("msync: %m");
+
+	/* The child has the same descriptions: its move of the offset shows here. */
+	zdtm_stop_child(c1, "c1");
+	if (lseek(fd, 0, SEEK_CUR) != 7000)
+		zdtm_fail("offset %lld after the child moved it to 7000: not one description",
+			  (long long)lseek(fd, 0, SEEK_CUR));
+	lseek(fd, 5000, SEEK_SET);
 	zdtm_pass_or_fail();
 }
