@@ -20,11 +20,13 @@
 //! belong to the images (`stasis show` lists them as `remap`), so the images restore as many
 //! times as wanted; whoever removes the images removes them.
 //!
-//! Restore: the remap link is opened (`O_PATH`, not following a link) and must be a regular
+//! Restore: the remap link is opened (`O_PATH`, following no symbolic link on the way: a root
+//! restore must not be led into another directory by a user's link) and must be a regular
 //! file, the dumped device and inode (unless replaced files are accepted,
 //! [`super::ReplacedFiles`]); a remap link that is gone fails the restore naming both paths.
 //! When the old name is free, the file is linked there again (through the descriptor just
-//! checked), opened by that name and the name is unlinked again, so the restored process's
+//! checked, into its directory opened without following symbolic links), opened by that name
+//! and the name is unlinked again, so the restored process's
 //! fd reads "PATH (deleted)" as before; a name taken by another file is never touched: the
 //! file is then restored through its remap link (whose name the fd then shows), with a
 //! warning in the log. Every description of the file (several fds, processes, mappings:
@@ -271,8 +273,22 @@ pub(crate) fn file_id(kind: &FileKind) -> Option<(u64, u64)> {
     }
 }
 
+/// The directory of the absolute `path` (opened without following any symbolic link, so that a
+/// directory swapped for a link cannot redirect what is made or removed there) and its last
+/// component.
+fn dir_and_name(path: &str) -> std::io::Result<(OwnedFd, &str)> {
+    let p = Path::new(path);
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dir = stasis_sys::fs::open_dir_no_symlinks(p.parent().unwrap_or(Path::new("/")))?;
+    Ok((dir, name))
+}
+
 /// Restore: the file of `remap` (checked against `dev` and `ino`), as an `O_PATH` descriptor
-/// named `path` (deleted again) when that name is free, else named `remap`.
+/// named `path` (deleted again) when that name is free, else named `remap`. Both are reached
+/// without following symbolic links.
 fn open_remapped(
     path: &str,
     remap: &str,
@@ -280,14 +296,11 @@ fn open_remapped(
     ino: u64,
     ctx: &mut OpenContext<'_>,
 ) -> Result<OwnedFd, Error> {
-    let open_path = |p: &str| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(p)
-    };
-    let kept = match open_path(remap) {
-        Ok(f) => f,
+    let o_path = libc::O_PATH | libc::O_NOFOLLOW;
+    let kept = dir_and_name(remap)
+        .and_then(|(dir, name)| stasis_sys::fs::open_beneath(dir.as_fd(), name, o_path, 0));
+    let kept = match kept {
+        Ok(f) => File::from(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::Invalid(format!(
                 "the file deleted at {path} (which kept other links) was kept for the images by \
@@ -312,18 +325,27 @@ fn open_remapped(
     let kept_md = File::from(kept.try_clone().map_err(|e| Error::io("dup", e))?)
         .metadata()
         .map_err(|e| Error::io(format!("fstat {remap}"), e))?;
-    let same = |m: &Metadata| (m.dev(), m.ino()) == (kept_md.dev(), kept_md.ino());
+    let id = (kept_md.dev(), kept_md.ino());
     // At its old name, which is then unlinked again: the process sees "PATH (deleted)".
-    match stasis_sys::fs::link_fd_to(kept.as_fd(), Path::new(path)) {
-        Ok(()) => {
-            let opened = open_path(path);
+    let linked = dir_and_name(path).and_then(|(dir, name)| {
+        stasis_sys::fs::link_fd_in(kept.as_fd(), dir.as_fd(), Path::new(name))?;
+        Ok((dir, name))
+    });
+    match linked {
+        Ok((dir, name)) => {
+            let opened = stasis_sys::fs::open_beneath(dir.as_fd(), name, o_path, 0);
             // Remove only the name made here (it is the file just linked).
-            if std::fs::symlink_metadata(path).is_ok_and(|m| same(&m)) {
-                std::fs::remove_file(path)
+            if stasis_sys::fs::stat_in(dir.as_fd(), name).is_ok_and(|(d, i, _)| (d, i) == id) {
+                stasis_sys::fs::unlink_in(dir.as_fd(), name)
                     .map_err(|e| Error::io(format!("unlink {path} (linked from {remap})"), e))?;
             }
+            let same = |f: &OwnedFd| {
+                File::from(f.try_clone()?)
+                    .metadata()
+                    .map(|m| (m.dev(), m.ino()) == id)
+            };
             match opened {
-                Ok(f) if f.metadata().is_ok_and(|m| same(&m)) => return Ok(f.into()),
+                Ok(f) if same(&f).unwrap_or(false) => return Ok(f),
                 _ => tracing::warn!(
                     file = %path,
                     "the name changed while it was linked again: restored through its remap \
@@ -613,6 +635,16 @@ mod tests {
             super::super::open_description(&mut LinkRemaps::default(), &desc, &mut ctx).unwrap();
         assert_eq!(File::from(fd).metadata().unwrap().ino(), id.1);
         assert_eq!(std::fs::read(&a).unwrap(), b"someone else's");
+
+        // A symbolic link on the way to the old name is not followed: nothing is made behind
+        // it, the file comes back through its remap link.
+        std::os::unix::fs::symlink(&tmp, tmp.join("sym")).unwrap();
+        let via = remapped(tmp.join("sym/b2").to_str().unwrap(), &remap, id.0, id.1);
+        let fd =
+            super::super::open_description(&mut LinkRemaps::default(), &via, &mut ctx).unwrap();
+        let shown = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(shown.display().to_string(), remap);
+        assert!(!tmp.join("b2").exists());
 
         // Another file at the remap link is refused; a missing one is named.
         let mut other = desc.clone();
