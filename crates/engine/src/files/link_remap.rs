@@ -41,7 +41,7 @@ use stasis_sys::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, Metadata};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// How the remap links are named: this, then the device and inode (`.stasis-remap.DEV.INO`).
