@@ -1,6 +1,8 @@
 //! Files deleted while open, end to end: a process holding a 1 GiB sparse deleted file with a
 //! few data blocks makes images of a few blocks, not of a gigabyte, and comes back with the
-//! same sparse file (size, holes, blocks allocated, owner, mode).
+//! same sparse file (size, holes, blocks allocated, owner, mode). A name deleted while the file
+//! keeps a hard link elsewhere comes back as that very file, through the remap link the dump
+//! made (engine::files::link_remap), or is refused by name where no link can be made.
 //!
 //! The test needs root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/deleted_files/<test name>/`.
@@ -121,8 +123,29 @@ fn sparse_deleted_file_makes_small_images() {
     );
 }
 
+/// A `sleep` holding fd 0 on `dir/a`, whose name is then deleted while `dir/b` (a hard link)
+/// remains. Returns its pid.
+fn sleep_on_a_deleted_name(a: &Path, b: &Path) -> i32 {
+    std::fs::write(a, b"data").expect("create a");
+    std::fs::hard_link(a, b).expect("link b to a");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::from(std::fs::File::open(a).expect("open a")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = isolate(&mut cmd).spawn().expect("start sleep");
+    let pid = child.id() as i32;
+    drop(child); // reaped by pid
+    std::fs::remove_file(a).expect("unlink a");
+    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    pid
+}
+
+/// A name deleted while the file keeps a link elsewhere: the dump keeps the file by a remap
+/// link next to the name (listed by `stasis show`), and every restore (twice: the link stays)
+/// gives the process that very file again, under its old name, deleted.
 #[test]
-fn deleted_name_with_a_link_elsewhere_is_refused_by_name() {
+fn deleted_name_with_a_link_elsewhere_comes_back_as_that_file() {
     if !require_root() {
         return;
     }
@@ -133,18 +156,7 @@ fn deleted_name_with_a_link_elsewhere_is_refused_by_name() {
             .join("hard_link"),
     );
     let (a, b) = (w.join("a"), w.join("b"));
-    std::fs::write(&a, b"data").expect("create a");
-    std::fs::hard_link(&a, &b).expect("link b to a");
-    let mut cmd = Command::new("sleep");
-    cmd.arg("100")
-        .stdin(Stdio::from(std::fs::File::open(&a).expect("open a")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = isolate(&mut cmd).spawn().expect("start sleep");
-    let pid = child.id() as i32;
-    drop(child); // reaped by pid
-    std::fs::remove_file(&a).expect("unlink a");
-    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let pid = sleep_on_a_deleted_name(&a, &b);
     let img = w.join("img");
     let (ok, err) = stasis(&[
         OsStr::new("dump"),
@@ -154,13 +166,98 @@ fn deleted_name_with_a_link_elsewhere_is_refused_by_name() {
         "-D".as_ref(),
         img.as_os_str(),
     ]);
+    assert!(ok, "the dump failed: {err}");
+    let _ = wait_pid(pid, TIMEOUT);
+    let ino = std::fs::metadata(&b).expect("stat b").ino();
+    let remap = w.join(format!(
+        ".stasis-remap.{}.{ino}",
+        std::fs::metadata(&b).unwrap().dev()
+    ));
+    assert!(remap.exists(), "no remap link {}", remap.display());
+    let shown = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["show".as_ref(), img.as_os_str()])
+        .output()
+        .expect("stasis show");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(remap.to_str().unwrap()),
+        "stasis show does not list the remap link"
+    );
+    for round in 0..2 {
+        let (ok, err) = stasis(&[
+            OsStr::new("restore"),
+            "-d".as_ref(),
+            "-D".as_ref(),
+            img.as_os_str(),
+        ]);
+        assert!(ok, "restore {round} failed: {err}");
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/0"));
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/0"));
+        kill(pid, libc::SIGKILL);
+        let _ = wait_pid(pid, TIMEOUT);
+        assert_eq!(
+            link.expect("read the fd link").display().to_string(),
+            format!("{} (deleted)", a.display())
+        );
+        assert_eq!(md.expect("stat the fd").ino(), ino, "the very file of b");
+        assert!(!a.exists(), "the old name is deleted again");
+        assert!(remap.exists(), "the remap link stays with the images");
+    }
+}
+
+/// Where no remap link can be made (a read-only filesystem), the dump is refused naming the
+/// fd, the deleted name and why, and the process runs on.
+#[test]
+fn deleted_name_with_a_link_on_a_read_only_filesystem_is_refused_by_name() {
+    if !require_root() {
+        return;
+    }
+    become_subreaper();
+    let w = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("deleted_files")
+            .join("hard_link_ro"),
+    );
+    let mnt = w.join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    let mount = |args: &[&OsStr]| {
+        let st = Command::new("mount")
+            .args(args)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount {args:?}");
+    };
+    mount(&[
+        "-t".as_ref(),
+        "tmpfs".as_ref(),
+        "-o".as_ref(),
+        "size=1m".as_ref(),
+        "tmpfs".as_ref(),
+        mnt.as_os_str(),
+    ]);
+    let (a, b) = (mnt.join("a"), mnt.join("b"));
+    let pid = sleep_on_a_deleted_name(&a, &b);
+    mount(&["-o".as_ref(), "remount,ro".as_ref(), mnt.as_os_str()]);
+    let img = w.join("img");
+    let (ok, err) = stasis(&[
+        OsStr::new("dump"),
+        "--no-auth".as_ref(),
+        "-t".as_ref(),
+        pid.to_string().as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    let alive = stasis_test_infra::procfs::exists(pid);
     kill(pid, libc::SIGKILL);
     let _ = wait_pid(pid, TIMEOUT);
+    let _ = Command::new("umount").arg(&mnt).status();
     assert!(!ok, "the dump succeeded");
+    assert!(alive, "the refused process was killed");
     assert!(
         err.contains(&format!("fd 0 of pid {pid}"))
             && err.contains(&format!("the name {} was deleted", a.display()))
-            && err.contains("1 link(s) under another name"),
-        "the error should name the fd, the deleted name and the links left: {err}"
+            && err.contains("1 link(s) elsewhere")
+            && err.contains("could make none")
+            && err.contains("Read-only file system"),
+        "the error should name the fd, the deleted name and why: {err}"
     );
 }

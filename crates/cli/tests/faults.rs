@@ -958,3 +958,116 @@ fn images_that_change_under_a_restore_fail_it_cleanly() {
         panic!("{}", failures.join("\n"));
     }
 }
+
+/// A dump of a file whose name was deleted while it keeps a link elsewhere makes a remap link
+/// next to it (engine::files::link_remap): a dump that fails once the link is made (every
+/// point of the write and sync phases, and the last points of collect, where the link is
+/// made) removes it, and the program runs on; a complete dump leaves it for the images.
+#[test]
+fn a_failed_dump_removes_the_remap_links_it_made() {
+    if !require_root() || !require_tool("gcc") {
+        return;
+    }
+    let mut w = work("remap_links");
+    let exe = stasis_test_infra::build::zdtm_program("files_deleted_linked", &w)
+        .expect("build files_deleted_linked");
+    let run_dir = w.join("run");
+    std::fs::create_dir_all(&run_dir).expect("mkdir run");
+    let log = w.join("program.log");
+    let out = std::fs::File::create(&log).expect("create the log");
+    let mut cmd = Command::new(&exe);
+    cmd.current_dir(&run_dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup the log"))
+        .stderr(out);
+    let mut child = isolate(&mut cmd)
+        .spawn()
+        .expect("start files_deleted_linked");
+    let pid = child.id() as i32;
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("READY"))),
+        "the program gets ready"
+    );
+    let remaps = || -> Vec<String> {
+        listing(&run_dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".stasis-remap."))
+            .collect()
+    };
+    let images = w.join("img");
+    let img = images.to_str().expect("utf-8").to_string();
+    let pid_s = pid.to_string();
+    let args = ["dump", "-t", &pid_s, "-D", &img, "--leave-running"];
+    let points = count_points(&w, &args);
+    assert_eq!(
+        remaps().len(),
+        2,
+        "a complete dump leaves one remap link per file: {:?}",
+        listing(&run_dir)
+    );
+    std::fs::remove_dir_all(&images).expect("remove the clean dump");
+    for r in remaps() {
+        std::fs::remove_file(run_dir.join(r)).expect("remove a remap link");
+    }
+    let mut tried = Vec::new();
+    for (phase, &c) in &points {
+        let from = match phase.as_str() {
+            "write" | "sync" => 1,
+            "collect" => c.saturating_sub(2).max(1),
+            _ => continue,
+        };
+        tried.extend((from..=c).map(|n| format!("{phase}:{n}")));
+    }
+    let mut failures = Vec::new();
+    let mut failed_after_link = 0;
+    for fault in &tried {
+        let run = run_stasis(&w, &args, Some(fault));
+        if run.ok() {
+            // A point past the end of this run's phase.
+            std::fs::remove_dir_all(&images).ok();
+            for r in remaps() {
+                std::fs::remove_file(run_dir.join(r)).ok();
+            }
+            continue;
+        }
+        if !run.stderr.contains("fault injected") {
+            failures.push(format!("{fault}: unclear error: {:?}", run.stderr));
+        }
+        if !fault.starts_with("collect") {
+            failed_after_link += 1;
+        }
+        if images.exists() {
+            failures.push(format!(
+                "{fault}: the failed dump left {:?}",
+                listing(&images)
+            ));
+            std::fs::remove_dir_all(&images).ok();
+        }
+        if !remaps().is_empty() {
+            failures.push(format!("{fault}: the failed dump left {:?}", remaps()));
+            for r in remaps() {
+                std::fs::remove_file(run_dir.join(r)).ok();
+            }
+        }
+    }
+    assert!(
+        failed_after_link > 0,
+        "no dump failed after the links were made: {points:?}"
+    );
+    kill(pid, libc::SIGTERM);
+    let status = stasis_test_infra::process::wait_child_for(&mut child, Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !matches!(status, Ok(Some(s)) if s.success()) || !text.contains("PASS") {
+        failures.push(format!("the program after the faults: {status:?}\n{text}"));
+    }
+    eprintln!("remap links: tried {} points ({points:?})", tried.len());
+    if !failures.is_empty() {
+        w.keep();
+        panic!(
+            "{} faults went wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+}
