@@ -52,6 +52,7 @@ const DUMPS: &[&str] = &[
     "rseq",
     "mem_cow_tree",
     "tree_mem_mixed",
+    "files_deleted_linked",
 ];
 
 struct Out {
