@@ -2,7 +2,8 @@
 //! few data blocks makes images of a few blocks, not of a gigabyte, and comes back with the
 //! same sparse file (size, holes, blocks allocated, owner, mode). A name deleted while the file
 //! keeps a hard link elsewhere comes back as that very file, through the remap link the dump
-//! made (engine::files::link_remap), or is refused by name where no link can be made.
+//! made (engine::files::link_remap), or is refused by name where no link can be made. A
+//! deleted file is recreated in its directory without following a symbolic link put there.
 //!
 //! The test needs root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/deleted_files/<test name>/`.
@@ -259,5 +260,69 @@ fn deleted_name_with_a_link_on_a_read_only_filesystem_is_refused_by_name() {
             && err.contains("could make none")
             && err.contains("Read-only file system"),
         "the error should name the fd, the deleted name and why: {err}"
+    );
+}
+
+/// The directory of a deleted file replaced by a symbolic link after the dump (by whoever owns
+/// it): the restore, which recreates the file in that directory, fails saying so, and creates
+/// nothing where the link points.
+#[test]
+fn deleted_file_in_a_directory_replaced_by_a_symlink_is_not_created_elsewhere() {
+    if !require_root() {
+        return;
+    }
+    become_subreaper();
+    let w = WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("deleted_files")
+            .join("symlinked_dir"),
+    );
+    let dir = w.mkdir("d");
+    let elsewhere = w.mkdir("elsewhere");
+    let path = dir.join("gone.dat");
+    std::fs::write(&path, b"contents").expect("create the file");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::from(std::fs::File::open(&path).expect("open it")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = isolate(&mut cmd).spawn().expect("start sleep");
+    let pid = child.id() as i32;
+    drop(child); // reaped by pid
+    std::fs::remove_file(&path).expect("unlink it");
+    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let img = w.join("img");
+    let (ok, err) = stasis(&[
+        OsStr::new("dump"),
+        "-t".as_ref(),
+        pid.to_string().as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    assert!(ok, "the dump failed: {err}");
+    let _ = wait_pid(pid, TIMEOUT);
+    std::fs::rename(&dir, w.join("d.old")).expect("move the directory away");
+    std::os::unix::fs::symlink(&elsewhere, &dir).expect("put a symlink in its place");
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    if ok {
+        kill(pid, libc::SIGKILL);
+        let _ = wait_pid(pid, TIMEOUT);
+    }
+    assert!(!ok, "the restore went through a symlinked directory");
+    assert!(err.contains(dir.to_str().unwrap()), "{err}");
+    let made: Vec<_> = std::fs::read_dir(&elsewhere)
+        .expect("read the link's target")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(made.is_empty(), "files made through the link: {made:?}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the failed restore left pid {pid} running"
     );
 }

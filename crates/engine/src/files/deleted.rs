@@ -49,7 +49,7 @@ pub struct DeletedFiles {
 }
 
 /// Opens `fd` again through /proc/self/fd with `flags` (a new description of the same file).
-pub(crate) fn reopen_own(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
+pub(crate) fn reopen_own(fd: &impl AsRawFd, flags: i32) -> std::io::Result<OwnedFd> {
     let access = flags & libc::O_ACCMODE;
     let mut o = std::fs::OpenOptions::new();
     o.read(access != libc::O_WRONLY)
@@ -387,21 +387,39 @@ impl FileOps for DeletedFiles {
                 .map_err(|e| Error::io(format!("reopen deleted file {path}"), e));
         }
         // At the old path when that name is free (the process then sees the same
-        // "PATH (deleted)"), else next to it.
-        let create = |p: &str| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(p)
+        // "PATH (deleted)"), else next to it. Made in its directory, opened without following
+        // a symbolic link anywhere on the way (the directories may belong to the user whose
+        // process this was, and a restore may run as root): a link put there since the dump
+        // makes the restore fail, never create a file elsewhere.
+        let (parent, base) = match path.rsplit_once('/') {
+            Some((parent, base)) if !base.is_empty() => {
+                (if parent.is_empty() { "/" } else { parent }, base)
+            }
+            _ => return Err(Error::Invalid(format!("deleted file path {path:?}"))),
         };
-        let fallback = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
-        let (tmp, writer) = match create(path) {
-            Ok(w) => (path.clone(), w),
+        let dir =
+            stasis_sys::fs::open_dir_no_symlinks(std::path::Path::new(parent)).map_err(|e| {
+                Error::io(
+                    format!("open the directory {parent} of deleted file {path}"),
+                    e,
+                )
+            })?;
+        let create = |name: &str| {
+            stasis_sys::fs::open_beneath(
+                dir.as_fd(),
+                name,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )
+            .map(File::from)
+        };
+        let fallback = format!("{base}.stasis-{}-{}", std::process::id(), desc.id);
+        let (tmp, writer) = match create(base) {
+            Ok(w) => (base.to_string(), w),
             Err(_) => (
                 fallback.clone(),
-                create(&fallback).map_err(|e| Error::io(format!("create {fallback}"), e))?,
+                create(&fallback)
+                    .map_err(|e| Error::io(format!("create {fallback} in {parent}"), e))?,
             ),
         };
         let result = (|| {
@@ -448,9 +466,12 @@ impl FileOps for DeletedFiles {
             writer
                 .set_times(times)
                 .map_err(|e| Error::io(format!("futimens {tmp}"), e))?;
-            super::open_path(&tmp, desc, 0)
+            let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
+            reopen_own(&writer, flags)
+                .map(File::from)
+                .map_err(|e| Error::io(format!("reopen deleted file {path}"), e))
         })();
-        let _ = std::fs::remove_file(&tmp);
+        let _ = stasis_sys::fs::unlink_in(dir.as_fd(), &tmp);
         let opened = result?;
         self.made.insert(key, writer.into());
         Ok(opened.into())
