@@ -43,17 +43,49 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The work directory of test `name` (kept when it fails).
+fn work_dir(name: &str) -> WorkDir {
+    WorkDir::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("deleted_files")
+            .join(name),
+    )
+}
+
+/// A `sleep` holding `file` as its fd 0, sleeping once `prepare` (run after it started: say,
+/// unlinking the file's name) is done. Returns its pid.
+fn sleep_holding(file: std::fs::File, prepare: impl FnOnce()) -> i32 {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100")
+        .stdin(Stdio::from(file))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = isolate(&mut cmd).spawn().expect("start sleep");
+    let pid = child.id() as i32;
+    drop(child); // reaped by pid
+    prepare();
+    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    pid
+}
+
+/// `stasis dump [--no-auth] -t PID -D IMG` (the process killed after).
+fn dump(pid: i32, img: &Path, auth: bool) -> (bool, String) {
+    let mut args = vec![OsStr::new("dump")];
+    if !auth {
+        args.push("--no-auth".as_ref());
+    }
+    let pid = pid.to_string();
+    args.extend(["-t".as_ref(), pid.as_ref(), "-D".as_ref(), img.as_os_str()]);
+    stasis(&args)
+}
+
 #[test]
 fn sparse_deleted_file_makes_small_images() {
     if !require_root() {
         return;
     }
     become_subreaper();
-    let w = WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("deleted_files")
-            .join("sparse"),
-    );
+    let w = work_dir("sparse");
     let path = w.join("sparse.dat");
     let file = OpenOptions::new()
         .read(true)
@@ -69,27 +101,12 @@ fn sparse_deleted_file_makes_small_images() {
     std::os::unix::fs::fchown(&file, Some(4321), Some(4322)).expect("fchown");
     file.set_permissions(PermissionsExt::from_mode(0o640))
         .expect("fchmod");
-    let mut cmd = Command::new("sleep");
-    cmd.arg("100")
-        .stdin(Stdio::from(file.try_clone().expect("dup")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = isolate(&mut cmd).spawn().expect("start sleep");
-    let pid = child.id() as i32;
-    drop(child); // reaped by pid
-    drop(file);
-    std::fs::remove_file(&path).expect("unlink the sparse file");
-    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let pid = sleep_holding(file, || {
+        std::fs::remove_file(&path).expect("unlink the sparse file")
+    });
 
     let img = w.mkdir("img");
-    let (ok, err) = stasis(&[
-        OsStr::new("dump"),
-        "--no-auth".as_ref(),
-        "-t".as_ref(),
-        pid.to_string().as_ref(),
-        "-D".as_ref(),
-        img.as_os_str(),
-    ]);
+    let (ok, err) = dump(pid, &img, false);
     if !ok {
         kill(pid, libc::SIGKILL);
     }
@@ -129,17 +146,9 @@ fn sparse_deleted_file_makes_small_images() {
 fn sleep_on_a_deleted_name(a: &Path, b: &Path) -> i32 {
     std::fs::write(a, b"data").expect("create a");
     std::fs::hard_link(a, b).expect("link b to a");
-    let mut cmd = Command::new("sleep");
-    cmd.arg("100")
-        .stdin(Stdio::from(std::fs::File::open(a).expect("open a")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = isolate(&mut cmd).spawn().expect("start sleep");
-    let pid = child.id() as i32;
-    drop(child); // reaped by pid
-    std::fs::remove_file(a).expect("unlink a");
-    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
-    pid
+    sleep_holding(std::fs::File::open(a).expect("open a"), || {
+        std::fs::remove_file(a).expect("unlink a")
+    })
 }
 
 /// A name deleted while the file keeps a link elsewhere: the dump keeps the file by a remap
@@ -151,22 +160,11 @@ fn deleted_name_with_a_link_elsewhere_comes_back_as_that_file() {
         return;
     }
     become_subreaper();
-    let w = WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("deleted_files")
-            .join("hard_link"),
-    );
+    let w = work_dir("hard_link");
     let (a, b) = (w.join("a"), w.join("b"));
     let pid = sleep_on_a_deleted_name(&a, &b);
     let img = w.join("img");
-    let (ok, err) = stasis(&[
-        OsStr::new("dump"),
-        "--no-auth".as_ref(),
-        "-t".as_ref(),
-        pid.to_string().as_ref(),
-        "-D".as_ref(),
-        img.as_os_str(),
-    ]);
+    let (ok, err) = dump(pid, &img, false);
     assert!(ok, "the dump failed: {err}");
     let _ = wait_pid(pid, TIMEOUT);
     let ino = std::fs::metadata(&b).expect("stat b").ino();
@@ -213,11 +211,7 @@ fn deleted_name_with_a_link_on_a_read_only_filesystem_is_refused_by_name() {
         return;
     }
     become_subreaper();
-    let w = WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("deleted_files")
-            .join("hard_link_ro"),
-    );
+    let w = work_dir("hard_link_ro");
     let mnt = w.join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir mnt");
     let mount = |args: &[&OsStr]| {
@@ -239,14 +233,7 @@ fn deleted_name_with_a_link_on_a_read_only_filesystem_is_refused_by_name() {
     let pid = sleep_on_a_deleted_name(&a, &b);
     mount(&["-o".as_ref(), "remount,ro".as_ref(), mnt.as_os_str()]);
     let img = w.join("img");
-    let (ok, err) = stasis(&[
-        OsStr::new("dump"),
-        "--no-auth".as_ref(),
-        "-t".as_ref(),
-        pid.to_string().as_ref(),
-        "-D".as_ref(),
-        img.as_os_str(),
-    ]);
+    let (ok, err) = dump(pid, &img, false);
     let alive = stasis_test_infra::procfs::exists(pid);
     kill(pid, libc::SIGKILL);
     let _ = wait_pid(pid, TIMEOUT);
@@ -272,33 +259,16 @@ fn deleted_file_in_a_directory_replaced_by_a_symlink_is_not_created_elsewhere() 
         return;
     }
     become_subreaper();
-    let w = WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("deleted_files")
-            .join("symlinked_dir"),
-    );
+    let w = work_dir("symlinked_dir");
     let dir = w.mkdir("d");
     let elsewhere = w.mkdir("elsewhere");
     let path = dir.join("gone.dat");
     std::fs::write(&path, b"contents").expect("create the file");
-    let mut cmd = Command::new("sleep");
-    cmd.arg("100")
-        .stdin(Stdio::from(std::fs::File::open(&path).expect("open it")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = isolate(&mut cmd).spawn().expect("start sleep");
-    let pid = child.id() as i32;
-    drop(child); // reaped by pid
-    std::fs::remove_file(&path).expect("unlink it");
-    wait_sleeping(pid, Some("sleep"), TIMEOUT).expect("sleep sleeps");
+    let pid = sleep_holding(std::fs::File::open(&path).expect("open it"), || {
+        std::fs::remove_file(&path).expect("unlink it")
+    });
     let img = w.join("img");
-    let (ok, err) = stasis(&[
-        OsStr::new("dump"),
-        "-t".as_ref(),
-        pid.to_string().as_ref(),
-        "-D".as_ref(),
-        img.as_os_str(),
-    ]);
+    let (ok, err) = dump(pid, &img, true);
     assert!(ok, "the dump failed: {err}");
     let _ = wait_pid(pid, TIMEOUT);
     std::fs::rename(&dir, w.join("d.old")).expect("move the directory away");
