@@ -8,6 +8,9 @@
 //! The test needs root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/deleted_files/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, wait_sleeping};
 use stasis_test_infra::{require_root, WorkDir};
 use std::ffi::OsStr;
@@ -21,19 +24,6 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const GIB: u64 = 1 << 30;
 
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The bytes of every file under `dir`.
 fn du(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -45,11 +35,7 @@ fn du(dir: &Path) -> u64 {
 
 /// The work directory of test `name` (kept when it fails).
 fn work_dir(name: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("deleted_files")
-            .join(name),
-    )
+    common::work_dir("deleted_files", name)
 }
 
 /// A `sleep` holding `file` as its fd 0, sleeping once `prepare` (run after it started: say,
