@@ -1621,6 +1621,26 @@ fn assert_untouched(ctx: &Ctx, pid: i32, counter: &Path, images: &Path) {
     assert!(entries(images).is_empty(), "written: {:?}", entries(images));
 }
 
+/// The user's python3 program `p`, dumped (killed) into `images` through `d`: restored by the
+/// user's `stasis restore`, it must run again (python3 again, no longer traced: signalled
+/// earlier, a restore child would die half-built), and say PASS on SIGTERM.
+fn restore_python_and_check(ctx: &Ctx, d: &Daemon, p: &Prog, images: &Path) {
+    let _ = ctx.wait_child(p.pid);
+    let from = log_len(&p.log);
+    let restorer = ctx.spawn_cmd(user_cli(d, &["restore", "-D", path_str(images)]), "restore");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status_field(p.pid, "Name").as_deref() == Some("python3")
+                && status_field(p.pid, "TracerPid").as_deref() == Some("0")
+        }),
+        "the restored process did not appear"
+    );
+    kill(p.pid, libc::SIGTERM);
+    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
+    assert_eq!(line.trim(), "PASS");
+    let _ = ctx.wait_child(restorer.pid);
+}
+
 fn user_cli(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = command(Who::User, &stasis_cli(), Some(&d.socket));
     cmd.args(args);
@@ -2377,26 +2397,7 @@ fn dump_pid_with_inotify_through_the_daemon() {
         "dump through the daemon failed: {out:?}"
     );
     assert!(has_inventory(&images), "{:?}", entries(&images));
-    let _ = ctx.wait_child(p.pid);
-    let from = log_len(&p.log);
-    let restorer = ctx.spawn_cmd(
-        user_cli(&d, &["restore", "-D", path_str(&images)]),
-        "restore",
-    );
-    // Restored and let go: python3 again (a restore child has the restorer's name until its
-    // setup, under ptrace from then on), and no longer traced. Signalled earlier, a restore
-    // child would die half-built.
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status_field(p.pid, "Name").as_deref() == Some("python3")
-                && status_field(p.pid, "TracerPid").as_deref() == Some("0")
-        }),
-        "the restored process did not appear"
-    );
-    kill(p.pid, libc::SIGTERM);
-    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
-    assert_eq!(line.trim(), "PASS");
-    let _ = ctx.wait_child(restorer.pid);
+    restore_python_and_check(&ctx, &d, &p, &images);
     d.stop();
 }
 
@@ -2491,23 +2492,7 @@ fn dump_pid_with_a_deleted_file_linked_elsewhere_through_the_daemon() {
     );
     assert!(has_inventory(&images), "{:?}", entries(&images));
     assert_eq!(remaps().len(), 1, "{:?}", entries(&files));
-    let _ = ctx.wait_child(p.pid);
-    let from = log_len(&p.log);
-    let restorer = ctx.spawn_cmd(
-        user_cli(&d, &["restore", "-D", path_str(&images)]),
-        "restore",
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status_field(p.pid, "Name").as_deref() == Some("python3")
-                && status_field(p.pid, "TracerPid").as_deref() == Some("0")
-        }),
-        "the restored process did not appear"
-    );
-    kill(p.pid, libc::SIGTERM);
-    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
-    assert_eq!(line.trim(), "PASS");
-    let _ = ctx.wait_child(restorer.pid);
+    restore_python_and_check(&ctx, &d, &p, &images);
     assert_eq!(remaps().len(), 1, "the remap link stays with the images");
     d.stop();
 }
