@@ -21,7 +21,8 @@
 //! Syntax of `STASIS_TEST_FAULT`:
 //!
 //! * `count:FILE`: count the points of each phase, appending `PHASE N` to FILE as each phase
-//!   ends (a clean run tells the test how many points there are);
+//!   ends (a clean run tells the test how many points there are), and `PHASE N WHAT` for each
+//!   point to `FILE.points` (what is done there: a test picks the points of one call);
 //! * `PHASE:N`: the N-th point (from 1) of PHASE fails with an error that names it;
 //! * `PHASE:N:kill`: the process is killed (SIGKILL) there (for an injected call: with the
 //!   call's registers already set in the target thread, the worst moment);
@@ -183,6 +184,16 @@ mod imp {
             }
             let phase = st.phase?;
             st.count += 1;
+            if let FaultPlan::Count(file) = &st.plan {
+                let mut name = file.clone().into_os_string();
+                name.push(".points");
+                let line = format!("{phase} {} {what}\n", st.count);
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(name)
+                    .and_then(|mut f| f.write_all(line.as_bytes()));
+            }
             match &st.plan {
                 FaultPlan::At {
                     phase: p,
@@ -241,6 +252,22 @@ pub(crate) fn point(what: &'static str) -> Result<(), Error> {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = what;
+    Ok(())
+}
+
+/// A choke point of one call (`what`: where in it; `name`: the call), named so in the list
+/// of points and in the error of a failed point.
+#[inline(always)]
+pub(crate) fn point_of(what: &'static str, name: &str) -> Result<(), Error> {
+    #[cfg(feature = "fault-injection")]
+    {
+        let full = format!("{what}: {name}");
+        if imp::reached(&full).is_some() {
+            return Err(injected(&full));
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (what, name);
     Ok(())
 }
 

@@ -13,15 +13,93 @@
 //! thread returns through that frame to exactly where it was. The tracer itself always sets
 //! registers before running anything, so the parked registers are never run while it lives.
 //!
-//! What stays open: the short time in which one call is being run (its registers set,
-//! single-stepped, read back: microseconds per call), before the scratch area exists and
-//! after it is unmapped (one call each); and a process the dumper leaves this way keeps the
-//! scratch area mapped (64 KiB of anonymous memory that nothing uses).
+//! The frame's return address (`pretcode`, as for a handler) is the process's own signal
+//! restorer when it has one ([`Gadgets`]: the bytes `mov $15,%rax; syscall` of libc's
+//! `__restore_rt`, and the bytes `syscall; ret` of any system call wrapper): a call is then run
+//! from that `syscall; ret` with the stack pointer on the frame, so that a thread whose tracer
+//! dies while the call runs finishes it, returns to the restorer and through the frame. And
+//! once the injector has memory of its own in the process (the scratch area and the code
+//! page, one mapping), a second, small frame below the first ([`cleanup_frame`]) makes that
+//! return go through `munmap` of that memory first: the thread runs `rt_sigreturn` into the
+//! small frame, which resumes it at `syscall; ret` with `munmap`'s arguments, and that `ret`
+//! goes to the restorer again with the stack on the thread's own frame. A dumper killed at
+//! any moment then leaves nothing of its own in the process, but for the time one `mmap` of
+//! that memory takes (see [`super::Injector::map_scratch`]).
+//!
+//! Without the two gadgets (a process without libc's restorer: a static binary of another
+//! runtime), the thread stands at the `syscall` of the `[vdso]` and the calls run from a stub
+//! of the code page (`super::batch`) whose next instructions are `rt_sigreturn`: the thread
+//! survives, but a killed dumper leaves the scratch area and the code page mapped.
 
 use stasis_sys::UserRegs;
 
 /// Room for one frame (below the red zone of the thread's stack).
 pub const FRAME_ROOM: u64 = 8 * 1024;
+/// Room for the clean-up frame, below the thread's frame ([`cleanup_frame`]).
+pub const CLEANUP_ROOM: u64 = 512;
+
+/// Code of the process itself through which a parked thread returns without us: the address
+/// of bytes `syscall; ret` and of bytes `mov $15,%rax; syscall` (a signal restorer) in its
+/// executable mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gadgets {
+    pub syscall_ret: u64,
+    pub restorer: u64,
+}
+
+/// `syscall; ret`.
+const SYSCALL_RET: [u8; 3] = [0x0f, 0x05, 0xc3];
+/// `mov $15,%rax; syscall` (glibc's and musl's `__restore_rt`), or `mov $15,%eax; syscall`.
+const RESTORERS: [&[u8]; 2] = [
+    &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+    &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+];
+
+/// Finds [`Gadgets`] in the readable executable mappings of `pid` (libc first, where both
+/// are). `None` when either is missing. The bytes run as the instructions they spell
+/// whatever instruction of the program they are part of.
+pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Error> {
+    let mut maps: Vec<_> = crate::procfs::read_maps(pid)?
+        .into_iter()
+        .filter(|m| m.exec && m.read && m.name != "[vsyscall]" && m.name != "[vdso]")
+        .collect();
+    // libc's text first: it has both.
+    maps.sort_by_key(|m| !m.name.contains("libc"));
+    let (mut sr, mut rest) = (None, None);
+    let mut buf = vec![0u8; 1 << 20];
+    for m in &maps {
+        let mut at = m.start;
+        while at < m.end && (sr.is_none() || rest.is_none()) {
+            let len = (m.end - at).min(buf.len() as u64) as usize;
+            if stasis_sys::proc_mem::read_exact(pid, at, &mut buf[..len]).is_err() {
+                break;
+            }
+            let chunk = &buf[..len];
+            if sr.is_none() {
+                sr = find(chunk, &SYSCALL_RET).map(|p| at + p as u64);
+            }
+            if rest.is_none() {
+                rest = RESTORERS
+                    .iter()
+                    .find_map(|r| find(chunk, r))
+                    .map(|p| at + p as u64);
+            }
+            // Back by the longest pattern, so that one across two chunks is found.
+            at += (len as u64).saturating_sub(8).max(1);
+        }
+        if let (Some(syscall_ret), Some(restorer)) = (sr, rest) {
+            return Ok(Some(Gadgets {
+                syscall_ret,
+                restorer,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
 
 /// `__NR_rt_sigreturn` on x86-64.
 const RT_SIGRETURN: u64 = 15;
@@ -33,6 +111,11 @@ const UC_STRICT_RESTORE_SS: u64 = 4;
 const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 /// Marks the software-reserved bytes of an XSAVE area that the kernel filled in.
 const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+
+/// The trap flag of `eflags` (single-stepping).
+const TRAP_FLAG: u64 = 0x100;
+/// `__NR_munmap`.
+const MUNMAP: u64 = 11;
 
 /// Errors of interrupted calls that the kernel restarts when the thread resumes.
 const ERESTARTSYS: i64 = 512;
@@ -50,6 +133,7 @@ pub fn frame(
     xstate: &[u8],
     at: u64,
     syscall_ip: u64,
+    pretcode: u64,
 ) -> Option<(Vec<u8>, UserRegs)> {
     // PTRACE_GETREGSET puts the enabled features (XCR0) in the first software-reserved
     // bytes of the legacy area (offset 464); a signal frame has its own description there
@@ -72,6 +156,7 @@ pub fn frame(
     }
     let mut f = vec![0u8; len];
     let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, pretcode);
     put(UC, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
     // uc_stack: an invalid mode, which rt_sigreturn's sigaltstack refuses (and ignores),
     // so the thread's alternate stack stays as it is.
@@ -123,6 +208,59 @@ pub fn frame(
     Some((f, parked))
 }
 
+/// The clean-up frame, to write [`CLEANUP_ROOM`] below the thread's frame at `frame`: `rt_sigreturn` through it resumes the thread at `gadgets.syscall_ret` with the
+/// registers of `munmap(addr, len)` and its stack pointer on the thread's frame, whose
+/// `pretcode` is the restorer; every signal blocked meanwhile, the FPU state left to the
+/// thread's frame (none here). `saved` gives the segment registers and flags.
+pub fn cleanup_frame(
+    saved: &UserRegs,
+    frame: u64,
+    gadgets: Gadgets,
+    (addr, len): (u64, u64),
+) -> Vec<u8> {
+    const UC: usize = 8;
+    const MCONTEXT: usize = UC + 8 + 8 + 24;
+    const SIGMASK: usize = MCONTEXT + 256;
+    const LEN: usize = SIGMASK + 8 + 128;
+    let mut f = vec![0u8; LEN];
+    let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, gadgets.restorer);
+    put(UC, UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    put(UC + 16 + 8, 3);
+    let r = saved;
+    // r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags.
+    let sc = [
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        addr,
+        len,
+        0,
+        0,
+        0,
+        MUNMAP,
+        0,
+        frame,
+        gadgets.syscall_ret,
+        r.eflags & !TRAP_FLAG,
+    ];
+    for (i, v) in sc.iter().enumerate() {
+        put(MCONTEXT + i * 8, *v);
+    }
+    let segs =
+        (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
+    put(MCONTEXT + 18 * 8, segs);
+    // fpstate NULL: the FPU state is reset, then the thread's frame restores it.
+    put(SIGMASK, u64::MAX);
+    debug_assert!(LEN as u64 <= CLEANUP_ROOM);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,11 +278,13 @@ mod tests {
         r.orig_rax = 35; // nanosleep, interrupted
         r.rax = (-ERESTART_RESTARTBLOCK) as u64;
         r.rsp = 0x7000;
-        let (f, parked) = frame(&r, 0x8000, &xstate(832), 0x10000, 0x5000).expect("a frame");
+        let (f, parked) =
+            frame(&r, 0x8000, &xstate(832), 0x10000, 0x5000, 0x4242).expect("a frame");
         assert_eq!(parked.rip, 0x5000);
         assert_eq!(parked.rax, RT_SIGRETURN);
         assert_eq!(parked.rsp, 0x10008);
         let at = |off: usize| u64::from_le_bytes(f[off..off + 8].try_into().expect("8 bytes"));
+        assert_eq!(at(0), 0x4242, "pretcode");
         assert_eq!(at(48 + 13 * 8), NR_RESTART_SYSCALL, "rax");
         assert_eq!(at(48 + 16 * 8), 0x1000, "rip back on the syscall");
         assert_eq!(at(48 + 15 * 8), 0x7000, "rsp");
@@ -163,8 +303,8 @@ mod tests {
         assert_eq!(f[sw + 8], 0xe7, "features");
         assert_eq!(f[sw + 16..sw + 20], 832u32.to_le_bytes(), "xstate size");
         // Too small.
-        assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000).is_none());
+        assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000, 0).is_none());
         // Too big.
-        assert!(frame(&r, 0, &xstate(9000), 0x10000, 0x5000).is_none());
+        assert!(frame(&r, 0, &xstate(9000), 0x10000, 0x5000, 0).is_none());
     }
 }
