@@ -15,8 +15,8 @@
 //! would change every signature for a test hook. The current phase is the one whose span
 //! ([`crate::dump::Phase`], [`crate::restore::Phase`]) was entered last; points reached
 //! outside any phase, or in another thread or another process than the one that armed the
-//! plan (a forked restore child; the restorer stasisd forks to restore as a user), are not
-//! counted.
+//! plan (a forked restore child) are not counted, but for the restorer stasisd forks to
+//! restore as a user, which takes the plan over ([`adopt`]).
 //!
 //! Syntax of `STASIS_TEST_FAULT`:
 //!
@@ -165,6 +165,26 @@ mod imp {
         r
     }
 
+    pub fn adopt() {
+        STATE.with(|s| {
+            if let Some(st) = s.borrow_mut().as_mut() {
+                st.pid = stasis_sys::process::getpid();
+                st.phase = None;
+                st.count = 0;
+            }
+        })
+    }
+
+    pub fn flush_now() {
+        STATE.with(|s| {
+            if let Some(st) = s.borrow_mut().as_mut() {
+                flush(st);
+                st.phase = None;
+                st.count = 0;
+            }
+        })
+    }
+
     pub fn phase(name: &'static str) {
         STATE.with(|s| {
             if let Some(st) = s.borrow_mut().as_mut() {
@@ -232,6 +252,21 @@ pub fn armed<R>(plan: Option<&FaultPlan>, f: impl FnOnce() -> R) -> R {
         let _ = plan;
         f()
     }
+}
+
+/// A forked process that runs the operation on behalf of the one that armed the plan (the
+/// restorer stasisd forks to restore as a user) takes the plan over: its points count, its
+/// parent's (which only waits for it) are not reached meanwhile.
+pub fn adopt() {
+    #[cfg(feature = "fault-injection")]
+    imp::adopt();
+}
+
+/// Writes the count of the current phase now (a process about to `_exit` without leaving
+/// [`armed`]).
+pub fn flush() {
+    #[cfg(feature = "fault-injection")]
+    imp::flush_now();
 }
 
 /// A phase starts (called when its span is entered).

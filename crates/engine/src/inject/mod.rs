@@ -188,7 +188,12 @@ impl Injector {
         let tid = self.tid;
         let xstate =
             ptrace::get_xstate(tid).map_err(|e| Error::sys("PTRACE_GETREGSET(xstate)", tid, e))?;
-        let at = (self.saved.rsp.wrapping_sub(128 + park::FRAME_ROOM)) & !63;
+        // Right below the red zone, where the kernel would put a signal frame.
+        let at = (self
+            .saved
+            .rsp
+            .wrapping_sub(128 + park::frame_len(xstate.len())))
+            & !63;
         let gadgets = self.find_gadgets()?;
         // With gadgets, the room of the clean-up frame below is written too (zeros), so that
         // its write later cannot fail.

@@ -33,8 +33,10 @@
 
 use stasis_sys::UserRegs;
 
-/// Room for one frame (below the red zone of the thread's stack).
-pub const FRAME_ROOM: u64 = 8 * 1024;
+/// The largest frame written (an XSAVE area with every feature known today, AMX tiles
+/// included, is under 12 KiB); the frame goes right below the red zone of the thread's stack,
+/// taking only its own length ([`frame_len`]).
+pub const FRAME_ROOM: u64 = 64 * 1024;
 /// Room for the clean-up frame, below the thread's frame ([`cleanup_frame`]).
 pub const CLEANUP_ROOM: u64 = 512;
 
@@ -124,6 +126,15 @@ const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 const NR_RESTART_SYSCALL: u64 = 219;
 
+/// pretcode (8), ucontext (flags 8, link 8, stack 24, sigcontext 256, sigmask 8), siginfo
+/// (128); then the XSAVE area, 64-byte aligned, and magic2.
+const FP_OFF: usize = (8 + 8 + 8 + 24 + 256 + 8 + 128usize).next_multiple_of(64);
+
+/// The length of the frame of a thread whose XSAVE area is `xstate_len` bytes.
+pub fn frame_len(xstate_len: usize) -> u64 {
+    (FP_OFF + xstate_len + 4) as u64
+}
+
 /// A frame to write at `at` (the address where the `rt_sigframe` starts, 16-byte aligned)
 /// and the registers of the parked thread. `None` when the XSAVE area has no layout the
 /// kernel accepts in a frame or does not fit [`FRAME_ROOM`].
@@ -143,14 +154,11 @@ pub fn frame(
         return None;
     }
     let xfeatures = u64::from_le_bytes(xstate.get(464..472)?.try_into().ok()?);
-    // pretcode (8), ucontext (flags 8, link 8, stack 24, sigcontext 256, sigmask 8), siginfo
-    // (128); then the XSAVE area, 64-byte aligned, and magic2.
     const UC: usize = 8;
     const MCONTEXT: usize = UC + 8 + 8 + 24;
     const SIGMASK: usize = MCONTEXT + 256;
-    const HEADER: usize = SIGMASK + 8 + 128;
-    let fp_off = HEADER.next_multiple_of(64);
-    let len = fp_off + xstate_size + 4;
+    let fp_off = FP_OFF;
+    let len = frame_len(xstate_size) as usize;
     if len as u64 > FRAME_ROOM || at & 63 != 0 {
         return None;
     }
@@ -305,6 +313,9 @@ mod tests {
         // Too small.
         assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000, 0).is_none());
         // Too big.
-        assert!(frame(&r, 0, &xstate(9000), 0x10000, 0x5000, 0).is_none());
+        assert!(frame(&r, 0, &xstate(70_000), 0x10000, 0x5000, 0).is_none());
+        // An XSAVE area with AMX tiles (11008 bytes) fits.
+        let (f, _) = frame(&r, 0, &xstate(11008), 0x10000, 0x5000, 0).expect("an AMX frame");
+        assert_eq!(f.len() as u64, frame_len(11008));
     }
 }
