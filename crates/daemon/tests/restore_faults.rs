@@ -9,6 +9,7 @@
 //! A test binary of its own: it makes itself a child subreaper (restored processes and what a
 //! killed restorer leaves are reparented to it, to be reaped), which the other tests of the
 //! daemon must not be.
+#![allow(clippy::unwrap_used)] // a test that cannot set up fails
 
 mod common;
 

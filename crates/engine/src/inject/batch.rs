@@ -66,6 +66,13 @@ const STUB: [u8; 9] = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 /// At most this many calls in one batch (the table and results must fit the scratch area).
 pub const MAX_BATCH: usize = 256;
 
+/// What [`Injector::userfaultfd_taken`] did: the userfaultfd's number in the process (or the
+/// error of the call that makes it), and what `take` returned once it was made.
+pub struct UffdTaken<R> {
+    pub created: Result<i32, super::Errno>,
+    pub taken: Option<R>,
+}
+
 /// The code page of an injector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum CodePage {
@@ -210,7 +217,7 @@ impl Injector {
         &mut self,
         flags: u32,
         take: impl FnOnce(i32) -> R,
-    ) -> Result<Option<(Result<i32, super::Errno>, Option<R>)>, Error> {
+    ) -> Result<Option<UffdTaken<R>>, Error> {
         let Some(parked) = self.parked else {
             return Ok(None);
         };
@@ -267,7 +274,7 @@ impl Injector {
                 reason: format!("close of the userfaultfd {r} in the process gave {closed}"),
             });
         }
-        Ok(Some((created, taken)))
+        Ok(Some(UffdTaken { created, taken }))
     }
 
     /// Resumes the thread to its next syscall stop, which must be at `ip` (right after the

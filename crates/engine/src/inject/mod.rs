@@ -6,6 +6,12 @@
 //! `orig_rax` is set to -1 so that the kernel never applies its syscall-restart logic to the
 //! injected call. [`Injector::finish`] puts the saved registers back.
 //!
+//! At dump, the thread is first *parked* ([`Injector::park`], [`park`]): its calls then run
+//! from `syscall; ret` bytes of its own code with its stack on a signal frame of its state,
+//! driven with syscall stops, so that a thread whose dumper dies at any moment returns to
+//! where it was, and the injector's memory (scratch area and code page, one mapping made by
+//! [`Injector::map_scratch`]) is unmapped by the thread itself on the way.
+//!
 //! Layers, from the bottom:
 //!
 //! * [`Injector::raw`], [`Injector::try_call`] and [`Injector::call`] run one call by number

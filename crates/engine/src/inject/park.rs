@@ -68,7 +68,8 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
     // libc's text first: it has both.
     maps.sort_by_key(|m| !m.name.contains("libc"));
     let (mut sr, mut rest) = (None, None);
-    let mut buf = vec![0u8; 1 << 20];
+    // Both are usually in the first chunk of libc's text.
+    let mut buf = vec![0u8; 256 << 10];
     for m in &maps {
         let mut at = m.start;
         while at < m.end && (sr.is_none() || rest.is_none()) {

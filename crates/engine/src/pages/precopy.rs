@@ -144,12 +144,17 @@ impl Tracked {
                     tracing::debug!("pid {pid}: no code page in it: no pre-copy");
                     Ok(None)
                 }
-                Some((Err(errno), _)) => {
+                Some(crate::inject::batch::UffdTaken {
+                    created: Err(errno),
+                    ..
+                }) => {
                     tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
                     Ok(None)
                 }
-                Some((Ok(_), Some(taken))) => taken.map(Some),
-                Some((Ok(_), None)) => Ok(None),
+                Some(crate::inject::batch::UffdTaken {
+                    taken: Some(taken), ..
+                }) => taken.map(Some),
+                Some(_) => Ok(None),
             }
         })();
         let finished = inj.finish_parked();
