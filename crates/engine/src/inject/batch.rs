@@ -15,7 +15,7 @@
 //! ([`super::park`]). It touches no stack and no memory but the table and the results.
 //!
 //! The same page holds two stubs: the guarded stub of a thread parked without gadgets
-//! ([`GUARD_STUB`]), and [`Injector::userfaultfd_taken`]'s, which creates a userfaultfd and
+//! (`GUARD_STUB`), and [`Injector::userfaultfd_taken`]'s, which creates a userfaultfd and
 //! closes it again before the thread returns through its frame, so that the dumper takes it
 //! (pidfd_getfd) while the thread stands between the two calls and none can stay open in the
 //! process whenever the dumper dies.
