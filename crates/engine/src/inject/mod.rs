@@ -172,7 +172,13 @@ impl Injector {
         if let Some(g) = self.gadgets {
             return Ok(g);
         }
+        let t0 = std::time::Instant::now();
         let g = park::find_gadgets(self.tid)?;
+        tracing::trace!(
+            "tid {}: gadgets {g:x?} found in {:?}",
+            self.tid,
+            t0.elapsed()
+        );
         if g.is_none() {
             tracing::debug!(
                 "tid {}: no `syscall; ret` or signal restorer in its code: a killed dumper \

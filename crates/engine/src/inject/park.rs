@@ -68,8 +68,8 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
     // libc's text first: it has both.
     maps.sort_by_key(|m| !m.name.contains("libc"));
     let (mut sr, mut rest) = (None, None);
-    // Both are usually in the first chunk of libc's text.
-    let mut buf = vec![0u8; 256 << 10];
+    // Both are usually in the first chunks of libc's text.
+    let mut buf = vec![0u8; 64 << 10];
     for m in &maps {
         let mut at = m.start;
         while at < m.end && (sr.is_none() || rest.is_none()) {
@@ -77,16 +77,9 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
             if stasis_sys::proc_mem::read_exact(pid, at, &mut buf[..len]).is_err() {
                 break;
             }
-            let chunk = &buf[..len];
-            if sr.is_none() {
-                sr = find(chunk, &SYSCALL_RET).map(|p| at + p as u64);
-            }
-            if rest.is_none() {
-                rest = RESTORERS
-                    .iter()
-                    .find_map(|r| find(chunk, r))
-                    .map(|p| at + p as u64);
-            }
+            let (s, r) = scan(&buf[..len]);
+            sr = sr.or(s.map(|p| at + p as u64));
+            rest = rest.or(r.map(|p| at + p as u64));
             // Back by the longest pattern, so that one across two chunks is found.
             at += (len as u64).saturating_sub(8).max(1);
         }
@@ -100,8 +93,30 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
     Ok(None)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The offsets of the first `syscall; ret` and the first restorer in `hay`: one pass over
+/// the `syscall` instructions (0f 05) it holds.
+fn scan(hay: &[u8]) -> (Option<usize>, Option<usize>) {
+    let (mut sr, mut rest) = (None, None);
+    let mut i = 0;
+    while let Some(p) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == 0x0f)) {
+        let at = i + p;
+        if hay.get(at + 1) == Some(&0x05) {
+            if sr.is_none() && hay.get(at..at + 3) == Some(&SYSCALL_RET[..]) {
+                sr = Some(at);
+            }
+            if rest.is_none() {
+                rest = RESTORERS.iter().find_map(|r| {
+                    let start = (at + 2).checked_sub(r.len())?;
+                    (hay.get(start..at + 2) == Some(r)).then_some(start)
+                });
+            }
+            if sr.is_some() && rest.is_some() {
+                break;
+            }
+        }
+        i = at + 1;
+    }
+    (sr, rest)
 }
 
 /// `__NR_rt_sigreturn` on x86-64.
@@ -278,6 +293,19 @@ mod tests {
         let mut x = vec![0u8; size as usize];
         x[464] = 0xe7; // XCR0, as ptrace reports it
         x
+    }
+
+    #[test]
+    fn gadgets_are_found_by_their_bytes() {
+        let mut code = vec![0x90u8; 64];
+        code[10..13].copy_from_slice(&SYSCALL_RET);
+        code[30..39].copy_from_slice(RESTORERS[0]);
+        assert_eq!(scan(&code), (Some(10), Some(30)));
+        // `syscall` not followed by `ret`, and a restorer cut at the start: none.
+        assert_eq!(scan(&code[..12]), (None, None));
+        assert_eq!(scan(&code[31..]), (None, None));
+        code[50..57].copy_from_slice(RESTORERS[1]);
+        assert_eq!(scan(&code[31..]), (None, Some(50 - 31)));
     }
 
     #[test]
