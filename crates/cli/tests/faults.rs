@@ -201,6 +201,15 @@ impl Workload {
                 }
             }
         }
+        if !self.fds.is_empty() || !self.maps.is_empty() {
+            // A thread whose dumper died undoes what was injected in it (closes the
+            // userfaultfd, unmaps the scratch area) on its own way back, once it runs: two
+            // new lines of checks (each with a round trip through the child) say both have.
+            for _ in 0..2 {
+                let from = self.log_text().len();
+                self.wait_ok(from)?;
+            }
+        }
         if !self.fds.is_empty() && self.fd_tables() != self.fds {
             return Err(format!(
                 "its descriptors changed: {:?} (were {:?})",
