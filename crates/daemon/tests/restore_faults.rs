@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{selfdump_programs, send_hello, stasis_cli, user_log, user_work_dir, Stasisd};
+use common::{c_program_in_run, send_hello, stasis_cli, user_log, user_work_dir, Stasisd};
 use stasis_client::protocol::Message;
 use stasis_test_infra::process::{
     become_subreaper, describe_exit_status, kill, spawn_isolated, try_wait_pid, wait_child_for,
@@ -111,13 +111,15 @@ fn a_restore_through_stasisd_failing_or_killed_at_any_point_leaves_nothing_behin
     become_subreaper();
     let dir = user_work_dir(RUN, "sweep");
     let u = test_user();
-    let programs = selfdump_programs(RUN);
+    // The ticker alone (no need of libstasis here).
+    let ticker_exe = c_program_in_run(RUN, "tests/selfdump/ticker.c", "ticker", false)
+        .expect("build the ticker");
 
     // The user's ticker, dumped (and killed) by the user through a clean daemon.
     let d = Stasisd::start(SOCKETS, &dir.join("stasisd-dump.log"), &[]);
     let counter = dir.join("counter");
     let log = dir.join("ticker.log");
-    let mut cmd = u.command(&programs.ticker);
+    let mut cmd = u.command(&ticker_exe);
     cmd.arg(&counter);
     let mut ticker = spawn_isolated(&mut cmd, user_log(&log, u.uid, u.gid)).expect("ticker");
     let pid = ticker.id() as i32;
