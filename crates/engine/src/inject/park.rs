@@ -23,8 +23,10 @@
 //! return go through `munmap` of that memory first: the thread runs `rt_sigreturn` into the
 //! small frame, which resumes it at `syscall; ret` with `munmap`'s arguments, and that `ret`
 //! goes to the restorer again with the stack on the thread's own frame. A dumper killed at
-//! any moment then leaves nothing of its own in the process, but for the time one `mmap` of
-//! that memory takes (see [`super::Injector::map_scratch`]).
+//! any moment then leaves nothing of its own in the process (the clean-up frame is in use
+//! before the `mmap` of that memory runs, at an address chosen free beforehand; where none is
+//! found, the memory is mapped anywhere and a dumper killed during that one `mmap` leaves it:
+//! see [`super::Injector::map_scratch`]).
 //!
 //! Without the two gadgets (a process without libc's restorer: a static binary of another
 //! runtime), the thread stands at the `syscall` of the `[vdso]` and the calls run from a stub
