@@ -127,24 +127,35 @@ impl Tracked {
         let mut inj = Injector::new(leader, syscall_ip)?;
         let created = (|| {
             // A dumper that dies from here leaves the thread as it was (also blocks signals).
-            inj.park(mask)?;
+            if !inj.park(mask)? {
+                tracing::debug!("pid {pid}: its leader cannot be parked: no pre-copy");
+                return Ok(None);
+            }
+            inj.map_scratch(None)?;
+            // The userfaultfd is created and closed again by one stub, which the dumper
+            // stops between the two calls to take it: none of ours can stay in the process.
             let flags = wp::UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32;
-            let fd = match inj.try_call(
-                "userfaultfd",
-                libc::SYS_userfaultfd,
-                [flags.into(), 0, 0, 0, 0, 0],
-            )? {
-                Ok(fd) => fd as i32,
-                Err(errno) => {
-                    tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
-                    return Ok(None);
+            let taken = inj.userfaultfd_taken(flags, |fd| {
+                process::pidfd_getfd(pidfd.as_fd(), fd)
+                    .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e))
+            })?;
+            match taken {
+                None => {
+                    tracing::debug!("pid {pid}: no code page in it: no pre-copy");
+                    Ok(None)
                 }
-            };
-            let taken = process::pidfd_getfd(pidfd.as_fd(), fd)
-                .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e));
-            // Nothing of ours may stay in the process.
-            inj.call_cleanup("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-            taken.map(Some)
+                Some(crate::inject::batch::UffdTaken {
+                    created: Err(errno),
+                    ..
+                }) => {
+                    tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
+                    Ok(None)
+                }
+                Some(crate::inject::batch::UffdTaken {
+                    taken: Some(taken), ..
+                }) => taken.map(Some),
+                Some(_) => Ok(None),
+            }
         })();
         let finished = inj.finish_parked();
         let restored_mask = ptrace::set_sigmask(leader, mask)
