@@ -385,18 +385,58 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
         set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM behaves like fork(): the child gets a copy of our memory
-    // and continues from here with a return value of 0. The process has a single thread (checked
-    // above), so the copy is consistent. `args` and `tids` outlive the call.
-    let r = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+    let r = retry_released_id(pid, || {
+        // SAFETY: clone3 without CLONE_VM behaves like fork(): the child gets a copy of our
+        // memory and continues from here with a return value of 0. The process has a single
+        // thread (checked above), so the copy is consistent. `args` and `tids` outlive the
+        // call.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        })
     })?;
     Ok(forked(r as Pid))
 }
+
+/// Runs `create` (a clone3 with `set_tid` = `id`, when given) again while it fails with
+/// EEXIST although no task has that id, for up to [`RELEASED_ID_WAIT`]. A process's ids are
+/// not all free when its parent's wait returns: measured on 6.18, a thread id of a process
+/// killed while someone held a pidfd of it stayed taken, with no task, for up to 210 ms after
+/// the process was reaped (never without the pidfd). An id that a task has (alive or a
+/// zombie: it is in /proc) is really in use: the EEXIST is returned at once.
+pub fn retry_released_id<T>(
+    id: Option<Pid>,
+    mut create: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match create() {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && id.is_some_and(id_being_released)
+                    && start.elapsed() < RELEASED_ID_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether no task has the id `id` (in our pid namespace's /proc): taken, it is being
+/// released.
+pub fn id_being_released(id: Pid) -> bool {
+    matches!(
+        std::fs::symlink_metadata(format!("/proc/{id}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound
+    )
+}
+
+/// How long [`retry_released_id`] waits for an id being released.
+pub const RELEASED_ID_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Terminates the calling process immediately, without running destructors or atexit handlers.
 pub fn exit_now(code: i32) -> ! {
@@ -1177,6 +1217,43 @@ pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_a_task_has_is_in_use_at_once() {
+        // Our own pid: a task has it, so the EEXIST is final (no wait for a release).
+        let me = getpid();
+        assert!(!id_being_released(me));
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let r: io::Result<()> = retry_released_id(Some(me), || {
+            calls += 1;
+            Err(io::Error::from_raw_os_error(libc::EEXIST))
+        });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < RELEASED_ID_WAIT / 4);
+    }
+
+    #[test]
+    fn an_id_without_a_task_is_waited_for() {
+        // An id no task has (the last pid there can be is never handed out here): EEXIST is
+        // tried again until it goes.
+        let free = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<Pid>().ok())
+            .map_or(4_194_303, |m| m - 1);
+        assert!(id_being_released(free));
+        let mut calls = 0;
+        let r = retry_released_id(Some(free), || {
+            calls += 1;
+            if calls < 3 {
+                Err(io::Error::from_raw_os_error(libc::EEXIST))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+    }
     use std::os::fd::AsFd;
 
     #[test]

@@ -212,13 +212,19 @@ pub(crate) fn check_pids_free(loaded: &Loaded) -> Result<(), Error> {
 pub(crate) fn pid_holder(pid: Pid, dumped_comm: Option<&str>) -> String {
     match crate::procfs::read_stat(pid) {
         Ok(st) => describe_holder(&st, dumped_comm),
+        Err(_) if stasis_sys::process::id_being_released(pid) => {
+            "no process: the kernel has not released it yet (a process that ended just before)"
+                .to_string()
+        }
         Err(_) => "another process".to_string(),
     }
 }
 
 /// [`pid_holder`] for the /proc/N/stat of the holder.
 fn describe_holder(st: &crate::procfs::Stat, dumped_comm: Option<&str>) -> String {
-    if st.state == 'Z' {
+    if st.state == 'X' || st.state == 'x' {
+        format!("a process that is exiting ({:?})", st.comm)
+    } else if st.state == 'Z' {
         let who = if dumped_comm == Some(st.comm.as_str()) {
             "the dumped process itself".to_string()
         } else {

@@ -220,7 +220,27 @@ pub fn create_thread(leader: &mut Injector, tid: Pid) -> Result<(), Error> {
     let leader_tid = leader.tid();
     ptrace::set_options(leader_tid, ptrace::OPT_TRACECLONE)
         .map_err(|e| Error::sys("PTRACE_SETOPTIONS", leader_tid, e))?;
-    let got = leader.clone3_thread(THREAD_CLONE_FLAGS, tid)?;
+    // A thread id of a process killed just before may not be free yet (see
+    // `process::retry_released_id`).
+    let start = std::time::Instant::now();
+    let got = loop {
+        match leader.clone3_thread(THREAD_CLONE_FLAGS, tid) {
+            Err(Error::Remote { errno, .. })
+                if errno.raw_os_error() == Some(libc::EEXIST)
+                    && stasis_sys::process::id_being_released(tid)
+                    && start.elapsed() < stasis_sys::process::RELEASED_ID_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(Error::Remote { errno, .. }) if errno.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(Error::PidInUse {
+                    pid: tid,
+                    holder: crate::restore::load::pid_holder(tid, None),
+                });
+            }
+            other => break other?,
+        }
+    };
     if got != tid {
         return Err(Error::Invalid(format!("thread {tid} was created as {got}")));
     }
