@@ -1,6 +1,6 @@
 //! Directory-relative file operations that never leave their directory: openat2 with
 //! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat, the
-//! names a directory holds; and mkfifo.
+//! names a directory holds; and mkfifo; early writeback of a file's pages.
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
@@ -23,6 +23,15 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> i
         mode,
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?)
+}
+
+/// Starts writing the dirty pages of the file behind `fd` to its disk, without waiting
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE): a later fsync finds them written or on
+/// their way. Durability still needs that fsync (this neither waits nor writes metadata).
+pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: sync_file_range only reads the descriptor number; `fd` is open for the call.
+    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    crate::cvt_int(r).map(drop)
 }
 
 /// Opens the directory `path` relative to `dir` (or `path` itself when absolute) with the

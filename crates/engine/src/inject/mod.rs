@@ -22,6 +22,7 @@ pub mod batch;
 pub mod calls;
 mod errno;
 pub mod park;
+pub mod prefetch;
 pub mod scratch;
 
 pub use calls::Errno;
@@ -57,6 +58,8 @@ pub struct Injector {
     /// When parked with a code page: the `syscall` of the guarded stub, which calls are run
     /// from (and which returns through the frame if the thread runs on without us).
     guarded: Option<u64>,
+    /// Answers asked ahead in one batch ([`prefetch`]), each handed out once.
+    answers: Vec<prefetch::Answer>,
 }
 
 /// Size of the scratch area used for syscall arguments.
@@ -124,6 +127,7 @@ impl Injector {
             parked: None,
             park_mask: None,
             guarded: None,
+            answers: Vec::new(),
         })
     }
 

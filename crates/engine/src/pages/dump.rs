@@ -86,7 +86,9 @@ pub struct Copied {
 /// Moves every run of `source` into `sink`, without its all-zero pages. The sink is not
 /// finished: its caller takes the run index with [`PageSink::finish`].
 pub fn copy_pages(source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<Copied, Error> {
-    let mut buf = vec![0u8; MAX_RUN_BYTES];
+    // A huge page when the kernel gives one: fresh 4 KiB pages would cost a fault each.
+    let mut buf = stasis_sys::buffer::PageBuffer::new(MAX_RUN_BYTES)
+        .map_err(|e| Error::io("mapping a buffer for pages", e))?;
     let mut copied = Copied::default();
     while let Some(span) = source.next_run(&mut buf)? {
         let data = &buf[..span.len()];
