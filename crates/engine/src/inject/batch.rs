@@ -11,7 +11,10 @@
 //! on an `int3`. It touches no stack and no memory but the table and the results.
 //!
 //! The page is mapped anywhere, so batches are for a process whose layout does not change
-//! while the injector lives (the dump); it is unmapped with the scratch area.
+//! while the injector lives (the dump), or, at a place chosen by the caller
+//! ([`Injector::place_code_page`]: the restore puts it next to its scratch area, in a hole of
+//! the dumped layout), for one whose layout is being rebuilt; it is unmapped with the scratch
+//! area.
 
 use super::{CallRecord, Injector};
 use crate::Error;
@@ -48,6 +51,8 @@ pub const MAX_BATCH: usize = 256;
 pub(crate) enum CodePage {
     #[default]
     NotYet,
+    /// Not yet, and to be mapped at this address (MAP_FIXED_NOREPLACE).
+    At(u64),
     Mapped(u64),
     /// The target cannot have it (the page could not be made executable).
     Refused,
@@ -118,23 +123,35 @@ impl Injector {
 
     /// The code page, mapped and filled on first use; `None` when the target refuses it.
     pub(crate) fn code_page(&mut self) -> Result<Option<u64>, Error> {
-        match self.code {
+        let (at, flags) = match self.code {
             CodePage::Mapped(a) => return Ok(Some(a)),
             CodePage::Refused => return Ok(None),
-            CodePage::NotYet => {}
-        }
+            CodePage::NotYet => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+            CodePage::At(a) => (
+                a,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            ),
+        };
         let page = self.call(
             "mmap(code)",
             libc::SYS_mmap,
             [
-                0,
+                at,
                 PAGE,
                 (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                flags as u64,
                 u64::MAX,
                 0,
             ],
         )?;
+        if at != 0 && page != at {
+            // An old kernel without MAP_FIXED_NOREPLACE put it elsewhere: not where the
+            // caller wants nothing but it.
+            self.code = CodePage::Mapped(page);
+            self.unmap_code()?;
+            self.code = CodePage::Refused;
+            return Ok(None);
+        }
         // Unmapped with the scratch area from now on, whatever happens next.
         self.code = CodePage::Mapped(page);
         proc_mem::write_all(self.tid, page, &BLOB)
@@ -157,6 +174,53 @@ impl Injector {
                 Ok(None)
             }
         }
+    }
+
+    /// Maps the code page, when a batch first needs it, at `at` (a free page, which nothing
+    /// else will be mapped on while the injector lives) instead of anywhere. Nothing when it
+    /// is mapped already.
+    pub fn place_code_page(&mut self, at: u64) {
+        if matches!(self.code, CodePage::NotYet) {
+            self.code = CodePage::At(at);
+        }
+    }
+
+    /// Runs `calls` in order, in batches when the process takes them, else one by one, and
+    /// returns their results; the first that failed is the error (naming the call `name`).
+    /// In a batch the calls after a failed one run too: only for calls that do no harm then
+    /// (the layout of a process that the restore kills on any failure).
+    pub fn calls_in_order(
+        &mut self,
+        name: &'static str,
+        calls: &[(i64, [u64; 6])],
+    ) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(MAX_BATCH) {
+            match self.batch(name, chunk)? {
+                Some(results) => {
+                    for (&(nr, args), r) in chunk.iter().zip(results) {
+                        if (-4095..0).contains(&r) {
+                            let rec = CallRecord {
+                                name,
+                                nr,
+                                args,
+                                result: Some(r),
+                            };
+                            tracing::debug!("tid {}: injected call failed: {rec}", self.tid);
+                            self.last = Some(rec);
+                            return Err(self.remote_error(name, super::Errno(-r as i32)));
+                        }
+                        out.push(r as u64);
+                    }
+                }
+                None => {
+                    for &(nr, args) in chunk {
+                        out.push(self.call(name, nr, args)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Unmaps the code page, if mapped.
