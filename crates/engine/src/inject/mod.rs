@@ -682,8 +682,19 @@ pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
 }
 
 /// Finds the offset of a `syscall` instruction (0f 05) inside the vdso. The vdso image is the
-/// same in every process on this kernel, so our own copy is searched once.
+/// same in every process on this kernel, so our own copy is searched, once per process (a
+/// daemon or a benchmark that dumps many times asks the kernel once: the answer cannot change
+/// while the kernel runs).
 pub fn vdso_syscall_offset() -> Result<u64, Error> {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(&o) = OFFSET.get() {
+        return Ok(o);
+    }
+    let o = find_vdso_syscall_offset()?;
+    Ok(*OFFSET.get_or_init(|| o))
+}
+
+fn find_vdso_syscall_offset() -> Result<u64, Error> {
     let me = stasis_sys::process::getpid();
     // maps, not smaps: the same lines without the page counts the kernel would walk our
     // whole memory for.

@@ -1,8 +1,8 @@
 //! Questions asked inside a frozen thread ([`Query`]), answered all at once.
 //!
-//! The dump asks each process about twenty questions that only the process can answer (brk,
-//! sigaltstack, its clear-child-tid address, prctl values, interval timers, ...), each one
-//! system call that only reads. One by one, each costs a resume of the thread and two stops
+//! The dump asks each process about eighty questions that only the process can answer (brk,
+//! sigaltstack, its clear-child-tid address, prctl values, interval timers, the action of each
+//! signal, ...), each one system call that only reads. One by one, each costs a resume of the thread and two stops
 //! (about 20–60 µs on a VM); [`Injector::prefetch`] runs them in one batch ([`super::batch`])
 //! and keeps the answers, which the typed methods of [`super::calls`] (`brk_query`,
 //! `get_tsc`, ...) hand out instead of running the call again, each once. A process that
@@ -31,6 +31,8 @@ pub enum Query {
     MembarrierRegistrations,
     /// getitimer(which, &value): an `itimerval`.
     Getitimer(u32),
+    /// rt_sigaction(sig, NULL, &old, 8): a kernel `sigaction`.
+    Sigaction(u32),
 }
 
 use super::calls::{MEMBARRIER_CMD_GET_REGISTRATIONS, PR_GET_TID_ADDRESS};
@@ -45,6 +47,7 @@ impl Query {
             Query::Prctl(name, ..) | Query::PrctlInt(name, _) => name,
             Query::MembarrierRegistrations => "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)",
             Query::Getitimer(_) => "getitimer",
+            Query::Sigaction(_) => "rt_sigaction(query)",
         }
     }
 
@@ -55,6 +58,7 @@ impl Query {
             Query::TidAddress => 8,
             Query::PrctlInt(..) => 4,
             Query::Getitimer(_) => std::mem::size_of::<super::kabi::Itimerval>() as u64,
+            Query::Sigaction(_) => std::mem::size_of::<super::kabi::KernelSigaction>() as u64,
             Query::Brk | Query::Prctl(..) | Query::MembarrierRegistrations => 0,
         }
     }
@@ -72,6 +76,7 @@ impl Query {
                 [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
             ),
             Query::Getitimer(which) => (libc::SYS_getitimer, [which.into(), out, 0, 0, 0, 0]),
+            Query::Sigaction(sig) => (libc::SYS_rt_sigaction, [sig.into(), 0, out, 8, 0, 0]),
         }
     }
 }
@@ -164,6 +169,11 @@ impl Injector {
         Ok((r, bytes))
     }
 
+    /// Whether the answer to `q` is kept (prefetched and not yet taken).
+    pub fn has_answer(&self, q: Query) -> bool {
+        self.answers.iter().any(|a| a.query == q)
+    }
+
     /// How many prefetched answers no getter has taken yet.
     pub fn answers_left(&self) -> usize {
         self.answers.len()
@@ -184,7 +194,7 @@ impl Injector {
 mod tests {
     use super::*;
     use crate::dump::freeze::Frozen;
-    use crate::task::{attrs, creds, itimers, mm, prctl, thread};
+    use crate::task::{attrs, creds, itimers, mm, prctl, signals, thread};
 
     /// The getters the dump runs take every prefetched answer (none is asked twice, none
     /// left over), and the answers are those of the calls run one by one.
@@ -216,6 +226,7 @@ mod tests {
                     creds::dump(&status, inj).expect("creds"),
                     attrs::dump(pid, &status, inj).expect("attrs"),
                     prctl::dump_process(pid, inj).expect("prctl"),
+                    signals::dump(pid, inj).expect("signals"),
                 )
             };
             let mut inj = Injector::new(pid, ip).expect("injector");
@@ -244,6 +255,7 @@ mod tests {
             Query::TidAddress,
             Query::PrctlInt("x", 2),
             Query::Getitimer(1),
+            Query::Sigaction(10),
         ] {
             let (_, args) = q.call(0x5000);
             assert!(args.contains(&0x5000), "{q:?}");

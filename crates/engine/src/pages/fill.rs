@@ -144,10 +144,15 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
             rest = &rest[1..];
         }
         let bytes: u64 = raw.iter().map(|r| r.npages.saturating_mul(PAGE_SIZE)).sum();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_FILL_THREADS);
-        if bytes < PARALLEL_MIN || threads < 2 {
+        // (available_parallelism reads cgroup files: only asked for a fill that may use it.)
+        let threads = if bytes < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_FILL_THREADS)
+        };
+        if threads < 2 {
             for r in raw {
                 fill_raw(self.pages, target, r, &mut self.buf)?;
             }
