@@ -149,8 +149,10 @@ pub fn move_specials(
     vdso_offset: u64,
     scratch_len: u64,
 ) -> Result<Option<(u64, u64)>, Error> {
+    // maps, not smaps: the child is a copy of the restorer, whose whole memory smaps would
+    // walk, for lines that maps has too.
     let child: Vec<Special> = specials(
-        procfs::read_smaps(inj.tid())?
+        procfs::read_maps(inj.tid())?
             .into_iter()
             .map(|m| (m.start, m.end, m.name)),
     );
