@@ -352,7 +352,7 @@ impl ImageDir {
     }
 
     /// Makes the files `names` durable. The writeback of every file is started first (most
-    /// were started as they were finished: [`start_writeback`]), so that the filesystem
+    /// were started as they were finished: `start_writeback`), so that the filesystem
     /// writes them together and commits their metadata in one journal commit, which the
     /// first fsync waits for and the next ones find done. A few files are then fsynced one
     /// after the other (a thread each would cost more than it saves: about 100 µs per thread

@@ -203,12 +203,22 @@ mod tests {
         if !stasis_test_infra::require_root() {
             return;
         }
-        let mut child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .expect("start sleep");
-        let pid = child.id() as stasis_sys::Pid;
-        let r = (|| {
+        /// Killed and reaped on drop, the test failing or not.
+        struct Sleep(std::process::Child);
+        impl Drop for Sleep {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Sleep(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .expect("start sleep"),
+        );
+        let pid = child.0.id() as stasis_sys::Pid;
+        {
             let mut frozen = Frozen::freeze(pid).expect("freeze");
             let vdso = crate::procfs::read_maps(pid)
                 .expect("maps")
@@ -242,10 +252,7 @@ mod tests {
             assert_eq!(format!("{one_by_one:?}"), format!("{batched:?}"));
             inj.finish().expect("finish");
             frozen.thaw().expect("thaw");
-        })();
-        let _ = child.kill();
-        let _ = child.wait();
-        r
+        }
     }
 
     #[test]
