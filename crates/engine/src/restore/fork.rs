@@ -295,7 +295,6 @@ pub(crate) fn seize_tree(
     for p in &plan.processes {
         let pid = p.image.pid;
         let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
-        let mut pause = Backoff::default();
         loop {
             match ptrace::waitpid_nohang(pid).map_err(|e| Error::sys("waitpid", pid, e))? {
                 Some(ptrace::WaitStatus::Stopped { sig, .. }) if sig == libc::SIGSTOP => break,
@@ -312,38 +311,22 @@ pub(crate) fn seize_tree(
                         ),
                     ))
                 }
-                None => pause.sleep(),
+                None => std::thread::sleep(std::time::Duration::from_micros(200)),
             }
         }
     }
     Ok(())
 }
 
-/// The pauses of a wait that polls: short at first (a child's setup takes a few hundred µs:
-/// a fixed 200 µs made the restore wait 100 µs more than needed on average, per process),
-/// then at most 200 µs.
-#[derive(Default)]
-struct Backoff {
-    next_us: u64,
-}
-
-impl Backoff {
-    fn sleep(&mut self) {
-        self.next_us = (self.next_us * 2).clamp(10, 200);
-        std::thread::sleep(std::time::Duration::from_micros(self.next_us));
-    }
-}
-
 /// Waits until process `pid` exists; false when it does not appear in time or a child
 /// reported a failure meanwhile (its parent may have failed before forking it).
 fn wait_until_exists(pid: Pid, reports: &ChildReports) -> bool {
     let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
-    let mut pause = Backoff::default();
     while !Path::new(&format!("/proc/{pid}")).exists() {
         if std::time::Instant::now() > deadline || reports.has_report() {
             return false;
         }
-        pause.sleep();
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
     true
 }
