@@ -20,14 +20,27 @@ fn proc_path(pid: i32, what: &str) -> PathBuf {
 }
 
 /// Reads a whole /proc (or /sys) file: one open and, for the usual small file, two reads (the
-/// text, then the end). `std::fs::read` would first ask its size (0 here: one statx) and then
-/// read from 32 bytes up, doubling: 5 to 10 calls for a file of a few hundred bytes, on every
-/// /proc file of every dump.
+/// text, then the end). `std::fs::read` would first ask its size (0 here: one statx) and its
+/// position (lseek), then read from 32 bytes up, doubling: 5 to 10 calls for a file of a few
+/// hundred bytes, on every /proc file of every dump.
 pub fn slurp(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = Vec::with_capacity(8192);
-    f.read_to_end(&mut buf)?;
+    // Not `read_to_end`: for a File it first asks the size and the position (statx, lseek).
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
     Ok(buf)
 }
 

@@ -294,11 +294,13 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 thread::unregister_inherited_rseq(self.inj()?)?;
             }
             RebuildStep::MoveSpecials => {
+                // Room for the scratch area and the code page of batches (step
+                // `UnmapInherited`) before a temporary vdso.
                 self.temporary_specials = pages::move_specials(
                     self.inj()?,
                     &image.vmas,
                     vdso_offset,
-                    inject::SCRATCH_LEN,
+                    inject::SCRATCH_LEN + crate::PAGE_SIZE,
                 )?;
             }
             RebuildStep::UnmapInherited => {
