@@ -15,7 +15,10 @@ tests=(file_epoll file_inotify file_fanotify file_eventfd file_signalfd file_tim
     pidfd pipe_inflight files_deleted file_memfd mem_anon posix_timers tree_threads signals
     seccomp_filter fifo file_opath files_devnull_dir files_proc_self mem_aio_ring
     mem_file_shared pipe_lone_end process_chroot process_stopped sock_netlink sock_packet
-    syscall_read_pipe exe_memfd mm_fields rseq)
+    syscall_read_pipe exe_memfd mm_fields rseq mem_cow_tree tree_mem_mixed
+    files_deleted_linked)
+# Dump options per program: page runs of every codec (raw, zstd, inherited from a parent).
+declare -A dump_args=([tree_mem_mixed]="--compress")
 # The tool harness may leak descriptors into what we start: the dump refuses unknown ones.
 exec 250>&- 251>&- 2>/dev/null || true
 rm -rf "$out"
@@ -48,7 +51,8 @@ for t in "${tests[@]}"; do
         readlink "/proc/$pid/fd/$n" >"$p/fdinfo/$n.link" 2>/dev/null || true
     done
     cat /proc/locks >"$p/locks"
-    if "$stasis" dump -t "$pid" -D "$out/images/$t" --key-file "$out/key" \
+    # shellcheck disable=SC2086 # the options are words
+    if "$stasis" dump -t "$pid" -D "$out/images/$t" --key-file "$out/key" ${dump_args[$t]:-} \
         --log-file "$out/run/$t.dump.log" >/dev/null 2>&1; then
         echo "$t: dumped"
     else

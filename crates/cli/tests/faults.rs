@@ -60,6 +60,17 @@ struct Workload {
     log: PathBuf,
     /// The descriptors of it and its child and what they are, when it started.
     fds: Vec<(String, String)>,
+    /// The mappings of it and its child when it started (a dump must leave none of its own).
+    maps: Vec<String>,
+}
+
+/// The mappings of `pid`, one line each as in /proc/PID/maps.
+fn maps_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 /// The descriptors of `pid` and their links.
@@ -99,6 +110,7 @@ impl Workload {
             echo: 0,
             log,
             fds: Vec::new(),
+            maps: Vec::new(),
         };
         wl.wait_ok(from).expect("the workload starts");
         let mut kids = Vec::new();
@@ -113,7 +125,15 @@ impl Workload {
             )
         });
         wl.fds = wl.fd_tables();
+        wl.maps = wl.all_maps();
         wl
+    }
+
+    /// The mappings of both processes, the child's prefixed with "child ".
+    fn all_maps(&self) -> Vec<String> {
+        let mut v = maps_of(self.pid);
+        v.extend(maps_of(self.echo).into_iter().map(|l| format!("child {l}")));
+        v
     }
 
     /// The descriptors of both processes, the child's prefixed with "child ".
@@ -181,11 +201,28 @@ impl Workload {
                 }
             }
         }
+        if !self.fds.is_empty() || !self.maps.is_empty() {
+            // A thread whose dumper died undoes what was injected in it (closes the
+            // userfaultfd, unmaps the scratch area) on its own way back, once it runs: two
+            // new lines of checks (each with a round trip through the child) say both have.
+            for _ in 0..2 {
+                let from = self.log_text().len();
+                self.wait_ok(from)?;
+            }
+        }
         if !self.fds.is_empty() && self.fd_tables() != self.fds {
             return Err(format!(
                 "its descriptors changed: {:?} (were {:?})",
                 self.fd_tables(),
                 self.fds
+            ));
+        }
+        if !self.maps.is_empty() && self.all_maps() != self.maps {
+            let now = self.all_maps();
+            let added: Vec<_> = now.iter().filter(|l| !self.maps.contains(l)).collect();
+            let gone: Vec<_> = self.maps.iter().filter(|l| !now.contains(l)).collect();
+            return Err(format!(
+                "its mappings changed: {added:?} added, {gone:?} gone"
             ));
         }
         let from = self.log_text().len();
@@ -271,10 +308,24 @@ fn run_stasis(w: &Path, args: &[&str], fault: Option<&str>) -> Run {
     }
 }
 
+/// The points of one clean run of `stasis ARGS` (`count:FILE`): how many in each phase, and
+/// what each is (phase, number, what is done there).
+struct Points {
+    counts: BTreeMap<String, u64>,
+    labels: Vec<(String, u64, String)>,
+}
+
 /// The points of each phase of one clean run of `stasis ARGS` (`count:FILE`).
 fn count_points(w: &Path, args: &[&str]) -> BTreeMap<String, u64> {
+    count_labelled_points(w, args).counts
+}
+
+/// [`count_points`], with what each point is.
+fn count_labelled_points(w: &Path, args: &[&str]) -> Points {
     let file = w.join("points");
+    let list = w.join("points.points");
     let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&list);
     let run = run_stasis(w, args, Some(&format!("count:{}", file.display())));
     assert!(
         run.ok(),
@@ -288,13 +339,24 @@ fn count_points(w: &Path, args: &[&str]) -> BTreeMap<String, u64> {
             file.display()
         )
     });
-    let mut points = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for line in text.lines() {
         let (phase, n) = line.split_once(' ').expect("PHASE N");
-        *points.entry(phase.to_string()).or_insert(0) += n.parse::<u64>().expect("a count");
+        *counts.entry(phase.to_string()).or_insert(0) += n.parse::<u64>().expect("a count");
     }
+    let labels = std::fs::read_to_string(&list)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let phase = it.next()?.to_string();
+            let n = it.next()?.parse().ok()?;
+            Some((phase, n, it.next()?.to_string()))
+        })
+        .collect();
     let _ = std::fs::remove_file(&file);
-    points
+    let _ = std::fs::remove_file(&list);
+    Points { counts, labels }
 }
 
 /// The points to try: all of them in a full sweep; else the first and last of each phase and
@@ -314,6 +376,32 @@ fn points_to_try(points: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
             }
         }
     }
+    out
+}
+
+/// The calls of an injector that map, protect, fill or remove its memory in the process, or
+/// create and close the pre-copy's userfaultfd there: the points where a killed dumper used to
+/// leave something of its own behind (docs/security.md), all tried in CI too.
+const CALLS_OF_INTEREST: [&str; 7] = [
+    "mmap(scratch)",
+    "mmap(code)",
+    "mprotect(code)",
+    "munmap(scratch)",
+    "munmap(code)",
+    "userfaultfd",
+    ": batch",
+];
+
+/// [`points_to_try`], and every point of [`CALLS_OF_INTEREST`].
+fn points_to_try_labelled(points: &Points) -> Vec<(String, u64)> {
+    let mut out = points_to_try(&points.counts);
+    for (phase, n, what) in &points.labels {
+        if CALLS_OF_INTEREST.iter().any(|c| what.contains(c)) {
+            out.push((phase.clone(), *n));
+        }
+    }
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -339,21 +427,26 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
     }
     let mut w = work("dump_points");
     let exe = workload_exe(&w);
-    let mut wl = Workload::start(&w, &exe, 4);
+    let wl = Workload::start(&w, &exe, 4);
     let images = w.join("img");
     let img = images.to_str().expect("utf-8 path");
     let args_of =
         |pid: i32| ["dump", "-t", &pid.to_string(), "-D", img, "--leave-running"].map(String::from);
     let args = args_of(wl.pid);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let points = count_points(&w, &args);
+    let labelled = count_labelled_points(&w, &args);
+    let points = labelled.counts.clone();
     std::fs::remove_dir_all(&images).expect("remove the clean dump");
     wl.check_healthy(true).expect("after a clean dump");
-    let mut before = listing(&w);
+    let before = listing(&w);
     let started = Instant::now();
-    let tried = points_to_try(&points);
+    let tried = points_to_try_labelled(&labelled);
+    let of_interest = labelled
+        .labels
+        .iter()
+        .filter(|(_, _, what)| CALLS_OF_INTEREST.iter().any(|c| what.contains(c)))
+        .count();
     let mut failures = Vec::new();
-    let mut known = 0;
     for action in ["fail", "kill"] {
         for (phase, n) in &tried {
             let fault = format!("{phase}:{n}:{action}");
@@ -390,24 +483,6 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
             if listing(&w) != before {
                 problems.push(format!("stray files: {:?} (was {before:?})", listing(&w)));
             }
-            // The known gap (docs/security.md): a dumper killed between creating the
-            // pre-copy's userfaultfd in the process and closing it there leaves it open.
-            let extra: Vec<_> = wl
-                .fd_tables()
-                .into_iter()
-                .filter(|fd| !wl.fds.contains(fd))
-                .collect();
-            if action == "kill"
-                && phase == "pre-copy"
-                && !extra.is_empty()
-                && extra.iter().all(|(_, l)| l == "anon_inode:[userfaultfd]")
-            {
-                known += 1;
-                drop(wl);
-                wl = Workload::start(&w, &exe, 4);
-                before = listing(&w);
-                continue;
-            }
             if let Err(e) = wl.check_healthy(false) {
                 problems.push(format!("the process: {e}"));
             }
@@ -419,12 +494,12 @@ fn a_dump_failing_or_killed_at_any_point_leaves_the_process_running_as_before() 
             }
         }
     }
-    eprintln!("known gap (a userfaultfd left by a killed pre-copy): {known} point(s)");
     if let Err(e) = wl.check_healthy(true) {
         failures.push(format!("at the end: {e}"));
     }
     eprintln!(
-        "dump points (leave running): {points:?}, {} in all; tried {} x 2 in {:.1} s",
+        "dump points (leave running): {points:?}, {} in all ({of_interest} in calls that map, \
+         fill or remove the injector's memory or make the userfaultfd); tried {} x 2 in {:.1} s",
         points.values().sum::<u64>(),
         tried.len(),
         started.elapsed().as_secs_f64()
@@ -622,6 +697,7 @@ fn restore_and_check(w: &Path, images: &Path, pids: &[i32], log: &Path) -> Resul
         echo: 0,
         log: log.to_path_buf(),
         fds: Vec::new(),
+        maps: Vec::new(),
     };
     wl.echo = stasis_test_infra::procfs::children(wl.pid)
         .first()
@@ -672,6 +748,7 @@ fn a_restore_failing_or_killed_at_any_point_leaves_nothing_behind() {
                         .unwrap_or(0),
                     log: log.clone(),
                     fds: Vec::new(),
+                    maps: Vec::new(),
                 };
                 if let Err(e) = restored.check_healthy(false) {
                     problems.push(format!("the restore succeeded, but: {e}"));
@@ -956,5 +1033,118 @@ fn images_that_change_under_a_restore_fail_it_cleanly() {
     if !failures.is_empty() {
         w.keep();
         panic!("{}", failures.join("\n"));
+    }
+}
+
+/// A dump of a file whose name was deleted while it keeps a link elsewhere makes a remap link
+/// next to it (engine::files::link_remap): a dump that fails once the link is made (every
+/// point of the write and sync phases, and the last points of collect, where the link is
+/// made) removes it, and the program runs on; a complete dump leaves it for the images.
+#[test]
+fn a_failed_dump_removes_the_remap_links_it_made() {
+    if !require_root() || !require_tool("gcc") {
+        return;
+    }
+    let mut w = work("remap_links");
+    let exe = stasis_test_infra::build::zdtm_program("files_deleted_linked", &w)
+        .expect("build files_deleted_linked");
+    let run_dir = w.join("run");
+    std::fs::create_dir_all(&run_dir).expect("mkdir run");
+    let log = w.join("program.log");
+    let out = std::fs::File::create(&log).expect("create the log");
+    let mut cmd = Command::new(&exe);
+    cmd.current_dir(&run_dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup the log"))
+        .stderr(out);
+    let mut child = isolate(&mut cmd)
+        .spawn()
+        .expect("start files_deleted_linked");
+    let pid = child.id() as i32;
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("READY"))),
+        "the program gets ready"
+    );
+    let remaps = || -> Vec<String> {
+        listing(&run_dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".stasis-remap."))
+            .collect()
+    };
+    let images = w.join("img");
+    let img = images.to_str().expect("utf-8").to_string();
+    let pid_s = pid.to_string();
+    let args = ["dump", "-t", &pid_s, "-D", &img, "--leave-running"];
+    let points = count_points(&w, &args);
+    assert_eq!(
+        remaps().len(),
+        2,
+        "a complete dump leaves one remap link per file: {:?}",
+        listing(&run_dir)
+    );
+    std::fs::remove_dir_all(&images).expect("remove the clean dump");
+    for r in remaps() {
+        std::fs::remove_file(run_dir.join(r)).expect("remove a remap link");
+    }
+    let mut tried = Vec::new();
+    for (phase, &c) in &points {
+        let from = match phase.as_str() {
+            "write" | "sync" => 1,
+            "collect" => c.saturating_sub(2).max(1),
+            _ => continue,
+        };
+        tried.extend((from..=c).map(|n| format!("{phase}:{n}")));
+    }
+    let mut failures = Vec::new();
+    let mut failed_after_link = 0;
+    for fault in &tried {
+        let run = run_stasis(&w, &args, Some(fault));
+        if run.ok() {
+            // A point past the end of this run's phase.
+            std::fs::remove_dir_all(&images).ok();
+            for r in remaps() {
+                std::fs::remove_file(run_dir.join(r)).ok();
+            }
+            continue;
+        }
+        if !run.stderr.contains("fault injected") {
+            failures.push(format!("{fault}: unclear error: {:?}", run.stderr));
+        }
+        if !fault.starts_with("collect") {
+            failed_after_link += 1;
+        }
+        if images.exists() {
+            failures.push(format!(
+                "{fault}: the failed dump left {:?}",
+                listing(&images)
+            ));
+            std::fs::remove_dir_all(&images).ok();
+        }
+        if !remaps().is_empty() {
+            failures.push(format!("{fault}: the failed dump left {:?}", remaps()));
+            for r in remaps() {
+                std::fs::remove_file(run_dir.join(r)).ok();
+            }
+        }
+    }
+    assert!(
+        failed_after_link > 0,
+        "no dump failed after the links were made: {points:?}"
+    );
+    kill(pid, libc::SIGTERM);
+    let status = stasis_test_infra::process::wait_child_for(&mut child, Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !matches!(status, Ok(Some(s)) if s.success()) || !text.contains("PASS") {
+        failures.push(format!("the program after the faults: {status:?}\n{text}"));
+    }
+    eprintln!("remap links: tried {} points ({points:?})", tried.len());
+    if !failures.is_empty() {
+        w.keep();
+        panic!(
+            "{} faults went wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }

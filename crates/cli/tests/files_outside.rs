@@ -11,6 +11,9 @@
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/files_outside/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, Waited};
 use stasis_test_infra::procfs::{exists, proc_state, ProcState};
 use stasis_test_infra::wait::wait_for;
@@ -26,24 +29,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("files_outside")
-            .join(test),
-    )
-}
-
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::work_dir("files_outside", test)
 }
 
 /// Makes a FIFO at `path` and opens it read-write (this process holds it from now on).

@@ -8,6 +8,9 @@
 //! The test needs root (`stasis_test_infra::require_root`) and gcc. Work directories of failed
 //! tests are kept in `target/tmp/incremental/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_test_infra::build::c_program;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid};
 use stasis_test_infra::procfs::{children, exists};
@@ -20,19 +23,6 @@ use std::time::Duration;
 
 /// Deadline for one stasis command, and for the workload to answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Bytes of the pages files of the dump in `dir`.
 fn pages_bytes(dir: &Path) -> u64 {

@@ -17,6 +17,9 @@
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/lazy/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_sys::ptrace::WaitStatus;
 use stasis_test_infra::build::c_program;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, Waited};
@@ -35,24 +38,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: &str = "64";
 
 fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("lazy")
-            .join(test),
-    )
-}
-
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::work_dir("lazy", test)
 }
 
 fn program(w: &WorkDir) -> PathBuf {

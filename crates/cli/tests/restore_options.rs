@@ -12,6 +12,9 @@
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/restore_options/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, Waited};
 use stasis_test_infra::procfs::{exists, proc_state, ProcState};
 use stasis_test_infra::wait::wait_for;
@@ -26,24 +29,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("restore_options")
-            .join(test),
-    )
-}
-
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::work_dir("restore_options", test)
 }
 
 fn dump(pid: i32, img: &Path) -> (bool, String) {

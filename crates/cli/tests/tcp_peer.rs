@@ -7,6 +7,9 @@
 //! The tests need root (`stasis_test_infra::require_root`) and the `nft` binary. Work
 //! directories of failed tests are kept in `target/tmp/tcp_peer/<test name>/`.
 
+mod common;
+
+use common::stasis;
 use stasis_test_infra::build::c_program;
 use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid};
 use stasis_test_infra::procfs::exists;
@@ -83,24 +86,7 @@ int main(int argc, char **argv)
 "#;
 
 fn work_dir(test: &str) -> WorkDir {
-    WorkDir::new(
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("tcp_peer")
-            .join(test),
-    )
-}
-
-/// Runs `stasis ARGS`: whether it succeeded, and its stderr.
-fn stasis<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stasis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::work_dir("tcp_peer", test)
 }
 
 /// Byte `i` of the stream.

@@ -125,6 +125,46 @@ fn restore_in(term: &Terminal, images: &Path) -> Child {
         .expect("start stasis restore")
 }
 
+/// Runs `stasis restore OPTIONS -D IMAGES` in `term` under a job-control shell (bash `set
+/// -m`), which prints `stopped:STATUS` when the job stops (147: Ctrl-Z), continues it with
+/// `fg`, and prints `ended:STATUS` when it ends.
+fn restore_under_job_shell(term: &Terminal, options: &str, images: &Path) -> Child {
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!(
+            "set -m; {} restore {options} -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
+            env!("CARGO_BIN_EXE_stasis"),
+            images.display()
+        ),
+    ])
+    .stdin(term.stdio())
+    .stdout(term.stdio())
+    .stderr(term.stdio());
+    isolate_on_terminal(&mut cmd).spawn().expect("start bash")
+}
+
+/// Types "one" and waits for the restored `cat`'s echo and answer, stops it with Ctrl-Z (the
+/// job shell reports it), continues it with the shell's `fg` and has it answer "two". `cat`:
+/// its pid when it is in our pid namespace (then it must have the terminal again after fg).
+fn answer_stop_and_continue(term: &Terminal, cat: Option<i32>) {
+    term.type_in(b"one\n");
+    term.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
+    term.type_in(b"\x1a");
+    term.wait_output("the shell's report of a stopped job", |t| {
+        t.contains("stopped:147")
+    });
+    if let Some(cat) = cat {
+        wait_for("cat in the foreground again", TIMEOUT, || {
+            pgid_tpgid(cat) == (cat, cat)
+        });
+    }
+    term.type_in(b"two\n");
+    term.wait_output("cat's answer after fg", |t| t.matches("two").count() >= 2);
+}
+
 fn dump(pid: i32, images: &Path) {
     let (ok, err) = stasis(&[
         "dump",
@@ -207,36 +247,11 @@ fn ctrl_z_stops_the_job_and_fg_continues_it() {
     // stasis restore runs under a shell-like parent in the terminal's session: bash, which
     // reports the job's stop and continues it with fg.
     let b = Terminal::open(24, 80);
-    let mut cmd = Command::new("bash");
-    cmd.args([
-        "--norc",
-        "--noprofile",
-        "-c",
-        &format!(
-            "set -m; {} restore -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
-            env!("CARGO_BIN_EXE_stasis"),
-            images.display()
-        ),
-    ])
-    .stdin(b.stdio())
-    .stdout(b.stdio())
-    .stderr(b.stdio());
-    let mut shell = isolate_on_terminal(&mut cmd).spawn().expect("start bash");
+    let mut shell = restore_under_job_shell(&b, "", &images);
     wait_for("cat restored in the foreground", TIMEOUT, || {
         exists(cat) && comm(cat) == "cat" && pgid_tpgid(cat) == (cat, cat)
     });
-    b.type_in(b"one\n");
-    b.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
-    b.type_in(b"\x1a");
-    b.wait_output("the shell's report of a stopped job", |t| {
-        t.contains("stopped:147")
-    });
-    // fg: the job has the terminal again and answers.
-    wait_for("cat in the foreground again", TIMEOUT, || {
-        pgid_tpgid(cat) == (cat, cat)
-    });
-    b.type_in(b"two\n");
-    b.wait_output("cat's answer after fg", |t| t.matches("two").count() >= 2);
+    answer_stop_and_continue(&b, Some(cat));
     b.type_in(b"\x04");
     b.wait_output("the job's end", |t| t.contains("ended:0"));
     let status = wait_child_for(&mut shell, TIMEOUT).expect("wait for bash");
@@ -265,31 +280,10 @@ fn shell_job_in_a_new_pid_namespace() {
     assert!(ok, "dump failed: {err}");
 
     let b = Terminal::open(24, 80);
-    let mut cmd = Command::new("bash");
-    cmd.args([
-        "--norc",
-        "--noprofile",
-        "-c",
-        &format!(
-            "set -m; {} restore --pid-ns -D {}; echo \"stopped:$?\"; fg; echo \"ended:$?\"",
-            env!("CARGO_BIN_EXE_stasis"),
-            images.display()
-        ),
-    ])
-    .stdin(b.stdio())
-    .stdout(b.stdio())
-    .stderr(b.stdio());
-    let mut shell = isolate_on_terminal(&mut cmd).spawn().expect("start bash");
-    // Typed at: the echo, and the answer of the restored cat.
-    b.type_in(b"one\n");
-    b.wait_output("cat's answer", |t| t.matches("one").count() >= 2);
-    // Ctrl-Z stops the job, and stasis restore with it; fg continues both.
-    b.type_in(b"\x1a");
-    b.wait_output("the shell's report of a stopped job", |t| {
-        t.contains("stopped:147")
-    });
-    b.type_in(b"two\n");
-    b.wait_output("cat's answer after fg", |t| t.matches("two").count() >= 2);
+    let mut shell = restore_under_job_shell(&b, "--pid-ns", &images);
+    // Typed at: the echo, and the answer of the restored cat; Ctrl-Z stops the job, and
+    // stasis restore with it; fg continues both.
+    answer_stop_and_continue(&b, None);
     // Ctrl-C interrupts it.
     b.type_in(b"\x03");
     b.wait_output("the job's end", |t| t.contains("ended:130"));

@@ -1287,6 +1287,7 @@ zdtm_tests! {
     files_deleted;
     files_deleted_sparse;
     files_deleted_mapped;
+    files_deleted_linked;
     files_deleted_dir;
     files_times;
     files_devnull_dir;

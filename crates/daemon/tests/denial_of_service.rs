@@ -20,9 +20,7 @@
 
 mod common;
 
-use common::{
-    built, c_program_in_run, chmod, new_socket_path, run_root, send_hello, stasis_cli, stasisd_exe,
-};
+use common::{built, c_program_in_run, chmod, run_root, send_hello, stasis_cli, Stasisd};
 use stasis_client::code;
 use stasis_client::protocol::{self, Message, TransportError};
 use stasis_sys::process;
@@ -268,101 +266,14 @@ impl Drop for Ctx {
     }
 }
 
-struct Daemon {
-    child: Child,
-    pid: i32,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `stasisd --socket <new path> --mode 0666 <args>` and waits until it listens.
-    fn start(ctx: &Ctx, args: &[&str]) -> Daemon {
-        let socket = new_socket_path(SOCKETS);
-        let log = ctx.dir.join("stasisd.log");
-        let f = File::create(&log).unwrap();
-        let mut cmd = Command::new(stasisd_exe());
-        cmd.arg("--socket")
-            .arg(&socket)
-            .args(["--mode", "0666"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f));
-        process::close_inherited_fds_on_exec(&mut cmd);
-        let child = cmd.spawn().unwrap();
-        let mut d = Daemon {
-            pid: child.id() as i32,
-            child,
-            socket,
-            log,
-        };
-        let ok = wait_until(Duration::from_secs(10), || {
-            d.log_text().contains(": listening (") || !matches!(d.child.try_wait(), Ok(None))
-        });
-        assert!(
-            ok && d.log_text().contains(": listening ("),
-            "{}",
-            d.log_text()
-        );
-        d
-    }
-
-    fn socket_str(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Worker processes (children of the daemon).
-    fn workers(&self) -> Vec<i32> {
-        stasis_test_infra::procfs::children(self.pid)
-    }
-
-    fn wait_workers(&self, n: usize) {
-        assert!(
-            wait_until(WAIT, || self.workers().len() == n),
-            "stasisd has workers {:?}, expected {n}\n{}",
-            self.workers(),
-            self.log_text()
-        );
-    }
-
-    /// Stops the daemon with SIGTERM and checks that it exits with status 0.
-    fn stop(mut self) {
-        assert!(process::kill(self.pid, libc::SIGTERM).is_ok());
-        let mut st = None;
-        wait_until(WAIT, || {
-            st = self.child.try_wait().unwrap();
-            st.is_some()
-        });
-        assert_eq!(
-            st.and_then(|s| s.code()),
-            Some(0),
-            "stasisd: {st:?}\n{}",
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let workers = self.workers();
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            for w in workers {
-                let _ = process::kill(w, libc::SIGKILL);
-            }
-        }
-    }
+/// `stasisd --socket <new path> --mode 0666 <args>`, its log in the test's directory.
+fn start_daemon(ctx: &Ctx, args: &[&str]) -> Stasisd {
+    Stasisd::start(SOCKETS, &ctx.dir.join("stasisd.log"), args)
 }
 
 /// `user`'s Python client holding `n` connections through the handshake (so `n` workers of
 /// the daemon wait for their requests, for 5 s).
-fn hold(ctx: &Ctx, d: &Daemon, user: &TestUser, n: usize) -> Prog {
+fn hold(ctx: &Ctx, d: &Stasisd, user: &TestUser, n: usize) -> Prog {
     let before = d.workers().len();
     let mut p = ctx.python(
         Some(user),
@@ -374,14 +285,14 @@ fn hold(ctx: &Ctx, d: &Daemon, user: &TestUser, n: usize) -> Prog {
 }
 
 /// Ends a [`hold`] and waits until its workers are gone.
-fn release(d: &Daemon, p: Prog, remaining: usize) {
+fn release(d: &Stasisd, p: Prog, remaining: usize) {
     drop(p);
     d.wait_workers(remaining);
 }
 
 /// The answer to a Hello from `user`'s Python client: `("Welcome", 0, "")` or `("Failure",
 /// code, message)`.
-fn hello_answer(ctx: &Ctx, d: &Daemon, user: &TestUser) -> (String, i32, String) {
+fn hello_answer(ctx: &Ctx, d: &Stasisd, user: &TestUser) -> (String, i32, String) {
     let mut p = ctx.python(Some(user), &["hello", d.socket_str(), protocol::VERSION]);
     let line = p.wait_line("ANSWER ");
     let mut f = line.splitn(4, ' ').skip(1);
@@ -392,7 +303,7 @@ fn hello_answer(ctx: &Ctx, d: &Daemon, user: &TestUser) -> (String, i32, String)
 
 /// `client.c` as `user`, dumping itself into `images`; returns its line (DUMPED or ERROR).
 /// With `wrap`, that command (run as root, e.g. `unshare -n --`) starts the client's setpriv.
-fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &TestUser, images: &Path, wrap: &[&str]) -> String {
+fn c_self_dump(ctx: &Ctx, d: &Stasisd, user: &TestUser, images: &Path, wrap: &[&str]) -> String {
     let mut cmd = match wrap.split_first() {
         None => user.command(c_client()),
         Some((first, rest)) => {
@@ -415,7 +326,7 @@ fn c_self_dump(ctx: &Ctx, d: &Daemon, user: &TestUser, images: &Path, wrap: &[&s
 }
 
 /// The `stasis` CLI as `user`, through `d`.
-fn cli(ctx: &Ctx, d: &Daemon, user: &TestUser, args: &[&str]) -> Prog {
+fn cli(ctx: &Ctx, d: &Stasisd, user: &TestUser, args: &[&str]) -> Prog {
     let mut cmd = user.command(stasis_cli());
     cmd.args(args);
     ctx.spawn(cmd, &format!("stasis-{}", args[0]), Some(&d.socket))
@@ -431,7 +342,7 @@ fn one_user_at_its_limit_does_not_block_another() {
     }
     let ctx = Ctx::new("one_user_at_its_limit_does_not_block_another");
     let (a, b) = (OwnUser::create(), OwnUser::create());
-    let d = Daemon::start(&ctx, &["--max-workers", "4", "--max-workers-per-uid", "2"]);
+    let d = start_daemon(&ctx, &["--max-workers", "4", "--max-workers-per-uid", "2"]);
 
     // A holds both of its slots: its next connection is answered "busy" at once, naming the
     // uid and the limit.
@@ -449,7 +360,10 @@ fn one_user_at_its_limit_does_not_block_another() {
     release(&d, held, 0);
 
     // Through the C library: stasis_dump_self returns STASIS_E_BUSY with the daemon's reason.
+    // (The client is built first: a held worker waits 5 s for its request, and a build under
+    // load can take longer.)
     let images_a = ctx.user_dir(&a, "images-a");
+    c_client();
     let held = hold(&ctx, &d, &a, 2);
     let line = c_self_dump(&ctx, &d, &a, &images_a, &[]);
     eprintln!("[one_user_at_its_limit_does_not_block_another] C client over the limit: {line}");
@@ -497,7 +411,7 @@ fn non_detached_restore_gives_its_slot_back_and_ends_with_its_client() {
     }
     let ctx = Ctx::new(name);
     let a = OwnUser::create();
-    let d = Daemon::start(&ctx, &["--max-workers-per-uid", "1"]);
+    let d = start_daemon(&ctx, &["--max-workers-per-uid", "1"]);
 
     // A process of A's, dumped (and killed) by A through the daemon.
     let mut sleep = a.command(Path::new("/bin/sleep"));
@@ -583,7 +497,7 @@ fn log_of_a_flood_is_rate_limited_per_uid() {
     let ctx = Ctx::new("log_of_a_flood_is_rate_limited_per_uid");
     let a = OwnUser::create();
     // The defaults: 20 lines at once, then 2 per second.
-    let d = Daemon::start(&ctx, &[]);
+    let d = start_daemon(&ctx, &[]);
     let t0 = Instant::now();
     let mut flood = ctx.python(Some(&a), &["garbage", d.socket_str(), "1000"]);
     let done = flood.wait_line("DONE");
@@ -653,7 +567,7 @@ fn request_deadline_kills_a_worker_that_holds_its_slot() {
         return;
     }
     let ctx = Ctx::new("request_deadline_kills_a_worker_that_holds_its_slot");
-    let d = Daemon::start(&ctx, &["--request-deadline", "2"]);
+    let d = start_daemon(&ctx, &["--request-deadline", "2"]);
     // The worker waits for a request (up to 5 s per message); the deadline ends it before.
     let conn: OwnedFd = sock::seqpacket_connect(&d.socket).unwrap();
     send_hello(&conn);
@@ -688,7 +602,7 @@ fn self_dumps_from_other_namespaces() {
     }
     let ctx = Ctx::new("self_dumps_from_other_namespaces");
     let a = OwnUser::create();
-    let d = Daemon::start(&ctx, &[]);
+    let d = start_daemon(&ctx, &[]);
 
     // A user namespace of A's own making: refused, naming it and why.
     let images = ctx.user_dir(&a, "images-userns");

@@ -1621,6 +1621,26 @@ fn assert_untouched(ctx: &Ctx, pid: i32, counter: &Path, images: &Path) {
     assert!(entries(images).is_empty(), "written: {:?}", entries(images));
 }
 
+/// The user's python3 program `p`, dumped (killed) into `images` through `d`: restored by the
+/// user's `stasis restore`, it must run again (python3 again, no longer traced: signalled
+/// earlier, a restore child would die half-built), and say PASS on SIGTERM.
+fn restore_python_and_check(ctx: &Ctx, d: &Daemon, p: &Prog, images: &Path) {
+    let _ = ctx.wait_child(p.pid);
+    let from = log_len(&p.log);
+    let restorer = ctx.spawn_cmd(user_cli(d, &["restore", "-D", path_str(images)]), "restore");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status_field(p.pid, "Name").as_deref() == Some("python3")
+                && status_field(p.pid, "TracerPid").as_deref() == Some("0")
+        }),
+        "the restored process did not appear"
+    );
+    kill(p.pid, libc::SIGTERM);
+    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
+    assert_eq!(line.trim(), "PASS");
+    let _ = ctx.wait_child(restorer.pid);
+}
+
 fn user_cli(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = command(Who::User, &stasis_cli(), Some(&d.socket));
     cmd.args(args);
@@ -2377,25 +2397,102 @@ fn dump_pid_with_inotify_through_the_daemon() {
         "dump through the daemon failed: {out:?}"
     );
     assert!(has_inventory(&images), "{:?}", entries(&images));
-    let _ = ctx.wait_child(p.pid);
-    let from = log_len(&p.log);
-    let restorer = ctx.spawn_cmd(
-        user_cli(&d, &["restore", "-D", path_str(&images)]),
-        "restore",
-    );
-    // Restored and let go: python3 again (a restore child has the restorer's name until its
-    // setup, under ptrace from then on), and no longer traced. Signalled earlier, a restore
-    // child would die half-built.
+    restore_python_and_check(&ctx, &d, &p, &images);
+    d.stop();
+}
+
+/// A user's process holding a file whose name was deleted while another hard link remains:
+/// the dump through stasisd makes the remap link (engine::files::link_remap) with the
+/// caller's file identity, so only where the user could. A root-owned file the user may only
+/// read cannot be hard-linked by the user (fs.protected_hardlinks): that dump is refused
+/// naming it, with nothing left behind, though root could have made the link. The user's own
+/// file is linked, restored by the user through the daemon as that very file (same inode as
+/// its other name), its fd reading "NAME (deleted)" again.
+#[test]
+fn dump_pid_with_a_deleted_file_linked_elsewhere_through_the_daemon() {
+    let Some(ctx) = Ctx::start("dump_pid_with_a_deleted_file_linked_elsewhere") else {
+        return;
+    };
+    let d = Daemon::start(&ctx);
+    let files = ctx.user_dir("files");
+    // Root's file in the user's directory, readable by all, with a second name.
+    fs::write(files.join("root.dat"), b"root's").unwrap();
+    chmod(&files.join("root.dat"), 0o644);
+    fs::hard_link(files.join("root.dat"), files.join("root-other.dat")).unwrap();
+    let script = |with_root: bool| {
+        format!(
+            "import os, signal, sys, time\n\
+             d = '{dir}'\n\
+             f = open(d + '/own.dat', 'w+')\n\
+             f.write('own'); f.flush()\n\
+             os.link(d + '/own.dat', d + '/own-other.dat')\n\
+             os.unlink(d + '/own.dat')\n\
+             if {with_root}:\n    \
+                 g = open(d + '/root.dat')\n    \
+                 os.unlink(d + '/root.dat')\n\
+             def check(sig, frame):\n    \
+                 st = os.fstat(f.fileno())\n    \
+                 o = os.stat(d + '/own-other.dat')\n    \
+                 link = os.readlink('/proc/self/fd/%d' % f.fileno())\n    \
+                 ok = (st.st_dev, st.st_ino) == (o.st_dev, o.st_ino) and link == d + '/own.dat (deleted)'\n    \
+                 print('PASS' if ok else 'FAIL %r %r %r' % (st.st_ino, o.st_ino, link), flush=True)\n    \
+                 sys.exit(0)\n\
+             signal.signal(signal.SIGTERM, check)\n\
+             print('READY', flush=True)\n\
+             while True:\n    time.sleep(0.05)\n",
+            dir = path_str(&files),
+            with_root = if with_root { "True" } else { "False" },
+        )
+    };
+    let remaps = || -> Vec<String> {
+        entries(&files)
+            .into_iter()
+            .filter(|n| n.starts_with(".stasis-remap."))
+            .collect()
+    };
+
+    // Root's file: refused, naming it; no link left, the process runs on.
+    let mut cmd = command(Who::User, Path::new("/usr/bin/python3"), None);
+    cmd.args(["-c", &script(true)]);
+    let p = ctx.spawn(cmd, "python-root.log");
+    ctx.wait_line(&p.log, 0, "READY");
+    let images = ctx.user_dir("images-refused");
+    let out = ctx.run(user_cli(
+        &d,
+        &["dump", "-t", &p.pid.to_string(), "-D", path_str(&images)],
+    ));
+    assert!(!out.status.success(), "the dump was allowed: {out:?}");
     assert!(
-        wait_until(Duration::from_secs(20), || {
-            status_field(p.pid, "Name").as_deref() == Some("python3")
-                && status_field(p.pid, "TracerPid").as_deref() == Some("0")
-        }),
-        "the restored process did not appear"
+        out.stderr.contains("root.dat") && out.stderr.contains("could make none"),
+        "expected a refusal naming root.dat: {}\n{}",
+        out.stderr.trim(),
+        ctx.diagnostics()
     );
+    assert!(remaps().is_empty(), "links left: {:?}", entries(&files));
+    assert!(!has_inventory(&images));
     kill(p.pid, libc::SIGTERM);
-    let (line, _) = ctx.wait_line(&p.log, from, "PASS");
-    assert_eq!(line.trim(), "PASS");
-    let _ = ctx.wait_child(restorer.pid);
+    let (line, _) = ctx.wait_line(&p.log, 0, "PASS");
+    assert_eq!(line.trim(), "PASS", "the refused process runs on as before");
+    let _ = ctx.wait_child(p.pid);
+    fs::remove_file(files.join("own-other.dat")).unwrap();
+
+    // The user's own file: dumped, the link is made, restored by the user as that file.
+    let mut cmd = command(Who::User, Path::new("/usr/bin/python3"), None);
+    cmd.args(["-c", &script(false)]);
+    let p = ctx.spawn(cmd, "python.log");
+    ctx.wait_line(&p.log, 0, "READY");
+    let images = ctx.user_dir("images");
+    let out = ctx.run(user_cli(
+        &d,
+        &["dump", "-t", &p.pid.to_string(), "-D", path_str(&images)],
+    ));
+    assert!(
+        out.status.success(),
+        "dump through the daemon failed: {out:?}"
+    );
+    assert!(has_inventory(&images), "{:?}", entries(&images));
+    assert_eq!(remaps().len(), 1, "{:?}", entries(&files));
+    restore_python_and_check(&ctx, &d, &p, &images);
+    assert_eq!(remaps().len(), 1, "the remap link stays with the images");
     d.stop();
 }

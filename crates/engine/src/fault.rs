@@ -15,13 +15,14 @@
 //! would change every signature for a test hook. The current phase is the one whose span
 //! ([`crate::dump::Phase`], [`crate::restore::Phase`]) was entered last; points reached
 //! outside any phase, or in another thread or another process than the one that armed the
-//! plan (a forked restore child; the restorer stasisd forks to restore as a user), are not
-//! counted.
+//! plan (a forked restore child) are not counted, but for the restorer stasisd forks to
+//! restore as a user, which takes the plan over ([`adopt`]).
 //!
 //! Syntax of `STASIS_TEST_FAULT`:
 //!
 //! * `count:FILE`: count the points of each phase, appending `PHASE N` to FILE as each phase
-//!   ends (a clean run tells the test how many points there are);
+//!   ends (a clean run tells the test how many points there are), and `PHASE N WHAT` for each
+//!   point to `FILE.points` (what is done there: a test picks the points of one call);
 //! * `PHASE:N`: the N-th point (from 1) of PHASE fails with an error that names it;
 //! * `PHASE:N:kill`: the process is killed (SIGKILL) there (for an injected call: with the
 //!   call's registers already set in the target thread, the worst moment);
@@ -164,6 +165,26 @@ mod imp {
         r
     }
 
+    pub fn adopt() {
+        STATE.with(|s| {
+            if let Some(st) = s.borrow_mut().as_mut() {
+                st.pid = stasis_sys::process::getpid();
+                st.phase = None;
+                st.count = 0;
+            }
+        })
+    }
+
+    pub fn flush_now() {
+        STATE.with(|s| {
+            if let Some(st) = s.borrow_mut().as_mut() {
+                flush(st);
+                st.phase = None;
+                st.count = 0;
+            }
+        })
+    }
+
     pub fn phase(name: &'static str) {
         STATE.with(|s| {
             if let Some(st) = s.borrow_mut().as_mut() {
@@ -183,6 +204,16 @@ mod imp {
             }
             let phase = st.phase?;
             st.count += 1;
+            if let FaultPlan::Count(file) = &st.plan {
+                let mut name = file.clone().into_os_string();
+                name.push(".points");
+                let line = format!("{phase} {} {what}\n", st.count);
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(name)
+                    .and_then(|mut f| f.write_all(line.as_bytes()));
+            }
             match &st.plan {
                 FaultPlan::At {
                     phase: p,
@@ -223,6 +254,21 @@ pub fn armed<R>(plan: Option<&FaultPlan>, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// A forked process that runs the operation on behalf of the one that armed the plan (the
+/// restorer stasisd forks to restore as a user) takes the plan over: its points count, its
+/// parent's (which only waits for it) are not reached meanwhile.
+pub fn adopt() {
+    #[cfg(feature = "fault-injection")]
+    imp::adopt();
+}
+
+/// Writes the count of the current phase now (a process about to `_exit` without leaving
+/// [`armed`]).
+pub fn flush() {
+    #[cfg(feature = "fault-injection")]
+    imp::flush_now();
+}
+
 /// A phase starts (called when its span is entered).
 #[inline(always)]
 pub(crate) fn phase(name: &'static str) {
@@ -241,6 +287,22 @@ pub(crate) fn point(what: &'static str) -> Result<(), Error> {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = what;
+    Ok(())
+}
+
+/// A choke point of one call (`what`: where in it; `name`: the call), named so in the list
+/// of points and in the error of a failed point.
+#[inline(always)]
+pub(crate) fn point_of(what: &'static str, name: &str) -> Result<(), Error> {
+    #[cfg(feature = "fault-injection")]
+    {
+        let full = format!("{what}: {name}");
+        if imp::reached(&full).is_some() {
+            return Err(injected(&full));
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (what, name);
     Ok(())
 }
 

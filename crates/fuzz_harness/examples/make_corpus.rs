@@ -50,6 +50,9 @@ const DUMPS: &[&str] = &[
     "exe_memfd",
     "mm_fields",
     "rseq",
+    "mem_cow_tree",
+    "tree_mem_mixed",
+    "files_deleted_linked",
 ];
 
 struct Out {
@@ -182,8 +185,10 @@ fn images(src: &Path, out: &Out) -> Res<()> {
             }
         }
         // Directories of several processes or with data in their records are large seeds: the
-        // blob of files_deleted is kept, the others are left out.
-        if packed.len() > 16 << 10 && *dump != "files_deleted" {
+        // blob of files_deleted and the page runs of every codec (inherited from a parent in
+        // mem_cow_tree, zstd in tree_mem_mixed) are kept, the others are left out.
+        let kept = ["files_deleted", "mem_cow_tree", "tree_mem_mixed"];
+        if packed.len() > 16 << 10 && !kept.contains(dump) {
             continue;
         }
         out.put("image_dir", dump, &packed)?;

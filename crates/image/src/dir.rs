@@ -444,7 +444,7 @@ fn non_regular(md: &std::fs::Metadata) -> Option<&'static str> {
 /// [`ImageDir::sync_files`]), so that its fsync, later, finds them written or on their way.
 /// Best effort: a filesystem that cannot is synced by the fsync alone.
 pub(crate) fn start_writeback(file: &File) {
-    let _ = stasis_sys::fs::start_writeback(file.as_fd());
+    let _ = stasis_sys::fs::start_writeback(file.as_fd(), 0, 0);
 }
 
 #[cfg(test)]

@@ -366,7 +366,8 @@ pub enum VmaKind {
     },
     /// A mapping of a regular file deleted while mapped: the `FileKind::Deleted` descriptions
     /// with this `dev` and `ino` hold its contents (engine::files::deleted); restore maps the
-    /// recreated file.
+    /// recreated file. For a file that keeps links elsewhere, the `FileKind::LinkRemap`
+    /// descriptions with this `dev` and `ino` name its remap link, and restore maps that file.
     Deleted {
         dev: u64,
         ino: u64,
@@ -704,6 +705,20 @@ pub enum FileKind {
     /// An AF_INET or AF_INET6 socket (engine::files::tcp for SOCK_STREAM, engine::files::udp
     /// for SOCK_DGRAM; shared parts in engine::files::inet).
     Inet(Box<InetSocket>),
+    /// A regular file whose name `path` was deleted while open or mapped but which keeps
+    /// links under other names (engine::files::link_remap): the dump made one more hard link
+    /// to it, `remap` (`.stasis-remap.DEV.INO` in the directory of `path`, or at the root of
+    /// its mount), which stays with the images; the restore reopens the very file through it.
+    /// `dev`, `ino` and `size` identify the file (descriptions and mappings,
+    /// `VmaKind::Deleted`, of one file share them). Added after format version 6 without a
+    /// bump (a variant at the end: images without it decode as before).
+    LinkRemap {
+        path: String,
+        remap: String,
+        dev: u64,
+        ino: u64,
+        size: u64,
+    },
 }
 
 /// An address of an inet socket: `ip` is 4 bytes (AF_INET) or 16 (AF_INET6, a v4-mapped
@@ -1230,6 +1245,32 @@ mod tests {
         let b = encode_record(RecordKind::Process, &p, Path::new("x")).unwrap();
         let back: ProcessImage = decode_record(RecordKind::Process, &b, Path::new("x")).unwrap();
         assert_eq!(p, back);
+    }
+
+    /// `LinkRemap` was added after format version 6 without a bump: it must stay the last
+    /// variant, so that every other kind keeps the number older images were written with.
+    #[test]
+    fn link_remap_is_appended_and_round_trips() {
+        let old = postcard::to_allocvec(&FileKind::PtySlave { index: 3 }).unwrap();
+        assert_eq!(old, [24, 3], "PtySlave keeps its number");
+        let inet = postcard::to_allocvec(&FileKind::Inet(Box::default())).unwrap();
+        assert_eq!(inet[0], 25, "Inet keeps its number");
+        let kind = FileKind::LinkRemap {
+            path: "/d/a".into(),
+            remap: "/d/.stasis-remap.2049.7".into(),
+            dev: 2049,
+            ino: 7,
+            size: 9,
+        };
+        let b = postcard::to_allocvec(&kind).unwrap();
+        assert_eq!(b[0], 26, "the new kind comes last");
+        assert_eq!(postcard::from_bytes::<FileKind>(&b).unwrap(), kind);
+        // In a whole record too (the sample holds one).
+        let p = sample_process();
+        assert!(p
+            .files
+            .iter()
+            .any(|f| matches!(f.kind, FileKind::LinkRemap { .. })));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::frame::{read_up_to, Header, RecordKind, FORMAT_VERSION, HEADER_LEN};
 use crate::{ImageDir, ImageError};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,15 @@ pub struct RawWriter {
     len: u64,
     /// In a sealing directory: the MACs of the extents written.
     seal: Option<RawSeal>,
+    /// Payload bytes whose writeback was started ([`WRITEBACK_STEP`]).
+    writeback_from: u64,
 }
+
+/// Every this many payload bytes written, their writeback to the device is started (not
+/// waited for): the disk works while the dump copies on, and the fsync that makes the images
+/// durable finds most of them written. (A 1 GiB dump spent 350 ms in that fsync, after the
+/// copy.)
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl RawWriter {
     /// Creates `name` in `dir` (it must not exist).
@@ -46,6 +55,7 @@ impl RawWriter {
             kind,
             len: 0,
             seal: dir.sealer().map(|s| RawSeal::new(s, name)),
+            writeback_from: 0,
         })
     }
 
@@ -69,7 +79,27 @@ impl RawWriter {
             seal.append(self.len, data);
         }
         self.len += data.len() as u64;
+        if self.len - self.writeback_from >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Starts the writeback of what was written since the last time (best effort: a
+    /// filesystem that refuses it is synced by the final fsync all the same).
+    fn start_writeback(&mut self) {
+        // What the buffer holds reaches the kernel first (a flush error shows again at the
+        // next write or at `finish`).
+        if self.file.flush().is_err() {
+            return;
+        }
+        let (from, to) = (self.writeback_from, self.len);
+        let _ = stasis_sys::fs::start_writeback(
+            self.file.get_ref().as_fd(),
+            RAW_DATA_OFFSET + from,
+            to - from,
+        );
+        self.writeback_from = to;
     }
 
     /// Writes the header (payload CRC 0: raw payloads are covered per extent by the metadata).

@@ -607,6 +607,20 @@ pub fn sample_process() -> ProcessImage {
                 owner: Default::default(),
                 locks: Vec::new(),
             },
+            FileDesc {
+                id: 61,
+                flags: 0o2002,
+                pos: 7,
+                kind: FileKind::LinkRemap {
+                    path: "/tmp/unlinked".into(),
+                    remap: "/tmp/.stasis-remap.2049.80".into(),
+                    dev: 2049,
+                    ino: 80,
+                    size: 4096,
+                },
+                owner: Default::default(),
+                locks: Vec::new(),
+            },
         ],
         fds: vec![
             FdEntry {

@@ -194,21 +194,8 @@ pub unsafe extern "C" fn stasis_restore(
             detach: detach != 0,
             socket: None,
         };
-        let restored = match stasis_client::restore(dir, &opts) {
-            Ok(r) => r,
-            Err(e) => return fail(&e),
-        };
         // SAFETY: the caller guarantees `pid_out` is NULL or valid for writes.
-        if let Some(out) = unsafe { pid_out.as_mut() } {
-            *out = restored.pid;
-        }
-        if detach != 0 {
-            return 0;
-        }
-        match restored.wait() {
-            Ok(status) => status,
-            Err(e) => fail(&e),
-        }
+        unsafe { finish_restore(stasis_client::restore(dir, &opts), detach, pid_out) }
     })
 }
 
@@ -239,22 +226,38 @@ pub unsafe extern "C" fn stasis_restore_tty(
             detach: detach != 0,
             socket: None,
         };
-        let restored = match stasis_client::restore_on_terminal(dir, terminal, &opts) {
-            Ok(r) => r,
-            Err(e) => return fail(&e),
-        };
+        let restored = stasis_client::restore_on_terminal(dir, terminal, &opts);
         // SAFETY: the caller guarantees `pid_out` is NULL or valid for writes.
-        if let Some(out) = unsafe { pid_out.as_mut() } {
-            *out = restored.pid;
-        }
-        if detach != 0 {
-            return 0;
-        }
-        match restored.wait() {
-            Ok(status) => status,
-            Err(e) => fail(&e),
-        }
+        unsafe { finish_restore(restored, detach, pid_out) }
     })
+}
+
+/// What `stasis_restore` and `stasis_restore_tty` return for the daemon's answer `restored`:
+/// the pid stored through `pid_out`, then 0 when detached, else the restored process's exit
+/// status (or the error's code).
+///
+/// # Safety
+/// `pid_out` is NULL or valid for writes of an `int`.
+unsafe fn finish_restore(
+    restored: Result<stasis_client::Restored, Error>,
+    detach: c_int,
+    pid_out: *mut c_int,
+) -> c_int {
+    let restored = match restored {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    // SAFETY: the caller guarantees `pid_out` is NULL or valid for writes.
+    if let Some(out) = unsafe { pid_out.as_mut() } {
+        *out = restored.pid;
+    }
+    if detach != 0 {
+        return 0;
+    }
+    match restored.wait() {
+        Ok(status) => status,
+        Err(e) => fail(&e),
+    }
 }
 
 /// Describes a system error number with glibc's static table.

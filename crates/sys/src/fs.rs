@@ -1,6 +1,6 @@
 //! Directory-relative file operations that never leave their directory: openat2 with
 //! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, renameat, unlinkat, the
-//! names a directory holds; and mkfifo; early writeback of a file's pages.
+//! names a directory holds; mkfifo; and starting the writeback of a file's range.
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::io;
@@ -25,15 +25,6 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> i
     )?)
 }
 
-/// Starts writing the dirty pages of the file behind `fd` to its disk, without waiting
-/// (sync_file_range with SYNC_FILE_RANGE_WRITE): a later fsync finds them written or on
-/// their way. Durability still needs that fsync (this neither waits nor writes metadata).
-pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: sync_file_range only reads the descriptor number; `fd` is open for the call.
-    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    crate::cvt_int(r).map(drop)
-}
-
 /// Opens the directory `path` relative to `dir` (or `path` itself when absolute) with the
 /// ordinary path resolution (`..` and symbolic links followed, as the caller's credentials
 /// allow): for a path a user named, opened with that user's credentials.
@@ -54,6 +45,26 @@ pub fn rename_in(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
 /// Removes the file `name` inside `dir`.
 pub fn unlink_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
+}
+
+/// Starts writing `len` bytes of `file` at `offset` to its device, without waiting
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE): an fsync later has less to wait for. Nothing
+/// is made durable by this call alone.
+pub fn start_writeback(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: sync_file_range reads no memory of ours; `file` is a valid descriptor.
+    let r = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether the calling process may create files in the directory `dir` (write and search
@@ -93,11 +104,78 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     )?)
 }
 
+/// Opens the directory at the absolute `path` as an `O_PATH` descriptor, refusing any symbolic
+/// link on the way (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): for a path the kernel gave
+/// (d_path has none), a symbolic link found there was planted since.
+pub fn open_dir_no_symlinks(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+/// Makes a new hard link named `name` in `dir` to the file `file` is open on (linkat of
+/// `/proc/self/fd/N` with AT_SYMLINK_FOLLOW, which needs no capability, unlike AT_EMPTY_PATH):
+/// also a file whose name was deleted, as long as it has links left. The kernel checks the
+/// caller's file identity (write permission on `dir`; with fs.protected_hardlinks, owning the
+/// file or being allowed to read and write it). `name` must be a plain name or, with `dir` the
+/// current directory, a path; an existing `name` fails with EEXIST.
+pub fn link_fd_in(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    Ok(rustix::fs::linkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
+}
+
+/// [`link_fd_in`] to the absolute (or current-directory-relative) `path`.
+pub fn link_fd_to(file: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    link_fd_in(file, rustix::fs::CWD, path)
+}
+
+/// The device, inode and mode (with the file type bits) of `name` in `dir`, not following a
+/// symbolic link (fstatat with AT_SYMLINK_NOFOLLOW).
+pub fn stat_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<(u64, u64, u32)> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok((st.st_dev, st.st_ino, st.st_mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_file_whose_name_was_deleted_is_linked_again_through_its_fd() {
+        let d = std::env::temp_dir().join(format!("stasis-sys-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let file = std::fs::File::create(d.join("a")).unwrap();
+        std::fs::hard_link(d.join("a"), d.join("b")).unwrap();
+        std::fs::remove_file(d.join("a")).unwrap();
+        let dir = open_dir_no_symlinks(&d).unwrap();
+        link_fd_in(file.as_fd(), dir.as_fd(), Path::new("r")).unwrap();
+        let md = file.metadata().unwrap();
+        assert_eq!(md.nlink(), 2);
+        let (dev, ino, mode) = stat_in(dir.as_fd(), "r").unwrap();
+        assert_eq!((dev, ino), (md.dev(), md.ino()));
+        assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
+        let err = link_fd_in(file.as_fd(), dir.as_fd(), Path::new("b")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+        link_fd_to(file.as_fd(), &d.join("a")).unwrap();
+        assert_eq!(std::fs::metadata(d.join("a")).unwrap().ino(), md.ino());
+        // A symbolic link on the way is refused.
+        std::os::unix::fs::symlink(&d, d.join("sym")).unwrap();
+        assert!(open_dir_no_symlinks(&d.join("sym")).is_err());
+        assert!(open_dir_no_symlinks(&d.join("sym/")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn list_dir_names_every_entry() {

@@ -173,21 +173,8 @@ fn probe_wp_marker() -> io::Result<Option<u64>> {
     let uffd = userfaultfd(UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32)?;
     uffd_api(uffd.as_fd(), UFFD_FEATURE_WP_ASYNC)?;
     let len = page_size();
-    // SAFETY: a fresh private anonymous page, unmapped below and never handed out.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let start = p as u64;
+    let page = AnonPages::map(len)?;
+    let start = page.addr();
     let entry = (|| {
         uffd_register_wp(uffd.as_fd(), start, len as u64)?;
         uffd_writeprotect(uffd.as_fd(), start, len as u64, true)?;
@@ -195,11 +182,48 @@ fn probe_wp_marker() -> io::Result<Option<u64>> {
         std::fs::File::open("/proc/self/pagemap")?.read_exact_at(&mut e, start / len as u64 * 8)?;
         Ok::<u64, io::Error>(u64::from_le_bytes(e))
     })();
-    // SAFETY: unmaps the page mapped above, which nothing else refers to.
-    unsafe { libc::munmap(p, len) };
+    drop(page);
     let entry = entry?;
     let swapped = entry & (1 << 62) != 0;
     Ok((swapped && entry & PM_SWAP_BITS != 0).then_some(entry & PM_SWAP_BITS))
+}
+
+/// A private anonymous mapping of our own, unmapped when dropped (for the probes and tests).
+struct AnonPages {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl AnonPages {
+    fn map(len: usize) -> io::Result<AnonPages> {
+        // SAFETY: a fresh private anonymous mapping anywhere: it replaces nothing; it is
+        // unmapped only by Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(AnonPages { ptr, len })
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+}
+
+impl Drop for AnonPages {
+    fn drop(&mut self) {
+        // SAFETY: unmaps our own mapping; whoever borrowed its bytes is gone with `self`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 fn page_size() -> usize {
@@ -302,19 +326,9 @@ mod tests {
         use std::os::fd::AsFd;
         const PG: usize = 4096;
         let len = 16 * PG;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
-        // SAFETY: `p` is `len` writable bytes.
+        let pages = AnonPages::map(len).unwrap();
+        let p = pages.ptr as *mut u8;
+        // SAFETY: `p` is `len` writable bytes, mapped as long as `pages` lives.
         let mem = unsafe { std::slice::from_raw_parts_mut(p, len) };
         mem.fill(1);
         let uffd = userfaultfd(UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32).unwrap();
@@ -348,7 +362,6 @@ mod tests {
         pagemap_scan(pagemap.as_fd(), start, start + len as u64, q, &mut out, 64).unwrap();
         assert!(out.is_empty(), "{out:?}");
         drop(uffd);
-        // SAFETY: unmaps the test's own mapping, no longer used.
-        unsafe { libc::munmap(p as *mut libc::c_void, len) };
+        drop(pages);
     }
 }

@@ -195,6 +195,16 @@ impl Stasisd {
     /// Starts it with its socket in [`socket_dir`] `sockets` and its log `log`, and waits until
     /// it listens.
     pub fn start(sockets: &str, log: &Path, args: &[&str]) -> Stasisd {
+        Stasisd::start_with_env(sockets, log, args, &[])
+    }
+
+    /// [`Stasisd::start`] with these variables set in its environment.
+    pub fn start_with_env(
+        sockets: &str,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Stasisd {
         use std::process::{Command, Stdio};
         let socket = new_socket_path(sockets);
         let f = File::create(log).unwrap();
@@ -205,7 +215,8 @@ impl Stasisd {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f));
+            .stderr(Stdio::from(f))
+            .envs(env.iter().copied());
         stasis_sys::process::close_inherited_fds_on_exec(&mut cmd);
         let child = cmd.spawn().unwrap();
         let mut d = Stasisd {
@@ -227,6 +238,24 @@ impl Stasisd {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its socket's path, as a string (for the clients' command lines).
+    pub fn socket_str(&self) -> &str {
+        path_str(&self.socket)
+    }
+
+    /// Waits (30 s at most) until it has `n` workers.
+    pub fn wait_workers(&self, n: usize) {
+        assert!(
+            stasis_test_infra::wait::wait_until(std::time::Duration::from_secs(30), || self
+                .workers()
+                .len()
+                == n),
+            "stasisd has workers {:?}, expected {n}\n{}",
+            self.workers(),
+            self.log_text()
+        );
     }
 
     /// Its worker processes (its children).

@@ -161,7 +161,13 @@ fn collect(
         t.sigmask = mask;
         let mut threads = vec![t];
         for &tid in &frozen.threads[1..] {
-            threads.push(dump_other_thread(pid, tid, syscall_ip, scratch)?);
+            threads.push(dump_other_thread(
+                pid,
+                tid,
+                syscall_ip,
+                scratch,
+                inj.gadgets(),
+            )?);
         }
         for t in &mut threads {
             if let Some(nr) =
@@ -248,9 +254,11 @@ fn dump_other_thread(
     tid: Pid,
     syscall_ip: u64,
     scratch: u64,
+    gadgets: Option<Option<inject::park::Gadgets>>,
 ) -> Result<stasis_image::ThreadImage, Error> {
     let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
     let mut inj = Injector::new(tid, syscall_ip)?;
+    inj.set_gadgets(gadgets);
     let dumped = inj.park(mask).and_then(|_| {
         inj.share_scratch(scratch);
         thread::dump(pid, tid, &mut inj)

@@ -18,7 +18,8 @@
 //! TCP connections (files::tcp) are put in repair mode during collect, behind an nftables rule
 //! that holds off their peers' packets ([`crate::files::DumpHolds`]); a dump that fails or
 //! lets the tree run on releases them before thawing it, a dump that kills the tree leaves the
-//! rule for the restore to remove.
+//! rule for the restore to remove. Deleted files that keep links elsewhere get a hard link of
+//! their own during collect (files::link_remap), removed again unless the dump completes.
 //!
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
 //! mappings, pipes leading out of the tree) is checked for every process before any file is
@@ -287,13 +288,16 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         };
         // `holds`: TCP connections in repair mode and the nftables rule holding off their
         // packets; dropped (released) on any failure below, before the tree is thawed.
-        let (collected, holds) = collect::collect_tree(
+        let (collected, mut holds) = collect::collect_tree(
             &tree,
             &pidfd,
             vdso_offset,
             opts.service.as_ref(),
             &file_opts,
         )?;
+        // The remap links made for deleted files with links elsewhere: removed when this
+        // closure fails (dropped), kept with the images once the inventory is written.
+        let links = holds.take_links();
         drop(phase);
         timings.since("collect", started);
         let phase = Phase::Write.span();
@@ -329,6 +333,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         timings.since("sync.fsync", fsync);
         let link = parent.take().map(|p| p.link);
         write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
+        links.keep();
         timings.since("sync", started);
         Ok::<_, Error>((mappings, page_bytes, holds))
     })();

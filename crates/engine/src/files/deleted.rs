@@ -13,7 +13,8 @@
 //! A deleted file that is only mapped (fds closed) gets a description without fd, read through
 //! /proc/PID/map_files ([`FileOps::dump_without_fds`]); its mappings are `VmaKind::Deleted`
 //! by device and inode ([`mapping_kind`]). A mapped name that was deleted while the file keeps
-//! links elsewhere is refused: those names cannot be found from the mapping.
+//! links elsewhere is mapped the same way, by device and inode, but its description is one of
+//! [`super::link_remap`] (the file itself is kept, not its contents).
 //!
 //! Restore: one file per dumped device and inode, created at the original path when that name
 //! is free (else next to it, `PATH.stasis-PID-ID`), given the dumped owner when the restorer
@@ -48,7 +49,7 @@ pub struct DeletedFiles {
 }
 
 /// Opens `fd` again through /proc/self/fd with `flags` (a new description of the same file).
-fn reopen_own(fd: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
+pub(crate) fn reopen_own(fd: &impl AsRawFd, flags: i32) -> std::io::Result<OwnedFd> {
     let access = flags & libc::O_ACCMODE;
     let mut o = std::fs::OpenOptions::new();
     o.read(access != libc::O_WRONLY)
@@ -82,16 +83,18 @@ fn describe(file: &File, path: &str, what: &str) -> Result<FileKind, Error> {
     })
 }
 
-/// The device and inode of a deleted-file description.
-fn file_id(kind: &FileKind) -> Option<(u64, u64)> {
+/// The device and inode of a deleted-file description: a file deleted while open (its
+/// contents stored) or one that keeps links elsewhere ([`super::link_remap`]); mappings of
+/// either (`VmaKind::Deleted`) refer to them by these.
+pub(crate) fn file_id(kind: &FileKind) -> Option<(u64, u64)> {
     match kind {
         FileKind::Deleted { dev, ino, .. } => Some((*dev, *ino)),
-        _ => None,
+        _ => super::link_remap::file_id(kind),
     }
 }
 
 /// Opens a mapped file through /proc/PID/map_files, read-only, with O_NOATIME when permitted.
-fn open_mapped(link: &str) -> Result<File, Error> {
+pub(crate) fn open_mapped(link: &str) -> Result<File, Error> {
     let open = |more: i32| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -106,8 +109,9 @@ fn open_mapped(link: &str) -> Result<File, Error> {
 }
 
 /// Dump: the record of a mapping of a file deleted while mapped (smaps names it
-/// "PATH (deleted)"). A file that still has links elsewhere (a hard link left under another
-/// name) is refused: its other name is not known.
+/// "PATH (deleted)"), by device and inode. A file that still has links elsewhere (a hard link
+/// left under another name) is mapped the same way; its description (an fd's, or one made by
+/// [`super::link_remap`] for a file only mapped) keeps it by a remap link.
 pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
     let link = crate::procfs::map_file(pid, m.start, m.end);
     let file = open_mapped(&link)?;
@@ -125,24 +129,14 @@ pub fn mapping_kind(pid: Pid, m: &MapEntry) -> Result<VmaKind, Error> {
             what: format!("{}: the deleted object is not a regular file", what()),
         });
     }
-    if md.nlink() != 0 {
-        return Err(Error::Unsupported {
-            what: format!(
-                "{}: the mapped name was deleted but the file keeps {} link(s) under another \
-                 name, which cannot be found from the mapping",
-                what(),
-                md.nlink()
-            ),
-        });
-    }
     Ok(VmaKind::Deleted {
         dev: md.dev(),
         ino: md.ino(),
     })
 }
 
-/// Restore: a descriptor of the recreated file with `dev` and `ino` to map, read-write when
-/// the file allows it.
+/// Restore: a descriptor of the recreated file (or the file kept by its remap link) with
+/// `dev` and `ino` to map, read-write when the file allows it.
 pub fn open_for_mapping(opened: &OpenedFiles, dev: u64, ino: u64) -> Result<OwnedFd, Error> {
     let fd = opened
         .descriptions()
@@ -152,6 +146,7 @@ pub fn open_for_mapping(opened: &OpenedFiles, dev: u64, ino: u64) -> Result<Owne
         .ok_or_else(|| Error::Invalid(format!("no restored deleted file {dev}:{ino} to map")))?;
     // O_NOATIME: mmap(2) counts as an access (the restorer made the file, so it may).
     reopen_own(fd, libc::O_RDWR | libc::O_NOATIME)
+        .or_else(|_| reopen_own(fd, libc::O_RDWR))
         .or_else(|_| reopen_own(fd, libc::O_RDONLY | libc::O_NOATIME))
         .or_else(|_| reopen_own(fd, libc::O_RDONLY))
         .map_err(|e| Error::io(format!("reopen deleted file {dev}:{ino} to map it"), e))
@@ -258,6 +253,10 @@ impl FileOps for DeletedFiles {
             let md = file
                 .metadata()
                 .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+            // A file with links elsewhere is kept by a remap link (super::link_remap).
+            if md.nlink() != 0 {
+                continue;
+            }
             let key = (md.dev(), md.ino());
             if out
                 .descriptions()
@@ -388,21 +387,39 @@ impl FileOps for DeletedFiles {
                 .map_err(|e| Error::io(format!("reopen deleted file {path}"), e));
         }
         // At the old path when that name is free (the process then sees the same
-        // "PATH (deleted)"), else next to it.
-        let create = |p: &str| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(p)
+        // "PATH (deleted)"), else next to it. Made in its directory, opened without following
+        // a symbolic link anywhere on the way (the directories may belong to the user whose
+        // process this was, and a restore may run as root): a link put there since the dump
+        // makes the restore fail, never create a file elsewhere.
+        let (parent, base) = match path.rsplit_once('/') {
+            Some((parent, base)) if !base.is_empty() => {
+                (if parent.is_empty() { "/" } else { parent }, base)
+            }
+            _ => return Err(Error::Invalid(format!("deleted file path {path:?}"))),
         };
-        let fallback = format!("{path}.stasis-{}-{}", std::process::id(), desc.id);
-        let (tmp, writer) = match create(path) {
-            Ok(w) => (path.clone(), w),
+        let dir =
+            stasis_sys::fs::open_dir_no_symlinks(std::path::Path::new(parent)).map_err(|e| {
+                Error::io(
+                    format!("open the directory {parent} of deleted file {path}"),
+                    e,
+                )
+            })?;
+        let create = |name: &str| {
+            stasis_sys::fs::open_beneath(
+                dir.as_fd(),
+                name,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )
+            .map(File::from)
+        };
+        let fallback = format!("{base}.stasis-{}-{}", std::process::id(), desc.id);
+        let (tmp, writer) = match create(base) {
+            Ok(w) => (base.to_string(), w),
             Err(_) => (
                 fallback.clone(),
-                create(&fallback).map_err(|e| Error::io(format!("create {fallback}"), e))?,
+                create(&fallback)
+                    .map_err(|e| Error::io(format!("create {fallback} in {parent}"), e))?,
             ),
         };
         let result = (|| {
@@ -449,9 +466,12 @@ impl FileOps for DeletedFiles {
             writer
                 .set_times(times)
                 .map_err(|e| Error::io(format!("futimens {tmp}"), e))?;
-            super::open_path(&tmp, desc, 0)
+            let flags = desc.flags as i32 & libc::O_ACCMODE | super::reopen_flags(desc);
+            reopen_own(&writer, flags)
+                .map(File::from)
+                .map_err(|e| Error::io(format!("reopen deleted file {path}"), e))
         })();
-        let _ = std::fs::remove_file(&tmp);
+        let _ = stasis_sys::fs::unlink_in(dir.as_fd(), &tmp);
         let opened = result?;
         self.made.insert(key, writer.into());
         Ok(opened.into())
@@ -538,6 +558,9 @@ mod tests {
         let mut p = sample_process();
         DeletedFiles::default().validate_image(&p).unwrap();
         p.vmas[0].kind = VmaKind::Deleted { dev: 2049, ino: 77 };
+        DeletedFiles::default().validate_image(&p).unwrap();
+        // A file kept by a remap link (engine::files::link_remap) is mapped the same way.
+        p.vmas[0].kind = VmaKind::Deleted { dev: 2049, ino: 80 };
         DeletedFiles::default().validate_image(&p).unwrap();
         p.vmas[0].kind = VmaKind::Deleted { dev: 2049, ino: 78 };
         let err = DeletedFiles::default().validate_image(&p).unwrap_err();

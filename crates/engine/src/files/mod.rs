@@ -18,6 +18,7 @@
 //! | namespace files (/proc/PID/ns/TYPE)    | [`nsfile`]      |
 //! | the process's own /proc/PID entries    | [`procfile`]    |
 //! | files deleted while open (blob)        | [`deleted`]     |
+//! | deleted names of files with links elsewhere (remap link) | [`link_remap`] |
 //! | regular files, by path                 | [`regular`]     |
 //! | directories                            | [`directory`]   |
 //! | terminals: pty pairs, a terminal outside the tree, /dev/tty | [`tty`] |
@@ -111,6 +112,7 @@ pub mod fanotify;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
+pub mod link_remap;
 pub mod locks;
 pub mod memfd;
 pub mod netlink_socket;
@@ -154,6 +156,7 @@ pub fn kinds() -> Vec<Box<dyn FileOps>> {
         Box::<procfile::ProcFiles>::default(),
         Box::<memfd::Memfds>::default(),
         Box::<deleted::DeletedFiles>::default(),
+        Box::<link_remap::LinkRemaps>::default(),
         Box::<regular::RegularFiles>::default(),
         Box::<directory::Directories>::default(),
         Box::<tty::Terminals>::default(),
@@ -196,6 +199,13 @@ pub trait FileOps {
     /// [`FileRegistry::finish`].
     fn take_hold(&mut self) -> Option<inet::ConnectionHold> {
         None
+    }
+
+    /// Dump: the files the kind made outside the images (the remap links of
+    /// [`link_remap`]), handed to the dump by [`FileRegistry::finish`]: removed if the dump
+    /// fails, kept with the images once it completes.
+    fn take_links(&mut self) -> link_remap::RemapLinks {
+        link_remap::RemapLinks::default()
     }
 
     /// Restore: runs once every description of the tree is open ([`open_all`]): TCP
@@ -710,11 +720,16 @@ impl FileRegistry {
         for kind in &mut self.kinds {
             kind.finish(&mut all)?;
         }
+        let mut links = link_remap::RemapLinks::default();
+        for k in &mut self.kinds {
+            links.append(k.take_links());
+        }
         Ok(DumpHolds(
             self.kinds
                 .iter_mut()
                 .filter_map(|k| k.take_hold())
                 .collect(),
+            links,
         ))
     }
 }
@@ -723,16 +738,27 @@ impl FileRegistry {
 /// nftables rule that keeps their peers' packets away). Dropping it releases everything (the
 /// dump failed, or the processes run on: call it before they are thawed);
 /// [`DumpHolds::keep`] is for a dump whose processes were killed.
+///
+/// It also holds the remap links the dump made ([`link_remap::RemapLinks`]), which the dump
+/// takes with [`DumpHolds::take_links`] to keep them once it completes (dropped, they are
+/// removed).
 #[derive(Default)]
-pub struct DumpHolds(Vec<inet::ConnectionHold>);
+pub struct DumpHolds(Vec<inet::ConnectionHold>, link_remap::RemapLinks);
 
 impl DumpHolds {
+    /// The remap links the dump made, to keep once it completes ([`link_remap::RemapLinks::keep`])
+    /// or to drop (removing them) when it fails.
+    pub fn take_links(&mut self) -> link_remap::RemapLinks {
+        std::mem::take(&mut self.1)
+    }
+
     /// The dumped processes were killed: the connections vanish without a word to their peers,
     /// whose packets stay held off until the restore.
     pub fn keep(self) {
         for h in self.0 {
             h.keep();
         }
+        self.1.keep();
     }
 }
 
@@ -1545,10 +1571,11 @@ mod tests {
                 FileKind::PtyMaster { .. } => 23,
                 FileKind::PtySlave { .. } => 24,
                 FileKind::Inet(s) => 25 + s.ty as usize,
+                FileKind::LinkRemap { .. } => 100,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 26, "the sample record lacks a kind of file");
+        assert_eq!(seen.len(), 27, "the sample record lacks a kind of file");
         kinds
     }
 

@@ -4,8 +4,8 @@
 //! Dump: a regular file that still has a name (link count above 0). Its path is where
 //! /proc/PID/fd/N points, and it must still name that very file (device and inode): a file
 //! renamed over or replaced since it was opened fails the dump. A name that was deleted while
-//! the file keeps links under other names (a hard link left elsewhere) is refused with that
-//! reason: the other names cannot be found from the fd.
+//! the file keeps links under other names (a hard link left elsewhere) is
+//! [`super::link_remap`]'s, which comes first; should one reach this kind, it is refused.
 //!
 //! Restore: open(2) of the path with the dumped access mode and open flags; the file opened
 //! must be the dumped one (device and inode), else the restore fails rather than hand the

@@ -2,13 +2,23 @@
 //! resume, instead of one ptrace round trip (set registers, step, wait, read registers:
 //! ~15–90 µs) each.
 //!
-//! A small piece of code (`BLOB`, 47 bytes) is put in a page of its own in the target, mapped
-//! read-write, filled, then made read-only and executable (never writable and executable at
-//! once, so a process under PR_SET_MDWE accepts it; where the page cannot be made executable,
-//! [`Injector::batch`] says so and the caller runs its calls one by one). The code reads a
-//! table of calls from the scratch area (`rbx`: 7 words each, the number then the six
-//! arguments), runs them in order, stores each raw result (`r13`: one word each), and stops
-//! on an `int3`. It touches no stack and no memory but the table and the results.
+//! A small piece of code (`BLOB`, 53 bytes) is put in the page after the scratch area (the
+//! injector maps both at once), or in a page of its own when the scratch area was mapped
+//! alone; mapped read-write, filled, then made read-only and executable (never writable and
+//! executable at once, so a process under PR_SET_MDWE accepts it; where the page cannot be made
+//! executable, [`Injector::batch`] says so and the caller runs its calls one by one). The code
+//! reads a table of calls from the scratch area (`rbx`: 7 words each, the number then the six
+//! arguments), runs them in order, stores each raw result (`r13`: one word each), and ends
+//! with `rt_sigreturn` through the parked thread's frame. It is driven with syscall stops:
+//! the dumper stops the thread at the entry of that last call and skips it; a thread whose
+//! dumper dies in the middle of a batch runs the rest and returns through its frame
+//! ([`super::park`]). It touches no stack and no memory but the table and the results.
+//!
+//! The same page holds two stubs: the guarded stub of a thread parked without gadgets
+//! (`GUARD_STUB`), and [`Injector::userfaultfd_taken`]'s, which creates a userfaultfd and
+//! closes it again before the thread returns through its frame, so that the dumper takes it
+//! (pidfd_getfd) while the thread stands between the two calls and none can stay open in the
+//! process whenever the dumper dies.
 //!
 //! The page is mapped anywhere, so batches are for a process whose layout does not change
 //! while the injector lives (the dump), or, at a place chosen by the caller
@@ -27,13 +37,37 @@ use stasis_sys::{proc_mem, ptrace};
 ///     syscall
 ///     mov %rax,(%r13) ; add $56,%rbx ; add $8,%r13
 ///     dec %r12 ; jnz 1b
-///     int3
+///     mov $15,%eax ; syscall          (rt_sigreturn: the end)
 /// ```
-const BLOB: [u8; 47] = [
+const BLOB: [u8; 53] = [
+    0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18, 0x4c,
+    0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x45,
+    0x00, 0x48, 0x83, 0xc3, 0x38, 0x49, 0x83, 0xc5, 0x08, 0x49, 0xff, 0xcc, 0x75, 0xd2, 0xb8, 0x0f,
+    0x00, 0x00, 0x00, 0x0f, 0x05,
+];
+
+/// The same loop ending on an `int3` instead of `rt_sigreturn`, at [`TRAP_BLOB_AT`] in the
+/// code page: for a thread that is not parked (a restore child, which dies with its
+/// restorer anyway), run with PTRACE_CONT until the trap: one stop for the whole batch
+/// instead of two per call.
+const TRAP_BLOB: [u8; 47] = [
     0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18, 0x4c,
     0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x45,
     0x00, 0x48, 0x83, 0xc3, 0x38, 0x49, 0x83, 0xc5, 0x08, 0x49, 0xff, 0xcc, 0x75, 0xd2, 0xcc,
 ];
+const TRAP_BLOB_AT: u64 = 192;
+
+/// Where [`Injector::userfaultfd_taken`]'s stub is in the code page:
+/// `syscall ; mov %eax,%edi ; mov $3,%eax ; syscall ; mov $15,%eax ; syscall`
+/// (userfaultfd, then close of what it returned, then rt_sigreturn through the frame).
+const UFFD_STUB: u64 = 128;
+const UFFD_CODE: [u8; 23] = [
+    0x0f, 0x05, 0x89, 0xc7, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00,
+    0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+];
+/// Offsets in it: after the userfaultfd, after the close.
+const UFFD_CREATED: u64 = 2;
+const UFFD_CLOSED: u64 = 11;
 
 const PAGE: u64 = 4096;
 
@@ -45,6 +79,13 @@ const STUB: [u8; 9] = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 
 /// At most this many calls in one batch (the table and results must fit the scratch area).
 pub const MAX_BATCH: usize = 256;
+
+/// What [`Injector::userfaultfd_taken`] did: the userfaultfd's number in the process (or the
+/// error of the call that makes it), and what `take` returned once it was made.
+pub struct UffdTaken<R> {
+    pub created: Result<i32, super::Errno>,
+    pub taken: Option<R>,
+}
 
 /// The code page of an injector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,7 +141,13 @@ impl Injector {
         regs.rbx = table.addr();
         regs.r12 = calls.len() as u64;
         regs.r13 = results.addr();
-        f.run_code(regs, code + BLOB.len() as u64)?;
+        if let Some(p) = &f.parked {
+            regs.rsp = p.rsp;
+            f.run_code(regs, code + BLOB.len() as u64, calls.len())?;
+        } else {
+            regs.rip = code + TRAP_BLOB_AT;
+            f.run_to_trap(regs, code + TRAP_BLOB_AT + TRAP_BLOB.len() as u64)?;
+        }
         let bytes = f.read_bytes(results.addr(), calls.len() * 8)?;
         let out: Vec<i64> = bytes
             .chunks_exact(8)
@@ -123,39 +170,51 @@ impl Injector {
 
     /// The code page, mapped and filled on first use; `None` when the target refuses it.
     pub(crate) fn code_page(&mut self) -> Result<Option<u64>, Error> {
-        let (at, flags) = match self.code {
+        let fixed = match self.code {
             CodePage::Mapped(a) => return Ok(Some(a)),
             CodePage::Refused => return Ok(None),
-            CodePage::NotYet => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
-            CodePage::At(a) => (
-                a,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            ),
+            CodePage::NotYet => None,
+            CodePage::At(a) => Some(a),
         };
-        let page = self.call(
-            "mmap(code)",
-            libc::SYS_mmap,
-            [
-                at,
-                PAGE,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                flags as u64,
-                u64::MAX,
-                0,
-            ],
-        )?;
-        if at != 0 && page != at {
-            // An old kernel without MAP_FIXED_NOREPLACE put it elsewhere: not where the
-            // caller wants nothing but it.
-            self.code = CodePage::Mapped(page);
-            self.unmap_code()?;
-            self.code = CodePage::Refused;
-            return Ok(None);
-        }
+        let page = match (self.code_tail(), fixed) {
+            (Some(page), _) => page,
+            (None, at) => {
+                let (addr, flags) = match at {
+                    Some(a) => (
+                        a,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    ),
+                    None => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+                };
+                let page = self.call(
+                    "mmap(code)",
+                    libc::SYS_mmap,
+                    [
+                        addr,
+                        PAGE,
+                        (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                        flags as u64,
+                        u64::MAX,
+                        0,
+                    ],
+                )?;
+                if addr != 0 && page != addr {
+                    // An old kernel without MAP_FIXED_NOREPLACE put it elsewhere: not where
+                    // the caller wants nothing but it.
+                    self.code = CodePage::Mapped(page);
+                    self.unmap_code()?;
+                    self.code = CodePage::Refused;
+                    return Ok(None);
+                }
+                page
+            }
+        };
         // Unmapped with the scratch area from now on, whatever happens next.
         self.code = CodePage::Mapped(page);
         proc_mem::write_all(self.tid, page, &BLOB)
             .and_then(|()| proc_mem::write_all(self.tid, page + GUARD_STUB, &STUB))
+            .and_then(|()| proc_mem::write_all(self.tid, page + UFFD_STUB, &UFFD_CODE))
+            .and_then(|()| proc_mem::write_all(self.tid, page + TRAP_BLOB_AT, &TRAP_BLOB))
             .map_err(|e| Error::sys("process_vm_writev(code)", self.tid, e))?;
         let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         match self.try_call(
@@ -223,20 +282,138 @@ impl Injector {
         Ok(out)
     }
 
-    /// Unmaps the code page, if mapped.
+    /// Unmaps the code page, if mapped (the page after the scratch area goes with it).
     pub(crate) fn unmap_code(&mut self) -> Result<(), Error> {
         self.unguard()?;
         if let CodePage::Mapped(page) = self.code {
             self.code = CodePage::NotYet;
-            self.call_cleanup("munmap(code)", libc::SYS_munmap, [page, PAGE, 0, 0, 0, 0])?;
+            if self.code_tail() != Some(page) {
+                self.call_cleanup("munmap(code)", libc::SYS_munmap, [page, PAGE, 0, 0, 0, 0])?;
+            }
         }
         Ok(())
     }
 
-    /// Runs the thread from `regs` until it stands at `end` (after the final `int3`).
-    fn run_code(&mut self, regs: stasis_sys::UserRegs, end: u64) -> Result<(), Error> {
+    /// Creates a userfaultfd with `flags` in the parked thread and lets `take` take it (by
+    /// its number in the process) while the thread stands right after the call; then the
+    /// thread closes it. The stub runs both calls and returns through the thread's frame
+    /// whenever the dumper dies, so no userfaultfd of ours can stay in the process. `None`
+    /// when the thread is not parked or the process cannot have the code page.
+    pub fn userfaultfd_taken<R>(
+        &mut self,
+        flags: u32,
+        take: impl FnOnce(i32) -> R,
+    ) -> Result<Option<UffdTaken<R>>, Error> {
+        let Some(parked) = self.parked else {
+            return Ok(None);
+        };
+        let Some(code) = self.code_page()? else {
+            return Ok(None);
+        };
+        let tid = self.tid;
+        let stub = code + UFFD_STUB;
+        let mut regs = self.saved;
+        regs.rip = stub;
+        regs.rsp = parked.rsp;
+        regs.orig_rax = u64::MAX;
+        regs.rax = libc::SYS_userfaultfd as u64;
+        regs.rdi = flags.into();
+        self.last = Some(CallRecord {
+            name: "userfaultfd",
+            nr: libc::SYS_userfaultfd,
+            args: [flags.into(), 0, 0, 0, 0, 0],
+            result: None,
+        });
+        ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        crate::fault::point_of("injected system call (while it runs)", "userfaultfd")?;
+        // Entry and exit of userfaultfd.
+        self.syscall_stop(stub + UFFD_CREATED)?;
+        let r = self.syscall_stop(stub + UFFD_CREATED)?.rax as i64;
+        if let Some(rec) = self.last.as_mut() {
+            rec.result = Some(r);
+        }
+        tracing::trace!(
+            "tid {tid}: {} (stub)",
+            self.last
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default()
+        );
+        let created = if (-4095..0).contains(&r) {
+            Err(super::Errno(-r as i32))
+        } else {
+            Ok(r as i32)
+        };
+        let taken = created.ok().map(take);
+        // A failure injected here still closes it (as the thread would without us).
+        let fault =
+            crate::fault::point_of("injected system call (while it runs)", "close(userfaultfd)");
+        // Entry and exit of the close.
+        self.syscall_stop(stub + UFFD_CLOSED)?;
+        let closed = self.syscall_stop(stub + UFFD_CLOSED)?.rax as i64;
+        self.repark()?;
+        fault?;
+        if created.is_ok() && closed != 0 {
+            return Err(Error::Inject {
+                tid,
+                nr: libc::SYS_close,
+                reason: format!("close of the userfaultfd {r} in the process gave {closed}"),
+            });
+        }
+        Ok(Some(UffdTaken { created, taken }))
+    }
+
+    /// Resumes the thread to its next syscall stop, which must be at `ip` (right after the
+    /// `syscall` instruction), and returns its registers there.
+    fn syscall_stop(&mut self, ip: u64) -> Result<stasis_sys::UserRegs, Error> {
+        let tid = self.tid;
+        for _ in 0..1000 {
+            ptrace::syscall(tid).map_err(|e| Error::sys("PTRACE_SYSCALL", tid, e))?;
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                ptrace::WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => {}
+                ptrace::WaitStatus::Stopped { .. } => continue,
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}{}", self.during()),
+                    })
+                }
+            }
+            let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+            if after.rip != ip {
+                return Err(Error::Inject {
+                    tid,
+                    nr: after.orig_rax as i64,
+                    reason: format!(
+                        "thread went to {:#x} instead of {ip:#x}{}",
+                        after.rip,
+                        self.during()
+                    ),
+                });
+            }
+            return Ok(after);
+        }
+        Err(Error::Inject {
+            tid,
+            nr: 0,
+            reason: format!("no syscall stop{}", self.during()),
+        })
+    }
+
+    /// Runs the thread from `regs` through a batch of `n` calls until it stands at the entry
+    /// of the final `rt_sigreturn` (at `end`), which is skipped; then parks it again. Driven
+    /// with syscall stops (two per call), never a breakpoint: a thread whose dumper dies
+    /// meanwhile runs on through its frame.
+    /// Runs a thread that is not parked from `regs` until it stands at `end` (after the
+    /// final `int3` of [`TRAP_BLOB`]).
+    fn run_to_trap(&mut self, regs: stasis_sys::UserRegs, end: u64) -> Result<(), Error> {
         let tid = self.tid;
         ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        crate::fault::point_of("injected system call (while it runs)", "batch")?;
+        let start = end - TRAP_BLOB.len() as u64;
         // Every blockable signal is blocked while calls are injected; a stop for anything
         // else (a ptrace event, an unblockable stop) is passed over, a bounded number of times.
         for _ in 0..1000 {
@@ -253,10 +430,60 @@ impl Injector {
             }
             let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
             if after.rip == end {
+                return Ok(());
+            }
+            if !(start..end).contains(&after.rip) {
+                return Err(Error::Inject {
+                    tid,
+                    nr: 0,
+                    reason: format!(
+                        "batched calls: thread went to {:#x}, outside the code at {start:#x}{}",
+                        after.rip,
+                        self.during()
+                    ),
+                });
+            }
+        }
+        Err(Error::Inject {
+            tid,
+            nr: 0,
+            reason: format!("batched calls did not end{}", self.during()),
+        })
+    }
+
+    fn run_code(&mut self, regs: stasis_sys::UserRegs, end: u64, n: usize) -> Result<(), Error> {
+        let tid = self.tid;
+        ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+        crate::fault::point_of("injected system call (while it runs)", "batch")?;
+        let start = end - BLOB.len() as u64;
+        // Every blockable signal is blocked while calls are injected; a stop for anything
+        // else (a ptrace event, an unblockable stop) is passed over, a bounded number of times.
+        for _ in 0..2 * n + 1000 {
+            ptrace::syscall(tid).map_err(|e| Error::sys("PTRACE_SYSCALL", tid, e))?;
+            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
+                ptrace::WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => {}
+                ptrace::WaitStatus::Stopped { .. } => continue,
+                other => {
+                    return Err(Error::TargetDied {
+                        pid: tid,
+                        how: format!("{other:?}{}", self.during()),
+                    })
+                }
+            }
+            let mut after =
+                ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
+            if after.rip == end && after.orig_rax == 15 {
+                // The entry of the final rt_sigreturn: skipped, then the thread is parked at
+                // its exit.
+                after.orig_rax = u64::MAX;
+                ptrace::set_regs(tid, &after).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
+                self.syscall_stop(end)?;
                 return self.repark();
             }
-            let start = end - BLOB.len() as u64;
-            if !(start..end).contains(&after.rip) {
+            if !(start..=end).contains(&after.rip) {
                 return Err(Error::Inject {
                     tid,
                     nr: 0,

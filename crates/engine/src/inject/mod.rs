@@ -6,6 +6,12 @@
 //! `orig_rax` is set to -1 so that the kernel never applies its syscall-restart logic to the
 //! injected call. [`Injector::finish`] puts the saved registers back.
 //!
+//! At dump, the thread is first *parked* ([`Injector::park`], [`park`]): its calls then run
+//! from `syscall; ret` bytes of its own code with its stack on a signal frame of its state,
+//! driven with syscall stops, so that a thread whose dumper dies at any moment returns to
+//! where it was, and the injector's memory (scratch area and code page, one mapping made by
+//! [`Injector::map_scratch`]) is unmapped by the thread itself on the way.
+//!
 //! Layers, from the bottom:
 //!
 //! * [`Injector::raw`], [`Injector::try_call`] and [`Injector::call`] run one call by number
@@ -60,7 +66,27 @@ pub struct Injector {
     guarded: Option<u64>,
     /// Answers asked ahead in one batch ([`prefetch`]), each handed out once.
     answers: Vec<prefetch::Answer>,
+    /// The process's own code a parked thread returns through ([`park::Gadgets`]), once
+    /// looked for (`Some(None)`: it has none).
+    gadgets: Option<Option<park::Gadgets>>,
+    /// When parked with gadgets: where the thread's frame starts (its `pretcode`).
+    frame_at: Option<u64>,
+    /// The mapping this injector made and owns (the scratch area and, in its last page, the
+    /// code page), and whether the clean-up frame below the thread's frame unmaps it if
+    /// the thread runs on without us ([`park::cleanup_frame`]).
+    area: Option<Area>,
 }
+
+/// The scratch area and the code page, one mapping of [`AREA_LEN`] bytes.
+#[derive(Debug, Clone, Copy)]
+struct Area {
+    addr: u64,
+    /// The clean-up frame that unmaps it, when written and in use.
+    cleanup: Option<u64>,
+}
+
+/// The mapping of an injector: the scratch area and a page for code after it.
+pub const AREA_LEN: u64 = SCRATCH_LEN + 4096;
 
 /// Size of the scratch area used for syscall arguments.
 pub const SCRATCH_LEN: u64 = 64 * 1024;
@@ -128,7 +154,44 @@ impl Injector {
             park_mask: None,
             guarded: None,
             answers: Vec::new(),
+            gadgets: None,
+            frame_at: None,
+            area: None,
         })
+    }
+
+    /// The gadgets found in the process, to hand to the injector of another of its threads
+    /// ([`Injector::set_gadgets`]) so that it does not look for them again.
+    pub fn gadgets(&self) -> Option<Option<park::Gadgets>> {
+        self.gadgets
+    }
+
+    /// Uses gadgets found by the injector of another thread of the same process.
+    pub fn set_gadgets(&mut self, gadgets: Option<Option<park::Gadgets>>) {
+        self.gadgets = gadgets;
+    }
+
+    /// The gadgets of the process, looked for once.
+    fn find_gadgets(&mut self) -> Result<Option<park::Gadgets>, Error> {
+        if let Some(g) = self.gadgets {
+            return Ok(g);
+        }
+        let t0 = std::time::Instant::now();
+        let g = park::find_gadgets(self.tid)?;
+        tracing::trace!(
+            "tid {}: gadgets {g:x?} found in {:?}",
+            self.tid,
+            t0.elapsed()
+        );
+        if g.is_none() {
+            tracing::debug!(
+                "tid {}: no `syscall; ret` or signal restorer in its code: a killed dumper \
+                 would leave the scratch area and the code page mapped",
+                self.tid
+            );
+        }
+        self.gadgets = Some(g);
+        Ok(g)
     }
 
     /// Parks the thread between calls on a signal frame written below its stack (under the
@@ -141,38 +204,83 @@ impl Injector {
         let tid = self.tid;
         let xstate =
             ptrace::get_xstate(tid).map_err(|e| Error::sys("PTRACE_GETREGSET(xstate)", tid, e))?;
-        let at = (self.saved.rsp.wrapping_sub(128 + park::FRAME_ROOM)) & !63;
-        let parked = match park::frame(&self.saved, sigmask, &xstate, at, self.syscall_ip) {
-            None => {
+        // Right below the red zone, where the kernel would put a signal frame.
+        let at = (self
+            .saved
+            .rsp
+            .wrapping_sub(128 + park::frame_len(xstate.len())))
+            & !63;
+        let gadgets = self.find_gadgets()?;
+        // With gadgets, the room of the clean-up frame below is written too (zeros), so that
+        // its write later cannot fail.
+        let mut parked = None;
+        for g in [gadgets, None] {
+            let (ip, pretcode) = g.map_or((self.syscall_ip, 0), |g| (g.syscall_ret, g.restorer));
+            let Some((frame, regs)) = park::frame(&self.saved, sigmask, &xstate, at, ip, pretcode)
+            else {
                 tracing::debug!(
                     "tid {tid}: not parked (XSAVE area of {} bytes, software bytes {:02x?})",
                     xstate.len(),
                     xstate.get(464..512)
                 );
-                false
-            }
-            Some((frame, regs)) => match proc_mem::write_all(tid, at, &frame) {
+                break;
+            };
+            let room = if g.is_some() { park::CLEANUP_ROOM } else { 0 };
+            let mut bytes = vec![0u8; room as usize];
+            bytes.extend_from_slice(&frame);
+            match proc_mem::write_all(tid, at - room, &bytes) {
                 Ok(()) => {
-                    self.parked = Some(regs);
-                    self.park_mask = Some(sigmask);
-                    self.repark()?;
-                    true
+                    parked = Some((regs, g));
+                    break;
                 }
                 Err(e) => {
-                    tracing::debug!("tid {tid}: not parked (no room below its stack: {e})");
-                    false
+                    tracing::debug!(
+                        "tid {tid}: no room below its stack ({e}) for frames of {} bytes",
+                        bytes.len()
+                    );
+                    if g.is_none() {
+                        break;
+                    }
                 }
-            },
-        };
+            }
+        }
+        let is_parked = parked.is_some();
+        if let Some((regs, g)) = parked {
+            self.parked = Some(regs);
+            self.park_mask = Some(sigmask);
+            if g.is_some() {
+                self.frame_at = Some(at);
+            } else {
+                self.gadgets = Some(None);
+            }
+            self.repark()?;
+        }
         ptrace::set_sigmask(tid, u64::MAX).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
-        Ok(parked)
+        Ok(is_parked)
+    }
+
+    /// Where the thread returns through when it runs on without us: its frame, or the
+    /// clean-up frame below it while the area is ours and armed. The parked stack pointer is
+    /// this plus 8 (as after a handler's `ret`).
+    fn return_frame(&self) -> Option<u64> {
+        let f = self.frame_at?;
+        Some(self.area.and_then(|a| a.cleanup).unwrap_or(f))
+    }
+
+    /// Points the parked registers at the frame the thread returns through.
+    fn set_return_frame(&mut self) -> Result<(), Error> {
+        if let (Some(f), Some(p)) = (self.return_frame(), self.parked.as_mut()) {
+            p.rsp = f + 8;
+        }
+        self.repark()
     }
 
     /// For a parked thread: runs the calls from now on from a stub in the code page of
     /// batched calls, whose next instructions return through the frame if the thread runs on
     /// without us while a call runs. Nothing when not parked or without a code page.
     pub fn guard(&mut self) -> Result<(), Error> {
-        if self.parked.is_none() || self.guarded.is_some() {
+        // With gadgets every call returns through the frame by itself.
+        if self.parked.is_none() || self.guarded.is_some() || self.frame_at.is_some() {
             return Ok(());
         }
         if let Some(code) = self.code_page()? {
@@ -327,11 +435,21 @@ impl Injector {
         let tid = self.tid;
         let mut regs = self.saved;
         // Parked: the call runs on the frame's stack (no call injected at dump reads the
-        // stack pointer), from the guarded stub when there is one.
-        let ip = self.guarded.unwrap_or(self.syscall_ip);
-        if let Some(p) = &self.parked {
-            regs.rsp = p.rsp;
-        }
+        // stack pointer), from `syscall; ret` with the frame's `pretcode` on top of the stack
+        // when there are gadgets, else from the guarded stub when there is one.
+        let ip = match (self.return_frame(), self.gadgets.flatten()) {
+            (Some(f), Some(g)) => {
+                regs.rsp = f;
+                g.syscall_ret
+            }
+            _ => {
+                if let Some(p) = &self.parked {
+                    regs.rsp = p.rsp;
+                }
+                self.guarded.unwrap_or(self.syscall_ip)
+            }
+        };
+        let protected = self.guarded.is_some() || self.return_frame().is_some();
         regs.rip = ip;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
@@ -343,12 +461,13 @@ impl Injector {
         regs.r9 = args[5];
         // Test builds: a failure (or the death of the injector) at this call: with its
         // registers set when the call is guarded (see `park`), else just before.
-        if self.guarded.is_none() {
-            crate::fault::point("injected system call (before it starts)")?;
+        let name = self.last.as_ref().map_or("?", |r| r.name);
+        if !protected {
+            crate::fault::point_of("injected system call (before it starts)", name)?;
         }
         ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
-        if self.guarded.is_some() {
-            crate::fault::point("injected system call (while it runs)")?;
+        if protected {
+            crate::fault::point_of("injected system call (while it runs)", name)?;
         }
         if self.parked.is_some() {
             return self.run_to_syscall_exit(ip);
@@ -438,31 +557,90 @@ impl Injector {
     }
 
     /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
+    /// Anywhere: one mapping of [`AREA_LEN`] bytes, the scratch area then a page for the
+    /// code of batched calls ([`batch`]). In a thread parked with gadgets, the clean-up
+    /// frame that unmaps it is written and in use before the `mmap` runs, at an address
+    /// chosen free beforehand ([`free_address`]), so that a dumper killed even while the
+    /// `mmap` runs leaves nothing mapped.
     pub fn map_scratch(&mut self, at: Option<u64>) -> Result<u64, Error> {
         if let Some((addr, _)) = self.scratch {
             return Ok(addr);
         }
-        let (addr, flags) = match at {
-            Some(a) => (
-                a,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            ),
-            None => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+        if let Some(a) = at {
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+            let got = self.mmap_rw("mmap(scratch)", a, SCRATCH_LEN, flags)?;
+            self.set_scratch(Some((got, SCRATCH_LEN)));
+            return Ok(got);
+        }
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let mut want = 0;
+        if let (Some(frame), Some(g)) = (self.frame_at, self.gadgets.flatten()) {
+            if let Some(addr) = free_address(self.tid, AREA_LEN)? {
+                let cleanup = frame - park::CLEANUP_ROOM;
+                let f = park::cleanup_frame(&self.saved, frame, g, (addr, AREA_LEN));
+                proc_mem::write_all(self.tid, cleanup, &f)
+                    .map_err(|e| Error::sys("process_vm_writev(clean-up frame)", self.tid, e))?;
+                // From here the thread unmaps [addr, addr + AREA_LEN) before it returns
+                // through its frame: a range that is free until the mmap below.
+                self.area = Some(Area {
+                    addr,
+                    cleanup: Some(cleanup),
+                });
+                self.set_return_frame()?;
+                flags |= libc::MAP_FIXED_NOREPLACE;
+                want = addr;
+            }
+        }
+        let got = self.mmap_rw("mmap(scratch)", want, AREA_LEN, flags);
+        let got = match got {
+            Ok(g) if want == 0 || g == want => g,
+            other => {
+                // Nothing of ours there: the thread must not unmap that range.
+                self.area = None;
+                self.set_return_frame()?;
+                let got = other?;
+                return Err(Error::Inject {
+                    tid: self.tid,
+                    nr: libc::SYS_mmap,
+                    reason: format!("mmap of the scratch area at {want:#x} gave {got:#x}"),
+                });
+            }
         };
-        let got = self.call(
-            "mmap(scratch)",
+        if want == 0 {
+            self.area = Some(Area {
+                addr: got,
+                cleanup: None,
+            });
+        }
+        self.set_scratch(Some((got, SCRATCH_LEN)));
+        Ok(got)
+    }
+
+    /// Runs `mmap(addr, len, PROT_READ|PROT_WRITE, flags, -1, 0)`.
+    fn mmap_rw(
+        &mut self,
+        name: &'static str,
+        addr: u64,
+        len: u64,
+        flags: i32,
+    ) -> Result<u64, Error> {
+        self.call(
+            name,
             libc::SYS_mmap,
             [
                 addr,
-                SCRATCH_LEN,
+                len,
                 (libc::PROT_READ | libc::PROT_WRITE) as u64,
                 flags as u64,
                 u64::MAX,
                 0,
             ],
-        )?;
-        self.set_scratch(Some((got, SCRATCH_LEN)));
-        Ok(got)
+        )
+    }
+
+    /// The page for code after the scratch area, when this injector mapped both.
+    pub(crate) fn code_tail(&self) -> Option<u64> {
+        self.area.map(|a| a.addr + SCRATCH_LEN)
     }
 
     fn set_scratch(&mut self, scratch: Option<(u64, u64)>) {
@@ -531,9 +709,23 @@ impl Injector {
         Ok(value)
     }
 
-    /// Unmaps the scratch area (and the code page of batched calls).
+    /// Unmaps the scratch area (and the code page of batched calls). An area whose clean-up
+    /// frame is in use goes in one `munmap`, after which the thread returns through its own
+    /// frame again (a death in between unmaps a free range).
     pub fn unmap_scratch(&mut self) -> Result<(), Error> {
         self.unmap_code()?;
+        if let Some(area) = self.area {
+            self.set_scratch(None);
+            let r = self.call_cleanup(
+                "munmap(scratch)",
+                libc::SYS_munmap,
+                [area.addr, AREA_LEN, 0, 0, 0, 0],
+            );
+            self.area = None;
+            self.set_return_frame()?;
+            r?;
+            return Ok(());
+        }
         if let Some((addr, len)) = self.scratch {
             self.set_scratch(None);
             self.call_cleanup("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
@@ -645,6 +837,23 @@ impl Drop for Injector {
 
 /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
 const PTRACE_EVENT_STOP: i32 = 128;
+
+/// An address where `len` bytes are free in process `pid` (whose threads are all stopped):
+/// right below the lowest mapping of the area where the kernel puts mappings top-down (the
+/// lowest one above 0x7000_0000_0000, where a mapping made anywhere would go too), with a
+/// free page on either side. `None` when the layout is not that one.
+pub fn free_address(pid: Pid, len: u64) -> Result<Option<u64>, Error> {
+    const PAGE: u64 = 4096;
+    let maps = crate::procfs::read_maps(pid)?;
+    let Some(i) = maps.iter().position(|m| m.start >= 0x7000_0000_0000) else {
+        return Ok(None);
+    };
+    let Some(addr) = maps[i].start.checked_sub(len + PAGE) else {
+        return Ok(None);
+    };
+    let below = if i == 0 { 0 } else { maps[i - 1].end };
+    Ok((below + PAGE <= addr).then_some(addr))
+}
 
 /// The address of a `syscall` instruction in process `pid`: the one in its `[vdso]`, or, when
 /// the process unmapped its vdso, the first bytes 0f 05 of one of its readable executable

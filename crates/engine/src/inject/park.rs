@@ -13,15 +13,113 @@
 //! thread returns through that frame to exactly where it was. The tracer itself always sets
 //! registers before running anything, so the parked registers are never run while it lives.
 //!
-//! What stays open: the short time in which one call is being run (its registers set,
-//! single-stepped, read back: microseconds per call), before the scratch area exists and
-//! after it is unmapped (one call each); and a process the dumper leaves this way keeps the
-//! scratch area mapped (64 KiB of anonymous memory that nothing uses).
+//! The frame's return address (`pretcode`, as for a handler) is the process's own signal
+//! restorer when it has one ([`Gadgets`]: the bytes `mov $15,%rax; syscall` of libc's
+//! `__restore_rt`, and the bytes `syscall; ret` of any system call wrapper): a call is then run
+//! from that `syscall; ret` with the stack pointer on the frame, so that a thread whose tracer
+//! dies while the call runs finishes it, returns to the restorer and through the frame. And
+//! once the injector has memory of its own in the process (the scratch area and the code
+//! page, one mapping), a second, small frame below the first ([`cleanup_frame`]) makes that
+//! return go through `munmap` of that memory first: the thread runs `rt_sigreturn` into the
+//! small frame, which resumes it at `syscall; ret` with `munmap`'s arguments, and that `ret`
+//! goes to the restorer again with the stack on the thread's own frame. A dumper killed at
+//! any moment then leaves nothing of its own in the process (the clean-up frame is in use
+//! before the `mmap` of that memory runs, at an address chosen free beforehand; where none is
+//! found, the memory is mapped anywhere and a dumper killed during that one `mmap` leaves it:
+//! see [`super::Injector::map_scratch`]).
+//!
+//! Without the two gadgets (a process without libc's restorer: a static binary of another
+//! runtime), the thread stands at the `syscall` of the `[vdso]` and the calls run from a stub
+//! of the code page (`super::batch`) whose next instructions are `rt_sigreturn`: the thread
+//! survives, but a killed dumper leaves the scratch area and the code page mapped.
 
 use stasis_sys::UserRegs;
 
-/// Room for one frame (below the red zone of the thread's stack).
-pub const FRAME_ROOM: u64 = 8 * 1024;
+/// The largest frame written (an XSAVE area with every feature known today, AMX tiles
+/// included, is under 12 KiB); the frame goes right below the red zone of the thread's stack,
+/// taking only its own length ([`frame_len`]).
+pub const FRAME_ROOM: u64 = 64 * 1024;
+/// Room for the clean-up frame, below the thread's frame ([`cleanup_frame`]).
+pub const CLEANUP_ROOM: u64 = 512;
+
+/// Code of the process itself through which a parked thread returns without us: the address
+/// of bytes `syscall; ret` and of bytes `mov $15,%rax; syscall` (a signal restorer) in its
+/// executable mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gadgets {
+    pub syscall_ret: u64,
+    pub restorer: u64,
+}
+
+/// `syscall; ret`.
+const SYSCALL_RET: [u8; 3] = [0x0f, 0x05, 0xc3];
+/// `mov $15,%rax; syscall` (glibc's and musl's `__restore_rt`), or `mov $15,%eax; syscall`.
+const RESTORERS: [&[u8]; 2] = [
+    &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+    &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+];
+
+/// Finds [`Gadgets`] in the readable executable mappings of `pid` (libc first, where both
+/// are). `None` when either is missing. The bytes run as the instructions they spell
+/// whatever instruction of the program they are part of.
+pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Error> {
+    let mut maps: Vec<_> = crate::procfs::read_maps(pid)?
+        .into_iter()
+        .filter(|m| m.exec && m.read && m.name != "[vsyscall]" && m.name != "[vdso]")
+        .collect();
+    // libc's text first: it has both.
+    maps.sort_by_key(|m| !m.name.contains("libc"));
+    let (mut sr, mut rest) = (None, None);
+    // Both are usually in the first chunks of libc's text.
+    let mut buf = vec![0u8; 64 << 10];
+    for m in &maps {
+        let mut at = m.start;
+        while at < m.end && (sr.is_none() || rest.is_none()) {
+            let len = (m.end - at).min(buf.len() as u64) as usize;
+            if stasis_sys::proc_mem::read_exact(pid, at, &mut buf[..len]).is_err() {
+                break;
+            }
+            let (s, r) = scan(&buf[..len]);
+            sr = sr.or(s.map(|p| at + p as u64));
+            rest = rest.or(r.map(|p| at + p as u64));
+            // Back by the longest pattern, so that one across two chunks is found.
+            at += (len as u64).saturating_sub(8).max(1);
+        }
+        if let (Some(syscall_ret), Some(restorer)) = (sr, rest) {
+            return Ok(Some(Gadgets {
+                syscall_ret,
+                restorer,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The offsets of the first `syscall; ret` and the first restorer in `hay`: one pass over
+/// the `syscall` instructions (0f 05) it holds.
+fn scan(hay: &[u8]) -> (Option<usize>, Option<usize>) {
+    let (mut sr, mut rest) = (None, None);
+    let mut i = 0;
+    while let Some(p) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == 0x0f)) {
+        let at = i + p;
+        if hay.get(at + 1) == Some(&0x05) {
+            if sr.is_none() && hay.get(at..at + 3) == Some(&SYSCALL_RET[..]) {
+                sr = Some(at);
+            }
+            if rest.is_none() {
+                rest = RESTORERS.iter().find_map(|r| {
+                    let start = (at + 2).checked_sub(r.len())?;
+                    (hay.get(start..at + 2) == Some(r)).then_some(start)
+                });
+            }
+            if sr.is_some() && rest.is_some() {
+                break;
+            }
+        }
+        i = at + 1;
+    }
+    (sr, rest)
+}
 
 /// `__NR_rt_sigreturn` on x86-64.
 const RT_SIGRETURN: u64 = 15;
@@ -34,12 +132,26 @@ const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 /// Marks the software-reserved bytes of an XSAVE area that the kernel filled in.
 const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 
+/// The trap flag of `eflags` (single-stepping).
+const TRAP_FLAG: u64 = 0x100;
+/// `__NR_munmap`.
+const MUNMAP: u64 = 11;
+
 /// Errors of interrupted calls that the kernel restarts when the thread resumes.
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 const NR_RESTART_SYSCALL: u64 = 219;
+
+/// pretcode (8), ucontext (flags 8, link 8, stack 24, sigcontext 256, sigmask 8), siginfo
+/// (128); then the XSAVE area, 64-byte aligned, and magic2.
+const FP_OFF: usize = (8 + 8 + 8 + 24 + 256 + 8 + 128usize).next_multiple_of(64);
+
+/// The length of the frame of a thread whose XSAVE area is `xstate_len` bytes.
+pub fn frame_len(xstate_len: usize) -> u64 {
+    (FP_OFF + xstate_len + 4) as u64
+}
 
 /// A frame to write at `at` (the address where the `rt_sigframe` starts, 16-byte aligned)
 /// and the registers of the parked thread. `None` when the XSAVE area has no layout the
@@ -50,6 +162,7 @@ pub fn frame(
     xstate: &[u8],
     at: u64,
     syscall_ip: u64,
+    pretcode: u64,
 ) -> Option<(Vec<u8>, UserRegs)> {
     // PTRACE_GETREGSET puts the enabled features (XCR0) in the first software-reserved
     // bytes of the legacy area (offset 464); a signal frame has its own description there
@@ -59,19 +172,17 @@ pub fn frame(
         return None;
     }
     let xfeatures = u64::from_le_bytes(xstate.get(464..472)?.try_into().ok()?);
-    // pretcode (8), ucontext (flags 8, link 8, stack 24, sigcontext 256, sigmask 8), siginfo
-    // (128); then the XSAVE area, 64-byte aligned, and magic2.
     const UC: usize = 8;
     const MCONTEXT: usize = UC + 8 + 8 + 24;
     const SIGMASK: usize = MCONTEXT + 256;
-    const HEADER: usize = SIGMASK + 8 + 128;
-    let fp_off = HEADER.next_multiple_of(64);
-    let len = fp_off + xstate_size + 4;
+    let fp_off = FP_OFF;
+    let len = frame_len(xstate_size) as usize;
     if len as u64 > FRAME_ROOM || at & 63 != 0 {
         return None;
     }
     let mut f = vec![0u8; len];
     let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, pretcode);
     put(UC, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
     // uc_stack: an invalid mode, which rt_sigreturn's sigaltstack refuses (and ignores),
     // so the thread's alternate stack stays as it is.
@@ -123,6 +234,59 @@ pub fn frame(
     Some((f, parked))
 }
 
+/// The clean-up frame, to write [`CLEANUP_ROOM`] below the thread's frame at `frame`: `rt_sigreturn` through it resumes the thread at `gadgets.syscall_ret` with the
+/// registers of `munmap(addr, len)` and its stack pointer on the thread's frame, whose
+/// `pretcode` is the restorer; every signal blocked meanwhile, the FPU state left to the
+/// thread's frame (none here). `saved` gives the segment registers and flags.
+pub fn cleanup_frame(
+    saved: &UserRegs,
+    frame: u64,
+    gadgets: Gadgets,
+    (addr, len): (u64, u64),
+) -> Vec<u8> {
+    const UC: usize = 8;
+    const MCONTEXT: usize = UC + 8 + 8 + 24;
+    const SIGMASK: usize = MCONTEXT + 256;
+    const LEN: usize = SIGMASK + 8 + 128;
+    let mut f = vec![0u8; LEN];
+    let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, gadgets.restorer);
+    put(UC, UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    put(UC + 16 + 8, 3);
+    let r = saved;
+    // r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags.
+    let sc = [
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        addr,
+        len,
+        0,
+        0,
+        0,
+        MUNMAP,
+        0,
+        frame,
+        gadgets.syscall_ret,
+        r.eflags & !TRAP_FLAG,
+    ];
+    for (i, v) in sc.iter().enumerate() {
+        put(MCONTEXT + i * 8, *v);
+    }
+    let segs =
+        (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
+    put(MCONTEXT + 18 * 8, segs);
+    // fpstate NULL: the FPU state is reset, then the thread's frame restores it.
+    put(SIGMASK, u64::MAX);
+    debug_assert!(LEN as u64 <= CLEANUP_ROOM);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,17 +298,32 @@ mod tests {
     }
 
     #[test]
+    fn gadgets_are_found_by_their_bytes() {
+        let mut code = vec![0x90u8; 64];
+        code[10..13].copy_from_slice(&SYSCALL_RET);
+        code[30..39].copy_from_slice(RESTORERS[0]);
+        assert_eq!(scan(&code), (Some(10), Some(30)));
+        // `syscall` not followed by `ret`, and a restorer cut at the start: none.
+        assert_eq!(scan(&code[..12]), (None, None));
+        assert_eq!(scan(&code[31..]), (None, None));
+        code[50..57].copy_from_slice(RESTORERS[1]);
+        assert_eq!(scan(&code[31..]), (None, Some(50 - 31)));
+    }
+
+    #[test]
     fn the_frame_holds_the_registers_mask_and_restart() {
         let mut r = crate::task::thread::user_from_regs(&Default::default());
         r.rip = 0x1002;
         r.orig_rax = 35; // nanosleep, interrupted
         r.rax = (-ERESTART_RESTARTBLOCK) as u64;
         r.rsp = 0x7000;
-        let (f, parked) = frame(&r, 0x8000, &xstate(832), 0x10000, 0x5000).expect("a frame");
+        let (f, parked) =
+            frame(&r, 0x8000, &xstate(832), 0x10000, 0x5000, 0x4242).expect("a frame");
         assert_eq!(parked.rip, 0x5000);
         assert_eq!(parked.rax, RT_SIGRETURN);
         assert_eq!(parked.rsp, 0x10008);
         let at = |off: usize| u64::from_le_bytes(f[off..off + 8].try_into().expect("8 bytes"));
+        assert_eq!(at(0), 0x4242, "pretcode");
         assert_eq!(at(48 + 13 * 8), NR_RESTART_SYSCALL, "rax");
         assert_eq!(at(48 + 16 * 8), 0x1000, "rip back on the syscall");
         assert_eq!(at(48 + 15 * 8), 0x7000, "rsp");
@@ -163,8 +342,11 @@ mod tests {
         assert_eq!(f[sw + 8], 0xe7, "features");
         assert_eq!(f[sw + 16..sw + 20], 832u32.to_le_bytes(), "xstate size");
         // Too small.
-        assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000).is_none());
+        assert!(frame(&r, 0, &[0u8; 512], 0x10000, 0x5000, 0).is_none());
         // Too big.
-        assert!(frame(&r, 0, &xstate(9000), 0x10000, 0x5000).is_none());
+        assert!(frame(&r, 0, &xstate(70_000), 0x10000, 0x5000, 0).is_none());
+        // An XSAVE area with AMX tiles (11008 bytes) fits.
+        let (f, _) = frame(&r, 0, &xstate(11008), 0x10000, 0x5000, 0).expect("an AMX frame");
+        assert_eq!(f.len() as u64, frame_len(11008));
     }
 }

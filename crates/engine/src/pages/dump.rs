@@ -104,11 +104,20 @@ pub fn copy_pages(source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Resul
 }
 
 /// Whether a page holds only zeros.
+///
+/// A page with data nearly always has some in its first bytes: those are looked at first,
+/// then the rest in blocks of 256 bytes (each one OR-reduced, which vectorizes), stopping at
+/// the first block with a non-zero byte. (Reducing the whole page took 14 % of a 1 GiB dump.)
 pub fn is_zero_page(p: &[u8]) -> bool {
-    // A plain OR of the bytes: the compiler makes it 16 bytes at a time (about 35 µs per MiB
-    // here; gathering u64 words from 8 bytes each did not vectorize: 350 µs per MiB, a third
-    // of the fixed cost of dumping 1 MiB).
-    p.iter().fold(0u8, |acc, &b| acc | b) == 0
+    let (head, rest) = p.split_at(p.len().min(64));
+    all_zero(head) && rest.chunks(256).all(all_zero)
+}
+
+/// Whether `b` holds only zeros (all of it read: for short blocks). A plain OR of the bytes,
+/// which the compiler makes 16 bytes at a time (about 35 µs per MiB here; gathering u64
+/// words from 8 bytes each did not vectorize: 350 µs per MiB).
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |acc, &x| acc | x) == 0
 }
 
 /// The maximal stretches `first..end` (page indices) of pages of `data` that are not all zero.
@@ -157,6 +166,21 @@ mod tests {
     use super::*;
 
     const PG: usize = PAGE_SIZE as usize;
+
+    #[test]
+    fn zero_pages_are_found_wherever_their_one_byte_is() {
+        let mut page = vec![0u8; PG];
+        assert!(is_zero_page(&page));
+        for at in [0, 7, 63, 64, 65, 255, 319, 320, 2048, PG - 9, PG - 1] {
+            page[at] = 1;
+            assert!(!is_zero_page(&page), "byte {at}");
+            page[at] = 0;
+        }
+        // Not a multiple of the blocks or of 8 bytes.
+        assert!(is_zero_page(&page[..1001]));
+        assert!(!is_zero_page(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 3]));
+        assert!(is_zero_page(&[]));
+    }
 
     /// `pattern` has one character per page: '0' a zero page, anything else a page of it.
     fn pages(pattern: &str) -> Vec<u8> {

@@ -34,7 +34,7 @@
 use super::dump::{copy_pages, NonZeroRuns};
 use super::sink::{PageSink, Payload, RawSink};
 use super::source::{
-    next_stretch, read_pagemap, wanted, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES,
+    next_stretch, read_pagemap, wanted, PagemapSource, MAX_RUN_BYTES, MAX_RUN_PAGES, PM_PRESENT,
 };
 use super::vma::is_special;
 use crate::inject::Injector;
@@ -127,24 +127,35 @@ impl Tracked {
         let mut inj = Injector::new(leader, syscall_ip)?;
         let created = (|| {
             // A dumper that dies from here leaves the thread as it was (also blocks signals).
-            inj.park(mask)?;
+            if !inj.park(mask)? {
+                tracing::debug!("pid {pid}: its leader cannot be parked: no pre-copy");
+                return Ok(None);
+            }
+            inj.map_scratch(None)?;
+            // The userfaultfd is created and closed again by one stub, which the dumper
+            // stops between the two calls to take it: none of ours can stay in the process.
             let flags = wp::UFFD_USER_MODE_ONLY | libc::O_CLOEXEC as u32;
-            let fd = match inj.try_call(
-                "userfaultfd",
-                libc::SYS_userfaultfd,
-                [flags.into(), 0, 0, 0, 0, 0],
-            )? {
-                Ok(fd) => fd as i32,
-                Err(errno) => {
-                    tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
-                    return Ok(None);
+            let taken = inj.userfaultfd_taken(flags, |fd| {
+                process::pidfd_getfd(pidfd.as_fd(), fd)
+                    .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e))
+            })?;
+            match taken {
+                None => {
+                    tracing::debug!("pid {pid}: no code page in it: no pre-copy");
+                    Ok(None)
                 }
-            };
-            let taken = process::pidfd_getfd(pidfd.as_fd(), fd)
-                .map_err(|e| Error::sys("pidfd_getfd of the userfaultfd", pid, e));
-            // Nothing of ours may stay in the process.
-            inj.call_cleanup("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-            taken.map(Some)
+                Some(crate::inject::batch::UffdTaken {
+                    created: Err(errno),
+                    ..
+                }) => {
+                    tracing::debug!("pid {pid}: no userfaultfd ({errno:?}): no pre-copy");
+                    Ok(None)
+                }
+                Some(crate::inject::batch::UffdTaken {
+                    taken: Some(taken), ..
+                }) => taken.map(Some),
+                Some(_) => Ok(None),
+            }
         })();
         let finished = inj.finish_parked();
         let restored_mask = ptrace::set_sigmask(leader, mask)
@@ -273,7 +284,7 @@ impl Tracked {
         };
         const BLOCK: u64 = 2 << 20;
         const _: () = assert!(BLOCK / PAGE_SIZE <= MAX_RUN_PAGES);
-        let mut raw = Vec::new();
+        let (mut raw, mut after) = (Vec::new(), Vec::new());
         let mut batch = start;
         while batch < end {
             let block_end = ((batch / BLOCK) + 1) * BLOCK;
@@ -283,12 +294,30 @@ impl Tracked {
                 let len = npages as u64 * PAGE_SIZE;
                 wp::uffd_writeprotect(self.uffd.as_fd(), batch, len, true)
                     .map_err(|e| Error::sys("UFFDIO_WRITEPROTECT", self.pid, e))?;
+                // A page written for the first time between the read and the protection is
+                // protected now (never reported written): read the entries again and take
+                // the pages that became present. (Not all of the second read: the markers
+                // the protection put into empty entries read as swapped pages.)
+                read_pagemap(&self.pagemap, self.pid, batch, npages, &mut raw, &mut after)?;
+                for (e, &a) in entries.iter_mut().zip(after.iter()) {
+                    if !wanted(*e, file_backed) && a & PM_PRESENT != 0 && wanted(a, file_backed) {
+                        *e = a;
+                    }
+                }
             }
             let mut at = 0;
             while let Some((a, b)) = next_stretch(entries, at, file_backed) {
                 at = b;
                 let addr = batch + a as u64 * PAGE_SIZE;
-                self.copy(i, addr, (b - a) as u64, out, buf, stats)?;
+                self.copy(
+                    i,
+                    addr,
+                    (b - a) as u64,
+                    Some(&entries[a..b]),
+                    out,
+                    buf,
+                    stats,
+                )?;
             }
             batch += npages as u64 * PAGE_SIZE;
         }
@@ -334,7 +363,7 @@ impl Tracked {
             let stop = reg.end.min(end);
             while addr < stop {
                 let n = ((stop - addr) / PAGE_SIZE).min(MAX_RUN_PAGES);
-                self.copy(i, addr, n, out, buf, stats)?;
+                self.copy(i, addr, n, None, out, buf, stats)?;
                 addr += n * PAGE_SIZE;
             }
         }
@@ -375,31 +404,17 @@ impl Tracked {
         Ok(Some(marked))
     }
 
-    /// Whether any of the `npages` pages at `addr` is present and mapped by another process
-    /// too (pagemap: not exclusively mapped).
-    fn any_shared(&self, addr: u64, npages: u64) -> Result<bool, Error> {
-        let (mut raw, mut entries) = (Vec::new(), Vec::new());
-        read_pagemap(
-            &self.pagemap,
-            self.pid,
-            addr,
-            npages as usize,
-            &mut raw,
-            &mut entries,
-        )?;
-        Ok(entries.iter().any(|&e| {
-            e & super::source::PM_PRESENT != 0 && e & super::source::PM_MMAP_EXCLUSIVE == 0
-        }))
-    }
-
     /// Reads `npages` pages at `addr` of range `i` and stores them: the all-zero ones lose
     /// their copy, the others are appended (one write per stretch, at most 2 MiB) and their
-    /// slots point there.
+    /// slots point there. `known`: the pages' pagemap entries when the caller has just read
+    /// them (else they are read here, when needed).
+    #[allow(clippy::too_many_arguments)]
     fn copy(
         &mut self,
         i: usize,
         addr: u64,
         npages: u64,
+        known: Option<&[u64]>,
         out: &mut dyn Payload,
         buf: &mut [u8],
         stats: &mut PassStats,
@@ -407,10 +422,30 @@ impl Tracked {
         let len = (npages * PAGE_SIZE) as usize;
         let data = &mut buf[..len];
         let pid = self.pid;
+        let (readable, file_backed) = (self.ranges[i].readable, self.ranges[i].file_backed);
+        let (mut raw, mut read) = (Vec::new(), Vec::new());
+        let entries: &[u64] = match known {
+            Some(e) => e,
+            None if readable || file_backed => {
+                read_pagemap(
+                    &self.pagemap,
+                    pid,
+                    addr,
+                    npages as usize,
+                    &mut raw,
+                    &mut read,
+                )?;
+                &read
+            }
+            None => &[],
+        };
         // Pages shared with another process (copy-on-write after a fork) are read through
         // /proc/PID/mem: process_vm_readv pins them, which unshares them in the process that
         // runs on (see `super::source::PagemapSource`).
-        if self.ranges[i].readable && !self.any_shared(addr, npages)? {
+        let shared = entries
+            .iter()
+            .any(|&e| e & PM_PRESENT != 0 && e & super::source::PM_MMAP_EXCLUSIVE == 0);
+        if readable && !shared {
             proc_mem::read_exact(pid, addr, data)
                 .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
         } else {
@@ -427,16 +462,7 @@ impl Tracked {
         for (first, end) in NonZeroRuns::new(data) {
             keep[first..end].fill(true);
         }
-        if self.ranges[i].file_backed {
-            let (mut raw, mut entries) = (Vec::new(), Vec::new());
-            read_pagemap(
-                &self.pagemap,
-                pid,
-                addr,
-                npages as usize,
-                &mut raw,
-                &mut entries,
-            )?;
+        if file_backed {
             for (k, &e) in entries.iter().enumerate() {
                 keep[k] &= wanted(e, true);
             }
@@ -572,7 +598,7 @@ impl Tracked {
             let stop = reg.end.min(v.end);
             while addr < stop {
                 let n = ((stop - addr) / PAGE_SIZE).min(MAX_RUN_PAGES);
-                self.copy(i, addr, n, out, buf, stats)?;
+                self.copy(i, addr, n, None, out, buf, stats)?;
                 addr += n * PAGE_SIZE;
             }
         }

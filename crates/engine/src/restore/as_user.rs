@@ -604,10 +604,15 @@ fn restore_in_restorer(
     opts.requester = Some(who.requester());
     opts.root_as_sibling = true;
     let me = process::getpid();
+    // Our children before the restorer: any other one it leaves (the root it forks as our
+    // child) is killed if it fails.
+    let before = procfs::children(me).unwrap_or_default();
     let (read, write) = process::pipe().map_err(|e| Error::io("pipe", e))?;
     match process::fork().map_err(|e| Error::sys("fork a restorer", me, e))? {
         Forked::Child(child) => {
             drop(read);
+            // Test builds: the restore's fault points are this process's.
+            crate::fault::adopt();
             // The daemon's stdin (a terminal, when started from one) is nothing the
             // requester's restore needs.
             let quiet = std::fs::File::open("/dev/null")
@@ -631,16 +636,19 @@ fn restore_in_restorer(
             let mut line = serde_json::to_string(&report).unwrap_or_default();
             line.push('\n');
             let _ = File::from(write).write_all(line.as_bytes());
+            crate::fault::flush();
             process::exit_now(if ok { 0 } else { 1 });
         }
         Forked::Parent(restorer) => {
             drop(write);
-            let mut line = String::new();
-            // One line; the restore children close their copy of the pipe at once.
-            let read = BufReader::new(File::from(read).take(1 << 16)).read_line(&mut line);
+            let (line, read) = read_report(read, restorer);
             let status = ptrace::waitpid(restorer, 0);
             let report = serde_json::from_str::<Report>(line.trim());
             if !matches!(report, Ok(Report::Restored { .. })) {
+                // A restorer killed after it forked the root (our child) could not kill it:
+                // it would wait for the restorer forever, holding its pid (found by fault
+                // injection through stasisd).
+                kill_new_children(me, &before, restorer);
                 reap_failed_root();
             }
             match (read, report) {
@@ -806,6 +814,78 @@ pub fn classify_writers(label: &Path, entries: &[ImageEntry]) -> ImagesWriters {
                     .join(", ")
             ),
         },
+    }
+}
+
+/// The restorer's report: one line on `read`, read until its end, the end of the pipe, or the
+/// restorer's exit (a restorer killed before its report leaves the pipe open in the root it
+/// forked, whose copy never closes).
+fn read_report(read: OwnedFd, restorer: Pid) -> (String, std::io::Result<usize>) {
+    let pidfd = match process::pidfd_open(restorer) {
+        Ok(fd) => fd,
+        Err(_) => {
+            let mut line = String::new();
+            let r = BufReader::new(File::from(read).take(1 << 16)).read_line(&mut line);
+            return (line, r);
+        }
+    };
+    let mut bytes = Vec::new();
+    let mut file = File::from(read);
+    let mut buf = [0u8; 4096];
+    let mut ended = false;
+    loop {
+        let ready = match process::poll_readable(&[file.as_fd(), pidfd.as_fd()], -1) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (String::from_utf8_lossy(&bytes).into_owned(), Err(e)),
+        };
+        if ready.first().copied().unwrap_or(false) {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return (String::from_utf8_lossy(&bytes).into_owned(), Err(e)),
+            }
+            if bytes.contains(&b'\n') || bytes.len() >= 1 << 16 {
+                break;
+            }
+        } else if ended {
+            break;
+        }
+        if ready.get(1).copied().unwrap_or(false) {
+            // Gone: what it wrote is in the pipe already; one more look without waiting.
+            if ended {
+                break;
+            }
+            ended = true;
+            if !process::poll_readable(&[file.as_fd()], 0)
+                .map(|r| r.first().copied().unwrap_or(false))
+                .unwrap_or(false)
+            {
+                break;
+            }
+        }
+    }
+    let n = bytes.len();
+    let line = String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (line, Ok(n))
+}
+
+/// Kills (by pidfd) the children of `me` that are not in `before` and are not `restorer`:
+/// what a failed restorer left of the tree (the root it forked as our child).
+fn kill_new_children(me: Pid, before: &[Pid], restorer: Pid) {
+    for pid in procfs::children(me).unwrap_or_default() {
+        if pid == restorer || before.contains(&pid) {
+            continue;
+        }
+        if let Ok(fd) = process::pidfd_open(pid) {
+            tracing::debug!("killing pid {pid}, left by the failed restorer {restorer}");
+            let _ = process::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        }
     }
 }
 

@@ -161,8 +161,10 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
     let root = plan.loaded.inventory.root_pid;
     crate::fault::point("clone3(set_tid) of the root")?;
     // The root's parent-to-be, known to the child (a copy of this memory) before the fork.
+    // (A failed read is that error: read as 0, it sent the root away and the restore failed
+    // naming another process; found by fault injection through stasisd.)
     let forker = if plan.root_as_sibling {
-        procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid)
+        procfs::read_stat(process::getpid())?.ppid
     } else {
         process::getpid()
     };
@@ -186,8 +188,7 @@ pub(crate) fn fork_root(plan: &Plan<'_>, created: &mut Created) -> Result<(), Er
             if !plan.root_as_sibling {
                 return created.pin_own_child(root);
             }
-            let parent = procfs::read_stat(process::getpid()).map_or(0, |s| s.ppid);
-            created.adopt(root, parent)
+            created.adopt(root, forker)
         }
     }
 }
