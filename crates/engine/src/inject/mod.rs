@@ -836,7 +836,7 @@ impl Drop for Injector {
 }
 
 /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
-const PTRACE_EVENT_STOP: i32 = 128;
+pub(crate) const PTRACE_EVENT_STOP: i32 = 128;
 
 /// An address where `len` bytes are free in process `pid` (whose threads are all stopped):
 /// right below the lowest mapping of the area where the kernel puts mappings top-down (the
