@@ -187,6 +187,10 @@ enum Command {
         /// Small sizes and one run: seconds (to check that the benchmark works, not speed).
         #[arg(long)]
         quick: bool,
+        /// Only the fixed cost (a 1 MiB process dumped and restored, by the command and by
+        /// the engine): seconds; with --runs 25 for figures to compare.
+        #[arg(long)]
+        fixed: bool,
     },
     /// The tree the benchmark freezes (internal).
     #[command(hide = true)]
@@ -330,6 +334,7 @@ fn main() -> ExitCode {
             tree_threads,
             runs,
             quick,
+            fixed,
         } => {
             let mut opts = if quick {
                 bench::BenchOptions::quick()
@@ -344,6 +349,11 @@ fn main() -> ExitCode {
                 tree.1 = tree_threads.unwrap_or(tree.1);
             }
             opts.runs = runs.unwrap_or(opts.runs);
+            if fixed {
+                opts.sizes_mib.clear();
+                opts.threaded = None;
+                opts.tree = None;
+            }
             ("bench", bench::run(&opts))
         }
         Command::BenchTreeWorkload {

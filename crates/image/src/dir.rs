@@ -351,19 +351,29 @@ impl ImageDir {
         f.sync_all().map_err(self.io(name))
     }
 
-    /// Makes the files `names` durable: fsyncs them side by side, a few threads at a time,
-    /// so that the filesystem can commit them together instead of one journal commit after
-    /// the other. The first failure is returned (naming its file) once every fsync has ended.
+    /// Makes the files `names` durable. The writeback of every file is started first (most
+    /// were started as they were finished: `start_writeback`), so that the filesystem
+    /// writes them together and commits their metadata in one journal commit, which the
+    /// first fsync waits for and the next ones find done. A few files are then fsynced one
+    /// after the other (a thread each would cost more than it saves: about 100 µs per thread
+    /// against nothing on a filesystem without a journal, tmpfs); many, side by side, a few
+    /// threads at a time. The first failure is returned, naming its file.
     pub fn sync_files(&self, names: &[String]) -> Result<(), ImageError> {
         /// At most this many fsyncs at once.
         const AT_ONCE: usize = 8;
-        if names.len() <= 1 {
-            return names.iter().try_for_each(|n| self.sync_file(n));
-        }
         let files = names
             .iter()
             .map(|n| Ok((n, self.open_regular(n)?.0)))
             .collect::<Result<Vec<_>, ImageError>>()?;
+        for (_, f) in &files {
+            start_writeback(f);
+        }
+        if files.len() <= AT_ONCE {
+            for (n, f) in &files {
+                f.sync_all().map_err(self.io(n))?;
+            }
+            return Ok(());
+        }
         for group in files.chunks(AT_ONCE) {
             let results: Vec<(&String, std::io::Result<()>)> = std::thread::scope(|s| {
                 let running: Vec<_> = group
@@ -428,6 +438,13 @@ fn non_regular(md: &std::fs::Metadata) -> Option<&'static str> {
     } else {
         "an object of unknown type"
     })
+}
+
+/// Starts writing `file`'s dirty pages to its disk without waiting for them (see
+/// [`ImageDir::sync_files`]), so that its fsync, later, finds them written or on their way.
+/// Best effort: a filesystem that cannot is synced by the fsync alone.
+pub(crate) fn start_writeback(file: &File) {
+    let _ = stasis_sys::fs::start_writeback(file.as_fd(), 0, 0);
 }
 
 #[cfg(test)]

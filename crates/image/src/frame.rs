@@ -409,9 +409,15 @@ fn write_bytes_replacing(
         source,
     };
     let mut f = dir.create_file(&tmp)?;
-    let written = f
-        .write_all(bytes)
-        .and_then(|_| if sync { f.sync_all() } else { Ok(()) });
+    let written = f.write_all(bytes).and_then(|_| {
+        if sync {
+            f.sync_all()
+        } else {
+            // Synced later with the others (`ImageDir::sync_files`): the disk can start now.
+            crate::dir::start_writeback(&f);
+            Ok(())
+        }
+    });
     if let Err(e) = written {
         let _ = dir.remove(&tmp);
         return Err(io(e));

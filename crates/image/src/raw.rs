@@ -121,6 +121,8 @@ impl RawWriter {
             payload_crc: 0,
         };
         file.write_all_at(&header.encode(), 0).map_err(io)?;
+        // The fsync comes later (before the inventory): the disk can start now.
+        crate::dir::start_writeback(&file);
         if let Some(seal) = self.seal {
             // The header block as written: the header, then the zeros of the padding.
             let mut block = vec![0u8; RAW_DATA_OFFSET as usize];

@@ -20,6 +20,7 @@
 #![allow(unsafe_code)]
 
 pub mod anon_files;
+pub mod buffer;
 pub mod fs;
 pub mod inet;
 pub mod kabi;

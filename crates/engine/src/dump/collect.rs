@@ -48,8 +48,9 @@ pub(crate) fn collect_tree(
             &own_pidfd
         };
         let _process = tracing::info_span!("process", pid = frozen.pid).entered();
-        let mut c = collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
-        syscall_ips.push((frozen.pid, inject::syscall_ip(frozen.pid, vdso_offset)?));
+        let (mut c, syscall_ip) =
+            collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
+        syscall_ips.push((frozen.pid, syscall_ip));
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
         collected.push(c);
@@ -108,7 +109,8 @@ fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
     Ok(out)
 }
 
-/// Collects one frozen process: everything but its page contents.
+/// Collects one frozen process: everything but its page contents. Also returns the address
+/// of the `syscall` instruction used to run calls in it.
 fn collect(
     frozen: &Frozen,
     pidfd: &OwnedFd,
@@ -116,7 +118,7 @@ fn collect(
     service: Option<&ServiceConnection>,
     registry: &mut files::FileRegistry,
     parents: &[(Pid, u64)],
-) -> Result<Collected, Error> {
+) -> Result<(Collected, u64), Error> {
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
     let status = procfs::read_status(pid)?;
@@ -134,8 +136,12 @@ fn collect(
             ),
         });
     }
-    // The vdso's syscall instruction, or another when the process unmapped its vdso.
-    let syscall_ip = inject::syscall_ip(pid, vdso_offset)?;
+    // The vdso's syscall instruction (the mappings were just read), or another when the
+    // process unmapped its vdso.
+    let syscall_ip = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
+        Some(v) => v.start + vdso_offset,
+        None => inject::syscall_ip(pid, vdso_offset)?,
+    };
     let leader = frozen.threads[0];
     let mask =
         ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
@@ -147,6 +153,8 @@ fn collect(
         inj.park(mask)?;
         inj.guard()?;
         let scratch = inj.map_scratch(None)?;
+        // What the getters below ask the leader, in one resume instead of one each.
+        inj.prefetch(&inject::calls::dump_queries(&prctl::SPEC_WHICH))?;
         let mlock_future = pages::dump_future_lock(pid, scratch)?;
         let mm = mm::dump(pid, &stat, &mut inj)?;
         let mut t = thread::dump(pid, leader, &mut inj)?;
@@ -230,10 +238,13 @@ fn collect(
         posix_locks: dumped_files.posix_locks,
         seccomp,
     };
-    Ok(Collected {
-        image,
-        blobs: dumped_files.blobs,
-    })
+    Ok((
+        Collected {
+            image,
+            blobs: dumped_files.blobs,
+        },
+        syscall_ip,
+    ))
 }
 
 /// Collects a non-leader thread, running its per-thread queries inside it with the scratch area

@@ -399,6 +399,8 @@ pub struct Probe<'a> {
     cloexec: bool,
     /// Our duplicate of the fd and its metadata.
     dup: Option<(File, Metadata)>,
+    /// The text of its fdinfo, read once (the process is frozen: it does not change).
+    fdinfo: Option<String>,
 }
 
 impl<'a> Probe<'a> {
@@ -410,7 +412,9 @@ impl<'a> Probe<'a> {
         service: Option<&'a ServiceConnection>,
     ) -> Result<Probe<'a>, Error> {
         let link = procfs::link(pid, &format!("fd/{fd}"))?;
-        let info = procfs::read_fdinfo(pid, fd)?;
+        let path = std::path::PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}"));
+        let text = procfs::read_string(&path)?;
+        let info = procfs::parse_fdinfo(&text, &path)?;
         let mut probe = Probe {
             pid,
             fd,
@@ -422,6 +426,7 @@ impl<'a> Probe<'a> {
             socket: None,
             cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
             dup: None,
+            fdinfo: Some(text),
             link,
         };
         let dup = process::pidfd_getfd(pidfd.as_fd(), fd)
@@ -492,7 +497,10 @@ impl<'a> Probe<'a> {
 
     /// The text of /proc/PID/fdinfo/FD (each kind parses the fields it adds).
     pub fn fdinfo(&self) -> Result<String, Error> {
-        fdinfo_text(self.pid, self.fd)
+        match &self.fdinfo {
+            Some(text) => Ok(text.clone()),
+            None => fdinfo_text(self.pid, self.fd),
+        }
     }
 
     /// The refusal of this fd: "fd N of pid P is WHAT (LINK)".
@@ -1784,6 +1792,7 @@ mod tests {
             socket: None,
             cloexec: false,
             dup: None,
+            fdinfo: None,
         }
     }
 

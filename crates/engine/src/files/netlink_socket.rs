@@ -367,6 +367,7 @@ mod tests {
             socket: Some(stasis_sys::socket::socket_kind(s.as_fd()).unwrap()),
             cloexec: false,
             dup: Some((file, md)),
+            fdinfo: None,
         }
     }
 

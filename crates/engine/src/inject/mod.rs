@@ -28,6 +28,7 @@ pub mod batch;
 pub mod calls;
 mod errno;
 pub mod park;
+pub mod prefetch;
 pub mod scratch;
 
 pub use calls::Errno;
@@ -63,6 +64,8 @@ pub struct Injector {
     /// When parked with a code page: the `syscall` of the guarded stub, which calls are run
     /// from (and which returns through the frame if the thread runs on without us).
     guarded: Option<u64>,
+    /// Answers asked ahead in one batch ([`prefetch`]), each handed out once.
+    answers: Vec<prefetch::Answer>,
     /// The process's own code a parked thread returns through ([`park::Gadgets`]), once
     /// looked for (`Some(None)`: it has none).
     gadgets: Option<Option<park::Gadgets>>,
@@ -150,6 +153,7 @@ impl Injector {
             parked: None,
             park_mask: None,
             guarded: None,
+            answers: Vec::new(),
             gadgets: None,
             frame_at: None,
             area: None,
@@ -832,7 +836,7 @@ impl Drop for Injector {
 }
 
 /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT produces.
-const PTRACE_EVENT_STOP: i32 = 128;
+pub(crate) const PTRACE_EVENT_STOP: i32 = 128;
 
 /// An address where `len` bytes are free in process `pid` (whose threads are all stopped):
 /// right below the lowest mapping of the area where the kernel puts mappings top-down (the
@@ -887,8 +891,19 @@ pub fn syscall_ip(pid: Pid, vdso_offset: u64) -> Result<u64, Error> {
 }
 
 /// Finds the offset of a `syscall` instruction (0f 05) inside the vdso. The vdso image is the
-/// same in every process on this kernel, so our own copy is searched once.
+/// same in every process on this kernel, so our own copy is searched, once per process (a
+/// daemon or a benchmark that dumps many times asks the kernel once: the answer cannot change
+/// while the kernel runs).
 pub fn vdso_syscall_offset() -> Result<u64, Error> {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(&o) = OFFSET.get() {
+        return Ok(o);
+    }
+    let o = find_vdso_syscall_offset()?;
+    Ok(*OFFSET.get_or_init(|| o))
+}
+
+fn find_vdso_syscall_offset() -> Result<u64, Error> {
     let me = stasis_sys::process::getpid();
     // maps, not smaps: the same lines without the page counts the kernel would walk our
     // whole memory for.

@@ -19,6 +19,7 @@ use super::compress::RunDecoder;
 use crate::chain::ChainPages;
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
+use stasis_sys::buffer::PageBuffer;
 use stasis_sys::{proc_mem, Pid};
 
 /// Gives a restored process the contents of its pages.
@@ -88,7 +89,8 @@ const FILL_CHUNK: u64 = 2 << 20;
 /// Writes every run into the target before it runs.
 pub struct EagerFill<'a, R: RunReader + ?Sized> {
     pages: &'a R,
-    buf: Vec<u8>,
+    /// Made at the first raw run (a huge page: see [`PageBuffer`]).
+    buf: Option<PageBuffer>,
     /// For compressed runs (made at the first one).
     decoder: Option<RunDecoder>,
 }
@@ -97,7 +99,7 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
     pub fn new(pages: &'a R) -> Self {
         EagerFill {
             pages,
-            buf: Vec::new(),
+            buf: None,
             decoder: None,
         }
     }
@@ -142,10 +144,15 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
             rest = &rest[1..];
         }
         let bytes: u64 = raw.iter().map(|r| r.npages.saturating_mul(PAGE_SIZE)).sum();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_FILL_THREADS);
-        if bytes < PARALLEL_MIN || threads < 2 {
+        // (available_parallelism reads cgroup files: only asked for a fill that may use it.)
+        let threads = if bytes < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_FILL_THREADS)
+        };
+        if threads < 2 {
             for r in raw {
                 fill_raw(self.pages, target, r, &mut self.buf)?;
             }
@@ -171,7 +178,7 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 .into_iter()
                 .map(|group| {
                     scope.spawn(move || {
-                        let mut buf = Vec::new();
+                        let mut buf = None;
                         group
                             .into_iter()
                             .try_for_each(|r| fill_raw(pages, target, r, &mut buf))
@@ -200,7 +207,7 @@ fn fill_raw<R: RunReader + ?Sized>(
     pages: &R,
     target: Pid,
     r: &PageRun,
-    buf: &mut Vec<u8>,
+    buf: &mut Option<PageBuffer>,
 ) -> Result<(), Error> {
     if r.codec == stasis_image::RunCodec::Inherited {
         // Its pages come with the fork, from the parent (see `super::cow`).
@@ -215,10 +222,17 @@ fn fill_raw<R: RunReader + ?Sized>(
         .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
     let len = len as u64;
     let pages = reader_of(pages, r)?;
+    let buf = match buf {
+        Some(b) => b,
+        None => buf.insert(
+            PageBuffer::new(FILL_CHUNK as usize)
+                .map_err(|e| Error::io("mapping a buffer for pages", e))?,
+        ),
+    };
     let (mut done, mut crc) = (0u64, 0u32);
     while done < len {
         let n = (len - done).min(FILL_CHUNK) as usize;
-        buf.resize(n, 0);
+        let buf = &mut buf[..n];
         pages.read_bytes(r.offset + done, buf)?;
         crc = crc32c::crc32c_append(crc, buf);
         if done + n as u64 == len && crc != r.crc {

@@ -149,8 +149,10 @@ pub fn move_specials(
     vdso_offset: u64,
     scratch_len: u64,
 ) -> Result<Option<(u64, u64)>, Error> {
+    // maps, not smaps: the child is a copy of the restorer, whose whole memory smaps would
+    // walk, for lines that maps has too.
     let child: Vec<Special> = specials(
-        procfs::read_smaps(inj.tid())?
+        procfs::read_maps(inj.tid())?
             .into_iter()
             .map(|m| (m.start, m.end, m.name)),
     );
@@ -371,11 +373,46 @@ pub fn map_vmas(
     shmem: &ShmemOwners,
     in_place: &[u64],
 ) -> Result<(), Error> {
-    for call in plan_mappings(inj.tid(), vmas, runs, file_fds, shmem)? {
-        if in_place.contains(&call.start) {
-            // Prepared before the fork and moved here already (see `super::cow`).
-            continue;
+    let planned: Vec<_> = plan_mappings(inj.tid(), vmas, runs, file_fds, shmem)?
+        .into_iter()
+        // Those prepared before the fork are moved here already (see `super::cow`).
+        .filter(|call| !in_place.contains(&call.start))
+        .collect();
+    // Every mapping at its own address (MAP_FIXED_NOREPLACE): the order does not matter.
+    // Those from a descriptor of the restorer (or none) in batches...
+    let (by_fd, by_path): (Vec<_>, Vec<_>) = planned
+        .into_iter()
+        .partition(|call| !matches!(call.from, MapFrom::Shared { .. }));
+    let calls: Vec<(i64, [u64; 6])> = by_fd
+        .iter()
+        .map(|call| {
+            let fd = match &call.from {
+                MapFrom::Fd(fd) => *fd,
+                _ => -1,
+            };
+            let (prot, flags) = (call.prot as i32, call.flags);
+            let args = [
+                call.start,
+                call.len,
+                prot as u64,
+                flags as u64,
+                fd as u64,
+                call.offset,
+            ];
+            (libc::SYS_mmap, args)
+        })
+        .collect();
+    let got = inj.calls_in_order("mmap", &calls)?;
+    for (call, got) in by_fd.iter().zip(got) {
+        if got != call.start {
+            return Err(Error::Invalid(format!(
+                "mapping {:#x} landed at {got:#x}",
+                call.start
+            )));
         }
+    }
+    // ... those of a file the process opens itself, one by one.
+    for call in by_path {
         let mut opened_here = None;
         let fd = match &call.from {
             MapFrom::Anonymous => -1,
@@ -462,9 +499,11 @@ pub fn final_protections(vmas: &[Vma], runs: &[PageRun]) -> Vec<(u64, u64, u32)>
 
 /// Applies the final protections to the mappings that were made writable to be filled.
 pub fn finish_protections(inj: &mut Injector, vmas: &[Vma], runs: &[PageRun]) -> Result<(), Error> {
-    for (start, len, prot) in final_protections(vmas, runs) {
-        inj.mprotect(start, len, prot as i32)?;
-    }
+    let calls: Vec<(i64, [u64; 6])> = final_protections(vmas, runs)
+        .into_iter()
+        .map(|(start, len, prot)| (libc::SYS_mprotect, [start, len, prot as u64, 0, 0, 0]))
+        .collect();
+    inj.calls_in_order("mprotect", &calls)?;
     Ok(())
 }
 

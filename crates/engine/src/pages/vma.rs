@@ -76,7 +76,30 @@ pub fn collect_vmas_hinted(pid: Pid, hint: Option<&[procfs::MapEntry]>) -> Resul
         Some(h) if procfs::same_mappings(h, &procfs::read_maps(pid)?) => h.to_vec(),
         _ => procfs::read_smaps(pid)?,
     };
-    maps.iter().map(|m| classify(pid, m)).collect()
+    // A file mapped several times (a library's text, data and bss) is looked at once: the
+    // same name, device and inode in the list are the same mapped file, whose identity and
+    // size do not change while the process is frozen.
+    let mut files: Vec<(&MapEntry, VmaKind)> = Vec::new();
+    maps.iter()
+        .map(|m| {
+            if backing(m)? != Backing::File {
+                return classify(pid, m);
+            }
+            let same = |f: &&(&MapEntry, VmaKind)| {
+                (&f.0.name, f.0.dev_major, f.0.dev_minor, f.0.inode)
+                    == (&m.name, m.dev_major, m.dev_minor, m.inode)
+            };
+            let kind = match files.iter().find(same) {
+                Some((_, kind)) => kind.clone(),
+                None => {
+                    let kind = file_kind(pid, m)?;
+                    files.push((m, kind.clone()));
+                    kind
+                }
+            };
+            Ok(record(m, kind))
+        })
+        .collect()
 }
 
 /// What backs a mapping, as far as its smaps entry tells.

@@ -294,11 +294,13 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 thread::unregister_inherited_rseq(self.inj()?)?;
             }
             RebuildStep::MoveSpecials => {
+                // Room for the scratch area and the code page of batches (step
+                // `UnmapInherited`) before a temporary vdso.
                 self.temporary_specials = pages::move_specials(
                     self.inj()?,
                     &image.vmas,
                     vdso_offset,
-                    inject::SCRATCH_LEN,
+                    inject::SCRATCH_LEN + crate::PAGE_SIZE,
                 )?;
             }
             RebuildStep::UnmapInherited => {
@@ -308,8 +310,14 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 keep.extend(self.temporary_specials);
                 pages::unmap_all_but_specials(self.inj()?, &image.vmas, &keep)?;
                 self.inj()?.forget_scratch();
-                let scratch = pages::free_scratch_address(&image.vmas, inject::SCRATCH_LEN)?;
+                // The scratch area and, right after it, the page of code of batched calls
+                // (the mappings and protections below are made in batches).
+                let scratch = pages::free_scratch_address(
+                    &image.vmas,
+                    inject::SCRATCH_LEN + crate::PAGE_SIZE,
+                )?;
                 self.scratch = self.inj()?.map_scratch(Some(scratch))?;
+                self.inj()?.place_code_page(scratch + inject::SCRATCH_LEN);
             }
             RebuildStep::MapVmas => {
                 let file_fds: HashMap<usize, i32> = self

@@ -36,12 +36,15 @@ pub fn dump(status: &Status, inj: &mut Injector) -> Result<Creds, Error> {
     })
 }
 
-/// Highest capability number this kernel knows.
+/// Highest capability number this kernel knows (read once per process: it is the kernel's).
 fn last_cap() -> u64 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        crate::procfs::slurp_string(std::path::Path::new("/proc/sys/kernel/cap_last_cap"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
 /// Gives the thread `inj` runs in the dumped credentials, with no capability outside

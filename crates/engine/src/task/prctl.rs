@@ -38,7 +38,7 @@ const PR_SPEC_DISABLE: u32 = 4;
 const PR_SPEC_FORCE_DISABLE: u32 = 8;
 const PR_SPEC_DISABLE_NOEXEC: u32 = 16;
 /// PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_L1D_FLUSH.
-const SPEC_WHICH: [u32; 3] = [0, 1, 2];
+pub(crate) const SPEC_WHICH: [u32; 3] = [0, 1, 2];
 
 /// Whether the dumper itself holds CAP_SYS_RESOURCE (a restorer like it can set what needs it).
 fn own_cap_sys_resource() -> Result<bool, Error> {

@@ -59,7 +59,7 @@ const MODE_FILTER: u32 = 2;
 /// A thread's seccomp mode, from the `Seccomp:` line of its status file.
 fn thread_mode(pid: Pid, tid: Pid) -> Result<u32, Error> {
     let path = format!("/proc/{pid}/task/{tid}/status");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
+    let text = crate::procfs::slurp_string(std::path::Path::new(&path)).map_err(|e| Error::Io {
         what: format!("reading {path}"),
         source: e,
     })?;

@@ -56,12 +56,20 @@ pub fn dump(pid: Pid, inj: &mut Injector) -> Result<ProcessSignals, Error> {
     })
 }
 
-/// The disposition of every signal but SIGKILL and SIGSTOP: 62 rt_sigaction queries, in one
+/// The disposition of every signal but SIGKILL and SIGSTOP: 62 rt_sigaction queries, answered
+/// by the dump's prefetch when it ran, else in one
 /// batch when the process takes batches ([`Injector::batch`]), else one by one.
 fn query_actions(inj: &mut Injector) -> Result<Vec<(u32, KernelSigaction)>, Error> {
     let sigs: Vec<u32> = (1..=64u32)
         .filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
         .collect();
+    // Prefetched with the dump's other questions (`inject::prefetch`): answered from there.
+    if inj.has_answer(crate::inject::prefetch::Query::Sigaction(sigs[0])) {
+        return sigs
+            .iter()
+            .map(|&sig| Ok((sig, inj.rt_sigaction_get(sig)?)))
+            .collect();
+    }
     let size = std::mem::size_of::<KernelSigaction>() as u64;
     let mut f = inj.frame();
     let out = f.alloc_bytes(size * sigs.len() as u64)?;

@@ -54,7 +54,10 @@ pub fn is_stop_signal(sig: i32) -> bool {
 /// When seizing thread `tid` of `pid` was refused: the refusal naming its tracer, when another
 /// process traces it.
 pub fn traced_by_another(pid: Pid, tid: Pid) -> Option<Error> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let text = procfs::slurp_string(std::path::Path::new(&format!(
+        "/proc/{pid}/task/{tid}/status"
+    )))
+    .ok()?;
     let status = procfs::parse_status(&text, std::path::Path::new("status")).ok()?;
     if status.tracer_pid == 0 {
         return None;
