@@ -457,7 +457,7 @@ impl<'a> Server<'a> {
             if self.served[s].finished {
                 return Ok(());
             }
-            let events = match self.served[s].uffd.read_events() {
+            let mut events = match self.served[s].uffd.read_events() {
                 Ok(e) => e,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     self.served[s].finished = true;
@@ -472,33 +472,30 @@ impl<'a> Server<'a> {
             // the parent had then, so it gets the pages pending at the read (no copy into the
             // parent succeeds between the fork and the read, and a removal the batch reports
             // is carried out after the read, after the fork: it does not concern the child).
-            let (forks, events): (Vec<Event>, Vec<Event>) = events
-                .into_iter()
-                .partition(|e| matches!(e, Event::Fork { .. }));
-            for ev in forks {
-                if let Event::Fork { uffd } = ev {
-                    let child = Served {
-                        uffd: Userfaultfd::from_fd(uffd),
-                        image: self.served[s].image,
-                        pending: self.served[s].pending.clone(),
-                        finished: false,
-                        retry: Vec::new(),
-                    };
-                    tracing::debug!("lazy restore: a served process forked");
-                    self.served.push(child);
-                }
-            }
             // Then the layout changes, before any fault of the batch: the kernel hands out
             // waiting faults ahead of events, so a fault read with a removal may be older than
             // it, and the thread that dropped the memory zaps it once its message is read: a
             // page copied for that fault after the zap would bring the dropped data back.
-            let (faults, changes): (Vec<Event>, Vec<Event>) = events
-                .into_iter()
-                .partition(|e| matches!(e, Event::PageFault { .. }));
-            for ev in changes.into_iter().chain(faults) {
+            // (A stable sort: each kind keeps its order.)
+            events.sort_by_key(|e| match e {
+                Event::Fork { .. } => 0,
+                Event::PageFault { .. } => 2,
+                _ => 1,
+            });
+            for ev in events {
                 match ev {
+                    Event::Fork { uffd } => {
+                        let child = Served {
+                            uffd: Userfaultfd::from_fd(uffd),
+                            image: self.served[s].image,
+                            pending: self.served[s].pending.clone(),
+                            finished: false,
+                            retry: Vec::new(),
+                        };
+                        tracing::debug!("lazy restore: a served process forked");
+                        self.served.push(child);
+                    }
                     Event::PageFault { addr, .. } => self.fault(s, addr)?,
-                    Event::Fork { .. } => {}
                     Event::Remap { from, to, len } => {
                         let moved = self.served[s].take(from, from.saturating_add(len));
                         for (a, p) in moved {
