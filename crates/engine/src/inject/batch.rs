@@ -406,7 +406,7 @@ impl Injector {
 
     /// Resumes the thread to its next syscall stop, which must be at `ip` (right after the
     /// `syscall` instruction), and returns its registers there.
-    fn syscall_stop(&mut self, ip: u64) -> Result<stasis_sys::UserRegs, Error> {
+    pub(super) fn syscall_stop(&mut self, ip: u64) -> Result<stasis_sys::UserRegs, Error> {
         let tid = self.tid;
         for _ in 0..1000 {
             ptrace::syscall(tid).map_err(|e| Error::sys("PTRACE_SYSCALL", tid, e))?;

@@ -512,48 +512,11 @@ impl Injector {
     /// would die of SIGTRAP if we died). The first syscall stop is the call's entry, the
     /// next its exit, where the result is read; then the thread is parked again.
     fn run_to_syscall_exit(&mut self, ip: u64) -> Result<i64, Error> {
-        let tid = self.tid;
-        let mut entered = false;
-        for _ in 0..1000 {
-            ptrace::syscall(tid).map_err(|e| Error::sys("PTRACE_SYSCALL", tid, e))?;
-            match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
-                // A syscall stop (every other signal is blocked).
-                ptrace::WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => {}
-                // A ptrace event or an unblockable stop: not the call's.
-                ptrace::WaitStatus::Stopped { .. } => continue,
-                other => {
-                    return Err(Error::TargetDied {
-                        pid: tid,
-                        how: format!("{other:?}{}", self.during()),
-                    })
-                }
-            }
-            let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
-            if after.rip != ip + 2 {
-                return Err(Error::Inject {
-                    tid,
-                    nr: after.orig_rax as i64,
-                    reason: format!(
-                        "thread went to {:#x} instead of running the syscall{}",
-                        after.rip,
-                        self.during()
-                    ),
-                });
-            }
-            if entered {
-                self.repark()?;
-                return Ok(after.rax as i64);
-            }
-            entered = true;
-        }
-        Err(Error::Inject {
-            tid,
-            nr: 0,
-            reason: format!("the call never ended{}", self.during()),
-        })
+        // Entry and exit stops both stand right after the `syscall` instruction.
+        self.syscall_stop(ip + 2)?;
+        let result = self.syscall_stop(ip + 2)?.rax as i64;
+        self.repark()?;
+        Ok(result)
     }
 
     /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
