@@ -41,10 +41,11 @@
 //! knows by pid (SIGKILL through their pidfds), logs the error, and exits with status 1.
 //!
 //! A server that dies (killed from outside, say) would close its userfaultfds, and the kernel
-//! would then give zero pages for every page still missing. A *watchdog* forked by the server
-//! holds a copy of each userfaultfd (so the ranges stay registered and the faulting threads
-//! wait) and the pidfds; when the server ends without saying that every page arrived, the
-//! watchdog kills the processes, logs why, and exits. Not covered: children the processes fork
+//! would then give zero pages for every page still missing. A *watchdog*, forked just before
+//! the server (so that the server never runs without one), holds a copy of each userfaultfd
+//! (so the ranges stay registered and the faulting threads wait) and the pidfds; when the
+//! server ends without saying that every page arrived, the watchdog kills the processes, logs
+//! why, and exits. Not covered: children the processes fork
 //! after the restore (the watchdog has neither their userfaultfd nor their pid: they get zero
 //! pages for what is still missing, with their parent killed), and the watchdog and the server
 //! killed together (zero pages).
@@ -709,12 +710,28 @@ pub fn spawn_server(server: Server<'_>) -> Result<(), Error> {
         }
         process::Forked::Child(child) => {
             let _ = process::setsid();
+            child.detach_stdio_and_pipes();
+            // The watchdog first, so that no instant exists where the server could die
+            // without one (the restorer lets go of its userfaultfds once this process runs).
+            let done = match start_watchdog(&server) {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(error = %e, "lazy restore: the page server's watchdog cannot start: killing the restored processes");
+                    server.kill_all();
+                    process::exit_now(1)
+                }
+            };
             match process::fork() {
                 Ok(process::Forked::Child(_)) => {}
-                _ => process::exit_now(0),
+                Ok(process::Forked::Parent(_)) => process::exit_now(0),
+                Err(e) => {
+                    tracing::error!(error = %e, "lazy restore: fork of the page server failed: killing the restored processes");
+                    server.kill_all();
+                    let _ = std::io::Write::write_all(&mut &done, b"K");
+                    process::exit_now(1)
+                }
             }
-            child.detach_stdio_and_pipes();
-            let code = match run_server(server) {
+            let code = match run_server(server, done) {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!(error = %e, "lazy restore: the page server failed");
@@ -727,7 +744,8 @@ pub fn spawn_server(server: Server<'_>) -> Result<(), Error> {
 }
 
 /// The page server's loop: faults first, the rest pushed between them.
-fn run_server(mut server: Server<'_>) -> Result<(), Error> {
+/// `done` is the pipe to the watchdog (see [`start_watchdog`]).
+fn run_server(mut server: Server<'_>, done: std::fs::File) -> Result<(), Error> {
     let started = Instant::now();
     let total = server.pending_bytes();
     tracing::info!(
@@ -736,7 +754,6 @@ fn run_server(mut server: Server<'_>) -> Result<(), Error> {
         bytes = total,
         "lazy restore: page server serving"
     );
-    let done = start_watchdog(&server)?;
     let result = (|| -> Result<(), Error> {
         loop {
             let more = server.push()?;
