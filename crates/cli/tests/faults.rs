@@ -935,6 +935,92 @@ fn dumps_into_a_full_filesystem_fail_cleanly_and_restores_from_one_work() {
     }
 }
 
+/// A SIGSTOP sent to a process while the dump runs calls in it (the dumper stopped at such a
+/// point, `STASIS_TEST_FAULT=...:stop`, the SIGSTOP sent meanwhile): no signal mask blocks a
+/// SIGSTOP, so the thread reports it to the dumper when resumed, and resuming past it would
+/// lose it. The dump holds it and sends it again when it lets go of the thread: the process
+/// ends stopped (every thread), as it was asked to be, and goes on healthy on SIGCONT. Tried
+/// at the first and last batch of calls and the first single call that run in a parked thread,
+/// with and without pre-copy. (The dumper ignored it before: the process ran on.)
+#[test]
+fn a_sigstop_sent_while_the_dump_runs_calls_in_the_process_is_kept() {
+    if !require_root() || !require_tool("gcc") {
+        return;
+    }
+    let mut w = work("stop_during_dump");
+    let exe = workload_exe(&w);
+    let wl = Workload::start(&w, &exe, 4);
+    let images = w.join("img");
+    let img = images.to_str().expect("utf-8 path").to_string();
+    let pid = wl.pid.to_string();
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for extra in [None, Some("--no-pre-copy")] {
+        let mut args = vec!["dump", "-t", &pid, "-D", &img, "--leave-running"];
+        args.extend(extra);
+        let labelled = count_labelled_points(&w, &args);
+        std::fs::remove_dir_all(&images).expect("remove the clean dump");
+        let running: Vec<&(String, u64, String)> = labelled
+            .labels
+            .iter()
+            .filter(|(_, _, what)| what.contains("(while it runs)"))
+            .collect();
+        let batches: Vec<_> = running.iter().filter(|p| p.2.contains(": batch")).collect();
+        let single = running.iter().find(|p| !p.2.contains(": batch"));
+        let mut points: Vec<(String, u64, String)> = [batches.first(), batches.last()]
+            .into_iter()
+            .flatten()
+            .map(|p| (**p).clone())
+            .chain(single.map(|p| (*p).clone()))
+            .collect();
+        points.dedup();
+        assert!(
+            !batches.is_empty() && single.is_some(),
+            "no batch or single call running in a parked thread among {:?}",
+            labelled.labels
+        );
+        for (phase, n, what) in points {
+            tried += 1;
+            let fault = format!("{phase}:{n}:stop");
+            let run = run_stopped_at(&w, &args, &fault, || {
+                kill(wl.pid, libc::SIGSTOP);
+            });
+            let at = format!("{extra:?}, SIGSTOP at {fault} ({what})");
+            if !run.ok() {
+                failures.push(format!("{at}: the dump failed: {}", run.stderr));
+            }
+            std::fs::remove_dir_all(&images).ok();
+            let all_stopped = || {
+                std::fs::read_dir(format!("/proc/{}/task", wl.pid))
+                    .map(|d| {
+                        d.flatten().all(|t| {
+                            let s = std::fs::read_to_string(t.path().join("status"))
+                                .unwrap_or_default();
+                            field(&s, "State").is_some_and(|st| st.starts_with('T'))
+                        })
+                    })
+                    .unwrap_or(false)
+            };
+            if !wait_until(Duration::from_secs(5), all_stopped) {
+                failures.push(format!(
+                    "{at}: the process was not left stopped: {}",
+                    stasis_test_infra::procfs::describe_proc(wl.pid)
+                ));
+            }
+            kill(wl.pid, libc::SIGCONT);
+            if let Err(e) = wl.check_healthy(false) {
+                failures.push(format!("{at}: after SIGCONT: {e}"));
+            }
+        }
+    }
+    eprintln!("SIGSTOP during the dump: {tried} points tried");
+    wl.stop();
+    if !failures.is_empty() {
+        w.keep();
+        panic!("{}", failures.join("\n"));
+    }
+}
+
 /// The images change under a restore, stopped at a point (`STASIS_TEST_FAULT=...:stop`):
 /// a process record removed after the inventory was read, the root's pages file truncated or
 /// overwritten in place once the rebuild started. Each fails with an error naming the file,

@@ -68,6 +68,13 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     cvt_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+/// Sends a signal to the one thread `tid` with tkill(2) (no thread group to name: for a thread
+/// the caller holds stopped, whose id cannot be reused meanwhile).
+pub fn tkill(tid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: no pointers.
+    crate::cvt(unsafe { libc::syscall(libc::SYS_tkill, tid, sig) }).map(drop)
+}
+
 /// What a fork wrapper ([`fork`], [`fork_with_pid`], [`fork_with_pid_sharing`],
 /// [`fork_into_new_pid_ns`]) returns in each of the two processes.
 #[derive(Debug)]

@@ -415,7 +415,12 @@ impl Injector {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => {}
-                ptrace::WaitStatus::Stopped { .. } => continue,
+                ptrace::WaitStatus::Stopped { sig, event } => {
+                    if event == 0 {
+                        self.hold(sig);
+                    }
+                    continue;
+                }
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,
@@ -462,10 +467,13 @@ impl Injector {
             if text.split_whitespace().next() == Some(&NR_PPOLL.to_string()) {
                 break;
             }
-            // Stopped meanwhile for something else (an unblockable stop): passed over.
+            // Stopped meanwhile for something else (an unblockable stop): held, passed over.
             match ptrace::waitpid_nohang(tid).map_err(|e| Error::sys("waitpid", tid, e))? {
                 None => {}
-                Some(ptrace::WaitStatus::Stopped { .. }) => {
+                Some(ptrace::WaitStatus::Stopped { sig, event }) => {
+                    if event == 0 {
+                        self.hold(sig);
+                    }
                     ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
                 }
                 Some(other) => {
@@ -496,7 +504,10 @@ impl Injector {
                     event: super::PTRACE_EVENT_STOP,
                     ..
                 } => break,
-                ptrace::WaitStatus::Stopped { .. } => {
+                ptrace::WaitStatus::Stopped { sig, event } => {
+                    if event == 0 {
+                        self.hold(sig);
+                    }
                     ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
                 }
                 other => {
@@ -515,7 +526,7 @@ impl Injector {
                 tid,
                 nr: 0,
                 reason: format!(
-                    "batched calls: the thread was stopped at {:#x}, not in its final wait at                      {:#x}{}",
+                    "batched calls: the thread was stopped at {:#x}, not in its final wait at {:#x}{}",
                     after.rip,
                     start + SLEEP_AT,
                     self.during()
@@ -538,7 +549,7 @@ impl Injector {
             ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
             match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
                 ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
-                ptrace::WaitStatus::Stopped { .. } => {}
+                ptrace::WaitStatus::Stopped { sig, .. } => self.hold(sig),
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,

@@ -39,7 +39,7 @@ pub use stasis_sys::kabi;
 
 use crate::Error;
 use stasis_sys::kabi::Pod;
-use stasis_sys::{proc_mem, ptrace, Pid, UserRegs};
+use stasis_sys::{proc_mem, process, ptrace, Pid, UserRegs};
 use std::fmt;
 
 /// A stopped thread in which system calls can be run.
@@ -75,6 +75,13 @@ pub struct Injector {
     /// code page), and whether the clean-up frame below the thread's frame unmaps it if
     /// the thread runs on without us ([`park::cleanup_frame`]).
     area: Option<Area>,
+    /// Stop signals that arrived while calls ran (signal-delivery-stops), held back so that
+    /// the calls go on: a SIGSTOP (which no mask blocks) sent to a process being dumped, say.
+    /// Each is sent to the thread again ([`process::tkill`]) when the injector lets go of it,
+    /// so that the process stops, as it was asked to, once it runs. (Other signals only come
+    /// through an unparked thread's own mask, and are passed over as before: a restore queues
+    /// the pending signals of its image itself.)
+    held: Vec<i32>,
 }
 
 /// The scratch area and the code page, one mapping of [`AREA_LEN`] bytes.
@@ -157,6 +164,7 @@ impl Injector {
             gadgets: None,
             frame_at: None,
             area: None,
+            held: Vec::new(),
         })
     }
 
@@ -424,6 +432,30 @@ impl Injector {
     }
 
     /// What the last call was, for the errors of the injection itself.
+    /// A signal-delivery-stop of `sig` that the calls are resumed past: a stop signal is held,
+    /// to be sent again when the injector lets go of the thread (see `held`).
+    fn hold(&mut self, sig: i32) {
+        if hold_stop(&mut self.held, sig) {
+            tracing::debug!(
+                "tid {}: stop signal {sig} arrived during injected calls: held until they end",
+                self.tid
+            );
+        } else if sig != libc::SIGTRAP {
+            tracing::debug!(
+                "tid {}: signal {sig} arrived during injected calls: passed over",
+                self.tid
+            );
+        }
+    }
+
+    /// Sends the held signals to the thread again (see `held`).
+    fn release_held(&mut self) -> Result<(), Error> {
+        for sig in std::mem::take(&mut self.held) {
+            process::tkill(self.tid, sig).map_err(|e| Error::sys("tkill", self.tid, e))?;
+        }
+        Ok(())
+    }
+
     fn during(&self) -> String {
         self.last
             .as_ref()
@@ -478,7 +510,7 @@ impl Injector {
                 // A ptrace event (a clone reported in the middle of the call, say) is not the
                 // end of the call: go on stepping.
                 ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
-                ptrace::WaitStatus::Stopped { .. } => {}
+                ptrace::WaitStatus::Stopped { sig, .. } => self.hold(sig),
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,
@@ -746,21 +778,31 @@ impl Injector {
         // Still parked (when it was) meanwhile, so that each step leaves a thread that
         // survives our death: single-stepping off, then its mask, then its registers.
         if clear_step {
-            clear_single_step(tid)?;
+            clear_single_step(tid, &mut self.held)?;
         }
         if let Some(mask) = self.park_mask {
             ptrace::set_sigmask(tid, mask).map_err(|e| Error::sys("PTRACE_SETSIGMASK", tid, e))?;
         }
         ptrace::set_regs(tid, &self.saved).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
         self.finished = true;
+        self.release_held()?;
         unmapped
     }
+}
+
+/// Adds `sig` to `held` when it is a stop signal (once); whether it is one.
+fn hold_stop(held: &mut Vec<i32>, sig: i32) -> bool {
+    let stop = crate::task::stop::is_stop_signal(sig);
+    if stop && !held.contains(&sig) {
+        held.push(sig);
+    }
+    stop
 }
 
 /// Clears the single-step flag of the stopped thread `tid` without running any of its
 /// instructions: PTRACE_CONT clears it, and the interrupt queued before stops the thread
 /// again before it runs a single user instruction.
-fn clear_single_step(tid: Pid) -> Result<(), Error> {
+fn clear_single_step(tid: Pid, held: &mut Vec<i32>) -> Result<(), Error> {
     ptrace::interrupt(tid).map_err(|e| Error::sys("PTRACE_INTERRUPT", tid, e))?;
     ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
     loop {
@@ -769,8 +811,9 @@ fn clear_single_step(tid: Pid) -> Result<(), Error> {
                 event: PTRACE_EVENT_STOP,
                 ..
             } => return Ok(()),
-            // Only an unblockable stop signal can come here; the dump goes on.
-            ptrace::WaitStatus::Stopped { .. } => {
+            // Only an unblockable stop signal can come here: held (see `Injector::held`).
+            ptrace::WaitStatus::Stopped { sig, .. } => {
+                hold_stop(held, sig);
                 ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
             }
             other => {
@@ -787,6 +830,8 @@ impl Drop for Injector {
     /// An injector left without [`Injector::finish`] belongs to an operation that failed:
     /// the log says what ran last in the thread.
     fn drop(&mut self) {
+        // Not lost on a failure either: the thread takes them once it runs.
+        let _ = self.release_held();
         if !self.finished {
             if let Some(rec) = &self.last {
                 tracing::debug!(
