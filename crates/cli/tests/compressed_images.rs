@@ -2,8 +2,9 @@
 //! dict and some random bytes, i.e. real heap data): the images hold zstd runs (and raw ones
 //! for what does not compress), `stasis show` verifies them, the restored process finds its
 //! data intact, and corrupted compressed runs are refused by `show` and by the restore, which
-//! leaves nothing running. (Threads, children, shared memory and file mappings under
-//! `--compress` are the `zdtm_tree_mem_mixed_compress_*` tests.)
+//! leaves nothing running; a dump that lets the process run on pre-copies, then compresses.
+//! (Threads, children, shared memory and file mappings under `--compress` are the
+//! `zdtm_tree_mem_mixed_compress_*` tests.)
 //!
 //! The tests need root: without it each test fails under CI (`CI=true`) and elsewhere prints a
 //! notice and returns (`stasis_test_infra::require_root`). Work directories of failed tests are
@@ -228,6 +229,76 @@ fn compressed_dump_of_a_python_heap_shows_and_restores_intact() {
     ));
     let out = fs::read_to_string(&log).unwrap();
     assert!(out.ends_with("ready\nOK\n"), "{out:?}");
+}
+
+/// A compressed dump that lets the process run on pre-copies (its stats have a pre-copy
+/// phase): the pages go raw into a scratch file while python runs, and are compressed into
+/// the pages file after the thaw; the scratch file is gone, the images are authenticated and
+/// hold zstd runs, the process ran on (its check passes), and the images restore intact.
+#[test]
+fn compressed_dump_that_leaves_the_process_running_pre_copies() {
+    let Some((_lock, w)) = start("compressed_dump_that_leaves_the_process_running_pre_copies")
+    else {
+        return;
+    };
+    let (pid, log) = spawn_python(&w, 150_000);
+    let img = w.join("img");
+    let stats = w.join("stats.json");
+    ok(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "--compress",
+        "--leave-running",
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(
+        stats["phases_ms"]["pre-copy"].as_f64().is_some(),
+        "no pre-copy: {stats}"
+    );
+    let mut names: Vec<String> = fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".precopy")),
+        "scratch file left: {names:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["show", img.to_str().unwrap()])).unwrap();
+    assert_eq!(json["authentication"]["status"], "verified", "{json}");
+    let (_, image) = runs_of(&img, pid);
+    let pages: u64 = image.page_runs.iter().map(|r| r.npages * 4096).sum();
+    let stored: u64 = image.page_runs.iter().map(|r| r.stored_len).sum();
+    assert!(
+        image.page_runs.iter().any(|r| r.codec == RunCodec::Zstd)
+            && pages > 8 << 20
+            && stored * 3 < pages,
+        "{stored} bytes stored for {pages} bytes of pages"
+    );
+    // The original ran on: its check passes, and it exits.
+    assert!(kill(pid, libc::SIGUSR1));
+    assert!(matches!(
+        wait_pid(pid, Duration::from_secs(30)),
+        Ok(Waited::Status(_))
+    ));
+    let out = fs::read_to_string(&log).unwrap();
+    assert!(out.ends_with("ready\nOK\n"), "{out:?}");
+    ok(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    assert!(kill(pid, libc::SIGUSR1));
+    assert!(matches!(
+        wait_pid(pid, Duration::from_secs(30)),
+        Ok(Waited::Status(_))
+    ));
+    let out = fs::read_to_string(&log).unwrap();
+    assert!(out.ends_with("ready\nOK\nOK\n"), "{out:?}");
 }
 
 #[test]

@@ -140,6 +140,13 @@ pub mod names {
         format!("pages-{pid}.img")
     }
 
+    /// The pages a compressed dump pre-copies, raw, before it compresses them into
+    /// [`pages`] once the processes run on: a scratch file, removed before the dump is
+    /// complete.
+    pub fn pages_scratch(pid: i32) -> String {
+        format!("pages-{pid}.precopy")
+    }
+
     /// Contents of a file that was deleted while open, or of another object without a path.
     pub fn blob(id: u32) -> String {
         format!("blob-{id}.img")

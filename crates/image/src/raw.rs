@@ -31,6 +31,8 @@ pub struct RawWriter {
     seal: Option<RawSeal>,
     /// Payload bytes whose writeback was started ([`WRITEBACK_STEP`]).
     writeback_from: u64,
+    /// A scratch file ([`RawWriter::create_scratch`]): never sealed nor written back.
+    scratch: bool,
 }
 
 /// Every this many payload bytes written, their writeback to the device is started (not
@@ -56,7 +58,24 @@ impl RawWriter {
             len: 0,
             seal: dir.sealer().map(|s| RawSeal::new(s, name)),
             writeback_from: 0,
+            scratch: false,
         })
+    }
+
+    /// Creates `name` in `dir` as a scratch file of the writer's own, which it removes before
+    /// the dump is complete and no reader ever opens as part of the images: not sealed (an
+    /// authenticated directory has no record of it) and not pushed to the disk as it is
+    /// written. Its payload is read back from [`RAW_DATA_OFFSET`] on
+    /// ([`ImageDir::open_file`]).
+    pub fn create_scratch(
+        dir: &ImageDir,
+        name: &str,
+        kind: RecordKind,
+    ) -> Result<RawWriter, ImageError> {
+        let mut w = RawWriter::create(dir, name, kind)?;
+        w.seal = None;
+        w.scratch = true;
+        Ok(w)
     }
 
     /// Offset in the payload where the next write lands.
@@ -79,7 +98,7 @@ impl RawWriter {
             seal.append(self.len, data);
         }
         self.len += data.len() as u64;
-        if self.len - self.writeback_from >= WRITEBACK_STEP {
+        if !self.scratch && self.len - self.writeback_from >= WRITEBACK_STEP {
             self.start_writeback();
         }
         Ok(())
@@ -122,7 +141,9 @@ impl RawWriter {
         };
         file.write_all_at(&header.encode(), 0).map_err(io)?;
         // The fsync comes later (before the inventory): the disk can start now.
-        crate::dir::start_writeback(&file);
+        if !self.scratch {
+            crate::dir::start_writeback(&file);
+        }
         if let Some(seal) = self.seal {
             // The header block as written: the header, then the zeros of the padding.
             let mut block = vec![0u8; RAW_DATA_OFFSET as usize];

@@ -71,8 +71,8 @@ pub struct DumpOptions {
     pub unix_peers_closed: bool,
     /// Store page runs as zstd frames (`stasis dump --compress`, see
     /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either. A
-    /// compressed dump does not pre-copy (`pre_copy` is ignored): the tree stays frozen while
-    /// its memory is copied and compressed.
+    /// compressed dump that pre-copies writes the pages raw into scratch files while the tree
+    /// runs, and compresses them into the pages files once it runs on again.
     pub compress: Option<crate::pages::compress::Compression>,
     /// With `leave_running`: copy the memory while the tree runs (write tracking, see
     /// [`crate::pages::precopy`]) so that it is stopped only briefly. Off: the tree stays
@@ -240,9 +240,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let result = (|| {
         let mut pre = Vec::new();
         // An incremental dump compares every page with its parent's, frozen (a pre-copy
-        // would need to compare as it copies: not done yet); pre-copied pages are stored
-        // raw, so a compressed dump copies everything frozen too.
-        if opts.leave_running && opts.pre_copy && opts.parent.is_none() && opts.compress.is_none() {
+        // would need to compare as it copies: not done yet). A compressed dump pre-copies
+        // into scratch files, compressed once the tree runs on (`write::write_records`).
+        if opts.leave_running && opts.pre_copy && opts.parent.is_none() {
             let _phase = Phase::PreCopy.span();
             let started = Instant::now();
             // Threads interrupted in a call that resumes through restart_syscall, before
@@ -259,6 +259,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
                 &mut written,
                 &mut frozen_before,
                 frozen_at,
+                opts.compress.is_some(),
             )?;
             // Read while the tree runs (see `collect_vmas_hinted`).
             let hints: Vec<_> = pre
@@ -326,7 +327,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         } else {
             Some(holds)
         };
-        let page_bytes = page_bytes + write::write_records(dir, records, &mut written)?;
+        let page_bytes =
+            page_bytes + write::write_records(dir, records, &mut written, opts.compress)?;
         let fsync = Instant::now();
         crate::fault::point("syncing the images")?;
         dir.sync_files(&written)?;
@@ -408,7 +410,9 @@ const PRE_COPY_MAX_PASSES: u32 = 6;
 /// The pre-copy: a userfaultfd made in every process of the frozen `tree`, which is then
 /// thawed; its memory copied in passes while it runs, into the pages files (created here and
 /// added to `written`). Adds the time the tree was frozen (since `frozen_at`) to `frozen`.
-/// Returns the processes tracked, each with its pages file, for the final copy.
+/// Returns the processes tracked, each with its pages file, for the final copy. With
+/// `compressed`, each pages file is a scratch file ([`names::pages_scratch`]), compressed
+/// into the pages file once the tree runs on.
 fn pre_copy(
     tree: &mut FrozenTree,
     vdso_offset: u64,
@@ -416,6 +420,7 @@ fn pre_copy(
     written: &mut Vec<String>,
     frozen: &mut std::time::Duration,
     frozen_at: Instant,
+    compressed: bool,
 ) -> Result<Vec<(pages::precopy::Tracked, RawWriter)>, Error> {
     use pages::precopy::Tracked;
     let mut armed = Vec::new();
@@ -439,8 +444,12 @@ fn pre_copy(
                 continue;
             }
         }
-        let name = names::pages(t.pid());
-        let w = RawWriter::create(dir, &name, RecordKind::Pages)?;
+        let name = write::pre_copy_file(t.pid(), compressed);
+        let w = if compressed {
+            RawWriter::create_scratch(dir, &name, RecordKind::Pages)?
+        } else {
+            RawWriter::create(dir, &name, RecordKind::Pages)?
+        };
         written.push(name);
         out.push((t, w));
     }

@@ -97,12 +97,22 @@ pub(crate) fn write_tree(
     }
     for (tracked, pages) in pre {
         // Exited since the pre-copy.
-        let name = names::pages(tracked.pid());
+        let name = pre_copy_file(tracked.pid(), compress.is_some());
         drop(pages);
         dir.remove(&name)?;
         written.retain(|n| *n != name);
     }
     Ok((mappings, page_bytes, records))
+}
+
+/// The file a pre-copy of `pid` writes its pages into: its pages file, or with `compressed`
+/// a scratch file that [`write_records`] compresses into its pages file.
+pub(crate) fn pre_copy_file(pid: Pid, compressed: bool) -> String {
+    if compressed {
+        names::pages_scratch(pid)
+    } else {
+        names::pages(pid)
+    }
 }
 
 /// A process record waiting to be written; the run index of a pre-copied process is built
@@ -113,19 +123,46 @@ pub(crate) struct Record {
 }
 
 /// Writes the process records (made durable with the other files before the inventory is
-/// written), after completing the pages files of pre-copied processes; returns the page
-/// bytes those hold.
+/// written), after completing the pages files of pre-copied processes (with `compress`, by
+/// compressing their scratch files into them); returns the page bytes those hold.
 pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
     written: &mut Vec<String>,
+    compress: Option<pages::compress::Compression>,
 ) -> Result<u64, Error> {
     let mut page_bytes = 0;
+    let mut pool = None;
     for Record { mut image, runs } in records {
         if let Some(runs) = runs {
             let (runs, bytes) = runs.complete()?;
-            image.page_runs = runs;
-            page_bytes += bytes;
+            match compress {
+                Some(c) => {
+                    let pool = match &mut pool {
+                        Some(p) => p,
+                        None => pool.insert(pages::compress::ZstdPool::new(c)?),
+                    };
+                    let scratch = names::pages_scratch(image.pid);
+                    let name = names::pages(image.pid);
+                    written.push(name.clone());
+                    let (runs, bytes) = pages::precopy::compress_scratch(
+                        dir,
+                        &scratch,
+                        &name,
+                        &runs,
+                        &image.vmas,
+                        pool,
+                    )?;
+                    dir.remove(&scratch)?;
+                    written.retain(|n| *n != scratch);
+                    image.page_runs = runs;
+                    page_bytes += bytes;
+                }
+                None => {
+                    image.page_runs = runs;
+                    page_bytes += bytes;
+                }
+            }
         }
         let process_name = names::process(image.pid);
         crate::fault::point("writing a process record")?;

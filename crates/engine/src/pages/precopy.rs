@@ -777,6 +777,68 @@ impl Finished {
     }
 }
 
+/// A compressed dump's pre-copy, once the processes run on: the raw pages of the scratch
+/// file `scratch` (indexed by `runs`, in address order, as [`Finished::complete`] returns
+/// them) are read back, each run checked against its CRC, and stored compressed by `pool`
+/// into the pages file `name`, created here. Runs next to each other in memory and in one
+/// mapping of `vmas` are compressed together (a pass copies a page again at the end of the
+/// file: a run of the index may be one page). Returns the new run index and the pages file's
+/// payload length; the caller removes the scratch file.
+pub fn compress_scratch(
+    dir: &stasis_image::ImageDir,
+    scratch: &str,
+    name: &str,
+    runs: &[PageRun],
+    vmas: &[Vma],
+    pool: &mut super::compress::ZstdPool,
+) -> Result<(Vec<PageRun>, u64), Error> {
+    use super::sink::PageSink;
+    let file = dir.open_file(scratch)?;
+    crate::fault::point("creating a pages file")?;
+    let mut out = RawWriter::create(dir, name, stasis_image::RecordKind::Pages)?;
+    let mut sink = super::compress::ZstdSink::new(pool, &mut out);
+    let mapping_end = |addr: u64| {
+        vmas.iter()
+            .find(|v| v.start <= addr && addr < v.end)
+            .map_or(addr, |v| v.end)
+    };
+    // One stretch of memory at a time (at most MAX_RUN_BYTES), put once whole.
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_RUN_BYTES);
+    let mut stretch: Option<(u64, u64)> = None; // (start, end of its mapping)
+    for run in runs {
+        let len = run.npages * PAGE_SIZE;
+        let follows = stretch.is_some_and(|(start, end)| {
+            start + buf.len() as u64 == run.addr
+                && run.addr + len <= end
+                && buf.len() as u64 + len <= MAX_RUN_BYTES as u64
+        });
+        if !follows {
+            if let Some((start, _)) = stretch.take() {
+                sink.put(start, &buf)?;
+                buf.clear();
+            }
+            stretch = Some((run.addr, mapping_end(run.addr)));
+        }
+        let at = buf.len();
+        buf.resize(at + len as usize, 0);
+        file.read_exact_at(&mut buf[at..], stasis_image::RAW_DATA_OFFSET + run.offset)
+            .map_err(|e| Error::io(format!("reading back the pre-copied pages ({scratch})"), e))?;
+        if crc32c::crc32c(&buf[at..]) != run.crc {
+            return Err(Error::Invalid(format!(
+                "the pre-copied pages at {:#x} ({} pages) read back from {scratch} do not match \
+                 their CRC",
+                run.addr, run.npages
+            )));
+        }
+    }
+    if let Some((start, _)) = stretch {
+        sink.put(start, &buf)?;
+    }
+    let new_runs = sink.finish()?;
+    drop(sink);
+    Ok((new_runs, out.finish()?))
+}
+
 /// CRC-32C of a concatenation, from the CRCs of its parts when the second is one page:
 /// crc(A ‖ B) = shift(crc(A)) ⊕ crc(B), `shift` linear over GF(2), applied with four byte
 /// tables built once (from `crc32c_combine`, far slower when called per page).
