@@ -1,9 +1,10 @@
 //! Incremental dumps end to end (`stasis dump --parent`): a chain of three dumps of a real
 //! process tree (two threads, a child, shared anonymous memory, a private file mapping; see
-//! `incremental_workload.c`) that changes about 1 % of its pages between dumps, restored from
-//! the last dump and checked page by page; each increment stores about 1 % of the pages of
-//! the full dump; a chain moved as a whole still restores; a parent that is missing or was
-//! changed refuses the restore, and nothing runs.
+//! `incremental_workload.c`) that changes about 1 % of its pages between dumps (the first two
+//! leave it running, so they pre-copy: the increment is compared with its parent after the
+//! thaw), restored from the last dump and checked page by page; each increment stores about
+//! 1 % of the pages of the full dump; a chain moved as a whole still restores; a parent that
+//! is missing or was changed refuses the restore, and nothing runs.
 //!
 //! The test needs root (`stasis_test_infra::require_root`) and gcc. Work directories of failed
 //! tests are kept in `target/tmp/incremental/<test name>/`.
@@ -108,14 +109,26 @@ fn chain_of_three_dumps_restores_the_exact_memory() {
         if n > 1 {
             args.extend(["--parent".into(), d(n - 1).display().to_string()]);
         }
+        let stats = w.join(format!("stats-{n}.json"));
         if leave_running {
             args.push("--leave-running".into());
+            args.extend(["--stats".into(), stats.display().to_string()]);
         }
         let (ok, err) = stasis(&args);
         if !ok {
             kill_tree(pid, child);
         }
         assert!(ok, "dump {n}: {err}");
+        if leave_running {
+            // Pre-copied (an increment too: compared with its parent after the thaw).
+            let stats: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&stats).expect("read the stats"))
+                    .expect("the stats' JSON");
+            assert!(
+                stats["phases_ms"]["pre-copy"].as_f64().is_some(),
+                "dump {n} did not pre-copy: {stats}"
+            );
+        }
     };
 
     // A parent that is not there refuses the dump before anything is frozen.

@@ -72,7 +72,8 @@ pub struct DumpOptions {
     /// Store page runs as zstd frames (`stasis dump --compress`, see
     /// [`crate::pages::compress`]); `None`: raw. Restore and `stasis show` read either. A
     /// compressed dump that pre-copies writes the pages raw into scratch files while the tree
-    /// runs, and compresses them into the pages files once it runs on again.
+    /// runs, and compresses them into the pages files once it runs on again (as an
+    /// incremental one compares them with its parent then).
     pub compress: Option<crate::pages::compress::Compression>,
     /// With `leave_running`: copy the memory while the tree runs (write tracking, see
     /// [`crate::pages::precopy`]) so that it is stopped only briefly. Off: the tree stays
@@ -239,10 +240,9 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
     let mut frozen_before = std::time::Duration::ZERO;
     let result = (|| {
         let mut pre = Vec::new();
-        // An incremental dump compares every page with its parent's, frozen (a pre-copy
-        // would need to compare as it copies: not done yet). A compressed dump pre-copies
-        // into scratch files, compressed once the tree runs on (`write::write_records`).
-        if opts.leave_running && opts.pre_copy && opts.parent.is_none() {
+        // A compressed or incremental dump pre-copies into scratch files, compressed or
+        // compared with the parent once the tree runs on (`write::write_records`).
+        if opts.leave_running && opts.pre_copy {
             let _phase = Phase::PreCopy.span();
             let started = Instant::now();
             // Threads interrupted in a call that resumes through restart_syscall, before
@@ -259,7 +259,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
                 &mut written,
                 &mut frozen_before,
                 frozen_at,
-                opts.compress.is_some(),
+                opts.compress.is_some() || opts.parent.is_some(),
             )?;
             // Read while the tree runs (see `collect_vmas_hinted`).
             let hints: Vec<_> = pre
@@ -327,8 +327,8 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         } else {
             Some(holds)
         };
-        let page_bytes =
-            page_bytes + write::write_records(dir, records, &mut written, opts.compress)?;
+        let page_bytes = page_bytes
+            + write::write_records(dir, records, &mut written, opts.compress, parent.as_mut())?;
         let fsync = Instant::now();
         crate::fault::point("syncing the images")?;
         dir.sync_files(&written)?;
@@ -411,8 +411,8 @@ const PRE_COPY_MAX_PASSES: u32 = 6;
 /// thawed; its memory copied in passes while it runs, into the pages files (created here and
 /// added to `written`). Adds the time the tree was frozen (since `frozen_at`) to `frozen`.
 /// Returns the processes tracked, each with its pages file, for the final copy. With
-/// `compressed`, each pages file is a scratch file ([`names::pages_scratch`]), compressed
-/// into the pages file once the tree runs on.
+/// `scratch` (a compressed or incremental dump), each pages file is a scratch file
+/// ([`names::pages_scratch`]), stored into the pages file once the tree runs on.
 fn pre_copy(
     tree: &mut FrozenTree,
     vdso_offset: u64,
@@ -420,7 +420,7 @@ fn pre_copy(
     written: &mut Vec<String>,
     frozen: &mut std::time::Duration,
     frozen_at: Instant,
-    compressed: bool,
+    scratch: bool,
 ) -> Result<Vec<(pages::precopy::Tracked, RawWriter)>, Error> {
     use pages::precopy::Tracked;
     let mut armed = Vec::new();
@@ -444,8 +444,8 @@ fn pre_copy(
                 continue;
             }
         }
-        let name = write::pre_copy_file(t.pid(), compressed);
-        let w = if compressed {
+        let name = write::pre_copy_file(t.pid(), scratch);
+        let w = if scratch {
             RawWriter::create_scratch(dir, &name, RecordKind::Pages)?
         } else {
             RawWriter::create(dir, &name, RecordKind::Pages)?

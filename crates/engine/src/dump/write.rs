@@ -97,7 +97,7 @@ pub(crate) fn write_tree(
     }
     for (tracked, pages) in pre {
         // Exited since the pre-copy.
-        let name = pre_copy_file(tracked.pid(), compress.is_some());
+        let name = pre_copy_file(tracked.pid(), compress.is_some() || parent.is_some());
         drop(pages);
         dir.remove(&name)?;
         written.retain(|n| *n != name);
@@ -105,10 +105,11 @@ pub(crate) fn write_tree(
     Ok((mappings, page_bytes, records))
 }
 
-/// The file a pre-copy of `pid` writes its pages into: its pages file, or with `compressed`
-/// a scratch file that [`write_records`] compresses into its pages file.
-pub(crate) fn pre_copy_file(pid: Pid, compressed: bool) -> String {
-    if compressed {
+/// The file a pre-copy of `pid` writes its pages into: its pages file, or with `scratch` (a
+/// compressed or incremental dump) a scratch file that [`write_records`] stores into its
+/// pages file.
+pub(crate) fn pre_copy_file(pid: Pid, scratch: bool) -> String {
+    if scratch {
         names::pages_scratch(pid)
     } else {
         names::pages(pid)
@@ -123,45 +124,58 @@ pub(crate) struct Record {
 }
 
 /// Writes the process records (made durable with the other files before the inventory is
-/// written), after completing the pages files of pre-copied processes (with `compress`, by
-/// compressing their scratch files into them); returns the page bytes those hold.
+/// written), after completing the pages files of pre-copied processes (with `compress` or
+/// `parent`, by storing their scratch files into them compressed or compared with the
+/// parent: [`pages::precopy::store_scratch`]); returns the page bytes those hold.
 pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
     written: &mut Vec<String>,
     compress: Option<pages::compress::Compression>,
+    mut parent: Option<&mut Parent>,
 ) -> Result<u64, Error> {
     let mut page_bytes = 0;
     let mut pool = None;
     for Record { mut image, runs } in records {
         if let Some(runs) = runs {
             let (runs, bytes) = runs.complete()?;
-            match compress {
-                Some(c) => {
-                    let pool = match &mut pool {
+            if compress.is_none() && parent.is_none() {
+                image.page_runs = runs;
+                page_bytes += bytes;
+            } else {
+                let pool = match compress {
+                    Some(c) => Some(match &mut pool {
                         Some(p) => p,
                         None => pool.insert(pages::compress::ZstdPool::new(c)?),
-                    };
-                    let scratch = names::pages_scratch(image.pid);
-                    let name = names::pages(image.pid);
-                    written.push(name.clone());
-                    let (runs, bytes) = pages::precopy::compress_scratch(
-                        dir,
-                        &scratch,
-                        &name,
-                        &runs,
-                        &image.vmas,
-                        pool,
-                    )?;
-                    dir.remove(&scratch)?;
-                    written.retain(|n| *n != scratch);
-                    image.page_runs = runs;
-                    page_bytes += bytes;
+                    }),
+                    None => None,
+                };
+                let pid = image.pid;
+                let scratch = names::pages_scratch(pid);
+                let name = names::pages(pid);
+                written.push(name.clone());
+                let from_parent = parent.as_deref().and_then(|p| p.process(pid));
+                let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
+                let (runs, bytes) = pages::precopy::store_scratch(
+                    dir,
+                    &scratch,
+                    &name,
+                    &runs,
+                    &image.vmas,
+                    pool,
+                    parent_runs,
+                )?;
+                // The parent's pages files this one refers to, with their lengths now.
+                let parent_len = from_parent
+                    .filter(|_| runs.iter().any(|r| r.image == 1))
+                    .map(|(_, files)| files.own().len());
+                if let (Some(p), Some(payload_len)) = (parent.as_deref_mut(), parent_len) {
+                    p.link.pages.push(ParentPages { pid, payload_len });
                 }
-                None => {
-                    image.page_runs = runs;
-                    page_bytes += bytes;
-                }
+                dir.remove(&scratch)?;
+                written.retain(|n| *n != scratch);
+                image.page_runs = runs;
+                page_bytes += bytes;
             }
         }
         let process_name = names::process(image.pid);

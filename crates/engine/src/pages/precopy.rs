@@ -777,66 +777,126 @@ impl Finished {
     }
 }
 
-/// A compressed dump's pre-copy, once the processes run on: the raw pages of the scratch
-/// file `scratch` (indexed by `runs`, in address order, as [`Finished::complete`] returns
-/// them) are read back, each run checked against its CRC, and stored compressed by `pool`
-/// into the pages file `name`, created here. Runs next to each other in memory and in one
-/// mapping of `vmas` are compressed together (a pass copies a page again at the end of the
-/// file: a run of the index may be one page). Returns the new run index and the pages file's
-/// payload length; the caller removes the scratch file.
-pub fn compress_scratch(
+/// The pre-copy of a compressed or incremental dump, once the processes run on: the raw
+/// pages of the scratch file `scratch` (indexed by `runs`, in address order, as
+/// [`Finished::complete`] returns them) are read back, each run checked against its CRC, and
+/// stored into the pages file `name`, created here: compressed by `pool` when given, and with
+/// `parent` only what differs from the parent dump ([`super::incremental`]), as the frozen
+/// dump would have stored them. Runs next to each other in memory and in one mapping of
+/// `vmas` are stored together (a pass copies a page again at the end of the file: a run of
+/// the index may be one page). Returns the new run index and the pages file's payload
+/// length; the caller removes the scratch file.
+pub fn store_scratch(
     dir: &stasis_image::ImageDir,
     scratch: &str,
     name: &str,
     runs: &[PageRun],
     vmas: &[Vma],
-    pool: &mut super::compress::ZstdPool,
+    pool: Option<&mut super::compress::ZstdPool>,
+    parent: Option<super::incremental::ParentRuns<'_>>,
 ) -> Result<(Vec<PageRun>, u64), Error> {
-    use super::sink::PageSink;
     let file = dir.open_file(scratch)?;
     crate::fault::point("creating a pages file")?;
     let mut out = RawWriter::create(dir, name, stasis_image::RecordKind::Pages)?;
-    let mut sink = super::compress::ZstdSink::new(pool, &mut out);
-    let mapping_end = |addr: u64| {
-        vmas.iter()
-            .find(|v| v.start <= addr && addr < v.end)
-            .map_or(addr, |v| v.end)
+    let feed = Scratch {
+        file: &file,
+        name: scratch,
+        runs,
+        vmas,
     };
-    // One stretch of memory at a time (at most MAX_RUN_BYTES), put once whole.
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_RUN_BYTES);
-    let mut stretch: Option<(u64, u64)> = None; // (start, end of its mapping)
-    for run in runs {
-        let len = run.npages * PAGE_SIZE;
-        let follows = stretch.is_some_and(|(start, end)| {
-            start + buf.len() as u64 == run.addr
-                && run.addr + len <= end
-                && buf.len() as u64 + len <= MAX_RUN_BYTES as u64
-        });
-        if !follows {
-            if let Some((start, _)) = stretch.take() {
-                sink.put(start, &buf)?;
-                buf.clear();
-            }
-            stretch = Some((run.addr, mapping_end(run.addr)));
-        }
-        let at = buf.len();
-        buf.resize(at + len as usize, 0);
-        file.read_exact_at(&mut buf[at..], stasis_image::RAW_DATA_OFFSET + run.offset)
-            .map_err(|e| Error::io(format!("reading back the pre-copied pages ({scratch})"), e))?;
-        if crc32c::crc32c(&buf[at..]) != run.crc {
-            return Err(Error::Invalid(format!(
-                "the pre-copied pages at {:#x} ({} pages) read back from {scratch} do not match \
-                 their CRC",
-                run.addr, run.npages
-            )));
-        }
-    }
-    if let Some((start, _)) = stretch {
-        sink.put(start, &buf)?;
-    }
-    let new_runs = sink.finish()?;
-    drop(sink);
+    let new_runs = match pool {
+        Some(pool) => feed.store(super::compress::ZstdSink::new(pool, &mut out), parent),
+        None => feed.store(super::sink::RawSink::new(&mut out), parent),
+    }?;
     Ok((new_runs, out.finish()?))
+}
+
+/// The pre-copied pages of a scratch file, for [`store_scratch`].
+struct Scratch<'a> {
+    file: &'a File,
+    name: &'a str,
+    runs: &'a [PageRun],
+    vmas: &'a [Vma],
+}
+
+impl Scratch<'_> {
+    /// Puts every page into `sink` (through an incremental sink with `parent`) and ends it.
+    fn store<S: super::sink::PageSink>(
+        &self,
+        sink: S,
+        parent: Option<super::incremental::ParentRuns<'_>>,
+    ) -> Result<Vec<PageRun>, Error> {
+        use super::sink::PageSink;
+        match parent {
+            None => {
+                let mut sink = sink;
+                self.put_all(&mut sink)?;
+                sink.finish()
+            }
+            Some(parent) => {
+                let mut sink = super::incremental::IncrementalSink::new(sink, parent);
+                self.put_all(&mut sink)?;
+                let d = sink.diffed();
+                tracing::debug!(
+                    unchanged = d.unchanged,
+                    changed = d.changed,
+                    new = d.new,
+                    "pre-copied pages compared with the parent dump"
+                );
+                sink.finish()
+            }
+        }
+    }
+
+    /// Puts the pages one stretch of memory at a time (at most [`MAX_RUN_BYTES`], inside one
+    /// mapping).
+    fn put_all(&self, sink: &mut dyn super::sink::PageSink) -> Result<(), Error> {
+        let mapping_end = |addr: u64| {
+            self.vmas
+                .iter()
+                .find(|v| v.start <= addr && addr < v.end)
+                .map_or(addr, |v| v.end)
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(MAX_RUN_BYTES);
+        // Where the stretch in `buf` starts, and where its mapping ends.
+        let mut stretch: Option<(u64, u64)> = None;
+        for run in self.runs {
+            let len = run.npages * PAGE_SIZE;
+            let follows = stretch.is_some_and(|(start, end)| {
+                start + buf.len() as u64 == run.addr
+                    && run.addr + len <= end
+                    && buf.len() as u64 + len <= MAX_RUN_BYTES as u64
+            });
+            if !follows {
+                if let Some((start, _)) = stretch.take() {
+                    sink.put(start, &buf)?;
+                    buf.clear();
+                }
+                stretch = Some((run.addr, mapping_end(run.addr)));
+            }
+            let at = buf.len();
+            buf.resize(at + len as usize, 0);
+            self.file
+                .read_exact_at(&mut buf[at..], stasis_image::RAW_DATA_OFFSET + run.offset)
+                .map_err(|e| {
+                    Error::io(
+                        format!("reading back the pre-copied pages ({})", self.name),
+                        e,
+                    )
+                })?;
+            if crc32c::crc32c(&buf[at..]) != run.crc {
+                return Err(Error::Invalid(format!(
+                    "the pre-copied pages at {:#x} ({} pages) read back from {} do not match \
+                     their CRC",
+                    run.addr, run.npages, self.name
+                )));
+            }
+        }
+        if let Some((start, _)) = stretch {
+            sink.put(start, &buf)?;
+        }
+        Ok(())
+    }
 }
 
 /// CRC-32C of a concatenation, from the CRCs of its parts when the second is one page:
