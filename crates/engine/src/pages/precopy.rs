@@ -1056,4 +1056,133 @@ mod tests {
             );
         }
     }
+
+    /// The pages of one stretch at `base`, 4 pages: text-like (compressible) and distinct.
+    fn page(i: u8) -> Vec<u8> {
+        (0..PAGE_SIZE as usize)
+            .map(|k| b"stasis pre-copy "[k % 16] ^ i)
+            .collect()
+    }
+
+    /// A scratch file as a pre-copy leaves it: pages 0..4 of a stretch, then page 2 copied
+    /// again (written since), in an authenticated directory; its run index.
+    fn scratch_dir(d: &std::path::Path, base: u64) -> (stasis_image::ImageDir, Vec<PageRun>) {
+        use stasis_image::{ImageDir, ImageKey, RecordKind};
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+        let dir = ImageDir::open(d).unwrap();
+        dir.seal(&ImageKey::from_secret(&[9; 32])).unwrap();
+        let mut w = RawWriter::create_scratch(&dir, "pages-1.precopy", RecordKind::Pages).unwrap();
+        for i in [0u8, 1, 2, 3, 22] {
+            w.write(&page(i)).unwrap();
+        }
+        w.finish().unwrap();
+        let pg = PAGE_SIZE;
+        let slot = |k: u64, i: u8| Slot {
+            offset: k * pg,
+            crc: crc32c::crc32c(&page(i)),
+        };
+        let slots = [slot(0, 0), slot(1, 1), slot(4, 22), slot(3, 3)];
+        (dir, runs_from_slots(base, &slots, &PageCrcShift::new()))
+    }
+
+    #[test]
+    fn a_scratch_file_is_stored_raw_or_compressed_with_the_latest_copies() {
+        use super::super::fill::{EagerFill, PageFill};
+        use stasis_image::{ImageKey, RawReader, RecordKind, RunCodec};
+        let pg = PAGE_SIZE as usize;
+        // The pages are filled into this buffer of our own (the target is this process).
+        let mut target = vec![0u8; 6 * pg];
+        let base = (target.as_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let skip = (base - target.as_ptr() as u64) as usize;
+        let d = std::env::temp_dir().join(format!("stasis-scratch-{}", std::process::id()));
+        let vmas = [Vma {
+            start: base,
+            end: base + 4 * PAGE_SIZE,
+            prot: 3,
+            shared: false,
+            growsdown: false,
+            file_offset: 0,
+            kind: VmaKind::Anonymous,
+            name: String::new(),
+            shmem_id: 0,
+            advice: Default::default(),
+        }];
+        for compress in [false, true] {
+            let (dir, runs) = scratch_dir(&d, base);
+            assert_eq!(runs.len(), 3, "{runs:?}");
+            let mut pool =
+                super::super::compress::ZstdPool::new(super::super::compress::Compression {
+                    level: 1,
+                    threads: 2,
+                })
+                .unwrap();
+            let (stored, _) = store_scratch(
+                &dir,
+                "pages-1.precopy",
+                "pages-1.img",
+                &runs,
+                &vmas,
+                compress.then_some(&mut pool),
+                None,
+            )
+            .unwrap();
+            // One stretch, put whole.
+            assert_eq!(stored.len(), 1, "{stored:?}");
+            let codec = if compress {
+                RunCodec::Zstd
+            } else {
+                RunCodec::Raw
+            };
+            assert_eq!(stored[0].codec, codec);
+            assert_eq!((stored[0].addr, stored[0].npages), (base, 4));
+            dir.remove("pages-1.precopy").unwrap();
+            stasis_image::write_record_atomic(
+                &dir,
+                stasis_image::names::INVENTORY,
+                RecordKind::Inventory,
+                &1u8,
+            )
+            .unwrap();
+            drop(dir);
+            // Authenticated: the scratch file, never sealed, is not missed.
+            let dir = stasis_image::ImageDir::open(&d).unwrap();
+            assert!(dir.authenticate(&ImageKey::from_secret(&[9; 32])).unwrap());
+            let pages = RawReader::open(&dir, "pages-1.img", RecordKind::Pages).unwrap();
+            EagerFill::new(&pages)
+                .fill(stasis_sys::process::getpid(), &stored)
+                .unwrap();
+            let now = std::hint::black_box(&target[skip..]);
+            for (k, i) in [0u8, 1, 22, 3].into_iter().enumerate() {
+                assert!(now[k * pg..(k + 1) * pg] == page(i)[..], "page {k}");
+            }
+            target.fill(0);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_scratch_page_changed_on_disk_is_refused() {
+        let d = std::env::temp_dir().join(format!("stasis-scratch-bad-{}", std::process::id()));
+        let (dir, runs) = scratch_dir(&d, 0x10000);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("pages-1.precopy"))
+            .unwrap();
+        f.write_all_at(b"X", stasis_image::RAW_DATA_OFFSET + 4 * PAGE_SIZE + 7)
+            .unwrap();
+        let err = store_scratch(
+            &dir,
+            "pages-1.precopy",
+            "pages-1.img",
+            &runs,
+            &[],
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("do not match their CRC"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
