@@ -195,6 +195,37 @@ fn restore_fails(img: &Path) -> String {
     err
 }
 
+/// The images in `img` are authenticated and verified whole by `show`, and the pages of
+/// `pid` are stored compressed (at least `zstd` runs, at most a third of their size) and more
+/// than 8 MiB; returns show's JSON.
+fn check_compressed(img: &Path, pid: i32) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["show", img.to_str().unwrap()])).unwrap();
+    assert_eq!(json["authentication"]["status"], "verified", "{json}");
+    let (_, image) = runs_of(img, pid);
+    let pages: u64 = image.page_runs.iter().map(|r| r.npages * 4096).sum();
+    let stored: u64 = image.page_runs.iter().map(|r| r.stored_len).sum();
+    assert!(
+        image.page_runs.iter().any(|r| r.codec == RunCodec::Zstd)
+            && pages > 8 << 20
+            && stored * 3 < pages,
+        "{stored} bytes stored for {pages} bytes of pages"
+    );
+    json
+}
+
+/// Asks python `pid` to check its data (SIGUSR1), waits for it to exit, and checks that its
+/// log ends with `tail`.
+fn check_and_end(pid: i32, log: &Path, tail: &str) {
+    assert!(kill(pid, libc::SIGUSR1));
+    assert!(matches!(
+        wait_pid(pid, Duration::from_secs(30)),
+        Ok(Waited::Status(_))
+    ));
+    let out = fs::read_to_string(log).unwrap();
+    assert!(out.ends_with(tail), "{out:?}");
+}
+
 #[test]
 fn compressed_dump_of_a_python_heap_shows_and_restores_intact() {
     let Some((_lock, w)) = start("compressed_dump_of_a_python_heap_shows_and_restores_intact")
@@ -205,30 +236,15 @@ fn compressed_dump_of_a_python_heap_shows_and_restores_intact() {
     let img = w.join("img");
     dump(pid, &img, &[]);
     // Authenticated (root has the image key), verified whole by show.
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&["show", img.to_str().unwrap()])).unwrap();
-    assert_eq!(json["authentication"]["status"], "verified", "{json}");
+    let json = check_compressed(&img, pid);
+    // What does not compress (python's random bytes) is stored raw.
     let (_, image) = runs_of(&img, pid);
-    let count = |c: RunCodec| image.page_runs.iter().filter(|r| r.codec == c).count();
     assert!(
-        count(RunCodec::Zstd) > 0 && count(RunCodec::Raw) > 0,
+        image.page_runs.iter().any(|r| r.codec == RunCodec::Raw),
         "{json}"
     );
-    let pages: u64 = image.page_runs.iter().map(|r| r.npages * 4096).sum();
-    let stored: u64 = image.page_runs.iter().map(|r| r.stored_len).sum();
-    assert!(
-        pages > 8 << 20 && stored * 3 < pages,
-        "{stored} bytes stored for {pages} bytes of pages"
-    );
-
     ok(&["restore", "-D", img.to_str().unwrap(), "-d"]);
-    assert!(kill(pid, libc::SIGUSR1));
-    assert!(matches!(
-        wait_pid(pid, Duration::from_secs(30)),
-        Ok(Waited::Status(_))
-    ));
-    let out = fs::read_to_string(&log).unwrap();
-    assert!(out.ends_with("ready\nOK\n"), "{out:?}");
+    check_and_end(pid, &log, "ready\nOK\n");
 }
 
 /// A compressed dump that lets the process run on pre-copies (its stats have a pre-copy
@@ -271,34 +287,11 @@ fn compressed_dump_that_leaves_the_process_running_pre_copies() {
         !names.iter().any(|n| n.ends_with(".precopy")),
         "scratch file left: {names:?}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&["show", img.to_str().unwrap()])).unwrap();
-    assert_eq!(json["authentication"]["status"], "verified", "{json}");
-    let (_, image) = runs_of(&img, pid);
-    let pages: u64 = image.page_runs.iter().map(|r| r.npages * 4096).sum();
-    let stored: u64 = image.page_runs.iter().map(|r| r.stored_len).sum();
-    assert!(
-        image.page_runs.iter().any(|r| r.codec == RunCodec::Zstd)
-            && pages > 8 << 20
-            && stored * 3 < pages,
-        "{stored} bytes stored for {pages} bytes of pages"
-    );
-    // The original ran on: its check passes, and it exits.
-    assert!(kill(pid, libc::SIGUSR1));
-    assert!(matches!(
-        wait_pid(pid, Duration::from_secs(30)),
-        Ok(Waited::Status(_))
-    ));
-    let out = fs::read_to_string(&log).unwrap();
-    assert!(out.ends_with("ready\nOK\n"), "{out:?}");
+    check_compressed(&img, pid);
+    // The original ran on: its check passes, and it exits; then the restored copy's.
+    check_and_end(pid, &log, "ready\nOK\n");
     ok(&["restore", "-D", img.to_str().unwrap(), "-d"]);
-    assert!(kill(pid, libc::SIGUSR1));
-    assert!(matches!(
-        wait_pid(pid, Duration::from_secs(30)),
-        Ok(Waited::Status(_))
-    ));
-    let out = fs::read_to_string(&log).unwrap();
-    assert!(out.ends_with("ready\nOK\nOK\n"), "{out:?}");
+    check_and_end(pid, &log, "ready\nOK\nOK\n");
 }
 
 #[test]

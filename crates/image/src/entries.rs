@@ -314,6 +314,25 @@ pub struct Vma {
     pub advice: VmaAdvice,
 }
 
+impl Vma {
+    /// A private anonymous mapping of `start..end`, readable and writable, with nothing else
+    /// set: what tests build mappings from.
+    pub fn anonymous(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            growsdown: false,
+            file_offset: 0,
+            kind: VmaKind::Anonymous,
+            name: String::new(),
+            shmem_id: 0,
+            advice: VmaAdvice::default(),
+        }
+    }
+}
+
 /// The behavior madvise, mlock and mseal gave a mapping, as the VmFlags of /proc/PID/smaps
 /// show it (engine::pages::advice). All false: the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

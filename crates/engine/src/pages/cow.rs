@@ -510,18 +510,7 @@ mod tests {
     use crate::pages::source::PM_FILE_OR_SHARED;
 
     fn anon(start: u64, end: u64) -> Vma {
-        Vma {
-            shmem_id: 0,
-            advice: Default::default(),
-            start,
-            end,
-            prot: 3,
-            shared: false,
-            growsdown: false,
-            file_offset: 0,
-            kind: VmaKind::Anonymous,
-            name: String::new(),
-        }
+        Vma::anonymous(start, end)
     }
 
     #[test]

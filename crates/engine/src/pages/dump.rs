@@ -48,7 +48,7 @@ pub fn dump_pages(
 }
 
 /// Copies `source` into `sink`, through an [`IncrementalSink`] with `parent`.
-fn store<S: PageSink>(
+pub(crate) fn store<S: PageSink>(
     source: &mut dyn PageSource,
     sink: S,
     parent: Option<ParentRuns<'_>>,

@@ -859,18 +859,7 @@ mod tests {
     }
 
     fn vma(start: u64, end: u64) -> Vma {
-        Vma {
-            start,
-            end,
-            prot: 3,
-            shared: false,
-            growsdown: false,
-            file_offset: 0,
-            kind: VmaKind::Anonymous,
-            name: String::new(),
-            shmem_id: 0,
-            advice: Default::default(),
-        }
+        Vma::anonymous(start, end)
     }
 
     #[test]

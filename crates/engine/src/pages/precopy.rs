@@ -798,104 +798,86 @@ pub fn store_scratch(
     let file = dir.open_file(scratch)?;
     crate::fault::point("creating a pages file")?;
     let mut out = RawWriter::create(dir, name, stasis_image::RecordKind::Pages)?;
-    let feed = Scratch {
+    let mut source = Scratch {
         file: &file,
         name: scratch,
         runs,
         vmas,
+        next: 0,
     };
     let new_runs = match pool {
-        Some(pool) => feed.store(super::compress::ZstdSink::new(pool, &mut out), parent),
-        None => feed.store(super::sink::RawSink::new(&mut out), parent),
+        Some(pool) => super::dump::store(
+            &mut source,
+            super::compress::ZstdSink::new(pool, &mut out),
+            parent,
+        ),
+        None => super::dump::store(&mut source, super::sink::RawSink::new(&mut out), parent),
     }?;
     Ok((new_runs, out.finish()?))
 }
 
-/// The pre-copied pages of a scratch file, for [`store_scratch`].
+/// The pre-copied pages of a scratch file as a page source, for [`store_scratch`]: one
+/// stretch of memory at a time (runs next to each other in memory and in one mapping, at
+/// most [`MAX_RUN_BYTES`]), each run checked against its CRC as it is read back.
 struct Scratch<'a> {
     file: &'a File,
     name: &'a str,
     runs: &'a [PageRun],
     vmas: &'a [Vma],
+    /// The first run not read yet.
+    next: usize,
 }
 
-impl Scratch<'_> {
-    /// Puts every page into `sink` (through an incremental sink with `parent`) and ends it.
-    fn store<S: super::sink::PageSink>(
-        &self,
-        sink: S,
-        parent: Option<super::incremental::ParentRuns<'_>>,
-    ) -> Result<Vec<PageRun>, Error> {
-        use super::sink::PageSink;
-        match parent {
-            None => {
-                let mut sink = sink;
-                self.put_all(&mut sink)?;
-                sink.finish()
-            }
-            Some(parent) => {
-                let mut sink = super::incremental::IncrementalSink::new(sink, parent);
-                self.put_all(&mut sink)?;
-                let d = sink.diffed();
-                tracing::debug!(
-                    unchanged = d.unchanged,
-                    changed = d.changed,
-                    new = d.new,
-                    "pre-copied pages compared with the parent dump"
-                );
-                sink.finish()
-            }
-        }
-    }
-
-    /// Puts the pages one stretch of memory at a time (at most [`MAX_RUN_BYTES`], inside one
-    /// mapping).
-    fn put_all(&self, sink: &mut dyn super::sink::PageSink) -> Result<(), Error> {
-        let mapping_end = |addr: u64| {
-            self.vmas
-                .iter()
-                .find(|v| v.start <= addr && addr < v.end)
-                .map_or(addr, |v| v.end)
+impl super::source::PageSource for Scratch<'_> {
+    fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<super::source::PageSpan>, Error> {
+        let Some(first) = self.runs.get(self.next) else {
+            return Ok(None);
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(MAX_RUN_BYTES);
-        // Where the stretch in `buf` starts, and where its mapping ends.
-        let mut stretch: Option<(u64, u64)> = None;
-        for run in self.runs {
-            let len = run.npages * PAGE_SIZE;
-            let follows = stretch.is_some_and(|(start, end)| {
-                start + buf.len() as u64 == run.addr
-                    && run.addr + len <= end
-                    && buf.len() as u64 + len <= MAX_RUN_BYTES as u64
-            });
-            if !follows {
-                if let Some((start, _)) = stretch.take() {
-                    sink.put(start, &buf)?;
-                    buf.clear();
-                }
-                stretch = Some((run.addr, mapping_end(run.addr)));
+        let mapping_end = self
+            .vmas
+            .iter()
+            .find(|v| v.start <= first.addr && first.addr < v.end)
+            .map_or(first.addr, |v| v.end);
+        let mut len = 0u64;
+        while let Some(run) = self.runs.get(self.next) {
+            let run_len = run.npages * PAGE_SIZE;
+            let follows = first.addr + len == run.addr
+                && run.addr + run_len <= mapping_end
+                && len + run_len <= MAX_RUN_BYTES as u64;
+            if len > 0 && !follows {
+                break;
             }
-            let at = buf.len();
-            buf.resize(at + len as usize, 0);
+            let at = len as usize;
+            let piece = buf
+                .get_mut(at..at + run_len as usize)
+                .ok_or_else(|| Error::Internal {
+                    what: format!(
+                        "a pre-copied run of {} pages is longer than a buffer",
+                        run.npages
+                    ),
+                })?;
             self.file
-                .read_exact_at(&mut buf[at..], stasis_image::RAW_DATA_OFFSET + run.offset)
+                .read_exact_at(piece, stasis_image::RAW_DATA_OFFSET + run.offset)
                 .map_err(|e| {
                     Error::io(
                         format!("reading back the pre-copied pages ({})", self.name),
                         e,
                     )
                 })?;
-            if crc32c::crc32c(&buf[at..]) != run.crc {
+            if crc32c::crc32c(piece) != run.crc {
                 return Err(Error::Invalid(format!(
                     "the pre-copied pages at {:#x} ({} pages) read back from {} do not match \
                      their CRC",
                     run.addr, run.npages, self.name
                 )));
             }
+            len += run_len;
+            self.next += 1;
         }
-        if let Some((start, _)) = stretch {
-            sink.put(start, &buf)?;
-        }
-        Ok(())
+        Ok(Some(super::source::PageSpan {
+            addr: first.addr,
+            npages: len / PAGE_SIZE,
+        }))
     }
 }
 
@@ -1096,18 +1078,7 @@ mod tests {
         let base = (target.as_ptr() as u64).next_multiple_of(PAGE_SIZE);
         let skip = (base - target.as_ptr() as u64) as usize;
         let d = std::env::temp_dir().join(format!("stasis-scratch-{}", std::process::id()));
-        let vmas = [Vma {
-            start: base,
-            end: base + 4 * PAGE_SIZE,
-            prot: 3,
-            shared: false,
-            growsdown: false,
-            file_offset: 0,
-            kind: VmaKind::Anonymous,
-            name: String::new(),
-            shmem_id: 0,
-            advice: Default::default(),
-        }];
+        let vmas = [Vma::anonymous(base, base + 4 * PAGE_SIZE)];
         for compress in [false, true] {
             let (dir, runs) = scratch_dir(&d, base);
             assert_eq!(runs.len(), 3, "{runs:?}");
