@@ -1001,6 +1001,13 @@ fn root_restore_of(
 fn run_show(dir: PathBuf, key_file: &std::path::Path) -> CmdResult {
     let key = stasis_engine::auth::key_for_root(key_file, false);
     let v = stasis_engine::show::show(&stasis_engine::ImageDir::open(&dir)?, key.as_ref())?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(0)
+    let text = serde_json::to_string_pretty(&v)?;
+    // `stasis show DIR | head`: a reader that stops early is not an error.
+    match std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        format!("{text}\n").as_bytes(),
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        r => Ok(r.map(|()| 0)?),
+    }
 }

@@ -243,6 +243,22 @@ fn compressed_dump_of_a_python_heap_shows_and_restores_intact() {
         image.page_runs.iter().any(|r| r.codec == RunCodec::Raw),
         "{json}"
     );
+    // `stasis show DIR | head`: a reader gone early is not an error (nor a panic).
+    let mut show = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["show", img.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(show.stdout.take());
+    let out = show.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "show into a closed pipe: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     ok(&["restore", "-D", img.to_str().unwrap(), "-d"]);
     check_and_end(pid, &log, "ready\nOK\n");
 }

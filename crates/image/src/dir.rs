@@ -353,11 +353,11 @@ impl ImageDir {
 
     /// Makes the files `names` durable. The writeback of every file is started first (most
     /// were started as they were finished: `start_writeback`), so that the filesystem
-    /// writes them together and commits their metadata in one journal commit, which the
-    /// first fsync waits for and the next ones find done. A few files are then fsynced one
-    /// after the other (a thread each would cost more than it saves: about 100 µs per thread
-    /// against nothing on a filesystem without a journal, tmpfs); many, side by side, a few
-    /// threads at a time. The first failure is returned, naming its file.
+    /// writes them together. The files are then fsynced side by side, a few threads at a
+    /// time: on ext4 here each fsync still waits about 4 ms for the device after the first
+    /// (four files: 16 ms one after the other, 6 ms side by side). On a filesystem in memory
+    /// (tmpfs, ramfs), where an fsync costs nothing and a thread about 100 µs, and for a
+    /// single file, one after the other. The first failure is returned, naming its file.
     pub fn sync_files(&self, names: &[String]) -> Result<(), ImageError> {
         /// At most this many fsyncs at once.
         const AT_ONCE: usize = 8;
@@ -368,7 +368,11 @@ impl ImageDir {
         for (_, f) in &files {
             start_writeback(f);
         }
-        if files.len() <= AT_ONCE {
+        /// ramfs's statfs magic (not in libc).
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        let in_memory = stasis_sys::process::fs_type(self.fd())
+            .is_ok_and(|t| t == libc::TMPFS_MAGIC || t == RAMFS_MAGIC);
+        if files.len() <= 1 || in_memory {
             for (n, f) in &files {
                 f.sync_all().map_err(self.io(n))?;
             }
@@ -489,6 +493,35 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
         assert!(dir.create_file("new.img").is_err(), "exclusive create");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_staged_inventory_is_synced_with_the_files_then_put_in_place() {
+        let d = tmp("staged");
+        let key = crate::ImageKey::from_secret(&[3; 32]);
+        {
+            let dir = ImageDir::open(&d).unwrap();
+            dir.seal(&key).unwrap();
+            crate::write_record_unsynced(&dir, "process-1.img", crate::RecordKind::Process, &7u32)
+                .unwrap();
+            let staged = crate::stage_inventory(&dir, &1u8).unwrap();
+            assert_eq!(staged.files(), [crate::names::AUTH, ".inventory.img.tmp"]);
+            // Not in place yet: not a complete dump.
+            assert!(!dir.exists(crate::names::INVENTORY));
+            let mut files = vec!["process-1.img".to_string()];
+            files.extend(staged.files().iter().cloned());
+            dir.sync_files(&files).unwrap();
+            staged.commit(&dir).unwrap();
+            dir.sync_dir().unwrap();
+        }
+        let dir = ImageDir::open(&d).unwrap();
+        assert!(dir.authenticate(&key).unwrap());
+        let back: u8 =
+            crate::read_record(&dir, crate::names::INVENTORY, crate::RecordKind::Inventory)
+                .unwrap();
+        assert_eq!(back, 1);
+        assert!(!d.join(".inventory.img.tmp").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

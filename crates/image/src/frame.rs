@@ -359,6 +359,64 @@ fn write_sealed_inventory(
     dir.rename(&tmp, name)
 }
 
+/// An inventory written under a temporary name, not yet durable nor in place: a dump stages
+/// it ([`stage_inventory`]) before it syncs its files, syncs it with them ([`Staged::files`]:
+/// one round of fsyncs for all, instead of one more for the inventory), then puts it in place
+/// ([`Staged::commit`]) and syncs the directory. A crash before the commit leaves no
+/// inventory: the dump is not complete.
+#[must_use = "a staged inventory is not in place until committed"]
+pub struct Staged {
+    tmp: String,
+    files: Vec<String>,
+}
+
+impl Staged {
+    /// The files to make durable before [`Staged::commit`]: the temporary inventory, and in a
+    /// sealing directory `auth.img` (already in place: without the inventory it means
+    /// nothing).
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// Renames the inventory into place (the caller then syncs the directory).
+    pub fn commit(self, dir: &ImageDir) -> Result<(), ImageError> {
+        dir.rename(&self.tmp, crate::names::INVENTORY)
+    }
+}
+
+/// Writes `value` as the inventory of `dir`, staged (see [`Staged`]). In a sealing directory
+/// `auth.img`, the manifest of every file noted (the inventory included), is written first.
+/// On failure nothing of it is left.
+pub fn stage_inventory<T: Serialize>(dir: &ImageDir, value: &T) -> Result<Staged, ImageError> {
+    let name = crate::names::INVENTORY;
+    let kind = RecordKind::Inventory;
+    let path = dir.path_of(name);
+    let bytes = encode_record(kind, value, &path)?;
+    let mut files = Vec::new();
+    if let Some(sealer) = dir.sealer() {
+        sealer.add_record(name, kind, &bytes);
+        let manifest = sealer.encode_manifest(dir)?;
+        write_bytes_replacing(dir, crate::names::AUTH, &manifest, false)?;
+        files.push(crate::names::AUTH.to_string());
+    }
+    let tmp = format!(".{name}.tmp");
+    let written = dir.create_file(&tmp).and_then(|mut f| {
+        f.write_all(&bytes).map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })
+    });
+    if let Err(e) = written {
+        let _ = dir.remove(&tmp);
+        if !files.is_empty() {
+            let _ = dir.remove(crate::names::AUTH);
+        }
+        return Err(e);
+    }
+    files.push(tmp.clone());
+    Ok(Staged { tmp, files })
+}
+
 /// Like [`write_record_atomic`] (a temporary file renamed into place, its MAC noted in a
 /// sealing directory), but without the fsync: for the records of a dump, which fsyncs every
 /// file it wrote before it writes the inventory (the only record whose presence means

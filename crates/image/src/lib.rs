@@ -58,8 +58,9 @@ pub use budget::DECODE_BUDGET;
 pub use dir::ImageDir;
 pub use entries::*;
 pub use frame::{
-    decode_record, encode_record, read_record, write_record_atomic, write_record_unsynced, Header,
-    RecordKind, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    decode_record, encode_record, read_record, stage_inventory, write_record_atomic,
+    write_record_unsynced, Header, RecordKind, Staged, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    MAX_RECORD_LEN,
 };
 pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
 pub use validate::{

@@ -329,12 +329,21 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         };
         let page_bytes = page_bytes
             + write::write_records(dir, records, &mut written, opts.compress, parent.as_mut())?;
+        // The inventory is staged (written under a temporary name) and synced with the other
+        // files, in one round of fsyncs; only then is it put in place, marking the dump
+        // complete.
+        let link = parent.take().map(|p| p.link);
+        let staged = write::stage_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
+        written.extend(staged.files().iter().cloned());
         let fsync = Instant::now();
         crate::fault::point("syncing the images")?;
         dir.sync_files(&written)?;
         timings.since("sync.fsync", fsync);
-        let link = parent.take().map(|p| p.link);
-        write::write_inventory(dir, pid, tree.pids(), tree.zombies.clone(), link)?;
+        // From here a failure removes the inventory too.
+        written.push(names::INVENTORY.to_string());
+        staged.commit(dir)?;
+        // The renames into place (the inventory's last) are durable only once the directory is.
+        dir.sync_dir()?;
         links.keep();
         timings.since("sync", started);
         Ok::<_, Error>((mappings, page_bytes, holds))

@@ -1,6 +1,7 @@
 //! Dump phase 3: write. Pages, blobs and the process records go into the image directory,
-//! each file created with its header and checksums; the inventory, written last and
-//! atomically once every other file is durable, marks the dump complete. An incremental dump
+//! each file created with its header and checksums; the inventory, written last (staged
+//! under a temporary name, synced with the other files, then renamed into place), marks the
+//! dump complete. An incremental dump
 //! writes only the pages changed since its parent ([`crate::chain`]) and links the parent in
 //! its inventory.
 
@@ -10,8 +11,8 @@ use crate::pages::incremental::ParentRuns;
 use crate::timings::Timings;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{
-    names, write_record_atomic, write_record_unsynced, ImageDir, Inventory, ParentLink,
-    ParentPages, ProcessImage, RawWriter, RecordKind,
+    names, write_record_unsynced, ImageDir, Inventory, ParentLink, ParentPages, ProcessImage,
+    RawWriter, RecordKind,
 };
 use stasis_sys::Pid;
 use std::time::Instant;
@@ -187,15 +188,16 @@ pub(crate) fn write_records(
     Ok(page_bytes)
 }
 
-/// Writes the inventory: the last file, whose presence marks the dump complete; durable, with
-/// its directory entry, when this returns.
-pub(crate) fn write_inventory(
+/// Writes the inventory, staged ([`stasis_image::Staged`]): the caller syncs its files with
+/// the others, then commits it (the last file in place, whose presence marks the dump
+/// complete) and syncs the directory.
+pub(crate) fn stage_inventory(
     dir: &ImageDir,
     root: Pid,
     processes: Vec<Pid>,
     zombies: Vec<stasis_image::Zombie>,
     parent: Option<ParentLink>,
-) -> Result<(), Error> {
+) -> Result<stasis_image::Staged, Error> {
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: procfs::kernel_release(),
@@ -209,7 +211,5 @@ pub(crate) fn write_inventory(
         parent,
     };
     crate::fault::point("writing the inventory")?;
-    write_record_atomic(dir, names::INVENTORY, RecordKind::Inventory, &inventory)?;
-    // The renames into place (the inventory's last) are durable only once the directory is.
-    Ok(dir.sync_dir()?)
+    Ok(stasis_image::stage_inventory(dir, &inventory)?)
 }
