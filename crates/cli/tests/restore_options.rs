@@ -7,7 +7,8 @@
 //! - a dump that fails removes the images directory it created itself (and keeps one that was
 //!   there before);
 //! - a restore whose pid is held by the dumped process's own zombie says so, and names the
-//!   parent that has not reaped it.
+//!   parent that has not reaped it;
+//! - a process whose process group is gone by the restore leads a group of its own.
 //!
 //! The tests need root (`stasis_test_infra::require_root`). Work directories of failed tests
 //! are kept in `target/tmp/restore_options/<test name>/`.
@@ -15,7 +16,9 @@
 mod common;
 
 use common::stasis;
-use stasis_test_infra::process::{become_subreaper, isolate, kill, wait_pid, Waited};
+use stasis_test_infra::process::{
+    become_subreaper, isolate, isolate_in_group, kill, wait_pid, Waited,
+};
 use stasis_test_infra::procfs::{exists, proc_state, ProcState};
 use stasis_test_infra::wait::wait_for;
 use stasis_test_infra::{require_root, require_tool, WorkDir};
@@ -276,4 +279,51 @@ fn pid_held_by_the_dumped_zombie_is_named() {
         )),
         "the error should name the zombie and its parent {me}: {err}"
     );
+}
+
+/// A process a script started in the background is in the script's process group; once the
+/// script and then the dumped process are gone, that group no longer exists, and a restore in
+/// the same session cannot join it: the process leads a group of its own (the restore failed
+/// before: "setpgid to N: Operation not permitted").
+#[test]
+fn a_process_whose_group_is_gone_gets_a_group_of_its_own() {
+    if !require_root() || !require_tool("sh") {
+        return;
+    }
+    become_subreaper();
+    let w = work_dir("group_gone");
+    let pidfile = w.join("pid");
+    // sh leads a group of its own in our session; sleep joins it; sh exits.
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("sleep 1000 & echo $! > {}", pidfile.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut sh = isolate_in_group(&mut sh).spawn().expect("start sh");
+    let sh_pid = sh.id() as i32;
+    assert!(sh.wait().expect("wait for sh").success());
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("read the pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let pgid = |p: i32| stasis_test_infra::procfs::stat(p).map(|s| s.pgrp);
+    assert_eq!(pgid(pid), Some(sh_pid), "sleep in sh's group");
+    let img = w.join("img");
+    let (ok, err) = dump(pid, &img);
+    assert!(ok, "dump: {err}");
+    // Orphaned when sh exited: reaped by us, the subreaper.
+    let _ = wait_pid(pid, TIMEOUT);
+    assert!(!exists(pid));
+    let (ok, err) = stasis(&[
+        OsStr::new("restore"),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        img.as_os_str(),
+    ]);
+    assert!(ok, "restore: {err}");
+    let led = pgid(pid);
+    kill_and_reap(pid);
+    assert_eq!(led, Some(pid), "the restored sleep leads its own group");
 }

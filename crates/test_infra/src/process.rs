@@ -34,21 +34,45 @@ pub fn isolate(cmd: &mut Command) -> &mut Command {
     unsafe {
         cmd.pre_exec(|| {
             stasis_sys::process::setsid()?;
-            // CLOSE_RANGE_CLOEXEC rather than closing: the standard library's own
-            // close-on-exec pipe, which reports a failed exec, must stay open until the exec.
-            let first: libc::c_uint = 3;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            cloexec_above_stderr()
         })
     }
+}
+
+/// Like [`isolate`], but the program stays in the caller's session, as the leader of a
+/// process group of its own (as a shell with job control starts a job).
+#[allow(unsafe_code)]
+pub fn isolate_in_group(cmd: &mut Command) -> &mut Command {
+    // SAFETY: as in `isolate` (setpgid is a system call as well).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setpgid(0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            cloexec_above_stderr()
+        })
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec (CLOSE_RANGE_CLOEXEC rather than closing:
+/// the standard library's own close-on-exec pipe, which reports a failed exec, must stay open
+/// until the exec). Async-signal-safe: for `pre_exec` closures.
+#[allow(unsafe_code)]
+fn cloexec_above_stderr() -> io::Result<()> {
+    let first: libc::c_uint = 3;
+    // SAFETY: close_range reads no memory; it only changes flags of our descriptors.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Like [`isolate`], and the program's stdin (a terminal) becomes the controlling terminal of
@@ -63,17 +87,7 @@ pub fn isolate_on_terminal(cmd: &mut Command) -> &mut Command {
             if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let first: libc::c_uint = 3;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            cloexec_above_stderr()
         })
     }
 }

@@ -432,7 +432,17 @@ fn child_setup(
         } else {
             image.pgid
         };
-        process::setpgid(0, pgid).map_err(sys_owned(format!("setpgid to {}", image.pgid)))?;
+        match process::setpgid(0, pgid) {
+            Ok(()) => {}
+            // The group it was in is gone (its leader and every other member exited, as the
+            // group of a script that started it in the background once the script ends): no
+            // group of that id is left to join in this session, and none can be made with
+            // another leader's id. It leads a group of its own, as a job of a shell would.
+            Err(e) if pgid != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+                process::setpgid(0, 0).map_err(sys("setpgid"))?
+            }
+            Err(e) => return Err(sys_owned(format!("setpgid to {}", image.pgid))(e)),
+        }
     } else if image.pgid == image.pid {
         process::setpgid(0, 0).map_err(sys("setpgid"))?;
     } else if process::getpgid(0).ok() != Some(image.pgid) {
