@@ -416,9 +416,7 @@ impl Injector {
                     event: 0,
                 } => {}
                 ptrace::WaitStatus::Stopped { sig, event } => {
-                    if event == 0 {
-                        self.hold(sig);
-                    }
+                    self.hold(sig, event);
                     continue;
                 }
                 other => {
@@ -471,9 +469,7 @@ impl Injector {
             match ptrace::waitpid_nohang(tid).map_err(|e| Error::sys("waitpid", tid, e))? {
                 None => {}
                 Some(ptrace::WaitStatus::Stopped { sig, event }) => {
-                    if event == 0 {
-                        self.hold(sig);
-                    }
+                    self.hold(sig, event);
                     ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
                 }
                 Some(other) => {
@@ -505,9 +501,7 @@ impl Injector {
                     ..
                 } => break,
                 ptrace::WaitStatus::Stopped { sig, event } => {
-                    if event == 0 {
-                        self.hold(sig);
-                    }
+                    self.hold(sig, event);
                     ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?
                 }
                 other => {
@@ -549,7 +543,7 @@ impl Injector {
             ptrace::cont(tid, 0).map_err(|e| Error::sys("PTRACE_CONT", tid, e))?;
             match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
                 ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
-                ptrace::WaitStatus::Stopped { sig, .. } => self.hold(sig),
+                ptrace::WaitStatus::Stopped { sig, event } => self.hold(sig, event),
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,

@@ -431,10 +431,13 @@ impl Injector {
         r
     }
 
-    /// What the last call was, for the errors of the injection itself.
-    /// A signal-delivery-stop of `sig` that the calls are resumed past: a stop signal is held,
-    /// to be sent again when the injector lets go of the thread (see `held`).
-    fn hold(&mut self, sig: i32) {
+    /// A stop (`sig`, ptrace `event`) that the calls are resumed past: a signal-delivery-stop
+    /// of a stop signal is held, to be sent again when the injector lets go of the thread
+    /// (see `held`); a ptrace event (`event` != 0) is not a signal.
+    fn hold(&mut self, sig: i32, event: i32) {
+        if event != 0 {
+            return;
+        }
         if hold_stop(&mut self.held, sig) {
             tracing::debug!(
                 "tid {}: stop signal {sig} arrived during injected calls: held until they end",
@@ -456,6 +459,7 @@ impl Injector {
         Ok(())
     }
 
+    /// What the last call was, for the errors of the injection itself.
     fn during(&self) -> String {
         self.last
             .as_ref()
@@ -510,7 +514,7 @@ impl Injector {
                 // A ptrace event (a clone reported in the middle of the call, say) is not the
                 // end of the call: go on stepping.
                 ptrace::WaitStatus::Stopped { event, .. } if event != 0 => continue,
-                ptrace::WaitStatus::Stopped { sig, .. } => self.hold(sig),
+                ptrace::WaitStatus::Stopped { sig, event } => self.hold(sig, event),
                 other => {
                     return Err(Error::TargetDied {
                         pid: tid,
