@@ -416,13 +416,27 @@ fn clone_like_fork(flags: u64, pid: Option<Pid>) -> io::Result<Forked> {
 /// zombie: it is in /proc) is really in use: the EEXIST is returned at once.
 pub fn retry_released_id<T>(
     id: Option<Pid>,
-    mut create: impl FnMut() -> io::Result<T>,
+    create: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
+    retry_released_id_with(
+        id,
+        |e: &io::Error| e.raw_os_error() == Some(libc::EEXIST),
+        create,
+    )
+}
+
+/// [`retry_released_id`] for a `create` whose errors are not `io::Error`s: `is_eexist` says
+/// which of them is EEXIST.
+pub fn retry_released_id_with<T, E>(
+    id: Option<Pid>,
+    is_eexist: impl Fn(&E) -> bool,
+    mut create: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let start = std::time::Instant::now();
     loop {
         match create() {
             Err(e)
-                if e.raw_os_error() == Some(libc::EEXIST)
+                if is_eexist(&e)
                     && id.is_some_and(id_being_released)
                     && start.elapsed() < RELEASED_ID_WAIT =>
             {

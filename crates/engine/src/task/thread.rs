@@ -222,24 +222,17 @@ pub fn create_thread(leader: &mut Injector, tid: Pid) -> Result<(), Error> {
         .map_err(|e| Error::sys("PTRACE_SETOPTIONS", leader_tid, e))?;
     // A thread id of a process killed just before may not be free yet (see
     // `process::retry_released_id`).
-    let start = std::time::Instant::now();
-    let got = loop {
-        match leader.clone3_thread(THREAD_CLONE_FLAGS, tid) {
-            Err(Error::Remote { errno, .. })
-                if errno.raw_os_error() == Some(libc::EEXIST)
-                    && stasis_sys::process::id_being_released(tid)
-                    && start.elapsed() < stasis_sys::process::RELEASED_ID_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(Error::Remote { errno, .. }) if errno.raw_os_error() == Some(libc::EEXIST) => {
-                return Err(Error::PidInUse {
-                    pid: tid,
-                    holder: crate::restore::load::pid_holder(tid, None),
-                });
-            }
-            other => break other?,
+    let is_eexist = |e: &Error| matches!(e, Error::Remote { errno, .. } if errno.raw_os_error() == Some(libc::EEXIST));
+    let got = match stasis_sys::process::retry_released_id_with(Some(tid), is_eexist, || {
+        leader.clone3_thread(THREAD_CLONE_FLAGS, tid)
+    }) {
+        Err(e) if is_eexist(&e) => {
+            return Err(Error::PidInUse {
+                pid: tid,
+                holder: crate::restore::load::pid_holder(tid, None),
+            })
         }
+        other => other?,
     };
     if got != tid {
         return Err(Error::Invalid(format!("thread {tid} was created as {got}")));
