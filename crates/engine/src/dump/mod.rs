@@ -303,13 +303,15 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
         timings.since("collect", started);
         let phase = Phase::Write.span();
         let started = Instant::now();
+        // The compression threads, shared by the frozen writes and the pre-copied ones.
+        let mut zstd = write::Zstd::new(opts.compress);
         let (mappings, page_bytes, records) = write::write_tree(
             dir,
             collected,
             &mut written,
             pre,
             parent.as_mut(),
-            opts.compress,
+            &mut zstd,
             &mut timings,
         )?;
         drop(phase);
@@ -328,7 +330,7 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
             Some(holds)
         };
         let page_bytes = page_bytes
-            + write::write_records(dir, records, &mut written, opts.compress, parent.as_mut())?;
+            + write::write_records(dir, records, &mut written, &mut zstd, parent.as_mut())?;
         // The inventory is staged (written under a temporary name) and synced with the other
         // files, in one round of fsyncs; only then is it put in place, marking the dump
         // complete.

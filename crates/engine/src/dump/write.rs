@@ -31,11 +31,9 @@ pub(crate) fn write_tree(
     written: &mut Vec<String>,
     mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
     mut parent: Option<&mut Parent>,
-    compress: Option<pages::compress::Compression>,
+    zstd: &mut Zstd,
     timings: &mut Timings,
 ) -> Result<(usize, u64, Vec<Record>), Error> {
-    // One pool of compression threads for the whole tree.
-    let mut pool = compress.map(pages::compress::ZstdPool::new).transpose()?;
     let mut blobs_done = std::collections::HashSet::new();
     let mut shmem_done = std::collections::HashSet::new();
     let (mut mappings, mut page_bytes) = (0, 0);
@@ -72,7 +70,7 @@ pub(crate) fn write_tree(
                 &mut pages,
                 &mut shmem_done,
                 parent_runs,
-                pool.as_mut(),
+                zstd.pool()?,
                 cow,
             )?;
             // The parent's pages files this one refers to, with their lengths now.
@@ -98,12 +96,45 @@ pub(crate) fn write_tree(
     }
     for (tracked, pages) in pre {
         // Exited since the pre-copy.
-        let name = pre_copy_file(tracked.pid(), compress.is_some() || parent.is_some());
+        let name = pre_copy_file(tracked.pid(), zstd.on() || parent.is_some());
         drop(pages);
         dir.remove(&name)?;
         written.retain(|n| *n != name);
     }
     Ok((mappings, page_bytes, records))
+}
+
+/// The dump's compression (`DumpOptions::compress`) and its one pool of threads, made when a
+/// pages file first needs it: not while the tree is frozen when every process was pre-copied
+/// (their pages are compressed once it runs on).
+pub(crate) struct Zstd {
+    compress: Option<pages::compress::Compression>,
+    pool: Option<pages::compress::ZstdPool>,
+}
+
+impl Zstd {
+    pub(crate) fn new(compress: Option<pages::compress::Compression>) -> Zstd {
+        Zstd {
+            compress,
+            pool: None,
+        }
+    }
+
+    /// Whether the pages are stored compressed.
+    fn on(&self) -> bool {
+        self.compress.is_some()
+    }
+
+    /// The pool, made on first use; `None` without compression.
+    fn pool(&mut self) -> Result<Option<&mut pages::compress::ZstdPool>, Error> {
+        let Some(c) = self.compress else {
+            return Ok(None);
+        };
+        if self.pool.is_none() {
+            self.pool = Some(pages::compress::ZstdPool::new(c)?);
+        }
+        Ok(self.pool.as_mut())
+    }
 }
 
 /// The file a pre-copy of `pid` writes its pages into: its pages file, or with `scratch` (a
@@ -132,25 +163,18 @@ pub(crate) fn write_records(
     dir: &ImageDir,
     records: Vec<Record>,
     written: &mut Vec<String>,
-    compress: Option<pages::compress::Compression>,
+    zstd: &mut Zstd,
     mut parent: Option<&mut Parent>,
 ) -> Result<u64, Error> {
     let mut page_bytes = 0;
-    let mut pool = None;
     for Record { mut image, runs } in records {
         if let Some(runs) = runs {
             let (runs, bytes) = runs.complete()?;
-            if compress.is_none() && parent.is_none() {
+            if !zstd.on() && parent.is_none() {
                 image.page_runs = runs;
                 page_bytes += bytes;
             } else {
-                let pool = match compress {
-                    Some(c) => Some(match &mut pool {
-                        Some(p) => p,
-                        None => pool.insert(pages::compress::ZstdPool::new(c)?),
-                    }),
-                    None => None,
-                };
+                let pool = zstd.pool()?;
                 let pid = image.pid;
                 let scratch = names::pages_scratch(pid);
                 let name = names::pages(pid);
