@@ -125,8 +125,19 @@ pub(crate) enum CodePage {
     /// Not yet, and to be mapped at this address (MAP_FIXED_NOREPLACE).
     At(u64),
     Mapped(u64),
+    /// Mapped by the injector of another thread of the process, which unmaps it
+    /// ([`Injector::share_code_page`]).
+    Shared(u64),
     /// The target cannot have it (the page could not be made executable).
     Refused,
+}
+
+/// A call gathered by [`Injector::batched`], run with the next batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queued {
+    pub name: &'static str,
+    pub nr: i64,
+    pub args: [u64; 6],
 }
 
 impl Injector {
@@ -140,6 +151,21 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Option<Vec<i64>>, Error> {
+        let named: Vec<Queued> = calls
+            .iter()
+            .map(|&(nr, args)| Queued { name, nr, args })
+            .collect();
+        self.batch_named(name, &named)
+    }
+
+    /// [`Injector::batch`] with a name for each call (in logs); `name` names the batch.
+    fn batch_named(
+        &mut self,
+        name: &'static str,
+        calls: &[Queued],
+    ) -> Result<Option<Vec<i64>>, Error> {
+        // Calls gathered before this batch run first, in their order.
+        self.flush_queue()?;
         if calls.len() > MAX_BATCH {
             return Err(Error::Internal {
                 what: format!("a batch of {} calls (at most {MAX_BATCH})", calls.len()),
@@ -153,7 +179,7 @@ impl Injector {
         };
         let table: Vec<u64> = calls
             .iter()
-            .flat_map(|(nr, args)| std::iter::once(*nr as u64).chain(args.iter().copied()))
+            .flat_map(|c| std::iter::once(c.nr as u64).chain(c.args.iter().copied()))
             .collect();
         let mut f = self.frame();
         let table = f.push_slice(&table)?;
@@ -161,7 +187,7 @@ impl Injector {
         let results = f.push_slice(&vec![u64::MAX - 5000; calls.len()])?;
         f.last = Some(CallRecord {
             name,
-            nr: calls[0].0,
+            nr: calls[0].nr,
             args: [calls.len() as u64, 0, 0, 0, 0, 0],
             result: None,
         });
@@ -189,11 +215,11 @@ impl Injector {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        for ((nr, args), r) in calls.iter().zip(&out) {
+        for (c, r) in calls.iter().zip(&out) {
             let rec = CallRecord {
-                name,
-                nr: *nr,
-                args: *args,
+                name: c.name,
+                nr: c.nr,
+                args: c.args,
                 result: Some(*r),
             };
             tracing::trace!("tid {}: {rec} (batched)", f.tid);
@@ -207,7 +233,7 @@ impl Injector {
     /// The code page, mapped and filled on first use; `None` when the target refuses it.
     pub(crate) fn code_page(&mut self) -> Result<Option<u64>, Error> {
         let fixed = match self.code {
-            CodePage::Mapped(a) => return Ok(Some(a)),
+            CodePage::Mapped(a) | CodePage::Shared(a) => return Ok(Some(a)),
             CodePage::Refused => return Ok(None),
             CodePage::NotYet => None,
             CodePage::At(a) => Some(a),
@@ -294,28 +320,38 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Vec<u64>, Error> {
+        let named: Vec<Queued> = calls
+            .iter()
+            .map(|&(nr, args)| Queued { name, nr, args })
+            .collect();
+        self.run_in_order(name, &named)
+    }
+
+    /// [`Injector::calls_in_order`] with a name for each call; the error names the first
+    /// that failed.
+    fn run_in_order(&mut self, name: &'static str, calls: &[Queued]) -> Result<Vec<u64>, Error> {
         let mut out = Vec::with_capacity(calls.len());
         for chunk in calls.chunks(MAX_BATCH) {
-            match self.batch(name, chunk)? {
+            match self.batch_named(name, chunk)? {
                 Some(results) => {
-                    for (&(nr, args), r) in chunk.iter().zip(results) {
+                    for (c, r) in chunk.iter().zip(results) {
                         if (-4095..0).contains(&r) {
                             let rec = CallRecord {
-                                name,
-                                nr,
-                                args,
+                                name: c.name,
+                                nr: c.nr,
+                                args: c.args,
                                 result: Some(r),
                             };
                             tracing::debug!("tid {}: injected call failed: {rec}", self.tid);
                             self.last = Some(rec);
-                            return Err(self.remote_error(name, super::Errno(-r as i32)));
+                            return Err(self.remote_error(c.name, super::Errno(-r as i32)));
                         }
                         out.push(r as u64);
                     }
                 }
                 None => {
-                    for &(nr, args) in chunk {
-                        out.push(self.call(name, nr, args)?);
+                    for c in chunk {
+                        out.push(self.call(c.name, c.nr, c.args)?);
                     }
                 }
             }
@@ -323,9 +359,82 @@ impl Injector {
         Ok(out)
     }
 
+    /// Runs `f` with the calls that only set something (the typed methods that do not need
+    /// their result: `rt_sigaction_set`, `setresuid`, `madvise`, ...) gathered, and run in
+    /// one batch when `f` has returned, or earlier, in their order, before any other call
+    /// (one whose result is needed) or batch; what they pass by pointer stays in the scratch
+    /// area until then. One resume of the thread instead of one per call. A failed call is
+    /// reported when its batch runs (naming it), and the calls after it in that batch run
+    /// too: for a process that the restore kills on any failure, and for callers that do
+    /// not expect some of these calls to fail. Nothing gathered runs when `f` fails.
+    pub fn batched<T>(
+        &mut self,
+        f: impl FnOnce(&mut Injector) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if self.queue.is_some() {
+            return f(self);
+        }
+        let mark = self.alloc.mark();
+        self.queue = Some(Vec::new());
+        let r = f(self);
+        let gathered = self.queue.take().unwrap_or_default();
+        let ran = match &r {
+            Ok(_) if !gathered.is_empty() => self.run_in_order("gathered calls", &gathered),
+            _ => Ok(Vec::new()),
+        };
+        self.alloc.release(mark);
+        let value = r?;
+        ran?;
+        Ok(value)
+    }
+
+    /// Whether calls are being gathered ([`Injector::batched`]).
+    pub(crate) fn gathering(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Adds a call to those being gathered ([`Injector::batched`]).
+    pub(crate) fn gather(&mut self, name: &'static str, nr: i64, args: [u64; 6]) {
+        if let Some(q) = self.queue.as_mut() {
+            q.push(Queued { name, nr, args });
+        }
+    }
+
+    /// Runs the calls gathered so far ([`Injector::batched`]), if any.
+    pub(crate) fn flush_queue(&mut self) -> Result<(), Error> {
+        let gathered = match self.queue.as_mut() {
+            Some(q) if !q.is_empty() => std::mem::take(q),
+            _ => return Ok(()),
+        };
+        self.run_in_order("gathered calls", &gathered)?;
+        Ok(())
+    }
+
+    /// The code page, when this injector has it mapped, for the injector of another thread
+    /// of the process ([`Injector::share_code_page`]).
+    pub fn code_page_mapped(&self) -> Option<u64> {
+        match self.code {
+            CodePage::Mapped(a) | CodePage::Shared(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Runs batches from the code page another injector of the process mapped (`None`: it
+    /// has none, and this one makes none either: its calls run one by one). It is never
+    /// unmapped by this injector.
+    pub fn share_code_page(&mut self, page: Option<u64>) {
+        self.code = match page {
+            Some(a) => CodePage::Shared(a),
+            None => CodePage::Refused,
+        };
+    }
+
     /// Unmaps the code page, if mapped (the page after the scratch area goes with it).
     pub(crate) fn unmap_code(&mut self) -> Result<(), Error> {
         self.unguard()?;
+        if let CodePage::Shared(_) = self.code {
+            self.code = CodePage::NotYet;
+        }
         if let CodePage::Mapped(page) = self.code {
             self.code = CodePage::NotYet;
             if self.code_tail() != Some(page) {

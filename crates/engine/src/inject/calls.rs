@@ -96,16 +96,8 @@ pub fn dump_queries(spec_which: &[u32]) -> Vec<Query> {
         Query::Sigaltstack,
         Query::TidAddress,
         Query::Prctl("prctl(PR_GET_TIMERSLACK)", PR_GET_TIMERSLACK, 0),
-        Query::PrctlInt("prctl(PR_GET_TSC)", PR_GET_TSC),
-        Query::Prctl("prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0),
     ];
-    q.extend(spec_which.iter().map(|&w| {
-        Query::Prctl(
-            "prctl(PR_GET_SPECULATION_CTRL)",
-            PR_GET_SPECULATION_CTRL,
-            w.into(),
-        )
-    }));
+    q.extend(thread_prctl_queries(spec_which));
     q.extend((0..3).map(Query::Getitimer));
     // The dispositions of every signal but SIGKILL and SIGSTOP (`task::signals`).
     q.extend(
@@ -123,6 +115,24 @@ pub fn dump_queries(spec_which: &[u32]) -> Vec<Query> {
         Query::MembarrierRegistrations,
         Query::Prctl("prctl(PR_GET_MEMORY_MERGE)", PR_GET_MEMORY_MERGE, 0),
     ]);
+    q
+}
+
+/// The questions of `get_tsc`, `get_mce_kill` and `get_speculation_ctrl` (for each of
+/// `spec_which`): what a thread's prctl state is, which the restore compares with the
+/// dumped one before it sets it ([`Injector::prefetch`]).
+pub fn thread_prctl_queries(spec_which: &[u32]) -> Vec<Query> {
+    let mut q = vec![
+        Query::PrctlInt("prctl(PR_GET_TSC)", PR_GET_TSC),
+        Query::Prctl("prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0),
+    ];
+    q.extend(spec_which.iter().map(|&w| {
+        Query::Prctl(
+            "prctl(PR_GET_SPECULATION_CTRL)",
+            PR_GET_SPECULATION_CTRL,
+            w.into(),
+        )
+    }));
     q
 }
 
@@ -301,9 +311,9 @@ impl Injector {
     // --- prctl -----------------------------------------------------------------------------
 
     /// A prctl that takes only values and returns 0 or a value.
-    fn prctl(&mut self, name: &'static str, args: [u64; 5]) -> Result<u64, Error> {
+    fn prctl(&mut self, name: &'static str, args: [u64; 5]) -> Result<(), Error> {
         let [a, b, c, d, e] = args;
-        self.call(name, libc::SYS_prctl, [a, b, c, d, e, 0])
+        self.set(name, libc::SYS_prctl, [a, b, c, d, e, 0])
     }
 
     /// A prctl that stores an int through its second argument.
@@ -371,8 +381,11 @@ impl Injector {
     pub fn set_name(&mut self, name: &[u8; 16]) -> Result<(), Error> {
         let mut f = self.frame();
         let at = f.push(name)?;
-        f.prctl("prctl(PR_SET_NAME)", [PR_SET_NAME, at.addr(), 0, 0, 0])?;
-        Ok(())
+        f.set(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [PR_SET_NAME, at.addr(), 0, 0, 0, 0],
+        )
     }
 
     /// PR_SET_MM_MAP with `map`, whose `auxv` and `auxv_size` are set to a copy of `auxv`.
@@ -385,17 +398,18 @@ impl Injector {
             ..*map
         };
         let p = f.push(&map)?;
-        f.prctl(
+        f.set(
             "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
             [
                 PR_SET_MM,
                 PR_SET_MM_MAP,
                 p.addr(),
                 std::mem::size_of::<PrctlMmMap>() as u64,
                 0,
+                0,
             ],
-        )?;
-        Ok(())
+        )
     }
 
     /// PR_GET_SECUREBITS.
@@ -599,12 +613,11 @@ impl Injector {
 
     /// membarrier(cmd, 0, 0): one registration command.
     pub fn membarrier_register(&mut self, cmd: u32) -> Result<(), Error> {
-        self.call(
+        self.set(
             "membarrier(register)",
             libc::SYS_membarrier,
             [cmd.into(), 0, 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     // --- Signals ---------------------------------------------------------------------------
@@ -738,12 +751,11 @@ impl Injector {
         len: u32,
         sig: u32,
     ) -> Result<(), Error> {
-        self.call(
+        self.set(
             "rseq(register)",
             libc::SYS_rseq,
             [area.addr(), len.into(), 0, sig.into(), 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// rseq(area, len, RSEQ_FLAG_UNREGISTER, sig).
@@ -770,22 +782,20 @@ impl Injector {
 
     /// set_robust_list(head, len): `head` is an address in the thread's own memory.
     pub fn set_robust_list(&mut self, head: u64, len: u64) -> Result<(), Error> {
-        self.call(
+        self.set(
             "set_robust_list",
             libc::SYS_set_robust_list,
             [head, len, 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// set_tid_address(addr): the thread's clear-child-tid address.
     pub fn set_tid_address(&mut self, addr: u64) -> Result<(), Error> {
-        self.call(
+        self.set(
             "set_tid_address",
             libc::SYS_set_tid_address,
             [addr, 0, 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// clone3 with `flags` creating a thread with id `tid` (set_tid) that starts where the
@@ -821,44 +831,39 @@ impl Injector {
     pub fn setgroups(&mut self, groups: &[u32]) -> Result<(), Error> {
         let mut f = self.frame();
         let at = f.push_slice(groups)?;
-        f.call(
+        f.set(
             "setgroups",
             libc::SYS_setgroups,
             [at.len() as u64, at.addr(), 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// setresgid(real, effective, saved).
     pub fn setresgid(&mut self, [r, e, s]: [u32; 3]) -> Result<(), Error> {
-        self.call(
+        self.set(
             "setresgid",
             libc::SYS_setresgid,
             [r.into(), e.into(), s.into(), 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// setresuid(real, effective, saved).
     pub fn setresuid(&mut self, [r, e, s]: [u32; 3]) -> Result<(), Error> {
-        self.call(
+        self.set(
             "setresuid",
             libc::SYS_setresuid,
             [r.into(), e.into(), s.into(), 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// setfsgid(gid) (it returns the previous one and never fails).
     pub fn setfsgid(&mut self, gid: u32) -> Result<(), Error> {
-        self.call("setfsgid", libc::SYS_setfsgid, [gid.into(), 0, 0, 0, 0, 0])?;
-        Ok(())
+        self.set("setfsgid", libc::SYS_setfsgid, [gid.into(), 0, 0, 0, 0, 0])
     }
 
     /// setfsuid(uid) (it returns the previous one and never fails).
     pub fn setfsuid(&mut self, uid: u32) -> Result<(), Error> {
-        self.call("setfsuid", libc::SYS_setfsuid, [uid.into(), 0, 0, 0, 0, 0])?;
-        Ok(())
+        self.set("setfsuid", libc::SYS_setfsuid, [uid.into(), 0, 0, 0, 0, 0])
     }
 
     /// capset(&header, data): version 3 takes two data structures (capabilities 0–31 and
@@ -867,12 +872,11 @@ impl Injector {
         let mut f = self.frame();
         let hdr = f.push(header)?;
         let at = f.push(data)?;
-        f.call(
+        f.set(
             "capset",
             libc::SYS_capset,
             [hdr.addr(), at.addr(), 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     // --- Seccomp ------------------------------------------------------------------------------
@@ -952,12 +956,11 @@ impl Injector {
 
     /// madvise(addr, len, advice).
     pub fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> Result<(), Error> {
-        self.call(
+        self.set(
             advice.call_name(),
             libc::SYS_madvise,
             [addr, len, reg(advice.value().into()), 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// mlock2(addr, len, flags): locks a range, with MLOCK_ONFAULT when `on_fault` (its pages
@@ -968,24 +971,21 @@ impl Injector {
         } else {
             ("mlock2", 0)
         };
-        self.call(name, libc::SYS_mlock2, [addr, len, flags, 0, 0, 0])?;
-        Ok(())
+        self.set(name, libc::SYS_mlock2, [addr, len, flags, 0, 0, 0])
     }
 
     /// mlockall(flags) (MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT).
     pub fn mlockall(&mut self, flags: u32) -> Result<(), Error> {
-        self.call(
+        self.set(
             "mlockall",
             libc::SYS_mlockall,
             [flags.into(), 0, 0, 0, 0, 0],
-        )?;
-        Ok(())
+        )
     }
 
     /// mseal(addr, len, 0): the range can no longer be unmapped, moved or reprotected.
     pub fn mseal(&mut self, addr: u64, len: u64) -> Result<(), Error> {
-        self.call("mseal", libc::SYS_mseal, [addr, len, 0, 0, 0, 0])?;
-        Ok(())
+        self.set("mseal", libc::SYS_mseal, [addr, len, 0, 0, 0, 0])
     }
 
     /// mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to): moves a mapping.
@@ -1130,8 +1130,7 @@ impl Injector {
     ) -> Result<(), Error> {
         let mut f = self.frame();
         let at = f.push(value)?;
-        f.call(name, nr, args(at.addr()))?;
-        Ok(())
+        f.set(name, nr, args(at.addr()))
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Injector {
     /// through an unparked thread's own mask, and are passed over as before: a restore queues
     /// the pending signals of its image itself.)
     held: Vec<i32>,
+    /// Calls gathered to run in one batch ([`Injector::batched`]), while gathering.
+    queue: Option<Vec<batch::Queued>>,
 }
 
 /// The scratch area and the code page, one mapping of [`AREA_LEN`] bytes.
@@ -165,6 +167,7 @@ impl Injector {
             frame_at: None,
             area: None,
             held: Vec::new(),
+            queue: None,
         })
     }
 
@@ -409,6 +412,8 @@ impl Injector {
 
     /// Runs one system call; records it as the last call.
     fn run(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        // Calls gathered before this one run first, in their order.
+        self.flush_queue()?;
         self.last = Some(CallRecord {
             name,
             nr,
@@ -1031,6 +1036,106 @@ mod tests {
         assert_eq!(last.args[..2], [1, 200]);
         assert_eq!(last.result, Some(-(libc::EINVAL as i64)));
 
+        inj.finish().expect("finish");
+        frozen.thaw().expect("thaw");
+        drop(sleeper);
+    }
+    /// Calls gathered by `batched` run once it returns (or before any call that is not
+    /// gathered), in their order, with what they pass by pointer intact; a failed one is
+    /// the error, naming it; nothing gathered runs when the closure fails.
+    #[test]
+    fn gathered_calls_run_together_in_order() {
+        if stasis_sys::process::geteuid() != 0 {
+            eprintln!("notice: gathered_calls_run_together_in_order needs root; skipped");
+            return;
+        }
+        let sleeper = Sleeper(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .expect("start sleep"),
+        );
+        let pid = sleeper.0.id() as Pid;
+        let mut frozen = Frozen::freeze(pid).expect("freeze");
+        let vdso = crate::procfs::read_smaps(pid)
+            .expect("smaps")
+            .into_iter()
+            .find(|m| m.name == "[vdso]")
+            .expect("a vdso");
+        let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
+            .expect("injector");
+        inj.map_scratch(None).expect("map scratch");
+        let slack = || {
+            std::fs::read_to_string(format!("/proc/{pid}/timerslack_ns"))
+                .expect("timerslack_ns")
+                .trim()
+                .parse::<u64>()
+                .expect("a number")
+        };
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+        let before = slack();
+        let stack = StackT {
+            sp: 0x7000_0000,
+            flags: 0,
+            pad: 0,
+            size: 64 * 1024,
+        };
+
+        inj.batched(|inj| {
+            inj.set_timerslack(before + 1000)?;
+            inj.set_name(b"gathered\0\0\0\0\0\0\0\0")?;
+            inj.sigaltstack_set(&stack)?;
+            // Nothing has run yet.
+            assert_eq!(slack(), before);
+            assert_eq!(comm(), "sleep\n");
+            Ok(())
+        })
+        .expect("gathered calls");
+        assert_eq!(slack(), before + 1000);
+        assert_eq!(comm(), "gathered\n", "the name passed by pointer survived");
+        let ss = inj.sigaltstack_get().expect("sigaltstack");
+        assert_eq!((ss.sp, ss.size), (stack.sp, stack.size));
+
+        // A call that is not gathered runs after those gathered before it.
+        let seen = inj
+            .batched(|inj| {
+                inj.set_timerslack(before + 2000)?;
+                inj.get_timerslack()
+            })
+            .expect("a getter among gathered calls");
+        assert_eq!(seen, before + 2000);
+
+        // A failed call is the error, naming it; those after it in the batch ran.
+        let failed = inj.batched(|inj| {
+            inj.set_tsc(99)?;
+            inj.set_timerslack(before + 3000)
+        });
+        match failed {
+            Err(Error::Remote { call, errno, .. }) => {
+                assert_eq!(call, "prctl(PR_SET_TSC)");
+                assert_eq!(errno.raw_os_error(), Some(libc::EINVAL));
+            }
+            other => panic!("PR_SET_TSC 99 should fail with EINVAL: {other:?}"),
+        }
+        assert_eq!(slack(), before + 3000);
+
+        // Nothing gathered runs when the closure fails.
+        let r: Result<(), Error> = inj.batched(|inj| {
+            inj.set_timerslack(before + 4000)?;
+            Err(Error::Internal {
+                what: "stop here".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(slack(), before + 3000);
+
+        inj.sigaltstack_set(&StackT {
+            sp: 0,
+            flags: libc::SS_DISABLE,
+            pad: 0,
+            size: 0,
+        })
+        .expect("sigaltstack off");
         inj.finish().expect("finish");
         frozen.thaw().expect("thaw");
         drop(sleeper);

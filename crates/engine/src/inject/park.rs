@@ -95,29 +95,15 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
     Ok(None)
 }
 
-/// The offsets of the first `syscall; ret` and the first restorer in `hay`: one pass over
-/// the `syscall` instructions (0f 05) it holds.
+/// The offsets of the first `syscall; ret` and the first restorer in `hay` (SIMD substring
+/// searches: a byte-by-byte pass over the ~0.5 MiB of libc's text they take to find cost
+/// ~0.4 ms of every dump).
 fn scan(hay: &[u8]) -> (Option<usize>, Option<usize>) {
-    let (mut sr, mut rest) = (None, None);
-    let mut i = 0;
-    while let Some(p) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == 0x0f)) {
-        let at = i + p;
-        if hay.get(at + 1) == Some(&0x05) {
-            if sr.is_none() && hay.get(at..at + 3) == Some(&SYSCALL_RET[..]) {
-                sr = Some(at);
-            }
-            if rest.is_none() {
-                rest = RESTORERS.iter().find_map(|r| {
-                    let start = (at + 2).checked_sub(r.len())?;
-                    (hay.get(start..at + 2) == Some(r)).then_some(start)
-                });
-            }
-            if sr.is_some() && rest.is_some() {
-                break;
-            }
-        }
-        i = at + 1;
-    }
+    let sr = memchr::memmem::find(hay, &SYSCALL_RET);
+    let rest = RESTORERS
+        .iter()
+        .filter_map(|r| memchr::memmem::find(hay, r))
+        .min();
     (sr, rest)
 }
 

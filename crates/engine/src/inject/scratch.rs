@@ -167,6 +167,11 @@ impl Injector {
         let mark = self.alloc.mark();
         Frame { inj: self, mark }
     }
+
+    /// [`Frame::set`] for a call that passes nothing by pointer.
+    pub fn set(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<(), Error> {
+        self.frame().set(name, nr, args)
+    }
 }
 
 impl Frame<'_> {
@@ -203,6 +208,20 @@ impl Frame<'_> {
             len: values.len(),
             _t: PhantomData,
         })
+    }
+
+    /// Runs a call whose result is not needed; while calls are gathered
+    /// ([`Injector::batched`]), adds it to them instead and keeps what this frame allocated
+    /// (its arguments) until they have run.
+    pub fn set(mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<(), Error> {
+        if self.inj.gathering() {
+            self.inj.gather(name, nr, args);
+            // Released by `batched` once the gathered calls have run.
+            self.mark = u64::MAX;
+            return Ok(());
+        }
+        self.inj.call(name, nr, args)?;
+        Ok(())
     }
 
     /// Room for `len` bytes; returns their remote address.

@@ -142,11 +142,21 @@ impl<'a> Plan<'a> {
         let closers = restore_fd_closers(loaded);
         for (i, (image, pages)) in loaded.processes.iter().enumerate() {
             let mut map_aux = HashMap::new();
+            // A file is opened once for all the mappings of it (a library has four or five).
+            let mut opened: HashMap<(&str, bool, u64, u64), usize> = HashMap::new();
             for (v, vma) in image.vmas.iter().enumerate() {
                 if let VmaKind::File { path, dev, ino, .. } = &vma.kind {
                     let writable = vma.shared && vma.prot & libc::PROT_WRITE as u32 != 0;
-                    map_aux.insert(v, aux.len());
-                    aux.push(open_mapped_file(path, writable, *dev, *ino, &mut ctx)?);
+                    let key = (path.as_str(), writable, *dev, *ino);
+                    let at = match opened.get(&key) {
+                        Some(&at) => at,
+                        None => {
+                            aux.push(open_mapped_file(path, writable, *dev, *ino, &mut ctx)?);
+                            opened.insert(key, aux.len() - 1);
+                            aux.len() - 1
+                        }
+                    };
+                    map_aux.insert(v, at);
                 }
                 if let VmaKind::Memfd { memfd_id } = &vma.kind {
                     map_aux.insert(v, aux.len());

@@ -355,7 +355,8 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 pages::finish_protections(self.inj()?, &image.vmas, &image.page_runs)?;
             }
             RebuildStep::MemoryAdvice => {
-                pages::apply_advice(self.inj()?, &image.vmas, image.mlock_future)?;
+                self.inj()?
+                    .batched(|inj| pages::apply_advice(inj, &image.vmas, image.mlock_future))?;
             }
             RebuildStep::MmFields => {
                 // The child's exe link is the restorer's executable. When that is also the
@@ -368,10 +369,15 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 };
                 mm::restore(self.inj()?, &image.mm, exe_fd)?;
             }
-            RebuildStep::Signals => signals::restore(self.inj()?, child, &image.signals)?,
-            RebuildStep::IntervalTimers => itimers::restore(self.inj()?, &image.itimers)?,
+            RebuildStep::Signals => self
+                .inj()?
+                .batched(|inj| signals::restore(inj, child, &image.signals))?,
+            RebuildStep::IntervalTimers => self
+                .inj()?
+                .batched(|inj| itimers::restore(inj, &image.itimers))?,
             RebuildStep::LeaderThread => {
-                thread::restore_in_thread(self.inj()?, child, &image.threads[0])?;
+                self.inj()?
+                    .batched(|inj| thread::restore_in_thread(inj, child, &image.threads[0]))?;
             }
             RebuildStep::CloseRestoreFds => {
                 if planned.close_aux {
@@ -411,19 +417,24 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                     // is now.
                     let mut tinj = Injector::new(t.tid, self.inj()?.syscall_ip())?;
                     tinj.share_scratch(self.scratch);
+                    tinj.share_code_page(self.inj()?.code_page_mapped());
                     ptrace::set_sigmask(t.tid, u64::MAX)
                         .map_err(|e| Error::sys("PTRACE_SETSIGMASK", t.tid, e))?;
-                    thread::restore_in_thread(&mut tinj, child, t)?;
-                    loginuid::restore_thread(&mut tinj, t.loginuid, image.task.loginuid)?;
+                    tinj.batched(|inj| {
+                        thread::restore_in_thread(inj, child, t)?;
+                        loginuid::restore_thread(inj, t.loginuid, image.task.loginuid)
+                    })?;
                     self.others.push((tinj, t));
                 }
             }
             RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
             RebuildStep::InheritedPrctl => {
-                prctl::restore_process(self.inj()?, &image.prctl)?;
-                prctl::restore_thread(self.inj()?, &image.threads[0].prctl)?;
+                self.inj()?.batched(|inj| {
+                    prctl::restore_process(inj, &image.prctl)?;
+                    prctl::restore_thread(inj, &image.threads[0].prctl)
+                })?;
                 for (tinj, t) in &mut self.others {
-                    prctl::restore_thread(tinj, &t.prctl)?;
+                    tinj.batched(|inj| prctl::restore_thread(inj, &t.prctl))?;
                 }
             }
             RebuildStep::JoinProcessGroup => {
@@ -434,15 +445,19 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             RebuildStep::Credentials => {
                 // Credentials are per thread: every thread gets them, the leader last.
                 for (tinj, t) in &mut self.others {
-                    creds::restore(tinj, &image.creds, plan.allowed_caps)?;
-                    thread::restore_name(tinj, &t.comm)?;
+                    tinj.batched(|inj| {
+                        creds::restore(inj, &image.creds, plan.allowed_caps)?;
+                        thread::restore_name(inj, &t.comm)
+                    })?;
                 }
-                creds::restore(self.inj()?, &image.creds, plan.allowed_caps)?;
+                self.inj()?
+                    .batched(|inj| creds::restore(inj, &image.creds, plan.allowed_caps))?;
             }
             RebuildStep::Prctl => {
                 let with_pdeathsig =
                     plan.root_pdeathsig || image.pid != plan.loaded.inventory.root_pid;
-                attrs::restore_prctl(self.inj()?, &image.task, with_pdeathsig)?
+                self.inj()?
+                    .batched(|inj| attrs::restore_prctl(inj, &image.task, with_pdeathsig))?
             }
             RebuildStep::JobStop => {
                 if let Some(js) = &image.stop {

@@ -67,6 +67,17 @@ pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error>
     let effective = c.cap_effective & permitted;
     let inheritable = c.cap_inheritable & allowed;
     let ambient = c.cap_ambient & permitted & inheritable;
+    // Leaving uid 0 clears the permitted set unless keep-caps is on; the dumped securebits
+    // are set at the end.
+    let leaves_root = now.uids[..3].contains(&0) && c.uids[..3].iter().all(|&u| u != 0);
+    // The securebits the thread has once its ids are set (nothing below changes them but
+    // the keep-caps set for leaving root): asked first, so that every call below, which
+    // only sets something, can run in one batch (see `Injector::batched`).
+    let bits_now = if leaves_root {
+        c.securebits | SECBIT_KEEP_CAPS
+    } else {
+        inj.get_securebits()?
+    };
     // The bounding set can only shrink (PR_CAPBSET_DROP needs CAP_SETPCAP): bits already
     // absent are left alone.
     for cap in 0..=last_cap().min(63) {
@@ -81,9 +92,6 @@ pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error>
     if groups != now_groups {
         inj.setgroups(&c.groups)?;
     }
-    // Leaving uid 0 clears the permitted set unless keep-caps is on; the dumped securebits
-    // are set at the end.
-    let leaves_root = now.uids[..3].contains(&0) && c.uids[..3].iter().all(|&u| u != 0);
     if leaves_root {
         inj.set_securebits(c.securebits | SECBIT_KEEP_CAPS)?;
     }
@@ -111,11 +119,6 @@ pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error>
         }
     }
     // Securebits other than keep-caps need CAP_SETPCAP: set only when they change.
-    let bits_now = if leaves_root {
-        c.securebits | SECBIT_KEEP_CAPS
-    } else {
-        inj.get_securebits()?
-    };
     if (bits_now ^ c.securebits) & !SECBIT_KEEP_CAPS != 0 {
         inj.set_securebits(c.securebits | (bits_now & SECBIT_KEEP_CAPS))?;
     }

@@ -140,23 +140,33 @@ pub fn restore_process(inj: &mut Injector, p: &ProcessPrctl) -> Result<(), Error
 /// Sets one thread's part inside it.
 #[tracing::instrument(name = "prctl", level = "debug", skip_all, fields(tid = inj.tid()))]
 pub fn restore_thread(inj: &mut Injector, t: &ThreadPrctl) -> Result<(), Error> {
-    inj.set_timerslack(t.timerslack_ns)?;
-    if inj.get_tsc()? != t.tsc {
-        inj.set_tsc(t.tsc)?;
-    }
-    if inj.get_mce_kill()? != t.mce_kill {
-        inj.set_mce_kill(t.mce_kill)?;
-    }
     let dumped = [
         t.spec_store_bypass,
         t.spec_indirect_branch,
         t.spec_l1d_flush,
     ];
-    for (which, v) in SPEC_WHICH.into_iter().zip(dumped) {
-        let Some(ctrl) = speculation_ctrl(v) else {
-            continue;
-        };
-        if speculation_ctrl(inj.get_speculation_ctrl(which)?) != Some(ctrl) {
+    let spec: Vec<(u32, u32)> = SPEC_WHICH
+        .into_iter()
+        .zip(dumped)
+        .filter_map(|(which, v)| speculation_ctrl(v).map(|ctrl| (which, ctrl)))
+        .collect();
+    // What the thread has now, asked at once (each answer is taken below).
+    let which: Vec<u32> = spec.iter().map(|&(w, _)| w).collect();
+    inj.prefetch(&crate::inject::calls::thread_prctl_queries(&which))?;
+    let (tsc, mce_kill) = (inj.get_tsc()?, inj.get_mce_kill()?);
+    let mut spec_now = Vec::with_capacity(spec.len());
+    for &(which, _) in &spec {
+        spec_now.push(speculation_ctrl(inj.get_speculation_ctrl(which)?));
+    }
+    inj.set_timerslack(t.timerslack_ns)?;
+    if tsc != t.tsc {
+        inj.set_tsc(t.tsc)?;
+    }
+    if mce_kill != t.mce_kill {
+        inj.set_mce_kill(t.mce_kill)?;
+    }
+    for (&(which, ctrl), now) in spec.iter().zip(spec_now) {
+        if now != Some(ctrl) {
             inj.set_speculation_ctrl(which, ctrl)?;
         }
     }
