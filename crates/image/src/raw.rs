@@ -41,6 +41,12 @@ pub struct RawWriter {
 /// copy.)
 const WRITEBACK_STEP: u64 = 8 << 20;
 
+/// The buffer that gathers small writes into one system call. Larger writes go to the file
+/// straight from the caller's memory (the dumper's copy buffer), without a copy: each fresh
+/// page of a bigger buffer also costs a fault the first time it is filled (~2 µs on a VM:
+/// 0.5 ms of a 1 MiB process's dump with a 1 MiB buffer).
+const WRITE_BUFFER: usize = 64 << 10;
+
 impl RawWriter {
     /// Creates `name` in `dir` (it must not exist).
     pub fn create(dir: &ImageDir, name: &str, kind: RecordKind) -> Result<RawWriter, ImageError> {
@@ -52,7 +58,7 @@ impl RawWriter {
                 source,
             })?;
         Ok(RawWriter {
-            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            file: std::io::BufWriter::with_capacity(WRITE_BUFFER, file),
             path,
             kind,
             len: 0,
