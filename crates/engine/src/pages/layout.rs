@@ -86,8 +86,9 @@ pub struct SpecialMove {
 
 /// Plans the mremaps that bring the child's special mappings (`child`, as
 /// [`procfs::read_smaps`] shows them) to the image's addresses (`image`): nothing when they are
-/// already there, else every mapping to a temporary place clear of both layouts and then to
-/// its place, the vdso last each time. The two must have the same shape (names, sizes and
+/// already there; each straight to its place when the two blocks do not overlap; else every
+/// mapping to a temporary place clear of both layouts and then to its place. The vdso moves
+/// last each time. The two must have the same shape (names, sizes and
 /// distances): images from another kernel are refused.
 pub fn plan_special_moves(child: &[Special], image: &[Special]) -> Result<Vec<SpecialMove>, Error> {
     let (child, target) = (
@@ -111,26 +112,30 @@ pub fn plan_special_moves(child: &[Special], image: &[Special]) -> Result<Vec<Sp
         return Ok(Vec::new());
     }
     let span = cur_block.1 - cur_block.0;
-    let temp = TEMP_PLACES
-        .into_iter()
-        .find(|&t| !overlaps((t, t + span), cur_block) && !overlaps((t, t + span), dst_block))
-        .ok_or_else(|| Error::Invalid("no temporary place to move the vdso through".into()))?;
     // The vdso moves last: its syscall instruction runs every mremap.
     let mut order: Vec<&Special> = child.iter().collect();
     order.sort_by_key(|(_, _, n)| n == "[vdso]");
-    let mut moves = Vec::new();
-    let mut from = cur_block.0;
-    for to in [temp, dst_block.0] {
-        for (a, b, name) in &order {
-            moves.push(SpecialMove {
+    let hop = |from: u64, to: u64| -> Vec<SpecialMove> {
+        order
+            .iter()
+            .map(|(a, b, name)| SpecialMove {
                 from: from + (a - cur_block.0),
                 len: b - a,
                 to: to + (a - cur_block.0),
                 vdso: name == "[vdso]",
-            });
-        }
-        from = to;
+            })
+            .collect()
+    };
+    if !overlaps(cur_block, dst_block) {
+        // No mapping can land on one of the block not moved yet.
+        return Ok(hop(cur_block.0, dst_block.0));
     }
+    let temp = TEMP_PLACES
+        .into_iter()
+        .find(|&t| !overlaps((t, t + span), cur_block) && !overlaps((t, t + span), dst_block))
+        .ok_or_else(|| Error::Invalid("no temporary place to move the vdso through".into()))?;
+    let mut moves = hop(cur_block.0, temp);
+    moves.extend(hop(temp, dst_block.0));
     Ok(moves)
 }
 
@@ -601,15 +606,40 @@ mod tests {
                 (base + 0x2000, base + 0x6000, "[vvar]".into()),
             ]
         };
-        let moves = plan_special_moves(&vdso_first(c), &vdso_first(0x7ffe_0000_0000)).unwrap();
+        let moves = plan_special_moves(&vdso_first(c), &vdso_first(c + 0x2000)).unwrap();
         let vdso: Vec<bool> = moves.iter().map(|m| m.vdso).collect();
         assert_eq!(vdso, vec![false, true, false, true]);
         assert_eq!(moves[0], m(c + 0x2000, 0x4000, temp + 0x2000, false));
-        assert_eq!(moves[3], m(temp, 0x2000, 0x7ffe_0000_0000, true));
+        assert_eq!(moves[3], m(temp, 0x2000, c + 0x2000, true));
         // Neither block may be used as the temporary place.
         let child = special_block(0x1000_0000_0000);
+        let image = special_block(0x1000_0000_4000);
         let moves = plan_special_moves(&child, &image).unwrap();
         assert_eq!(moves[0].to, 0x2000_0000_0000);
+    }
+
+    #[test]
+    fn specials_clear_of_each_other_move_straight_vdso_last() {
+        let c = 0x7ffd_0000_0000u64;
+        let d = 0x7f43_0000_0000u64;
+        let moves = plan_special_moves(&special_block(c), &special_block(d)).unwrap();
+        let m = |from, len, to, vdso| SpecialMove {
+            from,
+            len,
+            to,
+            vdso,
+        };
+        assert_eq!(
+            moves,
+            vec![
+                m(c, 0x4000, d, false),
+                m(c + 0x4000, 0x2000, d + 0x4000, false),
+                m(c + 0x6000, 0x2000, d + 0x6000, true),
+            ]
+        );
+        // Right next to each other, not overlapping: straight too.
+        let moves = plan_special_moves(&special_block(c), &special_block(c + 0x8000)).unwrap();
+        assert_eq!(moves.len(), 3);
     }
 
     #[test]
