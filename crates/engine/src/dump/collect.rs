@@ -160,6 +160,14 @@ fn collect(
         let mut t = thread::dump(pid, leader, &mut inj)?;
         t.sigmask = mask;
         let mut threads = vec![t];
+        // The other threads ask their questions in one batch each, from the leader's code
+        // page, which the leader lends them meanwhile (if we die, it sleeps before it unmaps
+        // the page, so that none of them is left running code that is gone).
+        let lent = if frozen.threads.len() > 1 {
+            inj.lend_code_page()?
+        } else {
+            None
+        };
         for &tid in &frozen.threads[1..] {
             threads.push(dump_other_thread(
                 pid,
@@ -167,7 +175,11 @@ fn collect(
                 syscall_ip,
                 scratch,
                 inj.gadgets(),
+                lent,
             )?);
+        }
+        if lent.is_some() {
+            inj.take_back_code_page()?;
         }
         for t in &mut threads {
             if let Some(nr) =
@@ -255,12 +267,17 @@ fn dump_other_thread(
     syscall_ip: u64,
     scratch: u64,
     gadgets: Option<Option<inject::park::Gadgets>>,
+    code_page: Option<u64>,
 ) -> Result<stasis_image::ThreadImage, Error> {
     let mask = ptrace::get_sigmask(tid).map_err(|e| Error::sys("PTRACE_GETSIGMASK", tid, e))?;
     let mut inj = Injector::new(tid, syscall_ip)?;
     inj.set_gadgets(gadgets);
-    let dumped = inj.park(mask).and_then(|_| {
+    let dumped = inj.park(mask).and_then(|parked| {
         inj.share_scratch(scratch);
+        if let (true, Some(page)) = (parked, code_page) {
+            inj.share_code_page(Some(page));
+            inj.prefetch(&inject::calls::thread_queries(&prctl::SPEC_WHICH))?;
+        }
         thread::dump(pid, tid, &mut inj)
     });
     inj.forget_scratch();

@@ -78,6 +78,20 @@ const SLEEP_TAIL: [u8; 27] = [
     0x31, 0xc0, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05,
 ];
 const SLEEP_BLOB_AT: u64 = 256;
+/// The loop of [`BLOB`], then the `ppoll` of [`SLEEP_TAIL`] run from the process's own
+/// `syscall; ret` (`r15`) with the stack on the thread's frame, whose `pretcode` (the
+/// restorer) the `ret` goes to: a thread batching from another thread's code page leaves
+/// the page before it waits, and returns through its frame from there if we die.
+/// ```text
+///     (the loop of BLOB, up to its jnz)
+///     mov $271,%eax ; xor %edi,%edi ; xor %esi,%esi ; mov %r14,%rdx
+///     xor %r10d,%r10d ; xor %r8d,%r8d ; jmp *%r15
+/// ```
+const GADGET_SLEEP_TAIL: [u8; 3] = [0x41, 0xff, 0xe7];
+const GADGET_SLEEP_BLOB_AT: u64 = 384;
+/// Where a timespec of [`SLEEP_SECS`] is kept in the code page (read by the `ppoll` of a
+/// thread that lends its code page, [`Injector::lend_code_page`]).
+const SLEEP_TS_AT: u64 = PAGE - 16;
 /// The loop's length in [`BLOB`] (without its rt_sigreturn).
 const LOOP_LEN: usize = 46;
 /// Where the `ppoll` returns to, from the start of the sleeping blob.
@@ -197,15 +211,29 @@ impl Injector {
         regs.rbx = table.addr();
         regs.r12 = calls.len() as u64;
         regs.r13 = results.addr();
-        if let Some(p) = &f.parked {
-            regs.rsp = p.rsp;
+        if let Some(p) = f.parked {
             let ts = f.push(&super::kabi::Timespec {
                 sec: SLEEP_SECS,
                 nsec: 0,
             })?;
-            regs.rip = code + SLEEP_BLOB_AT;
             regs.r14 = ts.addr();
-            f.run_to_sleep(regs, code + SLEEP_BLOB_AT)?;
+            if let CodePage::Shared(_) = f.code {
+                // Another thread's code page: the thread leaves it for its wait, which runs
+                // from the process's own `syscall; ret` and returns through the thread's
+                // frame (`GADGET_SLEEP_TAIL`): only the calls themselves run from the page,
+                // while its owner, if we die, first sleeps (`lend_code_page`).
+                let (Some(g), Some(frame)) = (f.gadgets.flatten(), f.return_frame()) else {
+                    return Ok(None);
+                };
+                regs.rip = code + GADGET_SLEEP_BLOB_AT;
+                regs.rsp = frame;
+                regs.r15 = g.syscall_ret;
+                f.run_to_sleep(regs, g.syscall_ret + 2)?;
+            } else {
+                regs.rsp = p.rsp;
+                regs.rip = code + SLEEP_BLOB_AT;
+                f.run_to_sleep(regs, code + SLEEP_BLOB_AT + SLEEP_AT)?;
+            }
         } else {
             regs.rip = code + TRAP_BLOB_AT;
             f.run_to_trap(regs, code + TRAP_BLOB_AT + TRAP_BLOB.len() as u64)?;
@@ -281,6 +309,17 @@ impl Injector {
                 let mut sleep = BLOB[..LOOP_LEN].to_vec();
                 sleep.extend_from_slice(&SLEEP_TAIL);
                 proc_mem::write_all(self.tid, page + SLEEP_BLOB_AT, &sleep)
+            })
+            .and_then(|()| {
+                let mut sleep = BLOB[..LOOP_LEN].to_vec();
+                sleep.extend_from_slice(&SLEEP_TAIL[..SLEEP_TAIL.len() - 9]);
+                sleep.extend_from_slice(&GADGET_SLEEP_TAIL);
+                proc_mem::write_all(self.tid, page + GADGET_SLEEP_BLOB_AT, &sleep)
+            })
+            .and_then(|()| {
+                let mut ts = SLEEP_SECS.to_le_bytes().to_vec();
+                ts.extend_from_slice(&0i64.to_le_bytes());
+                proc_mem::write_all(self.tid, page + SLEEP_TS_AT, &ts)
             })
             .map_err(|e| Error::sys("process_vm_writev(code)", self.tid, e))?;
         let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
@@ -419,9 +458,50 @@ impl Injector {
         }
     }
 
+    /// For a parked thread with gadgets whose injector owns its code page (the leader at
+    /// dump): leaves the thread, until its next call or [`Injector::take_back_code_page`],
+    /// in a state where, if we die, it first sleeps [`SLEEP_SECS`] (a `ppoll` from its own
+    /// `syscall; ret`), then returns through its frames as usual (unmapping the page). Other
+    /// threads can then run batches from the page ([`Injector::share_code_page`]): one that
+    /// is in the middle of its calls when we die finishes them long before the page goes.
+    /// Returns the page, or `None` when this thread cannot lend it (the others then run
+    /// their calls one by one).
+    pub fn lend_code_page(&mut self) -> Result<Option<u64>, Error> {
+        let (Some(parked), Some(g), Some(frame), CodePage::Mapped(page)) = (
+            self.parked,
+            self.gadgets.flatten(),
+            self.return_frame(),
+            self.code,
+        ) else {
+            return Ok(None);
+        };
+        if self.area.is_none() {
+            return Ok(None);
+        }
+        let mut regs = parked;
+        regs.rip = g.syscall_ret;
+        regs.rax = NR_PPOLL;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = 0;
+        regs.rsi = 0;
+        regs.rdx = page + SLEEP_TS_AT;
+        regs.r10 = 0;
+        regs.r8 = 0;
+        regs.rsp = frame;
+        ptrace::set_regs(self.tid, &regs)
+            .map_err(|e| Error::sys("PTRACE_SETREGS(sleeping)", self.tid, e))?;
+        Ok(Some(page))
+    }
+
+    /// Ends [`Injector::lend_code_page`]: the thread is parked as before.
+    pub fn take_back_code_page(&mut self) -> Result<(), Error> {
+        self.repark()
+    }
+
     /// Runs batches from the code page another injector of the process mapped (`None`: it
     /// has none, and this one makes none either: its calls run one by one). It is never
-    /// unmapped by this injector.
+    /// unmapped by this injector. A parked thread's batches leave the page before their
+    /// final wait (`GADGET_SLEEP_TAIL`), and run only when it has gadgets.
     pub fn share_code_page(&mut self, page: Option<u64>) {
         self.code = match page {
             Some(a) => CodePage::Shared(a),
@@ -556,9 +636,10 @@ impl Injector {
         })
     }
 
-    /// Runs a parked thread from `regs` (at the sleeping blob at `start`) until it sleeps at
-    /// its end, and stops it there (see [`SLEEP_TAIL`]); then parks it again.
-    fn run_to_sleep(&mut self, regs: stasis_sys::UserRegs, start: u64) -> Result<(), Error> {
+    /// Runs a parked thread from `regs` (at a sleeping blob) until it sleeps in the `ppoll`
+    /// at its end (stopped there, it stands at `sleep_ip`), and stops it there (see
+    /// [`SLEEP_TAIL`]); then parks it again.
+    fn run_to_sleep(&mut self, regs: stasis_sys::UserRegs, sleep_ip: u64) -> Result<(), Error> {
         let tid = self.tid;
         ptrace::set_regs(tid, &regs).map_err(|e| Error::sys("PTRACE_SETREGS", tid, e))?;
         crate::fault::point_of("injected system call (while it runs)", "batch")?;
@@ -624,14 +705,14 @@ impl Injector {
         let after = ptrace::get_regs(tid).map_err(|e| Error::sys("PTRACE_GETREGS", tid, e))?;
         // Parked again whatever happened: its registers are the frame's return.
         self.repark()?;
-        if after.rip != start + SLEEP_AT {
+        if after.rip != sleep_ip {
             return Err(Error::Inject {
                 tid,
                 nr: 0,
                 reason: format!(
                     "batched calls: the thread was stopped at {:#x}, not in its final wait at {:#x}{}",
                     after.rip,
-                    start + SLEEP_AT,
+                    sleep_ip,
                     self.during()
                 ),
             });

@@ -91,13 +91,8 @@ pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// actions alone were before: see docs/security.md on what a batch leaves open). Each must be the very question its getter asks (an
 /// answer no getter takes only costs its place in the batch; a test checks there is none).
 pub fn dump_queries(spec_which: &[u32]) -> Vec<Query> {
-    let mut q = vec![
-        Query::Brk,
-        Query::Sigaltstack,
-        Query::TidAddress,
-        Query::Prctl("prctl(PR_GET_TIMERSLACK)", PR_GET_TIMERSLACK, 0),
-    ];
-    q.extend(thread_prctl_queries(spec_which));
+    let mut q = vec![Query::Brk];
+    q.extend(thread_queries(spec_which));
     q.extend((0..3).map(Query::Getitimer));
     // The dispositions of every signal but SIGKILL and SIGSTOP (`task::signals`).
     q.extend(
@@ -115,6 +110,19 @@ pub fn dump_queries(spec_which: &[u32]) -> Vec<Query> {
         Query::MembarrierRegistrations,
         Query::Prctl("prctl(PR_GET_MEMORY_MERGE)", PR_GET_MEMORY_MERGE, 0),
     ]);
+    q
+}
+
+/// The questions `task::thread::dump` asks a thread (`sigaltstack_get`, `get_tid_address`,
+/// its prctl getters), speculation controls `spec_which`: the dump prefetches them in each
+/// thread but the leader, which asks them among [`dump_queries`].
+pub fn thread_queries(spec_which: &[u32]) -> Vec<Query> {
+    let mut q = vec![
+        Query::Sigaltstack,
+        Query::TidAddress,
+        Query::Prctl("prctl(PR_GET_TIMERSLACK)", PR_GET_TIMERSLACK, 0),
+    ];
+    q.extend(thread_prctl_queries(spec_which));
     q
 }
 

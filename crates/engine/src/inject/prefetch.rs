@@ -250,6 +250,12 @@ mod tests {
             let batched = dump_all(&mut inj);
             assert_eq!(inj.answers_left(), 0, "an answer no getter took");
             assert_eq!(format!("{one_by_one:?}"), format!("{batched:?}"));
+            // The questions of the other threads: exactly those `thread::dump` asks.
+            inj.prefetch(&super::super::calls::thread_queries(&prctl::SPEC_WHICH))
+                .expect("prefetch of a thread");
+            let thread_batched = thread::dump(pid, pid, &mut inj).expect("thread");
+            assert_eq!(inj.answers_left(), 0, "an answer thread::dump did not take");
+            assert_eq!(format!("{:?}", one_by_one.1), format!("{thread_batched:?}"));
             inj.finish().expect("finish");
             frozen.thaw().expect("thaw");
         }
