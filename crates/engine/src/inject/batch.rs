@@ -24,11 +24,11 @@
 //! (pidfd_getfd) while the thread stands between the two calls and none can stay open in the
 //! process whenever the dumper dies.
 //!
-//! The page is mapped anywhere, so batches are for a process whose layout does not change
-//! while the injector lives (the dump), or, at a place chosen by the caller
-//! ([`Injector::place_code_page`]: the restore puts it next to its scratch area, in a hole of
-//! the dumped layout), for one whose layout is being rebuilt; it is unmapped with the scratch
-//! area.
+//! The page is the last of the injector's mapping (after the scratch area), mapped anywhere
+//! for a process whose layout does not change while the injector lives (the dump), or at a
+//! place chosen by the caller (the restore maps both in a hole of the dumped layout); it is
+//! unmapped with the scratch area. ([`Injector::place_code_page`] places a page of its own,
+//! for an injector whose scratch area is not followed by one.)
 
 use super::{CallRecord, Injector};
 use crate::Error;
@@ -147,11 +147,14 @@ pub(crate) enum CodePage {
 }
 
 /// A call gathered by [`Injector::batched`], run with the next batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Queued {
     pub name: &'static str,
     pub nr: i64,
     pub args: [u64; 6],
+    /// Where it was asked for (the span its log lines belong to: the rebuild step, the
+    /// function that set it).
+    pub span: tracing::Span,
 }
 
 impl Injector {
@@ -165,9 +168,15 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Option<Vec<i64>>, Error> {
+        let span = tracing::Span::current();
         let named: Vec<Queued> = calls
             .iter()
-            .map(|&(nr, args)| Queued { name, nr, args })
+            .map(|&(nr, args)| Queued {
+                name,
+                nr,
+                args,
+                span: span.clone(),
+            })
             .collect();
         self.batch_named(name, &named)
     }
@@ -250,6 +259,7 @@ impl Injector {
                 args: c.args,
                 result: Some(*r),
             };
+            let _in = c.span.enter();
             tracing::trace!("tid {}: {rec} (batched)", f.tid);
         }
         if let Some(rec) = f.last.as_mut() {
@@ -359,9 +369,15 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Vec<u64>, Error> {
+        let span = tracing::Span::current();
         let named: Vec<Queued> = calls
             .iter()
-            .map(|&(nr, args)| Queued { name, nr, args })
+            .map(|&(nr, args)| Queued {
+                name,
+                nr,
+                args,
+                span: span.clone(),
+            })
             .collect();
         self.run_in_order(name, &named)
     }
@@ -381,6 +397,7 @@ impl Injector {
                                 args: c.args,
                                 result: Some(r),
                             };
+                            let _in = c.span.enter();
                             tracing::debug!("tid {}: injected call failed: {rec}", self.tid);
                             self.last = Some(rec);
                             return Err(self.remote_error(c.name, super::Errno(-r as i32)));
@@ -390,6 +407,7 @@ impl Injector {
                 }
                 None => {
                     for c in chunk {
+                        let _in = c.span.enter();
                         out.push(self.call(c.name, c.nr, c.args)?);
                     }
                 }
@@ -435,7 +453,12 @@ impl Injector {
     /// Adds a call to those being gathered ([`Injector::batched`]).
     pub(crate) fn gather(&mut self, name: &'static str, nr: i64, args: [u64; 6]) {
         if let Some(q) = self.queue.as_mut() {
-            q.push(Queued { name, nr, args });
+            q.push(Queued {
+                name,
+                nr,
+                args,
+                span: tracing::Span::current(),
+            });
         }
     }
 

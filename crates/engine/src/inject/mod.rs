@@ -560,9 +560,9 @@ impl Injector {
         Ok(result)
     }
 
-    /// Maps the scratch area (anywhere, or at `at` when given) and returns its address.
-    /// Anywhere: one mapping of [`AREA_LEN`] bytes, the scratch area then a page for the
-    /// code of batched calls ([`batch`]). In a thread parked with gadgets, the clean-up
+    /// Maps the scratch area (anywhere, or at `at` when given) and returns its address:
+    /// one mapping of [`AREA_LEN`] bytes, the scratch area then a page for the code of
+    /// batched calls ([`batch`]). In a thread parked with gadgets, the clean-up
     /// frame that unmaps it is written and in use before the `mmap` runs, at an address
     /// chosen free beforehand ([`free_address`]), so that a dumper killed even while the
     /// `mmap` runs leaves nothing mapped.
@@ -571,8 +571,14 @@ impl Injector {
             return Ok(addr);
         }
         if let Some(a) = at {
+            // The scratch area and the code page after it, one mapping: made and removed by
+            // one call each.
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-            let got = self.mmap_rw("mmap(scratch)", a, SCRATCH_LEN, flags)?;
+            let got = self.mmap_rw("mmap(scratch)", a, AREA_LEN, flags)?;
+            self.area = Some(Area {
+                addr: got,
+                cleanup: None,
+            });
             self.set_scratch(Some((got, SCRATCH_LEN)));
             return Ok(got);
         }

@@ -311,13 +311,9 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 pages::unmap_all_but_specials(self.inj()?, &image.vmas, &keep)?;
                 self.inj()?.forget_scratch();
                 // The scratch area and, right after it, the page of code of batched calls
-                // (the mappings and protections below are made in batches).
-                let scratch = pages::free_scratch_address(
-                    &image.vmas,
-                    inject::SCRATCH_LEN + crate::PAGE_SIZE,
-                )?;
+                // (the mappings and protections below are made in batches): one mapping.
+                let scratch = pages::free_scratch_address(&image.vmas, inject::AREA_LEN)?;
                 self.scratch = self.inj()?.map_scratch(Some(scratch))?;
-                self.inj()?.place_code_page(scratch + inject::SCRATCH_LEN);
             }
             RebuildStep::MapVmas => {
                 let file_fds: HashMap<usize, i32> = self
