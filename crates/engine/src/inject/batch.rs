@@ -157,6 +157,22 @@ pub(crate) struct Queued {
     pub span: tracing::Span,
 }
 
+impl Queued {
+    /// `calls`, all named `name`, in the current span.
+    fn all(name: &'static str, calls: &[(i64, [u64; 6])]) -> Vec<Queued> {
+        let span = tracing::Span::current();
+        calls
+            .iter()
+            .map(|&(nr, args)| Queued {
+                name,
+                nr,
+                args,
+                span: span.clone(),
+            })
+            .collect()
+    }
+}
+
 impl Injector {
     /// Runs `calls` (number and arguments) one after the other inside the thread, in one
     /// resume, and returns each raw result (a negative errno on failure), in order. `None`
@@ -168,17 +184,7 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Option<Vec<i64>>, Error> {
-        let span = tracing::Span::current();
-        let named: Vec<Queued> = calls
-            .iter()
-            .map(|&(nr, args)| Queued {
-                name,
-                nr,
-                args,
-                span: span.clone(),
-            })
-            .collect();
-        self.batch_named(name, &named)
+        self.batch_named(name, &Queued::all(name, calls))
     }
 
     /// [`Injector::batch`] with a name for each call (in logs); `name` names the batch.
@@ -369,17 +375,7 @@ impl Injector {
         name: &'static str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Vec<u64>, Error> {
-        let span = tracing::Span::current();
-        let named: Vec<Queued> = calls
-            .iter()
-            .map(|&(nr, args)| Queued {
-                name,
-                nr,
-                args,
-                span: span.clone(),
-            })
-            .collect();
-        self.run_in_order(name, &named)
+        self.run_in_order(name, &Queued::all(name, calls))
     }
 
     /// [`Injector::calls_in_order`] with a name for each call; the error names the first

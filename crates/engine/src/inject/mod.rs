@@ -949,14 +949,29 @@ fn find_vdso_syscall_offset() -> Result<u64, Error> {
         })
 }
 
+/// Helpers of the tests that inject calls into a real process.
 #[cfg(test)]
-mod tests {
-    use super::kabi::{StackT, Timespec};
+pub(crate) mod testing {
     use super::*;
     use crate::dump::freeze::Frozen;
 
-    /// A `sleep` of ours, killed and reaped on drop.
-    struct Sleeper(std::process::Child);
+    /// A `sleep 10` of ours, killed and reaped on drop.
+    pub(crate) struct Sleeper(pub std::process::Child);
+
+    impl Sleeper {
+        pub(crate) fn start() -> Sleeper {
+            Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("10")
+                    .spawn()
+                    .expect("start sleep"),
+            )
+        }
+
+        pub(crate) fn pid(&self) -> Pid {
+            self.0.id() as Pid
+        }
+    }
 
     impl Drop for Sleeper {
         fn drop(&mut self) {
@@ -965,27 +980,36 @@ mod tests {
         }
     }
 
+    /// A frozen `sleep` and an injector in it (calls run from its `[vdso]`).
+    pub(crate) fn frozen_sleep() -> (Sleeper, Frozen, Injector) {
+        let sleeper = Sleeper::start();
+        let pid = sleeper.pid();
+        let frozen = Frozen::freeze(pid).expect("freeze");
+        let vdso = crate::procfs::read_smaps(pid)
+            .expect("smaps")
+            .into_iter()
+            .find(|m| m.name == "[vdso]")
+            .expect("a vdso");
+        let inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
+            .expect("injector");
+        (sleeper, frozen, inj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kabi::{StackT, Timespec};
+    use super::testing::frozen_sleep;
+    use super::*;
+
     #[test]
     fn frames_and_typed_calls_in_a_real_process() {
         if stasis_sys::process::geteuid() != 0 {
             eprintln!("notice: frames_and_typed_calls_in_a_real_process needs root; skipped");
             return;
         }
-        let sleeper = Sleeper(
-            std::process::Command::new("sleep")
-                .arg("10")
-                .spawn()
-                .expect("start sleep"),
-        );
-        let pid = sleeper.0.id() as Pid;
-        let mut frozen = Frozen::freeze(pid).expect("freeze");
-        let vdso = crate::procfs::read_smaps(pid)
-            .expect("smaps")
-            .into_iter()
-            .find(|m| m.name == "[vdso]")
-            .expect("a vdso");
-        let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
-            .expect("injector");
+        let (sleeper, mut frozen, mut inj) = frozen_sleep();
+        let pid = sleeper.pid();
         assert_eq!(inj.getpid().expect("getpid"), pid);
         assert_eq!(inj.last_call().and_then(|c| c.result), Some(pid as i64));
 
@@ -1055,21 +1079,8 @@ mod tests {
             eprintln!("notice: gathered_calls_run_together_in_order needs root; skipped");
             return;
         }
-        let sleeper = Sleeper(
-            std::process::Command::new("sleep")
-                .arg("10")
-                .spawn()
-                .expect("start sleep"),
-        );
-        let pid = sleeper.0.id() as Pid;
-        let mut frozen = Frozen::freeze(pid).expect("freeze");
-        let vdso = crate::procfs::read_smaps(pid)
-            .expect("smaps")
-            .into_iter()
-            .find(|m| m.name == "[vdso]")
-            .expect("a vdso");
-        let mut inj = Injector::new(pid, vdso.start + vdso_syscall_offset().expect("offset"))
-            .expect("injector");
+        let (sleeper, mut frozen, mut inj) = frozen_sleep();
+        let pid = sleeper.pid();
         inj.map_scratch(None).expect("map scratch");
         let slack = || {
             std::fs::read_to_string(format!("/proc/{pid}/timerslack_ns"))

@@ -353,22 +353,8 @@ mod tests {
             eprintln!("notice: gadgets_found_once_... needs root; skipped");
             return;
         }
-        struct Sleep(std::process::Child);
-        impl Drop for Sleep {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let start = || {
-            Sleep(
-                std::process::Command::new("sleep")
-                    .arg("10")
-                    .spawn()
-                    .expect("start sleep"),
-            )
-        };
-        let (a, b) = (start(), start());
+        use super::super::testing::Sleeper;
+        let (a, b) = (Sleeper::start(), Sleeper::start());
         let libc_start = |pid: stasis_sys::Pid| {
             crate::procfs::read_maps(pid)
                 .expect("maps")
@@ -377,7 +363,16 @@ mod tests {
                 .expect("libc text")
                 .start
         };
-        let (pa, pb) = (a.0.id() as stasis_sys::Pid, b.0.id() as stasis_sys::Pid);
+        let (pa, pb) = (a.pid(), b.pid());
+        // Until the loader has mapped libc in both.
+        let has_libc = |pid| {
+            crate::procfs::read_maps(pid)
+                .is_ok_and(|m| m.iter().any(|m| m.exec && m.name.contains("libc")))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !(has_libc(pa) && has_libc(pb)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let ga = find_gadgets(pa).expect("find").expect("gadgets in sleep");
         let gb = find_gadgets(pb).expect("find").expect("gadgets in sleep");
         // Same offsets into libc's text (address layouts differ).

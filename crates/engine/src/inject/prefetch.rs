@@ -193,7 +193,6 @@ impl Injector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::freeze::Frozen;
     use crate::task::{attrs, creds, itimers, mm, prctl, signals, thread};
 
     /// The getters the dump runs take every prefetched answer (none is asked twice, none
@@ -203,29 +202,9 @@ mod tests {
         if !stasis_test_infra::require_root() {
             return;
         }
-        /// Killed and reaped on drop, the test failing or not.
-        struct Sleep(std::process::Child);
-        impl Drop for Sleep {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let child = Sleep(
-            std::process::Command::new("sleep")
-                .arg("10")
-                .spawn()
-                .expect("start sleep"),
-        );
-        let pid = child.0.id() as stasis_sys::Pid;
+        let (child, mut frozen, mut inj) = super::super::testing::frozen_sleep();
+        let pid = child.pid();
         {
-            let mut frozen = Frozen::freeze(pid).expect("freeze");
-            let vdso = crate::procfs::read_maps(pid)
-                .expect("maps")
-                .into_iter()
-                .find(|m| m.name == "[vdso]")
-                .expect("a vdso");
-            let ip = vdso.start + super::super::vdso_syscall_offset().expect("offset");
             let stat = crate::procfs::read_stat(pid).expect("stat");
             let status = crate::procfs::read_status(pid).expect("status");
             let dump_all = |inj: &mut Injector| {
@@ -239,7 +218,6 @@ mod tests {
                     signals::dump(pid, inj).expect("signals"),
                 )
             };
-            let mut inj = Injector::new(pid, ip).expect("injector");
             inj.guard().expect("guard");
             inj.map_scratch(None).expect("scratch");
             let one_by_one = dump_all(&mut inj);
