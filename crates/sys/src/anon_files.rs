@@ -196,11 +196,6 @@ pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
     )?)
 }
 
-/// The filesystem magic number of the file behind `fd` (fstatfs `f_type`).
-pub fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    Ok(rustix::fs::fstatfs(fd)?.f_type as u64)
-}
-
 /// clock_gettime(clockid) in nanoseconds. A clock id rustix does not know (CPU-time clocks of
 /// other processes, say) gives `EINVAL`.
 pub fn clock_ns(clockid: i32) -> io::Result<u64> {
@@ -402,7 +397,10 @@ mod tests {
         assert_eq!(get_seals(m.as_fd()).unwrap(), 0);
         add_seals(m.as_fd(), libc::F_SEAL_GROW as u32).unwrap();
         assert_eq!(get_seals(m.as_fd()).unwrap(), libc::F_SEAL_GROW as u32);
-        assert_eq!(fs_magic(m.as_fd()).unwrap(), libc::TMPFS_MAGIC as u64);
+        assert_eq!(
+            crate::process::fs_type(m.as_fd()).unwrap(),
+            libc::TMPFS_MAGIC
+        );
         let plain = memfd_create_with("stasis-test", libc::MFD_CLOEXEC).unwrap();
         assert_eq!(get_seals(plain.as_fd()).unwrap(), libc::F_SEAL_SEAL as u32);
     }

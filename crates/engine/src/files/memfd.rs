@@ -247,14 +247,14 @@ pub fn name_of(link: &str) -> &str {
 
 /// Checks that `file` is a memfd stasis can dump; `what` names it in errors.
 fn check_fs(file: &File, what: &dyn Fn() -> String) -> Result<(), Error> {
-    let magic = anon_files::fs_magic(file.as_fd())
+    let magic = stasis_sys::process::fs_type(file.as_fd())
         .map_err(|e| Error::io(format!("fstatfs {}", what()), e))?;
-    if magic == libc::HUGETLBFS_MAGIC as u64 {
+    if magic == libc::HUGETLBFS_MAGIC {
         return Err(Error::Unsupported {
             what: format!("{} is a hugetlbfs memfd (MFD_HUGETLB)", what()),
         });
     }
-    if magic != libc::TMPFS_MAGIC as u64 {
+    if magic != libc::TMPFS_MAGIC {
         return Err(Error::Unsupported {
             what: format!("{} is named like a memfd but is not on tmpfs", what()),
         });
