@@ -425,13 +425,15 @@ impl<'p, 'a> Rebuild<'p, 'a> {
             }
             RebuildStep::PosixTimers => posix_timers::restore(self.inj()?, &image.posix_timers)?,
             RebuildStep::InheritedPrctl => {
+                // Every thread has the leader's (cloned from it, which changed none yet).
+                let now = prctl::ThreadNow::of(self.inj()?)?;
+                for (tinj, t) in &mut self.others {
+                    tinj.batched(|inj| prctl::restore_thread(inj, &t.prctl, &now))?;
+                }
                 self.inj()?.batched(|inj| {
                     prctl::restore_process(inj, &image.prctl)?;
-                    prctl::restore_thread(inj, &image.threads[0].prctl)
+                    prctl::restore_thread(inj, &image.threads[0].prctl, &now)
                 })?;
-                for (tinj, t) in &mut self.others {
-                    tinj.batched(|inj| prctl::restore_thread(inj, &t.prctl))?;
-                }
             }
             RebuildStep::JoinProcessGroup => {
                 if planned.set_pgid {
@@ -439,15 +441,17 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                 }
             }
             RebuildStep::Credentials => {
-                // Credentials are per thread: every thread gets them, the leader last.
+                // Credentials are per thread: every thread gets them, the leader last. They
+                // all have the leader's now (cloned from it).
+                let now = creds::Now::of(self.inj()?)?;
                 for (tinj, t) in &mut self.others {
                     tinj.batched(|inj| {
-                        creds::restore(inj, &image.creds, plan.allowed_caps)?;
+                        creds::restore(inj, &image.creds, plan.allowed_caps, &now)?;
                         thread::restore_name(inj, &t.comm)
                     })?;
                 }
                 self.inj()?
-                    .batched(|inj| creds::restore(inj, &image.creds, plan.allowed_caps))?;
+                    .batched(|inj| creds::restore(inj, &image.creds, plan.allowed_caps, &now))?;
             }
             RebuildStep::Prctl => {
                 let with_pdeathsig =

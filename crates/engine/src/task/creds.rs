@@ -47,6 +47,24 @@ fn last_cap() -> u64 {
     })
 }
 
+/// The credentials a thread has before [`restore`] gives it the dumped ones.
+#[derive(Debug, Clone)]
+pub struct Now {
+    /// Its /proc status (ids, groups, capability sets, no_new_privs).
+    pub status: Status,
+    pub securebits: u32,
+}
+
+impl Now {
+    /// What the thread `inj` runs in has.
+    pub fn of(inj: &mut Injector) -> Result<Now, Error> {
+        Ok(Now {
+            status: crate::procfs::read_status(inj.tid())?,
+            securebits: inj.get_securebits()?,
+        })
+    }
+}
+
 /// Gives the thread `inj` runs in the dumped credentials, with no capability outside
 /// `allowed` in any set (permitted, effective, inheritable, ambient): image ∩ allowed. The
 /// restore of a requester's images (through stasisd) passes the requester's permitted set, so
@@ -59,10 +77,15 @@ fn last_cap() -> u64 {
 /// groups, securebits) are made only when they change something, so a restore without
 /// CAP_SETPCAP, CAP_SETUID and CAP_SETGID works as long as the images ask for nothing those
 /// would be needed for (the kernel refuses the rest: EPERM).
+///
+/// `now` is what the thread has before ([`Now::of`]): the threads of a process being
+/// rebuilt all have the leader's (they were cloned from it), so it is read once.
 #[tracing::instrument(name = "creds", level = "debug", skip_all, fields(tid = inj.tid()))]
-pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error> {
-    let tid = inj.tid();
-    let now = crate::procfs::read_status(tid)?;
+pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64, now: &Now) -> Result<(), Error> {
+    let Now {
+        status: now,
+        securebits,
+    } = now;
     let permitted = c.cap_permitted & allowed;
     let effective = c.cap_effective & permitted;
     let inheritable = c.cap_inheritable & allowed;
@@ -71,12 +94,12 @@ pub fn restore(inj: &mut Injector, c: &Creds, allowed: u64) -> Result<(), Error>
     // are set at the end.
     let leaves_root = now.uids[..3].contains(&0) && c.uids[..3].iter().all(|&u| u != 0);
     // The securebits the thread has once its ids are set (nothing below changes them but
-    // the keep-caps set for leaving root): asked first, so that every call below, which
+    // the keep-caps set for leaving root): known before, so that every call below, which
     // only sets something, can run in one batch (see `Injector::batched`).
     let bits_now = if leaves_root {
         c.securebits | SECBIT_KEEP_CAPS
     } else {
-        inj.get_securebits()?
+        *securebits
     };
     // The bounding set can only shrink (PR_CAPBSET_DROP needs CAP_SETPCAP): bits already
     // absent are left alone.

@@ -137,36 +137,54 @@ pub fn restore_process(inj: &mut Injector, p: &ProcessPrctl) -> Result<(), Error
     Ok(())
 }
 
-/// Sets one thread's part inside it.
+/// What a thread's prctl state is before [`restore_thread`] sets it (the values it compares
+/// with the dumped ones): the threads of a process being rebuilt all have the leader's (they
+/// were cloned from it), so it is asked once, in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadNow {
+    tsc: u32,
+    mce_kill: u32,
+    /// The speculation controls of [`SPEC_WHICH`], as [`speculation_ctrl`] reads them.
+    spec: [Option<u32>; 3],
+}
+
+impl ThreadNow {
+    /// What the thread `inj` runs in has.
+    pub fn of(inj: &mut Injector) -> Result<ThreadNow, Error> {
+        inj.prefetch(&crate::inject::calls::thread_prctl_queries(&SPEC_WHICH))?;
+        let (tsc, mce_kill) = (inj.get_tsc()?, inj.get_mce_kill()?);
+        let mut spec = [None; 3];
+        for (s, which) in spec.iter_mut().zip(SPEC_WHICH) {
+            *s = speculation_ctrl(inj.get_speculation_ctrl(which)?);
+        }
+        Ok(ThreadNow {
+            tsc,
+            mce_kill,
+            spec,
+        })
+    }
+}
+
+/// Sets one thread's part inside it; `now` is what it has ([`ThreadNow::of`]).
 #[tracing::instrument(name = "prctl", level = "debug", skip_all, fields(tid = inj.tid()))]
-pub fn restore_thread(inj: &mut Injector, t: &ThreadPrctl) -> Result<(), Error> {
+pub fn restore_thread(inj: &mut Injector, t: &ThreadPrctl, now: &ThreadNow) -> Result<(), Error> {
+    inj.set_timerslack(t.timerslack_ns)?;
+    if now.tsc != t.tsc {
+        inj.set_tsc(t.tsc)?;
+    }
+    if now.mce_kill != t.mce_kill {
+        inj.set_mce_kill(t.mce_kill)?;
+    }
     let dumped = [
         t.spec_store_bypass,
         t.spec_indirect_branch,
         t.spec_l1d_flush,
     ];
-    let spec: Vec<(u32, u32)> = SPEC_WHICH
-        .into_iter()
-        .zip(dumped)
-        .filter_map(|(which, v)| speculation_ctrl(v).map(|ctrl| (which, ctrl)))
-        .collect();
-    // What the thread has now, asked at once (each answer is taken below).
-    let which: Vec<u32> = spec.iter().map(|&(w, _)| w).collect();
-    inj.prefetch(&crate::inject::calls::thread_prctl_queries(&which))?;
-    let (tsc, mce_kill) = (inj.get_tsc()?, inj.get_mce_kill()?);
-    let mut spec_now = Vec::with_capacity(spec.len());
-    for &(which, _) in &spec {
-        spec_now.push(speculation_ctrl(inj.get_speculation_ctrl(which)?));
-    }
-    inj.set_timerslack(t.timerslack_ns)?;
-    if tsc != t.tsc {
-        inj.set_tsc(t.tsc)?;
-    }
-    if mce_kill != t.mce_kill {
-        inj.set_mce_kill(t.mce_kill)?;
-    }
-    for (&(which, ctrl), now) in spec.iter().zip(spec_now) {
-        if now != Some(ctrl) {
+    for ((which, v), had) in SPEC_WHICH.into_iter().zip(dumped).zip(now.spec) {
+        let Some(ctrl) = speculation_ctrl(v) else {
+            continue;
+        };
+        if had != Some(ctrl) {
             inj.set_speculation_ctrl(which, ctrl)?;
         }
     }
