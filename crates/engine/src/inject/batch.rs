@@ -479,7 +479,7 @@ impl Injector {
 
     /// For a parked thread with gadgets whose injector owns its code page (the leader at
     /// dump): leaves the thread, until its next call or [`Injector::take_back_code_page`],
-    /// in a state where, if we die, it first sleeps [`SLEEP_SECS`] (a `ppoll` from its own
+    /// in a state where, if we die, it first sleeps 2 s (a `ppoll` from its own
     /// `syscall; ret`), then returns through its frames as usual (unmapping the page). Other
     /// threads can then run batches from the page ([`Injector::share_code_page`]): one that
     /// is in the middle of its calls when we die finishes them long before the page goes.
