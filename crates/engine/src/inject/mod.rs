@@ -84,6 +84,10 @@ pub struct Injector {
     held: Vec<i32>,
     /// Calls gathered to run in one batch ([`Injector::batched`]), while gathering.
     queue: Option<Vec<batch::Queued>>,
+    /// The thread was single-stepped (a call run in a thread that is not parked): the
+    /// kernel keeps its trap flag after the last step, which [`Injector::finish_parked`]
+    /// then turns off. (Every other resume, PTRACE_CONT or PTRACE_SYSCALL, turns it off.)
+    stepped: bool,
 }
 
 /// The scratch area and the code page, one mapping of [`AREA_LEN`] bytes.
@@ -168,6 +172,7 @@ impl Injector {
             area: None,
             held: Vec::new(),
             queue: None,
+            stepped: false,
         })
     }
 
@@ -514,6 +519,7 @@ impl Injector {
             return self.run_to_syscall_exit(ip);
         }
         loop {
+            self.stepped = true;
             ptrace::singlestep(tid, 0).map_err(|e| Error::sys("PTRACE_SINGLESTEP", tid, e))?;
             match ptrace::waitpid(tid, 0).map_err(|e| Error::sys("waitpid", tid, e))? {
                 // A ptrace event (a clone reported in the middle of the call, say) is not the
@@ -780,7 +786,8 @@ impl Injector {
     /// off. The kernel keeps a thread's single-step flag after its last PTRACE_SINGLESTEP; if
     /// the tracer then died, the thread would resume stepping and die of SIGTRAP. Used at dump,
     /// where the process must survive a dumper that is killed. The thread must have every
-    /// blockable signal blocked.
+    /// blockable signal blocked. (A parked thread, never single-stepped, needs no turning off:
+    /// one resume and stop fewer.)
     pub fn finish_parked(self) -> Result<(), Error> {
         self.finish_with(true)
     }
@@ -792,7 +799,7 @@ impl Injector {
         let unmapped = self.unmap_scratch();
         // Still parked (when it was) meanwhile, so that each step leaves a thread that
         // survives our death: single-stepping off, then its mask, then its registers.
-        if clear_step {
+        if clear_step && self.stepped {
             clear_single_step(tid, &mut self.held)?;
         }
         if let Some(mask) = self.park_mask {
