@@ -242,9 +242,13 @@ impl FileOps for DeletedFiles {
 
     /// A deleted file that is only mapped (its fds closed) still needs a description to be
     /// mapped from: a new one, read through map_files.
-    fn dump_without_fds(&mut self, pid: Pid, out: &mut ProcessFiles<'_>) -> Result<(), Error> {
-        let maps = crate::procfs::read_maps(pid)?;
-        for m in &maps {
+    fn dump_without_fds(
+        &mut self,
+        pid: Pid,
+        maps: &[crate::procfs::MapEntry],
+        out: &mut ProcessFiles<'_>,
+    ) -> Result<(), Error> {
+        for m in maps {
             if crate::pages::vma::backing(m).ok() != Some(crate::pages::vma::Backing::Deleted) {
                 continue;
             }

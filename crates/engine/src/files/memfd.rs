@@ -95,8 +95,13 @@ impl FileOps for Memfds {
 
     /// A memfd that is only mapped (its fds closed) still needs a description to be mapped
     /// from: one of another process of the tree, or a new one read through map_files.
-    fn dump_without_fds(&mut self, pid: Pid, out: &mut ProcessFiles<'_>) -> Result<(), Error> {
-        for m in mapped(pid)? {
+    fn dump_without_fds(
+        &mut self,
+        pid: Pid,
+        maps: &[procfs::MapEntry],
+        out: &mut ProcessFiles<'_>,
+    ) -> Result<(), Error> {
+        for m in mapped(maps) {
             let is_it = |d: &FileDesc| memfd_id_of(&d.kind) == Some(m.memfd_id);
             if out.descriptions().iter().any(is_it) {
                 continue;
@@ -328,22 +333,23 @@ struct MappedMemfd {
     name: String,
 }
 
-/// The memfds `pid` maps. Those whose fds are closed need a description of their own (made
-/// with [`MappedMemfd::describe`]) so that the restore has something to map.
-fn mapped(pid: Pid) -> Result<Vec<MappedMemfd>, Error> {
+/// The memfds among the mappings `maps` of a process. Those whose fds are closed need a
+/// description of their own (made with [`MappedMemfd::describe`]) so that the restore has
+/// something to map.
+fn mapped(maps: &[procfs::MapEntry]) -> Vec<MappedMemfd> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for m in procfs::read_maps(pid)? {
+    for m in maps {
         if is_memfd_name(&m.name) && seen.insert(m.inode) {
             out.push(MappedMemfd {
                 memfd_id: m.inode,
                 start: m.start,
                 end: m.end,
-                name: m.name,
+                name: m.name.clone(),
             });
         }
     }
-    Ok(out)
+    out
 }
 
 impl MappedMemfd {

@@ -221,8 +221,14 @@ pub trait FileOps {
     }
 
     /// Dump: after every fd of process `pid` was dumped, adds the descriptions the process
-    /// needs without holding an fd (memfds that are only mapped).
-    fn dump_without_fds(&mut self, _pid: Pid, _out: &mut ProcessFiles<'_>) -> Result<(), Error> {
+    /// needs without holding an fd (memfds that are only mapped); `maps` are its mappings
+    /// (/proc/PID/maps, read once for every kind).
+    fn dump_without_fds(
+        &mut self,
+        _pid: Pid,
+        _maps: &[crate::procfs::MapEntry],
+        _out: &mut ProcessFiles<'_>,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
@@ -885,8 +891,9 @@ pub fn dump(
             cloexec: probe.cloexec,
         });
     }
+    let maps = crate::procfs::read_maps(pid)?;
     for kind in kinds.iter_mut() {
-        kind.dump_without_fds(pid, &mut out)?;
+        kind.dump_without_fds(pid, &maps, &mut out)?;
     }
     // Files in flight in the process's unix sockets (and in those in flight, and so on).
     let mut own_pidfd = None;
