@@ -27,8 +27,8 @@
 //! The page is the last of the injector's mapping (after the scratch area), mapped anywhere
 //! for a process whose layout does not change while the injector lives (the dump), or at a
 //! place chosen by the caller (the restore maps both in a hole of the dumped layout); it is
-//! unmapped with the scratch area. ([`Injector::place_code_page`] places a page of its own,
-//! for an injector whose scratch area is not followed by one.)
+//! unmapped with the scratch area. (An injector using another's scratch area maps a page of
+//! its own anywhere, unless it shares that injector's page: [`Injector::share_code_page`].)
 
 use super::{CallRecord, Injector};
 use crate::Error;
@@ -89,8 +89,9 @@ const SLEEP_BLOB_AT: u64 = 256;
 /// ```
 const GADGET_SLEEP_TAIL: [u8; 3] = [0x41, 0xff, 0xe7];
 const GADGET_SLEEP_BLOB_AT: u64 = 384;
-/// Where a timespec of [`SLEEP_SECS`] is kept in the code page (read by the `ppoll` of a
-/// thread that lends its code page, [`Injector::lend_code_page`]).
+/// Where a timespec of [`SLEEP_SECS`] is kept in the code page (read by the `ppoll` at the
+/// end of the sleeping blobs, and by that of a thread that lends its code page,
+/// [`Injector::lend_code_page`]).
 const SLEEP_TS_AT: u64 = PAGE - 16;
 /// The loop's length in [`BLOB`] (without its rt_sigreturn).
 const LOOP_LEN: usize = 46;
@@ -136,8 +137,6 @@ pub struct UffdTaken<R> {
 pub(crate) enum CodePage {
     #[default]
     NotYet,
-    /// Not yet, and to be mapped at this address (MAP_FIXED_NOREPLACE).
-    At(u64),
     Mapped(u64),
     /// Mapped by the injector of another thread of the process, which unmaps it
     /// ([`Injector::share_code_page`]).
@@ -227,11 +226,7 @@ impl Injector {
         regs.r12 = calls.len() as u64;
         regs.r13 = results.addr();
         if let Some(p) = f.parked {
-            let ts = f.push(&super::kabi::Timespec {
-                sec: SLEEP_SECS,
-                nsec: 0,
-            })?;
-            regs.r14 = ts.addr();
+            regs.r14 = code + SLEEP_TS_AT;
             if let CodePage::Shared(_) = f.code {
                 // Another thread's code page: the thread leaves it for its wait, which runs
                 // from the process's own `syscall; ret` and returns through the thread's
@@ -276,44 +271,25 @@ impl Injector {
 
     /// The code page, mapped and filled on first use; `None` when the target refuses it.
     pub(crate) fn code_page(&mut self) -> Result<Option<u64>, Error> {
-        let fixed = match self.code {
+        match self.code {
             CodePage::Mapped(a) | CodePage::Shared(a) => return Ok(Some(a)),
             CodePage::Refused => return Ok(None),
-            CodePage::NotYet => None,
-            CodePage::At(a) => Some(a),
-        };
-        let page = match (self.code_tail(), fixed) {
-            (Some(page), _) => page,
-            (None, at) => {
-                let (addr, flags) = match at {
-                    Some(a) => (
-                        a,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    ),
-                    None => (0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
-                };
-                let page = self.call(
-                    "mmap(code)",
-                    libc::SYS_mmap,
-                    [
-                        addr,
-                        PAGE,
-                        (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                        flags as u64,
-                        u64::MAX,
-                        0,
-                    ],
-                )?;
-                if addr != 0 && page != addr {
-                    // An old kernel without MAP_FIXED_NOREPLACE put it elsewhere: not where
-                    // the caller wants nothing but it.
-                    self.code = CodePage::Mapped(page);
-                    self.unmap_code()?;
-                    self.code = CodePage::Refused;
-                    return Ok(None);
-                }
-                page
-            }
+            CodePage::NotYet => {}
+        }
+        let page = match self.code_tail() {
+            Some(page) => page,
+            None => self.call(
+                "mmap(code)",
+                libc::SYS_mmap,
+                [
+                    0,
+                    PAGE,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )?,
         };
         // Unmapped with the scratch area from now on, whatever happens next.
         self.code = CodePage::Mapped(page);
@@ -328,6 +304,7 @@ impl Injector {
             })
             .and_then(|()| {
                 let mut sleep = BLOB[..LOOP_LEN].to_vec();
+                // SLEEP_TAIL without its `syscall`, `mov $15,%eax` and `syscall` (9 bytes).
                 sleep.extend_from_slice(&SLEEP_TAIL[..SLEEP_TAIL.len() - 9]);
                 sleep.extend_from_slice(&GADGET_SLEEP_TAIL);
                 proc_mem::write_all(self.tid, page + GADGET_SLEEP_BLOB_AT, &sleep)
@@ -354,15 +331,6 @@ impl Injector {
                 self.code = CodePage::Refused;
                 Ok(None)
             }
-        }
-    }
-
-    /// Maps the code page, when a batch first needs it, at `at` (a free page, which nothing
-    /// else will be mapped on while the injector lives) instead of anywhere. Nothing when it
-    /// is mapped already.
-    pub fn place_code_page(&mut self, at: u64) {
-        if matches!(self.code, CodePage::NotYet) {
-            self.code = CodePage::At(at);
         }
     }
 
@@ -441,21 +409,18 @@ impl Injector {
         Ok(value)
     }
 
-    /// Whether calls are being gathered ([`Injector::batched`]).
-    pub(crate) fn gathering(&self) -> bool {
-        self.queue.is_some()
-    }
-
-    /// Adds a call to those being gathered ([`Injector::batched`]).
-    pub(crate) fn gather(&mut self, name: &'static str, nr: i64, args: [u64; 6]) {
-        if let Some(q) = self.queue.as_mut() {
-            q.push(Queued {
-                name,
-                nr,
-                args,
-                span: tracing::Span::current(),
-            });
-        }
+    /// Adds a call to those being gathered ([`Injector::batched`]); false when none are.
+    pub(crate) fn gather(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> bool {
+        let Some(q) = self.queue.as_mut() else {
+            return false;
+        };
+        q.push(Queued {
+            name,
+            nr,
+            args,
+            span: tracing::Span::current(),
+        });
+        true
     }
 
     /// Runs the calls gathered so far ([`Injector::batched`]), if any.

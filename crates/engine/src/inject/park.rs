@@ -62,10 +62,9 @@ const RESTORERS: [&[u8]; 2] = [
 ];
 
 /// Gadgets found before, by the executable mapping they were found in (its file's device
-/// and inode, and its offset in the file): their offsets from the mapping's start, and the
-/// restorer's length. The processes of a tree, and stasisd's callers, share their libc,
+/// and inode, and its offset in the file): their offsets from the mapping's start. The processes of a tree, and stasisd's callers, share their libc,
 /// whose text then need not be read and scanned again (~0.2 ms a process).
-type FoundGadgets = HashMap<(u32, u32, u64, u64), (u64, u64, usize)>;
+type FoundGadgets = HashMap<(u32, u32, u64, u64), (u64, u64)>;
 static FOUND: OnceLock<Mutex<FoundGadgets>> = OnceLock::new();
 
 fn found() -> std::sync::MutexGuard<'static, FoundGadgets> {
@@ -89,16 +88,18 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
     maps.sort_by_key(|m| !m.name.contains("libc"));
     let key = |m: &crate::procfs::MapEntry| (m.dev_major, m.dev_minor, m.inode, m.offset);
     for m in maps.iter().filter(|m| m.inode != 0) {
-        let Some(&(sr, rest, rest_len)) = found().get(&key(m)) else {
+        let Some(&(sr, rest)) = found().get(&key(m)) else {
             continue;
         };
         let (sr, rest) = (m.start + sr, m.start + rest);
         let mut a = [0u8; 3];
-        let mut b = vec![0u8; rest_len];
+        // As long as the longest restorer (a shorter one at the very end of the text fails
+        // the read, and is found by the scan below).
+        let mut b = [0u8; 9];
         let same = stasis_sys::proc_mem::read_exact(pid, sr, &mut a).is_ok()
             && stasis_sys::proc_mem::read_exact(pid, rest, &mut b).is_ok()
             && a == SYSCALL_RET
-            && RESTORERS.contains(&&b[..]);
+            && RESTORERS.iter().any(|r| b.starts_with(r));
         if same {
             return Ok(Some(Gadgets {
                 syscall_ret: sr,
@@ -118,22 +119,13 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
             }
             let (s, r) = scan(&buf[..len]);
             sr = sr.or(s.map(|p| (at + p as u64, m)));
-            rest = rest.or(r.map(|p| {
-                let len = RESTORERS
-                    .iter()
-                    .find(|r| buf[p..].starts_with(r))
-                    .map_or(0, |r| r.len());
-                (at + p as u64, m, len)
-            }));
+            rest = rest.or(r.map(|p| (at + p as u64, m)));
             // Back by the longest pattern, so that one across two chunks is found.
             at += (len as u64).saturating_sub(8).max(1);
         }
-        if let (Some((syscall_ret, ms)), Some((restorer, mr, rest_len))) = (sr, rest) {
+        if let (Some((syscall_ret, ms)), Some((restorer, mr))) = (sr, rest) {
             if std::ptr::eq(ms, mr) && ms.inode != 0 {
-                found().insert(
-                    key(ms),
-                    (syscall_ret - ms.start, restorer - ms.start, rest_len),
-                );
+                found().insert(key(ms), (syscall_ret - ms.start, restorer - ms.start));
             }
             return Ok(Some(Gadgets {
                 syscall_ret,

@@ -214,8 +214,7 @@ impl Frame<'_> {
     /// ([`Injector::batched`]), adds it to them instead and keeps what this frame allocated
     /// (its arguments) until they have run.
     pub fn set(mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<(), Error> {
-        if self.inj.gathering() {
-            self.inj.gather(name, nr, args);
+        if self.inj.gather(name, nr, args) {
             // Released by `batched` once the gathered calls have run.
             self.mark = u64::MAX;
             return Ok(());
