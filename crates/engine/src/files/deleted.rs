@@ -83,6 +83,39 @@ fn describe(file: &File, path: &str, what: &str) -> Result<FileKind, Error> {
     })
 }
 
+/// Calls `f` with each mapping among `maps` (of `pid`) of a deleted name whose file no
+/// description in `out` is of yet (checked before each call, so a file mapped twice comes
+/// once), opened through /proc/PID/map_files, and its metadata: the mappings that need a
+/// description without fd ([`FileOps::dump_without_fds`] of deleted files and of files
+/// kept by a remap link).
+pub(super) fn each_undescribed_mapping(
+    pid: Pid,
+    maps: &[MapEntry],
+    out: &mut ProcessFiles<'_>,
+    mut f: impl FnMut(&MapEntry, File, &std::fs::Metadata, &mut ProcessFiles<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    for m in maps {
+        if crate::pages::vma::backing(m).ok() != Some(crate::pages::vma::Backing::Deleted) {
+            continue;
+        }
+        let link = crate::procfs::map_file(pid, m.start, m.end);
+        let file = open_mapped(&link)?;
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+        let key = (md.dev(), md.ino());
+        if out
+            .descriptions()
+            .iter()
+            .any(|d| file_id(&d.kind) == Some(key))
+        {
+            continue;
+        }
+        f(m, file, &md, out)?;
+    }
+    Ok(())
+}
+
 /// The device and inode of a deleted-file description: a file deleted while open (its
 /// contents stored) or one that keeps links elsewhere ([`super::link_remap`]); mappings of
 /// either (`VmaKind::Deleted`) refer to them by these.
@@ -248,34 +281,17 @@ impl FileOps for DeletedFiles {
         maps: &[crate::procfs::MapEntry],
         out: &mut ProcessFiles<'_>,
     ) -> Result<(), Error> {
-        for m in maps {
-            if crate::pages::vma::backing(m).ok() != Some(crate::pages::vma::Backing::Deleted) {
-                continue;
-            }
-            let link = crate::procfs::map_file(pid, m.start, m.end);
-            let file = open_mapped(&link)?;
-            let md = file
-                .metadata()
-                .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+        each_undescribed_mapping(pid, maps, out, |m, file, md, out| {
             // A file with links elsewhere is kept by a remap link (super::link_remap).
             if md.nlink() != 0 {
-                continue;
-            }
-            let key = (md.dev(), md.ino());
-            if out
-                .descriptions()
-                .iter()
-                .any(|d| file_id(&d.kind) == Some(key))
-            {
-                continue;
+                return Ok(());
             }
             let path = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
             let what = format!("deleted file {path} mapped by pid {pid}");
             let kind = describe(&file, path, &what)?;
             let id = out.add_without_fd((libc::O_RDWR | libc::O_LARGEFILE) as u32, 0, kind);
-            out.add_blob(id, &file)?;
-        }
-        Ok(())
+            out.add_blob(id, &file)
+        })
     }
 
     fn blob(&self, desc: &FileDesc) -> Option<(u64, u32)> {

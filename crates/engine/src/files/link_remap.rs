@@ -409,34 +409,18 @@ impl FileOps for LinkRemaps {
         maps: &[crate::procfs::MapEntry],
         out: &mut ProcessFiles<'_>,
     ) -> Result<(), Error> {
-        for m in maps {
-            if crate::pages::vma::backing(m).ok() != Some(crate::pages::vma::Backing::Deleted) {
-                continue;
-            }
-            let link = crate::procfs::map_file(pid, m.start, m.end);
-            let file = super::deleted::open_mapped(&link)?;
-            let md = file
-                .metadata()
-                .map_err(|e| Error::io(format!("fstat {link}"), e))?;
+        super::deleted::each_undescribed_mapping(pid, maps, out, |m, file, md, out| {
             if md.nlink() == 0 || !md.file_type().is_file() {
-                continue;
-            }
-            let key = (md.dev(), md.ino());
-            if out
-                .descriptions()
-                .iter()
-                .any(|d| super::deleted::file_id(&d.kind) == Some(key))
-            {
-                continue;
+                return Ok(());
             }
             let Some(path) = m.name.strip_suffix(DELETED) else {
-                continue;
+                return Ok(());
             };
             let what = format!("mapping {:#x}-{:#x} of pid {pid}", m.start, m.end);
-            let kind = self.note(&file, &md, path, what)?;
+            let kind = self.note(&file, md, path, what)?;
             out.add_without_fd((libc::O_RDONLY | libc::O_LARGEFILE) as u32, 0, kind);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Gives every file noted its remap link, and names it in every description of it. A
