@@ -305,58 +305,25 @@ pub fn write_record_atomic<T: Serialize>(
     kind: RecordKind,
     value: &T,
 ) -> Result<(), ImageError> {
+    if kind == RecordKind::Inventory && dir.sealer().is_some() {
+        debug_assert_eq!(name, crate::names::INVENTORY);
+        // `auth.img` and the inventory, both durable before the inventory is in place (their
+        // fsyncs side by side: one journal commit instead of two, on most filesystems).
+        let staged = stage_inventory(dir, value)?;
+        return match dir.sync_files(staged.files()) {
+            Ok(()) => staged.commit(dir),
+            Err(e) => {
+                staged.discard(dir);
+                Err(e)
+            }
+        };
+    }
     let path = dir.path_of(name);
     let bytes = encode_record(kind, value, &path)?;
     if let Some(sealer) = dir.sealer() {
         sealer.add_record(name, kind, &bytes);
-        if kind == RecordKind::Inventory {
-            let manifest = sealer.encode_manifest(dir)?;
-            let written = write_sealed_inventory(dir, name, &bytes, &manifest);
-            if written.is_err() {
-                let _ = dir.remove(crate::names::AUTH);
-            }
-            return written;
-        }
     }
     write_bytes_atomic(dir, name, &bytes)
-}
-
-/// Writes `auth.img` (`manifest`) and then the inventory (`bytes` as `name`), each durable
-/// before the inventory is renamed into place; the two fsyncs run side by side (one journal
-/// commit instead of two, on most filesystems).
-fn write_sealed_inventory(
-    dir: &ImageDir,
-    name: &str,
-    bytes: &[u8],
-    manifest: &[u8],
-) -> Result<(), ImageError> {
-    let auth_path = dir.path_of(crate::names::AUTH);
-    write_bytes_replacing(dir, crate::names::AUTH, manifest, false)?;
-    let auth = dir.open_file(crate::names::AUTH)?;
-    let path = dir.path_of(name);
-    let tmp = format!(".{name}.tmp");
-    let mut f = dir.create_file(&tmp)?;
-    let (auth_synced, written) = std::thread::scope(|s| {
-        let auth_sync = s.spawn(|| auth.sync_all());
-        let written = f.write_all(bytes).and_then(|_| f.sync_all());
-        let auth_synced = auth_sync
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked")));
-        (auth_synced, written)
-    });
-    let failed = match (auth_synced, written) {
-        (Err(source), _) => Some(ImageError::Io {
-            path: auth_path,
-            source,
-        }),
-        (_, Err(source)) => Some(ImageError::Io { path, source }),
-        _ => None,
-    };
-    if let Some(e) = failed {
-        let _ = dir.remove(&tmp);
-        return Err(e);
-    }
-    dir.rename(&tmp, name)
 }
 
 /// An inventory written under a temporary name, not yet durable nor in place: a dump stages
@@ -382,6 +349,13 @@ impl Staged {
     pub fn commit(self, dir: &ImageDir) -> Result<(), ImageError> {
         dir.rename(&self.tmp, crate::names::INVENTORY)
     }
+
+    /// Removes what [`stage_inventory`] wrote (after a failure).
+    fn discard(self, dir: &ImageDir) {
+        for f in &self.files {
+            let _ = dir.remove(f);
+        }
+    }
 }
 
 /// Writes `value` as the inventory of `dir`, staged (see [`Staged`]). In a sealing directory
@@ -399,20 +373,15 @@ pub fn stage_inventory<T: Serialize>(dir: &ImageDir, value: &T) -> Result<Staged
         write_bytes_replacing(dir, crate::names::AUTH, &manifest, false)?;
         files.push(crate::names::AUTH.to_string());
     }
-    let tmp = format!(".{name}.tmp");
-    let written = dir.create_file(&tmp).and_then(|mut f| {
-        f.write_all(&bytes).map_err(|source| ImageError::Io {
-            path: path.clone(),
-            source,
-        })
-    });
-    if let Err(e) = written {
-        let _ = dir.remove(&tmp);
-        if !files.is_empty() {
-            let _ = dir.remove(crate::names::AUTH);
+    let tmp = match write_temporary(dir, name, &bytes, false) {
+        Ok(tmp) => tmp,
+        Err(e) => {
+            if !files.is_empty() {
+                let _ = dir.remove(crate::names::AUTH);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     files.push(tmp.clone());
     Ok(Staged { tmp, files })
 }
@@ -460,6 +429,18 @@ fn write_bytes_replacing(
     bytes: &[u8],
     sync: bool,
 ) -> Result<(), ImageError> {
+    let tmp = write_temporary(dir, name, bytes, sync)?;
+    dir.rename(&tmp, name)
+}
+
+/// Writes `bytes` into the temporary file of `name` (`.NAME.tmp`), fsynced when `sync`, and
+/// returns its name; nothing is left on failure.
+fn write_temporary(
+    dir: &ImageDir,
+    name: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<String, ImageError> {
     let path = dir.path_of(name);
     let tmp = format!(".{name}.tmp");
     let io = |source| ImageError::Io {
@@ -480,7 +461,7 @@ fn write_bytes_replacing(
         let _ = dir.remove(&tmp);
         return Err(io(e));
     }
-    dir.rename(&tmp, name)
+    Ok(tmp)
 }
 
 #[cfg(test)]
