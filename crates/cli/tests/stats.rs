@@ -76,8 +76,9 @@ fn dump_and_restore_write_their_stats() {
     for p in [
         "freeze",
         "collect",
+        "pages",
         "write",
-        "write.pages",
+        "write.wait",
         "sync",
         "sync.fsync",
         "release",

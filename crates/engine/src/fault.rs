@@ -16,7 +16,8 @@
 //! ([`crate::dump::Phase`], [`crate::restore::Phase`]) was entered last; points reached
 //! outside any phase, or in another thread or another process than the one that armed the
 //! plan (a forked restore child) are not counted, but for the restorer stasisd forks to
-//! restore as a user, which takes the plan over ([`adopt`]).
+//! restore as a user, which takes the plan over ([`adopt`]), and for the dump's pages thread,
+//! which arms it again for its own phase (`pages`, see [`crate::dump::Phase::Pages`]).
 //!
 //! Syntax of `STASIS_TEST_FAULT`:
 //!
@@ -175,6 +176,14 @@ mod imp {
         })
     }
 
+    pub fn plan() -> Option<FaultPlan> {
+        STATE.with(|s| {
+            let s = s.borrow();
+            let st = s.as_ref()?;
+            (st.pid == stasis_sys::process::getpid()).then(|| st.plan.clone())
+        })
+    }
+
     pub fn flush_now() {
         STATE.with(|s| {
             if let Some(st) = s.borrow_mut().as_mut() {
@@ -260,6 +269,18 @@ pub fn armed<R>(plan: Option<&FaultPlan>, f: impl FnOnce() -> R) -> R {
 pub fn adopt() {
     #[cfg(feature = "fault-injection")]
     imp::adopt();
+}
+
+/// The plan armed in this thread, for a thread that works on its behalf (the dump's pages
+/// thread), which arms it in turn with phases of its own: a point of its phases counts there,
+/// whatever the calling thread is doing meanwhile.
+pub(crate) fn plan() -> Option<FaultPlan> {
+    #[cfg(feature = "fault-injection")]
+    {
+        imp::plan()
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    None
 }
 
 /// Writes the count of the current phase now (a process about to `_exit` without leaving

@@ -108,6 +108,11 @@ pub fn set_affinity(tid: Pid, cpus: &[u64]) -> io::Result<()> {
     Ok(rustix::thread::sched_setaffinity(Some(pid(tid)?), &set)?)
 }
 
+/// The CPU the calling thread runs on (sched_getcpu: where it ran a moment ago).
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,13 @@
 //! Dump phase 2: collect. Every frozen process is read (from /proc, with ptrace, and by
 //! system calls injected into it) into its [`ProcessImage`], everything but its page contents;
 //! everything that can refuse the dump (unsupported fds or mappings, pipes leading out of the
-//! tree, sharing that cannot be restored) is found here, before any file is created. The
-//! tree-wide registries (shared descriptions, pipes) are finished once every process is seen.
+//! tree, sharing that cannot be restored) is found here, before any file but the pages files
+//! is created (each process's pages are copied alongside once its mappings are read:
+//! [`super::page_copy`]). The tree-wide registries (shared descriptions, pipes) are finished
+//! once every process is seen.
 
 use super::freeze::{Frozen, FrozenTree};
+use super::page_copy::{HandOver, Job};
 use super::ServiceConnection;
 use crate::files;
 use crate::inject::{self, Injector};
@@ -20,15 +23,18 @@ pub(crate) struct Collected {
     pub blobs: Vec<(u32, std::fs::File)>,
 }
 
-/// Collects every process of the frozen tree (all checks first; nothing is written). Also
-/// returns what the file kinds hold in place until the dump is over (TCP connections in repair
-/// mode behind an nftables rule: [`files::DumpHolds`]); on failure it is released here.
+/// Collects every process of the frozen tree (all checks first; nothing is written but the
+/// pages: each process is handed over to the pages thread through `hand_over` as soon as its
+/// mappings are read, [`super::page_copy`]). Also returns what the file kinds hold in place
+/// until the dump is over (TCP connections in repair mode behind an nftables rule:
+/// [`files::DumpHolds`]); on failure it is released here.
 pub(crate) fn collect_tree(
     tree: &FrozenTree,
     root_pidfd: &OwnedFd,
     vdso_offset: u64,
     service: Option<&ServiceConnection>,
     file_opts: &files::DumpFileOptions,
+    hand_over: HandOver<'_>,
 ) -> Result<(Vec<Collected>, files::DumpHolds), Error> {
     let shared = shared_tables(tree)?;
     let mut registry = files::FileRegistry::new(file_opts);
@@ -48,8 +54,15 @@ pub(crate) fn collect_tree(
             &own_pidfd
         };
         let _process = tracing::info_span!("process", pid = frozen.pid).entered();
-        let (mut c, syscall_ip) =
-            collect(frozen, pidfd, vdso_offset, svc, &mut registry, &syscall_ips)?;
+        let (mut c, syscall_ip) = collect(
+            frozen,
+            pidfd,
+            vdso_offset,
+            svc,
+            &mut registry,
+            &syscall_ips,
+            hand_over,
+        )?;
         syscall_ips.push((frozen.pid, syscall_ip));
         (c.image.shares_fd_table_with, c.image.shares_fs_with) =
             shared.get(&frozen.pid).copied().unwrap_or((0, 0));
@@ -109,8 +122,9 @@ fn shared_tables(tree: &FrozenTree) -> Result<SharedWithParent, Error> {
     Ok(out)
 }
 
-/// Collects one frozen process: everything but its page contents. Also returns the address
-/// of the `syscall` instruction used to run calls in it.
+/// Collects one frozen process: everything but its page contents, which `hand_over` gives to
+/// the pages thread once its mappings are read. Also returns the address of the `syscall`
+/// instruction used to run calls in it.
 fn collect(
     frozen: &Frozen,
     pidfd: &OwnedFd,
@@ -118,6 +132,7 @@ fn collect(
     service: Option<&ServiceConnection>,
     registry: &mut files::FileRegistry,
     parents: &[(Pid, u64)],
+    hand_over: HandOver<'_>,
 ) -> Result<(Collected, u64), Error> {
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
@@ -126,7 +141,6 @@ fn collect(
     let seccomp = seccomp::dump(pid, &frozen.threads)?;
     // Everything that can refuse the dump comes before any file is created.
     let vmas = pages::vma::collect_vmas_hinted(pid, frozen.smaps_hint.as_deref())?;
-    let dumped_files = files::dump(pid, pidfd, service, registry)?;
     let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
     if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {
         return Err(Error::Unsupported {
@@ -136,6 +150,14 @@ fn collect(
             ),
         });
     }
+    // The pages are copied from here on, while the rest is read (the calls injected below
+    // leave them alone: see page_copy).
+    hand_over(Job {
+        pid,
+        ppid: stat.ppid,
+        vmas: vmas.clone(),
+    })?;
+    let dumped_files = files::dump(pid, pidfd, service, registry)?;
     // The vdso's syscall instruction (the mappings were just read), or another when the
     // process unmapped its vdso.
     let syscall_ip = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {

@@ -9,8 +9,11 @@
 //!    ([`crate::pages::precopy`]); then the tree is frozen again (and admitted again) for
 //!    the rest, and the write phase copies only what was written since the last pass;
 //! 2. collect ([`collect`](mod@collect)): every process read into its image, all checks first;
-//! 3. write ([`write`](mod@write)): pages, blobs and records written (an incremental dump,
-//!    [`DumpOptions::parent`], writes only the pages changed since its parent);
+//!
+//!    pages ([`page_copy`]): alongside collect, a thread of its own copies each process's
+//!    pages into its pages file as soon as collect has read its mappings (an incremental
+//!    dump, [`DumpOptions::parent`], writes only the pages changed since its parent);
+//! 3. write ([`write`](mod@write)): once the pages are copied, blobs and records written;
 //! 4. sync: a process that runs on is thawed first; the files are made durable and the
 //!    inventory is written last;
 //! 5. release: the tree is killed (default) or left running.
@@ -22,13 +25,14 @@
 //! their own during collect (files::link_remap), removed again unless the dump completes.
 //!
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
-//! mappings, pipes leading out of the tree) is checked for every process before any file is
-//! created; the inventory is written last and atomically, so a directory without it is never
+//! mappings, pipes leading out of the tree) is checked for every process before any file but
+//! the pages files is created (those are removed again, the copy stopped); the inventory is written last and atomically, so a directory without it is never
 //! taken for a complete dump; on any failure the files written so far are removed and every
 //! process is thawed with its registers and signal masks as they were.
 
 pub mod collect;
 pub mod freeze;
+pub mod page_copy;
 pub mod write;
 
 use crate::timings::Timings;
@@ -120,8 +124,8 @@ pub struct DumpReport {
     /// How long the process was frozen.
     pub frozen: std::time::Duration,
     /// How long each phase took (`prepare`: the checks before the freeze, `freeze`,
-    /// `collect`, `write` with `write.pages` and `write.records`, `sync` with `sync.fsync`,
-    /// `release`).
+    /// `collect`, `pages` (alongside collect), `write` with `write.wait` (for the pages),
+    /// `sync` with `sync.fsync`, `release`).
     pub timings: Timings,
 }
 
@@ -132,6 +136,8 @@ pub enum Phase {
     /// Memory copied while the tree runs (leave-running dumps), then the tree frozen again.
     PreCopy,
     Collect,
+    /// The page contents, copied by a thread of their own alongside collect ([`page_copy`]).
+    Pages,
     Write,
     Sync,
     Release,
@@ -142,6 +148,7 @@ pub const DUMP_PHASES: &[Phase] = &[
     Phase::Freeze,
     Phase::PreCopy,
     Phase::Collect,
+    Phase::Pages,
     Phase::Write,
     Phase::Sync,
     Phase::Release,
@@ -154,6 +161,7 @@ impl Phase {
             Phase::Freeze => "freeze",
             Phase::PreCopy => "pre-copy",
             Phase::Collect => "collect",
+            Phase::Pages => "pages",
             Phase::Write => "write",
             Phase::Sync => "sync",
             Phase::Release => "release",
@@ -162,14 +170,20 @@ impl Phase {
 
     /// The span of the phase (named by the phase, see docs/architecture.md "Logging").
     fn span(self) -> tracing::span::EnteredSpan {
+        self.span_under(&tracing::Span::current())
+    }
+
+    /// [`Phase::span`] under `parent` (the dump's span, for a phase run by another thread).
+    fn span_under(self, parent: &tracing::Span) -> tracing::span::EnteredSpan {
         crate::fault::phase(self.name());
         match self {
-            Phase::Freeze => tracing::info_span!("freeze"),
-            Phase::PreCopy => tracing::info_span!("pre-copy"),
-            Phase::Collect => tracing::info_span!("collect"),
-            Phase::Write => tracing::info_span!("write"),
-            Phase::Sync => tracing::info_span!("sync"),
-            Phase::Release => tracing::info_span!("release"),
+            Phase::Freeze => tracing::info_span!(parent: parent, "freeze"),
+            Phase::PreCopy => tracing::info_span!(parent: parent, "pre-copy"),
+            Phase::Collect => tracing::info_span!(parent: parent, "collect"),
+            Phase::Pages => tracing::info_span!(parent: parent, "pages"),
+            Phase::Write => tracing::info_span!(parent: parent, "write"),
+            Phase::Sync => tracing::info_span!(parent: parent, "sync"),
+            Phase::Release => tracing::info_span!(parent: parent, "release"),
         }
         .entered()
     }
@@ -281,41 +295,45 @@ pub fn dump(opts: DumpOptions) -> Result<DumpReport, Error> {
                 }
             }
         }
-        let phase = Phase::Collect.span();
-        let started = Instant::now();
         let file_opts = crate::files::DumpFileOptions {
             unix_peers_closed: opts.unix_peers_closed,
             tcp: opts.tcp,
         };
+        // The compression threads, shared by the frozen copy and the pre-copied pages.
+        let mut zstd = write::Zstd::new(opts.compress);
         // `holds`: TCP connections in repair mode and the nftables rule holding off their
         // packets; dropped (released) on any failure below, before the tree is thawed.
-        let (collected, mut holds) = collect::collect_tree(
-            &tree,
-            &pidfd,
-            vdso_offset,
-            opts.service.as_ref(),
-            &file_opts,
-        )?;
+        let started = Instant::now();
+        let mut collect_ended = started;
+        let both = page_copy::alongside(dir, pre, parent.as_mut(), &mut zstd, |hand_over| {
+            let _phase = Phase::Collect.span();
+            let r = collect::collect_tree(
+                &tree,
+                &pidfd,
+                vdso_offset,
+                opts.service.as_ref(),
+                &file_opts,
+                hand_over,
+            );
+            collect_ended = Instant::now();
+            r
+        });
+        written.extend(both.created);
+        timings.add("collect", collect_ended - started);
+        timings.add("pages", both.busy);
+        let phase = Phase::Write.span();
+        timings.since("write.wait", collect_ended);
+        let ((collected, mut holds), copied) = both.result?;
         // The remap links made for deleted files with links elsewhere: removed when this
         // closure fails (dropped), kept with the images once the inventory is written.
         let links = holds.take_links();
-        drop(phase);
-        timings.since("collect", started);
-        let phase = Phase::Write.span();
         let started = Instant::now();
-        // The compression threads, shared by the frozen writes and the pre-copied ones.
-        let mut zstd = write::Zstd::new(opts.compress);
-        let (mappings, page_bytes, records) = write::write_tree(
-            dir,
-            collected,
-            &mut written,
-            pre,
-            parent.as_mut(),
-            &mut zstd,
-            &mut timings,
-        )?;
+        let page_bytes = copied.page_bytes;
+        written.retain(|n| !copied.removed.contains(n));
+        let (mappings, records) = write::write_tree(dir, collected, &mut written, copied)?;
         drop(phase);
-        timings.since("write", started);
+        timings.since("write", collect_ended);
+        timings.add("write.blobs", started.elapsed());
         let _phase = Phase::Sync.span();
         let started = Instant::now();
         // A process that runs on need not wait for the disk (nor for its records, which are

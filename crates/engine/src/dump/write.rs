@@ -1,89 +1,47 @@
-//! Dump phase 3: write. Pages, blobs and the process records go into the image directory,
-//! each file created with its header and checksums; the inventory, written last (staged
-//! under a temporary name, synced with the other files, then renamed into place), marks the
-//! dump complete. An incremental dump
-//! writes only the pages changed since its parent ([`crate::chain`]) and links the parent in
-//! its inventory.
+//! Dump phase 3: write. Blobs and the process records go into the image directory (the
+//! pages are in their files already: [`super::page_copy`]), each file created with its header
+//! and checksums; the inventory, written last (staged under a temporary name, synced with the
+//! other files, then renamed into place), marks the dump complete. An incremental dump links
+//! its parent in its inventory ([`crate::chain`]).
 
 use super::collect::Collected;
+use super::page_copy::{Copied, Runs};
 use crate::chain::Parent;
 use crate::pages::incremental::ParentRuns;
-use crate::timings::Timings;
 use crate::{files, pages, procfs, Error};
 use stasis_image::{
     names, write_record_unsynced, ImageDir, Inventory, ParentLink, ParentPages, ProcessImage,
-    RawWriter, RecordKind,
+    RecordKind,
 };
 use stasis_sys::Pid;
-use std::time::Instant;
 
-/// Writes the pages and blobs of every collected process (the tree is frozen) and hands back
-/// their records, for [`write_records`]. Every file created is added to `written` as soon as
-/// it exists (so a failure can remove it). A process in `pre` was pre-copied: only what it
-/// wrote since is copied now, into the pages file it already has
-/// ([`pages::precopy::Tracked::finish`]); the pages files of pre-copied processes that are
-/// gone are removed. Returns the number of mappings and of page bytes written, and the
-/// records; the time spent on pages (read from the processes and written) and on the rest
-/// goes to `write.pages` and `write.records` in `timings`.
+/// Writes the blobs of every collected process (the tree is frozen) and hands back their
+/// records, for [`write_records`], each with its pages as the pages thread copied them
+/// (`copied`, [`super::page_copy`]). Every file created is added to `written` as soon as it
+/// exists (so a failure can remove it). Returns the number of mappings and the records.
 pub(crate) fn write_tree(
     dir: &ImageDir,
     collected: Vec<Collected>,
     written: &mut Vec<String>,
-    mut pre: Vec<(pages::precopy::Tracked, RawWriter)>,
-    mut parent: Option<&mut Parent>,
-    zstd: &mut Zstd,
-    timings: &mut Timings,
-) -> Result<(usize, u64, Vec<Record>), Error> {
+    mut copied: Copied,
+) -> Result<(usize, Vec<Record>), Error> {
     let mut blobs_done = std::collections::HashSet::new();
-    let mut shmem_done = std::collections::HashSet::new();
-    let (mut mappings, mut page_bytes) = (0, 0);
+    let mut mappings = 0;
     let mut records = Vec::with_capacity(collected.len());
     for mut c in collected {
         let _process = tracing::info_span!("process", pid = c.image.pid).entered();
-        let pid = c.image.pid;
-        let started = Instant::now();
-        let mut runs = None;
-        if let Some(i) = pre.iter().position(|(t, _)| t.pid() == pid) {
-            let (tracked, pages) = pre.swap_remove(i);
-            runs = Some(tracked.finish(&c.image.vmas, pages, &mut shmem_done)?);
-        } else {
-            let pages_name = names::pages(pid);
-            crate::fault::point("creating a pages file")?;
-            let mut pages = RawWriter::create(dir, &pages_name, RecordKind::Pages)?;
-            written.push(pages_name);
-            let from_parent = parent.as_deref().and_then(|p| p.process(pid));
-            let parent_runs = from_parent.map(|(runs, files)| ParentRuns { runs, files });
-            // Pages shared with the parent process (dumped before it, frozen still, and not
-            // pre-copied) are stored once, with the parent (pages::cow).
-            let cow = match records
-                .iter()
-                .find(|r: &&Record| r.image.pid == c.image.ppid && r.runs.is_none())
-            {
-                Some(p) => {
-                    pages::cow::CowParent::open(p.image.pid, &p.image.vmas, &p.image.page_runs)?
-                }
-                None => None,
-            };
-            c.image.page_runs = pages::dump_pages(
-                pid,
-                &c.image.vmas,
-                &mut pages,
-                &mut shmem_done,
-                parent_runs,
-                zstd.pool()?,
-                cow,
-            )?;
-            // The parent's pages files this one refers to, with their lengths now.
-            let parent_len = from_parent
-                .filter(|_| c.image.page_runs.iter().any(|r| r.image == 1))
-                .map(|(_, files)| files.own().len());
-            if let (Some(p), Some(payload_len)) = (parent.as_deref_mut(), parent_len) {
-                p.link.pages.push(ParentPages { pid, payload_len });
+        let runs = match copied.runs.remove(&c.image.pid) {
+            Some(Runs::Copied(runs)) => {
+                c.image.page_runs = runs;
+                None
             }
-            page_bytes += pages.finish()?;
-        }
-        timings.since("write.pages", started);
-        let started = Instant::now();
+            Some(Runs::PreCopied(finished)) => Some(*finished),
+            None => {
+                return Err(Error::Internal {
+                    what: format!("no pages were copied for pid {}", c.image.pid),
+                })
+            }
+        };
         c.blobs.retain(|(id, _)| blobs_done.insert(*id));
         crate::fault::point("writing blobs")?;
         written.extend(files::write_blobs(dir, &c.blobs, &c.image.files)?);
@@ -92,16 +50,8 @@ pub(crate) fn write_tree(
             image: c.image,
             runs,
         });
-        timings.since("write.records", started);
     }
-    for (tracked, pages) in pre {
-        // Exited since the pre-copy.
-        let name = pre_copy_file(tracked.pid(), zstd.on() || parent.is_some());
-        drop(pages);
-        dir.remove(&name)?;
-        written.retain(|n| *n != name);
-    }
-    Ok((mappings, page_bytes, records))
+    Ok((mappings, records))
 }
 
 /// The dump's compression (`DumpOptions::compress`) and its one pool of threads, made when a
@@ -121,12 +71,12 @@ impl Zstd {
     }
 
     /// Whether the pages are stored compressed.
-    fn on(&self) -> bool {
+    pub(super) fn on(&self) -> bool {
         self.compress.is_some()
     }
 
     /// The pool, made on first use; `None` without compression.
-    fn pool(&mut self) -> Result<Option<&mut pages::compress::ZstdPool>, Error> {
+    pub(super) fn pool(&mut self) -> Result<Option<&mut pages::compress::ZstdPool>, Error> {
         let Some(c) = self.compress else {
             return Ok(None);
         };

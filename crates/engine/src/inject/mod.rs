@@ -27,6 +27,7 @@
 pub mod batch;
 pub mod calls;
 mod errno;
+pub mod gadget_cache;
 pub mod park;
 pub mod prefetch;
 pub mod scratch;

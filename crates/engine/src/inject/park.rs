@@ -62,14 +62,22 @@ const RESTORERS: [&[u8]; 2] = [
 ];
 
 /// Gadgets found before, by the executable mapping they were found in (its file's device
-/// and inode, and its offset in the file): their offsets from the mapping's start. The processes of a tree, and stasisd's callers, share their libc,
-/// whose text then need not be read and scanned again (~0.2 ms a process).
-type FoundGadgets = HashMap<(u32, u32, u64, u64), (u64, u64)>;
+/// and inode, and its offset in the file): their offsets from the mapping's start. The
+/// processes of a tree, stasisd's callers and the runs of `stasis` (through the file of
+/// [`super::gadget_cache`], read at the first use) share their libc, whose text then need not
+/// be read and scanned again (~0.2 ms a process).
+type FoundGadgets = HashMap<super::gadget_cache::Key, super::gadget_cache::Offsets>;
 static FOUND: OnceLock<Mutex<FoundGadgets>> = OnceLock::new();
 
 fn found() -> std::sync::MutexGuard<'static, FoundGadgets> {
     FOUND
-        .get_or_init(Default::default)
+        .get_or_init(|| {
+            Mutex::new(
+                super::gadget_cache::path()
+                    .map(super::gadget_cache::load)
+                    .unwrap_or_default(),
+            )
+        })
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -125,7 +133,13 @@ pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Erro
         }
         if let (Some((syscall_ret, ms)), Some((restorer, mr))) = (sr, rest) {
             if std::ptr::eq(ms, mr) && ms.inode != 0 {
-                found().insert(key(ms), (syscall_ret - ms.start, restorer - ms.start));
+                let mut found = found();
+                let offsets = (syscall_ret - ms.start, restorer - ms.start);
+                if found.insert(key(ms), offsets) != Some(offsets) {
+                    if let Some(path) = super::gadget_cache::path() {
+                        super::gadget_cache::store(path, &found);
+                    }
+                }
             }
             return Ok(Some(Gadgets {
                 syscall_ret,

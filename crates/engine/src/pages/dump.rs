@@ -7,6 +7,7 @@
 use super::compress::{ZstdPool, ZstdSink};
 use super::cow::CowParent;
 use super::incremental::{IncrementalSink, ParentRuns};
+use super::pace::{Pace, Paced, Stoppable};
 use super::sink::{PageSink, RawSink};
 use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
 use crate::{Error, PAGE_SIZE};
@@ -20,7 +21,9 @@ use std::collections::HashSet;
 /// incremental dump), only the pages that differ from the parent's are written; the runs
 /// returned refer to the parent's runs for the others. With `compress`, the runs written are
 /// zstd frames compressed by its workers. With `cow` (its frozen parent in the tree), pages
-/// shared with the parent are not stored but listed as inherited ([`super::cow`]).
+/// shared with the parent are not stored but listed as inherited ([`super::cow`]). The copy
+/// goes at `pace` ([`super::pace`]): written in short steps, or stopped (it fails).
+#[allow(clippy::too_many_arguments)]
 pub fn dump_pages(
     pid: Pid,
     vmas: &[Vma],
@@ -29,11 +32,16 @@ pub fn dump_pages(
     parent: Option<ParentRuns<'_>>,
     compress: Option<&mut ZstdPool>,
     cow: Option<CowParent>,
+    pace: &Pace,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?.share_with(cow);
+    let mut stoppable = Stoppable {
+        source: &mut source,
+        pace,
+    };
     let mut runs = match compress {
-        Some(pool) => store(&mut source, ZstdSink::new(pool, out), parent),
-        None => store(&mut source, RawSink::new(out), parent),
+        Some(pool) => store(&mut stoppable, ZstdSink::new(pool, out), parent),
+        None => store(&mut stoppable, RawSink::new(Paced { out, pace }), parent),
     }?;
     let inherited = source.take_inherited();
     if !inherited.is_empty() {

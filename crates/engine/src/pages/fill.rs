@@ -122,6 +122,17 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
 /// into a process that has none yet costs a fault and a zeroed page each, and on a process of
 /// 1 GiB that, not reading the image, is most of the time.
 const PARALLEL_MIN: u64 = 32 << 20;
+/// Whether a fill of `runs` may use threads: compressed runs, or raw ones of at least
+/// `PARALLEL_MIN` bytes.
+pub fn uses_threads(runs: &[PageRun]) -> bool {
+    let raw: u64 = runs
+        .iter()
+        .filter(|r| r.codec == stasis_image::RunCodec::Raw)
+        .map(|r| r.npages.saturating_mul(PAGE_SIZE))
+        .sum();
+    raw >= PARALLEL_MIN || runs.iter().any(|r| r.codec == stasis_image::RunCodec::Zstd)
+}
+
 /// At most this many threads fill one process.
 const MAX_FILL_THREADS: usize = 4;
 

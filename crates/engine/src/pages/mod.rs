@@ -58,6 +58,7 @@ pub mod fill;
 pub mod incremental;
 pub mod layout;
 pub mod lazy;
+pub mod pace;
 pub mod precopy;
 pub mod sink;
 pub mod source;

@@ -41,6 +41,7 @@
 //! group.
 
 pub mod as_user;
+pub mod cpu;
 pub mod fork;
 pub mod load;
 pub mod pidns;
@@ -207,6 +208,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(phase);
     timings.since("plan", started);
 
+    // From here the restorer and the processes it forks keep to one CPU (see `cpu`), until
+    // the restore is over.
+    let one_cpu = cpu::OneCpu::pin();
     let started = std::time::Instant::now();
     let phase = Phase::ForkTree.span();
     // Restore children orphaned by a failure (their parent in the tree died before they were
@@ -236,7 +240,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             None
         };
         let result = forked.and_then(|()| {
-            rebuild_and_finish(&plan, &loaded, vdso_offset, helper.as_ref(), &mut timings)
+            rebuild_and_finish(
+                &plan,
+                &loaded,
+                vdso_offset,
+                helper.as_ref(),
+                one_cpu.as_ref(),
+                &mut timings,
+            )
         });
         let lazy = helper.map(|h| h.stop());
         match (result, lazy) {
@@ -273,6 +284,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     if !was_subreaper {
         let _ = process::set_child_subreaper(false);
     }
+    // The page server outlives the restore: made with the restorer's own affinity.
+    drop(one_cpu);
     if let Some(server) = lazy {
         // Not a child of a subreaper restorer: detached, it outlives the restorer.
         if let Err(e) = crate::pages::lazy::spawn_server(server) {
@@ -290,6 +303,7 @@ fn rebuild_and_finish<'a>(
     loaded: &Loaded,
     vdso_offset: u64,
     helper: Option<&crate::pages::lazy::Helper<'_, 'a>>,
+    one_cpu: Option<&cpu::OneCpu>,
     timings: &mut crate::timings::Timings,
 ) -> Result<(), Error> {
     {
@@ -309,6 +323,7 @@ fn rebuild_and_finish<'a>(
                 i,
                 vdso_offset,
                 &hand_over,
+                one_cpu,
                 &mut steps,
             )?);
         }

@@ -212,6 +212,8 @@ struct Rebuild<'p, 'a> {
     /// A lazy restore: takes the userfaultfd the private memory is registered on as soon as
     /// it is (the rest of the rebuild touches that memory: its faults must be served).
     hand_over: &'p LazyHandOver<'p>,
+    /// The restore keeps to one CPU ([`super::cpu`]): but for a fill shared between threads.
+    one_cpu: Option<&'p super::cpu::OneCpu>,
 }
 
 /// Takes a lazy restore's registered process (see [`crate::pages::lazy`]).
@@ -219,12 +221,14 @@ pub(crate) type LazyHandOver<'p> = dyn Fn(pages::lazy::LazyProcess) -> Result<()
 
 /// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
 /// whole tree is rebuilt. A lazy restore hands the process's userfaultfd to `hand_over`. The
-/// time of each step is added to `timings` (as `rebuild.<name>`).
+/// time of each step is added to `timings` (as `rebuild.<name>`). `one_cpu`: the restore keeps
+/// to one CPU ([`super::cpu`]).
 pub(crate) fn rebuild<'p>(
     plan: &'p Plan<'_>,
     idx: usize,
     vdso_offset: u64,
     hand_over: &'p LazyHandOver<'p>,
+    one_cpu: Option<&'p super::cpu::OneCpu>,
     timings: &mut crate::timings::Timings,
 ) -> Result<Vec<Pid>, Error> {
     let planned = &plan.processes[idx];
@@ -246,6 +250,7 @@ pub(crate) fn rebuild<'p>(
         temporary_specials: None,
         others: Vec::new(),
         hand_over,
+        one_cpu,
     };
     for &step in REBUILD_ORDER {
         let _step = tracing::debug_span!("step", name = step.name()).entered();
@@ -344,6 +349,12 @@ impl<'p, 'a> Rebuild<'p, 'a> {
                         (self.hand_over)(p)?;
                     }
                 } else {
+                    // A fill shared between threads (or with compressed runs, decoded by
+                    // threads) has every CPU.
+                    let _all = self
+                        .one_cpu
+                        .filter(|_| pages::fill::uses_threads(&runs))
+                        .map(|c| c.spread());
                     pages::fill_pages(child, &runs, planned.pages)?;
                 }
             }
