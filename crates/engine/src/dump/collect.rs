@@ -140,7 +140,7 @@ fn collect(
     // Before anything is injected: suspends the filters of threads under seccomp.
     let seccomp = seccomp::dump(pid, &frozen.threads)?;
     // Everything that can refuse the dump comes before any file is created.
-    let vmas = pages::vma::collect_vmas_hinted(pid, frozen.smaps_hint.as_deref())?;
+    let (vmas, maps) = pages::vma::collect_vmas_and_maps(pid, frozen.smaps_hint.as_deref())?;
     let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
     if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {
         return Err(Error::Unsupported {
@@ -168,6 +168,7 @@ fn collect(
     let mask =
         ptrace::get_sigmask(leader).map_err(|e| Error::sys("PTRACE_GETSIGMASK", leader, e))?;
     let mut inj = Injector::new(leader, syscall_ip)?;
+    inj.know_mappings(maps);
     let mut timers_posix = Vec::new();
     let asked = (|| {
         // From here a dumper that dies leaves the thread as it was (inject::park); this also

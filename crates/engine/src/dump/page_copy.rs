@@ -103,16 +103,28 @@ pub(crate) fn alongside<R>(
     };
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<Job>();
-        let handle = s.spawn(move || {
-            crate::fault::armed(plan.as_ref(), || {
-                let started = Instant::now();
-                let result = {
-                    let _phase = Phase::Pages.span_under(&dump_span);
-                    thread.run(rx)
-                };
-                (thread.created, result, started.elapsed())
-            })
-        });
+        let spawned = std::thread::Builder::new()
+            .name("stasis-pages".into())
+            .spawn_scoped(s, move || {
+                crate::fault::armed(plan.as_ref(), || {
+                    let started = Instant::now();
+                    let result = {
+                        let _phase = Phase::Pages.span_under(&dump_span);
+                        thread.run(rx)
+                    };
+                    (thread.created, result, started.elapsed())
+                })
+            });
+        let handle = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                return Alongside {
+                    created: Vec::new(),
+                    result: Err(Error::io("starting the pages thread", e)),
+                    busy: Duration::ZERO,
+                }
+            }
+        };
         let mut thread_gone = false;
         let collected = collect(&mut |job| {
             tx.send(job).map_err(|_| {

@@ -89,6 +89,10 @@ pub struct Injector {
     /// kernel keeps its trap flag after the last step, which [`Injector::finish_parked`]
     /// then turns off. (Every other resume, PTRACE_CONT or PTRACE_SYSCALL, turns it off.)
     stepped: bool,
+    /// The process's mappings, read a moment ago while it was frozen ([`Injector::know_mappings`]):
+    /// until the injector maps memory of its own, where gadgets and a free address are looked
+    /// for instead of in a new read of /proc/PID/maps.
+    maps: Option<Vec<crate::procfs::MapEntry>>,
 }
 
 /// The scratch area and the code page, one mapping of [`AREA_LEN`] bytes.
@@ -174,7 +178,15 @@ impl Injector {
             held: Vec::new(),
             queue: None,
             stepped: false,
+            maps: None,
         })
+    }
+
+    /// The process's mappings as read a moment ago, all its threads stopped since (collect's
+    /// smaps): [`Injector::park`] and [`Injector::map_scratch`] use them instead of reading
+    /// /proc/PID/maps again (~50 µs each).
+    pub fn know_mappings(&mut self, maps: Vec<crate::procfs::MapEntry>) {
+        self.maps = Some(maps);
     }
 
     /// The gadgets found in the process, to hand to the injector of another of its threads
@@ -194,7 +206,7 @@ impl Injector {
             return Ok(g);
         }
         let t0 = std::time::Instant::now();
-        let g = park::find_gadgets(self.tid)?;
+        let g = park::find_gadgets(self.tid, self.maps.as_deref())?;
         tracing::trace!(
             "tid {}: gadgets {g:x?} found in {:?}",
             self.tid,
@@ -592,7 +604,9 @@ impl Injector {
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         let mut want = 0;
         if let (Some(frame), Some(g)) = (self.frame_at, self.gadgets.flatten()) {
-            if let Some(addr) = free_address(self.tid, AREA_LEN)? {
+            // Read now: the mappings change from here on.
+            let maps = self.maps.take();
+            if let Some(addr) = free_address(self.tid, AREA_LEN, maps.as_deref())? {
                 let cleanup = frame - park::CLEANUP_ROOM;
                 let f = park::cleanup_frame(&self.saved, frame, g, (addr, AREA_LEN));
                 proc_mem::write_all(self.tid, cleanup, &f)
@@ -872,10 +886,22 @@ pub(crate) const PTRACE_EVENT_STOP: i32 = 128;
 /// An address where `len` bytes are free in process `pid` (whose threads are all stopped):
 /// right below the lowest mapping of the area where the kernel puts mappings top-down (the
 /// lowest one above 0x7000_0000_0000, where a mapping made anywhere would go too), with a
-/// free page on either side. `None` when the layout is not that one.
-pub fn free_address(pid: Pid, len: u64) -> Result<Option<u64>, Error> {
+/// free page on either side. `None` when the layout is not that one. `maps`: its mappings as
+/// read a moment ago (else they are read).
+pub fn free_address(
+    pid: Pid,
+    len: u64,
+    maps: Option<&[crate::procfs::MapEntry]>,
+) -> Result<Option<u64>, Error> {
     const PAGE: u64 = 4096;
-    let maps = crate::procfs::read_maps(pid)?;
+    let read;
+    let maps = match maps {
+        Some(m) => m,
+        None => {
+            read = crate::procfs::read_maps(pid)?;
+            &read[..]
+        }
+    };
     let Some(i) = maps.iter().position(|m| m.start >= 0x7000_0000_0000) else {
         return Ok(None);
     };

@@ -87,9 +87,21 @@ fn found() -> std::sync::MutexGuard<'static, FoundGadgets> {
 /// whatever instruction of the program they are part of. Where they were found in another
 /// process mapping the same file, the same places are tried first (their bytes read again:
 /// a file changed since, or text the process rewrote, is scanned afresh).
-pub fn find_gadgets(pid: stasis_sys::Pid) -> Result<Option<Gadgets>, crate::Error> {
-    let mut maps: Vec<_> = crate::procfs::read_maps(pid)?
-        .into_iter()
+/// `maps`: its mappings as read a moment ago (else they are read).
+pub fn find_gadgets(
+    pid: stasis_sys::Pid,
+    maps: Option<&[crate::procfs::MapEntry]>,
+) -> Result<Option<Gadgets>, crate::Error> {
+    let read;
+    let maps = match maps {
+        Some(m) => m,
+        None => {
+            read = crate::procfs::read_maps(pid)?;
+            &read[..]
+        }
+    };
+    let mut maps: Vec<_> = maps
+        .iter()
         .filter(|m| m.exec && m.read && m.name != "[vsyscall]" && m.name != "[vdso]")
         .collect();
     // libc's text first: it has both.
@@ -379,8 +391,12 @@ mod tests {
         while !(has_libc(pa) && has_libc(pb)) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let ga = find_gadgets(pa).expect("find").expect("gadgets in sleep");
-        let gb = find_gadgets(pb).expect("find").expect("gadgets in sleep");
+        let ga = find_gadgets(pa, None)
+            .expect("find")
+            .expect("gadgets in sleep");
+        let gb = find_gadgets(pb, None)
+            .expect("find")
+            .expect("gadgets in sleep");
         // Same offsets into libc's text (address layouts differ).
         assert_eq!(
             ga.syscall_ret - libc_start(pa),

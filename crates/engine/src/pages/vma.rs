@@ -72,10 +72,25 @@ pub fn collect_vmas(pid: Pid) -> Result<Vec<Vma>, Error> {
 /// when /proc/PID/maps still lists exactly the same mappings. Flags changed by madvise
 /// without any change of the mappings in between are those of the earlier reading.
 pub fn collect_vmas_hinted(pid: Pid, hint: Option<&[procfs::MapEntry]>) -> Result<Vec<Vma>, Error> {
+    Ok(collect_vmas_and_maps(pid, hint)?.0)
+}
+
+/// [`collect_vmas_hinted`], with the entries of smaps the mappings were made from (for the
+/// injector: [`crate::inject::Injector::know_mappings`]).
+pub fn collect_vmas_and_maps(
+    pid: Pid,
+    hint: Option<&[procfs::MapEntry]>,
+) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
     let maps = match hint {
         Some(h) if procfs::same_mappings(h, &procfs::read_maps(pid)?) => h.to_vec(),
         _ => procfs::read_smaps(pid)?,
     };
+    let vmas = classify_all(pid, &maps)?;
+    Ok((vmas, maps))
+}
+
+/// Classifies every entry of `maps` (of process `pid`).
+fn classify_all(pid: Pid, maps: &[MapEntry]) -> Result<Vec<Vma>, Error> {
     // A file mapped several times (a library's text, data and bss) is looked at once: the
     // same name, device and inode in the list are the same mapped file, whose identity and
     // size do not change while the process is frozen.
