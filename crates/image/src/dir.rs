@@ -352,15 +352,15 @@ impl ImageDir {
     }
 
     /// Makes the files `names` durable. The writeback of every file is started first (most
-    /// were started as they were finished: `start_writeback`), so that the filesystem
-    /// writes them together. The files are then fsynced side by side, a few threads at a
-    /// time: on ext4 here each fsync still waits about 4 ms for the device after the first
-    /// (four files: 16 ms one after the other, 6 ms side by side). On a filesystem in memory
-    /// (tmpfs, ramfs), where an fsync costs nothing and a thread about 100 µs, and for a
-    /// single file, one after the other. The first failure is returned, naming its file.
+    /// were started as they were finished: `start_writeback`), so that the filesystem writes
+    /// them together; then each is fsynced, one after the other. On ext4 the first fsync
+    /// commits the journal transaction that holds them all and waits for their data, and the
+    /// others find nothing left to do: measured here, a 1.2 MiB pages file 0.78 ms, then the
+    /// process record and the staged inventory 0.04 ms each; 100 files of 300 KiB 4.8 ms one
+    /// after the other, 18.5 ms eight at a time in threads (which the kernel's journal
+    /// serializes anyway, and each thread costs ~0.1 ms to start). The first failure is
+    /// returned, naming its file.
     pub fn sync_files(&self, names: &[String]) -> Result<(), ImageError> {
-        /// At most this many fsyncs at once.
-        const AT_ONCE: usize = 8;
         let files = names
             .iter()
             .map(|n| Ok((n, self.open_regular(n)?.0)))
@@ -368,35 +368,8 @@ impl ImageDir {
         for (_, f) in &files {
             start_writeback(f);
         }
-        /// ramfs's statfs magic (not in libc).
-        const RAMFS_MAGIC: i64 = 0x8584_58f6;
-        let in_memory = stasis_sys::process::fs_type(self.fd())
-            .is_ok_and(|t| t == libc::TMPFS_MAGIC || t == RAMFS_MAGIC);
-        if files.len() <= 1 || in_memory {
-            for (n, f) in &files {
-                f.sync_all().map_err(self.io(n))?;
-            }
-            return Ok(());
-        }
-        for group in files.chunks(AT_ONCE) {
-            let results: Vec<(&String, std::io::Result<()>)> = std::thread::scope(|s| {
-                let running: Vec<_> = group
-                    .iter()
-                    .map(|(n, f)| (*n, s.spawn(move || f.sync_all())))
-                    .collect();
-                running
-                    .into_iter()
-                    .map(|(n, h)| {
-                        let r = h.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("the fsync thread panicked"))
-                        });
-                        (n, r)
-                    })
-                    .collect()
-            });
-            for (n, r) in results {
-                r.map_err(self.io(n))?;
-            }
+        for (n, f) in &files {
+            f.sync_all().map_err(self.io(n))?;
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ pub use frame::{
     write_record_unsynced, Header, RecordKind, Staged, FORMAT_VERSION, HEADER_LEN, MAGIC,
     MAX_RECORD_LEN,
 };
-pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK};
+pub use raw::{ExtentReader, RawReader, RawWriter, RAW_DATA_OFFSET, READ_CHUNK, WRITE_PIECE};
 pub use validate::{
     valid_absolute_path, validate_process, validate_process_in_chain, FileChecks, MAX_FDS,
     MAX_PATH, MAX_SECCOMP_FILTERS,

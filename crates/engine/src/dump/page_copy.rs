@@ -16,9 +16,10 @@
 //! stores the pages it still shares with it only once (`pages::cow`); an incremental dump
 //! writes only the pages changed since its parent dump.
 //!
-//! While collect runs, the copy writes in short steps ([`crate::pages::pace`]): the kernel
-//! gives a CPU to a woken process only when the thread on it returns from its system call,
-//! and collect's calls wait for that. Once collect is done, whole runs again.
+//! Its writes are short ([`stasis_image::WRITE_PIECE`]): the kernel gives a CPU to a woken
+//! process only when the thread on it returns from its system call (this machine's kernel
+//! does not preempt threads in the kernel), and collect's calls wait for the processes they
+//! wake; with 1 MiB writes collect took twice as long beside the copy.
 //!
 //! Failures: the thread stops at its first error, and collect at its next process; when
 //! collect fails first, the thread stops before its next run of pages. Either way every file
@@ -28,12 +29,12 @@ use super::write::Zstd;
 use super::Phase;
 use crate::chain::Parent;
 use crate::pages::incremental::ParentRuns;
-use crate::pages::pace::{Pace, Speed};
 use crate::pages::precopy::{Finished, Tracked};
 use crate::{pages, Error};
 use stasis_image::{names, ImageDir, PageRun, ParentPages, RawWriter, RecordKind, Vma};
 use stasis_sys::Pid;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -85,8 +86,7 @@ pub(crate) fn alongside<R>(
     zstd: &mut Zstd,
     collect: impl FnOnce(HandOver<'_>) -> Result<R, Error>,
 ) -> Alongside<R> {
-    // Short writes while collect runs beside (pages::pace), whole runs once it is done.
-    let pace = Pace::new(Speed::Short);
+    let stop = AtomicBool::new(false);
     let plan = crate::fault::plan();
     let dump_span = tracing::Span::current();
     let mut thread = Thread {
@@ -94,7 +94,7 @@ pub(crate) fn alongside<R>(
         pre,
         parent,
         zstd,
-        pace: &pace,
+        stop: &stop,
         shmem_done: HashSet::new(),
         copied: Vec::new(),
         runs: HashMap::new(),
@@ -134,10 +134,9 @@ pub(crate) fn alongside<R>(
                 }
             })
         });
-        pace.set(match collected {
-            Ok(_) => Speed::Full,
-            Err(_) => Speed::Stop,
-        });
+        if collected.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
         drop(tx);
         let (created, copied, busy) = handle.join().unwrap_or_else(|_| {
             let e = Error::Internal {
@@ -167,8 +166,8 @@ struct Thread<'a> {
     pre: Vec<(Tracked, RawWriter)>,
     parent: Option<&'a mut Parent>,
     zstd: &'a mut Zstd,
-    /// Short steps while collect runs, stopped when it failed.
-    pace: &'a Pace,
+    /// Set when collect failed: copy no more.
+    stop: &'a AtomicBool,
     /// Shared anonymous memory objects stored already (once per tree).
     shmem_done: HashSet<u64>,
     /// Processes copied here (not pre-copied): their mappings, for their children's
@@ -233,7 +232,7 @@ impl Thread<'_> {
             parent_runs,
             self.zstd.pool()?,
             cow,
-            self.pace,
+            self.stop,
         )?;
         // The parent's pages files this one refers to, with their lengths now.
         let parent_len = from_parent

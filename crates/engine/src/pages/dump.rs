@@ -7,13 +7,13 @@
 use super::compress::{ZstdPool, ZstdSink};
 use super::cow::CowParent;
 use super::incremental::{IncrementalSink, ParentRuns};
-use super::pace::{Pace, Paced, Stoppable};
 use super::sink::{PageSink, RawSink};
-use super::source::{PageSource, PagemapSource, MAX_RUN_BYTES};
+use super::source::{PageSource, PagemapSource, Stoppable, MAX_RUN_BYTES};
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawWriter, Vma};
 use stasis_sys::Pid;
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 
 /// Streams the page contents of every mapping of the frozen process `pid` into `out` and
 /// returns the runs written. Shared anonymous memory is stored once, with the first mapping of
@@ -21,8 +21,8 @@ use std::collections::HashSet;
 /// incremental dump), only the pages that differ from the parent's are written; the runs
 /// returned refer to the parent's runs for the others. With `compress`, the runs written are
 /// zstd frames compressed by its workers. With `cow` (its frozen parent in the tree), pages
-/// shared with the parent are not stored but listed as inherited ([`super::cow`]). The copy
-/// goes at `pace` ([`super::pace`]): written in short steps, or stopped (it fails).
+/// shared with the parent are not stored but listed as inherited ([`super::cow`]). Once
+/// `stop` is set, no more pages are read and the copy fails.
 #[allow(clippy::too_many_arguments)]
 pub fn dump_pages(
     pid: Pid,
@@ -32,16 +32,16 @@ pub fn dump_pages(
     parent: Option<ParentRuns<'_>>,
     compress: Option<&mut ZstdPool>,
     cow: Option<CowParent>,
-    pace: &Pace,
+    stop: &AtomicBool,
 ) -> Result<Vec<PageRun>, Error> {
     let mut source = PagemapSource::open(pid, vmas, shmem_done)?.share_with(cow);
     let mut stoppable = Stoppable {
         source: &mut source,
-        pace,
+        stop,
     };
     let mut runs = match compress {
         Some(pool) => store(&mut stoppable, ZstdSink::new(pool, out), parent),
-        None => store(&mut stoppable, RawSink::new(Paced { out, pace }), parent),
+        None => store(&mut stoppable, RawSink::new(out), parent),
     }?;
     let inherited = source.take_inherited();
     if !inherited.is_empty() {

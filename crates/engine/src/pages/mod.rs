@@ -58,7 +58,6 @@ pub mod fill;
 pub mod incremental;
 pub mod layout;
 pub mod lazy;
-pub mod pace;
 pub mod precopy;
 pub mod sink;
 pub mod source;

@@ -52,6 +52,24 @@ pub trait PageSource {
     fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<PageSpan>, Error>;
 }
 
+/// A source that hands out no more runs once `stop` is set (the dump failed elsewhere: what
+/// is still to copy would only be removed again).
+pub struct Stoppable<'a> {
+    pub source: &'a mut dyn PageSource,
+    pub stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl PageSource for Stoppable<'_> {
+    fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<PageSpan>, Error> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Invalid(
+                "page copy stopped: another part of the dump failed".into(),
+            ));
+        }
+        self.source.next_run(buf)
+    }
+}
+
 /// pagemap bits (Documentation/admin-guide/mm/pagemap.rst).
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAPPED: u64 = 1 << 62;
@@ -412,5 +430,36 @@ mod tests {
         assert_eq!(next_stretch(&e, e.len() + 1, false), None);
         assert_eq!(next_stretch(&[], 0, false), None);
         assert_eq!(next_stretch(&[P; 4], 0, false), Some((0, 4)));
+    }
+
+    /// A source of `n` one-page runs.
+    struct Pages(u64);
+
+    impl PageSource for Pages {
+        fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<PageSpan>, Error> {
+            if self.0 == 0 {
+                return Ok(None);
+            }
+            self.0 -= 1;
+            buf[0] = 1;
+            Ok(Some(PageSpan {
+                addr: self.0 * PAGE_SIZE,
+                npages: 1,
+            }))
+        }
+    }
+
+    #[test]
+    fn a_stopped_source_hands_out_nothing_more() {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut inner = Pages(3);
+        let mut s = Stoppable {
+            source: &mut inner,
+            stop: &stop,
+        };
+        let mut buf = vec![0u8; MAX_RUN_BYTES];
+        assert!(s.next_run(&mut buf).unwrap().is_some());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(s.next_run(&mut buf), Err(Error::Invalid(_))));
     }
 }
