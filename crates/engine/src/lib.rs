@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod chain;
 pub mod check;
+pub mod cpu;
 pub mod dump;
 pub mod fault;
 pub mod files;

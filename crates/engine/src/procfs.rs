@@ -247,6 +247,8 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// Field 39: the CPU it last ran on.
+    pub processor: Option<usize>,
     pub exit_code: i32,
 }
 
@@ -292,6 +294,7 @@ pub fn parse_stat(text: &str, path: &Path) -> Result<Stat, ProcError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        processor: num(39).ok().map(|c| c as usize),
         // Field 52 (exit code, as waitpid reports it) exists since Linux 3.5.
         exit_code: int(52).unwrap_or(0) as i32,
     })

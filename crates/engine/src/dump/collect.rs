@@ -136,6 +136,8 @@ fn collect(
 ) -> Result<(Collected, u64), Error> {
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
+    // Next to the process while asking it (crate::cpu); back where we were once done.
+    let _next_to_it = stat.processor.and_then(crate::cpu::OneCpu::pin_to);
     let status = procfs::read_status(pid)?;
     // Before anything is injected: suspends the filters of threads under seccomp.
     let seccomp = seccomp::dump(pid, &frozen.threads)?;
@@ -156,6 +158,7 @@ fn collect(
         pid,
         ppid: stat.ppid,
         vmas: vmas.clone(),
+        collect_cpu: stat.processor,
     })?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
     // The vdso's syscall instruction (the mappings were just read), or another when the

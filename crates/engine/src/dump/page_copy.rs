@@ -43,6 +43,8 @@ pub(crate) struct Job {
     pub pid: Pid,
     pub ppid: Pid,
     pub vmas: Vec<Vma>,
+    /// The CPU collect asks the process on, which the copy keeps off (crate::cpu).
+    pub collect_cpu: Option<usize>,
 }
 
 /// How collect hands a process over; an error when the thread has stopped (failed).
@@ -181,8 +183,12 @@ struct Thread<'a> {
 impl Thread<'_> {
     /// Copies every process handed over until collect is done (the channel closes).
     fn run(&mut self, jobs: mpsc::Receiver<Job>) -> Result<Copied, Error> {
+        let all = stasis_sys::sched::get_affinity(stasis_sys::process::gettid()).ok();
         for job in jobs {
             let _process = tracing::info_span!("process", pid = job.pid).entered();
+            if let Some(all) = &all {
+                crate::cpu::keep_off(all, job.collect_cpu);
+            }
             self.copy(job)?;
         }
         let mut removed = Vec::new();
@@ -202,7 +208,9 @@ impl Thread<'_> {
 
     /// Copies one process's pages into its pages file (completes it, when pre-copied).
     fn copy(&mut self, job: Job) -> Result<(), Error> {
-        let Job { pid, ppid, vmas } = job;
+        let Job {
+            pid, ppid, vmas, ..
+        } = job;
         if let Some(i) = self.pre.iter().position(|(t, _)| t.pid() == pid) {
             let (tracked, pages) = self.pre.swap_remove(i);
             let finished = tracked.finish(&vmas, pages, &mut self.shmem_done)?;

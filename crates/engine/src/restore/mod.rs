@@ -41,7 +41,6 @@
 //! group.
 
 pub mod as_user;
-pub mod cpu;
 pub mod fork;
 pub mod load;
 pub mod pidns;
@@ -208,9 +207,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(phase);
     timings.since("plan", started);
 
-    // From here the restorer and the processes it forks keep to one CPU (see `cpu`), until
+    // From here the restorer and the processes it forks keep to one CPU (see `crate::cpu`), until
     // the restore is over.
-    let one_cpu = cpu::OneCpu::pin();
+    let one_cpu = crate::cpu::OneCpu::pin();
     let started = std::time::Instant::now();
     let phase = Phase::ForkTree.span();
     // Restore children orphaned by a failure (their parent in the tree died before they were
@@ -303,7 +302,7 @@ fn rebuild_and_finish<'a>(
     loaded: &Loaded,
     vdso_offset: u64,
     helper: Option<&crate::pages::lazy::Helper<'_, 'a>>,
-    one_cpu: Option<&cpu::OneCpu>,
+    one_cpu: Option<&crate::cpu::OneCpu>,
     timings: &mut crate::timings::Timings,
 ) -> Result<(), Error> {
     {

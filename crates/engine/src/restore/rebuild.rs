@@ -212,8 +212,8 @@ struct Rebuild<'p, 'a> {
     /// A lazy restore: takes the userfaultfd the private memory is registered on as soon as
     /// it is (the rest of the rebuild touches that memory: its faults must be served).
     hand_over: &'p LazyHandOver<'p>,
-    /// The restore keeps to one CPU ([`super::cpu`]): but for a fill shared between threads.
-    one_cpu: Option<&'p super::cpu::OneCpu>,
+    /// The restore keeps to one CPU ([`crate::cpu`]): but for a fill shared between threads.
+    one_cpu: Option<&'p crate::cpu::OneCpu>,
 }
 
 /// Takes a lazy restore's registered process (see [`crate::pages::lazy`]).
@@ -222,13 +222,13 @@ pub(crate) type LazyHandOver<'p> = dyn Fn(pages::lazy::LazyProcess) -> Result<()
 /// Rebuilds the stopped process `idx` of the plan. Returns the thread ids to detach once the
 /// whole tree is rebuilt. A lazy restore hands the process's userfaultfd to `hand_over`. The
 /// time of each step is added to `timings` (as `rebuild.<name>`). `one_cpu`: the restore keeps
-/// to one CPU ([`super::cpu`]).
+/// to one CPU ([`crate::cpu`]).
 pub(crate) fn rebuild<'p>(
     plan: &'p Plan<'_>,
     idx: usize,
     vdso_offset: u64,
     hand_over: &'p LazyHandOver<'p>,
-    one_cpu: Option<&'p super::cpu::OneCpu>,
+    one_cpu: Option<&'p crate::cpu::OneCpu>,
     timings: &mut crate::timings::Timings,
 ) -> Result<Vec<Pid>, Error> {
     let planned = &plan.processes[idx];
