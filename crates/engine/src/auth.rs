@@ -128,12 +128,7 @@ pub fn load_or_create_key(path: &Path) -> Result<(ImageKey, bool), Error> {
         .map_err(|e| Error::io("getrandom for the image key", e))?;
     let tmp = dir.join(format!(".image.key.{}.tmp", std::process::id()));
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
+        let mut f = stasis_sys::fs::create_private(&tmp)?;
         f.write_all(&secret)?;
         f.sync_all()
     })();
@@ -182,9 +177,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("stasis-key-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+        crate::fresh_test_dir(&format!("key-{tag}"))
     }
 
     /// Creating, reading back, and refusing a key file that is not root's alone. Needs root

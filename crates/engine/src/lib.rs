@@ -184,6 +184,16 @@ impl Error {
 /// The page size the engine assumes (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
 
+/// A fresh, empty directory for a test, `stasis-TAG-PID` under the temporary directory (what
+/// an earlier run left there is removed first).
+#[cfg(test)]
+pub(crate) fn fresh_test_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("stasis-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Error, ErrorClass};

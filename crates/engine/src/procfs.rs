@@ -167,6 +167,18 @@ pub fn read_smaps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     parse_smaps(&read_string(&path)?, &path)
 }
 
+/// `given` (the mappings of `pid` as read a moment ago) when there are, else /proc/PID/maps
+/// read now.
+pub fn maps_or_read(
+    pid: i32,
+    given: Option<&[MapEntry]>,
+) -> Result<std::borrow::Cow<'_, [MapEntry]>, ProcError> {
+    Ok(match given {
+        Some(m) => std::borrow::Cow::Borrowed(m),
+        None => std::borrow::Cow::Owned(read_maps(pid)?),
+    })
+}
+
 /// /proc/PID/maps: the mappings without their VmFlags (cheap).
 pub fn read_maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     let path = proc_path(pid, "maps");

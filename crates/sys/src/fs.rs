@@ -25,6 +25,18 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> i
     )?)
 }
 
+/// Creates `path`, a new file of this user's alone (mode 0600; an existing file or a
+/// symbolic link there is an error), open for writing.
+pub fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Opens the directory `path` relative to `dir` (or `path` itself when absolute) with the
 /// ordinary path resolution (`..` and symbolic links followed, as the caller's credentials
 /// allow): for a path a user named, opened with that user's credentials.

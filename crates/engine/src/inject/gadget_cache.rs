@@ -149,12 +149,7 @@ fn write(path: &Path, entries: &HashMap<Key, Offsets>) -> std::io::Result<()> {
         std::process::id()
     ));
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
+        let mut f = stasis_sys::fs::create_private(&tmp)?;
         f.write_all(format(entries).as_bytes())?;
         std::fs::rename(&tmp, path)
     })();
@@ -168,10 +163,11 @@ fn write(path: &Path, entries: &HashMap<Key, Offsets>) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A path whose directory does not exist yet (`store` makes it).
     fn temp(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("stasis-gadgets-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d.join("cache").join("gadgets")
+        crate::fresh_test_dir(&format!("gadgets-{name}"))
+            .join("cache")
+            .join("gadgets")
     }
 
     #[test]

@@ -894,14 +894,7 @@ pub fn free_address(
     maps: Option<&[crate::procfs::MapEntry]>,
 ) -> Result<Option<u64>, Error> {
     const PAGE: u64 = 4096;
-    let read;
-    let maps = match maps {
-        Some(m) => m,
-        None => {
-            read = crate::procfs::read_maps(pid)?;
-            &read[..]
-        }
-    };
+    let maps = crate::procfs::maps_or_read(pid, maps)?;
     let Some(i) = maps.iter().position(|m| m.start >= 0x7000_0000_0000) else {
         return Ok(None);
     };

@@ -92,14 +92,7 @@ pub fn find_gadgets(
     pid: stasis_sys::Pid,
     maps: Option<&[crate::procfs::MapEntry]>,
 ) -> Result<Option<Gadgets>, crate::Error> {
-    let read;
-    let maps = match maps {
-        Some(m) => m,
-        None => {
-            read = crate::procfs::read_maps(pid)?;
-            &read[..]
-        }
-    };
+    let maps = crate::procfs::maps_or_read(pid, maps)?;
     let mut maps: Vec<_> = maps
         .iter()
         .filter(|m| m.exec && m.read && m.name != "[vsyscall]" && m.name != "[vdso]")
