@@ -549,11 +549,9 @@ pub fn comm(pid: i32, tid: i32) -> Result<String, ProcError> {
     Ok(read_string(&path)?.trim_end_matches('\n').to_string())
 }
 
-/// The kernel release (uname -r).
+/// The kernel release (uname -r), from uname(2): no file to open.
 pub fn kernel_release() -> String {
-    slurp_string(Path::new("/proc/sys/kernel/osrelease"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    stasis_sys::process::kernel_release()
 }
 
 #[cfg(test)]

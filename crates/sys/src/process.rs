@@ -801,6 +801,23 @@ pub fn stop_self() -> io::Result<()> {
     cvt_int(unsafe { libc::raise(libc::SIGSTOP) }).map(drop)
 }
 
+/// Where the kernel mapped this process's vDSO (its ELF header), from the auxiliary vector
+/// (AT_SYSINFO_EHDR); `None` without one.
+pub fn vdso_base() -> Option<u64> {
+    // SAFETY: getauxval only looks the value up in the auxiliary vector the kernel gave this
+    // process; it takes no pointer and returns 0 when the entry is missing.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    (base != 0).then_some(base)
+}
+
+/// The kernel's release (`uname -r`), from uname(2).
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Effective uid of the caller.
 pub fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()

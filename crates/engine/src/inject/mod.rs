@@ -955,18 +955,27 @@ pub fn vdso_syscall_offset() -> Result<u64, Error> {
 
 fn find_vdso_syscall_offset() -> Result<u64, Error> {
     let me = stasis_sys::process::getpid();
-    // maps, not smaps: the same lines without the page counts the kernel would walk our
-    // whole memory for.
-    let maps = crate::procfs::read_maps(me)?;
-    let vdso = maps
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .ok_or(Error::Unsupported {
-            what: "this kernel maps no [vdso]; stasis needs it to run system calls in a target"
-                .into(),
-        })?;
-    let mut buf = vec![0u8; (vdso.end - vdso.start) as usize];
-    proc_mem::read_exact(me, vdso.start, &mut buf)
+    // Where and how long: from the auxiliary vector and the vDSO's own ELF header (no file
+    // to read), else from /proc/self/maps.
+    let (start, len) = match stasis_sys::process::vdso_base().and_then(|b| vdso_len(me, b)) {
+        Some(l) => l,
+        None => {
+            // maps, not smaps: the same lines without the page counts the kernel would walk
+            // our whole memory for.
+            let maps = crate::procfs::read_maps(me)?;
+            let vdso = maps
+                .iter()
+                .find(|m| m.name == "[vdso]")
+                .ok_or(Error::Unsupported {
+                    what: "this kernel maps no [vdso]; stasis needs it to run system calls in \
+                           a target"
+                        .into(),
+                })?;
+            (vdso.start, vdso.end - vdso.start)
+        }
+    };
+    let mut buf = vec![0u8; len as usize];
+    proc_mem::read_exact(me, start, &mut buf)
         .map_err(|e| Error::sys("process_vm_readv(vdso)", me, e))?;
     buf.windows(2)
         .position(|w| w == [0x0f, 0x05])
@@ -974,6 +983,22 @@ fn find_vdso_syscall_offset() -> Result<u64, Error> {
         .ok_or(Error::Unsupported {
             what: "no syscall instruction in the [vdso]".into(),
         })
+}
+
+/// The vDSO whose ELF header is at `base` in process `pid` (this one): `(base, length)`, its
+/// length the end of its section headers (the image's last bytes), when the header is one of
+/// a 64-bit ELF and the length plausible.
+fn vdso_len(pid: Pid, base: u64) -> Option<(u64, u64)> {
+    let mut h = [0u8; 64];
+    proc_mem::read_exact(pid, base, &mut h).ok()?;
+    if h[..5] != [0x7f, b'E', b'L', b'F', 2] {
+        return None;
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([h[o], h[o + 1]]));
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    let len = shoff.checked_add(shentsize.checked_mul(shnum)?)?;
+    (64..=1 << 20).contains(&len).then_some((base, len))
 }
 
 /// Helpers of the tests that inject calls into a real process.
@@ -1028,6 +1053,31 @@ mod tests {
     use super::kabi::{StackT, Timespec};
     use super::testing::frozen_sleep;
     use super::*;
+
+    /// The vDSO found from the auxiliary vector is the `[vdso]` mapping of /proc/self/maps,
+    /// and the offset found holds a `syscall`.
+    #[test]
+    fn the_vdso_is_found_without_proc() {
+        let me = stasis_sys::process::getpid();
+        let (base, len) = stasis_sys::process::vdso_base()
+            .and_then(|b| vdso_len(me, b))
+            .expect("a vDSO in the auxiliary vector");
+        let maps = crate::procfs::read_maps(me).unwrap();
+        let vdso = maps.iter().find(|m| m.name == "[vdso]").unwrap();
+        assert_eq!(base, vdso.start);
+        assert!(
+            len <= vdso.end - vdso.start,
+            "{len} > {}",
+            vdso.end - vdso.start
+        );
+        let off = find_vdso_syscall_offset().unwrap();
+        let mut two = [0u8; 2];
+        proc_mem::read_exact(me, base + off, &mut two).unwrap();
+        assert_eq!(two, [0x0f, 0x05]);
+        // Not an ELF header: no length.
+        let not_elf = maps.iter().find(|m| m.name == "[stack]").unwrap();
+        assert!(vdso_len(me, not_elf.end - 4096).is_none());
+    }
 
     #[test]
     fn frames_and_typed_calls_in_a_real_process() {
