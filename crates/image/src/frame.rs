@@ -307,8 +307,8 @@ pub fn write_record_atomic<T: Serialize>(
 ) -> Result<(), ImageError> {
     if kind == RecordKind::Inventory && dir.sealer().is_some() {
         debug_assert_eq!(name, crate::names::INVENTORY);
-        // `auth.img` and the inventory, both durable before the inventory is in place (their
-        // fsyncs side by side: one journal commit instead of two, on most filesystems).
+        // `auth.img` and the inventory, both durable before the inventory is in place (synced
+        // together: the first fsync commits both, on most filesystems).
         let staged = stage_inventory(dir, value)?;
         return match dir.sync_files(staged.files()) {
             Ok(()) => staged.commit(dir),
