@@ -39,7 +39,7 @@ pub fn run() -> Vec<Check> {
                 Err("stasis dump/restore need root".into())
             },
         ),
-        check("kernel", Ok(procfs::kernel_release())),
+        check("kernel", Ok(stasis_sys::process::kernel_release())),
         check(
             "vdso syscall instruction",
             inject::vdso_syscall_offset()

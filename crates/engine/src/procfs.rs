@@ -549,11 +549,6 @@ pub fn comm(pid: i32, tid: i32) -> Result<String, ProcError> {
     Ok(read_string(&path)?.trim_end_matches('\n').to_string())
 }
 
-/// The kernel release (uname -r), from uname(2): no file to open.
-pub fn kernel_release() -> String {
-    stasis_sys::process::kernel_release()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use super::collect::Collected;
 use super::page_copy::{Copied, Runs};
 use crate::chain::Parent;
 use crate::pages::incremental::ParentRuns;
-use crate::{files, pages, procfs, Error};
+use crate::{files, pages, Error};
 use stasis_image::{
     names, write_record_unsynced, ImageDir, Inventory, ParentLink, ParentPages, ProcessImage,
     RecordKind,
@@ -174,7 +174,7 @@ pub(crate) fn stage_inventory(
 ) -> Result<stasis_image::Staged, Error> {
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: procfs::kernel_release(),
+        kernel_release: stasis_sys::process::kernel_release(),
         created_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -122,6 +122,7 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
 /// into a process that has none yet costs a fault and a zeroed page each, and on a process of
 /// 1 GiB that, not reading the image, is most of the time.
 const PARALLEL_MIN: u64 = 32 << 20;
+
 /// Whether a fill of `runs` may use threads: compressed runs, or raw ones of at least
 /// `PARALLEL_MIN` bytes.
 pub fn uses_threads(runs: &[PageRun]) -> bool {
