@@ -98,6 +98,10 @@ pub struct MapEntry {
     pub name: String,
     /// Two-letter VmFlags ("gd" for grows-down, ...), when read from smaps.
     pub vm_flags: Vec<String>,
+    /// The pages the process has of its own in the mapping, in KiB: smaps's `Anonymous`
+    /// (anonymous pages, copied-on-write ones of a private file mapping included) plus its
+    /// `Swap`. `None` when read from maps (or not known to be current).
+    pub own_kib: Option<u64>,
 }
 
 impl MapEntry {
@@ -133,6 +137,7 @@ fn parse_map_line(line: &str) -> Option<MapEntry> {
         inode,
         name,
         vm_flags: Vec::new(),
+        own_kib: None,
     })
 }
 
@@ -145,6 +150,24 @@ pub fn parse_smaps(text: &str, path: &Path) -> Result<Vec<MapEntry>, ProcError> 
                 last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
             }
             continue;
+        }
+        for field in ["Anonymous:", "Swap:"] {
+            if let Some(v) = line.strip_prefix(field) {
+                let kib = v
+                    .trim()
+                    .strip_suffix("kB")
+                    .map(str::trim)
+                    .map(str::parse::<u64>);
+                let Some(Ok(kib)) = kib else {
+                    return Err(ProcError::Parse {
+                        path: path.to_path_buf(),
+                        reason: format!("bad line {line:?}"),
+                    });
+                };
+                if let Some(last) = out.last_mut() {
+                    last.own_kib = Some(last.own_kib.unwrap_or(0) + kib);
+                }
+            }
         }
         // smaps detail lines look like "Rss:   4 kB"; header lines start with a hex range.
         let first = line.split(' ').next().unwrap_or("");
@@ -571,8 +594,15 @@ mod tests {
         let text = "\
 55d4c8a00000-55d4c8a02000 r--p 00000000 fe:01 1234  /usr/bin/cat
 Size:                  8 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+SwapPss:               0 kB
 VmFlags: rd mr mw me dw sd
 7ffd1c9e0000-7ffd1ca01000 rw-p 00000000 00:00 0                          [stack]
+Anonymous:            12 kB
+AnonHugePages:         0 kB
+Swap:                  8 kB
+SwapPss:               8 kB
 VmFlags: rd wr mr mw me gd ac
 7f0000000000-7f0000001000 rw-s 00000000 00:01 99   /dev/zero (deleted)
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
@@ -589,7 +619,14 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert!(m[2].shared);
         assert_eq!(m[2].name, "/dev/zero (deleted)");
         assert_eq!(m[3].start, 0xffffffffff600000);
+        // Anonymous + Swap; unknown without the lines (maps).
+        assert_eq!(
+            (m[0].own_kib, m[1].own_kib, m[2].own_kib),
+            (Some(0), Some(20), None)
+        );
         assert!(parse_smaps("7f00-7f01 rw-p 0 0:0 x\n", Path::new(P)).is_err());
+        let bad = "7f00-7f01 rw-p 0 0:0 0\nAnonymous: lots\n";
+        assert!(parse_smaps(bad, Path::new(P)).is_err());
     }
 
     #[test]

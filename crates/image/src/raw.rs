@@ -31,6 +31,8 @@ pub struct RawWriter {
     seal: Option<RawSeal>,
     /// Payload bytes whose writeback was started ([`WRITEBACK_STEP`]).
     writeback_from: u64,
+    /// Payload bytes to write before the next writeback is started.
+    writeback_step: u64,
     /// A scratch file ([`RawWriter::create_scratch`]): never sealed nor written back.
     scratch: bool,
 }
@@ -40,6 +42,19 @@ pub struct RawWriter {
 /// durable finds most of them written. (A 1 GiB dump spent 350 ms in that fsync, after the
 /// copy.)
 const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// The first writeback starts after this many bytes, the next after twice as many, and so
+/// on up to [`WRITEBACK_STEP`]: a small file is on its way to the disk while it is written
+/// too. Measured here, the dump of a 1 MiB process (1.1 MiB of pages written in 64 KiB
+/// pieces): the fsync took 0.5–0.9 ms when the writeback started at the end, 0.15–0.3 ms
+/// this way (the inode and the disk's cache flush are what is left).
+///
+/// Not for a writer at real-time priority: it keeps the kernel's workers that complete the
+/// writes (ext4 converts the extents it wrote in a worker thread, the block layer restarts a
+/// full queue from one) off the CPUs while it copies on, and here 4 of 10 such dumps then
+/// waited 5–12 ms in the fsync for a write dispatched late. Its writeback starts at
+/// [`WRITEBACK_STEP`] (fsync 0.4–1.3 ms, none of those waits in 30 dumps).
+const FIRST_WRITEBACK_STEP: u64 = 256 << 10;
 
 /// The buffer that gathers small writes into one system call. Larger writes go to the file
 /// straight from the caller's memory (the dumper's copy buffer), without a copy: each fresh
@@ -76,6 +91,11 @@ impl RawWriter {
             len: 0,
             seal: dir.sealer().map(|s| RawSeal::new(s, name)),
             writeback_from: 0,
+            writeback_step: if stasis_sys::sched::realtime() {
+                WRITEBACK_STEP
+            } else {
+                FIRST_WRITEBACK_STEP
+            },
             scratch: false,
         })
     }
@@ -120,8 +140,9 @@ impl RawWriter {
             seal.append(self.len, data);
         }
         self.len += data.len() as u64;
-        if !self.scratch && self.len - self.writeback_from >= WRITEBACK_STEP {
+        if !self.scratch && self.len - self.writeback_from >= self.writeback_step {
             self.start_writeback();
+            self.writeback_step = (self.writeback_step * 2).min(WRITEBACK_STEP);
         }
         Ok(())
     }

@@ -108,6 +108,18 @@ pub fn set_affinity(tid: Pid, cpus: &[u64]) -> io::Result<()> {
     Ok(rustix::thread::sched_setaffinity(Some(pid(tid)?), &set)?)
 }
 
+/// Whether the calling thread runs under a real-time policy (SCHED_FIFO, SCHED_RR or
+/// SCHED_DEADLINE), ahead of every ordinary thread, the kernel's workers included. False when
+/// the policy cannot be read.
+pub fn realtime() -> bool {
+    get_attr(crate::process::gettid()).is_ok_and(|a| {
+        [libc::SCHED_FIFO, libc::SCHED_RR, SCHED_DEADLINE].contains(&(a.policy as i32))
+    })
+}
+
+/// `SCHED_DEADLINE` (the libc crate lacks it).
+const SCHED_DEADLINE: i32 = 6;
+
 /// The CPU the calling thread runs on (sched_getcpu: where it ran a moment ago).
 pub fn current_cpu() -> usize {
     rustix::thread::sched_getcpu()
@@ -123,6 +135,7 @@ mod tests {
         let a = get_attr(me).unwrap();
         assert_eq!(a.size, 48);
         assert!([0, 3, 5].contains(&a.policy), "{a:?}");
+        assert!(!realtime());
         let nice = get_nice(me).unwrap();
         assert!((-20..=19).contains(&nice));
         assert_eq!(a.nice, nice);

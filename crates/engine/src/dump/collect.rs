@@ -136,12 +136,7 @@ fn collect(
 ) -> Result<(Collected, u64), Error> {
     let pid = frozen.pid;
     let stat = procfs::read_stat(pid)?;
-    // Next to the process while asking it (crate::cpu); back where we were once done.
-    let _next_to_it = stat.processor.and_then(crate::cpu::OneCpu::pin_to);
-    let status = procfs::read_status(pid)?;
-    // Before anything is injected: suspends the filters of threads under seccomp.
-    let seccomp = seccomp::dump(pid, &frozen.threads)?;
-    // Everything that can refuse the dump comes before any file is created.
+    // The mappings first: the pages thread starts from them.
     let (vmas, maps) = pages::vma::collect_vmas_and_maps(pid, frozen.smaps_hint.as_deref())?;
     let has = |k: VmaKind| vmas.iter().any(|v| v.kind == k);
     if !has(VmaKind::Vdso) && (has(VmaKind::Vvar) || has(VmaKind::VvarVclock)) {
@@ -158,8 +153,14 @@ fn collect(
         pid,
         ppid: stat.ppid,
         vmas: vmas.clone(),
+        without_pages: pages::vma::without_own_pages(&maps),
         collect_cpu: stat.processor,
     })?;
+    // Next to the process while asking it (crate::cpu); back where we were once done.
+    let _next_to_it = stat.processor.and_then(crate::cpu::OneCpu::pin_to);
+    let status = procfs::read_status(pid)?;
+    // Before anything is injected: suspends the filters of threads under seccomp.
+    let seccomp = seccomp::dump(pid, &frozen.threads)?;
     let dumped_files = files::dump(pid, pidfd, service, registry)?;
     // The vdso's syscall instruction (the mappings were just read), or another when the
     // process unmapped its vdso.

@@ -43,6 +43,8 @@ pub(crate) struct Job {
     pub pid: Pid,
     pub ppid: Pid,
     pub vmas: Vec<Vma>,
+    /// Which of `vmas` hold no page of the process's own (`pages::vma::without_own_pages`).
+    pub without_pages: Vec<bool>,
     /// The CPU collect asks the process on, which the copy keeps off (crate::cpu).
     pub collect_cpu: Option<usize>,
 }
@@ -212,7 +214,11 @@ impl Thread<'_> {
     /// Copies one process's pages into its pages file (completes it, when pre-copied).
     fn copy(&mut self, job: Job) -> Result<(), Error> {
         let Job {
-            pid, ppid, vmas, ..
+            pid,
+            ppid,
+            vmas,
+            without_pages,
+            ..
         } = job;
         if let Some(i) = self.pre.iter().position(|(t, _)| t.pid() == pid) {
             let (tracked, pages) = self.pre.swap_remove(i);
@@ -238,6 +244,7 @@ impl Thread<'_> {
         let runs = pages::dump_pages(
             pid,
             &vmas,
+            &without_pages,
             &mut out,
             &mut self.shmem_done,
             parent_runs,

@@ -829,6 +829,11 @@ struct Scratch<'a> {
 }
 
 impl super::source::PageSource for Scratch<'_> {
+    /// A pre-copied run is read whole (its CRC covers it).
+    fn min_buffer(&self) -> usize {
+        MAX_RUN_BYTES
+    }
+
     fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<super::source::PageSpan>, Error> {
         let Some(first) = self.runs.get(self.next) else {
             return Ok(None);

@@ -46,10 +46,17 @@ impl PageSpan {
 
 /// Runs of pages of a process that may hold data (they may still be all zero).
 pub trait PageSource {
-    /// Reads the next run into the start of `buf` (at least [`MAX_RUN_BYTES`] long) and says
-    /// where it belongs, or `None` once everything is read. Runs come in address order, lie
-    /// inside one mapping each, and are at most [`MAX_RUN_PAGES`] long.
+    /// Reads the next run into the start of `buf` (at least [`PageSource::min_buffer`]
+    /// long) and says where it belongs, or `None` once everything is read. Runs come in
+    /// address order, lie inside one mapping each, and are at most [`MAX_RUN_PAGES`] long
+    /// and at most as long as `buf`.
     fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<PageSpan>, Error>;
+
+    /// The shortest buffer [`PageSource::next_run`] takes: one page, unless the source
+    /// hands out runs it cannot cut.
+    fn min_buffer(&self) -> usize {
+        PAGE_SIZE as usize
+    }
 }
 
 /// A source that hands out no more runs once `stop` is set (the dump failed elsewhere: what
@@ -67,6 +74,10 @@ impl PageSource for Stoppable<'_> {
             ));
         }
         self.source.next_run(buf)
+    }
+
+    fn min_buffer(&self) -> usize {
+        self.source.min_buffer()
     }
 }
 
@@ -166,6 +177,8 @@ pub struct PagemapSource<'a> {
     cow: Option<super::cow::CowParent>,
     /// The pages found shared with the parent, with their mapping's index (not handed out).
     inherited: Vec<(usize, stasis_image::PageRun)>,
+    /// The mappings (by index) known to hold no page of the process's own: not looked at.
+    without_pages: &'a [bool],
 }
 
 impl<'a> PagemapSource<'a> {
@@ -193,7 +206,17 @@ impl<'a> PagemapSource<'a> {
             raw_entries: vec![0; (MAX_RUN_PAGES * 8) as usize],
             cow: None,
             inherited: Vec::new(),
+            without_pages: &[],
         })
+    }
+
+    /// Private mappings flagged in `without_pages` (by index in the mappings; shorter is
+    /// fine) are skipped: their pagemap is not read (for a large reservation never touched,
+    /// such as a malloc arena's 64 MiB, that is 32 reads). Only for flags read while the
+    /// process was frozen ([`super::vma::without_own_pages`]).
+    pub fn skipping(mut self, without_pages: &'a [bool]) -> Self {
+        self.without_pages = without_pages;
+        self
     }
 
     /// Pages of private anonymous memory that are the same page frames as `parent`'s at the
@@ -238,6 +261,7 @@ impl<'a> PagemapSource<'a> {
                 }
             }
             (VmaKind::Anonymous, true) => Walk::Between,
+            (_, false) if self.without_pages.get(vma) == Some(&true) => Walk::Between,
             (kind, false) => {
                 let cow = self.cow.is_some() && super::cow::eligible(v);
                 self.load_batch(v.start, v.end, cow.then_some(vma))?;
@@ -298,11 +322,11 @@ impl<'a> PagemapSource<'a> {
 
 impl PageSource for PagemapSource<'_> {
     fn next_run(&mut self, buf: &mut [u8]) -> Result<Option<PageSpan>, Error> {
-        if buf.len() < MAX_RUN_BYTES {
-            return Err(Error::Invalid(format!(
-                "page source buffer of {} bytes is shorter than a run",
-                buf.len()
-            )));
+        let room = (buf.len() / PAGE_SIZE as usize).min(MAX_RUN_PAGES as usize);
+        if room == 0 {
+            return Err(Error::Internal {
+                what: format!("a page buffer of {} bytes holds no page", buf.len()),
+            });
         }
         let vmas = self.vmas;
         loop {
@@ -320,7 +344,9 @@ impl PageSource for PagemapSource<'_> {
                     i,
                 } => {
                     let v = &vmas[*vma];
-                    let Some((first, end)) = next_stretch(&self.entries, *i, *file_backed) else {
+                    let Some((first, end)) = next_stretch(&self.entries, *i, *file_backed)
+                        .map(|(first, end)| (first, end.min(first + room)))
+                    else {
                         // Batch done: on to the next one, or the next mapping.
                         *batch += self.entries.len() as u64 * PAGE_SIZE;
                         *i = 0;
@@ -354,7 +380,7 @@ impl PageSource for PagemapSource<'_> {
                     let v = &vmas[*vma];
                     let (lo, hi) = (v.file_offset, v.file_offset + (v.end - v.start));
                     if *at < *end {
-                        let n = (*end - *at).min(MAX_RUN_BYTES as u64);
+                        let n = (*end - *at).min((room as u64) * PAGE_SIZE);
                         let data = &mut buf[..n as usize];
                         file.read_exact_at(data, *at)
                             .map_err(|e| Error::io(format!("read {link} at {at:#x}"), e))?;

@@ -82,11 +82,30 @@ pub fn collect_vmas_and_maps(
     hint: Option<&[procfs::MapEntry]>,
 ) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
     let maps = match hint {
-        Some(h) if procfs::same_mappings(h, &procfs::read_maps(pid)?) => h.to_vec(),
+        // Read while the process ran: its counts of pages may be out of date.
+        Some(h) if procfs::same_mappings(h, &procfs::read_maps(pid)?) => h
+            .iter()
+            .map(|m| MapEntry {
+                own_kib: None,
+                ..m.clone()
+            })
+            .collect(),
         _ => procfs::read_smaps(pid)?,
     };
     let vmas = classify_all(pid, &maps)?;
     Ok((vmas, maps))
+}
+
+/// Which of the mappings classified from `maps` (one [`Vma`] each, in order) hold no page of
+/// the process's own: private mappings whose smaps, read while the process is frozen, count
+/// no anonymous and no swapped page (the pages of a private file mapping that are still the
+/// file's are not dumped; a page mapped from the shared zero page is all zeros). Their
+/// pagemap need not be read. False where not known (maps read earlier, or hugetlb mappings,
+/// whose pages smaps counts apart).
+pub fn without_own_pages(maps: &[MapEntry]) -> Vec<bool> {
+    maps.iter()
+        .map(|m| !m.shared && m.own_kib == Some(0) && !m.has_flag("ht"))
+        .collect()
 }
 
 /// Classifies every entry of `maps` (of process `pid`).
