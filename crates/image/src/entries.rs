@@ -548,12 +548,16 @@ pub enum FileKind {
         pipe_id: u64,
         write_end: bool,
         capacity: u32,
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// The caller's connection to stasisd during a self-dump (engine::files::service). It comes
     /// back as a SOCK_SEQPACKET socket whose peer queued `reply` (one message) and closed, so
     /// the restored process reads "you were restored" from it.
-    ServiceSocket { reply: Vec<u8> },
+    ServiceSocket {
+        #[serde(with = "crate::bytes")]
+        reply: Vec<u8>,
+    },
     /// An eventfd (engine::files::eventfd): the counter's value and EFD_SEMAPHORE.
     EventFd { count: u64, semaphore: bool },
     /// A pidfd of a process of the dumped tree (engine::files::pidfd): its pid.
@@ -609,6 +613,7 @@ pub enum FileKind {
         deleted: bool,
         mode: u32,
         capacity: u32,
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// An O_PATH descriptor (engine::files::opath) of the object at `path`, identified by
@@ -744,6 +749,7 @@ pub enum FileKind {
 /// address included), `port` in host order; `scope_id` and `flowinfo` only for AF_INET6.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InetAddr {
+    #[serde(with = "crate::bytes")]
     pub ip: Vec<u8>,
     pub port: u16,
     pub flowinfo: u32,
@@ -769,6 +775,7 @@ pub struct InetSocket {
     /// A connection restored with TCP_REPAIR.
     pub tcp: Option<TcpConnection>,
     /// Datagrams queued on a datagram socket, oldest first.
+    #[serde(with = "crate::bytes::vecs")]
     pub datagrams: Vec<Vec<u8>>,
     /// Who sent each of `datagrams` (the same length, or empty: not known).
     pub senders: Vec<Option<InetAddr>>,
@@ -804,6 +811,7 @@ pub struct InetOptions {
     pub tos: u32,
     pub ttl: u32,
     pub hdrincl: bool,
+    #[serde(with = "crate::bytes")]
     pub icmp_filter: Vec<u8>,
     pub filter: Vec<BpfInsn>,
     pub filter_locked: bool,
@@ -820,8 +828,10 @@ pub struct InetOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct McMembership {
     pub ifindex: u32,
+    #[serde(with = "crate::bytes")]
     pub group: Vec<u8>,
     pub include: bool,
+    #[serde(with = "crate::bytes::vecs")]
     pub sources: Vec<Vec<u8>>,
 }
 
@@ -830,6 +840,7 @@ pub struct McMembership {
 pub struct RawSockOpt {
     pub level: i32,
     pub name: i32,
+    #[serde(with = "crate::bytes")]
     pub value: Vec<u8>,
 }
 
@@ -855,8 +866,10 @@ pub struct BpfInsn {
 pub struct TcpConnection {
     pub snd_seq: u32,
     pub rcv_seq: u32,
+    #[serde(with = "crate::bytes")]
     pub send_queue: Vec<u8>,
     pub unsent: u32,
+    #[serde(with = "crate::bytes")]
     pub recv_queue: Vec<u8>,
     pub mss: u32,
     pub snd_wscale: u32,
@@ -880,6 +893,7 @@ pub struct TcpConnection {
 /// and for a datagram that a named socket of the tree sent, that socket's inode (else 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixMessage {
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
     pub cred: Option<UnixCred>,
     pub files: Vec<u32>,
@@ -907,7 +921,7 @@ pub enum UnixSocketName {
         relative: Option<String>,
     },
     /// An abstract name, without its leading NUL byte.
-    Abstract(Vec<u8>),
+    Abstract(#[serde(with = "crate::bytes")] Vec<u8>),
 }
 
 /// The file a path-bound unix socket made: permission bits (nothing beyond 0o7777) and owner.
@@ -939,7 +953,9 @@ pub struct PtyPair {
     /// Bytes written on the master side that the slave side has not read (in the slave's
     /// input queue), and bytes written on the slave side that the master side has not read;
     /// each at most [`MAX_PTY_QUEUE`].
+    #[serde(with = "crate::bytes")]
     pub to_slave: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub to_master: Vec<u8>,
 }
 
@@ -955,6 +971,7 @@ pub struct TermiosImage {
     pub cflag: u32,
     pub lflag: u32,
     pub line: u8,
+    #[serde(with = "crate::bytes")]
     pub cc: Vec<u8>,
 }
 
@@ -1052,6 +1069,7 @@ pub struct PacketMembership {
     pub ifname: String,
     pub ty: u16,
     pub count: u32,
+    #[serde(with = "crate::bytes")]
     pub addr: Vec<u8>,
 }
 
@@ -1110,6 +1128,7 @@ pub struct ProcessSignals {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Siginfo {
     pub signo: u32,
+    #[serde(with = "crate::bytes")]
     pub raw: Vec<u8>,
 }
 
@@ -1146,6 +1165,7 @@ pub struct ThreadImage {
     pub comm: String,
     pub regs: Regs,
     /// The XSAVE area (x87, SSE, AVX, ...), as PTRACE_GETREGSET NT_X86_XSTATE returns it.
+    #[serde(with = "crate::bytes")]
     pub xstate: Vec<u8>,
     pub sigmask: u64,
     pub pending: Vec<Siginfo>,

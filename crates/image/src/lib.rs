@@ -45,6 +45,7 @@
 
 pub mod auth;
 mod budget;
+mod bytes;
 mod dir;
 mod entries;
 mod frame;

@@ -1,14 +1,15 @@
 //! Dump of page contents: drives a [`PageSource`] into a [`PageSink`], dropping all-zero pages.
 //!
-//! [`copy_pages`] is the whole pipeline (one buffer of [`MAX_RUN_BYTES`], reused); the zero
+//! [`copy_pages`] is the whole pipeline (one buffer, [`super::buffer`], reused); the zero
 //! pages of each run are cut out here, before any sink sees them, so that no sink stores or
 //! compresses them. [`dump_pages`] is today's pipeline for one process of the tree.
 
+use super::buffer::GrowingBuffer;
 use super::compress::{ZstdPool, ZstdSink};
 use super::cow::CowParent;
 use super::incremental::{IncrementalSink, ParentRuns};
 use super::sink::{PageSink, RawSink};
-use super::source::{PageSource, PagemapSource, Stoppable, MAX_RUN_BYTES};
+use super::source::{PageSource, PagemapSource, Stoppable};
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawWriter, Vma};
 use stasis_sys::Pid;
@@ -99,16 +100,13 @@ pub struct Copied {
 /// Moves every run of `source` into `sink`, without its all-zero pages. The sink is not
 /// finished: its caller takes the run index with [`PageSink::finish`].
 pub fn copy_pages(source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<Copied, Error> {
-    let mut buf = CopyBuffer::Small(vec![0u8; SMALL_BUFFER]);
+    let mut buffer = GrowingBuffer::new();
     let mut copied = Copied::default();
     loop {
-        if copied.read * PAGE_SIZE >= SMALL_UNTIL || source.min_buffer() > SMALL_BUFFER {
-            buf.grow()?;
-        }
-        let Some(span) = source.next_run(buf.bytes())? else {
+        let buf = buffer.bytes(source.min_buffer())?;
+        let Some(span) = source.next_run(buf)? else {
             break;
         };
-        let buf = buf.bytes();
         let data = &buf[..span.len()];
         copied.read += span.npages;
         for (first, end) in NonZeroRuns::new(data) {
@@ -117,42 +115,9 @@ pub fn copy_pages(source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Resul
             sink.put(span.addr + first as u64 * PAGE_SIZE, bytes)?;
             copied.stored += (end - first) as u64;
         }
+        buffer.went_through(span.len());
     }
     Ok(copied)
-}
-
-/// The copy buffer's size at first (see [`CopyBuffer`]).
-const SMALL_BUFFER: usize = 128 << 10;
-/// How much a copy reads through the small buffer before it takes the big one.
-const SMALL_UNTIL: u64 = 4 << 20;
-
-/// The buffer pages are read into. Small at first: each 4 KiB page of it costs a page fault
-/// the first time it is written (~1 µs here); once the copy is past [`SMALL_UNTIL`], a
-/// buffer of [`MAX_RUN_BYTES`] on a huge page when the kernel gives one (fewer, longer
-/// reads; but its first fault zeroes 2 MiB, ~0.2 ms here, which a small process's dump,
-/// 1 MiB in all, would pay for nothing).
-enum CopyBuffer {
-    Small(Vec<u8>),
-    Big(stasis_sys::buffer::PageBuffer),
-}
-
-impl CopyBuffer {
-    fn bytes(&mut self) -> &mut [u8] {
-        match self {
-            CopyBuffer::Small(v) => v,
-            CopyBuffer::Big(b) => b,
-        }
-    }
-
-    /// Takes the big buffer (once).
-    fn grow(&mut self) -> Result<(), Error> {
-        if let CopyBuffer::Small(_) = self {
-            let big = stasis_sys::buffer::PageBuffer::new(MAX_RUN_BYTES)
-                .map_err(|e| Error::io("mapping a buffer for pages", e))?;
-            *self = CopyBuffer::Big(big);
-        }
-        Ok(())
-    }
 }
 
 /// Whether a page holds only zeros.

@@ -15,11 +15,11 @@
 //! buffer, before it was written. A fill that mapped the pages file instead could not do that
 //! (the user owns the file): it would have to copy, or verify a private copy, first.
 
+use super::buffer::GrowingBuffer;
 use super::compress::RunDecoder;
 use crate::chain::ChainPages;
 use crate::{Error, PAGE_SIZE};
 use stasis_image::{PageRun, RawReader};
-use stasis_sys::buffer::PageBuffer;
 use stasis_sys::{proc_mem, Pid};
 
 /// Gives a restored process the contents of its pages.
@@ -89,8 +89,8 @@ const FILL_CHUNK: u64 = 2 << 20;
 /// Writes every run into the target before it runs.
 pub struct EagerFill<'a, R: RunReader + ?Sized> {
     pages: &'a R,
-    /// Made at the first raw run (a huge page: see [`PageBuffer`]).
-    buf: Option<PageBuffer>,
+    /// For raw runs ([`super::buffer`]).
+    buf: GrowingBuffer,
     /// For compressed runs (made at the first one).
     decoder: Option<RunDecoder>,
 }
@@ -99,7 +99,7 @@ impl<'a, R: RunReader + ?Sized> EagerFill<'a, R> {
     pub fn new(pages: &'a R) -> Self {
         EagerFill {
             pages,
-            buf: None,
+            buf: GrowingBuffer::new(),
             decoder: None,
         }
     }
@@ -190,7 +190,7 @@ impl<R: RunReader + ?Sized> PageFill for EagerFill<'_, R> {
                 .into_iter()
                 .map(|group| {
                     scope.spawn(move || {
-                        let mut buf = None;
+                        let mut buf = GrowingBuffer::big()?;
                         group
                             .into_iter()
                             .try_for_each(|r| fill_raw(pages, target, r, &mut buf))
@@ -219,7 +219,7 @@ fn fill_raw<R: RunReader + ?Sized>(
     pages: &R,
     target: Pid,
     r: &PageRun,
-    buf: &mut Option<PageBuffer>,
+    buffer: &mut GrowingBuffer,
 ) -> Result<(), Error> {
     if r.codec == stasis_image::RunCodec::Inherited {
         // Its pages come with the fork, from the parent (see `super::cow`).
@@ -234,16 +234,13 @@ fn fill_raw<R: RunReader + ?Sized>(
         .ok_or_else(|| Error::Invalid(format!("page run at {:#x} is too long", r.addr)))?;
     let len = len as u64;
     let pages = reader_of(pages, r)?;
-    let buf = match buf {
-        Some(b) => b,
-        None => buf.insert(
-            PageBuffer::new(FILL_CHUNK as usize)
-                .map_err(|e| Error::io("mapping a buffer for pages", e))?,
-        ),
-    };
     let (mut done, mut crc) = (0u64, 0u32);
     while done < len {
-        let n = (len - done).min(FILL_CHUNK) as usize;
+        // A run is read in one piece when the buffer can grow to it: authenticated images
+        // check a run's MAC over the whole of it, and a piece of it costs a read of it all
+        // into a scratch buffer of the reader's.
+        let buf = buffer.bytes(len.min(FILL_CHUNK) as usize)?;
+        let n = (len - done).min(buf.len() as u64) as usize;
         let buf = &mut buf[..n];
         pages.read_bytes(r.offset + done, buf)?;
         crc = crc32c::crc32c_append(crc, buf);
@@ -252,6 +249,7 @@ fn fill_raw<R: RunReader + ?Sized>(
         }
         proc_mem::write_all(target, r.addr + done, buf)
             .map_err(|e| Error::sys("process_vm_writev", target, e))?;
+        buffer.went_through(n);
         done += n as u64;
     }
     Ok(())

@@ -42,6 +42,7 @@
 //!   written since the last pass.
 //! * [`layout`]: the restore layout inside the target, as pure plans carried out by injected
 //!   system calls.
+//! * [`buffer`]: the buffer page contents pass through on both sides, small at first.
 //! * [`fill`]: on the restore side a [`PageFill`] puts the pages into the target (today
 //!   [`fill::EagerFill`]: every run read from the image, CRC-checked and written with
 //!   process_vm_writev; compressed runs decoded by [`compress::RunDecoder`]); [`lazy`]:
@@ -51,6 +52,7 @@
 //! holds the mappings and the run index (docs/image-format.md).
 
 pub mod advice;
+pub mod buffer;
 pub mod compress;
 pub mod cow;
 pub mod dump;
