@@ -323,6 +323,19 @@ mod tests {
         let _ = child.wait();
     }
 
+    /// Runs `script` in python3 and returns it with the first line it printed (once ready).
+    fn python_ready(script: &str) -> (std::process::Child, String) {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        (child, line)
+    }
+
     /// The pages of `pid` as `copy_pages` stores them (runs and payload), skipping the
     /// mappings flagged in `skip`, read through a buffer of `buf_pages` pages at most.
     fn store_of(
@@ -374,14 +387,7 @@ mod tests {
                       at=lambda m: ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
                       print(*(at(m) for m in (written,clean,dirty)),flush=True)\n\
                       time.sleep(30)\n";
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let out = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        let (mut child, line) = python_ready(script);
         let at: Vec<u64> = line
             .split_whitespace()
             .map(|a| a.parse().unwrap())
@@ -448,14 +454,7 @@ mod tests {
                       m[40*4096:40*4096+1]=b'y'\n\
                       print(len(m),flush=True)\n\
                       time.sleep(30)\n";
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let out = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        let (mut child, line) = python_ready(script);
         assert_eq!(line.trim(), (64 * 4096).to_string());
         let pid = child.id() as Pid;
         let vmas = collect_vmas(pid).unwrap();
