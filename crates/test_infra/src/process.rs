@@ -77,20 +77,40 @@ fn cloexec_above_stderr() -> io::Result<()> {
 
 /// Like [`isolate`], and the program's stdin (a terminal) becomes the controlling terminal of
 /// its new session, with its group in the foreground: the program runs as a shell would run
-/// it in that terminal.
+/// it in that terminal. The signals a terminal sends are at their defaults, as in a login
+/// on it, whatever the test runner ignores: a runner started in the background by a shell
+/// without job control ignores SIGINT and SIGQUIT, and a shell passes signals it found
+/// ignored on to its jobs (Ctrl-C would then not interrupt them).
 #[allow(unsafe_code)]
 pub fn isolate_on_terminal(cmd: &mut Command) -> &mut Command {
-    // SAFETY: as in `isolate`; ioctl(TIOCSCTTY) is a system call as well.
+    // SAFETY: as in `isolate`; ioctl(TIOCSCTTY) and sigaction are system calls as well (the
+    // sigaction struct is a local of the child's stack).
     unsafe {
         cmd.pre_exec(|| {
             stasis_sys::process::setsid()?;
             if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            let default: libc::sigaction = std::mem::zeroed(); // SIG_DFL, no flags, empty mask
+            for sig in TERMINAL_SIGNALS {
+                if libc::sigaction(sig, &default, std::ptr::null_mut()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             cloexec_above_stderr()
         })
     }
 }
+
+/// The signals a terminal sends to its foreground job, or that job control uses.
+const TERMINAL_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGHUP,
+];
 
 /// Opens (creating it, mode 0644) a log file for appending.
 pub fn append_log(path: &Path) -> io::Result<File> {
