@@ -146,4 +146,33 @@ mod tests {
         set_nice(me, nice).unwrap();
         assert_eq!(get_affinity(me).unwrap(), cpus);
     }
+
+    /// A thread at SCHED_FIFO (root may set it) and at SCHED_RR is real-time, at SCHED_BATCH
+    /// not.
+    #[test]
+    fn real_time_policies_are_told_apart() {
+        if crate::process::geteuid() != 0 {
+            eprintln!("skipped: setting a real-time policy needs root");
+            return;
+        }
+        for (policy, priority, rt) in [
+            (libc::SCHED_FIFO, 1, true),
+            (libc::SCHED_RR, 1, true),
+            (libc::SCHED_BATCH, 0, false),
+        ] {
+            let seen = std::thread::spawn(move || {
+                let me = crate::process::gettid();
+                let attr = SchedAttr {
+                    policy: policy as u32,
+                    priority,
+                    ..SchedAttr::default()
+                };
+                set_attr(me, &attr).unwrap();
+                realtime()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(seen, rt, "policy {policy}");
+        }
+    }
 }
