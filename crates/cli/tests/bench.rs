@@ -67,31 +67,41 @@ fn bench_quick_runs_and_parses() {
         v.parse::<f64>()
             .unwrap_or_else(|_| panic!("row {name:?}: {v:?} is not a number:\n{stdout}"))
     };
+    // Every row named is a positive number.
+    let all_positive = |header: &str, t: &HashMap<String, String>, names: &[&str]| {
+        for name in names {
+            assert!(number(t, name) > 0.0, "{header}: {name} is not positive");
+        }
+    };
     // The fixed cost first (measured while the benchmark's process is small).
     let (header, fixed) = &tables[0];
     assert!(header.starts_with("fixed cost"), "{header}");
-    for name in [
-        "dump by `stasis dump`",
-        "restore by `stasis restore -d`",
-        "dump by the engine",
-        "restore by the engine",
-    ] {
-        assert!(number(fixed, name) > 0.0, "fixed cost: {name}");
-    }
+    all_positive(
+        header,
+        fixed,
+        &[
+            "dump by `stasis dump`",
+            "restore by `stasis restore -d`",
+            "dump by the engine",
+            "restore by the engine",
+        ],
+    );
     for (header, t) in &tables[1..3] {
         assert!(header.contains("MiB"), "{header}");
-        for name in [
-            "baseline memcpy",
-            "baseline process_vm_readv",
-            "baseline write (no fsync)",
-            "baseline write + fsync",
-            "dump, left running",
-            "frozen (engine's figure)",
-            "image size",
-            "restore, until it runs",
-        ] {
-            assert!(number(t, name) > 0.0, "{header}: {name} is not positive");
-        }
+        all_positive(
+            header,
+            t,
+            &[
+                "baseline memcpy",
+                "baseline process_vm_readv",
+                "baseline write (no fsync)",
+                "baseline write + fsync",
+                "dump, left running",
+                "frozen (engine's figure)",
+                "image size",
+                "restore, until it runs",
+            ],
+        );
         // The application was frozen during the dump: its watcher saw it.
         assert!(number(t, "stall seen by the application") > 0.0);
         let lazy = t.get("lazy restore, to first instruction").unwrap();
@@ -99,9 +109,11 @@ fn bench_quick_runs_and_parses() {
     }
     let (header, tree) = &tables[3];
     assert!(header.starts_with("tree: 5 processes"), "{header}");
-    for name in ["dump, left running", "restore, until it runs"] {
-        assert!(number(tree, name) > 0.0, "tree: {name}");
-    }
+    all_positive(
+        header,
+        tree,
+        &["dump, left running", "restore, until it runs"],
+    );
     // Nothing left behind in the images' directory.
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

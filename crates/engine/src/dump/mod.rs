@@ -27,8 +27,9 @@
 //! Order matters for the guarantees: everything that can refuse the dump (unsupported fds or
 //! mappings, pipes leading out of the tree) is checked for every process before any file but
 //! the pages files is created (those are removed again, the copy stopped); the inventory is
-//! written last and atomically, so a directory without it is never taken for a complete dump; on any failure the files written so far are removed and every
-//! process is thawed with its registers and signal masks as they were.
+//! written last and atomically, so a directory without it is never taken for a complete
+//! dump; on any failure the files written so far are removed and every process is thawed
+//! with its registers and signal masks as they were.
 
 pub mod collect;
 pub mod freeze;
